@@ -1,0 +1,16 @@
+/* How flashctl shows errors and results: the only place that prints them. */
+#pragma once
+
+#include "errors.h"
+#include "verbs.h"
+
+#include <jansson.h>
+#include <stdio.h>
+
+/* Prints an error (human: what failed, why, what to do; --json: one
+ * {"type":"error",...} object on stdout) and returns its exit status. */
+int render_error(const struct cli_global *g, const struct error *e);
+/* A usage error with a message; returns the usage exit status. */
+int render_usage_error(const struct cli_global *g, const char *message);
+/* Prints one JSON value compactly on a line of stdout. */
+void render_json_line(json_t *value);

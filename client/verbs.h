@@ -1,0 +1,15 @@
+/* flashctl verbs: one file per verb, dispatched from flashctl.c. */
+#pragma once
+
+#include <stdbool.h>
+
+struct cli_global {
+	const char *socket_path; /* --socket, or NULL */
+	bool json;               /* --json */
+	bool is_tty;             /* stdout is a terminal */
+	bool no_color;           /* NO_COLOR set or not a terminal */
+};
+
+/* Each returns the process exit status (the catalogue's exit statuses). */
+int cmd_inspect(int argc, char **argv, const struct cli_global *g);
+int cmd_errors(int argc, char **argv, const struct cli_global *g);

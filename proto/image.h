@@ -1,0 +1,137 @@
+/*
+ * Particle firmware module images (particle-device-facts.md §7): locate the
+ * module_info_t prefix, parse prefix, extensions, suffix and CRC, inflate
+ * compressed modules and split combined files.  Pure functions over buffers:
+ * no I/O except image_load_fd(), easy to fuzz.
+ */
+#pragma once
+
+#include "errors.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define IMAGE_FILE_MAX (16u * 1024 * 1024)      /* largest file accepted */
+#define IMAGE_INFLATED_MAX (16u * 1024 * 1024)  /* largest inflated module */
+#define IMAGE_MAX_MODULES 8                     /* modules in one combined file */
+#define IMAGE_MAX_EXTENSIONS 16                 /* extensions kept per prefix/suffix */
+#define IMAGE_PREFIX_SIZE 24
+
+enum image_flag {
+	IMAGE_FLAG_DROP_MODULE_INFO = 0x01,
+	IMAGE_FLAG_COMPRESSED = 0x02,
+	IMAGE_FLAG_COMBINED = 0x04,
+	IMAGE_FLAG_ENCRYPTED = 0x08,
+	IMAGE_FLAG_PREFIX_EXTENSIONS = 0x10,
+};
+
+enum image_ext_type {
+	IMAGE_EXT_END = 0x0000,
+	IMAGE_EXT_PRODUCT_DATA = 0x0001,
+	IMAGE_EXT_DYNAMIC_LOCATION = 0x0002,
+	IMAGE_EXT_DEPENDENCY = 0x0003,
+	IMAGE_EXT_HASH = 0x0010,
+	IMAGE_EXT_NAME = 0x0011,
+	IMAGE_EXT_ASSET_DEPENDENCY = 0x0012,
+	IMAGE_EXT_SECURITY_MODE = 0x0013,
+	IMAGE_EXT_ASSET_TYPE = 0x0014,
+	IMAGE_EXT_INVALID = 0xffff,
+};
+
+struct image_dependency {
+	uint8_t function; /* 0 = none */
+	uint8_t index;
+	uint16_t version;
+};
+
+struct image_extension {
+	uint16_t type;
+	uint16_t length; /* including the 4-byte header */
+	size_t offset;   /* offset in the module's bytes */
+};
+
+enum image_sha_verdict {
+	IMAGE_SHA_OK,       /* stored SHA-256 matches */
+	IMAGE_SHA_MISMATCH, /* a warning only: devices never check it (§7.5) */
+	IMAGE_SHA_ABSENT,   /* no suffix to hold one */
+};
+
+struct image_module {
+	/* Where it sits in the (outer or inflated) buffer. */
+	size_t file_offset;   /* first byte of the module in the file */
+	size_t size;          /* module bytes including CRC = end - start + 4 */
+	size_t prefix_offset; /* offset of module_info_t from file_offset */
+
+	/* module_info_t (§7.1) */
+	uint32_t start;
+	uint32_t end;
+	uint8_t reserved; /* MCU target on Gen 3/P2 (0x21 = ESP32 NCP) */
+	uint8_t flags;
+	uint16_t version;
+	uint16_t platform_id;
+	uint8_t function;
+	uint8_t index;
+	struct image_dependency deps[2];
+	struct image_extension prefix_ext[IMAGE_MAX_EXTENSIONS];
+	unsigned n_prefix_ext;
+
+	/* Suffix (§7.5) */
+	bool has_suffix; /* false when suffix size is 0xffff or unusable */
+	uint16_t suffix_size;
+	uint16_t product_id;      /* 0xffff = none */
+	uint16_t product_version; /* 0xffff = none */
+	uint8_t sha256[32];          /* stored */
+	uint8_t sha256_computed[32]; /* of bytes [0, size - 38) */
+	enum image_sha_verdict sha_verdict;
+	struct image_extension suffix_ext[IMAGE_MAX_EXTENSIONS];
+	unsigned n_suffix_ext;
+	/* From the DYNAMIC_LOCATION extension, when present. */
+	bool has_dynamic_location;
+	uint32_t dynalib_load_address;
+	uint32_t dynalib_start_address;
+	/* From a NAME extension, when present (NUL-terminated, truncated). */
+	char name[64];
+
+	/* CRC-32 (IEEE), stored big-endian in the last 4 bytes of the module. */
+	uint32_t crc_stored;
+	uint32_t crc_computed;
+	bool crc_ok;
+
+	/* Compressed modules (flag 0x02): the inflated inner module. */
+	struct image *inner;
+};
+
+/* A parsed file: one module, or several for combined files (flag 0x04). */
+struct image {
+	uint8_t *data; /* owned copy of the file (or of the inflated bytes) */
+	size_t len;
+	uint8_t sha256[32]; /* of the whole file: identity for sharing between jobs */
+	struct image_module modules[IMAGE_MAX_MODULES];
+	unsigned n_modules;
+};
+
+/*
+ * Parses a buffer (copied).  Fails with image-not-a-module, image-truncated,
+ * image-corrupt (CRC mismatch: the image is still returned in *ret so that
+ * callers can show what it is), image-unsupported.  Returns 0 or -1.
+ */
+int image_parse(const uint8_t *buf, size_t len, struct image **ret, struct error *err);
+/* Reads an fd (regular file, at most IMAGE_FILE_MAX) and parses it. */
+int image_load_fd(int fd, const char *name, struct image **ret, struct error *err);
+void image_free(struct image *img);
+
+/* Pointer to a module's bytes (its first byte in flash). */
+const uint8_t *image_module_bytes(const struct image *img, const struct image_module *m);
+
+/*
+ * One line a user understands: "Photon application (user part 1), v4".
+ * Writes at most size bytes; returns buf.
+ */
+char *image_module_describe(const struct image_module *m, char *buf, size_t size);
+
+/* The module's end address rounded out to include the CRC: start + size. */
+static inline uint32_t image_module_flash_end(const struct image_module *m)
+{
+	return m->end + 4;
+}

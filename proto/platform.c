@@ -1,0 +1,277 @@
+#include "platform.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define KIB(n) ((uint32_t)(n) * 1024u)
+#define ANY_VERSION 0xffff
+
+/* §1.1, §1.2, §1.3; Device OS support ranges as system module versions (§7.9). */
+static const struct platform platforms[] = {
+	{0, "core", "Core", 1, MCU_STM32F103, 0x1d50, 0x607d, 0x607f, "Spark Core", "CORE DFU",
+	 false, true, 0, 0, 0, 1999},
+	{6, "photon", "Photon", 2, MCU_STM32F205, 0x2b04, 0xc006, 0xd006, "Photon",
+	 "Photon DFU Mode", false, true, 0, 0, 0, 3999},
+	{8, "p1", "P1", 2, MCU_STM32F205, 0x2b04, 0xc008, 0xd008, "P1", "P1 DFU Mode", false, true,
+	 0, 0, 0, 3999},
+	{10, "electron", "Electron", 2, MCU_STM32F205, 0x2b04, 0xc00a, 0xd00a, "Electron",
+	 "Electron DFU Mode", true, false, 0, 0, 0, 3999},
+	{12, "argon", "Argon", 3, MCU_NRF52840, 0x2b04, 0xc00c, 0xd00c, "Argon CDC Mode",
+	 "Argon DFU Mode", false, true, 4u << 20, 0, 300, ANY_VERSION},
+	{13, "boron", "Boron", 3, MCU_NRF52840, 0x2b04, 0xc00d, 0xd00d, "Boron CDC Mode",
+	 "Boron DFU Mode", true, false, 4u << 20, 0, 300, ANY_VERSION},
+	{14, "xenon", "Xenon", 3, MCU_NRF52840, 0x2b04, 0xc00e, 0xd00e, "Xenon CDC Mode",
+	 "Xenon DFU Mode", false, false, 4u << 20, 0, 300, 1999},
+	{15, "esomx", "E-SoM-X", 3, MCU_NRF52840, 0x2b04, 0xc00f, 0xd00f, "E-SoM-X CDC Mode",
+	 "E-SoM-X DFU Mode", true, false, 8u << 20, 0, 4000, ANY_VERSION},
+	{22, "asom", "A-SoM", 3, MCU_NRF52840, 0x2b04, 0xc016, 0xd016, "A SoM CDC Mode",
+	 "A-SoM DFU Mode", false, true, 4u << 20, 0, 300, ANY_VERSION},
+	{23, "bsom", "B-SoM", 3, MCU_NRF52840, 0x2b04, 0xc017, 0xd017, "B-SoM CDC Mode",
+	 "B-SoM DFU Mode", true, false, 4u << 20, 0, 1000, ANY_VERSION},
+	{24, "xsom", "X-SoM", 3, MCU_NRF52840, 0x2b04, 0xc018, 0xd018, "X SoM CDC Mode",
+	 "X-SoM DFU Mode", false, false, 4u << 20, 0, 1000, 1999},
+	{25, "b5som", "B5-SoM", 3, MCU_NRF52840, 0x2b04, 0xc019, 0xd019, "B5-SoM CDC Mode",
+	 "B5-SoM DFU Mode", true, false, 8u << 20, 0, 1400, ANY_VERSION},
+	{26, "tracker", "Tracker", 3, MCU_NRF52840, 0x2b04, 0xc01a, 0xd01a, "Tracker CDC Mode",
+	 "Tracker DFU Mode", true, true, 8u << 20, 0, 1500, ANY_VERSION},
+	{28, "trackerm", "Tracker M", 4, MCU_RTL8721D, 0x2b04, 0xc01c, 0xd01c, "TrackerM",
+	 "TrackerM DFU Mode", true, true, 0, 1, 5000, ANY_VERSION},
+	{32, "p2", "P2 / Photon 2", 4, MCU_RTL8721D, 0x2b04, 0xc020, 0xd020, "P2", "P2 DFU Mode",
+	 false, true, 0, 1, 5000, ANY_VERSION},
+	{35, "msom", "M-SoM", 4, MCU_RTL8721D, 0x2b04, 0xc023, 0xd023, "M-SoM", "M-SoM DFU Mode",
+	 true, true, 0, 1, 5500, ANY_VERSION},
+};
+
+#define N_PLATFORMS (sizeof(platforms) / sizeof(platforms[0]))
+
+/* Aliases people type. */
+static const struct {
+	const char *alias;
+	uint16_t id;
+} aliases[] = {
+	{"photon2", 32}, {"photon-2", 32}, {"p2-photon2", 32}, {"e-som-x", 15}, {"esom", 15},
+	{"e-som", 15},   {"a-som", 22},    {"b-som", 23},      {"x-som", 24},   {"b5-som", 25},
+	{"b5", 25},      {"m-som", 35},    {"tracker-m", 28},  {"tracker-one", 26},
+	{"monitor-one", 26}, {"e-series", 10}, {"spark-core", 0},
+};
+
+size_t platform_count(void)
+{
+	return N_PLATFORMS;
+}
+
+const struct platform *platform_at(size_t i)
+{
+	return i < N_PLATFORMS ? &platforms[i] : NULL;
+}
+
+const struct platform *platform_by_id(int id)
+{
+	for (size_t i = 0; i < N_PLATFORMS; i++)
+		if (platforms[i].id == id)
+			return &platforms[i];
+	return NULL;
+}
+
+const struct platform *platform_by_name(const char *name)
+{
+	if (!name || !*name)
+		return NULL;
+	char *end;
+	long id = strtol(name, &end, 10);
+	if (*end == '\0')
+		return platform_by_id((int)id);
+	for (size_t i = 0; i < N_PLATFORMS; i++)
+		if (strcasecmp(platforms[i].name, name) == 0 ||
+		    strcasecmp(platforms[i].display, name) == 0)
+			return &platforms[i];
+	for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++)
+		if (strcasecmp(aliases[i].alias, name) == 0)
+			return platform_by_id(aliases[i].id);
+	return NULL;
+}
+
+const struct platform *platform_by_usb(uint16_t vid, uint16_t pid, enum platform_usb_mode *ret_mode)
+{
+	for (size_t i = 0; i < N_PLATFORMS; i++) {
+		const struct platform *p = &platforms[i];
+		if (p->vid != vid)
+			continue;
+		if (p->cdc_pid == pid || p->dfu_pid == pid) {
+			if (ret_mode)
+				*ret_mode = p->cdc_pid == pid ? PLATFORM_USB_CDC : PLATFORM_USB_DFU;
+			return p;
+		}
+	}
+	if (ret_mode)
+		*ret_mode = PLATFORM_USB_NONE;
+	return NULL;
+}
+
+/* §6.1 Photon / P1 */
+static const struct slot slots_photon[] = {
+	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08004000, false, "bootloader"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08020000, 0x08060000, false, "system part 1"},
+	{MODULE_FUNCTION_SYSTEM, 2, MODULE_STORE_MAIN, 0x08060000, 0x080a0000, false, "system part 2"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0x080a0000, 0x080c0000, false, "user part"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_FACTORY, 0x080e0000, 0x08100000, false, "factory app"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08020000, 0x08080000, false, "monolithic"},
+};
+
+/* §6.1 Electron: note system module 1/2/3 versus the file names. */
+static const struct slot slots_electron[] = {
+	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08004000, false, "bootloader"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08020000, 0x08040000, false, "system module 1"},
+	{MODULE_FUNCTION_SYSTEM, 2, MODULE_STORE_MAIN, 0x08040000, 0x08060000, false, "system module 2"},
+	{MODULE_FUNCTION_SYSTEM, 3, MODULE_STORE_MAIN, 0x08060000, 0x08080000, false, "system module 3"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0x08080000, 0x080a0000, false, "user part"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_FACTORY, 0x080a0000, 0x080c0000, false, "factory app"},
+};
+
+/* §6.1 Core: monolithic firmware after the 20 KiB bootloader (details UNVERIFIED). */
+static const struct slot slots_core[] = {
+	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08005000, false, "bootloader"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08005000, 0x08020000, false, "monolithic"},
+};
+
+/*
+ * §6.2 Gen 3.  The NCP slot (ESP32 on Argon/Tracker) is the coprocessor's own
+ * flash; its extent is INFERRED (4 MiB ESP32 module).
+ */
+#define GEN3_COMMON                                                                                \
+	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0xf4000, 0x100000, false, "bootloader"},   \
+	{MODULE_FUNCTION_NCP, 0, MODULE_STORE_MAIN, 0x0, 0x400000, false, "network coprocessor"}
+
+static const struct slot slots_gen3_v1[] = { /* Device OS <= 3.0.x */
+	{MODULE_FUNCTION_RADIO_STACK, 0, MODULE_STORE_MAIN, 0x1000, 0x30000, false, "radio stack"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x30000, 0xd4000, false, "system part 1"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0xd4000, 0xf4000, false, "user part (128 KiB)"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x30000, 0xf4000, false, "monolithic"},
+	GEN3_COMMON,
+};
+
+static const struct slot slots_gen3_v2[] = { /* Device OS 3.1.0 - 6.1.x */
+	{MODULE_FUNCTION_RADIO_STACK, 0, MODULE_STORE_MAIN, 0x1000, 0x30000, false, "radio stack"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x30000, 0xb4000, false, "system part 1"},
+	{MODULE_FUNCTION_USER, 2, MODULE_STORE_MAIN, 0xb4000, 0xf4000, false, "user part (256 KiB)"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0xd4000, 0xf4000, false, "user part (128 KiB, compat)"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x30000, 0xf4000, false, "monolithic"},
+	GEN3_COMMON,
+};
+
+static const struct slot slots_gen3_v3[] = { /* Device OS >= 6.2.0 */
+	{MODULE_FUNCTION_RADIO_STACK, 0, MODULE_STORE_MAIN, 0x1000, 0x27000, false, "radio stack"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x28000, 0xb4000, false, "system part 1"},
+	{MODULE_FUNCTION_USER, 2, MODULE_STORE_MAIN, 0xb4000, 0xf4000, false, "user part (256 KiB)"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0xd4000, 0xf4000, false, "user part (128 KiB, compat)"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x28000, 0xf4000, false, "monolithic"},
+	GEN3_COMMON,
+};
+
+/* §6.3 P2 family: the user part grows downward from 0x08600000. */
+static const struct slot slots_rtl[] = {
+	{MODULE_FUNCTION_BOOTLOADER, 1, MODULE_STORE_MAIN, 0x08000000, 0x08002000, false, "KM0 MBR"},
+	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08004000, 0x08014000, false, "bootloader"},
+	{MODULE_FUNCTION_BOOTLOADER, 2, MODULE_STORE_MAIN, 0x08014000, 0x0805e000, false, "KM0 part 1"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08060000, 0x081e0000, false, "system part 1"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0x08480000, 0x08600000, false, "user part"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08060000, 0x08460000, false, "monolithic"},
+};
+
+#define SLOTS(a) (*ret = (a), sizeof(a) / sizeof((a)[0]))
+
+size_t platform_slots(const struct platform *p, uint16_t system_version, const struct slot **ret)
+{
+	*ret = NULL;
+	if (!p)
+		return 0;
+	switch (p->mcu) {
+	case MCU_STM32F103:
+		return SLOTS(slots_core);
+	case MCU_STM32F205:
+		return p->id == 10 ? SLOTS(slots_electron) : SLOTS(slots_photon);
+	case MCU_NRF52840:
+		if (system_version != 0 && system_version < 3100)
+			return SLOTS(slots_gen3_v1);
+		if (system_version != 0 && system_version < 6200)
+			return SLOTS(slots_gen3_v2);
+		return SLOTS(slots_gen3_v3);
+	case MCU_RTL8721D:
+		return SLOTS(slots_rtl);
+	}
+	return 0;
+}
+
+const char *platform_layout_name(const struct platform *p, uint16_t system_version)
+{
+	if (!p || p->mcu != MCU_NRF52840)
+		return "flash layout";
+	if (system_version == 0)
+		return "Device OS 6.2+ layout (installed version unknown)";
+	if (system_version < 3100)
+		return "Device OS 3.0 and earlier layout";
+	if (system_version < 6200)
+		return "Device OS 3.1-6.1 layout";
+	return "Device OS 6.2+ layout";
+}
+
+const struct slot *platform_find_slot(const struct platform *p, uint16_t system_version,
+				      uint8_t function, uint8_t index, uint8_t store)
+{
+	const struct slot *s;
+	size_t n = platform_slots(p, system_version, &s);
+	for (size_t i = 0; i < n; i++)
+		if (s[i].function == function && s[i].index == index && s[i].store == store)
+			return &s[i];
+	return NULL;
+}
+
+static const struct {
+	const char *name;
+	const char *phrase;
+	char letter;
+} functions[] = {
+	[MODULE_FUNCTION_NONE] = {"none", "unknown module", 'n'},
+	[MODULE_FUNCTION_RESOURCE] = {"resource", "resource module", 'r'},
+	[MODULE_FUNCTION_BOOTLOADER] = {"bootloader", "bootloader", 'b'},
+	[MODULE_FUNCTION_MONO] = {"monolithic", "monolithic firmware", 'm'},
+	[MODULE_FUNCTION_SYSTEM] = {"system", "system part", 's'},
+	[MODULE_FUNCTION_USER] = {"user", "application", 'u'},
+	[MODULE_FUNCTION_SETTINGS] = {"settings", "settings module", '_'},
+	[MODULE_FUNCTION_NCP] = {"ncp", "network coprocessor firmware", 'c'},
+	[MODULE_FUNCTION_RADIO_STACK] = {"radio-stack", "radio stack (SoftDevice)", 'a'},
+	[MODULE_FUNCTION_ASSET] = {"asset", "asset", 't'},
+};
+
+#define N_FUNCTIONS (sizeof(functions) / sizeof(functions[0]))
+
+const char *module_function_name(int function)
+{
+	return function >= 0 && (size_t)function < N_FUNCTIONS ? functions[function].name : "unknown";
+}
+
+const char *module_function_phrase(int function)
+{
+	return function >= 0 && (size_t)function < N_FUNCTIONS ? functions[function].phrase
+								  : "unknown module";
+}
+
+char module_function_letter(int function)
+{
+	return function >= 0 && (size_t)function < N_FUNCTIONS ? functions[function].letter : '_';
+}
+
+int module_function_from_letter(char c)
+{
+	for (size_t i = 0; i < N_FUNCTIONS; i++)
+		if (functions[i].letter == c && c != '_')
+			return (int)i;
+	return -1;
+}
+
+const char *module_store_name(int store)
+{
+	static const char *const names[] = {"main", "factory", "backup", "scratchpad"};
+	return store >= 0 && store < 4 ? names[store] : "unknown";
+}
