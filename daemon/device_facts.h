@@ -1,0 +1,64 @@
+/*
+ * What flashd knows about a live device: filled by the transports (serial
+ * `s`/`v`/`i` replies, DFU descriptors and UPLOAD reads of module prefixes),
+ * kept in the registry, and checked against images by preflight.
+ */
+#pragma once
+
+#include "platform.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define DEVICE_FACTS_MAX_MODULES 16
+#define DEVICE_ID_LEN 24
+
+/* Validation flags (§7.6), as the device reports them in `s` (vc / vv). */
+enum module_check {
+	MODULE_CHECK_INTEGRITY = 0x02,
+	MODULE_CHECK_DEPENDENCIES = 0x04,
+	MODULE_CHECK_RANGE = 0x08,
+	MODULE_CHECK_PLATFORM = 0x10,
+	MODULE_CHECK_PRODUCT = 0x20,
+	MODULE_CHECK_DEPENDENCIES_FULL = 0x40,
+};
+
+struct installed_module {
+	uint8_t function; /* enum module_function */
+	uint8_t index;
+	uint8_t store; /* enum module_store */
+	uint16_t version;
+	uint32_t slot_size;   /* `s` reports the slot's maximum size */
+	uint32_t address;     /* start address when known (DFU reads), else 0 */
+	uint16_t checked;     /* vc */
+	uint16_t passed;      /* vv */
+	struct {
+		uint8_t function;
+		uint8_t index;
+		uint16_t version;
+	} deps[2];
+	char sha256[65]; /* user parts: hex, lowercase; "" if unknown */
+};
+
+enum device_protection {
+	DEVICE_PROTECTION_UNKNOWN = 0,
+	DEVICE_PROTECTION_OPEN,
+	DEVICE_PROTECTION_PROTECTED,
+	DEVICE_PROTECTION_SERVICE,
+};
+
+struct device_facts {
+	const struct platform *platform; /* NULL if unknown */
+	char device_id[DEVICE_ID_LEN + 1];
+	char os_version[24];     /* "2.2.0" from `v`, "" if unknown */
+	uint16_t system_version; /* installed system part 1 module version, 0 if unknown */
+	bool modules_known;      /* the list below is complete */
+	struct installed_module modules[DEVICE_FACTS_MAX_MODULES];
+	unsigned n_modules;
+	enum device_protection protection;
+};
+
+static inline bool installed_module_valid(const struct installed_module *m)
+{
+	return (m->checked & m->passed) == m->checked;
+}
