@@ -135,7 +135,7 @@ struct job_options {
 	bool verify;  /* read back after writing where the transport can */
 	bool dry_run; /* preflight only: nothing is written */
 	bool detach;  /* job outlives its client (the default); false = cancel on disconnect */
-	int wait_s;   /* seconds to wait for the device to appear; 0 = no wait, -1 = forever */
+	int wait_ms;  /* how long to wait for the device to appear; 0 = no wait, -1 = forever */
 };
 
 struct event_base *job_event_base(const struct job *job);
