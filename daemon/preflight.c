@@ -128,19 +128,30 @@ static int function_rank(const struct image_module *m)
 	}
 }
 
-static bool image_provides(const struct image *img, uint8_t function, uint8_t index)
+/* Does img provide (function, index) in at least this version? */
+static bool image_provides(const struct image *img, uint8_t function, uint8_t index,
+			   uint16_t version)
 {
 	for (unsigned k = 0; k < img->n_modules; k++)
-		if (img->modules[k].function == function && img->modules[k].index == index)
+		if (img->modules[k].function == function && img->modules[k].index == index &&
+		    img->modules[k].version >= version)
 			return true;
 	return false;
 }
 
-/* Does image a have to go before image b (b depends on something a provides)? */
-static bool must_precede(const struct image *a, const struct image *b)
+/*
+ * Does image i wait for another image of the job?  It does when one of its
+ * dependencies is met neither by the images already placed nor by what is
+ * installed, but some other unplaced image would meet it.  Versions matter:
+ * Electron system modules depend on each other in a cycle by slot (1 -> 3,
+ * 3 -> 2, 2 -> 1) but not by version against what is installed.
+ */
+static bool waits_on_job(const struct device_facts *dev, const struct preflight_input *images,
+			 size_t n_images, const bool *placed, size_t i)
 {
-	for (unsigned k = 0; k < b->n_modules; k++) {
-		const struct image_module *m = &b->modules[k];
+	const struct image *img = images[i].img;
+	for (unsigned k = 0; k < img->n_modules; k++) {
+		const struct image_module *m = &img->modules[k];
 		for (int d = 0; d < 2; d++) {
 			const struct image_dependency *dep = &m->deps[d];
 			if (dep->function == MODULE_FUNCTION_NONE)
@@ -149,40 +160,54 @@ static bool must_precede(const struct image *a, const struct image *b)
 			 * system 1 >= 3001) refers to what is installed. */
 			if (dep->function == m->function && dep->index == m->index)
 				continue;
-			if (image_provides(a, dep->function, dep->index))
-				return true;
+			bool met = false;
+			for (size_t j = 0; j < n_images && !met; j++)
+				if (placed[j] &&
+				    image_provides(images[j].img, dep->function, dep->index, dep->version))
+					met = true;
+			if (!met && dev && dev->modules_known) {
+				const struct installed_module *im =
+				    preflight_installed(dev, dep->function, dep->index);
+				met = im && im->version >= dep->version;
+			}
+			if (met)
+				continue;
+			for (size_t j = 0; j < n_images; j++)
+				if (j != i && !placed[j] &&
+				    image_provides(images[j].img, dep->function, dep->index, dep->version))
+					return true;
 		}
 	}
 	return false;
 }
 
-int preflight_order(const struct preflight_input *images, size_t n_images, size_t *order,
-		    struct error *err)
+int preflight_order(const struct device_facts *dev, const struct preflight_input *images,
+		    size_t n_images, size_t *order, struct error *err)
 {
 	if (n_images > PREFLIGHT_MAX_IMAGES)
 		return error_set(err, ERR_BAD_REQUEST, "a job holds at most %d images",
 				 PREFLIGHT_MAX_IMAGES);
+	for (size_t i = 0; i < n_images; i++)
+		if (!images[i].img || images[i].img->n_modules == 0)
+			return error_set(err, ERR_IMAGE_NOT_A_MODULE, "%s holds no module",
+					 images[i].name ? images[i].name : "an image");
 	bool placed[PREFLIGHT_MAX_IMAGES] = {false};
 	for (size_t n = 0; n < n_images; n++) {
 		size_t best = SIZE_MAX;
-		bool best_free = false;
+		bool best_ready = false;
 		for (size_t i = 0; i < n_images; i++) {
 			if (placed[i])
 				continue;
-			/* free: no unplaced image must precede it */
-			bool is_free = true;
-			for (size_t j = 0; j < n_images && is_free; j++)
-				if (j != i && !placed[j] && must_precede(images[j].img, images[i].img))
-					is_free = false;
-			if (best == SIZE_MAX || (is_free && !best_free) ||
-			    (is_free == best_free &&
-			     function_rank(&images[i].img->modules[0]) <
-				 function_rank(&images[best].img->modules[0]))) {
+			bool ready = !waits_on_job(dev, images, n_images, placed, i);
+			int rank = function_rank(&images[i].img->modules[0]);
+			if (best == SIZE_MAX || (ready && !best_ready) ||
+			    (ready == best_ready &&
+			     rank < function_rank(&images[best].img->modules[0]))) {
 				best = i;
-				best_free = is_free;
+				best_ready = ready;
 			}
 		}
-		/* a dependency cycle (never in real files) falls back to rank order */
+		/* nothing ready: a cycle the installed versions do not break; rank order */
 		placed[best] = true;
 		order[n] = best;
 	}
@@ -557,7 +582,7 @@ int preflight_check(const struct device_facts *dev, const char *device_label,
 {
 	size_t order[PREFLIGHT_MAX_IMAGES];
 	memset(plan, 0, sizeof(*plan));
-	if (preflight_order(images, n_images, order, err) < 0)
+	if (preflight_order(dev, images, n_images, order, err) < 0)
 		return -1;
 	struct dep_state *st = calloc(1, sizeof(*st));
 	if (!st)

@@ -73,9 +73,14 @@ int preflight_check(const struct device_facts *dev, const char *device_label,
 		    const struct preflight_rules *rules, bool force, struct preflight_plan *plan,
 		    struct error *err);
 
-/* Only the dependency ordering (no device needed): indices into images. */
-int preflight_order(const struct preflight_input *images, size_t n_images, size_t *order,
-		    struct error *err);
+/*
+ * Only the dependency ordering: indices into images.  dev (may be NULL) lets
+ * installed versions break cycles between slots.  Among images that wait for
+ * nothing, bootloaders go first, then radio stack, NCP, system parts, user
+ * parts, then submission order.  File names never matter.
+ */
+int preflight_order(const struct device_facts *dev, const struct preflight_input *images,
+		    size_t n_images, size_t *order, struct error *err);
 
 /*
  * flashd's own explanation of why the device would reject this image, for a
