@@ -12,11 +12,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define IMAGE_FILE_MAX (16u * 1024 * 1024)      /* largest file accepted */
-#define IMAGE_INFLATED_MAX (16u * 1024 * 1024)  /* largest inflated module */
-#define IMAGE_MAX_MODULES 8                     /* modules in one combined file */
-#define IMAGE_MAX_EXTENSIONS 16                 /* extensions kept per prefix/suffix */
-#define IMAGE_PREFIX_SIZE 24
+#define IMAGE_FILE_MAX		      (16u * 1024 * 1024) /* largest file accepted */
+#define IMAGE_INFLATED_MAX	      (16u * 1024 * 1024) /* largest inflated module */
+#define IMAGE_MAX_MODULES	      8			  /* modules in one combined file */
+#define IMAGE_MAX_EXTENSIONS	      16		  /* extensions kept per prefix/suffix */
+#define IMAGE_PREFIX_SIZE	      24
+#define IMAGE_CRC_SIZE		      4
+#define IMAGE_SUFFIX_TAIL_SIZE	      36 /* reserved u16, SHA-256, suffix size u16 (§7.5) */
+#define IMAGE_MIN_MODULE_SIZE	      (IMAGE_PREFIX_SIZE + IMAGE_SUFFIX_TAIL_SIZE + IMAGE_CRC_SIZE)
+#define IMAGE_COMPRESSION_HEADER_SIZE 8 /* after the prefix of a compressed module (§7.2) */
+#define IMAGE_MAX_NESTING	      1 /* a compressed module's content is not compressed again */
 
 enum image_flag {
 	IMAGE_FLAG_DROP_MODULE_INFO = 0x01,
@@ -48,20 +53,31 @@ struct image_dependency {
 struct image_extension {
 	uint16_t type;
 	uint16_t length; /* including the 4-byte header */
-	size_t offset;   /* offset in the module's bytes */
+	size_t offset;	 /* offset in the module's bytes */
 };
 
 enum image_sha_verdict {
-	IMAGE_SHA_OK,       /* stored SHA-256 matches */
+	IMAGE_SHA_OK,	    /* stored SHA-256 matches */
 	IMAGE_SHA_MISMATCH, /* a warning only: devices never check it (§7.5) */
 	IMAGE_SHA_ABSENT,   /* no suffix to hold one */
+};
+
+/* Where the module_info_t prefix was found (§7.4), each with its device rule. */
+enum image_prefix_rule {
+	IMAGE_PREFIX_AT_START,	       /* offset 0 */
+	IMAGE_PREFIX_AFTER_REALTEK,    /* 0x20, after a 32-byte Realtek image header (P2 family) */
+	IMAGE_PREFIX_AFTER_GEN2_TABLE, /* 0x184, after an STM32F2 vector table (Gen 2) */
+	IMAGE_PREFIX_AFTER_CORE_TABLE, /* 0x10c, after an STM32F1 vector table (Core) */
+	IMAGE_PREFIX_AFTER_GEN3_TABLE, /* 0x200, after an nRF52840 vector table (Gen 3) */
 };
 
 struct image_module {
 	/* Where it sits in the (outer or inflated) buffer. */
 	size_t file_offset;   /* first byte of the module in the file */
-	size_t size;          /* module bytes including CRC = end - start + 4 */
+	size_t size;	      /* module bytes including CRC = end - start + 4 */
 	size_t prefix_offset; /* offset of module_info_t from file_offset */
+	enum image_prefix_rule prefix_rule;
+	bool platform_known; /* platform_id is in the platform catalogue */
 
 	/* module_info_t (§7.1) */
 	uint32_t start;
@@ -79,9 +95,10 @@ struct image_module {
 	/* Suffix (§7.5) */
 	bool has_suffix; /* false when suffix size is 0xffff or unusable */
 	uint16_t suffix_size;
-	uint16_t product_id;      /* 0xffff = none */
-	uint16_t product_version; /* 0xffff = none */
-	uint8_t sha256[32];          /* stored */
+	bool has_product_data;	     /* the suffix carries product id/version (suffix size > 36) */
+	uint16_t product_id;	     /* 0xffff = none */
+	uint16_t product_version;    /* 0xffff = none */
+	uint8_t sha256[32];	     /* stored */
 	uint8_t sha256_computed[32]; /* of bytes [0, size - 38) */
 	enum image_sha_verdict sha_verdict;
 	struct image_extension suffix_ext[IMAGE_MAX_EXTENSIONS];
@@ -98,7 +115,11 @@ struct image_module {
 	uint32_t crc_computed;
 	bool crc_ok;
 
-	/* Compressed modules (flag 0x02): the inflated inner module. */
+	/* Compressed modules (flag 0x02): the header after the prefix and the
+	 * inflated inner module (NULL when the outer CRC failed). */
+	uint8_t compression_method; /* 0 = raw deflate, the only one defined */
+	uint8_t window_bits;	    /* 8..15 (0 in the file means 15) */
+	uint32_t inflated_size;	    /* declared size of the inner module */
 	struct image *inner;
 };
 
@@ -113,16 +134,32 @@ struct image {
 
 /*
  * Parses a buffer (copied).  Fails with image-not-a-module, image-truncated,
- * image-corrupt (CRC mismatch: the image is still returned in *ret so that
- * callers can show what it is), image-unsupported.  Returns 0 or -1.
+ * image-corrupt, image-unsupported, file-unreadable (over IMAGE_FILE_MAX).
+ * Returns 0 or -1.  On -1 *ret is NULL, except when a module's CRC-32 does
+ * not match (image-corrupt with detail stored_crc): then the image is still
+ * returned in *ret, fully parsed, so that callers can show what it is; the
+ * caller frees it.
  */
 int image_parse(const uint8_t *buf, size_t len, struct image **ret, struct error *err);
-/* Reads an fd (regular file, at most IMAGE_FILE_MAX) and parses it. */
+/* Reads an fd (regular file, at most IMAGE_FILE_MAX) and parses it.  Errors
+ * carry name as their "file" detail and message prefix.  Same *ret rule. */
 int image_load_fd(int fd, const char *name, struct image **ret, struct error *err);
+/* Opens path without blocking on FIFOs, then image_load_fd().  ENOENT, EACCES,
+ * directories and special files fail with file-unreadable. */
+int image_load_path(const char *path, struct image **ret, struct error *err);
 void image_free(struct image *img);
 
 /* Pointer to a module's bytes (its first byte in flash). */
 const uint8_t *image_module_bytes(const struct image *img, const struct image_module *m);
+
+/* "at the start of the file", "after the nRF52840 vector table (0x200)". */
+const char *image_prefix_rule_name(enum image_prefix_rule rule);
+/* "compressed", "combined", ... for one flag bit; NULL for an unknown bit. */
+const char *image_flag_name(unsigned flag);
+/* "product-data", "dynamic-location", ... ; "unknown" otherwise. */
+const char *image_ext_type_name(unsigned type);
+/* The CRC-32 (zlib/IEEE) the device computes over a module (§7.5). */
+uint32_t image_crc32(const uint8_t *buf, size_t len);
 
 /*
  * One line a user understands: "Photon application (user part 1), v4".
