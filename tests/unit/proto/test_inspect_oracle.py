@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""flashctl inspect --json against Particle's own parser, on every fixture.
+
+Runs `flashctl inspect --json` once over every file under
+$FLASHD_FIXTURES/modules and checks each result field by field against
+oracle.jsonl (binary-version-reader 3.1.3).  TAP output.
+
+Where flashd deliberately differs from the oracle:
+
+* not-modules/: the oracle scans up to 8 KiB for anything that looks like a
+  prefix and reports what it found there (prefixOffset 6088, 6800, 3048, 360
+  and so on, none at a place a device looks).  flashd only looks where
+  devices look (particle-device-facts.md §7.4) and must call these files
+  "not a module" (image-not-a-module).  Only that verdict is compared.
+* not-modules/boron-tinker-corrupt.bin is a real Boron Tinker with one byte
+  flipped: its prefix sits at offset 0 where a Boron looks, size and addresses
+  agree, only the CRC fails.  The right verdict is image-corrupt (the device
+  would reject it with "integrity" -1330, §7.6), not "not a module".  Its
+  fields are compared in full, as for a valid module, plus the CRC values.
+* Product id/version: the oracle reports -1/-1 when the suffix is 36 bytes
+  (no product data); flashd reports null, since there are no such bytes.
+* Empty dependencies: the oracle reports function/index/version 0/0/0;
+  flashd reports null for that dependency.
+"""
+import json
+import os
+import subprocess
+import sys
+
+FIXTURES = os.environ.get("FLASHD_FIXTURES", "")
+MODULES = os.path.join(FIXTURES, "modules")
+
+# Verdicts flashd must give on the files the oracle parses by scanning.
+NOT_MODULE_VERDICT = {
+    "not-modules/km4_image2_all.bin": "image-not-a-module",
+    "not-modules/cc3000-patch-programmer.bin": "image-not-a-module",
+    "not-modules/cc3000-patch-programmer_1_14.bin": "image-not-a-module",
+    "not-modules/deep_update_2014_06.bin": "image-not-a-module",
+    "not-modules/ota-flag-a5.bin": "image-not-a-module",
+    "not-modules/boron-tinker-corrupt.bin": "image-corrupt",
+}
+
+
+class Tap:
+    def __init__(self):
+        self.n = 0
+        self.failed = 0
+
+    def check(self, ok, name, diag=None):
+        self.n += 1
+        if not ok:
+            self.failed += 1
+        print(f"{'ok' if ok else 'not ok'} {self.n} - {name}")
+        if not ok and diag:
+            for line in str(diag).splitlines():
+                print(f"# {line}")
+
+    def done(self):
+        print(f"1..{self.n}")
+        return 1 if self.failed else 0
+
+
+def dep(oracle_prefix, which):
+    key = "depModule" if which == 1 else "dep2Module"
+    f = oracle_prefix[key + "Function"]
+    if f == 0:
+        return None
+    return {"function_id": f, "index": oracle_prefix[key + "Index"],
+            "version": oracle_prefix[key + "Version"]}
+
+
+def product(value):
+    return None if value == -1 else value
+
+
+def expected_module(o):
+    """The fields of an oracle entry, in flashd's names and types."""
+    p, s, c, d = o["prefixInfo"], o["suffixInfo"], o["crc"], o["derived"]
+    return {
+        "platform_id": p["platformID"],
+        "function_id": p["moduleFunction"],
+        "index": p["moduleIndex"],
+        "version": p["moduleVersion"],
+        "start": int(p["moduleStartAddy"], 16),
+        "end": int(p["moduleEndAddy"], 16),
+        "prefix_offset": p["prefixOffset"],
+        "mcu_target": p["reserved"],
+        "flags": p["moduleFlags"],
+        "dep1": dep(p, 1),
+        "dep2": dep(p, 2),
+        "suffix_size": s["suffixSize"],
+        "product_id": product(s["productId"]),
+        "product_version": product(s["productVersion"]),
+        "sha256_stored": s["fwUniqueId"],
+        "sha256_computed": d["sha256Calc"],
+        "sha256_ok": d["sha256Ok"],
+        "crc_ok": c["ok"],
+        "crc_stored": int(c["storedCrc"], 16),
+        "crc_computed": int(c["actualCrc"], 16),
+        "size": o["size"],
+    }
+
+
+def got_dep(d):
+    if d is None:
+        return None
+    return {"function_id": d["function_id"], "index": d["index"], "version": d["version"]}
+
+
+def actual_module(m):
+    return {
+        "platform_id": m["platform_id"],
+        "function_id": m["function_id"],
+        "index": m["index"],
+        "version": m["version"],
+        "start": m["start"],
+        "end": m["end"],
+        "prefix_offset": m["prefix_offset"],
+        "mcu_target": m["mcu_target"],
+        "flags": m["flags"],
+        "dep1": got_dep(m["dependencies"][0]),
+        "dep2": got_dep(m["dependencies"][1]),
+        "suffix_size": m["suffix_size"],
+        "product_id": m["product_id"],
+        "product_version": m["product_version"],
+        "sha256_stored": m["sha256"].get("stored"),
+        "sha256_computed": m["sha256"].get("computed"),
+        "sha256_ok": m["sha256"]["verdict"] == "ok",
+        "crc_ok": m["crc"]["ok"],
+        "crc_stored": m["crc"]["stored"],
+        "crc_computed": m["crc"]["computed"],
+        "size": m["size"],
+    }
+
+
+def compare(tap, name, want, got):
+    for key in want:
+        tap.check(want[key] == got.get(key), f"{name}: {key}",
+                  f"oracle {want[key]!r}, flashd {got.get(key)!r}")
+
+
+def main():
+    if len(sys.argv) != 2 or not os.path.isdir(MODULES):
+        print("1..0 # SKIP usage: test_inspect_oracle.py FLASHCTL (with FLASHD_FIXTURES set)")
+        return 77
+    flashctl = os.path.abspath(sys.argv[1])
+    oracle = {}
+    with open(os.path.join(MODULES, "oracle.jsonl")) as f:
+        for line in f:
+            o = json.loads(line)
+            oracle[o["file"]] = o
+    files = sorted(os.path.relpath(os.path.join(d, n), MODULES)
+                   for d, _, names in os.walk(MODULES) for n in names
+                   if n.endswith(".bin"))
+
+    tap = Tap()
+    tap.check(set(files) == set(oracle), "every fixture has an oracle entry and vice versa",
+              f"only on disk: {set(files) - set(oracle)}; only in oracle: {set(oracle) - set(files)}")
+
+    proc = subprocess.run([flashctl, "inspect", "--json"] + files, cwd=MODULES,
+                          capture_output=True, text=True, timeout=120)
+    tap.check(proc.returncode == 3, "exit status is 3 (worst: unusable image)",
+              f"status {proc.returncode}, stderr {proc.stderr}")
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    tap.check(len(results) == len(files), "one JSON object per file",
+              f"{len(results)} objects for {len(files)} files")
+
+    for r in results:
+        name = r["file"]
+        o = oracle.get(name)
+        if o is None:
+            continue
+        verdict = NOT_MODULE_VERDICT.get(name)
+        if verdict:
+            tap.check(not r["valid"] and r.get("error", {}).get("code") == verdict,
+                      f"{name}: flashd says {verdict}", json.dumps(r.get("error")))
+            tap.check(r.get("error", {}).get("detail", {}).get("file") == name,
+                      f"{name}: the error names the file", json.dumps(r.get("error")))
+            if verdict != "image-corrupt":
+                continue
+        else:
+            tap.check(r["valid"] and not r.get("error"), f"{name}: valid module",
+                      json.dumps(r.get("error")))
+        tap.check(r.get("sha256") == o["sha256"] and r.get("size") == o["size"],
+                  f"{name}: file SHA-256 and size")
+        if len(r["modules"]) != 1:
+            tap.check(False, f"{name}: one module", f"{len(r['modules'])} modules")
+            continue
+        m = r["modules"][0]
+        compare(tap, name, expected_module(o), actual_module(m))
+        # SHA-256 mismatch is a warning, never an error (§7.5).
+        if not o["derived"]["sha256Ok"] and verdict is None:
+            tap.check(any("SHA-256" in w for w in r["warnings"]),
+                      f"{name}: SHA-256 mismatch reported as a warning", r["warnings"])
+        if "decompressed" in o:
+            inner = m.get("inner")
+            tap.check(inner is not None, f"{name}: compressed module has an inner module")
+            if inner is not None:
+                dec = dict(o["decompressed"])
+                compare(tap, name + " (inner)", expected_module(dec), actual_module(inner))
+                tap.check(m["compression"]["inflated_size"] == dec["size"],
+                          f"{name}: declared inflated size", m["compression"])
+    return tap.done()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
