@@ -1,0 +1,416 @@
+#include "dfu_preflight.h"
+
+#include "osver.h"
+#include "platform.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define FN_BIT(f) (1u << (f))
+#define GEN3_COMPAT_USER_PAGE 0xD4000u /* first page of the 128 KiB user slot (§6.2) */
+#define GEN2_PROTECTED_END 0x08020000u /* DFU_MAL_IS_PROTECTED_AREA (§5.3) */
+#define MODULE_MAX_SIZE (16u << 20)
+#define SERVICE_MODE_MIN_SYSTEM 6101 /* particle-cli: no downgrade below 6.1.1 (§8.4.5) */
+
+static uint32_t le32(const uint8_t *p)
+{
+	return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint16_t le16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static void add_probe(struct dfu_readback *rb, uint32_t address)
+{
+	for (unsigned i = 0; i < rb->n_probes; i++)
+		if (rb->probes[i].address == address)
+			return;
+	if (rb->n_probes < DFU_PROBE_MAX)
+		rb->probes[rb->n_probes++].address = address;
+}
+
+void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
+{
+	/* Every layout era's slot starts (§6.2 has three for Gen 3). */
+	static const uint16_t eras[] = {3000, 6100, 6200};
+	memset(rb, 0, sizeof(*rb));
+	rb->platform = p;
+	if (!p)
+		return;
+	for (size_t e = 0; e < sizeof(eras) / sizeof(eras[0]); e++) {
+		const struct slot *s;
+		size_t n = platform_slots(p, eras[e], &s);
+		for (size_t i = 0; i < n; i++) {
+			if (s[i].store != MODULE_STORE_MAIN || s[i].external)
+				continue;
+			/* Radio stacks are written without prefix, NCP lives on the
+			 * coprocessor, the P2 user part grows downward (no fixed start). */
+			switch (s[i].function) {
+			case MODULE_FUNCTION_SYSTEM:
+			case MODULE_FUNCTION_BOOTLOADER:
+				add_probe(rb, s[i].start);
+				break;
+			case MODULE_FUNCTION_USER:
+				if (p->mcu != MCU_RTL8721D)
+					add_probe(rb, s[i].start);
+				break;
+			case MODULE_FUNCTION_MONO:
+				if (p->mcu == MCU_STM32F103)
+					add_probe(rb, s[i].start);
+				break;
+			default:
+				break;
+			}
+		}
+	}
+}
+
+/* The device's own prefix-offset rules (§6.2, §6.3, §7.4). */
+static size_t prefix_offset(const struct platform *p, const uint8_t *b, size_t len)
+{
+	if (len < 8)
+		return 0;
+	uint32_t w = le32(b);
+	switch (p->mcu) {
+	case MCU_STM32F205:
+		return (w & 0x2FF10000u) == 0x20000000u ? 0x184 : 0;
+	case MCU_STM32F103:
+		return (w & 0x2FF00000u) == 0x20000000u ? 0x10C : 0;
+	case MCU_NRF52840:
+		return (w & 0x2FFC0000u) == 0x20000000u ? 0x200 : 0;
+	case MCU_RTL8721D:
+		return memcmp(b, "\x99\x99\x96\x96\x3f\xcc\x66\xfc", 8) == 0 ? 0x20 : 0;
+	}
+	return 0;
+}
+
+/* A slot of any layout era that starts at address and holds function/index. */
+static bool slot_matches(const struct platform *p, uint32_t address, uint8_t function,
+			 uint8_t index)
+{
+	static const uint16_t eras[] = {3000, 6100, 6200};
+	for (size_t e = 0; e < sizeof(eras) / sizeof(eras[0]); e++) {
+		const struct slot *s;
+		size_t n = platform_slots(p, eras[e], &s);
+		for (size_t i = 0; i < n; i++)
+			if (s[i].start == address && s[i].function == function && s[i].index == index)
+				return true;
+	}
+	return false;
+}
+
+static bool parse_probe(const struct platform *p, const struct dfu_probe *pr,
+			struct installed_module *m)
+{
+	if (!pr->read)
+		return false;
+	size_t off = prefix_offset(p, pr->buf, pr->len);
+	if (off + IMAGE_PREFIX_SIZE > pr->len)
+		return false;
+	const uint8_t *b = pr->buf + off;
+	uint32_t start = le32(b), end = le32(b + 4);
+	uint8_t function = b[14], index = b[15];
+	if (start != pr->address || end <= start || end - start > MODULE_MAX_SIZE)
+		return false;
+	if (le16(b + 12) != p->id || !slot_matches(p, start, function, index))
+		return false;
+	memset(m, 0, sizeof(*m));
+	m->function = function;
+	m->index = index;
+	m->store = MODULE_STORE_MAIN;
+	m->version = le16(b + 10);
+	m->address = start;
+	m->slot_size = end + 4 - start; /* DFU read-back: bytes the module occupies */
+	for (int d = 0; d < 2; d++) {
+		m->deps[d].function = b[16 + 4 * d];
+		m->deps[d].index = b[17 + 4 * d];
+		m->deps[d].version = le16(b + 18 + 4 * d);
+	}
+	return true;
+}
+
+bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *info,
+			struct device_facts *facts)
+{
+	const struct platform *p = rb->platform;
+	memset(facts, 0, sizeof(*facts));
+	facts->platform = p;
+	if (info) {
+		snprintf(facts->device_id, sizeof(facts->device_id), "%.*s", DEVICE_ID_LEN, info->serial);
+		facts->protection = info->protected_device ? DEVICE_PROTECTION_PROTECTED
+				    : info->service_mode  ? DEVICE_PROTECTION_SERVICE
+				    : info->protection[0] ? DEVICE_PROTECTION_OPEN
+							  : DEVICE_PROTECTION_UNKNOWN;
+	}
+	if (!p)
+		return false;
+	bool system_found = false;
+	for (unsigned i = 0; i < rb->n_probes && facts->n_modules < DEVICE_FACTS_MAX_MODULES; i++) {
+		struct installed_module m;
+		if (!parse_probe(p, &rb->probes[i], &m))
+			continue;
+		facts->modules[facts->n_modules++] = m;
+		if (m.function == MODULE_FUNCTION_SYSTEM && m.index == 1) {
+			facts->system_version = m.version;
+			system_found = true;
+		}
+	}
+	if (facts->system_version) {
+		const char *rel = osver_release_for(MODULE_FUNCTION_SYSTEM, facts->system_version);
+		if (rel)
+			snprintf(facts->os_version, sizeof(facts->os_version), "%s", rel);
+	}
+	/* Prefixes are all we read: the list is what is installed at the known slots. */
+	facts->modules_known = true;
+	/* Gen 3 has three layouts; the system part's start says which (§6.2).  The others
+	 * have one layout per platform. */
+	if (p->mcu == MCU_NRF52840)
+		return system_found;
+	return true;
+}
+
+void dfu_preflight_rules(const struct device_facts *dev, struct preflight_rules *rules)
+{
+	(void)dev;
+	memset(rules, 0, sizeof(*rules));
+	rules->transport = PREFLIGHT_TRANSPORT_DFU;
+	rules->transport_name = "dfu";
+	rules->functions = FN_BIT(MODULE_FUNCTION_SYSTEM) | FN_BIT(MODULE_FUNCTION_USER) |
+			   FN_BIT(MODULE_FUNCTION_MONO) | FN_BIT(MODULE_FUNCTION_RADIO_STACK);
+	rules->compressed = true; /* inflated here */
+	rules->combined = true;   /* split here */
+	rules->encrypted = false;
+	rules->why_not = "the DFU memory maps do not expose bootloaders, network-coprocessor "
+			 "firmware or encrypted modules (§5.5)";
+}
+
+static int not_flashable(const struct image_module *m, struct error *err)
+{
+	const char *why = m->flags & IMAGE_FLAG_ENCRYPTED ? "encrypted modules"
+			  : m->function == MODULE_FUNCTION_BOOTLOADER ? "bootloaders"
+			  : m->function == MODULE_FUNCTION_NCP ? "network-coprocessor firmware"
+							       : "this module kind";
+	error_set(err, ERR_NOT_FLASHABLE_HERE, "%s cannot be written over DFU", why);
+	error_detail_str(err, "module_function", module_function_name(m->function));
+	error_detail_str(err, "transport", "dfu");
+	error_detail_str(err, "reason", why);
+	error_hint(err, "flash it over serial in listening mode (Device OS 5.x and earlier: "
+			"flashctl flash --serial), or with particle-cli in normal mode");
+	return -1;
+}
+
+static int check_map(const struct dfuse_info *info, const struct platform *p, uint32_t addr,
+		     size_t len, struct error *err)
+{
+	uint32_t bad = addr;
+	const char *why = NULL;
+	if (!info || !info->map_valid[0])
+		why = "the device did not describe its internal flash";
+	else if (!dfuse_map_range_has(&info->maps[0], addr, (uint32_t)len,
+				      DFUSE_MEM_ERASABLE | DFUSE_MEM_WRITABLE, &bad))
+		why = "not erasable and writable";
+	else if (p->mcu == MCU_STM32F205 && addr < GEN2_PROTECTED_END)
+		why = "below 0x08020000, which the Gen 2 bootloader refuses to touch";
+	if (!why)
+		return 0;
+	error_set(err, ERR_OUTSIDE_MEMORY_MAP,
+		  "0x%08x-0x%08zx does not fit the DFU memory map: address 0x%08x is %s", addr,
+		  addr + len, bad, why);
+	error_detail_int(err, "alt", 0);
+	error_detail_int(err, "address", bad);
+	error_detail_int(err, "start", addr);
+	error_detail_int(err, "end", (long long)(addr + len));
+	error_detail_str(err, "needed", "erasable,writable");
+	if (info && info->map_valid[0]) {
+		error_detail_str(err, "region", info->maps[0].name);
+		const struct dfuse_segment *seg = dfuse_map_find(&info->maps[0], bad);
+		error_detail_str(err, "attributes",
+				 seg ? dfuse_mem_attr_describe(seg->attrs) : "absent");
+	}
+	return -1;
+}
+
+static int check_slot(const struct device_facts *dev, uint16_t layout_version,
+		      const struct dfu_write *w, struct error *err)
+{
+	const struct slot *s = platform_find_slot(dev->platform, layout_version, w->function,
+						  w->index, MODULE_STORE_MAIN);
+	if (s && w->address >= s->start && (uint64_t)w->address + w->len <= s->end)
+		return 0;
+	error_set(err, ERR_WRONG_SLOT,
+		  "%s %u at 0x%08x-0x%08zx does not fit the %s of this device",
+		  module_function_phrase(w->function), w->index, w->address, w->address + w->len,
+		  platform_layout_name(dev->platform, layout_version));
+	error_detail_str(err, "module_function", module_function_name(w->function));
+	error_detail_int(err, "module_index", w->index);
+	error_detail_int(err, "start", w->address);
+	error_detail_int(err, "end", (long long)(w->address + w->len));
+	if (s) {
+		error_detail_int(err, "slot_start", s->start);
+		error_detail_int(err, "slot_end", s->end);
+	}
+	if (dev->os_version[0])
+		error_detail_str(err, "device_os", dev->os_version);
+	return -1;
+}
+
+/* The write must not reach into another installed module (e.g. a 3.1+ app at 0xB4000 over
+ * the end of a 1.5.x system part that runs to 0xCAF40). */
+static int check_overlap(const struct device_facts *dev, const struct dfu_write *w,
+			 struct error *err)
+{
+	for (unsigned i = 0; i < dev->n_modules; i++) {
+		const struct installed_module *m = &dev->modules[i];
+		if (!m->address || !m->slot_size)
+			continue;
+		if (m->function == w->function &&
+		    (m->index == w->index || m->function == MODULE_FUNCTION_USER))
+			continue; /* replaced (or, for the old user slot, invalidated) */
+		uint64_t a0 = w->address, a1 = (uint64_t)w->address + w->len;
+		uint64_t b0 = m->address, b1 = (uint64_t)m->address + m->slot_size;
+		if (a0 < b1 && b0 < a1) {
+			const char *rel = osver_release_for(m->function, m->version);
+			error_set(err, ERR_WRONG_SLOT,
+				  "%s %u at 0x%08x-0x%08llx would overwrite the installed %s %u "
+				  "(0x%08x-0x%08llx%s%s)",
+				  module_function_phrase(w->function), w->index, w->address,
+				  (unsigned long long)a1, module_function_phrase(m->function),
+				  m->index, m->address, (unsigned long long)b1,
+				  rel ? ", Device OS " : "", rel ? rel : "");
+			error_detail_str(err, "module_function", module_function_name(w->function));
+			error_detail_int(err, "module_index", w->index);
+			error_detail_int(err, "start", w->address);
+			error_detail_int(err, "end", (long long)a1);
+			error_detail_int(err, "slot_start", m->address);
+			error_detail_int(err, "slot_end", (long long)b1);
+			if (dev->os_version[0])
+				error_detail_str(err, "device_os", dev->os_version);
+			error_hint(err, "update Device OS on the device first (flash the system part "
+					"this application was built for), then the application");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int check_protection(const struct device_facts *dev, const struct image_module *m,
+			    struct error *err)
+{
+	if (dev->protection == DEVICE_PROTECTION_PROTECTED) {
+		error_set(err, ERR_DEVICE_PROTECTED,
+			  "the device has Device Protection enabled: it refuses DFU writes and reads");
+		error_detail_str(err, "protection", "protected");
+		error_detail_str(err, "reason", "protected devices accept no DFU writes or UPLOAD");
+		return -1;
+	}
+	if (dev->protection == DEVICE_PROTECTION_SERVICE && m->function == MODULE_FUNCTION_SYSTEM &&
+	    m->version < SERVICE_MODE_MIN_SYSTEM) {
+		error_set(err, ERR_DEVICE_PROTECTED,
+			  "a protected device in service mode only accepts Device OS 6.1.1 or later "
+			  "(system part version %u < %u)",
+			  m->version, SERVICE_MODE_MIN_SYSTEM);
+		error_detail_str(err, "protection", "service");
+		error_detail_str(err, "reason", "downgrade below 6.1.1 on a protected device");
+		error_detail_int(err, "module_version", m->version);
+		error_detail_int(err, "minimum_version", SERVICE_MODE_MIN_SYSTEM);
+		error_hint(err, "flash Device OS 6.1.1 or later");
+		return -1;
+	}
+	return 0;
+}
+
+/* The bytes a module puts in flash: inflated when compressed, without prefix for
+ * DROP_MODULE_INFO (§7.2, particle-cli strips the 24 bytes). */
+static void module_payload(const struct image *img, const struct image_module *m,
+			   const struct image **ret_img, const struct image_module **ret_m,
+			   const uint8_t **data, size_t *len)
+{
+	if ((m->flags & IMAGE_FLAG_COMPRESSED) && m->inner && m->inner->n_modules > 0) {
+		img = m->inner;
+		m = &m->inner->modules[0];
+	}
+	*ret_img = img;
+	*ret_m = m;
+	*data = image_module_bytes(img, m);
+	*len = m->size;
+	if (m->flags & IMAGE_FLAG_DROP_MODULE_INFO) {
+		*data += IMAGE_PREFIX_SIZE;
+		*len -= IMAGE_PREFIX_SIZE;
+	}
+}
+
+static bool job_has_system(const struct preflight_plan *pp, uint16_t *version)
+{
+	for (size_t i = 0; i < pp->n_steps; i++) {
+		const struct image *img = pp->steps[i].img;
+		for (unsigned k = 0; k < img->n_modules; k++)
+			if (img->modules[k].function == MODULE_FUNCTION_SYSTEM) {
+				*version = img->modules[k].version;
+				return true;
+			}
+	}
+	return false;
+}
+
+int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
+		       const struct dfuse_info *info, const struct preflight_plan *pp, bool force,
+		       struct dfu_plan *plan, struct error *err)
+{
+	(void)force; /* memory map, slot and overlap checks are never forced (issue 7) */
+	memset(plan, 0, sizeof(*plan));
+	uint16_t layout_version = dev->system_version, job_system = 0;
+	bool brings_system = job_has_system(pp, &job_system);
+	if (brings_system)
+		layout_version = job_system;
+	if (!layout_known && !brings_system && dev->platform &&
+	    dev->platform->mcu == MCU_NRF52840) {
+		error_set(err, ERR_LAYOUT_UNKNOWN,
+			  "no system part was found at 0x28000 or 0x30000, so it is unknown which of "
+			  "the Gen 3 flash layouts the device uses");
+		error_detail_str(err, "reason", "no system part prefix found by UPLOAD");
+		return -1;
+	}
+	for (size_t i = 0; i < pp->n_steps; i++) {
+		const struct image *img = pp->steps[i].img;
+		for (unsigned k = 0; k < img->n_modules; k++) {
+			const struct image *mi;
+			const struct image_module *m;
+			struct dfu_write w = {0};
+			module_payload(img, &img->modules[k], &mi, &m, &w.data, &w.len);
+			if ((m->flags & IMAGE_FLAG_ENCRYPTED) ||
+			    !(FN_BIT(m->function) & (FN_BIT(MODULE_FUNCTION_SYSTEM) |
+						     FN_BIT(MODULE_FUNCTION_USER) |
+						     FN_BIT(MODULE_FUNCTION_MONO) |
+						     FN_BIT(MODULE_FUNCTION_RADIO_STACK))))
+				return not_flashable(m, err);
+			if (check_protection(dev, m, err) < 0)
+				return -1;
+			w.address = m->start;
+			w.name = pp->steps[i].name;
+			w.function = m->function;
+			w.index = m->index;
+			if (check_map(info, dev->platform, w.address, w.len, err) < 0 ||
+			    check_slot(dev, layout_version, &w, err) < 0 ||
+			    (!brings_system && check_overlap(dev, &w, err) < 0)) {
+				error_prefix(err, "%s: ", w.name ? w.name : "image");
+				return -1;
+			}
+			/* §6.2: a 256 KiB-slot application on Device OS ≥ 3.1 leaves the old
+			 * 128 KiB slot's first page erased so the stale app is not picked. */
+			if (dev->platform->mcu == MCU_NRF52840 && m->function == MODULE_FUNCTION_USER &&
+			    m->index == 2 && (layout_version >= 3100 || m->deps[0].version >= 3103) &&
+			    w.address + w.len <= GEN3_COMPAT_USER_PAGE &&
+			    plan->n_writes + 1 < DFU_WRITE_MAX) {
+				plan->writes[plan->n_writes++] = (struct dfu_write){
+					0, GEN3_COMPAT_USER_PAGE, NULL, 4096, true,
+					"invalidate-128k-user-part", MODULE_FUNCTION_USER, 1};
+			}
+			if (plan->n_writes >= DFU_WRITE_MAX)
+				return error_set(err, ERR_INTERNAL, "too many modules in one job");
+			plan->writes[plan->n_writes++] = w;
+		}
+	}
+	return 0;
+}

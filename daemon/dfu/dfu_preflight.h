@@ -1,0 +1,89 @@
+/*
+ * What is in flash before erasing, and the DFU-specific preflight.
+ *
+ * A device in DFU mode has no module list: the installed module prefixes are
+ * read back with UPLOAD at the platform's slot addresses (prefix offset rules
+ * §6.2/§7.4) and turned into struct device_facts; on Gen 3 the system part's
+ * position tells which of the three layouts is installed (§6.2).  The checks
+ * here are the ones only DFU needs (memory map, slot overlap with what is
+ * really installed, Device Protection, module kinds DFU cannot write); the
+ * generic ones (platform, slot, size, CRC, dependencies, ordering) are
+ * preflight.c's.  Pure functions: the transport does the UPLOADs.
+ */
+#pragma once
+
+#include "device_facts.h"
+#include "dfuse.h"
+#include "errors.h"
+#include "image.h"
+#include "preflight.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DFU_PROBE_MAX 8
+#define DFU_PROBE_LEN 0x220 /* vector table (≤ 0x200) + 24-byte prefix, rounded */
+#define DFU_WRITE_MAX (PREFLIGHT_MAX_IMAGES * IMAGE_MAX_MODULES + 1)
+
+/* One UPLOAD read of a candidate module start. */
+struct dfu_probe {
+	uint32_t address;
+	uint8_t buf[DFU_PROBE_LEN];
+	size_t len; /* bytes read */
+	bool read;
+};
+
+struct dfu_readback {
+	const struct platform *platform;
+	struct dfu_probe probes[DFU_PROBE_MAX];
+	unsigned n_probes;
+};
+
+/* The slot starts worth reading for this platform (every layout era). */
+void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb);
+
+/*
+ * Turns the reads into facts: platform, device id, installed modules (with
+ * address, version, dependencies), system_version, and whether the flash
+ * layout is known.  Returns true when the layout is determined.
+ */
+bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *info,
+			struct device_facts *facts);
+
+/* One contiguous write of the plan. */
+struct dfu_write {
+	uint8_t alt;
+	uint32_t address;
+	const uint8_t *data; /* into the job's image (not owned) */
+	size_t len;
+	bool erase_only; /* the 0xD4000 invalidation page: erase, write nothing */
+	const char *name;
+	uint8_t function;
+	uint8_t index;
+};
+
+struct dfu_plan {
+	struct dfu_write writes[DFU_WRITE_MAX];
+	unsigned n_writes;
+};
+
+/* preflight.c rules for DFU: system, user, monolithic, radio stack; no bootloader/NCP/encrypted. */
+void dfu_preflight_rules(const struct device_facts *dev, struct preflight_rules *rules);
+
+/*
+ * The DFU checks of issue 7 over an ordered preflight plan, and the writes:
+ *  - layout known (Gen 3) unless the job brings its own system part;
+ *  - every write range inside a writable+erasable region of alt 0's memory
+ *    map and inside the module's slot, not overlapping another installed
+ *    module (force never bypasses these);
+ *  - Device Protection (protected → refused; service mode → system parts
+ *    ≥ 6.1.1 only);
+ *  - DROP_MODULE_INFO written without its prefix; compressed modules
+ *    inflated; combined files split;
+ *  - Gen 3 application in the 256 KiB slot on Device OS ≥ 3.1: erase the
+ *    page at 0xD4000 first (as particle-cli does, §6.2).
+ */
+int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
+		       const struct dfuse_info *info, const struct preflight_plan *pp, bool force,
+		       struct dfu_plan *plan, struct error *err);

@@ -1,0 +1,330 @@
+/* Module read-back over UPLOAD and the DFU-specific preflight, on real fixtures. */
+#include "dfu_preflight.h"
+
+#include "platform.h"
+
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#define GEN3_MAP "@Internal Flash   /0x00000000/1*004Ka,47*004Kg,192*004Kg,4*004Kg,4*004Kg,8*004Ka"
+#define GEN2_MAP "@Internal Flash   /0x08000000/03*016Ka,01*016Kg,01*064Kg,07*128Kg"
+
+static struct image *load(const char *rel)
+{
+	char path[512];
+	const char *dir = getenv("FLASHD_FIXTURES");
+	snprintf(path, sizeof(path), "%s/modules/%s", dir ? dir : "../shared/fixtures", rel);
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		fail_msg("cannot open %s", path);
+	struct image *img = NULL;
+	struct error err;
+	error_init(&err);
+	if (image_load_fd(fd, rel, &img, &err) < 0)
+		fail_msg("%s: %s", rel, err.message);
+	close(fd);
+	error_clear(&err);
+	return img;
+}
+
+static void info_with_map(struct dfuse_info *info, const char *map)
+{
+	struct error err;
+	error_init(&err);
+	memset(info, 0, sizeof(*info));
+	snprintf(info->serial, sizeof(info->serial), "e00fce68aabbccddeeff0011");
+	snprintf(info->protection, sizeof(info->protection), "sm=o");
+	assert_int_equal(dfuse_map_parse(map, &info->maps[0], &err), 0);
+	info->map_valid[0] = true;
+}
+
+/* Puts a module's first bytes where the read-back of its slot would find them. */
+static void put_probe(struct dfu_readback *rb, const struct image *img)
+{
+	const struct image_module *m = &img->modules[0];
+	for (unsigned i = 0; i < rb->n_probes; i++) {
+		if (rb->probes[i].address != m->start)
+			continue;
+		size_t n = m->size < DFU_PROBE_LEN ? m->size : DFU_PROBE_LEN;
+		memcpy(rb->probes[i].buf, image_module_bytes(img, m), n);
+		rb->probes[i].len = DFU_PROBE_LEN;
+		return;
+	}
+	fail_msg("no probe at 0x%x", m->start);
+}
+
+static void erased(struct dfu_readback *rb)
+{
+	for (unsigned i = 0; i < rb->n_probes; i++) {
+		memset(rb->probes[i].buf, 0xff, DFU_PROBE_LEN);
+		rb->probes[i].len = DFU_PROBE_LEN;
+		rb->probes[i].read = true;
+	}
+}
+
+static bool has_probe(const struct dfu_readback *rb, uint32_t a)
+{
+	for (unsigned i = 0; i < rb->n_probes; i++)
+		if (rb->probes[i].address == a)
+			return true;
+	return false;
+}
+
+static int plan_for(const struct device_facts *dev, bool layout_known, const struct dfuse_info *info,
+		    struct image *img, bool force, struct dfu_plan *plan, struct error *err)
+{
+	struct preflight_plan pp = {0};
+	pp.steps[0].img = img;
+	pp.steps[0].name = "test.bin";
+	pp.steps[0].module = &img->modules[0];
+	pp.n_steps = 1;
+	return dfu_preflight_plan(dev, layout_known, info, &pp, force, plan, err);
+}
+
+static void test_readback_plan_covers_every_gen3_layout_and_gen2_slots(void **state)
+{
+	(void)state;
+	struct dfu_readback rb;
+	dfu_readback_plan(platform_by_id(12), &rb);
+	assert_true(has_probe(&rb, 0x28000));
+	assert_true(has_probe(&rb, 0x30000));
+	assert_true(has_probe(&rb, 0xB4000));
+	assert_true(has_probe(&rb, 0xD4000));
+	assert_true(has_probe(&rb, 0xF4000));
+	dfu_readback_plan(platform_by_id(6), &rb);
+	assert_true(has_probe(&rb, 0x08000000));
+	assert_true(has_probe(&rb, 0x08020000));
+	assert_true(has_probe(&rb, 0x08060000));
+	assert_true(has_probe(&rb, 0x080A0000));
+}
+
+static void test_readback_of_argon_1_5_system_part_determines_old_layout(void **state)
+{
+	(void)state;
+	struct image *sys = load("argon/argon-system-part1@1.5.0.bin");
+	struct dfu_readback rb;
+	struct dfuse_info info;
+	struct device_facts facts;
+	info_with_map(&info, GEN3_MAP);
+	dfu_readback_plan(platform_by_id(12), &rb);
+	erased(&rb);
+	put_probe(&rb, sys);
+	assert_true(dfu_readback_facts(&rb, &info, &facts));
+	assert_int_equal(facts.platform->id, 12);
+	assert_string_equal(facts.device_id, "e00fce68aabbccddeeff0011");
+	assert_int_equal(facts.system_version, sys->modules[0].version);
+	assert_int_equal(facts.n_modules, 1);
+	assert_int_equal(facts.modules[0].address, 0x30000);
+	assert_int_equal(facts.modules[0].slot_size, sys->modules[0].size);
+	assert_int_equal(facts.protection, DEVICE_PROTECTION_OPEN);
+	image_free(sys);
+}
+
+static void test_erased_gen3_device_has_unknown_layout_and_app_is_refused(void **state)
+{
+	(void)state;
+	struct image *app = load("argon/tinker-0.8.0-rc.27-argon.bin");
+	struct dfu_readback rb;
+	struct dfuse_info info;
+	struct device_facts facts;
+	struct dfu_plan plan;
+	struct error err;
+	error_init(&err);
+	info_with_map(&info, GEN3_MAP);
+	dfu_readback_plan(platform_by_id(12), &rb);
+	erased(&rb);
+	assert_false(dfu_readback_facts(&rb, &info, &facts));
+	assert_int_equal(plan_for(&facts, false, &info, app, true, &plan, &err), -1);
+	assert_int_equal(err.code, ERR_LAYOUT_UNKNOWN);
+	error_clear(&err);
+	image_free(app);
+}
+
+/* A 3.1+ Argon application: user part index 2 at 0xB4000 (synthetic module). */
+static struct image *fake_app_256k(uint32_t size)
+{
+	struct image *img = calloc(1, sizeof(*img));
+	img->data = calloc(1, size);
+	img->len = size;
+	img->n_modules = 1;
+	struct image_module *m = &img->modules[0];
+	m->size = size;
+	m->start = 0xB4000;
+	m->end = 0xB4000 + size - 4;
+	m->platform_id = 12;
+	m->function = MODULE_FUNCTION_USER;
+	m->index = 2;
+	m->version = 6;
+	m->deps[0] = (struct image_dependency){MODULE_FUNCTION_SYSTEM, 1, 3103};
+	m->crc_ok = true;
+	return img;
+}
+
+static void test_3_1_argon_app_on_1_5_argon_is_refused_even_with_force(void **state)
+{
+	(void)state;
+	struct image *sys = load("argon/argon-system-part1@1.5.0.bin");
+	struct image *app = fake_app_256k(0x3000);
+	struct dfu_readback rb;
+	struct dfuse_info info;
+	struct device_facts facts;
+	struct dfu_plan plan;
+	struct error err;
+	error_init(&err);
+	info_with_map(&info, GEN3_MAP);
+	dfu_readback_plan(platform_by_id(12), &rb);
+	erased(&rb);
+	put_probe(&rb, sys);
+	assert_true(dfu_readback_facts(&rb, &info, &facts));
+	assert_int_equal(plan_for(&facts, true, &info, app, true, &plan, &err), -1);
+	assert_int_equal(err.code, ERR_WRONG_SLOT);
+	assert_int_equal(plan.n_writes, 0);
+	error_clear(&err);
+	image_free(sys);
+	image_free(app);
+}
+
+static void test_3_1_app_on_4_x_device_also_erases_the_0xd4000_page(void **state)
+{
+	(void)state;
+	struct image *app = fake_app_256k(0x3000);
+	struct dfuse_info info;
+	struct device_facts facts = {0};
+	struct dfu_plan plan;
+	struct error err;
+	error_init(&err);
+	info_with_map(&info, GEN3_MAP);
+	facts.platform = platform_by_id(12);
+	facts.system_version = 4003;
+	assert_int_equal(plan_for(&facts, true, &info, app, false, &plan, &err), 0);
+	assert_int_equal(plan.n_writes, 2);
+	assert_true(plan.writes[0].erase_only);
+	assert_int_equal(plan.writes[0].address, 0xD4000);
+	assert_int_equal(plan.writes[0].len, 4096);
+	assert_int_equal(plan.writes[1].address, 0xB4000);
+	assert_int_equal(plan.writes[1].len, 0x3000);
+	image_free(app);
+}
+
+static void test_photon_user_part_is_one_write_at_its_prefix_address(void **state)
+{
+	(void)state;
+	struct image *app = load("photon/tinker-0.4.5-photon.bin");
+	struct dfuse_info info;
+	struct device_facts facts = {0};
+	struct dfu_plan plan;
+	struct error err;
+	error_init(&err);
+	info_with_map(&info, GEN2_MAP);
+	facts.platform = platform_by_id(6);
+	assert_int_equal(plan_for(&facts, true, &info, app, false, &plan, &err), 0);
+	assert_int_equal(plan.n_writes, 1);
+	assert_int_equal(plan.writes[0].address, 0x080A0000);
+	assert_int_equal(plan.writes[0].len, app->len);
+	assert_ptr_equal(plan.writes[0].data, app->data);
+	image_free(app);
+}
+
+static void test_bootloader_is_not_flashable_over_dfu_with_serial_hint(void **state)
+{
+	(void)state;
+	struct image *bl = load("argon/argon-bootloader@2.2.0.bin");
+	struct dfuse_info info;
+	struct device_facts facts = {0};
+	struct dfu_plan plan;
+	struct error err;
+	error_init(&err);
+	info_with_map(&info, GEN3_MAP);
+	facts.platform = platform_by_id(12);
+	facts.system_version = 2200;
+	assert_int_equal(plan_for(&facts, true, &info, bl, true, &plan, &err), -1);
+	assert_int_equal(err.code, ERR_NOT_FLASHABLE_HERE);
+	assert_non_null(strstr(err.hint, "serial"));
+	error_clear(&err);
+	image_free(bl);
+}
+
+static void test_radio_stack_is_written_without_its_prefix(void **state)
+{
+	(void)state;
+	struct image *sd = load("argon/argon-softdevice@2.0.1.bin");
+	struct dfuse_info info;
+	struct device_facts facts = {0};
+	struct dfu_plan plan;
+	struct error err;
+	error_init(&err);
+	info_with_map(&info, GEN3_MAP);
+	facts.platform = platform_by_id(12);
+	facts.system_version = 2200;
+	assert_true(sd->modules[0].flags & IMAGE_FLAG_DROP_MODULE_INFO);
+	if (plan_for(&facts, true, &info, sd, false, &plan, &err) < 0)
+		fail_msg("%s", err.message);
+	assert_int_equal(plan.n_writes, 1);
+	assert_int_equal(plan.writes[0].address, sd->modules[0].start);
+	assert_int_equal(plan.writes[0].len, sd->modules[0].size - IMAGE_PREFIX_SIZE);
+	assert_ptr_equal(plan.writes[0].data, sd->data + IMAGE_PREFIX_SIZE);
+	image_free(sd);
+}
+
+static void test_protected_device_refuses_dfu_writes(void **state)
+{
+	(void)state;
+	struct image *app = load("photon/tinker-0.4.5-photon.bin");
+	struct dfuse_info info;
+	struct device_facts facts = {0};
+	struct dfu_plan plan;
+	struct error err;
+	error_init(&err);
+	info_with_map(&info, GEN2_MAP);
+	facts.platform = platform_by_id(6);
+	facts.protection = DEVICE_PROTECTION_PROTECTED;
+	assert_int_equal(plan_for(&facts, true, &info, app, true, &plan, &err), -1);
+	assert_int_equal(err.code, ERR_DEVICE_PROTECTED);
+	error_clear(&err);
+	image_free(app);
+}
+
+static void test_range_in_read_only_segment_is_outside_memory_map_even_forced(void **state)
+{
+	(void)state;
+	struct image *app = load("photon/tinker-0.4.5-photon.bin");
+	struct dfuse_info info;
+	struct device_facts facts = {0};
+	struct dfu_plan plan;
+	struct error err;
+	error_init(&err);
+	/* A map whose user area is read-only ('a'). */
+	info_with_map(&info, "@Internal Flash   /0x08000000/03*016Ka,01*016Kg,01*064Kg,07*128Ka");
+	facts.platform = platform_by_id(6);
+	assert_int_equal(plan_for(&facts, true, &info, app, true, &plan, &err), -1);
+	assert_int_equal(err.code, ERR_OUTSIDE_MEMORY_MAP);
+	assert_string_equal(json_string_value(json_object_get(err.detail, "attributes")), "readable");
+	error_clear(&err);
+	image_free(app);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_readback_plan_covers_every_gen3_layout_and_gen2_slots),
+		cmocka_unit_test(test_readback_of_argon_1_5_system_part_determines_old_layout),
+		cmocka_unit_test(test_erased_gen3_device_has_unknown_layout_and_app_is_refused),
+		cmocka_unit_test(test_3_1_argon_app_on_1_5_argon_is_refused_even_with_force),
+		cmocka_unit_test(test_3_1_app_on_4_x_device_also_erases_the_0xd4000_page),
+		cmocka_unit_test(test_photon_user_part_is_one_write_at_its_prefix_address),
+		cmocka_unit_test(test_bootloader_is_not_flashable_over_dfu_with_serial_hint),
+		cmocka_unit_test(test_radio_stack_is_written_without_its_prefix),
+		cmocka_unit_test(test_protected_device_refuses_dfu_writes),
+		cmocka_unit_test(test_range_in_read_only_segment_is_outside_memory_map_even_forced),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
