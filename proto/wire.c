@@ -339,10 +339,12 @@ json_t *wire_event_new(const char *event)
 
 json_t *wire_error_new(const json_t *id, const struct error *e)
 {
-	json_t *obj = error_to_json(e);
-	json_object_set_new(obj, "type", json_string("error"));
+	json_t *obj = json_pack("{s:s}", "type", "error");
 	if (id)
 		json_object_set(obj, "id", (json_t *)id);
+	json_t *body = error_to_json(e);
+	json_object_update(obj, body);
+	json_decref(body);
 	return obj;
 }
 

@@ -1,0 +1,955 @@
+#include "jobs.h"
+
+#include "log.h"
+#include "settings.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+/* job-progress events for bytes are sent at most this often (state changes always). */
+#define JOBS_PROGRESS_INTERVAL_MS 100
+
+struct job {
+	struct job *next;
+	struct jobs *jobs;
+	char id[37];
+	enum job_state state;
+	enum job_result result;
+	bool ended;
+	char outcome[32];
+	struct error error;
+
+	enum wire_target_kind target;
+	char target_value[WIRE_TARGET_MAX];
+	bool all;
+	struct device *device; /* bound device (kept after the end for the record) */
+	char device_key[DEVICE_KEY_MAX];
+	struct job_options opts;
+	bool cancel_on_disconnect;
+	unsigned long client_id;
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+
+	struct image_ref *images[WIRE_IMAGES_MAX];
+	char names[WIRE_IMAGES_MAX][WIRE_NAME_MAX];
+	char sha256[WIRE_IMAGES_MAX][65];
+	size_t sizes[WIRE_IMAGES_MAX];
+	unsigned n_images;
+	bool images_released;
+
+	const struct transport_ops *ops;
+	struct transport_run *run;
+	const struct transport_ops *handoff_to; /* start this transport at the next kick */
+	bool in_start;
+	bool cancel_requested;
+	uid_t cancel_by;
+
+	struct event *wait_timer;
+	struct event *cancel_timer;
+	bool waiting_armed;
+
+	double created, started, ended_at;
+	uint64_t done, total;
+	uint64_t phase_done0;
+	double phase_t0, last_emit;
+};
+
+struct grave {
+	struct grave *next;
+	const struct transport_ops *ops;
+	struct transport_run *run;
+};
+
+struct jobs {
+	struct event_base *base;
+	struct registry *reg;
+	struct image_cache *images;
+	const struct transport_ops *const *transports;
+	struct job *list; /* creation order */
+	unsigned max_jobs, history;
+	struct event *kick;
+	struct grave *graves;
+	jobs_sink sink;
+	void *sink_ctx;
+	bool self_change; /* registry changes caused by a job's own calls */
+};
+
+static const struct timeout_def jobs_timeouts[] = {
+    {"job_cancel_grace_ms", 5000,
+     "how long a transport may take to stop after cancel before the job is ended anyway"},
+    {0},
+};
+
+/* ---- names ------------------------------------------------------------- */
+
+const char *job_state_name(enum job_state s)
+{
+	static const char *const names[] = {
+	    [JOB_QUEUED] = "queued",
+	    [JOB_WAITING_FOR_DEVICE] = "waiting-for-device",
+	    [JOB_SWITCHING_MODE] = "switching-mode",
+	    [JOB_PREFLIGHT] = "preflight",
+	    [JOB_ERASING] = "erasing",
+	    [JOB_WRITING] = "writing",
+	    [JOB_REBOOTING] = "rebooting",
+	    [JOB_VERIFYING] = "verifying",
+	    [JOB_DONE] = "done",
+	    [JOB_FAILED] = "failed",
+	    [JOB_CANCELLED] = "cancelled",
+	    [JOB_INTERRUPTED] = "interrupted",
+	};
+	return (unsigned)s <= JOB_INTERRUPTED ? names[s] : "?";
+}
+
+const char *job_result_name(enum job_result r)
+{
+	switch (r) {
+	case JOB_RESULT_DONE:
+		return "done";
+	case JOB_RESULT_FAILED:
+		return "failed";
+	case JOB_RESULT_CANCELLED:
+		return "cancelled";
+	case JOB_RESULT_INTERRUPTED:
+		return "interrupted";
+	}
+	return "?";
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double mono_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void make_uuid(char out[37])
+{
+	uint8_t b[16];
+	/* getrandom never blocks once the pool is initialised (always, after boot);
+	 * the fallback keeps ids unique within a process at least. */
+	if (getrandom(b, sizeof(b), GRND_NONBLOCK) != (ssize_t)sizeof(b)) {
+		static uint64_t counter;
+		uint64_t t = (uint64_t)(now_s() * 1e6) ^ (uint64_t)getpid() << 40;
+		counter++;
+		memcpy(b, &t, 8);
+		memcpy(b + 8, &counter, 8);
+	}
+	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4 */
+	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+	snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+		 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+		 b[13], b[14], b[15]);
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+static void emit(struct job *job, json_t *event)
+{
+	json_object_set_new(event, "job", json_string(job->id));
+	if (job->jobs->sink)
+		job->jobs->sink(job->jobs->sink_ctx, job, event);
+	json_decref(event);
+}
+
+static void emit_record(struct job *job, const char *name)
+{
+	json_t *ev = wire_event_new(name);
+	json_object_set_new(ev, "record", job_to_json(job));
+	emit(job, ev);
+}
+
+static void emit_progress(struct job *job, const char *note, const char *message)
+{
+	json_t *ev = wire_event_new("job-progress");
+	json_object_set_new(ev, "state", json_string(job_state_name(job->state)));
+	json_object_set_new(ev, "phase", json_string(job_state_name(job->state)));
+	json_object_set_new(ev, "done", json_integer((json_int_t)job->done));
+	json_object_set_new(ev, "total", json_integer((json_int_t)job->total));
+	if (job->total) {
+		double elapsed = mono_s() - job->phase_t0;
+		double rate = elapsed > 0 ? (double)(job->done - job->phase_done0) / elapsed : 0;
+		json_object_set_new(ev, "percent",
+				    json_integer((json_int_t)(job->done * 100 / job->total)));
+		json_object_set_new(ev, "rate", json_integer((json_int_t)rate));
+		json_object_set_new(ev, "eta_s",
+				    rate > 0 ? json_real((double)(job->total - job->done) / rate)
+					     : json_null());
+	}
+	if (note)
+		json_object_set_new(ev, "note", json_string(note));
+	if (message)
+		json_object_set_new(ev, "message", json_string(message));
+	emit(job, ev);
+}
+
+/* ---- scheduling -------------------------------------------------------- */
+
+static void kick(struct jobs *jobs)
+{
+	event_active(jobs->kick, 0, 0);
+}
+
+static void bury(struct jobs *jobs, const struct transport_ops *ops, struct transport_run *run)
+{
+	if (!run)
+		return;
+	struct grave *g = calloc(1, sizeof(*g));
+	if (!g) {
+		/* Freeing now is worse than leaking under OOM only if the transport is
+		 * still on the stack; prefer correctness of the stack. */
+		log_error("out of memory: leaking a transport run");
+		return;
+	}
+	g->ops = ops;
+	g->run = run;
+	g->next = jobs->graves;
+	jobs->graves = g;
+	kick(jobs);
+}
+
+static void set_device_job(struct jobs *jobs, struct device *dev, struct job *job)
+{
+	jobs->self_change = true;
+	registry_set_job(jobs->reg, dev, job);
+	jobs->self_change = false;
+}
+
+static void enter_state(struct job *job, enum job_state s)
+{
+	if (job->state == s)
+		return;
+	job->state = s;
+	job->done = job->total = job->phase_done0 = 0;
+	job->phase_t0 = mono_s();
+	emit_progress(job, NULL, NULL);
+}
+
+static void finish(struct job *job, enum job_result result, const char *word, struct error *err)
+{
+	struct jobs *jobs = job->jobs;
+	if (job->ended) {
+		log_warning("job %s: ended twice (ignored)", job->id);
+		error_clear(err);
+		return;
+	}
+	job->ended = true;
+	job->result = result;
+	job->ended_at = now_s();
+	switch (result) {
+	case JOB_RESULT_DONE:
+		job->state = JOB_DONE;
+		break;
+	case JOB_RESULT_FAILED:
+		job->state = JOB_FAILED;
+		break;
+	case JOB_RESULT_CANCELLED:
+		job->state = JOB_CANCELLED;
+		break;
+	case JOB_RESULT_INTERRUPTED:
+		job->state = JOB_INTERRUPTED;
+		break;
+	}
+	snprintf(job->outcome, sizeof(job->outcome), "%s", word ? word : "");
+	if (err && error_is_set(err))
+		error_move(&job->error, err);
+	else if (result != JOB_RESULT_DONE)
+		error_set(&job->error, ERR_INTERNAL, "job ended as %s without a reason",
+			  job_result_name(result));
+	error_clear(err);
+	evtimer_del(job->wait_timer);
+	evtimer_del(job->cancel_timer);
+	bury(jobs, job->ops, job->run);
+	job->run = NULL;
+	job->handoff_to = NULL;
+	if (job->device && job->device->job == job)
+		set_device_job(jobs, job->device, NULL);
+	log_info("job %s: %s%s%s%s", job->id, job_result_name(result), job->outcome[0] ? " (" : "",
+		 job->outcome, job->outcome[0] ? ")" : "");
+	json_t *ev = wire_event_new("job-ended");
+	json_object_set_new(ev, "result", json_string(job_result_name(result)));
+	json_object_set_new(ev, "outcome",
+			    job->outcome[0] ? json_string(job->outcome) : json_null());
+	if (result != JOB_RESULT_DONE)
+		json_object_set_new(ev, "error", error_to_json(&job->error));
+	json_object_set_new(ev, "record", job_to_json(job));
+	emit(job, ev);
+	kick(jobs);
+}
+
+static void fail(struct job *job, enum job_result result, struct error *err)
+{
+	finish(job, result, NULL, err);
+}
+
+static void start_transport(struct job *job, const struct transport_ops *ops)
+{
+	struct error err;
+	error_init(&err);
+	job->ops = ops;
+	job->in_start = true;
+	struct transport_run *run = ops->start(job, &err);
+	job->in_start = false;
+	if (job->ended) {
+		/* The transport ended the job from inside start(). */
+		bury(job->jobs, ops, run);
+		error_clear(&err);
+		return;
+	}
+	if (!run) {
+		if (!error_is_set(&err))
+			error_set(&err, ERR_INTERNAL, "the %s transport did not start", ops->name);
+		fail(job, JOB_RESULT_FAILED, &err);
+		return;
+	}
+	job->run = run;
+	if (job->cancel_requested && ops->cancel)
+		ops->cancel(run);
+}
+
+static const struct transport_ops *pick_transport(struct jobs *jobs, const struct device *dev)
+{
+	for (size_t i = 0; jobs->transports[i]; i++)
+		if (jobs->transports[i]->can_serve && jobs->transports[i]->can_serve(&dev->s))
+			return jobs->transports[i];
+	return NULL;
+}
+
+static void run_on_device(struct job *job)
+{
+	struct jobs *jobs = job->jobs;
+	struct device *dev = job->device;
+	evtimer_del(job->wait_timer);
+	set_device_job(jobs, dev, job);
+	job->started = now_s();
+	const struct transport_ops *ops = pick_transport(jobs, dev);
+	if (!ops) {
+		struct error err;
+		error_init(&err);
+		error_set(&err, ERR_NOT_FLASHABLE_HERE,
+			  "no transport can work on a device in %s mode",
+			  device_mode_name(dev->s.mode));
+		error_detail_str(&err, "reason", "no transport for this mode");
+		error_detail_str(&err, "device", dev->s.key);
+		fail(job, JOB_RESULT_FAILED, &err);
+		return;
+	}
+	emit_record(job, "job-started");
+	start_transport(job, ops);
+}
+
+bool jobs_target_matches(enum wire_target_kind kind, const char *value, const struct device *dev)
+{
+	switch (kind) {
+	case WIRE_TARGET_ANY:
+		return true;
+	case WIRE_TARGET_DEVICE:
+		return strcmp(dev->s.key, value) == 0 ||
+		       strcasecmp(dev->s.facts.device_id, value) == 0;
+	case WIRE_TARGET_PORT:
+		return dev->s.tty[0] && strcmp(dev->s.tty, value) == 0;
+	case WIRE_TARGET_USB:
+		return strcmp(dev->s.port_path, value) == 0;
+	case WIRE_TARGET_PLATFORM: {
+		const struct platform *p = platform_by_name(value);
+		return p && dev->s.facts.platform == p;
+	}
+	}
+	return false;
+}
+
+/* A device for a job that has none yet: the first attached, matching device
+ * that no other waiting job has claimed. */
+static struct device *find_device_for(struct jobs *jobs, struct job *job)
+{
+	for (struct device *d = registry_first(jobs->reg); d; d = d->next) {
+		if (!d->s.present || !jobs_target_matches(job->target, job->target_value, d))
+			continue;
+		bool claimed = false;
+		for (struct job *o = jobs->list; o && !claimed; o = o->next)
+			claimed = o != job && !o->ended && o->device == d;
+		if (!claimed)
+			return d;
+	}
+	return NULL;
+}
+
+static void wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct job *job = arg;
+	struct error err;
+	if (job->ended || job->run)
+		return;
+	error_init(&err);
+	double waited = (double)job->opts.wait_ms / 1000.0;
+	char target[WIRE_TARGET_MAX + 32];
+	if (job->target == WIRE_TARGET_ANY)
+		snprintf(target, sizeof(target), "any device");
+	else
+		snprintf(target, sizeof(target), "%s %s", wire_target_kind_name(job->target),
+			 job->target_value);
+	error_set(&err, ERR_TIMED_OUT, "no device matching %s appeared within %.1f s", target,
+		  waited);
+	error_hint(&err, "connect the device (listening or DFU mode) or wait longer (--wait=S)");
+	error_detail_str(&err, "phase", "waiting-for-device");
+	error_detail_str(&err, "target", target);
+	error_detail_int(&err, "waited_s", (long long)(waited + 0.5));
+	error_detail_int(&err, "timeout_ms", job->opts.wait_ms);
+	fail(job, JOB_RESULT_FAILED, &err);
+}
+
+static void schedule_one(struct jobs *jobs, struct job *job)
+{
+	if (job->handoff_to && !job->run) {
+		const struct transport_ops *ops = job->handoff_to;
+		job->handoff_to = NULL;
+		start_transport(job, ops);
+		return;
+	}
+	if (job->run || job->ops ||
+	    (job->state != JOB_QUEUED && job->state != JOB_WAITING_FOR_DEVICE))
+		return;
+	if (!job->device)
+		job->device = find_device_for(jobs, job);
+	if (job->device) {
+		snprintf(job->device_key, sizeof(job->device_key), "%s", job->device->s.key);
+		if (job->device->s.present && !job->device->job) {
+			run_on_device(job);
+			return;
+		}
+		if (job->device->s.present) {
+			/* Another job holds the device: it has appeared, so the wait is over. */
+			evtimer_del(job->wait_timer);
+			enter_state(job, JOB_QUEUED);
+			return;
+		}
+	}
+	if (job->opts.wait_ms == 0) {
+		struct error err;
+		error_init(&err);
+		error_set(&err, ERR_DEVICE_NOT_FOUND, "the device %s is not attached",
+			  job->device_key[0] ? job->device_key : job->target_value);
+		error_detail_str(&err, "target",
+				 job->device_key[0] ? job->device_key : job->target_value);
+		fail(job, JOB_RESULT_FAILED, &err);
+		return;
+	}
+	enter_state(job, JOB_WAITING_FOR_DEVICE);
+	if (!job->waiting_armed && job->opts.wait_ms > 0) {
+		struct timeval tv = {job->opts.wait_ms / 1000, (job->opts.wait_ms % 1000) * 1000};
+		evtimer_add(job->wait_timer, &tv);
+		job->waiting_armed = true;
+	}
+}
+
+static void job_free(struct job *job)
+{
+	if (!job)
+		return;
+	if (!job->images_released)
+		for (unsigned i = 0; i < job->n_images; i++)
+			image_cache_put(job->jobs->images, job->images[i]);
+	event_free(job->wait_timer);
+	event_free(job->cancel_timer);
+	error_clear(&job->error);
+	free(job);
+}
+
+/* Ended jobs beyond the history limit are dropped, oldest first. */
+static void trim_history(struct jobs *jobs)
+{
+	unsigned ended = 0;
+	for (struct job *j = jobs->list; j; j = j->next)
+		ended += j->ended;
+	for (struct job **pp = &jobs->list; *pp && ended > jobs->history;) {
+		struct job *j = *pp;
+		if (j->ended && j->images_released) {
+			*pp = j->next;
+			job_free(j);
+			ended--;
+		} else {
+			pp = &j->next;
+		}
+	}
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct jobs *jobs = arg;
+	/* Runs first: a finished run may still use its job's images. */
+	while (jobs->graves) {
+		struct grave *g = jobs->graves;
+		jobs->graves = g->next;
+		if (g->ops && g->ops->free)
+			g->ops->free(g->run);
+		free(g);
+	}
+	for (struct job *j = jobs->list; j; j = j->next) {
+		if (j->ended && !j->images_released) {
+			for (unsigned i = 0; i < j->n_images; i++)
+				image_cache_put(jobs->images, j->images[i]);
+			j->images_released = true;
+		}
+	}
+	for (struct job *j = jobs->list; j; j = j->next)
+		if (!j->ended)
+			schedule_one(jobs, j);
+	trim_history(jobs);
+}
+
+/* ---- public: lifecycle ------------------------------------------------- */
+
+void jobs_register_timeouts(const struct transport_ops *const *transports)
+{
+	timeouts_register(jobs_timeouts);
+	for (size_t i = 0; transports[i]; i++)
+		timeouts_register(transports[i]->timeouts);
+}
+
+struct jobs *jobs_new(struct event_base *base, struct registry *reg, struct image_cache *images,
+		      const struct transport_ops *const *transports, unsigned max_jobs,
+		      unsigned history)
+{
+	struct jobs *jobs = calloc(1, sizeof(*jobs));
+	if (!jobs)
+		return NULL;
+	jobs->base = base;
+	jobs->reg = reg;
+	jobs->images = images;
+	jobs->transports = transports;
+	jobs->max_jobs = max_jobs;
+	jobs->history = history;
+	jobs->kick = event_new(base, -1, 0, kick_cb, jobs);
+	jobs_register_timeouts(transports);
+	return jobs;
+}
+
+void jobs_free(struct jobs *jobs)
+{
+	if (!jobs)
+		return;
+	for (struct job *j = jobs->list; j; j = j->next) {
+		if (j->ended)
+			continue;
+		struct error err;
+		error_init(&err);
+		error_set(&err, ERR_INTERRUPTED, "the daemon stopped while the job was %s",
+			  job_state_name(j->state));
+		error_detail_str(&err, "phase", job_state_name(j->state));
+		error_detail_str(&err, "reason", "daemon stopped");
+		fail(j, JOB_RESULT_INTERRUPTED, &err);
+	}
+	while (jobs->graves) {
+		struct grave *g = jobs->graves;
+		jobs->graves = g->next;
+		if (g->ops && g->ops->free)
+			g->ops->free(g->run);
+		free(g);
+	}
+	while (jobs->list) {
+		struct job *j = jobs->list;
+		jobs->list = j->next;
+		job_free(j);
+	}
+	event_free(jobs->kick);
+	free(jobs);
+}
+
+void jobs_set_sink(struct jobs *jobs, jobs_sink fn, void *ctx)
+{
+	jobs->sink = fn;
+	jobs->sink_ctx = ctx;
+}
+
+size_t jobs_active_count(const struct jobs *jobs)
+{
+	size_t n = 0;
+	for (const struct job *j = jobs->list; j; j = j->next)
+		n += !j->ended;
+	return n;
+}
+
+static void cancel_grace_cb(evutil_socket_t fd, short what, void *arg);
+
+struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error *err)
+{
+	struct job *job = NULL;
+	if (jobs_active_count(jobs) >= jobs->max_jobs) {
+		error_set(err, ERR_TOO_MANY_JOBS, "the daemon already has %u jobs", jobs->max_jobs);
+		error_detail_int(err, "limit", jobs->max_jobs);
+	} else if (!(job = calloc(1, sizeof(*job)))) {
+		error_set(err, ERR_INTERNAL, "out of memory");
+	}
+	if (!job) {
+		for (unsigned i = 0; i < req->n_images; i++)
+			image_cache_put(jobs->images, req->images[i]);
+		req->n_images = 0;
+		return NULL;
+	}
+	job->jobs = jobs;
+	make_uuid(job->id);
+	job->state = JOB_QUEUED;
+	job->target = req->target;
+	snprintf(job->target_value, sizeof(job->target_value), "%s", req->target_value);
+	job->all = req->all;
+	job->device = req->device;
+	if (job->device)
+		snprintf(job->device_key, sizeof(job->device_key), "%s", job->device->s.key);
+	job->opts = req->opts;
+	job->cancel_on_disconnect = req->cancel_on_disconnect;
+	job->client_id = req->client_id;
+	job->uid = req->uid;
+	job->gid = req->gid;
+	job->pid = req->pid;
+	job->n_images = req->n_images;
+	for (unsigned i = 0; i < req->n_images; i++) {
+		job->images[i] = req->images[i];
+		memcpy(job->names[i], req->names[i], sizeof(job->names[i]));
+		memcpy(job->sha256[i], req->images[i]->sha256_hex, sizeof(job->sha256[i]));
+		job->sizes[i] = req->images[i]->bytes;
+	}
+	req->n_images = 0;
+	job->created = now_s();
+	job->phase_t0 = mono_s();
+	job->wait_timer = evtimer_new(jobs->base, wait_cb, job);
+	job->cancel_timer = evtimer_new(jobs->base, cancel_grace_cb, job);
+	struct job **pp = &jobs->list;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = job;
+	return job;
+}
+
+void jobs_submit(struct jobs *jobs, struct job *job)
+{
+	log_info("job %s: queued by uid %u (%u image%s)", job->id, (unsigned)job->uid,
+		 job->n_images, job->n_images == 1 ? "" : "s");
+	emit_record(job, "job-queued");
+	kick(jobs);
+}
+
+struct job *jobs_find(struct jobs *jobs, const char *id)
+{
+	for (struct job *j = jobs->list; j; j = j->next)
+		if (strcasecmp(j->id, id) == 0)
+			return j;
+	return NULL;
+}
+
+static void cancelled_error(struct job *job, struct error *err, const char *device_state)
+{
+	error_set(err, ERR_CANCELLED, "the job was cancelled while %s", job_state_name(job->state));
+	error_detail_str(err, "phase", job_state_name(job->state));
+	error_detail_int(err, "by_uid", job->cancel_by);
+	if (device_state)
+		error_detail_str(err, "device_state", device_state);
+}
+
+static void cancel_grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct job *job = arg;
+	struct error err;
+	if (job->ended)
+		return;
+	error_init(&err);
+	log_warning("job %s: the %s transport did not stop within %u ms; ending the job", job->id,
+		    job->ops ? job->ops->name : "?", timeout_ms("job_cancel_grace_ms"));
+	cancelled_error(job, &err, "unknown");
+	fail(job, JOB_RESULT_CANCELLED, &err);
+}
+
+void jobs_cancel(struct jobs *jobs, struct job *job, uid_t by_uid)
+{
+	(void)jobs;
+	if (job->ended || job->cancel_requested)
+		return;
+	job->cancel_requested = true;
+	job->cancel_by = by_uid;
+	log_info("job %s: cancel requested by uid %u in state %s", job->id, (unsigned)by_uid,
+		 job_state_name(job->state));
+	if (!job->run) {
+		/* Nothing has touched the device yet (or a handoff is pending). */
+		struct error err;
+		error_init(&err);
+		cancelled_error(job, &err, job->ops ? "unknown" : "untouched");
+		fail(job, JOB_RESULT_CANCELLED, &err);
+		return;
+	}
+	unsigned ms = timeout_ms("job_cancel_grace_ms");
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	evtimer_add(job->cancel_timer, &tv);
+	if (job->ops->cancel)
+		job->ops->cancel(job->run);
+}
+
+void jobs_on_device(struct jobs *jobs, struct device *dev, enum registry_change change)
+{
+	if (jobs->self_change)
+		return;
+	struct job *job = dev->job;
+	if (job && job->run && job->ops->device_event) {
+		enum device_event ev = change == REGISTRY_ADDED	    ? DEVICE_EVENT_BACK
+				       : change == REGISTRY_REMOVED ? DEVICE_EVENT_GONE
+								    : DEVICE_EVENT_CHANGED;
+		job->ops->device_event(job->run, ev, &dev->s);
+	}
+	if (change != REGISTRY_REMOVED)
+		kick(jobs);
+}
+
+void jobs_client_gone(struct jobs *jobs, unsigned long client_id)
+{
+	for (struct job *j = jobs->list; j; j = j->next)
+		if (!j->ended && j->cancel_on_disconnect && j->client_id == client_id)
+			jobs_cancel(jobs, j, j->uid);
+}
+
+/* ---- public: records --------------------------------------------------- */
+
+static json_t *image_json(const struct job *job, unsigned i)
+{
+	json_t *mods = json_array();
+	const struct image *img = job->images_released ? NULL : job->images[i]->img;
+	for (unsigned m = 0; img && m < img->n_modules; m++) {
+		const struct image_module *mod = &img->modules[m];
+		const struct platform *p = platform_by_id(mod->platform_id);
+		char desc[160];
+		image_module_describe(mod, desc, sizeof(desc));
+		json_array_append_new(
+		    mods, json_pack("{s:s, s:i, s:i, s:s?, s:i, s:i, s:i, s:s}", "function",
+				    module_function_name(mod->function), "index", mod->index,
+				    "version", mod->version, "platform", p ? p->name : NULL,
+				    "platform_id", mod->platform_id, "start", mod->start, "end",
+				    mod->end, "description", desc));
+	}
+	return json_pack("{s:s, s:s, s:I, s:o}", "name", job->names[i], "sha256", job->sha256[i],
+			 "size", (json_int_t)job->sizes[i], "modules", mods);
+}
+
+json_t *job_to_json(const struct job *job)
+{
+	json_t *images = json_array();
+	for (unsigned i = 0; i < job->n_images; i++)
+		json_array_append_new(images, image_json(job, i));
+	json_t *o = json_pack(
+	    "{s:s, s:s, s:s?, s:s?, s:s?, s:{s:s, s:s?, s:b}, s:o, s:{s:b, s:b, s:b, s:b, s:o},"
+	    " s:{s:i, s:i, s:i}, s:f, s:o, s:o, s:s?, s:{s:I, s:I}}",
+	    "id", job->id, "state", job_state_name(job->state), "result",
+	    job->ended ? job_result_name(job->result) : NULL, "outcome",
+	    job->outcome[0] ? job->outcome : NULL, "device",
+	    job->device_key[0] ? job->device_key : NULL, "target", "kind",
+	    wire_target_kind_name(job->target), "value",
+	    job->target_value[0] ? job->target_value : NULL, "all", job->all, "images", images,
+	    "options", "force", job->opts.force, "verify", job->opts.verify, "dry-run",
+	    job->opts.dry_run, "detach", job->opts.detach, "wait",
+	    job->opts.wait_ms < 0 ? json_true() : json_real((double)job->opts.wait_ms / 1000.0),
+	    "owner", "uid", (int)job->uid, "gid", (int)job->gid, "pid", (int)job->pid, "created",
+	    job->created, "started", job->started ? json_real(job->started) : json_null(), "ended",
+	    job->ended ? json_real(job->ended_at) : json_null(), "transport",
+	    job->ops ? job->ops->name : NULL, "progress", "done", (json_int_t)job->done, "total",
+	    (json_int_t)job->total);
+	if (!o)
+		return json_pack("{s:s}", "id", job->id);
+	json_object_set_new(o, "error",
+			    error_is_set(&job->error) ? error_to_json(&job->error) : json_null());
+	return o;
+}
+
+json_t *jobs_list_json(struct jobs *jobs)
+{
+	json_t *a = json_array();
+	for (struct job *j = jobs->list; j; j = j->next)
+		json_array_append_new(a, job_to_json(j));
+	return a;
+}
+
+enum job_state job_state(const struct job *job)
+{
+	return job->state;
+}
+
+bool job_ended(const struct job *job)
+{
+	return job->ended;
+}
+
+uid_t job_owner_uid(const struct job *job)
+{
+	return job->uid;
+}
+
+const struct error *job_error(const struct job *job)
+{
+	return &job->error;
+}
+
+/* ---- transport.h: what transports call --------------------------------- */
+
+struct event_base *job_event_base(const struct job *job)
+{
+	return job->jobs->base;
+}
+
+const char *job_id(const struct job *job)
+{
+	return job->id;
+}
+
+const struct job_options *job_options(const struct job *job)
+{
+	return &job->opts;
+}
+
+size_t job_image_count(const struct job *job)
+{
+	return job->n_images;
+}
+
+const struct image *job_image(const struct job *job, size_t i)
+{
+	return i < job->n_images && !job->images_released ? job->images[i]->img : NULL;
+}
+
+const char *job_image_name(const struct job *job, size_t i)
+{
+	return i < job->n_images ? job->names[i] : "";
+}
+
+const struct device_snapshot *job_device(const struct job *job)
+{
+	static const struct device_snapshot none;
+	return job->device ? &job->device->s : &none;
+}
+
+void job_set_state(struct job *job, enum job_state state)
+{
+	if (job->ended)
+		return;
+	/* Only the transport's own states; the terminal ones go through job_finish(). */
+	if (state < JOB_SWITCHING_MODE || state > JOB_VERIFYING) {
+		log_warning("job %s: transport asked for state %s (ignored)", job->id,
+			    job_state_name(state));
+		return;
+	}
+	enter_state(job, state);
+}
+
+void job_progress(struct job *job, uint64_t done, uint64_t total)
+{
+	if (job->ended)
+		return;
+	job->done = done;
+	job->total = total;
+	double t = mono_s();
+	if (done == total || t - job->last_emit >= JOBS_PROGRESS_INTERVAL_MS / 1000.0) {
+		job->last_emit = t;
+		emit_progress(job, NULL, NULL);
+	}
+}
+
+void job_note(struct job *job, const char *note, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (job->ended)
+		return;
+	log_info("job %s: %s: %s", job->id, note, msg);
+	emit_progress(job, note, msg);
+}
+
+void job_update_facts(struct job *job, const struct device_facts *facts)
+{
+	if (!job->device)
+		return;
+	job->jobs->self_change = true;
+	registry_update_facts(job->jobs->reg, job->device, facts);
+	job->jobs->self_change = false;
+}
+
+void job_set_device_mode(struct job *job, enum device_mode mode)
+{
+	if (!job->device)
+		return;
+	job->jobs->self_change = true;
+	registry_set_mode(job->jobs->reg, job->device, mode);
+	job->jobs->self_change = false;
+}
+
+void job_finish(struct job *job, enum job_result result, const char *result_word, struct error *err)
+{
+	if (result == JOB_RESULT_INTERRUPTED)
+		result = JOB_RESULT_FAILED; /* only the core interrupts */
+	if (result == JOB_RESULT_CANCELLED && err && !error_is_set(err))
+		cancelled_error(job, err, "unknown");
+	finish(job, result, result_word, err);
+}
+
+void job_handoff(struct job *job, const char *transport_name, const char *reason)
+{
+	if (job->ended)
+		return;
+	const struct transport_ops *next = NULL;
+	for (size_t i = 0; job->jobs->transports[i]; i++)
+		if (strcmp(job->jobs->transports[i]->name, transport_name) == 0)
+			next = job->jobs->transports[i];
+	char note[64];
+	snprintf(note, sizeof(note), "handed-to-%s", transport_name);
+	job_note(job, note, "%s", reason ? reason : "");
+	bury(job->jobs, job->ops, job->run);
+	job->run = NULL;
+	if (!next) {
+		struct error err;
+		error_init(&err);
+		error_set(&err, ERR_NOT_FLASHABLE_HERE, "%s; the %s transport is not built in",
+			  reason ? reason : "another transport is needed", transport_name);
+		error_detail_str(&err, "transport", transport_name);
+		error_detail_str(&err, "reason", reason ? reason : "");
+		fail(job, JOB_RESULT_FAILED, &err);
+		return;
+	}
+	job->ops = next;
+	job->handoff_to = next;
+	if (job->cancel_requested) {
+		struct error err;
+		error_init(&err);
+		cancelled_error(job, &err, "unknown");
+		fail(job, JOB_RESULT_CANCELLED, &err);
+		return;
+	}
+	kick(job->jobs);
+}
+
+void job_log(const struct job *job, int level, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_msg(level, "job %s: %s", job->id, msg);
+}

@@ -1,0 +1,82 @@
+/*
+ * Jobs: the queue, one job per device at a time, and the state machine of
+ * issue 5:
+ *
+ *   queued -> waiting-for-device -> switching-mode <-> preflight -> erasing
+ *          -> writing -> rebooting -> verifying -> done | failed | cancelled
+ *                                                    | interrupted
+ *
+ * The core moves a job through queued / waiting-for-device and into a
+ * transport (transport.h); the transport moves it through the middle states
+ * and ends it.  Cancel works in every state; a waiting job whose device never
+ * appears ends as failed / timed-out when its wait runs out.  Every job ends
+ * with exactly one job-ended event.
+ */
+#pragma once
+
+#include "errors.h"
+#include "image_cache.h"
+#include "registry.h"
+#include "transport.h"
+#include "wire.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct event_base;
+struct jobs;
+
+struct job_request {
+	enum wire_target_kind target; /* PORT is resolved to USB/DEVICE before here */
+	char target_value[WIRE_TARGET_MAX];
+	bool all;
+	struct device *device; /* resolved at submit time, or NULL: wait for one */
+	struct job_options opts;
+	bool cancel_on_disconnect;
+	struct image_ref *images[WIRE_IMAGES_MAX]; /* references are taken over */
+	char names[WIRE_IMAGES_MAX][WIRE_NAME_MAX];
+	unsigned n_images;
+	uid_t uid;
+	gid_t gid;
+	pid_t pid;
+	unsigned long client_id;
+};
+
+/* Job events go to one sink (the server), which fans them out. */
+typedef void (*jobs_sink)(void *ctx, struct job *job, json_t *event);
+
+/* transports: NULL-terminated list in order of preference. */
+struct jobs *jobs_new(struct event_base *base, struct registry *reg, struct image_cache *images,
+		      const struct transport_ops *const *transports, unsigned max_jobs,
+		      unsigned history);
+/* Registers the core's and the transports' timeout keys (idempotent). */
+void jobs_register_timeouts(const struct transport_ops *const *transports);
+/* Interrupts every job that has not ended (job-ended "interrupted"), then frees. */
+void jobs_free(struct jobs *jobs);
+void jobs_set_sink(struct jobs *jobs, jobs_sink fn, void *ctx);
+
+/* Creates a job (state queued, no event yet); fails with too-many-jobs.
+ * On failure the image references are released. */
+struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error *err);
+/* Emits job-queued and lets the scheduler run it (deferred: never re-enters the caller). */
+void jobs_submit(struct jobs *jobs, struct job *job);
+
+struct job *jobs_find(struct jobs *jobs, const char *id);
+/* Asks the job to stop (see transport.h for running jobs).  by_uid is recorded. */
+void jobs_cancel(struct jobs *jobs, struct job *job, uid_t by_uid);
+/* The registry saw a change: bind waiting jobs, forward to running ones. */
+void jobs_on_device(struct jobs *jobs, struct device *dev, enum registry_change change);
+/* A client went away: cancel its jobs that asked for that. */
+void jobs_client_gone(struct jobs *jobs, unsigned long client_id);
+/* Whether the target matches the device (used at submit and while waiting). */
+bool jobs_target_matches(enum wire_target_kind kind, const char *value, const struct device *dev);
+
+json_t *job_to_json(const struct job *job);
+json_t *jobs_list_json(struct jobs *jobs);
+size_t jobs_active_count(const struct jobs *jobs);
+
+enum job_state job_state(const struct job *job);
+bool job_ended(const struct job *job);
+uid_t job_owner_uid(const struct job *job);
+const struct error *job_error(const struct job *job);

@@ -1,0 +1,727 @@
+#include "server.h"
+
+#include "config.h"
+#include "log.h"
+#include "transports.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define SERVER_GROUPS_MAX      64
+#define SERVER_ACCEPT_BURST    64
+#define SERVER_ACCEPT_PAUSE_MS 100
+
+struct client {
+	struct client *next;
+	struct server *srv;
+	unsigned long id;
+	int fd;
+	struct event *rev, *wev;
+	bool dead;
+	bool close_after_flush;
+	struct ucred cred;
+	gid_t groups[SERVER_GROUPS_MAX];
+	int n_groups;
+	char *in;
+	size_t in_len;
+	struct evbuffer *out;
+	int fds[SERVER_CLIENT_FDS_MAX];
+	unsigned n_fds;
+	bool fds_overflow;
+	bool sub_devices, sub_jobs;
+	char sub_job[64];
+};
+
+struct server {
+	struct event_base *base;
+	int listen_fd;
+	struct event *listen_ev;
+	struct event *accept_pause;
+	struct event *reaper;
+	struct registry *reg;
+	struct jobs *jobs;
+	struct image_cache *images;
+	struct config cfg;
+	gid_t admin_gid;
+	bool have_admin_gid;
+	struct client *clients;
+	size_t n_clients;
+	unsigned long next_id;
+};
+
+/* ---- output ------------------------------------------------------------ */
+
+static void client_kill(struct client *c, const char *why)
+{
+	if (c->dead)
+		return;
+	log_debug("client %lu (pid %d): disconnecting: %s", c->id, (int)c->cred.pid, why);
+	c->dead = true;
+	event_del(c->rev);
+	event_del(c->wev);
+	jobs_client_gone(c->srv->jobs, c->id);
+	event_active(c->srv->reaper, 0, 0);
+}
+
+static void client_send(struct client *c, const json_t *obj)
+{
+	size_t len;
+	if (c->dead)
+		return;
+	char *line = wire_encode(obj, &len);
+	if (!line)
+		return;
+	/* A client that does not read must not make the daemon hold unbounded memory. */
+	if (evbuffer_get_length(c->out) + len > c->srv->cfg.output_buffer_max) {
+		free(line);
+		log_warning("client %lu (pid %d) stopped reading: output buffer over %zu bytes",
+			    c->id, (int)c->cred.pid, c->srv->cfg.output_buffer_max);
+		client_kill(c, "slow reader");
+		return;
+	}
+	evbuffer_add(c->out, line, len);
+	free(line);
+	event_add(c->wev, NULL);
+}
+
+static void send_error(struct client *c, const json_t *id, struct error *err)
+{
+	json_t *obj = wire_error_new(id, err);
+	client_send(c, obj);
+	json_decref(obj);
+	error_clear(err);
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	struct client *c = arg;
+	while (evbuffer_get_length(c->out) > 0) {
+		int n = evbuffer_write(c->out, fd);
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return;
+		if (n <= 0) {
+			client_kill(c, "write failed");
+			return;
+		}
+	}
+	event_del(c->wev);
+	if (c->close_after_flush)
+		client_kill(c, "closed after error");
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+static void close_fds(struct client *c)
+{
+	for (unsigned i = 0; i < c->n_fds; i++)
+		close(c->fds[i]);
+	c->n_fds = 0;
+	c->fds_overflow = false;
+}
+
+static bool listed(const struct device *d)
+{
+	return d->s.present || d->job;
+}
+
+static json_t *devices_json(struct server *s)
+{
+	json_t *a = json_array();
+	for (struct device *d = registry_first(s->reg); d; d = d->next)
+		if (listed(d))
+			json_array_append_new(a, device_to_json(d, false));
+	return a;
+}
+
+static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
+{
+	(void)req;
+	json_t *transports = json_array();
+	for (const struct transport_ops *const *t = transports_builtin(); *t; t++)
+		if (!transport_is_stub(*t))
+			json_array_append_new(transports, json_string((*t)->name));
+	json_object_set_new(reply, "protocol", json_integer(WIRE_PROTOCOL_VERSION));
+	json_object_set_new(reply, "server", json_string("flashd " FLASHD_VERSION));
+	json_object_set_new(
+	    reply, "capabilities",
+	    json_pack("[s,s,s,s]", "fd-passing", "subscribe", "device-events", "job-events"));
+	json_object_set_new(reply, "transports", transports);
+	json_object_set_new(reply, "uid", json_integer((json_int_t)c->cred.uid));
+	json_object_set_new(
+	    reply, "limits",
+	    json_pack("{s:i, s:i, s:I, s:i, s:I}", "message_bytes", WIRE_REQUEST_MAX,
+		      "images_per_job", WIRE_IMAGES_MAX, "output_buffer_bytes",
+		      (json_int_t)c->srv->cfg.output_buffer_max, "jobs", c->srv->cfg.max_jobs,
+		      "clients", (json_int_t)c->srv->cfg.max_clients));
+}
+
+/* Finds a device by key, device id, tty or USB port path; ambiguous ids fail. */
+static struct device *find_device(struct server *s, const char *what, struct error *err)
+{
+	struct device *found = NULL;
+	unsigned n = 0;
+	json_t *candidates = json_array();
+	struct device *d = registry_find_key(s->reg, what);
+	if (d) {
+		json_decref(candidates);
+		return d;
+	}
+	for (d = registry_first(s->reg); d; d = d->next) {
+		if (!listed(d))
+			continue;
+		if (jobs_target_matches(WIRE_TARGET_DEVICE, what, d) ||
+		    jobs_target_matches(WIRE_TARGET_PORT, what, d) ||
+		    jobs_target_matches(WIRE_TARGET_USB, what, d)) {
+			found = d;
+			n++;
+			json_array_append_new(candidates, device_to_json(d, false));
+		}
+	}
+	if (n == 1) {
+		json_decref(candidates);
+		return found;
+	}
+	if (n == 0) {
+		json_decref(candidates);
+		error_set(err, ERR_DEVICE_NOT_FOUND, "no attached device is known as %s", what);
+		error_detail_str(err, "target", what);
+		return NULL;
+	}
+	error_set(err, ERR_AMBIGUOUS_TARGET, "%u devices are known as %s", n, what);
+	error_detail_str(err, "target", what);
+	error_detail_json(err, "candidates", candidates);
+	return NULL;
+}
+
+static int do_device_info(struct client *c, struct wire_request *req, json_t *reply,
+			  struct error *err)
+{
+	const char *what;
+	if (wire_get_string(req->obj, "device", WIRE_TARGET_MAX, &what, err) < 0)
+		return -1;
+	if (!what) {
+		error_set(err, ERR_BAD_REQUEST, "bad request: missing \"device\"");
+		error_detail_str(err, "reason", "missing \"device\"");
+		error_detail_str(err, "field", "device");
+		return -1;
+	}
+	struct device *d = find_device(c->srv, what, err);
+	if (!d)
+		return -1;
+	json_object_set_new(reply, "device", device_to_json(d, true));
+	return 0;
+}
+
+/* Resolves a flash target to the devices it means now (present ones only). */
+static unsigned match_devices(struct server *s, const struct wire_flash *f, struct device **out,
+			      unsigned max)
+{
+	unsigned n = 0;
+	for (struct device *d = registry_first(s->reg); d; d = d->next)
+		if (d->s.present && jobs_target_matches(f->target, f->target_value, d) && n < max)
+			out[n++] = d;
+	return n;
+}
+
+static int load_images(struct client *c, const struct wire_flash *f, struct job_request *jr,
+		       struct error *err)
+{
+	for (unsigned i = 0; i < f->n_images; i++) {
+		if (image_cache_load_fd(c->srv->images, c->fds[f->images[i].fd_index],
+					f->images[i].name, &jr->images[i], err) < 0) {
+			for (unsigned k = 0; k < i; k++)
+				image_cache_put(c->srv->images, jr->images[k]);
+			return -1;
+		}
+		snprintf(jr->names[i], sizeof(jr->names[i]), "%s", f->images[i].name);
+		jr->n_images = i + 1;
+	}
+	return 0;
+}
+
+static void put_images(struct server *s, struct job_request *jr)
+{
+	for (unsigned i = 0; i < jr->n_images; i++)
+		image_cache_put(s->images, jr->images[i]);
+	jr->n_images = 0;
+}
+
+static int ambiguous(struct wire_flash *f, struct device **devs, unsigned n, struct error *err)
+{
+	json_t *candidates = json_array();
+	for (unsigned i = 0; i < n; i++)
+		json_array_append_new(candidates, device_to_json(devs[i], false));
+	error_set(err, ERR_AMBIGUOUS_TARGET, "%u devices match%s%s and none was chosen", n,
+		  f->target == WIRE_TARGET_ANY ? "" : " ",
+		  f->target == WIRE_TARGET_ANY ? "" : f->target_value);
+	error_detail_json(err, "candidates", candidates);
+	error_detail_str(err, "target", f->target == WIRE_TARGET_ANY ? "any" : f->target_value);
+	return -1;
+}
+
+static int do_flash(struct client *c, struct wire_request *req, json_t *reply, struct error *err)
+{
+	struct server *s = c->srv;
+	struct wire_flash f;
+	struct device *devs[REGISTRY_DEVICES_MAX];
+	struct job_request jr;
+	memset(&jr, 0, sizeof(jr));
+	if (c->fds_overflow) {
+		error_set(err, ERR_BAD_REQUEST, "bad request: more than %d file descriptors",
+			  SERVER_CLIENT_FDS_MAX);
+		error_detail_str(err, "reason", "too many file descriptors");
+		error_detail_int(err, "limit", SERVER_CLIENT_FDS_MAX);
+		return -1;
+	}
+	if (wire_parse_flash(req->obj, c->n_fds, &f, err) < 0)
+		return -1;
+	if (f.target == WIRE_TARGET_PLATFORM && !platform_by_name(f.target_value)) {
+		error_set(err, ERR_BAD_REQUEST, "bad request: unknown platform \"%s\"",
+			  f.target_value);
+		error_detail_str(err, "reason", "unknown platform");
+		error_detail_str(err, "field", "platform");
+		return -1;
+	}
+	unsigned n = match_devices(s, &f, devs, REGISTRY_DEVICES_MAX);
+	/* A tty path means the USB port behind it now (issue 5): the job follows
+	 * that device, not the node name, across re-enumeration. */
+	if (f.target == WIRE_TARGET_PORT && n == 0) {
+		error_set(err, ERR_DEVICE_NOT_FOUND, "no Particle device is attached at %s",
+			  f.target_value);
+		error_detail_str(err, "target", f.target_value);
+		return -1;
+	}
+	if (n == 0 && f.wait_ms == 0) {
+		error_set(err, ERR_DEVICE_NOT_FOUND, "%s%s",
+			  f.target == WIRE_TARGET_ANY ? "no Particle device is attached"
+						      : "no attached device matches ",
+			  f.target == WIRE_TARGET_ANY ? "" : f.target_value);
+		error_detail_str(err, "target",
+				 f.target == WIRE_TARGET_ANY ? "any" : f.target_value);
+		return -1;
+	}
+	if (n > 1 && !f.all)
+		return ambiguous(&f, devs, n, err);
+	if (load_images(c, &f, &jr, err) < 0)
+		return -1;
+	jr.target = f.target;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", f.target_value);
+	jr.all = f.all;
+	jr.opts.force = f.force;
+	jr.opts.verify = f.verify;
+	jr.opts.dry_run = f.dry_run;
+	jr.opts.detach = f.detach;
+	jr.opts.wait_ms = (int)f.wait_ms;
+	jr.cancel_on_disconnect = f.cancel_on_disconnect;
+	jr.uid = c->cred.uid;
+	jr.gid = c->cred.gid;
+	jr.pid = c->cred.pid;
+	jr.client_id = c->id;
+	struct job *created[REGISTRY_DEVICES_MAX];
+	unsigned n_jobs = n ? n : 1;
+	for (unsigned i = 0; i < n_jobs; i++) {
+		struct job_request one = jr;
+		for (unsigned k = 0; k < jr.n_images; k++)
+			jr.images[k]->refs++; /* each job holds its own reference */
+		one.device = n ? devs[i] : NULL;
+		created[i] = jobs_create(s->jobs, &one, err);
+		if (!created[i]) {
+			/* Jobs made so far stand; report how far we got. */
+			put_images(s, &jr);
+			if (i == 0)
+				return -1;
+			n_jobs = i;
+			error_clear(err);
+			break;
+		}
+	}
+	put_images(s, &jr);
+	json_t *arr = json_array();
+	for (unsigned i = 0; i < n_jobs; i++)
+		json_array_append_new(arr, job_to_json(created[i]));
+	json_object_set_new(reply, "jobs", arr);
+	/* The reply goes out before the jobs' first events. */
+	client_send(c, reply);
+	for (unsigned i = 0; i < n_jobs; i++)
+		jobs_submit(s->jobs, created[i]);
+	return 1;
+}
+
+static bool may_cancel(struct client *c, const struct job *job)
+{
+	if (c->cred.uid == 0 || c->cred.uid == job_owner_uid(job))
+		return true;
+	if (!c->srv->have_admin_gid)
+		return false;
+	if (c->cred.gid == c->srv->admin_gid)
+		return true;
+	for (int i = 0; i < c->n_groups; i++)
+		if (c->groups[i] == c->srv->admin_gid)
+			return true;
+	return false;
+}
+
+static int do_cancel(struct client *c, struct wire_request *req, json_t *reply, struct error *err)
+{
+	const char *id;
+	if (wire_get_string(req->obj, "job", 64, &id, err) < 0)
+		return -1;
+	if (!id) {
+		error_set(err, ERR_BAD_REQUEST, "bad request: missing \"job\"");
+		error_detail_str(err, "reason", "missing \"job\"");
+		error_detail_str(err, "field", "job");
+		return -1;
+	}
+	struct job *job = jobs_find(c->srv->jobs, id);
+	if (!job) {
+		error_set(err, ERR_JOB_NOT_FOUND, "no job %s", id);
+		error_detail_str(err, "job_id", id);
+		return -1;
+	}
+	if (!may_cancel(c, job)) {
+		error_set(err, ERR_NOT_ALLOWED, "job %s belongs to uid %u", id,
+			  (unsigned)job_owner_uid(job));
+		error_detail_str(err, "operation", "cancel");
+		error_detail_int(err, "uid", c->cred.uid);
+		error_detail_int(err, "owner_uid", job_owner_uid(job));
+		error_detail_str(err, "admin_group", c->srv->cfg.admin_group);
+		return -1;
+	}
+	bool was_ended = job_ended(job);
+	jobs_cancel(c->srv->jobs, job, c->cred.uid);
+	json_object_set_new(reply, "already_ended", json_boolean(was_ended));
+	json_object_set_new(reply, "job", job_to_json(job));
+	return 0;
+}
+
+static int do_subscribe(struct client *c, struct wire_request *req, json_t *reply,
+			struct error *err)
+{
+	struct wire_subscribe sub;
+	if (wire_parse_subscribe(req->obj, &sub, err) < 0)
+		return -1;
+	c->sub_devices = c->sub_devices || sub.devices;
+	c->sub_jobs = c->sub_jobs || sub.jobs;
+	snprintf(c->sub_job, sizeof(c->sub_job), "%s", sub.job);
+	json_object_set_new(reply, "devices", json_boolean(c->sub_devices));
+	json_object_set_new(reply, "jobs", json_boolean(c->sub_jobs));
+	json_object_set_new(reply, "job", c->sub_job[0] ? json_string(c->sub_job) : json_null());
+	return 0;
+}
+
+static void handle_line(struct client *c, const char *line, size_t len)
+{
+	struct wire_request req;
+	struct error err;
+	error_init(&err);
+	if (wire_parse_request(line, len, &req, &err) < 0) {
+		close_fds(c);
+		send_error(c, req.id, &err);
+		wire_request_clear(&req);
+		return;
+	}
+	json_t *reply = wire_reply_new(req.id, req.type);
+	int rc = 0;
+	switch (req.type) {
+	case WIRE_REQ_HELLO:
+		do_hello(c, &req, reply);
+		break;
+	case WIRE_REQ_LIST_DEVICES:
+		json_object_set_new(reply, "devices", devices_json(c->srv));
+		break;
+	case WIRE_REQ_DEVICE_INFO:
+		rc = do_device_info(c, &req, reply, &err);
+		break;
+	case WIRE_REQ_FLASH:
+		rc = do_flash(c, &req, reply, &err);
+		break;
+	case WIRE_REQ_LIST_JOBS:
+		json_object_set_new(reply, "jobs", jobs_list_json(c->srv->jobs));
+		break;
+	case WIRE_REQ_CANCEL:
+		rc = do_cancel(c, &req, reply, &err);
+		break;
+	case WIRE_REQ_SUBSCRIBE:
+		rc = do_subscribe(c, &req, reply, &err);
+		break;
+	case WIRE_REQ__COUNT:
+		break;
+	}
+	/* fds belong to the request they came with; a flash request has read them. */
+	close_fds(c);
+	if (rc < 0)
+		send_error(c, req.id, &err);
+	else if (rc == 0)
+		client_send(c, reply);
+	json_decref(reply);
+	wire_request_clear(&req);
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+static void take_fds(struct client *c, struct msghdr *msg)
+{
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR(msg, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		int *fds = (int *)CMSG_DATA(cm);
+		for (size_t i = 0; i < n; i++) {
+			int fd;
+			memcpy(&fd, fds + i, sizeof(fd));
+			if (c->n_fds < SERVER_CLIENT_FDS_MAX) {
+				c->fds[c->n_fds++] = fd;
+			} else {
+				close(fd);
+				c->fds_overflow = true;
+			}
+		}
+	}
+	if (msg->msg_flags & MSG_CTRUNC)
+		c->fds_overflow = true;
+}
+
+static void process_lines(struct client *c)
+{
+	size_t start = 0;
+	while (!c->dead) {
+		char *nl = memchr(c->in + start, '\n', c->in_len - start);
+		if (!nl)
+			break;
+		size_t len = (size_t)(nl - (c->in + start));
+		if (len && c->in[start + len - 1] == '\r')
+			len--; /* tolerate CRLF from hand-typed sessions (socat) */
+		if (len > 0)
+			handle_line(c, c->in + start, len);
+		start = (size_t)(nl - c->in) + 1;
+	}
+	memmove(c->in, c->in + start, c->in_len - start);
+	c->in_len -= start;
+	if (c->in_len > WIRE_REQUEST_MAX && !c->dead) {
+		/* No way to find the next message boundary reliably: answer, then close. */
+		struct error err;
+		error_init(&err);
+		error_set(&err, ERR_BAD_REQUEST, "bad request: message longer than %u bytes",
+			  WIRE_REQUEST_MAX);
+		error_detail_str(&err, "reason", "message too large");
+		error_detail_int(&err, "limit", WIRE_REQUEST_MAX);
+		send_error(c, NULL, &err);
+		c->in_len = 0;
+		c->close_after_flush = true;
+		event_del(c->rev);
+		close_fds(c);
+	}
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	struct client *c = arg;
+	char cbuf[CMSG_SPACE(sizeof(int) * SERVER_CLIENT_FDS_MAX)];
+	size_t room = WIRE_REQUEST_MAX + 1 - c->in_len;
+	if (room > SERVER_READ_CHUNK)
+		room = SERVER_READ_CHUNK;
+	struct iovec iov = {c->in + c->in_len, room};
+	struct msghdr msg = {
+	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+	ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	if (n <= 0) {
+		client_kill(c, n == 0 ? "end of stream" : "read error");
+		return;
+	}
+	take_fds(c, &msg);
+	c->in_len += (size_t)n;
+	process_lines(c);
+}
+
+/* ---- connections ------------------------------------------------------- */
+
+static void client_destroy(struct client *c)
+{
+	close_fds(c);
+	event_free(c->rev);
+	event_free(c->wev);
+	evbuffer_free(c->out);
+	close(c->fd);
+	free(c->in);
+	free(c);
+}
+
+static void reaper_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct server *s = arg;
+	for (struct client **pp = &s->clients; *pp;) {
+		struct client *c = *pp;
+		if (c->dead) {
+			*pp = c->next;
+			s->n_clients--;
+			client_destroy(c);
+		} else {
+			pp = &c->next;
+		}
+	}
+}
+
+static void refuse(struct server *s, int fd)
+{
+	struct error err;
+	error_init(&err);
+	error_set(&err, ERR_TOO_MANY_CLIENTS, "the daemon has %u clients connected",
+		  s->cfg.max_clients);
+	error_detail_int(&err, "limit", s->cfg.max_clients);
+	json_t *obj = wire_error_new(NULL, &err);
+	size_t len;
+	char *line = wire_encode(obj, &len);
+	/* Best effort: a fresh socket buffer takes one short line without blocking. */
+	if (line && send(fd, line, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+		log_debug("could not tell a refused client why: %s", strerror(errno));
+	free(line);
+	json_decref(obj);
+	error_clear(&err);
+	close(fd);
+}
+
+static void client_add(struct server *s, int fd)
+{
+	struct client *c = calloc(1, sizeof(*c));
+	socklen_t len = sizeof(c ? c->cred : (struct ucred){0});
+	if (!c || !(c->in = malloc(WIRE_REQUEST_MAX + 1)) || !(c->out = evbuffer_new())) {
+		if (c) {
+			free(c->in);
+			free(c);
+		}
+		close(fd);
+		return;
+	}
+	c->srv = s;
+	c->fd = fd;
+	c->id = ++s->next_id;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) < 0) {
+		c->cred.uid = (uid_t)-1;
+		c->cred.gid = (gid_t)-1;
+	}
+	socklen_t glen = sizeof(c->groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, c->groups, &glen) == 0)
+		c->n_groups = (int)(glen / sizeof(gid_t));
+	c->rev = event_new(s->base, fd, EV_READ | EV_PERSIST, on_readable, c);
+	c->wev = event_new(s->base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
+	event_add(c->rev, NULL);
+	c->next = s->clients;
+	s->clients = c;
+	s->n_clients++;
+	log_debug("client %lu connected (uid %u pid %d)", c->id, (unsigned)c->cred.uid,
+		  (int)c->cred.pid);
+}
+
+static void accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct server *s = arg;
+	event_add(s->listen_ev, NULL);
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+	(void)what;
+	struct server *s = arg;
+	for (int i = 0; i < SERVER_ACCEPT_BURST; i++) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOMEM ||
+			    errno == ENOBUFS) {
+				/* Out of fds: stop accepting briefly instead of spinning. */
+				log_warning("accept: %s; pausing", strerror(errno));
+				event_del(s->listen_ev);
+				struct timeval tv = {0, SERVER_ACCEPT_PAUSE_MS * 1000};
+				evtimer_add(s->accept_pause, &tv);
+			}
+			return;
+		}
+		if (s->n_clients >= s->cfg.max_clients)
+			refuse(s, fd);
+		else
+			client_add(s, fd);
+	}
+}
+
+struct server *server_new(struct event_base *base, int listen_fd, struct registry *reg,
+			  struct jobs *jobs, struct image_cache *images, const struct config *cfg)
+{
+	struct server *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->base = base;
+	s->listen_fd = listen_fd;
+	s->reg = reg;
+	s->jobs = jobs;
+	s->images = images;
+	s->cfg = *cfg;
+	/* Looked up once: NSS may block, and the loop must not. */
+	struct group *g = getgrnam(cfg->admin_group);
+	if (g) {
+		s->admin_gid = g->gr_gid;
+		s->have_admin_gid = true;
+	}
+	s->listen_ev = event_new(base, listen_fd, EV_READ | EV_PERSIST, on_accept, s);
+	s->accept_pause = evtimer_new(base, accept_resume, s);
+	s->reaper = event_new(base, -1, 0, reaper_cb, s);
+	event_add(s->listen_ev, NULL);
+	return s;
+}
+
+void server_free(struct server *s)
+{
+	if (!s)
+		return;
+	/* Flush what can be flushed without blocking (job-ended "interrupted"). */
+	for (struct client *c = s->clients; c; c = c->next)
+		if (!c->dead)
+			evbuffer_write(c->out, c->fd);
+	while (s->clients) {
+		struct client *c = s->clients;
+		s->clients = c->next;
+		client_destroy(c);
+	}
+	event_free(s->listen_ev);
+	event_free(s->accept_pause);
+	event_free(s->reaper);
+	close(s->listen_fd);
+	free(s);
+}
+
+size_t server_client_count(const struct server *s)
+{
+	return s->n_clients;
+}
+
+void server_device_event(struct server *s, struct device *dev, enum registry_change change)
+{
+	json_t *ev = wire_event_new(registry_change_event(change));
+	json_object_set_new(ev, "device", device_to_json(dev, false));
+	for (struct client *c = s->clients; c; c = c->next)
+		if (c->sub_devices)
+			client_send(c, ev);
+	json_decref(ev);
+}
+
+void server_job_event(struct server *s, struct job *job, json_t *event)
+{
+	for (struct client *c = s->clients; c; c = c->next)
+		if (c->sub_jobs && (!c->sub_job[0] || strcasecmp(c->sub_job, job_id(job)) == 0))
+			client_send(c, event);
+}

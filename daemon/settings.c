@@ -1,0 +1,191 @@
+#include "settings.h"
+
+#include "log.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static struct {
+	const struct timeout_def *def;
+	unsigned value;
+} timeouts[TIMEOUTS_MAX];
+static size_t n_timeouts;
+
+void timeouts_register(const struct timeout_def *defs)
+{
+	for (; defs && defs->key; defs++) {
+		bool known = false;
+		for (size_t i = 0; i < n_timeouts; i++)
+			known = known || strcmp(timeouts[i].def->key, defs->key) == 0;
+		if (known)
+			continue;
+		assert(n_timeouts < TIMEOUTS_MAX);
+		timeouts[n_timeouts].def = defs;
+		timeouts[n_timeouts].value = defs->default_ms;
+		n_timeouts++;
+	}
+}
+
+int timeouts_set(const char *key, unsigned ms)
+{
+	for (size_t i = 0; i < n_timeouts; i++) {
+		if (strcmp(timeouts[i].def->key, key) == 0) {
+			timeouts[i].value = ms;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+void timeouts_reset(void)
+{
+	n_timeouts = 0;
+}
+
+unsigned timeout_ms(const char *key)
+{
+	for (size_t i = 0; i < n_timeouts; i++)
+		if (strcmp(timeouts[i].def->key, key) == 0)
+			return timeouts[i].value;
+	/* An unregistered key is a programming error: the table is the documentation. */
+	assert(!"timeout key not registered");
+	return 0;
+}
+
+void config_defaults(struct config *c)
+{
+	memset(c, 0, sizeof(*c));
+	snprintf(c->admin_group, sizeof(c->admin_group), "flashd");
+	c->max_clients = 256;
+	c->max_jobs = 64;
+	c->output_buffer_max = 1024 * 1024;
+	c->image_memory_max = 256u * 1024 * 1024;
+	c->job_history = 64;
+}
+
+static char *trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	char *end = s + strlen(s);
+	while (end > s && isspace((unsigned char)end[-1]))
+		*--end = '\0';
+	return s;
+}
+
+static int parse_number(const char *value, unsigned long long max, unsigned long long *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(value, &end, 10);
+	if (errno || end == value || *end || v > max || value[0] == '-')
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int set_key(struct config *c, const char *section, const char *key, const char *value,
+		   const char *where, struct error *err)
+{
+	unsigned long long v = 0;
+	if (strcmp(section, "daemon") == 0 && strcmp(key, "admin_group") == 0) {
+		snprintf(c->admin_group, sizeof(c->admin_group), "%s", value);
+		return 0;
+	}
+	bool numeric = strcmp(section, "limits") == 0 || strcmp(section, "timeouts") == 0;
+	if (numeric && parse_number(value, 1ull << 40, &v) < 0)
+		return error_set(err, ERR_USAGE, "%s: %s = \"%s\" is not a number", where, key,
+				 value);
+	if (strcmp(section, "timeouts") == 0) {
+		if (v > 24ull * 3600 * 1000)
+			return error_set(err, ERR_USAGE, "%s: %s is longer than a day", where, key);
+		if (timeouts_set(key, (unsigned)v) < 0)
+			log_warning("%s: unknown timeout key %s (ignored)", where, key);
+		return 0;
+	}
+	if (strcmp(section, "limits") == 0) {
+		if (v == 0)
+			return error_set(err, ERR_USAGE, "%s: %s must be positive", where, key);
+		if (strcmp(key, "clients") == 0 && v <= 65536)
+			c->max_clients = (unsigned)v;
+		else if (strcmp(key, "jobs") == 0 && v <= 65536)
+			c->max_jobs = (unsigned)v;
+		else if (strcmp(key, "output_buffer_bytes") == 0)
+			c->output_buffer_max = (size_t)v;
+		else if (strcmp(key, "image_memory_bytes") == 0)
+			c->image_memory_max = (size_t)v;
+		else if (strcmp(key, "job_history") == 0 && v <= 65536)
+			c->job_history = (unsigned)v;
+		else
+			log_warning("%s: unknown or out-of-range limit %s (ignored)", where, key);
+		return 0;
+	}
+	log_warning("%s: unknown key [%s] %s (ignored)", where, section, key);
+	return 0;
+}
+
+int config_parse(struct config *c, const char *text, const char *origin, struct error *err)
+{
+	char section[64] = "";
+	unsigned lineno = 0;
+	const char *p = text;
+	while (*p) {
+		char line[CONFIG_LINE_MAX], where[CONFIG_LINE_MAX / 2];
+		size_t n = strcspn(p, "\n");
+		lineno++;
+		snprintf(where, sizeof(where), "%s:%u", origin, lineno);
+		if (n >= sizeof(line))
+			return error_set(err, ERR_USAGE, "%s: line too long", where);
+		memcpy(line, p, n);
+		line[n] = '\0';
+		p += n + (p[n] == '\n');
+		char *hash = strpbrk(line, "#;");
+		if (hash)
+			*hash = '\0';
+		char *s = trim(line);
+		if (!*s)
+			continue;
+		if (*s == '[') {
+			char *close = strchr(s, ']');
+			if (!close || close[1])
+				return error_set(err, ERR_USAGE, "%s: malformed section header",
+						 where);
+			*close = '\0';
+			snprintf(section, sizeof(section), "%s", trim(s + 1));
+			continue;
+		}
+		char *eq = strchr(s, '=');
+		if (!eq)
+			return error_set(err, ERR_USAGE, "%s: expected key = value", where);
+		*eq = '\0';
+		if (set_key(c, section, trim(s), trim(eq + 1), where, err) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+int config_load(struct config *c, const char *path, struct error *err)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return error_set(err, ERR_USAGE, "cannot open config file %s: %s", path,
+				 strerror(errno));
+	char *buf = malloc(CONFIG_FILE_MAX + 1);
+	size_t len = 0;
+	ssize_t r;
+	while (buf && len < CONFIG_FILE_MAX && (r = read(fd, buf + len, CONFIG_FILE_MAX - len)) > 0)
+		len += (size_t)r;
+	close(fd);
+	if (!buf)
+		return error_set(err, ERR_INTERNAL, "out of memory");
+	buf[len] = '\0';
+	int rc = config_parse(c, buf, path, err);
+	free(buf);
+	return rc;
+}
