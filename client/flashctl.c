@@ -18,6 +18,13 @@ struct verb {
 
 static const struct verb verbs[] = {
 	{"inspect", cmd_inspect, "inspect FILE... [--json]      describe firmware files (no daemon needed)"},
+	{"list", cmd_list, "list                          the devices flashd sees"},
+	{"watch", cmd_watch, "watch                         devices and jobs as they change"},
+	{"jobs", cmd_jobs, "jobs                          current and recent jobs"},
+	{"cancel", cmd_cancel, "cancel JOB                    stop a job"},
+	{"flash", cmd_flash,
+	 "flash FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
+	 "        [--wait[=S]] [--force] [--verify] [--dry-run] [--detach]"},
 	{"errors", cmd_errors, "errors [--json|--markdown]    print the error catalogue"},
 };
 

@@ -60,3 +60,82 @@ int render_usage_error(const struct cli_global *g, const char *message)
 	error_clear(&e);
 	return status;
 }
+
+static const char *str_or(const json_t *obj, const char *key, const char *def)
+{
+	const char *s = json_string_value(json_object_get(obj, key));
+	return s ? s : def;
+}
+
+void render_device_line(const struct cli_global *g, const json_t *dev)
+{
+	const json_t *usb = json_object_get(dev, "usb");
+	if (g->json) {
+		render_json_line((json_t *)dev);
+		return;
+	}
+	printf("%-30s %-10s %-9s %-14s usb %-8s%s%s%s\n", str_or(dev, "key", "?"),
+	       str_or(dev, "platform", "?"), str_or(dev, "mode", "?"), str_or(dev, "tty", "-"),
+	       str_or(usb, "port", "?"), json_is_true(json_object_get(dev, "present")) ? "" : " gone",
+	       json_is_true(json_object_get(dev, "busy")) ? " busy " : "",
+	       json_is_true(json_object_get(dev, "busy")) ? str_or(dev, "job", "") : "");
+	fflush(stdout);
+}
+
+void render_job_line(const struct cli_global *g, const json_t *job)
+{
+	if (g->json) {
+		render_json_line((json_t *)job);
+		return;
+	}
+	const json_t *images = json_object_get(job, "images");
+	const json_t *err = json_object_get(job, "error");
+	printf("%s %-18s %-8s device %-26s %zu image%s%s%s\n", str_or(job, "id", "?"),
+	       str_or(job, "state", "?"), str_or(job, "outcome", ""), str_or(job, "device", "-"),
+	       json_array_size(images), json_array_size(images) == 1 ? "" : "s",
+	       json_is_object(err) ? " error " : "", json_is_object(err) ? str_or(err, "code", "") : "");
+	fflush(stdout);
+}
+
+void render_event(const struct cli_global *g, const json_t *ev)
+{
+	const char *name = str_or(ev, "event", "?");
+	if (g->json) {
+		render_json_line((json_t *)ev);
+		return;
+	}
+	if (strncmp(name, "device-", 7) == 0) {
+		printf("%-15s ", name);
+		render_device_line(g, json_object_get(ev, "device"));
+		return;
+	}
+	const char *job = str_or(ev, "job", "?");
+	if (strcmp(name, "job-progress") == 0) {
+		const json_t *total = json_object_get(ev, "total");
+		printf("%-15s %s %-18s", name, job, str_or(ev, "state", "?"));
+		if (json_integer_value(total) > 0)
+			printf(" %lld/%lld bytes (%lld%%)",
+			       (long long)json_integer_value(json_object_get(ev, "done")),
+			       (long long)json_integer_value(total),
+			       (long long)json_integer_value(json_object_get(ev, "percent")));
+		if (json_object_get(ev, "note"))
+			printf(" %s: %s", str_or(ev, "note", ""), str_or(ev, "message", ""));
+		printf("\n");
+	} else if (strcmp(name, "job-ended") == 0) {
+		const json_t *err = json_object_get(ev, "error");
+		printf("%-15s %s %s%s%s%s%s\n", name, job, str_or(ev, "result", "?"),
+		       json_is_string(json_object_get(ev, "outcome")) ? " " : "",
+		       str_or(ev, "outcome", ""), err ? " " : "", err ? str_or(err, "code", "") : "");
+		if (json_is_object(err)) {
+			struct error e;
+			error_init(&e);
+			if (error_from_json(&e, err) == 0)
+				render_error(g, &e);
+			error_clear(&e);
+		}
+	} else {
+		const json_t *rec = json_object_get(ev, "record");
+		printf("%-15s %s device %s\n", name, job, str_or(rec, "device", "(waiting)"));
+	}
+	fflush(stdout);
+}

@@ -14,3 +14,9 @@ int render_error(const struct cli_global *g, const struct error *e);
 int render_usage_error(const struct cli_global *g, const char *message);
 /* Prints one JSON value compactly on a line of stdout. */
 void render_json_line(json_t *value);
+
+/* One line per object (minimal rendering; the polished UI is a later issue). */
+void render_device_line(const struct cli_global *g, const json_t *dev);
+void render_job_line(const struct cli_global *g, const json_t *job);
+/* An event as one line: device-*, job-* (human), or the object itself (--json). */
+void render_event(const struct cli_global *g, const json_t *event);

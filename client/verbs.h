@@ -13,3 +13,8 @@ struct cli_global {
 /* Each returns the process exit status (the catalogue's exit statuses). */
 int cmd_inspect(int argc, char **argv, const struct cli_global *g);
 int cmd_errors(int argc, char **argv, const struct cli_global *g);
+int cmd_list(int argc, char **argv, const struct cli_global *g);
+int cmd_watch(int argc, char **argv, const struct cli_global *g);
+int cmd_jobs(int argc, char **argv, const struct cli_global *g);
+int cmd_cancel(int argc, char **argv, const struct cli_global *g);
+int cmd_flash(int argc, char **argv, const struct cli_global *g);

@@ -1,0 +1,32 @@
+/* flashctl cancel JOB */
+#include "conn.h"
+#include "render.h"
+#include "verbs.h"
+
+#include <stdio.h>
+
+int cmd_cancel(int argc, char **argv, const struct cli_global *g)
+{
+	struct conn c;
+	struct error err;
+	error_init(&err);
+	if (argc != 2)
+		return render_usage_error(g, "usage: flashctl cancel JOB");
+	if (conn_open(&c, g, &err) < 0)
+		return render_error(g, &err);
+	json_t *req = wire_request_new(WIRE_REQ_CANCEL, 0);
+	json_object_set_new(req, "job", json_string(argv[1]));
+	json_t *reply = conn_call(&c, req, NULL, 0, NULL, NULL, &err);
+	json_decref(req);
+	conn_close(&c);
+	if (!reply)
+		return render_error(g, &err);
+	if (g->json)
+		render_json_line(reply);
+	else if (json_is_true(json_object_get(reply, "already_ended")))
+		printf("job %s had already ended\n", argv[1]);
+	else
+		printf("job %s: cancel requested\n", argv[1]);
+	json_decref(reply);
+	return 0;
+}
