@@ -1,0 +1,154 @@
+/*
+ * One simulated device: identity, mode, flash, and its USB presence in the
+ * umockdev testbed (DFU: one usb_device; CDC: usb_device -> usb_interface ->
+ * tty/ttyACMn, facts §1.2/§1.3).  Mode changes re-enumerate like the real
+ * device: remove uevents first, then the new device after the boot delay.
+ */
+#pragma once
+
+#include "flash.h"
+#include "sim.h"
+#include "validate.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define DEVICE_PATH_MAX 256
+#define DFU_XFER_SIZE	4096
+
+enum dfu_state {
+	DFU_APP_IDLE = 0,
+	DFU_APP_DETACH = 1,
+	DFU_IDLE = 2,
+	DFU_DNLOAD_SYNC = 3,
+	DFU_DNBUSY = 4,
+	DFU_DNLOAD_IDLE = 5,
+	DFU_MANIFEST_SYNC = 6,
+	DFU_MANIFEST = 7,
+	DFU_MANIFEST_WAIT_RESET = 8,
+	DFU_UPLOAD_IDLE = 9,
+	DFU_ERROR = 10,
+};
+
+enum dfu_status {
+	DFU_OK = 0x00,
+	DFU_ERR_TARGET = 0x01,
+	DFU_ERR_FILE = 0x02,
+	DFU_ERR_WRITE = 0x03,
+	DFU_ERR_ERASE = 0x04,
+	DFU_ERR_CHECK_ERASED = 0x05,
+	DFU_ERR_PROG = 0x06,
+	DFU_ERR_VERIFY = 0x07,
+	DFU_ERR_ADDRESS = 0x08,
+	DFU_ERR_NOTDONE = 0x09,
+	DFU_ERR_FIRMWARE = 0x0a,
+	DFU_ERR_VENDOR = 0x0b,
+	DFU_ERR_USBR = 0x0c,
+	DFU_ERR_POR = 0x0d,
+	DFU_ERR_UNKNOWN = 0x0e,
+	DFU_ERR_STALLEDPKT = 0x0f,
+};
+
+struct dfu {
+	enum dfu_state state;
+	enum dfu_status status;
+	int alt;
+	uint32_t pointer;
+	uint8_t pending[DFU_XFER_SIZE];
+	size_t pending_len;
+	uint16_t pending_block;
+	bool have_pending;
+	uint64_t busy_until_ms;	 /* EP0 NAKs (URBs stay unreaped) until then */
+	unsigned chunks;	 /* data DNLOADs since enumeration (faults) */
+	uint64_t session_erased; /* bytes erased since enumeration (unplug@N%) */
+	uint64_t session_written;
+	bool silent;		     /* fault: stop answering */
+	enum sim_mode boot_override; /* 0xFA: safe mode after leave; else SIM_MODE_UNPLUGGED */
+};
+
+struct listening;
+
+struct sim_device {
+	struct sim *sim;
+	struct sim_spec spec;
+	enum sim_mode mode;	 /* what the device is running now */
+	enum sim_mode next_mode; /* after the pending re-enumeration */
+	uint16_t layout_version; /* installed system version: picks the slot layout */
+	struct flash *flash;
+	struct dfu dfu;
+	/* USB presence */
+	bool present;
+	bool gone; /* unplugged: every usbfs ioctl fails with ENODEV */
+	unsigned busnum, devnum;
+	char usb_syspath[DEVICE_PATH_MAX];
+	char usb_devnode[64];
+	char tty_syspath[DEVICE_PATH_MAX];
+	char tty_devnode[32];
+	int tty_index;
+	UMockdevIoctlBase *usb_handler;
+	UMockdevIoctlBase *tty_handler;
+	GQueue urbs; /* submitted control URBs waiting to be reaped */
+	/* CDC side */
+	struct listening *cdc;
+	int pty_fd;
+	guint pty_watch;
+	guint pty_retry;
+	guint cdc_timer;
+	unsigned last_baud;
+	bool listen_on_boot; /* 'L': safe mode, then listening mode */
+	GByteArray *outq;    /* device -> host bytes the pty did not take yet */
+	guint out_watch;
+	GPid peer_pid;
+	int peer_in, peer_out; /* pipes to the peer=COMMAND */
+	guint peer_watch;
+	/* OTA (YMODEM) */
+	bool ota_active;
+	bool ota_pending; /* validated, applied at the next reset */
+	uint32_t ota_size;
+	/* counters for state.json */
+	uint64_t ymodem_bytes;
+	uint64_t dfu_bytes;
+	uint64_t dfu_requests;
+	unsigned generation; /* bumps on every enumeration: stale timers ignore themselves */
+};
+
+struct sim_device *device_new(struct sim *sim, const struct sim_spec *spec);
+void device_free(struct sim_device *d);
+
+/* Main thread, lock NOT held. */
+int device_plug(struct sim_device *d, GError **error);
+void device_unplug(struct sim_device *d);
+/* Unplug, optionally move to another port, plug again after the boot delay. */
+void device_replug(struct sim_device *d, const char *port);
+/* Reset into a mode (re-enumerates after the boot delay). mode UNPLUGGED = boot validation. */
+void device_reset(struct sim_device *d, enum sim_mode mode);
+/* Scheduled callbacks (main thread): reset into d->next_mode; unplug after a fault. */
+void device_reset_boot(struct sim_device *d);
+void device_unplug_async(struct sim_device *d);
+/* The mode the next boot lands in (validation of the installed modules). Lock held. */
+enum sim_mode device_boot_mode(struct sim_device *d);
+
+/* Lock held. */
+void device_scan(struct sim_device *d, struct vscan *out);
+/* The mode name state.json reports. */
+const char *device_mode_name(struct sim_device *d);
+uint64_t device_ymodem_bytes(struct sim_device *d);
+
+/* usbdev.c: the usbfs ioctl emulation of a device node. */
+UMockdevIoctlBase *usbdev_handler_new(struct sim_device *d);
+void usbdev_flush(struct sim_device *d); /* drop queued URBs (lock held) */
+
+/* dfu.c: DfuSe class requests (lock held).  Returns reply length, or -1 to stall. */
+void dfu_enumerated(struct sim_device *d);
+int dfu_class_request(struct sim_device *d, uint8_t type, uint8_t request, uint16_t value,
+		      uint16_t length, const uint8_t *out, uint8_t *in);
+int dfu_set_alt(struct sim_device *d, int alt);
+/* USB string descriptor text for DFU mode (NULL if none). */
+char *dfu_string(struct sim_device *d, uint8_t index);
+
+/* cdc.c: the CDC side (tty handler, pty, engine). */
+void cdc_attach(struct sim_device *d); /* after the tty node exists (main thread) */
+void cdc_detach(struct sim_device *d); /* before removal (main thread) */
+UMockdevIoctlBase *cdc_tty_handler_new(struct sim_device *d);
+/* Copies a validated YMODEM image from the OTA region into its slot (lock held). */
+void cdc_apply_ota(struct sim_device *d);

@@ -1,0 +1,251 @@
+/*
+ * flashd-sim: runs COMMAND inside a umockdev testbed holding simulated
+ * Particle devices (issues 3 and 4; flashd-sim(1)).
+ *
+ *   flashd-sim [--device SPEC]... [--state-dir DIR] [--time-scale X]
+ *              [--timeout-scale Y] [--control PATH] -- COMMAND [ARG...]
+ *
+ * Exits with COMMAND's status; 125 on the simulator's own failures.
+ */
+#include "config.h"
+#include "control.h"
+#include "device.h"
+#include "spec.h"
+#include "state.h"
+
+#include <errno.h>
+#include <glib-unix.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PRELOAD_LIB  "libumockdev-preload.so.0"
+#define REEXEC_GUARD "FLASHD_SIM_REEXEC"
+
+static struct sim sim_state;
+
+uint64_t sim_now_ms(void)
+{
+	return (uint64_t)(g_get_monotonic_time() / 1000);
+}
+
+struct scheduled {
+	struct sim *sim;
+	void (*fn)(void *);
+	void *data;
+};
+
+static gboolean run_scheduled(gpointer p)
+{
+	struct scheduled *s = p;
+	s->fn(s->data);
+	sim_work_done(s->sim);
+	g_free(s);
+	return G_SOURCE_REMOVE;
+}
+
+void sim_schedule(struct sim *sim, unsigned delay_ms, void (*fn)(void *), void *data)
+{
+	struct scheduled *s = g_new0(struct scheduled, 1);
+	s->sim = sim;
+	s->fn = fn;
+	s->data = data;
+	g_atomic_int_inc(&sim->pending_work);
+	/* Thread-safe: the DFU handler schedules from umockdev's worker thread. */
+	g_timeout_add(delay_ms, run_scheduled, s);
+}
+
+void sim_work_done(struct sim *sim)
+{
+	if (g_atomic_int_dec_and_test(&sim->pending_work))
+		control_idle(sim);
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: flashd-sim [--device SPEC]... [--state-dir DIR] [--time-scale X]\n"
+		"                  [--timeout-scale Y] [--control PATH] -- COMMAND [ARG...]\n"
+		"SPEC: platform=NAME,mode=listening|dfu|normal,os=X.Y.Z[,name=N][,id=HEX24]\n"
+		"      [,serial=S][,port=1-1.2][,protected=0|1][,faults=kind@where[:arg]+...]\n"
+		"      [,peer=COMMAND (last)]\n"
+		"See flashd-sim(1).\n");
+}
+
+static int die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int die(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "flashd-sim: ");
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	return SIM_EXIT_OWN_FAILURE;
+}
+
+/* The testbed owner must itself run under the preload, or add events never go out. */
+static void reexec_under_preload(char **argv)
+{
+	const char *pre = getenv("LD_PRELOAD");
+	if ((pre && strstr(pre, "libumockdev-preload")) || getenv(REEXEC_GUARD))
+		return;
+	gchar *value =
+	    pre && *pre ? g_strdup_printf("%s:%s", pre, PRELOAD_LIB) : g_strdup(PRELOAD_LIB);
+	setenv("LD_PRELOAD", value, 1);
+	setenv(REEXEC_GUARD, "1", 1);
+	g_free(value);
+	execv("/proc/self/exe", argv);
+	fprintf(stderr, "flashd-sim: cannot re-execute under %s: %s\n", PRELOAD_LIB,
+		strerror(errno));
+	exit(SIM_EXIT_OWN_FAILURE);
+}
+
+static void on_child_exit(GPid pid, gint status, gpointer data)
+{
+	(void)pid;
+	struct sim *sim = data;
+	sim->child_status = status;
+	sim->child_exited = true;
+	g_spawn_close_pid(pid);
+	g_main_loop_quit(sim->loop);
+}
+
+static gboolean on_signal(gpointer data)
+{
+	struct sim *sim = &sim_state;
+	int sig = GPOINTER_TO_INT(data);
+	state_write(sim);
+	if (sim->child > 0 && !sim->child_exited)
+		kill(sim->child, sig);
+	else
+		g_main_loop_quit(sim->loop);
+	return G_SOURCE_CONTINUE;
+}
+
+static int parse_scale(const char *opt, const char *s, double *ret)
+{
+	char *end;
+	double v = g_ascii_strtod(s, &end);
+	if (end == s || *end || v < 0 || v > 1000)
+		return die("%s: expected a number between 0 and 1000", opt);
+	*ret = v;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct sim *sim = &sim_state;
+	sim->time_scale = 0;
+	sim->timeout_scale = 1;
+	const char *control = NULL;
+	GPtrArray *specs = g_ptr_array_new();
+	int i = 1;
+	for (; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		if (strcmp(a, "--") == 0) {
+			i++;
+			break;
+		} else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage(stdout);
+			return 0;
+		} else if (strcmp(a, "--version") == 0) {
+			printf("flashd-sim %s\n", FLASHD_VERSION);
+			return 0;
+		} else if (!v && a[0] == '-') {
+			return die("%s needs a value", a);
+		} else if (strcmp(a, "--device") == 0) {
+			g_ptr_array_add(specs, argv[++i]);
+		} else if (strcmp(a, "--state-dir") == 0) {
+			sim->state_dir = argv[++i];
+		} else if (strcmp(a, "--time-scale") == 0) {
+			if (parse_scale(a, argv[++i], &sim->time_scale))
+				return SIM_EXIT_OWN_FAILURE;
+		} else if (strcmp(a, "--timeout-scale") == 0) {
+			if (parse_scale(a, argv[++i], &sim->timeout_scale))
+				return SIM_EXIT_OWN_FAILURE;
+		} else if (strcmp(a, "--control") == 0) {
+			control = argv[++i];
+		} else if (a[0] == '-') {
+			usage(stderr);
+			return die("unknown option %s", a);
+		} else {
+			break; /* COMMAND without "--" */
+		}
+	}
+	if (i >= argc) {
+		usage(stderr);
+		return die("%s", "no COMMAND given");
+	}
+	if (specs->len > SIM_MAX_DEVICES)
+		return die("at most %s devices", G_STRINGIFY(SIM_MAX_DEVICES));
+
+	/* Validate every SPEC before touching the testbed (exit 125 on a bad one). */
+	struct sim_spec parsed[SIM_MAX_DEVICES];
+	for (guint k = 0; k < specs->len; k++) {
+		char err[SIM_SPEC_ERROR_MAX];
+		if (spec_parse(g_ptr_array_index(specs, k), k, &parsed[k], err, sizeof(err)) < 0)
+			return die("--device: %s", err);
+		for (guint j = 0; j < k; j++)
+			if (strcmp(parsed[j].name, parsed[k].name) == 0)
+				return die("--device: two devices named %s", parsed[k].name);
+	}
+	if (sim->state_dir && g_mkdir_with_parents(sim->state_dir, 0755) < 0)
+		return die("--state-dir %s: cannot create", sim->state_dir);
+
+	reexec_under_preload(argv);
+
+	g_mutex_init(&sim->lock);
+	sim->retired = g_ptr_array_new_with_free_func(g_object_unref);
+	sim->idle_waiters = g_ptr_array_new();
+	sim->loop = g_main_loop_new(NULL, FALSE);
+	sim->tb = umockdev_testbed_new();
+	if (!sim->tb)
+		return die("%s", "cannot create the umockdev testbed");
+	for (guint k = 0; k < specs->len; k++) {
+		sim->devices[sim->n_devices++] = device_new(sim, &parsed[k]);
+		spec_clear(&parsed[k]);
+	}
+	for (unsigned k = 0; k < sim->n_devices; k++) {
+		g_autoptr(GError) err = NULL;
+		if (device_plug(sim->devices[k], &err) < 0)
+			return die("testbed: %s", err ? err->message : "cannot add device");
+	}
+	if (control) {
+		g_autoptr(GError) err = NULL;
+		if (control_start(sim, control, &err) < 0)
+			return die("--control: %s", err->message);
+	}
+	g_unix_signal_add(SIGTERM, on_signal, GINT_TO_POINTER(SIGTERM));
+	g_unix_signal_add(SIGINT, on_signal, GINT_TO_POINTER(SIGINT));
+	signal(SIGPIPE, SIG_IGN);
+
+	g_autoptr(GError) err = NULL;
+	if (!g_spawn_async(NULL, argv + i, NULL,
+			   G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD |
+			       G_SPAWN_CHILD_INHERITS_STDIN,
+			   NULL, NULL, &sim->child, &err)) {
+		fprintf(stderr, "flashd-sim: %s: %s\n", argv[i], err->message);
+		return err->code == G_SPAWN_ERROR_NOENT ? 127 : 126;
+	}
+	g_child_watch_add(sim->child, on_child_exit, sim);
+	g_main_loop_run(sim->loop);
+
+	state_write(sim);
+	control_stop();
+	int status = sim->child_status;
+	int rc = WIFEXITED(status)     ? WEXITSTATUS(status)
+		 : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+				       : 1;
+	for (unsigned k = 0; k < sim->n_devices; k++)
+		if (sim->devices[k]->peer_pid > 0)
+			kill(sim->devices[k]->peer_pid, SIGTERM);
+	g_object_unref(sim->tb);
+	g_ptr_array_free(specs, TRUE);
+	return rc;
+}

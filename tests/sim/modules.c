@@ -1,0 +1,216 @@
+#include "modules.h"
+
+#include <nettle/sha2.h>
+#include <string.h>
+#include <zlib.h>
+
+/* Sizes of the synthesised modules: small, so dumps stay quick to compare. */
+#define SYNTH_BOOTLOADER_SIZE 12288u
+#define SYNTH_SYSTEM_SIZE     49152u
+#define SYNTH_USER_SIZE	      4096u
+#define SYNTH_RADIO_SIZE      16384u
+#define TINKER_VERSION	      6 /* user module_version = the app ABI number (§7.9) */
+
+static void put16(uint8_t *b, uint16_t v)
+{
+	b[0] = (uint8_t)v;
+	b[1] = (uint8_t)(v >> 8);
+}
+
+static void put32(uint8_t *b, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		b[i] = (uint8_t)(v >> (8 * i));
+}
+
+uint8_t *modules_build(const struct module_desc *d)
+{
+	uint8_t *b = g_malloc(d->len);
+	/* Deterministic, non-erased payload. */
+	uint32_t x = 0x9e3779b9u ^ d->start ^ ((uint32_t)d->function << 8) ^ d->version;
+	for (size_t i = 0; i < d->len; i++) {
+		x = x * 1664525u + 1013904223u;
+		b[i] = (uint8_t)(x >> 24);
+	}
+	if (d->prefix_offset == 0x184 || d->prefix_offset == 0x200)
+		put32(b, 0x2000f000u); /* initial stack pointer: the device's vector-table test */
+	if (d->realtek_header) {
+		static const uint8_t sig[8] = {0x99, 0x99, 0x96, 0x96, 0x3f, 0xcc, 0x66, 0xfc};
+		memcpy(b, sig, 8);
+		put32(b + 8, (uint32_t)d->len);
+		put32(b + 12, d->start + 0x20);
+	}
+	uint32_t end = d->start + (uint32_t)d->len - 4;
+	uint8_t *p = b + d->prefix_offset;
+	memset(p, 0, 24);
+	put32(p, d->start);
+	put32(p + 4, end);
+	put16(p + 10, d->version);
+	put16(p + 12, d->platform_id);
+	p[14] = d->function;
+	p[15] = d->index;
+	for (int i = 0; i < 2; i++) {
+		p[16 + 4 * i] = d->dep_function[i];
+		p[17 + 4 * i] = d->dep_function[i] ? d->dep_index[i] : 0;
+		put16(p + 18 + 4 * i, d->dep_function[i] ? d->dep_version[i] : 0);
+	}
+	/* Suffix (§7.5), ending at module_end_address. */
+	size_t suffix = d->rtl_suffix ? 62 : 40;
+	uint8_t *s = b + d->len - 4 - suffix;
+	memset(s, 0, suffix);
+	if (d->rtl_suffix) {
+		put16(s, 0x0002);
+		put16(s + 2, 16);
+		put32(s + 4, d->start);
+		put32(s + 8, 0);
+		put32(s + 12, 0);
+		put16(s + 16, 0x0001);
+		put16(s + 18, 10);
+		put32(s + 20, (uint32_t)d->platform_id << 16);
+		put16(s + 24, 1);
+	} else {
+		put16(s, d->platform_id); /* product id = platform id since 4.0.0 */
+		put16(s + 2, 1);
+	}
+	put16(b + d->len - 6, (uint16_t)suffix);
+	struct sha256_ctx sha;
+	sha256_init(&sha);
+	sha256_update(&sha, d->len - 38, b);
+	sha256_digest(&sha, SHA256_DIGEST_SIZE, b + d->len - 38);
+	uint32_t crc = (uint32_t)crc32(0L, b, (uInt)(d->len - 4));
+	b[d->len - 4] = (uint8_t)(crc >> 24);
+	b[d->len - 3] = (uint8_t)(crc >> 16);
+	b[d->len - 2] = (uint8_t)(crc >> 8);
+	b[d->len - 1] = (uint8_t)crc;
+	return b;
+}
+
+static void place(struct flash *f, const struct module_desc *d)
+{
+	uint8_t *img = modules_build(d);
+	flash_program(f, 0, d->start, img, d->len);
+	g_free(img);
+}
+
+static struct module_desc desc(uint32_t start, size_t len, size_t off, uint8_t function,
+			       uint8_t index, uint16_t version, uint16_t platform_id)
+{
+	struct module_desc d = {.start = start,
+				.len = len,
+				.prefix_offset = off,
+				.function = function,
+				.index = index,
+				.version = version,
+				.platform_id = platform_id};
+	return d;
+}
+
+static void dep(struct module_desc *d, int slot, uint8_t function, uint8_t index, uint16_t version)
+{
+	d->dep_function[slot] = function;
+	d->dep_index[slot] = index;
+	d->dep_version[slot] = version;
+}
+
+/* §6.1 and the dependency chains of §7.6 / the fixtures' prefixes. */
+static void install_gen2(struct flash *f, const struct sim_spec *sp)
+{
+	uint16_t pid = sp->platform->id, sys = sp->system_version, bl = sp->bootloader_version;
+	struct module_desc d =
+	    desc(0x08000000, SYNTH_BOOTLOADER_SIZE, 0x184, MODULE_FUNCTION_BOOTLOADER, 0, bl, pid);
+	place(f, &d);
+	if (pid == 10) {
+		/* Electron: module 1 @0x08020000, 2 @0x08040000, 3 @0x08060000 (no vector table).
+		 */
+		d = desc(0x08020000, SYNTH_SYSTEM_SIZE, 0x184, MODULE_FUNCTION_SYSTEM, 1, sys, pid);
+		dep(&d, 0, MODULE_FUNCTION_SYSTEM, 3, sys);
+		place(f, &d);
+		d = desc(0x08040000, SYNTH_SYSTEM_SIZE, 0x184, MODULE_FUNCTION_SYSTEM, 2, sys, pid);
+		dep(&d, 0, MODULE_FUNCTION_SYSTEM, 1, sys);
+		dep(&d, 1, MODULE_FUNCTION_BOOTLOADER, 0, bl);
+		place(f, &d);
+		d = desc(0x08060000, SYNTH_SYSTEM_SIZE, 0, MODULE_FUNCTION_SYSTEM, 3, sys, pid);
+		dep(&d, 0, MODULE_FUNCTION_SYSTEM, 2, 110);
+		place(f, &d);
+		d = desc(0x08080000, SYNTH_USER_SIZE, 0, MODULE_FUNCTION_USER, 1, TINKER_VERSION,
+			 pid);
+	} else {
+		d = desc(0x08020000, SYNTH_SYSTEM_SIZE, 0x184, MODULE_FUNCTION_SYSTEM, 1, sys, pid);
+		dep(&d, 0, MODULE_FUNCTION_SYSTEM, 2, 207);
+		place(f, &d);
+		d = desc(0x08060000, SYNTH_SYSTEM_SIZE, 0x184, MODULE_FUNCTION_SYSTEM, 2, sys, pid);
+		dep(&d, 0, MODULE_FUNCTION_SYSTEM, 1, sys);
+		dep(&d, 1, MODULE_FUNCTION_BOOTLOADER, 0, bl);
+		place(f, &d);
+		d = desc(0x080a0000, SYNTH_USER_SIZE, 0, MODULE_FUNCTION_USER, 1, TINKER_VERSION,
+			 pid);
+	}
+	dep(&d, 0, MODULE_FUNCTION_SYSTEM, 2, sys);
+	place(f, &d);
+}
+
+static void install_gen3(struct flash *f, const struct sim_spec *sp)
+{
+	uint16_t pid = sp->platform->id, sys = sp->system_version, bl = sp->bootloader_version;
+	struct module_desc d =
+	    desc(0xf4000, SYNTH_BOOTLOADER_SIZE, 0x200, MODULE_FUNCTION_BOOTLOADER, 0, bl, pid);
+	place(f, &d);
+	/* SoftDevice: raw image, its prefix is dropped when flashed (flag 0x01). */
+	uint8_t *raw = g_malloc(SYNTH_RADIO_SIZE);
+	for (size_t i = 0; i < SYNTH_RADIO_SIZE; i++)
+		raw[i] = (uint8_t)(i * 7 + 3);
+	flash_program(f, 0, 0x1000, raw, SYNTH_RADIO_SIZE);
+	g_free(raw);
+	uint32_t sys_start = sys >= 6200 ? 0x28000 : 0x30000;
+	d = desc(sys_start, SYNTH_SYSTEM_SIZE, 0x200, MODULE_FUNCTION_SYSTEM, 1, sys, pid);
+	/* Argon lists the bootloader as dependency 2 (§7.6). */
+	int bl_slot = pid == 12 ? 1 : 0;
+	dep(&d, bl_slot, MODULE_FUNCTION_BOOTLOADER, 0, bl);
+	dep(&d, 1 - bl_slot, MODULE_FUNCTION_RADIO_STACK, 0, sp->radio_version);
+	place(f, &d);
+	if (sys >= 3100)
+		d = desc(0xb4000, SYNTH_USER_SIZE, 0, MODULE_FUNCTION_USER, 2, TINKER_VERSION, pid);
+	else
+		d = desc(0xd4000, SYNTH_USER_SIZE, 0, MODULE_FUNCTION_USER, 1, TINKER_VERSION, pid);
+	dep(&d, 0, MODULE_FUNCTION_SYSTEM, 1, sys);
+	place(f, &d);
+}
+
+static void install_rtl(struct flash *f, const struct sim_spec *sp)
+{
+	uint16_t pid = sp->platform->id, sys = sp->system_version, bl = sp->bootloader_version;
+	struct module_desc d =
+	    desc(0x08014000, SYNTH_BOOTLOADER_SIZE, 0, MODULE_FUNCTION_BOOTLOADER, 2, 9, pid);
+	place(f, &d);
+	d = desc(0x08004000, SYNTH_BOOTLOADER_SIZE, 0x20, MODULE_FUNCTION_BOOTLOADER, 0, bl, pid);
+	d.realtek_header = true;
+	d.rtl_suffix = true;
+	dep(&d, 0, MODULE_FUNCTION_BOOTLOADER, 2, 7);
+	place(f, &d);
+	d = desc(0x08060000, SYNTH_SYSTEM_SIZE, 0, MODULE_FUNCTION_SYSTEM, 1, sys, pid);
+	dep(&d, 0, MODULE_FUNCTION_BOOTLOADER, 0, bl);
+	place(f, &d);
+	/* The user part grows downward from 0x08600000 (§6.3). */
+	d = desc(0x08600000 - SYNTH_USER_SIZE, SYNTH_USER_SIZE, 0, MODULE_FUNCTION_USER, 1,
+		 TINKER_VERSION, pid);
+	d.rtl_suffix = true;
+	dep(&d, 0, MODULE_FUNCTION_SYSTEM, 1, sys);
+	place(f, &d);
+}
+
+void modules_install(struct flash *f, const struct sim_spec *spec)
+{
+	switch (spec->platform->mcu) {
+	case MCU_STM32F205:
+		install_gen2(f, spec);
+		break;
+	case MCU_NRF52840:
+		install_gen3(f, spec);
+		break;
+	case MCU_RTL8721D:
+		install_rtl(f, spec);
+		break;
+	case MCU_STM32F103:
+		break;
+	}
+}

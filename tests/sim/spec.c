@@ -1,0 +1,359 @@
+#include "spec.h"
+
+#include "osver.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const mode_names[] = {
+    [SIM_MODE_LISTENING] = "listening", [SIM_MODE_DFU] = "dfu",
+    [SIM_MODE_NORMAL] = "normal",	[SIM_MODE_SAFE] = "safe",
+    [SIM_MODE_UNPLUGGED] = "unplugged",
+};
+
+const char *sim_mode_name(enum sim_mode m)
+{
+	return (unsigned)m < G_N_ELEMENTS(mode_names) ? mode_names[m] : "unknown";
+}
+
+int sim_mode_from_name(const char *s)
+{
+	for (unsigned i = 0; i < G_N_ELEMENTS(mode_names); i++)
+		if (s && strcmp(s, mode_names[i]) == 0)
+			return (int)i;
+	return -1;
+}
+
+void spec_default_id(const struct platform *p, const char *name, char id[25])
+{
+	/* §1.2: nRF52 ids start e00fce68, RTL872x ids 0a10aced2021, Gen 2 is the STM32 UID. */
+	const char *prefix = "";
+	if (p->mcu == MCU_NRF52840)
+		prefix = "e00fce68";
+	else if (p->mcu == MCU_RTL8721D)
+		prefix = "0a10aced2021";
+	else if (p->mcu == MCU_STM32F205)
+		prefix = "3c00";
+	gchar *seed = g_strdup_printf("flashd-sim/%s/%s", p->name, name);
+	gchar *hex = g_compute_checksum_for_string(G_CHECKSUM_SHA256, seed, -1);
+	size_t n = strlen(prefix);
+	memcpy(id, prefix, n);
+	memcpy(id + n, hex, 24 - n);
+	id[24] = '\0';
+	g_free(hex);
+	g_free(seed);
+}
+
+unsigned spec_port_bus(const char *port)
+{
+	unsigned bus = (unsigned)strtoul(port, NULL, 10);
+	return bus ? bus : 1;
+}
+
+static bool port_valid(const char *s)
+{
+	/* "B-P[.P...]" as in sysfs USB device names. */
+	const char *dash = strchr(s, '-');
+	if (!dash || dash == s || strlen(s) >= SIM_PORT_MAX)
+		return false;
+	for (const char *c = s; *c; c++)
+		if (!isdigit((unsigned char)*c) && *c != '-' && *c != '.')
+			return false;
+	return isdigit((unsigned char)dash[1]) && isdigit((unsigned char)s[strlen(s) - 1]);
+}
+
+static bool id_valid(const char *s)
+{
+	if (strlen(s) != 24)
+		return false;
+	for (const char *c = s; *c; c++)
+		if (!isdigit((unsigned char)*c) && !(*c >= 'a' && *c <= 'f'))
+			return false;
+	return true;
+}
+
+/*
+ * Module versions of a Device OS release: exact rows of proto/osver.c, or,
+ * for a release between rows, the closest older row bumped past it (module
+ * versions only grow; §7.9 says there is no exact formula).
+ */
+static int resolve_os(struct sim_spec *spec, char *err, size_t err_size)
+{
+	int M, m, p;
+	if (osver_parse(spec->os, &M, &m, &p) < 0) {
+		snprintf(err, err_size, "os=%s: not a Device OS version (MAJOR.MINOR.PATCH)",
+			 spec->os);
+		return -1;
+	}
+	const struct os_release *base = osver_by_release(spec->os);
+	bool exact = base != NULL;
+	for (unsigned i = 0; !base && i < osver_count(); i++) {
+		const struct os_release *r = osver_at(i);
+		if (osver_compare(r->version, spec->os) <= 0 &&
+		    (!base || osver_compare(r->version, base->version) > 0))
+			base = r;
+	}
+	if (!base) {
+		snprintf(err, err_size, "os=%s: older than any release the simulator models",
+			 spec->os);
+		return -1;
+	}
+	unsigned sys = base->system;
+	if (!exact) {
+		unsigned guess = (unsigned)(M * 1000 + m * 100 + p);
+		sys = guess > sys ? guess : sys + 1;
+	}
+	spec->system_version = (uint16_t)sys;
+	spec->bootloader_version = base->bootloader ? base->bootloader : 100;
+	spec->radio_version = base->radio_stack ? base->radio_stack : 202;
+	return 0;
+}
+
+static const char *const fault_kinds[] = {"stall",  "silent", "unplug", "slow-erase", "reset",
+					  "cancel", "nak",    "stray",	"atprobe"};
+
+static int parse_fault(const char *text, struct sim_fault *f, char *err, size_t err_size)
+{
+	memset(f, 0, sizeof(*f));
+	const char *at = strchr(text, '@');
+	size_t klen = at ? (size_t)(at - text) : strlen(text);
+	if (klen == 0 || klen >= sizeof(f->kind))
+		goto bad;
+	memcpy(f->kind, text, klen);
+	bool known = false;
+	for (unsigned i = 0; i < G_N_ELEMENTS(fault_kinds); i++)
+		known |= strcmp(f->kind, fault_kinds[i]) == 0;
+	if (!known) {
+		snprintf(err, err_size,
+			 "fault '%s': unknown kind (stall, silent, unplug, slow-erase, "
+			 "reset, cancel, nak, stray, atprobe)",
+			 text);
+		return -1;
+	}
+	if (!at)
+		return 0;
+	const char *where = at + 1;
+	const char *colon = strchr(where, ':');
+	if (colon) {
+		if (strlen(colon + 1) >= sizeof(f->arg))
+			goto bad;
+		strcpy(f->arg, colon + 1);
+	}
+	size_t wlen = colon ? (size_t)(colon - where) : strlen(where);
+	char w[32];
+	if (wlen >= sizeof(w))
+		goto bad;
+	memcpy(w, where, wlen);
+	w[wlen] = '\0';
+	char *end;
+	if (wlen == 0) {
+		f->unit = SIM_AT_NONE;
+		return 0;
+	}
+	static const struct {
+		const char *prefix;
+		enum sim_fault_unit unit;
+	} units[] = {{"chunk", SIM_AT_CHUNK}, {"block", SIM_AT_BLOCK}, {"byte", SIM_AT_BYTE}};
+	for (unsigned i = 0; i < G_N_ELEMENTS(units); i++) {
+		size_t n = strlen(units[i].prefix);
+		if (strncmp(w, units[i].prefix, n) == 0) {
+			f->unit = units[i].unit;
+			f->at = (uint32_t)strtoul(w + n, &end, 10);
+			if (end == w + n || *end)
+				goto bad;
+			return 0;
+		}
+	}
+	f->at = (uint32_t)strtoul(w, &end, 10);
+	if (end == w)
+		goto bad;
+	if (*end == '%' && end[1] == '\0' && f->at <= 100)
+		f->unit = SIM_AT_PERCENT;
+	else if (*end == '\0')
+		f->unit = SIM_AT_BYTE;
+	else
+		goto bad;
+	return 0;
+bad:
+	snprintf(err, err_size,
+		 "fault '%s': expected kind@where[:arg], where = N%%, chunkN, blockN, "
+		 "byteN or empty",
+		 text);
+	return -1;
+}
+
+int spec_parse_faults(const char *text, struct sim_spec *spec, char *err, size_t err_size)
+{
+	spec->n_faults = 0;
+	gchar **parts = g_strsplit(text, "+", -1);
+	int rc = 0;
+	for (unsigned i = 0; parts[i] && rc == 0; i++) {
+		if (!*parts[i])
+			continue;
+		if (spec->n_faults >= SIM_MAX_FAULTS) {
+			snprintf(err, err_size, "faults: at most %d per device", SIM_MAX_FAULTS);
+			rc = -1;
+			break;
+		}
+		rc = parse_fault(parts[i], &spec->faults[spec->n_faults], err, err_size);
+		if (rc == 0)
+			spec->n_faults++;
+	}
+	g_strfreev(parts);
+	return rc;
+}
+
+static const char *default_os(const struct platform *p)
+{
+	/* The newest modelled release the platform supports. */
+	const char *best = NULL;
+	for (unsigned i = 0; i < osver_count(); i++) {
+		const struct os_release *r = osver_at(i);
+		if (r->system >= p->first_system_version && r->system <= p->last_system_version &&
+		    (!best || osver_compare(r->version, best) > 0))
+			best = r->version;
+	}
+	return best ? best : "2.3.1";
+}
+
+static int set_key(struct sim_spec *spec, const char *key, const char *value, char *err,
+		   size_t err_size)
+{
+	if (strcmp(key, "platform") == 0) {
+		spec->platform = platform_by_name(value);
+		if (!spec->platform) {
+			snprintf(err, err_size, "platform=%s: unknown platform", value);
+			return -1;
+		}
+	} else if (strcmp(key, "mode") == 0) {
+		int m = sim_mode_from_name(value);
+		if (m < 0 || m == SIM_MODE_UNPLUGGED) {
+			snprintf(err, err_size, "mode=%s: expected listening, dfu, normal or safe",
+				 value);
+			return -1;
+		}
+		spec->mode = (enum sim_mode)m;
+	} else if (strcmp(key, "os") == 0) {
+		if (strlen(value) >= sizeof(spec->os)) {
+			snprintf(err, err_size, "os=%s: too long", value);
+			return -1;
+		}
+		strcpy(spec->os, value);
+	} else if (strcmp(key, "name") == 0) {
+		if (!*value || strlen(value) >= sizeof(spec->name) || strpbrk(value, "/ \t")) {
+			snprintf(err, err_size, "name=%s: 1-%d characters, no '/' or spaces", value,
+				 SIM_NAME_MAX - 1);
+			return -1;
+		}
+		strcpy(spec->name, value);
+	} else if (strcmp(key, "id") == 0) {
+		if (!id_valid(value)) {
+			snprintf(err, err_size, "id=%s: expected 24 lowercase hex digits", value);
+			return -1;
+		}
+		strcpy(spec->id, value);
+	} else if (strcmp(key, "serial") == 0) {
+		if (strlen(value) >= sizeof(spec->serial)) {
+			snprintf(err, err_size, "serial=%s: too long", value);
+			return -1;
+		}
+		strcpy(spec->serial, value);
+	} else if (strcmp(key, "port") == 0) {
+		if (!port_valid(value)) {
+			snprintf(err, err_size, "port=%s: expected a USB port path like 1-1.2",
+				 value);
+			return -1;
+		}
+		strcpy(spec->port, value);
+	} else if (strcmp(key, "protected") == 0) {
+		if (strcmp(value, "0") && strcmp(value, "1")) {
+			snprintf(err, err_size, "protected=%s: expected 0 or 1", value);
+			return -1;
+		}
+		spec->protected_ = value[0] == '1';
+	} else if (strcmp(key, "faults") == 0) {
+		return spec_parse_faults(value, spec, err, err_size);
+	} else {
+		snprintf(err, err_size,
+			 "unknown SPEC key '%s' (platform, mode, os, name, id, serial, "
+			 "port, protected, faults, peer)",
+			 key);
+		return -1;
+	}
+	return 0;
+}
+
+int spec_parse(const char *text, unsigned index, struct sim_spec *spec, char *err, size_t err_size)
+{
+	memset(spec, 0, sizeof(*spec));
+	spec->mode = SIM_MODE_NORMAL;
+	/* peer=COMMAND takes the rest of the SPEC, since a command line may hold commas. */
+	gchar *copy = g_strdup(text);
+	char *peer = strstr(copy, "peer=");
+	if (peer && (peer == copy || peer[-1] == ',')) {
+		spec->peer = g_strdup(peer + 5);
+		*peer = '\0';
+	}
+	gchar **parts = g_strsplit(copy, ",", -1);
+	g_free(copy);
+	int rc = 0;
+	for (unsigned i = 0; parts[i] && rc == 0; i++) {
+		if (!*parts[i])
+			continue;
+		char *eq = strchr(parts[i], '=');
+		if (!eq) {
+			snprintf(err, err_size, "'%s': expected key=value", parts[i]);
+			rc = -1;
+			break;
+		}
+		*eq = '\0';
+		rc = set_key(spec, parts[i], eq + 1, err, err_size);
+	}
+	g_strfreev(parts);
+	if (rc < 0)
+		goto fail;
+	if (!spec->platform) {
+		snprintf(err, err_size, "SPEC needs platform=NAME");
+		goto fail;
+	}
+	if (spec->platform->mcu == MCU_STM32F103) {
+		snprintf(err, err_size,
+			 "platform=core: the Core is not simulated (its DFU strings and "
+			 "layout are unverified, facts §12)");
+		goto fail;
+	}
+	if (!spec->os[0])
+		snprintf(spec->os, sizeof(spec->os), "%s", default_os(spec->platform));
+	if (resolve_os(spec, err, err_size) < 0)
+		goto fail;
+	const struct platform *p = spec->platform;
+	if (spec->system_version < p->first_system_version ||
+	    spec->system_version > p->last_system_version) {
+		snprintf(err, err_size,
+			 "platform=%s with os=%s: no such Device OS for this platform", p->name,
+			 spec->os);
+		goto fail;
+	}
+	if (spec->protected_ && osver_compare(spec->os, "6.1.0") < 0) {
+		snprintf(err, err_size, "protected=1 needs a 6.1.0+ bootloader (os=%s)", spec->os);
+		goto fail;
+	}
+	if (!spec->name[0])
+		snprintf(spec->name, sizeof(spec->name), "d%u", index + 1);
+	if (!spec->id[0])
+		spec_default_id(p, spec->name, spec->id);
+	if (!spec->port[0])
+		snprintf(spec->port, sizeof(spec->port), "1-%u", index + 1);
+	return 0;
+fail:
+	spec_clear(spec);
+	return -1;
+}
+
+void spec_clear(struct sim_spec *spec)
+{
+	g_free(spec->peer);
+	spec->peer = NULL;
+}

@@ -1,0 +1,76 @@
+/*
+ * Datasheet work durations (typical values).  Sources:
+ *
+ * STM32F205 (Gen 2: Photon, P1, Electron) - ST DS6329 "STM32F205xx
+ *   STM32F207xx" Rev 18, table "Flash memory programming" (VDD 2.7-3.6 V,
+ *   x32 parallelism): tERASE16KB 250 ms, tERASE64KB 550 ms,
+ *   tERASE128KB 1 s (typ), tPROG 16 us per 32-bit word.
+ * nRF52840 (Gen 3 internal flash) - Nordic nRF52840 Product Specification
+ *   v1.7, section 4.3.9 "NVMC electrical specification": tERASEPAGE 85 ms
+ *   (max), tWRITE 41 us per 32-bit word (max).
+ * RTL8721D (P2 family; XIP SPI NOR flash) and the Gen 3 external QSPI flash
+ *   (4/8 MiB NOR) - no erase figures in the RTL8721D datasheet, which leaves
+ *   them to the SPI flash part; Winbond W25Q32JV/W25Q64JV datasheet rev. I,
+ *   "AC electrical characteristics": tSE (4 KiB sector erase) 45 ms typ,
+ *   tPP (256-byte page program) 0.4 ms typ.
+ * Reset/enumeration: DFU leave -> reset is a 500-count timer (facts §5.4,
+ *   ~500 ms on nRF52/STM32; RTL872x counts main-loop passes, UNVERIFIED);
+ *   boot to USB enumeration is not in any datasheet - 300 ms for the
+ *   bootloader and 1 s for Device OS are our assumption (facts §12).
+ */
+#include "timing.h"
+
+#include <math.h>
+
+#define STM32F2_ERASE_16K_US  250000u
+#define STM32F2_ERASE_64K_US  550000u
+#define STM32F2_ERASE_128K_US 1000000u
+#define STM32F2_PROG_WORD_US  16u
+#define NRF52_ERASE_PAGE_US   85000u
+#define NRF52_PROG_WORD_US    41u
+#define SPI_NOR_ERASE_4K_US   45000u
+#define SPI_NOR_PROG_256_US   400u
+#define DFU_LEAVE_RESET_US    500000u
+#define BOOT_TO_BOOTLOADER_US 300000u
+#define BOOT_TO_DEVICE_OS_US  1000000u
+
+unsigned timing_erase_us(const struct platform *p, bool external, uint32_t sector_size)
+{
+	if (external || p->mcu == MCU_RTL8721D)
+		return SPI_NOR_ERASE_4K_US * (sector_size > 4096 ? sector_size / 4096 : 1);
+	if (p->mcu == MCU_NRF52840)
+		return NRF52_ERASE_PAGE_US;
+	if (sector_size <= 16384)
+		return STM32F2_ERASE_16K_US;
+	if (sector_size <= 65536)
+		return STM32F2_ERASE_64K_US;
+	return STM32F2_ERASE_128K_US;
+}
+
+unsigned timing_program_us(const struct platform *p, bool external, size_t len)
+{
+	if (external || p->mcu == MCU_RTL8721D)
+		return (unsigned)((len + 255) / 256 * SPI_NOR_PROG_256_US);
+	if (p->mcu == MCU_NRF52840)
+		return (unsigned)((len + 3) / 4 * NRF52_PROG_WORD_US);
+	return (unsigned)((len + 3) / 4 * STM32F2_PROG_WORD_US);
+}
+
+unsigned timing_dfu_leave_reset_us(const struct platform *p)
+{
+	(void)p;
+	return DFU_LEAVE_RESET_US;
+}
+
+unsigned timing_boot_us(const struct platform *p, bool into_dfu)
+{
+	(void)p;
+	return into_dfu ? BOOT_TO_BOOTLOADER_US : BOOT_TO_DEVICE_OS_US;
+}
+
+unsigned timing_scale_ms(double scale, unsigned us)
+{
+	if (scale <= 0)
+		return 0;
+	return (unsigned)ceil(scale * us / 1000.0);
+}

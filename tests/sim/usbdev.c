@@ -1,0 +1,288 @@
+/*
+ * usbfs emulation of a simulated device node (test-bench.md §4): control
+ * URBs are answered from the device model, queued, and reaped by libusb.
+ * Runs on umockdev's worker thread: everything under sim->lock.
+ */
+#include "device.h"
+#include "usbdesc.h"
+
+#include <errno.h>
+#include <sys/ioctl.h>
+#include <linux/usb/ch9.h>
+#include <linux/usbdevice_fs.h>
+#include <stddef.h>
+#include <string.h>
+
+struct queued_urb {
+	UMockdevIoctlData *urb;
+	uint64_t ready_ms; /* G_MAXUINT64: never (fault "silent") */
+};
+
+void usbdev_flush(struct sim_device *d)
+{
+	struct queued_urb *q;
+	while ((q = g_queue_pop_head(&d->urbs))) {
+		g_object_unref(q->urb);
+		g_free(q);
+	}
+}
+
+static int standard_request(struct sim_device *d, const struct usb_ctrlrequest *setup, uint8_t *in)
+{
+	uint16_t value = le16toh(setup->wValue), length = le16toh(setup->wLength);
+	if (setup->bRequest == USB_REQ_GET_DESCRIPTOR && (setup->bRequestType & USB_DIR_IN)) {
+		GByteArray *desc = usbdesc_get(d, (uint8_t)(value >> 8), (uint8_t)value);
+		if (!desc)
+			return -1;
+		int n = (int)MIN(desc->len, length);
+		memcpy(in, desc->data, (size_t)n);
+		g_byte_array_unref(desc);
+		return n;
+	}
+	switch (setup->bRequest) {
+	case USB_REQ_GET_STATUS:
+		memset(in, 0, MIN(length, 2));
+		return MIN(length, 2);
+	case USB_REQ_GET_CONFIGURATION:
+		if (length)
+			in[0] = 1;
+		return MIN(length, 1);
+	case USB_REQ_SET_CONFIGURATION:
+	case USB_REQ_SET_INTERFACE:
+	case USB_REQ_CLEAR_FEATURE:
+	case USB_REQ_SET_FEATURE:
+		return 0;
+	default:
+		return -1;
+	}
+}
+
+/* One control transfer: reply length, or -1 for a stall. */
+static int control(struct sim_device *d, const struct usb_ctrlrequest *setup, const uint8_t *out,
+		   uint8_t *in)
+{
+	d->dfu_requests++;
+	switch (setup->bRequestType & USB_TYPE_MASK) {
+	case USB_TYPE_STANDARD:
+		return standard_request(d, setup, in);
+	case USB_TYPE_CLASS:
+		if (d->mode != SIM_MODE_DFU)
+			return -1;
+		return dfu_class_request(d, setup->bRequestType, setup->bRequest,
+					 le16toh(setup->wValue), le16toh(setup->wLength), out, in);
+	default:
+		/* Particle vendor requests (§11.1) are not simulated: stall. */
+		return -1;
+	}
+}
+
+static uint64_t ready_time(struct sim_device *d)
+{
+	if (d->dfu.silent)
+		return G_MAXUINT64;
+	uint64_t now = sim_now_ms();
+	return d->dfu.busy_until_ms > now ? d->dfu.busy_until_ms : now;
+}
+
+static void submit_urb(struct sim_device *d, UMockdevIoctlClient *client, UMockdevIoctlData *arg)
+{
+	g_autoptr(GError) err = NULL;
+	UMockdevIoctlData *urb_data =
+	    umockdev_ioctl_data_resolve(arg, 0, sizeof(struct usbdevfs_urb), &err);
+	if (!urb_data) {
+		umockdev_ioctl_client_complete(client, -1, EFAULT);
+		return;
+	}
+	struct usbdevfs_urb *urb = (struct usbdevfs_urb *)urb_data->data;
+	if (urb->type != USBDEVFS_URB_TYPE_CONTROL || urb->buffer_length < 8 ||
+	    urb->buffer_length > 8 + 65535) {
+		g_object_unref(urb_data);
+		umockdev_ioctl_client_complete(client, -1, EINVAL);
+		return;
+	}
+	UMockdevIoctlData *buf = umockdev_ioctl_data_resolve(
+	    urb_data, offsetof(struct usbdevfs_urb, buffer), (gsize)urb->buffer_length, &err);
+	if (!buf) {
+		g_object_unref(urb_data);
+		umockdev_ioctl_client_complete(client, -1, EFAULT);
+		return;
+	}
+	struct usb_ctrlrequest setup;
+	memcpy(&setup, buf->data, sizeof(setup));
+	uint16_t length = le16toh(setup.wLength);
+	if ((size_t)length + 8 > (size_t)urb->buffer_length)
+		length = (uint16_t)(urb->buffer_length - 8);
+	uint64_t ready = ready_time(d);
+	int n = control(d, &setup, buf->data + 8, buf->data + 8);
+	urb->status = n < 0 ? -EPIPE : 0;
+	urb->actual_length = n < 0 ? 0 : ((setup.bRequestType & USB_DIR_IN) ? n : length);
+	g_object_unref(buf);
+	struct queued_urb *q = g_new0(struct queued_urb, 1);
+	q->urb = urb_data;
+	q->ready_ms = ready;
+	g_queue_push_tail(&d->urbs, q);
+	umockdev_ioctl_client_complete(client, 0, 0);
+}
+
+static void reap_urb(struct sim_device *d, UMockdevIoctlClient *client, UMockdevIoctlData *arg)
+{
+	uint64_t now = sim_now_ms();
+	for (GList *l = d->urbs.head; l; l = l->next) {
+		struct queued_urb *q = l->data;
+		if (q->ready_ms > now)
+			break; /* EP0 handles one transfer at a time, in order */
+		g_autoptr(GError) err = NULL;
+		UMockdevIoctlData *ptr =
+		    umockdev_ioctl_data_resolve(arg, 0, sizeof(gpointer), &err);
+		if (!ptr) {
+			umockdev_ioctl_client_complete(client, -1, EFAULT);
+			return;
+		}
+		umockdev_ioctl_data_set_ptr(ptr, 0, q->urb);
+		g_object_unref(ptr);
+		g_queue_delete_link(&d->urbs, l);
+		g_object_unref(q->urb);
+		g_free(q);
+		umockdev_ioctl_client_complete(client, 0, 0);
+		return;
+	}
+	umockdev_ioctl_client_complete(client, -1, d->gone ? ENODEV : EAGAIN);
+}
+
+static void discard_urb(struct sim_device *d, UMockdevIoctlClient *client, UMockdevIoctlData *arg)
+{
+	gulong addr = *(gulong *)arg->data;
+	for (GList *l = d->urbs.head; l; l = l->next) {
+		struct queued_urb *q = l->data;
+		if (q->urb->client_addr == addr) {
+			struct usbdevfs_urb *urb = (struct usbdevfs_urb *)q->urb->data;
+			urb->status = -ENOENT;
+			urb->actual_length = 0;
+			q->ready_ms = 0;
+			/* Moved to the front: a cancelled transfer is reaped first. */
+			g_queue_unlink(&d->urbs, l);
+			g_queue_push_head_link(&d->urbs, l);
+			umockdev_ioctl_client_complete(client, 0, 0);
+			return;
+		}
+	}
+	umockdev_ioctl_client_complete(client, -1, EINVAL);
+}
+
+static void sync_control(struct sim_device *d, UMockdevIoctlClient *client, UMockdevIoctlData *arg)
+{
+	g_autoptr(GError) err = NULL;
+	UMockdevIoctlData *ct =
+	    umockdev_ioctl_data_resolve(arg, 0, sizeof(struct usbdevfs_ctrltransfer), &err);
+	if (!ct) {
+		umockdev_ioctl_client_complete(client, -1, EFAULT);
+		return;
+	}
+	struct usbdevfs_ctrltransfer *c = (struct usbdevfs_ctrltransfer *)ct->data;
+	struct usb_ctrlrequest setup = {c->bRequestType, c->bRequest, htole16(c->wValue),
+					htole16(c->wIndex), htole16(c->wLength)};
+	uint8_t empty[1];
+	UMockdevIoctlData *data = NULL;
+	if (c->wLength)
+		data = umockdev_ioctl_data_resolve(ct, offsetof(struct usbdevfs_ctrltransfer, data),
+						   c->wLength, &err);
+	uint8_t *p = data ? data->data : empty;
+	int n = control(d, &setup, p, p);
+	if (data)
+		g_object_unref(data);
+	g_object_unref(ct);
+	if (n < 0)
+		umockdev_ioctl_client_complete(client, -1, EPIPE);
+	else
+		umockdev_ioctl_client_complete(client,
+					       (c->bRequestType & USB_DIR_IN) ? n : c->wLength, 0);
+}
+
+static void set_interface(struct sim_device *d, UMockdevIoctlClient *client, UMockdevIoctlData *arg)
+{
+	g_autoptr(GError) err = NULL;
+	UMockdevIoctlData *si =
+	    umockdev_ioctl_data_resolve(arg, 0, sizeof(struct usbdevfs_setinterface), &err);
+	if (!si) {
+		umockdev_ioctl_client_complete(client, -1, EFAULT);
+		return;
+	}
+	struct usbdevfs_setinterface *s = (struct usbdevfs_setinterface *)si->data;
+	int rc =
+	    d->mode == SIM_MODE_DFU ? dfu_set_alt(d, (int)s->altsetting) : (s->altsetting ? -1 : 0);
+	g_object_unref(si);
+	d->dfu_requests++;
+	umockdev_ioctl_client_complete(client, rc < 0 ? -1 : 0, rc < 0 ? EINVAL : 0);
+}
+
+static gboolean on_ioctl(UMockdevIoctlBase *handler, UMockdevIoctlClient *client,
+			 gpointer user_data)
+{
+	(void)handler;
+	struct sim_device *d = user_data;
+	unsigned request = (unsigned)umockdev_ioctl_client_get_request(client);
+	UMockdevIoctlData *arg = umockdev_ioctl_client_get_arg(client);
+	g_mutex_lock(&d->sim->lock);
+	if (d->gone && request != USBDEVFS_REAPURBNDELAY && request != USBDEVFS_REAPURB &&
+	    request != USBDEVFS_DISCARDURB && request != USBDEVFS_RELEASEINTERFACE) {
+		umockdev_ioctl_client_complete(client, -1, ENODEV);
+		goto out;
+	}
+	switch (request) {
+	case USBDEVFS_GET_CAPABILITIES: {
+		g_autoptr(GError) err = NULL;
+		UMockdevIoctlData *caps =
+		    umockdev_ioctl_data_resolve(arg, 0, sizeof(guint32), &err);
+		if (caps) {
+			*(guint32 *)caps->data = USBDEVFS_CAP_ZERO_PACKET |
+						 USBDEVFS_CAP_NO_PACKET_SIZE_LIM |
+						 USBDEVFS_CAP_REAP_AFTER_DISCONNECT;
+			g_object_unref(caps);
+		}
+		umockdev_ioctl_client_complete(client, caps ? 0 : -1, caps ? 0 : EFAULT);
+		break;
+	}
+	case USBDEVFS_CLAIMINTERFACE:
+	case USBDEVFS_RELEASEINTERFACE:
+	case USBDEVFS_CLEAR_HALT:
+	case USBDEVFS_RESET:
+	case USBDEVFS_RESETEP:
+	case USBDEVFS_DISCONNECT_CLAIM:
+	case USBDEVFS_SETCONFIGURATION:
+		umockdev_ioctl_client_complete(client, 0, 0);
+		break;
+	case USBDEVFS_SETINTERFACE:
+		set_interface(d, client, arg);
+		break;
+	case USBDEVFS_SUBMITURB:
+		submit_urb(d, client, arg);
+		break;
+	case USBDEVFS_REAPURB:
+	case USBDEVFS_REAPURBNDELAY:
+		reap_urb(d, client, arg);
+		break;
+	case USBDEVFS_DISCARDURB:
+		discard_urb(d, client, arg);
+		break;
+	case USBDEVFS_CONTROL:
+		sync_control(d, client, arg);
+		break;
+	case USBDEVFS_GETDRIVER:
+	case USBDEVFS_IOCTL:
+		umockdev_ioctl_client_complete(client, -1, ENODATA);
+		break;
+	default:
+		umockdev_ioctl_client_complete(client, -1, ENOTTY);
+		break;
+	}
+out:
+	g_mutex_unlock(&d->sim->lock);
+	return TRUE;
+}
+
+UMockdevIoctlBase *usbdev_handler_new(struct sim_device *d)
+{
+	UMockdevIoctlBase *h = umockdev_ioctl_base_new();
+	g_signal_connect(h, "handle-ioctl", G_CALLBACK(on_ioctl), d);
+	return h;
+}
