@@ -680,6 +680,9 @@ static int parse_modules(struct image *img, int depth, struct error *soft, struc
 		error_init(&e);
 		int r = parse_module(img, off, depth, m, &e);
 		if (r < 0) {
+			/* Not counted in n_modules, so image_free() would not see it. */
+			image_free(m->inner);
+			m->inner = NULL;
 			if (img->n_modules > 0)
 				error_prefix(&e,
 					     "module %u of the combined file: ", img->n_modules);
