@@ -6,10 +6,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#define FN_BIT(f) (1u << (f))
-#define GEN3_COMPAT_USER_PAGE 0xD4000u /* first page of the 128 KiB user slot (§6.2) */
-#define GEN2_PROTECTED_END 0x08020000u /* DFU_MAL_IS_PROTECTED_AREA (§5.3) */
-#define MODULE_MAX_SIZE (16u << 20)
+#define FN_BIT(f)		(1u << (f))
+#define GEN3_COMPAT_USER_PAGE	0xD4000u    /* first page of the 128 KiB user slot (§6.2) */
+#define GEN2_PROTECTED_END	0x08020000u /* DFU_MAL_IS_PROTECTED_AREA (§5.3) */
+#define MODULE_MAX_SIZE		(16u << 20)
 #define SERVICE_MODE_MIN_SYSTEM 6101 /* particle-cli: no downgrade below 6.1.1 (§8.4.5) */
 
 static uint32_t le32(const uint8_t *p)
@@ -95,7 +95,8 @@ static bool slot_matches(const struct platform *p, uint32_t address, uint8_t fun
 		const struct slot *s;
 		size_t n = platform_slots(p, eras[e], &s);
 		for (size_t i = 0; i < n; i++)
-			if (s[i].start == address && s[i].function == function && s[i].index == index)
+			if (s[i].start == address && s[i].function == function &&
+			    s[i].index == index)
 				return true;
 	}
 	return false;
@@ -138,11 +139,12 @@ bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *
 	memset(facts, 0, sizeof(*facts));
 	facts->platform = p;
 	if (info) {
-		snprintf(facts->device_id, sizeof(facts->device_id), "%.*s", DEVICE_ID_LEN, info->serial);
+		snprintf(facts->device_id, sizeof(facts->device_id), "%.*s", DEVICE_ID_LEN,
+			 info->serial);
 		facts->protection = info->protected_device ? DEVICE_PROTECTION_PROTECTED
-				    : info->service_mode  ? DEVICE_PROTECTION_SERVICE
-				    : info->protection[0] ? DEVICE_PROTECTION_OPEN
-							  : DEVICE_PROTECTION_UNKNOWN;
+				    : info->service_mode   ? DEVICE_PROTECTION_SERVICE
+				    : info->protection[0]  ? DEVICE_PROTECTION_OPEN
+							   : DEVICE_PROTECTION_UNKNOWN;
 	}
 	if (!p)
 		return false;
@@ -180,7 +182,7 @@ void dfu_preflight_rules(const struct device_facts *dev, struct preflight_rules 
 	rules->functions = FN_BIT(MODULE_FUNCTION_SYSTEM) | FN_BIT(MODULE_FUNCTION_USER) |
 			   FN_BIT(MODULE_FUNCTION_MONO) | FN_BIT(MODULE_FUNCTION_RADIO_STACK);
 	rules->compressed = true; /* inflated here */
-	rules->combined = true;   /* split here */
+	rules->combined = true;	  /* split here */
 	rules->encrypted = false;
 	rules->why_not = "the DFU memory maps do not expose bootloaders, network-coprocessor "
 			 "firmware or encrypted modules (§5.5)";
@@ -188,7 +190,7 @@ void dfu_preflight_rules(const struct device_facts *dev, struct preflight_rules 
 
 static int not_flashable(const struct image_module *m, struct error *err)
 {
-	const char *why = m->flags & IMAGE_FLAG_ENCRYPTED ? "encrypted modules"
+	const char *why = m->flags & IMAGE_FLAG_ENCRYPTED	      ? "encrypted modules"
 			  : m->function == MODULE_FUNCTION_BOOTLOADER ? "bootloaders"
 			  : m->function == MODULE_FUNCTION_NCP ? "network-coprocessor firmware"
 							       : "this module kind";
@@ -239,8 +241,7 @@ static int check_slot(const struct device_facts *dev, uint16_t layout_version,
 						  w->index, MODULE_STORE_MAIN);
 	if (s && w->address >= s->start && (uint64_t)w->address + w->len <= s->end)
 		return 0;
-	error_set(err, ERR_WRONG_SLOT,
-		  "%s %u at 0x%08x-0x%08zx does not fit the %s of this device",
+	error_set(err, ERR_WRONG_SLOT, "%s %u at 0x%08x-0x%08zx does not fit the %s of this device",
 		  module_function_phrase(w->function), w->index, w->address, w->address + w->len,
 		  platform_layout_name(dev->platform, layout_version));
 	error_detail_str(err, "module_function", module_function_name(w->function));
@@ -287,8 +288,9 @@ static int check_overlap(const struct device_facts *dev, const struct dfu_write 
 			error_detail_int(err, "slot_end", (long long)b1);
 			if (dev->os_version[0])
 				error_detail_str(err, "device_os", dev->os_version);
-			error_hint(err, "update Device OS on the device first (flash the system part "
-					"this application was built for), then the application");
+			error_hint(err,
+				   "update Device OS on the device first (flash the system part "
+				   "this application was built for), then the application");
 			return -1;
 		}
 	}
@@ -299,18 +301,20 @@ static int check_protection(const struct device_facts *dev, const struct image_m
 			    struct error *err)
 {
 	if (dev->protection == DEVICE_PROTECTION_PROTECTED) {
-		error_set(err, ERR_DEVICE_PROTECTED,
-			  "the device has Device Protection enabled: it refuses DFU writes and reads");
+		error_set(
+		    err, ERR_DEVICE_PROTECTED,
+		    "the device has Device Protection enabled: it refuses DFU writes and reads");
 		error_detail_str(err, "protection", "protected");
 		error_detail_str(err, "reason", "protected devices accept no DFU writes or UPLOAD");
 		return -1;
 	}
 	if (dev->protection == DEVICE_PROTECTION_SERVICE && m->function == MODULE_FUNCTION_SYSTEM &&
 	    m->version < SERVICE_MODE_MIN_SYSTEM) {
-		error_set(err, ERR_DEVICE_PROTECTED,
-			  "a protected device in service mode only accepts Device OS 6.1.1 or later "
-			  "(system part version %u < %u)",
-			  m->version, SERVICE_MODE_MIN_SYSTEM);
+		error_set(
+		    err, ERR_DEVICE_PROTECTED,
+		    "a protected device in service mode only accepts Device OS 6.1.1 or later "
+		    "(system part version %u < %u)",
+		    m->version, SERVICE_MODE_MIN_SYSTEM);
 		error_detail_str(err, "protection", "service");
 		error_detail_str(err, "reason", "downgrade below 6.1.1 on a protected device");
 		error_detail_int(err, "module_version", m->version);
@@ -366,9 +370,10 @@ int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 		layout_version = job_system;
 	if (!layout_known && !brings_system && dev->platform &&
 	    dev->platform->mcu == MCU_NRF52840) {
-		error_set(err, ERR_LAYOUT_UNKNOWN,
-			  "no system part was found at 0x28000 or 0x30000, so it is unknown which of "
-			  "the Gen 3 flash layouts the device uses");
+		error_set(
+		    err, ERR_LAYOUT_UNKNOWN,
+		    "no system part was found at 0x28000 or 0x30000, so it is unknown which of "
+		    "the Gen 3 flash layouts the device uses");
 		error_detail_str(err, "reason", "no system part prefix found by UPLOAD");
 		return -1;
 	}
@@ -380,10 +385,9 @@ int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 			struct dfu_write w = {0};
 			module_payload(img, &img->modules[k], &mi, &m, &w.data, &w.len);
 			if ((m->flags & IMAGE_FLAG_ENCRYPTED) ||
-			    !(FN_BIT(m->function) & (FN_BIT(MODULE_FUNCTION_SYSTEM) |
-						     FN_BIT(MODULE_FUNCTION_USER) |
-						     FN_BIT(MODULE_FUNCTION_MONO) |
-						     FN_BIT(MODULE_FUNCTION_RADIO_STACK))))
+			    !(FN_BIT(m->function) &
+			      (FN_BIT(MODULE_FUNCTION_SYSTEM) | FN_BIT(MODULE_FUNCTION_USER) |
+			       FN_BIT(MODULE_FUNCTION_MONO) | FN_BIT(MODULE_FUNCTION_RADIO_STACK))))
 				return not_flashable(m, err);
 			if (check_protection(dev, m, err) < 0)
 				return -1;
@@ -399,13 +403,20 @@ int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 			}
 			/* §6.2: a 256 KiB-slot application on Device OS ≥ 3.1 leaves the old
 			 * 128 KiB slot's first page erased so the stale app is not picked. */
-			if (dev->platform->mcu == MCU_NRF52840 && m->function == MODULE_FUNCTION_USER &&
-			    m->index == 2 && (layout_version >= 3100 || m->deps[0].version >= 3103) &&
+			if (dev->platform->mcu == MCU_NRF52840 &&
+			    m->function == MODULE_FUNCTION_USER && m->index == 2 &&
+			    (layout_version >= 3100 || m->deps[0].version >= 3103) &&
 			    w.address + w.len <= GEN3_COMPAT_USER_PAGE &&
 			    plan->n_writes + 1 < DFU_WRITE_MAX) {
-				plan->writes[plan->n_writes++] = (struct dfu_write){
-					0, GEN3_COMPAT_USER_PAGE, NULL, 4096, true,
-					"invalidate-128k-user-part", MODULE_FUNCTION_USER, 1};
+				plan->writes[plan->n_writes++] =
+				    (struct dfu_write){0,
+						       GEN3_COMPAT_USER_PAGE,
+						       NULL,
+						       4096,
+						       true,
+						       "invalidate-128k-user-part",
+						       MODULE_FUNCTION_USER,
+						       1};
 			}
 			if (plan->n_writes >= DFU_WRITE_MAX)
 				return error_set(err, ERR_INTERNAL, "too many modules in one job");

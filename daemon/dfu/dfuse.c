@@ -7,8 +7,8 @@
 #include <string.h>
 #include <time.h>
 
-#define DFUSE_RECOVERY_MAX 4 /* CLRSTATUS/ABORT rounds before giving up on an unknown state */
-#define TRACE_LINES (DFU_TRACE_MAX / DFU_TRACE_LINE_MAX)
+#define DFUSE_RECOVERY_MAX    4 /* CLRSTATUS/ABORT rounds before giving up on an unknown state */
+#define TRACE_LINES	      (DFU_TRACE_MAX / DFU_TRACE_LINE_MAX)
 #define DFUSE_MAX_ERASE_UNITS 4096 /* 16 MiB of 4 KiB pages */
 
 enum dfuse_op { OP_NONE, OP_OPEN, OP_UPLOAD, OP_ERASE, OP_DOWNLOAD, OP_LEAVE };
@@ -16,21 +16,21 @@ enum dfuse_op { OP_NONE, OP_OPEN, OP_UPLOAD, OP_ERASE, OP_DOWNLOAD, OP_LEAVE };
 /* One explicit state per request in flight (or timer armed). */
 enum dfuse_step {
 	STEP_IDLE,
-	STEP_SET_ALT,          /* standard SET_INTERFACE sent */
-	STEP_RECOVER_STATUS,   /* GETSTATUS to learn where the device stands */
-	STEP_RECOVER_CLEAR,    /* CLRSTATUS (device was in dfuERROR) */
-	STEP_RECOVER_ABORT,    /* ABORT (device was in a *-IDLE / *-SYNC state) */
-	STEP_READ_STRING,      /* GET_DESCRIPTOR(string) */
-	STEP_COMMAND,          /* DfuSe command (SET_ADDRESS / ERASE) DNLOAD sent */
-	STEP_DATA,             /* data DNLOAD sent */
-	STEP_POLL,             /* GETSTATUS after a DNLOAD */
-	STEP_POLL_WAIT,        /* waiting bwPollTimeout before the next GETSTATUS */
-	STEP_UPLOAD_ABORT,     /* ABORT around an UPLOAD run */
-	STEP_UPLOAD,           /* UPLOAD sent */
-	STEP_LEAVE_DNLOAD,     /* zero-length DNLOAD */
-	STEP_LEAVE_STATUS,     /* the one GETSTATUS after it */
-	STEP_STALL_STATUS,     /* GETSTATUS to learn why a request stalled */
-	STEP_DONE,             /* completion scheduled */
+	STEP_SET_ALT,	     /* standard SET_INTERFACE sent */
+	STEP_RECOVER_STATUS, /* GETSTATUS to learn where the device stands */
+	STEP_RECOVER_CLEAR,  /* CLRSTATUS (device was in dfuERROR) */
+	STEP_RECOVER_ABORT,  /* ABORT (device was in a *-IDLE / *-SYNC state) */
+	STEP_READ_STRING,    /* GET_DESCRIPTOR(string) */
+	STEP_COMMAND,	     /* DfuSe command (SET_ADDRESS / ERASE) DNLOAD sent */
+	STEP_DATA,	     /* data DNLOAD sent */
+	STEP_POLL,	     /* GETSTATUS after a DNLOAD */
+	STEP_POLL_WAIT,	     /* waiting bwPollTimeout before the next GETSTATUS */
+	STEP_UPLOAD_ABORT,   /* ABORT around an UPLOAD run */
+	STEP_UPLOAD,	     /* UPLOAD sent */
+	STEP_LEAVE_DNLOAD,   /* zero-length DNLOAD */
+	STEP_LEAVE_STATUS,   /* the one GETSTATUS after it */
+	STEP_STALL_STATUS,   /* GETSTATUS to learn why a request stalled */
+	STEP_DONE,	     /* completion scheduled */
 };
 
 /* The strings read by open, in order. */
@@ -57,16 +57,16 @@ struct dfuse {
 	enum dfuse_step step;
 	dfuse_done_fn done;
 	void *userdata;
-	uint8_t alt;     /* the op's alt setting */
-	int cur_alt;     /* alt selected on the device, -1 = unknown */
-	bool recovered;  /* GETSTATUS said dfuIDLE since the last SET_INTERFACE */
+	uint8_t alt;	/* the op's alt setting */
+	int cur_alt;	/* alt selected on the device, -1 = unknown */
+	bool recovered; /* GETSTATUS said dfuIDLE since the last SET_INTERFACE */
 	int recovery_rounds;
 	uint32_t address; /* op start address */
 	size_t len;
-	size_t offset; /* bytes done */
-	unsigned chunk;   /* data chunk index in this op */
+	size_t offset;	      /* bytes done */
+	unsigned chunk;	      /* data chunk index in this op */
 	uint32_t cmd_address; /* address of the command in flight */
-	uint8_t cmd;          /* DfuSe command in flight */
+	uint8_t cmd;	      /* DfuSe command in flight */
 	bool address_set;     /* the pointer points at address + offset */
 	bool upload_opened, upload_closed, short_read;
 	const uint8_t *wdata;
@@ -76,7 +76,7 @@ struct dfuse {
 	struct string_req strings[DFUSE_MAX_ALTS + 2];
 	int n_strings, string_i;
 	unsigned polls;
-	enum dfuse_step polled;       /* STEP_COMMAND or STEP_DATA: what STEP_POLL is about */
+	enum dfuse_step polled;	      /* STEP_COMMAND or STEP_DATA: what STEP_POLL is about */
 	enum dfuse_step stalled_step; /* which request stalled (STEP_STALL_STATUS) */
 	int stall_usb_status;
 	uint8_t last_state, last_status;
@@ -95,15 +95,15 @@ struct dfuse {
 };
 
 static const char *const state_names[] = {
-	"appIDLE",         "appDETACH",           "dfuIDLE",          "dfuDNLOAD-SYNC",
-	"dfuDNBUSY",       "dfuDNLOAD-IDLE",      "dfuMANIFEST-SYNC", "dfuMANIFEST",
-	"dfuMANIFEST-WAIT-RESET", "dfuUPLOAD-IDLE", "dfuERROR",
+    "appIDLE",	      "appDETACH",	  "dfuIDLE",	 "dfuDNLOAD-SYNC",	   "dfuDNBUSY",
+    "dfuDNLOAD-IDLE", "dfuMANIFEST-SYNC", "dfuMANIFEST", "dfuMANIFEST-WAIT-RESET", "dfuUPLOAD-IDLE",
+    "dfuERROR",
 };
 
 static const char *const status_names[] = {
-	"OK",        "errTARGET",  "errFILE",     "errWRITE",   "errERASE",    "errCHECK_ERASED",
-	"errPROG",   "errVERIFY",  "errADDRESS",  "errNOTDONE", "errFIRMWARE", "errVENDOR",
-	"errUSBR",   "errPOR",     "errUNKNOWN",  "errSTALLEDPKT",
+    "OK",      "errTARGET", "errFILE",	  "errWRITE",	   "errERASE",	  "errCHECK_ERASED",
+    "errPROG", "errVERIFY", "errADDRESS", "errNOTDONE",	   "errFIRMWARE", "errVENDOR",
+    "errUSBR", "errPOR",    "errUNKNOWN", "errSTALLEDPKT",
 };
 
 const char *dfu_state_name(int state)
@@ -151,7 +151,8 @@ bool dfu_descriptors_parse_functional(struct dfu_descriptors *d, const uint8_t *
 			d->attributes = extra[i + 2];
 			d->detach_timeout = (uint16_t)(extra[i + 3] | extra[i + 4] << 8);
 			d->transfer_size = (uint16_t)(extra[i + 5] | extra[i + 6] << 8);
-			d->dfu_version = blen >= 9 ? (uint16_t)(extra[i + 7] | extra[i + 8] << 8) : 0x0100;
+			d->dfu_version =
+			    blen >= 9 ? (uint16_t)(extra[i + 7] | extra[i + 8] << 8) : 0x0100;
 			return true;
 		}
 		i += blen;
@@ -203,9 +204,10 @@ int dfu_usb_error_set(struct error *err, int usb_status, const char *phase)
 		error_set(err, ERR_PERMISSION_DENIED, "the daemon may not open the USB device (%s)",
 			  phase);
 		error_detail_str(err, "operation", phase);
-		error_hint(err, "install flashd's udev rules (systemd/70-flashd.rules, they grant the "
-				"flashd group access to 2b04:d0xx) and re-plug the device, or run the "
-				"daemon as root");
+		error_hint(err,
+			   "install flashd's udev rules (systemd/70-flashd.rules, they grant the "
+			   "flashd group access to 2b04:d0xx) and re-plug the device, or run the "
+			   "daemon as root");
 		break;
 	case LIBUSB_ERROR_NO_DEVICE:
 		error_set(err, ERR_DEVICE_GONE, "the device disappeared during %s", phase);
@@ -248,9 +250,10 @@ static void add_context(struct dfuse *s, struct error *err)
 {
 	detail_str_if(err, "phase", op_name(s->op));
 	detail_int_if(err, "alt", s->alt);
-	detail_int_if(err, "address", s->op == OP_DOWNLOAD || s->op == OP_UPLOAD
-					      ? (long long)(s->address + s->offset)
-					      : (long long)s->cmd_address);
+	detail_int_if(err, "address",
+		      s->op == OP_DOWNLOAD || s->op == OP_UPLOAD
+			  ? (long long)(s->address + s->offset)
+			  : (long long)s->cmd_address);
 	if (s->op == OP_DOWNLOAD || s->op == OP_UPLOAD)
 		detail_int_if(err, "chunk", s->chunk);
 	if (s->have_status) {
@@ -275,7 +278,8 @@ static const char *status_sentence(int status)
 	case DFU_STATUS_ERR_ERASE:
 		return "the device could not erase its flash (errERASE)";
 	case DFU_STATUS_ERR_CHECK_ERASED:
-		return "the device found flash that should have been erased but was not (errCHECK_ERASED)";
+		return "the device found flash that should have been erased but was not "
+		       "(errCHECK_ERASED)";
 	case DFU_STATUS_ERR_PROG:
 		return "programming the device's flash failed (errPROG)";
 	case DFU_STATUS_ERR_VERIFY:
@@ -310,7 +314,8 @@ static void dfu_status_error(struct dfuse *s, struct error *err, const char *wha
 	case DFU_STATUS_ERR_VENDOR:
 		error_set(err, ERR_DEVICE_PROTECTED, "%s at 0x%08x: %s", what, s->cmd_address,
 			  sentence);
-		error_detail_str(err, "protection", s->info.protection[0] ? s->info.protection : "p");
+		error_detail_str(err, "protection",
+				 s->info.protection[0] ? s->info.protection : "p");
 		error_detail_str(err, "reason", sentence);
 		break;
 	case DFU_STATUS_ERR_TARGET:
@@ -385,15 +390,15 @@ static void on_defer(evutil_socket_t fd, short what, void *arg)
 	error_clear(&err);
 }
 
-static void send_req(struct dfuse *s, enum dfuse_step step, uint8_t type, uint8_t req, uint16_t value,
-		 uint16_t index, const uint8_t *out, uint16_t length)
+static void send_req(struct dfuse *s, enum dfuse_step step, uint8_t type, uint8_t req,
+		     uint16_t value, uint16_t index, const uint8_t *out, uint16_t length)
 {
 	struct dfu_setup setup = {type, req, value, index, length};
 	s->step = step;
 	s->stats.requests++;
 	if (type == 0x21 && length > 0 && out)
-		trace(s, "OUT req=%u wValue=%u len=%u data=%02x%02x%02x%02x%02x", req, value, length,
-		      out[0], length > 1 ? out[1] : 0, length > 2 ? out[2] : 0,
+		trace(s, "OUT req=%u wValue=%u len=%u data=%02x%02x%02x%02x%02x", req, value,
+		      length, out[0], length > 1 ? out[1] : 0, length > 2 ? out[2] : 0,
 		      length > 3 ? out[3] : 0, length > 4 ? out[4] : 0);
 	else
 		trace(s, "%s type=%02x req=%u wValue=0x%04x wIndex=%u len=%u",
@@ -453,8 +458,8 @@ static void next_open(struct dfuse *s)
 {
 	if (s->string_i < s->n_strings) {
 		const struct string_req *r = &s->strings[s->string_i];
-		send_req(s, STEP_READ_STRING, 0x80, 0x06 /* GET_DESCRIPTOR */, (uint16_t)(0x0300 | r->index),
-		     0x0409, NULL, DFUSE_STRING_MAX);
+		send_req(s, STEP_READ_STRING, 0x80, 0x06 /* GET_DESCRIPTOR */,
+			 (uint16_t)(0x0300 | r->index), 0x0409, NULL, DFUSE_STRING_MAX);
 		return;
 	}
 	/* Bootloaders before 6.1.2 have no 0xFA string: an all-'b' map means protected (§9.2.6). */
@@ -488,8 +493,8 @@ static void next_upload(struct dfuse *s)
 		if (n > DFUSE_BLOCK)
 			n = DFUSE_BLOCK;
 		s->stats.uploads++;
-		send_req(s, STEP_UPLOAD, 0xa1, DFU_UPLOAD, (uint16_t)(2 + s->chunk), s->desc.interface,
-		     NULL, (uint16_t)n);
+		send_req(s, STEP_UPLOAD, 0xa1, DFU_UPLOAD, (uint16_t)(2 + s->chunk),
+			 s->desc.interface, NULL, (uint16_t)n);
 		return;
 	}
 	/* Back to dfuIDLE: a DNLOAD in dfuUPLOAD-IDLE is an error (§5.4). */
@@ -542,7 +547,7 @@ static void next_download(struct dfuse *s)
 	s->polls = 0;
 	s->stats.dnload_chunks++;
 	send_req(s, STEP_DATA, 0x21, DFU_DNLOAD, wvalue, s->desc.interface, s->wdata + s->offset,
-	     (uint16_t)n);
+		 (uint16_t)n);
 }
 
 static void next(struct dfuse *s)
@@ -595,7 +600,8 @@ static void on_recover_status(struct dfuse *s)
 			s->recovered = true;
 			next(s);
 		} else {
-			send_req(s, STEP_RECOVER_CLEAR, 0x21, DFU_CLRSTATUS, 0, s->desc.interface, NULL, 0);
+			send_req(s, STEP_RECOVER_CLEAR, 0x21, DFU_CLRSTATUS, 0, s->desc.interface,
+				 NULL, 0);
 		}
 		break;
 	case DFU_STATE_ERROR:
@@ -624,7 +630,7 @@ static void on_recover_status(struct dfuse *s)
 /* GETSTATUS after a DNLOAD (command or data): DNBUSY → wait bwPollTimeout, IDLE → next. */
 static void on_poll(struct dfuse *s, unsigned poll_ms)
 {
-	const char *what = s->polled == STEP_DATA	   ? "writing"
+	const char *what = s->polled == STEP_DATA      ? "writing"
 			   : s->cmd == DFUSE_CMD_ERASE ? "erasing"
 						       : "setting the address";
 	if (s->last_state == DFU_STATE_ERROR || s->last_status != DFU_STATUS_OK) {
@@ -700,9 +706,9 @@ static void on_leave_status(struct dfuse *s, int usb_status, const uint8_t *in, 
 			 "the device sent a malformed status while leaving DFU mode");
 		return;
 	}
-	if (s->last_status == DFU_STATUS_OK && (s->last_state == DFU_STATE_DNLOAD_IDLE ||
-						 s->last_state == DFU_STATE_MANIFEST ||
-						 s->last_state == DFU_STATE_MANIFEST_WAIT_RESET)) {
+	if (s->last_status == DFU_STATUS_OK &&
+	    (s->last_state == DFU_STATE_DNLOAD_IDLE || s->last_state == DFU_STATE_MANIFEST ||
+	     s->last_state == DFU_STATE_MANIFEST_WAIT_RESET)) {
 		finish_ok(s);
 		return;
 	}
@@ -722,7 +728,8 @@ static void utf16_to_ascii(const uint8_t *in, size_t actual, char *out, size_t s
 	if (actual >= 2 && in[1] == 0x03) {
 		size_t blen = in[0] < actual ? in[0] : actual;
 		for (size_t i = 2; i + 1 < blen && n + 1 < size; i += 2)
-			out[n++] = (in[i + 1] == 0 && in[i] >= 0x20 && in[i] < 0x7f) ? (char)in[i] : '?';
+			out[n++] =
+			    (in[i + 1] == 0 && in[i] >= 0x20 && in[i] < 0x7f) ? (char)in[i] : '?';
 	}
 	out[n] = '\0';
 }
@@ -732,7 +739,8 @@ static void on_string(struct dfuse *s, int usb_status, const uint8_t *in, size_t
 	const struct string_req *r = &s->strings[s->string_i];
 	char buf[DFUSE_STRING_MAX + 1];
 	if (usb_status < 0 || actual < 2 || in[1] != 0x03) {
-		/* 0xFA only exists on 6.2.0+ bootloaders (§5.2): its absence is a fact, not a failure. */
+		/* 0xFA only exists on 6.2.0+ bootloaders (§5.2): its absence is a fact, not a
+		 * failure. */
 		if (r->kind == STR_PROTECTION && usb_status != LIBUSB_ERROR_NO_DEVICE) {
 			trace(s, "no Device Protection string (0xFA)");
 			s->string_i++;
@@ -789,11 +797,13 @@ static void on_stall_status(struct dfuse *s, int usb_status, const uint8_t *in, 
 	}
 	char buf[128];
 	snprintf(buf, sizeof(buf), "the device stalled %s at 0x%08x (alt %u)",
-		 s->stalled_step == STEP_DATA      ? "a data block"
-		 : s->stalled_step == STEP_UPLOAD  ? "an upload"
-		 : s->stalled_step == STEP_COMMAND ? (s->cmd == DFUSE_CMD_ERASE ? "an erase" : "SET_ADDRESS")
-						   : "a request",
-		 s->stalled_step == STEP_COMMAND ? s->cmd_address : (uint32_t)(s->address + s->offset),
+		 s->stalled_step == STEP_DATA	  ? "a data block"
+		 : s->stalled_step == STEP_UPLOAD ? "an upload"
+		 : s->stalled_step == STEP_COMMAND
+		     ? (s->cmd == DFUSE_CMD_ERASE ? "an erase" : "SET_ADDRESS")
+		     : "a request",
+		 s->stalled_step == STEP_COMMAND ? s->cmd_address
+						 : (uint32_t)(s->address + s->offset),
 		 s->alt);
 	if (s->last_status == DFU_STATUS_OK)
 		s->last_status = DFU_STATUS_ERR_STALLEDPKT;
@@ -833,8 +843,9 @@ void dfuse_transfer_done(struct dfuse *s, int usb_status, const uint8_t *in, siz
 		return;
 	}
 	if (usb_status < 0) {
-		fail_usb(s, usb_status, step == STEP_SET_ALT ? "selecting the alt setting"
-							      : "talking to the DFU bootloader");
+		fail_usb(s, usb_status,
+			 step == STEP_SET_ALT ? "selecting the alt setting"
+					      : "talking to the DFU bootloader");
 		return;
 	}
 
@@ -988,8 +999,8 @@ uint16_t dfuse_transfer_size(const struct dfuse *s)
 	return t;
 }
 
-static int start(struct dfuse *s, enum dfuse_op op, uint8_t alt, dfuse_done_fn done,
-		 void *userdata, struct error *err)
+static int start(struct dfuse *s, enum dfuse_op op, uint8_t alt, dfuse_done_fn done, void *userdata,
+		 struct error *err)
 {
 	if (s->op != OP_NONE)
 		return error_set(err, ERR_INTERNAL, "DFU operation %s while %s is running",
@@ -1033,7 +1044,7 @@ int dfuse_open(struct dfuse *s, dfuse_done_fn done, void *userdata, struct error
 	for (uint8_t a = 0; a < s->desc.n_alts; a++)
 		if (s->desc.alt_string[a])
 			s->strings[s->n_strings++] =
-				(struct string_req){STR_MAP, s->desc.alt_string[a], a};
+			    (struct string_req){STR_MAP, s->desc.alt_string[a], a};
 	s->strings[s->n_strings++] = (struct string_req){STR_PROTECTION, 0xfa, 0};
 	s->cur_alt = -1;
 	next(s);
@@ -1086,8 +1097,8 @@ int dfuse_erase(struct dfuse *s, uint8_t alt, uint32_t address, size_t len, dfus
 	return 0;
 }
 
-int dfuse_download(struct dfuse *s, uint8_t alt, uint32_t address, const uint8_t *data,
-		   size_t len, dfuse_done_fn done, void *userdata, struct error *err)
+int dfuse_download(struct dfuse *s, uint8_t alt, uint32_t address, const uint8_t *data, size_t len,
+		   dfuse_done_fn done, void *userdata, struct error *err)
 {
 	if (start(s, OP_DOWNLOAD, alt, done, userdata, err) < 0)
 		return -1;

@@ -64,21 +64,21 @@ enum dfu_status {
 	DFU_STATUS_ERR_STALLEDPKT = 15,
 };
 
-const char *dfu_state_name(int state);   /* "dfuDNLOAD-IDLE" */
+const char *dfu_state_name(int state);	 /* "dfuDNLOAD-IDLE" */
 const char *dfu_status_name(int status); /* "errTARGET" */
 
 /* DfuSe commands (DNLOAD wValue 0). */
 #define DFUSE_CMD_SET_ADDRESS 0x21
-#define DFUSE_CMD_ERASE 0x41
+#define DFUSE_CMD_ERASE	      0x41
 
-#define DFUSE_BLOCK 4096u          /* §5.4: address = (wValue - 2) * 4096 + pointer */
-#define DFUSE_MAX_ALTS 8
-#define DFUSE_MAX_TRANSFER 4096u   /* largest wTransferSize accepted */
-#define DFUSE_DEFAULT_TRANSFER 1024u /* particle-usb's default when no functional descriptor */
-#define DFUSE_CONTROL_TIMEOUT_MS 5000 /* dfu-util DFU_TIMEOUT (§9.1, §11.2) */
-#define DFUSE_POLL_MAX_MS 10000       /* cap on a device-requested bwPollTimeout */
-#define DFUSE_MAX_POLLS 1000          /* GETSTATUS polls for one command before giving up */
-#define DFUSE_STRING_MAX 255
+#define DFUSE_BLOCK		 4096u /* §5.4: address = (wValue - 2) * 4096 + pointer */
+#define DFUSE_MAX_ALTS		 8
+#define DFUSE_MAX_TRANSFER	 4096u /* largest wTransferSize accepted */
+#define DFUSE_DEFAULT_TRANSFER	 1024u /* particle-usb's default when no functional descriptor */
+#define DFUSE_CONTROL_TIMEOUT_MS 5000  /* dfu-util DFU_TIMEOUT (§9.1, §11.2) */
+#define DFUSE_POLL_MAX_MS	 10000 /* cap on a device-requested bwPollTimeout */
+#define DFUSE_MAX_POLLS		 1000  /* GETSTATUS polls for one command before giving up */
+#define DFUSE_STRING_MAX	 255
 
 /* What the daemon reads from the (kernel-cached) descriptors before opening. */
 struct dfu_descriptors {
@@ -88,7 +88,7 @@ struct dfu_descriptors {
 	uint8_t n_alts;
 	uint8_t alt_string[DFUSE_MAX_ALTS]; /* iInterface per alt */
 	bool has_functional;
-	uint8_t attributes;    /* bmAttributes */
+	uint8_t attributes; /* bmAttributes */
 	uint16_t detach_timeout;
 	uint16_t transfer_size;
 	uint16_t dfu_version;
@@ -118,7 +118,7 @@ struct dfu_io {
 };
 
 /* The flight recorder: the last DFU_TRACE_MAX bytes of USB traffic, as text lines. */
-#define DFU_TRACE_MAX 4096
+#define DFU_TRACE_MAX	   4096
 #define DFU_TRACE_LINE_MAX 96
 
 struct dfuse;
@@ -138,11 +138,11 @@ struct dfuse_info {
 };
 
 struct dfuse_stats {
-	unsigned requests;      /* every control request sent */
-	unsigned set_address;   /* SET_ADDRESS commands */
-	unsigned erases;        /* ERASE commands */
+	unsigned requests;	/* every control request sent */
+	unsigned set_address;	/* SET_ADDRESS commands */
+	unsigned erases;	/* ERASE commands */
 	unsigned dnload_chunks; /* data DNLOADs */
-	unsigned uploads;       /* UPLOAD requests */
+	unsigned uploads;	/* UPLOAD requests */
 	unsigned getstatus;
 	size_t bytes_written, bytes_read;
 };
@@ -169,8 +169,8 @@ int dfuse_upload(struct dfuse *s, uint8_t alt, uint32_t address, uint8_t *buf, s
 /* Erases exactly the erase units of alt's memory map that cover [address, address + len). */
 int dfuse_erase(struct dfuse *s, uint8_t alt, uint32_t address, size_t len, dfuse_done_fn done,
 		void *userdata, struct error *err);
-int dfuse_download(struct dfuse *s, uint8_t alt, uint32_t address, const uint8_t *data,
-		   size_t len, dfuse_done_fn done, void *userdata, struct error *err);
+int dfuse_download(struct dfuse *s, uint8_t alt, uint32_t address, const uint8_t *data, size_t len,
+		   dfuse_done_fn done, void *userdata, struct error *err);
 /* Zero-length DNLOAD and exactly one GETSTATUS (§5.4); nothing is sent afterwards. */
 int dfuse_leave(struct dfuse *s, dfuse_done_fn done, void *userdata, struct error *err);
 

@@ -228,13 +228,16 @@ int dfuse_map_erase_units(const struct dfuse_map *map, uint32_t start, uint32_t 
 			error_detail_str(err, "region", map->name);
 			error_detail_str(err, "needed", "erasable");
 			if (seg)
-				error_detail_str(err, "attributes", dfuse_mem_attr_describe(seg->attrs));
+				error_detail_str(err, "attributes",
+						 dfuse_mem_attr_describe(seg->attrs));
 			return -1;
 		}
-		uint64_t sector = seg->start + (addr - seg->start) / seg->sector_size * seg->sector_size;
+		uint64_t sector =
+		    seg->start + (addr - seg->start) / seg->sector_size * seg->sector_size;
 		if (n >= max) {
-			error_set(err, ERR_INTERNAL, "the range 0x%08x+%u needs more than %zu erase units",
-				  start, len, max);
+			error_set(err, ERR_INTERNAL,
+				  "the range 0x%08x+%u needs more than %zu erase units", start, len,
+				  max);
 			error_detail_str(err, "reason", "erase unit list full");
 			return -1;
 		}
@@ -249,14 +252,8 @@ int dfuse_map_erase_units(const struct dfuse_map *map, uint32_t start, uint32_t 
 const char *dfuse_mem_attr_describe(uint8_t attrs)
 {
 	static const char *const names[8] = {
-		"none",
-		"readable",
-		"erasable",
-		"readable,erasable",
-		"writable",
-		"readable,writable",
-		"erasable,writable",
-		"readable,erasable,writable",
+	    "none",	"readable",	     "erasable",	  "readable,erasable",
+	    "writable", "readable,writable", "erasable,writable", "readable,erasable,writable",
 	};
 	return names[attrs & 7];
 }

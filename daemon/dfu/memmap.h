@@ -14,10 +14,10 @@
 #include <stdint.h>
 
 /* Limits for strings that come from a device. */
-#define DFUSE_MAP_STRING_MAX 255 /* a USB string descriptor holds at most 126 UTF-16 units */
-#define DFUSE_MAP_NAME_MAX 64
+#define DFUSE_MAP_STRING_MAX   255 /* a USB string descriptor holds at most 126 UTF-16 units */
+#define DFUSE_MAP_NAME_MAX     64
 #define DFUSE_MAP_MAX_SEGMENTS 32
-#define DFUSE_MAP_MAX_SECTORS 65536 /* per segment */
+#define DFUSE_MAP_MAX_SECTORS  65536 /* per segment */
 
 /* Attribute bits: dfu-util's `letter & 7` (DFUU:src/dfuse_mem.c), table in §5.3. */
 enum dfuse_mem_attr {
@@ -27,7 +27,7 @@ enum dfuse_mem_attr {
 };
 
 struct dfuse_segment {
-	uint32_t start;       /* first address */
+	uint32_t start;	      /* first address */
 	uint32_t sector_size; /* bytes */
 	uint32_t n_sectors;
 	uint8_t attrs; /* enum dfuse_mem_attr */

@@ -253,7 +253,8 @@ static int read_descriptors(libusb_device *dev, struct dfu_descriptors *desc, ui
 				continue;
 			found = true;
 			*interface = alt->bInterfaceNumber;
-			if (desc->n_alts < DFUSE_MAX_ALTS && alt->bAlternateSetting < DFUSE_MAX_ALTS) {
+			if (desc->n_alts < DFUSE_MAX_ALTS &&
+			    alt->bAlternateSetting < DFUSE_MAX_ALTS) {
 				desc->alt_string[alt->bAlternateSetting] = alt->iInterface;
 				if (alt->bAlternateSetting + 1 > desc->n_alts)
 					desc->n_alts = (uint8_t)(alt->bAlternateSetting + 1);
@@ -292,7 +293,8 @@ int usb_dfu_open(struct usb_loop *l, unsigned busnum, unsigned devnum, const cha
 	}
 	libusb_free_device_list(list, 1);
 	if (!dev) {
-		error_set(err, ERR_DEVICE_GONE, "the DFU device %s is not (or no longer) on the bus",
+		error_set(err, ERR_DEVICE_GONE,
+			  "the DFU device %s is not (or no longer) on the bus",
 			  devnode ? devnode : "");
 		error_detail_str(err, "phase", "open");
 		return -1;

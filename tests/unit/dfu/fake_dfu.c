@@ -123,7 +123,7 @@ static void log_req(struct fake_dfu *f, const struct dfu_setup *s, const uint8_t
 		r->cmd = out[0];
 		if (s->length >= 5)
 			r->cmd_address =
-				out[1] | out[2] << 8 | out[3] << 16 | (uint32_t)out[4] << 24;
+			    out[1] | out[2] << 8 | out[3] << 16 | (uint32_t)out[4] << 24;
 	}
 }
 
@@ -244,7 +244,8 @@ static int fake_control(void *ctx, const struct dfu_setup *s, const uint8_t *out
 			}
 			if (f->fault_chunk == n && f->fault == FAKE_FAULT_SILENT) {
 				complete(f, LIBUSB_ERROR_TIMEOUT, NULL, 0,
-					 timeout_ms / (f->timeout_divisor ? f->timeout_divisor : 1));
+					 timeout_ms /
+					     (f->timeout_divisor ? f->timeout_divisor : 1));
 				return 0;
 			}
 		}
@@ -298,8 +299,8 @@ struct fake_dfu *fake_dfu_new(struct event_base *base, int gen)
 		f->strings[5] = "@DCT Flash   /0x00000000/01*016Kg";
 	} else {
 		f->flash_base = 0;
-		f->strings[6] =
-			"@Internal Flash   /0x00000000/1*004Ka,47*004Kg,192*004Kg,4*004Kg,4*004Kg,8*004Ka";
+		f->strings[6] = "@Internal Flash   "
+				"/0x00000000/1*004Ka,47*004Kg,192*004Kg,4*004Kg,4*004Kg,8*004Ka";
 		f->strings[7] = "@DCT Flash   /0x00000000/1*016Ke";
 		f->strings[8] = "@External Flash   /0x80000000/1024*004Kg";
 	}

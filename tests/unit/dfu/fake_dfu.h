@@ -16,7 +16,8 @@
 
 enum fake_fault {
 	FAKE_FAULT_NONE,
-	FAKE_FAULT_STALL,  /* the Nth data DNLOAD stalls; GETSTATUS then says dfuERROR/errSTALLEDPKT */
+	FAKE_FAULT_STALL,  /* the Nth data DNLOAD stalls; GETSTATUS then says dfuERROR/errSTALLEDPKT
+			    */
 	FAKE_FAULT_STATUS, /* the Nth data DNLOAD executes with fault_status → dfuERROR */
 	FAKE_FAULT_UNPLUG, /* from the Nth data DNLOAD on every request fails with NO_DEVICE */
 	FAKE_FAULT_SILENT, /* the Nth data DNLOAD never completes (the io times out) */
@@ -33,7 +34,7 @@ struct fake_req {
 struct fake_dfu {
 	struct event_base *base;
 	struct dfuse *dfuse; /* where completions go */
-	int gen;             /* 2: leave reports dfuDNLOAD-IDLE; 3: dfuMANIFEST */
+	int gen;	     /* 2: leave reports dfuDNLOAD-IDLE; 3: dfuMANIFEST */
 	uint32_t flash_base;
 	uint32_t flash_size;
 	uint8_t *flash;
@@ -48,8 +49,8 @@ struct fake_dfu {
 	uint16_t pend_value;
 	uint8_t pend_data[4096];
 	uint16_t pend_len;
-	bool left;      /* leave request seen */
-	bool gone;      /* unplugged */
+	bool left; /* leave request seen */
+	bool gone; /* unplugged */
 	unsigned data_chunks;
 	enum fake_fault fault;
 	unsigned fault_chunk;

@@ -79,8 +79,9 @@ static bool has_probe(const struct dfu_readback *rb, uint32_t a)
 	return false;
 }
 
-static int plan_for(const struct device_facts *dev, bool layout_known, const struct dfuse_info *info,
-		    struct image *img, bool force, struct dfu_plan *plan, struct error *err)
+static int plan_for(const struct device_facts *dev, bool layout_known,
+		    const struct dfuse_info *info, struct image *img, bool force,
+		    struct dfu_plan *plan, struct error *err)
 {
 	struct preflight_plan pp = {0};
 	pp.steps[0].img = img;
@@ -307,7 +308,8 @@ static void test_range_in_read_only_segment_is_outside_memory_map_even_forced(vo
 	facts.platform = platform_by_id(6);
 	assert_int_equal(plan_for(&facts, true, &info, app, true, &plan, &err), -1);
 	assert_int_equal(err.code, ERR_OUTSIDE_MEMORY_MAP);
-	assert_string_equal(json_string_value(json_object_get(err.detail, "attributes")), "readable");
+	assert_string_equal(json_string_value(json_object_get(err.detail, "attributes")),
+			    "readable");
 	error_clear(&err);
 	image_free(app);
 }
@@ -315,16 +317,16 @@ static void test_range_in_read_only_segment_is_outside_memory_map_even_forced(vo
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_readback_plan_covers_every_gen3_layout_and_gen2_slots),
-		cmocka_unit_test(test_readback_of_argon_1_5_system_part_determines_old_layout),
-		cmocka_unit_test(test_erased_gen3_device_has_unknown_layout_and_app_is_refused),
-		cmocka_unit_test(test_3_1_argon_app_on_1_5_argon_is_refused_even_with_force),
-		cmocka_unit_test(test_3_1_app_on_4_x_device_also_erases_the_0xd4000_page),
-		cmocka_unit_test(test_photon_user_part_is_one_write_at_its_prefix_address),
-		cmocka_unit_test(test_bootloader_is_not_flashable_over_dfu_with_serial_hint),
-		cmocka_unit_test(test_radio_stack_is_written_without_its_prefix),
-		cmocka_unit_test(test_protected_device_refuses_dfu_writes),
-		cmocka_unit_test(test_range_in_read_only_segment_is_outside_memory_map_even_forced),
+	    cmocka_unit_test(test_readback_plan_covers_every_gen3_layout_and_gen2_slots),
+	    cmocka_unit_test(test_readback_of_argon_1_5_system_part_determines_old_layout),
+	    cmocka_unit_test(test_erased_gen3_device_has_unknown_layout_and_app_is_refused),
+	    cmocka_unit_test(test_3_1_argon_app_on_1_5_argon_is_refused_even_with_force),
+	    cmocka_unit_test(test_3_1_app_on_4_x_device_also_erases_the_0xd4000_page),
+	    cmocka_unit_test(test_photon_user_part_is_one_write_at_its_prefix_address),
+	    cmocka_unit_test(test_bootloader_is_not_flashable_over_dfu_with_serial_hint),
+	    cmocka_unit_test(test_radio_stack_is_written_without_its_prefix),
+	    cmocka_unit_test(test_protected_device_refuses_dfu_writes),
+	    cmocka_unit_test(test_range_in_read_only_segment_is_outside_memory_map_even_forced),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

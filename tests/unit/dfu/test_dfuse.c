@@ -440,7 +440,8 @@ static void test_every_dfu_status_has_a_catalogue_id_and_sentence(void **state)
 	(void)state;
 	for (uint8_t st = 1; st <= 15; st++) {
 		struct rig *r = download_with_fault(3, FAKE_FAULT_STATUS, 1, st);
-		assert_true(r->err.code == ERR_TRANSFER_FAILED || r->err.code == ERR_DEVICE_REJECTED ||
+		assert_true(r->err.code == ERR_TRANSFER_FAILED ||
+			    r->err.code == ERR_DEVICE_REJECTED ||
 			    r->err.code == ERR_DEVICE_PROTECTED);
 		assert_non_null(strstr(r->err.message, dfu_status_name(st)));
 		assert_int_equal(detail_int(&r->err, "dfu_status"), st);
@@ -520,28 +521,28 @@ static void test_flight_recorder_keeps_only_the_last_lines(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_open_reads_serial_maps_and_functional_descriptor),
-		cmocka_unit_test(test_protection_string_and_all_b_map_mean_protected),
-		cmocka_unit_test(test_open_recovers_from_dfu_error_with_clrstatus),
-		cmocka_unit_test(test_open_aborts_a_device_left_in_dnload_idle),
-		cmocka_unit_test(test_malformed_map_string_fails_open),
-		cmocka_unit_test(test_download_sets_address_once_and_advances_block_numbers),
-		cmocka_unit_test(test_address_per_chunk_fallback_resends_set_address),
-		cmocka_unit_test(test_gen2_erase_sends_one_command_per_sector),
-		cmocka_unit_test(test_gen3_erase_covers_exactly_the_image_pages),
-		cmocka_unit_test(test_erase_outside_memory_map_is_refused_before_any_request),
-		cmocka_unit_test(test_poll_timeout_is_honoured_with_a_timer),
-		cmocka_unit_test(test_upload_reads_back_with_set_address_abort_and_block_numbers),
-		cmocka_unit_test(test_leave_succeeds_on_gen2_dnload_idle_and_gen3_manifest),
-		cmocka_unit_test(test_leave_counts_a_vanished_device_as_success),
-		cmocka_unit_test(test_stall_at_chunk_is_explained_by_getstatus),
-		cmocka_unit_test(test_dfu_error_at_chunk_maps_status_to_catalogue),
-		cmocka_unit_test(test_every_dfu_status_has_a_catalogue_id_and_sentence),
-		cmocka_unit_test(test_protected_erase_is_device_protected),
-		cmocka_unit_test(test_unplug_mid_download_is_device_gone),
-		cmocka_unit_test(test_silent_device_times_out_in_bounded_time),
-		cmocka_unit_test(test_operation_after_failure_recovers_first),
-		cmocka_unit_test(test_flight_recorder_keeps_only_the_last_lines),
+	    cmocka_unit_test(test_open_reads_serial_maps_and_functional_descriptor),
+	    cmocka_unit_test(test_protection_string_and_all_b_map_mean_protected),
+	    cmocka_unit_test(test_open_recovers_from_dfu_error_with_clrstatus),
+	    cmocka_unit_test(test_open_aborts_a_device_left_in_dnload_idle),
+	    cmocka_unit_test(test_malformed_map_string_fails_open),
+	    cmocka_unit_test(test_download_sets_address_once_and_advances_block_numbers),
+	    cmocka_unit_test(test_address_per_chunk_fallback_resends_set_address),
+	    cmocka_unit_test(test_gen2_erase_sends_one_command_per_sector),
+	    cmocka_unit_test(test_gen3_erase_covers_exactly_the_image_pages),
+	    cmocka_unit_test(test_erase_outside_memory_map_is_refused_before_any_request),
+	    cmocka_unit_test(test_poll_timeout_is_honoured_with_a_timer),
+	    cmocka_unit_test(test_upload_reads_back_with_set_address_abort_and_block_numbers),
+	    cmocka_unit_test(test_leave_succeeds_on_gen2_dnload_idle_and_gen3_manifest),
+	    cmocka_unit_test(test_leave_counts_a_vanished_device_as_success),
+	    cmocka_unit_test(test_stall_at_chunk_is_explained_by_getstatus),
+	    cmocka_unit_test(test_dfu_error_at_chunk_maps_status_to_catalogue),
+	    cmocka_unit_test(test_every_dfu_status_has_a_catalogue_id_and_sentence),
+	    cmocka_unit_test(test_protected_erase_is_device_protected),
+	    cmocka_unit_test(test_unplug_mid_download_is_device_gone),
+	    cmocka_unit_test(test_silent_device_times_out_in_bounded_time),
+	    cmocka_unit_test(test_operation_after_failure_recovers_first),
+	    cmocka_unit_test(test_flight_recorder_keeps_only_the_last_lines),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

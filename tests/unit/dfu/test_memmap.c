@@ -1,4 +1,5 @@
-/* DfuSe memory-map strings: every exact string of particle-device-facts.md §5.3, and malformed ones. */
+/* DfuSe memory-map strings: every exact string of particle-device-facts.md §5.3, and malformed
+ * ones. */
 #include "memmap.h"
 
 #include <setjmp.h>
@@ -181,26 +182,26 @@ static void test_malformed_maps_are_refused_with_reason_and_offset(void **state)
 {
 	(void)state;
 	expect_malformed("");
-	expect_malformed("Internal Flash   /0x08000000/03*016Ka");  /* no @ */
-	expect_malformed("@Internal Flash");                      /* no address */
-	expect_malformed("@   /0x0/1*4Kg");                          /* empty name */
-	expect_malformed("@X/08000000/1*4Kg");                       /* no 0x */
-	expect_malformed("@X/0x/1*4Kg");                             /* no hex digits */
-	expect_malformed("@X/0x100000000/1*4Kg");                    /* > 32 bits */
-	expect_malformed("@X/0x0");                                  /* no segments */
-	expect_malformed("@X/0x0/");                                 /* empty segment list */
-	expect_malformed("@X/0x0/1*4Kz");                            /* bad letter */
-	expect_malformed("@X/0x0/1*4KG");                            /* upper-case letter */
-	expect_malformed("@X/0x0/1*4K");                             /* no letter */
-	expect_malformed("@X/0x0/0*4Kg");                            /* zero count */
-	expect_malformed("@X/0x0/1*0Kg");                            /* zero size */
-	expect_malformed("@X/0x0/14Kg");                             /* no '*' */
-	expect_malformed("@X/0x0/1*4Kg,");                           /* trailing comma */
-	expect_malformed("@X/0x0/1*4Kg junk");                       /* trailing junk */
-	expect_malformed("@X/0xFFFFF000/2*4Kg");                     /* runs past 4 GiB */
-	expect_malformed("@X/0x0/99999999999*4Kg");                  /* count overflow */
-	expect_malformed("@X/0x0/1*99999999999Kg");                  /* size overflow */
-	expect_malformed("@X/0x0/1*4194304Kg");                      /* 4 GiB sector */
+	expect_malformed("Internal Flash   /0x08000000/03*016Ka"); /* no @ */
+	expect_malformed("@Internal Flash");			   /* no address */
+	expect_malformed("@   /0x0/1*4Kg");			   /* empty name */
+	expect_malformed("@X/08000000/1*4Kg");			   /* no 0x */
+	expect_malformed("@X/0x/1*4Kg");			   /* no hex digits */
+	expect_malformed("@X/0x100000000/1*4Kg");		   /* > 32 bits */
+	expect_malformed("@X/0x0");				   /* no segments */
+	expect_malformed("@X/0x0/");				   /* empty segment list */
+	expect_malformed("@X/0x0/1*4Kz");			   /* bad letter */
+	expect_malformed("@X/0x0/1*4KG");			   /* upper-case letter */
+	expect_malformed("@X/0x0/1*4K");			   /* no letter */
+	expect_malformed("@X/0x0/0*4Kg");			   /* zero count */
+	expect_malformed("@X/0x0/1*0Kg");			   /* zero size */
+	expect_malformed("@X/0x0/14Kg");			   /* no '*' */
+	expect_malformed("@X/0x0/1*4Kg,");			   /* trailing comma */
+	expect_malformed("@X/0x0/1*4Kg junk");			   /* trailing junk */
+	expect_malformed("@X/0xFFFFF000/2*4Kg");		   /* runs past 4 GiB */
+	expect_malformed("@X/0x0/99999999999*4Kg");		   /* count overflow */
+	expect_malformed("@X/0x0/1*99999999999Kg");		   /* size overflow */
+	expect_malformed("@X/0x0/1*4194304Kg");			   /* 4 GiB sector */
 }
 
 static void test_map_at_the_limits(void **state)
@@ -302,19 +303,19 @@ static void test_gen3_erase_is_exact_pages(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_gen2_internal_flash_has_readonly_bootloader_and_rew_sectors),
-		cmocka_unit_test(test_gen2_dct_and_p1_serial_flash),
-		cmocka_unit_test(test_core_maps_parse_with_two_spaces_and_colon_in_name),
-		cmocka_unit_test(test_gen3_internal_flash_mbr_and_bootloader_top_are_readonly),
-		cmocka_unit_test(test_gen3_dcd_dct_and_external_flash_maps),
-		cmocka_unit_test(test_p2_internal_flash_is_all_rew),
-		cmocka_unit_test(test_protected_map_is_erasable_only),
-		cmocka_unit_test(test_every_letter_maps_to_the_table),
-		cmocka_unit_test(test_multiple_address_groups_and_byte_and_mega_units),
-		cmocka_unit_test(test_malformed_maps_are_refused_with_reason_and_offset),
-		cmocka_unit_test(test_map_at_the_limits),
-		cmocka_unit_test(test_gen2_erase_covers_whole_sectors_once),
-		cmocka_unit_test(test_gen3_erase_is_exact_pages),
+	    cmocka_unit_test(test_gen2_internal_flash_has_readonly_bootloader_and_rew_sectors),
+	    cmocka_unit_test(test_gen2_dct_and_p1_serial_flash),
+	    cmocka_unit_test(test_core_maps_parse_with_two_spaces_and_colon_in_name),
+	    cmocka_unit_test(test_gen3_internal_flash_mbr_and_bootloader_top_are_readonly),
+	    cmocka_unit_test(test_gen3_dcd_dct_and_external_flash_maps),
+	    cmocka_unit_test(test_p2_internal_flash_is_all_rew),
+	    cmocka_unit_test(test_protected_map_is_erasable_only),
+	    cmocka_unit_test(test_every_letter_maps_to_the_table),
+	    cmocka_unit_test(test_multiple_address_groups_and_byte_and_mega_units),
+	    cmocka_unit_test(test_malformed_maps_are_refused_with_reason_and_offset),
+	    cmocka_unit_test(test_map_at_the_limits),
+	    cmocka_unit_test(test_gen2_erase_covers_whole_sectors_once),
+	    cmocka_unit_test(test_gen3_erase_is_exact_pages),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,533 @@
+/*
+ * The DFU transport (issue 7): one run per job.  Switches a CDC device into
+ * DFU with the 14400-baud line coding (§3) and follows it across the
+ * re-enumeration, opens it, reads what is in flash (UPLOAD of module
+ * prefixes), runs the generic and DFU preflight, erases exactly, writes,
+ * optionally reads back, leaves, and waits for the device to come back.
+ *
+ * One explicit state per phase; the events are dfuse completions, the run's
+ * timer and device events from the registry.
+ */
+#include "dfu_preflight.h"
+#include "dfuse.h"
+#include "usb.h"
+
+#include "transport.h"
+
+#include <asm/termbits.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#define DFU_SWITCH_BAUD	  14400 /* START_DFU_FLASHER_SERIAL_SPEED (§3) */
+#define DFU_OPEN_RETRY_MS 100
+#define DFU_OPEN_RETRIES  50 /* udev can announce the node before libusb lists it */
+
+static const struct timeout_def dfu_timeouts[] = {
+    {"dfu_reenumerate_ms", 15000, "wait for a device to re-enumerate after a mode switch or leave"},
+    {NULL, 0, NULL},
+};
+
+enum run_state {
+	RUN_SWITCHING, /* 14400 baud sent; waiting for the device to come back in DFU */
+	RUN_OPENING,   /* waiting for libusb to list the device */
+	RUN_DFU_OPEN,  /* dfuse_open */
+	RUN_READBACK,  /* UPLOAD of one module prefix */
+	RUN_ERASE,     /* dfuse_erase of writes[i] */
+	RUN_WRITE,     /* dfuse_download of writes[i] */
+	RUN_VERIFY,    /* dfuse_upload of writes[i] */
+	RUN_LEAVE,     /* dfuse_leave */
+	RUN_WAIT_BACK, /* device re-enumerating into its firmware */
+	RUN_FINISHED,
+};
+
+struct transport_run {
+	struct job *job;
+	enum run_state state;
+	struct event *timer;
+	struct usb_dfu_dev *usb;
+	struct dfuse *dfuse;
+	struct dfu_readback rb;
+	unsigned probe_i;
+	bool layout_known;
+	struct device_facts facts;
+	struct dfu_plan plan;
+	unsigned write_i;
+	uint8_t *verify_buf;
+	bool verified;
+	bool cancel_requested;
+	unsigned open_retries;
+	struct device_snapshot dev;
+};
+
+static struct usb_loop *usb_loop_shared; /* one libusb context per daemon */
+
+static void step(struct transport_run *r);
+
+static void run_fail(struct transport_run *r, struct error *err)
+{
+	if (r->state == RUN_FINISHED)
+		return;
+	if (r->dfuse)
+		dfuse_attach_trace(r->dfuse, err);
+	r->state = RUN_FINISHED;
+	evtimer_del(r->timer);
+	usb_dfu_close(r->usb);
+	r->usb = NULL;
+	job_finish(r->job,
+		   r->cancel_requested && err->code == ERR_CANCELLED ? JOB_RESULT_CANCELLED
+								     : JOB_RESULT_FAILED,
+		   NULL, err);
+}
+
+static void run_done(struct transport_run *r, const char *word)
+{
+	r->state = RUN_FINISHED;
+	evtimer_del(r->timer);
+	usb_dfu_close(r->usb);
+	r->usb = NULL;
+	job_finish(r->job, JOB_RESULT_DONE, word, NULL);
+}
+
+static void arm(struct transport_run *r, unsigned ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	evtimer_add(r->timer, &tv);
+}
+
+/* Sets the CDC line coding to 14400 baud: the firmware resets into DFU (§3, §5.1). */
+static int switch_to_dfu(const char *tty, struct error *err)
+{
+	int fd = open(tty, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == EACCES)
+			error_set(err, ERR_PERMISSION_DENIED, "cannot open %s to switch it to DFU",
+				  tty);
+		else
+			error_set(err, ERR_DEVICE_GONE, "cannot open %s to switch it to DFU: %s",
+				  tty, strerror(errno));
+		if (err->code == ERR_PERMISSION_DENIED) {
+			error_detail_str(err, "path", tty);
+			error_detail_int(err, "errno", errno);
+			error_detail_str(err, "operation", "open");
+		}
+		return -1;
+	}
+	struct termios2 tio;
+	int r = ioctl(fd, TCGETS2, &tio);
+	if (r == 0) {
+		tio.c_cflag &= ~(tcflag_t)CBAUD;
+		tio.c_cflag |= BOTHER;
+		tio.c_ispeed = tio.c_ospeed = DFU_SWITCH_BAUD;
+		r = ioctl(fd, TCSETS2, &tio);
+	}
+	int e = errno;
+	close(fd);
+	if (r < 0) {
+		error_set(err, ERR_TRANSFER_FAILED, "setting %s to 14400 baud failed: %s", tty,
+			  strerror(e));
+		error_detail_str(err, "phase", "switching-mode");
+		error_detail_str(err, "reason", strerror(e));
+		return -1;
+	}
+	return 0;
+}
+
+static void on_dfuse_done(struct dfuse *s, int result, struct error *err, void *userdata);
+
+static int start_op(struct transport_run *r, struct error *err)
+{
+	const struct dfu_write *w =
+	    r->write_i < r->plan.n_writes ? &r->plan.writes[r->write_i] : NULL;
+	switch (r->state) {
+	case RUN_READBACK: {
+		struct dfu_probe *p = &r->rb.probes[r->probe_i];
+		p->len = DFU_PROBE_LEN;
+		return dfuse_upload(r->dfuse, 0, p->address, p->buf, DFU_PROBE_LEN, on_dfuse_done,
+				    r, err);
+	}
+	case RUN_ERASE:
+		return dfuse_erase(r->dfuse, w->alt, w->address, w->len, on_dfuse_done, r, err);
+	case RUN_WRITE:
+		return dfuse_download(r->dfuse, w->alt, w->address, w->data, w->len, on_dfuse_done,
+				      r, err);
+	case RUN_VERIFY:
+		free(r->verify_buf);
+		r->verify_buf = malloc(w->len);
+		return dfuse_upload(r->dfuse, w->alt, w->address, r->verify_buf, w->len,
+				    on_dfuse_done, r, err);
+	case RUN_LEAVE:
+		return dfuse_leave(r->dfuse, on_dfuse_done, r, err);
+	default:
+		return 0;
+	}
+}
+
+static int preflight(struct transport_run *r, struct error *err)
+{
+	struct preflight_input in[PREFLIGHT_MAX_IMAGES];
+	size_t n = job_image_count(r->job);
+	if (n > PREFLIGHT_MAX_IMAGES)
+		n = PREFLIGHT_MAX_IMAGES;
+	for (size_t i = 0; i < n; i++) {
+		in[i].img = job_image(r->job, i);
+		in[i].name = job_image_name(r->job, i);
+	}
+	struct preflight_rules rules;
+	struct preflight_plan pp;
+	dfu_preflight_rules(&r->facts, &rules);
+	const struct job_options *o = job_options(r->job);
+	if (preflight_check(&r->facts, r->dev.usb_devnode, in, n, &rules, o->force, &pp, err) < 0)
+		return -1;
+	return dfu_preflight_plan(&r->facts, r->layout_known, dfuse_get_info(r->dfuse), &pp,
+				  o->force, &r->plan, err);
+}
+
+/* Decides and starts what comes after the phase that just ended. */
+static void step(struct transport_run *r)
+{
+	struct error err;
+	error_init(&err);
+	const struct job_options *o = job_options(r->job);
+	if (r->cancel_requested && r->state != RUN_LEAVE && r->state != RUN_WAIT_BACK) {
+		error_set(&err, ERR_CANCELLED, "the job was cancelled");
+		error_detail_str(&err, "phase", "dfu");
+		run_fail(r, &err);
+		return;
+	}
+	switch (r->state) {
+	case RUN_DFU_OPEN:
+		job_set_state(r->job, JOB_PREFLIGHT);
+		dfu_readback_plan(r->facts.platform, &r->rb);
+		r->probe_i = 0;
+		if (dfuse_get_info(r->dfuse)->protected_device || r->rb.n_probes == 0) {
+			/* No UPLOAD on protected devices (§5.3): preflight refuses below. */
+			r->state = RUN_READBACK;
+			r->probe_i = r->rb.n_probes;
+			step(r);
+			return;
+		}
+		r->state = RUN_READBACK;
+		break;
+	case RUN_READBACK:
+		if (r->probe_i < r->rb.n_probes)
+			break;
+		{
+			struct device_facts f;
+			r->layout_known = dfu_readback_facts(&r->rb, dfuse_get_info(r->dfuse), &f);
+			if (!f.platform)
+				f.platform = r->facts.platform;
+			r->facts = f;
+			job_update_facts(r->job, &r->facts);
+		}
+		if (job_image_count(r->job) == 0) {
+			r->state = RUN_LEAVE;
+			job_set_state(r->job, JOB_REBOOTING);
+			break;
+		}
+		if (preflight(r, &err) < 0) {
+			/* Refused before the first erase: leave the device as it is, in DFU. */
+			run_fail(r, &err);
+			return;
+		}
+		if (o->dry_run) {
+			run_done(r, "preflight-ok");
+			return;
+		}
+		r->write_i = 0;
+		r->state = RUN_ERASE;
+		job_set_state(r->job, JOB_ERASING);
+		break;
+	case RUN_ERASE:
+		r->state = r->plan.writes[r->write_i].erase_only ? RUN_ERASE : RUN_WRITE;
+		if (r->state == RUN_ERASE) {
+			r->write_i++;
+			if (r->write_i >= r->plan.n_writes) {
+				r->state = RUN_LEAVE;
+				job_set_state(r->job, JOB_REBOOTING);
+			}
+		} else {
+			job_set_state(r->job, JOB_WRITING);
+		}
+		break;
+	case RUN_WRITE:
+		if (o->verify) {
+			r->state = RUN_VERIFY;
+			job_set_state(r->job, JOB_VERIFYING);
+			break;
+		}
+		/* fallthrough */
+	case RUN_VERIFY:
+		if (r->state == RUN_VERIFY) {
+			const struct dfu_write *w = &r->plan.writes[r->write_i];
+			if (memcmp(r->verify_buf, w->data, w->len) != 0) {
+				error_set(&err, ERR_TRANSFER_FAILED,
+					  "read-back of %s at 0x%08x differs from the file",
+					  w->name, w->address);
+				error_detail_str(&err, "phase", "verify");
+				error_detail_int(&err, "address", w->address);
+				error_detail_str(&err, "reason", "read-back mismatch");
+				run_fail(r, &err);
+				return;
+			}
+			r->verified = true;
+		}
+		r->write_i++;
+		if (r->write_i < r->plan.n_writes) {
+			r->state = RUN_ERASE;
+			job_set_state(r->job, JOB_ERASING);
+		} else {
+			r->state = RUN_LEAVE;
+			job_set_state(r->job, JOB_REBOOTING);
+		}
+		break;
+	case RUN_LEAVE:
+		/* Released right away; nothing more is sent (§5.4). */
+		dfuse_free(r->dfuse);
+		r->dfuse = NULL;
+		usb_dfu_close(r->usb);
+		r->usb = NULL;
+		r->state = RUN_WAIT_BACK;
+		job_note(r->job, "device-reset",
+			 "left DFU mode; waiting for the device to come back");
+		arm(r, timeout_ms("dfu_reenumerate_ms"));
+		return;
+	default:
+		return;
+	}
+	if (start_op(r, &err) < 0)
+		run_fail(r, &err);
+}
+
+static void on_dfuse_done(struct dfuse *s, int result, struct error *err, void *userdata)
+{
+	(void)s;
+	struct transport_run *r = userdata;
+	if (result < 0) {
+		if (r->state == RUN_READBACK && err->code != ERR_DEVICE_GONE) {
+			/* An unreadable slot is a fact, not a failure: the layout check decides. */
+			r->rb.probes[r->probe_i].read = false;
+			r->probe_i++;
+			step(r);
+			return;
+		}
+		error_prefix(err, "%s: ",
+			     r->state == RUN_WRITE || r->state == RUN_ERASE
+				 ? (r->plan.writes[r->write_i].name
+					? r->plan.writes[r->write_i].name
+					: "image")
+				 : "DFU");
+		run_fail(r, err);
+		return;
+	}
+	if (r->state == RUN_READBACK) {
+		r->rb.probes[r->probe_i].read = true;
+		r->probe_i++;
+	}
+	step(r);
+}
+
+static void on_progress(struct dfuse *s, uint32_t address, size_t done, size_t total,
+			void *userdata)
+{
+	(void)s;
+	(void)address;
+	struct transport_run *r = userdata;
+	if (r->state == RUN_WRITE)
+		job_progress(r->job, done, total);
+}
+
+static void open_device(struct transport_run *r)
+{
+	struct error err;
+	error_init(&err);
+	struct dfu_descriptors desc;
+	if (!usb_loop_shared) {
+		usb_loop_shared = usb_loop_new(job_event_base(r->job), &err);
+		if (!usb_loop_shared) {
+			run_fail(r, &err);
+			return;
+		}
+	}
+	if (usb_dfu_open(usb_loop_shared, r->dev.busnum, r->dev.devnum, r->dev.usb_devnode, &r->usb,
+			 &desc, &err) < 0) {
+		if (err.code == ERR_DEVICE_GONE && ++r->open_retries < DFU_OPEN_RETRIES) {
+			error_clear(&err);
+			r->state = RUN_OPENING;
+			arm(r, DFU_OPEN_RETRY_MS);
+			return;
+		}
+		run_fail(r, &err);
+		return;
+	}
+	struct dfu_io io = usb_dfu_io(r->usb);
+	r->dfuse = dfuse_new(job_event_base(r->job), &io, &desc);
+	usb_dfu_attach(r->usb, r->dfuse);
+	dfuse_set_progress(r->dfuse, on_progress, r);
+	r->facts = r->dev.facts;
+	if (!r->facts.platform)
+		r->facts.platform = platform_by_usb(desc.vid, desc.pid, NULL);
+	r->state = RUN_DFU_OPEN;
+	if (dfuse_open(r->dfuse, on_dfuse_done, r, &err) < 0)
+		run_fail(r, &err);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct transport_run *r = arg;
+	struct error err;
+	error_init(&err);
+	switch (r->state) {
+	case RUN_OPENING:
+		open_device(r);
+		break;
+	case RUN_SWITCHING:
+		error_set(&err, ERR_TIMED_OUT,
+			  "the device did not come back in DFU mode after the "
+			  "14400-baud switch");
+		error_detail_str(&err, "phase", "switching-mode");
+		error_detail_int(&err, "timeout_ms", timeout_ms("dfu_reenumerate_ms"));
+		run_fail(r, &err);
+		break;
+	case RUN_WAIT_BACK:
+		error_set(&err, ERR_TIMED_OUT,
+			  "the device did not come back after leaving DFU mode");
+		error_detail_str(&err, "phase", "rebooting");
+		error_detail_int(&err, "timeout_ms", timeout_ms("dfu_reenumerate_ms"));
+		error_hint(&err,
+			   "the firmware was written; reset the device and check that it runs");
+		run_fail(r, &err);
+		break;
+	default:
+		break;
+	}
+}
+
+static bool dfu_can_serve(const struct device_snapshot *dev)
+{
+	/* DFU-mode devices, and CDC devices it can switch with 14400 baud. */
+	return dev->mode == DEVICE_MODE_DFU || dev->tty[0];
+}
+
+static struct transport_run *dfu_start(struct job *job, struct error *err)
+{
+	struct transport_run *r = calloc(1, sizeof(*r));
+	if (!r) {
+		error_set(err, ERR_INTERNAL, "out of memory");
+		return NULL;
+	}
+	r->job = job;
+	r->dev = *job_device(job);
+	r->timer = evtimer_new(job_event_base(job), on_timer, r);
+	if (r->dev.present && r->dev.mode != DEVICE_MODE_DFU && r->dev.tty[0]) {
+		job_set_state(job, JOB_SWITCHING_MODE);
+		if (switch_to_dfu(r->dev.tty, err) < 0) {
+			evtimer_del(r->timer);
+			event_free(r->timer);
+			free(r);
+			return NULL;
+		}
+		job_note(job, "switching-to-dfu", "set %s to 14400 baud", r->dev.tty);
+		r->state = RUN_SWITCHING;
+		arm(r, timeout_ms("dfu_reenumerate_ms"));
+		return r;
+	}
+	if (!r->dev.present) {
+		/* Handed over while re-enumerating: wait for it. */
+		r->state = RUN_SWITCHING;
+		arm(r, timeout_ms("dfu_reenumerate_ms"));
+		return r;
+	}
+	r->state = RUN_OPENING;
+	arm(r, 0);
+	return r;
+}
+
+static void dfu_cancel(struct transport_run *r)
+{
+	r->cancel_requested = true;
+	if (r->state == RUN_SWITCHING || r->state == RUN_OPENING) {
+		struct error err;
+		error_init(&err);
+		error_set(&err, ERR_CANCELLED, "the job was cancelled");
+		error_detail_str(&err, "phase", "switching-mode");
+		run_fail(r, &err);
+	}
+	/* Otherwise step() stops at the next operation boundary (chunk runs complete). */
+}
+
+static void dfu_device_event(struct transport_run *r, enum device_event ev,
+			     const struct device_snapshot *dev)
+{
+	struct error err;
+	error_init(&err);
+	r->dev = *dev;
+	switch (r->state) {
+	case RUN_SWITCHING:
+		if (ev == DEVICE_EVENT_BACK && dev->mode == DEVICE_MODE_DFU) {
+			evtimer_del(r->timer);
+			job_set_device_mode(r->job, DEVICE_MODE_DFU);
+			r->open_retries = 0;
+			open_device(r);
+		}
+		break;
+	case RUN_WAIT_BACK:
+		if (ev != DEVICE_EVENT_BACK && ev != DEVICE_EVENT_CHANGED)
+			break;
+		if (dev->mode == DEVICE_MODE_NORMAL || dev->mode == DEVICE_MODE_LISTENING ||
+		    dev->mode == DEVICE_MODE_UNKNOWN) {
+			job_set_device_mode(r->job, dev->mode);
+			run_done(r, r->verified ? "verified" : "written-not-verified");
+		} else if (dev->mode == DEVICE_MODE_SAFE || dev->mode == DEVICE_MODE_DFU) {
+			error_set(&err, ERR_BOOTED_INVALID,
+				  "the firmware was written but the device came back in %s mode",
+				  device_mode_name(dev->mode));
+			error_detail_str(&err, "mode", device_mode_name(dev->mode));
+			error_detail_json(&err, "failed_checks", json_array());
+			r->state = RUN_FINISHED;
+			evtimer_del(r->timer);
+			job_finish(r->job, JOB_RESULT_FAILED, "booted-invalid", &err);
+		}
+		break;
+	default:
+		if (ev == DEVICE_EVENT_GONE && r->state != RUN_FINISHED && r->state != RUN_LEAVE) {
+			/* The transfer in flight reports device-gone with its context; if none is
+			 * in flight, report it here. */
+			if (r->state == RUN_OPENING) {
+				error_set(&err, ERR_DEVICE_GONE, "the device disappeared");
+				error_detail_str(&err, "phase", "open");
+				run_fail(r, &err);
+			}
+		}
+		break;
+	}
+	error_clear(&err);
+}
+
+static void dfu_free(struct transport_run *r)
+{
+	if (!r)
+		return;
+	if (r->timer)
+		event_free(r->timer);
+	usb_dfu_close(r->usb); /* detaches the dfuse first: no completion reaches it */
+	dfuse_free(r->dfuse);
+	free(r->verify_buf);
+	free(r);
+}
+
+const struct transport_ops dfu_transport = {
+    .name = "dfu",
+    .can_serve = dfu_can_serve,
+    .start = dfu_start,
+    .cancel = dfu_cancel,
+    .device_event = dfu_device_event,
+    .free = dfu_free,
+    .timeouts = dfu_timeouts,
+};
