@@ -200,7 +200,71 @@ def main():
                 compare(tap, name + " (inner)", expected_module(dec), actual_module(inner))
                 tap.check(m["compression"]["inflated_size"] == dec["size"],
                           f"{name}: declared inflated size", m["compression"])
+    check_schema(tap, results)
+    check_human(tap, flashctl)
     return tap.done()
+
+
+MODULE_TYPES = {
+    "position": int, "offset": int, "size": int, "description": str, "platform_id": int,
+    "function": str, "function_id": int, "index": int, "version": int, "start": int,
+    "end": int, "prefix_offset": int, "prefix_rule": str, "mcu_target": int, "flags": int,
+    "flag_names": list, "dependencies": list, "crc": dict, "sha256": dict, "slots": list,
+    "prefix_extensions": list, "suffix_extensions": list,
+}
+
+
+def check_schema(tap, results):
+    """proto/IMAGE.md: numbers for ids, versions and addresses; every field present."""
+    bad = []
+    for r in results:
+        for key, typ in (("type", str), ("file", str), ("valid", bool), ("modules", list),
+                         ("warnings", list)):
+            if not isinstance(r.get(key), typ):
+                bad.append(f"{r.get('file')}: {key}")
+        for m in r["modules"]:
+            for key, typ in MODULE_TYPES.items():
+                if not isinstance(m.get(key), typ) or isinstance(m.get(key), bool) != (typ is bool):
+                    bad.append(f"{r['file']}: {key}={m.get(key)!r}")
+            if len(m["dependencies"]) != 2:
+                bad.append(f"{r['file']}: dependencies")
+            for key in ("platform", "release", "suffix_size", "product_id", "product_version",
+                        "dynamic_location", "name", "compression", "inner"):
+                if key not in m:
+                    bad.append(f"{r['file']}: missing {key}")
+    tap.check(not bad, "every JSON object follows the documented schema", "\n".join(bad[:20]))
+    valid_with_slot = [r for r in results if r["valid"] and r["modules"][0]["slots"]]
+    tap.check(len(valid_with_slot) == sum(1 for r in results if r["valid"]),
+              "every valid fixture lands in a slot of its platform",
+              [r["file"] for r in results if r["valid"] and not r["modules"][0]["slots"]])
+
+
+def check_human(tap, flashctl):
+    def run(*args):
+        return subprocess.run([flashctl, "inspect", *args], cwd=MODULES, capture_output=True,
+                              text=True, timeout=60)
+
+    p = run("p2/tinker-5.0.0-p2.bin")
+    tap.check(p.returncode == 0 and "P2 / Photon 2 application (user part 1), v6" in p.stdout
+              and "Device OS 5.0.0 or later (system part 1 >= 5002)" in p.stdout
+              and "product    id 32, version 4" in p.stdout and "user part" in p.stdout,
+              "human output says what the file is, what it needs and where it goes", p.stdout)
+    p = run("tracker/tracker-tinker@1.5.4-rc.1.bin")
+    tap.check("Device OS 3.0 and earlier layout" in p.stdout and "compat" in p.stdout,
+              "a Gen 3 user part names the layouts it fits", p.stdout)
+    p = run("not-modules/ota-flag-a5.bin")
+    tap.check(p.returncode == 3 and "error [image-not-a-module]" in p.stderr
+              and "hint:" in p.stderr and "ota-flag-a5.bin" in p.stderr,
+              "a non-module is an error with a hint naming the file", p.stderr)
+    p = run(".")
+    tap.check(p.returncode == 3 and "[file-unreadable]" in p.stderr and "directory" in p.stderr,
+              "a directory is file-unreadable", p.stderr)
+    p = subprocess.run([flashctl, "--json", "inspect", "photon/photon_tinker.bin"], cwd=MODULES,
+                       capture_output=True, text=True, timeout=60)
+    tap.check(p.returncode == 0 and json.loads(p.stdout)["valid"],
+              "the global --json option is honoured", p.stdout)
+    p = run()
+    tap.check(p.returncode == 2, "inspect without a file is a usage error", p.stderr)
 
 
 if __name__ == "__main__":
