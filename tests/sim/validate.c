@@ -73,7 +73,7 @@ static bool integrity_in_flash(struct flash *f, const struct vmodule *m)
 
 static void read_sha(struct flash *f, struct vmodule *m)
 {
-	const uint8_t *b = peek(f, m->end - 36, 32);
+	const uint8_t *b = peek(f, m->end - 34, 32); /* [size-38, size-6) of the file */
 	if (b)
 		memcpy(m->sha256, b, 32);
 }

@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Proof tests of flashd-sim (issue 3): dfu-util against simulated DFU devices,
+boot checks after DFU, hot-plug seen by a libudev monitor, the state.json schema.
+
+usage: sim_test.py FLASHD_SIM UDEV_WATCH TEST
+"""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import jsonschema
+
+SIM, WATCH, TEST = sys.argv[1], sys.argv[2], sys.argv[3]
+SRC = os.environ.get('FLASHD_SOURCE_ROOT', os.path.join(os.path.dirname(__file__), '..', '..'))
+FIX = os.environ.get('FLASHD_FIXTURES', os.path.join(SRC, '..', 'shared', 'fixtures'))
+SCHEMA = json.load(open(os.path.join(SRC, 'tests', 'sim', 'state.schema.json')))
+TIMEOUT = 120
+
+work = tempfile.mkdtemp(prefix='flashd-sim-test.')
+env = dict(os.environ, TMPDIR=work)  # a killed testbed leaves /tmp/umockdev.* behind
+
+
+def fail(msg):
+    print('FAIL: ' + msg)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def run_sim(devices, command, state=True, extra=(), timeout=TIMEOUT):
+    """Runs flashd-sim; returns (exit status, output, state document or None)."""
+    sdir = tempfile.mkdtemp(dir=work)
+    argv = [SIM]
+    for d in devices:
+        argv += ['--device', d]
+    if state:
+        argv += ['--state-dir', sdir]
+    argv += list(extra) + ['--'] + command
+    p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=timeout, text=True)
+    doc = None
+    if state and os.path.exists(os.path.join(sdir, 'state.json')):
+        doc = json.load(open(os.path.join(sdir, 'state.json')))
+        jsonschema.validate(doc, SCHEMA)  # every state.json the tests produce
+        doc['_dir'] = sdir
+    return p.returncode, p.stdout, doc
+
+
+def fixture(rel):
+    path = os.path.join(FIX, 'modules', rel)
+    if not os.path.exists(path):
+        print('SKIP: fixture %s missing' % path)
+        sys.exit(77)
+    return path
+
+
+def dump(doc, dev, alt=0):
+    for r in dev['regions']:
+        if r['alt'] == alt:
+            return r['base'], open(os.path.join(doc['_dir'], r['dump']), 'rb').read()
+    fail('no alt %d region' % alt)
+
+
+def module_at(dev, address):
+    for m in dev['modules']:
+        if m['address'] == address:
+            return m
+    return None
+
+
+def prefix(path):
+    """start address, function, platform of a module file (facts §7.1/§7.4)."""
+    b = open(path, 'rb').read()
+    for off in (0, 0x184, 0x200, 0x20):
+        start, end = int.from_bytes(b[off:off + 4], 'little'), int.from_bytes(b[off + 4:off + 8], 'little')
+        if end > start and end - start + 4 == len(b):
+            return start, b[off + 14], int.from_bytes(b[off + 12:off + 14], 'little'), b
+    fail('no prefix in ' + path)
+
+
+# --- tests -------------------------------------------------------------------------------
+
+# The exact memory maps of facts §5.3, per platform and bootloader era.
+GEN2 = ['@Internal Flash   /0x08000000/03*016Ka,01*016Kg,01*064Kg,07*128Kg', '@DCT Flash   /0x00000000/01*016Kg']
+GEN3 = '@Internal Flash   /0x00000000/1*004Ka,47*004Kg,192*004Kg,4*004Kg,4*004Kg,8*004Ka'
+LIST = [
+    ('platform=photon,os=2.2.0', 'd006', GEN2),
+    ('platform=p1,os=2.2.0', 'd008', GEN2 + ['@Serial Flash   /0x00000000/256*004Kg']),
+    ('platform=electron,os=1.5.2', 'd00a', GEN2),
+    ('platform=argon,os=5.9.0', 'd00c', [GEN3, '@DCT Flash   /0x00000000/1*016Ke', '@External Flash   /0x80000000/1024*004Kg']),
+    ('platform=boron,os=2.2.0', 'd00d', [GEN3, '@DCD Flash   /0x00000000/1*016Ke', '@External Flash   /0x80000000/1024*004Kg']),
+    ('platform=b5som,os=1.5.2', 'd019', [GEN3, '@DCD Flash   /0x00000000/1*016Ke', '@External Flash   /0x80000000/1024*008Kg']),
+    ('platform=tracker,os=5.9.0', 'd01a', [GEN3, '@DCT Flash   /0x00000000/1*016Ke', '@External Flash   /0x80000000/2048*004Kg']),
+    ('platform=bsom,os=4.0.1', 'd017', [GEN3, '@DCD Flash   /0x00000000/1*016Ke', '@External Flash   /0x80000000/1024*004Kg']),
+    ('platform=p2,os=5.0.0', 'd020', ['@Internal Flash   /0x08000000/2048*004Kg', '@DCD Flash   /0x00000000/1*016Ke']),
+    ('platform=msom,os=5.9.0', 'd023', ['@Internal Flash   /0x08000000/2048*004Kg', '@DCT Flash   /0x00000000/1*016Ke']),
+]
+
+
+def test_dfu_list_matches_real_devices():
+    specs = ['%s,mode=dfu,name=n%d' % (s, i) for i, (s, _, _) in enumerate(LIST)]
+    rc, out, doc = run_sim(specs, ['dfu-util', '-l'])
+    check(rc == 0, 'dfu-util -l failed: %s' % out)
+    found = re.findall(r'Found DFU: \[2b04:(d0[0-9a-f]{2})\] ver=(\d+), devnum=\d+, cfg=1, intf=0, '
+                       r'path="([^"]+)", alt=(\d), name="([^"]+)", serial="([0-9a-f]{24})"', out)
+    for i, (spec, pid, maps) in enumerate(LIST):
+        dev = doc['devices'][i]
+        rows = {int(alt): (name, serial, ver) for p, ver, path, alt, name, serial in found if p == pid}
+        check(len(rows) == len(maps), '%s: %d alts listed, expected %d\n%s' % (spec, len(rows), len(maps), out))
+        for alt, want in enumerate(maps):
+            name, serial, ver = rows[alt]
+            check(name == want, '%s alt %d: %r != %r' % (spec, alt, name, want))
+            check(serial == dev['device_id'], '%s: serial %s != id %s' % (spec, serial, dev['device_id']))
+            check(ver == ('0250' if pid in ('d006', 'd008', 'd00a') else '0251'), '%s: bcdDevice %s' % (spec, ver))
+        prefix_ok = {'d00c': 'e00fce68', 'd00d': 'e00fce68', 'd019': 'e00fce68', 'd01a': 'e00fce68',
+                     'd017': 'e00fce68', 'd020': '0a10aced2021', 'd023': '0a10aced2021'}.get(pid, '')
+        check(dev['device_id'].startswith(prefix_ok), '%s: id %s lacks the platform prefix' % (spec, dev['device_id']))
+        check(dev['mode'] == 'dfu', '%s: mode %s' % (spec, dev['mode']))
+
+
+def flash_and_check(spec, rel, expect_mode='normal', alt_addr=None):
+    path = fixture(rel)
+    start, function, platform, data = prefix(path)
+    addr = alt_addr if alt_addr is not None else start
+    rc, out, doc = run_sim([spec + ',mode=dfu'],
+                           ['sh', '-c', 'dfu-util -a 0 -s 0x%x:leave -D %s && udevadm settle 2>/dev/null; '
+                            'sleep 0.2' % (addr, path)])
+    check(rc == 0, '%s: dfu-util failed:\n%s' % (rel, out))
+    check('File downloaded successfully' in out, out)
+    dev = doc['devices'][0]
+    base, mem = dump(doc, dev)
+    check(mem[addr - base:addr - base + len(data)] == data, '%s: dump differs from the file at 0x%x' % (rel, addr))
+    check(dev['received']['dfu_bytes'] == len(data), 'dfu_bytes %d != %d' % (dev['received']['dfu_bytes'], len(data)))
+    check(dev['mode'] == expect_mode, '%s: mode %s, expected %s' % (rel, dev['mode'], expect_mode))
+    return dev, addr
+
+
+def test_dfu_flashes_user_parts_byte_identically():
+    for spec, rel in [('platform=photon,os=2.2.0', 'photon/tinker-0.4.5-photon.bin'),
+                      ('platform=argon,os=1.5.2', 'argon/tinker-0.8.0-rc.27-argon.bin'),
+                      ('platform=p2,os=5.9.0', 'p2/tinker-5.0.0-p2.bin'),
+                      ('platform=esomx,os=6.3.4', 'esomx/tinker-6.3.4-esomx.bin')]:
+        dev, addr = flash_and_check(spec, rel)
+        m = module_at(dev, addr)
+        check(m and m['function'] == 'user' and m['valid'] and m['failed_checks'] == [], '%s: %s' % (rel, m))
+
+
+def test_dfu_flashes_system_parts_byte_identically():
+    for spec, rel in [('platform=photon,os=2.2.0', 'photon/photon-system-part1@2.2.0.bin'),
+                      ('platform=electron,os=2.2.0', 'electron/electron-system-part1@2.2.0.bin'),
+                      ('platform=boron,os=2.2.0', 'boron/boron-system-part1@2.2.0.bin')]:
+        dev, addr = flash_and_check(spec, rel)
+        m = module_at(dev, addr)
+        check(m and m['function'] == 'system' and m['valid'], '%s: %s' % (rel, m))
+
+
+def test_wrong_platform_image_boots_into_safe_mode():
+    # A P1 application on a Photon: same slot, platform check fails (facts §7.6).
+    dev, addr = flash_and_check('platform=photon,os=2.2.0', 'p1/tinker-0.4.5-p1.bin', expect_mode='safe')
+    m = module_at(dev, addr)
+    check(m and not m['valid'] and m['failed_checks'] == ['platform'], str(m))
+    # A Boron application on an Argon.
+    dev, addr = flash_and_check('platform=argon,os=1.5.2', 'boron/tinker-0.8.0-rc.27-boron.bin', expect_mode='safe')
+    m = module_at(dev, addr)
+    check(m and 'platform' in m['failed_checks'] and not m['valid'], str(m))
+
+
+def test_wrong_address_image_keeps_device_in_dfu():
+    # An application written over system part 1: the bootloader finds no valid system firmware.
+    dev, addr = flash_and_check('platform=photon,os=2.2.0', 'photon/tinker-0.4.5-photon.bin',
+                                expect_mode='dfu', alt_addr=0x08020000)
+    m = module_at(dev, 0x08020000)
+    check(m and m['function'] == 'user' and 'range' in m['failed_checks'], str(m))
+
+
+def test_impossible_specs_exit_125():
+    for spec in ['platform=photon,os=5.9.0', 'platform=p2,os=1.5.2', 'platform=nosuch',
+                 'platform=argon,mode=sleepy', 'platform=argon,faults=melt@3']:
+        rc, out, _ = run_sim([spec], ['true'], state=False)
+        check(rc == 125, '%s: exit %d (%s)' % (spec, rc, out))
+    rc, _, _ = run_sim(['platform=argon'], ['sh', '-c', 'exit 7'], state=False)
+    check(rc == 7, 'COMMAND status not propagated: %d' % rc)
+
+
+HOTPLUG_DRIVER = r'''
+import json, socket, subprocess, sys, time
+sock_path, watch = sys.argv[1], sys.argv[2]
+w = subprocess.Popen([watch], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+assert w.stdout.readline().strip() == 'ready'
+s = socket.socket(socket.AF_UNIX); s.connect(sock_path); f = s.makefile('rw')
+def ctl(**kw):
+    f.write(json.dumps(kw) + '\n'); f.flush(); r = json.loads(f.readline()); assert r['ok'], r; return r
+ctl(cmd='plug', spec='platform=boron,mode=dfu,os=5.9.0,name=b1,port=1-4')
+ctl(cmd='wait-idle')
+ctl(cmd='unplug', name='b1')
+ctl(cmd='plug', spec='platform=argon,mode=listening,os=5.9.0,name=a1,port=1-5')
+ctl(cmd='replug', name='b1', port='1-6')
+ctl(cmd='wait-idle')
+st = ctl(cmd='state')['state']
+time.sleep(0.3)
+w.stdin.close()
+print(json.dumps({'events': w.stdout.read().splitlines(), 'state': st}))
+'''
+
+
+def test_hotplug_is_seen_by_a_libudev_monitor():
+    sock = os.path.join(work, 'ctl.sock')
+    drv = os.path.join(work, 'drv.py')
+    open(drv, 'w').write(HOTPLUG_DRIVER)
+    rc, out, doc = run_sim([], [sys.executable, drv, sock, WATCH], extra=['--control', sock])
+    check(rc == 0, 'driver failed:\n' + out)
+    res = json.loads(out.strip().splitlines()[-1])
+    ev = [e.split() for e in res['events']]
+    b1 = [d for d in res['state']['devices'] if d['name'] == 'b1'][0]
+    a1 = [d for d in res['state']['devices'] if d['name'] == 'a1'][0]
+    usb = [(e[0], e[3], e[4]) for e in ev if e[1] == 'usb']
+    want = [('add', b1['device_id'], 'd00d'), ('remove', b1['device_id'], 'd00d'),
+            ('add', a1['device_id'], 'c00c'), ('add', b1['device_id'], 'd00d')]
+    check(usb == want, 'usb events %s != %s' % (usb, want))
+    check(any(e[0] == 'add' and e[1] == 'tty' and e[5] == '/dev/ttyACM0' and e[3] == a1['device_id'] for e in ev),
+          'no tty add for a1: %s' % res['events'])
+    check(b1['port'] == '1-6' and b1['mode'] == 'dfu', 'replug: %s' % b1)
+    check(doc['devices'][0]['device_id'] == b1['device_id'], 'replug changed the id')
+
+
+MAGIC_DRIVER = r'''
+import array, fcntl, os, struct, subprocess, sys, time
+watch = sys.argv[1]
+w = subprocess.Popen([watch], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+assert w.stdout.readline().strip() == 'ready'
+TCGETS2, TCSETS2, BOTHER, CBAUD = 0x802C542A, 0x402C542B, 0x1000, 0x100F
+def set_baud(fd, baud):
+    buf = bytearray(44); fcntl.ioctl(fd, TCGETS2, buf)
+    iflag, oflag, cflag, lflag = struct.unpack_from('4I', buf)
+    struct.pack_into('4I', buf, 0, iflag, oflag, (cflag & ~CBAUD) | BOTHER, lflag)
+    struct.pack_into('2I', buf, 36, baud, baud); fcntl.ioctl(fd, TCSETS2, buf)
+fd = os.open('/dev/ttyACM0', os.O_RDWR | os.O_NOCTTY)
+set_baud(fd, 14400)
+os.close(fd)
+time.sleep(1.0)
+w.stdin.close()
+print('\n'.join(w.stdout.read().splitlines()))
+'''
+
+
+def test_14400_baud_reenumerates_as_dfu_with_the_same_id():
+    drv = os.path.join(work, 'magic.py')
+    open(drv, 'w').write(MAGIC_DRIVER)
+    rc, out, doc = run_sim(['platform=argon,mode=normal,os=5.9.0'], [sys.executable, drv, WATCH])
+    check(rc == 0, 'driver failed:\n' + out)
+    dev = doc['devices'][0]
+    usb = [l.split() for l in out.splitlines() if ' usb ' in l]
+    want = [['remove', 'usb', 'usb_device', dev['device_id'], 'c00c'], ['add', 'usb', 'usb_device', dev['device_id'], 'd00c']]
+    check([u[:5] for u in usb] == want, 'events: %s' % out)
+    check(dev['mode'] == 'dfu', 'mode %s' % dev['mode'])
+
+
+TESTS = {n[5:]: f for n, f in globals().items() if n.startswith('test_')}
+if TEST not in TESTS:
+    print('unknown test; known: ' + ' '.join(TESTS))
+    sys.exit(2)
+TESTS[TEST]()
+print('PASS: ' + TEST)
