@@ -20,9 +20,17 @@
 static bool key_known(const struct listening *l, char c)
 {
 	switch (c) {
-	case 'i': case 'm': case 'f': case 'x': case 's': case 'v': case 'L':
+	case 'i':
+	case 'm':
+	case 'f':
+	case 'x':
+	case 's':
+	case 'v':
+	case 'L':
 		return true;
-	case 'c': case 'C': case 'd':
+	case 'c':
+	case 'C':
+	case 'd':
 		return l->cfg.era != LISTENING_ERA_0_4;
 	case 'w':
 		return l->cfg.wifi;
@@ -34,7 +42,8 @@ static bool key_known(const struct listening *l, char c)
 /* Gen 2 Photon/P1 builds have Wiring_WpaEnterprise (spark_wiring_platform.h). */
 static bool wifi_enterprise(const struct listening *l)
 {
-	return (l->cfg.platform_id == 6 || l->cfg.platform_id == 8) && l->cfg.era != LISTENING_ERA_0_4;
+	return (l->cfg.platform_id == 6 || l->cfg.platform_id == 8) &&
+	       l->cfg.era != LISTENING_ERA_0_4;
 }
 
 /* ---- deterministic modem identity for the cellular `i` form (§2.4) ------ */
@@ -50,9 +59,13 @@ static unsigned id_hash(const struct listening *l, unsigned salt)
 static const char *cell_radio_version(const struct listening *l)
 {
 	switch (l->cfg.platform_id) {
-	case 10: return "23.60";              /* Electron: u-blox SARA */
-	case 13: case 23: return "L0.0.00.00.05.12"; /* Boron, B-SoM: u-blox SARA-R4/R5 */
-	default: return "EG91NAXGAR07A07M1G_01.001.01.001"; /* Quectel (B5-SoM, Tracker, M-SoM) */
+	case 10:
+		return "23.60"; /* Electron: u-blox SARA */
+	case 13:
+	case 23:
+		return "L0.0.00.00.05.12"; /* Boron, B-SoM: u-blox SARA-R4/R5 */
+	default:
+		return "EG91NAXGAR07A07M1G_01.001.01.001"; /* Quectel (B5-SoM, Tracker, M-SoM) */
 	}
 }
 
@@ -64,8 +77,10 @@ static void cmd_i(struct listening *l)
 	}
 	char imei[16], iccid[21];
 	snprintf(imei, sizeof(imei), "3527530%08u", id_hash(l, 1) % 100000000u);
-	snprintf(iccid, sizeof(iccid), "89014103%06u%06u", id_hash(l, 2) % 1000000u, id_hash(l, 3) % 1000000u);
-	listening_printf(l, "Device ID: %s\r\nIMEI: %s\r\nICCID: %s\r\n", l->device_id, imei, iccid);
+	snprintf(iccid, sizeof(iccid), "89014103%06u%06u", id_hash(l, 2) % 1000000u,
+		 id_hash(l, 3) % 1000000u);
+	listening_printf(l, "Device ID: %s\r\nIMEI: %s\r\nICCID: %s\r\n", l->device_id, imei,
+			 iccid);
 	/* "cellfw" joined the key/value list in 2.0 (hal/src/<platform>/ota_flash_hal.cpp). */
 	if (l->cfg.era >= LISTENING_ERA_2)
 		listening_printf(l, "Cell Radio Version: %s\r\n", cell_radio_version(l));
@@ -76,15 +91,17 @@ static void cmd_m(struct listening *l)
 	unsigned b[6] = {0};
 	if (l->mac)
 		sscanf(l->mac, "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]);
-	listening_printf(l, "Your device MAC address is\r\n%02x:%02x:%02x:%02x:%02x:%02x\r\n", b[0] & 0xff,
-			 b[1] & 0xff, b[2] & 0xff, b[3] & 0xff, b[4] & 0xff, b[5] & 0xff);
+	listening_printf(l, "Your device MAC address is\r\n%02x:%02x:%02x:%02x:%02x:%02x\r\n",
+			 b[0] & 0xff, b[1] & 0xff, b[2] & 0xff, b[3] & 0xff, b[4] & 0xff,
+			 b[5] & 0xff);
 }
 
 static void cmd_s(struct listening *l)
 {
 	char *body = l->ops.system_info ? l->ops.system_info(l->ops.ctx) : NULL;
 	if (!body) {
-		/* WrappedStreamAppender writes "{" lazily: nothing appended → only "}\r\n" (§2.5). */
+		/* WrappedStreamAppender writes "{" lazily: nothing appended → only "}\r\n" (§2.5).
+		 */
 		listening_print(l, "}\r\n");
 		return;
 	}
@@ -126,7 +143,8 @@ static void cmd_f(struct listening *l, uint64_t now_ms)
 static void security_prompt(struct listening *l)
 {
 	if (wifi_enterprise(l))
-		listening_print(l, "Security 0=unsecured, 1=WEP, 2=WPA, 3=WPA2, 4=WPA Enterprise, 5=WPA2 Enterprise: ");
+		listening_print(l, "Security 0=unsecured, 1=WEP, 2=WPA, 3=WPA2, 4=WPA Enterprise, "
+				   "5=WPA2 Enterprise: ");
 	else
 		listening_print(l, "Security 0=unsecured, 1=WEP, 2=WPA, 3=WPA2: ");
 	console_start_line(l, STEP_SECURITY, 1);
@@ -137,8 +155,9 @@ static void wifi_save(struct listening *l)
 	listening_print(l, "Thanks! Wait while I save those credentials...\r\n\r\n");
 	listening_print(l, "Awesome. Now we'll connect!\r\n\r\n");
 	/* 0.4-era text has no space after "device" (v0.5.0 system_setup.cpp). */
-	listening_print(l, l->cfg.era == LISTENING_ERA_0_4 ? "If you see a pulsing cyan light, your device\r\n"
-							   : "If you see a pulsing cyan light, your device \r\n");
+	listening_print(l, l->cfg.era == LISTENING_ERA_0_4
+			       ? "If you see a pulsing cyan light, your device\r\n"
+			       : "If you see a pulsing cyan light, your device \r\n");
 	listening_print(l, "has connected to the Cloud and is ready to go!\r\n\r\n");
 	listening_print(l, "If your LED flashes red or you encounter any other problems,\r\n");
 	listening_print(l, "visit https://www.particle.io/support to debug.\r\n\r\n");
@@ -189,7 +208,9 @@ static void line_done(struct listening *l, const char *line, size_t len)
 		if (strlen(line) == 63)
 			listening_printf(l, "Claim code set to: %s", line);
 		else
-			listening_print(l, "Sorry, claim code is not 63 characters long. Claim code unchanged.");
+			listening_print(
+			    l,
+			    "Sorry, claim code is not 63 characters long. Claim code unchanged.");
 		listening_print(l, "\r\n");
 		return;
 	case STEP_SSID:
@@ -241,7 +262,8 @@ static void line_done(struct listening *l, const char *line, size_t len)
 		}
 		l->wifi_enterprise_tls = c0 == '1';
 		if (l->wifi_enterprise_tls) {
-			multiline_prompt(l, STEP_EAP_CLIENT_CERT, "Client certificate in PEM format:\r\n");
+			multiline_prompt(l, STEP_EAP_CLIENT_CERT,
+					 "Client certificate in PEM format:\r\n");
 		} else {
 			listening_print(l, "Username: ");
 			console_start_line(l, STEP_EAP_USERNAME, LISTENING_LINE_MAX);
@@ -276,7 +298,8 @@ void console_start_line(struct listening *l, enum line_step step, size_t max_len
 	l->line_len = 0;
 	l->line_max = max_len;
 	l->line[0] = '\0';
-	if (step != STEP_EAP_CLIENT_CERT && step != STEP_EAP_PRIVATE_KEY && step != STEP_EAP_ROOT_CA)
+	if (step != STEP_EAP_CLIENT_CERT && step != STEP_EAP_PRIVATE_KEY &&
+	    step != STEP_EAP_ROOT_CA)
 		l->multiline = false;
 }
 
@@ -333,12 +356,24 @@ static void command(struct listening *l, char c, uint64_t now_ms)
 	if (c != 'x' && c != 'L')
 		app_stray_output(l);
 	switch (c) {
-	case 'i': cmd_i(l); return;
-	case 'm': cmd_m(l); return;
-	case 's': cmd_s(l); return;
-	case 'v': cmd_v(l); return;
-	case 'd': cmd_d(l); return;
-	case 'f': cmd_f(l, now_ms); return;
+	case 'i':
+		cmd_i(l);
+		return;
+	case 'm':
+		cmd_m(l);
+		return;
+	case 's':
+		cmd_s(l);
+		return;
+	case 'v':
+		cmd_v(l);
+		return;
+	case 'd':
+		cmd_d(l);
+		return;
+	case 'f':
+		cmd_f(l, now_ms);
+		return;
 	case 'c':
 		listening_print(l, "Device claimed: no\r\n");
 		return;

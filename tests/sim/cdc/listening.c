@@ -127,7 +127,8 @@ void listening_do_reset(struct listening *l, enum listening_reset how)
 		l->ops.reset(l->ops.ctx, how);
 }
 
-void listening_start_busy(struct listening *l, enum busy_then then, uint64_t now_ms, uint64_t delay_ms)
+void listening_start_busy(struct listening *l, enum busy_then then, uint64_t now_ms,
+			  uint64_t delay_ms)
 {
 	l->sub = CONSOLE_BUSY;
 	l->busy_then = then;
@@ -163,7 +164,8 @@ void listening_add_fault(struct listening *l, const struct listening_fault *f)
 	}
 	fs->f.arg = fs->has_arg ? fs->arg : NULL;
 	/* An AT probe against a device already listening arrives right away. */
-	if (f->kind == LISTENING_FAULT_AT_PROBE && l->kind == LISTENING_CONSOLE && l->sub == CONSOLE_IDLE)
+	if (f->kind == LISTENING_FAULT_AT_PROBE && l->kind == LISTENING_CONSOLE &&
+	    l->sub == CONSOLE_IDLE)
 		at_probe_inject(l, l->now_ms);
 }
 
@@ -176,7 +178,8 @@ struct fault_slot *listening_fault_pending(struct listening *l, enum listening_f
 }
 
 /* Fault texts may carry C escapes (\r \n \t \\ \xNN) since SPEC values are one line. */
-const char *listening_fault_text(const struct fault_slot *fs, const char *dflt, char *buf, size_t size)
+const char *listening_fault_text(const struct fault_slot *fs, const char *dflt, char *buf,
+				 size_t size)
 {
 	if (!fs->has_arg)
 		return dflt;
@@ -188,9 +191,15 @@ const char *listening_fault_text(const struct fault_slot *fs, const char *dflt, 
 		}
 		p++;
 		switch (*p) {
-		case 'r': buf[o++] = '\r'; break;
-		case 'n': buf[o++] = '\n'; break;
-		case 't': buf[o++] = '\t'; break;
+		case 'r':
+			buf[o++] = '\r';
+			break;
+		case 'n':
+			buf[o++] = '\n';
+			break;
+		case 't':
+			buf[o++] = '\t';
+			break;
 		case 'x': {
 			unsigned v = 0;
 			int k = 0;
@@ -202,7 +211,9 @@ const char *listening_fault_text(const struct fault_slot *fs, const char *dflt, 
 			buf[o++] = (char)v;
 			break;
 		}
-		default: buf[o++] = *p; break;
+		default:
+			buf[o++] = *p;
+			break;
 		}
 	}
 	buf[o] = '\0';
@@ -307,11 +318,13 @@ static void busy_done(struct listening *l, uint64_t now_ms)
 static void run_timers(struct listening *l, uint64_t now_ms)
 {
 	for (int guard = 0; guard < 1000 && !l->gone; guard++) {
-		if (l->kind == LISTENING_CONSOLE && l->sub == CONSOLE_BUSY && now_ms >= l->busy_until) {
+		if (l->kind == LISTENING_CONSOLE && l->sub == CONSOLE_BUSY &&
+		    now_ms >= l->busy_until) {
 			busy_done(l, l->busy_until);
 			continue;
 		}
-		if (l->kind == LISTENING_CONSOLE && l->sub == CONSOLE_YMODEM && now_ms >= l->ym.deadline) {
+		if (l->kind == LISTENING_CONSOLE && l->sub == CONSOLE_YMODEM &&
+		    now_ms >= l->ym.deadline) {
 			ymodem_rx_timeout(l, l->ym.deadline);
 			continue;
 		}

@@ -14,21 +14,21 @@
 #include <stdarg.h>
 
 /* §4.1: block overhead, block sizes, name/size field limits. */
-#define YM_SOH 0x01
-#define YM_STX 0x02
-#define YM_EOT 0x04
-#define YM_ACK 0x06
-#define YM_NAK 0x15
-#define YM_CA 0x18
-#define YM_CRC16 0x43
-#define YM_PACKET_HEADER 3
-#define YM_PACKET_OVERHEAD 5
-#define YM_PACKET_SIZE 128
-#define YM_PACKET_1K_SIZE 1024
+#define YM_SOH		    0x01
+#define YM_STX		    0x02
+#define YM_EOT		    0x04
+#define YM_ACK		    0x06
+#define YM_NAK		    0x15
+#define YM_CA		    0x18
+#define YM_CRC16	    0x43
+#define YM_PACKET_HEADER    3
+#define YM_PACKET_OVERHEAD  5
+#define YM_PACKET_SIZE	    128
+#define YM_PACKET_1K_SIZE   1024
 #define YM_FILE_NAME_LENGTH 256
 #define YM_FILE_SIZE_LENGTH 16
-#define YM_MAX_ERRORS 5
-#define YM_NAK_TIMEOUT_MS 5000
+#define YM_MAX_ERRORS	    5
+#define YM_NAK_TIMEOUT_MS   5000
 
 /* Host bytes held while the device is busy (a delay inside a command); the
  * real CDC endpoint would push back on the host, we can only hold or drop. */
@@ -43,26 +43,26 @@
 #define LISTENING_FAULT_ARG_MAX 1024
 
 /* Device-side delays (not protocol timeouts, so not scaled by timeout_scale). */
-#define LISTENING_F6_DELAY_MS 100     /* 6.x `f`: HAL_Delay_Milliseconds(100) */
+#define LISTENING_F6_DELAY_MS	   100	/* 6.x `f`: HAL_Delay_Milliseconds(100) */
 #define LISTENING_SUCCESS_DELAY_MS 1000 /* §4.4: flush, 1 s, restart line */
-#define LISTENING_RESET_DELAY_MS 100  /* system_fileTransfer: 100 ms before reset */
+#define LISTENING_RESET_DELAY_MS   100	/* system_fileTransfer: 100 ms before reset */
 /* §4.5 / §11.2: Gen 2 on 3.x resets after 300 s of update inactivity. */
 #define LISTENING_GEN2_UPDATE_TIMEOUT_MS 300000
 
 /* What the console is doing inside listening mode. */
 enum console_sub {
-	CONSOLE_IDLE,    /* waiting for a command key */
-	CONSOLE_LINE,    /* serialReadLine() for a `C` / `w` prompt */
-	CONSOLE_YMODEM,  /* receive_file() */
-	CONSOLE_BUSY,    /* inside a delay; host bytes are held */
-	CONSOLE_HUNG,    /* fault `silent`: nothing answers any more */
+	CONSOLE_IDLE,	/* waiting for a command key */
+	CONSOLE_LINE,	/* serialReadLine() for a `C` / `w` prompt */
+	CONSOLE_YMODEM, /* receive_file() */
+	CONSOLE_BUSY,	/* inside a delay; host bytes are held */
+	CONSOLE_HUNG,	/* fault `silent`: nothing answers any more */
 };
 
 /* What happens when a CONSOLE_BUSY delay ends. */
 enum busy_then {
-	BUSY_F6_CANCEL,        /* 6.x `f`: four CAN + "no longer supported" */
-	BUSY_SUCCESS_RESTART,  /* print the restart line, then reset */
-	BUSY_RESET,            /* reset into the firmware */
+	BUSY_F6_CANCEL,	      /* 6.x `f`: four CAN + "no longer supported" */
+	BUSY_SUCCESS_RESTART, /* print the restart line, then reset */
+	BUSY_RESET,	      /* reset into the firmware */
 };
 
 /* Line-input steps (who asked for the line). */
@@ -135,8 +135,8 @@ struct listening {
 
 	/* CONSOLE_YMODEM */
 	struct ymodem_rx ym;
-	bool update_stuck;          /* §4.5 INFERRED 3.0-5.x state after a post-header failure */
-	uint64_t stuck_deadline;    /* Gen 2 on 3.x: reset after 300 s */
+	bool update_stuck;	 /* §4.5 INFERRED 3.0-5.x state after a post-header failure */
+	uint64_t stuck_deadline; /* Gen 2 on 3.x: reset after 300 s */
 
 	/* faults */
 	struct fault_slot faults[LISTENING_FAULTS_MAX];
@@ -149,12 +149,15 @@ struct listening {
 /* listening.c */
 void listening_send(struct listening *l, const void *buf, size_t len);
 void listening_print(struct listening *l, const char *s);
-void listening_printf(struct listening *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void listening_printf(struct listening *l, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 void listening_do_reset(struct listening *l, enum listening_reset how);
-void listening_start_busy(struct listening *l, enum busy_then then, uint64_t now_ms, uint64_t delay_ms);
+void listening_start_busy(struct listening *l, enum busy_then then, uint64_t now_ms,
+			  uint64_t delay_ms);
 uint64_t listening_scaled(const struct listening *l, uint64_t ms);
 struct fault_slot *listening_fault_pending(struct listening *l, enum listening_fault_kind kind);
-const char *listening_fault_text(const struct fault_slot *fs, const char *dflt, char *buf, size_t size);
+const char *listening_fault_text(const struct fault_slot *fs, const char *dflt, char *buf,
+				 size_t size);
 
 /* console.c: one host byte in CONSOLE_IDLE or CONSOLE_LINE. */
 void console_byte(struct listening *l, uint8_t c, uint64_t now_ms);

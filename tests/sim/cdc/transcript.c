@@ -43,8 +43,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_OUT (1u << 20)
-#define MAX_IMAGE (4u << 20)
+#define MAX_OUT	   (1u << 20)
+#define MAX_IMAGE  (4u << 20)
 #define MAX_RESETS 16
 
 struct fake {
@@ -155,17 +155,27 @@ static size_t unescape(const char *s, uint8_t *out, size_t max)
 		}
 		s++;
 		switch (*s) {
-		case 'r': out[n++] = '\r'; break;
-		case 'n': out[n++] = '\n'; break;
-		case 't': out[n++] = '\t'; break;
-		case '0': out[n++] = 0; break;
+		case 'r':
+			out[n++] = '\r';
+			break;
+		case 'n':
+			out[n++] = '\n';
+			break;
+		case 't':
+			out[n++] = '\t';
+			break;
+		case '0':
+			out[n++] = 0;
+			break;
 		case 'x': {
 			char h[3] = {s[1], s[2], 0};
 			out[n++] = (uint8_t)strtoul(h, NULL, 16);
 			s += 2;
 			break;
 		}
-		default: out[n++] = (uint8_t)*s; break;
+		default:
+			out[n++] = (uint8_t)*s;
+			break;
 		}
 	}
 	if (*s != '"')
@@ -214,7 +224,8 @@ static bool has_word(const char *args, const char *w)
 {
 	size_t wl = strlen(w);
 	for (const char *p = args; (p = strstr(p, w)); p += wl)
-		if ((p == args || isspace((unsigned char)p[-1])) && (!p[wl] || isspace((unsigned char)p[wl])))
+		if ((p == args || isspace((unsigned char)p[-1])) &&
+		    (!p[wl] || isspace((unsigned char)p[wl])))
 			return true;
 	return false;
 }
@@ -260,14 +271,14 @@ static void ensure_engine(struct run *r)
 	if (r->l)
 		return;
 	struct listening_ops ops = {
-		.ctx = &r->fk,
-		.send = fk_send,
-		.reset = fk_reset,
-		.exit_listening = fk_exit,
-		.ota_begin = fk_begin,
-		.ota_write = fk_write,
-		.ota_finish = fk_finish,
-		.system_info = fk_sysinfo,
+	    .ctx = &r->fk,
+	    .send = fk_send,
+	    .reset = fk_reset,
+	    .exit_listening = fk_exit,
+	    .ota_begin = fk_begin,
+	    .ota_write = fk_write,
+	    .ota_finish = fk_finish,
+	    .system_info = fk_sysinfo,
 	};
 	r->l = listening_new(&r->cfg, &ops, r->initial);
 	if (!r->l)
@@ -280,7 +291,8 @@ static void input(struct run *r, const uint8_t *b, size_t n)
 	listening_input(r->l, b, n, r->now);
 }
 
-static void send_block(struct run *r, int mark, unsigned seq, int compl, const uint8_t *data, size_t n, size_t cut)
+static void send_block(struct run *r, int mark, unsigned seq, int compl, const uint8_t *data,
+		       size_t n, size_t cut)
 {
 	size_t size = mark == 0x02 ? 1024 : 128;
 	uint8_t pkt[1029] = {0};
@@ -336,7 +348,8 @@ static void cmd_fault(struct run *r, const char *a)
 	int used = 0;
 	if (sscanf(a, "%15s %15s %lu %n", kind, unit, &at, &used) < 3)
 		fail("fault KIND UNIT AT [\"ARG\"]");
-	static const char *const kinds[] = {"unplug", "cancel", "nak", "silent", "reset", "stray", "atprobe"};
+	static const char *const kinds[] = {"unplug", "cancel", "nak",	  "silent",
+					    "reset",  "stray",	"atprobe"};
 	struct listening_fault f = {0};
 	size_t k;
 	for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]) && strcmp(kinds[k], kind); k++)
@@ -344,8 +357,9 @@ static void cmd_fault(struct run *r, const char *a)
 	if (k == sizeof(kinds) / sizeof(kinds[0]))
 		fail("bad fault kind %s", kind);
 	f.kind = (enum listening_fault_kind)k;
-	f.unit = !strcmp(unit, "byte") ? LISTENING_AT_BYTE : !strcmp(unit, "percent") ? LISTENING_AT_PERCENT
-											: LISTENING_AT_BLOCK;
+	f.unit = !strcmp(unit, "byte")	    ? LISTENING_AT_BYTE
+		 : !strcmp(unit, "percent") ? LISTENING_AT_PERCENT
+					    : LISTENING_AT_BLOCK;
 	f.at = (uint32_t)at;
 	char arg[1100];
 	const char *rest = a + used;
@@ -470,7 +484,8 @@ static void directive(struct run *r, char *line)
 		if (kv(a, "seq", v, sizeof(v)))
 			seq = atoi(v);
 		int n = snprintf((char *)buf, sizeof(buf), "%s%c%lu ", name, 0, size);
-		send_block(r, has_word(a, "stx") ? 0x02 : 0x01, (unsigned)seq, -1, buf, (size_t)n, 0);
+		send_block(r, has_word(a, "stx") ? 0x02 : 0x01, (unsigned)seq, -1, buf, (size_t)n,
+			   0);
 		r->cursor = 0;
 	} else if (!strcmp(cmd, "empty-header")) {
 		uint8_t z[4] = {0, '0', ' ', 0};
@@ -509,7 +524,8 @@ static void directive(struct run *r, char *line)
 		r->fk.exits--;
 	} else if (!strcmp(cmd, "state")) {
 		ensure_engine(r);
-		enum listening_state_kind want = !strcmp(a, "console") ? LISTENING_CONSOLE : LISTENING_APP;
+		enum listening_state_kind want =
+		    !strcmp(a, "console") ? LISTENING_CONSOLE : LISTENING_APP;
 		if (listening_state(r->l) != want)
 			fail("state is %d, expected %s", (int)listening_state(r->l), a);
 	} else if (!strcmp(cmd, "deadline")) {
@@ -526,7 +542,8 @@ static void directive(struct run *r, char *line)
 	} else if (!strcmp(cmd, "ymodem-bytes")) {
 		ensure_engine(r);
 		if (listening_ymodem_bytes(r->l) != strtoull(a, NULL, 10))
-			fail("ymodem bytes %llu, expected %s", (unsigned long long)listening_ymodem_bytes(r->l), a);
+			fail("ymodem bytes %llu, expected %s",
+			     (unsigned long long)listening_ymodem_bytes(r->l), a);
 	} else if (!strcmp(cmd, "finish-calls")) {
 		if (r->fk.finish_calls != atoi(a))
 			fail("ota_finish called %d times, expected %s", r->fk.finish_calls, a);

@@ -58,8 +58,9 @@ static bool fault_at_data_byte(struct listening *l, uint64_t data_count)
 		if (data_count <= fault_byte_point(l, &fs->f))
 			continue;
 		fs->fired = true;
-		listening_do_reset(l, fs->f.kind == LISTENING_FAULT_UNPLUG ? LISTENING_RESET_UNPLUG
-									 : LISTENING_RESET_FIRMWARE);
+		listening_do_reset(l, fs->f.kind == LISTENING_FAULT_UNPLUG
+					  ? LISTENING_RESET_UNPLUG
+					  : LISTENING_RESET_FIRMWARE);
 		return true;
 	}
 	return false;
@@ -75,16 +76,17 @@ static bool fault_at_block_start(struct listening *l, uint32_t block)
 		if (fs->f.kind != LISTENING_FAULT_UNPLUG && fs->f.kind != LISTENING_FAULT_RESET)
 			continue;
 		fs->fired = true;
-		listening_do_reset(l, fs->f.kind == LISTENING_FAULT_UNPLUG ? LISTENING_RESET_UNPLUG
-									 : LISTENING_RESET_FIRMWARE);
+		listening_do_reset(l, fs->f.kind == LISTENING_FAULT_UNPLUG
+					  ? LISTENING_RESET_UNPLUG
+					  : LISTENING_RESET_FIRMWARE);
 		return true;
 	}
 	return false;
 }
 
 /* Cancel / NAK storm / silence decided when data block `block` is complete. */
-static struct fault_slot *fault_at_block_end(struct listening *l, enum listening_fault_kind kind, uint32_t block,
-					     uint32_t start, uint32_t end)
+static struct fault_slot *fault_at_block_end(struct listening *l, enum listening_fault_kind kind,
+					     uint32_t block, uint32_t start, uint32_t end)
 {
 	for (size_t i = 0; i < l->n_faults; i++) {
 		struct fault_slot *fs = &l->faults[i];
@@ -95,10 +97,12 @@ static struct fault_slot *fault_at_block_end(struct listening *l, enum listening
 			continue;
 		bool hit;
 		if (fs->f.unit == LISTENING_AT_BLOCK)
-			hit = kind == LISTENING_FAULT_NAK_STORM ? block >= fs->f.at : block == fs->f.at;
+			hit = kind == LISTENING_FAULT_NAK_STORM ? block >= fs->f.at
+								: block == fs->f.at;
 		else
-			hit = fault_byte_point(l, &fs->f) < end || (kind == LISTENING_FAULT_NAK_STORM &&
-								    fault_byte_point(l, &fs->f) < start);
+			hit = fault_byte_point(l, &fs->f) < end ||
+			      (kind == LISTENING_FAULT_NAK_STORM &&
+			       fault_byte_point(l, &fs->f) < start);
 		if (fs->f.at == UINT32_MAX)
 			hit = false; /* storm ended by a reset */
 		if (hit) {
@@ -120,17 +124,21 @@ static void finish(struct listening *l, int32_t size, uint64_t now_ms)
 		/* v0.5.0: the empty header was ACKed already; success is printed
 		 * unconditionally, the update finished after the 1 s delay. */
 		if (size > 0) {
-			listening_printf(l, "\r\nDownloaded file successfully!\r\nName: %s\r\nSize: %d bytes\r\n",
-					 l->ym.file_name, (int)size);
+			listening_printf(
+			    l,
+			    "\r\nDownloaded file successfully!\r\nName: %s\r\nSize: %d bytes\r\n",
+			    l->ym.file_name, (int)size);
 			if (l->ops.ota_finish) {
 				unsigned mask = 0;
 				(void)l->ops.ota_finish(l->ops.ctx, &mask);
 			}
-			listening_start_busy(l, BUSY_SUCCESS_RESTART, now_ms, LISTENING_SUCCESS_DELAY_MS);
+			listening_start_busy(l, BUSY_SUCCESS_RESTART, now_ms,
+					     LISTENING_SUCCESS_DELAY_MS);
 			return;
 		}
 		if (size == -1)
-			listening_print(l, "The file size is higher than the allowed space memory!\r\n");
+			listening_print(
+			    l, "The file size is higher than the allowed space memory!\r\n");
 		else if (size == -2)
 			listening_print(l, "Verification failed!\r\n");
 		else if (size == -3)
@@ -147,9 +155,12 @@ static void finish(struct listening *l, int32_t size, uint64_t now_ms)
 		if (ok) {
 			/* "Respond to EOT with ACK", then the text; 1 s; restart line (§4.4). */
 			send_byte(l, YM_ACK);
-			listening_printf(l, "\r\nDownloaded file successfully!\r\nName: %s\r\nSize: %d bytes\r\n",
-					 l->ym.file_name, (int)size);
-			listening_start_busy(l, BUSY_SUCCESS_RESTART, now_ms, LISTENING_SUCCESS_DELAY_MS);
+			listening_printf(
+			    l,
+			    "\r\nDownloaded file successfully!\r\nName: %s\r\nSize: %d bytes\r\n",
+			    l->ym.file_name, (int)size);
+			listening_start_busy(l, BUSY_SUCCESS_RESTART, now_ms,
+					     LISTENING_SUCCESS_DELAY_MS);
 			return;
 		}
 		send_ca_ca(l);
@@ -178,7 +189,8 @@ static void finish(struct listening *l, int32_t size, uint64_t now_ms)
 	if (era == LISTENING_ERA_3 && l->ym.header_accepted) {
 		l->update_stuck = true;
 		if (is_gen2(l))
-			l->stuck_deadline = now_ms + listening_scaled(l, LISTENING_GEN2_UPDATE_TIMEOUT_MS);
+			l->stuck_deadline =
+			    now_ms + listening_scaled(l, LISTENING_GEN2_UPDATE_TIMEOUT_MS);
 	}
 }
 
@@ -296,7 +308,7 @@ static void packet_complete(struct listening *l, uint64_t now_ms)
 {
 	struct ymodem_rx *ym = &l->ym;
 	unsigned seq = ym->pkt[1], compl = ym->pkt[2];
-	if (seq != (compl ^ 0xffu)) {
+	if (seq != (compl ^0xffu)) {
 		packet_error(l, now_ms);
 		return;
 	}
@@ -366,7 +378,8 @@ void ymodem_rx_byte(struct listening *l, uint8_t c, uint64_t now_ms)
 		ym->pkt[ym->have++] = c;
 		if (ym->packets_received > 0 && ym->have > YM_PACKET_HEADER &&
 		    ym->have <= ym->need - 2 &&
-		    fault_at_data_byte(l, (uint64_t)ym->chunk_offset + (ym->have - YM_PACKET_HEADER)))
+		    fault_at_data_byte(l,
+				       (uint64_t)ym->chunk_offset + (ym->have - YM_PACKET_HEADER)))
 			return;
 		if (ym->have == ym->need) {
 			packet_complete(l, now_ms);
