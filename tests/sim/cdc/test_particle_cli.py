@@ -29,6 +29,9 @@ photon_app = simlib.fixture("photon/photon_doctor.bin")
 electron_app = simlib.fixture("electron/electron_tinker.bin")
 work = simlib.workdir()
 os.environ["HOME"] = work  # particle-cli writes ~/.particle
+# Before libumockdev-preload (flashd-sim appends it): see close_shim.c.
+if os.path.exists(os.environ.get("CLOSE_SHIM", "")):
+    os.environ["LD_PRELOAD"] = os.environ["CLOSE_SHIM"]
 os.environ["PARTICLE_DISABLE_UPDATE"] = "true"  # settings.js: no registry lookup per run
 
 for attempt_name, app, want_ok in (("photon-app", photon_app, True),
