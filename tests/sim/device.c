@@ -6,7 +6,10 @@
 #include "timing.h"
 #include "usbdesc.h"
 
+#include <glib-unix.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct sim_device *device_new(struct sim *sim, const struct sim_spec *spec)
 {
@@ -163,17 +166,19 @@ static void describe_interface(struct sim_device *d, GString *s, int number, con
 							    : "ff");
 }
 
-static void describe_tty(struct sim_device *d, GString *s)
+static void describe_tty(struct sim_device *d, GString *s, bool new_node)
 {
 	const struct platform *p = d->spec.platform;
 	int comm = usbdesc_cdc_interface(d);
 	const char *serial = d->spec.serial[0] ? d->spec.serial : d->spec.id;
 	char *model = model_property(p->cdc_product);
-	g_string_append_printf(s,
-			       "P: %s/%s:1.%d/tty/ttyACM%d\nN: ttyACM%d\nE: SUBSYSTEM=tty\n"
-			       "E: DEVNAME=/dev/ttyACM%d\nE: MAJOR=166\nE: MINOR=%d\n",
-			       d->usb_syspath, d->spec.port, comm, d->tty_index, d->tty_index,
-			       d->tty_index, d->tty_index);
+	g_string_append_printf(s, "P: %s/%s:1.%d/tty/ttyACM%d\n", d->usb_syspath, d->spec.port,
+			       comm, d->tty_index);
+	if (new_node)
+		g_string_append_printf(s, "N: ttyACM%d\n", d->tty_index);
+	g_string_append_printf(
+	    s, "E: SUBSYSTEM=tty\nE: DEVNAME=/dev/ttyACM%d\nE: MAJOR=166\nE: MINOR=%d\n",
+	    d->tty_index, d->tty_index);
 	/* §1.3: udev usb_id properties of the ttyACM. */
 	g_string_append_printf(
 	    s,
@@ -186,6 +191,30 @@ static void describe_tty(struct sim_device *d, GString *s)
 	    p->vid, model, p->cdc_pid, model, serial, serial, comm, strchr(d->spec.port, '-') + 1,
 	    comm, d->tty_index);
 	g_free(model);
+}
+
+/*
+ * umockdev 0.17.16 keeps a removed tty's pty master in its table and asserts
+ * when the same node is created again, so a re-enumerated ttyACMn gets the
+ * old pty back: the node is a symlink to its slave (as umockdev makes it).
+ */
+static void relink_pty(struct sim *sim, const char *devnode)
+{
+	int master = umockdev_testbed_get_dev_fd(sim->tb, devnode);
+	char *slave = master >= 0 ? ptsname(master) : NULL;
+	if (!slave)
+		return;
+	uint8_t junk[256];
+	g_unix_set_fd_nonblocking(master, TRUE, NULL);
+	while (read(master, junk, sizeof(junk)) > 0) /* stale bytes of the previous session */
+		;
+	gchar *root = umockdev_testbed_get_root_dir(sim->tb);
+	gchar *node = g_build_filename(root, devnode, NULL);
+	unlink(node);
+	if (symlink(slave, node) < 0)
+		g_printerr("flashd-sim: cannot recreate %s: %m\n", devnode);
+	g_free(node);
+	g_free(root);
 }
 
 static int free_tty_index(struct sim *sim, struct sim_device *self)
@@ -221,7 +250,7 @@ int device_plug(struct sim_device *d, GError **error)
 	dfu_enumerated(d);
 	usbdev_flush(d);
 	d->generation++;
-	bool cdc = mode != SIM_MODE_DFU;
+	bool cdc = mode != SIM_MODE_DFU, reuse_pty = false;
 	d->tty_index = cdc ? free_tty_index(sim, d) : -1;
 	if (cdc)
 		snprintf(d->tty_devnode, sizeof(d->tty_devnode), "/dev/ttyACM%d", d->tty_index);
@@ -235,7 +264,10 @@ int device_plug(struct sim_device *d, GError **error)
 		describe_interface(d, s, comm + 1, "10/0/0");
 		if (comm == 0)
 			describe_interface(d, s, 2, "255/255/255");
-		describe_tty(d, s);
+		reuse_pty = d->tty_index < SIM_MAX_TTYS && sim->tty_created[d->tty_index];
+		if (d->tty_index < SIM_MAX_TTYS)
+			sim->tty_created[d->tty_index] = true;
+		describe_tty(d, s, !reuse_pty);
 	}
 	UMockdevIoctlBase *old = d->usb_handler;
 	d->usb_handler = usbdev_handler_new(d);
@@ -252,6 +284,8 @@ int device_plug(struct sim_device *d, GError **error)
 	if (ok)
 		ok = umockdev_testbed_add_from_string(sim->tb, s->str, error);
 	g_string_free(s, TRUE);
+	if (ok && reuse_pty)
+		relink_pty(sim, d->tty_devnode);
 	if (!ok)
 		return -1;
 	g_mutex_lock(&sim->lock);
@@ -277,7 +311,8 @@ void device_unplug(struct sim_device *d)
 	d->present = false;
 	bool cdc = d->tty_index >= 0;
 	/* The testbed names devices by their full path under /sys. */
-	char usb[DEVICE_PATH_MAX + 8], tty[DEVICE_PATH_MAX + 8], ttynode[32];
+	char usb[DEVICE_PATH_MAX + 8], tty[DEVICE_PATH_MAX + 8], ttynode[32], port[SIM_PORT_MAX];
+	g_strlcpy(port, d->spec.port, sizeof(port));
 	snprintf(usb, sizeof(usb), "/sys%s", d->usb_syspath);
 	snprintf(tty, sizeof(tty), "/sys%s", d->tty_syspath);
 	g_strlcpy(ttynode, d->tty_devnode, sizeof(ttynode));
@@ -288,11 +323,14 @@ void device_unplug(struct sim_device *d)
 	if (cdc)
 		cdc_detach(d);
 	/* remove_device() sends nothing: the remove uevents go first, children first (§2). */
+	/* Children are removed one by one: their /sys/bus and /sys/class links must go too. */
 	if (cdc) {
 		umockdev_testbed_uevent(sim->tb, tty, "remove");
+		umockdev_testbed_remove_device(sim->tb, tty);
 		for (int i = 2; i >= 0; i--) {
-			gchar *intf = g_strdup_printf("%s/%s:1.%d", usb, d->spec.port, i);
+			gchar *intf = g_strdup_printf("%s/%s:1.%d", usb, port, i);
 			umockdev_testbed_uevent(sim->tb, intf, "remove");
+			umockdev_testbed_remove_device(sim->tb, intf);
 			g_free(intf);
 		}
 	}

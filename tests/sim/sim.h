@@ -21,6 +21,7 @@
 #define SIM_MAX_FAULTS	     8
 #define SIM_NAME_MAX	     32
 #define SIM_PORT_MAX	     32
+#define SIM_MAX_TTYS	     64
 
 enum sim_mode {
 	SIM_MODE_LISTENING,
@@ -75,10 +76,10 @@ struct sim {
 	struct sim_device *devices[SIM_MAX_DEVICES];
 	unsigned n_devices;
 	unsigned next_devnum;
-	unsigned next_tty;
-	gint pending_work;	 /* scheduled resets/re-enumerations (wait-idle); atomic */
-	GPtrArray *retired;	 /* ioctl handlers of removed nodes, kept until exit */
-	GPtrArray *idle_waiters; /* control clients waiting for wait-idle */
+	bool tty_created[SIM_MAX_TTYS]; /* umockdev keeps a tty's pty after removal: reuse it */
+	gint pending_work;		/* scheduled resets/re-enumerations (wait-idle); atomic */
+	GPtrArray *retired;		/* ioctl handlers of removed nodes, kept until exit */
+	GPtrArray *idle_waiters;	/* control clients waiting for wait-idle */
 	GPid child;
 	int child_status;
 	bool child_exited;

@@ -102,7 +102,8 @@ static int resolve_os(struct sim_spec *spec, char *err, size_t err_size)
 	}
 	unsigned sys = base->system;
 	if (!exact) {
-		unsigned guess = (unsigned)(M * 1000 + m * 100 + p + 1); /* 6.3.4 -> 6305 (fixtures) */
+		unsigned guess =
+		    (unsigned)(M * 1000 + m * 100 + p + 1); /* 6.3.4 -> 6305 (fixtures) */
 		sys = guess > sys ? guess : sys + 1;
 	}
 	spec->system_version = (uint16_t)sys;
