@@ -120,6 +120,14 @@ static json_t *dispatch(struct client *c, json_t *req, bool *deferred)
 		*deferred = true;
 		return NULL;
 	}
+	static const char *const known[] = {"unplug", "replug", "mode", "fault"};
+	bool is_known = false;
+	for (unsigned i = 0; i < G_N_ELEMENTS(known); i++)
+		is_known |= strcmp(cmd, known[i]) == 0;
+	if (!is_known)
+		return fail(
+		    "unknown command %s (plug, unplug, replug, mode, fault, state, wait-idle)",
+		    cmd);
 	const char *name = json_string_value(json_object_get(req, "name"));
 	struct sim_device *d = find(sim, name);
 	if (!d)

@@ -228,6 +228,7 @@ def test_hotplug_is_seen_by_a_libudev_monitor():
     check(any(e[0] == 'add' and e[1] == 'tty' and e[5] == '/dev/ttyACM0' and e[3] == a1['device_id'] for e in ev),
           'no tty add for a1: %s' % res['events'])
     check(b1['port'] == '1-6' and b1['mode'] == 'dfu', 'replug: %s' % b1)
+    jsonschema.validate(res['state'], SCHEMA)
     check(doc['devices'][0]['device_id'] == b1['device_id'], 'replug changed the id')
 
 
@@ -261,6 +262,29 @@ def test_14400_baud_reenumerates_as_dfu_with_the_same_id():
     want = [['remove', 'usb', 'usb_device', dev['device_id'], 'c00c'], ['add', 'usb', 'usb_device', dev['device_id'], 'd00c']]
     check([u[:5] for u in usb] == want, 'events: %s' % out)
     check(dev['mode'] == 'dfu', 'mode %s' % dev['mode'])
+
+
+def test_dfu_upload_reads_memory_and_protection_refuses_it():
+    out_file = os.path.join(work, 'upload.bin')
+    rc, out, doc = run_sim(['platform=argon,mode=dfu,os=6.2.0'],
+                           ['dfu-util', '-a', '0', '-s', '0xf4000:8192', '-U', out_file])
+    check(rc == 0, 'upload failed:\n' + out)
+    base, mem = dump(doc, doc['devices'][0])
+    check(open(out_file, 'rb').read() == mem[0xf4000 - base:0xf4000 - base + 8192], 'upload != memory')
+    os.unlink(out_file)
+    rc, out, doc = run_sim(['platform=argon,mode=dfu,os=6.2.0,protected=1'],
+                           ['sh', '-c', 'dfu-util -l; dfu-util -a 0 -s 0xf4000:4096 -U %s' % out_file])
+    check(rc != 0, 'a protected device allowed UPLOAD:\n' + out)
+    check('1*004Kb,47*004Kb,192*004Kb,4*004Kb,4*004Kb,8*004Kb' in out, 'protected map not b-only:\n' + out)
+
+
+def test_dfu_stall_fault_fails_the_download():
+    path = fixture('esomx/tinker-6.3.4-esomx.bin')
+    rc, out, doc = run_sim(['platform=esomx,mode=dfu,os=6.3.4,faults=stall@chunk2:errTARGET'],
+                           ['dfu-util', '-a', '0', '-s', '0xb4000:leave', '-D', path])
+    check(rc != 0 and 'LIBUSB_ERROR_PIPE' in out, 'stall fault not seen:\n' + out)
+    dev = doc['devices'][0]
+    check(dev['mode'] == 'dfu' and dev['received']['dfu_bytes'] == 4096, 'after stall: %s' % dev)
 
 
 TESTS = {n[5:]: f for n, f in globals().items() if n.startswith('test_')}
