@@ -1,0 +1,703 @@
+/*
+ * The job state machine (daemon/jobs.c) against a fake transport: every
+ * transition, cancel in each state, handoff, a device that never appears,
+ * and the exactly-one-job-ended rule.
+ */
+#include "jobs.h"
+#include "registry.h"
+#include "settings.h"
+
+#include <event2/event.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+/* ---- fake transport ---------------------------------------------------- */
+
+enum fake_cancel { FAKE_CANCEL_AT_ONCE, FAKE_CANCEL_IGNORE };
+
+struct transport_run {
+	struct job *job;
+	const struct transport_ops *ops;
+	enum fake_cancel cancel_mode;
+	int device_events[3];
+	bool freed_check;
+};
+
+static struct {
+	struct transport_run *run; /* the live run */
+	int starts, frees, cancels;
+	bool start_fails;
+	bool serve_dfu_only;
+	enum fake_cancel cancel_mode;
+	const char *last_started_by;
+} fake;
+
+static bool fake_can_serve(const struct device_snapshot *dev)
+{
+	return !fake.serve_dfu_only || dev->mode == DEVICE_MODE_DFU;
+}
+
+static struct transport_run *fake_start_common(struct job *job, struct error *err,
+					       const struct transport_ops *ops)
+{
+	fake.starts++;
+	fake.last_started_by = ops->name;
+	if (fake.start_fails) {
+		error_set(err, ERR_PERMISSION_DENIED, "fake: cannot open");
+		return NULL;
+	}
+	struct transport_run *r = calloc(1, sizeof(*r));
+	r->job = job;
+	r->ops = ops;
+	r->cancel_mode = fake.cancel_mode;
+	fake.run = r;
+	return r;
+}
+
+static const struct transport_ops fake_serial;
+static const struct transport_ops fake_dfu;
+
+static struct transport_run *fake_serial_start(struct job *job, struct error *err)
+{
+	return fake_start_common(job, err, &fake_serial);
+}
+
+static struct transport_run *fake_dfu_start(struct job *job, struct error *err)
+{
+	return fake_start_common(job, err, &fake_dfu);
+}
+
+static void fake_cancel(struct transport_run *r)
+{
+	fake.cancels++;
+	if (r->cancel_mode == FAKE_CANCEL_AT_ONCE) {
+		struct error e;
+		error_init(&e);
+		error_set(&e, ERR_CANCELLED, "fake stopped at a block boundary");
+		error_detail_str(&e, "device_state", "partly written");
+		job_finish(r->job, JOB_RESULT_CANCELLED, NULL, &e);
+	}
+}
+
+static void fake_device_event(struct transport_run *r, enum device_event ev,
+			      const struct device_snapshot *dev)
+{
+	(void)dev;
+	r->device_events[ev]++;
+}
+
+static void fake_free(struct transport_run *r)
+{
+	if (!r)
+		return;
+	fake.frees++;
+	if (fake.run == r)
+		fake.run = NULL;
+	free(r);
+}
+
+static const struct timeout_def fake_timeouts[] = {{"fake_step_ms", 1000, "a fake step"}, {0}};
+
+static const struct transport_ops fake_serial = {
+    .name = "serial",
+    .can_serve = fake_can_serve,
+    .start = fake_serial_start,
+    .cancel = fake_cancel,
+    .device_event = fake_device_event,
+    .free = fake_free,
+    .timeouts = fake_timeouts,
+};
+
+static const struct transport_ops fake_dfu = {
+    .name = "dfu",
+    .can_serve = fake_can_serve,
+    .start = fake_dfu_start,
+    .cancel = fake_cancel,
+    .device_event = fake_device_event,
+    .free = fake_free,
+};
+
+static const struct transport_ops *const only_serial[] = {&fake_serial, NULL};
+static const struct transport_ops *const serial_and_dfu[] = {&fake_serial, &fake_dfu, NULL};
+
+/* ---- fixture ----------------------------------------------------------- */
+
+#define MAX_EVENTS 256
+
+struct fx {
+	struct event_base *base;
+	struct registry *reg;
+	struct image_cache *images;
+	struct jobs *jobs;
+	json_t *events; /* every job event, in order */
+};
+
+static void sink(void *ctx, struct job *job, json_t *event)
+{
+	(void)job;
+	struct fx *fx = ctx;
+	json_array_append(fx->events, event);
+}
+
+static void on_device(void *ctx, struct device *dev, enum registry_change c)
+{
+	struct fx *fx = ctx;
+	if (fx->jobs)
+		jobs_on_device(fx->jobs, dev, c);
+}
+
+static struct fx *fx_new(const struct transport_ops *const *transports)
+{
+	struct fx *fx = calloc(1, sizeof(*fx));
+	memset(&fake, 0, sizeof(fake));
+	timeouts_reset();
+	fx->base = event_base_new();
+	fx->reg = registry_new(fx->base);
+	fx->images = image_cache_new(1 << 20);
+	fx->jobs = jobs_new(fx->base, fx->reg, fx->images, transports, 8, 16);
+	fx->events = json_array();
+	jobs_set_sink(fx->jobs, sink, fx);
+	registry_set_listener(fx->reg, on_device, fx);
+	timeouts_set("job_cancel_grace_ms", 20);
+	return fx;
+}
+
+static void fx_free(struct fx *fx)
+{
+	jobs_free(fx->jobs);
+	fx->jobs = NULL;
+	registry_free(fx->reg);
+	image_cache_free(fx->images);
+	event_base_free(fx->base);
+	json_decref(fx->events);
+	free(fx);
+}
+
+/* Runs deferred work and due timers (never blocks). */
+static void spin(struct fx *fx)
+{
+	for (int i = 0; i < 8; i++)
+		event_base_loop(fx->base, EVLOOP_NONBLOCK);
+}
+
+/* Runs the loop until a timer of at most ms has fired. */
+static void spin_for(struct fx *fx, int ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	event_base_loopexit(fx->base, &tv);
+	event_base_dispatch(fx->base);
+	spin(fx);
+}
+
+static void plug(struct fx *fx, const char *serial, const char *port, uint16_t pid)
+{
+	struct registry_node n;
+	memset(&n, 0, sizeof(n));
+	snprintf(n.syspath, sizeof(n.syspath), "/sys/devices/usb1/%s", port);
+	snprintf(n.usb_syspath, sizeof(n.usb_syspath), "%s", n.syspath);
+	snprintf(n.port_path, sizeof(n.port_path), "%s", port);
+	snprintf(n.devnode, sizeof(n.devnode), "/dev/bus/usb/001/00%c", port[2]);
+	snprintf(n.serial, sizeof(n.serial), "%s", serial);
+	n.vid = 0x2b04;
+	n.pid = pid;
+	registry_node_added(fx->reg, &n);
+}
+
+static void unplug(struct fx *fx, const char *port)
+{
+	char syspath[DEVICE_PATH_MAX];
+	snprintf(syspath, sizeof(syspath), "/sys/devices/usb1/%s", port);
+	registry_node_removed(fx->reg, syspath);
+}
+
+#define PHOTON_ID  "3c0021000d47353033323637"
+#define ARGON_ID   "e00fce68aaaaaaaaaaaaaaaa"
+#define PHOTON_DFU 0xd006
+#define PHOTON_CDC 0xc006
+
+static struct job *submit(struct fx *fx, const char *key, int wait_ms)
+{
+	struct job_request jr;
+	struct error err;
+	memset(&jr, 0, sizeof(jr));
+	error_init(&err);
+	jr.target = key ? WIRE_TARGET_DEVICE : WIRE_TARGET_ANY;
+	if (key)
+		snprintf(jr.target_value, sizeof(jr.target_value), "%s", key);
+	jr.device = key ? registry_find_key(fx->reg, key) : NULL;
+	jr.opts.wait_ms = wait_ms;
+	jr.uid = 1000;
+	struct job *job = jobs_create(fx->jobs, &jr, &err);
+	assert_non_null(job);
+	jobs_submit(fx->jobs, job);
+	spin(fx);
+	return job;
+}
+
+/* Events of one job with the given name. */
+static size_t count_events(struct fx *fx, struct job *job, const char *name)
+{
+	size_t n = 0, i;
+	json_t *ev;
+	json_array_foreach(fx->events, i, ev)
+	{
+		if (strcmp(json_string_value(json_object_get(ev, "job")), job_id(job)) == 0 &&
+		    strcmp(json_string_value(json_object_get(ev, "event")), name) == 0)
+			n++;
+	}
+	return n;
+}
+
+static json_t *last_ended(struct fx *fx, struct job *job)
+{
+	json_t *ev, *found = NULL;
+	size_t i;
+	json_array_foreach(fx->events, i, ev)
+	{
+		if (strcmp(json_string_value(json_object_get(ev, "job")), job_id(job)) == 0 &&
+		    strcmp(json_string_value(json_object_get(ev, "event")), "job-ended") == 0)
+			found = ev;
+	}
+	return found;
+}
+
+static const char *ended_result(struct fx *fx, struct job *job)
+{
+	json_t *ev = last_ended(fx, job);
+	return ev ? json_string_value(json_object_get(ev, "result")) : "(not ended)";
+}
+
+static const char *ended_code(struct fx *fx, struct job *job)
+{
+	json_t *ev = last_ended(fx, job);
+	json_t *err = ev ? json_object_get(ev, "error") : NULL;
+	return err ? json_string_value(json_object_get(err, "code")) : "(none)";
+}
+
+/* The progress states a job went through, as "a,b,c". */
+static void state_trail(struct fx *fx, struct job *job, char *buf, size_t size)
+{
+	json_t *ev;
+	size_t i;
+	buf[0] = '\0';
+	json_array_foreach(fx->events, i, ev)
+	{
+		if (strcmp(json_string_value(json_object_get(ev, "job")), job_id(job)) != 0 ||
+		    strcmp(json_string_value(json_object_get(ev, "event")), "job-progress") != 0 ||
+		    json_object_get(ev, "note") || json_integer_value(json_object_get(ev, "total")))
+			continue;
+		size_t len = strlen(buf);
+		snprintf(buf + len, size - len, "%s%s", len ? "," : "",
+			 json_string_value(json_object_get(ev, "state")));
+	}
+}
+
+/* ---- tests ------------------------------------------------------------- */
+
+static void test_job_runs_through_every_transport_state_to_done(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	char trail[512];
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	assert_int_equal(fake.starts, 1);
+	assert_non_null(fake.run);
+	assert_true(registry_find_key(fx->reg, PHOTON_ID)->job == job);
+	static const enum job_state states[] = {
+	    JOB_SWITCHING_MODE, JOB_PREFLIGHT, JOB_SWITCHING_MODE, JOB_PREFLIGHT,
+	    JOB_ERASING,	JOB_WRITING,   JOB_REBOOTING,	   JOB_VERIFYING};
+	for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+		job_set_state(job, states[i]);
+		assert_int_equal(job_state(job), states[i]);
+		if (states[i] == JOB_WRITING) {
+			job_progress(job, 0, 4096);
+			job_progress(job, 4096, 4096);
+		}
+	}
+	job_set_state(job, JOB_DONE); /* terminal states only through job_finish */
+	assert_int_equal(job_state(job), JOB_VERIFYING);
+	job_finish(job, JOB_RESULT_DONE, "verified", NULL);
+	spin(fx);
+	state_trail(fx, job, trail, sizeof(trail));
+	assert_string_equal(trail, "switching-mode,preflight,switching-mode,preflight,erasing,"
+				   "writing,rebooting,verifying");
+	assert_int_equal(count_events(fx, job, "job-queued"), 1);
+	assert_int_equal(count_events(fx, job, "job-started"), 1);
+	assert_int_equal(count_events(fx, job, "job-ended"), 1);
+	assert_string_equal(ended_result(fx, job), "done");
+	assert_string_equal(json_string_value(json_object_get(last_ended(fx, job), "outcome")),
+			    "verified");
+	assert_null(json_object_get(last_ended(fx, job), "error"));
+	assert_int_equal(fake.frees, 1);
+	assert_null(registry_find_key(fx->reg, PHOTON_ID)->job);
+	fx_free(fx);
+}
+
+static void test_progress_reports_bytes_percent_and_rate(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	job_set_state(job, JOB_WRITING);
+	job_progress(job, 1024, 2048);
+	job_progress(job, 2048, 2048);
+	json_t *last = json_array_get(fx->events, json_array_size(fx->events) - 1);
+	assert_string_equal(json_string_value(json_object_get(last, "event")), "job-progress");
+	assert_int_equal(json_integer_value(json_object_get(last, "done")), 2048);
+	assert_int_equal(json_integer_value(json_object_get(last, "total")), 2048);
+	assert_int_equal(json_integer_value(json_object_get(last, "percent")), 100);
+	assert_non_null(json_object_get(last, "rate"));
+	assert_non_null(json_object_get(last, "eta_s"));
+	job_finish(job, JOB_RESULT_DONE, "written-not-verified", NULL);
+	spin(fx);
+	fx_free(fx);
+}
+
+static void test_failed_job_carries_the_transport_error(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	job_set_state(job, JOB_PREFLIGHT);
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_WRONG_PLATFORM, "built for Electron");
+	job_finish(job, JOB_RESULT_FAILED, NULL, &e);
+	assert_false(error_is_set(&e)); /* moved from */
+	spin(fx);
+	assert_string_equal(ended_result(fx, job), "failed");
+	assert_string_equal(ended_code(fx, job), "wrong-platform");
+	/* A second end is ignored: exactly one job-ended per job. */
+	job_finish(job, JOB_RESULT_DONE, "verified", NULL);
+	spin(fx);
+	assert_int_equal(count_events(fx, job, "job-ended"), 1);
+	fx_free(fx);
+}
+
+static void test_transport_that_cannot_start_fails_the_job(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake.start_fails = true;
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	assert_string_equal(ended_result(fx, job), "failed");
+	assert_string_equal(ended_code(fx, job), "permission-denied");
+	assert_null(registry_find_key(fx->reg, PHOTON_ID)->job);
+	fx_free(fx);
+}
+
+static void test_device_no_transport_serves_is_not_flashable_here(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake.serve_dfu_only = true;
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	assert_int_equal(fake.starts, 0);
+	assert_string_equal(ended_code(fx, job), "not-flashable-here");
+	fx_free(fx);
+}
+
+static void test_job_whose_device_never_appears_times_out(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	struct job *job = submit(fx, ARGON_ID, 50);
+	assert_int_equal(job_state(job), JOB_WAITING_FOR_DEVICE);
+	assert_int_equal(count_events(fx, job, "job-ended"), 0);
+	spin_for(fx, 200);
+	assert_string_equal(ended_result(fx, job), "failed");
+	assert_string_equal(ended_code(fx, job), "timed-out");
+	json_t *detail = json_object_get(json_object_get(last_ended(fx, job), "error"), "detail");
+	assert_string_equal(json_string_value(json_object_get(detail, "phase")),
+			    "waiting-for-device");
+	assert_int_equal(fake.starts, 0);
+	fx_free(fx);
+}
+
+static void test_without_wait_a_missing_device_fails_at_once(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	struct job *job = submit(fx, ARGON_ID, 0);
+	assert_string_equal(ended_code(fx, job), "device-not-found");
+	fx_free(fx);
+}
+
+static void test_waiting_job_starts_when_its_device_appears(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	struct job *job = submit(fx, NULL, -1);
+	assert_int_equal(job_state(job), JOB_WAITING_FOR_DEVICE);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	spin(fx);
+	assert_int_equal(fake.starts, 1);
+	assert_string_equal(job_device(job)->key, PHOTON_ID);
+	job_finish(job, JOB_RESULT_DONE, "verified", NULL);
+	spin(fx);
+	assert_string_equal(ended_result(fx, job), "done");
+	fx_free(fx);
+}
+
+static void test_one_job_per_device_second_waits_in_queue(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct job *a = submit(fx, PHOTON_ID, 0);
+	struct job *b = submit(fx, PHOTON_ID, 0);
+	assert_int_equal(fake.starts, 1);
+	assert_int_equal(job_state(b), JOB_QUEUED);
+	job_finish(a, JOB_RESULT_DONE, "verified", NULL);
+	spin(fx);
+	assert_int_equal(fake.starts, 2);
+	assert_true(registry_find_key(fx->reg, PHOTON_ID)->job == b);
+	job_finish(b, JOB_RESULT_DONE, "verified", NULL);
+	spin(fx);
+	fx_free(fx);
+}
+
+static void test_devices_run_jobs_in_parallel(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	plug(fx, ARGON_ID, "1-2", 0xd00c);
+	struct job *a = submit(fx, PHOTON_ID, 0);
+	struct job *b = submit(fx, ARGON_ID, 0);
+	assert_int_equal(fake.starts, 2);
+	assert_false(job_ended(a));
+	assert_false(job_ended(b));
+	fx_free(fx); /* daemon stops: both interrupted */
+}
+
+/* Cancel in every state: before a transport runs (queued, waiting) the core
+ * ends the job; afterwards the transport stops at its next safe point. */
+static void cancel_in_state(enum job_state s)
+{
+	struct fx *fx = fx_new(only_serial);
+	struct job *job;
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	if (s == JOB_QUEUED) {
+		struct job *holder = submit(fx, PHOTON_ID, 0);
+		job = submit(fx, PHOTON_ID, 0);
+		assert_int_equal(job_state(job), JOB_QUEUED);
+		jobs_cancel(fx->jobs, job, 1000);
+		spin(fx);
+		assert_false(job_ended(holder));
+	} else if (s == JOB_WAITING_FOR_DEVICE) {
+		job = submit(fx, ARGON_ID, -1);
+		assert_int_equal(job_state(job), JOB_WAITING_FOR_DEVICE);
+		jobs_cancel(fx->jobs, job, 1000);
+		spin(fx);
+	} else {
+		job = submit(fx, PHOTON_ID, 0);
+		job_set_state(job, s);
+		assert_int_equal(job_state(job), s);
+		jobs_cancel(fx->jobs, job, 1000);
+		spin(fx);
+		assert_int_equal(fake.cancels, 1);
+	}
+	assert_string_equal(ended_result(fx, job), "cancelled");
+	assert_string_equal(ended_code(fx, job), "cancelled");
+	assert_int_equal(count_events(fx, job, "job-ended"), 1);
+	/* Cancelling again, or after the end, changes nothing. */
+	jobs_cancel(fx->jobs, job, 1000);
+	spin(fx);
+	assert_int_equal(count_events(fx, job, "job-ended"), 1);
+	fx_free(fx);
+}
+
+static void test_cancel_in_every_state(void **state)
+{
+	(void)state;
+	static const enum job_state states[] = {
+	    JOB_QUEUED,	 JOB_WAITING_FOR_DEVICE, JOB_SWITCHING_MODE, JOB_PREFLIGHT, JOB_ERASING,
+	    JOB_WRITING, JOB_REBOOTING,		 JOB_VERIFYING};
+	for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+		print_message("# cancel in %s\n", job_state_name(states[i]));
+		cancel_in_state(states[i]);
+	}
+}
+
+static void test_cancel_ignored_by_transport_ends_after_grace(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake.cancel_mode = FAKE_CANCEL_IGNORE;
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	job_set_state(job, JOB_WRITING);
+	jobs_cancel(fx->jobs, job, 0);
+	spin(fx);
+	assert_false(job_ended(job));
+	spin_for(fx, 100);
+	assert_string_equal(ended_result(fx, job), "cancelled");
+	assert_int_equal(fake.frees, 1); /* the stuck run is freed, not leaked */
+	fx_free(fx);
+}
+
+static void test_cancel_during_start_reaches_the_transport(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(serial_and_dfu);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	job_handoff(job, "dfu", "Device OS 6 has no YMODEM");
+	/* Handoff pending (no run): cancel ends the job without starting dfu. */
+	jobs_cancel(fx->jobs, job, 1000);
+	spin(fx);
+	assert_string_equal(ended_result(fx, job), "cancelled");
+	assert_int_equal(fake.starts, 1);
+	fx_free(fx);
+}
+
+static void test_handoff_starts_the_named_transport_on_the_same_job(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(serial_and_dfu);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	assert_string_equal(fake.last_started_by, "serial");
+	job_set_state(job, JOB_SWITCHING_MODE);
+	job_handoff(job, "dfu", "Device OS 6.x has no YMODEM");
+	spin(fx);
+	assert_int_equal(fake.starts, 2);
+	assert_string_equal(fake.last_started_by, "dfu");
+	assert_int_equal(fake.frees, 1); /* the serial run */
+	assert_true(registry_find_key(fx->reg, PHOTON_ID)->job == job);
+	/* The note tells the user. */
+	json_t *ev;
+	size_t i;
+	bool noted = false;
+	json_array_foreach(fx->events, i, ev) noted =
+	    noted || (json_is_string(json_object_get(ev, "note")) &&
+		      strcmp(json_string_value(json_object_get(ev, "note")), "handed-to-dfu") == 0);
+	assert_true(noted);
+	job_finish(job, JOB_RESULT_DONE, "written-not-verified", NULL);
+	spin(fx);
+	assert_string_equal(ended_result(fx, job), "done");
+	fx_free(fx);
+}
+
+static void test_handoff_to_missing_transport_is_not_flashable_here(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	job_handoff(job, "dfu", "Device OS 6.x has no YMODEM");
+	spin(fx);
+	assert_string_equal(ended_code(fx, job), "not-flashable-here");
+	fx_free(fx);
+}
+
+static void test_run_follows_its_device_across_reenumeration(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	struct transport_run *run = fake.run;
+	job_set_state(job, JOB_REBOOTING);
+	unplug(fx, "1-1");
+	spin(fx);
+	assert_int_equal(run->device_events[DEVICE_EVENT_GONE], 1);
+	assert_false(job_device(job)->present);
+	plug(fx, PHOTON_ID, "1-3", PHOTON_DFU); /* back in DFU on another port */
+	spin(fx);
+	assert_int_equal(run->device_events[DEVICE_EVENT_BACK], 1);
+	assert_true(job_device(job)->present);
+	assert_string_equal(job_device(job)->key, PHOTON_ID);
+	assert_string_equal(job_device(job)->port_path, "1-3");
+	assert_int_equal(job_device(job)->mode, DEVICE_MODE_DFU);
+	job_finish(job, JOB_RESULT_DONE, "verified", NULL);
+	spin(fx);
+	fx_free(fx);
+}
+
+static void test_daemon_stop_interrupts_running_jobs(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	job_set_state(job, JOB_WRITING);
+	json_t *events = json_incref(fx->events);
+	char id[64];
+	snprintf(id, sizeof(id), "%s", job_id(job));
+	fx_free(fx);
+	json_t *last = json_array_get(events, json_array_size(events) - 1);
+	assert_string_equal(json_string_value(json_object_get(last, "event")), "job-ended");
+	assert_string_equal(json_string_value(json_object_get(last, "job")), id);
+	assert_string_equal(json_string_value(json_object_get(last, "result")), "interrupted");
+	assert_int_equal(fake.frees, 1);
+	json_decref(events);
+}
+
+static void test_job_ids_are_uuids(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	struct job *a = submit(fx, ARGON_ID, -1);
+	struct job *b = submit(fx, ARGON_ID, -1);
+	assert_int_equal(strlen(job_id(a)), 36);
+	assert_int_equal(job_id(a)[14], '4');
+	assert_string_not_equal(job_id(a), job_id(b));
+	assert_true(jobs_find(fx->jobs, job_id(b)) == b);
+	fx_free(fx);
+}
+
+static void test_job_limit_is_too_many_jobs(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	for (int i = 0; i < 8; i++)
+		submit(fx, ARGON_ID, -1);
+	struct job_request jr;
+	struct error err;
+	memset(&jr, 0, sizeof(jr));
+	error_init(&err);
+	jr.opts.wait_ms = -1;
+	assert_null(jobs_create(fx->jobs, &jr, &err));
+	assert_int_equal(err.code, ERR_TOO_MANY_JOBS);
+	error_clear(&err);
+	fx_free(fx);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_job_runs_through_every_transport_state_to_done),
+	    cmocka_unit_test(test_progress_reports_bytes_percent_and_rate),
+	    cmocka_unit_test(test_failed_job_carries_the_transport_error),
+	    cmocka_unit_test(test_transport_that_cannot_start_fails_the_job),
+	    cmocka_unit_test(test_device_no_transport_serves_is_not_flashable_here),
+	    cmocka_unit_test(test_job_whose_device_never_appears_times_out),
+	    cmocka_unit_test(test_without_wait_a_missing_device_fails_at_once),
+	    cmocka_unit_test(test_waiting_job_starts_when_its_device_appears),
+	    cmocka_unit_test(test_one_job_per_device_second_waits_in_queue),
+	    cmocka_unit_test(test_devices_run_jobs_in_parallel),
+	    cmocka_unit_test(test_cancel_in_every_state),
+	    cmocka_unit_test(test_cancel_ignored_by_transport_ends_after_grace),
+	    cmocka_unit_test(test_cancel_during_start_reaches_the_transport),
+	    cmocka_unit_test(test_handoff_starts_the_named_transport_on_the_same_job),
+	    cmocka_unit_test(test_handoff_to_missing_transport_is_not_flashable_here),
+	    cmocka_unit_test(test_run_follows_its_device_across_reenumeration),
+	    cmocka_unit_test(test_daemon_stop_interrupts_running_jobs),
+	    cmocka_unit_test(test_job_ids_are_uuids),
+	    cmocka_unit_test(test_job_limit_is_too_many_jobs),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
