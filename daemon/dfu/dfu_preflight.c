@@ -11,6 +11,12 @@
 #define GEN2_PROTECTED_END	0x08020000u /* DFU_MAL_IS_PROTECTED_AREA (§5.3) */
 #define MODULE_MAX_SIZE		(16u << 20)
 #define SERVICE_MODE_MIN_SYSTEM 6101 /* particle-cli: no downgrade below 6.1.1 (§8.4.5) */
+/* The SoftDevice carries no module prefix in flash (§7.2 DROP_MODULE_INFO); Device OS reports
+ * its FWID as the radio stack version (§2.5).  Nordic's SD info struct sits 0x2000 into the
+ * SoftDevice (base 0x1000): magic at +4, FWID at +0xC (nrf_sdm.h). */
+#define GEN3_SOFTDEVICE_START 0x1000u
+#define GEN3_SD_INFO	      0x3000u
+#define GEN3_SD_MAGIC	      0x51B1E5DBu
 
 static uint32_t le32(const uint8_t *p)
 {
@@ -65,6 +71,8 @@ void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
 			}
 		}
 	}
+	if (p->mcu == MCU_NRF52840)
+		add_probe(rb, GEN3_SD_INFO);
 }
 
 /* The device's own prefix-offset rules (§6.2, §6.3, §7.4). */
@@ -132,6 +140,35 @@ static bool parse_probe(const struct platform *p, const struct dfu_probe *pr,
 	return true;
 }
 
+/* The radio stack's version: the SoftDevice FWID when its info struct is readable, else the
+ * radio-stack dependency of the installed system part (that system part ran with it). */
+static void radio_stack_facts(const struct dfu_readback *rb, struct device_facts *facts)
+{
+	uint16_t version = 0;
+	for (unsigned i = 0; i < rb->n_probes; i++) {
+		const struct dfu_probe *pr = &rb->probes[i];
+		if (pr->address == GEN3_SD_INFO && pr->read && pr->len >= 0x10 &&
+		    le32(pr->buf + 4) == GEN3_SD_MAGIC)
+			version = le16(pr->buf + 0xc);
+	}
+	for (unsigned i = 0; i < facts->n_modules && !version; i++) {
+		const struct installed_module *m = &facts->modules[i];
+		if (m->function != MODULE_FUNCTION_SYSTEM || m->index != 1)
+			continue;
+		for (int d = 0; d < 2; d++)
+			if (m->deps[d].function == MODULE_FUNCTION_RADIO_STACK)
+				version = m->deps[d].version;
+	}
+	if (!version || facts->n_modules >= DEVICE_FACTS_MAX_MODULES)
+		return;
+	struct installed_module *m = &facts->modules[facts->n_modules++];
+	memset(m, 0, sizeof(*m));
+	m->function = MODULE_FUNCTION_RADIO_STACK;
+	m->store = MODULE_STORE_MAIN;
+	m->version = version;
+	m->address = GEN3_SOFTDEVICE_START;
+}
+
 bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *info,
 			struct device_facts *facts)
 {
@@ -164,6 +201,8 @@ bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *
 		if (rel)
 			snprintf(facts->os_version, sizeof(facts->os_version), "%s", rel);
 	}
+	if (p->mcu == MCU_NRF52840)
+		radio_stack_facts(rb, facts);
 	/* Prefixes are all we read: the list is what is installed at the known slots. */
 	facts->modules_known = true;
 	/* Gen 3 has three layouts; the system part's start says which (§6.2).  The others

@@ -6,10 +6,12 @@
 #include <string.h>
 
 #define USB_MAX_POLLFDS 32 /* libusb uses a handful: event fd, timer fd, one per open device */
+/* How often libusb is polled while a transfer is in flight on an fd that epoll refuses. */
+#define USB_UNWATCHABLE_POLL_US 1000
 
 struct usb_pollfd {
 	int fd;
-	struct event *ev;
+	struct event *ev;    /* NULL when the loop refused the fd (unwatched) */
 };
 
 struct usb_loop {
@@ -18,7 +20,9 @@ struct usb_loop {
 	struct usb_pollfd fds[USB_MAX_POLLFDS];
 	unsigned n_fds;
 	struct event *timer;
-	bool overflow; /* more fds than USB_MAX_POLLFDS: the timer polls instead */
+	bool overflow;	     /* more fds than USB_MAX_POLLFDS: the timer polls instead */
+	unsigned unwatched;  /* fds epoll refused (EPERM: regular files, e.g. under umockdev) */
+	unsigned in_flight;  /* transfers submitted and not completed */
 };
 
 struct usb_dfu_dev {
@@ -65,6 +69,13 @@ static void update_timer(struct usb_loop *l)
 		evtimer_add(l->timer, &tv);
 		return;
 	}
+	if (l->unwatched && l->in_flight) {
+		/* An fd the loop cannot watch is always ready (poll(2) semantics of a regular
+		 * file): poll libusb on a short timer, only while a transfer waits. */
+		tv = (struct timeval){0, USB_UNWATCHABLE_POLL_US};
+		evtimer_add(l->timer, &tv);
+		return;
+	}
 	if (libusb_pollfds_handle_timeouts(l->ctx))
 		return;
 	int r = libusb_get_next_timeout(l->ctx, &tv);
@@ -72,6 +83,15 @@ static void update_timer(struct usb_loop *l)
 		evtimer_add(l->timer, &tv);
 	else
 		evtimer_del(l->timer);
+}
+
+static void unwatch(struct usb_loop *l, struct usb_pollfd *p)
+{
+	if (p->ev)
+		event_free(p->ev);
+	else if (l->unwatched)
+		l->unwatched--;
+	p->ev = NULL;
 }
 
 static void on_pollfd_added(int fd, short events, void *user_data)
@@ -83,26 +103,31 @@ static void on_pollfd_added(int fd, short events, void *user_data)
 		what |= EV_READ;
 	if (events & POLLOUT)
 		what |= EV_WRITE;
-	for (unsigned i = 0; i < l->n_fds; i++) {
-		if (l->fds[i].fd == fd) {
-			event_free(l->fds[i].ev);
-			l->fds[i].ev = event_new(l->base, fd, what, on_fd, l);
-			event_add(l->fds[i].ev, NULL);
+	struct usb_pollfd *p = NULL;
+	for (unsigned i = 0; i < l->n_fds && !p; i++)
+		if (l->fds[i].fd == fd)
+			p = &l->fds[i];
+	if (p) {
+		unwatch(l, p);
+	} else {
+		if (l->n_fds >= USB_MAX_POLLFDS) {
+			l->overflow = true;
+			update_timer(l);
 			return;
 		}
+		p = &l->fds[l->n_fds++];
+		p->fd = fd;
+		p->ev = NULL;
 	}
-	if (l->n_fds >= USB_MAX_POLLFDS) {
-		l->overflow = true;
-		update_timer(l);
-		return;
-	}
-	struct usb_pollfd *p = &l->fds[l->n_fds];
-	p->fd = fd;
 	p->ev = event_new(l->base, fd, what, on_fd, l);
+	if (p->ev && event_add(p->ev, NULL) < 0) {
+		/* epoll refuses regular files (EPERM); umockdev's usbfs nodes can be one. */
+		event_free(p->ev);
+		p->ev = NULL;
+	}
 	if (!p->ev)
-		return;
-	event_add(p->ev, NULL);
-	l->n_fds++;
+		l->unwatched++;
+	update_timer(l);
 }
 
 static void on_pollfd_removed(int fd, void *user_data)
@@ -111,7 +136,7 @@ static void on_pollfd_removed(int fd, void *user_data)
 	for (unsigned i = 0; i < l->n_fds; i++) {
 		if (l->fds[i].fd != fd)
 			continue;
-		event_free(l->fds[i].ev);
+		unwatch(l, &l->fds[i]);
 		l->fds[i] = l->fds[--l->n_fds];
 		return;
 	}
@@ -147,7 +172,7 @@ void usb_loop_free(struct usb_loop *l)
 		return;
 	libusb_set_pollfd_notifiers(l->ctx, NULL, NULL, NULL);
 	for (unsigned i = 0; i < l->n_fds; i++)
-		event_free(l->fds[i].ev);
+		unwatch(l, &l->fds[i]);
 	if (l->timer)
 		event_free(l->timer);
 	libusb_exit(l->ctx);
@@ -196,6 +221,8 @@ static void LIBUSB_CALL on_transfer(struct libusb_transfer *xfer)
 {
 	struct usb_dfu_dev *d = xfer->user_data;
 	d->busy = false;
+	if (d->loop->in_flight)
+		d->loop->in_flight--;
 	if (d->closing) {
 		close_now(d);
 		return;
@@ -224,6 +251,7 @@ static int usb_control(void *ctx, const struct dfu_setup *s, const uint8_t *out,
 	if (r < 0)
 		return r;
 	d->busy = true;
+	d->loop->in_flight++;
 	update_timer(d->loop);
 	return 0;
 }

@@ -123,10 +123,47 @@ static void test_readback_of_argon_1_5_system_part_determines_old_layout(void **
 	assert_int_equal(facts.platform->id, 12);
 	assert_string_equal(facts.device_id, "e00fce68aabbccddeeff0011");
 	assert_int_equal(facts.system_version, sys->modules[0].version);
-	assert_int_equal(facts.n_modules, 1);
+	assert_int_equal(facts.n_modules, 2);
 	assert_int_equal(facts.modules[0].address, 0x30000);
 	assert_int_equal(facts.modules[0].slot_size, sys->modules[0].size);
 	assert_int_equal(facts.protection, DEVICE_PROTECTION_OPEN);
+	/* No SoftDevice info struct readable: the radio stack is what the system part needs. */
+	const struct image_module *m = &sys->modules[0];
+	uint16_t radio = 0;
+	for (int d = 0; d < 2; d++)
+		if (m->deps[d].function == MODULE_FUNCTION_RADIO_STACK)
+			radio = m->deps[d].version;
+	assert_true(radio > 0);
+	assert_int_equal(facts.modules[1].function, MODULE_FUNCTION_RADIO_STACK);
+	assert_int_equal(facts.modules[1].version, radio);
+	image_free(sys);
+}
+
+static void test_softdevice_fwid_is_the_installed_radio_stack_version(void **state)
+{
+	(void)state;
+	struct image *sys = load("argon/argon-system-part1@2.2.0.bin");
+	struct dfu_readback rb;
+	struct dfuse_info info;
+	struct device_facts facts;
+	info_with_map(&info, GEN3_MAP);
+	dfu_readback_plan(platform_by_id(12), &rb);
+	erased(&rb);
+	put_probe(&rb, sys);
+	/* Nordic's SD info struct at 0x3000: magic 0x51B1E5DB at +4, FWID 0x00CA at +0xC. */
+	bool found = false;
+	for (unsigned i = 0; i < rb.n_probes; i++) {
+		if (rb.probes[i].address != 0x3000)
+			continue;
+		memcpy(rb.probes[i].buf + 4, "\xdb\xe5\xb1\x51", 4);
+		memcpy(rb.probes[i].buf + 0xc, "\xca\x00", 2);
+		found = true;
+	}
+	assert_true(found);
+	assert_true(dfu_readback_facts(&rb, &info, &facts));
+	assert_int_equal(facts.n_modules, 2);
+	assert_int_equal(facts.modules[1].function, MODULE_FUNCTION_RADIO_STACK);
+	assert_int_equal(facts.modules[1].version, 0xca);
 	image_free(sys);
 }
 
@@ -319,6 +356,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_readback_plan_covers_every_gen3_layout_and_gen2_slots),
 	    cmocka_unit_test(test_readback_of_argon_1_5_system_part_determines_old_layout),
+	    cmocka_unit_test(test_softdevice_fwid_is_the_installed_radio_stack_version),
 	    cmocka_unit_test(test_erased_gen3_device_has_unknown_layout_and_app_is_refused),
 	    cmocka_unit_test(test_3_1_argon_app_on_1_5_argon_is_refused_even_with_force),
 	    cmocka_unit_test(test_3_1_app_on_4_x_device_also_erases_the_0xd4000_page),
