@@ -189,8 +189,9 @@ void error_detail_json(struct error *e, const char *key, json_t *value)
 
 json_t *error_to_json(const struct error *e)
 {
-	return json_pack("{s:s, s:s, s:s, s:O}", "code", error_id(e->code), "message", e->message,
-			 "hint", e->hint, "detail", e->detail ? e->detail : json_object());
+	/* "o" steals: a fresh empty object must not get a second reference. */
+	return json_pack("{s:s, s:s, s:s, s:o}", "code", error_id(e->code), "message", e->message,
+			 "hint", e->hint, "detail", e->detail ? json_incref(e->detail) : json_object());
 }
 
 int error_from_json(struct error *e, const json_t *obj)
