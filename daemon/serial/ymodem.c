@@ -501,8 +501,10 @@ static void verdict_from_text(struct ymodem *y, bool gone)
 	}
 	if (t[0] && error_detail_type(e.code, "device_text"))
 		error_detail_str(&e, "device_text", t);
-	error_detail_int(&e, "block", y->block);
-	error_detail_int(&e, "bytes_sent", (long long)y->res.bytes_sent);
+	if (error_detail_type(e.code, "block")) {
+		error_detail_int(&e, "block", y->block);
+		error_detail_int(&e, "bytes_sent", (long long)y->res.bytes_sent);
+	}
 	finish(y, &e);
 	error_clear(&e);
 }
