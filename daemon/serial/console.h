@@ -1,0 +1,54 @@
+/*
+ * Client of the listening-mode console (particle-device-facts.md §2): single
+ * key commands, no echo, no banner.  A non-blocking state machine on the
+ * port's fd that runs a list of steps and fills struct device_facts.
+ * Application output mixed into the replies is skipped; the claim-code
+ * prompt that a stray 'C' opens (§11.3) is closed and the step retried.
+ */
+#pragma once
+
+#include "device_facts.h"
+#include "errors.h"
+
+#include <stdbool.h>
+
+struct event_base;
+
+#define CONSOLE_REPLY_MAX 16384 /* one command's reply (the `s` JSON is ~1 KB) */
+
+enum console_step {
+	CONSOLE_PROBE = 1 << 0,	   /* `v`: is this listening mode?  also the OS version */
+	CONSOLE_IDENTIFY = 1 << 1, /* `i`, ended by `v` */
+	CONSOLE_INFO = 1 << 2,	   /* `s`: platform and modules */
+	CONSOLE_EXIT = 1 << 3,	   /* `x`: leave listening mode */
+};
+
+struct console_config {
+	unsigned probe_ms;	/* `v` when probing (silence = not listening) */
+	unsigned reply_ms;	/* `v` */
+	unsigned slow_reply_ms; /* `i` and `s`: an LTE modem may need ~18 s (§2.4) */
+	unsigned max_claim_recoveries;
+};
+void console_config_default(struct console_config *cfg);
+
+struct console_ops {
+	void *ctx;
+	/* Once; err NULL on success.  Must not free the console (defer it). */
+	void (*done)(void *ctx, struct error *err);
+};
+
+struct console;
+
+struct console *console_new(struct event_base *base, int fd, const struct console_config *cfg,
+			    const struct console_ops *ops);
+/* Runs the steps (a mask, in PROBE, IDENTIFY, INFO, EXIT order) and writes what
+ * it learns into *facts (kept by the caller until done). */
+int console_run(struct console *c, unsigned steps, struct device_facts *facts,
+		struct error *err);
+void console_free(struct console *c);
+
+/* Parsers, exposed for tests. */
+bool console_parse_version(const char *text, char *out, size_t size);
+bool console_parse_device_id(const char *text, char *out, size_t size);
+/* The `s` reply (with stray text around it) into facts; -1 with err if no JSON. */
+int console_parse_info(const char *text, struct device_facts *facts, struct error *err);
