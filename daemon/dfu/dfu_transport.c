@@ -337,8 +337,15 @@ static void on_progress(struct dfuse *s, uint32_t address, size_t done, size_t t
 	(void)s;
 	(void)address;
 	struct transport_run *r = userdata;
-	if (r->state == RUN_WRITE)
+	if (r->state == RUN_WRITE || r->state == RUN_ERASE || r->state == RUN_VERIFY)
 		job_progress(r->job, done, total);
+}
+
+static void on_notice(struct dfuse *s, const char *note, const char *message, void *userdata)
+{
+	(void)s;
+	struct transport_run *r = userdata;
+	job_note(r->job, note, "%s", message);
 }
 
 static void open_device(struct transport_run *r)
@@ -368,6 +375,7 @@ static void open_device(struct transport_run *r)
 	r->dfuse = dfuse_new(job_event_base(r->job), &io, &desc);
 	usb_dfu_attach(r->usb, r->dfuse);
 	dfuse_set_progress(r->dfuse, on_progress, r);
+	dfuse_set_notice(r->dfuse, on_notice, r);
 	r->facts = r->dev.facts;
 	if (!r->facts.platform)
 		r->facts.platform = platform_by_usb(desc.vid, desc.pid, NULL);
@@ -458,8 +466,12 @@ static void dfu_cancel(struct transport_run *r)
 		error_set(&err, ERR_CANCELLED, "the job was cancelled");
 		error_detail_str(&err, "phase", "switching-mode");
 		run_fail(r, &err);
+		return;
 	}
-	/* Otherwise step() stops at the next operation boundary (chunk runs complete). */
+	/* Erase, write and read-back stop at the next chunk or erase-unit boundary; leave and
+	 * the wait for the device are past the point of no return. */
+	if (r->dfuse && r->state != RUN_LEAVE && r->state != RUN_WAIT_BACK)
+		dfuse_cancel(r->dfuse);
 }
 
 static void dfu_device_event(struct transport_run *r, enum device_event ev,

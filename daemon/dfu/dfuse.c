@@ -51,6 +51,9 @@ struct dfuse {
 	bool address_per_chunk;
 	dfuse_progress_fn progress;
 	void *progress_userdata;
+	dfuse_notice_fn notice;
+	void *notice_userdata;
+	bool cancel; /* stop the current op at its next request boundary */
 
 	/* Current operation. */
 	enum dfuse_op op;
@@ -67,6 +70,8 @@ struct dfuse {
 	unsigned chunk;	      /* data chunk index in this op */
 	uint32_t cmd_address; /* address of the command in flight */
 	uint8_t cmd;	      /* DfuSe command in flight */
+	uint16_t data_wvalue; /* wValue of the last data DNLOAD */
+	size_t erase_done, erase_total; /* bytes of erase units */
 	bool address_set;     /* the pointer points at address + offset */
 	bool upload_opened, upload_closed, short_read;
 	const uint8_t *wdata;
@@ -545,6 +550,7 @@ static void next_download(struct dfuse *s)
 	uint16_t wvalue = block_addressing(s) ? (uint16_t)(2 + s->chunk) : 2;
 	s->cmd_address = (uint32_t)(s->address + s->offset);
 	s->polls = 0;
+	s->data_wvalue = wvalue;
 	s->stats.dnload_chunks++;
 	send_req(s, STEP_DATA, 0x21, DFU_DNLOAD, wvalue, s->desc.interface, s->wdata + s->offset,
 		 (uint16_t)n);
@@ -556,6 +562,16 @@ static void next(struct dfuse *s)
 		/* Standard SET_INTERFACE as an async control transfer: libusb's
 		 * libusb_set_interface_alt_setting() is synchronous (§ brief: never block). */
 		send_req(s, STEP_SET_ALT, 0x01, 0x0b, s->alt, s->desc.interface, NULL, 0);
+		return;
+	}
+	if (s->cancel && (s->op == OP_ERASE || s->op == OP_DOWNLOAD || s->op == OP_UPLOAD)) {
+		error_set(&s->err, ERR_CANCELLED, "cancelled while %s at 0x%08x (alt %u, chunk %u)",
+			  s->op == OP_ERASE ? "erasing" : op_name(s->op),
+			  s->op == OP_ERASE ? s->cmd_address : (uint32_t)(s->address + s->offset),
+			  s->alt, s->chunk);
+		detail_int_if(&s->err, "bytes_sent", (long long)s->offset);
+		add_context(s, &s->err);
+		finish(s, -1);
 		return;
 	}
 	if (!s->recovered) {
@@ -584,6 +600,36 @@ static void next(struct dfuse *s)
 }
 
 /* ---- events -------------------------------------------------------------------------- */
+
+/*
+ * §5.4: a device that does not advance its pointer with the block number refuses a
+ * block-numbered chunk with errADDRESS or errTARGET.  Switch to SET_ADDRESS before every
+ * chunk (what dfu-util and particle-usb always do), recover from dfuERROR and send the
+ * chunk again.  Once per operation: a second refusal is a real error.
+ */
+static bool address_fallback(struct dfuse *s)
+{
+	if (s->op != OP_DOWNLOAD || s->address_per_chunk || s->data_wvalue <= 2 ||
+	    (s->last_status != DFU_STATUS_ERR_ADDRESS && s->last_status != DFU_STATUS_ERR_TARGET))
+		return false;
+	s->address_per_chunk = true;
+	s->address_set = false;
+	s->recovered = false;
+	s->recovery_rounds = 0;
+	s->stats.address_fallbacks++;
+	trace(s, "block-numbered chunk refused (%s): SET_ADDRESS before every chunk from now on",
+	      dfu_status_name(s->last_status));
+	if (s->notice) {
+		char msg[192];
+		snprintf(msg, sizeof(msg),
+			 "the device refused block-numbered chunk %u at 0x%08x with %s; sending "
+			 "SET_ADDRESS before every chunk from now on",
+			 s->chunk, s->cmd_address, dfu_status_name(s->last_status));
+		s->notice(s, "retrying-set-address", msg, s->notice_userdata);
+	}
+	next(s);
+	return true;
+}
 
 /* GETSTATUS after SET_INTERFACE: dfu-util's open sequence (§9.1). */
 static void on_recover_status(struct dfuse *s)
@@ -634,6 +680,8 @@ static void on_poll(struct dfuse *s, unsigned poll_ms)
 			   : s->cmd == DFUSE_CMD_ERASE ? "erasing"
 						       : "setting the address";
 	if (s->last_state == DFU_STATE_ERROR || s->last_status != DFU_STATUS_OK) {
+		if (s->polled == STEP_DATA && address_fallback(s))
+			return;
 		char buf[128];
 		snprintf(buf, sizeof(buf), "%s at 0x%08x (alt %u) failed", what, s->cmd_address,
 			 s->alt);
@@ -672,9 +720,10 @@ static void on_poll(struct dfuse *s, unsigned poll_ms)
 		} else if (s->cmd == DFUSE_CMD_SET_ADDRESS) {
 			s->address_set = true;
 		} else if (s->cmd == DFUSE_CMD_ERASE) {
+			s->erase_done += s->units[s->unit_i].size;
 			s->unit_i++;
 			if (s->progress)
-				s->progress(s, s->address, (size_t)s->unit_i, (size_t)s->n_units,
+				s->progress(s, s->address, s->erase_done, s->erase_total,
 					    s->progress_userdata);
 		}
 		next(s);
@@ -807,6 +856,8 @@ static void on_stall_status(struct dfuse *s, int usb_status, const uint8_t *in, 
 		 s->alt);
 	if (s->last_status == DFU_STATUS_OK)
 		s->last_status = DFU_STATUS_ERR_STALLEDPKT;
+	if (s->stalled_step == STEP_DATA && address_fallback(s))
+		return;
 	dfu_status_error(s, &s->err, buf);
 	detail_str_if(&s->err, "usb_error", libusb_error_name(LIBUSB_ERROR_PIPE));
 	finish(s, -1);
@@ -970,6 +1021,23 @@ void dfuse_set_address_per_chunk(struct dfuse *s, bool on)
 	s->address_per_chunk = on;
 }
 
+bool dfuse_address_per_chunk(const struct dfuse *s)
+{
+	return s->address_per_chunk;
+}
+
+void dfuse_set_notice(struct dfuse *s, dfuse_notice_fn fn, void *userdata)
+{
+	s->notice = fn;
+	s->notice_userdata = userdata;
+}
+
+void dfuse_cancel(struct dfuse *s)
+{
+	if (s && s->op != OP_NONE)
+		s->cancel = true;
+}
+
 void dfuse_set_progress(struct dfuse *s, dfuse_progress_fn fn, void *userdata)
 {
 	s->progress = fn;
@@ -1022,6 +1090,8 @@ static int start(struct dfuse *s, enum dfuse_op op, uint8_t alt, dfuse_done_fn d
 	s->polled = STEP_IDLE;
 	s->have_status = false;
 	s->cmd = 0;
+	s->cancel = false;
+	s->data_wvalue = 0;
 	error_clear(&s->err);
 	return 0;
 }
@@ -1090,6 +1160,9 @@ int dfuse_erase(struct dfuse *s, uint8_t alt, uint32_t address, size_t len, dfus
 	}
 	s->n_units = n;
 	s->unit_i = 0;
+	s->erase_done = s->erase_total = 0;
+	for (int i = 0; i < n; i++)
+		s->erase_total += s->units[i].size;
 	s->address = address;
 	s->cmd_address = address;
 	s->len = len;

@@ -123,8 +123,12 @@ struct dfu_io {
 
 struct dfuse;
 typedef void (*dfuse_done_fn)(struct dfuse *s, int result, struct error *err, void *userdata);
+/* Bytes done/total of the current erase (erase units covered) or download/upload. */
 typedef void (*dfuse_progress_fn)(struct dfuse *s, uint32_t address, size_t done, size_t total,
 				  void *userdata);
+/* Something worth telling the user that is not a failure ("retrying-set-address"). */
+typedef void (*dfuse_notice_fn)(struct dfuse *s, const char *note, const char *message,
+				void *userdata);
 
 /* What dfuse_open() learned. */
 struct dfuse_info {
@@ -144,6 +148,7 @@ struct dfuse_stats {
 	unsigned dnload_chunks; /* data DNLOADs */
 	unsigned uploads;	/* UPLOAD requests */
 	unsigned getstatus;
+	unsigned address_fallbacks; /* block-numbered chunks refused, retried with SET_ADDRESS */
 	size_t bytes_written, bytes_read;
 };
 
@@ -151,9 +156,22 @@ struct dfuse *dfuse_new(struct event_base *base, const struct dfu_io *io,
 			const struct dfu_descriptors *desc);
 void dfuse_free(struct dfuse *s);
 
-/* Per-device fallback of §5.4: send SET_ADDRESS before every chunk (wValue 2). */
+/*
+ * Per-device fallback of §5.4: send SET_ADDRESS before every chunk (wValue 2).  Switched
+ * on by itself (with a "retrying-set-address" notice) when the device answers a
+ * block-numbered DNLOAD with errADDRESS or errTARGET; the chunk is then sent again.
+ */
 void dfuse_set_address_per_chunk(struct dfuse *s, bool on);
+bool dfuse_address_per_chunk(const struct dfuse *s);
 void dfuse_set_progress(struct dfuse *s, dfuse_progress_fn fn, void *userdata);
+void dfuse_set_notice(struct dfuse *s, dfuse_notice_fn fn, void *userdata);
+/*
+ * Stops the running erase, download or upload before its next request (a chunk
+ * or erase-unit boundary): done() then reports cancelled with phase, alt,
+ * address and chunk.  The request in flight completes first; nothing else is
+ * stopped.
+ */
+void dfuse_cancel(struct dfuse *s);
 
 /* Completion from the io layer.  usb_status: 0 or a negative libusb error. */
 void dfuse_transfer_done(struct dfuse *s, int usb_status, const uint8_t *in, size_t actual);

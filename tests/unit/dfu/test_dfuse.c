@@ -438,8 +438,9 @@ static void test_dfu_error_at_chunk_maps_status_to_catalogue(void **state)
 static void test_every_dfu_status_has_a_catalogue_id_and_sentence(void **state)
 {
 	(void)state;
+	/* Chunk 0 follows its SET_ADDRESS: no fallback applies, every status is final. */
 	for (uint8_t st = 1; st <= 15; st++) {
-		struct rig *r = download_with_fault(3, FAKE_FAULT_STATUS, 1, st);
+		struct rig *r = download_with_fault(3, FAKE_FAULT_STATUS, 0, st);
 		assert_true(r->err.code == ERR_TRANSFER_FAILED ||
 			    r->err.code == ERR_DEVICE_REJECTED ||
 			    r->err.code == ERR_DEVICE_PROTECTED);
@@ -447,6 +448,79 @@ static void test_every_dfu_status_has_a_catalogue_id_and_sentence(void **state)
 		assert_int_equal(detail_int(&r->err, "dfu_status"), st);
 		rig_free(r);
 	}
+}
+
+static void on_notice(struct dfuse *s, const char *note, const char *message, void *userdata)
+{
+	(void)s;
+	(void)message;
+	if (strcmp(note, "retrying-set-address") == 0)
+		++*(unsigned *)userdata;
+}
+
+static void test_refused_block_numbered_chunk_switches_to_set_address_per_chunk(void **state)
+{
+	(void)state;
+	uint8_t statuses[] = {DFU_STATUS_ERR_ADDRESS, DFU_STATUS_ERR_TARGET};
+	for (size_t k = 0; k < sizeof(statuses); k++) {
+		struct rig *r = rig_new(3);
+		unsigned notices = 0;
+		dfuse_set_notice(r->dfuse, on_notice, &notices);
+		rig_open(r);
+		size_t len = 5 * 4096 + 100;
+		uint8_t *img = pattern(len, 11);
+		assert_int_equal(rig_erase(r, 0x30000, len), 0);
+		r->fake->fault = FAKE_FAULT_STATUS;
+		r->fake->fault_chunk = 2; /* wValue 4: block-numbered */
+		r->fake->fault_status = statuses[k];
+		unsigned before = r->fake->n_log;
+		assert_int_equal(rig_download(r, 0x30000, img, len), 0);
+		assert_memory_equal(fake_dfu_at(r->fake, 0x30000), img, len);
+		assert_int_equal(notices, 1);
+		assert_true(dfuse_address_per_chunk(r->dfuse));
+		assert_int_equal(dfuse_get_stats(r->dfuse)->address_fallbacks, 1);
+		/* After the refusal every chunk is preceded by SET_ADDRESS and sent as wValue 2. */
+		unsigned set_address = 0;
+		bool refused = false;
+		for (unsigned i = before; i < r->fake->n_log; i++) {
+			const struct fake_req *q = &r->fake->log[i];
+			if (q->req == DFU_CLRSTATUS)
+				refused = true;
+			if (refused && q->req == DFU_DNLOAD && q->value == 0 &&
+			    q->cmd == DFUSE_CMD_SET_ADDRESS)
+				assert_int_equal(q->cmd_address, 0x30000 + 4096 * (2 + set_address++));
+			if (refused && q->req == DFU_DNLOAD && q->value >= 2)
+				assert_int_equal(q->value, 2);
+		}
+		assert_true(refused);
+		assert_int_equal(set_address, 4); /* chunks 2, 3, 4 and the 100-byte tail */
+		free(img);
+		rig_free(r);
+	}
+}
+
+static void test_cancel_stops_a_download_at_the_next_chunk(void **state)
+{
+	(void)state;
+	struct rig *r = rig_new(3);
+	rig_open(r);
+	size_t len = 8 * 4096;
+	uint8_t *img = pattern(len, 13);
+	assert_int_equal(rig_erase(r, 0x30000, len), 0);
+	struct error err;
+	error_init(&err);
+	assert_int_equal(dfuse_download(r->dfuse, 0, 0x30000, img, len, on_done, r, &err), 0);
+	while (dfuse_get_stats(r->dfuse)->bytes_written < 2 * 4096)
+		event_base_loop(r->base, EVLOOP_ONCE);
+	dfuse_cancel(r->dfuse);
+	assert_int_equal(rig_wait(r), -1);
+	assert_int_equal(r->err.code, ERR_CANCELLED);
+	long long chunk = detail_int(&r->err, "chunk");
+	assert_true(chunk >= 2 && chunk <= 3);
+	assert_int_equal(detail_int(&r->err, "address"), 0x30000 + 4096 * chunk);
+	assert_true(dfuse_get_stats(r->dfuse)->bytes_written < len);
+	free(img);
+	rig_free(r);
 }
 
 static void test_protected_erase_is_device_protected(void **state)
@@ -538,6 +612,8 @@ int main(void)
 	    cmocka_unit_test(test_stall_at_chunk_is_explained_by_getstatus),
 	    cmocka_unit_test(test_dfu_error_at_chunk_maps_status_to_catalogue),
 	    cmocka_unit_test(test_every_dfu_status_has_a_catalogue_id_and_sentence),
+	    cmocka_unit_test(test_refused_block_numbered_chunk_switches_to_set_address_per_chunk),
+	    cmocka_unit_test(test_cancel_stops_a_download_at_the_next_chunk),
 	    cmocka_unit_test(test_protected_erase_is_device_protected),
 	    cmocka_unit_test(test_unplug_mid_download_is_device_gone),
 	    cmocka_unit_test(test_silent_device_times_out_in_bounded_time),
