@@ -49,8 +49,10 @@ class Client:
 
     def __init__(self, path, timeout=10.0):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
+        # A blocking connect waits while the listen backlog is full (as
+        # flashctl does); a non-blocking one would fail with EAGAIN.
         self.sock.connect(path)
+        self.sock.settimeout(timeout)
         self.buf = b""
         self.next_id = 1
         self.pending = []  # objects read while looking for a reply
