@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#if !defined(FLASHD_HAVE_SERIAL) || !defined(FLASHD_HAVE_DFU)
 static int stub_refuse(struct job *job, const char *name, struct error *err)
 {
 	const struct device_snapshot *dev = job_device(job);
@@ -26,6 +27,7 @@ static int stub_refuse(struct job *job, const char *name, struct error *err)
 		error_detail_str(err, "device", dev->key);
 	return -1;
 }
+#endif
 
 #ifndef FLASHD_HAVE_SERIAL
 static bool serial_stub_can_serve(const struct device_snapshot *dev)
