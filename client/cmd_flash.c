@@ -209,7 +209,7 @@ static int follow_jobs(struct conn *c, const struct cli_global *g, json_t *reply
 		json_t *ev = conn_read(c, -1, &err);
 		if (!ev) {
 			json_decref(f.pending);
-			return render_error(g, &err);
+			return render_error_free(g, &err);
 		}
 		if (json_is_string(json_object_get(ev, "event")))
 			on_event(&f, ev);
@@ -234,7 +234,7 @@ int cmd_flash(int argc, char **argv, const struct cli_global *g)
 	if ((status = open_files(n, paths, fds, g)))
 		return status;
 	if (conn_open(&c, g, &err) < 0) {
-		status = render_error(g, &err);
+		status = render_error_free(g, &err);
 		goto out_fds;
 	}
 	if (!a.detach) {
@@ -244,7 +244,7 @@ int cmd_flash(int argc, char **argv, const struct cli_global *g)
 		json_t *r = conn_call(&c, sub, NULL, 0, NULL, NULL, &err);
 		json_decref(sub);
 		if (!r) {
-			status = render_error(g, &err);
+			status = render_error_free(g, &err);
 			goto out;
 		}
 		json_decref(r);
@@ -262,7 +262,7 @@ int cmd_flash(int argc, char **argv, const struct cli_global *g)
 	}
 	json_decref(req);
 	if (!reply) {
-		status = render_error(g, &err);
+		status = render_error_free(g, &err);
 		goto out;
 	}
 	if (g->json)

@@ -14,13 +14,13 @@ int cmd_jobs(int argc, char **argv, const struct cli_global *g)
 	if (argc > 1)
 		return render_usage_error(g, "usage: flashctl jobs");
 	if (conn_open(&c, g, &err) < 0)
-		return render_error(g, &err);
+		return render_error_free(g, &err);
 	json_t *req = wire_request_new(WIRE_REQ_LIST_JOBS, 0);
 	json_t *reply = conn_call(&c, req, NULL, 0, NULL, NULL, &err);
 	json_decref(req);
 	conn_close(&c);
 	if (!reply)
-		return render_error(g, &err);
+		return render_error_free(g, &err);
 	if (g->json) {
 		render_json_line(reply);
 	} else {

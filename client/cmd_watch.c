@@ -19,7 +19,7 @@ int cmd_watch(int argc, char **argv, const struct cli_global *g)
 	if (argc > 1)
 		return render_usage_error(g, "usage: flashctl watch");
 	if (conn_open(&c, g, &err) < 0)
-		return render_error(g, &err);
+		return render_error_free(g, &err);
 	/* Subscribe first, then list: nothing falls between the two. */
 	json_t *sub = wire_request_new(WIRE_REQ_SUBSCRIBE, 0);
 	json_object_set_new(sub, "devices", json_true());
@@ -33,7 +33,7 @@ int cmd_watch(int argc, char **argv, const struct cli_global *g)
 	json_decref(req);
 	if (!reply) {
 		conn_close(&c);
-		return render_error(g, &err);
+		return render_error_free(g, &err);
 	}
 	json_t *dev;
 	size_t i;
@@ -54,5 +54,5 @@ int cmd_watch(int argc, char **argv, const struct cli_global *g)
 		json_decref(ev);
 	}
 	conn_close(&c);
-	return render_error(g, &err);
+	return render_error_free(g, &err);
 }

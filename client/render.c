@@ -139,3 +139,10 @@ void render_event(const struct cli_global *g, const json_t *ev)
 	}
 	fflush(stdout);
 }
+
+int render_error_free(const struct cli_global *g, struct error *e)
+{
+	int status = render_error(g, e);
+	error_clear(e);
+	return status;
+}

@@ -20,3 +20,5 @@ void render_device_line(const struct cli_global *g, const json_t *dev);
 void render_job_line(const struct cli_global *g, const json_t *job);
 /* An event as one line: device-*, job-* (human), or the object itself (--json). */
 void render_event(const struct cli_global *g, const json_t *event);
+/* render_error(), then error_clear(): for verbs that end with the error. */
+int render_error_free(const struct cli_global *g, struct error *e);
