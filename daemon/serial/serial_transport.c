@@ -1,0 +1,569 @@
+/*
+ * The serial transport (transport.h): a job on a CDC device running Device OS
+ * <= 5.x.  Puts the device into listening mode (28800 baud, §3), reads `i`,
+ * `v`, `s`, runs preflight, sends each image over YMODEM, waits for the
+ * device to reset and come back, and verifies with `s` (then `x`).
+ *
+ *   OPEN -> PROBE -> PREFLIGHT -> SEND -> REBOOT -> VERIFY -> (next image: SEND)
+ *
+ * Sub-machines (console, ymodem) report through callbacks; the run moves on
+ * from a deferred "kick" event so that they are never freed from inside
+ * their own callbacks.
+ */
+#include "console.h"
+#include "port.h"
+#include "preflight.h"
+#include "transport.h"
+#include "ymodem.h"
+
+#include "osver.h"
+#include "platform.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#define BAUD_LISTEN 28800 /* §3: enter listening mode (<= 5.9.x) */
+#define BAUD_DFU    14400 /* §3: reset into the DFU bootloader */
+
+static const struct timeout_def serial_timeouts[] = {
+    {"serial_probe_ms", 2000, "listening-mode console: answer to `v`"},
+    {"serial_listen_ms", 1500, "after 28800 baud: time to enter listening mode"},
+    {"serial_reply_ms", 5000, "listening-mode console: short replies"},
+    {"serial_slow_reply_ms", 20000, "listening-mode console: `i` and `s` (LTE modem start, §2.4)"},
+    {"serial_prompt_ms", 10000, "YMODEM: 'f' -> prompt"},
+    {"serial_header_ms", 10000, "YMODEM: header -> ACK 'C'"},
+    {"serial_block_ms", 10000, "YMODEM: data block -> ACK"},
+    {"serial_final_ms", 70000, "YMODEM: empty header -> verdict (bootloader/NCP apply, §4.4)"},
+    {"serial_reenumerate_ms", 45000, "reset after a transfer -> device back on USB"},
+    {NULL, 0, NULL},
+};
+
+enum run_state {
+	RUN_PROBE,
+	RUN_LISTEN_WAIT, /* 28800 set, waiting before probing again */
+	RUN_SEND,
+	RUN_REBOOT,
+	RUN_VERIFY,
+	RUN_ENDED,
+};
+
+struct transport_run {
+	struct job *job;
+	struct event_base *base;
+	enum run_state state;
+	struct serial_port *port;
+	struct console *console;
+	struct ymodem *ymodem;
+	struct event *kick, *timer;
+	struct device_facts facts;
+	struct preflight_plan plan;
+	size_t step;
+	uint64_t done_bytes, total_bytes;
+	bool tried_listen;
+	bool cancel;
+	struct error pending; /* result of the last sub-machine */
+	bool sub_done;
+	char tty[DEVICE_PATH_MAX];
+};
+
+static void run_kick(struct transport_run *r)
+{
+	event_active(r->kick, 0, 0);
+}
+
+static void release_port(struct transport_run *r)
+{
+	console_free(r->console);
+	r->console = NULL;
+	ymodem_free(r->ymodem);
+	r->ymodem = NULL;
+	serial_port_close(r->port);
+	r->port = NULL;
+}
+
+static void end_run(struct transport_run *r, enum job_result result, const char *word,
+		    struct error *err)
+{
+	if (r->state == RUN_ENDED)
+		return;
+	r->state = RUN_ENDED;
+	evtimer_del(r->timer);
+	release_port(r);
+	job_finish(r->job, result, word, err);
+}
+
+static void fail(struct transport_run *r, struct error *err)
+{
+	enum job_result res = err->code == ERR_CANCELLED ? JOB_RESULT_CANCELLED : JOB_RESULT_FAILED;
+	end_run(r, res, NULL, err);
+}
+
+static void arm(struct transport_run *r, unsigned ms)
+{
+	struct timeval tv = {ms / 1000, (suseconds_t)(ms % 1000) * 1000};
+	evtimer_add(r->timer, &tv);
+}
+
+/* ---- console --------------------------------------------------------------------- */
+
+static void on_console_done(void *ctx, struct error *err)
+{
+	struct transport_run *r = ctx;
+	r->sub_done = true;
+	error_clear(&r->pending);
+	if (err)
+		error_move(&r->pending, err);
+	run_kick(r);
+}
+
+static int open_port(struct transport_run *r, struct error *err)
+{
+	if (r->port)
+		return 0;
+	const struct device_snapshot *dev = job_device(r->job);
+	if (!dev->tty[0])
+		return error_set(err, ERR_DEVICE_NOT_FOUND, "the device has no serial port now");
+	snprintf(r->tty, sizeof(r->tty), "%s", dev->tty);
+	const char *lock_dir = getenv("FLASHD_LOCK_DIR");
+	if (serial_port_open(r->tty, lock_dir, &r->port, err) < 0) {
+		error_detail_str(err, "device", dev->key);
+		return -1;
+	}
+	return 0;
+}
+
+static int start_console(struct transport_run *r, unsigned steps, struct error *err)
+{
+	struct console_config cfg;
+	console_config_default(&cfg);
+	cfg.probe_ms = timeout_ms("serial_probe_ms");
+	cfg.reply_ms = timeout_ms("serial_reply_ms");
+	cfg.slow_reply_ms = timeout_ms("serial_slow_reply_ms");
+	console_free(r->console);
+	struct console_ops ops = {r, on_console_done};
+	r->console = console_new(r->base, r->port->fd, &cfg, &ops);
+	if (!r->console)
+		return error_set(err, ERR_INTERNAL, "out of memory");
+	r->sub_done = false;
+	/* keep what the registry knew (platform from USB ids) under the console's facts */
+	return console_run(r->console, steps, &r->facts, err);
+}
+
+static int facts_major(const struct device_facts *f)
+{
+	int a, b, c;
+	if (f->os_version[0] && osver_parse(f->os_version, &a, &b, &c) == 0)
+		return a;
+	return f->system_version ? f->system_version / 1000 : -1;
+}
+
+/* ---- preflight and sending --------------------------------------------------------- */
+
+static void on_ymodem_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	struct transport_run *r = ctx;
+	(void)total;
+	job_progress(r->job, r->done_bytes + done, r->total_bytes);
+}
+
+static void on_ymodem_done(void *ctx, const struct ymodem_result *res, struct error *err)
+{
+	struct transport_run *r = ctx;
+	(void)res;
+	r->sub_done = true;
+	error_clear(&r->pending);
+	if (err)
+		error_move(&r->pending, err);
+	run_kick(r);
+}
+
+static int start_send(struct transport_run *r, struct error *err)
+{
+	const struct preflight_step *s = &r->plan.steps[r->step];
+	struct ymodem_config cfg;
+	ymodem_config_default(&cfg);
+	cfg.prompt_ms = timeout_ms("serial_prompt_ms");
+	cfg.header_ms = timeout_ms("serial_header_ms");
+	cfg.block_ms = timeout_ms("serial_block_ms");
+	cfg.final_ms = timeout_ms("serial_final_ms");
+	ymodem_free(r->ymodem);
+	struct ymodem_ops ops = {r, on_ymodem_progress, on_ymodem_done};
+	r->ymodem = ymodem_new(r->base, r->port->fd, r->port->fd, s->img->data, s->img->len,
+			       s->name, &cfg, &ops);
+	if (!r->ymodem)
+		return error_set(err, ERR_INTERNAL, "out of memory");
+	r->sub_done = false;
+	r->state = RUN_SEND;
+	job_set_state(r->job, JOB_WRITING);
+	return ymodem_start(r->ymodem, err);
+}
+
+static void do_preflight(struct transport_run *r)
+{
+	struct error e;
+	error_init(&e);
+	job_set_state(r->job, JOB_PREFLIGHT);
+	size_t n = job_image_count(r->job);
+	struct preflight_input in[PREFLIGHT_MAX_IMAGES];
+	if (n > PREFLIGHT_MAX_IMAGES)
+		n = PREFLIGHT_MAX_IMAGES;
+	r->total_bytes = 0;
+	for (size_t i = 0; i < n; i++) {
+		in[i].img = job_image(r->job, i);
+		in[i].name = job_image_name(r->job, i);
+		r->total_bytes += in[i].img ? in[i].img->len : 0;
+	}
+	struct preflight_rules rules;
+	preflight_rules_serial(&r->facts, &rules);
+	if (preflight_check(&r->facts, r->tty, in, n, &rules, job_options(r->job)->force, &r->plan,
+			    &e) < 0) {
+		fail(r, &e);
+		return;
+	}
+	if (job_options(r->job)->dry_run || n == 0) {
+		end_run(r, JOB_RESULT_DONE, n == 0 ? "probed" : "preflight-ok", NULL);
+		return;
+	}
+	r->step = 0;
+	r->done_bytes = 0;
+	if (start_send(r, &e) < 0)
+		fail(r, &e);
+}
+
+/* ---- after a transfer --------------------------------------------------------------- */
+
+static bool device_resettable_after_failure(const struct device_facts *f)
+{
+	/* §4.5 INFERRED: on Gen 3 / P2 with 3.0-5.x a failed or cancelled transfer
+	 * leaves the update "running" and the next `f` is refused until reset. */
+	const struct platform *p = f->platform;
+	return p && (p->mcu == MCU_NRF52840 || p->mcu == MCU_RTL8721D) &&
+	       f->system_version >= 3000 && f->system_version < 6000;
+}
+
+static void after_send_failure(struct transport_run *r)
+{
+	struct error *e = &r->pending;
+	const struct preflight_step *s = &r->plan.steps[r->step];
+	if (e->code == ERR_DEVICE_REJECTED) {
+		char diag[256];
+		if (preflight_diagnose(&r->facts, s->img, diag, sizeof(diag), NULL))
+			error_detail_str(e, "diagnosis", diag);
+	}
+	error_detail_str(e, "file", s->name ? s->name : "");
+	if (r->step > 0 && error_detail_type(e->code, "phase"))
+		error_prefix(e, "image %zu of %zu (%s): ", r->step + 1, r->plan.n_steps, s->name);
+	bool broke = e->code == ERR_TRANSFER_FAILED || e->code == ERR_CANCELLED ||
+		     e->code == ERR_TIMED_OUT;
+	if (broke && r->port && device_resettable_after_failure(&r->facts)) {
+		struct error be;
+		error_init(&be);
+		if (serial_port_set_baud(r->port, BAUD_DFU, &be) == 0)
+			job_note(r->job, "device-reset",
+				 "the device refuses a second transfer until it resets (Gen 3/P2 "
+				 "with Device OS 3.0-5.x): switched it to DFU mode with 14400 baud; "
+				 "leave DFU mode (reset) before flashing again");
+		error_clear(&be);
+	}
+	fail(r, e);
+}
+
+static const char *check_name(unsigned bit)
+{
+	switch (bit) {
+	case MODULE_CHECK_INTEGRITY:
+		return "integrity";
+	case MODULE_CHECK_DEPENDENCIES:
+		return "dependencies";
+	case MODULE_CHECK_RANGE:
+		return "range";
+	case MODULE_CHECK_PLATFORM:
+		return "platform";
+	case MODULE_CHECK_PRODUCT:
+		return "product";
+	case MODULE_CHECK_DEPENDENCIES_FULL:
+		return "dependencies-full";
+	}
+	return "unknown";
+}
+
+/* The flashed module as the device reports it after its reboot. */
+static void verify_step(struct transport_run *r)
+{
+	const struct preflight_step *s = &r->plan.steps[r->step];
+	const struct image_module *m = s->module;
+	const struct installed_module *im = preflight_installed(&r->facts, m->function, m->index);
+	struct error e;
+	error_init(&e);
+	if (!im || im->version != m->version || !installed_module_valid(im)) {
+		json_t *checks = json_array();
+		if (!im || im->version != m->version)
+			json_array_append_new(checks, json_string("missing"));
+		else
+			for (unsigned bit = 1; bit < 0x80; bit <<= 1)
+				if ((im->checked & bit) && !(im->passed & bit))
+					json_array_append_new(checks, json_string(check_name(bit)));
+		char desc[128];
+		image_module_describe(m, desc, sizeof(desc));
+		error_set(&e, ERR_BOOTED_INVALID,
+			  "%s was written, but after the reboot the device %s", desc,
+			  !im ? "does not list it"
+			      : im->version != m->version ? "still reports another version"
+							  : "marks it invalid");
+		error_detail_json(&e, "failed_checks", checks);
+		error_detail_str(&e, "mode", "listening");
+		error_detail_str(&e, "module_function", module_function_name(m->function));
+		error_detail_str(&e, "file", s->name ? s->name : "");
+		end_run(r, JOB_RESULT_FAILED, "booted-invalid", &e);
+		return;
+	}
+	r->done_bytes += s->img->len;
+	if (++r->step < r->plan.n_steps) {
+		if (start_send(r, &e) < 0)
+			fail(r, &e);
+		return;
+	}
+	/* leave listening mode: the new firmware runs (§2.3 `x`) */
+	if (r->port && write(r->port->fd, "x", 1) != 1) {
+		/* the verdict stands even if the device left already */
+	}
+	end_run(r, JOB_RESULT_DONE, "verified", NULL);
+}
+
+/* ---- the run's event loop side ------------------------------------------------------- */
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+	struct transport_run *r = arg;
+	(void)fd;
+	(void)what;
+	struct error e;
+	error_init(&e);
+	if (!r->sub_done || r->state == RUN_ENDED)
+		return;
+	r->sub_done = false;
+	switch (r->state) {
+	case RUN_PROBE:
+		if (r->pending.code == ERR_TIMED_OUT && !r->tried_listen) {
+			/* not in listening mode: 28800 baud asks for it (§3, <= 5.9.x) */
+			r->tried_listen = true;
+			error_clear(&r->pending);
+			job_set_state(r->job, JOB_SWITCHING_MODE);
+			if (serial_port_set_baud(r->port, BAUD_LISTEN, &e) < 0) {
+				fail(r, &e);
+				return;
+			}
+			r->state = RUN_LISTEN_WAIT;
+			arm(r, timeout_ms("serial_listen_ms"));
+			return;
+		}
+		if (error_is_set(&r->pending)) {
+			if (r->pending.code == ERR_TIMED_OUT && transport_find("dfu")) {
+				/* no listening mode over 28800: Device OS 6.x (§3) */
+				job_handoff(r->job, "dfu",
+					    "the device does not enter listening mode (Device OS 6.x "
+					    "has no YMODEM)");
+				r->state = RUN_ENDED;
+				release_port(r);
+				return;
+			}
+			fail(r, &r->pending);
+			return;
+		}
+		job_set_device_mode(r->job, DEVICE_MODE_LISTENING);
+		job_update_facts(r->job, &r->facts);
+		if (facts_major(&r->facts) >= 6) {
+			if (transport_find("dfu")) {
+				job_handoff(r->job, "dfu", "Device OS 6.x has no YMODEM");
+				r->state = RUN_ENDED;
+				release_port(r);
+				return;
+			}
+			error_set(&e, ERR_NOT_FLASHABLE_HERE,
+				  "the device runs Device OS %s, which has no YMODEM flashing",
+				  r->facts.os_version);
+			error_detail_str(&e, "transport", "serial");
+			error_detail_str(&e, "reason", "Device OS 6.0.0 removed YMODEM");
+			fail(r, &e);
+			return;
+		}
+		do_preflight(r);
+		return;
+	case RUN_SEND:
+		if (error_is_set(&r->pending)) {
+			after_send_failure(r);
+			return;
+		}
+		/* success: the device resets to apply the update (§4.4) */
+		job_progress(r->job, r->done_bytes + r->plan.steps[r->step].img->len,
+			     r->total_bytes);
+		release_port(r);
+		r->state = RUN_REBOOT;
+		job_set_state(r->job, JOB_REBOOTING);
+		arm(r, timeout_ms("serial_reenumerate_ms"));
+		return;
+	case RUN_VERIFY:
+		if (error_is_set(&r->pending)) {
+			/* written, but the device cannot be queried now */
+			job_note(r->job, "not-verified", "%s", r->pending.message);
+			error_clear(&r->pending);
+			r->done_bytes += r->plan.steps[r->step].img->len;
+			if (r->step + 1 < r->plan.n_steps) {
+				r->step++;
+				if (start_send(r, &e) < 0)
+					fail(r, &e);
+				return;
+			}
+			end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);
+			return;
+		}
+		job_update_facts(r->job, &r->facts);
+		verify_step(r);
+		return;
+	default:
+		return;
+	}
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct transport_run *r = arg;
+	(void)fd;
+	(void)what;
+	if (r->state == RUN_LISTEN_WAIT) {
+		r->state = RUN_PROBE;
+		if (start_console(r, CONSOLE_PROBE | CONSOLE_IDENTIFY | CONSOLE_INFO, &r->pending) < 0)
+			fail(r, &r->pending);
+		return;
+	}
+	if (r->state == RUN_REBOOT) {
+		/* the device did not come back in time */
+		end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);
+	}
+}
+
+/* ---- vtable ------------------------------------------------------------------------------ */
+
+static bool serial_can_serve(const struct device_snapshot *dev)
+{
+	if (dev->mode == DEVICE_MODE_DFU || !dev->tty[0])
+		return false;
+	return facts_major(&dev->facts) < 6 || !transport_find("dfu");
+}
+
+static struct transport_run *serial_start(struct job *job, struct error *err)
+{
+	struct transport_run *r = calloc(1, sizeof(*r));
+	if (!r) {
+		error_set(err, ERR_INTERNAL, "out of memory");
+		return NULL;
+	}
+	r->job = job;
+	r->base = job_event_base(job);
+	error_init(&r->pending);
+	r->facts = job_device(job)->facts;
+	r->kick = event_new(r->base, -1, 0, on_kick, r);
+	r->timer = evtimer_new(r->base, on_timer, r);
+	if (!r->kick || !r->timer || open_port(r, err) < 0) {
+		if (r->kick)
+			event_free(r->kick);
+		if (r->timer)
+			event_free(r->timer);
+		free(r);
+		return NULL;
+	}
+	r->state = RUN_PROBE;
+	job_set_state(job, JOB_SWITCHING_MODE);
+	if (job_device(job)->mode != DEVICE_MODE_LISTENING) {
+		/* not known to listen: ask for it first (28800, §3); the bytes
+		 * that follow wait in the device's buffer (§11.4) */
+		struct error be;
+		error_init(&be);
+		if (serial_port_set_baud(r->port, BAUD_LISTEN, &be) == 0)
+			r->tried_listen = true;
+		error_clear(&be);
+	}
+	if (start_console(r, CONSOLE_PROBE | CONSOLE_IDENTIFY | CONSOLE_INFO, err) < 0) {
+		release_port(r);
+		event_free(r->kick);
+		event_free(r->timer);
+		free(r);
+		return NULL;
+	}
+	return r;
+}
+
+static void serial_cancel(struct transport_run *r)
+{
+	if (!r || r->state == RUN_ENDED)
+		return;
+	r->cancel = true;
+	if (r->state == RUN_SEND && r->ymodem) {
+		ymodem_cancel(r->ymodem); /* 'a' at the next block boundary */
+		return;
+	}
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_CANCELLED, "the job was cancelled before the transfer");
+	error_detail_str(&e, "phase", r->state == RUN_REBOOT ? "rebooting" : "preflight");
+	fail(r, &e);
+}
+
+static void serial_device_event(struct transport_run *r, enum device_event ev,
+				const struct device_snapshot *dev)
+{
+	if (!r || r->state != RUN_REBOOT)
+		return;
+	if (ev == DEVICE_EVENT_BACK || (ev == DEVICE_EVENT_CHANGED && dev->present)) {
+		if (!dev->tty[0] || dev->mode == DEVICE_MODE_DFU)
+			return;
+		evtimer_del(r->timer);
+		r->state = RUN_VERIFY;
+		job_set_state(r->job, JOB_VERIFYING);
+		/* verify: 28800 -> `s` (§3, §2.5) */
+		struct error e;
+		error_init(&e);
+		if (open_port(r, &e) < 0) {
+			error_move(&r->pending, &e);
+			r->sub_done = true;
+			run_kick(r);
+			return;
+		}
+		if (serial_port_set_baud(r->port, BAUD_LISTEN, &e) < 0)
+			error_clear(&e);
+		r->tried_listen = true;
+		r->facts.modules_known = false;
+		if (start_console(r, CONSOLE_PROBE | CONSOLE_INFO, &e) < 0) {
+			error_move(&r->pending, &e);
+			r->sub_done = true;
+			run_kick(r);
+		}
+	}
+}
+
+static void serial_free(struct transport_run *r)
+{
+	if (!r)
+		return;
+	release_port(r);
+	if (r->kick)
+		event_free(r->kick);
+	if (r->timer)
+		event_free(r->timer);
+	error_clear(&r->pending);
+	free(r);
+}
+
+const struct transport_ops serial_transport = {
+    .name = "serial",
+    .can_serve = serial_can_serve,
+    .start = serial_start,
+    .cancel = serial_cancel,
+    .device_event = serial_device_event,
+    .free = serial_free,
+    .timeouts = serial_timeouts,
+};
