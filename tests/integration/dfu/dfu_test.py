@@ -1,0 +1,456 @@
+#!/usr/bin/env python3
+"""Proof tests of the DFU transport (issue 7): the real flashd and flashctl against
+DfuSe devices simulated by flashd-sim (umockdev), checked against the simulator's
+state.json and flash dumps.
+
+usage: dfu_test.py FLASHD_SIM FLASHD FLASHCTL TEST
+       dfu_test.py --inner PLAN.json      (runs inside flashd-sim; see run())
+
+Each test starts one flashd-sim testbed with --time-scale 0; inside it this script
+starts `flashd --foreground`, waits for the devices, runs the plan's steps (flashctl
+--json flash, dfu-util, simulator control commands) and stops flashd.  The outer half
+reads the step results, state.json and the dumps.
+"""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+
+TIMEOUT = 120     # one testbed run, generous: every job below ends in well under 30 s
+FAULT_BOUND = 20  # seconds a faulted job may take (silent device: 5 s USB timeout)
+
+
+# --- inner half: runs inside the testbed -------------------------------------------------
+
+def inner(plan_path):
+    plan = json.load(open(plan_path))
+    work = plan['work']
+    sock = os.path.join(work, 'flashd.sock')
+    log = open(os.path.join(work, 'flashd.log'), 'w')
+    flashd = subprocess.Popen([plan['flashd'], '--foreground', '--socket', sock,
+                               '--state-dir', os.path.join(work, 'flashd-state'),
+                               '--log-level', 'debug'], stdout=log, stderr=log)
+    ctl_file = None
+
+    def ctl(**kw):
+        nonlocal ctl_file
+        if ctl_file is None:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(plan['control'])
+            ctl_file = s.makefile('rw')
+        ctl_file.write(json.dumps(kw) + '\n')
+        ctl_file.flush()
+        return json.loads(ctl_file.readline())
+
+    def flashctl(*args):
+        return subprocess.run([plan['flashctl'], '--socket', sock] + list(args),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=90)
+
+    results = []
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if os.path.exists(sock):
+                p = flashctl('--json', 'list')
+                if p.returncode == 0:
+                    devs = json.loads(p.stdout.splitlines()[0])['devices']
+                    if len([d for d in devs if d['present']]) >= plan['n_devices']:
+                        break
+            time.sleep(0.1)
+        else:
+            raise SystemExit('flashd did not list %d devices' % plan['n_devices'])
+        for step in plan['steps']:
+            t0 = time.monotonic()
+            if 'flash' in step:
+                p = flashctl('--json', 'flash', *step['flash'])
+                lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith('{')]
+                results.append({'rc': p.returncode, 'lines': lines, 'stderr': p.stderr,
+                                'elapsed': time.monotonic() - t0})
+            elif 'run' in step:
+                p = subprocess.run(step['run'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, timeout=90)
+                results.append({'rc': p.returncode, 'out': p.stdout,
+                                'elapsed': time.monotonic() - t0})
+            elif 'ctl' in step:
+                results.append(ctl(**step['ctl']))
+            elif 'snapshot' in step:
+                # The state directory as it is now, kept under a name.
+                r = ctl(cmd='state')
+                dst = os.path.join(work, step['snapshot'])
+                shutil.copytree(plan['state_dir'], dst)
+                results.append({'ok': r.get('ok'), 'dir': dst})
+            elif 'sleep' in step:
+                time.sleep(step['sleep'])
+                results.append({})
+            if step.get('settle'):
+                ctl(cmd='wait-idle')
+    finally:
+        flashd.send_signal(signal.SIGTERM)
+        try:
+            flashd.wait(10)
+        except subprocess.TimeoutExpired:
+            flashd.kill()
+        json.dump(results, open(os.path.join(work, 'results.json'), 'w'))
+
+
+if len(sys.argv) == 3 and sys.argv[1] == '--inner':
+    inner(sys.argv[2])
+    sys.exit(0)
+
+# --- outer half ------------------------------------------------------------------------
+
+SIM, FLASHD, FLASHCTL, TEST = sys.argv[1:5]
+SRC = os.environ.get('FLASHD_SOURCE_ROOT', os.path.join(os.path.dirname(__file__), '..', '..', '..'))
+FIX = os.environ.get('FLASHD_FIXTURES', os.path.join(SRC, '..', 'shared', 'fixtures'))
+GEN3_COMPAT_PAGE = 0xD4000  # erased by flashd (as particle-cli) and by the Gen 3 bootloader
+
+top = tempfile.mkdtemp(prefix='flashd-dfu-test.')
+CATALOGUE = {e['id']: e for e in (json.loads(l) for l in subprocess.run(
+    [FLASHCTL, 'errors', '--json'], stdout=subprocess.PIPE, text=True, check=True).stdout.splitlines())}
+
+
+def fail(msg):
+    print('FAIL: ' + msg)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def fixture(rel):
+    path = os.path.join(FIX, 'modules', rel)
+    if not os.path.exists(path):
+        print('SKIP: fixture %s missing' % path)
+        sys.exit(77)
+    return path
+
+
+def run(devices, steps, flashd=True):
+    """One testbed: returns (step results, state document, work dir, flashd log)."""
+    work = tempfile.mkdtemp(dir=top)
+    sdir = os.path.join(work, 'sim-state')
+    os.mkdir(sdir)
+    plan = {'work': work, 'flashd': FLASHD, 'flashctl': FLASHCTL, 'steps': steps,
+            'control': os.path.join(work, 'sim.sock'), 'state_dir': sdir,
+            'n_devices': len(devices) if flashd else 0}
+    json.dump(plan, open(os.path.join(work, 'plan.json'), 'w'))
+    argv = [SIM, '--time-scale', '0', '--state-dir', sdir, '--control', plan['control']]
+    for d in devices:
+        argv += ['--device', d]
+    if flashd:
+        argv += ['--', sys.executable, os.path.abspath(__file__), '--inner', os.path.join(work, 'plan.json')]
+    else:
+        argv += ['--', sys.executable, '-c', 'import json,subprocess,sys\n'
+                 'r=[subprocess.run(s["run"],stdout=subprocess.PIPE,stderr=subprocess.STDOUT,text=True)'
+                 ' for s in json.load(open(sys.argv[1]))["steps"]]\n'
+                 'json.dump([{"rc":p.returncode,"out":p.stdout} for p in r],'
+                 'open(json.load(open(sys.argv[1]))["work"]+"/results.json","w"))',
+                 os.path.join(work, 'plan.json')]
+    env = dict(os.environ, TMPDIR=work)  # a killed testbed leaves /tmp/umockdev.* behind
+    p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=TIMEOUT)
+    logpath = os.path.join(work, 'flashd.log')
+    log = open(logpath).read() if os.path.exists(logpath) else ''
+    check(p.returncode == 0, 'testbed exited %d:\n%s\n%s' % (p.returncode, p.stdout, log))
+    results = json.load(open(os.path.join(work, 'results.json')))
+    doc = json.load(open(os.path.join(sdir, 'state.json')))
+    doc['_dir'] = sdir
+    return results, doc, work, log
+
+
+def device(doc, name):
+    return [d for d in doc['devices'] if d['name'] == name][0]
+
+
+def dump(doc, dev, alt=0, sdir=None):
+    for r in dev['regions']:
+        if r['alt'] == alt:
+            return r['base'], open(os.path.join(sdir or doc['_dir'], r['dump']), 'rb').read()
+    fail('no alt %d region' % alt)
+
+
+def module_at(dev, address):
+    return next((m for m in dev['modules'] if m['address'] == address), None)
+
+
+def prefix_start(data):
+    for off in (0, 0x184, 0x200, 0x20):
+        start, end = struct.unpack_from('<II', data, off)
+        if end > start and end - start + 4 == len(data):
+            return start
+    fail('no module prefix')
+
+
+def job_end(res):
+    """The job-ended event of a flashctl --json flash run."""
+    ends = [l for l in res['lines'] if l.get('event') == 'job-ended']
+    check(len(ends) == 1, 'no job-ended event (rc %d): %s %s' % (res['rc'], res['lines'], res.get('stderr')))
+    return ends[0]
+
+
+def job_phases(res):
+    """States and notes of the job's progress events, in order, without repeats."""
+    seq = []
+    for l in res['lines']:
+        if l.get('event') != 'job-progress':
+            continue
+        item = 'note:' + l['note'] if 'note' in l else l['state']
+        if not seq or seq[-1] != item:
+            seq.append(item)
+    return seq
+
+
+def expect_done(res, log, outcome=None):
+    end = job_end(res)
+    check(end['result'] == 'done', 'job failed: %s\n%s' % (json.dumps(end.get('error')), log[-3000:]))
+    check(res['rc'] == 0, 'flashctl exit %d' % res['rc'])
+    if outcome:
+        check(end['outcome'] == outcome, 'outcome %s, expected %s' % (end['outcome'], outcome))
+    return end
+
+
+def expect_error(res, code, log):
+    end = job_end(res)
+    err = end.get('error') or {}
+    check(end['result'] == 'failed' and err.get('code') == code,
+          'expected %s, got %s %s\n%s' % (code, end['result'], json.dumps(err), log[-3000:]))
+    check(code in CATALOGUE, '%s is not in the catalogue' % code)
+    check(res['rc'] == CATALOGUE[code]['exit'], 'flashctl exit %d, catalogue says %d' % (res['rc'], CATALOGUE[code]['exit']))
+    check(err.get('message'), 'error without a message')
+    return err
+
+
+def check_flashed(doc, name, path, mode='normal'):
+    data = open(path, 'rb').read()
+    dev = device(doc, name)
+    addr = prefix_start(data)
+    base, mem = dump(doc, dev)
+    check(mem[addr - base:addr - base + len(data)] == data, '%s: dump differs from %s at 0x%x'
+          % (name, os.path.basename(path), addr))
+    check(dev['mode'] == mode, '%s: mode %s, expected %s' % (name, dev['mode'], mode))
+    m = module_at(dev, addr)
+    check(m and m['valid'] and m['failed_checks'] == [], '%s: module at 0x%x: %s' % (name, addr, m))
+    return dev, addr, data
+
+
+def make_module(start, function, index, version, platform, deps, payload_len):
+    """A valid module file (facts §7.1, §7.5): prefix, payload, 36-byte suffix, CRC-32 (BE)."""
+    total = 24 + payload_len + 36 + 4
+    d = list(deps) + [(0, 0, 0)] * (2 - len(deps))
+    prefix = struct.pack('<IIBBHHBBBBHBBH', start, start + total - 4, 0, 0, version, platform,
+                         function, index, d[0][0], d[0][1], d[0][2], d[1][0], d[1][1], d[1][2])
+    body = prefix + bytes((i * 13 + 7) & 0xff for i in range(payload_len)) + b'\0\0'
+    body += hashlib.sha256(body).digest() + struct.pack('<H', 36)
+    return body + struct.pack('>I', zlib.crc32(body) & 0xffffffff)
+
+
+# --- tests ------------------------------------------------------------------------------
+
+def ids(devices):
+    """Device ids flashd-sim derives from the names (run a listing testbed once)."""
+    res, doc, _, _ = run(devices, [], flashd=False)
+    return {d['name']: d['device_id'] for d in doc['devices']}
+
+
+def flash_steps(pairs, settle=True):
+    return [{'flash': [path, '--device', dev_id] + list(extra), 'settle': settle}
+            for path, dev_id, extra in pairs]
+
+
+def test_real_user_and_system_parts_flash_byte_identically():
+    specs = ['platform=photon,mode=dfu,os=2.2.0,name=p1', 'platform=argon,mode=dfu,os=2.2.0,name=a1']
+    idmap = ids(specs)
+    app = fixture('photon/tinker-0.4.5-photon.bin')
+    sysp = fixture('argon/argon-system-part1@2.2.0.bin')
+    res, doc, work, log = run(specs, flash_steps([(app, idmap['p1'], ()),
+                                                  (sysp, idmap['a1'], ('--verify',))]))
+    expect_done(res[0], log, 'written-not-verified')
+    expect_done(res[1], log, 'verified')
+    for r in res:
+        check(job_phases(r)[-2:] == ['rebooting', 'note:device-reset'], 'phases %s' % job_phases(r))
+    p1, _, data = check_flashed(doc, 'p1', app)
+    check(p1['received']['dfu_bytes'] == len(data), 'p1 dfu_bytes %d' % p1['received']['dfu_bytes'])
+    a1, _, data = check_flashed(doc, 'a1', sysp)
+    check(a1['received']['dfu_bytes'] == len(data), 'a1 dfu_bytes %d' % a1['received']['dfu_bytes'])
+    m = module_at(a1, 0x30000)
+    check(m['function'] == 'system' and m['version'] == 2202, str(m))
+    print('photon user part: %d bytes, %d control requests; argon system part: %d bytes, '
+          '%d control requests (with --verify read-back)'
+          % (p1['received']['dfu_bytes'], p1['received']['dfu_requests'],
+             a1['received']['dfu_bytes'], a1['received']['dfu_requests']))
+
+
+def test_wrong_platform_image_is_refused_without_writing():
+    specs = ['platform=photon,mode=dfu,os=2.2.0,name=p1']
+    idmap = ids(specs)
+    img = fixture('electron/electron_tinker.bin')
+    res, doc, work, log = run(specs, [{'snapshot': 'before'}] +
+                              flash_steps([(img, idmap['p1'], ())]))
+    err = expect_error(res[1], 'wrong-platform', log)
+    dev = device(doc, 'p1')
+    check(dev['received']['dfu_bytes'] == 0, 'dfu_bytes %d' % dev['received']['dfu_bytes'])
+    check(dev['mode'] == 'dfu', 'mode %s' % dev['mode'])
+    for alt in (0, 1):
+        _, before = dump(doc, dev, alt, res[0]['dir'])
+        _, after = dump(doc, dev, alt)
+        check(before == after, 'alt %d dump changed' % alt)
+    print('refused: %s' % err['message'])
+
+
+def test_new_layout_app_on_1_5_argon_is_refused_before_erase():
+    specs = ['platform=argon,mode=dfu,os=1.5.2,name=a1']
+    idmap = ids(specs)
+    sys15 = fixture('argon/argon-system-part1@1.5.0.bin')
+    # A Device OS 3.1+ application: user part 2 in the 256 KiB slot at 0xB4000, which the
+    # 1.5.0 system part (0x30000-0xCAF40) still occupies.
+    app = os.path.join(top, 'argon-app-3.1.bin')
+    open(app, 'wb').write(make_module(0xB4000, 5, 2, 6, 12, [(4, 1, 3103)], 20000))
+    res, doc, work, log = run(specs, flash_steps([(sys15, idmap['a1'], ())]) + [{'snapshot': 'before'}] +
+                              flash_steps([(app, idmap['a1'], ()), (app, idmap['a1'], ('--force',))]))
+    expect_done(res[0], log)
+    sysm = module_at(device(doc, 'a1'), 0x30000)
+    check(sysm and sysm['version'] == 1502 and sysm['valid'], 'system part: %s' % sysm)
+    err = expect_error(res[2], job_end(res[2])['error']['code'], log)
+    check(err['code'] in ('dependency-unmet', 'wrong-slot', 'layout-unknown'), 'refused with %s' % err['code'])
+    forced = expect_error(res[3], 'wrong-slot', log)
+    # --force never bypasses the slot and overlap checks against what UPLOAD found.
+    check(forced['detail'].get('device_os') == '1.5.2', 'forced refusal: %s' % json.dumps(forced))
+    dev = device(doc, 'a1')
+    _, before = dump(doc, dev, 0, res[1]['dir'])
+    _, after = dump(doc, dev, 0)
+    check(before == after, 'flash changed although the job was refused')
+    before_state = json.load(open(os.path.join(res[1]['dir'], 'state.json')))
+    check(device(before_state, 'a1')['received']['dfu_bytes'] == dev['received']['dfu_bytes'],
+          'DFU bytes were written by the refused jobs')
+    print('refused: %s / forced: %s' % (err['message'], forced['message']))
+
+
+def test_listening_and_normal_devices_are_switched_to_dfu_and_back():
+    # Device OS 6.x: the serial transport learns the version (listening mode) or gets no
+    # console (normal mode) and hands the job to DFU, which switches with 14400 baud.
+    specs = ['platform=boron,mode=listening,os=6.2.0,name=b1', 'platform=boron,mode=normal,os=6.2.0,name=b2']
+    idmap = ids(specs)
+    app = os.path.join(top, 'boron-app-6.bin')
+    open(app, 'wb').write(make_module(0xB4000, 5, 2, 7, 13, [(4, 1, 6000)], 30000))
+    res, doc, work, log = run(specs, flash_steps([(app, idmap['b1'], ()), (app, idmap['b2'], ())]))
+    tail = ['note:switching-to-dfu', 'preflight', 'erasing', 'writing', 'rebooting',
+            'note:device-reset']
+    for r, name in ((res[0], 'b1'), (res[1], 'b2')):
+        expect_done(r, log, 'written-not-verified')
+        phases = job_phases(r)
+        check(phases[-len(tail):] == tail, '%s phases %s' % (name, phases))
+        check(phases[0] == 'switching-mode', '%s phases %s' % (name, phases))
+        dev, _, _ = check_flashed(doc, name, app)
+        check(r['elapsed'] < 60, '%s took %.1f s' % (name, r['elapsed']))
+        print('%s (%s): %s in %.1f s' % (name, specs[int(name[1]) - 1].split(',')[1],
+                                        ' -> '.join(phases + ['done']), r['elapsed']))
+
+
+FAULT_KEYS = ('alt', 'address', 'chunk', 'dfu_state', 'dfu_status')
+
+
+def fault_run(spec, path, faults):
+    specs = ['%s,faults=%s,name=d1' % (spec, faults)]
+    idmap = ids(['%s,name=d1' % spec])
+    res, doc, work, log = run(specs, flash_steps([(path, idmap['d1'], ())]))
+    return res[0], device(doc, 'd1'), log
+
+
+def check_fault(res, code, log, chunk, base):
+    err = expect_error(res, code, log)
+    d = err.get('detail', {})
+    for k in FAULT_KEYS:
+        check(k in d, '%s: detail %s missing: %s' % (code, k, json.dumps(err)))
+    check(d['chunk'] == chunk and d['address'] == base + chunk * 4096 and d['alt'] == 0,
+          'position %s' % json.dumps(d))
+    check(res['elapsed'] < FAULT_BOUND, 'took %.1f s' % res['elapsed'])
+    check(isinstance(d.get('usb_trace'), list) and d['usb_trace'], 'no flight recorder')
+    print('%s after %.2f s: %s (dfu_state %d, dfu_status %d, chunk %d, address 0x%x)'
+          % (code, res['elapsed'], err['message'], d['dfu_state'], d['dfu_status'], d['chunk'], d['address']))
+    return err
+
+
+def test_faults_are_catalogue_errors_with_dfu_detail():
+    sysp = fixture('argon/argon-system-part1@2.2.0.bin')
+    spec = 'platform=argon,mode=dfu,os=2.2.0'
+    # The fourth data DNLOAD stalls; GETSTATUS says dfuERROR/errPROG.
+    res, dev, log = fault_run(spec, sysp, 'stall@chunk4:errPROG')
+    err = check_fault(res, 'transfer-failed', log, 3, 0x30000)
+    check(err['detail']['dfu_state'] == 10 and err['detail']['dfu_status'] == 6, json.dumps(err['detail']))
+    check(dev['mode'] == 'dfu', 'mode %s' % dev['mode'])
+    # dfuERROR/errTARGET on the first chunk (right after its SET_ADDRESS): the device refuses.
+    res, dev, log = fault_run(spec, sysp, 'stall@chunk1:errTARGET')
+    err = check_fault(res, 'device-rejected', log, 0, 0x30000)
+    check(err['detail']['dfu_state'] == 10 and err['detail']['dfu_status'] == 1, json.dumps(err['detail']))
+    # Cable pulled half-way.
+    res, dev, log = fault_run(spec, sysp, 'unplug@50%')
+    err = expect_error(res, 'device-gone', log)
+    d = err['detail']
+    check(all(k in d for k in FAULT_KEYS) and d['address'] == 0x30000 + d['chunk'] * 4096,
+          json.dumps(d))
+    check(res['elapsed'] < FAULT_BOUND, 'took %.1f s' % res['elapsed'])
+    check(0 < dev['received']['dfu_bytes'] < os.path.getsize(sysp), 'dfu_bytes %d' % dev['received']['dfu_bytes'])
+    print('device-gone after %.2f s: %s (chunk %d)' % (res['elapsed'], err['message'], d['chunk']))
+    # The device stops answering at the fifth chunk.
+    res, dev, log = fault_run(spec, sysp, 'silent@chunk5')
+    err = check_fault(res, 'timed-out', log, 4, 0x30000)
+
+
+def test_refused_block_numbered_chunk_falls_back_to_set_address():
+    sysp = fixture('argon/argon-system-part1@2.2.0.bin')
+    # errTARGET on the third chunk (block number 4, no SET_ADDRESS of its own).
+    res, dev, log = fault_run('platform=argon,mode=dfu,os=2.2.0', sysp, 'stall@chunk3:errTARGET')
+    expect_done(res, log)
+    check('note:retrying-set-address' in job_phases(res), 'phases %s' % job_phases(res))
+    print('fallback: %s; %d control requests' % (' -> '.join(job_phases(res)), dev['received']['dfu_requests']))
+
+
+def compare(spec, path, alt_addr=None):
+    data = open(path, 'rb').read()
+    addr = prefix_start(data)
+    idmap = ids([spec + ',name=d1'])
+    _, by_util, _, _ = run([spec + ',name=d1'], [
+        {'run': ['dfu-util', '-a', '0', '-s', '0x%x:leave' % addr, '-D', path]},
+        {'run': ['sleep', '1']}], flashd=False)
+    res, by_flashd, _, log = run([spec + ',name=d1'], flash_steps([(path, idmap['d1'], ())]))
+    expect_done(res[0], log)
+    du, df = device(by_util, 'd1'), device(by_flashd, 'd1')
+    gen3 = 'platform=argon' in spec or 'platform=boron' in spec
+    for r in du['regions']:
+        _, a = dump(by_util, du, r['alt'])
+        _, b = dump(by_flashd, df, r['alt'])
+        check(len(a) == len(b), 'alt %d sizes differ' % r['alt'])
+        if r['alt'] == 0 and gen3:
+            off = GEN3_COMPAT_PAGE - r['base']
+            a = a[:off] + a[off + 4096:]
+            b = b[:off] + b[off + 4096:]
+        check(a == b, '%s alt %d: dfu-util and flashd dumps differ' % (os.path.basename(path), r['alt']))
+    check(du['mode'] == df['mode'] == 'normal', 'modes %s %s' % (du['mode'], df['mode']))
+    print('%s: identical dumps; control requests dfu-util %d, flashd %d; bytes %d / %d'
+          % (os.path.basename(path), du['received']['dfu_requests'], df['received']['dfu_requests'],
+             du['received']['dfu_bytes'], df['received']['dfu_bytes']))
+
+
+def test_dfu_util_and_flashd_give_identical_dumps():
+    compare('platform=photon,mode=dfu,os=2.2.0', fixture('photon/tinker-0.4.5-photon.bin'))
+    compare('platform=argon,mode=dfu,os=2.2.0', fixture('argon/argon-system-part1@2.2.0.bin'))
+    compare('platform=boron,mode=dfu,os=2.2.0', fixture('boron/boron-system-part1@2.2.0.bin'))
+
+
+TESTS = {n[5:]: f for n, f in list(globals().items()) if n.startswith('test_')}
+if TEST not in TESTS:
+    print('unknown test; known: ' + ' '.join(TESTS))
+    sys.exit(2)
+TESTS[TEST]()
+shutil.rmtree(top, ignore_errors=True)
+print('PASS: ' + TEST)
