@@ -47,6 +47,7 @@ enum run_state {
 	RUN_LISTEN_WAIT, /* 28800 set, waiting before probing again */
 	RUN_SEND,
 	RUN_REBOOT,
+	RUN_REOPEN, /* back on USB, its tty node not openable yet */
 	RUN_VERIFY,
 	RUN_ENDED,
 };
@@ -64,6 +65,7 @@ struct transport_run {
 	size_t step;
 	uint64_t done_bytes, total_bytes;
 	bool tried_listen;
+	unsigned reopen_attempts;
 	bool cancel;
 	struct error pending; /* result of the last sub-machine */
 	bool sub_done;
@@ -429,6 +431,36 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* verify: 28800 -> `s` (§3, §2.5); the tty node may lag the USB event */
+static void start_verify(struct transport_run *r)
+{
+	struct error e;
+	error_init(&e);
+	r->state = RUN_VERIFY;
+	job_set_state(r->job, JOB_VERIFYING);
+	if (open_port(r, &e) < 0) {
+		if (e.code == ERR_DEVICE_NOT_FOUND && r->reopen_attempts++ < 40) {
+			error_clear(&e);
+			r->state = RUN_REOPEN;
+			arm(r, 250);
+			return;
+		}
+		error_move(&r->pending, &e);
+		r->sub_done = true;
+		run_kick(r);
+		return;
+	}
+	if (serial_port_set_baud(r->port, BAUD_LISTEN, &e) < 0)
+		error_clear(&e);
+	r->tried_listen = true;
+	r->facts.modules_known = false;
+	if (start_console(r, CONSOLE_PROBE | CONSOLE_INFO, &e) < 0) {
+		error_move(&r->pending, &e);
+		r->sub_done = true;
+		run_kick(r);
+	}
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
 	struct transport_run *r = arg;
@@ -438,6 +470,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		r->state = RUN_PROBE;
 		if (start_console(r, CONSOLE_PROBE | CONSOLE_IDENTIFY | CONSOLE_INFO, &r->pending) < 0)
 			fail(r, &r->pending);
+		return;
+	}
+	if (r->state == RUN_REOPEN) {
+		start_verify(r);
 		return;
 	}
 	if (r->state == RUN_REBOOT) {
@@ -522,26 +558,8 @@ static void serial_device_event(struct transport_run *r, enum device_event ev,
 		if (!dev->tty[0] || dev->mode == DEVICE_MODE_DFU)
 			return;
 		evtimer_del(r->timer);
-		r->state = RUN_VERIFY;
-		job_set_state(r->job, JOB_VERIFYING);
-		/* verify: 28800 -> `s` (§3, §2.5) */
-		struct error e;
-		error_init(&e);
-		if (open_port(r, &e) < 0) {
-			error_move(&r->pending, &e);
-			r->sub_done = true;
-			run_kick(r);
-			return;
-		}
-		if (serial_port_set_baud(r->port, BAUD_LISTEN, &e) < 0)
-			error_clear(&e);
-		r->tried_listen = true;
-		r->facts.modules_known = false;
-		if (start_console(r, CONSOLE_PROBE | CONSOLE_INFO, &e) < 0) {
-			error_move(&r->pending, &e);
-			r->sub_done = true;
-			run_kick(r);
-		}
+		r->reopen_attempts = 0;
+		start_verify(r);
 	}
 }
 
