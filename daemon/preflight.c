@@ -27,8 +27,8 @@
 #define COMPRESSED_OTA_MIN_BOOTLOADER_VERSION 1000
 #define COMPRESSED_OTA_MIN_SYSTEM_VERSION     2000 /* when the bootloader is not known */
 
-const struct installed_module *preflight_installed(const struct device_facts *dev,
-						   uint8_t function, uint8_t index)
+const struct installed_module *preflight_installed(const struct device_facts *dev, uint8_t function,
+						   uint8_t index)
 {
 	for (unsigned i = 0; dev && i < dev->n_modules && i < DEVICE_FACTS_MAX_MODULES; i++) {
 		const struct installed_module *m = &dev->modules[i];
@@ -162,8 +162,8 @@ static bool waits_on_job(const struct device_facts *dev, const struct preflight_
 				continue;
 			bool met = false;
 			for (size_t j = 0; j < n_images && !met; j++)
-				if (placed[j] &&
-				    image_provides(images[j].img, dep->function, dep->index, dep->version))
+				if (placed[j] && image_provides(images[j].img, dep->function,
+								dep->index, dep->version))
 					met = true;
 			if (!met && dev && dev->modules_known) {
 				const struct installed_module *im =
@@ -174,7 +174,8 @@ static bool waits_on_job(const struct device_facts *dev, const struct preflight_
 				continue;
 			for (size_t j = 0; j < n_images; j++)
 				if (j != i && !placed[j] &&
-				    image_provides(images[j].img, dep->function, dep->index, dep->version))
+				    image_provides(images[j].img, dep->function, dep->index,
+						   dep->version))
 					return true;
 		}
 	}
@@ -245,9 +246,9 @@ static int check_platform(const struct device_facts *dev, const char *label, con
 	return -1;
 }
 
-static int check_kind(const struct device_facts *dev, const char *name,
-		      const struct image *img, const struct image_module *m,
-		      const struct preflight_rules *rules, struct error *err)
+static int check_kind(const struct device_facts *dev, const char *name, const struct image *img,
+		      const struct image_module *m, const struct preflight_rules *rules,
+		      struct error *err)
 {
 	const char *why = NULL;
 	if (!(rules->functions & FN_BIT(m->function)))
@@ -286,9 +287,10 @@ static int check_slot(const struct device_facts *dev, const char *name,
 	/* NCP firmware lives in the coprocessor's flash: its prefix start is 0. */
 	bool rtl_user = p->mcu == MCU_RTL8721D && m->function == MODULE_FUNCTION_USER;
 	if (s && start >= s->start && start < s->end && end > s->end) {
-		error_set(err, ERR_IMAGE_TOO_LARGE,
-			  "%s needs %u bytes from 0x%08x; the %s slot of a %s ends at 0x%08x (%u bytes)",
-			  name, end - start, start, s->name, p->display, s->end, s->end - s->start);
+		error_set(
+		    err, ERR_IMAGE_TOO_LARGE,
+		    "%s needs %u bytes from 0x%08x; the %s slot of a %s ends at 0x%08x (%u bytes)",
+		    name, end - start, start, s->name, p->display, s->end, s->end - s->start);
 		error_detail_int(err, "size", end - start);
 		error_detail_int(err, "limit", s->end - start);
 		error_detail_int(err, "slot_start", s->start);
@@ -382,9 +384,9 @@ static void release_label(uint8_t function, uint16_t version, char *buf, size_t 
 		uint16_t v = function == MODULE_FUNCTION_BOOTLOADER ? r->bootloader : r->system;
 		if (!v)
 			continue;
-		if (v < version && (!below || v >= (function == MODULE_FUNCTION_BOOTLOADER
-							? below->bootloader
-							: below->system)))
+		if (v < version &&
+		    (!below || v >= (function == MODULE_FUNCTION_BOOTLOADER ? below->bootloader
+									    : below->system)))
 			below = r;
 		if (v > version && !above)
 			above = r;
@@ -419,8 +421,8 @@ static int unmet(const struct device_facts *dev, const char *name, const struct 
 	snprintf(what, sizeof(what), "%s %u", module_function_phrase(dep->function), dep->index);
 	if (have)
 		error_set(err, ERR_DEPENDENCY_UNMET,
-			  "%s (%s) needs %s version %u%s%s%s; the device has version %u%s%s%s", name,
-			  desc, what, dep->version, req_rel[0] ? " (Device OS " : "", req_rel,
+			  "%s (%s) needs %s version %u%s%s%s; the device has version %u%s%s%s",
+			  name, desc, what, dep->version, req_rel[0] ? " (Device OS " : "", req_rel,
 			  req_rel[0] ? ")" : "", have_version, inst_rel[0] ? " (Device OS " : "",
 			  inst_rel, inst_rel[0] ? ")" : "");
 	else
@@ -512,17 +514,21 @@ static int check_siblings(const struct device_facts *dev, const char *name,
 			char rel[64], desc[128];
 			release_label(m->function, im->deps[d].version, rel, sizeof(rel));
 			image_module_describe(m, desc, sizeof(desc));
-			error_set(err, ERR_DEPENDENCY_UNMET,
-				  "%s (%s) would break the installed system part %u version %u, which "
-				  "needs %s %u version %u%s%s",
-				  name, desc, im->index, im->version,
-				  module_function_phrase(m->function), m->index, im->deps[d].version,
-				  rel[0] ? " (Device OS " : "", rel[0] ? rel : "");
+			error_set(
+			    err, ERR_DEPENDENCY_UNMET,
+			    "%s (%s) would break the installed system part %u version %u, which "
+			    "needs %s %u version %u%s%s",
+			    name, desc, im->index, im->version, module_function_phrase(m->function),
+			    m->index, im->deps[d].version, rel[0] ? " (Device OS " : "",
+			    rel[0] ? rel : "");
 			if (rel[0])
-				strncat(err->message, ")", sizeof(err->message) - strlen(err->message) - 1);
-			error_hint(err, "flash every system part of one Device OS release together, "
-					"in one job");
-			error_detail_str(err, "required_function", module_function_name(m->function));
+				strncat(err->message, ")",
+					sizeof(err->message) - strlen(err->message) - 1);
+			error_hint(err,
+				   "flash every system part of one Device OS release together, "
+				   "in one job");
+			error_detail_str(err, "required_function",
+					 module_function_name(m->function));
 			error_detail_int(err, "required_index", m->index);
 			error_detail_int(err, "required_version", im->deps[d].version);
 			error_detail_str(err, "required_release", rel);

@@ -36,9 +36,9 @@ struct preflight_rules {
 
 /* One image of the plan, in the order it must be written. */
 struct preflight_step {
-	const struct image *img; /* not owned */
-	size_t job_index;	 /* position in the job's submission order */
-	const char *name;	 /* file name for messages (not owned) */
+	const struct image *img;	   /* not owned */
+	size_t job_index;		   /* position in the job's submission order */
+	const char *name;		   /* file name for messages (not owned) */
 	const struct image_module *module; /* first module of the file */
 };
 
@@ -92,5 +92,5 @@ bool preflight_diagnose(const struct device_facts *dev, const struct image *img,
 			size_t size, enum error_code *ret_cause);
 
 /* The installed module with this function and index (main store), or NULL. */
-const struct installed_module *preflight_installed(const struct device_facts *dev,
-						   uint8_t function, uint8_t index);
+const struct installed_module *preflight_installed(const struct device_facts *dev, uint8_t function,
+						   uint8_t index);

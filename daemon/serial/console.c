@@ -170,7 +170,8 @@ int console_parse_info(const char *text, struct device_facts *facts, struct erro
 	     i++) {
 		struct installed_module *m = &facts->modules[facts->n_modules++];
 		fill_module(m, json_array_get(mods, i));
-		if ((m->function == MODULE_FUNCTION_SYSTEM || m->function == MODULE_FUNCTION_MONO) &&
+		if ((m->function == MODULE_FUNCTION_SYSTEM ||
+		     m->function == MODULE_FUNCTION_MONO) &&
 		    m->store == MODULE_STORE_MAIN) {
 			if (m->index == 1 || m->function == MODULE_FUNCTION_MONO)
 				sys1 = m->version;
@@ -274,9 +275,10 @@ static bool claim_prompt(struct console *c)
 			  "another program keeps writing to the port: the console's claim-code "
 			  "prompt opened %u times",
 			  c->claim_recoveries);
-		error_hint(&e, "ModemManager probes Particle ports with AT commands: install flashd's "
-			       "udev rules (ID_MM_DEVICE_IGNORE=1) and re-plug the device, or stop "
-			       "ModemManager");
+		error_hint(&e,
+			   "ModemManager probes Particle ports with AT commands: install flashd's "
+			   "udev rules (ID_MM_DEVICE_IGNORE=1) and re-plug the device, or stop "
+			   "ModemManager");
 		error_detail_str(&e, "holder", "ModemManager");
 		finish(c, &e);
 		error_clear(&e);
@@ -327,7 +329,8 @@ static void on_input(struct console *c)
 		break;
 	}
 	case CONSOLE_WAIT_CLAIM_END:
-		if (strstr(c->buf, TEXT_CLAIM_ANSWER) && strchr(strstr(c->buf, TEXT_CLAIM_ANSWER), '\n'))
+		if (strstr(c->buf, TEXT_CLAIM_ANSWER) &&
+		    strchr(strstr(c->buf, TEXT_CLAIM_ANSWER), '\n'))
 			start_step(c, c->resume);
 		break;
 	default:
@@ -346,7 +349,8 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 	if (n <= 0) {
 		struct error e;
 		error_init(&e);
-		error_set(&e, ERR_DEVICE_GONE, "the device disappeared while answering the console");
+		error_set(&e, ERR_DEVICE_GONE,
+			  "the device disappeared while answering the console");
 		error_detail_str(&e, "phase", "console");
 		finish(c, &e);
 		error_clear(&e);
@@ -371,16 +375,17 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
 	struct console *c = arg;
 	(void)fd;
 	(void)what;
-	static const char *const phase[] = {
-	    [CONSOLE_WAIT_PROBE] = "probe", [CONSOLE_WAIT_IDENTIFY] = "identify",
-	    [CONSOLE_WAIT_INFO] = "info", [CONSOLE_WAIT_CLAIM_END] = "claim-prompt"};
-	unsigned ms = c->state == CONSOLE_WAIT_PROBE	     ? c->cfg.probe_ms
+	static const char *const phase[] = {[CONSOLE_WAIT_PROBE] = "probe",
+					    [CONSOLE_WAIT_IDENTIFY] = "identify",
+					    [CONSOLE_WAIT_INFO] = "info",
+					    [CONSOLE_WAIT_CLAIM_END] = "claim-prompt"};
+	unsigned ms = c->state == CONSOLE_WAIT_PROBE	   ? c->cfg.probe_ms
 		      : c->state == CONSOLE_WAIT_CLAIM_END ? c->cfg.reply_ms
 							   : c->cfg.slow_reply_ms;
 	struct error e;
 	error_init(&e);
-	const char *ph = c->state <= CONSOLE_WAIT_CLAIM_END && phase[c->state] ? phase[c->state]
-										: "console";
+	const char *ph =
+	    c->state <= CONSOLE_WAIT_CLAIM_END && phase[c->state] ? phase[c->state] : "console";
 	error_set(&e, ERR_TIMED_OUT, "the device's console did not answer within %u ms (%s)", ms,
 		  ph);
 	error_detail_str(&e, "phase", ph);
@@ -411,8 +416,7 @@ struct console *console_new(struct event_base *base, int fd, const struct consol
 	return c;
 }
 
-int console_run(struct console *c, unsigned steps, struct device_facts *facts,
-		struct error *err)
+int console_run(struct console *c, unsigned steps, struct device_facts *facts, struct error *err)
 {
 	if (c->state != CONSOLE_IDLE && c->state != CONSOLE_DONE)
 		return error_set(err, ERR_INTERNAL, "console busy");

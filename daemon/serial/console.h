@@ -43,8 +43,7 @@ struct console *console_new(struct event_base *base, int fd, const struct consol
 			    const struct console_ops *ops);
 /* Runs the steps (a mask, in PROBE, IDENTIFY, INFO, EXIT order) and writes what
  * it learns into *facts (kept by the caller until done). */
-int console_run(struct console *c, unsigned steps, struct device_facts *facts,
-		struct error *err);
+int console_run(struct console *c, unsigned steps, struct device_facts *facts, struct error *err);
 void console_free(struct console *c);
 
 /* Parsers, exposed for tests. */

@@ -108,10 +108,9 @@ pid_t serial_port_holder(const char *path, const char *lock_dir, char *comm, siz
 
 const char *serial_port_holder_hint(const char *comm)
 {
-	static const char *const monitors[] = {"minicom", "screen", "picocom", "miniterm",
-					       "miniterm.py", "cu", "tio", "putty", "gtkterm",
-					       "cutecom", "moserial", "particle", "node", "tail",
-					       "cat", "socat"};
+	static const char *const monitors[] = {
+	    "minicom", "screen",  "picocom",  "miniterm", "miniterm.py", "cu",	 "tio", "putty",
+	    "gtkterm", "cutecom", "moserial", "particle", "node",	 "tail", "cat", "socat"};
 	if (comm && strcmp(comm, "ModemManager") == 0)
 		return "ModemManager is probing the port as a modem: install flashd's udev rules "
 		       "(systemd/70-flashd.rules sets ID_MM_DEVICE_IGNORE=1 on Particle ports) and "
@@ -185,8 +184,8 @@ static int set_raw(int fd)
 	if (ioctl(fd, TCGETS2, &t) < 0)
 		return -1;
 	/* cfmakeraw() */
-	t.c_iflag &= ~(tcflag_t)(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON |
-				 IXOFF);
+	t.c_iflag &=
+	    ~(tcflag_t)(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON | IXOFF);
 	t.c_oflag &= ~(tcflag_t)OPOST;
 	t.c_lflag &= ~(tcflag_t)(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
 	t.c_cflag &= ~(tcflag_t)(CSIZE | PARENB | CRTSCTS);
@@ -211,7 +210,8 @@ int serial_port_open(const char *path, const char *lock_dir, struct serial_port 
 		int e = errno;
 		free(p);
 		if (e == EACCES || e == EPERM) {
-			error_set(err, ERR_PERMISSION_DENIED, "cannot open %s: %s", path, strerror(e));
+			error_set(err, ERR_PERMISSION_DENIED, "cannot open %s: %s", path,
+				  strerror(e));
 			error_detail_str(err, "path", path);
 			error_detail_int(err, "errno", e);
 			error_detail_str(err, "operation", "open");

@@ -259,16 +259,17 @@ static void after_send_failure(struct transport_run *r)
 	error_detail_str(e, "file", s->name ? s->name : "");
 	if (r->step > 0 && error_detail_type(e->code, "phase"))
 		error_prefix(e, "image %zu of %zu (%s): ", r->step + 1, r->plan.n_steps, s->name);
-	bool broke = e->code == ERR_TRANSFER_FAILED || e->code == ERR_CANCELLED ||
-		     e->code == ERR_TIMED_OUT;
+	bool broke =
+	    e->code == ERR_TRANSFER_FAILED || e->code == ERR_CANCELLED || e->code == ERR_TIMED_OUT;
 	if (broke && r->port && device_resettable_after_failure(&r->facts)) {
 		struct error be;
 		error_init(&be);
 		if (serial_port_set_baud(r->port, BAUD_DFU, &be) == 0)
-			job_note(r->job, "device-reset",
-				 "the device refuses a second transfer until it resets (Gen 3/P2 "
-				 "with Device OS 3.0-5.x): switched it to DFU mode with 14400 baud; "
-				 "leave DFU mode (reset) before flashing again");
+			job_note(
+			    r->job, "device-reset",
+			    "the device refuses a second transfer until it resets (Gen 3/P2 "
+			    "with Device OS 3.0-5.x): switched it to DFU mode with 14400 baud; "
+			    "leave DFU mode (reset) before flashing again");
 		error_clear(&be);
 	}
 	fail(r, e);
@@ -313,9 +314,9 @@ static void verify_step(struct transport_run *r)
 		image_module_describe(m, desc, sizeof(desc));
 		error_set(&e, ERR_BOOTED_INVALID,
 			  "%s was written, but after the reboot the device %s", desc,
-			  !im ? "does not list it"
-			      : im->version != m->version ? "still reports another version"
-							  : "marks it invalid");
+			  !im			      ? "does not list it"
+			  : im->version != m->version ? "still reports another version"
+						      : "marks it invalid");
 		error_detail_json(&e, "failed_checks", checks);
 		error_detail_str(&e, "mode", "listening");
 		error_detail_str(&e, "module_function", module_function_name(m->function));
@@ -366,9 +367,10 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		if (error_is_set(&r->pending)) {
 			if (r->pending.code == ERR_TIMED_OUT && transport_find("dfu")) {
 				/* no listening mode over 28800: Device OS 6.x (§3) */
-				job_handoff(r->job, "dfu",
-					    "the device does not enter listening mode (Device OS 6.x "
-					    "has no YMODEM)");
+				job_handoff(
+				    r->job, "dfu",
+				    "the device does not enter listening mode (Device OS 6.x "
+				    "has no YMODEM)");
 				r->state = RUN_ENDED;
 				release_port(r);
 				return;
@@ -468,7 +470,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (r->state == RUN_LISTEN_WAIT) {
 		r->state = RUN_PROBE;
-		if (start_console(r, CONSOLE_PROBE | CONSOLE_IDENTIFY | CONSOLE_INFO, &r->pending) < 0)
+		if (start_console(r, CONSOLE_PROBE | CONSOLE_IDENTIFY | CONSOLE_INFO, &r->pending) <
+		    0)
 			fail(r, &r->pending);
 		return;
 	}

@@ -7,12 +7,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SOH 0x01
-#define STX 0x02
-#define EOT 0x04
-#define ACK 0x06
-#define NAK 0x15
-#define CA  0x18
+#define SOH	    0x01
+#define STX	    0x02
+#define EOT	    0x04
+#define ACK	    0x06
+#define NAK	    0x15
+#define CA	    0x18
 #define CRC_REQUEST 'C'
 
 #define SMALL_BLOCK 128
@@ -20,18 +20,18 @@
 #define READ_CHUNK  512
 
 /* Texts the device prints (§2.3, §4.4, §4.5). */
-#define TEXT_PROMPT	     "Waiting for the binary file to be sent"
-#define TEXT_CLAIM_PROMPT    "Enter 63-digit claim code"
-#define TEXT_CLAIM_ANSWER    "laim code" /* "Sorry, claim code ..." / "Claim code set to" */
-#define TEXT_SUCCESS	     "Downloaded file successfully!"
-#define TEXT_RESTARTING	     "Restarting system"
-#define TEXT_VALIDATION	     "Validation failed:"
-#define TEXT_HEADER_REFUSED  "The file size is higher than the allowed space memory!"
-#define TEXT_SAVE_FAILED     "Failed to save chunk!"
-#define TEXT_VERIFY_FAILED   "Verification failed!" /* 0.4.x-0.6.0 wording of the above */
-#define TEXT_USER_ABORT	     "Aborted by user."
-#define TEXT_RECEIVE_FAILED  "Failed to receive the file!"
-#define TEXT_NO_YMODEM	     "no longer supported"
+#define TEXT_PROMPT	    "Waiting for the binary file to be sent"
+#define TEXT_CLAIM_PROMPT   "Enter 63-digit claim code"
+#define TEXT_CLAIM_ANSWER   "laim code" /* "Sorry, claim code ..." / "Claim code set to" */
+#define TEXT_SUCCESS	    "Downloaded file successfully!"
+#define TEXT_RESTARTING	    "Restarting system"
+#define TEXT_VALIDATION	    "Validation failed:"
+#define TEXT_HEADER_REFUSED "The file size is higher than the allowed space memory!"
+#define TEXT_SAVE_FAILED    "Failed to save chunk!"
+#define TEXT_VERIFY_FAILED  "Verification failed!" /* 0.4.x-0.6.0 wording of the above */
+#define TEXT_USER_ABORT	    "Aborted by user."
+#define TEXT_RECEIVE_FAILED "Failed to receive the file!"
+#define TEXT_NO_YMODEM	    "no longer supported"
 
 struct ymodem {
 	struct event_base *base;
@@ -48,11 +48,11 @@ struct ymodem {
 	uint8_t out[PACKET_MAX];
 	size_t out_len, out_off;
 
-	uint32_t block;	     /* data block being sent (1-based) */
-	size_t block_off;    /* file offset of that block */
-	size_t block_len;    /* file bytes in it */
-	unsigned retries;    /* re-sends after silence of the current packet */
-	unsigned naks;	     /* consecutive NAKs */
+	uint32_t block;	  /* data block being sent (1-based) */
+	size_t block_off; /* file offset of that block */
+	size_t block_len; /* file bytes in it */
+	unsigned retries; /* re-sends after silence of the current packet */
+	unsigned naks;	  /* consecutive NAKs */
 	bool resent_after_silence;
 	unsigned claim_recoveries;
 	bool claim_pending;
@@ -68,11 +68,11 @@ struct ymodem {
 };
 
 static const char *const state_names[] = {
-    [YMODEM_IDLE] = "idle",	      [YMODEM_PROMPT] = "prompt",
-    [YMODEM_HEADER] = "header",	      [YMODEM_HEADER_C] = "header",
-    [YMODEM_DATA] = "data",	      [YMODEM_EOT] = "eot",
-    [YMODEM_FINAL] = "validation",    [YMODEM_SUCCESS_TEXT] = "validation",
-    [YMODEM_CANCEL_TEXT] = "cancel",  [YMODEM_ABORTING] = "abort",
+    [YMODEM_IDLE] = "idle",	     [YMODEM_PROMPT] = "prompt",
+    [YMODEM_HEADER] = "header",	     [YMODEM_HEADER_C] = "header",
+    [YMODEM_DATA] = "data",	     [YMODEM_EOT] = "eot",
+    [YMODEM_FINAL] = "validation",   [YMODEM_SUCCESS_TEXT] = "validation",
+    [YMODEM_CANCEL_TEXT] = "cancel", [YMODEM_ABORTING] = "abort",
     [YMODEM_DONE] = "done",
 };
 
@@ -106,7 +106,8 @@ uint16_t ymodem_crc16(const uint8_t *buf, size_t len)
 	for (size_t i = 0; i < len; i++) {
 		crc ^= (uint16_t)(buf[i] << 8);
 		for (int b = 0; b < 8; b++)
-			crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+			crc =
+			    (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
 	}
 	return crc;
 }
@@ -227,7 +228,8 @@ static void fail_transfer(struct ymodem *y, enum error_code code, const char *ph
 	error_init(&e);
 	error_set(&e, code, NULL);
 	if (code == ERR_TRANSFER_FAILED) {
-		error_set(&e, code, "the transfer broke off at block %u (%llu bytes acknowledged): %s",
+		error_set(&e, code,
+			  "the transfer broke off at block %u (%llu bytes acknowledged): %s",
 			  y->block, (unsigned long long)y->res.bytes_sent, fmt_reason);
 		error_detail_str(&e, "reason", fmt_reason);
 	} else if (code == ERR_DEVICE_GONE) {
@@ -422,7 +424,7 @@ static void trim_text(struct ymodem *y)
 static bool text_complete(const struct ymodem *y)
 {
 	const char *t = y->res.device_text;
-	const char *known[] = {TEXT_HEADER_REFUSED, TEXT_SAVE_FAILED, TEXT_VERIFY_FAILED,
+	const char *known[] = {TEXT_HEADER_REFUSED, TEXT_SAVE_FAILED,	 TEXT_VERIFY_FAILED,
 			       TEXT_USER_ABORT,	    TEXT_RECEIVE_FAILED, TEXT_NO_YMODEM};
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
 		if (strstr(t, known[i]))
@@ -493,10 +495,11 @@ static void verdict_from_text(struct ymodem *y, bool gone)
 		error_set(&e, ERR_CANCELLED, "the transfer was cancelled at block %u", y->block);
 		error_detail_str(&e, "phase", y->cancel_phase ? y->cancel_phase : "data");
 	} else {
-		error_set(&e, ERR_TRANSFER_FAILED, "the device cancelled the transfer at block %u%s%s%s",
-			  y->block, t[0] ? " (\"" : "", t, t[0] ? "\")" : "");
-		error_detail_str(&e, "reason", gone ? "device cancelled and disappeared"
-						    : "device cancelled");
+		error_set(&e, ERR_TRANSFER_FAILED,
+			  "the device cancelled the transfer at block %u%s%s%s", y->block,
+			  t[0] ? " (\"" : "", t, t[0] ? "\")" : "");
+		error_detail_str(&e, "reason",
+				 gone ? "device cancelled and disappeared" : "device cancelled");
 		error_detail_str(&e, "phase", y->cancel_phase ? y->cancel_phase : "data");
 	}
 	if (t[0] && error_detail_type(e.code, "device_text"))

@@ -15,10 +15,10 @@
 
 struct event_base;
 
-#define YMODEM_BLOCK	 1024 /* STX data blocks (§4.1) */
-#define YMODEM_TEXT_MAX	 512  /* device text kept after a cancel or success */
-#define YMODEM_LINE_MAX	 256  /* one console line while waiting for the prompt */
-#define YMODEM_NAME_MAX	 64   /* file name sent in the header */
+#define YMODEM_BLOCK	1024 /* STX data blocks (§4.1) */
+#define YMODEM_TEXT_MAX 512  /* device text kept after a cancel or success */
+#define YMODEM_LINE_MAX 256  /* one console line while waiting for the prompt */
+#define YMODEM_NAME_MAX 64   /* file name sent in the header */
 
 enum ymodem_start {
 	/* Send 'f' and wait for the prompt line (§2.3), or a receiver's 'C'. */
@@ -31,10 +31,10 @@ struct ymodem_config {
 	unsigned prompt_ms; /* 'f' -> prompt line */
 	unsigned header_ms; /* header -> ACK 'C' */
 	unsigned block_ms;  /* data block -> ACK */
-	unsigned final_ms;  /* empty header -> verdict: validation and bootloader/NCP apply (§4.4) */
-	unsigned text_ms;   /* quiet time that ends the device's text after a verdict */
-	unsigned max_retries; /* re-sends of a block that got no answer */
-	unsigned max_naks;    /* consecutive NAKs that make a NAK storm */
+	unsigned final_ms; /* empty header -> verdict: validation and bootloader/NCP apply (§4.4) */
+	unsigned text_ms;  /* quiet time that ends the device's text after a verdict */
+	unsigned max_retries;	       /* re-sends of a block that got no answer */
+	unsigned max_naks;	       /* consecutive NAKs that make a NAK storm */
 	unsigned max_claim_recoveries; /* claim-code prompts swallowed and recovered (§11.3) */
 	enum ymodem_start start;
 	/* Device flavour (§4.2): a NAK to a block re-sent after silence means the
@@ -47,23 +47,23 @@ void ymodem_config_default(struct ymodem_config *cfg);
 
 enum ymodem_state {
 	YMODEM_IDLE,
-	YMODEM_PROMPT,	    /* 'f' sent, waiting for the prompt line */
-	YMODEM_HEADER,	    /* header sent, waiting for ACK */
-	YMODEM_HEADER_C,    /* header ACKed, waiting for the 'C' after it */
-	YMODEM_DATA,	    /* data block sent, waiting for ACK */
-	YMODEM_EOT,	    /* EOT sent */
-	YMODEM_FINAL,	    /* empty header sent: the device validates */
+	YMODEM_PROMPT,	     /* 'f' sent, waiting for the prompt line */
+	YMODEM_HEADER,	     /* header sent, waiting for ACK */
+	YMODEM_HEADER_C,     /* header ACKed, waiting for the 'C' after it */
+	YMODEM_DATA,	     /* data block sent, waiting for ACK */
+	YMODEM_EOT,	     /* EOT sent */
+	YMODEM_FINAL,	     /* empty header sent: the device validates */
 	YMODEM_SUCCESS_TEXT, /* ACKed: reading "Downloaded file successfully!" */
-	YMODEM_CANCEL_TEXT, /* CA CA received: reading the reason */
-	YMODEM_ABORTING,    /* 'a' sent on request, waiting for "Aborted by user." */
+	YMODEM_CANCEL_TEXT,  /* CA CA received: reading the reason */
+	YMODEM_ABORTING,     /* 'a' sent on request, waiting for "Aborted by user." */
 	YMODEM_DONE,
 };
 const char *ymodem_state_name(enum ymodem_state s);
 
 struct ymodem_result {
 	bool ok;
-	uint64_t bytes_sent; /* file bytes in blocks the receiver acknowledged */
-	unsigned block;	     /* last block number sent (1-based data blocks) */
+	uint64_t bytes_sent;		   /* file bytes in blocks the receiver acknowledged */
+	unsigned block;			   /* last block number sent (1-based data blocks) */
 	char device_text[YMODEM_TEXT_MAX]; /* the device's words after the transfer */
 };
 

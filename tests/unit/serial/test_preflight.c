@@ -13,39 +13,45 @@
 
 #include <cmocka.h>
 
-#define S(fn, i, v) {fn, i, v, 0, 0, 0}
-#define SD(fn, i, v, df, di, dv) {fn, i, v, df, di, dv}
+#define S(fn, i, v)                                                                                \
+	{                                                                                          \
+		fn, i, v, 0, 0, 0                                                                  \
+	}
+#define SD(fn, i, v, df, di, dv)                                                                   \
+	{                                                                                          \
+		fn, i, v, df, di, dv                                                               \
+	}
 
 static const struct fixture_module photon_152[] = {
-	S("b", 0, 502),
-	SD("s", 1, 1512, MODULE_FUNCTION_SYSTEM, 2, 1512),
-	SD("s", 2, 1512, MODULE_FUNCTION_SYSTEM, 1, 1512),
-	SD("u", 1, 2, MODULE_FUNCTION_SYSTEM, 2, 1),
+    S("b", 0, 502),
+    SD("s", 1, 1512, MODULE_FUNCTION_SYSTEM, 2, 1512),
+    SD("s", 2, 1512, MODULE_FUNCTION_SYSTEM, 1, 1512),
+    SD("u", 1, 2, MODULE_FUNCTION_SYSTEM, 2, 1),
 };
 
 static const struct fixture_module photon_220[] = {
-	S("b", 0, 1006),
-	SD("s", 1, 2202, MODULE_FUNCTION_SYSTEM, 2, 207),
-	SD("s", 2, 2202, MODULE_FUNCTION_SYSTEM, 1, 2202),
+    S("b", 0, 1006),
+    SD("s", 1, 2202, MODULE_FUNCTION_SYSTEM, 2, 207),
+    SD("s", 2, 2202, MODULE_FUNCTION_SYSTEM, 1, 2202),
 };
 
 static const struct fixture_module electron_152[] = {
-	S("b", 0, 502),
-	SD("s", 1, 1512, MODULE_FUNCTION_SYSTEM, 3, 1512),
-	SD("s", 2, 1512, MODULE_FUNCTION_SYSTEM, 1, 1512),
-	SD("s", 3, 1512, MODULE_FUNCTION_SYSTEM, 2, 110),
+    S("b", 0, 502),
+    SD("s", 1, 1512, MODULE_FUNCTION_SYSTEM, 3, 1512),
+    SD("s", 2, 1512, MODULE_FUNCTION_SYSTEM, 1, 1512),
+    SD("s", 3, 1512, MODULE_FUNCTION_SYSTEM, 2, 110),
 };
 
 static const struct fixture_module gen3_220[] = {
-	S("b", 0, 1006),
-	SD("s", 1, 2202, MODULE_FUNCTION_BOOTLOADER, 0, 1005),
-	S("a", 0, 202),
+    S("b", 0, 1006),
+    SD("s", 1, 2202, MODULE_FUNCTION_BOOTLOADER, 0, 1005),
+    S("a", 0, 202),
 };
 
 static const struct fixture_module gen3_401[] = {
-	S("b", 0, 1101),
-	SD("s", 1, 4003, MODULE_FUNCTION_BOOTLOADER, 0, 1101),
-	S("a", 0, 202),
+    S("b", 0, 1101),
+    SD("s", 1, 4003, MODULE_FUNCTION_BOOTLOADER, 0, 1101),
+    S("a", 0, 202),
 };
 
 static int run(const struct device_facts *dev, struct image **imgs, const char **names, size_t n,
@@ -317,7 +323,7 @@ static void test_serial_rules_follow_device_os(void **state)
 	preflight_rules_serial(&dev, &r);
 	assert_true(r.functions & (1u << MODULE_FUNCTION_BOOTLOADER));
 	assert_false(r.functions & (1u << MODULE_FUNCTION_NCP)); /* no updatable NCP */
-	assert_true(r.compressed && r.combined);		  /* bootloader 1006 >= 1000 */
+	assert_true(r.compressed && r.combined);		 /* bootloader 1006 >= 1000 */
 	assert_int_equal(r.max_file_size, 1500 * 1024);
 
 	fixture_facts(&dev, "argon", "1.5.2", NULL, 0);

@@ -20,7 +20,14 @@
 
 #include <cmocka.h>
 
-enum peer_verdict { V_OK, V_MASK_PLATFORM, V_CODE_1360, V_CODE_1340, V_HEADER_REFUSED, V_NO_YMODEM };
+enum peer_verdict {
+	V_OK,
+	V_MASK_PLATFORM,
+	V_CODE_1360,
+	V_CODE_1340,
+	V_HEADER_REFUSED,
+	V_NO_YMODEM
+};
 
 struct peer {
 	int fd;
@@ -100,12 +107,14 @@ static void peer_packet(struct peer *p)
 	size_t size = p->pkt[0] == 0x02 ? 1024 : 128;
 	if (seq == 0 && p->expected_seq == 0 && p->received_len == 0 && p->pkt[3] != 0) {
 		if (p->verdict == V_HEADER_REFUSED) {
-			peer_str(p, "\x18\x18\x18\x18The file size is higher than the allowed space memory!\r\n");
+			peer_str(p, "\x18\x18\x18\x18The file size is higher than the allowed "
+				    "space memory!\r\n");
 			p->in_ymodem = false;
 			return;
 		}
 		p->expected_seq = 1;
-		peer_str(p, "\x06" "C");
+		peer_str(p, "\x06"
+			    "C");
 		return;
 	}
 	if (seq == 0 && p->pkt[3] == 0) {
@@ -146,7 +155,8 @@ static void peer_byte(struct peer *p, uint8_t c)
 	if (p->in_claim) {
 		if (c == '\r' || c == '\n') {
 			p->in_claim = false;
-			peer_str(p, "\r\nSorry, claim code is not 63 characters long. Claim code unchanged.\r\n");
+			peer_str(p, "\r\nSorry, claim code is not 63 characters long. Claim code "
+				    "unchanged.\r\n");
 		}
 		return;
 	}
@@ -159,7 +169,8 @@ static void peer_byte(struct peer *p, uint8_t c)
 			peer_str(p, "\x06"); /* immediate ACK, no 'C' */
 			p->expected_seq = 0;
 		} else if (c == 'a') {
-			peer_str(p, "\x18\x18\x18\x18" "Aborted by user.\r\n");
+			peer_str(p, "\x18\x18\x18\x18"
+				    "Aborted by user.\r\n");
 			p->in_ymodem = false;
 		}
 		return;
@@ -175,7 +186,8 @@ static void peer_byte(struct peer *p, uint8_t c)
 			peer_str(p, p->stray);
 		peer_str(p, "Waiting for the binary file to be sent ... (press 'a' to abort)\r\n");
 		if (p->verdict == V_NO_YMODEM) {
-			peer_str(p, "\x18\x18\x18\x18Serial/YModem flashing is no longer supported\r\n");
+			peer_str(
+			    p, "\x18\x18\x18\x18Serial/YModem flashing is no longer supported\r\n");
 			return;
 		}
 		p->in_ymodem = true;
@@ -441,7 +453,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_crc16_matches_the_xmodem_check_value),
-	    cmocka_unit_test(test_successful_transfer_delivers_every_byte_and_reads_the_success_text),
+	    cmocka_unit_test(
+		test_successful_transfer_delivers_every_byte_and_reads_the_success_text),
 	    cmocka_unit_test(test_mask_verdict_of_1_5_x_decodes_to_wrong_platform),
 	    cmocka_unit_test(test_negative_code_of_2_x_decodes_to_its_cause),
 	    cmocka_unit_test(test_header_refusal_reports_every_possible_cause),

@@ -99,8 +99,8 @@ static void send_to_rb(size_t size, unsigned seed)
 	cfg.start = YMODEM_START_WAIT_C;
 	cfg.device_nak_semantics = false;
 	struct ymodem_ops ops = {&r, on_progress, on_done};
-	struct ymodem *y = ymodem_new(r.base, from_rb[0], to_rb[1], data, size, "test image.bin",
-				      &cfg, &ops);
+	struct ymodem *y =
+	    ymodem_new(r.base, from_rb[0], to_rb[1], data, size, "test image.bin", &cfg, &ops);
 	assert_non_null(y);
 	struct error e;
 	error_init(&e);
