@@ -417,6 +417,85 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* Does the job itself bring (function, index) in at least this version? */
+static bool job_provides(struct job *job, uint8_t function, uint8_t index, uint16_t version)
+{
+	for (size_t i = 0; i < job_image_count(job); i++) {
+		const struct image *img = job_image(job, i);
+		for (unsigned k = 0; k < img->n_modules; k++)
+			if (img->modules[k].function == function &&
+			    img->modules[k].index == index && img->modules[k].version >= version)
+				return true;
+	}
+	return false;
+}
+
+/*
+ * A device that stays in DFU after leave does not say which check failed (the
+ * bootloader has no console, §7.6).  What the host can tell from the files and
+ * the read-back: the platform and the dependencies against what is installed
+ * plus the job (both skipped by --force).  Empty when none of them fails.
+ */
+static json_t *known_failed_checks(struct transport_run *r, const char **function)
+{
+	bool platform = false, deps = false;
+	*function = NULL;
+	for (size_t i = 0; i < job_image_count(r->job); i++) {
+		const struct image *img = job_image(r->job, i);
+		for (unsigned k = 0; k < img->n_modules; k++) {
+			const struct image_module *m = &img->modules[k];
+			if (!*function)
+				*function = module_function_name(m->function);
+			if (r->facts.platform && m->platform_id != r->facts.platform->id)
+				platform = true;
+			for (int d = 0; d < 2; d++) {
+				const struct image_dependency *dep = &m->deps[d];
+				if (dep->function == MODULE_FUNCTION_NONE ||
+				    (dep->function == m->function && dep->index == m->index))
+					continue;
+				const struct installed_module *im =
+				    preflight_installed(&r->facts, dep->function, dep->index);
+				if (!(im && im->version >= dep->version) &&
+				    !job_provides(r->job, dep->function, dep->index, dep->version))
+					deps = true;
+			}
+		}
+	}
+	json_t *a = json_array();
+	if (platform)
+		json_array_append_new(a, json_string("platform"));
+	if (deps)
+		json_array_append_new(a, json_string("dependencies"));
+	return a;
+}
+
+static void booted_invalid(struct transport_run *r, enum device_mode mode)
+{
+	struct error err;
+	error_init(&err);
+	const char *function;
+	json_t *checks = known_failed_checks(r, &function);
+	if (json_array_size(checks) > 0)
+		error_set(&err, ERR_BOOTED_INVALID,
+			  "the firmware was written but the device came back in %s mode; it does "
+			  "not say why in that mode, but the files fail these checks against the "
+			  "device: see failed_checks",
+			  device_mode_name(mode));
+	else
+		error_set(&err, ERR_BOOTED_INVALID,
+			  "the firmware was written but the device came back in %s mode; it does "
+			  "not say which check failed in that mode and the files pass the checks "
+			  "flashd can make",
+			  device_mode_name(mode));
+	error_detail_str(&err, "mode", device_mode_name(mode));
+	error_detail_json(&err, "failed_checks", checks);
+	if (function)
+		error_detail_str(&err, "module_function", function);
+	r->state = RUN_FINISHED;
+	evtimer_del(r->timer);
+	job_finish(r->job, JOB_RESULT_FAILED, "booted-invalid", &err);
+}
+
 static bool dfu_can_serve(const struct device_snapshot *dev)
 {
 	/* DFU-mode devices, and CDC devices it can switch with 14400 baud. */
@@ -497,14 +576,7 @@ static void dfu_device_event(struct transport_run *r, enum device_event ev,
 			job_set_device_mode(r->job, dev->mode);
 			run_done(r, r->verified ? "verified" : "written-not-verified");
 		} else if (dev->mode == DEVICE_MODE_SAFE || dev->mode == DEVICE_MODE_DFU) {
-			error_set(&err, ERR_BOOTED_INVALID,
-				  "the firmware was written but the device came back in %s mode",
-				  device_mode_name(dev->mode));
-			error_detail_str(&err, "mode", device_mode_name(dev->mode));
-			error_detail_json(&err, "failed_checks", json_array());
-			r->state = RUN_FINISHED;
-			evtimer_del(r->timer);
-			job_finish(r->job, JOB_RESULT_FAILED, "booted-invalid", &err);
+			booted_invalid(r, dev->mode);
 		}
 		break;
 	default:

@@ -66,13 +66,13 @@ struct dfuse {
 	int recovery_rounds;
 	uint32_t address; /* op start address */
 	size_t len;
-	size_t offset;	      /* bytes done */
-	unsigned chunk;	      /* data chunk index in this op */
-	uint32_t cmd_address; /* address of the command in flight */
-	uint8_t cmd;	      /* DfuSe command in flight */
-	uint16_t data_wvalue; /* wValue of the last data DNLOAD */
+	size_t offset;			/* bytes done */
+	unsigned chunk;			/* data chunk index in this op */
+	uint32_t cmd_address;		/* address of the command in flight */
+	uint8_t cmd;			/* DfuSe command in flight */
+	uint16_t data_wvalue;		/* wValue of the last data DNLOAD */
 	size_t erase_done, erase_total; /* bytes of erase units */
-	bool address_set;     /* the pointer points at address + offset */
+	bool address_set;		/* the pointer points at address + offset */
 	bool upload_opened, upload_closed, short_read;
 	const uint8_t *wdata;
 	uint8_t *rdata;
@@ -565,10 +565,17 @@ static void next(struct dfuse *s)
 		return;
 	}
 	if (s->cancel && (s->op == OP_ERASE || s->op == OP_DOWNLOAD || s->op == OP_UPLOAD)) {
-		error_set(&s->err, ERR_CANCELLED, "cancelled while %s at 0x%08x (alt %u, chunk %u)",
-			  s->op == OP_ERASE ? "erasing" : op_name(s->op),
-			  s->op == OP_ERASE ? s->cmd_address : (uint32_t)(s->address + s->offset),
-			  s->alt, s->chunk);
+		if (s->op == OP_ERASE)
+			error_set(
+			    &s->err, ERR_CANCELLED,
+			    "cancelled while erasing, before the erase unit at 0x%08x (alt %u)",
+			    s->unit_i < s->n_units ? s->units[s->unit_i].address : s->cmd_address,
+			    s->alt);
+		else
+			error_set(&s->err, ERR_CANCELLED,
+				  "cancelled during %s at 0x%08x (alt %u, chunk %u)",
+				  op_name(s->op), (uint32_t)(s->address + s->offset), s->alt,
+				  s->chunk);
 		detail_int_if(&s->err, "bytes_sent", (long long)s->offset);
 		add_context(s, &s->err);
 		finish(s, -1);

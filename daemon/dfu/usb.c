@@ -11,7 +11,7 @@
 
 struct usb_pollfd {
 	int fd;
-	struct event *ev;    /* NULL when the loop refused the fd (unwatched) */
+	struct event *ev; /* NULL when the loop refused the fd (unwatched) */
 };
 
 struct usb_loop {
@@ -20,9 +20,9 @@ struct usb_loop {
 	struct usb_pollfd fds[USB_MAX_POLLFDS];
 	unsigned n_fds;
 	struct event *timer;
-	bool overflow;	     /* more fds than USB_MAX_POLLFDS: the timer polls instead */
-	unsigned unwatched;  /* fds epoll refused (EPERM: regular files, e.g. under umockdev) */
-	unsigned in_flight;  /* transfers submitted and not completed */
+	bool overflow;	    /* more fds than USB_MAX_POLLFDS: the timer polls instead */
+	unsigned unwatched; /* fds epoll refused (EPERM: regular files, e.g. under umockdev) */
+	unsigned in_flight; /* transfers submitted and not completed */
 };
 
 struct usb_dfu_dev {

@@ -74,6 +74,25 @@ def inner(plan_path):
                 lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith('{')]
                 results.append({'rc': p.returncode, 'lines': lines, 'stderr': p.stderr,
                                 'elapsed': time.monotonic() - t0})
+            elif 'flash_cancel' in step:
+                # Cancels the job once it reports progress in the named phase.
+                p = subprocess.Popen([plan['flashctl'], '--socket', sock, '--json', 'flash']
+                                     + step['flash_cancel'], stdout=subprocess.PIPE, text=True)
+                lines, cancel = [], None
+                for l in p.stdout:
+                    if not l.startswith('{'):
+                        continue
+                    ev = json.loads(l)
+                    lines.append(ev)
+                    if (cancel is None and ev.get('event') == 'job-progress'
+                            and ev.get('state') == step['phase'] and ev.get('done', 0) > 0):
+                        t1 = time.monotonic()
+                        cancel = flashctl('cancel', ev['job'])
+                        cancel = {'rc': cancel.returncode, 'out': cancel.stdout + cancel.stderr,
+                                  'at': t1 - t0}
+                p.wait(90)
+                results.append({'rc': p.returncode, 'lines': lines, 'cancel': cancel,
+                                'elapsed': time.monotonic() - t0})
             elif 'run' in step:
                 p = subprocess.run(step['run'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, timeout=90)
@@ -135,7 +154,7 @@ def fixture(rel):
     return path
 
 
-def run(devices, steps, flashd=True):
+def run(devices, steps, flashd=True, time_scale='0'):
     """One testbed: returns (step results, state document, work dir, flashd log)."""
     work = tempfile.mkdtemp(dir=top)
     sdir = os.path.join(work, 'sim-state')
@@ -144,7 +163,7 @@ def run(devices, steps, flashd=True):
             'control': os.path.join(work, 'sim.sock'), 'state_dir': sdir,
             'n_devices': len(devices) if flashd else 0}
     json.dump(plan, open(os.path.join(work, 'plan.json'), 'w'))
-    argv = [SIM, '--time-scale', '0', '--state-dir', sdir, '--control', plan['control']]
+    argv = [SIM, '--time-scale', time_scale, '--state-dir', sdir, '--control', plan['control']]
     for d in devices:
         argv += ['--device', d]
     if flashd:
@@ -413,6 +432,43 @@ def test_refused_block_numbered_chunk_falls_back_to_set_address():
     expect_done(res, log)
     check('note:retrying-set-address' in job_phases(res), 'phases %s' % job_phases(res))
     print('fallback: %s; %d control requests' % (' -> '.join(job_phases(res)), dev['received']['dfu_requests']))
+
+
+def test_cancel_stops_between_erase_units():
+    # Real-device flash timings (--time-scale 1): erasing 116 pages takes seconds.
+    specs = ['platform=argon,mode=dfu,os=2.2.0,name=a1']
+    idmap = ids(specs)
+    sysp = fixture('argon/argon-system-part1@2.2.0.bin')
+    res, doc, work, log = run(specs, [{'flash_cancel': [sysp, '--device', idmap['a1']],
+                                       'phase': 'erasing'}], time_scale='1')
+    r = res[0]
+    check(r['cancel'] and r['cancel']['rc'] == 0, 'cancel: %s' % r['cancel'])
+    end = job_end(r)
+    err = end.get('error') or {}
+    check(end['result'] == 'cancelled' and err.get('code') == 'cancelled',
+          'job ended %s %s\n%s' % (end['result'], json.dumps(err), log[-2000:]))
+    d = err.get('detail', {})
+    check(d.get('phase') == 'erase' and d.get('alt') == 0 and 0x30000 < d.get('address', 0) < 0x30000 + os.path.getsize(sysp),
+          'detail %s' % json.dumps(d))
+    check(r['elapsed'] - r['cancel']['at'] < 5, 'cancel took %.1f s' % (r['elapsed'] - r['cancel']['at']))
+    dev = device(doc, 'a1')
+    check(dev['received']['dfu_bytes'] == 0 and dev['mode'] == 'dfu', 'device %s %s' % (dev['received'], dev['mode']))
+    print('cancelled %.2f s after the request, at 0x%x: %s' % (r['elapsed'] - r['cancel']['at'], d['address'], err['message']))
+
+
+def test_forced_wrong_platform_system_part_is_booted_invalid_with_failed_checks():
+    specs = ['platform=argon,mode=dfu,os=2.2.0,name=a1']
+    idmap = ids(specs)
+    sysp = fixture('boron/boron-system-part1@2.2.0.bin')
+    res, doc, work, log = run(specs, flash_steps([(sysp, idmap['a1'], ('--force',))]))
+    err = expect_error(res[0], 'booted-invalid', log)
+    check(err['detail'].get('failed_checks') == ['platform'] and err['detail'].get('mode') == 'dfu',
+          json.dumps(err))
+    dev = device(doc, 'a1')
+    m = module_at(dev, 0x30000)
+    check(dev['mode'] == 'dfu' and m and 'platform' in m['failed_checks'], 'sim: %s %s' % (dev['mode'], m))
+    print('booted-invalid: %s (failed_checks %s; the simulated device says %s)'
+          % (err['message'], err['detail']['failed_checks'], m['failed_checks']))
 
 
 def compare(spec, path, alt_addr=None):

@@ -488,7 +488,8 @@ static void test_refused_block_numbered_chunk_switches_to_set_address_per_chunk(
 				refused = true;
 			if (refused && q->req == DFU_DNLOAD && q->value == 0 &&
 			    q->cmd == DFUSE_CMD_SET_ADDRESS)
-				assert_int_equal(q->cmd_address, 0x30000 + 4096 * (2 + set_address++));
+				assert_int_equal(q->cmd_address,
+						 0x30000 + 4096 * (2 + set_address++));
 			if (refused && q->req == DFU_DNLOAD && q->value >= 2)
 				assert_int_equal(q->value, 2);
 		}
