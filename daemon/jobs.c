@@ -175,6 +175,23 @@ static void emit_record(struct job *job, const char *name)
 	emit(job, ev);
 }
 
+/* How long the job waits in this state before it fails, in seconds (0 = no
+ * limit or not a waiting state): the wait option, or the transport's
+ * *_reenumerate_ms timeout while rebooting. */
+static double wait_limit_s(const struct job *job)
+{
+	if (job->state == JOB_WAITING_FOR_DEVICE)
+		return job->opts.wait_ms > 0 ? job->opts.wait_ms / 1000.0 : 0;
+	if (job->state != JOB_REBOOTING || !job->ops || !job->ops->timeouts)
+		return 0;
+	for (const struct timeout_def *t = job->ops->timeouts; t->key; t++) {
+		size_t n = strlen(t->key);
+		if (n > 15 && strcmp(t->key + n - 15, "_reenumerate_ms") == 0)
+			return timeout_ms(t->key) / 1000.0;
+	}
+	return 0;
+}
+
 static void emit_progress(struct job *job, const char *note, const char *message)
 {
 	json_t *ev = wire_event_new("job-progress");
@@ -196,6 +213,10 @@ static void emit_progress(struct job *job, const char *note, const char *message
 		json_object_set_new(ev, "note", json_string(note));
 	if (message)
 		json_object_set_new(ev, "message", json_string(message));
+	/* Clients show "waiting for the device to come back (12/45 s)". */
+	double limit_s = wait_limit_s(job);
+	if (limit_s > 0)
+		json_object_set_new(ev, "timeout_s", json_real(limit_s));
 	emit(job, ev);
 }
 
