@@ -119,16 +119,26 @@ enum error_code ymodem_validation_cause(long code, bool mask, const char **ret_n
 	const char *name = "unknown";
 	enum error_code cause = ERR_DEVICE_REJECTED;
 	if (mask) {
-		/* 0.6.1-1.5.x: checked XOR passed, bits of §7.6, in the priority the
-		 * 2.0+ code uses: integrity, dependencies, range, platform. */
+		/* 0.6.1-1.5.x print the raw mask of failed checks (checked XOR
+		 * passed, bits of §7.6), not a code: the 2.0+ priority of
+		 * validateModules() (integrity, dependencies, range, platform; §4.4)
+		 * was never applied to it.  When PLATFORM (0x10) is among the bits
+		 * the device says in so many words that the module is for another
+		 * platform, and its other failures follow from that: range and
+		 * dependencies are judged against this platform's slots and its
+		 * installed modules (§7.6 steps 2-5).  So a multi-bit mask with
+		 * 0x10 (the Electron app on a Photon 1.5.2 prints 0x18 = range +
+		 * platform) is wrong-platform.  Integrity stays first: a module whose
+		 * CRC fails may have a damaged prefix, and then its platform id and
+		 * addresses mean nothing. */
 		if (code & 0x02)
 			name = "integrity", cause = ERR_IMAGE_CORRUPT;
+		else if (code & 0x10)
+			name = "platform", cause = ERR_WRONG_PLATFORM;
 		else if (code & (0x04 | 0x40))
 			name = "dependencies", cause = ERR_DEPENDENCY_UNMET;
 		else if (code & 0x08)
 			name = "range", cause = ERR_WRONG_SLOT;
-		else if (code & 0x10)
-			name = "platform", cause = ERR_WRONG_PLATFORM;
 		else if (code & 0x20)
 			name = "product";
 	} else {
@@ -433,6 +443,24 @@ static bool text_complete(const struct ymodem *y)
 	return v && strchr(v, '\n');
 }
 
+/* "range, platform" for 0x18: every check a 0.6.1-1.5.x mask names (§7.6). */
+static void mask_names(long mask, char *buf, size_t size)
+{
+	static const struct {
+		long bit;
+		const char *name;
+	} bits[] = {{0x02, "integrity"}, {0x04, "dependencies"}, {0x08, "range"},
+		    {0x10, "platform"},	 {0x20, "product"},	 {0x40, "dependencies-full"}};
+	size_t o = 0;
+	buf[0] = '\0';
+	for (size_t i = 0; i < sizeof(bits) / sizeof(bits[0]); i++)
+		if ((mask & bits[i].bit) && o < size)
+			o += (size_t)snprintf(buf + o, size - o, "%s%s", o ? ", " : "",
+					      bits[i].name);
+	if (!buf[0])
+		snprintf(buf, size, "unknown");
+}
+
 static void verdict_from_text(struct ymodem *y, bool gone)
 {
 	struct error e;
@@ -444,11 +472,13 @@ static void verdict_from_text(struct ymodem *y, bool gone)
 	if (ymodem_parse_validation(t, &code, &mask)) {
 		const char *cname;
 		enum error_code cause = ymodem_validation_cause(code, mask, &cname);
-		if (mask)
+		if (mask) {
+			char names[96];
+			mask_names(code, names, sizeof(names));
 			error_set(&e, ERR_DEVICE_REJECTED,
 				  "the device refused the firmware: \"%s\" (failed checks: %s)", t,
-				  cname);
-		else
+				  names);
+		} else
 			error_set(&e, ERR_DEVICE_REJECTED,
 				  "the device refused the firmware: \"%s\" (%s)", t, cname);
 		if (cause != ERR_DEVICE_REJECTED)

@@ -95,7 +95,7 @@ uint16_t ymodem_crc16(const uint8_t *buf, size_t len);
 /*
  * Decodes "Validation failed: <n>" (§4.4): 0.6.1-1.5.x print a hex mask of
  * failed checks, 2.0+ a negative system error.  Returns the catalogue cause
- * (ERR_WRONG_PLATFORM for -1360 or mask 0x10, ...), ERR_DEVICE_REJECTED when
+ * (ERR_WRONG_PLATFORM for -1360 or any mask with 0x10, ...), ERR_DEVICE_REJECTED when
  * the code names no single cause.  *ret_name gets the device's own name.
  */
 enum error_code ymodem_validation_cause(long code, bool mask, const char **ret_name);

@@ -449,6 +449,26 @@ static void test_validation_text_parser(void **state)
 	assert_false(ymodem_parse_validation("Validation failed: ", &code, &mask));
 }
 
+/* 1.5.x prints raw masks: with PLATFORM among the bits the platform is the cause. */
+static void test_multi_bit_mask_with_platform_is_wrong_platform(void **state)
+{
+	(void)state;
+	const char *name = NULL;
+	/* the Electron app on a Photon 1.5.2: range + platform */
+	assert_int_equal(ymodem_validation_cause(0x18, true, &name), ERR_WRONG_PLATFORM);
+	assert_string_equal(name, "platform");
+	assert_int_equal(ymodem_validation_cause(0x1c, true, NULL), ERR_WRONG_PLATFORM);
+	assert_int_equal(ymodem_validation_cause(0x50, true, NULL), ERR_WRONG_PLATFORM);
+	/* integrity still comes first: a damaged prefix makes the other bits moot */
+	assert_int_equal(ymodem_validation_cause(0x12, true, NULL), ERR_IMAGE_CORRUPT);
+	/* without PLATFORM the 2.0+ order holds */
+	assert_int_equal(ymodem_validation_cause(0x0c, true, NULL), ERR_DEPENDENCY_UNMET);
+	assert_int_equal(ymodem_validation_cause(0x08, true, NULL), ERR_WRONG_SLOT);
+	assert_int_equal(ymodem_validation_cause(0x20, true, NULL), ERR_DEVICE_REJECTED);
+	/* the 2.0+ codes are the device's own decision and stay as they are */
+	assert_int_equal(ymodem_validation_cause(-1300, false, NULL), ERR_WRONG_SLOT);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -466,6 +486,7 @@ int main(void)
 	    cmocka_unit_test(test_cancel_sends_abort_at_a_block_boundary),
 	    cmocka_unit_test(test_claim_code_prompt_is_recovered),
 	    cmocka_unit_test(test_validation_text_parser),
+	    cmocka_unit_test(test_multi_bit_mask_with_platform_is_wrong_platform),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
