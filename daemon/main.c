@@ -190,18 +190,27 @@ static int bind_socket(const char *path)
 		return -1;
 	}
 	close(fd);
-	unlink(path);
+	/* Bind and listen under a temporary name, then rename into place: a client
+	 * that sees the path can always connect (no window between bind and listen). */
+	struct sockaddr_un tmp = {.sun_family = AF_UNIX};
+	if ((size_t)snprintf(tmp.sun_path, sizeof(tmp.sun_path), "%s.%ld.tmp", path,
+			     (long)getpid()) >= sizeof(tmp.sun_path)) {
+		log_error("socket path too long: %s", path);
+		return -1;
+	}
+	unlink(tmp.sun_path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
+	if (bind(fd, (struct sockaddr *)&tmp, sizeof(tmp)) < 0 || listen(fd, LISTEN_BACKLOG) < 0 ||
+	    chmod(tmp.sun_path, 0666) < 0 || rename(tmp.sun_path, path) < 0) {
+		/* Any local user may talk to the daemon; cancel rights follow SO_PEERCRED.
+		 * Restricting who may flash at all is the unit's job (SocketMode/SocketGroup). */
 		log_error("cannot listen on %s: %s", path, strerror(errno));
+		unlink(tmp.sun_path);
 		close(fd);
 		return -1;
 	}
-	/* Any local user may talk to the daemon; cancel rights follow SO_PEERCRED.
-	 * Restricting who may flash at all is the unit's job (SocketMode/SocketGroup). */
-	chmod(path, 0666);
 	return fd;
 }
 
