@@ -2,27 +2,38 @@
  * flashctl flash FILE... [--device ID | --port TTY | --usb PORTPATH |
  *                         --platform NAME [--all]] [--wait[=S]] [--force]
  *                         [--verify] [--dry-run] [--detach]
+ * flashctl check FILE... [target]      (the same with --dry-run: preflight only)
  *
  * Opens the files itself and passes them to flashd as file descriptors (the
  * daemon never opens a client's path), then follows the jobs' events until
- * each has ended (unless --detach).
+ * each has ended (unless --detach), with the live display of progress.c.
+ * Ctrl-C cancels the jobs and waits for them to stop at a safe point.
  */
 #include "conn.h"
+#include "platform.h"
+#include "progress.h"
 #include "render.h"
 #include "verbs.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+/* How often the display moves on without events (seconds waited). */
+#define FLASH_TICK_MS 250
+/* Particle zip bundles (application + assets) start with a local file header. */
+static const unsigned char zip_magic[4] = {'P', 'K', 3, 4};
+
 struct flash_args {
 	const char *target_key;
 	const char *target_value;
 	bool all, force, verify, dry_run, detach;
+	bool check;   /* flashctl check: preflight verdicts only */
 	json_t *wait; /* NULL, true, or seconds */
 };
 
@@ -84,11 +95,15 @@ static int parse(int argc, char **argv, const struct cli_global *g, struct flash
 			((struct cli_global *)g)->json = true;
 			break;
 		default:
-			return render_usage_error(g,
-						  "usage: flashctl flash FILE... [--device ID | "
-						  "--port TTY | --usb PORTPATH | --platform NAME "
-						  "[--all]] [--wait[=S]] [--force] [--verify] "
-						  "[--dry-run] [--detach]");
+			return render_usage_error(
+			    g, a->check
+				   ? "usage: flashctl check FILE... [--device ID | --port TTY | "
+				     "--usb PORTPATH | --platform NAME [--all]] [--wait[=S]] "
+				     "[--force]"
+				   : "usage: flashctl flash FILE... [--device ID | "
+				     "--port TTY | --usb PORTPATH | --platform NAME "
+				     "[--all]] [--wait[=S]] [--force] [--verify] "
+				     "[--dry-run] [--detach]");
 		}
 		if (key) {
 			if (a->target_key)
@@ -101,16 +116,51 @@ static int parse(int argc, char **argv, const struct cli_global *g, struct flash
 	if (a->all && (!a->target_key || strcmp(a->target_key, "platform") != 0))
 		return render_usage_error(g, "--all needs --platform NAME");
 	if (optind >= argc)
-		return render_usage_error(g, "flash needs at least one FILE");
+		return render_usage_error(g, a->check ? "check needs at least one FILE"
+						      : "flash needs at least one FILE");
+	if (a->check) {
+		a->dry_run = true;
+		a->detach = false;
+	}
 	if (argc - optind > WIRE_IMAGES_MAX)
 		return render_usage_error(g, "too many files for one job");
 	return 0;
+}
+
+/* A zip bundle is refused here, with what to do instead, before any daemon
+ * is asked: it is not a module and flashd does not unpack bundles yet. */
+static int refuse_zip(int fd, const char *path, const struct cli_global *g)
+{
+	unsigned char head[4];
+	if (pread(fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) ||
+	    memcmp(head, zip_magic, sizeof(head)) != 0)
+		return 0;
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_IMAGE_UNSUPPORTED,
+		  "%s is a zip bundle (an application with its assets, as 'particle compile' "
+		  "makes for projects with assets), not a firmware module",
+		  path);
+	error_detail_str(&e, "file", path);
+	error_detail_str(&e, "reason", "zip bundle");
+	error_hint(&e,
+		   "flashd does not flash bundles yet: unzip it and flash the application "
+		   ".bin inside (flashctl flash app.bin); flash the assets with particle-cli "
+		   "('particle flash --local %s')",
+		   path);
+	return render_error_free(g, &e);
 }
 
 static int open_files(int n, char **paths, int *fds, const struct cli_global *g)
 {
 	for (int i = 0; i < n; i++) {
 		fds[i] = open(paths[i], O_RDONLY | O_CLOEXEC);
+		int status = fds[i] >= 0 ? refuse_zip(fds[i], paths[i], g) : 0;
+		if (status) {
+			while (i >= 0)
+				close(fds[i--]);
+			return status;
+		}
 		if (fds[i] < 0) {
 			struct error e;
 			error_init(&e);
@@ -118,7 +168,7 @@ static int open_files(int n, char **paths, int *fds, const struct cli_global *g)
 				  strerror(errno));
 			error_detail_str(&e, "file", paths[i]);
 			error_detail_int(&e, "errno", errno);
-			int status = render_error(g, &e);
+			status = render_error(g, &e);
 			error_clear(&e);
 			while (i-- > 0)
 				close(fds[i]);
@@ -172,22 +222,40 @@ static const char *pick(const struct cli_global *g, const json_t *candidates)
 	return json_string_value(json_object_get(json_array_get(candidates, (size_t)k - 1), "key"));
 }
 
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig)
+{
+	(void)sig;
+	/* The second Ctrl-C quits at once (the cancel requests stand). */
+	if (interrupted)
+		signal(SIGINT, SIG_DFL), raise(SIGINT);
+	interrupted = 1;
+}
+
 struct follow {
 	const struct cli_global *g;
-	json_t *pending; /* job ids not ended yet */
+	const struct flash_args *a;
+	struct progress *prog; /* NULL with --json */
+	json_t *pending;       /* job ids not ended yet */
+	json_t *ends;	       /* job-ended events in order */
+	bool cancel_sent;
 	int status;
 };
 
-static void on_event(void *ctx, json_t *ev)
+static void on_event(struct follow *f, json_t *ev)
 {
-	struct follow *f = ctx;
 	const char *job = json_string_value(json_object_get(ev, "job"));
 	if (!job || !json_object_get(f->pending, job))
 		return; /* other clients' jobs */
-	render_event(f->g, ev);
+	if (f->g->json)
+		render_json_line(ev);
+	else
+		progress_event(f->prog, ev);
 	if (strcmp(json_string_value(json_object_get(ev, "event")), "job-ended") != 0)
 		return;
 	json_object_del(f->pending, job);
+	json_array_append(f->ends, ev);
 	const json_t *err = json_object_get(ev, "error");
 	if (json_is_object(err) && f->status == 0) {
 		const struct error_info *info =
@@ -196,32 +264,206 @@ static void on_event(void *ctx, json_t *ev)
 	}
 }
 
-static int follow_jobs(struct conn *c, const struct cli_global *g, json_t *reply)
+/* Ctrl-C: one cancel request per job still running; their replies and the
+ * job-ended events come back on the same connection. */
+static void send_cancels(struct conn *c, struct follow *f)
 {
-	struct follow f = {g, json_object(), 0};
+	const char *id;
+	json_t *v;
 	struct error err;
-	json_t *job;
-	size_t i;
 	error_init(&err);
-	json_array_foreach(json_object_get(reply, "jobs"), i, job) json_object_set_new(
-	    f.pending, json_string_value(json_object_get(job, "id")), json_true());
-	while (json_object_size(f.pending) > 0) {
-		json_t *ev = conn_read(c, -1, &err);
-		if (!ev) {
-			json_decref(f.pending);
-			return render_error_free(g, &err);
-		}
-		if (json_is_string(json_object_get(ev, "event")))
-			on_event(&f, ev);
-		json_decref(ev);
+	if (f->prog)
+		progress_cancelling(f->prog);
+	json_object_foreach(f->pending, id, v)
+	{
+		json_t *req = wire_request_new(WIRE_REQ_CANCEL, 0);
+		json_object_set_new(req, "job", json_string(id));
+		conn_send(c, req, NULL, 0, &err);
+		json_decref(req);
+		error_clear(&err);
 	}
-	json_decref(f.pending);
-	return f.status;
+	f->cancel_sent = true;
 }
 
-int cmd_flash(int argc, char **argv, const struct cli_global *g)
+static int follow_jobs(struct conn *c, struct follow *f)
 {
-	struct flash_args a = {0};
+	struct error err;
+	error_init(&err);
+	struct sigaction sa = {.sa_handler = on_sigint}, old;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, &old);
+	while (json_object_size(f->pending) > 0) {
+		if (interrupted && !f->cancel_sent)
+			send_cancels(c, f);
+		json_t *ev = conn_read(c, FLASH_TICK_MS, &err);
+		if (!ev && error_is_set(&err)) {
+			if (f->prog)
+				progress_end(f->prog);
+			sigaction(SIGINT, &old, NULL);
+			return render_error_free(f->g, &err);
+		}
+		if (!ev) {
+			if (f->prog)
+				progress_tick(f->prog);
+			continue;
+		}
+		if (json_is_string(json_object_get(ev, "event")))
+			on_event(f, ev);
+		json_decref(ev);
+	}
+	sigaction(SIGINT, &old, NULL);
+	if (f->prog)
+		progress_end(f->prog);
+	return f->status;
+}
+
+/* What a cancelled job left behind, and how to get the device back. */
+static void advise_cancelled(const struct follow *f, const json_t *ev, const char *device, int n,
+			     char **paths)
+{
+	const json_t *detail = json_object_get(json_object_get(ev, "error"), "detail");
+	const char *dstate = json_string_value(json_object_get(detail, "device_state"));
+	const char *state =
+	    progress_last_state(f->prog, json_string_value(json_object_get(ev, "job")));
+	const char *left, *todo;
+	if (!state)
+		state = "queued";
+	if ((dstate && strcmp(dstate, "untouched") == 0) || strcmp(state, "queued") == 0 ||
+	    strcmp(state, "waiting-for-device") == 0) {
+		left = "untouched: nothing was sent to it";
+		todo = "nothing to recover";
+	} else if (strcmp(state, "switching-mode") == 0 || strcmp(state, "preflight") == 0) {
+		left = "unchanged (nothing was written), but possibly still in DFU mode (blinking "
+		       "yellow) or listening mode (blinking blue)";
+		todo = "press RESET to return it to its application";
+	} else if (strcmp(state, "erasing") == 0 || strcmp(state, "writing") == 0) {
+		left = "with a partly erased or written module: its application may not start "
+		       "(it can stay in DFU mode or safe mode, breathing magenta)";
+		todo = "flash the same files again before relying on it:";
+	} else {
+		left = "fully written; it was restarting or being verified";
+		todo = "check what it runs with: flashctl info";
+	}
+	fprintf(stderr, "  device %s was cancelled while %s%s%s%s\n", device, state,
+		dstate ? " (device reported: " : "", dstate ? dstate : "", dstate ? ")" : "");
+	fprintf(stderr, "  device left:   %s\n", left);
+	fprintf(stderr, "  to recover:    %s", todo);
+	if (strcmp(state, "erasing") == 0 || strcmp(state, "writing") == 0) {
+		fprintf(stderr, " flashctl flash");
+		for (int i = 0; i < n; i++)
+			fprintf(stderr, " %s", paths[i]);
+		fprintf(stderr, " --device %s", device);
+	} else if (strncmp(todo, "check", 5) == 0) {
+		fprintf(stderr, " %s", device);
+	}
+	fputc('\n', stderr);
+}
+
+/* Device facts for the check verdict: "Photon, Device OS 1.5.2, listening mode". */
+static void device_words(struct conn *c, const char *key, char *buf, size_t size)
+{
+	struct error err;
+	error_init(&err);
+	json_t *req = wire_request_new(WIRE_REQ_DEVICE_INFO, 0);
+	json_object_set_new(req, "device", json_string(key));
+	json_t *r = conn_call(c, req, NULL, 0, NULL, NULL, &err);
+	json_decref(req);
+	error_clear(&err);
+	const json_t *d = json_object_get(r, "device");
+	const char *plat = json_string_value(json_object_get(d, "platform"));
+	const char *os = json_string_value(json_object_get(d, "os"));
+	const struct platform *p = plat ? platform_by_name(plat) : NULL;
+	snprintf(buf, size, "%s%s%s", p ? p->display : (plat ? plat : "unknown platform"),
+		 os ? ", Device OS " : "", os ? os : "");
+	json_decref(r);
+}
+
+/* After the display: each failed job's error (what, why, what to do). */
+static void report(struct conn *c, struct follow *f, int n, char **paths)
+{
+	json_t *ev;
+	size_t i, n_ends = json_array_size(f->ends);
+	json_array_foreach(f->ends, i, ev)
+	{
+		const json_t *rec = json_object_get(ev, "record");
+		const char *dev = json_string_value(json_object_get(rec, "device"));
+		const char *result = json_string_value(json_object_get(ev, "result"));
+		const json_t *ej = json_object_get(ev, "error");
+		char words[160] = "";
+		if (!dev)
+			dev = "(no device)";
+		if (f->a->check) {
+			if (json_is_string(json_object_get(rec, "device")))
+				device_words(c, dev, words, sizeof(words));
+			bool ok = result && strcmp(result, "done") == 0;
+			printf("%s: %s would %sflash on %s%s%s%s\n", ok ? "ok" : "no",
+			       n == 1 ? paths[0] : "these files", ok ? "" : "not ", dev,
+			       words[0] ? " (" : "", words, words[0] ? ")" : "");
+			fflush(stdout);
+		} else if (n_ends > 1 && json_is_object(ej)) {
+			fprintf(stderr, "%s:\n", dev);
+		}
+		if (!json_is_object(ej))
+			continue;
+		struct error e;
+		error_init(&e);
+		if (error_from_json(&e, ej) == 0)
+			render_error(f->g, &e);
+		if (e.code == ERR_CANCELLED)
+			advise_cancelled(f, ev, dev, n, paths);
+		error_clear(&e);
+	}
+}
+
+static void print_queued(const json_t *reply, const struct flash_args *a)
+{
+	json_t *job;
+	size_t i;
+	if (a->check && !a->detach)
+		return;
+	json_array_foreach(json_object_get(reply, "jobs"), i, job)
+	    printf("job %s queued for %s\n", json_string_value(json_object_get(job, "id")),
+		   json_is_string(json_object_get(job, "device"))
+		       ? json_string_value(json_object_get(job, "device"))
+		       : "the first matching device");
+	fflush(stdout);
+}
+
+static int run(struct conn *c, const struct cli_global *g, const struct flash_args *a,
+	       json_t *reply, int n, char **paths)
+{
+	struct follow f = {.g = g, .a = a, .pending = json_object(), .ends = json_array()};
+	json_t *job;
+	size_t i;
+	const char *term = getenv("TERM");
+	bool live = g->is_tty && !(term && strcmp(term, "dumb") == 0) && !a->check;
+	if (!g->json) {
+		f.prog = progress_new(g, live);
+		if (!f.prog) {
+			json_decref(f.pending);
+			json_decref(f.ends);
+			return render_usage_error(g, "out of memory");
+		}
+	}
+	json_array_foreach(json_object_get(reply, "jobs"), i, job)
+	{
+		json_object_set_new(f.pending, json_string_value(json_object_get(job, "id")),
+				    json_true());
+		if (f.prog && !a->check)
+			progress_add_job(f.prog, job);
+	}
+	int status = follow_jobs(c, &f);
+	if (!g->json && json_array_size(f.ends) > 0)
+		report(c, &f, n, paths);
+	progress_free(f.prog);
+	json_decref(f.pending);
+	json_decref(f.ends);
+	return status;
+}
+
+int flash_run(int argc, char **argv, const struct cli_global *g, bool check)
+{
+	struct flash_args a = {.check = check};
 	struct error err;
 	struct conn c;
 	int fds[WIRE_IMAGES_MAX];
@@ -267,17 +509,9 @@ int cmd_flash(int argc, char **argv, const struct cli_global *g)
 	}
 	if (g->json)
 		render_json_line(reply);
-	else {
-		json_t *job;
-		size_t i;
-		json_array_foreach(json_object_get(reply, "jobs"), i, job)
-		    printf("job %s queued for %s\n", json_string_value(json_object_get(job, "id")),
-			   json_is_string(json_object_get(job, "device"))
-			       ? json_string_value(json_object_get(job, "device"))
-			       : "the first matching device");
-		fflush(stdout);
-	}
-	status = a.detach ? 0 : follow_jobs(&c, g, reply);
+	else
+		print_queued(reply, &a);
+	status = a.detach ? 0 : run(&c, g, &a, reply, n, paths);
 	json_decref(reply);
 out:
 	conn_close(&c);
@@ -287,4 +521,14 @@ out_fds:
 	json_decref(a.wait);
 	error_clear(&err);
 	return status;
+}
+
+int cmd_flash(int argc, char **argv, const struct cli_global *g)
+{
+	return flash_run(argc, argv, g, false);
+}
+
+int cmd_check(int argc, char **argv, const struct cli_global *g)
+{
+	return flash_run(argc, argv, g, true);
 }

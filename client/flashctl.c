@@ -25,6 +25,10 @@ static const struct verb verbs[] = {
 	{"flash", cmd_flash,
 	 "flash FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
 	 "        [--wait[=S]] [--force] [--verify] [--dry-run] [--detach]"},
+	{"check", cmd_check,
+	 "check FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
+	 "        [--wait[=S]] [--force]      would this flash? (preflight only, nothing is written)"},
+	{"info", cmd_info, "info [DEVICE]                 everything known about a device"},
 	{"errors", cmd_errors, "errors [--json|--markdown]    print the error catalogue"},
 };
 

@@ -1,5 +1,7 @@
 #include "render.h"
 
+#include "facts.h"
+
 #include <string.h>
 
 static const char *color(const struct cli_global *g, const char *code)
@@ -18,21 +20,6 @@ void render_json_line(json_t *value)
 	fflush(stdout);
 }
 
-static void render_detail_human(const struct error *e)
-{
-	const char *key;
-	json_t *value;
-	if (!e->detail || json_object_size(e->detail) == 0)
-		return;
-	fputs("  facts:", stderr);
-	json_object_foreach(e->detail, key, value) {
-		char *v = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
-		fprintf(stderr, " %s=%s", key, v ? v : "?");
-		free(v);
-	}
-	fputc('\n', stderr);
-}
-
 int render_error(const struct cli_global *g, const struct error *e)
 {
 	if (g->json) {
@@ -41,12 +28,15 @@ int render_error(const struct cli_global *g, const struct error *e)
 		render_json_line(obj);
 		json_decref(obj);
 	} else {
+		/* What failed, why (the facts), what to do (the hint). */
+		fflush(stdout);
 		fprintf(stderr, "%serror%s [%s]: %s\n", color(g, "\033[1;31m"), color(g, "\033[0m"),
 			error_id(e->code), e->message);
-		render_detail_human(e);
+		facts_print(stderr, e->detail, 2);
 		if (e->hint[0])
-			fprintf(stderr, "  %shint%s: %s\n", color(g, "\033[1m"), color(g, "\033[0m"),
-				e->hint);
+			fprintf(stderr, "  %shint%s: %s\n", color(g, "\033[1;33m"),
+				color(g, "\033[0m"), e->hint);
+		fflush(stderr);
 	}
 	return error_exit_status(e->code);
 }
@@ -76,7 +66,8 @@ void render_device_line(const struct cli_global *g, const json_t *dev)
 	}
 	printf("%-30s %-10s %-9s %-14s usb %-8s%s%s%s\n", str_or(dev, "key", "?"),
 	       str_or(dev, "platform", "?"), str_or(dev, "mode", "?"), str_or(dev, "tty", "-"),
-	       str_or(usb, "port", "?"), json_is_true(json_object_get(dev, "present")) ? "" : " gone",
+	       str_or(usb, "port", "?"),
+	       json_is_true(json_object_get(dev, "present")) ? "" : " gone",
 	       json_is_true(json_object_get(dev, "busy")) ? " busy " : "",
 	       json_is_true(json_object_get(dev, "busy")) ? str_or(dev, "job", "") : "");
 	fflush(stdout);
@@ -93,7 +84,8 @@ void render_job_line(const struct cli_global *g, const json_t *job)
 	printf("%s %-18s %-8s device %-26s %zu image%s%s%s\n", str_or(job, "id", "?"),
 	       str_or(job, "state", "?"), str_or(job, "outcome", ""), str_or(job, "device", "-"),
 	       json_array_size(images), json_array_size(images) == 1 ? "" : "s",
-	       json_is_object(err) ? " error " : "", json_is_object(err) ? str_or(err, "code", "") : "");
+	       json_is_object(err) ? " error " : "",
+	       json_is_object(err) ? str_or(err, "code", "") : "");
 	fflush(stdout);
 }
 
@@ -125,7 +117,8 @@ void render_event(const struct cli_global *g, const json_t *ev)
 		const json_t *err = json_object_get(ev, "error");
 		printf("%-15s %s %s%s%s%s%s\n", name, job, str_or(ev, "result", "?"),
 		       json_is_string(json_object_get(ev, "outcome")) ? " " : "",
-		       str_or(ev, "outcome", ""), err ? " " : "", err ? str_or(err, "code", "") : "");
+		       str_or(ev, "outcome", ""), err ? " " : "",
+		       err ? str_or(err, "code", "") : "");
 		if (json_is_object(err)) {
 			struct error e;
 			error_init(&e);

@@ -1,0 +1,198 @@
+/*
+ * flashctl info [DEVICE] [--json]: everything the daemon knows about one
+ * device: platform, id, mode, port, Device OS and each installed module with
+ * its integrity / range / platform / dependency verdicts.  Without DEVICE,
+ * the only attached device.
+ */
+#include "conn.h"
+#include "osver.h"
+#include "platform.h"
+#include "render.h"
+#include "verbs.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+/* The checks the device (or flashd's read-back) runs on every module. */
+static const char *const info_checks[] = {"integrity", "range", "platform", "dependencies"};
+
+static const char *str(const json_t *o, const char *key)
+{
+	return json_string_value(json_object_get(o, key));
+}
+
+/* The only present device's key; device-not-found or ambiguous-target otherwise. */
+static const char *only_device(struct conn *c, json_t **ret_reply, struct error *err)
+{
+	json_t *req = wire_request_new(WIRE_REQ_LIST_DEVICES, 0);
+	json_t *reply = conn_call(c, req, NULL, 0, NULL, NULL, err);
+	json_decref(req);
+	if (!reply)
+		return NULL;
+	json_t *dev, *present = json_array();
+	size_t i;
+	json_array_foreach(json_object_get(reply, "devices"), i,
+			   dev) if (json_is_true(json_object_get(dev, "present")))
+	    json_array_append(present, dev);
+	*ret_reply = reply;
+	if (json_array_size(present) == 1) {
+		const char *key = str(json_array_get(present, 0), "key");
+		json_decref(present);
+		return key;
+	}
+	if (json_array_size(present) == 0) {
+		json_decref(present);
+		error_set(err, ERR_DEVICE_NOT_FOUND, "no Particle device is attached");
+		error_detail_str(err, "target", "any");
+		return NULL;
+	}
+	error_set(err, ERR_AMBIGUOUS_TARGET, "%zu devices are attached and none was named",
+		  json_array_size(present));
+	error_hint(err, "name one: flashctl info ID (or a tty path or USB port path); "
+			"'flashctl list' shows them");
+	error_detail_str(err, "target", "any");
+	error_detail_json(err, "candidates", present);
+	return NULL;
+}
+
+static int function_from_name(const char *name)
+{
+	for (int f = 0; f <= MODULE_FUNCTION_ASSET; f++)
+		if (name && strcmp(module_function_name(f), name) == 0)
+			return f;
+	return -1;
+}
+
+static void print_module(const json_t *m)
+{
+	const char *fn = str(m, "function");
+	int f = function_from_name(fn);
+	long long version = json_integer_value(json_object_get(m, "version"));
+	const char *release = f >= 0 ? osver_release_for(f, (uint16_t)version) : NULL;
+	const json_t *failed = json_object_get(m, "failed_checks");
+	char name[48], ver[64];
+	snprintf(name, sizeof(name), "%s %lld",
+		 f >= 0 ? module_function_phrase(f) : (fn ? fn : "?"),
+		 (long long)json_integer_value(json_object_get(m, "index")));
+	snprintf(ver, sizeof(ver), "v%lld%s%s%s", version, release ? " (Device OS " : "",
+		 release ? release : "", release ? ")" : "");
+	printf("    %-18s %-24s %-8s 0x%08llx  %s\n", name, ver,
+	       str(m, "store") ? str(m, "store") : "",
+	       (long long)json_integer_value(json_object_get(m, "address")),
+	       json_is_true(json_object_get(m, "valid")) ? "valid" : "INVALID");
+	printf("    %-18s", "");
+	for (size_t i = 0; i < sizeof(info_checks) / sizeof(info_checks[0]); i++) {
+		bool bad = false;
+		const json_t *v;
+		size_t k;
+		json_array_foreach(failed, k, v) bad =
+		    bad || !strcmp(json_string_value(v), info_checks[i]);
+		printf(" %s %s%s", info_checks[i], bad ? "FAILED" : "ok",
+		       i + 1 < sizeof(info_checks) / sizeof(info_checks[0]) ? "," : "");
+	}
+	/* Checks beyond the four (product, dependencies-full) when they failed. */
+	const json_t *v;
+	size_t k;
+	json_array_foreach(failed, k, v)
+	{
+		const char *c = json_string_value(v);
+		bool known = false;
+		for (size_t i = 0; i < sizeof(info_checks) / sizeof(info_checks[0]); i++)
+			known = known || !strcmp(c, info_checks[i]);
+		if (!known)
+			printf(", %s FAILED", c);
+	}
+	putchar('\n');
+}
+
+static void print_device(const json_t *d)
+{
+	const char *plat = str(d, "platform");
+	const struct platform *p = plat ? platform_by_name(plat) : NULL;
+	const json_t *usb = json_object_get(d, "usb");
+	printf("%s %s\n", p ? p->display : "Unknown platform", str(d, "key"));
+	if (p)
+		printf("  %-14s %s (%s, platform id %u, %s%s)\n", "platform", p->display, p->name,
+		       p->id,
+		       p->cellular ? "cellular"
+		       : p->wifi   ? "Wi-Fi"
+				   : "no radio",
+		       p->gen == 4   ? ", P2 family"
+		       : p->gen == 3 ? ", Gen 3"
+		       : p->gen == 2 ? ", Gen 2"
+				     : "");
+	else
+		printf("  %-14s unknown\n", "platform");
+	printf("  %-14s %s%s\n", "device id", str(d, "id") ? str(d, "id") : "not known yet",
+	       json_is_true(json_object_get(d, "id_collides"))
+		   ? " (another device reports the same id)"
+		   : "");
+	printf("  %-14s %s\n", "mode", str(d, "mode") ? str(d, "mode") : "unknown");
+	printf("  %-14s %s\n", "port",
+	       str(d, "tty") ? str(d, "tty") : "- (no serial port in this mode)");
+	printf("  %-14s port %s, bus %lld address %lld, %s:%s\n", "usb",
+	       str(usb, "port") ? str(usb, "port") : "?",
+	       (long long)json_integer_value(json_object_get(usb, "bus")),
+	       (long long)json_integer_value(json_object_get(usb, "address")),
+	       str(usb, "vid") ? str(usb, "vid") : "?", str(usb, "pid") ? str(usb, "pid") : "?");
+	printf("  %-14s %s\n", "Device OS", str(d, "os") ? str(d, "os") : "not known yet");
+	printf("  %-14s %s%s\n", "state",
+	       json_is_true(json_object_get(d, "present")) ? "attached"
+							   : "gone (re-enumerating or unplugged)",
+	       json_is_true(json_object_get(d, "busy")) ? ", busy with job " : "");
+	if (json_is_true(json_object_get(d, "busy")))
+		printf("  %-14s %s\n", "job", str(d, "job") ? str(d, "job") : "?");
+	const json_t *mods = json_object_get(d, "modules");
+	const json_t *m;
+	size_t i;
+	if (json_array_size(mods) == 0) {
+		printf("  %-14s not known yet: flashd reads them when a job talks to the device\n"
+		       "  %-14s (a dry run does: flashctl check FILE --device %s)\n",
+		       "modules", "", str(d, "key"));
+		return;
+	}
+	printf("  %-14s %s\n", "modules",
+	       json_is_true(json_object_get(d, "modules_known"))
+		   ? "(complete list, as the device reported it)"
+		   : "(partial: what flashd has read so far)");
+	json_array_foreach(mods, i, m) print_module(m);
+}
+
+int cmd_info(int argc, char **argv, const struct cli_global *g)
+{
+	static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {0}};
+	struct cli_global local = *g;
+	struct conn c;
+	struct error err;
+	json_t *list = NULL;
+	int o;
+	error_init(&err);
+	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (o != 'j')
+			return render_usage_error(g, "usage: flashctl info [DEVICE] [--json]");
+		local.json = true;
+	}
+	if (argc - optind > 1)
+		return render_usage_error(g, "usage: flashctl info [DEVICE] [--json]");
+	if (conn_open(&c, &local, &err) < 0)
+		return render_error_free(&local, &err);
+	const char *what = optind < argc ? argv[optind] : only_device(&c, &list, &err);
+	json_t *reply = NULL;
+	if (what) {
+		json_t *req = wire_request_new(WIRE_REQ_DEVICE_INFO, 0);
+		json_object_set_new(req, "device", json_string(what));
+		reply = conn_call(&c, req, NULL, 0, NULL, NULL, &err);
+		json_decref(req);
+	}
+	json_decref(list);
+	conn_close(&c);
+	if (!reply)
+		return render_error_free(&local, &err);
+	if (local.json)
+		render_json_line(reply);
+	else
+		print_device(json_object_get(reply, "device"));
+	json_decref(reply);
+	return 0;
+}
