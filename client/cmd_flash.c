@@ -344,8 +344,11 @@ static void advise_cancelled(const struct follow *f, const json_t *ev, const cha
 		left = "fully written; it was restarting or being verified";
 		todo = "check what it runs with: flashctl info";
 	}
-	fprintf(stderr, "  device %s was cancelled while %s%s%s%s\n", device, state,
-		dstate ? " (device reported: " : "", dstate ? dstate : "", dstate ? ")" : "");
+	if (strcmp(device, "(no device)") == 0)
+		fprintf(stderr, "  the job was cancelled while %s, before it had a device\n",
+			state);
+	else
+		fprintf(stderr, "  the job on %s was cancelled while %s\n", device, state);
 	fprintf(stderr, "  device left:   %s\n", left);
 	fprintf(stderr, "  to recover:    %s", todo);
 	if (strcmp(state, "erasing") == 0 || strcmp(state, "writing") == 0) {
@@ -407,7 +410,10 @@ static void report(struct conn *c, struct follow *f, int n, char **paths)
 			continue;
 		struct error e;
 		error_init(&e);
-		if (error_from_json(&e, ej) == 0)
+		/* A cancelled job gets advice for its state instead of the generic hint. */
+		if (error_from_json(&e, ej) == 0 && e.code == ERR_CANCELLED)
+			e.hint[0] = '\0';
+		if (error_is_set(&e))
 			render_error(f->g, &e);
 		if (e.code == ERR_CANCELLED)
 			advise_cancelled(f, ev, dev, n, paths);

@@ -77,10 +77,13 @@ static void print_module(const json_t *m)
 		 (long long)json_integer_value(json_object_get(m, "index")));
 	snprintf(ver, sizeof(ver), "v%lld%s%s%s", version, release ? " (Device OS " : "",
 		 release ? release : "", release ? ")" : "");
-	printf("    %-18s %-24s %-8s 0x%08llx  %s\n", name, ver,
-	       str(m, "store") ? str(m, "store") : "",
-	       (long long)json_integer_value(json_object_get(m, "address")),
-	       json_is_true(json_object_get(m, "valid")) ? "valid" : "INVALID");
+	/* Listening-mode listings may not give addresses: 0 means not reported. */
+	long long address = json_integer_value(json_object_get(m, "address"));
+	char at[24] = "";
+	if (address)
+		snprintf(at, sizeof(at), "at 0x%08llx", address);
+	printf("    %-18s %-24s %-8s %-14s %s\n", name, ver, str(m, "store") ? str(m, "store") : "",
+	       at, json_is_true(json_object_get(m, "valid")) ? "valid" : "INVALID");
 	printf("    %-18s", "");
 	for (size_t i = 0; i < sizeof(info_checks) / sizeof(info_checks[0]); i++) {
 		bool bad = false;

@@ -326,6 +326,9 @@ static void on_end(struct progress *p, struct pjob *j, const json_t *ev)
 	if (j->end_ok)
 		snprintf(j->end_text, sizeof(j->end_text), "done: %s (%.1f s)",
 			 jstr(ev, "outcome", "ok"), took);
+	else if (strcmp(result, "cancelled") == 0)
+		snprintf(j->end_text, sizeof(j->end_text), "cancelled while %s",
+			 phase_label(j->state));
 	else
 		snprintf(j->end_text, sizeof(j->end_text), "%s while %s: %s", result,
 			 phase_label(j->state), jstr(err, "code", "?"));
