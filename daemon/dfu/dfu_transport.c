@@ -25,7 +25,8 @@
 
 #define DFU_SWITCH_BAUD	  14400 /* START_DFU_FLASHER_SERIAL_SPEED (§3) */
 #define DFU_OPEN_RETRY_MS 100
-#define DFU_OPEN_RETRIES  50 /* udev can announce the node before libusb lists it */
+#define DFU_OPEN_RETRIES  50   /* udev can announce the node before libusb lists it */
+#define DFU_GONE_GRACE_MS 1000 /* after udev says the device is gone, before failing the run */
 
 static const struct timeout_def dfu_timeouts[] = {
     {"dfu_reenumerate_ms", 15000, "wait for a device to re-enumerate after a mode switch or leave"},
@@ -60,6 +61,7 @@ struct transport_run {
 	uint8_t *verify_buf;
 	bool verified;
 	bool cancel_requested;
+	bool gone; /* udev reported the device gone during a USB operation */
 	unsigned open_retries;
 	struct device_snapshot dev;
 };
@@ -187,6 +189,20 @@ static int preflight(struct transport_run *r, struct error *err)
 				  o->force, &r->plan, err);
 }
 
+/* The leave request is done, or the device reset before its GETSTATUS came back (a
+ * vanished device means success, §5.4): release it and wait for it to come back. */
+static void left_dfu(struct transport_run *r)
+{
+	/* Released right away; nothing more is sent (§5.4). */
+	usb_dfu_close(r->usb); /* detaches the dfuse first */
+	r->usb = NULL;
+	dfuse_free(r->dfuse);
+	r->dfuse = NULL;
+	r->state = RUN_WAIT_BACK;
+	job_note(r->job, "device-reset", "left DFU mode; waiting for the device to come back");
+	arm(r, timeout_ms("dfu_reenumerate_ms"));
+}
+
 /* Decides and starts what comes after the phase that just ended. */
 static void step(struct transport_run *r)
 {
@@ -286,15 +302,7 @@ static void step(struct transport_run *r)
 		}
 		break;
 	case RUN_LEAVE:
-		/* Released right away; nothing more is sent (§5.4). */
-		dfuse_free(r->dfuse);
-		r->dfuse = NULL;
-		usb_dfu_close(r->usb);
-		r->usb = NULL;
-		r->state = RUN_WAIT_BACK;
-		job_note(r->job, "device-reset",
-			 "left DFU mode; waiting for the device to come back");
-		arm(r, timeout_ms("dfu_reenumerate_ms"));
+		left_dfu(r);
 		return;
 	default:
 		return;
@@ -391,6 +399,16 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	struct transport_run *r = arg;
 	struct error err;
 	error_init(&err);
+	if (r->gone && r->state >= RUN_DFU_OPEN && r->state <= RUN_VERIFY) {
+		dfuse_device_gone(r->dfuse, &err);
+		error_prefix(&err, "%s: ",
+			     (r->state == RUN_WRITE || r->state == RUN_ERASE) &&
+				     r->plan.writes[r->write_i].name
+				 ? r->plan.writes[r->write_i].name
+				 : "DFU");
+		run_fail(r, &err);
+		return;
+	}
 	switch (r->state) {
 	case RUN_OPENING:
 		open_device(r);
@@ -559,6 +577,14 @@ static void dfu_device_event(struct transport_run *r, enum device_event ev,
 	struct error err;
 	error_init(&err);
 	r->dev = *dev;
+	if (r->state == RUN_LEAVE && (ev == DEVICE_EVENT_GONE || ev == DEVICE_EVENT_BACK))
+		left_dfu(r); /* the reset overtook the leave's GETSTATUS */
+	else if (ev == DEVICE_EVENT_GONE && r->state >= RUN_DFU_OPEN && r->state <= RUN_VERIFY) {
+		/* Under some backends a transfer in flight never completes once the device is
+		 * gone (no POLLERR): give libusb a moment to report it, then report it here. */
+		r->gone = true;
+		arm(r, DFU_GONE_GRACE_MS);
+	}
 	switch (r->state) {
 	case RUN_SWITCHING:
 		if (ev == DEVICE_EVENT_BACK && dev->mode == DEVICE_MODE_DFU) {

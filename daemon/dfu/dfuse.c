@@ -1045,6 +1045,13 @@ void dfuse_cancel(struct dfuse *s)
 		s->cancel = true;
 }
 
+void dfuse_device_gone(struct dfuse *s, struct error *err)
+{
+	trace(s, "device removed with a request in flight");
+	dfu_usb_error_set(err, LIBUSB_ERROR_NO_DEVICE, op_name(s->op));
+	add_context(s, err);
+}
+
 void dfuse_set_progress(struct dfuse *s, dfuse_progress_fn fn, void *userdata)
 {
 	s->progress = fn;

@@ -172,6 +172,10 @@ void dfuse_set_notice(struct dfuse *s, dfuse_notice_fn fn, void *userdata);
  * stopped.
  */
 void dfuse_cancel(struct dfuse *s);
+/* Fills err with device-gone and the running operation's context (phase, alt, address,
+ * chunk, last DFU state/status, flight recorder), for a device that vanished while a
+ * request was in flight that the USB layer never completed.  No completion follows. */
+void dfuse_device_gone(struct dfuse *s, struct error *err);
 
 /* Completion from the io layer.  usb_status: 0 or a negative libusb error. */
 void dfuse_transfer_done(struct dfuse *s, int usb_status, const uint8_t *in, size_t actual);

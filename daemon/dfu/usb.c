@@ -385,8 +385,12 @@ void usb_dfu_close(struct usb_dfu_dev *d)
 		d->closing = true;
 		if (libusb_cancel_transfer(d->xfer) == 0)
 			return;
-		if (d->busy)
-			return;
+		/* Not cancellable (the device is gone and usbfs has forgotten the URB): no
+		 * callback will come.  libusb_close() drops the transfer from its in-flight
+		 * list, after which it may be freed. */
+		d->busy = false;
+		if (d->loop->in_flight)
+			d->loop->in_flight--;
 	}
 	close_now(d);
 }
