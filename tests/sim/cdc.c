@@ -6,7 +6,8 @@
  */
 #include "device.h"
 
-#include "cdc/listening.h"
+#include "cdc/listening_internal.h" /* engine_load_faults() */
+#include "control.h"
 #include "osver.h"
 #include "spec.h"
 
@@ -25,6 +26,7 @@
 #define MAGIC_BAUD_LISTEN 28800
 
 /* Kernel termios ioctls (asm-generic/ioctls.h); the structs are the kernel's, not glibc's. */
+#define K_TCGETS2  0x802c542au
 #define K_TCSETS   0x5402u
 #define K_TCSETSW  0x5403u
 #define K_TCSETSF  0x5404u
@@ -318,6 +320,7 @@ static gboolean on_cdc_timer(gpointer data)
 		listening_tick(d->cdc, sim_now_ms());
 	arm_timer(d);
 	g_mutex_unlock(&d->sim->lock);
+	control_poke(d->sim); /* wait-idle */
 	return G_SOURCE_REMOVE;
 }
 
@@ -423,6 +426,80 @@ static void start_peer(struct sim_device *d)
 	d->peer_watch = g_unix_fd_add(out, G_IO_IN | G_IO_HUP, on_peer_output, d);
 }
 
+/* ---- faults ----------------------------------------------------------------------- */
+
+static const struct {
+	const char *kind;
+	enum listening_fault_kind k;
+} engine_fault_kinds[] = {
+    {"unplug", LISTENING_FAULT_UNPLUG},	  {"cancel", LISTENING_FAULT_CANCEL},
+    {"nak", LISTENING_FAULT_NAK_STORM},	  {"silent", LISTENING_FAULT_SILENT},
+    {"reset", LISTENING_FAULT_RESET},	  {"stray", LISTENING_FAULT_STRAY_OUTPUT},
+    {"atprobe", LISTENING_FAULT_AT_PROBE}};
+
+/* The engine's fault for a SPEC fault; false for DFU-only ones (chunkN, stall, slow-erase). */
+static bool engine_fault_of(const struct sim_fault *f, struct listening_fault *out)
+{
+	if (f->unit == SIM_AT_CHUNK)
+		return false;
+	for (unsigned k = 0; k < G_N_ELEMENTS(engine_fault_kinds); k++) {
+		if (strcmp(engine_fault_kinds[k].kind, f->kind))
+			continue;
+		*out = (struct listening_fault){
+		    .kind = engine_fault_kinds[k].k,
+		    .unit = f->unit == SIM_AT_PERCENT ? LISTENING_AT_PERCENT
+			    : f->unit == SIM_AT_BLOCK ? LISTENING_AT_BLOCK
+						      : LISTENING_AT_BYTE,
+		    .at = f->at,
+		    .arg = f->arg[0] ? f->arg : NULL,
+		};
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Hands the device's serial faults that have not fired yet to the engine,
+ * replacing the ones it had (lock held).  A fault fires once per setting, on
+ * the DFU side and the serial side alike: a retry after `unplug@50%` goes
+ * through.  The engine has no public call to drop its faults or to say which
+ * fired, so its private header is used for those two (listening_internal.h).
+ */
+static void engine_load_faults(struct sim_device *d)
+{
+	d->cdc->n_faults = 0;
+	d->n_cdc_faults = 0;
+	for (unsigned i = 0; i < d->spec.n_faults; i++) {
+		struct listening_fault lf;
+		if (d->spec.faults[i].fired || !engine_fault_of(&d->spec.faults[i], &lf))
+			continue;
+		size_t before = d->cdc->n_faults;
+		listening_add_fault(d->cdc, &lf);
+		if (d->cdc->n_faults > before)
+			d->cdc_fault_src[d->n_cdc_faults++] = i;
+	}
+}
+
+static void engine_sync_fired(struct sim_device *d)
+{
+	for (unsigned j = 0; j < d->n_cdc_faults && j < d->cdc->n_faults; j++)
+		if (d->cdc->faults[j].fired)
+			d->spec.faults[d->cdc_fault_src[j]].fired = true;
+}
+
+void cdc_faults_changed(struct sim_device *d)
+{
+	if (!d->cdc)
+		return;
+	engine_load_faults(d);
+	arm_timer(d);
+}
+
+uint64_t cdc_next_deadline(struct sim_device *d)
+{
+	return d->cdc ? listening_next_deadline(d->cdc) : UINT64_MAX;
+}
+
 static enum listening_era era_of(const char *os)
 {
 	if (osver_compare(os, "0.6.1") < 0)
@@ -473,33 +550,7 @@ void cdc_attach(struct sim_device *d)
 		};
 		bool listen = d->mode == SIM_MODE_LISTENING || d->listen_on_boot;
 		d->cdc = listening_new(&cfg, &ops, listen ? LISTENING_CONSOLE : LISTENING_APP);
-		for (unsigned i = 0; d->cdc && i < d->spec.n_faults; i++) {
-			const struct sim_fault *f = &d->spec.faults[i];
-			static const struct {
-				const char *kind;
-				enum listening_fault_kind k;
-			} kinds[] = {{"unplug", LISTENING_FAULT_UNPLUG},
-				     {"cancel", LISTENING_FAULT_CANCEL},
-				     {"nak", LISTENING_FAULT_NAK_STORM},
-				     {"silent", LISTENING_FAULT_SILENT},
-				     {"reset", LISTENING_FAULT_RESET},
-				     {"stray", LISTENING_FAULT_STRAY_OUTPUT},
-				     {"atprobe", LISTENING_FAULT_AT_PROBE}};
-			for (unsigned k = 0; k < G_N_ELEMENTS(kinds); k++) {
-				if (strcmp(kinds[k].kind, f->kind) || f->fired ||
-				    f->unit == SIM_AT_CHUNK)
-					continue;
-				struct listening_fault lf = {
-				    .kind = kinds[k].k,
-				    .unit = f->unit == SIM_AT_PERCENT ? LISTENING_AT_PERCENT
-					    : f->unit == SIM_AT_BLOCK ? LISTENING_AT_BLOCK
-								      : LISTENING_AT_BYTE,
-				    .at = f->at,
-				    .arg = f->arg[0] ? f->arg : NULL,
-				};
-				listening_add_fault(d->cdc, &lf);
-			}
-		}
+		engine_load_faults(d);
 		arm_timer(d);
 	}
 	watch_pty(d);
@@ -519,6 +570,7 @@ void cdc_detach(struct sim_device *d)
 		g_source_remove(d->cdc_timer);
 	d->pty_watch = d->pty_retry = d->out_watch = d->cdc_timer = 0;
 	if (d->cdc) {
+		engine_sync_fired(d);
 		d->ymodem_bytes += listening_ymodem_bytes(d->cdc);
 		listening_free(d->cdc);
 		d->cdc = NULL;
@@ -561,42 +613,63 @@ static void line_coding(struct sim_device *d, unsigned baud)
 		sim_schedule(d->sim, 0, baud_listen_cb, d);
 }
 
+/* The slave's termios, read through the master (a pty master's termios ioctls act on its slave). */
+static unsigned slave_speed(int master)
+{
+	struct k_termios2 k = {0};
+	if (master < 0 || ioctl(master, K_TCGETS2, &k) < 0)
+		return 0;
+	return (k.c_cflag & K_CBAUD) == K_BOTHER ? k.c_ospeed : cbaud_speed(k.c_cflag);
+}
+
+static bool is_set_termios(gulong request)
+{
+	return request == K_TCSETS2 || request == K_TCSETSW2 || request == K_TCSETSF2 ||
+	       request == K_TCSETS || request == K_TCSETSW || request == K_TCSETSF;
+}
+
+/*
+ * umockdev's default handler (worker thread): runs every ioctl for real on the
+ * client's pty, so termios works (umockdev 0.17.16 says ENOTTY), then lets
+ * each CDC device see its new line coding.  The default handler only gets
+ * ioctls, never read/write (test-bench.md §7: a per-node handler sends them
+ * over a socket that close() on another thread tears down, which aborts
+ * node-serialport now and then).  It is not told which node the client
+ * opened, so after a TCSETS* every device compares its slave's speed with
+ * the last one it saw: only the device whose speed changed reacts, as only
+ * that one gets SET_LINE_CODING from cdc-acm.
+ */
 static gboolean on_tty_ioctl(UMockdevIoctlBase *handler, UMockdevIoctlClient *client, gpointer data)
 {
 	(void)handler;
-	struct sim_device *d = data;
+	struct sim *sim = data;
 	gulong request = umockdev_ioctl_client_get_request(client);
-	UMockdevIoctlData *arg = umockdev_ioctl_client_get_arg(client);
-	unsigned baud = 0;
 	g_autoptr(GError) err = NULL;
-	if (request == K_TCSETS2 || request == K_TCSETSW2 || request == K_TCSETSF2 ||
-	    request == K_TCSETS || request == K_TCSETSW || request == K_TCSETSF) {
-		bool two = request == K_TCSETS2 || request == K_TCSETSW2 || request == K_TCSETSF2;
-		UMockdevIoctlData *t =
-		    umockdev_ioctl_data_resolve(arg, 0, two ? sizeof(struct k_termios2) : 36, &err);
-		if (t) {
-			struct k_termios2 k = {0};
-			memcpy(&k, t->data, two ? sizeof(k) : 36);
-			baud = two && (k.c_cflag & K_CBAUD) == K_BOTHER ? k.c_ospeed
-									: cbaud_speed(k.c_cflag);
-			g_object_unref(t);
-		}
-	}
-	/* Run the real ioctl on the pty, so termios works (umockdev 0.17.16 says ENOTTY). */
 	int my_errno = 0;
 	int rc = umockdev_ioctl_client_execute(client, &my_errno, &err);
-	if (rc == 0 && baud) {
-		g_mutex_lock(&d->sim->lock);
-		line_coding(d, baud);
-		g_mutex_unlock(&d->sim->lock);
+	if (rc == 0 && is_set_termios(request)) {
+		g_mutex_lock(&sim->lock);
+		for (unsigned i = 0; i < sim->n_devices; i++) {
+			struct sim_device *d = sim->devices[i];
+			if (d->present && d->pty_fd >= 0)
+				line_coding(d, slave_speed(d->pty_fd));
+		}
+		g_mutex_unlock(&sim->lock);
 	}
 	umockdev_ioctl_client_complete(client, rc, my_errno);
 	return TRUE;
 }
 
-UMockdevIoctlBase *cdc_tty_handler_new(struct sim_device *d)
+int cdc_tty_handler_install(struct sim *sim, GError **error)
 {
-	UMockdevIoctlBase *h = umockdev_ioctl_base_new();
-	g_signal_connect(h, "handle-ioctl", G_CALLBACK(on_tty_ioctl), d);
-	return h;
+	/* Take over the fallback socket of the testbed (umockdev keeps listening
+	 * on the unlinked one, which nobody can reach any more). */
+	gchar *root = umockdev_testbed_get_root_dir(sim->tb);
+	gchar *sock = g_build_filename(root, "ioctl", "_default", NULL);
+	unlink(sock);
+	g_free(sock);
+	g_free(root);
+	sim->tty_handler = umockdev_ioctl_base_new();
+	g_signal_connect(sim->tty_handler, "handle-ioctl", G_CALLBACK(on_tty_ioctl), sim);
+	return umockdev_testbed_attach_ioctl(sim->tb, "_default", sim->tty_handler, error) ? 0 : -1;
 }

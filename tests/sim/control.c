@@ -12,16 +12,22 @@
 #include <unistd.h>
 
 #define CONTROL_LINE_MAX 65536
+/* wait-idle: default and largest bound of the wait, and what counts as long-term. */
+#define WAIT_IDLE_DEFAULT_MS 30000
+#define WAIT_IDLE_MAX_MS     600000
+#define IDLE_LONG_TERM_MS    60000 /* e.g. the 300 s Gen 2 update inactivity reset */
 
 struct client {
 	struct sim *sim;
 	GSocketConnection *conn;
 	GDataInputStream *in;
 	GOutputStream *out;
+	uint64_t idle_deadline; /* wait-idle gives up then (monotonic ms) */
 };
 
 static GSocketService *service;
 static char *socket_path;
+static guint idle_timer;
 
 static void client_free(struct client *c)
 {
@@ -114,10 +120,16 @@ static json_t *dispatch(struct client *c, json_t *req, bool *deferred)
 		return json_pack("{s:b,s:o}", "ok", 1, "state", doc);
 	}
 	if (strcmp(cmd, "wait-idle") == 0) {
-		if (sim->pending_work == 0)
-			return json_pack("{s:b}", "ok", 1);
+		json_t *t = json_object_get(req, "timeout_ms");
+		if (t && (!json_is_integer(t) || json_integer_value(t) < 0 ||
+			  json_integer_value(t) > WAIT_IDLE_MAX_MS))
+			return fail("wait-idle: timeout_ms must be an integer 0..%d",
+				    WAIT_IDLE_MAX_MS);
+		c->idle_deadline =
+		    sim_now_ms() + (uint64_t)(t ? json_integer_value(t) : WAIT_IDLE_DEFAULT_MS);
 		g_ptr_array_add(sim->idle_waiters, c);
 		*deferred = true;
+		control_poke(sim);
 		return NULL;
 	}
 	static const char *const known[] = {"unplug", "replug", "mode", "fault"};
@@ -162,19 +174,22 @@ static json_t *dispatch(struct client *c, json_t *req, bool *deferred)
 	if (strcmp(cmd, "fault") == 0) {
 		const char *faults = json_string_value(json_object_get(req, "faults"));
 		char err[SIM_SPEC_ERROR_MAX];
+		if (!faults)
+			return fail("fault needs %s (\"\" clears)", "\"faults\"");
 		g_mutex_lock(&sim->lock);
 		struct sim_spec tmp = d->spec;
-		int rc = spec_parse_faults(faults ? faults : "", &tmp, err, sizeof(err));
+		int rc = spec_parse_faults(faults, &tmp, err, sizeof(err));
 		if (rc == 0) {
+			/* At once on both sides: DFU reads spec.faults per request, the
+			 * serial engine gets them handed over now. */
 			memcpy(d->spec.faults, tmp.faults, sizeof(tmp.faults));
 			d->spec.n_faults = tmp.n_faults;
+			cdc_faults_changed(d);
 		}
 		g_mutex_unlock(&sim->lock);
 		if (rc < 0)
 			return fail("%s", err);
-		return json_pack("{s:b,s:s}", "ok", 1, "note",
-				 "applies from the next enumeration for the "
-				 "serial side, at once for DFU");
+		return json_pack("{s:b}", "ok", 1);
 	}
 	return fail("unknown command %s (plug, unplug, replug, mode, fault, state, wait-idle)",
 		    cmd);
@@ -215,13 +230,70 @@ static void read_next(struct client *c)
 	g_data_input_stream_read_line_async(c->in, G_PRIORITY_DEFAULT, NULL, on_line, c);
 }
 
-void control_idle(struct sim *sim)
+/*
+ * Why the simulator is not idle (NULL when it is) and when to look again
+ * (*recheck, monotonic ms; UINT64_MAX: at the next event).  Idle = no reset
+ * or re-enumeration scheduled, no DFU device busy (erase/program time), and
+ * no CDC engine with a deadline before now + IDLE_LONG_TERM_MS (console
+ * delays, YMODEM byte timeouts); longer ones do not count.
+ */
+static const char *busy_reason(struct sim *sim, uint64_t now, uint64_t *recheck)
 {
-	while (sim->idle_waiters->len) {
-		struct client *c = g_ptr_array_steal_index(sim->idle_waiters, 0);
-		reply(c, json_pack("{s:b}", "ok", 1));
+	*recheck = UINT64_MAX;
+	if (g_atomic_int_get(&sim->pending_work) > 0)
+		return "a reset or re-enumeration is scheduled";
+	const char *why = NULL;
+	g_mutex_lock(&sim->lock);
+	for (unsigned i = 0; i < sim->n_devices; i++) {
+		struct sim_device *d = sim->devices[i];
+		if (!d->present)
+			continue;
+		uint64_t due = cdc_next_deadline(d);
+		if (due != UINT64_MAX && due <= now + IDLE_LONG_TERM_MS) {
+			why = "a serial device has a timer running";
+			*recheck = MIN(*recheck, due + 1);
+		}
+		if (d->mode == SIM_MODE_DFU && d->dfu.busy_until_ms > now) {
+			why = "a DFU device is busy";
+			*recheck = MIN(*recheck, d->dfu.busy_until_ms);
+		}
+	}
+	g_mutex_unlock(&sim->lock);
+	return why;
+}
+
+static gboolean on_idle_timer(gpointer data)
+{
+	idle_timer = 0;
+	control_poke(data);
+	return G_SOURCE_REMOVE;
+}
+
+void control_poke(struct sim *sim)
+{
+	if (!sim->idle_waiters || !sim->idle_waiters->len)
+		return;
+	uint64_t now = sim_now_ms(), recheck;
+	const char *why = busy_reason(sim, now, &recheck);
+	for (guint i = 0; i < sim->idle_waiters->len;) {
+		struct client *c = g_ptr_array_index(sim->idle_waiters, i);
+		if (why && now < c->idle_deadline) {
+			recheck = MIN(recheck, c->idle_deadline);
+			i++;
+			continue;
+		}
+		g_ptr_array_remove_index(sim->idle_waiters, i);
+		reply(c, why ? fail("not idle within the timeout: %s", why)
+			     : json_pack("{s:b}", "ok", 1));
 		read_next(c);
 	}
+	if (idle_timer) {
+		g_source_remove(idle_timer);
+		idle_timer = 0;
+	}
+	if (sim->idle_waiters->len && recheck != UINT64_MAX)
+		idle_timer =
+		    g_timeout_add((guint)(recheck > now ? recheck - now : 0), on_idle_timer, sim);
 }
 
 static gboolean on_incoming(GSocketService *svc, GSocketConnection *conn, GObject *source,
@@ -257,6 +329,10 @@ int control_start(struct sim *sim, const char *path, GError **error)
 
 void control_stop(void)
 {
+	if (idle_timer) {
+		g_source_remove(idle_timer);
+		idle_timer = 0;
+	}
 	if (service) {
 		g_socket_service_stop(service);
 		g_socket_listener_close(G_SOCKET_LISTENER(service));

@@ -8,5 +8,5 @@
 
 int control_start(struct sim *sim, const char *path, GError **error);
 void control_stop(void);
-/* Called when sim->pending_work drops to 0: answers wait-idle requests. */
-void control_idle(struct sim *sim);
+/* Something that wait-idle waits for may have ended (main thread, lock NOT held). */
+void control_poke(struct sim *sim);

@@ -4,6 +4,7 @@
 #include "modules.h"
 #include "spec.h"
 #include "timing.h"
+#include "ttynode.h"
 #include "usbdesc.h"
 
 #include <glib-unix.h>
@@ -36,8 +37,6 @@ void device_free(struct sim_device *d)
 	usbdev_flush(d);
 	if (d->usb_handler)
 		g_object_unref(d->usb_handler);
-	if (d->tty_handler)
-		g_object_unref(d->tty_handler);
 	flash_free(d->flash);
 	spec_clear(&d->spec);
 	g_free(d);
@@ -193,42 +192,6 @@ static void describe_tty(struct sim_device *d, GString *s, bool new_node)
 	g_free(model);
 }
 
-/*
- * umockdev 0.17.16 keeps a removed tty's pty master in its table and asserts
- * when the same node is created again, so a re-enumerated ttyACMn gets the
- * old pty back: the node is a symlink to its slave (as umockdev makes it).
- */
-static void relink_pty(struct sim *sim, const char *devnode)
-{
-	int master = umockdev_testbed_get_dev_fd(sim->tb, devnode);
-	char *slave = master >= 0 ? ptsname(master) : NULL;
-	if (!slave)
-		return;
-	uint8_t junk[256];
-	g_unix_set_fd_nonblocking(master, TRUE, NULL);
-	while (read(master, junk, sizeof(junk)) > 0) /* stale bytes of the previous session */
-		;
-	gchar *root = umockdev_testbed_get_root_dir(sim->tb);
-	gchar *node = g_build_filename(root, devnode, NULL);
-	unlink(node);
-	if (symlink(slave, node) < 0)
-		g_printerr("flashd-sim: cannot recreate %s: %m\n", devnode);
-	g_free(node);
-	g_free(root);
-}
-
-static int free_tty_index(struct sim *sim, struct sim_device *self)
-{
-	for (int i = 0;; i++) {
-		bool used = false;
-		for (unsigned k = 0; k < sim->n_devices; k++)
-			used |= sim->devices[k] != self && sim->devices[k]->present &&
-				sim->devices[k]->tty_index == i;
-		if (!used)
-			return i;
-	}
-}
-
 int device_plug(struct sim_device *d, GError **error)
 {
 	struct sim *sim = d->sim;
@@ -251,7 +214,7 @@ int device_plug(struct sim_device *d, GError **error)
 	usbdev_flush(d);
 	d->generation++;
 	bool cdc = mode != SIM_MODE_DFU, reuse_pty = false;
-	d->tty_index = cdc ? free_tty_index(sim, d) : -1;
+	d->tty_index = cdc ? ttynode_pick(sim, d) : -1;
 	if (cdc)
 		snprintf(d->tty_devnode, sizeof(d->tty_devnode), "/dev/ttyACM%d", d->tty_index);
 	GString *s = g_string_new(NULL);
@@ -264,9 +227,7 @@ int device_plug(struct sim_device *d, GError **error)
 		describe_interface(d, s, comm + 1, "10/0/0");
 		if (comm == 0)
 			describe_interface(d, s, 2, "255/255/255");
-		reuse_pty = d->tty_index < SIM_MAX_TTYS && sim->tty_created[d->tty_index];
-		if (d->tty_index < SIM_MAX_TTYS)
-			sim->tty_created[d->tty_index] = true;
+		reuse_pty = ttynode_has_pty(sim, d->tty_index);
 		describe_tty(d, s, !reuse_pty);
 	}
 	UMockdevIoctlBase *old = d->usb_handler;
@@ -275,17 +236,13 @@ int device_plug(struct sim_device *d, GError **error)
 	if (old)
 		g_ptr_array_add(sim->retired, old); /* clients may still hold the old node */
 
+	/* ttyACM nodes have no handler of their own: cdc_tty_handler_install(). */
 	bool ok = umockdev_testbed_attach_ioctl(sim->tb, d->usb_devnode, d->usb_handler, error);
-	if (ok && cdc) {
-		if (!d->tty_handler)
-			d->tty_handler = cdc_tty_handler_new(d);
-		ok = umockdev_testbed_attach_ioctl(sim->tb, d->tty_devnode, d->tty_handler, error);
-	}
 	if (ok)
 		ok = umockdev_testbed_add_from_string(sim->tb, s->str, error);
 	g_string_free(s, TRUE);
 	if (ok && reuse_pty)
-		relink_pty(sim, d->tty_devnode);
+		ttynode_link(sim, d->tty_index);
 	if (!ok)
 		return -1;
 	g_mutex_lock(&sim->lock);
@@ -310,12 +267,12 @@ void device_unplug(struct sim_device *d)
 	d->gone = true;
 	d->present = false;
 	bool cdc = d->tty_index >= 0;
+	int tty_index = d->tty_index;
 	/* The testbed names devices by their full path under /sys. */
-	char usb[DEVICE_PATH_MAX + 8], tty[DEVICE_PATH_MAX + 8], ttynode[32], port[SIM_PORT_MAX];
+	char usb[DEVICE_PATH_MAX + 8], tty[DEVICE_PATH_MAX + 8], port[SIM_PORT_MAX];
 	g_strlcpy(port, d->spec.port, sizeof(port));
 	snprintf(usb, sizeof(usb), "/sys%s", d->usb_syspath);
 	snprintf(tty, sizeof(tty), "/sys%s", d->tty_syspath);
-	g_strlcpy(ttynode, d->tty_devnode, sizeof(ttynode));
 	d->mode = SIM_MODE_UNPLUGGED;
 	g_mutex_unlock(&sim->lock);
 	if (!was)
@@ -337,7 +294,7 @@ void device_unplug(struct sim_device *d)
 	umockdev_testbed_uevent(sim->tb, usb, "remove");
 	umockdev_testbed_remove_device(sim->tb, usb);
 	if (cdc) {
-		umockdev_testbed_detach_ioctl(sim->tb, ttynode, NULL);
+		ttynode_release(sim, tty_index);
 		g_mutex_lock(&sim->lock);
 		d->tty_index = -1;
 		g_mutex_unlock(&sim->lock);

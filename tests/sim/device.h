@@ -86,10 +86,11 @@ struct sim_device {
 	char tty_devnode[32];
 	int tty_index;
 	UMockdevIoctlBase *usb_handler;
-	UMockdevIoctlBase *tty_handler;
 	GQueue urbs; /* submitted control URBs waiting to be reaped */
 	/* CDC side */
 	struct listening *cdc;
+	unsigned cdc_fault_src[SIM_MAX_FAULTS]; /* engine fault slot -> spec.faults index */
+	unsigned n_cdc_faults;
 	int pty_fd;
 	guint pty_watch;
 	guint pty_retry;
@@ -149,6 +150,11 @@ char *dfu_string(struct sim_device *d, uint8_t index);
 /* cdc.c: the CDC side (tty handler, pty, engine). */
 void cdc_attach(struct sim_device *d); /* after the tty node exists (main thread) */
 void cdc_detach(struct sim_device *d); /* before removal (main thread) */
-UMockdevIoctlBase *cdc_tty_handler_new(struct sim_device *d);
+/* The termios handler of every ttyACM node, as umockdev's default handler (startup). */
+int cdc_tty_handler_install(struct sim *sim, GError **error);
+/* spec.faults changed (control `fault`): the live engine gets them now (lock held). */
+void cdc_faults_changed(struct sim_device *d);
+/* When the engine next acts on its own (UINT64_MAX: never; lock held). */
+uint64_t cdc_next_deadline(struct sim_device *d);
 /* Copies a validated YMODEM image from the OTA region into its slot (lock held). */
 void cdc_apply_ota(struct sim_device *d);

@@ -62,7 +62,7 @@ void sim_schedule(struct sim *sim, unsigned delay_ms, void (*fn)(void *), void *
 void sim_work_done(struct sim *sim)
 {
 	if (g_atomic_int_dec_and_test(&sim->pending_work))
-		control_idle(sim);
+		control_poke(sim);
 }
 
 static void usage(FILE *out)
@@ -207,6 +207,12 @@ int main(int argc, char **argv)
 	sim->tb = umockdev_testbed_new();
 	if (!sim->tb)
 		return die("%s", "cannot create the umockdev testbed");
+	{
+		g_autoptr(GError) err = NULL;
+		if (cdc_tty_handler_install(sim, &err) < 0)
+			return die("testbed: %s",
+				   err ? err->message : "cannot attach the tty handler");
+	}
 	for (guint k = 0; k < specs->len; k++) {
 		sim->devices[sim->n_devices++] = device_new(sim, &parsed[k]);
 		spec_clear(&parsed[k]);

@@ -21,7 +21,6 @@
 #define SIM_MAX_FAULTS	     8
 #define SIM_NAME_MAX	     32
 #define SIM_PORT_MAX	     32
-#define SIM_MAX_TTYS	     64
 
 enum sim_mode {
 	SIM_MODE_LISTENING,
@@ -76,7 +75,7 @@ struct sim {
 	struct sim_device *devices[SIM_MAX_DEVICES];
 	unsigned n_devices;
 	unsigned next_devnum;
-	bool tty_created[SIM_MAX_TTYS]; /* umockdev keeps a tty's pty after removal: reuse it */
+	UMockdevIoctlBase *tty_handler; /* umockdev's default handler: termios of every ttyACM */
 	gint pending_work;		/* scheduled resets/re-enumerations (wait-idle); atomic */
 	GPtrArray *retired;		/* ioctl handlers of removed nodes, kept until exit */
 	GPtrArray *idle_waiters;	/* control clients waiting for wait-idle */

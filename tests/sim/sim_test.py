@@ -287,6 +287,188 @@ def test_dfu_stall_fault_fails_the_download():
     check(dev['mode'] == 'dfu' and dev['received']['dfu_bytes'] == 4096, 'after stall: %s' % dev)
 
 
+# Driver prelude for tests that run inside the simulator: control socket + tty helpers.
+DRIVER_PRELUDE = r"""
+import json, os, select, socket, sys, termios, time
+sock_path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX); s.connect(sock_path); f = s.makefile('rw')
+def ctl(**kw):
+    f.write(json.dumps(kw) + '\n'); f.flush(); return json.loads(f.readline())
+def ok(**kw):
+    r = ctl(**kw); assert r['ok'], (kw, r); return r
+def open_tty(n):
+    fd = os.open('/dev/ttyACM%d' % n, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    t = termios.tcgetattr(fd); t[3] &= ~(termios.ICANON | termios.ECHO); t[1] &= ~termios.OPOST
+    t[0] &= ~(termios.ICRNL | termios.INLCR); termios.tcsetattr(fd, termios.TCSANOW, t)
+    return fd
+def read_until(fd, want, timeout=10.0):
+    buf, end = b'', time.monotonic() + timeout
+    while want not in buf and time.monotonic() < end:
+        r, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+        if r:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+def drain(fd):
+    buf = b''
+    while select.select([fd], [], [], 0)[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+def ymodem_block(seq, data, size=128):
+    data = data.ljust(size, b'\0')
+    return bytes([1 if size == 128 else 2, seq & 0xff, 0xff - (seq & 0xff)]) + data + b'\0\0'
+"""
+
+
+def run_driver(body, devices=(), timeout_scale=None):
+    """Runs DRIVER_PRELUDE + body inside flashd-sim with a control socket; returns its
+    last output line as JSON and the state document."""
+    sock = os.path.join(work, 'ctl-%d.sock' % len(os.listdir(work)))
+    drv = os.path.join(work, 'drv-%d.py' % len(os.listdir(work)))
+    open(drv, 'w').write(DRIVER_PRELUDE + body)
+    extra = ['--control', sock]
+    if timeout_scale is not None:
+        extra += ['--timeout-scale', str(timeout_scale)]
+    rc, out, doc = run_sim(list(devices), [sys.executable, drv, sock], extra=extra)
+    check(rc == 0, 'driver failed (%d):\n%s' % (rc, out))
+    return json.loads(out.strip().splitlines()[-1]), doc
+
+
+# Every enumeration as CDC takes the lowest ttyACM number no present device holds
+# (cdc-acm); each node answers as its own device; stale openers are hung up.
+TTY_DRIVER = r"""
+import random
+rnd = random.Random(7)
+names = ['a', 'b', 'c', 'd']
+ids = {}
+for n in names:
+    ids[n] = ok(cmd='plug', spec='platform=argon,mode=listening,os=5.9.0,name=%s' % n)['device_id']
+ok(cmd='wait-idle')
+held = {n: i for i, n in enumerate(names)}          # name -> ttyACM number (present CDC devices)
+dfu = set()
+def lowest_free():
+    i = 0
+    while i in held.values():
+        i += 1
+    return i
+def check_nodes(step):
+    nodes = sorted(int(x[6:]) for x in os.listdir('/dev') if x.startswith('ttyACM'))
+    assert nodes == sorted(held.values()), (step, nodes, held)
+    for n, num in held.items():
+        fd = open_tty(num)
+        drain(fd)
+        os.write(fd, b'i')
+        got = read_until(fd, ids[n].encode())
+        os.close(fd)
+        assert ids[n].encode() in got, (step, n, num, got)
+# The bug of the issue: a CDC device with ttyACM0 goes away, another device
+# switches into listening mode and gets ttyACM0.
+stale = open_tty(0)
+ok(cmd='unplug', name='a'); del held['a']
+r, _, _ = select.select([stale], [], [], 5)
+try:
+    hung = os.read(stale, 64) == b''
+except OSError:
+    hung = True
+assert r and hung, 'an opener of a removed tty is not hung up'
+os.close(stale)
+ok(cmd='mode', name='b', mode='dfu'); del held['b']; dfu.add('b')
+ok(cmd='wait-idle')
+ok(cmd='mode', name='b', mode='listening'); dfu.discard('b')
+ok(cmd='wait-idle'); held['b'] = lowest_free()
+assert held['b'] == 0, held
+check_nodes('b takes ttyACM0 of a')
+steps = 0
+for step in range(40):
+    n = rnd.choice(names)
+    present = n in held or n in dfu
+    op = rnd.choice(['unplug', 'plug', 'dfu', 'listening', 'replug'])
+    if op == 'plug' and present or op != 'plug' and not present:
+        continue
+    if op == 'unplug':
+        ok(cmd='unplug', name=n); held.pop(n, None); dfu.discard(n)
+    elif op == 'plug':
+        ok(cmd='plug', name=n)
+    elif op == 'replug':
+        ok(cmd='replug', name=n)
+    else:
+        ok(cmd='mode', name=n, mode=op)
+    if op != 'unplug':
+        held.pop(n, None); dfu.discard(n)
+        ok(cmd='wait-idle')
+        st = {d['name']: d['mode'] for d in ok(cmd='state')['state']['devices']}
+        if st[n] == 'dfu':
+            dfu.add(n)
+        else:
+            held[n] = lowest_free()
+    check_nodes('step %d: %s %s' % (step, op, n))
+    steps += 1
+print(json.dumps({'steps': steps, 'held': held}))
+"""
+
+
+def test_tty_numbers_survive_any_plug_sequence():
+    res, doc = run_driver(TTY_DRIVER)
+    check(res['steps'] >= 15, 'too few steps ran: %s' % res)
+
+
+# A `fault` sent to a device in the middle of a YMODEM transfer acts on that transfer.
+LIVE_FAULT_DRIVER = r"""
+fd = open_tty(0)
+os.write(fd, b'f')
+assert b'press' in read_until(fd, b"abort)\r\n"), 'no f prompt'
+os.write(fd, ymodem_block(0, b'app.bin\0' + b'512 '))
+got = read_until(fd, b'\x06\x43')
+assert got.endswith(b'\x06\x43'), got
+os.write(fd, ymodem_block(1, b'x' * 128))
+assert read_until(fd, b'\x06') == b'\x06', 'block 1 not acked'
+ok(cmd='fault', name='d1', faults='cancel@block2')
+os.write(fd, ymodem_block(2, b'y' * 128))
+got = read_until(fd, b'\r\n')
+print(json.dumps({'after_fault': got.decode('latin-1')}))
+"""
+
+
+def test_fault_acts_at_once_on_a_live_serial_device():
+    res, doc = run_driver(LIVE_FAULT_DRIVER, ['platform=argon,mode=listening,os=5.9.0,name=d1'])
+    check(res['after_fault'].startswith('\x18\x18'), 'block 2 was not cancelled: %r' % res['after_fault'])
+    # The fault fired once: the next transfer is not cancelled any more.
+    check(doc['devices'][0]['received']['ymodem_bytes'] == 128, 'ymodem_bytes %s' % doc['devices'][0]['received'])
+
+
+# wait-idle covers the serial engine's own timers: after `f` the receiver's byte
+# timeouts run (scaled) until it gives up; wait-idle answers only after that.
+WAIT_IDLE_DRIVER = r"""
+fd = open_tty(0)
+os.write(fd, b'f')
+assert b'press' in read_until(fd, b"abort)\r\n"), 'no f prompt'
+short = ctl(cmd='wait-idle', timeout_ms=50)
+t0 = time.monotonic()
+full = ctl(cmd='wait-idle')
+waited = time.monotonic() - t0
+after = drain(fd)
+bad = ctl(cmd='wait-idle', timeout_ms='soon')
+print(json.dumps({'short': short, 'full': full, 'waited': waited, 'after': after.decode('latin-1'), 'bad': bad}))
+"""
+
+
+def test_wait_idle_waits_for_the_serial_engine_timers():
+    res, _ = run_driver(WAIT_IDLE_DRIVER, ['platform=argon,mode=listening,os=5.9.0,name=d1'], timeout_scale=0.02)
+    check(not res['short']['ok'] and 'timer' in res['short']['error'], 'bounded wait-idle: %s' % res['short'])
+    check(res['full']['ok'], 'wait-idle: %s' % res['full'])
+    check('Failed to receive the file!' in res['after'],
+          'wait-idle answered before the receiver gave up: %r' % res['after'])
+    check(not res['bad']['ok'], 'timeout_ms "soon" accepted: %s' % res['bad'])
+
+
 TESTS = {n[5:]: f for n, f in globals().items() if n.startswith('test_')}
 if TEST not in TESTS:
     print('unknown test; known: ' + ' '.join(TESTS))
