@@ -31,7 +31,10 @@ static json_t *details_json(const char *details)
 		static const struct {
 			char letter;
 			const char *name;
-		} types[] = {{'s', "string"}, {'i', "integer"}, {'b', "boolean"}, {'a', "array"},
+		} types[] = {{'s', "string"},
+			     {'i', "integer"},
+			     {'b', "boolean"},
+			     {'a', "array"},
 			     {'o', "object"}};
 		for (size_t k = 0; k < sizeof(types) / sizeof(types[0]); k++)
 			if (types[k].letter == colon[1])
@@ -44,9 +47,9 @@ int cmd_errors(int argc, char **argv, const struct cli_global *g)
 {
 	bool markdown = false, json = g->json;
 	static const struct option opts[] = {
-		{"json", no_argument, NULL, 'j'},
-		{"markdown", no_argument, NULL, 'm'},
-		{0},
+	    {"json", no_argument, NULL, 'j'},
+	    {"markdown", no_argument, NULL, 'm'},
+	    {0},
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "jm", opts, NULL)) != -1) {
@@ -65,9 +68,10 @@ int cmd_errors(int argc, char **argv, const struct cli_global *g)
 	size_t n = error_catalogue(&t);
 	for (size_t i = 0; i < n; i++) {
 		if (json) {
-			json_t *o = json_pack("{s:s, s:i, s:o, s:s, s:s}", "id", t[i].id, "exit",
-					      t[i].exit_status, "detail", details_json(t[i].details),
-					      "message", t[i].message, "hint", t[i].hint);
+			json_t *o =
+			    json_pack("{s:s, s:i, s:o, s:s, s:s}", "id", t[i].id, "exit",
+				      t[i].exit_status, "detail", details_json(t[i].details),
+				      "message", t[i].message, "hint", t[i].hint);
 			render_json_line(o);
 			json_decref(o);
 		} else {

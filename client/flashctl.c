@@ -17,19 +17,20 @@ struct verb {
 };
 
 static const struct verb verbs[] = {
-	{"inspect", cmd_inspect, "inspect FILE... [--json]      describe firmware files (no daemon needed)"},
-	{"list", cmd_list, "list                          the devices flashd sees"},
-	{"watch", cmd_watch, "watch                         devices and jobs as they change"},
-	{"jobs", cmd_jobs, "jobs                          current and recent jobs"},
-	{"cancel", cmd_cancel, "cancel JOB                    stop a job"},
-	{"flash", cmd_flash,
-	 "flash FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
-	 "        [--wait[=S]] [--force] [--verify] [--dry-run] [--detach]"},
-	{"check", cmd_check,
-	 "check FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
-	 "        [--wait[=S]] [--force]      would this flash? (preflight only, nothing is written)"},
-	{"info", cmd_info, "info [DEVICE]                 everything known about a device"},
-	{"errors", cmd_errors, "errors [--json|--markdown]    print the error catalogue"},
+    {"inspect", cmd_inspect,
+     "inspect FILE... [--json]      describe firmware files (no daemon needed)"},
+    {"list", cmd_list, "list                          the devices flashd sees"},
+    {"watch", cmd_watch, "watch                         devices and jobs as they change"},
+    {"jobs", cmd_jobs, "jobs                          current and recent jobs"},
+    {"cancel", cmd_cancel, "cancel JOB                    stop a job"},
+    {"flash", cmd_flash,
+     "flash FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
+     "        [--wait[=S]] [--force] [--verify] [--dry-run] [--detach]"},
+    {"check", cmd_check,
+     "check FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
+     "        [--wait[=S]] [--force]      would this flash? (preflight only, nothing is written)"},
+    {"info", cmd_info, "info [DEVICE]                 everything known about a device"},
+    {"errors", cmd_errors, "errors [--json|--markdown]    print the error catalogue"},
 };
 
 static void usage(FILE *out)
@@ -44,11 +45,11 @@ int main(int argc, char **argv)
 {
 	struct cli_global g = {0};
 	static const struct option opts[] = {
-		{"socket", required_argument, NULL, 's'},
-		{"json", no_argument, NULL, 'j'},
-		{"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, 'V'},
-		{0},
+	    {"socket", required_argument, NULL, 's'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    {0},
 	};
 	int c;
 

@@ -5,9 +5,9 @@
 
 struct cli_global {
 	const char *socket_path; /* --socket, or NULL */
-	bool json;               /* --json */
-	bool is_tty;             /* stdout is a terminal */
-	bool no_color;           /* NO_COLOR set or not a terminal */
+	bool json;		 /* --json */
+	bool is_tty;		 /* stdout is a terminal */
+	bool no_color;		 /* NO_COLOR set or not a terminal */
 };
 
 /* Each returns the process exit status (the catalogue's exit statuses). */
