@@ -214,6 +214,17 @@ static int bind_socket(const char *path)
 	return fd;
 }
 
+/*
+ * libevent's own warnings go to our log at debug level: under umockdev the
+ * emulated usbfs node is refused by epoll ("Epoll ADD ... Operation not
+ * permitted") and the DFU transport polls it instead (daemon/dfu/usb.c), so
+ * the warning is expected noise there, not something a user must act on.
+ */
+static void on_libevent_log(int severity, const char *msg)
+{
+	log_msg(severity >= EVENT_LOG_ERR ? LOG_ERR : LOG_DEBUG, "libevent: %s", msg);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	(void)what;
@@ -280,6 +291,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit();
 
+	event_set_log_callback(on_libevent_log);
 	if (!(d.base = event_base_new()) || !(d.reg = registry_new(d.base)))
 		return 1;
 	config_defaults(&cfg);
