@@ -81,9 +81,13 @@ def main():
               "flashctl.1" in complete("flashctl", "flash", "flashctl."))
     tap.check("completion: platforms after --platform",
               complete("flashctl", "check", "x.bin", "--platform", "bo") == ["boron"])
-    r = subprocess.run([sys.executable, "-m", "py_compile",
-                        os.path.join(SRC, "client", "examples", "flashd_client.py")])
-    tap.check("the example client compiles", r.returncode == 0)
+    path = os.path.join(SRC, "client", "examples", "flashd_client.py")
+    try:  # in memory: nothing is written into the source tree
+        compile(open(path).read(), path, "exec")
+        ok = True
+    except SyntaxError as e:
+        ok = e
+    tap.check("the example client compiles", ok is True, ok)
     tap.done()
 
 
