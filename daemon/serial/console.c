@@ -264,9 +264,17 @@ static void next_step(struct console *c)
 	}
 }
 
+/* The claim-code line's answer ("Sorry, claim code ..."), complete, in text. */
+static bool claim_answered(const char *text)
+{
+	const char *a = strstr(text, TEXT_CLAIM_ANSWER);
+	return a && strchr(a, '\n');
+}
+
 static bool claim_prompt(struct console *c)
 {
-	if (c->state == CONSOLE_WAIT_CLAIM_END || !strstr(c->buf, TEXT_CLAIM_PROMPT))
+	const char *prompt = strstr(c->buf, TEXT_CLAIM_PROMPT);
+	if (c->state == CONSOLE_WAIT_CLAIM_END || !prompt)
 		return false;
 	if (c->claim_recoveries++ >= c->cfg.max_claim_recoveries) {
 		struct error e;
@@ -284,13 +292,26 @@ static bool claim_prompt(struct console *c)
 		error_clear(&e);
 		return true;
 	}
-	/* §11.3: end the line input with CR, then repeat the interrupted command */
-	c->resume = c->state;
+	/* §11.3: the prompt swallowed our command.  A probe that ended its own
+	 * line (AT...\r) has closed the prompt already: the answer follows it in
+	 * the same text, and the command is simply repeated.  Otherwise end the
+	 * line input with CR first.  The text after the prompt is kept: the
+	 * answer may have arrived in the same read. */
+	enum console_state resume = c->state;
+	const char *after = prompt + strlen(TEXT_CLAIM_PROMPT);
+	if (claim_answered(after)) {
+		start_step(c, resume);
+		return true;
+	}
+	size_t keep = c->len - (size_t)(after - c->buf);
+	memmove(c->buf, after, keep + 1);
+	c->len = keep;
+	c->resume = resume;
 	c->state = CONSOLE_WAIT_CLAIM_END;
-	c->len = 0;
-	c->buf[0] = '\0';
 	if (send_str(c, "\r"))
 		arm(c, c->cfg.reply_ms);
+	if (c->state == CONSOLE_WAIT_CLAIM_END && claim_answered(c->buf))
+		start_step(c, c->resume);
 	return true;
 }
 
@@ -329,8 +350,7 @@ static void on_input(struct console *c)
 		break;
 	}
 	case CONSOLE_WAIT_CLAIM_END:
-		if (strstr(c->buf, TEXT_CLAIM_ANSWER) &&
-		    strchr(strstr(c->buf, TEXT_CLAIM_ANSWER), '\n'))
+		if (claim_answered(c->buf))
 			start_step(c, c->resume);
 		break;
 	default:

@@ -49,6 +49,7 @@ enum run_state {
 	RUN_REBOOT,
 	RUN_REOPEN, /* back on USB, its tty node not openable yet */
 	RUN_VERIFY,
+	RUN_VERIFY_WAIT, /* 28800 asked again, waiting before the second probe */
 	RUN_ENDED,
 };
 
@@ -65,6 +66,7 @@ struct transport_run {
 	size_t step;
 	uint64_t done_bytes, total_bytes;
 	bool tried_listen;
+	bool verify_relisten; /* the verify probe asked for listening mode twice */
 	unsigned reopen_attempts;
 	bool cancel;
 	struct error pending; /* result of the last sub-machine */
@@ -339,6 +341,15 @@ static void verify_step(struct transport_run *r)
 
 /* ---- the run's event loop side ------------------------------------------------------- */
 
+/* Silence to `v` is what "not in listening mode" looks like (§3: entering
+ * prints nothing; 6.x has no console).  A timeout in a later phase is not. */
+static bool probe_silence(const struct error *e)
+{
+	json_t *phase = e->detail ? json_object_get(e->detail, "phase") : NULL;
+	return !phase ||
+	       strcmp(json_string_value(phase) ? json_string_value(phase) : "", "probe") == 0;
+}
+
 static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
 	struct transport_run *r = arg;
@@ -351,6 +362,11 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	r->sub_done = false;
 	switch (r->state) {
 	case RUN_PROBE:
+		if (r->pending.code == ERR_TIMED_OUT && !probe_silence(&r->pending)) {
+			/* a console answered (claim prompt, `i`, `s`) and then stalled */
+			fail(r, &r->pending);
+			return;
+		}
 		if (r->pending.code == ERR_TIMED_OUT && !r->tried_listen) {
 			/* not in listening mode: 28800 baud asks for it (§3, <= 5.9.x) */
 			r->tried_listen = true;
@@ -411,6 +427,22 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		arm(r, timeout_ms("serial_reenumerate_ms"));
 		return;
 	case RUN_VERIFY:
+		if (r->pending.code == ERR_TIMED_OUT && probe_silence(&r->pending) &&
+		    !r->verify_relisten && r->port) {
+			/* The device may have been busy booting when the first
+			 * SET_LINE_CODING came: change the line coding away and back
+			 * (the device sees only changes, §3) and probe once more. */
+			r->verify_relisten = true;
+			error_clear(&r->pending);
+			if (serial_port_set_baud(r->port, 9600, &e) < 0 ||
+			    serial_port_set_baud(r->port, BAUD_LISTEN, &e) < 0) {
+				error_move(&r->pending, &e);
+			} else {
+				r->state = RUN_VERIFY_WAIT;
+				arm(r, timeout_ms("serial_listen_ms"));
+				return;
+			}
+		}
 		if (error_is_set(&r->pending)) {
 			/* written, but the device cannot be queried now */
 			job_note(r->job, "not-verified", "%s", r->pending.message);
@@ -477,6 +509,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	}
 	if (r->state == RUN_REOPEN) {
 		start_verify(r);
+		return;
+	}
+	if (r->state == RUN_VERIFY_WAIT) {
+		r->state = RUN_VERIFY;
+		if (start_console(r, CONSOLE_PROBE | CONSOLE_INFO, &r->pending) < 0) {
+			r->sub_done = true;
+			run_kick(r);
+		}
 		return;
 	}
 	if (r->state == RUN_REBOOT) {
@@ -562,6 +602,7 @@ static void serial_device_event(struct transport_run *r, enum device_event ev,
 			return;
 		evtimer_del(r->timer);
 		r->reopen_attempts = 0;
+		r->verify_relisten = false;
 		start_verify(r);
 	}
 }

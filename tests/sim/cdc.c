@@ -513,6 +513,9 @@ static enum listening_era era_of(const char *os)
 	return LISTENING_ERA_6;
 }
 
+static void line_coding(struct sim_device *d, unsigned baud);
+static unsigned slave_speed(int master);
+
 void cdc_attach(struct sim_device *d)
 {
 	int fd = umockdev_testbed_get_dev_fd(d->sim->tb, d->tty_devnode);
@@ -553,6 +556,10 @@ void cdc_attach(struct sim_device *d)
 		engine_load_faults(d);
 		arm_timer(d);
 	}
+	/* A host that opens the new tty as soon as it appears may set its speed
+	 * before the engine is attached here; on a real device that
+	 * SET_LINE_CODING is handled (the handler exists before enumeration). */
+	line_coding(d, slave_speed(fd));
 	watch_pty(d);
 	g_mutex_unlock(&d->sim->lock);
 }

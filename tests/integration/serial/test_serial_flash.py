@@ -43,7 +43,8 @@ def sim_state(control):
 
 def inside(flashd, fc, state_dir, control):
     tap = Tap()
-    d = Daemon(flashd)
+    # a private lock directory: parallel testbeds all have a /dev/ttyACM0
+    d = Daemon(flashd, extra_env={"FLASHD_LOCK_DIR": tempfile.mkdtemp(prefix="flashd-lock-")})
     try:
         code, end, _ = flash(fc, d.socket, fixture("electron/electron_tinker.bin"))
         err = end.get("error") or {}

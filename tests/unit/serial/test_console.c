@@ -51,10 +51,11 @@ struct peer {
 	const char *os;
 	bool cellular;
 	const char *sysinfo;
-	const char *stray;	/* printed once, before the next reply */
-	unsigned claim_prompts; /* the next N commands land in the claim-code prompt */
-	bool silent;		/* never answers */
-	bool split;		/* replies one byte per write */
+	const char *stray;	 /* printed once, before the next reply */
+	unsigned claim_prompts;	 /* the next N commands land in the claim-code prompt */
+	unsigned closed_prompts; /* ... in a prompt that a probe\'s CR closed at once */
+	bool silent;		 /* never answers */
+	bool split;		 /* replies one byte per write */
 	/* state */
 	bool in_claim;
 	char commands[64];
@@ -135,6 +136,13 @@ static void peer_byte(struct peer *p, char c)
 		p->commands[p->n_commands++] = c;
 	if (p->silent)
 		return;
+	if (p->closed_prompts && (c == 'v' || c == 'i' || c == 's')) {
+		/* "AT+GCAP\r" arrived with our key: prompt, echo, answer (§11.3) */
+		p->closed_prompts--;
+		peer_str(p, "Enter 63-digit claim code: AP\r\nSorry, claim code is not 63 "
+			    "characters long. Claim code unchanged.\r\n");
+		return;
+	}
 	if (p->claim_prompts && (c == 'v' || c == 'i' || c == 's')) {
 		p->claim_prompts--;
 		p->in_claim = true;
@@ -324,6 +332,27 @@ static void test_claim_code_prompt_is_closed_and_the_command_repeated(void **sta
 	assert_int_equal(f.n_modules, 4);
 }
 
+static void test_claim_prompt_closed_by_the_probe_itself_repeats_the_command(void **state)
+{
+	(void)state;
+	struct peer p = {.os = "5.9.0", .sysinfo = PHOTON_S, .closed_prompts = 1};
+	struct device_facts f = {0};
+	struct outcome o;
+	run(&p, CONSOLE_PROBE | CONSOLE_INFO, &f, &o, 2000);
+	assert_false(error_is_set(&o.err));
+	/* no CR: the line was over; `v` again at once */
+	assert_string_equal(p.commands, "vvs");
+	assert_string_equal(f.os_version, "5.9.0");
+
+	/* the same, one byte at a time */
+	struct peer p2 = {.os = "5.9.0", .sysinfo = PHOTON_S, .closed_prompts = 1, .split = true};
+	struct device_facts f2 = {0};
+	run(&p2, CONSOLE_PROBE | CONSOLE_INFO, &f2, &o, 2000);
+	assert_false(error_is_set(&o.err));
+	assert_string_equal(f2.os_version, "5.9.0");
+	assert_int_equal(f2.n_modules, 4);
+}
+
 static void test_a_prompt_that_keeps_coming_back_is_device_busy_naming_modemmanager(void **state)
 {
 	(void)state;
@@ -396,6 +425,7 @@ int main(void)
 	    cmocka_unit_test(test_replies_split_into_single_bytes_are_reassembled),
 	    cmocka_unit_test(test_stray_application_output_is_skipped),
 	    cmocka_unit_test(test_claim_code_prompt_is_closed_and_the_command_repeated),
+	    cmocka_unit_test(test_claim_prompt_closed_by_the_probe_itself_repeats_the_command),
 	    cmocka_unit_test(
 		test_a_prompt_that_keeps_coming_back_is_device_busy_naming_modemmanager),
 	    cmocka_unit_test(test_silence_is_timed_out_in_the_probe_phase),
