@@ -49,7 +49,8 @@ enum run_state {
 	RUN_REBOOT,
 	RUN_REOPEN, /* back on USB, its tty node not openable yet */
 	RUN_VERIFY,
-	RUN_VERIFY_WAIT, /* 28800 asked again, waiting before the second probe */
+	RUN_VERIFY_WAIT,  /* 28800 asked again, waiting before the second probe */
+	RUN_REJECT_RESET, /* the device refused the module and resets (§4.4): wait for it */
 	RUN_ENDED,
 };
 
@@ -67,9 +68,11 @@ struct transport_run {
 	uint64_t done_bytes, total_bytes;
 	bool tried_listen;
 	bool verify_relisten; /* the verify probe asked for listening mode twice */
+	bool saw_gone;	      /* the device left USB since the transfer ended */
 	unsigned reopen_attempts;
 	bool cancel;
 	struct error pending; /* result of the last sub-machine */
+	struct error verdict; /* device-rejected, reported once the device is back */
 	bool sub_done;
 	char tty[DEVICE_PATH_MAX];
 };
@@ -249,6 +252,12 @@ static bool device_resettable_after_failure(const struct device_facts *f)
 	       f->system_version >= 3000 && f->system_version < 6000;
 }
 
+static bool validation_verdict(const struct error *e)
+{
+	json_t *ph = e->detail ? json_object_get(e->detail, "phase") : NULL;
+	return ph && json_string_value(ph) && strcmp(json_string_value(ph), "validation") == 0;
+}
+
 static void after_send_failure(struct transport_run *r)
 {
 	struct error *e = &r->pending;
@@ -261,6 +270,16 @@ static void after_send_failure(struct transport_run *r)
 	error_detail_str(e, "file", s->name ? s->name : "");
 	if (r->step > 0 && error_detail_type(e->code, "phase"))
 		error_prefix(e, "image %zu of %zu (%s): ", r->step + 1, r->plan.n_steps, s->name);
+	if (e->code == ERR_DEVICE_REJECTED && r->port && validation_verdict(e)) {
+		/* §4.4 step 4: a reset follows a validation failure too.  Report
+		 * once the device is back, so that the next job finds it ready. */
+		error_move(&r->verdict, e);
+		release_port(r);
+		r->state = RUN_REJECT_RESET;
+		job_set_state(r->job, JOB_REBOOTING);
+		arm(r, timeout_ms("serial_reenumerate_ms"));
+		return;
+	}
 	bool broke =
 	    e->code == ERR_TRANSFER_FAILED || e->code == ERR_CANCELLED || e->code == ERR_TIMED_OUT;
 	if (broke && r->port && device_resettable_after_failure(&r->facts)) {
@@ -519,6 +538,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		}
 		return;
 	}
+	if (r->state == RUN_REJECT_RESET) {
+		fail(r, &r->verdict); /* the device did not come back: the verdict stands */
+		return;
+	}
 	if (r->state == RUN_REBOOT) {
 		/* the device did not come back in time */
 		end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);
@@ -544,6 +567,7 @@ static struct transport_run *serial_start(struct job *job, struct error *err)
 	r->job = job;
 	r->base = job_event_base(job);
 	error_init(&r->pending);
+	error_init(&r->verdict);
 	r->facts = job_device(job)->facts;
 	r->kick = event_new(r->base, -1, 0, on_kick, r);
 	r->timer = evtimer_new(r->base, on_timer, r);
@@ -581,6 +605,10 @@ static void serial_cancel(struct transport_run *r)
 	if (!r || r->state == RUN_ENDED)
 		return;
 	r->cancel = true;
+	if (r->state == RUN_REJECT_RESET) {
+		fail(r, &r->verdict); /* the transfer is over: its verdict stands */
+		return;
+	}
 	if (r->state == RUN_SEND && r->ymodem) {
 		ymodem_cancel(r->ymodem); /* 'a' at the next block boundary */
 		return;
@@ -595,11 +623,21 @@ static void serial_cancel(struct transport_run *r)
 static void serial_device_event(struct transport_run *r, enum device_event ev,
 				const struct device_snapshot *dev)
 {
-	if (!r || r->state != RUN_REBOOT)
+	if (!r || (r->state != RUN_REBOOT && r->state != RUN_REJECT_RESET))
 		return;
+	if (ev == DEVICE_EVENT_GONE)
+		r->saw_gone = true;
 	if (ev == DEVICE_EVENT_BACK || (ev == DEVICE_EVENT_CHANGED && dev->present)) {
 		if (!dev->tty[0] || dev->mode == DEVICE_MODE_DFU)
 			return;
+		if (r->state == RUN_REJECT_RESET) {
+			if (ev == DEVICE_EVENT_CHANGED && !r->saw_gone)
+				return; /* not reset yet */
+			job_note(r->job, "device-reset",
+				 "the device reset after refusing the module and is back");
+			fail(r, &r->verdict);
+			return;
+		}
 		evtimer_del(r->timer);
 		r->reopen_attempts = 0;
 		r->verify_relisten = false;
@@ -617,6 +655,7 @@ static void serial_free(struct transport_run *r)
 	if (r->timer)
 		event_free(r->timer);
 	error_clear(&r->pending);
+	error_clear(&r->verdict);
 	free(r);
 }
 

@@ -56,7 +56,7 @@ def inside(flashd, fc, state_dir, control):
         tap.check("no YMODEM byte reached the device",
                   dev is not None and dev["received"]["ymodem_bytes"] == 0, dev)
 
-        code, end, _ = flash(fc, d.socket, "--force", fixture("electron/electron_tinker.bin"))
+        code, end, objs = flash(fc, d.socket, "--force", fixture("electron/electron_tinker.bin"))
         err = end.get("error") or {}
         det = err.get("detail", {})
         tap.check("--force: device-rejected", err.get("code") == "device-rejected", end)
@@ -65,6 +65,8 @@ def inside(flashd, fc, state_dir, control):
         tap.check("--force: diagnosis names Electron vs Photon",
                   "Electron" in det.get("diagnosis", "") and "Photon" in det.get("diagnosis", ""), det)
         tap.check("--force: the whole file went over", det.get("bytes_sent") == 5776, det)
+        tap.check("--force: the job ends once the device has reset and is back (facts 4.4)",
+                  any(o.get("note") == "device-reset" for o in objs), objs[-3:])
 
         code, end, objs = flash(fc, d.socket, fixture("photon/photon_tinker.bin"))
         tap.check("photon app flashes and verifies",
