@@ -143,7 +143,7 @@ int main(int argc, char **argv)
 	sim->time_scale = 0;
 	sim->timeout_scale = 1;
 	const char *control = NULL;
-	GPtrArray *specs = g_ptr_array_new();
+	g_autoptr(GPtrArray) specs = g_ptr_array_new();
 	int i = 1;
 	for (; i < argc; i++) {
 		const char *a = argv[i];
@@ -252,6 +252,5 @@ int main(int argc, char **argv)
 		if (sim->devices[k]->peer_pid > 0)
 			kill(sim->devices[k]->peer_pid, SIGTERM);
 	g_object_unref(sim->tb);
-	g_ptr_array_free(specs, TRUE);
 	return rc;
 }

@@ -7,6 +7,7 @@ usage: sim_test.py FLASHD_SIM UDEV_WATCH TEST
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -20,9 +21,17 @@ SRC = os.environ.get('FLASHD_SOURCE_ROOT', os.path.join(os.path.dirname(__file__
 FIX = os.environ.get('FLASHD_FIXTURES', os.path.join(SRC, '..', 'shared', 'fixtures'))
 SCHEMA = json.load(open(os.path.join(SRC, 'tests', 'sim', 'state.schema.json')))
 TIMEOUT = 120
+# `meson test --setup valgrind`: the setup's wrapper only reaches this driver; the
+# simulator runs under the same valgrind command (FLASHD_VALGRIND, top meson.build).
+VALGRIND = shlex.split(os.environ.get('FLASHD_VALGRIND', ''))
+if VALGRIND:
+    TIMEOUT *= 5
 
 work = tempfile.mkdtemp(prefix='flashd-sim-test.')
 env = dict(os.environ, TMPDIR=work)  # a killed testbed leaves /tmp/umockdev.* behind
+if VALGRIND:
+    # Preloaded already, so flashd-sim does not re-execute itself out of valgrind's reach.
+    env['LD_PRELOAD'] = ':'.join(p for p in (env.get('LD_PRELOAD'), 'libumockdev-preload.so.0') if p)
 
 
 def fail(msg):
@@ -38,7 +47,8 @@ def check(cond, msg):
 def run_sim(devices, command, state=True, extra=(), timeout=TIMEOUT):
     """Runs flashd-sim; returns (exit status, output, state document or None)."""
     sdir = tempfile.mkdtemp(dir=work)
-    argv = [SIM]
+    vglog = os.path.join(work, 'valgrind-%s.log' % os.path.basename(sdir))
+    argv = VALGRIND + ['--log-file=' + vglog] + [SIM] if VALGRIND else [SIM]
     for d in devices:
         argv += ['--device', d]
     if state:
@@ -46,6 +56,8 @@ def run_sim(devices, command, state=True, extra=(), timeout=TIMEOUT):
     argv += list(extra) + ['--'] + command
     p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        timeout=timeout, text=True)
+    if VALGRIND and p.returncode == 99:
+        fail('valgrind found errors in flashd-sim:\n' + open(vglog).read())
     doc = None
     if state and os.path.exists(os.path.join(sdir, 'state.json')):
         doc = json.load(open(os.path.join(sdir, 'state.json')))
@@ -133,7 +145,7 @@ def flash_and_check(spec, rel, expect_mode='normal', alt_addr=None):
     rc, out, doc = run_sim([spec + ',mode=dfu'],
                            ['sh', '-c', 'dfu-util -a 0 -s 0x%x:leave -D %s && udevadm settle 2>/dev/null; '
                             'sleep 0.2' % (addr, path)])
-    check(rc == 0, '%s: dfu-util failed:\n%s' % (rel, out))
+    check(rc == 0, '%s: dfu-util failed (exit %d):\n%s' % (rel, rc, out))
     check('File downloaded successfully' in out, out)
     dev = doc['devices'][0]
     base, mem = dump(doc, dev)
@@ -461,7 +473,7 @@ print(json.dumps({'short': short, 'full': full, 'waited': waited, 'after': after
 
 
 def test_wait_idle_waits_for_the_serial_engine_timers():
-    res, _ = run_driver(WAIT_IDLE_DRIVER, ['platform=argon,mode=listening,os=5.9.0,name=d1'], timeout_scale=0.02)
+    res, _ = run_driver(WAIT_IDLE_DRIVER, ['platform=argon,mode=listening,os=5.9.0,name=d1'], timeout_scale=0.05)
     check(not res['short']['ok'] and 'timer' in res['short']['error'], 'bounded wait-idle: %s' % res['short'])
     check(res['full']['ok'], 'wait-idle: %s' % res['full'])
     check('Failed to receive the file!' in res['after'],

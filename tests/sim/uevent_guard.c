@@ -1,0 +1,43 @@
+/*
+ * Guard against a race in libumockdev 0.17.16's uevent sender: it connects to
+ * each client's event socket, then sendmsg()s, and abort()s when the client
+ * closed its monitor in between (ECONNREFUSED on sendmsg; the connect path
+ * already ignores it, and umockdev 0.17.17 ignores both).  dfu-util or libusb
+ * closing a monitor while the simulator removes a device is enough, so the
+ * simulator died now and then (often under valgrind).
+ *
+ * flashd-sim's own sendmsg() interposes the library's (the executable comes
+ * first in symbol lookup): a datagram to a named Unix address whose reader
+ * is gone counts as sent, as the newer umockdev does.  Every other call and
+ * error goes through unchanged.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+typedef ssize_t (*sendmsg_fn)(int, const struct msghdr *, int);
+
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags);
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	static sendmsg_fn next;
+	if (!next)
+		next = (sendmsg_fn)dlsym(RTLD_NEXT, "sendmsg");
+	if (!next) {
+		errno = ENOSYS;
+		return -1;
+	}
+	ssize_t n = next(fd, msg, flags);
+	if (n < 0 && errno == ECONNREFUSED && msg && msg->msg_name &&
+	    ((const struct sockaddr *)msg->msg_name)->sa_family == AF_UNIX) {
+		ssize_t len = 0;
+		for (size_t i = 0; i < msg->msg_iovlen; i++)
+			len += (ssize_t)msg->msg_iov[i].iov_len;
+		return len;
+	}
+	return n;
+}
