@@ -206,6 +206,7 @@ static int start_send(struct transport_run *r, struct error *err)
 	r->sub_done = false;
 	r->state = RUN_SEND;
 	job_set_state(r->job, JOB_WRITING);
+	job_progress(r->job, r->done_bytes, r->total_bytes); /* 0 % before the first block */
 	return ymodem_start(r->ymodem, err);
 }
 

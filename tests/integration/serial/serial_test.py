@@ -403,6 +403,76 @@ def test_held_port_is_device_busy_naming_the_holder():
     expect_done(res[6], log)
 
 
+def test_device_os_2_refusal_is_a_negative_code_with_the_diagnosis():
+    res, doc, log = run([spec('photon', '2.2.0', 'photon')],
+                        [flash(IDS['photon'], fixture('electron/electron_tinker.bin'), extra=['--force'])])
+    err = expect_error(res[0], 'device-rejected', log)
+    det = err['detail']
+    check(det.get('device_code', 0) < 0, 'device_code: %s' % det)
+    check(det.get('cause') in ('wrong-platform', 'wrong-slot'), 'cause: %s' % det)
+    check('Electron' in det.get('diagnosis', '') and 'Photon' in det.get('diagnosis', ''),
+          'diagnosis: %s' % det)
+    check(det.get('bytes_sent') == 5776, 'bytes_sent: %s' % det)
+    check(device(doc, 'photon')['received']['ymodem_bytes'] >= 5776, 'the file did not go over')
+
+
+def test_boron_app_on_argon_4_is_refused_then_forced_to_minus_1360():
+    app = fixture('boron/tinker-0.8.0-rc.27-boron.bin')
+    res, doc, log = run([spec('argon', '4.0.2', 'argon')],
+                        [flash(IDS['argon'], app), {'ctl': {'cmd': 'state'}},
+                         flash(IDS['argon'], app, extra=['--force'])])
+    err = expect_error(res[0], 'wrong-platform', log)
+    det = err['detail']
+    check(det.get('image_platform') == 'boron' and det.get('device_platform') == 'argon',
+          'detail: %s' % det)
+    check('Boron' in err.get('hint', '') and 'Argon' in err.get('hint', ''), 'hint: %s' % err)
+    before = [d for d in res[1]['state']['devices'] if d['name'] == 'argon'][0]
+    check(before['received']['ymodem_bytes'] == 0, 'bytes reached the device before --force')
+    err = expect_error(res[2], 'device-rejected', log)
+    det = err['detail']
+    check(det.get('device_code') == -1360 and det.get('cause') == 'wrong-platform', 'detail: %s' % det)
+    check('Boron' in det.get('diagnosis', '') and 'Argon' in det.get('diagnosis', ''),
+          'diagnosis: %s' % det)
+
+
+def test_dependency_unmet_is_refused_then_a_job_with_the_system_parts_succeeds():
+    # an application that needs system part 2 >= 2202 (Device OS 2.2.0), on a Photon 1.5.0
+    app = os.path.join(top, 'app-needs-2.2.0.bin')
+    open(app, 'wb').write(make_module(0x80A0000, 5, 1, 6, 6, [(4, 2, 2202)], 3000))
+    parts = [fixture('photon/photon-system-part2@2.2.0.bin'),
+             fixture('photon/photon-bootloader@2.2.0+lto.bin'),
+             fixture('photon/photon-system-part1@2.2.0.bin')]
+    # files in any order: the job sorts them by what their prefixes say
+    res, doc, log = run([spec('photon', '1.5.0', 'photon')],
+                        [flash(IDS['photon'], app), {'ctl': {'cmd': 'state'}},
+                         flash(IDS['photon'], app, *parts)])
+    err = expect_error(res[0], 'dependency-unmet', log)
+    det = err['detail']
+    check(det.get('required_version') == 2202 and det.get('installed_version') == 1502,
+          'detail: %s' % det)
+    check('2.2.0' in err['message'] and '1.5.0' in err['message'], 'message: %s' % err['message'])
+    before = [d for d in res[1]['state']['devices'] if d['name'] == 'photon'][0]
+    check(before['received']['ymodem_bytes'] == 0, 'bytes reached the device before the refusal')
+    expect_done(res[2], log)
+    dev = device(doc, 'photon')
+    for fn, idx, ver in (('bootloader', 0, 1006), ('system', 1, 2202), ('system', 2, 2202),
+                         ('user', 1, 6)):
+        m = module(dev, fn, idx)
+        check(m and m['version'] == ver and m['valid'], '%s %d: %s' % (fn, idx, m))
+    pct = [l.get('percent') for l in res[2]['lines'] if l.get('event') == 'job-progress' and 'percent' in l]
+    check(pct and pct[-1] == 100, 'progress: %s' % pct)
+
+
+def test_matching_app_is_verified_and_valid_in_state_json():
+    res, doc, log = run([spec('photon', '1.5.2', 'photon')],
+                        [flash(IDS['photon'], fixture(PHOTON_APP))])
+    end = expect_done(res[0], log)
+    pct = [l.get('percent') for l in res[0]['lines'] if l.get('event') == 'job-progress' and 'percent' in l]
+    check(pct and pct[0] == 0 and pct[-1] == 100, 'progress: %s' % pct)
+    m = module(device(doc, 'photon'), 'user', 1)
+    check(m and m['valid'] and m['failed_checks'] == [] and m['version'] == 2, 'module: %s' % m)
+
+
 TESTS = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith('test_')}
 GROUPS = {
     'faults': ['unplug_mid_transfer_is_device_gone', 'nak_storm_is_transfer_failed',
