@@ -291,7 +291,8 @@ static void after_send_failure(struct transport_run *r)
 			    r->job, "device-reset",
 			    "the device refuses a second transfer until it resets (Gen 3/P2 "
 			    "with Device OS 3.0-5.x): switched it to DFU mode with 14400 baud; "
-			    "leave DFU mode (reset) before flashing again");
+			    "flashing again goes over DFU, whose leave resets it (or reset the "
+			    "device to run its firmware)");
 		error_clear(&be);
 	}
 	fail(r, e);

@@ -473,6 +473,24 @@ def test_matching_app_is_verified_and_valid_in_state_json():
     check(m and m['valid'] and m['failed_checks'] == [] and m['version'] == 2, 'module: %s' % m)
 
 
+def test_failed_transfer_on_gen3_4x_resets_the_device_before_a_retry():
+    # §4.5 INFERRED: after a failure past the header a 3.0-5.x Gen 3 device
+    # refuses the next `f` until it resets; flashd switches it to DFU (14400)
+    # and says so; the retry then goes over DFU, whose leave resets it.
+    app = fixture('argon/tinker-0.8.0-rc.27-argon.bin')
+    res, doc, log = run([spec('argon', '4.0.2', 'argon', 'faults=nak@block2')],
+                        [flash(IDS['argon'], app), {'ctl': {'cmd': 'wait-idle'}},
+                         {'list': True}, flash(IDS['argon'], app)])
+    expect_error(res[0], 'transfer-failed', log, FAULT_BOUND)
+    check('device-reset' in notes(res[0]), 'no device-reset note: %s' % notes(res[0]))
+    mode = [d for d in res[2]['devices'] if d['id'] == IDS['argon']][0]['mode']
+    check(mode == 'dfu', 'device not switched to DFU mode: %s' % mode)
+    end = expect_done(res[3], log, outcome=job_end(res[3]).get('outcome'))
+    check(end.get('record', {}).get('transport') in ('dfu', None), 'retry transport: %s' % end)
+    m = module(device(doc, 'argon'), 'user')
+    check(m and m['valid'], 'app after the retry: %s' % m)
+
+
 TESTS = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith('test_')}
 GROUPS = {
     'faults': ['unplug_mid_transfer_is_device_gone', 'nak_storm_is_transfer_failed',
