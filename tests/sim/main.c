@@ -67,13 +67,46 @@ void sim_work_done(struct sim *sim)
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"Usage: flashd-sim [--device SPEC]... [--state-dir DIR] [--time-scale X]\n"
-		"                  [--timeout-scale Y] [--control PATH] -- COMMAND [ARG...]\n"
-		"SPEC: platform=NAME,mode=listening|dfu|normal,os=X.Y.Z[,name=N][,id=HEX24]\n"
-		"      [,serial=S][,port=1-1.2][,protected=0|1][,faults=kind@where[:arg]+...]\n"
-		"      [,peer=COMMAND (last)]\n"
-		"See flashd-sim(1).\n");
+	fputs("Usage: flashd-sim [--device SPEC]... [--state-dir DIR] [--time-scale X]\n"
+	      "                  [--timeout-scale Y] [--control PATH] -- COMMAND [ARG...]\n"
+	      "Runs COMMAND next to simulated Particle devices (umockdev testbed); exits with\n"
+	      "its status, 125 on the simulator's own failures, 127 if COMMAND is not found.\n"
+	      "\n"
+	      "SPEC: platform=NAME,mode=listening|dfu|normal|safe,os=X.Y.Z[,name=N][,id=HEX24]\n"
+	      "      [,serial=S][,port=1-1.2][,protected=0|1][,faults=FAULT[+FAULT]...]\n"
+	      "      [,peer=COMMAND (last key)]\n"
+	      "\n"
+	      "FAULT: KIND@WHERE[:ARG]; WHERE = N% | chunkN (DFU data DNLOAD) | blockN (YMODEM)\n"
+	      "       | byteN | N | empty; each fires once (slow-erase stays).\n"
+	      "  stall@chunkN[:errTARGET|errFILE|errWRITE|errERASE|errPROG|errVERIFY|\n"
+	      "               errADDRESS|errVENDOR|errUNKNOWN|errSTALLEDPKT]   DFU stall\n"
+	      "  silent@chunkN | silent@blockN | silent@N%    stops answering\n"
+	      "  unplug@N% | unplug@byteN | unplug@chunkN | unplug@blockN\n"
+	      "                                               cable pulled (back by control)\n"
+	      "  reset@WHERE (as unplug)                      resets, re-enumerates\n"
+	      "  cancel@blockN | cancel@N% | cancel@byteN     serial: CA CA mid-transfer\n"
+	      "  nak@blockN | nak@N%                          serial: NAK every block on\n"
+	      "  stray@[:TEXT]                                serial: application output\n"
+	      "  atprobe@[:TEXT]                              serial: AT probe arrives\n"
+	      "  slow-erase@[:X]                              DFU: erases X (4) times slower\n"
+	      "\n"
+	      "Control socket (--control PATH): one JSON object per line, one reply line each,\n"
+	      "{\"ok\":true,...} or {\"ok\":false,\"error\":\"...\"}:\n"
+	      "  {\"cmd\":\"plug\",\"spec\":\"SPEC\"}      -> "
+	      "{\"ok\":true,\"name\":N,\"device_id\":ID}\n"
+	      "  {\"cmd\":\"plug\",\"name\":\"N\"}         plug an unplugged device back in\n"
+	      "  {\"cmd\":\"unplug\",\"name\":\"N\"}\n"
+	      "  {\"cmd\":\"replug\",\"name\":\"N\"[,\"port\":\"1-6\"]}\n"
+	      "  {\"cmd\":\"mode\",\"name\":\"N\",\"mode\":\"listening|dfu|normal|safe\"}\n"
+	      "  {\"cmd\":\"fault\",\"name\":\"N\",\"faults\":\"FAULT+...\"}  replaces, at once "
+	      "(\"\" clears)\n"
+	      "  {\"cmd\":\"state\"}                    -> "
+	      "{\"ok\":true,\"state\":{...state.json...}}\n"
+	      "  {\"cmd\":\"wait-idle\"[,\"timeout_ms\":30000]}  no reset/re-enumeration pending, "
+	      "no\n"
+	      "      DFU busy time, no serial timer due within 60 s; ok:false at the timeout\n"
+	      "See flashd-sim(1).\n",
+	      out);
 }
 
 static int die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

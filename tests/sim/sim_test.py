@@ -481,6 +481,35 @@ def test_wait_idle_waits_for_the_serial_engine_timers():
     check(not res['bad']['ok'], 'timeout_ms "soon" accepted: %s' % res['bad'])
 
 
+# test-bench.md §7: node-serialport writes on one thread and closes the port on
+# another.  The tty must survive that (no abort of the program under test).
+CLOSE_RACE_DRIVER = r"""
+import threading
+aborted = 0
+for i in range(300):
+    fd = open_tty(0)
+    go = threading.Event()
+    def writer(fd=fd):
+        go.set()
+        for _ in range(50):
+            try:
+                os.write(fd, b'a')
+            except OSError:
+                return
+    t = threading.Thread(target=writer)
+    t.start()
+    go.wait()
+    os.close(fd)
+    t.join()
+print(json.dumps({'rounds': 300}))
+"""
+
+
+def test_tty_close_while_another_thread_writes_is_safe():
+    res, _ = run_driver(CLOSE_RACE_DRIVER, ['platform=photon,mode=normal,os=2.2.0,name=d1'])
+    check(res['rounds'] == 300, str(res))
+
+
 TESTS = {n[5:]: f for n, f in globals().items() if n.startswith('test_')}
 if TEST not in TESTS:
     print('unknown test; known: ' + ' '.join(TESTS))
