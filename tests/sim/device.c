@@ -211,6 +211,7 @@ int device_plug(struct sim_device *d, GError **error)
 	snprintf(d->usb_devnode, sizeof(d->usb_devnode), "/dev/bus/usb/%03u/%03u", d->busnum,
 		 d->devnum);
 	dfu_enumerated(d);
+	ctrlreq_init(&d->ctrl);
 	usbdev_flush(d);
 	d->generation++;
 	bool cdc = mode != SIM_MODE_DFU, reuse_pty = false;
@@ -238,11 +239,12 @@ int device_plug(struct sim_device *d, GError **error)
 
 	/* ttyACM nodes have no handler of their own: cdc_tty_handler_install(). */
 	bool ok = umockdev_testbed_attach_ioctl(sim->tb, d->usb_devnode, d->usb_handler, error);
+	/* The node before the add uevent: a host opens it as soon as it hears of it. */
+	if (ok && reuse_pty)
+		ttynode_link(sim, d->tty_index);
 	if (ok)
 		ok = umockdev_testbed_add_from_string(sim->tb, s->str, error);
 	g_string_free(s, TRUE);
-	if (ok && reuse_pty)
-		ttynode_link(sim, d->tty_index);
 	if (!ok)
 		return -1;
 	g_mutex_lock(&sim->lock);

@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include "ctrlreq.h"
 #include "flash.h"
 #include "sim.h"
 #include "validate.h"
@@ -86,7 +87,8 @@ struct sim_device {
 	char tty_devnode[32];
 	int tty_index;
 	UMockdevIoctlBase *usb_handler;
-	GQueue urbs; /* submitted control URBs waiting to be reaped */
+	GQueue urbs;	     /* submitted control URBs waiting to be reaped */
+	struct ctrlreq ctrl; /* Particle vendor requests (normal/listening mode) */
 	/* CDC side */
 	struct listening *cdc;
 	unsigned cdc_fault_src[SIM_MAX_FAULTS]; /* engine fault slot -> spec.faults index */

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -508,6 +509,106 @@ print(json.dumps({'rounds': 300}))
 def test_tty_close_while_another_thread_writes_is_safe():
     res, _ = run_driver(CLOSE_RACE_DRIVER, ['platform=photon,mode=normal,os=2.2.0,name=d1'])
     check(res['rounds'] == 300, str(res))
+
+
+# Particle vendor control requests (facts §11.1) through libusb, as particle-usb
+# sends them: INIT, CHECK; DFU_MODE (50) and RESET (40) re-enumerate the device.
+VENDOR_DRIVER = r"""
+import ctypes, struct
+lib = ctypes.CDLL('libusb-1.0.so.0')
+lib.libusb_open_device_with_vid_pid.restype = ctypes.c_void_p
+lib.libusb_open_device_with_vid_pid.argtypes = [ctypes.c_void_p, ctypes.c_uint16, ctypes.c_uint16]
+lib.libusb_control_transfer.argtypes = [ctypes.c_void_p, ctypes.c_uint8, ctypes.c_uint8, ctypes.c_uint16,
+                                        ctypes.c_uint16, ctypes.c_char_p, ctypes.c_uint16, ctypes.c_uint]
+lib.libusb_close.argtypes = [ctypes.c_void_p]
+ctx = ctypes.c_void_p()
+assert lib.libusb_init(ctypes.byref(ctx)) == 0
+def xfer(h, rt, req, value, index, length=64, data=b''):
+    buf = ctypes.create_string_buffer(data, max(length, len(data), 1))
+    n = lib.libusb_control_transfer(h, rt, req, value, index, buf, length if rt & 0x80 else len(data), 2000)
+    return n if n < 0 else buf.raw[:n]
+def parse(b):
+    flags, status = struct.unpack_from('<IH', b)
+    rep, off = {'status': status}, 6
+    for bit, name, fmt in ((2, 'id', '<H'), (4, 'size', '<I'), (8, 'result', '<i')):
+        if flags & bit:
+            rep[name] = struct.unpack_from(fmt, b, off)[0]; off += struct.calcsize(fmt)
+    return rep
+def request(pid, rtype):
+    h = lib.libusb_open_device_with_vid_pid(ctx, 0x2b04, pid)
+    assert h, 'cannot open %04x' % pid
+    ver = xfer(h, 0xc0, 0x50, 0, 30)
+    init = xfer(h, 0xc0, 1, 0, rtype)
+    res = {'version': ver if isinstance(ver, int) else ver.rstrip(b'\0').decode(), 'init': init if isinstance(init, int) else parse(init)}
+    if isinstance(init, bytes):
+        res['check'] = parse(xfer(h, 0xc0, 2, 0, res['init']['id']))
+        if rtype not in (40, 50):  # those reset the device once the reply is out
+            res['check_again'] = parse(xfer(h, 0xc0, 2, 0, res['init']['id']))
+    lib.libusb_close(h)
+    ok(cmd='wait-idle')
+    res['mode'] = ok(cmd='state')['state']['devices'][0]['mode']
+    return res
+out = {'unsupported': request(0xc00c, 60), 'dfu': request(0xc00c, 50)}
+ok(cmd='mode', name='d1', mode='listening'); ok(cmd='wait-idle')
+out['reset'] = request(0xc00c, 40)
+print(json.dumps(out))
+"""
+
+
+def test_vendor_requests_switch_to_dfu_and_reset():
+    res, _ = run_driver(VENDOR_DRIVER, ['platform=argon,mode=normal,os=5.9.0,name=d1'])
+    u, d, r = res['unsupported'], res['dfu'], res['reset']
+    check(u['version'] == '5.9.0', 'SYSTEM_VERSION: %s' % u)
+    check(u['init']['status'] == 0 and u['check'] == {'status': 0, 'size': 0, 'result': -120},
+          'request 60 is not NOT_SUPPORTED: %s' % u)
+    check(u['check_again']['status'] == 5 and u['mode'] == 'normal', 'a finished request stays: %s' % u)
+    check(d['check'] == {'status': 0, 'size': 0, 'result': 0} and d['mode'] == 'dfu', 'DFU_MODE: %s' % d)
+    check(r['check']['result'] == 0 and r['mode'] == 'normal', 'RESET from listening mode: %s' % r)
+    # Device OS before 0.8.0 (Gen 2) has no control requests: they stall.
+    res, _ = run_driver(VENDOR_DRIVER.replace('0xc00c', '0xc006').split('out = ')[0] +
+                        "print(json.dumps(request(0xc006, 50)))\n",
+                        ['platform=photon,mode=normal,os=0.7.0,name=d1'])
+    check(res['init'] < 0 and res['mode'] == 'normal', 'Photon 0.7.0 answered INIT: %s' % res)
+
+
+PARTICLE_USB_JS = r"""
+const usb = require(process.argv[2]);
+(async () => {
+  const out = {};
+  let [d] = await usb.getDevices();
+  await d.open();
+  out.version = d.firmwareVersion;
+  await d.reset();
+  await d.close();
+  await new Promise(r => setTimeout(r, 500));
+  [d] = await usb.getDevices();
+  out.after_reset_dfu = d.isInDfuMode;
+  await d.open();
+  await d.enterDfuMode();
+  await d.close();
+  [d] = await usb.getDevices();
+  out.after_dfu_mode = d.isInDfuMode;
+  console.log(JSON.stringify(out));
+})().catch(e => { console.error(e); process.exit(1); });
+"""
+
+
+def test_particle_usb_enters_dfu_mode_and_resets():
+    """particle-usb 2.10.1 (installed with particle-cli by cdc/particle-cli-setup.sh)."""
+    base = os.environ.get('FLASHD_PARTICLE_CLI_DIR') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'),
+        'flashd-test', 'particle-cli-3.19.0')
+    pusb = os.path.join(base, 'node_modules', 'particle-usb')
+    if not os.path.isdir(pusb) or not shutil.which('node'):
+        print('SKIP: particle-usb not installed at %s (run tests/sim/cdc/particle-cli-setup.sh)' % pusb)
+        sys.exit(77)
+    js = os.path.join(work, 'pusb.js')
+    open(js, 'w').write(PARTICLE_USB_JS)
+    rc, out, doc = run_sim(['platform=boron,mode=normal,os=4.0.1,name=d1'], ['node', js, pusb])
+    check(rc == 0, 'particle-usb failed:\n' + out)
+    res = json.loads(out.strip().splitlines()[-1])
+    check(res == {'version': '4.0.1', 'after_reset_dfu': False, 'after_dfu_mode': True}, str(res))
+    check(doc['devices'][0]['mode'] == 'dfu', 'final mode %s' % doc['devices'][0]['mode'])
 
 
 TESTS = {n[5:]: f for n, f in globals().items() if n.startswith('test_')}

@@ -16,6 +16,7 @@
 struct queued_urb {
 	UMockdevIoctlData *urb;
 	uint64_t ready_ms; /* G_MAXUINT64: never (fault "silent") */
+	int then;	   /* reset into this mode once reaped (ctrlreq), or -1 */
 };
 
 void usbdev_flush(struct sim_device *d)
@@ -70,8 +71,9 @@ static int control(struct sim_device *d, const struct usb_ctrlrequest *setup, co
 			return -1;
 		return dfu_class_request(d, setup->bRequestType, setup->bRequest,
 					 le16toh(setup->wValue), le16toh(setup->wLength), out, in);
+	case USB_TYPE_VENDOR:
+		return ctrlreq_handle(d, setup, out, in);
 	default:
-		/* Particle vendor requests (§11.1) are not simulated: stall. */
 		return -1;
 	}
 }
@@ -113,6 +115,7 @@ static void submit_urb(struct sim_device *d, UMockdevIoctlClient *client, UMockd
 	if ((size_t)length + 8 > (size_t)urb->buffer_length)
 		length = (uint16_t)(urb->buffer_length - 8);
 	uint64_t ready = ready_time(d);
+	d->ctrl.then = -1;
 	int n = control(d, &setup, buf->data + 8, buf->data + 8);
 	urb->status = n < 0 ? -EPIPE : 0;
 	urb->actual_length = n < 0 ? 0 : ((setup.bRequestType & USB_DIR_IN) ? n : length);
@@ -120,6 +123,8 @@ static void submit_urb(struct sim_device *d, UMockdevIoctlClient *client, UMockd
 	struct queued_urb *q = g_new0(struct queued_urb, 1);
 	q->urb = urb_data;
 	q->ready_ms = ready;
+	q->then = n < 0 ? -1 : d->ctrl.then;
+	d->ctrl.then = -1;
 	g_queue_push_tail(&d->urbs, q);
 	umockdev_ioctl_client_complete(client, 0, 0);
 }
@@ -141,6 +146,9 @@ static void reap_urb(struct sim_device *d, UMockdevIoctlClient *client, UMockdev
 		umockdev_ioctl_data_set_ptr(ptr, 0, q->urb);
 		g_object_unref(ptr);
 		g_queue_delete_link(&d->urbs, l);
+		struct usbdevfs_urb *urb = (struct usbdevfs_urb *)q->urb->data;
+		if (urb->status == 0)
+			ctrlreq_delivered(d, q->then);
 		g_object_unref(q->urb);
 		g_free(q);
 		umockdev_ioctl_client_complete(client, 0, 0);
@@ -187,7 +195,11 @@ static void sync_control(struct sim_device *d, UMockdevIoctlClient *client, UMoc
 		data = umockdev_ioctl_data_resolve(ct, offsetof(struct usbdevfs_ctrltransfer, data),
 						   c->wLength, &err);
 	uint8_t *p = data ? data->data : empty;
+	d->ctrl.then = -1;
 	int n = control(d, &setup, p, p);
+	if (n >= 0)
+		ctrlreq_delivered(d, d->ctrl.then);
+	d->ctrl.then = -1;
 	if (data)
 		g_object_unref(data);
 	g_object_unref(ct);
