@@ -1,8 +1,10 @@
 /*
- * flashctl info [DEVICE] [--json]: everything the daemon knows about one
- * device: platform, id, mode, port, Device OS and each installed module with
- * its integrity / range / platform / dependency verdicts.  Without DEVICE,
- * the only attached device.
+ * flashctl info [DEVICE] [--no-probe] [--json]: everything the daemon knows
+ * about one device: platform, id, mode, port, Device OS and each installed
+ * module with its integrity / range / platform / dependency verdicts.
+ * Without DEVICE, the only attached device.  When the modules are not known,
+ * the daemon is asked to probe the device (device-info "probe": listening-mode
+ * console, or DFU read-back) unless --no-probe.
  */
 #include "conn.h"
 #include "osver.h"
@@ -13,6 +15,9 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+
+#define INFO_USAGE "usage: flashctl info [DEVICE] [--no-probe] [--json]"
 
 /* The checks the device (or flashd's read-back) runs on every module. */
 static const char *const info_checks[] = {"integrity", "range", "platform", "dependencies"};
@@ -109,7 +114,7 @@ static void print_module(const json_t *m)
 	putchar('\n');
 }
 
-static void print_device(const json_t *d)
+static void print_device(const json_t *d, bool probed, bool no_probe)
 {
 	const char *plat = str(d, "platform");
 	const struct platform *p = plat ? platform_by_name(plat) : NULL;
@@ -150,34 +155,71 @@ static void print_device(const json_t *d)
 	const json_t *m;
 	size_t i;
 	if (json_array_size(mods) == 0) {
-		printf("  %-14s not known yet: flashd reads them when a job talks to the device\n"
-		       "  %-14s (a dry run does: flashctl check FILE --device %s)\n",
-		       "modules", "", str(d, "key"));
+		if (probed)
+			printf(
+			    "  %-14s not known: the device did not list them (Device OS 6.x has "
+			    "no\n"
+			    "  %-14s listening-mode console; in DFU mode flashd reads them back)\n",
+			    "modules", "");
+		else if (no_probe || !json_is_true(json_object_get(d, "present")))
+			printf(
+			    "  %-14s not known yet (flashctl info %s without --no-probe asks the "
+			    "device)\n",
+			    "modules", str(d, "key"));
+		else
+			printf("  %-14s not known yet\n", "modules");
 		return;
 	}
-	printf("  %-14s %s\n", "modules",
+	printf("  %-14s %s%s\n", "modules",
 	       json_is_true(json_object_get(d, "modules_known"))
-		   ? "(complete list, as the device reported it)"
-		   : "(partial: what flashd has read so far)");
+		   ? "(complete list, as the device reported it"
+		   : "(partial: what flashd has read so far",
+	       probed ? ", asked just now)" : ")");
 	json_array_foreach(mods, i, m) print_module(m);
+}
+
+/* Whether the reply leaves the modules to be asked for: not known, device present, idle. */
+static bool wants_probe(const json_t *reply)
+{
+	const json_t *d = json_object_get(reply, "device");
+	return !json_is_true(json_object_get(d, "modules_known")) &&
+	       json_is_true(json_object_get(d, "present"));
+}
+
+/* device-info with "probe": the daemon asks the device and replies when done. */
+static json_t *probe(struct conn *c, const struct cli_global *g, const char *key, struct error *err)
+{
+	if (g->is_tty && !g->json && isatty(STDERR_FILENO))
+		fprintf(stderr, "asking %s what it runs...\n", key);
+	json_t *req = wire_request_new(WIRE_REQ_DEVICE_INFO, 0);
+	json_object_set_new(req, "device", json_string(key));
+	json_object_set_new(req, "probe", json_true());
+	json_t *reply = conn_call(c, req, NULL, 0, NULL, NULL, err);
+	json_decref(req);
+	return reply;
 }
 
 int cmd_info(int argc, char **argv, const struct cli_global *g)
 {
-	static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {0}};
+	static const struct option opts[] = {
+	    {"json", no_argument, NULL, 'j'}, {"no-probe", no_argument, NULL, 'n'}, {0}};
 	struct cli_global local = *g;
 	struct conn c;
 	struct error err;
 	json_t *list = NULL;
+	bool no_probe = false, probed = false;
 	int o;
 	error_init(&err);
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		if (o != 'j')
-			return render_usage_error(g, "usage: flashctl info [DEVICE] [--json]");
-		local.json = true;
+		if (o == 'j')
+			local.json = true;
+		else if (o == 'n')
+			no_probe = true;
+		else
+			return render_usage_error(g, INFO_USAGE);
 	}
 	if (argc - optind > 1)
-		return render_usage_error(g, "usage: flashctl info [DEVICE] [--json]");
+		return render_usage_error(g, INFO_USAGE);
 	if (conn_open(&c, &local, &err) < 0)
 		return render_error_free(&local, &err);
 	const char *what = optind < argc ? argv[optind] : only_device(&c, &list, &err);
@@ -188,6 +230,13 @@ int cmd_info(int argc, char **argv, const struct cli_global *g)
 		reply = conn_call(&c, req, NULL, 0, NULL, NULL, &err);
 		json_decref(req);
 	}
+	if (reply && !no_probe && wants_probe(reply)) {
+		const char *key = str(json_object_get(reply, "device"), "key");
+		json_t *fresh = key ? probe(&c, &local, key, &err) : NULL;
+		json_decref(reply);
+		reply = fresh;
+		probed = true;
+	}
 	json_decref(list);
 	conn_close(&c);
 	if (!reply)
@@ -195,7 +244,7 @@ int cmd_info(int argc, char **argv, const struct cli_global *g)
 	if (local.json)
 		render_json_line(reply);
 	else
-		print_device(json_object_get(reply, "device"));
+		print_device(json_object_get(reply, "device"), probed, no_probe);
 	json_decref(reply);
 	return 0;
 }

@@ -39,6 +39,12 @@ struct client {
 	bool fds_overflow;
 	bool sub_devices, sub_jobs;
 	char sub_job[64];
+	/* A device-info probe in progress: its reply waits for the probe job, and the
+	 * client's later requests wait for that reply (replies stay in order). */
+	struct job *probe_job;
+	json_t *probe_id;
+	char probe_device[DEVICE_KEY_MAX];
+	struct event *resume;
 };
 
 struct server {
@@ -152,9 +158,9 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 			json_array_append_new(transports, json_string((*t)->name));
 	json_object_set_new(reply, "protocol", json_integer(WIRE_PROTOCOL_VERSION));
 	json_object_set_new(reply, "server", json_string("flashd " FLASHD_VERSION));
-	json_object_set_new(
-	    reply, "capabilities",
-	    json_pack("[s,s,s,s]", "fd-passing", "subscribe", "device-events", "job-events"));
+	json_object_set_new(reply, "capabilities",
+			    json_pack("[s,s,s,s,s]", "fd-passing", "subscribe", "device-events",
+				      "job-events", "device-probe"));
 	json_object_set_new(reply, "transports", transports);
 	json_object_set_new(reply, "uid", json_integer((json_int_t)c->cred.uid));
 	json_object_set_new(
@@ -203,11 +209,80 @@ static struct device *find_device(struct server *s, const char *what, struct err
 	return NULL;
 }
 
+/* Runs a probe job on the device (transport.h: no images, dry run); the reply
+ * goes out when it ends (probe_ended). */
+static int start_probe(struct client *c, struct wire_request *req, struct device *d,
+		       struct error *err)
+{
+	if (!d->s.present) {
+		error_set(err, ERR_DEVICE_NOT_FOUND,
+			  "%s is not attached now, so it cannot be probed", d->s.key);
+		error_detail_str(err, "target", d->s.key);
+		return -1;
+	}
+	if (d->job) {
+		error_set(err, ERR_DEVICE_BUSY, "%s is busy with job %s", d->s.key, job_id(d->job));
+		error_hint(err, "wait for the job to end (flashctl jobs), or ask without probing");
+		error_detail_str(err, "job_id", job_id(d->job));
+		error_detail_str(err, "device", d->s.key);
+		return -1;
+	}
+	struct job_request jr;
+	memset(&jr, 0, sizeof(jr));
+	jr.target = WIRE_TARGET_DEVICE;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", d->s.key);
+	jr.device = d;
+	jr.opts.dry_run = true;
+	jr.opts.detach = false;
+	jr.cancel_on_disconnect = true; /* nobody waits for the answer any more */
+	jr.uid = c->cred.uid;
+	jr.gid = c->cred.gid;
+	jr.pid = c->cred.pid;
+	jr.client_id = c->id;
+	struct job *job = jobs_create(c->srv->jobs, &jr, err);
+	if (!job)
+		return -1;
+	c->probe_job = job;
+	c->probe_id = req->id ? json_incref(req->id) : NULL;
+	snprintf(c->probe_device, sizeof(c->probe_device), "%s", d->s.key);
+	jobs_submit(c->srv->jobs, job);
+	return 1;
+}
+
+/* The probe job ended: the deferred device-info reply (or its error), then the
+ * client's next requests. */
+static void probe_ended(struct client *c, struct job *job, const json_t *event)
+{
+	c->probe_job = NULL;
+	const struct error *e = job_error(job);
+	struct device *d = registry_find_key(c->srv->reg, c->probe_device);
+	if (error_is_set(e)) {
+		json_t *obj = wire_error_new(c->probe_id, e);
+		client_send(c, obj);
+		json_decref(obj);
+	} else {
+		json_t *reply = wire_reply_new(c->probe_id, WIRE_REQ_DEVICE_INFO);
+		json_object_set_new(reply, "device", d ? device_to_json(d, true) : json_null());
+		json_t *outcome = json_object_get(event, "outcome");
+		json_object_set_new(reply, "probe",
+				    json_pack("{s:s, s:O?}", "job", job_id(job), "outcome",
+					      outcome && json_is_string(outcome) ? outcome : NULL));
+		client_send(c, reply);
+		json_decref(reply);
+	}
+	json_decref(c->probe_id);
+	c->probe_id = NULL;
+	/* From the loop: this runs inside whatever ended the job. */
+	event_active(c->resume, 0, 0);
+}
+
 static int do_device_info(struct client *c, struct wire_request *req, json_t *reply,
 			  struct error *err)
 {
 	const char *what;
-	if (wire_get_string(req->obj, "device", WIRE_TARGET_MAX, &what, err) < 0)
+	bool probe;
+	if (wire_get_string(req->obj, "device", WIRE_TARGET_MAX, &what, err) < 0 ||
+	    wire_get_bool(req->obj, "probe", false, &probe, err) < 0)
 		return -1;
 	if (!what) {
 		error_set(err, ERR_BAD_REQUEST, "bad request: missing \"device\"");
@@ -218,6 +293,8 @@ static int do_device_info(struct client *c, struct wire_request *req, json_t *re
 	struct device *d = find_device(c->srv, what, err);
 	if (!d)
 		return -1;
+	if (probe)
+		return start_probe(c, req, d, err);
 	json_object_set_new(reply, "device", device_to_json(d, true));
 	return 0;
 }
@@ -494,7 +571,7 @@ static void take_fds(struct client *c, struct msghdr *msg)
 static void process_lines(struct client *c)
 {
 	size_t start = 0;
-	while (!c->dead) {
+	while (!c->dead && !c->probe_job) {
 		char *nl = memchr(c->in + start, '\n', c->in_len - start);
 		if (!nl)
 			break;
@@ -507,6 +584,11 @@ static void process_lines(struct client *c)
 	}
 	memmove(c->in, c->in + start, c->in_len - start);
 	c->in_len -= start;
+	if (c->probe_job && !c->dead) {
+		/* Read nothing more until the probe's reply is out (probe_ended). */
+		event_del(c->rev);
+		return;
+	}
 	if (c->in_len > WIRE_REQUEST_MAX && !c->dead) {
 		/* No way to find the next message boundary reliably: answer, then close. */
 		struct error err;
@@ -546,11 +628,26 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 	process_lines(c);
 }
 
+/* A probe's reply is out: handle the requests that waited, then read again. */
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct client *c = arg;
+	if (c->dead || c->probe_job)
+		return;
+	process_lines(c);
+	if (!c->dead && !c->probe_job && !c->close_after_flush)
+		event_add(c->rev, NULL);
+}
+
 /* ---- connections ------------------------------------------------------- */
 
 static void client_destroy(struct client *c)
 {
 	close_fds(c);
+	json_decref(c->probe_id);
+	event_free(c->resume);
 	event_free(c->rev);
 	event_free(c->wev);
 	evbuffer_free(c->out);
@@ -619,6 +716,7 @@ static void client_add(struct server *s, int fd)
 		c->n_groups = (int)(glen / sizeof(gid_t));
 	c->rev = event_new(s->base, fd, EV_READ | EV_PERSIST, on_readable, c);
 	c->wev = event_new(s->base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
+	c->resume = event_new(s->base, -1, 0, on_resume, c);
 	event_add(c->rev, NULL);
 	c->next = s->clients;
 	s->clients = c;
@@ -721,7 +819,12 @@ void server_device_event(struct server *s, struct device *dev, enum registry_cha
 
 void server_job_event(struct server *s, struct job *job, json_t *event)
 {
-	for (struct client *c = s->clients; c; c = c->next)
+	const char *name = json_string_value(json_object_get(event, "event"));
+	bool ended = name && strcmp(name, "job-ended") == 0;
+	for (struct client *c = s->clients; c; c = c->next) {
 		if (c->sub_jobs && (!c->sub_job[0] || strcasecmp(c->sub_job, job_id(job)) == 0))
 			client_send(c, event);
+		if (ended && c->probe_job == job)
+			probe_ended(c, job, event);
+	}
 }

@@ -3,11 +3,17 @@
  * DFU with the 14400-baud line coding (§3) and follows it across the
  * re-enumeration, opens it, reads what is in flash (UPLOAD of module
  * prefixes), runs the generic and DFU preflight, erases exactly, writes,
- * optionally reads back, leaves, and waits for the device to come back.
+ * optionally reads back, leaves, and waits for the device to come back.  A
+ * device that comes back on Device OS <= 5.x is verified over its
+ * listening-mode console (cdc_query.h: 28800 -> `s` -> `x`).
+ *
+ * A probe job (no images, dry run) reads the module prefixes of a device in
+ * DFU mode and leaves it there; it never switches a CDC device into DFU.
  *
  * One explicit state per phase; the events are dfuse completions, the run's
  * timer and device events from the registry.
  */
+#include "cdc_query.h"
 #include "dfu_preflight.h"
 #include "dfuse.h"
 #include "usb.h"
@@ -30,19 +36,21 @@
 
 static const struct timeout_def dfu_timeouts[] = {
     {"dfu_reenumerate_ms", 15000, "wait for a device to re-enumerate after a mode switch or leave"},
+    CDC_QUERY_TIMEOUT_DEFS, /* verify over serial after leave (shared with the serial transport) */
     {NULL, 0, NULL},
 };
 
 enum run_state {
-	RUN_SWITCHING, /* 14400 baud sent; waiting for the device to come back in DFU */
-	RUN_OPENING,   /* waiting for libusb to list the device */
-	RUN_DFU_OPEN,  /* dfuse_open */
-	RUN_READBACK,  /* UPLOAD of one module prefix */
-	RUN_ERASE,     /* dfuse_erase of writes[i] */
-	RUN_WRITE,     /* dfuse_download of writes[i] */
-	RUN_VERIFY,    /* dfuse_upload of writes[i] */
-	RUN_LEAVE,     /* dfuse_leave */
-	RUN_WAIT_BACK, /* device re-enumerating into its firmware */
+	RUN_SWITCHING,	   /* 14400 baud sent; waiting for the device to come back in DFU */
+	RUN_OPENING,	   /* waiting for libusb to list the device */
+	RUN_DFU_OPEN,	   /* dfuse_open */
+	RUN_READBACK,	   /* UPLOAD of one module prefix */
+	RUN_ERASE,	   /* dfuse_erase of writes[i] */
+	RUN_WRITE,	   /* dfuse_download of writes[i] */
+	RUN_VERIFY,	   /* dfuse_upload of writes[i] */
+	RUN_LEAVE,	   /* dfuse_leave */
+	RUN_WAIT_BACK,	   /* device re-enumerating into its firmware */
+	RUN_VERIFY_SERIAL, /* back as CDC on <= 5.x: cdc_query reads `s` */
 	RUN_FINISHED,
 };
 
@@ -52,6 +60,7 @@ struct transport_run {
 	struct event *timer;
 	struct usb_dfu_dev *usb;
 	struct dfuse *dfuse;
+	struct cdc_query *query;
 	struct dfu_readback rb;
 	unsigned probe_i;
 	bool layout_known;
@@ -78,6 +87,8 @@ static void run_fail(struct transport_run *r, struct error *err)
 		dfuse_attach_trace(r->dfuse, err);
 	r->state = RUN_FINISHED;
 	evtimer_del(r->timer);
+	cdc_query_free(r->query);
+	r->query = NULL;
 	usb_dfu_close(r->usb);
 	r->usb = NULL;
 	job_finish(r->job,
@@ -90,6 +101,8 @@ static void run_done(struct transport_run *r, const char *word)
 {
 	r->state = RUN_FINISHED;
 	evtimer_del(r->timer);
+	cdc_query_free(r->query);
+	r->query = NULL;
 	usb_dfu_close(r->usb);
 	r->usb = NULL;
 	job_finish(r->job, JOB_RESULT_DONE, word, NULL);
@@ -239,6 +252,11 @@ static void step(struct transport_run *r)
 				f.platform = r->facts.platform;
 			r->facts = f;
 			job_update_facts(r->job, &r->facts);
+		}
+		if (job_image_count(r->job) == 0 && o->dry_run) {
+			/* A probe: what is in flash is known now; the device stays in DFU. */
+			run_done(r, "probed");
+			return;
 		}
 		if (job_image_count(r->job) == 0) {
 			r->state = RUN_LEAVE;
@@ -422,6 +440,13 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		run_fail(r, &err);
 		break;
 	case RUN_WAIT_BACK:
+		if (r->dev.present && r->dev.mode != DEVICE_MODE_DFU) {
+			/* Back in its firmware, but its serial port never appeared. */
+			job_note(r->job, "not-verified",
+				 "the device is back but has no serial port to verify over");
+			run_done(r, r->verified ? "verified" : "written-not-verified");
+			break;
+		}
 		error_set(&err, ERR_TIMED_OUT,
 			  "the device did not come back after leaving DFU mode");
 		error_detail_str(&err, "phase", "rebooting");
@@ -514,6 +539,152 @@ static void booted_invalid(struct transport_run *r, enum device_mode mode)
 	job_finish(r->job, JOB_RESULT_FAILED, "booted-invalid", &err);
 }
 
+/* ---- verify over serial after leave (Device OS <= 5.x) ------------------------------ */
+
+/* The Device OS the device runs after the job: its system part, or the one the job wrote. */
+static uint16_t system_version_after(struct transport_run *r)
+{
+	uint16_t v = r->facts.system_version;
+	for (size_t i = 0; i < job_image_count(r->job); i++) {
+		const struct image *img = job_image(r->job, i);
+		for (unsigned k = 0; img && k < img->n_modules; k++)
+			if (img->modules[k].function == MODULE_FUNCTION_SYSTEM &&
+			    img->modules[k].version > v)
+				v = img->modules[k].version;
+	}
+	return v;
+}
+
+/* Only Device OS <= 5.x has a listening-mode console (§3: 28800 removed in 6.0.0);
+ * an unknown version is tried (silence then means written-not-verified). */
+static bool serial_verifiable(struct transport_run *r)
+{
+	uint16_t v = system_version_after(r);
+	return v == 0 || v < 6000;
+}
+
+static const char *check_name(unsigned bit)
+{
+	switch (bit) {
+	case MODULE_CHECK_INTEGRITY:
+		return "integrity";
+	case MODULE_CHECK_DEPENDENCIES:
+		return "dependencies";
+	case MODULE_CHECK_RANGE:
+		return "range";
+	case MODULE_CHECK_PLATFORM:
+		return "platform";
+	case MODULE_CHECK_PRODUCT:
+		return "product";
+	case MODULE_CHECK_DEPENDENCIES_FULL:
+		return "dependencies-full";
+	}
+	return "unknown";
+}
+
+static void add_check(json_t *a, const char *name)
+{
+	size_t i;
+	json_t *v;
+	json_array_foreach(a, i, v) if (strcmp(json_string_value(v), name) == 0) return;
+	json_array_append_new(a, json_string(name));
+}
+
+/* Whether the device lists every module the job wrote, in its version, valid (vc == vv).
+ * Radio stacks are left out: `s` synthesises their entry (§2.5). */
+static bool modules_as_written(struct transport_run *r, const struct device_facts *now,
+			       json_t *failed, const char **function, const char **file)
+{
+	for (size_t i = 0; i < job_image_count(r->job); i++) {
+		const struct image *img = job_image(r->job, i);
+		for (unsigned k = 0; img && k < img->n_modules; k++) {
+			const struct image_module *m = &img->modules[k];
+			if (m->function != MODULE_FUNCTION_SYSTEM &&
+			    m->function != MODULE_FUNCTION_USER &&
+			    m->function != MODULE_FUNCTION_MONO)
+				continue;
+			const struct installed_module *im =
+			    preflight_installed(now, m->function, m->index);
+			bool bad = false;
+			if (!im || im->version != m->version) {
+				add_check(failed, "missing");
+				bad = true;
+			} else {
+				for (unsigned bit = 1; bit < 0x80; bit <<= 1)
+					if ((im->checked & bit) && !(im->passed & bit)) {
+						add_check(failed, check_name(bit));
+						bad = true;
+					}
+			}
+			if (bad && !*function) {
+				*function = module_function_name(m->function);
+				*file = job_image_name(r->job, i);
+			}
+		}
+	}
+	return json_array_size(failed) == 0;
+}
+
+static void on_serial_verified(void *ctx, const struct cdc_query_result *res, struct error *err)
+{
+	struct transport_run *r = ctx;
+	if (err) {
+		/* Written; the device cannot be asked now (no console, port held). */
+		job_note(r->job, "not-verified", "%s", err->message);
+		run_done(r, r->verified ? "verified" : "written-not-verified");
+		return;
+	}
+	struct device_facts now = res->facts;
+	bool safe = cdc_query_facts_safe_mode(&now);
+	job_update_facts(r->job, &now);
+	job_set_device_mode(r->job, res->was_listening ? DEVICE_MODE_LISTENING
+				    : safe	       ? DEVICE_MODE_SAFE
+						       : DEVICE_MODE_NORMAL);
+	json_t *failed = json_array();
+	const char *function = NULL, *file = NULL;
+	if (modules_as_written(r, &now, failed, &function, &file)) {
+		json_decref(failed);
+		run_done(r, "verified");
+		return;
+	}
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_BOOTED_INVALID,
+		  "the firmware was written, but after the reboot the device reports %s %s: "
+		  "see failed_checks",
+		  file ? file : "a flashed module",
+		  safe ? "invalid and runs safe mode" : "missing or invalid");
+	error_detail_json(&e, "failed_checks", failed);
+	error_detail_str(&e, "mode", safe ? "safe" : "normal");
+	if (function)
+		error_detail_str(&e, "module_function", function);
+	if (file)
+		error_detail_str(&e, "file", file);
+	r->state = RUN_FINISHED;
+	evtimer_del(r->timer);
+	cdc_query_free(r->query);
+	r->query = NULL;
+	job_finish(r->job, JOB_RESULT_FAILED, "booted-invalid", &e);
+}
+
+/* 28800 -> `s` -> `x` on the device that came back (§3, §2.5). */
+static void start_serial_verify(struct transport_run *r, const char *tty)
+{
+	struct error err;
+	error_init(&err);
+	struct cdc_query_config cfg = {.relisten = true};
+	evtimer_del(r->timer);
+	r->state = RUN_VERIFY_SERIAL;
+	job_set_state(r->job, JOB_VERIFYING);
+	r->query = cdc_query_start(job_event_base(r->job), tty, &r->dev.facts, &cfg,
+				   on_serial_verified, r, &err);
+	if (!r->query) {
+		job_note(r->job, "not-verified", "%s", err.message);
+		error_clear(&err);
+		run_done(r, r->verified ? "verified" : "written-not-verified");
+	}
+}
+
 static bool dfu_can_serve(const struct device_snapshot *dev)
 {
 	/* DFU-mode devices, and CDC devices it can switch with 14400 baud. */
@@ -529,6 +700,17 @@ static struct transport_run *dfu_start(struct job *job, struct error *err)
 	}
 	r->job = job;
 	r->dev = *job_device(job);
+	if (job_image_count(job) == 0 && job_options(job)->dry_run &&
+	    r->dev.mode != DEVICE_MODE_DFU) {
+		/* A probe never switches a running device into DFU (transport.h). */
+		job_note(job, "no-console",
+			 "the device has no listening-mode console (Device OS 6.x) and flashd does "
+			 "not switch a device to DFU mode for a probe; put it in DFU mode to read "
+			 "its modules");
+		job_finish(job, JOB_RESULT_DONE, "probed", NULL);
+		free(r);
+		return NULL;
+	}
 	r->timer = evtimer_new(job_event_base(job), on_timer, r);
 	if (r->dev.present && r->dev.mode != DEVICE_MODE_DFU && r->dev.tty[0]) {
 		job_set_state(job, JOB_SWITCHING_MODE);
@@ -557,6 +739,12 @@ static struct transport_run *dfu_start(struct job *job, struct error *err)
 static void dfu_cancel(struct transport_run *r)
 {
 	r->cancel_requested = true;
+	if (r->state == RUN_VERIFY_SERIAL) {
+		/* Written and left: past the point of no return; only the check is skipped. */
+		job_note(r->job, "not-verified", "the job was cancelled while verifying");
+		run_done(r, r->verified ? "verified" : "written-not-verified");
+		return;
+	}
 	if (r->state == RUN_SWITCHING || r->state == RUN_OPENING) {
 		struct error err;
 		error_init(&err);
@@ -600,7 +788,11 @@ static void dfu_device_event(struct transport_run *r, enum device_event ev,
 		if (dev->mode == DEVICE_MODE_NORMAL || dev->mode == DEVICE_MODE_LISTENING ||
 		    dev->mode == DEVICE_MODE_UNKNOWN) {
 			job_set_device_mode(r->job, dev->mode);
-			run_done(r, r->verified ? "verified" : "written-not-verified");
+			if (!serial_verifiable(r))
+				run_done(r, r->verified ? "verified" : "written-not-verified");
+			else if (dev->tty[0])
+				start_serial_verify(r, dev->tty);
+			/* else: the tty node follows the usb_device (device-changed) */
 		} else if (dev->mode == DEVICE_MODE_SAFE || dev->mode == DEVICE_MODE_DFU) {
 			booted_invalid(r, dev->mode);
 		}
@@ -626,6 +818,7 @@ static void dfu_free(struct transport_run *r)
 		return;
 	if (r->timer)
 		event_free(r->timer);
+	cdc_query_free(r->query);
 	usb_dfu_close(r->usb); /* detaches the dfuse first: no completion reaches it */
 	dfuse_free(r->dfuse);
 	free(r->verify_buf);

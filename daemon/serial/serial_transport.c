@@ -10,6 +10,7 @@
  * from a deferred "kick" event so that they are never freed from inside
  * their own callbacks.
  */
+#include "cdc_query.h"
 #include "console.h"
 #include "port.h"
 #include "preflight.h"
@@ -30,10 +31,7 @@
 #define BAUD_DFU    14400 /* §3: reset into the DFU bootloader */
 
 static const struct timeout_def serial_timeouts[] = {
-    {"serial_probe_ms", 2000, "listening-mode console: answer to `v`"},
-    {"serial_listen_ms", 1500, "after 28800 baud: time to enter listening mode"},
-    {"serial_reply_ms", 5000, "listening-mode console: short replies"},
-    {"serial_slow_reply_ms", 20000, "listening-mode console: `i` and `s` (LTE modem start, §2.4)"},
+    CDC_QUERY_TIMEOUT_DEFS,
     {"serial_prompt_ms", 10000, "YMODEM: 'f' -> prompt"},
     {"serial_header_ms", 10000, "YMODEM: header -> ACK 'C'"},
     {"serial_block_ms", 10000, "YMODEM: data block -> ACK"},
@@ -51,6 +49,7 @@ enum run_state {
 	RUN_VERIFY,
 	RUN_VERIFY_WAIT,  /* 28800 asked again, waiting before the second probe */
 	RUN_REJECT_RESET, /* the device refused the module and resets (§4.4): wait for it */
+	RUN_QUERY,	  /* a probe job (no images, dry run): cdc_query reads `v` `i` `s` */
 	RUN_ENDED,
 };
 
@@ -61,6 +60,7 @@ struct transport_run {
 	struct serial_port *port;
 	struct console *console;
 	struct ymodem *ymodem;
+	struct cdc_query *query;
 	struct event *kick, *timer;
 	struct device_facts facts;
 	struct preflight_plan plan;
@@ -84,6 +84,8 @@ static void run_kick(struct transport_run *r)
 
 static void release_port(struct transport_run *r)
 {
+	cdc_query_free(r->query);
+	r->query = NULL;
 	console_free(r->console);
 	r->console = NULL;
 	ymodem_free(r->ymodem);
@@ -550,6 +552,55 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* ---- probe jobs -------------------------------------------------------------------------- */
+
+/* A job with no images and dry_run set (transport.h): read what the console
+ * says and give the device back as it was found (cdc_query.h). */
+static bool is_probe(const struct job *job)
+{
+	return job_image_count(job) == 0 && job_options(job)->dry_run;
+}
+
+static void on_query_done(void *ctx, const struct cdc_query_result *res, struct error *err)
+{
+	struct transport_run *r = ctx;
+	if (err && err->code == ERR_TIMED_OUT && probe_silence(err)) {
+		/* Not an error for a probe: the device has no console to ask. */
+		job_note(r->job, "no-console",
+			 "the device did not answer on its listening-mode console (Device OS 6.x "
+			 "has none; a running application may also disable it); flashd does not "
+			 "switch a device to DFU mode for a probe, so only what USB says is known");
+		end_run(r, JOB_RESULT_DONE, "probed", NULL);
+		return;
+	}
+	if (err) {
+		struct error e;
+		error_init(&e);
+		error_move(&e, err);
+		error_detail_str(&e, "device", job_device(r->job)->key);
+		fail(r, &e);
+		return;
+	}
+	r->facts = res->facts;
+	job_update_facts(r->job, &r->facts);
+	job_set_device_mode(r->job, res->was_listening			   ? DEVICE_MODE_LISTENING
+				    : cdc_query_facts_safe_mode(&r->facts) ? DEVICE_MODE_SAFE
+									   : DEVICE_MODE_NORMAL);
+	end_run(r, JOB_RESULT_DONE, "probed", NULL);
+}
+
+static int start_query(struct transport_run *r, struct error *err)
+{
+	struct cdc_query_config cfg = {.identify = true};
+	const struct device_snapshot *dev = job_device(r->job);
+	if (!dev->tty[0])
+		return error_set(err, ERR_DEVICE_NOT_FOUND, "the device has no serial port now");
+	r->state = RUN_QUERY;
+	job_set_state(r->job, JOB_PREFLIGHT);
+	r->query = cdc_query_start(r->base, dev->tty, &r->facts, &cfg, on_query_done, r, err);
+	return r->query ? 0 : -1;
+}
+
 /* ---- vtable ------------------------------------------------------------------------------ */
 
 static bool serial_can_serve(const struct device_snapshot *dev)
@@ -558,6 +609,8 @@ static bool serial_can_serve(const struct device_snapshot *dev)
 		return false;
 	return facts_major(&dev->facts) < 6 || !transport_find("dfu");
 }
+
+static void serial_free(struct transport_run *r);
 
 static struct transport_run *serial_start(struct job *job, struct error *err)
 {
@@ -573,6 +626,12 @@ static struct transport_run *serial_start(struct job *job, struct error *err)
 	r->facts = job_device(job)->facts;
 	r->kick = event_new(r->base, -1, 0, on_kick, r);
 	r->timer = evtimer_new(r->base, on_timer, r);
+	if (r->kick && r->timer && is_probe(job)) {
+		if (start_query(r, err) == 0)
+			return r;
+		serial_free(r);
+		return NULL;
+	}
 	if (!r->kick || !r->timer || open_port(r, err) < 0) {
 		if (r->kick)
 			event_free(r->kick);
@@ -607,6 +666,14 @@ static void serial_cancel(struct transport_run *r)
 	if (!r || r->state == RUN_ENDED)
 		return;
 	r->cancel = true;
+	if (r->state == RUN_QUERY) {
+		struct error qe;
+		error_init(&qe);
+		error_set(&qe, ERR_CANCELLED, "the probe was cancelled");
+		error_detail_str(&qe, "phase", "probe");
+		fail(r, &qe); /* releases the port: a device already listening stays so */
+		return;
+	}
 	if (r->state == RUN_REJECT_RESET) {
 		fail(r, &r->verdict); /* the transfer is over: its verdict stands */
 		return;

@@ -1,0 +1,72 @@
+/*
+ * Asks a CDC device what it runs, through its listening-mode console
+ * (particle-device-facts.md §2, §3), and leaves it as it was found:
+ *
+ *   OPEN -> PROBE (`v`: listening already?) -> LISTEN (9600 then 28800) ->
+ *   QUERY (`v`, `i`, `s`) [-> LISTEN again once, if silent] -> EXIT (`x`) -> DONE
+ *
+ * Used for explicit probes (device-info "probe") and by the DFU transport to
+ * verify a device that came back on Device OS <= 5.x after leaving DFU.  The
+ * daemon never starts one on its own: it writes to the port.
+ *
+ * 28800 is toggled through 9600 because the kernel's cdc-acm sends
+ * SET_LINE_CODING only when the line coding changes (§3): a port left at
+ * 28800 by an earlier run would otherwise never reach the device again.
+ */
+#pragma once
+
+#include "device_facts.h"
+#include "errors.h"
+
+#include <stdbool.h>
+
+struct event_base;
+struct cdc_query;
+
+/* The console timeouts, shared by every user of the console (config keys
+ * registered by the serial transport and, for its verify, the DFU one). */
+#define CDC_QUERY_TIMEOUT_DEFS                                                                     \
+	{"serial_probe_ms", 2000, "listening-mode console: answer to `v`"},                        \
+	    {"serial_listen_ms", 1500, "after 28800 baud: time to enter listening mode"},          \
+	    {"serial_reply_ms", 5000, "listening-mode console: short replies"},                    \
+	{                                                                                          \
+		"serial_slow_reply_ms", 20000,                                                     \
+		    "listening-mode console: `i` and `s` (LTE modem start, §2.4)"                 \
+	}
+
+/* The tty node can lag the USB device's udev event after a re-enumeration. */
+#define CDC_QUERY_OPEN_RETRIES	50
+#define CDC_QUERY_OPEN_RETRY_MS 200
+
+struct cdc_query_config {
+	unsigned probe_ms, listen_ms, reply_ms, slow_reply_ms; /* 0 = the configured keys */
+	bool identify;					       /* also `i` (device id) */
+	bool relisten;	       /* silent after 28800: toggle once more (the device may have been
+				* booting when the first SET_LINE_CODING came) */
+	bool skip_first_probe; /* the caller knows the device is not listening */
+	const char *lock_dir;  /* NULL = $FLASHD_LOCK_DIR or the default */
+};
+
+struct cdc_query_result {
+	struct device_facts facts; /* what the device said, over what the caller knew */
+	bool was_listening;	   /* it answered before flashd asked for listening mode */
+	bool left_listening;	   /* flashd sent `x` to give the device back to its firmware */
+};
+
+/* Called once, from the loop (never from inside cdc_query_start()); the query
+ * may be freed from here.  err is NULL on success; a timed-out with
+ * detail.phase "probe" means the device has no listening mode now (Device OS
+ * 6.x, or listening disabled). */
+typedef void (*cdc_query_done_fn)(void *ctx, const struct cdc_query_result *res, struct error *err);
+
+/* Starts on tty.  known: facts to start from (platform from the USB ids), may be NULL. */
+struct cdc_query *cdc_query_start(struct event_base *base, const char *tty,
+				  const struct device_facts *known,
+				  const struct cdc_query_config *cfg, cdc_query_done_fn done,
+				  void *ctx, struct error *err);
+/* Stops at once (the port is released; a device already in listening mode stays there). */
+void cdc_query_free(struct cdc_query *q);
+
+/* Whether the device reports any module of its main store invalid: it then runs
+ * safe mode (§7.6) once it leaves listening mode. */
+bool cdc_query_facts_safe_mode(const struct device_facts *f);

@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""Device probes (device-info "probe", flashctl info): the real flashd and flashctl
+against devices simulated by flashd-sim, checked against the simulator's state.json.
+
+usage: probe_test.py FLASHD_SIM FLASHD FLASHCTL TEST|GROUP
+       probe_test.py --inner PLAN.json      (runs inside flashd-sim; see run())
+
+Each test starts one testbed; inside it this script starts `flashd --foreground`
+with short serial timeouts and a private lock directory, runs the plan's steps
+(flashctl commands, raw protocol exchanges, simulator control commands) and stops
+flashd.  The outer half checks the results against state.json.  TAP output.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+TIMEOUT = 150
+CONFIG = """[timeouts]
+serial_probe_ms = 1000
+serial_listen_ms = 300
+serial_reply_ms = 2000
+serial_slow_reply_ms = 3000
+serial_prompt_ms = 2000
+serial_header_ms = 2000
+serial_block_ms = 1500
+serial_final_ms = 5000
+serial_reenumerate_ms = 8000
+"""
+IDS = {
+    'photon15': '3a001d000a47353138383111',
+    'argon4': 'e00fce68aabbccddeeff0041',
+    'photon22': '3a001d000a47353138383122',
+    'boron6': 'e00fce68aabbccddeeff0061',
+}
+
+
+# --- inner half ------------------------------------------------------------------------
+
+def inner(plan_path):
+    plan = json.load(open(plan_path))
+    work = plan['work']
+    sock = os.path.join(work, 'flashd.sock')
+    lock_dir = os.path.join(work, 'lock')
+    os.mkdir(lock_dir)
+    cfg = os.path.join(work, 'flashd.conf')
+    open(cfg, 'w').write(CONFIG)
+    log = open(os.path.join(work, 'flashd.log'), 'w')
+    flashd = subprocess.Popen([plan['flashd'], '--foreground', '--socket', sock, '--config', cfg,
+                               '--state-dir', os.path.join(work, 'flashd-state'),
+                               '--log-level', 'debug'], stdout=log, stderr=log,
+                              env=dict(os.environ, FLASHD_LOCK_DIR=lock_dir))
+    ctl_file = None
+
+    def ctl(**kw):
+        nonlocal ctl_file
+        if ctl_file is None:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(plan['control'])
+            ctl_file = s.makefile('rw')
+        ctl_file.write(json.dumps(kw) + '\n')
+        ctl_file.flush()
+        return json.loads(ctl_file.readline())
+
+    def flashctl(*args):
+        t0 = time.monotonic()
+        p = subprocess.run([plan['flashctl'], '--socket', sock] + list(args),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+        return {'rc': p.returncode, 'out': p.stdout, 'err': p.stderr,
+                'elapsed': time.monotonic() - t0}
+
+    def connect():
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        s.settimeout(60)
+        return s, s.makefile('rw')
+
+    def exchange(requests, n_answers):
+        """Sends the requests at once; returns every object read until n_answers
+        replies/errors came."""
+        s, f = connect()
+        f.write(''.join(json.dumps(r) + '\n' for r in requests))
+        f.flush()
+        got, answers = [], 0
+        while answers < n_answers:
+            line = f.readline()
+            if not line:
+                break
+            o = json.loads(line)
+            got.append(o)
+            answers += o['type'] in ('reply', 'error')
+        s.close()
+        return got
+
+    results = []
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            p = flashctl('--json', 'list') if os.path.exists(sock) else {'rc': 1}
+            if p['rc'] == 0:
+                devs = json.loads(p['out'].splitlines()[0])['devices']
+                if len([d for d in devs if d['present']]) >= plan['n_devices']:
+                    break
+            time.sleep(0.1)
+        else:
+            raise SystemExit('flashd did not list %d devices' % plan['n_devices'])
+        for step in plan['steps']:
+            if 'flashctl' in step:
+                results.append(flashctl(*step['flashctl']))
+            elif 'exchange' in step:
+                results.append({'objects': exchange(step['exchange'], step['answers'])})
+            elif 'busy_probe' in step:
+                # A flash job holds the device; a probe of it meanwhile.
+                b = step['busy_probe']
+                s, f = connect()
+                f.write(json.dumps({'request': 'subscribe', 'id': 1, 'jobs': True}) + '\n')
+                f.flush()
+                f.readline()
+                fl = subprocess.Popen([plan['flashctl'], '--socket', sock, '--json', 'flash',
+                                       b['file'], '--device', b['device']],
+                                      stdout=subprocess.PIPE, text=True)
+                job = None
+                while True:
+                    o = json.loads(f.readline())
+                    if o.get('event') == 'job-progress' and o.get('state') == 'writing':
+                        job = o['job']
+                        break
+                probe = exchange([{'request': 'device-info', 'id': 9, 'device': b['device'],
+                                   'probe': True}], 1)
+                info = flashctl('--json', 'info', b['device'])
+                out, _ = fl.communicate(timeout=60)
+                s.close()
+                results.append({'job': job, 'probe': probe, 'info': info,
+                                'flash': [json.loads(l) for l in out.splitlines() if l.startswith('{')]})
+            elif 'ctl' in step:
+                results.append(ctl(**step['ctl']))
+    finally:
+        flashd.send_signal(signal.SIGTERM)
+        try:
+            flashd.wait(10)
+        except subprocess.TimeoutExpired:
+            flashd.kill()
+        results.append({'flashd_exit': flashd.returncode})
+        json.dump(results, open(os.path.join(work, 'results.json'), 'w'))
+
+
+if len(sys.argv) == 3 and sys.argv[1] == '--inner':
+    inner(sys.argv[2])
+    sys.exit(0)
+
+# --- outer half ------------------------------------------------------------------------
+
+SIM, FLASHD, FLASHCTL, TEST = sys.argv[1:5]
+FIX = os.environ.get('FLASHD_FIXTURES', '/work/shared/fixtures')
+top = tempfile.mkdtemp(prefix='flashd-probe-test.')
+
+
+class Failed(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failed(msg)
+
+
+def fixture(rel):
+    path = os.path.join(FIX, 'modules', rel)
+    if not os.path.exists(path):
+        print('1..0 # SKIP fixture %s missing' % path)
+        sys.exit(0)
+    return path
+
+
+def spec(platform, os_, mode, name, extra=''):
+    s = 'platform=%s,os=%s,mode=%s,name=%s,id=%s' % (platform, os_, mode, name, IDS[name])
+    return s + (',' + extra if extra else '')
+
+
+def run(devices, steps):
+    work = tempfile.mkdtemp(dir=top)
+    sdir = os.path.join(work, 'sim-state')
+    os.mkdir(sdir)
+    plan = {'work': work, 'flashd': FLASHD, 'flashctl': FLASHCTL, 'steps': steps,
+            'control': os.path.join(work, 'sim.sock'), 'n_devices': len(devices)}
+    json.dump(plan, open(os.path.join(work, 'plan.json'), 'w'))
+    argv = [SIM, '--time-scale', '0', '--timeout-scale', '0.2', '--state-dir', sdir,
+            '--control', plan['control']]
+    for d in devices:
+        argv += ['--device', d]
+    argv += ['--', sys.executable, os.path.abspath(__file__), '--inner',
+             os.path.join(work, 'plan.json')]
+    p = subprocess.run(argv, env=dict(os.environ, TMPDIR=work), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)
+    logpath = os.path.join(work, 'flashd.log')
+    log = open(logpath).read() if os.path.exists(logpath) else ''
+    check(p.returncode == 0, 'testbed exited %d:\n%s\n%s' % (p.returncode, p.stdout, log[-4000:]))
+    results = json.load(open(os.path.join(work, 'results.json')))
+    doc = json.load(open(os.path.join(sdir, 'state.json')))
+    return results, doc, log
+
+
+def sim_device(doc, name):
+    return [d for d in doc['devices'] if d['name'] == name][0]
+
+
+def json_reply(res, log):
+    check(res['rc'] == 0, 'flashctl exit %d: %s %s\n%s' % (res['rc'], res['out'], res['err'], log[-3000:]))
+    lines = [json.loads(l) for l in res['out'].splitlines() if l.startswith('{')]
+    check(len(lines) == 1 and lines[0]['type'] == 'reply', 'output: %s' % res['out'])
+    return lines[0]
+
+
+def key(m):
+    return (m['function'], m['index'])
+
+
+def check_modules_match_sim(reply, simdev, functions):
+    """Every module flashd reports is one the simulated device holds, with the same
+    version and verdicts; every one of the named functions the device holds is reported."""
+    dev = reply['device']
+    check(dev['modules_known'], 'modules not known: %s' % dev)
+    sim = {key(m): m for m in simdev['modules'] if m['store'] == 'main' and m['reported']}
+    got = {key(m): m for m in dev['modules'] if m['store'] == 'main'}
+    for k, m in got.items():
+        s = sim.get(k)
+        check(s, 'flashd reports %s, the device does not hold it: %s' % (k, sorted(sim)))
+        check(m['version'] == s['version'] and m['valid'] == s['valid'] and
+              sorted(m['failed_checks']) == sorted(s['failed_checks']),
+              '%s: flashd %s, device %s' % (k, m, s))
+    for k, s in sim.items():
+        if s['function'] in functions:
+            check(k in got, '%s held by the device, not reported: %s' % (k, sorted(got)))
+    return got
+
+
+def check_rendered(res, modules):
+    check(res['rc'] == 0, 'flashctl info exit %d: %s' % (res['rc'], res['err']))
+    out = res['out']
+    for word in ('integrity', 'range', 'platform', 'dependencies'):
+        check(word in out, '%s verdict missing:\n%s' % (word, out))
+    check(out.count('valid') >= len(modules), 'not every module rendered:\n%s' % out)
+
+
+# --- tests ------------------------------------------------------------------------------
+
+def test_info_probes_listening_normal_and_dfu_devices():
+    devs = [spec('photon', '1.5.2', 'listening', 'photon15'),
+            spec('argon', '4.0.2', 'normal', 'argon4'),
+            spec('photon', '2.2.0', 'dfu', 'photon22')]
+    steps = []
+    for name in ('photon15', 'argon4', 'photon22'):
+        steps.append({'flashctl': ['--json', 'info', IDS[name]]})
+    steps.append({'ctl': {'cmd': 'wait-idle'}})
+    steps.append({'flashctl': ['--json', 'list']})
+    for name in ('photon15', 'argon4', 'photon22'):
+        steps.append({'flashctl': ['info', IDS[name]]})  # known now: rendered, no probe
+    steps.append({'flashctl': ['info', '--no-probe', '--json', IDS['argon4']]})
+    res, doc, log = run(devs, steps)
+    replies = {}
+    for i, (name, funcs) in enumerate((('photon15', ('system', 'user', 'bootloader')),
+                                       ('argon4', ('system', 'user', 'bootloader')),
+                                       ('photon22', ('system', 'user')))):
+        r = json_reply(res[i], log)
+        check(r['probe']['outcome'] == 'probed' and r['probe']['job'], 'probe: %s' % r.get('probe'))
+        got = check_modules_match_sim(r, sim_device(doc, name), funcs)
+        check(len(got) >= 2, '%s: %d modules' % (name, len(got)))
+        check(r['device']['id'] == IDS[name], 'id %s' % r['device']['id'])
+        replies[name] = r
+        print('# %s: %s in %.1f s: %s' % (name, r['device']['mode'], res[i]['elapsed'],
+              ', '.join('%s %d v%d %s' % (m['function'], m['index'], m['version'],
+                                          'valid' if m['valid'] else m['failed_checks'])
+                        for m in r['device']['modules'])))
+    check(replies['photon15']['device']['os'] == '1.5.2', 'os %s' % replies['photon15']['device']['os'])
+    check(replies['argon4']['device']['os'] == '4.0.2', 'os %s' % replies['argon4']['device']['os'])
+    # each device is left as it was found: listening stays listening, the running
+    # Argon got `x`, the DFU Photon stays in DFU
+    modes = {n: sim_device(doc, n)['mode'] for n in IDS if n in ('photon15', 'argon4', 'photon22')}
+    check(modes == {'photon15': 'listening', 'argon4': 'normal', 'photon22': 'dfu'}, 'sim modes %s' % modes)
+    listed = {d['id']: d for d in json.loads(res[4]['out'].splitlines()[0])['devices']}
+    check(listed[IDS['photon15']]['mode'] == 'listening' and listed[IDS['argon4']]['mode'] == 'normal'
+          and listed[IDS['photon22']]['mode'] == 'dfu', 'flashd modes %s' % {k: v['mode'] for k, v in listed.items()})
+    for i, name in enumerate(('photon15', 'argon4', 'photon22')):
+        check_rendered(res[5 + i], replies[name]['device']['modules'])
+        check('asked just now' not in res[5 + i]['out'], 'probed again:\n%s' % res[5 + i]['out'])
+    plain = json_reply(res[8], log)
+    check('probe' not in plain and plain['device']['modules_known'], 'no-probe reply: %s' % plain)
+
+
+def test_probe_reply_waits_and_later_requests_keep_their_order():
+    devs = [spec('photon', '1.5.2', 'normal', 'photon15')]
+    steps = [{'exchange': [{'request': 'device-info', 'id': 1, 'device': IDS['photon15'], 'probe': True},
+                           {'request': 'list-devices', 'id': 2},
+                           {'request': 'device-info', 'id': 3, 'device': 'nosuch', 'probe': True},
+                           {'request': 'device-info', 'id': 4, 'device': IDS['photon15'], 'probe': 'yes'}],
+              'answers': 4}]
+    res, doc, log = run(devs, steps)
+    objs = [o for o in res[0]['objects'] if o['type'] in ('reply', 'error')]
+    check([o.get('id') for o in objs] == [1, 2, 3, 4], 'order: %s' % objs)
+    check(objs[0]['type'] == 'reply' and objs[0]['device']['modules_known'], 'probe: %s' % objs[0])
+    check(objs[0]['device']['mode'] == 'normal', 'mode after the probe: %s' % objs[0]['device']['mode'])
+    check(objs[1]['devices'][0]['mode'] == 'normal', 'list after the probe: %s' % objs[1])
+    check(objs[2]['type'] == 'error' and objs[2]['code'] == 'device-not-found', objs[2])
+    check(objs[3]['type'] == 'error' and objs[3]['code'] == 'bad-request' and
+          objs[3]['detail'].get('field') == 'probe', objs[3])
+    check(sim_device(doc, 'photon15')['mode'] == 'normal', 'sim mode %s' % sim_device(doc, 'photon15')['mode'])
+
+
+def test_probe_of_a_busy_device_is_device_busy():
+    devs = [spec('photon', '1.5.2', 'listening', 'photon15', 'faults=silent@block2')]
+    steps = [{'busy_probe': {'device': IDS['photon15'], 'file': fixture('photon/photon_tinker.bin')}}]
+    res, doc, log = run(devs, steps)
+    r = res[0]
+    check(r['job'], 'the flash job never wrote')
+    err = r['probe'][0]
+    check(err['type'] == 'error' and err['code'] == 'device-busy' and err['id'] == 9, 'probe: %s' % err)
+    check(err['detail'].get('job_id') == r['job'], 'detail %s, job %s' % (err['detail'], r['job']))
+    # flashctl info does not probe a device whose modules the job has read: it shows them
+    check(r['info']['rc'] == 0, 'flashctl info exit %d: %s' % (r['info']['rc'], r['info']['out']))
+    line = json.loads(r['info']['out'].splitlines()[0])
+    check(line['device']['busy'] and line['device']['job'] == r['job'] and
+          line['device']['modules_known'] and 'probe' not in line, 'info: %s' % line)
+    ends = [l for l in r['flash'] if l.get('event') == 'job-ended']
+    check(ends and ends[0]['error']['code'] == 'timed-out', 'flash: %s' % ends)
+
+
+def test_device_os_6_without_console_is_probed_without_switching_to_dfu():
+    devs = [spec('boron', '6.2.0', 'normal', 'boron6')]
+    steps = [{'flashctl': ['--json', 'info', IDS['boron6']]}, {'flashctl': ['info', IDS['boron6']]}]
+    res, doc, log = run(devs, steps)
+    r = json_reply(res[0], log)
+    check(r['probe']['outcome'] == 'probed' and not r['device']['modules_known'], 'reply: %s' % r)
+    check(sim_device(doc, 'boron6')['mode'] == 'normal' and
+          sim_device(doc, 'boron6')['received']['dfu_requests'] == 0, 'device switched: %s' % sim_device(doc, 'boron6'))
+    check('listening-mode' in res[1]['out'] and res[1]['rc'] == 0, 'rendered:\n%s' % res[1]['out'])
+
+
+TESTS = {n[5:]: f for n, f in list(globals().items()) if n.startswith('test_')}
+
+if __name__ == '__main__':
+    names = list(TESTS) if TEST == 'all' else TEST.split(',')
+    failed = 0
+    for i, name in enumerate(names, 1):
+        t0 = time.monotonic()
+        try:
+            TESTS[name]()
+            print('ok %d - %s (%.1f s)' % (i, name, time.monotonic() - t0), flush=True)
+        except Failed as e:
+            failed += 1
+            print('not ok %d - %s' % (i, name), flush=True)
+            for line in str(e).splitlines():
+                print('#   ' + line, flush=True)
+    print('1..%d' % len(names))
+    sys.exit(1 if failed else 0)
