@@ -35,9 +35,14 @@ def inner(plan_path):
     work = plan['work']
     sock = os.path.join(work, 'flashd.sock')
     log = open(os.path.join(work, 'flashd.log'), 'w')
+    # A private lock directory: every testbed has its own /dev/ttyACM0, and the shared
+    # /run/lock would make parallel tests see each other's serial verify as a holder.
+    lock_dir = os.path.join(work, 'lock')
+    os.mkdir(lock_dir)
     flashd = subprocess.Popen([plan['flashd'], '--foreground', '--socket', sock,
                                '--state-dir', os.path.join(work, 'flashd-state'),
-                               '--log-level', 'debug'], stdout=log, stderr=log)
+                               '--log-level', 'debug'], stdout=log, stderr=log,
+                              env=dict(os.environ, FLASHD_LOCK_DIR=lock_dir))
     ctl_file = None
 
     def ctl(**kw):
@@ -293,10 +298,12 @@ def test_real_user_and_system_parts_flash_byte_identically():
     sysp = fixture('argon/argon-system-part1@2.2.0.bin')
     res, doc, work, log = run(specs, flash_steps([(app, idmap['p1'], ()),
                                                   (sysp, idmap['a1'], ('--verify',))]))
-    expect_done(res[0], log, 'written-not-verified')
+    # Device OS 2.2.0 comes back as CDC: verified over its console (28800 -> s -> x)
+    expect_done(res[0], log, 'verified')
     expect_done(res[1], log, 'verified')
     for r in res:
-        check(job_phases(r)[-2:] == ['rebooting', 'note:device-reset'], 'phases %s' % job_phases(r))
+        check(job_phases(r)[-3:] == ['rebooting', 'note:device-reset', 'verifying'],
+              'phases %s' % job_phases(r))
     p1, _, data = check_flashed(doc, 'p1', app)
     check(p1['received']['dfu_bytes'] == len(data), 'p1 dfu_bytes %d' % p1['received']['dfu_bytes'])
     a1, _, data = check_flashed(doc, 'a1', sysp)
@@ -475,6 +482,42 @@ def test_forced_wrong_platform_system_part_is_booted_invalid_with_failed_checks(
     check(dev['mode'] == 'dfu' and m and 'platform' in m['failed_checks'], 'sim: %s %s' % (dev['mode'], m))
     print('booted-invalid: %s (failed_checks %s; the simulated device says %s)'
           % (err['message'], err['detail']['failed_checks'], m['failed_checks']))
+
+
+def test_photon_2_2_0_flash_is_verified_over_serial_after_leave():
+    specs = ['platform=photon,mode=dfu,os=2.2.0,name=p1']
+    idmap = ids(specs)
+    app = fixture('photon/tinker-0.4.5-photon.bin')
+    res, doc, work, log = run(specs, flash_steps([(app, idmap['p1'], ())]))
+    end = expect_done(res[0], log, 'verified')
+    check(job_phases(res[0])[-3:] == ['rebooting', 'note:device-reset', 'verifying'],
+          'phases %s' % job_phases(res[0]))
+    # the console was left: the device runs its firmware, the module is valid
+    dev, addr, _ = check_flashed(doc, 'p1', app, mode='normal')
+    print('verified over serial after the DFU leave in %.1f s (%s)'
+          % (res[0]['elapsed'], ' -> '.join(job_phases(res[0]) + [end['outcome']])))
+
+
+def test_forced_wrong_platform_user_part_boots_safe_mode_and_is_booted_invalid():
+    # A P1 application on a Photon 2.2.0 (same slot, platform check fails, §7.6): the
+    # device boots safe mode and its `s` names the failing check.
+    specs = ['platform=photon,mode=dfu,os=2.2.0,name=p1']
+    idmap = ids(specs)
+    app = fixture('p1/tinker-0.4.5-p1.bin')
+    res, doc, work, log = run(specs, flash_steps([(app, idmap['p1'], ()),
+                                                  (app, idmap['p1'], ('--force',))]))
+    expect_error(res[0], 'wrong-platform', log)
+    err = expect_error(res[1], 'booted-invalid', log)
+    d = err['detail']
+    check(d.get('failed_checks') == ['platform'] and d.get('mode') == 'safe' and
+          d.get('module_function') == 'user', json.dumps(err))
+    check(job_end(res[1]).get('outcome') == 'booted-invalid', 'outcome %s' % job_end(res[1]).get('outcome'))
+    dev = device(doc, 'p1')
+    m = module_at(dev, prefix_start(open(app, 'rb').read()))
+    check(dev['mode'] == 'safe' and m and m['failed_checks'] == ['platform'],
+          'sim: %s %s' % (dev['mode'], m))
+    print('booted-invalid: %s (failed_checks %s; the simulated device says %s, mode %s)'
+          % (err['message'], d['failed_checks'], m['failed_checks'], dev['mode']))
 
 
 def compare(spec, path, alt_addr=None):
