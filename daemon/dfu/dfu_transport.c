@@ -75,8 +75,6 @@ struct transport_run {
 	struct device_snapshot dev;
 };
 
-static struct usb_loop *usb_loop_shared; /* one libusb context per daemon */
-
 static void step(struct transport_run *r);
 
 static void run_fail(struct transport_run *r, struct error *err)
@@ -379,15 +377,13 @@ static void open_device(struct transport_run *r)
 	struct error err;
 	error_init(&err);
 	struct dfu_descriptors desc;
-	if (!usb_loop_shared) {
-		usb_loop_shared = usb_loop_new(job_event_base(r->job), &err);
-		if (!usb_loop_shared) {
-			run_fail(r, &err);
-			return;
-		}
+	struct usb_loop *loop = usb_loop_shared(job_event_base(r->job), &err);
+	if (!loop) {
+		run_fail(r, &err);
+		return;
 	}
-	if (usb_dfu_open(usb_loop_shared, r->dev.busnum, r->dev.devnum, r->dev.usb_devnode, &r->usb,
-			 &desc, &err) < 0) {
+	if (usb_dfu_open(loop, r->dev.busnum, r->dev.devnum, r->dev.usb_devnode, &r->usb, &desc,
+			 &err) < 0) {
 		if (err.code == ERR_DEVICE_GONE && ++r->open_retries < DFU_OPEN_RETRIES) {
 			error_clear(&err);
 			r->state = RUN_OPENING;

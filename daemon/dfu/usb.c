@@ -142,6 +142,14 @@ static void on_pollfd_removed(int fd, void *user_data)
 	}
 }
 
+struct usb_loop *usb_loop_shared(struct event_base *base, struct error *err)
+{
+	static struct usb_loop *shared;
+	if (!shared)
+		shared = usb_loop_new(base, err);
+	return shared;
+}
+
 struct usb_loop *usb_loop_new(struct event_base *base, struct error *err)
 {
 	struct usb_loop *l = calloc(1, sizeof(*l));

@@ -33,6 +33,8 @@ struct usb_loop;
 struct usb_dfu_dev;
 
 struct usb_loop *usb_loop_new(struct event_base *base, struct error *err);
+/* The daemon's one libusb context, made on first use (every DFU user shares it). */
+struct usb_loop *usb_loop_shared(struct event_base *base, struct error *err);
 void usb_loop_free(struct usb_loop *l);
 libusb_context *usb_loop_context(struct usb_loop *l);
 

@@ -12,6 +12,7 @@
  */
 #include "cdc_query.h"
 #include "console.h"
+#include "dfu_reset.h"
 #include "port.h"
 #include "preflight.h"
 #include "transport.h"
@@ -50,6 +51,10 @@ enum run_state {
 	RUN_VERIFY_WAIT,  /* 28800 asked again, waiting before the second probe */
 	RUN_REJECT_RESET, /* the device refused the module and resets (§4.4): wait for it */
 	RUN_QUERY,	  /* a probe job (no images, dry run): cdc_query reads `v` `i` `s` */
+	/* reset after a failed transfer on Gen 3 / P2 3.0-5.x (§4.5): 14400 -> DFU -> leave */
+	RUN_RESET_DFU,	 /* 14400 set: waiting for the device in DFU mode */
+	RUN_RESET_LEAVE, /* dfu_reset: DFU leave */
+	RUN_RESET_BACK,	 /* left: waiting for the device to run its firmware again */
 	RUN_ENDED,
 };
 
@@ -61,6 +66,7 @@ struct transport_run {
 	struct console *console;
 	struct ymodem *ymodem;
 	struct cdc_query *query;
+	struct dfu_reset *dfu_reset;
 	struct event *kick, *timer;
 	struct device_facts facts;
 	struct preflight_plan plan;
@@ -86,6 +92,8 @@ static void release_port(struct transport_run *r)
 {
 	cdc_query_free(r->query);
 	r->query = NULL;
+	dfu_reset_free(r->dfu_reset);
+	r->dfu_reset = NULL;
 	console_free(r->console);
 	r->console = NULL;
 	ymodem_free(r->ymodem);
@@ -288,13 +296,20 @@ static void after_send_failure(struct transport_run *r)
 	if (broke && r->port && device_resettable_after_failure(&r->facts)) {
 		struct error be;
 		error_init(&be);
-		if (serial_port_set_baud(r->port, BAUD_DFU, &be) == 0)
-			job_note(
-			    r->job, "device-reset",
-			    "the device refuses a second transfer until it resets (Gen 3/P2 "
-			    "with Device OS 3.0-5.x): switched it to DFU mode with 14400 baud; "
-			    "flashing again goes over DFU, whose leave resets it (or reset the "
-			    "device to run its firmware)");
+		if (serial_port_set_baud(r->port, BAUD_DFU, &be) == 0) {
+			/* §4.5: reset it (14400 -> DFU -> leave) before the error is
+			 * reported, so that a retry finds it ready. */
+			error_move(&r->verdict, e);
+			release_port(r);
+			r->state = RUN_RESET_DFU;
+			job_set_state(r->job, JOB_SWITCHING_MODE);
+			job_note(r->job, "resetting-device",
+				 "the device refuses a second transfer until it resets (Gen 3/P2 "
+				 "with Device OS 3.0-5.x): resetting it through DFU mode (14400 "
+				 "baud, then DFU leave)");
+			arm(r, timeout_ms("serial_reenumerate_ms"));
+			return;
+		}
 		error_clear(&be);
 	}
 	fail(r, e);
@@ -360,6 +375,93 @@ static void verify_step(struct transport_run *r)
 		/* the verdict stands even if the device left already */
 	}
 	end_run(r, JOB_RESULT_DONE, "verified", NULL);
+}
+
+/* ---- reset after a failed transfer (§4.5) ---------------------------------------------- */
+
+/* The reset did not complete: say where the device is, then the original error. */
+static void reset_incomplete(struct transport_run *r, const char *what, const char *why)
+{
+	job_note(r->job, "device-reset",
+		 "%s%s; the device may still be in DFU mode: flashing again goes over DFU, whose "
+		 "leave resets it (or reset the device to run its firmware)",
+		 what, why);
+	fail(r, &r->verdict);
+}
+
+static void on_dfu_reset_done(void *ctx, struct error *err)
+{
+	struct transport_run *r = ctx;
+	if (r->state != RUN_RESET_LEAVE)
+		return;
+	dfu_reset_free(r->dfu_reset);
+	r->dfu_reset = NULL;
+	if (err && err->code != ERR_DEVICE_GONE) {
+		reset_incomplete(r, "leaving DFU mode failed: ", err->message);
+		return;
+	}
+	/* left (or the reset overtook the leave's GETSTATUS, §5.4) */
+	r->state = RUN_RESET_BACK;
+	job_set_state(r->job, JOB_REBOOTING);
+	arm(r, timeout_ms("serial_reenumerate_ms"));
+}
+
+static void reset_device_event(struct transport_run *r, enum device_event ev,
+			       const struct device_snapshot *dev)
+{
+	struct error e;
+	error_init(&e);
+	switch (r->state) {
+	case RUN_RESET_DFU:
+		if (!dev->present || dev->mode != DEVICE_MODE_DFU || !dev->usb_devnode[0])
+			return;
+		evtimer_del(r->timer);
+		job_set_device_mode(r->job, DEVICE_MODE_DFU);
+		r->state = RUN_RESET_LEAVE;
+		r->dfu_reset = dfu_reset_start(r->base, dev->busnum, dev->devnum, dev->usb_devnode,
+					       on_dfu_reset_done, r, &e);
+		if (!r->dfu_reset) {
+			reset_incomplete(r, "", e.message);
+			error_clear(&e);
+			return;
+		}
+		arm(r, timeout_ms("serial_reenumerate_ms"));
+		return;
+	case RUN_RESET_LEAVE:
+		if (ev == DEVICE_EVENT_GONE) {
+			/* the device reset: the leave is done whatever its GETSTATUS says */
+			dfu_reset_free(r->dfu_reset);
+			r->dfu_reset = NULL;
+			r->state = RUN_RESET_BACK;
+			job_set_state(r->job, JOB_REBOOTING);
+			arm(r, timeout_ms("serial_reenumerate_ms"));
+		}
+		return;
+	case RUN_RESET_BACK:
+		if (!dev->present || dev->mode == DEVICE_MODE_DFU || !dev->tty[0])
+			return;
+		job_note(r->job, "device-reset",
+			 "the device refuses a second transfer until it resets (Gen 3/P2 with "
+			 "Device OS 3.0-5.x): flashd reset it (14400 baud, DFU leave) and it runs "
+			 "its firmware again, ready for a retry");
+		fail(r, &r->verdict);
+		return;
+	default:
+		return;
+	}
+}
+
+static void reset_timeout(struct transport_run *r)
+{
+	unsigned s = timeout_ms("serial_reenumerate_ms") / 1000;
+	char why[160];
+	snprintf(why, sizeof(why),
+		 r->state == RUN_RESET_DFU ? "the device did not come back in DFU mode within %u s"
+		 : r->state == RUN_RESET_LEAVE ? "leaving DFU mode did not complete within %u s"
+					       : "the device did not come back within %u s after "
+						 "leaving DFU mode",
+		 s);
+	reset_incomplete(r, "", why);
 }
 
 /* ---- the run's event loop side ------------------------------------------------------- */
@@ -546,6 +648,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		fail(r, &r->verdict); /* the device did not come back: the verdict stands */
 		return;
 	}
+	if (r->state == RUN_RESET_DFU || r->state == RUN_RESET_LEAVE ||
+	    r->state == RUN_RESET_BACK) {
+		reset_timeout(r);
+		return;
+	}
 	if (r->state == RUN_REBOOT) {
 		/* the device did not come back in time */
 		end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);
@@ -674,7 +781,8 @@ static void serial_cancel(struct transport_run *r)
 		fail(r, &qe); /* releases the port: a device already listening stays so */
 		return;
 	}
-	if (r->state == RUN_REJECT_RESET) {
+	if (r->state == RUN_REJECT_RESET || r->state == RUN_RESET_DFU ||
+	    r->state == RUN_RESET_LEAVE || r->state == RUN_RESET_BACK) {
 		fail(r, &r->verdict); /* the transfer is over: its verdict stands */
 		return;
 	}
@@ -692,6 +800,11 @@ static void serial_cancel(struct transport_run *r)
 static void serial_device_event(struct transport_run *r, enum device_event ev,
 				const struct device_snapshot *dev)
 {
+	if (r && (r->state == RUN_RESET_DFU || r->state == RUN_RESET_LEAVE ||
+		  r->state == RUN_RESET_BACK)) {
+		reset_device_event(r, ev, dev);
+		return;
+	}
 	if (!r || (r->state != RUN_REBOOT && r->state != RUN_REJECT_RESET))
 		return;
 	if (ev == DEVICE_EVENT_GONE)

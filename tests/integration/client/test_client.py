@@ -293,7 +293,9 @@ def inside(group, flashd, fc):
     CATALOGUE = {e["id"]: e for e in (json.loads(l) for l in subprocess.run(
         [fc, "errors", "--json"], capture_output=True, text=True, check=True).stdout.splitlines())}
     work = tempfile.mkdtemp(prefix="flashctl-test-")
-    d = Daemon(flashd)
+    # A private lock directory: every testbed has its own /dev/ttyACM0, and the shared
+    # /run/lock would make parallel tests see each other's daemons as port holders.
+    d = Daemon(flashd, extra_env={"FLASHD_LOCK_DIR": tempfile.mkdtemp(prefix="flashd-lock-")})
     try:
         (flashctl_tests if group == "flashctl" else example_tests)(tap, fc, d, work)
     finally:

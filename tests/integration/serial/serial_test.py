@@ -475,20 +475,30 @@ def test_matching_app_is_verified_and_valid_in_state_json():
 
 def test_failed_transfer_on_gen3_4x_resets_the_device_before_a_retry():
     # §4.5 INFERRED: after a failure past the header a 3.0-5.x Gen 3 device
-    # refuses the next `f` until it resets; flashd switches it to DFU (14400)
-    # and says so; the retry then goes over DFU, whose leave resets it.
-    app = fixture('argon/tinker-0.8.0-rc.27-argon.bin')
-    res, doc, log = run([spec('argon', '4.0.2', 'argon', 'faults=nak@block2')],
+    # refuses the next `f` until it resets; flashd resets it (14400 -> DFU ->
+    # DFU leave), says so, waits for it to run its firmware again and ends
+    # with the transfer's error; the retry then goes over serial again.
+    # an application for the 256 KiB slot of Device OS >= 3.1 (user part 2 at 0xB4000)
+    app = os.path.join(top, 'argon-app-4.x.bin')
+    open(app, 'wb').write(make_module(0xB4000, 5, 2, 7, 12, [(4, 1, 3103)], 20000))
+    res, doc, log = run([spec('argon', '4.0.2', 'argon', 'faults=nak@block3')],
                         [flash(IDS['argon'], app), {'ctl': {'cmd': 'wait-idle'}},
-                         {'list': True}, flash(IDS['argon'], app)])
-    expect_error(res[0], 'transfer-failed', log, FAULT_BOUND)
-    check('device-reset' in notes(res[0]), 'no device-reset note: %s' % notes(res[0]))
-    mode = [d for d in res[2]['devices'] if d['id'] == IDS['argon']][0]['mode']
-    check(mode == 'dfu', 'device not switched to DFU mode: %s' % mode)
-    end = expect_done(res[3], log, outcome=job_end(res[3]).get('outcome'))
-    check(end.get('record', {}).get('transport') in ('dfu', None), 'retry transport: %s' % end)
-    m = module(device(doc, 'argon'), 'user')
-    check(m and m['valid'], 'app after the retry: %s' % m)
+                         {'ctl': {'cmd': 'state'}}, {'list': True}, flash(IDS['argon'], app)])
+    err = expect_error(res[0], 'transfer-failed', log, FAULT_BOUND + 10)
+    check(err['detail'].get('block') == 3, 'detail: %s' % err['detail'])
+    check(notes(res[0])[-2:] == ['resetting-device', 'device-reset'], 'notes: %s' % notes(res[0]))
+    said = [l['message'] for l in res[0]['lines'] if l.get('note') == 'device-reset'][-1]
+    check('reset it' in said and 'ready for a retry' in said, 'note: %s' % said)
+    states = [l['state'] for l in res[0]['lines'] if l.get('event') == 'job-progress' and 'note' not in l]
+    check(states[-2:] == ['switching-mode', 'rebooting'], 'states: %s' % states)
+    sim_mode = [d for d in res[2]['state']['devices'] if d['name'] == 'argon'][0]['mode']
+    check(sim_mode == 'normal', 'state.json mode after the failure: %s' % sim_mode)
+    mode = [d for d in res[3]['devices'] if d['id'] == IDS['argon']][0]['mode']
+    check(mode != 'dfu', 'flashd still sees the device in DFU mode')
+    end = expect_done(res[4], log)
+    check(end['record']['transport'] == 'serial', 'retry transport: %s' % end['record']['transport'])
+    m = module(device(doc, 'argon'), 'user', 2)
+    check(m and m['valid'] and m['version'] == 7, 'app after the retry: %s' % m)
 
 
 TESTS = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith('test_')}
