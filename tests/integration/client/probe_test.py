@@ -287,6 +287,8 @@ def test_info_probes_listening_normal_and_dfu_devices():
     for i, name in enumerate(('photon15', 'argon4', 'photon22')):
         check_rendered(res[5 + i], replies[name]['device']['modules'])
         check('asked just now' not in res[5 + i]['out'], 'probed again:\n%s' % res[5 + i]['out'])
+    for line in res[6]['out'].splitlines():
+        print('#   ' + line)
     plain = json_reply(res[8], log)
     check('probe' not in plain and plain['device']['modules_known'], 'no-probe reply: %s' % plain)
 
