@@ -98,6 +98,9 @@ def inner(plan_path):
                 p.wait(90)
                 results.append({'rc': p.returncode, 'lines': lines, 'cancel': cancel,
                                 'elapsed': time.monotonic() - t0})
+            elif 'flashctl' in step:
+                p = flashctl(*step['flashctl'])
+                results.append({'rc': p.returncode, 'out': p.stdout, 'err': p.stderr})
             elif 'run' in step:
                 p = subprocess.run(step['run'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, timeout=90)
@@ -505,7 +508,8 @@ def test_forced_wrong_platform_user_part_boots_safe_mode_and_is_booted_invalid()
     idmap = ids(specs)
     app = fixture('p1/tinker-0.4.5-p1.bin')
     res, doc, work, log = run(specs, flash_steps([(app, idmap['p1'], ()),
-                                                  (app, idmap['p1'], ('--force',))]))
+                                                  (app, idmap['p1'], ('--force',))]) +
+                              [{'flashctl': ['info', idmap['p1']]}])
     expect_error(res[0], 'wrong-platform', log)
     err = expect_error(res[1], 'booted-invalid', log)
     d = err['detail']
@@ -516,6 +520,10 @@ def test_forced_wrong_platform_user_part_boots_safe_mode_and_is_booted_invalid()
     m = module_at(dev, prefix_start(open(app, 'rb').read()))
     check(dev['mode'] == 'safe' and m and m['failed_checks'] == ['platform'],
           'sim: %s %s' % (dev['mode'], m))
+    # flashctl info shows what the verify read: the application's platform check failed
+    info = res[2]
+    check(info['rc'] == 0 and 'platform FAILED' in info['out'] and 'mode           safe' in info['out'],
+          'flashctl info:\n%s%s' % (info['out'], info['err']))
     print('booted-invalid: %s (failed_checks %s; the simulated device says %s, mode %s)'
           % (err['message'], d['failed_checks'], m['failed_checks'], dev['mode']))
 
