@@ -677,6 +677,16 @@ struct job *jobs_find(struct jobs *jobs, const char *id)
 	return NULL;
 }
 
+struct job *jobs_holding_device(struct jobs *jobs, const struct device *dev)
+{
+	if (dev->job)
+		return dev->job;
+	for (struct job *j = jobs->list; j; j = j->next)
+		if (!j->ended && j->device == dev)
+			return j;
+	return NULL;
+}
+
 static void cancelled_error(struct job *job, struct error *err, const char *device_state)
 {
 	error_set(err, ERR_CANCELLED, "the job was cancelled while %s", job_state_name(job->state));

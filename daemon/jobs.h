@@ -63,6 +63,8 @@ struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error
 void jobs_submit(struct jobs *jobs, struct job *job);
 
 struct job *jobs_find(struct jobs *jobs, const char *id);
+/* A job that has not ended and is bound to dev (running or queued behind another), or NULL. */
+struct job *jobs_holding_device(struct jobs *jobs, const struct device *dev);
 /* Asks the job to stop (see transport.h for running jobs).  by_uid is recorded. */
 void jobs_cancel(struct jobs *jobs, struct job *job, uid_t by_uid);
 /* The registry saw a change: bind waiting jobs, forward to running ones. */

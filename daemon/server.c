@@ -220,10 +220,11 @@ static int start_probe(struct client *c, struct wire_request *req, struct device
 		error_detail_str(err, "target", d->s.key);
 		return -1;
 	}
-	if (d->job) {
-		error_set(err, ERR_DEVICE_BUSY, "%s is busy with job %s", d->s.key, job_id(d->job));
+	struct job *holder = jobs_holding_device(c->srv->jobs, d);
+	if (holder) {
+		error_set(err, ERR_DEVICE_BUSY, "%s is busy with job %s", d->s.key, job_id(holder));
 		error_hint(err, "wait for the job to end (flashctl jobs), or ask without probing");
-		error_detail_str(err, "job_id", job_id(d->job));
+		error_detail_str(err, "job_id", job_id(holder));
 		error_detail_str(err, "device", d->s.key);
 		return -1;
 	}

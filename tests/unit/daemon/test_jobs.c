@@ -468,6 +468,35 @@ static void test_one_job_per_device_second_waits_in_queue(void **state)
 	fx_free(fx);
 }
 
+/* What a device-info probe asks before it makes its own job (server.c: device-busy). */
+static void test_device_is_held_by_a_running_or_not_yet_scheduled_job(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct device *d = registry_find_key(fx->reg, PHOTON_ID);
+	assert_null(jobs_holding_device(fx->jobs, d));
+	/* created and submitted, the scheduler has not run yet: already holding */
+	struct job_request jr;
+	struct error err;
+	memset(&jr, 0, sizeof(jr));
+	error_init(&err);
+	jr.target = WIRE_TARGET_DEVICE;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
+	jr.device = d;
+	struct job *a = jobs_create(fx->jobs, &jr, &err);
+	assert_non_null(a);
+	jobs_submit(fx->jobs, a);
+	assert_null(d->job);
+	assert_true(jobs_holding_device(fx->jobs, d) == a);
+	spin(fx);
+	assert_true(jobs_holding_device(fx->jobs, d) == a);
+	job_finish(a, JOB_RESULT_DONE, "verified", NULL);
+	spin(fx);
+	assert_null(jobs_holding_device(fx->jobs, d));
+	fx_free(fx);
+}
+
 static void test_devices_run_jobs_in_parallel(void **state)
 {
 	(void)state;
@@ -698,6 +727,7 @@ int main(void)
 	    cmocka_unit_test(test_daemon_stop_interrupts_running_jobs),
 	    cmocka_unit_test(test_job_ids_are_uuids),
 	    cmocka_unit_test(test_job_limit_is_too_many_jobs),
+	    cmocka_unit_test(test_device_is_held_by_a_running_or_not_yet_scheduled_job),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
