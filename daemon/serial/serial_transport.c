@@ -170,6 +170,17 @@ static int start_console(struct transport_run *r, unsigned steps, struct error *
 	return console_run(r->console, steps, &r->facts, err);
 }
 
+/* 28800 asks for listening mode (§3), but the kernel's cdc-acm sends
+ * SET_LINE_CODING only when the line coding changes: a port left at 28800
+ * (an earlier job's verify, another program) would never reach the device.
+ * Go through 9600 first. */
+static int ask_listening(struct transport_run *r, struct error *err)
+{
+	if (serial_port_set_baud(r->port, 9600, err) < 0)
+		return -1;
+	return serial_port_set_baud(r->port, BAUD_LISTEN, err);
+}
+
 static int facts_major(const struct device_facts *f)
 {
 	int a, b, c;
@@ -497,7 +508,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 			r->tried_listen = true;
 			error_clear(&r->pending);
 			job_set_state(r->job, JOB_SWITCHING_MODE);
-			if (serial_port_set_baud(r->port, BAUD_LISTEN, &e) < 0) {
+			if (ask_listening(r, &e) < 0) {
 				fail(r, &e);
 				return;
 			}
@@ -609,7 +620,7 @@ static void start_verify(struct transport_run *r)
 		run_kick(r);
 		return;
 	}
-	if (serial_port_set_baud(r->port, BAUD_LISTEN, &e) < 0)
+	if (ask_listening(r, &e) < 0)
 		error_clear(&e);
 	r->tried_listen = true;
 	r->facts.modules_known = false;
@@ -754,7 +765,7 @@ static struct transport_run *serial_start(struct job *job, struct error *err)
 		 * that follow wait in the device's buffer (§11.4) */
 		struct error be;
 		error_init(&be);
-		if (serial_port_set_baud(r->port, BAUD_LISTEN, &be) == 0)
+		if (ask_listening(r, &be) == 0)
 			r->tried_listen = true;
 		error_clear(&be);
 	}

@@ -473,6 +473,20 @@ def test_matching_app_is_verified_and_valid_in_state_json():
     check(m and m['valid'] and m['failed_checks'] == [] and m['version'] == 2, 'module: %s' % m)
 
 
+def test_second_job_reaches_a_port_left_at_28800():
+    # The verify of the first job leaves the port at 28800 and the device running
+    # (`x`); cdc-acm sends the line coding only when it changes, so the second job
+    # must go through another speed to ask for listening mode again (§3).
+    res, doc, log = run([spec('photon', '1.5.2', 'photon', mode='normal')],
+                        [flash(IDS['photon'], fixture(PHOTON_APP)),
+                         flash(IDS['photon'], fixture(PHOTON_APP))])
+    for r in res[:2]:
+        end = expect_done(r, log)
+        check(end['record']['transport'] == 'serial' and 'handed-to-dfu' not in notes(r),
+              'transport %s, notes %s' % (end['record']['transport'], notes(r)))
+    check(device(doc, 'photon')['received']['dfu_requests'] == 0, 'DFU was used')
+
+
 def test_failed_transfer_on_gen3_4x_resets_the_device_before_a_retry():
     # §4.5 INFERRED: after a failure past the header a 3.0-5.x Gen 3 device
     # refuses the next `f` until it resets; flashd resets it (14400 -> DFU ->
