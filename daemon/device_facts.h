@@ -13,16 +13,6 @@
 #define DEVICE_FACTS_MAX_MODULES 16
 #define DEVICE_ID_LEN 24
 
-/* Validation flags (§7.6), as the device reports them in `s` (vc / vv). */
-enum module_check {
-	MODULE_CHECK_INTEGRITY = 0x02,
-	MODULE_CHECK_DEPENDENCIES = 0x04,
-	MODULE_CHECK_RANGE = 0x08,
-	MODULE_CHECK_PLATFORM = 0x10,
-	MODULE_CHECK_PRODUCT = 0x20,
-	MODULE_CHECK_DEPENDENCIES_FULL = 0x40,
-};
-
 struct installed_module {
 	uint8_t function; /* enum module_function */
 	uint8_t index;

@@ -383,18 +383,10 @@ void registry_set_job(struct registry *r, struct device *dev, struct job *job)
 static json_t *module_json(const struct installed_module *m)
 {
 	json_t *failed = json_array();
-	static const struct {
-		unsigned bit;
-		const char *name;
-	} checks[] = {{MODULE_CHECK_INTEGRITY, "integrity"},
-		      {MODULE_CHECK_DEPENDENCIES, "dependencies"},
-		      {MODULE_CHECK_RANGE, "range"},
-		      {MODULE_CHECK_PLATFORM, "platform"},
-		      {MODULE_CHECK_PRODUCT, "product"},
-		      {MODULE_CHECK_DEPENDENCIES_FULL, "dependencies-full"}};
-	for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++)
-		if ((m->checked & checks[i].bit) && !(m->passed & checks[i].bit))
-			json_array_append_new(failed, json_string(checks[i].name));
+	const char *names[MODULE_CHECKS_MAX];
+	unsigned n = module_checks_failed(m->checked, m->passed, names);
+	for (unsigned i = 0; i < n; i++)
+		json_array_append_new(failed, json_string(names[i]));
 	return json_pack("{s:s, s:i, s:i, s:s, s:i, s:b, s:o}", "function",
 			 module_function_name(m->function), "index", m->index, "version",
 			 m->version, "store", module_store_name(m->store), "address", m->address,

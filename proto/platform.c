@@ -1,5 +1,6 @@
 #include "platform.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -274,4 +275,46 @@ const char *module_store_name(int store)
 {
 	static const char *const names[] = {"main", "factory", "backup", "scratchpad"};
 	return store >= 0 && store < 4 ? names[store] : "unknown";
+}
+
+const char *module_check_name(unsigned bit)
+{
+	switch (bit) {
+	case MODULE_CHECK_INTEGRITY:
+		return "integrity";
+	case MODULE_CHECK_DEPENDENCIES:
+		return "dependencies";
+	case MODULE_CHECK_RANGE:
+		return "range";
+	case MODULE_CHECK_PLATFORM:
+		return "platform";
+	case MODULE_CHECK_PRODUCT:
+		return "product";
+	case MODULE_CHECK_DEPENDENCIES_FULL:
+		return "dependencies-full";
+	}
+	return "unknown";
+}
+
+unsigned module_checks_failed(unsigned checked, unsigned passed,
+			      const char *ret[MODULE_CHECKS_MAX])
+{
+	unsigned n = 0;
+	for (unsigned bit = 1; bit < MODULE_CHECK_END; bit <<= 1)
+		if ((checked & bit) && !(passed & bit))
+			ret[n++] = module_check_name(bit);
+	return n;
+}
+
+void module_checks_text(unsigned mask, char *buf, size_t size)
+{
+	size_t o = 0;
+	buf[0] = '\0';
+	for (unsigned bit = 1; bit < MODULE_CHECK_END; bit <<= 1) {
+		const char *name = module_check_name(bit);
+		if ((mask & bit) && strcmp(name, "unknown") != 0 && o < size)
+			o += (size_t)snprintf(buf + o, size - o, "%s%s", o ? ", " : "", name);
+	}
+	if (!buf[0])
+		snprintf(buf, size, "unknown");
 }

@@ -29,6 +29,20 @@ enum module_function {
 	MODULE_FUNCTION_ASSET = 9,
 };
 
+/* Validation checks (module_validation_flags_t, §7.6): the bits of a module's
+ * checked (vc) and passed (vv) masks in the `s` reply, and of the failed-check
+ * mask 0.6.1-1.5.x print after "Validation failed:" (§4.4). */
+enum module_check {
+	MODULE_CHECK_INTEGRITY = 0x02,
+	MODULE_CHECK_DEPENDENCIES = 0x04,
+	MODULE_CHECK_RANGE = 0x08,
+	MODULE_CHECK_PLATFORM = 0x10,
+	MODULE_CHECK_PRODUCT = 0x20,
+	MODULE_CHECK_DEPENDENCIES_FULL = 0x40,
+};
+#define MODULE_CHECK_END 0x80 /* MODULE_VALIDATION_END: no check at or above it */
+#define MODULE_CHECKS_MAX 7   /* bits below MODULE_CHECK_END */
+
 enum module_store {
 	MODULE_STORE_MAIN = 0,
 	MODULE_STORE_FACTORY = 1,
@@ -91,3 +105,11 @@ const char *module_function_phrase(int function); /* "system part", "application
 char module_function_letter(int function);        /* s-JSON letter: 's', 'u', 'b' ... */
 int module_function_from_letter(char c);          /* -1 if unknown */
 const char *module_store_name(int store);         /* "main", "factory", ... */
+const char *module_check_name(unsigned bit);      /* "integrity", ...; "unknown" */
+/* The checks in checked but not in passed, by name in bit order ("unknown" for a
+ * bit no check uses); returns how many. */
+unsigned module_checks_failed(unsigned checked, unsigned passed,
+			      const char *ret[MODULE_CHECKS_MAX]);
+/* The named checks of mask joined with ", " ("range, platform" for 0x18);
+ * "unknown" if it names none. */
+void module_checks_text(unsigned mask, char *buf, size_t size);

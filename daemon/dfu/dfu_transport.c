@@ -559,25 +559,6 @@ static bool serial_verifiable(struct transport_run *r)
 	return v == 0 || v < 6000;
 }
 
-static const char *check_name(unsigned bit)
-{
-	switch (bit) {
-	case MODULE_CHECK_INTEGRITY:
-		return "integrity";
-	case MODULE_CHECK_DEPENDENCIES:
-		return "dependencies";
-	case MODULE_CHECK_RANGE:
-		return "range";
-	case MODULE_CHECK_PLATFORM:
-		return "platform";
-	case MODULE_CHECK_PRODUCT:
-		return "product";
-	case MODULE_CHECK_DEPENDENCIES_FULL:
-		return "dependencies-full";
-	}
-	return "unknown";
-}
-
 static void add_check(json_t *a, const char *name)
 {
 	size_t i;
@@ -606,11 +587,11 @@ static bool modules_as_written(struct transport_run *r, const struct device_fact
 				add_check(failed, "missing");
 				bad = true;
 			} else {
-				for (unsigned bit = 1; bit < 0x80; bit <<= 1)
-					if ((im->checked & bit) && !(im->passed & bit)) {
-						add_check(failed, check_name(bit));
-						bad = true;
-					}
+				const char *names[MODULE_CHECKS_MAX];
+				unsigned n = module_checks_failed(im->checked, im->passed, names);
+				for (unsigned c = 0; c < n; c++)
+					add_check(failed, names[c]);
+				bad = n > 0;
 			}
 			if (bad && !*function) {
 				*function = module_function_name(m->function);

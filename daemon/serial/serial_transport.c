@@ -326,25 +326,6 @@ static void after_send_failure(struct transport_run *r)
 	fail(r, e);
 }
 
-static const char *check_name(unsigned bit)
-{
-	switch (bit) {
-	case MODULE_CHECK_INTEGRITY:
-		return "integrity";
-	case MODULE_CHECK_DEPENDENCIES:
-		return "dependencies";
-	case MODULE_CHECK_RANGE:
-		return "range";
-	case MODULE_CHECK_PLATFORM:
-		return "platform";
-	case MODULE_CHECK_PRODUCT:
-		return "product";
-	case MODULE_CHECK_DEPENDENCIES_FULL:
-		return "dependencies-full";
-	}
-	return "unknown";
-}
-
 /* The flashed module as the device reports it after its reboot. */
 static void verify_step(struct transport_run *r)
 {
@@ -357,10 +338,12 @@ static void verify_step(struct transport_run *r)
 		json_t *checks = json_array();
 		if (!im || im->version != m->version)
 			json_array_append_new(checks, json_string("missing"));
-		else
-			for (unsigned bit = 1; bit < 0x80; bit <<= 1)
-				if ((im->checked & bit) && !(im->passed & bit))
-					json_array_append_new(checks, json_string(check_name(bit)));
+		else {
+			const char *names[MODULE_CHECKS_MAX];
+			unsigned n = module_checks_failed(im->checked, im->passed, names);
+			for (unsigned c = 0; c < n; c++)
+				json_array_append_new(checks, json_string(names[c]));
+		}
 		char desc[128];
 		image_module_describe(m, desc, sizeof(desc));
 		error_set(&e, ERR_BOOTED_INVALID,

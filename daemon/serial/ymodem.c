@@ -1,5 +1,7 @@
 #include "ymodem.h"
 
+#include "platform.h"
+
 #include <errno.h>
 #include <event2/event.h>
 #include <stdio.h>
@@ -131,15 +133,15 @@ enum error_code ymodem_validation_cause(long code, bool mask, const char **ret_n
 		 * platform) is wrong-platform.  Integrity stays first: a module whose
 		 * CRC fails may have a damaged prefix, and then its platform id and
 		 * addresses mean nothing. */
-		if (code & 0x02)
+		if (code & MODULE_CHECK_INTEGRITY)
 			name = "integrity", cause = ERR_IMAGE_CORRUPT;
-		else if (code & 0x10)
+		else if (code & MODULE_CHECK_PLATFORM)
 			name = "platform", cause = ERR_WRONG_PLATFORM;
-		else if (code & (0x04 | 0x40))
+		else if (code & (MODULE_CHECK_DEPENDENCIES | MODULE_CHECK_DEPENDENCIES_FULL))
 			name = "dependencies", cause = ERR_DEPENDENCY_UNMET;
-		else if (code & 0x08)
+		else if (code & MODULE_CHECK_RANGE)
 			name = "range", cause = ERR_WRONG_SLOT;
-		else if (code & 0x20)
+		else if (code & MODULE_CHECK_PRODUCT)
 			name = "product";
 	} else {
 		switch (code) { /* §4.4 table */
@@ -443,24 +445,6 @@ static bool text_complete(const struct ymodem *y)
 	return v && strchr(v, '\n');
 }
 
-/* "range, platform" for 0x18: every check a 0.6.1-1.5.x mask names (§7.6). */
-static void mask_names(long mask, char *buf, size_t size)
-{
-	static const struct {
-		long bit;
-		const char *name;
-	} bits[] = {{0x02, "integrity"}, {0x04, "dependencies"}, {0x08, "range"},
-		    {0x10, "platform"},	 {0x20, "product"},	 {0x40, "dependencies-full"}};
-	size_t o = 0;
-	buf[0] = '\0';
-	for (size_t i = 0; i < sizeof(bits) / sizeof(bits[0]); i++)
-		if ((mask & bits[i].bit) && o < size)
-			o += (size_t)snprintf(buf + o, size - o, "%s%s", o ? ", " : "",
-					      bits[i].name);
-	if (!buf[0])
-		snprintf(buf, size, "unknown");
-}
-
 static void verdict_from_text(struct ymodem *y, bool gone)
 {
 	struct error e;
@@ -474,7 +458,7 @@ static void verdict_from_text(struct ymodem *y, bool gone)
 		enum error_code cause = ymodem_validation_cause(code, mask, &cname);
 		if (mask) {
 			char names[96];
-			mask_names(code, names, sizeof(names));
+			module_checks_text((unsigned)code, names, sizeof(names));
 			error_set(&e, ERR_DEVICE_REJECTED,
 				  "the device refused the firmware: \"%s\" (failed checks: %s)", t,
 				  names);

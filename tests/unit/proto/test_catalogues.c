@@ -314,6 +314,25 @@ static void test_module_function_names_and_letters_round_trip(void **state)
 	assert_string_equal(module_store_name(9), "unknown");
 }
 
+/* §7.6: vc 0x1e, vv 0x0e = the platform check failed; 1.5.x prints 0x18. */
+static void test_failed_checks_are_named_in_bit_order(void **state)
+{
+	(void)state;
+	const char *names[MODULE_CHECKS_MAX];
+	assert_int_equal(module_checks_failed(0x1e, 0x1e, names), 0);
+	assert_int_equal(module_checks_failed(0x1e, 0x0e, names), 1);
+	assert_string_equal(names[0], "platform");
+	assert_int_equal(module_checks_failed(0x7f, 0x00, names), 7);
+	assert_string_equal(names[0], "unknown"); /* 0x01 is no check */
+	assert_string_equal(names[6], "dependencies-full");
+	char buf[96];
+	module_checks_text(0x18, buf, sizeof(buf));
+	assert_string_equal(buf, "range, platform");
+	module_checks_text(0x01, buf, sizeof(buf));
+	assert_string_equal(buf, "unknown");
+	assert_string_equal(module_check_name(MODULE_CHECK_PRODUCT), "product");
+}
+
 /* ---- Device OS versions ---- */
 
 static void test_release_is_named_only_where_the_table_pins_it(void **state)
@@ -367,6 +386,7 @@ int main(void)
 	    cmocka_unit_test(test_particle_pids_follow_the_platform_id),
 	    cmocka_unit_test(test_gen3_layout_depends_on_the_installed_system_version),
 	    cmocka_unit_test(test_module_function_names_and_letters_round_trip),
+	    cmocka_unit_test(test_failed_checks_are_named_in_bit_order),
 	    cmocka_unit_test(test_release_is_named_only_where_the_table_pins_it),
 	    cmocka_unit_test(test_release_strings_parse_and_compare_numerically),
 	};
