@@ -7,18 +7,13 @@
 
 int cmd_cancel(int argc, char **argv, const struct cli_global *g)
 {
-	struct conn c;
 	struct error err;
 	error_init(&err);
 	if (argc != 2)
 		return render_usage_error(g, "usage: flashctl cancel JOB");
-	if (conn_open(&c, g, &err) < 0)
-		return render_error_free(g, &err);
 	json_t *req = wire_request_new(WIRE_REQ_CANCEL, 0);
 	json_object_set_new(req, "job", json_string(argv[1]));
-	json_t *reply = conn_call(&c, req, NULL, 0, NULL, NULL, &err);
-	json_decref(req);
-	conn_close(&c);
+	json_t *reply = conn_request(g, req, &err);
 	if (!reply)
 		return render_error_free(g, &err);
 	if (g->json)

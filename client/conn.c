@@ -176,3 +176,15 @@ json_t *conn_call(struct conn *c, json_t *req, const int *fds, unsigned n_fds,
 		json_decref(obj);
 	}
 }
+
+json_t *conn_request(const struct cli_global *g, json_t *req, struct error *err)
+{
+	struct conn c;
+	json_t *reply = NULL;
+	if (conn_open(&c, g, err) == 0) {
+		reply = conn_call(&c, req, NULL, 0, NULL, NULL, err);
+		conn_close(&c);
+	}
+	json_decref(req);
+	return reply;
+}

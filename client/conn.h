@@ -37,3 +37,9 @@ json_t *conn_read(struct conn *c, int timeout_ms, struct error *err);
  */
 json_t *conn_call(struct conn *c, json_t *req, const int *fds, unsigned n_fds,
 		  void (*on_event)(void *ctx, json_t *event), void *ctx, struct error *err);
+/*
+ * One request on a connection of its own (list, jobs, cancel): connects, sends
+ * req (its reference is taken), disconnects and returns the reply; NULL with
+ * err set when the daemon is unreachable or answers with an error.
+ */
+json_t *conn_request(const struct cli_global *g, json_t *req, struct error *err);

@@ -139,3 +139,17 @@ int render_error_free(const struct cli_global *g, struct error *e)
 	error_clear(e);
 	return status;
 }
+
+void render_list(const struct cli_global *g, const json_t *reply, const char *key,
+		 const char *none_text, void (*line)(const struct cli_global *, const json_t *))
+{
+	if (g->json) {
+		render_json_line((json_t *)reply);
+		return;
+	}
+	const json_t *items = json_object_get(reply, key);
+	if (json_array_size(items) == 0)
+		printf("%s\n", none_text);
+	for (size_t i = 0; i < json_array_size(items); i++)
+		line(g, json_array_get(items, i));
+}

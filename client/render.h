@@ -18,6 +18,10 @@ void render_json_line(json_t *value);
 /* One line per object (minimal rendering; the polished UI is a later issue). */
 void render_device_line(const struct cli_global *g, const json_t *dev);
 void render_job_line(const struct cli_global *g, const json_t *job);
+/* A list reply: itself with --json, else one line() per element of reply[key],
+ * or none_text when it is empty. */
+void render_list(const struct cli_global *g, const json_t *reply, const char *key,
+		 const char *none_text, void (*line)(const struct cli_global *, const json_t *));
 /* An event as one line: device-*, job-* (human), or the object itself (--json). */
 void render_event(const struct cli_global *g, const json_t *event);
 /* render_error(), then error_clear(): for verbs that end with the error. */
