@@ -14,6 +14,10 @@
  *   2. The run moves the job through its states (job_set_state()), reports
  *      progress (job_progress()), notes (job_note()) and device facts
  *      (job_update_facts(), job_set_device_mode()).
+ *      Before it ends, it reports the mode it leaves the device in whenever
+ *      it knows it (e.g. `x` after a serial verify: normal, or safe if the
+ *      `s` it read marks a module invalid), so that `flashctl info` need not
+ *      probe again; a mode it cannot know stays as the registry has it.
  *   3. It ends with exactly one of job_finish() or job_handoff().  After that
  *      call the transport must not touch the job again and should return to
  *      the loop promptly; the core calls ops->free(run) later from a deferred

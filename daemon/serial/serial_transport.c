@@ -353,6 +353,7 @@ static void verify_step(struct transport_run *r)
 						      : "marks it invalid");
 		error_detail_json(&e, "failed_checks", checks);
 		error_detail_str(&e, "mode", "listening");
+		job_set_device_mode(r->job, DEVICE_MODE_LISTENING); /* no `x`: left to the user */
 		error_detail_str(&e, "module_function", module_function_name(m->function));
 		error_detail_str(&e, "file", s->name ? s->name : "");
 		end_run(r, JOB_RESULT_FAILED, "booted-invalid", &e);
@@ -364,10 +365,13 @@ static void verify_step(struct transport_run *r)
 			fail(r, &e);
 		return;
 	}
-	/* leave listening mode: the new firmware runs (§2.3 `x`) */
+	/* leave listening mode: the new firmware runs (§2.3 `x`), in safe mode if a
+	 * module it did not flash is invalid */
 	if (r->port && write(r->port->fd, "x", 1) != 1) {
 		/* the verdict stands even if the device left already */
 	}
+	job_set_device_mode(r->job, cdc_query_facts_safe_mode(&r->facts) ? DEVICE_MODE_SAFE
+									 : DEVICE_MODE_NORMAL);
 	end_run(r, JOB_RESULT_DONE, "verified", NULL);
 }
 

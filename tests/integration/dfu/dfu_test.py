@@ -491,12 +491,17 @@ def test_photon_2_2_0_flash_is_verified_over_serial_after_leave():
     specs = ['platform=photon,mode=dfu,os=2.2.0,name=p1']
     idmap = ids(specs)
     app = fixture('photon/tinker-0.4.5-photon.bin')
-    res, doc, work, log = run(specs, flash_steps([(app, idmap['p1'], ())]))
+    res, doc, work, log = run(specs, flash_steps([(app, idmap['p1'], ())]) +
+                              [{'flashctl': ['--json', 'info', idmap['p1']]}])
     end = expect_done(res[0], log, 'verified')
     check(job_phases(res[0])[-3:] == ['rebooting', 'note:device-reset', 'verifying'],
           'phases %s' % job_phases(res[0]))
     # the console was left: the device runs its firmware, the module is valid
     dev, addr, _ = check_flashed(doc, 'p1', app, mode='normal')
+    # and flashd says so (the verify's `x`), without probing again
+    info = json.loads(res[1]['out'].splitlines()[0]) if res[1]['rc'] == 0 else {}
+    check(info.get('device', {}).get('mode') == 'normal' and 'probe' not in info,
+          'flashctl info after the verified flash: %s %s' % (res[1]['out'], res[1]['err']))
     print('verified over serial after the DFU leave in %.1f s (%s)'
           % (res[0]['elapsed'], ' -> '.join(job_phases(res[0]) + [end['outcome']])))
 

@@ -465,12 +465,16 @@ def test_dependency_unmet_is_refused_then_a_job_with_the_system_parts_succeeds()
 
 def test_matching_app_is_verified_and_valid_in_state_json():
     res, doc, log = run([spec('photon', '1.5.2', 'photon')],
-                        [flash(IDS['photon'], fixture(PHOTON_APP))])
+                        [flash(IDS['photon'], fixture(PHOTON_APP)), {'list': True}])
     end = expect_done(res[0], log)
     pct = [l.get('percent') for l in res[0]['lines'] if l.get('event') == 'job-progress' and 'percent' in l]
     check(pct and pct[0] == 0 and pct[-1] == 100, 'progress: %s' % pct)
     m = module(device(doc, 'photon'), 'user', 1)
     check(m and m['valid'] and m['failed_checks'] == [] and m['version'] == 2, 'module: %s' % m)
+    # the verify's `x` gave the device back to its application: flashd knows it runs normally
+    mode = [d for d in res[1]['devices'] if d['id'] == IDS['photon']][0]['mode']
+    check(mode == 'normal' and device(doc, 'photon')['mode'] == 'normal',
+          'mode after the verified flash: flashd %s, device %s' % (mode, device(doc, 'photon')['mode']))
 
 
 def test_second_job_reaches_a_port_left_at_28800():
