@@ -17,6 +17,7 @@ struct pjob {
 	char device[96];
 	char state[32];
 	char before_end[32]; /* last non-terminal state */
+	char transport[16];  /* "serial", "dfu"; "" until a transport takes the job */
 	long long done, total, rate;
 	double eta_s; /* < 0: unknown */
 	double timeout_s;
@@ -84,6 +85,13 @@ static void set_device(struct pjob *j, const char *key)
 	snprintf(j->device, sizeof(j->device), "%s", key ? key : "(waiting for a device)");
 }
 
+/* The transport in a job record; a handed-to-* note names the next one. */
+static void set_transport(struct pjob *j, const char *name)
+{
+	if (name)
+		snprintf(j->transport, sizeof(j->transport), "%s", name);
+}
+
 void progress_add_job(struct progress *p, const json_t *job)
 {
 	if (p->n >= PROGRESS_JOBS_MAX)
@@ -92,6 +100,7 @@ void progress_add_job(struct progress *p, const json_t *job)
 	memset(j, 0, sizeof(*j));
 	snprintf(j->id, sizeof(j->id), "%s", jstr(job, "id", "?"));
 	set_device(j, json_string_value(json_object_get(job, "device")));
+	set_transport(j, json_string_value(json_object_get(job, "transport")));
 	snprintf(j->state, sizeof(j->state), "%s", jstr(job, "state", "queued"));
 	j->state_t0 = now_s();
 	j->eta_s = -1;
@@ -117,24 +126,48 @@ static void human_bytes(char *buf, size_t size, long long n)
 		snprintf(buf, size, "%.1f MiB", (double)n / (1024.0 * 1024.0));
 }
 
-static const char *phase_label(const char *state)
+/*
+ * A phase in words: its label (the live display's column, the end line's
+ * "while ...") and the rest of the sentence, which continues the label
+ * ("checking" "the files against the device") or, after sep, says what the
+ * phase waits for.
+ */
+struct phase_words {
+	const char *label, *sep, *rest;
+};
+
+static struct phase_words phase_words(const struct pjob *j)
 {
 	static const struct {
-		const char *state, *label;
-	} labels[] = {
-	    {"queued", "queued"},
-	    {"waiting-for-device", "waiting"},
-	    {"switching-mode", "switching mode"},
-	    {"preflight", "checking"},
-	    {"erasing", "erasing"},
-	    {"writing", "writing"},
-	    {"rebooting", "rebooting"},
-	    {"verifying", "verifying"},
+		const char *state;
+		struct phase_words w;
+	} table[] = {
+	    {"queued", {"queued", " ", "behind another job on this device"}},
+	    {"waiting-for-device", {"waiting", " ", "for the device to appear"}},
+	    {"switching-mode", {"switching mode", "", ""}},
+	    {"preflight", {"checking", " ", "the files against the device"}},
+	    {"erasing", {"erasing", "", ""}},
+	    {"writing", {"writing", "", ""}},
+	    {"rebooting", {"rebooting", ": ", "waiting for the device to come back"}},
+	    {"verifying", {"verifying", "", ""}},
 	};
-	for (size_t i = 0; i < sizeof(labels) / sizeof(labels[0]); i++)
-		if (strcmp(labels[i].state, state) == 0)
-			return labels[i].label;
-	return state;
+	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+		if (strcmp(table[i].state, j->state) != 0)
+			continue;
+		struct phase_words w = table[i].w;
+		/* the mode the transport needs: listening mode (YMODEM) or DFU */
+		if (strcmp(j->state, "switching-mode") == 0 && !strcmp(j->transport, "serial"))
+			w.sep = " ", w.rest = "to listening mode";
+		else if (strcmp(j->state, "switching-mode") == 0 && !strcmp(j->transport, "dfu"))
+			w.sep = " ", w.rest = "to DFU mode";
+		return w;
+	}
+	return (struct phase_words){j->state, "", ""};
+}
+
+static const char *phase_label(const struct pjob *j)
+{
+	return phase_words(j).label;
 }
 
 /* Seconds waited in this phase, with the limit when the daemon gave one. */
@@ -169,26 +202,17 @@ static void bytes_detail(char *buf, size_t size, const struct pjob *j, bool bar)
 		 rate, eta);
 }
 
-/* What the job is doing now, in words. */
+/* What the job is doing now, after its label: bytes, or the rest of the
+ * phase's sentence and the seconds waited. */
 static void job_detail(char *buf, size_t size, const struct pjob *j, bool live)
 {
 	char w[32];
 	waited(w, sizeof(w), j);
-	if (j->total > 0) {
+	struct phase_words pw = phase_words(j);
+	if (j->total > 0)
 		bytes_detail(buf, size, j, live);
-	} else if (strcmp(j->state, "rebooting") == 0) {
-		snprintf(buf, size, "waiting for the device to come back %s", w);
-	} else if (strcmp(j->state, "waiting-for-device") == 0) {
-		snprintf(buf, size, "waiting for the device to appear %s", w);
-	} else if (strcmp(j->state, "switching-mode") == 0) {
-		snprintf(buf, size, "getting the device into the right mode %s", w);
-	} else if (strcmp(j->state, "preflight") == 0) {
-		snprintf(buf, size, "checking the files against the device %s", w);
-	} else if (strcmp(j->state, "queued") == 0) {
-		snprintf(buf, size, "the device is busy with another job %s", w);
-	} else {
-		snprintf(buf, size, "%s", w);
-	}
+	else
+		snprintf(buf, size, "%s%s%s", pw.rest, pw.rest[0] ? " " : "", w);
 }
 
 static int columns(void)
@@ -207,7 +231,7 @@ static void format_line(char *buf, size_t size, const struct pjob *j, bool cance
 		return;
 	}
 	job_detail(detail, sizeof(detail), j, live);
-	snprintf(buf, size, "%-24s %-14s %s%s", j->device, phase_label(j->state), detail,
+	snprintf(buf, size, "%-24s %-14s %s%s", j->device, phase_label(j), detail,
 		 cancelling ? "  -- cancelling at the next safe point" : "");
 }
 
@@ -251,28 +275,22 @@ void progress_log(struct progress *p, const char *fmt, ...)
 	fflush(stdout);
 }
 
-/* Plain mode: one sentence per phase, without the seconds ticking. */
+/* Plain mode: one sentence per phase ("checking the files against the device",
+ * "rebooting: waiting for the device to come back (up to 45 s)"), without the
+ * seconds ticking. */
 static void plain(const struct pjob *j)
 {
 	char detail[256];
-	const char *s = j->state;
-	if (j->total > 0)
+	struct phase_words pw = phase_words(j);
+	if (j->total > 0) {
 		bytes_detail(detail, sizeof(detail), j, false);
-	else if (!strcmp(s, "rebooting") || !strcmp(s, "waiting-for-device")) {
+		printf("%s: %s %s\n", j->device, pw.label, detail);
+	} else {
 		char limit[48] = "";
 		if (j->timeout_s > 0)
 			snprintf(limit, sizeof(limit), " (up to %.0f s)", j->timeout_s);
-		snprintf(detail, sizeof(detail), "waiting for the device to %s%s",
-			 strcmp(s, "rebooting") == 0 ? "come back" : "appear", limit);
-	} else if (!strcmp(s, "switching-mode"))
-		snprintf(detail, sizeof(detail), "getting the device into the right mode");
-	else if (!strcmp(s, "preflight"))
-		snprintf(detail, sizeof(detail), "the files against the device");
-	else if (!strcmp(s, "queued"))
-		snprintf(detail, sizeof(detail), "behind another job on this device");
-	else
-		detail[0] = '\0';
-	printf("%s: %s%s%s\n", j->device, phase_label(s), detail[0] ? " " : "", detail);
+		printf("%s: %s%s%s%s\n", j->device, pw.label, pw.sep, pw.rest, limit);
+	}
 	fflush(stdout);
 }
 
@@ -292,6 +310,9 @@ static void on_progress(struct progress *p, struct pjob *j, const json_t *ev)
 	j->eta_s = json_is_number(eta) ? json_number_value(eta) : -1;
 	j->timeout_s = json_number_value(json_object_get(ev, "timeout_s"));
 	if (json_is_string(json_object_get(ev, "note"))) {
+		const char *note = jstr(ev, "note", "");
+		if (strncmp(note, "handed-to-", 10) == 0)
+			set_transport(j, note + 10);
 		if (p->live)
 			progress_log(p, "%s: %s", j->device,
 				     jstr(ev, "message", jstr(ev, "note", "")));
@@ -327,11 +348,10 @@ static void on_end(struct progress *p, struct pjob *j, const json_t *ev)
 		snprintf(j->end_text, sizeof(j->end_text), "done: %s (%.1f s)",
 			 jstr(ev, "outcome", "ok"), took);
 	else if (strcmp(result, "cancelled") == 0)
-		snprintf(j->end_text, sizeof(j->end_text), "cancelled while %s",
-			 phase_label(j->state));
+		snprintf(j->end_text, sizeof(j->end_text), "cancelled while %s", phase_label(j));
 	else
 		snprintf(j->end_text, sizeof(j->end_text), "%s while %s: %s", result,
-			 phase_label(j->state), jstr(err, "code", "?"));
+			 phase_label(j), jstr(err, "code", "?"));
 	if (!p->live) {
 		printf("%s: %s\n", j->device, j->end_text);
 		fflush(stdout);
@@ -347,6 +367,7 @@ bool progress_event(struct progress *p, const json_t *ev)
 	const json_t *rec = json_object_get(ev, "record");
 	if (json_is_string(json_object_get(rec, "device")))
 		set_device(j, json_string_value(json_object_get(rec, "device")));
+	set_transport(j, json_string_value(json_object_get(rec, "transport")));
 	bool ended = false;
 	if (strcmp(name, "job-progress") == 0) {
 		on_progress(p, j, ev);

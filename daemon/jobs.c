@@ -371,6 +371,7 @@ static void run_on_device(struct job *job)
 		fail(job, JOB_RESULT_FAILED, &err);
 		return;
 	}
+	job->ops = ops; /* the job-started record names the transport that took it */
 	emit_record(job, "job-started");
 	start_transport(job, ops);
 }

@@ -153,6 +153,9 @@ def flashctl_tests(tap, fc, d, work):
               and re.search(r"device is +Photon \(platform id 6\)", err) and "  hint: " in err, err)
     tap.check("wrong platform: the display says where it stopped",
               re.search(listening + r": failed while checking: wrong-platform", out), out)
+    tap.check("plain phase lines are one sentence each: the mode the serial transport needs",
+              (listening + ": switching mode to listening mode\n") in out
+              and "right mode" not in out and "checking checking" not in out, out)
 
     rc, out, err = run(fc, sock, "flash", NOT_MODULE, "--device", dfu)
     tap.check("not a module: exit 3, image-not-a-module with file and hint",
@@ -247,7 +250,7 @@ def flashctl_tests(tap, fc, d, work):
 
     # Ctrl-C while waiting: the job is cancelled, the device untouched, exit 9.
     p = Pty(fc, sock, "flash", PHOTON_APP, "--device", "abcdefabcdefabcdefabcdef", "--wait=30")
-    seen = p.read_until(r"waiting for the device to appear \(\d+/30 s\)", 20)
+    seen = p.read_until(r"waiting +for the device to appear \(\d+/30 s\)", 20)
     tap.check("waiting for a device: the pty shows seconds waited against --wait", seen,
               repr(p.text()))
     p.read_until(r"\(1/30 s\)", 5)
