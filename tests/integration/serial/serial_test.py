@@ -32,7 +32,7 @@ FAULT_BOUND = 15   # seconds a faulted job may take with the timeouts below
 # Short per-phase timeouts (daemon/serial/serial_transport.c keys): faults end fast.
 CONFIG = """[timeouts]
 serial_probe_ms = 1000
-serial_listen_ms = 300
+serial_listen_ms = 1500
 serial_reply_ms = 2000
 serial_slow_reply_ms = 3000
 serial_prompt_ms = 2000
