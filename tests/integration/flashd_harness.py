@@ -177,7 +177,11 @@ class Daemon:
         return self.proc.returncode
 
 
-def flashctl(path, sock, *args, timeout=30, stdin=subprocess.DEVNULL):
-    r = subprocess.run([path, "--socket", sock, *args], capture_output=True, text=True,
-                       timeout=timeout, stdin=stdin)
+def flashctl(path, sock, *args, timeout=30, stdin=subprocess.DEVNULL, uid=None, groups=()):
+    """Runs flashctl; with uid, as that user (its gid the same number, groups as
+    its only supplementary groups)."""
+    cred = {} if uid is None else {"user": uid, "group": uid, "extra_groups": list(groups),
+                                    "cwd": "/"}
+    r = subprocess.run([os.path.abspath(path), "--socket", sock, *args], capture_output=True,
+                       text=True, timeout=timeout, stdin=stdin, **cred)
     return r.returncode, r.stdout, r.stderr

@@ -293,6 +293,67 @@ def flashctl_statuses(d):
               (rc, out))
 
 
+def cancel_permissions(flashd):
+    """Issue 5: only the job's owner, root or a member of the admin group may
+    cancel a job.  flashctl runs as unprivileged uids (the socket is 0666)."""
+    if os.geteuid() != 0:
+        print("# skip cancel permissions: needs root to run flashctl as other uids")
+        return
+    import grp
+    owner, other, admin = 65534, 65533, 65532
+    admin_group = grp.getgrgid(100).gr_name  # "users": the configured admin group
+    d = Daemon(flashd, config=f"[daemon]\nadmin_group = {admin_group}\n")
+    os.chmod(d.dir, 0o755)  # let the unprivileged users reach the socket
+    exits = {e["id"]: e["exit"] for e in (json.loads(x) for x in flashctl(
+        FLASHCTL, d.socket, "errors", "--json")[1].splitlines())}
+    try:
+        def submit():
+            # waits forever for a device that never appears: the job stays alive
+            rc, out, err = flashctl(FLASHCTL, d.socket, "--json", "flash", PHOTON_APP,
+                                    "--device", "ffffffffffffffffffffffff", "--wait",
+                                    "--detach", uid=owner)
+            return json.loads(out.splitlines()[0])["jobs"][0]["id"] if rc == 0 else None
+
+        def record(jid):
+            jobs = json.loads(flashctl(FLASHCTL, d.socket, "--json", "jobs")[1])["jobs"]
+            return next((j for j in jobs if j["id"] == jid), {})
+
+        def state(jid, until=None):
+            """The job's result or state; with until, once it is that (10 s at most)."""
+            deadline = time.monotonic() + 10
+            while True:
+                j = record(jid)
+                now = j.get("result") or j.get("state")
+                if until is None or now == until or time.monotonic() > deadline:
+                    return now
+                time.sleep(0.05)
+
+        jid = submit()
+        tap.check("an unprivileged uid submits a job (owner recorded)",
+                  jid and record(jid)["owner"]["uid"] == owner, jid)
+        rc, out, err = flashctl(FLASHCTL, d.socket, "--json", "cancel", jid, uid=other)
+        e = json.loads(out.splitlines()[0]) if out.strip() else {}
+        tap.check("another uid may not cancel it: not-allowed, the catalogue's exit status",
+                  rc == exits["not-allowed"] and e.get("code") == "not-allowed"
+                  and e["detail"] == {"operation": "cancel", "uid": other, "owner_uid": owner,
+                                      "admin_group": admin_group}, (rc, out, err))
+        tap.check("... and the job lives on", state(jid) == "waiting-for-device", state(jid))
+        rc, out, err = flashctl(FLASHCTL, d.socket, "cancel", jid, uid=owner)
+        tap.check("its owner may cancel it", rc == 0 and state(jid, "cancelled") == "cancelled",
+                  (rc, out, err, state(jid)))
+        jid = submit()
+        rc, out, err = flashctl(FLASHCTL, d.socket, "cancel", jid, uid=admin,
+                                groups=[100])
+        tap.check(f"a member of the admin group ({admin_group}) may cancel it",
+                  rc == 0 and state(jid, "cancelled") == "cancelled", (rc, out, err, state(jid)))
+        jid = submit()
+        rc, out, err = flashctl(FLASHCTL, d.socket, "cancel", jid)
+        tap.check("root may cancel it", rc == 0 and state(jid, "cancelled") == "cancelled",
+                  (rc, out, err, state(jid)))
+    finally:
+        d.stop()
+
+
 def main():
     d = Daemon(FLASHD)
     try:
@@ -315,6 +376,7 @@ def main():
         if d.proc.poll() is None:
             d.stop()
     client_limit(FLASHD)
+    cancel_permissions(FLASHD)
     tap.done()
 
 
