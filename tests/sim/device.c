@@ -26,7 +26,6 @@ struct sim_device *device_new(struct sim *sim, const struct sim_spec *spec)
 	d->pty_fd = -1;
 	d->peer_in = d->peer_out = -1;
 	d->tty_index = -1;
-	g_queue_init(&d->urbs);
 	return d;
 }
 
@@ -34,9 +33,7 @@ void device_free(struct sim_device *d)
 {
 	if (!d)
 		return;
-	usbdev_flush(d);
-	if (d->usb_handler)
-		g_object_unref(d->usb_handler);
+	usbdev_node_free(d->usb);
 	flash_free(d->flash);
 	spec_clear(&d->spec);
 	g_free(d);
@@ -204,7 +201,6 @@ int device_plug(struct sim_device *d, GError **error)
 	if (mode == SIM_MODE_UNPLUGGED)
 		mode = device_boot_mode(d);
 	d->mode = mode;
-	d->gone = false;
 	d->busnum = spec_port_bus(d->spec.port);
 	d->devnum = ++sim->next_devnum; /* never reused: old handlers stay attached */
 	build_syspath(d);
@@ -212,7 +208,6 @@ int device_plug(struct sim_device *d, GError **error)
 		 d->devnum);
 	dfu_enumerated(d);
 	ctrlreq_init(&d->ctrl);
-	usbdev_flush(d);
 	d->generation++;
 	bool cdc = mode != SIM_MODE_DFU, reuse_pty = false;
 	d->tty_index = cdc ? ttynode_pick(sim, d) : -1;
@@ -231,14 +226,17 @@ int device_plug(struct sim_device *d, GError **error)
 		reuse_pty = ttynode_has_pty(sim, d->tty_index);
 		describe_tty(d, s, !reuse_pty);
 	}
-	UMockdevIoctlBase *old = d->usb_handler;
-	d->usb_handler = usbdev_handler_new(d);
+	/* A new node per enumeration: hosts may still reap URBs on the old one. */
+	struct usbdev_node *old = d->usb;
+	usbdev_node_disconnect(old);
+	d->usb = usbdev_node_new(d);
 	g_mutex_unlock(&sim->lock);
 	if (old)
 		g_ptr_array_add(sim->retired, old); /* clients may still hold the old node */
 
 	/* ttyACM nodes have no handler of their own: cdc_tty_handler_install(). */
-	bool ok = umockdev_testbed_attach_ioctl(sim->tb, d->usb_devnode, d->usb_handler, error);
+	bool ok = umockdev_testbed_attach_ioctl(sim->tb, d->usb_devnode,
+						usbdev_node_handler(d->usb), error);
 	/* The node before the add uevent: a host opens it as soon as it hears of it. */
 	if (ok && reuse_pty)
 		ttynode_link(sim, d->tty_index);
@@ -266,7 +264,7 @@ void device_unplug(struct sim_device *d)
 	struct sim *sim = d->sim;
 	g_mutex_lock(&sim->lock);
 	bool was = d->present;
-	d->gone = true;
+	usbdev_node_disconnect(d->usb); /* open handles: answered URBs, then ENODEV */
 	d->present = false;
 	bool cdc = d->tty_index >= 0;
 	int tty_index = d->tty_index;

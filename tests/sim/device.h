@@ -79,16 +79,14 @@ struct sim_device {
 	struct dfu dfu;
 	/* USB presence */
 	bool present;
-	bool gone; /* unplugged: every usbfs ioctl fails with ENODEV */
 	unsigned busnum, devnum;
 	char usb_syspath[DEVICE_PATH_MAX];
 	char usb_devnode[64];
 	char tty_syspath[DEVICE_PATH_MAX];
 	char tty_devnode[32];
 	int tty_index;
-	UMockdevIoctlBase *usb_handler;
-	GQueue urbs;	     /* submitted control URBs waiting to be reaped */
-	struct ctrlreq ctrl; /* Particle vendor requests (normal/listening mode) */
+	struct usbdev_node *usb; /* this enumeration's /dev/bus/usb node */
+	struct ctrlreq ctrl;	 /* Particle vendor requests (normal/listening mode) */
 	/* CDC side */
 	struct listening *cdc;
 	unsigned cdc_fault_src[SIM_MAX_FAULTS]; /* engine fault slot -> spec.faults index */
@@ -137,9 +135,13 @@ void device_scan(struct sim_device *d, struct vscan *out);
 const char *device_mode_name(struct sim_device *d);
 uint64_t device_ymodem_bytes(struct sim_device *d);
 
-/* usbdev.c: the usbfs ioctl emulation of a device node. */
-UMockdevIoctlBase *usbdev_handler_new(struct sim_device *d);
-void usbdev_flush(struct sim_device *d); /* drop queued URBs (lock held) */
+/* usbdev.c: the usbfs ioctl emulation of one enumeration's device node. */
+struct usbdev_node;
+struct usbdev_node *usbdev_node_new(struct sim_device *d);
+UMockdevIoctlBase *usbdev_node_handler(struct usbdev_node *n);
+/* Lock held: the device left this node; its URBs stay reapable, then ENODEV. */
+void usbdev_node_disconnect(struct usbdev_node *n);
+void usbdev_node_free(struct usbdev_node *n);
 
 /* dfu.c: DfuSe class requests (lock held).  Returns reply length, or -1 to stall. */
 void dfu_enumerated(struct sim_device *d);

@@ -222,7 +222,7 @@ static void check_unplug_fault(struct sim_device *d)
 		if (!hit)
 			continue;
 		f->fired = true;
-		d->gone = true; /* every further ioctl: ENODEV */
+		usbdev_node_disconnect(d->usb); /* every further ioctl: ENODEV */
 		enum sim_mode next =
 		    strcmp(f->kind, "reset") == 0 ? SIM_MODE_DFU : SIM_MODE_UNPLUGGED;
 		d->next_mode = next;

@@ -234,7 +234,7 @@ int main(int argc, char **argv)
 	reexec_under_preload(argv);
 
 	g_mutex_init(&sim->lock);
-	sim->retired = g_ptr_array_new_with_free_func(g_object_unref);
+	sim->retired = g_ptr_array_new_with_free_func((GDestroyNotify)usbdev_node_free);
 	sim->idle_waiters = g_ptr_array_new();
 	sim->loop = g_main_loop_new(NULL, FALSE);
 	sim->tb = umockdev_testbed_new();

@@ -77,7 +77,7 @@ struct sim {
 	unsigned next_devnum;
 	UMockdevIoctlBase *tty_handler; /* umockdev's default handler: termios of every ttyACM */
 	gint pending_work;		/* scheduled resets/re-enumerations (wait-idle); atomic */
-	GPtrArray *retired;		/* ioctl handlers of removed nodes, kept until exit */
+	GPtrArray *retired;		/* usbdev nodes of past enumerations, kept until exit */
 	GPtrArray *idle_waiters;	/* control clients waiting for wait-idle */
 	GPid child;
 	int child_status;

@@ -4,11 +4,13 @@ boot checks after DFU, hot-plug seen by a libudev monitor, the state.json schema
 
 usage: sim_test.py FLASHD_SIM UDEV_WATCH TEST
 """
+import errno
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,16 +57,85 @@ def run_sim(devices, command, state=True, extra=(), timeout=TIMEOUT):
     if state:
         argv += ['--state-dir', sdir]
     argv += list(extra) + ['--'] + command
-    p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       timeout=timeout, text=True)
-    if VALGRIND and p.returncode == 99:
+    # Output to a file, not a pipe: nothing in the testbed can block on a full pipe,
+    # and a hung run still shows what it printed (report_hang).
+    with tempfile.TemporaryFile(dir=work) as log:
+        group = {'process_group': 0} if sys.version_info >= (3, 11) else {'preexec_fn': os.setpgrp}
+        p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                             stderr=subprocess.STDOUT, **group)
+        try:
+            rc = p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            report_hang(p, log, argv, timeout)
+        log.seek(0)
+        out = log.read().decode('utf-8', 'replace')
+    if VALGRIND and rc == 99:
         fail('valgrind found errors in flashd-sim:\n' + open(vglog).read())
     doc = None
     if state and os.path.exists(os.path.join(sdir, 'state.json')):
         doc = json.load(open(os.path.join(sdir, 'state.json')))
         jsonschema.validate(doc, SCHEMA)  # every state.json the tests produce
         doc['_dir'] = sdir
-    return p.returncode, p.stdout, doc
+    return rc, out, doc
+
+
+HANG_OUTPUT_TAIL = 16384  # bytes of the hung run's output shown
+
+
+def process_tree(root):
+    """root and its descendants (pids, parents first)."""
+    children = {}
+    for name in os.listdir('/proc'):
+        if not name.isdigit():
+            continue
+        try:
+            stat = open('/proc/%s/stat' % name).read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(')') + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        tree.append(pid)
+        todo += sorted(children.get(pid, []))
+    return tree
+
+
+def describe_process(pid):
+    def read(what):
+        try:
+            return open('/proc/%d/%s' % (pid, what), 'rb').read().decode('utf-8', 'replace')
+        except OSError:
+            return '?'
+    stat = read('stat')
+    state = stat[stat.rindex(')') + 2:].split()[0] if ')' in stat else '?'
+    text = '--- pid %d state %s wchan %s: %s\n' % (pid, state, read('wchan'),
+                                                   read('cmdline').replace('\0', ' ').strip())
+    if shutil.which('gdb'):
+        try:
+            bt = subprocess.run(['gdb', '-batch', '-p', str(pid), '-ex', 'thread apply all bt'],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, timeout=30, text=True, errors='replace').stdout
+            text += '\n'.join(l for l in bt.splitlines() if l.startswith(('#', 'Thread'))) + '\n'
+        except subprocess.TimeoutExpired:
+            text += '(gdb timed out)\n'
+    return text
+
+
+def report_hang(p, log, argv, timeout):
+    """A run that did not end: where every process of the testbed waits, what it
+    printed so far (the simulator's messages and the tool's, e.g. dfu-util's
+    last lines), then the whole process group is killed and the test fails."""
+    procs = ''.join(describe_process(pid) for pid in process_tree(p.pid))
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    log.seek(0, os.SEEK_END)
+    size = log.tell()
+    log.seek(max(0, size - HANG_OUTPUT_TAIL))
+    tail = log.read().decode('utf-8', 'replace')
+    fail('no exit within %d s: %s\n%s--- output so far (last %d of %d bytes):\n%s'
+         % (timeout, shlex.join(argv), procs, len(tail.encode()), size, tail))
 
 
 def fixture(rel):
@@ -570,6 +641,68 @@ def test_vendor_requests_switch_to_dfu_and_reset():
                         ['platform=photon,mode=normal,os=0.7.0,name=d1'])
     check(res['init'] < 0 and res['mode'] == 'normal', 'Photon 0.7.0 answered INIT: %s' % res)
 
+
+# A reset while the host still has an answered URB to reap (dfu-util's GETSTATUS
+# after the leave request, reaped after the 0 ms leave reset re-enumerated the
+# device).  As with usbfs: the answered URB stays reapable on the old node, which
+# then reports ENODEV and never reaches the next enumeration.  The old simulator
+# dropped the URB and answered EAGAIN forever: dfu-util spun until the timeout.
+URB_AFTER_RESET_DRIVER = r"""
+import ctypes, errno, struct
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+class Urb(ctypes.Structure):
+    _fields_ = [('type', ctypes.c_ubyte), ('endpoint', ctypes.c_ubyte), ('status', ctypes.c_int),
+                ('flags', ctypes.c_uint), ('buffer', ctypes.c_void_p), ('buffer_length', ctypes.c_int),
+                ('actual_length', ctypes.c_int), ('start_frame', ctypes.c_int), ('packets', ctypes.c_int),
+                ('error_count', ctypes.c_int), ('signr', ctypes.c_uint), ('usercontext', ctypes.c_void_p)]
+class Ctrl(ctypes.Structure):
+    _fields_ = [('bRequestType', ctypes.c_ubyte), ('bRequest', ctypes.c_ubyte), ('wValue', ctypes.c_ushort),
+                ('wIndex', ctypes.c_ushort), ('wLength', ctypes.c_ushort), ('timeout', ctypes.c_uint),
+                ('data', ctypes.c_void_p)]
+CONTROL, SUBMITURB, REAPURBNDELAY, CLAIMINTERFACE = 0xc0185500, 0x8038550a, 0x4008550d, 0x8004550f
+def ioctl(fd, req, arg):
+    r = libc.ioctl(fd, req, ctypes.byref(arg))
+    return 0 if r >= 0 else -ctypes.get_errno()
+def control(fd, rt, req, length=0):
+    buf = ctypes.create_string_buffer(max(length, 1))
+    c = Ctrl(rt, req, 0x100 if req == 6 else 0, 0, length, 1000, ctypes.cast(buf, ctypes.c_void_p))
+    r = libc.ioctl(fd, CONTROL, ctypes.byref(c))
+    return (r, buf.raw[:max(r, 0)]) if r >= 0 else (-ctypes.get_errno(), b'')
+def reap(fd):
+    p = ctypes.c_void_p()
+    return ioctl(fd, REAPURBNDELAY, p), p.value
+old = os.open('/dev/bus/usb/001/001', os.O_RDWR)
+assert ioctl(old, CLAIMINTERFACE, ctypes.c_uint(0)) == 0
+assert control(old, 0x21, 1)[0] == 0                         # DNLOAD, 0 bytes: leave
+buf = ctypes.create_string_buffer(struct.pack('<BBHHH', 0xa1, 3, 0, 0, 6) + bytes(6))
+urb = Urb(type=2, buffer=ctypes.cast(buf, ctypes.c_void_p), buffer_length=14)
+assert ioctl(old, SUBMITURB, urb) == 0                       # GETSTATUS: dfuMANIFEST, leave
+ok(cmd='wait-idle')                                          # reset and re-enumeration done
+out = {'mode': ok(cmd='state')['state']['devices'][0]['mode']}
+rc, ptr = reap(old)
+out['reap'] = rc
+out['same_urb'] = ptr == ctypes.addressof(urb)
+out['urb'] = [urb.status, urb.actual_length, buf.raw[8 + 4]]
+out['reap_again'] = reap(old)[0]
+out['old_control'] = control(old, 0x80, 6, 18)[0]           # GET_DESCRIPTOR on the old node
+os.close(old)
+new = os.open('/dev/bus/usb/001/002', os.O_RDWR)
+n, desc = control(new, 0x80, 6, 18)
+out['new_pid'] = '%04x' % struct.unpack_from('<H', desc, 10)[0] if n == 18 else n
+os.close(new)
+print(json.dumps(out))
+"""
+
+
+def test_urb_answered_before_a_reset_is_reaped_then_the_old_node_is_gone():
+    res, _ = run_driver(URB_AFTER_RESET_DRIVER, ['platform=argon,mode=dfu,os=5.9.0,name=d1'])
+    check(res['mode'] == 'normal', 'no re-enumeration after the leave: %s' % res)
+    check(res['reap'] == 0 and res['same_urb'], 'the answered GETSTATUS was lost: %s' % res)
+    check(res['urb'] == [0, 6, 7], 'GETSTATUS reply (status, length, dfuMANIFEST): %s' % res)
+    check(res['reap_again'] == -errno.ENODEV, 'old node after its URBs: %s, not ENODEV' % res)
+    check(res['old_control'] == -errno.ENODEV, 'the old node reached the new enumeration: %s' % res)
+    check(res['new_pid'] == 'c00c', 'the new node: %s' % res)
 
 PARTICLE_USB_JS = r"""
 const usb = require(process.argv[2]);

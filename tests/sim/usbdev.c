@@ -2,6 +2,11 @@
  * usbfs emulation of a simulated device node (test-bench.md §4): control
  * URBs are answered from the device model, queued, and reaped by libusb.
  * Runs on umockdev's worker thread: everything under sim->lock.
+ *
+ * One node per enumeration, as with usbfs: a host that still holds the old
+ * node after a reset (dfu-util reaping the GETSTATUS that asked for the
+ * leave) reaps the URBs the old device answered, then gets ENODEV; the
+ * next enumeration of the device is a new node and never sees them.
  */
 #include "device.h"
 #include "usbdesc.h"
@@ -13,18 +18,42 @@
 #include <stddef.h>
 #include <string.h>
 
+struct usbdev_node {
+	struct sim_device *d;
+	UMockdevIoctlBase *handler;
+	GQueue urbs; /* submitted control URBs waiting to be reaped */
+	bool gone;   /* unplugged: every ioctl but reaping fails with ENODEV */
+};
+
 struct queued_urb {
 	UMockdevIoctlData *urb;
 	uint64_t ready_ms; /* G_MAXUINT64: never (fault "silent") */
 	int then;	   /* reset into this mode once reaped (ctrlreq), or -1 */
 };
 
-void usbdev_flush(struct sim_device *d)
+static void queued_urb_free(gpointer p)
 {
-	struct queued_urb *q;
-	while ((q = g_queue_pop_head(&d->urbs))) {
-		g_object_unref(q->urb);
-		g_free(q);
+	struct queued_urb *q = p;
+	g_object_unref(q->urb);
+	g_free(q);
+}
+
+/*
+ * At a disconnect usbfs gives back the URBs the device had not answered yet
+ * (busy or silent) with -ESHUTDOWN; answered ones keep their result.  All of
+ * them stay reapable (USBDEVFS_CAP_REAP_AFTER_DISCONNECT), then ENODEV.
+ */
+static void give_back_unanswered(struct usbdev_node *n)
+{
+	uint64_t now = sim_now_ms();
+	for (GList *l = n->urbs.head; l; l = l->next) {
+		struct queued_urb *q = l->data;
+		if (q->ready_ms <= now)
+			continue;
+		struct usbdevfs_urb *urb = (struct usbdevfs_urb *)q->urb->data;
+		urb->status = -ESHUTDOWN;
+		urb->actual_length = 0;
+		q->ready_ms = 0;
 	}
 }
 
@@ -86,8 +115,10 @@ static uint64_t ready_time(struct sim_device *d)
 	return d->dfu.busy_until_ms > now ? d->dfu.busy_until_ms : now;
 }
 
-static void submit_urb(struct sim_device *d, UMockdevIoctlClient *client, UMockdevIoctlData *arg)
+static void submit_urb(struct usbdev_node *node, UMockdevIoctlClient *client,
+		       UMockdevIoctlData *arg)
 {
+	struct sim_device *d = node->d;
 	g_autoptr(GError) err = NULL;
 	UMockdevIoctlData *urb_data =
 	    umockdev_ioctl_data_resolve(arg, 0, sizeof(struct usbdevfs_urb), &err);
@@ -125,14 +156,16 @@ static void submit_urb(struct sim_device *d, UMockdevIoctlClient *client, UMockd
 	q->ready_ms = ready;
 	q->then = n < 0 ? -1 : d->ctrl.then;
 	d->ctrl.then = -1;
-	g_queue_push_tail(&d->urbs, q);
+	g_queue_push_tail(&node->urbs, q);
+	if (node->gone) /* an unplug@/reset@ fault fired on this transfer */
+		give_back_unanswered(node);
 	umockdev_ioctl_client_complete(client, 0, 0);
 }
 
-static void reap_urb(struct sim_device *d, UMockdevIoctlClient *client, UMockdevIoctlData *arg)
+static void reap_urb(struct usbdev_node *n, UMockdevIoctlClient *client, UMockdevIoctlData *arg)
 {
 	uint64_t now = sim_now_ms();
-	for (GList *l = d->urbs.head; l; l = l->next) {
+	for (GList *l = n->urbs.head; l; l = l->next) {
 		struct queued_urb *q = l->data;
 		if (q->ready_ms > now)
 			break; /* EP0 handles one transfer at a time, in order */
@@ -145,22 +178,21 @@ static void reap_urb(struct sim_device *d, UMockdevIoctlClient *client, UMockdev
 		}
 		umockdev_ioctl_data_set_ptr(ptr, 0, q->urb);
 		g_object_unref(ptr);
-		g_queue_delete_link(&d->urbs, l);
+		g_queue_delete_link(&n->urbs, l);
 		struct usbdevfs_urb *urb = (struct usbdevfs_urb *)q->urb->data;
-		if (urb->status == 0)
-			ctrlreq_delivered(d, q->then);
-		g_object_unref(q->urb);
-		g_free(q);
+		if (urb->status == 0 && !n->gone)
+			ctrlreq_delivered(n->d, q->then);
+		queued_urb_free(q);
 		umockdev_ioctl_client_complete(client, 0, 0);
 		return;
 	}
-	umockdev_ioctl_client_complete(client, -1, d->gone ? ENODEV : EAGAIN);
+	umockdev_ioctl_client_complete(client, -1, n->gone ? ENODEV : EAGAIN);
 }
 
-static void discard_urb(struct sim_device *d, UMockdevIoctlClient *client, UMockdevIoctlData *arg)
+static void discard_urb(struct usbdev_node *n, UMockdevIoctlClient *client, UMockdevIoctlData *arg)
 {
 	gulong addr = *(gulong *)arg->data;
-	for (GList *l = d->urbs.head; l; l = l->next) {
+	for (GList *l = n->urbs.head; l; l = l->next) {
 		struct queued_urb *q = l->data;
 		if (q->urb->client_addr == addr) {
 			struct usbdevfs_urb *urb = (struct usbdevfs_urb *)q->urb->data;
@@ -168,8 +200,8 @@ static void discard_urb(struct sim_device *d, UMockdevIoctlClient *client, UMock
 			urb->actual_length = 0;
 			q->ready_ms = 0;
 			/* Moved to the front: a cancelled transfer is reaped first. */
-			g_queue_unlink(&d->urbs, l);
-			g_queue_push_head_link(&d->urbs, l);
+			g_queue_unlink(&n->urbs, l);
+			g_queue_push_head_link(&n->urbs, l);
 			umockdev_ioctl_client_complete(client, 0, 0);
 			return;
 		}
@@ -231,11 +263,12 @@ static gboolean on_ioctl(UMockdevIoctlBase *handler, UMockdevIoctlClient *client
 			 gpointer user_data)
 {
 	(void)handler;
-	struct sim_device *d = user_data;
+	struct usbdev_node *n = user_data;
+	struct sim_device *d = n->d;
 	unsigned request = (unsigned)umockdev_ioctl_client_get_request(client);
 	UMockdevIoctlData *arg = umockdev_ioctl_client_get_arg(client);
 	g_mutex_lock(&d->sim->lock);
-	if (d->gone && request != USBDEVFS_REAPURBNDELAY && request != USBDEVFS_REAPURB &&
+	if (n->gone && request != USBDEVFS_REAPURBNDELAY && request != USBDEVFS_REAPURB &&
 	    request != USBDEVFS_DISCARDURB && request != USBDEVFS_RELEASEINTERFACE) {
 		umockdev_ioctl_client_complete(client, -1, ENODEV);
 		goto out;
@@ -267,14 +300,14 @@ static gboolean on_ioctl(UMockdevIoctlBase *handler, UMockdevIoctlClient *client
 		set_interface(d, client, arg);
 		break;
 	case USBDEVFS_SUBMITURB:
-		submit_urb(d, client, arg);
+		submit_urb(n, client, arg);
 		break;
 	case USBDEVFS_REAPURB:
 	case USBDEVFS_REAPURBNDELAY:
-		reap_urb(d, client, arg);
+		reap_urb(n, client, arg);
 		break;
 	case USBDEVFS_DISCARDURB:
-		discard_urb(d, client, arg);
+		discard_urb(n, client, arg);
 		break;
 	case USBDEVFS_CONTROL:
 		sync_control(d, client, arg);
@@ -292,9 +325,35 @@ out:
 	return TRUE;
 }
 
-UMockdevIoctlBase *usbdev_handler_new(struct sim_device *d)
+struct usbdev_node *usbdev_node_new(struct sim_device *d)
 {
-	UMockdevIoctlBase *h = umockdev_ioctl_base_new();
-	g_signal_connect(h, "handle-ioctl", G_CALLBACK(on_ioctl), d);
-	return h;
+	struct usbdev_node *n = g_new0(struct usbdev_node, 1);
+	n->d = d;
+	g_queue_init(&n->urbs);
+	n->handler = umockdev_ioctl_base_new();
+	g_signal_connect(n->handler, "handle-ioctl", G_CALLBACK(on_ioctl), n);
+	return n;
+}
+
+UMockdevIoctlBase *usbdev_node_handler(struct usbdev_node *n)
+{
+	return n->handler;
+}
+
+void usbdev_node_disconnect(struct usbdev_node *n)
+{
+	if (!n || n->gone)
+		return;
+	n->gone = true;
+	give_back_unanswered(n);
+}
+
+void usbdev_node_free(struct usbdev_node *n)
+{
+	if (!n)
+		return;
+	g_signal_handlers_disconnect_by_data(n->handler, n);
+	g_object_unref(n->handler);
+	g_queue_clear_full(&n->urbs, queued_urb_free);
+	g_free(n);
 }
