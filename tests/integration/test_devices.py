@@ -9,37 +9,15 @@ usage: test_devices.py FLASHD FLASHCTL FLASHD_SIM
 import json
 import os
 import select
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from flashd_harness import Daemon, Tap, flashctl  # noqa: E402
+from flashd_harness import Daemon, SimControl, Tap, flashctl, run_in_sim  # noqa: E402
 
 COLLIDING = "3c0021000d47353033320000"
-
-
-class Control:
-    def __init__(self, path):
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                self.s.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.f = self.s.makefile("rwb")
-
-    def __call__(self, **cmd):
-        self.f.write(json.dumps(cmd).encode() + b"\n")
-        self.f.flush()
-        return json.loads(self.f.readline())
 
 
 class Watch:
@@ -105,7 +83,7 @@ def is_event(name, key=None):
 
 def inside(flashd, fc, control_path):
     tap = Tap()
-    ctl = Control(control_path)
+    ctl = SimControl(control_path)
     d = Daemon(flashd, log_level="debug")
     try:
         devs = wait_devices(fc, d.socket, lambda x: len(x) == 1)
@@ -199,11 +177,9 @@ def inside(flashd, fc, control_path):
 def outside(flashd, fc, sim):
     tmp = tempfile.mkdtemp(prefix="flashd-devices-")
     control = os.path.join(tmp, "control.sock")
-    env = dict(os.environ, TMPDIR=tmp)
-    r = subprocess.run([sim, "--device", "platform=photon,mode=dfu,name=d1,port=1-1",
-                        "--control", control, "--",
-                        sys.executable, os.path.abspath(__file__), "--inside", flashd, fc,
-                        control], env=env, timeout=170)
+    r = run_in_sim(sim, ["platform=photon,mode=dfu,name=d1,port=1-1"],
+                   [sys.executable, os.path.abspath(__file__), "--inside", flashd, fc, control],
+                   tmp, control=control, timeout=170)
     sys.exit(r.returncode)
 
 

@@ -12,25 +12,16 @@ flashd.  The outer half checks the results against state.json.  TAP output.
 """
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from flashd_harness import (SERIAL_TIMEOUTS, Testbed, check, run_testbed, run_tests,  # noqa: E402
+                            sim_device, sim_fixture)
+
 TIMEOUT = 150
-CONFIG = """[timeouts]
-serial_probe_ms = 1000
-serial_listen_ms = 300
-serial_reply_ms = 2000
-serial_slow_reply_ms = 3000
-serial_prompt_ms = 2000
-serial_header_ms = 2000
-serial_block_ms = 1500
-serial_final_ms = 5000
-serial_reenumerate_ms = 8000
-"""
 IDS = {
     'photon15': '3a001d000a47353138383111',
     'argon4': 'e00fce68aabbccddeeff0041',
@@ -42,40 +33,17 @@ IDS = {
 # --- inner half ------------------------------------------------------------------------
 
 def inner(plan_path):
-    plan = json.load(open(plan_path))
-    work = plan['work']
-    sock = os.path.join(work, 'flashd.sock')
-    lock_dir = os.path.join(work, 'lock')
-    os.mkdir(lock_dir)
-    cfg = os.path.join(work, 'flashd.conf')
-    open(cfg, 'w').write(CONFIG)
-    log = open(os.path.join(work, 'flashd.log'), 'w')
-    flashd = subprocess.Popen([plan['flashd'], '--foreground', '--socket', sock, '--config', cfg,
-                               '--state-dir', os.path.join(work, 'flashd-state'),
-                               '--log-level', 'debug'], stdout=log, stderr=log,
-                              env=dict(os.environ, FLASHD_LOCK_DIR=lock_dir))
-    ctl_file = None
-
-    def ctl(**kw):
-        nonlocal ctl_file
-        if ctl_file is None:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(plan['control'])
-            ctl_file = s.makefile('rw')
-        ctl_file.write(json.dumps(kw) + '\n')
-        ctl_file.flush()
-        return json.loads(ctl_file.readline())
+    tb = Testbed(plan_path, config=SERIAL_TIMEOUTS)
 
     def flashctl(*args):
         t0 = time.monotonic()
-        p = subprocess.run([plan['flashctl'], '--socket', sock] + list(args),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+        p = tb.flashctl(*args)
         return {'rc': p.returncode, 'out': p.stdout, 'err': p.stderr,
                 'elapsed': time.monotonic() - t0}
 
     def connect():
         s = socket.socket(socket.AF_UNIX)
-        s.connect(sock)
+        s.connect(tb.sock)
         s.settimeout(60)
         return s, s.makefile('rw')
 
@@ -96,56 +64,37 @@ def inner(plan_path):
         s.close()
         return got
 
-    results = []
-    try:
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            p = flashctl('--json', 'list') if os.path.exists(sock) else {'rc': 1}
-            if p['rc'] == 0:
-                devs = json.loads(p['out'].splitlines()[0])['devices']
-                if len([d for d in devs if d['present']]) >= plan['n_devices']:
-                    break
-            time.sleep(0.1)
-        else:
-            raise SystemExit('flashd did not list %d devices' % plan['n_devices'])
-        for step in plan['steps']:
-            if 'flashctl' in step:
-                results.append(flashctl(*step['flashctl']))
-            elif 'exchange' in step:
-                results.append({'objects': exchange(step['exchange'], step['answers'])})
-            elif 'busy_probe' in step:
-                # A flash job holds the device; a probe of it meanwhile.
-                b = step['busy_probe']
-                s, f = connect()
-                f.write(json.dumps({'request': 'subscribe', 'id': 1, 'jobs': True}) + '\n')
-                f.flush()
-                f.readline()
-                fl = subprocess.Popen([plan['flashctl'], '--socket', sock, '--json', 'flash',
-                                       b['file'], '--device', b['device']],
-                                      stdout=subprocess.PIPE, text=True)
-                job = None
-                while True:
-                    o = json.loads(f.readline())
-                    if o.get('event') == 'job-progress' and o.get('state') == 'writing':
-                        job = o['job']
-                        break
-                probe = exchange([{'request': 'device-info', 'id': 9, 'device': b['device'],
-                                   'probe': True}], 1)
-                info = flashctl('--json', 'info', b['device'])
-                out, _ = fl.communicate(timeout=60)
-                s.close()
-                results.append({'job': job, 'probe': probe, 'info': info,
-                                'flash': [json.loads(l) for l in out.splitlines() if l.startswith('{')]})
-            elif 'ctl' in step:
-                results.append(ctl(**step['ctl']))
-    finally:
-        flashd.send_signal(signal.SIGTERM)
-        try:
-            flashd.wait(10)
-        except subprocess.TimeoutExpired:
-            flashd.kill()
-        results.append({'flashd_exit': flashd.returncode})
-        json.dump(results, open(os.path.join(work, 'results.json'), 'w'))
+    def busy_probe(b):
+        """A flash job holds the device; a probe of it meanwhile."""
+        s, f = connect()
+        f.write(json.dumps({'request': 'subscribe', 'id': 1, 'jobs': True}) + '\n')
+        f.flush()
+        f.readline()
+        fl = tb.flashctl_popen('--json', 'flash', b['file'], '--device', b['device'])
+        job = None
+        while True:
+            o = json.loads(f.readline())
+            if o.get('event') == 'job-progress' and o.get('state') == 'writing':
+                job = o['job']
+                break
+        probe = exchange([{'request': 'device-info', 'id': 9, 'device': b['device'],
+                           'probe': True}], 1)
+        info = flashctl('--json', 'info', b['device'])
+        out, _ = fl.communicate(timeout=60)
+        s.close()
+        return {'job': job, 'probe': probe, 'info': info,
+                'flash': [json.loads(l) for l in out.splitlines() if l.startswith('{')]}
+
+    def step(step):
+        if 'flashctl' in step:
+            return flashctl(*step['flashctl'])
+        if 'exchange' in step:
+            return {'objects': exchange(step['exchange'], step['answers'])}
+        if 'busy_probe' in step:
+            return busy_probe(step['busy_probe'])
+        raise SystemExit('unknown step %s' % step)
+
+    tb.run(step)
 
 
 if len(sys.argv) == 3 and sys.argv[1] == '--inner':
@@ -155,25 +104,8 @@ if len(sys.argv) == 3 and sys.argv[1] == '--inner':
 # --- outer half ------------------------------------------------------------------------
 
 SIM, FLASHD, FLASHCTL, TEST = sys.argv[1:5]
-FIX = os.environ.get('FLASHD_FIXTURES', '/work/shared/fixtures')
 top = tempfile.mkdtemp(prefix='flashd-probe-test.')
-
-
-class Failed(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failed(msg)
-
-
-def fixture(rel):
-    path = os.path.join(FIX, 'modules', rel)
-    if not os.path.exists(path):
-        print('1..0 # SKIP fixture %s missing' % path)
-        sys.exit(0)
-    return path
+fixture = sim_fixture
 
 
 def spec(platform, os_, mode, name, extra=''):
@@ -182,30 +114,10 @@ def spec(platform, os_, mode, name, extra=''):
 
 
 def run(devices, steps):
-    work = tempfile.mkdtemp(dir=top)
-    sdir = os.path.join(work, 'sim-state')
-    os.mkdir(sdir)
-    plan = {'work': work, 'flashd': FLASHD, 'flashctl': FLASHCTL, 'steps': steps,
-            'control': os.path.join(work, 'sim.sock'), 'n_devices': len(devices)}
-    json.dump(plan, open(os.path.join(work, 'plan.json'), 'w'))
-    argv = [SIM, '--time-scale', '0', '--timeout-scale', '0.2', '--state-dir', sdir,
-            '--control', plan['control']]
-    for d in devices:
-        argv += ['--device', d]
-    argv += ['--', sys.executable, os.path.abspath(__file__), '--inner',
-             os.path.join(work, 'plan.json')]
-    p = subprocess.run(argv, env=dict(os.environ, TMPDIR=work), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)
-    logpath = os.path.join(work, 'flashd.log')
-    log = open(logpath).read() if os.path.exists(logpath) else ''
-    check(p.returncode == 0, 'testbed exited %d:\n%s\n%s' % (p.returncode, p.stdout, log[-4000:]))
-    results = json.load(open(os.path.join(work, 'results.json')))
-    doc = json.load(open(os.path.join(sdir, 'state.json')))
+    results, doc, _, log = run_testbed(SIM, FLASHD, FLASHCTL, __file__, top, devices, steps,
+                                       sim_args=['--time-scale', '0', '--timeout-scale', '0.2'],
+                                       timeout=TIMEOUT)
     return results, doc, log
-
-
-def sim_device(doc, name):
-    return [d for d in doc['devices'] if d['name'] == name][0]
 
 
 def json_reply(res, log):
@@ -344,17 +256,4 @@ def test_device_os_6_without_console_is_probed_without_switching_to_dfu():
 TESTS = {n[5:]: f for n, f in list(globals().items()) if n.startswith('test_')}
 
 if __name__ == '__main__':
-    names = list(TESTS) if TEST == 'all' else TEST.split(',')
-    failed = 0
-    for i, name in enumerate(names, 1):
-        t0 = time.monotonic()
-        try:
-            TESTS[name]()
-            print('ok %d - %s (%.1f s)' % (i, name, time.monotonic() - t0), flush=True)
-        except Failed as e:
-            failed += 1
-            print('not ok %d - %s' % (i, name), flush=True)
-            for line in str(e).splitlines():
-                print('#   ' + line, flush=True)
-    print('1..%d' % len(names))
-    sys.exit(1 if failed else 0)
+    run_tests(TESTS, list(TESTS) if TEST == 'all' else TEST.split(','))

@@ -24,7 +24,7 @@ import time
 import zipfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from flashd_harness import Daemon, Tap, fixture  # noqa: E402
+from flashd_harness import Daemon, Tap, catalogue, fixture, run_in_sim  # noqa: E402
 
 SRC = os.environ.get("FLASHD_SOURCE_ROOT",
                      os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
@@ -293,12 +293,9 @@ def example_tests(tap, fc, d, work):
 def inside(group, flashd, fc):
     tap = Tap()
     global CATALOGUE
-    CATALOGUE = {e["id"]: e for e in (json.loads(l) for l in subprocess.run(
-        [fc, "errors", "--json"], capture_output=True, text=True, check=True).stdout.splitlines())}
+    CATALOGUE = catalogue(fc)
     work = tempfile.mkdtemp(prefix="flashctl-test-")
-    # A private lock directory: every testbed has its own /dev/ttyACM0, and the shared
-    # /run/lock would make parallel tests see each other's daemons as port holders.
-    d = Daemon(flashd, extra_env={"FLASHD_LOCK_DIR": tempfile.mkdtemp(prefix="flashd-lock-")})
+    d = Daemon(flashd, private_locks=True)
     try:
         (flashctl_tests if group == "flashctl" else example_tests)(tap, fc, d, work)
     finally:
@@ -310,14 +307,10 @@ def inside(group, flashd, fc):
 
 def outside(sim, flashd, fc, group):
     tmp = tempfile.mkdtemp(prefix="flashd-client-")
-    env = dict(os.environ, TMPDIR=tmp)
     devs = ["platform=photon,os=1.5.2,mode=listening,name=d1,port=1-1",
             "platform=photon,os=2.2.0,mode=dfu,name=d2,port=1-2"]
-    argv = [sim, "--state-dir", os.path.join(tmp, "state")]
-    for dev in devs:
-        argv += ["--device", dev]
-    argv += ["--", sys.executable, os.path.abspath(__file__), "--inside", group, flashd, fc]
-    r = subprocess.run(argv, env=env, timeout=280)
+    r = run_in_sim(sim, devs, [sys.executable, os.path.abspath(__file__), "--inside", group,
+                               flashd, fc], tmp, state_dir=os.path.join(tmp, "state"))
     shutil.rmtree(tmp, ignore_errors=True)
     sys.exit(r.returncode)
 

@@ -11,18 +11,19 @@ starts `flashd --foreground`, waits for the devices, runs the plan's steps (flas
 --json flash, dfu-util, simulator control commands) and stops flashd.  The outer half
 reads the step results, state.json and the dumps.
 """
-import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from flashd_harness import (Failed, Testbed, catalogue, check, job_end, make_module,  # noqa: E402
+                            run_testbed, sim_device, sim_fixture)
+from flashd_harness import expect_done as harness_done, expect_error as harness_error  # noqa: E402
 
 TIMEOUT = 120     # one testbed run, generous: every job below ends in well under 30 s
 FAULT_BOUND = 20  # seconds a faulted job may take (silent device: 5 s USB timeout)
@@ -31,101 +32,49 @@ FAULT_BOUND = 20  # seconds a faulted job may take (silent device: 5 s USB timeo
 # --- inner half: runs inside the testbed -------------------------------------------------
 
 def inner(plan_path):
-    plan = json.load(open(plan_path))
-    work = plan['work']
-    sock = os.path.join(work, 'flashd.sock')
-    log = open(os.path.join(work, 'flashd.log'), 'w')
-    # A private lock directory: every testbed has its own /dev/ttyACM0, and the shared
-    # /run/lock would make parallel tests see each other's serial verify as a holder.
-    lock_dir = os.path.join(work, 'lock')
-    os.mkdir(lock_dir)
-    flashd = subprocess.Popen([plan['flashd'], '--foreground', '--socket', sock,
-                               '--state-dir', os.path.join(work, 'flashd-state'),
-                               '--log-level', 'debug'], stdout=log, stderr=log,
-                              env=dict(os.environ, FLASHD_LOCK_DIR=lock_dir))
-    ctl_file = None
+    tb = Testbed(plan_path, flashctl_timeout=90, record_exit=False)
 
-    def ctl(**kw):
-        nonlocal ctl_file
-        if ctl_file is None:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(plan['control'])
-            ctl_file = s.makefile('rw')
-        ctl_file.write(json.dumps(kw) + '\n')
-        ctl_file.flush()
-        return json.loads(ctl_file.readline())
+    def step(step):
+        t0 = time.monotonic()
+        if 'flash' in step:
+            p = tb.flashctl('--json', 'flash', *step['flash'])
+            lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith('{')]
+            return {'rc': p.returncode, 'lines': lines, 'stderr': p.stderr,
+                    'elapsed': time.monotonic() - t0}
+        if 'flash_cancel' in step:
+            # Cancels the job once it reports progress in the named phase.
+            p = tb.flashctl_popen('--json', 'flash', *step['flash_cancel'])
+            lines, cancel = [], None
+            for l in p.stdout:
+                if not l.startswith('{'):
+                    continue
+                ev = json.loads(l)
+                lines.append(ev)
+                if (cancel is None and ev.get('event') == 'job-progress'
+                        and ev.get('state') == step['phase'] and ev.get('done', 0) > 0):
+                    t1 = time.monotonic()
+                    cancel = tb.flashctl('cancel', ev['job'])
+                    cancel = {'rc': cancel.returncode, 'out': cancel.stdout + cancel.stderr,
+                              'at': t1 - t0}
+            p.wait(90)
+            return {'rc': p.returncode, 'lines': lines, 'cancel': cancel,
+                    'elapsed': time.monotonic() - t0}
+        if 'flashctl' in step:
+            p = tb.flashctl(*step['flashctl'])
+            return {'rc': p.returncode, 'out': p.stdout, 'err': p.stderr}
+        if 'run' in step:
+            p = subprocess.run(step['run'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, timeout=90)
+            return {'rc': p.returncode, 'out': p.stdout, 'elapsed': time.monotonic() - t0}
+        if 'snapshot' in step:
+            # The state directory as it is now, kept under a name.
+            r = tb.ctl(cmd='state')
+            dst = os.path.join(tb.work, step['snapshot'])
+            shutil.copytree(tb.plan['state_dir'], dst)
+            return {'ok': r.get('ok'), 'dir': dst}
+        raise SystemExit('unknown step %s' % step)
 
-    def flashctl(*args):
-        return subprocess.run([plan['flashctl'], '--socket', sock] + list(args),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=90)
-
-    results = []
-    try:
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            if os.path.exists(sock):
-                p = flashctl('--json', 'list')
-                if p.returncode == 0:
-                    devs = json.loads(p.stdout.splitlines()[0])['devices']
-                    if len([d for d in devs if d['present']]) >= plan['n_devices']:
-                        break
-            time.sleep(0.1)
-        else:
-            raise SystemExit('flashd did not list %d devices' % plan['n_devices'])
-        for step in plan['steps']:
-            t0 = time.monotonic()
-            if 'flash' in step:
-                p = flashctl('--json', 'flash', *step['flash'])
-                lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith('{')]
-                results.append({'rc': p.returncode, 'lines': lines, 'stderr': p.stderr,
-                                'elapsed': time.monotonic() - t0})
-            elif 'flash_cancel' in step:
-                # Cancels the job once it reports progress in the named phase.
-                p = subprocess.Popen([plan['flashctl'], '--socket', sock, '--json', 'flash']
-                                     + step['flash_cancel'], stdout=subprocess.PIPE, text=True)
-                lines, cancel = [], None
-                for l in p.stdout:
-                    if not l.startswith('{'):
-                        continue
-                    ev = json.loads(l)
-                    lines.append(ev)
-                    if (cancel is None and ev.get('event') == 'job-progress'
-                            and ev.get('state') == step['phase'] and ev.get('done', 0) > 0):
-                        t1 = time.monotonic()
-                        cancel = flashctl('cancel', ev['job'])
-                        cancel = {'rc': cancel.returncode, 'out': cancel.stdout + cancel.stderr,
-                                  'at': t1 - t0}
-                p.wait(90)
-                results.append({'rc': p.returncode, 'lines': lines, 'cancel': cancel,
-                                'elapsed': time.monotonic() - t0})
-            elif 'flashctl' in step:
-                p = flashctl(*step['flashctl'])
-                results.append({'rc': p.returncode, 'out': p.stdout, 'err': p.stderr})
-            elif 'run' in step:
-                p = subprocess.run(step['run'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, timeout=90)
-                results.append({'rc': p.returncode, 'out': p.stdout,
-                                'elapsed': time.monotonic() - t0})
-            elif 'ctl' in step:
-                results.append(ctl(**step['ctl']))
-            elif 'snapshot' in step:
-                # The state directory as it is now, kept under a name.
-                r = ctl(cmd='state')
-                dst = os.path.join(work, step['snapshot'])
-                shutil.copytree(plan['state_dir'], dst)
-                results.append({'ok': r.get('ok'), 'dir': dst})
-            elif 'sleep' in step:
-                time.sleep(step['sleep'])
-                results.append({})
-            if step.get('settle'):
-                ctl(cmd='wait-idle')
-    finally:
-        flashd.send_signal(signal.SIGTERM)
-        try:
-            flashd.wait(10)
-        except subprocess.TimeoutExpired:
-            flashd.kill()
-        json.dump(results, open(os.path.join(work, 'results.json'), 'w'))
+    tb.run(step)
 
 
 if len(sys.argv) == 3 and sys.argv[1] == '--inner':
@@ -135,68 +84,34 @@ if len(sys.argv) == 3 and sys.argv[1] == '--inner':
 # --- outer half ------------------------------------------------------------------------
 
 SIM, FLASHD, FLASHCTL, TEST = sys.argv[1:5]
-SRC = os.environ.get('FLASHD_SOURCE_ROOT', os.path.join(os.path.dirname(__file__), '..', '..', '..'))
-FIX = os.environ.get('FLASHD_FIXTURES', os.path.join(SRC, '..', 'shared', 'fixtures'))
 GEN3_COMPAT_PAGE = 0xD4000  # erased by flashd (as particle-cli) and by the Gen 3 bootloader
 
 top = tempfile.mkdtemp(prefix='flashd-dfu-test.')
-CATALOGUE = {e['id']: e for e in (json.loads(l) for l in subprocess.run(
-    [FLASHCTL, 'errors', '--json'], stdout=subprocess.PIPE, text=True, check=True).stdout.splitlines())}
+CATALOGUE = catalogue(FLASHCTL)
+device = sim_device
 
 
 def fail(msg):
-    print('FAIL: ' + msg)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
+    raise Failed(msg)
 
 
 def fixture(rel):
-    path = os.path.join(FIX, 'modules', rel)
-    if not os.path.exists(path):
-        print('SKIP: fixture %s missing' % path)
-        sys.exit(77)
-    return path
+    return sim_fixture(rel, tap=False)
+
+
+# Without flashd the testbed only runs the steps' commands (dfu-util listings).
+RUN_ONLY = [sys.executable, '-c', 'import json,subprocess,sys\n'
+            'r=[subprocess.run(s["run"],stdout=subprocess.PIPE,stderr=subprocess.STDOUT,text=True)'
+            ' for s in json.load(open(sys.argv[1]))["steps"]]\n'
+            'json.dump([{"rc":p.returncode,"out":p.stdout} for p in r],'
+            'open(json.load(open(sys.argv[1]))["work"]+"/results.json","w"))']
 
 
 def run(devices, steps, flashd=True, time_scale='0'):
     """One testbed: returns (step results, state document, work dir, flashd log)."""
-    work = tempfile.mkdtemp(dir=top)
-    sdir = os.path.join(work, 'sim-state')
-    os.mkdir(sdir)
-    plan = {'work': work, 'flashd': FLASHD, 'flashctl': FLASHCTL, 'steps': steps,
-            'control': os.path.join(work, 'sim.sock'), 'state_dir': sdir,
-            'n_devices': len(devices) if flashd else 0}
-    json.dump(plan, open(os.path.join(work, 'plan.json'), 'w'))
-    argv = [SIM, '--time-scale', time_scale, '--state-dir', sdir, '--control', plan['control']]
-    for d in devices:
-        argv += ['--device', d]
-    if flashd:
-        argv += ['--', sys.executable, os.path.abspath(__file__), '--inner', os.path.join(work, 'plan.json')]
-    else:
-        argv += ['--', sys.executable, '-c', 'import json,subprocess,sys\n'
-                 'r=[subprocess.run(s["run"],stdout=subprocess.PIPE,stderr=subprocess.STDOUT,text=True)'
-                 ' for s in json.load(open(sys.argv[1]))["steps"]]\n'
-                 'json.dump([{"rc":p.returncode,"out":p.stdout} for p in r],'
-                 'open(json.load(open(sys.argv[1]))["work"]+"/results.json","w"))',
-                 os.path.join(work, 'plan.json')]
-    env = dict(os.environ, TMPDIR=work)  # a killed testbed leaves /tmp/umockdev.* behind
-    p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, timeout=TIMEOUT)
-    logpath = os.path.join(work, 'flashd.log')
-    log = open(logpath).read() if os.path.exists(logpath) else ''
-    check(p.returncode == 0, 'testbed exited %d:\n%s\n%s' % (p.returncode, p.stdout, log))
-    results = json.load(open(os.path.join(work, 'results.json')))
-    doc = json.load(open(os.path.join(sdir, 'state.json')))
-    doc['_dir'] = sdir
-    return results, doc, work, log
-
-
-def device(doc, name):
-    return [d for d in doc['devices'] if d['name'] == name][0]
+    return run_testbed(SIM, FLASHD, FLASHCTL, __file__, top, devices, steps,
+                       sim_args=['--time-scale', time_scale], n_devices=None if flashd else 0,
+                       command=None if flashd else RUN_ONLY, timeout=TIMEOUT)
 
 
 def dump(doc, dev, alt=0, sdir=None):
@@ -218,13 +133,6 @@ def prefix_start(data):
     fail('no module prefix')
 
 
-def job_end(res):
-    """The job-ended event of a flashctl --json flash run."""
-    ends = [l for l in res['lines'] if l.get('event') == 'job-ended']
-    check(len(ends) == 1, 'no job-ended event (rc %d): %s %s' % (res['rc'], res['lines'], res.get('stderr')))
-    return ends[0]
-
-
 def job_phases(res):
     """States and notes of the job's progress events, in order, without repeats."""
     seq = []
@@ -238,23 +146,11 @@ def job_phases(res):
 
 
 def expect_done(res, log, outcome=None):
-    end = job_end(res)
-    check(end['result'] == 'done', 'job failed: %s\n%s' % (json.dumps(end.get('error')), log[-3000:]))
-    check(res['rc'] == 0, 'flashctl exit %d' % res['rc'])
-    if outcome:
-        check(end['outcome'] == outcome, 'outcome %s, expected %s' % (end['outcome'], outcome))
-    return end
+    return harness_done(res, log, outcome, log_tail=3000)
 
 
 def expect_error(res, code, log):
-    end = job_end(res)
-    err = end.get('error') or {}
-    check(end['result'] == 'failed' and err.get('code') == code,
-          'expected %s, got %s %s\n%s' % (code, end['result'], json.dumps(err), log[-3000:]))
-    check(code in CATALOGUE, '%s is not in the catalogue' % code)
-    check(res['rc'] == CATALOGUE[code]['exit'], 'flashctl exit %d, catalogue says %d' % (res['rc'], CATALOGUE[code]['exit']))
-    check(err.get('message'), 'error without a message')
-    return err
+    return harness_error(res, code, log, CATALOGUE, log_tail=3000)
 
 
 def check_flashed(doc, name, path, mode='normal'):
@@ -268,17 +164,6 @@ def check_flashed(doc, name, path, mode='normal'):
     m = module_at(dev, addr)
     check(m and m['valid'] and m['failed_checks'] == [], '%s: module at 0x%x: %s' % (name, addr, m))
     return dev, addr, data
-
-
-def make_module(start, function, index, version, platform, deps, payload_len):
-    """A valid module file (facts §7.1, §7.5): prefix, payload, 36-byte suffix, CRC-32 (BE)."""
-    total = 24 + payload_len + 36 + 4
-    d = list(deps) + [(0, 0, 0)] * (2 - len(deps))
-    prefix = struct.pack('<IIBBHHBBBBHBBH', start, start + total - 4, 0, 0, version, platform,
-                         function, index, d[0][0], d[0][1], d[0][2], d[1][0], d[1][1], d[1][2])
-    body = prefix + bytes((i * 13 + 7) & 0xff for i in range(payload_len)) + b'\0\0'
-    body += hashlib.sha256(body).digest() + struct.pack('<H', 36)
-    return body + struct.pack('>I', zlib.crc32(body) & 0xffffffff)
 
 
 # --- tests ------------------------------------------------------------------------------
@@ -569,6 +454,10 @@ TESTS = {n[5:]: f for n, f in list(globals().items()) if n.startswith('test_')}
 if TEST not in TESTS:
     print('unknown test; known: ' + ' '.join(TESTS))
     sys.exit(2)
-TESTS[TEST]()
+try:
+    TESTS[TEST]()
+except Failed as e:
+    print('FAIL: %s' % e)
+    sys.exit(1)
 shutil.rmtree(top, ignore_errors=True)
 print('PASS: ' + TEST)

@@ -14,33 +14,21 @@ devices, runs the plan's steps and stops flashd.  The outer half checks the
 step results and the simulator's state document.
 """
 import ctypes
-import hashlib
 import json
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from flashd_harness import (SERIAL_TIMEOUTS, Testbed, catalogue, check,  # noqa: E402
+                            make_module, run_testbed, run_tests, sim_device, sim_fixture)
+from flashd_harness import expect_done as harness_done, expect_error as harness_error  # noqa: E402
 
 TIMEOUT = 150      # one testbed run
 FAULT_BOUND = 15   # seconds a faulted job may take with the timeouts below
-
-# Short per-phase timeouts (daemon/serial/serial_transport.c keys): faults end fast.
-CONFIG = """[timeouts]
-serial_probe_ms = 1000
-serial_listen_ms = 1500
-serial_reply_ms = 2000
-serial_slow_reply_ms = 3000
-serial_prompt_ms = 2000
-serial_header_ms = 2000
-serial_block_ms = 1500
-serial_final_ms = 5000
-serial_reenumerate_ms = 8000
-"""
 
 # Explicit ids so that plans can name devices before the testbed exists.
 IDS = {
@@ -72,43 +60,12 @@ def holder_main(comm, tty, flock_it):
 
 
 def inner(plan_path):
-    plan = json.load(open(plan_path))
-    work = plan['work']
-    sock = os.path.join(work, 'flashd.sock')
-    lock_dir = os.path.join(work, 'lock')
-    os.mkdir(lock_dir)
-    cfg = os.path.join(work, 'flashd.conf')
-    open(cfg, 'w').write(CONFIG)
-    log = open(os.path.join(work, 'flashd.log'), 'w')
-    env = dict(os.environ, FLASHD_LOCK_DIR=lock_dir)
-    flashd = subprocess.Popen([plan['flashd'], '--foreground', '--socket', sock, '--config', cfg,
-                               '--state-dir', os.path.join(work, 'flashd-state'),
-                               '--log-level', 'debug'], stdout=log, stderr=log, env=env)
-    ctl_file = None
+    tb = Testbed(plan_path, config=SERIAL_TIMEOUTS)
     holders = []
 
-    def ctl(**kw):
-        nonlocal ctl_file
-        if ctl_file is None:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(plan['control'])
-            ctl_file = s.makefile('rw')
-        ctl_file.write(json.dumps(kw) + '\n')
-        ctl_file.flush()
-        return json.loads(ctl_file.readline())
-
-    def flashctl(*args):
-        return subprocess.run([plan['flashctl'], '--socket', sock] + list(args),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
-
-    def listing():
-        p = flashctl('--json', 'list')
-        return json.loads(p.stdout.splitlines()[0])['devices'] if p.returncode == 0 else []
-
     def start_flash(args):
-        return (time.monotonic(), subprocess.Popen(
-            [plan['flashctl'], '--socket', sock, '--json', 'flash'] + args,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        return (time.monotonic(), tb.flashctl_popen('--json', 'flash', *args,
+                                                    stderr=subprocess.PIPE))
 
     def finish_flash(started):
         t0, p = started
@@ -117,65 +74,45 @@ def inner(plan_path):
         return {'rc': p.returncode, 'lines': lines, 'stderr': err,
                 'elapsed': time.monotonic() - t0}
 
-    results = []
+    def step(step):
+        if 'flash' in step:
+            return finish_flash(start_flash(step['flash']))
+        if 'parallel' in step:
+            started = [start_flash(a) for a in step['parallel']]
+            return {'parallel': [finish_flash(s) for s in started]}
+        if 'hold' in step:
+            # step['hold']: {'device': id, 'comm': name, 'flock': bool, 'lock_file': bool}
+            h = step['hold']
+            tty = next(d['tty'] for d in tb.listing() if d.get('id') == h['device'])
+            p = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--holder',
+                                  h['comm'], tty, '1' if h.get('flock') else '0'],
+                                 stdout=subprocess.PIPE, text=True)
+            p.stdout.readline()
+            holders.append(p)
+            if h.get('lock_file'):
+                with open(os.path.join(tb.lock_dir, 'LCK..' + os.path.basename(tty)), 'w') as f:
+                    f.write('%10d\n' % p.pid)
+            return {'pid': p.pid, 'tty': tty}
+        if 'release' in step:
+            for p in holders:
+                p.kill()
+                p.wait()
+            holders.clear()
+            for n in os.listdir(tb.lock_dir):
+                os.unlink(os.path.join(tb.lock_dir, n))
+            return {}
+        if 'list' in step:
+            return {'devices': tb.listing()}
+        if 'alive' in step:
+            p = tb.flashctl('--json', 'list')
+            return {'rc': p.returncode, 'alive': tb.flashd.poll() is None}
+        raise SystemExit('unknown step %s' % step)
+
     try:
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            if os.path.exists(sock):
-                if len([d for d in listing() if d['present']]) >= plan['n_devices']:
-                    break
-            time.sleep(0.1)
-        else:
-            raise SystemExit('flashd did not list %d devices' % plan['n_devices'])
-        for step in plan['steps']:
-            if 'flash' in step:
-                results.append(finish_flash(start_flash(step['flash'])))
-            elif 'parallel' in step:
-                started = [start_flash(a) for a in step['parallel']]
-                results.append({'parallel': [finish_flash(s) for s in started]})
-            elif 'ctl' in step:
-                results.append(ctl(**step['ctl']))
-            elif 'hold' in step:
-                # step['hold']: {'device': id, 'comm': name, 'flock': bool, 'lock_file': bool}
-                h = step['hold']
-                tty = next(d['tty'] for d in listing() if d.get('id') == h['device'])
-                p = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--holder',
-                                      h['comm'], tty, '1' if h.get('flock') else '0'],
-                                     stdout=subprocess.PIPE, text=True)
-                p.stdout.readline()
-                holders.append(p)
-                if h.get('lock_file'):
-                    with open(os.path.join(lock_dir, 'LCK..' + os.path.basename(tty)), 'w') as f:
-                        f.write('%10d\n' % p.pid)
-                results.append({'pid': p.pid, 'tty': tty})
-            elif 'release' in step:
-                for p in holders:
-                    p.kill()
-                    p.wait()
-                holders.clear()
-                for n in os.listdir(lock_dir):
-                    os.unlink(os.path.join(lock_dir, n))
-                results.append({})
-            elif 'list' in step:
-                results.append({'devices': listing()})
-            elif 'alive' in step:
-                p = flashctl('--json', 'list')
-                results.append({'rc': p.returncode, 'alive': flashd.poll() is None})
-            elif 'sleep' in step:
-                time.sleep(step['sleep'])
-                results.append({})
-            if step.get('settle'):
-                ctl(cmd='wait-idle')
+        tb.run(step)
     finally:
         for p in holders:
             p.kill()
-        flashd.send_signal(signal.SIGTERM)
-        try:
-            flashd.wait(10)
-        except subprocess.TimeoutExpired:
-            flashd.kill()
-        results.append({'flashd_exit': flashd.returncode})
-        json.dump(results, open(os.path.join(work, 'results.json'), 'w'))
 
 
 if len(sys.argv) == 3 and sys.argv[1] == '--inner':
@@ -188,62 +125,18 @@ if len(sys.argv) == 5 and sys.argv[1] == '--holder':
 # --- outer half ------------------------------------------------------------------------
 
 SIM, FLASHD, FLASHCTL, TEST = sys.argv[1:5]
-FIX = os.environ.get('FLASHD_FIXTURES', '/work/shared/fixtures')
 top = tempfile.mkdtemp(prefix='flashd-serial-test.')
-CATALOGUE = {e['id']: e for e in (json.loads(l) for l in subprocess.run(
-    [FLASHCTL, 'errors', '--json'], stdout=subprocess.PIPE, text=True, check=True).stdout.splitlines())}
-
-
-class Failed(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failed(msg)
-
-
-def fixture(rel):
-    path = os.path.join(FIX, 'modules', rel)
-    if not os.path.exists(path):
-        print('SKIP: fixture %s missing' % path)
-        sys.exit(77)
-    return path
+CATALOGUE = catalogue(FLASHCTL)
+fixture = sim_fixture
+device = sim_device
 
 
 def run(devices, steps, time_scale='0'):
     """One testbed: returns (step results, state document, flashd log)."""
-    work = tempfile.mkdtemp(dir=top)
-    sdir = os.path.join(work, 'sim-state')
-    os.mkdir(sdir)
-    plan = {'work': work, 'flashd': FLASHD, 'flashctl': FLASHCTL, 'steps': steps,
-            'control': os.path.join(work, 'sim.sock'), 'n_devices': len(devices)}
-    json.dump(plan, open(os.path.join(work, 'plan.json'), 'w'))
-    argv = [SIM, '--time-scale', time_scale, '--timeout-scale', '0.2', '--state-dir', sdir,
-            '--control', plan['control']]
-    for d in devices:
-        argv += ['--device', d]
-    argv += ['--', sys.executable, os.path.abspath(__file__), '--inner',
-             os.path.join(work, 'plan.json')]
-    env = dict(os.environ, TMPDIR=work)  # a killed testbed leaves /tmp/umockdev.* behind
-    p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, timeout=TIMEOUT)
-    logpath = os.path.join(work, 'flashd.log')
-    log = open(logpath).read() if os.path.exists(logpath) else ''
-    check(p.returncode == 0, 'testbed exited %d:\n%s\n%s' % (p.returncode, p.stdout, log[-4000:]))
-    results = json.load(open(os.path.join(work, 'results.json')))
-    doc = json.load(open(os.path.join(sdir, 'state.json')))
+    results, doc, _, log = run_testbed(SIM, FLASHD, FLASHCTL, __file__, top, devices, steps,
+                                       sim_args=['--time-scale', time_scale,
+                                                 '--timeout-scale', '0.2'], timeout=TIMEOUT)
     return results, doc, log
-
-
-def device(doc, name):
-    return [d for d in doc['devices'] if d['name'] == name][0]
-
-
-def job_end(res):
-    ends = [l for l in res['lines'] if l.get('event') == 'job-ended']
-    check(len(ends) == 1, 'no job-ended event (rc %d): %s %s' % (res['rc'], res['lines'], res.get('stderr')))
-    return ends[0]
 
 
 def notes(res):
@@ -251,22 +144,11 @@ def notes(res):
 
 
 def expect_done(res, log, outcome='verified'):
-    end = job_end(res)
-    check(end['result'] == 'done', 'job failed: %s\n%s' % (json.dumps(end.get('error')), log[-4000:]))
-    check(res['rc'] == 0, 'flashctl exit %d' % res['rc'])
-    check(end.get('outcome') == outcome, 'outcome %s, expected %s' % (end.get('outcome'), outcome))
-    return end
+    return harness_done(res, log, outcome)
 
 
 def expect_error(res, code, log, bound=None):
-    end = job_end(res)
-    err = end.get('error') or {}
-    check(end['result'] in ('failed', 'cancelled') and err.get('code') == code,
-          'expected %s, got %s %s\n%s' % (code, end['result'], json.dumps(err), log[-4000:]))
-    check(code in CATALOGUE, '%s is not in the catalogue' % code)
-    check(res['rc'] == CATALOGUE[code]['exit'],
-          'flashctl exit %d, catalogue says %d' % (res['rc'], CATALOGUE[code]['exit']))
-    check(err.get('message'), 'error without a message')
+    err = harness_error(res, code, log, CATALOGUE, results=('failed', 'cancelled'))
     if bound is not None:
         check(res['elapsed'] < bound, '%s took %.1f s (bound %d s)' % (code, res['elapsed'], bound))
     return err
@@ -276,17 +158,6 @@ def module(dev, function, index=None):
     ms = [m for m in dev['modules'] if m['function'] == function
           and (index is None or m['index'] == index) and m.get('store', 'main') == 'main']
     return ms[0] if ms else None
-
-
-def make_module(start, function, index, version, platform, deps, payload_len):
-    """A valid module file (facts §7.1, §7.5): prefix, payload, 36-byte suffix, CRC-32 (BE)."""
-    total = 24 + payload_len + 36 + 4
-    d = list(deps) + [(0, 0, 0)] * (2 - len(deps))
-    prefix = struct.pack('<IIBBHHBBBBHBBH', start, start + total - 4, 0, 0, version, platform,
-                         function, index, d[0][0], d[0][1], d[0][2], d[1][0], d[1][1], d[1][2])
-    body = prefix + bytes((i * 13 + 7) & 0xff for i in range(payload_len)) + b'\0\0'
-    body += hashlib.sha256(body).digest() + struct.pack('<H', 36)
-    return body + struct.pack('>I', zlib.crc32(body) & 0xffffffff)
 
 
 def spec(platform, os_, name, extra='', mode='listening'):
@@ -531,18 +402,5 @@ GROUPS = {
 GROUPS['verdicts'] = [n for n in TESTS if n not in GROUPS['faults']]
 
 if __name__ == '__main__':
-    names = (list(TESTS) if TEST == 'all' else GROUPS[TEST] if TEST in GROUPS
-             else TEST.split(','))
-    failed = 0
-    for i, name in enumerate(names, 1):
-        t0 = time.monotonic()
-        try:
-            TESTS[name]()
-            print('ok %d - %s (%.1f s)' % (i, name, time.monotonic() - t0), flush=True)
-        except Failed as e:
-            failed += 1
-            print('not ok %d - %s' % (i, name), flush=True)
-            for line in str(e).splitlines():
-                print('#   ' + line, flush=True)
-    print('1..%d' % len(names))
-    sys.exit(1 if failed else 0)
+    run_tests(TESTS, list(TESTS) if TEST == 'all' else GROUPS[TEST] if TEST in GROUPS
+              else TEST.split(','))

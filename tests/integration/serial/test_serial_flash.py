@@ -8,7 +8,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from flashd_harness import Daemon, Tap, fixture  # noqa: E402
+from flashd_harness import Daemon, SimControl, Tap, fixture, run_in_sim  # noqa: E402
 
 
 def flash(fc, sock, *args):
@@ -20,20 +20,8 @@ def flash(fc, sock, *args):
 
 
 def sim_state(control):
-    """The simulator's state document through its control socket."""
-    import socket
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(20)
-    s.connect(control)
-    s.sendall(b'{"cmd":"state"}\n')
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    doc = json.loads(buf)
+    """The simulator's one device, from its state document."""
+    doc = SimControl(control)(cmd="state")
     for key in ("state", "result", "document"):
         if isinstance(doc.get(key), dict):
             doc = doc[key]
@@ -43,8 +31,7 @@ def sim_state(control):
 
 def inside(flashd, fc, state_dir, control):
     tap = Tap()
-    # a private lock directory: parallel testbeds all have a /dev/ttyACM0
-    d = Daemon(flashd, extra_env={"FLASHD_LOCK_DIR": tempfile.mkdtemp(prefix="flashd-lock-")})
+    d = Daemon(flashd, private_locks=True)
     try:
         code, end, _ = flash(fc, d.socket, fixture("electron/electron_tinker.bin"))
         err = end.get("error") or {}
@@ -82,11 +69,9 @@ def outside(flashd, fc, sim):
     tmp = tempfile.mkdtemp(prefix="flashd-serial-")
     control = os.path.join(tmp, "control.sock")
     st = os.path.join(tmp, "state")
-    env = dict(os.environ, TMPDIR=tmp)
-    r = subprocess.run([sim, "--state-dir", st, "--control", control,
-                        "--device", "platform=photon,os=1.5.2,mode=listening,name=d1", "--",
-                        sys.executable, os.path.abspath(__file__), "--inside", flashd, fc, st,
-                        control], env=env, timeout=280)
+    r = run_in_sim(sim, ["platform=photon,os=1.5.2,mode=listening,name=d1"],
+                   [sys.executable, os.path.abspath(__file__), "--inside", flashd, fc, st,
+                    control], tmp, control=control, state_dir=st)
     sys.exit(r.returncode)
 
 
