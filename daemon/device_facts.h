@@ -11,17 +11,17 @@
 #include <stdint.h>
 
 #define DEVICE_FACTS_MAX_MODULES 16
-#define DEVICE_ID_LEN 24
+#define DEVICE_ID_LEN		 24
 
 struct installed_module {
 	uint8_t function; /* enum module_function */
 	uint8_t index;
 	uint8_t store; /* enum module_store */
 	uint16_t version;
-	uint32_t slot_size;   /* `s` reports the slot's maximum size */
-	uint32_t address;     /* start address when known (DFU reads), else 0 */
-	uint16_t checked;     /* vc */
-	uint16_t passed;      /* vv */
+	uint32_t slot_size; /* `s` reports the slot's maximum size */
+	uint32_t address;   /* start address when known (DFU reads), else 0 */
+	uint16_t checked;   /* vc */
+	uint16_t passed;    /* vv */
 	struct {
 		uint8_t function;
 		uint8_t index;
@@ -40,9 +40,9 @@ enum device_protection {
 struct device_facts {
 	const struct platform *platform; /* NULL if unknown */
 	char device_id[DEVICE_ID_LEN + 1];
-	char os_version[24];     /* "2.2.0" from `v`, "" if unknown */
+	char os_version[24];	 /* "2.2.0" from `v`, "" if unknown */
 	uint16_t system_version; /* installed system part 1 module version, 0 if unknown */
-	bool modules_known;      /* the list below is complete */
+	bool modules_known;	 /* the list below is complete */
 	struct installed_module modules[DEVICE_FACTS_MAX_MODULES];
 	unsigned n_modules;
 	enum device_protection protection;

@@ -191,7 +191,8 @@ json_t *error_to_json(const struct error *e)
 {
 	/* "o" steals: a fresh empty object must not get a second reference. */
 	return json_pack("{s:s, s:s, s:s, s:o}", "code", error_id(e->code), "message", e->message,
-			 "hint", e->hint, "detail", e->detail ? json_incref(e->detail) : json_object());
+			 "hint", e->hint, "detail",
+			 e->detail ? json_incref(e->detail) : json_object());
 }
 
 int error_from_json(struct error *e, const json_t *obj)

@@ -15,7 +15,7 @@ enum error_code {
 
 struct error_info {
 	enum error_code code;
-	const char *id;      /* stable kebab-case id */
+	const char *id;	     /* stable kebab-case id */
 	int exit_status;     /* flashctl exit status */
 	const char *details; /* "key:type,..." declared detail keys */
 	const char *message; /* default message */
@@ -23,7 +23,7 @@ struct error_info {
 };
 
 #define ERROR_MESSAGE_MAX 1024
-#define ERROR_HINT_MAX 512
+#define ERROR_HINT_MAX	  512
 
 /*
  * A failure with its facts.  Functions that fail fill one and return a
@@ -54,9 +54,9 @@ void error_move(struct error *dst, struct error *src);
  * reset to the catalogue default.  Returns -1 so callers can
  * "return error_set(...)". */
 int error_set(struct error *e, enum error_code code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 int error_setv(struct error *e, enum error_code code, const char *fmt, va_list ap)
-	__attribute__((format(printf, 3, 0)));
+    __attribute__((format(printf, 3, 0)));
 void error_hint(struct error *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Prepends context: "flashing system part 2: " + message. */
 void error_prefix(struct error *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

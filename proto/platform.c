@@ -5,6 +5,8 @@
 #include <string.h>
 #include <strings.h>
 
+/* one row per platform, as in the facts tables (kept by hand) */
+/* clang-format off */
 #define KIB(n) ((uint32_t)(n) * 1024u)
 #define ANY_VERSION 0xffff
 
@@ -43,6 +45,7 @@ static const struct platform platforms[] = {
 	{35, "msom", "M-SoM", 4, MCU_RTL8721D, 0x2b04, 0xc023, 0xd023, "M-SoM", "M-SoM DFU Mode",
 	 true, true, 0, 1, 5500, ANY_VERSION},
 };
+/* clang-format on */
 
 #define N_PLATFORMS (sizeof(platforms) / sizeof(platforms[0]))
 
@@ -51,10 +54,11 @@ static const struct {
 	const char *alias;
 	uint16_t id;
 } aliases[] = {
-	{"photon2", 32}, {"photon-2", 32}, {"p2-photon2", 32}, {"e-som-x", 15}, {"esom", 15},
-	{"e-som", 15},   {"a-som", 22},    {"b-som", 23},      {"x-som", 24},   {"b5-som", 25},
-	{"b5", 25},      {"m-som", 35},    {"tracker-m", 28},  {"tracker-one", 26},
-	{"monitor-one", 26}, {"e-series", 10}, {"spark-core", 0},
+    {"photon2", 32},   {"photon-2", 32},    {"p2-photon2", 32},	 {"e-som-x", 15},
+    {"esom", 15},      {"e-som", 15},	    {"a-som", 22},	 {"b-som", 23},
+    {"x-som", 24},     {"b5-som", 25},	    {"b5", 25},		 {"m-som", 35},
+    {"tracker-m", 28}, {"tracker-one", 26}, {"monitor-one", 26}, {"e-series", 10},
+    {"spark-core", 0},
 };
 
 size_t platform_count(void)
@@ -110,6 +114,8 @@ const struct platform *platform_by_usb(uint16_t vid, uint16_t pid, enum platform
 	return NULL;
 }
 
+/* one row per slot, as in the facts tables (kept by hand) */
+/* clang-format off */
 /* §6.1 Photon / P1 */
 static const struct slot slots_photon[] = {
 	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08004000, false, "bootloader"},
@@ -179,6 +185,7 @@ static const struct slot slots_rtl[] = {
 	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0x08480000, 0x08600000, false, "user part"},
 	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08060000, 0x08460000, false, "monolithic"},
 };
+/* clang-format on */
 
 #define SLOTS(a) (*ret = (a), sizeof(a) / sizeof((a)[0]))
 
@@ -233,29 +240,30 @@ static const struct {
 	const char *phrase;
 	char letter;
 } functions[] = {
-	[MODULE_FUNCTION_NONE] = {"none", "unknown module", 'n'},
-	[MODULE_FUNCTION_RESOURCE] = {"resource", "resource module", 'r'},
-	[MODULE_FUNCTION_BOOTLOADER] = {"bootloader", "bootloader", 'b'},
-	[MODULE_FUNCTION_MONO] = {"monolithic", "monolithic firmware", 'm'},
-	[MODULE_FUNCTION_SYSTEM] = {"system", "system part", 's'},
-	[MODULE_FUNCTION_USER] = {"user", "application", 'u'},
-	[MODULE_FUNCTION_SETTINGS] = {"settings", "settings module", '_'},
-	[MODULE_FUNCTION_NCP] = {"ncp", "network coprocessor firmware", 'c'},
-	[MODULE_FUNCTION_RADIO_STACK] = {"radio-stack", "radio stack (SoftDevice)", 'a'},
-	[MODULE_FUNCTION_ASSET] = {"asset", "asset", 't'},
+    [MODULE_FUNCTION_NONE] = {"none", "unknown module", 'n'},
+    [MODULE_FUNCTION_RESOURCE] = {"resource", "resource module", 'r'},
+    [MODULE_FUNCTION_BOOTLOADER] = {"bootloader", "bootloader", 'b'},
+    [MODULE_FUNCTION_MONO] = {"monolithic", "monolithic firmware", 'm'},
+    [MODULE_FUNCTION_SYSTEM] = {"system", "system part", 's'},
+    [MODULE_FUNCTION_USER] = {"user", "application", 'u'},
+    [MODULE_FUNCTION_SETTINGS] = {"settings", "settings module", '_'},
+    [MODULE_FUNCTION_NCP] = {"ncp", "network coprocessor firmware", 'c'},
+    [MODULE_FUNCTION_RADIO_STACK] = {"radio-stack", "radio stack (SoftDevice)", 'a'},
+    [MODULE_FUNCTION_ASSET] = {"asset", "asset", 't'},
 };
 
 #define N_FUNCTIONS (sizeof(functions) / sizeof(functions[0]))
 
 const char *module_function_name(int function)
 {
-	return function >= 0 && (size_t)function < N_FUNCTIONS ? functions[function].name : "unknown";
+	return function >= 0 && (size_t)function < N_FUNCTIONS ? functions[function].name
+							       : "unknown";
 }
 
 const char *module_function_phrase(int function)
 {
 	return function >= 0 && (size_t)function < N_FUNCTIONS ? functions[function].phrase
-								  : "unknown module";
+							       : "unknown module";
 }
 
 char module_function_letter(int function)
@@ -296,8 +304,7 @@ const char *module_check_name(unsigned bit)
 	return "unknown";
 }
 
-unsigned module_checks_failed(unsigned checked, unsigned passed,
-			      const char *ret[MODULE_CHECKS_MAX])
+unsigned module_checks_failed(unsigned checked, unsigned passed, const char *ret[MODULE_CHECKS_MAX])
 {
 	unsigned n = 0;
 	for (unsigned bit = 1; bit < MODULE_CHECK_END; bit <<= 1)

@@ -40,8 +40,8 @@ enum module_check {
 	MODULE_CHECK_PRODUCT = 0x20,
 	MODULE_CHECK_DEPENDENCIES_FULL = 0x40,
 };
-#define MODULE_CHECK_END 0x80 /* MODULE_VALIDATION_END: no check at or above it */
-#define MODULE_CHECKS_MAX 7   /* bits below MODULE_CHECK_END */
+#define MODULE_CHECK_END  0x80 /* MODULE_VALIDATION_END: no check at or above it */
+#define MODULE_CHECKS_MAX 7    /* bits below MODULE_CHECK_END */
 
 enum module_store {
 	MODULE_STORE_MAIN = 0,
@@ -54,7 +54,7 @@ struct platform {
 	uint16_t id;
 	const char *name;    /* build / device-constants name: "photon", "bsom" */
 	const char *display; /* "Photon", "B-SoM" */
-	int gen;             /* 1, 2, 3; the P2 family is 4 here (device-constants) */
+	int gen;	     /* 1, 2, 3; the P2 family is 4 here (device-constants) */
 	enum mcu mcu;
 	uint16_t vid;
 	uint16_t cdc_pid;
@@ -63,10 +63,10 @@ struct platform {
 	const char *dfu_product; /* USB iProduct in DFU mode */
 	bool cellular;
 	bool wifi;
-	uint32_t ext_flash_size; /* Gen 3 external QSPI flash, bytes; 0 = none */
-	uint8_t cdc_interface;   /* interface number of the CDC comm interface (§1.3) */
-	uint16_t first_system_version;  /* first Device OS supporting it, as system module version */
-	uint16_t last_system_version;   /* last one (0xffff = still supported) */
+	uint32_t ext_flash_size;       /* Gen 3 external QSPI flash, bytes; 0 = none */
+	uint8_t cdc_interface;	       /* interface number of the CDC comm interface (§1.3) */
+	uint16_t first_system_version; /* first Device OS supporting it, as system module version */
+	uint16_t last_system_version;  /* last one (0xffff = still supported) */
 };
 
 /* A flash slot ("module bounds") the device validates modules against. */
@@ -75,7 +75,7 @@ struct slot {
 	uint8_t index;
 	uint8_t store; /* enum module_store */
 	uint32_t start;
-	uint32_t end; /* exclusive */
+	uint32_t end;  /* exclusive */
 	bool external; /* Gen 3 external flash (DFU alt 2 at 0x80000000 + offset) */
 	const char *name;
 };
@@ -87,7 +87,8 @@ const struct platform *platform_by_id(int id);
  * and decimal ids. */
 const struct platform *platform_by_name(const char *name);
 enum platform_usb_mode { PLATFORM_USB_NONE, PLATFORM_USB_CDC, PLATFORM_USB_DFU };
-const struct platform *platform_by_usb(uint16_t vid, uint16_t pid, enum platform_usb_mode *ret_mode);
+const struct platform *platform_by_usb(uint16_t vid, uint16_t pid,
+				       enum platform_usb_mode *ret_mode);
 
 /*
  * Slots for a platform under the flash layout of a given installed system
@@ -100,12 +101,12 @@ const struct slot *platform_find_slot(const struct platform *p, uint16_t system_
 /* Layout era name for messages: "Device OS 3.1–6.1 layout". */
 const char *platform_layout_name(const struct platform *p, uint16_t system_version);
 
-const char *module_function_name(int function);  /* "system", "user", "radio-stack" ... */
+const char *module_function_name(int function);	  /* "system", "user", "radio-stack" ... */
 const char *module_function_phrase(int function); /* "system part", "application", ... */
-char module_function_letter(int function);        /* s-JSON letter: 's', 'u', 'b' ... */
-int module_function_from_letter(char c);          /* -1 if unknown */
-const char *module_store_name(int store);         /* "main", "factory", ... */
-const char *module_check_name(unsigned bit);      /* "integrity", ...; "unknown" */
+char module_function_letter(int function);	  /* s-JSON letter: 's', 'u', 'b' ... */
+int module_function_from_letter(char c);	  /* -1 if unknown */
+const char *module_store_name(int store);	  /* "main", "factory", ... */
+const char *module_check_name(unsigned bit);	  /* "integrity", ...; "unknown" */
 /* The checks in checked but not in passed, by name in bit order ("unknown" for a
  * bit no check uses); returns how many. */
 unsigned module_checks_failed(unsigned checked, unsigned passed,
