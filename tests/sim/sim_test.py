@@ -645,7 +645,8 @@ def test_vendor_requests_switch_to_dfu_and_reset():
 # A reset while the host still has an answered URB to reap (dfu-util's GETSTATUS
 # after the leave request, reaped after the 0 ms leave reset re-enumerated the
 # device).  As with usbfs: the answered URB stays reapable on the old node, which
-# then reports ENODEV and never reaches the next enumeration.  The old simulator
+# then reports ENODEV and never reaches the next enumeration; an URB the device
+# never answered comes back with -ESHUTDOWN at the unplug.  The old simulator
 # dropped the URB and answered EAGAIN forever: dfu-util spun until the timeout.
 URB_AFTER_RESET_DRIVER = r"""
 import ctypes, errno, struct
@@ -687,22 +688,43 @@ out['urb'] = [urb.status, urb.actual_length, buf.raw[8 + 4]]
 out['reap_again'] = reap(old)[0]
 out['old_control'] = control(old, 0x80, 6, 18)[0]           # GET_DESCRIPTOR on the old node
 os.close(old)
-new = os.open('/dev/bus/usb/001/002', os.O_RDWR)
+new = os.open('/dev/bus/usb/001/003', os.O_RDWR)          # d1's next enumeration
 n, desc = control(new, 0x80, 6, 18)
 out['new_pid'] = '%04x' % struct.unpack_from('<H', desc, 10)[0] if n == 18 else n
 os.close(new)
+# d2 (001/002) goes silent after its first data DNLOAD; the unplug gives the
+# unanswered GETSTATUS back with -ESHUTDOWN.
+fd = os.open('/dev/bus/usb/001/002', os.O_RDWR)
+assert ioctl(fd, CLAIMINTERFACE, ctypes.c_uint(0)) == 0
+dn = ctypes.create_string_buffer(struct.pack('<BBHHH', 0x21, 1, 2, 0, 16) + bytes(16))
+urb = Urb(type=2, buffer=ctypes.cast(dn, ctypes.c_void_p), buffer_length=24)
+assert ioctl(fd, SUBMITURB, urb) == 0 and reap(fd)[0] == 0 and urb.status == 0
+st = ctypes.create_string_buffer(struct.pack('<BBHHH', 0xa1, 3, 0, 0, 6) + bytes(6))
+urb = Urb(type=2, buffer=ctypes.cast(st, ctypes.c_void_p), buffer_length=14)
+assert ioctl(fd, SUBMITURB, urb) == 0
+out['silent_reap'] = reap(fd)[0]
+ok(cmd='unplug', name='d2')
+rc, ptr = reap(fd)
+out['unplugged_reap'] = [rc, ptr == ctypes.addressof(urb), urb.status, urb.actual_length]
+out['unplugged_reap_again'] = reap(fd)[0]
+os.close(fd)
 print(json.dumps(out))
 """
 
 
 def test_urb_answered_before_a_reset_is_reaped_then_the_old_node_is_gone():
-    res, _ = run_driver(URB_AFTER_RESET_DRIVER, ['platform=argon,mode=dfu,os=5.9.0,name=d1'])
+    res, _ = run_driver(URB_AFTER_RESET_DRIVER, ['platform=argon,mode=dfu,os=5.9.0,name=d1',
+                                                 'platform=argon,mode=dfu,os=5.9.0,name=d2,faults=silent@chunk1'])
     check(res['mode'] == 'normal', 'no re-enumeration after the leave: %s' % res)
     check(res['reap'] == 0 and res['same_urb'], 'the answered GETSTATUS was lost: %s' % res)
     check(res['urb'] == [0, 6, 7], 'GETSTATUS reply (status, length, dfuMANIFEST): %s' % res)
     check(res['reap_again'] == -errno.ENODEV, 'old node after its URBs: %s, not ENODEV' % res)
     check(res['old_control'] == -errno.ENODEV, 'the old node reached the new enumeration: %s' % res)
     check(res['new_pid'] == 'c00c', 'the new node: %s' % res)
+    check(res['silent_reap'] == -errno.EAGAIN, 'a silent device answered: %s' % res)
+    check(res['unplugged_reap'] == [0, True, -errno.ESHUTDOWN, 0],
+          'the unanswered URB at the unplug: %s' % res)
+    check(res['unplugged_reap_again'] == -errno.ENODEV, 'unplugged node: %s' % res)
 
 PARTICLE_USB_JS = r"""
 const usb = require(process.argv[2]);
