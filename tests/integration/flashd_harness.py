@@ -210,9 +210,11 @@ def catalogue(flashctl_path):
 # starts flashd and talks to it and to the simulator's control socket.
 
 # Short per-phase serial timeouts (daemon/serial/serial_transport.c keys): faults end fast.
+# serial_listen_ms: 300 ms was too tight for listening mode after 28800 under ASan
+# (the retry went to DFU).
 SERIAL_TIMEOUTS = """[timeouts]
 serial_probe_ms = 1000
-serial_listen_ms = 300
+serial_listen_ms = 1500
 serial_reply_ms = 2000
 serial_slow_reply_ms = 3000
 serial_prompt_ms = 2000
