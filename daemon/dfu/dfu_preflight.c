@@ -17,6 +17,14 @@
 #define GEN3_SOFTDEVICE_START 0x1000u
 #define GEN3_SD_INFO	      0x3000u
 #define GEN3_SD_MAGIC	      0x51B1E5DBu
+/* The P2 family's user part ends at 0x08600000 and grows downward (§6.3): its start is
+ * in the DYNAMIC_LOCATION extension of its suffix (§7.5, §7.7). */
+#define RTL_USER_END		 0x08600000u
+#define SUFFIX_TAIL		 36 /* reserved u16, SHA-256, size u16 (§7.5) */
+#define SUFFIX_NONE		 0xFFFFu
+#define EXT_DYNAMIC_LOCATION	 0x0002u
+#define EXT_END			 0x0000u
+#define EXT_DYNAMIC_LOCATION_LEN 16
 
 static uint32_t le32(const uint8_t *p)
 {
@@ -28,13 +36,22 @@ static uint16_t le16(const uint8_t *p)
 	return (uint16_t)(p[0] | p[1] << 8);
 }
 
-static void add_probe(struct dfu_readback *rb, uint32_t address)
+static void add_probe_kind(struct dfu_readback *rb, uint32_t address, enum dfu_probe_kind kind)
 {
 	for (unsigned i = 0; i < rb->n_probes; i++)
-		if (rb->probes[i].address == address)
+		if (rb->probes[i].address == address && rb->probes[i].kind == kind)
 			return;
-	if (rb->n_probes < DFU_PROBE_MAX)
-		rb->probes[rb->n_probes++].address = address;
+	if (rb->n_probes >= DFU_PROBE_MAX)
+		return;
+	struct dfu_probe *pr = &rb->probes[rb->n_probes++];
+	memset(pr, 0, sizeof(*pr));
+	pr->address = address;
+	pr->kind = kind;
+}
+
+static void add_probe(struct dfu_readback *rb, uint32_t address)
+{
+	add_probe_kind(rb, address, DFU_PROBE_PREFIX);
 }
 
 void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
@@ -61,6 +78,9 @@ void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
 			case MODULE_FUNCTION_USER:
 				if (p->mcu != MCU_RTL8721D)
 					add_probe(rb, s[i].start);
+				else if (s[i].end == RTL_USER_END)
+					add_probe_kind(rb, RTL_USER_END - DFU_PROBE_LEN,
+						       DFU_PROBE_TAIL);
 				break;
 			case MODULE_FUNCTION_MONO:
 				if (p->mcu == MCU_STM32F103)
@@ -94,26 +114,85 @@ static size_t prefix_offset(const struct platform *p, const uint8_t *b, size_t l
 	return 0;
 }
 
-/* A slot of any layout era that starts at address and holds function/index. */
-static bool slot_matches(const struct platform *p, uint32_t address, uint8_t function,
+/* The P2 family's user slot is filled from its end: the start varies with the size. */
+static bool grows_downward(const struct platform *p, const struct slot *s)
+{
+	return p->mcu == MCU_RTL8721D && s->function == MODULE_FUNCTION_USER &&
+	       s->end == RTL_USER_END;
+}
+
+/* A slot of any layout era that holds function/index at start (module end `end`, the
+ * CRC's address): it starts there, or it grows downward and the module fills its end. */
+static bool slot_matches(const struct platform *p, uint32_t start, uint32_t end, uint8_t function,
 			 uint8_t index)
 {
 	static const uint16_t eras[] = {3000, 6100, 6200};
 	for (size_t e = 0; e < sizeof(eras) / sizeof(eras[0]); e++) {
 		const struct slot *s;
 		size_t n = platform_slots(p, eras[e], &s);
-		for (size_t i = 0; i < n; i++)
-			if (s[i].start == address && s[i].function == function &&
-			    s[i].index == index)
+		for (size_t i = 0; i < n; i++) {
+			if (s[i].function != function || s[i].index != index)
+				continue;
+			if (s[i].start == start)
 				return true;
+			if (grows_downward(p, &s[i]) && start >= s[i].start &&
+			    (uint64_t)end + 4 == s[i].end)
+				return true;
+		}
 	}
 	return false;
+}
+
+/*
+ * The start address a module's suffix names in its DYNAMIC_LOCATION extension (§7.5:
+ * [extensions][reserved, SHA-256, size][CRC] ending at the probe's end; §7.7).  The
+ * extensions are walked from the suffix's first byte to the fixed tail.
+ */
+static bool tail_module_start(const struct dfu_probe *pr, uint32_t *start)
+{
+	if (!pr->read || pr->len < DFU_PROBE_LEN)
+		return false;
+	const uint8_t *end = pr->buf + DFU_PROBE_LEN - 4; /* the CRC */
+	unsigned size = le16(end - 2);
+	if (size == SUFFIX_NONE || size < SUFFIX_TAIL || size > DFU_PROBE_LEN - 4)
+		return false;
+	const uint8_t *ext = end - size, *ext_end = end - SUFFIX_TAIL;
+	while (ext + 4 <= ext_end) {
+		unsigned type = le16(ext), len = le16(ext + 2);
+		if (type == EXT_END || len < 4 || len > (size_t)(ext_end - ext))
+			return false;
+		if (type == EXT_DYNAMIC_LOCATION && len >= EXT_DYNAMIC_LOCATION_LEN) {
+			*start = le32(ext + 4);
+			return true;
+		}
+		ext += len;
+	}
+	return false;
+}
+
+bool dfu_readback_follow(struct dfu_readback *rb)
+{
+	const struct platform *p = rb->platform;
+	unsigned before = rb->n_probes;
+	for (unsigned i = 0; p && i < before; i++) {
+		const struct dfu_probe *pr = &rb->probes[i];
+		uint32_t start;
+		if (pr->kind != DFU_PROBE_TAIL || !tail_module_start(pr, &start))
+			continue;
+		/* Plausible: inside the slot, room for a prefix before the suffix. */
+		const struct slot *s =
+		    platform_find_slot(p, 6200, MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN);
+		uint32_t tail_end = pr->address + DFU_PROBE_LEN;
+		if (s && start >= s->start && start + IMAGE_PREFIX_SIZE + SUFFIX_TAIL < tail_end)
+			add_probe(rb, start);
+	}
+	return rb->n_probes > before;
 }
 
 static bool parse_probe(const struct platform *p, const struct dfu_probe *pr,
 			struct installed_module *m)
 {
-	if (!pr->read)
+	if (!pr->read || pr->kind != DFU_PROBE_PREFIX)
 		return false;
 	size_t off = prefix_offset(p, pr->buf, pr->len);
 	if (off + IMAGE_PREFIX_SIZE > pr->len)
@@ -123,7 +202,7 @@ static bool parse_probe(const struct platform *p, const struct dfu_probe *pr,
 	uint8_t function = b[14], index = b[15];
 	if (start != pr->address || end <= start || end - start > MODULE_MAX_SIZE)
 		return false;
-	if (le16(b + 12) != p->id || !slot_matches(p, start, function, index))
+	if (le16(b + 12) != p->id || !slot_matches(p, start, end, function, index))
 		return false;
 	memset(m, 0, sizeof(*m));
 	m->function = function;

@@ -3,8 +3,10 @@
  *
  * A device in DFU mode has no module list: the installed module prefixes are
  * read back with UPLOAD at the platform's slot addresses (prefix offset rules
- * §6.2/§7.4) and turned into struct device_facts; on Gen 3 the system part's
- * position tells which of the three layouts is installed (§6.2).  The checks
+ * §6.2/§7.4; the P2 family's user part, which grows downward from 0x08600000,
+ * through the start its suffix names) and turned into struct device_facts; on
+ * Gen 3 the system part's position tells which of the three layouts is
+ * installed (§6.2).  The checks
  * here are the ones only DFU needs (memory map, slot overlap with what is
  * really installed, Device Protection, module kinds DFU cannot write); the
  * generic ones (platform, slot, size, CRC, dependencies, ordering) are
@@ -22,13 +24,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DFU_PROBE_MAX 8
+#define DFU_PROBE_MAX 12
 #define DFU_PROBE_LEN 0x220 /* vector table (≤ 0x200) + 24-byte prefix, rounded */
 #define DFU_WRITE_MAX (PREFLIGHT_MAX_IMAGES * IMAGE_MAX_MODULES + 1)
 
-/* One UPLOAD read of a candidate module start. */
+enum dfu_probe_kind {
+	DFU_PROBE_PREFIX, /* a module start: vector table / Realtek header + prefix */
+	/* The DFU_PROBE_LEN bytes that end at a fixed module end (the P2 user part grows
+	 * downward from 0x08600000, §6.3): CRC and suffix, whose DYNAMIC_LOCATION
+	 * extension names the module's start (§7.5, §7.7). */
+	DFU_PROBE_TAIL,
+};
+
+/* One UPLOAD read: DFU_PROBE_LEN bytes at address. */
 struct dfu_probe {
 	uint32_t address;
+	enum dfu_probe_kind kind;
 	uint8_t buf[DFU_PROBE_LEN];
 	size_t len; /* bytes read */
 	bool read;
@@ -40,8 +51,16 @@ struct dfu_readback {
 	unsigned n_probes;
 };
 
-/* The slot starts worth reading for this platform (every layout era). */
+/* The slot starts worth reading for this platform (every layout era), and the tail of
+ * the P2 family's user part. */
 void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb);
+
+/*
+ * After the planned reads: adds the reads their results call for (the P2 user
+ * part's prefix at the start its suffix names).  Returns true when it added any:
+ * read those, then call it again.  Reads it added once are not added again.
+ */
+bool dfu_readback_follow(struct dfu_readback *rb);
 
 /*
  * Turns the reads into facts: platform, device id, installed modules (with

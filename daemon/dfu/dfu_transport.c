@@ -243,6 +243,9 @@ static void step(struct transport_run *r)
 	case RUN_READBACK:
 		if (r->probe_i < r->rb.n_probes)
 			break;
+		/* What the reads found may call for more (the P2 user part's prefix). */
+		if (dfu_readback_follow(&r->rb))
+			break;
 		{
 			struct device_facts f;
 			r->layout_known = dfu_readback_facts(&r->rb, dfuse_get_info(r->dfuse), &f);

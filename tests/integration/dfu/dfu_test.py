@@ -13,6 +13,7 @@ reads the step results, state.json and the dumps.
 """
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -21,7 +22,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from flashd_harness import (Failed, Testbed, catalogue, check, job_end, make_module,  # noqa: E402
+from flashd_harness import (Client, Failed, Testbed, catalogue, check, job_end,  # noqa: E402
+                            make_module,
                             run_testbed, sim_device, sim_fixture)
 from flashd_harness import expect_done as harness_done, expect_error as harness_error  # noqa: E402
 
@@ -66,6 +68,13 @@ def inner(plan_path):
             p = subprocess.run(step['run'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, timeout=90)
             return {'rc': p.returncode, 'out': p.stdout, 'elapsed': time.monotonic() - t0}
+        if 'probe' in step:
+            # device-info with "probe": the daemon reads the device again (DFU read-back).
+            c = Client(tb.sock, timeout=60)
+            r = c.call({'request': 'device-info', 'device': step['probe'], 'probe': True},
+                       timeout=60)
+            c.close()
+            return {'reply': r, 'elapsed': time.monotonic() - t0}
         if 'snapshot' in step:
             # The state directory as it is now, kept under a name.
             r = tb.ctl(cmd='state')
@@ -416,6 +425,55 @@ def test_forced_wrong_platform_user_part_boots_safe_mode_and_is_booted_invalid()
           'flashctl info:\n%s%s' % (info['out'], info['err']))
     print('booted-invalid: %s (failed_checks %s; the simulated device says %s, mode %s)'
           % (err['message'], d['failed_checks'], m['failed_checks'], dev['mode']))
+
+
+def user_parts(device_json):
+    return [m for m in device_json['modules'] if m['function'] == 'user']
+
+
+def test_p2_user_part_is_read_back_through_its_suffix():
+    # §6.3: the P2 user part grows downward from 0x08600000, so its start is only known
+    # from the DYNAMIC_LOCATION extension of its suffix (§7.5, §7.7).
+    specs = ['platform=p2,mode=dfu,os=5.9.0,name=p2']
+    idmap = ids(specs)
+    app = fixture('p2/tinker-5.0.0-p2.bin')
+    data = open(app, 'rb').read()
+    start = prefix_start(data)
+    # The simulator's own (synthetic) user part first; then the real Tinker written by
+    # dfu-util without leaving DFU, and a fresh probe.
+    res, doc, work, log = run(specs, [
+        {'flashctl': ['--json', 'info', idmap['p2']]},
+        {'run': ['dfu-util', '-a', '0', '-s', '0x%x' % start, '-D', app]},
+        {'probe': idmap['p2']},
+        {'flashctl': ['info', '--no-probe', idmap['p2']]}])
+    first = json.loads(res[0]['out'].splitlines()[0]) if res[0]['rc'] == 0 else {}
+    check(first.get('probe', {}).get('outcome') == 'probed', 'first probe: %s %s\n%s'
+          % (res[0]['out'], res[0]['err'], log[-3000:]))
+    seeded = user_parts(first['device'])
+    check(len(seeded) == 1 and seeded[0]['address'] == 0x08600000 - 4096 and seeded[0]['valid'],
+          'synthetic user part: %s' % first['device']['modules'])
+    check(res[1]['rc'] == 0, 'dfu-util: %s' % res[1]['out'])
+    reply = res[2]['reply']
+    check(reply and reply.get('type') == 'reply' and reply['probe']['outcome'] == 'probed',
+          'probe: %s\n%s' % (reply, log[-3000:]))
+    users = user_parts(reply['device'])
+    check(len(users) == 1, 'user parts: %s' % reply['device']['modules'])
+    u = users[0]
+    check(u['address'] == start == 0x085F4000 and u['index'] == 1 and u['version'] == 6
+          and u['store'] == 'main' and u['valid'], 'user part %s' % u)
+    # the same module the simulated device would boot
+    dev = device(doc, 'p2')
+    m = module_at(dev, start)
+    check(m and m['function'] == 'user' and m['version'] == u['version'] and m['valid'],
+          'sim: %s' % dev['modules'])
+    check(dev['mode'] == 'dfu', 'mode %s' % dev['mode'])
+    out = res[3]['out']
+    check(res[3]['rc'] == 0 and re.search(r'application 1 +v6 .*at 0x085f4000', out),
+          'flashctl info:\n%s%s' % (out, res[3]['err']))
+    print('P2 5.9.0 in DFU: user part at 0x%x v%d (%d bytes) read back in %.1f s'
+          % (u['address'], u['version'], len(data), res[2]['elapsed']))
+    for line in out.splitlines():
+        print('  ' + line)
 
 
 def compare(spec, path, alt_addr=None):

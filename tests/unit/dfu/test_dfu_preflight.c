@@ -71,6 +71,56 @@ static void erased(struct dfu_readback *rb)
 	}
 }
 
+/* A device's flash for the read-back: [base, base + size), erased where not written. */
+struct fake_flash {
+	uint32_t base;
+	size_t size;
+	uint8_t *mem;
+};
+
+static struct fake_flash *flash_with(uint32_t base, size_t size, const struct image *img)
+{
+	struct fake_flash *f = calloc(1, sizeof(*f));
+	f->base = base;
+	f->size = size;
+	f->mem = malloc(size);
+	memset(f->mem, 0xff, size);
+	if (img) {
+		const struct image_module *m = &img->modules[0];
+		assert_true(m->start >= base && m->start + m->size <= base + size);
+		memcpy(f->mem + (m->start - base), image_module_bytes(img, m), m->size);
+	}
+	return f;
+}
+
+static void flash_free(struct fake_flash *f)
+{
+	free(f->mem);
+	free(f);
+}
+
+/* Answers the reads not answered yet, as the transport's UPLOADs would; then the
+ * follow-up reads the results call for, until there are none.  Returns the rounds. */
+static unsigned read_all(struct dfu_readback *rb, const struct fake_flash *f)
+{
+	unsigned rounds = 0, done = 0;
+	do {
+		for (; done < rb->n_probes; done++) {
+			struct dfu_probe *pr = &rb->probes[done];
+			for (size_t k = 0; k < DFU_PROBE_LEN; k++) {
+				uint64_t a = (uint64_t)pr->address + k;
+				pr->buf[k] = a >= f->base && a < f->base + f->size
+						 ? f->mem[a - f->base]
+						 : 0xff;
+			}
+			pr->len = DFU_PROBE_LEN;
+			pr->read = true;
+		}
+		rounds++;
+	} while (dfu_readback_follow(rb));
+	return rounds;
+}
+
 static bool has_probe(const struct dfu_readback *rb, uint32_t a)
 {
 	for (unsigned i = 0; i < rb->n_probes; i++)
@@ -351,6 +401,84 @@ static void test_range_in_read_only_segment_is_outside_memory_map_even_forced(vo
 	image_free(app);
 }
 
+#define P2_MAP	    "@Internal Flash   /0x08000000/2048*004Kg"
+#define P2_USER_END 0x08600000u
+
+/* §6.3: the P2 user part ends at 0x08600000; where it starts is in its suffix. */
+static void test_p2_user_part_is_found_through_its_suffix_dynamic_location(void **state)
+{
+	(void)state;
+	struct image *app = load("p2/tinker-5.0.0-p2.bin");
+	const struct image_module *im = &app->modules[0];
+	struct fake_flash *f = flash_with(0x08480000, P2_USER_END - 0x08480000, app);
+	struct dfu_readback rb;
+	struct dfuse_info info;
+	struct device_facts facts;
+	info_with_map(&info, P2_MAP);
+	dfu_readback_plan(platform_by_id(32), &rb);
+	assert_false(has_probe(&rb, im->start)); /* not fixed: not planned */
+	assert_int_equal(read_all(&rb, f), 2);	 /* the tail first, then the prefix it names */
+	assert_true(has_probe(&rb, 0x085F4000));
+	assert_true(dfu_readback_facts(&rb, &info, &facts));
+	struct installed_module m = {0};
+	bool found = false;
+	for (unsigned i = 0; i < facts.n_modules; i++)
+		if (facts.modules[i].function == MODULE_FUNCTION_USER) {
+			m = facts.modules[i];
+			found = true;
+		}
+	assert_true(found);
+	assert_int_equal(m.index, 1);
+	assert_int_equal(m.version, 6);
+	assert_int_equal(m.address, 0x085F4000);
+	assert_int_equal(m.slot_size, 49152);
+	assert_int_equal(m.deps[0].function, MODULE_FUNCTION_SYSTEM);
+	assert_int_equal(m.deps[0].index, 1);
+	assert_int_equal(m.deps[0].version, 5002);
+	assert_true(facts.modules_known);
+	flash_free(f);
+	image_free(app);
+}
+
+static void test_erased_p2_user_slot_reports_no_user_part(void **state)
+{
+	(void)state;
+	struct fake_flash *f = flash_with(0x08480000, P2_USER_END - 0x08480000, NULL);
+	struct dfu_readback rb;
+	struct dfuse_info info;
+	struct device_facts facts;
+	info_with_map(&info, P2_MAP);
+	dfu_readback_plan(platform_by_id(32), &rb);
+	unsigned planned = rb.n_probes;
+	assert_int_equal(read_all(&rb, f), 1);
+	assert_int_equal(rb.n_probes, planned);
+	assert_true(dfu_readback_facts(&rb, &info, &facts));
+	for (unsigned i = 0; i < facts.n_modules; i++)
+		assert_int_not_equal(facts.modules[i].function, MODULE_FUNCTION_USER);
+	flash_free(f);
+}
+
+/* A suffix naming a start outside the slot (garbage in the tail) is not followed. */
+static void test_p2_suffix_naming_a_start_outside_the_user_slot_is_ignored(void **state)
+{
+	(void)state;
+	struct image *app = load("p2/tinker-5.0.0-p2.bin");
+	struct fake_flash *f = flash_with(0x08480000, P2_USER_END - 0x08480000, app);
+	/* DYNAMIC_LOCATION's start is the first field after the suffix's first extension
+	 * header: 62-byte suffix + CRC end the file (§7.5). */
+	uint8_t *dyn = f->mem + f->size - 4 - 62;
+	assert_int_equal(dyn[0] | dyn[1] << 8, 2);
+	memcpy(dyn + 4, "\x00\x00\x40\x08", 4); /* 0x08400000: below the user slot */
+	struct dfu_readback rb;
+	dfu_readback_plan(platform_by_id(32), &rb);
+	unsigned planned = rb.n_probes;
+	assert_int_equal(read_all(&rb, f), 1); /* nothing followed */
+	assert_int_equal(rb.n_probes, planned);
+	assert_false(has_probe(&rb, 0x08400000));
+	flash_free(f);
+	image_free(app);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -365,6 +493,9 @@ int main(void)
 	    cmocka_unit_test(test_radio_stack_is_written_without_its_prefix),
 	    cmocka_unit_test(test_protected_device_refuses_dfu_writes),
 	    cmocka_unit_test(test_range_in_read_only_segment_is_outside_memory_map_even_forced),
+	    cmocka_unit_test(test_p2_user_part_is_found_through_its_suffix_dynamic_location),
+	    cmocka_unit_test(test_erased_p2_user_slot_reports_no_user_part),
+	    cmocka_unit_test(test_p2_suffix_naming_a_start_outside_the_user_slot_is_ignored),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
