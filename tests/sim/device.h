@@ -64,6 +64,7 @@ struct dfu {
 	uint64_t session_erased; /* bytes erased since enumeration (unplug@N%) */
 	uint64_t session_written;
 	bool silent;		     /* fault: stop answering */
+	enum dfu_status write_error; /* fault error@chunkN: the pending chunk's write fails */
 	enum sim_mode boot_override; /* 0xFA: safe mode after leave; else SIM_MODE_UNPLUGGED */
 };
 
@@ -150,6 +151,8 @@ int dfu_class_request(struct sim_device *d, uint8_t type, uint8_t request, uint1
 int dfu_set_alt(struct sim_device *d, int alt);
 /* USB string descriptor text for DFU mode (NULL if none). */
 char *dfu_string(struct sim_device *d, uint8_t index);
+/* "errWRITE" -> DFU_ERR_WRITE; -1 for a name that is not a DFU error status. */
+int dfu_status_from_name(const char *name);
 
 /* cdc.c: the CDC side (tty handler, pty, engine). */
 void cdc_attach(struct sim_device *d); /* after the tty node exists (main thread) */

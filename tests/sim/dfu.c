@@ -94,7 +94,7 @@ static void busy_for(struct sim_device *d, unsigned us, double extra_factor)
 		d->dfu.busy_until_ms = sim_now_ms() + ms;
 }
 
-static enum dfu_status status_from_name(const char *s)
+int dfu_status_from_name(const char *s)
 {
 	static const struct {
 		const char *name;
@@ -107,7 +107,14 @@ static enum dfu_status status_from_name(const char *s)
 	for (unsigned i = 0; i < G_N_ELEMENTS(names); i++)
 		if (strcmp(s, names[i].name) == 0)
 			return names[i].st;
-	return DFU_ERR_TARGET;
+	return -1;
+}
+
+/* A stall or error fault's status: its ARG (checked when the SPEC was parsed), else dflt. */
+static enum dfu_status fault_status(const struct sim_fault *f, enum dfu_status dflt)
+{
+	int st = f->arg[0] ? dfu_status_from_name(f->arg) : -1;
+	return st > 0 ? (enum dfu_status)st : dflt;
 }
 
 /* Gen 2 stalls EP0 where Gen 3/P2 report an error status (§5.4). */
@@ -240,7 +247,12 @@ static void execute(struct sim_device *d)
 	struct dfu *u = &d->dfu;
 	u->have_pending = false;
 	int rc;
-	if (u->pending_block == 0)
+	if (u->pending_block >= 2 && u->write_error) {
+		/* fault error@chunkN: the flash write fails after DNBUSY was answered; the
+		 * next GETSTATUS reports dfuERROR with the status (§5.4), nothing is written. */
+		rc = fail(d, u->write_error);
+		u->write_error = DFU_OK;
+	} else if (u->pending_block == 0)
 		rc = command(d, u->pending, u->pending_len);
 	else if (u->pending_block == 1)
 		rc = fail(d, DFU_ERR_TARGET);
@@ -350,7 +362,12 @@ static int dnload(struct sim_device *d, uint16_t block, uint16_t length, const u
 		struct sim_fault *f = fault_at_chunk(d, "stall", u->chunks);
 		if (f) {
 			f->fired = true;
-			return fail(d, status_from_name(f->arg[0] ? f->arg : "errTARGET"));
+			return fail(d, fault_status(f, DFU_ERR_TARGET));
+		}
+		f = fault_at_chunk(d, "error", u->chunks);
+		if (f) {
+			f->fired = true;
+			u->write_error = fault_status(f, DFU_ERR_WRITE);
 		}
 		f = fault_at_chunk(d, "silent", u->chunks);
 		if (f) {

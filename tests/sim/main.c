@@ -80,6 +80,8 @@ static void usage(FILE *out)
 	      "       | byteN | N | empty; each fires once (slow-erase stays).\n"
 	      "  stall@chunkN[:errTARGET|errFILE|errWRITE|errERASE|errPROG|errVERIFY|\n"
 	      "               errADDRESS|errVENDOR|errUNKNOWN|errSTALLEDPKT]   DFU stall\n"
+	      "  error@chunkN[:STATUS]                        DFU: no stall; the GETSTATUS after\n"
+	      "                                               DNBUSY: dfuERROR/STATUS (errWRITE)\n"
 	      "  silent@chunkN | silent@blockN | silent@N%    stops answering\n"
 	      "  unplug@N% | unplug@byteN | unplug@chunkN | unplug@blockN\n"
 	      "                                               cable pulled (back by control)\n"

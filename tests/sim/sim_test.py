@@ -371,6 +371,21 @@ def test_dfu_stall_fault_fails_the_download():
     check(dev['mode'] == 'dfu' and dev['received']['dfu_bytes'] == 4096, 'after stall: %s' % dev)
 
 
+def test_dfu_error_fault_reports_dfuerror_after_dnbusy_without_stall():
+    path = fixture('esomx/tinker-6.3.4-esomx.bin')
+    rc, out, doc = run_sim(['platform=esomx,mode=dfu,os=6.3.4,faults=error@chunk2:errPROG'],
+                           ['dfu-util', '-a', '0', '-s', '0xb4000:leave', '-D', path])
+    # dfu-util sees the status on a GETSTATUS, not a stalled DNLOAD
+    check(rc != 0 and 'LIBUSB_ERROR_PIPE' not in out and re.search(r'dfuERROR|state\(10\)', out),
+          'error fault not seen as dfuERROR:\n' + out)
+    dev = doc['devices'][0]
+    # the second chunk was accepted but not written
+    check(dev['mode'] == 'dfu' and dev['received']['dfu_bytes'] == 4096, 'after error: %s' % dev)
+    rc, out, _ = run_sim(['platform=esomx,mode=dfu,os=6.3.4,faults=error@chunk2:errWRTE'], ['true'],
+                         state=False)
+    check(rc == 125 and 'unknown DFU status' in out, 'misspelt status accepted:\n' + out)
+
+
 # Driver prelude for tests that run inside the simulator: control socket + tty helpers.
 DRIVER_PRELUDE = r"""
 import json, os, select, socket, sys, termios, time

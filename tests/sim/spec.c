@@ -1,5 +1,7 @@
 #include "spec.h"
 
+#include "device.h"
+
 #include "osver.h"
 
 #include <ctype.h>
@@ -112,40 +114,22 @@ static int resolve_os(struct sim_spec *spec, char *err, size_t err_size)
 	return 0;
 }
 
-static const char *const fault_kinds[] = {"stall",  "silent", "unplug", "slow-erase", "reset",
-					  "cancel", "nak",    "stray",	"atprobe"};
+static const char *const fault_kinds[] = {"stall", "error",  "silent", "unplug", "slow-erase",
+					  "reset", "cancel", "nak",    "stray",	 "atprobe"};
 
-static int parse_fault(const char *text, struct sim_fault *f, char *err, size_t err_size)
+/* WHERE[:ARG] of a fault. */
+static int parse_where(const char *where, struct sim_fault *f)
 {
-	memset(f, 0, sizeof(*f));
-	const char *at = strchr(text, '@');
-	size_t klen = at ? (size_t)(at - text) : strlen(text);
-	if (klen == 0 || klen >= sizeof(f->kind))
-		goto bad;
-	memcpy(f->kind, text, klen);
-	bool known = false;
-	for (unsigned i = 0; i < G_N_ELEMENTS(fault_kinds); i++)
-		known |= strcmp(f->kind, fault_kinds[i]) == 0;
-	if (!known) {
-		snprintf(err, err_size,
-			 "fault '%s': unknown kind (stall, silent, unplug, slow-erase, "
-			 "reset, cancel, nak, stray, atprobe)",
-			 text);
-		return -1;
-	}
-	if (!at)
-		return 0;
-	const char *where = at + 1;
 	const char *colon = strchr(where, ':');
 	if (colon) {
 		if (strlen(colon + 1) >= sizeof(f->arg))
-			goto bad;
+			return -1;
 		strcpy(f->arg, colon + 1);
 	}
 	size_t wlen = colon ? (size_t)(colon - where) : strlen(where);
 	char w[32];
 	if (wlen >= sizeof(w))
-		goto bad;
+		return -1;
 	memcpy(w, where, wlen);
 	w[wlen] = '\0';
 	char *end;
@@ -163,19 +147,54 @@ static int parse_fault(const char *text, struct sim_fault *f, char *err, size_t 
 			f->unit = units[i].unit;
 			f->at = (uint32_t)strtoul(w + n, &end, 10);
 			if (end == w + n || *end)
-				goto bad;
+				return -1;
 			return 0;
 		}
 	}
 	f->at = (uint32_t)strtoul(w, &end, 10);
 	if (end == w)
-		goto bad;
+		return -1;
 	if (*end == '%' && end[1] == '\0' && f->at <= 100)
 		f->unit = SIM_AT_PERCENT;
 	else if (*end == '\0')
 		f->unit = SIM_AT_BYTE;
 	else
+		return -1;
+	return 0;
+}
+
+static int parse_fault(const char *text, struct sim_fault *f, char *err, size_t err_size)
+{
+	memset(f, 0, sizeof(*f));
+	const char *at = strchr(text, '@');
+	size_t klen = at ? (size_t)(at - text) : strlen(text);
+	if (klen == 0 || klen >= sizeof(f->kind))
 		goto bad;
+	memcpy(f->kind, text, klen);
+	bool known = false;
+	for (unsigned i = 0; i < G_N_ELEMENTS(fault_kinds); i++)
+		known |= strcmp(f->kind, fault_kinds[i]) == 0;
+	if (!known) {
+		snprintf(err, err_size,
+			 "fault '%s': unknown kind (stall, error, silent, unplug, slow-erase, "
+			 "reset, cancel, nak, stray, atprobe)",
+			 text);
+		return -1;
+	}
+	if (!at)
+		return 0;
+	if (parse_where(at + 1, f) < 0)
+		goto bad;
+	/* DFU faults that set an error status: a misspelt status must not pass as another. */
+	if ((strcmp(f->kind, "stall") == 0 || strcmp(f->kind, "error") == 0) && f->arg[0] &&
+	    dfu_status_from_name(f->arg) < 0) {
+		snprintf(err, err_size,
+			 "fault '%s': unknown DFU status '%s' (errTARGET, errFILE, errWRITE, "
+			 "errERASE, errPROG, errVERIFY, errADDRESS, errVENDOR, errUNKNOWN, "
+			 "errSTALLEDPKT)",
+			 text, f->arg);
+		return -1;
+	}
 	return 0;
 bad:
 	snprintf(err, err_size,

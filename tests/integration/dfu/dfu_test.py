@@ -335,6 +335,28 @@ def test_faults_are_catalogue_errors_with_dfu_detail():
     err = check_fault(res, 'timed-out', log, 4, 0x30000)
 
 
+def test_dfu_error_status_after_an_accepted_chunk_is_a_catalogue_error():
+    # No stall: the device takes the DNLOAD, answers dfuDNBUSY, and the write fails; the
+    # next GETSTATUS says dfuERROR with the status (§5.4; fault error@chunkN:STATUS).
+    sysp = fixture('argon/argon-system-part1@2.2.0.bin')
+    spec = 'platform=argon,mode=dfu,os=2.2.0'
+    res, dev, log = fault_run(spec, sysp, 'error@chunk3:errWRITE')
+    err = check_fault(res, 'transfer-failed', log, 2, 0x30000)
+    d = err['detail']
+    check(d['dfu_state'] == 10 and d['dfu_status'] == 3 and d.get('dfu_status_name') == 'errWRITE',
+          json.dumps(d))
+    check('could not write' in err['message'], 'message: %s' % err['message'])
+    # chunks 1 and 2 written, the third accepted but not written; the device stays in DFU
+    check(dev['mode'] == 'dfu' and dev['received']['dfu_bytes'] == 2 * 4096,
+          'device %s %s' % (dev['mode'], dev['received']))
+    # errADDRESS on the first chunk (its own SET_ADDRESS): the device refuses the address
+    res, dev, log = fault_run(spec, sysp, 'error@chunk1:errADDRESS')
+    err = check_fault(res, 'device-rejected', log, 0, 0x30000)
+    check(err['detail']['dfu_state'] == 10 and err['detail']['dfu_status'] == 8,
+          json.dumps(err['detail']))
+    check(dev['received']['dfu_bytes'] == 0, 'dfu_bytes %d' % dev['received']['dfu_bytes'])
+
+
 def test_refused_block_numbered_chunk_falls_back_to_set_address():
     sysp = fixture('argon/argon-system-part1@2.2.0.bin')
     # errTARGET on the third chunk (block number 4, no SET_ADDRESS of its own).
