@@ -10,6 +10,7 @@
  * Ctrl-C cancels the jobs and waits for them to stop at a safe point.
  */
 #include "conn.h"
+#include "image.h"
 #include "platform.h"
 #include "progress.h"
 #include "render.h"
@@ -317,6 +318,115 @@ static int follow_jobs(struct conn *c, struct follow *f)
 	return f->status;
 }
 
+/* One shell word: as it is when the shell would keep it whole, else single-quoted. */
+static void print_shell_word(FILE *out, const char *w)
+{
+	static const char safe[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+				   "0123456789_./@%+=:,-";
+	if (*w && strspn(w, safe) == strlen(w)) {
+		fputs(w, out);
+		return;
+	}
+	fputc('\'', out);
+	for (; *w; w++)
+		if (*w == '\'')
+			fputs("'\\''", out);
+		else
+			fputc(*w, out);
+	fputc('\'', out);
+}
+
+/* The command that flashes the same files on the same device again (same daemon, same
+ * --force/--verify), ready to paste into a shell. */
+static void print_again_command(const struct follow *f, const char *device, int n, char **paths)
+{
+	fputs("flashctl", stderr);
+	if (f->g->socket_path) {
+		fputs(" --socket ", stderr);
+		print_shell_word(stderr, f->g->socket_path);
+	}
+	fputs(" flash", stderr);
+	for (int i = 0; i < n; i++) {
+		fputc(' ', stderr);
+		print_shell_word(stderr, paths[i]);
+	}
+	fputs(" --device ", stderr);
+	print_shell_word(stderr, device);
+	if (f->a->force)
+		fputs(" --force", stderr);
+	if (f->a->verify)
+		fputs(" --verify", stderr);
+}
+
+/* What a device does at its next boot with a module that is not whole (§5.1, §7.6). */
+static const char *boot_with_broken(uint8_t function)
+{
+	switch (function) {
+	case MODULE_FUNCTION_SYSTEM:
+	case MODULE_FUNCTION_MONO:
+		return "the bootloader finds no valid Device OS and stays in DFU mode (blinking "
+		       "yellow)";
+	case MODULE_FUNCTION_USER:
+		return "Device OS finds the application invalid and runs safe mode (breathing "
+		       "magenta)";
+	default:
+		return "the device may not start";
+	}
+}
+
+/*
+ * Where a cancelled erase or write stopped, in terms of the job's files: the module
+ * that holds the detail's address (the next chunk or erase unit), its range, how much
+ * of it was written.  False when no file's module holds it.
+ */
+static bool describe_partial(const char *state, const json_t *detail, int n, char **paths,
+			     char *buf, size_t size)
+{
+	const json_t *a = json_object_get(detail, "address");
+	if (!json_is_integer(a))
+		return false;
+	long long addr = json_integer_value(a);
+	bool found = false;
+	for (int i = 0; i < n && !found; i++) {
+		struct image *img = NULL;
+		struct error err;
+		error_init(&err);
+		if (image_load_path(paths[i], &img, &err) < 0) {
+			error_clear(&err);
+			continue;
+		}
+		for (unsigned k = 0; k < img->n_modules && !found; k++) {
+			const struct image_module *m = &img->modules[k];
+			uint32_t end = image_module_flash_end(m);
+			if (addr < m->start || addr > end)
+				continue;
+			found = true;
+			const char *what = module_function_phrase(m->function);
+			if (strcmp(state, "writing") == 0) {
+				const json_t *sent = json_object_get(detail, "bytes_sent");
+				snprintf(buf, size,
+					 "%s %u partly written (%s, 0x%08x-0x%08x): the first %lld "
+					 "of %zu bytes, up to 0x%08llx (chunk %lld); at its next "
+					 "boot %s",
+					 what, m->index, paths[i], m->start, end,
+					 json_is_integer(sent) ? json_integer_value(sent)
+							       : addr - m->start,
+					 m->size, addr,
+					 json_integer_value(json_object_get(detail, "chunk")),
+					 boot_with_broken(m->function));
+			} else {
+				snprintf(buf, size,
+					 "%s %u partly erased (%s, 0x%08x-0x%08x): erased up to "
+					 "0x%08llx, nothing written; at its next boot %s",
+					 what, m->index, paths[i], m->start, end, addr,
+					 boot_with_broken(m->function));
+			}
+		}
+		image_free(img);
+	}
+	return found;
+}
+
 /* What a cancelled job left behind, and how to get the device back. */
 static void advise_cancelled(const struct follow *f, const json_t *ev, const char *device, int n,
 			     char **paths)
@@ -326,8 +436,10 @@ static void advise_cancelled(const struct follow *f, const json_t *ev, const cha
 	const char *state =
 	    progress_last_state(f->prog, json_string_value(json_object_get(ev, "job")));
 	const char *left, *todo;
+	char partial[512];
 	if (!state)
 		state = "queued";
+	bool broken = strcmp(state, "erasing") == 0 || strcmp(state, "writing") == 0;
 	if ((dstate && strcmp(dstate, "untouched") == 0) || strcmp(state, "queued") == 0 ||
 	    strcmp(state, "waiting-for-device") == 0) {
 		left = "untouched: nothing was sent to it";
@@ -336,9 +448,11 @@ static void advise_cancelled(const struct follow *f, const json_t *ev, const cha
 		left = "unchanged (nothing was written), but possibly still in DFU mode (blinking "
 		       "yellow) or listening mode (blinking blue)";
 		todo = "press RESET to return it to its application";
-	} else if (strcmp(state, "erasing") == 0 || strcmp(state, "writing") == 0) {
-		left = "with a partly erased or written module: its application may not start "
-		       "(it can stay in DFU mode or safe mode, breathing magenta)";
+	} else if (broken) {
+		left = describe_partial(state, detail, n, paths, partial, sizeof(partial))
+			   ? partial
+			   : "with a partly erased or written module: its application may not "
+			     "start (it can stay in DFU mode or safe mode, breathing magenta)";
 		todo = "flash the same files again before relying on it:";
 	} else {
 		left = "fully written; it was restarting or being verified";
@@ -351,11 +465,9 @@ static void advise_cancelled(const struct follow *f, const json_t *ev, const cha
 		fprintf(stderr, "  the job on %s was cancelled while %s\n", device, state);
 	fprintf(stderr, "  device left:   %s\n", left);
 	fprintf(stderr, "  to recover:    %s", todo);
-	if (strcmp(state, "erasing") == 0 || strcmp(state, "writing") == 0) {
-		fprintf(stderr, " flashctl flash");
-		for (int i = 0; i < n; i++)
-			fprintf(stderr, " %s", paths[i]);
-		fprintf(stderr, " --device %s", device);
+	if (broken) {
+		fputc(' ', stderr);
+		print_again_command(f, device, n, paths);
 	} else if (strncmp(todo, "check", 5) == 0) {
 		fprintf(stderr, " %s", device);
 	}

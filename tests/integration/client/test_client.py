@@ -271,6 +271,63 @@ def flashctl_tests(tap, fc, d, work):
               jobs and jobs[-1]["result"] == "cancelled", out)
 
 
+# --- Ctrl-C while writing ----------------------------------------------------------------
+
+ARGON_SYSTEM = fixture("argon/argon-system-part1@2.2.0.bin")
+SYSTEM_BASE = 0x30000  # Device OS 1.x-3.0 Gen 3 layout (facts §6.2)
+
+
+def ctrlc_tests(tap, fc, d, work):
+    """A DFU flash of a large system part at real-device speed (--time-scale 1): Ctrl-C
+    once the display shows writing."""
+    dev = wait_devices(fc, d.socket, 1)["1-1"]
+    # A path with a space: the advice's command must survive a copy and paste into a shell.
+    path = os.path.join(work, "argon system part.bin")
+    shutil.copy(ARGON_SYSTEM, path)
+    size = os.path.getsize(path)
+    p = Pty(fc, d.socket, "flash", path, "--device", dev)
+    # the live line: "writing ... NN%  X KiB / Y KiB" with some bytes written
+    seen = p.read_until(r"writing\b.*?\b(?:[1-9]\d*|0\.\d*[1-9]\d*) ?(?:B|KiB|kB|KB)\b", 90)
+    t0 = time.monotonic()
+    tap.check("Ctrl-C while writing: the pty shows the write under way", seen,
+              repr(p.text()[-1500:]))
+    p.proc.send_signal(signal.SIGINT)
+    rc, text = p.finish(60)
+    took = time.monotonic() - t0
+    text = re.sub(re.escape(ESC) + r"\[[0-9;]*[A-Za-z]", "", text)
+    tap.check("Ctrl-C while writing: exit 9 (cancelled), cancelled cleanly within 10 s",
+              rc == exit_of("cancelled") and "cancelling" in text and "error [cancelled]" in text
+              and took < 10, "rc %d after %.1f s: %r" % (rc, took, text[-2500:]))
+    rc2, out, _ = run(fc, d.socket, "--json", "jobs")
+    job = json.loads(out)["jobs"][-1] if rc2 == 0 else {}
+    err = (job.get("error") or {})
+    detail = err.get("detail") or {}
+    chunk, address = detail.get("chunk"), detail.get("address")
+    tap.check("Ctrl-C while writing: the job stopped at a chunk boundary of the download",
+              job.get("result") == "cancelled" and detail.get("phase") == "download"
+              and isinstance(chunk, int) and chunk > 0
+              and address == SYSTEM_BASE + chunk * 4096 < SYSTEM_BASE + size
+              and detail.get("bytes_sent") == chunk * 4096, json.dumps(job)[:2000])
+    m = re.search(r"device left: +(.*?)\n +to recover: +(.*?)\n", text, re.S)
+    left, todo = (m.group(1), m.group(2)) if m else ("", "")
+    tap.check("Ctrl-C while writing: the advice names the partly written module and where it stopped",
+              "system part 1 partly written" in left and "0x%08x" % address in left
+              and "0x%08x-0x%08x" % (SYSTEM_BASE, SYSTEM_BASE + size) in left
+              and "the first %d of %d bytes" % (detail.get("bytes_sent", -1), size) in left
+              and "stays in DFU mode" in left, repr(text[-2500:]))
+    want = "flashctl --socket %s flash '%s' --device %s" % (d.socket, path, dev)
+    tap.check("Ctrl-C while writing: the advice gives the exact command to flash again",
+              want in todo, "want %r in %r" % (want, todo))
+    # the device holds what the advice says: DFU mode, a partly written system part
+    info = run(fc, d.socket, "--json", "list")[1]
+    listed = [x for x in json.loads(info)["devices"] if x["key"] == dev]
+    tap.check("Ctrl-C while writing: the device is left in DFU mode",
+              listed and listed[0]["mode"] == "dfu", info)
+    print("# cancelled %.2f s after Ctrl-C at chunk %s (0x%x)" % (took, chunk, address or 0))
+    for line in text.strip().splitlines()[-6:]:
+        print("#   " + line)
+
+
 # --- the example client ------------------------------------------------------------------
 
 def example_tests(tap, fc, d, work):
@@ -297,7 +354,8 @@ def inside(group, flashd, fc):
     work = tempfile.mkdtemp(prefix="flashctl-test-")
     d = Daemon(flashd, private_locks=True)
     try:
-        (flashctl_tests if group == "flashctl" else example_tests)(tap, fc, d, work)
+        {"flashctl": flashctl_tests, "example": example_tests,
+         "ctrlc-write": ctrlc_tests}[group](tap, fc, d, work)
     finally:
         rc = d.stop()
         tap.check("flashd stops cleanly", rc == 0, d.log_text()[-3000:])
@@ -309,8 +367,14 @@ def outside(sim, flashd, fc, group):
     tmp = tempfile.mkdtemp(prefix="flashd-client-")
     devs = ["platform=photon,os=1.5.2,mode=listening,name=d1,port=1-1",
             "platform=photon,os=2.2.0,mode=dfu,name=d2,port=1-2"]
+    sim_args = ()
+    if group == "ctrlc-write":
+        # real-device flash timings: writing a 460 KiB system part takes seconds
+        devs = ["platform=argon,os=2.2.0,mode=dfu,name=a1,port=1-1"]
+        sim_args = ("--time-scale", "1")
     r = run_in_sim(sim, devs, [sys.executable, os.path.abspath(__file__), "--inside", group,
-                               flashd, fc], tmp, state_dir=os.path.join(tmp, "state"))
+                               flashd, fc], tmp, state_dir=os.path.join(tmp, "state"),
+                   sim_args=sim_args)
     shutil.rmtree(tmp, ignore_errors=True)
     sys.exit(r.returncode)
 
