@@ -4,6 +4,7 @@
 #include "platform.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define FN_BIT(f)		(1u << (f))
@@ -52,6 +53,39 @@ static void add_probe_kind(struct dfu_readback *rb, uint32_t address, enum dfu_p
 static void add_probe(struct dfu_readback *rb, uint32_t address)
 {
 	add_probe_kind(rb, address, DFU_PROBE_PREFIX);
+}
+
+uint8_t *dfu_probe_data(struct dfu_probe *p)
+{
+	return p->kind == DFU_PROBE_WHOLE ? p->whole : p->buf;
+}
+
+size_t dfu_probe_size(const struct dfu_probe *p)
+{
+	return p->kind == DFU_PROBE_WHOLE ? p->want : DFU_PROBE_LEN;
+}
+
+void dfu_readback_clear(struct dfu_readback *rb)
+{
+	for (unsigned i = 0; i < rb->n_probes; i++) {
+		free(rb->probes[i].whole);
+		rb->probes[i].whole = NULL;
+	}
+	rb->n_probes = 0;
+}
+
+/* A whole-module read of size bytes at address (skipped when out of room or memory). */
+static void add_whole(struct dfu_readback *rb, uint32_t address, size_t size)
+{
+	for (unsigned i = 0; i < rb->n_probes; i++)
+		if (rb->probes[i].address == address && rb->probes[i].kind == DFU_PROBE_WHOLE)
+			return;
+	uint8_t *buf = rb->n_probes < DFU_PROBE_MAX ? malloc(size) : NULL;
+	if (!buf)
+		return;
+	add_probe_kind(rb, address, DFU_PROBE_WHOLE);
+	rb->probes[rb->n_probes - 1].whole = buf;
+	rb->probes[rb->n_probes - 1].want = size;
 }
 
 void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
@@ -170,25 +204,6 @@ static bool tail_module_start(const struct dfu_probe *pr, uint32_t *start)
 	return false;
 }
 
-bool dfu_readback_follow(struct dfu_readback *rb)
-{
-	const struct platform *p = rb->platform;
-	unsigned before = rb->n_probes;
-	for (unsigned i = 0; p && i < before; i++) {
-		const struct dfu_probe *pr = &rb->probes[i];
-		uint32_t start;
-		if (pr->kind != DFU_PROBE_TAIL || !tail_module_start(pr, &start))
-			continue;
-		/* Plausible: inside the slot, room for a prefix before the suffix. */
-		const struct slot *s =
-		    platform_find_slot(p, 6200, MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN);
-		uint32_t tail_end = pr->address + DFU_PROBE_LEN;
-		if (s && start >= s->start && start + IMAGE_PREFIX_SIZE + SUFFIX_TAIL < tail_end)
-			add_probe(rb, start);
-	}
-	return rb->n_probes > before;
-}
-
 static bool parse_probe(const struct platform *p, const struct dfu_probe *pr,
 			struct installed_module *m)
 {
@@ -217,6 +232,53 @@ static bool parse_probe(const struct platform *p, const struct dfu_probe *pr,
 		m->deps[d].version = le16(b + 18 + 4 * d);
 	}
 	return true;
+}
+
+/* The P2 user part's start, from a tail read: plausible when inside the slot with room
+ * for a prefix before the suffix. */
+static bool follow_tail(const struct platform *p, const struct dfu_probe *pr, uint32_t *start)
+{
+	if (pr->kind != DFU_PROBE_TAIL || !tail_module_start(pr, start))
+		return false;
+	const struct slot *s =
+	    platform_find_slot(p, 6200, MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN);
+	uint32_t tail_end = pr->address + DFU_PROBE_LEN;
+	return s && *start >= s->start && *start + IMAGE_PREFIX_SIZE + SUFFIX_TAIL < tail_end;
+}
+
+bool dfu_readback_follow(struct dfu_readback *rb)
+{
+	const struct platform *p = rb->platform;
+	unsigned before = rb->n_probes;
+	for (unsigned i = 0; p && i < before; i++) {
+		const struct dfu_probe *pr = &rb->probes[i];
+		struct installed_module m;
+		uint32_t start;
+		if (follow_tail(p, pr, &start))
+			add_probe(rb, start);
+		else if (parse_probe(p, pr, &m) && m.function == MODULE_FUNCTION_USER &&
+			 m.slot_size <= DFU_WHOLE_MAX)
+			add_whole(rb, m.address, m.slot_size);
+	}
+	return rb->n_probes > before;
+}
+
+/* INTEGRITY (§7.5, §7.6): the CRC-32 over the module's bytes before the CRC, stored
+ * big-endian in its last 4 bytes, when the whole module was read. */
+static void integrity_facts(const struct dfu_readback *rb, struct installed_module *m)
+{
+	for (unsigned i = 0; i < rb->n_probes; i++) {
+		const struct dfu_probe *pr = &rb->probes[i];
+		if (pr->kind != DFU_PROBE_WHOLE || pr->address != m->address || !pr->read ||
+		    pr->len != m->slot_size || pr->len < IMAGE_PREFIX_SIZE + 4)
+			continue;
+		const uint8_t *crc = pr->whole + pr->len - 4;
+		uint32_t stored = (uint32_t)crc[0] << 24 | crc[1] << 16 | crc[2] << 8 | crc[3];
+		m->checked |= MODULE_CHECK_INTEGRITY;
+		if (image_crc32(pr->whole, pr->len - 4) == stored)
+			m->passed |= MODULE_CHECK_INTEGRITY;
+		return;
+	}
 }
 
 /* The radio stack's version: the SoftDevice FWID when its info struct is readable, else the
@@ -269,6 +331,7 @@ bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *
 		struct installed_module m;
 		if (!parse_probe(p, &rb->probes[i], &m))
 			continue;
+		integrity_facts(rb, &m);
 		facts->modules[facts->n_modules++] = m;
 		if (m.function == MODULE_FUNCTION_SYSTEM && m.index == 1) {
 			facts->system_version = m.version;
@@ -282,7 +345,8 @@ bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *
 	}
 	if (p->mcu == MCU_NRF52840)
 		radio_stack_facts(rb, facts);
-	/* Prefixes are all we read: the list is what is installed at the known slots. */
+	/* The list is what is installed at the known slots; user parts up to DFU_WHOLE_MAX
+	 * carry an integrity verdict, the rest only what their prefixes say. */
 	facts->modules_known = true;
 	/* Gen 3 has three layouts; the system part's start says which (§6.2).  The others
 	 * have one layout per platform. */

@@ -26,6 +26,10 @@
 
 #define DFU_PROBE_MAX 12
 #define DFU_PROBE_LEN 0x220 /* vector table (≤ 0x200) + 24-byte prefix, rounded */
+/* User parts up to this size are read whole to check their CRC (128 KiB Gen 2 and 256 KiB
+ * Gen 3 slots: tens of UPLOADs).  System parts (up to 1.5 MiB) keep the prefix-only read:
+ * reading them whole would add seconds to every DFU job and probe. */
+#define DFU_WHOLE_MAX (256u << 10)
 #define DFU_WRITE_MAX (PREFLIGHT_MAX_IMAGES * IMAGE_MAX_MODULES + 1)
 
 enum dfu_probe_kind {
@@ -34,16 +38,24 @@ enum dfu_probe_kind {
 	 * downward from 0x08600000, §6.3): CRC and suffix, whose DYNAMIC_LOCATION
 	 * extension names the module's start (§7.5, §7.7). */
 	DFU_PROBE_TAIL,
+	/* A whole module (a user part of at most DFU_WHOLE_MAX bytes), to check its CRC-32
+	 * the way the device does at boot (§7.5, §7.6 INTEGRITY). */
+	DFU_PROBE_WHOLE,
 };
 
-/* One UPLOAD read: DFU_PROBE_LEN bytes at address. */
+/* One UPLOAD read: dfu_probe_size() bytes at address into dfu_probe_data(). */
 struct dfu_probe {
 	uint32_t address;
 	enum dfu_probe_kind kind;
 	uint8_t buf[DFU_PROBE_LEN];
-	size_t len; /* bytes read */
+	uint8_t *whole; /* DFU_PROBE_WHOLE: want bytes, owned by the readback */
+	size_t want;	/* DFU_PROBE_WHOLE: the module's size */
+	size_t len;	/* bytes read */
 	bool read;
 };
+
+uint8_t *dfu_probe_data(struct dfu_probe *p);
+size_t dfu_probe_size(const struct dfu_probe *p);
 
 struct dfu_readback {
 	const struct platform *platform;
@@ -57,10 +69,13 @@ void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb);
 
 /*
  * After the planned reads: adds the reads their results call for (the P2 user
- * part's prefix at the start its suffix names).  Returns true when it added any:
+ * part's prefix at the start its suffix names; small user parts whole, for their
+ * CRC).  Returns true when it added any:
  * read those, then call it again.  Reads it added once are not added again.
  */
 bool dfu_readback_follow(struct dfu_readback *rb);
+/* Frees the whole-module buffers; rb may then be planned again. */
+void dfu_readback_clear(struct dfu_readback *rb);
 
 /*
  * Turns the reads into facts: platform, device id, installed modules (with

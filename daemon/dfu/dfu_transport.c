@@ -159,9 +159,9 @@ static int start_op(struct transport_run *r, struct error *err)
 	switch (r->state) {
 	case RUN_READBACK: {
 		struct dfu_probe *p = &r->rb.probes[r->probe_i];
-		p->len = DFU_PROBE_LEN;
-		return dfuse_upload(r->dfuse, 0, p->address, p->buf, DFU_PROBE_LEN, on_dfuse_done,
-				    r, err);
+		p->len = dfu_probe_size(p);
+		return dfuse_upload(r->dfuse, 0, p->address, dfu_probe_data(p), p->len,
+				    on_dfuse_done, r, err);
 	}
 	case RUN_ERASE:
 		return dfuse_erase(r->dfuse, w->alt, w->address, w->len, on_dfuse_done, r, err);
@@ -229,6 +229,7 @@ static void step(struct transport_run *r)
 	switch (r->state) {
 	case RUN_DFU_OPEN:
 		job_set_state(r->job, JOB_PREFLIGHT);
+		dfu_readback_clear(&r->rb);
 		dfu_readback_plan(r->facts.platform, &r->rb);
 		r->probe_i = 0;
 		if (dfuse_get_info(r->dfuse)->protected_device || r->rb.n_probes == 0) {
@@ -801,6 +802,7 @@ static void dfu_free(struct transport_run *r)
 	cdc_query_free(r->query);
 	usb_dfu_close(r->usb); /* detaches the dfuse first: no completion reaches it */
 	dfuse_free(r->dfuse);
+	dfu_readback_clear(&r->rb);
 	free(r->verify_buf);
 	free(r);
 }

@@ -498,6 +498,50 @@ def test_p2_user_part_is_read_back_through_its_suffix():
         print('  ' + line)
 
 
+def test_dfu_read_back_checks_the_crc_of_small_user_parts():
+    # A user part (<= 256 KiB) is read whole and its CRC-32 checked as the device does at
+    # boot (§7.5, §7.6 INTEGRITY): flashd's verdict is the simulated device's own.
+    specs = ['platform=photon,mode=dfu,os=2.2.0,name=p1']
+    idmap = ids(specs)
+    app = fixture('photon/tinker-0.4.5-photon.bin')
+    data = bytearray(open(app, 'rb').read())
+    start = prefix_start(data)
+    data[len(data) // 2] ^= 0x40
+    bad = os.path.join(top, 'tinker-corrupt.bin')
+    open(bad, 'wb').write(data)
+    res, doc, work, log = run(specs, [
+        {'flashctl': ['--json', 'info', idmap['p1']]},
+        {'run': ['dfu-util', '-a', '0', '-s', '0x%x' % start, '-D', bad]},
+        {'probe': idmap['p1']},
+        {'flashctl': ['info', '--no-probe', idmap['p1']]}])
+    first = json.loads(res[0]['out'].splitlines()[0]) if res[0]['rc'] == 0 else {}
+    check(first.get('probe', {}).get('outcome') == 'probed', 'first probe: %s %s\n%s'
+          % (res[0]['out'], res[0]['err'], log[-3000:]))
+    seeded = user_parts(first['device'])
+    check(len(seeded) == 1 and seeded[0]['valid'] and seeded[0]['failed_checks'] == [],
+          'intact user part: %s' % seeded)
+    check(res[1]['rc'] == 0, 'dfu-util: %s' % res[1]['out'])
+    reply = res[2]['reply']
+    check(reply and reply.get('type') == 'reply', 'probe: %s\n%s' % (reply, log[-3000:]))
+    users = user_parts(reply['device'])
+    check(len(users) == 1 and users[0]['address'] == start and not users[0]['valid']
+          and users[0]['failed_checks'] == ['integrity'], 'corrupt user part: %s' % users)
+    sim = module_at(device(doc, 'p1'), start)
+    check(sim and not sim['valid'] and 'integrity' in sim['failed_checks'],
+          'the simulated device judges it: %s' % sim)
+    # the system parts keep the prefix-only read: no verdict but what their prefixes say
+    for m in reply['device']['modules']:
+        if m['function'] == 'system':
+            check(m['valid'], 'system part %s' % m)
+    out = res[3]['out']
+    check(res[3]['rc'] == 0 and re.search(r'application 1 .*INVALID\n +integrity FAILED', out),
+          'flashctl info:\n%s%s' % (out, res[3]['err']))
+    print('corrupt Photon user part at 0x%x: %s (probe %.1f s)'
+          % (start, users[0]['failed_checks'], res[2]['elapsed']))
+    for line in out.splitlines()[-6:]:
+        print('  ' + line)
+
+
 def compare(spec, path, alt_addr=None):
     data = open(path, 'rb').read()
     addr = prefix_start(data)

@@ -107,13 +107,14 @@ static unsigned read_all(struct dfu_readback *rb, const struct fake_flash *f)
 	do {
 		for (; done < rb->n_probes; done++) {
 			struct dfu_probe *pr = &rb->probes[done];
-			for (size_t k = 0; k < DFU_PROBE_LEN; k++) {
+			uint8_t *buf = dfu_probe_data(pr);
+			size_t n = dfu_probe_size(pr);
+			for (size_t k = 0; k < n; k++) {
 				uint64_t a = (uint64_t)pr->address + k;
-				pr->buf[k] = a >= f->base && a < f->base + f->size
-						 ? f->mem[a - f->base]
-						 : 0xff;
+				buf[k] = a >= f->base && a < f->base + f->size ? f->mem[a - f->base]
+									       : 0xff;
 			}
-			pr->len = DFU_PROBE_LEN;
+			pr->len = n;
 			pr->read = true;
 		}
 		rounds++;
@@ -417,7 +418,8 @@ static void test_p2_user_part_is_found_through_its_suffix_dynamic_location(void 
 	info_with_map(&info, P2_MAP);
 	dfu_readback_plan(platform_by_id(32), &rb);
 	assert_false(has_probe(&rb, im->start)); /* not fixed: not planned */
-	assert_int_equal(read_all(&rb, f), 2);	 /* the tail first, then the prefix it names */
+	/* the tail first, then the prefix it names, then the whole module for its CRC */
+	assert_int_equal(read_all(&rb, f), 3);
 	assert_true(has_probe(&rb, 0x085F4000));
 	assert_true(dfu_readback_facts(&rb, &info, &facts));
 	struct installed_module m = {0};
@@ -436,6 +438,9 @@ static void test_p2_user_part_is_found_through_its_suffix_dynamic_location(void 
 	assert_int_equal(m.deps[0].index, 1);
 	assert_int_equal(m.deps[0].version, 5002);
 	assert_true(facts.modules_known);
+	assert_int_equal(m.checked, MODULE_CHECK_INTEGRITY);
+	assert_true(installed_module_valid(&m));
+	dfu_readback_clear(&rb);
 	flash_free(f);
 	image_free(app);
 }
@@ -455,6 +460,7 @@ static void test_erased_p2_user_slot_reports_no_user_part(void **state)
 	assert_true(dfu_readback_facts(&rb, &info, &facts));
 	for (unsigned i = 0; i < facts.n_modules; i++)
 		assert_int_not_equal(facts.modules[i].function, MODULE_FUNCTION_USER);
+	dfu_readback_clear(&rb);
 	flash_free(f);
 }
 
@@ -475,8 +481,96 @@ static void test_p2_suffix_naming_a_start_outside_the_user_slot_is_ignored(void 
 	assert_int_equal(read_all(&rb, f), 1); /* nothing followed */
 	assert_int_equal(rb.n_probes, planned);
 	assert_false(has_probe(&rb, 0x08400000));
+	dfu_readback_clear(&rb);
 	flash_free(f);
 	image_free(app);
+}
+
+static void put_le32(uint8_t *b, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		b[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* The user part found by read-back, and its integrity verdict. */
+static struct installed_module user_part_of(const struct device_facts *facts)
+{
+	for (unsigned i = 0; i < facts->n_modules; i++)
+		if (facts->modules[i].function == MODULE_FUNCTION_USER)
+			return facts->modules[i];
+	fail_msg("no user part in the read-back");
+	return (struct installed_module){0};
+}
+
+/* §7.6 INTEGRITY: a user part read whole whose CRC does not match fails the check, as
+ * the device itself would judge it at boot; an intact one passes. */
+static void test_photon_user_part_read_whole_gets_a_true_integrity_verdict(void **state)
+{
+	(void)state;
+	struct image *app = load("photon/tinker-0.4.5-photon.bin");
+	struct dfuse_info info;
+	struct device_facts facts;
+	info_with_map(&info, GEN2_MAP);
+	for (int corrupt = 0; corrupt < 2; corrupt++) {
+		struct fake_flash *f = flash_with(0x08000000, 1u << 20, app);
+		if (corrupt)
+			f->mem[0x080A0000 - 0x08000000 + app->modules[0].size / 2] ^= 0x40;
+		struct dfu_readback rb;
+		dfu_readback_plan(platform_by_id(6), &rb);
+		assert_int_equal(read_all(&rb, f), 2); /* prefixes, then the user part whole */
+		assert_true(dfu_readback_facts(&rb, &info, &facts));
+		struct installed_module m = user_part_of(&facts);
+		assert_int_equal(m.address, 0x080A0000);
+		assert_int_equal(m.checked, MODULE_CHECK_INTEGRITY);
+		assert_int_equal(installed_module_valid(&m), !corrupt);
+		/* the system parts: prefixes only, no verdict claimed */
+		for (unsigned i = 0; i < facts.n_modules; i++)
+			if (facts.modules[i].function == MODULE_FUNCTION_SYSTEM)
+				assert_int_equal(facts.modules[i].checked, 0);
+		dfu_readback_clear(&rb);
+		flash_free(f);
+	}
+	image_free(app);
+}
+
+static void test_user_part_larger_than_the_whole_read_limit_keeps_the_prefix_read(void **state)
+{
+	(void)state;
+	/* A P2 user part of 1 MiB: its prefix and suffix are read, not its body. */
+	uint32_t size = 1u << 20, start = P2_USER_END - size;
+	struct fake_flash *f = flash_with(0x08480000, P2_USER_END - 0x08480000, NULL);
+	uint8_t *mod = f->mem + (start - f->base);
+	memset(mod, 0x5a, size);
+	memset(mod, 0, 24);
+	put_le32(mod, start);
+	put_le32(mod + 4, P2_USER_END - 4);
+	mod[10] = 6;
+	mod[12] = 32;
+	mod[14] = MODULE_FUNCTION_USER;
+	mod[15] = 1;
+	uint8_t *suffix = mod + size - 4 - 62;
+	memset(suffix, 0, 62);
+	suffix[0] = 2;
+	suffix[2] = 16;
+	put_le32(suffix + 4, start);
+	suffix[16] = 1;
+	suffix[18] = 10;
+	suffix[60] = 62;
+	struct dfu_readback rb;
+	struct dfuse_info info;
+	struct device_facts facts;
+	info_with_map(&info, P2_MAP);
+	dfu_readback_plan(platform_by_id(32), &rb);
+	assert_int_equal(read_all(&rb, f), 2); /* tail, prefix; no whole read */
+	for (unsigned i = 0; i < rb.n_probes; i++)
+		assert_int_not_equal(rb.probes[i].kind, DFU_PROBE_WHOLE);
+	assert_true(dfu_readback_facts(&rb, &info, &facts));
+	struct installed_module m = user_part_of(&facts);
+	assert_int_equal(m.address, start);
+	assert_int_equal(m.slot_size, size);
+	assert_int_equal(m.checked, 0);
+	dfu_readback_clear(&rb);
+	flash_free(f);
 }
 
 int main(void)
@@ -496,6 +590,8 @@ int main(void)
 	    cmocka_unit_test(test_p2_user_part_is_found_through_its_suffix_dynamic_location),
 	    cmocka_unit_test(test_erased_p2_user_slot_reports_no_user_part),
 	    cmocka_unit_test(test_p2_suffix_naming_a_start_outside_the_user_slot_is_ignored),
+	    cmocka_unit_test(test_photon_user_part_read_whole_gets_a_true_integrity_verdict),
+	    cmocka_unit_test(test_user_part_larger_than_the_whole_read_limit_keeps_the_prefix_read),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
