@@ -130,8 +130,11 @@ class Daemon:
     each other's daemons as port holders."""
 
     def __init__(self, flashd, config=None, extra_env=None, log_level="info",
-                 private_locks=False):
-        self.dir = tempfile.mkdtemp(prefix="flashd-test-")
+                 private_locks=False, world_reachable=False):
+        # world_reachable: under /tmp itself, not $TMPDIR (scripts/test-all makes
+        # that 0700), so that unprivileged uids can reach the socket.
+        self.dir = tempfile.mkdtemp(prefix="flashd-test-",
+                                    dir="/tmp" if world_reachable else None)
         self.socket = os.path.join(self.dir, "flashd.sock")
         args = [flashd, "--foreground", "--socket", self.socket, "--log-level", log_level,
                 "--state-dir", os.path.join(self.dir, "state")]
