@@ -1,6 +1,7 @@
 """Helpers for the CDC integration tests that run under the real flashd-sim."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,17 +34,30 @@ def workdir():
 
 
 def run_sim(devices, command, state_dir=None, timeout=120, extra=()):
+    """Runs COMMAND in a flashd-sim testbed, then lets the simulator settle.
+
+    flashd-sim writes state.json the moment COMMAND exits, but a device that
+    ACKed a YMODEM update only applies it at its reset 1.1 s later (§4.4: 1 s,
+    restart line, 100 ms; the bootloader copies the module, §11.4).  A sender
+    may exit at the ACK (particle-cli does), so COMMAND runs under this module's
+    --settle wrapper, which waits for the simulator's wait-idle (no reset,
+    re-enumeration or console delay pending) before it exits with COMMAND's
+    status."""
     args = [find_sim()]
     for spec in devices:
         args += ["--device", spec]
     args += ["--time-scale", "0"]
     if state_dir:
         args += ["--state-dir", state_dir]
-    args += list(extra)
-    args += ["--"] + list(command)
-    print("+", " ".join(args), flush=True)
-    return subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=timeout, text=True, errors="replace")
+    with tempfile.TemporaryDirectory(prefix="flashd-cdc-ctl-") as ctl:
+        sock = os.path.join(ctl, "control")
+        args += ["--control", sock]
+        args += list(extra)
+        args += ["--", sys.executable, os.path.abspath(__file__), "--settle", sock, "--"]
+        args += list(command)
+        print("+", " ".join(args), flush=True)
+        return subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=timeout, text=True, errors="replace")
 
 
 def load_state(state_dir):
@@ -65,3 +79,21 @@ def check(cond, msg):
     if not cond:
         print("FAIL:", msg)
         sys.exit(1)
+
+
+def settle_main(argv):
+    """simlib.py --settle SOCK -- COMMAND...: COMMAND, then wait-idle on SOCK."""
+    sock, command = argv[0], argv[2:]
+    rc = subprocess.call(command)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(sock)
+        s.sendall(b'{"cmd":"wait-idle"}\n')
+        reply = s.makefile("rb").readline()
+    if not json.loads(reply or b"{}").get("ok"):
+        print(f"simlib --settle: {reply!r}", flush=True)
+        return 125
+    return rc
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--settle"]:
+    sys.exit(settle_main(sys.argv[2:]))

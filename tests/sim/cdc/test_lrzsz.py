@@ -21,7 +21,11 @@ log = os.path.join(work, "device.log")
 os.mkdir(state)
 r = simlib.run_sim(
     ["platform=photon,mode=listening,os=2.2.0,name=ph"],
-    ["python3", os.environ["TTYRELAY"], "--send-f", "--log", log, "/dev/ttyACM0", "--",
+    # --drain-ms: the restart line comes 1 s after sb's last ACK and the device
+    # goes away 100 ms later (§4.4), which ends the drain; the default 1.5 s
+    # left 0.4 s of slack on a loaded machine.
+    ["python3", os.environ["TTYRELAY"], "--send-f", "--log", log, "--drain-ms", "20000",
+     "/dev/ttyACM0", "--",
      "sb", "--ymodem", "-k", app],
     state_dir=state, extra=["--timeout-scale", "0.005"])
 print(r.stdout)

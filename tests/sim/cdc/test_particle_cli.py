@@ -32,14 +32,17 @@ os.environ["HOME"] = work  # particle-cli writes ~/.particle
 # Before libumockdev-preload (flashd-sim appends it): see close_shim.c.
 if os.path.exists(os.environ.get("CLOSE_SHIM", "")):
     os.environ["LD_PRELOAD"] = os.environ["CLOSE_SHIM"]
-os.environ["PARTICLE_DISABLE_UPDATE"] = "true"  # settings.js: no registry lookup per run
+# No registry lookup per run: 3.19.0's cli.js overwrites PARTICLE_DISABLE_UPDATE
+# with the presence of --no-update-check, and the lookup's 3 s timer kept the
+# CLI alive past the device's reset, hiding that it exits at the final ACK.
+CLI_OPTS = ["--no-update-check"]
 
 for attempt_name, app, want_ok in (("photon-app", photon_app, True),
                                    ("electron-app-on-photon", electron_app, False)):
     state = os.path.join(work, attempt_name)
     os.mkdir(state)
     r = simlib.run_sim(["platform=photon,mode=normal,os=2.2.0,name=ph"],
-                       [particle, "flash", "--serial", "--yes", "--port", "/dev/ttyACM0", app],
+                       [particle, "flash", "--serial", "--yes", "--port", "/dev/ttyACM0", app] + CLI_OPTS,
                        state_dir=state, timeout=240)
     print(r.stdout)
     doc = simlib.load_state(state)
