@@ -69,6 +69,24 @@ static int function_from_name(const char *name)
 	return -1;
 }
 
+static bool names_check(const json_t *list, const char *check)
+{
+	const json_t *v;
+	size_t k;
+	json_array_foreach(list, k, v) if (!strcmp(json_string_value(v), check)) return true;
+	return false;
+}
+
+/* "FAILED", "ok", or "not checked" when nobody ran the check (DFU read-back reads
+ * system parts prefix-only).  A daemon without "checked" meant ok by not failed. */
+static const char *check_verdict(const json_t *m, const char *check)
+{
+	const json_t *checked = json_object_get(m, "checked");
+	if (names_check(json_object_get(m, "failed_checks"), check))
+		return "FAILED";
+	return !checked || names_check(checked, check) ? "ok" : "not checked";
+}
+
 static void print_module(const json_t *m)
 {
 	const char *fn = str(m, "function");
@@ -90,15 +108,9 @@ static void print_module(const json_t *m)
 	printf("    %-18s %-24s %-8s %-14s %s\n", name, ver, str(m, "store") ? str(m, "store") : "",
 	       at, json_is_true(json_object_get(m, "valid")) ? "valid" : "INVALID");
 	printf("    %-18s", "");
-	for (size_t i = 0; i < sizeof(info_checks) / sizeof(info_checks[0]); i++) {
-		bool bad = false;
-		const json_t *v;
-		size_t k;
-		json_array_foreach(failed, k, v) bad =
-		    bad || !strcmp(json_string_value(v), info_checks[i]);
-		printf(" %s %s%s", info_checks[i], bad ? "FAILED" : "ok",
+	for (size_t i = 0; i < sizeof(info_checks) / sizeof(info_checks[0]); i++)
+		printf(" %s %s%s", info_checks[i], check_verdict(m, info_checks[i]),
 		       i + 1 < sizeof(info_checks) / sizeof(info_checks[0]) ? "," : "");
-	}
 	/* Checks beyond the four (product, dependencies-full) when they failed. */
 	const json_t *v;
 	size_t k;

@@ -380,17 +380,26 @@ void registry_set_job(struct registry *r, struct device *dev, struct job *job)
 	notify(r, dev, REGISTRY_CHANGED);
 }
 
+static json_t *check_names_json(unsigned mask)
+{
+	json_t *a = json_array();
+	const char *names[MODULE_CHECKS_MAX];
+	unsigned n = module_checks_named(mask, names);
+	for (unsigned i = 0; i < n; i++)
+		json_array_append_new(a, json_string(names[i]));
+	return a;
+}
+
+/* "checked" names the checks someone actually ran (the device's vc, or flashd's DFU
+ * read-back), so a client never reads "not failed" as "passed". */
 static json_t *module_json(const struct installed_module *m)
 {
-	json_t *failed = json_array();
-	const char *names[MODULE_CHECKS_MAX];
-	unsigned n = module_checks_failed(m->checked, m->passed, names);
-	for (unsigned i = 0; i < n; i++)
-		json_array_append_new(failed, json_string(names[i]));
-	return json_pack("{s:s, s:i, s:i, s:s, s:i, s:b, s:o}", "function",
+	return json_pack("{s:s, s:i, s:i, s:s, s:i, s:b, s:o, s:o}", "function",
 			 module_function_name(m->function), "index", m->index, "version",
 			 m->version, "store", module_store_name(m->store), "address", m->address,
-			 "valid", installed_module_valid(m), "failed_checks", failed);
+			 "valid", installed_module_valid(m), "checked",
+			 check_names_json(m->checked), "failed_checks",
+			 check_names_json(m->checked & ~m->passed));
 }
 
 json_t *device_to_json(const struct device *dev, bool with_modules)

@@ -304,13 +304,18 @@ const char *module_check_name(unsigned bit)
 	return "unknown";
 }
 
-unsigned module_checks_failed(unsigned checked, unsigned passed, const char *ret[MODULE_CHECKS_MAX])
+unsigned module_checks_named(unsigned mask, const char *ret[MODULE_CHECKS_MAX])
 {
 	unsigned n = 0;
 	for (unsigned bit = 1; bit < MODULE_CHECK_END; bit <<= 1)
-		if ((checked & bit) && !(passed & bit))
+		if (mask & bit)
 			ret[n++] = module_check_name(bit);
 	return n;
+}
+
+unsigned module_checks_failed(unsigned checked, unsigned passed, const char *ret[MODULE_CHECKS_MAX])
+{
+	return module_checks_named(checked & ~passed, ret);
 }
 
 void module_checks_text(unsigned mask, char *buf, size_t size)

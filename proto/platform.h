@@ -107,8 +107,10 @@ char module_function_letter(int function);	  /* s-JSON letter: 's', 'u', 'b' ...
 int module_function_from_letter(char c);	  /* -1 if unknown */
 const char *module_store_name(int store);	  /* "main", "factory", ... */
 const char *module_check_name(unsigned bit);	  /* "integrity", ...; "unknown" */
-/* The checks in checked but not in passed, by name in bit order ("unknown" for a
- * bit no check uses); returns how many. */
+/* The checks in mask, by name in bit order ("unknown" for a bit no check uses);
+ * returns how many. */
+unsigned module_checks_named(unsigned mask, const char *ret[MODULE_CHECKS_MAX]);
+/* The checks in checked but not in passed, as module_checks_named(). */
 unsigned module_checks_failed(unsigned checked, unsigned passed,
 			      const char *ret[MODULE_CHECKS_MAX]);
 /* The named checks of mask joined with ", " ("range, platform" for 0x18);

@@ -220,6 +220,8 @@ static bool parse_probe(const struct platform *p, const struct dfu_probe *pr,
 	if (le16(b + 12) != p->id || !slot_matches(p, start, end, function, index))
 		return false;
 	memset(m, 0, sizeof(*m));
+	/* PLATFORM (§7.6): the prefix's platform id is the device's, or it is not listed. */
+	m->checked = m->passed = MODULE_CHECK_PLATFORM;
 	m->function = function;
 	m->index = index;
 	m->store = MODULE_STORE_MAIN;

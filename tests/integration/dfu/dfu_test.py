@@ -525,17 +525,22 @@ def test_dfu_read_back_checks_the_crc_of_small_user_parts():
     check(reply and reply.get('type') == 'reply', 'probe: %s\n%s' % (reply, log[-3000:]))
     users = user_parts(reply['device'])
     check(len(users) == 1 and users[0]['address'] == start and not users[0]['valid']
-          and users[0]['failed_checks'] == ['integrity'], 'corrupt user part: %s' % users)
+          and users[0]['failed_checks'] == ['integrity']
+          and 'integrity' in users[0]['checked'], 'corrupt user part: %s' % users)
     sim = module_at(device(doc, 'p1'), start)
     check(sim and not sim['valid'] and 'integrity' in sim['failed_checks'],
           'the simulated device judges it: %s' % sim)
-    # the system parts keep the prefix-only read: no verdict but what their prefixes say
+    # the system parts keep the prefix-only read: no verdict but what their prefixes say,
+    # and their integrity is reported as not checked rather than ok
     for m in reply['device']['modules']:
         if m['function'] == 'system':
-            check(m['valid'], 'system part %s' % m)
+            check(m['valid'] and 'integrity' not in m['checked'] and 'platform' in m['checked'],
+                  'system part %s' % m)
     out = res[3]['out']
     check(res[3]['rc'] == 0 and re.search(r'application 1 .*INVALID\n +integrity FAILED', out),
           'flashctl info:\n%s%s' % (out, res[3]['err']))
+    check(re.search(r'system part 1 .*valid\n +integrity not checked,', out)
+          and 'integrity ok' not in out, 'flashctl info: system part integrity:\n%s' % out)
     print('corrupt Photon user part at 0x%x: %s (probe %.1f s)'
           % (start, users[0]['failed_checks'], res[2]['elapsed']))
     for line in out.splitlines()[-6:]:

@@ -438,7 +438,7 @@ static void test_p2_user_part_is_found_through_its_suffix_dynamic_location(void 
 	assert_int_equal(m.deps[0].index, 1);
 	assert_int_equal(m.deps[0].version, 5002);
 	assert_true(facts.modules_known);
-	assert_int_equal(m.checked, MODULE_CHECK_INTEGRITY);
+	assert_int_equal(m.checked, MODULE_CHECK_INTEGRITY | MODULE_CHECK_PLATFORM);
 	assert_true(installed_module_valid(&m));
 	dfu_readback_clear(&rb);
 	flash_free(f);
@@ -521,12 +521,12 @@ static void test_photon_user_part_read_whole_gets_a_true_integrity_verdict(void 
 		assert_true(dfu_readback_facts(&rb, &info, &facts));
 		struct installed_module m = user_part_of(&facts);
 		assert_int_equal(m.address, 0x080A0000);
-		assert_int_equal(m.checked, MODULE_CHECK_INTEGRITY);
+		assert_int_equal(m.checked, MODULE_CHECK_INTEGRITY | MODULE_CHECK_PLATFORM);
 		assert_int_equal(installed_module_valid(&m), !corrupt);
-		/* the system parts: prefixes only, no verdict claimed */
+		/* the system parts: prefixes only, no integrity verdict claimed */
 		for (unsigned i = 0; i < facts.n_modules; i++)
 			if (facts.modules[i].function == MODULE_FUNCTION_SYSTEM)
-				assert_int_equal(facts.modules[i].checked, 0);
+				assert_int_equal(facts.modules[i].checked, MODULE_CHECK_PLATFORM);
 		dfu_readback_clear(&rb);
 		flash_free(f);
 	}
@@ -568,7 +568,7 @@ static void test_user_part_larger_than_the_whole_read_limit_keeps_the_prefix_rea
 	struct installed_module m = user_part_of(&facts);
 	assert_int_equal(m.address, start);
 	assert_int_equal(m.slot_size, size);
-	assert_int_equal(m.checked, 0);
+	assert_int_equal(m.checked, MODULE_CHECK_PLATFORM); /* no integrity verdict */
 	dfu_readback_clear(&rb);
 	flash_free(f);
 }

@@ -325,6 +325,11 @@ static void test_failed_checks_are_named_in_bit_order(void **state)
 	assert_int_equal(module_checks_failed(0x7f, 0x00, names), 7);
 	assert_string_equal(names[0], "unknown"); /* 0x01 is no check */
 	assert_string_equal(names[6], "dependencies-full");
+	/* what was checked, passed or not (registry "checked") */
+	assert_int_equal(module_checks_named(0x12, names), 2);
+	assert_string_equal(names[0], "integrity");
+	assert_string_equal(names[1], "platform");
+	assert_int_equal(module_checks_named(0, names), 0);
 	char buf[96];
 	module_checks_text(0x18, buf, sizeof(buf));
 	assert_string_equal(buf, "range, platform");
