@@ -69,6 +69,50 @@ const char *osver_release_for(int module_function, uint16_t module_version)
 	return NULL;
 }
 
+uint16_t osver_module_version(const struct os_release *r, int platform_id, int module_function)
+{
+	(void)platform_id; /* one column per module for now; per-platform rows come with the
+			      generated table */
+	if (!r)
+		return 0;
+	switch (module_function) {
+	case MODULE_FUNCTION_SYSTEM:
+	case MODULE_FUNCTION_MONO:
+		return r->system;
+	case MODULE_FUNCTION_BOOTLOADER:
+		return r->bootloader;
+	case MODULE_FUNCTION_RADIO_STACK:
+		return r->radio_stack;
+	default:
+		return 0;
+	}
+}
+
+const struct os_release *osver_first_providing(int platform_id, int module_function,
+					       uint16_t min_version)
+{
+	for (size_t i = 0; i < N_RELEASES; i++) {
+		uint16_t v = osver_module_version(&releases[i], platform_id, module_function);
+		if (v != 0 && v >= min_version)
+			return &releases[i];
+	}
+	return NULL;
+}
+
+bool osver_span(int platform_id, int module_function, uint16_t version,
+		const struct os_release **ret_first, const struct os_release **ret_last)
+{
+	*ret_first = *ret_last = NULL;
+	for (size_t i = 0; version != 0 && i < N_RELEASES; i++) {
+		if (osver_module_version(&releases[i], platform_id, module_function) != version)
+			continue;
+		if (!*ret_first)
+			*ret_first = &releases[i];
+		*ret_last = &releases[i];
+	}
+	return *ret_first != NULL;
+}
+
 int osver_parse(const char *s, int *ret_major, int *ret_minor, int *ret_patch)
 {
 	int major, minor, patch, n = 0;
