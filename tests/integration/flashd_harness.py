@@ -18,8 +18,18 @@ FIXTURES = os.environ.get("FLASHD_FIXTURES", "")
 BUILD = os.environ.get("FLASHD_BUILD_ROOT", "")
 
 
+MISSING_HINT = ("neither ../shared/fixtures nor the fetched set has it;"
+                " scripts/fetch-fixtures fetches what it can from the npm registry")
+
+
 def fixture(path):
-    return os.path.join(FIXTURES, "modules", path)
+    """A fixture module's path; a TAP driver whose input is missing skips as a whole.
+    Call it before the first TAP line (at the top of the driver)."""
+    full = os.path.join(FIXTURES, "modules", path)
+    if not os.path.exists(full):
+        print("1..0 # SKIP fixture %s missing (%s)" % (full, MISSING_HINT), flush=True)
+        sys.exit(0)
+    return full
 
 
 class Tap:
@@ -363,12 +373,12 @@ def check(cond, msg):
 
 def sim_fixture(rel, tap=True):
     """A fixture module's path; skips the whole driver when it is missing."""
-    path = fixture(rel)
+    path = os.path.join(FIXTURES, "modules", rel)
     if not os.path.exists(path):
         if tap:
-            print("1..0 # SKIP fixture %s missing" % path)
+            print("1..0 # SKIP fixture %s missing (%s)" % (path, MISSING_HINT))
             sys.exit(0)
-        print("SKIP: fixture %s missing" % path)
+        print("SKIP: fixture %s missing (%s)" % (path, MISSING_HINT))
         sys.exit(77)
     return path
 

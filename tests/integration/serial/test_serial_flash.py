@@ -10,6 +10,10 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from flashd_harness import Daemon, SimControl, Tap, fixture, run_in_sim  # noqa: E402
 
+# Both inputs, checked before the testbed starts: a missing one skips the whole driver.
+ELECTRON_APP = fixture("electron/electron_tinker.bin")
+PHOTON_APP = fixture("photon/photon_tinker.bin")
+
 
 def flash(fc, sock, *args):
     r = subprocess.run([fc, "--socket", sock, "--json", "flash", *args],
@@ -33,7 +37,7 @@ def inside(flashd, fc, state_dir, control):
     tap = Tap()
     d = Daemon(flashd, private_locks=True)
     try:
-        code, end, _ = flash(fc, d.socket, fixture("electron/electron_tinker.bin"))
+        code, end, _ = flash(fc, d.socket, ELECTRON_APP)
         err = end.get("error") or {}
         tap.check("electron app on photon 1.5.2 is wrong-platform", err.get("code") == "wrong-platform", end)
         tap.check("exit status is non-zero (4)", code == 4, code)
@@ -43,7 +47,7 @@ def inside(flashd, fc, state_dir, control):
         tap.check("no YMODEM byte reached the device",
                   dev is not None and dev["received"]["ymodem_bytes"] == 0, dev)
 
-        code, end, objs = flash(fc, d.socket, "--force", fixture("electron/electron_tinker.bin"))
+        code, end, objs = flash(fc, d.socket, "--force", ELECTRON_APP)
         err = end.get("error") or {}
         det = err.get("detail", {})
         tap.check("--force: device-rejected", err.get("code") == "device-rejected", end)
@@ -55,7 +59,7 @@ def inside(flashd, fc, state_dir, control):
         tap.check("--force: the job ends once the device has reset and is back (facts 4.4)",
                   any(o.get("note") == "device-reset" for o in objs), objs[-3:])
 
-        code, end, objs = flash(fc, d.socket, fixture("photon/photon_tinker.bin"))
+        code, end, objs = flash(fc, d.socket, PHOTON_APP)
         tap.check("photon app flashes and verifies",
                   code == 0 and end.get("outcome") == "verified", end)
         pct = [o.get("percent") for o in objs if o.get("event") == "job-progress" and "percent" in o]

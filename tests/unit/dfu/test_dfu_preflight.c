@@ -1,5 +1,6 @@
 /* Module read-back over UPLOAD and the DFU-specific preflight, on real fixtures. */
 #include "dfu_preflight.h"
+#include "fixtures_present.h"
 
 #include "platform.h"
 
@@ -573,8 +574,17 @@ static void test_user_part_larger_than_the_whole_read_limit_keeps_the_prefix_rea
 	flash_free(f);
 }
 
+/* Every fixture this file reads. */
+static const char *const fixtures_read[] = {
+    "argon/argon-bootloader@2.2.0.bin",	  "argon/argon-softdevice@2.0.1.bin",
+    "argon/argon-system-part1@1.5.0.bin", "argon/argon-system-part1@2.2.0.bin",
+    "argon/tinker-0.8.0-rc.27-argon.bin", "p2/tinker-5.0.0-p2.bin",
+    "photon/tinker-0.4.5-photon.bin",	  NULL,
+};
+
 int main(void)
 {
+	fixtures_present_or_skip(fixtures_read);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_readback_plan_covers_every_gen3_layout_and_gen2_slots),
 	    cmocka_unit_test(test_readback_of_argon_1_5_system_part_determines_old_layout),

@@ -5,6 +5,7 @@
  * so that each test breaks exactly one thing.
  */
 #include "image.h"
+#include "fixtures_present.h"
 #include "platform.h"
 
 #include <errno.h>
@@ -1148,8 +1149,19 @@ static void test_descriptions_say_what_the_file_is(void **state)
 	assert_int_equal(strlen(small), sizeof(small) - 1);
 }
 
+/* Every fixture this file reads. */
+static const char *const fixtures_read[] = {
+    "argon/argon-softdevice@2.0.1.bin",	    "argon/argon-system-part1@2.2.0.bin",
+    "boron/boron-bootloader@2.2.0.bin",	    "boron/boron-system-part1@2.2.0.bin",
+    "core/core_tinker-8e55851b.bin",	    "electron/electron-system-part1@2.2.0.bin",
+    "electron/electron_tinker.bin",	    "generated/tinker-argon.compressed.bin",
+    "photon/photon-system-part1@2.2.0.bin", "photon/photon-system-part2@2.2.0.bin",
+    "photon/tinker-0.4.5-photon.bin",	    NULL,
+};
+
 int main(void)
 {
+	fixtures_present_or_skip(fixtures_read);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_plain_user_part_parses_with_every_field),
 	    cmocka_unit_test(test_gen3_vector_table_puts_prefix_at_0x200),

@@ -142,7 +142,12 @@ def compare(tap, name, want, got):
 def main():
     if len(sys.argv) != 2 or not os.path.isdir(MODULES):
         print("1..0 # SKIP usage: test_inspect_oracle.py FLASHCTL (with FLASHD_FIXTURES set)")
-        return 77
+        return 0
+    if not os.path.exists(os.path.join(MODULES, "oracle.jsonl")):
+        # The set scripts/fetch-fixtures fetches has no oracle: it lives with the full set.
+        print(f"1..0 # SKIP needs the full fixture set (oracle.jsonl and all its files);"
+              f" {MODULES} has no oracle.jsonl")
+        return 0
     flashctl = os.path.abspath(sys.argv[1])
     oracle = {}
     with open(os.path.join(MODULES, "oracle.jsonl")) as f:

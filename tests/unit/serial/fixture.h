@@ -1,8 +1,6 @@
 /*
  * Test helpers: real fixture modules ($FLASHD_FIXTURES) and synthetic device
- * facts.  Fixtures are parsed with the image parser; while the parser is not
- * built (proto/image.c placeholder) a minimal prefix reader stands in so that
- * the preflight tests still run on the real files.
+ * facts.  Fixtures are parsed with the image parser.
  */
 #pragma once
 
@@ -11,7 +9,7 @@
 
 #include <stddef.h>
 
-/* Loads "$FLASHD_FIXTURES/modules/<rel>"; aborts the test when missing. */
+/* Loads "$FLASHD_FIXTURES/modules/<rel>"; skips the cmocka test when the file is missing. */
 struct image *fixture_load(const char *rel);
 /* A copy of the file's bytes (caller frees). */
 unsigned char *fixture_bytes(const char *rel, size_t *ret_len);

@@ -1,5 +1,6 @@
 /* Preflight against real fixture modules and synthetic device facts. */
 #include "fixture.h"
+#include "fixtures_present.h"
 #include "preflight.h"
 
 #include "platform.h"
@@ -383,8 +384,26 @@ static void test_unknown_installed_modules_skip_dependency_check(void **state)
 	image_free(img);
 }
 
+/* Every fixture this file reads. */
+static const char *const fixtures_read[] = {
+    "argon/tinker-0.8.0-rc.27-argon.bin",
+    "boron/tinker-0.8.0-rc.27-boron.bin",
+    "electron/electron-system-part1@2.2.0.bin",
+    "electron/electron-system-part2@2.2.0.bin",
+    "electron/electron-system-part3@2.2.0.bin",
+    "electron/electron_tinker.bin",
+    "not-modules/boron-tinker-corrupt.bin",
+    "photon/photon-bootloader@2.2.0+lto.bin",
+    "photon/photon-system-part1@1.5.0.bin",
+    "photon/photon-system-part1@2.2.0.bin",
+    "photon/photon-system-part2@2.2.0.bin",
+    "photon/photon_tinker.bin",
+    NULL,
+};
+
 int main(void)
 {
+	fixtures_present_or_skip(fixtures_read);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_electron_app_on_photon_is_refused_as_wrong_platform),
 	    cmocka_unit_test(test_matching_photon_app_passes),
