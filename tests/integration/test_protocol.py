@@ -9,6 +9,7 @@ usage: test_protocol.py FLASHD FLASHCTL
 """
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -304,12 +305,16 @@ def cancel_permissions(flashd):
     admin_group = grp.getgrgid(100).gr_name  # "users": the configured admin group
     d = Daemon(flashd, config=f"[daemon]\nadmin_group = {admin_group}\n", world_reachable=True)
     os.chmod(d.dir, 0o755)  # let the unprivileged users reach the socket
+    # ... and read the file they flash (the fixtures may sit in root's 0700 home: the cache).
+    app = os.path.join(d.dir, "photon_tinker.bin")
+    shutil.copyfile(PHOTON_APP, app)
+    os.chmod(app, 0o644)
     exits = {e["id"]: e["exit"] for e in (json.loads(x) for x in flashctl(
         FLASHCTL, d.socket, "errors", "--json")[1].splitlines())}
     try:
         def submit():
             # waits forever for a device that never appears: the job stays alive
-            rc, out, err = flashctl(FLASHCTL, d.socket, "--json", "flash", PHOTON_APP,
+            rc, out, err = flashctl(FLASHCTL, d.socket, "--json", "flash", app,
                                     "--device", "ffffffffffffffffffffffff", "--wait",
                                     "--detach", uid=owner)
             return json.loads(out.splitlines()[0])["jobs"][0]["id"] if rc == 0 else None
