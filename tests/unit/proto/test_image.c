@@ -1149,18 +1149,44 @@ static void test_descriptions_say_what_the_file_is(void **state)
 	assert_int_equal(strlen(small), sizeof(small) - 1);
 }
 
-/* Every fixture this file reads. */
+/* Every fixture the main group reads. */
 static const char *const fixtures_read[] = {
-    "argon/argon-softdevice@2.0.1.bin",	    "argon/argon-system-part1@2.2.0.bin",
-    "boron/boron-bootloader@2.2.0.bin",	    "boron/boron-system-part1@2.2.0.bin",
-    "core/core_tinker-8e55851b.bin",	    "electron/electron-system-part1@2.2.0.bin",
-    "electron/electron_tinker.bin",	    "generated/tinker-argon.compressed.bin",
-    "photon/photon-system-part1@2.2.0.bin", "photon/photon-system-part2@2.2.0.bin",
-    "photon/tinker-0.4.5-photon.bin",	    NULL,
+    "argon/argon-softdevice@2.0.1.bin",
+    "argon/argon-system-part1@2.2.0.bin",
+    "boron/boron-bootloader@2.2.0.bin",
+    "boron/boron-system-part1@2.2.0.bin",
+    "core/core_tinker-8e55851b.bin",
+    "electron/electron-system-part1@2.2.0.bin",
+    "electron/electron_tinker.bin",
+    "photon/photon-system-part1@2.2.0.bin",
+    "photon/photon-system-part2@2.2.0.bin",
+    "photon/tinker-0.4.5-photon.bin",
+    NULL,
 };
 
-int main(void)
+/*
+ * A compressed module made by Particle's encoder: a test of its own (argument
+ * "compressed-fixture"), since the fetched fixture set has it only where Node's zlib reproduces it
+ * byte for byte.
+ */
+static const char *const compressed_fixture_read[] = {
+    "generated/tinker-argon.compressed.bin",
+    NULL,
+};
+
+static int run_compressed_fixture(void)
 {
+	fixtures_present_or_skip(compressed_fixture_read);
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_real_compressed_fixture_has_inner_module),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && strcmp(argv[1], "compressed-fixture") == 0)
+		return run_compressed_fixture();
 	fixtures_present_or_skip(fixtures_read);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_plain_user_part_parses_with_every_field),
@@ -1196,7 +1222,6 @@ int main(void)
 	    cmocka_unit_test(test_prefix_extensions_are_parsed_up_to_end),
 	    cmocka_unit_test(test_prefix_extensions_without_end_are_corrupt),
 	    cmocka_unit_test(test_compressed_module_inflates_to_its_inner_module),
-	    cmocka_unit_test(test_real_compressed_fixture_has_inner_module),
 	    cmocka_unit_test(test_compressed_declaring_less_than_it_inflates_is_corrupt),
 	    cmocka_unit_test(test_compressed_declaring_more_than_it_inflates_is_corrupt),
 	    cmocka_unit_test(test_compression_bomb_stops_at_the_declared_size),
