@@ -2,7 +2,8 @@
 # Install particle-cli 3.19.0 (the last release with `flash --serial`, i.e.
 # YMODEM; test-bench.md §7) into a cache directory outside the repository and
 # print the path of its `particle` executable.  Idempotent: a finished install
-# is reused.  Network: the npm registry, through npm itself.
+# is reused.  scripts/install-deps runs it, so the tests find it installed.
+# Network: the npm registry, through npm itself.
 #
 #   FLASHD_PARTICLE_CLI_DIR  install directory (default: $XDG_CACHE_HOME/flashd-test/
 #                            particle-cli-3.19.0, or ~/.cache/..., or /var/cache/...)
