@@ -1703,7 +1703,7 @@ static const struct os_release releases[] = {
 	/* 6.2.0: tag v6.2.0 889b301c4165 */
 	{"6.2.0", 6200, 3100, 202, false, 0, P(12) | P(13) | P(15) | P(23) | P(25) | P(26) | P(28) | P(32) | P(35), osver_builds_204, 3},
 	/* 6.3.4: published binaries: tinker-6.3.4-esomx.bin; system from the Tinker dependency; platforms: esomx seen, the others as 6.2.0; bootloader, radio stack and dependencies carried from 6.2.0 */
-	{"6.3.4", 6305, 3100, 202, false, OSVER_INFERRED_BOOTLOADER | OSVER_INFERRED_RADIO_STACK | OSVER_INFERRED_PLATFORMS, P(12) | P(13) | P(15) | P(23) | P(25) | P(26) | P(28) | P(32) | P(35), osver_builds_205, 3},
+	{"6.3.4", 6305, 3100, 202, false, OSVER_INFERRED_SYSTEM | OSVER_INFERRED_BOOTLOADER | OSVER_INFERRED_RADIO_STACK | OSVER_INFERRED_PLATFORMS, P(12) | P(13) | P(15) | P(23) | P(25) | P(26) | P(28) | P(32) | P(35), osver_builds_205, 3},
 };
 #undef P
 /* clang-format on */

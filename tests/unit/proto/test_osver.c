@@ -63,9 +63,13 @@ static void test_releases_after_the_sources_come_from_binaries_and_are_marked(vo
 	(void)state;
 	const struct os_release *r = osver_by_release("6.3.4");
 	assert_non_null(r);
-	/* The 6.3.4 Tinker depends on system 6305: the system part's own number. */
+	/* The 6.3.4 Tinker depends on system 6305; Device OS builds an application
+	 * against its own system part, so 6305 is 6.3.4's (inferred, and marked). */
 	assert_int_equal(r->system, 6305);
-	assert_false(osver_module_inferred(r, ESOMX, MODULE_FUNCTION_SYSTEM));
+	assert_true(osver_module_inferred(r, ESOMX, MODULE_FUNCTION_SYSTEM));
+	assert_string_equal(osver_release_for(MODULE_FUNCTION_SYSTEM, 6305), "6.3.4");
+	assert_string_equal(osver_first_providing(ESOMX, MODULE_FUNCTION_SYSTEM, 6300)->version,
+			    "6.3.4");
 	/* Nothing published says which bootloader it ships: carried, and marked. */
 	assert_true(osver_module_inferred(r, ESOMX, MODULE_FUNCTION_BOOTLOADER));
 	assert_true(osver_module_inferred(r, ARGON, MODULE_FUNCTION_RADIO_STACK));
