@@ -69,10 +69,11 @@ static void usage(FILE *out)
 {
 	fputs("Usage: flashd-sim [--device SPEC]... [--state-dir DIR] [--time-scale X]\n"
 	      "                  [--timeout-scale Y] [--control PATH] -- COMMAND [ARG...]\n"
+	      "       flashd-sim --list-releases\n"
 	      "Runs COMMAND next to simulated Particle devices (umockdev testbed); exits with\n"
 	      "its status, 125 on the simulator's own failures, 127 if COMMAND is not found.\n"
 	      "\n"
-	      "SPEC: platform=NAME,mode=listening|dfu|normal|safe,os=X.Y.Z[,name=N][,id=HEX24]\n"
+	      "SPEC: platform=NAME,mode=listening|dfu|normal|safe,os=RELEASE[,name=N][,id=HEX24]\n"
 	      "      [,serial=S][,port=1-1.2][,protected=0|1][,faults=FAULT[+FAULT]...]\n"
 	      "      [,peer=COMMAND (last key)]\n"
 	      "\n"
@@ -188,6 +189,9 @@ int main(int argc, char **argv)
 			break;
 		} else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
 			usage(stdout);
+			return 0;
+		} else if (strcmp(a, "--list-releases") == 0) {
+			spec_list_releases(stdout);
 			return 0;
 		} else if (strcmp(a, "--version") == 0) {
 			printf("flashd-sim %s\n", FLASHD_VERSION);

@@ -46,9 +46,13 @@ struct sim_fault {
 struct sim_spec {
 	const struct platform *platform;
 	char os[24];
-	uint16_t system_version; /* module versions the spec's Device OS ships */
+	/* Module versions the spec's Device OS ships on its platform (proto/osver). */
+	uint16_t system_version;
 	uint16_t bootloader_version;
-	uint16_t radio_version;
+	uint16_t bootloader_dep;	/* what its system part needs (0: no dependency) */
+	uint16_t radio_version;		/* SoftDevice (nRF52840; 0: not known) */
+	uint16_t radio_dep;		/* what its system part needs (0: no dependency) */
+	uint16_t prebootloader_version; /* RTL872x prebootloader part 1 */
 	enum sim_mode mode;
 	char name[SIM_NAME_MAX];
 	char id[25];

@@ -785,6 +785,52 @@ def test_particle_usb_enters_dfu_mode_and_resets():
     check(doc['devices'][0]['mode'] == 'dfu', 'final mode %s' % doc['devices'][0]['mode'])
 
 
+def modules_by_function(dev):
+    out = {}
+    for m in dev['modules']:
+        out.setdefault(m['function'], []).append(m)
+    return out
+
+
+def test_os_release_builds_the_modules_of_its_row():
+    # Device OS's system_module_version.mk at v4.0.1: bootloader 1101, system 4005,
+    # SoftDevice 202 (flashd's generated release table, proto/osver_table.h).
+    for spec, want in [
+            ('platform=argon,os=4.0.1', {'bootloader': [1101], 'system': [4005], 'radio-stack': [202]}),
+            ('platform=photon,os=1.5.2', {'bootloader': [502], 'system': [1512, 1512]}),
+            ('platform=electron,os=0.7.0', {'bootloader': [101], 'system': [207, 207, 207]}),
+            ('platform=p2,os=5.0.0', {'bootloader': [2000, 3], 'system': [5002]}),
+            ('platform=esomx,os=6.3.4', {'system': [6305], 'radio-stack': [202]})]:
+        rc, out, doc = run_sim([spec], ['true'])
+        check(rc == 0, '%s: exit %d\n%s' % (spec, rc, out))
+        dev = doc['devices'][0]
+        got = modules_by_function(dev)
+        for function, versions in want.items():
+            have = sorted((m['version'] for m in got.get(function, [])), reverse=True)
+            check(have == sorted(versions, reverse=True), '%s: %s versions %s, expected %s' %
+                  (spec, function, have, versions))
+        bad = [m for m in dev['modules'] if not m['valid']]
+        check(not bad and dev['mode'] == 'normal', '%s: mode %s, invalid %s' % (spec, dev['mode'], bad))
+    rc, out, _ = run_sim([], [], state=False, extra=['--list-releases'])
+    rows = [line.split() for line in out.splitlines()]
+    check(rc == 0 and ['4.0.1', '4005', '1101', '1101', '202', '202', '0'] in [r[:7] for r in rows],
+          '--list-releases (exit %d) has no 4.0.1 row:\n%s' % (rc, out[:2000]))
+
+
+def test_unknown_release_exits_125_naming_the_nearest():
+    rc, out, _ = run_sim(['platform=argon,os=4.0.3'], ['true'], state=False)
+    check(rc == 125, 'os=4.0.3: exit %d (%s)' % (rc, out))
+    check(re.search(r'nearest: 4\.0\.2, 4\.1\.0', out), 'nearest releases not named:\n' + out)
+    rc, out, _ = run_sim(['platform=photon,os=4.0.1'], ['true'], state=False)
+    check(rc == 125 and 'not released for the Photon' in out and '3.3.1' in out,
+          'photon os=4.0.1: exit %d (%s)' % (rc, out))
+    # A release between two the simulator once interpolated is a row of its own now.
+    rc, out, doc = run_sim(['platform=argon,os=4.0.2'], ['true'])
+    check(rc == 0, 'os=4.0.2: exit %d (%s)' % (rc, out))
+    sysv = [m['version'] for m in doc['devices'][0]['modules'] if m['function'] == 'system']
+    check(sysv == [4006], 'os=4.0.2: system %s, expected [4006]' % sysv)
+
+
 TESTS = {n[5:]: f for n, f in globals().items() if n.startswith('test_')}
 if TEST not in TESTS:
     print('unknown test; known: ' + ' '.join(TESTS))
