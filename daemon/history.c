@@ -273,12 +273,13 @@ static int run_record(struct history *h, sqlite3_stmt *st, const json_t *record)
 	return 0;
 }
 
-static int exec_sql(struct history *h, const char *sql, const char *what)
+/* Runs sql; a failure adds `lost` to the write errors and becomes the last error. */
+static int exec_sql(struct history *h, const char *sql, const char *what, unsigned long long lost)
 {
 	char *msg = NULL;
 	if (sqlite3_exec(h->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
 		pthread_mutex_lock(&h->mu);
-		h->write_errors++;
+		h->write_errors += lost;
 		snprintf(h->last_error, sizeof(h->last_error), "%s: %s", what,
 			 msg ? msg : sqlite3_errmsg(h->db));
 		pthread_mutex_unlock(&h->mu);
@@ -503,7 +504,7 @@ static void run_retention(struct history *h, double now)
 		rfc3339_format(now - (double)h->cfg.max_age_days * 86400.0, cutoff);
 		snprintf(sql, sizeof(sql),
 			 "DELETE FROM jobs WHERE result IS NOT NULL AND created < '%s'", cutoff);
-		exec_sql(h, sql, "retention by age");
+		exec_sql(h, sql, "retention by age", 1);
 	}
 	if (h->cfg.max_jobs) {
 		snprintf(
@@ -511,7 +512,7 @@ static void run_retention(struct history *h, double now)
 		    "DELETE FROM jobs WHERE result IS NOT NULL AND seq <= (SELECT seq FROM jobs"
 		    " ORDER BY seq DESC LIMIT 1 OFFSET %u)",
 		    h->cfg.max_jobs);
-		exec_sql(h, sql, "retention by count");
+		exec_sql(h, sql, "retention by count", 1);
 	}
 }
 
@@ -547,14 +548,17 @@ static void *worker_main(void *arg)
 		unsigned long long ok = 0;
 		struct history_query *answered = NULL;
 		if (records) {
-			bool in_tx = exec_sql(h, "BEGIN IMMEDIATE", "begin") == 0;
-			for (struct op *op = batch; op; op = op->next)
-				ok += run_record(
-					  h, op->kind == OP_STARTED ? h->st_started : h->st_ended,
-					  op->record) == 0;
-			if (in_tx && exec_sql(h, "COMMIT", "commit") < 0) {
-				ok = 0;
-				exec_sql(h, "ROLLBACK", "rollback");
+			/* write_errors counts the records that could not be written. */
+			if (exec_sql(h, "BEGIN IMMEDIATE", "writing the history", n) == 0) {
+				for (struct op *op = batch; op; op = op->next)
+					ok += run_record(h,
+							 op->kind == OP_STARTED ? h->st_started
+										: h->st_ended,
+							 op->record) == 0;
+				if (exec_sql(h, "COMMIT", "writing the history", ok) < 0) {
+					ok = 0;
+					exec_sql(h, "ROLLBACK", "rollback", 0);
+				}
 			}
 		} else if (batch->kind == OP_RETAIN) {
 			run_retention(h, batch->now);
