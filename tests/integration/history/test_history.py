@@ -21,9 +21,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from flashd_harness import SERIAL_TIMEOUTS, Tap, fixture, run_in_sim  # noqa: E402
+from flashd_harness import SERIAL_TIMEOUTS, SimControl, Tap, fixture, run_in_sim  # noqa: E402
 
 PHOTON_ID = "3a001d000a47353138383101"
+ARGON_ID = "e00fce68aabbccddeeff0001"
 CONTRACT = ["job", "device", "platform", "port", "rule", "result", "outcome", "error",
             "started", "ended", "bytes_written", "images", "before", "after"]
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -115,7 +116,7 @@ def inside(flashd, fc, work):
     try:
         tap.check("flashd sees the simulated Photon", wait_devices(fc, d.sock), d.log()[-2000:])
         tinker = fixture("photon/photon_tinker.bin")
-        code, end = flash(fc, d.sock, tinker)
+        code, end = flash(fc, d.sock, tinker, "--device", PHOTON_ID)
         tap.check("photon_tinker.bin flashes and verifies",
                   code == 0 and end.get("outcome") == "verified", end)
         good_job = end.get("job")
@@ -150,7 +151,8 @@ def inside(flashd, fc, work):
         tap.check("the plan is stored (target, options, images)",
                   isinstance(row.get("plan"), dict) and "images" in row["plan"], row.get("plan"))
 
-        code, end = flash(fc, d.sock, fixture("electron/electron_tinker.bin"))
+        code, end = flash(fc, d.sock, fixture("electron/electron_tinker.bin"), "--device",
+                          PHOTON_ID)
         tap.check("electron_tinker.bin is refused (wrong-platform)",
                   (end.get("error") or {}).get("code") == "wrong-platform", end)
         rows, r = history(fc, d.sock)
@@ -199,16 +201,33 @@ def inside(flashd, fc, work):
                   r.returncode == 0 and "photon" in r.stdout and "wrong-platform" in r.stdout,
                   r.stdout + r.stderr)
 
+        # A DFU job that fails keeps the USB flight recorder in the history.
+        ctl = SimControl(os.path.join(work, "control.sock"))
+        r = ctl(cmd="plug", spec="platform=argon,mode=dfu,os=2.2.0,name=d2,id=%s,"
+                "faults=stall@chunk4:errPROG" % ARGON_ID)
+        tap.check("an Argon in DFU mode is plugged in", r.get("ok") and
+                  wait_devices(fc, d.sock, 2), r)
+        sysp = fixture("argon/argon-system-part1@2.2.0.bin")
+        code, end = flash(fc, d.sock, sysp, "--device", ARGON_ID)
+        tap.check("its flash fails at the fourth chunk (transfer-failed)",
+                  (end.get("error") or {}).get("code") == "transfer-failed", end)
+        rows, _ = history(fc, d.sock, "--device", ARGON_ID)
+        a = rows[-1] if rows else {}
+        tap.check("history: argon, dfu, transfer-failed, the bytes written before the stall",
+                  a.get("platform") == "argon" and a.get("transport") == "dfu" and
+                  a.get("error") == "transfer-failed" and
+                  0 < (a.get("bytes_written") or 0) < os.path.getsize(sysp), a)
+        tap.check("history: the flight recorder (usb_trace) in trace, not in error_detail",
+                  isinstance(a.get("trace"), list) and a["trace"] and
+                  "usb_trace" not in (a.get("error_detail") or {}) and
+                  (a.get("error_detail") or {}).get("chunk") == 3, a)
+
         # SIGKILL in the middle of a job: the device stops answering at block 3.
-        ctl_fault = subprocess.run(
-            [sys.executable, "-c", "import json,socket,sys; s=socket.socket(socket.AF_UNIX);"
-             "s.connect(sys.argv[1]); s.sendall((json.dumps({'cmd':'fault','name':'d1',"
-             "'faults':'silent@block3'})+'\\n').encode()); print(s.recv(4096).decode())",
-             os.path.join(work, "control.sock")], capture_output=True, text=True, timeout=20)
-        tap.check("fault set: the device stops answering at block 3",
-                  '"ok":true' in ctl_fault.stdout.replace(" ", ""), ctl_fault)
+        r = ctl(cmd="fault", name="d1", faults="silent@block3")
+        tap.check("fault set: the Photon stops answering at block 3", r.get("ok"), r)
         doctor = fixture("photon/photon_doctor.bin")
-        fl = subprocess.Popen([fc, "--socket", d.sock, "--json", "flash", doctor],
+        fl = subprocess.Popen([fc, "--socket", d.sock, "--json", "flash", doctor, "--device",
+                               PHOTON_ID],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         killed_job, writing = None, False
         deadline = time.monotonic() + 60
@@ -251,7 +270,7 @@ def inside(flashd, fc, work):
                   k.get("result") == "interrupted" and k.get("error") == "interrupted" and
                   isinstance(k.get("ended"), str), k)
         tap.check("after restart: the earlier jobs are intact",
-                  [x["result"] for x in rows or []][:2] == ["done", "failed"], rows)
+                  [x["result"] for x in rows or []][:3] == ["done", "failed", "failed"], rows)
         r = run(fc, d.sock, "--json", "history", "--result", "interrupted", "--limit", "5")
         tap.check("--result interrupted finds it", killed_job in r.stdout, r.stdout)
     finally:
