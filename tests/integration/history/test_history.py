@@ -273,6 +273,26 @@ def inside(flashd, fc, work):
                   [x["result"] for x in rows or []][:3] == ["done", "failed", "failed"], rows)
         r = run(fc, d.sock, "--json", "history", "--result", "interrupted", "--limit", "5")
         tap.check("--result interrupted finds it", killed_job in r.stdout, r.stdout)
+
+        # A database this flashd cannot use (from a newer flashd): no history, flashing goes on.
+        d.stop()
+        con = sqlite3.connect(db)
+        con.execute("PRAGMA user_version = 99")
+        con.commit()
+        con.close()
+        ctl(cmd="fault", name="d2", faults="")
+        d.start()
+        code, end = flash(fc, d.sock, sysp, "--device", ARGON_ID)
+        tap.check("with an unusable database the Argon still flashes",
+                  code == 0 and end.get("result") == "done", end)
+        r = run(fc, d.sock, "history")
+        tap.check("flashctl history then says history-unavailable (exit 10) and why",
+                  r.returncode == 10 and "history-unavailable" in r.stderr and
+                  "schema version 99" in r.stderr, (r.returncode, r.stderr))
+        r = run(fc, d.sock, "--json", "history")
+        err = json.loads(r.stdout) if r.stdout.startswith("{") else {}
+        tap.check("--json: one error object", err.get("type") == "error" and
+                  err.get("code") == "history-unavailable", r.stdout)
     finally:
         status = d.stop()
     tap.check("flashd exits cleanly after SIGTERM", status == 0, d.log()[-3000:])
