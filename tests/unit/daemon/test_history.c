@@ -8,6 +8,7 @@
  */
 #include "history.h"
 #include "rfc3339.h"
+#include "settings.h"
 
 #include <setjmp.h>
 #include <signal.h>
@@ -445,6 +446,51 @@ static void test_sigkill_mid_write_leaves_an_intact_database(void **state)
 	assert_int_equal(sql_int("SELECT COUNT(*) FROM jobs"), total);
 }
 
+static void test_config_history_keys_and_defaults(void **state)
+{
+	(void)state;
+	struct config c;
+	struct error err;
+	error_init(&err);
+	config_defaults(&c);
+	assert_int_equal(c.history.max_age_days, 90);
+	assert_int_equal(c.history.max_jobs, 100000);
+	assert_int_equal(config_parse(&c,
+				      "[history]\nmax_age_days = 0\nmax_jobs = 500\n"
+				      "retention_interval_s = 60\n",
+				      "test.conf", &err),
+			 0);
+	assert_int_equal(c.history.max_age_days, 0);
+	assert_int_equal(c.history.max_jobs, 500);
+	assert_int_equal(c.history.retention_interval_s, 60);
+	assert_int_equal(config_parse(&c, "[history]\nmax_jobs = lots\n", "test.conf", &err), -1);
+	assert_int_equal(err.code, ERR_USAGE);
+	error_clear(&err);
+	assert_int_equal(config_parse(&c, "[history]\nkeep_forever = 1\n", "test.conf", &err), -1);
+	error_clear(&err);
+	assert_int_equal(config_parse(&c, "[history]\nretention_interval_s = 0\n", "t", &err), -1);
+	error_clear(&err);
+}
+
+/* RFC 3339: what the history stores and the `since` filter accepts. */
+static void test_rfc3339_round_trip_and_zones(void **state)
+{
+	(void)state;
+	char buf[RFC3339_MAX];
+	double t;
+	assert_string_equal(rfc3339_format(1764624494.123, buf), "2025-12-01T21:28:14.123Z");
+	assert_int_equal(rfc3339_parse("2025-12-01T21:28:14.123Z", &t), 0);
+	assert_true(t > 1764624494.122 && t < 1764624494.124);
+	assert_int_equal(rfc3339_parse("2025-12-01T22:28:14+01:00", &t), 0);
+	assert_true(t == 1764624494.0);
+	assert_int_equal(rfc3339_parse("2025-12-01", &t), 0);
+	assert_true(t == 1764547200.0);
+	assert_int_equal(rfc3339_parse("2025-13-01", &t), -1);
+	assert_int_equal(rfc3339_parse("2025-12-01T10", &t), -1);
+	assert_int_equal(rfc3339_parse("yesterday", &t), -1);
+	assert_int_equal(rfc3339_parse("2025-12-01T10:00:00Zjunk", &t), -1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -462,6 +508,8 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_filters_limit_and_stats, setup, teardown),
 	    cmocka_unit_test(test_filter_parse_refuses_bad_values),
+	    cmocka_unit_test(test_config_history_keys_and_defaults),
+	    cmocka_unit_test(test_rfc3339_round_trip_and_zones),
 	    cmocka_unit_test_setup_teardown(
 		test_locked_database_is_counted_and_later_records_are_written, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_sigkill_mid_write_leaves_an_intact_database, setup,
