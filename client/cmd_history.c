@@ -210,6 +210,12 @@ int cmd_history(int argc, char **argv, const struct cli_global *g)
 		       "PLATFORM", "PORT", "RESULT", "OUTCOME/ERROR", "TIME", "BYTES", "IMAGES");
 		json_array_foreach(json_object_get(reply, "jobs"), i, item) print_job(&local, item);
 	}
+	if (json_is_true(json_object_get(reply, "truncated")))
+		fprintf(
+		    stderr,
+		    "warning: only the newest %zu jobs fit in one reply; narrow it with --since, "
+		    "--device, --result or --limit\n",
+		    json_array_size(json_object_get(reply, "jobs")));
 	const json_t *db = json_object_get(reply, "database");
 	json_int_t errors = json_integer_value(json_object_get(db, "write_errors")) +
 			    json_integer_value(json_object_get(db, "dropped"));

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <event2/event.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -338,13 +339,21 @@ static int query_rows(struct history *h, struct history_query *q)
 		return -1;
 	bind_filter(st, &q->f);
 	json_t *rows = json_array();
+	size_t bytes = 0;
+	bool truncated = false;
 	int rc;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) { /* newest first */
 		json_t *row = json_object();
-		for (int i = 0; i < sqlite3_column_count(st); i++) {
-			const char *name = sqlite3_column_name(st, i);
-			/* The error's message and detail travel inside "error_*". */
-			json_object_set_new(row, name, column_json(st, i));
+		for (int i = 0; i < sqlite3_column_count(st); i++)
+			json_object_set_new(row, sqlite3_column_name(st, i), column_json(st, i));
+		char *text = json_dumps(row, JSON_COMPACT);
+		bytes += text ? strlen(text) + 1 : 0;
+		free(text);
+		if (bytes > HISTORY_REPLY_BYTES_MAX && json_array_size(rows) > 0) {
+			json_decref(row);
+			truncated = true;
+			rc = SQLITE_DONE;
+			break;
 		}
 		json_array_insert_new(rows, 0, row); /* newest last */
 	}
@@ -353,7 +362,7 @@ static int query_rows(struct history *h, struct history_query *q)
 		json_decref(rows);
 		return -1;
 	}
-	q->result = json_pack("{s:o}", "jobs", rows);
+	q->result = json_pack("{s:o, s:b}", "jobs", rows, "truncated", truncated);
 	return 0;
 }
 
@@ -957,6 +966,12 @@ static sqlite3 *open_db(const char *path, struct error *err)
 	sqlite3 *db = NULL;
 	char *mode = NULL;
 	sqlite3_stmt *st = NULL;
+	/* The history names devices and users: readable by the daemon's group
+	 * (the socket's), not by everyone.  SQLite gives its -wal and -shm files
+	 * the database's mode. */
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+	if (fd >= 0)
+		close(fd);
 	if (sqlite3_open_v2(path, &db,
 			    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
 			    NULL) != SQLITE_OK) {

@@ -39,6 +39,10 @@ struct job;
 /* Rows one query returns at most (a `history` request's limit). */
 #define HISTORY_LIMIT_MAX     10000
 #define HISTORY_LIMIT_DEFAULT 100
+/* A reply's jobs stop at this many bytes of JSON (the newest are kept, the
+ * reply says "truncated"): it must fit a client's output buffer (1 MiB by
+ * default) and flashctl's line limit. */
+#define HISTORY_REPLY_BYTES_MAX (512u * 1024)
 /* Records waiting for the worker; beyond this they are dropped (and counted). */
 #define HISTORY_QUEUE_MAX 4096
 

@@ -353,6 +353,38 @@ static void test_filters_limit_and_stats(void **state)
 	history_free(h);
 }
 
+/* A reply never outgrows a client's output buffer: the newest jobs are kept. */
+static void test_large_reply_is_truncated_to_the_newest_jobs(void **state)
+{
+	(void)state;
+	struct history_config c = config(0, 0);
+	struct history *h = open_ok(&c);
+	char big[4096];
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	double now = (double)time(NULL);
+	for (int i = 0; i < 400; i++) {
+		char id[16];
+		snprintf(id, sizeof(id), "job-%03d", i);
+		json_t *r = record(id, now - 400 + i, "done", NULL);
+		json_object_set_new(r, "plan", json_pack("{s:s}", "note", big));
+		history_put(h, r, true);
+	}
+	json_t *r = query(h, NULL, NULL, HISTORY_LIMIT_MAX, false);
+	json_t *jobs = json_object_get(r, "jobs");
+	char *text = json_dumps(jobs, JSON_COMPACT);
+	assert_true(json_is_true(json_object_get(r, "truncated")));
+	assert_true(json_array_size(jobs) > 50 && json_array_size(jobs) < 400);
+	assert_true(strlen(text) <= HISTORY_REPLY_BYTES_MAX + 4096);
+	assert_string_equal(str(json_array_get(jobs, json_array_size(jobs) - 1), "job"), "job-399");
+	free(text);
+	json_decref(r);
+	r = query(h, NULL, NULL, 10, false);
+	assert_true(json_is_false(json_object_get(r, "truncated")));
+	json_decref(r);
+	history_free(h);
+}
+
 static void test_filter_parse_refuses_bad_values(void **state)
 {
 	(void)state;
@@ -507,6 +539,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_retention_deletes_jobs_older_than_max_age, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_filters_limit_and_stats, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_large_reply_is_truncated_to_the_newest_jobs, setup,
+					    teardown),
 	    cmocka_unit_test(test_filter_parse_refuses_bad_values),
 	    cmocka_unit_test(test_config_history_keys_and_defaults),
 	    cmocka_unit_test(test_rfc3339_round_trip_and_zones),
