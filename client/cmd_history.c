@@ -91,17 +91,14 @@ static void print_job(const struct cli_global *g, const json_t *job)
 	printf("\n");
 }
 
-static void print_stats(const json_t *stats)
+/* One table of stats groups (key: "platform" or "rule"). */
+static void print_groups(const json_t *groups, const char *key, const char *title)
 {
 	const json_t *p;
 	size_t i;
-	if (json_array_size(json_object_get(stats, "platforms")) == 0) {
-		printf("no jobs\n");
-		return;
-	}
-	printf("%-10s %6s %6s %6s %9s %11s %8s %8s\n", "PLATFORM", "JOBS", "DONE", "FAILED",
-	       "CANCELLED", "INTERRUPTED", "FAILURE", "MEDIAN");
-	json_array_foreach(json_object_get(stats, "platforms"), i, p)
+	printf("%-10s %6s %6s %6s %9s %11s %8s %8s\n", title, "JOBS", "DONE", "FAILED", "CANCELLED",
+	       "INTERRUPTED", "FAILURE", "MEDIAN");
+	json_array_foreach(groups, i, p)
 	{
 		char rate[16] = "-", med[16] = "-";
 		const json_t *r = json_object_get(p, "failure_rate");
@@ -110,7 +107,7 @@ static void print_stats(const json_t *stats)
 			snprintf(rate, sizeof(rate), "%.1f%%", 100 * json_number_value(r));
 		if (json_is_number(m))
 			snprintf(med, sizeof(med), "%.1fs", json_number_value(m));
-		printf("%-10s %6lld %6lld %6lld %9lld %11lld %8s %8s\n", str_or(p, "platform", "?"),
+		printf("%-10s %6lld %6lld %6lld %9lld %11lld %8s %8s\n", str_or(p, key, "?"),
 		       (long long)json_integer_value(json_object_get(p, "jobs")),
 		       (long long)json_integer_value(json_object_get(p, "done")),
 		       (long long)json_integer_value(json_object_get(p, "failed")),
@@ -122,6 +119,21 @@ static void print_stats(const json_t *stats)
 		    printf("  %-30s %6lld  %5.1f%% of ended jobs\n", str_or(e, "error", "?"),
 			   (long long)json_integer_value(json_object_get(e, "count")),
 			   100 * json_number_value(json_object_get(e, "rate")));
+	}
+}
+
+static void print_stats(const json_t *stats)
+{
+	const json_t *platforms = json_object_get(stats, "platforms");
+	const json_t *rules = json_object_get(stats, "rules");
+	if (json_array_size(platforms) == 0) {
+		printf("no jobs\n");
+		return;
+	}
+	print_groups(platforms, "platform", "PLATFORM");
+	if (json_array_size(rules)) {
+		printf("\n");
+		print_groups(rules, "rule", "RULE");
 	}
 }
 
@@ -192,12 +204,14 @@ int cmd_history(int argc, char **argv, const struct cli_global *g)
 	const json_t *item;
 	size_t i;
 	if (stats) {
-		/* --json: one object per platform and line. */
-		if (local.json)
-			json_array_foreach(
-			    json_object_get(json_object_get(reply, "stats"), "platforms"), i, item)
+		/* --json: one object per platform (then per rule) and line. */
+		if (local.json) {
+			const json_t *st = json_object_get(reply, "stats");
+			json_array_foreach(json_object_get(st, "platforms"), i, item)
 			    render_json_line((json_t *)item);
-		else
+			json_array_foreach(json_object_get(st, "rules"), i, item)
+			    render_json_line((json_t *)item);
+		} else
 			print_stats(json_object_get(reply, "stats"));
 	} else if (local.json) {
 		/* One object per job and line, newest last (the reply's order). */

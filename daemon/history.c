@@ -100,14 +100,6 @@ static const char sql_query[] =
     " images, before, after, uid, transport, plan FROM jobs" FILTER_SQL
     " ORDER BY created DESC, seq DESC LIMIT :limit";
 
-static const char sql_stats_counts[] =
-    "SELECT COALESCE(platform, 'unknown'), result, error, COUNT(*) FROM jobs" FILTER_SQL
-    " GROUP BY 1, 2, 3 ORDER BY 1";
-
-static const char sql_stats_durations[] =
-    "SELECT COALESCE(platform, 'unknown'), duration_s FROM jobs" FILTER_SQL
-    " AND duration_s IS NOT NULL ORDER BY 1, 2";
-
 /* ---- the queue ----------------------------------------------------------- */
 
 enum op_kind {
@@ -378,15 +370,15 @@ static double median(double *v, size_t n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* The platform's object in stats, created on first use. */
-static json_t *platform_stats(json_t *platforms, const char *name)
+/* The group's object in stats (a platform, a rule), created on first use. */
+static json_t *group_stats(json_t *groups, const char *key, const char *name)
 {
-	json_t *p = json_object_get(platforms, name);
+	json_t *p = json_object_get(groups, name);
 	if (!p) {
-		p = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:o, s:n}", "platform", name,
-			      "jobs", 0, "done", 0, "failed", 0, "cancelled", 0, "interrupted", 0,
-			      "running", 0, "errors", json_object(), "median_duration_s");
-		json_object_set_new(platforms, name, p);
+		p = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:o, s:n}", key, name, "jobs", 0,
+			      "done", 0, "failed", 0, "cancelled", 0, "interrupted", 0, "running",
+			      0, "errors", json_object(), "median_duration_s");
+		json_object_set_new(groups, name, p);
 	}
 	return p;
 }
@@ -397,20 +389,22 @@ static void add_int(json_t *obj, const char *key, json_int_t n)
 			    json_integer(json_integer_value(json_object_get(obj, key)) + n));
 }
 
-/*
- * Per platform: jobs, counts by result, failure rate (failed / ended), the
- * errors by id with their share of the ended jobs, and the median duration.
- */
-static int query_stats(struct history *h, struct history_query *q)
+/* Counts by result and error per group. */
+static int stats_counts(struct history *h, const struct history_filter *f, const char *column,
+			json_t *groups)
 {
-	sqlite3_stmt *st = NULL;
-	json_t *platforms = json_object();
-	int rc = SQLITE_ERROR;
-	if (sqlite3_prepare_v2(h->db, sql_stats_counts, -1, &st, NULL) != SQLITE_OK)
-		goto fail;
-	bind_filter(st, &q->f);
+	char sql[1024];
+	sqlite3_stmt *st;
+	int rc;
+	snprintf(sql, sizeof(sql),
+		 "SELECT COALESCE(%s, 'unknown'), result, error, COUNT(*) FROM jobs" FILTER_SQL
+		 " AND (%d OR %s IS NOT NULL) GROUP BY 1, 2, 3 ORDER BY 1",
+		 column, strcmp(column, "platform") == 0, column);
+	if (sqlite3_prepare_v2(h->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -1;
+	bind_filter(st, f);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		json_t *p = platform_stats(platforms, (const char *)sqlite3_column_text(st, 0));
+		json_t *p = group_stats(groups, column, (const char *)sqlite3_column_text(st, 0));
 		const char *result = (const char *)sqlite3_column_text(st, 1);
 		const char *error = (const char *)sqlite3_column_text(st, 2);
 		json_int_t n = sqlite3_column_int64(st, 3);
@@ -420,20 +414,31 @@ static int query_stats(struct history *h, struct history_query *q)
 			add_int(json_object_get(p, "errors"), error, n);
 	}
 	sqlite3_finalize(st);
-	st = NULL;
-	if (rc != SQLITE_DONE ||
-	    sqlite3_prepare_v2(h->db, sql_stats_durations, -1, &st, NULL) != SQLITE_OK)
-		goto fail;
-	bind_filter(st, &q->f);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* The median duration of the ended jobs per group. */
+static int stats_durations(struct history *h, const struct history_filter *f, const char *column,
+			   json_t *groups)
+{
+	char sql[1024], current[256] = "";
+	sqlite3_stmt *st;
 	double *d = NULL;
 	size_t n = 0, cap = 0;
-	char current[64] = "";
+	int rc;
+	snprintf(sql, sizeof(sql),
+		 "SELECT COALESCE(%s, 'unknown'), duration_s FROM jobs" FILTER_SQL
+		 " AND (%d OR %s IS NOT NULL) AND duration_s IS NOT NULL ORDER BY 1, 2",
+		 column, strcmp(column, "platform") == 0, column);
+	if (sqlite3_prepare_v2(h->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -1;
+	bind_filter(st, f);
 	for (;;) {
 		rc = sqlite3_step(st);
 		const char *name = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : "";
 		if (n && (rc != SQLITE_ROW || strcmp(name, current) != 0)) {
-			json_object_set_new(platform_stats(platforms, current), "median_duration_s",
-					    json_real(median(d, n)));
+			json_object_set_new(group_stats(groups, column, current),
+					    "median_duration_s", json_real(median(d, n)));
 			n = 0;
 		}
 		if (rc != SQLITE_ROW)
@@ -451,13 +456,15 @@ static int query_stats(struct history *h, struct history_query *q)
 	}
 	free(d);
 	sqlite3_finalize(st);
-	if (rc != SQLITE_DONE)
-		goto fail;
-	/* Rates, and the errors as a list (most frequent first). */
-	json_t *list = json_array();
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* The groups as a list, with the failure rate and the errors by id (most frequent first). */
+static json_t *stats_list(json_t *groups)
+{
+	json_t *list = json_array(), *p;
 	const char *name;
-	json_t *p;
-	json_object_foreach(platforms, name, p)
+	json_object_foreach(groups, name, p)
 	{
 		json_int_t ended = 0;
 		static const char *const results[] = {"done", "failed", "cancelled", "interrupted"};
@@ -484,13 +491,32 @@ static int query_stats(struct history *h, struct history_query *q)
 		json_object_set_new(p, "errors", errors);
 		json_array_append(list, p);
 	}
-	json_decref(platforms);
-	q->result = json_pack("{s:{s:o}}", "stats", "platforms", list);
+	return list;
+}
+
+/*
+ * Per platform, and per auto-flash rule (jobs a rule made): jobs, counts by
+ * result, failure rate (failed / ended), the errors by id with their share of
+ * the ended jobs, and the median duration.
+ */
+static int query_stats(struct history *h, struct history_query *q)
+{
+	static const char *const columns[] = {"platform", "rule"};
+	static const char *const keys[] = {"platforms", "rules"};
+	json_t *stats = json_object();
+	for (size_t i = 0; i < 2; i++) {
+		json_t *groups = json_object();
+		if (stats_counts(h, &q->f, columns[i], groups) < 0 ||
+		    stats_durations(h, &q->f, columns[i], groups) < 0) {
+			json_decref(groups);
+			json_decref(stats);
+			return -1;
+		}
+		json_object_set_new(stats, keys[i], stats_list(groups));
+		json_decref(groups);
+	}
+	q->result = json_pack("{s:o}", "stats", stats);
 	return 0;
-fail:
-	sqlite3_finalize(st);
-	json_decref(platforms);
-	return -1;
 }
 
 static void run_query(struct history *h, struct history_query *q)
@@ -723,8 +749,10 @@ json_t *history_record_from_job(const struct job *job, bool ended)
 						: json_null());
 	json_object_set_new(out, "port",
 			    dev->port_path[0] ? json_string(dev->port_path) : json_null());
-	json_object_set_new(out, "label", json_null());
-	json_object_set_new(out, "rule", json_null());
+	/* An auto-flash job's rule and its port's label, once the job record carries them. */
+	json_t *rule = json_object_get(rec, "rule"), *label = json_object_get(rec, "label");
+	json_object_set_new(out, "label", label ? json_incref(label) : json_null());
+	json_object_set_new(out, "rule", rule ? json_incref(rule) : json_null());
 	json_object_set(out, "transport", json_object_get(rec, "transport"));
 	json_object_set(out, "uid", json_object_get(json_object_get(rec, "owner"), "uid"));
 	/* The plan: what the job-started record carries (a planner's "plan" when it

@@ -317,6 +317,7 @@ static void test_filters_limit_and_stats(void **state)
 	json_t *other = record("e", now - 5, "done", NULL);
 	json_object_set_new(other, "device", json_string("e00fce68aabbccddeeff0001"));
 	json_object_set_new(other, "platform", json_string("argon"));
+	json_object_set_new(other, "rule", json_string("rule-1"));
 	history_put(h, other, true);
 
 	json_t *r = query(h, NULL, "failed", 0, false);
@@ -349,6 +350,11 @@ static void test_filters_limit_and_stats(void **state)
 	assert_string_equal(str(json_array_get(errors, 0), "error"), "wrong-platform");
 	assert_int_equal(json_integer_value(json_object_get(json_array_get(errors, 0), "count")),
 			 2);
+	/* Per rule: only jobs a rule made. */
+	json_t *rules = json_object_get(json_object_get(r, "stats"), "rules");
+	assert_int_equal(json_array_size(rules), 1);
+	assert_string_equal(str(json_array_get(rules, 0), "rule"), "rule-1");
+	assert_int_equal(json_integer_value(json_object_get(json_array_get(rules, 0), "done")), 1);
 	json_decref(r);
 	history_free(h);
 }
