@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -312,6 +313,8 @@ def outside(flashd, fc, sim):
     r = run_in_sim(sim, ["platform=photon,os=1.5.2,mode=listening,name=d1,id=" + PHOTON_ID],
                    [sys.executable, os.path.abspath(__file__), "--inside", flashd, fc, work],
                    work, control=os.path.join(work, "control.sock"), state_dir=st)
+    if r.returncode == 0:
+        shutil.rmtree(work, ignore_errors=True)  # kept for a post-mortem otherwise
     sys.exit(r.returncode)
 
 
