@@ -1,5 +1,6 @@
 #include "jobs.h"
 
+#include "history.h"
 #include "log.h"
 #include "settings.h"
 
@@ -61,6 +62,11 @@ struct job {
 	uint64_t done, total;
 	uint64_t phase_done0;
 	double phase_t0, last_emit;
+
+	/* for the history: what the job saw of its device, and what it wrote */
+	struct device_facts facts_before, facts_after;
+	bool have_before, have_after;
+	uint64_t bytes_written, write_base, write_sum0;
 };
 
 struct grave {
@@ -81,6 +87,8 @@ struct jobs {
 	jobs_sink sink;
 	void *sink_ctx;
 	bool self_change; /* registry changes caused by a job's own calls */
+	/* the flash history (history.h), or NULL */
+	struct history *history_db;
 };
 
 static const struct timeout_def jobs_timeouts[] = {
@@ -303,6 +311,7 @@ static void finish(struct job *job, enum job_result result, const char *word, st
 		set_device_job(jobs, job->device, NULL);
 	log_info("job %s: %s%s%s%s", job->id, job_result_name(result), job->outcome[0] ? " (" : "",
 		 job->outcome, job->outcome[0] ? ")" : "");
+	history_job_ended(jobs->history_db, job);
 	json_t *ev = wire_event_new("job-ended");
 	json_object_set_new(ev, "result", json_string(job_result_name(result)));
 	json_object_set_new(ev, "outcome",
@@ -372,7 +381,10 @@ static void run_on_device(struct job *job)
 		return;
 	}
 	job->ops = ops; /* the job-started record names the transport that took it */
+	job->facts_before = dev->s.facts;
+	job->have_before = true;
 	emit_record(job, "job-started");
+	history_job_started(jobs->history_db, job);
 	start_transport(job, ops);
 }
 
@@ -888,10 +900,25 @@ void job_set_state(struct job *job, enum job_state state)
 	enter_state(job, state);
 }
 
+/* Bytes written: per writing phase, from its first report (a transport may
+ * count from 0 per module or cumulatively over the job) to its highest. */
+static void count_written(struct job *job, uint64_t done)
+{
+	if (job->state != JOB_WRITING)
+		return;
+	if (job->total == 0) { /* first report since enter_state() */
+		job->write_base = done;
+		job->write_sum0 = job->bytes_written;
+	}
+	if (done > job->write_base && job->write_sum0 + done - job->write_base > job->bytes_written)
+		job->bytes_written = job->write_sum0 + done - job->write_base;
+}
+
 void job_progress(struct job *job, uint64_t done, uint64_t total)
 {
 	if (job->ended)
 		return;
+	count_written(job, done);
 	job->done = done;
 	job->total = total;
 	double t = mono_s();
@@ -921,6 +948,13 @@ void job_update_facts(struct job *job, const struct device_facts *facts)
 	job->jobs->self_change = true;
 	registry_update_facts(job->jobs->reg, job->device, facts);
 	job->jobs->self_change = false;
+	if (!job->bytes_written) {
+		job->facts_before = job->device->s.facts;
+		job->have_before = true;
+	} else {
+		job->facts_after = job->device->s.facts;
+		job->have_after = true;
+	}
 }
 
 void job_set_device_mode(struct job *job, enum device_mode mode)
@@ -984,4 +1018,28 @@ void job_log(const struct job *job, int level, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	log_msg(level, "job %s: %s", job->id, msg);
+}
+
+/* ---- jobs.h: the history ----------------------------------------------- */
+
+void jobs_set_history(struct jobs *jobs, struct history *h)
+{
+	jobs->history_db = h;
+}
+
+const struct device_facts *job_facts_before(const struct job *job)
+{
+	return job->have_before ? &job->facts_before : NULL;
+}
+
+const struct device_facts *job_facts_after(const struct job *job)
+{
+	if (!job->bytes_written)
+		return job->device ? &job->device->s.facts : NULL;
+	return job->have_after ? &job->facts_after : NULL;
+}
+
+uint64_t job_bytes_written(const struct job *job)
+{
+	return job->bytes_written;
 }

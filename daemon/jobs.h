@@ -25,6 +25,7 @@
 #include <sys/types.h>
 
 struct event_base;
+struct history;
 struct jobs;
 
 struct job_request {
@@ -82,3 +83,17 @@ enum job_state job_state(const struct job *job);
 bool job_ended(const struct job *job);
 uid_t job_owner_uid(const struct job *job);
 const struct error *job_error(const struct job *job);
+
+/* ---- the flash history (daemon/history.c) -------------------------------- */
+
+/* Jobs record their start and end in h (NULL: no history). */
+void jobs_set_history(struct jobs *jobs, struct history *h);
+/* The device facts as they were before the first byte was written: at the
+ * start, refreshed by what the transport learnt before writing.  NULL before
+ * the job has a device. */
+const struct device_facts *job_facts_before(const struct job *job);
+/* The facts read after the last write; the current ones when nothing was
+ * written; NULL when written but not read back since. */
+const struct device_facts *job_facts_after(const struct job *job);
+/* Bytes the transport reported written (sum over the writing phases). */
+uint64_t job_bytes_written(const struct job *job);

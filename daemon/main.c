@@ -5,6 +5,7 @@
  */
 #include "config.h"
 
+#include "history.h"
 #include "image_cache.h"
 #include "jobs.h"
 #include "log.h"
@@ -44,6 +45,7 @@ struct daemon {
 	struct registry *reg;
 	struct image_cache *images;
 	struct jobs *jobs;
+	struct history *history;
 	struct server *server;
 	struct udev_source *udev;
 };
@@ -321,9 +323,21 @@ int main(int argc, char **argv)
 	if (!o.foreground && !activated && !getenv("NOTIFY_SOCKET"))
 		daemonize();
 
+	/* After daemonize(): the history has a thread, and fork() keeps only the
+	 * calling one.  Without a state directory there is no history; a database
+	 * that cannot be opened leaves the daemon flashing without one (logged;
+	 * the history request says why). */
+	char history_off[ERROR_MESSAGE_MAX] = "flashd runs without a state directory (--state-dir)";
+	if (o.state_dir && !(d.history = history_open(d.base, o.state_dir, &cfg.history, &err))) {
+		log_error("%s; flashing goes on without a history", err.message);
+		snprintf(history_off, sizeof(history_off), "%s", err.message);
+		error_clear(&err);
+	}
+	jobs_set_history(d.jobs, d.history);
 	jobs_set_sink(d.jobs, on_job_event, &d);
 	registry_set_listener(d.reg, on_device, &d);
 	d.server = server_new(d.base, lfd, d.reg, d.jobs, d.images, &cfg);
+	server_set_history(d.server, d.history, history_off);
 	d.udev = udev_source_new(d.base, d.reg, &err);
 	if (!d.udev) {
 		log_error("%s", err.message);
@@ -344,6 +358,7 @@ int main(int argc, char **argv)
 	d.jobs = NULL;
 	server_free(d.server);
 	d.server = NULL;
+	history_free(d.history); /* writes the ends of the interrupted jobs */
 	udev_source_free(d.udev);
 	registry_free(d.reg);
 	image_cache_free(d.images);

@@ -1,6 +1,7 @@
 #include "server.h"
 
 #include "config.h"
+#include "history.h"
 #include "log.h"
 #include "transports.h"
 #include "wire.h"
@@ -44,6 +45,10 @@ struct client {
 	struct job *probe_job;
 	json_t *probe_id;
 	char probe_device[DEVICE_KEY_MAX];
+	/* A history query in progress: the same rule, its reply comes from the
+	 * history's worker thread (history_query()). */
+	struct history_query *history_q;
+	json_t *history_id;
 	struct event *resume;
 };
 
@@ -62,6 +67,8 @@ struct server {
 	struct client *clients;
 	size_t n_clients;
 	unsigned long next_id;
+	struct history *history;
+	char history_off[256];
 };
 
 /* ---- output ------------------------------------------------------------ */
@@ -159,8 +166,9 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 	json_object_set_new(reply, "protocol", json_integer(WIRE_PROTOCOL_VERSION));
 	json_object_set_new(reply, "server", json_string("flashd " FLASHD_VERSION));
 	json_object_set_new(reply, "capabilities",
-			    json_pack("[s,s,s,s,s]", "fd-passing", "subscribe", "device-events",
-				      "job-events", "device-probe"));
+			    json_pack("[s,s,s,s,s,s]", "fd-passing", "subscribe", "device-events",
+				      "job-events", "device-probe", "history"));
+	json_object_set_new(reply, "history", history_status_json(c->srv->history));
 	json_object_set_new(reply, "transports", transports);
 	json_object_set_new(reply, "uid", json_integer((json_int_t)c->cred.uid));
 	json_object_set_new(
@@ -482,6 +490,46 @@ static int do_cancel(struct client *c, struct wire_request *req, json_t *reply, 
 	return 0;
 }
 
+/* The history's answer (on the loop): the deferred reply, then the client's next requests. */
+static void history_answered(void *ctx, json_t *result, const struct error *e)
+{
+	struct client *c = ctx;
+	c->history_q = NULL;
+	json_t *obj;
+	if (e) {
+		obj = wire_error_new(c->history_id, e);
+	} else {
+		obj = wire_reply_new(c->history_id, WIRE_REQ_HISTORY);
+		json_object_update(obj, result);
+		json_object_set_new(obj, "database", history_status_json(c->srv->history));
+	}
+	json_decref(result);
+	client_send(c, obj);
+	json_decref(obj);
+	json_decref(c->history_id);
+	c->history_id = NULL;
+	event_active(c->resume, 0, 0);
+}
+
+/* Anyone who may connect may read the history (a line operator must). */
+static int do_history(struct client *c, struct wire_request *req, struct error *err)
+{
+	struct history_filter f;
+	if (history_filter_parse(req->obj, &f, err) < 0)
+		return -1;
+	if (!c->srv->history) {
+		error_set(err, ERR_HISTORY_UNAVAILABLE, "the flash history is not available: %s",
+			  c->srv->history_off);
+		error_detail_str(err, "reason", c->srv->history_off);
+		return -1;
+	}
+	c->history_q = history_query(c->srv->history, &f, history_answered, c, err);
+	if (!c->history_q)
+		return -1;
+	c->history_id = req->id ? json_incref(req->id) : NULL;
+	return 1;
+}
+
 static int do_subscribe(struct client *c, struct wire_request *req, json_t *reply,
 			struct error *err)
 {
@@ -532,6 +580,9 @@ static void handle_line(struct client *c, const char *line, size_t len)
 	case WIRE_REQ_SUBSCRIBE:
 		rc = do_subscribe(c, &req, reply, &err);
 		break;
+	case WIRE_REQ_HISTORY:
+		rc = do_history(c, &req, &err);
+		break;
 	case WIRE_REQ__COUNT:
 		break;
 	}
@@ -572,7 +623,7 @@ static void take_fds(struct client *c, struct msghdr *msg)
 static void process_lines(struct client *c)
 {
 	size_t start = 0;
-	while (!c->dead && !c->probe_job) {
+	while (!c->dead && !c->probe_job && !c->history_q) {
 		char *nl = memchr(c->in + start, '\n', c->in_len - start);
 		if (!nl)
 			break;
@@ -585,8 +636,8 @@ static void process_lines(struct client *c)
 	}
 	memmove(c->in, c->in + start, c->in_len - start);
 	c->in_len -= start;
-	if (c->probe_job && !c->dead) {
-		/* Read nothing more until the probe's reply is out (probe_ended). */
+	if ((c->probe_job || c->history_q) && !c->dead) {
+		/* Read nothing more until the probe's (history's) reply is out. */
 		event_del(c->rev);
 		return;
 	}
@@ -635,10 +686,10 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct client *c = arg;
-	if (c->dead || c->probe_job)
+	if (c->dead || c->probe_job || c->history_q)
 		return;
 	process_lines(c);
-	if (!c->dead && !c->probe_job && !c->close_after_flush)
+	if (!c->dead && !c->probe_job && !c->history_q && !c->close_after_flush)
 		event_add(c->rev, NULL);
 }
 
@@ -647,6 +698,8 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 static void client_destroy(struct client *c)
 {
 	close_fds(c);
+	history_query_abandon(c->srv->history, c->history_q);
+	json_decref(c->history_id);
 	json_decref(c->probe_id);
 	event_free(c->resume);
 	event_free(c->rev);
@@ -828,4 +881,10 @@ void server_job_event(struct server *s, struct job *job, json_t *event)
 		if (ended && c->probe_job == job)
 			probe_ended(c, job, event);
 	}
+}
+
+void server_set_history(struct server *s, struct history *h, const char *why_not)
+{
+	s->history = h;
+	snprintf(s->history_off, sizeof(s->history_off), "%s", why_not ? why_not : "");
 }

@@ -67,6 +67,7 @@ void config_defaults(struct config *c)
 	c->output_buffer_max = 1024 * 1024;
 	c->image_memory_max = 256u * 1024 * 1024;
 	c->job_history = 64;
+	history_config_defaults(&c->history);
 }
 
 static char *trim(char *s)
@@ -98,7 +99,8 @@ static int set_key(struct config *c, const char *section, const char *key, const
 		snprintf(c->admin_group, sizeof(c->admin_group), "%s", value);
 		return 0;
 	}
-	bool numeric = strcmp(section, "limits") == 0 || strcmp(section, "timeouts") == 0;
+	bool numeric = strcmp(section, "limits") == 0 || strcmp(section, "timeouts") == 0 ||
+		       strcmp(section, "history") == 0;
 	if (numeric && parse_number(value, 1ull << 40, &v) < 0)
 		return error_set(err, ERR_USAGE, "%s: %s = \"%s\" is not a number", where, key,
 				 value);
@@ -107,6 +109,19 @@ static int set_key(struct config *c, const char *section, const char *key, const
 			return error_set(err, ERR_USAGE, "%s: %s is longer than a day", where, key);
 		if (timeouts_set(key, (unsigned)v) < 0)
 			log_warning("%s: unknown timeout key %s (ignored)", where, key);
+		return 0;
+	}
+	if (strcmp(section, "history") == 0) {
+		/* 0 switches a retention limit off. */
+		if (strcmp(key, "max_age_days") == 0 && v <= 100000)
+			c->history.max_age_days = (unsigned)v;
+		else if (strcmp(key, "max_jobs") == 0 && v <= 1000000000)
+			c->history.max_jobs = (unsigned)v;
+		else if (strcmp(key, "retention_interval_s") == 0 && v >= 1 && v <= 7 * 86400)
+			c->history.retention_interval_s = (unsigned)v;
+		else
+			return error_set(err, ERR_USAGE, "%s: unknown or out-of-range [history] %s",
+					 where, key);
 		return 0;
 	}
 	if (strcmp(section, "limits") == 0) {

@@ -11,12 +11,17 @@
  *   job_history = 64            # ended jobs kept for list-jobs
  *   [timeouts]
  *   serial_prompt_ms = 10000    # any key registered by the core or a transport
+ *   [history]                   # the flash history (daemon/history.c)
+ *   max_age_days = 90           # rows older than this are deleted (0 = no age limit)
+ *   max_jobs = 100000           # at most this many rows are kept (0 = no count limit)
+ *   retention_interval_s = 3600 # how often retention runs (and once at start)
  *
  * Also the registry of timeout keys behind timeout_ms() (transport.h).
  */
 #pragma once
 
 #include "errors.h"
+#include "history.h"
 #include "transport.h"
 
 #include <stddef.h>
@@ -32,6 +37,7 @@ struct config {
 	size_t output_buffer_max;
 	size_t image_memory_max;
 	unsigned job_history;
+	struct history_config history;
 };
 
 void config_defaults(struct config *c);

@@ -14,6 +14,7 @@ static const char *const request_names[WIRE_REQ__COUNT] = {
     [WIRE_REQ_LIST_JOBS] = "list-jobs",
     [WIRE_REQ_CANCEL] = "cancel",
     [WIRE_REQ_SUBSCRIBE] = "subscribe",
+    [WIRE_REQ_HISTORY] = "history",
 };
 
 const char *wire_request_name(enum wire_request_type t)

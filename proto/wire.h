@@ -30,6 +30,7 @@ enum wire_request_type {
 	WIRE_REQ_LIST_JOBS,
 	WIRE_REQ_CANCEL,
 	WIRE_REQ_SUBSCRIBE,
+	WIRE_REQ_HISTORY,
 	WIRE_REQ__COUNT
 };
 const char *wire_request_name(enum wire_request_type t);
