@@ -11,7 +11,8 @@ import subprocess
 import sys
 import tempfile
 
-outdir, root, options, protos = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+outdir, root, options = (os.path.abspath(a) for a in sys.argv[1:4])
+protos = [os.path.abspath(p) for p in sys.argv[4:]]
 generator = shutil.which('nanopb_generator.py') or shutil.which('nanopb_generator')
 if not generator:
     sys.exit('gen-nanopb: nanopb_generator.py not found (Debian package nanopb: scripts/install-deps)')
