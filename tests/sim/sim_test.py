@@ -634,7 +634,7 @@ def request(pid, rtype):
     ok(cmd='wait-idle')
     res['mode'] = ok(cmd='state')['state']['devices'][0]['mode']
     return res
-out = {'unsupported': request(0xc00c, 60), 'dfu': request(0xc00c, 50)}
+out = {'unsupported': request(0xc00c, 41), 'dfu': request(0xc00c, 50)}
 ok(cmd='mode', name='d1', mode='listening'); ok(cmd='wait-idle')
 out['reset'] = request(0xc00c, 40)
 print(json.dumps(out))
@@ -646,7 +646,7 @@ def test_vendor_requests_switch_to_dfu_and_reset():
     u, d, r = res['unsupported'], res['dfu'], res['reset']
     check(u['version'] == '5.9.0', 'SYSTEM_VERSION: %s' % u)
     check(u['init']['status'] == 0 and u['check'] == {'status': 0, 'size': 0, 'result': -120},
-          'request 60 is not NOT_SUPPORTED: %s' % u)
+          'request 41 (factory reset, not simulated) is not NOT_SUPPORTED: %s' % u)
     check(u['check_again']['status'] == 5 and u['mode'] == 'normal', 'a finished request stays: %s' % u)
     check(d['check'] == {'status': 0, 'size': 0, 'result': 0} and d['mode'] == 'dfu', 'DFU_MODE: %s' % d)
     check(r['check']['result'] == 0 and r['mode'] == 'normal', 'RESET from listening mode: %s' % r)

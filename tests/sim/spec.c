@@ -114,8 +114,9 @@ static int resolve_os(struct sim_spec *spec, char *err, size_t err_size)
 	return 0;
 }
 
-static const char *const fault_kinds[] = {"stall", "error",  "silent", "unplug", "slow-erase",
-					  "reset", "cancel", "nak",    "stray",	 "atprobe"};
+static const char *const fault_kinds[] = {"stall",	"error",   "silent",	"unplug",
+					  "slow-erase", "reset",   "cancel",	"nak",
+					  "stray",	"atprobe", "ctrl-busy", "ctrl-unplug"};
 
 /* WHERE[:ARG] of a fault. */
 static int parse_where(const char *where, struct sim_fault *f)
@@ -177,7 +178,7 @@ static int parse_fault(const char *text, struct sim_fault *f, char *err, size_t 
 	if (!known) {
 		snprintf(err, err_size,
 			 "fault '%s': unknown kind (stall, error, silent, unplug, slow-erase, "
-			 "reset, cancel, nak, stray, atprobe)",
+			 "reset, cancel, nak, stray, atprobe, ctrl-busy, ctrl-unplug)",
 			 text);
 		return -1;
 	}
