@@ -780,6 +780,76 @@ def test_particle_usb_enters_dfu_mode_and_resets():
     check(res == {'version': '4.0.1', 'after_reset_dfu': False, 'after_dfu_mode': True}, str(res))
     check(doc['devices'][0]['mode'] == 'dfu', 'final mode %s' % doc['devices'][0]['mode'])
 
+PARTICLE_USB_4_JS = r"""
+const usb = require(process.argv[2]);
+const fs = require('fs');
+const sleep = ms => new Promise(r => setTimeout(r, ms));
+async function reopen() {
+  for (let i = 0; i < 100; i++) {
+    const [d] = await usb.getDevices().catch(() => []);
+    if (d && !d.isInDfuMode) { try { await d.open(); return d; } catch (e) {} }
+    await sleep(100);
+  }
+  throw new Error('the device did not come back');
+}
+(async () => {
+  const out = {};
+  let d = await reopen();
+  out.id = await d.getDeviceId();
+  out.serial = await d.getSerialNumber();
+  out.mode = await d.getDeviceMode();
+  out.version = d.firmwareVersion;
+  out.modules = await d.getFirmwareModuleInfo();
+  await d.enterListeningMode();
+  out.mode_after_listen = await d.getDeviceMode();
+  await d.leaveListeningMode();
+  out.mode_after_leave = await d.getDeviceMode();
+  await d.updateFirmware(fs.readFileSync(process.argv[3]));
+  await d.close().catch(() => {});
+  await sleep(300);
+  d = await reopen();
+  out.modules_after = await d.getFirmwareModuleInfo();
+  await d.close();
+  console.log(JSON.stringify(out));
+})().catch(e => { console.error(e); process.exit(1); });
+"""
+
+
+def particle_usb_4():
+    """particle-usb 4.1.0, installed before the tests by tests/sim/particle-usb-setup.sh
+    (scripts/install-deps)."""
+    base = os.environ.get('FLASHD_PARTICLE_USB_DIR') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'),
+        'flashd-test', 'particle-usb-4.1.0')
+    pusb = os.path.join(base, 'node_modules', 'particle-usb')
+    if not os.path.isdir(pusb) or not shutil.which('node'):
+        fail('particle-usb 4.1.0 not installed at %s: scripts/install-deps runs '
+             'tests/sim/particle-usb-setup.sh before the tests' % pusb)
+    return pusb
+
+
+def test_particle_usb_4_reads_facts_and_updates_firmware():
+    pusb = particle_usb_4()
+    path = fixture('p2/tinker-5.0.0-p2.bin')
+    start, function, platform, data = prefix(path)
+    js = os.path.join(work, 'pusb4.js')
+    open(js, 'w').write(PARTICLE_USB_4_JS)
+    rc, out, doc = run_sim(['platform=p2,mode=normal,os=6.2.0,name=d1'], ['node', js, pusb, path])
+    check(rc == 0, 'particle-usb failed:\n' + out)
+    res = json.loads(out.strip().splitlines()[-1])
+    dev = doc['devices'][0]
+    check(res['id'] == dev['device_id'], 'id %s != %s' % (res['id'], dev['device_id']))
+    check(res['version'] == '6.2.0' and res['mode'] == 'NORMAL', str(res))
+    check(res['mode_after_listen'] == 'LISTENING' and res['mode_after_leave'] == 'NORMAL', str(res))
+    mods = {(m['type'], m['index']): m for m in res['modules']}
+    sysm = mods.get(('SYSTEM_PART', 1))
+    check(sysm and sysm['version'] == 6200 and not sysm['validityErrors'], 'system part: %s' % res['modules'])
+    user = [m for m in res['modules_after'] if m['type'] == 'USER_PART']
+    check(len(user) == 1 and not user[0]['validityErrors'], 'application after the update: %s' % user)
+    base_, mem = dump(doc, dev)
+    check(mem[start - base_:start - base_ + len(data)] == data, 'flash differs from the file at 0x%x' % start)
+    check(dev['mode'] == 'normal', 'final mode %s' % dev['mode'])
+
 
 TESTS = {n[5:]: f for n, f in globals().items() if n.startswith('test_')}
 if TEST not in TESTS:
