@@ -780,6 +780,44 @@ def test_particle_usb_enters_dfu_mode_and_resets():
     check(res == {'version': '4.0.1', 'after_reset_dfu': False, 'after_dfu_mode': True}, str(res))
     check(doc['devices'][0]['mode'] == 'dfu', 'final mode %s' % doc['devices'][0]['mode'])
 
+def ctrl_probe(spec, ops, env_extra=None):
+    probe = os.path.join(os.environ.get('FLASHD_BUILD_ROOT', ''), 'tests', 'sim', 'ctrl-probe')
+    rc, out, doc = run_sim([spec], [probe] + ops)
+    lines = [json.loads(l) for l in out.splitlines() if l.startswith('{"op"')]
+    check(len(lines) == len(ops), 'ctrl-probe (exit %d):\n%s' % (rc, out))
+    return {l['op']: l for l in lines}, doc
+
+
+def test_ctrl_reads_facts_busy_then_ok():
+    res, doc = ctrl_probe('platform=argon,mode=normal,os=6.2.0,name=d1,faults=ctrl-busy@3',
+                          ['id', 'version', 'mode', 'modules', 'listen', 'mode'])
+    dev = doc['devices'][0]
+    check('error' not in res['id'] and res['id']['text'] == dev['device_id'], str(res['id']))
+    check(res['id']['ms'] < 1000, 'BUSY x3 then OK took %d ms' % res['id']['ms'])
+    check(res['version']['text'] == '6.2.0', str(res['version']))
+    mods = res['modules']['modules']
+    check(any(m['function'] == 4 and m['version'] == 6200 and m['valid'] for m in mods), str(mods))
+    check(res['mode']['mode'] == 1 and 'error' not in res['listen'], 'listening: %s' % res)
+
+
+def test_ctrl_decodes_not_supported():
+    # Gen 2 before 1.5.0 has no device-id request: -120, decoded
+    res, _ = ctrl_probe('platform=photon,mode=normal,os=1.4.4,name=d1', ['id', 'modules'])
+    e = res['id'].get('error', {})
+    check(e.get('code') == 'request-unsupported' and e['detail'].get('system_error') == 'NOT_SUPPORTED'
+          and e['detail'].get('device_code') == -120, str(res['id']))
+    check('error' not in res['modules'], str(res['modules']))
+
+
+def test_ctrl_unplug_mid_update_is_device_gone():
+    path = fixture('p2/tinker-5.0.0-p2.bin')
+    res, _ = ctrl_probe('platform=p2,mode=normal,os=6.2.0,name=d1,faults=ctrl-unplug@chunk2',
+                        ['update=' + path])
+    e = res['update=' + path].get('error', {})
+    check(e.get('code') == 'device-gone', str(res))
+    check(res['update=' + path]['ms'] < 3000, 'device-gone after %d ms' % res['update=' + path]['ms'])
+
+
 PARTICLE_USB_4_JS = r"""
 const usb = require(process.argv[2]);
 const fs = require('fs');
