@@ -196,6 +196,7 @@ struct ctrl_result {
 	struct installed_module modules[DEVICE_FACTS_MAX_MODULES];
 	unsigned n_modules;
 	bool modules_deprecated_format; /* the reply used modules_deprecated (< 5.6.0) */
+	unsigned busy_retries;		/* INITs the device answered BUSY (then retried) */
 };
 typedef void (*ctrl_op_done_fn)(struct ctrl *c, const struct ctrl_result *res, struct error *err,
 				void *userdata);

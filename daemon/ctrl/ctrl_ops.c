@@ -232,6 +232,8 @@ static void op_finish(struct ctrl *c, struct error *err)
 	c->op_done = NULL;
 	c->op_result = NULL;
 	c->op_running = false;
+	if (res)
+		res->busy_retries += c->busy_seen;
 	if (done)
 		done(c, res, err && error_is_set(err) ? err : NULL, ud);
 	free(res);

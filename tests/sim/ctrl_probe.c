@@ -26,6 +26,8 @@ static void on_done(struct ctrl *c, const struct ctrl_result *res, struct error 
 		json_object_set_new(result, "error", error_to_json(err));
 		return;
 	}
+	if (res)
+		json_object_set_new(result, "busy_retries", json_integer(res->busy_retries));
 	if (res && res->text[0])
 		json_object_set_new(result, "text", json_string(res->text));
 	if (res && res->op == CTRL_OP_DEVICE_MODE)

@@ -793,6 +793,7 @@ def test_ctrl_reads_facts_busy_then_ok():
                           ['id', 'version', 'mode', 'modules', 'listen', 'mode'])
     dev = doc['devices'][0]
     check('error' not in res['id'] and res['id']['text'] == dev['device_id'], str(res['id']))
+    check(res['id']['busy_retries'] == 3 and res['version']['busy_retries'] == 0, 'BUSY x3: %s' % res)
     check(res['id']['ms'] < 1000, 'BUSY x3 then OK took %d ms' % res['id']['ms'])
     check(res['version']['text'] == '6.2.0', str(res['version']))
     mods = res['modules']['modules']

@@ -455,6 +455,7 @@ static void busy_then_ok_and_pending_polls(void **state)
 	double took = now_s() - t0;
 	assert_false(error_is_set(&o.err));
 	assert_int_equal(f->inits, 4);
+	assert_int_equal(o.res.busy_retries, 3);
 	assert_int_equal(f->checks, 5);
 	/* polls 5, 10, 20 ms after BUSY; 5, 10, 20, 40 ms while PENDING: well under 0.5 s */
 	assert_true(took < 0.5);
