@@ -890,6 +890,48 @@ def test_particle_usb_4_reads_facts_and_updates_firmware():
     check(dev['mode'] == 'normal', 'final mode %s' % dev['mode'])
 
 
+def particle_cli_343():
+    """particle-cli 3.43.1, installed before the tests by tests/sim/particle-cli-3.43-setup.sh
+    (scripts/install-deps)."""
+    base = os.environ.get('FLASHD_PARTICLE_CLI_343_DIR') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'),
+        'flashd-test', 'particle-cli-3.43.1')
+    cli = os.path.join(base, 'node_modules', '.bin', 'particle')
+    if not os.access(cli, os.X_OK) or not shutil.which('node'):
+        fail('particle-cli 3.43.1 not installed at %s: scripts/install-deps runs '
+             'tests/sim/particle-cli-3.43-setup.sh before the tests' % cli)
+    home = tempfile.mkdtemp(dir=work)  # particle-cli writes ~/.particle
+    return ['env', 'HOME=' + home, cli]
+
+
+def test_particle_cli_343_usb_commands_switch_modes():
+    cli = ' '.join(shlex.quote(a) for a in particle_cli_343())
+    probe = shlex.quote(os.path.join(os.environ.get('FLASHD_BUILD_ROOT', ''), 'tests', 'sim', 'ctrl-probe'))
+    opts = '--no-update-check'
+    script = ('set -e; {cli} usb list --ids-only {o}; {cli} usb start-listening --all {o}; {p} mode; '
+              '{cli} usb stop-listening --all {o}; {p} mode; {cli} usb dfu --all {o}').format(
+                  cli=cli, o=opts, p=probe)
+    rc, out, doc = run_sim(['platform=msom,mode=normal,os=6.2.0,name=d1'], ['sh', '-c', script])
+    check(rc == 0, 'particle usb failed (exit %d):\n%s' % (rc, out))
+    dev = doc['devices'][0]
+    check(dev['device_id'] in out.split(), 'usb list --ids-only did not list %s:\n%s' % (dev['device_id'], out))
+    modes = [json.loads(l)['mode'] for l in out.splitlines() if l.startswith('{"op"')]
+    check(modes == [1, 0], 'device mode after start-/stop-listening: %s\n%s' % (modes, out))
+    check(dev['mode'] == 'dfu', 'usb dfu: final mode %s' % dev['mode'])
+
+
+def test_particle_cli_343_flash_local_is_byte_identical():
+    path = fixture('p2/tinker-5.0.0-p2.bin')
+    start, function, platform, data = prefix(path)
+    rc, out, doc = run_sim(['platform=p2,mode=normal,os=6.2.0,name=d1'],
+                           particle_cli_343() + ['flash', '--local', path, '--no-update-check'])
+    check(rc == 0 and 'Flash success!' in out, 'particle flash --local failed (exit %d):\n%s' % (rc, out))
+    dev = doc['devices'][0]
+    base_, mem = dump(doc, dev)
+    check(mem[start - base_:start - base_ + len(data)] == data, 'flash differs from the file at 0x%x' % start)
+    check(dev['mode'] == 'normal', 'final mode %s' % dev['mode'])
+
+
 TESTS = {n[5:]: f for n, f in globals().items() if n.startswith('test_')}
 if TEST not in TESTS:
     print('unknown test; known: ' + ' '.join(TESTS))
