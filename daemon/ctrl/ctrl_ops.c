@@ -440,7 +440,12 @@ static void on_fw_reply(struct ctrl *c, const struct ctrl_reply *rep, struct err
 		fw->offset += fw->in_flight;
 		if (fw->progress)
 			fw->progress(c, fw->offset, fw->size, c->op_userdata);
-		if (fw->offset < fw->size) {
+		if (c->op_cancelled) { /* ctrl_cancel() from the progress callback */
+			error_set(&e, ERR_CANCELLED,
+				  "the firmware update was cancelled at byte %zu of %zu",
+				  fw->offset, fw->size);
+			fw_fail(c, &e);
+		} else if (fw->offset < fw->size) {
 			if (fw_send_chunk(c, &e) < 0)
 				fw_fail(c, &e);
 		} else {

@@ -807,7 +807,11 @@ def test_ctrl_decodes_not_supported():
     e = res['id'].get('error', {})
     check(e.get('code') == 'request-unsupported' and e['detail'].get('system_error') == 'NOT_SUPPORTED'
           and e['detail'].get('device_code') == -120, str(res['id']))
-    check('error' not in res['modules'], str(res['modules']))
+    # module info in the format before 5.6.0 (modules_deprecated), matching the flash
+    mods = res['modules'].get('modules', [])
+    check(any(m['function'] == 4 and m['valid'] for m in mods) and
+          any(m['function'] == 2 for m in mods) and any(m['function'] == 5 for m in mods),
+          'Photon 1.4.4 modules: %s' % res['modules'])
 
 
 def test_ctrl_unplug_mid_update_is_device_gone():

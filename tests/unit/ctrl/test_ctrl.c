@@ -594,6 +594,35 @@ static void unplug_mid_update_is_device_gone(void **state)
 	fake_free(f);
 }
 
+static void on_progress_cancel(struct ctrl *c, size_t done, size_t total, void *ud)
+{
+	on_progress(c, done, total, ud);
+	if (done >= 2000)
+		ctrl_cancel(c);
+}
+
+static void cancel_mid_update_cancels_on_the_device(void **state)
+{
+	(void)state;
+	struct fake *f = fake_new(1000);
+	struct outcome o;
+	memset(&o, 0, sizeof(o));
+	error_init(&o.err);
+	static uint8_t image[6000];
+	struct error err;
+	error_init(&err);
+	assert_int_equal(ctrl_firmware_update(f->ctrl, image, sizeof(image), on_progress_cancel,
+					      on_done, &o, &err),
+			 0);
+	run(f, &o);
+	assert_int_equal(o.err.code, ERR_CANCELLED);
+	assert_int_equal(f->cancels_fw, 1);
+	assert_false(f->finished);
+	assert_int_equal(f->firmware_len, 2000);
+	error_clear(&o.err);
+	fake_free(f);
+}
+
 static void free_while_in_flight_is_safe(void **state)
 {
 	(void)state;
@@ -623,6 +652,7 @@ int main(void)
 	    cmocka_unit_test(firmware_update_sends_every_byte),
 	    cmocka_unit_test(firmware_update_failure_cancels),
 	    cmocka_unit_test(unplug_mid_update_is_device_gone),
+	    cmocka_unit_test(cancel_mid_update_cancels_on_the_device),
 	    cmocka_unit_test(free_while_in_flight_is_safe),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
