@@ -32,3 +32,5 @@ void server_free(struct server *s);
 void server_device_event(struct server *s, struct device *dev, enum registry_change change);
 void server_job_event(struct server *s, struct job *job, json_t *event);
 size_t server_client_count(const struct server *s);
+/* The server's timeout keys (client_idle_ms, image_read_ms), before the config is read. */
+void server_register_timeouts(void);
