@@ -204,14 +204,15 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 	json_object_set_new(reply, "transports", transports);
 	json_object_set_new(reply, "uid", json_integer((json_int_t)c->cred.uid));
 	const struct config *cfg = &c->srv->cfg;
-	json_object_set_new(
-	    reply, "limits",
-	    json_pack("{s:i, s:i, s:I, s:i, s:I, s:I, s:I, s:I}", "message_bytes",
-		      WIRE_REQUEST_MAX, "images_per_job", WIRE_IMAGES_MAX, "output_buffer_bytes",
-		      (json_int_t)cfg->output_buffer_max, "jobs", cfg->max_jobs, "clients",
-		      (json_int_t)cfg->max_clients, "clients_per_uid",
-		      (json_int_t)cfg->clients_per_uid, "jobs_per_uid", (json_int_t)cfg->jobs_per_uid,
-		      "waiting_jobs_per_uid", (json_int_t)cfg->waiting_jobs_per_uid));
+	json_object_set_new(reply, "limits",
+			    json_pack("{s:i, s:i, s:I, s:i, s:I, s:I, s:I, s:I}", "message_bytes",
+				      WIRE_REQUEST_MAX, "images_per_job", WIRE_IMAGES_MAX,
+				      "output_buffer_bytes", (json_int_t)cfg->output_buffer_max,
+				      "jobs", cfg->max_jobs, "clients",
+				      (json_int_t)cfg->max_clients, "clients_per_uid",
+				      (json_int_t)cfg->clients_per_uid, "jobs_per_uid",
+				      (json_int_t)cfg->jobs_per_uid, "waiting_jobs_per_uid",
+				      (json_int_t)cfg->waiting_jobs_per_uid));
 }
 
 /* Finds a device by key, device id, tty or USB port path; ambiguous ids fail. */
@@ -434,8 +435,8 @@ static int begin_flash(struct client *c, struct wire_request *req, const char *l
 		unsigned k = f.images[i].fd_index;
 		if (fr->reads[k])
 			continue; /* one fd named twice: read once */
-		fr->reads[k] = image_read_start(c->srv->base, c->fds[k], f.images[i].name,
-						deadline, flash_read_done, c, err);
+		fr->reads[k] = image_read_start(c->srv->base, c->fds[k], f.images[i].name, deadline,
+						flash_read_done, c, err);
 		if (!fr->reads[k]) {
 			flash_read_free(fr);
 			return -1;
@@ -785,8 +786,8 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
 		client_touch(c);
 		return;
 	}
-	log_info("client %lu (uid %u pid %d) idle for %u ms: closing", c->id,
-		 (unsigned)c->cred.uid, (int)c->cred.pid, timeout_ms("client_idle_ms"));
+	log_info("client %lu (uid %u pid %d) idle for %u ms: closing", c->id, (unsigned)c->cred.uid,
+		 (int)c->cred.pid, timeout_ms("client_idle_ms"));
 	client_kill(c, "idle");
 }
 

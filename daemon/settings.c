@@ -97,8 +97,8 @@ static int parse_number(const char *value, unsigned long long max, unsigned long
 	return 0;
 }
 
-static int set_string(char *dst, size_t size, const char *key, const char *value,
-		      const char *where, struct error *err)
+static int set_string(char *dst, size_t size, const char *key, const char *value, const char *where,
+		      struct error *err)
 {
 	if (strlen(value) >= size)
 		return error_set(err, ERR_USAGE, "%s: %s is longer than %zu bytes", where, key,
@@ -110,7 +110,7 @@ static int set_string(char *dst, size_t size, const char *key, const char *value
 static int parse_bool(const char *value, bool *out)
 {
 	static const char *const yes[] = {"yes", "true", "on", "1"}, *const no[] = {"no", "false",
-										   "off", "0"};
+										    "off", "0"};
 	for (size_t i = 0; i < 4; i++) {
 		if (strcasecmp(value, yes[i]) == 0)
 			return *out = true, 0;
@@ -120,14 +120,13 @@ static int parse_bool(const char *value, bool *out)
 	return -1;
 }
 
-static int set_daemon_key(struct config *c, const char *key, const char *value,
-			  const char *where, struct error *err)
+static int set_daemon_key(struct config *c, const char *key, const char *value, const char *where,
+			  struct error *err)
 {
 	if (strcmp(key, "admin_group") == 0)
 		return set_string(c->admin_group, sizeof(c->admin_group), key, value, where, err);
 	if (strcmp(key, "socket_group") == 0)
-		return set_string(c->socket_group, sizeof(c->socket_group), key, value, where,
-				  err);
+		return set_string(c->socket_group, sizeof(c->socket_group), key, value, where, err);
 	if (strcmp(key, "lock_dir") == 0) {
 		if (value[0] != '/')
 			return error_set(err, ERR_USAGE, "%s: lock_dir must be an absolute path",
@@ -139,15 +138,17 @@ static int set_daemon_key(struct config *c, const char *key, const char *value,
 		errno = 0;
 		unsigned long m = strtoul(value, &end, 8);
 		if (errno || end == value || *end || m > 0777 || value[0] == '-')
-			return error_set(err, ERR_USAGE, "%s: socket_mode = \"%s\" is not an octal mode",
-					 where, value);
+			return error_set(err, ERR_USAGE,
+					 "%s: socket_mode = \"%s\" is not an octal mode", where,
+					 value);
 		c->socket_mode = (unsigned)m;
 		return 0;
 	}
 	if (strcmp(key, "world_socket") == 0) {
 		if (parse_bool(value, &c->world_socket) < 0)
-			return error_set(err, ERR_USAGE, "%s: world_socket = \"%s\" is not yes or no",
-					 where, value);
+			return error_set(err, ERR_USAGE,
+					 "%s: world_socket = \"%s\" is not yes or no", where,
+					 value);
 		return 0;
 	}
 	log_warning("%s: unknown key [daemon] %s (ignored)", where, key);

@@ -229,8 +229,9 @@ static int take_lock_file(struct serial_port *p, const char *lock_dir, struct er
 		return 0; /* no lock directory: flock alone */
 	snprintf(p->lock_path, sizeof(p->lock_path), "%s/LCK..%s", lock_dir, port_base(p->path));
 	for (int attempt = 0; attempt < 2; attempt++) {
-		int fd = open(p->lock_path,
-			      O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
+		int fd =
+		    open(p->lock_path,
+			 O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
 		if (fd >= 0) {
 			char buf[16];
 			int n = snprintf(buf, sizeof(buf), "%10d\n", (int)getpid());
@@ -253,8 +254,9 @@ static int take_lock_file(struct serial_port *p, const char *lock_dir, struct er
 			return fail_busy(p->path, lock_dir, pid, err);
 		}
 		if (unlink(p->lock_path) < 0 && errno != ENOENT) {
-			log_warning("cannot remove the lock file %s (%s): using %s under flock alone",
-				    p->lock_path, strerror(errno), p->path);
+			log_warning(
+			    "cannot remove the lock file %s (%s): using %s under flock alone",
+			    p->lock_path, strerror(errno), p->path);
 			break;
 		}
 	}
