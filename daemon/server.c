@@ -399,6 +399,42 @@ static int ambiguous(struct wire_flash *f, struct device **devs, unsigned n, str
 	return -1;
 }
 
+/* The devices a flash request means now; fails with bad-request (platform),
+ * device-not-found or ambiguous-target. */
+static int resolve_targets(struct server *s, struct wire_flash *f, struct device **devs,
+			   unsigned *ret_n, struct error *err)
+{
+	if (f->target == WIRE_TARGET_PLATFORM && !platform_by_name(f->target_value)) {
+		error_set(err, ERR_BAD_REQUEST, "bad request: unknown platform \"%s\"",
+			  f->target_value);
+		error_detail_str(err, "reason", "unknown platform");
+		error_detail_str(err, "field", "platform");
+		return -1;
+	}
+	unsigned n = match_devices(s, f, devs, REGISTRY_DEVICES_MAX);
+	/* A tty path means the USB port behind it now (issue 5): the job follows
+	 * that device, not the node name, across re-enumeration. */
+	if (f->target == WIRE_TARGET_PORT && n == 0) {
+		error_set(err, ERR_DEVICE_NOT_FOUND, "no Particle device is attached at %s",
+			  f->target_value);
+		error_detail_str(err, "target", f->target_value);
+		return -1;
+	}
+	if (n == 0 && f->wait_ms == 0) {
+		error_set(err, ERR_DEVICE_NOT_FOUND, "%s%s",
+			  f->target == WIRE_TARGET_ANY ? "no Particle device is attached"
+						       : "no attached device matches ",
+			  f->target == WIRE_TARGET_ANY ? "" : f->target_value);
+		error_detail_str(err, "target",
+				 f->target == WIRE_TARGET_ANY ? "any" : f->target_value);
+		return -1;
+	}
+	if (n > 1 && !f->all)
+		return ambiguous(f, devs, n, err);
+	*ret_n = n;
+	return 0;
+}
+
 static void flash_read_done(void *ctx, struct image_read *r);
 
 /*
@@ -418,6 +454,11 @@ static int begin_flash(struct client *c, struct wire_request *req, const char *l
 		return -1;
 	}
 	if (wire_parse_flash(req->obj, c->n_fds, &f, err) < 0)
+		return -1;
+	/* Target errors first, as before the files are read (and again after). */
+	struct device *devs[REGISTRY_DEVICES_MAX];
+	unsigned n;
+	if (resolve_targets(c->srv, &f, devs, &n, err) < 0)
 		return -1;
 	struct flash_read *fr = calloc(1, sizeof(*fr));
 	if (!fr || !(fr->line = malloc(len + 1))) {
@@ -457,33 +498,9 @@ static int do_flash(struct client *c, struct wire_request *req, json_t *reply,
 	memset(&jr, 0, sizeof(jr));
 	if (wire_parse_flash(req->obj, fr->n_fds, &f, err) < 0)
 		return -1;
-	if (f.target == WIRE_TARGET_PLATFORM && !platform_by_name(f.target_value)) {
-		error_set(err, ERR_BAD_REQUEST, "bad request: unknown platform \"%s\"",
-			  f.target_value);
-		error_detail_str(err, "reason", "unknown platform");
-		error_detail_str(err, "field", "platform");
+	unsigned n;
+	if (resolve_targets(s, &f, devs, &n, err) < 0)
 		return -1;
-	}
-	unsigned n = match_devices(s, &f, devs, REGISTRY_DEVICES_MAX);
-	/* A tty path means the USB port behind it now (issue 5): the job follows
-	 * that device, not the node name, across re-enumeration. */
-	if (f.target == WIRE_TARGET_PORT && n == 0) {
-		error_set(err, ERR_DEVICE_NOT_FOUND, "no Particle device is attached at %s",
-			  f.target_value);
-		error_detail_str(err, "target", f.target_value);
-		return -1;
-	}
-	if (n == 0 && f.wait_ms == 0) {
-		error_set(err, ERR_DEVICE_NOT_FOUND, "%s%s",
-			  f.target == WIRE_TARGET_ANY ? "no Particle device is attached"
-						      : "no attached device matches ",
-			  f.target == WIRE_TARGET_ANY ? "" : f.target_value);
-		error_detail_str(err, "target",
-				 f.target == WIRE_TARGET_ANY ? "any" : f.target_value);
-		return -1;
-	}
-	if (n > 1 && !f.all)
-		return ambiguous(&f, devs, n, err);
 	if (load_images(c, &f, &jr, fr, err) < 0)
 		return -1;
 	jr.target = f.target;
