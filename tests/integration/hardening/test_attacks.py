@@ -133,6 +133,20 @@ def socket_access(tap, flashd, fc):
         tap.check("... and served once in the group", rc == 0, (rc, err))
     finally:
         d.stop()
+    # Without a flashd group on the machine: the daemon's primary group, and a warning.
+    import grp
+    try:
+        grp.getgrnam("flashd")
+        print("ok %d # SKIP this machine has a flashd group" % (tap.n + 1))
+        tap.n += 1
+    except KeyError:
+        d = Daemon(flashd, private_locks=True)
+        st = os.stat(d.socket)
+        d.stop()
+        tap.check("no flashd group: the socket is 0660 and the daemon's primary group's, "
+                  "with a warning", stat.S_IMODE(st.st_mode) == 0o660
+                  and st.st_gid == os.getegid() and "no group flashd" in d.log_text(),
+                  (oct(st.st_mode), st.st_gid, d.log_text()[-500:]))
     # As root, a socket others can reach only when asked for explicitly.
     for extra, refused in (("socket_mode = 0666\n", True),
                            ("socket_mode = 0666\nworld_socket = yes\n", False)):
