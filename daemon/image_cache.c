@@ -243,9 +243,51 @@ struct image_read {
 	bool timed_out;
 	unsigned deadline_ms;
 	char name[WIRE_NAME_MAX];
+	uid_t owner;
 };
 
 static atomic_uint readers_alive;
+
+/* Reader threads per uid (a uid's stalled files must not use up everyone's). */
+static pthread_mutex_t owners_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	uid_t uid;
+	unsigned n;
+} owners[IMAGE_READERS_MAX];
+
+static bool owner_take(uid_t uid)
+{
+	bool ok = false;
+	pthread_mutex_lock(&owners_lock);
+	int slot = -1;
+	for (int i = 0; i < IMAGE_READERS_MAX; i++) {
+		if (owners[i].n && owners[i].uid == uid) {
+			slot = i;
+			break;
+		}
+		if (!owners[i].n && slot < 0)
+			slot = i;
+	}
+	if (slot >= 0 && owners[slot].n < IMAGE_READERS_PER_UID) {
+		owners[slot].uid = uid;
+		owners[slot].n++;
+		ok = true;
+	}
+	pthread_mutex_unlock(&owners_lock);
+	return ok;
+}
+
+static void owner_put(uid_t uid)
+{
+	pthread_mutex_lock(&owners_lock);
+	for (int i = 0; i < IMAGE_READERS_MAX; i++) {
+		if (owners[i].n && owners[i].uid == uid) {
+			owners[i].n--;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&owners_lock);
+}
 
 static void read_state_free(struct image_read *r)
 {
@@ -274,8 +316,10 @@ static void *reader_main(void *arg)
 		}
 	}
 	pthread_mutex_unlock(&r->lock);
+	uid_t owner = r->owner;
 	if (abandoned)
 		read_state_free(r);
+	owner_put(owner);
 	atomic_fetch_sub(&readers_alive, 1);
 	return NULL;
 }
@@ -309,7 +353,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 	r->cb(r->ctx, r);
 }
 
-struct image_read *image_read_start(struct event_base *base, int fd, const char *name,
+struct image_read *image_read_start(struct event_base *base, int fd, const char *name, uid_t owner,
 				    unsigned deadline_ms, image_read_cb cb, void *ctx,
 				    struct error *err)
 {
@@ -318,6 +362,12 @@ struct image_read *image_read_start(struct event_base *base, int fd, const char 
 			   "%u reads of stalled files are still pending in the daemon",
 			   IMAGE_READERS_MAX);
 		error_detail_int(err, "limit", IMAGE_READERS_MAX);
+		return NULL;
+	}
+	if (!owner_take(owner)) {
+		unreadable(err, 0, name, "uid %u has %u file reads pending (stalled files?)",
+			   (unsigned)owner, IMAGE_READERS_PER_UID);
+		error_detail_int(err, "limit", IMAGE_READERS_PER_UID);
 		return NULL;
 	}
 	struct image_read *r = calloc(1, sizeof(*r));
@@ -331,6 +381,7 @@ struct image_read *image_read_start(struct event_base *base, int fd, const char 
 	snprintf(r->name, sizeof(r->name), "%s", name);
 	r->cb = cb;
 	r->ctx = ctx;
+	r->owner = owner;
 	r->deadline_ms = deadline_ms;
 	if (r->fd < 0 || pipe2(r->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
 		unreadable(err, errno, name, "cannot hand the file to a reader: %s",
@@ -338,6 +389,7 @@ struct image_read *image_read_start(struct event_base *base, int fd, const char 
 		if (r->wake[0] >= 0)
 			close(r->wake[0]);
 		read_state_free(r);
+		owner_put(owner);
 		return NULL;
 	}
 	r->wake_ev = event_new(base, r->wake[0], EV_READ, on_wake, r);
@@ -352,6 +404,7 @@ struct image_read *image_read_start(struct event_base *base, int fd, const char 
 	pthread_attr_destroy(&attr);
 	if (rc != 0) {
 		atomic_fetch_sub(&readers_alive, 1);
+		owner_put(owner);
 		unreadable(err, rc, name, "cannot start a reader: %s", strerror(rc));
 		loop_side_free(r);
 		read_state_free(r);

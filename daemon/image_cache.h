@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct image_cache;
 
@@ -47,13 +48,15 @@ void image_cache_put(struct image_cache *c, struct image_ref *ref);
  * file-unreadable set (the reason, "delivered no data within N ms" for the
  * deadline); then image_read_free().  image_read_free() before cb abandons the
  * read (client gone): a thread stuck in read() frees its state when it returns.
- * At most IMAGE_READERS_MAX threads exist; past that, file-unreadable at once.
+ * At most IMAGE_READERS_MAX threads exist, IMAGE_READERS_PER_UID of them for
+ * one uid (owner); past that, file-unreadable at once.
  */
-#define IMAGE_READERS_MAX 32
+#define IMAGE_READERS_MAX     64
+#define IMAGE_READERS_PER_UID 16
 struct event_base;
 struct image_read;
 typedef void (*image_read_cb)(void *ctx, struct image_read *r);
-struct image_read *image_read_start(struct event_base *base, int fd, const char *name,
+struct image_read *image_read_start(struct event_base *base, int fd, const char *name, uid_t owner,
 				    unsigned deadline_ms, image_read_cb cb, void *ctx,
 				    struct error *err);
 uint8_t *image_read_take(struct image_read *r, size_t *len, struct error *err);

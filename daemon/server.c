@@ -476,8 +476,8 @@ static int begin_flash(struct client *c, struct wire_request *req, const char *l
 		unsigned k = f.images[i].fd_index;
 		if (fr->reads[k])
 			continue; /* one fd named twice: read once */
-		fr->reads[k] = image_read_start(c->srv->base, c->fds[k], f.images[i].name, deadline,
-						flash_read_done, c, err);
+		fr->reads[k] = image_read_start(c->srv->base, c->fds[k], f.images[i].name,
+						c->cred.uid, deadline, flash_read_done, c, err);
 		if (!fr->reads[k]) {
 			flash_read_free(fr);
 			return -1;
@@ -889,8 +889,9 @@ static void refuse(struct server *s, int fd, const struct ucred *cred, unsigned 
 			  (unsigned)cred->uid, uid_clients);
 		error_detail_int(&err, "limit", s->cfg.clients_per_uid);
 		error_detail_int(&err, "uid", cred->uid);
-		log_info("refusing a connection of uid %u (pid %d): it has %u", (unsigned)cred->uid,
-			 (int)cred->pid, uid_clients);
+		/* debug: a uid that hammers the socket must not flood the journal */
+		log_debug("refusing a connection of uid %u (pid %d): it has %u",
+			  (unsigned)cred->uid, (int)cred->pid, uid_clients);
 	} else {
 		error_set(&err, ERR_TOO_MANY_CLIENTS, "the daemon has %u clients connected",
 			  s->cfg.max_clients);

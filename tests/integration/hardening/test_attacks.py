@@ -284,7 +284,7 @@ def lock_files(tap, flashd, fc):
         d.stop()
 
 
-def stalled_file(tap, flashd):
+def stalled_file(tap, flashd, fc):
     if not os.path.exists("/dev/fuse"):
         print("ok %d # SKIP stalled file: no /dev/fuse" % (tap.n + 1))
         tap.n += 1
@@ -300,7 +300,9 @@ def stalled_file(tap, flashd):
               % (tap.n + 1, line))
         tap.n += 1
         return
-    d = Daemon(flashd, config="[timeouts]\nimage_read_ms = 1500\n", private_locks=True)
+    d = Daemon(flashd, config=f"[daemon]\nsocket_group = {SOCK_GID}\n"
+               "[timeouts]\nimage_read_ms = 1500\n", private_locks=True, world_reachable=True)
+    os.chmod(d.dir, 0o755)
     try:
         fd = os.open(os.path.join(mnt, "stalled.bin"), os.O_RDONLY)
         a, b = d.client(), d.client()
@@ -326,6 +328,25 @@ def stalled_file(tap, flashd):
                   and "within 1500 ms" in r.get("detail", {}).get("reason", "")
                   and 1.4 < took < 5, r)
         tap.check("the daemon serves on", d.alive())
+        # One uid's stalled files hold at most 16 reader threads; others still get theirs.
+        held, codes = [], []
+        for _ in range(17):
+            fd = os.open(os.path.join(mnt, "stalled.bin"), os.O_RDONLY)
+            c = d.client()
+            c.send({"request": "flash", "images": [{"name": "stalled.bin", "fd": 0}],
+                    "options": {"wait": 1}}, fds=[fd])
+            os.close(fd)
+            held.append(c)
+        r = held[-1].read(1)  # the 17th: refused at once, not after the deadline
+        tap.check("a uid's 17th stalled file is refused at once (16 reads pending)",
+                  r and r.get("code") == "file-unreadable"
+                  and "file reads pending" in r.get("message", ""), r)
+        rc, out, err = flashctl(fc, d.socket, "--json", "flash", PHOTON_APP, "--device",
+                                NO_DEVICE, "--wait", "--detach", uid=ATTACKER,
+                                groups=[SOCK_GID])
+        tap.check("... while another uid's file is read", rc == 0, (rc, out, err))
+        for c in held:
+            c.close()
     finally:
         fs.stdin.close()
         try:
@@ -345,7 +366,7 @@ def inside(flashd, fc):
     tap = Tap()
     socket_access(tap, flashd, fc)
     idle_connections(tap, flashd)
-    stalled_file(tap, flashd)
+    stalled_file(tap, flashd, fc)
     many_connections(tap, flashd, fc)
     many_waiting_jobs(tap, flashd, fc)
     lock_files(tap, flashd, fc)
