@@ -82,6 +82,7 @@ struct jobs {
 	const struct transport_ops *const *transports;
 	struct job *list; /* creation order */
 	unsigned max_jobs, history;
+	unsigned per_uid, waiting_per_uid; /* fair share (jobs_set_uid_limits); 0 = none */
 	struct event *kick;
 	struct grave *graves;
 	jobs_sink sink;
@@ -625,12 +626,57 @@ size_t jobs_active_count(const struct jobs *jobs)
 
 static void cancel_grace_cb(evutil_socket_t fd, short what, void *arg);
 
+/* ---- fair share: one uid's jobs ---------------------------------------- */
+
+void jobs_set_uid_limits(struct jobs *jobs, unsigned per_uid, unsigned waiting_per_uid)
+{
+	jobs->per_uid = per_uid;
+	jobs->waiting_per_uid = waiting_per_uid;
+}
+
+bool jobs_client_has_jobs(const struct jobs *jobs, unsigned long client_id)
+{
+	for (const struct job *j = jobs->list; j; j = j->next)
+		if (!j->ended && j->client_id == client_id)
+			return true;
+	return false;
+}
+
+/* Whether the uid may have one more job (waiting: one that waits for a device). */
+static bool uid_share_left(const struct jobs *jobs, uid_t uid, bool waiting, struct error *err)
+{
+	unsigned all = 0, waits = 0;
+	for (const struct job *j = jobs->list; j; j = j->next) {
+		if (j->ended || j->uid != uid)
+			continue;
+		all++;
+		waits += j->opts.wait_ms != 0;
+	}
+	if (jobs->per_uid && all >= jobs->per_uid) {
+		error_set(err, ERR_TOO_MANY_JOBS, "uid %u already has %u jobs", (unsigned)uid, all);
+		error_detail_int(err, "limit", jobs->per_uid);
+		error_detail_int(err, "uid", uid);
+		return false;
+	}
+	if (waiting && jobs->waiting_per_uid && waits >= jobs->waiting_per_uid) {
+		error_set(err, ERR_TOO_MANY_JOBS, "uid %u already has %u jobs waiting for a device",
+			  (unsigned)uid, waits);
+		error_detail_int(err, "limit", jobs->waiting_per_uid);
+		error_detail_int(err, "uid", uid);
+		error_detail_str(err, "kind", "waiting");
+		return false;
+	}
+	return true;
+}
+
 struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error *err)
 {
 	struct job *job = NULL;
 	if (jobs_active_count(jobs) >= jobs->max_jobs) {
 		error_set(err, ERR_TOO_MANY_JOBS, "the daemon already has %u jobs", jobs->max_jobs);
 		error_detail_int(err, "limit", jobs->max_jobs);
+	} else if (!uid_share_left(jobs, req->uid, req->opts.wait_ms != 0, err)) {
+		/* err is set: one uid may not fill the table for everyone */
 	} else if (!(job = calloc(1, sizeof(*job)))) {
 		error_set(err, ERR_INTERNAL, "out of memory");
 	}
