@@ -514,6 +514,8 @@ static void report(struct conn *c, struct follow *f, int n, char **paths)
 			printf("%s: %s would %sflash on %s%s%s%s\n", ok ? "ok" : "no",
 			       n == 1 ? paths[0] : "these files", ok ? "" : "not ", dev,
 			       words[0] ? " (" : "", words, words[0] ? ")" : "");
+			if (ok)
+				render_plan(stdout, json_object_get(rec, "plan"), "  ");
 			fflush(stdout);
 		} else if (n_ends > 1 && json_is_object(ej)) {
 			fprintf(stderr, "%s:\n", dev);

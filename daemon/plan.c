@@ -466,9 +466,7 @@ static void hex(const uint8_t *b, size_t n, char *out)
 
 /*
  * Whether the device already holds this module, valid, in the same version and
- * (where it lets flashd read the bytes) with the same SHA-256.  Without a hash,
- * a system part, bootloader or monolithic firmware is identified by its version;
- * an application is not (its version is the ABI number, the same for every app).
+ * with the same SHA-256 (from `s`, or from a DFU read-back of the whole module).
  */
 static bool installed_identically(const struct device_facts *facts, const struct image_module *m,
 				  char *why, size_t size)
@@ -493,13 +491,10 @@ static bool installed_identically(const struct device_facts *facts, const struct
 			    words, m->version, sha);
 			return true;
 		}
-		if (m->function == MODULE_FUNCTION_USER ||
-		    m->function == MODULE_FUNCTION_RADIO_STACK ||
-		    m->function == MODULE_FUNCTION_NCP)
-			return false;
-		snprintf(why, size, "the device has this %s already (version %u, valid)", words,
-			 m->version);
-		return true;
+		/* Without a hash nothing says the bytes are the same (an application's
+		 * version is its ABI number; a rebuilt system part keeps its version):
+		 * write it. */
+		return false;
 	}
 	return false;
 }
@@ -900,6 +895,41 @@ void plan_step_describe(const struct plan_step *s, char *buf, size_t size)
 		return;
 	}
 	buf[0] = '\0';
+}
+
+void plan_summary(const struct plan *plan, char *buf, size_t size)
+{
+	size_t len = 0;
+	buf[0] = '\0';
+#define PUT(...)                                                                                   \
+	do {                                                                                       \
+		if (len < size)                                                                    \
+			len += (size_t)snprintf(buf + len, size - len, __VA_ARGS__);               \
+	} while (0)
+	if (plan->n_writes == 0) {
+		PUT("nothing to write");
+	} else {
+		PUT("%zu write%s over %s (", plan->n_writes, plan->n_writes == 1 ? "" : "s",
+		    plan->mixed_transports			  ? "serial and DFU"
+		    : plan->first_transport == PLAN_TRANSPORT_DFU ? "DFU"
+								  : "serial");
+		size_t w = 0;
+		for (size_t i = 0; i < plan->n_steps; i++) {
+			if (plan->steps[i].kind != PLAN_STEP_WRITE)
+				continue;
+			char words[64];
+			step_module_words(&plan->steps[i], words, sizeof(words));
+			PUT("%s%s", w++ ? ", " : "", words);
+		}
+		PUT("), %llu KiB, about %u s", (unsigned long long)(plan->bytes + 1023) / 1024,
+		    (plan->estimate_ms + 999) / 1000);
+	}
+	if (plan->n_skipped)
+		PUT("; %zu file%s installed already", plan->n_skipped,
+		    plan->n_skipped == 1 ? "" : "s");
+#undef PUT
+	if (len >= size && size > 0)
+		buf[size - 1] = '\0';
 }
 
 json_t *plan_to_json(const struct plan *plan)

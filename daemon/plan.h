@@ -160,6 +160,9 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 /* The plan for people and clients: {"steps":[...],"skipped":[...],"warnings":[...],
  * "overrides":[...],"bytes":N,"estimate_s":S,"writes":N}. */
 json_t *plan_to_json(const struct plan *plan);
+/* One line: "2 writes over serial (bootloader, system part 1), 512 KiB, about 40 s; 1 file
+ * installed already". */
+void plan_summary(const struct plan *plan, char *buf, size_t size);
 /* "writing system part 1 over DFU", "switching to DFU mode (14400 baud)". */
 void plan_step_describe(const struct plan_step *s, char *buf, size_t size);
 

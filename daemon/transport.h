@@ -60,6 +60,7 @@
 #include "errors.h"
 #include "image.h"
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -164,6 +165,15 @@ void job_progress(struct job *job, uint64_t done, uint64_t total);
  * a job-progress event carrying {"note": note, "message": message}. */
 void job_note(struct job *job, const char *note, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The job's plan (plan.h plan_to_json(), reference taken over): kept in the job
+ * record ("plan") and sent as a job-plan event with the object under "plan"
+ * and summary as its message.  Set again when the plan changes (the transport
+ * read the device, or took the job over). */
+void job_set_plan(struct job *job, json_t *plan, const char *summary);
+/* The plan step now running (1-based, of steps): every job-progress event
+ * carries "step", "steps" and "step_description" ("writing system part 1 over
+ * DFU") from here on; call it before the job_set_state() of the step. */
+void job_set_step(struct job *job, unsigned step, unsigned steps, const char *description);
 /* New facts about the job's device (platform, id, OS, modules): merged into
  * the registry, emits device-changed. */
 void job_update_facts(struct job *job, const struct device_facts *facts);

@@ -18,6 +18,7 @@
 #include "dfuse.h"
 #include "usb.h"
 
+#include "job_plan.h"
 #include "transport.h"
 
 #include <asm/termbits.h>
@@ -66,6 +67,9 @@ struct transport_run {
 	bool layout_known;
 	struct device_facts facts;
 	struct dfu_plan plan;
+	struct job_plan *jp;	 /* the job's plan as this run executes it */
+	const char *after_leave; /* hand the job to this transport once the device is back */
+	bool nothing_written;	 /* every file was installed already */
 	unsigned write_i;
 	uint8_t *verify_buf;
 	bool verified;
@@ -182,22 +186,38 @@ static int start_op(struct transport_run *r, struct error *err)
 
 static int preflight(struct transport_run *r, struct error *err)
 {
-	struct preflight_input in[PREFLIGHT_MAX_IMAGES];
-	size_t n = job_image_count(r->job);
-	if (n > PREFLIGHT_MAX_IMAGES)
-		n = PREFLIGHT_MAX_IMAGES;
-	for (size_t i = 0; i < n; i++) {
-		in[i].img = job_image(r->job, i);
-		in[i].name = job_image_name(r->job, i);
-	}
 	struct preflight_rules rules;
-	struct preflight_plan pp;
 	dfu_preflight_rules(&r->facts, &rules);
 	const struct job_options *o = job_options(r->job);
-	if (preflight_check(&r->facts, r->dev.usb_devnode, in, n, &rules, o->force, &pp, err) < 0)
+	if (!r->jp)
+		r->jp = malloc(sizeof(*r->jp));
+	if (!r->jp)
+		return error_set(err, ERR_INTERNAL, "out of memory");
+	if (job_plan_make(r->job, PLAN_TRANSPORT_DFU, &r->facts, DEVICE_MODE_DFU,
+			  r->dev.usb_devnode, &rules, r->jp, err) < 0)
 		return -1;
-	return dfu_preflight_plan(&r->facts, r->layout_known, dfuse_get_info(r->dfuse), &pp,
+	if (r->jp->handoff || r->jp->plan.n_writes == 0)
+		return 0;
+	return dfu_preflight_plan(&r->facts, r->layout_known, dfuse_get_info(r->dfuse), &r->jp->pre,
 				  o->force, &r->plan, err);
+}
+
+/* The plan step of the write in progress: files count, not DFU writes (a file may
+ * need two, and the 0xD4000 invalidation page is an erase of its own). */
+static void report_write_step(struct transport_run *r)
+{
+	if (!r->jp || r->write_i >= r->plan.n_writes)
+		return;
+	size_t n = 0;
+	const char *last = NULL;
+	for (unsigned i = 0; i <= r->write_i; i++) {
+		if (r->plan.writes[i].erase_only)
+			continue;
+		if (r->plan.writes[i].name != last)
+			n++;
+		last = r->plan.writes[i].name;
+	}
+	job_plan_write_step(r->job, r->jp, n ? n - 1 : 0);
 }
 
 /* The leave request is done, or the device reset before its GETSTATUS came back (a
@@ -274,6 +294,16 @@ static void step(struct transport_run *r)
 			run_done(r, "preflight-ok");
 			return;
 		}
+		if (r->jp->handoff || r->jp->plan.n_writes == 0) {
+			/* Nothing for DFU to write: leave DFU mode, then either finish
+			 * (everything is installed) or hand the job to the transport the
+			 * plan writes with once the device runs its firmware again. */
+			r->after_leave = r->jp->handoff;
+			r->nothing_written = !r->jp->handoff;
+			r->state = RUN_LEAVE;
+			job_set_state(r->job, JOB_SWITCHING_MODE);
+			break;
+		}
 		r->write_i = 0;
 		r->state = RUN_ERASE;
 		job_set_state(r->job, JOB_ERASING);
@@ -287,6 +317,7 @@ static void step(struct transport_run *r)
 				job_set_state(r->job, JOB_REBOOTING);
 			}
 		} else {
+			report_write_step(r);
 			job_set_state(r->job, JOB_WRITING);
 		}
 		break;
@@ -440,6 +471,21 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		run_fail(r, &err);
 		break;
 	case RUN_WAIT_BACK:
+		if (r->nothing_written) {
+			run_done(r, "already-installed");
+			break;
+		}
+		if (r->after_leave) {
+			error_set(
+			    &err, ERR_TIMED_OUT,
+			    "the device did not come back with a serial port after leaving DFU "
+			    "mode, so the %s part of the plan could not start",
+			    r->after_leave);
+			error_detail_str(&err, "phase", "switching-mode");
+			error_detail_int(&err, "timeout_ms", timeout_ms("dfu_reenumerate_ms"));
+			run_fail(r, &err);
+			break;
+		}
 		if (r->dev.present && r->dev.mode != DEVICE_MODE_DFU) {
 			/* Back in its firmware, but its serial port never appeared. */
 			job_note(r->job, "not-verified",
@@ -623,19 +669,49 @@ static void on_serial_verified(void *ctx, const struct cdc_query_result *res, st
 						       : DEVICE_MODE_NORMAL);
 	json_t *failed = json_array();
 	const char *function = NULL, *file = NULL;
-	if (modules_as_written(r, &now, failed, &function, &file)) {
+	json_t *invalid = json_array();
+	if (r->jp)
+		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
+	bool written_ok = modules_as_written(r, &now, failed, &function, &file);
+	/* verified means the whole device: every module it reports valid (issue 11) */
+	size_t n_invalid = plan_invalid_modules(&now, invalid);
+	if (written_ok && n_invalid == 0 && !safe) {
 		json_decref(failed);
+		json_decref(invalid);
 		run_done(r, "verified");
 		return;
 	}
+	char names[256] = "";
+	size_t i;
+	json_t *m;
+	json_array_foreach(invalid, i, m)
+	{
+		size_t k, len = strlen(names);
+		json_t *c;
+		snprintf(names + len, sizeof(names) - len, "%s%s %d", i ? ", " : "",
+			 json_string_value(json_object_get(m, "module")),
+			 (int)json_integer_value(json_object_get(m, "version")));
+		json_array_foreach(json_object_get(m, "failed_checks"), k, c)
+		    add_check(failed, json_string_value(c));
+		if (!function)
+			function = json_string_value(json_object_get(m, "function"));
+	}
 	struct error e;
 	error_init(&e);
-	error_set(&e, ERR_BOOTED_INVALID,
-		  "the firmware was written, but after the reboot the device reports %s %s: "
-		  "see failed_checks",
-		  file ? file : "a flashed module",
-		  safe ? "invalid and runs safe mode" : "missing or invalid");
+	if (n_invalid > 0)
+		error_set(&e, ERR_BOOTED_INVALID,
+			  "the firmware was written, but after the reboot the device reports %s "
+			  "invalid%s: see invalid_modules",
+			  names, safe ? " and runs safe mode" : "");
+	else
+		error_set(
+		    &e, ERR_BOOTED_INVALID,
+		    "the firmware was written, but after the reboot the device reports %s %s: "
+		    "see failed_checks",
+		    file ? file : "a flashed module",
+		    safe ? "invalid and runs safe mode" : "missing or invalid");
 	error_detail_json(&e, "failed_checks", failed);
+	error_detail_json(&e, "invalid_modules", invalid);
 	error_detail_str(&e, "mode", safe ? "safe" : "normal");
 	if (function)
 		error_detail_str(&e, "module_function", function);
@@ -766,6 +842,23 @@ static void dfu_device_event(struct transport_run *r, enum device_event ev,
 	case RUN_WAIT_BACK:
 		if (ev != DEVICE_EVENT_BACK && ev != DEVICE_EVENT_CHANGED)
 			break;
+		if ((r->after_leave || r->nothing_written) && dev->mode != DEVICE_MODE_DFU) {
+			if (!dev->present || (r->after_leave && !dev->tty[0]))
+				break; /* the tty node follows the usb_device */
+			evtimer_del(r->timer);
+			job_set_device_mode(r->job, dev->mode);
+			if (r->nothing_written) {
+				run_done(r, "already-installed");
+				break;
+			}
+			r->state = RUN_FINISHED;
+			usb_dfu_close(r->usb);
+			r->usb = NULL;
+			char why[160];
+			plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
+			job_handoff(r->job, r->after_leave, why);
+			break;
+		}
 		if (dev->mode == DEVICE_MODE_NORMAL || dev->mode == DEVICE_MODE_LISTENING ||
 		    dev->mode == DEVICE_MODE_UNKNOWN) {
 			job_set_device_mode(r->job, dev->mode);
@@ -804,6 +897,7 @@ static void dfu_free(struct transport_run *r)
 	dfuse_free(r->dfuse);
 	dfu_readback_clear(&r->rb);
 	free(r->verify_buf);
+	free(r->jp);
 	free(r);
 }
 

@@ -13,6 +13,7 @@
 #include "cdc_query.h"
 #include "console.h"
 #include "dfu_reset.h"
+#include "job_plan.h"
 #include "port.h"
 #include "preflight.h"
 #include "transport.h"
@@ -69,6 +70,7 @@ struct transport_run {
 	struct dfu_reset *dfu_reset;
 	struct event *kick, *timer;
 	struct device_facts facts;
+	struct job_plan *jp; /* the job's plan as this run executes it */
 	struct preflight_plan plan;
 	size_t step;
 	uint64_t done_bytes, total_bytes;
@@ -226,6 +228,8 @@ static int start_send(struct transport_run *r, struct error *err)
 		return error_set(err, ERR_INTERNAL, "out of memory");
 	r->sub_done = false;
 	r->state = RUN_SEND;
+	if (r->jp)
+		job_plan_write_step(r->job, r->jp, r->step);
 	job_set_state(r->job, JOB_WRITING);
 	job_progress(r->job, r->done_bytes, r->total_bytes); /* 0 % before the first block */
 	return ymodem_start(r->ymodem, err);
@@ -237,26 +241,53 @@ static void do_preflight(struct transport_run *r)
 	error_init(&e);
 	job_set_state(r->job, JOB_PREFLIGHT);
 	size_t n = job_image_count(r->job);
-	struct preflight_input in[PREFLIGHT_MAX_IMAGES];
-	if (n > PREFLIGHT_MAX_IMAGES)
-		n = PREFLIGHT_MAX_IMAGES;
-	r->total_bytes = 0;
-	for (size_t i = 0; i < n; i++) {
-		in[i].img = job_image(r->job, i);
-		in[i].name = job_image_name(r->job, i);
-		r->total_bytes += in[i].img ? in[i].img->len : 0;
+	if (n == 0) {
+		end_run(r, JOB_RESULT_DONE, "probed", NULL);
+		return;
 	}
 	struct preflight_rules rules;
 	preflight_rules_serial(&r->facts, &rules);
-	if (preflight_check(&r->facts, r->tty, in, n, &rules, job_options(r->job)->force, &r->plan,
-			    &e) < 0) {
+	if (!r->jp)
+		r->jp = malloc(sizeof(*r->jp));
+	if (!r->jp) {
+		error_set(&e, ERR_INTERNAL, "out of memory");
 		fail(r, &e);
 		return;
 	}
-	if (job_options(r->job)->dry_run || n == 0) {
-		end_run(r, JOB_RESULT_DONE, n == 0 ? "probed" : "preflight-ok", NULL);
+	if (job_plan_make(r->job, PLAN_TRANSPORT_SERIAL, &r->facts, DEVICE_MODE_LISTENING, r->tty,
+			  &rules, r->jp, &e) < 0) {
+		fail(r, &e);
 		return;
 	}
+	r->plan = r->jp->pre;
+	if (job_options(r->job)->dry_run) {
+		end_run(r, JOB_RESULT_DONE, "preflight-ok", NULL);
+		return;
+	}
+	if (r->jp->handoff) {
+		/* the plan writes first over another transport (core: plan.c's table) */
+		char why[160];
+		plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
+		release_port(r);
+		r->state = RUN_ENDED;
+		evtimer_del(r->timer);
+		job_handoff(r->job, r->jp->handoff, why);
+		return;
+	}
+	if (r->jp->plan.n_writes == 0) {
+		/* every file is installed already: give the device back running */
+		if (r->port && write(r->port->fd, "x", 1) != 1) {
+			/* it may have left listening mode by itself */
+		}
+		job_set_device_mode(r->job, cdc_query_facts_safe_mode(&r->facts)
+						? DEVICE_MODE_SAFE
+						: DEVICE_MODE_NORMAL);
+		end_run(r, JOB_RESULT_DONE, "already-installed", NULL);
+		return;
+	}
+	r->total_bytes = 0;
+	for (size_t i = 0; i < r->plan.n_steps; i++)
+		r->total_bytes += r->plan.steps[i].img->len;
 	r->step = 0;
 	r->done_bytes = 0;
 	if (start_send(r, &e) < 0)
@@ -326,6 +357,44 @@ static void after_send_failure(struct transport_run *r)
 	fail(r, e);
 }
 
+/* booted-invalid naming every invalid module the device reports and its failing checks. */
+static void booted_invalid_device(struct transport_run *r, json_t *invalid, struct error *e)
+{
+	json_t *checks = json_array();
+	char names[256] = "";
+	size_t i;
+	json_t *m;
+	json_array_foreach(invalid, i, m)
+	{
+		size_t k;
+		json_t *c;
+		json_array_foreach(json_object_get(m, "failed_checks"), k, c)
+		{
+			bool have = false;
+			size_t j;
+			json_t *x;
+			json_array_foreach(checks, j, x) have |= json_equal(x, c);
+			if (!have)
+				json_array_append(checks, c);
+		}
+		size_t len = strlen(names);
+		snprintf(names + len, sizeof(names) - len, "%s%s %d", i ? ", " : "",
+			 json_string_value(json_object_get(m, "module")),
+			 (int)json_integer_value(json_object_get(m, "version")));
+	}
+	error_set(e, ERR_BOOTED_INVALID,
+		  "the firmware was written, but after the reboot the device reports %s invalid "
+		  "(see invalid_modules): it would run safe mode",
+		  names);
+	error_detail_json(e, "failed_checks", checks);
+	error_detail_json(e, "invalid_modules", invalid);
+	error_detail_str(e, "mode", "listening");
+	json_t *first = json_array_get(invalid, 0);
+	error_detail_str(e, "module_function",
+			 json_string_value(json_object_get(first, "function")));
+	job_set_device_mode(r->job, DEVICE_MODE_LISTENING); /* no `x`: left to the user */
+}
+
 /* The flashed module as the device reports it after its reboot. */
 static void verify_step(struct transport_run *r)
 {
@@ -363,6 +432,24 @@ static void verify_step(struct transport_run *r)
 	if (++r->step < r->plan.n_steps) {
 		if (start_send(r, &e) < 0)
 			fail(r, &e);
+		return;
+	}
+	if (r->jp)
+		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
+	/* verified means the whole device: every module it reports valid (issue 11) */
+	json_t *invalid = json_array();
+	if (plan_invalid_modules(&r->facts, invalid) > 0) {
+		booted_invalid_device(r, invalid, &e);
+		end_run(r, JOB_RESULT_FAILED, "booted-invalid", &e);
+		return;
+	}
+	json_decref(invalid);
+	if (r->jp && r->jp->then) {
+		/* the plan goes on over another transport, which plans again */
+		release_port(r);
+		r->state = RUN_ENDED;
+		evtimer_del(r->timer);
+		job_handoff(r->job, r->jp->then, "the plan continues over another transport");
 		return;
 	}
 	/* leave listening mode: the new firmware runs (§2.3 `x`), in safe mode if a
@@ -546,6 +633,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 			     r->total_bytes);
 		release_port(r);
 		r->state = RUN_REBOOT;
+		if (r->jp)
+			job_plan_step_kind(r->job, r->jp, PLAN_STEP_REBOOT, r->step);
 		job_set_state(r->job, JOB_REBOOTING);
 		arm(r, timeout_ms("serial_reenumerate_ms"));
 		return;
@@ -836,6 +925,7 @@ static void serial_free(struct transport_run *r)
 		event_free(r->timer);
 	error_clear(&r->pending);
 	error_clear(&r->verdict);
+	free(r->jp);
 	free(r);
 }
 
