@@ -326,8 +326,8 @@ static void have_words(const struct plan_model *model, const struct image_depend
 	}
 	shipped_release(model->platform_id, dep->function, have->version, shipped, sizeof(shipped),
 			rel, rel_size);
-	snprintf(buf, size, "%s %u%s%s%s", what, have->version, shipped[0] ? " (" : "", shipped,
-		 shipped[0] ? ")" : "");
+	snprintf(buf, size, "%s %s%u%s%s%s", what, have->file ? "version " : "", have->version,
+		 shipped[0] ? " (" : "", shipped, shipped[0] ? ")" : "");
 }
 
 /*

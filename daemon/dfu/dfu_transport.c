@@ -670,8 +670,6 @@ static void on_serial_verified(void *ctx, const struct cdc_query_result *res, st
 	json_t *failed = json_array();
 	const char *function = NULL, *file = NULL;
 	json_t *invalid = json_array();
-	if (r->jp)
-		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
 	bool written_ok = modules_as_written(r, &now, failed, &function, &file);
 	/* verified means the whole device: every module it reports valid (issue 11) */
 	size_t n_invalid = plan_invalid_modules(&now, invalid);
@@ -688,7 +686,7 @@ static void on_serial_verified(void *ctx, const struct cdc_query_result *res, st
 	{
 		size_t k, len = strlen(names);
 		json_t *c;
-		snprintf(names + len, sizeof(names) - len, "%s%s %d", i ? ", " : "",
+		snprintf(names + len, sizeof(names) - len, "%s%s (version %d)", i ? ", " : "",
 			 json_string_value(json_object_get(m, "module")),
 			 (int)json_integer_value(json_object_get(m, "version")));
 		json_array_foreach(json_object_get(m, "failed_checks"), k, c)
@@ -732,6 +730,8 @@ static void start_serial_verify(struct transport_run *r, const char *tty)
 	struct cdc_query_config cfg = {.relisten = true};
 	evtimer_del(r->timer);
 	r->state = RUN_VERIFY_SERIAL;
+	if (r->jp)
+		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
 	job_set_state(r->job, JOB_VERIFYING);
 	r->query = cdc_query_start(job_event_base(r->job), tty, &r->dev.facts, &cfg,
 				   on_serial_verified, r, &err);

@@ -378,7 +378,7 @@ static void booted_invalid_device(struct transport_run *r, json_t *invalid, stru
 				json_array_append(checks, c);
 		}
 		size_t len = strlen(names);
-		snprintf(names + len, sizeof(names) - len, "%s%s %d", i ? ", " : "",
+		snprintf(names + len, sizeof(names) - len, "%s%s (version %d)", i ? ", " : "",
 			 json_string_value(json_object_get(m, "module")),
 			 (int)json_integer_value(json_object_get(m, "version")));
 	}
@@ -434,8 +434,6 @@ static void verify_step(struct transport_run *r)
 			fail(r, &e);
 		return;
 	}
-	if (r->jp)
-		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
 	/* verified means the whole device: every module it reports valid (issue 11) */
 	json_t *invalid = json_array();
 	if (plan_invalid_modules(&r->facts, invalid) > 0) {
@@ -683,6 +681,8 @@ static void start_verify(struct transport_run *r)
 	struct error e;
 	error_init(&e);
 	r->state = RUN_VERIFY;
+	if (r->jp && r->step + 1 == r->plan.n_steps && r->reopen_attempts == 0)
+		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
 	job_set_state(r->job, JOB_VERIFYING);
 	if (open_port(r, &e) < 0) {
 		if (e.code == ERR_DEVICE_NOT_FOUND && r->reopen_attempts++ < 40) {
