@@ -612,6 +612,17 @@ struct jobs *jobs_new(struct event_base *base, struct registry *reg, struct imag
 	jobs->history = history;
 	jobs->kick = event_new(base, -1, 0, kick_cb, jobs);
 	jobs_register_timeouts(transports);
+	/* Each transport's shared state (transport.h init()), made once, here. */
+	for (size_t i = 0; transports && transports[i]; i++) {
+		if (!transports[i]->init)
+			continue;
+		struct error err;
+		error_init(&err);
+		if (transports[i]->init(base, &err) < 0)
+			log_error("the %s transport could not start: %s", transports[i]->name,
+				  err.message);
+		error_clear(&err);
+	}
 	return jobs;
 }
 
@@ -642,6 +653,9 @@ void jobs_free(struct jobs *jobs)
 		jobs->list = j->next;
 		job_free(j);
 	}
+	for (size_t i = 0; jobs->transports && jobs->transports[i]; i++)
+		if (jobs->transports[i]->exit)
+			jobs->transports[i]->exit();
 	event_free(jobs->kick);
 	free(jobs);
 }

@@ -13,24 +13,22 @@
  * One explicit state per phase; the events are dfuse completions, the run's
  * timer and device events from the registry.
  */
-#include "cdc_query.h"
 #include "dfu_preflight.h"
 #include "dfuse.h"
 #include "usb.h"
 
+#include "cdc_query.h"
 #include "job_plan.h"
+#include "mode_switch.h"
 #include "transport.h"
 
-#include <asm/termbits.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <syslog.h>
 #include <unistd.h>
 
-#define DFU_SWITCH_BAUD	  14400 /* START_DFU_FLASHER_SERIAL_SPEED (§3) */
 #define DFU_OPEN_RETRY_MS 100
 #define DFU_OPEN_RETRIES  50   /* udev can announce the node before libusb lists it */
 #define DFU_GONE_GRACE_MS 1000 /* after udev says the device is gone, before failing the run */
@@ -114,44 +112,6 @@ static void arm(struct transport_run *r, unsigned ms)
 {
 	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
 	evtimer_add(r->timer, &tv);
-}
-
-/* Sets the CDC line coding to 14400 baud: the firmware resets into DFU (§3, §5.1). */
-static int switch_to_dfu(const char *tty, struct error *err)
-{
-	int fd = open(tty, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0) {
-		if (errno == EACCES)
-			error_set(err, ERR_PERMISSION_DENIED, "cannot open %s to switch it to DFU",
-				  tty);
-		else
-			error_set(err, ERR_DEVICE_GONE, "cannot open %s to switch it to DFU: %s",
-				  tty, strerror(errno));
-		if (err->code == ERR_PERMISSION_DENIED) {
-			error_detail_str(err, "path", tty);
-			error_detail_int(err, "errno", errno);
-			error_detail_str(err, "operation", "open");
-		}
-		return -1;
-	}
-	struct termios2 tio;
-	int r = ioctl(fd, TCGETS2, &tio);
-	if (r == 0) {
-		tio.c_cflag &= ~(tcflag_t)CBAUD;
-		tio.c_cflag |= BOTHER;
-		tio.c_ispeed = tio.c_ospeed = DFU_SWITCH_BAUD;
-		r = ioctl(fd, TCSETS2, &tio);
-	}
-	int e = errno;
-	close(fd);
-	if (r < 0) {
-		error_set(err, ERR_TRANSFER_FAILED, "setting %s to 14400 baud failed: %s", tty,
-			  strerror(e));
-		error_detail_str(err, "phase", "switching-mode");
-		error_detail_str(err, "reason", strerror(e));
-		return -1;
-	}
-	return 0;
 }
 
 static void on_dfuse_done(struct dfuse *s, int result, struct error *err, void *userdata);
@@ -412,8 +372,11 @@ static void open_device(struct transport_run *r)
 	struct error err;
 	error_init(&err);
 	struct dfu_descriptors desc;
-	struct usb_loop *loop = usb_loop_shared(job_event_base(r->job), &err);
+	struct usb_loop *loop = usb_loop_daemon();
 	if (!loop) {
+		error_set(&err, ERR_INTERNAL,
+			  "the DFU transport has no libusb context (libusb could not start when "
+			  "flashd started)");
 		run_fail(r, &err);
 		return;
 	}
@@ -771,7 +734,7 @@ static struct transport_run *dfu_start(struct job *job, struct error *err)
 	r->timer = evtimer_new(job_event_base(job), on_timer, r);
 	if (r->dev.present && r->dev.mode != DEVICE_MODE_DFU && r->dev.tty[0]) {
 		job_set_state(job, JOB_SWITCHING_MODE);
-		if (switch_to_dfu(r->dev.tty, err) < 0) {
+		if (mode_switch_dfu(r->dev.tty, getenv("FLASHD_LOCK_DIR"), err) < 0) {
 			evtimer_del(r->timer);
 			event_free(r->timer);
 			free(r);
@@ -901,8 +864,31 @@ static void dfu_free(struct transport_run *r)
 	free(r);
 }
 
+/* The daemon's libusb context lives from init() to exit() (transport.h). */
+static struct usb_loop *dfu_loop;
+
+static int dfu_init(struct event_base *base, struct error *err)
+{
+	if (dfu_loop)
+		return 0;
+	dfu_loop = usb_loop_new(base, err);
+	if (!dfu_loop)
+		return -1;
+	usb_loop_set_daemon(dfu_loop);
+	return 0;
+}
+
+static void dfu_exit(void)
+{
+	usb_loop_set_daemon(NULL);
+	usb_loop_free(dfu_loop);
+	dfu_loop = NULL;
+}
+
 const struct transport_ops dfu_transport = {
     .name = "dfu",
+    .init = dfu_init,
+    .exit = dfu_exit,
     .can_serve = dfu_can_serve,
     .start = dfu_start,
     .cancel = dfu_cancel,

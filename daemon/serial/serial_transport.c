@@ -12,8 +12,8 @@
  */
 #include "cdc_query.h"
 #include "console.h"
-#include "dfu_reset.h"
 #include "job_plan.h"
+#include "mode_switch.h"
 #include "port.h"
 #include "preflight.h"
 #include "transport.h"
@@ -28,9 +28,6 @@
 #include <string.h>
 #include <syslog.h>
 #include <unistd.h>
-
-#define BAUD_LISTEN 28800 /* §3: enter listening mode (<= 5.9.x) */
-#define BAUD_DFU    14400 /* §3: reset into the DFU bootloader */
 
 static const struct timeout_def serial_timeouts[] = {
     CDC_QUERY_TIMEOUT_DEFS,
@@ -54,7 +51,7 @@ enum run_state {
 	RUN_QUERY,	  /* a probe job (no images, dry run): cdc_query reads `v` `i` `s` */
 	/* reset after a failed transfer on Gen 3 / P2 3.0-5.x (§4.5): 14400 -> DFU -> leave */
 	RUN_RESET_DFU,	 /* 14400 set: waiting for the device in DFU mode */
-	RUN_RESET_LEAVE, /* dfu_reset: DFU leave */
+	RUN_RESET_LEAVE, /* mode_switch_dfu_leave() */
 	RUN_RESET_BACK,	 /* left: waiting for the device to run its firmware again */
 	RUN_ENDED,
 };
@@ -67,7 +64,7 @@ struct transport_run {
 	struct console *console;
 	struct ymodem *ymodem;
 	struct cdc_query *query;
-	struct dfu_reset *dfu_reset;
+	struct dfu_leave *dfu_leave;
 	struct event *kick, *timer;
 	struct device_facts facts;
 	struct job_plan *jp; /* the job's plan as this run executes it */
@@ -94,8 +91,8 @@ static void release_port(struct transport_run *r)
 {
 	cdc_query_free(r->query);
 	r->query = NULL;
-	dfu_reset_free(r->dfu_reset);
-	r->dfu_reset = NULL;
+	mode_switch_dfu_leave_free(r->dfu_leave);
+	r->dfu_leave = NULL;
 	console_free(r->console);
 	r->console = NULL;
 	ymodem_free(r->ymodem);
@@ -178,9 +175,7 @@ static int start_console(struct transport_run *r, unsigned steps, struct error *
  * Go through 9600 first. */
 static int ask_listening(struct transport_run *r, struct error *err)
 {
-	if (serial_port_set_baud(r->port, 9600, err) < 0)
-		return -1;
-	return serial_port_set_baud(r->port, BAUD_LISTEN, err);
+	return mode_switch_listening(r->port, err);
 }
 
 static int facts_major(const struct device_facts *f)
@@ -338,7 +333,7 @@ static void after_send_failure(struct transport_run *r)
 	if (broke && r->port && device_resettable_after_failure(&r->facts)) {
 		struct error be;
 		error_init(&be);
-		if (serial_port_set_baud(r->port, BAUD_DFU, &be) == 0) {
+		if (mode_switch_dfu_on_port(r->port, &be) == 0) {
 			/* §4.5: reset it (14400 -> DFU -> leave) before the error is
 			 * reported, so that a retry finds it ready. */
 			error_move(&r->verdict, e);
@@ -472,13 +467,13 @@ static void reset_incomplete(struct transport_run *r, const char *what, const ch
 	fail(r, &r->verdict);
 }
 
-static void on_dfu_reset_done(void *ctx, struct error *err)
+static void on_dfu_leave_done(void *ctx, struct error *err)
 {
 	struct transport_run *r = ctx;
 	if (r->state != RUN_RESET_LEAVE)
 		return;
-	dfu_reset_free(r->dfu_reset);
-	r->dfu_reset = NULL;
+	mode_switch_dfu_leave_free(r->dfu_leave);
+	r->dfu_leave = NULL;
 	if (err && err->code != ERR_DEVICE_GONE) {
 		reset_incomplete(r, "leaving DFU mode failed: ", err->message);
 		return;
@@ -501,9 +496,9 @@ static void reset_device_event(struct transport_run *r, enum device_event ev,
 		evtimer_del(r->timer);
 		job_set_device_mode(r->job, DEVICE_MODE_DFU);
 		r->state = RUN_RESET_LEAVE;
-		r->dfu_reset = dfu_reset_start(r->base, dev->busnum, dev->devnum, dev->usb_devnode,
-					       on_dfu_reset_done, r, &e);
-		if (!r->dfu_reset) {
+		r->dfu_leave = mode_switch_dfu_leave(r->base, dev->busnum, dev->devnum,
+						     dev->usb_devnode, on_dfu_leave_done, r, &e);
+		if (!r->dfu_leave) {
 			reset_incomplete(r, "", e.message);
 			error_clear(&e);
 			return;
@@ -513,8 +508,8 @@ static void reset_device_event(struct transport_run *r, enum device_event ev,
 	case RUN_RESET_LEAVE:
 		if (ev == DEVICE_EVENT_GONE) {
 			/* the device reset: the leave is done whatever its GETSTATUS says */
-			dfu_reset_free(r->dfu_reset);
-			r->dfu_reset = NULL;
+			mode_switch_dfu_leave_free(r->dfu_leave);
+			r->dfu_leave = NULL;
 			r->state = RUN_RESET_BACK;
 			job_set_state(r->job, JOB_REBOOTING);
 			arm(r, timeout_ms("serial_reenumerate_ms"));
@@ -644,8 +639,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 			 * (the device sees only changes, §3) and probe once more. */
 			r->verify_relisten = true;
 			error_clear(&r->pending);
-			if (serial_port_set_baud(r->port, 9600, &e) < 0 ||
-			    serial_port_set_baud(r->port, BAUD_LISTEN, &e) < 0) {
+			if (mode_switch_listening(r->port, &e) < 0) {
 				error_move(&r->pending, &e);
 			} else {
 				r->state = RUN_VERIFY_WAIT;

@@ -61,6 +61,12 @@ device = sim_device
 fixture = sim_fixture
 
 
+def say(text):
+    """Figures and messages for the log, as TAP comments."""
+    for line in str(text).splitlines():
+        print('# ' + line, flush=True)
+
+
 def run(devices, steps):
     results, doc, _, log = run_testbed(SIM, FLASHD, FLASHCTL, __file__, top, devices, steps,
                                        sim_args=['--time-scale', '0', '--timeout-scale', '0.2'],
@@ -124,7 +130,7 @@ def test_argon_system_part_without_its_bootloader_is_refused_before_any_byte():
               and 'bootloader 1006' in err['message'], '%s: message %s' % (name, err['message']))
         got = device(doc, name)['received'][counter]
         check(got == 0, '%s: %s %d before the refusal' % (name, counter, got))
-        print('%s (%s): %s' % (name, device(doc, name)['mode'], err['message']))
+        say('%s (%s): %s' % (name, device(doc, name)['mode'], err['message']))
 
 
 def test_argon_in_dfu_mode_gets_bootloader_and_system_part_in_one_job():
@@ -146,7 +152,7 @@ def test_argon_in_dfu_mode_gets_bootloader_and_system_part_in_one_job():
     check(bl and bl['version'] == 1101 and bl['valid'], 'bootloader %s' % bl)
     check(sp and sp['version'] == 4006 and sp['valid'], 'system part %s' % sp)
     check(dev['mode'] == 'normal', 'mode %s' % dev['mode'])
-    print('%s; steps: %s; %.1f s' % (end['outcome'], '; '.join('%d/%d %s' % s for s in steps),
+    say('%s; steps: %s; %.1f s' % (end['outcome'], '; '.join('%d/%d %s' % s for s in steps),
                                      res[0]['elapsed']))
 
 
@@ -162,7 +168,7 @@ def test_photon_2_2_0_without_its_bootloader_is_refused_then_ordered_and_verifie
     err = expect_error(res[0], 'dependency-unmet', log)
     check(err['detail'].get('required_version') == 1003 and
           err['detail'].get('required_function') == 'bootloader', json.dumps(err))
-    print('refused: %s' % err['message'])
+    say('refused: %s' % err['message'])
     # everything in reverse order: ordered by the dependencies, written, whole device verified
     expect_done(res[2], log, 'verified')
     plan = plan_of(res[2])
@@ -181,7 +187,7 @@ def test_photon_2_2_0_without_its_bootloader_is_refused_then_ordered_and_verifie
     skipped = [l for l in res[3]['lines'] if l.get('note') == 'skipped']
     check(skipped and 'tinker-0.4.5-photon.bin' in skipped[0]['message'], 'notes %s' % res[3]['lines'])
     check(res[3]['rc'] == 0, 'exit status %d' % res[3]['rc'])
-    print('order %s; then %s (%s); YMODEM bytes in all: %d' % (
+    say('order %s; then %s (%s); YMODEM bytes in all: %d' % (
         ' -> '.join(names), end['outcome'], skipped[0]['message'], before))
 
 
@@ -214,7 +220,7 @@ def test_downgrade_that_breaks_the_application_is_refused_and_forced_is_booted_i
     check(any(m['module'] == 'application 1' and 'dependencies' in m['failed_checks'] for m in inv),
           json.dumps(bad))
     check(job_end(res[2]).get('outcome') == 'booted-invalid', 'outcome %s' % job_end(res[2]).get('outcome'))
-    print('refused: %s\nforced: %s' % (err['message'], bad['message']))
+    say('refused: %s\nforced: %s' % (err['message'], bad['message']))
 
 
 def test_check_prints_the_plan():
@@ -225,7 +231,7 @@ def test_check_prints_the_plan():
     check(res[0]['rc'] == 0 and 'plan:' in out and 'writing bootloader over serial' in out and
           'switching to listening mode' in out, 'check:\n%s%s' % (out, res[0]['err']))
     check(device(doc, 'a1')['received']['dfu_bytes'] == 0, 'check wrote')
-    print(out)
+    say(out)
 
 
 TESTS = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith('test_')}
