@@ -50,6 +50,7 @@ enum run_state {
 	RUN_LEAVE,	   /* dfuse_leave */
 	RUN_WAIT_BACK,	   /* device re-enumerating into its firmware */
 	RUN_VERIFY_SERIAL, /* back as CDC on <= 5.x: cdc_query reads `s` */
+	RUN_PROBE_SKIPPED, /* a probe of a device not in DFU mode: ends from the timer */
 	RUN_FINISHED,
 };
 
@@ -422,6 +423,13 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	switch (r->state) {
+	case RUN_PROBE_SKIPPED:
+		job_note(r->job, "no-console",
+			 "the device has no listening-mode console (Device OS 6.x) and flashd does "
+			 "not switch a device to DFU mode for a probe; put it in DFU mode to read "
+			 "its modules");
+		run_done(r, "probed");
+		break;
 	case RUN_OPENING:
 		open_device(r);
 		break;
@@ -720,18 +728,15 @@ static struct transport_run *dfu_start(struct job *job, struct error *err)
 	}
 	r->job = job;
 	r->dev = *job_device(job);
+	r->timer = evtimer_new(job_event_base(job), on_timer, r);
 	if (job_image_count(job) == 0 && job_options(job)->dry_run &&
 	    r->dev.mode != DEVICE_MODE_DFU) {
-		/* A probe never switches a running device into DFU (transport.h). */
-		job_note(job, "no-console",
-			 "the device has no listening-mode console (Device OS 6.x) and flashd does "
-			 "not switch a device to DFU mode for a probe; put it in DFU mode to read "
-			 "its modules");
-		job_finish(job, JOB_RESULT_DONE, "probed", NULL);
-		free(r);
-		return NULL;
+		/* A probe never switches a running device into DFU (transport.h); the
+		 * run ends from the loop, not from start(). */
+		r->state = RUN_PROBE_SKIPPED;
+		arm(r, 0);
+		return r;
 	}
-	r->timer = evtimer_new(job_event_base(job), on_timer, r);
 	if (r->dev.present && r->dev.mode != DEVICE_MODE_DFU && r->dev.tty[0]) {
 		job_set_state(job, JOB_SWITCHING_MODE);
 		if (mode_switch_dfu(r->dev.tty, getenv("FLASHD_LOCK_DIR"), err) < 0) {
