@@ -204,6 +204,20 @@ def test_ymodem_bytes_of_a_second_identical_app_are_zero():
     check(second == first, 'the second flash wrote %d bytes' % (second - first))
 
 
+def test_same_app_over_dfu_again_writes_nothing():
+    # DFU reads a small user part whole (CRC and SHA-256): the same file is skipped.
+    app = fixture('photon/tinker-0.4.5-photon.bin')
+    res, doc, log = run([spec('photon', '2.2.0', 'p1', 'dfu')],
+                        [flash('p1', app), {'flashctl': ['--json', 'list']}, flash('p1', app)])
+    expect_done(res[0], log, 'verified')
+    end = expect_done(res[2], log, 'already-installed')
+    dev = device(doc, 'p1')
+    got = dev['received']['dfu_bytes']
+    check(got == os.path.getsize(app), 'DFU bytes %d: the second job wrote' % got)
+    check(job_end(res[2])['record']['plan']['writes'] == 0, 'plan %s' % job_end(res[2])['record'].get('plan'))
+    say('second DFU job: %s, %d DFU bytes in all (one file)' % (end['outcome'], got))
+
+
 def test_downgrade_that_breaks_the_application_is_refused_and_forced_is_booted_invalid():
     p2 = fixture('photon/photon-system-part2@1.5.0.bin')
     res, doc, log = run([spec('photon', '1.5.2', 'p1', 'listening')],
