@@ -26,11 +26,18 @@ int job_plan_make(struct job *job, enum plan_transport transport, const struct d
 	if (n > PLAN_MAX_FILES || n > PREFLIGHT_MAX_IMAGES)
 		return error_set(err, ERR_BAD_REQUEST, "a job holds at most %d files",
 				 PLAN_MAX_FILES);
+	/* files an earlier transport of this job wrote already are installed now: the
+	 * plan is made over the rest (idx maps back to the job's files) */
 	struct plan_input in[PLAN_MAX_FILES];
 	struct preflight_input pin[PREFLIGHT_MAX_IMAGES];
-	for (size_t i = 0; i < n; i++) {
-		in[i].img = pin[i].img = job_image(job, i);
-		in[i].name = pin[i].name = job_image_name(job, i);
+	size_t idx[PLAN_MAX_FILES], all = n;
+	n = 0;
+	for (size_t i = 0; i < all; i++) {
+		if (job_image_written(job, i))
+			continue;
+		in[n].img = pin[n].img = job_image(job, i);
+		in[n].name = pin[n].name = job_image_name(job, i);
+		idx[n++] = i;
 	}
 	const struct job_options *o = job_options(job);
 	/* 1. every file on its own: CRC, platform, slot, size (any transport) */
@@ -77,7 +84,7 @@ int job_plan_make(struct job *job, enum plan_transport transport, const struct d
 	if (preflight_check(facts, label, w, nw, &mine, o->force, &jp->pre, err) < 0)
 		return -1;
 	for (size_t i = 0; i < jp->pre.n_steps; i++)
-		jp->pre.steps[i].job_index = files[jp->pre.steps[i].job_index];
+		jp->pre.steps[i].job_index = idx[files[jp->pre.steps[i].job_index]];
 	return 0;
 }
 

@@ -63,6 +63,7 @@ struct job {
 	json_t *plan;	      /* the plan (plan.h), once known */
 	unsigned step, steps; /* the plan step being run (1-based), 0 = none */
 	unsigned handoffs;
+	bool written[WIRE_IMAGES_MAX]; /* files written and verified (job_mark_written()) */
 	char step_text[128];
 
 	double created, started, ended_at;
@@ -991,6 +992,17 @@ void job_set_plan(struct job *job, json_t *plan, const char *summary)
 	json_object_set_new(ev, "message", json_string(summary ? summary : ""));
 	json_object_set(ev, "plan", plan);
 	emit(job, ev);
+}
+
+void job_mark_written(struct job *job, size_t i)
+{
+	if (i < job->n_images && i < WIRE_IMAGES_MAX)
+		job->written[i] = true;
+}
+
+bool job_image_written(const struct job *job, size_t i)
+{
+	return i < job->n_images && i < WIRE_IMAGES_MAX && job->written[i];
 }
 
 void job_set_step(struct job *job, unsigned step, unsigned steps, const char *description)

@@ -181,6 +181,10 @@ void job_set_plan(struct job *job, json_t *plan, const char *summary);
  * carries "step", "steps" and "step_description" ("writing system part 1 over
  * DFU") from here on; call it before the job_set_state() of the step. */
 void job_set_step(struct job *job, unsigned step, unsigned steps, const char *description);
+/* The file (job_image() index) is written and verified on the device: a
+ * transport that takes the job over later plans without it. */
+void job_mark_written(struct job *job, size_t i);
+bool job_image_written(const struct job *job, size_t i);
 /* New facts about the job's device (platform, id, OS, modules): merged into
  * the registry, emits device-changed. */
 void job_update_facts(struct job *job, const struct device_facts *facts);

@@ -810,6 +810,14 @@ static void dfu_device_event(struct transport_run *r, enum device_event ev,
 	case RUN_WAIT_BACK:
 		if (ev != DEVICE_EVENT_BACK && ev != DEVICE_EVENT_CHANGED)
 			break;
+		if (!r->after_leave && !r->nothing_written && r->jp && r->jp->then &&
+		    dev->mode != DEVICE_MODE_DFU) {
+			/* written: the plan goes on over another transport, which plans
+			 * again without these files */
+			for (size_t i = 0; i < r->jp->pre.n_steps; i++)
+				job_mark_written(r->job, r->jp->pre.steps[i].job_index);
+			r->after_leave = r->jp->then;
+		}
 		if ((r->after_leave || r->nothing_written) && dev->mode != DEVICE_MODE_DFU) {
 			if (!dev->present || (r->after_leave && !dev->tty[0]))
 				break; /* the tty node follows the usb_device */

@@ -352,6 +352,19 @@ static void after_send_failure(struct transport_run *r)
 	fail(r, e);
 }
 
+/* This transport's writes are done: the plan goes on over another transport, which
+ * plans again without the files written here. */
+static void continue_plan(struct transport_run *r)
+{
+	char why[160];
+	snprintf(why, sizeof(why), "the plan goes on over %s",
+		 strcmp(r->jp->then, "dfu") == 0 ? "DFU" : r->jp->then);
+	release_port(r);
+	r->state = RUN_ENDED;
+	evtimer_del(r->timer);
+	job_handoff(r->job, r->jp->then, why);
+}
+
 /* booted-invalid naming every invalid module the device reports and its failing checks. */
 static void booted_invalid_device(struct transport_run *r, json_t *invalid, struct error *e)
 {
@@ -424,6 +437,7 @@ static void verify_step(struct transport_run *r)
 		return;
 	}
 	r->done_bytes += s->img->len;
+	job_mark_written(r->job, s->job_index);
 	if (++r->step < r->plan.n_steps) {
 		if (start_send(r, &e) < 0)
 			fail(r, &e);
@@ -438,11 +452,7 @@ static void verify_step(struct transport_run *r)
 	}
 	json_decref(invalid);
 	if (r->jp && r->jp->then) {
-		/* the plan goes on over another transport, which plans again */
-		release_port(r);
-		r->state = RUN_ENDED;
-		evtimer_del(r->timer);
-		job_handoff(r->job, r->jp->then, "the plan continues over another transport");
+		continue_plan(r);
 		return;
 	}
 	/* leave listening mode: the new firmware runs (§2.3 `x`), in safe mode if a
@@ -652,10 +662,17 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 			job_note(r->job, "not-verified", "%s", r->pending.message);
 			error_clear(&r->pending);
 			r->done_bytes += r->plan.steps[r->step].img->len;
+			job_mark_written(r->job, r->plan.steps[r->step].job_index);
 			if (r->step + 1 < r->plan.n_steps) {
 				r->step++;
 				if (start_send(r, &e) < 0)
 					fail(r, &e);
+				return;
+			}
+			if (r->jp && r->jp->then) {
+				/* e.g. the system part just written is Device OS 6.x: no console,
+				 * and the plan goes on over DFU */
+				continue_plan(r);
 				return;
 			}
 			end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);

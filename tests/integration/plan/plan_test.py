@@ -237,6 +237,35 @@ def test_downgrade_that_breaks_the_application_is_refused_and_forced_is_booted_i
     say('refused: %s\nforced: %s' % (err['message'], bad['message']))
 
 
+def test_plan_across_transports_serial_then_dfu():
+    # A Boron on 5.9.0 in listening mode gets the Device OS 6.0.0 bootloader, system part
+    # and an application that needs it.  YMODEM writes the bootloader and the system part
+    # (Device OS 5.9 runs then); the application needs 6.0.0, which has no YMODEM: the
+    # job goes on over DFU, which plans again without the files written already.
+    sysp = os.path.join(top, 'boron-system-part1@6.0.0.bin')
+    blp = os.path.join(top, 'boron-bootloader@6.0.0.bin')
+    app = os.path.join(top, 'boron-app-6.bin')
+    open(sysp, 'wb').write(make_module(0x30000, 4, 1, 6000, 13, [(2, 0, 3000), (8, 0, 202)], 300000))
+    open(blp, 'wb').write(make_module(0xF4000, 2, 0, 3000, 13, [], 30000))
+    open(app, 'wb').write(make_module(0xB4000, 5, 2, 6, 13, [(4, 1, 6000)], 20000))
+    IDS['b1'] = 'e00fce68aabbccddeeff0103'
+    res, doc, log = run([spec('boron', '5.9.0', 'b1', 'listening')], [flash('b1', app, sysp, blp)])
+    end = job_end(res[0])
+    plans = [l['plan'] for l in res[0]['lines'] if l.get('event') == 'job-plan']
+    check(plans and write_steps(plans[0]) == [(os.path.basename(blp), 'serial'),
+                                              (os.path.basename(sysp), 'serial'),
+                                              (os.path.basename(app), 'dfu')],
+          'first plan %s' % json.dumps(plans[:1]))
+    notes = [l.get('note') for l in res[0]['lines'] if 'note' in l]
+    check('handed-to-dfu' in notes, 'notes %s\n%s' % (notes, log[-3000:]))
+    check(end['result'] == 'done', 'ended %s %s\n%s' % (end['result'], json.dumps(end.get('error')), log[-3000:]))
+    dev = device(doc, 'b1')
+    m = module(dev, 'user', 2)
+    check(m and m['valid'] and module(dev, 'system', 1)['version'] == 6000, 'modules %s' % dev['modules'])
+    say('%s: %s; plans: %s' % (end['result'], end['outcome'],
+                               ' | '.join(str(write_steps(p)) for p in plans)))
+
+
 def test_check_prints_the_plan():
     sysp, blp = argon_402()
     res, doc, log = run([spec('argon', '2.3.1', 'a1', 'dfu')],
