@@ -398,12 +398,14 @@ static void unmet_error(const struct plan_model *model, const struct plan_module
 }
 
 /*
- * The checks the device makes when a module is written (its OTA validation,
- * device-os hal/src/{stm32,nRF52840}/ota_module.cpp fetch_module() ->
- * validate_module_dependencies() with user dependencies optional): user parts
- * are not checked; dependency 1 must be met by what is installed; dependency 2
- * too unless it is a bootloader; a system part must not drop below what
- * another installed system part needs (DEPENDENCIES_FULL).
+ * The checks the device makes when a module is written: device-os
+ * hal/src/nRF52840/ota_flash_hal.cpp (and the stm32f2xx one) HAL_FLASH_End()
+ * fetches the OTA module with userDepsOptional and INTEGRITY |
+ * DEPENDENCIES_FULL; validate_module_dependencies() then skips user parts,
+ * needs dependency 1 met by the installed module of that function and index,
+ * dependency 2 too unless it is a bootloader, and a dependency on a slot the
+ * platform lacks fails; validate_module_dependencies_full() refuses a system
+ * part that another installed system part needs in a higher version.
  */
 static int update_check(const struct plan_model *model, const struct image_module *im,
 			const char *file, char warn[][PLAN_NOTE_LEN], size_t *n_warn,
@@ -533,7 +535,12 @@ static int try_file(struct plan_model *model, const struct plan_input *in,
 	return 0;
 }
 
-/* Every module at the next boot: both dependencies, user parts included. */
+/*
+ * Every module at the next boot: both dependencies, user parts included, as the
+ * device judges them outside an update (validate_module_dependencies() with
+ * userOptional false: HAL_Verify_User_Dependencies() for the application, the
+ * module list behind `s` for the rest; a failing one means safe mode).
+ */
 static int end_state_check(const struct plan_model *before, const struct plan_model *after,
 			   const struct plan_options *opts, struct plan *plan, struct error *err)
 {
