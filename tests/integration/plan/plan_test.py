@@ -143,6 +143,10 @@ def test_argon_in_dfu_mode_gets_bootloader_and_system_part_in_one_job():
           'plan %s' % json.dumps(plan))
     notes = [l.get('note') for l in res[0]['lines'] if l.get('event') == 'job-progress' and 'note' in l]
     check('handed-to-serial' in notes, 'notes %s' % notes)
+    started = [l for l in res[0]['lines'] if l.get('event') == 'job-started']
+    pre = started[0]['record'].get('plan') if started else None
+    check(pre and pre.get('preliminary') is True and pre['writes'] == 2,
+          'job-started plan %s' % json.dumps(pre))
     steps = sorted({(l['step'], l['steps'], l['step_description']) for l in res[0]['lines']
                     if l.get('event') == 'job-progress' and 'step' in l})
     check(any('writing bootloader over serial' in s[2] for s in steps) and
