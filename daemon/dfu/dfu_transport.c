@@ -831,7 +831,10 @@ static void dfu_device_event(struct transport_run *r, enum device_event ev,
 			usb_dfu_close(r->usb);
 			r->usb = NULL;
 			char why[160];
-			plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
+			if (r->jp->handoff)
+				plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
+			else
+				snprintf(why, sizeof(why), "the plan goes on over %s", r->after_leave);
 			job_handoff(r->job, r->after_leave, why);
 			break;
 		}
