@@ -113,6 +113,8 @@ void render_event(const struct cli_global *g, const json_t *ev)
 		if (json_object_get(ev, "note"))
 			printf(" %s: %s", str_or(ev, "note", ""), str_or(ev, "message", ""));
 		printf("\n");
+	} else if (strcmp(name, "job-plan") == 0) {
+		printf("%-15s %s %s\n", name, job, str_or(ev, "message", ""));
 	} else if (strcmp(name, "job-ended") == 0) {
 		const json_t *err = json_object_get(ev, "error");
 		printf("%-15s %s %s%s%s%s%s\n", name, job, str_or(ev, "result", "?"),
