@@ -330,6 +330,29 @@ static void radio_stack_facts(const struct dfu_readback *rb, struct device_facts
 	m->address = GEN3_SOFTDEVICE_START;
 }
 
+/* A slot whose read failed says nothing about what is there: its function is unknown
+ * (device_facts.h), not absent. */
+static void unread_facts(const struct dfu_readback *rb, struct device_facts *facts)
+{
+	static const uint16_t eras[] = {3000, 6100, 6200};
+	for (unsigned i = 0; i < rb->n_probes; i++) {
+		const struct dfu_probe *pr = &rb->probes[i];
+		if (pr->read || pr->address == GEN3_SD_INFO)
+			continue;
+		if (pr->kind == DFU_PROBE_TAIL) {
+			facts->unknown_functions |= 1u << MODULE_FUNCTION_USER;
+			continue;
+		}
+		for (size_t e = 0; e < sizeof(eras) / sizeof(eras[0]); e++) {
+			const struct slot *s;
+			size_t n = platform_slots(rb->platform, eras[e], &s);
+			for (size_t k = 0; k < n; k++)
+				if (s[k].start == pr->address)
+					facts->unknown_functions |= 1u << s[k].function;
+		}
+	}
+}
+
 bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *info,
 			struct device_facts *facts)
 {
@@ -365,6 +388,7 @@ bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *
 	}
 	if (p->mcu == MCU_NRF52840)
 		radio_stack_facts(rb, facts);
+	unread_facts(rb, facts);
 	/* The list is what is installed at the known slots; user parts up to DFU_WHOLE_MAX
 	 * carry an integrity verdict, the rest only what their prefixes say. */
 	facts->modules_known = true;

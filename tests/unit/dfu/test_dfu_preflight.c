@@ -280,6 +280,13 @@ static void test_unread_radio_stack_is_unknown_not_absent(void **state)
 	put_probe(&rb, sys);
 	assert_true(dfu_readback_facts(&rb, &info, &facts));
 	assert_false(facts.unknown_functions & (1u << MODULE_FUNCTION_RADIO_STACK));
+	assert_false(facts.unknown_functions & (1u << MODULE_FUNCTION_BOOTLOADER));
+	/* a slot whose UPLOAD failed is unknown too, not empty */
+	for (unsigned i = 0; i < rb.n_probes; i++)
+		if (rb.probes[i].address == 0xF4000)
+			rb.probes[i].read = false;
+	dfu_readback_facts(&rb, &info, &facts);
+	assert_true(facts.unknown_functions & (1u << MODULE_FUNCTION_BOOTLOADER));
 	dfu_readback_clear(&rb);
 	free(plan);
 	image_free(bl);
