@@ -255,18 +255,24 @@ static void do_preflight(struct transport_run *r)
 		return;
 	}
 	r->plan = r->jp->pre;
-	if (job_options(r->job)->dry_run) {
-		end_run(r, JOB_RESULT_DONE, "preflight-ok", NULL);
-		return;
-	}
 	if (r->jp->handoff) {
-		/* the plan writes first over another transport (core: plan.c's table) */
-		char why[160];
-		plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
+		/* the plan writes first over another transport (plan.c's table), which
+		 * makes its own checks, also for a dry run */
+		char why[200];
+		if (facts_major(&r->facts) >= 6)
+			snprintf(why, sizeof(why),
+				 "Device OS %s has no YMODEM flashing (removed in 6.0.0)",
+				 r->facts.os_version[0] ? r->facts.os_version : "6.x");
+		else
+			plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
 		release_port(r);
 		r->state = RUN_ENDED;
 		evtimer_del(r->timer);
 		job_handoff(r->job, r->jp->handoff, why);
+		return;
+	}
+	if (job_options(r->job)->dry_run) {
+		end_run(r, JOB_RESULT_DONE, "preflight-ok", NULL);
 		return;
 	}
 	if (r->jp->plan.n_writes == 0) {
@@ -609,21 +615,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		}
 		job_set_device_mode(r->job, DEVICE_MODE_LISTENING);
 		job_update_facts(r->job, &r->facts);
-		if (facts_major(&r->facts) >= 6) {
-			if (transport_find("dfu")) {
-				job_handoff(r->job, "dfu", "Device OS 6.x has no YMODEM");
-				r->state = RUN_ENDED;
-				release_port(r);
-				return;
-			}
-			error_set(&e, ERR_NOT_FLASHABLE_HERE,
-				  "the device runs Device OS %s, which has no YMODEM flashing",
-				  r->facts.os_version);
-			error_detail_str(&e, "transport", "serial");
-			error_detail_str(&e, "reason", "Device OS 6.0.0 removed YMODEM");
-			fail(r, &e);
-			return;
-		}
+		/* Device OS 6.x (no YMODEM) included: the plan says which transport
+		 * writes (plan.c's table), and hands the job over if it is not this one */
 		do_preflight(r);
 		return;
 	case RUN_SEND:
