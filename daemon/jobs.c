@@ -878,8 +878,11 @@ json_t *job_to_json(const struct job *job)
 json_t *jobs_list_json(struct jobs *jobs)
 {
 	json_t *a = json_array();
-	for (struct job *j = jobs->list; j; j = j->next)
-		json_array_append_new(a, job_to_json(j));
+	for (struct job *j = jobs->list; j; j = j->next) {
+		json_t *o = job_to_json(j);
+		json_object_del(o, "plan"); /* a list stays small; the job's events carry it */
+		json_array_append_new(a, o);
+	}
 	return a;
 }
 
