@@ -37,7 +37,7 @@ static const char *const migrations[] = {
     " created TEXT NOT NULL, started TEXT, ended TEXT, duration_s REAL,"
     " device TEXT, device_id TEXT, platform TEXT, port TEXT, transport TEXT,"
     " uid INTEGER,"
-    " plan TEXT,"		/* JSON: what job-started carried */
+    " plan TEXT,"		/* JSON: the job's plan (final once the job ended) */
     " images TEXT,"		/* JSON: [{"file","sha256"}] */
     " before TEXT, after TEXT," /* JSON: installed modules */
     " result TEXT, outcome TEXT,"
@@ -83,7 +83,7 @@ static const char sql_ended[] =
     " platform = COALESCE(excluded.platform, jobs.platform),"
     " port = COALESCE(excluded.port, jobs.port), label = COALESCE(excluded.label, jobs.label),"
     " transport = COALESCE(excluded.transport, jobs.transport),"
-    " plan = COALESCE(jobs.plan, excluded.plan),"
+    " plan = COALESCE(excluded.plan, jobs.plan)," /* the final plan replaces the preliminary one */
     " before = COALESCE(excluded.before, jobs.before), after = excluded.after,"
     " result = excluded.result, outcome = excluded.outcome, error = excluded.error,"
     " error_message = excluded.error_message, error_detail = excluded.error_detail,"
