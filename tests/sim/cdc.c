@@ -10,6 +10,7 @@
 #include "control.h"
 #include "osver.h"
 #include "spec.h"
+#include "timing.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,6 +25,8 @@
 #define PTY_RETRY_MS	  20
 #define MAGIC_BAUD_DFU	  14400
 #define MAGIC_BAUD_LISTEN 28800
+/* A YMODEM block on the wire: mark, sequence, complement, data, CRC-16. */
+#define YMODEM_BLOCK_WIRE(len) ((len) + 5u)
 
 /* Kernel termios ioctls (asm-generic/ioctls.h); the structs are the kernel's, not glibc's. */
 #define K_TCGETS2  0x802c542au
@@ -91,16 +94,57 @@ static bool era3(struct sim_device *d)
 	return osver_compare(d->spec.os, "3.0.0") >= 0 && osver_compare(d->spec.os, "6.0.0") < 0;
 }
 
+/* Device work at real-device speed, charged to the next block reply. */
+static void ota_charge(struct sim_device *d, double us)
+{
+	d->cdc_work_us += us * d->sim->time_scale;
+}
+
+static uint64_t op_ota_work_ms(void *ctx)
+{
+	struct sim_device *d = ctx;
+	/* Whole milliseconds now, the rest with the next block, so that a
+	 * transfer's total is right to 1 ms whatever the block count. */
+	uint64_t ms = (uint64_t)(d->cdc_work_us / 1000.0);
+	d->cdc_work_us -= (double)ms * 1000.0;
+	return ms;
+}
+
+/* Erase of the sectors covering len bytes from the region's start (FLASH_Begin). */
+static double ota_erase_us(struct sim_device *d, const struct ota_region *r, uint32_t len)
+{
+	const struct flash_region *fr = flash_region_at(d->flash, r->alt, r->base, r->size);
+	if (!fr)
+		return 0;
+	double us = 0;
+	uint32_t at = r->base;
+	while (at < r->base + len) {
+		uint32_t start, size;
+		char attr;
+		if (flash_sector(fr, at, &start, &size, &attr) < 0 || !size)
+			break;
+		us += timing_erase_us(d->spec.platform, fr->external, size);
+		at = start + size;
+	}
+	return us;
+}
+
 /* Engine ops run with sim->lock held (the engine is only driven under it). */
 static int op_ota_begin(void *ctx, uint32_t declared_size)
 {
 	struct sim_device *d = ctx;
 	struct ota_region r = ota_region(d);
+	/* The header block crossed the bus; then the region is erased over the
+	 * declared size (0: the whole region, as 3.x-5.x substitutes its maximum). */
+	d->cdc_work_us = 0;
+	ota_charge(d, timing_usb_bulk_us(YMODEM_BLOCK_WIRE(128)));
 	/* 3.0-5.x: size pre-check and INVALID_STATE while an update is running (§4.3, §4.5). */
 	if (era3(d) &&
 	    (declared_size > r.size || (d->ota_active && d->spec.platform->mcu != MCU_STM32F205)))
 		return -1;
 	flash_erase_range(d->flash, r.alt, r.base, r.size);
+	uint32_t erase_len = declared_size && declared_size < r.size ? declared_size : r.size;
+	ota_charge(d, ota_erase_us(d, &r, erase_len));
 	d->ota_active = true;
 	d->ota_pending = false;
 	d->ota_size = declared_size;
@@ -111,8 +155,12 @@ static int op_ota_write(void *ctx, uint32_t offset, const uint8_t *data, size_t 
 {
 	struct sim_device *d = ctx;
 	struct ota_region r = ota_region(d);
+	/* The block crossed the bus, then it is programmed (FLASH_Update). */
+	ota_charge(d, timing_usb_bulk_us(YMODEM_BLOCK_WIRE(len)));
 	if (offset > r.size || len > r.size - offset)
 		return -1; /* past the OTA region: "Failed to save chunk!" */
+	const struct flash_region *fr = flash_region_at(d->flash, r.alt, r.base, r.size);
+	ota_charge(d, timing_program_us(d->spec.platform, fr && fr->external, len));
 	return flash_program(d->flash, r.alt, r.base + offset, data, len);
 }
 
@@ -549,6 +597,7 @@ void cdc_attach(struct sim_device *d)
 		    .ota_begin = op_ota_begin,
 		    .ota_write = op_ota_write,
 		    .ota_finish = op_ota_finish,
+		    .ota_work_ms = op_ota_work_ms,
 		    .system_info = op_system_info,
 		};
 		bool listen = d->mode == SIM_MODE_LISTENING || d->listen_on_boot;

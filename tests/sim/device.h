@@ -107,6 +107,7 @@ struct sim_device {
 	bool ota_active;
 	bool ota_pending; /* validated, applied at the next reset */
 	uint32_t ota_size;
+	double cdc_work_us; /* YMODEM receiver work not charged yet (time-scaled) */
 	/* counters for state.json */
 	uint64_t ymodem_bytes;
 	uint64_t dfu_bytes;

@@ -54,6 +54,15 @@ struct listening_ops {
 	int (*ota_begin)(void *ctx, uint32_t declared_size);
 	int (*ota_write)(void *ctx, uint32_t offset, const uint8_t *data, size_t len);
 	int (*ota_finish)(void *ctx, unsigned *ret_mask);
+	/*
+	 * How long the device was busy with the ota_begin / ota_write it was just
+	 * given (erase at the header, programming and the block's USB transfer per
+	 * data block), in milliseconds of the simulation's clock.  The receiver
+	 * answers that block only when the work is done, as receive_file() does
+	 * (it calls the flash code between reading a block and sending its ACK).
+	 * NULL or 0: instant.
+	 */
+	uint64_t (*ota_work_ms)(void *ctx);
 	/* The `s` reply body as the device would print it (malloc'd, without "\r\n"). */
 	char *(*system_info)(void *ctx);
 };
