@@ -644,17 +644,6 @@ static void baud_dfu_cb(void *data)
 	reset_dfu_cb(data);
 }
 
-static void baud_listen_cb(void *data)
-{
-	struct sim_device *d = data;
-	g_mutex_lock(&d->sim->lock);
-	if (d->cdc) {
-		listening_enter(d->cdc, sim_now_ms());
-		arm_timer(d);
-	}
-	g_mutex_unlock(&d->sim->lock);
-}
-
 /* SET_LINE_CODING reaches the device only when the speed changes (cdc-acm). */
 static void line_coding(struct sim_device *d, unsigned baud)
 {
@@ -665,8 +654,17 @@ static void line_coding(struct sim_device *d, unsigned baud)
 		return;
 	if (baud == MAGIC_BAUD_DFU)
 		sim_schedule(d->sim, 0, baud_dfu_cb, d);
-	else if (baud == MAGIC_BAUD_LISTEN && osver_compare(d->spec.os, "6.0.0") < 0)
-		sim_schedule(d->sim, 0, baud_listen_cb, d);
+	else if (baud == MAGIC_BAUD_LISTEN && osver_compare(d->spec.os, "6.0.0") < 0 && d->cdc) {
+		/* At once, before the host's TCSETS returns: cdc-acm's SET_LINE_CODING
+		 * completes before the ioctl does, and what the host writes next is
+		 * read by the console (Device OS reads its CDC buffer with peek() once
+		 * listening mode runs, system_setup.cpp).  Deferring this to the main
+		 * loop let a `v` written right after 28800 reach the application
+		 * instead, which drops it - for all but one of several devices
+		 * switched at once. */
+		listening_enter(d->cdc, sim_now_ms());
+		arm_timer(d);
+	}
 }
 
 /* The slave's termios, read through the master (a pty master's termios ioctls act on its slave). */

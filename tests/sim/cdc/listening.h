@@ -23,15 +23,15 @@ enum listening_era {
 };
 
 enum listening_state_kind {
-	LISTENING_APP,     /* application running: no console ("normal" mode) */
+	LISTENING_APP,	   /* application running: no console ("normal" mode) */
 	LISTENING_CONSOLE, /* listening mode, waiting for command keys */
 };
 
 /* How the device goes away after a command or a transfer. */
 enum listening_reset {
-	LISTENING_RESET_FIRMWARE,      /* reset, boot the firmware (comes back in normal mode) */
+	LISTENING_RESET_FIRMWARE,	/* reset, boot the firmware (comes back in normal mode) */
 	LISTENING_RESET_SAFE_LISTENING, /* 'L': safe mode, then listening mode */
-	LISTENING_RESET_UNPLUG,        /* fault: USB cable pulled (comes back only by control) */
+	LISTENING_RESET_UNPLUG,		/* fault: USB cable pulled (comes back only by control) */
 };
 
 struct listening_ops {
@@ -70,11 +70,11 @@ struct listening_ops {
 struct listening_config {
 	enum listening_era era;
 	const char *os_version; /* "1.5.2" for `v` */
-	const char *device_id;  /* 24 lowercase hex */
+	const char *device_id;	/* 24 lowercase hex */
 	int platform_id;
-	bool wifi;     /* WiFiSetupConsole: adds `w` */
-	bool cellular; /* `i` multi-line form with IMEI/ICCID/Cell Radio Version */
-	const char *mac;   /* "a4:cf:12:34:56:78" */
+	bool wifi;	      /* WiFiSetupConsole: adds `w` */
+	bool cellular;	      /* `i` multi-line form with IMEI/ICCID/Cell Radio Version */
+	const char *mac;      /* "a4:cf:12:34:56:78" */
 	double timeout_scale; /* scales the 5 s YMODEM byte timeout (>0) */
 };
 
@@ -101,11 +101,11 @@ enum listening_state_kind listening_state(const struct listening *l);
  * declared size.
  */
 enum listening_fault_kind {
-	LISTENING_FAULT_UNPLUG,       /* unplug@50% / unplug@block12 / unplug@byte4096 */
-	LISTENING_FAULT_CANCEL,       /* cancel@block5: device sends CA CA mid-transfer */
+	LISTENING_FAULT_UNPLUG,	      /* unplug@50% / unplug@block12 / unplug@byte4096 */
+	LISTENING_FAULT_CANCEL,	      /* cancel@block5: device sends CA CA mid-transfer */
 	LISTENING_FAULT_NAK_STORM,    /* nak@block3: NAK every block from there on */
-	LISTENING_FAULT_SILENT,       /* silent@block10: stops answering */
-	LISTENING_FAULT_RESET,        /* reset@30%: device resets mid-transfer */
+	LISTENING_FAULT_SILENT,	      /* silent@block10: stops answering */
+	LISTENING_FAULT_RESET,	      /* reset@30%: device resets mid-transfer */
 	LISTENING_FAULT_STRAY_OUTPUT, /* stray@: application output before the prompt */
 	LISTENING_FAULT_AT_PROBE,     /* atprobe@: ModemManager-style AT lines arrive */
 };

@@ -119,8 +119,7 @@ static struct fault_slot *fault_at_block_end(struct listening *l, enum listening
  * block) between reading the block and sending the reply, and reads nothing
  * meanwhile, so bytes that arrive are held until then.
  */
-static void reply_after_work(struct listening *l, const uint8_t *reply, size_t n,
-			     uint64_t now_ms)
+static void reply_after_work(struct listening *l, const uint8_t *reply, size_t n, uint64_t now_ms)
 {
 	uint64_t ms = l->ops.ota_work_ms ? l->ops.ota_work_ms(l->ops.ctx) : 0;
 	l->ym.st = YR_WAIT_FIRST;
