@@ -161,6 +161,7 @@ static int op_ota_write(void *ctx, uint32_t offset, const uint8_t *data, size_t 
 		return -1; /* past the OTA region: "Failed to save chunk!" */
 	const struct flash_region *fr = flash_region_at(d->flash, r.alt, r.base, r.size);
 	ota_charge(d, timing_program_us(d->spec.platform, fr && fr->external, len));
+	d->last_write_ms = sim_now_ms() + (uint64_t)(d->cdc_work_us / 1000.0); /* its ACK */
 	return flash_program(d->flash, r.alt, r.base + offset, data, len);
 }
 
