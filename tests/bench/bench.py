@@ -155,7 +155,8 @@ def sim_pid():
 
 def last_write_ms(ctl):
     devs = ctl(cmd="state")["state"]["devices"]
-    return max(d["received"]["last_write_ms"] for d in devs), \
+    # (a simulator older than received.last_write_ms: no "to the last write" figure)
+    return max(d["received"].get("last_write_ms", 0) for d in devs), \
         sum(d["received"]["dfu_requests"] for d in devs)
 
 
