@@ -41,9 +41,11 @@ struct cdc_query;
 		    "listening-mode console: `i` and `s` (LTE modem start, §2.4)"                 \
 	}
 
-/* The tty node can lag the USB device's udev event after a re-enumeration. */
-#define CDC_QUERY_OPEN_RETRIES	50
-#define CDC_QUERY_OPEN_RETRY_MS 200
+/* The tty node can lag the USB device's udev event after a re-enumeration:
+ * look again every 20 ms (an open() that fails costs nothing; a long period is
+ * time the verify waits for nothing), for 10 s in all. */
+#define CDC_QUERY_OPEN_RETRIES	500
+#define CDC_QUERY_OPEN_RETRY_MS 20
 
 struct cdc_query_config {
 	unsigned probe_ms, listen_ms, reply_ms, slow_reply_ms; /* 0 = the configured keys */
