@@ -5,7 +5,8 @@ datasheet constants of tests/sim/timing.c), with the same images and the same
 start and end points.  Not a pass/fail test: it prints a table (median of the
 interleaved runs, [min-max], comparator, ratio) and writes it as JSON.
 
-usage: bench.py [--quick] [--runs N] [--rows ROW,...] [--json PATH] [--idle S]
+usage: bench.py [--quick] [--runs N] [--rows ROW,...] [--devices N,...] [--json PATH] [--idle S]
+       bench.py --markdown RESULT.json   (the table of a result, for tests/bench/README.md)
        bench.py --inner PLAN.json        (runs inside flashd-sim)
 
 Rows: dfu (Photon, Argon, P2 vs dfu-util 0.11), serial (Photon vs particle-cli
@@ -607,7 +608,24 @@ def main():
         shutil.rmtree(TOP, ignore_errors=True)
 
 
+def markdown(path):
+    """The table of a JSON result as Markdown (for tests/bench/README.md)."""
+    doc = json.load(open(path))
+    out = ["Run %s, median [min-max] of %d interleaved runs at --time-scale 1; %s, %s cores; %s."
+           % (doc["started"], doc["runs"], doc["machine"]["cpu"], doc["machine"]["cores"],
+              "; ".join("%s %s" % kv for kv in doc["tools"].items())), "",
+           "| row | flashd | comparator | ratio | notes |", "|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        ratio_ = "%.2f" % r["ratio"] if r.get("ratio") is not None else "-"
+        out.append("| %s | %s | %s | %s | %s |" % (r["row"], flashd_text(r), comp_text(r), ratio_,
+                                                  r.get("note", "")))
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--markdown":
+        print(markdown(sys.argv[2]))
+        sys.exit(0)
     if len(sys.argv) == 3 and sys.argv[1] == "--inner":
         FLASHCTL_IN = json.load(open(sys.argv[2]))["flashctl"]
         kind = json.load(open(sys.argv[2]))["kind"]
