@@ -534,9 +534,9 @@ def tool_versions(particle):
         except (OSError, IndexError, subprocess.SubprocessError):
             return "not available"
     commit = out(["git", "-C", SRC, "describe", "--always", "--dirty"])
-    v = {"flashd": out([FLASHD, "--version"]) + " (" + commit + ")",
-         "dfu-util": out(["dfu-util", "-V"]),
-         "particle-cli": "3.19.0 (" + particle + ")" if particle else "not installable",
+    v = {"flashd": out([FLASHD, "--version"]).replace("flashd ", "") + " (" + commit + ")",
+         "dfu-util": out(["dfu-util", "-V"]).replace("dfu-util ", ""),
+         "particle-cli": "3.19.0 (npm)" if particle else "not installable",
          "node": out(["node", "--version"]),
          "umockdev": out(["dpkg-query", "-W", "-f", "${Version}", "umockdev"]),
          "python": pyplatform.python_version()}
