@@ -20,11 +20,10 @@
 #define BAUD_LISTEN 28800 /* §3: enter listening mode (<= 5.9.x) */
 
 enum query_state {
-	QUERY_OPEN,	   /* waiting for the tty node (timer) */
-	QUERY_PROBE,	   /* `v` before asking for listening mode */
-	QUERY_LISTEN_WAIT, /* 9600 -> 28800 set; the device enters listening mode (timer) */
-	QUERY_QUERY,	   /* `v` [`i`] `s` */
-	QUERY_DONE,	   /* result delivered or about to be (kick) */
+	QUERY_OPEN,  /* waiting for the tty node (timer) */
+	QUERY_PROBE, /* `v` before asking for listening mode */
+	QUERY_QUERY, /* 9600 -> 28800 set if asked, then at once `v` [`i`] `s` */
+	QUERY_DONE,  /* result delivered or about to be (kick) */
 };
 
 struct cdc_query {
@@ -92,13 +91,13 @@ static void finish(struct cdc_query *q, struct error *err)
 
 static void on_console_done(void *ctx, struct error *err);
 
-static void run_console(struct cdc_query *q, enum query_state st, unsigned steps)
+static void run_console(struct cdc_query *q, enum query_state st, unsigned steps, unsigned probe_ms)
 {
 	struct error e;
 	error_init(&e);
 	struct console_config cc;
 	console_config_default(&cc);
-	cc.probe_ms = q->cfg.probe_ms;
+	cc.probe_ms = probe_ms;
 	cc.reply_ms = q->cfg.reply_ms;
 	cc.slow_reply_ms = q->cfg.slow_reply_ms;
 	console_free(q->console);
@@ -114,23 +113,30 @@ static void run_console(struct cdc_query *q, enum query_state st, unsigned steps
 		finish(q, &e);
 }
 
+static unsigned query_steps(const struct cdc_query *q)
+{
+	return CONSOLE_PROBE | (q->cfg.identify ? CONSOLE_IDENTIFY : 0) | CONSOLE_INFO;
+}
+
+/*
+ * 9600 -> 28800, then `v` at once: no fixed wait for the device to enter
+ * listening mode.  Bytes that arrive before the console runs stay in the
+ * device's CDC buffer and the console reads them when it starts (Device OS
+ * reads its input with peek(); what particle-cli's "open at 28800, send f"
+ * relies on), so the answer comes as soon as the device listens.  The `v`
+ * may take serial_listen_ms (entering) + serial_probe_ms (answering).
+ */
 static void ask_listening(struct cdc_query *q)
 {
 	struct error e;
 	error_init(&e);
 	q->listens++;
-	q->state = QUERY_LISTEN_WAIT;
 	if (serial_port_set_baud(q->port, BAUD_TOGGLE, &e) < 0 ||
 	    serial_port_set_baud(q->port, BAUD_LISTEN, &e) < 0) {
 		finish(q, &e);
 		return;
 	}
-	arm(q, q->cfg.listen_ms);
-}
-
-static unsigned query_steps(const struct cdc_query *q)
-{
-	return CONSOLE_PROBE | (q->cfg.identify ? CONSOLE_IDENTIFY : 0) | CONSOLE_INFO;
+	run_console(q, QUERY_QUERY, query_steps(q), q->cfg.listen_ms + q->cfg.probe_ms);
 }
 
 /* Silence to `v` is what "not in listening mode" looks like (§3: entering
@@ -169,10 +175,10 @@ static void open_port(struct cdc_query *q)
 		finish(q, &e);
 		return;
 	}
-	if (q->cfg.skip_first_probe)
+	if (q->cfg.skip_first_probe || q->cfg.relisten)
 		ask_listening(q);
 	else
-		run_console(q, QUERY_PROBE, CONSOLE_PROBE);
+		run_console(q, QUERY_PROBE, CONSOLE_PROBE, q->cfg.probe_ms);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -183,9 +189,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	switch (q->state) {
 	case QUERY_OPEN:
 		open_port(q);
-		break;
-	case QUERY_LISTEN_WAIT:
-		run_console(q, QUERY_QUERY, query_steps(q));
 		break;
 	default:
 		break;
@@ -205,7 +208,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		if (!error_is_set(&q->err)) {
 			/* listening already: ask the rest and leave it listening */
 			q->res.was_listening = true;
-			run_console(q, QUERY_QUERY, query_steps(q) & ~(unsigned)CONSOLE_PROBE);
+			run_console(q, QUERY_QUERY, query_steps(q) & ~(unsigned)CONSOLE_PROBE,
+				    q->cfg.probe_ms);
 		} else if (probe_silence(&q->err)) {
 			error_clear(&q->err);
 			ask_listening(q);
