@@ -28,7 +28,10 @@ void image_cache_free(struct image_cache *c)
 	while (c->refs) {
 		struct image_ref *r = c->refs;
 		c->refs = r->next;
-		image_free(r->img);
+		if (r->bundle)
+			bundle_free(r->bundle);
+		else
+			image_free(r->img);
 		free(r);
 	}
 	free(c);
@@ -75,10 +78,12 @@ static uint8_t *read_all(int fd, const char *name, size_t *ret_len, struct error
 		unreadable(err, 0, name, "not a regular file");
 		return NULL;
 	}
-	if ((uint64_t)st.st_size > IMAGE_FILE_MAX) {
+	/* The larger limit is a zip bundle's; a module over IMAGE_FILE_MAX fails in image_parse().
+	 */
+	if ((uint64_t)st.st_size > BUNDLE_FILE_MAX) {
 		unreadable(err, 0, name, "%lld bytes is over the limit", (long long)st.st_size);
 		error_detail_int(err, "size", st.st_size);
-		error_detail_int(err, "limit", IMAGE_FILE_MAX);
+		error_detail_int(err, "limit", BUNDLE_FILE_MAX);
 		return NULL;
 	}
 	size_t len = (size_t)st.st_size;
@@ -131,7 +136,22 @@ int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct 
 		return -1;
 	}
 	struct image *img = NULL;
-	int rc = image_parse(buf, len, &img, err);
+	struct bundle *bundle = NULL;
+	int rc;
+	if (bundle_is_zip(buf, len)) {
+		rc = bundle_parse(buf, len, &bundle, err);
+		if (rc < 0) {
+			/* Damaged or mismatched bundles are returned for display only. */
+			bundle_free(bundle);
+			bundle = NULL;
+			error_prefix(err, "%s: ", name);
+		} else {
+			img = bundle->app;
+			len += (size_t)bundle_assets_bytes(bundle); /* memory held */
+		}
+	} else {
+		rc = image_parse(buf, len, &img, err);
+	}
 	free(buf);
 	if (rc < 0) {
 		/* A damaged image is returned for display; it is not flashed. */
@@ -139,12 +159,22 @@ int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct 
 		error_detail_str(err, "file", name);
 		return -1;
 	}
+	if (bundle && c->bytes + len > c->limit) {
+		bundle_free(bundle);
+		unreadable(err, 0, name, "the daemon holds too much firmware for other jobs");
+		error_detail_int(err, "limit", (long long)c->limit);
+		return -1;
+	}
 	struct image_ref *r = calloc(1, sizeof(*r));
 	if (!r) {
-		image_free(img);
+		if (bundle)
+			bundle_free(bundle);
+		else
+			image_free(img);
 		return unreadable(err, ENOMEM, name, "out of memory");
 	}
 	r->img = img;
+	r->bundle = bundle;
 	memcpy(r->sha256, sha, sizeof(sha));
 	for (int i = 0; i < 32; i++)
 		snprintf(r->sha256_hex + 2 * i, 3, "%02x", sha[i]);
@@ -170,6 +200,31 @@ void image_cache_put(struct image_cache *c, struct image_ref *ref)
 	}
 	c->bytes -= ref->bytes;
 	c->count--;
-	image_free(ref->img);
+	if (ref->bundle)
+		bundle_free(ref->bundle);
+	else
+		image_free(ref->img);
 	free(ref);
+}
+
+int image_ref_check_assets(const struct image_ref *ref, const char *name, struct error *err)
+{
+	if (!ref->bundle || ref->bundle->n_assets == 0)
+		return 0;
+	const struct bundle *b = ref->bundle;
+	error_set(err, ERR_ASSETS_NOT_FLASHABLE,
+		  "%s holds %u asset%s (%llu bytes) beside %s; flashd cannot write assets yet: "
+		  "that needs the USB control-request transport, which this build does not have",
+		  name, b->n_assets, b->n_assets == 1 ? "" : "s",
+		  (unsigned long long)bundle_assets_bytes(b), b->app_name);
+	error_detail_str(err, "file", name);
+	error_detail_int(err, "assets", b->n_assets);
+	error_detail_int(err, "bytes", (long long)bundle_assets_bytes(b));
+	error_detail_str(err, "reason", "no transport writes assets (control requests)");
+	error_detail_str(err, "transport", "control-request");
+	error_hint(err,
+		   "flash the application alone (unzip %s and flash %s), and the assets with "
+		   "'particle flash --local %s' on a device running Device OS 5.5 or later",
+		   name, b->app_name, name);
+	return -1;
 }

@@ -94,8 +94,8 @@ static void read_dep(const uint8_t *ext, size_t len, struct bundle_asset_dep *ou
 	}
 }
 
-static unsigned deps_of(const struct image *img, const struct image_module *m,
-			struct bundle_asset_dep *out, unsigned max)
+unsigned bundle_module_asset_deps(const struct image *img, const struct image_module *m,
+				  struct bundle_asset_dep *out, unsigned max)
 {
 	const uint8_t *mod = image_module_bytes(img, m);
 	const struct image_extension *lists[2] = {m->prefix_ext, m->suffix_ext};
@@ -117,10 +117,10 @@ unsigned bundle_app_asset_deps(const struct image *img, struct bundle_asset_dep 
 	if (!img || img->n_modules == 0)
 		return 0;
 	const struct image_module *m = &img->modules[0];
-	unsigned n = deps_of(img, m, out, max);
+	unsigned n = bundle_module_asset_deps(img, m, out, max);
 	/* A compressed application keeps its prefix extensions inside the deflated part. */
 	if (n == 0 && m->inner && m->inner->n_modules)
-		n = deps_of(m->inner, &m->inner->modules[0], out, max);
+		n = bundle_module_asset_deps(m->inner, &m->inner->modules[0], out, max);
 	return n;
 }
 

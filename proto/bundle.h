@@ -92,5 +92,9 @@ void bundle_free(struct bundle *b);
  * SHA-256's, empty name) count but are filled with hash_type 0xff. */
 unsigned bundle_app_asset_deps(const struct image *img, struct bundle_asset_dep *out, unsigned max);
 
+/* The same for one module of an image (no look inside compressed ones). */
+unsigned bundle_module_asset_deps(const struct image *img, const struct image_module *m,
+				  struct bundle_asset_dep *out, unsigned max);
+
 /* Bytes of all assets. */
 uint64_t bundle_assets_bytes(const struct bundle *b);
