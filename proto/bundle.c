@@ -22,6 +22,7 @@
 #define EXT_HEADER_SIZE	   4
 #define HASH_TYPE_SHA256   0
 #define HASH_TYPE_UNUSABLE 0xff
+#define ZIP_EOCD_SIZE	   22u /* end of central directory record without comment */
 
 static const char *const ignored_basenames[] = {".DS_Store", "Thumbs.db", "desktop.ini"};
 
@@ -539,6 +540,11 @@ int bundle_parse(const uint8_t *buf, size_t len, struct bundle **ret, struct err
 		error_detail_int(err, "limit", BUNDLE_FILE_MAX);
 		return -1;
 	}
+	/* libzip takes 0 bytes for an empty archive; a zip has at least its 22-byte end record. */
+	if (len < ZIP_EOCD_SIZE)
+		return corrupt(err, NULL, ZIP_ER_NOZIP,
+			       "it is %zu bytes long, shorter than the smallest zip (%u bytes)",
+			       len, ZIP_EOCD_SIZE);
 	struct bundle *b = calloc(1, sizeof(*b));
 	if (!b)
 		return error_set(err, ERR_INTERNAL, "out of memory");
@@ -547,9 +553,7 @@ int bundle_parse(const uint8_t *buf, size_t len, struct bundle **ret, struct err
 
 	zip_error_t ze;
 	zip_error_init(&ze);
-	/* libzip wants a non-NULL buffer even for 0 bytes. */
-	static const uint8_t empty[1];
-	zip_source_t *src = zip_source_buffer_create(len ? buf : empty, len, 0, &ze);
+	zip_source_t *src = zip_source_buffer_create(buf, len, 0, &ze);
 	if (!src) {
 		zip_failed(err, NULL, &ze);
 		zip_error_fini(&ze);
