@@ -137,6 +137,7 @@ int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct 
 	}
 	struct image *img = NULL;
 	struct bundle *bundle = NULL;
+	size_t held = len;
 	int rc;
 	if (bundle_is_zip(buf, len)) {
 		rc = bundle_parse(buf, len, &bundle, err);
@@ -147,7 +148,7 @@ int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct 
 			error_prefix(err, "%s: ", name);
 		} else {
 			img = bundle->app;
-			len += (size_t)bundle_assets_bytes(bundle); /* memory held */
+			held += (size_t)bundle_assets_bytes(bundle);
 		}
 	} else {
 		rc = image_parse(buf, len, &img, err);
@@ -159,8 +160,11 @@ int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct 
 		error_detail_str(err, "file", name);
 		return -1;
 	}
-	if (bundle && c->bytes + len > c->limit) {
-		bundle_free(bundle);
+	if (c->bytes + held > c->limit) { /* a bundle's assets may tip it over */
+		if (bundle)
+			bundle_free(bundle);
+		else
+			image_free(img);
 		unreadable(err, 0, name, "the daemon holds too much firmware for other jobs");
 		error_detail_int(err, "limit", (long long)c->limit);
 		return -1;
@@ -179,10 +183,11 @@ int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct 
 	for (int i = 0; i < 32; i++)
 		snprintf(r->sha256_hex + 2 * i, 3, "%02x", sha[i]);
 	r->bytes = len;
+	r->held = held;
 	r->refs = 1;
 	r->next = c->refs;
 	c->refs = r;
-	c->bytes += len;
+	c->bytes += held;
 	c->count++;
 	*ret = r;
 	return 0;
@@ -198,7 +203,7 @@ void image_cache_put(struct image_cache *c, struct image_ref *ref)
 			break;
 		}
 	}
-	c->bytes -= ref->bytes;
+	c->bytes -= ref->held;
 	c->count--;
 	if (ref->bundle)
 		bundle_free(ref->bundle);

@@ -20,7 +20,8 @@ struct image_ref {
 	struct bundle *bundle; /* a .zip bundle: its assets wait here for the asset step */
 	uint8_t sha256[32];
 	char sha256_hex[65];
-	size_t bytes;
+	size_t bytes; /* the file's size */
+	size_t held;  /* what it counts against the limit: bytes, plus a bundle's assets */
 	unsigned refs;
 };
 
