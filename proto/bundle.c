@@ -46,6 +46,37 @@ static void hex(const uint8_t *b, size_t n, char *out)
 		snprintf(out + 2 * i, 3, "%02x", b[i]);
 }
 
+/* Whether s is well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
+static bool utf8_valid(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	while (*p) {
+		unsigned n, cp;
+		if (*p < 0x80) {
+			p++;
+			continue;
+		} else if ((*p & 0xe0) == 0xc0) {
+			n = 1, cp = *p & 0x1f;
+		} else if ((*p & 0xf0) == 0xe0) {
+			n = 2, cp = *p & 0x0f;
+		} else if ((*p & 0xf8) == 0xf0) {
+			n = 3, cp = *p & 0x07;
+		} else {
+			return false;
+		}
+		for (unsigned k = 1; k <= n; k++) {
+			if ((p[k] & 0xc0) != 0x80)
+				return false;
+			cp = cp << 6 | (p[k] & 0x3f);
+		}
+		if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+		    cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return false;
+		p += n + 1;
+	}
+	return true;
+}
+
 /* Printable copy of a name for messages (control bytes shown as '?'). */
 static void printable(const char *in, char *out, size_t size)
 {
@@ -87,8 +118,19 @@ static void read_dep(const uint8_t *ext, size_t len, struct bundle_asset_dep *ou
 	const uint8_t *name = d + 2 + hash_len;
 	if (name_len > BUNDLE_NAME_MAX)
 		name_len = BUNDLE_NAME_MAX;
-	for (size_t k = 0; k < name_len && name[k]; k++)
+	bool printable_name = true;
+	for (size_t k = 0; k < name_len && name[k]; k++) {
 		out->name[k] = (char)name[k];
+		if (name[k] < 0x20 || name[k] == 0x7f)
+			printable_name = false;
+	}
+	/* A name no zip entry can have is shown safely and never matches. */
+	if (!printable_name || !utf8_valid(out->name)) {
+		for (char *c = out->name; *c; c++)
+			if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f)
+				*c = '?';
+		return;
+	}
 	if (d[0] == HASH_TYPE_SHA256 && hash_len == sizeof(out->sha256) && out->name[0]) {
 		out->hash_type = HASH_TYPE_SHA256;
 		memcpy(out->sha256, d + 2, sizeof(out->sha256));
@@ -162,6 +204,8 @@ static int zip_failed(struct error *err, const char *entry, zip_error_t *ze)
 	case ZIP_ER_COMPNOTSUPP:
 		return corrupt(err, entry, code,
 			       "it uses a compression method other than deflate or store");
+	case ZIP_ER_EXISTS:
+		return corrupt(err, entry, code, "two of its entries have the same name");
 	case ZIP_ER_CRC:
 		return corrupt(err, entry, code,
 			       "its CRC-32 does not match its contents (CRC error)");
@@ -199,6 +243,8 @@ static const char *name_problem(const char *name)
 	for (size_t i = 0; i < len; i++)
 		if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
 			return "a control character in the name";
+	if (!utf8_valid(name))
+		return "a name that is not valid UTF-8";
 	/* Components split at '/' and '\' (zips made on Windows): none may be "..". */
 	const char *p = name;
 	while (*p) {
@@ -351,7 +397,10 @@ static int scan(zip_t *za, struct bundle *b, zip_int64_t *app_index, uint64_t *a
 	for (zip_int64_t i = 0; i < n; i++) {
 		if (st[i].size < BUNDLE_RATIO_MIN_SIZE)
 			continue;
-		if (st[i].comp_size == 0 || st[i].size / st[i].comp_size >= BUNDLE_RATIO_MAX) {
+		/* size <= BUNDLE_TOTAL_MAX here, so comp_size * ratio cannot overflow when smaller.
+		 */
+		if (st[i].comp_size < st[i].size &&
+		    st[i].size > st[i].comp_size * (uint64_t)BUNDLE_RATIO_MAX) {
 			char name[96];
 			printable(names[i], name, sizeof(name));
 			error_set(err, ERR_BUNDLE_COMPRESSION_RATIO,
@@ -503,8 +552,7 @@ static int read_bundle(zip_t *za, struct bundle *b, struct error *err)
 	for (unsigned k = 0; k < b->n_assets; k++) {
 		struct bundle_asset *a = &b->assets[k];
 		char entry[BUNDLE_NAME_MAX + 1];
-		snprintf(entry, sizeof(entry), "%s",
-			 zip_get_name(za, (zip_uint64_t)asset_index[k], 0));
+		snprintf(entry, sizeof(entry), "%s%s", BUNDLE_ASSETS_DIR, a->name);
 		a->data = read_entry(za, (zip_uint64_t)asset_index[k], entry, a->size, err);
 		if (!a->data)
 			return -1;

@@ -150,7 +150,7 @@ static inline uint8_t *make_zip(const struct blob *e, size_t n, int method, size
 		} else {
 			zip_source_t *s = zip_source_buffer(za, e[i].data, e[i].len, 0);
 			assert_non_null(s);
-			idx = zip_file_add(za, e[i].name, s, ZIP_FL_ENC_UTF_8);
+			idx = zip_file_add(za, e[i].name, s, ZIP_FL_ENC_GUESS);
 			if (idx >= 0)
 				zip_set_file_compression(
 				    za, (zip_uint64_t)idx,

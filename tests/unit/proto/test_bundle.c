@@ -333,6 +333,61 @@ static void test_absolute_entry_is_an_unsafe_name(void **state)
 	free(app);
 }
 
+static void test_escape_bytes_never_reach_a_terminal_and_long_names_are_unsafe(void **state)
+{
+	(void)state;
+	size_t app_len, zip_len;
+	uint8_t *app = read_fixture(P2_APP, &app_len);
+	/* An escape sequence in a name (written as "assets/Xred", then patched): a name not
+	 * flagged UTF-8 is CP437, where libzip reads 0x1b as an arrow, so nothing reaches a
+	 * terminal raw; the name is then only an asset the application does not list. */
+	struct blob e[] = {{APP_NAME, app, app_len}, {"assets/Xred", logo, sizeof(logo)}};
+	uint8_t *zip = make_zip(e, 2, DEFLATE, &zip_len);
+	size_t local, central;
+	find_headers(zip, zip_len, "assets/Xred", &local, &central);
+	zip[local + 30 + 7] = zip[central + 46 + 7] = 0x1b;
+	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_ASSET_MISMATCH, true);
+	for (const char *c = err.message; *c; c++)
+		assert_true((unsigned char)*c >= 0x20);
+	assert_non_null(strstr(err.message, "\xe2\x86\x90red")); /* U+2190 */
+	error_clear(&err);
+	free(zip);
+
+	char longname[300];
+	memset(longname, 'a', sizeof(longname) - 1);
+	memcpy(longname, "assets/", 7);
+	longname[sizeof(longname) - 1] = '\0';
+	struct blob e2[] = {{APP_NAME, app, app_len}, {longname, logo, sizeof(logo)}};
+	zip = make_zip(e2, 2, DEFLATE, &zip_len);
+	err = expect_error(zip, zip_len, ERR_BUNDLE_UNSAFE_NAME, false);
+	assert_non_null(strstr(err.message, "longer than 256"));
+	error_clear(&err);
+	free(zip);
+	free(app);
+}
+
+static void test_a_name_twice_is_corrupt(void **state)
+{
+	(void)state;
+	size_t app_len, zip_len;
+	uint8_t *app = read_fixture(P2_APP, &app_len);
+	struct blob e[] = {{APP_NAME, app, app_len},
+			   {"assets/a1", logo, sizeof(logo)},
+			   {"assets/a2", logo, sizeof(logo)}};
+	uint8_t *zip = make_zip(e, 3, STORE, &zip_len);
+	/* libzip will not write two entries of one name: rename a2 to a1 in both headers. */
+	size_t local, central;
+	find_headers(zip, zip_len, "assets/a2", &local, &central);
+	zip[local + 30 + 8] = '1';
+	zip[central + 46 + 8] = '1';
+	/* libzip itself refuses the directory (ZIP_ER_EXISTS); bundle.c checks it again. */
+	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_CORRUPT, false);
+	assert_non_null(strstr(detail_str(&err, "reason"), "same name"));
+	error_clear(&err);
+	free(zip);
+	free(app);
+}
+
 static void test_zip_without_firmware_lists_its_entries(void **state)
 {
 	(void)state;
@@ -467,6 +522,8 @@ int main(void)
 	    cmocka_unit_test(test_forged_sizes_over_64_mib_are_refused_from_the_directory),
 	    cmocka_unit_test(test_dotdot_entry_is_an_unsafe_name),
 	    cmocka_unit_test(test_absolute_entry_is_an_unsafe_name),
+	    cmocka_unit_test(test_escape_bytes_never_reach_a_terminal_and_long_names_are_unsafe),
+	    cmocka_unit_test(test_a_name_twice_is_corrupt),
 	    cmocka_unit_test(test_zip_without_firmware_lists_its_entries),
 	    cmocka_unit_test(test_two_firmware_files_are_refused),
 	    cmocka_unit_test(test_too_many_entries_are_refused),
