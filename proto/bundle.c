@@ -84,6 +84,14 @@ static void printable(const char *in, char *out, size_t size)
 	for (; in[k] && k + 1 < size; k++)
 		out[k] = (unsigned char)in[k] < 0x20 || in[k] == 0x7f ? '?' : in[k];
 	out[k] = '\0';
+	/* Messages and JSON need UTF-8: drop a sequence cut by the size, else mask the rest. */
+	for (int cut = 0; cut < 3 && k > 0 && !utf8_valid(out); cut++)
+		if ((unsigned char)out[k - 1] >= 0x80)
+			out[--k] = '\0';
+	if (!utf8_valid(out))
+		for (char *c = out; *c; c++)
+			if ((unsigned char)*c >= 0x80)
+				*c = '?';
 }
 
 void bundle_free(struct bundle *b)

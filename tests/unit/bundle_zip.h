@@ -130,7 +130,7 @@ static inline uint8_t *restamp_p2(const struct blob *assets, size_t n_assets, si
 	return m;
 }
 
-enum { STORE = 1, DEFLATE = 2 };
+enum { STORE = 1, DEFLATE = 2, FLAG_UTF8 = 4 /* names written as flagged UTF-8, unchecked */ };
 
 /* A zip of the entries, as an allocated buffer (libzip writes it into memory). */
 static inline uint8_t *make_zip(const struct blob *e, size_t n, int method, size_t *ret_len)
@@ -150,7 +150,9 @@ static inline uint8_t *make_zip(const struct blob *e, size_t n, int method, size
 		} else {
 			zip_source_t *s = zip_source_buffer(za, e[i].data, e[i].len, 0);
 			assert_non_null(s);
-			idx = zip_file_add(za, e[i].name, s, ZIP_FL_ENC_GUESS);
+			idx =
+			    zip_file_add(za, e[i].name, s,
+					 method & FLAG_UTF8 ? ZIP_FL_ENC_UTF_8 : ZIP_FL_ENC_GUESS);
 			if (idx >= 0)
 				zip_set_file_compression(
 				    za, (zip_uint64_t)idx,

@@ -366,6 +366,23 @@ static void test_escape_bytes_never_reach_a_terminal_and_long_names_are_unsafe(v
 	free(app);
 }
 
+/* Found by fuzz_bundle: a name flagged UTF-8 that is not (overlong 0xc1 0x80) and holds
+ * DEL made an error message that was not UTF-8, which JSON cannot carry. */
+static void test_bad_utf8_name_gives_an_error_json_can_carry(void **state)
+{
+	(void)state;
+	size_t zip_len;
+	struct blob e[] = {{":t\x7f\xc1\x80\xdc\x86s", (const uint8_t *)"ss", 2}};
+	uint8_t *zip = make_zip(e, 1, STORE | FLAG_UTF8, &zip_len);
+	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_UNSAFE_NAME, false);
+	json_t *j = error_to_json(&err);
+	assert_non_null(j);
+	assert_non_null(json_object_get(json_object_get(j, "detail"), "entry"));
+	json_decref(j);
+	error_clear(&err);
+	free(zip);
+}
+
 static void test_a_name_twice_is_corrupt(void **state)
 {
 	(void)state;
@@ -523,6 +540,7 @@ int main(void)
 	    cmocka_unit_test(test_dotdot_entry_is_an_unsafe_name),
 	    cmocka_unit_test(test_absolute_entry_is_an_unsafe_name),
 	    cmocka_unit_test(test_escape_bytes_never_reach_a_terminal_and_long_names_are_unsafe),
+	    cmocka_unit_test(test_bad_utf8_name_gives_an_error_json_can_carry),
 	    cmocka_unit_test(test_a_name_twice_is_corrupt),
 	    cmocka_unit_test(test_zip_without_firmware_lists_its_entries),
 	    cmocka_unit_test(test_two_firmware_files_are_refused),
