@@ -78,12 +78,17 @@ static uint8_t *read_all(int fd, const char *name, size_t *ret_len, struct error
 		unreadable(err, 0, name, "not a regular file");
 		return NULL;
 	}
-	/* The larger limit is a zip bundle's; a module over IMAGE_FILE_MAX fails in image_parse().
-	 */
-	if ((uint64_t)st.st_size > BUNDLE_FILE_MAX) {
+	/* Zip bundles may be larger than modules: the first bytes say which limit applies. */
+	uint8_t head[4];
+	size_t limit = IMAGE_FILE_MAX;
+	if ((uint64_t)st.st_size > IMAGE_FILE_MAX &&
+	    pread(fd, head, sizeof(head), 0) == (ssize_t)sizeof(head) &&
+	    bundle_is_zip(head, sizeof(head)))
+		limit = BUNDLE_FILE_MAX;
+	if ((uint64_t)st.st_size > limit) {
 		unreadable(err, 0, name, "%lld bytes is over the limit", (long long)st.st_size);
 		error_detail_int(err, "size", st.st_size);
-		error_detail_int(err, "limit", BUNDLE_FILE_MAX);
+		error_detail_int(err, "limit", (long long)limit);
 		return NULL;
 	}
 	size_t len = (size_t)st.st_size;

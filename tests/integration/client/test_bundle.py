@@ -137,6 +137,15 @@ def inside(flashd, fc, control):
                   deps == ["logo.png", "sound.raw"] and "prefix-extensions" in mod.get("flag_names", []),
                   mod)
 
+        # check (dry run): the app-only bundle would flash; the one with assets would not
+        rc, out, err = run(fc, d.socket, "check", app_only, "--device", photon)
+        tap.check("check app-only zip on the Photon: ok, exit 0",
+                  rc == 0 and out.startswith("ok:"), (rc, out, err))
+        rc, out, err = run(fc, d.socket, "check", with_assets, "--device", p2)
+        tap.check("check zip with assets on the P2: assets-not-flashable, exit 4",
+                  rc == cat["assets-not-flashable"]["exit"] and "assets-not-flashable" in out + err,
+                  (rc, out, err))
+
         # flash: application-only bundle to the Photon, verified
         rc, out, err = run(fc, d.socket, "--json", "flash", app_only, "--device", photon)
         ends = [o for o in json_lines(out) if o.get("event") == "job-ended"]
