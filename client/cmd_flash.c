@@ -27,8 +27,6 @@
 
 /* How often the display moves on without events (seconds waited). */
 #define FLASH_TICK_MS 250
-/* Particle zip bundles (application + assets) start with a local file header. */
-static const unsigned char zip_magic[4] = {'P', 'K', 3, 4};
 
 struct flash_args {
 	const char *target_key;
@@ -128,40 +126,10 @@ static int parse(int argc, char **argv, const struct cli_global *g, struct flash
 	return 0;
 }
 
-/* A zip bundle is refused here, with what to do instead, before any daemon
- * is asked: it is not a module and flashd does not unpack bundles yet. */
-static int refuse_zip(int fd, const char *path, const struct cli_global *g)
-{
-	unsigned char head[4];
-	if (pread(fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) ||
-	    memcmp(head, zip_magic, sizeof(head)) != 0)
-		return 0;
-	struct error e;
-	error_init(&e);
-	error_set(&e, ERR_IMAGE_UNSUPPORTED,
-		  "%s is a zip bundle (an application with its assets, as 'particle compile' "
-		  "makes for projects with assets), not a firmware module",
-		  path);
-	error_detail_str(&e, "file", path);
-	error_detail_str(&e, "reason", "zip bundle");
-	error_hint(&e,
-		   "flashd does not flash bundles yet: unzip it and flash the application "
-		   ".bin inside (flashctl flash app.bin); flash the assets with particle-cli "
-		   "('particle flash --local %s')",
-		   path);
-	return render_error_free(g, &e);
-}
-
 static int open_files(int n, char **paths, int *fds, const struct cli_global *g)
 {
 	for (int i = 0; i < n; i++) {
 		fds[i] = open(paths[i], O_RDONLY | O_CLOEXEC);
-		int status = fds[i] >= 0 ? refuse_zip(fds[i], paths[i], g) : 0;
-		if (status) {
-			while (i >= 0)
-				close(fds[i--]);
-			return status;
-		}
 		if (fds[i] < 0) {
 			struct error e;
 			error_init(&e);
@@ -169,7 +137,7 @@ static int open_files(int n, char **paths, int *fds, const struct cli_global *g)
 				  strerror(errno));
 			error_detail_str(&e, "file", paths[i]);
 			error_detail_int(&e, "errno", errno);
-			status = render_error(g, &e);
+			int status = render_error(g, &e);
 			error_clear(&e);
 			while (i-- > 0)
 				close(fds[i]);

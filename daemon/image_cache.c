@@ -34,7 +34,10 @@ void image_cache_free(struct image_cache *c)
 	while (c->refs) {
 		struct image_ref *r = c->refs;
 		c->refs = r->next;
-		image_free(r->img);
+		if (r->bundle)
+			bundle_free(r->bundle);
+		else
+			image_free(r->img);
 		free(r);
 	}
 	free(c);
@@ -74,7 +77,8 @@ struct raw_read {
 	uint8_t *buf;
 	size_t len;
 	int errnum;
-	long long size; /* for "over the limit" */
+	long long size;	 /* for "over the limit" */
+	long long limit; /* ... and the limit that applied */
 	char reason[160];
 };
 
@@ -92,8 +96,16 @@ static int read_raw(int fd, struct raw_read *r)
 		snprintf(r->reason, sizeof(r->reason), "not a regular file");
 		return -1;
 	}
-	if ((uint64_t)st.st_size > IMAGE_FILE_MAX) {
+	/* Zip bundles may be larger than modules: the first bytes say which limit applies. */
+	uint8_t head[4];
+	size_t limit = IMAGE_FILE_MAX;
+	if ((uint64_t)st.st_size > IMAGE_FILE_MAX &&
+	    pread(fd, head, sizeof(head), 0) == (ssize_t)sizeof(head) &&
+	    bundle_is_zip(head, sizeof(head)))
+		limit = BUNDLE_FILE_MAX;
+	if ((uint64_t)st.st_size > limit) {
 		r->size = st.st_size;
+		r->limit = (long long)limit;
 		snprintf(r->reason, sizeof(r->reason), "%lld bytes is over the limit",
 			 (long long)st.st_size);
 		return -1;
@@ -129,7 +141,7 @@ static void raw_error(const struct raw_read *r, const char *name, struct error *
 	unreadable(err, r->errnum, name, "%s", r->reason);
 	if (r->size) {
 		error_detail_int(err, "size", r->size);
-		error_detail_int(err, "limit", IMAGE_FILE_MAX);
+		error_detail_int(err, "limit", r->limit);
 	}
 }
 
@@ -177,7 +189,23 @@ int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, con
 		return -1;
 	}
 	struct image *img = NULL;
-	int rc = image_parse(buf, len, &img, err);
+	struct bundle *bundle = NULL;
+	size_t held = len;
+	int rc;
+	if (bundle_is_zip(buf, len)) {
+		rc = bundle_parse(buf, len, &bundle, err);
+		if (rc < 0) {
+			/* Damaged or mismatched bundles are returned for display only. */
+			bundle_free(bundle);
+			bundle = NULL;
+			error_prefix(err, "%s: ", name);
+		} else {
+			img = bundle->app;
+			held += (size_t)bundle_assets_bytes(bundle);
+		}
+	} else {
+		rc = image_parse(buf, len, &img, err);
+	}
 	free(buf);
 	if (rc < 0) {
 		/* A damaged image is returned for display; it is not flashed. */
@@ -185,20 +213,34 @@ int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, con
 		error_detail_str(err, "file", name);
 		return -1;
 	}
+	if (c->bytes + held > c->limit) { /* a bundle's assets may tip it over */
+		if (bundle)
+			bundle_free(bundle);
+		else
+			image_free(img);
+		unreadable(err, 0, name, "the daemon holds too much firmware for other jobs");
+		error_detail_int(err, "limit", (long long)c->limit);
+		return -1;
+	}
 	struct image_ref *r = calloc(1, sizeof(*r));
 	if (!r) {
-		image_free(img);
+		if (bundle)
+			bundle_free(bundle);
+		else
+			image_free(img);
 		return unreadable(err, ENOMEM, name, "out of memory");
 	}
 	r->img = img;
+	r->bundle = bundle;
 	memcpy(r->sha256, sha, sizeof(sha));
 	for (int i = 0; i < 32; i++)
 		snprintf(r->sha256_hex + 2 * i, 3, "%02x", sha[i]);
 	r->bytes = len;
+	r->held = held;
 	r->refs = 1;
 	r->next = c->refs;
 	c->refs = r;
-	c->bytes += len;
+	c->bytes += held;
 	c->count++;
 	*ret = r;
 	return 0;
@@ -214,10 +256,35 @@ void image_cache_put(struct image_cache *c, struct image_ref *ref)
 			break;
 		}
 	}
-	c->bytes -= ref->bytes;
+	c->bytes -= ref->held;
 	c->count--;
-	image_free(ref->img);
+	if (ref->bundle)
+		bundle_free(ref->bundle);
+	else
+		image_free(ref->img);
 	free(ref);
+}
+
+int image_ref_check_assets(const struct image_ref *ref, const char *name, struct error *err)
+{
+	if (!ref->bundle || ref->bundle->n_assets == 0)
+		return 0;
+	const struct bundle *b = ref->bundle;
+	error_set(err, ERR_ASSETS_NOT_FLASHABLE,
+		  "%s holds %u asset%s (%llu bytes) beside %s; flashd cannot write assets yet: "
+		  "that needs the USB control-request transport, which this build does not have",
+		  name, b->n_assets, b->n_assets == 1 ? "" : "s",
+		  (unsigned long long)bundle_assets_bytes(b), b->app_name);
+	error_detail_str(err, "file", name);
+	error_detail_int(err, "assets", b->n_assets);
+	error_detail_int(err, "bytes", (long long)bundle_assets_bytes(b));
+	error_detail_str(err, "reason", "no transport writes assets (control requests)");
+	error_detail_str(err, "transport", "control-request");
+	error_hint(err,
+		   "flash the application alone (unzip %s and flash %s), and the assets with "
+		   "'particle flash --local %s' on a device running Device OS 5.5 or later",
+		   name, b->app_name, name);
+	return -1;
 }
 
 /* ---- reading a client's file off the loop -------------------------------- */

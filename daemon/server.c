@@ -384,6 +384,14 @@ static int load_images(struct client *c, const struct wire_flash *f, struct job_
 		snprintf(jr->names[i], sizeof(jr->names[i]), "%s", f->images[i].name);
 		jr->n_images = i + 1;
 	}
+	/* Bundles: assets have no writer yet (image_cache.h); refused before any job. */
+	for (unsigned i = 0; i < jr->n_images; i++)
+		if (image_ref_check_assets(jr->images[i], jr->names[i], err) < 0) {
+			for (unsigned k = 0; k < jr->n_images; k++)
+				image_cache_put(c->srv->images, jr->images[k]);
+			jr->n_images = 0;
+			return -1;
+		}
 	return 0;
 }
 

@@ -175,15 +175,17 @@ def flashctl_tests(tap, fc, d, work):
     with zipfile.ZipFile(bundle, "w") as z:
         z.write(PHOTON_APP, "photon_tinker.bin")
         z.writestr("assets/logo.png", b"\x89PNG")
+    # The Photon Tinker lists no assets: the bundle's logo.png is not the application's.
     rc, out, err = run(fc, sock, "flash", bundle, "--device", dfu)
-    tap.check("zip bundle: exit 3, image-unsupported naming the bundle, reason and hint",
-              rc == exit_of("image-unsupported") and "error [image-unsupported]" in err
-              and "zip bundle" in err and "unzip it" in err, (rc, err))
-    rc, out, err = run(fc, sock, "--json", "check", bundle)
+    tap.check("zip bundle with an asset its application does not list: exit 3, "
+              "bundle-asset-mismatch naming the asset and the hint",
+              rc == exit_of("bundle-asset-mismatch") and "error [bundle-asset-mismatch]" in err
+              and "logo.png" in err and "hint:" in err, (rc, err))
+    rc, out, err = run(fc, sock, "--json", "check", bundle, "--device", dfu)
     obj = json.loads(out) if out.startswith("{") else {}
-    tap.check("zip bundle --json: one error object with detail.reason 'zip bundle'",
-              rc == 3 and obj.get("code") == "image-unsupported"
-              and obj.get("detail", {}).get("reason") == "zip bundle", out)
+    tap.check("zip bundle --json: one error object with detail.problem 'extra'",
+              rc == 3 and obj.get("code") == "bundle-asset-mismatch"
+              and obj.get("detail", {}).get("problem") == "extra", out)
 
     rc, out, err = run(fc, sock, "flash", PHOTON_APP, "--device", "0123456789abcdef01234567")
     tap.check("device not found: exit 5 with the target as a fact",
