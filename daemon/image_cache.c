@@ -111,6 +111,12 @@ int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct 
 	uint8_t *buf = read_all(fd, name, &len, err);
 	if (!buf)
 		return -1;
+	return image_cache_load_buffer(c, buf, len, name, ret, err);
+}
+
+int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, const char *name,
+			    struct image_ref **ret, struct error *err)
+{
 	uint8_t sha[32];
 	struct sha256_ctx ctx;
 	sha256_init(&ctx);

@@ -33,6 +33,9 @@ void image_cache_free(struct image_cache *c);
  */
 int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct image_ref **ret,
 			struct error *err);
+/* The same for bytes already in memory (an upload): takes buf (malloc'd) in any case. */
+int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, const char *name,
+			    struct image_ref **ret, struct error *err);
 void image_cache_put(struct image_cache *c, struct image_ref *ref);
 size_t image_cache_bytes(const struct image_cache *c);
 size_t image_cache_count(const struct image_cache *c);

@@ -3,6 +3,7 @@
 #include "config.h"
 #include "log.h"
 #include "transports.h"
+#include "upload.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -57,6 +58,7 @@ struct server {
 	struct jobs *jobs;
 	struct image_cache *images;
 	struct config cfg;
+	struct uploads *uploads;
 	gid_t admin_gid;
 	bool have_admin_gid;
 	struct client *clients;
@@ -75,6 +77,7 @@ static void client_kill(struct client *c, const char *why)
 	event_del(c->rev);
 	event_del(c->wev);
 	jobs_client_gone(c->srv->jobs, c->id);
+	uploads_client_gone(c->srv->uploads, c->id);
 	event_active(c->srv->reaper, 0, 0);
 }
 
@@ -127,6 +130,8 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 
 /* ---- requests ---------------------------------------------------------- */
 
+static void upload_hello(struct client *c, json_t *reply);
+
 static void close_fds(struct client *c)
 {
 	for (unsigned i = 0; i < c->n_fds; i++)
@@ -159,8 +164,8 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 	json_object_set_new(reply, "protocol", json_integer(WIRE_PROTOCOL_VERSION));
 	json_object_set_new(reply, "server", json_string("flashd " FLASHD_VERSION));
 	json_object_set_new(reply, "capabilities",
-			    json_pack("[s,s,s,s,s]", "fd-passing", "subscribe", "device-events",
-				      "job-events", "device-probe"));
+			    json_pack("[s,s,s,s,s,s]", "fd-passing", "subscribe", "device-events",
+				      "job-events", "device-probe", "upload"));
 	json_object_set_new(reply, "transports", transports);
 	json_object_set_new(reply, "uid", json_integer((json_int_t)c->cred.uid));
 	json_object_set_new(
@@ -169,6 +174,7 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 		      "images_per_job", WIRE_IMAGES_MAX, "output_buffer_bytes",
 		      (json_int_t)c->srv->cfg.output_buffer_max, "jobs", c->srv->cfg.max_jobs,
 		      "clients", (json_int_t)c->srv->cfg.max_clients));
+	upload_hello(c, reply);
 }
 
 /* Finds a device by key, device id, tty or USB port path; ambiguous ids fail. */
@@ -311,12 +317,66 @@ static unsigned match_devices(struct server *s, const struct wire_flash *f, stru
 	return n;
 }
 
+/* ---- in-band uploads (upload.h): the hooks ------------------------------ */
+
+static void upload_hello(struct client *c, json_t *reply)
+{
+	json_t *limits = json_object_get(reply, "limits");
+	json_object_set_new(limits, "upload_chunk_bytes", json_integer(WIRE_UPLOAD_CHUNK_MAX));
+	json_object_set_new(limits, "upload_message_bytes", json_integer(WIRE_LINE_MAX));
+	json_object_set_new(limits, "upload_bytes", json_integer(IMAGE_FILE_MAX));
+	json_object_set_new(limits, "uploads_per_uid", json_integer(c->srv->cfg.uploads_per_uid));
+}
+
+static int do_upload(struct client *c, struct wire_request *req, json_t *reply, struct error *err)
+{
+	if (req->type == WIRE_REQ_UPLOAD_BEGIN) {
+		struct wire_upload_begin b;
+		if (wire_parse_upload_begin(req->obj, &b, err) < 0)
+			return -1;
+		return uploads_begin(c->srv->uploads, c->id, c->cred.uid, &b, reply, err);
+	}
+	struct wire_upload_chunk ch;
+	int rc = wire_parse_upload_chunk(req->obj, &ch, err);
+	if (rc == 0)
+		rc = uploads_chunk(c->srv->uploads, c->id, &ch, reply, err);
+	wire_upload_chunk_clear(&ch);
+	return rc;
+}
+
+/* A copy of a finished upload's bytes into the image cache; the upload itself is
+ * freed once the request has made its jobs (release_uploads). */
+static int load_upload(struct client *c, const char *id, const char *name, struct image_ref **ret,
+		       struct error *err)
+{
+	size_t len;
+	const uint8_t *bytes = uploads_get(c->srv->uploads, c->id, id, &len, err);
+	if (!bytes)
+		return -1;
+	uint8_t *copy = malloc(len);
+	if (!copy)
+		return error_set(err, ERR_INTERNAL, "out of memory");
+	memcpy(copy, bytes, len);
+	return image_cache_load_buffer(c->srv->images, copy, len, name, ret, err);
+}
+
+static void release_uploads(struct client *c, const struct wire_flash *f)
+{
+	for (unsigned i = 0; i < f->n_images; i++)
+		if (f->images[i].upload[0])
+			uploads_release(c->srv->uploads, c->id, f->images[i].upload);
+}
+
 static int load_images(struct client *c, const struct wire_flash *f, struct job_request *jr,
 		       struct error *err)
 {
 	for (unsigned i = 0; i < f->n_images; i++) {
-		if (image_cache_load_fd(c->srv->images, c->fds[f->images[i].fd_index],
-					f->images[i].name, &jr->images[i], err) < 0) {
+		int rc = f->images[i].upload[0]
+			     ? load_upload(c, f->images[i].upload, f->images[i].name,
+					   &jr->images[i], err)
+			     : image_cache_load_fd(c->srv->images, c->fds[f->images[i].fd_index],
+						   f->images[i].name, &jr->images[i], err);
+		if (rc < 0) {
 			for (unsigned k = 0; k < i; k++)
 				image_cache_put(c->srv->images, jr->images[k]);
 			return -1;
@@ -424,6 +484,7 @@ static int do_flash(struct client *c, struct wire_request *req, json_t *reply, s
 		}
 	}
 	put_images(s, &jr);
+	release_uploads(c, &f);
 	json_t *arr = json_array();
 	for (unsigned i = 0; i < n_jobs; i++)
 		json_array_append_new(arr, job_to_json(created[i]));
@@ -532,6 +593,10 @@ static void handle_line(struct client *c, const char *line, size_t len)
 	case WIRE_REQ_SUBSCRIBE:
 		rc = do_subscribe(c, &req, reply, &err);
 		break;
+	case WIRE_REQ_UPLOAD_BEGIN:
+	case WIRE_REQ_UPLOAD_CHUNK:
+		rc = do_upload(c, &req, reply, &err);
+		break;
 	case WIRE_REQ__COUNT:
 		break;
 	}
@@ -590,14 +655,14 @@ static void process_lines(struct client *c)
 		event_del(c->rev);
 		return;
 	}
-	if (c->in_len > WIRE_REQUEST_MAX && !c->dead) {
+	if (c->in_len > WIRE_LINE_MAX && !c->dead) {
 		/* No way to find the next message boundary reliably: answer, then close. */
 		struct error err;
 		error_init(&err);
 		error_set(&err, ERR_BAD_REQUEST, "bad request: message longer than %u bytes",
-			  WIRE_REQUEST_MAX);
+			  WIRE_LINE_MAX);
 		error_detail_str(&err, "reason", "message too large");
-		error_detail_int(&err, "limit", WIRE_REQUEST_MAX);
+		error_detail_int(&err, "limit", WIRE_LINE_MAX);
 		send_error(c, NULL, &err);
 		c->in_len = 0;
 		c->close_after_flush = true;
@@ -611,7 +676,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct client *c = arg;
 	char cbuf[CMSG_SPACE(sizeof(int) * SERVER_CLIENT_FDS_MAX)];
-	size_t room = WIRE_REQUEST_MAX + 1 - c->in_len;
+	size_t room = WIRE_LINE_MAX + 1 - c->in_len;
 	if (room > SERVER_READ_CHUNK)
 		room = SERVER_READ_CHUNK;
 	struct iovec iov = {c->in + c->in_len, room};
@@ -697,7 +762,7 @@ static void client_add(struct server *s, int fd)
 {
 	struct client *c = calloc(1, sizeof(*c));
 	socklen_t len = sizeof(c ? c->cred : (struct ucred){0});
-	if (!c || !(c->in = malloc(WIRE_REQUEST_MAX + 1)) || !(c->out = evbuffer_new())) {
+	if (!c || !(c->in = malloc(WIRE_LINE_MAX + 1)) || !(c->out = evbuffer_new())) {
 		if (c) {
 			free(c->in);
 			free(c);
@@ -776,6 +841,15 @@ struct server *server_new(struct event_base *base, int listen_fd, struct registr
 		s->admin_gid = g->gr_gid;
 		s->have_admin_gid = true;
 	}
+	struct upload_limits ul;
+	upload_limits_default(&ul, cfg->image_memory_max);
+	ul.per_uid = cfg->uploads_per_uid;
+	ul.bytes_per_uid = cfg->upload_bytes_per_uid;
+	s->uploads = uploads_new(base, &ul);
+	if (!s->uploads) {
+		free(s);
+		return NULL;
+	}
 	s->listen_ev = event_new(base, listen_fd, EV_READ | EV_PERSIST, on_accept, s);
 	s->accept_pause = evtimer_new(base, accept_resume, s);
 	s->reaper = event_new(base, -1, 0, reaper_cb, s);
@@ -799,6 +873,7 @@ void server_free(struct server *s)
 	event_free(s->listen_ev);
 	event_free(s->accept_pause);
 	event_free(s->reaper);
+	uploads_free(s->uploads);
 	close(s->listen_fd);
 	free(s);
 }
