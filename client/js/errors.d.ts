@@ -1,0 +1,96 @@
+// Generated from proto/errors.def by tools/gen-errors.js: do not edit.
+
+/** Every catalogue id (proto/errors.def), as the daemon and flashctl use it. */
+export type ErrorCode =
+  | "usage"
+  | "bad-request"
+  | "file-unreadable"
+  | "image-not-a-module"
+  | "image-corrupt"
+  | "image-truncated"
+  | "image-unsupported"
+  | "wrong-platform"
+  | "wrong-slot"
+  | "image-too-large"
+  | "dependency-unmet"
+  | "not-flashable-here"
+  | "device-protected"
+  | "device-not-found"
+  | "ambiguous-target"
+  | "device-gone"
+  | "device-busy"
+  | "permission-denied"
+  | "device-rejected"
+  | "booted-invalid"
+  | "timed-out"
+  | "transfer-failed"
+  | "cancelled"
+  | "interrupted"
+  | "dfu-descriptor-invalid"
+  | "outside-memory-map"
+  | "layout-unknown"
+  | "upload-checksum-mismatch"
+  | "upload-too-large"
+  | "upload-invalid"
+  | "upload-not-found"
+  | "too-many-uploads"
+  | "job-not-found"
+  | "not-allowed"
+  | "too-many-jobs"
+  | "too-many-clients"
+  | "daemon-unreachable"
+  | "internal";
+
+/** Facts any error may carry. */
+export interface CommonDetail {
+  file?: string;
+  device?: string;
+  job?: string;
+  port?: string;
+  platform?: string;
+}
+
+/** The typed `detail` of each catalogue id (keys declared in proto/errors.def). */
+export interface ErrorDetails {
+  "usage": CommonDetail & { argument?: string };
+  "bad-request": CommonDetail & { reason?: string; request?: string; field?: string; limit?: number };
+  "file-unreadable": CommonDetail & { errno?: number; reason?: string; size?: number; limit?: number };
+  "image-not-a-module": CommonDetail & { size?: number; reason?: string };
+  "image-corrupt": CommonDetail & { stored_crc?: string; computed_crc?: string; module?: number; offset?: number; reason?: string };
+  "image-truncated": CommonDetail & { size?: number; expected_size?: number; module?: number };
+  "image-unsupported": CommonDetail & { flags?: number; module_function?: string; reason?: string };
+  "wrong-platform": CommonDetail & { image_platform?: string; image_platform_id?: number; device_platform?: string; device_platform_id?: number };
+  "wrong-slot": CommonDetail & { module_function?: string; module_index?: number; start?: number; end?: number; slot_start?: number; slot_end?: number; device_os?: string };
+  "image-too-large": CommonDetail & { size?: number; limit?: number; slot_start?: number; slot_end?: number };
+  "dependency-unmet": CommonDetail & { required_function?: string; required_index?: number; required_version?: number; required_release?: string; installed_version?: number; installed_release?: string };
+  "not-flashable-here": CommonDetail & { module_function?: string; transport?: string; reason?: string };
+  "device-protected": CommonDetail & { protection?: string; reason?: string; dfu_state?: number; dfu_status?: number; address?: number; module_version?: number; minimum_version?: number };
+  "device-not-found": CommonDetail & { target?: string; waited_s?: number };
+  "ambiguous-target": CommonDetail & { candidates?: unknown[]; target?: string };
+  "device-gone": CommonDetail & { phase?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; usb_error?: string; usb_trace?: unknown[]; dfu_state?: number; dfu_status?: number };
+  "device-busy": CommonDetail & { holder?: string; holder_pid?: number; port?: string; job_id?: string };
+  "permission-denied": CommonDetail & { path?: string; errno?: number; operation?: string };
+  "device-rejected": CommonDetail & { cause?: string; device_code?: number; device_text?: string; dfu_state?: number; dfu_status?: number; diagnosis?: string; phase?: string; alt?: number; address?: number; chunk?: number; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[]; block?: number; bytes_sent?: number };
+  "booted-invalid": CommonDetail & { failed_checks?: unknown[]; mode?: string; module_function?: string };
+  "timed-out": CommonDetail & { target?: string; phase?: string; timeout_ms?: number; block?: number; bytes_sent?: number; waited_s?: number; address?: number; chunk?: number; alt?: number; usb_trace?: unknown[]; dfu_state?: number; dfu_status?: number };
+  "transfer-failed": CommonDetail & { phase?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; dfu_state?: number; dfu_status?: number; usb_error?: string; reason?: string; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[] };
+  "cancelled": CommonDetail & { phase?: string; by_uid?: number; device_state?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; usb_trace?: unknown[] };
+  "interrupted": CommonDetail & { phase?: string; reason?: string };
+  "dfu-descriptor-invalid": CommonDetail & { alt?: number; descriptor?: string; reason?: string; offset?: number };
+  "outside-memory-map": CommonDetail & { alt?: number; address?: number; start?: number; end?: number; region?: string; attributes?: string; needed?: string };
+  "layout-unknown": CommonDetail & { reason?: string; address?: number; module_function?: string; candidates?: unknown[] };
+  "upload-checksum-mismatch": CommonDetail & { upload?: string; size?: number; expected_sha256?: string; computed_sha256?: string };
+  "upload-too-large": CommonDetail & { size?: number; limit?: number };
+  "upload-invalid": CommonDetail & { reason?: string; upload?: string; offset?: number; expected_offset?: number; size?: number; limit?: number };
+  "upload-not-found": CommonDetail & { upload?: string; idle_timeout_ms?: number };
+  "too-many-uploads": CommonDetail & { limit?: number; kind?: string; uid?: number };
+  "job-not-found": CommonDetail & { job_id?: string };
+  "not-allowed": CommonDetail & { operation?: string; uid?: number; owner_uid?: number; admin_group?: string };
+  "too-many-jobs": CommonDetail & { limit?: number };
+  "too-many-clients": CommonDetail & { limit?: number };
+  "daemon-unreachable": CommonDetail & { socket?: string; errno?: number };
+  "internal": CommonDetail & { reason?: string; errno?: number };
+}
+
+/** Exit status per id, as flashctl exits. */
+export type ExitStatus = { [C in ErrorCode]: number };
