@@ -360,6 +360,18 @@ static int load_upload(struct client *c, const char *id, const char *name, struc
 	return image_cache_load_buffer(c->srv->images, copy, len, name, ret, err);
 }
 
+/* Every upload the request names is complete on this connection: the client's
+ * own mistakes are reported before anything about devices. */
+static int check_uploads(struct client *c, const struct wire_flash *f, struct error *err)
+{
+	size_t len;
+	for (unsigned i = 0; i < f->n_images; i++)
+		if (f->images[i].upload[0] &&
+		    !uploads_get(c->srv->uploads, c->id, f->images[i].upload, &len, err))
+			return -1;
+	return 0;
+}
+
 static void release_uploads(struct client *c, const struct wire_flash *f)
 {
 	for (unsigned i = 0; i < f->n_images; i++)
@@ -421,7 +433,7 @@ static int do_flash(struct client *c, struct wire_request *req, json_t *reply, s
 		error_detail_int(err, "limit", SERVER_CLIENT_FDS_MAX);
 		return -1;
 	}
-	if (wire_parse_flash(req->obj, c->n_fds, &f, err) < 0)
+	if (wire_parse_flash(req->obj, c->n_fds, &f, err) < 0 || check_uploads(c, &f, err) < 0)
 		return -1;
 	if (f.target == WIRE_TARGET_PLATFORM && !platform_by_name(f.target_value)) {
 		error_set(err, ERR_BAD_REQUEST, "bad request: unknown platform \"%s\"",
