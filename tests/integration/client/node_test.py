@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""The Node.js client (client/js) and the Python example client's upload path
+against the real flashd under flashd-sim: a Photon in DFU mode gets Photon Tinker
+with upload and job progress, the Electron build is refused with wrong-platform
+before the first byte, a waiting job is cancelled, an upload whose bytes do not
+match its SHA-256 and one over the limit get their own errors.
+
+usage: node_test.py FLASHD_SIM FLASHD NODE                 (starts flashd-sim)
+       node_test.py --inside FLASHD NODE                   (runs inside flashd-sim)
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from flashd_harness import Daemon, Tap, fixture, run_in_sim  # noqa: E402
+
+SRC = os.environ.get("FLASHD_SOURCE_ROOT",
+                     os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
+SESSION = os.path.join(SRC, "client", "js", "test", "sim-session.js")
+EXAMPLE = os.path.join(SRC, "client", "examples", "flashd_client.py")
+PHOTON_APP = fixture("photon/photon_tinker.bin")
+ELECTRON_APP = fixture("electron/electron_tinker.bin")
+DEVICES = ["platform=photon,os=2.2.0,mode=dfu,name=d1,port=1-1"]
+
+
+def wait_device(d, timeout=20):
+    c = d.client()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            devs = [x for x in c.call({"request": "list-devices"})["devices"] if x["present"]]
+            if devs:
+                return devs[0]["key"]
+            time.sleep(0.1)
+    finally:
+        c.close()
+    raise SystemExit("flashd did not list the simulated Photon")
+
+
+def node_tests(tap, node, d, key):
+    r = subprocess.run([node, SESSION, d.socket, key, PHOTON_APP, ELECTRON_APP],
+                       capture_output=True, text=True, timeout=240)
+    try:
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        out = {}
+    if not tap.check("the Node.js session runs to its end", r.returncode == 0 and "crashed" not in out,
+                     r.stdout[-3000:] + r.stderr[-3000:]):
+        return
+    size = os.path.getsize(PHOTON_APP)
+    good = out["good"]
+    tap.check("list and watch see the simulated Photon",
+              key in out["watchDevices"] and any(x["key"] == key and x["platform"] == "photon"
+                                                 for x in out["list"]), out["list"])
+    tap.check("Node flashes Photon Tinker to the Photon: done",
+              good.get("ok") and good["outcomes"][0] in ("verified", "written-not-verified")
+              and good["jobs"][0]["result"] == "done", good)
+    tap.check("the job's image is the uploaded file (name, SHA-256)",
+              good.get("ok") and good["jobs"][0]["image"] == "photon_tinker.bin"
+              and good["jobs"][0]["sha256"] == __import__("hashlib").sha256(
+                  open(PHOTON_APP, "rb").read()).hexdigest(), good.get("jobs"))
+    ups = good["uploads"]
+    tap.check("upload progress events count up to the file's size in chunks of at most 64 KiB",
+              ups and ups[-1]["sent"] == size and ups[-1]["total"] == size
+              and all(b["sent"] - a["sent"] <= 65536 for a, b in zip(ups, ups[1:]))
+              and ups[0]["sent"] <= 65536, ups)
+    writing = [p for p in good["progress"] if p["state"] == "writing" and p["total"]]
+    tap.check("job progress events: writing with byte counts up to 100 %",
+              writing and writing[-1]["percent"] == 100 and writing[-1]["done"] == writing[-1]["total"],
+              good["progress"])
+    print("# %d bytes uploaded in %d ms; the flash took %d ms in all"
+          % (size, good.get("uploadMs", -1), good.get("totalMs", -1)), flush=True)
+    w = out["wrong"]
+    tap.check("the Electron build: FlashdError wrong-platform (WrongPlatformError, exit 4)",
+              w.get("code") == "wrong-platform" and w.get("class") == "WrongPlatformError"
+              and w.get("exit") == 4, w)
+    tap.check("wrong-platform's typed detail names both platforms",
+              w.get("detail", {}).get("image_platform") == "electron"
+              and w.get("detail", {}).get("device_platform") == "photon", w.get("detail"))
+    tap.check("the Electron build was refused before the first byte (no writing state)",
+              "writing" not in w.get("progress", ["?"]) and "erasing" not in w.get("progress", ["?"]),
+              w.get("progress"))
+    tap.check("info returns the device", out["info"].get("key") == key
+              and out["info"].get("platform") == "photon", out["info"])
+    tap.check("cancel answers for a waiting job", out["cancelReply"].get("alreadyEnded") is False,
+              out["cancelReply"])
+    tap.check("the cancelled flash rejects with cancelled (exit 9)",
+              out["cancelled"].get("code") == "cancelled" and out["cancelled"].get("exit") == 9,
+              out["cancelled"])
+    m = out["mismatch"]
+    tap.check("bytes that do not match the announced SHA-256: upload-checksum-mismatch",
+              m.get("code") == "upload-checksum-mismatch" and m.get("class") == "UploadChecksumMismatchError"
+              and m.get("detail", {}).get("size") == 3000, m)
+    t = out["tooLarge"]
+    tap.check("an upload over 16 MiB: upload-too-large, refused at upload-begin",
+              t.get("code") == "upload-too-large" and t.get("detail", {}).get("limit") == 16 << 20, t)
+    tap.check("... before any of its bytes was sent (%d bytes written)" % out["tooLargeBytesSent"],
+              0 < out["tooLargeBytesSent"] < 1024, out["tooLargeBytesSent"])
+    tap.check("the connection is still usable after the refusals", out["stillUsable"] >= 1, out)
+    ids = good.get("jobIds") or []
+    tap.check("the watcher saw the job's events",
+              any(e["event"] == "job-ended" and e["job"] in ids for e in out["watched"]), out["watched"][:20])
+
+
+def example_tests(tap, d, key):
+    r = subprocess.run([sys.executable, EXAMPLE, "--socket", d.socket, "--device", key, "--upload",
+                        PHOTON_APP], capture_output=True, text=True, timeout=120)
+    tap.check("the Python example client flashes with --upload (in-band): exit 0, done",
+              r.returncode == 0 and "done:" in r.stdout and "upload" in r.stdout, r.stdout + r.stderr)
+    r = subprocess.run([sys.executable, EXAMPLE, "--socket", d.socket, "--device", key, "--upload",
+                        ELECTRON_APP], capture_output=True, text=True, timeout=120)
+    tap.check("the Python example client with --upload: the Electron build exits 4, wrong-platform",
+              r.returncode == 4 and "wrong-platform" in r.stderr, r.stdout + r.stderr)
+
+
+def inside(flashd, node):
+    tap = Tap()
+    d = Daemon(flashd, private_locks=True)
+    try:
+        key = wait_device(d)
+        node_tests(tap, node, d, key)
+        example_tests(tap, d, key)
+        tap.check("flashd is alive after the sessions", d.alive(), d.log_text()[-2000:])
+    finally:
+        rc = d.stop()
+        tap.check("flashd stops cleanly", rc == 0, d.log_text()[-3000:])
+    tap.done()
+
+
+def outside(sim, flashd, node):
+    tmp = tempfile.mkdtemp(prefix="flashd-node-")
+    r = run_in_sim(sim, DEVICES, [sys.executable, os.path.abspath(__file__), "--inside", flashd, node],
+                   tmp, state_dir=os.path.join(tmp, "state"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    sys.exit(r.returncode)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--inside":
+        inside(sys.argv[2], sys.argv[3])
+    else:
+        outside(sys.argv[1], sys.argv[2], sys.argv[3])
