@@ -79,6 +79,11 @@ async function main() {
   const data = crypto.randomBytes(3000);
   const begun = await client.request({ request: 'upload-begin', name: 'x.bin', size: data.length, sha256: crypto.createHash('sha256').update('other').digest('hex') });
   out.mismatch = await expectFailure(client.request({ request: 'upload-chunk', upload: begun.upload, offset: 0, data: data.toString('base64') }));
+  // Throughput of a large upload (64 chunks), not flashed.
+  const big = crypto.randomBytes(4 * 1024 * 1024);
+  const tBig = Date.now();
+  let bigChunks = 0;
+  out.bigUpload = await client.upload('big.bin', big, () => bigChunks++).then((id) => ({ id, ms: Date.now() - tBig, chunks: bigChunks }), errorFacts);
   const before = client._sock.bytesWritten;
   out.tooLarge = await expectFailure(client.upload('huge.bin', Buffer.alloc(16 * 1024 * 1024 + 1)));
   out.tooLargeBytesSent = client._sock.bytesWritten - before;

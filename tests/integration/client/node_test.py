@@ -101,6 +101,10 @@ def node_tests(tap, node, d, key):
               t.get("code") == "upload-too-large" and t.get("detail", {}).get("limit") == 16 << 20, t)
     tap.check("... before any of its bytes was sent (%d bytes written)" % out["tooLargeBytesSent"],
               0 < out["tooLargeBytesSent"] < 1024, out["tooLargeBytesSent"])
+    b = out["bigUpload"]
+    tap.check("a 4 MiB upload goes in 64 verified chunks", b.get("id") and b.get("chunks") == 64, b)
+    if b.get("ms"):
+        print("# 4 MiB uploaded in %d ms (%.1f MiB/s)" % (b["ms"], 4000.0 / max(b["ms"], 1)), flush=True)
     tap.check("the connection is still usable after the refusals", out["stillUsable"] >= 1, out)
     ids = good.get("jobIds") or []
     tap.check("the watcher saw the job's events",
