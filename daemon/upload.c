@@ -309,6 +309,7 @@ const uint8_t *uploads_get(struct uploads *u, unsigned long client, const char *
 			up->id, up->received, up->size);
 		return NULL;
 	}
+	touch(up); /* a flash request that failed: the client may resend it */
 	*ret_len = up->size;
 	return up->bytes;
 }
