@@ -230,6 +230,25 @@ def main():
     finally:
         rc = d.stop()
         tap.check("flashd stops cleanly", rc == 0, d.log_text()[-3000:])
+
+    # The daemon's memory for firmware (image_memory_bytes) bounds all uploads together.
+    d = Daemon(flashd, config="[limits]\nimage_memory_bytes = 100000\n")
+    try:
+        a, b = d.client(), d.client()
+        r1 = begin(a, bytes(60000))
+        r2 = begin(b, bytes(60000))
+        tap.check("uploads over image_memory_bytes together: too-many-uploads (memory)",
+                  r1.get("type") == "reply" and code(r2) == "too-many-uploads"
+                  and r2["detail"].get("kind") == "memory" and r2["detail"].get("limit") == 100000,
+                  [r1, r2])
+        a.close()
+        time.sleep(0.3)
+        r3 = begin(b, bytes(60000))
+        tap.check("... and a closed connection's upload no longer counts", r3.get("type") == "reply", r3)
+        b.close()
+    finally:
+        rc = d.stop()
+        tap.check("flashd stops cleanly (memory limit)", rc == 0, d.log_text()[-3000:])
     tap.done()
 
 

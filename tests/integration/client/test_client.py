@@ -345,6 +345,16 @@ def example_tests(tap, fc, d, work):
     tap.check("example client: a refused file exits with the catalogue status (4) and the hint",
               r.returncode == 4 and "wrong-platform" in r.stderr and "hint:" in r.stderr,
               r.stdout + r.stderr)
+    # Without fd passing: the bytes go in-band (upload-begin, upload-chunk).
+    r = subprocess.run([sys.executable, EXAMPLE, "--socket", d.socket, "--device", dfu, "--upload",
+                        PHOTON_APP], capture_output=True, text=True, timeout=90)
+    tap.check("example client --upload flashes the file sent in-band: exit 0, done",
+              r.returncode == 0 and re.search(r"done: (verified|written-not-verified)", r.stdout)
+              and re.search(r"upload photon_tinker.bin +100%", r.stdout), r.stdout + r.stderr)
+    r = subprocess.run([sys.executable, EXAMPLE, "--socket", d.socket, "--device", dfu, "--upload",
+                        ELECTRON_APP], capture_output=True, text=True, timeout=90)
+    tap.check("example client --upload: the Electron build exits 4 with wrong-platform",
+              r.returncode == 4 and "wrong-platform" in r.stderr, r.stdout + r.stderr)
 
 
 def inside(group, flashd, fc):
