@@ -40,6 +40,7 @@ struct client {
 	bool fds_overflow;
 	bool sub_devices, sub_jobs;
 	char sub_job[64];
+	bool uploading; /* began an upload: its lines may be WIRE_LINE_MAX long */
 	/* A device-info probe in progress: its reply waits for the probe job, and the
 	 * client's later requests wait for that reply (replies stay in order). */
 	struct job *probe_job;
@@ -334,7 +335,10 @@ static int do_upload(struct client *c, struct wire_request *req, json_t *reply, 
 		struct wire_upload_begin b;
 		if (wire_parse_upload_begin(req->obj, &b, err) < 0)
 			return -1;
-		return uploads_begin(c->srv->uploads, c->id, c->cred.uid, &b, reply, err);
+		if (uploads_begin(c->srv->uploads, c->id, c->cred.uid, &b, reply, err) < 0)
+			return -1;
+		c->uploading = true;
+		return 0;
 	}
 	struct wire_upload_chunk ch;
 	int rc = wire_parse_upload_chunk(req->obj, &ch, err);
@@ -667,14 +671,16 @@ static void process_lines(struct client *c)
 		event_del(c->rev);
 		return;
 	}
-	if (c->in_len > WIRE_LINE_MAX && !c->dead) {
+	/* Only an upload chunk may be longer than a request, and only on a
+	 * connection that has begun an upload. */
+	unsigned max = c->uploading ? WIRE_LINE_MAX : WIRE_REQUEST_MAX;
+	if (c->in_len > max && !c->dead) {
 		/* No way to find the next message boundary reliably: answer, then close. */
 		struct error err;
 		error_init(&err);
-		error_set(&err, ERR_BAD_REQUEST, "bad request: message longer than %u bytes",
-			  WIRE_LINE_MAX);
+		error_set(&err, ERR_BAD_REQUEST, "bad request: message longer than %u bytes", max);
 		error_detail_str(&err, "reason", "message too large");
-		error_detail_int(&err, "limit", WIRE_LINE_MAX);
+		error_detail_int(&err, "limit", max);
 		send_error(c, NULL, &err);
 		c->in_len = 0;
 		c->close_after_flush = true;

@@ -27,7 +27,8 @@
  * In-band uploads (clients that cannot pass fds, e.g. Node.js): the bytes of
  * an image travel base64-encoded in upload-chunk requests of at most
  * WIRE_UPLOAD_CHUNK_MAX decoded bytes.  Such a line is longer than
- * WIRE_REQUEST_MAX, so upload-chunk alone may use up to WIRE_LINE_MAX.
+ * WIRE_REQUEST_MAX, so upload-chunk alone may use up to WIRE_LINE_MAX (the
+ * server allows that once the connection has begun an upload).
  */
 #define WIRE_UPLOAD_CHUNK_MAX (64u * 1024)
 /* base64 of a full chunk (87384 characters) plus room for its envelope. */

@@ -227,6 +227,23 @@ def main():
         tap.check("200 random chunks get named errors and the daemon lives",
                   codes <= {"upload-invalid", "bad-request", "upload-not-found"} and d.alive(), codes)
         c.close()
+
+        # Framing: lines up to 96 KiB only on a connection that has begun an upload.
+        fresh = d.client()
+        fresh.send_raw(b'{"request":"upload-chunk","id":1,"data":"' + b"A" * (70 * 1024))
+        r = fresh.read()
+        tap.check("a 70 KiB line on a connection without uploads: bad-request (limit 65536), closed",
+                  code(r) == "bad-request" and r["detail"].get("limit") == 65536
+                  and fresh.read() is None, r)
+        fresh.close()
+        c = d.client()
+        begin(c, b"abc")
+        c.send_raw(b'{"request":"upload-chunk","id":1,"data":"' + b"A" * (100 * 1024))
+        r = c.read()
+        tap.check("over 96 KiB on an uploading connection: bad-request (limit 98304), closed",
+                  code(r) == "bad-request" and r["detail"].get("limit") == 98304
+                  and c.read() is None, r)
+        c.close()
     finally:
         rc = d.stop()
         tap.check("flashd stops cleanly", rc == 0, d.log_text()[-3000:])
