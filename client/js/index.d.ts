@@ -238,7 +238,7 @@ export interface FlashProgress extends PromiseLike<FlashResult> {
   on<E extends keyof FlashEvents>(event: E, listener: (...args: FlashEvents[E]) => void): this;
   once<E extends keyof FlashEvents>(event: E, listener: (...args: FlashEvents[E]) => void): this;
   catch<T = never>(onrejected?: ((reason: unknown) => T | PromiseLike<T>) | null): Promise<FlashResult | T>;
-  /** Cancels the job(s); their job-ended events still come. */
+  /** Cancels the job(s) (their job-ended events still come), or, before they exist, the upload. */
   cancel(): Promise<void>;
 }
 

@@ -187,7 +187,7 @@ class Client extends EventEmitter {
       const part = bytes.subarray(offset, Math.min(offset + chunk, bytes.length));
       const sent = this.request({ request: 'upload-chunk', upload: begun.upload, offset, data: part.toString('base64') }).then((r) => {
         done += part.length;
-        if (onProgress) onProgress(done, bytes.length);
+        if (onProgress) onProgress(done, bytes.length); // may throw to stop the upload
         return r;
       });
       sent.catch(() => {}); // awaited below; an early failure must not be unhandled
@@ -247,9 +247,18 @@ class FlashOperation extends EventEmitter {
     return this.result.catch(onErr);
   }
 
-  /** Cancels the operation's jobs (its job-ended events still come). */
+  /**
+   * Cancels the operation: its jobs once they exist (their job-ended events
+   * still come), else the upload stops at its next chunk and no job is made.
+   */
   async cancel() {
+    this._cancelled = true;
     await Promise.all(this.jobIds.map((id) => this.client.cancel(id)));
+  }
+
+  _stopIfCancelled(phase) {
+    if (this._cancelled && this.jobIds.length === 0)
+      throw new FlashdError({ code: 'cancelled', message: `cancelled while ${phase}: no job was created`, detail: { phase } });
   }
 
   async _run(files, options) {
@@ -260,9 +269,14 @@ class FlashOperation extends EventEmitter {
     const images = [];
     for (const f of list) {
       const { name, data } = await readImage(f);
-      const upload = await c.upload(name, data, (sent, total) => this.emit('upload', { file: name, sent, total }));
+      this._stopIfCancelled('uploading');
+      const upload = await c.upload(name, data, (sent, total) => {
+        this._stopIfCancelled('uploading');
+        this.emit('upload', { file: name, sent, total });
+      });
       images.push({ name, upload });
     }
+    this._stopIfCancelled('uploading');
     const ended = new Map();
     let finish;
     const allEnded = new Promise((resolve) => (finish = resolve));
@@ -371,6 +385,7 @@ function flash(files, options = {}) {
   op.result = connect(options).then(async (c) => {
     inner = c.flash(files, options);
     for (const ev of ['upload', 'jobs', 'progress', 'ended']) inner.on(ev, (x) => op.emit(ev, x));
+    if (cancelAsked) inner.cancel().catch(() => {});
     try {
       return await inner.result;
     } finally {
@@ -380,10 +395,10 @@ function flash(files, options = {}) {
   op.result.catch(() => {});
   op.then = (a, b) => op.result.then(a, b);
   op.catch = (b) => op.result.catch(b);
+  let cancelAsked = false;
   op.cancel = async () => {
-    if (!inner || inner.jobIds.length === 0)
-      throw new FlashdError({ code: 'job-not-found', message: 'the flash request has not created its jobs yet' });
-    await inner.cancel();
+    cancelAsked = true;
+    if (inner) await inner.cancel();
   };
   return op;
 }

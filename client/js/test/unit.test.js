@@ -179,6 +179,26 @@ test('flash uploads in order-checked base64 chunks of at most 64 KiB with the SH
   }
 });
 
+test('cancel during the upload stops it: no flash request, rejected with cancelled', { timeout: 20000 }, async () => {
+  const fake = await fakeDaemon((msg, send) => {
+    if (msg.request === 'subscribe') send({ type: 'reply', id: msg.id, request: 'subscribe', jobs: true });
+    else if (msg.request === 'upload-begin') send({ type: 'reply', id: msg.id, request: 'upload-begin', upload: 'u', size: msg.size });
+    else if (msg.request === 'upload-chunk') setTimeout(() => send({ type: 'reply', id: msg.id, request: 'upload-chunk', upload: 'u', received: msg.offset + 65536, complete: false }), 5);
+  });
+  try {
+    const op = flashd.flash({ name: 'big.bin', data: Buffer.alloc(64 * 65536) }, { socket: fake.sock });
+    let chunks = 0;
+    op.on('upload', () => {
+      if (++chunks === 2) op.cancel();
+    });
+    await assert.rejects(op, (e) => flashd.FlashdError.is(e, 'cancelled') && e.detail.phase === 'uploading');
+    assert.ok(!fake.seen.some((m) => m.request === 'flash'), 'a flash request was sent');
+    assert.ok(fake.seen.filter((m) => m.request === 'upload-chunk').length < 64, 'the whole file was sent');
+  } finally {
+    fake.close();
+  }
+});
+
 test('a failed job rejects with the typed error of its catalogue id', { timeout: 20000 }, async () => {
   const fake = await fakeDaemon((msg, send) => {
     if (msg.request === 'subscribe') send({ type: 'reply', id: msg.id, request: 'subscribe', jobs: true });
