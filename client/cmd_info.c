@@ -87,19 +87,42 @@ static const char *check_verdict(const json_t *m, const char *check)
 	return !checked || names_check(checked, check) ? "ok" : "not checked";
 }
 
-static void print_module(const json_t *m)
+/* "Device OS 4.0.1", or for a bootloader several releases shipped on this
+ * platform "Device OS 4.0.0-4.0.2" (final releases, from flashd's table). */
+static bool release_text(int function, long long version, int platform_id, char *buf, size_t size)
+{
+	if (function < 0 || version <= 0 || version > UINT16_MAX)
+		return false;
+	const char *release = osver_release_for(function, (uint16_t)version);
+	if (release) {
+		snprintf(buf, size, "Device OS %s", release);
+		return true;
+	}
+	const struct os_release *first, *last;
+	if (function != MODULE_FUNCTION_BOOTLOADER || platform_id < 0 ||
+	    !osver_span(platform_id, function, (uint16_t)version, &first, &last))
+		return false;
+	if (first == last)
+		snprintf(buf, size, "Device OS %s", first->version);
+	else
+		snprintf(buf, size, "Device OS %s-%s", first->version, last->version);
+	return true;
+}
+
+static void print_module(const json_t *m, int platform_id)
 {
 	const char *fn = str(m, "function");
 	int f = function_from_name(fn);
 	long long version = json_integer_value(json_object_get(m, "version"));
-	const char *release = f >= 0 ? osver_release_for(f, (uint16_t)version) : NULL;
+	char release[64];
+	bool named = release_text(f, version, platform_id, release, sizeof(release));
 	const json_t *failed = json_object_get(m, "failed_checks");
-	char name[48], ver[64];
+	char name[48], ver[96];
 	snprintf(name, sizeof(name), "%s %lld",
 		 f >= 0 ? module_function_phrase(f) : (fn ? fn : "?"),
 		 (long long)json_integer_value(json_object_get(m, "index")));
-	snprintf(ver, sizeof(ver), "v%lld%s%s%s", version, release ? " (Device OS " : "",
-		 release ? release : "", release ? ")" : "");
+	snprintf(ver, sizeof(ver), "v%lld%s%s%s", version, named ? " (" : "", named ? release : "",
+		 named ? ")" : "");
 	/* Listening-mode listings may not give addresses: 0 means not reported. */
 	long long address = json_integer_value(json_object_get(m, "address"));
 	char at[24] = "";
@@ -124,6 +147,38 @@ static void print_module(const json_t *m)
 			printf(", %s FAILED", c);
 	}
 	putchar('\n');
+}
+
+/*
+ * "4.0.1": the release the device reported, else the one its system part's
+ * version names in flashd's release table ("4.0.1 (from system part 1
+ * v4005)"), else what is known of it.
+ */
+static const char *device_os_text(const json_t *d, char *buf, size_t size)
+{
+	if (str(d, "os"))
+		return str(d, "os");
+	const json_t *m;
+	size_t i;
+	json_array_foreach(json_object_get(d, "modules"), i, m)
+	{
+		int f = function_from_name(str(m, "function"));
+		long long index = json_integer_value(json_object_get(m, "index"));
+		long long version = json_integer_value(json_object_get(m, "version"));
+		if ((f != MODULE_FUNCTION_SYSTEM && f != MODULE_FUNCTION_MONO) || index > 1 ||
+		    version <= 0 || version > UINT16_MAX)
+			continue;
+		const char *release = osver_release_for(f, (uint16_t)version);
+		if (release)
+			snprintf(buf, size, "%s (from %s %lld v%lld)", release,
+				 module_function_phrase(f), index, version);
+		else
+			snprintf(buf, size,
+				 "not known (%s %lld v%lld is not in flashd's release table)",
+				 module_function_phrase(f), index, version);
+		return buf;
+	}
+	return "not known yet";
 }
 
 static void print_device(const json_t *d, bool probed, bool no_probe)
@@ -156,7 +211,8 @@ static void print_device(const json_t *d, bool probed, bool no_probe)
 	       (long long)json_integer_value(json_object_get(usb, "bus")),
 	       (long long)json_integer_value(json_object_get(usb, "address")),
 	       str(usb, "vid") ? str(usb, "vid") : "?", str(usb, "pid") ? str(usb, "pid") : "?");
-	printf("  %-14s %s\n", "Device OS", str(d, "os") ? str(d, "os") : "not known yet");
+	char os[96];
+	printf("  %-14s %s\n", "Device OS", device_os_text(d, os, sizeof(os)));
 	printf("  %-14s %s%s\n", "state",
 	       json_is_true(json_object_get(d, "present")) ? "attached"
 							   : "gone (re-enumerating or unplugged)",
@@ -187,7 +243,7 @@ static void print_device(const json_t *d, bool probed, bool no_probe)
 		   ? "(complete list, as the device reported it"
 		   : "(partial: what flashd has read so far",
 	       probed ? ", asked just now)" : ")");
-	json_array_foreach(mods, i, m) print_module(m);
+	json_array_foreach(mods, i, m) print_module(m, p ? p->id : -1);
 }
 
 /* Whether the reply leaves the modules to be asked for: not known, device present, idle. */

@@ -30,6 +30,9 @@ static const struct verb verbs[] = {
      "check FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
      "        [--wait[=S]] [--force]      would this flash? (preflight only, nothing is written)"},
     {"info", cmd_info, "info [DEVICE]                 everything known about a device"},
+    {"history", cmd_history,
+     "history [--device ID] [--since TIME] [--result R] [--limit N] [--json]\n"
+     "        [--stats]                   past jobs (the daemon's flash history)"},
     {"errors", cmd_errors, "errors [--json|--markdown]    print the error catalogue"},
 };
 

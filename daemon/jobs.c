@@ -1,5 +1,6 @@
 #include "jobs.h"
 
+#include "history.h"
 #include "log.h"
 #include "settings.h"
 
@@ -61,6 +62,11 @@ struct job {
 	uint64_t done, total;
 	uint64_t phase_done0;
 	double phase_t0, last_emit;
+
+	/* for the history: what the job saw of its device, and what it wrote */
+	struct device_facts facts_before, facts_after;
+	bool have_before, have_after;
+	uint64_t bytes_written, write_base, write_sum0;
 };
 
 struct grave {
@@ -76,11 +82,14 @@ struct jobs {
 	const struct transport_ops *const *transports;
 	struct job *list; /* creation order */
 	unsigned max_jobs, history;
+	unsigned per_uid, waiting_per_uid; /* fair share (jobs_set_uid_limits); 0 = none */
 	struct event *kick;
 	struct grave *graves;
 	jobs_sink sink;
 	void *sink_ctx;
 	bool self_change; /* registry changes caused by a job's own calls */
+	/* the flash history (history.h), or NULL */
+	struct history *history_db;
 };
 
 static const struct timeout_def jobs_timeouts[] = {
@@ -303,6 +312,7 @@ static void finish(struct job *job, enum job_result result, const char *word, st
 		set_device_job(jobs, job->device, NULL);
 	log_info("job %s: %s%s%s%s", job->id, job_result_name(result), job->outcome[0] ? " (" : "",
 		 job->outcome, job->outcome[0] ? ")" : "");
+	history_job_ended(jobs->history_db, job);
 	json_t *ev = wire_event_new("job-ended");
 	json_object_set_new(ev, "result", json_string(job_result_name(result)));
 	json_object_set_new(ev, "outcome",
@@ -372,7 +382,10 @@ static void run_on_device(struct job *job)
 		return;
 	}
 	job->ops = ops; /* the job-started record names the transport that took it */
+	job->facts_before = dev->s.facts;
+	job->have_before = true;
 	emit_record(job, "job-started");
+	history_job_started(jobs->history_db, job);
 	start_transport(job, ops);
 }
 
@@ -613,12 +626,57 @@ size_t jobs_active_count(const struct jobs *jobs)
 
 static void cancel_grace_cb(evutil_socket_t fd, short what, void *arg);
 
+/* ---- fair share: one uid's jobs ---------------------------------------- */
+
+void jobs_set_uid_limits(struct jobs *jobs, unsigned per_uid, unsigned waiting_per_uid)
+{
+	jobs->per_uid = per_uid;
+	jobs->waiting_per_uid = waiting_per_uid;
+}
+
+bool jobs_client_has_jobs(const struct jobs *jobs, unsigned long client_id)
+{
+	for (const struct job *j = jobs->list; j; j = j->next)
+		if (!j->ended && j->client_id == client_id)
+			return true;
+	return false;
+}
+
+/* Whether the uid may have one more job (waiting: one that waits for a device). */
+static bool uid_share_left(const struct jobs *jobs, uid_t uid, bool waiting, struct error *err)
+{
+	unsigned all = 0, waits = 0;
+	for (const struct job *j = jobs->list; j; j = j->next) {
+		if (j->ended || j->uid != uid)
+			continue;
+		all++;
+		waits += j->opts.wait_ms != 0;
+	}
+	if (jobs->per_uid && all >= jobs->per_uid) {
+		error_set(err, ERR_TOO_MANY_JOBS, "uid %u already has %u jobs", (unsigned)uid, all);
+		error_detail_int(err, "limit", jobs->per_uid);
+		error_detail_int(err, "uid", uid);
+		return false;
+	}
+	if (waiting && jobs->waiting_per_uid && waits >= jobs->waiting_per_uid) {
+		error_set(err, ERR_TOO_MANY_JOBS, "uid %u already has %u jobs waiting for a device",
+			  (unsigned)uid, waits);
+		error_detail_int(err, "limit", jobs->waiting_per_uid);
+		error_detail_int(err, "uid", uid);
+		error_detail_str(err, "kind", "waiting");
+		return false;
+	}
+	return true;
+}
+
 struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error *err)
 {
 	struct job *job = NULL;
 	if (jobs_active_count(jobs) >= jobs->max_jobs) {
 		error_set(err, ERR_TOO_MANY_JOBS, "the daemon already has %u jobs", jobs->max_jobs);
 		error_detail_int(err, "limit", jobs->max_jobs);
+	} else if (!uid_share_left(jobs, req->uid, req->opts.wait_ms != 0, err)) {
+		/* err is set: one uid may not fill the table for everyone */
 	} else if (!(job = calloc(1, sizeof(*job)))) {
 		error_set(err, ERR_INTERNAL, "out of memory");
 	}
@@ -888,10 +946,25 @@ void job_set_state(struct job *job, enum job_state state)
 	enter_state(job, state);
 }
 
+/* Bytes written: per writing phase, from its first report (a transport may
+ * count from 0 per module or cumulatively over the job) to its highest. */
+static void count_written(struct job *job, uint64_t done)
+{
+	if (job->state != JOB_WRITING)
+		return;
+	if (job->total == 0) { /* first report since enter_state() */
+		job->write_base = done;
+		job->write_sum0 = job->bytes_written;
+	}
+	if (done > job->write_base && job->write_sum0 + done - job->write_base > job->bytes_written)
+		job->bytes_written = job->write_sum0 + done - job->write_base;
+}
+
 void job_progress(struct job *job, uint64_t done, uint64_t total)
 {
 	if (job->ended)
 		return;
+	count_written(job, done);
 	job->done = done;
 	job->total = total;
 	double t = mono_s();
@@ -921,6 +994,13 @@ void job_update_facts(struct job *job, const struct device_facts *facts)
 	job->jobs->self_change = true;
 	registry_update_facts(job->jobs->reg, job->device, facts);
 	job->jobs->self_change = false;
+	if (!job->bytes_written) {
+		job->facts_before = job->device->s.facts;
+		job->have_before = true;
+	} else {
+		job->facts_after = job->device->s.facts;
+		job->have_after = true;
+	}
 }
 
 void job_set_device_mode(struct job *job, enum device_mode mode)
@@ -984,4 +1064,28 @@ void job_log(const struct job *job, int level, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	log_msg(level, "job %s: %s", job->id, msg);
+}
+
+/* ---- jobs.h: the history ----------------------------------------------- */
+
+void jobs_set_history(struct jobs *jobs, struct history *h)
+{
+	jobs->history_db = h;
+}
+
+const struct device_facts *job_facts_before(const struct job *job)
+{
+	return job->have_before ? &job->facts_before : NULL;
+}
+
+const struct device_facts *job_facts_after(const struct job *job)
+{
+	if (!job->bytes_written)
+		return job->device ? &job->device->s.facts : NULL;
+	return job->have_after ? &job->facts_after : NULL;
+}
+
+uint64_t job_bytes_written(const struct job *job)
+{
+	return job->bytes_written;
 }

@@ -25,6 +25,7 @@
 #include <sys/types.h>
 
 struct event_base;
+struct history;
 struct jobs;
 
 struct job_request {
@@ -50,6 +51,11 @@ typedef void (*jobs_sink)(void *ctx, struct job *job, json_t *event);
 struct jobs *jobs_new(struct event_base *base, struct registry *reg, struct image_cache *images,
 		      const struct transport_ops *const *transports, unsigned max_jobs,
 		      unsigned history);
+/* Fair share: at most per_uid unended jobs of one uid, waiting_per_uid of them
+ * waiting for a device (0 = no limit); jobs_create fails with too-many-jobs. */
+void jobs_set_uid_limits(struct jobs *jobs, unsigned per_uid, unsigned waiting_per_uid);
+/* Whether a connection has a job that has not ended (it is not idle). */
+bool jobs_client_has_jobs(const struct jobs *jobs, unsigned long client_id);
 /* Registers the core's and the transports' timeout keys (idempotent). */
 void jobs_register_timeouts(const struct transport_ops *const *transports);
 /* Interrupts every job that has not ended (job-ended "interrupted"), then frees. */
@@ -82,3 +88,17 @@ enum job_state job_state(const struct job *job);
 bool job_ended(const struct job *job);
 uid_t job_owner_uid(const struct job *job);
 const struct error *job_error(const struct job *job);
+
+/* ---- the flash history (daemon/history.c) -------------------------------- */
+
+/* Jobs record their start and end in h (NULL: no history). */
+void jobs_set_history(struct jobs *jobs, struct history *h);
+/* The device facts as they were before the first byte was written: at the
+ * start, refreshed by what the transport learnt before writing.  NULL before
+ * the job has a device. */
+const struct device_facts *job_facts_before(const struct job *job);
+/* The facts read after the last write; the current ones when nothing was
+ * written; NULL when written but not read back since. */
+const struct device_facts *job_facts_after(const struct job *job);
+/* Bytes the transport reported written (sum over the writing phases). */
+uint64_t job_bytes_written(const struct job *job);

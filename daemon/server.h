@@ -32,3 +32,9 @@ void server_free(struct server *s);
 void server_device_event(struct server *s, struct device *dev, enum registry_change change);
 void server_job_event(struct server *s, struct job *job, json_t *event);
 size_t server_client_count(const struct server *s);
+/* The flash history for `history` requests (NULL: requests fail with
+ * history-unavailable saying why_not). */
+struct history;
+void server_set_history(struct server *s, struct history *h, const char *why_not);
+/* The server's timeout keys (client_idle_ms, image_read_ms), before the config is read. */
+void server_register_timeouts(void);

@@ -3,22 +3,10 @@
 #include "platform.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-/* rows of four, as in §7.9 (kept by hand) */
-/* clang-format off */
-/* Rows come from §7.9 and from fixtures whose file names carry the release. */
-static const struct os_release releases[] = {
-	{"0.5.2", 17, 0, 0},       {"0.6.4", 110, 0, 0},      {"0.7.0", 207, 101, 0},
-	{"0.8.0-rc.27", 326, 215, 182}, {"1.0.0", 1000, 201, 202}, {"1.0.1", 1002, 201, 202},
-	{"1.1.0", 1102, 301, 202}, {"1.2.1", 1213, 311, 202}, {"1.4.4", 1406, 501, 202},
-	{"1.5.0", 1502, 501, 202}, {"1.5.2", 1512, 502, 202}, {"2.0.0", 2008, 1003, 202},
-	{"2.0.1", 2011, 1005, 202}, {"2.2.0", 2202, 1006, 202}, {"2.3.1", 2302, 1006, 202},
-	{"3.0.0", 3005, 1005, 202}, {"3.1.0", 3103, 1100, 202}, {"4.0.0", 4003, 1101, 202},
-	{"4.2.0", 4200, 1200, 202}, {"5.0.0", 5002, 2000, 202}, {"5.3.1", 5301, 2101, 202},
-	{"5.9.0", 5901, 2700, 202}, {"6.0.0", 6000, 3000, 202}, {"6.2.0", 6200, 3100, 202},
-};
-/* clang-format on */
+#include "osver_table.h"
 
 #define N_RELEASES (sizeof(releases) / sizeof(releases[0]))
 
@@ -42,59 +30,120 @@ const struct os_release *osver_by_release(const char *version)
 
 const struct os_release *osver_by_system_version(uint16_t system_version)
 {
-	for (size_t i = 0; i < N_RELEASES; i++)
-		if (releases[i].system == system_version)
+	const struct os_release *pre = NULL;
+	for (size_t i = 0; system_version && i < N_RELEASES; i++) {
+		if (releases[i].system != system_version)
+			continue;
+		if (!releases[i].prerelease)
 			return &releases[i];
-	return NULL;
+		pre = &releases[i];
+	}
+	return pre;
+}
+
+static bool is_system(int module_function)
+{
+	return module_function == MODULE_FUNCTION_SYSTEM || module_function == MODULE_FUNCTION_MONO;
 }
 
 const char *osver_release_for(int module_function, uint16_t module_version)
 {
-	if (module_function == MODULE_FUNCTION_SYSTEM || module_function == MODULE_FUNCTION_MONO) {
+	if (is_system(module_function)) {
 		const struct os_release *r = osver_by_system_version(module_version);
 		return r ? r->version : NULL;
 	}
-	if (module_function == MODULE_FUNCTION_BOOTLOADER) {
+	if (module_function == MODULE_FUNCTION_BOOTLOADER && module_version) {
 		/* Bootloader versions are shared by several releases: name one only if unique. */
 		const char *found = NULL;
 		for (size_t i = 0; i < N_RELEASES; i++) {
-			if (releases[i].bootloader != module_version)
+			const struct os_release *r = &releases[i];
+			bool shipped = false;
+			for (unsigned b = 0; b < r->n_builds; b++)
+				shipped |= r->builds[b].bootloader == module_version &&
+					   !(r->builds[b].inferred & OSVER_INFERRED_BOOTLOADER);
+			if (!shipped)
 				continue;
 			if (found)
 				return NULL;
-			found = releases[i].version;
+			found = r->version;
 		}
 		return found;
 	}
 	return NULL;
 }
 
+bool osver_ships_on(const struct os_release *r, int platform_id)
+{
+	return r && platform_id >= 0 && platform_id < 64 &&
+	       (r->platforms & (UINT64_C(1) << platform_id));
+}
+
+const struct os_build *osver_build_for(const struct os_release *r, int platform_id)
+{
+	if (!osver_ships_on(r, platform_id))
+		return NULL;
+	for (unsigned b = 0; b < r->n_builds; b++)
+		if (r->builds[b].platforms & (UINT64_C(1) << platform_id))
+			return &r->builds[b];
+	return NULL;
+}
+
 uint16_t osver_module_version(const struct os_release *r, int platform_id, int module_function)
 {
-	(void)platform_id; /* one column per module for now; per-platform rows come with the
-			      generated table */
-	if (!r)
+	const struct os_build *b = osver_build_for(r, platform_id);
+	if (!b)
 		return 0;
-	switch (module_function) {
-	case MODULE_FUNCTION_SYSTEM:
-	case MODULE_FUNCTION_MONO:
+	if (is_system(module_function))
 		return r->system;
-	case MODULE_FUNCTION_BOOTLOADER:
-		return r->bootloader;
-	case MODULE_FUNCTION_RADIO_STACK:
-		return r->radio_stack;
-	default:
-		return 0;
-	}
+	if (module_function == MODULE_FUNCTION_BOOTLOADER)
+		return b->bootloader;
+	if (module_function == MODULE_FUNCTION_RADIO_STACK)
+		return b->radio_stack;
+	return 0;
+}
+
+bool osver_module_inferred(const struct os_release *r, int platform_id, int module_function)
+{
+	const struct os_build *b = osver_build_for(r, platform_id);
+	if (!b)
+		return false;
+	if (is_system(module_function))
+		return r->inferred & OSVER_INFERRED_SYSTEM;
+	if (module_function == MODULE_FUNCTION_BOOTLOADER)
+		return b->inferred & OSVER_INFERRED_BOOTLOADER;
+	if (module_function == MODULE_FUNCTION_RADIO_STACK)
+		return b->inferred & OSVER_INFERRED_RADIO_STACK;
+	return false;
+}
+
+/*
+ * Lookups that name releases in messages prefer what is certain: first final
+ * releases with values read from sources, then pre-releases, then inferred
+ * values.
+ */
+enum pass { PASS_FINAL_SOURCED, PASS_ANY_SOURCED, PASS_ANY, N_PASSES };
+
+static bool pass_admits(enum pass pass, const struct os_release *r, int platform_id,
+			int module_function)
+{
+	if (pass == PASS_ANY)
+		return true;
+	if (osver_module_inferred(r, platform_id, module_function))
+		return false;
+	return pass == PASS_ANY_SOURCED || !r->prerelease;
 }
 
 const struct os_release *osver_first_providing(int platform_id, int module_function,
 					       uint16_t min_version)
 {
-	for (size_t i = 0; i < N_RELEASES; i++) {
-		uint16_t v = osver_module_version(&releases[i], platform_id, module_function);
-		if (v != 0 && v >= min_version)
-			return &releases[i];
+	for (int pass = 0; pass < N_PASSES; pass++) {
+		for (size_t i = 0; i < N_RELEASES; i++) {
+			const struct os_release *r = &releases[i];
+			uint16_t v = osver_module_version(r, platform_id, module_function);
+			if (v != 0 && v >= min_version &&
+			    pass_admits((enum pass)pass, r, platform_id, module_function))
+				return r;
+		}
 	}
 	return NULL;
 }
@@ -103,14 +152,43 @@ bool osver_span(int platform_id, int module_function, uint16_t version,
 		const struct os_release **ret_first, const struct os_release **ret_last)
 {
 	*ret_first = *ret_last = NULL;
-	for (size_t i = 0; version != 0 && i < N_RELEASES; i++) {
-		if (osver_module_version(&releases[i], platform_id, module_function) != version)
-			continue;
-		if (!*ret_first)
-			*ret_first = &releases[i];
-		*ret_last = &releases[i];
+	for (int pass = 0; version != 0 && pass < N_PASSES && !*ret_first; pass++) {
+		for (size_t i = 0; i < N_RELEASES; i++) {
+			const struct os_release *r = &releases[i];
+			if (osver_module_version(r, platform_id, module_function) != version ||
+			    !pass_admits((enum pass)pass, r, platform_id, module_function))
+				continue;
+			if (!*ret_first)
+				*ret_first = r;
+			*ret_last = r;
+		}
 	}
 	return *ret_first != NULL;
+}
+
+unsigned osver_nearest(const char *version, const struct os_release **out, unsigned max)
+{
+	/* Final releases only: the closest below and above, then outward. */
+	const struct os_release *finals[N_RELEASES];
+	size_t n_finals = 0, above = 0;
+	for (size_t i = 0; i < N_RELEASES; i++)
+		if (!releases[i].prerelease)
+			finals[n_finals++] = &releases[i];
+	int M, m, p;
+	if (!version || osver_parse(version, &M, &m, &p) < 0)
+		above = n_finals; /* not a version: the newest ones */
+	else
+		while (above < n_finals && osver_compare(finals[above]->version, version) <= 0)
+			above++;
+	size_t below = above; /* finals[below - 1] is the closest at or below */
+	unsigned n = 0;
+	while (n < max && (below > 0 || above < n_finals)) {
+		if (below > 0)
+			out[n++] = finals[--below];
+		if (n < max && above < n_finals)
+			out[n++] = finals[above++];
+	}
+	return n;
 }
 
 int osver_parse(const char *s, int *ret_major, int *ret_minor, int *ret_patch)
@@ -128,6 +206,45 @@ int osver_parse(const char *s, int *ret_major, int *ret_minor, int *ret_patch)
 	return 0;
 }
 
+/* Pre-release part ("rc.2") compared as semver does: dot-separated
+ * identifiers, numeric ones numerically and below alphanumeric ones. */
+static int compare_prerelease(const char *a, const char *b)
+{
+	while (*a || *b) {
+		if (!*a || !*b)
+			return *a ? 1 : -1; /* fewer identifiers sort first */
+		size_t la = strcspn(a, "."), lb = strcspn(b, ".");
+		bool na = la > 0 && strspn(a, "0123456789") >= la;
+		bool nb = lb > 0 && strspn(b, "0123456789") >= lb;
+		int c;
+		if (na && nb) {
+			unsigned long va = strtoul(a, NULL, 10), vb = strtoul(b, NULL, 10);
+			c = va < vb ? -1 : va > vb;
+		} else if (na != nb) {
+			c = na ? -1 : 1;
+		} else {
+			c = strncmp(a, b, la < lb ? la : lb);
+			if (c == 0)
+				c = la < lb ? -1 : la > lb;
+		}
+		if (c)
+			return c < 0 ? -1 : 1;
+		a += la + (a[la] == '.');
+		b += lb + (b[lb] == '.');
+	}
+	return 0;
+}
+
+/* The pre-release identifiers of a version ("rc.2" of "4.0.1-rc.2+lto"), or false. */
+static bool prerelease_of(const char *s, char *buf, size_t size)
+{
+	const char *dash = s ? strchr(s, '-') : NULL;
+	if (!dash)
+		return false;
+	snprintf(buf, size, "%.*s", (int)strcspn(dash + 1, "+"), dash + 1);
+	return true;
+}
+
 int osver_compare(const char *a, const char *b)
 {
 	int a1 = 0, a2 = 0, a3 = 0, b1 = 0, b2 = 0, b3 = 0;
@@ -139,5 +256,9 @@ int osver_compare(const char *a, const char *b)
 		return a2 < b2 ? -1 : 1;
 	if (a3 != b3)
 		return a3 < b3 ? -1 : 1;
-	return 0;
+	char pa[64] = "", pb[64] = "";
+	bool has_a = prerelease_of(a, pa, sizeof(pa)), has_b = prerelease_of(b, pb, sizeof(pb));
+	if (has_a != has_b)
+		return has_a ? -1 : 1; /* a pre-release comes before its release */
+	return has_a ? compare_prerelease(pa, pb) : 0;
 }

@@ -15,6 +15,7 @@ static const char *const request_names[WIRE_REQ__COUNT] = {
     [WIRE_REQ_LIST_JOBS] = "list-jobs",
     [WIRE_REQ_CANCEL] = "cancel",
     [WIRE_REQ_SUBSCRIBE] = "subscribe",
+    [WIRE_REQ_HISTORY] = "history",
     [WIRE_REQ_UPLOAD_BEGIN] = "upload-begin",
     [WIRE_REQ_UPLOAD_CHUNK] = "upload-chunk",
 };

@@ -22,6 +22,7 @@ export type ErrorCode =
   | "permission-denied"
   | "device-rejected"
   | "booted-invalid"
+  | "request-unsupported"
   | "timed-out"
   | "transfer-failed"
   | "cancelled"
@@ -38,6 +39,7 @@ export type ErrorCode =
   | "not-allowed"
   | "too-many-jobs"
   | "too-many-clients"
+  | "history-unavailable"
   | "daemon-unreachable"
   | "internal";
 
@@ -59,21 +61,22 @@ export interface ErrorDetails {
   "image-corrupt": CommonDetail & { stored_crc?: string; computed_crc?: string; module?: number; offset?: number; reason?: string };
   "image-truncated": CommonDetail & { size?: number; expected_size?: number; module?: number };
   "image-unsupported": CommonDetail & { flags?: number; module_function?: string; reason?: string };
-  "wrong-platform": CommonDetail & { image_platform?: string; image_platform_id?: number; device_platform?: string; device_platform_id?: number };
+  "wrong-platform": CommonDetail & { image_platform?: string; image_platform_id?: number; device_platform?: string; device_platform_id?: number; system_error?: string; device_code?: number; request?: string };
   "wrong-slot": CommonDetail & { module_function?: string; module_index?: number; start?: number; end?: number; slot_start?: number; slot_end?: number; device_os?: string };
   "image-too-large": CommonDetail & { size?: number; limit?: number; slot_start?: number; slot_end?: number };
-  "dependency-unmet": CommonDetail & { required_function?: string; required_index?: number; required_version?: number; required_release?: string; installed_version?: number; installed_release?: string };
+  "dependency-unmet": CommonDetail & { required_function?: string; required_index?: number; required_version?: number; required_release?: string; installed_version?: number; installed_release?: string; system_error?: string; device_code?: number; request?: string };
   "not-flashable-here": CommonDetail & { module_function?: string; transport?: string; reason?: string };
-  "device-protected": CommonDetail & { protection?: string; reason?: string; dfu_state?: number; dfu_status?: number; address?: number; module_version?: number; minimum_version?: number };
+  "device-protected": CommonDetail & { protection?: string; reason?: string; dfu_state?: number; dfu_status?: number; address?: number; module_version?: number; minimum_version?: number; system_error?: string; device_code?: number; request?: string };
   "device-not-found": CommonDetail & { target?: string; waited_s?: number };
   "ambiguous-target": CommonDetail & { candidates?: unknown[]; target?: string };
-  "device-gone": CommonDetail & { phase?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; usb_error?: string; usb_trace?: unknown[]; dfu_state?: number; dfu_status?: number };
-  "device-busy": CommonDetail & { holder?: string; holder_pid?: number; port?: string; job_id?: string };
+  "device-gone": CommonDetail & { phase?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; usb_error?: string; usb_trace?: unknown[]; dfu_state?: number; dfu_status?: number; request?: string };
+  "device-busy": CommonDetail & { holder?: string; holder_pid?: number; port?: string; job_id?: string; system_error?: string; device_code?: number; request?: string; service_status?: string };
   "permission-denied": CommonDetail & { path?: string; errno?: number; operation?: string };
-  "device-rejected": CommonDetail & { cause?: string; device_code?: number; device_text?: string; dfu_state?: number; dfu_status?: number; diagnosis?: string; phase?: string; alt?: number; address?: number; chunk?: number; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[]; block?: number; bytes_sent?: number };
+  "device-rejected": CommonDetail & { cause?: string; device_code?: number; device_text?: string; dfu_state?: number; dfu_status?: number; diagnosis?: string; phase?: string; alt?: number; address?: number; chunk?: number; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[]; block?: number; bytes_sent?: number; system_error?: string; request?: string };
   "booted-invalid": CommonDetail & { failed_checks?: unknown[]; mode?: string; module_function?: string };
-  "timed-out": CommonDetail & { target?: string; phase?: string; timeout_ms?: number; block?: number; bytes_sent?: number; waited_s?: number; address?: number; chunk?: number; alt?: number; usb_trace?: unknown[]; dfu_state?: number; dfu_status?: number };
-  "transfer-failed": CommonDetail & { phase?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; dfu_state?: number; dfu_status?: number; usb_error?: string; reason?: string; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[] };
+  "request-unsupported": CommonDetail & { request?: string; request_type?: number; system_error?: string; device_code?: number; device_os?: string; reason?: string };
+  "timed-out": CommonDetail & { target?: string; phase?: string; timeout_ms?: number; block?: number; bytes_sent?: number; waited_s?: number; address?: number; chunk?: number; alt?: number; usb_trace?: unknown[]; dfu_state?: number; dfu_status?: number; system_error?: string; device_code?: number; request?: string };
+  "transfer-failed": CommonDetail & { phase?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; dfu_state?: number; dfu_status?: number; usb_error?: string; reason?: string; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[]; system_error?: string; device_code?: number; request?: string; service_status?: string };
   "cancelled": CommonDetail & { phase?: string; by_uid?: number; device_state?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; usb_trace?: unknown[] };
   "interrupted": CommonDetail & { phase?: string; reason?: string };
   "dfu-descriptor-invalid": CommonDetail & { alt?: number; descriptor?: string; reason?: string; offset?: number };
@@ -86,8 +89,9 @@ export interface ErrorDetails {
   "too-many-uploads": CommonDetail & { limit?: number; kind?: string; uid?: number };
   "job-not-found": CommonDetail & { job_id?: string };
   "not-allowed": CommonDetail & { operation?: string; uid?: number; owner_uid?: number; admin_group?: string };
-  "too-many-jobs": CommonDetail & { limit?: number };
-  "too-many-clients": CommonDetail & { limit?: number };
+  "too-many-jobs": CommonDetail & { limit?: number; uid?: number; kind?: string };
+  "too-many-clients": CommonDetail & { limit?: number; uid?: number };
+  "history-unavailable": CommonDetail & { reason?: string; path?: string; sqlite_error?: string };
   "daemon-unreachable": CommonDetail & { socket?: string; errno?: number };
   "internal": CommonDetail & { reason?: string; errno?: number };
 }

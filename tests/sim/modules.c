@@ -112,10 +112,16 @@ static void dep(struct module_desc *d, int slot, uint8_t function, uint8_t index
 	d->dep_version[slot] = version;
 }
 
-/* §6.1 and the dependency chains of §7.6 / the fixtures' prefixes. */
+/*
+ * §6.1 and the dependency chains of §7.6 / the fixtures' prefixes.  The
+ * bootloader and SoftDevice dependencies are the release's own (proto/osver:
+ * the MODULE_DEPENDENCY defines of Device OS's part build files at its tag);
+ * 0 means the release's system part declares none.
+ */
 static void install_gen2(struct flash *f, const struct sim_spec *sp)
 {
 	uint16_t pid = sp->platform->id, sys = sp->system_version, bl = sp->bootloader_version;
+	uint16_t bl_dep = sp->bootloader_dep;
 	struct module_desc d =
 	    desc(0x08000000, SYNTH_BOOTLOADER_SIZE, 0x184, MODULE_FUNCTION_BOOTLOADER, 0, bl, pid);
 	place(f, &d);
@@ -127,7 +133,8 @@ static void install_gen2(struct flash *f, const struct sim_spec *sp)
 		place(f, &d);
 		d = desc(0x08040000, SYNTH_SYSTEM_SIZE, 0x184, MODULE_FUNCTION_SYSTEM, 2, sys, pid);
 		dep(&d, 0, MODULE_FUNCTION_SYSTEM, 1, sys);
-		dep(&d, 1, MODULE_FUNCTION_BOOTLOADER, 0, bl);
+		if (bl_dep)
+			dep(&d, 1, MODULE_FUNCTION_BOOTLOADER, 0, bl_dep);
 		place(f, &d);
 		d = desc(0x08060000, SYNTH_SYSTEM_SIZE, 0, MODULE_FUNCTION_SYSTEM, 3, sys, pid);
 		dep(&d, 0, MODULE_FUNCTION_SYSTEM, 2, 110);
@@ -140,7 +147,8 @@ static void install_gen2(struct flash *f, const struct sim_spec *sp)
 		place(f, &d);
 		d = desc(0x08060000, SYNTH_SYSTEM_SIZE, 0x184, MODULE_FUNCTION_SYSTEM, 2, sys, pid);
 		dep(&d, 0, MODULE_FUNCTION_SYSTEM, 1, sys);
-		dep(&d, 1, MODULE_FUNCTION_BOOTLOADER, 0, bl);
+		if (bl_dep)
+			dep(&d, 1, MODULE_FUNCTION_BOOTLOADER, 0, bl_dep);
 		place(f, &d);
 		d = desc(0x080a0000, SYNTH_USER_SIZE, 0, MODULE_FUNCTION_USER, 1, TINKER_VERSION,
 			 pid);
@@ -165,8 +173,10 @@ static void install_gen3(struct flash *f, const struct sim_spec *sp)
 	d = desc(sys_start, SYNTH_SYSTEM_SIZE, 0x200, MODULE_FUNCTION_SYSTEM, 1, sys, pid);
 	/* Argon lists the bootloader as dependency 2 (§7.6). */
 	int bl_slot = pid == 12 ? 1 : 0;
-	dep(&d, bl_slot, MODULE_FUNCTION_BOOTLOADER, 0, bl);
-	dep(&d, 1 - bl_slot, MODULE_FUNCTION_RADIO_STACK, 0, sp->radio_version);
+	if (sp->bootloader_dep)
+		dep(&d, bl_slot, MODULE_FUNCTION_BOOTLOADER, 0, sp->bootloader_dep);
+	if (sp->radio_dep)
+		dep(&d, 1 - bl_slot, MODULE_FUNCTION_RADIO_STACK, 0, sp->radio_dep);
 	place(f, &d);
 	if (sys >= 3100)
 		d = desc(0xb4000, SYNTH_USER_SIZE, 0, MODULE_FUNCTION_USER, 2, TINKER_VERSION, pid);
@@ -179,16 +189,20 @@ static void install_gen3(struct flash *f, const struct sim_spec *sp)
 static void install_rtl(struct flash *f, const struct sim_spec *sp)
 {
 	uint16_t pid = sp->platform->id, sys = sp->system_version, bl = sp->bootloader_version;
+	/* The prebootloader part 1 and the bootloader's dependency on it: equal in every
+	 * release's system_module_version.mk (PREBOOTLOADER_PART1_VERSION/_DEPENDENCY). */
+	uint16_t prebl = sp->prebootloader_version ? sp->prebootloader_version : 9;
 	struct module_desc d =
-	    desc(0x08014000, SYNTH_BOOTLOADER_SIZE, 0, MODULE_FUNCTION_BOOTLOADER, 2, 9, pid);
+	    desc(0x08014000, SYNTH_BOOTLOADER_SIZE, 0, MODULE_FUNCTION_BOOTLOADER, 2, prebl, pid);
 	place(f, &d);
 	d = desc(0x08004000, SYNTH_BOOTLOADER_SIZE, 0x20, MODULE_FUNCTION_BOOTLOADER, 0, bl, pid);
 	d.realtek_header = true;
 	d.rtl_suffix = true;
-	dep(&d, 0, MODULE_FUNCTION_BOOTLOADER, 2, 7);
+	dep(&d, 0, MODULE_FUNCTION_BOOTLOADER, 2, prebl);
 	place(f, &d);
 	d = desc(0x08060000, SYNTH_SYSTEM_SIZE, 0, MODULE_FUNCTION_SYSTEM, 1, sys, pid);
-	dep(&d, 0, MODULE_FUNCTION_BOOTLOADER, 0, bl);
+	if (sp->bootloader_dep)
+		dep(&d, 0, MODULE_FUNCTION_BOOTLOADER, 0, sp->bootloader_dep);
 	place(f, &d);
 	/* The user part grows downward from 0x08600000 (§6.3). */
 	d = desc(0x08600000 - SYNTH_USER_SIZE, SYNTH_USER_SIZE, 0, MODULE_FUNCTION_USER, 1,

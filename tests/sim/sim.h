@@ -46,9 +46,13 @@ struct sim_fault {
 struct sim_spec {
 	const struct platform *platform;
 	char os[24];
-	uint16_t system_version; /* module versions the spec's Device OS ships */
+	/* Module versions the spec's Device OS ships on its platform (proto/osver). */
+	uint16_t system_version;
 	uint16_t bootloader_version;
-	uint16_t radio_version;
+	uint16_t bootloader_dep;	/* what its system part needs (0: no dependency) */
+	uint16_t radio_version;		/* SoftDevice (nRF52840; 0: not known) */
+	uint16_t radio_dep;		/* what its system part needs (0: no dependency) */
+	uint16_t prebootloader_version; /* RTL872x prebootloader part 1 */
 	enum sim_mode mode;
 	char name[SIM_NAME_MAX];
 	char id[25];
@@ -82,6 +86,12 @@ struct sim {
 	GPid child;
 	int child_status;
 	bool child_exited;
+	/* --owner UID:GID: the testbed and its device nodes belong to them (as
+	 * flashd's udev rule gives the nodes to the flashd group), so that an
+	 * unprivileged daemon can be tested. */
+	bool has_owner;
+	uid_t owner_uid;
+	gid_t owner_gid;
 };
 
 /* main.c */
@@ -89,3 +99,5 @@ uint64_t sim_now_ms(void);
 /* Runs fn(data) on the main loop after delay_ms (scaled already); counts as pending work. */
 void sim_schedule(struct sim *sim, unsigned delay_ms, void (*fn)(void *), void *data);
 void sim_work_done(struct sim *sim);
+/* Hands the testbed (sysfs, device nodes, ptys, ioctl sockets) to --owner; no-op without. */
+void sim_apply_owner(struct sim *sim);

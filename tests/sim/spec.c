@@ -76,46 +76,106 @@ static bool id_valid(const char *s)
 	return true;
 }
 
+/* "4.0.2, 4.1.0, 4.0.1": the releases of the table nearest to an unknown one. */
+static void nearest_releases(const char *os, char *buf, size_t size)
+{
+	const struct os_release *near[4];
+	unsigned n = osver_nearest(os, near, 4);
+	size_t len = 0;
+	buf[0] = '\0';
+	for (unsigned i = 0; i < n && len < size; i++)
+		len += (size_t)snprintf(buf + len, size - len, "%s%s", i ? ", " : "",
+					near[i]->version);
+}
+
+/* "0.4.1 to 3.3.1": the final releases published for the platform. */
+static void platform_releases(const struct platform *p, char *buf, size_t size)
+{
+	const struct os_release *first = NULL, *last = NULL;
+	for (unsigned i = 0; i < osver_count(); i++) {
+		const struct os_release *r = osver_at(i);
+		if (r->prerelease || !osver_ships_on(r, p->id))
+			continue;
+		if (!first)
+			first = r;
+		last = r;
+	}
+	if (first)
+		snprintf(buf, size, "%s to %s", first->version, last->version);
+	else
+		snprintf(buf, size, "none");
+}
+
 /*
- * Module versions of a Device OS release: exact rows of proto/osver.c, or,
- * for a release between rows, the closest older row bumped past it (module
- * versions only grow; §7.9 says there is no exact formula).
+ * The modules of a Device OS release on the spec's platform: the row of
+ * flashd's release table (proto/osver_table.h, generated from Device OS's
+ * sources).  A release the table does not know is refused, naming the
+ * nearest ones; so is a release that was not published for the platform.
  */
 static int resolve_os(struct sim_spec *spec, char *err, size_t err_size)
 {
-	int M, m, p;
-	if (osver_parse(spec->os, &M, &m, &p) < 0) {
-		snprintf(err, err_size, "os=%s: not a Device OS version (MAJOR.MINOR.PATCH)",
-			 spec->os);
+	const struct platform *p = spec->platform;
+	const struct os_release *r = osver_by_release(spec->os);
+	char names[96];
+	if (!r) {
+		nearest_releases(spec->os, names, sizeof(names));
+		snprintf(err, err_size,
+			 "os=%s: not a Device OS release flashd knows (nearest: %s; the list: "
+			 "flashd-sim --list-releases)",
+			 spec->os, names);
 		return -1;
 	}
-	const struct os_release *base = osver_by_release(spec->os);
-	bool exact = base != NULL;
-	for (unsigned i = 0; !base && i < osver_count(); i++) {
-		const struct os_release *r = osver_at(i);
-		if (osver_compare(r->version, spec->os) <= 0 &&
-		    (!base || osver_compare(r->version, base->version) > 0))
-			base = r;
-	}
-	if (!base) {
-		snprintf(err, err_size, "os=%s: older than any release the simulator models",
-			 spec->os);
+	const struct os_build *b = osver_build_for(r, p->id);
+	if (!b || !b->bootloader) {
+		platform_releases(p, names, sizeof(names));
+		snprintf(err, err_size,
+			 "platform=%s with os=%s: Device OS %s was not released for the %s "
+			 "(its releases: %s)",
+			 p->name, spec->os, spec->os, p->display, names);
 		return -1;
 	}
-	unsigned sys = base->system;
-	if (!exact) {
-		unsigned guess =
-		    (unsigned)(M * 1000 + m * 100 + p + 1); /* 6.3.4 -> 6305 (fixtures) */
-		sys = guess > sys ? guess : sys + 1;
-	}
-	spec->system_version = (uint16_t)sys;
-	spec->bootloader_version = base->bootloader ? base->bootloader : 100;
-	spec->radio_version = base->radio_stack ? base->radio_stack : 202;
+	spec->system_version = r->system;
+	spec->bootloader_version = b->bootloader;
+	spec->bootloader_dep = b->bootloader_dep;
+	spec->radio_version = b->radio_stack;
+	spec->radio_dep = b->radio_dep;
+	spec->prebootloader_version = b->prebootloader;
 	return 0;
 }
 
-static const char *const fault_kinds[] = {"stall", "error",  "silent", "unplug", "slow-erase",
-					  "reset", "cancel", "nak",    "stray",	 "atprobe"};
+void spec_list_releases(FILE *out)
+{
+	fprintf(out, "%-16s %-6s %-10s %-6s %-10s %-6s %-6s %-32s %s\n", "RELEASE", "SYSTEM",
+		"BOOTLOADER", "NEEDS", "SOFTDEVICE", "NEEDS", "PREBL", "PLATFORMS", "INFERRED");
+	for (unsigned i = 0; i < osver_count(); i++) {
+		const struct os_release *r = osver_at(i);
+		for (unsigned k = 0; k < r->n_builds; k++) {
+			const struct os_build *b = &r->builds[k];
+			char names[160] = "";
+			size_t len = 0;
+			for (unsigned id = 0; id < 64 && len < sizeof(names); id++) {
+				const struct platform *p = platform_by_id((int)id);
+				if ((b->platforms & (UINT64_C(1) << id)) && p)
+					len += (size_t)snprintf(names + len, sizeof(names) - len,
+								"%s%s", len ? "," : "", p->name);
+			}
+			unsigned inf = r->inferred | b->inferred;
+			fprintf(out, "%-16s %-6u %-10u %-6u %-10u %-6u %-6u %-32s %s%s%s%s%s%s%s\n",
+				r->version, r->system, b->bootloader, b->bootloader_dep,
+				b->radio_stack, b->radio_dep, b->prebootloader, names,
+				inf ? "" : "-", inf & OSVER_INFERRED_SYSTEM ? "system " : "",
+				inf & OSVER_INFERRED_BOOTLOADER ? "bootloader " : "",
+				inf & OSVER_INFERRED_BOOTLOADER_DEP ? "needs-bootloader " : "",
+				inf & OSVER_INFERRED_RADIO_STACK ? "softdevice " : "",
+				inf & OSVER_INFERRED_PREBOOTLOADER ? "prebootloader " : "",
+				inf & OSVER_INFERRED_PLATFORMS ? "platforms" : "");
+		}
+	}
+}
+
+static const char *const fault_kinds[] = {"stall",	"error",   "silent",	"unplug",
+					  "slow-erase", "reset",   "cancel",	"nak",
+					  "stray",	"atprobe", "ctrl-busy", "ctrl-unplug"};
 
 /* WHERE[:ARG] of a fault. */
 static int parse_where(const char *where, struct sim_fault *f)
@@ -177,7 +237,7 @@ static int parse_fault(const char *text, struct sim_fault *f, char *err, size_t 
 	if (!known) {
 		snprintf(err, err_size,
 			 "fault '%s': unknown kind (stall, error, silent, unplug, slow-erase, "
-			 "reset, cancel, nak, stray, atprobe)",
+			 "reset, cancel, nak, stray, atprobe, ctrl-busy, ctrl-unplug)",
 			 text);
 		return -1;
 	}
@@ -227,15 +287,20 @@ int spec_parse_faults(const char *text, struct sim_spec *spec, char *err, size_t
 
 static const char *default_os(const struct platform *p)
 {
-	/* The newest modelled release the platform supports. */
-	const char *best = NULL;
-	for (unsigned i = 0; i < osver_count(); i++) {
+	/* The newest final release published for the platform whose values for
+	 * it all come from sources (none inferred). */
+	const char *fallback = NULL;
+	for (unsigned i = osver_count(); i-- > 0;) {
 		const struct os_release *r = osver_at(i);
-		if (r->system >= p->first_system_version && r->system <= p->last_system_version &&
-		    (!best || osver_compare(r->version, best) > 0))
-			best = r->version;
+		const struct os_build *b = osver_build_for(r, p->id);
+		if (r->prerelease || !b)
+			continue;
+		if (!fallback)
+			fallback = r->version;
+		if (!r->inferred && !b->inferred)
+			return r->version;
 	}
-	return best ? best : "2.3.1";
+	return fallback ? fallback : "2.3.1";
 }
 
 static int set_key(struct sim_spec *spec, const char *key, const char *value, char *err,
@@ -349,13 +414,6 @@ int spec_parse(const char *text, unsigned index, struct sim_spec *spec, char *er
 	if (resolve_os(spec, err, err_size) < 0)
 		goto fail;
 	const struct platform *p = spec->platform;
-	if (spec->system_version < p->first_system_version ||
-	    spec->system_version > p->last_system_version) {
-		snprintf(err, err_size,
-			 "platform=%s with os=%s: no such Device OS for this platform", p->name,
-			 spec->os);
-		goto fail;
-	}
 	if (spec->protected_ && osver_compare(spec->os, "6.1.0") < 0) {
 		snprintf(err, err_size, "protected=1 needs a 6.1.0+ bootloader (os=%s)", spec->os);
 		goto fail;

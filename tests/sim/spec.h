@@ -3,6 +3,8 @@
 
 #include "sim.h"
 
+#include <stdio.h>
+
 #define SIM_SPEC_ERROR_MAX 256
 
 /*
@@ -18,3 +20,5 @@ int spec_parse_faults(const char *text, struct sim_spec *spec, char *err, size_t
 void spec_default_id(const struct platform *p, const char *name, char id[25]);
 /* USB bus number of a port path "1-1.2" (1). */
 unsigned spec_port_bus(const char *port);
+/* Prints flashd's release table as flashd-sim's os= understands it. */
+void spec_list_releases(FILE *out);

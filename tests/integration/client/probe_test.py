@@ -12,6 +12,7 @@ flashd.  The outer half checks the results against state.json.  TAP output.
 """
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -27,6 +28,8 @@ IDS = {
     'argon4': 'e00fce68aabbccddeeff0041',
     'photon22': '3a001d000a47353138383122',
     'boron6': 'e00fce68aabbccddeeff0061',
+    'argon401': 'e00fce68aabbccddeeff0401',
+    'p2590': '0a10aced202100000000a590',
 }
 
 
@@ -251,6 +254,21 @@ def test_device_os_6_without_console_is_probed_without_switching_to_dfu():
     check(sim_device(doc, 'boron6')['mode'] == 'normal' and
           sim_device(doc, 'boron6')['received']['dfu_requests'] == 0, 'device switched: %s' % sim_device(doc, 'boron6'))
     check('listening-mode' in res[1]['out'] and res[1]['rc'] == 0, 'rendered:\n%s' % res[1]['out'])
+
+
+def test_info_names_the_release_of_a_dfu_device_from_its_system_part():
+    # In DFU mode nothing but the system part's version says which Device OS is
+    # installed: flashd's release table (generated from Device OS's sources) names it.
+    devs = [spec('argon', '4.0.1', 'dfu', 'argon401'), spec('p2', '5.9.0', 'dfu', 'p2590')]
+    steps = [{'flashctl': ['info', IDS['argon401']]}, {'flashctl': ['info', IDS['p2590']]}]
+    res, doc, log = run(devs, steps)
+    for r, want, sysv in ((res[0], '4.0.1', 4005), (res[1], '5.9.0', 5901)):
+        check(r['rc'] == 0, 'flashctl info exit %d: %s %s\n%s' % (r['rc'], r['out'], r['err'], log[-3000:]))
+        check(re.search(r'Device OS +%s\n' % re.escape(want), r['out']) and
+              re.search(r'system part 1 +v%d \(Device OS %s\)' % (sysv, re.escape(want)), r['out']),
+              'release not named:\n%s' % r['out'])
+    check(re.search(r'bootloader 0 +v1101 \(Device OS 4\.0\.0-4\.0\.2\) ', res[0]['out']),
+          'bootloader 1101 not listed with its releases:\n%s' % res[0]['out'])
 
 
 TESTS = {n[5:]: f for n, f in list(globals().items()) if n.startswith('test_')}

@@ -19,7 +19,7 @@ SRC = os.environ.get("FLASHD_SOURCE_ROOT",
                      os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 FC = sys.argv[1]
 REQUESTS = ["hello", "list-devices", "device-info", "flash", "list-jobs", "cancel", "subscribe",
-            "upload-begin", "upload-chunk"]
+            "history", "upload-begin", "upload-chunk"]
 EVENTS = ["device-added", "device-changed", "device-removed", "job-queued", "job-started",
           "job-progress", "job-ended"]
 COMPLETION = os.path.join(SRC, "client", "flashctl.bash-completion")
@@ -80,6 +80,11 @@ def main():
               complete("flashctl", "flash", "--ve"))
     tap.check("completion: files after flash",
               "flashctl.1" in complete("flashctl", "flash", "flashctl."))
+    tap.check("completion: history options", "--stats" in complete("flashctl", "history", "--st"),
+              complete("flashctl", "history", "--st"))
+    tap.check("completion: results after history --result",
+              complete("flashctl", "history", "--result", "int") == ["interrupted"],
+              complete("flashctl", "history", "--result", "int"))
     tap.check("completion: platforms after --platform",
               complete("flashctl", "check", "x.bin", "--platform", "bo") == ["boron"])
     path = os.path.join(SRC, "client", "examples", "flashd_client.py")
