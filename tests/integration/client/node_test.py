@@ -109,12 +109,43 @@ def node_tests(tap, node, d, key):
               any(e["event"] == "job-ended" and e["job"] in ids for e in out["watched"]), out["watched"][:20])
 
 
+def mixed_test(tap, d, key):
+    """One flash request with an upload and an fd (the daemon reads the fd off its
+    loop, the upload is in memory): a dry run ends preflight-ok."""
+    import base64
+    import hashlib
+    data = open(PHOTON_APP, "rb").read()
+    c = d.client(30)
+    try:
+        up = c.call({"request": "upload-begin", "name": "a.bin", "size": len(data),
+                     "sha256": hashlib.sha256(data).hexdigest()})["upload"]
+        c.call({"request": "upload-chunk", "upload": up, "offset": 0,
+                "data": base64.b64encode(data).decode()})
+        c.call({"request": "subscribe", "jobs": True})
+        with open(PHOTON_APP, "rb") as f:
+            r = c.call({"request": "flash", "target": {"device": key}, "options": {"dry-run": True},
+                        "images": [{"name": "uploaded.bin", "upload": up},
+                                   {"name": "passed.bin", "fd": 0}]}, fds=[f.fileno()])
+        end = c.events_until(lambda m: m.get("event") == "job-ended", timeout=60)[-1] \
+            if r and r.get("type") == "reply" else r
+        tap.check("a flash request with an upload and an fd (dry run): preflight-ok",
+                  end and end.get("outcome") == "preflight-ok"
+                  and [i["name"] for i in end["record"]["images"]] == ["uploaded.bin", "passed.bin"],
+                  json.dumps(end)[:2000])
+        r = c.call({"request": "upload-chunk", "upload": up, "offset": 0, "data": "QQ=="})
+        tap.check("... and the flash request used its upload up (upload-not-found)",
+                  r and r.get("code") == "upload-not-found", r)
+    finally:
+        c.close()
+
+
 def inside(flashd, node):
     tap = Tap()
     d = Daemon(flashd, private_locks=True)
     try:
         key = wait_device(d)
         node_tests(tap, node, d, key)
+        mixed_test(tap, d, key)
         tap.check("flashd is alive after the sessions", d.alive(), d.log_text()[-2000:])
     finally:
         rc = d.stop()
