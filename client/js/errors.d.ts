@@ -64,7 +64,7 @@ export interface ErrorDetails {
   "wrong-platform": CommonDetail & { image_platform?: string; image_platform_id?: number; device_platform?: string; device_platform_id?: number; system_error?: string; device_code?: number; request?: string };
   "wrong-slot": CommonDetail & { module_function?: string; module_index?: number; start?: number; end?: number; slot_start?: number; slot_end?: number; device_os?: string };
   "image-too-large": CommonDetail & { size?: number; limit?: number; slot_start?: number; slot_end?: number };
-  "dependency-unmet": CommonDetail & { required_function?: string; required_index?: number; required_version?: number; required_release?: string; installed_version?: number; installed_release?: string; system_error?: string; device_code?: number; request?: string };
+  "dependency-unmet": CommonDetail & { required_function?: string; required_index?: number; required_version?: number; required_release?: string; installed_version?: number; installed_release?: string; module_function?: string; module_index?: number; module_version?: number; check?: string; broken_module?: string; system_error?: string; device_code?: number; request?: string };
   "not-flashable-here": CommonDetail & { module_function?: string; transport?: string; reason?: string };
   "device-protected": CommonDetail & { protection?: string; reason?: string; dfu_state?: number; dfu_status?: number; address?: number; module_version?: number; minimum_version?: number; system_error?: string; device_code?: number; request?: string };
   "device-not-found": CommonDetail & { target?: string; waited_s?: number };
@@ -73,7 +73,7 @@ export interface ErrorDetails {
   "device-busy": CommonDetail & { holder?: string; holder_pid?: number; port?: string; job_id?: string; system_error?: string; device_code?: number; request?: string; service_status?: string };
   "permission-denied": CommonDetail & { path?: string; errno?: number; operation?: string };
   "device-rejected": CommonDetail & { cause?: string; device_code?: number; device_text?: string; dfu_state?: number; dfu_status?: number; diagnosis?: string; phase?: string; alt?: number; address?: number; chunk?: number; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[]; block?: number; bytes_sent?: number; system_error?: string; request?: string };
-  "booted-invalid": CommonDetail & { failed_checks?: unknown[]; mode?: string; module_function?: string };
+  "booted-invalid": CommonDetail & { failed_checks?: unknown[]; mode?: string; module_function?: string; invalid_modules?: unknown[] };
   "request-unsupported": CommonDetail & { request?: string; request_type?: number; system_error?: string; device_code?: number; device_os?: string; reason?: string };
   "timed-out": CommonDetail & { target?: string; phase?: string; timeout_ms?: number; block?: number; bytes_sent?: number; waited_s?: number; address?: number; chunk?: number; alt?: number; usb_trace?: unknown[]; dfu_state?: number; dfu_status?: number; system_error?: string; device_code?: number; request?: string };
   "transfer-failed": CommonDetail & { phase?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; dfu_state?: number; dfu_status?: number; usb_error?: string; reason?: string; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[]; system_error?: string; device_code?: number; request?: string; service_status?: string };
