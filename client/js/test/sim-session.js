@@ -4,13 +4,13 @@
 // watch, info, flash with progress, a refused build, cancel, and uploads the
 // daemon must refuse.  Prints one JSON object with what it saw.
 //
-//   sim-session.js SOCKET DEVICE_KEY GOOD_FILE WRONG_PLATFORM_FILE
+//   sim-session.js SOCKET DEVICE_KEY GOOD_FILE WRONG_PLATFORM_FILE PART...
 'use strict';
 
 const crypto = require('node:crypto');
 const flashd = require('..');
 
-const [socket, device, good, wrong] = process.argv.slice(2);
+const [socket, device, good, wrong, ...parts] = process.argv.slice(2);
 
 function errorFacts(e) {
   return flashd.FlashdError.is(e)
@@ -58,6 +58,21 @@ async function main() {
   out.good.totalMs = Date.now() - t0;
   out.good.progress = progress;
   out.good.jobIds = jobs;
+
+  // Several files in one job (system parts: several chunks each).
+  out.parts = { uploads: [], progress: [], chunks: 0 };
+  const op4 = flashd.flash(parts, { socket, device });
+  op4.on('upload', (u) => {
+    out.parts.uploads.push(u);
+    out.parts.chunks++;
+  });
+  op4.on('progress', (p) => out.parts.progress.push({ state: p.state, done: p.done, total: p.total }));
+  try {
+    const res = await op4;
+    Object.assign(out.parts, { ok: true, outcomes: res.outcomes, jobs: res.jobs.map((j) => ({ id: j.id, images: j.images.map((i) => i.name) })) });
+  } catch (e) {
+    Object.assign(out.parts, { ok: false, error: errorFacts(e) });
+  }
 
   // The wrong platform's build: refused before the first byte.
   const wrongProgress = [];

@@ -23,7 +23,9 @@ SRC = os.environ.get("FLASHD_SOURCE_ROOT",
 SESSION = os.path.join(SRC, "client", "js", "test", "sim-session.js")
 PHOTON_APP = fixture("photon/photon_tinker.bin")
 ELECTRON_APP = fixture("electron/electron_tinker.bin")
-DEVICES = ["platform=photon,os=2.2.0,mode=dfu,name=d1,port=1-1"]
+# Device OS 2.2.0's two system parts (500 KB in 8 chunks) onto a Photon on 2.0.1.
+PARTS = [fixture("photon/photon-system-part1@2.2.0.bin"), fixture("photon/photon-system-part2@2.2.0.bin")]
+DEVICES = ["platform=photon,os=2.0.1,mode=dfu,name=d1,port=1-1"]
 
 
 def wait_device(d, timeout=20):
@@ -41,7 +43,7 @@ def wait_device(d, timeout=20):
 
 
 def node_tests(tap, node, d, key):
-    r = subprocess.run([node, SESSION, d.socket, key, PHOTON_APP, ELECTRON_APP],
+    r = subprocess.run([node, SESSION, d.socket, key, PHOTON_APP, ELECTRON_APP, *PARTS],
                        capture_output=True, text=True, timeout=240)
     try:
         out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -73,6 +75,20 @@ def node_tests(tap, node, d, key):
               good["progress"])
     print("# %d bytes uploaded in %d ms; the flash took %d ms in all"
           % (size, good.get("uploadMs", -1), good.get("totalMs", -1)), flush=True)
+    p = out.get("parts", {})
+    sizes = [os.path.getsize(f) for f in PARTS]
+    tap.check("Node flashes Device OS 2.2.0's two system parts in one job: done, verified",
+              p.get("ok") and p["outcomes"] == ["verified"] and len(p["jobs"]) == 1
+              and p["jobs"][0]["images"] == [os.path.basename(f) for f in PARTS], p)
+    last = {}
+    for u in p.get("uploads", []):
+        last[u["file"]] = u
+    tap.check("... both uploaded whole, in chunks of at most 64 KiB (%s bytes)" % sizes,
+              [last.get(os.path.basename(f), {}).get("sent") for f in PARTS] == sizes
+              and p.get("chunks") == sum((s + 65535) // 65536 for s in sizes), p.get("chunks"))
+    tap.check("... with byte progress up to 100 %",
+              any(x["state"] == "writing" and x["total"] and x["done"] == x["total"]
+                  for x in p.get("progress", [])), p.get("progress"))
     w = out["wrong"]
     tap.check("the Electron build: FlashdError wrong-platform (WrongPlatformError, exit 4)",
               w.get("code") == "wrong-platform" and w.get("class") == "WrongPlatformError"
@@ -128,8 +144,9 @@ def mixed_test(tap, d, key):
                                    {"name": "passed.bin", "fd": 0}]}, fds=[f.fileno()])
         end = c.events_until(lambda m: m.get("event") == "job-ended", timeout=60)[-1] \
             if r and r.get("type") == "reply" else r
-        tap.check("a flash request with an upload and an fd (dry run): preflight-ok",
-                  end and end.get("outcome") == "preflight-ok"
+        tap.check("a flash request with an upload and an fd (dry run): done",
+                  end and end.get("result") == "done"
+                  and end.get("outcome") in ("preflight-ok", "already-installed")
                   and [i["name"] for i in end["record"]["images"]] == ["uploaded.bin", "passed.bin"],
                   json.dumps(end)[:2000])
         r = c.call({"request": "upload-chunk", "upload": up, "offset": 0, "data": "QQ=="})
