@@ -376,6 +376,8 @@ static void *reader_main(void *arg)
 	r->raw = raw;
 	r->done = true;
 	bool abandoned = r->abandoned;
+	/* Once unlocked, a read the loop still wants may be freed by it at any time. */
+	uid_t owner = r->owner;
 	if (!abandoned) {
 		char one = 1;
 		if (write(r->wake[1], &one, 1) < 0) {
@@ -383,7 +385,6 @@ static void *reader_main(void *arg)
 		}
 	}
 	pthread_mutex_unlock(&r->lock);
-	uid_t owner = r->owner;
 	if (abandoned)
 		read_state_free(r);
 	owner_put(owner);

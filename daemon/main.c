@@ -14,6 +14,7 @@
 #include "settings.h"
 #include "transports.h"
 #include "udev_source.h"
+#include "upload.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -334,6 +335,7 @@ int main(int argc, char **argv)
 	 * file is read, so that it can set them. */
 	jobs_register_timeouts(transports_builtin());
 	server_register_timeouts();
+	uploads_register_timeouts();
 	if (o.config_file && config_load(&cfg, o.config_file, &err) < 0) {
 		log_error("%s", err.message);
 		return 2;

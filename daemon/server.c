@@ -4,6 +4,7 @@
 #include "history.h"
 #include "log.h"
 #include "transports.h"
+#include "upload.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -63,6 +64,7 @@ struct client {
 	bool fds_overflow;
 	bool sub_devices, sub_jobs;
 	char sub_job[64];
+	bool uploading; /* began an upload: its lines may be WIRE_LINE_MAX long */
 	/* A device-info probe in progress: its reply waits for the probe job, and the
 	 * client's later requests wait for that reply (replies stay in order). */
 	struct job *probe_job;
@@ -88,6 +90,7 @@ struct server {
 	struct jobs *jobs;
 	struct image_cache *images;
 	struct config cfg;
+	struct uploads *uploads;
 	gid_t admin_gid;
 	bool have_admin_gid;
 	struct client *clients;
@@ -108,6 +111,7 @@ static void client_kill(struct client *c, const char *why)
 	event_del(c->rev);
 	event_del(c->wev);
 	jobs_client_gone(c->srv->jobs, c->id);
+	uploads_client_gone(c->srv->uploads, c->id);
 	event_active(c->srv->reaper, 0, 0);
 }
 
@@ -160,6 +164,8 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 
 /* ---- requests ---------------------------------------------------------- */
 
+static void upload_hello(struct client *c, json_t *reply);
+
 static void flash_read_free(struct flash_read *fr)
 {
 	if (!fr)
@@ -206,8 +212,8 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 	json_object_set_new(reply, "protocol", json_integer(WIRE_PROTOCOL_VERSION));
 	json_object_set_new(reply, "server", json_string("flashd " FLASHD_VERSION));
 	json_object_set_new(reply, "capabilities",
-			    json_pack("[s,s,s,s,s,s]", "fd-passing", "subscribe", "device-events",
-				      "job-events", "device-probe", "history"));
+			    json_pack("[s,s,s,s,s,s,s]", "fd-passing", "subscribe", "device-events",
+				      "job-events", "device-probe", "history", "upload"));
 	json_object_set_new(reply, "history", history_status_json(c->srv->history));
 	json_object_set_new(reply, "transports", transports);
 	json_object_set_new(reply, "uid", json_integer((json_int_t)c->cred.uid));
@@ -221,6 +227,7 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 				      (json_int_t)cfg->clients_per_uid, "jobs_per_uid",
 				      (json_int_t)cfg->jobs_per_uid, "waiting_jobs_per_uid",
 				      (json_int_t)cfg->waiting_jobs_per_uid));
+	upload_hello(c, reply);
 }
 
 /* Finds a device by key, device id, tty or USB port path; ambiguous ids fail. */
@@ -363,19 +370,90 @@ static unsigned match_devices(struct server *s, const struct wire_flash *f, stru
 	return n;
 }
 
+/* ---- in-band uploads (upload.h): the hooks ------------------------------ */
+
+static void upload_hello(struct client *c, json_t *reply)
+{
+	json_t *limits = json_object_get(reply, "limits");
+	json_object_set_new(limits, "upload_chunk_bytes", json_integer(WIRE_UPLOAD_CHUNK_MAX));
+	json_object_set_new(limits, "upload_message_bytes", json_integer(WIRE_LINE_MAX));
+	json_object_set_new(limits, "upload_bytes", json_integer(IMAGE_FILE_MAX));
+	json_object_set_new(limits, "uploads_per_uid", json_integer(c->srv->cfg.uploads_per_uid));
+}
+
+static int do_upload(struct client *c, struct wire_request *req, json_t *reply, struct error *err)
+{
+	if (req->type == WIRE_REQ_UPLOAD_BEGIN) {
+		struct wire_upload_begin b;
+		if (wire_parse_upload_begin(req->obj, &b, err) < 0)
+			return -1;
+		if (uploads_begin(c->srv->uploads, c->id, c->cred.uid, &b, reply, err) < 0)
+			return -1;
+		c->uploading = true;
+		return 0;
+	}
+	struct wire_upload_chunk ch;
+	int rc = wire_parse_upload_chunk(req->obj, &ch, err);
+	if (rc == 0)
+		rc = uploads_chunk(c->srv->uploads, c->id, &ch, reply, err);
+	wire_upload_chunk_clear(&ch);
+	return rc;
+}
+
+/* A copy of a finished upload's bytes into the image cache; the upload itself is
+ * freed once the request has made its jobs (release_uploads). */
+static int load_upload(struct client *c, const char *id, const char *name, struct image_ref **ret,
+		       struct error *err)
+{
+	size_t len;
+	const uint8_t *bytes = uploads_get(c->srv->uploads, c->id, id, &len, err);
+	if (!bytes)
+		return -1;
+	uint8_t *copy = malloc(len);
+	if (!copy)
+		return error_set(err, ERR_INTERNAL, "out of memory");
+	memcpy(copy, bytes, len);
+	return image_cache_load_buffer(c->srv->images, copy, len, name, ret, err);
+}
+
+/* Every upload the request names is complete on this connection: the client's
+ * own mistakes are reported before anything about devices. */
+static int check_uploads(struct client *c, const struct wire_flash *f, struct error *err)
+{
+	size_t len;
+	for (unsigned i = 0; i < f->n_images; i++)
+		if (f->images[i].upload[0] &&
+		    !uploads_get(c->srv->uploads, c->id, f->images[i].upload, &len, err))
+			return -1;
+	return 0;
+}
+
+static void release_uploads(struct client *c, const struct wire_flash *f)
+{
+	for (unsigned i = 0; i < f->n_images; i++)
+		if (f->images[i].upload[0])
+			uploads_release(c->srv->uploads, c->id, f->images[i].upload);
+}
+
 /* The files were read off the loop (begin_flash): parse and share them. */
 static int load_images(struct client *c, const struct wire_flash *f, struct job_request *jr,
 		       const struct flash_read *fr, struct error *err)
 {
 	for (unsigned i = 0; i < f->n_images; i++) {
-		unsigned k = f->images[i].fd_index;
-		size_t len = fr->lens[k];
-		uint8_t *copy = malloc(len ? len : 1);
-		if (copy && len)
-			memcpy(copy, fr->bufs[k], len);
-		int rc = copy ? image_cache_load_buffer(c->srv->images, copy, len,
-							f->images[i].name, &jr->images[i], err)
-			      : error_set(err, ERR_INTERNAL, "out of memory");
+		int rc;
+		if (f->images[i].upload[0]) {
+			rc = load_upload(c, f->images[i].upload, f->images[i].name, &jr->images[i],
+					 err);
+		} else {
+			unsigned k = f->images[i].fd_index;
+			size_t len = fr->lens[k];
+			uint8_t *copy = malloc(len ? len : 1);
+			if (copy && len)
+				memcpy(copy, fr->bufs[k], len);
+			rc = copy ? image_cache_load_buffer(c->srv->images, copy, len,
+							    f->images[i].name, &jr->images[i], err)
+				  : error_set(err, ERR_INTERNAL, "out of memory");
+		}
 		if (rc < 0) {
 			for (unsigned j = 0; j < i; j++)
 				image_cache_put(c->srv->images, jr->images[j]);
@@ -452,6 +530,7 @@ static int resolve_targets(struct server *s, struct wire_flash *f, struct device
 }
 
 static void flash_read_done(void *ctx, struct image_read *r);
+static void finish_flash(struct client *c);
 
 /*
  * A flash request: its files are read off the loop first (a file on a stalled
@@ -469,7 +548,7 @@ static int begin_flash(struct client *c, struct wire_request *req, const char *l
 		error_detail_int(err, "limit", SERVER_CLIENT_FDS_MAX);
 		return -1;
 	}
-	if (wire_parse_flash(req->obj, c->n_fds, &f, err) < 0)
+	if (wire_parse_flash(req->obj, c->n_fds, &f, err) < 0 || check_uploads(c, &f, err) < 0)
 		return -1;
 	/* Target errors first, as before the files are read (and again after). */
 	struct device *devs[REGISTRY_DEVICES_MAX];
@@ -490,8 +569,8 @@ static int begin_flash(struct client *c, struct wire_request *req, const char *l
 	unsigned deadline = timeout_ms("image_read_ms");
 	for (unsigned i = 0; i < f.n_images; i++) {
 		unsigned k = f.images[i].fd_index;
-		if (fr->reads[k])
-			continue; /* one fd named twice: read once */
+		if (f.images[i].upload[0] || fr->reads[k])
+			continue; /* an upload is in memory; one fd named twice: read once */
 		fr->reads[k] = image_read_start(c->srv->base, c->fds[k], f.images[i].name,
 						c->cred.uid, deadline, flash_read_done, c, err);
 		if (!fr->reads[k]) {
@@ -501,6 +580,8 @@ static int begin_flash(struct client *c, struct wire_request *req, const char *l
 		fr->pending++;
 	}
 	c->reading = fr;
+	if (fr->pending == 0)
+		finish_flash(c); /* uploads only: nothing to read */
 	return 1;
 }
 
@@ -551,6 +632,7 @@ static int do_flash(struct client *c, struct wire_request *req, json_t *reply,
 		}
 	}
 	put_images(s, &jr);
+	release_uploads(c, &f);
 	json_t *arr = json_array();
 	for (unsigned i = 0; i < n_jobs; i++)
 		json_array_append_new(arr, job_to_json(created[i]));
@@ -767,6 +849,10 @@ static void handle_line(struct client *c, const char *line, size_t len)
 	case WIRE_REQ_HISTORY:
 		rc = do_history(c, &req, &err);
 		break;
+	case WIRE_REQ_UPLOAD_BEGIN:
+	case WIRE_REQ_UPLOAD_CHUNK:
+		rc = do_upload(c, &req, reply, &err);
+		break;
 	case WIRE_REQ__COUNT:
 		break;
 	}
@@ -822,14 +908,16 @@ static void process_lines(struct client *c)
 		event_del(c->rev);
 		return;
 	}
-	if (c->in_len > WIRE_REQUEST_MAX && !c->dead) {
+	/* Only an upload chunk may be longer than a request, and only on a
+	 * connection that has begun an upload. */
+	unsigned max = c->uploading ? WIRE_LINE_MAX : WIRE_REQUEST_MAX;
+	if (c->in_len > max && !c->dead) {
 		/* No way to find the next message boundary reliably: answer, then close. */
 		struct error err;
 		error_init(&err);
-		error_set(&err, ERR_BAD_REQUEST, "bad request: message longer than %u bytes",
-			  WIRE_REQUEST_MAX);
+		error_set(&err, ERR_BAD_REQUEST, "bad request: message longer than %u bytes", max);
 		error_detail_str(&err, "reason", "message too large");
-		error_detail_int(&err, "limit", WIRE_REQUEST_MAX);
+		error_detail_int(&err, "limit", max);
 		send_error(c, NULL, &err);
 		c->in_len = 0;
 		c->close_after_flush = true;
@@ -872,7 +960,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct client *c = arg;
 	char cbuf[CMSG_SPACE(sizeof(int) * SERVER_CLIENT_FDS_MAX)];
-	size_t room = WIRE_REQUEST_MAX + 1 - c->in_len;
+	size_t room = WIRE_LINE_MAX + 1 - c->in_len;
 	if (room > SERVER_READ_CHUNK)
 		room = SERVER_READ_CHUNK;
 	struct iovec iov = {c->in + c->in_len, room};
@@ -974,7 +1062,7 @@ static void client_add(struct server *s, int fd, const struct ucred *cred)
 {
 	struct client *c = calloc(1, sizeof(*c));
 	socklen_t len = sizeof(c ? c->cred : (struct ucred){0});
-	if (!c || !(c->in = malloc(WIRE_REQUEST_MAX + 1)) || !(c->out = evbuffer_new())) {
+	if (!c || !(c->in = malloc(WIRE_LINE_MAX + 1)) || !(c->out = evbuffer_new())) {
 		if (c) {
 			free(c->in);
 			free(c);
@@ -1070,6 +1158,15 @@ struct server *server_new(struct event_base *base, int listen_fd, struct registr
 			    cfg->admin_group);
 	}
 	jobs_set_uid_limits(jobs, cfg->jobs_per_uid, cfg->waiting_jobs_per_uid);
+	struct upload_limits ul;
+	upload_limits_default(&ul, cfg->image_memory_max);
+	ul.per_uid = cfg->uploads_per_uid;
+	ul.bytes_per_uid = cfg->upload_bytes_per_uid;
+	s->uploads = uploads_new(base, &ul);
+	if (!s->uploads) {
+		free(s);
+		return NULL;
+	}
 	s->listen_ev = event_new(base, listen_fd, EV_READ | EV_PERSIST, on_accept, s);
 	s->accept_pause = evtimer_new(base, accept_resume, s);
 	s->reaper = event_new(base, -1, 0, reaper_cb, s);
@@ -1093,6 +1190,7 @@ void server_free(struct server *s)
 	event_free(s->listen_ev);
 	event_free(s->accept_pause);
 	event_free(s->reaper);
+	uploads_free(s->uploads);
 	close(s->listen_fd);
 	free(s);
 }

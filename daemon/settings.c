@@ -74,6 +74,8 @@ void config_defaults(struct config *c)
 	c->output_buffer_max = 1024 * 1024;
 	c->image_memory_max = 256u * 1024 * 1024;
 	c->job_history = 64;
+	c->uploads_per_uid = 16;
+	c->upload_bytes_per_uid = 64u * 1024 * 1024;
 	history_config_defaults(&c->history);
 }
 
@@ -206,6 +208,10 @@ static int set_key(struct config *c, const char *section, const char *key, const
 			c->image_memory_max = (size_t)v;
 		else if (strcmp(key, "job_history") == 0 && v <= 65536)
 			c->job_history = (unsigned)v;
+		else if (strcmp(key, "uploads_per_uid") == 0 && v <= 65536)
+			c->uploads_per_uid = (unsigned)v;
+		else if (strcmp(key, "upload_bytes_per_uid") == 0)
+			c->upload_bytes_per_uid = (size_t)v;
 		else
 			log_warning("%s: unknown or out-of-range limit %s (ignored)", where, key);
 		return 0;

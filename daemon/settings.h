@@ -16,6 +16,8 @@
  *   output_buffer_bytes = 1048576   # a client that falls further behind is disconnected
  *   image_memory_bytes = 268435456  # firmware kept in memory, all jobs together
  *   job_history = 64            # ended jobs kept for list-jobs
+ *   uploads_per_uid = 16        # in-band uploads open for one uid (too-many-uploads)
+ *   upload_bytes_per_uid = 67108864 # bytes those uploads announce together
  *   [timeouts]
  *   serial_prompt_ms = 10000    # any key registered by the core or a transport
  *   [history]                   # the flash history (daemon/history.c)
@@ -51,6 +53,8 @@ struct config {
 	size_t output_buffer_max;
 	size_t image_memory_max;
 	unsigned job_history;
+	unsigned uploads_per_uid;
+	size_t upload_bytes_per_uid;
 	struct history_config history;
 };
 

@@ -32,6 +32,7 @@ EXAMPLE = os.path.join(SRC, "client", "examples", "flashd_client.py")
 PHOTON_APP = fixture("photon/photon_tinker.bin")
 ELECTRON_APP = fixture("electron/electron_tinker.bin")
 NOT_MODULE = fixture("not-modules/ota-flag-a5.bin")
+PHOTON_DOCTOR = fixture("photon/photon_doctor.bin")
 ESC = "\x1b"
 CATALOGUE = {}
 
@@ -347,6 +348,18 @@ def example_tests(tap, fc, d, work):
     tap.check("example client: a refused file exits with the catalogue status (4) and the hint",
               r.returncode == 4 and "wrong-platform" in r.stderr and "hint:" in r.stderr,
               r.stdout + r.stderr)
+    # Without fd passing: the bytes go in-band (upload-begin, upload-chunk); another
+    # application than the one just flashed, so that it is written, not already installed.
+    r = subprocess.run([sys.executable, EXAMPLE, "--socket", d.socket, "--device", dfu, "--upload",
+                        PHOTON_DOCTOR], capture_output=True, text=True, timeout=90)
+    tap.check("example client --upload flashes the file sent in-band: exit 0, written, done",
+              r.returncode == 0 and re.search(r"done: (verified|written-not-verified)", r.stdout)
+              and re.search(r"upload photon_doctor.bin +100%", r.stdout)
+              and re.search(r"writing +100%", r.stdout), r.stdout + r.stderr)
+    r = subprocess.run([sys.executable, EXAMPLE, "--socket", d.socket, "--device", dfu, "--upload",
+                        ELECTRON_APP], capture_output=True, text=True, timeout=90)
+    tap.check("example client --upload: the Electron build exits 4 with wrong-platform",
+              r.returncode == 4 and "wrong-platform" in r.stderr, r.stdout + r.stderr)
 
 
 def inside(group, flashd, fc):

@@ -19,7 +19,7 @@ SRC = os.environ.get("FLASHD_SOURCE_ROOT",
                      os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 FC = sys.argv[1]
 REQUESTS = ["hello", "list-devices", "device-info", "flash", "list-jobs", "cancel", "subscribe",
-            "history"]
+            "history", "upload-begin", "upload-chunk"]
 EVENTS = ["device-added", "device-changed", "device-removed", "job-queued", "job-started",
           "job-plan", "job-progress", "job-ended"]
 COMPLETION = os.path.join(SRC, "client", "flashctl.bash-completion")

@@ -4,6 +4,8 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -135,6 +137,157 @@ static void test_encode_is_one_line(void **state)
 	json_decref(ev);
 }
 
+static long b64(const char *s, uint8_t *out, size_t cap)
+{
+	return wire_base64_decode(s, strlen(s), out, cap);
+}
+
+static void test_base64_is_strict_rfc4648(void **state)
+{
+	(void)state;
+	uint8_t out[16];
+	/* RFC 4648 section 10 test vectors */
+	static const char *const vec[][2] = {{"", ""},
+					     {"Zg==", "f"},
+					     {"Zm8=", "fo"},
+					     {"Zm9v", "foo"},
+					     {"Zm9vYg==", "foob"},
+					     {"Zm9vYmE=", "fooba"},
+					     {"Zm9vYmFy", "foobar"}};
+	for (size_t i = 0; i < sizeof(vec) / sizeof(vec[0]); i++) {
+		long n = b64(vec[i][0], out, sizeof(out));
+		assert_int_equal(n, (long)strlen(vec[i][1]));
+		assert_memory_equal(out, vec[i][1], (size_t)n);
+	}
+	assert_int_equal(b64("Zg=", out, sizeof(out)), -1);	 /* not a multiple of 4 */
+	assert_int_equal(b64("Zg", out, sizeof(out)), -1);	 /* unpadded */
+	assert_int_equal(b64("Z===", out, sizeof(out)), -1);	 /* three pads */
+	assert_int_equal(b64("Zg==Zm9v", out, sizeof(out)), -1); /* padding inside */
+	assert_int_equal(b64("Zh==", out, sizeof(out)), -1);	 /* non-zero pad bits */
+	assert_int_equal(b64("Zm9=", out, sizeof(out)), -1);	 /* non-zero pad bits */
+	assert_int_equal(b64("Zm 9", out, sizeof(out)), -1);	 /* whitespace */
+	assert_int_equal(b64("Zm-_", out, sizeof(out)), -1);	 /* base64url is not base64 */
+	assert_int_equal(b64("Zm9vYmFy", out, 5), -2);		 /* over the cap */
+	assert_int_equal(b64("Zm9vYmE=", out, 5), 5);		 /* exactly the cap */
+}
+
+static int chunk(const char *data_json, size_t *len, char *reason)
+{
+	char line[256];
+	struct wire_upload_chunk ch;
+	struct error err;
+	error_init(&err);
+	snprintf(line, sizeof(line), "{\"upload\":\"upload-1\",\"offset\":0,\"data\":%s}",
+		 data_json);
+	json_t *obj = json_loads(line, 0, NULL);
+	int rc = wire_parse_upload_chunk(obj, &ch, &err);
+	*len = ch.len;
+	reason[0] = '\0';
+	if (rc < 0)
+		snprintf(reason, 32, "%s:%s", error_id(err.code),
+			 json_string_value(json_object_get(
+			     err.detail, err.code == ERR_BAD_REQUEST ? "field" : "reason")));
+	wire_upload_chunk_clear(&ch);
+	error_clear(&err);
+	json_decref(obj);
+	return rc;
+}
+
+static void test_upload_chunk_limits(void **state)
+{
+	(void)state;
+	size_t len;
+	char reason[32];
+	assert_int_equal(chunk("\"Zm9v\"", &len, reason), 0);
+	assert_int_equal(len, 3);
+	assert_int_equal(chunk("\"Zm9\"", &len, reason), -1);
+	assert_string_equal(reason, "upload-invalid:bad-base64");
+	assert_int_equal(chunk("\"\"", &len, reason), -1);
+	assert_string_equal(reason, "upload-invalid:empty-chunk");
+	assert_int_equal(chunk("5", &len, reason), -1);
+	assert_string_equal(reason, "bad-request:data");
+
+	/* 65536 bytes decode; 65537 (the same number of base64 groups) do not. */
+	for (size_t n = WIRE_UPLOAD_CHUNK_MAX - 1; n <= WIRE_UPLOAD_CHUNK_MAX + 1; n++) {
+		size_t chars = 4 * ((n + 2) / 3);
+		char *b = malloc(chars + 1);
+		memset(b, 'A', chars);
+		if (n % 3 == 1)
+			memcpy(b + chars - 2, "==", 2);
+		else if (n % 3 == 2)
+			b[chars - 1] = '=';
+		b[chars] = '\0';
+		json_t *obj = json_pack("{s:s, s:i, s:s}", "upload", "u", "offset", 0, "data", b);
+		struct wire_upload_chunk ch;
+		struct error err;
+		error_init(&err);
+		int rc = wire_parse_upload_chunk(obj, &ch, &err);
+		if (n <= WIRE_UPLOAD_CHUNK_MAX) {
+			assert_int_equal(rc, 0);
+			assert_int_equal(ch.len, n);
+		} else {
+			assert_int_equal(rc, -1);
+			assert_int_equal(err.code, ERR_UPLOAD_INVALID);
+			assert_int_equal(json_integer_value(json_object_get(err.detail, "limit")),
+					 WIRE_UPLOAD_CHUNK_MAX);
+		}
+		wire_upload_chunk_clear(&ch);
+		error_clear(&err);
+		json_decref(obj);
+		free(b);
+	}
+}
+
+static void test_line_limits(void **state)
+{
+	(void)state;
+	/* A chunk's line may be longer than any other request, up to WIRE_LINE_MAX. */
+	size_t n = WIRE_REQUEST_MAX + 1000;
+	char *line = malloc(WIRE_LINE_MAX + 2);
+	struct wire_request req;
+	struct error err;
+	error_init(&err);
+	int k = snprintf(line, 128, "{\"request\":\"upload-chunk\",\"id\":1,\"data\":\"");
+	memset(line + k, 'A', n - (size_t)k - 2);
+	memcpy(line + n - 2, "\"}", 2);
+	assert_int_equal(wire_parse_request(line, n, &req, &err), 0);
+	wire_request_clear(&req);
+	k = snprintf(line, 128, "{\"request\":\"list-devices\",\"id\":1,\"pad\":\"");
+	memset(line + k, 'A', n - (size_t)k - 2);
+	memcpy(line + n - 2, "\"}", 2);
+	assert_int_equal(wire_parse_request(line, n, &req, &err), -1);
+	assert_int_equal(json_integer_value(json_object_get(err.detail, "limit")),
+			 WIRE_REQUEST_MAX);
+	assert_int_equal(json_integer_value(req.id), 1);
+	wire_request_clear(&req);
+	error_clear(&err);
+	assert_int_equal(wire_parse_request(line, WIRE_LINE_MAX + 1, &req, &err), -1);
+	assert_int_equal(json_integer_value(json_object_get(err.detail, "limit")), WIRE_LINE_MAX);
+	wire_request_clear(&req);
+	error_clear(&err);
+	free(line);
+}
+
+static void test_flash_images_by_upload(void **state)
+{
+	(void)state;
+	struct wire_flash f;
+	char field[32];
+	assert_int_equal(flash("{\"images\":[{\"name\":\"a.bin\",\"upload\":\"upload-1\"},"
+			       "{\"name\":\"b.bin\",\"fd\":0}]}",
+			       1, &f, field),
+			 0);
+	assert_string_equal(f.images[0].upload, "upload-1");
+	assert_string_equal(f.images[1].upload, "");
+	assert_int_equal(f.images[1].fd_index, 0);
+	flash("{\"images\":[{\"upload\":\"u\"},{\"upload\":\"u\"}]}", 0, &f, field);
+	assert_string_equal(field, "upload");
+	flash("{\"images\":[{\"upload\":\"u\",\"fd\":0}]}", 1, &f, field);
+	assert_string_equal(field, "upload");
+	flash("{\"images\":[{\"upload\":7}]}", 0, &f, field);
+	assert_string_equal(field, "upload");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -142,6 +295,10 @@ int main(void)
 	    cmocka_unit_test(test_unknown_request_keeps_id_for_the_error),
 	    cmocka_unit_test(test_flash_request_fields),
 	    cmocka_unit_test(test_encode_is_one_line),
+	    cmocka_unit_test(test_base64_is_strict_rfc4648),
+	    cmocka_unit_test(test_upload_chunk_limits),
+	    cmocka_unit_test(test_line_limits),
+	    cmocka_unit_test(test_flash_images_by_upload),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
