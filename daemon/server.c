@@ -37,8 +37,9 @@ struct client {
 	int fds[SERVER_CLIENT_FDS_MAX];
 	unsigned n_fds;
 	bool fds_overflow;
-	bool sub_devices, sub_jobs;
-	char sub_job[64];
+	bool sub_devices, sub_jobs;		       /* sub_jobs: every job */
+	char sub_job_ids[WIRE_SUBSCRIBE_JOBS_MAX][64]; /* and these jobs (they add up) */
+	unsigned n_sub_job_ids;
 	/* A device-info probe in progress: its reply waits for the probe job, and the
 	 * client's later requests wait for that reply (replies stay in order). */
 	struct job *probe_job;
@@ -482,18 +483,44 @@ static int do_cancel(struct client *c, struct wire_request *req, json_t *reply, 
 	return 0;
 }
 
+static bool subscribed_to_job(const struct client *c, const char *id)
+{
+	for (unsigned i = 0; i < c->n_sub_job_ids; i++)
+		if (strcasecmp(c->sub_job_ids[i], id) == 0)
+			return true;
+	return false;
+}
+
 static int do_subscribe(struct client *c, struct wire_request *req, json_t *reply,
 			struct error *err)
 {
 	struct wire_subscribe sub;
 	if (wire_parse_subscribe(req->obj, &sub, err) < 0)
 		return -1;
+	if (sub.job[0] && !subscribed_to_job(c, sub.job)) {
+		if (c->n_sub_job_ids >= WIRE_SUBSCRIBE_JOBS_MAX) {
+			error_set(err, ERR_BAD_REQUEST,
+				  "bad request: subscribed to %u jobs one by one already",
+				  WIRE_SUBSCRIBE_JOBS_MAX);
+			error_hint(err, "subscribe with \"jobs\":true to get every job's events");
+			error_detail_str(err, "reason", "too many job subscriptions");
+			error_detail_str(err, "field", "job");
+			error_detail_int(err, "limit", WIRE_SUBSCRIBE_JOBS_MAX);
+			return -1;
+		}
+		snprintf(c->sub_job_ids[c->n_sub_job_ids++], sizeof(c->sub_job_ids[0]), "%s",
+			 sub.job);
+	}
+	/* Subscriptions add up for the life of the connection (PROTOCOL.md). */
 	c->sub_devices = c->sub_devices || sub.devices;
 	c->sub_jobs = c->sub_jobs || sub.jobs;
-	snprintf(c->sub_job, sizeof(c->sub_job), "%s", sub.job);
+	json_t *ids = json_array();
+	for (unsigned i = 0; i < c->n_sub_job_ids; i++)
+		json_array_append_new(ids, json_string(c->sub_job_ids[i]));
 	json_object_set_new(reply, "devices", json_boolean(c->sub_devices));
 	json_object_set_new(reply, "jobs", json_boolean(c->sub_jobs));
-	json_object_set_new(reply, "job", c->sub_job[0] ? json_string(c->sub_job) : json_null());
+	json_object_set_new(reply, "job", sub.job[0] ? json_string(sub.job) : json_null());
+	json_object_set_new(reply, "job_ids", ids);
 	return 0;
 }
 
@@ -579,7 +606,7 @@ static void process_lines(struct client *c)
 		size_t len = (size_t)(nl - (c->in + start));
 		if (len && c->in[start + len - 1] == '\r')
 			len--; /* tolerate CRLF from hand-typed sessions (socat) */
-		if (len > 0)
+		if (!wire_line_is_blank(c->in + start, len))
 			handle_line(c, c->in + start, len);
 		start = (size_t)(nl - c->in) + 1;
 	}
@@ -823,7 +850,7 @@ void server_job_event(struct server *s, struct job *job, json_t *event)
 	const char *name = json_string_value(json_object_get(event, "event"));
 	bool ended = name && strcmp(name, "job-ended") == 0;
 	for (struct client *c = s->clients; c; c = c->next) {
-		if (c->sub_jobs && (!c->sub_job[0] || strcasecmp(c->sub_job, job_id(job)) == 0))
+		if (c->sub_jobs || subscribed_to_job(c, job_id(job)))
 			client_send(c, event);
 		if (ended && c->probe_job == job)
 			probe_ended(c, job, event);

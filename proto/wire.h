@@ -42,6 +42,9 @@ struct wire_request {
 	json_t *obj; /* owned */
 };
 
+/* A line of only JSON whitespace (space, tab, CR, LF): ignored like a blank line. */
+bool wire_line_is_blank(const char *line, size_t len);
+
 /*
  * Parses one request line (without its newline).  Fails with bad-request
  * (detail reason, field, request) on malformed JSON, a non-object, a missing
@@ -85,10 +88,14 @@ struct wire_flash {
 /* Validates and extracts a flash request's fields (fd indexes < n_fds, each used once). */
 int wire_parse_flash(const json_t *req, unsigned n_fds, struct wire_flash *out, struct error *err);
 
+/* One subscribe request; the server adds it to what the connection has already. */
 struct wire_subscribe {
-	bool devices, jobs;
-	char job[64]; /* only this job's events, "" = all */
+	bool devices;
+	bool jobs;    /* every job's events */
+	char job[64]; /* this one job's events ("" = none named) */
 };
+/* Job ids a connection may subscribe to one by one. */
+#define WIRE_SUBSCRIBE_JOBS_MAX 64
 int wire_parse_subscribe(const json_t *req, struct wire_subscribe *out, struct error *err);
 
 /* Builders: every object carries "type". */
