@@ -401,7 +401,8 @@ bool jobs_target_matches(enum wire_target_kind kind, const char *value, const st
 static struct device *find_device_for(struct jobs *jobs, struct job *job)
 {
 	for (struct device *d = registry_first(jobs->reg); d; d = d->next) {
-		if (!d->s.present || !jobs_target_matches(job->target, job->target_value, d))
+		if (!registry_device_ready(d) ||
+		    !jobs_target_matches(job->target, job->target_value, d))
 			continue;
 		bool claimed = false;
 		for (struct job *o = jobs->list; o && !claimed; o = o->next)
@@ -454,10 +455,12 @@ static void schedule_one(struct jobs *jobs, struct job *job)
 	if (job->device) {
 		snprintf(job->device_key, sizeof(job->device_key), "%s", job->device->s.key);
 		if (job->device->s.present && !job->device->job) {
-			run_on_device(job);
-			return;
-		}
-		if (job->device->s.present) {
+			/* A job that waits also waits for the tty of a CDC device. */
+			if (registry_device_ready(job->device) || job->opts.wait_ms == 0) {
+				run_on_device(job);
+				return;
+			}
+		} else if (job->device->s.present) {
 			/* Another job holds the device: it has appeared, so the wait is over. */
 			evtimer_del(job->wait_timer);
 			enter_state(job, JOB_QUEUED);
