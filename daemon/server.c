@@ -46,6 +46,7 @@ struct client {
 	json_t *probe_id;
 	char probe_device[DEVICE_KEY_MAX];
 	struct event *resume;
+	struct event *closed; /* while a probe waits: the client's hang-up, read or not */
 };
 
 struct server {
@@ -75,6 +76,8 @@ static void client_kill(struct client *c, const char *why)
 	c->dead = true;
 	event_del(c->rev);
 	event_del(c->wev);
+	if (c->closed)
+		event_del(c->closed);
 	jobs_client_gone(c->srv->jobs, c->id);
 	event_active(c->srv->reaper, 0, 0);
 }
@@ -613,8 +616,12 @@ static void process_lines(struct client *c)
 	memmove(c->in, c->in + start, c->in_len - start);
 	c->in_len -= start;
 	if (c->probe_job && !c->dead) {
-		/* Read nothing more until the probe's reply is out (probe_ended). */
+		/* Read nothing more until the probe's reply is out (probe_ended), but
+		 * keep watching for the hang-up: a probe nobody waits for is cancelled
+		 * (jobs_client_gone). */
 		event_del(c->rev);
+		if (c->closed)
+			event_add(c->closed, NULL);
 		return;
 	}
 	if (c->in_len > WIRE_REQUEST_MAX && !c->dead) {
@@ -664,9 +671,19 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 	struct client *c = arg;
 	if (c->dead || c->probe_job)
 		return;
+	if (c->closed)
+		event_del(c->closed);
 	process_lines(c);
 	if (!c->dead && !c->probe_job && !c->close_after_flush)
 		event_add(c->rev, NULL);
+}
+
+/* The peer hung up (EPOLLRDHUP) while its input was not being read. */
+static void on_closed(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	client_kill(arg, "hung up during a probe");
 }
 
 /* ---- connections ------------------------------------------------------- */
@@ -675,6 +692,8 @@ static void client_destroy(struct client *c)
 {
 	close_fds(c);
 	json_decref(c->probe_id);
+	if (c->closed)
+		event_free(c->closed);
 	event_free(c->resume);
 	event_free(c->rev);
 	event_free(c->wev);
@@ -745,6 +764,10 @@ static void client_add(struct server *s, int fd)
 	c->rev = event_new(s->base, fd, EV_READ | EV_PERSIST, on_readable, c);
 	c->wev = event_new(s->base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
 	c->resume = event_new(s->base, -1, 0, on_resume, c);
+	/* EV_CLOSED needs a backend that reports hang-ups (epoll); without one a
+	 * probe's client is only seen gone when the probe ends. */
+	if (event_base_get_features(s->base) & EV_FEATURE_EARLY_CLOSE)
+		c->closed = event_new(s->base, fd, EV_CLOSED | EV_PERSIST, on_closed, c);
 	event_add(c->rev, NULL);
 	c->next = s->clients;
 	s->clients = c;
