@@ -61,6 +61,10 @@ struct job {
 	uint64_t done, total;
 	uint64_t phase_done0;
 	double phase_t0, last_emit;
+	/* Bytes held back by the rate limit go out when it allows (a stalled
+	 * transfer's last event must say what was acknowledged). */
+	struct event *progress_timer;
+	bool progress_held;
 };
 
 struct grave {
@@ -192,8 +196,12 @@ static double wait_limit_s(const struct job *job)
 	return 0;
 }
 
+static void progress_held_cb(evutil_socket_t fd, short what, void *arg);
+
 static void emit_progress(struct job *job, const char *note, const char *message)
 {
+	job->progress_held = false;
+	evtimer_del(job->progress_timer);
 	json_t *ev = wire_event_new("job-progress");
 	json_object_set_new(ev, "state", json_string(job_state_name(job->state)));
 	json_object_set_new(ev, "phase", json_string(job_state_name(job->state)));
@@ -270,6 +278,8 @@ static void finish(struct job *job, enum job_result result, const char *word, st
 		error_clear(err);
 		return;
 	}
+	if (job->progress_held)
+		emit_progress(job, NULL, NULL); /* before job-ended: what was acknowledged */
 	job->ended = true;
 	job->result = result;
 	job->ended_at = now_s();
@@ -494,6 +504,7 @@ static void job_free(struct job *job)
 			image_cache_put(job->jobs->images, job->images[i]);
 	event_free(job->wait_timer);
 	event_free(job->cancel_timer);
+	event_free(job->progress_timer);
 	error_clear(&job->error);
 	free(job);
 }
@@ -658,6 +669,7 @@ struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error
 	job->phase_t0 = mono_s();
 	job->wait_timer = evtimer_new(jobs->base, wait_cb, job);
 	job->cancel_timer = evtimer_new(jobs->base, cancel_grace_cb, job);
+	job->progress_timer = evtimer_new(jobs->base, progress_held_cb, job);
 	struct job **pp = &jobs->list;
 	while (*pp)
 		pp = &(*pp)->next;
@@ -891,6 +903,17 @@ void job_set_state(struct job *job, enum job_state state)
 	enter_state(job, state);
 }
 
+static void progress_held_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct job *job = arg;
+	if (job->ended || !job->progress_held)
+		return;
+	job->last_emit = mono_s();
+	emit_progress(job, NULL, NULL);
+}
+
 void job_progress(struct job *job, uint64_t done, uint64_t total)
 {
 	if (job->ended)
@@ -898,9 +921,14 @@ void job_progress(struct job *job, uint64_t done, uint64_t total)
 	job->done = done;
 	job->total = total;
 	double t = mono_s();
-	if (done == total || t - job->last_emit >= JOBS_PROGRESS_INTERVAL_MS / 1000.0) {
+	double wait_s = job->last_emit + JOBS_PROGRESS_INTERVAL_MS / 1000.0 - t;
+	if (done == total || wait_s <= 0) {
 		job->last_emit = t;
 		emit_progress(job, NULL, NULL);
+	} else if (!job->progress_held) {
+		job->progress_held = true;
+		struct timeval tv = {0, (suseconds_t)(wait_s * 1e6) + 1};
+		evtimer_add(job->progress_timer, &tv);
 	}
 }
 
