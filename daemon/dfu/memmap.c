@@ -177,6 +177,13 @@ int dfuse_map_parse(const char *s, struct dfuse_map *map, struct error *err)
 		return fail(&c, "unexpected character");
 	if (map->n_segments == 0)
 		return fail(&c, "no segments");
+	/* Address groups may come in any order, but one byte has one sector:
+	 * overlapping segments would give overlapping erase units. */
+	for (unsigned i = 0; i < map->n_segments; i++)
+		for (unsigned k = i + 1; k < map->n_segments; k++)
+			if (map->segments[i].start < dfuse_segment_end(&map->segments[k]) &&
+			    map->segments[k].start < dfuse_segment_end(&map->segments[i]))
+				return fail(&c, "segments overlap");
 	return 0;
 }
 
