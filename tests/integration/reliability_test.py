@@ -19,8 +19,10 @@ stops flashd.  Steps besides the harness's "ctl" and "sleep":
   {"jobs": true}                  flashctl --json jobs: {"jobs", "t"}
 TAP output.
 """
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -119,6 +121,7 @@ if len(sys.argv) == 3 and sys.argv[1] == '--inner':
 
 SIM, FLASHD, FLASHCTL, TEST = sys.argv[1:5]
 top = tempfile.mkdtemp(prefix='flashd-reliability-test.')
+atexit.register(shutil.rmtree, top, True)  # the checks quote flashd's log
 CATALOGUE = catalogue(FLASHCTL)
 
 
