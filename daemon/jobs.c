@@ -439,9 +439,24 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
 	else
 		snprintf(target, sizeof(target), "%s %s", wire_target_kind_name(job->target),
 			 job->target_value);
-	error_set(&err, ERR_TIMED_OUT, "no device matching %s appeared within %.1f s", target,
-		  waited);
-	error_hint(&err, "connect the device (listening or DFU mode) or wait longer (--wait=S)");
+	const struct device *no_tty = NULL;
+	for (const struct device *d = registry_first(job->jobs->reg); d && !no_tty; d = d->next)
+		if (d->s.present && !registry_device_ready(d) &&
+		    jobs_target_matches(job->target, job->target_value, d))
+			no_tty = d;
+	if (no_tty) {
+		error_set(&err, ERR_TIMED_OUT,
+			  "%s is attached, but its serial port did not appear within %.1f s, so "
+			  "no transport could take it",
+			  no_tty->s.key, waited);
+		error_hint(&err, "check that the cdc_acm kernel module is loaded and that no "
+				 "udev rule hides the port, or put the device in DFU mode");
+	} else {
+		error_set(&err, ERR_TIMED_OUT, "no device matching %s appeared within %.1f s",
+			  target, waited);
+		error_hint(&err,
+			   "connect the device (listening or DFU mode) or wait longer (--wait=S)");
+	}
 	error_detail_str(&err, "phase", "waiting-for-device");
 	error_detail_str(&err, "target", target);
 	error_detail_int(&err, "waited_s", (long long)(waited + 0.5));
