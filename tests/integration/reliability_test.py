@@ -120,7 +120,8 @@ if len(sys.argv) == 3 and sys.argv[1] == '--inner':
 # --- outer half ---------------------------------------------------------------------------
 
 SIM, FLASHD, FLASHCTL, TEST = sys.argv[1:5]
-top = tempfile.mkdtemp(prefix='flashd-reliability-test.')
+# short: the umockdev testbed (and its sockets, at most 108 bytes) lives below it
+top = tempfile.mkdtemp(prefix='flashd-rel.')
 atexit.register(shutil.rmtree, top, True)  # the checks quote flashd's log
 CATALOGUE = catalogue(FLASHCTL)
 
