@@ -9,6 +9,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <grp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -654,6 +655,13 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 	ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 		return;
+	if (n == 0 && evbuffer_get_length(c->out) > 0) {
+		/* The peer shut its sending side (socat, nc): the answers it asked
+		 * for go out first, then the connection closes (on_writable). */
+		event_del(c->rev);
+		c->close_after_flush = true;
+		return;
+	}
 	if (n <= 0) {
 		client_kill(c, n == 0 ? "end of stream" : "read error");
 		return;
@@ -678,12 +686,18 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 		event_add(c->rev, NULL);
 }
 
-/* The peer hung up (EPOLLRDHUP) while its input was not being read. */
+/* The peer shut its side (EPOLLRDHUP) while its input was not being read.  A
+ * close (POLLHUP: both directions shut) means nobody waits for the probe; a
+ * shutdown(SHUT_WR) after the request (socat, nc) still reads the answer. */
 static void on_closed(evutil_socket_t fd, short what, void *arg)
 {
-	(void)fd;
 	(void)what;
-	client_kill(arg, "hung up during a probe");
+	struct client *c = arg;
+	struct pollfd p = {.fd = fd, .events = POLLOUT};
+	if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)))
+		client_kill(c, "hung up during a probe");
+	else
+		event_del(c->closed); /* half-closed: answer it, then read the end */
 }
 
 /* ---- connections ------------------------------------------------------- */

@@ -90,6 +90,22 @@ def inner(plan_path):
                             'at': ev['done']}
             c.close()
             return {'cancelled': False}
+        if 'probe_and_shut_wr' in s:
+            # the request, then shutdown(SHUT_WR) as socat does: the answer must come
+            c = socket.socket(socket.AF_UNIX)
+            c.connect(tb.sock)
+            c.sendall(json.dumps({'request': 'device-info', 'id': 2, 'probe': True,
+                                  'device': s['probe_and_shut_wr']}).encode() + b'\n')
+            c.shutdown(socket.SHUT_WR)
+            c.settimeout(60)
+            data = b''
+            while True:
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            c.close()
+            return {'answer': [json.loads(x) for x in data.splitlines() if x.strip()]}
         if 'probe_and_close' in s:
             c = socket.socket(socket.AF_UNIX)
             c.connect(tb.sock)
@@ -189,8 +205,9 @@ def test_probe_whose_client_closed_is_cancelled():
     once: flashd keeps watching the client during the probe.  The device is a
     running application on 6.x (no listening mode), which a probe waits on for
     seconds with the default timeouts."""
-    steps = [{'default_timeouts': True}, {'probe_and_close': IDS['argon']}, {'sleep': 1.5}, {'jobs': True},
-             {'ctl': {'cmd': 'wait-idle'}}, {'jobs': True}]
+    steps = [{'default_timeouts': True}, {'probe_and_close': IDS['argon']}, {'sleep': 1.5},
+             {'jobs': True}, {'ctl': {'cmd': 'wait-idle'}}, {'jobs': True},
+             {'probe_and_shut_wr': IDS['argon']}]
     res, doc, log = run([spec('argon', '6.1.0', 'argon', 'normal')], steps)
     probes = res[3]['jobs']
     check(len(probes) == 1, 'one probe job expected: %s' % probes)
@@ -200,6 +217,11 @@ def test_probe_whose_client_closed_is_cancelled():
           % (job.get('state'), job.get('result'), log[-3000:]))
     err = job.get('error') or {}
     check(err.get('code') == 'cancelled', 'error: %s' % err)
+    # a client that only shut its sending side still gets the probe's answer
+    answer = res[6]['answer']
+    check(len(answer) == 1 and answer[0].get('id') == 2
+          and (answer[0].get('type') == 'error' or 'probe' in answer[0]),
+          'half-closed client: %s\n%s' % (answer, log[-3000:]))
 
 
 def test_after_a_cancelled_transfer_the_handoff_gives_the_true_reason():
