@@ -39,7 +39,8 @@ static const char *const good_strings[] = {
 
 struct dev {
 	const struct dfuse *s;
-	int alt; /* the alt setting selected by SET_INTERFACE */
+	int alt;	  /* the alt setting selected by SET_INTERFACE */
+	uint32_t pointer; /* the DfuSe address pointer (SET_ADDRESS) */
 	const uint8_t *in;
 	size_t len, pos;
 	struct dfu_setup setup;
@@ -74,6 +75,18 @@ static void check_erase(uint32_t address)
 		abort();
 }
 
+/* Data goes only where the selected alt setting's map says writable
+ * (DfuSe: address = (wValue - 2) * wTransferSize + the address pointer). */
+static void check_write(uint64_t address, uint16_t len)
+{
+	const struct dfuse_info *info = dfuse_get_info(dev.s);
+	if (dev.alt < 0 || dev.alt >= DFUSE_MAX_ALTS || !info->map_valid[dev.alt] ||
+	    address + len > (uint64_t)UINT32_MAX + 1 ||
+	    !dfuse_map_range_has(&info->maps[dev.alt], (uint32_t)address, len, DFUSE_MEM_WRITABLE,
+				 NULL))
+		abort();
+}
+
 static int fuzz_control(void *ctx, const struct dfu_setup *setup, const uint8_t *out,
 			unsigned timeout_ms)
 {
@@ -90,8 +103,17 @@ static int fuzz_control(void *ctx, const struct dfu_setup *setup, const uint8_t 
 			abort();
 		if (setup->length > DFUSE_MAX_TRANSFER)
 			abort();
+		uint32_t a = setup->length == 5
+				 ? (out[1] | out[2] << 8 | out[3] << 16 | (uint32_t)out[4] << 24)
+				 : 0;
 		if (setup->value == 0 && setup->length == 5 && out[0] == DFUSE_CMD_ERASE)
-			check_erase(out[1] | out[2] << 8 | out[3] << 16 | (uint32_t)out[4] << 24);
+			check_erase(a);
+		if (setup->value == 0 && setup->length == 5 && out[0] == DFUSE_CMD_SET_ADDRESS)
+			dev.pointer = a;
+		if (setup->value >= 2 && setup->length > 0)
+			check_write(dev.pointer +
+					(uint64_t)(setup->value - 2) * dfuse_transfer_size(dev.s),
+				    setup->length);
 		dev.state = DFU_STATE_DNLOAD_SYNC;
 	}
 	return 0;
