@@ -109,6 +109,11 @@ static void notify(struct registry *r, struct device *d, enum registry_change c)
 		r->listener(r->listener_ctx, d, c);
 }
 
+bool registry_device_ready(const struct device *d)
+{
+	return d->s.present && (d->s.mode == DEVICE_MODE_DFU || d->s.tty[0]);
+}
+
 struct device *registry_first(struct registry *r)
 {
 	return r->devices;

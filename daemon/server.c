@@ -11,6 +11,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <grp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,9 +63,10 @@ struct client {
 	int fds[SERVER_CLIENT_FDS_MAX];
 	unsigned n_fds;
 	bool fds_overflow;
-	bool sub_devices, sub_jobs;
-	char sub_job[64];
-	bool uploading; /* began an upload: its lines may be WIRE_LINE_MAX long */
+	bool uploading;		    /* began an upload: its lines may be WIRE_LINE_MAX long */
+	bool sub_devices, sub_jobs; /* sub_jobs: every job */
+	char sub_job_ids[WIRE_SUBSCRIBE_JOBS_MAX][64]; /* and these jobs (they add up) */
+	unsigned n_sub_job_ids;
 	/* A device-info probe in progress: its reply waits for the probe job, and the
 	 * client's later requests wait for that reply (replies stay in order). */
 	struct job *probe_job;
@@ -78,6 +80,7 @@ struct client {
 	/* A flash request waiting for its files; later requests wait for its reply. */
 	struct flash_read *reading;
 	struct event *idle;
+	struct event *closed; /* while a probe waits: the client's hang-up, read or not */
 };
 
 struct server {
@@ -110,6 +113,8 @@ static void client_kill(struct client *c, const char *why)
 	c->dead = true;
 	event_del(c->rev);
 	event_del(c->wev);
+	if (c->closed)
+		event_del(c->closed);
 	jobs_client_gone(c->srv->jobs, c->id);
 	uploads_client_gone(c->srv->uploads, c->id);
 	event_active(c->srv->reaper, 0, 0);
@@ -731,18 +736,44 @@ static int do_history(struct client *c, struct wire_request *req, struct error *
 	return 1;
 }
 
+static bool subscribed_to_job(const struct client *c, const char *id)
+{
+	for (unsigned i = 0; i < c->n_sub_job_ids; i++)
+		if (strcasecmp(c->sub_job_ids[i], id) == 0)
+			return true;
+	return false;
+}
+
 static int do_subscribe(struct client *c, struct wire_request *req, json_t *reply,
 			struct error *err)
 {
 	struct wire_subscribe sub;
 	if (wire_parse_subscribe(req->obj, &sub, err) < 0)
 		return -1;
+	if (sub.job[0] && !subscribed_to_job(c, sub.job)) {
+		if (c->n_sub_job_ids >= WIRE_SUBSCRIBE_JOBS_MAX) {
+			error_set(err, ERR_BAD_REQUEST,
+				  "bad request: subscribed to %u jobs one by one already",
+				  WIRE_SUBSCRIBE_JOBS_MAX);
+			error_hint(err, "subscribe with \"jobs\":true to get every job's events");
+			error_detail_str(err, "reason", "too many job subscriptions");
+			error_detail_str(err, "field", "job");
+			error_detail_int(err, "limit", WIRE_SUBSCRIBE_JOBS_MAX);
+			return -1;
+		}
+		snprintf(c->sub_job_ids[c->n_sub_job_ids++], sizeof(c->sub_job_ids[0]), "%s",
+			 sub.job);
+	}
+	/* Subscriptions add up for the life of the connection (PROTOCOL.md). */
 	c->sub_devices = c->sub_devices || sub.devices;
 	c->sub_jobs = c->sub_jobs || sub.jobs;
-	snprintf(c->sub_job, sizeof(c->sub_job), "%s", sub.job);
+	json_t *ids = json_array();
+	for (unsigned i = 0; i < c->n_sub_job_ids; i++)
+		json_array_append_new(ids, json_string(c->sub_job_ids[i]));
 	json_object_set_new(reply, "devices", json_boolean(c->sub_devices));
 	json_object_set_new(reply, "jobs", json_boolean(c->sub_jobs));
-	json_object_set_new(reply, "job", c->sub_job[0] ? json_string(c->sub_job) : json_null());
+	json_object_set_new(reply, "job", sub.job[0] ? json_string(sub.job) : json_null());
+	json_object_set_new(reply, "job_ids", ids);
 	return 0;
 }
 
@@ -897,15 +928,19 @@ static void process_lines(struct client *c)
 		size_t len = (size_t)(nl - (c->in + start));
 		if (len && c->in[start + len - 1] == '\r')
 			len--; /* tolerate CRLF from hand-typed sessions (socat) */
-		if (len > 0)
+		if (!wire_line_is_blank(c->in + start, len))
 			handle_line(c, c->in + start, len);
 		start = (size_t)(nl - c->in) + 1;
 	}
 	memmove(c->in, c->in + start, c->in_len - start);
 	c->in_len -= start;
 	if ((c->probe_job || c->history_q || c->reading) && !c->dead) {
-		/* Read nothing more until the probe's, history's or flash's reply is out. */
+		/* Read nothing more until the probe's, history's or flash's reply is
+		 * out, but keep watching for the hang-up: a probe nobody waits for is
+		 * cancelled (jobs_client_gone). */
 		event_del(c->rev);
+		if (c->closed)
+			event_add(c->closed, NULL);
 		return;
 	}
 	/* Only an upload chunk may be longer than a request, and only on a
@@ -945,7 +980,7 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct client *c = arg;
-	if (c->sub_devices || c->sub_jobs || c->sub_job[0] || c->probe_job || c->reading ||
+	if (c->sub_devices || c->sub_jobs || c->n_sub_job_ids || c->probe_job || c->reading ||
 	    evbuffer_get_length(c->out) > 0 || jobs_client_has_jobs(c->srv->jobs, c->id)) {
 		client_touch(c);
 		return;
@@ -969,6 +1004,13 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 	ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 		return;
+	if (n == 0 && evbuffer_get_length(c->out) > 0) {
+		/* The peer shut its sending side (socat, nc): the answers it asked
+		 * for go out first, then the connection closes (on_writable). */
+		event_del(c->rev);
+		c->close_after_flush = true;
+		return;
+	}
 	if (n <= 0) {
 		client_kill(c, n == 0 ? "end of stream" : "read error");
 		return;
@@ -987,9 +1029,25 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 	struct client *c = arg;
 	if (c->dead || c->probe_job || c->history_q || c->reading)
 		return;
+	if (c->closed)
+		event_del(c->closed);
 	process_lines(c);
 	if (!c->dead && !c->probe_job && !c->history_q && !c->reading && !c->close_after_flush)
 		event_add(c->rev, NULL);
+}
+
+/* The peer shut its side (EPOLLRDHUP) while its input was not being read.  A
+ * close (POLLHUP: both directions shut) means nobody waits for the probe; a
+ * shutdown(SHUT_WR) after the request (socat, nc) still reads the answer. */
+static void on_closed(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	struct client *c = arg;
+	struct pollfd p = {.fd = fd, .events = POLLOUT};
+	if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)))
+		client_kill(c, "hung up while waiting for a reply");
+	else
+		event_del(c->closed); /* half-closed: answer it, then read the end */
 }
 
 /* ---- connections ------------------------------------------------------- */
@@ -1002,6 +1060,8 @@ static void client_destroy(struct client *c)
 	flash_read_free(c->reading); /* abandons reads still pending */
 	event_free(c->idle);
 	json_decref(c->probe_id);
+	if (c->closed)
+		event_free(c->closed);
 	event_free(c->resume);
 	event_free(c->rev);
 	event_free(c->wev);
@@ -1082,6 +1142,10 @@ static void client_add(struct server *s, int fd, const struct ucred *cred)
 	c->wev = event_new(s->base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
 	c->resume = event_new(s->base, -1, 0, on_resume, c);
 	c->idle = evtimer_new(s->base, on_idle, c);
+	/* EV_CLOSED needs a backend that reports hang-ups (epoll); without one a
+	 * probe's client is only seen gone when the probe ends. */
+	if (event_base_get_features(s->base) & EV_FEATURE_EARLY_CLOSE)
+		c->closed = event_new(s->base, fd, EV_CLOSED | EV_PERSIST, on_closed, c);
 	event_add(c->rev, NULL);
 	client_touch(c);
 	c->next = s->clients;
@@ -1215,7 +1279,7 @@ void server_job_event(struct server *s, struct job *job, json_t *event)
 	const char *name = json_string_value(json_object_get(event, "event"));
 	bool ended = name && strcmp(name, "job-ended") == 0;
 	for (struct client *c = s->clients; c; c = c->next) {
-		if (c->sub_jobs && (!c->sub_job[0] || strcasecmp(c->sub_job, job_id(job)) == 0))
+		if (c->sub_jobs || subscribed_to_job(c, job_id(job)))
 			client_send(c, event);
 		if (ended && c->probe_job == job)
 			probe_ended(c, job, event);

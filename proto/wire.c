@@ -95,6 +95,14 @@ static int depth_of(const json_t *v, int depth)
 	return max;
 }
 
+bool wire_line_is_blank(const char *line, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (line[i] != ' ' && line[i] != '\t' && line[i] != '\r' && line[i] != '\n')
+			return false;
+	return true;
+}
+
 int wire_parse_request(const char *line, size_t len, struct wire_request *req, struct error *err)
 {
 	json_error_t jerr;
@@ -503,11 +511,9 @@ int wire_parse_subscribe(const json_t *req, struct wire_subscribe *out, struct e
 	    wire_get_bool(req, "jobs", false, &out->jobs, err) < 0 ||
 	    wire_get_string(req, "job", sizeof(out->job), &job, err) < 0)
 		return -1;
-	if (job) {
+	if (job)
 		snprintf(out->job, sizeof(out->job), "%s", job);
-		out->jobs = true;
-	}
-	if (!out->devices && !out->jobs)
+	if (!out->devices && !out->jobs && !out->job[0])
 		return bad(err, "subscribe", "devices", "subscribe to \"devices\" and/or \"jobs\"");
 	return 0;
 }

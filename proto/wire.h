@@ -59,6 +59,9 @@ struct wire_request {
 	json_t *obj; /* owned */
 };
 
+/* A line of only JSON whitespace (space, tab, CR, LF): ignored like a blank line. */
+bool wire_line_is_blank(const char *line, size_t len);
+
 /*
  * Parses one request line (without its newline).  Fails with bad-request
  * (detail reason, field, request) on malformed JSON, a non-object, a missing
@@ -134,10 +137,14 @@ void wire_upload_chunk_clear(struct wire_upload_chunk *c);
  */
 long wire_base64_decode(const char *s, size_t n, uint8_t *out, size_t cap);
 
+/* One subscribe request; the server adds it to what the connection has already. */
 struct wire_subscribe {
-	bool devices, jobs;
-	char job[64]; /* only this job's events, "" = all */
+	bool devices;
+	bool jobs;    /* every job's events */
+	char job[64]; /* this one job's events ("" = none named) */
 };
+/* Job ids a connection may subscribe to one by one. */
+#define WIRE_SUBSCRIBE_JOBS_MAX 64
 int wire_parse_subscribe(const json_t *req, struct wire_subscribe *out, struct error *err);
 
 /* Builders: every object carries "type". */

@@ -1,5 +1,6 @@
 #include "console.h"
 
+#include "osver.h"
 #include "platform.h"
 
 #include <ctype.h>
@@ -458,4 +459,33 @@ void console_free(struct console *c)
 	if (c->timer)
 		event_free(c->timer);
 	free(c);
+}
+
+void console_silence_reason(const struct device_facts *facts, char *out, size_t size)
+{
+	int major = -1, minor, patch;
+	const struct platform *p = facts->platform;
+	if (facts->os_version[0] && osver_parse(facts->os_version, &major, &minor, &patch) < 0)
+		major = -1;
+	if (major >= 6)
+		snprintf(out, size,
+			 "the device runs Device OS %s, which has no listening mode or YMODEM "
+			 "(removed in 6.0.0)",
+			 facts->os_version);
+	else if (major >= 0)
+		snprintf(out, size,
+			 "the device did not answer in listening mode although it runs Device OS "
+			 "%s, which has it (still busy after an interrupted transfer, or an "
+			 "application holds the console)",
+			 facts->os_version);
+	else if (p && p->gen > 0 && p->gen <= 2)
+		snprintf(out, size,
+			 "the %s did not answer in listening mode, which every Device OS release "
+			 "for it has (still busy after an interrupted transfer, or an application "
+			 "holds the console)",
+			 p->display);
+	else
+		snprintf(out, size,
+			 "the device does not enter listening mode (Device OS 6.x has none, or "
+			 "its console is busy)");
 }

@@ -46,6 +46,16 @@ struct console *console_new(struct event_base *base, int fd, const struct consol
 int console_run(struct console *c, unsigned steps, struct device_facts *facts, struct error *err);
 void console_free(struct console *c);
 
+/*
+ * Why a device whose console stayed silent to `v`, also after 28800 baud asked
+ * for listening mode, is handed over to DFU: a sentence built only from what
+ * flashd knows of it (facts from an earlier job or the USB ids).  Device OS
+ * 6.0.0 dropped listening mode and YMODEM; a device known to run an older
+ * release, or a platform no 6.x release exists for, was silent for another
+ * reason (busy after an interrupted transfer, an application on the console).
+ */
+void console_silence_reason(const struct device_facts *facts, char *out, size_t size);
+
 /* Parsers, exposed for tests. */
 bool console_parse_version(const char *text, char *out, size_t size);
 bool console_parse_device_id(const char *text, char *out, size_t size);

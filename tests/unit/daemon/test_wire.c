@@ -124,6 +124,36 @@ static void test_flash_request_fields(void **state)
 	assert_string_equal(field, "device");
 }
 
+/* Issue 13: a whitespace-only line got bad-request; it is a blank line. */
+static void test_whitespace_only_lines_are_blank(void **state)
+{
+	(void)state;
+	assert_true(wire_line_is_blank("", 0));
+	assert_true(wire_line_is_blank(" \t \r", 4));
+	assert_false(wire_line_is_blank(" {}", 3));
+	assert_false(wire_line_is_blank("\v", 1)); /* not JSON whitespace */
+	assert_false(wire_line_is_blank("\0", 1));
+}
+
+/* Issue 13: "job" alone is a subscription of its own, not "every job". */
+static void test_subscribe_job_does_not_mean_every_job(void **state)
+{
+	(void)state;
+	struct wire_subscribe sub;
+	struct error err;
+	error_init(&err);
+	json_t *o = json_pack("{s:s}", "job", "abc");
+	assert_int_equal(wire_parse_subscribe(o, &sub, &err), 0);
+	assert_false(sub.jobs);
+	assert_string_equal(sub.job, "abc");
+	json_decref(o);
+	o = json_pack("{s:b}", "jobs", 1);
+	assert_int_equal(wire_parse_subscribe(o, &sub, &err), 0);
+	assert_true(sub.jobs);
+	assert_string_equal(sub.job, "");
+	json_decref(o);
+}
+
 static void test_encode_is_one_line(void **state)
 {
 	(void)state;
@@ -299,6 +329,8 @@ int main(void)
 	    cmocka_unit_test(test_upload_chunk_limits),
 	    cmocka_unit_test(test_line_limits),
 	    cmocka_unit_test(test_flash_images_by_upload),
+	    cmocka_unit_test(test_whitespace_only_lines_are_blank),
+	    cmocka_unit_test(test_subscribe_job_does_not_mean_every_job),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
