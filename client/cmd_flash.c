@@ -38,18 +38,20 @@ struct flash_args {
 	json_t *wait; /* NULL, true, or seconds */
 };
 
+/* flash and check parse the same options; check ignores --verify, --dry-run and --detach. */
+static const struct option flash_options[] = {
+    {"device", required_argument, NULL, 'd'}, {"port", required_argument, NULL, 'p'},
+    {"usb", required_argument, NULL, 'u'},    {"platform", required_argument, NULL, 'P'},
+    {"all", no_argument, NULL, 'a'},	      {"wait", optional_argument, NULL, 'w'},
+    {"force", no_argument, NULL, 'f'},	      {"verify", no_argument, NULL, 'v'},
+    {"dry-run", no_argument, NULL, 'n'},      {"detach", no_argument, NULL, 'D'},
+    {"json", no_argument, NULL, 'j'},	      {0},
+};
+
 static int parse(int argc, char **argv, const struct cli_global *g, struct flash_args *a)
 {
-	static const struct option opts[] = {
-	    {"device", required_argument, NULL, 'd'}, {"port", required_argument, NULL, 'p'},
-	    {"usb", required_argument, NULL, 'u'},    {"platform", required_argument, NULL, 'P'},
-	    {"all", no_argument, NULL, 'a'},	      {"wait", optional_argument, NULL, 'w'},
-	    {"force", no_argument, NULL, 'f'},	      {"verify", no_argument, NULL, 'v'},
-	    {"dry-run", no_argument, NULL, 'n'},      {"detach", no_argument, NULL, 'D'},
-	    {"json", no_argument, NULL, 'j'},	      {0},
-	};
 	int c;
-	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "", flash_options, NULL)) != -1) {
 		const char *key = NULL;
 		switch (c) {
 		case 'd':
@@ -96,15 +98,7 @@ static int parse(int argc, char **argv, const struct cli_global *g, struct flash
 			((struct cli_global *)g)->json = true;
 			break;
 		default:
-			return render_usage_error(
-			    g, a->check
-				   ? "usage: flashctl check FILE... [--device ID | --port TTY | "
-				     "--usb PORTPATH | --platform NAME [--all]] [--wait[=S]] "
-				     "[--force]"
-				   : "usage: flashctl flash FILE... [--device ID | "
-				     "--port TTY | --usb PORTPATH | --platform NAME "
-				     "[--all]] [--wait[=S]] [--force] [--verify] "
-				     "[--dry-run] [--detach]");
+			return cmd_usage_error(g, a->check ? &cmd_check_entry : &cmd_flash_entry);
 		}
 		if (key) {
 			if (a->target_key)
@@ -641,12 +635,30 @@ out_fds:
 	return status;
 }
 
-int cmd_flash(int argc, char **argv, const struct cli_global *g)
+static int cmd_flash_exec(int argc, char **argv, const struct cli_global *g)
 {
 	return flash_run(argc, argv, g, false);
 }
 
-int cmd_check(int argc, char **argv, const struct cli_global *g)
+static int cmd_check_exec(int argc, char **argv, const struct cli_global *g)
 {
 	return flash_run(argc, argv, g, true);
 }
+
+const struct cmd_entry cmd_flash_entry = {
+    .name = "flash",
+    .options = flash_options,
+    .usage = "FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
+	     "[--wait[=S]] [--force] [--verify] [--dry-run] [--detach]",
+    .summary = "write firmware files to a device",
+    .exec = cmd_flash_exec,
+};
+
+const struct cmd_entry cmd_check_entry = {
+    .name = "check",
+    .options = flash_options,
+    .usage = "FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
+	     "[--wait[=S]] [--force]",
+    .summary = "would this flash? (preflight only, nothing is written)",
+    .exec = cmd_check_exec,
+};

@@ -15,10 +15,6 @@
 #include <string.h>
 #include <time.h>
 
-#define HISTORY_USAGE                                                                              \
-	"usage: flashctl history [--device ID] [--since TIME] [--result R] [--limit N] [--json] "  \
-	"[--stats]"
-
 static const char *str_or(const json_t *obj, const char *key, const char *def)
 {
 	const char *s = json_string_value(json_object_get(obj, key));
@@ -137,24 +133,25 @@ static void print_stats(const json_t *stats)
 	}
 }
 
-int cmd_history(int argc, char **argv, const struct cli_global *g)
+static const struct option history_options[] = {
+    {"device", required_argument, NULL, 'd'},
+    {"since", required_argument, NULL, 's'},
+    {"result", required_argument, NULL, 'r'},
+    {"limit", required_argument, NULL, 'n'},
+    {"json", no_argument, NULL, 'j'},
+    {"stats", no_argument, NULL, 'S'},
+    {0},
+};
+
+static int cmd_history_exec(int argc, char **argv, const struct cli_global *g)
 {
-	static const struct option opts[] = {
-	    {"device", required_argument, NULL, 'd'},
-	    {"since", required_argument, NULL, 's'},
-	    {"result", required_argument, NULL, 'r'},
-	    {"limit", required_argument, NULL, 'n'},
-	    {"json", no_argument, NULL, 'j'},
-	    {"stats", no_argument, NULL, 'S'},
-	    {0},
-	};
 	struct cli_global local = *g;
 	struct error err;
 	json_t *req = wire_request_new(WIRE_REQ_HISTORY, 0);
 	char since[RFC3339_MAX], *end;
 	int o;
 	error_init(&err);
-	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "", history_options, NULL)) != -1) {
 		switch (o) {
 		case 'd':
 			json_object_set_new(req, "device", json_string(optarg));
@@ -190,12 +187,12 @@ int cmd_history(int argc, char **argv, const struct cli_global *g)
 			break;
 		default:
 			json_decref(req);
-			return render_usage_error(g, HISTORY_USAGE);
+			return cmd_usage_error(g, &cmd_history_entry);
 		}
 	}
 	if (optind < argc) {
 		json_decref(req);
-		return render_usage_error(g, HISTORY_USAGE);
+		return cmd_usage_error(g, &cmd_history_entry);
 	}
 	bool stats = json_is_true(json_object_get(req, "stats"));
 	json_t *reply = conn_request(&local, req, &err);
@@ -240,3 +237,11 @@ int cmd_history(int argc, char **argv, const struct cli_global *g)
 	json_decref(reply);
 	return 0;
 }
+
+const struct cmd_entry cmd_history_entry = {
+    .name = "history",
+    .options = history_options,
+    .usage = "[--device ID] [--since TIME] [--result R] [--limit N] [--json]\n[--stats]",
+    .summary = "past jobs (the daemon's flash history)",
+    .exec = cmd_history_exec,
+};
