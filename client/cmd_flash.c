@@ -9,6 +9,7 @@
  * each has ended (unless --detach), with the live display of progress.c.
  * Ctrl-C cancels the jobs and waits for them to stop at a safe point.
  */
+#include "cleanup.h"
 #include "conn.h"
 #include "image.h"
 #include "platform.h"
@@ -593,15 +594,13 @@ int flash_run(int argc, char **argv, const struct cli_global *g, bool check)
 	}
 	if (!a.detach) {
 		/* Subscribed before the job exists: no event can be missed. */
-		json_t *sub = wire_request_new(WIRE_REQ_SUBSCRIBE, 0);
+		json_auto_t *sub = wire_request_new(WIRE_REQ_SUBSCRIBE, 0);
 		json_object_set_new(sub, "jobs", json_true());
-		json_t *r = conn_call(&c, sub, NULL, 0, NULL, NULL, &err);
-		json_decref(sub);
+		json_auto_t *r = conn_call(&c, sub, NULL, 0, NULL, NULL, &err);
 		if (!r) {
 			status = render_error_free(g, &err);
 			goto out;
 		}
-		json_decref(r);
 	}
 	json_t *req = build_request(&a, n, paths);
 	json_t *reply = conn_call(&c, req, fds, (unsigned)n, NULL, NULL, &err);

@@ -3,6 +3,7 @@
  * as a table, one JSON object per job (--json, newest last), or statistics per
  * platform (--stats).
  */
+#include "cleanup.h"
 #include "conn.h"
 #include "render.h"
 #include "rfc3339.h"
@@ -147,7 +148,7 @@ static int cmd_history_exec(int argc, char **argv, const struct cli_global *g)
 {
 	struct cli_global local = *g;
 	struct error err;
-	json_t *req = wire_request_new(WIRE_REQ_HISTORY, 0);
+	json_auto_t *req = wire_request_new(WIRE_REQ_HISTORY, 0);
 	char since[RFC3339_MAX], *end;
 	int o;
 	error_init(&err);
@@ -157,13 +158,11 @@ static int cmd_history_exec(int argc, char **argv, const struct cli_global *g)
 			json_object_set_new(req, "device", json_string(optarg));
 			break;
 		case 's':
-			if (parse_since(optarg, since) < 0) {
-				json_decref(req);
+			if (parse_since(optarg, since) < 0)
 				return render_usage_error(
 				    g,
 				    "--since wants an RFC 3339 time or date (2026-12-01T10:00:00Z) "
 				    "or an age (30m, 12h, 7d)");
-			}
 			json_object_set_new(req, "since", json_string(since));
 			break;
 		case 'r':
@@ -171,11 +170,9 @@ static int cmd_history_exec(int argc, char **argv, const struct cli_global *g)
 			break;
 		case 'n': {
 			long n = strtol(optarg, &end, 10);
-			if (*end || n < 1 || n > 10000) {
-				json_decref(req);
+			if (*end || n < 1 || n > 10000)
 				return render_usage_error(g,
 							  "--limit wants a number from 1 to 10000");
-			}
 			json_object_set_new(req, "limit", json_integer(n));
 			break;
 		}
@@ -186,16 +183,13 @@ static int cmd_history_exec(int argc, char **argv, const struct cli_global *g)
 			json_object_set_new(req, "stats", json_true());
 			break;
 		default:
-			json_decref(req);
 			return cmd_usage_error(g, &cmd_history_entry);
 		}
 	}
-	if (optind < argc) {
-		json_decref(req);
+	if (optind < argc)
 		return cmd_usage_error(g, &cmd_history_entry);
-	}
 	bool stats = json_is_true(json_object_get(req, "stats"));
-	json_t *reply = conn_request(&local, req, &err);
+	json_auto_t *reply = conn_request(&local, TAKE_PTR(req), &err);
 	if (!reply)
 		return render_error_free(&local, &err);
 	const json_t *item;
@@ -234,7 +228,6 @@ static int cmd_history_exec(int argc, char **argv, const struct cli_global *g)
 		fprintf(stderr, "warning: the history missed %lld write(s): %s\n",
 			(long long)errors, str_or(db, "last_error", "see the daemon log"));
 	fflush(stdout);
-	json_decref(reply);
 	return 0;
 }
 

@@ -1,5 +1,6 @@
 #include "image_cache.h"
 
+#include "cleanup.h"
 #include "log.h"
 
 #include <errno.h>
@@ -99,7 +100,7 @@ static int read_raw(int fd, struct raw_read *r)
 		return -1;
 	}
 	size_t len = (size_t)st.st_size;
-	uint8_t *buf = malloc(len ? len : 1);
+	_cleanup_free_ uint8_t *buf = malloc(len ? len : 1);
 	if (!buf) {
 		r->errnum = ENOMEM;
 		snprintf(r->reason, sizeof(r->reason), "out of memory");
@@ -114,12 +115,11 @@ static int read_raw(int fd, struct raw_read *r)
 			r->errnum = n < 0 ? errno : 0;
 			snprintf(r->reason, sizeof(r->reason), "read failed: %s",
 				 n < 0 ? strerror(errno) : "file shrank while reading");
-			free(buf);
 			return -1;
 		}
 		got += (size_t)n;
 	}
-	r->buf = buf;
+	r->buf = TAKE_PTR(buf);
 	r->len = len;
 	return 0;
 }
@@ -157,6 +157,8 @@ int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct 
 int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, const char *name,
 			    struct image_ref **ret, struct error *err)
 {
+	_cleanup_free_ uint8_t *owned = buf; /* ours on every path: the parsed image copies */
+	_cleanup_(image_freep) struct image *img = NULL;
 	uint8_t sha[32];
 	struct sha256_ctx ctx;
 	sha256_init(&ctx);
@@ -164,33 +166,25 @@ int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, con
 	sha256_digest(&ctx, sizeof(sha), sha);
 	for (struct image_ref *r = c->refs; r; r = r->next) {
 		if (memcmp(r->sha256, sha, sizeof(sha)) == 0) {
-			free(buf);
 			r->refs++;
 			*ret = r;
 			return 0;
 		}
 	}
 	if (c->bytes + len > c->limit) {
-		free(buf);
 		unreadable(err, 0, name, "the daemon holds too much firmware for other jobs");
 		error_detail_int(err, "limit", (long long)c->limit);
 		return -1;
 	}
-	struct image *img = NULL;
-	int rc = image_parse(buf, len, &img, err);
-	free(buf);
-	if (rc < 0) {
+	if (image_parse(buf, len, &img, err) < 0) {
 		/* A damaged image is returned for display; it is not flashed. */
-		image_free(img);
 		error_detail_str(err, "file", name);
 		return -1;
 	}
 	struct image_ref *r = calloc(1, sizeof(*r));
-	if (!r) {
-		image_free(img);
+	if (!r)
 		return unreadable(err, ENOMEM, name, "out of memory");
-	}
-	r->img = img;
+	r->img = TAKE_PTR(img);
 	memcpy(r->sha256, sha, sizeof(sha));
 	for (int i = 0; i < 32; i++)
 		snprintf(r->sha256_hex + 2 * i, 3, "%02x", sha[i]);

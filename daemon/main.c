@@ -3,6 +3,7 @@
  * systemd-activated), readiness notification, and the one event loop that
  * runs everything: udev, clients, jobs, transports.
  */
+#include "cleanup.h"
 #include "config.h"
 
 #include "history.h"
@@ -210,16 +211,17 @@ static int bind_socket(const char *path, const struct config *cfg)
 		return -1;
 	}
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -1;
-	/* Remove a stale socket, but never one a running daemon answers on. */
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-		log_error("another flashd is already serving %s", path);
-		close(fd);
-		return -1;
+	{
+		_cleanup_close_ int probe =
+		    socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (probe < 0)
+			return -1;
+		/* Remove a stale socket, but never one a running daemon answers on. */
+		if (connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			log_error("another flashd is already serving %s", path);
+			return -1;
+		}
 	}
-	close(fd);
 	/* Bind and listen under a temporary name, then rename into place: a client
 	 * that sees the path can always connect (no window between bind and listen). */
 	struct sockaddr_un tmp = {.sun_family = AF_UNIX};
@@ -229,7 +231,7 @@ static int bind_socket(const char *path, const struct config *cfg)
 		return -1;
 	}
 	unlink(tmp.sun_path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	_cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
 	/* Born owner-only (umask), then given to the group: never more open than asked. */
@@ -242,11 +244,10 @@ static int bind_socket(const char *path, const struct config *cfg)
 		/* Who may connect: the socket group (flashing); who may administer: the
 		 * admin group and root (server.c, SO_PEERCRED / SO_PEERGROUPS). */
 		log_error("cannot listen on %s: %s", path, strerror(errno));
-		unlink(tmp.sun_path);
-		close(fd);
+		(void)unlink(tmp.sun_path); /* best effort: a leftover name is removed next start */
 		return -1;
 	}
-	return fd;
+	return TAKE_FD(fd);
 }
 
 /*

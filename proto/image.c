@@ -473,7 +473,7 @@ static int inflate_exact(const uint8_t *in, size_t in_len, size_t out_len, int w
 	if (inflateInit2(&zs, -window_bits) != Z_OK)
 		return error_set(err, ERR_INTERNAL, "zlib refused window bits %d", window_bits);
 	size_t cap = out_len < INFLATE_FIRST_CHUNK ? out_len : INFLATE_FIRST_CHUNK;
-	uint8_t *buf = malloc(cap ? cap : 1);
+	_cleanup_free_ uint8_t *buf = malloc(cap ? cap : 1);
 	size_t produced = 0;
 	int rc = -1;
 	zs.next_in = (Bytef *)in;
@@ -520,12 +520,10 @@ static int inflate_exact(const uint8_t *in, size_t in_len, size_t out_len, int w
 			produced, out_len);
 		goto out;
 	}
-	*ret = buf;
-	buf = NULL;
+	*ret = TAKE_PTR(buf);
 	rc = 0;
 out:
 	inflateEnd(&zs);
-	free(buf);
 	return rc;
 }
 
@@ -805,6 +803,7 @@ static void name_error(struct error *err, const char *name)
 
 int image_load_fd(int fd, const char *name, struct image **ret, struct error *err)
 {
+	_cleanup_free_ uint8_t *buf = NULL;
 	struct stat st;
 	*ret = NULL;
 	if (fstat(fd, &st) < 0) {
@@ -827,7 +826,7 @@ int image_load_fd(int fd, const char *name, struct image **ret, struct error *er
 	}
 	/* Read to EOF rather than trusting st_size: /proc-like files report 0. */
 	size_t cap = st.st_size > 0 ? (size_t)st.st_size + 1 : READ_CHUNK, len = 0;
-	uint8_t *buf = malloc(cap);
+	buf = malloc(cap);
 	for (;;) {
 		if (!buf) {
 			error_set(err, ERR_INTERNAL, "out of memory reading %s", name);
@@ -835,14 +834,13 @@ int image_load_fd(int fd, const char *name, struct image **ret, struct error *er
 		}
 		if (len == cap) {
 			if (cap > IMAGE_FILE_MAX) {
-				free(buf);
 				too_large(err, len);
 				error_prefix(err, "%s: ", name);
 				goto fail;
 			}
 			uint8_t *nbuf = realloc(buf, cap * 2);
 			if (!nbuf)
-				free(buf);
+				free(TAKE_PTR(buf));
 			buf = nbuf;
 			cap *= 2;
 			continue;
@@ -852,7 +850,6 @@ int image_load_fd(int fd, const char *name, struct image **ret, struct error *er
 			continue;
 		if (n < 0) {
 			int e = errno;
-			free(buf);
 			unreadable(err, name, e, strerror(e));
 			goto fail;
 		}
@@ -861,12 +858,11 @@ int image_load_fd(int fd, const char *name, struct image **ret, struct error *er
 		len += (size_t)n;
 	}
 	if (len > IMAGE_FILE_MAX) {
-		free(buf);
 		too_large(err, len);
 		error_prefix(err, "%s: ", name);
 		goto fail;
 	}
-	int r = parse_owned(buf, len, 0, ret, err);
+	int r = parse_owned(TAKE_PTR(buf), len, 0, ret, err);
 	if (r < 0) {
 		error_prefix(err, "%s: ", name);
 		name_error(err, name);

@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include "cleanup.h"
 #include "errors.h"
 
 #include <stdbool.h>
@@ -148,6 +149,7 @@ int image_load_fd(int fd, const char *name, struct image **ret, struct error *er
  * directories and special files fail with file-unreadable. */
 int image_load_path(const char *path, struct image **ret, struct error *err);
 void image_free(struct image *img);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct image *, image_free)
 
 /* Pointer to a module's bytes (its first byte in flash). */
 const uint8_t *image_module_bytes(const struct image *img, const struct image_module *m);

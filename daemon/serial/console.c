@@ -1,5 +1,6 @@
 #include "console.h"
 
+#include "cleanup.h"
 #include "platform.h"
 
 #include <ctype.h>
@@ -148,13 +149,12 @@ int console_parse_info(const char *text, struct device_facts *facts, struct erro
 {
 	/* The body starts with {"p": (§2.5); stray output may hold other braces. */
 	const char *start = strstr(text, "{\"p\":");
-	json_t *root = NULL;
+	json_auto_t *root = NULL;
 	if (start) {
 		json_error_t je;
 		root = json_loads(start, JSON_DISABLE_EOF_CHECK, &je);
 	}
 	if (!json_is_object(root)) {
-		json_decref(root);
 		error_set(err, ERR_TRANSFER_FAILED, "the device's `s` reply holds no module list");
 		error_detail_str(err, "phase", "info");
 		error_detail_str(err, "reason", "no JSON object in the reply");
@@ -181,7 +181,6 @@ int console_parse_info(const char *text, struct device_facts *facts, struct erro
 	}
 	facts->system_version = sys1 ? sys1 : sys_any;
 	facts->modules_known = json_array_size(mods) <= DEVICE_FACTS_MAX_MODULES;
-	json_decref(root);
 	return 0;
 }
 

@@ -7,6 +7,7 @@
  */
 #pragma once
 
+#include "cleanup.h"
 #include "errors.h"
 
 #include <stdbool.h>
@@ -33,6 +34,7 @@ int serial_port_open(const char *path, const char *lock_dir, struct serial_port 
 int serial_port_set_baud(struct serial_port *p, unsigned baud, struct error *err);
 /* Unlocks, removes the lock file, closes.  Accepts NULL. */
 void serial_port_close(struct serial_port *p);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct serial_port *, serial_port_close)
 
 /* Who holds a port: pid from the lock file or /proc/locks, 0 if unknown.
  * comm gets /proc/PID/comm. */
