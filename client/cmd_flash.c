@@ -274,7 +274,9 @@ static void send_cancels(struct conn *c, struct follow *f)
 	{
 		json_t *req = wire_request_new(WIRE_REQ_CANCEL, 0);
 		json_object_set_new(req, "job", json_string(id));
-		conn_send(c, req, NULL, 0, &err);
+		/* Best effort on Ctrl-C: a job whose cancel is lost still ends and is
+		 * reported; the connection's failure shows on the next read. */
+		(void)!conn_send(c, req, NULL, 0, &err);
 		json_decref(req);
 		error_clear(&err);
 	}
@@ -553,9 +555,12 @@ static int run(struct conn *c, const struct cli_global *g, const struct flash_ar
 	if (!g->json) {
 		f.prog = progress_new(g, live);
 		if (!f.prog) {
+			struct error e;
+			error_init(&e);
+			error_set(&e, ERR_OUT_OF_MEMORY, NULL);
 			json_decref(f.pending);
 			json_decref(f.ends);
-			return render_usage_error(g, "out of memory");
+			return render_error_free(g, &e);
 		}
 	}
 	json_array_foreach(json_object_get(reply, "jobs"), i, job)

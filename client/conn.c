@@ -191,7 +191,7 @@ json_t *conn_read(struct conn *c, int timeout_ms, struct error *err)
 			return NULL;
 		char *nb = realloc(c->buf, c->len + 65536);
 		if (!nb) {
-			error_set(err, ERR_INTERNAL, "out of memory");
+			error_set(err, ERR_OUT_OF_MEMORY, NULL);
 			return NULL;
 		}
 		c->buf = nb;

@@ -884,7 +884,7 @@ struct history_query *history_query(struct history *h, const struct history_filt
 	if (!q || !op) {
 		free(q);
 		free(op);
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	q->f = *f;
@@ -1064,7 +1064,7 @@ struct history *history_open(struct event_base *base, const char *state_dir,
 {
 	struct history *h = calloc(1, sizeof(*h));
 	if (!h) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	h->efd = -1;

@@ -183,7 +183,7 @@ int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, con
 	}
 	struct image_ref *r = calloc(1, sizeof(*r));
 	if (!r)
-		return unreadable(err, ENOMEM, name, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, "out of memory reading %s", name);
 	r->img = TAKE_PTR(img);
 	memcpy(r->sha256, sha, sizeof(sha));
 	for (int i = 0; i < 32; i++)
@@ -320,8 +320,10 @@ static void *reader_main(void *arg)
 
 static void loop_side_free(struct image_read *r)
 {
-	event_free(r->wake_ev);
-	event_free(r->deadline_ev);
+	if (r->wake_ev) /* event_free() does not take NULL */
+		event_free(r->wake_ev);
+	if (r->deadline_ev)
+		event_free(r->deadline_ev);
 	close(r->wake[0]);
 	r->wake_ev = r->deadline_ev = NULL;
 }
@@ -366,7 +368,8 @@ struct image_read *image_read_start(struct event_base *base, int fd, const char 
 	}
 	struct image_read *r = calloc(1, sizeof(*r));
 	if (!r) {
-		unreadable(err, ENOMEM, name, "out of memory");
+		owner_put(owner);
+		error_set(err, ERR_OUT_OF_MEMORY, "out of memory reading %s", name);
 		return NULL;
 	}
 	pthread_mutex_init(&r->lock, NULL);
@@ -388,6 +391,13 @@ struct image_read *image_read_start(struct event_base *base, int fd, const char 
 	}
 	r->wake_ev = event_new(base, r->wake[0], EV_READ, on_wake, r);
 	r->deadline_ev = evtimer_new(base, on_deadline, r);
+	if (!r->wake_ev || !r->deadline_ev) {
+		owner_put(owner);
+		error_set(err, ERR_OUT_OF_MEMORY, "out of memory reading %s", name);
+		loop_side_free(r);
+		read_state_free(r);
+		return NULL;
+	}
 	pthread_attr_t attr;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

@@ -376,6 +376,10 @@ int main(int argc, char **argv)
 	jobs_set_sink(d.jobs, on_job_event, &d);
 	registry_set_listener(d.reg, on_device, &d);
 	d.server = server_new(d.base, lfd, d.reg, d.jobs, d.images, &cfg);
+	if (!d.server) {
+		log_error("out of memory starting the socket server");
+		return 1;
+	}
 	server_set_history(d.server, d.history, history_off);
 	d.udev = udev_source_new(d.base, d.reg, &err);
 	if (!d.udev) {
@@ -384,6 +388,10 @@ int main(int argc, char **argv)
 	}
 	struct event *sigint = evsignal_new(d.base, SIGINT, on_signal, d.base);
 	struct event *sigterm = evsignal_new(d.base, SIGTERM, on_signal, d.base);
+	if (!sigint || !sigterm) {
+		log_error("out of memory setting up signal handling");
+		return 1;
+	}
 	event_add(sigint, NULL);
 	event_add(sigterm, NULL);
 

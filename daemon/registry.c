@@ -244,6 +244,10 @@ static struct device *device_new(struct registry *r)
 		return NULL;
 	d->registry = r;
 	d->forget_timer = evtimer_new(r->base, forget_cb, d);
+	if (!d->forget_timer) { /* out of memory: the device is not tracked (callers log it) */
+		device_free(d);
+		return NULL;
+	}
 	/* Append: list order is arrival order, which clients show. */
 	struct device **pp = &r->devices;
 	while (*pp)
@@ -292,8 +296,8 @@ void registry_node_added(struct registry *r, const struct registry_node *n)
 	d = find_ghost(r, id, n->port_path);
 	bool back = d != NULL;
 	if (!d && !(d = device_new(r))) {
-		log_warning("device table full (%d): ignoring %s", REGISTRY_DEVICES_MAX,
-			    n->syspath);
+		log_warning("device table full (%d) or out of memory: ignoring %s",
+			    REGISTRY_DEVICES_MAX, n->syspath);
 		return;
 	}
 	if (d->forget_timer)

@@ -370,7 +370,7 @@ static int load_images(struct client *c, const struct wire_flash *f, struct job_
 			memcpy(copy, fr->bufs[k], len);
 		int rc = copy ? image_cache_load_buffer(c->srv->images, copy, len,
 							f->images[i].name, &jr->images[i], err)
-			      : error_set(err, ERR_INTERNAL, "out of memory");
+			      : error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		if (rc < 0) {
 			for (unsigned j = 0; j < i; j++)
 				image_cache_put(c->srv->images, jr->images[j]);
@@ -465,7 +465,7 @@ static int begin_flash(struct client *c, struct wire_request *req, const char *l
 		return -1;
 	_cleanup_(flash_read_freep) struct flash_read *fr = calloc(1, sizeof(*fr));
 	if (!fr || !(fr->line = malloc(len + 1)))
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	memcpy(fr->line, line, len);
 	fr->line[len] = '\0';
 	fr->len = len;
@@ -982,6 +982,11 @@ static void client_add(struct server *s, int fd, const struct ucred *cred)
 	c->wev = event_new(s->base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
 	c->resume = event_new(s->base, -1, 0, on_resume, c);
 	c->idle = evtimer_new(s->base, on_idle, c);
+	if (!c->rev || !c->wev || !c->resume || !c->idle) {
+		log_warning("out of memory: closing a new connection (uid %u pid %d)",
+			    (unsigned)cred->uid, (int)cred->pid);
+		return;
+	}
 	event_add(c->rev, NULL);
 	client_touch(c);
 	log_debug("client %lu connected (uid %u pid %d)", c->id, (unsigned)c->cred.uid,
@@ -1061,6 +1066,10 @@ struct server *server_new(struct event_base *base, int listen_fd, struct registr
 	s->listen_ev = event_new(base, listen_fd, EV_READ | EV_PERSIST, on_accept, s);
 	s->accept_pause = evtimer_new(base, accept_resume, s);
 	s->reaper = event_new(base, -1, 0, reaper_cb, s);
+	if (!s->listen_ev || !s->accept_pause || !s->reaper) {
+		server_free(s); /* the caller reports a NULL server as out of memory */
+		return NULL;
+	}
 	event_add(s->listen_ev, NULL);
 	return s;
 }
@@ -1078,9 +1087,9 @@ void server_free(struct server *s)
 		s->clients = c->next;
 		client_destroy(c);
 	}
-	event_free(s->listen_ev);
-	event_free(s->accept_pause);
-	event_free(s->reaper);
+	event_free_if(s->listen_ev);
+	event_free_if(s->accept_pause);
+	event_free_if(s->reaper);
 	close(s->listen_fd);
 	free(s);
 }

@@ -263,7 +263,7 @@ int config_load(struct config *c, const char *path, struct error *err)
 				 strerror(errno));
 	_cleanup_free_ char *buf = malloc(CONFIG_FILE_MAX + 1);
 	if (!buf)
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	size_t len = 0;
 	ssize_t r;
 	while (len < CONFIG_FILE_MAX && (r = read(fd, buf + len, CONFIG_FILE_MAX - len)) > 0)

@@ -50,17 +50,20 @@ struct wire_request {
  * WIRE_REQUEST_MAX.  On failure req->id may still be set (when the id was
  * readable) so the error can echo it; call wire_request_clear() either way.
  */
-int wire_parse_request(const char *line, size_t len, struct wire_request *req, struct error *err);
+WARN_UNUSED_RESULT int wire_parse_request(const char *line, size_t len, struct wire_request *req,
+					  struct error *err);
 void wire_request_clear(struct wire_request *req);
 
 /* Typed optional fields: absent -> default; wrong type -> bad-request naming the field. */
-int wire_get_bool(const json_t *obj, const char *key, bool def, bool *out, struct error *err);
-int wire_get_string(const json_t *obj, const char *key, size_t max, const char **out,
-		    struct error *err); /* *out = NULL when absent */
+WARN_UNUSED_RESULT int wire_get_bool(const json_t *obj, const char *key, bool def, bool *out,
+				     struct error *err);
+WARN_UNUSED_RESULT int wire_get_string(const json_t *obj, const char *key, size_t max,
+				       const char **out,
+				       struct error *err); /* *out = NULL when absent */
 /* Seconds as a JSON number (integer or real), converted to milliseconds;
  * true = -1 (forever), absent/false = def. */
-int wire_get_seconds_ms(const json_t *obj, const char *key, long def, long *out_ms,
-			struct error *err);
+WARN_UNUSED_RESULT int wire_get_seconds_ms(const json_t *obj, const char *key, long def,
+					   long *out_ms, struct error *err);
 
 enum wire_target_kind {
 	WIRE_TARGET_ANY,      /* no target: the only device attached */
@@ -84,13 +87,15 @@ struct wire_flash {
 	long wait_ms; /* 0 none, -1 forever */
 };
 /* Validates and extracts a flash request's fields (fd indexes < n_fds, each used once). */
-int wire_parse_flash(const json_t *req, unsigned n_fds, struct wire_flash *out, struct error *err);
+WARN_UNUSED_RESULT int wire_parse_flash(const json_t *req, unsigned n_fds, struct wire_flash *out,
+					struct error *err);
 
 struct wire_subscribe {
 	bool devices, jobs;
 	char job[64]; /* only this job's events, "" = all */
 };
-int wire_parse_subscribe(const json_t *req, struct wire_subscribe *out, struct error *err);
+WARN_UNUSED_RESULT int wire_parse_subscribe(const json_t *req, struct wire_subscribe *out,
+					    struct error *err);
 
 /* Builders: every object carries "type". */
 json_t *wire_reply_new(const json_t *id,

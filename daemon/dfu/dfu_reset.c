@@ -100,7 +100,7 @@ static void try_open(struct dfu_reset *x)
 	struct dfu_io io = usb_dfu_io(x->usb);
 	x->dfuse = dfuse_new(x->base, &io, &desc);
 	if (!x->dfuse) {
-		error_set(&e, ERR_INTERNAL, "out of memory");
+		error_set(&e, ERR_OUT_OF_MEMORY, NULL);
 		finish(x, &e);
 		return;
 	}
@@ -133,7 +133,7 @@ struct dfu_reset *dfu_reset_start(struct event_base *base, unsigned busnum, unsi
 {
 	struct dfu_reset *x = calloc(1, sizeof(*x));
 	if (!x) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	x->base = base;
@@ -147,7 +147,7 @@ struct dfu_reset *dfu_reset_start(struct event_base *base, unsigned busnum, unsi
 	x->kick = event_new(base, -1, 0, on_kick, x);
 	if (!x->timer || !x->kick) {
 		dfu_reset_free(x);
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	x->state = RESET_OPENING;

@@ -106,7 +106,7 @@ static void run_console(struct cdc_query *q, enum query_state st, unsigned steps
 	q->console = console_new(q->base, q->port->fd, &cc, &ops);
 	q->state = st;
 	if (!q->console) {
-		error_set(&e, ERR_INTERNAL, "out of memory");
+		error_set(&e, ERR_OUT_OF_MEMORY, NULL);
 		finish(q, &e);
 		return;
 	}
@@ -240,7 +240,7 @@ struct cdc_query *cdc_query_start(struct event_base *base, const char *tty,
 {
 	struct cdc_query *q = calloc(1, sizeof(*q));
 	if (!q) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	q->base = base;
@@ -262,7 +262,7 @@ struct cdc_query *cdc_query_start(struct event_base *base, const char *tty,
 	q->kick = event_new(base, -1, 0, on_kick, q);
 	if (!q->timer || !q->kick) {
 		cdc_query_free(q);
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	q->state = QUERY_OPEN;

@@ -43,11 +43,13 @@ struct console *console_new(struct event_base *base, int fd, const struct consol
 			    const struct console_ops *ops);
 /* Runs the steps (a mask, in PROBE, IDENTIFY, INFO, EXIT order) and writes what
  * it learns into *facts (kept by the caller until done). */
-int console_run(struct console *c, unsigned steps, struct device_facts *facts, struct error *err);
+WARN_UNUSED_RESULT int console_run(struct console *c, unsigned steps, struct device_facts *facts,
+				   struct error *err);
 void console_free(struct console *c);
 
 /* Parsers, exposed for tests. */
 bool console_parse_version(const char *text, char *out, size_t size);
 bool console_parse_device_id(const char *text, char *out, size_t size);
 /* The `s` reply (with stray text around it) into facts; -1 with err if no JSON. */
-int console_parse_info(const char *text, struct device_facts *facts, struct error *err);
+WARN_UNUSED_RESULT int console_parse_info(const char *text, struct device_facts *facts,
+					  struct error *err);

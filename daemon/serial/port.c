@@ -286,7 +286,7 @@ int serial_port_open(const char *path, const char *lock_dir, struct serial_port 
 		lock_dir = SERIAL_LOCK_DIR;
 	_cleanup_(serial_port_closep) struct serial_port *p = calloc(1, sizeof(*p));
 	if (!p)
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	snprintf(p->path, sizeof(p->path), "%s", path);
 	p->fd = open(path, O_RDWR | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	if (p->fd < 0) {

@@ -161,6 +161,16 @@ static uint8_t *read_fixture(const char *rel, size_t *len)
 	return b;
 }
 
+/* realloc() failure injection for the parser (linked with -Wl,--wrap=realloc):
+ * while fail_realloc is set, every realloc of the parser fails. */
+void *__real_realloc(void *p, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+static bool fail_realloc;
+void *__wrap_realloc(void *p, size_t n)
+{
+	return fail_realloc ? NULL : __real_realloc(p, n);
+}
+
 /* Parses and expects a failure with this code; *ret stays NULL. */
 static struct error expect_failure(const uint8_t *buf, size_t len, enum error_code code)
 {
@@ -838,6 +848,33 @@ static void test_compressed_declaring_more_than_it_inflates_is_corrupt(void **st
 	free(inner);
 }
 
+static void test_inflate_without_memory_is_out_of_memory_not_corrupt(void **state)
+{
+	(void)state;
+	/* A sound compressed module of 1 MiB: inflating grows its buffer past the
+	 * first chunk, and that growth fails here.  The file is fine; the machine
+	 * is short of memory, and the error must say so. */
+	size_t big = 1u << 20;
+	uint8_t *zeros = calloc(1, big);
+	assert_non_null(zeros);
+	struct spec s = argon_app();
+	uint8_t *inner;
+	size_t n = build(&s, &inner);
+	memcpy(zeros, inner, IMAGE_PREFIX_SIZE);
+	put16(zeros + big - 6, 40); /* the outer module copies a 40-byte suffix */
+	uint8_t *b;
+	size_t cn = compress_module(zeros, big, 0, (uint32_t)big, 0, 0, &b);
+	fail_realloc = true;
+	struct error e = expect_failure(b, cn, ERR_OUT_OF_MEMORY);
+	fail_realloc = false;
+	assert_true(json_integer_value(json_object_get(e.detail, "size")) > 64 * 1024);
+	error_clear(&e);
+	free(b);
+	free(zeros);
+	free(inner);
+	(void)n;
+}
+
 static void test_compression_bomb_stops_at_the_declared_size(void **state)
 {
 	(void)state;
@@ -1225,6 +1262,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_compressed_declaring_less_than_it_inflates_is_corrupt),
 	    cmocka_unit_test(test_compressed_declaring_more_than_it_inflates_is_corrupt),
 	    cmocka_unit_test(test_compression_bomb_stops_at_the_declared_size),
+	    cmocka_unit_test(test_inflate_without_memory_is_out_of_memory_not_corrupt),
 	    cmocka_unit_test(test_unknown_compression_method_or_window_is_unsupported),
 	    cmocka_unit_test(test_garbage_deflate_data_is_corrupt),
 	    cmocka_unit_test(test_compressed_inside_compressed_is_unsupported),
