@@ -2,6 +2,7 @@
 
 #include "cleanup.h"
 #include "config.h"
+#include "device_json.h"
 #include "history.h"
 #include "log.h"
 #include "transports.h"
