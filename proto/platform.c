@@ -10,8 +10,8 @@
 #define KIB(n) ((uint32_t)(n) * 1024u)
 #define ANY_VERSION 0xffff
 
-/* §1.1, §1.2, §1.3; Device OS support ranges as system module versions (§7.9).
- * Fields left out are zero: no cellular or Wi-Fi radio, no external flash, CDC on interface 0. */
+/* Fields left out are zero: no cellular or Wi-Fi radio, no external flash, CDC on interface 0. */
+/* §1.1, §1.2, §1.3; Device OS support ranges as system module versions (§7.9). */
 static const struct platform platforms[] = {
 	{.id = 0, .name = "core", .display = "Core", .gen = 1, .mcu = MCU_STM32F103,
 	 .vid = 0x1d50, .cdc_pid = 0x607d, .dfu_pid = 0x607f,
