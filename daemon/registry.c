@@ -382,4 +382,3 @@ void registry_set_job(struct registry *r, struct device *dev, struct job *job)
 	}
 	notify(r, dev, REGISTRY_CHANGED);
 }
-
