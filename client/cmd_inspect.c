@@ -568,7 +568,8 @@ static int inspect_one(const char *file, const struct cli_global *g)
 	struct bundle *b = NULL;
 	if (load_bundle(file, &b, &err))
 		return inspect_bundle(file, g, b, &err);
-	image_load_path(file, &img, &err);
+	/* The verdict is read from err below; a damaged image is still shown. */
+	(void)!image_load_path(file, &img, &err);
 	if (g->json) {
 		print_json(file, img, &err);
 	} else {
@@ -585,26 +586,27 @@ static int inspect_one(const char *file, const struct cli_global *g)
 	return status;
 }
 
-int cmd_inspect(int argc, char **argv, const struct cli_global *g)
+static const struct option inspect_options[] = {
+    {"json", no_argument, NULL, 'j'},
+    {"help", no_argument, NULL, 'h'},
+    {0},
+};
+
+static int cmd_inspect_exec(int argc, char **argv, const struct cli_global *g)
 {
 	struct cli_global local = *g;
-	static const struct option opts[] = {
-	    {"json", no_argument, NULL, 'j'},
-	    {"help", no_argument, NULL, 'h'},
-	    {0},
-	};
 	int c;
-	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "jh", inspect_options, NULL)) != -1) {
 		switch (c) {
 		case 'j':
 			local.json = true;
 			break;
 		case 'h':
-			printf("Usage: flashctl inspect FILE... [--json]\n");
+			printf("Usage: flashctl %s %s\n", cmd_inspect_entry.name,
+			       cmd_inspect_entry.usage);
 			return 0;
 		default:
-			return render_usage_error(&local,
-						  "usage: flashctl inspect FILE... [--json]");
+			return cmd_usage_error(&local, &cmd_inspect_entry);
 		}
 	}
 	if (optind >= argc)
@@ -617,3 +619,11 @@ int cmd_inspect(int argc, char **argv, const struct cli_global *g)
 	}
 	return worst;
 }
+
+const struct cmd_entry cmd_inspect_entry = {
+    .name = "inspect",
+    .options = inspect_options,
+    .usage = "FILE... [--json]",
+    .summary = "describe firmware files (no daemon needed)",
+    .exec = cmd_inspect_exec,
+};

@@ -38,7 +38,8 @@ struct cdc_query {
 	unsigned listens; /* 28800 toggles so far */
 	bool entered;	  /* the console answered after flashd asked for listening mode */
 	struct cdc_query_result res;
-	struct error err; /* the last console result, then the final one */
+	struct error err;	      /* the last console result, then the final one */
+	enum console_phase failed_in; /* where the last console run failed */
 	cdc_query_done_fn done;
 	void *ctx;
 };
@@ -66,6 +67,8 @@ static void release(struct cdc_query *q)
 	q->port = NULL;
 }
 
+static bool probe_silence(const struct cdc_query *q);
+
 /* Ends the query; the callback runs from the kick event. */
 static void finish(struct cdc_query *q, struct error *err)
 {
@@ -76,9 +79,11 @@ static void finish(struct cdc_query *q, struct error *err)
 	if (err && err != &q->err) {
 		error_clear(&q->err);
 		error_move(&q->err, err);
+		q->failed_in = CONSOLE_PHASE_NONE; /* not the console's error */
 	}
 	if (!err)
 		error_clear(&q->err);
+	q->res.no_listening_mode = err && probe_silence(q);
 	if (q->entered && !q->res.was_listening && q->port) {
 		/* §2.3 `x`: give the device back to its firmware as it was found
 		 * (also when a later step failed: flashd put it there). */
@@ -105,7 +110,7 @@ static void run_console(struct cdc_query *q, enum query_state st, unsigned steps
 	q->console = console_new(q->base, q->port->fd, &cc, &ops);
 	q->state = st;
 	if (!q->console) {
-		error_set(&e, ERR_INTERNAL, "out of memory");
+		error_set(&e, ERR_OUT_OF_MEMORY, NULL);
 		finish(q, &e);
 		return;
 	}
@@ -141,19 +146,16 @@ static void ask_listening(struct cdc_query *q)
 
 /* Silence to `v` is what "not in listening mode" looks like (§3: entering
  * prints nothing).  A timeout after the console answered is not. */
-static bool probe_silence(const struct error *e)
+static bool probe_silence(const struct cdc_query *q)
 {
-	if (e->code != ERR_TIMED_OUT)
-		return false;
-	json_t *phase = e->detail ? json_object_get(e->detail, "phase") : NULL;
-	const char *s = phase ? json_string_value(phase) : NULL;
-	return !s || strcmp(s, "probe") == 0;
+	return q->err.code == ERR_TIMED_OUT && q->failed_in == CONSOLE_PHASE_PROBE;
 }
 
 static void on_console_done(void *ctx, struct error *err)
 {
 	struct cdc_query *q = ctx;
 	error_clear(&q->err);
+	q->failed_in = err ? console_failed_phase(q->console) : CONSOLE_PHASE_NONE;
 	if (err)
 		error_move(&q->err, err);
 	/* Decided from the kick: the console must not be freed from its own callback. */
@@ -210,7 +212,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 			q->res.was_listening = true;
 			run_console(q, QUERY_QUERY, query_steps(q) & ~(unsigned)CONSOLE_PROBE,
 				    q->cfg.probe_ms);
-		} else if (probe_silence(&q->err)) {
+		} else if (probe_silence(q)) {
 			error_clear(&q->err);
 			ask_listening(q);
 		} else {
@@ -218,9 +220,9 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		}
 		return;
 	case QUERY_QUERY:
-		if (!probe_silence(&q->err))
+		if (!probe_silence(q))
 			q->entered = true;
-		if (probe_silence(&q->err) && q->cfg.relisten && q->listens < 2) {
+		if (probe_silence(q) && q->cfg.relisten && q->listens < 2) {
 			error_clear(&q->err);
 			ask_listening(q);
 			return;
@@ -244,7 +246,7 @@ struct cdc_query *cdc_query_start(struct event_base *base, const char *tty,
 {
 	struct cdc_query *q = calloc(1, sizeof(*q));
 	if (!q) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	q->base = base;
@@ -266,7 +268,7 @@ struct cdc_query *cdc_query_start(struct event_base *base, const char *tty,
 	q->kick = event_new(base, -1, 0, on_kick, q);
 	if (!q->timer || !q->kick) {
 		cdc_query_free(q);
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	q->state = QUERY_OPEN;

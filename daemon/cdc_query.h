@@ -62,12 +62,14 @@ struct cdc_query_result {
 	struct device_facts facts; /* what the device said, over what the caller knew */
 	bool was_listening;	   /* it answered before flashd asked for listening mode */
 	bool left_listening;	   /* flashd sent `x` to give the device back to its firmware */
+	/* The query failed because the device stayed silent to `v` (the error is
+	 * timed-out, detail.phase "probe"): it has no listening mode now (Device OS
+	 * 6.x, or listening disabled).  Decide on this, not on the detail string. */
+	bool no_listening_mode;
 };
 
 /* Called once, from the loop (never from inside cdc_query_start()); the query
- * may be freed from here.  err is NULL on success; a timed-out with
- * detail.phase "probe" means the device has no listening mode now (Device OS
- * 6.x, or listening disabled). */
+ * may be freed from here.  err is NULL on success; see res->no_listening_mode. */
 typedef void (*cdc_query_done_fn)(void *ctx, const struct cdc_query_result *res, struct error *err);
 
 /* Starts on tty.  known: facts to start from (platform from the USB ids), may be NULL. */

@@ -1,5 +1,6 @@
 #include "history.h"
 
+#include "cleanup.h"
 #include "jobs.h"
 #include "log.h"
 #include "rfc3339.h"
@@ -879,12 +880,10 @@ int history_filter_parse(const json_t *req, struct history_filter *f, struct err
 struct history_query *history_query(struct history *h, const struct history_filter *f,
 				    history_result_cb cb, void *ctx, struct error *err)
 {
-	struct history_query *q = calloc(1, sizeof(*q));
-	struct op *op = calloc(1, sizeof(*op));
+	_cleanup_free_ struct history_query *q = calloc(1, sizeof(*q));
+	_cleanup_free_ struct op *op = calloc(1, sizeof(*op));
 	if (!q || !op) {
-		free(q);
-		free(op);
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	q->f = *f;
@@ -897,8 +896,6 @@ struct history_query *history_query(struct history *h, const struct history_filt
 	bool full = h->queued >= HISTORY_QUEUE_MAX;
 	pthread_mutex_unlock(&h->mu);
 	if (full) {
-		free(q);
-		free(op);
 		error_set(err, ERR_HISTORY_UNAVAILABLE,
 			  "the flash history is busy: %u records wait to be written",
 			  HISTORY_QUEUE_MAX);
@@ -906,8 +903,8 @@ struct history_query *history_query(struct history *h, const struct history_filt
 		error_detail_str(err, "path", h->path);
 		return NULL;
 	}
-	enqueue(h, op);
-	return q;
+	enqueue(h, TAKE_PTR(op));
+	return TAKE_PTR(q);
 }
 
 void history_query_abandon(struct history *h, struct history_query *q)
@@ -1064,7 +1061,7 @@ struct history *history_open(struct event_base *base, const char *state_dir,
 {
 	struct history *h = calloc(1, sizeof(*h));
 	if (!h) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	h->efd = -1;

@@ -1,5 +1,6 @@
 #include "image_cache.h"
 
+#include "cleanup.h"
 #include "log.h"
 
 #include <errno.h>
@@ -111,7 +112,7 @@ static int read_raw(int fd, struct raw_read *r)
 		return -1;
 	}
 	size_t len = (size_t)st.st_size;
-	uint8_t *buf = malloc(len ? len : 1);
+	_cleanup_free_ uint8_t *buf = malloc(len ? len : 1);
 	if (!buf) {
 		r->errnum = ENOMEM;
 		snprintf(r->reason, sizeof(r->reason), "out of memory");
@@ -126,12 +127,11 @@ static int read_raw(int fd, struct raw_read *r)
 			r->errnum = n < 0 ? errno : 0;
 			snprintf(r->reason, sizeof(r->reason), "read failed: %s",
 				 n < 0 ? strerror(errno) : "file shrank while reading");
-			free(buf);
 			return -1;
 		}
 		got += (size_t)n;
 	}
-	r->buf = buf;
+	r->buf = TAKE_PTR(buf);
 	r->len = len;
 	return 0;
 }
@@ -169,6 +169,8 @@ int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct 
 int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, const char *name,
 			    struct image_ref **ret, struct error *err)
 {
+	_cleanup_free_ uint8_t *owned = buf; /* ours on every path: the parsed image copies */
+	_cleanup_(image_freep) struct image *img = NULL;
 	uint8_t sha[32];
 	struct sha256_ctx ctx;
 	sha256_init(&ctx);
@@ -176,62 +178,48 @@ int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, con
 	sha256_digest(&ctx, sizeof(sha), sha);
 	for (struct image_ref *r = c->refs; r; r = r->next) {
 		if (memcmp(r->sha256, sha, sizeof(sha)) == 0) {
-			free(buf);
 			r->refs++;
 			*ret = r;
 			return 0;
 		}
 	}
 	if (c->bytes + len > c->limit) {
-		free(buf);
 		unreadable(err, 0, name, "the daemon holds too much firmware for other jobs");
 		error_detail_int(err, "limit", (long long)c->limit);
 		return -1;
 	}
-	struct image *img = NULL;
-	struct bundle *bundle = NULL;
+	/* A zip's application belongs to its bundle; a module file's image to img. */
+	_cleanup_(bundle_freep) struct bundle *bundle = NULL;
 	size_t held = len;
 	int rc;
 	if (bundle_is_zip(buf, len)) {
 		rc = bundle_parse(buf, len, &bundle, err);
-		if (rc < 0) {
-			/* Damaged or mismatched bundles are returned for display only. */
-			bundle_free(bundle);
-			bundle = NULL;
+		if (rc < 0)
 			error_prefix(err, "%s: ", name);
-		} else {
-			img = bundle->app;
+		else
 			held += (size_t)bundle_assets_bytes(bundle);
-		}
 	} else {
 		rc = image_parse(buf, len, &img, err);
 	}
-	free(buf);
 	if (rc < 0) {
-		/* A damaged image is returned for display; it is not flashed. */
-		image_free(img);
+		/* A damaged image or bundle is returned for display; it is not flashed. */
 		error_detail_str(err, "file", name);
 		return -1;
 	}
 	if (c->bytes + held > c->limit) { /* a bundle's assets may tip it over */
-		if (bundle)
-			bundle_free(bundle);
-		else
-			image_free(img);
 		unreadable(err, 0, name, "the daemon holds too much firmware for other jobs");
 		error_detail_int(err, "limit", (long long)c->limit);
 		return -1;
 	}
 	struct image_ref *r = calloc(1, sizeof(*r));
-	if (!r) {
-		if (bundle)
-			bundle_free(bundle);
-		else
-			image_free(img);
-		return unreadable(err, ENOMEM, name, "out of memory");
+	if (!r)
+		return error_set(err, ERR_OUT_OF_MEMORY, "out of memory reading %s", name);
+	if (bundle) {
+		r->img = bundle->app;
+		r->bundle = TAKE_PTR(bundle);
+	} else {
+		r->img = TAKE_PTR(img);
 	}
-	r->img = img;
-	r->bundle = bundle;
 	memcpy(r->sha256, sha, sizeof(sha));
 	for (int i = 0; i < 32; i++)
 		snprintf(r->sha256_hex + 2 * i, 3, "%02x", sha[i]);
@@ -394,8 +382,10 @@ static void *reader_main(void *arg)
 
 static void loop_side_free(struct image_read *r)
 {
-	event_free(r->wake_ev);
-	event_free(r->deadline_ev);
+	if (r->wake_ev) /* event_free() does not take NULL */
+		event_free(r->wake_ev);
+	if (r->deadline_ev)
+		event_free(r->deadline_ev);
 	close(r->wake[0]);
 	r->wake_ev = r->deadline_ev = NULL;
 }
@@ -440,7 +430,8 @@ struct image_read *image_read_start(struct event_base *base, int fd, const char 
 	}
 	struct image_read *r = calloc(1, sizeof(*r));
 	if (!r) {
-		unreadable(err, ENOMEM, name, "out of memory");
+		owner_put(owner);
+		error_set(err, ERR_OUT_OF_MEMORY, "out of memory reading %s", name);
 		return NULL;
 	}
 	pthread_mutex_init(&r->lock, NULL);
@@ -462,6 +453,13 @@ struct image_read *image_read_start(struct event_base *base, int fd, const char 
 	}
 	r->wake_ev = event_new(base, r->wake[0], EV_READ, on_wake, r);
 	r->deadline_ev = evtimer_new(base, on_deadline, r);
+	if (!r->wake_ev || !r->deadline_ev) {
+		owner_put(owner);
+		error_set(err, ERR_OUT_OF_MEMORY, "out of memory reading %s", name);
+		loop_side_free(r);
+		read_state_free(r);
+		return NULL;
+	}
 	pthread_attr_t attr;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

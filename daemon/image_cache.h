@@ -38,11 +38,12 @@ void image_cache_free(struct image_cache *c);
  * a regular file, read error, too large, memory limit), the parser's image-*
  * errors or the bundle reader's bundle-* errors.  name is for messages.
  */
-int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct image_ref **ret,
-			struct error *err);
+WARN_UNUSED_RESULT int image_cache_load_fd(struct image_cache *c, int fd, const char *name,
+					   struct image_ref **ret, struct error *err);
 /* The same over bytes already read (buf is taken over and freed). */
-int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, const char *name,
-			    struct image_ref **ret, struct error *err);
+WARN_UNUSED_RESULT int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len,
+					       const char *name, struct image_ref **ret,
+					       struct error *err);
 void image_cache_put(struct image_cache *c, struct image_ref *ref);
 
 /*

@@ -90,6 +90,4 @@ size_t registry_count_present(struct registry *r);
 /* Plausible Particle device id: 24 hex digits (case-insensitive). */
 bool registry_id_plausible(const char *s);
 
-/* {"key","id","platform","platform_id","mode","present","busy","job","tty","usb":{...},
- *  "os","modules"} */
-json_t *device_to_json(const struct device *dev, bool with_modules);
+/* A device as JSON for clients: device_json.h. */

@@ -1,6 +1,8 @@
 #include "server.h"
 
+#include "cleanup.h"
 #include "config.h"
+#include "device_json.h"
 #include "history.h"
 #include "log.h"
 #include "transports.h"
@@ -125,19 +127,17 @@ static void client_send(struct client *c, const json_t *obj)
 	size_t len;
 	if (c->dead)
 		return;
-	char *line = wire_encode(obj, &len);
+	_cleanup_free_ char *line = wire_encode(obj, &len);
 	if (!line)
 		return;
 	/* A client that does not read must not make the daemon hold unbounded memory. */
 	if (evbuffer_get_length(c->out) + len > c->srv->cfg.output_buffer_max) {
-		free(line);
 		log_warning("client %lu (pid %d) stopped reading: output buffer over %zu bytes",
 			    c->id, (int)c->cred.pid, c->srv->cfg.output_buffer_max);
 		client_kill(c, "slow reader");
 		return;
 	}
 	evbuffer_add(c->out, line, len);
-	free(line);
 	event_add(c->wev, NULL);
 }
 
@@ -184,6 +184,7 @@ static void flash_read_free(struct flash_read *fr)
 	free(fr->line);
 	free(fr);
 }
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct flash_read *, flash_read_free)
 
 static void close_fds(struct client *c)
 {
@@ -240,12 +241,10 @@ static struct device *find_device(struct server *s, const char *what, struct err
 {
 	struct device *found = NULL;
 	unsigned n = 0;
-	json_t *candidates = json_array();
 	struct device *d = registry_find_key(s->reg, what);
-	if (d) {
-		json_decref(candidates);
+	if (d)
 		return d;
-	}
+	json_auto_t *candidates = json_array();
 	for (d = registry_first(s->reg); d; d = d->next) {
 		if (!listed(d))
 			continue;
@@ -257,19 +256,16 @@ static struct device *find_device(struct server *s, const char *what, struct err
 			json_array_append_new(candidates, device_to_json(d, false));
 		}
 	}
-	if (n == 1) {
-		json_decref(candidates);
+	if (n == 1)
 		return found;
-	}
 	if (n == 0) {
-		json_decref(candidates);
 		error_set(err, ERR_DEVICE_NOT_FOUND, "no attached device is known as %s", what);
 		error_detail_str(err, "target", what);
 		return NULL;
 	}
 	error_set(err, ERR_AMBIGUOUS_TARGET, "%u devices are known as %s", n, what);
 	error_detail_str(err, "target", what);
-	error_detail_json(err, "candidates", candidates);
+	error_detail_json(err, "candidates", TAKE_PTR(candidates));
 	return NULL;
 }
 
@@ -457,7 +453,7 @@ static int load_images(struct client *c, const struct wire_flash *f, struct job_
 				memcpy(copy, fr->bufs[k], len);
 			rc = copy ? image_cache_load_buffer(c->srv->images, copy, len,
 							    f->images[i].name, &jr->images[i], err)
-				  : error_set(err, ERR_INTERNAL, "out of memory");
+				  : error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		}
 		if (rc < 0) {
 			for (unsigned j = 0; j < i; j++)
@@ -560,11 +556,9 @@ static int begin_flash(struct client *c, struct wire_request *req, const char *l
 	unsigned n;
 	if (resolve_targets(c->srv, &f, devs, &n, err) < 0)
 		return -1;
-	struct flash_read *fr = calloc(1, sizeof(*fr));
-	if (!fr || !(fr->line = malloc(len + 1))) {
-		free(fr);
-		return error_set(err, ERR_INTERNAL, "out of memory");
-	}
+	_cleanup_(flash_read_freep) struct flash_read *fr = calloc(1, sizeof(*fr));
+	if (!fr || !(fr->line = malloc(len + 1)))
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	memcpy(fr->line, line, len);
 	fr->line[len] = '\0';
 	fr->len = len;
@@ -578,14 +572,12 @@ static int begin_flash(struct client *c, struct wire_request *req, const char *l
 			continue; /* an upload is in memory; one fd named twice: read once */
 		fr->reads[k] = image_read_start(c->srv->base, c->fds[k], f.images[i].name,
 						c->cred.uid, deadline, flash_read_done, c, err);
-		if (!fr->reads[k]) {
-			flash_read_free(fr);
+		if (!fr->reads[k])
 			return -1;
-		}
 		fr->pending++;
 	}
-	c->reading = fr;
-	if (fr->pending == 0)
+	c->reading = TAKE_PTR(fr);
+	if (c->reading->pending == 0)
 		finish_flash(c); /* uploads only: nothing to read */
 	return 1;
 }
@@ -1052,24 +1044,34 @@ static void on_closed(evutil_socket_t fd, short what, void *arg)
 
 /* ---- connections ------------------------------------------------------- */
 
+static void event_free_if(struct event *ev)
+{
+	if (ev) /* libevent's event_free() does not take NULL */
+		event_free(ev);
+}
+
+/* Frees a client, also one that client_add() built only in part. */
 static void client_destroy(struct client *c)
 {
+	if (!c)
+		return;
 	close_fds(c);
 	history_query_abandon(c->srv->history, c->history_q);
 	json_decref(c->history_id);
 	flash_read_free(c->reading); /* abandons reads still pending */
-	event_free(c->idle);
+	event_free_if(c->idle);
 	json_decref(c->probe_id);
-	if (c->closed)
-		event_free(c->closed);
-	event_free(c->resume);
-	event_free(c->rev);
-	event_free(c->wev);
-	evbuffer_free(c->out);
+	event_free_if(c->closed);
+	event_free_if(c->resume);
+	event_free_if(c->rev);
+	event_free_if(c->wev);
+	if (c->out)
+		evbuffer_free(c->out);
 	close(c->fd);
 	free(c->in);
 	free(c);
 }
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct client *, client_destroy)
 
 static void reaper_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -1106,34 +1108,28 @@ static void refuse(struct server *s, int fd, const struct ucred *cred, unsigned 
 			  s->cfg.max_clients);
 		error_detail_int(&err, "limit", s->cfg.max_clients);
 	}
-	json_t *obj = wire_error_new(NULL, &err);
+	json_auto_t *obj = wire_error_new(NULL, &err);
 	size_t len;
-	char *line = wire_encode(obj, &len);
+	_cleanup_free_ char *line = obj ? wire_encode(obj, &len) : NULL;
 	/* Best effort: a fresh socket buffer takes one short line without blocking. */
 	if (line && send(fd, line, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
 		log_debug("could not tell a refused client why: %s", strerror(errno));
-	free(line);
-	json_decref(obj);
 	error_clear(&err);
 	close(fd);
 }
 
 static void client_add(struct server *s, int fd, const struct ucred *cred)
 {
-	struct client *c = calloc(1, sizeof(*c));
-	socklen_t len = sizeof(c ? c->cred : (struct ucred){0});
-	if (!c || !(c->in = malloc(WIRE_LINE_MAX + 1)) || !(c->out = evbuffer_new())) {
-		if (c) {
-			free(c->in);
-			free(c);
-		}
+	_cleanup_(client_destroyp) struct client *c = calloc(1, sizeof(*c));
+	if (!c) {
 		close(fd);
 		return;
 	}
 	c->srv = s;
-	c->fd = fd;
+	c->fd = fd; /* the client's from here: client_destroy() closes it */
+	if (!(c->in = malloc(WIRE_LINE_MAX + 1)) || !(c->out = evbuffer_new()))
+		return;
 	c->id = ++s->next_id;
-	(void)len;
 	c->cred = *cred;
 	socklen_t glen = sizeof(c->groups);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, c->groups, &glen) == 0)
@@ -1146,13 +1142,18 @@ static void client_add(struct server *s, int fd, const struct ucred *cred)
 	 * probe's client is only seen gone when the probe ends. */
 	if (event_base_get_features(s->base) & EV_FEATURE_EARLY_CLOSE)
 		c->closed = event_new(s->base, fd, EV_CLOSED | EV_PERSIST, on_closed, c);
+	if (!c->rev || !c->wev || !c->resume || !c->idle) {
+		log_warning("out of memory: closing a new connection (uid %u pid %d)",
+			    (unsigned)cred->uid, (int)cred->pid);
+		return;
+	}
 	event_add(c->rev, NULL);
 	client_touch(c);
-	c->next = s->clients;
-	s->clients = c;
-	s->n_clients++;
 	log_debug("client %lu connected (uid %u pid %d)", c->id, (unsigned)c->cred.uid,
 		  (int)c->cred.pid);
+	c->next = s->clients;
+	s->clients = TAKE_PTR(c);
+	s->n_clients++;
 }
 
 static void accept_resume(evutil_socket_t fd, short what, void *arg)
@@ -1234,6 +1235,10 @@ struct server *server_new(struct event_base *base, int listen_fd, struct registr
 	s->listen_ev = event_new(base, listen_fd, EV_READ | EV_PERSIST, on_accept, s);
 	s->accept_pause = evtimer_new(base, accept_resume, s);
 	s->reaper = event_new(base, -1, 0, reaper_cb, s);
+	if (!s->listen_ev || !s->accept_pause || !s->reaper) {
+		server_free(s); /* the caller reports a NULL server as out of memory */
+		return NULL;
+	}
 	event_add(s->listen_ev, NULL);
 	return s;
 }
@@ -1251,9 +1256,9 @@ void server_free(struct server *s)
 		s->clients = c->next;
 		client_destroy(c);
 	}
-	event_free(s->listen_ev);
-	event_free(s->accept_pause);
-	event_free(s->reaper);
+	event_free_if(s->listen_ev);
+	event_free_if(s->accept_pause);
+	event_free_if(s->reaper);
 	uploads_free(s->uploads);
 	close(s->listen_fd);
 	free(s);

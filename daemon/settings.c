@@ -1,5 +1,6 @@
 #include "settings.h"
 
+#include "cleanup.h"
 #include "log.h"
 
 #include <assert.h>
@@ -262,20 +263,17 @@ int config_parse(struct config *c, const char *text, const char *origin, struct 
 
 int config_load(struct config *c, const char *path, struct error *err)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return error_set(err, ERR_USAGE, "cannot open config file %s: %s", path,
 				 strerror(errno));
-	char *buf = malloc(CONFIG_FILE_MAX + 1);
+	_cleanup_free_ char *buf = malloc(CONFIG_FILE_MAX + 1);
+	if (!buf)
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	size_t len = 0;
 	ssize_t r;
-	while (buf && len < CONFIG_FILE_MAX && (r = read(fd, buf + len, CONFIG_FILE_MAX - len)) > 0)
+	while (len < CONFIG_FILE_MAX && (r = read(fd, buf + len, CONFIG_FILE_MAX - len)) > 0)
 		len += (size_t)r;
-	close(fd);
-	if (!buf)
-		return error_set(err, ERR_INTERNAL, "out of memory");
 	buf[len] = '\0';
-	int rc = config_parse(c, buf, path, err);
-	free(buf);
-	return rc;
+	return config_parse(c, buf, path, err);
 }

@@ -60,9 +60,10 @@ struct config {
 
 void config_defaults(struct config *c);
 /* Reads FILE; unknown sections or keys are warned about, bad values are errors (usage). */
-int config_load(struct config *c, const char *path, struct error *err);
+WARN_UNUSED_RESULT int config_load(struct config *c, const char *path, struct error *err);
 /* Same over a buffer (unit tests). */
-int config_parse(struct config *c, const char *text, const char *origin, struct error *err);
+WARN_UNUSED_RESULT int config_parse(struct config *c, const char *text, const char *origin,
+				    struct error *err);
 
 /* Registers timeout keys with their defaults (a NULL-key-terminated array). */
 void timeouts_register(const struct timeout_def *defs);

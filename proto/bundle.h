@@ -20,6 +20,8 @@
  */
 #pragma once
 
+#include "cleanup.h"
+
 #include "errors.h"
 #include "image.h"
 
@@ -85,6 +87,7 @@ bool bundle_is_zip(const uint8_t *buf, size_t len);
  */
 int bundle_parse(const uint8_t *buf, size_t len, struct bundle **ret, struct error *err);
 void bundle_free(struct bundle *b);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct bundle *, bundle_free)
 
 /* The asset dependencies an application module declares (ASSET_DEPENDENCY
  * extensions in its prefix or suffix), at most max; returns how many it has

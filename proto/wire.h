@@ -69,17 +69,20 @@ bool wire_line_is_blank(const char *line, size_t len);
  * WIRE_REQUEST_MAX (WIRE_LINE_MAX for upload-chunk).  On failure req->id may still be set (when the
  * id was readable) so the error can echo it; call wire_request_clear() either way.
  */
-int wire_parse_request(const char *line, size_t len, struct wire_request *req, struct error *err);
+WARN_UNUSED_RESULT int wire_parse_request(const char *line, size_t len, struct wire_request *req,
+					  struct error *err);
 void wire_request_clear(struct wire_request *req);
 
 /* Typed optional fields: absent -> default; wrong type -> bad-request naming the field. */
-int wire_get_bool(const json_t *obj, const char *key, bool def, bool *out, struct error *err);
-int wire_get_string(const json_t *obj, const char *key, size_t max, const char **out,
-		    struct error *err); /* *out = NULL when absent */
+WARN_UNUSED_RESULT int wire_get_bool(const json_t *obj, const char *key, bool def, bool *out,
+				     struct error *err);
+WARN_UNUSED_RESULT int wire_get_string(const json_t *obj, const char *key, size_t max,
+				       const char **out,
+				       struct error *err); /* *out = NULL when absent */
 /* Seconds as a JSON number (integer or real), converted to milliseconds;
  * true = -1 (forever), absent/false = def. */
-int wire_get_seconds_ms(const json_t *obj, const char *key, long def, long *out_ms,
-			struct error *err);
+WARN_UNUSED_RESULT int wire_get_seconds_ms(const json_t *obj, const char *key, long def,
+					   long *out_ms, struct error *err);
 
 enum wire_target_kind {
 	WIRE_TARGET_ANY,      /* no target: the only device attached */
@@ -106,7 +109,8 @@ struct wire_flash {
 };
 /* Validates and extracts a flash request's fields: each image has "fd" (an index
  * < n_fds, each used once) or "upload" (an upload id, each used once). */
-int wire_parse_flash(const json_t *req, unsigned n_fds, struct wire_flash *out, struct error *err);
+WARN_UNUSED_RESULT int wire_parse_flash(const json_t *req, unsigned n_fds, struct wire_flash *out,
+					struct error *err);
 
 /* upload-begin: {"size":N,"sha256":"64 hex","name":"app.bin"} */
 struct wire_upload_begin {
@@ -115,7 +119,8 @@ struct wire_upload_begin {
 	char name[WIRE_NAME_MAX];
 };
 /* Fails with bad-request on a missing or mistyped field (size >= 1, sha256 64 hex digits). */
-int wire_parse_upload_begin(const json_t *req, struct wire_upload_begin *out, struct error *err);
+WARN_UNUSED_RESULT int wire_parse_upload_begin(const json_t *req, struct wire_upload_begin *out,
+					       struct error *err);
 
 /* upload-chunk: {"upload":ID,"offset":N,"data":"base64"} */
 struct wire_upload_chunk {
@@ -127,7 +132,8 @@ struct wire_upload_chunk {
 /* bad-request for a missing or mistyped field; upload-invalid (reason "bad-base64",
  * "chunk-too-large" with limit) for data that is not strict base64 or decodes to
  * more than WIRE_UPLOAD_CHUNK_MAX bytes. */
-int wire_parse_upload_chunk(const json_t *req, struct wire_upload_chunk *out, struct error *err);
+WARN_UNUSED_RESULT int wire_parse_upload_chunk(const json_t *req, struct wire_upload_chunk *out,
+					       struct error *err);
 void wire_upload_chunk_clear(struct wire_upload_chunk *c);
 
 /*
@@ -145,7 +151,8 @@ struct wire_subscribe {
 };
 /* Job ids a connection may subscribe to one by one. */
 #define WIRE_SUBSCRIBE_JOBS_MAX 64
-int wire_parse_subscribe(const json_t *req, struct wire_subscribe *out, struct error *err);
+WARN_UNUSED_RESULT int wire_parse_subscribe(const json_t *req, struct wire_subscribe *out,
+					    struct error *err);
 
 /* Builders: every object carries "type". */
 json_t *wire_reply_new(const json_t *id,

@@ -50,7 +50,8 @@ export type ErrorCode =
   | "too-many-clients"
   | "history-unavailable"
   | "daemon-unreachable"
-  | "internal";
+  | "internal"
+  | "out-of-memory";
 
 /** Facts any error may carry. */
 export interface CommonDetail {
@@ -112,6 +113,7 @@ export interface ErrorDetails {
   "history-unavailable": CommonDetail & { reason?: string; path?: string; sqlite_error?: string };
   "daemon-unreachable": CommonDetail & { socket?: string; errno?: number };
   "internal": CommonDetail & { reason?: string; errno?: number };
+  "out-of-memory": CommonDetail & { size?: number };
 }
 
 /** Exit status per id, as flashctl exits. */

@@ -52,6 +52,7 @@ const CATALOGUE = Object.freeze({
   "history-unavailable": Object.freeze({ exit: 10, className: "HistoryUnavailableError", details: Object.freeze({"reason":"s","path":"s","sqlite_error":"s"}), message: "the flash history is not available", hint: "run flashd with a state directory (--state-dir DIR; the systemd unit gives one) and read the daemon log for the database error" }),
   "daemon-unreachable": Object.freeze({ exit: 10, className: "DaemonUnreachableError", details: Object.freeze({"socket":"s","errno":"i"}), message: "flashctl could not reach the flashd daemon", hint: "start it (systemctl start flashd.socket) or point flashctl at its socket with --socket PATH or FLASHD_SOCKET" }),
   "internal": Object.freeze({ exit: 1, className: "InternalError", details: Object.freeze({"reason":"s","errno":"i"}), message: "flashd hit an internal error", hint: "this is a bug: please report it with 'flashctl jobs --json' output and the daemon log" }),
+  "out-of-memory": Object.freeze({ exit: 1, className: "OutOfMemoryError", details: Object.freeze({"size":"i"}), message: "flashd ran out of memory", hint: "the machine is short of memory (or the service's MemoryMax is reached): free some and try again" }),
 });
 
 module.exports = { CATALOGUE };

@@ -1160,7 +1160,7 @@ int dfuse_erase(struct dfuse *s, uint8_t alt, uint32_t address, size_t len, dfus
 	s->units = calloc(DFUSE_MAX_ERASE_UNITS, sizeof(*s->units));
 	if (!s->units) {
 		s->op = OP_NONE;
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	}
 	int n = dfuse_map_erase_units(&s->info.maps[alt], address, (uint32_t)len, s->units,
 				      DFUSE_MAX_ERASE_UNITS, err);

@@ -229,6 +229,7 @@ static void test_listening_device_is_read_and_left_listening(void **state)
 	b->listening = true;
 	run_query(b, false);
 	assert_false(error_is_set(&b->err));
+	assert_false(b->res.no_listening_mode);
 	assert_true(b->res.was_listening);
 	assert_false(b->res.left_listening);
 	assert_true(b->listening);
@@ -283,6 +284,7 @@ static void test_device_without_console_is_a_probe_timeout_and_gets_no_x(void **
 	run_query(b, true);
 	assert_int_equal(b->err.code, ERR_TIMED_OUT);
 	assert_string_equal(json_string_value(json_object_get(b->err.detail, "phase")), "probe");
+	assert_true(b->res.no_listening_mode);
 	assert_false(b->res.left_listening);
 	/* just booted (a verify): no probe first; `v` after 28800, `v` after the
 	 * second toggle; never `x` */

@@ -166,12 +166,15 @@ struct outcome {
 	bool done;
 	struct error err;
 	struct event_base *base;
+	struct console *console;
+	enum console_phase failed; /* console_failed_phase() in the done callback */
 };
 
 static void on_done(void *ctx, struct error *err)
 {
 	struct outcome *o = ctx;
 	o->done = true;
+	o->failed = console_failed_phase(o->console);
 	error_init(&o->err);
 	if (err)
 		error_move(&o->err, err);
@@ -199,6 +202,7 @@ static void run(struct peer *p, unsigned steps, struct device_facts *facts, stru
 	struct console_ops ops = {o, on_done};
 	struct console *c = console_new(base, sv[0], &cfg, &ops);
 	assert_non_null(c);
+	o->console = c;
 	struct error e;
 	error_init(&e);
 	assert_int_equal(console_run(c, steps, facts, &e), 0);
@@ -376,6 +380,7 @@ static void test_silence_is_timed_out_in_the_probe_phase(void **state)
 	run(&p, CONSOLE_PROBE | CONSOLE_INFO, &f, &o, 200);
 	assert_int_equal(o.err.code, ERR_TIMED_OUT);
 	assert_string_equal(json_string_value(json_object_get(o.err.detail, "phase")), "probe");
+	assert_int_equal(o.failed, CONSOLE_PHASE_PROBE); /* the typed fact callers decide on */
 	assert_int_equal(json_integer_value(json_object_get(o.err.detail, "timeout_ms")), 200);
 	error_clear(&o.err);
 }

@@ -4,8 +4,8 @@ with upload and job progress, the Electron build is refused with wrong-platform
 before the first byte, a waiting job is cancelled, an upload whose bytes do not
 match its SHA-256 and one over the limit get their own errors.
 
-usage: node_test.py FLASHD_SIM FLASHD NODE                 (starts flashd-sim)
-       node_test.py --inside FLASHD NODE                   (runs inside flashd-sim)
+usage: test_node.py FLASHD_SIM FLASHD NODE                 (starts flashd-sim)
+       test_node.py --inside FLASHD NODE                   (runs inside flashd-sim)
 """
 import json
 import os

@@ -3,8 +3,8 @@
 flashd and flashctl against CDC devices simulated by flashd-sim, checked against
 the simulator's state.json.
 
-usage: serial_test.py FLASHD_SIM FLASHD FLASHCTL TEST
-       serial_test.py --inner PLAN.json      (runs inside flashd-sim; see run())
+usage: test_serial.py FLASHD_SIM FLASHD FLASHCTL TEST
+       test_serial.py --inner PLAN.json      (runs inside flashd-sim; see run())
 
 Each test starts one flashd-sim testbed; inside it this script starts
 `flashd --foreground` with short serial timeouts (a --config file) and a private

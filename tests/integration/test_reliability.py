@@ -3,8 +3,8 @@
 the real flashd and flashctl against devices flashd-sim plugs in, unplugs,
 stalls and cancels.
 
-usage: reliability_test.py FLASHD_SIM FLASHD FLASHCTL TEST[,TEST...]|all
-       reliability_test.py --inner PLAN.json      (runs inside flashd-sim)
+usage: test_reliability.py FLASHD_SIM FLASHD FLASHCTL TEST[,TEST...]|all
+       test_reliability.py --inner PLAN.json      (runs inside flashd-sim)
 
 Each test starts one testbed; inside it this script starts flashd (short
 serial timeouts unless the plan says otherwise), runs the plan's steps and
