@@ -35,4 +35,8 @@ size_t server_client_count(const struct server *s);
 /* The flash history for `history` requests (NULL: requests fail with
  * history-unavailable saying why_not). */
 struct history;
+/* Auto-flash rules and the station view for the auto-* and station requests. */
+struct rules;
+struct autoflash;
+void server_set_auto(struct server *s, struct rules *rules, struct autoflash *af);
 void server_set_history(struct server *s, struct history *h, const char *why_not);
