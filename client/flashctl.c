@@ -33,6 +33,12 @@ static const struct verb verbs[] = {
     {"history", cmd_history,
      "history [--device ID] [--since TIME] [--result R] [--limit N] [--json]\n"
      "        [--stats]                   past jobs (the daemon's flash history)"},
+    {"auto", cmd_auto,
+     "auto add [--platform NAME] [--port PATH] [--label TEXT] [--id GLOB]\n"
+     "        [--os-older-than VERSION] [--once] [--priority N] FILE...\n"
+     "        auto list | remove ID | pause ID | resume ID | reload   auto-flash rules"},
+    {"station", cmd_station,
+     "station [--once] [--follow] [--json]   live view of the ports, jobs and counters"},
     {"errors", cmd_errors, "errors [--json|--markdown]    print the error catalogue"},
 };
 

@@ -151,7 +151,9 @@ static const char *describe(const struct device *dev, char *buf, size_t size)
 	return buf;
 }
 
-static struct job *submit(struct autoflash *af, struct device *dev, struct rule *rule,
+/* A job of the rule for the device; probe: no images, nothing written (the
+ * probe is made for the rule, so it carries the rule's id too). */
+static struct job *submit(struct autoflash *af, struct device *dev, struct rule *rule, bool probe,
 			  struct error *err)
 {
 	struct job_request jr;
@@ -160,9 +162,11 @@ static struct job *submit(struct autoflash *af, struct device *dev, struct rule 
 	snprintf(jr.target_value, sizeof(jr.target_value), "%s", dev->s.key);
 	jr.device = dev;
 	jr.opts.detach = true;
-	jr.uid = rule ? rule->owner : 0;
+	jr.uid = rule->owner;
 	jr.gid = (gid_t)-1;
-	if (rule) {
+	snprintf(jr.rule, sizeof(jr.rule), "%s", rule->id);
+	snprintf(jr.label, sizeof(jr.label), "%s", rules_port_label(af->rules, dev->s.port_path));
+	if (!probe) {
 		jr.opts.verify = true;
 		for (unsigned i = 0; i < rule->n_images; i++) {
 			jr.images[i] = rule->images[i].ref;
@@ -170,9 +174,6 @@ static struct job *submit(struct autoflash *af, struct device *dev, struct rule 
 			snprintf(jr.names[i], sizeof(jr.names[i]), "%s", rule->images[i].name);
 		}
 		jr.n_images = rule->n_images;
-		snprintf(jr.rule, sizeof(jr.rule), "%s", rule->id);
-		snprintf(jr.label, sizeof(jr.label), "%s",
-			 rules_port_label(af->rules, dev->s.port_path));
 	} else {
 		jr.opts.dry_run = true; /* a probe: nothing is written */
 	}
@@ -219,11 +220,25 @@ static void decide(struct autoflash *af, struct device *dev)
 		return;
 	}
 	struct rule *rule = best[0];
+	const char *id = dev->s.facts.device_id[0] ? dev->s.facts.device_id : dev->s.usb_serial;
+	if (n_best == 1 && rule->once && rule_done_has(rule, id)) {
+		s->state = SLOT_SKIPPED;
+		snprintf(s->rule, sizeof(s->rule), "%s", rule->id);
+		snprintf(s->message, sizeof(s->message), "rule %s already flashed it (once)",
+			 rule->id);
+		af->skipped++;
+		log_info("auto: %s: rule %s flashed it already (once): skipped", dev->s.key,
+			 rule->id);
+		return;
+	}
+	/* Probe first when the match needs the installed OS, or when skipping what is
+	 * installed needs to know what is (a board's modules are not known until a
+	 * job has read them; the planner will read them in the flash job itself). */
 	if (need_facts ||
 	    (n_best == 1 && rule->skip_installed && !s->probed && !dev->s.facts.modules_known)) {
 		struct error err;
 		error_init(&err);
-		struct job *job = submit(af, dev, NULL, &err);
+		struct job *job = submit(af, dev, rule, true, &err);
 		if (!job) {
 			log_warning("auto: cannot probe %s: %s", dev->s.key, err.message);
 			error_clear(&err);
@@ -260,17 +275,6 @@ static void decide(struct autoflash *af, struct device *dev)
 		error_clear(&err);
 		return;
 	}
-	const char *id = dev->s.facts.device_id[0] ? dev->s.facts.device_id : dev->s.usb_serial;
-	if (rule->once && rule_done_has(rule, id)) {
-		s->state = SLOT_SKIPPED;
-		snprintf(s->rule, sizeof(s->rule), "%s", rule->id);
-		snprintf(s->message, sizeof(s->message), "rule %s already flashed it (once)",
-			 rule->id);
-		af->skipped++;
-		log_info("auto: %s: rule %s flashed it already (once): skipped", dev->s.key,
-			 rule->id);
-		return;
-	}
 	if (rule->max_jobs && rule->running >= rule->max_jobs) {
 		s->decided = false; /* again when one of the rule's jobs ends */
 		s->state = SLOT_WAITING;
@@ -278,7 +282,7 @@ static void decide(struct autoflash *af, struct device *dev)
 	}
 	struct error err;
 	error_init(&err);
-	struct job *job = submit(af, dev, rule, &err);
+	struct job *job = submit(af, dev, rule, false, &err);
 	if (!job) {
 		log_warning("auto: rule %s: cannot start a job for %s: %s", rule->id, dev->s.key,
 			    err.message);
@@ -604,8 +608,9 @@ void autoflash_on_job_event(struct autoflash *af, struct job *job, const json_t 
 	snprintf(s->last_job, sizeof(s->last_job), "%s", job_id(job));
 	snprintf(s->last_rule, sizeof(s->last_rule), "%s", job_rule(job));
 	bool ok = st == JOB_DONE;
-	if (ok && json_is_string(outcome) &&
-	    strcmp(json_string_value(outcome), "already-installed") == 0) {
+	bool skipped = ok && json_is_string(outcome) &&
+		       strcmp(json_string_value(outcome), "already-installed") == 0;
+	if (skipped) {
 		af->skipped++;
 	} else if (ok) {
 		af->flashed++;
@@ -621,7 +626,9 @@ void autoflash_on_job_event(struct autoflash *af, struct job *job, const json_t 
 		const char *id = d->facts.device_id[0] ? d->facts.device_id : d->usb_serial;
 		if (ok)
 			rules_done_add(af->rules, rule, id);
-		run_hook(af, rule, job, event, ok);
+		/* A hook signals what the job did to the board: a skipped one runs none. */
+		if (!skipped)
+			run_hook(af, rule, job, event, ok);
 	}
 	kick(af); /* a rule's waiting devices */
 }
