@@ -74,6 +74,7 @@ struct autoflash {
 	struct registry *reg;
 	struct jobs *jobs;
 	struct rules *rules;
+	const struct transport_ops *const *transports;
 	struct history *history;
 	struct af_slot *slots;
 	struct event *kick;
@@ -188,6 +189,13 @@ static void decide(struct autoflash *af, struct device *dev)
 	char what[512];
 	struct af_slot *s = slot_get(af, dev);
 	if (!s || s->decided || s->job[0] || !dev->s.present || jobs_holding_device(af->jobs, dev))
+		return;
+	/* Not before a transport can work on it: a CDC device's tty appears a moment
+	 * after its USB device (the registry's device-changed brings us back). */
+	bool servable = false;
+	for (size_t i = 0; af->transports[i] && !servable; i++)
+		servable = af->transports[i]->can_serve && af->transports[i]->can_serve(&dev->s);
+	if (!servable)
 		return;
 	/* The candidates of the highest priority. */
 	struct rule *best[8];
@@ -736,7 +744,7 @@ json_t *autoflash_station_json(struct autoflash *af)
  */
 
 struct autoflash *autoflash_new(struct event_base *base, struct registry *reg, struct jobs *jobs,
-				struct rules *rules)
+				struct rules *rules, const struct transport_ops *const *transports)
 {
 	struct autoflash *af = calloc(1, sizeof(*af));
 	if (!af)
@@ -745,6 +753,7 @@ struct autoflash *autoflash_new(struct event_base *base, struct registry *reg, s
 	af->reg = reg;
 	af->jobs = jobs;
 	af->rules = rules;
+	af->transports = transports;
 	af->since = now_s();
 	af->kick = event_new(base, -1, 0, kick_cb, af);
 	autoflash_register_timeouts();

@@ -39,7 +39,7 @@ struct event_base;
 struct history;
 
 struct autoflash *autoflash_new(struct event_base *base, struct registry *reg, struct jobs *jobs,
-				struct rules *rules);
+				struct rules *rules, const struct transport_ops *const *transports);
 void autoflash_free(struct autoflash *af);
 void autoflash_set_history(struct autoflash *af, struct history *h);
 /* Registers auto_settle_ms (idempotent). */

@@ -356,7 +356,8 @@ int main(int argc, char **argv)
 	jobs_set_history(d.jobs, d.history);
 	/* Rules before udev: the devices attached at start are decided (coldplug). */
 	d.rules = rules_new(o.state_dir, &cfg.autoflash, d.images);
-	if (!d.rules || !(d.autoflash = autoflash_new(d.base, d.reg, d.jobs, d.rules)))
+	if (!d.rules ||
+	    !(d.autoflash = autoflash_new(d.base, d.reg, d.jobs, d.rules, transports_builtin())))
 		return 1;
 	rules_load(d.rules);
 	autoflash_set_history(d.autoflash, d.history);
