@@ -86,7 +86,7 @@ struct autoflash {
 };
 
 static const struct timeout_def auto_timeouts[] = {
-    {"auto_settle_ms", 5000,
+    {"auto_settle_ms", 3000,
      "a device re-enumerating this soon after its auto-flash job ended is the same plug-in"},
     {0},
 };

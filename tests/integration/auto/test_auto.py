@@ -228,6 +228,7 @@ def inside(flashd, fc, work):
 
         # Plug the same Photons again: nothing is written.
         n_jobs = len(history(fc, d.sock))
+        time.sleep(3.5)  # auto_settle_ms: a re-enumeration right after a job is the job's own
         for n in names:
             ctl(cmd="unplug", name=n)
         time.sleep(0.3)
@@ -331,6 +332,7 @@ def inside(flashd, fc, work):
                        90)
         tap.check("a rule added while the Electron is attached flashes it (coldplug)",
                   got and got[0]["rule"] == erule, electron_rows())
+        time.sleep(3.5)  # auto_settle_ms
         ctl(cmd="replug", name="e1")
         got = wait_for(lambda: [x for x in electron_rows()
                                 if x.get("outcome") == "already-installed"], 60)
