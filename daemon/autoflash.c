@@ -48,6 +48,7 @@ struct af_slot {
 	bool job_is_probe;
 	char rule[RULE_ID_MAX];
 	double job_ended_mono; /* its last job's end, for auto_settle_ms */
+	bool removed_early;    /* removed within auto_settle_ms of that end */
 	char last_result[16], last_outcome[32], last_error[64], last_job[40],
 	    last_rule[RULE_ID_MAX];
 	char message[256]; /* why nothing was flashed (no rule, conflict) */
@@ -320,21 +321,32 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 			decide(af, d);
 }
 
+static void forget_decision(struct af_slot *s)
+{
+	s->decided = false;
+	s->probed = false;
+	s->removed_early = false;
+	s->state = SLOT_IDLE;
+}
+
 void autoflash_on_device(struct autoflash *af, struct device *dev, enum registry_change change)
 {
 	struct af_slot *s = slot_find(af, dev->s.key);
-	if (change == REGISTRY_REMOVED) {
-		/* Unplugged: decided again when it comes back, unless this is the
-		 * re-enumeration that follows its own job. */
-		if (s && !s->job[0] &&
-		    mono_s() - s->job_ended_mono > timeout_ms("auto_settle_ms") / 1000.0) {
-			s->decided = false;
-			s->probed = false;
-			s->state = SLOT_IDLE;
-		}
-		return;
+	double settle = timeout_ms("auto_settle_ms") / 1000.0;
+	if (s && !s->job[0] && change == REGISTRY_REMOVED) {
+		/* Unplugged: decided again when it comes back, unless it is back
+		 * within auto_settle_ms of its job's end (the job's own reset). */
+		if (mono_s() - s->job_ended_mono > settle)
+			forget_decision(s);
+		else
+			s->removed_early = true;
+	} else if (s && !s->job[0] && change == REGISTRY_ADDED && s->removed_early) {
+		if (mono_s() - s->job_ended_mono > settle)
+			forget_decision(s); /* it stayed away: a new plug-in */
+		s->removed_early = false;
 	}
-	kick(af);
+	if (change != REGISTRY_REMOVED)
+		kick(af);
 }
 
 void autoflash_rules_changed(struct autoflash *af)
