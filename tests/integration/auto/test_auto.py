@@ -10,7 +10,8 @@ rule and the module versions before and after.  Then: two rules of the same
 priority for one device (rule-conflict, nothing flashed); a socket rule with a
 hook (refused); flashctl auto add/list/pause/resume/remove and the per-uid
 quota; a socket rule flashes the Electron and, once it is replugged, skips it
-as already installed; SIGKILL of the daemon while a Photon is being written:
+as already installed; a rule whose images need a newer bootloader than the
+device has is refused before the first byte (failure hook); SIGKILL of the daemon while a Photon is being written:
 after the restart the rules and the done-set are back, the job is interrupted
 and the Photon, still attached, is flashed again.
 
@@ -33,7 +34,9 @@ from flashd_harness import (SERIAL_TIMEOUTS, Client, SimControl, Tap, fixture,  
 
 ELECTRON_ID = "3c00289539672cca633fdd3a"
 PHOTON_IDS = ["3a001d000a4735313838%04x" % (0x1000 + i) for i in range(9)]
-FIXTURES = ["photon/photon_tinker.bin", "electron/electron_tinker.bin"]
+FIXTURES = ["photon/photon_tinker.bin", "electron/electron_tinker.bin",
+            "photon/photon-system-part1@2.2.0.bin", "photon/photon-system-part2@2.2.0.bin"]
+NEEDS_BOOT_ID = "3a001d000a473531383820ff"
 # A Photon that stops answering must keep its job in "writing" until the kill.
 CONFIG = SERIAL_TIMEOUTS.replace("serial_block_ms = 1500", "serial_block_ms = 60000")
 
@@ -133,7 +136,7 @@ def max_overlap(rows):
 
 
 def inside(flashd, fc, work):
-    tinker, electron_tinker = (fixture(f) for f in FIXTURES)
+    tinker, electron_tinker, sys1, sys2 = (fixture(f) for f in FIXTURES)
     tap = Tap()
     rules = os.path.join(work, "rules.d")
     os.mkdir(rules)
@@ -340,6 +343,27 @@ def inside(flashd, fc, work):
                   "0 bytes", got and got[0]["bytes_written"] == 0 and
                   got[0]["result"] == "done" and got[0]["rule"] == erule, electron_rows())
         run(fc, d.sock, "auto", "remove", erule)
+
+        # A rule whose images need a newer bootloader than the device has and than
+        # they carry: refused before the first byte, the failure hook runs.
+        with open(os.path.join(rules, "upgrade.conf"), "w") as f:
+            f.write("[rule]\nid = upgrade\ndevice = %s\npriority = 10\nimage = %s\nimage = %s\n"
+                    "on_failure = /bin/sh -c \"echo $FLASHD_JOB >> %s\"\n"
+                    % (NEEDS_BOOT_ID, sys1, sys2, fail_log))
+        run(fc, d.sock, "auto", "reload")
+        ctl(cmd="plug", spec="platform=photon,os=1.5.2,mode=listening,name=pb,id=%s"
+            % NEEDS_BOOT_ID)
+        rows = wait_for(lambda: [x for x in history(fc, d.sock) if x.get("rule") == "upgrade" and
+                                 x.get("result") == "failed"], 60) or []
+        x = rows[0] if rows else {}
+        tap.check("a rule needing a newer bootloader: refused before the first byte, the "
+                  "history says why", x.get("error") == "dependency-unmet" and
+                  x.get("bytes_written") == 0 and x.get("error_message"), rows)
+        tap.check("... and the failure hook ran for it",
+                  wait_for(lambda: x.get("job") in lines_of(fail_log), 20), lines_of(fail_log))
+        ctl(cmd="unplug", name="pb")
+        os.unlink(os.path.join(rules, "upgrade.conf"))
+        run(fc, d.sock, "auto", "reload")
 
         # SIGKILL while a ninth Photon is being written.
         ctl(cmd="plug", spec="platform=photon,os=1.5.2,mode=listening,name=p8,id=%s,"
