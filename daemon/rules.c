@@ -848,12 +848,16 @@ static int cmp_str(const void *a, const void *b)
 json_t *rules_reload_files(struct rules *r)
 {
 	json_t *errors = json_array();
-	/* Drop the file rules, keeping their done-sets for the reloaded ones. */
+	json_t *running = json_object();
+	/* Drop the file rules, keeping their done-sets (and counts of running jobs)
+	 * for the reloaded ones. */
 	for (struct rule **pp = &r->list; *pp;) {
 		struct rule *rule = *pp;
 		if (rule->from_file) {
 			if (rule->n_done)
 				json_object_set_new(r->done_pending, rule->id, done_json(rule));
+			if (rule->running)
+				json_object_set_new(running, rule->id, json_integer(rule->running));
 			*pp = rule->next;
 			rule_free(r, rule);
 		} else {
@@ -889,6 +893,11 @@ json_t *rules_reload_files(struct rules *r)
 			free(names[i]);
 		}
 	}
+	for (struct rule *rule = r->list; rule; rule = rule->next)
+		if (rule->from_file)
+			rule->running =
+			    (unsigned)json_integer_value(json_object_get(running, rule->id));
+	json_decref(running);
 	size_t n_rules = rules_count(r);
 	log_info("auto: %zu rule(s), %u rule file(s) read from %s, %zu error(s)", n_rules, files,
 		 r->cfg.rules_dir, json_array_size(errors));
