@@ -348,8 +348,8 @@ def inside(flashd, fc, work):
         # they carry: refused before the first byte, the failure hook runs.
         with open(os.path.join(rules, "upgrade.conf"), "w") as f:
             f.write("[rule]\nid = upgrade\ndevice = %s\npriority = 10\nimage = %s\nimage = %s\n"
-                    "on_failure = /bin/sh -c \"echo $FLASHD_JOB >> %s\"\n"
-                    % (NEEDS_BOOT_ID, sys1, sys2, fail_log))
+                    "on_failure = /bin/sh -c \"echo $FLASHD_JOB >> %s; exec sleep 60\"\n"
+                    "hook_timeout_s = 1\n" % (NEEDS_BOOT_ID, sys1, sys2, fail_log))
         run(fc, d.sock, "auto", "reload")
         ctl(cmd="plug", spec="platform=photon,os=1.5.2,mode=listening,name=pb,id=%s"
             % NEEDS_BOOT_ID)
@@ -371,6 +371,14 @@ def inside(flashd, fc, work):
                   "refused them after the write: booted-invalid)" % tap.n, flush=True)
         tap.check("... and the failure hook ran for it",
                   wait_for(lambda: x.get("job") in lines_of(fail_log), 20), lines_of(fail_log))
+
+        def hook_of_upgrade():
+            return [y.get("hook") for y in history(fc, d.sock)
+                    if y.get("job") == x.get("job") and y.get("hook")]
+        hk = (wait_for(hook_of_upgrade, 20) or [{}])[0]
+        tap.check("a hook over its timeout is killed, and the history says so",
+                  hk.get("timed_out") is True and hk.get("signal") == 9 and
+                  hk.get("exit_status") is None and 0.9 < hk.get("duration_s", 0) < 10, hk)
         ctl(cmd="unplug", name="pb")
         os.unlink(os.path.join(rules, "upgrade.conf"))
         run(fc, d.sock, "auto", "reload")

@@ -262,6 +262,17 @@ static void test_socket_rules(void **state)
 	assert_int_equal(err.code, ERR_RULE_QUOTA_EXCEEDED);
 	error_clear(&err);
 	assert_non_null(add(r, 1001, "", &err)); /* another uid has its own quota */
+	{
+		struct auto_config small = cfg();
+		small.max_image_bytes_per_uid = 100; /* below the image's size */
+		struct rules *r2 = rules_new(NULL, &small, ic);
+		assert_null(add(r2, 1000, "", &err));
+		assert_int_equal(err.code, ERR_RULE_QUOTA_EXCEEDED);
+		assert_non_null(err.detail);
+		assert_non_null(json_object_get(err.detail, "bytes"));
+		error_clear(&err);
+		rules_free(r2);
+	}
 
 	rules_done_add(r, a, "3a001d000a47353138383101");
 	rules_set_paused(r, a, true);
