@@ -167,7 +167,9 @@ static struct job *submit(struct autoflash *af, struct device *dev, struct rule 
 	jr.uid = rule->owner;
 	jr.gid = (gid_t)-1;
 	snprintf(jr.rule, sizeof(jr.rule), "%s", rule->id);
-	snprintf(jr.label, sizeof(jr.label), "%s", rules_port_label(af->rules, dev->s.port_path));
+	/* The port's label, else the rule's own (a rule for any port may name its boards). */
+	const char *label = rules_port_label(af->rules, dev->s.port_path);
+	snprintf(jr.label, sizeof(jr.label), "%s", label[0] ? label : rule->label);
 	if (!probe) {
 		jr.opts.verify = true;
 		for (unsigned i = 0; i < rule->n_images; i++) {
@@ -466,6 +468,13 @@ static void on_hook_exit(evutil_socket_t fd, short what, void *arg)
 	if (h->out_fd >= 0)
 		hook_read(h); /* what it wrote before it ended */
 	h->output[h->output_len] = '\0';
+	/* JSON strings are UTF-8: a hook that prints other bytes gets them as '?'. */
+	json_t *probe = json_stringn(h->output, h->output_len);
+	if (!probe)
+		for (size_t i = 0; i < h->output_len; i++)
+			if ((unsigned char)h->output[i] >= 0x80 || h->output[i] == '\0')
+				h->output[i] = '?';
+	json_decref(probe);
 	bool exited = si.si_code == CLD_EXITED;
 	json_t *rec = json_pack(
 	    "{s:s, s:O, s:o, s:o, s:b, s:s, s:b, s:f}", "hook", h->which, "argv", h->argv,
@@ -473,7 +482,7 @@ static void on_hook_exit(evutil_socket_t fd, short what, void *arg)
 	    exited ? json_null() : json_integer(si.si_status), "timed_out", h->timed_out, "output",
 	    h->output, "output_truncated", h->truncated, "duration_s", mono_s() - h->t0);
 	if (!rec)
-		rec = json_pack("{s:s}", "hook", h->which); /* output was not UTF-8 */
+		rec = json_pack("{s:s}", "hook", h->which);
 	log_info("auto: job %s: %s hook %s %d%s", h->job, h->which, exited ? "exited" : "killed by",
 		 si.si_status, h->timed_out ? " (timed out)" : "");
 	history_job_hook(h->af->history, h->job, rec);

@@ -334,7 +334,7 @@ def inside(flashd, fc, work):
         got = wait_for(lambda: [x for x in electron_rows() if x.get("outcome") == "verified"],
                        90)
         tap.check("a rule added while the Electron is attached flashes it (coldplug)",
-                  got and got[0]["rule"] == erule, electron_rows())
+                  got and got[0]["rule"] == erule and got[0]["label"] == "E", electron_rows())
         time.sleep(3.5)  # auto_settle_ms
         ctl(cmd="replug", name="e1")
         got = wait_for(lambda: [x for x in electron_rows()
