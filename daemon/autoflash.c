@@ -690,6 +690,7 @@ static json_t *port_json(struct autoflash *af, struct device *d, struct af_slot 
 		json_t *prog = json_object_get(rec, "progress");
 		json_int_t done = json_integer_value(json_object_get(prog, "done"));
 		json_int_t total = json_integer_value(json_object_get(prog, "total"));
+		json_decref(rec);
 		json_object_set_new(o, "job", json_string(job_id(job)));
 		json_object_set_new(o, "job_state", json_string(job_state_name(job_state(job))));
 		json_object_set_new(
