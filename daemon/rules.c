@@ -1115,8 +1115,13 @@ enum rule_match rule_matches(const struct rule *rule, const struct device *dev)
 		return RULE_NO;
 	if (rule->port[0] && strcmp(rule->port, s->port_path) != 0)
 		return RULE_NO;
-	if (rule->mode >= 0 && (int)s->mode != rule->mode)
-		return RULE_NO;
+	bool need_facts = false;
+	if (rule->mode >= 0 && (int)s->mode != rule->mode) {
+		/* A CDC device's mode is not known until a job has talked to it. */
+		if (s->mode != DEVICE_MODE_UNKNOWN)
+			return RULE_NO;
+		need_facts = true;
+	}
 	if (rule->device_glob[0]) {
 		const char *id = s->facts.device_id[0] ? s->facts.device_id : s->usb_serial;
 		if (fnmatch(rule->device_glob, id, FNM_CASEFOLD) != 0 &&
@@ -1138,7 +1143,7 @@ enum rule_match rule_matches(const struct rule *rule, const struct device *dev)
 		if (osver_compare(os, rule->os_older_than) >= 0)
 			return RULE_NO;
 	}
-	return RULE_YES;
+	return need_facts ? RULE_NEED_FACTS : RULE_YES;
 }
 
 bool rule_installed(const struct rule *rule, const struct device *dev)

@@ -168,6 +168,8 @@ static void test_rule_file(void **state)
 	assert_int_equal(rule_matches(rule, &e), RULE_NO); /* id glob */
 	struct device m = photon("3a001d000a47353138383101", "1-2", DEVICE_MODE_DFU);
 	assert_int_equal(rule_matches(rule, &m), RULE_NO); /* mode */
+	m.s.mode = DEVICE_MODE_UNKNOWN; /* a CDC port nobody has talked to: probe first */
+	assert_int_equal(rule_matches(rule, &m), RULE_NEED_FACTS);
 	a.s.facts.platform = platform_by_name("electron");
 	assert_int_equal(rule_matches(rule, &a), RULE_NO);
 
