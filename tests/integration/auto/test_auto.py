@@ -46,7 +46,10 @@ class Flashd:
 
     def __init__(self, flashd, work, config):
         self.flashd, self.work = flashd, work
-        self.sock = os.path.join(work, "flashd.sock")
+        # The socket in a directory every uid can reach (other uids' rights are tested).
+        self.sockdir = tempfile.mkdtemp(prefix="flashd-auto-sock-", dir="/tmp")
+        os.chmod(self.sockdir, 0o755)
+        self.sock = os.path.join(self.sockdir, "flashd.sock")
         self.state = os.path.join(work, "state")
         self.cfg = os.path.join(work, "flashd.conf")
         with open(self.cfg, "w") as f:
@@ -307,6 +310,23 @@ def inside(flashd, fc, work):
                   r1.returncode == 0 and r2.returncode == 0 and
                   [y["paused"] for y in json.loads(paused.stdout)["rules"] if y["id"] == rid]
                   == [True], r1.stderr + r2.stderr)
+        # Another uid: may list, may not change root's rule or reload; may add its own.
+        nobody = dict(user=65534, group=65534, extra_groups=[])
+        fc_abs = os.path.abspath(fc)
+        r = subprocess.run([fc_abs, "--socket", d.sock, "auto", "pause", rid], capture_output=True,
+                           text=True, timeout=30, cwd="/", **nobody)
+        tap.check("another uid may not pause a rule it does not own (not-allowed, exit 6)",
+                  r.returncode == 6 and "not-allowed" in r.stderr, r.stderr)
+        r = subprocess.run([fc_abs, "--socket", d.sock, "auto", "reload"], capture_output=True,
+                           text=True, timeout=30, cwd="/", **nobody)
+        tap.check("... nor reload the rule files", r.returncode == 6, r.stderr)
+        r = subprocess.run([fc_abs, "--socket", d.sock, "auto", "add", "--port", "9-5", tinker],
+                           capture_output=True, text=True, timeout=30, cwd="/", **nobody)
+        own = r.stdout.strip()
+        r2 = subprocess.run([fc_abs, "--socket", d.sock, "auto", "remove", own],
+                            capture_output=True, text=True, timeout=30, cwd="/", **nobody)
+        tap.check("... but may add a rule and remove its own",
+                  r.returncode == 0 and own and r2.returncode == 0, r.stderr + r2.stderr)
         r = run(fc, d.sock, "auto", "add", "--port", "9-7", tinker)
         r = run(fc, d.sock, "auto", "add", "--port", "9-6", tinker)
         tap.check("a fourth rule of the same uid: rule-quota-exceeded (exit 10)",
@@ -428,6 +448,7 @@ def inside(flashd, fc, work):
                   wait_for(lambda: len(lines_of(hook_log)) == 9, 20), lines_of(hook_log))
     finally:
         status = d.stop()
+        shutil.rmtree(d.sockdir, ignore_errors=True)
     tap.check("flashd exits cleanly after SIGTERM", status == 0, d.log()[-3000:])
     return tap
 
