@@ -321,6 +321,17 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 	for (struct device *d = registry_first(af->reg); d; d = d->next)
 		if (d->s.present)
 			decide(af, d);
+	/* Devices the registry has forgotten (gone for registry_forget_ms) lose
+	 * their slot: a station sees many boards, the table stays small. */
+	for (struct af_slot **pp = &af->slots; *pp;) {
+		struct af_slot *s = *pp;
+		if (!s->job[0] && !registry_find_key(af->reg, s->key)) {
+			*pp = s->next;
+			free(s);
+		} else {
+			pp = &s->next;
+		}
+	}
 }
 
 static void forget_decision(struct af_slot *s)

@@ -434,6 +434,12 @@ static json_t *done_json(const struct rule *rule)
 	return a;
 }
 
+/*
+ * The done-sets: done.json holds them all, done.log the devices added since
+ * (one "RULE<TAB>DEVICE" line each, appended: a board flashed costs one short
+ * write, not a rewrite of every set).  Loading replays the log and writes the
+ * whole again (compaction), as does removing a rule.
+ */
 static void save_done(struct rules *r)
 {
 	if (!r->dir[0])
@@ -444,8 +450,48 @@ static void save_done(struct rules *r)
 			json_object_set_new(o, rule->id, done_json(rule));
 	char path[PATH_MAX + 16];
 	snprintf(path, sizeof(path), "%s/done.json", r->dir);
-	save_json(path, o);
+	int rc = save_json(path, o);
 	json_decref(o);
+	snprintf(path, sizeof(path), "%s/done.log", r->dir);
+	if (rc == 0 && truncate(path, 0) < 0 && errno != ENOENT)
+		log_warning("auto: cannot truncate %s: %s", path, strerror(errno));
+}
+
+static void append_done(struct rules *r, const struct rule *rule, const char *device_id)
+{
+	if (!r->dir[0])
+		return;
+	char path[PATH_MAX + 16], line[RULE_ID_MAX + DEVICE_ID_LEN + 8];
+	snprintf(path, sizeof(path), "%s/done.log", r->dir);
+	int n = snprintf(line, sizeof(line), "%s\t%s\n", rule->id, device_id);
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (fd < 0 || write(fd, line, (size_t)n) != n)
+		log_error("auto: cannot record that rule %s flashed %s in %s: %s", rule->id,
+			  device_id, path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+/* done.log's lines into done_pending (before the rules adopt their sets). */
+static void replay_done_log(struct rules *r)
+{
+	char path[PATH_MAX + 16], line[256];
+	snprintf(path, sizeof(path), "%s/done.log", r->dir);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		char *tab = strchr(line, '\t'), *nl = strchr(line, '\n');
+		if (!tab || !nl) /* a torn last line: the board is flashed again, at worst */
+			continue;
+		*tab = *nl = '\0';
+		json_t *a = json_object_get(r->done_pending, line);
+		if (!a)
+			json_object_set_new(r->done_pending, line, a = json_array());
+		if (strlen(tab + 1) <= DEVICE_ID_LEN)
+			json_array_append_new(a, json_string(tab + 1));
+	}
+	fclose(f);
 }
 
 static void save_rules(struct rules *r)
@@ -498,7 +544,7 @@ void rules_done_add(struct rules *r, struct rule *rule, const char *device_id)
 	if (rule_done_has(rule, device_id))
 		return;
 	done_insert(rule, device_id);
-	save_done(r);
+	append_done(r, rule, device_id);
 }
 
 /* The done-set kept for a rule id (from done.json), moved into the rule. */
@@ -549,6 +595,7 @@ static void load_state(struct rules *r)
 	} else {
 		json_decref(done);
 	}
+	replay_done_log(r);
 	snprintf(path, sizeof(path), "%s/rules.json", r->dir);
 	json_t *a = read_json_file(path);
 	size_t i;
@@ -946,6 +993,7 @@ void rules_load(struct rules *r)
 	if (r->dir[0])
 		load_state(r);
 	json_decref(rules_reload_files(r));
+	save_done(r); /* the log, compacted */
 }
 
 struct rule *rules_first(struct rules *r)

@@ -12,9 +12,10 @@
  *     default /etc/flashd/rules.d), naming image files the daemon reads; read
  *     at start, on SIGHUP and on an `auto-reload` request.
  * The set of devices each rule has flashed (the done-set, for "once") is kept
- * in STATE_DIR/auto/done.json.  Every file is replaced atomically (write to a
- * temporary file, rename), so a daemon killed at any moment leaves the old or
- * the new version.
+ * in STATE_DIR/auto/done.json, with the devices flashed since appended to
+ * done.log (compacted into done.json at start).  Every other file is replaced
+ * atomically (write to a temporary file, rename), so a daemon killed at any
+ * moment leaves the old or the new version.
  *
  * Rule changes are rare and the files small: they are written from the loop.
  */
