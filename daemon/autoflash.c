@@ -570,6 +570,7 @@ static void run_hook(struct autoflash *af, struct rule *rule, struct job *job, c
 	h->t0 = mono_s();
 	close(in[0]);
 	close(out[1]);
+	in[0] = out[1] = -1;
 	h->in_fd = in[1];
 	h->out_fd = out[0];
 	fcntl(h->in_fd, F_SETFL, O_NONBLOCK);
@@ -577,9 +578,11 @@ static void run_hook(struct autoflash *af, struct rule *rule, struct job *job, c
 	h->pidfd = pidfd_open(pid, 0);
 	if (h->pidfd < 0) {
 		log_error("auto: job %s: pidfd_open: %s", job_id(job), strerror(errno));
+		/* Without a pidfd (Linux < 5.3) there is no way to watch it from the
+		 * loop: killed, and reaped if it is already gone (the loop never waits). */
+		kill(-pid, SIGKILL);
 		kill(pid, SIGKILL);
-		waitpid(pid, NULL, 0); /* just killed: returns at once */
-		in[1] = out[0] = -1;
+		waitpid(pid, NULL, WNOHANG);
 		goto fail;
 	}
 	h->pid_ev = event_new(af->base, h->pidfd, EV_READ | EV_PERSIST, on_hook_exit, h);
