@@ -52,13 +52,15 @@ static const char *const migrations[] = {
     "ALTER TABLE jobs ADD COLUMN label TEXT;"
     "CREATE INDEX jobs_result ON jobs(result);"
     "CREATE INDEX jobs_device_id ON jobs(device_id);",
+    /* 3: an auto-flash rule's hook: JSON {argv, exit_status, signal, timed_out, output, ...} */
+    "ALTER TABLE jobs ADD COLUMN hook TEXT;",
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == HISTORY_SCHEMA_VERSION,
 	       "HISTORY_SCHEMA_VERSION is the number of migration steps");
 
 /* Columns that hold JSON text: parsed back into values by queries. */
 static const char *const json_columns[] = {"plan",  "images",	    "before", "after",
-					   "trace", "error_detail", NULL};
+					   "trace", "error_detail", "hook",   NULL};
 
 static const char sql_started[] =
     "INSERT INTO jobs (job, created, started, device, device_id, platform, port, label,"
@@ -91,6 +93,8 @@ static const char sql_ended[] =
     " trace = excluded.trace, bytes_written = excluded.bytes_written,"
     " rule = COALESCE(excluded.rule, jobs.rule)";
 
+static const char sql_hook[] = "UPDATE jobs SET hook = :hook WHERE job = :job";
+
 #define FILTER_SQL                                                                                 \
 	" WHERE (:device IS NULL OR device = :device OR device_id = :device)"                      \
 	" AND (:since IS NULL OR created >= :since) AND (:result IS NULL OR result = :result)"
@@ -98,7 +102,7 @@ static const char sql_ended[] =
 static const char sql_query[] =
     "SELECT job, device, device_id, platform, port, label, rule, result, outcome, error,"
     " error_message, error_detail, trace, created, started, ended, duration_s, bytes_written,"
-    " images, before, after, uid, transport, plan FROM jobs" FILTER_SQL
+    " images, before, after, uid, transport, plan, hook FROM jobs" FILTER_SQL
     " ORDER BY created DESC, seq DESC LIMIT :limit";
 
 /* ---- the queue ----------------------------------------------------------- */
@@ -106,6 +110,7 @@ static const char sql_query[] =
 enum op_kind {
 	OP_STARTED,
 	OP_ENDED,
+	OP_HOOK,
 	OP_RETAIN,
 	OP_QUERY,
 };
@@ -113,7 +118,7 @@ enum op_kind {
 struct op {
 	struct op *next;
 	enum op_kind kind;
-	json_t *record;		 /* OP_STARTED, OP_ENDED */
+	json_t *record;		 /* OP_STARTED, OP_ENDED, OP_HOOK */
 	struct history_query *q; /* OP_QUERY */
 	double now;		 /* OP_RETAIN */
 };
@@ -132,7 +137,7 @@ struct history {
 	char path[PATH_MAX];
 	struct history_config cfg;
 	sqlite3 *db; /* the worker's, after history_open() */
-	sqlite3_stmt *st_started, *st_ended;
+	sqlite3_stmt *st_started, *st_ended, *st_hook;
 	struct event_base *base;
 	struct event *wake_ev, *retain_timer;
 	int efd;
@@ -552,6 +557,11 @@ static void run_retention(struct history *h, double now)
 	}
 }
 
+static bool is_record(enum op_kind k)
+{
+	return k == OP_STARTED || k == OP_ENDED || k == OP_HOOK;
+}
+
 static void *worker_main(void *arg)
 {
 	struct history *h = arg;
@@ -566,9 +576,9 @@ static void *worker_main(void *arg)
 		/* Take a batch: consecutive record writes share one transaction. */
 		struct op *batch = h->head, *last = batch;
 		unsigned n = 1;
-		bool records = batch->kind == OP_STARTED || batch->kind == OP_ENDED;
+		bool records = is_record(batch->kind);
 		while (records && last->next && n < HISTORY_BATCH_MAX &&
-		       (last->next->kind == OP_STARTED || last->next->kind == OP_ENDED)) {
+		       is_record(last->next->kind)) {
 			last = last->next;
 			n++;
 		}
@@ -589,7 +599,8 @@ static void *worker_main(void *arg)
 				for (struct op *op = batch; op; op = op->next)
 					ok += run_record(h,
 							 op->kind == OP_STARTED ? h->st_started
-										: h->st_ended,
+							 : op->kind == OP_ENDED ? h->st_ended
+										: h->st_hook,
 							 op->record) == 0;
 				if (exec_sql(h, "COMMIT", "writing the history", ok) < 0) {
 					ok = 0;
@@ -808,6 +819,18 @@ void history_put(struct history *h, json_t *record, bool ended)
 	}
 	op->kind = ended ? OP_ENDED : OP_STARTED;
 	op->record = record;
+	enqueue(h, op);
+}
+
+void history_job_hook(struct history *h, const char *job, json_t *hook)
+{
+	struct op *op = h && job ? calloc(1, sizeof(*op)) : NULL;
+	if (!op) {
+		json_decref(hook);
+		return;
+	}
+	op->kind = OP_HOOK;
+	op->record = json_pack("{s:s, s:o}", "job", job, "hook", hook ? hook : json_null());
 	enqueue(h, op);
 }
 
@@ -1083,7 +1106,9 @@ struct history *history_open(struct event_base *base, const char *state_dir,
 	if (sqlite3_prepare_v3(h->db, sql_started, -1, SQLITE_PREPARE_PERSISTENT, &h->st_started,
 			       NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(h->db, sql_ended, -1, SQLITE_PREPARE_PERSISTENT, &h->st_ended,
-			       NULL) != SQLITE_OK) {
+			       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(h->db, sql_hook, -1, SQLITE_PREPARE_PERSISTENT, &h->st_hook, NULL) !=
+		SQLITE_OK) {
 		db_fail(err, h->db, h->path, "cannot prepare statements for");
 		goto fail;
 	}
@@ -1146,6 +1171,7 @@ void history_free(struct history *h)
 		close(h->efd);
 	sqlite3_finalize(h->st_started);
 	sqlite3_finalize(h->st_ended);
+	sqlite3_finalize(h->st_hook);
 	sqlite3_close(h->db);
 	pthread_cond_destroy(&h->cv);
 	pthread_cond_destroy(&h->idle);

@@ -35,7 +35,7 @@ struct history_query;
 struct job;
 
 #define HISTORY_FILE_NAME      "history.sqlite3"
-#define HISTORY_SCHEMA_VERSION 2
+#define HISTORY_SCHEMA_VERSION 3
 /* Rows one query returns at most (a `history` request's limit). */
 #define HISTORY_LIMIT_MAX     10000
 #define HISTORY_LIMIT_DEFAULT 100
@@ -69,6 +69,8 @@ void history_free(struct history *h);
 /* The hooks in jobs.c: a record of the job now, queued for the worker.  NULL h: no-op. */
 void history_job_started(struct history *h, const struct job *job);
 void history_job_ended(struct history *h, const struct job *job);
+/* An auto-flash hook ran for the job: its record (taken) goes in the row's hook column. */
+void history_job_hook(struct history *h, const char *job, json_t *hook);
 
 /*
  * The record of a job as stored (keys of the `history` reply's HISTORY_JOB,

@@ -42,6 +42,8 @@ struct job {
 	uid_t uid;
 	gid_t gid;
 	pid_t pid;
+	char rule[JOB_RULE_MAX];
+	char label[JOB_LABEL_MAX];
 
 	struct image_ref *images[WIRE_IMAGES_MAX];
 	char names[WIRE_IMAGES_MAX][WIRE_NAME_MAX];
@@ -794,6 +796,8 @@ struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error
 	job->uid = req->uid;
 	job->gid = req->gid;
 	job->pid = req->pid;
+	snprintf(job->rule, sizeof(job->rule), "%s", req->rule);
+	snprintf(job->label, sizeof(job->label), "%s", req->label);
 	job->n_images = req->n_images;
 	for (unsigned i = 0; i < req->n_images; i++) {
 		job->images[i] = req->images[i];
@@ -960,6 +964,8 @@ json_t *job_to_json(const struct job *job)
 			    error_is_set(&job->error) ? error_to_json(&job->error) : json_null());
 	if (job->plan)
 		json_object_set(o, "plan", job->plan);
+	json_object_set_new(o, "rule", job->rule[0] ? json_string(job->rule) : json_null());
+	json_object_set_new(o, "label", job->label[0] ? json_string(job->label) : json_null());
 	return o;
 }
 
@@ -992,6 +998,29 @@ uid_t job_owner_uid(const struct job *job)
 const struct error *job_error(const struct job *job)
 {
 	return &job->error;
+}
+
+const char *job_rule(const struct job *job)
+{
+	return job->rule;
+}
+
+const char *job_label(const struct job *job)
+{
+	return job->label;
+}
+
+void jobs_end_untouched(struct jobs *jobs, struct job *job, struct device *dev, const char *outcome)
+{
+	if (job->ended || job->run || job->ops)
+		return;
+	job->device = dev;
+	snprintf(job->device_key, sizeof(job->device_key), "%s", dev->s.key);
+	job->started = now_s();
+	job->facts_before = dev->s.facts;
+	job->have_before = true;
+	history_job_started(jobs->history_db, job);
+	finish(job, JOB_RESULT_DONE, outcome, NULL);
 }
 
 /* ---- transport.h: what transports call --------------------------------- */

@@ -28,6 +28,9 @@ struct event_base;
 struct history;
 struct jobs;
 
+#define JOB_RULE_MAX  64
+#define JOB_LABEL_MAX 128
+
 struct job_request {
 	enum wire_target_kind target; /* PORT is resolved to USB/DEVICE before here */
 	char target_value[WIRE_TARGET_MAX];
@@ -42,6 +45,10 @@ struct job_request {
 	gid_t gid;
 	pid_t pid;
 	unsigned long client_id;
+	/* An auto-flash job (daemon/autoflash.c): its rule's id and its port's
+	 * label ("" = none); carried in job_to_json() and the history. */
+	char rule[JOB_RULE_MAX];
+	char label[JOB_LABEL_MAX];
 };
 
 /* Job events go to one sink (the server), which fans them out. */
@@ -88,6 +95,18 @@ enum job_state job_state(const struct job *job);
 bool job_ended(const struct job *job);
 uid_t job_owner_uid(const struct job *job);
 const struct error *job_error(const struct job *job);
+/* The auto-flash rule that made the job, and its port's label ("" = none). */
+const char *job_rule(const struct job *job);
+const char *job_label(const struct job *job);
+/*
+ * Ends a job that was submitted but has not started, as done with the given
+ * outcome, without touching the device (auto-flash: the device already has
+ * what the rule would write).  The device's current facts are its before and
+ * after.  Until the planner decides this itself, autoflash.c calls it right
+ * after jobs_submit() (the scheduler runs later, from the loop).
+ */
+void jobs_end_untouched(struct jobs *jobs, struct job *job, struct device *dev,
+			const char *outcome);
 
 /* ---- the flash history (daemon/history.c) -------------------------------- */
 

@@ -6,11 +6,13 @@
 #include "cleanup.h"
 #include "config.h"
 
+#include "autoflash.h"
 #include "history.h"
 #include "image_cache.h"
 #include "jobs.h"
 #include "log.h"
 #include "registry.h"
+#include "rules.h"
 #include "server.h"
 #include "settings.h"
 #include "transports.h"
@@ -51,6 +53,8 @@ struct daemon {
 	struct history *history;
 	struct server *server;
 	struct udev_source *udev;
+	struct rules *rules;
+	struct autoflash *autoflash;
 };
 
 static void usage(FILE *out)
@@ -276,6 +280,8 @@ static void on_device(void *ctx, struct device *dev, enum registry_change change
 		server_device_event(d->server, dev, change);
 	if (d->jobs)
 		jobs_on_device(d->jobs, dev, change);
+	if (d->autoflash)
+		autoflash_on_device(d->autoflash, dev, change);
 }
 
 static void on_job_event(void *ctx, struct job *job, json_t *event)
@@ -283,6 +289,19 @@ static void on_job_event(void *ctx, struct job *job, json_t *event)
 	struct daemon *d = ctx;
 	if (d->server)
 		server_job_event(d->server, job, event);
+	if (d->autoflash)
+		autoflash_on_job_event(d->autoflash, job, event);
+}
+
+/* SIGHUP: the rule files are read again. */
+static void on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	struct daemon *d = arg;
+	log_info("SIGHUP: reloading the auto-flash rule files");
+	json_decref(rules_reload_files(d->rules));
+	autoflash_rules_changed(d->autoflash);
 }
 
 static int prepare_state_dir(const char *dir)
@@ -337,6 +356,7 @@ int main(int argc, char **argv)
 	jobs_register_timeouts(transports_builtin());
 	server_register_timeouts();
 	uploads_register_timeouts();
+	autoflash_register_timeouts();
 	if (o.config_file && config_load(&cfg, o.config_file, &err) < 0) {
 		log_error("%s", err.message);
 		return 2;
@@ -375,6 +395,13 @@ int main(int argc, char **argv)
 		error_clear(&err);
 	}
 	jobs_set_history(d.jobs, d.history);
+	/* Rules before udev: the devices attached at start are decided (coldplug). */
+	d.rules = rules_new(o.state_dir, &cfg.autoflash, d.images);
+	if (!d.rules ||
+	    !(d.autoflash = autoflash_new(d.base, d.reg, d.jobs, d.rules, transports_builtin())))
+		return 1;
+	rules_load(d.rules);
+	autoflash_set_history(d.autoflash, d.history);
 	jobs_set_sink(d.jobs, on_job_event, &d);
 	registry_set_listener(d.reg, on_device, &d);
 	d.server = server_new(d.base, lfd, d.reg, d.jobs, d.images, &cfg);
@@ -383,6 +410,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	server_set_history(d.server, d.history, history_off);
+	server_set_auto(d.server, d.rules, d.autoflash);
 	d.udev = udev_source_new(d.base, d.reg, &err);
 	if (!d.udev) {
 		log_error("%s", err.message);
@@ -396,13 +424,18 @@ int main(int argc, char **argv)
 	}
 	event_add(sigint, NULL);
 	event_add(sigterm, NULL);
+	struct event *sighup = evsignal_new(d.base, SIGHUP, on_sighup, &d);
+	event_add(sighup, NULL);
 
 	log_info("flashd %s serving %s%s", FLASHD_VERSION,
 		 activated ? "a systemd-activated socket" : o.socket_path, "");
 	notify_ready();
 	event_base_dispatch(d.base);
 
-	/* Jobs first: their "interrupted" ends go to clients still connected. */
+	/* Auto-flash first: interrupted jobs run no hooks.  Then jobs: their
+	 * "interrupted" ends go to clients still connected. */
+	autoflash_free(d.autoflash);
+	d.autoflash = NULL;
 	jobs_free(d.jobs);
 	d.jobs = NULL;
 	server_free(d.server);
@@ -410,9 +443,11 @@ int main(int argc, char **argv)
 	history_free(d.history); /* writes the ends of the interrupted jobs */
 	udev_source_free(d.udev);
 	registry_free(d.reg);
+	rules_free(d.rules);
 	image_cache_free(d.images);
 	event_free(sigint);
 	event_free(sigterm);
+	event_free(sighup);
 	event_base_free(d.base);
 	if (!activated && o.socket_path)
 		unlink(o.socket_path);

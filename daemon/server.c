@@ -3,7 +3,9 @@
 #include "cleanup.h"
 #include "config.h"
 #include "device_json.h"
+#include "autoflash.h"
 #include "history.h"
+#include "rules.h"
 #include "log.h"
 #include "transports.h"
 #include "upload.h"
@@ -103,6 +105,8 @@ struct server {
 	unsigned long next_id;
 	struct history *history;
 	char history_off[256];
+	struct rules *rules;
+	struct autoflash *autoflash;
 };
 
 /* ---- output ------------------------------------------------------------ */
@@ -219,7 +223,8 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 	json_object_set_new(reply, "server", json_string("flashd " FLASHD_VERSION));
 	json_object_set_new(reply, "capabilities",
 			    json_pack("[s,s,s,s,s,s,s]", "fd-passing", "subscribe", "device-events",
-				      "job-events", "device-probe", "history", "upload"));
+				      "job-events", "device-probe", "history", "upload",
+				      "auto-flash"));
 	json_object_set_new(reply, "history", history_status_json(c->srv->history));
 	json_object_set_new(reply, "transports", transports);
 	json_object_set_new(reply, "uid", json_integer((json_int_t)c->cred.uid));
@@ -641,9 +646,9 @@ static int do_flash(struct client *c, struct wire_request *req, json_t *reply,
 	return 1;
 }
 
-static bool may_cancel(struct client *c, const struct job *job)
+static bool is_admin(struct client *c)
 {
-	if (c->cred.uid == 0 || c->cred.uid == job_owner_uid(job))
+	if (c->cred.uid == 0)
 		return true;
 	if (!c->srv->have_admin_gid)
 		return false;
@@ -653,6 +658,137 @@ static bool may_cancel(struct client *c, const struct job *job)
 		if (c->groups[i] == c->srv->admin_gid)
 			return true;
 	return false;
+}
+
+static bool may_cancel(struct client *c, const struct job *job)
+{
+	return c->cred.uid == job_owner_uid(job) || is_admin(c);
+}
+
+/* ---- auto-flash rules (daemon/rules.c, daemon/autoflash.c) ------------------ */
+
+static int no_auto(struct client *c, struct error *err)
+{
+	(void)c;
+	error_set(err, ERR_INTERNAL, "auto-flash is not set up in this daemon");
+	error_detail_str(err, "reason", "no rules");
+	return -1;
+}
+
+static int do_auto_add(struct client *c, struct wire_request *req, json_t *reply, struct error *err)
+{
+	if (!c->srv->rules)
+		return no_auto(c, err);
+	if (c->fds_overflow) {
+		error_set(err, ERR_BAD_REQUEST, "bad request: more than %d file descriptors",
+			  SERVER_CLIENT_FDS_MAX);
+		error_detail_str(err, "reason", "too many file descriptors");
+		error_detail_int(err, "limit", SERVER_CLIENT_FDS_MAX);
+		return -1;
+	}
+	struct rule *rule =
+	    rules_add_request(c->srv->rules, req->obj, c->fds, c->n_fds, c->cred.uid, err);
+	if (!rule)
+		return -1;
+	json_object_set_new(reply, "rule", rule_to_json(rule));
+	autoflash_rules_changed(c->srv->autoflash); /* coldplug: devices attached now */
+	return 0;
+}
+
+/* The rule a request names, if the client may change it. */
+static struct rule *rule_to_change(struct client *c, struct wire_request *req, const char *op,
+				   struct error *err)
+{
+	const char *id;
+	if (!c->srv->rules) {
+		no_auto(c, err);
+		return NULL;
+	}
+	if (wire_get_string(req->obj, "rule", RULE_ID_MAX, &id, err) < 0)
+		return NULL;
+	if (!id) {
+		error_set(err, ERR_BAD_REQUEST, "bad request: missing \"rule\"");
+		error_detail_str(err, "reason", "missing \"rule\"");
+		error_detail_str(err, "field", "rule");
+		return NULL;
+	}
+	struct rule *rule = rules_find(c->srv->rules, id);
+	if (!rule) {
+		error_set(err, ERR_RULE_NOT_FOUND, "no auto-flash rule %s", id);
+		error_detail_str(err, "rule", id);
+		return NULL;
+	}
+	bool owner = !rule->from_file && rule->owner == c->cred.uid;
+	if (!owner && !is_admin(c)) {
+		error_set(err, ERR_NOT_ALLOWED, "rule %s belongs to uid %u", id,
+			  (unsigned)rule->owner);
+		error_hint(err,
+			   "only the rule's owner, root or a member of the admin group (%s) "
+			   "may change it",
+			   c->srv->cfg.admin_group);
+		error_detail_str(err, "operation", op);
+		error_detail_int(err, "uid", c->cred.uid);
+		error_detail_int(err, "owner_uid", rule->owner);
+		error_detail_str(err, "admin_group", c->srv->cfg.admin_group);
+		return NULL;
+	}
+	if (rule->from_file && strcmp(op, "auto-remove") == 0) {
+		error_set(err, ERR_NOT_ALLOWED, "rule %s comes from the rule file %s", id,
+			  rule->file);
+		error_hint(err, "remove or edit the file, then reload (flashctl auto reload or "
+				"SIGHUP); or pause the rule");
+		error_detail_str(err, "operation", op);
+		error_detail_int(err, "uid", c->cred.uid);
+		error_detail_int(err, "owner_uid", rule->owner);
+		return NULL;
+	}
+	return rule;
+}
+
+static int do_auto_change(struct client *c, struct wire_request *req, json_t *reply,
+			  struct error *err)
+{
+	const char *op = wire_request_name(req->type);
+	struct rule *rule = rule_to_change(c, req, op, err);
+	if (!rule)
+		return -1;
+	if (req->type == WIRE_REQ_AUTO_REMOVE) {
+		json_object_set_new(reply, "rule", rule_to_json(rule));
+		json_object_set_new(json_object_get(reply, "rule"), "removed", json_true());
+		autoflash_rule_removed(c->srv->autoflash, rule);
+		rules_remove(c->srv->rules, rule);
+		return 0;
+	}
+	rules_set_paused(c->srv->rules, rule, req->type == WIRE_REQ_AUTO_PAUSE);
+	json_object_set_new(reply, "rule", rule_to_json(rule));
+	if (req->type == WIRE_REQ_AUTO_RESUME)
+		autoflash_rules_changed(c->srv->autoflash);
+	return 0;
+}
+
+static int do_auto_reload(struct client *c, json_t *reply, struct error *err)
+{
+	if (!c->srv->rules)
+		return no_auto(c, err);
+	if (!is_admin(c)) {
+		error_set(err, ERR_NOT_ALLOWED,
+			  "only root or the admin group may reload the rules");
+		error_detail_str(err, "operation", "auto-reload");
+		error_detail_int(err, "uid", c->cred.uid);
+		error_detail_str(err, "admin_group", c->srv->cfg.admin_group);
+		return -1;
+	}
+	json_object_set_new(reply, "reload", rules_reload_files(c->srv->rules));
+	autoflash_rules_changed(c->srv->autoflash);
+	return 0;
+}
+
+static json_t *rules_json(struct server *s)
+{
+	json_t *a = json_array();
+	for (struct rule *r = s->rules ? rules_first(s->rules) : NULL; r; r = r->next)
+		json_array_append_new(a, rule_to_json(r));
+	return a;
 }
 
 static int do_cancel(struct client *c, struct wire_request *req, json_t *reply, struct error *err)
@@ -875,6 +1011,30 @@ static void handle_line(struct client *c, const char *line, size_t len)
 	case WIRE_REQ_UPLOAD_BEGIN:
 	case WIRE_REQ_UPLOAD_CHUNK:
 		rc = do_upload(c, &req, reply, &err);
+		break;
+	case WIRE_REQ_AUTO_ADD:
+		rc = do_auto_add(c, &req, reply, &err);
+		break;
+	case WIRE_REQ_AUTO_LIST:
+		json_object_set_new(reply, "rules", rules_json(c->srv));
+		json_object_set_new(reply, "labels",
+				    c->srv->rules ? rules_labels_json(c->srv->rules)
+						  : json_object());
+		break;
+	case WIRE_REQ_AUTO_REMOVE:
+	case WIRE_REQ_AUTO_PAUSE:
+	case WIRE_REQ_AUTO_RESUME:
+		rc = do_auto_change(c, &req, reply, &err);
+		break;
+	case WIRE_REQ_AUTO_RELOAD:
+		rc = do_auto_reload(c, reply, &err);
+		break;
+	case WIRE_REQ_STATION:
+		if (c->srv->autoflash)
+			json_object_set_new(reply, "station",
+					    autoflash_station_json(c->srv->autoflash));
+		else
+			rc = no_auto(c, &err);
 		break;
 	case WIRE_REQ__COUNT:
 		break;
@@ -1289,6 +1449,12 @@ void server_job_event(struct server *s, struct job *job, json_t *event)
 		if (ended && c->probe_job == job)
 			probe_ended(c, job, event);
 	}
+}
+
+void server_set_auto(struct server *s, struct rules *rules, struct autoflash *af)
+{
+	s->rules = rules;
+	s->autoflash = af;
 }
 
 void server_set_history(struct server *s, struct history *h, const char *why_not)

@@ -35,6 +35,10 @@ size_t server_client_count(const struct server *s);
 /* The flash history for `history` requests (NULL: requests fail with
  * history-unavailable saying why_not). */
 struct history;
+/* Auto-flash rules and the station view for the auto-* and station requests. */
+struct rules;
+struct autoflash;
+void server_set_auto(struct server *s, struct rules *rules, struct autoflash *af);
 void server_set_history(struct server *s, struct history *h, const char *why_not);
 /* The server's timeout keys (client_idle_ms, image_read_ms), before the config is read. */
 void server_register_timeouts(void);

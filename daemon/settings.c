@@ -78,6 +78,7 @@ void config_defaults(struct config *c)
 	c->uploads_per_uid = 16;
 	c->upload_bytes_per_uid = 64u * 1024 * 1024;
 	history_config_defaults(&c->history);
+	auto_config_defaults(&c->autoflash);
 }
 
 static char *trim(char *s)
@@ -165,8 +166,15 @@ static int set_key(struct config *c, const char *section, const char *key, const
 	unsigned long long v = 0;
 	if (strcmp(section, "daemon") == 0)
 		return set_daemon_key(c, key, value, where, err);
+	if (strcmp(section, "auto") == 0 && strcmp(key, "rules_dir") == 0) {
+		if (value[0] != '/' || strlen(value) >= sizeof(c->autoflash.rules_dir))
+			return error_set(err, ERR_USAGE, "%s: rules_dir must be an absolute path",
+					 where);
+		snprintf(c->autoflash.rules_dir, sizeof(c->autoflash.rules_dir), "%s", value);
+		return 0;
+	}
 	bool numeric = strcmp(section, "limits") == 0 || strcmp(section, "timeouts") == 0 ||
-		       strcmp(section, "history") == 0;
+		       strcmp(section, "history") == 0 || strcmp(section, "auto") == 0;
 	if (numeric && parse_number(value, 1ull << 40, &v) < 0)
 		return error_set(err, ERR_USAGE, "%s: %s = \"%s\" is not a number", where, key,
 				 value);
@@ -187,6 +195,16 @@ static int set_key(struct config *c, const char *section, const char *key, const
 			c->history.retention_interval_s = (unsigned)v;
 		else
 			return error_set(err, ERR_USAGE, "%s: unknown or out-of-range [history] %s",
+					 where, key);
+		return 0;
+	}
+	if (strcmp(section, "auto") == 0) {
+		if (strcmp(key, "max_rules_per_uid") == 0 && v <= RULES_MAX)
+			c->autoflash.max_rules_per_uid = (unsigned)v;
+		else if (strcmp(key, "max_image_bytes_per_uid") == 0)
+			c->autoflash.max_image_bytes_per_uid = v;
+		else
+			return error_set(err, ERR_USAGE, "%s: unknown or out-of-range [auto] %s",
 					 where, key);
 		return 0;
 	}

@@ -24,6 +24,10 @@
  *   max_age_days = 90           # rows older than this are deleted (0 = no age limit)
  *   max_jobs = 100000           # at most this many rows are kept (0 = no count limit)
  *   retention_interval_s = 3600 # how often retention runs (and once at start)
+ *   [auto]                      # auto-flash rules (daemon/rules.c)
+ *   rules_dir = /etc/flashd/rules.d
+ *   max_rules_per_uid = 32      # rules one uid may add over the socket
+ *   max_image_bytes_per_uid = 67108864 # image bytes those rules may store
  *
  * Also the registry of timeout keys behind timeout_ms() (transport.h).
  */
@@ -31,6 +35,7 @@
 
 #include "errors.h"
 #include "history.h"
+#include "rules.h"
 #include "transport.h"
 
 #include <stddef.h>
@@ -56,6 +61,7 @@ struct config {
 	unsigned uploads_per_uid;
 	size_t upload_bytes_per_uid;
 	struct history_config history;
+	struct auto_config autoflash;
 };
 
 void config_defaults(struct config *c);

@@ -18,6 +18,13 @@ static const char *const request_names[WIRE_REQ__COUNT] = {
     [WIRE_REQ_HISTORY] = "history",
     [WIRE_REQ_UPLOAD_BEGIN] = "upload-begin",
     [WIRE_REQ_UPLOAD_CHUNK] = "upload-chunk",
+    [WIRE_REQ_AUTO_ADD] = "auto-add",
+    [WIRE_REQ_AUTO_LIST] = "auto-list",
+    [WIRE_REQ_AUTO_REMOVE] = "auto-remove",
+    [WIRE_REQ_AUTO_PAUSE] = "auto-pause",
+    [WIRE_REQ_AUTO_RESUME] = "auto-resume",
+    [WIRE_REQ_AUTO_RELOAD] = "auto-reload",
+    [WIRE_REQ_STATION] = "station",
 };
 
 const char *wire_request_name(enum wire_request_type t)
@@ -221,19 +228,19 @@ static void basename_copy(char *dst, size_t size, const char *name)
 	snprintf(dst, size, "%s", slash && slash[1] ? slash + 1 : name);
 }
 
-static int parse_images(const json_t *req, unsigned n_fds, struct wire_flash *out,
-			struct error *err)
+int wire_parse_images(const json_t *req, const char *request, unsigned n_fds,
+		      struct wire_flash *out, struct error *err)
 {
 	json_t *images = json_object_get(req, "images");
 	json_t *img;
 	size_t i;
 	bool used[WIRE_IMAGES_MAX] = {0};
 	if (!json_is_array(images))
-		return bad(err, "flash", "images", "\"images\" must be an array");
+		return bad(err, request, "images", "\"images\" must be an array");
 	if (json_array_size(images) == 0)
-		return bad(err, "flash", "images", "\"images\" is empty");
+		return bad(err, request, "images", "\"images\" is empty");
 	if (json_array_size(images) > WIRE_IMAGES_MAX) {
-		bad(err, "flash", "images", "more than %d images in one job", WIRE_IMAGES_MAX);
+		bad(err, request, "images", "more than %d images in one job", WIRE_IMAGES_MAX);
 		error_detail_int(err, "limit", WIRE_IMAGES_MAX);
 		return -1;
 	}
@@ -241,13 +248,13 @@ static int parse_images(const json_t *req, unsigned n_fds, struct wire_flash *ou
 	{
 		const char *name = NULL;
 		if (!json_is_object(img))
-			return bad(err, "flash", "images", "each image must be an object");
+			return bad(err, request, "images", "each image must be an object");
 		const char *upload = NULL;
 		if (wire_get_string(img, "upload", WIRE_UPLOAD_ID_MAX, &upload, err) < 0)
 			return -1;
 		json_t *fd = json_object_get(img, "fd");
 		if (upload && fd)
-			return bad(err, "flash", "upload",
+			return bad(err, request, "upload",
 				   "image %zu: give \"fd\" or \"upload\", not both", i);
 		if (wire_get_string(img, "name", WIRE_NAME_MAX, &name, err) < 0)
 			return -1;
@@ -256,7 +263,7 @@ static int parse_images(const json_t *req, unsigned n_fds, struct wire_flash *ou
 		if (upload) {
 			for (size_t k = 0; k < i; k++)
 				if (strcmp(out->images[k].upload, upload) == 0)
-					return bad(err, "flash", "upload",
+					return bad(err, request, "upload",
 						   "image %zu: upload %s used twice", i, upload);
 			snprintf(out->images[i].upload, sizeof(out->images[i].upload), "%s",
 				 upload);
@@ -264,15 +271,15 @@ static int parse_images(const json_t *req, unsigned n_fds, struct wire_flash *ou
 			continue;
 		}
 		if (!json_is_integer(fd))
-			return bad(err, "flash", "fd",
+			return bad(err, request, "fd",
 				   "image %zu: \"fd\" must be an integer (or give \"upload\")", i);
 		json_int_t idx = json_integer_value(fd);
 		if (idx < 0 || idx >= (json_int_t)n_fds || idx >= WIRE_IMAGES_MAX)
-			return bad(err, "flash", "fd",
+			return bad(err, request, "fd",
 				   "image %zu: fd index %lld but %u file descriptors were passed",
 				   i, (long long)idx, n_fds);
 		if (used[idx])
-			return bad(err, "flash", "fd", "image %zu: fd index %lld used twice", i,
+			return bad(err, request, "fd", "image %zu: fd index %lld used twice", i,
 				   (long long)idx);
 		used[idx] = true;
 		out->images[i].fd_index = (unsigned)idx;
@@ -339,8 +346,8 @@ static int parse_options(const json_t *req, struct wire_flash *out, struct error
 int wire_parse_flash(const json_t *req, unsigned n_fds, struct wire_flash *out, struct error *err)
 {
 	memset(out, 0, sizeof(*out));
-	if (parse_images(req, n_fds, out, err) < 0 || parse_target(req, out, err) < 0 ||
-	    parse_options(req, out, err) < 0)
+	if (wire_parse_images(req, "flash", n_fds, out, err) < 0 ||
+	    parse_target(req, out, err) < 0 || parse_options(req, out, err) < 0)
 		return -1;
 	return 0;
 }

@@ -47,6 +47,13 @@ enum wire_request_type {
 	WIRE_REQ_HISTORY,
 	WIRE_REQ_UPLOAD_BEGIN,
 	WIRE_REQ_UPLOAD_CHUNK,
+	WIRE_REQ_AUTO_ADD,
+	WIRE_REQ_AUTO_LIST,
+	WIRE_REQ_AUTO_REMOVE,
+	WIRE_REQ_AUTO_PAUSE,
+	WIRE_REQ_AUTO_RESUME,
+	WIRE_REQ_AUTO_RELOAD,
+	WIRE_REQ_STATION,
 	WIRE_REQ__COUNT
 };
 const char *wire_request_name(enum wire_request_type t);
@@ -107,8 +114,12 @@ struct wire_flash {
 	bool force, verify, dry_run, detach, cancel_on_disconnect;
 	long wait_ms; /* 0 none, -1 forever */
 };
-/* Validates and extracts a flash request's fields: each image has "fd" (an index
- * < n_fds, each used once) or "upload" (an upload id, each used once). */
+/* The "images" array of a flash or auto-add request (request names it in errors):
+ * fills out->images and out->n_images.  Each image has "fd" (an index < n_fds,
+ * each used once) or "upload" (an upload id, each used once). */
+WARN_UNUSED_RESULT int wire_parse_images(const json_t *req, const char *request, unsigned n_fds,
+					 struct wire_flash *out, struct error *err);
+/* Validates and extracts a flash request's fields (its images as above). */
 WARN_UNUSED_RESULT int wire_parse_flash(const json_t *req, unsigned n_fds, struct wire_flash *out,
 					struct error *err);
 

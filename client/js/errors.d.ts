@@ -49,6 +49,11 @@ export type ErrorCode =
   | "too-many-jobs"
   | "too-many-clients"
   | "history-unavailable"
+  | "rule-not-found"
+  | "rule-invalid"
+  | "rule-conflict"
+  | "rule-quota-exceeded"
+  | "hook-not-allowed"
   | "daemon-unreachable"
   | "internal"
   | "out-of-memory";
@@ -111,6 +116,11 @@ export interface ErrorDetails {
   "too-many-jobs": CommonDetail & { limit?: number; uid?: number; kind?: string };
   "too-many-clients": CommonDetail & { limit?: number; uid?: number };
   "history-unavailable": CommonDetail & { reason?: string; path?: string; sqlite_error?: string };
+  "rule-not-found": CommonDetail & { rule?: string };
+  "rule-invalid": CommonDetail & { reason?: string; field?: string; path?: string; line?: number; rule?: string };
+  "rule-conflict": CommonDetail & { rules?: unknown[]; priority?: number; port?: string };
+  "rule-quota-exceeded": CommonDetail & { uid?: number; limit?: number; rules?: number; bytes?: number };
+  "hook-not-allowed": CommonDetail & { reason?: string; field?: string };
   "daemon-unreachable": CommonDetail & { socket?: string; errno?: number };
   "internal": CommonDetail & { reason?: string; errno?: number };
   "out-of-memory": CommonDetail & { size?: number };

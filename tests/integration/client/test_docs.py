@@ -19,7 +19,8 @@ SRC = os.environ.get("FLASHD_SOURCE_ROOT",
                      os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 FC = sys.argv[1]
 REQUESTS = ["hello", "list-devices", "device-info", "flash", "list-jobs", "cancel", "subscribe",
-            "history", "upload-begin", "upload-chunk"]
+            "history", "upload-begin", "upload-chunk", "auto-add", "auto-list", "auto-remove",
+            "auto-pause", "auto-resume", "auto-reload", "station"]
 EVENTS = ["device-added", "device-changed", "device-removed", "job-queued", "job-started",
           "job-plan", "job-progress", "job-ended"]
 COMPLETION = os.path.join(SRC, "client", "flashctl.bash-completion")
@@ -93,6 +94,11 @@ def main():
     tap.check("completion: results after history --result",
               complete("flashctl", "history", "--result", "int") == ["interrupted"],
               complete("flashctl", "history", "--result", "int"))
+    tap.check("completion: auto subcommands",
+              complete("flashctl", "auto", "pa") == ["pause"], complete("flashctl", "auto", "pa"))
+    tap.check("completion: auto add options",
+              "--os-older-than" in complete("flashctl", "auto", "add", "--os"),
+              complete("flashctl", "auto", "add", "--os"))
     tap.check("completion: platforms after --platform",
               complete("flashctl", "check", "x.bin", "--platform", "bo") == ["boron"])
     path = os.path.join(SRC, "client", "examples", "flashd_client.py")
