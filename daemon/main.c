@@ -9,6 +9,7 @@
 #include "image_cache.h"
 #include "jobs.h"
 #include "log.h"
+#include "mqtt.h"
 #include "registry.h"
 #include "server.h"
 #include "settings.h"
@@ -46,6 +47,7 @@ struct daemon {
 	struct image_cache *images;
 	struct jobs *jobs;
 	struct history *history;
+	struct mqtt *mqtt; /* NULL without [mqtt] */
 	struct server *server;
 	struct udev_source *udev;
 };
@@ -239,6 +241,7 @@ static void on_device(void *ctx, struct device *dev, enum registry_change change
 	struct daemon *d = ctx;
 	if (d->server)
 		server_device_event(d->server, dev, change);
+	mqtt_device_event(d->mqtt, dev, change);
 	if (d->jobs)
 		jobs_on_device(d->jobs, dev, change);
 }
@@ -248,6 +251,7 @@ static void on_job_event(void *ctx, struct job *job, json_t *event)
 	struct daemon *d = ctx;
 	if (d->server)
 		server_job_event(d->server, job, event);
+	mqtt_job_event(d->mqtt, job, event);
 }
 
 static int prepare_state_dir(const char *dir)
@@ -301,7 +305,7 @@ int main(int argc, char **argv)
 	 * file is read, so that it can set them. */
 	jobs_register_timeouts(transports_builtin());
 	if (o.config_file && config_load(&cfg, o.config_file, &err) < 0) {
-		log_error("%s", err.message);
+		log_error("%s [%s]; %s", err.message, error_id(err.code), err.hint);
 		return 2;
 	}
 	d.images = image_cache_new(cfg.image_memory_max);
@@ -334,10 +338,17 @@ int main(int argc, char **argv)
 		error_clear(&err);
 	}
 	jobs_set_history(d.jobs, d.history);
+	/* Also after daemonize() (name resolution runs on glibc's threads).  It never
+	 * waits for the broker: an unreachable one is retried in the background. */
+	if (cfg.mqtt.enabled && !(d.mqtt = mqtt_new(d.base, &cfg.mqtt, d.reg, &err))) {
+		log_error("%s [%s]; %s", err.message, error_id(err.code), err.hint);
+		return 2;
+	}
 	jobs_set_sink(d.jobs, on_job_event, &d);
 	registry_set_listener(d.reg, on_device, &d);
 	d.server = server_new(d.base, lfd, d.reg, d.jobs, d.images, &cfg);
 	server_set_history(d.server, d.history, history_off);
+	server_set_mqtt(d.server, d.mqtt);
 	d.udev = udev_source_new(d.base, d.reg, &err);
 	if (!d.udev) {
 		log_error("%s", err.message);
@@ -358,6 +369,7 @@ int main(int argc, char **argv)
 	d.jobs = NULL;
 	server_free(d.server);
 	d.server = NULL;
+	mqtt_free(d.mqtt);	 /* says offline, lets the queue go for up to a second */
 	history_free(d.history); /* writes the ends of the interrupted jobs */
 	udev_source_free(d.udev);
 	registry_free(d.reg);

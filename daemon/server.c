@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "history.h"
+#include "mqtt.h"
 #include "log.h"
 #include "transports.h"
 #include "wire.h"
@@ -69,6 +70,7 @@ struct server {
 	unsigned long next_id;
 	struct history *history;
 	char history_off[256];
+	struct mqtt *mqtt;
 };
 
 /* ---- output ------------------------------------------------------------ */
@@ -169,6 +171,7 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 			    json_pack("[s,s,s,s,s,s]", "fd-passing", "subscribe", "device-events",
 				      "job-events", "device-probe", "history"));
 	json_object_set_new(reply, "history", history_status_json(c->srv->history));
+	json_object_set_new(reply, "mqtt", mqtt_status_json(c->srv->mqtt));
 	json_object_set_new(reply, "transports", transports);
 	json_object_set_new(reply, "uid", json_integer((json_int_t)c->cred.uid));
 	json_object_set_new(
@@ -887,4 +890,9 @@ void server_set_history(struct server *s, struct history *h, const char *why_not
 {
 	s->history = h;
 	snprintf(s->history_off, sizeof(s->history_off), "%s", why_not ? why_not : "");
+}
+
+void server_set_mqtt(struct server *s, struct mqtt *m)
+{
+	s->mqtt = m;
 }

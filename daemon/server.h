@@ -36,3 +36,6 @@ size_t server_client_count(const struct server *s);
  * history-unavailable saying why_not). */
 struct history;
 void server_set_history(struct server *s, struct history *h, const char *why_not);
+/* The MQTT publisher whose state the hello reply shows ("mqtt"), or NULL. */
+struct mqtt;
+void server_set_mqtt(struct server *s, struct mqtt *m);

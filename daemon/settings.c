@@ -68,6 +68,7 @@ void config_defaults(struct config *c)
 	c->image_memory_max = 256u * 1024 * 1024;
 	c->job_history = 64;
 	history_config_defaults(&c->history);
+	mqtt_config_defaults(&c->mqtt);
 }
 
 static char *trim(char *s)
@@ -99,6 +100,8 @@ static int set_key(struct config *c, const char *section, const char *key, const
 		snprintf(c->admin_group, sizeof(c->admin_group), "%s", value);
 		return 0;
 	}
+	if (strcmp(section, "mqtt") == 0)
+		return mqtt_config_set(&c->mqtt, key, value, where, err);
 	bool numeric = strcmp(section, "limits") == 0 || strcmp(section, "timeouts") == 0 ||
 		       strcmp(section, "history") == 0;
 	if (numeric && parse_number(value, 1ull << 40, &v) < 0)
@@ -182,7 +185,7 @@ int config_parse(struct config *c, const char *text, const char *origin, struct 
 		if (set_key(c, section, trim(s), trim(eq + 1), where, err) < 0)
 			return -1;
 	}
-	return 0;
+	return mqtt_config_check(&c->mqtt, err);
 }
 
 int config_load(struct config *c, const char *path, struct error *err)

@@ -15,6 +15,13 @@
  *   max_age_days = 90           # rows older than this are deleted (0 = no age limit)
  *   max_jobs = 100000           # at most this many rows are kept (0 = no count limit)
  *   retention_interval_s = 3600 # how often retention runs (and once at start)
+ *   [mqtt]                      # publishing to a broker (daemon/mqtt.c); off without url
+ *   url = mqtt://HOST:PORT      # or mqtts://HOST:PORT (TLS, certificate verified)
+ *   station = NAME              # this station: one topic level, no + # /
+ *   topic_prefix = flashd       # topics PREFIX/STATION/...
+ *   ca_file, cert_file, key_file, password_file = /absolute/path
+ *   qos = 1                     # 0, 1 or 2
+ *   queue = 1000                # messages waiting for the broker; the oldest is dropped beyond
  *
  * Also the registry of timeout keys behind timeout_ms() (transport.h).
  */
@@ -22,6 +29,7 @@
 
 #include "errors.h"
 #include "history.h"
+#include "mqtt.h"
 #include "transport.h"
 
 #include <stddef.h>
@@ -38,10 +46,12 @@ struct config {
 	size_t image_memory_max;
 	unsigned job_history;
 	struct history_config history;
+	struct mqtt_config mqtt;
 };
 
 void config_defaults(struct config *c);
-/* Reads FILE; unknown sections or keys are warned about, bad values are errors (usage). */
+/* Reads FILE; unknown sections or keys are warned about, bad values are errors (usage;
+ * mqtt-config for [mqtt], which is also checked as a whole). */
 int config_load(struct config *c, const char *path, struct error *err);
 /* Same over a buffer (unit tests). */
 int config_parse(struct config *c, const char *text, const char *origin, struct error *err);
