@@ -33,6 +33,10 @@ static const struct verb verbs[] = {
     {"history", cmd_history,
      "history [--device ID] [--since TIME] [--result R] [--limit N] [--json]\n"
      "        [--stats]                   past jobs (the daemon's flash history)"},
+    {"fleet", cmd_fleet,
+     "fleet --broker URL [--prefix P] [--json] [--once] [--timeout S]\n"
+     "        [--ca-file F] [--cert-file F --key-file F] [--password-file F]\n"
+     "                                    all stations publishing to an MQTT broker"},
     {"errors", cmd_errors, "errors [--json|--markdown]    print the error catalogue"},
 };
 

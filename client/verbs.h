@@ -21,5 +21,6 @@ int cmd_flash(int argc, char **argv, const struct cli_global *g);
 int cmd_check(int argc, char **argv, const struct cli_global *g);
 int cmd_info(int argc, char **argv, const struct cli_global *g);
 int cmd_history(int argc, char **argv, const struct cli_global *g);
+int cmd_fleet(int argc, char **argv, const struct cli_global *g);
 /* flash and check share one runner (cmd_flash.c); check = preflight verdicts only. */
 int flash_run(int argc, char **argv, const struct cli_global *g, bool check);

@@ -5,6 +5,7 @@
 #include "history.h"
 #include "jobs.h"
 #include "log.h"
+#include "mqtt_url.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -30,6 +31,8 @@
 /* Name resolution (getaddrinfo_a) is polled this often while it runs. */
 #define MQTT_RESOLVE_POLL_MS 20
 #define MQTT_CREDENTIAL_MAX  256
+/* Failed jobs the status lists (newest last). */
+#define MQTT_FAILURES_MAX 5
 
 struct msg {
 	struct msg *next;
@@ -72,6 +75,7 @@ struct mqtt {
 	size_t in_flight; /* handed to libmosquitto, not yet confirmed */
 	unsigned long long published, dropped, reconnects, connects;
 	unsigned long long jobs_done, jobs_failed, jobs_cancelled, jobs_interrupted;
+	json_t *failures; /* the newest MQTT_FAILURES_MAX failed jobs, for the status */
 	bool status_dirty;
 	time_t status_sent;
 
@@ -127,55 +131,12 @@ bool mqtt_name_valid(const char *name, bool is_prefix)
 	return true;
 }
 
-/* mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; HOST may be [IPv6]. */
-static int parse_url(struct mqtt_config *c, const char *url)
-{
-	const char *rest;
-	if (strncmp(url, "mqtt://", 7) == 0) {
-		c->tls = false;
-		rest = url + 7;
-	} else if (strncmp(url, "mqtts://", 8) == 0) {
-		c->tls = true;
-		rest = url + 8;
-	} else {
-		return -1;
-	}
-	const char *host = rest, *host_end, *port = NULL;
-	if (*rest == '[') {
-		host = rest + 1;
-		host_end = strchr(host, ']');
-		if (!host_end || (host_end[1] && host_end[1] != ':'))
-			return -1;
-		if (host_end[1] == ':')
-			port = host_end + 2;
-	} else {
-		host_end = strchr(rest, ':');
-		if (host_end)
-			port = host_end + 1;
-		else
-			host_end = rest + strlen(rest);
-	}
-	size_t n = (size_t)(host_end - host);
-	if (n == 0 || n >= sizeof(c->host) || memchr(host, '/', n) || memchr(host, '@', n))
-		return -1;
-	memcpy(c->host, host, n);
-	c->host[n] = '\0';
-	c->port = c->tls ? 8883 : 1883;
-	if (port) {
-		char *end;
-		long p = strtol(port, &end, 10);
-		if (end == port || (*end && strcmp(end, "/") != 0) || p < 1 || p > 65535)
-			return -1;
-		c->port = (int)p;
-	}
-	return 0;
-}
-
 int mqtt_config_set(struct mqtt_config *c, const char *key, const char *value, const char *where,
 		    struct error *err)
 {
 	if (strcmp(key, "url") == 0) {
-		if (strlen(value) >= sizeof(c->url) || parse_url(c, value) < 0)
+		if (strlen(value) >= sizeof(c->url) ||
+		    mqtt_url_parse(value, c->host, sizeof(c->host), &c->port, &c->tls) < 0)
 			return config_error(err, where, key, value,
 					    "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]");
 		snprintf(c->url, sizeof(c->url), "%s", value);
@@ -438,6 +399,8 @@ static json_t *status_json(const struct mqtt *m, bool online)
 				      "queued", (json_int_t)(m->queued + m->in_flight), "queue_max",
 				      (json_int_t)m->cfg.queue_max, "reconnects",
 				      (json_int_t)m->reconnects));
+	json_object_set_new(s, "failures",
+			    m->failures ? json_deep_copy(m->failures) : json_array());
 	if (m->reg)
 		json_object_set_new(s, "devices",
 				    json_integer((json_int_t)registry_count_present(m->reg)));
@@ -514,8 +477,25 @@ void mqtt_job_event(struct mqtt *m, struct job *job, const json_t *event)
 	json_t *rec = history_line(job);
 	topic(m, t, sizeof(t), "history", NULL);
 	publish_json(m, t, rec, false);
+	if (!result || strcmp(result, "done") != 0) {
+		json_array_append_new(m->failures,
+				      json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:O}", "job",
+						json_object_get(rec, "job"), "device",
+						json_object_get(rec, "device"), "platform",
+						json_object_get(rec, "platform"), "result",
+						json_object_get(rec, "result"), "error",
+						json_object_get(rec, "error"), "error_message",
+						json_object_get(rec, "error_message"), "ended",
+						json_object_get(rec, "ended")));
+		while (json_array_size(m->failures) > MQTT_FAILURES_MAX)
+			json_array_remove(m->failures, 0);
+	}
 	json_decref(rec);
-	m->status_dirty = true;
+	/* The retained status carries the counters and the failures: now, not later. */
+	if (m->state == MQTT_CONNECTED)
+		publish_status(m);
+	else
+		m->status_dirty = true;
 }
 
 json_t *mqtt_status_json(const struct mqtt *m)
@@ -859,6 +839,7 @@ struct mqtt *mqtt_new(struct event_base *base, const struct mqtt_config *cfg, st
 	m->fd = -1;
 	m->backoff_s = MQTT_RETRY_MIN_S;
 	m->state = MQTT_WAITING;
+	m->failures = json_array();
 	snprintf(m->topic_status, sizeof(m->topic_status), "%s/%s/status", cfg->topic_prefix,
 		 cfg->station);
 	if (cfg->password_file[0] && read_credentials(m, err) < 0)
@@ -887,6 +868,7 @@ struct mqtt *mqtt_new(struct event_base *base, const struct mqtt_config *cfg, st
 	json_object_del(will, "jobs");
 	json_object_del(will, "devices");
 	json_object_del(will, "time");
+	json_object_del(will, "failures");
 	char *text = json_dumps(will, JSON_COMPACT);
 	json_decref(will);
 	int rc = text ? mosquitto_will_set(m->mosq, m->topic_status, (int)strlen(text), text,
@@ -973,5 +955,6 @@ void mqtt_free(struct mqtt *m)
 		msg_free(q);
 	}
 	memset(m->password, 0, sizeof(m->password));
+	json_decref(m->failures);
 	free(m);
 }
