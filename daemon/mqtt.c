@@ -68,7 +68,9 @@ struct mqtt {
 	unsigned backoff_s;
 	time_t connect_started;
 	char last_error[256];
-	char refused[200]; /* the CONNACK's reason, until the broker closes */
+	char refused[200];   /* the CONNACK's reason, until the broker closes */
+	char lib_error[160]; /* libmosquitto's last error message in this attempt (TLS) */
+	unsigned attempt;    /* which of the resolved addresses this attempt uses */
 
 	struct msg *head, *tail;
 	size_t queued;	  /* in our queue */
@@ -547,11 +549,12 @@ static void schedule_retry(struct mqtt *m, const char *why)
 /* A libmosquitto call failed (rc): the connection is gone. */
 static void lost(struct mqtt *m, int rc)
 {
-	char why[200];
-	if (rc == MOSQ_ERR_ERRNO)
-		snprintf(why, sizeof(why), "%s", strerror(errno));
+	char why[sizeof(m->last_error)];
+	const char *what = rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc);
+	if (m->lib_error[0])
+		snprintf(why, sizeof(why), "%s (%s)", what, m->lib_error);
 	else
-		snprintf(why, sizeof(why), "%s", mosquitto_strerror(rc));
+		snprintf(why, sizeof(why), "%s", what);
 	schedule_retry(m, why);
 }
 
@@ -619,6 +622,7 @@ static void on_connect(struct mosquitto *mosq, void *arg, int rc)
 	m->state = MQTT_CONNECTED;
 	m->last_error[0] = '\0';
 	m->backoff_s = MQTT_RETRY_MIN_S;
+	m->attempt = 0;
 	if (m->connects++)
 		m->reconnects++;
 	log_info("mqtt: connected to %s as station %s", m->cfg.url, m->cfg.station);
@@ -637,12 +641,20 @@ static void on_disconnect(struct mosquitto *mosq, void *arg, int rc)
 	(void)mosq;
 	if (m->state == MQTT_WAITING)
 		return;
-	char why[sizeof(m->refused)];
-	snprintf(why, sizeof(why), "%s",
-		 m->refused[0]		? m->refused
-		 : rc == MOSQ_ERR_ERRNO ? strerror(errno)
-					: mosquitto_strerror(rc));
-	schedule_retry(m, why);
+	if (m->refused[0])
+		schedule_retry(m, m->refused);
+	else
+		lost(m, rc);
+}
+
+static void on_log(struct mosquitto *mosq, void *arg, int level, const char *text)
+{
+	struct mqtt *m = arg;
+	(void)mosq;
+	if (level & (MOSQ_LOG_ERR | MOSQ_LOG_WARNING)) {
+		log_debug("mqtt: libmosquitto: %s", text);
+		snprintf(m->lib_error, sizeof(m->lib_error), "%s", text);
+	}
 }
 
 static void on_publish(struct mosquitto *mosq, void *arg, int mid)
@@ -660,6 +672,7 @@ static void connect_to(struct mqtt *m, const char *address)
 	unwatch(m);
 	m->state = MQTT_CONNECTING;
 	m->refused[0] = '\0';
+	m->lib_error[0] = '\0';
 	int rc = mosquitto_connect_async(m->mosq, address, m->cfg.port, MQTT_KEEPALIVE_S);
 	if (rc != MOSQ_ERR_SUCCESS) {
 		lost(m, rc);
@@ -702,12 +715,20 @@ static void on_resolve_poll(evutil_socket_t fd, short what, void *arg)
 			schedule_retry(m, why);
 		return;
 	}
+	/* Each attempt takes the next address (a name with an IPv6 and an IPv4
+	 * address, a broker listening on one of them). */
 	char addr[INET6_ADDRSTRLEN] = "";
+	unsigned n = 0;
+	for (const struct addrinfo *ai = m->gai.ar_result; ai; ai = ai->ai_next)
+		n++;
 	const struct addrinfo *ai = m->gai.ar_result;
-	if (ai->ai_family == AF_INET)
+	for (unsigned i = 0; ai && i < m->attempt % n; i++)
+		ai = ai->ai_next;
+	m->attempt++;
+	if (ai && ai->ai_family == AF_INET)
 		inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, addr,
 			  sizeof(addr));
-	else if (ai->ai_family == AF_INET6)
+	else if (ai && ai->ai_family == AF_INET6)
 		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, addr,
 			  sizeof(addr));
 	freeaddrinfo(m->gai.ar_result);
@@ -856,6 +877,7 @@ struct mqtt *mqtt_new(struct event_base *base, const struct mqtt_config *cfg, st
 	mosquitto_connect_callback_set(m->mosq, on_connect);
 	mosquitto_disconnect_callback_set(m->mosq, on_disconnect);
 	mosquitto_publish_callback_set(m->mosq, on_publish);
+	mosquitto_log_callback_set(m->mosq, on_log);
 	if (m->have_credentials &&
 	    mosquitto_username_pw_set(m->mosq, m->username, m->password) != MOSQ_ERR_SUCCESS) {
 		error_set(err, ERR_INTERNAL, "mosquitto_username_pw_set failed");

@@ -22,6 +22,7 @@ usage: test_mqtt.py FLASHD FLASHCTL FLASHD_SIM
 """
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -233,9 +234,11 @@ class Broker:
         with open(self.conf, "w") as f:
             # Persistence (saved every second): the subscriber's session and what is
             # queued for it survive the SIGKILL below, as on a production broker.
+            # user: as root, mosquitto would otherwise switch to "mosquitto", which
+            # cannot write the persistence file in our private directory.
             f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                    "persistence_location %s/\nautosave_interval 1\n"
-                    % (port, os.path.join(work, "broker-db")))
+                    "persistence_location %s/\nautosave_interval 1\nuser %s\n"
+                    % (port, os.path.join(work, "broker-db"), pwd.getpwuid(os.getuid()).pw_name))
         self.log = open(os.path.join(work, "mosquitto.log"), "a")
         self.proc = None
 
