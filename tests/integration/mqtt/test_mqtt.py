@@ -215,6 +215,13 @@ def inside(name, flashd, fc, work):
             res["after_unplug"] = present
         put(os.path.join(work, "p3-" + name), res)
 
+        wait_file(os.path.join(work, "go4"))  # the broker is stopped (SIGSTOP)
+        # (the second Photon of STATIONS[1] was unplugged in phase 3)
+        res["p4"] = st.flash_both(tinker, ids) if name != STATIONS[1] else \
+            [st.flash(tinker, ids[0])]
+        res["p4_hello"] = st.hello().get("mqtt")
+        put(os.path.join(work, "p4-" + name), res)
+
         how = wait_file(os.path.join(work, "end-" + name))
         res["exit"] = st.stop(signal.SIGKILL if how == "kill" else signal.SIGTERM)
     except Exception as e:  # noqa: BLE001 - reported to the outer half
@@ -523,12 +530,20 @@ def outside(flashd, fc, sim):
         broker.start()
         t_back = time.time()
         sub.connect()  # the same session: the broker kept what was published meanwhile
+        # (the status retained from before the kill says online too: reconnects tells them apart)
         back = sub.wait(lambda m: m[0] > t_back and m[1].endswith("/status") and m[2] and
-                        m[2].get("state") == "online",
+                        m[2].get("state") == "online" and
+                        m[2].get("counters", {}).get("reconnects", 0) >= 1,
                         lambda got: {m[2]["station"] for m in got} >= set(STATIONS), 90)
-        tap.check("every station reconnects and publishes its status again (online)",
+        tap.check("every station reconnects and publishes its status again (online, "
+                  "reconnects 1)",
                   {m[2]["station"] for m in back} >= set(STATIONS),
                   [m[2] for m in back])
+        if back:
+            print("# broker down %.1f s; the stations were back %s s after its restart" % (
+                t_back - t_kill, ", ".join("%.1f" % (min(m[0] for m in back if m[2]["station"] == n)
+                                                      - t_back) for n in STATIONS
+                                           if any(m[2]["station"] == n for m in back))))
         touch("stop2")
         p2 = wait_all("p2-")
         jobs2 = {n: jobs_of(p2[n], "p2") for n in STATIONS}
@@ -554,6 +569,9 @@ def outside(flashd, fc, sim):
 
         # ---- phase 3: publishing goes on ---------------------------------------------
         t3 = time.time()
+        live = subprocess.Popen([fc, "fleet", "--broker", "mqtt://127.0.0.1:%d" % port, "--json",
+                                 "--timeout", "60"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
         touch("go3")
         p3 = wait_all("p3-")
         jobs3 = {n: jobs_of(p3[n], "p3") for n in STATIONS}
@@ -561,6 +579,13 @@ def outside(flashd, fc, sim):
         got = sub.wait(lambda m: m[0] > t3 and "/history" in m[1],
                        lambda g: want3 <= {(m[1].split("/")[1], m[2].get("job")) for m in g},
                        30)
+        time.sleep(0.5)
+        live.terminate()
+        lines = [json.loads(x) for x in live.communicate()[0].splitlines() if x.startswith("{")]
+        seen = {(x["station"], j.get("state")) for x in lines for j in x.get("jobs", [])}
+        tap.check("flashctl fleet --json (live): the running jobs of all three, with their state",
+                  {n for n, state in seen if state} >= set(STATIONS) and
+                  any(state == "writing" for _, state in seen), sorted(seen))
         tap.check("after the restart, new jobs' events and history records come from all "
                   "three", len(want3) == 3 and
                   want3 <= {(m[1].split("/")[1], m[2].get("job")) for m in got} and
@@ -577,6 +602,31 @@ def outside(flashd, fc, sim):
         cleared = sub.select(lambda m: m[1] == "flashd/%s/devices/%s" % (b, device_ids(b)[1])
                              and m[2] is None)
         tap.check("... the subscriber saw the empty message", len(cleared) >= 1, cleared)
+
+        # ---- phase 4: a broker that stops reading (SIGSTOP): nobody waits for it ------
+        broker.proc.send_signal(signal.SIGSTOP)
+        t4 = time.time()
+        touch("go4")
+        p4 = wait_all("p4-")
+        broker.proc.send_signal(signal.SIGCONT)
+        jobs4 = {n: jobs_of(p4[n], "p4") for n in STATIONS}
+        tap.check("a stopped broker holds up no job: every station flashes its boards",
+                  all(len(jobs4[n]) == (1 if n == STATIONS[1] else 2) and
+                      all(j["result"] == "done" for j in jobs4[n]) for n in STATIONS), jobs4)
+        d1 = [j["ended"] - j["started"] for n in STATIONS for j in jobs[n] if j.get("started")]
+        d4 = [j["ended"] - j["started"] for n in STATIONS for j in jobs4[n] if j.get("started")]
+        print("# job duration, broker up: %.2f-%.2f s; broker stopped: %.2f-%.2f s" % (
+            min(d1 or [0]), max(d1 or [0]), min(d4 or [0]), max(d4 or [0])))
+        hl = {n: p4[n].get("p4_hello") or {} for n in STATIONS}
+        tap.check("... the hello reply answers meanwhile (messages queued, none dropped yet)",
+                  all(hl[n].get("enabled") and hl[n].get("dropped") == 0 for n in STATIONS), hl)
+        want4 = {(n, j["job"]) for n in STATIONS for j in jobs4[n]}
+        got = sub.wait(lambda m: m[0] > t4 and "/history" in m[1],
+                       lambda g: want4 <= {(m[1].split("/")[1], m[2].get("job")) for m in g},
+                       60)
+        tap.check("once it reads again (SIGCONT) their history records arrive",
+                  want4 <= {(m[1].split("/")[1], m[2].get("job")) for m in got},
+                  sorted(want4 - {(m[1].split("/")[1], m[2].get("job")) for m in got}))
 
         # ---- stop one cleanly, two with SIGKILL... one: the last will --------------------
         touch("end-" + STATIONS[0], "term")
@@ -605,6 +655,8 @@ def outside(flashd, fc, sim):
                   all(x["online"] is False for x in lines), r.stdout + r.stderr)
     finally:
         touch("abort")  # the inner halves stop their flashd and leave
+        if broker.proc and broker.proc.poll() is None:
+            broker.proc.send_signal(signal.SIGCONT)
         for b in beds:
             try:
                 b.wait(60)
