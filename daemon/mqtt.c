@@ -276,6 +276,16 @@ static void msg_free(struct msg *q)
 static void pump(struct mqtt *m);
 static void watch_socket(struct mqtt *m);
 
+static void unqueue_head(struct mqtt *m)
+{
+	struct msg *q = m->head;
+	m->head = q->next;
+	if (!m->head)
+		m->tail = NULL;
+	m->queued--;
+	msg_free(q);
+}
+
 /* Takes payload (malloc'd, or NULL for an empty message). */
 static void enqueue(struct mqtt *m, const char *topic, char *payload, size_t len, bool retain)
 {
@@ -302,14 +312,9 @@ static void enqueue(struct mqtt *m, const char *topic, char *payload, size_t len
 	q->len = len;
 	q->retain = retain;
 	while (m->head && m->queued + m->in_flight >= m->cfg.queue_max) {
-		struct msg *old = m->head; /* the oldest goes */
-		m->head = old->next;
-		if (!m->head)
-			m->tail = NULL;
-		m->queued--;
+		unqueue_head(m); /* the oldest goes */
 		m->dropped++;
 		m->status_dirty = true;
-		msg_free(old);
 	}
 	if (m->queued + m->in_flight >= m->cfg.queue_max) {
 		/* Everything is in libmosquitto's hands: this one cannot wait. */
@@ -337,37 +342,31 @@ static void publish_json(struct mqtt *m, const char *topic, const json_t *obj, b
 	enqueue(m, topic, text, strlen(text), retain);
 }
 
-/* Hands waiting messages to libmosquitto while connected. */
+/* Hands waiting messages to libmosquitto while connected.  mosquitto_publish()
+ * may write at once (and call on_publish for QoS 0 inside), so the message
+ * counts as in flight before the call.  A QoS 1/2 message it has accepted stays
+ * with it (sent again after a reconnect) even when the write failed. */
 static void pump(struct mqtt *m)
 {
 	if (m->state != MQTT_CONNECTED)
 		return;
 	while (m->head && m->in_flight < MQTT_LIB_WINDOW) {
 		struct msg *q = m->head;
-		int mid;
-		int rc = mosquitto_publish(m->mosq, &mid, q->topic, (int)q->len, q->payload,
+		m->in_flight++;
+		int rc = mosquitto_publish(m->mosq, NULL, q->topic, (int)q->len, q->payload,
 					   m->cfg.qos, q->retain);
-		if (rc != MOSQ_ERR_SUCCESS) {
-			if (rc == MOSQ_ERR_PAYLOAD_SIZE || rc == MOSQ_ERR_INVAL ||
-			    rc == MOSQ_ERR_MALFORMED_UTF8) {
-				log_warning("mqtt: %s not published: %s", q->topic,
-					    mosquitto_strerror(rc));
-				m->head = q->next;
-				if (!m->head)
-					m->tail = NULL;
-				m->queued--;
-				m->dropped++;
-				msg_free(q);
-				continue;
-			}
+		if (rc == MOSQ_ERR_NO_CONN) {
+			m->in_flight--;
 			break; /* not connected after all: the queue waits */
 		}
-		m->head = q->next;
-		if (!m->head)
-			m->tail = NULL;
-		m->queued--;
-		m->in_flight++;
-		msg_free(q);
+		if (rc == MOSQ_ERR_INVAL || rc == MOSQ_ERR_NOMEM || rc == MOSQ_ERR_PAYLOAD_SIZE ||
+		    rc == MOSQ_ERR_MALFORMED_UTF8 || rc == MOSQ_ERR_OVERSIZE_PACKET ||
+		    rc == MOSQ_ERR_QOS_NOT_SUPPORTED) {
+			log_warning("mqtt: %s not published: %s", q->topic, mosquitto_strerror(rc));
+			m->in_flight--;
+			m->dropped++;
+		}
+		unqueue_head(m);
 	}
 	watch_socket(m);
 }
@@ -670,6 +669,11 @@ static void on_publish(struct mosquitto *mosq, void *arg, int mid)
 static void connect_to(struct mqtt *m, const char *address)
 {
 	unwatch(m);
+	if (m->cfg.qos == 0 && m->in_flight) {
+		/* QoS 0 messages libmosquitto had not written are gone with the connection. */
+		m->dropped += m->in_flight;
+		m->in_flight = 0;
+	}
 	m->state = MQTT_CONNECTING;
 	m->refused[0] = '\0';
 	m->lib_error[0] = '\0';
@@ -926,13 +930,8 @@ void mqtt_free(struct mqtt *m)
 	if (m->state == MQTT_CONNECTED && m->mosq) {
 		/* A clean stop says offline itself (a disconnect suppresses the will). */
 		json_t *s = status_json(m, false);
-		char *text = json_dumps(s, JSON_COMPACT);
+		publish_json(m, m->topic_status, s, true); /* replaces a waiting "online" */
 		json_decref(s);
-		if (text)
-			mosquitto_publish(m->mosq, NULL, m->topic_status, (int)strlen(text), text,
-					  m->cfg.qos, true);
-		free(text);
-		pump(m);
 		/* The loop has stopped: give what is queued up to a second to leave. */
 		struct timespec t0;
 		clock_gettime(CLOCK_MONOTONIC, &t0);
