@@ -304,8 +304,14 @@ int main(int argc, char **argv)
 	/* Timeout keys are registered (core and transports) before the config
 	 * file is read, so that it can set them. */
 	jobs_register_timeouts(transports_builtin());
-	if (o.config_file && config_load(&cfg, o.config_file, &err) < 0) {
+	/* The [mqtt] section is checked as a whole here too (files, credentials,
+	 * TLS): a station that cannot publish as configured does not start. */
+	if ((o.config_file && config_load(&cfg, o.config_file, &err) < 0) ||
+	    (cfg.mqtt.enabled && !(d.mqtt = mqtt_new(d.base, &cfg.mqtt, d.reg, &err)))) {
 		log_error("%s [%s]; %s", err.message, error_id(err.code), err.hint);
+		error_clear(&err);
+		registry_free(d.reg);
+		event_base_free(d.base);
 		return 2;
 	}
 	d.images = image_cache_new(cfg.image_memory_max);
@@ -340,10 +346,7 @@ int main(int argc, char **argv)
 	jobs_set_history(d.jobs, d.history);
 	/* Also after daemonize() (name resolution runs on glibc's threads).  It never
 	 * waits for the broker: an unreachable one is retried in the background. */
-	if (cfg.mqtt.enabled && !(d.mqtt = mqtt_new(d.base, &cfg.mqtt, d.reg, &err))) {
-		log_error("%s [%s]; %s", err.message, error_id(err.code), err.hint);
-		return 2;
-	}
+	mqtt_start(d.mqtt);
 	jobs_set_sink(d.jobs, on_job_event, &d);
 	registry_set_listener(d.reg, on_device, &d);
 	d.server = server_new(d.base, lfd, d.reg, d.jobs, d.images, &cfg);

@@ -848,16 +848,12 @@ struct mqtt *mqtt_new(struct event_base *base, const struct mqtt_config *cfg, st
 {
 	if (mqtt_config_check(cfg, err) < 0)
 		return NULL;
-	static bool lib_ready;
-	if (!lib_ready) {
-		mosquitto_lib_init();
-		lib_ready = true;
-	}
 	struct mqtt *m = calloc(1, sizeof(*m));
 	if (!m) {
 		error_set(err, ERR_INTERNAL, "out of memory");
 		return NULL;
 	}
+	mosquitto_lib_init(); /* counted: mosquitto_lib_cleanup() in mqtt_free() */
 	m->base = base;
 	m->cfg = *cfg;
 	m->reg = reg;
@@ -912,15 +908,21 @@ struct mqtt *mqtt_new(struct event_base *base, const struct mqtt_config *cfg, st
 		error_set(err, ERR_INTERNAL, "out of memory");
 		goto fail;
 	}
-	struct timeval second = {.tv_sec = 1};
-	event_add(m->tick_timer, &second);
-	log_info("mqtt: publishing to %s as station %s (topics %s/%s/...)", cfg->url, cfg->station,
-		 cfg->topic_prefix, cfg->station);
-	start_connect(m);
 	return m;
 fail:
 	mqtt_free(m);
 	return NULL;
+}
+
+void mqtt_start(struct mqtt *m)
+{
+	if (!m)
+		return;
+	struct timeval second = {.tv_sec = 1};
+	event_add(m->tick_timer, &second);
+	log_info("mqtt: publishing to %s as station %s (topics %s/%s/...)", m->cfg.url,
+		 m->cfg.station, m->cfg.topic_prefix, m->cfg.station);
+	start_connect(m);
 }
 
 void mqtt_free(struct mqtt *m)
@@ -964,6 +966,7 @@ void mqtt_free(struct mqtt *m)
 	}
 	if (m->mosq)
 		mosquitto_destroy(m->mosq);
+	mosquitto_lib_cleanup();
 	if (m->retry_timer)
 		event_free(m->retry_timer);
 	if (m->resolve_timer)

@@ -73,10 +73,13 @@ int mqtt_config_check(const struct mqtt_config *c, struct error *err);
  * no separator (/) in a station, no empty level in a prefix. */
 bool mqtt_name_valid(const char *name, bool is_prefix);
 
-/* Starts connecting (never waits for it).  Reads the password file here
- * (mqtt-config when it cannot be read or is readable by others). */
+/* Checks the section, reads the password file (mqtt-config when it cannot be
+ * read or others may read it) and the TLS files; no thread, no connection yet. */
 struct mqtt *mqtt_new(struct event_base *base, const struct mqtt_config *cfg, struct registry *reg,
 		      struct error *err);
+/* Starts connecting (in the background: never waits for the broker).  After a
+ * fork: name resolution runs on glibc's threads.  Accepts NULL. */
+void mqtt_start(struct mqtt *m);
 /* Publishes the offline status, gives the queue up to a second to leave, disconnects.
  * Accepts NULL. */
 void mqtt_free(struct mqtt *m);

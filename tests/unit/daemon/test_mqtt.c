@@ -147,6 +147,7 @@ static void test_queue_is_bounded_and_counts_drops(void **state)
 	cfg.queue_max = 3;
 	struct mqtt *m = mqtt_new(base, &cfg, NULL, &err);
 	assert_non_null(m);
+	mqtt_start(m);
 	event_base_loop(base, EVLOOP_NONBLOCK);
 	json_t *s = mqtt_status_json(m);
 	assert_true(json_is_false(json_object_get(s, "connected")));
