@@ -26,8 +26,8 @@
 #define MQTT_KEEPALIVE_S 30
 /* A connection that has not been accepted (CONNACK) by then is given up and retried. */
 #define MQTT_CONNECT_TIMEOUT_S 10
-/* The status is republished at most this often when only its counters changed. */
-#define MQTT_STATUS_INTERVAL_S 10
+/* A changed status (job ended, device, drops) is republished at most this often. */
+#define MQTT_STATUS_INTERVAL_S 1
 /* Name resolution (getaddrinfo_a) is polled this often while it runs. */
 #define MQTT_RESOLVE_POLL_MS 20
 #define MQTT_CREDENTIAL_MAX  256
@@ -492,11 +492,9 @@ void mqtt_job_event(struct mqtt *m, struct job *job, const json_t *event)
 			json_array_remove(m->failures, 0);
 	}
 	json_decref(rec);
-	/* The retained status carries the counters and the failures: now, not later. */
-	if (m->state == MQTT_CONNECTED)
-		publish_status(m);
-	else
-		m->status_dirty = true;
+	/* The retained status carries the counters and the failures (the tick
+	 * publishes it within a second: a burst of job ends makes one status). */
+	m->status_dirty = true;
 }
 
 json_t *mqtt_status_json(const struct mqtt *m)
