@@ -37,6 +37,7 @@ from flashd_harness import SERIAL_TIMEOUTS, Client, SimControl, Tap, fixture  # 
 
 STATIONS = ["line1-a", "line1-b", "line2-c"]
 TINKER = "photon/photon_tinker.bin"
+ELECTRON = "electron/electron_tinker.bin"
 # Debian installs the broker in /usr/sbin, which a test's PATH may lack.
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
 
@@ -201,6 +202,9 @@ def inside(name, flashd, fc, work):
 
         wait_file(os.path.join(work, "go3"))
         res["p3"] = [st.flash(tinker, ids[0])]
+        if name == STATIONS[2]:
+            # A failure for the fleet view: an Electron build on a Photon.
+            res["p3"].append(st.flash(fixture(ELECTRON), ids[1]))
         if name == STATIONS[1]:
             # Unplugged: its retained device state must be cleared.
             ctl = SimControl(os.path.join(st.dir, "control.sock"))
@@ -365,7 +369,8 @@ def jobs_of(res, phase):
 
 
 def outside(flashd, fc, sim):
-    fixture(TINKER)  # skips the whole driver when it is missing
+    fixture(TINKER)  # skips the whole driver when one is missing
+    fixture(ELECTRON)
     if not MOSQUITTO:
         print("1..0 # SKIP mosquitto (the broker) is not installed: scripts/install-deps")
         sys.exit(0)
@@ -587,9 +592,27 @@ def outside(flashd, fc, sim):
                   {n for n, state in seen if state} >= set(STATIONS) and
                   any(state == "writing" for _, state in seen), sorted(seen))
         tap.check("after the restart, new jobs' events and history records come from all "
-                  "three", len(want3) == 3 and
+                  "three", len(want3) == 4 and
                   want3 <= {(m[1].split("/")[1], m[2].get("job")) for m in got} and
                   all("job-ended" in events(n, j) for n, j in want3), (want3, jobs3))
+
+        c = STATIONS[2]
+        bad = [j for j in jobs3[c] if j["result"] == "failed"]
+        fails = []
+        deadline = time.monotonic() + 10  # the status follows a job's end within a second
+        while time.monotonic() < deadline and not fails:
+            r = fleet(fc, port, "--json", "--once")
+            view = {x["station"]: x for x in (json.loads(y) for y in r.stdout.splitlines())}
+            fails = [f for f in view.get(c, {}).get("failures", [])
+                     if f.get("error") == "wrong-platform"]
+            time.sleep(0.3)
+        tap.check("the failed job (wrong-platform) is among the station's recent failures in "
+                  "fleet --json --once (from the retained status)",
+                  len(bad) == 1 and [f["job"] for f in fails] == [bad[0]["job"]] and
+                  fails[0].get("device") == device_ids(c)[1], (bad, fails))
+        r = fleet(fc, port, "--once")
+        tap.check("... and in the table", r.returncode == 0 and "wrong-platform" in r.stdout,
+                  r.stdout)
 
         b = STATIONS[1]
         time.sleep(0.5)  # the device-removed publication on its way
