@@ -31,6 +31,8 @@
 /* Name resolution (getaddrinfo_a) is polled this often while it runs. */
 #define MQTT_RESOLVE_POLL_MS 20
 #define MQTT_CREDENTIAL_MAX  256
+/* After connecting, the station reads its own retained device states this long. */
+#define MQTT_SWEEP_S 5
 /* Failed jobs the status lists (newest last). */
 #define MQTT_FAILURES_MAX 5
 
@@ -80,6 +82,7 @@ struct mqtt {
 	json_t *failures; /* the newest MQTT_FAILURES_MAX failed jobs, for the status */
 	bool status_dirty;
 	time_t status_sent;
+	time_t sweep_until; /* reading our own devices/+ until then (0: not) */
 
 	char topic_status[MQTT_PREFIX_MAX + MQTT_NAME_MAX + 16];
 };
@@ -629,7 +632,36 @@ static void on_connect(struct mosquitto *mosq, void *arg, int rc)
 		for (struct device *d = registry_first(m->reg); d; d = d->next)
 			if (d->s.present)
 				publish_device(m, d, true);
+	/* Device states retained from an earlier run (killed with boards attached)
+	 * are cleared: for a few seconds the station reads its own devices/+. */
+	char t[sizeof(m->topic_status) + 16];
+	topic(m, t, sizeof(t), "devices", "+");
+	t[strlen(t) - 1] = '+'; /* topic() would have escaped the wildcard */
+	if (mosquitto_subscribe(m->mosq, NULL, t, 0) == MOSQ_ERR_SUCCESS)
+		m->sweep_until = time(NULL) + MQTT_SWEEP_S;
 	pump(m);
+}
+
+/* The only messages a station reads: its own retained device states, right
+ * after connecting.  One whose device is not present here is cleared.  A
+ * broker can make it do nothing else. */
+static void on_message(struct mosquitto *mosq, void *arg, const struct mosquitto_message *msg)
+{
+	struct mqtt *m = arg;
+	(void)mosq;
+	char t[sizeof(m->topic_status) + DEVICE_KEY_MAX + 16];
+	topic(m, t, sizeof(t), "devices", "");
+	size_t n = strlen(t);
+	if (!m->sweep_until || !msg->retain || msg->payloadlen == 0 ||
+	    strncmp(msg->topic, t, n) != 0 || !msg->topic[n] || strchr(msg->topic + n, '/'))
+		return;
+	for (struct device *d = m->reg ? registry_first(m->reg) : NULL; d; d = d->next) {
+		topic(m, t, sizeof(t), "devices", d->s.key);
+		if (d->s.present && strcmp(t, msg->topic) == 0)
+			return;
+	}
+	log_debug("mqtt: clearing %s (retained from an earlier run)", msg->topic);
+	enqueue(m, msg->topic, NULL, 0, true);
 }
 
 static void on_disconnect(struct mosquitto *mosq, void *arg, int rc)
@@ -673,6 +705,7 @@ static void connect_to(struct mqtt *m, const char *address)
 		m->in_flight = 0;
 	}
 	m->state = MQTT_CONNECTING;
+	m->sweep_until = 0;
 	m->refused[0] = '\0';
 	m->lib_error[0] = '\0';
 	int rc = mosquitto_connect_async(m->mosq, address, m->cfg.port, MQTT_KEEPALIVE_S);
@@ -811,6 +844,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 			return;
 		}
 	}
+	if (m->state == MQTT_CONNECTED && m->sweep_until && now > m->sweep_until) {
+		char t[sizeof(m->topic_status) + 16];
+		topic(m, t, sizeof(t), "devices", "+");
+		t[strlen(t) - 1] = '+';
+		mosquitto_unsubscribe(m->mosq, NULL, t);
+		m->sweep_until = 0;
+	}
 	if (m->state == MQTT_CONNECTED && m->status_dirty &&
 	    now - m->status_sent >= MQTT_STATUS_INTERVAL_S)
 		publish_status(m);
@@ -875,6 +915,7 @@ struct mqtt *mqtt_new(struct event_base *base, const struct mqtt_config *cfg, st
 	mosquitto_connect_callback_set(m->mosq, on_connect);
 	mosquitto_disconnect_callback_set(m->mosq, on_disconnect);
 	mosquitto_publish_callback_set(m->mosq, on_publish);
+	mosquitto_message_callback_set(m->mosq, on_message);
 	mosquitto_log_callback_set(m->mosq, on_log);
 	if (m->have_credentials &&
 	    mosquitto_username_pw_set(m->mosq, m->username, m->password) != MOSQ_ERR_SUCCESS) {

@@ -23,7 +23,9 @@
  * messages of one topic replace each other) and are handed to libmosquitto
  * while connected; when the queue is full the oldest message is dropped and
  * counted.  Flashing never waits for the broker.  A lost connection is retried
- * after 1 s, doubling up to 60 s.
+ * after 1 s, doubling up to 60 s.  The only subscription: the station's own
+ * devices/+ for a few seconds after connecting, to clear retained states of
+ * devices from an earlier run that are not attached now.
  */
 #pragma once
 

@@ -153,9 +153,27 @@ def main():
         with open(pw, "w") as f:
             f.write("line1-a\ns3cret\n")
         os.chmod(pw, 0o600)
+        # A device state retained from an earlier run of this station (killed with a
+        # board attached): the station has no such device now and clears it.
+        ghost = "flashd/line1-a/devices/3a001d000a47353138383101"
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(plain), "-u", "line1-a",
+                        "-P", "s3cret", "-r", "-q", "1", "-t", ghost, "-m",
+                        '{"key":"3a001d000a47353138383101","present":true}'],
+                       check=True, capture_output=True, timeout=10)
         d = station("url = mqtt://127.0.0.1:%d\npassword_file = %s\n" % (plain, pw))
         m = wait_mqtt(d, lambda m: m.get("connected"))
         tap.check("user name and password from password_file: connected", m.get("connected"), m)
+        left = ["x"]
+        deadline = time.monotonic() + 10
+        while left and time.monotonic() < deadline:
+            r = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(plain), "-u",
+                                "line1-a", "-P", "s3cret", "-t", "flashd/line1-a/devices/+",
+                                "--retained-only", "-W", "1", "-v"],
+                               capture_output=True, text=True, timeout=10)
+            left = r.stdout.split()
+            time.sleep(0.2)
+        tap.check("a device state retained from an earlier run is cleared when the station "
+                  "connects without that device", not left, left)
         bad = os.path.join(work, "wrong.pass")
         with open(bad, "w") as f:
             f.write("line1-a\nguess\n")
