@@ -241,6 +241,7 @@ struct follow {
 	json_t *pending;       /* job ids not ended yet */
 	json_t *ends;	       /* job-ended events in order */
 	bool cancel_sent;
+	bool live; /* the live display (it shows a plan's summary only) */
 	int status;
 };
 
@@ -514,9 +515,18 @@ static void report(struct conn *c, struct follow *f, int n, char **paths)
 			printf("%s: %s would %sflash on %s%s%s%s\n", ok ? "ok" : "no",
 			       n == 1 ? paths[0] : "these files", ok ? "" : "not ", dev,
 			       words[0] ? " (" : "", words, words[0] ? ")" : "");
+			if (ok)
+				render_plan(stdout, json_object_get(rec, "plan"), "  ");
 			fflush(stdout);
 		} else if (n_ends > 1 && json_is_object(ej)) {
 			fprintf(stderr, "%s:\n", dev);
+		}
+		if (!f->a->check && f->a->dry_run && f->live && result &&
+		    strcmp(result, "done") == 0) {
+			/* --dry-run on a terminal: the whole plan once the display is gone */
+			printf("%s: ", dev);
+			render_plan(stdout, json_object_get(rec, "plan"), "");
+			fflush(stdout);
 		}
 		if (!json_is_object(ej))
 			continue;
@@ -555,6 +565,7 @@ static int run(struct conn *c, const struct cli_global *g, const struct flash_ar
 	size_t i;
 	const char *term = getenv("TERM");
 	bool live = g->is_tty && !(term && strcmp(term, "dumb") == 0) && !a->check;
+	f.live = live;
 	if (!g->json) {
 		f.prog = progress_new(g, live);
 		if (!f.prog) {

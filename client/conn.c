@@ -1,6 +1,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,59 @@ static int unreachable(struct error *err, const char *path, int errnum)
 	return -1;
 }
 
+/* EACCES on connect: the socket is the daemon's group's (0660) and we are not in it. */
+static int not_in_group(struct error *err, const char *path, int errnum)
+{
+	struct stat st;
+	char group[64] = "flashd";
+	if (stat(path, &st) == 0) {
+		struct group *gr = getgrgid(st.st_gid);
+		if (gr)
+			snprintf(group, sizeof(group), "%s", gr->gr_name);
+		else
+			snprintf(group, sizeof(group), "%u", (unsigned)st.st_gid);
+	}
+	error_set(err, ERR_DAEMON_UNREACHABLE,
+		  "permission denied on %s: add yourself to the %s group (then log in again)", path,
+		  group);
+	error_hint(err, "sudo usermod -aG %s $USER, then log out and in again (or run 'newgrp %s')",
+		   group, group);
+	error_detail_str(err, "socket", path);
+	error_detail_int(err, "errno", errnum);
+	return -1;
+}
+
+/*
+ * The daemon refused us (too-many-clients: it says why in one line, then
+ * closes): a write then fails with EPIPE, but the line is still there to read.
+ * Shows the daemon's refusal rather than a broken pipe.
+ */
+static int refused_or_unreachable(struct conn *c, int errnum, struct error *err)
+{
+	char buf[4096];
+	size_t len = 0;
+	while (len < sizeof(buf) - 1) {
+		struct pollfd p = {c->fd, POLLIN, 0};
+		if (poll(&p, 1, 200) <= 0)
+			break;
+		ssize_t n = read(c->fd, buf + len, sizeof(buf) - 1 - len);
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		if (memchr(buf, '\n', len))
+			break;
+	}
+	char *nl = len ? memchr(buf, '\n', len) : NULL;
+	json_t *obj = nl ? json_loadb(buf, (size_t)(nl - buf), 0, NULL) : NULL;
+	const char *type = json_string_value(json_object_get(obj, "type"));
+	if (type && strcmp(type, "error") == 0 && error_from_json(err, obj) == 0) {
+		json_decref(obj);
+		return -1;
+	}
+	json_decref(obj);
+	return unreachable(err, c->path, errnum);
+}
+
 int conn_open(struct conn *c, const struct cli_global *g, struct error *err)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -52,6 +106,8 @@ int conn_open(struct conn *c, const struct cli_global *g, struct error *err)
 	if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int e = errno;
 		conn_close(c);
+		if (e == EACCES || e == EPERM)
+			return not_in_group(err, c->path, e);
 		return unreachable(err, c->path, e);
 	}
 	c->next_id = 1;
@@ -97,6 +153,8 @@ int conn_send(struct conn *c, json_t *req, const int *fds, unsigned n_fds, struc
 		if (n <= 0) {
 			int e = errno;
 			free(line);
+			if (e == EPIPE || e == ECONNRESET)
+				return refused_or_unreachable(c, e, err);
 			return unreachable(err, c->path, e);
 		}
 		off += (size_t)n;

@@ -1,4 +1,5 @@
 #include "progress.h"
+#include "render.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,7 +23,8 @@ struct pjob {
 	double eta_s; /* < 0: unknown */
 	double timeout_s;
 	double state_t0;
-	int quarter; /* plain mode: last quarter of the bytes printed */
+	int quarter;	/* plain mode: last quarter of the bytes printed */
+	char step[160]; /* "step 2 of 4: writing system part 1 over DFU" */
 	bool ended;
 	char end_text[160];
 	bool end_ok;
@@ -309,6 +311,20 @@ static void on_progress(struct progress *p, struct pjob *j, const json_t *ev)
 	j->rate = json_integer_value(json_object_get(ev, "rate"));
 	j->eta_s = json_is_number(eta) ? json_number_value(eta) : -1;
 	j->timeout_s = json_number_value(json_object_get(ev, "timeout_s"));
+	if (json_is_integer(json_object_get(ev, "step"))) {
+		char step[160];
+		snprintf(step, sizeof(step), "step %lld of %lld: %s",
+			 json_integer_value(json_object_get(ev, "step")),
+			 json_integer_value(json_object_get(ev, "steps")),
+			 jstr(ev, "step_description", ""));
+		if (strcmp(step, j->step) != 0) {
+			snprintf(j->step, sizeof(j->step), "%s", step);
+			if (p->live)
+				progress_log(p, "%s: %s", j->device, step);
+			else
+				printf("%s: %s\n", j->device, step);
+		}
+	}
 	if (json_is_string(json_object_get(ev, "note"))) {
 		const char *note = jstr(ev, "note", "");
 		if (strncmp(note, "handed-to-", 10) == 0)
@@ -374,6 +390,14 @@ bool progress_event(struct progress *p, const json_t *ev)
 	} else if (strcmp(name, "job-ended") == 0) {
 		on_end(p, j, ev);
 		ended = true;
+	} else if (strcmp(name, "job-plan") == 0) {
+		if (p->live) {
+			progress_log(p, "%s: plan: %s", j->device, jstr(ev, "message", ""));
+		} else {
+			printf("%s: ", j->device);
+			render_plan(stdout, json_object_get(ev, "plan"), "");
+			fflush(stdout);
+		}
 	} else if (strcmp(name, "job-started") == 0 && !p->live) {
 		printf("%s: started\n", j->device);
 		fflush(stdout);

@@ -113,6 +113,8 @@ void render_event(const struct cli_global *g, const json_t *ev)
 		if (json_object_get(ev, "note"))
 			printf(" %s: %s", str_or(ev, "note", ""), str_or(ev, "message", ""));
 		printf("\n");
+	} else if (strcmp(name, "job-plan") == 0) {
+		printf("%-15s %s %s\n", name, job, str_or(ev, "message", ""));
 	} else if (strcmp(name, "job-ended") == 0) {
 		const json_t *err = json_object_get(ev, "error");
 		printf("%-15s %s %s%s%s%s%s\n", name, job, str_or(ev, "result", "?"),
@@ -152,4 +154,42 @@ void render_list(const struct cli_global *g, const json_t *reply, const char *ke
 		printf("%s\n", none_text);
 	for (size_t i = 0; i < json_array_size(items); i++)
 		line(g, json_array_get(items, i));
+}
+
+void render_plan(FILE *out, const json_t *plan, const char *indent)
+{
+	if (!json_is_object(plan))
+		return;
+	const json_t *steps = json_object_get(plan, "steps");
+	long long bytes = json_integer_value(json_object_get(plan, "bytes"));
+	fprintf(out, "%splan: %zu step%s, %lld write%s (%lld KiB), about %.0f s%s\n", indent,
+		json_array_size(steps), json_array_size(steps) == 1 ? "" : "s",
+		json_integer_value(json_object_get(plan, "writes")),
+		json_integer_value(json_object_get(plan, "writes")) == 1 ? "" : "s",
+		(bytes + 1023) / 1024, json_number_value(json_object_get(plan, "estimate_s")),
+		json_is_true(json_object_get(plan, "preliminary"))
+		    ? " (preliminary: the device is read before the first byte)"
+		    : "");
+	size_t i;
+	const json_t *s;
+	json_array_foreach(steps, i, s)
+	{
+		const char *kind = json_string_value(json_object_get(s, "kind"));
+		char extra[96] = "";
+		if (kind && strcmp(kind, "write") == 0)
+			snprintf(extra, sizeof(extra), ", %s, %lld bytes",
+				 json_string_value(json_object_get(s, "file")),
+				 json_integer_value(json_object_get(s, "bytes")));
+		fprintf(out, "%s  %zu. %s%s (~%.0f s)\n", indent, i + 1,
+			json_string_value(json_object_get(s, "description")), extra,
+			json_number_value(json_object_get(s, "estimate_s")));
+	}
+	json_array_foreach(json_object_get(plan, "skipped"), i, s)
+	    fprintf(out, "%s  skipped file %lld: %s\n", indent,
+		    json_integer_value(json_object_get(s, "file_index")) + 1,
+		    json_string_value(json_object_get(s, "reason")));
+	json_array_foreach(json_object_get(plan, "warnings"), i, s)
+	    fprintf(out, "%s  warning: %s\n", indent, json_string_value(s));
+	json_array_foreach(json_object_get(plan, "overrides"), i, s)
+	    fprintf(out, "%s  --force overrides: %s\n", indent, json_string_value(s));
 }

@@ -26,3 +26,6 @@ void render_list(const struct cli_global *g, const json_t *reply, const char *ke
 void render_event(const struct cli_global *g, const json_t *event);
 /* render_error(), then error_clear(): for verbs that end with the error. */
 int render_error_free(const struct cli_global *g, struct error *e);
+/* A job's plan (proto/PROTOCOL.md "plan"): its summary, one line per step (transport,
+ * mode switch, bytes, estimate), then skipped files, warnings and --force overrides. */
+void render_plan(FILE *out, const json_t *plan, const char *indent);

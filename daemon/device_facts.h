@@ -43,6 +43,10 @@ struct device_facts {
 	char os_version[24];	 /* "2.2.0" from `v`, "" if unknown */
 	uint16_t system_version; /* installed system part 1 module version, 0 if unknown */
 	bool modules_known;	 /* the list below is complete */
+	/* Functions whose absence from the list says nothing (bit 1 << enum module_function):
+	 * what flashd cannot read on this device, e.g. a SoftDevice over DFU when no
+	 * installed system part names it.  The planner treats them as unknown. */
+	uint32_t unknown_functions;
 	struct installed_module modules[DEVICE_FACTS_MAX_MODULES];
 	unsigned n_modules;
 	enum device_protection protection;

@@ -7,9 +7,11 @@
 
 #include "errors.h"
 #include "image.h"
+#include "wire.h"
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct image_cache;
 
@@ -33,6 +35,33 @@ void image_cache_free(struct image_cache *c);
  */
 int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct image_ref **ret,
 			struct error *err);
+/* The same over bytes already read (buf is taken over and freed). */
+int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, const char *name,
+			    struct image_ref **ret, struct error *err);
 void image_cache_put(struct image_cache *c, struct image_ref *ref);
+
+/*
+ * Reading a client's file without blocking the loop: a thread of its own reads
+ * a duplicate of fd (fstat, pread: the same rules as image_cache_load_fd) and
+ * cb runs on the loop when it has, or when deadline_ms passed first.  In cb,
+ * image_read_take() returns the bytes (the caller owns them) or NULL with
+ * file-unreadable set (the reason, "delivered no data within N ms" for the
+ * deadline); then image_read_free().  image_read_free() before cb abandons the
+ * read (client gone): a thread stuck in read() frees its state when it returns.
+ * At most IMAGE_READERS_MAX threads exist, IMAGE_READERS_PER_UID of them for
+ * one uid (owner); past that, file-unreadable at once.
+ */
+#define IMAGE_READERS_MAX     64
+#define IMAGE_READERS_PER_UID 16
+struct event_base;
+struct image_read;
+typedef void (*image_read_cb)(void *ctx, struct image_read *r);
+struct image_read *image_read_start(struct event_base *base, int fd, const char *name, uid_t owner,
+				    unsigned deadline_ms, image_read_cb cb, void *ctx,
+				    struct error *err);
+uint8_t *image_read_take(struct image_read *r, size_t *len, struct error *err);
+void image_read_free(struct image_read *r);
+/* Reader threads not yet returned (stalled ones included). */
+unsigned image_readers_alive(void);
 size_t image_cache_bytes(const struct image_cache *c);
 size_t image_cache_count(const struct image_cache *c);

@@ -2,6 +2,7 @@
 
 #include "history.h"
 #include "log.h"
+#include "plan.h"
 #include "settings.h"
 
 #include <errno.h>
@@ -17,6 +18,8 @@
 
 /* job-progress events for bytes are sent at most this often (state changes always). */
 #define JOBS_PROGRESS_INTERVAL_MS 100
+/* A job changes transport at most this often (a plan across serial and DFU needs 2-3). */
+#define JOBS_MAX_HANDOFFS 4
 
 struct job {
 	struct job *next;
@@ -58,6 +61,12 @@ struct job {
 	struct event *cancel_timer;
 	bool waiting_armed;
 
+	json_t *plan;	      /* the plan (plan.h), once known */
+	unsigned step, steps; /* the plan step being run (1-based), 0 = none */
+	unsigned handoffs;
+	bool written[WIRE_IMAGES_MAX]; /* files written and verified (job_mark_written()) */
+	char step_text[128];
+
 	double created, started, ended_at;
 	uint64_t done, total;
 	uint64_t phase_done0;
@@ -82,6 +91,7 @@ struct jobs {
 	const struct transport_ops *const *transports;
 	struct job *list; /* creation order */
 	unsigned max_jobs, history;
+	unsigned per_uid, waiting_per_uid; /* fair share (jobs_set_uid_limits); 0 = none */
 	struct event *kick;
 	struct grave *graves;
 	jobs_sink sink;
@@ -221,6 +231,11 @@ static void emit_progress(struct job *job, const char *note, const char *message
 		json_object_set_new(ev, "note", json_string(note));
 	if (message)
 		json_object_set_new(ev, "message", json_string(message));
+	if (job->step) {
+		json_object_set_new(ev, "step", json_integer(job->step));
+		json_object_set_new(ev, "steps", json_integer(job->steps));
+		json_object_set_new(ev, "step_description", json_string(job->step_text));
+	}
 	/* Clients show "waiting for the device to come back (12/45 s)". */
 	double limit_s = wait_limit_s(job);
 	if (limit_s > 0)
@@ -361,6 +376,40 @@ static const struct transport_ops *pick_transport(struct jobs *jobs, const struc
 	return NULL;
 }
 
+/*
+ * The plan as far as the registry's facts tell (plan.h), for the job-started
+ * record: the transport reads the device before the first byte and sets the
+ * plan it runs (job_set_plan()), refusing there if it must.
+ */
+static void preliminary_plan(struct job *job, const struct device *dev)
+{
+	if (job->n_images == 0 || job->images_released || job->n_images > PLAN_MAX_FILES)
+		return;
+	struct plan *p = malloc(sizeof(*p));
+	if (!p)
+		return;
+	struct plan_input in[PLAN_MAX_FILES];
+	for (unsigned i = 0; i < job->n_images; i++) {
+		in[i].img = job->images[i]->img;
+		in[i].name = job->names[i];
+	}
+	struct plan_options o = {.force = job->opts.force, .mode = dev->s.mode};
+	for (size_t i = 0; job->jobs->transports[i]; i++)
+		for (int t = 0; t < PLAN_TRANSPORT_COUNT; t++)
+			if (strcmp(job->jobs->transports[i]->name,
+				   plan_transport_name((enum plan_transport)t)) == 0)
+				o.transports |= 1u << t;
+	struct error err;
+	error_init(&err);
+	if (plan_build(&dev->s.facts, in, job->n_images, &o, p, &err) == 0) {
+		json_decref(job->plan);
+		job->plan = plan_to_json(p);
+		json_object_set_new(job->plan, "preliminary", json_true());
+	}
+	error_clear(&err);
+	free(p);
+}
+
 static void run_on_device(struct job *job)
 {
 	struct jobs *jobs = job->jobs;
@@ -383,6 +432,7 @@ static void run_on_device(struct job *job)
 	job->ops = ops; /* the job-started record names the transport that took it */
 	job->facts_before = dev->s.facts;
 	job->have_before = true;
+	preliminary_plan(job, dev);
 	emit_record(job, "job-started");
 	history_job_started(jobs->history_db, job);
 	start_transport(job, ops);
@@ -504,6 +554,7 @@ static void job_free(struct job *job)
 	event_free(job->wait_timer);
 	event_free(job->cancel_timer);
 	error_clear(&job->error);
+	json_decref(job->plan);
 	free(job);
 }
 
@@ -575,6 +626,17 @@ struct jobs *jobs_new(struct event_base *base, struct registry *reg, struct imag
 	jobs->history = history;
 	jobs->kick = event_new(base, -1, 0, kick_cb, jobs);
 	jobs_register_timeouts(transports);
+	/* Each transport's shared state (transport.h init()), made once, here. */
+	for (size_t i = 0; transports && transports[i]; i++) {
+		if (!transports[i]->init)
+			continue;
+		struct error err;
+		error_init(&err);
+		if (transports[i]->init(base, &err) < 0)
+			log_error("the %s transport could not start: %s", transports[i]->name,
+				  err.message);
+		error_clear(&err);
+	}
 	return jobs;
 }
 
@@ -605,6 +667,9 @@ void jobs_free(struct jobs *jobs)
 		jobs->list = j->next;
 		job_free(j);
 	}
+	for (size_t i = 0; jobs->transports && jobs->transports[i]; i++)
+		if (jobs->transports[i]->exit)
+			jobs->transports[i]->exit();
 	event_free(jobs->kick);
 	free(jobs);
 }
@@ -625,12 +690,57 @@ size_t jobs_active_count(const struct jobs *jobs)
 
 static void cancel_grace_cb(evutil_socket_t fd, short what, void *arg);
 
+/* ---- fair share: one uid's jobs ---------------------------------------- */
+
+void jobs_set_uid_limits(struct jobs *jobs, unsigned per_uid, unsigned waiting_per_uid)
+{
+	jobs->per_uid = per_uid;
+	jobs->waiting_per_uid = waiting_per_uid;
+}
+
+bool jobs_client_has_jobs(const struct jobs *jobs, unsigned long client_id)
+{
+	for (const struct job *j = jobs->list; j; j = j->next)
+		if (!j->ended && j->client_id == client_id)
+			return true;
+	return false;
+}
+
+/* Whether the uid may have one more job (waiting: one that waits for a device). */
+static bool uid_share_left(const struct jobs *jobs, uid_t uid, bool waiting, struct error *err)
+{
+	unsigned all = 0, waits = 0;
+	for (const struct job *j = jobs->list; j; j = j->next) {
+		if (j->ended || j->uid != uid)
+			continue;
+		all++;
+		waits += j->opts.wait_ms != 0;
+	}
+	if (jobs->per_uid && all >= jobs->per_uid) {
+		error_set(err, ERR_TOO_MANY_JOBS, "uid %u already has %u jobs", (unsigned)uid, all);
+		error_detail_int(err, "limit", jobs->per_uid);
+		error_detail_int(err, "uid", uid);
+		return false;
+	}
+	if (waiting && jobs->waiting_per_uid && waits >= jobs->waiting_per_uid) {
+		error_set(err, ERR_TOO_MANY_JOBS, "uid %u already has %u jobs waiting for a device",
+			  (unsigned)uid, waits);
+		error_detail_int(err, "limit", jobs->waiting_per_uid);
+		error_detail_int(err, "uid", uid);
+		error_detail_str(err, "kind", "waiting");
+		return false;
+	}
+	return true;
+}
+
 struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error *err)
 {
 	struct job *job = NULL;
 	if (jobs_active_count(jobs) >= jobs->max_jobs) {
 		error_set(err, ERR_TOO_MANY_JOBS, "the daemon already has %u jobs", jobs->max_jobs);
 		error_detail_int(err, "limit", jobs->max_jobs);
+	} else if (!uid_share_left(jobs, req->uid, req->opts.wait_ms != 0, err)) {
+		/* err is set: one uid may not fill the table for everyone */
 	} else if (!(job = calloc(1, sizeof(*job)))) {
 		error_set(err, ERR_INTERNAL, "out of memory");
 	}
@@ -818,14 +928,19 @@ json_t *job_to_json(const struct job *job)
 		return json_pack("{s:s}", "id", job->id);
 	json_object_set_new(o, "error",
 			    error_is_set(&job->error) ? error_to_json(&job->error) : json_null());
+	if (job->plan)
+		json_object_set(o, "plan", job->plan);
 	return o;
 }
 
 json_t *jobs_list_json(struct jobs *jobs)
 {
 	json_t *a = json_array();
-	for (struct job *j = jobs->list; j; j = j->next)
-		json_array_append_new(a, job_to_json(j));
+	for (struct job *j = jobs->list; j; j = j->next) {
+		json_t *o = job_to_json(j);
+		json_object_del(o, "plan"); /* a list stays small; the job's events carry it */
+		json_array_append_new(a, o);
+	}
 	return a;
 }
 
@@ -941,6 +1056,42 @@ void job_note(struct job *job, const char *note, const char *fmt, ...)
 	emit_progress(job, note, msg);
 }
 
+void job_set_plan(struct job *job, json_t *plan, const char *summary)
+{
+	json_decref(job->plan);
+	job->plan = plan;
+	if (job->ended || !plan)
+		return;
+	log_info("job %s: plan: %s", job->id, summary ? summary : "");
+	json_t *ev = wire_event_new("job-plan");
+	json_object_set_new(ev, "state", json_string(job_state_name(job->state)));
+	json_object_set_new(ev, "message", json_string(summary ? summary : ""));
+	json_object_set(ev, "plan", plan);
+	emit(job, ev);
+}
+
+void job_mark_written(struct job *job, size_t i)
+{
+	if (i < job->n_images && i < WIRE_IMAGES_MAX)
+		job->written[i] = true;
+}
+
+bool job_image_written(const struct job *job, size_t i)
+{
+	return i < job->n_images && i < WIRE_IMAGES_MAX && job->written[i];
+}
+
+void job_set_step(struct job *job, unsigned step, unsigned steps, const char *description)
+{
+	if (job->ended)
+		return;
+	job->step = step;
+	job->steps = steps;
+	snprintf(job->step_text, sizeof(job->step_text), "%s", description ? description : "");
+	if (step)
+		log_info("job %s: step %u of %u: %s", job->id, step, steps, job->step_text);
+}
+
 void job_update_facts(struct job *job, const struct device_facts *facts)
 {
 	if (!job->device)
@@ -995,6 +1146,18 @@ void job_handoff(struct job *job, const char *transport_name, const char *reason
 			  reason ? reason : "another transport is needed", transport_name);
 		error_detail_str(&err, "transport", transport_name);
 		error_detail_str(&err, "reason", reason ? reason : "");
+		fail(job, JOB_RESULT_FAILED, &err);
+		return;
+	}
+	if (++job->handoffs > JOBS_MAX_HANDOFFS) {
+		/* A plan that sends the job back and forth between transports. */
+		struct error err;
+		error_init(&err);
+		error_set(&err, ERR_NOT_FLASHABLE_HERE,
+			  "%s; the job went between transports %u times without finishing",
+			  reason ? reason : "another transport is needed", job->handoffs - 1);
+		error_detail_str(&err, "transport", transport_name);
+		error_detail_str(&err, "reason", "too many transport changes");
 		fail(job, JOB_RESULT_FAILED, &err);
 		return;
 	}

@@ -51,6 +51,11 @@ typedef void (*jobs_sink)(void *ctx, struct job *job, json_t *event);
 struct jobs *jobs_new(struct event_base *base, struct registry *reg, struct image_cache *images,
 		      const struct transport_ops *const *transports, unsigned max_jobs,
 		      unsigned history);
+/* Fair share: at most per_uid unended jobs of one uid, waiting_per_uid of them
+ * waiting for a device (0 = no limit); jobs_create fails with too-many-jobs. */
+void jobs_set_uid_limits(struct jobs *jobs, unsigned per_uid, unsigned waiting_per_uid);
+/* Whether a connection has a job that has not ended (it is not idle). */
+bool jobs_client_has_jobs(const struct jobs *jobs, unsigned long client_id);
 /* Registers the core's and the transports' timeout keys (idempotent). */
 void jobs_register_timeouts(const struct transport_ops *const *transports);
 /* Interrupts every job that has not ended (job-ended "interrupted"), then frees. */

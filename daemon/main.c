@@ -20,6 +20,7 @@
 #include <event2/event.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,8 +177,35 @@ static int default_socket_path(char *buf, size_t size)
 	return 0;
 }
 
-static int bind_socket(const char *path)
+/* The socket's group: the configured one (a name or a number), else the
+ * daemon's primary group with a warning. */
+static gid_t socket_gid(const struct config *cfg)
 {
+	char *end;
+	struct group *g = getgrnam(cfg->socket_group);
+	if (g)
+		return g->gr_gid;
+	unsigned long n = strtoul(cfg->socket_group, &end, 10);
+	if (cfg->socket_group[0] && !*end && n < (gid_t)-1)
+		return (gid_t)n;
+	log_warning("no group %s on this machine: the socket belongs to the daemon's primary "
+		    "group (gid %u); create the group (systemd-sysusers) or set socket_group",
+		    cfg->socket_group, (unsigned)getegid());
+	return getegid();
+}
+
+static int bind_socket(const char *path, const struct config *cfg)
+{
+	/* As root, a socket that any local user reaches lets any of them flash any
+	 * board (and bypass the udev rules' flashd group): only when asked for. */
+	if (geteuid() == 0 && (cfg->socket_mode & 0007) && !cfg->world_socket) {
+		log_error("refusing to create %s with mode %04o as root: every local user could "
+			  "flash every board; use socket_mode = 0660 with socket_group, or set "
+			  "world_socket = yes if that is really meant",
+			  path, cfg->socket_mode);
+		return -1;
+	}
+	gid_t gid = socket_gid(cfg);
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	if (strlen(path) >= sizeof(sa.sun_path)) {
 		log_error("socket path too long: %s", path);
@@ -206,10 +234,15 @@ static int bind_socket(const char *path)
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
-	if (bind(fd, (struct sockaddr *)&tmp, sizeof(tmp)) < 0 || listen(fd, LISTEN_BACKLOG) < 0 ||
-	    chmod(tmp.sun_path, 0666) < 0 || rename(tmp.sun_path, path) < 0) {
-		/* Any local user may talk to the daemon; cancel rights follow SO_PEERCRED.
-		 * Restricting who may flash at all is the unit's job (SocketMode/SocketGroup). */
+	/* Born owner-only (umask), then given to the group: never more open than asked. */
+	mode_t old_umask = umask(0177);
+	int bound = bind(fd, (struct sockaddr *)&tmp, sizeof(tmp));
+	umask(old_umask);
+	if (bound < 0 || listen(fd, LISTEN_BACKLOG) < 0 ||
+	    (gid != getegid() && chown(tmp.sun_path, (uid_t)-1, gid) < 0) ||
+	    chmod(tmp.sun_path, cfg->socket_mode) < 0 || rename(tmp.sun_path, path) < 0) {
+		/* Who may connect: the socket group (flashing); who may administer: the
+		 * admin group and root (server.c, SO_PEERCRED / SO_PEERGROUPS). */
 		log_error("cannot listen on %s: %s", path, strerror(errno));
 		unlink(tmp.sun_path);
 		close(fd);
@@ -304,6 +337,7 @@ int main(int argc, char **argv)
 	/* Timeout keys are registered (core and transports) before the config
 	 * file is read, so that it can set them. */
 	jobs_register_timeouts(transports_builtin());
+	server_register_timeouts();
 	/* The [mqtt] section is checked as a whole here too (files, credentials,
 	 * TLS): a station that cannot publish as configured does not start. */
 	if ((o.config_file && config_load(&cfg, o.config_file, &err) < 0) ||
@@ -314,6 +348,10 @@ int main(int argc, char **argv)
 		event_base_free(d.base);
 		return 2;
 	}
+	/* The transports take lock files in $FLASHD_LOCK_DIR; the environment wins
+	 * over the config file's lock_dir (flashd(8)). */
+	if (cfg.lock_dir[0] && !getenv("FLASHD_LOCK_DIR"))
+		setenv("FLASHD_LOCK_DIR", cfg.lock_dir, 1);
 	d.images = image_cache_new(cfg.image_memory_max);
 	d.jobs =
 	    jobs_new(d.base, d.reg, d.images, transports_builtin(), cfg.max_jobs, cfg.job_history);
@@ -327,7 +365,7 @@ int main(int argc, char **argv)
 	if (!activated) {
 		if (!o.socket_path && default_socket_path(path, sizeof(path)) == 0)
 			o.socket_path = path;
-		if (!o.socket_path || (lfd = bind_socket(o.socket_path)) < 0)
+		if (!o.socket_path || (lfd = bind_socket(o.socket_path, &cfg)) < 0)
 			return 1;
 	}
 	if (!o.foreground && !activated && !getenv("NOTIFY_SOCKET"))

@@ -566,9 +566,9 @@ static int check_image(const struct device_facts *dev, const char *label,
 		if (m->inner && m->inner->n_modules > 0 &&
 		    check_slot(dev, name, &m->inner->modules[0], err) < 0)
 			return -1;
-		if (!force && check_deps(dev, name, m, st, err) < 0)
+		if (!force && !rules->planned && check_deps(dev, name, m, st, err) < 0)
 			return -1;
-		if (!force && check_siblings(dev, name, m, st, err) < 0)
+		if (!force && !rules->planned && check_siblings(dev, name, m, st, err) < 0)
 			return -1;
 	}
 	for (unsigned k = 0; k < img->n_modules; k++) {
@@ -588,8 +588,15 @@ int preflight_check(const struct device_facts *dev, const char *device_label,
 {
 	size_t order[PREFLIGHT_MAX_IMAGES];
 	memset(plan, 0, sizeof(*plan));
-	if (preflight_order(dev, images, n_images, order, err) < 0)
+	if (rules->planned) {
+		if (n_images > PREFLIGHT_MAX_IMAGES)
+			return error_set(err, ERR_BAD_REQUEST, "a job holds at most %d images",
+					 PREFLIGHT_MAX_IMAGES);
+		for (size_t i = 0; i < n_images; i++)
+			order[i] = i;
+	} else if (preflight_order(dev, images, n_images, order, err) < 0) {
 		return -1;
+	}
 	struct dep_state *st = calloc(1, sizeof(*st));
 	if (!st)
 		return error_set(err, ERR_INTERNAL, "out of memory");

@@ -32,6 +32,9 @@ struct preflight_rules {
 	bool encrypted;		    /* encrypted modules (flag 0x08) accepted */
 	uint32_t max_file_size;	    /* whole-file limit of the transport (OTA region), 0 = none */
 	const char *why_not;	    /* reason shown for refused kinds ("YMODEM ... only") */
+	/* The planner (plan.h) ordered the images and checked their dependencies:
+	 * keep the given order and leave dependencies out. */
+	bool planned;
 };
 
 /* One image of the plan, in the order it must be written. */

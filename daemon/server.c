@@ -22,6 +22,29 @@
 #define SERVER_ACCEPT_BURST    64
 #define SERVER_ACCEPT_PAUSE_MS 100
 
+static const struct timeout_def server_timeouts[] = {
+    {"client_idle_ms", 60000,
+     "a connection that neither subscribes nor owns a job is closed after this long without a "
+     "request"},
+    {"image_read_ms", 5000,
+     "a firmware file must deliver its bytes within this (else file-unreadable)"},
+    {0},
+};
+
+/* A flash request whose files are being read off the loop (image_cache.h). */
+struct flash_read {
+	char *line;
+	size_t len;
+	unsigned n_fds;
+	struct image_read *reads[SERVER_CLIENT_FDS_MAX];
+	uint8_t *bufs[SERVER_CLIENT_FDS_MAX];
+	size_t lens[SERVER_CLIENT_FDS_MAX];
+	unsigned pending;
+	bool failed;
+	struct error err;
+	json_t *id;
+};
+
 struct client {
 	struct client *next;
 	struct server *srv;
@@ -51,6 +74,9 @@ struct client {
 	struct history_query *history_q;
 	json_t *history_id;
 	struct event *resume;
+	/* A flash request waiting for its files; later requests wait for its reply. */
+	struct flash_read *reading;
+	struct event *idle;
 };
 
 struct server {
@@ -136,6 +162,20 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 
 /* ---- requests ---------------------------------------------------------- */
 
+static void flash_read_free(struct flash_read *fr)
+{
+	if (!fr)
+		return;
+	for (unsigned i = 0; i < SERVER_CLIENT_FDS_MAX; i++) {
+		image_read_free(fr->reads[i]);
+		free(fr->bufs[i]);
+	}
+	error_clear(&fr->err);
+	json_decref(fr->id);
+	free(fr->line);
+	free(fr);
+}
+
 static void close_fds(struct client *c)
 {
 	for (unsigned i = 0; i < c->n_fds; i++)
@@ -174,12 +214,16 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 	json_object_set_new(reply, "mqtt", mqtt_status_json(c->srv->mqtt));
 	json_object_set_new(reply, "transports", transports);
 	json_object_set_new(reply, "uid", json_integer((json_int_t)c->cred.uid));
-	json_object_set_new(
-	    reply, "limits",
-	    json_pack("{s:i, s:i, s:I, s:i, s:I}", "message_bytes", WIRE_REQUEST_MAX,
-		      "images_per_job", WIRE_IMAGES_MAX, "output_buffer_bytes",
-		      (json_int_t)c->srv->cfg.output_buffer_max, "jobs", c->srv->cfg.max_jobs,
-		      "clients", (json_int_t)c->srv->cfg.max_clients));
+	const struct config *cfg = &c->srv->cfg;
+	json_object_set_new(reply, "limits",
+			    json_pack("{s:i, s:i, s:I, s:i, s:I, s:I, s:I, s:I}", "message_bytes",
+				      WIRE_REQUEST_MAX, "images_per_job", WIRE_IMAGES_MAX,
+				      "output_buffer_bytes", (json_int_t)cfg->output_buffer_max,
+				      "jobs", cfg->max_jobs, "clients",
+				      (json_int_t)cfg->max_clients, "clients_per_uid",
+				      (json_int_t)cfg->clients_per_uid, "jobs_per_uid",
+				      (json_int_t)cfg->jobs_per_uid, "waiting_jobs_per_uid",
+				      (json_int_t)cfg->waiting_jobs_per_uid));
 }
 
 /* Finds a device by key, device id, tty or USB port path; ambiguous ids fail. */
@@ -322,14 +366,22 @@ static unsigned match_devices(struct server *s, const struct wire_flash *f, stru
 	return n;
 }
 
+/* The files were read off the loop (begin_flash): parse and share them. */
 static int load_images(struct client *c, const struct wire_flash *f, struct job_request *jr,
-		       struct error *err)
+		       const struct flash_read *fr, struct error *err)
 {
 	for (unsigned i = 0; i < f->n_images; i++) {
-		if (image_cache_load_fd(c->srv->images, c->fds[f->images[i].fd_index],
-					f->images[i].name, &jr->images[i], err) < 0) {
-			for (unsigned k = 0; k < i; k++)
-				image_cache_put(c->srv->images, jr->images[k]);
+		unsigned k = f->images[i].fd_index;
+		size_t len = fr->lens[k];
+		uint8_t *copy = malloc(len ? len : 1);
+		if (copy && len)
+			memcpy(copy, fr->bufs[k], len);
+		int rc = copy ? image_cache_load_buffer(c->srv->images, copy, len,
+							f->images[i].name, &jr->images[i], err)
+			      : error_set(err, ERR_INTERNAL, "out of memory");
+		if (rc < 0) {
+			for (unsigned j = 0; j < i; j++)
+				image_cache_put(c->srv->images, jr->images[j]);
 			return -1;
 		}
 		snprintf(jr->names[i], sizeof(jr->names[i]), "%s", f->images[i].name);
@@ -358,13 +410,53 @@ static int ambiguous(struct wire_flash *f, struct device **devs, unsigned n, str
 	return -1;
 }
 
-static int do_flash(struct client *c, struct wire_request *req, json_t *reply, struct error *err)
+/* The devices a flash request means now; fails with bad-request (platform),
+ * device-not-found or ambiguous-target. */
+static int resolve_targets(struct server *s, struct wire_flash *f, struct device **devs,
+			   unsigned *ret_n, struct error *err)
 {
-	struct server *s = c->srv;
+	if (f->target == WIRE_TARGET_PLATFORM && !platform_by_name(f->target_value)) {
+		error_set(err, ERR_BAD_REQUEST, "bad request: unknown platform \"%s\"",
+			  f->target_value);
+		error_detail_str(err, "reason", "unknown platform");
+		error_detail_str(err, "field", "platform");
+		return -1;
+	}
+	unsigned n = match_devices(s, f, devs, REGISTRY_DEVICES_MAX);
+	/* A tty path means the USB port behind it now (issue 5): the job follows
+	 * that device, not the node name, across re-enumeration. */
+	if (f->target == WIRE_TARGET_PORT && n == 0) {
+		error_set(err, ERR_DEVICE_NOT_FOUND, "no Particle device is attached at %s",
+			  f->target_value);
+		error_detail_str(err, "target", f->target_value);
+		return -1;
+	}
+	if (n == 0 && f->wait_ms == 0) {
+		error_set(err, ERR_DEVICE_NOT_FOUND, "%s%s",
+			  f->target == WIRE_TARGET_ANY ? "no Particle device is attached"
+						       : "no attached device matches ",
+			  f->target == WIRE_TARGET_ANY ? "" : f->target_value);
+		error_detail_str(err, "target",
+				 f->target == WIRE_TARGET_ANY ? "any" : f->target_value);
+		return -1;
+	}
+	if (n > 1 && !f->all)
+		return ambiguous(f, devs, n, err);
+	*ret_n = n;
+	return 0;
+}
+
+static void flash_read_done(void *ctx, struct image_read *r);
+
+/*
+ * A flash request: its files are read off the loop first (a file on a stalled
+ * mount must not stop the daemon); the client's later requests wait, and
+ * finish_flash() runs the request when every file has arrived.  1 = deferred.
+ */
+static int begin_flash(struct client *c, struct wire_request *req, const char *line, size_t len,
+		       struct error *err)
+{
 	struct wire_flash f;
-	struct device *devs[REGISTRY_DEVICES_MAX];
-	struct job_request jr;
-	memset(&jr, 0, sizeof(jr));
 	if (c->fds_overflow) {
 		error_set(err, ERR_BAD_REQUEST, "bad request: more than %d file descriptors",
 			  SERVER_CLIENT_FDS_MAX);
@@ -374,34 +466,53 @@ static int do_flash(struct client *c, struct wire_request *req, json_t *reply, s
 	}
 	if (wire_parse_flash(req->obj, c->n_fds, &f, err) < 0)
 		return -1;
-	if (f.target == WIRE_TARGET_PLATFORM && !platform_by_name(f.target_value)) {
-		error_set(err, ERR_BAD_REQUEST, "bad request: unknown platform \"%s\"",
-			  f.target_value);
-		error_detail_str(err, "reason", "unknown platform");
-		error_detail_str(err, "field", "platform");
+	/* Target errors first, as before the files are read (and again after). */
+	struct device *devs[REGISTRY_DEVICES_MAX];
+	unsigned n;
+	if (resolve_targets(c->srv, &f, devs, &n, err) < 0)
 		return -1;
+	struct flash_read *fr = calloc(1, sizeof(*fr));
+	if (!fr || !(fr->line = malloc(len + 1))) {
+		free(fr);
+		return error_set(err, ERR_INTERNAL, "out of memory");
 	}
-	unsigned n = match_devices(s, &f, devs, REGISTRY_DEVICES_MAX);
-	/* A tty path means the USB port behind it now (issue 5): the job follows
-	 * that device, not the node name, across re-enumeration. */
-	if (f.target == WIRE_TARGET_PORT && n == 0) {
-		error_set(err, ERR_DEVICE_NOT_FOUND, "no Particle device is attached at %s",
-			  f.target_value);
-		error_detail_str(err, "target", f.target_value);
+	memcpy(fr->line, line, len);
+	fr->line[len] = '\0';
+	fr->len = len;
+	fr->n_fds = c->n_fds;
+	fr->id = req->id ? json_incref(req->id) : NULL;
+	error_init(&fr->err);
+	unsigned deadline = timeout_ms("image_read_ms");
+	for (unsigned i = 0; i < f.n_images; i++) {
+		unsigned k = f.images[i].fd_index;
+		if (fr->reads[k])
+			continue; /* one fd named twice: read once */
+		fr->reads[k] = image_read_start(c->srv->base, c->fds[k], f.images[i].name,
+						c->cred.uid, deadline, flash_read_done, c, err);
+		if (!fr->reads[k]) {
+			flash_read_free(fr);
+			return -1;
+		}
+		fr->pending++;
+	}
+	c->reading = fr;
+	return 1;
+}
+
+static int do_flash(struct client *c, struct wire_request *req, json_t *reply,
+		    const struct flash_read *fr, struct error *err)
+{
+	struct server *s = c->srv;
+	struct wire_flash f;
+	struct device *devs[REGISTRY_DEVICES_MAX];
+	struct job_request jr;
+	memset(&jr, 0, sizeof(jr));
+	if (wire_parse_flash(req->obj, fr->n_fds, &f, err) < 0)
 		return -1;
-	}
-	if (n == 0 && f.wait_ms == 0) {
-		error_set(err, ERR_DEVICE_NOT_FOUND, "%s%s",
-			  f.target == WIRE_TARGET_ANY ? "no Particle device is attached"
-						      : "no attached device matches ",
-			  f.target == WIRE_TARGET_ANY ? "" : f.target_value);
-		error_detail_str(err, "target",
-				 f.target == WIRE_TARGET_ANY ? "any" : f.target_value);
+	unsigned n;
+	if (resolve_targets(s, &f, devs, &n, err) < 0)
 		return -1;
-	}
-	if (n > 1 && !f.all)
-		return ambiguous(&f, devs, n, err);
-	if (load_images(c, &f, &jr, err) < 0)
+	if (load_images(c, &f, &jr, fr, err) < 0)
 		return -1;
 	jr.target = f.target;
 	snprintf(jr.target_value, sizeof(jr.target_value), "%s", f.target_value);
@@ -548,6 +659,71 @@ static int do_subscribe(struct client *c, struct wire_request *req, json_t *repl
 	return 0;
 }
 
+/* The request's answer: its reply, its error, or nothing yet (rc 1: deferred). */
+static void answer(struct client *c, struct wire_request *req, json_t *reply, int rc,
+		   struct error *err)
+{
+	if (rc < 0)
+		send_error(c, req->id, err);
+	else if (rc == 0)
+		client_send(c, reply);
+}
+
+/* Every file of a deferred flash request is in (or one failed): run it. */
+static void finish_flash(struct client *c)
+{
+	struct flash_read *fr = c->reading;
+	struct wire_request req;
+	struct error err;
+	error_init(&err);
+	c->reading = NULL;
+	if (c->dead) {
+		/* gone while its files were read: nobody to make jobs for */
+	} else if (fr->failed) {
+		send_error(c, fr->id, &fr->err);
+	} else if (wire_parse_request(fr->line, fr->len, &req, &err) < 0) {
+		send_error(c, req.id, &err); /* cannot happen: it parsed before */
+		wire_request_clear(&req);
+	} else {
+		json_t *reply = wire_reply_new(req.id, req.type);
+		int rc = do_flash(c, &req, reply, fr, &err);
+		answer(c, &req, reply, rc, &err);
+		json_decref(reply);
+		wire_request_clear(&req);
+	}
+	flash_read_free(fr);
+	/* From the loop: the client's next requests, then reading again. */
+	event_active(c->resume, 0, 0);
+}
+
+static void flash_read_done(void *ctx, struct image_read *r)
+{
+	struct client *c = ctx;
+	struct flash_read *fr = c->reading;
+	unsigned k = 0;
+	while (k < SERVER_CLIENT_FDS_MAX && fr->reads[k] != r)
+		k++;
+	if (k == SERVER_CLIENT_FDS_MAX)
+		return; /* cannot happen */
+	fr->reads[k] = NULL;
+	fr->pending--;
+	if (!fr->failed) {
+		fr->bufs[k] = image_read_take(r, &fr->lens[k], &fr->err);
+		fr->failed = !fr->bufs[k];
+	}
+	image_read_free(r);
+	if (fr->failed) {
+		/* The request fails with the first file that did: the others need not arrive. */
+		for (unsigned i = 0; i < SERVER_CLIENT_FDS_MAX; i++) {
+			image_read_free(fr->reads[i]);
+			fr->reads[i] = NULL;
+		}
+		fr->pending = 0;
+	}
+	if (fr->pending == 0)
+		finish_flash(c);
+}
+
 static void handle_line(struct client *c, const char *line, size_t len)
 {
 	struct wire_request req;
@@ -572,7 +748,7 @@ static void handle_line(struct client *c, const char *line, size_t len)
 		rc = do_device_info(c, &req, reply, &err);
 		break;
 	case WIRE_REQ_FLASH:
-		rc = do_flash(c, &req, reply, &err);
+		rc = begin_flash(c, &req, line, len, &err);
 		break;
 	case WIRE_REQ_LIST_JOBS:
 		json_object_set_new(reply, "jobs", jobs_list_json(c->srv->jobs));
@@ -591,10 +767,7 @@ static void handle_line(struct client *c, const char *line, size_t len)
 	}
 	/* fds belong to the request they came with; a flash request has read them. */
 	close_fds(c);
-	if (rc < 0)
-		send_error(c, req.id, &err);
-	else if (rc == 0)
-		client_send(c, reply);
+	answer(c, &req, reply, rc, &err);
 	json_decref(reply);
 	wire_request_clear(&req);
 }
@@ -626,7 +799,7 @@ static void take_fds(struct client *c, struct msghdr *msg)
 static void process_lines(struct client *c)
 {
 	size_t start = 0;
-	while (!c->dead && !c->probe_job && !c->history_q) {
+	while (!c->dead && !c->probe_job && !c->history_q && !c->reading) {
 		char *nl = memchr(c->in + start, '\n', c->in_len - start);
 		if (!nl)
 			break;
@@ -639,8 +812,8 @@ static void process_lines(struct client *c)
 	}
 	memmove(c->in, c->in + start, c->in_len - start);
 	c->in_len -= start;
-	if ((c->probe_job || c->history_q) && !c->dead) {
-		/* Read nothing more until the probe's (history's) reply is out. */
+	if ((c->probe_job || c->history_q || c->reading) && !c->dead) {
+		/* Read nothing more until the probe's, history's or flash's reply is out. */
 		event_del(c->rev);
 		return;
 	}
@@ -658,6 +831,35 @@ static void process_lines(struct client *c)
 		event_del(c->rev);
 		close_fds(c);
 	}
+}
+
+/* ---- idle connections ------------------------------------------------- */
+
+/* A request arrived: the idle clock starts again. */
+static void client_touch(struct client *c)
+{
+	unsigned ms = timeout_ms("client_idle_ms");
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	if (!c->dead)
+		evtimer_add(c->idle, &tv);
+}
+
+/* Idle for client_idle_ms: a connection that waits for nothing it asked for
+ * (no subscription, no job of its own, no reply pending) is closed, so that
+ * connections held open for nothing do not use up anyone's share. */
+static void on_idle(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct client *c = arg;
+	if (c->sub_devices || c->sub_jobs || c->sub_job[0] || c->probe_job || c->reading ||
+	    evbuffer_get_length(c->out) > 0 || jobs_client_has_jobs(c->srv->jobs, c->id)) {
+		client_touch(c);
+		return;
+	}
+	log_info("client %lu (uid %u pid %d) idle for %u ms: closing", c->id, (unsigned)c->cred.uid,
+		 (int)c->cred.pid, timeout_ms("client_idle_ms"));
+	client_kill(c, "idle");
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
@@ -680,6 +882,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 	}
 	take_fds(c, &msg);
 	c->in_len += (size_t)n;
+	client_touch(c);
 	process_lines(c);
 }
 
@@ -689,10 +892,10 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct client *c = arg;
-	if (c->dead || c->probe_job || c->history_q)
+	if (c->dead || c->probe_job || c->history_q || c->reading)
 		return;
 	process_lines(c);
-	if (!c->dead && !c->probe_job && !c->history_q && !c->close_after_flush)
+	if (!c->dead && !c->probe_job && !c->history_q && !c->reading && !c->close_after_flush)
 		event_add(c->rev, NULL);
 }
 
@@ -703,6 +906,8 @@ static void client_destroy(struct client *c)
 	close_fds(c);
 	history_query_abandon(c->srv->history, c->history_q);
 	json_decref(c->history_id);
+	flash_read_free(c->reading); /* abandons reads still pending */
+	event_free(c->idle);
 	json_decref(c->probe_id);
 	event_free(c->resume);
 	event_free(c->rev);
@@ -730,13 +935,24 @@ static void reaper_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-static void refuse(struct server *s, int fd)
+/* Tells a connection why it is refused (too-many-clients), then closes it. */
+static void refuse(struct server *s, int fd, const struct ucred *cred, unsigned uid_clients)
 {
 	struct error err;
 	error_init(&err);
-	error_set(&err, ERR_TOO_MANY_CLIENTS, "the daemon has %u clients connected",
-		  s->cfg.max_clients);
-	error_detail_int(&err, "limit", s->cfg.max_clients);
+	if (uid_clients >= s->cfg.clients_per_uid) {
+		error_set(&err, ERR_TOO_MANY_CLIENTS, "uid %u already has %u connections",
+			  (unsigned)cred->uid, uid_clients);
+		error_detail_int(&err, "limit", s->cfg.clients_per_uid);
+		error_detail_int(&err, "uid", cred->uid);
+		/* debug: a uid that hammers the socket must not flood the journal */
+		log_debug("refusing a connection of uid %u (pid %d): it has %u",
+			  (unsigned)cred->uid, (int)cred->pid, uid_clients);
+	} else {
+		error_set(&err, ERR_TOO_MANY_CLIENTS, "the daemon has %u clients connected",
+			  s->cfg.max_clients);
+		error_detail_int(&err, "limit", s->cfg.max_clients);
+	}
 	json_t *obj = wire_error_new(NULL, &err);
 	size_t len;
 	char *line = wire_encode(obj, &len);
@@ -749,7 +965,7 @@ static void refuse(struct server *s, int fd)
 	close(fd);
 }
 
-static void client_add(struct server *s, int fd)
+static void client_add(struct server *s, int fd, const struct ucred *cred)
 {
 	struct client *c = calloc(1, sizeof(*c));
 	socklen_t len = sizeof(c ? c->cred : (struct ucred){0});
@@ -764,17 +980,17 @@ static void client_add(struct server *s, int fd)
 	c->srv = s;
 	c->fd = fd;
 	c->id = ++s->next_id;
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) < 0) {
-		c->cred.uid = (uid_t)-1;
-		c->cred.gid = (gid_t)-1;
-	}
+	(void)len;
+	c->cred = *cred;
 	socklen_t glen = sizeof(c->groups);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, c->groups, &glen) == 0)
 		c->n_groups = (int)(glen / sizeof(gid_t));
 	c->rev = event_new(s->base, fd, EV_READ | EV_PERSIST, on_readable, c);
 	c->wev = event_new(s->base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
 	c->resume = event_new(s->base, -1, 0, on_resume, c);
+	c->idle = evtimer_new(s->base, on_idle, c);
 	event_add(c->rev, NULL);
+	client_touch(c);
 	c->next = s->clients;
 	s->clients = c;
 	s->n_clients++;
@@ -807,10 +1023,21 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 			}
 			return;
 		}
-		if (s->n_clients >= s->cfg.max_clients)
-			refuse(s, fd);
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+			cred.uid = (uid_t)-1;
+			cred.gid = (gid_t)-1;
+			cred.pid = 0;
+		}
+		/* Fair share: one uid's connections cannot lock the others out. */
+		unsigned mine = 0;
+		for (const struct client *c = s->clients; c; c = c->next)
+			mine += !c->dead && c->cred.uid == cred.uid;
+		if (s->n_clients >= s->cfg.max_clients || mine >= s->cfg.clients_per_uid)
+			refuse(s, fd, &cred, mine);
 		else
-			client_add(s, fd);
+			client_add(s, fd, &cred);
 	}
 }
 
@@ -826,12 +1053,18 @@ struct server *server_new(struct event_base *base, int listen_fd, struct registr
 	s->jobs = jobs;
 	s->images = images;
 	s->cfg = *cfg;
-	/* Looked up once: NSS may block, and the loop must not. */
-	struct group *g = getgrnam(cfg->admin_group);
+	timeouts_register(server_timeouts);
+	/* Looked up once: NSS may block, and the loop must not.  No admin group
+	 * (the default): only root and a job's owner may cancel it. */
+	struct group *g = cfg->admin_group[0] ? getgrnam(cfg->admin_group) : NULL;
 	if (g) {
 		s->admin_gid = g->gr_gid;
 		s->have_admin_gid = true;
+	} else if (cfg->admin_group[0]) {
+		log_warning("admin group %s does not exist: only root may cancel others' jobs",
+			    cfg->admin_group);
 	}
+	jobs_set_uid_limits(jobs, cfg->jobs_per_uid, cfg->waiting_jobs_per_uid);
 	s->listen_ev = event_new(base, listen_fd, EV_READ | EV_PERSIST, on_accept, s);
 	s->accept_pause = evtimer_new(base, accept_resume, s);
 	s->reaper = event_new(base, -1, 0, reaper_cb, s);
@@ -890,6 +1123,11 @@ void server_set_history(struct server *s, struct history *h, const char *why_not
 {
 	s->history = h;
 	snprintf(s->history_off, sizeof(s->history_off), "%s", why_not ? why_not : "");
+}
+
+void server_register_timeouts(void)
+{
+	timeouts_register(server_timeouts);
 }
 
 void server_set_mqtt(struct server *s, struct mqtt *m)

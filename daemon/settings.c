@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 static struct {
@@ -61,9 +62,15 @@ unsigned timeout_ms(const char *key)
 void config_defaults(struct config *c)
 {
 	memset(c, 0, sizeof(*c));
-	snprintf(c->admin_group, sizeof(c->admin_group), "flashd");
+	/* Connecting (the socket's group) is not administering: no admin group unless named. */
+	c->admin_group[0] = '\0';
+	snprintf(c->socket_group, sizeof(c->socket_group), "flashd");
+	c->socket_mode = 0660;
 	c->max_clients = 256;
+	c->clients_per_uid = 32;
 	c->max_jobs = 64;
+	c->jobs_per_uid = 16;
+	c->waiting_jobs_per_uid = 8;
 	c->output_buffer_max = 1024 * 1024;
 	c->image_memory_max = 256u * 1024 * 1024;
 	c->job_history = 64;
@@ -92,14 +99,70 @@ static int parse_number(const char *value, unsigned long long max, unsigned long
 	return 0;
 }
 
+static int set_string(char *dst, size_t size, const char *key, const char *value, const char *where,
+		      struct error *err)
+{
+	if (strlen(value) >= size)
+		return error_set(err, ERR_USAGE, "%s: %s is longer than %zu bytes", where, key,
+				 size - 1);
+	memcpy(dst, value, strlen(value) + 1);
+	return 0;
+}
+
+static int parse_bool(const char *value, bool *out)
+{
+	static const char *const yes[] = {"yes", "true", "on", "1"}, *const no[] = {"no", "false",
+										    "off", "0"};
+	for (size_t i = 0; i < 4; i++) {
+		if (strcasecmp(value, yes[i]) == 0)
+			return *out = true, 0;
+		if (strcasecmp(value, no[i]) == 0)
+			return *out = false, 0;
+	}
+	return -1;
+}
+
+static int set_daemon_key(struct config *c, const char *key, const char *value, const char *where,
+			  struct error *err)
+{
+	if (strcmp(key, "admin_group") == 0)
+		return set_string(c->admin_group, sizeof(c->admin_group), key, value, where, err);
+	if (strcmp(key, "socket_group") == 0)
+		return set_string(c->socket_group, sizeof(c->socket_group), key, value, where, err);
+	if (strcmp(key, "lock_dir") == 0) {
+		if (value[0] != '/')
+			return error_set(err, ERR_USAGE, "%s: lock_dir must be an absolute path",
+					 where);
+		return set_string(c->lock_dir, sizeof(c->lock_dir), key, value, where, err);
+	}
+	if (strcmp(key, "socket_mode") == 0) {
+		char *end;
+		errno = 0;
+		unsigned long m = strtoul(value, &end, 8);
+		if (errno || end == value || *end || m > 0777 || value[0] == '-')
+			return error_set(err, ERR_USAGE,
+					 "%s: socket_mode = \"%s\" is not an octal mode", where,
+					 value);
+		c->socket_mode = (unsigned)m;
+		return 0;
+	}
+	if (strcmp(key, "world_socket") == 0) {
+		if (parse_bool(value, &c->world_socket) < 0)
+			return error_set(err, ERR_USAGE,
+					 "%s: world_socket = \"%s\" is not yes or no", where,
+					 value);
+		return 0;
+	}
+	log_warning("%s: unknown key [daemon] %s (ignored)", where, key);
+	return 0;
+}
+
 static int set_key(struct config *c, const char *section, const char *key, const char *value,
 		   const char *where, struct error *err)
 {
 	unsigned long long v = 0;
-	if (strcmp(section, "daemon") == 0 && strcmp(key, "admin_group") == 0) {
-		snprintf(c->admin_group, sizeof(c->admin_group), "%s", value);
-		return 0;
-	}
+	if (strcmp(section, "daemon") == 0)
+		return set_daemon_key(c, key, value, where, err);
 	if (strcmp(section, "mqtt") == 0)
 		return mqtt_config_set(&c->mqtt, key, value, where, err);
 	bool numeric = strcmp(section, "limits") == 0 || strcmp(section, "timeouts") == 0 ||
@@ -132,8 +195,14 @@ static int set_key(struct config *c, const char *section, const char *key, const
 			return error_set(err, ERR_USAGE, "%s: %s must be positive", where, key);
 		if (strcmp(key, "clients") == 0 && v <= 65536)
 			c->max_clients = (unsigned)v;
+		else if (strcmp(key, "clients_per_uid") == 0 && v <= 65536)
+			c->clients_per_uid = (unsigned)v;
 		else if (strcmp(key, "jobs") == 0 && v <= 65536)
 			c->max_jobs = (unsigned)v;
+		else if (strcmp(key, "jobs_per_uid") == 0 && v <= 65536)
+			c->jobs_per_uid = (unsigned)v;
+		else if (strcmp(key, "waiting_jobs_per_uid") == 0 && v <= 65536)
+			c->waiting_jobs_per_uid = (unsigned)v;
 		else if (strcmp(key, "output_buffer_bytes") == 0)
 			c->output_buffer_max = (size_t)v;
 		else if (strcmp(key, "image_memory_bytes") == 0)

@@ -2,10 +2,17 @@
  * flashd's configuration file (INI style, --config FILE):
  *
  *   [daemon]
- *   admin_group = flashd        # members may cancel any job
+ *   admin_group =               # members may cancel any job; empty: nobody but root
+ *   socket_group = flashd       # group of the socket flashd creates itself (not activated)
+ *   socket_mode = 0660          # its mode; others' bits need world_socket = yes as root
+ *   world_socket = no
+ *   lock_dir = /run/lock        # UUCP lock files (LCK..ttyACM0); $FLASHD_LOCK_DIR wins
  *   [limits]
  *   clients = 256               # connected clients; more are refused (too-many-clients)
+ *   clients_per_uid = 32        # connections of one uid (too-many-clients)
  *   jobs = 64                   # queued + running jobs (too-many-jobs)
+ *   jobs_per_uid = 16           # unended jobs of one uid (too-many-jobs)
+ *   waiting_jobs_per_uid = 8    # ... of which wait for a device (wait:true or a wait time)
  *   output_buffer_bytes = 1048576   # a client that falls further behind is disconnected
  *   image_memory_bytes = 268435456  # firmware kept in memory, all jobs together
  *   job_history = 64            # ended jobs kept for list-jobs
@@ -39,9 +46,16 @@
 #define TIMEOUTS_MAX	128
 
 struct config {
-	char admin_group[64];
+	char admin_group[64]; /* "" = none: only root and a job's owner cancel it */
+	char socket_group[64];
+	unsigned socket_mode;
+	bool world_socket;
+	char lock_dir[256]; /* "" = the default (SERIAL_LOCK_DIR) */
 	unsigned max_clients;
+	unsigned clients_per_uid;
 	unsigned max_jobs;
+	unsigned jobs_per_uid;
+	unsigned waiting_jobs_per_uid;
 	size_t output_buffer_max;
 	size_t image_memory_max;
 	unsigned job_history;

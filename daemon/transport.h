@@ -40,14 +40,21 @@
  * arms its own timer ("serial_reenumerate_ms", "dfu_reenumerate_ms") and waits
  * for DEVICE_EVENT_BACK with the new snapshot.
  *
- * Handing a job to another transport (serial on Device OS 6.x -> DFU; serial
- * that has switched the device with 14400 baud -> DFU): call job_handoff(job,
- * "dfu", reason).  The core frees the current run (deferred), emits a
- * job-progress event with note "handed-to-dfu", and starts the named
- * transport on the same job with the current device snapshot, also when the
- * device is absent at that moment (DFU then waits for it to come back).  If
- * no transport of that name is built in, the job fails with
- * not-flashable-here naming the reason.
+ * Transports are step executors and know nothing of each other: no file under
+ * daemon/serial/ includes a daemon/dfu/ header or the reverse (a test greps the
+ * includes).  What they share is the core's: the plan (plan.h, job_plan.h:
+ * which transport writes which module, in which order, checked against the
+ * device's dependency rules before the first byte), the mode switches
+ * (mode_switch.h: 28800/14400 baud with the port lock, DFU leave) and the
+ * listening-mode query that reads the device's verdicts (cdc_query.h).
+ *
+ * Handing a job to another transport (the plan's first write goes over it;
+ * serial on Device OS 6.x -> DFU; a plan that continues over another transport
+ * after this one's writes): call job_handoff(job, name, reason).  The core frees the current run
+ * (deferred), emits a job-progress event with note "handed-to-dfu", and starts the named transport
+ * on the same job with the current device snapshot, also when the device is absent at that moment
+ * (DFU then waits for it to come back).  If no transport of that name is built in, the job fails
+ * with not-flashable-here naming the reason.
  *
  * A job with no images and options.dry_run set is a probe (device-info with
  * "probe": true): the transport reads what it can (`s`, `v`, `i`; DFU
@@ -60,6 +67,7 @@
 #include "errors.h"
 #include "image.h"
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -164,6 +172,19 @@ void job_progress(struct job *job, uint64_t done, uint64_t total);
  * a job-progress event carrying {"note": note, "message": message}. */
 void job_note(struct job *job, const char *note, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The job's plan (plan.h plan_to_json(), reference taken over): kept in the job
+ * record ("plan") and sent as a job-plan event with the object under "plan"
+ * and summary as its message.  Set again when the plan changes (the transport
+ * read the device, or took the job over). */
+void job_set_plan(struct job *job, json_t *plan, const char *summary);
+/* The plan step now running (1-based, of steps): every job-progress event
+ * carries "step", "steps" and "step_description" ("writing system part 1 over
+ * DFU") from here on; call it before the job_set_state() of the step. */
+void job_set_step(struct job *job, unsigned step, unsigned steps, const char *description);
+/* The file (job_image() index) is written and verified on the device: a
+ * transport that takes the job over later plans without it. */
+void job_mark_written(struct job *job, size_t i);
+bool job_image_written(const struct job *job, size_t i);
 /* New facts about the job's device (platform, id, OS, modules): merged into
  * the registry, emits device-changed. */
 void job_update_facts(struct job *job, const struct device_facts *facts);
@@ -206,17 +227,38 @@ unsigned timeout_ms(const char *key);
 
 struct transport_ops {
 	const char *name; /* "serial", "dfu" */
-	/* Whether this transport can work on the device as it is now (no I/O). */
+	/*
+	 * Optional.  Called once by the core when the daemon starts (jobs_new()),
+	 * before any start(): the transport makes what it shares between runs
+	 * (the DFU transport: the daemon's libusb context inside the loop).
+	 * Returns 0, or -1 with err set: the daemon logs it and the transport's
+	 * runs then fail with that reason.  No device I/O here.
+	 */
+	int (*init)(struct event_base *base, struct error *err);
+	/* Optional.  Called once at shutdown (jobs_free()), after every run was
+	 * freed: releases what init() made. */
+	void (*exit)(void);
+	/* Whether this transport can work on the device as it is now (no I/O, no
+	 * side effect). */
 	bool (*can_serve)(const struct device_snapshot *dev);
-	/* Starts a run on job_device(job).  Returns NULL and fills err on failure. */
+	/*
+	 * Starts a run on job_device(job).  Returns NULL and fills err on failure.
+	 * May: arm timers, open the device, start asynchronous I/O, set the job's
+	 * state and notes.  May not: block, call job_finish() or job_handoff()
+	 * (the run ends from the loop, after start() returned: the core is inside
+	 * start() and the run does not exist for it yet), touch another
+	 * transport's files or devices.
+	 */
 	struct transport_run *(*start)(struct job *job, struct error *err);
-	/* Stop at the next safe point, then job_finish(CANCELLED). */
+	/* Stop at the next safe point, then job_finish(CANCELLED).  May finish the
+	 * job from inside this call (the core expects it); may not block. */
 	void (*cancel)(struct transport_run *run);
-	/* The job's device went away, came back, or changed.  dev is the new snapshot. */
+	/* The job's device went away, came back, or changed.  dev is the new snapshot.
+	 * May finish or hand over the job; may not block. */
 	void (*device_event)(struct transport_run *run, enum device_event ev,
 			     const struct device_snapshot *dev);
 	/* Releases everything; called by the core after job_finish()/job_handoff()
-	 * or at shutdown.  Must accept NULL. */
+	 * or at shutdown.  Must accept NULL.  May not call any job_*() function. */
 	void (*free)(struct transport_run *run);
 	/* Timeout keys with defaults; NULL-terminated (key == NULL) or NULL. */
 	const struct timeout_def *timeouts;

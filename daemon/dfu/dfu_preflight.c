@@ -277,8 +277,20 @@ static void integrity_facts(const struct dfu_readback *rb, struct installed_modu
 		const uint8_t *crc = pr->whole + pr->len - 4;
 		uint32_t stored = (uint32_t)crc[0] << 24 | crc[1] << 16 | crc[2] << 8 | crc[3];
 		m->checked |= MODULE_CHECK_INTEGRITY;
-		if (image_crc32(pr->whole, pr->len - 4) == stored)
+		if (image_crc32(pr->whole, pr->len - 4) == stored) {
 			m->passed |= MODULE_CHECK_INTEGRITY;
+			/* the suffix's SHA-256 sits before its size and the CRC (38 bytes
+			 * from the end): what the planner compares to skip a rewrite */
+			if (pr->len >= IMAGE_PREFIX_SIZE + 38) {
+				static const char digits[] = "0123456789abcdef";
+				const uint8_t *sha = pr->whole + pr->len - 38;
+				for (int k = 0; k < 32; k++) {
+					m->sha256[2 * k] = digits[sha[k] >> 4];
+					m->sha256[2 * k + 1] = digits[sha[k] & 15];
+				}
+				m->sha256[64] = '\0';
+			}
+		}
 		return;
 	}
 }
@@ -302,7 +314,13 @@ static void radio_stack_facts(const struct dfu_readback *rb, struct device_facts
 			if (m->deps[d].function == MODULE_FUNCTION_RADIO_STACK)
 				version = m->deps[d].version;
 	}
-	if (!version || facts->n_modules >= DEVICE_FACTS_MAX_MODULES)
+	if (!version) {
+		/* Neither the SoftDevice's info nor a system part names it: not read,
+		 * which is not the same as absent (the planner treats it as unknown). */
+		facts->unknown_functions |= 1u << MODULE_FUNCTION_RADIO_STACK;
+		return;
+	}
+	if (facts->n_modules >= DEVICE_FACTS_MAX_MODULES)
 		return;
 	struct installed_module *m = &facts->modules[facts->n_modules++];
 	memset(m, 0, sizeof(*m));
@@ -310,6 +328,29 @@ static void radio_stack_facts(const struct dfu_readback *rb, struct device_facts
 	m->store = MODULE_STORE_MAIN;
 	m->version = version;
 	m->address = GEN3_SOFTDEVICE_START;
+}
+
+/* A slot whose read failed says nothing about what is there: its function is unknown
+ * (device_facts.h), not absent. */
+static void unread_facts(const struct dfu_readback *rb, struct device_facts *facts)
+{
+	static const uint16_t eras[] = {3000, 6100, 6200};
+	for (unsigned i = 0; i < rb->n_probes; i++) {
+		const struct dfu_probe *pr = &rb->probes[i];
+		if (pr->read || pr->address == GEN3_SD_INFO)
+			continue;
+		if (pr->kind == DFU_PROBE_TAIL) {
+			facts->unknown_functions |= 1u << MODULE_FUNCTION_USER;
+			continue;
+		}
+		for (size_t e = 0; e < sizeof(eras) / sizeof(eras[0]); e++) {
+			const struct slot *s;
+			size_t n = platform_slots(rb->platform, eras[e], &s);
+			for (size_t k = 0; k < n; k++)
+				if (s[k].start == pr->address)
+					facts->unknown_functions |= 1u << s[k].function;
+		}
+	}
 }
 
 bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *info,
@@ -347,6 +388,7 @@ bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *
 	}
 	if (p->mcu == MCU_NRF52840)
 		radio_stack_facts(rb, facts);
+	unread_facts(rb, facts);
 	/* The list is what is installed at the known slots; user parts up to DFU_WHOLE_MAX
 	 * carry an integrity verdict, the rest only what their prefixes say. */
 	facts->modules_known = true;

@@ -13,23 +13,22 @@
  * One explicit state per phase; the events are dfuse completions, the run's
  * timer and device events from the registry.
  */
-#include "cdc_query.h"
 #include "dfu_preflight.h"
 #include "dfuse.h"
 #include "usb.h"
 
+#include "cdc_query.h"
+#include "job_plan.h"
+#include "mode_switch.h"
 #include "transport.h"
 
-#include <asm/termbits.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <syslog.h>
 #include <unistd.h>
 
-#define DFU_SWITCH_BAUD	  14400 /* START_DFU_FLASHER_SERIAL_SPEED (§3) */
 #define DFU_OPEN_RETRY_MS 100
 #define DFU_OPEN_RETRIES  50   /* udev can announce the node before libusb lists it */
 #define DFU_GONE_GRACE_MS 1000 /* after udev says the device is gone, before failing the run */
@@ -51,6 +50,7 @@ enum run_state {
 	RUN_LEAVE,	   /* dfuse_leave */
 	RUN_WAIT_BACK,	   /* device re-enumerating into its firmware */
 	RUN_VERIFY_SERIAL, /* back as CDC on <= 5.x: cdc_query reads `s` */
+	RUN_PROBE_SKIPPED, /* a probe of a device not in DFU mode: ends from the timer */
 	RUN_FINISHED,
 };
 
@@ -66,6 +66,9 @@ struct transport_run {
 	bool layout_known;
 	struct device_facts facts;
 	struct dfu_plan plan;
+	struct job_plan *jp;	 /* the job's plan as this run executes it */
+	const char *after_leave; /* hand the job to this transport once the device is back */
+	bool nothing_written;	 /* every file was installed already */
 	unsigned write_i;
 	uint8_t *verify_buf;
 	bool verified;
@@ -112,44 +115,6 @@ static void arm(struct transport_run *r, unsigned ms)
 	evtimer_add(r->timer, &tv);
 }
 
-/* Sets the CDC line coding to 14400 baud: the firmware resets into DFU (§3, §5.1). */
-static int switch_to_dfu(const char *tty, struct error *err)
-{
-	int fd = open(tty, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0) {
-		if (errno == EACCES)
-			error_set(err, ERR_PERMISSION_DENIED, "cannot open %s to switch it to DFU",
-				  tty);
-		else
-			error_set(err, ERR_DEVICE_GONE, "cannot open %s to switch it to DFU: %s",
-				  tty, strerror(errno));
-		if (err->code == ERR_PERMISSION_DENIED) {
-			error_detail_str(err, "path", tty);
-			error_detail_int(err, "errno", errno);
-			error_detail_str(err, "operation", "open");
-		}
-		return -1;
-	}
-	struct termios2 tio;
-	int r = ioctl(fd, TCGETS2, &tio);
-	if (r == 0) {
-		tio.c_cflag &= ~(tcflag_t)CBAUD;
-		tio.c_cflag |= BOTHER;
-		tio.c_ispeed = tio.c_ospeed = DFU_SWITCH_BAUD;
-		r = ioctl(fd, TCSETS2, &tio);
-	}
-	int e = errno;
-	close(fd);
-	if (r < 0) {
-		error_set(err, ERR_TRANSFER_FAILED, "setting %s to 14400 baud failed: %s", tty,
-			  strerror(e));
-		error_detail_str(err, "phase", "switching-mode");
-		error_detail_str(err, "reason", strerror(e));
-		return -1;
-	}
-	return 0;
-}
-
 static void on_dfuse_done(struct dfuse *s, int result, struct error *err, void *userdata);
 
 static int start_op(struct transport_run *r, struct error *err)
@@ -182,22 +147,38 @@ static int start_op(struct transport_run *r, struct error *err)
 
 static int preflight(struct transport_run *r, struct error *err)
 {
-	struct preflight_input in[PREFLIGHT_MAX_IMAGES];
-	size_t n = job_image_count(r->job);
-	if (n > PREFLIGHT_MAX_IMAGES)
-		n = PREFLIGHT_MAX_IMAGES;
-	for (size_t i = 0; i < n; i++) {
-		in[i].img = job_image(r->job, i);
-		in[i].name = job_image_name(r->job, i);
-	}
 	struct preflight_rules rules;
-	struct preflight_plan pp;
 	dfu_preflight_rules(&r->facts, &rules);
 	const struct job_options *o = job_options(r->job);
-	if (preflight_check(&r->facts, r->dev.usb_devnode, in, n, &rules, o->force, &pp, err) < 0)
+	if (!r->jp)
+		r->jp = malloc(sizeof(*r->jp));
+	if (!r->jp)
+		return error_set(err, ERR_INTERNAL, "out of memory");
+	if (job_plan_make(r->job, PLAN_TRANSPORT_DFU, &r->facts, DEVICE_MODE_DFU,
+			  r->dev.usb_devnode, &rules, r->jp, err) < 0)
 		return -1;
-	return dfu_preflight_plan(&r->facts, r->layout_known, dfuse_get_info(r->dfuse), &pp,
+	if (r->jp->handoff || r->jp->plan.n_writes == 0)
+		return 0;
+	return dfu_preflight_plan(&r->facts, r->layout_known, dfuse_get_info(r->dfuse), &r->jp->pre,
 				  o->force, &r->plan, err);
+}
+
+/* The plan step of the write in progress: files count, not DFU writes (a file may
+ * need two, and the 0xD4000 invalidation page is an erase of its own). */
+static void report_write_step(struct transport_run *r)
+{
+	if (!r->jp || r->write_i >= r->plan.n_writes)
+		return;
+	size_t n = 0;
+	const char *last = NULL;
+	for (unsigned i = 0; i <= r->write_i; i++) {
+		if (r->plan.writes[i].erase_only)
+			continue;
+		if (r->plan.writes[i].name != last)
+			n++;
+		last = r->plan.writes[i].name;
+	}
+	job_plan_write_step(r->job, r->jp, n ? n - 1 : 0);
 }
 
 /* The leave request is done, or the device reset before its GETSTATUS came back (a
@@ -274,6 +255,16 @@ static void step(struct transport_run *r)
 			run_done(r, "preflight-ok");
 			return;
 		}
+		if (r->jp->handoff || r->jp->plan.n_writes == 0) {
+			/* Nothing for DFU to write: leave DFU mode, then either finish
+			 * (everything is installed) or hand the job to the transport the
+			 * plan writes with once the device runs its firmware again. */
+			r->after_leave = r->jp->handoff;
+			r->nothing_written = !r->jp->handoff;
+			r->state = RUN_LEAVE;
+			job_set_state(r->job, JOB_SWITCHING_MODE);
+			break;
+		}
 		r->write_i = 0;
 		r->state = RUN_ERASE;
 		job_set_state(r->job, JOB_ERASING);
@@ -287,6 +278,7 @@ static void step(struct transport_run *r)
 				job_set_state(r->job, JOB_REBOOTING);
 			}
 		} else {
+			report_write_step(r);
 			job_set_state(r->job, JOB_WRITING);
 		}
 		break;
@@ -381,8 +373,11 @@ static void open_device(struct transport_run *r)
 	struct error err;
 	error_init(&err);
 	struct dfu_descriptors desc;
-	struct usb_loop *loop = usb_loop_shared(job_event_base(r->job), &err);
+	struct usb_loop *loop = usb_loop_daemon();
 	if (!loop) {
+		error_set(&err, ERR_INTERNAL,
+			  "the DFU transport has no libusb context (libusb could not start when "
+			  "flashd started)");
 		run_fail(r, &err);
 		return;
 	}
@@ -428,6 +423,13 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	switch (r->state) {
+	case RUN_PROBE_SKIPPED:
+		job_note(r->job, "no-console",
+			 "the device has no listening-mode console (Device OS 6.x) and flashd does "
+			 "not switch a device to DFU mode for a probe; put it in DFU mode to read "
+			 "its modules");
+		run_done(r, "probed");
+		break;
 	case RUN_OPENING:
 		open_device(r);
 		break;
@@ -440,6 +442,21 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		run_fail(r, &err);
 		break;
 	case RUN_WAIT_BACK:
+		if (r->nothing_written) {
+			run_done(r, "already-installed");
+			break;
+		}
+		if (r->after_leave) {
+			error_set(
+			    &err, ERR_TIMED_OUT,
+			    "the device did not come back with a serial port after leaving DFU "
+			    "mode, so the %s part of the plan could not start",
+			    r->after_leave);
+			error_detail_str(&err, "phase", "switching-mode");
+			error_detail_int(&err, "timeout_ms", timeout_ms("dfu_reenumerate_ms"));
+			run_fail(r, &err);
+			break;
+		}
 		if (r->dev.present && r->dev.mode != DEVICE_MODE_DFU) {
 			/* Back in its firmware, but its serial port never appeared. */
 			job_note(r->job, "not-verified",
@@ -623,19 +640,47 @@ static void on_serial_verified(void *ctx, const struct cdc_query_result *res, st
 						       : DEVICE_MODE_NORMAL);
 	json_t *failed = json_array();
 	const char *function = NULL, *file = NULL;
-	if (modules_as_written(r, &now, failed, &function, &file)) {
+	json_t *invalid = json_array();
+	bool written_ok = modules_as_written(r, &now, failed, &function, &file);
+	/* verified means the whole device: every module it reports valid (issue 11) */
+	size_t n_invalid = plan_invalid_modules(&now, invalid);
+	if (written_ok && n_invalid == 0 && !safe) {
 		json_decref(failed);
+		json_decref(invalid);
 		run_done(r, "verified");
 		return;
 	}
+	char names[256] = "";
+	size_t i;
+	json_t *m;
+	json_array_foreach(invalid, i, m)
+	{
+		size_t k, len = strlen(names);
+		json_t *c;
+		snprintf(names + len, sizeof(names) - len, "%s%s (version %d)", i ? ", " : "",
+			 json_string_value(json_object_get(m, "module")),
+			 (int)json_integer_value(json_object_get(m, "version")));
+		json_array_foreach(json_object_get(m, "failed_checks"), k, c)
+		    add_check(failed, json_string_value(c));
+		if (!function)
+			function = json_string_value(json_object_get(m, "function"));
+	}
 	struct error e;
 	error_init(&e);
-	error_set(&e, ERR_BOOTED_INVALID,
-		  "the firmware was written, but after the reboot the device reports %s %s: "
-		  "see failed_checks",
-		  file ? file : "a flashed module",
-		  safe ? "invalid and runs safe mode" : "missing or invalid");
+	if (n_invalid > 0)
+		error_set(&e, ERR_BOOTED_INVALID,
+			  "the firmware was written, but after the reboot the device reports %s "
+			  "invalid%s: see invalid_modules",
+			  names, safe ? " and runs safe mode" : "");
+	else
+		error_set(
+		    &e, ERR_BOOTED_INVALID,
+		    "the firmware was written, but after the reboot the device reports %s %s: "
+		    "see failed_checks",
+		    file ? file : "a flashed module",
+		    safe ? "invalid and runs safe mode" : "missing or invalid");
 	error_detail_json(&e, "failed_checks", failed);
+	error_detail_json(&e, "invalid_modules", invalid);
 	error_detail_str(&e, "mode", safe ? "safe" : "normal");
 	if (function)
 		error_detail_str(&e, "module_function", function);
@@ -656,6 +701,8 @@ static void start_serial_verify(struct transport_run *r, const char *tty)
 	struct cdc_query_config cfg = {.relisten = true};
 	evtimer_del(r->timer);
 	r->state = RUN_VERIFY_SERIAL;
+	if (r->jp)
+		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
 	job_set_state(r->job, JOB_VERIFYING);
 	r->query = cdc_query_start(job_event_base(r->job), tty, &r->dev.facts, &cfg,
 				   on_serial_verified, r, &err);
@@ -681,21 +728,18 @@ static struct transport_run *dfu_start(struct job *job, struct error *err)
 	}
 	r->job = job;
 	r->dev = *job_device(job);
+	r->timer = evtimer_new(job_event_base(job), on_timer, r);
 	if (job_image_count(job) == 0 && job_options(job)->dry_run &&
 	    r->dev.mode != DEVICE_MODE_DFU) {
-		/* A probe never switches a running device into DFU (transport.h). */
-		job_note(job, "no-console",
-			 "the device has no listening-mode console (Device OS 6.x) and flashd does "
-			 "not switch a device to DFU mode for a probe; put it in DFU mode to read "
-			 "its modules");
-		job_finish(job, JOB_RESULT_DONE, "probed", NULL);
-		free(r);
-		return NULL;
+		/* A probe never switches a running device into DFU (transport.h); the
+		 * run ends from the loop, not from start(). */
+		r->state = RUN_PROBE_SKIPPED;
+		arm(r, 0);
+		return r;
 	}
-	r->timer = evtimer_new(job_event_base(job), on_timer, r);
 	if (r->dev.present && r->dev.mode != DEVICE_MODE_DFU && r->dev.tty[0]) {
 		job_set_state(job, JOB_SWITCHING_MODE);
-		if (switch_to_dfu(r->dev.tty, err) < 0) {
+		if (mode_switch_dfu(r->dev.tty, getenv("FLASHD_LOCK_DIR"), err) < 0) {
 			evtimer_del(r->timer);
 			event_free(r->timer);
 			free(r);
@@ -766,6 +810,34 @@ static void dfu_device_event(struct transport_run *r, enum device_event ev,
 	case RUN_WAIT_BACK:
 		if (ev != DEVICE_EVENT_BACK && ev != DEVICE_EVENT_CHANGED)
 			break;
+		if (!r->after_leave && !r->nothing_written && r->jp && r->jp->then &&
+		    dev->mode != DEVICE_MODE_DFU) {
+			/* written: the plan goes on over another transport, which plans
+			 * again without these files */
+			for (size_t i = 0; i < r->jp->pre.n_steps; i++)
+				job_mark_written(r->job, r->jp->pre.steps[i].job_index);
+			r->after_leave = r->jp->then;
+		}
+		if ((r->after_leave || r->nothing_written) && dev->mode != DEVICE_MODE_DFU) {
+			if (!dev->present || (r->after_leave && !dev->tty[0]))
+				break; /* the tty node follows the usb_device */
+			evtimer_del(r->timer);
+			job_set_device_mode(r->job, dev->mode);
+			if (r->nothing_written) {
+				run_done(r, "already-installed");
+				break;
+			}
+			r->state = RUN_FINISHED;
+			usb_dfu_close(r->usb);
+			r->usb = NULL;
+			char why[160];
+			if (r->jp->handoff)
+				plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
+			else
+				snprintf(why, sizeof(why), "the plan goes on over %s", r->after_leave);
+			job_handoff(r->job, r->after_leave, why);
+			break;
+		}
 		if (dev->mode == DEVICE_MODE_NORMAL || dev->mode == DEVICE_MODE_LISTENING ||
 		    dev->mode == DEVICE_MODE_UNKNOWN) {
 			job_set_device_mode(r->job, dev->mode);
@@ -804,11 +876,35 @@ static void dfu_free(struct transport_run *r)
 	dfuse_free(r->dfuse);
 	dfu_readback_clear(&r->rb);
 	free(r->verify_buf);
+	free(r->jp);
 	free(r);
+}
+
+/* The daemon's libusb context lives from init() to exit() (transport.h). */
+static struct usb_loop *dfu_loop;
+
+static int dfu_init(struct event_base *base, struct error *err)
+{
+	if (dfu_loop)
+		return 0;
+	dfu_loop = usb_loop_new(base, err);
+	if (!dfu_loop)
+		return -1;
+	usb_loop_set_daemon(dfu_loop);
+	return 0;
+}
+
+static void dfu_exit(void)
+{
+	usb_loop_set_daemon(NULL);
+	usb_loop_free(dfu_loop);
+	dfu_loop = NULL;
 }
 
 const struct transport_ops dfu_transport = {
     .name = "dfu",
+    .init = dfu_init,
+    .exit = dfu_exit,
     .can_serve = dfu_can_serve,
     .start = dfu_start,
     .cancel = dfu_cancel,

@@ -142,12 +142,17 @@ static void on_pollfd_removed(int fd, void *user_data)
 	}
 }
 
-struct usb_loop *usb_loop_shared(struct event_base *base, struct error *err)
+/* The daemon's context: set by the DFU transport's init(), cleared by its exit(). */
+static struct usb_loop *daemon_loop;
+
+void usb_loop_set_daemon(struct usb_loop *l)
 {
-	static struct usb_loop *shared;
-	if (!shared)
-		shared = usb_loop_new(base, err);
-	return shared;
+	daemon_loop = l;
+}
+
+struct usb_loop *usb_loop_daemon(void)
+{
+	return daemon_loop;
 }
 
 struct usb_loop *usb_loop_new(struct event_base *base, struct error *err)

@@ -33,8 +33,10 @@ struct usb_loop;
 struct usb_dfu_dev;
 
 struct usb_loop *usb_loop_new(struct event_base *base, struct error *err);
-/* The daemon's one libusb context, made on first use (every DFU user shares it). */
-struct usb_loop *usb_loop_shared(struct event_base *base, struct error *err);
+/* The daemon's one libusb context (every DFU user shares it): made and set by the DFU
+ * transport's init(), cleared and freed by its exit() (transport.h).  NULL before. */
+void usb_loop_set_daemon(struct usb_loop *l);
+struct usb_loop *usb_loop_daemon(void);
 void usb_loop_free(struct usb_loop *l);
 libusb_context *usb_loop_context(struct usb_loop *l);
 

@@ -1,5 +1,7 @@
 #include "port.h"
 
+#include "log.h"
+
 /* termios2 / BOTHER come from the kernel headers; <termios.h> would clash. */
 #include <asm/ioctls.h>
 #include <asm/termbits.h>
@@ -17,6 +19,9 @@
 #include <unistd.h>
 
 #define LOCKS_LINE_MAX 256
+/* An HDB lock file is "%10d\n" (11 bytes); old binary ones are 4.  Anything
+ * much larger is not a lock file. */
+#define LOCK_FILE_MAX 64
 
 static const char *port_base(const char *path)
 {
@@ -24,24 +29,93 @@ static const char *port_base(const char *path)
 	return b ? b + 1 : path;
 }
 
-static pid_t read_lock_pid(const char *lock_path)
-{
-	char buf[32];
-	int fd = open(lock_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0)
-		return 0;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
-	long pid = strtol(buf, NULL, 10); /* HDB: "%10d\n"; binary (4-byte) locks are obsolete */
-	return pid > 0 && pid < INT_MAX ? (pid_t)pid : 0;
-}
-
 static bool pid_alive(pid_t pid)
 {
 	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+/* Whether uid is one of the process's uids (real, effective, saved, fs). */
+static bool process_has_uid(pid_t pid, uid_t uid)
+{
+	char p[64], line[LOCKS_LINE_MAX];
+	snprintf(p, sizeof(p), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(p, "re");
+	if (!f)
+		return false;
+	bool found = false;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long u[4];
+		if (sscanf(line, "Uid: %lu %lu %lu %lu", &u[0], &u[1], &u[2], &u[3]) == 4) {
+			for (int i = 0; i < 4; i++)
+				found = found || u[i] == uid;
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+/*
+ * The pid in a UUCP/HDB lock file, if the file deserves belief: a regular file
+ * of sane size (opened without following links and without blocking: a FIFO
+ * planted in the world-writable /run/lock must not hang the daemon), naming a
+ * live process, owned by root or by that process's uid (anybody can write any
+ * pid into a file of their own).  0 otherwise, with why in *why.  minicom and
+ * friends hold no flock, so a believable file is all there is to go on.
+ */
+static pid_t lock_file_pid(const char *lock_path, const char **why)
+{
+	char buf[LOCK_FILE_MAX + 1];
+	struct stat st;
+	*why = NULL;
+	int fd = open(lock_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		if (errno == ELOOP)
+			*why = "it is a symbolic link";
+		else if (errno != ENOENT)
+			*why = "it cannot be opened";
+		return 0;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		*why = "it is not a regular file";
+		return 0;
+	}
+	if (st.st_size > LOCK_FILE_MAX) {
+		close(fd);
+		*why = "it is too large for a lock file";
+		return 0;
+	}
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0) {
+		*why = "it is empty";
+		return 0;
+	}
+	buf[n] = '\0';
+	char *end;
+	long pid = strtol(buf, &end, 10); /* HDB: "%10d\n"; binary (4-byte) locks are obsolete */
+	if (pid <= 0 || pid >= INT_MAX || end == buf) {
+		*why = "it holds no process id";
+		return 0;
+	}
+	if (!pid_alive((pid_t)pid))
+		return 0; /* stale: its process is gone (not worth a warning) */
+	if (st.st_uid != 0 && !process_has_uid((pid_t)pid, st.st_uid)) {
+		*why = "its owner is neither root nor the process it names";
+		return 0;
+	}
+	return (pid_t)pid;
+}
+
+/* lock_file_pid(), naming an ignored file in the log. */
+static pid_t read_lock_pid(const char *lock_path)
+{
+	const char *why;
+	pid_t pid = lock_file_pid(lock_path, &why);
+	if (why)
+		log_warning("ignoring the lock file %s: %s", lock_path, why);
+	return pid;
 }
 
 /* /proc/locks: "1: FLOCK  ADVISORY  WRITE 1234 00:05:123 0 EOF" (maj:min:inode of st_dev). */
@@ -96,7 +170,7 @@ pid_t serial_port_holder(const char *path, const char *lock_dir, char *comm, siz
 	snprintf(lock_path, sizeof(lock_path), "%s/LCK..%s", lock_dir ? lock_dir : SERIAL_LOCK_DIR,
 		 port_base(path));
 	pid_t pid = read_lock_pid(lock_path);
-	if (!pid_alive(pid) || pid == getpid())
+	if (!pid || pid == getpid())
 		pid = locks_holder(path);
 	if (comm && comm_size) {
 		comm[0] = '\0';
@@ -142,7 +216,12 @@ static int fail_busy(const char *path, const char *lock_dir, pid_t pid, struct e
 	return -1;
 }
 
-/* HDB lock file: create exclusively, replace a stale one (dead pid). */
+/*
+ * HDB lock file: create exclusively; a file that is there and not believable
+ * (stale pid, not a regular file, foreign owner: lock_file_pid) is replaced, or
+ * if it cannot be removed (someone else's file in the sticky /run/lock) the
+ * port is used under flock alone.  Never a hang, never a permanent busy.
+ */
 static int take_lock_file(struct serial_port *p, const char *lock_dir, struct error *err)
 {
 	struct stat st;
@@ -150,7 +229,9 @@ static int take_lock_file(struct serial_port *p, const char *lock_dir, struct er
 		return 0; /* no lock directory: flock alone */
 	snprintf(p->lock_path, sizeof(p->lock_path), "%s/LCK..%s", lock_dir, port_base(p->path));
 	for (int attempt = 0; attempt < 2; attempt++) {
-		int fd = open(p->lock_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+		int fd =
+		    open(p->lock_path,
+			 O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
 		if (fd >= 0) {
 			char buf[16];
 			int n = snprintf(buf, sizeof(buf), "%10d\n", (int)getpid());
@@ -168,11 +249,16 @@ static int take_lock_file(struct serial_port *p, const char *lock_dir, struct er
 			return 0;
 		}
 		pid_t pid = read_lock_pid(p->lock_path);
-		if (pid_alive(pid) && pid != getpid()) {
+		if (pid && pid != getpid()) {
 			p->lock_path[0] = '\0';
 			return fail_busy(p->path, lock_dir, pid, err);
 		}
-		unlink(p->lock_path); /* stale */
+		if (unlink(p->lock_path) < 0 && errno != ENOENT) {
+			log_warning(
+			    "cannot remove the lock file %s (%s): using %s under flock alone",
+			    p->lock_path, strerror(errno), p->path);
+			break;
+		}
 	}
 	p->lock_path[0] = '\0';
 	return 0;
@@ -268,7 +354,8 @@ void serial_port_close(struct serial_port *p)
 {
 	if (!p)
 		return;
-	if (p->lock_path[0] && read_lock_pid(p->lock_path) == getpid())
+	const char *why;
+	if (p->lock_path[0] && lock_file_pid(p->lock_path, &why) == getpid())
 		unlink(p->lock_path);
 	if (p->fd >= 0) {
 		flock(p->fd, LOCK_UN);

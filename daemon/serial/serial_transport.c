@@ -12,7 +12,8 @@
  */
 #include "cdc_query.h"
 #include "console.h"
-#include "dfu_reset.h"
+#include "job_plan.h"
+#include "mode_switch.h"
 #include "port.h"
 #include "preflight.h"
 #include "transport.h"
@@ -27,9 +28,6 @@
 #include <string.h>
 #include <syslog.h>
 #include <unistd.h>
-
-#define BAUD_LISTEN 28800 /* §3: enter listening mode (<= 5.9.x) */
-#define BAUD_DFU    14400 /* §3: reset into the DFU bootloader */
 
 static const struct timeout_def serial_timeouts[] = {
     CDC_QUERY_TIMEOUT_DEFS,
@@ -53,7 +51,7 @@ enum run_state {
 	RUN_QUERY,	  /* a probe job (no images, dry run): cdc_query reads `v` `i` `s` */
 	/* reset after a failed transfer on Gen 3 / P2 3.0-5.x (§4.5): 14400 -> DFU -> leave */
 	RUN_RESET_DFU,	 /* 14400 set: waiting for the device in DFU mode */
-	RUN_RESET_LEAVE, /* dfu_reset: DFU leave */
+	RUN_RESET_LEAVE, /* mode_switch_dfu_leave() */
 	RUN_RESET_BACK,	 /* left: waiting for the device to run its firmware again */
 	RUN_ENDED,
 };
@@ -66,9 +64,10 @@ struct transport_run {
 	struct console *console;
 	struct ymodem *ymodem;
 	struct cdc_query *query;
-	struct dfu_reset *dfu_reset;
+	struct dfu_leave *dfu_leave;
 	struct event *kick, *timer;
 	struct device_facts facts;
+	struct job_plan *jp; /* the job's plan as this run executes it */
 	struct preflight_plan plan;
 	size_t step;
 	uint64_t done_bytes, total_bytes;
@@ -92,8 +91,8 @@ static void release_port(struct transport_run *r)
 {
 	cdc_query_free(r->query);
 	r->query = NULL;
-	dfu_reset_free(r->dfu_reset);
-	r->dfu_reset = NULL;
+	mode_switch_dfu_leave_free(r->dfu_leave);
+	r->dfu_leave = NULL;
 	console_free(r->console);
 	r->console = NULL;
 	ymodem_free(r->ymodem);
@@ -176,9 +175,7 @@ static int start_console(struct transport_run *r, unsigned steps, struct error *
  * Go through 9600 first. */
 static int ask_listening(struct transport_run *r, struct error *err)
 {
-	if (serial_port_set_baud(r->port, 9600, err) < 0)
-		return -1;
-	return serial_port_set_baud(r->port, BAUD_LISTEN, err);
+	return mode_switch_listening(r->port, err);
 }
 
 static int facts_major(const struct device_facts *f)
@@ -226,6 +223,8 @@ static int start_send(struct transport_run *r, struct error *err)
 		return error_set(err, ERR_INTERNAL, "out of memory");
 	r->sub_done = false;
 	r->state = RUN_SEND;
+	if (r->jp)
+		job_plan_write_step(r->job, r->jp, r->step);
 	job_set_state(r->job, JOB_WRITING);
 	job_progress(r->job, r->done_bytes, r->total_bytes); /* 0 % before the first block */
 	return ymodem_start(r->ymodem, err);
@@ -237,26 +236,59 @@ static void do_preflight(struct transport_run *r)
 	error_init(&e);
 	job_set_state(r->job, JOB_PREFLIGHT);
 	size_t n = job_image_count(r->job);
-	struct preflight_input in[PREFLIGHT_MAX_IMAGES];
-	if (n > PREFLIGHT_MAX_IMAGES)
-		n = PREFLIGHT_MAX_IMAGES;
-	r->total_bytes = 0;
-	for (size_t i = 0; i < n; i++) {
-		in[i].img = job_image(r->job, i);
-		in[i].name = job_image_name(r->job, i);
-		r->total_bytes += in[i].img ? in[i].img->len : 0;
+	if (n == 0) {
+		end_run(r, JOB_RESULT_DONE, "probed", NULL);
+		return;
 	}
 	struct preflight_rules rules;
 	preflight_rules_serial(&r->facts, &rules);
-	if (preflight_check(&r->facts, r->tty, in, n, &rules, job_options(r->job)->force, &r->plan,
-			    &e) < 0) {
+	if (!r->jp)
+		r->jp = malloc(sizeof(*r->jp));
+	if (!r->jp) {
+		error_set(&e, ERR_INTERNAL, "out of memory");
 		fail(r, &e);
 		return;
 	}
-	if (job_options(r->job)->dry_run || n == 0) {
-		end_run(r, JOB_RESULT_DONE, n == 0 ? "probed" : "preflight-ok", NULL);
+	if (job_plan_make(r->job, PLAN_TRANSPORT_SERIAL, &r->facts, DEVICE_MODE_LISTENING, r->tty,
+			  &rules, r->jp, &e) < 0) {
+		fail(r, &e);
 		return;
 	}
+	r->plan = r->jp->pre;
+	if (r->jp->handoff) {
+		/* the plan writes first over another transport (plan.c's table), which
+		 * makes its own checks, also for a dry run */
+		char why[200];
+		if (facts_major(&r->facts) >= 6)
+			snprintf(why, sizeof(why),
+				 "Device OS %s has no YMODEM flashing (removed in 6.0.0)",
+				 r->facts.os_version[0] ? r->facts.os_version : "6.x");
+		else
+			plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
+		release_port(r);
+		r->state = RUN_ENDED;
+		evtimer_del(r->timer);
+		job_handoff(r->job, r->jp->handoff, why);
+		return;
+	}
+	if (job_options(r->job)->dry_run) {
+		end_run(r, JOB_RESULT_DONE, "preflight-ok", NULL);
+		return;
+	}
+	if (r->jp->plan.n_writes == 0) {
+		/* every file is installed already: give the device back running */
+		if (r->port && write(r->port->fd, "x", 1) != 1) {
+			/* it may have left listening mode by itself */
+		}
+		job_set_device_mode(r->job, cdc_query_facts_safe_mode(&r->facts)
+						? DEVICE_MODE_SAFE
+						: DEVICE_MODE_NORMAL);
+		end_run(r, JOB_RESULT_DONE, "already-installed", NULL);
+		return;
+	}
+	r->total_bytes = 0;
+	for (size_t i = 0; i < r->plan.n_steps; i++)
+		r->total_bytes += r->plan.steps[i].img->len;
 	r->step = 0;
 	r->done_bytes = 0;
 	if (start_send(r, &e) < 0)
@@ -307,7 +339,7 @@ static void after_send_failure(struct transport_run *r)
 	if (broke && r->port && device_resettable_after_failure(&r->facts)) {
 		struct error be;
 		error_init(&be);
-		if (serial_port_set_baud(r->port, BAUD_DFU, &be) == 0) {
+		if (mode_switch_dfu_on_port(r->port, &be) == 0) {
 			/* §4.5: reset it (14400 -> DFU -> leave) before the error is
 			 * reported, so that a retry finds it ready. */
 			error_move(&r->verdict, e);
@@ -324,6 +356,57 @@ static void after_send_failure(struct transport_run *r)
 		error_clear(&be);
 	}
 	fail(r, e);
+}
+
+/* This transport's writes are done: the plan goes on over another transport, which
+ * plans again without the files written here. */
+static void continue_plan(struct transport_run *r)
+{
+	char why[160];
+	snprintf(why, sizeof(why), "the plan goes on over %s",
+		 strcmp(r->jp->then, "dfu") == 0 ? "DFU" : r->jp->then);
+	release_port(r);
+	r->state = RUN_ENDED;
+	evtimer_del(r->timer);
+	job_handoff(r->job, r->jp->then, why);
+}
+
+/* booted-invalid naming every invalid module the device reports and its failing checks. */
+static void booted_invalid_device(struct transport_run *r, json_t *invalid, struct error *e)
+{
+	json_t *checks = json_array();
+	char names[256] = "";
+	size_t i;
+	json_t *m;
+	json_array_foreach(invalid, i, m)
+	{
+		size_t k;
+		json_t *c;
+		json_array_foreach(json_object_get(m, "failed_checks"), k, c)
+		{
+			bool have = false;
+			size_t j;
+			json_t *x;
+			json_array_foreach(checks, j, x) have |= json_equal(x, c);
+			if (!have)
+				json_array_append(checks, c);
+		}
+		size_t len = strlen(names);
+		snprintf(names + len, sizeof(names) - len, "%s%s (version %d)", i ? ", " : "",
+			 json_string_value(json_object_get(m, "module")),
+			 (int)json_integer_value(json_object_get(m, "version")));
+	}
+	error_set(e, ERR_BOOTED_INVALID,
+		  "the firmware was written, but after the reboot the device reports %s invalid "
+		  "(see invalid_modules): it would run safe mode",
+		  names);
+	error_detail_json(e, "failed_checks", checks);
+	error_detail_json(e, "invalid_modules", invalid);
+	error_detail_str(e, "mode", "listening");
+	json_t *first = json_array_get(invalid, 0);
+	error_detail_str(e, "module_function",
+			 json_string_value(json_object_get(first, "function")));
+	job_set_device_mode(r->job, DEVICE_MODE_LISTENING); /* no `x`: left to the user */
 }
 
 /* The flashed module as the device reports it after its reboot. */
@@ -360,9 +443,22 @@ static void verify_step(struct transport_run *r)
 		return;
 	}
 	r->done_bytes += s->img->len;
+	job_mark_written(r->job, s->job_index);
 	if (++r->step < r->plan.n_steps) {
 		if (start_send(r, &e) < 0)
 			fail(r, &e);
+		return;
+	}
+	/* verified means the whole device: every module it reports valid (issue 11) */
+	json_t *invalid = json_array();
+	if (plan_invalid_modules(&r->facts, invalid) > 0) {
+		booted_invalid_device(r, invalid, &e);
+		end_run(r, JOB_RESULT_FAILED, "booted-invalid", &e);
+		return;
+	}
+	json_decref(invalid);
+	if (r->jp && r->jp->then) {
+		continue_plan(r);
 		return;
 	}
 	/* leave listening mode: the new firmware runs (§2.3 `x`), in safe mode if a
@@ -387,13 +483,13 @@ static void reset_incomplete(struct transport_run *r, const char *what, const ch
 	fail(r, &r->verdict);
 }
 
-static void on_dfu_reset_done(void *ctx, struct error *err)
+static void on_dfu_leave_done(void *ctx, struct error *err)
 {
 	struct transport_run *r = ctx;
 	if (r->state != RUN_RESET_LEAVE)
 		return;
-	dfu_reset_free(r->dfu_reset);
-	r->dfu_reset = NULL;
+	mode_switch_dfu_leave_free(r->dfu_leave);
+	r->dfu_leave = NULL;
 	if (err && err->code != ERR_DEVICE_GONE) {
 		reset_incomplete(r, "leaving DFU mode failed: ", err->message);
 		return;
@@ -416,9 +512,9 @@ static void reset_device_event(struct transport_run *r, enum device_event ev,
 		evtimer_del(r->timer);
 		job_set_device_mode(r->job, DEVICE_MODE_DFU);
 		r->state = RUN_RESET_LEAVE;
-		r->dfu_reset = dfu_reset_start(r->base, dev->busnum, dev->devnum, dev->usb_devnode,
-					       on_dfu_reset_done, r, &e);
-		if (!r->dfu_reset) {
+		r->dfu_leave = mode_switch_dfu_leave(r->base, dev->busnum, dev->devnum,
+						     dev->usb_devnode, on_dfu_leave_done, r, &e);
+		if (!r->dfu_leave) {
 			reset_incomplete(r, "", e.message);
 			error_clear(&e);
 			return;
@@ -428,8 +524,8 @@ static void reset_device_event(struct transport_run *r, enum device_event ev,
 	case RUN_RESET_LEAVE:
 		if (ev == DEVICE_EVENT_GONE) {
 			/* the device reset: the leave is done whatever its GETSTATUS says */
-			dfu_reset_free(r->dfu_reset);
-			r->dfu_reset = NULL;
+			mode_switch_dfu_leave_free(r->dfu_leave);
+			r->dfu_leave = NULL;
 			r->state = RUN_RESET_BACK;
 			job_set_state(r->job, JOB_REBOOTING);
 			arm(r, timeout_ms("serial_reenumerate_ms"));
@@ -519,21 +615,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		}
 		job_set_device_mode(r->job, DEVICE_MODE_LISTENING);
 		job_update_facts(r->job, &r->facts);
-		if (facts_major(&r->facts) >= 6) {
-			if (transport_find("dfu")) {
-				job_handoff(r->job, "dfu", "Device OS 6.x has no YMODEM");
-				r->state = RUN_ENDED;
-				release_port(r);
-				return;
-			}
-			error_set(&e, ERR_NOT_FLASHABLE_HERE,
-				  "the device runs Device OS %s, which has no YMODEM flashing",
-				  r->facts.os_version);
-			error_detail_str(&e, "transport", "serial");
-			error_detail_str(&e, "reason", "Device OS 6.0.0 removed YMODEM");
-			fail(r, &e);
-			return;
-		}
+		/* Device OS 6.x (no YMODEM) included: the plan says which transport
+		 * writes (plan.c's table), and hands the job over if it is not this one */
 		do_preflight(r);
 		return;
 	case RUN_SEND:
@@ -546,6 +629,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 			     r->total_bytes);
 		release_port(r);
 		r->state = RUN_REBOOT;
+		if (r->jp)
+			job_plan_step_kind(r->job, r->jp, PLAN_STEP_REBOOT, r->step);
 		job_set_state(r->job, JOB_REBOOTING);
 		arm(r, timeout_ms("serial_reenumerate_ms"));
 		return;
@@ -557,8 +642,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 			 * (the device sees only changes, §3) and probe once more. */
 			r->verify_relisten = true;
 			error_clear(&r->pending);
-			if (serial_port_set_baud(r->port, 9600, &e) < 0 ||
-			    serial_port_set_baud(r->port, BAUD_LISTEN, &e) < 0) {
+			if (mode_switch_listening(r->port, &e) < 0) {
 				error_move(&r->pending, &e);
 			} else {
 				r->state = RUN_VERIFY_WAIT;
@@ -571,10 +655,17 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 			job_note(r->job, "not-verified", "%s", r->pending.message);
 			error_clear(&r->pending);
 			r->done_bytes += r->plan.steps[r->step].img->len;
+			job_mark_written(r->job, r->plan.steps[r->step].job_index);
 			if (r->step + 1 < r->plan.n_steps) {
 				r->step++;
 				if (start_send(r, &e) < 0)
 					fail(r, &e);
+				return;
+			}
+			if (r->jp && r->jp->then) {
+				/* e.g. the system part just written is Device OS 6.x: no console,
+				 * and the plan goes on over DFU */
+				continue_plan(r);
 				return;
 			}
 			end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);
@@ -594,6 +685,8 @@ static void start_verify(struct transport_run *r)
 	struct error e;
 	error_init(&e);
 	r->state = RUN_VERIFY;
+	if (r->jp && r->step + 1 == r->plan.n_steps && r->reopen_attempts == 0)
+		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
 	job_set_state(r->job, JOB_VERIFYING);
 	if (open_port(r, &e) < 0) {
 		if (e.code == ERR_DEVICE_NOT_FOUND && r->reopen_attempts++ < 40) {
@@ -836,6 +929,7 @@ static void serial_free(struct transport_run *r)
 		event_free(r->timer);
 	error_clear(&r->pending);
 	error_clear(&r->verdict);
+	free(r->jp);
 	free(r);
 }
 

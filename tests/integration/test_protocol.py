@@ -296,14 +296,16 @@ def flashctl_statuses(d):
 
 def cancel_permissions(flashd):
     """Issue 5: only the job's owner, root or a member of the admin group may
-    cancel a job.  flashctl runs as unprivileged uids (the socket is 0666)."""
+    cancel a job.  flashctl runs as unprivileged uids in the socket's group."""
     if os.geteuid() != 0:
         print("# skip cancel permissions: needs root to run flashctl as other uids")
         return
     import grp
     owner, other, admin = 65534, 65533, 65532
     admin_group = grp.getgrgid(100).gr_name  # "users": the configured admin group
-    d = Daemon(flashd, config=f"[daemon]\nadmin_group = {admin_group}\n", world_reachable=True)
+    sock_gid = 4242  # the socket's group (socket_group): connecting is not administering
+    d = Daemon(flashd, config=f"[daemon]\nadmin_group = {admin_group}\nsocket_group = {sock_gid}\n",
+               world_reachable=True)
     os.chmod(d.dir, 0o755)  # let the unprivileged users reach the socket
     # ... and read the file they flash (the fixtures may sit in root's 0700 home: the cache).
     app = os.path.join(d.dir, "photon_tinker.bin")
@@ -316,7 +318,7 @@ def cancel_permissions(flashd):
             # waits forever for a device that never appears: the job stays alive
             rc, out, err = flashctl(FLASHCTL, d.socket, "--json", "flash", app,
                                     "--device", "ffffffffffffffffffffffff", "--wait",
-                                    "--detach", uid=owner)
+                                    "--detach", uid=owner, groups=[sock_gid])
             return json.loads(out.splitlines()[0])["jobs"][0]["id"] if rc == 0 else None
 
         def record(jid):
@@ -339,19 +341,20 @@ def cancel_permissions(flashd):
             return
         tap.check("an unprivileged uid submits a job (owner recorded)",
                   jid and record(jid)["owner"]["uid"] == owner, jid)
-        rc, out, err = flashctl(FLASHCTL, d.socket, "--json", "cancel", jid, uid=other)
+        rc, out, err = flashctl(FLASHCTL, d.socket, "--json", "cancel", jid, uid=other,
+                                groups=[sock_gid])
         e = json.loads(out.splitlines()[0]) if out.strip() else {}
         tap.check("another uid may not cancel it: not-allowed, the catalogue's exit status",
                   rc == exits["not-allowed"] and e.get("code") == "not-allowed"
                   and e["detail"] == {"operation": "cancel", "uid": other, "owner_uid": owner,
                                       "admin_group": admin_group}, (rc, out, err))
         tap.check("... and the job lives on", state(jid) == "waiting-for-device", state(jid))
-        rc, out, err = flashctl(FLASHCTL, d.socket, "cancel", jid, uid=owner)
+        rc, out, err = flashctl(FLASHCTL, d.socket, "cancel", jid, uid=owner, groups=[sock_gid])
         tap.check("its owner may cancel it", rc == 0 and state(jid, "cancelled") == "cancelled",
                   (rc, out, err, state(jid)))
         jid = submit()
         rc, out, err = flashctl(FLASHCTL, d.socket, "cancel", jid, uid=admin,
-                                groups=[100])
+                                groups=[sock_gid, 100])
         tap.check(f"a member of the admin group ({admin_group}) may cancel it",
                   rc == 0 and state(jid, "cancelled") == "cancelled", (rc, out, err, state(jid)))
         jid = submit()
@@ -363,7 +366,8 @@ def cancel_permissions(flashd):
 
 
 def main():
-    d = Daemon(FLASHD)
+    # 200 concurrent clients from this one uid: over the default share (32 per uid).
+    d = Daemon(FLASHD, config="[limits]\nclients_per_uid = 256\n")
     try:
         hello_and_lists(d)
         malformed_inputs(d)

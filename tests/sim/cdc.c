@@ -130,6 +130,28 @@ static int op_ota_finish(void *ctx, unsigned *ret_mask)
 	return code;
 }
 
+int cdc_ota_begin(struct sim_device *d, uint32_t size)
+{
+	return op_ota_begin(d, size);
+}
+
+int cdc_ota_write(struct sim_device *d, uint32_t offset, const uint8_t *data, size_t len)
+{
+	return op_ota_write(d, offset, data, len);
+}
+
+int cdc_ota_finish(struct sim_device *d, unsigned *ret_mask)
+{
+	return op_ota_finish(d, ret_mask);
+}
+
+void cdc_enter_listening(struct sim_device *d)
+{
+	d->mode = SIM_MODE_LISTENING;
+	if (d->cdc)
+		listening_enter_by_request(d->cdc, sim_now_ms());
+}
+
 void cdc_apply_ota(struct sim_device *d)
 {
 	struct ota_region r = ota_region(d);

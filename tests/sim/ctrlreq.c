@@ -2,6 +2,14 @@
 
 #include "device.h"
 #include "osver.h"
+#include "validate.h"
+
+#include "config.pb.h"
+#include "describe.pb.h"
+#include "storage.pb.h"
+
+#include <pb_decode.h>
+#include <pb_encode.h>
 
 #include <endian.h>
 #include <linux/usb/ch9.h>
@@ -18,15 +26,46 @@ enum status {
 	ST_NOT_FOUND = 5
 };
 enum field { F_STATUS = 0x01, F_ID = 0x02, F_SIZE = 0x04, F_RESULT = 0x08 };
-#define LEGACY_BREQUEST		   0x50 /* 'P' */
-#define REQ_SYSTEM_VERSION	   30
-#define REQ_RESET		   40
-#define REQ_DFU_MODE		   50
-#define SYSTEM_ERROR_NOT_SUPPORTED (-120)
-#define SERVICE_REPLY_MAX	   16
+#define LEGACY_BREQUEST 0x50 /* 'P' */
+/* Device OS system/inc/system_control.h ctrl_request_type */
+enum {
+	REQ_DEVICE_ID = 20,
+	REQ_SERIAL_NUMBER = 21,
+	REQ_SYSTEM_VERSION = 30,
+	REQ_RESET = 40,
+	REQ_DFU_MODE = 50,
+	REQ_SAFE_MODE = 60,
+	REQ_START_LISTENING = 70,
+	REQ_STOP_LISTENING = 71,
+	REQ_GET_DEVICE_MODE = 72,
+	REQ_GET_MODULE_INFO = 90,
+	REQ_START_FIRMWARE_UPDATE = 250,
+	REQ_FINISH_FIRMWARE_UPDATE = 251,
+	REQ_CANCEL_FIRMWARE_UPDATE = 252,
+	REQ_FIRMWARE_UPDATE_DATA = 253,
+};
+/* Device OS services/inc/system_error.h */
+#define SYSTEM_ERROR_NOT_SUPPORTED    (-120)
+#define SYSTEM_ERROR_TOO_LARGE	      (-190)
+#define SYSTEM_ERROR_INVALID_STATE    (-210)
+#define SYSTEM_ERROR_INTERNAL	      (-250)
+#define SYSTEM_ERROR_INVALID_ARGUMENT (-270)
+#define SYSTEM_ERROR_BAD_DATA	      (-280)
+#define SERVICE_REPLY_MAX	      16
+#define FW_CHUNK_SIZE		      4096 /* what the device announces at START */
+
+static void slot_clear(struct ctrlreq_slot *s)
+{
+	g_free(s->payload);
+	g_free(s->reply);
+	memset(s, 0, sizeof(*s));
+	s->then = -1;
+}
 
 void ctrlreq_init(struct ctrlreq *c)
 {
+	for (int i = 0; i < CTRLREQ_MAX_ACTIVE; i++)
+		slot_clear(&c->slot[i]);
 	memset(c, 0, sizeof(*c));
 	c->then = -1;
 }
@@ -78,25 +117,306 @@ static int reply(uint8_t *in, uint16_t wlength, unsigned flags, uint16_t status,
 	return (int)n;
 }
 
-static int32_t result_of(uint16_t type)
+/* ---- what each request does ------------------------------------------------ */
+
+static bool gen2(const struct sim_device *d)
 {
-	return type == REQ_RESET || type == REQ_DFU_MODE ? 0 : SYSTEM_ERROR_NOT_SUPPORTED;
+	return d->spec.platform->gen == 2;
 }
 
-static int reset_mode_of(uint16_t type)
+/* Whether the device's Device OS knows the request type (else -120). */
+static bool supported(const struct sim_device *d, uint16_t type)
 {
-	if (type == REQ_DFU_MODE)
-		return SIM_MODE_DFU;
-	if (type == REQ_RESET)
-		return SIM_MODE_UNPLUGGED; /* boots what the flash holds */
-	return -1;
+	switch (type) {
+	case REQ_DEVICE_ID:
+	case REQ_SERIAL_NUMBER:
+	case REQ_SYSTEM_VERSION:
+		return !gen2(d) || osver_compare(d->spec.os, "1.5.0") >= 0;
+	case REQ_GET_DEVICE_MODE:
+		return !gen2(d) || osver_compare(d->spec.os, "1.1.0") >= 0;
+	case REQ_RESET:
+	case REQ_DFU_MODE:
+	case REQ_SAFE_MODE:
+	case REQ_START_LISTENING:
+	case REQ_STOP_LISTENING:
+	case REQ_GET_MODULE_INFO:
+	case REQ_START_FIRMWARE_UPDATE:
+	case REQ_FINISH_FIRMWARE_UPDATE:
+	case REQ_CANCEL_FIRMWARE_UPDATE:
+	case REQ_FIRMWARE_UPDATE_DATA:
+		return true;
+	default:
+		return false;
+	}
 }
+
+static bool set_reply(struct ctrlreq_slot *s, const pb_msgdesc_t *fields, const void *msg)
+{
+	size_t n = 0;
+	if (!pb_get_encoded_size(&n, fields, msg))
+		return false;
+	s->reply = g_malloc(n ? n : 1);
+	pb_ostream_t out = pb_ostream_from_buffer(s->reply, n);
+	if (!pb_encode(&out, fields, msg))
+		return false;
+	s->reply_len = (uint32_t)out.bytes_written;
+	return true;
+}
+
+static bool decode(const struct ctrlreq_slot *s, const pb_msgdesc_t *fields, void *msg)
+{
+	pb_istream_t in = pb_istream_from_buffer(s->payload, s->size);
+	return pb_decode(&in, fields, msg);
+}
+
+/* particle.ctrl.FirmwareModuleType of the format before 5.6.0. */
+static particle_ctrl_FirmwareModuleType deprecated_type(uint8_t function)
+{
+	switch (function) {
+	case MODULE_FUNCTION_BOOTLOADER:
+		return particle_ctrl_FirmwareModuleType_BOOTLOADER;
+	case MODULE_FUNCTION_SYSTEM:
+		return particle_ctrl_FirmwareModuleType_SYSTEM_PART;
+	case MODULE_FUNCTION_USER:
+		return particle_ctrl_FirmwareModuleType_USER_PART;
+	case MODULE_FUNCTION_MONO:
+		return particle_ctrl_FirmwareModuleType_MONO_FIRMWARE;
+	case MODULE_FUNCTION_NCP:
+		return particle_ctrl_FirmwareModuleType_NCP_FIRMWARE;
+	case MODULE_FUNCTION_RADIO_STACK:
+		return particle_ctrl_FirmwareModuleType_RADIO_STACK;
+	default:
+		return particle_ctrl_FirmwareModuleType_INVALID_FIRMWARE_MODULE;
+	}
+}
+
+static int32_t module_info(struct sim_device *d, struct ctrlreq_slot *s)
+{
+	struct vscan scan;
+	device_scan(d, &scan);
+	particle_ctrl_GetModuleInfoReply *r = g_new0(particle_ctrl_GetModuleInfoReply, 1);
+	bool old = osver_compare(d->spec.os, "5.6.0") < 0;
+	for (unsigned i = 0; i < scan.n; i++) {
+		const struct vmodule *m = &scan.m[i];
+		if (!m->reported)
+			continue;
+		if (old && r->modules_deprecated_count < G_N_ELEMENTS(r->modules_deprecated)) {
+			particle_ctrl_GetModuleInfoReply_Module *o =
+			    &r->modules_deprecated[r->modules_deprecated_count++];
+			o->type = deprecated_type(m->function);
+			o->index = m->index;
+			o->version = m->version;
+			o->size = m->slot_size;
+			unsigned failed = m->checked & ~m->passed;
+			if (failed & VALID_INTEGRITY)
+				o->validity |=
+				    particle_ctrl_FirmwareModuleValidityFlag_INTEGRITY_CHECK_FAILED;
+			if (failed & ~VALID_INTEGRITY)
+				o->validity |=
+				    particle_ctrl_FirmwareModuleValidityFlag_DEPENDENCY_CHECK_FAILED;
+			for (int k = 0; k < 2; k++)
+				if (m->dep_function[k]) {
+					particle_ctrl_GetModuleInfoReply_Dependency *dep =
+					    &o->dependencies[o->dependencies_count++];
+					dep->type = deprecated_type(m->dep_function[k]);
+					dep->index = m->dep_index[k];
+					dep->version = m->dep_version[k];
+				}
+		} else if (!old && r->modules_count < G_N_ELEMENTS(r->modules)) {
+			particle_cloud_FirmwareModule *o = &r->modules[r->modules_count++];
+			o->type = (particle_cloud_FirmwareModuleType)m->function;
+			o->index = m->index;
+			o->version = m->version;
+			o->store = (particle_cloud_FirmwareModuleStore)m->store;
+			o->max_size = m->slot_size;
+			o->size = m->end > m->start ? m->end - m->start + 4 : 0;
+			o->checked_flags = m->checked;
+			o->passed_flags = m->passed;
+			o->has_hash = true;
+			o->hash.size = 32;
+			memcpy(o->hash.bytes, m->sha256, 32);
+			for (int k = 0; k < 2; k++)
+				if (m->dep_function[k]) {
+					particle_cloud_FirmwareModuleDependency *dep =
+					    &o->dependencies[o->dependencies_count++];
+					dep->type =
+					    (particle_cloud_FirmwareModuleType)m->dep_function[k];
+					dep->index = m->dep_index[k];
+					dep->version = m->dep_version[k];
+				}
+		}
+	}
+	bool ok = set_reply(s, particle_ctrl_GetModuleInfoReply_fields, r);
+	g_free(r);
+	return ok ? 0 : SYSTEM_ERROR_INTERNAL;
+}
+
+static struct sim_fault *fault(struct sim_device *d, const char *kind)
+{
+	for (unsigned i = 0; i < d->spec.n_faults; i++)
+		if (!d->spec.faults[i].fired && strcmp(d->spec.faults[i].kind, kind) == 0)
+			return &d->spec.faults[i];
+	return NULL;
+}
+
+static void unplug_cb(void *data)
+{
+	device_unplug_async(data);
+}
+
+static int32_t firmware_update(struct sim_device *d, struct ctrlreq_slot *s)
+{
+	struct ctrlreq *c = &d->ctrl;
+	switch (s->type) {
+	case REQ_START_FIRMWARE_UPDATE: {
+		particle_ctrl_StartFirmwareUpdateRequest q =
+		    particle_ctrl_StartFirmwareUpdateRequest_init_zero;
+		if (!decode(s, particle_ctrl_StartFirmwareUpdateRequest_fields, &q))
+			return SYSTEM_ERROR_BAD_DATA;
+		if (!q.size)
+			return SYSTEM_ERROR_INVALID_ARGUMENT;
+		if (cdc_ota_begin(d, q.size) < 0)
+			return SYSTEM_ERROR_TOO_LARGE;
+		c->fw_active = true;
+		c->fw_offset = 0;
+		c->fw_chunks = 0;
+		particle_ctrl_StartFirmwareUpdateReply r = {FW_CHUNK_SIZE};
+		return set_reply(s, particle_ctrl_StartFirmwareUpdateReply_fields, &r)
+			   ? 0
+			   : SYSTEM_ERROR_INTERNAL;
+	}
+	case REQ_FIRMWARE_UPDATE_DATA: {
+		if (!c->fw_active)
+			return SYSTEM_ERROR_INVALID_STATE;
+		particle_ctrl_FirmwareUpdateDataRequest *q =
+		    g_new0(particle_ctrl_FirmwareUpdateDataRequest, 1);
+		int32_t rc = 0;
+		if (!decode(s, particle_ctrl_FirmwareUpdateDataRequest_fields, q))
+			rc = SYSTEM_ERROR_BAD_DATA; /* also: a chunk larger than FW_CHUNK_SIZE */
+		else if (cdc_ota_write(d, c->fw_offset, q->data.bytes, q->data.size) < 0)
+			rc = SYSTEM_ERROR_TOO_LARGE;
+		else
+			c->fw_offset += q->data.size;
+		g_free(q);
+		c->fw_chunks++;
+		struct sim_fault *f = fault(d, "ctrl-unplug");
+		if (f && c->fw_chunks >= f->at) {
+			f->fired = true;
+			usbdev_node_disconnect(d->usb); /* every further ioctl: ENODEV */
+			d->next_mode = SIM_MODE_UNPLUGGED;
+			sim_schedule(d->sim, 0, unplug_cb, d);
+		}
+		return rc;
+	}
+	case REQ_FINISH_FIRMWARE_UPDATE: {
+		particle_ctrl_FinishFirmwareUpdateRequest q =
+		    particle_ctrl_FinishFirmwareUpdateRequest_init_zero;
+		if (!c->fw_active)
+			return SYSTEM_ERROR_INVALID_STATE;
+		if (!decode(s, particle_ctrl_FinishFirmwareUpdateRequest_fields, &q))
+			return SYSTEM_ERROR_BAD_DATA;
+		c->fw_active = false;
+		unsigned mask = 0;
+		int code = cdc_ota_finish(d, &mask);
+		if (code < 0)
+			return code;
+		if (q.validate_only) {
+			d->ota_pending = false;
+			return 0;
+		}
+		s->then = SIM_MODE_UNPLUGGED; /* Device OS resets to apply the update */
+		return 0;
+	}
+	case REQ_CANCEL_FIRMWARE_UPDATE:
+		c->fw_active = false;
+		d->ota_active = false;
+		d->ota_pending = false;
+		return 0;
+	}
+	return SYSTEM_ERROR_NOT_SUPPORTED;
+}
+
+/* Runs a request whose payload is complete: sets result, reply and what follows. */
+static void process(struct sim_device *d, struct ctrlreq_slot *s)
+{
+	s->done = true;
+	s->then = -1;
+	if (!supported(d, s->type)) {
+		s->result = SYSTEM_ERROR_NOT_SUPPORTED;
+		return;
+	}
+	bool ok = true;
+	switch (s->type) {
+	case REQ_DEVICE_ID: {
+		particle_ctrl_GetDeviceIdReply r = particle_ctrl_GetDeviceIdReply_init_zero;
+		g_strlcpy(r.id, d->spec.id, sizeof(r.id));
+		ok = set_reply(s, particle_ctrl_GetDeviceIdReply_fields, &r);
+		break;
+	}
+	case REQ_SERIAL_NUMBER: {
+		particle_ctrl_GetSerialNumberReply r = particle_ctrl_GetSerialNumberReply_init_zero;
+		g_strlcpy(r.serial, d->spec.serial[0] ? d->spec.serial : d->spec.id,
+			  sizeof(r.serial));
+		ok = set_reply(s, particle_ctrl_GetSerialNumberReply_fields, &r);
+		break;
+	}
+	case REQ_SYSTEM_VERSION: {
+		particle_ctrl_GetSystemVersionReply r =
+		    particle_ctrl_GetSystemVersionReply_init_zero;
+		g_strlcpy(r.version, d->spec.os, sizeof(r.version));
+		ok = set_reply(s, particle_ctrl_GetSystemVersionReply_fields, &r);
+		break;
+	}
+	case REQ_GET_DEVICE_MODE: {
+		particle_ctrl_GetDeviceModeReply r = {d->mode == SIM_MODE_LISTENING
+							  ? particle_ctrl_DeviceMode_LISTENING_MODE
+							  : particle_ctrl_DeviceMode_NORMAL_MODE};
+		ok = set_reply(s, particle_ctrl_GetDeviceModeReply_fields, &r);
+		break;
+	}
+	case REQ_GET_MODULE_INFO:
+		s->result = module_info(d, s);
+		return;
+	case REQ_RESET:
+		s->then = SIM_MODE_UNPLUGGED; /* boots what the flash holds */
+		break;
+	case REQ_DFU_MODE:
+		s->then = SIM_MODE_DFU;
+		break;
+	case REQ_SAFE_MODE:
+		s->then = SIM_MODE_SAFE;
+		break;
+	case REQ_START_LISTENING:
+		cdc_enter_listening(d);
+		break;
+	case REQ_STOP_LISTENING:
+		if (d->mode == SIM_MODE_LISTENING)
+			d->mode = SIM_MODE_NORMAL;
+		d->listen_on_boot = false;
+		break;
+	default:
+		s->result = firmware_update(d, s);
+		return;
+	}
+	s->result = ok ? 0 : SYSTEM_ERROR_INTERNAL;
+}
+
+/* ---- the service protocol -------------------------------------------------- */
 
 static int svc_init(struct sim_device *d, uint16_t type, uint16_t size, uint16_t wlength,
 		    uint8_t *in)
 {
 	struct ctrlreq *c = &d->ctrl;
-	struct ctrlreq_slot *s = find(c, 0);
+	struct sim_fault *f = fault(d, "ctrl-busy");
+	if (f) {
+		unsigned n = f->unit == SIM_AT_NONE ? 2 : f->at;
+		if (c->busy_given < n) {
+			c->busy_given++;
+			return reply(in, wlength, 0, ST_BUSY, 0, 0, 0);
+		}
+		f->fired = true;
+	}
+	struct ctrlreq_slot *s = NULL;
 	for (int i = 0; !s && i < CTRLREQ_MAX_ACTIVE; i++)
 		if (!c->slot[i].id)
 			s = &c->slot[i];
@@ -104,7 +424,14 @@ static int svc_init(struct sim_device *d, uint16_t type, uint16_t size, uint16_t
 		return reply(in, wlength, 0, ST_BUSY, 0, 0, 0);
 	if (++c->next_id == 0)
 		c->next_id = 1;
-	*s = (struct ctrlreq_slot){.id = c->next_id, .type = type, .size = size};
+	slot_clear(s);
+	s->id = c->next_id;
+	s->type = type;
+	s->size = size;
+	if (size)
+		s->payload = g_malloc(size);
+	else
+		process(d, s);
 	return reply(in, wlength, F_ID, ST_OK, s->id, 0, 0);
 }
 
@@ -113,15 +440,28 @@ static int svc_check(struct sim_device *d, uint16_t id, uint16_t wlength, uint8_
 	struct ctrlreq_slot *s = find(&d->ctrl, id);
 	if (!s)
 		return reply(in, wlength, 0, ST_NOT_FOUND, 0, 0, 0);
-	if (s->received < s->size)
+	if (!s->done)
 		return reply(in, wlength, 0, ST_PENDING, 0, 0, 0);
-	int32_t result = result_of(s->type);
-	int n = reply(in, wlength, F_SIZE | F_RESULT, ST_OK, 0, 0, result);
-	if (n > 0) {
-		d->ctrl.then = result == 0 ? reset_mode_of(s->type) : -1;
-		s->id = 0;
+	int n = reply(in, wlength, F_SIZE | F_RESULT, ST_OK, 0, s->reply_len, s->result);
+	if (n > 0 && !s->reply_len) {
+		d->ctrl.then = s->result == 0 ? s->then : -1;
+		slot_clear(s); /* completed */
 	}
 	return n;
+}
+
+static int svc_recv(struct sim_device *d, uint16_t id, uint16_t wlength, uint8_t *in)
+{
+	struct ctrlreq_slot *s = find(&d->ctrl, id);
+	if (!s || !s->done || wlength > s->reply_len - s->reply_sent)
+		return -1;
+	memcpy(in, s->reply + s->reply_sent, wlength);
+	s->reply_sent += wlength;
+	if (s->reply_sent == s->reply_len) {
+		d->ctrl.then = s->result == 0 ? s->then : -1;
+		slot_clear(s);
+	}
+	return wlength;
 }
 
 static int legacy(struct sim_device *d, const struct usb_ctrlrequest *setup, uint8_t *in)
@@ -137,7 +477,9 @@ static int legacy(struct sim_device *d, const struct usb_ctrlrequest *setup, uin
 		return (int)n;
 	}
 	/* particle-usb's reset({force: true}) and the old CLI's DFU switch. */
-	int mode = reset_mode_of(index);
+	int mode = index == REQ_DFU_MODE ? SIM_MODE_DFU
+		   : index == REQ_RESET	 ? SIM_MODE_UNPLUGGED
+					 : -1;
 	if (mode < 0)
 		return -1;
 	d->ctrl.then = mode;
@@ -147,13 +489,12 @@ static int legacy(struct sim_device *d, const struct usb_ctrlrequest *setup, uin
 int ctrlreq_handle(struct sim_device *d, const struct usb_ctrlrequest *setup, const uint8_t *out,
 		   uint8_t *in)
 {
-	(void)out;
 	/* Device OS answers them since 0.8.0 (Gen 2) / 0.9.0 (Gen 3); the DFU bootloader never. */
 	if (d->mode == SIM_MODE_DFU || (setup->bRequestType & USB_RECIP_MASK) != USB_RECIP_DEVICE)
 		return -1;
 	if (setup->bRequest == LEGACY_BREQUEST)
 		return legacy(d, setup, in);
-	if (osver_compare(d->spec.os, d->spec.platform->gen == 2 ? "0.8.0" : "0.9.0") < 0)
+	if (osver_compare(d->spec.os, gen2(d) ? "0.8.0" : "0.9.0") < 0)
 		return -1;
 	uint16_t value = le16toh(setup->wValue), index = le16toh(setup->wIndex),
 		 wlength = le16toh(setup->wLength);
@@ -165,19 +506,23 @@ int ctrlreq_handle(struct sim_device *d, const struct usb_ctrlrequest *setup, co
 		return dir_in ? svc_check(d, index, wlength, in) : -1;
 	case SVC_SEND: {
 		struct ctrlreq_slot *s = find(&d->ctrl, index);
-		if (dir_in || !s || wlength > s->size - s->received)
+		if (dir_in || !s || s->done || wlength > s->size - s->received)
 			return -1;
-		s->received += wlength; /* protobuf payload: not interpreted */
+		memcpy(s->payload + s->received, out, wlength);
+		s->received += wlength;
+		if (s->received == s->size)
+			process(d, s);
 		return 0;
 	}
+	case SVC_RECV:
+		return dir_in ? svc_recv(d, index, wlength, in) : -1;
 	case SVC_RESET:
 		if (!dir_in)
 			return -1;
 		for (int i = 0; i < CTRLREQ_MAX_ACTIVE; i++)
 			if (!index || d->ctrl.slot[i].id == index)
-				d->ctrl.slot[i].id = 0;
+				slot_clear(&d->ctrl.slot[i]);
 		return reply(in, wlength, 0, ST_OK, 0, 0, 0);
-	case SVC_RECV: /* no request here has reply data */
 	default:
 		return -1;
 	}

@@ -256,6 +256,7 @@ int device_plug(struct sim_device *d, GError **error)
 	g_mutex_unlock(&sim->lock);
 	if (cdc)
 		cdc_attach(d);
+	sim_apply_owner(sim);
 	return 0;
 }
 

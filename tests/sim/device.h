@@ -165,3 +165,10 @@ void cdc_faults_changed(struct sim_device *d);
 uint64_t cdc_next_deadline(struct sim_device *d);
 /* Copies a validated YMODEM image from the OTA region into its slot (lock held). */
 void cdc_apply_ota(struct sim_device *d);
+/* The OTA region as USB control requests use it (START/DATA/FINISH, lock held):
+ * 0 or -1; finish returns 0 or the negative system error of the verdict. */
+int cdc_ota_begin(struct sim_device *d, uint32_t size);
+int cdc_ota_write(struct sim_device *d, uint32_t offset, const uint8_t *data, size_t len);
+int cdc_ota_finish(struct sim_device *d, unsigned *ret_mask);
+/* Control request START_LISTENING (lock held). */
+void cdc_enter_listening(struct sim_device *d);

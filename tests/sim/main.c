@@ -14,12 +14,14 @@
 #include "state.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <glib-unix.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -65,10 +67,57 @@ void sim_work_done(struct sim *sim)
 		control_poke(sim);
 }
 
+static uid_t owner_uid;
+static gid_t owner_gid;
+
+static int give_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)ftw;
+	(void)st;
+	/* A tty node is a symlink to its pty (/dev/pts/N): the pty too. */
+	if (flag == FTW_SL && chown(path, owner_uid, owner_gid) < 0 && errno != ENOENT)
+		fprintf(stderr, "flashd-sim: --owner: %s: %s\n", path, strerror(errno));
+	if (lchown(path, owner_uid, owner_gid) < 0 && errno != ENOENT)
+		fprintf(stderr, "flashd-sim: --owner: %s: %s\n", path, strerror(errno));
+	return 0;
+}
+
+void sim_apply_owner(struct sim *sim)
+{
+	if (!sim->has_owner)
+		return;
+	gchar *root = umockdev_testbed_get_root_dir(sim->tb);
+	owner_uid = sim->owner_uid;
+	owner_gid = sim->owner_gid;
+	g_mutex_lock(&sim->lock);
+	nftw(root, give_entry, 16, FTW_PHYS);
+	g_mutex_unlock(&sim->lock);
+	g_free(root);
+}
+
+static int parse_owner(struct sim *sim, const char *v)
+{
+	unsigned long u, g;
+	char *end;
+	errno = 0;
+	u = strtoul(v, &end, 10);
+	if (errno || end == v || *end != ':')
+		return -1;
+	const char *gs = end + 1;
+	g = strtoul(gs, &end, 10);
+	if (errno || end == gs || *end || u >= (uid_t)-1 || g >= (gid_t)-1)
+		return -1;
+	sim->has_owner = true;
+	sim->owner_uid = (uid_t)u;
+	sim->owner_gid = (gid_t)g;
+	return 0;
+}
+
 static void usage(FILE *out)
 {
 	fputs("Usage: flashd-sim [--device SPEC]... [--state-dir DIR] [--time-scale X]\n"
-	      "                  [--timeout-scale Y] [--control PATH] -- COMMAND [ARG...]\n"
+	      "                  [--timeout-scale Y] [--control PATH] [--owner UID:GID]\n"
+	      "                  -- COMMAND [ARG...]\n"
 	      "       flashd-sim --list-releases\n"
 	      "Runs COMMAND next to simulated Particle devices (umockdev testbed); exits with\n"
 	      "its status, 125 on the simulator's own failures, 127 if COMMAND is not found.\n"
@@ -210,6 +259,9 @@ int main(int argc, char **argv)
 				return SIM_EXIT_OWN_FAILURE;
 		} else if (strcmp(a, "--control") == 0) {
 			control = argv[++i];
+		} else if (strcmp(a, "--owner") == 0) {
+			if (parse_owner(sim, argv[++i]) < 0)
+				return die("--owner %s: expected UID:GID (numbers)", argv[i]);
 		} else if (a[0] == '-') {
 			usage(stderr);
 			return die("unknown option %s", a);
@@ -261,6 +313,7 @@ int main(int argc, char **argv)
 		if (device_plug(sim->devices[k], &err) < 0)
 			return die("testbed: %s", err ? err->message : "cannot add device");
 	}
+	sim_apply_owner(sim);
 	if (control) {
 		g_autoptr(GError) err = NULL;
 		if (control_start(sim, control, &err) < 0)

@@ -86,6 +86,12 @@ struct sim {
 	GPid child;
 	int child_status;
 	bool child_exited;
+	/* --owner UID:GID: the testbed and its device nodes belong to them (as
+	 * flashd's udev rule gives the nodes to the flashd group), so that an
+	 * unprivileged daemon can be tested. */
+	bool has_owner;
+	uid_t owner_uid;
+	gid_t owner_gid;
 };
 
 /* main.c */
@@ -93,3 +99,5 @@ uint64_t sim_now_ms(void);
 /* Runs fn(data) on the main loop after delay_ms (scaled already); counts as pending work. */
 void sim_schedule(struct sim *sim, unsigned delay_ms, void (*fn)(void *), void *data);
 void sim_work_done(struct sim *sim);
+/* Hands the testbed (sysfs, device nodes, ptys, ioctl sockets) to --owner; no-op without. */
+void sim_apply_owner(struct sim *sim);

@@ -634,7 +634,7 @@ def request(pid, rtype):
     ok(cmd='wait-idle')
     res['mode'] = ok(cmd='state')['state']['devices'][0]['mode']
     return res
-out = {'unsupported': request(0xc00c, 60), 'dfu': request(0xc00c, 50)}
+out = {'unsupported': request(0xc00c, 41), 'dfu': request(0xc00c, 50)}
 ok(cmd='mode', name='d1', mode='listening'); ok(cmd='wait-idle')
 out['reset'] = request(0xc00c, 40)
 print(json.dumps(out))
@@ -646,7 +646,7 @@ def test_vendor_requests_switch_to_dfu_and_reset():
     u, d, r = res['unsupported'], res['dfu'], res['reset']
     check(u['version'] == '5.9.0', 'SYSTEM_VERSION: %s' % u)
     check(u['init']['status'] == 0 and u['check'] == {'status': 0, 'size': 0, 'result': -120},
-          'request 60 is not NOT_SUPPORTED: %s' % u)
+          'request 41 (factory reset, not simulated) is not NOT_SUPPORTED: %s' % u)
     check(u['check_again']['status'] == 5 and u['mode'] == 'normal', 'a finished request stays: %s' % u)
     check(d['check'] == {'status': 0, 'size': 0, 'result': 0} and d['mode'] == 'dfu', 'DFU_MODE: %s' % d)
     check(r['check']['result'] == 0 and r['mode'] == 'normal', 'RESET from listening mode: %s' % r)
@@ -783,6 +783,161 @@ def test_particle_usb_enters_dfu_mode_and_resets():
     res = json.loads(out.strip().splitlines()[-1])
     check(res == {'version': '4.0.1', 'after_reset_dfu': False, 'after_dfu_mode': True}, str(res))
     check(doc['devices'][0]['mode'] == 'dfu', 'final mode %s' % doc['devices'][0]['mode'])
+
+def ctrl_probe(spec, ops, env_extra=None):
+    probe = os.path.join(os.environ.get('FLASHD_BUILD_ROOT', ''), 'tests', 'sim', 'ctrl-probe')
+    rc, out, doc = run_sim([spec], [probe] + ops)
+    lines = [json.loads(l) for l in out.splitlines() if l.startswith('{"op"')]
+    check(len(lines) == len(ops), 'ctrl-probe (exit %d):\n%s' % (rc, out))
+    return {l['op']: l for l in lines}, doc
+
+
+def test_ctrl_reads_facts_busy_then_ok():
+    res, doc = ctrl_probe('platform=argon,mode=normal,os=6.2.0,name=d1,faults=ctrl-busy@3',
+                          ['id', 'version', 'mode', 'modules', 'listen', 'mode'])
+    dev = doc['devices'][0]
+    check('error' not in res['id'] and res['id']['text'] == dev['device_id'], str(res['id']))
+    check(res['id']['busy_retries'] == 3 and res['version']['busy_retries'] == 0, 'BUSY x3: %s' % res)
+    check(res['id']['ms'] < 1000, 'BUSY x3 then OK took %d ms' % res['id']['ms'])
+    check(res['version']['text'] == '6.2.0', str(res['version']))
+    mods = res['modules']['modules']
+    check(any(m['function'] == 4 and m['version'] == 6200 and m['valid'] for m in mods), str(mods))
+    check(res['mode']['mode'] == 1 and 'error' not in res['listen'], 'listening: %s' % res)
+
+
+def test_ctrl_decodes_not_supported():
+    # Gen 2 before 1.5.0 has no device-id request: -120, decoded
+    res, _ = ctrl_probe('platform=photon,mode=normal,os=1.4.4,name=d1', ['id', 'modules'])
+    e = res['id'].get('error', {})
+    check(e.get('code') == 'request-unsupported' and e['detail'].get('system_error') == 'NOT_SUPPORTED'
+          and e['detail'].get('device_code') == -120, str(res['id']))
+    # module info in the format before 5.6.0 (modules_deprecated), matching the flash
+    mods = res['modules'].get('modules', [])
+    check(any(m['function'] == 4 and m['valid'] for m in mods) and
+          any(m['function'] == 2 for m in mods) and any(m['function'] == 5 for m in mods),
+          'Photon 1.4.4 modules: %s' % res['modules'])
+
+
+def test_ctrl_unplug_mid_update_is_device_gone():
+    path = fixture('p2/tinker-5.0.0-p2.bin')
+    res, _ = ctrl_probe('platform=p2,mode=normal,os=6.2.0,name=d1,faults=ctrl-unplug@chunk2',
+                        ['update=' + path])
+    e = res['update=' + path].get('error', {})
+    check(e.get('code') == 'device-gone', str(res))
+    check(res['update=' + path]['ms'] < 3000, 'device-gone after %d ms' % res['update=' + path]['ms'])
+
+
+PARTICLE_USB_4_JS = r"""
+const usb = require(process.argv[2]);
+const fs = require('fs');
+const sleep = ms => new Promise(r => setTimeout(r, ms));
+async function reopen() {
+  for (let i = 0; i < 100; i++) {
+    const [d] = await usb.getDevices().catch(() => []);
+    if (d && !d.isInDfuMode) { try { await d.open(); return d; } catch (e) {} }
+    await sleep(100);
+  }
+  throw new Error('the device did not come back');
+}
+(async () => {
+  const out = {};
+  let d = await reopen();
+  out.id = await d.getDeviceId();
+  out.serial = await d.getSerialNumber();
+  out.mode = await d.getDeviceMode();
+  out.version = d.firmwareVersion;
+  out.modules = await d.getFirmwareModuleInfo();
+  await d.enterListeningMode();
+  out.mode_after_listen = await d.getDeviceMode();
+  await d.leaveListeningMode();
+  out.mode_after_leave = await d.getDeviceMode();
+  await d.updateFirmware(fs.readFileSync(process.argv[3]));
+  await d.close().catch(() => {});
+  await sleep(300);
+  d = await reopen();
+  out.modules_after = await d.getFirmwareModuleInfo();
+  await d.close();
+  console.log(JSON.stringify(out));
+})().catch(e => { console.error(e); process.exit(1); });
+"""
+
+
+def particle_usb_4():
+    """particle-usb 4.1.0, installed before the tests by tests/sim/particle-usb-setup.sh
+    (scripts/install-deps)."""
+    base = os.environ.get('FLASHD_PARTICLE_USB_DIR') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'),
+        'flashd-test', 'particle-usb-4.1.0')
+    pusb = os.path.join(base, 'node_modules', 'particle-usb')
+    if not os.path.isdir(pusb) or not shutil.which('node'):
+        fail('particle-usb 4.1.0 not installed at %s: scripts/install-deps runs '
+             'tests/sim/particle-usb-setup.sh before the tests' % pusb)
+    return pusb
+
+
+def test_particle_usb_4_reads_facts_and_updates_firmware():
+    pusb = particle_usb_4()
+    path = fixture('p2/tinker-5.0.0-p2.bin')
+    start, function, platform, data = prefix(path)
+    js = os.path.join(work, 'pusb4.js')
+    open(js, 'w').write(PARTICLE_USB_4_JS)
+    rc, out, doc = run_sim(['platform=p2,mode=normal,os=6.2.0,name=d1'], ['node', js, pusb, path])
+    check(rc == 0, 'particle-usb failed:\n' + out)
+    res = json.loads(out.strip().splitlines()[-1])
+    dev = doc['devices'][0]
+    check(res['id'] == dev['device_id'], 'id %s != %s' % (res['id'], dev['device_id']))
+    check(res['version'] == '6.2.0' and res['mode'] == 'NORMAL', str(res))
+    check(res['mode_after_listen'] == 'LISTENING' and res['mode_after_leave'] == 'NORMAL', str(res))
+    mods = {(m['type'], m['index']): m for m in res['modules']}
+    sysm = mods.get(('SYSTEM_PART', 1))
+    check(sysm and sysm['version'] == 6200 and not sysm['validityErrors'], 'system part: %s' % res['modules'])
+    user = [m for m in res['modules_after'] if m['type'] == 'USER_PART']
+    check(len(user) == 1 and not user[0]['validityErrors'], 'application after the update: %s' % user)
+    base_, mem = dump(doc, dev)
+    check(mem[start - base_:start - base_ + len(data)] == data, 'flash differs from the file at 0x%x' % start)
+    check(dev['mode'] == 'normal', 'final mode %s' % dev['mode'])
+
+
+def particle_cli_343():
+    """particle-cli 3.43.1, installed before the tests by tests/sim/particle-cli-3.43-setup.sh
+    (scripts/install-deps)."""
+    base = os.environ.get('FLASHD_PARTICLE_CLI_343_DIR') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'),
+        'flashd-test', 'particle-cli-3.43.1')
+    cli = os.path.join(base, 'node_modules', '.bin', 'particle')
+    if not os.access(cli, os.X_OK) or not shutil.which('node'):
+        fail('particle-cli 3.43.1 not installed at %s: scripts/install-deps runs '
+             'tests/sim/particle-cli-3.43-setup.sh before the tests' % cli)
+    home = tempfile.mkdtemp(dir=work)  # particle-cli writes ~/.particle
+    return ['env', 'HOME=' + home, cli]
+
+
+def test_particle_cli_343_usb_commands_switch_modes():
+    cli = ' '.join(shlex.quote(a) for a in particle_cli_343())
+    probe = shlex.quote(os.path.join(os.environ.get('FLASHD_BUILD_ROOT', ''), 'tests', 'sim', 'ctrl-probe'))
+    opts = '--no-update-check'
+    script = ('set -e; {cli} usb list --ids-only {o}; {cli} usb start-listening --all {o}; {p} mode; '
+              '{cli} usb stop-listening --all {o}; {p} mode; {cli} usb dfu --all {o}').format(
+                  cli=cli, o=opts, p=probe)
+    rc, out, doc = run_sim(['platform=msom,mode=normal,os=6.2.0,name=d1'], ['sh', '-c', script])
+    check(rc == 0, 'particle usb failed (exit %d):\n%s' % (rc, out))
+    dev = doc['devices'][0]
+    check(dev['device_id'] in out.split(), 'usb list --ids-only did not list %s:\n%s' % (dev['device_id'], out))
+    modes = [json.loads(l)['mode'] for l in out.splitlines() if l.startswith('{"op"')]
+    check(modes == [1, 0], 'device mode after start-/stop-listening: %s\n%s' % (modes, out))
+    check(dev['mode'] == 'dfu', 'usb dfu: final mode %s' % dev['mode'])
+
+
+def test_particle_cli_343_flash_local_is_byte_identical():
+    path = fixture('p2/tinker-5.0.0-p2.bin')
+    start, function, platform, data = prefix(path)
+    rc, out, doc = run_sim(['platform=p2,mode=normal,os=6.2.0,name=d1'],
+                           particle_cli_343() + ['flash', '--local', path, '--no-update-check'])
+    check(rc == 0 and 'Flash success!' in out, 'particle flash --local failed (exit %d):\n%s' % (rc, out))
+    dev = doc['devices'][0]
+    base_, mem = dump(doc, dev)
+    check(mem[start - base_:start - base_ + len(data)] == data, 'flash differs from the file at 0x%x' % start)
+    check(dev['mode'] == 'normal', 'final mode %s' % dev['mode'])
 
 
 def modules_by_function(dev):

@@ -173,8 +173,9 @@ void spec_list_releases(FILE *out)
 	}
 }
 
-static const char *const fault_kinds[] = {"stall", "error",  "silent", "unplug", "slow-erase",
-					  "reset", "cancel", "nak",    "stray",	 "atprobe"};
+static const char *const fault_kinds[] = {"stall",	"error",   "silent",	"unplug",
+					  "slow-erase", "reset",   "cancel",	"nak",
+					  "stray",	"atprobe", "ctrl-busy", "ctrl-unplug"};
 
 /* WHERE[:ARG] of a fault. */
 static int parse_where(const char *where, struct sim_fault *f)
@@ -236,7 +237,7 @@ static int parse_fault(const char *text, struct sim_fault *f, char *err, size_t 
 	if (!known) {
 		snprintf(err, err_size,
 			 "fault '%s': unknown kind (stall, error, silent, unplug, slow-erase, "
-			 "reset, cancel, nak, stray, atprobe)",
+			 "reset, cancel, nak, stray, atprobe, ctrl-busy, ctrl-unplug)",
 			 text);
 		return -1;
 	}

@@ -21,7 +21,7 @@ FC = sys.argv[1]
 REQUESTS = ["hello", "list-devices", "device-info", "flash", "list-jobs", "cancel", "subscribe",
             "history"]
 EVENTS = ["device-added", "device-changed", "device-removed", "job-queued", "job-started",
-          "job-progress", "job-ended"]
+          "job-plan", "job-progress", "job-ended"]
 COMPLETION = os.path.join(SRC, "client", "flashctl.bash-completion")
 
 

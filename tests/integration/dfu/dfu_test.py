@@ -231,7 +231,9 @@ def test_wrong_platform_image_is_refused_without_writing():
 
 
 def test_new_layout_app_on_1_5_argon_is_refused_before_erase():
-    specs = ['platform=argon,mode=dfu,os=1.5.2,name=a1']
+    # Device OS 1.5.0 on the device: the 1.5.0 system part is no downgrade (from 1.5.2 the
+    # planner refuses it: the installed application needs system part 1 >= 1512).
+    specs = ['platform=argon,mode=dfu,os=1.5.0,name=a1']
     idmap = ids(specs)
     sys15 = fixture('argon/argon-system-part1@1.5.0.bin')
     # A Device OS 3.1+ application: user part 2 in the 256 KiB slot at 0xB4000, which the

@@ -369,10 +369,20 @@ uint64_t listening_next_deadline(const struct listening *l)
 
 void listening_enter(struct listening *l, uint64_t now_ms)
 {
+	/* 28800 only while not listening, and not at all since 6.0.0 (§3). */
+	if (l->cfg.era == LISTENING_ERA_6) {
+		l->gone = false;
+		l->now_ms = now_ms;
+		return;
+	}
+	listening_enter_by_request(l, now_ms);
+}
+
+void listening_enter_by_request(struct listening *l, uint64_t now_ms)
+{
 	l->gone = false;
 	l->now_ms = now_ms;
-	/* 28800 only while not listening, and not at all since 6.0.0 (§3). */
-	if (l->cfg.era == LISTENING_ERA_6 || l->kind == LISTENING_CONSOLE)
+	if (l->kind == LISTENING_CONSOLE)
 		return;
 	l->kind = LISTENING_CONSOLE;
 	l->sub = CONSOLE_IDLE;

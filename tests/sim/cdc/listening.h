@@ -84,6 +84,8 @@ uint64_t listening_next_deadline(const struct listening *l);
 
 /* 28800 baud (§3): enter listening mode (ignored on 6.x and when already listening). */
 void listening_enter(struct listening *l, uint64_t now_ms);
+/* USB control request 70 (START_LISTENING): enters on every era, 6.x included. */
+void listening_enter_by_request(struct listening *l, uint64_t now_ms);
 enum listening_state_kind listening_state(const struct listening *l);
 
 /*

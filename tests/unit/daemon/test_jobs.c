@@ -705,6 +705,40 @@ static void test_job_limit_is_too_many_jobs(void **state)
 	fx_free(fx);
 }
 
+/* Fair share (issue 16): one uid's jobs, and its jobs waiting for a device, are limited;
+ * another uid is not held back by them. */
+static struct job *create_as(struct fx *fx, uid_t uid, int wait_ms, struct error *err)
+{
+	struct job_request jr;
+	memset(&jr, 0, sizeof(jr));
+	jr.target = WIRE_TARGET_DEVICE;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", ARGON_ID);
+	jr.opts.wait_ms = wait_ms;
+	jr.uid = uid;
+	return jobs_create(fx->jobs, &jr, err);
+}
+
+static void test_per_uid_limits_are_too_many_jobs(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	struct error err;
+	error_init(&err);
+	jobs_set_uid_limits(fx->jobs, 3, 2);
+	assert_non_null(create_as(fx, 1000, -1, &err));
+	assert_non_null(create_as(fx, 1000, 5000, &err));
+	assert_null(create_as(fx, 1000, -1, &err)); /* a third waiting one */
+	assert_int_equal(err.code, ERR_TOO_MANY_JOBS);
+	assert_non_null(strstr(err.message, "waiting"));
+	error_clear(&err);
+	assert_non_null(create_as(fx, 1000, 0, &err)); /* not waiting: the third job */
+	assert_null(create_as(fx, 1000, 0, &err));     /* a fourth */
+	assert_int_equal(err.code, ERR_TOO_MANY_JOBS);
+	error_clear(&err);
+	assert_non_null(create_as(fx, 1001, -1, &err)); /* another uid */
+	fx_free(fx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -727,6 +761,7 @@ int main(void)
 	    cmocka_unit_test(test_daemon_stop_interrupts_running_jobs),
 	    cmocka_unit_test(test_job_ids_are_uuids),
 	    cmocka_unit_test(test_job_limit_is_too_many_jobs),
+	    cmocka_unit_test(test_per_uid_limits_are_too_many_jobs),
 	    cmocka_unit_test(test_device_is_held_by_a_running_or_not_yet_scheduled_job),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

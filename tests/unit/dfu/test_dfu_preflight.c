@@ -1,6 +1,7 @@
 /* Module read-back over UPLOAD and the DFU-specific preflight, on real fixtures. */
 #include "dfu_preflight.h"
 #include "fixtures_present.h"
+#include "plan.h"
 
 #include "platform.h"
 
@@ -237,6 +238,60 @@ static void test_erased_gen3_device_has_unknown_layout_and_app_is_refused(void *
 	assert_int_equal(err.code, ERR_LAYOUT_UNKNOWN);
 	error_clear(&err);
 	image_free(app);
+}
+
+/*
+ * Issue 13, "can't tell is treated as absent": an Argon whose system part was erased
+ * (flashd killed during the erase) has no system part naming its SoftDevice, and the
+ * SoftDevice has no prefix.  The radio stack is unknown, not absent: flashing the
+ * system part again is planned (with a warning), not refused with "no radio stack".
+ */
+static void test_unread_radio_stack_is_unknown_not_absent(void **state)
+{
+	(void)state;
+	struct image *bl = load("argon/argon-bootloader@2.2.0.bin");
+	struct image *sys = load("argon/argon-system-part1@2.2.0.bin");
+	struct dfu_readback rb;
+	struct dfuse_info info;
+	struct device_facts facts;
+	info_with_map(&info, GEN3_MAP);
+	dfu_readback_plan(platform_by_id(12), &rb);
+	erased(&rb);
+	put_probe(&rb, bl);
+	dfu_readback_facts(&rb, &info, &facts);
+	assert_true(facts.modules_known);
+	assert_true(facts.unknown_functions & (1u << MODULE_FUNCTION_RADIO_STACK));
+	struct plan *plan = malloc(sizeof(*plan));
+	struct plan_input in = {sys, "argon-system-part1@2.2.0.bin"};
+	struct plan_options o = {.mode = DEVICE_MODE_DFU};
+	struct error err;
+	error_init(&err);
+	assert_int_equal(plan_build(&facts, &in, 1, &o, plan, &err), 0);
+	assert_int_equal(plan->n_writes, 1);
+	bool said = false;
+	for (size_t i = 0; i < plan->n_warnings; i++)
+		said |= strstr(plan->warnings[i], "radio stack") &&
+			strstr(plan->warnings[i], "cannot read");
+	assert_true(said);
+	/* read via the system part that names it: known (and then met) */
+	dfu_readback_clear(&rb);
+	dfu_readback_plan(platform_by_id(12), &rb);
+	erased(&rb);
+	put_probe(&rb, bl);
+	put_probe(&rb, sys);
+	assert_true(dfu_readback_facts(&rb, &info, &facts));
+	assert_false(facts.unknown_functions & (1u << MODULE_FUNCTION_RADIO_STACK));
+	assert_false(facts.unknown_functions & (1u << MODULE_FUNCTION_BOOTLOADER));
+	/* a slot whose UPLOAD failed is unknown too, not empty */
+	for (unsigned i = 0; i < rb.n_probes; i++)
+		if (rb.probes[i].address == 0xF4000)
+			rb.probes[i].read = false;
+	dfu_readback_facts(&rb, &info, &facts);
+	assert_true(facts.unknown_functions & (1u << MODULE_FUNCTION_BOOTLOADER));
+	dfu_readback_clear(&rb);
+	free(plan);
+	image_free(bl);
+	image_free(sys);
 }
 
 /* A 3.1+ Argon application: user part index 2 at 0xB4000 (synthetic module). */
@@ -524,6 +579,13 @@ static void test_photon_user_part_read_whole_gets_a_true_integrity_verdict(void 
 		assert_int_equal(m.address, 0x080A0000);
 		assert_int_equal(m.checked, MODULE_CHECK_INTEGRITY | MODULE_CHECK_PLATFORM);
 		assert_int_equal(installed_module_valid(&m), !corrupt);
+		/* an intact one also gives its SHA-256 (the planner's "installed identically") */
+		if (!corrupt) {
+			char hex[65];
+			for (int k = 0; k < 32; k++)
+				snprintf(hex + 2 * k, 3, "%02x", app->modules[0].sha256[k]);
+			assert_string_equal(m.sha256, hex);
+		}
 		/* the system parts: prefixes only, no integrity verdict claimed */
 		for (unsigned i = 0; i < facts.n_modules; i++)
 			if (facts.modules[i].function == MODULE_FUNCTION_SYSTEM)
@@ -589,6 +651,7 @@ int main(void)
 	    cmocka_unit_test(test_readback_plan_covers_every_gen3_layout_and_gen2_slots),
 	    cmocka_unit_test(test_readback_of_argon_1_5_system_part_determines_old_layout),
 	    cmocka_unit_test(test_softdevice_fwid_is_the_installed_radio_stack_version),
+	    cmocka_unit_test(test_unread_radio_stack_is_unknown_not_absent),
 	    cmocka_unit_test(test_erased_gen3_device_has_unknown_layout_and_app_is_refused),
 	    cmocka_unit_test(test_3_1_argon_app_on_1_5_argon_is_refused_even_with_force),
 	    cmocka_unit_test(test_3_1_app_on_4_x_device_also_erases_the_0xd4000_page),

@@ -258,6 +258,109 @@ static void test_holder_hints(void **state)
 			    "close the program that holds the port, then try again");
 }
 
+/* ---- planted lock files (issue 16): never a hang, never a permanent busy ------------- */
+
+/* Opens the port with an alarm as a guard: a blocking open of a planted FIFO would hang. */
+static void open_within_2s(struct bench *b, struct serial_port **p)
+{
+	struct error e;
+	error_init(&e);
+	alarm(2);
+	int rc = serial_port_open(b->tty, b->lock_dir, p, &e);
+	alarm(0);
+	if (rc < 0)
+		fail_msg("serial_port_open: %s", e.message);
+	/* the port is ours, and so is the lock file now */
+	char lp[256], buf[32] = "";
+	lock_path(b, lp, sizeof(lp));
+	FILE *f = fopen(lp, "re");
+	assert_non_null(f);
+	assert_non_null(fgets(buf, sizeof(buf), f));
+	fclose(f);
+	assert_int_equal(atoi(buf), getpid());
+}
+
+static void test_fifo_lock_file_does_not_hang(void **state)
+{
+	struct bench *b = *state;
+	char lp[256];
+	lock_path(b, lp, sizeof(lp));
+	assert_int_equal(mkfifo(lp, 0666), 0);
+	struct serial_port *p;
+	open_within_2s(b, &p);
+	serial_port_close(p);
+}
+
+static void test_symlink_lock_file_is_not_followed(void **state)
+{
+	struct bench *b = *state;
+	char lp[256], target[300];
+	lock_path(b, lp, sizeof(lp));
+	snprintf(target, sizeof(target), "%s/target", b->lock_dir);
+	FILE *f = fopen(target, "w");
+	assert_non_null(f);
+	fprintf(f, "%10d\n", 1); /* a live pid, in a file of ours */
+	fclose(f);
+	assert_int_equal(symlink(target, lp), 0);
+	struct serial_port *p;
+	open_within_2s(b, &p);
+	serial_port_close(p);
+	/* the link's target was not written through */
+	f = fopen(target, "re");
+	char buf[32] = "";
+	assert_non_null(f);
+	assert_non_null(fgets(buf, sizeof(buf), f));
+	fclose(f);
+	assert_int_equal(atoi(buf), 1);
+	unlink(target);
+}
+
+static void test_foreign_owned_lock_file_naming_a_live_pid_is_ignored(void **state)
+{
+	struct bench *b = *state;
+	if (geteuid() != 0)
+		skip();				   /* chown to another uid needs root */
+	b->holder = spawn_holder("minicom", NULL); /* alive, runs as root */
+	write_lock_file(b, b->holder);
+	char lp[256];
+	lock_path(b, lp, sizeof(lp));
+	assert_int_equal(chown(lp, 65534, 65534), 0); /* ... but the file is nobody's */
+	struct serial_port *p;
+	open_within_2s(b, &p);
+	serial_port_close(p);
+}
+
+static void test_pid_1_in_a_users_lock_file_is_not_busy_for_good(void **state)
+{
+	struct bench *b = *state;
+	if (geteuid() != 0)
+		skip();
+	write_lock_file(b, 1);
+	char lp[256];
+	lock_path(b, lp, sizeof(lp));
+	assert_int_equal(chown(lp, 65534, 65534), 0);
+	struct serial_port *p;
+	open_within_2s(b, &p);
+	serial_port_close(p);
+}
+
+static void test_oversized_lock_file_is_ignored(void **state)
+{
+	struct bench *b = *state;
+	b->holder = spawn_holder("minicom", NULL);
+	char lp[256];
+	lock_path(b, lp, sizeof(lp));
+	FILE *f = fopen(lp, "w");
+	assert_non_null(f);
+	fprintf(f, "%10d\n", (int)b->holder);
+	for (int i = 0; i < 1000; i++)
+		fputc(' ', f);
+	fclose(f);
+	struct serial_port *p;
+	open_within_2s(b, &p);
+	serial_port_close(p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -273,6 +376,14 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_missing_port_is_device_not_found, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_magic_baud_rates_are_set_exactly, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_fifo_lock_file_does_not_hang, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_symlink_lock_file_is_not_followed, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_foreign_owned_lock_file_naming_a_live_pid_is_ignored, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_pid_1_in_a_users_lock_file_is_not_busy_for_good,
+					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_oversized_lock_file_is_ignored, setup, teardown),
 	    cmocka_unit_test(test_holder_hints),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

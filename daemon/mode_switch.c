@@ -1,12 +1,13 @@
 /*
- * DFU leave for another transport (dfu_reset.h):
+ * Mode switches (mode_switch.h).  The DFU leave:
  *
  *   OPENING (retry while libusb does not list the device yet) -> STATUS
  *   (dfuse_open) -> LEAVE (dfuse_leave) -> DONE
  */
-#include "dfu_reset.h"
+#include "mode_switch.h"
 
 #include "dfuse.h"
+#include "port.h"
 #include "usb.h"
 
 #include <event2/event.h>
@@ -24,7 +25,7 @@ enum reset_state {
 	RESET_DONE,
 };
 
-struct dfu_reset {
+struct dfu_leave {
 	struct event_base *base;
 	enum reset_state state;
 	unsigned busnum, devnum;
@@ -34,11 +35,11 @@ struct dfu_reset {
 	struct event *timer, *kick;
 	unsigned open_retries;
 	struct error err;
-	dfu_reset_done_fn done;
+	dfu_leave_done_fn done;
 	void *ctx;
 };
 
-static void release(struct dfu_reset *x)
+static void release(struct dfu_leave *x)
 {
 	usb_dfu_close(x->usb); /* detaches the dfuse first */
 	x->usb = NULL;
@@ -46,7 +47,7 @@ static void release(struct dfu_reset *x)
 	x->dfuse = NULL;
 }
 
-static void finish(struct dfu_reset *x, struct error *err)
+static void finish(struct dfu_leave *x, struct error *err)
 {
 	if (x->state == RESET_DONE)
 		return;
@@ -61,7 +62,7 @@ static void finish(struct dfu_reset *x, struct error *err)
 static void on_dfuse_done(struct dfuse *s, int result, struct error *err, void *userdata)
 {
 	(void)s;
-	struct dfu_reset *x = userdata;
+	struct dfu_leave *x = userdata;
 	struct error e;
 	error_init(&e);
 	if (result < 0) {
@@ -77,13 +78,16 @@ static void on_dfuse_done(struct dfuse *s, int result, struct error *err, void *
 	finish(x, NULL);
 }
 
-static void try_open(struct dfu_reset *x)
+static void try_open(struct dfu_leave *x)
 {
 	struct error e;
 	error_init(&e);
 	struct dfu_descriptors desc;
-	struct usb_loop *loop = usb_loop_shared(x->base, &e);
+	struct usb_loop *loop = usb_loop_daemon();
 	if (!loop) {
+		error_set(&e, ERR_INTERNAL,
+			  "the DFU transport has no libusb context (its init() failed or did not "
+			  "run), so the device cannot be taken out of DFU mode");
 		finish(x, &e);
 		return;
 	}
@@ -114,7 +118,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	struct dfu_reset *x = arg;
+	struct dfu_leave *x = arg;
 	if (x->state == RESET_OPENING)
 		try_open(x);
 }
@@ -123,15 +127,15 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	struct dfu_reset *x = arg;
+	struct dfu_leave *x = arg;
 	x->done(x->ctx, error_is_set(&x->err) ? &x->err : NULL);
 }
 
-struct dfu_reset *dfu_reset_start(struct event_base *base, unsigned busnum, unsigned devnum,
-				  const char *devnode, dfu_reset_done_fn done, void *ctx,
-				  struct error *err)
+struct dfu_leave *mode_switch_dfu_leave(struct event_base *base, unsigned busnum, unsigned devnum,
+					const char *devnode, dfu_leave_done_fn done, void *ctx,
+					struct error *err)
 {
-	struct dfu_reset *x = calloc(1, sizeof(*x));
+	struct dfu_leave *x = calloc(1, sizeof(*x));
 	if (!x) {
 		error_set(err, ERR_INTERNAL, "out of memory");
 		return NULL;
@@ -146,7 +150,7 @@ struct dfu_reset *dfu_reset_start(struct event_base *base, unsigned busnum, unsi
 	x->timer = evtimer_new(base, on_timer, x);
 	x->kick = event_new(base, -1, 0, on_kick, x);
 	if (!x->timer || !x->kick) {
-		dfu_reset_free(x);
+		mode_switch_dfu_leave_free(x);
 		error_set(err, ERR_INTERNAL, "out of memory");
 		return NULL;
 	}
@@ -156,7 +160,7 @@ struct dfu_reset *dfu_reset_start(struct event_base *base, unsigned busnum, unsi
 	return x;
 }
 
-void dfu_reset_free(struct dfu_reset *x)
+void mode_switch_dfu_leave_free(struct dfu_leave *x)
 {
 	if (!x)
 		return;
@@ -167,4 +171,39 @@ void dfu_reset_free(struct dfu_reset *x)
 		event_free(x->kick);
 	error_clear(&x->err);
 	free(x);
+}
+
+/* ---- line codings ---------------------------------------------------------- */
+
+int mode_switch_listening(struct serial_port *port, struct error *err)
+{
+	if (serial_port_set_baud(port, 9600, err) < 0)
+		return -1;
+	return serial_port_set_baud(port, MODE_SWITCH_BAUD_LISTEN, err);
+}
+
+int mode_switch_dfu_on_port(struct serial_port *port, struct error *err)
+{
+	return serial_port_set_baud(port, MODE_SWITCH_BAUD_DFU, err);
+}
+
+int mode_switch_dfu(const char *tty, const char *lock_dir, struct error *err)
+{
+	struct serial_port *port;
+	if (serial_port_open(tty, lock_dir, &port, err) < 0) {
+		if (err->code == ERR_DEVICE_NOT_FOUND) {
+			error_clear(err);
+			error_set(err, ERR_DEVICE_GONE, "cannot open %s to switch it to DFU mode",
+				  tty);
+		}
+		return -1;
+	}
+	int r = mode_switch_dfu_on_port(port, err);
+	serial_port_close(port);
+	if (r < 0) {
+		error_prefix(err, "switching %s to DFU mode: ", tty);
+		if (err->code == ERR_TRANSFER_FAILED)
+			error_detail_str(err, "phase", "switching-mode");
+	}
+	return r;
 }

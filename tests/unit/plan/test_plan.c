@@ -1,0 +1,506 @@
+/* The job planner (daemon/plan.c) on real fixture modules and synthetic ones. */
+#include "fixture.h"
+#include "plan.h"
+
+#include "image.h"
+#include "platform.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include <cmocka.h>
+
+#define BL MODULE_FUNCTION_BOOTLOADER
+#define SY MODULE_FUNCTION_SYSTEM
+#define US MODULE_FUNCTION_USER
+#define RS MODULE_FUNCTION_RADIO_STACK
+
+/* A valid module (prefix at 0, 36-byte suffix, big-endian CRC-32), parsed. */
+static struct image *synth(uint32_t start, uint8_t function, uint8_t index, uint16_t version,
+			   uint16_t platform, uint8_t d0f, uint8_t d0i, uint16_t d0v, uint8_t d1f,
+			   uint8_t d1i, uint16_t d1v, size_t payload)
+{
+	size_t total = 24 + payload + 36 + 4;
+	uint8_t *b = calloc(1, total);
+	uint32_t end = start + (uint32_t)total - 4;
+	memcpy(b, &start, 4);
+	memcpy(b + 4, &end, 4);
+	memcpy(b + 10, &version, 2);
+	memcpy(b + 12, &platform, 2);
+	b[14] = function;
+	b[15] = index;
+	b[16] = d0f;
+	b[17] = d0i;
+	memcpy(b + 18, &d0v, 2);
+	b[20] = d1f;
+	b[21] = d1i;
+	memcpy(b + 22, &d1v, 2);
+	for (size_t i = 0; i < payload; i++)
+		b[24 + i] = (uint8_t)(i * 13 + version);
+	b[total - 6] = 36;
+	uint32_t crc = (uint32_t)crc32(0L, b, (uInt)(total - 4));
+	b[total - 4] = (uint8_t)(crc >> 24);
+	b[total - 3] = (uint8_t)(crc >> 16);
+	b[total - 2] = (uint8_t)(crc >> 8);
+	b[total - 1] = (uint8_t)crc;
+	struct image *img = NULL;
+	struct error e;
+	error_init(&e);
+	assert_int_equal(image_parse(b, total, &img, &e), 0);
+	free(b);
+	return img;
+}
+
+static void add_module(struct device_facts *f, uint8_t fn, uint8_t idx, uint16_t v, uint8_t d0f,
+		       uint8_t d0i, uint16_t d0v, uint8_t d1f, uint8_t d1i, uint16_t d1v)
+{
+	struct installed_module *m = &f->modules[f->n_modules++];
+	memset(m, 0, sizeof(*m));
+	m->function = fn;
+	m->index = idx;
+	m->version = v;
+	m->store = MODULE_STORE_MAIN;
+	m->checked = m->passed = 30;
+	m->deps[0].function = d0f;
+	m->deps[0].index = d0i;
+	m->deps[0].version = d0v;
+	m->deps[1].function = d1f;
+	m->deps[1].index = d1i;
+	m->deps[1].version = d1v;
+}
+
+/* An Argon on Device OS 2.3.1 as DFU reads it: the radio stack named by its system part. */
+static void argon_231(struct device_facts *f, bool radio_known)
+{
+	memset(f, 0, sizeof(*f));
+	f->platform = platform_by_name("argon");
+	f->system_version = 2302;
+	f->modules_known = true;
+	add_module(f, BL, 0, 1006, 0, 0, 0, 0, 0, 0);
+	add_module(f, SY, 1, 2302, RS, 0, 202, BL, 0, 1006);
+	add_module(f, US, 1, 6, SY, 1, 2302, 0, 0, 0);
+	if (radio_known)
+		add_module(f, RS, 0, 202, 0, 0, 0, 0, 0, 0);
+	else
+		f->unknown_functions = 1u << RS;
+}
+
+/* A Photon on Device OS 1.5.2 as `s` reports it. */
+static void photon_152(struct device_facts *f)
+{
+	memset(f, 0, sizeof(*f));
+	f->platform = platform_by_name("photon");
+	f->system_version = 1512;
+	f->modules_known = true;
+	add_module(f, BL, 0, 502, 0, 0, 0, 0, 0, 0);
+	add_module(f, SY, 1, 1512, SY, 2, 207, 0, 0, 0);
+	add_module(f, SY, 2, 1512, SY, 1, 1512, BL, 0, 400);
+	add_module(f, US, 1, 6, SY, 2, 1512, 0, 0, 0);
+}
+
+static int build(const struct device_facts *f, struct image **imgs, const char **names, size_t n,
+		 bool force, enum device_mode mode, struct plan *plan, struct error *err)
+{
+	struct plan_input in[PLAN_MAX_FILES];
+	for (size_t i = 0; i < n; i++) {
+		in[i].img = imgs[i];
+		in[i].name = names[i];
+	}
+	struct plan_options o = {.force = force, .mode = mode};
+	return plan_build(f, in, n, &o, plan, err);
+}
+
+static const char *detail_str(const struct error *e, const char *key)
+{
+	json_t *v = e->detail ? json_object_get(e->detail, key) : NULL;
+	return v ? json_string_value(v) : NULL;
+}
+
+static long long detail_int(const struct error *e, const char *key)
+{
+	json_t *v = e->detail ? json_object_get(e->detail, key) : NULL;
+	return v ? json_integer_value(v) : -1;
+}
+
+static struct image *argon_sys_402(void)
+{
+	/* Argon lists the radio stack first and the bootloader second (device-os
+	 * modules/shared/system_module_version.mk) */
+	return synth(0x30000, SY, 1, 4006, 12, RS, 0, 202, BL, 0, 1101, 4000);
+}
+
+static struct image *argon_bl_402(void)
+{
+	return synth(0xf4000, BL, 0, 1101, 12, 0, 0, 0, 0, 0, 0, 2000);
+}
+
+static void test_argon_system_part_without_its_bootloader_is_refused(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	argon_231(&f, true);
+	struct image *img = argon_sys_402();
+	const char *name = "argon-system-part1@4.0.2.bin";
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_DFU, plan, &e), -1);
+	assert_int_equal(e.code, ERR_DEPENDENCY_UNMET);
+	/* the releases come from proto/osver.c's table (generated: a pre-release may head a
+	 * span, so only the major versions are pinned here) */
+	assert_non_null(strstr(e.message,
+			       "argon-system-part1@4.0.2.bin needs bootloader \u2265 1101 "
+			       "(Device OS "));
+	assert_non_null(
+	    strstr(e.message, " or later); the device has bootloader 1006 (Device OS 2."));
+	assert_int_equal(detail_int(&e, "required_version"), 1101);
+	assert_int_equal(detail_int(&e, "installed_version"), 1006);
+	assert_string_equal(detail_str(&e, "required_function"), "bootloader");
+	assert_string_equal(detail_str(&e, "file"), name);
+	assert_string_equal(detail_str(&e, "check"), "boot");
+	assert_non_null(strstr(e.hint, "bootloader"));
+	assert_int_equal(plan->n_steps, 0);
+	error_clear(&e);
+	/* --force writes it and says what it overrode */
+	assert_int_equal(build(&f, &img, &name, 1, true, DEVICE_MODE_DFU, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	assert_int_equal(plan->n_overrides, 1);
+	assert_non_null(strstr(plan->overrides[0], "bootloader \u2265 1101"));
+	image_free(img);
+	free(plan);
+}
+
+static void test_argon_bootloader_and_system_part_in_any_order(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	argon_231(&f, true);
+	struct image *imgs[2] = {argon_sys_402(), argon_bl_402()};
+	const char *names[2] = {"argon-system-part1@4.0.2.bin", "argon-bootloader@4.0.2.bin"};
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	assert_int_equal(build(&f, imgs, names, 2, false, DEVICE_MODE_DFU, plan, &e), 0);
+	assert_int_equal(plan->n_order, 2);
+	assert_int_equal(plan->order[0], 1); /* the bootloader first */
+	assert_int_equal(plan->order[1], 0);
+	/* DFU cannot write the bootloader: the whole job goes over serial, one switch */
+	assert_int_equal(plan->first_transport, PLAN_TRANSPORT_SERIAL);
+	assert_false(plan->mixed_transports);
+	size_t switches = 0, writes = 0;
+	for (size_t i = 0; i < plan->n_steps; i++) {
+		switches += plan->steps[i].kind == PLAN_STEP_SWITCH;
+		writes += plan->steps[i].kind == PLAN_STEP_WRITE;
+	}
+	assert_int_equal(switches, 1);
+	assert_int_equal(writes, 2);
+	assert_int_equal(plan->steps[plan->n_steps - 1].kind, PLAN_STEP_VERIFY);
+	char text[160];
+	plan_step_describe(&plan->steps[0], text, sizeof(text));
+	assert_string_equal(text, "switching to listening mode (DFU leave, then 28800 baud)");
+	json_t *j = plan_to_json(plan);
+	assert_int_equal(json_integer_value(json_object_get(j, "writes")), 2);
+	assert_true(json_array_size(json_object_get(j, "steps")) == plan->n_steps);
+	json_decref(j);
+	/* same in the other order of files */
+	struct image *rev[2] = {imgs[1], imgs[0]};
+	const char *rnames[2] = {names[1], names[0]};
+	assert_int_equal(build(&f, rev, rnames, 2, false, DEVICE_MODE_LISTENING, plan, &e), 0);
+	assert_int_equal(plan->order[0], 0);
+	assert_int_equal(plan->steps[0].kind, PLAN_STEP_WRITE); /* already listening */
+	image_free(imgs[0]);
+	image_free(imgs[1]);
+	free(plan);
+}
+
+static void test_unknown_radio_stack_is_a_warning_not_a_refusal(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	argon_231(&f, false);
+	struct image *imgs[2] = {argon_sys_402(), argon_bl_402()};
+	const char *names[2] = {"argon-system-part1@4.0.2.bin", "argon-bootloader@4.0.2.bin"};
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	assert_int_equal(build(&f, imgs, names, 2, false, DEVICE_MODE_DFU, plan, &e), 0);
+	bool said = false;
+	for (size_t i = 0; i < plan->n_warnings; i++)
+		said |= strstr(plan->warnings[i], "\u2265 202, which flashd cannot read") != NULL;
+	assert_true(said);
+	/* an absent radio stack (the list is complete and names none) is refused */
+	f.unknown_functions = 0;
+	assert_int_equal(build(&f, imgs, names, 2, false, DEVICE_MODE_DFU, plan, &e), -1);
+	assert_int_equal(e.code, ERR_DEPENDENCY_UNMET);
+	assert_non_null(strstr(e.message, "the device has no radio stack"));
+	error_clear(&e);
+	image_free(imgs[0]);
+	image_free(imgs[1]);
+	free(plan);
+}
+
+static void test_photon_220_system_parts_need_their_bootloader(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	photon_152(&f);
+	struct image *imgs[4] = {fixture_load("photon/tinker-0.4.5-photon.bin"),
+				 fixture_load("photon/photon-system-part2@2.2.0.bin"),
+				 fixture_load("photon/photon-system-part1@2.2.0.bin"),
+				 fixture_load("photon/photon-bootloader@2.2.0+lto.bin")};
+	const char *names[4] = {"tinker-0.4.5-photon.bin", "photon-system-part2@2.2.0.bin",
+				"photon-system-part1@2.2.0.bin", "photon-bootloader@2.2.0+lto.bin"};
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	/* system parts alone: the device takes them (a bootloader in slot 2 is not checked
+	 * at update time) but would boot into safe mode */
+	assert_int_equal(build(&f, imgs + 1, names + 1, 2, false, DEVICE_MODE_LISTENING, plan, &e),
+			 -1);
+	assert_int_equal(e.code, ERR_DEPENDENCY_UNMET);
+	assert_int_equal(detail_int(&e, "required_version"), 1003);
+	assert_non_null(strstr(e.message, "needs bootloader \u2265 1003"));
+	assert_non_null(strstr(e.message, "bootloader 502"));
+	error_clear(&e);
+	/* everything in reverse order: bootloader, part 1, part 2, application */
+	assert_int_equal(build(&f, imgs, names, 4, false, DEVICE_MODE_LISTENING, plan, &e), 0);
+	assert_int_equal(plan->n_order, 4);
+	assert_int_equal(plan->order[0], 3);
+	assert_int_equal(plan->order[1], 2);
+	assert_int_equal(plan->order[2], 1);
+	assert_int_equal(plan->order[3], 0);
+	assert_int_equal(plan->first_transport, PLAN_TRANSPORT_SERIAL);
+	for (size_t i = 0; i < 4; i++)
+		image_free(imgs[i]);
+	free(plan);
+}
+
+static void test_downgrade_that_breaks_the_application_is_refused(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	photon_152(&f);
+	struct image *img = fixture_load("photon/photon-system-part2@1.5.0.bin");
+	const char *name = "photon-system-part2@1.5.0.bin";
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_LISTENING, plan, &e), -1);
+	assert_int_equal(e.code, ERR_DEPENDENCY_UNMET);
+	assert_non_null(strstr(e.message, "application 1"));
+	assert_non_null(strstr(e.message, "system part 2 \u2265 1512"));
+	assert_non_null(strstr(e.message, "safe mode"));
+	assert_string_equal(detail_str(&e, "module_function"), "user");
+	error_clear(&e);
+	assert_int_equal(build(&f, &img, &name, 1, true, DEVICE_MODE_LISTENING, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	assert_true(plan->n_overrides >= 1);
+	assert_non_null(strstr(plan->overrides[0], "application 1"));
+	image_free(img);
+	free(plan);
+}
+
+static void test_intermediate_states_order_a_downgrade(void **state)
+{
+	(void)state;
+	/* Photon on 2.2.0: part 2 needs part 1 >= 2202.  Writing part 1 @1.5.0 first would
+	 * fail the device's DEPENDENCIES_FULL check; part 2 must go first. */
+	struct device_facts f;
+	memset(&f, 0, sizeof(f));
+	f.platform = platform_by_name("photon");
+	f.system_version = 2202;
+	f.modules_known = true;
+	add_module(&f, BL, 0, 1006, 0, 0, 0, 0, 0, 0);
+	add_module(&f, SY, 1, 2202, SY, 2, 207, 0, 0, 0);
+	add_module(&f, SY, 2, 2202, SY, 1, 2202, BL, 0, 1003);
+	struct image *imgs[2] = {fixture_load("photon/photon-system-part1@1.5.0.bin"),
+				 fixture_load("photon/photon-system-part2@1.5.0.bin")};
+	const char *names[2] = {"photon-system-part1@1.5.0.bin", "photon-system-part2@1.5.0.bin"};
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	assert_int_equal(build(&f, imgs, names, 2, false, DEVICE_MODE_LISTENING, plan, &e), 0);
+	assert_int_equal(plan->order[0], 1);
+	assert_int_equal(plan->order[1], 0);
+	/* part 1 alone cannot be written at all */
+	assert_int_equal(build(&f, imgs, names, 1, false, DEVICE_MODE_LISTENING, plan, &e), -1);
+	assert_int_equal(e.code, ERR_DEPENDENCY_UNMET);
+	assert_string_equal(detail_str(&e, "check"), "update");
+	error_clear(&e);
+	image_free(imgs[0]);
+	image_free(imgs[1]);
+	free(plan);
+}
+
+static void test_electron_system_parts_carry_their_bootloader(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	memset(&f, 0, sizeof(f));
+	f.platform = platform_by_name("electron");
+	f.system_version = 1512;
+	f.modules_known = true;
+	add_module(&f, BL, 0, 502, 0, 0, 0, 0, 0, 0);
+	add_module(&f, SY, 1, 1512, SY, 3, 1512, 0, 0, 0);
+	add_module(&f, SY, 2, 1512, SY, 1, 1512, BL, 0, 400);
+	add_module(&f, SY, 3, 1512, SY, 2, 110, 0, 0, 0);
+	struct image *imgs[3] = {fixture_load("electron/electron-system-part3@2.2.0.bin"),
+				 fixture_load("electron/electron-system-part2@2.2.0.bin"),
+				 fixture_load("electron/electron-system-part1@2.2.0.bin")};
+	const char *names[3] = {"electron-system-part3@2.2.0.bin",
+				"electron-system-part2@2.2.0.bin",
+				"electron-system-part1@2.2.0.bin"};
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	assert_int_equal(build(&f, imgs, names, 3, false, DEVICE_MODE_LISTENING, plan, &e), 0);
+	/* the cycle 1 -> 3 -> 2 -> 1 by slot is broken by the installed versions */
+	assert_int_equal(plan->order[0], 2); /* system part 3 (file part1) */
+	assert_int_equal(plan->order[1], 1);
+	assert_int_equal(plan->order[2], 0);
+	for (size_t i = 0; i < 3; i++)
+		image_free(imgs[i]);
+	free(plan);
+}
+
+static void test_identical_application_is_skipped(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	photon_152(&f);
+	struct image *img = fixture_load("photon/tinker-0.4.5-photon.bin");
+	const char *name = "tinker-0.4.5-photon.bin";
+	struct installed_module *u = &f.modules[3];
+	u->version = img->modules[0].version;
+	u->deps[0].version = img->modules[0].deps[0].version;
+	static const char digits[] = "0123456789abcdef";
+	for (int i = 0; i < 32; i++) {
+		u->sha256[2 * i] = digits[img->modules[0].sha256[i] >> 4];
+		u->sha256[2 * i + 1] = digits[img->modules[0].sha256[i] & 15];
+	}
+	u->sha256[64] = '\0';
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_LISTENING, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 0);
+	assert_int_equal(plan->n_skipped, 1);
+	assert_non_null(strstr(plan->skip_reason[0], "same SHA-256"));
+	/* --force writes it anyway */
+	assert_int_equal(build(&f, &img, &name, 1, true, DEVICE_MODE_LISTENING, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	/* another application of the same version is not skipped */
+	u->sha256[0] = u->sha256[0] == '0' ? '1' : '0';
+	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_LISTENING, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	/* and without a hash an application is never taken as identical */
+	u->sha256[0] = '\0';
+	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_LISTENING, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	image_free(img);
+	free(plan);
+}
+
+static void test_repairing_a_broken_board_works(void **state)
+{
+	(void)state;
+	/* Photon with 2.2.0 system parts on the 1.5.2 bootloader: part 2 fails its
+	 * dependencies (the device runs safe mode).  The bootloader alone repairs it;
+	 * an application alone does not make it worse: a warning, not a refusal. */
+	struct device_facts f;
+	memset(&f, 0, sizeof(f));
+	f.platform = platform_by_name("photon");
+	f.system_version = 2202;
+	f.modules_known = true;
+	add_module(&f, BL, 0, 502, 0, 0, 0, 0, 0, 0);
+	add_module(&f, SY, 1, 2202, SY, 2, 207, 0, 0, 0);
+	add_module(&f, SY, 2, 2202, SY, 1, 2202, BL, 0, 1003);
+	f.modules[2].passed &= (uint16_t)~MODULE_CHECK_DEPENDENCIES;
+	struct image *bl = fixture_load("photon/photon-bootloader@2.2.0+lto.bin");
+	struct image *app = fixture_load("photon/tinker-0.4.5-photon.bin");
+	const char *bn = "photon-bootloader@2.2.0+lto.bin", *an = "tinker-0.4.5-photon.bin";
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	assert_int_equal(build(&f, &bl, &bn, 1, false, DEVICE_MODE_LISTENING, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	assert_int_equal(build(&f, &app, &an, 1, false, DEVICE_MODE_LISTENING, plan, &e), 0);
+	assert_true(plan->n_warnings >= 1);
+	bool said = false;
+	for (size_t i = 0; i < plan->n_warnings; i++)
+		said |= strstr(plan->warnings[i], "system part 2") != NULL;
+	assert_true(said);
+	image_free(bl);
+	image_free(app);
+	free(plan);
+}
+
+static void test_capability_table(void **state)
+{
+	(void)state;
+	const struct platform *argon = platform_by_name("argon");
+	struct image *bl = argon_bl_402();
+	struct image *sys = argon_sys_402();
+	assert_int_equal(plan_writers(&bl->modules[0], argon, 2302), 1u << PLAN_TRANSPORT_SERIAL);
+	assert_int_equal(plan_writers(&sys->modules[0], argon, 2302),
+			 (1u << PLAN_TRANSPORT_SERIAL) | (1u << PLAN_TRANSPORT_DFU));
+	/* Device OS 6.x: no YMODEM, and DFU does not reach the bootloader */
+	assert_int_equal(plan_writers(&bl->modules[0], argon, 6200), 0);
+	assert_int_equal(plan_writers(&sys->modules[0], argon, 6200), 1u << PLAN_TRANSPORT_DFU);
+	struct device_facts f;
+	argon_231(&f, true);
+	f.system_version = 6200;
+	f.modules[1].version = 6200;
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	const char *name = "argon-bootloader@4.0.2.bin";
+	assert_int_equal(build(&f, &bl, &name, 1, true, DEVICE_MODE_DFU, plan, &e), -1);
+	assert_int_equal(e.code, ERR_NOT_FLASHABLE_HERE);
+	error_clear(&e);
+	image_free(bl);
+	image_free(sys);
+	free(plan);
+}
+
+static void test_invalid_modules_after_reboot(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	photon_152(&f);
+	json_t *a = json_array();
+	assert_int_equal(plan_invalid_modules(&f, a), 0);
+	f.modules[3].passed &= (uint16_t)~MODULE_CHECK_DEPENDENCIES;
+	assert_int_equal(plan_invalid_modules(&f, a), 1);
+	json_t *m = json_array_get(a, 0);
+	assert_string_equal(json_string_value(json_object_get(m, "module")), "application 1");
+	assert_string_equal(
+	    json_string_value(json_array_get(json_object_get(m, "failed_checks"), 0)),
+	    "dependencies");
+	json_decref(a);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_argon_system_part_without_its_bootloader_is_refused),
+	    cmocka_unit_test(test_argon_bootloader_and_system_part_in_any_order),
+	    cmocka_unit_test(test_unknown_radio_stack_is_a_warning_not_a_refusal),
+	    cmocka_unit_test(test_photon_220_system_parts_need_their_bootloader),
+	    cmocka_unit_test(test_downgrade_that_breaks_the_application_is_refused),
+	    cmocka_unit_test(test_intermediate_states_order_a_downgrade),
+	    cmocka_unit_test(test_electron_system_parts_carry_their_bootloader),
+	    cmocka_unit_test(test_identical_application_is_skipped),
+	    cmocka_unit_test(test_repairing_a_broken_board_works),
+	    cmocka_unit_test(test_capability_table),
+	    cmocka_unit_test(test_invalid_modules_after_reboot),
+	};
+	cmocka_set_message_output(CM_OUTPUT_TAP);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
