@@ -33,6 +33,8 @@
 #define MQTT_CREDENTIAL_MAX  256
 /* After connecting, the station reads its own retained device states this long. */
 #define MQTT_SWEEP_S 5
+/* Running jobs whose started record is kept (the daemon's job limit is far lower). */
+#define MQTT_STARTED_MAX 4096
 /* Failed jobs the status lists (newest last). */
 #define MQTT_FAILURES_MAX 5
 
@@ -80,6 +82,7 @@ struct mqtt {
 	unsigned long long published, dropped, reconnects, connects;
 	unsigned long long jobs_done, jobs_failed, jobs_cancelled, jobs_interrupted;
 	json_t *failures; /* the newest MQTT_FAILURES_MAX failed jobs, for the status */
+	json_t *started;  /* job id -> its history record at job-started, until it ends */
 	bool status_dirty;
 	time_t status_sent;
 	time_t sweep_until; /* reading our own devices/+ until then (0: not) */
@@ -442,23 +445,6 @@ void mqtt_device_event(struct mqtt *m, const struct device *dev, enum registry_c
 	m->status_dirty = true;
 }
 
-/* The history record as `flashctl history --json` prints it: the record the
- * history stores (history_record_from_job()), with every column a query returns. */
-static json_t *history_line(const struct job *job)
-{
-	static const char *const keys[] = {
-	    "job",	     "device",	     "device_id",     "platform", "port",
-	    "label",	     "rule",	     "result",	      "outcome",  "error",
-	    "error_message", "error_detail", "trace",	      "created",  "started",
-	    "ended",	     "duration_s",   "bytes_written", "images",	  "before",
-	    "after",	     "uid",	     "transport",     "plan",	  NULL};
-	json_t *rec = history_record_from_job(job, true);
-	for (size_t i = 0; keys[i]; i++)
-		if (!json_object_get(rec, keys[i]))
-			json_object_set_new(rec, keys[i], json_null());
-	return rec;
-}
-
 void mqtt_job_event(struct mqtt *m, struct job *job, const json_t *event)
 {
 	if (!m)
@@ -467,6 +453,14 @@ void mqtt_job_event(struct mqtt *m, struct job *job, const json_t *event)
 	topic(m, t, sizeof(t), "jobs", job_id(job));
 	publish_json(m, t, event, false);
 	const char *name = json_string_value(json_object_get(event, "event"));
+	if (name && strcmp(name, "job-started") == 0) {
+		/* The history row keeps some of what the job was at its start (its plan):
+		 * the record the history made then, until the job ends. */
+		if (json_object_size(m->started) < MQTT_STARTED_MAX)
+			json_object_set_new(m->started, job_id(job),
+					    history_record_from_job(job, false));
+		return;
+	}
 	if (!name || strcmp(name, "job-ended") != 0)
 		return;
 	const char *result = json_string_value(json_object_get(event, "result"));
@@ -478,7 +472,9 @@ void mqtt_job_event(struct mqtt *m, struct job *job, const json_t *event)
 		m->jobs_interrupted++;
 	else
 		m->jobs_failed++;
-	json_t *rec = history_line(job);
+	json_t *rec = history_row_from_records(json_object_get(m->started, job_id(job)),
+					       history_record_from_job(job, true));
+	json_object_del(m->started, job_id(job));
 	topic(m, t, sizeof(t), "history", NULL);
 	publish_json(m, t, rec, false);
 	if (!result || strcmp(result, "done") != 0) {
@@ -899,6 +895,7 @@ struct mqtt *mqtt_new(struct event_base *base, const struct mqtt_config *cfg, st
 	m->backoff_s = MQTT_RETRY_MIN_S;
 	m->state = MQTT_WAITING;
 	m->failures = json_array();
+	m->started = json_object();
 	snprintf(m->topic_status, sizeof(m->topic_status), "%s/%s/status", cfg->topic_prefix,
 		 cfg->station);
 	if (cfg->password_file[0] && read_credentials(m, err) < 0)
@@ -1019,5 +1016,6 @@ void mqtt_free(struct mqtt *m)
 	}
 	memset(m->password, 0, sizeof(m->password));
 	json_decref(m->failures);
+	json_decref(m->started);
 	free(m);
 }

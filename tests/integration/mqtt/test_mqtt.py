@@ -37,6 +37,9 @@ from flashd_harness import SERIAL_TIMEOUTS, Client, SimControl, Tap, fixture  # 
 
 STATIONS = ["line1-a", "line1-b", "line2-c"]
 TINKER = "photon/photon_tinker.bin"
+# Flashing the application a device has already is skipped (done: already-installed,
+# nothing written): every flash alternates between these two.
+DOCTOR = "photon/photon_doctor.bin"
 ELECTRON = "electron/electron_tinker.bin"
 # Debian installs the broker in /usr/sbin, which a test's PATH may lack.
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -70,6 +73,8 @@ class Station:
         os.makedirs(self.lock, exist_ok=True)
         self.log = open(os.path.join(self.dir, "flashd.log"), "a")
         self.proc = None
+        self.apps = [fixture(TINKER), fixture(DOCTOR)]
+        self.last = {}  # device -> the application it has from us
 
     def start(self, config):
         cfg = os.path.join(self.dir, "flashd.conf")
@@ -117,10 +122,14 @@ class Station:
         return r
 
     def flash(self, image, device):
-        """Runs one flash; returns {"job","device","result","started","ended"} (wall times)."""
+        """Runs one flash (image None: the application the device does not have);
+        returns {"job","device","result","started","ended"} (wall times)."""
+        if image is None:
+            image = self.apps[1] if self.last.get(device) == self.apps[0] else self.apps[0]
+            self.last[device] = image
         p = subprocess.Popen([self.fc, "--socket", self.sock, "--json", "flash", image,
                               "--device", device], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+                             stderr=subprocess.PIPE, text=True)
         out = {"device": device, "job": None, "result": None, "started": None, "ended": None}
         for line in p.stdout:
             o = json.loads(line) if line.startswith("{") else {}
@@ -130,9 +139,11 @@ class Station:
                 out["job"], out["started"] = o.get("job"), time.time()
             if o.get("event") == "job-ended":
                 out["result"], out["ended"] = o.get("result"), time.time()
-                out["error"] = o.get("error")
+                out["error"], out["outcome"] = o.get("error"), o.get("outcome")
         p.wait()
         out["rc"] = p.returncode
+        if p.returncode:
+            out["stderr"] = p.stderr.read()[-2000:]
         return out
 
     def flash_both(self, image, ids):
@@ -167,7 +178,6 @@ def put(path, obj):
 
 
 def inside(name, flashd, fc, work):
-    tinker = fixture(TINKER)
     url = open(os.path.join(work, "broker-url")).read().strip()
     ids = device_ids(name)
     st = Station(flashd, fc, work, name)
@@ -178,14 +188,14 @@ def inside(name, flashd, fc, work):
             dead = open(os.path.join(work, "dead-url")).read().strip()
             st.start(mqtt_config(dead, name))
             res["unreachable_devices"] = st.wait_devices(2)
-            res["unreachable_flash"] = st.flash(tinker, ids[0])
+            res["unreachable_flash"] = st.flash(None, ids[0])
             res["unreachable_hello"] = st.hello().get("mqtt")
             st.stop()
         st.start(mqtt_config(url, name))
         res["devices"] = st.wait_devices(2)
         put(os.path.join(work, "up-" + name), res)
         wait_file(os.path.join(work, "go1"))
-        res["p1"] = st.flash_both(tinker, ids)
+        res["p1"] = st.flash_both(None, ids)
         r = st.run("history", "--json", timeout=30)
         res["history"] = [json.loads(line) for line in r.stdout.splitlines()]
         put(os.path.join(work, "p1-" + name), res)
@@ -193,7 +203,7 @@ def inside(name, flashd, fc, work):
         wait_file(os.path.join(work, "go2"))
         res["p2"] = []
         while True:  # flashes until the broker is back and the test says stop
-            res["p2"] += st.flash_both(tinker, ids)
+            res["p2"] += st.flash_both(None, ids)
             if os.path.exists(os.path.join(work, "stop2")) or \
                     os.path.exists(os.path.join(work, "abort")):
                 break
@@ -201,7 +211,7 @@ def inside(name, flashd, fc, work):
         put(os.path.join(work, "p2-" + name), res)
 
         wait_file(os.path.join(work, "go3"))
-        res["p3"] = [st.flash(tinker, ids[0])]
+        res["p3"] = [st.flash(None, ids[0])]
         if name == STATIONS[2]:
             # A failure for the fleet view: an Electron build on a Photon.
             res["p3"].append(st.flash(fixture(ELECTRON), ids[1]))
@@ -221,8 +231,8 @@ def inside(name, flashd, fc, work):
 
         wait_file(os.path.join(work, "go4"))  # the broker is stopped (SIGSTOP)
         # (the second Photon of STATIONS[1] was unplugged in phase 3)
-        res["p4"] = st.flash_both(tinker, ids) if name != STATIONS[1] else \
-            [st.flash(tinker, ids[0])]
+        res["p4"] = st.flash_both(None, ids) if name != STATIONS[1] else \
+            [st.flash(None, ids[0])]
         res["p4_hello"] = st.hello().get("mqtt")
         put(os.path.join(work, "p4-" + name), res)
 
@@ -369,8 +379,8 @@ def jobs_of(res, phase):
 
 
 def outside(flashd, fc, sim):
-    fixture(TINKER)  # skips the whole driver when one is missing
-    fixture(ELECTRON)
+    for f in (TINKER, DOCTOR, ELECTRON):
+        fixture(f)  # skips the whole driver when one is missing
     if not MOSQUITTO:
         print("1..0 # SKIP mosquitto (the broker) is not installed: scripts/install-deps")
         sys.exit(0)
