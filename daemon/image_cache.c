@@ -305,6 +305,8 @@ static void *reader_main(void *arg)
 	struct image_read *r = arg;
 	struct raw_read raw = {0};
 	read_raw(r->fd, &raw);
+	/* Read before the wake-up: once it is written the loop may free r. */
+	uid_t owner = r->owner;
 	pthread_mutex_lock(&r->lock);
 	r->raw = raw;
 	r->done = true;
@@ -316,7 +318,6 @@ static void *reader_main(void *arg)
 		}
 	}
 	pthread_mutex_unlock(&r->lock);
-	uid_t owner = r->owner;
 	if (abandoned)
 		read_state_free(r);
 	owner_put(owner);
