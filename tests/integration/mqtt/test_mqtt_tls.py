@@ -126,6 +126,18 @@ def main():
         tap.check("... and its status arrived over TLS (retained, online)",
                   st.get("state") == "online" and st.get("station") == "line1-a", r.stdout)
 
+        r = subprocess.run([fc, "fleet", "--broker", "mqtts://localhost:%d" % tls, "--ca-file",
+                            p("ca.pem"), "--json", "--once"], capture_output=True, text=True,
+                           timeout=30)
+        view = [json.loads(x) for x in r.stdout.splitlines()] if r.returncode == 0 else []
+        tap.check("flashctl fleet over mqtts:// (--ca-file) shows the station online",
+                  [(x["station"], x["online"]) for x in view] == [("line1-a", True)],
+                  r.stdout + r.stderr)
+        r = subprocess.run([fc, "fleet", "--broker", "mqtts://localhost:%d" % tls, "--ca-file",
+                            p("rogue.pem"), "--once"], capture_output=True, text=True, timeout=30)
+        tap.check("... and refuses a broker its CA did not sign: broker-unreachable, exit 10",
+                  r.returncode == 10 and "broker-unreachable" in r.stderr, r.stderr)
+
         for what, lines in (
                 ("a CA that did not sign it", "url = mqtts://localhost:%d\nca_file = %s\n"
                  % (tls, p("rogue.pem"))),
@@ -172,6 +184,15 @@ def main():
                                capture_output=True, text=True, timeout=10)
             left = r.stdout.split()
             time.sleep(0.2)
+        r = subprocess.run([fc, "fleet", "--broker", "mqtt://127.0.0.1:%d" % plain,
+                            "--password-file", pw, "--json", "--once"], capture_output=True,
+                           text=True, timeout=30)
+        tap.check("flashctl fleet --password-file subscribes where anonymous clients may not",
+                  r.returncode == 0 and '"station":"line1-a"' in r.stdout, r.stdout + r.stderr)
+        r = subprocess.run([fc, "fleet", "--broker", "mqtt://127.0.0.1:%d" % plain, "--once"],
+                           capture_output=True, text=True, timeout=30)
+        tap.check("... without it: broker-unreachable (the broker's refusal), exit 10",
+                  r.returncode == 10 and "not authorised" in r.stderr.lower(), r.stderr)
         tap.check("a device state retained from an earlier run is cleared when the station "
                   "connects without that device", not left, left)
         bad = os.path.join(work, "wrong.pass")
