@@ -483,7 +483,7 @@ int cmd_fleet(int argc, char **argv, const struct cli_global *g)
 			rc = mosquitto_int_option(mosq, MOSQ_OPT_TLS_USE_OS_CERTS, 1);
 	}
 	if (rc == MOSQ_ERR_SUCCESS)
-		rc = mosquitto_connect(mosq, host, port, 30);
+		rc = mosquitto_connect_async(mosq, host, port, 30); /* bounded below by --timeout */
 	char reason[256] = "";
 	if (rc != MOSQ_ERR_SUCCESS)
 		snprintf(reason, sizeof(reason), "%s",
