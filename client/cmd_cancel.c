@@ -5,12 +5,21 @@
 
 #include <stdio.h>
 
-int cmd_cancel(int argc, char **argv, const struct cli_global *g)
+static int cmd_cancel_exec(int argc, char **argv, const struct cli_global *g);
+
+const struct cmd_entry cmd_cancel_entry = {
+    .name = "cancel",
+    .usage = "JOB",
+    .summary = "stop a job",
+    .exec = cmd_cancel_exec,
+};
+
+static int cmd_cancel_exec(int argc, char **argv, const struct cli_global *g)
 {
 	struct error err;
 	error_init(&err);
 	if (argc != 2)
-		return render_usage_error(g, "usage: flashctl cancel JOB");
+		return cmd_usage_error(g, &cmd_cancel_entry);
 	json_t *req = wire_request_new(WIRE_REQ_CANCEL, 0);
 	json_object_set_new(req, "job", json_string(argv[1]));
 	json_t *reply = conn_request(g, req, &err);

@@ -43,22 +43,23 @@ static json_t *details_json(const char *details)
 	return obj;
 }
 
-int cmd_errors(int argc, char **argv, const struct cli_global *g)
+static const struct option errors_options[] = {
+    {"json", no_argument, NULL, 'j'},
+    {"markdown", no_argument, NULL, 'm'},
+    {0},
+};
+
+static int cmd_errors_exec(int argc, char **argv, const struct cli_global *g)
 {
 	bool markdown = false, json = g->json;
-	static const struct option opts[] = {
-	    {"json", no_argument, NULL, 'j'},
-	    {"markdown", no_argument, NULL, 'm'},
-	    {0},
-	};
 	int c;
-	while ((c = getopt_long(argc, argv, "jm", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "jm", errors_options, NULL)) != -1) {
 		if (c == 'j')
 			json = true;
 		else if (c == 'm')
 			markdown = true;
 		else
-			return render_usage_error(g, "usage: flashctl errors [--json|--markdown]");
+			return cmd_usage_error(g, &cmd_errors_entry);
 	}
 	if (markdown) {
 		print_markdown();
@@ -81,3 +82,11 @@ int cmd_errors(int argc, char **argv, const struct cli_global *g)
 	}
 	return 0;
 }
+
+const struct cmd_entry cmd_errors_entry = {
+    .name = "errors",
+    .options = errors_options,
+    .usage = "[--json|--markdown]",
+    .summary = "print the error catalogue",
+    .exec = cmd_errors_exec,
+};

@@ -9,6 +9,7 @@
  * each has ended (unless --detach), with the live display of progress.c.
  * Ctrl-C cancels the jobs and waits for them to stop at a safe point.
  */
+#include "cleanup.h"
 #include "conn.h"
 #include "image.h"
 #include "platform.h"
@@ -27,8 +28,6 @@
 
 /* How often the display moves on without events (seconds waited). */
 #define FLASH_TICK_MS 250
-/* Particle zip bundles (application + assets) start with a local file header. */
-static const unsigned char zip_magic[4] = {'P', 'K', 3, 4};
 
 struct flash_args {
 	const char *target_key;
@@ -38,18 +37,20 @@ struct flash_args {
 	json_t *wait; /* NULL, true, or seconds */
 };
 
+/* flash and check parse the same options; check ignores --verify, --dry-run and --detach. */
+static const struct option flash_options[] = {
+    {"device", required_argument, NULL, 'd'}, {"port", required_argument, NULL, 'p'},
+    {"usb", required_argument, NULL, 'u'},    {"platform", required_argument, NULL, 'P'},
+    {"all", no_argument, NULL, 'a'},	      {"wait", optional_argument, NULL, 'w'},
+    {"force", no_argument, NULL, 'f'},	      {"verify", no_argument, NULL, 'v'},
+    {"dry-run", no_argument, NULL, 'n'},      {"detach", no_argument, NULL, 'D'},
+    {"json", no_argument, NULL, 'j'},	      {0},
+};
+
 static int parse(int argc, char **argv, const struct cli_global *g, struct flash_args *a)
 {
-	static const struct option opts[] = {
-	    {"device", required_argument, NULL, 'd'}, {"port", required_argument, NULL, 'p'},
-	    {"usb", required_argument, NULL, 'u'},    {"platform", required_argument, NULL, 'P'},
-	    {"all", no_argument, NULL, 'a'},	      {"wait", optional_argument, NULL, 'w'},
-	    {"force", no_argument, NULL, 'f'},	      {"verify", no_argument, NULL, 'v'},
-	    {"dry-run", no_argument, NULL, 'n'},      {"detach", no_argument, NULL, 'D'},
-	    {"json", no_argument, NULL, 'j'},	      {0},
-	};
 	int c;
-	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "", flash_options, NULL)) != -1) {
 		const char *key = NULL;
 		switch (c) {
 		case 'd':
@@ -96,15 +97,7 @@ static int parse(int argc, char **argv, const struct cli_global *g, struct flash
 			((struct cli_global *)g)->json = true;
 			break;
 		default:
-			return render_usage_error(
-			    g, a->check
-				   ? "usage: flashctl check FILE... [--device ID | --port TTY | "
-				     "--usb PORTPATH | --platform NAME [--all]] [--wait[=S]] "
-				     "[--force]"
-				   : "usage: flashctl flash FILE... [--device ID | "
-				     "--port TTY | --usb PORTPATH | --platform NAME "
-				     "[--all]] [--wait[=S]] [--force] [--verify] "
-				     "[--dry-run] [--detach]");
+			return cmd_usage_error(g, a->check ? &cmd_check_entry : &cmd_flash_entry);
 		}
 		if (key) {
 			if (a->target_key)
@@ -128,40 +121,10 @@ static int parse(int argc, char **argv, const struct cli_global *g, struct flash
 	return 0;
 }
 
-/* A zip bundle is refused here, with what to do instead, before any daemon
- * is asked: it is not a module and flashd does not unpack bundles yet. */
-static int refuse_zip(int fd, const char *path, const struct cli_global *g)
-{
-	unsigned char head[4];
-	if (pread(fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) ||
-	    memcmp(head, zip_magic, sizeof(head)) != 0)
-		return 0;
-	struct error e;
-	error_init(&e);
-	error_set(&e, ERR_IMAGE_UNSUPPORTED,
-		  "%s is a zip bundle (an application with its assets, as 'particle compile' "
-		  "makes for projects with assets), not a firmware module",
-		  path);
-	error_detail_str(&e, "file", path);
-	error_detail_str(&e, "reason", "zip bundle");
-	error_hint(&e,
-		   "flashd does not flash bundles yet: unzip it and flash the application "
-		   ".bin inside (flashctl flash app.bin); flash the assets with particle-cli "
-		   "('particle flash --local %s')",
-		   path);
-	return render_error_free(g, &e);
-}
-
 static int open_files(int n, char **paths, int *fds, const struct cli_global *g)
 {
 	for (int i = 0; i < n; i++) {
 		fds[i] = open(paths[i], O_RDONLY | O_CLOEXEC);
-		int status = fds[i] >= 0 ? refuse_zip(fds[i], paths[i], g) : 0;
-		if (status) {
-			while (i >= 0)
-				close(fds[i--]);
-			return status;
-		}
 		if (fds[i] < 0) {
 			struct error e;
 			error_init(&e);
@@ -169,7 +132,7 @@ static int open_files(int n, char **paths, int *fds, const struct cli_global *g)
 				  strerror(errno));
 			error_detail_str(&e, "file", paths[i]);
 			error_detail_int(&e, "errno", errno);
-			status = render_error(g, &e);
+			int status = render_error(g, &e);
 			error_clear(&e);
 			while (i-- > 0)
 				close(fds[i]);
@@ -280,7 +243,9 @@ static void send_cancels(struct conn *c, struct follow *f)
 	{
 		json_t *req = wire_request_new(WIRE_REQ_CANCEL, 0);
 		json_object_set_new(req, "job", json_string(id));
-		conn_send(c, req, NULL, 0, &err);
+		/* Best effort on Ctrl-C: a job whose cancel is lost still ends and is
+		 * reported; the connection's failure shows on the next read. */
+		(void)!conn_send(c, req, NULL, 0, &err);
 		json_decref(req);
 		error_clear(&err);
 	}
@@ -569,9 +534,12 @@ static int run(struct conn *c, const struct cli_global *g, const struct flash_ar
 	if (!g->json) {
 		f.prog = progress_new(g, live);
 		if (!f.prog) {
+			struct error e;
+			error_init(&e);
+			error_set(&e, ERR_OUT_OF_MEMORY, NULL);
 			json_decref(f.pending);
 			json_decref(f.ends);
-			return render_usage_error(g, "out of memory");
+			return render_error_free(g, &e);
 		}
 	}
 	json_array_foreach(json_object_get(reply, "jobs"), i, job)
@@ -610,15 +578,13 @@ int flash_run(int argc, char **argv, const struct cli_global *g, bool check)
 	}
 	if (!a.detach) {
 		/* Subscribed before the job exists: no event can be missed. */
-		json_t *sub = wire_request_new(WIRE_REQ_SUBSCRIBE, 0);
+		json_auto_t *sub = wire_request_new(WIRE_REQ_SUBSCRIBE, 0);
 		json_object_set_new(sub, "jobs", json_true());
-		json_t *r = conn_call(&c, sub, NULL, 0, NULL, NULL, &err);
-		json_decref(sub);
+		json_auto_t *r = conn_call(&c, sub, NULL, 0, NULL, NULL, &err);
 		if (!r) {
 			status = render_error_free(g, &err);
 			goto out;
 		}
-		json_decref(r);
 	}
 	json_t *req = build_request(&a, n, paths);
 	json_t *reply = conn_call(&c, req, fds, (unsigned)n, NULL, NULL, &err);
@@ -652,12 +618,30 @@ out_fds:
 	return status;
 }
 
-int cmd_flash(int argc, char **argv, const struct cli_global *g)
+static int cmd_flash_exec(int argc, char **argv, const struct cli_global *g)
 {
 	return flash_run(argc, argv, g, false);
 }
 
-int cmd_check(int argc, char **argv, const struct cli_global *g)
+static int cmd_check_exec(int argc, char **argv, const struct cli_global *g)
 {
 	return flash_run(argc, argv, g, true);
 }
+
+const struct cmd_entry cmd_flash_entry = {
+    .name = "flash",
+    .options = flash_options,
+    .usage = "FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
+	     "[--wait[=S]] [--force] [--verify] [--dry-run] [--detach]",
+    .summary = "write firmware files to a device",
+    .exec = cmd_flash_exec,
+};
+
+const struct cmd_entry cmd_check_entry = {
+    .name = "check",
+    .options = flash_options,
+    .usage = "FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
+	     "[--wait[=S]] [--force]",
+    .summary = "would this flash? (preflight only, nothing is written)",
+    .exec = cmd_check_exec,
+};

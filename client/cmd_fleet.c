@@ -23,9 +23,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define FLEET_USAGE                                                                                \
-	"usage: flashctl fleet --broker URL [--prefix PREFIX] [--json] [--once] [--timeout S]\n"   \
-	"       [--ca-file FILE] [--cert-file FILE --key-file FILE] [--password-file FILE]"
 /* --once: the retained messages have come when the broker has been quiet this long. */
 #define FLEET_QUIET_S	 0.5
 #define FLEET_ONCE_MAX_S 5.0
@@ -379,20 +376,21 @@ static int read_credentials(const char *path, char *user, char *pass, size_t siz
 	return 0;
 }
 
-int cmd_fleet(int argc, char **argv, const struct cli_global *g)
+static const struct option fleet_options[] = {
+    {"broker", required_argument, NULL, 'b'},
+    {"prefix", required_argument, NULL, 'p'},
+    {"json", no_argument, NULL, 'j'},
+    {"once", no_argument, NULL, '1'},
+    {"timeout", required_argument, NULL, 't'},
+    {"ca-file", required_argument, NULL, 'C'},
+    {"cert-file", required_argument, NULL, 'c'},
+    {"key-file", required_argument, NULL, 'k'},
+    {"password-file", required_argument, NULL, 'P'},
+    {0},
+};
+
+static int cmd_fleet_exec(int argc, char **argv, const struct cli_global *g)
 {
-	static const struct option opts[] = {
-	    {"broker", required_argument, NULL, 'b'},
-	    {"prefix", required_argument, NULL, 'p'},
-	    {"json", no_argument, NULL, 'j'},
-	    {"once", no_argument, NULL, '1'},
-	    {"timeout", required_argument, NULL, 't'},
-	    {"ca-file", required_argument, NULL, 'C'},
-	    {"cert-file", required_argument, NULL, 'c'},
-	    {"key-file", required_argument, NULL, 'k'},
-	    {"password-file", required_argument, NULL, 'P'},
-	    {0},
-	};
 	struct cli_global local = *g;
 	struct fleet f = {.g = &local};
 	const char *url = NULL, *ca = NULL, *cert = NULL, *key = NULL, *pwfile = NULL;
@@ -401,7 +399,7 @@ int cmd_fleet(int argc, char **argv, const struct cli_global *g)
 	char *end;
 	int o;
 	snprintf(f.prefix, sizeof(f.prefix), "flashd");
-	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "", fleet_options, NULL)) != -1) {
 		switch (o) {
 		case 'b':
 			url = optarg;
@@ -437,11 +435,11 @@ int cmd_fleet(int argc, char **argv, const struct cli_global *g)
 			pwfile = optarg;
 			break;
 		default:
-			return render_usage_error(g, FLEET_USAGE);
+			return cmd_usage_error(g, &cmd_fleet_entry);
 		}
 	}
 	if (optind < argc || !url)
-		return render_usage_error(g, FLEET_USAGE);
+		return cmd_usage_error(g, &cmd_fleet_entry);
 	char host[256];
 	int port;
 	bool tls;
@@ -538,3 +536,12 @@ int cmd_fleet(int argc, char **argv, const struct cli_global *g)
 	json_decref(f.stations);
 	return status;
 }
+
+const struct cmd_entry cmd_fleet_entry = {
+    .name = "fleet",
+    .options = fleet_options,
+    .usage = "--broker URL [--prefix P] [--json] [--once] [--timeout S]\n"
+	     "[--ca-file F] [--cert-file F --key-file F] [--password-file F]",
+    .summary = "all stations publishing to an MQTT broker, in one view",
+    .exec = cmd_fleet_exec,
+};

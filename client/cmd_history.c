@@ -3,6 +3,7 @@
  * as a table, one JSON object per job (--json, newest last), or statistics per
  * platform (--stats).
  */
+#include "cleanup.h"
 #include "conn.h"
 #include "render.h"
 #include "rfc3339.h"
@@ -14,10 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#define HISTORY_USAGE                                                                              \
-	"usage: flashctl history [--device ID] [--since TIME] [--result R] [--limit N] [--json] "  \
-	"[--stats]"
 
 static const char *str_or(const json_t *obj, const char *key, const char *def)
 {
@@ -137,36 +134,35 @@ static void print_stats(const json_t *stats)
 	}
 }
 
-int cmd_history(int argc, char **argv, const struct cli_global *g)
+static const struct option history_options[] = {
+    {"device", required_argument, NULL, 'd'},
+    {"since", required_argument, NULL, 's'},
+    {"result", required_argument, NULL, 'r'},
+    {"limit", required_argument, NULL, 'n'},
+    {"json", no_argument, NULL, 'j'},
+    {"stats", no_argument, NULL, 'S'},
+    {0},
+};
+
+static int cmd_history_exec(int argc, char **argv, const struct cli_global *g)
 {
-	static const struct option opts[] = {
-	    {"device", required_argument, NULL, 'd'},
-	    {"since", required_argument, NULL, 's'},
-	    {"result", required_argument, NULL, 'r'},
-	    {"limit", required_argument, NULL, 'n'},
-	    {"json", no_argument, NULL, 'j'},
-	    {"stats", no_argument, NULL, 'S'},
-	    {0},
-	};
 	struct cli_global local = *g;
 	struct error err;
-	json_t *req = wire_request_new(WIRE_REQ_HISTORY, 0);
+	json_auto_t *req = wire_request_new(WIRE_REQ_HISTORY, 0);
 	char since[RFC3339_MAX], *end;
 	int o;
 	error_init(&err);
-	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "", history_options, NULL)) != -1) {
 		switch (o) {
 		case 'd':
 			json_object_set_new(req, "device", json_string(optarg));
 			break;
 		case 's':
-			if (parse_since(optarg, since) < 0) {
-				json_decref(req);
+			if (parse_since(optarg, since) < 0)
 				return render_usage_error(
 				    g,
 				    "--since wants an RFC 3339 time or date (2026-12-01T10:00:00Z) "
 				    "or an age (30m, 12h, 7d)");
-			}
 			json_object_set_new(req, "since", json_string(since));
 			break;
 		case 'r':
@@ -174,11 +170,9 @@ int cmd_history(int argc, char **argv, const struct cli_global *g)
 			break;
 		case 'n': {
 			long n = strtol(optarg, &end, 10);
-			if (*end || n < 1 || n > 10000) {
-				json_decref(req);
+			if (*end || n < 1 || n > 10000)
 				return render_usage_error(g,
 							  "--limit wants a number from 1 to 10000");
-			}
 			json_object_set_new(req, "limit", json_integer(n));
 			break;
 		}
@@ -189,16 +183,13 @@ int cmd_history(int argc, char **argv, const struct cli_global *g)
 			json_object_set_new(req, "stats", json_true());
 			break;
 		default:
-			json_decref(req);
-			return render_usage_error(g, HISTORY_USAGE);
+			return cmd_usage_error(g, &cmd_history_entry);
 		}
 	}
-	if (optind < argc) {
-		json_decref(req);
-		return render_usage_error(g, HISTORY_USAGE);
-	}
+	if (optind < argc)
+		return cmd_usage_error(g, &cmd_history_entry);
 	bool stats = json_is_true(json_object_get(req, "stats"));
-	json_t *reply = conn_request(&local, req, &err);
+	json_auto_t *reply = conn_request(&local, TAKE_PTR(req), &err);
 	if (!reply)
 		return render_error_free(&local, &err);
 	const json_t *item;
@@ -237,6 +228,13 @@ int cmd_history(int argc, char **argv, const struct cli_global *g)
 		fprintf(stderr, "warning: the history missed %lld write(s): %s\n",
 			(long long)errors, str_or(db, "last_error", "see the daemon log"));
 	fflush(stdout);
-	json_decref(reply);
 	return 0;
 }
+
+const struct cmd_entry cmd_history_entry = {
+    .name = "history",
+    .options = history_options,
+    .usage = "[--device ID] [--since TIME] [--result R] [--limit N] [--json]\n[--stats]",
+    .summary = "past jobs (the daemon's flash history)",
+    .exec = cmd_history_exec,
+};

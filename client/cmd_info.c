@@ -17,8 +17,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define INFO_USAGE "usage: flashctl info [DEVICE] [--no-probe] [--json]"
-
 /* The checks the device (or flashd's read-back) runs on every module. */
 static const char *const info_checks[] = {"integrity", "range", "platform", "dependencies"};
 
@@ -267,10 +265,11 @@ static json_t *probe(struct conn *c, const struct cli_global *g, const char *key
 	return reply;
 }
 
-int cmd_info(int argc, char **argv, const struct cli_global *g)
+static const struct option info_options[] = {
+    {"json", no_argument, NULL, 'j'}, {"no-probe", no_argument, NULL, 'n'}, {0}};
+
+static int cmd_info_exec(int argc, char **argv, const struct cli_global *g)
 {
-	static const struct option opts[] = {
-	    {"json", no_argument, NULL, 'j'}, {"no-probe", no_argument, NULL, 'n'}, {0}};
 	struct cli_global local = *g;
 	struct conn c;
 	struct error err;
@@ -278,16 +277,16 @@ int cmd_info(int argc, char **argv, const struct cli_global *g)
 	bool no_probe = false, probed = false;
 	int o;
 	error_init(&err);
-	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "", info_options, NULL)) != -1) {
 		if (o == 'j')
 			local.json = true;
 		else if (o == 'n')
 			no_probe = true;
 		else
-			return render_usage_error(g, INFO_USAGE);
+			return cmd_usage_error(g, &cmd_info_entry);
 	}
 	if (argc - optind > 1)
-		return render_usage_error(g, INFO_USAGE);
+		return cmd_usage_error(g, &cmd_info_entry);
 	if (conn_open(&c, &local, &err) < 0)
 		return render_error_free(&local, &err);
 	const char *what = optind < argc ? argv[optind] : only_device(&c, &list, &err);
@@ -316,3 +315,11 @@ int cmd_info(int argc, char **argv, const struct cli_global *g)
 	json_decref(reply);
 	return 0;
 }
+
+const struct cmd_entry cmd_info_entry = {
+    .name = "info",
+    .options = info_options,
+    .usage = "[DEVICE] [--no-probe] [--json]",
+    .summary = "everything known about a device",
+    .exec = cmd_info_exec,
+};

@@ -3,6 +3,7 @@
  * in flash, what it needs and whether it is intact.  Works without a daemon.
  * The JSON form is documented in proto/IMAGE.md.
  */
+#include "bundle.h"
 #include "errors.h"
 #include "image.h"
 #include "osver.h"
@@ -10,9 +11,14 @@
 #include "render.h"
 #include "verbs.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define MAX_LAYOUTS 3
 
@@ -116,7 +122,21 @@ static json_t *dependency_json(const struct image_dependency *d)
 			 "release", release ? json_string(release) : json_null());
 }
 
-static json_t *module_json(const struct image_module *m, unsigned position)
+static json_t *asset_deps_json(const struct image *img, const struct image_module *m)
+{
+	struct bundle_asset_dep deps[BUNDLE_MAX_ENTRIES];
+	unsigned n = bundle_module_asset_deps(img, m, deps, BUNDLE_MAX_ENTRIES);
+	json_t *a = json_array();
+	for (unsigned i = 0; i < n && i < BUNDLE_MAX_ENTRIES; i++) {
+		char sha[65];
+		hex(deps[i].sha256, 32, sha);
+		json_array_append_new(a, json_pack("{s:s, s:i, s:s}", "name", deps[i].name,
+						   "hash_type", deps[i].hash_type, "sha256", sha));
+	}
+	return a;
+}
+
+static json_t *module_json(const struct image *img, const struct image_module *m, unsigned position)
 {
 	const struct platform *p = platform_by_id(m->platform_id);
 	const char *release = osver_release_for(m->function, m->version);
@@ -185,6 +205,7 @@ static json_t *module_json(const struct image_module *m, unsigned position)
 					    (json_int_t)m->dynalib_start_address)
 				: json_null());
 	json_object_set_new(o, "name", m->name[0] ? json_string(m->name) : json_null());
+	json_object_set_new(o, "asset_dependencies", asset_deps_json(img, m));
 	json_object_set_new(o, "compression",
 			    (m->flags & IMAGE_FLAG_COMPRESSED) && m->inflated_size
 				? json_pack("{s:i, s:i, s:I}", "method", m->compression_method,
@@ -192,8 +213,9 @@ static json_t *module_json(const struct image_module *m, unsigned position)
 					    (json_int_t)m->inflated_size)
 				: json_null());
 	json_object_set_new(o, "inner",
-			    m->inner && m->inner->n_modules ? module_json(&m->inner->modules[0], 0)
-							    : json_null());
+			    m->inner && m->inner->n_modules
+				? module_json(m->inner, &m->inner->modules[0], 0)
+				: json_null());
 	return o;
 }
 
@@ -209,10 +231,9 @@ static void add_warnings(json_t *warnings, const struct image_module *m)
 			add_warnings(warnings, &m->inner->modules[i]);
 }
 
-static void print_json(const char *file, const struct image *img, const struct error *err)
+/* size, sha256, modules and warnings of an image into o. */
+static void image_fields(json_t *o, const struct image *img)
 {
-	json_t *o = json_pack("{s:s, s:s, s:b}", "type", "image", "file", file, "valid",
-			      !error_is_set(err));
 	json_t *modules = json_array(), *warnings = json_array();
 	if (img) {
 		char sha[65];
@@ -220,12 +241,19 @@ static void print_json(const char *file, const struct image *img, const struct e
 		json_object_set_new(o, "size", json_integer((json_int_t)img->len));
 		json_object_set_new(o, "sha256", json_string(sha));
 		for (unsigned i = 0; i < img->n_modules; i++) {
-			json_array_append_new(modules, module_json(&img->modules[i], i));
+			json_array_append_new(modules, module_json(img, &img->modules[i], i));
 			add_warnings(warnings, &img->modules[i]);
 		}
 	}
 	json_object_set_new(o, "modules", modules);
 	json_object_set_new(o, "warnings", warnings);
+}
+
+static void print_json(const char *file, const struct image *img, const struct error *err)
+{
+	json_t *o = json_pack("{s:s, s:s, s:b}", "type", "image", "file", file, "valid",
+			      !error_is_set(err));
+	image_fields(o, img);
 	if (error_is_set(err))
 		json_object_set_new(o, "error", error_to_json(err));
 	render_json_line(o);
@@ -234,7 +262,7 @@ static void print_json(const char *file, const struct image *img, const struct e
 
 /* ---- human ---- */
 
-static void print_module(const struct image_module *m, const char *indent)
+static void print_module(const struct image *img, const struct image_module *m, const char *indent)
 {
 	const struct platform *p = platform_by_id(m->platform_id);
 	char buf[192];
@@ -311,6 +339,14 @@ static void print_module(const struct image_module *m, const char *indent)
 		       m->reserved == 0x21 ? " (ESP32 network coprocessor)" : "");
 	if (m->name[0])
 		printf("%s  name       %s\n", indent, m->name);
+	struct bundle_asset_dep deps[BUNDLE_MAX_ENTRIES];
+	unsigned n_deps = bundle_module_asset_deps(img, m, deps, BUNDLE_MAX_ENTRIES);
+	for (unsigned i = 0; i < n_deps && i < BUNDLE_MAX_ENTRIES; i++) {
+		char dsha[65];
+		hex(deps[i].sha256, 32, dsha);
+		printf("%s  %s %s (SHA-256 %s)\n", indent, i ? "          " : "assets    ",
+		       deps[i].name, deps[i].hash_type == 0 ? dsha : "unusable");
+	}
 	if (m->flags & IMAGE_FLAG_COMPRESSED && m->inflated_size)
 		printf("%s  inflates   to %u bytes (raw deflate, %u-bit window)\n", indent,
 		       m->inflated_size, m->window_bits);
@@ -319,7 +355,7 @@ static void print_module(const struct image_module *m, const char *indent)
 			printf("%s  contains:\n", indent);
 			char deeper[32];
 			snprintf(deeper, sizeof(deeper), "%s    ", indent);
-			print_module(&m->inner->modules[i], deeper);
+			print_module(m->inner, &m->inner->modules[i], deeper);
 		}
 }
 
@@ -331,12 +367,197 @@ static void print_human(const char *file, const struct image *img)
 		for (unsigned i = 0; i < img->n_modules; i++) {
 			printf("  module %u of %u, at offset %zu:\n", i + 1, img->n_modules,
 			       img->modules[i].file_offset);
-			print_module(&img->modules[i], "    ");
+			print_module(img, &img->modules[i], "    ");
 		}
 	} else {
 		printf("\n");
-		print_module(&img->modules[0], "  ");
+		print_module(img, &img->modules[0], "  ");
 	}
+}
+
+/* ---- bundles (.zip from particle compile) ---- */
+
+static const char *asset_status(const struct bundle *b, const struct bundle_asset *a,
+				const struct bundle_asset_dep **ret_dep)
+{
+	*ret_dep = NULL;
+	for (unsigned i = 0; i < b->n_deps; i++)
+		if (strcmp(b->deps[i].name, a->name) == 0) {
+			*ret_dep = &b->deps[i];
+			return b->deps[i].hash_ok ? "ok" : "hash-mismatch";
+		}
+	return "extra";
+}
+
+static void print_bundle_json(const char *file, const struct bundle *b, const struct error *err)
+{
+	json_t *o = json_pack("{s:s, s:s, s:b}", "type", "bundle", "file", file, "valid",
+			      !error_is_set(err));
+	if (b) {
+		char sha[65];
+		hex(b->zip_sha256, 32, sha);
+		json_object_set_new(o, "size", json_integer((json_int_t)b->zip_size));
+		json_object_set_new(o, "sha256", json_string(sha));
+		json_object_set_new(o, "entries", json_integer(b->n_entries));
+		json_object_set_new(o, "uncompressed_size",
+				    json_integer((json_int_t)b->total_size));
+		json_t *app = json_pack("{s:s}", "name", b->app_name);
+		image_fields(app, b->app);
+		json_object_set_new(o, "application", app);
+		json_t *assets = json_array();
+		for (unsigned i = 0; i < b->n_assets; i++) {
+			const struct bundle_asset *a = &b->assets[i];
+			const struct bundle_asset_dep *d;
+			const char *status = asset_status(b, a, &d);
+			hex(a->sha256, 32, sha);
+			json_array_append_new(assets,
+					      json_pack("{s:s, s:I, s:s, s:s}", "name", a->name,
+							"size", (json_int_t)a->size, "sha256", sha,
+							"status", status));
+		}
+		json_object_set_new(o, "assets", assets);
+		json_t *missing = json_array();
+		for (unsigned i = 0; i < b->n_deps; i++)
+			if (!b->deps[i].in_bundle)
+				json_array_append_new(missing, json_string(b->deps[i].name));
+		json_object_set_new(o, "missing_assets", missing);
+		json_object_set_new(o, "env",
+				    b->has_env ? json_pack("{s:s, s:I}", "name", BUNDLE_ENV_FILE,
+							   "size", (json_int_t)b->env_size)
+					       : json_null());
+		json_t *ignored = json_array();
+		for (unsigned i = 0; i < b->n_ignored && i < 8; i++)
+			json_array_append_new(ignored, json_string(b->ignored[i]));
+		json_object_set_new(o, "ignored", ignored);
+	} else {
+		json_object_set_new(o, "application", json_null());
+		json_object_set_new(o, "assets", json_array());
+	}
+	if (error_is_set(err))
+		json_object_set_new(o, "error", error_to_json(err));
+	render_json_line(o);
+	json_decref(o);
+}
+
+static void print_bundle_human(const char *file, const struct bundle *b)
+{
+	printf("%s: bundle (zip of %u entr%s, %zu bytes; unpacks to %llu bytes)\n", file,
+	       b->n_entries, b->n_entries == 1 ? "y" : "ies", b->zip_size,
+	       (unsigned long long)b->total_size);
+	printf("  application %s\n", b->app_name);
+	if (b->app)
+		for (unsigned i = 0; i < b->app->n_modules; i++)
+			print_module(b->app, &b->app->modules[i], "    ");
+	if (b->n_assets == 0 && b->n_deps == 0)
+		printf("  assets      none: it flashes like the .bin alone\n");
+	else
+		printf("  assets      %u in assets/, %llu bytes; the application lists %u\n",
+		       b->n_assets, (unsigned long long)bundle_assets_bytes(b), b->n_deps);
+	for (unsigned i = 0; i < b->n_assets; i++) {
+		const struct bundle_asset *a = &b->assets[i];
+		const struct bundle_asset_dep *d;
+		const char *status = asset_status(b, a, &d);
+		char sha[65];
+		hex(a->sha256, 32, sha);
+		printf("    %-24s %10zu bytes  SHA-256 %.16s...  %s\n", a->name, a->size, sha,
+		       strcmp(status, "ok") == 0      ? "ok (the application lists it)"
+		       : strcmp(status, "extra") == 0 ? "NOT listed by the application"
+						      : "DIFFERS from what the application lists");
+	}
+	for (unsigned i = 0; i < b->n_deps; i++)
+		if (!b->deps[i].in_bundle)
+			printf("    %-24s MISSING: the application lists it, the bundle lacks it\n",
+			       b->deps[i].name);
+	if (b->has_env)
+		printf("  environment %s, %zu bytes (not flashed)\n", BUNDLE_ENV_FILE, b->env_size);
+	for (unsigned i = 0; i < b->n_ignored && i < 8; i++)
+		printf("  %s %s\n", i ? "           " : "ignored    ", b->ignored[i]);
+	if (b->n_ignored > 8)
+		printf("              ... and %u more\n", b->n_ignored - 8);
+}
+
+/* Reads a whole regular file of at most limit bytes; NULL with err set. */
+static uint8_t *read_file(int fd, const char *file, size_t limit, size_t *ret_len,
+			  struct error *err)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > limit) {
+		int e = errno;
+		error_set(err, ERR_FILE_UNREADABLE, "%s: %s", file,
+			  S_ISREG(st.st_mode) ? "larger than a bundle may be"
+					      : "not a regular file");
+		error_detail_str(err, "file", file);
+		if ((uint64_t)st.st_size > limit) {
+			error_detail_int(err, "size", st.st_size);
+			error_detail_int(err, "limit", (long long)limit);
+		} else {
+			error_detail_int(err, "errno", e);
+		}
+		return NULL;
+	}
+	size_t len = (size_t)st.st_size, got = 0;
+	uint8_t *buf = malloc(len ? len : 1);
+	while (buf && got < len) {
+		ssize_t n = pread(fd, buf + got, len - got, (off_t)got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			error_set(err, ERR_FILE_UNREADABLE, "%s: %s", file,
+				  n < 0 ? strerror(errno) : "the file shrank while it was read");
+			error_detail_str(err, "file", file);
+			free(buf);
+			return NULL;
+		}
+		got += (size_t)n;
+	}
+	if (!buf)
+		error_set(err, ERR_INTERNAL, "out of memory reading %s", file);
+	*ret_len = len;
+	return buf;
+}
+
+/* 1 when file is a zip (and *ret / err say what it holds), 0 when it is not. */
+static int load_bundle(const char *file, struct bundle **ret, struct error *err)
+{
+	*ret = NULL;
+	int fd = open(file, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	uint8_t head[4];
+	if (fd < 0 || pread(fd, head, sizeof(head), 0) != (ssize_t)sizeof(head) ||
+	    !bundle_is_zip(head, sizeof(head))) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	size_t len = 0;
+	uint8_t *buf = read_file(fd, file, BUNDLE_FILE_MAX, &len, err);
+	close(fd);
+	if (!buf)
+		return 1;
+	if (bundle_parse(buf, len, ret, err) < 0) {
+		error_prefix(err, "%s: ", file);
+		error_detail_str(err, "file", file);
+	}
+	free(buf);
+	return 1;
+}
+
+static int inspect_bundle(const char *file, const struct cli_global *g, struct bundle *b,
+			  struct error *err)
+{
+	if (g->json) {
+		print_bundle_json(file, b, err);
+	} else {
+		if (b)
+			print_bundle_human(file, b);
+		if (error_is_set(err)) {
+			fflush(stdout);
+			render_error(g, err);
+		}
+	}
+	int status = error_is_set(err) ? error_exit_status(err->code) : 0;
+	error_clear(err);
+	bundle_free(b);
+	return status;
 }
 
 static int inspect_one(const char *file, const struct cli_global *g)
@@ -344,7 +565,11 @@ static int inspect_one(const char *file, const struct cli_global *g)
 	struct image *img = NULL;
 	struct error err;
 	error_init(&err);
-	image_load_path(file, &img, &err);
+	struct bundle *b = NULL;
+	if (load_bundle(file, &b, &err))
+		return inspect_bundle(file, g, b, &err);
+	/* The verdict is read from err below; a damaged image is still shown. */
+	(void)!image_load_path(file, &img, &err);
 	if (g->json) {
 		print_json(file, img, &err);
 	} else {
@@ -361,26 +586,27 @@ static int inspect_one(const char *file, const struct cli_global *g)
 	return status;
 }
 
-int cmd_inspect(int argc, char **argv, const struct cli_global *g)
+static const struct option inspect_options[] = {
+    {"json", no_argument, NULL, 'j'},
+    {"help", no_argument, NULL, 'h'},
+    {0},
+};
+
+static int cmd_inspect_exec(int argc, char **argv, const struct cli_global *g)
 {
 	struct cli_global local = *g;
-	static const struct option opts[] = {
-	    {"json", no_argument, NULL, 'j'},
-	    {"help", no_argument, NULL, 'h'},
-	    {0},
-	};
 	int c;
-	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "jh", inspect_options, NULL)) != -1) {
 		switch (c) {
 		case 'j':
 			local.json = true;
 			break;
 		case 'h':
-			printf("Usage: flashctl inspect FILE... [--json]\n");
+			printf("Usage: flashctl %s %s\n", cmd_inspect_entry.name,
+			       cmd_inspect_entry.usage);
 			return 0;
 		default:
-			return render_usage_error(&local,
-						  "usage: flashctl inspect FILE... [--json]");
+			return cmd_usage_error(&local, &cmd_inspect_entry);
 		}
 	}
 	if (optind >= argc)
@@ -393,3 +619,11 @@ int cmd_inspect(int argc, char **argv, const struct cli_global *g)
 	}
 	return worst;
 }
+
+const struct cmd_entry cmd_inspect_entry = {
+    .name = "inspect",
+    .options = inspect_options,
+    .usage = "FILE... [--json]",
+    .summary = "describe firmware files (no daemon needed)",
+    .exec = cmd_inspect_exec,
+};

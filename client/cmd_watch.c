@@ -10,14 +10,14 @@ static void print_event(void *ctx, json_t *event)
 	render_event(ctx, event);
 }
 
-int cmd_watch(int argc, char **argv, const struct cli_global *g)
+static int cmd_watch_exec(int argc, char **argv, const struct cli_global *g)
 {
 	struct conn c;
 	struct error err;
 	error_init(&err);
 	(void)argv;
 	if (argc > 1)
-		return render_usage_error(g, "usage: flashctl watch");
+		return cmd_usage_error(g, &cmd_watch_entry);
 	if (conn_open(&c, g, &err) < 0)
 		return render_error_free(g, &err);
 	/* Subscribe first, then list: nothing falls between the two. */
@@ -56,3 +56,10 @@ int cmd_watch(int argc, char **argv, const struct cli_global *g)
 	conn_close(&c);
 	return render_error_free(g, &err);
 }
+
+const struct cmd_entry cmd_watch_entry = {
+    .name = "watch",
+    .usage = "",
+    .summary = "devices and jobs as they change",
+    .exec = cmd_watch_exec,
+};

@@ -1,5 +1,7 @@
 #include "conn.h"
 
+#include "cleanup.h"
+
 #include <errno.h>
 #include <grp.h>
 #include <poll.h>
@@ -128,7 +130,7 @@ int conn_send(struct conn *c, json_t *req, const int *fds, unsigned n_fds, struc
 {
 	json_object_set_new(req, "id", json_integer(c->next_id++));
 	size_t len;
-	char *line = wire_encode(req, &len);
+	_cleanup_free_ char *line = wire_encode(req, &len);
 	if (!line)
 		return error_set(err, ERR_INTERNAL, "cannot encode the request");
 	char cbuf[CMSG_SPACE(sizeof(int) * WIRE_IMAGES_MAX)];
@@ -152,14 +154,12 @@ int conn_send(struct conn *c, json_t *req, const int *fds, unsigned n_fds, struc
 			continue;
 		if (n <= 0) {
 			int e = errno;
-			free(line);
 			if (e == EPIPE || e == ECONNRESET)
 				return refused_or_unreachable(c, e, err);
 			return unreachable(err, c->path, e);
 		}
 		off += (size_t)n;
 	}
-	free(line);
 	return 0;
 }
 
@@ -191,7 +191,7 @@ json_t *conn_read(struct conn *c, int timeout_ms, struct error *err)
 			return NULL;
 		char *nb = realloc(c->buf, c->len + 65536);
 		if (!nb) {
-			error_set(err, ERR_INTERNAL, "out of memory");
+			error_set(err, ERR_OUT_OF_MEMORY, NULL);
 			return NULL;
 		}
 		c->buf = nb;
@@ -213,7 +213,7 @@ json_t *conn_call(struct conn *c, json_t *req, const int *fds, unsigned n_fds,
 		return NULL;
 	json_int_t id = json_integer_value(json_object_get(req, "id"));
 	for (;;) {
-		json_t *obj = conn_read(c, -1, err);
+		json_auto_t *obj = conn_read(c, -1, err);
 		if (!obj)
 			return NULL;
 		const char *type = json_string_value(json_object_get(obj, "type"));
@@ -221,17 +221,14 @@ json_t *conn_call(struct conn *c, json_t *req, const int *fds, unsigned n_fds,
 		if (type && strcmp(type, "event") == 0) {
 			if (on_event)
 				on_event(ctx, obj);
-			json_decref(obj);
 			continue;
 		}
 		if (type && strcmp(type, "error") == 0 && (!oid || json_integer_value(oid) == id)) {
-			error_from_json(err, obj);
-			json_decref(obj);
+			(void)error_from_json(err, obj); /* a malformed object fills err too */
 			return NULL;
 		}
 		if (json_integer_value(oid) == id)
-			return obj;
-		json_decref(obj);
+			return TAKE_PTR(obj);
 	}
 }
 

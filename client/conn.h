@@ -24,10 +24,11 @@ struct conn {
  * /run/flashd/flashd.sock if it exists, $XDG_RUNTIME_DIR/flashd.sock. */
 int conn_socket_path(const struct cli_global *g, char *buf, size_t size);
 /* Connects; fails with daemon-unreachable. */
-int conn_open(struct conn *c, const struct cli_global *g, struct error *err);
+WARN_UNUSED_RESULT int conn_open(struct conn *c, const struct cli_global *g, struct error *err);
 void conn_close(struct conn *c);
 /* Sends one request (its "id" is assigned here) with optional fds. */
-int conn_send(struct conn *c, json_t *req, const int *fds, unsigned n_fds, struct error *err);
+WARN_UNUSED_RESULT int conn_send(struct conn *c, json_t *req, const int *fds, unsigned n_fds,
+				 struct error *err);
 /* The next object from the daemon; NULL and err set on end of stream or error.
  * timeout_ms < 0 waits forever; on timeout returns NULL with err unset. */
 json_t *conn_read(struct conn *c, int timeout_ms, struct error *err);

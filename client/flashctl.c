@@ -10,42 +10,63 @@
 #include <string.h>
 #include <unistd.h>
 
-struct verb {
-	const char *name;
-	int (*run)(int argc, char **argv, const struct cli_global *g);
-	const char *synopsis;
+/*
+ * Every verb, in the order --help lists them.  Adding a verb = one file
+ * client/cmd_NAME.c that defines `const struct cmd_entry cmd_NAME_entry` (name,
+ * options, usage, summary, handler; see verbs.h), its extern in verbs.h, the
+ * file in client/meson.build, and one line here.  Document it in flashctl.1
+ * and the bash completion (tests/integration/client/test_docs.py checks both).
+ */
+static const struct cmd_entry *const cmd_table[] = {
+    &cmd_inspect_entry, &cmd_list_entry,  &cmd_watch_entry,  &cmd_jobs_entry,
+    &cmd_cancel_entry,	&cmd_flash_entry, &cmd_check_entry,  &cmd_info_entry,
+    &cmd_history_entry, &cmd_fleet_entry, &cmd_errors_entry,
 };
 
-static const struct verb verbs[] = {
-    {"inspect", cmd_inspect,
-     "inspect FILE... [--json]      describe firmware files (no daemon needed)"},
-    {"list", cmd_list, "list                          the devices flashd sees"},
-    {"watch", cmd_watch, "watch                         devices and jobs as they change"},
-    {"jobs", cmd_jobs, "jobs                          current and recent jobs"},
-    {"cancel", cmd_cancel, "cancel JOB                    stop a job"},
-    {"flash", cmd_flash,
-     "flash FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
-     "        [--wait[=S]] [--force] [--verify] [--dry-run] [--detach]"},
-    {"check", cmd_check,
-     "check FILE... [--device ID | --port TTY | --usb PORTPATH | --platform NAME [--all]]\n"
-     "        [--wait[=S]] [--force]      would this flash? (preflight only, nothing is written)"},
-    {"info", cmd_info, "info [DEVICE]                 everything known about a device"},
-    {"history", cmd_history,
-     "history [--device ID] [--since TIME] [--result R] [--limit N] [--json]\n"
-     "        [--stats]                   past jobs (the daemon's flash history)"},
-    {"fleet", cmd_fleet,
-     "fleet --broker URL [--prefix P] [--json] [--once] [--timeout S]\n"
-     "        [--ca-file F] [--cert-file F --key-file F] [--password-file F]\n"
-     "                                    all stations publishing to an MQTT broker"},
-    {"errors", cmd_errors, "errors [--json|--markdown]    print the error catalogue"},
-};
+#define SUMMARY_COLUMN 32 /* where --help starts a verb's summary */
+
+/* Prints "  VERB USAGE", continuation lines of USAGE indented; returns the
+ * column where its last line ends. */
+static int print_synopsis(FILE *out, const struct cmd_entry *e)
+{
+	int col = fprintf(out, "  %s%s", e->name, *e->usage ? " " : "");
+	for (const char *u = e->usage; *u;) {
+		size_t n = strcspn(u, "\n");
+		col += fprintf(out, "%.*s", (int)n, u);
+		u += n;
+		if (*u == '\n') {
+			u++;
+			col = fprintf(out, "\n          ") - 1;
+		}
+	}
+	return col;
+}
 
 static void usage(FILE *out)
 {
 	fprintf(out, "Usage: flashctl [--socket PATH] [--json] VERB [ARGS...]\n\nVerbs:\n");
-	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
-		fprintf(out, "  %s\n", verbs[i].synopsis);
+	for (size_t i = 0; i < sizeof(cmd_table) / sizeof(cmd_table[0]); i++) {
+		int col = print_synopsis(out, cmd_table[i]);
+		if (col >= SUMMARY_COLUMN) { /* the summary on a line of its own */
+			fputc('\n', out);
+			col = 0;
+		}
+		fprintf(out, "%*s%s\n", SUMMARY_COLUMN - col, "", cmd_table[i]->summary);
+	}
 	fprintf(out, "\nExit statuses come from the error catalogue: 'flashctl errors'.\n");
+}
+
+int cmd_usage_error(const struct cli_global *g, const struct cmd_entry *e)
+{
+	char msg[512];
+	int n = snprintf(msg, sizeof(msg), "usage: flashctl %s%s%s", e->name, *e->usage ? " " : "",
+			 e->usage);
+	if (n < 0)
+		return render_usage_error(g, "usage: see flashctl --help");
+	/* The usage is wrapped for --help; an error message is one line. */
+	for (char *nl = strchr(msg, '\n'); nl; nl = strchr(nl, '\n'))
+		*nl = ' ';
+	return render_usage_error(g, msg);
 }
 
 int main(int argc, char **argv)
@@ -86,14 +107,14 @@ int main(int argc, char **argv)
 		return render_usage_error(&g, "no verb given");
 	}
 	const char *name = argv[optind];
-	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
-		if (strcmp(verbs[i].name, name) == 0) {
+	for (size_t i = 0; i < sizeof(cmd_table) / sizeof(cmd_table[0]); i++) {
+		if (strcmp(cmd_table[i]->name, name) == 0) {
 			int vargc = argc - optind;
 			char **vargv = argv + optind;
 			/* The verb parses its own options with argv[0] = the verb's name;
 			 * optind = 0 makes glibc's getopt start afresh. */
 			optind = 0;
-			return verbs[i].run(vargc, vargv, &g);
+			return cmd_table[i]->exec(vargc, vargv, &g);
 		}
 	}
 	char msg[256];

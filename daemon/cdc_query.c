@@ -20,11 +20,10 @@
 #define BAUD_LISTEN 28800 /* §3: enter listening mode (<= 5.9.x) */
 
 enum query_state {
-	QUERY_OPEN,	   /* waiting for the tty node (timer) */
-	QUERY_PROBE,	   /* `v` before asking for listening mode */
-	QUERY_LISTEN_WAIT, /* 9600 -> 28800 set; the device enters listening mode (timer) */
-	QUERY_QUERY,	   /* `v` [`i`] `s` */
-	QUERY_DONE,	   /* result delivered or about to be (kick) */
+	QUERY_OPEN,  /* waiting for the tty node (timer) */
+	QUERY_PROBE, /* `v` before asking for listening mode */
+	QUERY_QUERY, /* 9600 -> 28800 set if asked, then at once `v` [`i`] `s` */
+	QUERY_DONE,  /* result delivered or about to be (kick) */
 };
 
 struct cdc_query {
@@ -39,7 +38,8 @@ struct cdc_query {
 	unsigned listens; /* 28800 toggles so far */
 	bool entered;	  /* the console answered after flashd asked for listening mode */
 	struct cdc_query_result res;
-	struct error err; /* the last console result, then the final one */
+	struct error err;	      /* the last console result, then the final one */
+	enum console_phase failed_in; /* where the last console run failed */
 	cdc_query_done_fn done;
 	void *ctx;
 };
@@ -67,6 +67,8 @@ static void release(struct cdc_query *q)
 	q->port = NULL;
 }
 
+static bool probe_silence(const struct cdc_query *q);
+
 /* Ends the query; the callback runs from the kick event. */
 static void finish(struct cdc_query *q, struct error *err)
 {
@@ -77,9 +79,11 @@ static void finish(struct cdc_query *q, struct error *err)
 	if (err && err != &q->err) {
 		error_clear(&q->err);
 		error_move(&q->err, err);
+		q->failed_in = CONSOLE_PHASE_NONE; /* not the console's error */
 	}
 	if (!err)
 		error_clear(&q->err);
+	q->res.no_listening_mode = err && probe_silence(q);
 	if (q->entered && !q->res.was_listening && q->port) {
 		/* §2.3 `x`: give the device back to its firmware as it was found
 		 * (also when a later step failed: flashd put it there). */
@@ -92,13 +96,13 @@ static void finish(struct cdc_query *q, struct error *err)
 
 static void on_console_done(void *ctx, struct error *err);
 
-static void run_console(struct cdc_query *q, enum query_state st, unsigned steps)
+static void run_console(struct cdc_query *q, enum query_state st, unsigned steps, unsigned probe_ms)
 {
 	struct error e;
 	error_init(&e);
 	struct console_config cc;
 	console_config_default(&cc);
-	cc.probe_ms = q->cfg.probe_ms;
+	cc.probe_ms = probe_ms;
 	cc.reply_ms = q->cfg.reply_ms;
 	cc.slow_reply_ms = q->cfg.slow_reply_ms;
 	console_free(q->console);
@@ -106,7 +110,7 @@ static void run_console(struct cdc_query *q, enum query_state st, unsigned steps
 	q->console = console_new(q->base, q->port->fd, &cc, &ops);
 	q->state = st;
 	if (!q->console) {
-		error_set(&e, ERR_INTERNAL, "out of memory");
+		error_set(&e, ERR_OUT_OF_MEMORY, NULL);
 		finish(q, &e);
 		return;
 	}
@@ -114,40 +118,44 @@ static void run_console(struct cdc_query *q, enum query_state st, unsigned steps
 		finish(q, &e);
 }
 
-static void ask_listening(struct cdc_query *q)
-{
-	struct error e;
-	error_init(&e);
-	q->listens++;
-	q->state = QUERY_LISTEN_WAIT;
-	if (serial_port_set_baud(q->port, BAUD_TOGGLE, &e) < 0 ||
-	    serial_port_set_baud(q->port, BAUD_LISTEN, &e) < 0) {
-		finish(q, &e);
-		return;
-	}
-	arm(q, q->cfg.listen_ms);
-}
-
 static unsigned query_steps(const struct cdc_query *q)
 {
 	return CONSOLE_PROBE | (q->cfg.identify ? CONSOLE_IDENTIFY : 0) | CONSOLE_INFO;
 }
 
+/*
+ * 9600 -> 28800, then `v` at once: no fixed wait for the device to enter
+ * listening mode.  Bytes that arrive before the console runs stay in the
+ * device's CDC buffer and the console reads them when it starts (Device OS
+ * reads its input with peek(); what particle-cli's "open at 28800, send f"
+ * relies on), so the answer comes as soon as the device listens.  The `v`
+ * may take serial_listen_ms (entering) + serial_probe_ms (answering).
+ */
+static void ask_listening(struct cdc_query *q)
+{
+	struct error e;
+	error_init(&e);
+	q->listens++;
+	if (serial_port_set_baud(q->port, BAUD_TOGGLE, &e) < 0 ||
+	    serial_port_set_baud(q->port, BAUD_LISTEN, &e) < 0) {
+		finish(q, &e);
+		return;
+	}
+	run_console(q, QUERY_QUERY, query_steps(q), q->cfg.listen_ms + q->cfg.probe_ms);
+}
+
 /* Silence to `v` is what "not in listening mode" looks like (§3: entering
  * prints nothing).  A timeout after the console answered is not. */
-static bool probe_silence(const struct error *e)
+static bool probe_silence(const struct cdc_query *q)
 {
-	if (e->code != ERR_TIMED_OUT)
-		return false;
-	json_t *phase = e->detail ? json_object_get(e->detail, "phase") : NULL;
-	const char *s = phase ? json_string_value(phase) : NULL;
-	return !s || strcmp(s, "probe") == 0;
+	return q->err.code == ERR_TIMED_OUT && q->failed_in == CONSOLE_PHASE_PROBE;
 }
 
 static void on_console_done(void *ctx, struct error *err)
 {
 	struct cdc_query *q = ctx;
 	error_clear(&q->err);
+	q->failed_in = err ? console_failed_phase(q->console) : CONSOLE_PHASE_NONE;
 	if (err)
 		error_move(&q->err, err);
 	/* Decided from the kick: the console must not be freed from its own callback. */
@@ -169,10 +177,10 @@ static void open_port(struct cdc_query *q)
 		finish(q, &e);
 		return;
 	}
-	if (q->cfg.skip_first_probe)
+	if (q->cfg.skip_first_probe || q->cfg.relisten)
 		ask_listening(q);
 	else
-		run_console(q, QUERY_PROBE, CONSOLE_PROBE);
+		run_console(q, QUERY_PROBE, CONSOLE_PROBE, q->cfg.probe_ms);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -183,9 +191,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	switch (q->state) {
 	case QUERY_OPEN:
 		open_port(q);
-		break;
-	case QUERY_LISTEN_WAIT:
-		run_console(q, QUERY_QUERY, query_steps(q));
 		break;
 	default:
 		break;
@@ -205,8 +210,9 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		if (!error_is_set(&q->err)) {
 			/* listening already: ask the rest and leave it listening */
 			q->res.was_listening = true;
-			run_console(q, QUERY_QUERY, query_steps(q) & ~(unsigned)CONSOLE_PROBE);
-		} else if (probe_silence(&q->err)) {
+			run_console(q, QUERY_QUERY, query_steps(q) & ~(unsigned)CONSOLE_PROBE,
+				    q->cfg.probe_ms);
+		} else if (probe_silence(q)) {
 			error_clear(&q->err);
 			ask_listening(q);
 		} else {
@@ -214,9 +220,9 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		}
 		return;
 	case QUERY_QUERY:
-		if (!probe_silence(&q->err))
+		if (!probe_silence(q))
 			q->entered = true;
-		if (probe_silence(&q->err) && q->cfg.relisten && q->listens < 2) {
+		if (probe_silence(q) && q->cfg.relisten && q->listens < 2) {
 			error_clear(&q->err);
 			ask_listening(q);
 			return;
@@ -240,7 +246,7 @@ struct cdc_query *cdc_query_start(struct event_base *base, const char *tty,
 {
 	struct cdc_query *q = calloc(1, sizeof(*q));
 	if (!q) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	q->base = base;
@@ -262,7 +268,7 @@ struct cdc_query *cdc_query_start(struct event_base *base, const char *tty,
 	q->kick = event_new(base, -1, 0, on_kick, q);
 	if (!q->timer || !q->kick) {
 		cdc_query_free(q);
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	q->state = QUERY_OPEN;

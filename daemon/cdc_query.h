@@ -2,8 +2,15 @@
  * Asks a CDC device what it runs, through its listening-mode console
  * (particle-device-facts.md §2, §3), and leaves it as it was found:
  *
- *   OPEN -> PROBE (`v`: listening already?) -> LISTEN (9600 then 28800) ->
- *   QUERY (`v`, `i`, `s`) [-> LISTEN again once, if silent] -> EXIT (`x`) -> DONE
+ *   OPEN -> PROBE (`v`: listening already?) -> LISTEN (9600 then 28800) and at
+ *   once QUERY (`v`, `i`, `s`) [-> LISTEN again once, if silent] -> EXIT (`x`) -> DONE
+ *
+ * No fixed waits: after 28800 the `v` is written at once and answered as soon
+ * as the console runs (the device keeps what arrives before in its CDC
+ * buffer); serial_listen_ms + serial_probe_ms only bound that answer.  A
+ * device that has just booted its firmware (relisten: a verify after
+ * flashing) cannot be listening, so it gets no PROBE first: its verify costs
+ * the device's own time to answer, not a probe timeout.
  *
  * Used for explicit probes (device-info "probe") and by the DFU transport to
  * verify a device that came back on Device OS <= 5.x after leaving DFU.  The
@@ -34,15 +41,19 @@ struct cdc_query;
 		    "listening-mode console: `i` and `s` (LTE modem start, §2.4)"                 \
 	}
 
-/* The tty node can lag the USB device's udev event after a re-enumeration. */
-#define CDC_QUERY_OPEN_RETRIES	50
-#define CDC_QUERY_OPEN_RETRY_MS 200
+/* The tty node can lag the USB device's udev event after a re-enumeration:
+ * look again every 20 ms (an open() that fails costs nothing; a long period is
+ * time the verify waits for nothing), for 10 s in all. */
+#define CDC_QUERY_OPEN_RETRIES	500
+#define CDC_QUERY_OPEN_RETRY_MS 20
 
 struct cdc_query_config {
 	unsigned probe_ms, listen_ms, reply_ms, slow_reply_ms; /* 0 = the configured keys */
 	bool identify;					       /* also `i` (device id) */
-	bool relisten;	       /* silent after 28800: toggle once more (the device may have been
-				* booting when the first SET_LINE_CODING came) */
+	bool relisten;	       /* the device has just booted its firmware (a verify after
+				* flashing): no probe first, 28800 at once; silent after it:
+				* toggle once more (the device may have been booting when the
+				* first SET_LINE_CODING came) */
 	bool skip_first_probe; /* the caller knows the device is not listening */
 	const char *lock_dir;  /* NULL = $FLASHD_LOCK_DIR or the default */
 };
@@ -51,12 +62,14 @@ struct cdc_query_result {
 	struct device_facts facts; /* what the device said, over what the caller knew */
 	bool was_listening;	   /* it answered before flashd asked for listening mode */
 	bool left_listening;	   /* flashd sent `x` to give the device back to its firmware */
+	/* The query failed because the device stayed silent to `v` (the error is
+	 * timed-out, detail.phase "probe"): it has no listening mode now (Device OS
+	 * 6.x, or listening disabled).  Decide on this, not on the detail string. */
+	bool no_listening_mode;
 };
 
 /* Called once, from the loop (never from inside cdc_query_start()); the query
- * may be freed from here.  err is NULL on success; a timed-out with
- * detail.phase "probe" means the device has no listening mode now (Device OS
- * 6.x, or listening disabled). */
+ * may be freed from here.  err is NULL on success; see res->no_listening_mode. */
 typedef void (*cdc_query_done_fn)(void *ctx, const struct cdc_query_result *res, struct error *err);
 
 /* Starts on tty.  known: facts to start from (platform from the USB ids), may be NULL. */

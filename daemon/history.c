@@ -1,5 +1,6 @@
 #include "history.h"
 
+#include "cleanup.h"
 #include "jobs.h"
 #include "log.h"
 #include "rfc3339.h"
@@ -37,7 +38,7 @@ static const char *const migrations[] = {
     " created TEXT NOT NULL, started TEXT, ended TEXT, duration_s REAL,"
     " device TEXT, device_id TEXT, platform TEXT, port TEXT, transport TEXT,"
     " uid INTEGER,"
-    " plan TEXT,"		/* JSON: what job-started carried */
+    " plan TEXT,"		/* JSON: the job's plan (final once the job ended) */
     " images TEXT,"		/* JSON: [{"file","sha256"}] */
     " before TEXT, after TEXT," /* JSON: installed modules */
     " result TEXT, outcome TEXT,"
@@ -83,7 +84,7 @@ static const char sql_ended[] =
     " platform = COALESCE(excluded.platform, jobs.platform),"
     " port = COALESCE(excluded.port, jobs.port), label = COALESCE(excluded.label, jobs.label),"
     " transport = COALESCE(excluded.transport, jobs.transport),"
-    " plan = COALESCE(jobs.plan, excluded.plan),"
+    " plan = COALESCE(excluded.plan, jobs.plan)," /* the final plan replaces the preliminary one */
     " before = COALESCE(excluded.before, jobs.before), after = excluded.after,"
     " result = excluded.result, outcome = excluded.outcome, error = excluded.error,"
     " error_message = excluded.error_message, error_detail = excluded.error_detail,"
@@ -917,12 +918,10 @@ int history_filter_parse(const json_t *req, struct history_filter *f, struct err
 struct history_query *history_query(struct history *h, const struct history_filter *f,
 				    history_result_cb cb, void *ctx, struct error *err)
 {
-	struct history_query *q = calloc(1, sizeof(*q));
-	struct op *op = calloc(1, sizeof(*op));
+	_cleanup_free_ struct history_query *q = calloc(1, sizeof(*q));
+	_cleanup_free_ struct op *op = calloc(1, sizeof(*op));
 	if (!q || !op) {
-		free(q);
-		free(op);
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	q->f = *f;
@@ -935,8 +934,6 @@ struct history_query *history_query(struct history *h, const struct history_filt
 	bool full = h->queued >= HISTORY_QUEUE_MAX;
 	pthread_mutex_unlock(&h->mu);
 	if (full) {
-		free(q);
-		free(op);
 		error_set(err, ERR_HISTORY_UNAVAILABLE,
 			  "the flash history is busy: %u records wait to be written",
 			  HISTORY_QUEUE_MAX);
@@ -944,8 +941,8 @@ struct history_query *history_query(struct history *h, const struct history_filt
 		error_detail_str(err, "path", h->path);
 		return NULL;
 	}
-	enqueue(h, op);
-	return q;
+	enqueue(h, TAKE_PTR(op));
+	return TAKE_PTR(q);
 }
 
 void history_query_abandon(struct history *h, struct history_query *q)
@@ -1102,7 +1099,7 @@ struct history *history_open(struct event_base *base, const char *state_dir,
 {
 	struct history *h = calloc(1, sizeof(*h));
 	if (!h) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	h->efd = -1;

@@ -93,7 +93,8 @@ struct history_filter {
 	bool stats;		 /* per-platform statistics instead of rows */
 };
 /* Parses a request's "device", "since", "result", "limit", "stats" (bad-request on errors). */
-int history_filter_parse(const json_t *req, struct history_filter *f, struct error *err);
+WARN_UNUSED_RESULT int history_filter_parse(const json_t *req, struct history_filter *f,
+					    struct error *err);
 
 /*
  * Runs a query on the worker; cb gets {"jobs":[...]} or {"stats":{...}} (owned
@@ -116,4 +117,4 @@ void history_flush(struct history *h);
 
 /* Creates a database at path with the schema of the given version (an older
  * one, for migration tests); 0 or -1. */
-int history_create_at_version(const char *path, int version, struct error *err);
+WARN_UNUSED_RESULT int history_create_at_version(const char *path, int version, struct error *err);

@@ -1,5 +1,6 @@
 #include "image_cache.h"
 
+#include "cleanup.h"
 #include "log.h"
 
 #include <errno.h>
@@ -34,7 +35,10 @@ void image_cache_free(struct image_cache *c)
 	while (c->refs) {
 		struct image_ref *r = c->refs;
 		c->refs = r->next;
-		image_free(r->img);
+		if (r->bundle)
+			bundle_free(r->bundle);
+		else
+			image_free(r->img);
 		free(r);
 	}
 	free(c);
@@ -74,7 +78,8 @@ struct raw_read {
 	uint8_t *buf;
 	size_t len;
 	int errnum;
-	long long size; /* for "over the limit" */
+	long long size;	 /* for "over the limit" */
+	long long limit; /* ... and the limit that applied */
 	char reason[160];
 };
 
@@ -92,14 +97,22 @@ static int read_raw(int fd, struct raw_read *r)
 		snprintf(r->reason, sizeof(r->reason), "not a regular file");
 		return -1;
 	}
-	if ((uint64_t)st.st_size > IMAGE_FILE_MAX) {
+	/* Zip bundles may be larger than modules: the first bytes say which limit applies. */
+	uint8_t head[4];
+	size_t limit = IMAGE_FILE_MAX;
+	if ((uint64_t)st.st_size > IMAGE_FILE_MAX &&
+	    pread(fd, head, sizeof(head), 0) == (ssize_t)sizeof(head) &&
+	    bundle_is_zip(head, sizeof(head)))
+		limit = BUNDLE_FILE_MAX;
+	if ((uint64_t)st.st_size > limit) {
 		r->size = st.st_size;
+		r->limit = (long long)limit;
 		snprintf(r->reason, sizeof(r->reason), "%lld bytes is over the limit",
 			 (long long)st.st_size);
 		return -1;
 	}
 	size_t len = (size_t)st.st_size;
-	uint8_t *buf = malloc(len ? len : 1);
+	_cleanup_free_ uint8_t *buf = malloc(len ? len : 1);
 	if (!buf) {
 		r->errnum = ENOMEM;
 		snprintf(r->reason, sizeof(r->reason), "out of memory");
@@ -114,12 +127,11 @@ static int read_raw(int fd, struct raw_read *r)
 			r->errnum = n < 0 ? errno : 0;
 			snprintf(r->reason, sizeof(r->reason), "read failed: %s",
 				 n < 0 ? strerror(errno) : "file shrank while reading");
-			free(buf);
 			return -1;
 		}
 		got += (size_t)n;
 	}
-	r->buf = buf;
+	r->buf = TAKE_PTR(buf);
 	r->len = len;
 	return 0;
 }
@@ -129,7 +141,7 @@ static void raw_error(const struct raw_read *r, const char *name, struct error *
 	unreadable(err, r->errnum, name, "%s", r->reason);
 	if (r->size) {
 		error_detail_int(err, "size", r->size);
-		error_detail_int(err, "limit", IMAGE_FILE_MAX);
+		error_detail_int(err, "limit", r->limit);
 	}
 }
 
@@ -157,6 +169,8 @@ int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct 
 int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, const char *name,
 			    struct image_ref **ret, struct error *err)
 {
+	_cleanup_free_ uint8_t *owned = buf; /* ours on every path: the parsed image copies */
+	_cleanup_(image_freep) struct image *img = NULL;
 	uint8_t sha[32];
 	struct sha256_ctx ctx;
 	sha256_init(&ctx);
@@ -164,41 +178,57 @@ int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, con
 	sha256_digest(&ctx, sizeof(sha), sha);
 	for (struct image_ref *r = c->refs; r; r = r->next) {
 		if (memcmp(r->sha256, sha, sizeof(sha)) == 0) {
-			free(buf);
 			r->refs++;
 			*ret = r;
 			return 0;
 		}
 	}
 	if (c->bytes + len > c->limit) {
-		free(buf);
 		unreadable(err, 0, name, "the daemon holds too much firmware for other jobs");
 		error_detail_int(err, "limit", (long long)c->limit);
 		return -1;
 	}
-	struct image *img = NULL;
-	int rc = image_parse(buf, len, &img, err);
-	free(buf);
+	/* A zip's application belongs to its bundle; a module file's image to img. */
+	_cleanup_(bundle_freep) struct bundle *bundle = NULL;
+	size_t held = len;
+	int rc;
+	if (bundle_is_zip(buf, len)) {
+		rc = bundle_parse(buf, len, &bundle, err);
+		if (rc < 0)
+			error_prefix(err, "%s: ", name);
+		else
+			held += (size_t)bundle_assets_bytes(bundle);
+	} else {
+		rc = image_parse(buf, len, &img, err);
+	}
 	if (rc < 0) {
-		/* A damaged image is returned for display; it is not flashed. */
-		image_free(img);
+		/* A damaged image or bundle is returned for display; it is not flashed. */
 		error_detail_str(err, "file", name);
 		return -1;
 	}
-	struct image_ref *r = calloc(1, sizeof(*r));
-	if (!r) {
-		image_free(img);
-		return unreadable(err, ENOMEM, name, "out of memory");
+	if (c->bytes + held > c->limit) { /* a bundle's assets may tip it over */
+		unreadable(err, 0, name, "the daemon holds too much firmware for other jobs");
+		error_detail_int(err, "limit", (long long)c->limit);
+		return -1;
 	}
-	r->img = img;
+	struct image_ref *r = calloc(1, sizeof(*r));
+	if (!r)
+		return error_set(err, ERR_OUT_OF_MEMORY, "out of memory reading %s", name);
+	if (bundle) {
+		r->img = bundle->app;
+		r->bundle = TAKE_PTR(bundle);
+	} else {
+		r->img = TAKE_PTR(img);
+	}
 	memcpy(r->sha256, sha, sizeof(sha));
 	for (int i = 0; i < 32; i++)
 		snprintf(r->sha256_hex + 2 * i, 3, "%02x", sha[i]);
 	r->bytes = len;
+	r->held = held;
 	r->refs = 1;
 	r->next = c->refs;
 	c->refs = r;
-	c->bytes += len;
+	c->bytes += held;
 	c->count++;
 	*ret = r;
 	return 0;
@@ -214,10 +244,35 @@ void image_cache_put(struct image_cache *c, struct image_ref *ref)
 			break;
 		}
 	}
-	c->bytes -= ref->bytes;
+	c->bytes -= ref->held;
 	c->count--;
-	image_free(ref->img);
+	if (ref->bundle)
+		bundle_free(ref->bundle);
+	else
+		image_free(ref->img);
 	free(ref);
+}
+
+int image_ref_check_assets(const struct image_ref *ref, const char *name, struct error *err)
+{
+	if (!ref->bundle || ref->bundle->n_assets == 0)
+		return 0;
+	const struct bundle *b = ref->bundle;
+	error_set(err, ERR_ASSETS_NOT_FLASHABLE,
+		  "%s holds %u asset%s (%llu bytes) beside %s; flashd cannot write assets yet: "
+		  "that needs the USB control-request transport, which this build does not have",
+		  name, b->n_assets, b->n_assets == 1 ? "" : "s",
+		  (unsigned long long)bundle_assets_bytes(b), b->app_name);
+	error_detail_str(err, "file", name);
+	error_detail_int(err, "assets", b->n_assets);
+	error_detail_int(err, "bytes", (long long)bundle_assets_bytes(b));
+	error_detail_str(err, "reason", "no transport writes assets (control requests)");
+	error_detail_str(err, "transport", "control-request");
+	error_hint(err,
+		   "flash the application alone (unzip %s and flash %s), and the assets with "
+		   "'particle flash --local %s' on a device running Device OS 5.5 or later",
+		   name, b->app_name, name);
+	return -1;
 }
 
 /* ---- reading a client's file off the loop -------------------------------- */
@@ -305,12 +360,12 @@ static void *reader_main(void *arg)
 	struct image_read *r = arg;
 	struct raw_read raw = {0};
 	read_raw(r->fd, &raw);
-	/* Read before the wake-up: once it is written the loop may free r. */
-	uid_t owner = r->owner;
 	pthread_mutex_lock(&r->lock);
 	r->raw = raw;
 	r->done = true;
 	bool abandoned = r->abandoned;
+	/* Once unlocked, a read the loop still wants may be freed by it at any time. */
+	uid_t owner = r->owner;
 	if (!abandoned) {
 		char one = 1;
 		if (write(r->wake[1], &one, 1) < 0) {
@@ -327,8 +382,10 @@ static void *reader_main(void *arg)
 
 static void loop_side_free(struct image_read *r)
 {
-	event_free(r->wake_ev);
-	event_free(r->deadline_ev);
+	if (r->wake_ev) /* event_free() does not take NULL */
+		event_free(r->wake_ev);
+	if (r->deadline_ev)
+		event_free(r->deadline_ev);
 	close(r->wake[0]);
 	r->wake_ev = r->deadline_ev = NULL;
 }
@@ -373,7 +430,8 @@ struct image_read *image_read_start(struct event_base *base, int fd, const char 
 	}
 	struct image_read *r = calloc(1, sizeof(*r));
 	if (!r) {
-		unreadable(err, ENOMEM, name, "out of memory");
+		owner_put(owner);
+		error_set(err, ERR_OUT_OF_MEMORY, "out of memory reading %s", name);
 		return NULL;
 	}
 	pthread_mutex_init(&r->lock, NULL);
@@ -395,6 +453,13 @@ struct image_read *image_read_start(struct event_base *base, int fd, const char 
 	}
 	r->wake_ev = event_new(base, r->wake[0], EV_READ, on_wake, r);
 	r->deadline_ev = evtimer_new(base, on_deadline, r);
+	if (!r->wake_ev || !r->deadline_ev) {
+		owner_put(owner);
+		error_set(err, ERR_OUT_OF_MEMORY, "out of memory reading %s", name);
+		loop_side_free(r);
+		read_state_free(r);
+		return NULL;
+	}
 	pthread_attr_t attr;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);

@@ -5,6 +5,7 @@
  */
 #pragma once
 
+#include "bundle.h"
 #include "errors.h"
 #include "image.h"
 #include "wire.h"
@@ -17,10 +18,12 @@ struct image_cache;
 
 struct image_ref {
 	struct image_ref *next;
-	struct image *img;
+	struct image *img;     /* for a bundle: its application (owned by bundle) */
+	struct bundle *bundle; /* a .zip bundle: its assets wait here for the asset step */
 	uint8_t sha256[32];
 	char sha256_hex[65];
-	size_t bytes;
+	size_t bytes; /* the file's size */
+	size_t held;  /* what it counts against the limit: bytes, plus a bundle's assets */
 	unsigned refs;
 };
 
@@ -28,16 +31,19 @@ struct image_ref {
 struct image_cache *image_cache_new(size_t limit);
 void image_cache_free(struct image_cache *c);
 /*
- * Reads fd (a regular file of at most IMAGE_FILE_MAX bytes) and returns a
- * reference to its parsed image, shared with any job that sent the same
- * bytes.  Fails with file-unreadable (not a regular file, read error, too
- * large, memory limit) or the parser's image-* errors.  name is for messages.
+ * Reads fd (a regular file of at most IMAGE_FILE_MAX bytes, or a zip bundle
+ * of at most BUNDLE_FILE_MAX) and returns a reference to its parsed image,
+ * shared with any job that sent the same bytes.  A bundle's application is
+ * the image; its assets stay on ref->bundle.  Fails with file-unreadable (not
+ * a regular file, read error, too large, memory limit), the parser's image-*
+ * errors or the bundle reader's bundle-* errors.  name is for messages.
  */
-int image_cache_load_fd(struct image_cache *c, int fd, const char *name, struct image_ref **ret,
-			struct error *err);
+WARN_UNUSED_RESULT int image_cache_load_fd(struct image_cache *c, int fd, const char *name,
+					   struct image_ref **ret, struct error *err);
 /* The same over bytes already read (buf is taken over and freed). */
-int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, const char *name,
-			    struct image_ref **ret, struct error *err);
+WARN_UNUSED_RESULT int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len,
+					       const char *name, struct image_ref **ret,
+					       struct error *err);
 void image_cache_put(struct image_cache *c, struct image_ref *ref);
 
 /*
@@ -65,3 +71,10 @@ void image_read_free(struct image_read *r);
 unsigned image_readers_alive(void);
 size_t image_cache_bytes(const struct image_cache *c);
 size_t image_cache_count(const struct image_cache *c);
+
+/*
+ * Until an asset-writing step exists: fails with assets-not-flashable when ref
+ * is a bundle with assets (a bundle of the application alone flashes like the
+ * .bin).  name names the file in the message.
+ */
+int image_ref_check_assets(const struct image_ref *ref, const char *name, struct error *err);

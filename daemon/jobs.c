@@ -76,6 +76,10 @@ struct job {
 	struct device_facts facts_before, facts_after;
 	bool have_before, have_after;
 	uint64_t bytes_written, write_base, write_sum0;
+	/* Bytes held back by the rate limit go out when it allows (a stalled
+	 * transfer's last event must say what was acknowledged). */
+	struct event *progress_timer;
+	bool progress_held;
 };
 
 struct grave {
@@ -210,8 +214,12 @@ static double wait_limit_s(const struct job *job)
 	return 0;
 }
 
+static void progress_held_cb(evutil_socket_t fd, short what, void *arg);
+
 static void emit_progress(struct job *job, const char *note, const char *message)
 {
+	job->progress_held = false;
+	evtimer_del(job->progress_timer);
 	json_t *ev = wire_event_new("job-progress");
 	json_object_set_new(ev, "state", json_string(job_state_name(job->state)));
 	json_object_set_new(ev, "phase", json_string(job_state_name(job->state)));
@@ -293,6 +301,8 @@ static void finish(struct job *job, enum job_result result, const char *word, st
 		error_clear(err);
 		return;
 	}
+	if (job->progress_held)
+		emit_progress(job, NULL, NULL); /* before job-ended: what was acknowledged */
 	job->ended = true;
 	job->result = result;
 	job->ended_at = now_s();
@@ -463,7 +473,8 @@ bool jobs_target_matches(enum wire_target_kind kind, const char *value, const st
 static struct device *find_device_for(struct jobs *jobs, struct job *job)
 {
 	for (struct device *d = registry_first(jobs->reg); d; d = d->next) {
-		if (!d->s.present || !jobs_target_matches(job->target, job->target_value, d))
+		if (!registry_device_ready(d) ||
+		    !jobs_target_matches(job->target, job->target_value, d))
 			continue;
 		bool claimed = false;
 		for (struct job *o = jobs->list; o && !claimed; o = o->next)
@@ -490,9 +501,24 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
 	else
 		snprintf(target, sizeof(target), "%s %s", wire_target_kind_name(job->target),
 			 job->target_value);
-	error_set(&err, ERR_TIMED_OUT, "no device matching %s appeared within %.1f s", target,
-		  waited);
-	error_hint(&err, "connect the device (listening or DFU mode) or wait longer (--wait=S)");
+	const struct device *no_tty = NULL;
+	for (const struct device *d = registry_first(job->jobs->reg); d && !no_tty; d = d->next)
+		if (d->s.present && !registry_device_ready(d) &&
+		    jobs_target_matches(job->target, job->target_value, d))
+			no_tty = d;
+	if (no_tty) {
+		error_set(&err, ERR_TIMED_OUT,
+			  "%s is attached, but its serial port did not appear within %.1f s, so "
+			  "no transport could take it",
+			  no_tty->s.key, waited);
+		error_hint(&err, "check that the cdc_acm kernel module is loaded and that no "
+				 "udev rule hides the port, or put the device in DFU mode");
+	} else {
+		error_set(&err, ERR_TIMED_OUT, "no device matching %s appeared within %.1f s",
+			  target, waited);
+		error_hint(&err,
+			   "connect the device (listening or DFU mode) or wait longer (--wait=S)");
+	}
 	error_detail_str(&err, "phase", "waiting-for-device");
 	error_detail_str(&err, "target", target);
 	error_detail_int(&err, "waited_s", (long long)(waited + 0.5));
@@ -516,10 +542,12 @@ static void schedule_one(struct jobs *jobs, struct job *job)
 	if (job->device) {
 		snprintf(job->device_key, sizeof(job->device_key), "%s", job->device->s.key);
 		if (job->device->s.present && !job->device->job) {
-			run_on_device(job);
-			return;
-		}
-		if (job->device->s.present) {
+			/* A job that waits also waits for the tty of a CDC device. */
+			if (registry_device_ready(job->device) || job->opts.wait_ms == 0) {
+				run_on_device(job);
+				return;
+			}
+		} else if (job->device->s.present) {
 			/* Another job holds the device: it has appeared, so the wait is over. */
 			evtimer_del(job->wait_timer);
 			enter_state(job, JOB_QUEUED);
@@ -553,6 +581,7 @@ static void job_free(struct job *job)
 			image_cache_put(job->jobs->images, job->images[i]);
 	event_free(job->wait_timer);
 	event_free(job->cancel_timer);
+	event_free(job->progress_timer);
 	error_clear(&job->error);
 	json_decref(job->plan);
 	free(job);
@@ -777,6 +806,7 @@ struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error
 	job->phase_t0 = mono_s();
 	job->wait_timer = evtimer_new(jobs->base, wait_cb, job);
 	job->cancel_timer = evtimer_new(jobs->base, cancel_grace_cb, job);
+	job->progress_timer = evtimer_new(jobs->base, progress_held_cb, job);
 	struct job **pp = &jobs->list;
 	while (*pp)
 		pp = &(*pp)->next;
@@ -1029,6 +1059,17 @@ static void count_written(struct job *job, uint64_t done)
 		job->bytes_written = job->write_sum0 + done - job->write_base;
 }
 
+static void progress_held_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct job *job = arg;
+	if (job->ended || !job->progress_held)
+		return;
+	job->last_emit = mono_s();
+	emit_progress(job, NULL, NULL);
+}
+
 void job_progress(struct job *job, uint64_t done, uint64_t total)
 {
 	if (job->ended)
@@ -1037,9 +1078,14 @@ void job_progress(struct job *job, uint64_t done, uint64_t total)
 	job->done = done;
 	job->total = total;
 	double t = mono_s();
-	if (done == total || t - job->last_emit >= JOBS_PROGRESS_INTERVAL_MS / 1000.0) {
+	double wait_s = job->last_emit + JOBS_PROGRESS_INTERVAL_MS / 1000.0 - t;
+	if (done == total || wait_s <= 0) {
 		job->last_emit = t;
 		emit_progress(job, NULL, NULL);
+	} else if (!job->progress_held) {
+		job->progress_held = true;
+		struct timeval tv = {0, (suseconds_t)(wait_s * 1e6) + 1};
+		evtimer_add(job->progress_timer, &tv);
 	}
 }
 

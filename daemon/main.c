@@ -3,6 +3,7 @@
  * systemd-activated), readiness notification, and the one event loop that
  * runs everything: udev, clients, jobs, transports.
  */
+#include "cleanup.h"
 #include "config.h"
 
 #include "history.h"
@@ -15,6 +16,7 @@
 #include "settings.h"
 #include "transports.h"
 #include "udev_source.h"
+#include "upload.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -212,16 +214,17 @@ static int bind_socket(const char *path, const struct config *cfg)
 		return -1;
 	}
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -1;
-	/* Remove a stale socket, but never one a running daemon answers on. */
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-		log_error("another flashd is already serving %s", path);
-		close(fd);
-		return -1;
+	{
+		_cleanup_close_ int probe =
+		    socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (probe < 0)
+			return -1;
+		/* Remove a stale socket, but never one a running daemon answers on. */
+		if (connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			log_error("another flashd is already serving %s", path);
+			return -1;
+		}
 	}
-	close(fd);
 	/* Bind and listen under a temporary name, then rename into place: a client
 	 * that sees the path can always connect (no window between bind and listen). */
 	struct sockaddr_un tmp = {.sun_family = AF_UNIX};
@@ -231,7 +234,7 @@ static int bind_socket(const char *path, const struct config *cfg)
 		return -1;
 	}
 	unlink(tmp.sun_path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	_cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
 	/* Born owner-only (umask), then given to the group: never more open than asked. */
@@ -244,11 +247,10 @@ static int bind_socket(const char *path, const struct config *cfg)
 		/* Who may connect: the socket group (flashing); who may administer: the
 		 * admin group and root (server.c, SO_PEERCRED / SO_PEERGROUPS). */
 		log_error("cannot listen on %s: %s", path, strerror(errno));
-		unlink(tmp.sun_path);
-		close(fd);
+		(void)unlink(tmp.sun_path); /* best effort: a leftover name is removed next start */
 		return -1;
 	}
-	return fd;
+	return TAKE_FD(fd);
 }
 
 /*
@@ -338,6 +340,7 @@ int main(int argc, char **argv)
 	 * file is read, so that it can set them. */
 	jobs_register_timeouts(transports_builtin());
 	server_register_timeouts();
+	uploads_register_timeouts();
 	/* The [mqtt] section is checked as a whole here too (files, credentials,
 	 * TLS): a station that cannot publish as configured does not start. */
 	if ((o.config_file && config_load(&cfg, o.config_file, &err) < 0) ||
@@ -388,6 +391,10 @@ int main(int argc, char **argv)
 	jobs_set_sink(d.jobs, on_job_event, &d);
 	registry_set_listener(d.reg, on_device, &d);
 	d.server = server_new(d.base, lfd, d.reg, d.jobs, d.images, &cfg);
+	if (!d.server) {
+		log_error("out of memory starting the socket server");
+		return 1;
+	}
 	server_set_history(d.server, d.history, history_off);
 	server_set_mqtt(d.server, d.mqtt);
 	d.udev = udev_source_new(d.base, d.reg, &err);
@@ -397,6 +404,10 @@ int main(int argc, char **argv)
 	}
 	struct event *sigint = evsignal_new(d.base, SIGINT, on_signal, d.base);
 	struct event *sigterm = evsignal_new(d.base, SIGTERM, on_signal, d.base);
+	if (!sigint || !sigterm) {
+		log_error("out of memory setting up signal handling");
+		return 1;
+	}
 	event_add(sigint, NULL);
 	event_add(sigterm, NULL);
 

@@ -104,7 +104,7 @@ static void try_open(struct dfu_leave *x)
 	struct dfu_io io = usb_dfu_io(x->usb);
 	x->dfuse = dfuse_new(x->base, &io, &desc);
 	if (!x->dfuse) {
-		error_set(&e, ERR_INTERNAL, "out of memory");
+		error_set(&e, ERR_OUT_OF_MEMORY, NULL);
 		finish(x, &e);
 		return;
 	}
@@ -137,7 +137,7 @@ struct dfu_leave *mode_switch_dfu_leave(struct event_base *base, unsigned busnum
 {
 	struct dfu_leave *x = calloc(1, sizeof(*x));
 	if (!x) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	x->base = base;
@@ -151,7 +151,7 @@ struct dfu_leave *mode_switch_dfu_leave(struct event_base *base, unsigned busnum
 	x->kick = event_new(base, -1, 0, on_kick, x);
 	if (!x->timer || !x->kick) {
 		mode_switch_dfu_leave_free(x);
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	x->state = RESET_OPENING;

@@ -2,6 +2,7 @@
 
 #include "mqtt.h"
 
+#include "device_json.h"
 #include "history.h"
 #include "jobs.h"
 #include "log.h"

@@ -74,6 +74,15 @@ void registry_set_mode(struct registry *r, struct device *dev, enum device_mode 
 /* The job holding the device changed (NULL = idle); emits device-changed. */
 void registry_set_job(struct registry *r, struct device *dev, struct job *job);
 
+/*
+ * Whether a job may take the device now: present, and either in DFU mode or
+ * with its tty.  The kernel announces a CDC device's usb_device before cdc-acm
+ * has bound its interfaces and made the tty, and the mode of a CDC device is
+ * unknown until a job asks its console: without the tty no transport can work
+ * on it, so it is listed at once but offered to jobs only when the tty is there.
+ */
+bool registry_device_ready(const struct device *d);
+
 struct device *registry_first(struct registry *r); /* then dev->next; includes ghosts */
 struct device *registry_find_key(struct registry *r, const char *key);
 size_t registry_count_present(struct registry *r);
@@ -81,6 +90,4 @@ size_t registry_count_present(struct registry *r);
 /* Plausible Particle device id: 24 hex digits (case-insensitive). */
 bool registry_id_plausible(const char *s);
 
-/* {"key","id","platform","platform_id","mode","present","busy","job","tty","usb":{...},
- *  "os","modules"} */
-json_t *device_to_json(const struct device *dev, bool with_modules);
+/* A device as JSON for clients: device_json.h. */

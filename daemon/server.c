@@ -1,16 +1,20 @@
 #include "server.h"
 
+#include "cleanup.h"
 #include "config.h"
+#include "device_json.h"
 #include "history.h"
 #include "mqtt.h"
 #include "log.h"
 #include "transports.h"
+#include "upload.h"
 #include "wire.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <grp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,8 +66,10 @@ struct client {
 	int fds[SERVER_CLIENT_FDS_MAX];
 	unsigned n_fds;
 	bool fds_overflow;
-	bool sub_devices, sub_jobs;
-	char sub_job[64];
+	bool uploading;		    /* began an upload: its lines may be WIRE_LINE_MAX long */
+	bool sub_devices, sub_jobs; /* sub_jobs: every job */
+	char sub_job_ids[WIRE_SUBSCRIBE_JOBS_MAX][64]; /* and these jobs (they add up) */
+	unsigned n_sub_job_ids;
 	/* A device-info probe in progress: its reply waits for the probe job, and the
 	 * client's later requests wait for that reply (replies stay in order). */
 	struct job *probe_job;
@@ -77,6 +83,7 @@ struct client {
 	/* A flash request waiting for its files; later requests wait for its reply. */
 	struct flash_read *reading;
 	struct event *idle;
+	struct event *closed; /* while a probe waits: the client's hang-up, read or not */
 };
 
 struct server {
@@ -89,6 +96,7 @@ struct server {
 	struct jobs *jobs;
 	struct image_cache *images;
 	struct config cfg;
+	struct uploads *uploads;
 	gid_t admin_gid;
 	bool have_admin_gid;
 	struct client *clients;
@@ -109,7 +117,10 @@ static void client_kill(struct client *c, const char *why)
 	c->dead = true;
 	event_del(c->rev);
 	event_del(c->wev);
+	if (c->closed)
+		event_del(c->closed);
 	jobs_client_gone(c->srv->jobs, c->id);
+	uploads_client_gone(c->srv->uploads, c->id);
 	event_active(c->srv->reaper, 0, 0);
 }
 
@@ -118,19 +129,17 @@ static void client_send(struct client *c, const json_t *obj)
 	size_t len;
 	if (c->dead)
 		return;
-	char *line = wire_encode(obj, &len);
+	_cleanup_free_ char *line = wire_encode(obj, &len);
 	if (!line)
 		return;
 	/* A client that does not read must not make the daemon hold unbounded memory. */
 	if (evbuffer_get_length(c->out) + len > c->srv->cfg.output_buffer_max) {
-		free(line);
 		log_warning("client %lu (pid %d) stopped reading: output buffer over %zu bytes",
 			    c->id, (int)c->cred.pid, c->srv->cfg.output_buffer_max);
 		client_kill(c, "slow reader");
 		return;
 	}
 	evbuffer_add(c->out, line, len);
-	free(line);
 	event_add(c->wev, NULL);
 }
 
@@ -162,6 +171,8 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 
 /* ---- requests ---------------------------------------------------------- */
 
+static void upload_hello(struct client *c, json_t *reply);
+
 static void flash_read_free(struct flash_read *fr)
 {
 	if (!fr)
@@ -175,6 +186,7 @@ static void flash_read_free(struct flash_read *fr)
 	free(fr->line);
 	free(fr);
 }
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct flash_read *, flash_read_free)
 
 static void close_fds(struct client *c)
 {
@@ -208,8 +220,8 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 	json_object_set_new(reply, "protocol", json_integer(WIRE_PROTOCOL_VERSION));
 	json_object_set_new(reply, "server", json_string("flashd " FLASHD_VERSION));
 	json_object_set_new(reply, "capabilities",
-			    json_pack("[s,s,s,s,s,s]", "fd-passing", "subscribe", "device-events",
-				      "job-events", "device-probe", "history"));
+			    json_pack("[s,s,s,s,s,s,s]", "fd-passing", "subscribe", "device-events",
+				      "job-events", "device-probe", "history", "upload"));
 	json_object_set_new(reply, "history", history_status_json(c->srv->history));
 	json_object_set_new(reply, "mqtt", mqtt_status_json(c->srv->mqtt));
 	json_object_set_new(reply, "transports", transports);
@@ -224,6 +236,7 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 				      (json_int_t)cfg->clients_per_uid, "jobs_per_uid",
 				      (json_int_t)cfg->jobs_per_uid, "waiting_jobs_per_uid",
 				      (json_int_t)cfg->waiting_jobs_per_uid));
+	upload_hello(c, reply);
 }
 
 /* Finds a device by key, device id, tty or USB port path; ambiguous ids fail. */
@@ -231,12 +244,10 @@ static struct device *find_device(struct server *s, const char *what, struct err
 {
 	struct device *found = NULL;
 	unsigned n = 0;
-	json_t *candidates = json_array();
 	struct device *d = registry_find_key(s->reg, what);
-	if (d) {
-		json_decref(candidates);
+	if (d)
 		return d;
-	}
+	json_auto_t *candidates = json_array();
 	for (d = registry_first(s->reg); d; d = d->next) {
 		if (!listed(d))
 			continue;
@@ -248,19 +259,16 @@ static struct device *find_device(struct server *s, const char *what, struct err
 			json_array_append_new(candidates, device_to_json(d, false));
 		}
 	}
-	if (n == 1) {
-		json_decref(candidates);
+	if (n == 1)
 		return found;
-	}
 	if (n == 0) {
-		json_decref(candidates);
 		error_set(err, ERR_DEVICE_NOT_FOUND, "no attached device is known as %s", what);
 		error_detail_str(err, "target", what);
 		return NULL;
 	}
 	error_set(err, ERR_AMBIGUOUS_TARGET, "%u devices are known as %s", n, what);
 	error_detail_str(err, "target", what);
-	error_detail_json(err, "candidates", candidates);
+	error_detail_json(err, "candidates", TAKE_PTR(candidates));
 	return NULL;
 }
 
@@ -366,19 +374,90 @@ static unsigned match_devices(struct server *s, const struct wire_flash *f, stru
 	return n;
 }
 
+/* ---- in-band uploads (upload.h): the hooks ------------------------------ */
+
+static void upload_hello(struct client *c, json_t *reply)
+{
+	json_t *limits = json_object_get(reply, "limits");
+	json_object_set_new(limits, "upload_chunk_bytes", json_integer(WIRE_UPLOAD_CHUNK_MAX));
+	json_object_set_new(limits, "upload_message_bytes", json_integer(WIRE_LINE_MAX));
+	json_object_set_new(limits, "upload_bytes", json_integer(IMAGE_FILE_MAX));
+	json_object_set_new(limits, "uploads_per_uid", json_integer(c->srv->cfg.uploads_per_uid));
+}
+
+static int do_upload(struct client *c, struct wire_request *req, json_t *reply, struct error *err)
+{
+	if (req->type == WIRE_REQ_UPLOAD_BEGIN) {
+		struct wire_upload_begin b;
+		if (wire_parse_upload_begin(req->obj, &b, err) < 0)
+			return -1;
+		if (uploads_begin(c->srv->uploads, c->id, c->cred.uid, &b, reply, err) < 0)
+			return -1;
+		c->uploading = true;
+		return 0;
+	}
+	struct wire_upload_chunk ch;
+	int rc = wire_parse_upload_chunk(req->obj, &ch, err);
+	if (rc == 0)
+		rc = uploads_chunk(c->srv->uploads, c->id, &ch, reply, err);
+	wire_upload_chunk_clear(&ch);
+	return rc;
+}
+
+/* A copy of a finished upload's bytes into the image cache; the upload itself is
+ * freed once the request has made its jobs (release_uploads). */
+static int load_upload(struct client *c, const char *id, const char *name, struct image_ref **ret,
+		       struct error *err)
+{
+	size_t len;
+	const uint8_t *bytes = uploads_get(c->srv->uploads, c->id, id, &len, err);
+	if (!bytes)
+		return -1;
+	uint8_t *copy = malloc(len);
+	if (!copy)
+		return error_set(err, ERR_INTERNAL, "out of memory");
+	memcpy(copy, bytes, len);
+	return image_cache_load_buffer(c->srv->images, copy, len, name, ret, err);
+}
+
+/* Every upload the request names is complete on this connection: the client's
+ * own mistakes are reported before anything about devices. */
+static int check_uploads(struct client *c, const struct wire_flash *f, struct error *err)
+{
+	size_t len;
+	for (unsigned i = 0; i < f->n_images; i++)
+		if (f->images[i].upload[0] &&
+		    !uploads_get(c->srv->uploads, c->id, f->images[i].upload, &len, err))
+			return -1;
+	return 0;
+}
+
+static void release_uploads(struct client *c, const struct wire_flash *f)
+{
+	for (unsigned i = 0; i < f->n_images; i++)
+		if (f->images[i].upload[0])
+			uploads_release(c->srv->uploads, c->id, f->images[i].upload);
+}
+
 /* The files were read off the loop (begin_flash): parse and share them. */
 static int load_images(struct client *c, const struct wire_flash *f, struct job_request *jr,
 		       const struct flash_read *fr, struct error *err)
 {
 	for (unsigned i = 0; i < f->n_images; i++) {
-		unsigned k = f->images[i].fd_index;
-		size_t len = fr->lens[k];
-		uint8_t *copy = malloc(len ? len : 1);
-		if (copy && len)
-			memcpy(copy, fr->bufs[k], len);
-		int rc = copy ? image_cache_load_buffer(c->srv->images, copy, len,
-							f->images[i].name, &jr->images[i], err)
-			      : error_set(err, ERR_INTERNAL, "out of memory");
+		int rc;
+		if (f->images[i].upload[0]) {
+			rc = load_upload(c, f->images[i].upload, f->images[i].name, &jr->images[i],
+					 err);
+		} else {
+			unsigned k = f->images[i].fd_index;
+			size_t len = fr->lens[k];
+			uint8_t *copy = malloc(len ? len : 1);
+			if (copy && len)
+				memcpy(copy, fr->bufs[k], len);
+			rc = copy ? image_cache_load_buffer(c->srv->images, copy, len,
+							    f->images[i].name, &jr->images[i], err)
+				  : error_set(err, ERR_OUT_OF_MEMORY, NULL);
+		}
 		if (rc < 0) {
 			for (unsigned j = 0; j < i; j++)
 				image_cache_put(c->srv->images, jr->images[j]);
@@ -387,6 +466,14 @@ static int load_images(struct client *c, const struct wire_flash *f, struct job_
 		snprintf(jr->names[i], sizeof(jr->names[i]), "%s", f->images[i].name);
 		jr->n_images = i + 1;
 	}
+	/* Bundles: assets have no writer yet (image_cache.h); refused before any job. */
+	for (unsigned i = 0; i < jr->n_images; i++)
+		if (image_ref_check_assets(jr->images[i], jr->names[i], err) < 0) {
+			for (unsigned k = 0; k < jr->n_images; k++)
+				image_cache_put(c->srv->images, jr->images[k]);
+			jr->n_images = 0;
+			return -1;
+		}
 	return 0;
 }
 
@@ -447,6 +534,7 @@ static int resolve_targets(struct server *s, struct wire_flash *f, struct device
 }
 
 static void flash_read_done(void *ctx, struct image_read *r);
+static void finish_flash(struct client *c);
 
 /*
  * A flash request: its files are read off the loop first (a file on a stalled
@@ -464,18 +552,16 @@ static int begin_flash(struct client *c, struct wire_request *req, const char *l
 		error_detail_int(err, "limit", SERVER_CLIENT_FDS_MAX);
 		return -1;
 	}
-	if (wire_parse_flash(req->obj, c->n_fds, &f, err) < 0)
+	if (wire_parse_flash(req->obj, c->n_fds, &f, err) < 0 || check_uploads(c, &f, err) < 0)
 		return -1;
 	/* Target errors first, as before the files are read (and again after). */
 	struct device *devs[REGISTRY_DEVICES_MAX];
 	unsigned n;
 	if (resolve_targets(c->srv, &f, devs, &n, err) < 0)
 		return -1;
-	struct flash_read *fr = calloc(1, sizeof(*fr));
-	if (!fr || !(fr->line = malloc(len + 1))) {
-		free(fr);
-		return error_set(err, ERR_INTERNAL, "out of memory");
-	}
+	_cleanup_(flash_read_freep) struct flash_read *fr = calloc(1, sizeof(*fr));
+	if (!fr || !(fr->line = malloc(len + 1)))
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	memcpy(fr->line, line, len);
 	fr->line[len] = '\0';
 	fr->len = len;
@@ -485,17 +571,17 @@ static int begin_flash(struct client *c, struct wire_request *req, const char *l
 	unsigned deadline = timeout_ms("image_read_ms");
 	for (unsigned i = 0; i < f.n_images; i++) {
 		unsigned k = f.images[i].fd_index;
-		if (fr->reads[k])
-			continue; /* one fd named twice: read once */
+		if (f.images[i].upload[0] || fr->reads[k])
+			continue; /* an upload is in memory; one fd named twice: read once */
 		fr->reads[k] = image_read_start(c->srv->base, c->fds[k], f.images[i].name,
 						c->cred.uid, deadline, flash_read_done, c, err);
-		if (!fr->reads[k]) {
-			flash_read_free(fr);
+		if (!fr->reads[k])
 			return -1;
-		}
 		fr->pending++;
 	}
-	c->reading = fr;
+	c->reading = TAKE_PTR(fr);
+	if (c->reading->pending == 0)
+		finish_flash(c); /* uploads only: nothing to read */
 	return 1;
 }
 
@@ -546,6 +632,7 @@ static int do_flash(struct client *c, struct wire_request *req, json_t *reply,
 		}
 	}
 	put_images(s, &jr);
+	release_uploads(c, &f);
 	json_t *arr = json_array();
 	for (unsigned i = 0; i < n_jobs; i++)
 		json_array_append_new(arr, job_to_json(created[i]));
@@ -644,18 +731,44 @@ static int do_history(struct client *c, struct wire_request *req, struct error *
 	return 1;
 }
 
+static bool subscribed_to_job(const struct client *c, const char *id)
+{
+	for (unsigned i = 0; i < c->n_sub_job_ids; i++)
+		if (strcasecmp(c->sub_job_ids[i], id) == 0)
+			return true;
+	return false;
+}
+
 static int do_subscribe(struct client *c, struct wire_request *req, json_t *reply,
 			struct error *err)
 {
 	struct wire_subscribe sub;
 	if (wire_parse_subscribe(req->obj, &sub, err) < 0)
 		return -1;
+	if (sub.job[0] && !subscribed_to_job(c, sub.job)) {
+		if (c->n_sub_job_ids >= WIRE_SUBSCRIBE_JOBS_MAX) {
+			error_set(err, ERR_BAD_REQUEST,
+				  "bad request: subscribed to %u jobs one by one already",
+				  WIRE_SUBSCRIBE_JOBS_MAX);
+			error_hint(err, "subscribe with \"jobs\":true to get every job's events");
+			error_detail_str(err, "reason", "too many job subscriptions");
+			error_detail_str(err, "field", "job");
+			error_detail_int(err, "limit", WIRE_SUBSCRIBE_JOBS_MAX);
+			return -1;
+		}
+		snprintf(c->sub_job_ids[c->n_sub_job_ids++], sizeof(c->sub_job_ids[0]), "%s",
+			 sub.job);
+	}
+	/* Subscriptions add up for the life of the connection (PROTOCOL.md). */
 	c->sub_devices = c->sub_devices || sub.devices;
 	c->sub_jobs = c->sub_jobs || sub.jobs;
-	snprintf(c->sub_job, sizeof(c->sub_job), "%s", sub.job);
+	json_t *ids = json_array();
+	for (unsigned i = 0; i < c->n_sub_job_ids; i++)
+		json_array_append_new(ids, json_string(c->sub_job_ids[i]));
 	json_object_set_new(reply, "devices", json_boolean(c->sub_devices));
 	json_object_set_new(reply, "jobs", json_boolean(c->sub_jobs));
-	json_object_set_new(reply, "job", c->sub_job[0] ? json_string(c->sub_job) : json_null());
+	json_object_set_new(reply, "job", sub.job[0] ? json_string(sub.job) : json_null());
+	json_object_set_new(reply, "job_ids", ids);
 	return 0;
 }
 
@@ -762,6 +875,10 @@ static void handle_line(struct client *c, const char *line, size_t len)
 	case WIRE_REQ_HISTORY:
 		rc = do_history(c, &req, &err);
 		break;
+	case WIRE_REQ_UPLOAD_BEGIN:
+	case WIRE_REQ_UPLOAD_CHUNK:
+		rc = do_upload(c, &req, reply, &err);
+		break;
 	case WIRE_REQ__COUNT:
 		break;
 	}
@@ -806,25 +923,31 @@ static void process_lines(struct client *c)
 		size_t len = (size_t)(nl - (c->in + start));
 		if (len && c->in[start + len - 1] == '\r')
 			len--; /* tolerate CRLF from hand-typed sessions (socat) */
-		if (len > 0)
+		if (!wire_line_is_blank(c->in + start, len))
 			handle_line(c, c->in + start, len);
 		start = (size_t)(nl - c->in) + 1;
 	}
 	memmove(c->in, c->in + start, c->in_len - start);
 	c->in_len -= start;
 	if ((c->probe_job || c->history_q || c->reading) && !c->dead) {
-		/* Read nothing more until the probe's, history's or flash's reply is out. */
+		/* Read nothing more until the probe's, history's or flash's reply is
+		 * out, but keep watching for the hang-up: a probe nobody waits for is
+		 * cancelled (jobs_client_gone). */
 		event_del(c->rev);
+		if (c->closed)
+			event_add(c->closed, NULL);
 		return;
 	}
-	if (c->in_len > WIRE_REQUEST_MAX && !c->dead) {
+	/* Only an upload chunk may be longer than a request, and only on a
+	 * connection that has begun an upload. */
+	unsigned max = c->uploading ? WIRE_LINE_MAX : WIRE_REQUEST_MAX;
+	if (c->in_len > max && !c->dead) {
 		/* No way to find the next message boundary reliably: answer, then close. */
 		struct error err;
 		error_init(&err);
-		error_set(&err, ERR_BAD_REQUEST, "bad request: message longer than %u bytes",
-			  WIRE_REQUEST_MAX);
+		error_set(&err, ERR_BAD_REQUEST, "bad request: message longer than %u bytes", max);
 		error_detail_str(&err, "reason", "message too large");
-		error_detail_int(&err, "limit", WIRE_REQUEST_MAX);
+		error_detail_int(&err, "limit", max);
 		send_error(c, NULL, &err);
 		c->in_len = 0;
 		c->close_after_flush = true;
@@ -852,7 +975,7 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct client *c = arg;
-	if (c->sub_devices || c->sub_jobs || c->sub_job[0] || c->probe_job || c->reading ||
+	if (c->sub_devices || c->sub_jobs || c->n_sub_job_ids || c->probe_job || c->reading ||
 	    evbuffer_get_length(c->out) > 0 || jobs_client_has_jobs(c->srv->jobs, c->id)) {
 		client_touch(c);
 		return;
@@ -867,7 +990,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct client *c = arg;
 	char cbuf[CMSG_SPACE(sizeof(int) * SERVER_CLIENT_FDS_MAX)];
-	size_t room = WIRE_REQUEST_MAX + 1 - c->in_len;
+	size_t room = WIRE_LINE_MAX + 1 - c->in_len;
 	if (room > SERVER_READ_CHUNK)
 		room = SERVER_READ_CHUNK;
 	struct iovec iov = {c->in + c->in_len, room};
@@ -876,6 +999,13 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 	ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 		return;
+	if (n == 0 && evbuffer_get_length(c->out) > 0) {
+		/* The peer shut its sending side (socat, nc): the answers it asked
+		 * for go out first, then the connection closes (on_writable). */
+		event_del(c->rev);
+		c->close_after_flush = true;
+		return;
+	}
 	if (n <= 0) {
 		client_kill(c, n == 0 ? "end of stream" : "read error");
 		return;
@@ -894,29 +1024,57 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 	struct client *c = arg;
 	if (c->dead || c->probe_job || c->history_q || c->reading)
 		return;
+	if (c->closed)
+		event_del(c->closed);
 	process_lines(c);
 	if (!c->dead && !c->probe_job && !c->history_q && !c->reading && !c->close_after_flush)
 		event_add(c->rev, NULL);
 }
 
+/* The peer shut its side (EPOLLRDHUP) while its input was not being read.  A
+ * close (POLLHUP: both directions shut) means nobody waits for the probe; a
+ * shutdown(SHUT_WR) after the request (socat, nc) still reads the answer. */
+static void on_closed(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	struct client *c = arg;
+	struct pollfd p = {.fd = fd, .events = POLLOUT};
+	if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)))
+		client_kill(c, "hung up while waiting for a reply");
+	else
+		event_del(c->closed); /* half-closed: answer it, then read the end */
+}
+
 /* ---- connections ------------------------------------------------------- */
 
+static void event_free_if(struct event *ev)
+{
+	if (ev) /* libevent's event_free() does not take NULL */
+		event_free(ev);
+}
+
+/* Frees a client, also one that client_add() built only in part. */
 static void client_destroy(struct client *c)
 {
+	if (!c)
+		return;
 	close_fds(c);
 	history_query_abandon(c->srv->history, c->history_q);
 	json_decref(c->history_id);
 	flash_read_free(c->reading); /* abandons reads still pending */
-	event_free(c->idle);
+	event_free_if(c->idle);
 	json_decref(c->probe_id);
-	event_free(c->resume);
-	event_free(c->rev);
-	event_free(c->wev);
-	evbuffer_free(c->out);
+	event_free_if(c->closed);
+	event_free_if(c->resume);
+	event_free_if(c->rev);
+	event_free_if(c->wev);
+	if (c->out)
+		evbuffer_free(c->out);
 	close(c->fd);
 	free(c->in);
 	free(c);
 }
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct client *, client_destroy)
 
 static void reaper_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -953,34 +1111,28 @@ static void refuse(struct server *s, int fd, const struct ucred *cred, unsigned 
 			  s->cfg.max_clients);
 		error_detail_int(&err, "limit", s->cfg.max_clients);
 	}
-	json_t *obj = wire_error_new(NULL, &err);
+	json_auto_t *obj = wire_error_new(NULL, &err);
 	size_t len;
-	char *line = wire_encode(obj, &len);
+	_cleanup_free_ char *line = obj ? wire_encode(obj, &len) : NULL;
 	/* Best effort: a fresh socket buffer takes one short line without blocking. */
 	if (line && send(fd, line, len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
 		log_debug("could not tell a refused client why: %s", strerror(errno));
-	free(line);
-	json_decref(obj);
 	error_clear(&err);
 	close(fd);
 }
 
 static void client_add(struct server *s, int fd, const struct ucred *cred)
 {
-	struct client *c = calloc(1, sizeof(*c));
-	socklen_t len = sizeof(c ? c->cred : (struct ucred){0});
-	if (!c || !(c->in = malloc(WIRE_REQUEST_MAX + 1)) || !(c->out = evbuffer_new())) {
-		if (c) {
-			free(c->in);
-			free(c);
-		}
+	_cleanup_(client_destroyp) struct client *c = calloc(1, sizeof(*c));
+	if (!c) {
 		close(fd);
 		return;
 	}
 	c->srv = s;
-	c->fd = fd;
+	c->fd = fd; /* the client's from here: client_destroy() closes it */
+	if (!(c->in = malloc(WIRE_LINE_MAX + 1)) || !(c->out = evbuffer_new()))
+		return;
 	c->id = ++s->next_id;
-	(void)len;
 	c->cred = *cred;
 	socklen_t glen = sizeof(c->groups);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, c->groups, &glen) == 0)
@@ -989,13 +1141,22 @@ static void client_add(struct server *s, int fd, const struct ucred *cred)
 	c->wev = event_new(s->base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
 	c->resume = event_new(s->base, -1, 0, on_resume, c);
 	c->idle = evtimer_new(s->base, on_idle, c);
+	/* EV_CLOSED needs a backend that reports hang-ups (epoll); without one a
+	 * probe's client is only seen gone when the probe ends. */
+	if (event_base_get_features(s->base) & EV_FEATURE_EARLY_CLOSE)
+		c->closed = event_new(s->base, fd, EV_CLOSED | EV_PERSIST, on_closed, c);
+	if (!c->rev || !c->wev || !c->resume || !c->idle) {
+		log_warning("out of memory: closing a new connection (uid %u pid %d)",
+			    (unsigned)cred->uid, (int)cred->pid);
+		return;
+	}
 	event_add(c->rev, NULL);
 	client_touch(c);
-	c->next = s->clients;
-	s->clients = c;
-	s->n_clients++;
 	log_debug("client %lu connected (uid %u pid %d)", c->id, (unsigned)c->cred.uid,
 		  (int)c->cred.pid);
+	c->next = s->clients;
+	s->clients = TAKE_PTR(c);
+	s->n_clients++;
 }
 
 static void accept_resume(evutil_socket_t fd, short what, void *arg)
@@ -1065,9 +1226,22 @@ struct server *server_new(struct event_base *base, int listen_fd, struct registr
 			    cfg->admin_group);
 	}
 	jobs_set_uid_limits(jobs, cfg->jobs_per_uid, cfg->waiting_jobs_per_uid);
+	struct upload_limits ul;
+	upload_limits_default(&ul, cfg->image_memory_max);
+	ul.per_uid = cfg->uploads_per_uid;
+	ul.bytes_per_uid = cfg->upload_bytes_per_uid;
+	s->uploads = uploads_new(base, &ul);
+	if (!s->uploads) {
+		free(s);
+		return NULL;
+	}
 	s->listen_ev = event_new(base, listen_fd, EV_READ | EV_PERSIST, on_accept, s);
 	s->accept_pause = evtimer_new(base, accept_resume, s);
 	s->reaper = event_new(base, -1, 0, reaper_cb, s);
+	if (!s->listen_ev || !s->accept_pause || !s->reaper) {
+		server_free(s); /* the caller reports a NULL server as out of memory */
+		return NULL;
+	}
 	event_add(s->listen_ev, NULL);
 	return s;
 }
@@ -1085,9 +1259,10 @@ void server_free(struct server *s)
 		s->clients = c->next;
 		client_destroy(c);
 	}
-	event_free(s->listen_ev);
-	event_free(s->accept_pause);
-	event_free(s->reaper);
+	event_free_if(s->listen_ev);
+	event_free_if(s->accept_pause);
+	event_free_if(s->reaper);
+	uploads_free(s->uploads);
 	close(s->listen_fd);
 	free(s);
 }
@@ -1112,7 +1287,7 @@ void server_job_event(struct server *s, struct job *job, json_t *event)
 	const char *name = json_string_value(json_object_get(event, "event"));
 	bool ended = name && strcmp(name, "job-ended") == 0;
 	for (struct client *c = s->clients; c; c = c->next) {
-		if (c->sub_jobs && (!c->sub_job[0] || strcasecmp(c->sub_job, job_id(job)) == 0))
+		if (c->sub_jobs || subscribed_to_job(c, job_id(job)))
 			client_send(c, event);
 		if (ended && c->probe_job == job)
 			probe_ended(c, job, event);

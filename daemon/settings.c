@@ -1,5 +1,6 @@
 #include "settings.h"
 
+#include "cleanup.h"
 #include "log.h"
 
 #include <assert.h>
@@ -74,6 +75,8 @@ void config_defaults(struct config *c)
 	c->output_buffer_max = 1024 * 1024;
 	c->image_memory_max = 256u * 1024 * 1024;
 	c->job_history = 64;
+	c->uploads_per_uid = 16;
+	c->upload_bytes_per_uid = 64u * 1024 * 1024;
 	history_config_defaults(&c->history);
 	mqtt_config_defaults(&c->mqtt);
 }
@@ -209,6 +212,10 @@ static int set_key(struct config *c, const char *section, const char *key, const
 			c->image_memory_max = (size_t)v;
 		else if (strcmp(key, "job_history") == 0 && v <= 65536)
 			c->job_history = (unsigned)v;
+		else if (strcmp(key, "uploads_per_uid") == 0 && v <= 65536)
+			c->uploads_per_uid = (unsigned)v;
+		else if (strcmp(key, "upload_bytes_per_uid") == 0)
+			c->upload_bytes_per_uid = (size_t)v;
 		else
 			log_warning("%s: unknown or out-of-range limit %s (ignored)", where, key);
 		return 0;
@@ -259,20 +266,17 @@ int config_parse(struct config *c, const char *text, const char *origin, struct 
 
 int config_load(struct config *c, const char *path, struct error *err)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return error_set(err, ERR_USAGE, "cannot open config file %s: %s", path,
 				 strerror(errno));
-	char *buf = malloc(CONFIG_FILE_MAX + 1);
+	_cleanup_free_ char *buf = malloc(CONFIG_FILE_MAX + 1);
+	if (!buf)
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	size_t len = 0;
 	ssize_t r;
-	while (buf && len < CONFIG_FILE_MAX && (r = read(fd, buf + len, CONFIG_FILE_MAX - len)) > 0)
+	while (len < CONFIG_FILE_MAX && (r = read(fd, buf + len, CONFIG_FILE_MAX - len)) > 0)
 		len += (size_t)r;
-	close(fd);
-	if (!buf)
-		return error_set(err, ERR_INTERNAL, "out of memory");
 	buf[len] = '\0';
-	int rc = config_parse(c, buf, path, err);
-	free(buf);
-	return rc;
+	return config_parse(c, buf, path, err);
 }

@@ -16,6 +16,8 @@
  *   output_buffer_bytes = 1048576   # a client that falls further behind is disconnected
  *   image_memory_bytes = 268435456  # firmware kept in memory, all jobs together
  *   job_history = 64            # ended jobs kept for list-jobs
+ *   uploads_per_uid = 16        # in-band uploads open for one uid (too-many-uploads)
+ *   upload_bytes_per_uid = 67108864 # bytes those uploads announce together
  *   [timeouts]
  *   serial_prompt_ms = 10000    # any key registered by the core or a transport
  *   [history]                   # the flash history (daemon/history.c)
@@ -59,6 +61,8 @@ struct config {
 	size_t output_buffer_max;
 	size_t image_memory_max;
 	unsigned job_history;
+	unsigned uploads_per_uid;
+	size_t upload_bytes_per_uid;
 	struct history_config history;
 	struct mqtt_config mqtt;
 };
@@ -66,9 +70,10 @@ struct config {
 void config_defaults(struct config *c);
 /* Reads FILE; unknown sections or keys are warned about, bad values are errors (usage;
  * mqtt-config for [mqtt], which is also checked as a whole). */
-int config_load(struct config *c, const char *path, struct error *err);
+WARN_UNUSED_RESULT int config_load(struct config *c, const char *path, struct error *err);
 /* Same over a buffer (unit tests). */
-int config_parse(struct config *c, const char *text, const char *origin, struct error *err);
+WARN_UNUSED_RESULT int config_parse(struct config *c, const char *text, const char *origin,
+				    struct error *err);
 
 /* Registers timeout keys with their defaults (a NULL-key-terminated array). */
 void timeouts_register(const struct timeout_def *defs);

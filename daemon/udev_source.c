@@ -152,6 +152,11 @@ struct udev_source *udev_source_new(struct event_base *base, struct registry *re
 	if (s->monitor) {
 		s->ev = event_new(base, udev_monitor_get_fd(s->monitor), EV_READ | EV_PERSIST,
 				  on_monitor, s);
+		if (!s->ev) {
+			udev_source_free(s);
+			error_set(err, ERR_OUT_OF_MEMORY, NULL);
+			return NULL;
+		}
 		event_add(s->ev, NULL);
 	} else {
 		log_warning("no udev monitor: devices plugged in later will not be seen");

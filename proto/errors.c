@@ -1,6 +1,7 @@
 #include "errors.h"
 
 #include <assert.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -160,9 +161,27 @@ static void detail_put(struct error *e, const char *key, json_t *value, char typ
 	json_object_set_new(e->detail, key, value);
 }
 
+/* Text from a device or a file need not be UTF-8, but JSON must be: when it
+ * is not, every byte outside ASCII becomes '?' (lossy, never fails). */
+static json_t *json_text(const char *s)
+{
+	json_t *j = json_string(s);
+	if (j)
+		return j;
+	size_t n = strlen(s);
+	char *copy = malloc(n + 1);
+	if (!copy)
+		return NULL;
+	for (size_t i = 0; i <= n; i++)
+		copy[i] = (unsigned char)s[i] < 0x80 ? s[i] : '?';
+	j = json_string(copy);
+	free(copy);
+	return j;
+}
+
 void error_detail_str(struct error *e, const char *key, const char *value)
 {
-	detail_put(e, key, value ? json_string(value) : json_null(), 's');
+	detail_put(e, key, value ? json_text(value) : json_null(), 's');
 }
 
 void error_detail_int(struct error *e, const char *key, long long value)
@@ -189,9 +208,10 @@ void error_detail_json(struct error *e, const char *key, json_t *value)
 
 json_t *error_to_json(const struct error *e)
 {
-	/* "o" steals: a fresh empty object must not get a second reference. */
-	return json_pack("{s:s, s:s, s:s, s:o}", "code", error_id(e->code), "message", e->message,
-			 "hint", e->hint, "detail",
+	/* "o" steals: a fresh empty object must not get a second reference.
+	 * Messages may quote a device's words: json_text keeps them JSON. */
+	return json_pack("{s:s, s:o, s:o, s:o}", "code", error_id(e->code), "message",
+			 json_text(e->message), "hint", json_text(e->hint), "detail",
 			 e->detail ? json_incref(e->detail) : json_object());
 }
 

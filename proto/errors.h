@@ -5,6 +5,15 @@
 #include <stdarg.h>
 #include <stdbool.h>
 
+/*
+ * For a function that reports failure through its result (a negative value
+ * with a filled struct error, or NULL): dropping the result is a bug.  A
+ * result ignored on purpose gets a void cast and the reason beside it; GCC
+ * does not accept a plain (void) cast for this attribute (GCC bug 66425), so
+ * such a call is written (void)!f(...).
+ */
+#define WARN_UNUSED_RESULT __attribute__((warn_unused_result))
+
 enum error_code {
 	ERR_NONE = 0,
 #define X(sym, id, exit_status, details, message, hint) ERR_##sym,

@@ -457,6 +457,21 @@ static int parse_suffix(const uint8_t *mod, struct image_module *m, unsigned mod
 
 static int parse_owned(uint8_t *data, size_t len, int depth, struct image **ret, struct error *err);
 
+/* out-of-memory for an allocation of size bytes, with what it was for. */
+static int out_of_memory(struct error *err, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int out_of_memory(struct error *err, size_t size, const char *fmt, ...)
+{
+	char what[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	error_set(err, ERR_OUT_OF_MEMORY, "out of memory %s (%zu bytes)", what, size);
+	error_detail_int(err, "size", (long long)size);
+	return -1;
+}
+
 static int inflate_error(struct error *err, unsigned module_no, size_t offset, const char *what,
 			 z_stream *zs)
 {
@@ -473,18 +488,24 @@ static int inflate_exact(const uint8_t *in, size_t in_len, size_t out_len, int w
 	if (inflateInit2(&zs, -window_bits) != Z_OK)
 		return error_set(err, ERR_INTERNAL, "zlib refused window bits %d", window_bits);
 	size_t cap = out_len < INFLATE_FIRST_CHUNK ? out_len : INFLATE_FIRST_CHUNK;
-	uint8_t *buf = malloc(cap ? cap : 1);
+	_cleanup_free_ uint8_t *buf = malloc(cap ? cap : 1);
 	size_t produced = 0;
 	int rc = -1;
+	if (!buf) {
+		out_of_memory(err, cap, "inflating module %u", module_no);
+		goto out;
+	}
 	zs.next_in = (Bytef *)in;
 	zs.avail_in = (uInt)in_len;
-	while (buf) {
+	for (;;) {
 		uint8_t overflow;
 		if (produced == cap && cap < out_len) {
 			size_t ncap = cap * 2 < out_len ? cap * 2 : out_len;
 			uint8_t *nbuf = realloc(buf, ncap);
-			if (!nbuf)
-				break;
+			if (!nbuf) { /* the machine's shortage, not the file's damage */
+				out_of_memory(err, ncap, "inflating module %u", module_no);
+				goto out;
+			}
 			buf = nbuf;
 			cap = ncap;
 		}
@@ -510,22 +531,16 @@ static int inflate_exact(const uint8_t *in, size_t in_len, size_t out_len, int w
 			      &zs);
 		goto out;
 	}
-	if (!buf) {
-		error_set(err, ERR_INTERNAL, "out of memory inflating %zu bytes", out_len);
-		goto out;
-	}
 	if (produced != out_len) {
 		corrupt(err, module_no, offset,
 			"the compressed data inflates to %zu bytes, but its header declares %zu",
 			produced, out_len);
 		goto out;
 	}
-	*ret = buf;
-	buf = NULL;
+	*ret = TAKE_PTR(buf);
 	rc = 0;
 out:
 	inflateEnd(&zs);
-	free(buf);
 	return rc;
 }
 
@@ -728,7 +743,7 @@ static int parse_owned(uint8_t *data, size_t len, int depth, struct image **ret,
 	struct image *img = calloc(1, sizeof(*img));
 	if (!img) {
 		free(data);
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	}
 	img->data = data;
 	img->len = len;
@@ -767,7 +782,7 @@ int image_parse(const uint8_t *buf, size_t len, struct image **ret, struct error
 		return too_large(err, len);
 	uint8_t *copy = malloc(len ? len : 1);
 	if (!copy)
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	if (len)
 		memcpy(copy, buf, len);
 	return parse_owned(copy, len, 0, ret, err);
@@ -805,6 +820,7 @@ static void name_error(struct error *err, const char *name)
 
 int image_load_fd(int fd, const char *name, struct image **ret, struct error *err)
 {
+	_cleanup_free_ uint8_t *buf = NULL;
 	struct stat st;
 	*ret = NULL;
 	if (fstat(fd, &st) < 0) {
@@ -827,22 +843,21 @@ int image_load_fd(int fd, const char *name, struct image **ret, struct error *er
 	}
 	/* Read to EOF rather than trusting st_size: /proc-like files report 0. */
 	size_t cap = st.st_size > 0 ? (size_t)st.st_size + 1 : READ_CHUNK, len = 0;
-	uint8_t *buf = malloc(cap);
+	buf = malloc(cap);
 	for (;;) {
 		if (!buf) {
-			error_set(err, ERR_INTERNAL, "out of memory reading %s", name);
+			out_of_memory(err, cap, "reading %s", name);
 			goto fail;
 		}
 		if (len == cap) {
 			if (cap > IMAGE_FILE_MAX) {
-				free(buf);
 				too_large(err, len);
 				error_prefix(err, "%s: ", name);
 				goto fail;
 			}
 			uint8_t *nbuf = realloc(buf, cap * 2);
 			if (!nbuf)
-				free(buf);
+				free(TAKE_PTR(buf));
 			buf = nbuf;
 			cap *= 2;
 			continue;
@@ -852,7 +867,6 @@ int image_load_fd(int fd, const char *name, struct image **ret, struct error *er
 			continue;
 		if (n < 0) {
 			int e = errno;
-			free(buf);
 			unreadable(err, name, e, strerror(e));
 			goto fail;
 		}
@@ -861,12 +875,11 @@ int image_load_fd(int fd, const char *name, struct image **ret, struct error *er
 		len += (size_t)n;
 	}
 	if (len > IMAGE_FILE_MAX) {
-		free(buf);
 		too_large(err, len);
 		error_prefix(err, "%s: ", name);
 		goto fail;
 	}
-	int r = parse_owned(buf, len, 0, ret, err);
+	int r = parse_owned(TAKE_PTR(buf), len, 0, ret, err);
 	if (r < 0) {
 		error_prefix(err, "%s: ", name);
 		name_error(err, name);

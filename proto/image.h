@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include "cleanup.h"
 #include "errors.h"
 
 #include <stdbool.h>
@@ -140,14 +141,17 @@ struct image {
  * returned in *ret, fully parsed, so that callers can show what it is; the
  * caller frees it.
  */
-int image_parse(const uint8_t *buf, size_t len, struct image **ret, struct error *err);
+WARN_UNUSED_RESULT int image_parse(const uint8_t *buf, size_t len, struct image **ret,
+				   struct error *err);
 /* Reads an fd (regular file, at most IMAGE_FILE_MAX) and parses it.  Errors
  * carry name as their "file" detail and message prefix.  Same *ret rule. */
-int image_load_fd(int fd, const char *name, struct image **ret, struct error *err);
+WARN_UNUSED_RESULT int image_load_fd(int fd, const char *name, struct image **ret,
+				     struct error *err);
 /* Opens path without blocking on FIFOs, then image_load_fd().  ENOENT, EACCES,
  * directories and special files fail with file-unreadable. */
-int image_load_path(const char *path, struct image **ret, struct error *err);
+WARN_UNUSED_RESULT int image_load_path(const char *path, struct image **ret, struct error *err);
 void image_free(struct image *img);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct image *, image_free)
 
 /* Pointer to a module's bytes (its first byte in flash). */
 const uint8_t *image_module_bytes(const struct image *img, const struct image_module *m);

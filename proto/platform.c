@@ -10,40 +10,89 @@
 #define KIB(n) ((uint32_t)(n) * 1024u)
 #define ANY_VERSION 0xffff
 
+/* Fields left out are zero: no cellular or Wi-Fi radio, no external flash, CDC on interface 0. */
 /* §1.1, §1.2, §1.3; Device OS support ranges as system module versions (§7.9). */
 static const struct platform platforms[] = {
-	{0, "core", "Core", 1, MCU_STM32F103, 0x1d50, 0x607d, 0x607f, "Spark Core", "CORE DFU",
-	 false, true, 0, 0, 0, 1999},
-	{6, "photon", "Photon", 2, MCU_STM32F205, 0x2b04, 0xc006, 0xd006, "Photon",
-	 "Photon DFU Mode", false, true, 0, 0, 0, 3999},
-	{8, "p1", "P1", 2, MCU_STM32F205, 0x2b04, 0xc008, 0xd008, "P1", "P1 DFU Mode", false, true,
-	 0, 0, 0, 3999},
-	{10, "electron", "Electron", 2, MCU_STM32F205, 0x2b04, 0xc00a, 0xd00a, "Electron",
-	 "Electron DFU Mode", true, false, 0, 0, 0, 3999},
-	{12, "argon", "Argon", 3, MCU_NRF52840, 0x2b04, 0xc00c, 0xd00c, "Argon CDC Mode",
-	 "Argon DFU Mode", false, true, 4u << 20, 0, 300, ANY_VERSION},
-	{13, "boron", "Boron", 3, MCU_NRF52840, 0x2b04, 0xc00d, 0xd00d, "Boron CDC Mode",
-	 "Boron DFU Mode", true, false, 4u << 20, 0, 300, ANY_VERSION},
-	{14, "xenon", "Xenon", 3, MCU_NRF52840, 0x2b04, 0xc00e, 0xd00e, "Xenon CDC Mode",
-	 "Xenon DFU Mode", false, false, 4u << 20, 0, 300, 1999},
-	{15, "esomx", "E-SoM-X", 3, MCU_NRF52840, 0x2b04, 0xc00f, 0xd00f, "E-SoM-X CDC Mode",
-	 "E-SoM-X DFU Mode", true, false, 8u << 20, 0, 4000, ANY_VERSION},
-	{22, "asom", "A-SoM", 3, MCU_NRF52840, 0x2b04, 0xc016, 0xd016, "A SoM CDC Mode",
-	 "A-SoM DFU Mode", false, true, 4u << 20, 0, 300, ANY_VERSION},
-	{23, "bsom", "B-SoM", 3, MCU_NRF52840, 0x2b04, 0xc017, 0xd017, "B-SoM CDC Mode",
-	 "B-SoM DFU Mode", true, false, 4u << 20, 0, 1000, ANY_VERSION},
-	{24, "xsom", "X-SoM", 3, MCU_NRF52840, 0x2b04, 0xc018, 0xd018, "X SoM CDC Mode",
-	 "X-SoM DFU Mode", false, false, 4u << 20, 0, 1000, 1999},
-	{25, "b5som", "B5-SoM", 3, MCU_NRF52840, 0x2b04, 0xc019, 0xd019, "B5-SoM CDC Mode",
-	 "B5-SoM DFU Mode", true, false, 8u << 20, 0, 1400, ANY_VERSION},
-	{26, "tracker", "Tracker", 3, MCU_NRF52840, 0x2b04, 0xc01a, 0xd01a, "Tracker CDC Mode",
-	 "Tracker DFU Mode", true, true, 8u << 20, 0, 1500, ANY_VERSION},
-	{28, "trackerm", "Tracker M", 4, MCU_RTL8721D, 0x2b04, 0xc01c, 0xd01c, "TrackerM",
-	 "TrackerM DFU Mode", true, true, 0, 1, 5000, ANY_VERSION},
-	{32, "p2", "P2 / Photon 2", 4, MCU_RTL8721D, 0x2b04, 0xc020, 0xd020, "P2", "P2 DFU Mode",
-	 false, true, 0, 1, 5000, ANY_VERSION},
-	{35, "msom", "M-SoM", 4, MCU_RTL8721D, 0x2b04, 0xc023, 0xd023, "M-SoM", "M-SoM DFU Mode",
-	 true, true, 0, 1, 5500, ANY_VERSION},
+	{.id = 0, .name = "core", .display = "Core", .gen = 1, .mcu = MCU_STM32F103,
+	 .vid = 0x1d50, .cdc_pid = 0x607d, .dfu_pid = 0x607f,
+	 .cdc_product = "Spark Core", .dfu_product = "CORE DFU",
+	 .wifi = true,
+	 .first_system_version = 0, .last_system_version = 1999},
+	{.id = 6, .name = "photon", .display = "Photon", .gen = 2, .mcu = MCU_STM32F205,
+	 .vid = 0x2b04, .cdc_pid = 0xc006, .dfu_pid = 0xd006,
+	 .cdc_product = "Photon", .dfu_product = "Photon DFU Mode",
+	 .wifi = true,
+	 .first_system_version = 0, .last_system_version = 3999},
+	{.id = 8, .name = "p1", .display = "P1", .gen = 2, .mcu = MCU_STM32F205,
+	 .vid = 0x2b04, .cdc_pid = 0xc008, .dfu_pid = 0xd008,
+	 .cdc_product = "P1", .dfu_product = "P1 DFU Mode",
+	 .wifi = true,
+	 .first_system_version = 0, .last_system_version = 3999},
+	{.id = 10, .name = "electron", .display = "Electron", .gen = 2, .mcu = MCU_STM32F205,
+	 .vid = 0x2b04, .cdc_pid = 0xc00a, .dfu_pid = 0xd00a,
+	 .cdc_product = "Electron", .dfu_product = "Electron DFU Mode",
+	 .cellular = true,
+	 .first_system_version = 0, .last_system_version = 3999},
+	{.id = 12, .name = "argon", .display = "Argon", .gen = 3, .mcu = MCU_NRF52840,
+	 .vid = 0x2b04, .cdc_pid = 0xc00c, .dfu_pid = 0xd00c,
+	 .cdc_product = "Argon CDC Mode", .dfu_product = "Argon DFU Mode",
+	 .wifi = true, .ext_flash_size = 4u << 20,
+	 .first_system_version = 300, .last_system_version = ANY_VERSION},
+	{.id = 13, .name = "boron", .display = "Boron", .gen = 3, .mcu = MCU_NRF52840,
+	 .vid = 0x2b04, .cdc_pid = 0xc00d, .dfu_pid = 0xd00d,
+	 .cdc_product = "Boron CDC Mode", .dfu_product = "Boron DFU Mode",
+	 .cellular = true, .ext_flash_size = 4u << 20,
+	 .first_system_version = 300, .last_system_version = ANY_VERSION},
+	{.id = 14, .name = "xenon", .display = "Xenon", .gen = 3, .mcu = MCU_NRF52840,
+	 .vid = 0x2b04, .cdc_pid = 0xc00e, .dfu_pid = 0xd00e,
+	 .cdc_product = "Xenon CDC Mode", .dfu_product = "Xenon DFU Mode",
+	 .ext_flash_size = 4u << 20,
+	 .first_system_version = 300, .last_system_version = 1999},
+	{.id = 15, .name = "esomx", .display = "E-SoM-X", .gen = 3, .mcu = MCU_NRF52840,
+	 .vid = 0x2b04, .cdc_pid = 0xc00f, .dfu_pid = 0xd00f,
+	 .cdc_product = "E-SoM-X CDC Mode", .dfu_product = "E-SoM-X DFU Mode",
+	 .cellular = true, .ext_flash_size = 8u << 20,
+	 .first_system_version = 4000, .last_system_version = ANY_VERSION},
+	{.id = 22, .name = "asom", .display = "A-SoM", .gen = 3, .mcu = MCU_NRF52840,
+	 .vid = 0x2b04, .cdc_pid = 0xc016, .dfu_pid = 0xd016,
+	 .cdc_product = "A SoM CDC Mode", .dfu_product = "A-SoM DFU Mode",
+	 .wifi = true, .ext_flash_size = 4u << 20,
+	 .first_system_version = 300, .last_system_version = ANY_VERSION},
+	{.id = 23, .name = "bsom", .display = "B-SoM", .gen = 3, .mcu = MCU_NRF52840,
+	 .vid = 0x2b04, .cdc_pid = 0xc017, .dfu_pid = 0xd017,
+	 .cdc_product = "B-SoM CDC Mode", .dfu_product = "B-SoM DFU Mode",
+	 .cellular = true, .ext_flash_size = 4u << 20,
+	 .first_system_version = 1000, .last_system_version = ANY_VERSION},
+	{.id = 24, .name = "xsom", .display = "X-SoM", .gen = 3, .mcu = MCU_NRF52840,
+	 .vid = 0x2b04, .cdc_pid = 0xc018, .dfu_pid = 0xd018,
+	 .cdc_product = "X SoM CDC Mode", .dfu_product = "X-SoM DFU Mode",
+	 .ext_flash_size = 4u << 20,
+	 .first_system_version = 1000, .last_system_version = 1999},
+	{.id = 25, .name = "b5som", .display = "B5-SoM", .gen = 3, .mcu = MCU_NRF52840,
+	 .vid = 0x2b04, .cdc_pid = 0xc019, .dfu_pid = 0xd019,
+	 .cdc_product = "B5-SoM CDC Mode", .dfu_product = "B5-SoM DFU Mode",
+	 .cellular = true, .ext_flash_size = 8u << 20,
+	 .first_system_version = 1400, .last_system_version = ANY_VERSION},
+	{.id = 26, .name = "tracker", .display = "Tracker", .gen = 3, .mcu = MCU_NRF52840,
+	 .vid = 0x2b04, .cdc_pid = 0xc01a, .dfu_pid = 0xd01a,
+	 .cdc_product = "Tracker CDC Mode", .dfu_product = "Tracker DFU Mode",
+	 .cellular = true, .wifi = true, .ext_flash_size = 8u << 20,
+	 .first_system_version = 1500, .last_system_version = ANY_VERSION},
+	{.id = 28, .name = "trackerm", .display = "Tracker M", .gen = 4, .mcu = MCU_RTL8721D,
+	 .vid = 0x2b04, .cdc_pid = 0xc01c, .dfu_pid = 0xd01c,
+	 .cdc_product = "TrackerM", .dfu_product = "TrackerM DFU Mode",
+	 .cellular = true, .wifi = true, .cdc_interface = 1,
+	 .first_system_version = 5000, .last_system_version = ANY_VERSION},
+	{.id = 32, .name = "p2", .display = "P2 / Photon 2", .gen = 4, .mcu = MCU_RTL8721D,
+	 .vid = 0x2b04, .cdc_pid = 0xc020, .dfu_pid = 0xd020,
+	 .cdc_product = "P2", .dfu_product = "P2 DFU Mode",
+	 .wifi = true, .cdc_interface = 1,
+	 .first_system_version = 5000, .last_system_version = ANY_VERSION},
+	{.id = 35, .name = "msom", .display = "M-SoM", .gen = 4, .mcu = MCU_RTL8721D,
+	 .vid = 0x2b04, .cdc_pid = 0xc023, .dfu_pid = 0xd023,
+	 .cdc_product = "M-SoM", .dfu_product = "M-SoM DFU Mode",
+	 .cellular = true, .wifi = true, .cdc_interface = 1,
+	 .first_system_version = 5500, .last_system_version = ANY_VERSION},
 };
 /* clang-format on */
 
@@ -114,76 +163,77 @@ const struct platform *platform_by_usb(uint16_t vid, uint16_t pid, enum platform
 	return NULL;
 }
 
-/* one row per slot, as in the facts tables (kept by hand) */
+/* one row per slot, as in the facts tables (kept by hand): function, index, store, start, end;
+ * .external is left out (false) in every row: no slot below is in external flash */
 /* clang-format off */
 /* §6.1 Photon / P1 */
 static const struct slot slots_photon[] = {
-	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08004000, false, "bootloader"},
-	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08020000, 0x08060000, false, "system part 1"},
-	{MODULE_FUNCTION_SYSTEM, 2, MODULE_STORE_MAIN, 0x08060000, 0x080a0000, false, "system part 2"},
-	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0x080a0000, 0x080c0000, false, "user part"},
-	{MODULE_FUNCTION_USER, 1, MODULE_STORE_FACTORY, 0x080e0000, 0x08100000, false, "factory app"},
-	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08020000, 0x08080000, false, "monolithic"},
+	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08004000, .name = "bootloader"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08020000, 0x08060000, .name = "system part 1"},
+	{MODULE_FUNCTION_SYSTEM, 2, MODULE_STORE_MAIN, 0x08060000, 0x080a0000, .name = "system part 2"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0x080a0000, 0x080c0000, .name = "user part"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_FACTORY, 0x080e0000, 0x08100000, .name = "factory app"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08020000, 0x08080000, .name = "monolithic"},
 };
 
 /* §6.1 Electron: note system module 1/2/3 versus the file names. */
 static const struct slot slots_electron[] = {
-	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08004000, false, "bootloader"},
-	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08020000, 0x08040000, false, "system module 1"},
-	{MODULE_FUNCTION_SYSTEM, 2, MODULE_STORE_MAIN, 0x08040000, 0x08060000, false, "system module 2"},
-	{MODULE_FUNCTION_SYSTEM, 3, MODULE_STORE_MAIN, 0x08060000, 0x08080000, false, "system module 3"},
-	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0x08080000, 0x080a0000, false, "user part"},
-	{MODULE_FUNCTION_USER, 1, MODULE_STORE_FACTORY, 0x080a0000, 0x080c0000, false, "factory app"},
+	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08004000, .name = "bootloader"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08020000, 0x08040000, .name = "system module 1"},
+	{MODULE_FUNCTION_SYSTEM, 2, MODULE_STORE_MAIN, 0x08040000, 0x08060000, .name = "system module 2"},
+	{MODULE_FUNCTION_SYSTEM, 3, MODULE_STORE_MAIN, 0x08060000, 0x08080000, .name = "system module 3"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0x08080000, 0x080a0000, .name = "user part"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_FACTORY, 0x080a0000, 0x080c0000, .name = "factory app"},
 };
 
 /* §6.1 Core: monolithic firmware after the 20 KiB bootloader (details UNVERIFIED). */
 static const struct slot slots_core[] = {
-	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08005000, false, "bootloader"},
-	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08005000, 0x08020000, false, "monolithic"},
+	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08005000, .name = "bootloader"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08005000, 0x08020000, .name = "monolithic"},
 };
 
 /*
  * §6.2 Gen 3.  The NCP slot (ESP32 on Argon/Tracker) is the coprocessor's own
  * flash; its extent is INFERRED (4 MiB ESP32 module).
  */
-#define GEN3_COMMON                                                                                \
-	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0xf4000, 0x100000, false, "bootloader"},   \
-	{MODULE_FUNCTION_NCP, 0, MODULE_STORE_MAIN, 0x0, 0x400000, false, "network coprocessor"}
+#define GEN3_COMMON \
+	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0xf4000, 0x100000, .name = "bootloader"}, \
+	{MODULE_FUNCTION_NCP, 0, MODULE_STORE_MAIN, 0x0, 0x400000, .name = "network coprocessor"}
 
 static const struct slot slots_gen3_v1[] = { /* Device OS <= 3.0.x */
-	{MODULE_FUNCTION_RADIO_STACK, 0, MODULE_STORE_MAIN, 0x1000, 0x30000, false, "radio stack"},
-	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x30000, 0xd4000, false, "system part 1"},
-	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0xd4000, 0xf4000, false, "user part (128 KiB)"},
-	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x30000, 0xf4000, false, "monolithic"},
+	{MODULE_FUNCTION_RADIO_STACK, 0, MODULE_STORE_MAIN, 0x1000, 0x30000, .name = "radio stack"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x30000, 0xd4000, .name = "system part 1"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0xd4000, 0xf4000, .name = "user part (128 KiB)"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x30000, 0xf4000, .name = "monolithic"},
 	GEN3_COMMON,
 };
 
 static const struct slot slots_gen3_v2[] = { /* Device OS 3.1.0 - 6.1.x */
-	{MODULE_FUNCTION_RADIO_STACK, 0, MODULE_STORE_MAIN, 0x1000, 0x30000, false, "radio stack"},
-	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x30000, 0xb4000, false, "system part 1"},
-	{MODULE_FUNCTION_USER, 2, MODULE_STORE_MAIN, 0xb4000, 0xf4000, false, "user part (256 KiB)"},
-	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0xd4000, 0xf4000, false, "user part (128 KiB, compat)"},
-	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x30000, 0xf4000, false, "monolithic"},
+	{MODULE_FUNCTION_RADIO_STACK, 0, MODULE_STORE_MAIN, 0x1000, 0x30000, .name = "radio stack"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x30000, 0xb4000, .name = "system part 1"},
+	{MODULE_FUNCTION_USER, 2, MODULE_STORE_MAIN, 0xb4000, 0xf4000, .name = "user part (256 KiB)"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0xd4000, 0xf4000, .name = "user part (128 KiB, compat)"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x30000, 0xf4000, .name = "monolithic"},
 	GEN3_COMMON,
 };
 
 static const struct slot slots_gen3_v3[] = { /* Device OS >= 6.2.0 */
-	{MODULE_FUNCTION_RADIO_STACK, 0, MODULE_STORE_MAIN, 0x1000, 0x27000, false, "radio stack"},
-	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x28000, 0xb4000, false, "system part 1"},
-	{MODULE_FUNCTION_USER, 2, MODULE_STORE_MAIN, 0xb4000, 0xf4000, false, "user part (256 KiB)"},
-	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0xd4000, 0xf4000, false, "user part (128 KiB, compat)"},
-	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x28000, 0xf4000, false, "monolithic"},
+	{MODULE_FUNCTION_RADIO_STACK, 0, MODULE_STORE_MAIN, 0x1000, 0x27000, .name = "radio stack"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x28000, 0xb4000, .name = "system part 1"},
+	{MODULE_FUNCTION_USER, 2, MODULE_STORE_MAIN, 0xb4000, 0xf4000, .name = "user part (256 KiB)"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0xd4000, 0xf4000, .name = "user part (128 KiB, compat)"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x28000, 0xf4000, .name = "monolithic"},
 	GEN3_COMMON,
 };
 
 /* §6.3 P2 family: the user part grows downward from 0x08600000. */
 static const struct slot slots_rtl[] = {
-	{MODULE_FUNCTION_BOOTLOADER, 1, MODULE_STORE_MAIN, 0x08000000, 0x08002000, false, "KM0 MBR"},
-	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08004000, 0x08014000, false, "bootloader"},
-	{MODULE_FUNCTION_BOOTLOADER, 2, MODULE_STORE_MAIN, 0x08014000, 0x0805e000, false, "KM0 part 1"},
-	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08060000, 0x081e0000, false, "system part 1"},
-	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0x08480000, 0x08600000, false, "user part"},
-	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08060000, 0x08460000, false, "monolithic"},
+	{MODULE_FUNCTION_BOOTLOADER, 1, MODULE_STORE_MAIN, 0x08000000, 0x08002000, .name = "KM0 MBR"},
+	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08004000, 0x08014000, .name = "bootloader"},
+	{MODULE_FUNCTION_BOOTLOADER, 2, MODULE_STORE_MAIN, 0x08014000, 0x0805e000, .name = "KM0 part 1"},
+	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08060000, 0x081e0000, .name = "system part 1"},
+	{MODULE_FUNCTION_USER, 1, MODULE_STORE_MAIN, 0x08480000, 0x08600000, .name = "user part"},
+	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08060000, 0x08460000, .name = "monolithic"},
 };
 /* clang-format on */
 

@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -15,6 +16,8 @@ static const char *const request_names[WIRE_REQ__COUNT] = {
     [WIRE_REQ_CANCEL] = "cancel",
     [WIRE_REQ_SUBSCRIBE] = "subscribe",
     [WIRE_REQ_HISTORY] = "history",
+    [WIRE_REQ_UPLOAD_BEGIN] = "upload-begin",
+    [WIRE_REQ_UPLOAD_CHUNK] = "upload-chunk",
 };
 
 const char *wire_request_name(enum wire_request_type t)
@@ -92,13 +95,21 @@ static int depth_of(const json_t *v, int depth)
 	return max;
 }
 
+bool wire_line_is_blank(const char *line, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (line[i] != ' ' && line[i] != '\t' && line[i] != '\r' && line[i] != '\n')
+			return false;
+	return true;
+}
+
 int wire_parse_request(const char *line, size_t len, struct wire_request *req, struct error *err)
 {
 	json_error_t jerr;
 	memset(req, 0, sizeof(*req));
-	if (len > WIRE_REQUEST_MAX) {
+	if (len > WIRE_LINE_MAX) {
 		bad(err, NULL, NULL, "message of %zu bytes is over the limit", len);
-		error_detail_int(err, "limit", WIRE_REQUEST_MAX);
+		error_detail_int(err, "limit", WIRE_LINE_MAX);
 		return -1;
 	}
 	req->obj = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -125,6 +136,13 @@ int wire_parse_request(const char *line, size_t len, struct wire_request *req, s
 		return bad(err, json_string_value(name), "request", "unknown request \"%.64s\"",
 			   json_string_value(name));
 	req->type = (enum wire_request_type)t;
+	/* Only an upload chunk (base64 of up to 64 KiB) may be longer than a request. */
+	if (len > WIRE_REQUEST_MAX && req->type != WIRE_REQ_UPLOAD_CHUNK) {
+		bad(err, json_string_value(name), NULL, "message of %zu bytes is over the limit",
+		    len);
+		error_detail_int(err, "limit", WIRE_REQUEST_MAX);
+		return -1;
+	}
 	if (!id)
 		return bad(err, json_string_value(name), "id", "missing \"id\"");
 	if (!req->id)
@@ -224,9 +242,30 @@ static int parse_images(const json_t *req, unsigned n_fds, struct wire_flash *ou
 		const char *name = NULL;
 		if (!json_is_object(img))
 			return bad(err, "flash", "images", "each image must be an object");
+		const char *upload = NULL;
+		if (wire_get_string(img, "upload", WIRE_UPLOAD_ID_MAX, &upload, err) < 0)
+			return -1;
 		json_t *fd = json_object_get(img, "fd");
+		if (upload && fd)
+			return bad(err, "flash", "upload",
+				   "image %zu: give \"fd\" or \"upload\", not both", i);
+		if (wire_get_string(img, "name", WIRE_NAME_MAX, &name, err) < 0)
+			return -1;
+		basename_copy(out->images[i].name, sizeof(out->images[i].name),
+			      name ? name : "image");
+		if (upload) {
+			for (size_t k = 0; k < i; k++)
+				if (strcmp(out->images[k].upload, upload) == 0)
+					return bad(err, "flash", "upload",
+						   "image %zu: upload %s used twice", i, upload);
+			snprintf(out->images[i].upload, sizeof(out->images[i].upload), "%s",
+				 upload);
+			out->images[i].fd_index = WIRE_IMAGES_MAX;
+			continue;
+		}
 		if (!json_is_integer(fd))
-			return bad(err, "flash", "fd", "image %zu: \"fd\" must be an integer", i);
+			return bad(err, "flash", "fd",
+				   "image %zu: \"fd\" must be an integer (or give \"upload\")", i);
 		json_int_t idx = json_integer_value(fd);
 		if (idx < 0 || idx >= (json_int_t)n_fds || idx >= WIRE_IMAGES_MAX)
 			return bad(err, "flash", "fd",
@@ -236,10 +275,6 @@ static int parse_images(const json_t *req, unsigned n_fds, struct wire_flash *ou
 			return bad(err, "flash", "fd", "image %zu: fd index %lld used twice", i,
 				   (long long)idx);
 		used[idx] = true;
-		if (wire_get_string(img, "name", WIRE_NAME_MAX, &name, err) < 0)
-			return -1;
-		basename_copy(out->images[i].name, sizeof(out->images[i].name),
-			      name ? name : "image");
 		out->images[i].fd_index = (unsigned)idx;
 	}
 	out->n_images = (unsigned)json_array_size(images);
@@ -310,6 +345,164 @@ int wire_parse_flash(const json_t *req, unsigned n_fds, struct wire_flash *out, 
 	return 0;
 }
 
+/* ---- uploads ----------------------------------------------------------- */
+
+static int hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int wire_parse_upload_begin(const json_t *req, struct wire_upload_begin *out, struct error *err)
+{
+	const char *sha, *name;
+	memset(out, 0, sizeof(*out));
+	json_t *size = json_object_get(req, "size");
+	if (!json_is_integer(size) || json_integer_value(size) < 1)
+		return bad(err, "upload-begin", "size",
+			   "\"size\" must be the number of bytes to upload (at least 1)");
+	out->size = (unsigned long long)json_integer_value(size);
+	if (wire_get_string(req, "sha256", 65, &sha, err) < 0)
+		return -1;
+	if (!sha || strlen(sha) != 64)
+		return bad(err, "upload-begin", "sha256",
+			   "\"sha256\" must be the SHA-256 of the bytes, 64 hex digits");
+	for (int i = 0; i < 32; i++) {
+		int hi = hex_value(sha[2 * i]), lo = hex_value(sha[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return bad(err, "upload-begin", "sha256",
+				   "\"sha256\" must be the SHA-256 of the bytes, 64 hex digits");
+		out->sha256[i] = (uint8_t)(hi << 4 | lo);
+	}
+	if (wire_get_string(req, "name", WIRE_NAME_MAX, &name, err) < 0)
+		return -1;
+	basename_copy(out->name, sizeof(out->name), name ? name : "upload");
+	return 0;
+}
+
+static int upload_invalid(struct error *err, const char *reason, const char *upload,
+			  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int upload_invalid(struct error *err, const char *reason, const char *upload,
+			  const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	error_setv(err, ERR_UPLOAD_INVALID, fmt, ap);
+	va_end(ap);
+	error_detail_str(err, "reason", reason);
+	error_detail_str(err, "upload", upload);
+	return -1;
+}
+
+static int b64_value(unsigned char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+')
+		return 62;
+	if (c == '/')
+		return 63;
+	return -1;
+}
+
+long wire_base64_decode(const char *s, size_t n, uint8_t *out, size_t cap)
+{
+	if (n % 4)
+		return -1;
+	size_t pad = n >= 1 && s[n - 1] == '=' ? (n >= 2 && s[n - 2] == '=' ? 2 : 1) : 0;
+	size_t len = n / 4 * 3 - pad;
+	if (len > cap)
+		return -2;
+	size_t o = 0;
+	for (size_t i = 0; i < n; i += 4) {
+		int v[4];
+		bool last = i + 4 == n;
+		for (int k = 0; k < 4; k++) {
+			bool padding = last && (size_t)k >= 4 - pad;
+			v[k] = padding ? 0 : b64_value((unsigned char)s[i + (size_t)k]);
+			if (v[k] < 0)
+				return -1;
+		}
+		uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 |
+			     (uint32_t)v[3];
+		/* Canonical only: the bits a padded group leaves unused must be 0. */
+		if (last && ((pad == 1 && (w & 0xff)) || (pad == 2 && (w & 0xffff))))
+			return -1;
+		uint8_t b[3] = {(uint8_t)(w >> 16), (uint8_t)(w >> 8), (uint8_t)w};
+		for (int k = 0; k < 3 && o < len; k++)
+			out[o++] = b[k];
+	}
+	return (long)len;
+}
+
+int wire_parse_upload_chunk(const json_t *req, struct wire_upload_chunk *out, struct error *err)
+{
+	const char *upload;
+	memset(out, 0, sizeof(*out));
+	if (wire_get_string(req, "upload", WIRE_UPLOAD_ID_MAX, &upload, err) < 0)
+		return -1;
+	if (!upload)
+		return bad(err, "upload-chunk", "upload", "missing \"upload\"");
+	snprintf(out->upload, sizeof(out->upload), "%s", upload);
+	json_t *offset = json_object_get(req, "offset");
+	if (!json_is_integer(offset) || json_integer_value(offset) < 0)
+		return bad(err, "upload-chunk", "offset",
+			   "\"offset\" must be the chunk's byte offset in the upload");
+	out->offset = (unsigned long long)json_integer_value(offset);
+	json_t *data = json_object_get(req, "data");
+	if (!json_is_string(data))
+		return bad(err, "upload-chunk", "data", "\"data\" must be a base64 string");
+	size_t n = json_string_length(data);
+	if (n == 0)
+		return upload_invalid(err, "empty-chunk", upload, "upload %s: an empty chunk",
+				      upload);
+	/* Refused before decoding: a string this long cannot fit one chunk. */
+	if (n > WIRE_UPLOAD_B64_MAX) {
+		upload_invalid(err, "chunk-too-large", upload,
+			       "upload %s: a chunk of %zu base64 characters is over %u bytes",
+			       upload, n, WIRE_UPLOAD_CHUNK_MAX);
+		error_detail_int(err, "limit", WIRE_UPLOAD_CHUNK_MAX);
+		return -1;
+	}
+	out->data = malloc(n / 4 * 3 + 3);
+	if (!out->data)
+		return error_set(err, ERR_INTERNAL, "out of memory");
+	long len = wire_base64_decode(json_string_value(data), n, out->data, WIRE_UPLOAD_CHUNK_MAX);
+	if (len == -2) {
+		upload_invalid(err, "chunk-too-large", upload,
+			       "upload %s: the chunk decodes to more than %u bytes", upload,
+			       WIRE_UPLOAD_CHUNK_MAX);
+		error_detail_int(err, "limit", WIRE_UPLOAD_CHUNK_MAX);
+		wire_upload_chunk_clear(out);
+		return -1;
+	}
+	if (len < 0) {
+		upload_invalid(err, "bad-base64", upload,
+			       "upload %s: \"data\" is not padded base64 (RFC 4648)", upload);
+		wire_upload_chunk_clear(out);
+		return -1;
+	}
+	out->len = (size_t)len;
+	return 0;
+}
+
+void wire_upload_chunk_clear(struct wire_upload_chunk *c)
+{
+	free(c->data);
+	c->data = NULL;
+	c->len = 0;
+}
+
 int wire_parse_subscribe(const json_t *req, struct wire_subscribe *out, struct error *err)
 {
 	const char *job;
@@ -318,11 +511,9 @@ int wire_parse_subscribe(const json_t *req, struct wire_subscribe *out, struct e
 	    wire_get_bool(req, "jobs", false, &out->jobs, err) < 0 ||
 	    wire_get_string(req, "job", sizeof(out->job), &job, err) < 0)
 		return -1;
-	if (job) {
+	if (job)
 		snprintf(out->job, sizeof(out->job), "%s", job);
-		out->jobs = true;
-	}
-	if (!out->devices && !out->jobs)
+	if (!out->devices && !out->jobs && !out->job[0])
 		return bad(err, "subscribe", "devices", "subscribe to \"devices\" and/or \"jobs\"");
 	return 0;
 }

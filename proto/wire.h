@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define WIRE_PROTOCOL_VERSION 1
 /* Largest request line the daemon accepts (bytes, newline excluded). */
@@ -22,6 +23,19 @@
 #define WIRE_NAME_MAX	256
 #define WIRE_TARGET_MAX 256
 
+/*
+ * In-band uploads (clients that cannot pass fds, e.g. Node.js): the bytes of
+ * an image travel base64-encoded in upload-chunk requests of at most
+ * WIRE_UPLOAD_CHUNK_MAX decoded bytes.  Such a line is longer than
+ * WIRE_REQUEST_MAX, so upload-chunk alone may use up to WIRE_LINE_MAX (the
+ * server allows that once the connection has begun an upload).
+ */
+#define WIRE_UPLOAD_CHUNK_MAX (64u * 1024)
+/* base64 of a full chunk (87384 characters) plus room for its envelope. */
+#define WIRE_UPLOAD_B64_MAX (4u * ((WIRE_UPLOAD_CHUNK_MAX + 2) / 3))
+#define WIRE_LINE_MAX	    (96u * 1024)
+#define WIRE_UPLOAD_ID_MAX  32
+
 enum wire_request_type {
 	WIRE_REQ_HELLO,
 	WIRE_REQ_LIST_DEVICES,
@@ -31,6 +45,8 @@ enum wire_request_type {
 	WIRE_REQ_CANCEL,
 	WIRE_REQ_SUBSCRIBE,
 	WIRE_REQ_HISTORY,
+	WIRE_REQ_UPLOAD_BEGIN,
+	WIRE_REQ_UPLOAD_CHUNK,
 	WIRE_REQ__COUNT
 };
 const char *wire_request_name(enum wire_request_type t);
@@ -43,24 +59,30 @@ struct wire_request {
 	json_t *obj; /* owned */
 };
 
+/* A line of only JSON whitespace (space, tab, CR, LF): ignored like a blank line. */
+bool wire_line_is_blank(const char *line, size_t len);
+
 /*
  * Parses one request line (without its newline).  Fails with bad-request
  * (detail reason, field, request) on malformed JSON, a non-object, a missing
  * or mistyped "id" or "request", an unknown request, or a line over
- * WIRE_REQUEST_MAX.  On failure req->id may still be set (when the id was
- * readable) so the error can echo it; call wire_request_clear() either way.
+ * WIRE_REQUEST_MAX (WIRE_LINE_MAX for upload-chunk).  On failure req->id may still be set (when the
+ * id was readable) so the error can echo it; call wire_request_clear() either way.
  */
-int wire_parse_request(const char *line, size_t len, struct wire_request *req, struct error *err);
+WARN_UNUSED_RESULT int wire_parse_request(const char *line, size_t len, struct wire_request *req,
+					  struct error *err);
 void wire_request_clear(struct wire_request *req);
 
 /* Typed optional fields: absent -> default; wrong type -> bad-request naming the field. */
-int wire_get_bool(const json_t *obj, const char *key, bool def, bool *out, struct error *err);
-int wire_get_string(const json_t *obj, const char *key, size_t max, const char **out,
-		    struct error *err); /* *out = NULL when absent */
+WARN_UNUSED_RESULT int wire_get_bool(const json_t *obj, const char *key, bool def, bool *out,
+				     struct error *err);
+WARN_UNUSED_RESULT int wire_get_string(const json_t *obj, const char *key, size_t max,
+				       const char **out,
+				       struct error *err); /* *out = NULL when absent */
 /* Seconds as a JSON number (integer or real), converted to milliseconds;
  * true = -1 (forever), absent/false = def. */
-int wire_get_seconds_ms(const json_t *obj, const char *key, long def, long *out_ms,
-			struct error *err);
+WARN_UNUSED_RESULT int wire_get_seconds_ms(const json_t *obj, const char *key, long def,
+					   long *out_ms, struct error *err);
 
 enum wire_target_kind {
 	WIRE_TARGET_ANY,      /* no target: the only device attached */
@@ -75,6 +97,8 @@ struct wire_flash {
 	struct {
 		char name[WIRE_NAME_MAX]; /* basename for messages */
 		unsigned fd_index;	  /* index into the fds sent with the request */
+		/* "" for an fd; else the id of a finished upload on this connection */
+		char upload[WIRE_UPLOAD_ID_MAX];
 	} images[WIRE_IMAGES_MAX];
 	unsigned n_images;
 	enum wire_target_kind target;
@@ -83,14 +107,52 @@ struct wire_flash {
 	bool force, verify, dry_run, detach, cancel_on_disconnect;
 	long wait_ms; /* 0 none, -1 forever */
 };
-/* Validates and extracts a flash request's fields (fd indexes < n_fds, each used once). */
-int wire_parse_flash(const json_t *req, unsigned n_fds, struct wire_flash *out, struct error *err);
+/* Validates and extracts a flash request's fields: each image has "fd" (an index
+ * < n_fds, each used once) or "upload" (an upload id, each used once). */
+WARN_UNUSED_RESULT int wire_parse_flash(const json_t *req, unsigned n_fds, struct wire_flash *out,
+					struct error *err);
 
-struct wire_subscribe {
-	bool devices, jobs;
-	char job[64]; /* only this job's events, "" = all */
+/* upload-begin: {"size":N,"sha256":"64 hex","name":"app.bin"} */
+struct wire_upload_begin {
+	unsigned long long size;
+	uint8_t sha256[32];
+	char name[WIRE_NAME_MAX];
 };
-int wire_parse_subscribe(const json_t *req, struct wire_subscribe *out, struct error *err);
+/* Fails with bad-request on a missing or mistyped field (size >= 1, sha256 64 hex digits). */
+WARN_UNUSED_RESULT int wire_parse_upload_begin(const json_t *req, struct wire_upload_begin *out,
+					       struct error *err);
+
+/* upload-chunk: {"upload":ID,"offset":N,"data":"base64"} */
+struct wire_upload_chunk {
+	char upload[WIRE_UPLOAD_ID_MAX];
+	unsigned long long offset;
+	uint8_t *data; /* decoded, malloc'd; wire_upload_chunk_clear() frees it */
+	size_t len;
+};
+/* bad-request for a missing or mistyped field; upload-invalid (reason "bad-base64",
+ * "chunk-too-large" with limit) for data that is not strict base64 or decodes to
+ * more than WIRE_UPLOAD_CHUNK_MAX bytes. */
+WARN_UNUSED_RESULT int wire_parse_upload_chunk(const json_t *req, struct wire_upload_chunk *out,
+					       struct error *err);
+void wire_upload_chunk_clear(struct wire_upload_chunk *c);
+
+/*
+ * Strict base64 (RFC 4648 section 4, padded, no whitespace) of n characters into
+ * out (cap bytes).  Returns the decoded length, -1 when s is not base64, -2 when
+ * it decodes to more than cap bytes.
+ */
+long wire_base64_decode(const char *s, size_t n, uint8_t *out, size_t cap);
+
+/* One subscribe request; the server adds it to what the connection has already. */
+struct wire_subscribe {
+	bool devices;
+	bool jobs;    /* every job's events */
+	char job[64]; /* this one job's events ("" = none named) */
+};
+/* Job ids a connection may subscribe to one by one. */
+#define WIRE_SUBSCRIBE_JOBS_MAX 64
+WARN_UNUSED_RESULT int wire_parse_subscribe(const json_t *req, struct wire_subscribe *out,
+					    struct error *err);
 
 /* Builders: every object carries "type". */
 json_t *wire_reply_new(const json_t *id,

@@ -3,12 +3,18 @@
 files and shows the job's progress.  It is written from proto/PROTOCOL.md
 (flashd-protocol(7)) alone, as an IDE plugin would be.
 
-    flashd_client.py [--socket PATH] [--device KEY] [--dry-run] FILE...
+    flashd_client.py [--socket PATH] [--device KEY] [--dry-run] [--upload] FILE...
+
+The files go to the daemon as open file descriptors; with --upload their bytes
+go in-band instead (upload-begin, then base64 chunks of at most 64 KiB), as a
+client that cannot pass descriptors (Node.js, a remote shell) has to send them.
 
 Exit status: 0 when the job ends "done", else the error's exit status from the
 catalogue (the same as flashctl's), 10 when flashd cannot be reached.
 """
 import argparse
+import base64
+import hashlib
 import json
 import os
 import socket
@@ -86,7 +92,10 @@ EXIT = {"usage": 2, "bad-request": 2, "job-not-found": 2, "file-unreadable": 3,
         "device-gone": 6, "device-busy": 6, "permission-denied": 6, "not-allowed": 6,
         "device-rejected": 7, "booted-invalid": 7, "dfu-descriptor-invalid": 7,
         "timed-out": 8, "transfer-failed": 8, "cancelled": 9, "interrupted": 9,
-        "too-many-jobs": 10, "too-many-clients": 10, "daemon-unreachable": 10, "internal": 1}
+        "too-many-jobs": 10, "too-many-clients": 10, "daemon-unreachable": 10, "internal": 1,
+        "upload-checksum-mismatch": 3, "upload-too-large": 3, "upload-invalid": 2,
+        "upload-not-found": 2, "too-many-uploads": 10}
+CHUNK = 64 * 1024  # the largest upload chunk (decoded bytes)
 BYTE_STATES = ("erasing", "writing", "verifying")
 
 
@@ -116,11 +125,31 @@ def show_progress(ev):
         print(ev["state"], flush=True)
 
 
+def upload(conn, path):
+    """Sends a file's bytes in-band; returns the upload id once flashd has verified
+    them against the SHA-256 announced first.  The daemon refuses an upload over
+    its limit at upload-begin, before any byte is sent."""
+    with open(path, "rb") as f:
+        data = f.read()
+    name = os.path.basename(path)
+    begun = conn.call({"request": "upload-begin", "name": name, "size": len(data),
+                       "sha256": hashlib.sha256(data).hexdigest()})
+    step = min(CHUNK, begun.get("chunk_bytes", CHUNK))
+    for offset in range(0, len(data), step):
+        reply = conn.call({"request": "upload-chunk", "upload": begun["upload"], "offset": offset,
+                           "data": base64.b64encode(data[offset:offset + step]).decode()})
+        print("upload %-15s %3d%%  %d/%d bytes" % (name, 100 * reply["received"] // len(data),
+                                                 reply["received"], len(data)), flush=True)
+    return begun["upload"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--socket")
     ap.add_argument("--device", help="device key or id (default: the only device)")
     ap.add_argument("--dry-run", action="store_true", help="preflight only")
+    ap.add_argument("--upload", action="store_true",
+                    help="send the files' bytes in-band instead of passing descriptors")
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
     try:
@@ -133,13 +162,17 @@ def main():
         conn.call({"request": "hello", "protocol": 1, "client": "flashd_client.py"})
         # Subscribe first: the job's first event cannot be missed.
         conn.call({"request": "subscribe", "jobs": True})
+        if args.upload:
+            images = [{"name": os.path.basename(f.name), "upload": upload(conn, f.name)}
+                      for f in files]
+        else:
+            images = [{"name": os.path.basename(f.name), "fd": i} for i, f in enumerate(files)]
         request = {"request": "flash",
-                   "images": [{"name": os.path.basename(f.name), "fd": i}
-                              for i, f in enumerate(files)],
+                   "images": images,
                    "target": {"device": args.device} if args.device else {},
                    "options": {"dry-run": args.dry_run, "detach": False,
                                "cancel-on-disconnect": True}}
-        reply = conn.call(request, fds=[f.fileno() for f in files])
+        reply = conn.call(request, fds=[] if args.upload else [f.fileno() for f in files])
     except FlashdError as e:
         return show_error(e.obj)
     finally:

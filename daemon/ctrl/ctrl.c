@@ -407,7 +407,7 @@ static void on_check_reply(struct ctrl *c, const struct ctrl_service_reply *r)
 			free(c->reply);
 			c->reply = malloc(c->reply_len);
 			if (!c->reply) {
-				error_set(&c->err, ERR_INTERNAL, "out of memory");
+				error_set(&c->err, ERR_OUT_OF_MEMORY, NULL);
 				fail(c);
 				return;
 			}
@@ -631,7 +631,7 @@ int ctrl_request(struct ctrl *c, unsigned type, const uint8_t *payload, size_t l
 	if (len) {
 		c->payload = malloc(len);
 		if (!c->payload)
-			return error_set(err, ERR_INTERNAL, "out of memory");
+			return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		memcpy(c->payload, payload, len);
 	}
 	start_common(c, type, done, ud);
@@ -648,7 +648,7 @@ int ctrl_legacy_request(struct ctrl *c, unsigned type, ctrl_request_done_fn done
 	free(c->reply);
 	c->reply = malloc(CTRL_SERVICE_WLENGTH);
 	if (!c->reply)
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	memset(c->reply, 0, CTRL_SERVICE_WLENGTH);
 	submit(c, CTRL_LEGACY, CTRL_BMREQ_IN, CTRL_LEGACY_BREQUEST, 0, (uint16_t)type,
 	       CTRL_SERVICE_WLENGTH, c->reply, xfer_timeout(c));

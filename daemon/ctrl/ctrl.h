@@ -158,8 +158,9 @@ struct ctrl_reply {
 typedef void (*ctrl_request_done_fn)(struct ctrl *c, const struct ctrl_reply *reply,
 				     struct error *err, void *userdata);
 /* Starts one request (payload copied).  Fails (busy, payload too large) with err. */
-int ctrl_request(struct ctrl *c, unsigned type, const uint8_t *payload, size_t len,
-		 ctrl_request_done_fn done, void *userdata, struct error *err);
+WARN_UNUSED_RESULT int ctrl_request(struct ctrl *c, unsigned type, const uint8_t *payload,
+				    size_t len, ctrl_request_done_fn done, void *userdata,
+				    struct error *err);
 /* Stops the request or operation that runs: its callback gets `cancelled`. */
 void ctrl_cancel(struct ctrl *c);
 
@@ -200,8 +201,8 @@ struct ctrl_result {
 };
 typedef void (*ctrl_op_done_fn)(struct ctrl *c, const struct ctrl_result *res, struct error *err,
 				void *userdata);
-int ctrl_op_start(struct ctrl *c, enum ctrl_op op, ctrl_op_done_fn done, void *userdata,
-		  struct error *err);
+WARN_UNUSED_RESULT int ctrl_op_start(struct ctrl *c, enum ctrl_op op, ctrl_op_done_fn done,
+				     void *userdata, struct error *err);
 
 /*
  * The firmware-update exchange: START (size) -> chunk size, DATA chunks,
@@ -211,6 +212,6 @@ int ctrl_op_start(struct ctrl *c, enum ctrl_op op, ctrl_op_done_fn done, void *u
  * progress: bytes acknowledged so far.
  */
 typedef void (*ctrl_progress_fn)(struct ctrl *c, size_t done, size_t total, void *userdata);
-int ctrl_firmware_update(struct ctrl *c, const uint8_t *data, size_t size,
-			 ctrl_progress_fn progress, ctrl_op_done_fn done, void *userdata,
-			 struct error *err);
+WARN_UNUSED_RESULT int ctrl_firmware_update(struct ctrl *c, const uint8_t *data, size_t size,
+					    ctrl_progress_fn progress, ctrl_op_done_fn done,
+					    void *userdata, struct error *err);

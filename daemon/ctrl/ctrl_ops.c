@@ -113,7 +113,7 @@ static int decode_modules(const struct ctrl_reply *rep, struct ctrl_result *res,
 {
 	particle_ctrl_GetModuleInfoReply *m = calloc(1, sizeof(*m));
 	if (!m)
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	if (decode(rep, particle_ctrl_GetModuleInfoReply_fields, m, err) < 0) {
 		free(m);
 		return -1;
@@ -285,7 +285,7 @@ static int op_begin(struct ctrl *c, enum ctrl_op op, ctrl_op_done_fn done, void 
 		return error_set(err, ERR_INTERNAL, "a control request is already running");
 	c->op_result = calloc(1, sizeof(*c->op_result));
 	if (!c->op_result)
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	c->op_result->op = op;
 	c->op = op;
 	c->op_done = done;
@@ -483,7 +483,7 @@ int ctrl_firmware_update(struct ctrl *c, const uint8_t *data, size_t size,
 		free(c->op_result);
 		c->op_result = NULL;
 		c->op_running = false;
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	}
 	memcpy(copy, data, size);
 	fw->data = copy;

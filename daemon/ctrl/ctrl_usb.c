@@ -104,7 +104,7 @@ struct ctrl *ctrl_open_usb(struct event_base *base, libusb_device_handle *handle
 		u->xfer = libusb_alloc_transfer(0);
 	if (!u || !u->xfer) {
 		free(u);
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	u->handle = handle;
@@ -114,7 +114,7 @@ struct ctrl *ctrl_open_usb(struct event_base *base, libusb_device_handle *handle
 	u->ctrl = ctrl_new(base, io, opt);
 	if (!u->ctrl) {
 		usb_release(u);
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	return u->ctrl;

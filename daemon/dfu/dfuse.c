@@ -1160,7 +1160,7 @@ int dfuse_erase(struct dfuse *s, uint8_t alt, uint32_t address, size_t len, dfus
 	s->units = calloc(DFUSE_MAX_ERASE_UNITS, sizeof(*s->units));
 	if (!s->units) {
 		s->op = OP_NONE;
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	}
 	int n = dfuse_map_erase_units(&s->info.maps[alt], address, (uint32_t)len, s->units,
 				      DFUSE_MAX_ERASE_UNITS, err);
@@ -1189,6 +1189,23 @@ int dfuse_download(struct dfuse *s, uint8_t alt, uint32_t address, const uint8_t
 {
 	if (start(s, OP_DOWNLOAD, alt, done, userdata, err) < 0)
 		return -1;
+	/* The last line of defence (preflight checks first): data goes only where
+	 * the device's own map says writable. */
+	uint32_t bad = address;
+	if (len > UINT32_MAX || !dfuse_map_range_has(&s->info.maps[alt], address, (uint32_t)len,
+						     DFUSE_MEM_WRITABLE, &bad)) {
+		s->op = OP_NONE;
+		error_set(err, ERR_OUTSIDE_MEMORY_MAP,
+			  "0x%08x+%zu is not writable in the DFU memory map '%s' (at 0x%08x)",
+			  address, len, s->info.maps[alt].name, bad);
+		error_detail_int(err, "alt", alt);
+		error_detail_int(err, "address", bad);
+		error_detail_int(err, "start", address);
+		error_detail_int(err, "end", (long long)address + (long long)len);
+		error_detail_str(err, "region", s->info.maps[alt].name);
+		error_detail_str(err, "needed", "writable");
+		return -1;
+	}
 	s->address = address;
 	s->cmd_address = address;
 	s->len = len;

@@ -185,16 +185,20 @@ void dfuse_transfer_done(struct dfuse *s, int usb_status, const uint8_t *in, siz
  * inside the call that started the operation.  Returns -1 (and fills err)
  * only when the operation cannot start (busy, bad argument).
  */
-int dfuse_open(struct dfuse *s, dfuse_done_fn done, void *userdata, struct error *err);
-int dfuse_upload(struct dfuse *s, uint8_t alt, uint32_t address, uint8_t *buf, size_t len,
-		 dfuse_done_fn done, void *userdata, struct error *err);
+WARN_UNUSED_RESULT int dfuse_open(struct dfuse *s, dfuse_done_fn done, void *userdata,
+				  struct error *err);
+WARN_UNUSED_RESULT int dfuse_upload(struct dfuse *s, uint8_t alt, uint32_t address, uint8_t *buf,
+				    size_t len, dfuse_done_fn done, void *userdata,
+				    struct error *err);
 /* Erases exactly the erase units of alt's memory map that cover [address, address + len). */
-int dfuse_erase(struct dfuse *s, uint8_t alt, uint32_t address, size_t len, dfuse_done_fn done,
-		void *userdata, struct error *err);
-int dfuse_download(struct dfuse *s, uint8_t alt, uint32_t address, const uint8_t *data, size_t len,
-		   dfuse_done_fn done, void *userdata, struct error *err);
+WARN_UNUSED_RESULT int dfuse_erase(struct dfuse *s, uint8_t alt, uint32_t address, size_t len,
+				   dfuse_done_fn done, void *userdata, struct error *err);
+WARN_UNUSED_RESULT int dfuse_download(struct dfuse *s, uint8_t alt, uint32_t address,
+				      const uint8_t *data, size_t len, dfuse_done_fn done,
+				      void *userdata, struct error *err);
 /* Zero-length DNLOAD and exactly one GETSTATUS (§5.4); nothing is sent afterwards. */
-int dfuse_leave(struct dfuse *s, dfuse_done_fn done, void *userdata, struct error *err);
+WARN_UNUSED_RESULT int dfuse_leave(struct dfuse *s, dfuse_done_fn done, void *userdata,
+				   struct error *err);
 
 const struct dfuse_info *dfuse_get_info(const struct dfuse *s);
 const struct dfu_descriptors *dfuse_get_descriptors(const struct dfuse *s);

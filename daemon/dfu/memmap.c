@@ -177,6 +177,13 @@ int dfuse_map_parse(const char *s, struct dfuse_map *map, struct error *err)
 		return fail(&c, "unexpected character");
 	if (map->n_segments == 0)
 		return fail(&c, "no segments");
+	/* Address groups may come in any order, but one byte has one sector:
+	 * overlapping segments would give overlapping erase units. */
+	for (unsigned i = 0; i < map->n_segments; i++)
+		for (unsigned k = i + 1; k < map->n_segments; k++)
+			if (map->segments[i].start < dfuse_segment_end(&map->segments[k]) &&
+			    map->segments[k].start < dfuse_segment_end(&map->segments[i]))
+				return fail(&c, "segments overlap");
 	return 0;
 }
 
@@ -198,7 +205,9 @@ bool dfuse_map_range_has(const struct dfuse_map *map, uint32_t start, uint32_t l
 		*ret_bad = start;
 	if (len == 0)
 		return false;
-	while (addr < end) {
+	/* Nothing wraps past the top of the address space to 0x0. */
+	uint64_t top = (uint64_t)UINT32_MAX + 1, limit = end < top ? end : top;
+	while (addr < limit) {
 		const struct dfuse_segment *seg = dfuse_map_find(map, (uint32_t)addr);
 		if (!seg || (seg->attrs & attrs) != attrs) {
 			if (ret_bad)
@@ -206,6 +215,11 @@ bool dfuse_map_range_has(const struct dfuse_map *map, uint32_t start, uint32_t l
 			return false;
 		}
 		addr = dfuse_segment_end(seg);
+	}
+	if (end > top) {
+		if (ret_bad)
+			*ret_bad = 0; /* where the range would wrap to */
+		return false;
 	}
 	return true;
 }
@@ -215,6 +229,19 @@ int dfuse_map_erase_units(const struct dfuse_map *map, uint32_t start, uint32_t 
 {
 	uint64_t addr = start, end = (uint64_t)start + len;
 	size_t n = 0;
+	if (end > (uint64_t)UINT32_MAX + 1) {
+		/* A range that wraps past 4 GiB would erase the sectors at 0x0 (the
+		 * bootloader or MBR): it is outside every map. */
+		error_set(err, ERR_OUTSIDE_MEMORY_MAP,
+			  "the range 0x%08x+%u runs past the end of the 32-bit address space",
+			  start, len);
+		error_detail_int(err, "address", start);
+		error_detail_int(err, "start", start);
+		error_detail_int(err, "end", (long long)end);
+		error_detail_str(err, "region", map->name);
+		error_detail_str(err, "needed", "erasable");
+		return -1;
+	}
 	while (addr < end) {
 		const struct dfuse_segment *seg = dfuse_map_find(map, (uint32_t)addr);
 		if (!seg || !(seg->attrs & DFUSE_MEM_ERASABLE)) {

@@ -52,7 +52,7 @@ struct dfuse_erase_unit {
  * (several address groups separated by '/'), on letters outside a–g, zero
  * sizes, overflowing addresses or more than the limits above.
  */
-int dfuse_map_parse(const char *s, struct dfuse_map *map, struct error *err);
+WARN_UNUSED_RESULT int dfuse_map_parse(const char *s, struct dfuse_map *map, struct error *err);
 
 static inline uint64_t dfuse_segment_end(const struct dfuse_segment *seg)
 {

@@ -159,7 +159,7 @@ struct usb_loop *usb_loop_new(struct event_base *base, struct error *err)
 {
 	struct usb_loop *l = calloc(1, sizeof(*l));
 	if (!l) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	l->base = base;
@@ -171,6 +171,11 @@ struct usb_loop *usb_loop_new(struct event_base *base, struct error *err)
 		return NULL;
 	}
 	l->timer = evtimer_new(base, on_timer, l);
+	if (!l->timer) {
+		usb_loop_free(l);
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
+		return NULL;
+	}
 	libusb_set_pollfd_notifiers(l->ctx, on_pollfd_added, on_pollfd_removed, l);
 	const struct libusb_pollfd **fds = libusb_get_pollfds(l->ctx);
 	for (size_t i = 0; fds && fds[i]; i++)
@@ -344,7 +349,7 @@ int usb_dfu_open(struct usb_loop *l, unsigned busnum, unsigned devnum, const cha
 	uint8_t interface = 0;
 	int r = d ? read_descriptors(dev, desc, &interface, err) : -1;
 	if (!d)
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	if (r == 0) {
 		d->loop = l;
 		d->interface = interface;

@@ -46,8 +46,9 @@ libusb_context *usb_loop_context(struct usb_loop *l);
  * permission-denied (udev hint), device-gone (not in libusb's list yet or
  * any more: callers may retry), dfu-descriptor-invalid or device-busy.
  */
-int usb_dfu_open(struct usb_loop *l, unsigned busnum, unsigned devnum, const char *devnode,
-		 struct usb_dfu_dev **ret, struct dfu_descriptors *desc, struct error *err);
+WARN_UNUSED_RESULT int usb_dfu_open(struct usb_loop *l, unsigned busnum, unsigned devnum,
+				    const char *devnode, struct usb_dfu_dev **ret,
+				    struct dfu_descriptors *desc, struct error *err);
 /* The control-transfer port for dfuse_new(); completions go to the attached dfuse. */
 struct dfu_io usb_dfu_io(struct usb_dfu_dev *d);
 void usb_dfu_attach(struct usb_dfu_dev *d, struct dfuse *s);

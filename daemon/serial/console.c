@@ -1,5 +1,7 @@
 #include "console.h"
 
+#include "cleanup.h"
+#include "osver.h"
 #include "platform.h"
 
 #include <ctype.h>
@@ -36,7 +38,42 @@ struct console {
 	char buf[CONSOLE_REPLY_MAX + 1];
 	size_t len;
 	unsigned claim_recoveries;
+	enum console_phase failed; /* set with the error that ends a run */
 };
+
+const char *console_phase_name(enum console_phase p)
+{
+	switch (p) {
+	case CONSOLE_PHASE_PROBE:
+		return "probe";
+	case CONSOLE_PHASE_IDENTIFY:
+		return "identify";
+	case CONSOLE_PHASE_INFO:
+		return "info";
+	case CONSOLE_PHASE_CLAIM_PROMPT:
+		return "claim-prompt";
+	case CONSOLE_PHASE_IO:
+		return "console";
+	case CONSOLE_PHASE_NONE:
+		break;
+	}
+	return NULL;
+}
+
+enum console_phase console_failed_phase(const struct console *c)
+{
+	return c->failed;
+}
+
+/* Ends a run with err, failed in phase (the error's "phase" detail says it too). */
+static void finish(struct console *c, struct error *err);
+static void fail(struct console *c, enum console_phase phase, struct error *err)
+{
+	c->failed = phase;
+	if (error_detail_type(err->code, "phase") && !json_object_get(err->detail, "phase"))
+		error_detail_str(err, "phase", console_phase_name(phase));
+	finish(c, err);
+}
 
 void console_config_default(struct console_config *cfg)
 {
@@ -148,13 +185,12 @@ int console_parse_info(const char *text, struct device_facts *facts, struct erro
 {
 	/* The body starts with {"p": (§2.5); stray output may hold other braces. */
 	const char *start = strstr(text, "{\"p\":");
-	json_t *root = NULL;
+	json_auto_t *root = NULL;
 	if (start) {
 		json_error_t je;
 		root = json_loads(start, JSON_DISABLE_EOF_CHECK, &je);
 	}
 	if (!json_is_object(root)) {
-		json_decref(root);
 		error_set(err, ERR_TRANSFER_FAILED, "the device's `s` reply holds no module list");
 		error_detail_str(err, "phase", "info");
 		error_detail_str(err, "reason", "no JSON object in the reply");
@@ -181,7 +217,6 @@ int console_parse_info(const char *text, struct device_facts *facts, struct erro
 	}
 	facts->system_version = sys1 ? sys1 : sys_any;
 	facts->modules_known = json_array_size(mods) <= DEVICE_FACTS_MAX_MODULES;
-	json_decref(root);
 	return 0;
 }
 
@@ -212,8 +247,7 @@ static bool send_str(struct console *c, const char *s)
 	error_init(&e);
 	error_set(&e, ERR_DEVICE_GONE, "cannot write to the device's console: %s",
 		  w < 0 ? strerror(errno) : "short write");
-	error_detail_str(&e, "phase", "console");
-	finish(c, &e);
+	fail(c, CONSOLE_PHASE_IO, &e);
 	error_clear(&e);
 	return false;
 }
@@ -341,7 +375,7 @@ static void on_input(struct console *c)
 			struct error e;
 			error_init(&e);
 			if (console_parse_info(body, c->facts, &e) < 0) {
-				finish(c, &e);
+				fail(c, CONSOLE_PHASE_INFO, &e);
 				error_clear(&e);
 				return;
 			}
@@ -371,8 +405,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 		error_init(&e);
 		error_set(&e, ERR_DEVICE_GONE,
 			  "the device disappeared while answering the console");
-		error_detail_str(&e, "phase", "console");
-		finish(c, &e);
+		fail(c, CONSOLE_PHASE_IO, &e);
 		error_clear(&e);
 		return;
 	}
@@ -395,22 +428,24 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
 	struct console *c = arg;
 	(void)fd;
 	(void)what;
-	static const char *const phase[] = {[CONSOLE_WAIT_PROBE] = "probe",
-					    [CONSOLE_WAIT_IDENTIFY] = "identify",
-					    [CONSOLE_WAIT_INFO] = "info",
-					    [CONSOLE_WAIT_CLAIM_END] = "claim-prompt"};
+	static const enum console_phase phase[] = {[CONSOLE_WAIT_PROBE] = CONSOLE_PHASE_PROBE,
+						   [CONSOLE_WAIT_IDENTIFY] = CONSOLE_PHASE_IDENTIFY,
+						   [CONSOLE_WAIT_INFO] = CONSOLE_PHASE_INFO,
+						   [CONSOLE_WAIT_CLAIM_END] =
+						       CONSOLE_PHASE_CLAIM_PROMPT};
 	unsigned ms = c->state == CONSOLE_WAIT_PROBE	   ? c->cfg.probe_ms
 		      : c->state == CONSOLE_WAIT_CLAIM_END ? c->cfg.reply_ms
 							   : c->cfg.slow_reply_ms;
 	struct error e;
 	error_init(&e);
-	const char *ph =
-	    c->state <= CONSOLE_WAIT_CLAIM_END && phase[c->state] ? phase[c->state] : "console";
+	enum console_phase ph = c->state <= CONSOLE_WAIT_CLAIM_END && phase[c->state]
+				    ? phase[c->state]
+				    : CONSOLE_PHASE_IO;
 	error_set(&e, ERR_TIMED_OUT, "the device's console did not answer within %u ms (%s)", ms,
-		  ph);
-	error_detail_str(&e, "phase", ph);
+		  console_phase_name(ph));
+	error_detail_str(&e, "phase", console_phase_name(ph));
 	error_detail_int(&e, "timeout_ms", ms);
-	finish(c, &e);
+	fail(c, ph, &e);
 	error_clear(&e);
 }
 
@@ -443,6 +478,7 @@ int console_run(struct console *c, unsigned steps, struct device_facts *facts, s
 	c->facts = facts;
 	c->steps = steps;
 	c->claim_recoveries = 0;
+	c->failed = CONSOLE_PHASE_NONE;
 	if (event_add(c->rev, NULL) < 0)
 		return error_set(err, ERR_INTERNAL, "cannot watch the port");
 	next_step(c);
@@ -458,4 +494,33 @@ void console_free(struct console *c)
 	if (c->timer)
 		event_free(c->timer);
 	free(c);
+}
+
+void console_silence_reason(const struct device_facts *facts, char *out, size_t size)
+{
+	int major = -1, minor, patch;
+	const struct platform *p = facts->platform;
+	if (facts->os_version[0] && osver_parse(facts->os_version, &major, &minor, &patch) < 0)
+		major = -1;
+	if (major >= 6)
+		snprintf(out, size,
+			 "the device runs Device OS %s, which has no listening mode or YMODEM "
+			 "(removed in 6.0.0)",
+			 facts->os_version);
+	else if (major >= 0)
+		snprintf(out, size,
+			 "the device did not answer in listening mode although it runs Device OS "
+			 "%s, which has it (still busy after an interrupted transfer, or an "
+			 "application holds the console)",
+			 facts->os_version);
+	else if (p && p->gen > 0 && p->gen <= 2)
+		snprintf(out, size,
+			 "the %s did not answer in listening mode, which every Device OS release "
+			 "for it has (still busy after an interrupted transfer, or an application "
+			 "holds the console)",
+			 p->display);
+	else
+		snprintf(out, size,
+			 "the device does not enter listening mode (Device OS 6.x has none, or "
+			 "its console is busy)");
 }

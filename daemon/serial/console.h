@@ -23,6 +23,19 @@ enum console_step {
 	CONSOLE_EXIT = 1 << 3,	   /* `x`: leave listening mode */
 };
 
+/* Where a run failed: a typed fact for decisions (the error's detail "phase"
+ * says the same to people). */
+enum console_phase {
+	CONSOLE_PHASE_NONE = 0,	    /* the run has not failed */
+	CONSOLE_PHASE_PROBE,	    /* no answer to `v`: silence = not in listening mode */
+	CONSOLE_PHASE_IDENTIFY,	    /* `i` */
+	CONSOLE_PHASE_INFO,	    /* `s`: no answer or no module list */
+	CONSOLE_PHASE_CLAIM_PROMPT, /* the claim-code prompt did not end */
+	CONSOLE_PHASE_IO,	    /* the port failed (the device went away) */
+};
+/* "probe", "identify", "info", "claim-prompt", "console"; NULL for NONE. */
+const char *console_phase_name(enum console_phase p);
+
 struct console_config {
 	unsigned probe_ms;	/* `v` when probing (silence = not listening) */
 	unsigned reply_ms;	/* `v` */
@@ -43,11 +56,26 @@ struct console *console_new(struct event_base *base, int fd, const struct consol
 			    const struct console_ops *ops);
 /* Runs the steps (a mask, in PROBE, IDENTIFY, INFO, EXIT order) and writes what
  * it learns into *facts (kept by the caller until done). */
-int console_run(struct console *c, unsigned steps, struct device_facts *facts, struct error *err);
+WARN_UNUSED_RESULT int console_run(struct console *c, unsigned steps, struct device_facts *facts,
+				   struct error *err);
+/* Where the last run failed: CONSOLE_PHASE_NONE while it runs or after success.
+ * Valid in the done callback and until the next console_run(). */
+enum console_phase console_failed_phase(const struct console *c);
 void console_free(struct console *c);
+
+/*
+ * Why a device whose console stayed silent to `v`, also after 28800 baud asked
+ * for listening mode, is handed over to DFU: a sentence built only from what
+ * flashd knows of it (facts from an earlier job or the USB ids).  Device OS
+ * 6.0.0 dropped listening mode and YMODEM; a device known to run an older
+ * release, or a platform no 6.x release exists for, was silent for another
+ * reason (busy after an interrupted transfer, an application on the console).
+ */
+void console_silence_reason(const struct device_facts *facts, char *out, size_t size);
 
 /* Parsers, exposed for tests. */
 bool console_parse_version(const char *text, char *out, size_t size);
 bool console_parse_device_id(const char *text, char *out, size_t size);
 /* The `s` reply (with stray text around it) into facts; -1 with err if no JSON. */
-int console_parse_info(const char *text, struct device_facts *facts, struct error *err);
+WARN_UNUSED_RESULT int console_parse_info(const char *text, struct device_facts *facts,
+					  struct error *err);

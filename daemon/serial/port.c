@@ -68,7 +68,8 @@ static pid_t lock_file_pid(const char *lock_path, const char **why)
 	char buf[LOCK_FILE_MAX + 1];
 	struct stat st;
 	*why = NULL;
-	int fd = open(lock_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	_cleanup_close_ int fd =
+	    open(lock_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
 		if (errno == ELOOP)
 			*why = "it is a symbolic link";
@@ -77,17 +78,14 @@ static pid_t lock_file_pid(const char *lock_path, const char **why)
 		return 0;
 	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
 		*why = "it is not a regular file";
 		return 0;
 	}
 	if (st.st_size > LOCK_FILE_MAX) {
-		close(fd);
 		*why = "it is too large for a lock file";
 		return 0;
 	}
 	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
 	if (n <= 0) {
 		*why = "it is empty";
 		return 0;
@@ -229,19 +227,18 @@ static int take_lock_file(struct serial_port *p, const char *lock_dir, struct er
 		return 0; /* no lock directory: flock alone */
 	snprintf(p->lock_path, sizeof(p->lock_path), "%s/LCK..%s", lock_dir, port_base(p->path));
 	for (int attempt = 0; attempt < 2; attempt++) {
-		int fd =
+		_cleanup_close_ int fd =
 		    open(p->lock_path,
 			 O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
 		if (fd >= 0) {
 			char buf[16];
 			int n = snprintf(buf, sizeof(buf), "%10d\n", (int)getpid());
 			if (write(fd, buf, (size_t)n) != n) {
-				close(fd);
-				unlink(p->lock_path);
+				/* A lock file without our pid would read as stale to the
+				 * next one: remove it and rely on flock alone. */
+				(void)unlink(p->lock_path);
 				p->lock_path[0] = '\0';
-				return 0;
 			}
-			close(fd);
 			return 0;
 		}
 		if (errno != EEXIST) {
@@ -287,14 +284,13 @@ int serial_port_open(const char *path, const char *lock_dir, struct serial_port 
 	*ret = NULL;
 	if (!lock_dir)
 		lock_dir = SERIAL_LOCK_DIR;
-	struct serial_port *p = calloc(1, sizeof(*p));
+	_cleanup_(serial_port_closep) struct serial_port *p = calloc(1, sizeof(*p));
 	if (!p)
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	snprintf(p->path, sizeof(p->path), "%s", path);
 	p->fd = open(path, O_RDWR | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	if (p->fd < 0) {
 		int e = errno;
-		free(p);
 		if (e == EACCES || e == EPERM) {
 			error_set(err, ERR_PERMISSION_DENIED, "cannot open %s: %s", path,
 				  strerror(e));
@@ -311,21 +307,16 @@ int serial_port_open(const char *path, const char *lock_dir, struct serial_port 
 	}
 	if (flock(p->fd, LOCK_EX | LOCK_NB) < 0) {
 		int e = errno;
-		close(p->fd);
-		free(p);
 		if (e == EWOULDBLOCK)
 			return fail_busy(path, lock_dir, 0, err);
 		return error_set(err, ERR_INTERNAL, "flock %s: %s", path, strerror(e));
 	}
-	if (take_lock_file(p, lock_dir, err) < 0) {
-		close(p->fd);
-		free(p);
+	if (take_lock_file(p, lock_dir, err) < 0)
 		return -1;
-	}
 	/* ENOTTY on pipes and on umockdev ttys without an ioctl handler
 	 * (test-bench.md §3): raw mode is then moot. */
 	(void)set_raw(p->fd);
-	*ret = p;
+	*ret = TAKE_PTR(p);
 	return 0;
 }
 

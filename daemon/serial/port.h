@@ -7,6 +7,7 @@
  */
 #pragma once
 
+#include "cleanup.h"
 #include "errors.h"
 
 #include <stdbool.h>
@@ -27,12 +28,14 @@ struct serial_port {
  * applies).  Fails with device-busy (holder, holder_pid, port), permission-
  * denied, device-not-found.
  */
-int serial_port_open(const char *path, const char *lock_dir, struct serial_port **ret,
-		     struct error *err);
+WARN_UNUSED_RESULT int serial_port_open(const char *path, const char *lock_dir,
+					struct serial_port **ret, struct error *err);
 /* Any speed, including the magic 14400 / 28800 (§3), via TCSETS2/BOTHER. */
-int serial_port_set_baud(struct serial_port *p, unsigned baud, struct error *err);
+WARN_UNUSED_RESULT int serial_port_set_baud(struct serial_port *p, unsigned baud,
+					    struct error *err);
 /* Unlocks, removes the lock file, closes.  Accepts NULL. */
 void serial_port_close(struct serial_port *p);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct serial_port *, serial_port_close)
 
 /* Who holds a port: pid from the lock file or /proc/locks, 0 if unknown.
  * comm gets /proc/PID/comm. */

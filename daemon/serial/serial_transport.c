@@ -601,11 +601,11 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		}
 		if (error_is_set(&r->pending)) {
 			if (r->pending.code == ERR_TIMED_OUT && transport_find("dfu")) {
-				/* no listening mode over 28800: Device OS 6.x (§3) */
-				job_handoff(
-				    r->job, "dfu",
-				    "the device does not enter listening mode (Device OS 6.x "
-				    "has no YMODEM)");
+				/* no listening mode over 28800: Device OS 6.x, or a
+				 * console busy for another reason: say which */
+				char why[256];
+				console_silence_reason(&r->facts, why, sizeof(why));
+				job_handoff(r->job, "dfu", why);
 				r->state = RUN_ENDED;
 				release_port(r);
 				return;

@@ -415,6 +415,10 @@ static void text_add(struct ymodem *y, uint8_t c)
 {
 	if (c == CA || c == '\0')
 		return;
+	/* The device's words are ASCII; anything else (line noise, a terminal
+	 * escape) is shown as '?' in messages, logs and JSON. */
+	if ((c < 0x20 && c != '\r' && c != '\n' && c != '\t') || c >= 0x7f)
+		c = '?';
 	if (y->text_len + 1 < sizeof(y->res.device_text)) {
 		y->res.device_text[y->text_len++] = (char)c;
 		y->res.device_text[y->text_len] = '\0';

@@ -83,7 +83,7 @@ struct ymodem;
 struct ymodem *ymodem_new(struct event_base *base, int rfd, int wfd, const uint8_t *data,
 			  size_t len, const char *name, const struct ymodem_config *cfg,
 			  const struct ymodem_ops *ops);
-int ymodem_start(struct ymodem *y, struct error *err);
+WARN_UNUSED_RESULT int ymodem_start(struct ymodem *y, struct error *err);
 /* Stops at the next block boundary ('a', §4.1); done() reports cancelled. */
 void ymodem_cancel(struct ymodem *y);
 enum ymodem_state ymodem_state(const struct ymodem *y);

@@ -282,8 +282,8 @@ class SimControl:
 
 
 class Testbed:
-    """The inner half of a plan-driven driver (serial_test.py, dfu_test.py,
-    probe_test.py): flashd with its socket, state and a private lock directory
+    """The inner half of a plan-driven driver (test_serial.py, test_dfu.py,
+    test_probe.py): flashd with its socket, state and a private lock directory
     in the plan's work directory (every testbed has its own /dev/ttyACM0, and the
     shared /run/lock would make parallel tests see each other's ports as held),
     the simulator's control socket, and flashctl."""

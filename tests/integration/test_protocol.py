@@ -72,6 +72,10 @@ def malformed_inputs(d):
     c.send_raw(b"\n\r\n" + b'{"request":"list-devices","id":99}\r\n')
     r = c.read()
     tap.check("blank lines skipped, CRLF accepted", r and r.get("id") == 99, r)
+    # A line of only spaces and tabs is a blank line too (issue 13).
+    c.send_raw(b" \t  \n\t\r\n" + b'{"request":"list-devices","id":100}\n')
+    r = c.read()
+    tap.check("whitespace-only lines skipped like blank lines", r and r.get("id") == 100, r)
     c.close()
 
 
@@ -170,6 +174,45 @@ def fd_passing(d):
     tap.check("list-jobs shows ended jobs with their result",
               any(j["id"] == jid and j["result"] == "cancelled" for j in r["jobs"]), r)
     c.close()
+
+
+def subscriptions_add_up(d):
+    """Issue 13: "jobs":true then "job":X delivers every job's events, and
+    "job":X then "job":Y delivers both (PROTOCOL.md: subscriptions add up)."""
+    owner, all_then_one, one_then_other = d.client(), d.client(), d.client()
+    jids = []
+    for _ in range(3):
+        with open(PHOTON_APP, "rb") as f:
+            r = owner.call({"request": "flash", "images": [{"fd": 0}],
+                            "target": {"device": "3c0021000d47353033323699"},
+                            "options": {"wait": 30}}, fds=[f.fileno()])
+        jids.append(r["jobs"][0]["id"])
+    x, y, z = jids
+    r = all_then_one.call({"request": "subscribe", "jobs": True})
+    r = all_then_one.call({"request": "subscribe", "job": x})
+    tap.check("subscribe jobs:true then job:X: the reply still says all jobs",
+              r.get("jobs") is True, r)
+    one_then_other.call({"request": "subscribe", "job": x})
+    one_then_other.call({"request": "subscribe", "job": y})
+    for jid in (z, y, x):
+        owner.call({"request": "cancel", "job": jid})
+
+    def ended(c, want):
+        seen = set()
+        try:
+            c.events_until(lambda m: m.get("event") == "job-ended" and (seen.add(m["job"]) or
+                                                                        seen >= want), timeout=3)
+        except TimeoutError:
+            pass  # checked by the caller: what arrived is what counts
+        return seen
+    seen = ended(all_then_one, {x, y, z})
+    tap.check("... and delivers every job's events, not only X's", seen == {x, y, z},
+              sorted(seen))
+    seen = ended(one_then_other, {x, y})
+    tap.check("subscribe job:X then job:Y delivers both jobs' events (and no other)",
+              seen == {x, y}, sorted(seen))
+    for c in (owner, all_then_one, one_then_other):
+        c.close()
 
 
 def many_clients(d):
@@ -373,6 +416,7 @@ def main():
         malformed_inputs(d)
         oversize_message(d)
         fd_passing(d)
+        subscriptions_add_up(d)
         base = d.fd_count()
         many_clients(d)
         slow_reader(d)

@@ -10,6 +10,7 @@
 #include "control.h"
 #include "osver.h"
 #include "spec.h"
+#include "timing.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,6 +25,8 @@
 #define PTY_RETRY_MS	  20
 #define MAGIC_BAUD_DFU	  14400
 #define MAGIC_BAUD_LISTEN 28800
+/* A YMODEM block on the wire: mark, sequence, complement, data, CRC-16. */
+#define YMODEM_BLOCK_WIRE(len) ((len) + 5u)
 
 /* Kernel termios ioctls (asm-generic/ioctls.h); the structs are the kernel's, not glibc's. */
 #define K_TCGETS2  0x802c542au
@@ -91,16 +94,57 @@ static bool era3(struct sim_device *d)
 	return osver_compare(d->spec.os, "3.0.0") >= 0 && osver_compare(d->spec.os, "6.0.0") < 0;
 }
 
+/* Device work at real-device speed, charged to the next block reply. */
+static void ota_charge(struct sim_device *d, double us)
+{
+	d->cdc_work_us += us * d->sim->time_scale;
+}
+
+static uint64_t op_ota_work_ms(void *ctx)
+{
+	struct sim_device *d = ctx;
+	/* Whole milliseconds now, the rest with the next block, so that a
+	 * transfer's total is right to 1 ms whatever the block count. */
+	uint64_t ms = (uint64_t)(d->cdc_work_us / 1000.0);
+	d->cdc_work_us -= (double)ms * 1000.0;
+	return ms;
+}
+
+/* Erase of the sectors covering len bytes from the region's start (FLASH_Begin). */
+static double ota_erase_us(struct sim_device *d, const struct ota_region *r, uint32_t len)
+{
+	const struct flash_region *fr = flash_region_at(d->flash, r->alt, r->base, r->size);
+	if (!fr)
+		return 0;
+	double us = 0;
+	uint32_t at = r->base;
+	while (at < r->base + len) {
+		uint32_t start, size;
+		char attr;
+		if (flash_sector(fr, at, &start, &size, &attr) < 0 || !size)
+			break;
+		us += timing_erase_us(d->spec.platform, fr->external, size);
+		at = start + size;
+	}
+	return us;
+}
+
 /* Engine ops run with sim->lock held (the engine is only driven under it). */
 static int op_ota_begin(void *ctx, uint32_t declared_size)
 {
 	struct sim_device *d = ctx;
 	struct ota_region r = ota_region(d);
+	/* The header block crossed the bus; then the region is erased over the
+	 * declared size (0: the whole region, as 3.x-5.x substitutes its maximum). */
+	d->cdc_work_us = 0;
+	ota_charge(d, timing_usb_bulk_us(YMODEM_BLOCK_WIRE(128)));
 	/* 3.0-5.x: size pre-check and INVALID_STATE while an update is running (§4.3, §4.5). */
 	if (era3(d) &&
 	    (declared_size > r.size || (d->ota_active && d->spec.platform->mcu != MCU_STM32F205)))
 		return -1;
 	flash_erase_range(d->flash, r.alt, r.base, r.size);
+	uint32_t erase_len = declared_size && declared_size < r.size ? declared_size : r.size;
+	ota_charge(d, ota_erase_us(d, &r, erase_len));
 	d->ota_active = true;
 	d->ota_pending = false;
 	d->ota_size = declared_size;
@@ -111,8 +155,13 @@ static int op_ota_write(void *ctx, uint32_t offset, const uint8_t *data, size_t 
 {
 	struct sim_device *d = ctx;
 	struct ota_region r = ota_region(d);
+	/* The block crossed the bus, then it is programmed (FLASH_Update). */
+	ota_charge(d, timing_usb_bulk_us(YMODEM_BLOCK_WIRE(len)));
 	if (offset > r.size || len > r.size - offset)
 		return -1; /* past the OTA region: "Failed to save chunk!" */
+	const struct flash_region *fr = flash_region_at(d->flash, r.alt, r.base, r.size);
+	ota_charge(d, timing_program_us(d->spec.platform, fr && fr->external, len));
+	d->last_write_ms = sim_now_ms() + (uint64_t)(d->cdc_work_us / 1000.0); /* its ACK */
 	return flash_program(d->flash, r.alt, r.base + offset, data, len);
 }
 
@@ -571,6 +620,7 @@ void cdc_attach(struct sim_device *d)
 		    .ota_begin = op_ota_begin,
 		    .ota_write = op_ota_write,
 		    .ota_finish = op_ota_finish,
+		    .ota_work_ms = op_ota_work_ms,
 		    .system_info = op_system_info,
 		};
 		bool listen = d->mode == SIM_MODE_LISTENING || d->listen_on_boot;
@@ -617,17 +667,6 @@ static void baud_dfu_cb(void *data)
 	reset_dfu_cb(data);
 }
 
-static void baud_listen_cb(void *data)
-{
-	struct sim_device *d = data;
-	g_mutex_lock(&d->sim->lock);
-	if (d->cdc) {
-		listening_enter(d->cdc, sim_now_ms());
-		arm_timer(d);
-	}
-	g_mutex_unlock(&d->sim->lock);
-}
-
 /* SET_LINE_CODING reaches the device only when the speed changes (cdc-acm). */
 static void line_coding(struct sim_device *d, unsigned baud)
 {
@@ -638,8 +677,17 @@ static void line_coding(struct sim_device *d, unsigned baud)
 		return;
 	if (baud == MAGIC_BAUD_DFU)
 		sim_schedule(d->sim, 0, baud_dfu_cb, d);
-	else if (baud == MAGIC_BAUD_LISTEN && osver_compare(d->spec.os, "6.0.0") < 0)
-		sim_schedule(d->sim, 0, baud_listen_cb, d);
+	else if (baud == MAGIC_BAUD_LISTEN && osver_compare(d->spec.os, "6.0.0") < 0 && d->cdc) {
+		/* At once, before the host's TCSETS returns: cdc-acm's SET_LINE_CODING
+		 * completes before the ioctl does, and what the host writes next is
+		 * read by the console (Device OS reads its CDC buffer with peek() once
+		 * listening mode runs, system_setup.cpp).  Deferring this to the main
+		 * loop let a `v` written right after 28800 reach the application
+		 * instead, which drops it - for all but one of several devices
+		 * switched at once. */
+		listening_enter(d->cdc, sim_now_ms());
+		arm_timer(d);
+	}
 }
 
 /* The slave's termios, read through the master (a pty master's termios ioctls act on its slave). */

@@ -107,11 +107,13 @@ struct sim_device {
 	bool ota_active;
 	bool ota_pending; /* validated, applied at the next reset */
 	uint32_t ota_size;
+	double cdc_work_us; /* YMODEM receiver work not charged yet (time-scaled) */
 	/* counters for state.json */
 	uint64_t ymodem_bytes;
 	uint64_t dfu_bytes;
 	uint64_t dfu_requests;
-	unsigned generation; /* bumps on every enumeration: stale timers ignore themselves */
+	uint64_t last_write_ms; /* sim_now_ms() when the latest flash write was done */
+	unsigned generation;	/* bumps on every enumeration: stale timers ignore themselves */
 };
 
 struct sim_device *device_new(struct sim *sim, const struct sim_spec *spec);

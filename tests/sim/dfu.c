@@ -172,6 +172,8 @@ static int write_block(struct sim_device *d, uint32_t addr, const uint8_t *data,
 	d->dfu_bytes += len;
 	d->dfu.session_written += len;
 	busy_for(d, timing_program_us(d->spec.platform, r->external, len), 0);
+	d->last_write_ms =
+	    d->dfu.busy_until_ms > sim_now_ms() ? d->dfu.busy_until_ms : sim_now_ms();
 	/* Gen 3 bootloader: a new 256 KiB app invalidates the old 128 KiB slot (§5.4). */
 	if (valid_user_prefix_at_256k(d, addr, data, len))
 		flash_erase_sector(d->flash, 0, GEN3_USER_128K);

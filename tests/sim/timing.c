@@ -13,6 +13,21 @@
  *   them to the SPI flash part; Winbond W25Q32JV/W25Q64JV datasheet rev. I,
  *   "AC electrical characteristics": tSE (4 KiB sector erase) 45 ms typ,
  *   tPP (256-byte page program) 0.4 ms typ.
+ * USB full speed (CDC data of the serial console): USB 2.0 specification,
+ *   section 5.8.4 "Bulk Transfer Bandwidth Requirements", table 5-9: at most
+ *   19 bulk transactions of a 64-byte max packet per 1 ms frame, i.e. 1216
+ *   bytes per ms on an otherwise idle bus.
+ * YMODEM receiver work (what a listening-mode device does per block; Device
+ *   OS system/src/system_ymodem.cpp receive_file() calls the flash code
+ *   between reading a block and replying): the header block erases the
+ *   receiving region over the declared size (HAL_FLASH_Begin -> FLASH_Begin
+ *   -> FLASH_EraseMemory: whole 128 KiB sectors on Gen 2, platform/MCU/
+ *   STM32F2xx/SPARK_Firmware_Driver/src/flash_mal.c; 4 KiB external-flash
+ *   sectors on Gen 3, platform/MCU/nRF52840/src/flash_mal.c), every data
+ *   block is programmed as it arrives (HAL_FLASH_Update -> FLASH_Update: one
+ *   word program per 32 bits on Gen 2, external page programs on Gen 3).
+ *   The costs are the erase and program figures above; the P2 is taken to
+ *   do the same on its SPI NOR (its OTA code is not public in that form).
  * Reset/enumeration: DFU leave -> reset is a 500-count timer (facts §5.4,
  *   ~500 ms on nRF52/STM32; RTL872x counts main-loop passes, UNVERIFIED);
  *   boot to USB enumeration is not in any datasheet - 300 ms for the
@@ -30,6 +45,9 @@
 #define NRF52_PROG_WORD_US    41u
 #define SPI_NOR_ERASE_4K_US   45000u
 #define SPI_NOR_PROG_256_US   400u
+#define USB_FS_BULK_PACKET    64u
+#define USB_FS_BULK_PER_FRAME 19u
+#define USB_FS_FRAME_US	      1000u
 #define DFU_LEAVE_RESET_US    500000u
 #define BOOT_TO_BOOTLOADER_US 300000u
 #define BOOT_TO_DEVICE_OS_US  1000000u
@@ -54,6 +72,13 @@ unsigned timing_program_us(const struct platform *p, bool external, size_t len)
 	if (p->mcu == MCU_NRF52840)
 		return (unsigned)((len + 3) / 4 * NRF52_PROG_WORD_US);
 	return (unsigned)((len + 3) / 4 * STM32F2_PROG_WORD_US);
+}
+
+unsigned timing_usb_bulk_us(size_t len)
+{
+	size_t packets = (len + USB_FS_BULK_PACKET - 1) / USB_FS_BULK_PACKET;
+	return (unsigned)((packets * USB_FS_FRAME_US + USB_FS_BULK_PER_FRAME - 1) /
+			  USB_FS_BULK_PER_FRAME);
 }
 
 unsigned timing_dfu_leave_reset_us(const struct platform *p)

@@ -32,6 +32,7 @@ EXAMPLE = os.path.join(SRC, "client", "examples", "flashd_client.py")
 PHOTON_APP = fixture("photon/photon_tinker.bin")
 ELECTRON_APP = fixture("electron/electron_tinker.bin")
 NOT_MODULE = fixture("not-modules/ota-flag-a5.bin")
+PHOTON_DOCTOR = fixture("photon/photon_doctor.bin")
 ESC = "\x1b"
 CATALOGUE = {}
 
@@ -175,15 +176,17 @@ def flashctl_tests(tap, fc, d, work):
     with zipfile.ZipFile(bundle, "w") as z:
         z.write(PHOTON_APP, "photon_tinker.bin")
         z.writestr("assets/logo.png", b"\x89PNG")
+    # The Photon Tinker lists no assets: the bundle's logo.png is not the application's.
     rc, out, err = run(fc, sock, "flash", bundle, "--device", dfu)
-    tap.check("zip bundle: exit 3, image-unsupported naming the bundle, reason and hint",
-              rc == exit_of("image-unsupported") and "error [image-unsupported]" in err
-              and "zip bundle" in err and "unzip it" in err, (rc, err))
-    rc, out, err = run(fc, sock, "--json", "check", bundle)
+    tap.check("zip bundle with an asset its application does not list: exit 3, "
+              "bundle-asset-mismatch naming the asset and the hint",
+              rc == exit_of("bundle-asset-mismatch") and "error [bundle-asset-mismatch]" in err
+              and "logo.png" in err and "hint:" in err, (rc, err))
+    rc, out, err = run(fc, sock, "--json", "check", bundle, "--device", dfu)
     obj = json.loads(out) if out.startswith("{") else {}
-    tap.check("zip bundle --json: one error object with detail.reason 'zip bundle'",
-              rc == 3 and obj.get("code") == "image-unsupported"
-              and obj.get("detail", {}).get("reason") == "zip bundle", out)
+    tap.check("zip bundle --json: one error object with detail.problem 'extra'",
+              rc == 3 and obj.get("code") == "bundle-asset-mismatch"
+              and obj.get("detail", {}).get("problem") == "extra", out)
 
     rc, out, err = run(fc, sock, "flash", PHOTON_APP, "--device", "0123456789abcdef01234567")
     tap.check("device not found: exit 5 with the target as a fact",
@@ -345,6 +348,18 @@ def example_tests(tap, fc, d, work):
     tap.check("example client: a refused file exits with the catalogue status (4) and the hint",
               r.returncode == 4 and "wrong-platform" in r.stderr and "hint:" in r.stderr,
               r.stdout + r.stderr)
+    # Without fd passing: the bytes go in-band (upload-begin, upload-chunk); another
+    # application than the one just flashed, so that it is written, not already installed.
+    r = subprocess.run([sys.executable, EXAMPLE, "--socket", d.socket, "--device", dfu, "--upload",
+                        PHOTON_DOCTOR], capture_output=True, text=True, timeout=90)
+    tap.check("example client --upload flashes the file sent in-band: exit 0, written, done",
+              r.returncode == 0 and re.search(r"done: (verified|written-not-verified)", r.stdout)
+              and re.search(r"upload photon_doctor.bin +100%", r.stdout)
+              and re.search(r"writing +100%", r.stdout), r.stdout + r.stderr)
+    r = subprocess.run([sys.executable, EXAMPLE, "--socket", d.socket, "--device", dfu, "--upload",
+                        ELECTRON_APP], capture_output=True, text=True, timeout=90)
+    tap.check("example client --upload: the Electron build exits 4 with wrong-platform",
+              r.returncode == 4 and "wrong-platform" in r.stderr, r.stdout + r.stderr)
 
 
 def inside(group, flashd, fc):

@@ -19,7 +19,7 @@ SRC = os.environ.get("FLASHD_SOURCE_ROOT",
                      os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 FC = sys.argv[1]
 REQUESTS = ["hello", "list-devices", "device-info", "flash", "list-jobs", "cancel", "subscribe",
-            "history"]
+            "history", "upload-begin", "upload-chunk"]
 EVENTS = ["device-added", "device-changed", "device-removed", "job-queued", "job-started",
           "job-plan", "job-progress", "job-ended"]
 COMPLETION = os.path.join(SRC, "client", "flashctl.bash-completion")
@@ -53,6 +53,14 @@ def main():
                            env=dict(os.environ, MANWIDTH="100", LC_ALL="C.UTF-8"))
         tap.check("%s renders without warnings" % page[1],
                   r.returncode == 0 and r.stderr.strip() == "" and len(r.stdout) > 1000, r.stderr)
+
+    # Issue 13: the page promises only what is kept: the SQLite history survives a
+    # restart (interrupted jobs recorded, not resumed); `flashctl jobs` is memory only.
+    man8 = read("daemon", "flashd.8").replace("\\-", "-")
+    tap.check("flashd(8) says what survives a restart and what does not",
+              "history.sqlite3" in man8 and "in memory only" in man8
+              and "not resumed" in man8,
+              [l for l in man8.splitlines() if "history" in l])
 
     man1 = read("client", "flashctl.1")
     missing = [v for v in verbs if not re.search(r"^\.B %s\b" % v, man1, re.M)]

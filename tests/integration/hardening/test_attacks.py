@@ -60,9 +60,10 @@ def flashctl(fc, sock, *args, uid=None, groups=(), timeout=120):
 
 
 def flash_photon(fc, sock, timeout=120):
-    """root flashes the simulated Photon; (ok, seconds, details)."""
+    """root flashes the simulated Photon; (ok, seconds, details).  --force: the
+    application is installed after the first run, and each run must write it."""
     t0 = time.monotonic()
-    rc, out, err = flashctl(fc, sock, "--json", "flash", PHOTON_APP, timeout=timeout)
+    rc, out, err = flashctl(fc, sock, "--json", "flash", "--force", PHOTON_APP, timeout=timeout)
     ends = [json.loads(l) for l in out.splitlines()
             if l.startswith("{") and json.loads(l).get("event") == "job-ended"]
     ok = rc == 0 and ends and ends[-1].get("outcome") == "verified"

@@ -305,6 +305,9 @@ static void busy_done(struct listening *l, uint64_t now_ms)
 	case BUSY_RESET:
 		listening_do_reset(l, LISTENING_RESET_FIRMWARE);
 		return;
+	case BUSY_YMODEM_REPLY:
+		ymodem_rx_resume(l, now_ms);
+		break;
 	}
 	/* Bytes that arrived during the delay are processed now, in order. */
 	uint8_t *h = l->hold;

@@ -23,15 +23,15 @@ enum listening_era {
 };
 
 enum listening_state_kind {
-	LISTENING_APP,     /* application running: no console ("normal" mode) */
+	LISTENING_APP,	   /* application running: no console ("normal" mode) */
 	LISTENING_CONSOLE, /* listening mode, waiting for command keys */
 };
 
 /* How the device goes away after a command or a transfer. */
 enum listening_reset {
-	LISTENING_RESET_FIRMWARE,      /* reset, boot the firmware (comes back in normal mode) */
+	LISTENING_RESET_FIRMWARE,	/* reset, boot the firmware (comes back in normal mode) */
 	LISTENING_RESET_SAFE_LISTENING, /* 'L': safe mode, then listening mode */
-	LISTENING_RESET_UNPLUG,        /* fault: USB cable pulled (comes back only by control) */
+	LISTENING_RESET_UNPLUG,		/* fault: USB cable pulled (comes back only by control) */
 };
 
 struct listening_ops {
@@ -54,6 +54,15 @@ struct listening_ops {
 	int (*ota_begin)(void *ctx, uint32_t declared_size);
 	int (*ota_write)(void *ctx, uint32_t offset, const uint8_t *data, size_t len);
 	int (*ota_finish)(void *ctx, unsigned *ret_mask);
+	/*
+	 * How long the device was busy with the ota_begin / ota_write it was just
+	 * given (erase at the header, programming and the block's USB transfer per
+	 * data block), in milliseconds of the simulation's clock.  The receiver
+	 * answers that block only when the work is done, as receive_file() does
+	 * (it calls the flash code between reading a block and sending its ACK).
+	 * NULL or 0: instant.
+	 */
+	uint64_t (*ota_work_ms)(void *ctx);
 	/* The `s` reply body as the device would print it (malloc'd, without "\r\n"). */
 	char *(*system_info)(void *ctx);
 };
@@ -61,11 +70,11 @@ struct listening_ops {
 struct listening_config {
 	enum listening_era era;
 	const char *os_version; /* "1.5.2" for `v` */
-	const char *device_id;  /* 24 lowercase hex */
+	const char *device_id;	/* 24 lowercase hex */
 	int platform_id;
-	bool wifi;     /* WiFiSetupConsole: adds `w` */
-	bool cellular; /* `i` multi-line form with IMEI/ICCID/Cell Radio Version */
-	const char *mac;   /* "a4:cf:12:34:56:78" */
+	bool wifi;	      /* WiFiSetupConsole: adds `w` */
+	bool cellular;	      /* `i` multi-line form with IMEI/ICCID/Cell Radio Version */
+	const char *mac;      /* "a4:cf:12:34:56:78" */
 	double timeout_scale; /* scales the 5 s YMODEM byte timeout (>0) */
 };
 
@@ -94,11 +103,11 @@ enum listening_state_kind listening_state(const struct listening *l);
  * declared size.
  */
 enum listening_fault_kind {
-	LISTENING_FAULT_UNPLUG,       /* unplug@50% / unplug@block12 / unplug@byte4096 */
-	LISTENING_FAULT_CANCEL,       /* cancel@block5: device sends CA CA mid-transfer */
+	LISTENING_FAULT_UNPLUG,	      /* unplug@50% / unplug@block12 / unplug@byte4096 */
+	LISTENING_FAULT_CANCEL,	      /* cancel@block5: device sends CA CA mid-transfer */
 	LISTENING_FAULT_NAK_STORM,    /* nak@block3: NAK every block from there on */
-	LISTENING_FAULT_SILENT,       /* silent@block10: stops answering */
-	LISTENING_FAULT_RESET,        /* reset@30%: device resets mid-transfer */
+	LISTENING_FAULT_SILENT,	      /* silent@block10: stops answering */
+	LISTENING_FAULT_RESET,	      /* reset@30%: device resets mid-transfer */
 	LISTENING_FAULT_STRAY_OUTPUT, /* stray@: application output before the prompt */
 	LISTENING_FAULT_AT_PROBE,     /* atprobe@: ModemManager-style AT lines arrive */
 };

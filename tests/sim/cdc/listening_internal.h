@@ -63,6 +63,7 @@ enum busy_then {
 	BUSY_F6_CANCEL,	      /* 6.x `f`: four CAN + "no longer supported" */
 	BUSY_SUCCESS_RESTART, /* print the restart line, then reset */
 	BUSY_RESET,	      /* reset into the firmware */
+	BUSY_YMODEM_REPLY,    /* flash work of a block done: send its reply, receive on */
 };
 
 /* Line-input steps (who asked for the line). */
@@ -122,6 +123,8 @@ struct listening {
 	uint64_t busy_until;
 	uint8_t *hold;
 	size_t hold_len;
+	uint8_t busy_reply[2]; /* BUSY_YMODEM_REPLY: the block's answer (ACK, or ACK 'C') */
+	size_t busy_reply_len;
 
 	/* CONSOLE_LINE */
 	enum line_step step;
@@ -167,6 +170,7 @@ void console_start_line(struct listening *l, enum line_step step, size_t max_len
 void ymodem_rx_start(struct listening *l, uint64_t now_ms);
 void ymodem_rx_byte(struct listening *l, uint8_t c, uint64_t now_ms);
 void ymodem_rx_timeout(struct listening *l, uint64_t now_ms);
+void ymodem_rx_resume(struct listening *l, uint64_t now_ms);
 
 /* app.c */
 void app_input(struct listening *l, const uint8_t *buf, size_t len);

@@ -9,6 +9,7 @@
  *   config era=0.4|0.6|2|3|6 os=S platform=N wifi=0|1 cellular=0|1 id=S mac=S
  *          scale=X state=app|console              (before anything else)
  *   ota begin=N write=N write_fail_at=OFF finish=N mask=0xN   (fake core results)
+ *       work_begin=MS work_write=MS  (device work the fake core reports per header / block)
  *   sysinfo "TEXT"                                  (the `s` body the core returns)
  *   fault KIND UNIT AT ["ARG"]    KIND unplug|cancel|nak|silent|reset|stray|atprobe,
  *                                 UNIT block|byte|percent
@@ -61,6 +62,7 @@ struct fake {
 	size_t image_len;
 	int finish_calls;
 	char *sysinfo;
+	uint64_t work_begin, work_write, work_pending;
 };
 
 static const char *path;
@@ -107,12 +109,14 @@ static int fk_begin(void *ctx, uint32_t size)
 	struct fake *f = ctx;
 	f->declared = size;
 	f->image_len = 0;
+	f->work_pending = f->work_begin;
 	return f->begin_ret;
 }
 
 static int fk_write(void *ctx, uint32_t off, const uint8_t *data, size_t len)
 {
 	struct fake *f = ctx;
+	f->work_pending = f->work_write;
 	if (f->write_ret)
 		return f->write_ret;
 	if (f->write_fail_at >= 0 && off + len > (unsigned long)f->write_fail_at)
@@ -123,6 +127,14 @@ static int fk_write(void *ctx, uint32_t off, const uint8_t *data, size_t len)
 	if (off + len > f->image_len)
 		f->image_len = off + len;
 	return 0;
+}
+
+static uint64_t fk_work(void *ctx)
+{
+	struct fake *f = ctx;
+	uint64_t ms = f->work_pending;
+	f->work_pending = 0;
+	return ms;
 }
 
 static int fk_finish(void *ctx, unsigned *mask)
@@ -277,6 +289,7 @@ static void ensure_engine(struct run *r)
 	    .exit_listening = fk_exit,
 	    .ota_begin = fk_begin,
 	    .ota_write = fk_write,
+	    .ota_work_ms = fk_work,
 	    .ota_finish = fk_finish,
 	    .system_info = fk_sysinfo,
 	};
@@ -444,6 +457,10 @@ static void directive(struct run *r, char *line)
 			r->fk.finish_ret = atoi(v);
 		if (kv(a, "mask", v, sizeof(v)))
 			r->fk.finish_mask = (unsigned)strtoul(v, NULL, 0);
+		if (kv(a, "work_begin", v, sizeof(v)))
+			r->fk.work_begin = strtoull(v, NULL, 10);
+		if (kv(a, "work_write", v, sizeof(v)))
+			r->fk.work_write = strtoull(v, NULL, 10);
 	} else if (!strcmp(cmd, "sysinfo")) {
 		size_t n = unescape(a, buf, sizeof(buf) - 1);
 		free(r->fk.sysinfo);

@@ -113,6 +113,35 @@ static struct fault_slot *fault_at_block_end(struct listening *l, enum listening
 	return NULL;
 }
 
+/*
+ * Answers an accepted block once the device's flash work for it is done:
+ * receive_file() calls the flash code (erase at the header, write per data
+ * block) between reading the block and sending the reply, and reads nothing
+ * meanwhile, so bytes that arrive are held until then.
+ */
+static void reply_after_work(struct listening *l, const uint8_t *reply, size_t n, uint64_t now_ms)
+{
+	uint64_t ms = l->ops.ota_work_ms ? l->ops.ota_work_ms(l->ops.ctx) : 0;
+	l->ym.st = YR_WAIT_FIRST;
+	if (!ms) {
+		listening_send(l, reply, n);
+		l->ym.deadline = byte_deadline(l, now_ms);
+		return;
+	}
+	memcpy(l->busy_reply, reply, n);
+	l->busy_reply_len = n;
+	listening_start_busy(l, BUSY_YMODEM_REPLY, now_ms, ms);
+}
+
+void ymodem_rx_resume(struct listening *l, uint64_t now_ms)
+{
+	l->sub = CONSOLE_YMODEM;
+	listening_send(l, l->busy_reply, l->busy_reply_len);
+	l->busy_reply_len = 0;
+	l->ym.st = YR_WAIT_FIRST;
+	l->ym.deadline = byte_deadline(l, now_ms);
+}
+
 /* ---- the wrapper: Ymodem_Serial_Flash_Update + system_fileTransfer ----- */
 
 static void finish(struct listening *l, int32_t size, uint64_t now_ms)
@@ -264,11 +293,9 @@ static void handle_header(struct listening *l, uint64_t now_ms)
 	}
 	ym->header_accepted = true;
 	ym->chunk_offset = 0;
-	static const uint8_t ack_c[2] = {YM_ACK, YM_CRC16};
-	listening_send(l, ack_c, sizeof(ack_c));
 	ym->packets_received++;
-	ym->st = YR_WAIT_FIRST;
-	ym->deadline = byte_deadline(l, now_ms);
+	static const uint8_t ack_c[2] = {YM_ACK, YM_CRC16};
+	reply_after_work(l, ack_c, sizeof(ack_c), now_ms);
 }
 
 static void handle_data(struct listening *l, size_t size, uint64_t now_ms)
@@ -298,10 +325,9 @@ static void handle_data(struct listening *l, size_t size, uint64_t now_ms)
 	}
 	ym->chunk_offset = end;
 	l->ymodem_bytes += size;
-	send_byte(l, YM_ACK);
 	ym->packets_received++;
-	ym->st = YR_WAIT_FIRST;
-	ym->deadline = byte_deadline(l, now_ms);
+	static const uint8_t ack = YM_ACK;
+	reply_after_work(l, &ack, 1, now_ms);
 }
 
 static void packet_complete(struct listening *l, uint64_t now_ms)

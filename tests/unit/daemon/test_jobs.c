@@ -209,6 +209,22 @@ static void plug(struct fx *fx, const char *serial, const char *port, uint16_t p
 	registry_node_added(fx->reg, &n);
 }
 
+/* The tty cdc-acm makes for a CDC device plugged in with plug(). */
+static void plug_tty(struct fx *fx, const char *serial, const char *port)
+{
+	struct registry_node n;
+	memset(&n, 0, sizeof(n));
+	n.is_tty = true;
+	snprintf(n.usb_syspath, sizeof(n.usb_syspath), "/sys/devices/usb1/%s", port);
+	snprintf(n.syspath, sizeof(n.syspath), "/sys/devices/usb1/%.32s/tty/ttyACM0", port);
+	snprintf(n.port_path, sizeof(n.port_path), "%s", port);
+	snprintf(n.devnode, sizeof(n.devnode), "/dev/ttyACM0");
+	snprintf(n.serial, sizeof(n.serial), "%s", serial);
+	n.vid = 0x2b04;
+	n.pid = 0xc006;
+	registry_node_added(fx->reg, &n);
+}
+
 static void unplug(struct fx *fx, const char *port)
 {
 	char syspath[DEVICE_PATH_MAX];
@@ -465,6 +481,74 @@ static void test_one_job_per_device_second_waits_in_queue(void **state)
 	assert_true(registry_find_key(fx->reg, PHOTON_ID)->job == b);
 	job_finish(b, JOB_RESULT_DONE, "verified", NULL);
 	spin(fx);
+	fx_free(fx);
+}
+
+/* Issue 13: a --wait job took a CDC device before its tty existed and failed
+ * not-flashable-here "unknown mode". */
+static void test_waiting_job_waits_for_the_tty_of_a_cdc_device(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	struct job *job = submit(fx, NULL, 5000);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	spin(fx);
+	assert_int_equal(fake.starts, 0);
+	assert_int_equal(job_state(job), JOB_WAITING_FOR_DEVICE);
+	plug_tty(fx, PHOTON_ID, "1-1");
+	spin(fx);
+	assert_int_equal(fake.starts, 1);
+	assert_string_equal(job_device(job)->tty, "/dev/ttyACM0");
+	job_finish(job, JOB_RESULT_DONE, "verified", NULL);
+	spin(fx);
+	fx_free(fx);
+}
+
+static void test_wait_runs_out_naming_a_device_whose_tty_never_came(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	struct job *job = submit(fx, NULL, 50);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	spin_for(fx, 120);
+	assert_int_equal(fake.starts, 0);
+	assert_string_equal(ended_code(fx, job), "timed-out");
+	json_t *err = json_object_get(last_ended(fx, job), "error");
+	const char *msg = json_string_value(json_object_get(err, "message"));
+	assert_non_null(strstr(msg, PHOTON_ID));
+	assert_non_null(strstr(msg, "serial port"));
+	fx_free(fx);
+}
+
+/* Issue 13: a stalled transfer's last progress event said 0 %. */
+static void test_progress_held_by_the_rate_limit_goes_out(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	job_set_state(job, JOB_WRITING);
+	job_progress(job, 0, 4096);
+	job_progress(job, 1024, 4096); /* within the rate limit: held */
+	json_t *last = json_array_get(fx->events, json_array_size(fx->events) - 1);
+	assert_int_equal(json_integer_value(json_object_get(last, "done")), 0);
+	spin_for(fx, 150); /* the transfer stalls: the held bytes go out anyway */
+	last = json_array_get(fx->events, json_array_size(fx->events) - 1);
+	assert_string_equal(json_string_value(json_object_get(last, "event")), "job-progress");
+	assert_int_equal(json_integer_value(json_object_get(last, "done")), 1024);
+	/* held again, then the job ends at once: the bytes come before job-ended */
+	job_progress(job, 3072, 4096);
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_TIMED_OUT, "no answer");
+	job_finish(job, JOB_RESULT_FAILED, NULL, &e);
+	spin(fx);
+	size_t n = json_array_size(fx->events);
+	json_t *before = json_array_get(fx->events, n - 2);
+	assert_string_equal(json_string_value(json_object_get(before, "event")), "job-progress");
+	assert_int_equal(json_integer_value(json_object_get(before, "done")), 3072);
+	assert_int_equal(json_integer_value(json_object_get(before, "percent")), 75);
+	assert_string_equal(ended_code(fx, job), "timed-out");
 	fx_free(fx);
 }
 
@@ -763,6 +847,9 @@ int main(void)
 	    cmocka_unit_test(test_job_limit_is_too_many_jobs),
 	    cmocka_unit_test(test_per_uid_limits_are_too_many_jobs),
 	    cmocka_unit_test(test_device_is_held_by_a_running_or_not_yet_scheduled_job),
+	    cmocka_unit_test(test_waiting_job_waits_for_the_tty_of_a_cdc_device),
+	    cmocka_unit_test(test_wait_runs_out_naming_a_device_whose_tty_never_came),
+	    cmocka_unit_test(test_progress_held_by_the_rate_limit_goes_out),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -106,6 +106,26 @@ static void test_cdc_device_mode_stays_unknown_and_gets_its_tty(void **state)
 	assert_int_equal(registry_count_present(fx->reg), 1);
 }
 
+/* Issue 13: a --wait job took a CDC device before its tty existed. */
+static void test_cdc_device_is_ready_for_jobs_only_with_its_tty(void **state)
+{
+	struct fx *fx = *state;
+	node(fx, ID1, "1-1", 0xc00c, false);
+	struct device *d = registry_find_key(fx->reg, ID1);
+	assert_false(registry_device_ready(d));
+	node(fx, ID1, "1-1", 0xc00c, true);
+	assert_true(registry_device_ready(d));
+	gone(fx, "1-1");
+	assert_false(registry_device_ready(d));
+	/* back in DFU mode: ready without a tty */
+	node(fx, ID1, "1-1", 0xd00c, false);
+	assert_true(registry_device_ready(d));
+	/* and back as a serial device: not ready until the tty is there again */
+	gone(fx, "1-1");
+	node(fx, ID1, "1-1", 0xc00c, false);
+	assert_false(registry_device_ready(d));
+}
+
 static void test_replug_into_the_same_port_keeps_identity(void **state)
 {
 	struct fx *fx = *state;
@@ -217,6 +237,8 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_non_hex_serial_is_not_an_id, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_tty_removal_keeps_the_device, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_cdc_device_is_ready_for_jobs_only_with_its_tty,
+					    setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ghost_is_forgotten_after_its_time, setup,
 					    teardown),
 	};

@@ -223,6 +223,34 @@ static void test_download_sets_address_once_and_advances_block_numbers(void **st
 	rig_free(r);
 }
 
+/* Found by fuzz_dfuse: dfuse_download() sent data wherever it was asked, also to
+ * sectors the device's map says are read-only (preflight is the only check). */
+static void test_download_outside_the_writable_map_is_refused_before_any_request(void **state)
+{
+	(void)state;
+	struct rig *r = rig_new(2);
+	rig_open(r);
+	unsigned before = r->fake->n_log;
+	uint8_t data[64] = {0};
+	struct error err;
+	error_init(&err);
+	/* 0x08000000: the Photon's bootloader sectors, 'a' (read-only) in its map */
+	assert_int_equal(
+	    dfuse_download(r->dfuse, 0, 0x08000000, data, sizeof(data), on_done, r, &err), -1);
+	assert_int_equal(err.code, ERR_OUTSIDE_MEMORY_MAP);
+	assert_int_equal(detail_int(&err, "address"), 0x08000000);
+	error_clear(&err);
+	/* past the end of the map */
+	assert_int_equal(
+	    dfuse_download(r->dfuse, 0, 0x080ffff0, data, sizeof(data), on_done, r, &err), -1);
+	assert_int_equal(detail_int(&err, "address"), 0x08100000);
+	error_clear(&err);
+	assert_int_equal(r->fake->n_log, before);
+	/* and the machine is still usable */
+	assert_int_equal(rig_download(r, 0x080a0000, data, sizeof(data)), 0);
+	rig_free(r);
+}
+
 static void test_address_per_chunk_fallback_resends_set_address(void **state)
 {
 	(void)state;
@@ -603,6 +631,7 @@ int main(void)
 	    cmocka_unit_test(test_malformed_map_string_fails_open),
 	    cmocka_unit_test(test_download_sets_address_once_and_advances_block_numbers),
 	    cmocka_unit_test(test_address_per_chunk_fallback_resends_set_address),
+	    cmocka_unit_test(test_download_outside_the_writable_map_is_refused_before_any_request),
 	    cmocka_unit_test(test_gen2_erase_sends_one_command_per_sector),
 	    cmocka_unit_test(test_gen3_erase_covers_exactly_the_image_pages),
 	    cmocka_unit_test(test_erase_outside_memory_map_is_refused_before_any_request),

@@ -300,6 +300,47 @@ static void test_gen3_erase_is_exact_pages(void **state)
 	error_clear(&err);
 }
 
+/* Found by fuzz_memmap: a range running past 4 GiB wrapped to 0x0, so the
+ * erase units included the sectors at address 0 (the MBR / bootloader). */
+static void test_range_past_the_top_of_the_address_space_never_wraps(void **state)
+{
+	(void)state;
+	struct dfuse_map m;
+	struct error err;
+	error_init(&err);
+	assert_int_equal(
+	    dfuse_map_parse("@Wrap   /0x00000000/4*004Kg/0xFFFFC000/4*004Kg", &m, &err), 0);
+	struct dfuse_erase_unit u[16];
+	assert_int_equal(dfuse_map_erase_units(&m, 0xffffe000, 0x4000, u, 16, &err), -1);
+	assert_int_equal(err.code, ERR_OUTSIDE_MEMORY_MAP);
+	error_clear(&err);
+	uint32_t bad = 1;
+	assert_false(dfuse_map_range_has(&m, 0xffffe000, 0x4000, DFUSE_MEM_WRITABLE, &bad));
+	assert_int_equal(bad, 0);
+	/* up to the last byte is fine */
+	assert_true(dfuse_map_range_has(&m, 0xffffe000, 0x2000, DFUSE_MEM_WRITABLE, &bad));
+	assert_int_equal(dfuse_map_erase_units(&m, 0xffffe000, 0x2000, u, 16, &err), 2);
+	assert_int_equal(u[1].address, 0xfffff000);
+}
+
+/* Found by fuzz_memmap: overlapping segments gave overlapping erase units
+ * (0x3000 and 0x30fc, each 4 KiB). */
+static void test_overlapping_segments_are_refused(void **state)
+{
+	(void)state;
+	struct dfuse_map m;
+	struct error err;
+	error_init(&err);
+	assert_int_equal(dfuse_map_parse("@Wr  /0x00000000/4*004Kg/0xFC/4*004Kg", &m, &err), -1);
+	assert_int_equal(err.code, ERR_DFU_DESCRIPTOR_INVALID);
+	assert_string_equal(json_string_value(json_object_get(err.detail, "reason")),
+			    "segments overlap");
+	error_clear(&err);
+	/* adjacent groups, in either order, are fine */
+	assert_int_equal(dfuse_map_parse("@A  /0x00004000/4*004Kg/0x0/4*004Ka", &m, &err), 0);
+	assert_int_equal(m.n_segments, 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -316,6 +357,8 @@ int main(void)
 	    cmocka_unit_test(test_map_at_the_limits),
 	    cmocka_unit_test(test_gen2_erase_covers_whole_sectors_once),
 	    cmocka_unit_test(test_gen3_erase_is_exact_pages),
+	    cmocka_unit_test(test_range_past_the_top_of_the_address_space_never_wraps),
+	    cmocka_unit_test(test_overlapping_segments_are_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

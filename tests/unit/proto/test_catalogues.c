@@ -210,6 +210,25 @@ static void test_error_json_round_trip_keeps_everything(void **state)
 	error_clear(&e);
 }
 
+/* Found by fuzz_console: a message or detail quoting bytes that are not UTF-8
+ * (a device's words, truncation inside a sequence) made error_to_json() NULL. */
+static void test_error_json_survives_text_that_is_not_utf8(void **state)
+{
+	(void)state;
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_TRANSFER_FAILED, "the device said \"\xff\xfe\xc3\"");
+	error_detail_str(&e, "reason", "caf\xc3\xa9 \xe2\x82");
+	json_t *j = error_to_json(&e);
+	assert_non_null(j);
+	assert_string_equal(json_string_value(json_object_get(j, "message")),
+			    "the device said \"???\"");
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(j, "detail"), "reason")), "caf?? ??");
+	json_decref(j);
+	error_clear(&e);
+}
+
 static void test_unknown_error_id_from_json_becomes_internal_with_the_id(void **state)
 {
 	(void)state;
@@ -384,6 +403,7 @@ int main(void)
 	    cmocka_unit_test(test_error_prefix_keeps_the_cause),
 	    cmocka_unit_test(test_default_message_and_hint_override),
 	    cmocka_unit_test(test_error_json_round_trip_keeps_everything),
+	    cmocka_unit_test(test_error_json_survives_text_that_is_not_utf8),
 	    cmocka_unit_test(test_unknown_error_id_from_json_becomes_internal_with_the_id),
 	    cmocka_unit_test(test_platform_lookup_by_id_name_alias_and_usb),
 	    cmocka_unit_test(test_particle_pids_follow_the_platform_id),

@@ -161,20 +161,29 @@ static uint8_t *read_fixture(const char *rel, size_t *len)
 	return b;
 }
 
-/* Parses and expects a failure with this code; *ret stays NULL. */
-static struct error expect_failure(const uint8_t *buf, size_t len, enum error_code code)
+/* realloc() failure injection for the parser (linked with -Wl,--wrap=realloc):
+ * while fail_realloc is set, every realloc of the parser fails. */
+void *__real_realloc(void *p, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+static bool fail_realloc;
+void *__wrap_realloc(void *p, size_t n)
+{
+	return fail_realloc ? NULL : __real_realloc(p, n);
+}
+
+/* Parses and expects a failure with this code into *err (the caller clears
+ * it); *ret stays NULL. */
+static void expect_failure(const uint8_t *buf, size_t len, enum error_code code, struct error *err)
 {
 	struct image *img = (struct image *)1;
-	struct error err;
-	error_init(&err);
-	int r = image_parse(buf, len, &img, &err);
-	if (r == 0 || err.code != code)
-		fail_msg("expected %s, got %s: %s", error_id(code), error_id(err.code),
-			 err.message);
-	if (code != ERR_IMAGE_CORRUPT || !json_object_get(err.detail, "stored_crc"))
+	error_init(err);
+	int r = image_parse(buf, len, &img, err);
+	if (r == 0 || err->code != code)
+		fail_msg("expected %s, got %s: %s", error_id(code), error_id(err->code),
+			 err->message);
+	if (code != ERR_IMAGE_CORRUPT || !json_object_get(err->detail, "stored_crc"))
 		assert_null(img);
 	image_free(img);
-	return err;
 }
 
 static struct image *expect_ok(const uint8_t *buf, size_t len)
@@ -280,7 +289,8 @@ static void test_gen2_platform_behind_gen3_rule_is_not_a_module(void **state)
 			 .word0 = 0x20020000,
 			 .body_len = 64};
 	size_t n = build(&s, &b);
-	struct error e = expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE, &e);
 	assert_non_null(detail_str(&e, "reason"));
 	error_clear(&e);
 	free(b);
@@ -299,7 +309,8 @@ static void test_gen3_platform_behind_gen2_rule_is_not_a_module(void **state)
 			 .word0 = 0x20020000,
 			 .body_len = 64};
 	size_t n = build(&s, &b);
-	struct error e = expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE, &e);
 	error_clear(&e);
 	free(b);
 }
@@ -343,7 +354,8 @@ static void test_realtek_header_puts_prefix_at_0x20_for_p2_only(void **state)
 
 	s.platform = 12; /* an Argon prefix behind a Realtek header */
 	n = build(&s, &b);
-	struct error e = expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE, &e);
 	error_clear(&e);
 	free(b);
 }
@@ -357,7 +369,8 @@ static void test_prefix_at_start_is_refused_when_its_platform_would_look_elsewhe
 	struct spec s = argon_app();
 	s.start = 0x20000000;
 	size_t n = build(&s, &b);
-	struct error e = expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE, &e);
 	error_clear(&e);
 	free(b);
 }
@@ -371,7 +384,8 @@ static void test_prefix_elsewhere_is_not_found_by_scanning(void **state)
 	/* The same valid module behind 16 bytes of junk: nothing points at it. */
 	uint8_t *shifted = calloc(1, n + 16);
 	memcpy(shifted + 16, b, n);
-	struct error e = expect_failure(shifted, n + 16, ERR_IMAGE_NOT_A_MODULE);
+	struct error e;
+	expect_failure(shifted, n + 16, ERR_IMAGE_NOT_A_MODULE, &e);
 	error_clear(&e);
 	free(shifted);
 	free(b);
@@ -382,7 +396,8 @@ static void test_prefix_elsewhere_is_not_found_by_scanning(void **state)
 static void test_empty_input_is_not_a_module(void **state)
 {
 	(void)state;
-	struct error e = expect_failure((const uint8_t *)"", 0, ERR_IMAGE_NOT_A_MODULE);
+	struct error e;
+	expect_failure((const uint8_t *)"", 0, ERR_IMAGE_NOT_A_MODULE, &e);
 	assert_non_null(strstr(detail_str(&e, "reason"), "empty"));
 	assert_int_equal(detail_int(&e, "size"), 0);
 	error_clear(&e);
@@ -392,7 +407,8 @@ static void test_one_byte_is_not_a_module(void **state)
 {
 	(void)state;
 	uint8_t b = 0xa5;
-	struct error e = expect_failure(&b, 1, ERR_IMAGE_NOT_A_MODULE);
+	struct error e;
+	expect_failure(&b, 1, ERR_IMAGE_NOT_A_MODULE, &e);
 	assert_int_equal(detail_int(&e, "size"), 1);
 	error_clear(&e);
 }
@@ -424,7 +440,8 @@ static void test_prefix_pointing_past_the_end_is_truncated(void **state)
 	struct spec s = argon_app();
 	size_t n = build(&s, &b);
 	put32(b + 4, s.start + 0x10000); /* end address 64 KiB on */
-	struct error e = expect_failure(b, n, ERR_IMAGE_TRUNCATED);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_TRUNCATED, &e);
 	assert_int_equal(detail_int(&e, "size"), (long long)n);
 	assert_int_equal(detail_int(&e, "expected_size"), 0x10000 + 4);
 	error_clear(&e);
@@ -436,7 +453,8 @@ static void test_real_system_part_cut_in_half_is_truncated(void **state)
 	(void)state;
 	size_t n;
 	uint8_t *b = read_fixture("photon/photon-system-part1@2.2.0.bin", &n);
-	struct error e = expect_failure(b, n / 2, ERR_IMAGE_TRUNCATED);
+	struct error e;
+	expect_failure(b, n / 2, ERR_IMAGE_TRUNCATED, &e);
 	assert_int_equal(detail_int(&e, "expected_size"), (long long)n);
 	error_clear(&e);
 	free(b);
@@ -450,7 +468,8 @@ static void test_huge_declared_size_is_not_a_module(void **state)
 	size_t n = build(&s, &b);
 	put32(b, 0);
 	put32(b + 4, 0xfffffff0u);
-	struct error e = expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE, &e);
 	assert_non_null(strstr(e.message, "declares"));
 	error_clear(&e);
 	free(b);
@@ -463,7 +482,8 @@ static void test_end_before_start_is_not_a_module(void **state)
 	struct spec s = argon_app();
 	size_t n = build(&s, &b);
 	put32(b + 4, s.start - 4);
-	struct error e = expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE, &e);
 	error_clear(&e);
 	free(b);
 }
@@ -476,7 +496,8 @@ static void test_suffix_size_ffff_with_good_crc_is_unsupported(void **state)
 	size_t n = build(&s, &b);
 	put16(b + n - 6, 0xffff);
 	reseal(b, n);
-	struct error e = expect_failure(b, n, ERR_IMAGE_UNSUPPORTED);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_UNSUPPORTED, &e);
 	assert_non_null(strstr(detail_str(&e, "reason"), "0xffff"));
 	error_clear(&e);
 	free(b);
@@ -490,7 +511,8 @@ static void test_suffix_size_larger_than_module_is_corrupt(void **state)
 	size_t n = build(&s, &b);
 	put16(b + n - 6, 0xfff0);
 	reseal(b, n);
-	struct error e = expect_failure(b, n, ERR_IMAGE_CORRUPT);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_CORRUPT, &e);
 	assert_non_null(strstr(detail_str(&e, "reason"), "suffix size"));
 	error_clear(&e);
 	free(b);
@@ -504,7 +526,8 @@ static void test_suffix_size_below_tail_is_corrupt(void **state)
 	size_t n = build(&s, &b);
 	put16(b + n - 6, 10);
 	reseal(b, n);
-	struct error e = expect_failure(b, n, ERR_IMAGE_CORRUPT);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_CORRUPT, &e);
 	error_clear(&e);
 	free(b);
 }
@@ -566,13 +589,14 @@ static void test_undefined_function_or_flags_are_not_a_module(void **state)
 	struct spec s = argon_app();
 	s.function = 42;
 	size_t n = build(&s, &b);
-	struct error e = expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE, &e);
 	error_clear(&e);
 	free(b);
 	s = argon_app();
 	s.flags = 0x80;
 	n = build(&s, &b);
-	e = expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE);
+	expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE, &e);
 	error_clear(&e);
 	free(b);
 }
@@ -584,7 +608,8 @@ static void test_unknown_platform_with_good_crc_is_unsupported(void **state)
 	struct spec s = argon_app();
 	s.platform = 37;
 	size_t n = build(&s, &b);
-	struct error e = expect_failure(b, n, ERR_IMAGE_UNSUPPORTED);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_UNSUPPORTED, &e);
 	assert_non_null(strstr(detail_str(&e, "reason"), "37"));
 	error_clear(&e);
 	free(b);
@@ -599,7 +624,8 @@ static void test_trailing_bytes_after_the_crc_are_not_a_module(void **state)
 	uint8_t *padded = malloc(n + 100);
 	memcpy(padded, b, n);
 	memset(padded + n, 0xff, 100);
-	struct error e = expect_failure(padded, n + 100, ERR_IMAGE_NOT_A_MODULE);
+	struct error e;
+	expect_failure(padded, n + 100, ERR_IMAGE_NOT_A_MODULE, &e);
 	assert_non_null(strstr(detail_str(&e, "reason"), "100 bytes"));
 	error_clear(&e);
 	free(padded);
@@ -674,7 +700,8 @@ static void test_suffix_extension_length_zero_or_overflowing_is_corrupt(void **s
 		s.suffix_var = ext;
 		uint8_t *b;
 		size_t n = build(&s, &b);
-		struct error e = expect_failure(b, n, ERR_IMAGE_CORRUPT);
+		struct error e;
+		expect_failure(b, n, ERR_IMAGE_CORRUPT, &e);
 		assert_non_null(strstr(detail_str(&e, "reason"), "claims"));
 		error_clear(&e);
 		free(b);
@@ -694,7 +721,8 @@ static void test_more_extensions_than_the_limit_are_unsupported(void **state)
 	s.suffix_var_len = sizeof(ext);
 	uint8_t *b;
 	size_t n = build(&s, &b);
-	struct error e = expect_failure(b, n, ERR_IMAGE_UNSUPPORTED);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_UNSUPPORTED, &e);
 	error_clear(&e);
 	free(b);
 }
@@ -731,7 +759,8 @@ static void test_prefix_extensions_without_end_are_corrupt(void **state)
 	s.body_len = 0;
 	uint8_t *b;
 	size_t n = build(&s, &b);
-	struct error e = expect_failure(b, n, ERR_IMAGE_CORRUPT);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_CORRUPT, &e);
 	assert_non_null(strstr(detail_str(&e, "reason"), "END"));
 	error_clear(&e);
 	free(b);
@@ -818,7 +847,8 @@ static void test_compressed_declaring_less_than_it_inflates_is_corrupt(void **st
 	struct spec s = argon_app();
 	size_t n = build(&s, &inner);
 	size_t cn = compress_module(inner, n, 0, (uint32_t)n - 1, 0, 0, &b);
-	struct error e = expect_failure(b, cn, ERR_IMAGE_CORRUPT);
+	struct error e;
+	expect_failure(b, cn, ERR_IMAGE_CORRUPT, &e);
 	assert_non_null(strstr(detail_str(&e, "reason"), "more bytes than declared"));
 	error_clear(&e);
 	free(b);
@@ -832,10 +862,39 @@ static void test_compressed_declaring_more_than_it_inflates_is_corrupt(void **st
 	struct spec s = argon_app();
 	size_t n = build(&s, &inner);
 	size_t cn = compress_module(inner, n, 0, (uint32_t)n + 1, 0, 0, &b);
-	struct error e = expect_failure(b, cn, ERR_IMAGE_CORRUPT);
+	struct error e;
+	expect_failure(b, cn, ERR_IMAGE_CORRUPT, &e);
 	error_clear(&e);
 	free(b);
 	free(inner);
+}
+
+static void test_inflate_without_memory_is_out_of_memory_not_corrupt(void **state)
+{
+	(void)state;
+	/* A sound compressed module of 1 MiB: inflating grows its buffer past the
+	 * first chunk, and that growth fails here.  The file is fine; the machine
+	 * is short of memory, and the error must say so. */
+	size_t big = 1u << 20;
+	uint8_t *zeros = calloc(1, big);
+	assert_non_null(zeros);
+	struct spec s = argon_app();
+	uint8_t *inner;
+	size_t n = build(&s, &inner);
+	memcpy(zeros, inner, IMAGE_PREFIX_SIZE);
+	put16(zeros + big - 6, 40); /* the outer module copies a 40-byte suffix */
+	uint8_t *b;
+	size_t cn = compress_module(zeros, big, 0, (uint32_t)big, 0, 0, &b);
+	fail_realloc = true;
+	struct error e;
+	expect_failure(b, cn, ERR_OUT_OF_MEMORY, &e);
+	fail_realloc = false;
+	assert_true(json_integer_value(json_object_get(e.detail, "size")) > 64 * 1024);
+	error_clear(&e);
+	free(b);
+	free(zeros);
+	free(inner);
+	(void)n;
 }
 
 static void test_compression_bomb_stops_at_the_declared_size(void **state)
@@ -853,14 +912,15 @@ static void test_compression_bomb_stops_at_the_declared_size(void **state)
 	uint8_t *b;
 	size_t cn = compress_module(zeros, big, 0, 1u << 20, 0, 0, &b);
 	assert_true(cn < 16 * 1024);
-	struct error e = expect_failure(b, cn, ERR_IMAGE_CORRUPT);
+	struct error e;
+	expect_failure(b, cn, ERR_IMAGE_CORRUPT, &e);
 	assert_non_null(strstr(detail_str(&e, "reason"), "more bytes than declared"));
 	error_clear(&e);
 	free(b);
 
 	/* Declaring more than the limit is refused before inflating anything. */
 	cn = compress_module(zeros, big, 0, IMAGE_INFLATED_MAX + 1, 0, 0, &b);
-	e = expect_failure(b, cn, ERR_IMAGE_UNSUPPORTED);
+	expect_failure(b, cn, ERR_IMAGE_UNSUPPORTED, &e);
 	assert_non_null(strstr(detail_str(&e, "reason"), "limit"));
 	error_clear(&e);
 	free(b);
@@ -876,11 +936,12 @@ static void test_unknown_compression_method_or_window_is_unsupported(void **stat
 	struct spec s = argon_app();
 	size_t n = build(&s, &inner);
 	size_t cn = compress_module(inner, n, 0, (uint32_t)n, 1, 0, &b);
-	struct error e = expect_failure(b, cn, ERR_IMAGE_UNSUPPORTED);
+	struct error e;
+	expect_failure(b, cn, ERR_IMAGE_UNSUPPORTED, &e);
 	error_clear(&e);
 	free(b);
 	cn = compress_module(inner, n, 0, (uint32_t)n, 0, 20, &b);
-	e = expect_failure(b, cn, ERR_IMAGE_UNSUPPORTED);
+	expect_failure(b, cn, ERR_IMAGE_UNSUPPORTED, &e);
 	error_clear(&e);
 	free(b);
 	free(inner);
@@ -895,7 +956,8 @@ static void test_garbage_deflate_data_is_corrupt(void **state)
 	size_t cn = compress_module(inner, n, 0, (uint32_t)n, 0, 0, &b);
 	memset(b + 32, 0xff, 16); /* 0xff...: an invalid block type */
 	reseal(b, cn);
-	struct error e = expect_failure(b, cn, ERR_IMAGE_CORRUPT);
+	struct error e;
+	expect_failure(b, cn, ERR_IMAGE_CORRUPT, &e);
 	error_clear(&e);
 	free(b);
 	free(inner);
@@ -909,7 +971,8 @@ static void test_compressed_inside_compressed_is_unsupported(void **state)
 	size_t n = build(&s, &inner);
 	size_t n1 = compress_module(inner, n, 0, (uint32_t)n, 0, 0, &once);
 	size_t n2 = compress_module(once, n1, 0, (uint32_t)n1, 0, 0, &twice);
-	struct error e = expect_failure(twice, n2, ERR_IMAGE_UNSUPPORTED);
+	struct error e;
+	expect_failure(twice, n2, ERR_IMAGE_UNSUPPORTED, &e);
 	assert_non_null(strstr(e.message, "compressed"));
 	error_clear(&e);
 	free(inner);
@@ -926,7 +989,8 @@ static void test_compressed_content_of_another_module_is_corrupt(void **state)
 	size_t cn = compress_module(inner, n, 0, (uint32_t)n, 0, 0, &b);
 	b[15] = 2; /* the wrapper now claims user part 2 */
 	reseal(b, cn);
-	struct error e = expect_failure(b, cn, ERR_IMAGE_CORRUPT);
+	struct error e;
+	expect_failure(b, cn, ERR_IMAGE_CORRUPT, &e);
 	error_clear(&e);
 	free(b);
 	free(inner);
@@ -985,7 +1049,8 @@ static void test_combined_flag_on_the_last_module_is_truncated(void **state)
 	struct spec s = argon_app();
 	size_t n = build(&s, &b);
 	mark_combined(b, n, 0);
-	struct error e = expect_failure(b, n, ERR_IMAGE_TRUNCATED);
+	struct error e;
+	expect_failure(b, n, ERR_IMAGE_TRUNCATED, &e);
 	error_clear(&e);
 	free(b);
 }
@@ -1001,7 +1066,8 @@ static void test_more_combined_modules_than_the_limit_are_unsupported(void **sta
 	uint8_t *all = malloc(n * count);
 	for (size_t i = 0; i < count; i++)
 		memcpy(all + i * n, one, n);
-	struct error e = expect_failure(all, n * count, ERR_IMAGE_UNSUPPORTED);
+	struct error e;
+	expect_failure(all, n * count, ERR_IMAGE_UNSUPPORTED, &e);
 	error_clear(&e);
 	free(all);
 	free(one);
@@ -1225,6 +1291,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_compressed_declaring_less_than_it_inflates_is_corrupt),
 	    cmocka_unit_test(test_compressed_declaring_more_than_it_inflates_is_corrupt),
 	    cmocka_unit_test(test_compression_bomb_stops_at_the_declared_size),
+	    cmocka_unit_test(test_inflate_without_memory_is_out_of_memory_not_corrupt),
 	    cmocka_unit_test(test_unknown_compression_method_or_window_is_unsupported),
 	    cmocka_unit_test(test_garbage_deflate_data_is_corrupt),
 	    cmocka_unit_test(test_compressed_inside_compressed_is_unsupported),

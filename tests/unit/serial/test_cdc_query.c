@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -50,6 +51,8 @@ struct bench {
 	/* device script */
 	bool listening;
 	bool never_listens; /* Device OS 6.x */
+	unsigned enter_ms;  /* 28800 -> listening mode after this long; input waits meanwhile */
+	struct event *enter;
 	unsigned last_speed;
 	char commands[64];
 	size_t n_commands;
@@ -71,8 +74,27 @@ static void line_coding(struct bench *b, unsigned speed)
 	if (speed == b->last_speed)
 		return;
 	b->last_speed = speed;
-	if (speed == 28800 && !b->never_listens)
+	if (speed != 28800 || b->never_listens)
+		return;
+	if (!b->enter_ms) {
 		b->listening = true;
+		return;
+	}
+	/* Entering takes a while; what the host writes meanwhile stays in the
+	 * device's buffer (not read) and the console reads it when it runs. */
+	event_del(b->rev);
+	struct timeval tv = {0, (suseconds_t)b->enter_ms * 1000};
+	evtimer_add(b->enter, &tv);
+}
+
+static void on_entered(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct bench *b = arg;
+	b->listening = true;
+	event_add(b->rev, NULL);
+	event_active(b->rev, EV_READ, 0);
 }
 
 int __wrap_ioctl(int fd, unsigned long req, ...)
@@ -145,6 +167,7 @@ static int setup(void **state)
 	b->last_speed = slave_speed(b->master);
 	b->rev = event_new(b->base, b->master, EV_READ | EV_PERSIST, on_device_read, b);
 	event_add(b->rev, NULL);
+	b->enter = evtimer_new(b->base, on_entered, b);
 	current = b;
 	error_init(&b->err);
 	*state = b;
@@ -156,6 +179,7 @@ static int teardown(void **state)
 	struct bench *b = *state;
 	current = NULL;
 	event_free(b->rev);
+	event_free(b->enter);
 	close(b->master);
 	event_base_free(b->base);
 	rmdir(b->lock_dir);
@@ -205,6 +229,7 @@ static void test_listening_device_is_read_and_left_listening(void **state)
 	b->listening = true;
 	run_query(b, false);
 	assert_false(error_is_set(&b->err));
+	assert_false(b->res.no_listening_mode);
 	assert_true(b->res.was_listening);
 	assert_false(b->res.left_listening);
 	assert_true(b->listening);
@@ -259,9 +284,39 @@ static void test_device_without_console_is_a_probe_timeout_and_gets_no_x(void **
 	run_query(b, true);
 	assert_int_equal(b->err.code, ERR_TIMED_OUT);
 	assert_string_equal(json_string_value(json_object_get(b->err.detail, "phase")), "probe");
+	assert_true(b->res.no_listening_mode);
 	assert_false(b->res.left_listening);
-	/* `v` before, `v` after 28800, `v` after the second toggle; never `x` */
-	assert_string_equal(b->commands, "vvv");
+	/* just booted (a verify): no probe first; `v` after 28800, `v` after the
+	 * second toggle; never `x` */
+	assert_string_equal(b->commands, "vv");
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Issue 18: a device that has just booted its firmware is asked for listening
+ * mode at once and its `v` is written right after 28800, so the verify costs
+ * the device's own time to enter listening mode - no probe of a console that
+ * cannot answer yet, no fixed wait after 28800. */
+static void test_just_booted_device_answers_as_soon_as_it_listens(void **state)
+{
+	struct bench *b = *state;
+	b->enter_ms = 60; /* longer than listen_ms (30): no fixed wait would fit */
+	double t0 = now_s();
+	run_query(b, true);
+	double took = now_s() - t0 - 0.030; /* run_query's settle */
+	assert_false(error_is_set(&b->err));
+	assert_false(b->res.was_listening);
+	assert_true(b->res.left_listening);
+	assert_int_equal(b->res.facts.n_modules, 2);
+	assert_string_equal(b->commands, "vivsx");
+	/* 60 ms of the device's own; the old path took probe 150 + listen 30 + 60 */
+	if (took > 0.150)
+		fail_msg("took %.3f s for a device that listens after 0.060 s", took);
 }
 
 int main(void)
@@ -275,6 +330,8 @@ int main(void)
 		test_port_left_at_28800_is_toggled_so_the_device_sees_the_change, setup, teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_device_without_console_is_a_probe_timeout_and_gets_no_x, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_just_booted_device_answers_as_soon_as_it_listens,
+					    setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -166,12 +166,15 @@ struct outcome {
 	bool done;
 	struct error err;
 	struct event_base *base;
+	struct console *console;
+	enum console_phase failed; /* console_failed_phase() in the done callback */
 };
 
 static void on_done(void *ctx, struct error *err)
 {
 	struct outcome *o = ctx;
 	o->done = true;
+	o->failed = console_failed_phase(o->console);
 	error_init(&o->err);
 	if (err)
 		error_move(&o->err, err);
@@ -199,6 +202,7 @@ static void run(struct peer *p, unsigned steps, struct device_facts *facts, stru
 	struct console_ops ops = {o, on_done};
 	struct console *c = console_new(base, sv[0], &cfg, &ops);
 	assert_non_null(c);
+	o->console = c;
 	struct error e;
 	error_init(&e);
 	assert_int_equal(console_run(c, steps, facts, &e), 0);
@@ -376,8 +380,49 @@ static void test_silence_is_timed_out_in_the_probe_phase(void **state)
 	run(&p, CONSOLE_PROBE | CONSOLE_INFO, &f, &o, 200);
 	assert_int_equal(o.err.code, ERR_TIMED_OUT);
 	assert_string_equal(json_string_value(json_object_get(o.err.detail, "phase")), "probe");
+	assert_int_equal(o.failed, CONSOLE_PHASE_PROBE); /* the typed fact callers decide on */
 	assert_int_equal(json_integer_value(json_object_get(o.err.detail, "timeout_ms")), 200);
 	error_clear(&o.err);
+}
+
+/* Issue 13: a Photon on 1.5.2, silent after an interrupted transfer, was handed
+ * to DFU "(Device OS 6.x has no YMODEM)". */
+static void test_silence_reason_follows_what_is_known(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	char why[256];
+	memset(&f, 0, sizeof(f));
+	f.platform = platform_by_name("photon");
+	snprintf(f.os_version, sizeof(f.os_version), "1.5.2");
+	console_silence_reason(&f, why, sizeof(why));
+	assert_non_null(strstr(why, "1.5.2"));
+	assert_null(strstr(why, "6."));
+	assert_non_null(strstr(why, "interrupted transfer"));
+
+	f.os_version[0] = '\0'; /* a Gen 2 board never runs 6.x */
+	console_silence_reason(&f, why, sizeof(why));
+	assert_non_null(strstr(why, "Photon"));
+	assert_null(strstr(why, "6.x"));
+
+	f.platform = platform_by_name("argon");
+	snprintf(f.os_version, sizeof(f.os_version), "6.1.0");
+	console_silence_reason(&f, why, sizeof(why));
+	assert_non_null(strstr(why, "6.1.0"));
+	assert_non_null(strstr(why, "removed in 6.0.0"));
+
+	f.os_version[0] = '\0'; /* an Argon may run 6.x: that is one of the reasons */
+	console_silence_reason(&f, why, sizeof(why));
+	assert_non_null(strstr(why, "Device OS 6.x has none"));
+
+	f.platform = NULL;
+	snprintf(f.os_version, sizeof(f.os_version), "not-a-version");
+	console_silence_reason(&f, why, sizeof(why));
+	assert_non_null(strstr(why, "6.x"));
+
+	char tiny[8]; /* truncated, still terminated */
+	console_silence_reason(&f, tiny, sizeof(tiny));
+	assert_int_equal(strlen(tiny), sizeof(tiny) - 1);
 }
 
 static void test_parsers(void **state)
@@ -430,6 +475,7 @@ int main(void)
 		test_a_prompt_that_keeps_coming_back_is_device_busy_naming_modemmanager),
 	    cmocka_unit_test(test_silence_is_timed_out_in_the_probe_phase),
 	    cmocka_unit_test(test_parsers),
+	    cmocka_unit_test(test_silence_reason_follows_what_is_known),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -26,7 +26,8 @@ enum peer_verdict {
 	V_CODE_1360,
 	V_CODE_1340,
 	V_HEADER_REFUSED,
-	V_NO_YMODEM
+	V_NO_YMODEM,
+	V_NOISE /* cancels at the header with bytes that are not text */
 };
 
 struct peer {
@@ -106,6 +107,11 @@ static void peer_packet(struct peer *p)
 	}
 	size_t size = p->pkt[0] == 0x02 ? 1024 : 128;
 	if (seq == 0 && p->expected_seq == 0 && p->received_len == 0 && p->pkt[3] != 0) {
+		if (p->verdict == V_NOISE) {
+			peer_str(p, "\x18\x18\x18\x18No \xff\xfe\x1b[2J space\r\n");
+			p->in_ymodem = false;
+			return;
+		}
 		if (p->verdict == V_HEADER_REFUSED) {
 			peer_str(p, "\x18\x18\x18\x18The file size is higher than the allowed "
 				    "space memory!\r\n");
@@ -362,6 +368,23 @@ static void test_device_os_6_prompt_is_not_flashable_here(void **state)
 	error_clear(&o.err);
 }
 
+/* Found by fuzz_console: a device's non-UTF-8 bytes in the error made
+ * error_to_json() fail, so the job-ended event went out without its error. */
+static void test_device_text_that_is_not_ascii_still_makes_a_json_error(void **state)
+{
+	(void)state;
+	struct peer p = {.verdict = V_NOISE};
+	struct outcome o = {0};
+	run(&p, &o, 100);
+	assert_false(o.ok);
+	assert_int_equal(o.err.code, ERR_TRANSFER_FAILED);
+	assert_non_null(strstr(o.err.message, "(\"No ???[2J space\")"));
+	json_t *j = error_to_json(&o.err);
+	assert_non_null(j);
+	json_decref(j);
+	error_clear(&o.err);
+}
+
 static void test_lost_ack_then_duplicate_nak_moves_on(void **state)
 {
 	(void)state;
@@ -480,6 +503,7 @@ int main(void)
 	    cmocka_unit_test(test_header_refusal_reports_every_possible_cause),
 	    cmocka_unit_test(test_device_os_6_prompt_is_not_flashable_here),
 	    cmocka_unit_test(test_lost_ack_then_duplicate_nak_moves_on),
+	    cmocka_unit_test(test_device_text_that_is_not_ascii_still_makes_a_json_error),
 	    cmocka_unit_test(test_nak_storm_fails_with_block_number),
 	    cmocka_unit_test(test_silence_times_out_in_the_data_phase),
 	    cmocka_unit_test(test_unplug_is_device_gone_with_block_and_bytes),

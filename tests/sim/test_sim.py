@@ -2,7 +2,7 @@
 """Proof tests of flashd-sim (issue 3): dfu-util against simulated DFU devices,
 boot checks after DFU, hot-plug seen by a libudev monitor, the state.json schema.
 
-usage: sim_test.py FLASHD_SIM UDEV_WATCH TEST
+usage: test_sim.py FLASHD_SIM UDEV_WATCH TEST
 """
 import errno
 import json

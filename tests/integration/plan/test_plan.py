@@ -2,8 +2,8 @@
 """Proof tests of the job plan (issue 11): the real flashd and flashctl against devices
 simulated by flashd-sim, checked against the simulator's state.json.
 
-usage: plan_test.py FLASHD_SIM FLASHD FLASHCTL TEST[,TEST...]|all
-       plan_test.py --inner PLAN.json      (runs inside flashd-sim)
+usage: test_plan.py FLASHD_SIM FLASHD FLASHCTL TEST[,TEST...]|all
+       test_plan.py --inner PLAN.json      (runs inside flashd-sim)
 
 Every refusal must come before the first byte (state.json: dfu_bytes / ymodem_bytes 0);
 every plan that runs must leave the whole device valid (`verified`), else booted-invalid.

@@ -2,8 +2,8 @@
 """Device probes (device-info "probe", flashctl info): the real flashd and flashctl
 against devices simulated by flashd-sim, checked against the simulator's state.json.
 
-usage: probe_test.py FLASHD_SIM FLASHD FLASHCTL TEST|GROUP
-       probe_test.py --inner PLAN.json      (runs inside flashd-sim; see run())
+usage: test_probe.py FLASHD_SIM FLASHD FLASHCTL TEST|GROUP
+       test_probe.py --inner PLAN.json      (runs inside flashd-sim; see run())
 
 Each test starts one testbed; inside it this script starts `flashd --foreground`
 with short serial timeouts and a private lock directory, runs the plan's steps

@@ -3,8 +3,8 @@
 DfuSe devices simulated by flashd-sim (umockdev), checked against the simulator's
 state.json and flash dumps.
 
-usage: dfu_test.py FLASHD_SIM FLASHD FLASHCTL TEST
-       dfu_test.py --inner PLAN.json      (runs inside flashd-sim; see run())
+usage: test_dfu.py FLASHD_SIM FLASHD FLASHCTL TEST
+       test_dfu.py --inner PLAN.json      (runs inside flashd-sim; see run())
 
 Each test starts one flashd-sim testbed with --time-scale 0; inside it this script
 starts `flashd --foreground`, waits for the devices, runs the plan's steps (flashctl

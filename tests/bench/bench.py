@@ -1,0 +1,635 @@
+#!/usr/bin/env python3
+"""flashd benchmark suite (issue 18): flashd against the tools it replaces, on
+identical flashd-sim devices at --time-scale 1 (real-device speed from the
+datasheet constants of tests/sim/timing.c), with the same images and the same
+start and end points.  Not a pass/fail test: it prints a table (median of the
+interleaved runs, [min-max], comparator, ratio) and writes it as JSON.
+
+usage: bench.py [--quick] [--runs N] [--rows ROW,...] [--devices N,...] [--json PATH] [--idle S]
+       bench.py --markdown RESULT.json   (the table of a result, for tests/bench/README.md)
+       bench.py --inner PLAN.json        (runs inside flashd-sim)
+
+Rows: dfu (Photon, Argon, P2 vs dfu-util 0.11), serial (Photon vs particle-cli
+3.19.0), refusal, parallel (1/4/16/32 devices, serial and DFU), idle, rss,
+inspect (vs binary-version-reader).  --quick: 2 runs, 1/4 devices, 5 s idle,
+for development; the published table is a full run.
+
+Environment (set by meson): FLASHD_BUILD_ROOT, FLASHD_SOURCE_ROOT,
+FLASHD_FIXTURES, PARTICLE_CLI_SETUP.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import platform as pyplatform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.environ.get("FLASHD_SOURCE_ROOT") or os.path.dirname(os.path.dirname(HERE))
+BUILD = os.environ.get("FLASHD_BUILD_ROOT") or os.path.join(SRC, "build")
+FIXTURES = os.environ.get("FLASHD_FIXTURES") or os.path.join(SRC, "..", "shared", "fixtures")
+sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
+from flashd_harness import SimControl, Testbed  # noqa: E402
+
+SIM = os.path.join(BUILD, "tests", "sim", "flashd-sim")
+FLASHD = os.path.join(BUILD, "daemon", "flashd")
+FLASHCTL = os.path.join(BUILD, "client", "flashctl")
+CLOSE_SHIM = os.path.join(BUILD, "tests", "sim", "cdc", "libttyclose-shim.so")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# ---- the device model (the constants tests/sim/timing.c cites) ------------------------------
+# STM32F205 (ST DS6329): 1 s per 128 KiB sector, 16 us per word.  nRF52840 (PS v1.7): 85 ms
+# per 4 KiB page, 41 us per word.  SPI NOR (W25Q32JV/64JV): 45 ms per 4 KiB sector, 0.4 ms
+# per 256-byte page.  USB 2.0 table 5-9: 19 x 64-byte bulk packets per 1 ms frame.
+# Reset: DFU leave 0.5 s, Device OS boot 1 s; YMODEM success: 1 s + 0.1 s before the reset.
+
+
+def erase_s(kind, size):
+    if kind == "stm32":
+        return math.ceil(size / 131072) * 1.0
+    if kind == "nrf52":
+        return math.ceil(size / 4096) * 0.085
+    return math.ceil(size / 4096) * 0.045
+
+
+def program_s(kind, size):
+    if kind == "stm32":
+        return math.ceil(size / 4) * 16e-6
+    if kind == "nrf52":
+        return math.ceil(size / 4) * 41e-6
+    return math.ceil(size / 256) * 0.4e-3
+
+
+def usb_bulk_s(n):
+    return math.ceil(math.ceil(n / 64) * 1000 / 19) * 1e-6
+
+
+def dfu_model_min_s(kind, size):
+    """Device work of a DFU download: erase of the covering sectors + programming (USB
+    control-transfer time not counted: a lower bound)."""
+    return erase_s(kind, size) + program_s(kind, size)
+
+
+def serial_model_min_s(kind, size):
+    """YMODEM into listening mode, to the last block's ACK: the header's USB time and
+    the erase over the declared size, then per 1 KiB block its USB time and programming."""
+    blocks = math.ceil(size / 1024)
+    return usb_bulk_s(133) + erase_s(kind, size) + blocks * (usb_bulk_s(1029) + program_s(kind, 1024))
+
+
+DFU_REBOOT_S = 0.5 + 1.0
+SERIAL_REBOOT_S = 1.0 + 0.1 + 1.0
+
+# ---- cases -----------------------------------------------------------------------------------
+PHOTON_ID = "3a001d000a47353138380001"
+DFU_CASES = [
+    # name, platform, os, image, address, dfu vid:pid, flash kind, device id
+    ("Gen 2 Photon system part 2", "photon", "1.5.0", "photon/photon-system-part2@1.5.0.bin",
+     0x08060000, "2b04:d006", "stm32", PHOTON_ID),
+    ("Gen 3 Argon system part 1", "argon", "1.5.0", "argon/argon-system-part1@1.5.0.bin",
+     0x30000, "2b04:d00c", "nrf52", "e00fce68aabbccddeeff0001"),
+    ("P2 application", "p2", "5.9.0", "p2/tinker-5.0.0-p2.bin",
+     0x085f4000, "2b04:d020", "spinor", "0a10aced202100000000aa01"),
+]
+SERIAL_IMAGE = "photon/photon-system-part2@1.5.0.bin"
+SMALL_APP = "photon/photon_tinker.bin"
+WRONG_APP = "electron/electron_tinker.bin"
+
+
+def fixture(rel):
+    return os.path.join(FIXTURES, "modules", rel)
+
+
+def photon_ids(n):
+    return ["3a001d000a473531383880%02x" % i for i in range(n)]
+
+
+# ---- inner half: runs inside flashd-sim ---------------------------------------------------------
+
+def proc_cpu_s(pid):
+    try:
+        f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / CLK_TCK
+    except OSError:
+        return None
+
+
+def proc_status(pid, key):
+    try:
+        for line in open("/proc/%d/status" % pid):
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def wakeups(pid):
+    n = 0
+    for st in glob.glob("/proc/%d/task/*/status" % pid):
+        try:
+            for line in open(st):
+                if "ctxt_switches" in line:
+                    n += int(line.split()[1])
+        except OSError:
+            pass
+    return n
+
+
+def sim_pid():
+    pid = os.getpid()
+    while pid > 1:
+        stat = open("/proc/%d/stat" % pid).read()
+        argv0 = open("/proc/%d/cmdline" % pid, "rb").read().split(b"\0")[0]
+        if os.path.basename(argv0) == b"flashd-sim":  # it re-executes itself: comm is "exe"
+            return pid
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return None
+
+
+def last_write_ms(ctl):
+    devs = ctl(cmd="state")["state"]["devices"]
+    # (a simulator older than received.last_write_ms: no "to the last write" figure)
+    return max(d["received"].get("last_write_ms", 0) for d in devs), \
+        sum(d["received"]["dfu_requests"] for d in devs)
+
+
+def inner_flashd(plan_path):
+    tb = Testbed(plan_path)
+    spid = sim_pid()
+
+    def flash(args):
+        t0 = time.monotonic()
+        p = subprocess.run([FLASHCTL_IN, "--socket", tb.sock, "--json", "flash", *args],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t1 = time.monotonic()
+        lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+        end = [x for x in lines if x.get("event") == "job-ended"]
+        return {"rc": p.returncode, "t0": t0, "elapsed": t1 - t0,
+                "outcome": end[0].get("outcome") if end else None,
+                "error": (end[0].get("error") or {}).get("code") if end else None,
+                "stderr": p.stderr[-400:]}
+
+    def step(s):
+        cpu0, scpu0 = proc_cpu_s(tb.flashd.pid), proc_cpu_s(spid) if spid else None
+        _, req0 = last_write_ms(tb.ctl)
+        if "flash" in s:
+            r = flash(s["flash"])
+        elif "parallel" in s:
+            t0 = time.monotonic()
+            ps = [(time.monotonic(), subprocess.Popen(
+                [FLASHCTL_IN, "--socket", tb.sock, "--json", "flash", *a],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) for a in s["parallel"]]
+            jobs = []
+            for ts, p in ps:
+                out, err = p.communicate()
+                jobs.append({"rc": p.returncode, "done": time.monotonic() - ts,
+                             "outcome": ([json.loads(x) for x in out.splitlines()
+                                          if '"job-ended"' in x] or [{}])[0].get("outcome")})
+            r = {"t0": t0, "elapsed": time.monotonic() - t0, "jobs": jobs,
+                 "rc": max(j["rc"] for j in jobs)}
+        elif "refuse" in s:
+            lat = []
+            for _ in range(s["n"]):
+                x = flash(s["refuse"])
+                lat.append(x["elapsed"])
+                err = x["error"]
+            r = {"latencies": lat, "error": err, "rc": 0, "t0": time.monotonic()}
+        elif "idle" in s:
+            w0 = wakeups(tb.flashd.pid)
+            t0 = time.monotonic()
+            time.sleep(s["idle"])
+            r = {"t0": t0, "elapsed": time.monotonic() - t0, "rc": 0,
+                 "wakeups": wakeups(tb.flashd.pid) - w0}
+        else:
+            raise SystemExit("unknown step %s" % s)
+        lw, req1 = last_write_ms(tb.ctl)
+        r["to_last_write"] = lw / 1000.0 - r["t0"] if lw else None
+        r["requests"] = req1 - req0
+        r["cpu"] = proc_cpu_s(tb.flashd.pid) - cpu0
+        r["sim_cpu"] = proc_cpu_s(spid) - scpu0 if spid else None
+        r["rss_kb"] = proc_status(tb.flashd.pid, "VmRSS")
+        r["hwm_kb"] = proc_status(tb.flashd.pid, "VmHWM")
+        return r
+
+    tb.run(step)
+
+
+def inner_cmd(plan_path):
+    plan = json.load(open(plan_path))
+    ctl = SimControl(plan["control"])
+    ctl(cmd="state")  # the simulator is up and the devices plugged
+    _, req0 = last_write_ms(ctl)
+    t0 = time.monotonic()
+    p = subprocess.run(plan["command"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, errors="replace", env=dict(os.environ, **plan.get("env", {})))
+    t1 = time.monotonic()
+    lw, req1 = last_write_ms(ctl)
+    res = [{"rc": p.returncode, "elapsed": t1 - t0, "to_last_write": lw / 1000.0 - t0 if lw else None,
+            "requests": req1 - req0, "out": p.stdout[-600:]}]
+    with open(os.path.join(plan["work"], "results.json"), "w") as f:
+        json.dump(res, f)
+
+
+# ---- outer half ------------------------------------------------------------------------------
+
+TOP = None
+
+
+def testbed(devices, plan, env=None, timeout=900, expect_failure=False):
+    """One flashd-sim testbed at --time-scale 1 running this script's inner half."""
+    work = tempfile.mkdtemp(dir=TOP)
+    sdir = os.path.join(work, "sim-state")
+    os.mkdir(sdir)
+    plan = dict(plan, work=work, control=os.path.join(work, "sim.sock"), flashd=FLASHD,
+                flashctl=FLASHCTL, n_devices=len(devices), state_dir=sdir)
+    plan.setdefault("steps", [])
+    plan["expect_failure"] = expect_failure
+    path = os.path.join(work, "plan.json")
+    with open(path, "w") as f:
+        json.dump(plan, f)
+    argv = [SIM, "--time-scale", "1", "--state-dir", sdir, "--control", plan["control"]]
+    for d in devices:
+        argv += ["--device", d]
+    argv += ["--", sys.executable, os.path.abspath(__file__), "--inner", path]
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       errors="replace", timeout=timeout, env=dict(os.environ, TMPDIR=work, **(env or {})))
+    try:
+        res = json.load(open(os.path.join(work, "results.json")))
+    except (OSError, ValueError):
+        raise SystemExit("testbed failed (exit %d):\n%s" % (p.returncode, p.stdout[-3000:]))
+    log = os.path.join(work, "flashd.log")
+    bad = [r for r in res if isinstance(r, dict) and r.get("rc")]
+    if bad and not plan.get("expect_failure"):
+        sys.stderr.write("bench: a run failed: %s\n%s\n" % (json.dumps(bad)[:1500],
+                                                          open(log).read()[-1500:] if os.path.exists(log) else p.stdout[-1500:]))
+    shutil.rmtree(work, ignore_errors=True)
+    return [r for r in res if "flashd_exit" not in r]
+
+
+def flashd_run(devices, steps):
+    return testbed(devices, {"kind": "flashd", "steps": steps})
+
+
+def cmd_run(devices, command, sim_env=None):
+    """A third-party command in the testbed; sim_env: environment of the simulator
+    (and so of the command: LD_PRELOAD must reach flashd-sim, which appends its own)."""
+    return testbed(devices, {"kind": "cmd", "command": command}, env=sim_env)[0]
+
+
+def stats(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def fmt(st, unit="s", digits=2):
+    if not st:
+        return "-"
+    if unit == "ms":
+        return "%.0f ms [%.0f-%.0f]" % (st["median"] * 1e3, st["min"] * 1e3, st["max"] * 1e3)
+    f = "%%.%df" % digits
+    return (f + " s [" + f + "-" + f + "]") % (st["median"], st["min"], st["max"])
+
+
+ROWS = []
+
+
+def row(name, flashd, comparator=None, ratio=None, note="", **extra):
+    r = {"row": name, "flashd": flashd, "comparator": comparator, "ratio": ratio, "note": note}
+    r.update(extra)
+    ROWS.append(r)
+    print("  %-58s %-26s %-34s %-7s %s" % (name, flashd_text(r), comp_text(r),
+                                          "%.2f" % ratio if ratio is not None else "-", note),
+          flush=True)
+
+
+def flashd_text(r):
+    return r["flashd"] if isinstance(r["flashd"], str) else fmt(r["flashd"], r.get("unit", "s"))
+
+
+def comp_text(r):
+    c = r["comparator"]
+    if c is None:
+        return "-"
+    if isinstance(c, str):
+        return c
+    return "%s: %s" % (r.get("comparator_name", ""), fmt(c, r.get("unit", "s")))
+
+
+def ratio(a, b):
+    return a["median"] / b["median"] if a and b and b["median"] else None
+
+
+def bench_dfu(runs):
+    have_dfu_util = shutil.which("dfu-util")
+    for name, plat, osv, img, addr, vidpid, kind, dev_id in DFU_CASES:
+        path = fixture(img)
+        if not os.path.exists(path):
+            row("DFU %s" % name, "not measured: fixture %s missing" % img)
+            continue
+        size = os.path.getsize(path)
+        spec = "platform=%s,mode=dfu,os=%s,name=d1,id=%s" % (plat, osv, dev_id)
+        fd, du = [], []
+        for _ in range(runs):  # interleaved: flashd, dfu-util, flashd, ...
+            fd.append(flashd_run([spec], [{"flash": [path, "--device", dev_id]}])[0])
+            if have_dfu_util:
+                du.append(cmd_run([spec], ["dfu-util", "-d", vidpid, "-a", "0", "-s",
+                                           "0x%x:leave" % addr, "-D", path]))
+        ok = [r for r in fd if not r["rc"]]
+        lw, whole = stats([r["to_last_write"] for r in ok]), stats([r["elapsed"] for r in ok])
+        dlw, dwhole = stats([r["to_last_write"] for r in du if not r["rc"]]), \
+            stats([r["elapsed"] for r in du if not r["rc"]])
+        req, dreq = stats([r["requests"] for r in ok]), stats([r["requests"] for r in du])
+        mn = dfu_model_min_s(kind, size)
+        label = "DFU %s (%d KB)" % (name, size // 1000)
+        row(label + ", to the last write", lw, dlw, ratio(lw, dlw),
+            "model minimum %.2f s (flashd %.2fx)" % (mn, lw["median"] / mn if lw else 0),
+            comparator_name="dfu-util 0.11", model_min=mn)
+        goal = dwhole["median"] + DFU_REBOOT_S if dwhole else None
+        row(label + ", whole command", whole, dwhole, ratio(whole, dwhole),
+            "incl. reboot+verify; vs dfu-util+reboot %.2f s: %.2fx (goal <= 1.10)"
+            % (goal or 0, whole["median"] / goal if whole and goal else 0),
+            comparator_name="dfu-util 0.11", outcome=[r["outcome"] for r in fd])
+        row(label + ", control requests", "%s" % (int(req["median"]) if req else "-"),
+            "dfu-util 0.11: %s" % (int(dreq["median"]) if dreq else "-"),
+            ratio(req, dreq) if req and dreq else None, "")
+
+
+def particle_cli():
+    setup = os.environ.get("PARTICLE_CLI_SETUP") or os.path.join(
+        SRC, "tests", "sim", "cdc", "particle-cli-setup.sh")
+    p = subprocess.run([setup], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if p.returncode != 0 or not shutil.which("udevadm"):
+        return None
+    return p.stdout.strip().splitlines()[-1]
+
+
+def cli_env(work_home):
+    env = {"HOME": work_home}
+    if os.path.exists(CLOSE_SHIM):
+        env["LD_PRELOAD"] = CLOSE_SHIM  # before libumockdev-preload (close_shim.c)
+    return env
+
+
+def bench_serial(runs, particle):
+    path = fixture(SERIAL_IMAGE)
+    size = os.path.getsize(path)
+    spec = "platform=photon,mode=normal,os=1.5.0,name=d1,id=%s" % PHOTON_ID
+    fd, pc = [], []
+    home = tempfile.mkdtemp(dir=TOP)
+    for _ in range(runs):
+        fd.append(flashd_run([spec], [{"flash": [path, "--device", PHOTON_ID]}])[0])
+        if particle:
+            pc.append(cmd_run([spec], [particle, "flash", "--serial", "--yes", "--port",
+                                       "/dev/ttyACM0", path, "--no-update-check"], cli_env(home)))
+    ok = [r for r in fd if not r["rc"]]
+    lw, whole = stats([r["to_last_write"] for r in ok]), stats([r["elapsed"] for r in ok])
+    plw = stats([r["to_last_write"] for r in pc if not r["rc"]])
+    pwhole = stats([r["elapsed"] for r in pc if not r["rc"]])
+    mn = serial_model_min_s("stm32", size)
+    label = "serial Photon system part 2 (%d KB)" % (size // 1000)
+    cname = "particle-cli 3.19.0" if particle else "particle-cli: not installable"
+    row(label + ", to the last block", lw, plw, ratio(lw, plw),
+        "model minimum %.2f s: flashd %.2fx (goal <= 1.15; <= 0.6x cli)"
+        % (mn, lw["median"] / mn if lw else 0), comparator_name=cname, model_min=mn)
+    row(label + ", whole command", whole, pwhole, ratio(whole, pwhole),
+        "vs model min + reboot %.2f s: %.2fx (goal <= 1.15)"
+        % (mn + SERIAL_REBOOT_S, whole["median"] / (mn + SERIAL_REBOOT_S) if whole else 0),
+        comparator_name=cname, outcome=[r["outcome"] for r in fd])
+
+
+def bench_refusal(runs, particle):
+    path = fixture(WRONG_APP)
+    spec = "platform=photon,mode=normal,os=1.5.0,name=d1,id=%s" % PHOTON_ID
+    n = max(20, 10 * runs)
+    r = flashd_run([spec], [{"refuse": [path, "--device", PHOTON_ID], "n": n}])[0]
+    lat = sorted(r["latencies"])
+    p50 = lat[len(lat) // 2]
+    p99 = lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)]
+    pc = []
+    if particle:
+        home = tempfile.mkdtemp(dir=TOP)
+        for _ in range(min(runs, 3)):
+            pc.append(testbed([spec], {"kind": "cmd", "command": [
+                particle, "flash", "--serial", "--yes", "--port", "/dev/ttyACM0", path,
+                "--no-update-check"]}, env=cli_env(home), expect_failure=True)[0])
+    pst = stats([x["elapsed"] for x in pc])
+    row("wrong-platform refusal (Electron app on a Photon), p50 / p99 of %d" % n,
+        "%.0f / %.0f ms" % (p50 * 1e3, p99 * 1e3),
+        "particle-cli 3.19.0: %s (writes it all)" % fmt(pst, "ms") if pst else "-",
+        p99 / pst["median"] if pst else None, "flashd: %s before the first byte" % r["error"],
+        p50=p50, p99=p99, particle_cli=pst)
+
+
+def bench_parallel(runs, sizes):
+    app = fixture(SMALL_APP)
+    single = {}
+    for transport, mode in (("serial", "normal"), ("DFU", "dfu")):
+        for n in sizes:
+            ids = photon_ids(n)
+            devs = ["platform=photon,mode=%s,os=1.5.0,name=p%d,id=%s" % (mode, i, ids[i])
+                    for i in range(n)]
+            res = [flashd_run(devs, [{"parallel": [[app, "--device", i] for i in ids]}])[0]
+                   for _ in range(runs)]
+            wall = stats([r["elapsed"] for r in res])
+            jobs = stats([j["done"] for r in res for j in r["jobs"]])
+            if n == 1:
+                single[transport] = wall
+            thr = n * single[transport]["median"] / wall["median"] if transport in single else None
+            cpu = stats([r["cpu"] for r in res])
+            scpu = stats([r["sim_cpu"] for r in res])
+            failed = sum(1 for r in res for j in r["jobs"] if j["rc"])
+            note = "throughput %.2f x (N x single); flashd CPU %.2f s" % (thr or 0, cpu["median"])
+            if transport == "DFU":
+                note += ", umockdev emulator CPU %.2f s" % (scpu["median"] if scpu else 0)
+            if failed:
+                note += ", %d jobs FAILED" % failed
+            row("%d Photon%s at once over %s (%s), wall" % (n, "s" if n > 1 else "", transport,
+                                                            os.path.basename(app)),
+                wall, None, thr, note, per_job=jobs, flashd_cpu=cpu, emulator_cpu=scpu,
+                hwm_kb=max(r["hwm_kb"] or 0 for r in res), failed=failed)
+
+
+def bench_idle(seconds):
+    spec = "platform=photon,mode=normal,os=1.5.0,name=d1,id=%s" % PHOTON_ID
+    r = flashd_run([spec], [{"idle": seconds}])[0]
+    row("idle %d s with a device attached" % seconds,
+        "%.2f s CPU, %d wake-ups, %.1f MB RSS" % (r["cpu"], r["wakeups"], r["rss_kb"] / 1024.0),
+        None, None, "wake-ups: context switches of all flashd threads",
+        cpu=r["cpu"], wakeups=r["wakeups"], rss_kb=r["rss_kb"])
+
+
+def bench_rss(n):
+    app = fixture(SMALL_APP)
+    ids = photon_ids(n)
+    devs = ["platform=photon,mode=normal,os=1.5.0,name=p%d,id=%s" % (i, ids[i]) for i in range(n)]
+    r = flashd_run(devs, [{"parallel": [[app, "--device", i] for i in ids]}])[0]
+    row("daemon peak RSS, %d jobs sharing one image (serial)" % n,
+        "%.1f MB (VmHWM)" % (r["hwm_kb"] / 1024.0), None, None,
+        "%d of %d jobs ok" % (sum(1 for j in r["jobs"] if not j["rc"]), n), hwm_kb=r["hwm_kb"])
+
+
+def timed_rss(argv, env=None):
+    """Wall time and peak RSS (KB) of one command, measured by a wrapper process."""
+    code = ("import resource,subprocess,sys,time;t=time.monotonic();"
+            "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.PIPE);"
+            "print(time.monotonic()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,r.returncode)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, text=True,
+                         env=env).stdout.split()
+    return float(out[0]), int(out[1]), int(out[2])
+
+
+BVR_SCRIPT = r"""
+const {HalModuleParser} = require('binary-version-reader');
+(async () => {
+  for (const f of process.argv.slice(2)) {
+    try { await new HalModuleParser().parseFile(f); } catch (e) {}
+  }
+})();
+"""
+
+
+def bench_inspect(runs, particle):
+    files = sorted(glob.glob(os.path.join(FIXTURES, "modules", "**", "*.bin"), recursive=True))
+    bvr_dir = None
+    if particle:
+        cand = os.path.join(os.path.dirname(os.path.dirname(particle)))
+        if os.path.isdir(os.path.join(cand, "binary-version-reader")) and shutil.which("node"):
+            bvr_dir = cand
+    script = os.path.join(TOP, "bvr.js")
+    with open(script, "w") as f:
+        f.write(BVR_SCRIPT)
+    fd, bv = [], []
+    for _ in range(runs):
+        fd.append(timed_rss([FLASHCTL, "inspect", "--json", *files]))
+        if bvr_dir:
+            bv.append(timed_rss(["node", script, *files], dict(os.environ, NODE_PATH=bvr_dir)))
+    t, bt = stats([x[0] for x in fd]), stats([x[0] for x in bv])
+    rss = max(x[1] for x in fd)
+    brss = max(x[1] for x in bv) if bv else None
+    version = "?"
+    if bvr_dir:
+        version = json.load(open(os.path.join(bvr_dir, "binary-version-reader", "package.json")))["version"]
+    row("inspect of %d files, wall (peak RSS)" % len(files), t,
+        bt if bvr_dir else "not measured: binary-version-reader not installable (npm, with particle-cli)",
+        ratio(t, bt) if bvr_dir else None,
+        "RSS flashctl %.1f MB vs binary-version-reader %s" % (rss / 1024.0, "%.1f MB" % (brss / 1024.0) if brss else "-"),
+        comparator_name="binary-version-reader %s" % version, rss_kb=rss, bvr_rss_kb=brss)
+
+
+def tool_versions(particle):
+    def out(argv):
+        try:
+            return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=20).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "not available"
+    commit = out(["git", "-C", SRC, "describe", "--always", "--dirty"])
+    v = {"flashd": out([FLASHD, "--version"]).replace("flashd ", "") + " (" + commit + ")",
+         "dfu-util": out(["dfu-util", "-V"]).replace("dfu-util ", ""),
+         "particle-cli": "3.19.0 (npm)" if particle else "not installable",
+         "node": out(["node", "--version"]),
+         "umockdev": out(["dpkg-query", "-W", "-f", "${Version}", "umockdev"]),
+         "python": pyplatform.python_version()}
+    cpu = "?"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    load = open("/proc/loadavg").read().split()[:3]
+    machine = {"kernel": pyplatform.release(), "cpu": cpu, "cores": os.cpu_count(),
+               "load_at_start": " ".join(load)}
+    return v, machine
+
+
+def main():
+    global TOP
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--runs", type=int)
+    ap.add_argument("--rows", default="dfu,serial,refusal,parallel,idle,rss,inspect")
+    ap.add_argument("--devices", default=None, help="device counts for the parallel rows")
+    ap.add_argument("--idle", type=int)
+    ap.add_argument("--json", default=os.path.join(BUILD, "bench", "bench.json"))
+    a = ap.parse_args()
+    runs = a.runs or (2 if a.quick else 5)
+    sizes = [int(x) for x in (a.devices or ("1,4" if a.quick else "1,4,16,32")).split(",")]
+    if 1 not in sizes:
+        sizes.insert(0, 1)
+    idle = a.idle or (5 if a.quick else 30)
+    rows = a.rows.split(",")
+    for p in (SIM, FLASHD, FLASHCTL):
+        if not os.access(p, os.X_OK):
+            raise SystemExit("bench: %s not built" % p)
+    TOP = tempfile.mkdtemp(prefix="flashd-bench.")
+    particle = particle_cli() if {"serial", "refusal", "inspect"} & set(rows) else None
+    versions, machine = tool_versions(particle)
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    print("flashd benchmarks, %s; flashd-sim --time-scale 1; median [min-max] of %d interleaved runs"
+          % (started, runs))
+    print("machine: %s, %s cores, kernel %s, load %s" % (machine["cpu"], machine["cores"],
+                                                       machine["kernel"], machine["load_at_start"]))
+    print("tools: " + "; ".join("%s %s" % kv for kv in versions.items()))
+    print("  %-58s %-26s %-34s %-7s %s" % ("row", "flashd", "comparator", "ratio", "notes"))
+    try:
+        if "dfu" in rows:
+            bench_dfu(runs)
+        if "serial" in rows:
+            bench_serial(runs, particle)
+        if "refusal" in rows:
+            bench_refusal(runs, particle)
+        if "parallel" in rows:
+            bench_parallel(runs, sizes)
+        if "idle" in rows:
+            bench_idle(idle)
+        if "rss" in rows:
+            bench_rss(max(sizes) if max(sizes) > 1 else 32)
+        if "inspect" in rows:
+            bench_inspect(runs, particle)
+        row("auto-flash latency (udev add -> first byte)",
+            "not measured: flashd has no auto-flash yet", None, None, "")
+        row("re-flash of an image that differs in a few pages",
+            "not measured: flashd rewrites whole modules (no read-back diff yet)", None, None, "")
+    finally:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump({"started": started, "runs": runs, "time_scale": 1, "machine": machine,
+                       "tools": versions, "rows": ROWS}, f, indent=1)
+        print("json: %s" % a.json)
+        shutil.rmtree(TOP, ignore_errors=True)
+
+
+def markdown(path):
+    """The table of a JSON result as Markdown (for tests/bench/README.md)."""
+    doc = json.load(open(path))
+    out = ["Run %s, median [min-max] of %d interleaved runs at --time-scale 1; %s, %s cores; %s."
+           % (doc["started"], doc["runs"], doc["machine"]["cpu"], doc["machine"]["cores"],
+              "; ".join("%s %s" % kv for kv in doc["tools"].items())), "",
+           "| row | flashd | comparator | ratio | notes |", "|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        ratio_ = "%.2f" % r["ratio"] if r.get("ratio") is not None else "-"
+        out.append("| %s | %s | %s | %s | %s |" % (r["row"], flashd_text(r), comp_text(r), ratio_,
+                                                  r.get("note", "")))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--markdown":
+        print(markdown(sys.argv[2]))
+        sys.exit(0)
+    if len(sys.argv) == 3 and sys.argv[1] == "--inner":
+        FLASHCTL_IN = json.load(open(sys.argv[2]))["flashctl"]
+        kind = json.load(open(sys.argv[2]))["kind"]
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        (inner_flashd if kind == "flashd" else inner_cmd)(sys.argv[2])
+        sys.exit(0)
+    main()

@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Zip bundles (`particle compile`'s .zip: the application at the top, raw assets under
+assets/) through the real flashctl and flashd under flashd-sim: `flashctl inspect`
+describes them; an application-only bundle flashes to a Photon and is verified like the
+.bin alone; a bundle with assets is refused with assets-not-flashable before any byte
+reaches the P2 (no transport writes assets yet); a zip bomb, a `../` entry and a zip
+without firmware each get their own error.
+
+The application with assets is the real P2 Tinker re-stamped the way
+binary-version-reader's updateModuleAssetDependencies() does it for a P2 user part
+(no published fixture carries asset dependencies): ASSET_DEPENDENCY (0x0012) records
+after the prefix, an END record padded to keep the start 8-byte aligned, the start
+address and the DYNAMIC_LOCATION start moved down, SHA-256 and CRC-32 recomputed.
+
+usage: test_bundle.py FLASHD_SIM FLASHD FLASHCTL
+       test_bundle.py --inside FLASHD FLASHCTL CONTROL
+"""
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+import zlib
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from flashd_harness import Daemon, SimControl, Tap, catalogue, fixture, run_in_sim  # noqa: E402
+
+PHOTON_APP = fixture("photon/tinker-0.4.5-photon.bin")
+P2_APP = fixture("p2/tinker-5.0.0-p2.bin")
+DEVICES = ["platform=photon,os=2.2.0,mode=dfu,name=photon,port=1-1",
+           "platform=p2,os=5.9.0,mode=dfu,name=p2,port=1-2"]
+
+
+def restamp_p2(app, assets):
+    """app (a P2 user part, prefix at 0) with one ASSET_DEPENDENCY per (name, data)."""
+    exts = b""
+    for name, data in assets:
+        n = name.encode()
+        exts += struct.pack("<HHBB", 0x0012, 4 + 2 + 32 + len(n), 0, 32)
+        exts += hashlib.sha256(data).digest() + n
+    end = struct.unpack_from("<I", app, 4)[0]
+    size = len(app) + len(exts) + 4
+    pad = (end - (size - 4)) % 8
+    size += pad
+    start = end - (size - 4)
+    prefix = bytearray(app[:24])
+    struct.pack_into("<I", prefix, 0, start)
+    prefix[9] |= 0x10  # prefix extensions
+    m = bytearray(bytes(prefix) + exts + struct.pack("<HH", 0, 4 + pad) + bytes(pad) + app[24:])
+    assert len(m) == size
+    suffix = size - 4 - 62
+    assert struct.unpack_from("<H", m, suffix)[0] == 0x0002  # DYNAMIC_LOCATION
+    struct.pack_into("<I", m, suffix + 4, start)
+    m[size - 38:size - 6] = hashlib.sha256(m[:size - 38]).digest()
+    struct.pack_into(">I", m, size - 4, zlib.crc32(m[:size - 4]) & 0xffffffff)
+    return bytes(m)
+
+
+def make_zip(path, entries, method=zipfile.ZIP_DEFLATED):
+    with zipfile.ZipFile(path, "w", method) as z:
+        for name, data in entries:
+            z.writestr(name, data)
+    return path
+
+
+def run(fc, sock, *args, timeout=150):
+    r = subprocess.run([fc, "--socket", sock, *args], capture_output=True, text=True,
+                       timeout=timeout, stdin=subprocess.DEVNULL)
+    return r.returncode, r.stdout, r.stderr
+
+
+def json_lines(out):
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def sim_device(control, name):
+    doc = SimControl(control)(cmd="state")
+    for key in ("state", "result", "document"):
+        if isinstance(doc.get(key), dict):
+            doc = doc[key]
+    return next((d for d in doc.get("devices") or [] if d["name"] == name), None)
+
+
+def wait_devices(fc, sock, n):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rc, out, _ = run(fc, sock, "--json", "list")
+        devs = [d for d in json.loads(out)["devices"] if d["present"]] if rc == 0 else []
+        if len(devs) >= n:
+            return {d["usb"]["port"]: d["key"] for d in devs}
+        time.sleep(0.1)
+    raise SystemExit("flashd did not list %d devices" % n)
+
+
+def inside(flashd, fc, control):
+    tap = Tap()
+    cat = catalogue(fc)
+    work = tempfile.mkdtemp(prefix="bundle-test-")
+    d = Daemon(flashd, private_locks=True)
+    try:
+        keys = wait_devices(fc, d.socket, 2)
+        photon, p2 = keys["1-1"], keys["1-2"]
+        photon_app = open(PHOTON_APP, "rb").read()
+        p2_app = open(P2_APP, "rb").read()
+        logo = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+        sound = bytes((i * 7) & 0xff for i in range(3000))
+        p2_with_assets = restamp_p2(p2_app, [("logo.png", logo), ("sound.raw", sound)])
+
+        app_only = make_zip(os.path.join(work, "photon-app.zip"),
+                            [("photon_firmware_1700000000000.bin", photon_app)])
+        with_assets = make_zip(os.path.join(work, "p2-app-assets.zip"),
+                               [("p2_firmware_1700000000000.bin", p2_with_assets),
+                                ("assets/logo.png", logo), ("assets/sound.raw", sound)])
+
+        # inspect: human and JSON
+        rc, out, err = run(fc, d.socket, "inspect", app_only)
+        tap.check("inspect app-only zip: exit 0, a bundle whose application is the Photon Tinker",
+                  rc == 0 and "bundle" in out and "Photon application" in out
+                  and "assets      none" in out, out + err)
+        rc, out, err = run(fc, d.socket, "inspect", "--json", with_assets)
+        obj = (json_lines(out) or [{}])[0]
+        assets = {a["name"]: a for a in obj.get("assets", [])}
+        tap.check("inspect --json of the P2 bundle: valid, two assets listed by the application",
+                  rc == 0 and obj.get("type") == "bundle" and obj.get("valid") is True
+                  and sorted(assets) == ["logo.png", "sound.raw"]
+                  and all(a["status"] == "ok" for a in assets.values())
+                  and assets["sound.raw"]["sha256"] == hashlib.sha256(sound).hexdigest()
+                  and assets["sound.raw"]["size"] == len(sound), out + err)
+        mod = (obj.get("application") or {}).get("modules", [{}])[0]
+        deps = [a["name"] for a in mod.get("asset_dependencies", [])]
+        tap.check("inspect --json: the application module lists its asset dependencies",
+                  deps == ["logo.png", "sound.raw"] and "prefix-extensions" in mod.get("flag_names", []),
+                  mod)
+
+        # check (dry run): the app-only bundle would flash; the one with assets would not
+        rc, out, err = run(fc, d.socket, "check", app_only, "--device", photon)
+        tap.check("check app-only zip on the Photon: ok, exit 0",
+                  rc == 0 and out.startswith("ok:"), (rc, out, err))
+        rc, out, err = run(fc, d.socket, "check", with_assets, "--device", p2)
+        tap.check("check zip with assets on the P2: assets-not-flashable, exit 4",
+                  rc == cat["assets-not-flashable"]["exit"] and "assets-not-flashable" in out + err,
+                  (rc, out, err))
+
+        # flash: application-only bundle to the Photon, verified
+        rc, out, err = run(fc, d.socket, "--json", "flash", app_only, "--device", photon)
+        ends = [o for o in json_lines(out) if o.get("event") == "job-ended"]
+        end = ends[-1] if ends else {}
+        tap.check("flash app-only zip to a Photon: done and verified",
+                  rc == 0 and end.get("result") == "done" and end.get("outcome") == "verified",
+                  (rc, out[-2000:], err, d.log_text()[-3000:]))
+        dev = sim_device(control, "photon")
+        tap.check("the Photon received exactly the application's bytes over DFU",
+                  dev is not None and dev["received"]["dfu_bytes"] >= len(photon_app), dev and dev["received"])
+
+        # flash: a bundle with assets to the P2 -> assets-not-flashable before any byte
+        before = sim_device(control, "p2")
+        rc, out, err = run(fc, d.socket, "--json", "flash", with_assets, "--device", p2)
+        objs = json_lines(out)
+        e = next((o for o in objs if o.get("type") == "error"), {})
+        tap.check("flash zip with assets: assets-not-flashable, exit %d, naming the control-request transport"
+                  % cat["assets-not-flashable"]["exit"],
+                  rc == cat["assets-not-flashable"]["exit"] and e.get("code") == "assets-not-flashable"
+                  and "control-request" in e.get("message", "")
+                  and e.get("detail", {}).get("assets") == 2
+                  and e.get("detail", {}).get("bytes") == len(logo) + len(sound), (rc, out, err))
+        after = sim_device(control, "p2")
+        tap.check("no byte reached the P2 and no job was made",
+                  after["received"] == before["received"]
+                  and not any(o.get("event") == "job-queued" for o in objs),
+                  (before["received"], after["received"]))
+        rc, out, err = run(fc, d.socket, "flash", with_assets, "--device", p2)
+        tap.check("the human error says what to do (flash the application alone)",
+                  "error [assets-not-flashable]" in err and "hint:" in err
+                  and "p2_firmware_1700000000000.bin" in err, err)
+
+        # each broken zip gets its own error, before any device is touched
+        bomb = make_zip(os.path.join(work, "bomb.zip"),
+                        [("p2_firmware.bin", p2_app), ("assets/big.raw", bytes(8 << 20))])
+        dotdot = make_zip(os.path.join(work, "dotdot.zip"),
+                          [("p2_firmware.bin", p2_app), ("assets/../../evil", b"x")])
+        nofw = make_zip(os.path.join(work, "nofw.zip"),
+                        [("project/p2_firmware.bin", p2_app), ("assets/logo.png", logo)])
+        for path, code in ((bomb, "bundle-compression-ratio"), (dotdot, "bundle-unsafe-name"),
+                           (nofw, "bundle-no-application")):
+            rc, out, err = run(fc, d.socket, "--json", "flash", path, "--device", p2)
+            e = next((o for o in json_lines(out) if o.get("type") == "error"), {})
+            tap.check("%s: %s, exit %d" % (os.path.basename(path), code, cat[code]["exit"]),
+                      rc == cat[code]["exit"] and e.get("code") == code, (rc, out, err))
+            rc, out, err = run(fc, d.socket, "inspect", path)
+            tap.check("inspect %s: the same %s" % (os.path.basename(path), code),
+                      rc == cat[code]["exit"] and ("error [%s]" % code) in err, (rc, out, err))
+        after2 = sim_device(control, "p2")
+        tap.check("still no byte reached the P2", after2["received"] == before["received"],
+                  after2["received"])
+    finally:
+        rc = d.stop()
+        tap.check("flashd stops cleanly", rc == 0, d.log_text()[-3000:])
+        shutil.rmtree(work, ignore_errors=True)
+    return tap
+
+
+def outside(sim, flashd, fc):
+    tmp = tempfile.mkdtemp(prefix="flashd-bundle-")
+    control = os.path.join(tmp, "control.sock")
+    r = run_in_sim(sim, DEVICES, [sys.executable, os.path.abspath(__file__), "--inside",
+                                  flashd, fc, control], tmp, control=control,
+                   state_dir=os.path.join(tmp, "state"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    sys.exit(r.returncode)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--inside":
+        inside(*sys.argv[2:5]).done()
+    else:
+        outside(*sys.argv[1:4])
