@@ -808,12 +808,11 @@ json_t *history_record_from_job(const struct job *job, bool ended)
 json_t *history_row_from_records(const json_t *started, json_t *ended)
 {
 	/* The started row's value stays (not in the UPDATE, or COALESCE(jobs.x, ...)). */
-	static const char *const started_wins[] = {"created", "uid",  "images",
-						   "started", "plan", NULL};
+	static const char *const started_wins[] = {"created", "uid", "images", "started", NULL};
 	/* COALESCE(excluded.x, jobs.x): the ended record's unless it is null. */
-	static const char *const ended_unless_null[] = {"device", "device_id", "platform",
-							"port",	  "label",     "transport",
-							"rule",	  "before",    NULL};
+	static const char *const ended_unless_null[] = {"device", "device_id", "platform", "port",
+							"label",  "transport", "rule",	   "before",
+							"plan",	  NULL};
 	static const char *const columns[] = {
 	    "job",	     "device",	     "device_id",     "platform", "port",
 	    "label",	     "rule",	     "result",	      "outcome",  "error",

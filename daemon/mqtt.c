@@ -455,7 +455,8 @@ void mqtt_job_event(struct mqtt *m, struct job *job, const json_t *event)
 	publish_json(m, t, event, false);
 	const char *name = json_string_value(json_object_get(event, "event"));
 	if (name && strcmp(name, "job-started") == 0) {
-		/* The history row keeps some of what the job was at its start (its plan):
+		/* The history row keeps some of what the job was at its start (created,
+		 * uid, images; the plan when the end has none):
 		 * the record the history made then, until the job ends. */
 		if (json_object_size(m->started) < MQTT_STARTED_MAX)
 			json_object_set_new(m->started, job_id(job),
