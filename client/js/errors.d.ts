@@ -49,6 +49,8 @@ export type ErrorCode =
   | "too-many-jobs"
   | "too-many-clients"
   | "history-unavailable"
+  | "mqtt-config"
+  | "broker-unreachable"
   | "daemon-unreachable"
   | "internal"
   | "out-of-memory";
@@ -111,6 +113,8 @@ export interface ErrorDetails {
   "too-many-jobs": CommonDetail & { limit?: number; uid?: number; kind?: string };
   "too-many-clients": CommonDetail & { limit?: number; uid?: number };
   "history-unavailable": CommonDetail & { reason?: string; path?: string; sqlite_error?: string };
+  "mqtt-config": CommonDetail & { key?: string; value?: string; reason?: string };
+  "broker-unreachable": CommonDetail & { broker?: string; reason?: string };
   "daemon-unreachable": CommonDetail & { socket?: string; errno?: number };
   "internal": CommonDetail & { reason?: string; errno?: number };
   "out-of-memory": CommonDetail & { size?: number };
