@@ -18,9 +18,9 @@
  * and the bash completion (tests/integration/client/test_docs.py checks both).
  */
 static const struct cmd_entry *const cmd_table[] = {
-    &cmd_inspect_entry, &cmd_list_entry,  &cmd_watch_entry,   &cmd_jobs_entry,
-    &cmd_cancel_entry,	&cmd_flash_entry, &cmd_check_entry,   &cmd_info_entry,
-    &cmd_history_entry, &cmd_auto_entry,  &cmd_station_entry, &cmd_errors_entry,
+    &cmd_inspect_entry, &cmd_list_entry,  &cmd_watch_entry,  &cmd_jobs_entry,	 &cmd_cancel_entry,
+    &cmd_flash_entry,	&cmd_check_entry, &cmd_info_entry,   &cmd_history_entry, &cmd_auto_entry,
+    &cmd_station_entry, &cmd_fleet_entry, &cmd_errors_entry,
 };
 
 #define SUMMARY_COLUMN 32 /* where --help starts a verb's summary */

@@ -39,6 +39,7 @@ extern const struct cmd_entry cmd_info_entry;
 extern const struct cmd_entry cmd_history_entry;
 extern const struct cmd_entry cmd_auto_entry;
 extern const struct cmd_entry cmd_station_entry;
+extern const struct cmd_entry cmd_fleet_entry;
 extern const struct cmd_entry cmd_errors_entry;
 
 /* The usage error for a verb: "usage: flashctl NAME USAGE" (exit status of 'usage'). */

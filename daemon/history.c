@@ -810,6 +810,43 @@ json_t *history_record_from_job(const struct job *job, bool ended)
 	return out;
 }
 
+/*
+ * What a `history` query returns for a job once it ended, without the
+ * database: the ended record completed from the started one exactly as
+ * sql_ended's ON CONFLICT clause does (keep the two in step), with every
+ * column of sql_query (null when unknown).  The MQTT publisher sends it.
+ */
+json_t *history_row_from_records(const json_t *started, json_t *ended)
+{
+	/* The started row's value stays (not in the UPDATE, or COALESCE(jobs.x, ...)). */
+	static const char *const started_wins[] = {"created", "uid", "images", "started", NULL};
+	/* COALESCE(excluded.x, jobs.x): the ended record's unless it is null. */
+	static const char *const ended_unless_null[] = {"device", "device_id", "platform", "port",
+							"label",  "transport", "rule",	   "before",
+							"plan",	  NULL};
+	static const char *const columns[] = {
+	    "job",	     "device",	     "device_id",     "platform", "port",
+	    "label",	     "rule",	     "result",	      "outcome",  "error",
+	    "error_message", "error_detail", "trace",	      "created",  "started",
+	    "ended",	     "duration_s",   "bytes_written", "images",	  "before",
+	    "after",	     "uid",	     "transport",     "plan",	  NULL};
+	for (size_t i = 0; started && started_wins[i]; i++) {
+		json_t *v = json_object_get(started, started_wins[i]);
+		if (v && !json_is_null(v))
+			json_object_set(ended, started_wins[i], v);
+	}
+	for (size_t i = 0; started && ended_unless_null[i]; i++) {
+		json_t *v = json_object_get(ended, ended_unless_null[i]);
+		json_t *was = json_object_get(started, ended_unless_null[i]);
+		if ((!v || json_is_null(v)) && was)
+			json_object_set(ended, ended_unless_null[i], was);
+	}
+	for (size_t i = 0; columns[i]; i++)
+		if (!json_object_get(ended, columns[i]))
+			json_object_set_new(ended, columns[i], json_null());
+	return ended;
+}
+
 void history_put(struct history *h, json_t *record, bool ended)
 {
 	struct op *op = h && record ? calloc(1, sizeof(*op)) : NULL;

@@ -81,6 +81,11 @@ void history_job_hook(struct history *h, const char *job, json_t *hook);
 json_t *history_record_from_job(const struct job *job, bool ended);
 void history_put(struct history *h, json_t *record, bool ended);
 
+/* A finished job's row as a `history` query (`flashctl history --json`) returns
+ * it, from its started record (NULL: it never started) and its ended record
+ * (taken and returned), merged as the database merges them. */
+json_t *history_row_from_records(const json_t *started, json_t *ended);
+
 /* A `history` request's filters. */
 struct history_filter {
 	char device[128];	 /* device key or id, "" = any */

@@ -11,6 +11,7 @@
 #include "image_cache.h"
 #include "jobs.h"
 #include "log.h"
+#include "mqtt.h"
 #include "registry.h"
 #include "rules.h"
 #include "server.h"
@@ -51,6 +52,7 @@ struct daemon {
 	struct image_cache *images;
 	struct jobs *jobs;
 	struct history *history;
+	struct mqtt *mqtt; /* NULL without [mqtt] */
 	struct server *server;
 	struct udev_source *udev;
 	struct rules *rules;
@@ -278,6 +280,7 @@ static void on_device(void *ctx, struct device *dev, enum registry_change change
 	struct daemon *d = ctx;
 	if (d->server)
 		server_device_event(d->server, dev, change);
+	mqtt_device_event(d->mqtt, dev, change);
 	if (d->jobs)
 		jobs_on_device(d->jobs, dev, change);
 	if (d->autoflash)
@@ -291,6 +294,7 @@ static void on_job_event(void *ctx, struct job *job, json_t *event)
 		server_job_event(d->server, job, event);
 	if (d->autoflash)
 		autoflash_on_job_event(d->autoflash, job, event);
+	mqtt_job_event(d->mqtt, job, event);
 }
 
 /* SIGHUP: the rule files are read again. */
@@ -357,8 +361,14 @@ int main(int argc, char **argv)
 	server_register_timeouts();
 	uploads_register_timeouts();
 	autoflash_register_timeouts();
-	if (o.config_file && config_load(&cfg, o.config_file, &err) < 0) {
-		log_error("%s", err.message);
+	/* The [mqtt] section is checked as a whole here too (files, credentials,
+	 * TLS): a station that cannot publish as configured does not start. */
+	if ((o.config_file && config_load(&cfg, o.config_file, &err) < 0) ||
+	    (cfg.mqtt.enabled && !(d.mqtt = mqtt_new(d.base, &cfg.mqtt, d.reg, &err)))) {
+		log_error("%s [%s]; %s", err.message, error_id(err.code), err.hint);
+		error_clear(&err);
+		registry_free(d.reg);
+		event_base_free(d.base);
 		return 2;
 	}
 	/* The transports take lock files in $FLASHD_LOCK_DIR; the environment wins
@@ -402,6 +412,9 @@ int main(int argc, char **argv)
 		return 1;
 	rules_load(d.rules);
 	autoflash_set_history(d.autoflash, d.history);
+	/* Also after daemonize() (name resolution runs on glibc's threads).  It never
+	 * waits for the broker: an unreachable one is retried in the background. */
+	mqtt_start(d.mqtt);
 	jobs_set_sink(d.jobs, on_job_event, &d);
 	registry_set_listener(d.reg, on_device, &d);
 	d.server = server_new(d.base, lfd, d.reg, d.jobs, d.images, &cfg);
@@ -411,6 +424,7 @@ int main(int argc, char **argv)
 	}
 	server_set_history(d.server, d.history, history_off);
 	server_set_auto(d.server, d.rules, d.autoflash);
+	server_set_mqtt(d.server, d.mqtt);
 	d.udev = udev_source_new(d.base, d.reg, &err);
 	if (!d.udev) {
 		log_error("%s", err.message);
@@ -440,6 +454,7 @@ int main(int argc, char **argv)
 	d.jobs = NULL;
 	server_free(d.server);
 	d.server = NULL;
+	mqtt_free(d.mqtt);	 /* says offline, lets the queue go for up to a second */
 	history_free(d.history); /* writes the ends of the interrupted jobs */
 	udev_source_free(d.udev);
 	registry_free(d.reg);

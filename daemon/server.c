@@ -6,6 +6,7 @@
 #include "autoflash.h"
 #include "history.h"
 #include "rules.h"
+#include "mqtt.h"
 #include "log.h"
 #include "transports.h"
 #include "upload.h"
@@ -107,6 +108,7 @@ struct server {
 	char history_off[256];
 	struct rules *rules;
 	struct autoflash *autoflash;
+	struct mqtt *mqtt;
 };
 
 /* ---- output ------------------------------------------------------------ */
@@ -226,6 +228,7 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 				      "job-events", "device-probe", "history", "upload",
 				      "auto-flash"));
 	json_object_set_new(reply, "history", history_status_json(c->srv->history));
+	json_object_set_new(reply, "mqtt", mqtt_status_json(c->srv->mqtt));
 	json_object_set_new(reply, "transports", transports);
 	json_object_set_new(reply, "uid", json_integer((json_int_t)c->cred.uid));
 	const struct config *cfg = &c->srv->cfg;
@@ -1466,4 +1469,9 @@ void server_set_history(struct server *s, struct history *h, const char *why_not
 void server_register_timeouts(void)
 {
 	timeouts_register(server_timeouts);
+}
+
+void server_set_mqtt(struct server *s, struct mqtt *m)
+{
+	s->mqtt = m;
 }

@@ -42,3 +42,6 @@ void server_set_auto(struct server *s, struct rules *rules, struct autoflash *af
 void server_set_history(struct server *s, struct history *h, const char *why_not);
 /* The server's timeout keys (client_idle_ms, image_read_ms), before the config is read. */
 void server_register_timeouts(void);
+/* The MQTT publisher whose state the hello reply shows ("mqtt"), or NULL. */
+struct mqtt;
+void server_set_mqtt(struct server *s, struct mqtt *m);

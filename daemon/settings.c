@@ -79,6 +79,7 @@ void config_defaults(struct config *c)
 	c->upload_bytes_per_uid = 64u * 1024 * 1024;
 	history_config_defaults(&c->history);
 	auto_config_defaults(&c->autoflash);
+	mqtt_config_defaults(&c->mqtt);
 }
 
 static char *trim(char *s)
@@ -173,6 +174,8 @@ static int set_key(struct config *c, const char *section, const char *key, const
 		snprintf(c->autoflash.rules_dir, sizeof(c->autoflash.rules_dir), "%s", value);
 		return 0;
 	}
+	if (strcmp(section, "mqtt") == 0)
+		return mqtt_config_set(&c->mqtt, key, value, where, err);
 	bool numeric = strcmp(section, "limits") == 0 || strcmp(section, "timeouts") == 0 ||
 		       strcmp(section, "history") == 0 || strcmp(section, "auto") == 0;
 	if (numeric && parse_number(value, 1ull << 40, &v) < 0)
@@ -276,7 +279,7 @@ int config_parse(struct config *c, const char *text, const char *origin, struct 
 		if (set_key(c, section, trim(s), trim(eq + 1), where, err) < 0)
 			return -1;
 	}
-	return 0;
+	return mqtt_config_check(&c->mqtt, err);
 }
 
 int config_load(struct config *c, const char *path, struct error *err)

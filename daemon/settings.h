@@ -28,6 +28,13 @@
  *   rules_dir = /etc/flashd/rules.d
  *   max_rules_per_uid = 32      # rules one uid may add over the socket
  *   max_image_bytes_per_uid = 67108864 # image bytes those rules may store
+ *   [mqtt]                      # publishing to a broker (daemon/mqtt.c); off without url
+ *   url = mqtt://HOST:PORT      # or mqtts://HOST:PORT (TLS, certificate verified)
+ *   station = NAME              # this station: one topic level, no + # /
+ *   topic_prefix = flashd       # topics PREFIX/STATION/...
+ *   ca_file, cert_file, key_file, password_file = /absolute/path
+ *   qos = 1                     # 0, 1 or 2
+ *   queue = 1000                # messages waiting for the broker; the oldest is dropped beyond
  *
  * Also the registry of timeout keys behind timeout_ms() (transport.h).
  */
@@ -36,6 +43,7 @@
 #include "errors.h"
 #include "history.h"
 #include "rules.h"
+#include "mqtt.h"
 #include "transport.h"
 
 #include <stddef.h>
@@ -62,10 +70,12 @@ struct config {
 	size_t upload_bytes_per_uid;
 	struct history_config history;
 	struct auto_config autoflash;
+	struct mqtt_config mqtt;
 };
 
 void config_defaults(struct config *c);
-/* Reads FILE; unknown sections or keys are warned about, bad values are errors (usage). */
+/* Reads FILE; unknown sections or keys are warned about, bad values are errors (usage;
+ * mqtt-config for [mqtt], which is also checked as a whole). */
 WARN_UNUSED_RESULT int config_load(struct config *c, const char *path, struct error *err);
 /* Same over a buffer (unit tests). */
 WARN_UNUSED_RESULT int config_parse(struct config *c, const char *text, const char *origin,

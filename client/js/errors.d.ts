@@ -54,6 +54,8 @@ export type ErrorCode =
   | "rule-conflict"
   | "rule-quota-exceeded"
   | "hook-not-allowed"
+  | "mqtt-config"
+  | "broker-unreachable"
   | "daemon-unreachable"
   | "internal"
   | "out-of-memory";
@@ -121,6 +123,8 @@ export interface ErrorDetails {
   "rule-conflict": CommonDetail & { rules?: unknown[]; priority?: number; port?: string };
   "rule-quota-exceeded": CommonDetail & { uid?: number; limit?: number; rules?: number; bytes?: number };
   "hook-not-allowed": CommonDetail & { reason?: string; field?: string };
+  "mqtt-config": CommonDetail & { key?: string; value?: string; reason?: string };
+  "broker-unreachable": CommonDetail & { broker?: string; reason?: string };
   "daemon-unreachable": CommonDetail & { socket?: string; errno?: number };
   "internal": CommonDetail & { reason?: string; errno?: number };
   "out-of-memory": CommonDetail & { size?: number };

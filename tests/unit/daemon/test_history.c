@@ -529,6 +529,51 @@ static void test_rfc3339_round_trip_and_zones(void **state)
 	assert_int_equal(rfc3339_parse("2025-12-01T10:00:00Zjunk", &t), -1);
 }
 
+/* The row history_row_from_records() builds (what the MQTT publisher sends) is
+ * the row the database makes of the same two records: it follows sql_ended. */
+static void test_row_from_records_is_the_database_row(void **state)
+{
+	(void)state;
+	struct history_config c = config(0, 0);
+	struct history *h = open_ok(&c);
+	double now = (double)time(NULL);
+	for (int started_too = 0; started_too < 2; started_too++) {
+		char id[32];
+		snprintf(id, sizeof(id), "merge-%d", started_too);
+		json_t *started = record(id, now - 10, NULL, NULL);
+		json_object_set_new(started, "plan", json_pack("{s:b}", "preliminary", true));
+		json_object_set_new(started, "before", json_pack("{s:s}", "os", "1.5.2"));
+		json_object_set_new(started, "transport", json_string("serial"));
+		json_object_set_new(started, "label", json_string("bench 3"));
+		json_t *ended = record(id, now - 9, "failed", "transfer-failed");
+		json_object_set_new(ended, "plan", json_pack("{s:i}", "writes", 1));
+		json_object_set_new(ended, "before", json_null());
+		json_object_set_new(ended, "after", json_pack("{s:s}", "os", "2.0.1"));
+		json_object_set_new(ended, "platform", json_null());
+		json_object_set_new(ended, "uid", json_integer(1001));
+		json_object_set_new(ended, "transport", json_string("dfu"));
+		json_t *expected =
+		    history_row_from_records(started_too ? started : NULL, json_deep_copy(ended));
+		if (started_too)
+			history_put(h, json_incref(started), false);
+		history_put(h, ended, true);
+		history_flush(h);
+		json_t *all = rows(h), *row = NULL, *v;
+		size_t i;
+		json_array_foreach(all, i, v) if (strcmp(str(v, "job"), id) == 0) row = v;
+		assert_non_null(row);
+		if (!json_equal(row, expected)) {
+			char *a = json_dumps(row, JSON_SORT_KEYS),
+			     *b = json_dumps(expected, JSON_SORT_KEYS);
+			fail_msg("database row %s\n   merged row %s", a, b);
+		}
+		json_decref(all);
+		json_decref(expected);
+		json_decref(started);
+	}
+	history_free(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -549,6 +594,8 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test(test_filter_parse_refuses_bad_values),
 	    cmocka_unit_test(test_config_history_keys_and_defaults),
+	    cmocka_unit_test_setup_teardown(test_row_from_records_is_the_database_row, setup,
+					    teardown),
 	    cmocka_unit_test(test_rfc3339_round_trip_and_zones),
 	    cmocka_unit_test_setup_teardown(
 		test_locked_database_is_counted_and_later_records_are_written, setup, teardown),
