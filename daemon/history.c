@@ -825,11 +825,11 @@ json_t *history_row_from_records(const json_t *started, json_t *ended)
 							"label",  "transport", "rule",	   "before",
 							"plan",	  NULL};
 	static const char *const columns[] = {
-	    "job",	     "device",	     "device_id",     "platform", "port",
-	    "label",	     "rule",	     "result",	      "outcome",  "error",
-	    "error_message", "error_detail", "trace",	      "created",  "started",
-	    "ended",	     "duration_s",   "bytes_written", "images",	  "before",
-	    "after",	     "uid",	     "transport",     "plan",	  NULL};
+	    "job",    "device",	 "device_id", "platform", "port",	   "label",
+	    "rule",   "result",	 "outcome",   "error",	  "error_message", "error_detail",
+	    "trace",  "created", "started",   "ended",	  "duration_s",	   "bytes_written",
+	    "images", "before",	 "after",     "uid",	  "transport",	   "plan",
+	    "hook",   NULL};
 	for (size_t i = 0; started && started_wins[i]; i++) {
 		json_t *v = json_object_get(started, started_wins[i]);
 		if (v && !json_is_null(v))
