@@ -288,7 +288,7 @@ static void step(struct transport_run *r)
 			job_set_state(r->job, JOB_VERIFYING);
 			break;
 		}
-		/* fallthrough */
+		__attribute__((fallthrough)); /* no read-back: the write is done */
 	case RUN_VERIFY:
 		if (r->state == RUN_VERIFY) {
 			const struct dfu_write *w = &r->plan.writes[r->write_i];
@@ -834,7 +834,8 @@ static void dfu_device_event(struct transport_run *r, enum device_event ev,
 			if (r->jp->handoff)
 				plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
 			else
-				snprintf(why, sizeof(why), "the plan goes on over %s", r->after_leave);
+				snprintf(why, sizeof(why), "the plan goes on over %s",
+					 r->after_leave);
 			job_handoff(r->job, r->after_leave, why);
 			break;
 		}
