@@ -579,9 +579,12 @@ static void job_free(struct job *job)
 	if (!job->images_released)
 		for (unsigned i = 0; i < job->n_images; i++)
 			image_cache_put(job->jobs->images, job->images[i]);
-	event_free(job->wait_timer);
-	event_free(job->cancel_timer);
-	event_free(job->progress_timer);
+	if (job->wait_timer)
+		event_free(job->wait_timer);
+	if (job->cancel_timer)
+		event_free(job->cancel_timer);
+	if (job->progress_timer)
+		event_free(job->progress_timer);
 	error_clear(&job->error);
 	json_decref(job->plan);
 	free(job);
@@ -654,6 +657,11 @@ struct jobs *jobs_new(struct event_base *base, struct registry *reg, struct imag
 	jobs->max_jobs = max_jobs;
 	jobs->history = history;
 	jobs->kick = event_new(base, -1, 0, kick_cb, jobs);
+	if (!jobs->kick) {
+		log_error("out of memory making the job queue");
+		free(jobs);
+		return NULL;
+	}
 	jobs_register_timeouts(transports);
 	/* Each transport's shared state (transport.h init()), made once, here. */
 	for (size_t i = 0; transports && transports[i]; i++) {
@@ -771,7 +779,7 @@ struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error
 	} else if (!uid_share_left(jobs, req->uid, req->opts.wait_ms != 0, err)) {
 		/* err is set: one uid may not fill the table for everyone */
 	} else if (!(job = calloc(1, sizeof(*job)))) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	}
 	if (!job) {
 		for (unsigned i = 0; i < req->n_images; i++)
@@ -807,6 +815,11 @@ struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error
 	job->wait_timer = evtimer_new(jobs->base, wait_cb, job);
 	job->cancel_timer = evtimer_new(jobs->base, cancel_grace_cb, job);
 	job->progress_timer = evtimer_new(jobs->base, progress_held_cb, job);
+	if (!job->wait_timer || !job->cancel_timer || !job->progress_timer) {
+		job_free(job); /* gives the images back */
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
+		return NULL;
+	}
 	struct job **pp = &jobs->list;
 	while (*pp)
 		pp = &(*pp)->next;
