@@ -265,13 +265,10 @@ struct transport_ops {
 };
 
 /*
- * Built-in transports.  A transport library advertises itself through its
- * meson dependency: flashd_serial_dep / flashd_dfu_dep carry
- * compile_args '-DFLASHD_HAVE_SERIAL' / '-DFLASHD_HAVE_DFU' and define
+ * Built-in transports, always linked into flashd and listed in one table
+ * (daemon/transports.c, transports_builtin()):
  *     const struct transport_ops serial_transport;   (daemon/serial/)
  *     const struct transport_ops dfu_transport;      (daemon/dfu/)
- * Without them the core registers a stub of that name whose start() fails
- * with not-flashable-here ("the serial transport is not built in").
  */
 extern const struct transport_ops serial_transport;
 extern const struct transport_ops dfu_transport;
