@@ -28,7 +28,7 @@
  *      boundary, DFU chunk boundary).  The run then calls job_finish() with
  *      JOB_RESULT_CANCELLED (or DONE/FAILED if it was already past the point
  *      of no return).  The core arms a backstop timer (timeout key
- *      "cancel_grace_ms"); if the run has not finished by then the core
+ *      "job_cancel_grace_ms"); if the run has not finished by then the core
  *      finishes the job itself as cancelled and frees the run.
  *   5. If the daemon stops, the core calls free() on every live run and ends
  *      the jobs as interrupted; the transport leaves the device as it is.
@@ -51,10 +51,12 @@
  * Handing a job to another transport (the plan's first write goes over it;
  * serial on Device OS 6.x -> DFU; a plan that continues over another transport
  * after this one's writes): call job_handoff(job, name, reason).  The core frees the current run
- * (deferred), emits a job-progress event with note "handed-to-dfu", and starts the named transport
+ * (deferred), emits a job-progress event with note "handed-to-<name>" ("handed-to-dfu") and
+ * the reason as its message, and starts the named transport
  * on the same job with the current device snapshot, also when the device is absent at that moment
  * (DFU then waits for it to come back).  If no transport of that name is built in, the job fails
- * with not-flashable-here naming the reason.
+ * with not-flashable-here naming the reason; so does a job handed over more than
+ * four times (JOBS_MAX_HANDOFFS in jobs.c: a plan that sends it back and forth).
  *
  * A job with no images and options.dry_run set is a probe (device-info with
  * "probe": true): the transport reads what it can (`s`, `v`, `i`; DFU
@@ -161,9 +163,10 @@ const char *job_image_name(const struct job *job, size_t i); /* client's basenam
 /* The device as the registry knows it now. */
 const struct device_snapshot *job_device(const struct job *job);
 
-/* Transitions the transport may make: SWITCHING_MODE, PREFLIGHT, ERASING,
- * WRITING, REBOOTING, VERIFYING (PREFLIGHT -> SWITCHING_MODE is allowed).
- * Terminal states come only from job_finish(). */
+/* The states the transport may set: SWITCHING_MODE, PREFLIGHT, ERASING,
+ * WRITING, REBOOTING, VERIFYING, in the order its work takes (the next image
+ * goes back to WRITING; PREFLIGHT -> SWITCHING_MODE is allowed); others are
+ * ignored with a warning.  Terminal states come only from job_finish(). */
 void job_set_state(struct job *job, enum job_state state);
 /* Bytes done/total of the current phase; the core computes rate and ETA and
  * rate-limits the job-progress events. */
@@ -213,7 +216,9 @@ void job_log(const struct job *job, int level, const char *fmt, ...)
  * Transports declare theirs (with defaults) in ops.timeouts; the core
  * registers them before reading the config, rejects unknown keys with a
  * warning and non-numbers with an error.  Keys: lowercase, prefixed with the
- * transport's name, ending in _ms.
+ * name of what owns them ("serial_", "dfu_", "job_" for the core's), ending
+ * in _ms; a transport may declare another's keys when it runs that protocol
+ * too (the DFU transport's verify over serial: CDC_QUERY_TIMEOUT_DEFS).
  */
 struct timeout_def {
 	const char *key;     /* "serial_prompt_ms" */
