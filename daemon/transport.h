@@ -239,7 +239,7 @@ struct transport_ops {
 	 * Returns 0, or -1 with err set: the daemon logs it and the transport's
 	 * runs then fail with that reason.  No device I/O here.
 	 */
-	int (*init)(struct event_base *base, struct error *err);
+	int (*init)(struct event_base *base, struct error *err) WARN_UNUSED_RESULT;
 	/* Optional.  Called once at shutdown (jobs_free()), after every run was
 	 * freed: releases what init() made. */
 	void (*exit)(void);
@@ -254,7 +254,7 @@ struct transport_ops {
 	 * start() and the run does not exist for it yet), touch another
 	 * transport's files or devices.
 	 */
-	struct transport_run *(*start)(struct job *job, struct error *err);
+	struct transport_run *(*start)(struct job *job, struct error *err)WARN_UNUSED_RESULT;
 	/* Stop at the next safe point, then job_finish(CANCELLED).  May finish the
 	 * job from inside this call (the core expects it); may not block. */
 	void (*cancel)(struct transport_run *run);
