@@ -3,6 +3,7 @@
 #include "history.h"
 #include "log.h"
 #include "plan.h"
+#include "platform.h"
 #include "settings.h"
 
 #include <errno.h>
@@ -62,6 +63,7 @@ struct job {
 	bool waiting_armed;
 
 	json_t *plan;	      /* the plan (plan.h), once known */
+	json_t *partial;      /* where an unfinished write stopped (job_set_partial()) */
 	unsigned step, steps; /* the plan step being run (1-based), 0 = none */
 	unsigned handoffs;
 	bool written[WIRE_IMAGES_MAX]; /* files written and verified (job_mark_written()) */
@@ -587,6 +589,7 @@ static void job_free(struct job *job)
 		event_free(job->progress_timer);
 	error_clear(&job->error);
 	json_decref(job->plan);
+	json_decref(job->partial);
 	free(job);
 }
 
@@ -973,6 +976,8 @@ json_t *job_to_json(const struct job *job)
 			    error_is_set(&job->error) ? error_to_json(&job->error) : json_null());
 	if (job->plan)
 		json_object_set(o, "plan", job->plan);
+	if (job->partial)
+		json_object_set(o, "partial", job->partial);
 	return o;
 }
 
@@ -1183,6 +1188,58 @@ void job_finish(struct job *job, enum job_result result, const char *result_word
 	if (result == JOB_RESULT_CANCELLED && err && !error_is_set(err))
 		cancelled_error(job, err, "unknown");
 	finish(job, result, result_word, err);
+}
+
+/* What a device does at its next boot with a module that is not whole: without a
+ * valid system part the bootloader stays in DFU mode (is_application_valid() in
+ * Device OS bootloader/src/main.c); an application that fails its checks is not
+ * run and the device runs safe mode.  A YMODEM transfer lands in the OTA region,
+ * validated as a whole before anything is applied (fetch_module() in Device OS
+ * hal/src/nRF52840/ota_module.cpp and hal/src/stm32/ota_module.cpp). */
+static const char *next_boot_with(const struct job_partial *p)
+{
+	if (p->staged)
+		return "the device keeps the firmware it runs: the transfer went into its OTA "
+		       "staging area, which Device OS applies only after a complete, valid "
+		       "transfer";
+	switch (p->function) {
+	case MODULE_FUNCTION_SYSTEM:
+	case MODULE_FUNCTION_MONO:
+		return "the bootloader finds no valid Device OS and stays in DFU mode (blinking "
+		       "yellow)";
+	case MODULE_FUNCTION_USER:
+		return "Device OS finds the application invalid and runs safe mode (breathing "
+		       "magenta)";
+	default:
+		return "the device may not start";
+	}
+}
+
+void job_set_partial(struct job *job, const struct job_partial *p)
+{
+	if (job->ended || p->image >= job->n_images)
+		return;
+	char module[64];
+	snprintf(module, sizeof(module), "%s %u", module_function_phrase(p->function), p->index);
+	json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:s, s:I, s:I, s:s}", "file",
+			      job->names[p->image], "module", module, "module_function",
+			      module_function_name(p->function), "index", p->index, "state",
+			      p->staged	   ? "staged"
+			      : p->erasing ? "partly-erased"
+					   : "partly-written",
+			      "bytes_written", (json_int_t)p->bytes_written, "size",
+			      (json_int_t)p->size, "next_boot", next_boot_with(p));
+	if (!o)
+		return; /* out of memory: the error still says what happened */
+	if (!p->staged) {
+		json_object_set_new(o, "start", json_integer(p->start));
+		json_object_set_new(o, "end", json_integer(p->end));
+		json_object_set_new(o, "address", json_integer(p->address));
+	}
+	if (p->chunk >= 0)
+		json_object_set_new(o, "chunk", json_integer(p->chunk));
+	json_decref(job->partial);
+	job->partial = o;
 }
 
 void job_handoff(struct job *job, const char *transport_name, const char *reason)

@@ -188,6 +188,28 @@ void job_set_step(struct job *job, unsigned step, unsigned steps, const char *de
  * transport that takes the job over later plans without it. */
 void job_mark_written(struct job *job, size_t i);
 bool job_image_written(const struct job *job, size_t i);
+/*
+ * Where a write that did not finish stopped, in terms of the job's files: what
+ * the transport wrote (or erased) of one module before a cancel or a failure.
+ * The core turns it into the "partial" object of the job record (job-ended,
+ * flashctl jobs), with what the device does with it at its next boot, so that
+ * clients need not re-read the files to say what the device holds.
+ */
+struct job_partial {
+	size_t image;	     /* job_image() index of the file */
+	uint8_t function;    /* MODULE_FUNCTION_* of the module */
+	uint8_t index;	     /* its index ("system part 1") */
+	bool staged;	     /* written into the OTA staging area (YMODEM), not over the module */
+	bool erasing;	     /* stopped while erasing the module's range: nothing written */
+	uint32_t start, end; /* the range being written or erased (end exclusive); 0, 0 if staged */
+	uint32_t address;    /* the first address not written (erased); 0 if staged */
+	uint64_t bytes_written; /* of size (acknowledged by the device) */
+	uint64_t size;		/* bytes the transport was to write for this file */
+	int chunk;		/* DFU chunk number of address, -1 if none */
+};
+/* Records where the write stopped; call before job_finish().  A later call
+ * replaces it. */
+void job_set_partial(struct job *job, const struct job_partial *p);
 /* New facts about the job's device (platform, id, OS, modules): merged into
  * the registry, emits device-changed. */
 void job_update_facts(struct job *job, const struct device_facts *facts);

@@ -631,6 +631,7 @@ int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 				return -1;
 			w.address = m->start;
 			w.name = pp->steps[i].name;
+			w.job_index = pp->steps[i].job_index;
 			w.function = m->function;
 			w.index = m->index;
 			if (check_map(info, dev->platform, w.address, w.len, err) < 0 ||
@@ -648,14 +649,13 @@ int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 			    w.address + w.len <= GEN3_COMPAT_USER_PAGE &&
 			    plan->n_writes + 1 < DFU_WRITE_MAX) {
 				plan->writes[plan->n_writes++] =
-				    (struct dfu_write){0,
-						       GEN3_COMPAT_USER_PAGE,
-						       NULL,
-						       4096,
-						       true,
-						       "invalidate-128k-user-part",
-						       MODULE_FUNCTION_USER,
-						       1};
+				    (struct dfu_write){.address = GEN3_COMPAT_USER_PAGE,
+						       .len = 4096,
+						       .erase_only = true,
+						       .name = "invalidate-128k-user-part",
+						       .function = MODULE_FUNCTION_USER,
+						       .index = 1,
+						       .job_index = pp->steps[i].job_index};
 			}
 			if (plan->n_writes >= DFU_WRITE_MAX)
 				return error_set(err, ERR_INTERNAL, "too many modules in one job");

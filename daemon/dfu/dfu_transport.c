@@ -83,10 +83,52 @@ struct transport_run {
 
 static void step(struct transport_run *r);
 
+/* A run that stops while erasing or writing a file's module leaves it partly
+ * erased or written: say where (job_set_partial()) from the dfuse's position. */
+static void report_partial(struct transport_run *r)
+{
+	if ((r->state != RUN_ERASE && r->state != RUN_WRITE) || !r->dfuse ||
+	    r->write_i >= r->plan.n_writes)
+		return;
+	const struct dfu_write *w = &r->plan.writes[r->write_i];
+	if (w->erase_only) /* the old slot's invalidation page: no file of the job */
+		return;
+	struct dfuse_position pos;
+	dfuse_position(r->dfuse, &pos);
+	/* the position is this write's if it started at its address */
+	bool mine = pos.valid && (pos.erasing ? pos.start <= w->address : pos.start == w->address);
+	struct job_partial p = {
+	    .image = w->job_index,
+	    .function = w->function,
+	    .index = w->index,
+	    .start = w->address,
+	    .end = (uint32_t)(w->address + w->len),
+	    .size = w->len,
+	    .chunk = -1,
+	};
+	if (!mine || pos.erasing) {
+		/* erasing (or erased, the download not started): nothing written yet */
+		if (!mine && r->state == RUN_ERASE)
+			return; /* the erase had not begun */
+		p.erasing = true;
+		p.address = mine ? pos.address : p.end;
+		if (p.address > p.end)
+			p.address = p.end;
+	} else {
+		if (pos.done >= w->len)
+			return; /* the module is whole */
+		p.address = pos.address;
+		p.bytes_written = pos.done;
+		p.chunk = (int)pos.chunk;
+	}
+	job_set_partial(r->job, &p);
+}
+
 static void run_fail(struct transport_run *r, struct error *err)
 {
 	if (r->state == RUN_FINISHED)
 		return;
+	report_partial(r);
 	if (r->dfuse)
 		dfuse_attach_trace(r->dfuse, err);
 	r->state = RUN_FINISHED;

@@ -81,6 +81,7 @@ struct transport_run {
 	struct error verdict; /* device-rejected, reported once the device is back */
 	bool sub_done;
 	bool validation_failed; /* the last transfer ended in the device's validation verdict */
+	uint64_t sent_bytes;	/* of the last transfer, acknowledged by the device */
 	char tty[DEVICE_PATH_MAX];
 };
 
@@ -206,6 +207,7 @@ static void on_ymodem_done(void *ctx, const struct ymodem_result *res, struct er
 {
 	struct transport_run *r = ctx;
 	r->validation_failed = res->validation_failed;
+	r->sent_bytes = res->bytes_sent;
 	r->sub_done = true;
 	error_clear(&r->pending);
 	if (err)
@@ -337,6 +339,18 @@ static void after_send_failure(struct transport_run *r)
 	}
 	bool broke =
 	    e->code == ERR_TRANSFER_FAILED || e->code == ERR_CANCELLED || e->code == ERR_TIMED_OUT;
+	if ((broke || e->code == ERR_DEVICE_GONE) && r->sent_bytes > 0 &&
+	    r->sent_bytes < s->img->len) {
+		/* the blocks went into the OTA region, not over the module */
+		struct job_partial p = {.image = s->job_index,
+					.function = s->module->function,
+					.index = s->module->index,
+					.staged = true,
+					.bytes_written = r->sent_bytes,
+					.size = s->img->len,
+					.chunk = -1};
+		job_set_partial(r->job, &p);
+	}
 	if (broke && r->port && device_resettable_after_failure(&r->facts)) {
 		struct error be;
 		error_init(&be);
