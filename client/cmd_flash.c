@@ -11,7 +11,6 @@
  */
 #include "cleanup.h"
 #include "conn.h"
-#include "image.h"
 #include "platform.h"
 #include "progress.h"
 #include "render.h"
@@ -324,73 +323,54 @@ static void print_again_command(const struct follow *f, const char *device, int 
 		fputs(" --verify", stderr);
 }
 
-/* What a device does at its next boot with a module that is not whole (§5.1, §7.6). */
-static const char *boot_with_broken(uint8_t function)
+/* The path the user gave for the daemon's file name (its basename), else the name. */
+static const char *path_of(const char *file, int n, char **paths)
 {
-	switch (function) {
-	case MODULE_FUNCTION_SYSTEM:
-	case MODULE_FUNCTION_MONO:
-		return "the bootloader finds no valid Device OS and stays in DFU mode (blinking "
-		       "yellow)";
-	case MODULE_FUNCTION_USER:
-		return "Device OS finds the application invalid and runs safe mode (breathing "
-		       "magenta)";
-	default:
-		return "the device may not start";
+	for (int i = 0; file && i < n; i++) {
+		const char *base = strrchr(paths[i], '/');
+		if (strcmp(base ? base + 1 : paths[i], file) == 0)
+			return paths[i];
 	}
+	return file ? file : "?";
+}
+
+static long long int_of(const json_t *o, const char *key)
+{
+	return json_integer_value(json_object_get(o, key));
 }
 
 /*
- * Where a cancelled erase or write stopped, in terms of the job's files: the module
- * that holds the detail's address (the next chunk or erase unit), its range, how much
- * of it was written.  False when no file's module holds it.
+ * What the daemon says of the write that did not finish (the job record's
+ * "partial": file, module, range, bytes written, what the device does at its next
+ * boot).  False when the record has none.
  */
-static bool describe_partial(const char *state, const json_t *detail, int n, char **paths,
-			     char *buf, size_t size)
+static bool describe_partial(const json_t *partial, int n, char **paths, char *buf, size_t size)
 {
-	const json_t *a = json_object_get(detail, "address");
-	if (!json_is_integer(a))
+	const char *state = json_string_value(json_object_get(partial, "state"));
+	const char *module = json_string_value(json_object_get(partial, "module"));
+	const char *boot = json_string_value(json_object_get(partial, "next_boot"));
+	if (!state || !module || !boot)
 		return false;
-	long long addr = json_integer_value(a);
-	bool found = false;
-	for (int i = 0; i < n && !found; i++) {
-		struct image *img = NULL;
-		struct error err;
-		error_init(&err);
-		if (image_load_path(paths[i], &img, &err) < 0) {
-			error_clear(&err);
-			continue;
-		}
-		for (unsigned k = 0; k < img->n_modules && !found; k++) {
-			const struct image_module *m = &img->modules[k];
-			uint32_t end = image_module_flash_end(m);
-			if (addr < m->start || addr > end)
-				continue;
-			found = true;
-			const char *what = module_function_phrase(m->function);
-			if (strcmp(state, "writing") == 0) {
-				const json_t *sent = json_object_get(detail, "bytes_sent");
-				snprintf(buf, size,
-					 "%s %u partly written (%s, 0x%08x-0x%08x): the first %lld "
-					 "of %zu bytes, up to 0x%08llx (chunk %lld); at its next "
-					 "boot %s",
-					 what, m->index, paths[i], m->start, end,
-					 json_is_integer(sent) ? json_integer_value(sent)
-							       : addr - m->start,
-					 m->size, addr,
-					 json_integer_value(json_object_get(detail, "chunk")),
-					 boot_with_broken(m->function));
-			} else {
-				snprintf(buf, size,
-					 "%s %u partly erased (%s, 0x%08x-0x%08x): erased up to "
-					 "0x%08llx, nothing written; at its next boot %s",
-					 what, m->index, paths[i], m->start, end, addr,
-					 boot_with_broken(m->function));
-			}
-		}
-		image_free(img);
-	}
-	return found;
+	const char *path = path_of(json_string_value(json_object_get(partial, "file")), n, paths);
+	if (strcmp(state, "staged") == 0)
+		snprintf(buf, size,
+			 "%s not written (%s): %lld of %lld bytes were sent before it stopped; %s",
+			 module, path, int_of(partial, "bytes_written"), int_of(partial, "size"),
+			 boot);
+	else if (strcmp(state, "partly-erased") == 0)
+		snprintf(buf, size,
+			 "%s partly erased (%s, 0x%08llx-0x%08llx): erased up to 0x%08llx, nothing "
+			 "written; at its next boot %s",
+			 module, path, int_of(partial, "start"), int_of(partial, "end"),
+			 int_of(partial, "address"), boot);
+	else
+		snprintf(buf, size,
+			 "%s partly written (%s, 0x%08llx-0x%08llx): the first %lld of %lld bytes, "
+			 "up to 0x%08llx (chunk %lld); at its next boot %s",
+			 module, path, int_of(partial, "start"), int_of(partial, "end"),
+			 int_of(partial, "bytes_written"), int_of(partial, "size"),
+			 int_of(partial, "address"), int_of(partial, "chunk"), boot);
+	return true;
 }
 
 /* What a cancelled job left behind, and how to get the device back. */
@@ -398,11 +378,13 @@ static void advise_cancelled(const struct follow *f, const json_t *ev, const cha
 			     char **paths)
 {
 	const json_t *detail = json_object_get(json_object_get(ev, "error"), "detail");
+	const json_t *partial = json_object_get(json_object_get(ev, "record"), "partial");
+	const char *pstate = json_string_value(json_object_get(partial, "state"));
 	const char *dstate = json_string_value(json_object_get(detail, "device_state"));
 	const char *state =
 	    progress_last_state(f->prog, json_string_value(json_object_get(ev, "job")));
 	const char *left, *todo;
-	char partial[512];
+	char said[512];
 	if (!state)
 		state = "queued";
 	bool broken = strcmp(state, "erasing") == 0 || strcmp(state, "writing") == 0;
@@ -415,11 +397,13 @@ static void advise_cancelled(const struct follow *f, const json_t *ev, const cha
 		       "yellow) or listening mode (blinking blue)";
 		todo = "press RESET to return it to its application";
 	} else if (broken) {
-		left = describe_partial(state, detail, n, paths, partial, sizeof(partial))
-			   ? partial
+		left = describe_partial(partial, n, paths, said, sizeof(said))
+			   ? said
 			   : "with a partly erased or written module: its application may not "
 			     "start (it can stay in DFU mode or safe mode, breathing magenta)";
-		todo = "flash the same files again before relying on it:";
+		todo = pstate && strcmp(pstate, "staged") == 0
+			   ? "nothing to repair; to finish the job, flash the same files again:"
+			   : "flash the same files again before relying on it:";
 	} else {
 		left = "fully written; it was restarting or being verified";
 		todo = "check what it runs with: flashctl info";

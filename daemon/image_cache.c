@@ -174,7 +174,7 @@ int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, con
 	uint8_t sha[32];
 	struct sha256_ctx ctx;
 	sha256_init(&ctx);
-	sha256_update(&ctx, len, buf);
+	sha256_update(&ctx, len, owned);
 	sha256_digest(&ctx, sizeof(sha), sha);
 	for (struct image_ref *r = c->refs; r; r = r->next) {
 		if (memcmp(r->sha256, sha, sizeof(sha)) == 0) {
@@ -192,14 +192,14 @@ int image_cache_load_buffer(struct image_cache *c, uint8_t *buf, size_t len, con
 	_cleanup_(bundle_freep) struct bundle *bundle = NULL;
 	size_t held = len;
 	int rc;
-	if (bundle_is_zip(buf, len)) {
-		rc = bundle_parse(buf, len, &bundle, err);
+	if (bundle_is_zip(owned, len)) {
+		rc = bundle_parse(owned, len, &bundle, err);
 		if (rc < 0)
 			error_prefix(err, "%s: ", name);
 		else
 			held += (size_t)bundle_assets_bytes(bundle);
 	} else {
-		rc = image_parse(buf, len, &img, err);
+		rc = image_parse(owned, len, &img, err);
 	}
 	if (rc < 0) {
 		/* A damaged image or bundle is returned for display; it is not flashed. */

@@ -8,6 +8,7 @@
  */
 #pragma once
 
+#include "errors.h"
 #include "plan.h"
 #include "preflight.h"
 #include "transport.h"
@@ -30,9 +31,10 @@ struct job_plan {
  * jp->handoff, or jp->pre with jp->plan.n_writes writes; none when every file
  * is installed already), or -1 with err set.
  */
-int job_plan_make(struct job *job, enum plan_transport transport, const struct device_facts *facts,
-		  enum device_mode mode, const char *label, const struct preflight_rules *rules,
-		  struct job_plan *jp, struct error *err);
+WARN_UNUSED_RESULT int job_plan_make(struct job *job, enum plan_transport transport,
+				     const struct device_facts *facts, enum device_mode mode,
+				     const char *label, const struct preflight_rules *rules,
+				     struct job_plan *jp, struct error *err);
 
 /* Reports the plan step of the write_i-th write (0-based) to the job ("step 2 of 4: ..."). */
 void job_plan_write_step(struct job *job, const struct job_plan *jp, size_t write_i);

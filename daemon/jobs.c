@@ -3,6 +3,7 @@
 #include "history.h"
 #include "log.h"
 #include "plan.h"
+#include "platform.h"
 #include "settings.h"
 
 #include <errno.h>
@@ -64,6 +65,7 @@ struct job {
 	bool waiting_armed;
 
 	json_t *plan;	      /* the plan (plan.h), once known */
+	json_t *partial;      /* where an unfinished write stopped (job_set_partial()) */
 	unsigned step, steps; /* the plan step being run (1-based), 0 = none */
 	unsigned handoffs;
 	bool written[WIRE_IMAGES_MAX]; /* files written and verified (job_mark_written()) */
@@ -581,11 +583,15 @@ static void job_free(struct job *job)
 	if (!job->images_released)
 		for (unsigned i = 0; i < job->n_images; i++)
 			image_cache_put(job->jobs->images, job->images[i]);
-	event_free(job->wait_timer);
-	event_free(job->cancel_timer);
-	event_free(job->progress_timer);
+	if (job->wait_timer)
+		event_free(job->wait_timer);
+	if (job->cancel_timer)
+		event_free(job->cancel_timer);
+	if (job->progress_timer)
+		event_free(job->progress_timer);
 	error_clear(&job->error);
 	json_decref(job->plan);
+	json_decref(job->partial);
 	free(job);
 }
 
@@ -656,6 +662,11 @@ struct jobs *jobs_new(struct event_base *base, struct registry *reg, struct imag
 	jobs->max_jobs = max_jobs;
 	jobs->history = history;
 	jobs->kick = event_new(base, -1, 0, kick_cb, jobs);
+	if (!jobs->kick) {
+		log_error("out of memory making the job queue");
+		free(jobs);
+		return NULL;
+	}
 	jobs_register_timeouts(transports);
 	/* Each transport's shared state (transport.h init()), made once, here. */
 	for (size_t i = 0; transports && transports[i]; i++) {
@@ -773,7 +784,7 @@ struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error
 	} else if (!uid_share_left(jobs, req->uid, req->opts.wait_ms != 0, err)) {
 		/* err is set: one uid may not fill the table for everyone */
 	} else if (!(job = calloc(1, sizeof(*job)))) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	}
 	if (!job) {
 		for (unsigned i = 0; i < req->n_images; i++)
@@ -811,6 +822,11 @@ struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error
 	job->wait_timer = evtimer_new(jobs->base, wait_cb, job);
 	job->cancel_timer = evtimer_new(jobs->base, cancel_grace_cb, job);
 	job->progress_timer = evtimer_new(jobs->base, progress_held_cb, job);
+	if (!job->wait_timer || !job->cancel_timer || !job->progress_timer) {
+		job_free(job); /* gives the images back */
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
+		return NULL;
+	}
 	struct job **pp = &jobs->list;
 	while (*pp)
 		pp = &(*pp)->next;
@@ -966,6 +982,8 @@ json_t *job_to_json(const struct job *job)
 		json_object_set(o, "plan", job->plan);
 	json_object_set_new(o, "rule", job->rule[0] ? json_string(job->rule) : json_null());
 	json_object_set_new(o, "label", job->label[0] ? json_string(job->label) : json_null());
+	if (job->partial)
+		json_object_set(o, "partial", job->partial);
 	return o;
 }
 
@@ -1199,6 +1217,58 @@ void job_finish(struct job *job, enum job_result result, const char *result_word
 	if (result == JOB_RESULT_CANCELLED && err && !error_is_set(err))
 		cancelled_error(job, err, "unknown");
 	finish(job, result, result_word, err);
+}
+
+/* What a device does at its next boot with a module that is not whole: without a
+ * valid system part the bootloader stays in DFU mode (is_application_valid() in
+ * Device OS bootloader/src/main.c); an application that fails its checks is not
+ * run and the device runs safe mode.  A YMODEM transfer lands in the OTA region,
+ * validated as a whole before anything is applied (fetch_module() in Device OS
+ * hal/src/nRF52840/ota_module.cpp and hal/src/stm32/ota_module.cpp). */
+static const char *next_boot_with(const struct job_partial *p)
+{
+	if (p->staged)
+		return "the device keeps the firmware it runs: the transfer went into its OTA "
+		       "staging area, which Device OS applies only after a complete, valid "
+		       "transfer";
+	switch (p->function) {
+	case MODULE_FUNCTION_SYSTEM:
+	case MODULE_FUNCTION_MONO:
+		return "the bootloader finds no valid Device OS and stays in DFU mode (blinking "
+		       "yellow)";
+	case MODULE_FUNCTION_USER:
+		return "Device OS finds the application invalid and runs safe mode (breathing "
+		       "magenta)";
+	default:
+		return "the device may not start";
+	}
+}
+
+void job_set_partial(struct job *job, const struct job_partial *p)
+{
+	if (job->ended || p->image >= job->n_images)
+		return;
+	char module[64];
+	snprintf(module, sizeof(module), "%s %u", module_function_phrase(p->function), p->index);
+	json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:s, s:I, s:I, s:s}", "file",
+			      job->names[p->image], "module", module, "module_function",
+			      module_function_name(p->function), "index", p->index, "state",
+			      p->staged	   ? "staged"
+			      : p->erasing ? "partly-erased"
+					   : "partly-written",
+			      "bytes_written", (json_int_t)p->bytes_written, "size",
+			      (json_int_t)p->size, "next_boot", next_boot_with(p));
+	if (!o)
+		return; /* out of memory: the error still says what happened */
+	if (!p->staged) {
+		json_object_set_new(o, "start", json_integer(p->start));
+		json_object_set_new(o, "end", json_integer(p->end));
+		json_object_set_new(o, "address", json_integer(p->address));
+	}
+	if (p->chunk >= 0)
+		json_object_set_new(o, "chunk", json_integer(p->chunk));
+	json_decref(job->partial);
+	job->partial = o;
 }
 
 void job_handoff(struct job *job, const char *transport_name, const char *reason)

@@ -69,9 +69,10 @@ void jobs_register_timeouts(const struct transport_ops *const *transports);
 void jobs_free(struct jobs *jobs);
 void jobs_set_sink(struct jobs *jobs, jobs_sink fn, void *ctx);
 
-/* Creates a job (state queued, no event yet); fails with too-many-jobs.
- * On failure the image references are released. */
-struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error *err);
+/* Creates a job (state queued, no event yet); fails with too-many-jobs (or
+ * out-of-memory).  On failure the image references are released. */
+WARN_UNUSED_RESULT struct job *jobs_create(struct jobs *jobs, struct job_request *req,
+					   struct error *err);
 /* Emits job-queued and lets the scheduler run it (deferred: never re-enters the caller). */
 void jobs_submit(struct jobs *jobs, struct job *job);
 

@@ -27,15 +27,15 @@ struct dfu_leave;
 #define MODE_SWITCH_BAUD_DFU	14400
 
 /* On a port the caller holds (locked): asks for listening mode (9600, then 28800). */
-int mode_switch_listening(struct serial_port *port, struct error *err);
+WARN_UNUSED_RESULT int mode_switch_listening(struct serial_port *port, struct error *err);
 /* On a port the caller holds (locked): asks for DFU mode (14400). */
-int mode_switch_dfu_on_port(struct serial_port *port, struct error *err);
+WARN_UNUSED_RESULT int mode_switch_dfu_on_port(struct serial_port *port, struct error *err);
 /*
  * Opens tty with its lock (lock_dir as serial_port_open(); NULL = /run/lock),
  * sets 14400 baud and closes it: the firmware resets into DFU.  Fails with
  * device-busy naming the holder, permission-denied, device-gone.
  */
-int mode_switch_dfu(const char *tty, const char *lock_dir, struct error *err);
+WARN_UNUSED_RESULT int mode_switch_dfu(const char *tty, const char *lock_dir, struct error *err);
 
 /* Called once, from the loop; the leave may be freed from here.  err NULL = left. */
 typedef void (*dfu_leave_done_fn)(void *ctx, struct error *err);
@@ -45,8 +45,9 @@ typedef void (*dfu_leave_done_fn)(void *ctx, struct error *err);
  * dance, the leave, release.  Uses the libusb context of the DFU transport
  * (made by its init(), transport.h); fails with internal when there is none.
  */
-struct dfu_leave *mode_switch_dfu_leave(struct event_base *base, unsigned busnum, unsigned devnum,
-					const char *devnode, dfu_leave_done_fn done, void *ctx,
-					struct error *err);
+WARN_UNUSED_RESULT struct dfu_leave *mode_switch_dfu_leave(struct event_base *base, unsigned busnum,
+							   unsigned devnum, const char *devnode,
+							   dfu_leave_done_fn done, void *ctx,
+							   struct error *err);
 /* Stops and releases the device (say, once it re-enumerated).  Accepts NULL. */
 void mode_switch_dfu_leave_free(struct dfu_leave *x);

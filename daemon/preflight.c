@@ -1,5 +1,6 @@
 #include "preflight.h"
 
+#include "capability.h"
 #include "osver.h"
 #include "platform.h"
 
@@ -38,16 +39,6 @@ const struct installed_module *preflight_installed(const struct device_facts *de
 	return NULL;
 }
 
-static int facts_os_major(const struct device_facts *dev)
-{
-	int major, minor, patch;
-	if (dev->os_version[0] && osver_parse(dev->os_version, &major, &minor, &patch) == 0)
-		return major;
-	if (dev->system_version)
-		return dev->system_version / 1000;
-	return -1;
-}
-
 static uint32_t serial_ota_length(const struct platform *p)
 {
 	switch (p->mcu) {
@@ -80,14 +71,14 @@ void preflight_rules_serial(const struct device_facts *dev, struct preflight_rul
 	rules->transport = PREFLIGHT_TRANSPORT_SERIAL;
 	rules->transport_name = "serial";
 	const struct platform *p = dev->platform;
-	int major = facts_os_major(dev);
-	if (p && p->mcu == MCU_STM32F103) {
-		rules->why_not = "the Core has no YMODEM listening-mode flashing";
-		return;
-	}
-	if (major >= 6) {
-		/* §0.3: Device OS 6.0.0 removed YMODEM. */
-		rules->why_not = "Device OS 6.0.0 and later removed YMODEM flashing (use DFU)";
+	uint16_t version = capability_version(dev->os_version, dev->system_version);
+	/* capability.c's table: never on the Core; Device OS 6.0.0 removed it (§0.3).
+	 * An unknown platform or version is tried: the device's answer decides. */
+	if (!capability_has(CAPABILITY_YMODEM, p, version, true)) {
+		/* asked without the version: does the platform ever have it? */
+		rules->why_not = capability_has(CAPABILITY_YMODEM, p, 0, true)
+				     ? "Device OS 6.0.0 and later removed YMODEM flashing (use DFU)"
+				     : "the Core has no YMODEM listening-mode flashing";
 		return;
 	}
 	/* On <= 5.x YMODEM goes through the OTA path, which writes every kind
@@ -98,7 +89,7 @@ void preflight_rules_serial(const struct device_facts *dev, struct preflight_rul
 			   FN_BIT(MODULE_FUNCTION_RADIO_STACK);
 	/* Only the Argon and the Tracker have an updatable ESP32 NCP (§5.5);
 	 * elsewhere the device answers -1310 (§4.4). */
-	if (p && (p->id == 12 || p->id == 26))
+	if (capability_has(CAPABILITY_UPDATABLE_NCP, p, version, false))
 		rules->functions |= FN_BIT(MODULE_FUNCTION_NCP);
 	rules->compressed = rules->combined = compressed_ota_supported(dev);
 	rules->encrypted = false;
@@ -599,7 +590,7 @@ int preflight_check(const struct device_facts *dev, const char *device_label,
 	}
 	struct dep_state *st = calloc(1, sizeof(*st));
 	if (!st)
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	const char *label = device_label && *device_label ? device_label : "the port";
 	int r = 0;
 	for (size_t n = 0; n < n_images && r == 0; n++) {

@@ -71,10 +71,10 @@ void preflight_rules_serial(const struct device_facts *dev, struct preflight_rul
  * filled, or -1 with err set (wrong-platform, wrong-slot, image-too-large,
  * image-corrupt, dependency-unmet, not-flashable-here, image-unsupported).
  */
-int preflight_check(const struct device_facts *dev, const char *device_label,
-		    const struct preflight_input *images, size_t n_images,
-		    const struct preflight_rules *rules, bool force, struct preflight_plan *plan,
-		    struct error *err);
+WARN_UNUSED_RESULT int preflight_check(const struct device_facts *dev, const char *device_label,
+				       const struct preflight_input *images, size_t n_images,
+				       const struct preflight_rules *rules, bool force,
+				       struct preflight_plan *plan, struct error *err);
 
 /*
  * Only the dependency ordering: indices into images.  dev (may be NULL) lets
@@ -82,8 +82,9 @@ int preflight_check(const struct device_facts *dev, const char *device_label,
  * nothing, bootloaders go first, then radio stack, NCP, system parts, user
  * parts, then submission order.  File names never matter.
  */
-int preflight_order(const struct device_facts *dev, const struct preflight_input *images,
-		    size_t n_images, size_t *order, struct error *err);
+WARN_UNUSED_RESULT int preflight_order(const struct device_facts *dev,
+				       const struct preflight_input *images, size_t n_images,
+				       size_t *order, struct error *err);
 
 /*
  * flashd's own explanation of why the device would reject this image, for a

@@ -219,8 +219,7 @@ static void do_hello(struct client *c, struct wire_request *req, json_t *reply)
 	(void)req;
 	json_t *transports = json_array();
 	for (const struct transport_ops *const *t = transports_builtin(); *t; t++)
-		if (!transport_is_stub(*t))
-			json_array_append_new(transports, json_string((*t)->name));
+		json_array_append_new(transports, json_string((*t)->name));
 	json_object_set_new(reply, "protocol", json_integer(WIRE_PROTOCOL_VERSION));
 	json_object_set_new(reply, "server", json_string("flashd " FLASHD_VERSION));
 	json_object_set_new(reply, "capabilities",

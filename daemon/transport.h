@@ -28,7 +28,7 @@
  *      boundary, DFU chunk boundary).  The run then calls job_finish() with
  *      JOB_RESULT_CANCELLED (or DONE/FAILED if it was already past the point
  *      of no return).  The core arms a backstop timer (timeout key
- *      "cancel_grace_ms"); if the run has not finished by then the core
+ *      "job_cancel_grace_ms"); if the run has not finished by then the core
  *      finishes the job itself as cancelled and frees the run.
  *   5. If the daemon stops, the core calls free() on every live run and ends
  *      the jobs as interrupted; the transport leaves the device as it is.
@@ -51,10 +51,12 @@
  * Handing a job to another transport (the plan's first write goes over it;
  * serial on Device OS 6.x -> DFU; a plan that continues over another transport
  * after this one's writes): call job_handoff(job, name, reason).  The core frees the current run
- * (deferred), emits a job-progress event with note "handed-to-dfu", and starts the named transport
+ * (deferred), emits a job-progress event with note "handed-to-<name>" ("handed-to-dfu") and
+ * the reason as its message, and starts the named transport
  * on the same job with the current device snapshot, also when the device is absent at that moment
  * (DFU then waits for it to come back).  If no transport of that name is built in, the job fails
- * with not-flashable-here naming the reason.
+ * with not-flashable-here naming the reason; so does a job handed over more than
+ * four times (JOBS_MAX_HANDOFFS in jobs.c: a plan that sends it back and forth).
  *
  * A job with no images and options.dry_run set is a probe (device-info with
  * "probe": true): the transport reads what it can (`s`, `v`, `i`; DFU
@@ -161,9 +163,10 @@ const char *job_image_name(const struct job *job, size_t i); /* client's basenam
 /* The device as the registry knows it now. */
 const struct device_snapshot *job_device(const struct job *job);
 
-/* Transitions the transport may make: SWITCHING_MODE, PREFLIGHT, ERASING,
- * WRITING, REBOOTING, VERIFYING (PREFLIGHT -> SWITCHING_MODE is allowed).
- * Terminal states come only from job_finish(). */
+/* The states the transport may set: SWITCHING_MODE, PREFLIGHT, ERASING,
+ * WRITING, REBOOTING, VERIFYING, in the order its work takes (the next image
+ * goes back to WRITING; PREFLIGHT -> SWITCHING_MODE is allowed); others are
+ * ignored with a warning.  Terminal states come only from job_finish(). */
 void job_set_state(struct job *job, enum job_state state);
 /* Bytes done/total of the current phase; the core computes rate and ETA and
  * rate-limits the job-progress events. */
@@ -185,6 +188,28 @@ void job_set_step(struct job *job, unsigned step, unsigned steps, const char *de
  * transport that takes the job over later plans without it. */
 void job_mark_written(struct job *job, size_t i);
 bool job_image_written(const struct job *job, size_t i);
+/*
+ * Where a write that did not finish stopped, in terms of the job's files: what
+ * the transport wrote (or erased) of one module before a cancel or a failure.
+ * The core turns it into the "partial" object of the job record (job-ended,
+ * flashctl jobs), with what the device does with it at its next boot, so that
+ * clients need not re-read the files to say what the device holds.
+ */
+struct job_partial {
+	size_t image;	     /* job_image() index of the file */
+	uint8_t function;    /* MODULE_FUNCTION_* of the module */
+	uint8_t index;	     /* its index ("system part 1") */
+	bool staged;	     /* written into the OTA staging area (YMODEM), not over the module */
+	bool erasing;	     /* stopped while erasing the module's range: nothing written */
+	uint32_t start, end; /* the range being written or erased (end exclusive); 0, 0 if staged */
+	uint32_t address;    /* the first address not written (erased); 0 if staged */
+	uint64_t bytes_written; /* of size (acknowledged by the device) */
+	uint64_t size;		/* bytes the transport was to write for this file */
+	int chunk;		/* DFU chunk number of address, -1 if none */
+};
+/* Records where the write stopped; call before job_finish().  A later call
+ * replaces it. */
+void job_set_partial(struct job *job, const struct job_partial *p);
 /* New facts about the job's device (platform, id, OS, modules): merged into
  * the registry, emits device-changed. */
 void job_update_facts(struct job *job, const struct device_facts *facts);
@@ -213,7 +238,9 @@ void job_log(const struct job *job, int level, const char *fmt, ...)
  * Transports declare theirs (with defaults) in ops.timeouts; the core
  * registers them before reading the config, rejects unknown keys with a
  * warning and non-numbers with an error.  Keys: lowercase, prefixed with the
- * transport's name, ending in _ms.
+ * name of what owns them ("serial_", "dfu_", "job_" for the core's), ending
+ * in _ms; a transport may declare another's keys when it runs that protocol
+ * too (the DFU transport's verify over serial: CDC_QUERY_TIMEOUT_DEFS).
  */
 struct timeout_def {
 	const char *key;     /* "serial_prompt_ms" */
@@ -234,7 +261,7 @@ struct transport_ops {
 	 * Returns 0, or -1 with err set: the daemon logs it and the transport's
 	 * runs then fail with that reason.  No device I/O here.
 	 */
-	int (*init)(struct event_base *base, struct error *err);
+	int (*init)(struct event_base *base, struct error *err) WARN_UNUSED_RESULT;
 	/* Optional.  Called once at shutdown (jobs_free()), after every run was
 	 * freed: releases what init() made. */
 	void (*exit)(void);
@@ -249,7 +276,7 @@ struct transport_ops {
 	 * start() and the run does not exist for it yet), touch another
 	 * transport's files or devices.
 	 */
-	struct transport_run *(*start)(struct job *job, struct error *err);
+	struct transport_run *(*start)(struct job *job, struct error *err)WARN_UNUSED_RESULT;
 	/* Stop at the next safe point, then job_finish(CANCELLED).  May finish the
 	 * job from inside this call (the core expects it); may not block. */
 	void (*cancel)(struct transport_run *run);
@@ -265,13 +292,10 @@ struct transport_ops {
 };
 
 /*
- * Built-in transports.  A transport library advertises itself through its
- * meson dependency: flashd_serial_dep / flashd_dfu_dep carry
- * compile_args '-DFLASHD_HAVE_SERIAL' / '-DFLASHD_HAVE_DFU' and define
+ * Built-in transports, always linked into flashd and listed in one table
+ * (daemon/transports.c, transports_builtin()):
  *     const struct transport_ops serial_transport;   (daemon/serial/)
  *     const struct transport_ops dfu_transport;      (daemon/dfu/)
- * Without them the core registers a stub of that name whose start() fails
- * with not-flashable-here ("the serial transport is not built in").
  */
 extern const struct transport_ops serial_transport;
 extern const struct transport_ops dfu_transport;

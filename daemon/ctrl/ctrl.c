@@ -457,7 +457,7 @@ static void transfer_failed(struct ctrl *c, enum ctrl_io_status st, const char *
 				error_detail_str(&c->err, "device_os", c->device_os);
 			break;
 		}
-		/* fall through */
+		__attribute__((fallthrough));
 	default:
 		error_set(&c->err, st == CTRL_IO_TIMEOUT ? ERR_TIMED_OUT : ERR_TRANSFER_FAILED,
 			  "control request %s: the %s transfer failed (%s)", name,

@@ -1,5 +1,6 @@
 #include "dfu_preflight.h"
 
+#include "capability.h"
 #include "osver.h"
 #include "platform.h"
 
@@ -460,6 +461,17 @@ static int check_map(const struct dfuse_info *info, const struct platform *p, ui
 	return -1;
 }
 
+/* Whether a 256 KiB-slot application also needs the old 128 KiB slot's first page
+ * erased (CAPABILITY_COMPAT_PAGE_ERASE), asked with the layout's system version and
+ * with the version of the system part the application depends on. */
+static bool compat_page_erase(const struct platform *p, uint16_t layout_version,
+			      const struct image_module *m)
+{
+	return capability_has(CAPABILITY_COMPAT_PAGE_ERASE, p, layout_version, false) ||
+	       (m->deps[0].function == MODULE_FUNCTION_SYSTEM &&
+		capability_has(CAPABILITY_COMPAT_PAGE_ERASE, p, m->deps[0].version, false));
+}
+
 static int check_slot(const struct device_facts *dev, uint16_t layout_version,
 		      const struct dfu_write *w, struct error *err)
 {
@@ -619,6 +631,7 @@ int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 				return -1;
 			w.address = m->start;
 			w.name = pp->steps[i].name;
+			w.job_index = pp->steps[i].job_index;
 			w.function = m->function;
 			w.index = m->index;
 			if (check_map(info, dev->platform, w.address, w.len, err) < 0 ||
@@ -628,21 +641,21 @@ int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 				return -1;
 			}
 			/* §6.2: a 256 KiB-slot application on Device OS ≥ 3.1 leaves the old
-			 * 128 KiB slot's first page erased so the stale app is not picked. */
-			if (dev->platform->mcu == MCU_NRF52840 &&
-			    m->function == MODULE_FUNCTION_USER && m->index == 2 &&
-			    (layout_version >= 3100 || m->deps[0].version >= 3103) &&
+			 * 128 KiB slot's first page erased so the stale app is not picked.
+			 * capability.c says where: the layout the device will run, or, when
+			 * that is unknown, the one the application was built against. */
+			if (m->function == MODULE_FUNCTION_USER && m->index == 2 &&
+			    compat_page_erase(dev->platform, layout_version, m) &&
 			    w.address + w.len <= GEN3_COMPAT_USER_PAGE &&
 			    plan->n_writes + 1 < DFU_WRITE_MAX) {
 				plan->writes[plan->n_writes++] =
-				    (struct dfu_write){0,
-						       GEN3_COMPAT_USER_PAGE,
-						       NULL,
-						       4096,
-						       true,
-						       "invalidate-128k-user-part",
-						       MODULE_FUNCTION_USER,
-						       1};
+				    (struct dfu_write){.address = GEN3_COMPAT_USER_PAGE,
+						       .len = 4096,
+						       .erase_only = true,
+						       .name = "invalidate-128k-user-part",
+						       .function = MODULE_FUNCTION_USER,
+						       .index = 1,
+						       .job_index = pp->steps[i].job_index};
 			}
 			if (plan->n_writes >= DFU_WRITE_MAX)
 				return error_set(err, ERR_INTERNAL, "too many modules in one job");

@@ -95,6 +95,7 @@ struct dfu_write {
 	const char *name;
 	uint8_t function;
 	uint8_t index;
+	size_t job_index; /* job_image() index of the file it comes from */
 };
 
 struct dfu_plan {

@@ -22,6 +22,9 @@
 #include "mode_switch.h"
 #include "transport.h"
 
+#include "capability.h"
+#include "cleanup.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -80,10 +83,52 @@ struct transport_run {
 
 static void step(struct transport_run *r);
 
+/* A run that stops while erasing or writing a file's module leaves it partly
+ * erased or written: say where (job_set_partial()) from the dfuse's position. */
+static void report_partial(struct transport_run *r)
+{
+	if ((r->state != RUN_ERASE && r->state != RUN_WRITE) || !r->dfuse ||
+	    r->write_i >= r->plan.n_writes)
+		return;
+	const struct dfu_write *w = &r->plan.writes[r->write_i];
+	if (w->erase_only) /* the old slot's invalidation page: no file of the job */
+		return;
+	struct dfuse_position pos;
+	dfuse_position(r->dfuse, &pos);
+	/* the position is this write's if it started at its address */
+	bool mine = pos.valid && (pos.erasing ? pos.start <= w->address : pos.start == w->address);
+	struct job_partial p = {
+	    .image = w->job_index,
+	    .function = w->function,
+	    .index = w->index,
+	    .start = w->address,
+	    .end = (uint32_t)(w->address + w->len),
+	    .size = w->len,
+	    .chunk = -1,
+	};
+	if (!mine || pos.erasing) {
+		/* erasing (or erased, the download not started): nothing written yet */
+		if (!mine && r->state == RUN_ERASE)
+			return; /* the erase had not begun */
+		p.erasing = true;
+		p.address = mine ? pos.address : p.end;
+		if (p.address > p.end)
+			p.address = p.end;
+	} else {
+		if (pos.done >= w->len)
+			return; /* the module is whole */
+		p.address = pos.address;
+		p.bytes_written = pos.done;
+		p.chunk = (int)pos.chunk;
+	}
+	job_set_partial(r->job, &p);
+}
+
 static void run_fail(struct transport_run *r, struct error *err)
 {
 	if (r->state == RUN_FINISHED)
 		return;
+	report_partial(r);
 	if (r->dfuse)
 		dfuse_attach_trace(r->dfuse, err);
 	r->state = RUN_FINISHED;
@@ -136,6 +181,12 @@ static int start_op(struct transport_run *r, struct error *err)
 	case RUN_VERIFY:
 		free(r->verify_buf);
 		r->verify_buf = malloc(w->len);
+		if (!r->verify_buf) {
+			error_set(err, ERR_OUT_OF_MEMORY, "out of memory for the read-back of %s",
+				  w->name ? w->name : "the image");
+			error_detail_int(err, "size", (long long)w->len);
+			return -1;
+		}
 		return dfuse_upload(r->dfuse, w->alt, w->address, r->verify_buf, w->len,
 				    on_dfuse_done, r, err);
 	case RUN_LEAVE:
@@ -153,7 +204,7 @@ static int preflight(struct transport_run *r, struct error *err)
 	if (!r->jp)
 		r->jp = malloc(sizeof(*r->jp));
 	if (!r->jp)
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	if (job_plan_make(r->job, PLAN_TRANSPORT_DFU, &r->facts, DEVICE_MODE_DFU,
 			  r->dev.usb_devnode, &rules, r->jp, err) < 0)
 		return -1;
@@ -288,7 +339,7 @@ static void step(struct transport_run *r)
 			job_set_state(r->job, JOB_VERIFYING);
 			break;
 		}
-		/* fallthrough */
+		__attribute__((fallthrough)); /* no read-back: the write is done */
 	case RUN_VERIFY:
 		if (r->state == RUN_VERIFY) {
 			const struct dfu_write *w = &r->plan.writes[r->write_i];
@@ -394,6 +445,11 @@ static void open_device(struct transport_run *r)
 	}
 	struct dfu_io io = usb_dfu_io(r->usb);
 	r->dfuse = dfuse_new(job_event_base(r->job), &io, &desc);
+	if (!r->dfuse) {
+		error_set(&err, ERR_OUT_OF_MEMORY, NULL);
+		run_fail(r, &err);
+		return;
+	}
 	usb_dfu_attach(r->usb, r->dfuse);
 	dfuse_set_progress(r->dfuse, on_progress, r);
 	dfuse_set_notice(r->dfuse, on_notice, r);
@@ -572,12 +628,13 @@ static uint16_t system_version_after(struct transport_run *r)
 	return v;
 }
 
-/* Only Device OS <= 5.x has a listening-mode console (§3: 28800 removed in 6.0.0);
- * an unknown version is tried (silence then means written-not-verified). */
+/* Only Device OS <= 5.x has a listening-mode console (§3: 28800 removed in 6.0.0;
+ * capability.c's table); an unknown version is tried (silence then means
+ * written-not-verified). */
 static bool serial_verifiable(struct transport_run *r)
 {
-	uint16_t v = system_version_after(r);
-	return v == 0 || v < 6000;
+	return capability_has(CAPABILITY_LISTENING_CONSOLE, r->facts.platform,
+			      system_version_after(r), true);
 }
 
 static void add_check(json_t *a, const char *name)
@@ -719,46 +776,49 @@ static bool dfu_can_serve(const struct device_snapshot *dev)
 	return dev->mode == DEVICE_MODE_DFU || dev->tty[0];
 }
 
+static void dfu_free(struct transport_run *r);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct transport_run *, dfu_free)
+
 static struct transport_run *dfu_start(struct job *job, struct error *err)
 {
-	struct transport_run *r = calloc(1, sizeof(*r));
+	_cleanup_(dfu_freep) struct transport_run *r = calloc(1, sizeof(*r));
 	if (!r) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	r->job = job;
 	r->dev = *job_device(job);
 	r->timer = evtimer_new(job_event_base(job), on_timer, r);
+	if (!r->timer) {
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
+		return NULL;
+	}
 	if (job_image_count(job) == 0 && job_options(job)->dry_run &&
 	    r->dev.mode != DEVICE_MODE_DFU) {
 		/* A probe never switches a running device into DFU (transport.h); the
 		 * run ends from the loop, not from start(). */
 		r->state = RUN_PROBE_SKIPPED;
 		arm(r, 0);
-		return r;
+		return TAKE_PTR(r);
 	}
 	if (r->dev.present && r->dev.mode != DEVICE_MODE_DFU && r->dev.tty[0]) {
 		job_set_state(job, JOB_SWITCHING_MODE);
-		if (mode_switch_dfu(r->dev.tty, getenv("FLASHD_LOCK_DIR"), err) < 0) {
-			evtimer_del(r->timer);
-			event_free(r->timer);
-			free(r);
+		if (mode_switch_dfu(r->dev.tty, getenv("FLASHD_LOCK_DIR"), err) < 0)
 			return NULL;
-		}
 		job_note(job, "switching-to-dfu", "set %s to 14400 baud", r->dev.tty);
 		r->state = RUN_SWITCHING;
 		arm(r, timeout_ms("dfu_reenumerate_ms"));
-		return r;
+		return TAKE_PTR(r);
 	}
 	if (!r->dev.present) {
 		/* Handed over while re-enumerating: wait for it. */
 		r->state = RUN_SWITCHING;
 		arm(r, timeout_ms("dfu_reenumerate_ms"));
-		return r;
+		return TAKE_PTR(r);
 	}
 	r->state = RUN_OPENING;
 	arm(r, 0);
-	return r;
+	return TAKE_PTR(r);
 }
 
 static void dfu_cancel(struct transport_run *r)
@@ -834,7 +894,8 @@ static void dfu_device_event(struct transport_run *r, enum device_event ev,
 			if (r->jp->handoff)
 				plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
 			else
-				snprintf(why, sizeof(why), "the plan goes on over %s", r->after_leave);
+				snprintf(why, sizeof(why), "the plan goes on over %s",
+					 r->after_leave);
 			job_handoff(r->job, r->after_leave, why);
 			break;
 		}

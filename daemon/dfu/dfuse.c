@@ -72,6 +72,7 @@ struct dfuse {
 	uint8_t cmd;			/* DfuSe command in flight */
 	uint16_t data_wvalue;		/* wValue of the last data DNLOAD */
 	size_t erase_done, erase_total; /* bytes of erase units */
+	struct dfuse_position last;	/* where the last erase or download ended */
 	bool address_set;		/* the pointer points at address + offset */
 	bool upload_opened, upload_closed, short_read;
 	const uint8_t *wdata;
@@ -374,6 +375,38 @@ static void fail_msg(struct dfuse *s, enum error_code code, const char *reason, 
 	finish(s, -1);
 }
 
+static void position_now(const struct dfuse *s, struct dfuse_position *p)
+{
+	memset(p, 0, sizeof(*p));
+	if (s->op == OP_DOWNLOAD) {
+		p->valid = true;
+		p->start = s->address;
+		p->address = (uint32_t)(s->address + s->offset);
+		p->done = s->offset;
+		p->chunk = s->chunk;
+	} else if (s->op == OP_ERASE) {
+		p->valid = p->erasing = true;
+		p->start = s->cmd_address;
+		if (s->units && s->n_units > 0)
+			p->start = s->units[0].address;
+		p->address = s->cmd_address;
+		if (s->units && s->unit_i < s->n_units)
+			p->address = s->units[s->unit_i].address;
+		else if (s->units && s->n_units > 0) /* every unit erased */
+			p->address = s->units[s->n_units - 1].address +
+				     (uint32_t)s->units[s->n_units - 1].size;
+		p->done = s->erase_done;
+	}
+}
+
+void dfuse_position(const struct dfuse *s, struct dfuse_position *ret)
+{
+	if (s->op == OP_DOWNLOAD || s->op == OP_ERASE)
+		position_now(s, ret);
+	else
+		*ret = s->last;
+}
+
 static void on_defer(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -385,6 +418,8 @@ static void on_defer(evutil_socket_t fd, short what, void *arg)
 	struct error err;
 	error_init(&err);
 	error_move(&err, &s->err);
+	if (s->op == OP_DOWNLOAD || s->op == OP_ERASE)
+		position_now(s, &s->last);
 	s->op = OP_NONE;
 	s->step = STEP_IDLE;
 	s->done = NULL;

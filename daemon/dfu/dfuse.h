@@ -200,6 +200,18 @@ WARN_UNUSED_RESULT int dfuse_download(struct dfuse *s, uint8_t alt, uint32_t add
 WARN_UNUSED_RESULT int dfuse_leave(struct dfuse *s, dfuse_done_fn done, void *userdata,
 				   struct error *err);
 
+/* Where the current erase or download is, or where the last one stopped: what a
+ * transport reports of a write that did not finish (transport.h job_partial). */
+struct dfuse_position {
+	bool valid;	  /* an erase or a download ran (or runs) */
+	bool erasing;	  /* it is (was) an erase */
+	uint32_t start;	  /* where the op started */
+	uint32_t address; /* the next chunk or erase unit not done */
+	size_t done;	  /* bytes written (download) or erased (erase units) */
+	unsigned chunk;	  /* download: chunks acknowledged */
+};
+void dfuse_position(const struct dfuse *s, struct dfuse_position *ret);
+
 const struct dfuse_info *dfuse_get_info(const struct dfuse *s);
 const struct dfu_descriptors *dfuse_get_descriptors(const struct dfuse *s);
 const struct dfuse_stats *dfuse_get_stats(const struct dfuse *s);

@@ -19,7 +19,8 @@
 #include "transport.h"
 #include "ymodem.h"
 
-#include "osver.h"
+#include "capability.h"
+#include "cleanup.h"
 #include "platform.h"
 
 #include <event2/event.h>
@@ -79,6 +80,8 @@ struct transport_run {
 	struct error pending; /* result of the last sub-machine */
 	struct error verdict; /* device-rejected, reported once the device is back */
 	bool sub_done;
+	bool validation_failed; /* the last transfer ended in the device's validation verdict */
+	uint64_t sent_bytes;	/* of the last transfer, acknowledged by the device */
 	char tty[DEVICE_PATH_MAX];
 };
 
@@ -163,7 +166,7 @@ static int start_console(struct transport_run *r, unsigned steps, struct error *
 	struct console_ops ops = {r, on_console_done};
 	r->console = console_new(r->base, r->port->fd, &cfg, &ops);
 	if (!r->console)
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	r->sub_done = false;
 	/* keep what the registry knew (platform from USB ids) under the console's facts */
 	return console_run(r->console, steps, &r->facts, err);
@@ -178,12 +181,17 @@ static int ask_listening(struct transport_run *r, struct error *err)
 	return mode_switch_listening(r->port, err);
 }
 
-static int facts_major(const struct device_facts *f)
+/* The system module version the capability table asks with (capability.h). */
+static uint16_t facts_version(const struct device_facts *f)
 {
-	int a, b, c;
-	if (f->os_version[0] && osver_parse(f->os_version, &a, &b, &c) == 0)
-		return a;
-	return f->system_version ? f->system_version / 1000 : -1;
+	return capability_version(f->os_version, f->system_version);
+}
+
+/* Whether the device has the listening-mode console this transport works
+ * through (Device OS 6.0.0 removed it); an unknown version is tried. */
+static bool has_console(const struct device_facts *f)
+{
+	return capability_has(CAPABILITY_LISTENING_CONSOLE, f->platform, facts_version(f), true);
 }
 
 /* ---- preflight and sending --------------------------------------------------------- */
@@ -198,7 +206,8 @@ static void on_ymodem_progress(void *ctx, uint64_t done, uint64_t total)
 static void on_ymodem_done(void *ctx, const struct ymodem_result *res, struct error *err)
 {
 	struct transport_run *r = ctx;
-	(void)res;
+	r->validation_failed = res->validation_failed;
+	r->sent_bytes = res->bytes_sent;
 	r->sub_done = true;
 	error_clear(&r->pending);
 	if (err)
@@ -220,7 +229,7 @@ static int start_send(struct transport_run *r, struct error *err)
 	r->ymodem = ymodem_new(r->base, r->port->fd, r->port->fd, s->img->data, s->img->len,
 			       s->name, &cfg, &ops);
 	if (!r->ymodem)
-		return error_set(err, ERR_INTERNAL, "out of memory");
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	r->sub_done = false;
 	r->state = RUN_SEND;
 	if (r->jp)
@@ -245,7 +254,7 @@ static void do_preflight(struct transport_run *r)
 	if (!r->jp)
 		r->jp = malloc(sizeof(*r->jp));
 	if (!r->jp) {
-		error_set(&e, ERR_INTERNAL, "out of memory");
+		error_set(&e, ERR_OUT_OF_MEMORY, NULL);
 		fail(r, &e);
 		return;
 	}
@@ -259,7 +268,7 @@ static void do_preflight(struct transport_run *r)
 		/* the plan writes first over another transport (plan.c's table), which
 		 * makes its own checks, also for a dry run */
 		char why[200];
-		if (facts_major(&r->facts) >= 6)
+		if (!has_console(&r->facts))
 			snprintf(why, sizeof(why),
 				 "Device OS %s has no YMODEM flashing (removed in 6.0.0)",
 				 r->facts.os_version[0] ? r->facts.os_version : "6.x");
@@ -277,9 +286,9 @@ static void do_preflight(struct transport_run *r)
 	}
 	if (r->jp->plan.n_writes == 0) {
 		/* every file is installed already: give the device back running */
-		if (r->port && write(r->port->fd, "x", 1) != 1) {
-			/* it may have left listening mode by itself */
-		}
+		/* ignored: a device that left listening mode by itself needs no `x` */
+		if (r->port)
+			(void)!write(r->port->fd, "x", 1);
 		job_set_device_mode(r->job, cdc_query_facts_safe_mode(&r->facts)
 						? DEVICE_MODE_SAFE
 						: DEVICE_MODE_NORMAL);
@@ -297,19 +306,13 @@ static void do_preflight(struct transport_run *r)
 
 /* ---- after a transfer --------------------------------------------------------------- */
 
+/* §4.5 INFERRED: on Gen 3 / P2 with 3.0-5.x a failed or cancelled transfer
+ * leaves the update "running" and the next `f` is refused until reset
+ * (capability.c's table; an unknown platform or version is not reset). */
 static bool device_resettable_after_failure(const struct device_facts *f)
 {
-	/* §4.5 INFERRED: on Gen 3 / P2 with 3.0-5.x a failed or cancelled transfer
-	 * leaves the update "running" and the next `f` is refused until reset. */
-	const struct platform *p = f->platform;
-	return p && (p->mcu == MCU_NRF52840 || p->mcu == MCU_RTL8721D) &&
-	       f->system_version >= 3000 && f->system_version < 6000;
-}
-
-static bool validation_verdict(const struct error *e)
-{
-	json_t *ph = e->detail ? json_object_get(e->detail, "phase") : NULL;
-	return ph && json_string_value(ph) && strcmp(json_string_value(ph), "validation") == 0;
+	return capability_has(CAPABILITY_RESET_AFTER_FAILED_TRANSFER, f->platform, facts_version(f),
+			      false);
 }
 
 static void after_send_failure(struct transport_run *r)
@@ -324,7 +327,7 @@ static void after_send_failure(struct transport_run *r)
 	error_detail_str(e, "file", s->name ? s->name : "");
 	if (r->step > 0 && error_detail_type(e->code, "phase"))
 		error_prefix(e, "image %zu of %zu (%s): ", r->step + 1, r->plan.n_steps, s->name);
-	if (e->code == ERR_DEVICE_REJECTED && r->port && validation_verdict(e)) {
+	if (e->code == ERR_DEVICE_REJECTED && r->port && r->validation_failed) {
 		/* §4.4 step 4: a reset follows a validation failure too.  Report
 		 * once the device is back, so that the next job finds it ready. */
 		error_move(&r->verdict, e);
@@ -336,6 +339,18 @@ static void after_send_failure(struct transport_run *r)
 	}
 	bool broke =
 	    e->code == ERR_TRANSFER_FAILED || e->code == ERR_CANCELLED || e->code == ERR_TIMED_OUT;
+	if ((broke || e->code == ERR_DEVICE_GONE) && r->sent_bytes > 0 &&
+	    r->sent_bytes < s->img->len) {
+		/* the blocks went into the OTA region, not over the module */
+		struct job_partial p = {.image = s->job_index,
+					.function = s->module->function,
+					.index = s->module->index,
+					.staged = true,
+					.bytes_written = r->sent_bytes,
+					.size = s->img->len,
+					.chunk = -1};
+		job_set_partial(r->job, &p);
+	}
 	if (broke && r->port && device_resettable_after_failure(&r->facts)) {
 		struct error be;
 		error_init(&be);
@@ -463,9 +478,9 @@ static void verify_step(struct transport_run *r)
 	}
 	/* leave listening mode: the new firmware runs (§2.3 `x`), in safe mode if a
 	 * module it did not flash is invalid */
-	if (r->port && write(r->port->fd, "x", 1) != 1) {
-		/* the verdict stands even if the device left already */
-	}
+	/* ignored: the verdict stands even if the device left listening mode already */
+	if (r->port)
+		(void)!write(r->port->fd, "x", 1);
 	job_set_device_mode(r->job, cdc_query_facts_safe_mode(&r->facts) ? DEVICE_MODE_SAFE
 									 : DEVICE_MODE_NORMAL);
 	end_run(r, JOB_RESULT_DONE, "verified", NULL);
@@ -561,12 +576,11 @@ static void reset_timeout(struct transport_run *r)
 /* ---- the run's event loop side ------------------------------------------------------- */
 
 /* Silence to `v` is what "not in listening mode" looks like (§3: entering
- * prints nothing; 6.x has no console).  A timeout in a later phase is not. */
-static bool probe_silence(const struct error *e)
+ * prints nothing; 6.x has no console).  A timeout in a later phase is not.
+ * Asked with r->pending a timed-out error of the console's last run. */
+static bool probe_silence(const struct transport_run *r)
 {
-	json_t *phase = e->detail ? json_object_get(e->detail, "phase") : NULL;
-	return !phase ||
-	       strcmp(json_string_value(phase) ? json_string_value(phase) : "", "probe") == 0;
+	return r->console && console_failed_phase(r->console) == CONSOLE_PHASE_PROBE;
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)
@@ -581,7 +595,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	r->sub_done = false;
 	switch (r->state) {
 	case RUN_PROBE:
-		if (r->pending.code == ERR_TIMED_OUT && !probe_silence(&r->pending)) {
+		if (r->pending.code == ERR_TIMED_OUT && !probe_silence(r)) {
 			/* a console answered (claim prompt, `i`, `s`) and then stalled */
 			fail(r, &r->pending);
 			return;
@@ -635,8 +649,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		arm(r, timeout_ms("serial_reenumerate_ms"));
 		return;
 	case RUN_VERIFY:
-		if (r->pending.code == ERR_TIMED_OUT && probe_silence(&r->pending) &&
-		    !r->verify_relisten && r->port) {
+		if (r->pending.code == ERR_TIMED_OUT && probe_silence(r) && !r->verify_relisten &&
+		    r->port) {
 			/* The device may have been busy booting when the first
 			 * SET_LINE_CODING came: change the line coding away and back
 			 * (the device sees only changes, §3) and probe once more. */
@@ -762,7 +776,7 @@ static bool is_probe(const struct job *job)
 static void on_query_done(void *ctx, const struct cdc_query_result *res, struct error *err)
 {
 	struct transport_run *r = ctx;
-	if (err && err->code == ERR_TIMED_OUT && probe_silence(err)) {
+	if (err && res->no_listening_mode) {
 		/* Not an error for a probe: the device has no console to ask. */
 		job_note(r->job, "no-console",
 			 "the device did not answer on its listening-mode console (Device OS 6.x "
@@ -805,16 +819,17 @@ static bool serial_can_serve(const struct device_snapshot *dev)
 {
 	if (dev->mode == DEVICE_MODE_DFU || !dev->tty[0])
 		return false;
-	return facts_major(&dev->facts) < 6 || !transport_find("dfu");
+	return has_console(&dev->facts) || !transport_find("dfu");
 }
 
 static void serial_free(struct transport_run *r);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct transport_run *, serial_free)
 
 static struct transport_run *serial_start(struct job *job, struct error *err)
 {
-	struct transport_run *r = calloc(1, sizeof(*r));
+	_cleanup_(serial_freep) struct transport_run *r = calloc(1, sizeof(*r));
 	if (!r) {
-		error_set(err, ERR_INTERNAL, "out of memory");
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	r->job = job;
@@ -824,20 +839,14 @@ static struct transport_run *serial_start(struct job *job, struct error *err)
 	r->facts = job_device(job)->facts;
 	r->kick = event_new(r->base, -1, 0, on_kick, r);
 	r->timer = evtimer_new(r->base, on_timer, r);
-	if (r->kick && r->timer && is_probe(job)) {
-		if (start_query(r, err) == 0)
-			return r;
-		serial_free(r);
+	if (!r->kick || !r->timer) {
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
-	if (!r->kick || !r->timer || open_port(r, err) < 0) {
-		if (r->kick)
-			event_free(r->kick);
-		if (r->timer)
-			event_free(r->timer);
-		free(r);
+	if (is_probe(job))
+		return start_query(r, err) < 0 ? NULL : TAKE_PTR(r);
+	if (open_port(r, err) < 0)
 		return NULL;
-	}
 	r->state = RUN_PROBE;
 	job_set_state(job, JOB_SWITCHING_MODE);
 	if (job_device(job)->mode != DEVICE_MODE_LISTENING) {
@@ -849,14 +858,9 @@ static struct transport_run *serial_start(struct job *job, struct error *err)
 			r->tried_listen = true;
 		error_clear(&be);
 	}
-	if (start_console(r, CONSOLE_PROBE | CONSOLE_IDENTIFY | CONSOLE_INFO, err) < 0) {
-		release_port(r);
-		event_free(r->kick);
-		event_free(r->timer);
-		free(r);
+	if (start_console(r, CONSOLE_PROBE | CONSOLE_IDENTIFY | CONSOLE_INFO, err) < 0)
 		return NULL;
-	}
-	return r;
+	return TAKE_PTR(r);
 }
 
 static void serial_cancel(struct transport_run *r)

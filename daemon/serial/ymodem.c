@@ -474,6 +474,7 @@ static void verdict_from_text(struct ymodem *y, bool gone)
 		error_detail_int(&e, "device_code", code);
 		error_detail_str(&e, "cause", error_id(cause));
 		error_detail_str(&e, "phase", "validation");
+		y->res.validation_failed = true;
 	} else if (strstr(t, TEXT_NO_YMODEM)) {
 		error_set(&e, ERR_NOT_FLASHABLE_HERE,
 			  "the device runs Device OS 6 or later, which has no YMODEM: \"%s\"", t);
@@ -850,6 +851,7 @@ int ymodem_start(struct ymodem *y, struct error *err)
 	if (event_add(y->rev, NULL) < 0)
 		return error_set(err, ERR_INTERNAL, "cannot watch the port");
 	y->state = YMODEM_PROMPT;
+	y->res.validation_failed = false;
 	arm(y->timer, y->cfg.prompt_ms);
 	if (y->cfg.start == YMODEM_START_COMMAND)
 		send_command(y, 'f');

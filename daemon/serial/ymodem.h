@@ -65,6 +65,11 @@ struct ymodem_result {
 	uint64_t bytes_sent;		   /* file bytes in blocks the receiver acknowledged */
 	unsigned block;			   /* last block number sent (1-based data blocks) */
 	char device_text[YMODEM_TEXT_MAX]; /* the device's words after the transfer */
+	/* The device received the whole file and refused it with "Validation
+	 * failed: <n>" (device-rejected): Device OS schedules a reset after that
+	 * verdict too (system/src/system_update.cpp, system_pending_shutdown()
+	 * after the transfer ends), so the caller waits for the device. */
+	bool validation_failed;
 };
 
 struct ymodem_ops {

@@ -311,6 +311,15 @@ def ctrlc_tests(tap, fc, d, work):
               and isinstance(chunk, int) and chunk > 0
               and address == SYSTEM_BASE + chunk * 4096 < SYSTEM_BASE + size
               and detail.get("bytes_sent") == chunk * 4096, json.dumps(job)[:2000])
+    partial = job.get("partial") or {}
+    tap.check("Ctrl-C while writing: the daemon's job record says where the write stopped",
+              partial.get("state") == "partly-written" and partial.get("module") == "system part 1"
+              and partial.get("file") == os.path.basename(path)
+              and partial.get("start") == SYSTEM_BASE and partial.get("end") == SYSTEM_BASE + size
+              and partial.get("address") == address and partial.get("chunk") == chunk
+              and partial.get("bytes_written") == detail.get("bytes_sent")
+              and partial.get("size") == size and "DFU mode" in partial.get("next_boot", ""),
+              json.dumps(partial))
     m = re.search(r"device left: +(.*?)\n +to recover: +(.*?)\n", text, re.S)
     left, todo = (m.group(1), m.group(2)) if m else ("", "")
     tap.check("Ctrl-C while writing: the advice names the partly written module and where it stopped",

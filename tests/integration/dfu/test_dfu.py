@@ -385,6 +385,13 @@ def test_cancel_stops_between_erase_units():
     check(d.get('phase') == 'erase' and d.get('alt') == 0 and 0x30000 < d.get('address', 0) < 0x30000 + os.path.getsize(sysp),
           'detail %s' % json.dumps(d))
     check(r['elapsed'] - r['cancel']['at'] < 5, 'cancel took %.1f s' % (r['elapsed'] - r['cancel']['at']))
+    # the daemon says what the device holds: system part 1 partly erased, nothing written
+    p = (end.get('record') or {}).get('partial') or {}
+    check(p.get('state') == 'partly-erased' and p.get('module') == 'system part 1'
+          and p.get('start') == 0x30000 and p.get('end') == 0x30000 + os.path.getsize(sysp)
+          and ('before the erase unit at 0x%08x' % p.get('address', 0)) in err.get('message', '')
+          and p.get('bytes_written') == 0
+          and 'DFU mode' in p.get('next_boot', ''), 'partial %s' % json.dumps(p))
     dev = device(doc, 'a1')
     check(dev['received']['dfu_bytes'] == 0 and dev['mode'] == 'dfu', 'device %s %s' % (dev['received'], dev['mode']))
     print('cancelled %.2f s after the request, at 0x%x: %s' % (r['elapsed'] - r['cancel']['at'], d['address'], err['message']))

@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from flashd_harness import (SERIAL_TIMEOUTS, Testbed, catalogue, check,  # noqa: E402
+from flashd_harness import (SERIAL_TIMEOUTS, Testbed, catalogue, check, job_end,  # noqa: E402
                             make_module, run_testbed, run_tests, sim_device, sim_fixture)
 from flashd_harness import expect_done as harness_done, expect_error as harness_error  # noqa: E402
 
@@ -203,10 +203,16 @@ def test_unplug_mid_transfer_is_device_gone():
 
 
 def test_nak_storm_is_transfer_failed():
-    err, _, _, _ = fault_case('nak@block3', 'transfer-failed', concurrent=True)
+    err, res, _, _ = fault_case('nak@block3', 'transfer-failed', concurrent=True)
     det = err.get('detail', {})
     check(det.get('block') == 3 and det.get('bytes_sent') == 2048, 'detail: %s' % det)
     check('NAK' in det.get('reason', ''), 'reason: %s' % det)
+    # the daemon says what the device holds: the blocks went into the OTA area only
+    p = (job_end(res[0]['parallel'][0]).get('record') or {}).get('partial') or {}
+    check(p.get('state') == 'staged' and p.get('bytes_written') == 2048
+          and p.get('size') == os.path.getsize(fixture(PHOTON_APP)) and p.get('index') == 1
+          and p.get('module_function') == 'user' and 'start' not in p
+          and 'keeps the firmware' in p.get('next_boot', ''), 'partial: %s' % json.dumps(p))
 
 
 def test_silence_is_timed_out():

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <zlib.h>
 
 /* ---- fake transport ---------------------------------------------------- */
 
@@ -256,6 +257,36 @@ static struct job *submit(struct fx *fx, const char *key, int wait_ms)
 	return job;
 }
 
+/* A Photon user part of len bytes (prefix at 0x080A0000, 40-byte suffix, CRC-32):
+ * enough for the image cache to take it. */
+static struct image_ref *photon_app(struct fx *fx, size_t len)
+{
+	uint8_t *b = calloc(1, len);
+	assert_non_null(b);
+	for (size_t i = 0; i < len; i++)
+		b[i] = (uint8_t)(i * 13 + 7);
+	const uint32_t start = 0x080A0000, end = start + (uint32_t)len - 4;
+	memset(b, 0, 24);
+	for (int i = 0; i < 4; i++) {
+		b[i] = (uint8_t)(start >> (8 * i));
+		b[4 + i] = (uint8_t)(end >> (8 * i));
+	}
+	b[10] = 6;		     /* module version */
+	b[12] = 6;		     /* platform id: Photon */
+	b[14] = 5;		     /* MODULE_FUNCTION_USER */
+	b[15] = 1;		     /* index */
+	memset(b + len - 44, 0, 40); /* suffix */
+	b[len - 6] = 40;	     /* suffix size */
+	uint32_t crc = (uint32_t)crc32(0L, b, (uInt)(len - 4));
+	for (int i = 0; i < 4; i++)
+		b[len - 1 - i] = (uint8_t)(crc >> (8 * i)); /* big-endian */
+	struct image_ref *ref = NULL;
+	struct error err;
+	error_init(&err);
+	assert_int_equal(image_cache_load_buffer(fx->images, b, len, "app.bin", &ref, &err), 0);
+	return ref;
+}
+
 /* Events of one job with the given name. */
 static size_t count_events(struct fx *fx, struct job *job, const char *name)
 {
@@ -396,6 +427,56 @@ static void test_failed_job_carries_the_transport_error(void **state)
 	job_finish(job, JOB_RESULT_DONE, "verified", NULL);
 	spin(fx);
 	assert_int_equal(count_events(fx, job, "job-ended"), 1);
+	fx_free(fx);
+}
+
+/* The transport says where an unfinished write stopped; the job record of job-ended
+ * carries it with what the device does at its next boot (flashctl renders it). */
+static void test_partial_write_is_described_in_the_job_record(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct job_request jr;
+	struct error err;
+	memset(&jr, 0, sizeof(jr));
+	error_init(&err);
+	jr.target = WIRE_TARGET_DEVICE;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
+	jr.device = registry_find_key(fx->reg, PHOTON_ID);
+	jr.images[0] = photon_app(fx, 8192);
+	snprintf(jr.names[0], sizeof(jr.names[0]), "app.bin");
+	jr.n_images = 1;
+	jr.uid = 1000;
+	struct job *job = jobs_create(fx->jobs, &jr, &err);
+	assert_non_null(job);
+	jobs_submit(fx->jobs, job);
+	spin(fx);
+	job_set_state(job, JOB_WRITING);
+	struct job_partial p = {.image = 0,
+				.function = MODULE_FUNCTION_USER,
+				.index = 1,
+				.start = 0x080A0000,
+				.end = 0x080A2000,
+				.address = 0x080A1000,
+				.bytes_written = 4096,
+				.size = 8192,
+				.chunk = 2};
+	job_set_partial(job, &p);
+	error_set(&err, ERR_CANCELLED, "cancelled during download");
+	job_finish(job, JOB_RESULT_CANCELLED, NULL, &err);
+	spin(fx);
+	json_t *partial =
+	    json_object_get(json_object_get(last_ended(fx, job), "record"), "partial");
+	assert_non_null(partial);
+	assert_string_equal(json_string_value(json_object_get(partial, "file")), "app.bin");
+	assert_string_equal(json_string_value(json_object_get(partial, "module")), "application 1");
+	assert_string_equal(json_string_value(json_object_get(partial, "state")), "partly-written");
+	assert_int_equal(json_integer_value(json_object_get(partial, "address")), 0x080A1000);
+	assert_int_equal(json_integer_value(json_object_get(partial, "bytes_written")), 4096);
+	assert_int_equal(json_integer_value(json_object_get(partial, "chunk")), 2);
+	assert_non_null(
+	    strstr(json_string_value(json_object_get(partial, "next_boot")), "safe mode"));
 	fx_free(fx);
 }
 
@@ -829,6 +910,7 @@ int main(void)
 	    cmocka_unit_test(test_job_runs_through_every_transport_state_to_done),
 	    cmocka_unit_test(test_progress_reports_bytes_percent_and_rate),
 	    cmocka_unit_test(test_failed_job_carries_the_transport_error),
+	    cmocka_unit_test(test_partial_write_is_described_in_the_job_record),
 	    cmocka_unit_test(test_transport_that_cannot_start_fails_the_job),
 	    cmocka_unit_test(test_device_no_transport_serves_is_not_flashable_here),
 	    cmocka_unit_test(test_job_whose_device_never_appears_times_out),

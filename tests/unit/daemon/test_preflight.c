@@ -352,6 +352,41 @@ static void test_serial_rules_follow_device_os(void **state)
 	image_free(img);
 }
 
+/* The YMODEM and NCP answers come from proto/capability's table: the Core never,
+ * 6.x no longer, an unknown platform or version is tried, the NCP only where known. */
+static void test_serial_rules_ask_the_capability_table(void **state)
+{
+	(void)state;
+	struct device_facts dev;
+	struct preflight_rules r;
+	fixture_facts(&dev, "core", "1.5.2", NULL, 0);
+	assert_non_null(dev.platform);
+	preflight_rules_serial(&dev, &r);
+	assert_int_equal(r.functions, 0);
+	assert_non_null(strstr(r.why_not, "Core"));
+
+	fixture_facts(&dev, "photon", "6.2.0", NULL, 0);
+	dev.system_version = 0; /* the release string alone decides */
+	preflight_rules_serial(&dev, &r);
+	assert_int_equal(r.functions, 0);
+	assert_non_null(strstr(r.why_not, "6.0.0"));
+
+	fixture_facts(&dev, "argon", "", NULL, 0); /* version unknown: tried */
+	preflight_rules_serial(&dev, &r);
+	assert_true(r.functions & (1u << MODULE_FUNCTION_USER));
+	assert_true(r.functions & (1u << MODULE_FUNCTION_NCP));
+
+	fixture_facts(&dev, "tracker", "5.9.0", NULL, 0);
+	preflight_rules_serial(&dev, &r);
+	assert_true(r.functions & (1u << MODULE_FUNCTION_NCP));
+
+	fixture_facts(&dev, "argon", "5.9.0", NULL, 0);
+	dev.platform = NULL; /* platform unknown: tried, but no NCP */
+	preflight_rules_serial(&dev, &r);
+	assert_true(r.functions & (1u << MODULE_FUNCTION_USER));
+	assert_false(r.functions & (1u << MODULE_FUNCTION_NCP));
+}
+
 static void test_compressed_module_refused_where_bootloader_cannot_inflate(void **state)
 {
 	(void)state;
@@ -416,6 +451,7 @@ int main(void)
 	    cmocka_unit_test(test_256k_user_part_on_pre_3_1_layout_is_wrong_slot),
 	    cmocka_unit_test(test_boron_app_on_argon_passes_only_with_force),
 	    cmocka_unit_test(test_serial_rules_follow_device_os),
+	    cmocka_unit_test(test_serial_rules_ask_the_capability_table),
 	    cmocka_unit_test(test_compressed_module_refused_where_bootloader_cannot_inflate),
 	    cmocka_unit_test(test_unknown_installed_modules_skip_dependency_check),
 	};

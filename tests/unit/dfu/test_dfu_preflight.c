@@ -360,6 +360,42 @@ static void test_3_1_app_on_4_x_device_also_erases_the_0xd4000_page(void **state
 	image_free(app);
 }
 
+/* Plans the 256 KiB app for an Argon on system_version (0 = unknown), the app
+ * depending on system part 1 of dep_version; returns whether the 0xD4000 page is erased. */
+static bool erases_compat_page(uint16_t system_version, uint16_t dep_version)
+{
+	struct image *app = fake_app_256k(0x3000);
+	app->modules[0].deps[0].version = dep_version;
+	struct dfuse_info info;
+	struct device_facts facts = {0};
+	struct dfu_plan plan;
+	struct error err;
+	error_init(&err);
+	info_with_map(&info, GEN3_MAP);
+	facts.platform = platform_by_id(12);
+	facts.system_version = system_version;
+	assert_int_equal(plan_for(&facts, true, &info, app, false, &plan, &err), 0);
+	bool erased_page = false;
+	for (unsigned i = 0; i < plan.n_writes; i++)
+		erased_page |= plan.writes[i].erase_only && plan.writes[i].address == 0xD4000;
+	image_free(app);
+	return erased_page;
+}
+
+/* CAPABILITY_COMPAT_PAGE_ERASE: from the 3.1.0 layout (system 3100, 3.1.0-alpha.1;
+ * 3.1.0 itself ships 3103), asked with the device's layout or, unknown, with the
+ * application's dependency. */
+static void test_compat_page_erase_follows_the_layout_or_the_apps_dependency(void **state)
+{
+	(void)state;
+	assert_true(erases_compat_page(3103, 3103)); /* 3.1.0 */
+	assert_true(erases_compat_page(3100, 3100)); /* 3.1.0-alpha.1: the new layout */
+	assert_true(erases_compat_page(6200, 3103));
+	assert_true(erases_compat_page(0, 3103)); /* device unknown: the app was built for 3.1.0 */
+	assert_true(erases_compat_page(0, 4003));
+	assert_false(erases_compat_page(0, 0)); /* neither known: nothing erased */
+}
+
 static void test_photon_user_part_is_one_write_at_its_prefix_address(void **state)
 {
 	(void)state;
@@ -655,6 +691,7 @@ int main(void)
 	    cmocka_unit_test(test_erased_gen3_device_has_unknown_layout_and_app_is_refused),
 	    cmocka_unit_test(test_3_1_argon_app_on_1_5_argon_is_refused_even_with_force),
 	    cmocka_unit_test(test_3_1_app_on_4_x_device_also_erases_the_0xd4000_page),
+	    cmocka_unit_test(test_compat_page_erase_follows_the_layout_or_the_apps_dependency),
 	    cmocka_unit_test(test_photon_user_part_is_one_write_at_its_prefix_address),
 	    cmocka_unit_test(test_bootloader_is_not_flashable_over_dfu_with_serial_hint),
 	    cmocka_unit_test(test_radio_stack_is_written_without_its_prefix),

@@ -39,22 +39,21 @@ static long long detail_int(const struct error *e, const char *key)
 	return json_integer_value(json_object_get(e->detail, key));
 }
 
-/* Parses and expects the error code; returns the error (caller clears) and
- * frees any returned bundle after checking *ret is set only if allowed. */
-static struct error expect_error(const uint8_t *zip, size_t len, enum error_code code,
-				 bool returns_bundle)
+/* Parses and expects the error code in *err (initialised here; the caller
+ * clears it) and frees any returned bundle after checking *ret is set only if
+ * allowed. */
+static void expect_error(const uint8_t *zip, size_t len, enum error_code code, bool returns_bundle,
+			 struct error *err)
 {
 	struct bundle *b = NULL;
-	struct error err;
-	error_init(&err);
-	assert_int_equal(bundle_parse(zip, len, &b, &err), -1);
-	if (err.code != code)
-		fail_msg("expected %s, got %s: %s", error_id(code), error_id(err.code),
-			 err.message);
+	error_init(err);
+	assert_int_equal(bundle_parse(zip, len, &b, err), -1);
+	if (err->code != code)
+		fail_msg("expected %s, got %s: %s", error_id(code), error_id(err->code),
+			 err->message);
 	assert_true(returns_bundle ? b != NULL : b == NULL);
-	assert_true(err.message[0] != '\0');
+	assert_true(err->message[0] != '\0');
 	bundle_free(b);
-	return err;
 }
 
 static const uint8_t logo[] = "\x89PNG\r\n\x1a\n a small logo";
@@ -178,7 +177,8 @@ static void test_missing_asset_is_named(void **state)
 	uint8_t *app = restamp_p2(assets, 2, &app_len);
 	struct blob e[] = {{APP_NAME, app, app_len}, {"assets/logo.png", logo, sizeof(logo)}};
 	uint8_t *zip = make_zip(e, 2, DEFLATE, &zip_len);
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_ASSET_MISMATCH, true);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_ASSET_MISMATCH, true, &err);
 	assert_string_equal(detail_str(&err, "problem"), "missing");
 	assert_string_equal(detail_str(&err, "asset"), "sound.raw");
 	assert_non_null(strstr(err.message, "sound.raw"));
@@ -194,7 +194,8 @@ static void test_extra_asset_is_named(void **state)
 	uint8_t *app = read_fixture(P2_APP, &app_len);
 	struct blob e[] = {{APP_NAME, app, app_len}, {"assets/logo.png", logo, sizeof(logo)}};
 	uint8_t *zip = make_zip(e, 2, DEFLATE, &zip_len);
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_ASSET_MISMATCH, true);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_ASSET_MISMATCH, true, &err);
 	assert_string_equal(detail_str(&err, "problem"), "extra");
 	assert_string_equal(detail_str(&err, "asset"), "logo.png");
 	error_clear(&err);
@@ -211,7 +212,8 @@ static void test_changed_asset_is_a_hash_mismatch(void **state)
 	static const uint8_t other[] = "\x89PNG\r\n\x1a\n another logo";
 	struct blob e[] = {{APP_NAME, app, app_len}, {"assets/logo.png", other, sizeof(other)}};
 	uint8_t *zip = make_zip(e, 2, DEFLATE, &zip_len);
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_ASSET_MISMATCH, true);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_ASSET_MISMATCH, true, &err);
 	assert_string_equal(detail_str(&err, "problem"), "hash-mismatch");
 	uint8_t sha[32];
 	char hex[65];
@@ -232,7 +234,8 @@ static void test_damaged_application_is_image_corrupt_and_described(void **state
 	app[app_len / 2] ^= 0xff;
 	struct blob e[] = {{APP_NAME, app, app_len}};
 	uint8_t *zip = make_zip(e, 1, DEFLATE, &zip_len);
-	struct error err = expect_error(zip, zip_len, ERR_IMAGE_CORRUPT, true);
+	struct error err;
+	expect_error(zip, zip_len, ERR_IMAGE_CORRUPT, true, &err);
 	assert_non_null(strstr(err.message, APP_NAME));
 	error_clear(&err);
 	free(zip);
@@ -250,7 +253,8 @@ static void test_zip_bomb_is_refused_before_inflating(void **state)
 	struct blob e[] = {{APP_NAME, app, app_len}, {"assets/bomb.raw", bomb, bomb_len}};
 	uint8_t *zip = make_zip(e, 2, DEFLATE, &zip_len);
 	free(bomb);
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_COMPRESSION_RATIO, false);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_COMPRESSION_RATIO, false, &err);
 	assert_string_equal(detail_str(&err, "entry"), "assets/bomb.raw");
 	assert_int_equal(detail_int(&err, "uncompressed"), (long long)bomb_len);
 	assert_int_equal(detail_int(&err, "limit"), BUNDLE_RATIO_MAX);
@@ -287,7 +291,8 @@ static void test_forged_sizes_over_64_mib_are_refused_from_the_directory(void **
 	find_headers(zip, zip_len, "assets/big.raw", &local, &central);
 	put32(zip + local + 22, 0x7fffffffu);	/* uncompressed size, local header */
 	put32(zip + central + 24, 0x7fffffffu); /* ... and central directory */
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_TOO_LARGE, false);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_TOO_LARGE, false, &err);
 	assert_int_equal(detail_int(&err, "limit"), BUNDLE_TOTAL_MAX);
 	assert_string_equal(detail_str(&err, "entry"), "assets/big.raw");
 	error_clear(&err);
@@ -306,7 +311,8 @@ static void test_dotdot_entry_is_an_unsafe_name(void **state)
 		size_t zip_len;
 		struct blob e[] = {{APP_NAME, app, app_len}, {names[i], logo, sizeof(logo)}};
 		uint8_t *zip = make_zip(e, 2, DEFLATE, &zip_len);
-		struct error err = expect_error(zip, zip_len, ERR_BUNDLE_UNSAFE_NAME, false);
+		struct error err;
+		expect_error(zip, zip_len, ERR_BUNDLE_UNSAFE_NAME, false, &err);
 		assert_string_equal(detail_str(&err, "entry"), names[i]);
 		assert_non_null(strstr(detail_str(&err, "reason"), ".."));
 		error_clear(&err);
@@ -325,7 +331,8 @@ static void test_absolute_entry_is_an_unsafe_name(void **state)
 		size_t zip_len;
 		struct blob e[] = {{APP_NAME, app, app_len}, {names[i], logo, sizeof(logo)}};
 		uint8_t *zip = make_zip(e, 2, DEFLATE, &zip_len);
-		struct error err = expect_error(zip, zip_len, ERR_BUNDLE_UNSAFE_NAME, false);
+		struct error err;
+		expect_error(zip, zip_len, ERR_BUNDLE_UNSAFE_NAME, false, &err);
 		assert_non_null(strstr(detail_str(&err, "reason"), "absolute"));
 		error_clear(&err);
 		free(zip);
@@ -346,7 +353,8 @@ static void test_escape_bytes_never_reach_a_terminal_and_long_names_are_unsafe(v
 	size_t local, central;
 	find_headers(zip, zip_len, "assets/Xred", &local, &central);
 	zip[local + 30 + 7] = zip[central + 46 + 7] = 0x1b;
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_ASSET_MISMATCH, true);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_ASSET_MISMATCH, true, &err);
 	for (const char *c = err.message; *c; c++)
 		assert_true((unsigned char)*c >= 0x20);
 	assert_non_null(strstr(err.message, "\xe2\x86\x90red")); /* U+2190 */
@@ -359,7 +367,7 @@ static void test_escape_bytes_never_reach_a_terminal_and_long_names_are_unsafe(v
 	longname[sizeof(longname) - 1] = '\0';
 	struct blob e2[] = {{APP_NAME, app, app_len}, {longname, logo, sizeof(logo)}};
 	zip = make_zip(e2, 2, DEFLATE, &zip_len);
-	err = expect_error(zip, zip_len, ERR_BUNDLE_UNSAFE_NAME, false);
+	expect_error(zip, zip_len, ERR_BUNDLE_UNSAFE_NAME, false, &err);
 	assert_non_null(strstr(err.message, "longer than 256"));
 	error_clear(&err);
 	free(zip);
@@ -374,7 +382,8 @@ static void test_bad_utf8_name_gives_an_error_json_can_carry(void **state)
 	size_t zip_len;
 	struct blob e[] = {{":t\x7f\xc1\x80\xdc\x86s", (const uint8_t *)"ss", 2}};
 	uint8_t *zip = make_zip(e, 1, STORE | FLAG_UTF8, &zip_len);
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_UNSAFE_NAME, false);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_UNSAFE_NAME, false, &err);
 	json_t *j = error_to_json(&err);
 	assert_non_null(j);
 	assert_non_null(json_object_get(json_object_get(j, "detail"), "entry"));
@@ -398,7 +407,8 @@ static void test_a_name_twice_is_corrupt(void **state)
 	zip[local + 30 + 8] = '1';
 	zip[central + 46 + 8] = '1';
 	/* libzip itself refuses the directory (ZIP_ER_EXISTS); bundle.c checks it again. */
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_CORRUPT, false);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_CORRUPT, false, &err);
 	assert_non_null(strstr(detail_str(&err, "reason"), "same name"));
 	error_clear(&err);
 	free(zip);
@@ -415,7 +425,8 @@ static void test_zip_without_firmware_lists_its_entries(void **state)
 			   {"assets/logo.png", logo, sizeof(logo)},
 			   {"README.md", (const uint8_t *)"hi", 2}};
 	uint8_t *zip = make_zip(e, 3, DEFLATE, &zip_len);
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_NO_APPLICATION, false);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_NO_APPLICATION, false, &err);
 	json_t *entries = json_object_get(err.detail, "entries");
 	assert_int_equal(json_array_size(entries), 3);
 	assert_string_equal(json_string_value(json_array_get(entries, 0)), "project/" APP_NAME);
@@ -431,7 +442,8 @@ static void test_two_firmware_files_are_refused(void **state)
 	uint8_t *app = read_fixture(P2_APP, &app_len);
 	struct blob e[] = {{"a.bin", app, app_len}, {"b.bin", app, app_len}};
 	uint8_t *zip = make_zip(e, 2, DEFLATE, &zip_len);
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_SEVERAL_APPLICATIONS, false);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_SEVERAL_APPLICATIONS, false, &err);
 	assert_int_equal(json_array_size(json_object_get(err.detail, "applications")), 2);
 	error_clear(&err);
 	free(zip);
@@ -450,14 +462,15 @@ static void test_too_many_entries_are_refused(void **state)
 	}
 	size_t zip_len;
 	uint8_t *zip = make_zip(e, N, DEFLATE, &zip_len);
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_TOO_MANY_ENTRIES, false);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_TOO_MANY_ENTRIES, false, &err);
 	assert_int_equal(detail_int(&err, "entries"), N);
 	assert_int_equal(detail_int(&err, "limit"), BUNDLE_MAX_ENTRIES);
 	error_clear(&err);
 	free(zip);
 	/* 64 is allowed (and then the missing firmware is what fails). */
 	zip = make_zip(e, N - 1, DEFLATE, &zip_len);
-	err = expect_error(zip, zip_len, ERR_BUNDLE_NO_APPLICATION, false);
+	expect_error(zip, zip_len, ERR_BUNDLE_NO_APPLICATION, false, &err);
 	error_clear(&err);
 	free(zip);
 }
@@ -493,7 +506,8 @@ static void test_crc_error_in_a_stored_entry_is_corrupt(void **state)
 	uint8_t *at = memmem(zip, zip_len, "a small logo", 12);
 	assert_non_null(at);
 	at[2] ^= 0x20;
-	struct error err = expect_error(zip, zip_len, ERR_BUNDLE_CORRUPT, false);
+	struct error err;
+	expect_error(zip, zip_len, ERR_BUNDLE_CORRUPT, false, &err);
 	assert_string_equal(detail_str(&err, "entry"), "assets/logo.png");
 	assert_int_equal(detail_int(&err, "zip_error"), ZIP_ER_CRC);
 	assert_non_null(strstr(err.message, "CRC"));
@@ -506,9 +520,10 @@ static void test_garbage_and_empty_input_are_corrupt(void **state)
 {
 	(void)state;
 	static const uint8_t garbage[] = "PK\3\4 this is not really a zip file at all";
-	struct error err = expect_error(garbage, sizeof(garbage), ERR_BUNDLE_CORRUPT, false);
+	struct error err;
+	expect_error(garbage, sizeof(garbage), ERR_BUNDLE_CORRUPT, false, &err);
 	error_clear(&err);
-	err = expect_error(garbage, 0, ERR_BUNDLE_CORRUPT, false);
+	expect_error(garbage, 0, ERR_BUNDLE_CORRUPT, false, &err);
 	error_clear(&err);
 	assert_false(bundle_is_zip(garbage + 4, sizeof(garbage) - 4));
 	assert_false(bundle_is_zip(garbage, 3));
@@ -520,7 +535,8 @@ static void test_empty_zip_has_no_application(void **state)
 	/* An empty zip is its end-of-central-directory record alone. */
 	static const uint8_t eocd[22] = {'P', 'K', 5, 6};
 	assert_true(bundle_is_zip(eocd, sizeof(eocd)));
-	struct error err = expect_error(eocd, sizeof(eocd), ERR_BUNDLE_NO_APPLICATION, false);
+	struct error err;
+	expect_error(eocd, sizeof(eocd), ERR_BUNDLE_NO_APPLICATION, false, &err);
 	error_clear(&err);
 }
 

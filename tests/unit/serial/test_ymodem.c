@@ -308,6 +308,7 @@ static void test_successful_transfer_delivers_every_byte_and_reads_the_success_t
 	assert_true(p.received_len >= sizeof(image));
 	assert_memory_equal(p.received, image, sizeof(image));
 	assert_non_null(strstr(o.res.device_text, "Downloaded file successfully!"));
+	assert_false(o.res.validation_failed);
 	assert_int_equal(p.final_headers, 1);
 }
 
@@ -323,6 +324,7 @@ static void test_mask_verdict_of_1_5_x_decodes_to_wrong_platform(void **state)
 	assert_string_equal(dstr(&o.err, "cause"), "wrong-platform");
 	assert_string_equal(dstr(&o.err, "device_text"), "Validation failed: 0x10");
 	assert_int_equal(o.res.bytes_sent, 3000); /* the whole file went over */
+	assert_true(o.res.validation_failed);	  /* the device resets after this verdict */
 	error_clear(&o.err);
 }
 
@@ -355,6 +357,7 @@ static void test_header_refusal_reports_every_possible_cause(void **state)
 	assert_non_null(strstr(o.err.message, "disabled updates"));
 	assert_non_null(strstr(o.err.message, "in progress"));
 	assert_int_equal(o.res.bytes_sent, 0);
+	assert_false(o.res.validation_failed); /* refused before any block: no reset */
 	error_clear(&o.err);
 }
 
