@@ -60,6 +60,8 @@ static size_t make_module(uint8_t *out, uint16_t version)
 }
 
 static void write_file(const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void write_file(const char *path, const char *fmt, ...)
 {
 	FILE *f = fopen(path, "w");
 	assert_non_null(f);
