@@ -380,17 +380,8 @@ def inside(flashd, fc, work):
         x = rows[0] if rows else {}
         refused = x.get("error") == "dependency-unmet" and x.get("bytes_written") == 0 and \
             x.get("error_message")
-        if refused or x.get("error") != "booted-invalid":
-            tap.check("a rule needing a newer bootloader: refused before the first byte, the "
-                      "history says why", refused, rows)
-        else:
-            # Until the job planner checks every module's dependencies against the
-            # device before the first byte, the device is the one that refuses them
-            # (booted-invalid, after the write): expected to fail for now.
-            tap.n += 1
-            print("not ok %d - a rule needing a newer bootloader: refused before the first "
-                  "byte # TODO the job planner checks dependencies before writing (the device "
-                  "refused them after the write: booted-invalid)" % tap.n, flush=True)
+        tap.check("a rule needing a newer bootloader: refused before the first byte, the "
+                  "history says why", refused, rows)
         tap.check("... and the failure hook ran for it",
                   wait_for(lambda: x.get("job") in lines_of(fail_log), 20), lines_of(fail_log))
 
