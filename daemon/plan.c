@@ -1,5 +1,6 @@
 #include "plan.h"
 
+#include "capability.h"
 #include "osver.h"
 #include "platform.h"
 
@@ -20,6 +21,8 @@ const char *plan_transport_name(enum plan_transport t)
 		return "serial";
 	case PLAN_TRANSPORT_DFU:
 		return "dfu";
+	case PLAN_TRANSPORT_CTRL:
+		return "ctrl";
 	case PLAN_TRANSPORT_COUNT:
 		break;
 	}
@@ -28,7 +31,9 @@ const char *plan_transport_name(enum plan_transport t)
 
 enum device_mode plan_transport_mode(enum plan_transport t)
 {
-	return t == PLAN_TRANSPORT_DFU ? DEVICE_MODE_DFU : DEVICE_MODE_LISTENING;
+	return t == PLAN_TRANSPORT_DFU	  ? DEVICE_MODE_DFU
+	       : t == PLAN_TRANSPORT_CTRL ? DEVICE_MODE_NORMAL
+					  : DEVICE_MODE_LISTENING;
 }
 
 static const char *mode_word(enum device_mode m)
@@ -649,6 +654,20 @@ static int current_transport(const struct device_facts *facts, enum device_mode 
 	return PLAN_TRANSPORT_SERIAL;
 }
 
+/*
+ * Who reads the verdict after the last reboot: the listening-mode console
+ * (`s`) where the Device OS the device then runs has one, else module info by
+ * control request where it answers them (Device OS 6.x).
+ */
+static enum plan_transport verifier(const struct platform *p, uint16_t sysver, uint32_t built)
+{
+	if ((built & T_BIT(PLAN_TRANSPORT_CTRL)) &&
+	    !capability_has(CAPABILITY_LISTENING_CONSOLE, p, sysver, true) &&
+	    capability_has(CAPABILITY_CONTROL_REQUESTS, p, sysver, false))
+		return PLAN_TRANSPORT_CTRL;
+	return PLAN_TRANSPORT_SERIAL;
+}
+
 static int no_writer(const struct plan_input *in, const struct image_module *m,
 		     const struct device_facts *facts, struct error *err)
 {
@@ -854,7 +873,7 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 								  .how = "DFU leave",
 								  .estimate_ms = 5000});
 			add_step(plan, (struct plan_step){.kind = PLAN_STEP_VERIFY,
-							  .transport = PLAN_TRANSPORT_SERIAL,
+							  .transport = verifier(p, sysver, built),
 							  .estimate_ms = 2000});
 		}
 	}
@@ -892,13 +911,17 @@ void plan_step_describe(const struct plan_step *s, char *buf, size_t size)
 	case PLAN_STEP_WRITE:
 		step_module_words(s, words, sizeof(words));
 		snprintf(buf, size, "writing %s over %s", words,
-			 s->transport == PLAN_TRANSPORT_DFU ? "DFU" : "serial");
+			 s->transport == PLAN_TRANSPORT_DFU    ? "DFU"
+			 : s->transport == PLAN_TRANSPORT_CTRL ? "control requests"
+							       : "serial");
 		return;
 	case PLAN_STEP_REBOOT:
 		snprintf(buf, size, "rebooting (%s)", s->how ? s->how : "reset");
 		return;
 	case PLAN_STEP_VERIFY:
-		snprintf(buf, size, "verifying every module the device reports");
+		snprintf(buf, size, "verifying every module the device reports%s",
+			 s->transport == PLAN_TRANSPORT_CTRL ? " (module info by control request)"
+							     : "");
 		return;
 	}
 	buf[0] = '\0';
@@ -955,7 +978,8 @@ json_t *plan_to_json(const struct plan *plan)
 			json_object_set_new(j, "to", json_string(mode_word(s->to)));
 			json_object_set_new(j, "how", json_string(s->how));
 		}
-		if (s->kind == PLAN_STEP_WRITE || s->kind == PLAN_STEP_SWITCH)
+		if (s->kind == PLAN_STEP_WRITE || s->kind == PLAN_STEP_SWITCH ||
+		    s->kind == PLAN_STEP_VERIFY)
 			json_object_set_new(j, "transport",
 					    json_string(plan_transport_name(s->transport)));
 		if (s->kind == PLAN_STEP_REBOOT && s->how)

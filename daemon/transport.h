@@ -275,6 +275,9 @@ struct transport_ops {
  */
 extern const struct transport_ops serial_transport;
 extern const struct transport_ops dfu_transport;
+/* USB control requests to a running device (daemon/ctrl/, -DFLASHD_HAVE_CTRL); no stub:
+ * without it, nothing is handed to "ctrl" (transport_find() returns NULL). */
+extern const struct transport_ops ctrl_transport;
 
 /* The registered transport of that name, or NULL. */
 const struct transport_ops *transport_find(const char *name);

@@ -72,9 +72,19 @@ const struct transport_ops *const *transports_builtin(void)
 	/* Real transports before stubs, so that a stub never shadows a transport
 	 * that can serve the device (DFU also switches CDC devices with 14400 baud). */
 #if defined(FLASHD_HAVE_DFU) && !defined(FLASHD_HAVE_SERIAL)
-	static const struct transport_ops *const list[] = {&dfu_transport, &serial_transport, NULL};
+	static const struct transport_ops *const list[] = {
+#ifdef FLASHD_HAVE_CTRL
+	    &ctrl_transport,
+#endif
+	    &dfu_transport, &serial_transport, NULL};
 #else
-	static const struct transport_ops *const list[] = {&serial_transport, &dfu_transport, NULL};
+	/* ctrl before DFU: a running device known to be on Device OS 6.x is read by
+	 * control request (and handed to DFU by the plan), not switched blindly. */
+	static const struct transport_ops *const list[] = {&serial_transport,
+#ifdef FLASHD_HAVE_CTRL
+							   &ctrl_transport,
+#endif
+							   &dfu_transport, NULL};
 #endif
 	return list;
 }

@@ -762,6 +762,18 @@ static bool is_probe(const struct job *job)
 static void on_query_done(void *ctx, const struct cdc_query_result *res, struct error *err)
 {
 	struct transport_run *r = ctx;
+	if (err && err->code == ERR_TIMED_OUT && probe_silence(err) && transport_find("ctrl") &&
+	    job_device(r->job)->busnum) {
+		/* No console (Device OS 6.x, or an application that turned it off): the
+		 * device may still answer USB control requests. */
+		r->state = RUN_ENDED;
+		evtimer_del(r->timer);
+		release_port(r);
+		job_handoff(r->job, "ctrl",
+			    "the device did not answer on its listening-mode console; asking it by "
+			    "USB control requests");
+		return;
+	}
 	if (err && err->code == ERR_TIMED_OUT && probe_silence(err)) {
 		/* Not an error for a probe: the device has no console to ask. */
 		job_note(r->job, "no-console",

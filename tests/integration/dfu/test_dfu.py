@@ -268,16 +268,17 @@ def test_new_layout_app_on_1_5_argon_is_refused_before_erase():
 
 def test_listening_and_normal_devices_are_switched_to_dfu_and_back():
     # Device OS 6.x: the serial transport learns the version (listening mode) or gets no
-    # console (normal mode) and hands the job to DFU, which switches with 14400 baud.
+    # console (normal mode) and hands the job to DFU, which switches with 14400 baud; after
+    # the reboot the plan's verify step reads module info by control request.
     specs = ['platform=boron,mode=listening,os=6.2.0,name=b1', 'platform=boron,mode=normal,os=6.2.0,name=b2']
     idmap = ids(specs)
     app = os.path.join(top, 'boron-app-6.bin')
     open(app, 'wb').write(make_module(0xB4000, 5, 2, 7, 13, [(4, 1, 6000)], 30000))
     res, doc, work, log = run(specs, flash_steps([(app, idmap['b1'], ()), (app, idmap['b2'], ())]))
     tail = ['note:switching-to-dfu', 'preflight', 'erasing', 'writing', 'rebooting',
-            'note:device-reset']
+            'note:device-reset', 'note:handed-to-ctrl', 'verifying']
     for r, name in ((res[0], 'b1'), (res[1], 'b2')):
-        expect_done(r, log, 'written-not-verified')
+        expect_done(r, log, 'verified')
         phases = job_phases(r)
         check(phases[-len(tail):] == tail, '%s phases %s' % (name, phases))
         check(phases[0] == 'switching-mode', '%s phases %s' % (name, phases))
