@@ -36,9 +36,15 @@
 #define CTRL_OPEN_RETRY_MS 100 /* the device is on udev's list before libusb's */
 
 enum run_state {
-	RUN_OPENING, /* waiting for libusb to list the device, then opening it */
-	RUN_READING, /* the identification requests */
-	RUN_NEXT,    /* a request ended: the next step runs from the timer, outside the ctrl */
+	RUN_OPENING,   /* waiting for libusb to list the device, then opening it */
+	RUN_READING,   /* the identification requests */
+	RUN_NEXT,      /* a request ended: the next step runs from the timer, outside the ctrl */
+	RUN_WRITING,   /* the firmware-update exchange of jp->pre.steps[write_i] */
+	RUN_WRITTEN,   /* it ended: what follows runs from the timer */
+	RUN_REBOOT,    /* the device resets to apply the update: waiting for it to come back */
+	RUN_ASK_DFU,   /* the enter-DFU request in flight */
+	RUN_ASKED,     /* it ended: what follows runs from the timer */
+	RUN_SWITCHING, /* waiting for the device to come back in DFU mode */
 	RUN_ENDED,
 };
 
@@ -71,6 +77,8 @@ struct transport_run {
 	unsigned open_ms;     /* spent waiting for libusb to list the device */
 	bool verify;	      /* the job's files are written: this run gives the verdict */
 	struct error pending; /* the request that ended failed */
+	size_t write_i;	      /* index into jp->pre.steps */
+	bool writes_started;  /* the plan's writes over this transport began */
 	struct job_plan *jp;
 };
 
@@ -147,6 +155,8 @@ static bool is_probe(const struct job *job)
 
 /* ---- after the identification --------------------------------------------------- */
 
+static void start_write(struct transport_run *r);
+
 static enum device_mode mode_from_facts(const struct transport_run *r)
 {
 	if (r->mode == DEVICE_MODE_LISTENING)
@@ -169,6 +179,148 @@ static void give_verdict(struct transport_run *r)
 		return;
 	}
 	end_run(r, JOB_RESULT_FAILED, "booted-invalid", &e);
+}
+
+static void hand_over(struct transport_run *r, const char *to)
+{
+	char why[200];
+	if (r->jp && r->jp->plan.n_steps)
+		plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
+	else
+		snprintf(why, sizeof(why), "the plan goes on over %s", to);
+	r->state = RUN_ENDED;
+	evtimer_del(r->timer);
+	close_device(r);
+	job_handoff(r->job, to, why);
+}
+
+/* ---- mode switch by request ------------------------------------------------------ */
+
+static void on_asked(struct ctrl *c, const struct ctrl_result *res, struct error *err,
+		     void *userdata)
+{
+	(void)c;
+	(void)res;
+	struct transport_run *r = userdata;
+	if (r->state != RUN_ASK_DFU)
+		return;
+	if (err)
+		error_move(&r->pending, err);
+	r->state = RUN_ASKED;
+	arm(r, 0);
+}
+
+/* The plan's first write goes over DFU: ask the device by request (Device OS
+ * system/src/control: CTRL_REQUEST_DFU_MODE), instead of the 14400-baud line coding. */
+static int ask_dfu(struct transport_run *r)
+{
+	struct error e;
+	error_init(&e);
+	if (!r->ctrl)
+		return -1;
+	if (ctrl_op_start(r->ctrl, CTRL_OP_ENTER_DFU, on_asked, r, &e) < 0) {
+		error_clear(&e);
+		return -1;
+	}
+	r->state = RUN_ASK_DFU;
+	job_set_state(r->job, JOB_SWITCHING_MODE);
+	return 0;
+}
+
+static void after_ask(struct transport_run *r)
+{
+	if (error_is_set(&r->pending)) {
+		/* not supported here: the DFU transport switches with 14400 baud */
+		job_note(r->job, "ctrl-fallback",
+			 "the enter-DFU request failed (%s); using 14400 baud", r->pending.message);
+		error_clear(&r->pending);
+		hand_over(r, "dfu");
+		return;
+	}
+	job_note(r->job, "switching-to-dfu", "asked the device by USB control request");
+	close_device(r);
+	r->state = RUN_SWITCHING;
+	arm(r, timeout_ms("ctrl_reenumerate_ms"));
+}
+
+/* ---- writes by the firmware-update exchange ----------------------------------------- */
+
+static void on_fw_progress(struct ctrl *c, size_t done, size_t total, void *userdata)
+{
+	(void)c;
+	(void)total;
+	struct transport_run *r = userdata;
+	uint64_t before = 0, all = 0;
+	for (size_t i = 0; i < r->jp->pre.n_steps; i++) {
+		if (i < r->write_i)
+			before += r->jp->pre.steps[i].img->len;
+		all += r->jp->pre.steps[i].img->len;
+	}
+	job_progress(r->job, before + done, all);
+}
+
+static void on_fw_done(struct ctrl *c, const struct ctrl_result *res, struct error *err,
+		       void *userdata)
+{
+	(void)c;
+	(void)res;
+	struct transport_run *r = userdata;
+	if (r->state != RUN_WRITING)
+		return;
+	if (err)
+		error_move(&r->pending, err);
+	r->state = RUN_WRITTEN;
+	arm(r, 0);
+}
+
+static void start_write(struct transport_run *r)
+{
+	struct error e;
+	error_init(&e);
+	const struct preflight_step *st = &r->jp->pre.steps[r->write_i];
+	job_plan_write_step(r->job, r->jp, r->write_i);
+	job_set_state(r->job, JOB_WRITING);
+	r->state = RUN_WRITING;
+	if (ctrl_firmware_update(r->ctrl, st->img->data, st->img->len, on_fw_progress, on_fw_done,
+				 r, &e) < 0) {
+		error_detail_str(&e, "file", st->name ? st->name : "");
+		fail(r, &e);
+	}
+}
+
+static void after_write(struct transport_run *r)
+{
+	const struct preflight_step *st = &r->jp->pre.steps[r->write_i];
+	if (error_is_set(&r->pending)) {
+		struct error e;
+		error_init(&e);
+		error_move(&e, &r->pending);
+		error_detail_str(&e, "file", st->name ? st->name : "");
+		fail(r, &e);
+		return;
+	}
+	/* Device OS applies the module at the reset that follows FINISH. */
+	close_device(r);
+	r->state = RUN_REBOOT;
+	job_plan_step_kind(r->job, r->jp, PLAN_STEP_REBOOT, r->write_i);
+	job_set_state(r->job, JOB_REBOOTING);
+	arm(r, timeout_ms("ctrl_reenumerate_ms"));
+}
+
+/* Back after a write: the next one, the transport the plan goes on with, or the verdict. */
+static void after_reboot(struct transport_run *r)
+{
+	job_mark_written(r->job, r->jp->pre.steps[r->write_i].job_index);
+	if (r->write_i + 1 < r->jp->pre.n_steps) {
+		r->write_i++;
+		start_write(r);
+		return;
+	}
+	if (r->jp->then) {
+		hand_over(r, r->jp->then);
+		return;
+	}
+	give_verdict(r);
 }
 
 static void plan_and_hand_over(struct transport_run *r)
@@ -195,19 +347,18 @@ static void plan_and_hand_over(struct transport_run *r)
 		return;
 	}
 	if (r->jp->handoff) {
-		char why[200];
-		plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
-		r->state = RUN_ENDED;
-		evtimer_del(r->timer);
-		close_device(r);
-		job_handoff(r->job, r->jp->handoff, why);
+		if (strcmp(r->jp->handoff, "dfu") == 0 && ask_dfu(r) == 0)
+			return;
+		hand_over(r, r->jp->handoff);
 		return;
 	}
-	/* Writes by the firmware-update exchange are not in the capability table yet. */
-	error_set(&e, ERR_NOT_FLASHABLE_HERE,
-		  "the plan writes over USB control requests, which this flashd cannot do yet");
-	error_detail_str(&e, "transport", "ctrl");
-	fail(r, &e);
+	if (job_options(r->job)->dry_run) {
+		end_run(r, JOB_RESULT_DONE, "preflight-ok", NULL);
+		return;
+	}
+	r->write_i = 0;
+	r->writes_started = true;
+	start_write(r);
 }
 
 static void identified(struct transport_run *r)
@@ -221,6 +372,10 @@ static void identified(struct transport_run *r)
 	}
 	if (r->verify) {
 		give_verdict(r);
+		return;
+	}
+	if (r->writes_started) {
+		after_reboot(r);
 		return;
 	}
 	plan_and_hand_over(r);
@@ -400,6 +555,23 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		try_open(r);
 	else if (r->state == RUN_NEXT)
 		after_op(r);
+	else if (r->state == RUN_WRITTEN)
+		after_write(r);
+	else if (r->state == RUN_ASKED)
+		after_ask(r);
+	else if (r->state == RUN_REBOOT || r->state == RUN_SWITCHING) {
+		struct error e;
+		error_init(&e);
+		error_set(
+		    &e, ERR_TIMED_OUT,
+		    r->state == RUN_REBOOT
+			? "the device did not come back after the firmware update"
+			: "the device did not come back in DFU mode after the enter-DFU request");
+		error_detail_str(&e, "phase",
+				 r->state == RUN_REBOOT ? "rebooting" : "switching-mode");
+		error_detail_int(&e, "timeout_ms", timeout_ms("ctrl_reenumerate_ms"));
+		fail(r, &e);
+	}
 }
 
 /* ---- the vtable ------------------------------------------------------------------- */
@@ -481,6 +653,19 @@ static void ctrl_device_event(struct transport_run *r, enum device_event ev,
 	}
 	if (ev == DEVICE_EVENT_BACK && r->state == RUN_OPENING)
 		arm(r, 0);
+	if ((ev == DEVICE_EVENT_BACK || ev == DEVICE_EVENT_CHANGED) && dev->present &&
+	    r->state == RUN_REBOOT && dev->mode != DEVICE_MODE_DFU) {
+		/* back running: read it again (the next write, or the verdict) */
+		r->state = RUN_OPENING;
+		r->open_ms = 0;
+		r->op_i = 0;
+		arm(r, 0);
+	}
+	if ((ev == DEVICE_EVENT_BACK || ev == DEVICE_EVENT_CHANGED) && dev->present &&
+	    r->state == RUN_SWITCHING && dev->mode == DEVICE_MODE_DFU) {
+		job_set_device_mode(r->job, DEVICE_MODE_DFU);
+		hand_over(r, "dfu");
+	}
 }
 
 static void ctrl_free_run(struct transport_run *r)
