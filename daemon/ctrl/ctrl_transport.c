@@ -155,6 +155,8 @@ static bool is_probe(const struct job *job)
 
 /* ---- after the identification --------------------------------------------------- */
 
+static void hand_over(struct transport_run *r, const char *to);
+
 static void start_write(struct transport_run *r);
 
 static enum device_mode mode_from_facts(const struct transport_run *r)
@@ -444,6 +446,26 @@ static void after_op(struct transport_run *r)
 			job_note(r->job, "not-verified", "%s", e.message);
 			error_clear(&e);
 			end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);
+			return;
+		}
+		if (is_probe(r->job) && e.code != ERR_CANCELLED) {
+			/* not an error for a probe: only what USB says is known */
+			job_note(
+			    r->job, "no-console",
+			    "the device has no listening-mode console and did not answer the "
+			    "control request either (%s); flashd does not switch a device to DFU "
+			    "mode for a probe",
+			    e.message);
+			error_clear(&e);
+			end_run(r, JOB_RESULT_DONE, "probed", NULL);
+			return;
+		}
+		if (!r->writes_started && e.code != ERR_CANCELLED && transport_find("dfu")) {
+			/* a device that does not answer control requests: DFU switches it with
+			 * the 14400-baud line coding, as before there was this transport */
+			job_note(r->job, "ctrl-fallback", "%s; handing the job to DFU", e.message);
+			error_clear(&e);
+			hand_over(r, "dfu");
 			return;
 		}
 		if (error_detail_type(e.code, "request") == 's' &&

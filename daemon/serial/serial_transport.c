@@ -602,10 +602,21 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		if (error_is_set(&r->pending)) {
 			if (r->pending.code == ERR_TIMED_OUT && transport_find("dfu")) {
 				/* no listening mode over 28800: Device OS 6.x, or a
-				 * console busy for another reason: say which */
+				 * console busy for another reason: say which.  The
+				 * control-request transport reads a device of unknown or
+				 * 6.x version and plans (asking for DFU by request; on
+				 * <= 5.x, known here, the console should have answered and
+				 * a plan there would come back here); else DFU switches
+				 * with 14400 baud. */
 				char why[256];
 				console_silence_reason(&r->facts, why, sizeof(why));
-				job_handoff(r->job, "dfu", why);
+				job_handoff(r->job,
+					    transport_find("ctrl") && job_device(r->job)->busnum &&
+						    (facts_major(&r->facts) < 0 ||
+						     facts_major(&r->facts) >= 6)
+						? "ctrl"
+						: "dfu",
+					    why);
 				r->state = RUN_ENDED;
 				release_port(r);
 				return;
