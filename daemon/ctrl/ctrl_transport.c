@@ -175,6 +175,8 @@ static void give_verdict(struct transport_run *r)
 {
 	struct error e;
 	error_init(&e);
+	if (r->jp)
+		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
 	job_set_state(r->job, JOB_VERIFYING);
 	if (job_verdict(r->job, &r->facts, r->mode == DEVICE_MODE_SAFE, &e) == 0) {
 		end_run(r, JOB_RESULT_DONE, "verified", NULL);

@@ -632,6 +632,7 @@ static void hand_over_verify(struct transport_run *r)
 	/* written now, or installed already (the plan skipped it) */
 	for (size_t i = 0; i < job_image_count(r->job); i++)
 		job_mark_written(r->job, i);
+	job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0); /* the step it runs */
 	evtimer_del(r->timer);
 	r->state = RUN_FINISHED;
 	usb_dfu_close(r->usb);

@@ -342,6 +342,9 @@ def test_argon_6_app_is_verified_by_module_info_and_boron_app_refused():
     phases = job_phases(r)
     check('note:handed-to-dfu' in phases and 'note:handed-to-ctrl' in phases and
           phases[-1] == 'verifying', 'phases %s' % phases)
+    verifying = [l.get('step_description', '') for l in r['lines']
+                 if l.get('event') == 'job-progress' and l.get('state') == 'verifying']
+    check(verifying and all('module info' in d for d in verifying), 'verify step %s' % verifying)
     notes = [l.get('message') for l in r['lines'] if l.get('note') == 'switching-to-dfu']
     check(notes and 'control request' in notes[0], 'switch: %s' % notes)
     dev, _, _ = check_flashed(doc, 'a6', app)
@@ -352,6 +355,26 @@ def test_argon_6_app_is_verified_by_module_info_and_boron_app_refused():
           kinds[-1][:2] == ('verify', 'ctrl'), 'plan %s' % kinds)
     print('# refused: %s' % err['message'])
     print('# %s: %s in %.1f s' % (end['outcome'], ' -> '.join(phases), r['elapsed']))
+
+
+def test_argon_6_forced_app_needing_a_newer_system_is_booted_invalid_by_module_info():
+    # --force writes an application that needs system part 1 v6300 onto an Argon running
+    # 6.2.0: after the reboot module info says its dependency check failed (the device
+    # runs safe mode), and the job ends booted-invalid naming the failed check.
+    specs = ['platform=argon,mode=normal,os=6.2.0,name=a6']
+    idmap = ids(specs)
+    app = os.path.join(top, 'argon-app-needs-6.3.bin')
+    open(app, 'wb').write(make_module(0xB4000, 5, 2, 8, 12, [(4, 1, 6300)], 30000))
+    steps = [{'flashctl': ['--json', 'info', idmap['a6']]}] + \
+        flash_steps([(app, idmap['a6'], ('--force',))])
+    res, doc, work, log = run(specs, steps)
+    err = expect_error(res[1], 'booted-invalid', log)
+    d = err['detail']
+    check('dependencies' in d.get('failed_checks', []) and d.get('mode') == 'safe' and
+          any(m.get('function') == 'user' for m in d.get('invalid_modules', [])),
+          'detail %s' % json.dumps(d))
+    check('note:handed-to-ctrl' in job_phases(res[1]), 'phases %s' % job_phases(res[1]))
+    print('# booted-invalid: %s' % err['message'])
 
 
 def test_argon_6_newer_bootloader_goes_by_firmware_update_and_is_verified():
