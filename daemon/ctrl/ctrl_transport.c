@@ -136,7 +136,8 @@ static void fail(struct transport_run *r, struct error *err)
 {
 	if (r->dev.key[0])
 		error_detail_str(err, "device", r->dev.key);
-	end_run(r, JOB_RESULT_FAILED, NULL, err);
+	end_run(r, err->code == ERR_CANCELLED ? JOB_RESULT_CANCELLED : JOB_RESULT_FAILED, NULL,
+		err);
 }
 
 static bool all_written(const struct job *job)
@@ -655,7 +656,15 @@ static void ctrl_cancel_run(struct transport_run *r)
 {
 	struct error e;
 	error_init(&e);
-	if (r->verify) {
+	if (r->state == RUN_WRITING && r->ctrl) {
+		/* the exchange stops at the next chunk and cancels the update on the device;
+		 * its callback ends the job */
+		ctrl_cancel(r->ctrl);
+		return;
+	}
+	if (r->verify || r->state == RUN_REBOOT || r->state == RUN_WRITTEN ||
+	    (r->writes_started && r->state != RUN_WRITING)) {
+		/* past the point of no return: the device applies what it got */
 		job_note(r->job, "not-verified", "the job was cancelled while verifying");
 		end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);
 		return;

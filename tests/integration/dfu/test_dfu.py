@@ -400,6 +400,21 @@ def test_argon_6_newer_bootloader_goes_by_firmware_update_and_is_verified():
     print('# %s: %s in %.1f s' % (end['outcome'], ' -> '.join(job_phases(r)), r['elapsed']))
 
 
+def test_argon_6_unplug_during_the_firmware_update_is_device_gone():
+    # The cable is pulled at the third data chunk of the bootloader update: device-gone
+    # naming the file and the request, within bounded time.
+    specs = ['platform=argon,mode=normal,os=6.2.0,name=a6,faults=ctrl-unplug@chunk3']
+    idmap = ids(['platform=argon,mode=normal,os=6.2.0,name=a6'])
+    bl = os.path.join(top, 'argon-bootloader@6.9.0.bin')
+    open(bl, 'wb').write(restamp(fixture('argon/argon-bootloader@2.2.0.bin'), 3200))
+    steps = [{'flashctl': ['--json', 'info', idmap['a6']]}] + flash_steps([(bl, idmap['a6'], ())])
+    res, doc, work, log = run(specs, steps)
+    err = expect_error(res[1], 'device-gone', log)
+    check(err['detail'].get('file') == os.path.basename(bl), 'detail %s' % json.dumps(err['detail']))
+    check(res[1]['elapsed'] < FAULT_BOUND, 'took %.1f s' % res[1]['elapsed'])
+    print('# %s after %.1f s: %s' % (err['code'], res[1]['elapsed'], err['message']))
+
+
 FAULT_KEYS = ('alt', 'address', 'chunk', 'dfu_state', 'dfu_status')
 
 
