@@ -967,11 +967,24 @@ void plan_summary(const struct plan *plan, char *buf, size_t size)
 	if (plan->n_writes == 0) {
 		PUT("nothing to write");
 	} else {
-		PUT("%zu write%s over %s (", plan->n_writes, plan->n_writes == 1 ? "" : "s",
-		    plan->mixed_transports			   ? "more than one transport"
-		    : plan->first_transport == PLAN_TRANSPORT_DFU  ? "DFU"
-		    : plan->first_transport == PLAN_TRANSPORT_CTRL ? "control requests"
-								   : "serial");
+		static const char *const over[PLAN_TRANSPORT_COUNT] = {
+		    [PLAN_TRANSPORT_SERIAL] = "serial",
+		    [PLAN_TRANSPORT_DFU] = "DFU",
+		    [PLAN_TRANSPORT_CTRL] = "control requests",
+		};
+		uint32_t used = 0;
+		for (size_t i = 0; i < plan->n_steps; i++)
+			if (plan->steps[i].kind == PLAN_STEP_WRITE)
+				used |= T_BIT(plan->steps[i].transport);
+		PUT("%zu write%s over ", plan->n_writes, plan->n_writes == 1 ? "" : "s");
+		unsigned k = 0, n_used = (unsigned)__builtin_popcount(used);
+		for (int t = 0; t < PLAN_TRANSPORT_COUNT; t++) {
+			if (!(used & T_BIT(t)))
+				continue;
+			k++;
+			PUT("%s%s", k == 1 ? "" : k == n_used ? " and " : ", ", over[t]);
+		}
+		PUT(" (");
 		size_t w = 0;
 		for (size_t i = 0; i < plan->n_steps; i++) {
 			if (plan->steps[i].kind != PLAN_STEP_WRITE)

@@ -34,6 +34,7 @@
 #include <syslog.h>
 
 #define CTRL_OPEN_RETRY_MS 100 /* the device is on udev's list before libusb's */
+#define CTRL_REREAD_MAX	   3   /* resets in a row while reading a device that came back */
 
 enum run_state {
 	RUN_OPENING,   /* waiting for libusb to list the device, then opening it */
@@ -78,6 +79,8 @@ struct transport_run {
 	bool verify;	      /* the job's files are written: this run gives the verdict */
 	struct error pending; /* the request that ended failed */
 	size_t write_i;	      /* index into jp->pre.steps */
+	bool seen_gone;	      /* RUN_REBOOT: the device went away (the reset happened) */
+	unsigned reread;      /* identifications after a reset cut off by another reset */
 	bool writes_started;  /* the plan's writes over this transport began */
 	struct job_plan *jp;
 };
@@ -307,6 +310,7 @@ static void after_write(struct transport_run *r)
 	/* Device OS applies the module at the reset that follows FINISH. */
 	close_device(r);
 	r->state = RUN_REBOOT;
+	r->seen_gone = !r->dev.present;
 	job_plan_step_kind(r->job, r->jp, PLAN_STEP_REBOOT, r->write_i);
 	job_set_state(r->job, JOB_REBOOTING);
 	arm(r, timeout_ms("ctrl_reenumerate_ms"));
@@ -444,6 +448,16 @@ static void after_op(struct transport_run *r)
 		struct error e;
 		error_init(&e);
 		error_move(&e, &r->pending);
+		if (e.code == ERR_DEVICE_GONE && (r->verify || r->writes_started) &&
+		    r->reread++ < CTRL_REREAD_MAX) {
+			/* still resetting after the update or the DFU leave: wait for it again */
+			error_clear(&e);
+			close_device(r);
+			r->state = RUN_REBOOT;
+			r->seen_gone = !r->dev.present;
+			arm(r, timeout_ms("ctrl_reenumerate_ms"));
+			return;
+		}
 		if (r->verify && e.code != ERR_CANCELLED) {
 			/* written; the device cannot be asked now */
 			job_note(r->job, "not-verified", "%s", e.message);
@@ -686,8 +700,10 @@ static void ctrl_device_event(struct transport_run *r, enum device_event ev,
 	}
 	if (ev == DEVICE_EVENT_BACK && r->state == RUN_OPENING)
 		arm(r, 0);
+	if (ev == DEVICE_EVENT_GONE && r->state == RUN_REBOOT)
+		r->seen_gone = true;
 	if ((ev == DEVICE_EVENT_BACK || ev == DEVICE_EVENT_CHANGED) && dev->present &&
-	    r->state == RUN_REBOOT && dev->mode != DEVICE_MODE_DFU) {
+	    r->state == RUN_REBOOT && r->seen_gone && dev->mode != DEVICE_MODE_DFU) {
 		/* back running: read it again (the next write, or the verdict) */
 		r->state = RUN_OPENING;
 		r->open_ms = 0;
