@@ -268,7 +268,13 @@ static void do_preflight(struct transport_run *r)
 		release_port(r);
 		r->state = RUN_ENDED;
 		evtimer_del(r->timer);
-		job_handoff(r->job, r->jp->handoff, why);
+		/* Device OS 6.x enters DFU mode by control request: the control-request
+		 * transport asks for it (and falls back to DFU's 14400 baud) */
+		const char *to = r->jp->handoff;
+		if (strcmp(to, "dfu") == 0 && facts_major(&r->facts) >= 6 &&
+		    transport_find("ctrl") && job_device(r->job)->busnum)
+			to = "ctrl";
+		job_handoff(r->job, to, why);
 		return;
 	}
 	if (job_options(r->job)->dry_run) {

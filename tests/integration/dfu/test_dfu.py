@@ -268,10 +268,9 @@ def test_new_layout_app_on_1_5_argon_is_refused_before_erase():
 
 def test_listening_and_normal_devices_are_switched_to_dfu_and_back():
     # Device OS 6.x: the serial transport learns the version (listening mode) or gets no
-    # console (normal mode): listening mode hands the job to DFU, which switches with 14400
-    # baud; normal mode hands it to the control-request transport, which reads the device
-    # and asks for DFU by request.  After the reboot the plan's verify step reads module
-    # info by control request.
+    # console (normal mode) and hands the job to the control-request transport, which
+    # reads the device and asks for DFU mode by request (no 14400-baud switch).  After the
+    # reboot the plan's verify step reads module info by control request.
     specs = ['platform=boron,mode=listening,os=6.2.0,name=b1', 'platform=boron,mode=normal,os=6.2.0,name=b2']
     idmap = ids(specs)
     app = os.path.join(top, 'boron-app-6.bin')
@@ -286,6 +285,8 @@ def test_listening_and_normal_devices_are_switched_to_dfu_and_back():
         check(all(p in it for p in tail) and phases[-1] == 'verifying',
               '%s phases %s' % (name, phases))
         check(phases[0] == 'switching-mode', '%s phases %s' % (name, phases))
+        how = [l.get('message') for l in r['lines'] if l.get('note') == 'switching-to-dfu']
+        check(how and 'control request' in how[0], '%s switched by %s' % (name, how))
         dev, _, _ = check_flashed(doc, name, app)
         check(r['elapsed'] < 60, '%s took %.1f s' % (name, r['elapsed']))
         print('%s (%s): %s in %.1f s' % (name, specs[int(name[1]) - 1].split(',')[1],
