@@ -1,6 +1,6 @@
 /*
  * The contract between jobs (daemon/jobs.c) and transports (daemon/serial/,
- * daemon/dfu/).  A transport is a vtable; a run is one transport working on
+ * daemon/dfu/, daemon/ctrl/).  A transport is a vtable; a run is one transport working on
  * one job for one device.  The core owns jobs, devices and the event loop;
  * the transport owns its run (fds, libusb handles, timers) and reports back
  * only through the job_*() calls below.  Everything is asynchronous: no call
@@ -8,7 +8,7 @@
  *
  * Lifecycle of a run
  *   1. The core picks the first registered transport whose can_serve()
- *      accepts the device (registration order: serial, dfu) and calls
+ *      accepts the device (registration order: serial, ctrl, dfu) and calls
  *      start().  start() returns a run, or NULL with *err filled: the job
  *      then fails with that error.
  *   2. The run moves the job through its states (job_set_state()), reports
