@@ -1,5 +1,7 @@
 #include "job_plan.h"
 
+#include "preflight.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -124,4 +126,98 @@ void job_plan_step_kind(struct job *job, const struct job_plan *jp, enum plan_st
 			return;
 		}
 	}
+}
+
+static void add_check(json_t *a, const char *name)
+{
+	size_t i;
+	json_t *v;
+	json_array_foreach(a, i, v) if (strcmp(json_string_value(v), name) == 0) return;
+	json_array_append_new(a, json_string(name));
+}
+
+/* Whether the device lists every module the job wrote, in its version, valid (vc == vv).
+ * Radio stacks are left out: the console's `s` makes up their entry. */
+static bool modules_as_written(struct job *job, const struct device_facts *now, json_t *failed,
+			       const char **function, const char **file)
+{
+	for (size_t i = 0; i < job_image_count(job); i++) {
+		const struct image *img = job_image(job, i);
+		for (unsigned k = 0; img && k < img->n_modules; k++) {
+			const struct image_module *m = &img->modules[k];
+			if (m->function != MODULE_FUNCTION_SYSTEM &&
+			    m->function != MODULE_FUNCTION_USER &&
+			    m->function != MODULE_FUNCTION_BOOTLOADER &&
+			    m->function != MODULE_FUNCTION_MONO)
+				continue;
+			const struct installed_module *im =
+			    preflight_installed(now, m->function, m->index);
+			bool bad = false;
+			if (!im || im->version != m->version) {
+				add_check(failed, "missing");
+				bad = true;
+			} else {
+				const char *names[MODULE_CHECKS_MAX];
+				unsigned n = module_checks_failed(im->checked, im->passed, names);
+				for (unsigned c = 0; c < n; c++)
+					add_check(failed, names[c]);
+				bad = n > 0;
+			}
+			if (bad && !*function) {
+				*function = module_function_name(m->function);
+				*file = job_image_name(job, i);
+			}
+		}
+	}
+	return json_array_size(failed) == 0;
+}
+
+int job_verdict(struct job *job, const struct device_facts *now, bool safe, struct error *err)
+{
+	json_t *failed = json_array();
+	const char *function = NULL, *file = NULL;
+	json_t *invalid = json_array();
+	bool written_ok = modules_as_written(job, now, failed, &function, &file);
+	/* verified means the whole device: every module it reports valid (issue 11) */
+	size_t n_invalid = plan_invalid_modules(now, invalid);
+	if (written_ok && n_invalid == 0 && !safe) {
+		json_decref(failed);
+		json_decref(invalid);
+		return 0;
+	}
+	char names[256] = "";
+	size_t i;
+	json_t *m;
+	json_array_foreach(invalid, i, m)
+	{
+		size_t k, len = strlen(names);
+		json_t *c;
+		snprintf(names + len, sizeof(names) - len, "%s%s (version %d)", i ? ", " : "",
+			 json_string_value(json_object_get(m, "module")),
+			 (int)json_integer_value(json_object_get(m, "version")));
+		json_array_foreach(json_object_get(m, "failed_checks"), k, c)
+		    add_check(failed, json_string_value(c));
+		if (!function)
+			function = json_string_value(json_object_get(m, "function"));
+	}
+	if (n_invalid > 0)
+		error_set(err, ERR_BOOTED_INVALID,
+			  "the firmware was written, but after the reboot the device reports %s "
+			  "invalid%s: see invalid_modules",
+			  names, safe ? " and runs safe mode" : "");
+	else
+		error_set(
+		    err, ERR_BOOTED_INVALID,
+		    "the firmware was written, but after the reboot the device reports %s %s: "
+		    "see failed_checks",
+		    file ? file : "a flashed module",
+		    safe ? "invalid and runs safe mode" : "missing or invalid");
+	error_detail_json(err, "failed_checks", failed);
+	error_detail_json(err, "invalid_modules", invalid);
+	error_detail_str(err, "mode", safe ? "safe" : "normal");
+	if (function)
+		error_detail_str(err, "module_function", function);
+	if (file)
+		error_detail_str(err, "file", file);
+	return -1;
 }

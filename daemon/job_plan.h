@@ -41,3 +41,13 @@ void job_plan_write_step(struct job *job, const struct job_plan *jp, size_t writ
 /* Reports the plan's verify step (or the reboot after write_i). */
 void job_plan_step_kind(struct job *job, const struct job_plan *jp, enum plan_step_kind kind,
 			size_t write_i);
+
+/*
+ * The verdict after the last reboot (issue 11: verified means every module the
+ * device reports is valid and it runs normally), from what the device reports
+ * now (the console's `s`, module info by control request): 0 = verified, else
+ * -1 with booted-invalid naming the failing checks (failed_checks), the invalid
+ * modules (invalid_modules), the mode and the file.  safe: the device runs
+ * safe mode.
+ */
+int job_verdict(struct job *job, const struct device_facts *now, bool safe, struct error *err);

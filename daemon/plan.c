@@ -1,5 +1,6 @@
 #include "plan.h"
 
+#include "capability.h"
 #include "osver.h"
 #include "platform.h"
 
@@ -20,6 +21,8 @@ const char *plan_transport_name(enum plan_transport t)
 		return "serial";
 	case PLAN_TRANSPORT_DFU:
 		return "dfu";
+	case PLAN_TRANSPORT_CTRL:
+		return "ctrl";
 	case PLAN_TRANSPORT_COUNT:
 		break;
 	}
@@ -28,7 +31,9 @@ const char *plan_transport_name(enum plan_transport t)
 
 enum device_mode plan_transport_mode(enum plan_transport t)
 {
-	return t == PLAN_TRANSPORT_DFU ? DEVICE_MODE_DFU : DEVICE_MODE_LISTENING;
+	return t == PLAN_TRANSPORT_DFU	  ? DEVICE_MODE_DFU
+	       : t == PLAN_TRANSPORT_CTRL ? DEVICE_MODE_NORMAL
+					  : DEVICE_MODE_LISTENING;
 }
 
 static const char *mode_word(enum device_mode m)
@@ -68,7 +73,8 @@ const char *plan_step_kind_name(enum plan_step_kind k)
  * range of the device.  Sources: YMODEM goes through the device's OTA path,
  * which takes every function with a slot, on Device OS up to 5.x (6.0.0
  * removed listening-mode flashing); the DFU memory maps leave out the
- * bootloader and coprocessor firmware.  A new transport is one more set of rows.
+ * bootloader and coprocessor firmware, which on 6.x go by control request.
+ * A new transport is one more set of rows.
  */
 struct plan_capability {
 	enum plan_transport transport;
@@ -97,6 +103,11 @@ static const struct plan_capability capabilities[] = {
 	{PLAN_TRANSPORT_DFU,    MCU_STM32F103,  0,  0,    0, MO | SY | US},
 	{PLAN_TRANSPORT_DFU,    MCU_NRF52840,   0,  0,    0, SY | US | RS},
 	{PLAN_TRANSPORT_DFU,    MCU_RTL8721D,   0,  0,    0, SY | US},
+	/* Device OS 6.x has no YMODEM: the firmware-update control request writes what
+	 * DFU cannot (Device OS system/src/control/ firmware update, particle-usb
+	 * updateFirmware()) */
+	{PLAN_TRANSPORT_CTRL,   MCU_NRF52840,   0, 6000,  0, B},
+	{PLAN_TRANSPORT_CTRL,   MCU_RTL8721D,   0, 6000,  0, B},
 };
 /* clang-format on */
 #undef B
@@ -609,6 +620,7 @@ static int end_state_check(const struct plan_model *before, const struct plan_mo
 
 static unsigned estimate_write_ms(enum plan_transport t, uint64_t bytes)
 {
+	/* the firmware-update request: 4 KiB chunks, about as fast as YMODEM */
 	/* rough rates: YMODEM over USB CDC ~40 KB/s; DfuSe erase + write ~25 KB/s */
 	unsigned rate = t == PLAN_TRANSPORT_DFU ? 25000 : 40000;
 	return (unsigned)(bytes * 1000 / rate) + 500;
@@ -622,12 +634,17 @@ static void add_step(struct plan *plan, struct plan_step s)
 	plan->estimate_ms += s.estimate_ms;
 }
 
-static void add_switch(struct plan *plan, enum device_mode from, enum plan_transport to)
+static void add_switch(struct plan *plan, enum device_mode from, enum plan_transport to,
+		       bool by_request)
 {
 	struct plan_step s = {.kind = PLAN_STEP_SWITCH, .transport = to, .from = from};
 	s.to = plan_transport_mode(to);
-	if (to == PLAN_TRANSPORT_DFU)
+	if (to == PLAN_TRANSPORT_DFU && by_request)
+		s.how = "enter-DFU control request";
+	else if (to == PLAN_TRANSPORT_DFU)
 		s.how = "14400 baud";
+	else if (to == PLAN_TRANSPORT_CTRL)
+		s.how = "DFU leave";
 	else if (from == DEVICE_MODE_DFU)
 		s.how = "DFU leave, then 28800 baud";
 	else
@@ -643,9 +660,24 @@ static int current_transport(const struct device_facts *facts, enum device_mode 
 		return PLAN_TRANSPORT_DFU;
 	if (mode == DEVICE_MODE_LISTENING)
 		return PLAN_TRANSPORT_SERIAL;
-	/* normal, safe, unknown: listening mode is one 28800 away on <= 5.x */
+	/* normal, safe, unknown: listening mode is one 28800 away on <= 5.x; on 6.x the
+	 * running device takes control requests as it is */
 	if (facts->system_version && facts->system_version >= 6000)
-		return -1;
+		return PLAN_TRANSPORT_CTRL;
+	return PLAN_TRANSPORT_SERIAL;
+}
+
+/*
+ * Who reads the verdict after the last reboot: the listening-mode console
+ * (`s`) where the Device OS the device then runs has one, else module info by
+ * control request where it answers them (Device OS 6.x).
+ */
+static enum plan_transport verifier(const struct platform *p, uint16_t sysver, uint32_t built)
+{
+	if ((built & T_BIT(PLAN_TRANSPORT_CTRL)) &&
+	    !capability_has(CAPABILITY_LISTENING_CONSOLE, p, sysver, true) &&
+	    capability_has(CAPABILITY_CONTROL_REQUESTS, p, sysver, false))
+		return PLAN_TRANSPORT_CTRL;
 	return PLAN_TRANSPORT_SERIAL;
 }
 
@@ -802,6 +834,8 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 		}
 		if (rc == 0) {
 			int cur = current_transport(facts, opts->mode);
+			if (cur >= 0 && !(built & T_BIT(cur)))
+				cur = -1;
 			int chosen = -1;
 			if (cur >= 0 && (common & T_BIT(cur)))
 				chosen = cur;
@@ -810,23 +844,26 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 					chosen = t;
 			enum device_mode mode = opts->mode;
 			int at = -1;
-			if (cur >= 0 && plan_transport_mode((enum plan_transport)cur) == mode)
+			if (cur >= 0 && (plan_transport_mode((enum plan_transport)cur) == mode ||
+					 (cur == PLAN_TRANSPORT_CTRL && mode != DEVICE_MODE_DFU)))
 				at = cur;
 			for (size_t n = 0; n < plan->n_order; n++) {
 				const struct plan_input *in = &files[plan->order[n]];
 				int t = chosen;
 				if (t < 0)
-					t = at >= 0 && (writers[n] & T_BIT(at))
-						? at
-						: (writers[n] & T_BIT(PLAN_TRANSPORT_SERIAL)
-						       ? PLAN_TRANSPORT_SERIAL
-						       : PLAN_TRANSPORT_DFU);
+					t = at >= 0 && (writers[n] & T_BIT(at)) ? at
+					    : writers[n] & T_BIT(PLAN_TRANSPORT_SERIAL)
+						? PLAN_TRANSPORT_SERIAL
+					    : writers[n] & T_BIT(PLAN_TRANSPORT_DFU)
+						? PLAN_TRANSPORT_DFU
+						: PLAN_TRANSPORT_CTRL;
 				if (n == 0)
 					plan->first_transport = (enum plan_transport)t;
 				else if ((enum plan_transport)t != plan->first_transport)
 					plan->mixed_transports = true;
 				if (t != at) {
-					add_switch(plan, mode, (enum plan_transport)t);
+					add_switch(plan, mode, (enum plan_transport)t,
+						   at == PLAN_TRANSPORT_CTRL);
 					at = t;
 					mode = plan_transport_mode((enum plan_transport)t);
 				}
@@ -840,6 +877,13 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 				add_step(plan, s);
 				plan->bytes += s.bytes;
 				plan->n_writes++;
+				if (t == PLAN_TRANSPORT_CTRL)
+					/* Device OS resets to apply the update */
+					add_step(plan, (struct plan_step){
+							   .kind = PLAN_STEP_REBOOT,
+							   .transport = PLAN_TRANSPORT_CTRL,
+							   .how = "reset after the update",
+							   .estimate_ms = 6000});
 				if (t == PLAN_TRANSPORT_SERIAL)
 					/* the device resets to apply each YMODEM file */
 					add_step(plan, (struct plan_step){
@@ -854,7 +898,7 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 								  .how = "DFU leave",
 								  .estimate_ms = 5000});
 			add_step(plan, (struct plan_step){.kind = PLAN_STEP_VERIFY,
-							  .transport = PLAN_TRANSPORT_SERIAL,
+							  .transport = verifier(p, sysver, built),
 							  .estimate_ms = 2000});
 		}
 	}
@@ -887,18 +931,25 @@ void plan_step_describe(const struct plan_step *s, char *buf, size_t size)
 	switch (s->kind) {
 	case PLAN_STEP_SWITCH:
 		snprintf(buf, size, "switching to %s mode (%s)",
-			 s->to == DEVICE_MODE_DFU ? "DFU" : "listening", s->how);
+			 s->to == DEVICE_MODE_DFU      ? "DFU"
+			 : s->to == DEVICE_MODE_NORMAL ? "normal"
+						       : "listening",
+			 s->how);
 		return;
 	case PLAN_STEP_WRITE:
 		step_module_words(s, words, sizeof(words));
 		snprintf(buf, size, "writing %s over %s", words,
-			 s->transport == PLAN_TRANSPORT_DFU ? "DFU" : "serial");
+			 s->transport == PLAN_TRANSPORT_DFU    ? "DFU"
+			 : s->transport == PLAN_TRANSPORT_CTRL ? "control requests"
+							       : "serial");
 		return;
 	case PLAN_STEP_REBOOT:
 		snprintf(buf, size, "rebooting (%s)", s->how ? s->how : "reset");
 		return;
 	case PLAN_STEP_VERIFY:
-		snprintf(buf, size, "verifying every module the device reports");
+		snprintf(buf, size, "verifying every module the device reports%s",
+			 s->transport == PLAN_TRANSPORT_CTRL ? " (module info by control request)"
+							     : "");
 		return;
 	}
 	buf[0] = '\0';
@@ -916,10 +967,24 @@ void plan_summary(const struct plan *plan, char *buf, size_t size)
 	if (plan->n_writes == 0) {
 		PUT("nothing to write");
 	} else {
-		PUT("%zu write%s over %s (", plan->n_writes, plan->n_writes == 1 ? "" : "s",
-		    plan->mixed_transports			  ? "serial and DFU"
-		    : plan->first_transport == PLAN_TRANSPORT_DFU ? "DFU"
-								  : "serial");
+		static const char *const over[PLAN_TRANSPORT_COUNT] = {
+		    [PLAN_TRANSPORT_SERIAL] = "serial",
+		    [PLAN_TRANSPORT_DFU] = "DFU",
+		    [PLAN_TRANSPORT_CTRL] = "control requests",
+		};
+		uint32_t used = 0;
+		for (size_t i = 0; i < plan->n_steps; i++)
+			if (plan->steps[i].kind == PLAN_STEP_WRITE)
+				used |= T_BIT(plan->steps[i].transport);
+		PUT("%zu write%s over ", plan->n_writes, plan->n_writes == 1 ? "" : "s");
+		unsigned k = 0, n_used = (unsigned)__builtin_popcount(used);
+		for (int t = 0; t < PLAN_TRANSPORT_COUNT; t++) {
+			if (!(used & T_BIT(t)))
+				continue;
+			k++;
+			PUT("%s%s", k == 1 ? "" : k == n_used ? " and " : ", ", over[t]);
+		}
+		PUT(" (");
 		size_t w = 0;
 		for (size_t i = 0; i < plan->n_steps; i++) {
 			if (plan->steps[i].kind != PLAN_STEP_WRITE)
@@ -955,7 +1020,8 @@ json_t *plan_to_json(const struct plan *plan)
 			json_object_set_new(j, "to", json_string(mode_word(s->to)));
 			json_object_set_new(j, "how", json_string(s->how));
 		}
-		if (s->kind == PLAN_STEP_WRITE || s->kind == PLAN_STEP_SWITCH)
+		if (s->kind == PLAN_STEP_WRITE || s->kind == PLAN_STEP_SWITCH ||
+		    s->kind == PLAN_STEP_VERIFY)
 			json_object_set_new(j, "transport",
 					    json_string(plan_transport_name(s->transport)));
 		if (s->kind == PLAN_STEP_REBOOT && s->how)

@@ -40,10 +40,11 @@
 enum plan_transport {
 	PLAN_TRANSPORT_SERIAL, /* YMODEM in listening mode */
 	PLAN_TRANSPORT_DFU,    /* DfuSe in the DFU bootloader */
+	PLAN_TRANSPORT_CTRL,   /* USB control requests to the running device (issue 14) */
 	PLAN_TRANSPORT_COUNT,
 };
-const char *plan_transport_name(enum plan_transport t); /* "serial", "dfu" */
-/* The device mode a transport works in (listening, dfu). */
+const char *plan_transport_name(enum plan_transport t); /* "serial", "dfu", "ctrl" */
+/* The device mode a transport works in (listening, dfu, normal). */
 enum device_mode plan_transport_mode(enum plan_transport t);
 
 enum plan_step_kind {
@@ -56,7 +57,8 @@ const char *plan_step_kind_name(enum plan_step_kind k); /* "switch-mode", "write
 
 struct plan_step {
 	enum plan_step_kind kind;
-	enum plan_transport transport; /* WRITE: the transport; SWITCH: the one it leads to */
+	enum plan_transport transport; /* WRITE: the transport; SWITCH: the one it leads to;
+					  VERIFY: the one that reads the verdict */
 	enum device_mode from, to;     /* SWITCH */
 	const char *how;	       /* SWITCH: "14400 baud", "28800 baud", "DFU leave" */
 	/* WRITE */

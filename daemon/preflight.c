@@ -65,6 +65,25 @@ static bool compressed_ota_supported(const struct device_facts *dev)
 	return dev->system_version >= COMPRESSED_OTA_MIN_SYSTEM_VERSION;
 }
 
+void preflight_rules_ctrl(const struct device_facts *dev, struct preflight_rules *rules)
+{
+	memset(rules, 0, sizeof(*rules));
+	rules->transport = PREFLIGHT_TRANSPORT_CTRL;
+	rules->transport_name = "ctrl";
+	/* Device OS's firmware-update request takes a module as the OTA path does
+	 * (system/src/control/ ... firmware_update: start with the size, chunks,
+	 * finish; the module is validated and applied at the next reset). */
+	rules->functions = FN_BIT(MODULE_FUNCTION_BOOTLOADER) | FN_BIT(MODULE_FUNCTION_SYSTEM) |
+			   FN_BIT(MODULE_FUNCTION_USER) | FN_BIT(MODULE_FUNCTION_RADIO_STACK);
+	const struct platform *p = dev->platform;
+	if (p && p->id == 12)
+		rules->functions |=
+		    FN_BIT(MODULE_FUNCTION_NCP); /* Argon: HAL_PLATFORM_NCP_UPDATABLE */
+	rules->compressed = true;
+	rules->combined = true;
+	rules->why_not = "the firmware-update request takes modules with a slot only";
+}
+
 void preflight_rules_serial(const struct device_facts *dev, struct preflight_rules *rules)
 {
 	memset(rules, 0, sizeof(*rules));

@@ -20,6 +20,7 @@
 enum preflight_transport {
 	PREFLIGHT_TRANSPORT_SERIAL,
 	PREFLIGHT_TRANSPORT_DFU,
+	PREFLIGHT_TRANSPORT_CTRL, /* the firmware-update exchange of USB control requests */
 };
 
 /* What a transport can write.  preflight_rules_serial() fills the serial ones. */
@@ -62,6 +63,9 @@ struct preflight_input {
  * 2.0.0 on (see preflight.c for the source); nothing on 6.x.
  */
 void preflight_rules_serial(const struct device_facts *dev, struct preflight_rules *rules);
+/* What the firmware-update exchange of USB control requests takes (the planner's
+ * capability table says on which devices it is chosen). */
+void preflight_rules_ctrl(const struct device_facts *dev, struct preflight_rules *rules);
 
 /*
  * Orders the images by their dependencies and checks each against the device

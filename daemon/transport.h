@@ -1,6 +1,6 @@
 /*
  * The contract between jobs (daemon/jobs.c) and transports (daemon/serial/,
- * daemon/dfu/).  A transport is a vtable; a run is one transport working on
+ * daemon/dfu/, daemon/ctrl/).  A transport is a vtable; a run is one transport working on
  * one job for one device.  The core owns jobs, devices and the event loop;
  * the transport owns its run (fds, libusb handles, timers) and reports back
  * only through the job_*() calls below.  Everything is asynchronous: no call
@@ -8,7 +8,7 @@
  *
  * Lifecycle of a run
  *   1. The core picks the first registered transport whose can_serve()
- *      accepts the device (registration order: serial, dfu) and calls
+ *      accepts the device (registration order: serial, ctrl, dfu) and calls
  *      start().  start() returns a run, or NULL with *err filled: the job
  *      then fails with that error.
  *   2. The run moves the job through its states (job_set_state()), reports
@@ -295,9 +295,12 @@ struct transport_ops {
  * Built-in transports, always linked into flashd and listed in one table
  * (daemon/transports.c, transports_builtin()):
  *     const struct transport_ops serial_transport;   (daemon/serial/)
+ *     const struct transport_ops ctrl_transport;     (daemon/ctrl/: USB control
+ *                                                     requests to a running device)
  *     const struct transport_ops dfu_transport;      (daemon/dfu/)
  */
 extern const struct transport_ops serial_transport;
+extern const struct transport_ops ctrl_transport;
 extern const struct transport_ops dfu_transport;
 
 /* The registered transport of that name, or NULL. */

@@ -11,9 +11,12 @@
 
 const struct transport_ops *const *transports_builtin(void)
 {
-	/* serial first: it serves CDC devices on Device OS <= 5.x; DFU serves DFU-mode
-	 * devices and the CDC devices serial declines (it switches them with 14400 baud). */
-	static const struct transport_ops *const list[] = {&serial_transport, &dfu_transport, NULL};
+	/* serial first: it serves CDC devices on Device OS <= 5.x; ctrl before DFU: a
+	 * running device known to be on Device OS 6.x is read by control request (and
+	 * handed to DFU by the plan), not switched blindly; DFU serves DFU-mode devices
+	 * and the CDC devices the others decline (it switches them with 14400 baud). */
+	static const struct transport_ops *const list[] = {&serial_transport, &ctrl_transport,
+							   &dfu_transport, NULL};
 	return list;
 }
 

@@ -91,8 +91,11 @@ static void usb_cancel(void *ctx)
 static void usb_release(void *ctx)
 {
 	struct ctrl_usb *u = ctx;
+	struct ctrl_usb_hooks hooks = u->hooks;
 	libusb_free_transfer(u->xfer);
 	free(u);
+	if (hooks.released)
+		hooks.released(hooks.userdata);
 }
 
 struct ctrl *ctrl_open_usb(struct event_base *base, libusb_device_handle *handle,
@@ -113,6 +116,7 @@ struct ctrl *ctrl_open_usb(struct event_base *base, libusb_device_handle *handle
 	struct ctrl_io io = {usb_submit, usb_cancel, usb_release, u};
 	u->ctrl = ctrl_new(base, io, opt);
 	if (!u->ctrl) {
+		u->hooks.released = NULL; /* the handle stays the caller's on failure */
 		usb_release(u);
 		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;

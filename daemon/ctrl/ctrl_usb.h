@@ -16,6 +16,9 @@
 
 struct ctrl_usb_hooks {
 	void (*in_flight)(void *userdata, int delta); /* +1 at submit, -1 at completion */
+	/* Optional: the ctrl let go of the handle (ctrl_free() and no transfer in flight any
+	 * more): the caller may close it now. */
+	void (*released)(void *userdata);
 	void *userdata;
 };
 

@@ -637,49 +637,6 @@ static bool serial_verifiable(struct transport_run *r)
 			      system_version_after(r), true);
 }
 
-static void add_check(json_t *a, const char *name)
-{
-	size_t i;
-	json_t *v;
-	json_array_foreach(a, i, v) if (strcmp(json_string_value(v), name) == 0) return;
-	json_array_append_new(a, json_string(name));
-}
-
-/* Whether the device lists every module the job wrote, in its version, valid (vc == vv).
- * Radio stacks are left out: `s` synthesises their entry (§2.5). */
-static bool modules_as_written(struct transport_run *r, const struct device_facts *now,
-			       json_t *failed, const char **function, const char **file)
-{
-	for (size_t i = 0; i < job_image_count(r->job); i++) {
-		const struct image *img = job_image(r->job, i);
-		for (unsigned k = 0; img && k < img->n_modules; k++) {
-			const struct image_module *m = &img->modules[k];
-			if (m->function != MODULE_FUNCTION_SYSTEM &&
-			    m->function != MODULE_FUNCTION_USER &&
-			    m->function != MODULE_FUNCTION_MONO)
-				continue;
-			const struct installed_module *im =
-			    preflight_installed(now, m->function, m->index);
-			bool bad = false;
-			if (!im || im->version != m->version) {
-				add_check(failed, "missing");
-				bad = true;
-			} else {
-				const char *names[MODULE_CHECKS_MAX];
-				unsigned n = module_checks_failed(im->checked, im->passed, names);
-				for (unsigned c = 0; c < n; c++)
-					add_check(failed, names[c]);
-				bad = n > 0;
-			}
-			if (bad && !*function) {
-				*function = module_function_name(m->function);
-				*file = job_image_name(r->job, i);
-			}
-		}
-	}
-	return json_array_size(failed) == 0;
-}
-
 static void on_serial_verified(void *ctx, const struct cdc_query_result *res, struct error *err)
 {
 	struct transport_run *r = ctx;
@@ -695,59 +652,49 @@ static void on_serial_verified(void *ctx, const struct cdc_query_result *res, st
 	job_set_device_mode(r->job, res->was_listening ? DEVICE_MODE_LISTENING
 				    : safe	       ? DEVICE_MODE_SAFE
 						       : DEVICE_MODE_NORMAL);
-	json_t *failed = json_array();
-	const char *function = NULL, *file = NULL;
-	json_t *invalid = json_array();
-	bool written_ok = modules_as_written(r, &now, failed, &function, &file);
+	struct error e;
+	error_init(&e);
 	/* verified means the whole device: every module it reports valid (issue 11) */
-	size_t n_invalid = plan_invalid_modules(&now, invalid);
-	if (written_ok && n_invalid == 0 && !safe) {
-		json_decref(failed);
-		json_decref(invalid);
+	if (job_verdict(r->job, &now, safe, &e) == 0) {
 		run_done(r, "verified");
 		return;
 	}
-	char names[256] = "";
-	size_t i;
-	json_t *m;
-	json_array_foreach(invalid, i, m)
-	{
-		size_t k, len = strlen(names);
-		json_t *c;
-		snprintf(names + len, sizeof(names) - len, "%s%s (version %d)", i ? ", " : "",
-			 json_string_value(json_object_get(m, "module")),
-			 (int)json_integer_value(json_object_get(m, "version")));
-		json_array_foreach(json_object_get(m, "failed_checks"), k, c)
-		    add_check(failed, json_string_value(c));
-		if (!function)
-			function = json_string_value(json_object_get(m, "function"));
-	}
-	struct error e;
-	error_init(&e);
-	if (n_invalid > 0)
-		error_set(&e, ERR_BOOTED_INVALID,
-			  "the firmware was written, but after the reboot the device reports %s "
-			  "invalid%s: see invalid_modules",
-			  names, safe ? " and runs safe mode" : "");
-	else
-		error_set(
-		    &e, ERR_BOOTED_INVALID,
-		    "the firmware was written, but after the reboot the device reports %s %s: "
-		    "see failed_checks",
-		    file ? file : "a flashed module",
-		    safe ? "invalid and runs safe mode" : "missing or invalid");
-	error_detail_json(&e, "failed_checks", failed);
-	error_detail_json(&e, "invalid_modules", invalid);
-	error_detail_str(&e, "mode", safe ? "safe" : "normal");
-	if (function)
-		error_detail_str(&e, "module_function", function);
-	if (file)
-		error_detail_str(&e, "file", file);
 	r->state = RUN_FINISHED;
 	evtimer_del(r->timer);
 	cdc_query_free(r->query);
 	r->query = NULL;
 	job_finish(r->job, JOB_RESULT_FAILED, "booted-invalid", &e);
+}
+
+/* The plan's verify step goes over another transport (module info by control
+ * request on Device OS 6.x, plan.c's verifier()): its name, else NULL. */
+static const char *verify_elsewhere(struct transport_run *r)
+{
+	if (!r->jp)
+		return NULL;
+	for (size_t i = 0; i < r->jp->plan.n_steps; i++) {
+		const struct plan_step *s = &r->jp->plan.steps[i];
+		if (s->kind == PLAN_STEP_VERIFY && s->transport != PLAN_TRANSPORT_DFU &&
+		    s->transport != PLAN_TRANSPORT_SERIAL)
+			return plan_transport_name(s->transport);
+	}
+	return NULL;
+}
+
+/* Written and back: the job is handed to the plan's verifier, which finds every file
+ * written or installed (job_mark_written()) and gives the verdict. */
+static void hand_over_verify(struct transport_run *r)
+{
+	const char *to = verify_elsewhere(r);
+	/* written now, or installed already (the plan skipped it) */
+	for (size_t i = 0; i < job_image_count(r->job); i++)
+		job_mark_written(r->job, i);
+	job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0); /* the step it runs */
+	evtimer_del(r->timer);
+	r->state = RUN_FINISHED;
+	usb_dfu_close(r->usb);
+	r->usb = NULL;
+	job_handoff(r->job, to, "the plan verifies by reading module info after the reboot");
 }
 
 /* 28800 -> `s` -> `x` on the device that came back (§3, §2.5). */
@@ -902,7 +849,9 @@ static void dfu_device_event(struct transport_run *r, enum device_event ev,
 		if (dev->mode == DEVICE_MODE_NORMAL || dev->mode == DEVICE_MODE_LISTENING ||
 		    dev->mode == DEVICE_MODE_UNKNOWN) {
 			job_set_device_mode(r->job, dev->mode);
-			if (!serial_verifiable(r))
+			if (verify_elsewhere(r))
+				hand_over_verify(r);
+			else if (!serial_verifiable(r))
 				run_done(r, r->verified ? "verified" : "written-not-verified");
 			else if (dev->tty[0])
 				start_serial_verify(r, dev->tty);

@@ -1,29 +1,8 @@
 #include "usb.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define USB_MAX_POLLFDS 32 /* libusb uses a handful: event fd, timer fd, one per open device */
-/* How often libusb is polled while a transfer is in flight on an fd that epoll refuses. */
-#define USB_UNWATCHABLE_POLL_US 1000
-
-struct usb_pollfd {
-	int fd;
-	struct event *ev; /* NULL when the loop refused the fd (unwatched) */
-};
-
-struct usb_loop {
-	struct event_base *base;
-	libusb_context *ctx;
-	struct usb_pollfd fds[USB_MAX_POLLFDS];
-	unsigned n_fds;
-	struct event *timer;
-	bool overflow;	    /* more fds than USB_MAX_POLLFDS: the timer polls instead */
-	unsigned unwatched; /* fds epoll refused (EPERM: regular files, e.g. under umockdev) */
-	unsigned in_flight; /* transfers submitted and not completed */
-};
 
 struct usb_dfu_dev {
 	struct usb_loop *loop;
@@ -36,171 +15,6 @@ struct usb_dfu_dev {
 	bool claimed;
 	struct dfuse *dfuse;
 };
-
-static void update_timer(struct usb_loop *l);
-
-static void handle_events(struct usb_loop *l)
-{
-	struct timeval zero = {0, 0};
-	libusb_handle_events_timeout_completed(l->ctx, &zero, NULL);
-	update_timer(l);
-}
-
-static void on_fd(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	handle_events(arg);
-}
-
-static void on_timer(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	handle_events(arg);
-}
-
-/* Arms the timer for libusb's next transfer timeout when it has no timerfd. */
-static void update_timer(struct usb_loop *l)
-{
-	struct timeval tv;
-	if (l->overflow) {
-		tv = (struct timeval){0, 10000};
-		evtimer_add(l->timer, &tv);
-		return;
-	}
-	if (l->unwatched && l->in_flight) {
-		/* An fd the loop cannot watch is always ready (poll(2) semantics of a regular
-		 * file): poll libusb on a short timer, only while a transfer waits. */
-		tv = (struct timeval){0, USB_UNWATCHABLE_POLL_US};
-		evtimer_add(l->timer, &tv);
-		return;
-	}
-	if (libusb_pollfds_handle_timeouts(l->ctx))
-		return;
-	int r = libusb_get_next_timeout(l->ctx, &tv);
-	if (r == 1)
-		evtimer_add(l->timer, &tv);
-	else
-		evtimer_del(l->timer);
-}
-
-static void unwatch(struct usb_loop *l, struct usb_pollfd *p)
-{
-	if (p->ev)
-		event_free(p->ev);
-	else if (l->unwatched)
-		l->unwatched--;
-	p->ev = NULL;
-}
-
-static void on_pollfd_added(int fd, short events, void *user_data)
-{
-	struct usb_loop *l = user_data;
-	short what = EV_PERSIST;
-	/* Ask only for what libusb asks for (test-bench.md §4: a pty is always writable). */
-	if (events & POLLIN)
-		what |= EV_READ;
-	if (events & POLLOUT)
-		what |= EV_WRITE;
-	struct usb_pollfd *p = NULL;
-	for (unsigned i = 0; i < l->n_fds && !p; i++)
-		if (l->fds[i].fd == fd)
-			p = &l->fds[i];
-	if (p) {
-		unwatch(l, p);
-	} else {
-		if (l->n_fds >= USB_MAX_POLLFDS) {
-			l->overflow = true;
-			update_timer(l);
-			return;
-		}
-		p = &l->fds[l->n_fds++];
-		p->fd = fd;
-		p->ev = NULL;
-	}
-	p->ev = event_new(l->base, fd, what, on_fd, l);
-	if (p->ev && event_add(p->ev, NULL) < 0) {
-		/* epoll refuses regular files (EPERM); umockdev's usbfs nodes can be one. */
-		event_free(p->ev);
-		p->ev = NULL;
-	}
-	if (!p->ev)
-		l->unwatched++;
-	update_timer(l);
-}
-
-static void on_pollfd_removed(int fd, void *user_data)
-{
-	struct usb_loop *l = user_data;
-	for (unsigned i = 0; i < l->n_fds; i++) {
-		if (l->fds[i].fd != fd)
-			continue;
-		unwatch(l, &l->fds[i]);
-		l->fds[i] = l->fds[--l->n_fds];
-		return;
-	}
-}
-
-/* The daemon's context: set by the DFU transport's init(), cleared by its exit(). */
-static struct usb_loop *daemon_loop;
-
-void usb_loop_set_daemon(struct usb_loop *l)
-{
-	daemon_loop = l;
-}
-
-struct usb_loop *usb_loop_daemon(void)
-{
-	return daemon_loop;
-}
-
-struct usb_loop *usb_loop_new(struct event_base *base, struct error *err)
-{
-	struct usb_loop *l = calloc(1, sizeof(*l));
-	if (!l) {
-		error_set(err, ERR_OUT_OF_MEMORY, NULL);
-		return NULL;
-	}
-	l->base = base;
-	int r = libusb_init(&l->ctx);
-	if (r < 0) {
-		error_set(err, ERR_INTERNAL, "libusb could not start: %s", libusb_error_name(r));
-		error_detail_str(err, "reason", libusb_error_name(r));
-		free(l);
-		return NULL;
-	}
-	l->timer = evtimer_new(base, on_timer, l);
-	if (!l->timer) {
-		usb_loop_free(l);
-		error_set(err, ERR_OUT_OF_MEMORY, NULL);
-		return NULL;
-	}
-	libusb_set_pollfd_notifiers(l->ctx, on_pollfd_added, on_pollfd_removed, l);
-	const struct libusb_pollfd **fds = libusb_get_pollfds(l->ctx);
-	for (size_t i = 0; fds && fds[i]; i++)
-		on_pollfd_added(fds[i]->fd, fds[i]->events, l);
-	libusb_free_pollfds(fds);
-	return l;
-}
-
-void usb_loop_free(struct usb_loop *l)
-{
-	if (!l)
-		return;
-	libusb_set_pollfd_notifiers(l->ctx, NULL, NULL, NULL);
-	for (unsigned i = 0; i < l->n_fds; i++)
-		unwatch(l, &l->fds[i]);
-	if (l->timer)
-		event_free(l->timer);
-	libusb_exit(l->ctx);
-	free(l);
-}
-
-libusb_context *usb_loop_context(struct usb_loop *l)
-{
-	return l->ctx;
-}
 
 /* ---- one DFU device ----------------------------------------------------------------- */
 
@@ -239,8 +53,7 @@ static void LIBUSB_CALL on_transfer(struct libusb_transfer *xfer)
 {
 	struct usb_dfu_dev *d = xfer->user_data;
 	d->busy = false;
-	if (d->loop->in_flight)
-		d->loop->in_flight--;
+	usb_loop_in_flight(d->loop, -1);
 	if (d->closing) {
 		close_now(d);
 		return;
@@ -269,8 +82,7 @@ static int usb_control(void *ctx, const struct dfu_setup *s, const uint8_t *out,
 	if (r < 0)
 		return r;
 	d->busy = true;
-	d->loop->in_flight++;
-	update_timer(d->loop);
+	usb_loop_in_flight(d->loop, +1);
 	return 0;
 }
 
@@ -326,18 +138,8 @@ static int read_descriptors(libusb_device *dev, struct dfu_descriptors *desc, ui
 int usb_dfu_open(struct usb_loop *l, unsigned busnum, unsigned devnum, const char *devnode,
 		 struct usb_dfu_dev **ret, struct dfu_descriptors *desc, struct error *err)
 {
-	libusb_device **list = NULL;
-	libusb_device *dev = NULL;
 	*ret = NULL;
-	ssize_t n = libusb_get_device_list(l->ctx, &list);
-	for (ssize_t i = 0; i < n; i++) {
-		if (libusb_get_bus_number(list[i]) == busnum &&
-		    libusb_get_device_address(list[i]) == devnum) {
-			dev = libusb_ref_device(list[i]);
-			break;
-		}
-	}
-	libusb_free_device_list(list, 1);
+	libusb_device *dev = usb_loop_find(l, busnum, devnum);
 	if (!dev) {
 		error_set(err, ERR_DEVICE_GONE,
 			  "the DFU device %s is not (or no longer) on the bus",
@@ -407,8 +209,7 @@ void usb_dfu_close(struct usb_dfu_dev *d)
 		 * callback will come.  libusb_close() drops the transfer from its in-flight
 		 * list, after which it may be freed. */
 		d->busy = false;
-		if (d->loop->in_flight)
-			d->loop->in_flight--;
+		usb_loop_in_flight(d->loop, -1);
 	}
 	close_now(d);
 }

@@ -1,44 +1,19 @@
 /*
- * libusb-1.0 inside the libevent loop, without blocking.
- *
- * libusb's file descriptors (libusb_get_pollfds + pollfd notifiers) become
- * libevent events asking exactly for the POLLIN/POLLOUT libusb asks for; when
- * one fires, libusb_handle_events_timeout_completed() runs with a zero
- * timeout.  A libevent timer follows libusb_get_next_timeout() for backends
- * without timerfd.  Control transfers are asynchronous only
- * (libusb_fill_control_setup + libusb_submit_transfer).
- *
- * Descriptors: libusb_get_device_descriptor() and libusb_get_config_descriptor()
- * are answered from the copy libusb read once at enumeration (on Linux from
- * sysfs `descriptors` or the usbfs node, kernel-cached, never a bus transfer),
- * so they do not block.  String descriptors need the device: they are read
- * with asynchronous GET_DESCRIPTOR transfers by dfuse.c.  SET_INTERFACE is
- * also sent as an asynchronous standard request, because
- * libusb_set_interface_alt_setting() waits for the device.  claim/release are
- * usbfs ioctls that the kernel answers without talking to the device.
- *
- * Under umockdev the usbfs node is a pty that always polls writable
- * (test-bench.md §4): while a handle is open libusb's POLLOUT interest makes
- * the loop busy, so handles are opened per run and closed right after leave.
+ * One DFU device over the shared libusb loop (usb/usb_loop.h): descriptors
+ * from libusb's enumeration-time copy, asynchronous control transfers only.
+ * String descriptors and SET_INTERFACE are asynchronous requests (dfuse.c);
+ * claim/release are usbfs ioctls the kernel answers without the device.
  */
 #pragma once
 
 #include "dfuse.h"
 #include "errors.h"
+#include "usb_loop.h"
 
 #include <event2/event.h>
 #include <libusb.h>
 
-struct usb_loop;
 struct usb_dfu_dev;
-
-struct usb_loop *usb_loop_new(struct event_base *base, struct error *err);
-/* The daemon's one libusb context (every DFU user shares it): made and set by the DFU
- * transport's init(), cleared and freed by its exit() (transport.h).  NULL before. */
-void usb_loop_set_daemon(struct usb_loop *l);
-struct usb_loop *usb_loop_daemon(void);
-void usb_loop_free(struct usb_loop *l);
-libusb_context *usb_loop_context(struct usb_loop *l);
 
 /*
  * Opens the DFU device at busnum/devnum, claims its DFU interface and fills

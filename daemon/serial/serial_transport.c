@@ -277,7 +277,15 @@ static void do_preflight(struct transport_run *r)
 		release_port(r);
 		r->state = RUN_ENDED;
 		evtimer_del(r->timer);
-		job_handoff(r->job, r->jp->handoff, why);
+		/* Device OS 6.x enters DFU mode by control request: the control-request
+		 * transport asks for it (and falls back to DFU's 14400 baud) */
+		const char *to = r->jp->handoff;
+		if (strcmp(to, "dfu") == 0 &&
+		    capability_has(CAPABILITY_CONTROL_REQUESTS, r->facts.platform,
+				   facts_version(&r->facts), false) &&
+		    transport_find("ctrl") && job_device(r->job)->busnum)
+			to = "ctrl";
+		job_handoff(r->job, to, why);
 		return;
 	}
 	if (job_options(r->job)->dry_run) {
@@ -616,10 +624,21 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		if (error_is_set(&r->pending)) {
 			if (r->pending.code == ERR_TIMED_OUT && transport_find("dfu")) {
 				/* no listening mode over 28800: Device OS 6.x, or a
-				 * console busy for another reason: say which */
+				 * console busy for another reason: say which.  The
+				 * control-request transport reads a device of unknown or
+				 * 6.x version and plans (asking for DFU by request; on
+				 * <= 5.x, known here, the console should have answered and
+				 * a plan there would come back here); else DFU switches
+				 * with 14400 baud. */
 				char why[256];
 				console_silence_reason(&r->facts, why, sizeof(why));
-				job_handoff(r->job, "dfu", why);
+				job_handoff(r->job,
+					    transport_find("ctrl") && job_device(r->job)->busnum &&
+						    (facts_version(&r->facts) == 0 ||
+						     !has_console(&r->facts))
+						? "ctrl"
+						: "dfu",
+					    why);
 				r->state = RUN_ENDED;
 				release_port(r);
 				return;
@@ -776,6 +795,17 @@ static bool is_probe(const struct job *job)
 static void on_query_done(void *ctx, const struct cdc_query_result *res, struct error *err)
 {
 	struct transport_run *r = ctx;
+	if (err && res->no_listening_mode && transport_find("ctrl") && job_device(r->job)->busnum) {
+		/* No console (Device OS 6.x, or an application that turned it off): the
+		 * device may still answer USB control requests. */
+		r->state = RUN_ENDED;
+		evtimer_del(r->timer);
+		release_port(r);
+		job_handoff(r->job, "ctrl",
+			    "the device did not answer on its listening-mode console; asking it by "
+			    "USB control requests");
+		return;
+	}
 	if (err && res->no_listening_mode) {
 		/* Not an error for a probe: the device has no console to ask. */
 		job_note(r->job, "no-console",

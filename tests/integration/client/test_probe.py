@@ -30,6 +30,9 @@ IDS = {
     'boron6': 'e00fce68aabbccddeeff0061',
     'argon401': 'e00fce68aabbccddeeff0401',
     'p2590': '0a10aced202100000000a590',
+    'msom6': '0a10aced202100000000b620',
+    'p26': '0a10aced202100000000a620',
+    'argon6': 'e00fce68aabbccddeeff0620',
 }
 
 
@@ -245,15 +248,57 @@ def test_probe_of_a_busy_device_is_device_busy():
     check(ends and ends[0]['error']['code'] == 'timed-out', 'flash: %s' % ends)
 
 
-def test_device_os_6_without_console_is_probed_without_switching_to_dfu():
+def test_device_os_6_without_console_is_probed_by_control_requests():
+    # Device OS 6.x has no listening-mode console: the serial probe hears nothing and
+    # hands the probe to the control-request transport, which reads id, Device OS, mode
+    # and module info without switching the device anywhere.
     devs = [spec('boron', '6.2.0', 'normal', 'boron6')]
-    steps = [{'flashctl': ['--json', 'info', IDS['boron6']]}, {'flashctl': ['info', IDS['boron6']]}]
+    steps = [{'flashctl': ['--json', 'info', IDS['boron6']]}, {'flashctl': ['info', IDS['boron6']]},
+             {'flashctl': ['--json', 'list']}]
     res, doc, log = run(devs, steps)
     r = json_reply(res[0], log)
-    check(r['probe']['outcome'] == 'probed' and not r['device']['modules_known'], 'reply: %s' % r)
-    check(sim_device(doc, 'boron6')['mode'] == 'normal' and
-          sim_device(doc, 'boron6')['received']['dfu_requests'] == 0, 'device switched: %s' % sim_device(doc, 'boron6'))
-    check('listening-mode' in res[1]['out'] and res[1]['rc'] == 0, 'rendered:\n%s' % res[1]['out'])
+    check(r['probe']['outcome'] == 'probed' and r['device']['mode'] == 'normal' and
+          r['device']['os'] == '6.2.0', 'reply: %s' % r)
+    sim = sim_device(doc, 'boron6')
+    check_modules_match_sim(r, sim, ('system', 'user', 'bootloader'))
+    check(sim['mode'] == 'normal' and sim['received']['dfu_bytes'] == 0, 'device switched: %s' % sim)
+    check('handed-to-ctrl' in log, 'no hand-over to the control-request transport:\n%s' % log[-2000:])
+    check(res[1]['rc'] == 0 and re.search(r'Device OS +6\.2\.0', res[1]['out']), 'rendered:\n%s' % res[1]['out'])
+    listed = {d['id']: d for d in json.loads(res[2]['out'].splitlines()[0])['devices']}
+    check(listed[IDS['boron6']]['mode'] == 'normal', 'list: %s' % res[2]['out'])
+
+
+def test_m_som_p2_and_argon_on_6_are_identified_without_the_console():
+    # M SoM, P2 and Argon on Device OS 6.x in normal mode: list/info show mode normal,
+    # Device OS and modules, read by control requests.  The second probe goes straight
+    # to the control-request transport (the registry knows the version by then).
+    names = ('msom6', 'p26', 'argon6')
+    devs = [spec('msom', '6.2.0', 'normal', 'msom6'), spec('p2', '6.2.0', 'normal', 'p26'),
+            spec('argon', '6.2.0', 'normal', 'argon6')]
+    steps = [{'flashctl': ['--json', 'info', IDS[n]]} for n in names]
+    steps += [{'exchange': [{'request': 'device-info', 'id': 1, 'device': IDS[n], 'probe': True}],
+               'answers': 1} for n in names]
+    steps.append({'flashctl': ['--json', 'list']})
+    steps += [{'flashctl': ['info', IDS[n]]} for n in names]
+    res, doc, log = run(devs, steps)
+    listed = {d['id']: d for d in json.loads(res[6]['out'].splitlines()[0])['devices']}
+    for i, n in enumerate(names):
+        again = [o for o in res[3 + i]['objects'] if o['type'] in ('reply', 'error')]
+        check(again and again[0]['type'] == 'reply', '%s second probe: %s' % (n, again))
+        for r in (json_reply(res[i], log), again[0]):
+            check(r['probe']['outcome'] == 'probed' and r['device']['mode'] == 'normal' and
+                  r['device']['os'] == '6.2.0', '%s: %s' % (n, r))
+            sim = sim_device(doc, n)
+            got = check_modules_match_sim(r, sim, ('system', 'user', 'bootloader'))
+            check(len(got) >= 3, '%s: %d modules' % (n, len(got)))
+            check(sim['mode'] == 'normal' and sim['received']['dfu_bytes'] == 0, '%s switched: %s' % (n, sim))
+        check(listed[IDS[n]]['mode'] == 'normal', 'list: %s' % listed[IDS[n]])
+        out = res[7 + i]['out']
+        check(res[7 + i]['rc'] == 0 and re.search(r'Device OS +6\.2\.0', out) and 'system part 1' in out,
+              '%s rendered:\n%s' % (n, out))
+        print('# %s: %s' % (n, ', '.join('%s %d v%d' % (m['function'], m['index'], m['version'])
+                                          for m in again[0]['device']['modules'])))
+    check(log.count('handed-to-ctrl') == 3, 'hand-overs: %d' % log.count('handed-to-ctrl'))
 
 
 def test_info_names_the_release_of_a_dfu_device_from_its_system_part():

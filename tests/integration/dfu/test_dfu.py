@@ -268,23 +268,152 @@ def test_new_layout_app_on_1_5_argon_is_refused_before_erase():
 
 def test_listening_and_normal_devices_are_switched_to_dfu_and_back():
     # Device OS 6.x: the serial transport learns the version (listening mode) or gets no
-    # console (normal mode) and hands the job to DFU, which switches with 14400 baud.
+    # console (normal mode) and hands the job to the control-request transport, which
+    # reads the device and asks for DFU mode by request (no 14400-baud switch).  After the
+    # reboot the plan's verify step reads module info by control request.
     specs = ['platform=boron,mode=listening,os=6.2.0,name=b1', 'platform=boron,mode=normal,os=6.2.0,name=b2']
     idmap = ids(specs)
     app = os.path.join(top, 'boron-app-6.bin')
     open(app, 'wb').write(make_module(0xB4000, 5, 2, 7, 13, [(4, 1, 6000)], 30000))
     res, doc, work, log = run(specs, flash_steps([(app, idmap['b1'], ()), (app, idmap['b2'], ())]))
     tail = ['note:switching-to-dfu', 'preflight', 'erasing', 'writing', 'rebooting',
-            'note:device-reset']
+            'note:device-reset', 'note:handed-to-ctrl', 'verifying']
     for r, name in ((res[0], 'b1'), (res[1], 'b2')):
-        expect_done(r, log, 'written-not-verified')
+        expect_done(r, log, 'verified')
         phases = job_phases(r)
-        check(phases[-len(tail):] == tail, '%s phases %s' % (name, phases))
+        it = iter(phases)
+        check(all(p in it for p in tail) and phases[-1] == 'verifying',
+              '%s phases %s' % (name, phases))
         check(phases[0] == 'switching-mode', '%s phases %s' % (name, phases))
+        how = [l.get('message') for l in r['lines'] if l.get('note') == 'switching-to-dfu']
+        check(how and 'control request' in how[0], '%s switched by %s' % (name, how))
         dev, _, _ = check_flashed(doc, name, app)
         check(r['elapsed'] < 60, '%s took %.1f s' % (name, r['elapsed']))
         print('%s (%s): %s in %.1f s' % (name, specs[int(name[1]) - 1].split(',')[1],
                                         ' -> '.join(phases + ['done']), r['elapsed']))
+
+
+def restamp(path, version):
+    """A real module with another version: the prefix's version field, then the SHA-256
+    of the suffix (over everything before it) and the CRC-32 (big-endian) recomputed."""
+    import hashlib
+    import zlib
+    data = bytearray(open(path, 'rb').read())
+    for off in (0, 0x184, 0x200, 0x20):
+        start, end = struct.unpack_from('<II', data, off)
+        if end > start and end - start + 4 == len(data):
+            break
+    else:
+        fail('no module prefix in %s' % path)
+    struct.pack_into('<H', data, off + 10, version)
+    suffix = struct.unpack_from('<H', data, len(data) - 6)[0]
+    check(suffix >= 36, 'suffix of %d bytes' % suffix)
+    sha_at = len(data) - 4 - 2 - 32
+    data[sha_at:sha_at + 32] = hashlib.sha256(bytes(data[:sha_at])).digest()
+    struct.pack_into('>I', data, len(data) - 4, zlib.crc32(bytes(data[:-4])) & 0xffffffff)
+    return bytes(data)
+
+
+def steps_of(res):
+    return [l.get('step_description') for l in res['lines']
+            if l.get('event') == 'job-progress' and l.get('step_description')]
+
+
+def test_argon_6_app_is_verified_by_module_info_and_boron_app_refused():
+    # An Argon on Device OS 6.2.0 runs its application.  flashctl info reads it by control
+    # request; the new application then goes: enter-DFU request -> DFU write -> leave ->
+    # module info by request after the reboot -> verified.  A Boron application on it is
+    # refused before any byte.
+    specs = ['platform=argon,mode=normal,os=6.2.0,name=a6']
+    idmap = ids(specs)
+    app = os.path.join(top, 'argon-app-6.bin')
+    open(app, 'wb').write(make_module(0xB4000, 5, 2, 7, 12, [(4, 1, 6000)], 30000))
+    boron = os.path.join(top, 'boron-app-6.bin')
+    open(boron, 'wb').write(make_module(0xB4000, 5, 2, 7, 13, [(4, 1, 6000)], 30000))
+    steps = [{'flashctl': ['--json', 'info', idmap['a6']]},
+             {'snapshot': 'before'}] + flash_steps([(boron, idmap['a6'], ()), (app, idmap['a6'], ())])
+    res, doc, work, log = run(specs, steps)
+    check(res[0]['rc'] == 0 and '"mode": "normal"' in res[0]['out'].replace('":"', '": "'),
+          'info: %s %s' % (res[0]['out'][:500], res[0].get('err')))
+    err = expect_error(res[2], 'wrong-platform', log)
+    before = json.load(open(os.path.join(res[1]['dir'], 'state.json')))
+    check(device(before, 'a6')['received']['dfu_bytes'] == 0, 'DFU bytes before the jobs')
+    r = res[3]
+    end = expect_done(r, log, 'verified')
+    phases = job_phases(r)
+    check('note:handed-to-dfu' in phases and 'note:handed-to-ctrl' in phases and
+          phases[-1] == 'verifying', 'phases %s' % phases)
+    verifying = [l.get('step_description', '') for l in r['lines']
+                 if l.get('event') == 'job-progress' and l.get('state') == 'verifying']
+    check(verifying and all('module info' in d for d in verifying), 'verify step %s' % verifying)
+    notes = [l.get('message') for l in r['lines'] if l.get('note') == 'switching-to-dfu']
+    check(notes and 'control request' in notes[0], 'switch: %s' % notes)
+    dev, _, _ = check_flashed(doc, 'a6', app)
+    check(dev['received']['ymodem_bytes'] == 0, 'YMODEM on 6.x')
+    plans = [l['plan'] for l in r['lines'] if l.get('event') == 'job-plan']
+    kinds = [(s['kind'], s.get('transport'), s.get('how')) for s in plans[0]['steps']]
+    check(kinds[0] == ('switch-mode', 'dfu', 'enter-DFU control request') and
+          kinds[-1][:2] == ('verify', 'ctrl'), 'plan %s' % kinds)
+    print('# refused: %s' % err['message'])
+    print('# %s: %s in %.1f s' % (end['outcome'], ' -> '.join(phases), r['elapsed']))
+
+
+def test_argon_6_forced_app_needing_a_newer_system_is_booted_invalid_by_module_info():
+    # --force writes an application that needs system part 1 v6300 onto an Argon running
+    # 6.2.0: after the reboot module info says its dependency check failed (the device
+    # runs safe mode), and the job ends booted-invalid naming the failed check.
+    specs = ['platform=argon,mode=normal,os=6.2.0,name=a6']
+    idmap = ids(specs)
+    app = os.path.join(top, 'argon-app-needs-6.3.bin')
+    open(app, 'wb').write(make_module(0xB4000, 5, 2, 8, 12, [(4, 1, 6300)], 30000))
+    steps = [{'flashctl': ['--json', 'info', idmap['a6']]}] + \
+        flash_steps([(app, idmap['a6'], ('--force',))])
+    res, doc, work, log = run(specs, steps)
+    err = expect_error(res[1], 'booted-invalid', log)
+    d = err['detail']
+    check('dependencies' in d.get('failed_checks', []) and d.get('mode') == 'safe' and
+          any(m.get('function') == 'user' for m in d.get('invalid_modules', [])),
+          'detail %s' % json.dumps(d))
+    check('note:handed-to-ctrl' in job_phases(res[1]), 'phases %s' % job_phases(res[1]))
+    print('# booted-invalid: %s' % err['message'])
+
+
+def test_argon_6_newer_bootloader_goes_by_firmware_update_and_is_verified():
+    # No YMODEM on 6.x and DFU does not reach the bootloader: a bootloader of a newer
+    # release (a real Argon bootloader re-stamped, CRC and SHA-256 recomputed) is written
+    # by the firmware-update control request, and verified by module info after the reset.
+    specs = ['platform=argon,mode=normal,os=6.2.0,name=a6']
+    idmap = ids(specs)
+    bl = os.path.join(top, 'argon-bootloader@6.9.0.bin')
+    open(bl, 'wb').write(restamp(fixture('argon/argon-bootloader@2.2.0.bin'), 3200))
+    steps = [{'flashctl': ['--json', 'info', idmap['a6']]}] + flash_steps([(bl, idmap['a6'], ())])
+    res, doc, work, log = run(specs, steps)
+    r = res[1]
+    end = expect_done(r, log, 'verified')
+    dev = device(doc, 'a6')
+    m = [m for m in dev['modules'] if m['function'] == 'bootloader' and m['index'] == 0]
+    check(m and m[0]['version'] == 3200 and m[0]['valid'], 'bootloader %s' % m)
+    check(dev['received']['dfu_bytes'] == 0 and dev['received']['ymodem_bytes'] == 0,
+          'written another way: %s' % dev['received'])
+    check(dev['mode'] == 'normal', 'mode %s' % dev['mode'])
+    descr = steps_of(r)
+    check(any('writing bootloader over control requests' in d for d in descr), 'steps %s' % descr)
+    print('# %s: %s in %.1f s' % (end['outcome'], ' -> '.join(job_phases(r)), r['elapsed']))
+
+
+def test_argon_6_unplug_during_the_firmware_update_is_device_gone():
+    # The cable is pulled at the third data chunk of the bootloader update: device-gone
+    # naming the file and the request, within bounded time.
+    specs = ['platform=argon,mode=normal,os=6.2.0,name=a6,faults=ctrl-unplug@chunk3']
+    idmap = ids(['platform=argon,mode=normal,os=6.2.0,name=a6'])
+    bl = os.path.join(top, 'argon-bootloader@6.9.0.bin')
+    open(bl, 'wb').write(restamp(fixture('argon/argon-bootloader@2.2.0.bin'), 3200))
+    steps = [{'flashctl': ['--json', 'info', idmap['a6']]}] + flash_steps([(bl, idmap['a6'], ())])
+    res, doc, work, log = run(specs, steps)
+    err = expect_error(res[1], 'device-gone', log)
+    check(err['detail'].get('file') == os.path.basename(bl), 'detail %s' % json.dumps(err['detail']))
+    check(res[1]['elapsed'] < FAULT_BOUND, 'took %.1f s' % res[1]['elapsed'])
+    print('# %s after %.1f s: %s' % (err['code'], res[1]['elapsed'], err['message']))
 
 
 FAULT_KEYS = ('alt', 'address', 'chunk', 'dfu_state', 'dfu_status')

@@ -450,8 +450,9 @@ static void test_capability_table(void **state)
 	assert_int_equal(plan_writers(&bl->modules[0], argon, 2302), 1u << PLAN_TRANSPORT_SERIAL);
 	assert_int_equal(plan_writers(&sys->modules[0], argon, 2302),
 			 (1u << PLAN_TRANSPORT_SERIAL) | (1u << PLAN_TRANSPORT_DFU));
-	/* Device OS 6.x: no YMODEM, and DFU does not reach the bootloader */
-	assert_int_equal(plan_writers(&bl->modules[0], argon, 6200), 0);
+	/* Device OS 6.x: no YMODEM, DFU does not reach the bootloader: the firmware-update
+	 * control request writes it */
+	assert_int_equal(plan_writers(&bl->modules[0], argon, 6200), 1u << PLAN_TRANSPORT_CTRL);
 	assert_int_equal(plan_writers(&sys->modules[0], argon, 6200), 1u << PLAN_TRANSPORT_DFU);
 	struct device_facts f;
 	argon_231(&f, true);
@@ -461,9 +462,29 @@ static void test_capability_table(void **state)
 	struct error e;
 	error_init(&e);
 	const char *name = "argon-bootloader@4.0.2.bin";
-	assert_int_equal(build(&f, &bl, &name, 1, true, DEVICE_MODE_DFU, plan, &e), -1);
+	/* without the control-request transport: nothing writes it */
+	struct plan_input in = {bl, name};
+	struct plan_options o = {.force = true,
+				 .mode = DEVICE_MODE_DFU,
+				 .transports =
+				     (1u << PLAN_TRANSPORT_SERIAL) | (1u << PLAN_TRANSPORT_DFU)};
+	assert_int_equal(plan_build(&f, &in, 1, &o, plan, &e), -1);
 	assert_int_equal(e.code, ERR_NOT_FLASHABLE_HERE);
 	error_clear(&e);
+	/* with it: DFU leave, the update by request, the reset, the verdict by request */
+	assert_int_equal(build(&f, &bl, &name, 1, true, DEVICE_MODE_DFU, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	assert_int_equal(plan->first_transport, PLAN_TRANSPORT_CTRL);
+	assert_int_equal(plan->steps[0].kind, PLAN_STEP_SWITCH);
+	assert_int_equal(plan->steps[1].kind, PLAN_STEP_WRITE);
+	assert_int_equal(plan->steps[1].transport, PLAN_TRANSPORT_CTRL);
+	assert_int_equal(plan->steps[2].kind, PLAN_STEP_REBOOT);
+	assert_int_equal(plan->steps[3].kind, PLAN_STEP_VERIFY);
+	assert_int_equal(plan->steps[3].transport, PLAN_TRANSPORT_CTRL);
+	/* a running device: no switch at all */
+	assert_int_equal(build(&f, &bl, &name, 1, true, DEVICE_MODE_NORMAL, plan, &e), 0);
+	assert_int_equal(plan->steps[0].kind, PLAN_STEP_WRITE);
+	assert_int_equal(plan->steps[0].transport, PLAN_TRANSPORT_CTRL);
 	image_free(bl);
 	image_free(sys);
 	free(plan);

@@ -1,0 +1,740 @@
+/*
+ * The control-request transport (issue 14): a step executor for a device
+ * running Device OS (normal, listening or safe mode) that answers Particle's
+ * USB control requests.  It knows neither serial/ nor dfu/: it gets the
+ * daemon's libusb context from the USB service (usb/usb_loop.h) and the
+ * rest from the core (the plan, the verdict).
+ *
+ * A run opens the device by its USB address (no interface is claimed), reads
+ * what identifies it (device id, Device OS, mode, module info) and then, by
+ * the job:
+ *  - a probe (no images, dry run): reports the facts and the mode, "probed";
+ *  - a verify (every file of the job written by another transport, which
+ *    handed the plan's verify step over): the module info after the reboot
+ *    gives the verdict, "verified" or booted-invalid with the failing checks;
+ *  - a flash: plans over this transport; the plan's first write goes over
+ *    another transport (DFU), which the run hands the job to.
+ *
+ * The handle is opened per run and closed when the run ends (under umockdev
+ * an open usbfs node keeps the loop busy, see usb_loop.h).
+ */
+#include "ctrl.h"
+#include "ctrl_usb.h"
+#include "usb_loop.h"
+
+#include "capability.h"
+#include "job_plan.h"
+#include "plan.h"
+#include "transport.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+#define CTRL_OPEN_RETRY_MS 100 /* the device is on udev's list before libusb's */
+#define CTRL_REREAD_MAX	   3   /* resets in a row while reading a device that came back */
+
+enum run_state {
+	RUN_OPENING,   /* waiting for libusb to list the device, then opening it */
+	RUN_READING,   /* the identification requests */
+	RUN_NEXT,      /* a request ended: the next step runs from the timer, outside the ctrl */
+	RUN_WRITING,   /* the firmware-update exchange of jp->pre.steps[write_i] */
+	RUN_WRITTEN,   /* it ended: what follows runs from the timer */
+	RUN_REBOOT,    /* the device resets to apply the update: waiting for it to come back */
+	RUN_ASK_DFU,   /* the enter-DFU request in flight */
+	RUN_ASKED,     /* it ended: what follows runs from the timer */
+	RUN_SWITCHING, /* waiting for the device to come back in DFU mode */
+	RUN_ENDED,
+};
+
+/* The identification, one request after another. */
+static const enum ctrl_op read_ops[] = {
+    CTRL_OP_DEVICE_ID,
+    CTRL_OP_SYSTEM_VERSION,
+    CTRL_OP_DEVICE_MODE,
+    CTRL_OP_MODULE_INFO,
+};
+#define N_READ_OPS (sizeof(read_ops) / sizeof(read_ops[0]))
+
+/* The libusb handle outlives the run until the ctrl has let go of it. */
+struct ctrl_handle {
+	struct usb_loop *loop;
+	libusb_device_handle *handle;
+};
+
+struct transport_run {
+	struct job *job;
+	struct event_base *base;
+	struct event *timer;
+	enum run_state state;
+	struct device_snapshot dev;
+	struct device_facts facts;
+	enum device_mode mode;
+	struct ctrl_handle *h;
+	struct ctrl *ctrl;
+	size_t op_i;
+	unsigned open_ms;     /* spent waiting for libusb to list the device */
+	bool verify;	      /* the job's files are written: this run gives the verdict */
+	struct error pending; /* the request that ended failed */
+	size_t write_i;	      /* index into jp->pre.steps */
+	bool seen_gone;	      /* RUN_REBOOT: the device went away (the reset happened) */
+	unsigned reread;      /* identifications after a reset cut off by another reset */
+	bool writes_started;  /* the plan's writes over this transport began */
+	struct job_plan *jp;
+};
+
+const struct timeout_def ctrl_transport_timeouts[] = {
+    {"ctrl_request_ms", CTRL_REQUEST_MS_DEFAULT,
+     "bound one USB control request from INIT to its reply (CHECK polled every 5-50 ms)"},
+    {"ctrl_reenumerate_ms", 15000,
+     "a device that is to answer control requests -> listed by libusb and opened"},
+    {NULL, 0, NULL},
+};
+
+static void arm(struct transport_run *r, unsigned ms)
+{
+	struct timeval tv = {ms / 1000, (suseconds_t)(ms % 1000) * 1000};
+	evtimer_add(r->timer, &tv);
+}
+
+static void on_in_flight(void *userdata, int delta)
+{
+	struct ctrl_handle *h = userdata;
+	usb_loop_in_flight(h->loop, delta);
+}
+
+static void on_released(void *userdata)
+{
+	struct ctrl_handle *h = userdata;
+	if (h->handle)
+		libusb_close(h->handle);
+	free(h);
+}
+
+/* Drops the device: the ctrl first (it closes the handle once nothing is in flight). */
+static void close_device(struct transport_run *r)
+{
+	if (r->ctrl) {
+		ctrl_free(r->ctrl);
+		r->ctrl = NULL;
+		r->h = NULL; /* freed by on_released */
+	} else if (r->h) {
+		on_released(r->h);
+		r->h = NULL;
+	}
+}
+
+static void end_run(struct transport_run *r, enum job_result result, const char *word,
+		    struct error *err)
+{
+	r->state = RUN_ENDED;
+	evtimer_del(r->timer);
+	close_device(r);
+	job_finish(r->job, result, word, err);
+}
+
+static void fail(struct transport_run *r, struct error *err)
+{
+	if (r->dev.key[0])
+		error_detail_str(err, "device", r->dev.key);
+	end_run(r, err->code == ERR_CANCELLED ? JOB_RESULT_CANCELLED : JOB_RESULT_FAILED, NULL,
+		err);
+}
+
+static bool all_written(const struct job *job)
+{
+	size_t n = job_image_count(job);
+	for (size_t i = 0; i < n; i++)
+		if (!job_image_written(job, i))
+			return false;
+	return n > 0;
+}
+
+static bool is_probe(const struct job *job)
+{
+	return job_image_count(job) == 0 && job_options(job)->dry_run;
+}
+
+/* ---- after the identification --------------------------------------------------- */
+
+static void hand_over(struct transport_run *r, const char *to);
+
+static void start_write(struct transport_run *r);
+
+static enum device_mode mode_from_facts(const struct transport_run *r)
+{
+	if (r->mode == DEVICE_MODE_LISTENING)
+		return DEVICE_MODE_LISTENING;
+	json_t *invalid = json_array();
+	size_t n = plan_invalid_modules(&r->facts, invalid);
+	json_decref(invalid);
+	/* Device OS runs safe mode when a module fails its checks; GET_DEVICE_MODE
+	 * knows only normal and listening. */
+	return n > 0 ? DEVICE_MODE_SAFE : DEVICE_MODE_NORMAL;
+}
+
+static void give_verdict(struct transport_run *r)
+{
+	struct error e;
+	error_init(&e);
+	if (r->jp)
+		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
+	job_set_state(r->job, JOB_VERIFYING);
+	if (job_verdict(r->job, &r->facts, r->mode == DEVICE_MODE_SAFE, &e) == 0) {
+		end_run(r, JOB_RESULT_DONE, "verified", NULL);
+		return;
+	}
+	end_run(r, JOB_RESULT_FAILED, "booted-invalid", &e);
+}
+
+static void hand_over(struct transport_run *r, const char *to)
+{
+	char why[200];
+	if (r->jp && r->jp->plan.n_steps)
+		plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
+	else
+		snprintf(why, sizeof(why), "the plan goes on over %s", to);
+	r->state = RUN_ENDED;
+	evtimer_del(r->timer);
+	close_device(r);
+	job_handoff(r->job, to, why);
+}
+
+/* ---- mode switch by request ------------------------------------------------------ */
+
+static void on_asked(struct ctrl *c, const struct ctrl_result *res, struct error *err,
+		     void *userdata)
+{
+	(void)c;
+	(void)res;
+	struct transport_run *r = userdata;
+	if (r->state != RUN_ASK_DFU)
+		return;
+	if (err)
+		error_move(&r->pending, err);
+	r->state = RUN_ASKED;
+	arm(r, 0);
+}
+
+/* The plan's first write goes over DFU: ask the device by request (Device OS
+ * system/src/control: CTRL_REQUEST_DFU_MODE), instead of the 14400-baud line coding. */
+static int ask_dfu(struct transport_run *r)
+{
+	struct error e;
+	error_init(&e);
+	if (!r->ctrl)
+		return -1;
+	if (ctrl_op_start(r->ctrl, CTRL_OP_ENTER_DFU, on_asked, r, &e) < 0) {
+		error_clear(&e);
+		return -1;
+	}
+	r->state = RUN_ASK_DFU;
+	job_set_state(r->job, JOB_SWITCHING_MODE);
+	return 0;
+}
+
+static void after_ask(struct transport_run *r)
+{
+	if (error_is_set(&r->pending)) {
+		/* not supported here: the DFU transport switches with 14400 baud */
+		job_note(r->job, "ctrl-fallback",
+			 "the enter-DFU request failed (%s); using 14400 baud", r->pending.message);
+		error_clear(&r->pending);
+		hand_over(r, "dfu");
+		return;
+	}
+	job_note(r->job, "switching-to-dfu", "asked the device by USB control request");
+	close_device(r);
+	r->state = RUN_SWITCHING;
+	arm(r, timeout_ms("ctrl_reenumerate_ms"));
+}
+
+/* ---- writes by the firmware-update exchange ----------------------------------------- */
+
+static void on_fw_progress(struct ctrl *c, size_t done, size_t total, void *userdata)
+{
+	(void)c;
+	(void)total;
+	struct transport_run *r = userdata;
+	uint64_t before = 0, all = 0;
+	for (size_t i = 0; i < r->jp->pre.n_steps; i++) {
+		if (i < r->write_i)
+			before += r->jp->pre.steps[i].img->len;
+		all += r->jp->pre.steps[i].img->len;
+	}
+	job_progress(r->job, before + done, all);
+}
+
+static void on_fw_done(struct ctrl *c, const struct ctrl_result *res, struct error *err,
+		       void *userdata)
+{
+	(void)c;
+	(void)res;
+	struct transport_run *r = userdata;
+	if (r->state != RUN_WRITING)
+		return;
+	if (err)
+		error_move(&r->pending, err);
+	r->state = RUN_WRITTEN;
+	arm(r, 0);
+}
+
+static void start_write(struct transport_run *r)
+{
+	struct error e;
+	error_init(&e);
+	const struct preflight_step *st = &r->jp->pre.steps[r->write_i];
+	job_plan_write_step(r->job, r->jp, r->write_i);
+	job_set_state(r->job, JOB_WRITING);
+	r->state = RUN_WRITING;
+	if (ctrl_firmware_update(r->ctrl, st->img->data, st->img->len, on_fw_progress, on_fw_done,
+				 r, &e) < 0) {
+		error_detail_str(&e, "file", st->name ? st->name : "");
+		fail(r, &e);
+	}
+}
+
+static void after_write(struct transport_run *r)
+{
+	const struct preflight_step *st = &r->jp->pre.steps[r->write_i];
+	if (error_is_set(&r->pending)) {
+		struct error e;
+		error_init(&e);
+		error_move(&e, &r->pending);
+		error_detail_str(&e, "file", st->name ? st->name : "");
+		fail(r, &e);
+		return;
+	}
+	/* Device OS applies the module at the reset that follows FINISH. */
+	close_device(r);
+	r->state = RUN_REBOOT;
+	r->seen_gone = !r->dev.present;
+	job_plan_step_kind(r->job, r->jp, PLAN_STEP_REBOOT, r->write_i);
+	job_set_state(r->job, JOB_REBOOTING);
+	arm(r, timeout_ms("ctrl_reenumerate_ms"));
+}
+
+/* Back after a write: the next one, the transport the plan goes on with, or the verdict. */
+static void after_reboot(struct transport_run *r)
+{
+	job_mark_written(r->job, r->jp->pre.steps[r->write_i].job_index);
+	if (r->write_i + 1 < r->jp->pre.n_steps) {
+		r->write_i++;
+		start_write(r);
+		return;
+	}
+	if (r->jp->then) {
+		hand_over(r, r->jp->then);
+		return;
+	}
+	give_verdict(r);
+}
+
+static void plan_and_hand_over(struct transport_run *r)
+{
+	struct error e;
+	error_init(&e);
+	struct preflight_rules rules;
+	preflight_rules_ctrl(&r->facts, &rules);
+	if (!r->jp)
+		r->jp = calloc(1, sizeof(*r->jp));
+	if (!r->jp) {
+		error_set(&e, ERR_OUT_OF_MEMORY, NULL);
+		fail(r, &e);
+		return;
+	}
+	job_set_state(r->job, JOB_PREFLIGHT);
+	if (job_plan_make(r->job, PLAN_TRANSPORT_CTRL, &r->facts, r->mode, r->dev.usb_devnode,
+			  &rules, r->jp, &e) < 0) {
+		fail(r, &e);
+		return;
+	}
+	if (r->jp->plan.n_writes == 0) {
+		end_run(r, JOB_RESULT_DONE, "already-installed", NULL);
+		return;
+	}
+	if (r->jp->handoff) {
+		if (strcmp(r->jp->handoff, "dfu") == 0 && ask_dfu(r) == 0)
+			return;
+		hand_over(r, r->jp->handoff);
+		return;
+	}
+	if (job_options(r->job)->dry_run) {
+		end_run(r, JOB_RESULT_DONE, "preflight-ok", NULL);
+		return;
+	}
+	r->write_i = 0;
+	r->writes_started = true;
+	start_write(r);
+}
+
+static void identified(struct transport_run *r)
+{
+	job_update_facts(r->job, &r->facts);
+	r->mode = mode_from_facts(r);
+	job_set_device_mode(r->job, r->mode);
+	if (is_probe(r->job)) {
+		end_run(r, JOB_RESULT_DONE, "probed", NULL);
+		return;
+	}
+	if (r->verify) {
+		give_verdict(r);
+		return;
+	}
+	if (r->writes_started) {
+		after_reboot(r);
+		return;
+	}
+	plan_and_hand_over(r);
+}
+
+/* ---- the requests --------------------------------------------------------------- */
+
+static void next_op(struct transport_run *r);
+
+static void take_result(struct transport_run *r, const struct ctrl_result *res)
+{
+	switch (res->op) {
+	case CTRL_OP_DEVICE_ID:
+		snprintf(r->facts.device_id, sizeof(r->facts.device_id), "%.*s", DEVICE_ID_LEN,
+			 res->text);
+		break;
+	case CTRL_OP_SYSTEM_VERSION:
+		snprintf(r->facts.os_version, sizeof(r->facts.os_version), "%.*s",
+			 (int)sizeof(r->facts.os_version) - 1, res->text);
+		break;
+	case CTRL_OP_DEVICE_MODE:
+		r->mode =
+		    res->mode == CTRL_MODE_LISTENING ? DEVICE_MODE_LISTENING : DEVICE_MODE_NORMAL;
+		break;
+	case CTRL_OP_MODULE_INFO:
+		r->facts.n_modules = 0;
+		for (unsigned i = 0; i < res->n_modules && i < DEVICE_FACTS_MAX_MODULES; i++) {
+			const struct installed_module *m = &res->modules[i];
+			r->facts.modules[r->facts.n_modules++] = *m;
+			if (m->function == MODULE_FUNCTION_SYSTEM && m->index == 1 &&
+			    m->store == MODULE_STORE_MAIN)
+				r->facts.system_version = m->version;
+		}
+		r->facts.modules_known = true;
+		r->facts.unknown_functions = 0;
+		break;
+	default:
+		break;
+	}
+}
+
+static void on_op_done(struct ctrl *c, const struct ctrl_result *res, struct error *err,
+		       void *userdata)
+{
+	(void)c;
+	struct transport_run *r = userdata;
+	if (r->state != RUN_READING)
+		return;
+	if (err)
+		error_move(&r->pending, err);
+	else
+		take_result(r, res);
+	/* continue from the loop: the ctrl may be freed by what follows */
+	r->state = RUN_NEXT;
+	arm(r, 0);
+}
+
+static void after_op(struct transport_run *r)
+{
+	if (error_is_set(&r->pending)) {
+		struct error e;
+		error_init(&e);
+		error_move(&e, &r->pending);
+		if (e.code == ERR_DEVICE_GONE && (r->verify || r->writes_started) &&
+		    r->reread++ < CTRL_REREAD_MAX) {
+			/* still resetting after the update or the DFU leave: wait for it again */
+			error_clear(&e);
+			close_device(r);
+			r->state = RUN_REBOOT;
+			r->seen_gone = !r->dev.present;
+			arm(r, timeout_ms("ctrl_reenumerate_ms"));
+			return;
+		}
+		if (r->verify && e.code != ERR_CANCELLED) {
+			/* written; the device cannot be asked now */
+			job_note(r->job, "not-verified", "%s", e.message);
+			error_clear(&e);
+			end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);
+			return;
+		}
+		if (is_probe(r->job) && e.code != ERR_CANCELLED) {
+			/* not an error for a probe: only what USB says is known */
+			job_note(
+			    r->job, "no-console",
+			    "the device has no listening-mode console and did not answer the "
+			    "control request either (%s); flashd does not switch a device to DFU "
+			    "mode for a probe",
+			    e.message);
+			error_clear(&e);
+			end_run(r, JOB_RESULT_DONE, "probed", NULL);
+			return;
+		}
+		if (!r->writes_started && e.code != ERR_CANCELLED && transport_find("dfu")) {
+			/* a device that does not answer control requests: DFU switches it with
+			 * the 14400-baud line coding, as before there was this transport */
+			job_note(r->job, "ctrl-fallback", "%s; handing the job to DFU", e.message);
+			error_clear(&e);
+			hand_over(r, "dfu");
+			return;
+		}
+		if (error_detail_type(e.code, "request") == 's' &&
+		    !(e.detail && json_object_get(e.detail, "request")))
+			error_detail_str(&e, "request", ctrl_op_name(read_ops[r->op_i]));
+		fail(r, &e);
+		return;
+	}
+	r->op_i++;
+	r->state = RUN_READING;
+	next_op(r);
+}
+
+static void next_op(struct transport_run *r)
+{
+	if (r->op_i >= N_READ_OPS) {
+		identified(r);
+		return;
+	}
+	struct error e;
+	error_init(&e);
+	if (ctrl_op_start(r->ctrl, read_ops[r->op_i], on_op_done, r, &e) < 0)
+		fail(r, &e);
+}
+
+/* ---- opening ---------------------------------------------------------------------- */
+
+static int open_device(struct transport_run *r, struct error *err)
+{
+	struct usb_loop *loop = usb_loop_daemon();
+	if (!loop)
+		return error_set(err, ERR_INTERNAL,
+				 "flashd has no USB context (the DFU transport owns it and did "
+				 "not start), so control requests cannot be sent");
+	libusb_device *dev = usb_loop_find(loop, r->dev.busnum, r->dev.devnum);
+	if (!dev)
+		return 1; /* not listed yet: retried */
+	struct ctrl_handle *h = calloc(1, sizeof(*h));
+	if (!h) {
+		libusb_unref_device(dev);
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
+	}
+	h->loop = loop;
+	int rc = libusb_open(dev, &h->handle);
+	libusb_unref_device(dev);
+	if (rc < 0) {
+		free(h);
+		if (rc == LIBUSB_ERROR_ACCESS) {
+			error_set(err, ERR_PERMISSION_DENIED,
+				  "flashd may not open %s to send control requests",
+				  r->dev.usb_devnode);
+			error_detail_str(err, "path", r->dev.usb_devnode);
+			error_detail_int(err, "errno", EACCES);
+			return -1;
+		}
+		if (rc == LIBUSB_ERROR_NO_DEVICE)
+			return 1;
+		error_set(err, ERR_TRANSFER_FAILED, "opening %s for control requests failed: %s",
+			  r->dev.usb_devnode, libusb_error_name(rc));
+		error_detail_str(err, "reason", libusb_error_name(rc));
+		return -1;
+	}
+	r->h = h;
+	struct ctrl_usb_hooks hooks = {
+	    .in_flight = on_in_flight, .released = on_released, .userdata = h};
+	struct ctrl_options opt = {.request_ms = timeout_ms("ctrl_request_ms"),
+				   .device_os =
+				       r->facts.os_version[0] ? r->facts.os_version : NULL};
+	r->ctrl = ctrl_open_usb(r->base, h->handle, &hooks, &opt, err);
+	if (!r->ctrl)
+		return -1;
+	return 0;
+}
+
+static void try_open(struct transport_run *r)
+{
+	struct error e;
+	error_init(&e);
+	int rc = r->dev.present ? open_device(r, &e) : 1;
+	if (rc < 0) {
+		fail(r, &e);
+		return;
+	}
+	if (rc > 0) {
+		if (r->open_ms >= timeout_ms("ctrl_reenumerate_ms")) {
+			error_set(&e, ERR_DEVICE_GONE,
+				  "the device %s is not (or no longer) on the bus to answer "
+				  "control requests",
+				  r->dev.usb_devnode);
+			error_detail_str(&e, "phase", "open");
+			fail(r, &e);
+			return;
+		}
+		r->open_ms += CTRL_OPEN_RETRY_MS;
+		arm(r, CTRL_OPEN_RETRY_MS);
+		return;
+	}
+	r->state = RUN_READING;
+	r->op_i = 0;
+	next_op(r);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct transport_run *r = arg;
+	if (r->state == RUN_OPENING)
+		try_open(r);
+	else if (r->state == RUN_NEXT)
+		after_op(r);
+	else if (r->state == RUN_WRITTEN)
+		after_write(r);
+	else if (r->state == RUN_ASKED)
+		after_ask(r);
+	else if (r->state == RUN_REBOOT || r->state == RUN_SWITCHING) {
+		struct error e;
+		error_init(&e);
+		error_set(
+		    &e, ERR_TIMED_OUT,
+		    r->state == RUN_REBOOT
+			? "the device did not come back after the firmware update"
+			: "the device did not come back in DFU mode after the enter-DFU request");
+		error_detail_str(&e, "phase",
+				 r->state == RUN_REBOOT ? "rebooting" : "switching-mode");
+		error_detail_int(&e, "timeout_ms", timeout_ms("ctrl_reenumerate_ms"));
+		fail(r, &e);
+	}
+}
+
+/* ---- the vtable ------------------------------------------------------------------- */
+
+static int facts_major(const struct device_facts *f)
+{
+	uint16_t v = capability_version(f->os_version, f->system_version);
+	return v ? v / 1000 : -1;
+}
+
+static bool ctrl_can_serve(const struct device_snapshot *dev)
+{
+	/* A running device known to be on Device OS 6.x (no listening-mode console):
+	 * before that, the serial transport reads the console and hands over. */
+	if (dev->mode == DEVICE_MODE_DFU || !dev->busnum || !dev->devnum)
+		return false;
+	uint16_t v = capability_version(dev->facts.os_version, dev->facts.system_version);
+	return facts_major(&dev->facts) >= 6 &&
+	       capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, false);
+}
+
+static struct transport_run *ctrl_start(struct job *job, struct error *err)
+{
+	struct transport_run *r = calloc(1, sizeof(*r));
+	if (!r) {
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
+		return NULL;
+	}
+	r->job = job;
+	r->base = job_event_base(job);
+	r->dev = *job_device(job);
+	r->facts = r->dev.facts;
+	r->mode = r->dev.mode;
+	r->verify = all_written(job);
+	error_init(&r->pending);
+	r->timer = evtimer_new(r->base, on_timer, r);
+	if (!r->timer) {
+		free(r);
+		error_set(err, ERR_OUT_OF_MEMORY, NULL);
+		return NULL;
+	}
+	if (r->dev.mode == DEVICE_MODE_DFU) {
+		event_free(r->timer);
+		free(r);
+		error_set(err, ERR_NOT_FLASHABLE_HERE,
+			  "the device is in DFU mode, where it answers no control requests");
+		error_detail_str(err, "transport", "ctrl");
+		return NULL;
+	}
+	job_set_state(job, r->verify ? JOB_VERIFYING : JOB_PREFLIGHT);
+	r->state = RUN_OPENING;
+	arm(r, 0);
+	return r;
+}
+
+static void ctrl_cancel_run(struct transport_run *r)
+{
+	struct error e;
+	error_init(&e);
+	if (r->state == RUN_WRITING && r->ctrl) {
+		/* the exchange stops at the next chunk and cancels the update on the device;
+		 * its callback ends the job */
+		ctrl_cancel(r->ctrl);
+		return;
+	}
+	if (r->verify || r->state == RUN_REBOOT || r->state == RUN_WRITTEN ||
+	    (r->writes_started && r->state != RUN_WRITING)) {
+		/* past the point of no return: the device applies what it got */
+		job_note(r->job, "not-verified", "the job was cancelled while verifying");
+		end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);
+		return;
+	}
+	error_set(&e, ERR_CANCELLED, "the job was cancelled");
+	error_detail_str(&e, "phase", is_probe(r->job) ? "probe" : "preflight");
+	end_run(r, JOB_RESULT_CANCELLED, NULL, &e);
+}
+
+static void ctrl_device_event(struct transport_run *r, enum device_event ev,
+			      const struct device_snapshot *dev)
+{
+	r->dev = *dev;
+	if (r->state == RUN_ENDED)
+		return;
+	if (ev == DEVICE_EVENT_GONE && (r->state == RUN_READING || r->state == RUN_NEXT)) {
+		/* the request in flight ends with device-gone (transfer NO_DEVICE) */
+		return;
+	}
+	if (ev == DEVICE_EVENT_BACK && r->state == RUN_OPENING)
+		arm(r, 0);
+	if (ev == DEVICE_EVENT_GONE && r->state == RUN_REBOOT)
+		r->seen_gone = true;
+	if ((ev == DEVICE_EVENT_BACK || ev == DEVICE_EVENT_CHANGED) && dev->present &&
+	    r->state == RUN_REBOOT && r->seen_gone && dev->mode != DEVICE_MODE_DFU) {
+		/* back running: read it again (the next write, or the verdict) */
+		r->state = RUN_OPENING;
+		r->open_ms = 0;
+		r->op_i = 0;
+		arm(r, 0);
+	}
+	if ((ev == DEVICE_EVENT_BACK || ev == DEVICE_EVENT_CHANGED) && dev->present &&
+	    r->state == RUN_SWITCHING && dev->mode == DEVICE_MODE_DFU) {
+		job_set_device_mode(r->job, DEVICE_MODE_DFU);
+		hand_over(r, "dfu");
+	}
+}
+
+static void ctrl_free_run(struct transport_run *r)
+{
+	if (!r)
+		return;
+	if (r->timer)
+		event_free(r->timer);
+	close_device(r);
+	error_clear(&r->pending);
+	free(r->jp);
+	free(r);
+}
+
+const struct transport_ops ctrl_transport = {
+    .name = "ctrl",
+    .can_serve = ctrl_can_serve,
+    .start = ctrl_start,
+    .cancel = ctrl_cancel_run,
+    .device_event = ctrl_device_event,
+    .free = ctrl_free_run,
+    .timeouts = ctrl_transport_timeouts,
+};
