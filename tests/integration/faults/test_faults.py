@@ -436,6 +436,9 @@ def evaluate(cell, res, doc, errors):
         hist_ok = True  # a full disk may cost the record, never the flash or the daemon
     elif not hist_ok:
         probs.append('job missing from the history')
+    elif len(res['history_first']) != 1:
+        probs.append('the job has %d history records (resumed, never duplicated)'
+                     % len(res['history_first']))
     if res.get('flashd_exit') not in (0, None):
         probs.append('flashd exited %s' % res.get('flashd_exit'))
     if cell.get('action') == 'garbage':
