@@ -104,6 +104,8 @@ def cells():
     out += [
         dict(id='dfu garbage, oversize and slow-drip messages mid-job', tr='dfu',
              action='garbage', at=30, expect='done', **slow),
+        dict(id='dfu more clients than the limit mid-job', tr='dfu', action='clients', at=30,
+             expect='done', **slow),
         dict(id='dfu firmware file truncated after submission', tr='dfu', action='truncate',
              expect='done', **slow),
         dict(id='dfu full file system under the state directory', tr='dfu', fullfs=True,
@@ -220,6 +222,33 @@ def abuse(sock):
     return got
 
 
+def crowd(sock, n=40):
+    """More connections of one uid than clients_per_uid (32): the ones beyond
+    are refused with too-many-clients; returns {refused, served}."""
+    conns, got = [], {'refused': 0, 'served': 0, 'other': 0}
+    for _ in range(n):
+        c = Client(sock, 10)
+        conns.append(c)
+    time.sleep(0.5)
+    for c in conns:
+        try:
+            r = c.read(0.05)  # a refusal comes unasked, at once
+        except TimeoutError:
+            r = c.call({'request': 'hello'}, timeout=10)
+        except (OSError, ValueError):
+            r = None
+        if r and r.get('type') == 'reply':
+            got['served'] += 1
+        elif r and 'too-many-clients' in (r.get('code'), (r.get('error') or {}).get('code')):
+            got['refused'] += 1
+        else:
+            got['other'] += 1
+            got.setdefault('sample', repr(r)[:200])
+    for c in conns:
+        c.close()
+    return got
+
+
 def run_job(d, ctl, cell, path, dev_id):
     """The faulted job: returns {"end": job-ended or None, "notes", "job", "rc", ...}."""
     out = {'notes': [], 'end': None, 'job': None}
@@ -279,6 +308,8 @@ def run_job(d, ctl, cell, path, dev_id):
                     proc.wait()
                 if a == 'garbage':
                     out['abuse'] = abuse(d.sock)
+                if a == 'clients':
+                    out['clients'] = crowd(d.sock)
         if ev.get('event') == 'job-ended' and ev.get('job') == out['job']:
             out['end'] = ev
             break
@@ -437,6 +468,10 @@ def evaluate(cell, res, doc, errors):
         ab = first.get('abuse') or {}
         if not ('"reply"' in ab.get('slow-drip', '')):
             probs.append('slow drip hello not answered: %s' % ab.get('slow-drip'))
+    if cell.get('action') == 'clients':
+        cl = first.get('clients') or {}
+        if not cl.get('refused') or not cl.get('served'):
+            probs.append('connections beyond the limit: %s' % cl)
     observed = got + (' (resumed)' if resumed and got == 'done' else '')
     row = [cell['id'], cell.get('fault') or cell.get('action', ''), cell['expect'], observed,
            'done' if nxt_ok and valid else 'FAILED', 'flat' if fd_ok else 'LEAK',
