@@ -1043,7 +1043,8 @@ static bool wait_for_replug(struct job *job, struct error *err)
 {
 	struct jobs *jobs = job->jobs;
 	if (job->cancel_requested || !job->device || !jobs->replug_timeout_s ||
-	    job->n_images == 0 || job->images_released || job->resumes >= JOBS_MAX_RESUMES)
+	    (job->n_images == 0 && job->opts.dry_run) /* a probe */ || job->images_released ||
+	    job->resumes >= JOBS_MAX_RESUMES)
 		return false;
 	if (job->step)
 		snprintf(job->replug_where, sizeof(job->replug_where), "step %u of %u (%s)",
