@@ -62,7 +62,15 @@ def inner(plan_path):
                                'info'], stdout=log, stderr=log,
                               env=dict(os.environ, FLASHD_LOCK_DIR=lock))
     ctl = SimControl(plan['control'])
-    out = {'jobs': [], 'mark': None}
+    out = {'jobs': [], 'mark': None, 'history': {}}
+
+    def read_history():
+        # the newest 100: a reply stops at 512 KiB of records, so the history is
+        # read every 50 jobs rather than once at the end
+        c = Client(sock, 60)
+        r = c.call({'request': 'history', 'limit': 100}, timeout=60)
+        c.close()
+        out['history'].update({h['job']: h['result'] for h in (r or {}).get('jobs', [])})
 
     def flashctl(*args, timeout=120):
         return subprocess.run([plan['flashctl'], '--socket', sock, *args],
@@ -119,6 +127,8 @@ def inner(plan_path):
             if fault:
                 ctl(cmd='wait-idle', timeout_ms=60000)
                 ctl(cmd='fault', name=name, faults='')
+            if i % 50 == 0:
+                read_history()
             if i == plan['mark']:
                 ctl(cmd='wait-idle', timeout_ms=60000)
                 time.sleep(0.3)
@@ -126,10 +136,7 @@ def inner(plan_path):
         ctl(cmd='wait-idle', timeout_ms=60000)
         time.sleep(0.3)
         out['end'] = mem(flashd.pid)
-        c = Client(sock, 60)
-        r = c.call({'request': 'history', 'limit': 10000}, timeout=60)
-        c.close()
-        out['history'] = {h['job']: h['result'] for h in (r or {}).get('jobs', [])}
+        read_history()
     finally:
         flashd.terminate()
         try:
