@@ -21,6 +21,13 @@
 #define JOBS_PROGRESS_INTERVAL_MS 100
 /* A job changes transport at most this often (a plan across serial and DFU needs 2-3). */
 #define JOBS_MAX_HANDOFFS 4
+/* A job whose device left mid-job resumes at most this often (a cable that
+ * keeps dropping out ends the job device-gone rather than looping). */
+#define JOBS_MAX_RESUMES 3
+/* A transport may report the device gone before udev does (a USB error
+ * first): while the registry still lists it, the job resumes only once the
+ * device was seen leaving, or after this long. */
+#define JOBS_REPLUG_SETTLE_S 1.0
 
 struct job {
 	struct job *next;
@@ -84,6 +91,15 @@ struct job {
 	 * transfer's last event must say what was acknowledged). */
 	struct event *progress_timer;
 	bool progress_held;
+
+	/* The replug rule: the device left mid-job (a transport reported
+	 * device-gone); the job waits for it under its identity, on any port. */
+	struct event *replug_timer; /* ticks every second while waiting */
+	bool replug_waiting, replug_seen_gone;
+	double replug_t0;	 /* mono_s() when the wait began */
+	unsigned resumes;	 /* times the job resumed after its device came back */
+	struct error replug_err; /* the transport's device-gone, for the final error */
+	char replug_where[192];	 /* "step 2 of 3 (writing system part 1 over DFU)" */
 };
 
 struct grave {
@@ -107,6 +123,7 @@ struct jobs {
 	bool self_change; /* registry changes caused by a job's own calls */
 	/* the flash history (history.h), or NULL */
 	struct history *history_db;
+	unsigned replug_timeout_s; /* jobs_set_replug_timeout() */
 };
 
 static const struct timeout_def jobs_timeouts[] = {
@@ -206,6 +223,8 @@ static void emit_record(struct job *job, const char *name)
  * *_reenumerate_ms timeout while rebooting. */
 static double wait_limit_s(const struct job *job)
 {
+	if (job->state == JOB_WAITING_FOR_DEVICE && job->replug_waiting)
+		return job->jobs->replug_timeout_s;
 	if (job->state == JOB_WAITING_FOR_DEVICE)
 		return job->opts.wait_ms > 0 ? job->opts.wait_ms / 1000.0 : 0;
 	if (job->state != JOB_REBOOTING || !job->ops || !job->ops->timeouts)
@@ -333,6 +352,8 @@ static void finish(struct job *job, enum job_result result, const char *word, st
 	error_clear(err);
 	evtimer_del(job->wait_timer);
 	evtimer_del(job->cancel_timer);
+	evtimer_del(job->replug_timer);
+	job->replug_waiting = false;
 	bury(jobs, job->ops, job->run);
 	job->run = NULL;
 	job->handoff_to = NULL;
@@ -530,8 +551,17 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
 	fail(job, JOB_RESULT_FAILED, &err);
 }
 
+static void resume_after_replug(struct job *job);
+
 static void schedule_one(struct jobs *jobs, struct job *job)
 {
+	if (job->replug_waiting) {
+		struct device *d = job->device;
+		if (d && d->s.present && registry_device_ready(d) && pick_transport(jobs, d) &&
+		    (job->replug_seen_gone || mono_s() - job->replug_t0 >= JOBS_REPLUG_SETTLE_S))
+			resume_after_replug(job);
+		return;
+	}
 	if (job->handoff_to && !job->run) {
 		const struct transport_ops *ops = job->handoff_to;
 		job->handoff_to = NULL;
@@ -589,6 +619,9 @@ static void job_free(struct job *job)
 		event_free(job->cancel_timer);
 	if (job->progress_timer)
 		event_free(job->progress_timer);
+	if (job->replug_timer)
+		event_free(job->replug_timer);
+	error_clear(&job->replug_err);
 	error_clear(&job->error);
 	json_decref(job->plan);
 	json_decref(job->partial);
@@ -661,6 +694,7 @@ struct jobs *jobs_new(struct event_base *base, struct registry *reg, struct imag
 	jobs->transports = transports;
 	jobs->max_jobs = max_jobs;
 	jobs->history = history;
+	jobs->replug_timeout_s = 30;
 	jobs->kick = event_new(base, -1, 0, kick_cb, jobs);
 	if (!jobs->kick) {
 		log_error("out of memory making the job queue");
@@ -731,6 +765,7 @@ size_t jobs_active_count(const struct jobs *jobs)
 }
 
 static void cancel_grace_cb(evutil_socket_t fd, short what, void *arg);
+static void replug_tick_cb(evutil_socket_t fd, short what, void *arg);
 
 /* ---- fair share: one uid's jobs ---------------------------------------- */
 
@@ -822,7 +857,9 @@ struct job *jobs_create(struct jobs *jobs, struct job_request *req, struct error
 	job->wait_timer = evtimer_new(jobs->base, wait_cb, job);
 	job->cancel_timer = evtimer_new(jobs->base, cancel_grace_cb, job);
 	job->progress_timer = evtimer_new(jobs->base, progress_held_cb, job);
-	if (!job->wait_timer || !job->cancel_timer || !job->progress_timer) {
+	job->replug_timer = evtimer_new(jobs->base, replug_tick_cb, job);
+	error_init(&job->replug_err);
+	if (!job->wait_timer || !job->cancel_timer || !job->progress_timer || !job->replug_timer) {
 		job_free(job); /* gives the images back */
 		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
@@ -913,6 +950,13 @@ void jobs_on_device(struct jobs *jobs, struct device *dev, enum registry_change 
 	if (jobs->self_change)
 		return;
 	struct job *job = dev->job;
+	if (job && job->replug_waiting && job->device == dev) {
+		if (change == REGISTRY_REMOVED)
+			job->replug_seen_gone = true;
+		else
+			kick(jobs);
+		return;
+	}
 	if (job && job->run && job->ops->device_event) {
 		enum device_event ev = change == REGISTRY_ADDED	    ? DEVICE_EVENT_BACK
 				       : change == REGISTRY_REMOVED ? DEVICE_EVENT_GONE
@@ -928,6 +972,143 @@ void jobs_client_gone(struct jobs *jobs, unsigned long client_id)
 	for (struct job *j = jobs->list; j; j = j->next)
 		if (!j->ended && j->cancel_on_disconnect && j->client_id == client_id)
 			jobs_cancel(jobs, j, j->uid);
+}
+
+/* ---- the replug rule ---------------------------------------------------- */
+
+/*
+ * A device that leaves mid-job (unplugged, reset) is waited for under its
+ * identity, on any port, for replug_timeout_s.  The transport reports the
+ * leave as device-gone; every point a transport can report it from is a safe
+ * point to restart from, because a restarted transport plans again against
+ * what the device holds: files it marked written (job_mark_written()) and
+ * modules the device already has intact are not written again, and the
+ * module that was being written is erased and written from its start (DFU),
+ * or sent again from the YMODEM header (serial).  The job keeps its id and
+ * its one history record: it is resumed, never duplicated.
+ */
+
+void jobs_set_replug_timeout(struct jobs *jobs, unsigned seconds)
+{
+	jobs->replug_timeout_s = seconds;
+}
+
+/* What was and was not written, in the error's message and details. */
+static void device_gone_facts(struct job *job, struct error *err, unsigned waited_s)
+{
+	char done[512] = "", todo[512] = "";
+	json_t *written = json_array(), *not_written = json_array();
+	for (unsigned i = 0; i < job->n_images; i++) {
+		bool w = job->written[i];
+		char *list = w ? done : todo;
+		size_t n = strlen(list);
+		snprintf(list + n, 512 - n, "%s%s", n ? ", " : "", job->names[i]);
+		json_array_append_new(w ? written : not_written, json_string(job->names[i]));
+	}
+	char where[sizeof(job->replug_where)];
+	if (job->replug_where[0])
+		snprintf(where, sizeof(where), "%s", job->replug_where);
+	else if (job->step)
+		snprintf(where, sizeof(where), "step %u of %u (%s)", job->step, job->steps,
+			 job->step_text);
+	else
+		snprintf(where, sizeof(where), "%s", job_state_name(job->state));
+	char msg[sizeof(err->message) + 1024 + 384];
+	if (waited_s)
+		snprintf(msg, sizeof(msg),
+			 "the device left during %s and did not come back within %u s; written: "
+			 "%s; not written or incomplete: %s (%llu bytes sent in all). %s",
+			 where, waited_s, done[0] ? done : "nothing", todo[0] ? todo : "nothing",
+			 (unsigned long long)job->bytes_written, err->message);
+	else
+		snprintf(msg, sizeof(msg),
+			 "the device left during %s; written: %s; not written or incomplete: %s "
+			 "(%llu bytes sent in all). %s",
+			 where, done[0] ? done : "nothing", todo[0] ? todo : "nothing",
+			 (unsigned long long)job->bytes_written, err->message);
+	size_t len = strnlen(msg, sizeof(err->message) - 1); /* the facts first, then the cause */
+	memcpy(err->message, msg, len);
+	err->message[len] = '\0';
+	error_detail_json(err, "written", written);
+	error_detail_json(err, "not_written", not_written);
+	error_detail_str(err, "step", where);
+	if (waited_s)
+		error_detail_int(err, "waited_s", waited_s);
+}
+
+static void replug_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct job *job = arg;
+	if (job->ended || !job->replug_waiting)
+		return;
+	unsigned limit = job->jobs->replug_timeout_s;
+	if (mono_s() - job->replug_t0 >= limit) {
+		struct error err;
+		error_init(&err);
+		error_move(&err, &job->replug_err);
+		device_gone_facts(job, &err, limit);
+		job->replug_waiting = false;
+		fail(job, JOB_RESULT_FAILED, &err);
+		return;
+	}
+	struct timeval tv = {1, 0};
+	evtimer_add(job->replug_timer, &tv);
+	kick(job->jobs);
+}
+
+/* The transport reported the device gone: wait for it instead of failing, if
+ * the rule applies.  Takes err over when it returns true. */
+static bool wait_for_replug(struct job *job, struct error *err)
+{
+	struct jobs *jobs = job->jobs;
+	if (job->cancel_requested || !job->device || !jobs->replug_timeout_s ||
+	    (job->n_images == 0 && job->opts.dry_run) /* a probe */ || job->images_released ||
+	    job->resumes >= JOBS_MAX_RESUMES)
+		return false;
+	if (job->step)
+		snprintf(job->replug_where, sizeof(job->replug_where), "step %u of %u (%s)",
+			 job->step, job->steps, job->step_text);
+	else
+		snprintf(job->replug_where, sizeof(job->replug_where), "%s",
+			 job_state_name(job->state));
+	error_clear(&job->replug_err);
+	error_move(&job->replug_err, err);
+	error_clear(err);
+	job_log(job, LOG_WARNING, "the device left during %s (%s); waiting up to %u s for it",
+		job->replug_where, job->replug_err.message, jobs->replug_timeout_s);
+	bury(jobs, job->ops, job->run);
+	job->run = NULL;
+	job->handoff_to = NULL;
+	job->replug_waiting = true;
+	job->replug_seen_gone = !job->device->s.present;
+	job->replug_t0 = mono_s();
+	enter_state(job, JOB_WAITING_FOR_DEVICE);
+	job_note(job, "device-left",
+		 "the device left during %s; waiting up to %u s for it to come back (on any "
+		 "port)",
+		 job->replug_where, jobs->replug_timeout_s);
+	struct timeval tv = {1, 0};
+	evtimer_add(job->replug_timer, &tv);
+	return true;
+}
+
+static void resume_after_replug(struct job *job)
+{
+	struct device *d = job->device;
+	job->replug_waiting = false;
+	evtimer_del(job->replug_timer);
+	error_clear(&job->replug_err);
+	job->resumes++;
+	job_note(job, "device-back",
+		 "the device is back (%s%s%s); resuming from %s: what is written and intact is "
+		 "not written again",
+		 d->s.port_path[0] ? "port " : "", d->s.port_path, d->s.tty[0] ? ", tty" : "",
+		 job->replug_where);
+	job->replug_where[0] = '\0';
+	const struct transport_ops *ops = pick_transport(job->jobs, d);
+	start_transport(job, ops);
 }
 
 /* ---- public: records --------------------------------------------------- */
@@ -1216,6 +1397,11 @@ void job_finish(struct job *job, enum job_result result, const char *result_word
 		result = JOB_RESULT_FAILED; /* only the core interrupts */
 	if (result == JOB_RESULT_CANCELLED && err && !error_is_set(err))
 		cancelled_error(job, err, "unknown");
+	if (result == JOB_RESULT_FAILED && err && err->code == ERR_DEVICE_GONE && !job->ended) {
+		if (wait_for_replug(job, err))
+			return;
+		device_gone_facts(job, err, 0);
+	}
 	finish(job, result, result_word, err);
 }
 

@@ -68,6 +68,9 @@ void jobs_register_timeouts(const struct transport_ops *const *transports);
 /* Interrupts every job that has not ended (job-ended "interrupted"), then frees. */
 void jobs_free(struct jobs *jobs);
 void jobs_set_sink(struct jobs *jobs, jobs_sink fn, void *ctx);
+/* The replug rule (jobs.c): a job whose device left mid-job waits this long for
+ * it to come back, then resumes; 0 = it ends device-gone at once. */
+void jobs_set_replug_timeout(struct jobs *jobs, unsigned seconds);
 
 /* Creates a job (state queued, no event yet); fails with too-many-jobs (or
  * out-of-memory).  On failure the image references are released. */

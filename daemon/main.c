@@ -380,6 +380,7 @@ int main(int argc, char **argv)
 	    jobs_new(d.base, d.reg, d.images, transports_builtin(), cfg.max_jobs, cfg.job_history);
 	if (!d.images || !d.jobs)
 		return 1;
+	jobs_set_replug_timeout(d.jobs, cfg.replug_timeout_s);
 	if (prepare_state_dir(o.state_dir) < 0)
 		return 1;
 

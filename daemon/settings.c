@@ -75,6 +75,7 @@ void config_defaults(struct config *c)
 	c->output_buffer_max = 1024 * 1024;
 	c->image_memory_max = 256u * 1024 * 1024;
 	c->job_history = 64;
+	c->replug_timeout_s = 30;
 	c->uploads_per_uid = 16;
 	c->upload_bytes_per_uid = 64u * 1024 * 1024;
 	history_config_defaults(&c->history);
@@ -138,6 +139,18 @@ static int set_daemon_key(struct config *c, const char *key, const char *value, 
 			return error_set(err, ERR_USAGE, "%s: lock_dir must be an absolute path",
 					 where);
 		return set_string(c->lock_dir, sizeof(c->lock_dir), key, value, where, err);
+	}
+	if (strcmp(key, "replug_timeout_s") == 0) {
+		/* How long a job waits for its device to come back after it left
+		 * mid-job (0: the job ends device-gone at once). */
+		unsigned long long v;
+		if (parse_number(value, 3600, &v) < 0)
+			return error_set(err, ERR_USAGE,
+					 "%s: replug_timeout_s = \"%s\" is not a number of seconds "
+					 "from 0 to 3600",
+					 where, value);
+		c->replug_timeout_s = (unsigned)v;
+		return 0;
 	}
 	if (strcmp(key, "socket_mode") == 0) {
 		char *end;

@@ -7,6 +7,7 @@
  *   socket_mode = 0660          # its mode; others' bits need world_socket = yes as root
  *   world_socket = no
  *   lock_dir = /run/lock        # UUCP lock files (LCK..ttyACM0); $FLASHD_LOCK_DIR wins
+ *   replug_timeout_s = 30       # a device that leaves mid-job is waited for this long
  *   [limits]
  *   clients = 256               # connected clients; more are refused (too-many-clients)
  *   clients_per_uid = 32        # connections of one uid (too-many-clients)
@@ -66,6 +67,7 @@ struct config {
 	size_t output_buffer_max;
 	size_t image_memory_max;
 	unsigned job_history;
+	unsigned replug_timeout_s; /* jobs.h jobs_set_replug_timeout() */
 	unsigned uploads_per_uid;
 	size_t upload_bytes_per_uid;
 	struct history_config history;

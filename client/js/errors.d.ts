@@ -95,7 +95,7 @@ export interface ErrorDetails {
   "device-protected": CommonDetail & { protection?: string; reason?: string; dfu_state?: number; dfu_status?: number; address?: number; module_version?: number; minimum_version?: number; system_error?: string; device_code?: number; request?: string };
   "device-not-found": CommonDetail & { target?: string; waited_s?: number };
   "ambiguous-target": CommonDetail & { candidates?: unknown[]; target?: string };
-  "device-gone": CommonDetail & { phase?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; usb_error?: string; usb_trace?: unknown[]; dfu_state?: number; dfu_status?: number; request?: string };
+  "device-gone": CommonDetail & { phase?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; usb_error?: string; usb_trace?: unknown[]; dfu_state?: number; dfu_status?: number; request?: string; step?: string; written?: unknown[]; not_written?: unknown[]; waited_s?: number };
   "device-busy": CommonDetail & { holder?: string; holder_pid?: number; port?: string; job_id?: string; system_error?: string; device_code?: number; request?: string; service_status?: string };
   "permission-denied": CommonDetail & { path?: string; errno?: number; operation?: string };
   "device-rejected": CommonDetail & { cause?: string; device_code?: number; device_text?: string; dfu_state?: number; dfu_status?: number; diagnosis?: string; phase?: string; alt?: number; address?: number; chunk?: number; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[]; block?: number; bytes_sent?: number; system_error?: string; request?: string };

@@ -235,6 +235,13 @@ serial_header_ms = 2000
 serial_block_ms = 1500
 serial_final_ms = 5000
 serial_reenumerate_ms = 8000
+[daemon]
+replug_timeout_s = 3
+"""
+# A device that leaves mid-job is waited for replug_timeout_s (the replug rule,
+# daemon/jobs.c); tests that unplug for good keep that wait short.
+REPLUG_SHORT = """[daemon]
+replug_timeout_s = 3
 """
 
 

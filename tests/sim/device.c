@@ -189,6 +189,28 @@ static void describe_tty(struct sim_device *d, GString *s, bool new_node)
 	g_free(model);
 }
 
+/*
+ * The next free device number on the bus, cyclically from 1 to 127 as the
+ * kernel gives them (usbfs addresses are 7 bits; libusb reports a uint8_t, so a
+ * number above 255 would never match what a host asks for).  A number comes back
+ * only after 126 other enumerations: a host has long let go of its old node.
+ */
+static unsigned pick_devnum(struct sim *sim, unsigned busnum)
+{
+	for (unsigned tries = 0; tries < 127; tries++) {
+		sim->next_devnum = sim->next_devnum % 127 + 1;
+		bool used = false;
+		for (unsigned i = 0; i < sim->n_devices && !used; i++) {
+			const struct sim_device *o = sim->devices[i];
+			used =
+			    o && o->present && o->busnum == busnum && o->devnum == sim->next_devnum;
+		}
+		if (!used)
+			break;
+	}
+	return sim->next_devnum;
+}
+
 int device_plug(struct sim_device *d, GError **error)
 {
 	struct sim *sim = d->sim;
@@ -202,7 +224,7 @@ int device_plug(struct sim_device *d, GError **error)
 		mode = device_boot_mode(d);
 	d->mode = mode;
 	d->busnum = spec_port_bus(d->spec.port);
-	d->devnum = ++sim->next_devnum; /* never reused: old handlers stay attached */
+	d->devnum = pick_devnum(sim, d->busnum);
 	build_syspath(d);
 	snprintf(d->usb_devnode, sizeof(d->usb_devnode), "/dev/bus/usb/%03u/%03u", d->busnum,
 		 d->devnum);
@@ -234,7 +256,9 @@ int device_plug(struct sim_device *d, GError **error)
 	if (old)
 		g_ptr_array_add(sim->retired, old); /* clients may still hold the old node */
 
-	/* ttyACM nodes have no handler of their own: cdc_tty_handler_install(). */
+	/* ttyACM nodes have no handler of their own: cdc_tty_handler_install().  A
+	 * reused device number: the node's handler of 127 enumerations ago goes. */
+	umockdev_testbed_detach_ioctl(sim->tb, d->usb_devnode, NULL);
 	bool ok = umockdev_testbed_attach_ioctl(sim->tb, d->usb_devnode,
 						usbdev_node_handler(d->usb), error);
 	/* The node before the add uevent: a host opens it as soon as it hears of it. */

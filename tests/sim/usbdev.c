@@ -27,14 +27,16 @@ struct usbdev_node {
 
 struct queued_urb {
 	UMockdevIoctlData *urb;
-	uint64_t ready_ms; /* G_MAXUINT64: never (fault "silent") */
-	int then;	   /* reset into this mode once reaped (ctrlreq), or -1 */
+	UMockdevIoctlClient *client; /* the opener that submitted it (a reference) */
+	uint64_t ready_ms;	     /* G_MAXUINT64: never (fault "silent") */
+	int then;		     /* reset into this mode once reaped (ctrlreq), or -1 */
 };
 
 static void queued_urb_free(gpointer p)
 {
 	struct queued_urb *q = p;
 	g_object_unref(q->urb);
+	g_clear_object(&q->client);
 	g_free(q);
 }
 
@@ -153,6 +155,7 @@ static void submit_urb(struct usbdev_node *node, UMockdevIoctlClient *client,
 	g_object_unref(buf);
 	struct queued_urb *q = g_new0(struct queued_urb, 1);
 	q->urb = urb_data;
+	q->client = g_object_ref(client);
 	q->ready_ms = ready;
 	q->then = n < 0 ? -1 : d->ctrl.then;
 	d->ctrl.then = -1;
@@ -167,6 +170,8 @@ static void reap_urb(struct usbdev_node *n, UMockdevIoctlClient *client, UMockde
 	uint64_t now = sim_now_ms();
 	for (GList *l = n->urbs.head; l; l = l->next) {
 		struct queued_urb *q = l->data;
+		if (q->client != client)
+			continue; /* usbfs reaps only the opener's own URBs */
 		if (q->ready_ms > now)
 			break; /* EP0 handles one transfer at a time, in order */
 		g_autoptr(GError) err = NULL;
@@ -325,6 +330,27 @@ out:
 	return TRUE;
 }
 
+/* As usbfs does when an opener closes its fd: its URBs are discarded.  Left
+ * queued, they would be handed to the next opener, whose reap would then get a
+ * pointer into the dead process (the restarted flashd blocked in its ioctl). */
+static void on_client_vanished(UMockdevIoctlBase *handler, UMockdevIoctlClient *client,
+			       gpointer user_data)
+{
+	(void)handler;
+	struct usbdev_node *n = user_data;
+	g_mutex_lock(&n->d->sim->lock);
+	for (GList *l = n->urbs.head; l;) {
+		GList *next = l->next;
+		struct queued_urb *q = l->data;
+		if (q->client == client) {
+			g_queue_delete_link(&n->urbs, l);
+			queued_urb_free(q);
+		}
+		l = next;
+	}
+	g_mutex_unlock(&n->d->sim->lock);
+}
+
 struct usbdev_node *usbdev_node_new(struct sim_device *d)
 {
 	struct usbdev_node *n = g_new0(struct usbdev_node, 1);
@@ -332,6 +358,7 @@ struct usbdev_node *usbdev_node_new(struct sim_device *d)
 	g_queue_init(&n->urbs);
 	n->handler = umockdev_ioctl_base_new();
 	g_signal_connect(n->handler, "handle-ioctl", G_CALLBACK(on_ioctl), n);
+	g_signal_connect(n->handler, "client-vanished", G_CALLBACK(on_client_vanished), n);
 	return n;
 }
 

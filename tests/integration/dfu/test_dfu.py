@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from flashd_harness import (Client, Failed, Testbed, catalogue, check, job_end,  # noqa: E402
-                            make_module,
+                            make_module, REPLUG_SHORT,
                             run_testbed, sim_device, sim_fixture)
 from flashd_harness import expect_done as harness_done, expect_error as harness_error  # noqa: E402
 
@@ -34,7 +34,7 @@ FAULT_BOUND = 20  # seconds a faulted job may take (silent device: 5 s USB timeo
 # --- inner half: runs inside the testbed -------------------------------------------------
 
 def inner(plan_path):
-    tb = Testbed(plan_path, flashctl_timeout=90, record_exit=False)
+    tb = Testbed(plan_path, config=REPLUG_SHORT, flashctl_timeout=90, record_exit=False)
 
     def step(step):
         t0 = time.monotonic()

@@ -200,6 +200,9 @@ def test_unplug_mid_transfer_is_device_gone():
     det = err.get('detail', {})
     check(det.get('phase') == 'data' and det.get('block', 0) >= 1, 'detail: %s' % det)
     check(0 < det.get('bytes_sent', 0) < 3952, 'bytes_sent: %s' % det)
+    # the device did not come back within replug_timeout_s: what was not written
+    check(det.get('not_written') == ['photon_tinker.bin'] and det.get('written') == []
+          and det.get('waited_s') == 3, 'detail: %s' % det)
 
 
 def test_nak_storm_is_transfer_failed():
@@ -222,10 +225,13 @@ def test_silence_is_timed_out():
     check(det.get('bytes_sent') == 1024 and det.get('timeout_ms') == 1500, 'detail: %s' % det)
 
 
-def test_reset_mid_transfer_is_device_gone():
-    err, _, doc, _ = fault_case('reset@30%', 'device-gone')
-    det = err.get('detail', {})
-    check(det.get('phase') == 'data' and det.get('bytes_sent', -1) < 3952, 'detail: %s' % det)
+def test_reset_mid_transfer_resumes():
+    # the replug rule: the device resets, comes back under its identity, and the
+    # job starts again from the YMODEM header (one job, not two)
+    _, res, doc, _ = fault_case('reset@30%', None)
+    ns = notes(res[0])
+    check('device-left' in ns and 'device-back' in ns, 'notes: %s' % ns)
+    check(module(device(doc, 'photon'), 'user')['valid'], 'app not valid')
 
 
 def test_stray_application_output_is_skipped():
@@ -425,7 +431,7 @@ def test_parallel_jobs_verify_as_fast_as_one():
 TESTS = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith('test_')}
 GROUPS = {
     'faults': ['unplug_mid_transfer_is_device_gone', 'nak_storm_is_transfer_failed',
-               'silence_is_timed_out', 'reset_mid_transfer_is_device_gone',
+               'silence_is_timed_out', 'reset_mid_transfer_resumes',
                'stray_application_output_is_skipped', 'modemmanager_probe_is_recovered',
                'modemmanager_probe_as_listening_starts_is_recovered',
                'modemmanager_probe_cut_mid_line_is_closed_with_cr',

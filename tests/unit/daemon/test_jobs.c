@@ -821,6 +821,85 @@ static void test_run_follows_its_device_across_reenumeration(void **state)
 	fx_free(fx);
 }
 
+/* The replug rule: a device that leaves mid-job is waited for; when it comes
+ * back (another port), the job starts its transport again: one job, one end. */
+static void test_device_gone_mid_job_waits_and_resumes_when_it_is_back(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	jobs_set_replug_timeout(fx->jobs, 5);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	assert_int_equal(fake.starts, 1);
+	job_set_state(job, JOB_WRITING);
+	unplug(fx, "1-1");
+	spin(fx);
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_DEVICE_GONE, "fake: the device disappeared during download");
+	job_finish(job, JOB_RESULT_FAILED, NULL, &e);
+	spin(fx);
+	assert_false(job_ended(job));
+	assert_int_equal(job_state(job), JOB_WAITING_FOR_DEVICE);
+	assert_int_equal(count_events(fx, job, "job-ended"), 0);
+	plug(fx, PHOTON_ID, "1-3", PHOTON_DFU);
+	spin(fx);
+	assert_int_equal(fake.starts, 2);
+	assert_string_equal(job_device(job)->port_path, "1-3");
+	job_finish(job, JOB_RESULT_DONE, "verified", NULL);
+	spin(fx);
+	assert_string_equal(ended_result(fx, job), "done");
+	assert_int_equal(count_events(fx, job, "job-ended"), 1);
+	fx_free(fx);
+}
+
+/* ... and when it does not come back in replug_timeout_s, device-gone says
+ * what was and was not written. */
+static void test_device_gone_for_good_names_what_was_not_written(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	jobs_set_replug_timeout(fx->jobs, 1);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	job_set_state(job, JOB_WRITING);
+	unplug(fx, "1-1");
+	spin(fx);
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_DEVICE_GONE, "fake: gone");
+	job_finish(job, JOB_RESULT_FAILED, NULL, &e);
+	spin(fx);
+	assert_false(job_ended(job));
+	spin_for(fx, 2100);
+	assert_true(job_ended(job));
+	assert_string_equal(ended_code(fx, job), "device-gone");
+	const struct error *je = job_error(job);
+	assert_non_null(strstr(je->message, "did not come back within 1 s"));
+	assert_non_null(json_object_get(je->detail, "not_written"));
+	assert_int_equal(json_integer_value(json_object_get(je->detail, "waited_s")), 1);
+	assert_int_equal(fake.starts, 1);
+	fx_free(fx);
+}
+
+/* replug_timeout_s = 0: device-gone at once. */
+static void test_device_gone_without_replug_wait_ends_at_once(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	jobs_set_replug_timeout(fx->jobs, 0);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_DEVICE_GONE, "fake: gone");
+	job_finish(job, JOB_RESULT_FAILED, NULL, &e);
+	spin(fx);
+	assert_true(job_ended(job));
+	assert_string_equal(ended_code(fx, job), "device-gone");
+	fx_free(fx);
+}
+
 static void test_daemon_stop_interrupts_running_jobs(void **state)
 {
 	(void)state;
@@ -924,6 +1003,9 @@ int main(void)
 	    cmocka_unit_test(test_handoff_starts_the_named_transport_on_the_same_job),
 	    cmocka_unit_test(test_handoff_to_missing_transport_is_not_flashable_here),
 	    cmocka_unit_test(test_run_follows_its_device_across_reenumeration),
+	    cmocka_unit_test(test_device_gone_mid_job_waits_and_resumes_when_it_is_back),
+	    cmocka_unit_test(test_device_gone_for_good_names_what_was_not_written),
+	    cmocka_unit_test(test_device_gone_without_replug_wait_ends_at_once),
 	    cmocka_unit_test(test_daemon_stop_interrupts_running_jobs),
 	    cmocka_unit_test(test_job_ids_are_uuids),
 	    cmocka_unit_test(test_job_limit_is_too_many_jobs),

@@ -22,6 +22,7 @@ static void test_defaults_are_the_fair_share_and_no_admin_group(void **state)
 	assert_int_equal(c.socket_mode, 0660);
 	assert_false(c.world_socket);
 	assert_string_equal(c.lock_dir, "");
+	assert_int_equal(c.replug_timeout_s, 30);
 	assert_int_equal(c.clients_per_uid, 32);
 	assert_int_equal(c.jobs_per_uid, 16);
 	assert_int_equal(c.waiting_jobs_per_uid, 8);
@@ -41,6 +42,7 @@ static void test_keys_are_read(void **state)
 				      "socket_mode = 0600\n"
 				      "world_socket = yes\n"
 				      "lock_dir = /var/lock/flashd\n"
+				      "replug_timeout_s = 0\n"
 				      "[limits]\n"
 				      "clients_per_uid = 4\n"
 				      "jobs_per_uid = 3\n"
@@ -52,6 +54,7 @@ static void test_keys_are_read(void **state)
 	assert_int_equal(c.socket_mode, 0600);
 	assert_true(c.world_socket);
 	assert_string_equal(c.lock_dir, "/var/lock/flashd");
+	assert_int_equal(c.replug_timeout_s, 0);
 	assert_int_equal(c.clients_per_uid, 4);
 	assert_int_equal(c.jobs_per_uid, 3);
 	assert_int_equal(c.waiting_jobs_per_uid, 2);
@@ -61,9 +64,10 @@ static void test_bad_values_are_usage_errors(void **state)
 {
 	(void)state;
 	static const char *const bad[] = {
-	    "[daemon]\nsocket_mode = 0999\n",	"[daemon]\nsocket_mode = rw\n",
-	    "[daemon]\nworld_socket = maybe\n", "[daemon]\nlock_dir = relative/dir\n",
-	    "[limits]\njobs_per_uid = 0\n",
+	    "[daemon]\nsocket_mode = 0999\n",	 "[daemon]\nsocket_mode = rw\n",
+	    "[daemon]\nworld_socket = maybe\n",	 "[daemon]\nlock_dir = relative/dir\n",
+	    "[limits]\njobs_per_uid = 0\n",	 "[daemon]\nreplug_timeout_s = 3601\n",
+	    "[daemon]\nreplug_timeout_s = -1\n",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct config c;
