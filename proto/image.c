@@ -601,7 +601,7 @@ static int parse_compressed(const uint8_t *mod, struct image_module *m, unsigned
 static int parse_body(const uint8_t *mod, struct image_module *m, unsigned module_no, int depth,
 		      struct error *err)
 {
-	size_t suffix_start, body = m->prefix_offset + IMAGE_PREFIX_SIZE;
+	size_t suffix_start = 0, body = m->prefix_offset + IMAGE_PREFIX_SIZE;
 	if (locate_suffix(mod, m, module_no, &suffix_start, err) < 0)
 		return -1;
 	if (m->flags & IMAGE_FLAG_PREFIX_EXTENSIONS) {
@@ -654,7 +654,7 @@ static int parse_module(struct image *img, size_t off, int depth, struct image_m
 		return parse_body(mod, m, module_no, depth, err);
 
 	/* Damaged: keep what the prefix says and whatever of the suffix is sane. */
-	size_t suffix_start;
+	size_t suffix_start = 0;
 	struct error ignored;
 	error_init(&ignored);
 	if (locate_suffix(mod, m, module_no, &suffix_start, &ignored) == 0 &&

@@ -186,10 +186,12 @@ int flash_erase_range(struct flash *f, int alt, uint32_t addr, size_t len)
 		long n = flash_erase_sector(f, alt, a);
 		if (n < 0)
 			return -1;
+		/* the sector just erased exists: flash_erase_sector() found it */
 		struct flash_region *r = flash_region(f, alt);
-		uint32_t start, size;
+		uint32_t start = 0, size = 0;
 		char attr;
-		flash_sector(r, a, &start, &size, &attr);
+		if (!r || flash_sector(r, a, &start, &size, &attr) < 0 || size == 0)
+			return -1;
 		a = start + size;
 	}
 	return 0;
