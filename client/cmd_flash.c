@@ -358,7 +358,8 @@ static void print_again_command(const struct follow *f, const char *device, int 
 		fputs(" --verify", stderr);
 }
 
-/* What a device does at its next boot with a module that is not whole (§5.1, §7.6). */
+/* What a device does at its next boot with a module that is not whole
+ * (docs/device/dfuse.md#entering-dfu-mode, docs/device/validation.md). */
 static const char *boot_with_broken(uint8_t function)
 {
 	switch (function) {

@@ -5,9 +5,10 @@
 #include <stdio.h>
 #include <string.h>
 
-/* rows of four, as in §7.9 (kept by hand) */
+/* rows of four, as in docs/device/releases.md#module-version-numbers (kept by hand) */
 /* clang-format off */
-/* Rows come from §7.9 and from fixtures whose file names carry the release. */
+/* Rows come from docs/device/releases.md#module-version-numbers and from fixtures whose file names
+ * carry the release. */
 static const struct os_release releases[] = {
 	{"0.5.2", 17, 0, 0},       {"0.6.4", 110, 0, 0},      {"0.7.0", 207, 101, 0},
 	{"0.8.0-rc.27", 326, 215, 182}, {"1.0.0", 1000, 201, 202}, {"1.0.1", 1002, 201, 202},

@@ -1,6 +1,6 @@
 /*
- * Module version numbers versus Device OS releases (particle-device-facts.md
- * §7.9 and the shared fixtures).  Module versions are opaque numbers compared
+ * Module version numbers versus Device OS releases (docs/device/releases.md#module-version-numbers
+ * and the shared fixtures).  Module versions are opaque numbers compared
  * numerically; a release is named only where the table pins it exactly.
  */
 #pragma once

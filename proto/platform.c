@@ -10,7 +10,9 @@
 #define KIB(n) ((uint32_t)(n) * 1024u)
 #define ANY_VERSION 0xffff
 
-/* §1.1, §1.2, §1.3; Device OS support ranges as system module versions (§7.9). */
+/* docs/device/platforms.md#platform-table, docs/device/platforms.md#usb-strings-and-device-ids,
+ * docs/device/platforms.md#runtime-interface-layout; Device OS support ranges as system module
+versions (docs/device/releases.md#module-version-numbers). */
 static const struct platform platforms[] = {
 	{0, "core", "Core", 1, MCU_STM32F103, 0x1d50, 0x607d, 0x607f, "Spark Core", "CORE DFU",
 	 false, true, 0, 0, 0, 1999},
@@ -116,7 +118,7 @@ const struct platform *platform_by_usb(uint16_t vid, uint16_t pid, enum platform
 
 /* one row per slot, as in the facts tables (kept by hand) */
 /* clang-format off */
-/* §6.1 Photon / P1 */
+/* docs/device/memory-maps.md#gen-2 Photon / P1 */
 static const struct slot slots_photon[] = {
 	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08004000, false, "bootloader"},
 	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08020000, 0x08060000, false, "system part 1"},
@@ -126,7 +128,7 @@ static const struct slot slots_photon[] = {
 	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08020000, 0x08080000, false, "monolithic"},
 };
 
-/* §6.1 Electron: note system module 1/2/3 versus the file names. */
+/* docs/device/memory-maps.md#gen-2 Electron: note system module 1/2/3 versus the file names. */
 static const struct slot slots_electron[] = {
 	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08004000, false, "bootloader"},
 	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08020000, 0x08040000, false, "system module 1"},
@@ -136,14 +138,16 @@ static const struct slot slots_electron[] = {
 	{MODULE_FUNCTION_USER, 1, MODULE_STORE_FACTORY, 0x080a0000, 0x080c0000, false, "factory app"},
 };
 
-/* §6.1 Core: monolithic firmware after the 20 KiB bootloader (details UNVERIFIED). */
+/* docs/device/memory-maps.md#gen-2 Core: monolithic firmware after the 20 KiB bootloader (details
+ * UNVERIFIED). */
 static const struct slot slots_core[] = {
 	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08005000, false, "bootloader"},
 	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08005000, 0x08020000, false, "monolithic"},
 };
 
 /*
- * §6.2 Gen 3.  The NCP slot (ESP32 on Argon/Tracker) is the coprocessor's own
+ * docs/device/memory-maps.md#gen-3 Gen 3.  The NCP slot (ESP32 on Argon/Tracker) is the
+ * coprocessor's own
  * flash; its extent is INFERRED (4 MiB ESP32 module).
  */
 #define GEN3_COMMON                                                                                \
@@ -176,7 +180,7 @@ static const struct slot slots_gen3_v3[] = { /* Device OS >= 6.2.0 */
 	GEN3_COMMON,
 };
 
-/* §6.3 P2 family: the user part grows downward from 0x08600000. */
+/* docs/device/memory-maps.md#p2-family P2 family: the user part grows downward from 0x08600000. */
 static const struct slot slots_rtl[] = {
 	{MODULE_FUNCTION_BOOTLOADER, 1, MODULE_STORE_MAIN, 0x08000000, 0x08002000, false, "KM0 MBR"},
 	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08004000, 0x08014000, false, "bootloader"},

@@ -1,10 +1,11 @@
 /*
  * Leaves DFU mode on a device that another transport put there: open, the
- * DfuSe status dance of dfuse_open(), then the leave of §5.4 (a zero-length
+ * DfuSe status dance of dfuse_open(), then the leave of docs/device/dfuse.md#requests-and-states (a
+ * zero-length
  * DNLOAD and exactly one GETSTATUS; a reset that overtakes it counts as
  * leaving), release.  Used by the serial transport to reset a Gen 3 / P2
  * device on Device OS 3.0-5.x after a failed transfer (14400 baud -> DFU ->
- * leave): the device refuses a second `f` until it resets (§4.5).
+ * leave): the device refuses a second `f` until it resets (docs/device/ymodem.md#cancellation).
  */
 #pragma once
 

@@ -1,6 +1,7 @@
 /*
  * The DFU transport (issue 7): one run per job.  Switches a CDC device into
- * DFU with the 14400-baud line coding (§3) and follows it across the
+ * DFU with the 14400-baud line coding (docs/device/console.md#magic-baud-rates) and follows it
+ * across the
  * re-enumeration, opens it, reads what is in flash (UPLOAD of module
  * prefixes), runs the generic and DFU preflight, erases exactly, writes,
  * optionally reads back, leaves, and waits for the device to come back.  A
@@ -29,7 +30,8 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#define DFU_SWITCH_BAUD	  14400 /* START_DFU_FLASHER_SERIAL_SPEED (§3) */
+/* START_DFU_FLASHER_SERIAL_SPEED (docs/device/console.md#magic-baud-rates) */
+#define DFU_SWITCH_BAUD	  14400
 #define DFU_OPEN_RETRY_MS 100
 #define DFU_OPEN_RETRIES  50   /* udev can announce the node before libusb lists it */
 #define DFU_GONE_GRACE_MS 1000 /* after udev says the device is gone, before failing the run */
@@ -112,7 +114,8 @@ static void arm(struct transport_run *r, unsigned ms)
 	evtimer_add(r->timer, &tv);
 }
 
-/* Sets the CDC line coding to 14400 baud: the firmware resets into DFU (§3, §5.1). */
+/* Sets the CDC line coding to 14400 baud: the firmware resets into DFU
+ * (docs/device/console.md#magic-baud-rates, docs/device/dfuse.md#entering-dfu-mode). */
 static int switch_to_dfu(const char *tty, struct error *err)
 {
 	int fd = open(tty, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
@@ -201,10 +204,11 @@ static int preflight(struct transport_run *r, struct error *err)
 }
 
 /* The leave request is done, or the device reset before its GETSTATUS came back (a
- * vanished device means success, §5.4): release it and wait for it to come back. */
+ * vanished device means success, docs/device/dfuse.md#requests-and-states): release it and wait for
+ * it to come back. */
 static void left_dfu(struct transport_run *r)
 {
-	/* Released right away; nothing more is sent (§5.4). */
+	/* Released right away; nothing more is sent (docs/device/dfuse.md#requests-and-states). */
 	usb_dfu_close(r->usb); /* detaches the dfuse first */
 	r->usb = NULL;
 	dfuse_free(r->dfuse);
@@ -233,7 +237,8 @@ static void step(struct transport_run *r)
 		dfu_readback_plan(r->facts.platform, &r->rb);
 		r->probe_i = 0;
 		if (dfuse_get_info(r->dfuse)->protected_device || r->rb.n_probes == 0) {
-			/* No UPLOAD on protected devices (§5.3): preflight refuses below. */
+			/* No UPLOAD on protected devices (docs/device/dfuse.md#memory-map-strings):
+			 * preflight refuses below. */
 			r->state = RUN_READBACK;
 			r->probe_i = r->rb.n_probes;
 			step(r);
@@ -475,7 +480,7 @@ static bool job_provides(struct job *job, uint8_t function, uint8_t index, uint1
 
 /*
  * A device that stays in DFU after leave does not say which check failed (the
- * bootloader has no console, §7.6).  What the host can tell from the files and
+ * bootloader has no console, docs/device/validation.md).  What the host can tell from the files and
  * the read-back: the platform and the dependencies against what is installed
  * plus the job (both skipped by --force).  Empty when none of them fails.
  */
@@ -555,7 +560,8 @@ static uint16_t system_version_after(struct transport_run *r)
 	return v;
 }
 
-/* Only Device OS <= 5.x has a listening-mode console (§3: 28800 removed in 6.0.0);
+/* Only Device OS <= 5.x has a listening-mode console (docs/device/console.md#magic-baud-rates:
+ * 28800 removed in 6.0.0);
  * an unknown version is tried (silence then means written-not-verified). */
 static bool serial_verifiable(struct transport_run *r)
 {
@@ -572,7 +578,8 @@ static void add_check(json_t *a, const char *name)
 }
 
 /* Whether the device lists every module the job wrote, in its version, valid (vc == vv).
- * Radio stacks are left out: `s` synthesises their entry (§2.5). */
+ * Radio stacks are left out: `s` synthesises their entry
+ * (docs/device/console.md#module-info-reply). */
 static bool modules_as_written(struct transport_run *r, const struct device_facts *now,
 			       json_t *failed, const char **function, const char **file)
 {
@@ -648,7 +655,8 @@ static void on_serial_verified(void *ctx, const struct cdc_query_result *res, st
 	job_finish(r->job, JOB_RESULT_FAILED, "booted-invalid", &e);
 }
 
-/* 28800 -> `s` -> `x` on the device that came back (§3, §2.5). */
+/* 28800 -> `s` -> `x` on the device that came back (docs/device/console.md#magic-baud-rates,
+ * docs/device/console.md#module-info-reply). */
 static void start_serial_verify(struct transport_run *r, const char *tty)
 {
 	struct error err;

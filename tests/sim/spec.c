@@ -30,7 +30,8 @@ int sim_mode_from_name(const char *s)
 
 void spec_default_id(const struct platform *p, const char *name, char id[25])
 {
-	/* §1.2: nRF52 ids start e00fce68, RTL872x ids 0a10aced2021, Gen 2 is the STM32 UID. */
+	/* docs/device/platforms.md#usb-strings-and-device-ids: nRF52 ids start e00fce68, RTL872x
+	 * ids 0a10aced2021, Gen 2 is the STM32 UID. */
 	const char *prefix = "";
 	if (p->mcu == MCU_NRF52840)
 		prefix = "e00fce68";
@@ -79,7 +80,8 @@ static bool id_valid(const char *s)
 /*
  * Module versions of a Device OS release: exact rows of proto/osver.c, or,
  * for a release between rows, the closest older row bumped past it (module
- * versions only grow; §7.9 says there is no exact formula).
+ * versions only grow; docs/device/releases.md#module-version-numbers says there is no exact
+ * formula).
  */
 static int resolve_os(struct sim_spec *spec, char *err, size_t err_size)
 {
@@ -341,7 +343,7 @@ int spec_parse(const char *text, unsigned index, struct sim_spec *spec, char *er
 	if (spec->platform->mcu == MCU_STM32F103) {
 		snprintf(err, err_size,
 			 "platform=core: the Core is not simulated (its DFU strings and "
-			 "layout are unverified, facts §12)");
+			 "layout are unverified)");
 		goto fail;
 	}
 	if (!spec->os[0])

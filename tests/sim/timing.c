@@ -13,10 +13,11 @@
  *   them to the SPI flash part; Winbond W25Q32JV/W25Q64JV datasheet rev. I,
  *   "AC electrical characteristics": tSE (4 KiB sector erase) 45 ms typ,
  *   tPP (256-byte page program) 0.4 ms typ.
- * Reset/enumeration: DFU leave -> reset is a 500-count timer (facts §5.4,
+ * Reset/enumeration: DFU leave -> reset is a 500-count timer
+ * (docs/device/dfuse.md#requests-and-states,
  *   ~500 ms on nRF52/STM32; RTL872x counts main-loop passes, UNVERIFIED);
  *   boot to USB enumeration is not in any datasheet - 300 ms for the
- *   bootloader and 1 s for Device OS are our assumption (facts §12).
+ *   bootloader and 1 s for Device OS are our assumption (docs/device/README.md#what-is-unverified).
  */
 #include "timing.h"
 

@@ -1,5 +1,5 @@
 /*
- * The USB CDC side of one simulated device (particle-device-facts.md §2-§4):
+ * The USB CDC side of one simulated device (docs/device/console.md, docs/device/ymodem.md):
  * the listening-mode console, the device's YMODEM receiver, and a running
  * application ("normal" mode).  A pure state machine: bytes and time in,
  * bytes and actions out, so it can be unit-tested byte for byte without a
@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Device OS eras whose console / YMODEM behaviour differs (§4). */
+/* Device OS eras whose console / YMODEM behaviour differs (docs/device/ymodem.md). */
 enum listening_era {
 	LISTENING_ERA_0_4, /* 0.4.x - 0.6.0: no validation reply path */
 	LISTENING_ERA_0_6, /* 0.6.1 - 1.5.x: "Validation failed: 0x<mask>" */
@@ -23,15 +23,15 @@ enum listening_era {
 };
 
 enum listening_state_kind {
-	LISTENING_APP,     /* application running: no console ("normal" mode) */
+	LISTENING_APP,	   /* application running: no console ("normal" mode) */
 	LISTENING_CONSOLE, /* listening mode, waiting for command keys */
 };
 
 /* How the device goes away after a command or a transfer. */
 enum listening_reset {
-	LISTENING_RESET_FIRMWARE,      /* reset, boot the firmware (comes back in normal mode) */
+	LISTENING_RESET_FIRMWARE,	/* reset, boot the firmware (comes back in normal mode) */
 	LISTENING_RESET_SAFE_LISTENING, /* 'L': safe mode, then listening mode */
-	LISTENING_RESET_UNPLUG,        /* fault: USB cable pulled (comes back only by control) */
+	LISTENING_RESET_UNPLUG,		/* fault: USB cable pulled (comes back only by control) */
 };
 
 struct listening_ops {
@@ -43,10 +43,12 @@ struct listening_ops {
 	/* 'x': listening mode ends and the application runs again. */
 	void (*exit_listening)(void *ctx);
 	/*
-	 * Firmware update through the OTA region (§4.3, §4.4):
+	 * Firmware update through the OTA region (docs/device/ymodem.md#what-is-checked-when,
+	 * docs/device/ymodem.md#end-of-transfer):
 	 * ota_begin: header accepted? 0, or -1 to refuse (size > OTA length on 3.0-5.x,
 	 *   updates disabled); ota_write: store a block at an offset, 0 or -1 (write failure);
-	 * ota_finish: validate what was received (§7.6).  Returns 0 on success, else
+	 * ota_finish: validate what was received (docs/device/validation.md).  Returns 0 on
+	 * success, else
 	 *   the era's code: negative system error (>= 2.0), and fills *ret_mask with the
 	 *   failed-check bit mask (0.6.1-1.5.x prints it).  On success the module is
 	 *   queued and applied at the next reset.
@@ -61,11 +63,11 @@ struct listening_ops {
 struct listening_config {
 	enum listening_era era;
 	const char *os_version; /* "1.5.2" for `v` */
-	const char *device_id;  /* 24 lowercase hex */
+	const char *device_id;	/* 24 lowercase hex */
 	int platform_id;
-	bool wifi;     /* WiFiSetupConsole: adds `w` */
-	bool cellular; /* `i` multi-line form with IMEI/ICCID/Cell Radio Version */
-	const char *mac;   /* "a4:cf:12:34:56:78" */
+	bool wifi;	      /* WiFiSetupConsole: adds `w` */
+	bool cellular;	      /* `i` multi-line form with IMEI/ICCID/Cell Radio Version */
+	const char *mac;      /* "a4:cf:12:34:56:78" */
 	double timeout_scale; /* scales the 5 s YMODEM byte timeout (>0) */
 };
 
@@ -82,21 +84,22 @@ void listening_tick(struct listening *l, uint64_t now_ms);
 /* When listening_tick must next be called (UINT64_MAX: nothing pending). */
 uint64_t listening_next_deadline(const struct listening *l);
 
-/* 28800 baud (§3): enter listening mode (ignored on 6.x and when already listening). */
+/* 28800 baud (docs/device/console.md#magic-baud-rates): enter listening mode (ignored on 6.x and
+ * when already listening). */
 void listening_enter(struct listening *l, uint64_t now_ms);
 enum listening_state_kind listening_state(const struct listening *l);
 
 /*
- * Faults (SPEC `faults`, §issue 4): parsed by the core from "kind@where[:arg]"
+ * Faults (SPEC `faults`, issue 4): parsed by the core from "kind@where[:arg]"
  * and handed over.  where: block number, byte offset or percent of the
  * declared size.
  */
 enum listening_fault_kind {
-	LISTENING_FAULT_UNPLUG,       /* unplug@50% / unplug@block12 / unplug@byte4096 */
-	LISTENING_FAULT_CANCEL,       /* cancel@block5: device sends CA CA mid-transfer */
+	LISTENING_FAULT_UNPLUG,	      /* unplug@50% / unplug@block12 / unplug@byte4096 */
+	LISTENING_FAULT_CANCEL,	      /* cancel@block5: device sends CA CA mid-transfer */
 	LISTENING_FAULT_NAK_STORM,    /* nak@block3: NAK every block from there on */
-	LISTENING_FAULT_SILENT,       /* silent@block10: stops answering */
-	LISTENING_FAULT_RESET,        /* reset@30%: device resets mid-transfer */
+	LISTENING_FAULT_SILENT,	      /* silent@block10: stops answering */
+	LISTENING_FAULT_RESET,	      /* reset@30%: device resets mid-transfer */
 	LISTENING_FAULT_STRAY_OUTPUT, /* stray@: application output before the prompt */
 	LISTENING_FAULT_AT_PROBE,     /* atprobe@: ModemManager-style AT lines arrive */
 };

@@ -2,7 +2,7 @@
 """The device knowledge is cited inside the repository (issue 12).
 
 1. No tracked file outside docs/ cites a section ("§") of a document, names the
-   old outside reference (particle-device-facts.md, test-bench.md,
+   old outside reference (docs/device, docs/testing/umockdev.md,
    ../shared/reference) or points into ../shared at all, except the shared
    fixture directory ("../shared/fixtures"), which is a data location.
 2. Every pointer "docs/.../FILE.md#anchor" anywhere in the tree, and every
