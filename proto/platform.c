@@ -12,7 +12,7 @@
 
 /* docs/device/platforms.md#platform-table, docs/device/platforms.md#usb-strings-and-device-ids,
  * docs/device/platforms.md#runtime-interface-layout; Device OS support ranges as system module
-versions (docs/device/releases.md#module-version-numbers). */
+ * versions (docs/device/releases.md#module-version-numbers). */
 static const struct platform platforms[] = {
 	{0, "core", "Core", 1, MCU_STM32F103, 0x1d50, 0x607d, 0x607f, "Spark Core", "CORE DFU",
 	 false, true, 0, 0, 0, 1999},

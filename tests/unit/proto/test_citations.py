@@ -21,9 +21,9 @@ ROOT = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else
 SELF = os.path.relpath(os.path.abspath(__file__), ROOT)
 
 FORBIDDEN = [
-    (re.compile(r"§"), "a section citation (§)"),
-    (re.compile(r"particle-device-facts"), "the outside facts reference"),
-    (re.compile(r"test-bench\.md"), "the outside test-bench notes"),
+    (re.compile(r"§|\\\(sc|\\\[sc\]"), "a section citation (§, or roff's \\(sc)"),
+    (re.compile(r"particle\\?-device\\?-facts"), "the outside facts reference"),
+    (re.compile(r"test\\?-bench\.md"), "the outside test-bench notes"),
     (re.compile(r"\.\./shared(?!/fixtures)"), "a path into ../shared other than the fixtures"),
 ]
 POINTER = re.compile(r"(?<![\w./-])(docs/[\w./-]+?\.md)(?:#([\w-]+))?")
