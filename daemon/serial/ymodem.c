@@ -125,17 +125,17 @@ enum error_code ymodem_validation_cause(long code, bool mask, const char **ret_n
 	enum error_code cause = ERR_DEVICE_REJECTED;
 	if (mask) {
 		/* 0.6.1-1.5.x print the raw mask of failed checks (checked XOR
-		 * passed, bits of docs/device/validation.md), not a code: the 2.0+ priority of
-		 * validateModules() (integrity, dependencies, range, platform;
-		 * docs/device/ymodem.md#end-of-transfer)
-		 * was never applied to it.  When PLATFORM (0x10) is among the bits
-		 * the device says in so many words that the module is for another
+		 * passed, docs/device/errors.md#legacy-bitmask), not a code: the 2.0+
+		 * priority of validateModules() (integrity, dependencies, range,
+		 * platform; docs/device/validation.md#how-the-device-validates) was
+		 * never applied to it.  When PLATFORM (0x10) is among the bits the
+		 * device says in so many words that the module is for another
 		 * platform, and its other failures follow from that: range and
 		 * dependencies are judged against this platform's slots and its
-		 * installed modules (docs/device/validation.md#how-the-device-validates, steps
-		 * 2-5).  So a multi-bit mask with 0x10 (the Electron app on a Photon 1.5.2 prints
-		 * 0x18 = range + platform) is wrong-platform.  Integrity stays first: a module
-		 * whose CRC fails may have a damaged prefix, and then its platform id and addresses
+		 * installed modules (steps 2-5 there).  So a multi-bit mask with 0x10
+		 * (the Electron app on a Photon 1.5.2 prints 0x18 = range + platform)
+		 * is wrong-platform.  Integrity stays first: a module whose CRC fails
+		 * may have a damaged prefix, and then its platform id and addresses
 		 * mean nothing. */
 		if (code & MODULE_CHECK_INTEGRITY)
 			name = "integrity", cause = ERR_IMAGE_CORRUPT;
