@@ -22,7 +22,8 @@
 
 #define MAX_LAYOUTS 3
 
-/* One flash layout era a module may be flashed under (§6.2 has three on Gen 3). */
+/* One flash layout era a module may be flashed under (Gen 3 has three:
+ * docs/device/memory-maps.md#gen-3). */
 struct slot_fit {
 	const char *layout;
 	const struct slot *slot;
@@ -82,7 +83,8 @@ static void dependency_target(const struct image_module *m, const struct image_d
 		snprintf(buf, size, "%s", module_function_phrase(d->function));
 }
 
-/* "Device OS 2.2.0 or later (system part 1 >= 2202)" where the table pins it (§7.9). */
+/* "Device OS 2.2.0 or later (system part 1 >= 2202)" where the table pins it
+ * (docs/device/releases.md#module-version-numbers). */
 static void dependency_phrase(const struct image_module *m, const struct image_dependency *d,
 			      char *buf, size_t size)
 {

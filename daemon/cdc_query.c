@@ -16,8 +16,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BAUD_TOGGLE 9600  /* any speed but the magic ones (§3) */
-#define BAUD_LISTEN 28800 /* §3: enter listening mode (<= 5.9.x) */
+/* any speed but the magic ones (docs/device/console.md#magic-baud-rates) */
+#define BAUD_TOGGLE 9600
+/* docs/device/console.md#magic-baud-rates: enter listening mode (<= 5.9.x) */
+#define BAUD_LISTEN 28800
 
 enum query_state {
 	QUERY_OPEN,  /* waiting for the tty node (timer) */
@@ -85,7 +87,8 @@ static void finish(struct cdc_query *q, struct error *err)
 		error_clear(&q->err);
 	q->res.no_listening_mode = err && probe_silence(q);
 	if (q->entered && !q->res.was_listening && q->port) {
-		/* §2.3 `x`: give the device back to its firmware as it was found
+		/* docs/device/console.md#commands `x`: give the device back to its firmware as it
+		 * was found
 		 * (also when a later step failed: flashd put it there). */
 		if (write(q->port->fd, "x", 1) == 1)
 			q->res.left_listening = true;
@@ -144,7 +147,8 @@ static void ask_listening(struct cdc_query *q)
 	run_console(q, QUERY_QUERY, query_steps(q), q->cfg.listen_ms + q->cfg.probe_ms);
 }
 
-/* Silence to `v` is what "not in listening mode" looks like (§3: entering
+/* Silence to `v` is what "not in listening mode" looks like
+ * (docs/device/console.md#magic-baud-rates: entering
  * prints nothing).  A timeout after the console answered is not. */
 static bool probe_silence(const struct cdc_query *q)
 {

@@ -1,6 +1,6 @@
 /*
  * Asks a CDC device what it runs, through its listening-mode console
- * (particle-device-facts.md §2, §3), and leaves it as it was found:
+ * (docs/device/console.md, docs/device/console.md#magic-baud-rates), and leaves it as it was found:
  *
  *   OPEN -> PROBE (`v`: listening already?) -> LISTEN (9600 then 28800) and at
  *   once QUERY (`v`, `i`, `s`) [-> LISTEN again once, if silent] -> EXIT (`x`) -> DONE
@@ -17,7 +17,8 @@
  * daemon never starts one on its own: it writes to the port.
  *
  * 28800 is toggled through 9600 because the kernel's cdc-acm sends
- * SET_LINE_CODING only when the line coding changes (§3): a port left at
+ * SET_LINE_CODING only when the line coding changes (docs/device/console.md#magic-baud-rates): a
+ * port left at
  * 28800 by an earlier run would otherwise never reach the device again.
  */
 #pragma once
@@ -38,7 +39,7 @@ struct cdc_query;
 	    {"serial_reply_ms", 5000, "listening-mode console: short replies"},                    \
 	{                                                                                          \
 		"serial_slow_reply_ms", 20000,                                                     \
-		    "listening-mode console: `i` and `s` (LTE modem start, §2.4)"                 \
+		    "listening-mode console: `i` and `s` (LTE modem start)"                        \
 	}
 
 /* The tty node can lag the USB device's udev event after a re-enumeration:
@@ -81,5 +82,5 @@ struct cdc_query *cdc_query_start(struct event_base *base, const char *tty,
 void cdc_query_free(struct cdc_query *q);
 
 /* Whether the device reports any module of its main store invalid: it then runs
- * safe mode (§7.6) once it leaves listening mode. */
+ * safe mode (docs/device/validation.md) once it leaves listening mode. */
 bool cdc_query_facts_safe_mode(const struct device_facts *f);

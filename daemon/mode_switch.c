@@ -55,7 +55,8 @@ static void finish(struct dfu_leave *x, struct error *err)
 	evtimer_del(x->timer);
 	if (err)
 		error_move(&x->err, err);
-	release(x); /* §5.4: nothing more is sent after the leave */
+	/* docs/device/dfuse.md#requests-and-states: nothing more is sent after the leave */
+	release(x);
 	event_active(x->kick, 0, 0);
 }
 

@@ -10,17 +10,19 @@
 
 #define FN_BIT(f) (1u << (f))
 
-/* Gen 3 / P2 OTA region length (HAL_OTA_FlashLength(), §6.2, §6.3). */
+/* Gen 3 / P2 OTA region length (HAL_OTA_FlashLength(), docs/device/memory-maps.md#gen-3,
+ * docs/device/memory-maps.md#p2-family). */
 #define OTA_LEN_GEN3 (1500u * 1024u)
 #define OTA_LEN_RTL  0x180000u
-/* Gen 2 OTA scratch regions (§6.1). */
+/* Gen 2 OTA scratch regions (docs/device/memory-maps.md#gen-2). */
 #define OTA_LEN_PHOTON	 0x40000u
 #define OTA_LEN_ELECTRON 0x20000u
 
 /*
  * Compressed and combined modules: only platforms built with
  * HAL_PLATFORM_COMPRESSED_OTA (nRF52840 and RTL872x; the Gen 2 OTA code
- * handles a single uncompressed module, §7.2), and only when the installed
+ * handles a single uncompressed module, docs/device/module-format.md#flags), and only when the
+ * installed
  * bootloader can inflate them: device-os system/src/system_cloud_internal.cpp
  * "Minimum bootloader version required to support compressed/combined OTA
  * updates: COMPRESSED_OTA_MIN_BOOTLOADER_VERSION = 1000; // 2.0.0".
@@ -91,7 +93,8 @@ void preflight_rules_serial(const struct device_facts *dev, struct preflight_rul
 	rules->transport_name = "serial";
 	const struct platform *p = dev->platform;
 	uint16_t version = capability_version(dev->os_version, dev->system_version);
-	/* capability.c's table: never on the Core; Device OS 6.0.0 removed it (§0.3).
+	/* capability.c's table: never on the Core; Device OS 6.0.0 removed it
+	 * (docs/device/releases.md#capabilities-by-release).
 	 * An unknown platform or version is tried: the device's answer decides. */
 	if (!capability_has(CAPABILITY_YMODEM, p, version, true)) {
 		/* asked without the version: does the platform ever have it? */
@@ -102,12 +105,13 @@ void preflight_rules_serial(const struct device_facts *dev, struct preflight_rul
 	}
 	/* On <= 5.x YMODEM goes through the OTA path, which writes every kind
 	 * with a slot, including bootloaders and NCP firmware that DFU cannot
-	 * write (§5.5). */
+	 * write (docs/device/dfuse.md#what-can-be-flashed-over-dfu). */
 	rules->functions = FN_BIT(MODULE_FUNCTION_BOOTLOADER) | FN_BIT(MODULE_FUNCTION_MONO) |
 			   FN_BIT(MODULE_FUNCTION_SYSTEM) | FN_BIT(MODULE_FUNCTION_USER) |
 			   FN_BIT(MODULE_FUNCTION_RADIO_STACK);
-	/* Only the Argon and the Tracker have an updatable ESP32 NCP (§5.5);
-	 * elsewhere the device answers -1310 (§4.4). */
+	/* Only the Argon and the Tracker have an updatable ESP32 NCP
+	 * (docs/device/dfuse.md#what-can-be-flashed-over-dfu);
+	 * elsewhere the device answers -1310 (docs/device/ymodem.md#end-of-transfer). */
 	if (capability_has(CAPABILITY_UPDATABLE_NCP, p, version, false))
 		rules->functions |= FN_BIT(MODULE_FUNCTION_NCP);
 	rules->compressed = rules->combined = compressed_ota_supported(dev);
@@ -308,7 +312,8 @@ static int check_slot(const struct device_facts *dev, const char *name,
 		return -1;
 	}
 	if (s && rtl_user && end == s->end && start < s->start) {
-		/* P2 user parts grow down from a fixed end (§6.3). */
+		/* P2 user parts grow down from a fixed end
+		 * (docs/device/memory-maps.md#p2-family). */
 		error_set(err, ERR_IMAGE_TOO_LARGE, "%s needs %u bytes; the %s slot holds %u", name,
 			  end - start, s->name, s->end - s->start);
 		error_detail_int(err, "size", end - start);
@@ -376,7 +381,8 @@ static int check_file_size(const char *name, const struct image *img,
 	return -1;
 }
 
-/* The release a module version belongs to, exact or "after X" (§7.9: no formula). */
+/* The release a module version belongs to, exact or "after X"
+ * (docs/device/releases.md#module-version-numbers: no formula). */
 static void release_label(uint8_t function, uint16_t version, char *buf, size_t size)
 {
 	const char *exact = osver_release_for(function, version);
@@ -469,7 +475,8 @@ static int check_deps(const struct device_facts *dev, const char *name,
 		const struct image_dependency *dep = &m->deps[d];
 		if (dep->function == MODULE_FUNCTION_NONE)
 			continue;
-		/* §7.6: a bootloader dependency in slot 2 is not enforced during updates
+		/* docs/device/validation.md: a bootloader dependency in slot 2 is not enforced
+		 * during updates
 		 * (Argon system parts list it there on purpose). */
 		if (d == 1 && dep->function == MODULE_FUNCTION_BOOTLOADER)
 			continue;
@@ -497,7 +504,7 @@ static int check_deps(const struct device_facts *dev, const char *name,
 	return 0;
 }
 
-/* DEPENDENCIES_FULL (§7.6): a new system part must still satisfy the installed
+/* DEPENDENCIES_FULL (docs/device/validation.md): a new system part must still satisfy the installed
  * modules that depend on its slot (no downgrade under a sibling). */
 static int check_siblings(const struct device_facts *dev, const char *name,
 			  const struct image_module *m, const struct dep_state *st,

@@ -3,7 +3,7 @@
  * byte is sent.  Pure functions over parsed images and device facts (no I/O),
  * shared by the transports: each passes its own rules (which module kinds and
  * formats it can write) and reuses the generic checks (platform, slot, size,
- * CRC, dependencies; particle-device-facts.md §6, §7.6).
+ * CRC, dependencies; docs/device/memory-maps.md, docs/device/validation.md).
  */
 #pragma once
 

@@ -1,7 +1,8 @@
 /*
- * Particle module images (particle-device-facts.md §7, platforms §1).
+ * Particle module images (docs/device/module-format.md, platforms docs/device/platforms.md).
  *
- * The prefix is looked for only where a device looks for it (§7.4): offset
+ * The prefix is looked for only where a device looks for it
+ * (docs/device/module-format.md#where-the-prefix-is): offset
  * 0, or after the vector table / Realtek header that the first bytes announce.
  * A candidate counts only when the platform it names is one whose devices
  * apply that very rule, and its addresses, size and CRC agree with the file.
@@ -22,7 +23,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#define SUFFIX_NONE	      0xffffu	   /* suffix size of padded / unfinished images (§7.5) */
+/* suffix size of padded / unfinished images (docs/device/module-format.md#suffix-and-checksums) */
+#define SUFFIX_NONE	      0xffffu
 #define SUFFIX_LEGACY_PRODUCT 4		   /* u16 product id + u16 version, no extension header */
 #define SUFFIX_SHA_FROM_END   38	   /* SHA-256 starts 38 bytes before the module's end */
 #define SUFFIX_SIZE_FROM_END  6		   /* suffix size field */
@@ -30,7 +32,8 @@
 #define INFLATE_FIRST_CHUNK   (64u * 1024) /* grown by doubling up to the declared size */
 #define READ_CHUNK	      (64u * 1024)
 
-/* Initial-stack-pointer tests the devices use (§6.2, §7.4). */
+/* Initial-stack-pointer tests the devices use (docs/device/memory-maps.md#gen-3,
+ * docs/device/module-format.md#where-the-prefix-is). */
 #define STM32_SP_MASK 0x2ff10000u
 #define NRF52_SP_MASK 0x2ffc0000u
 #define SP_IN_RAM     0x20000000u
@@ -65,7 +68,7 @@ static void sha256(const uint8_t *buf, size_t len, uint8_t out[32])
 	sha256_digest(&ctx, SHA256_DIGEST_SIZE, out);
 }
 
-/* ---- where the prefix is (§7.4) ---- */
+/* ---- where the prefix is (docs/device/module-format.md#where-the-prefix-is) ---- */
 
 static const struct {
 	size_t offset;
@@ -292,7 +295,7 @@ static int locate_prefix(const uint8_t *mod, size_t avail, size_t limit, unsigne
 	return -1;
 }
 
-/* ---- extensions (§7.7) ---- */
+/* ---- extensions (docs/device/module-format.md#extensions) ---- */
 
 static int corrupt(struct error *err, unsigned module_no, size_t offset, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -407,7 +410,7 @@ static void apply_extensions(const uint8_t *mod, struct image_module *m,
 	}
 }
 
-/* ---- suffix (§7.5) ---- */
+/* ---- suffix (docs/device/module-format.md#suffix-and-checksums) ---- */
 
 /* Reads suffix size and checks it fits; returns the suffix's first byte. */
 static int locate_suffix(const uint8_t *mod, struct image_module *m, unsigned module_no,
@@ -453,7 +456,7 @@ static int parse_suffix(const uint8_t *mod, struct image_module *m, unsigned mod
 	return 0;
 }
 
-/* ---- compressed modules (§7.2 flag 0x02) ---- */
+/* ---- compressed modules (docs/device/module-format.md#flags flag 0x02) ---- */
 
 static int parse_owned(uint8_t *data, size_t len, int depth, struct image **ret, struct error *err);
 

@@ -1,5 +1,5 @@
 /*
- * Particle firmware module images (particle-device-facts.md §7): locate the
+ * Particle firmware module images (docs/device/module-format.md): locate the
  * module_info_t prefix, parse prefix, extensions, suffix and CRC, inflate
  * compressed modules and split combined files.  Pure functions over buffers:
  * no I/O except image_load_fd(), easy to fuzz.
@@ -13,15 +13,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define IMAGE_FILE_MAX		      (16u * 1024 * 1024) /* largest file accepted */
-#define IMAGE_INFLATED_MAX	      (16u * 1024 * 1024) /* largest inflated module */
-#define IMAGE_MAX_MODULES	      8			  /* modules in one combined file */
-#define IMAGE_MAX_EXTENSIONS	      16		  /* extensions kept per prefix/suffix */
-#define IMAGE_PREFIX_SIZE	      24
-#define IMAGE_CRC_SIZE		      4
-#define IMAGE_SUFFIX_TAIL_SIZE	      36 /* reserved u16, SHA-256, suffix size u16 (§7.5) */
-#define IMAGE_MIN_MODULE_SIZE	      (IMAGE_PREFIX_SIZE + IMAGE_SUFFIX_TAIL_SIZE + IMAGE_CRC_SIZE)
-#define IMAGE_COMPRESSION_HEADER_SIZE 8 /* after the prefix of a compressed module (§7.2) */
+#define IMAGE_FILE_MAX	     (16u * 1024 * 1024) /* largest file accepted */
+#define IMAGE_INFLATED_MAX   (16u * 1024 * 1024) /* largest inflated module */
+#define IMAGE_MAX_MODULES    8			 /* modules in one combined file */
+#define IMAGE_MAX_EXTENSIONS 16			 /* extensions kept per prefix/suffix */
+#define IMAGE_PREFIX_SIZE    24
+#define IMAGE_CRC_SIZE	     4
+/* reserved u16, SHA-256, suffix size u16 (docs/device/module-format.md#suffix-and-checksums) */
+#define IMAGE_SUFFIX_TAIL_SIZE 36
+#define IMAGE_MIN_MODULE_SIZE  (IMAGE_PREFIX_SIZE + IMAGE_SUFFIX_TAIL_SIZE + IMAGE_CRC_SIZE)
+/* after the prefix of a compressed module (docs/device/module-format.md#flags) */
+#define IMAGE_COMPRESSION_HEADER_SIZE 8
 #define IMAGE_MAX_NESTING	      1 /* a compressed module's content is not compressed again */
 
 enum image_flag {
@@ -58,12 +60,15 @@ struct image_extension {
 };
 
 enum image_sha_verdict {
-	IMAGE_SHA_OK,	    /* stored SHA-256 matches */
-	IMAGE_SHA_MISMATCH, /* a warning only: devices never check it (§7.5) */
-	IMAGE_SHA_ABSENT,   /* no suffix to hold one */
+	IMAGE_SHA_OK, /* stored SHA-256 matches */
+	/* a warning only: devices never check it
+	 * (docs/device/module-format.md#suffix-and-checksums) */
+	IMAGE_SHA_MISMATCH,
+	IMAGE_SHA_ABSENT, /* no suffix to hold one */
 };
 
-/* Where the module_info_t prefix was found (§7.4), each with its device rule. */
+/* Where the module_info_t prefix was found (docs/device/module-format.md#where-the-prefix-is), each
+ * with its device rule. */
 enum image_prefix_rule {
 	IMAGE_PREFIX_AT_START,	       /* offset 0 */
 	IMAGE_PREFIX_AFTER_REALTEK,    /* 0x20, after a 32-byte Realtek image header (P2 family) */
@@ -80,7 +85,7 @@ struct image_module {
 	enum image_prefix_rule prefix_rule;
 	bool platform_known; /* platform_id is in the platform catalogue */
 
-	/* module_info_t (§7.1) */
+	/* module_info_t (docs/device/module-format.md#prefix) */
 	uint32_t start;
 	uint32_t end;
 	uint8_t reserved; /* MCU target on Gen 3/P2 (0x21 = ESP32 NCP) */
@@ -93,7 +98,7 @@ struct image_module {
 	struct image_extension prefix_ext[IMAGE_MAX_EXTENSIONS];
 	unsigned n_prefix_ext;
 
-	/* Suffix (§7.5) */
+	/* Suffix (docs/device/module-format.md#suffix-and-checksums) */
 	bool has_suffix; /* false when suffix size is 0xffff or unusable */
 	uint16_t suffix_size;
 	bool has_product_data;	     /* the suffix carries product id/version (suffix size > 36) */
@@ -162,7 +167,8 @@ const char *image_prefix_rule_name(enum image_prefix_rule rule);
 const char *image_flag_name(unsigned flag);
 /* "product-data", "dynamic-location", ... ; "unknown" otherwise. */
 const char *image_ext_type_name(unsigned type);
-/* The CRC-32 (zlib/IEEE) the device computes over a module (§7.5). */
+/* The CRC-32 (zlib/IEEE) the device computes over a module
+ * (docs/device/module-format.md#suffix-and-checksums). */
 uint32_t image_crc32(const uint8_t *buf, size_t len);
 
 /*

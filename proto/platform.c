@@ -11,7 +11,9 @@
 #define ANY_VERSION 0xffff
 
 /* Fields left out are zero: no cellular or Wi-Fi radio, no external flash, CDC on interface 0. */
-/* §1.1, §1.2, §1.3; Device OS support ranges as system module versions (§7.9). */
+/* docs/device/platforms.md#platform-table, docs/device/platforms.md#usb-strings-and-device-ids,
+ * docs/device/platforms.md#runtime-interface-layout; Device OS support ranges as system module
+ * versions (docs/device/releases.md#module-version-numbers). */
 static const struct platform platforms[] = {
 	{.id = 0, .name = "core", .display = "Core", .gen = 1, .mcu = MCU_STM32F103,
 	 .vid = 0x1d50, .cdc_pid = 0x607d, .dfu_pid = 0x607f,
@@ -166,7 +168,7 @@ const struct platform *platform_by_usb(uint16_t vid, uint16_t pid, enum platform
 /* one row per slot, as in the facts tables (kept by hand): function, index, store, start, end;
  * .external is left out (false) in every row: no slot below is in external flash */
 /* clang-format off */
-/* §6.1 Photon / P1 */
+/* docs/device/memory-maps.md#gen-2 Photon / P1 */
 static const struct slot slots_photon[] = {
 	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08004000, .name = "bootloader"},
 	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08020000, 0x08060000, .name = "system part 1"},
@@ -176,7 +178,7 @@ static const struct slot slots_photon[] = {
 	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08020000, 0x08080000, .name = "monolithic"},
 };
 
-/* §6.1 Electron: note system module 1/2/3 versus the file names. */
+/* docs/device/memory-maps.md#gen-2 Electron: note system module 1/2/3 versus the file names. */
 static const struct slot slots_electron[] = {
 	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08004000, .name = "bootloader"},
 	{MODULE_FUNCTION_SYSTEM, 1, MODULE_STORE_MAIN, 0x08020000, 0x08040000, .name = "system module 1"},
@@ -186,14 +188,16 @@ static const struct slot slots_electron[] = {
 	{MODULE_FUNCTION_USER, 1, MODULE_STORE_FACTORY, 0x080a0000, 0x080c0000, .name = "factory app"},
 };
 
-/* §6.1 Core: monolithic firmware after the 20 KiB bootloader (details UNVERIFIED). */
+/* docs/device/memory-maps.md#gen-2 Core: monolithic firmware after the 20 KiB bootloader (details
+ * UNVERIFIED). */
 static const struct slot slots_core[] = {
 	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08000000, 0x08005000, .name = "bootloader"},
 	{MODULE_FUNCTION_MONO, 0, MODULE_STORE_MAIN, 0x08005000, 0x08020000, .name = "monolithic"},
 };
 
 /*
- * §6.2 Gen 3.  The NCP slot (ESP32 on Argon/Tracker) is the coprocessor's own
+ * docs/device/memory-maps.md#gen-3 Gen 3.  The NCP slot (ESP32 on Argon/Tracker) is the
+ * coprocessor's own
  * flash; its extent is INFERRED (4 MiB ESP32 module).
  */
 #define GEN3_COMMON \
@@ -226,7 +230,7 @@ static const struct slot slots_gen3_v3[] = { /* Device OS >= 6.2.0 */
 	GEN3_COMMON,
 };
 
-/* §6.3 P2 family: the user part grows downward from 0x08600000. */
+/* docs/device/memory-maps.md#p2-family P2 family: the user part grows downward from 0x08600000. */
 static const struct slot slots_rtl[] = {
 	{MODULE_FUNCTION_BOOTLOADER, 1, MODULE_STORE_MAIN, 0x08000000, 0x08002000, .name = "KM0 MBR"},
 	{MODULE_FUNCTION_BOOTLOADER, 0, MODULE_STORE_MAIN, 0x08004000, 0x08014000, .name = "bootloader"},

@@ -1,6 +1,6 @@
 /*
  * The platform catalogue: identities, USB ids and flash slots of every
- * Particle platform flashd knows (particle-device-facts.md §1, §6).
+ * Particle platform flashd knows (docs/device/platforms.md, docs/device/memory-maps.md).
  */
 #pragma once
 
@@ -15,7 +15,8 @@ enum mcu {
 	MCU_RTL8721D,  /* P2 family */
 };
 
-/* Module functions (module_info_t.module_function, §7.3). */
+/* Module functions (module_info_t.module_function,
+ * docs/device/module-format.md#module-functions). */
 enum module_function {
 	MODULE_FUNCTION_NONE = 0,
 	MODULE_FUNCTION_RESOURCE = 1,
@@ -29,9 +30,9 @@ enum module_function {
 	MODULE_FUNCTION_ASSET = 9,
 };
 
-/* Validation checks (module_validation_flags_t, §7.6): the bits of a module's
+/* Validation checks (module_validation_flags_t, docs/device/validation.md): the bits of a module's
  * checked (vc) and passed (vv) masks in the `s` reply, and of the failed-check
- * mask 0.6.1-1.5.x print after "Validation failed:" (§4.4). */
+ * mask 0.6.1-1.5.x print after "Validation failed:" (docs/device/ymodem.md#end-of-transfer). */
 enum module_check {
 	MODULE_CHECK_INTEGRITY = 0x02,
 	MODULE_CHECK_DEPENDENCIES = 0x04,
@@ -63,8 +64,10 @@ struct platform {
 	const char *dfu_product; /* USB iProduct in DFU mode */
 	bool cellular;
 	bool wifi;
-	uint32_t ext_flash_size;       /* Gen 3 external QSPI flash, bytes; 0 = none */
-	uint8_t cdc_interface;	       /* interface number of the CDC comm interface (§1.3) */
+	uint32_t ext_flash_size; /* Gen 3 external QSPI flash, bytes; 0 = none */
+	/* interface number of the CDC comm interface
+	 * (docs/device/platforms.md#runtime-interface-layout) */
+	uint8_t cdc_interface;
 	uint16_t first_system_version; /* first Device OS supporting it, as system module version */
 	uint16_t last_system_version;  /* last one (0xffff = still supported) */
 };
@@ -93,7 +96,7 @@ const struct platform *platform_by_usb(uint16_t vid, uint16_t pid,
 /*
  * Slots for a platform under the flash layout of a given installed system
  * module version (0 = unknown: the newest layout).  Gen 3 has three layouts:
- * < 3100 (Device OS ≤ 3.0.x), 3100–6199, ≥ 6200 (§6.2).
+ * < 3100 (Device OS ≤ 3.0.x), 3100–6199, ≥ 6200 (docs/device/memory-maps.md#gen-3).
  */
 size_t platform_slots(const struct platform *p, uint16_t system_version, const struct slot **ret);
 const struct slot *platform_find_slot(const struct platform *p, uint16_t system_version,

@@ -8,21 +8,30 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FN_BIT(f)		(1u << (f))
-#define GEN3_COMPAT_USER_PAGE	0xD4000u    /* first page of the 128 KiB user slot (§6.2) */
-#define GEN2_PROTECTED_END	0x08020000u /* DFU_MAL_IS_PROTECTED_AREA (§5.3) */
-#define MODULE_MAX_SIZE		(16u << 20)
-#define SERVICE_MODE_MIN_SYSTEM 6101 /* particle-cli: no downgrade below 6.1.1 (§8.4.5) */
-/* The SoftDevice carries no module prefix in flash (§7.2 DROP_MODULE_INFO); Device OS reports
- * its FWID as the radio stack version (§2.5).  Nordic's SD info struct sits 0x2000 into the
+#define FN_BIT(f) (1u << (f))
+/* first page of the 128 KiB user slot (docs/device/memory-maps.md#gen-3) */
+#define GEN3_COMPAT_USER_PAGE 0xD4000u
+/* DFU_MAL_IS_PROTECTED_AREA (docs/device/dfuse.md#memory-map-strings) */
+#define GEN2_PROTECTED_END 0x08020000u
+#define MODULE_MAX_SIZE	   (16u << 20)
+/* particle-cli: no downgrade below 6.1.1
+ * (docs/device/particle-cli.md#flash-usb-with-particle-usb) */
+#define SERVICE_MODE_MIN_SYSTEM 6101
+/* The SoftDevice carries no module prefix in flash (docs/device/module-format.md#flags
+ * DROP_MODULE_INFO); Device OS reports
+ * its FWID as the radio stack version (docs/device/console.md#module-info-reply).  Nordic's SD info
+ * struct sits 0x2000 into the
  * SoftDevice (base 0x1000): magic at +4, FWID at +0xC (nrf_sdm.h). */
 #define GEN3_SOFTDEVICE_START 0x1000u
 #define GEN3_SD_INFO	      0x3000u
 #define GEN3_SD_MAGIC	      0x51B1E5DBu
-/* The P2 family's user part ends at 0x08600000 and grows downward (§6.3): its start is
- * in the DYNAMIC_LOCATION extension of its suffix (§7.5, §7.7). */
-#define RTL_USER_END		 0x08600000u
-#define SUFFIX_TAIL		 36 /* reserved u16, SHA-256, size u16 (§7.5) */
+/* The P2 family's user part ends at 0x08600000 and grows downward
+ * (docs/device/memory-maps.md#p2-family): its start is
+ * in the DYNAMIC_LOCATION extension of its suffix
+ * (docs/device/module-format.md#suffix-and-checksums, docs/device/module-format.md#extensions). */
+#define RTL_USER_END 0x08600000u
+/* reserved u16, SHA-256, size u16 (docs/device/module-format.md#suffix-and-checksums) */
+#define SUFFIX_TAIL		 36
 #define SUFFIX_NONE		 0xFFFFu
 #define EXT_DYNAMIC_LOCATION	 0x0002u
 #define EXT_END			 0x0000u
@@ -91,7 +100,7 @@ static void add_whole(struct dfu_readback *rb, uint32_t address, size_t size)
 
 void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
 {
-	/* Every layout era's slot starts (§6.2 has three for Gen 3). */
+	/* Every layout era's slot starts (Gen 3 has three: docs/device/memory-maps.md#gen-3). */
 	static const uint16_t eras[] = {3000, 6100, 6200};
 	memset(rb, 0, sizeof(*rb));
 	rb->platform = p;
@@ -130,7 +139,8 @@ void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
 		add_probe(rb, GEN3_SD_INFO);
 }
 
-/* The device's own prefix-offset rules (§6.2, §6.3, §7.4). */
+/* The device's own prefix-offset rules (docs/device/memory-maps.md#gen-3,
+ * docs/device/memory-maps.md#p2-family, docs/device/module-format.md#where-the-prefix-is). */
 static size_t prefix_offset(const struct platform *p, const uint8_t *b, size_t len)
 {
 	if (len < 8)
@@ -179,8 +189,10 @@ static bool slot_matches(const struct platform *p, uint32_t start, uint32_t end,
 }
 
 /*
- * The start address a module's suffix names in its DYNAMIC_LOCATION extension (§7.5:
- * [extensions][reserved, SHA-256, size][CRC] ending at the probe's end; §7.7).  The
+ * The start address a module's suffix names in its DYNAMIC_LOCATION extension
+ * (docs/device/module-format.md#suffix-and-checksums:
+ * [extensions][reserved, SHA-256, size][CRC] ending at the probe's end;
+ * docs/device/module-format.md#extensions).  The
  * extensions are walked from the suffix's first byte to the fixed tail.
  */
 static bool tail_module_start(const struct dfu_probe *pr, uint32_t *start)
@@ -221,7 +233,8 @@ static bool parse_probe(const struct platform *p, const struct dfu_probe *pr,
 	if (le16(b + 12) != p->id || !slot_matches(p, start, end, function, index))
 		return false;
 	memset(m, 0, sizeof(*m));
-	/* PLATFORM (§7.6): the prefix's platform id is the device's, or it is not listed. */
+	/* PLATFORM (docs/device/validation.md): the prefix's platform id is the device's, or it is
+	 * not listed. */
 	m->checked = m->passed = MODULE_CHECK_PLATFORM;
 	m->function = function;
 	m->index = index;
@@ -266,7 +279,8 @@ bool dfu_readback_follow(struct dfu_readback *rb)
 	return rb->n_probes > before;
 }
 
-/* INTEGRITY (§7.5, §7.6): the CRC-32 over the module's bytes before the CRC, stored
+/* INTEGRITY (docs/device/module-format.md#suffix-and-checksums, docs/device/validation.md): the
+ * CRC-32 over the module's bytes before the CRC, stored
  * big-endian in its last 4 bytes, when the whole module was read. */
 static void integrity_facts(const struct dfu_readback *rb, struct installed_module *m)
 {
@@ -393,7 +407,8 @@ bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *
 	/* The list is what is installed at the known slots; user parts up to DFU_WHOLE_MAX
 	 * carry an integrity verdict, the rest only what their prefixes say. */
 	facts->modules_known = true;
-	/* Gen 3 has three layouts; the system part's start says which (§6.2).  The others
+	/* Gen 3 has three layouts; the system part's start says which
+	 * (docs/device/memory-maps.md#gen-3).  The others
 	 * have one layout per platform. */
 	if (p->mcu == MCU_NRF52840)
 		return system_found;
@@ -412,7 +427,7 @@ void dfu_preflight_rules(const struct device_facts *dev, struct preflight_rules 
 	rules->combined = true;	  /* split here */
 	rules->encrypted = false;
 	rules->why_not = "the DFU memory maps do not expose bootloaders, network-coprocessor "
-			 "firmware or encrypted modules (§5.5)";
+			 "firmware or encrypted modules";
 }
 
 static int not_flashable(const struct image_module *m, struct error *err)
@@ -564,7 +579,7 @@ static int check_protection(const struct device_facts *dev, const struct image_m
 }
 
 /* The bytes a module puts in flash: inflated when compressed, without prefix for
- * DROP_MODULE_INFO (§7.2, particle-cli strips the 24 bytes). */
+ * DROP_MODULE_INFO (docs/device/module-format.md#flags, particle-cli strips the 24 bytes). */
 static void module_payload(const struct image *img, const struct image_module *m,
 			   const struct image **ret_img, const struct image_module **ret_m,
 			   const uint8_t **data, size_t *len)
@@ -640,7 +655,8 @@ int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 				error_prefix(err, "%s: ", w.name ? w.name : "image");
 				return -1;
 			}
-			/* §6.2: a 256 KiB-slot application on Device OS ≥ 3.1 leaves the old
+			/* docs/device/memory-maps.md#gen-3: a 256 KiB-slot application on Device OS
+			 * ≥ 3.1 leaves the old
 			 * 128 KiB slot's first page erased so the stale app is not picked.
 			 * capability.c says where: the layout the device will run, or, when
 			 * that is unknown, the one the application was built against. */

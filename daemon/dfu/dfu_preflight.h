@@ -3,10 +3,11 @@
  *
  * A device in DFU mode has no module list: the installed module prefixes are
  * read back with UPLOAD at the platform's slot addresses (prefix offset rules
- * §6.2/§7.4; the P2 family's user part, which grows downward from 0x08600000,
+ * docs/device/memory-maps.md#gen-3, docs/device/module-format.md#where-the-prefix-is; the P2
+ * family's user part, which grows downward from 0x08600000,
  * through the start its suffix names) and turned into struct device_facts; on
  * Gen 3 the system part's position tells which of the three layouts is
- * installed (§6.2).  The checks
+ * installed (docs/device/memory-maps.md#gen-3).  The checks
  * here are the ones only DFU needs (memory map, slot overlap with what is
  * really installed, Device Protection, module kinds DFU cannot write); the
  * generic ones (platform, slot, size, CRC, dependencies, ordering) are
@@ -35,11 +36,14 @@
 enum dfu_probe_kind {
 	DFU_PROBE_PREFIX, /* a module start: vector table / Realtek header + prefix */
 	/* The DFU_PROBE_LEN bytes that end at a fixed module end (the P2 user part grows
-	 * downward from 0x08600000, §6.3): CRC and suffix, whose DYNAMIC_LOCATION
-	 * extension names the module's start (§7.5, §7.7). */
+	 * downward from 0x08600000, docs/device/memory-maps.md#p2-family): CRC and suffix, whose
+	 * DYNAMIC_LOCATION
+	 * extension names the module's start (docs/device/module-format.md#suffix-and-checksums,
+	 * docs/device/module-format.md#extensions). */
 	DFU_PROBE_TAIL,
 	/* A whole module (a user part of at most DFU_WHOLE_MAX bytes), to check its CRC-32
-	 * the way the device does at boot (§7.5, §7.6 INTEGRITY). */
+	 * the way the device does at boot (docs/device/module-format.md#suffix-and-checksums,
+	 * docs/device/validation.md INTEGRITY). */
 	DFU_PROBE_WHOLE,
 };
 
@@ -117,7 +121,7 @@ void dfu_preflight_rules(const struct device_facts *dev, struct preflight_rules 
  *  - DROP_MODULE_INFO written without its prefix; compressed modules
  *    inflated; combined files split;
  *  - Gen 3 application in the 256 KiB slot on Device OS ≥ 3.1: erase the
- *    page at 0xD4000 first (as particle-cli does, §6.2).
+ *    page at 0xD4000 first (as particle-cli does, docs/device/memory-maps.md#gen-3).
  */
 int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 		       const struct dfuse_info *info, const struct preflight_plan *pp, bool force,

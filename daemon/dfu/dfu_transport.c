@@ -1,6 +1,7 @@
 /*
  * The DFU transport (issue 7): one run per job.  Switches a CDC device into
- * DFU with the 14400-baud line coding (§3) and follows it across the
+ * DFU with the 14400-baud line coding (docs/device/console.md#magic-baud-rates) and follows it
+ * across the
  * re-enumeration, opens it, reads what is in flash (UPLOAD of module
  * prefixes), runs the generic and DFU preflight, erases exactly, writes,
  * optionally reads back, leaves, and waits for the device to come back.  A
@@ -233,10 +234,11 @@ static void report_write_step(struct transport_run *r)
 }
 
 /* The leave request is done, or the device reset before its GETSTATUS came back (a
- * vanished device means success, §5.4): release it and wait for it to come back. */
+ * vanished device means success, docs/device/dfuse.md#requests-and-states): release it and wait for
+ * it to come back. */
 static void left_dfu(struct transport_run *r)
 {
-	/* Released right away; nothing more is sent (§5.4). */
+	/* Released right away; nothing more is sent (docs/device/dfuse.md#requests-and-states). */
 	usb_dfu_close(r->usb); /* detaches the dfuse first */
 	r->usb = NULL;
 	dfuse_free(r->dfuse);
@@ -265,7 +267,8 @@ static void step(struct transport_run *r)
 		dfu_readback_plan(r->facts.platform, &r->rb);
 		r->probe_i = 0;
 		if (dfuse_get_info(r->dfuse)->protected_device || r->rb.n_probes == 0) {
-			/* No UPLOAD on protected devices (§5.3): preflight refuses below. */
+			/* No UPLOAD on protected devices (docs/device/dfuse.md#memory-map-strings):
+			 * preflight refuses below. */
 			r->state = RUN_READBACK;
 			r->probe_i = r->rb.n_probes;
 			step(r);
@@ -548,7 +551,7 @@ static bool job_provides(struct job *job, uint8_t function, uint8_t index, uint1
 
 /*
  * A device that stays in DFU after leave does not say which check failed (the
- * bootloader has no console, §7.6).  What the host can tell from the files and
+ * bootloader has no console, docs/device/validation.md).  What the host can tell from the files and
  * the read-back: the platform and the dependencies against what is installed
  * plus the job (both skipped by --force).  Empty when none of them fails.
  */
@@ -628,7 +631,8 @@ static uint16_t system_version_after(struct transport_run *r)
 	return v;
 }
 
-/* Only Device OS <= 5.x has a listening-mode console (§3: 28800 removed in 6.0.0;
+/* Only Device OS <= 5.x has a listening-mode console (docs/device/console.md#magic-baud-rates:
+ * 28800 removed in 6.0.0;
  * capability.c's table); an unknown version is tried (silence then means
  * written-not-verified). */
 static bool serial_verifiable(struct transport_run *r)
@@ -697,7 +701,8 @@ static void hand_over_verify(struct transport_run *r)
 	job_handoff(r->job, to, "the plan verifies by reading module info after the reboot");
 }
 
-/* 28800 -> `s` -> `x` on the device that came back (§3, §2.5). */
+/* 28800 -> `s` -> `x` on the device that came back (docs/device/console.md#magic-baud-rates,
+ * docs/device/console.md#module-info-reply). */
 static void start_serial_verify(struct transport_run *r, const char *tty)
 {
 	struct error err;

@@ -271,7 +271,8 @@ static void add_context(struct dfuse *s, struct error *err)
 	dfuse_attach_trace(s, err);
 }
 
-/* A sentence a person understands for each DFU status (§5.4 and the DFU 1.1 spec). */
+/* A sentence a person understands for each DFU status (docs/device/dfuse.md#requests-and-states and
+ * the DFU 1.1 spec). */
 static const char *status_sentence(int status)
 {
 	switch (status) {
@@ -502,7 +503,8 @@ static void next_open(struct dfuse *s)
 			 (uint16_t)(0x0300 | r->index), 0x0409, NULL, DFUSE_STRING_MAX);
 		return;
 	}
-	/* Bootloaders before 6.1.2 have no 0xFA string: an all-'b' map means protected (§9.2.6). */
+	/* Bootloaders before 6.1.2 have no 0xFA string: an all-'b' map means protected
+	 * (docs/device/dfuse.md#particle-usb-sequence). */
 	if (!s->info.protection[0]) {
 		bool all_b = s->desc.n_alts > 0;
 		for (unsigned a = 0; a < s->desc.n_alts && a < DFUSE_MAX_ALTS; a++) {
@@ -523,7 +525,8 @@ static void next_upload(struct dfuse *s)
 		send_command(s, DFUSE_CMD_SET_ADDRESS, s->address);
 		return;
 	}
-	/* §9.2.7: SET_ADDRESS, ABORT to dfuIDLE, then UPLOAD wValue 2, 3, ... */
+	/* docs/device/dfuse.md#particle-usb-sequence: SET_ADDRESS, ABORT to dfuIDLE, then UPLOAD
+	 * wValue 2, 3, ... */
 	if (!s->upload_opened) {
 		send_req(s, STEP_UPLOAD_ABORT, 0x21, DFU_ABORT, 0, s->desc.interface, NULL, 0);
 		return;
@@ -537,7 +540,8 @@ static void next_upload(struct dfuse *s)
 			 s->desc.interface, NULL, (uint16_t)n);
 		return;
 	}
-	/* Back to dfuIDLE: a DNLOAD in dfuUPLOAD-IDLE is an error (§5.4). */
+	/* Back to dfuIDLE: a DNLOAD in dfuUPLOAD-IDLE is an error
+	 * (docs/device/dfuse.md#requests-and-states). */
 	if (!s->upload_closed) {
 		send_req(s, STEP_UPLOAD_ABORT, 0x21, DFU_ABORT, 0, s->desc.interface, NULL, 0);
 		return;
@@ -562,7 +566,8 @@ static void next_erase(struct dfuse *s)
 
 static bool block_addressing(const struct dfuse *s)
 {
-	/* §5.4: address = (wValue - 2) * 4096 + pointer, so block numbers only advance with
+	/* docs/device/dfuse.md#requests-and-states: address = (wValue - 2) * 4096 + pointer, so
+	 * block numbers only advance with
 	 * exactly 4096-byte chunks; otherwise (or as a per-device fallback) set the pointer
 	 * before every chunk like dfu-util and particle-usb do. */
 	return !s->address_per_chunk && dfuse_transfer_size(s) == DFUSE_BLOCK &&
@@ -595,7 +600,7 @@ static void next(struct dfuse *s)
 {
 	if (s->op != OP_LEAVE && s->cur_alt != s->alt) {
 		/* Standard SET_INTERFACE as an async control transfer: libusb's
-		 * libusb_set_interface_alt_setting() is synchronous (§ brief: never block). */
+		 * libusb_set_interface_alt_setting() is synchronous (house rule: never block). */
 		send_req(s, STEP_SET_ALT, 0x01, 0x0b, s->alt, s->desc.interface, NULL, 0);
 		return;
 	}
@@ -644,7 +649,8 @@ static void next(struct dfuse *s)
 /* ---- events -------------------------------------------------------------------------- */
 
 /*
- * §5.4: a device that does not advance its pointer with the block number refuses a
+ * docs/device/dfuse.md#requests-and-states: a device that does not advance its pointer with the
+ * block number refuses a
  * block-numbered chunk with errADDRESS or errTARGET.  Switch to SET_ADDRESS before every
  * chunk (what dfu-util and particle-usb always do), recover from dfuERROR and send the
  * chunk again.  Once per operation: a second refusal is a real error.
@@ -673,7 +679,8 @@ static bool address_fallback(struct dfuse *s)
 	return true;
 }
 
-/* GETSTATUS after SET_INTERFACE: dfu-util's open sequence (§9.1). */
+/* GETSTATUS after SET_INTERFACE: dfu-util's open sequence
+ * (docs/device/dfuse.md#dfu-util-sequence). */
 static void on_recover_status(struct dfuse *s)
 {
 	if (++s->recovery_rounds > DFUSE_RECOVERY_MAX) {
@@ -778,7 +785,8 @@ static void on_poll(struct dfuse *s, unsigned poll_ms)
 	}
 }
 
-/* The one GETSTATUS after the leave request (§5.4): 5, 7 or a vanished device = success. */
+/* The one GETSTATUS after the leave request (docs/device/dfuse.md#requests-and-states): 5, 7 or a
+ * vanished device = success. */
 static void on_leave_status(struct dfuse *s, int usb_status, const uint8_t *in, size_t actual)
 {
 	unsigned poll_ms;
@@ -830,7 +838,8 @@ static void on_string(struct dfuse *s, int usb_status, const uint8_t *in, size_t
 	const struct string_req *r = &s->strings[s->string_i];
 	char buf[DFUSE_STRING_MAX + 1];
 	if (usb_status < 0 || actual < 2 || in[1] != 0x03) {
-		/* 0xFA only exists on 6.2.0+ bootloaders (§5.2): its absence is a fact, not a
+		/* 0xFA only exists on 6.2.0+ bootloaders (docs/device/dfuse.md#descriptors): its
+		 * absence is a fact, not a
 		 * failure. */
 		if (r->kind == STR_PROTECTION && usb_status != LIBUSB_ERROR_NO_DEVICE) {
 			trace(s, "no Device Protection string (0xFA)");
@@ -997,7 +1006,8 @@ void dfuse_transfer_done(struct dfuse *s, int usb_status, const uint8_t *in, siz
 		break;
 	}
 	case STEP_LEAVE_DNLOAD:
-		/* Exactly one GETSTATUS, then nothing more (§5.4). */
+		/* Exactly one GETSTATUS, then nothing more
+		 * (docs/device/dfuse.md#requests-and-states). */
 		send_getstatus(s, STEP_LEAVE_STATUS);
 		break;
 	default:

@@ -1,5 +1,6 @@
 /*
- * The DfuSe state machine (particle-device-facts.md §5.4, host sequences §9):
+ * The DfuSe state machine (docs/device/dfuse.md#requests-and-states, host sequences
+ * docs/device/dfuse.md#host-sequences):
  * open (SET_INTERFACE, GETSTATUS recovery, strings), UPLOAD reads, page/sector
  * erase, download and leave, each one operation at a time with a completion
  * callback.  It speaks through a one-function control-transfer interface
@@ -29,7 +30,7 @@ enum dfu_request {
 	DFU_ABORT = 6,
 };
 
-/* bState (§5.4). */
+/* bState (docs/device/dfuse.md#requests-and-states). */
 enum dfu_state {
 	DFU_STATE_APP_IDLE = 0,
 	DFU_STATE_APP_DETACH = 1,
@@ -71,11 +72,14 @@ const char *dfu_status_name(int status); /* "errTARGET" */
 #define DFUSE_CMD_SET_ADDRESS 0x21
 #define DFUSE_CMD_ERASE	      0x41
 
-#define DFUSE_BLOCK		 4096u /* §5.4: address = (wValue - 2) * 4096 + pointer */
-#define DFUSE_MAX_ALTS		 8
-#define DFUSE_MAX_TRANSFER	 4096u /* largest wTransferSize accepted */
-#define DFUSE_DEFAULT_TRANSFER	 1024u /* particle-usb's default when no functional descriptor */
-#define DFUSE_CONTROL_TIMEOUT_MS 5000  /* dfu-util DFU_TIMEOUT (§9.1, §11.2) */
+/* docs/device/dfuse.md#requests-and-states: address = (wValue - 2) * 4096 + pointer */
+#define DFUSE_BLOCK	       4096u
+#define DFUSE_MAX_ALTS	       8
+#define DFUSE_MAX_TRANSFER     4096u /* largest wTransferSize accepted */
+#define DFUSE_DEFAULT_TRANSFER 1024u /* particle-usb's default when no functional descriptor */
+/* dfu-util DFU_TIMEOUT (docs/device/dfuse.md#dfu-util-sequence,
+ * docs/device/particle-cli.md#host-time-outs) */
+#define DFUSE_CONTROL_TIMEOUT_MS 5000
 #define DFUSE_POLL_MAX_MS	 10000 /* cap on a device-requested bwPollTimeout */
 #define DFUSE_MAX_POLLS		 1000  /* GETSTATUS polls for one command before giving up */
 #define DFUSE_STRING_MAX	 255
@@ -137,8 +141,10 @@ struct dfuse_info {
 	struct dfuse_map maps[DFUSE_MAX_ALTS];
 	bool map_valid[DFUSE_MAX_ALTS];
 	char protection[DFUSE_STRING_MAX + 1]; /* 0xFA string ("sm=o"), "" if absent */
-	bool protected_device; /* sm=p, or (no 0xFA) every segment erasable-only (§9.2.6) */
-	bool service_mode;     /* sm=s */
+	/* sm=p, or (no 0xFA) every segment erasable-only
+	 * (docs/device/dfuse.md#particle-usb-sequence) */
+	bool protected_device;
+	bool service_mode; /* sm=s */
 };
 
 struct dfuse_stats {
@@ -157,7 +163,8 @@ struct dfuse *dfuse_new(struct event_base *base, const struct dfu_io *io,
 void dfuse_free(struct dfuse *s);
 
 /*
- * Per-device fallback of §5.4: send SET_ADDRESS before every chunk (wValue 2).  Switched
+ * Per-device fallback of docs/device/dfuse.md#requests-and-states: send SET_ADDRESS before every
+ * chunk (wValue 2).  Switched
  * on by itself (with a "retrying-set-address" notice) when the device answers a
  * block-numbered DNLOAD with errADDRESS or errTARGET; the chunk is then sent again.
  */
@@ -196,7 +203,8 @@ WARN_UNUSED_RESULT int dfuse_erase(struct dfuse *s, uint8_t alt, uint32_t addres
 WARN_UNUSED_RESULT int dfuse_download(struct dfuse *s, uint8_t alt, uint32_t address,
 				      const uint8_t *data, size_t len, dfuse_done_fn done,
 				      void *userdata, struct error *err);
-/* Zero-length DNLOAD and exactly one GETSTATUS (§5.4); nothing is sent afterwards. */
+/* Zero-length DNLOAD and exactly one GETSTATUS (docs/device/dfuse.md#requests-and-states); nothing
+ * is sent afterwards. */
 WARN_UNUSED_RESULT int dfuse_leave(struct dfuse *s, dfuse_done_fn done, void *userdata,
 				   struct error *err);
 
@@ -223,7 +231,7 @@ json_t *dfuse_trace_json(const struct dfuse *s);
 void dfuse_attach_trace(const struct dfuse *s, struct error *err);
 
 /*
- * Maps a libusb error to the catalogue (§ issue 7): access → permission-denied,
+ * Maps a libusb error to the catalogue (issue 7): access → permission-denied,
  * no device → device-gone, timeout → timed-out, anything else transfer-failed.
  */
 int dfu_usb_error_set(struct error *err, int usb_status, const char *phase);

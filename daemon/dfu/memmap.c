@@ -3,7 +3,8 @@
 #include <string.h>
 
 /*
- * A small cursor-based parser: the grammar (§5.3, dfu-util's dfuse_mem.c) is
+ * A small cursor-based parser: the grammar (docs/device/dfuse.md#memory-map-strings, dfu-util's
+ * dfuse_mem.c) is
  *   map     := '@' name ( '/' address '/' segment ( ',' segment )* )+
  *   segment := count '*' size [ ' ' | 'B' | 'K' | 'M' ] letter
  * Counts and sizes are decimal with optional leading zeros ("03*016Ka").

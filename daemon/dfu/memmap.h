@@ -1,6 +1,6 @@
 /*
  * DfuSe memory maps: the alt settings' iInterface strings
- * ("@Internal Flash   /0x08000000/03*016Ka,01*016Kg,...", particle-device-facts.md §5.3),
+ * ("@Internal Flash   /0x08000000/03*016Ka,01*016Kg,...", docs/device/dfuse.md#memory-map-strings),
  * parsed into segments of equal sectors with readable/erasable/writable
  * attributes, and the queries the download path needs (which region holds an
  * address, which erase units cover a range).  Pure functions, no I/O.
@@ -19,7 +19,8 @@
 #define DFUSE_MAP_MAX_SEGMENTS 32
 #define DFUSE_MAP_MAX_SECTORS  65536 /* per segment */
 
-/* Attribute bits: dfu-util's `letter & 7` (DFUU:src/dfuse_mem.c), table in §5.3. */
+/* Attribute bits: dfu-util's `letter & 7` (dfu-util src/dfuse_mem.c), table in
+ * docs/device/dfuse.md#memory-map-strings. */
 enum dfuse_mem_attr {
 	DFUSE_MEM_READABLE = 0x1,
 	DFUSE_MEM_ERASABLE = 0x2,

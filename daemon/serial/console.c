@@ -79,7 +79,8 @@ void console_config_default(struct console_config *cfg)
 {
 	cfg->probe_ms = 2000;
 	cfg->reply_ms = 5000;
-	cfg->slow_reply_ms = 20000; /* particle-cli waits 20 s for `i` and `s` (§2.4) */
+	/* particle-cli waits 20 s for `i` and `s` (docs/device/console.md#device-id-reply) */
+	cfg->slow_reply_ms = 20000;
 	cfg->max_claim_recoveries = 3;
 }
 
@@ -169,7 +170,8 @@ static void fill_module(struct installed_module *m, json_t *o)
 	m->checked = (uint16_t)json_integer_value(json_object_get(o, "vc"));
 	m->passed = (uint16_t)json_integer_value(json_object_get(o, "vv"));
 	const char *u = json_string_value(json_object_get(o, "u"));
-	if (u && strlen(u) == 64) /* uppercase on the wire (§2.5) */
+	/* uppercase on the wire (docs/device/console.md#module-info-reply) */
+	if (u && strlen(u) == 64)
 		for (int i = 0; i < 64; i++)
 			m->sha256[i] = (char)tolower((unsigned char)u[i]);
 	json_t *deps = json_object_get(o, "d");
@@ -183,7 +185,8 @@ static void fill_module(struct installed_module *m, json_t *o)
 
 int console_parse_info(const char *text, struct device_facts *facts, struct error *err)
 {
-	/* The body starts with {"p": (§2.5); stray output may hold other braces. */
+	/* The body starts with {"p": (docs/device/console.md#module-info-reply); stray output may
+	 * hold other braces. */
 	const char *start = strstr(text, "{\"p\":");
 	json_auto_t *root = NULL;
 	if (start) {
@@ -265,7 +268,8 @@ static void start_step(struct console *c, enum console_state st)
 			arm(c, c->cfg.probe_ms);
 		break;
 	case CONSOLE_WAIT_IDENTIFY:
-		/* `i` has no end marker: the `v` reply after it closes it (§2.4) */
+		/* `i` has no end marker: the `v` reply after it closes it
+		 * (docs/device/console.md#device-id-reply) */
 		if (send_str(c, "iv"))
 			arm(c, c->cfg.slow_reply_ms);
 		break;
@@ -326,7 +330,8 @@ static bool claim_prompt(struct console *c)
 		error_clear(&e);
 		return true;
 	}
-	/* §11.3: the prompt swallowed our command.  A probe that ended its own
+	/* docs/device/console.md#modemmanager: the prompt swallowed our command.  A probe that
+	 * ended its own
 	 * line (AT...\r) has closed the prompt already: the answer follows it in
 	 * the same text, and the command is simply repeated.  Otherwise end the
 	 * line input with CR first.  The text after the prompt is kept: the
@@ -369,7 +374,9 @@ static void on_input(struct console *c)
 		break;
 	case CONSOLE_WAIT_INFO: {
 		const char *body = strstr(c->buf, "{\"p\":");
-		if (!body) /* edge case (§2.5): nothing appended prints only "}\r\n" */
+		/* edge case (docs/device/console.md#module-info-reply): nothing appended prints
+		 * only "}\r\n" */
+		if (!body)
 			body = c->buf;
 		if (strstr(body, "}\r\n")) {
 			struct error e;

@@ -1,9 +1,10 @@
 /*
- * Client of the listening-mode console (particle-device-facts.md §2): single
+ * Client of the listening-mode console (docs/device/console.md): single
  * key commands, no echo, no banner.  A non-blocking state machine on the
  * port's fd that runs a list of steps and fills struct device_facts.
  * Application output mixed into the replies is skipped; the claim-code
- * prompt that a stray 'C' opens (§11.3) is closed and the step retried.
+ * prompt that a stray 'C' opens (docs/device/console.md#modemmanager) is closed and the step
+ * retried.
  */
 #pragma once
 
@@ -37,9 +38,10 @@ enum console_phase {
 const char *console_phase_name(enum console_phase p);
 
 struct console_config {
-	unsigned probe_ms;	/* `v` when probing (silence = not listening) */
-	unsigned reply_ms;	/* `v` */
-	unsigned slow_reply_ms; /* `i` and `s`: an LTE modem may need ~18 s (§2.4) */
+	unsigned probe_ms; /* `v` when probing (silence = not listening) */
+	unsigned reply_ms; /* `v` */
+	/* `i` and `s`: an LTE modem may need ~18 s (docs/device/console.md#device-id-reply) */
+	unsigned slow_reply_ms;
 	unsigned max_claim_recoveries;
 };
 void console_config_default(struct console_config *cfg);

@@ -314,7 +314,7 @@ int serial_port_open(const char *path, const char *lock_dir, struct serial_port 
 	if (take_lock_file(p, lock_dir, err) < 0)
 		return -1;
 	/* ENOTTY on pipes and on umockdev ttys without an ioctl handler
-	 * (test-bench.md §3): raw mode is then moot. */
+	 * (docs/testing/umockdev.md#serial-ports): raw mode is then moot. */
 	(void)set_raw(p->fd);
 	*ret = TAKE_PTR(p);
 	return 0;
@@ -329,7 +329,8 @@ int serial_port_set_baud(struct serial_port *p, unsigned baud, struct error *err
 	t.c_cflag |= BOTHER;
 	t.c_ispeed = baud;
 	t.c_ospeed = baud;
-	/* the line coding reaches the device as SET_LINE_CODING (§3) */
+	/* the line coding reaches the device as SET_LINE_CODING
+	 * (docs/device/console.md#magic-baud-rates) */
 	if (ioctl(p->fd, TCSETS2, &t) < 0)
 		goto fail;
 	return 0;

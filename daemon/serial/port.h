@@ -1,5 +1,5 @@
 /*
- * Opening a device's serial port exclusively (particle-device-facts.md §11.3):
+ * Opening a device's serial port exclusively (docs/device/console.md#modemmanager):
  * TIOCEXCL does nothing for root and nothing under umockdev, so the port is
  * taken with a non-blocking flock() plus the HDB lock file
  * /run/lock/LCK..ttyACMn that minicom, screen's helpers and ModemManager-aware
@@ -30,7 +30,8 @@ struct serial_port {
  */
 WARN_UNUSED_RESULT int serial_port_open(const char *path, const char *lock_dir,
 					struct serial_port **ret, struct error *err);
-/* Any speed, including the magic 14400 / 28800 (§3), via TCSETS2/BOTHER. */
+/* Any speed, including the magic 14400 / 28800 (docs/device/console.md#magic-baud-rates), via
+ * TCSETS2/BOTHER. */
 WARN_UNUSED_RESULT int serial_port_set_baud(struct serial_port *p, unsigned baud,
 					    struct error *err);
 /* Unlocks, removes the lock file, closes.  Accepts NULL. */

@@ -1,6 +1,7 @@
 /*
  * The serial transport (transport.h): a job on a CDC device running Device OS
- * <= 5.x.  Puts the device into listening mode (28800 baud, §3), reads `i`,
+ * <= 5.x.  Puts the device into listening mode (28800 baud,
+ * docs/device/console.md#magic-baud-rates), reads `i`,
  * `v`, `s`, runs preflight, sends each image over YMODEM, waits for the
  * device to reset and come back, and verifies with `s` (then `x`).
  *
@@ -35,7 +36,7 @@ static const struct timeout_def serial_timeouts[] = {
     {"serial_prompt_ms", 10000, "YMODEM: 'f' -> prompt"},
     {"serial_header_ms", 10000, "YMODEM: header -> ACK 'C'"},
     {"serial_block_ms", 10000, "YMODEM: data block -> ACK"},
-    {"serial_final_ms", 70000, "YMODEM: empty header -> verdict (bootloader/NCP apply, §4.4)"},
+    {"serial_final_ms", 70000, "YMODEM: empty header -> verdict (bootloader/NCP apply)"},
     {"serial_reenumerate_ms", 45000, "reset after a transfer -> device back on USB"},
     {NULL, 0, NULL},
 };
@@ -47,10 +48,13 @@ enum run_state {
 	RUN_REBOOT,
 	RUN_REOPEN, /* back on USB, its tty node not openable yet */
 	RUN_VERIFY,
-	RUN_VERIFY_WAIT,  /* 28800 asked again, waiting before the second probe */
-	RUN_REJECT_RESET, /* the device refused the module and resets (§4.4): wait for it */
-	RUN_QUERY,	  /* a probe job (no images, dry run): cdc_query reads `v` `i` `s` */
-	/* reset after a failed transfer on Gen 3 / P2 3.0-5.x (§4.5): 14400 -> DFU -> leave */
+	RUN_VERIFY_WAIT, /* 28800 asked again, waiting before the second probe */
+	/* the device refused the module and resets (docs/device/ymodem.md#end-of-transfer): wait
+	 * for it */
+	RUN_REJECT_RESET,
+	RUN_QUERY, /* a probe job (no images, dry run): cdc_query reads `v` `i` `s` */
+	/* reset after a failed transfer on Gen 3 / P2 3.0-5.x (docs/device/ymodem.md#cancellation):
+	 * 14400 -> DFU -> leave */
 	RUN_RESET_DFU,	 /* 14400 set: waiting for the device in DFU mode */
 	RUN_RESET_LEAVE, /* mode_switch_dfu_leave() */
 	RUN_RESET_BACK,	 /* left: waiting for the device to run its firmware again */
@@ -172,7 +176,8 @@ static int start_console(struct transport_run *r, unsigned steps, struct error *
 	return console_run(r->console, steps, &r->facts, err);
 }
 
-/* 28800 asks for listening mode (§3), but the kernel's cdc-acm sends
+/* 28800 asks for listening mode (docs/device/console.md#magic-baud-rates), but the kernel's cdc-acm
+ * sends
  * SET_LINE_CODING only when the line coding changes: a port left at 28800
  * (an earlier job's verify, another program) would never reach the device.
  * Go through 9600 first. */
@@ -314,7 +319,8 @@ static void do_preflight(struct transport_run *r)
 
 /* ---- after a transfer --------------------------------------------------------------- */
 
-/* §4.5 INFERRED: on Gen 3 / P2 with 3.0-5.x a failed or cancelled transfer
+/* docs/device/ymodem.md#cancellation INFERRED: on Gen 3 / P2 with 3.0-5.x a failed or cancelled
+ * transfer
  * leaves the update "running" and the next `f` is refused until reset
  * (capability.c's table; an unknown platform or version is not reset). */
 static bool device_resettable_after_failure(const struct device_facts *f)
@@ -336,7 +342,8 @@ static void after_send_failure(struct transport_run *r)
 	if (r->step > 0 && error_detail_type(e->code, "phase"))
 		error_prefix(e, "image %zu of %zu (%s): ", r->step + 1, r->plan.n_steps, s->name);
 	if (e->code == ERR_DEVICE_REJECTED && r->port && r->validation_failed) {
-		/* §4.4 step 4: a reset follows a validation failure too.  Report
+		/* docs/device/ymodem.md#end-of-transfer step 4: a reset follows a validation
+		 * failure too.  Report
 		 * once the device is back, so that the next job finds it ready. */
 		error_move(&r->verdict, e);
 		release_port(r);
@@ -363,7 +370,8 @@ static void after_send_failure(struct transport_run *r)
 		struct error be;
 		error_init(&be);
 		if (mode_switch_dfu_on_port(r->port, &be) == 0) {
-			/* §4.5: reset it (14400 -> DFU -> leave) before the error is
+			/* docs/device/ymodem.md#cancellation: reset it (14400 -> DFU -> leave)
+			 * before the error is
 			 * reported, so that a retry finds it ready. */
 			error_move(&r->verdict, e);
 			release_port(r);
@@ -484,7 +492,8 @@ static void verify_step(struct transport_run *r)
 		continue_plan(r);
 		return;
 	}
-	/* leave listening mode: the new firmware runs (§2.3 `x`), in safe mode if a
+	/* leave listening mode: the new firmware runs (docs/device/console.md#commands `x`), in
+	 * safe mode if a
 	 * module it did not flash is invalid */
 	/* ignored: the verdict stands even if the device left listening mode already */
 	if (r->port)
@@ -494,7 +503,8 @@ static void verify_step(struct transport_run *r)
 	end_run(r, JOB_RESULT_DONE, "verified", NULL);
 }
 
-/* ---- reset after a failed transfer (§4.5) ---------------------------------------------- */
+/* ---- reset after a failed transfer (docs/device/ymodem.md#cancellation)
+ * ---------------------------------------------- */
 
 /* The reset did not complete: say where the device is, then the original error. */
 static void reset_incomplete(struct transport_run *r, const char *what, const char *why)
@@ -517,7 +527,8 @@ static void on_dfu_leave_done(void *ctx, struct error *err)
 		reset_incomplete(r, "leaving DFU mode failed: ", err->message);
 		return;
 	}
-	/* left (or the reset overtook the leave's GETSTATUS, §5.4) */
+	/* left (or the reset overtook the leave's GETSTATUS,
+	 * docs/device/dfuse.md#requests-and-states) */
 	r->state = RUN_RESET_BACK;
 	job_set_state(r->job, JOB_REBOOTING);
 	arm(r, timeout_ms("serial_reenumerate_ms"));
@@ -583,7 +594,8 @@ static void reset_timeout(struct transport_run *r)
 
 /* ---- the run's event loop side ------------------------------------------------------- */
 
-/* Silence to `v` is what "not in listening mode" looks like (§3: entering
+/* Silence to `v` is what "not in listening mode" looks like
+ * (docs/device/console.md#magic-baud-rates: entering
  * prints nothing; 6.x has no console).  A timeout in a later phase is not.
  * Asked with r->pending a timed-out error of the console's last run. */
 static bool probe_silence(const struct transport_run *r)
@@ -609,7 +621,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 			return;
 		}
 		if (r->pending.code == ERR_TIMED_OUT && !r->tried_listen) {
-			/* not in listening mode: 28800 baud asks for it (§3, <= 5.9.x) */
+			/* not in listening mode: 28800 baud asks for it
+			 * (docs/device/console.md#magic-baud-rates, <= 5.9.x) */
 			r->tried_listen = true;
 			error_clear(&r->pending);
 			job_set_state(r->job, JOB_SWITCHING_MODE);
@@ -657,7 +670,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 			after_send_failure(r);
 			return;
 		}
-		/* success: the device resets to apply the update (§4.4) */
+		/* success: the device resets to apply the update
+		 * (docs/device/ymodem.md#end-of-transfer) */
 		job_progress(r->job, r->done_bytes + r->plan.steps[r->step].img->len,
 			     r->total_bytes);
 		release_port(r);
@@ -672,7 +686,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 		    r->port) {
 			/* The device may have been busy booting when the first
 			 * SET_LINE_CODING came: change the line coding away and back
-			 * (the device sees only changes, §3) and probe once more. */
+			 * (the device sees only changes, docs/device/console.md#magic-baud-rates)
+			 * and probe once more. */
 			r->verify_relisten = true;
 			error_clear(&r->pending);
 			if (mode_switch_listening(r->port, &e) < 0) {
@@ -712,7 +727,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-/* verify: 28800 -> `s` (§3, §2.5); the tty node may lag the USB event */
+/* verify: 28800 -> `s` (docs/device/console.md#magic-baud-rates,
+ * docs/device/console.md#module-info-reply); the tty node may lag the USB event */
 static void start_verify(struct transport_run *r)
 {
 	struct error e;
@@ -880,8 +896,10 @@ static struct transport_run *serial_start(struct job *job, struct error *err)
 	r->state = RUN_PROBE;
 	job_set_state(job, JOB_SWITCHING_MODE);
 	if (job_device(job)->mode != DEVICE_MODE_LISTENING) {
-		/* not known to listen: ask for it first (28800, §3); the bytes
-		 * that follow wait in the device's buffer (§11.4) */
+		/* not known to listen: ask for it first (28800,
+		 * docs/device/console.md#magic-baud-rates); the bytes
+		 * that follow wait in the device's buffer
+		 * (docs/device/console.md#other-observations) */
 		struct error be;
 		error_init(&be);
 		if (ask_listening(r, &be) == 0)

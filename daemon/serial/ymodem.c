@@ -21,7 +21,8 @@
 #define PACKET_MAX  (3 + YMODEM_BLOCK + 2)
 #define READ_CHUNK  512
 
-/* Texts the device prints (§2.3, §4.4, §4.5). */
+/* Texts the device prints (docs/device/console.md#commands, docs/device/ymodem.md#end-of-transfer,
+ * docs/device/ymodem.md#cancellation). */
 #define TEXT_PROMPT	    "Waiting for the binary file to be sent"
 #define TEXT_CLAIM_PROMPT   "Enter 63-digit claim code"
 #define TEXT_CLAIM_ANSWER   "laim code" /* "Sorry, claim code ..." / "Claim code set to" */
@@ -88,11 +89,13 @@ void ymodem_config_default(struct ymodem_config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->prompt_ms = 10000;
 	cfg->header_ms = 10000;
-	/* The device waits 5 s per byte and then sends 'C' (§4.2): 10 s of
+	/* The device waits 5 s per byte and then sends 'C' (docs/device/ymodem.md#block-reception):
+	 * 10 s of
 	 * silence after a block means it is gone or wedged. */
 	cfg->block_ms = 10000;
 	/* particle-cli waits 70 s for the final reply: bootloaders and NCP
-	 * firmware are applied before the device answers (§4.4). */
+	 * firmware are applied before the device answers
+	 * (docs/device/ymodem.md#end-of-transfer). */
 	cfg->final_ms = 70000;
 	cfg->text_ms = 1500;
 	cfg->max_retries = 2;
@@ -122,17 +125,18 @@ enum error_code ymodem_validation_cause(long code, bool mask, const char **ret_n
 	enum error_code cause = ERR_DEVICE_REJECTED;
 	if (mask) {
 		/* 0.6.1-1.5.x print the raw mask of failed checks (checked XOR
-		 * passed, bits of §7.6), not a code: the 2.0+ priority of
-		 * validateModules() (integrity, dependencies, range, platform; §4.4)
-		 * was never applied to it.  When PLATFORM (0x10) is among the bits
-		 * the device says in so many words that the module is for another
+		 * passed, docs/device/errors.md#legacy-bitmask), not a code: the 2.0+
+		 * priority of validateModules() (integrity, dependencies, range,
+		 * platform; docs/device/validation.md#how-the-device-validates) was
+		 * never applied to it.  When PLATFORM (0x10) is among the bits the
+		 * device says in so many words that the module is for another
 		 * platform, and its other failures follow from that: range and
 		 * dependencies are judged against this platform's slots and its
-		 * installed modules (§7.6 steps 2-5).  So a multi-bit mask with
-		 * 0x10 (the Electron app on a Photon 1.5.2 prints 0x18 = range +
-		 * platform) is wrong-platform.  Integrity stays first: a module whose
-		 * CRC fails may have a damaged prefix, and then its platform id and
-		 * addresses mean nothing. */
+		 * installed modules (steps 2-5 there).  So a multi-bit mask with 0x10
+		 * (the Electron app on a Photon 1.5.2 prints 0x18 = range + platform)
+		 * is wrong-platform.  Integrity stays first: a module whose CRC fails
+		 * may have a damaged prefix, and then its platform id and addresses
+		 * mean nothing. */
 		if (code & MODULE_CHECK_INTEGRITY)
 			name = "integrity", cause = ERR_IMAGE_CORRUPT;
 		else if (code & MODULE_CHECK_PLATFORM)
@@ -144,7 +148,7 @@ enum error_code ymodem_validation_cause(long code, bool mask, const char **ret_n
 		else if (code & MODULE_CHECK_PRODUCT)
 			name = "product";
 	} else {
-		switch (code) { /* §4.4 table */
+		switch (code) { /* docs/device/errors.md#validation-failed-codes */
 		case -1300:
 			name = "OTA_MODULE_NOT_FOUND", cause = ERR_WRONG_SLOT;
 			break;
@@ -313,7 +317,8 @@ static void send_packet(struct ymodem *y, uint8_t seq, const uint8_t *payload, s
 	pkt[0] = block_size == YMODEM_BLOCK ? STX : SOH;
 	pkt[1] = seq;
 	pkt[2] = (uint8_t)~seq;
-	memset(pkt + 3, 0, block_size); /* zero padding, as particle-cli (§4.6) */
+	/* zero padding, as particle-cli (docs/device/ymodem.md#happy-path) */
+	memset(pkt + 3, 0, block_size);
 	if (n)
 		memcpy(pkt + 3, payload, n);
 	uint16_t crc = ymodem_crc16(pkt + 3, block_size);
@@ -328,7 +333,8 @@ static void send_header(struct ymodem *y)
 	memset(hdr, 0, sizeof(hdr));
 	size_t nl = strlen(y->name);
 	memcpy(hdr, y->name, nl);
-	/* "name\0size " (§4.6); the device reads the size up to the space */
+	/* "name\0size " (docs/device/ymodem.md#happy-path); the device reads the size up to the
+	 * space */
 	snprintf((char *)hdr + nl + 1, sizeof(hdr) - nl - 1, "%zu ", y->len);
 	send_packet(y, 0, hdr, sizeof(hdr), SMALL_BLOCK);
 	y->state = YMODEM_HEADER;
@@ -381,7 +387,8 @@ static void next_after_ack(struct ymodem *y)
 			y->ops.progress(y->ops.ctx, y->res.bytes_sent, y->len);
 	}
 	if (y->state == YMODEM_EOT) {
-		/* §4.2: the device ACKs EOT at once and then waits for the next
+		/* docs/device/ymodem.md#block-reception: the device ACKs EOT at once and then waits
+		 * for the next
 		 * header without sending 'C': send the empty header now.  Spec
 		 * receivers ask with 'C' (and drop what came before it). */
 		if (y->cfg.start == YMODEM_START_WAIT_C) {
@@ -393,7 +400,8 @@ static void next_after_ack(struct ymodem *y)
 		return;
 	}
 	if (y->cancel_requested) {
-		/* §4.1: 'a' at a block boundary aborts the device's receiver */
+		/* docs/device/ymodem.md#constants: 'a' at a block boundary aborts the device's
+		 * receiver */
 		y->cancel_phase = ymodem_state_name(y->state);
 		send_command(y, 'a');
 		y->state = YMODEM_ABORTING;
@@ -482,7 +490,8 @@ static void verdict_from_text(struct ymodem *y, bool gone)
 		error_detail_str(&e, "transport", "serial");
 		error_detail_str(&e, "reason", "Device OS 6.0.0 removed YMODEM flashing");
 	} else if (strstr(t, TEXT_HEADER_REFUSED)) {
-		/* §4.3: one text for four causes; never claim it is the size alone */
+		/* docs/device/ymodem.md#what-is-checked-when: one text for four causes; never claim
+		 * it is the size alone */
 		error_set(&e, ERR_DEVICE_REJECTED,
 			  "the device refused the transfer at the header (\"%s\"); on Device OS "
 			  "3.0-5.x this text covers: the file (%zu bytes) is larger than its OTA "
@@ -582,7 +591,8 @@ static void on_prompt_byte(struct ymodem *y, uint8_t c)
 	if (y->line_len + 1 < sizeof(y->line))
 		y->line[y->line_len++] = (char)c;
 	y->line[y->line_len] = '\0';
-	/* §11.3: a ModemManager probe's 'C' opened the claim-code prompt, which
+	/* docs/device/console.md#modemmanager: a ModemManager probe's 'C' opened the claim-code
+	 * prompt, which
 	 * swallows input until CR/LF: end it, then ask for 'f' again. */
 	if (strstr(y->line, TEXT_CLAIM_PROMPT) && !y->claim_pending) {
 		if (y->claim_recoveries++ >= y->cfg.max_claim_recoveries) {
@@ -612,7 +622,8 @@ static void on_reply(struct ymodem *y, uint8_t c)
 		y->naks++;
 		if (y->state == YMODEM_DATA && y->cfg.device_nak_semantics &&
 		    y->resent_after_silence) {
-			/* §4.2: the device NAKs a duplicate of the block it stored;
+			/* docs/device/ymodem.md#block-reception: the device NAKs a duplicate of the
+			 * block it stored;
 			 * only its ACK was lost. */
 			next_after_ack(y);
 			return;
@@ -629,7 +640,7 @@ static void on_reply(struct ymodem *y, uint8_t c)
 	case CRC_REQUEST:
 		/* spec receivers send 'C' before the header and to ask for the
 		 * next header; the device sends it on a garbled or missing packet
-		 * (§4.2) */
+		 * (docs/device/ymodem.md#block-reception) */
 		if (y->state != YMODEM_DATA && y->state != YMODEM_FINAL)
 			return;
 		if (++y->naks >= y->cfg.max_naks * 2) {

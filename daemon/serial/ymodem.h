@@ -1,6 +1,6 @@
 /*
  * YMODEM sender for the listening-mode receiver of Device OS 0.4-5.9
- * (particle-device-facts.md §4) that also satisfies spec-strict receivers
+ * (docs/device/ymodem.md) that also satisfies spec-strict receivers
  * (lrzsz rb).  A non-blocking state machine driven by libevent: it owns read
  * and write events on the fds it is given and one phase timer, and reports
  * once through ops->done.  It never closes the fds.
@@ -15,13 +15,14 @@
 
 struct event_base;
 
-#define YMODEM_BLOCK	1024 /* STX data blocks (§4.1) */
+#define YMODEM_BLOCK	1024 /* STX data blocks (docs/device/ymodem.md#constants) */
 #define YMODEM_TEXT_MAX 512  /* device text kept after a cancel or success */
 #define YMODEM_LINE_MAX 256  /* one console line while waiting for the prompt */
 #define YMODEM_NAME_MAX 64   /* file name sent in the header */
 
 enum ymodem_start {
-	/* Send 'f' and wait for the prompt line (§2.3), or a receiver's 'C'. */
+	/* Send 'f' and wait for the prompt line (docs/device/console.md#commands), or a receiver's
+	 * 'C'. */
 	YMODEM_START_COMMAND,
 	/* Wait for the receiver's 'C' (spec receivers such as rb). */
 	YMODEM_START_WAIT_C,
@@ -31,18 +32,22 @@ struct ymodem_config {
 	unsigned prompt_ms; /* 'f' -> prompt line */
 	unsigned header_ms; /* header -> ACK 'C' */
 	unsigned block_ms;  /* data block -> ACK */
-	unsigned final_ms; /* empty header -> verdict: validation and bootloader/NCP apply (§4.4) */
-	unsigned text_ms;  /* quiet time that ends the device's text after a verdict */
-	unsigned max_retries;	       /* re-sends of a block that got no answer */
-	unsigned max_naks;	       /* consecutive NAKs that make a NAK storm */
-	unsigned max_claim_recoveries; /* claim-code prompts swallowed and recovered (§11.3) */
+	/* empty header -> verdict: validation and bootloader/NCP apply
+	 * (docs/device/ymodem.md#end-of-transfer) */
+	unsigned final_ms;
+	unsigned text_ms;     /* quiet time that ends the device's text after a verdict */
+	unsigned max_retries; /* re-sends of a block that got no answer */
+	unsigned max_naks;    /* consecutive NAKs that make a NAK storm */
+	/* claim-code prompts swallowed and recovered (docs/device/console.md#modemmanager) */
+	unsigned max_claim_recoveries;
 	enum ymodem_start start;
-	/* Device flavour (§4.2): a NAK to a block re-sent after silence means the
+	/* Device flavour (docs/device/ymodem.md#block-reception): a NAK to a block re-sent after
+	 * silence means the
 	 * device already stored it (its ACK was lost); spec receivers NAK on CRC. */
 	bool device_nak_semantics;
 };
 
-/* Defaults from §11.2: prompt 10 s, block 10 s, final 70 s. */
+/* Defaults from docs/device/particle-cli.md#host-time-outs: prompt 10 s, block 10 s, final 70 s. */
 void ymodem_config_default(struct ymodem_config *cfg);
 
 enum ymodem_state {
@@ -89,7 +94,8 @@ struct ymodem *ymodem_new(struct event_base *base, int rfd, int wfd, const uint8
 			  size_t len, const char *name, const struct ymodem_config *cfg,
 			  const struct ymodem_ops *ops);
 WARN_UNUSED_RESULT int ymodem_start(struct ymodem *y, struct error *err);
-/* Stops at the next block boundary ('a', §4.1); done() reports cancelled. */
+/* Stops at the next block boundary ('a', docs/device/ymodem.md#constants); done() reports
+ * cancelled. */
 void ymodem_cancel(struct ymodem *y);
 enum ymodem_state ymodem_state(const struct ymodem *y);
 void ymodem_free(struct ymodem *y);
@@ -98,7 +104,8 @@ void ymodem_free(struct ymodem *y);
 uint16_t ymodem_crc16(const uint8_t *buf, size_t len);
 
 /*
- * Decodes "Validation failed: <n>" (§4.4): 0.6.1-1.5.x print a hex mask of
+ * Decodes "Validation failed: <n>" (docs/device/ymodem.md#end-of-transfer): 0.6.1-1.5.x print a hex
+ * mask of
  * failed checks, 2.0+ a negative system error.  Returns the catalogue cause
  * (ERR_WRONG_PLATFORM for -1360 or any mask with 0x10, ...), ERR_DEVICE_REJECTED when
  * the code names no single cause.  *ret_name gets the device's own name.

@@ -86,7 +86,8 @@ static void on_pollfd_added(int fd, short events, void *user_data)
 {
 	struct usb_loop *l = user_data;
 	short what = EV_PERSIST;
-	/* Ask only for what libusb asks for (test-bench.md §4: a pty is always writable). */
+	/* Ask only for what libusb asks for (docs/testing/umockdev.md#control-transfers: a pty is
+	 * always writable). */
 	if (events & POLLIN)
 		what |= EV_READ;
 	if (events & POLLOUT)

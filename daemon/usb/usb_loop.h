@@ -19,7 +19,8 @@
  * usbfs ioctls that the kernel answers without talking to the device.
  *
  * Under umockdev the usbfs node is a pty that always polls writable
- * (test-bench.md §4): while a handle is open libusb's POLLOUT interest makes
+ * (docs/testing/umockdev.md#control-transfers): while a handle is open libusb's POLLOUT interest
+ * makes
  * the loop busy, so handles are opened per run and closed right after leave.
  */
 #pragma once

@@ -459,7 +459,7 @@ def expect_error(res, code, log, errors, results=("failed",), log_tail=4000):
 
 
 def make_module(start, function, index, version, platform, deps, payload_len):
-    """A valid module file (facts §7.1, §7.5): prefix, payload, 36-byte suffix, CRC-32 (BE)."""
+    """A valid module file (docs/device/module-format.md#prefix, docs/device/module-format.md#suffix-and-checksums): prefix, payload, 36-byte suffix, CRC-32 (BE)."""
     import hashlib
     import struct
     import zlib

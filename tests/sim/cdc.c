@@ -1,7 +1,8 @@
 /*
  * The CDC side of a simulated device: the pty behind /dev/ttyACMn, the
- * termios ioctl workaround (test-bench.md §3) that records the line-coding
- * speed for the magic bauds (facts §3), and the glue to the listening-mode
+ * termios ioctl workaround (docs/testing/umockdev.md#serial-ports) that records the line-coding
+ * speed for the magic bauds (docs/device/console.md#magic-baud-rates), and the glue to the
+ * listening-mode
  * engine of tests/sim/cdc (listening.h) or to a peer=COMMAND over pipes.
  */
 #include "device.h"
@@ -56,7 +57,8 @@ static unsigned cbaud_speed(uint32_t cflag)
 	return b & 0x1000u ? high[b & 0xf] : low[b & 0xf];
 }
 
-/* ---- OTA region (§4.2-§4.4, §6) --------------------------------------------------- */
+/* ---- OTA region (docs/device/ymodem.md, docs/device/memory-maps.md)
+ * --------------------------------------------------- */
 
 struct ota_region {
 	int alt;
@@ -138,7 +140,8 @@ static int op_ota_begin(void *ctx, uint32_t declared_size)
 	 * declared size (0: the whole region, as 3.x-5.x substitutes its maximum). */
 	d->cdc_work_us = 0;
 	ota_charge(d, timing_usb_bulk_us(YMODEM_BLOCK_WIRE(128)));
-	/* 3.0-5.x: size pre-check and INVALID_STATE while an update is running (§4.3, §4.5). */
+	/* 3.0-5.x: size pre-check and INVALID_STATE while an update is running
+	 * (docs/device/ymodem.md#what-is-checked-when, docs/device/ymodem.md#cancellation). */
 	if (era3(d) &&
 	    (declared_size > r.size || (d->ota_active && d->spec.platform->mcu != MCU_STM32F205)))
 		return -1;
@@ -214,12 +217,14 @@ void cdc_apply_ota(struct sim_device *d)
 	size_t len = (size_t)(end - start) + 4;
 	if (end <= start || len > r.size || !flash_region_at(d->flash, 0, start, len))
 		return;
-	/* The bootloader copies the module into its slot at boot (§11.4). */
+	/* The bootloader copies the module into its slot at boot
+	 * (docs/device/console.md#other-observations). */
 	flash_erase_range(d->flash, 0, start, len);
 	flash_program(d->flash, 0, start, img, len);
 }
 
-/* ---- `s` (§2.5) ------------------------------------------------------------------ */
+/* ---- `s` (docs/device/console.md#module-info-reply)
+ * ------------------------------------------------------------------ */
 
 static char *op_system_info(void *ctx)
 {
@@ -412,7 +417,8 @@ static gboolean retry_pty(gpointer data)
 static void deliver(struct sim_device *d, const uint8_t *buf, size_t n)
 {
 	if (d->peer_in >= 0) {
-		/* peer=COMMAND: the relay is the device (lrzsz needs pipes, test-bench §5). */
+		/* peer=COMMAND: the relay is the device (lrzsz needs pipes,
+		 * docs/testing/umockdev.md#lrzsz). */
 		size_t done = 0;
 		while (done < n) {
 			ssize_t w = write(d->peer_in, buf + done, n - done);
@@ -445,7 +451,8 @@ static gboolean on_pty_readable(gint fd, GIOCondition cond, gpointer data)
 		g_mutex_unlock(&d->sim->lock);
 		return G_SOURCE_CONTINUE;
 	}
-	/* EIO/HUP: nobody has the tty open; poll again shortly (test-bench §3). */
+	/* EIO/HUP: nobody has the tty open; poll again shortly
+	 * (docs/testing/umockdev.md#serial-ports). */
 	d->pty_watch = 0;
 	if (!d->pty_retry && d->pty_fd >= 0)
 		d->pty_retry = g_timeout_add(PTY_RETRY_MS, retry_pty, d);
@@ -709,7 +716,7 @@ static bool is_set_termios(gulong request)
  * umockdev's default handler (worker thread): runs every ioctl for real on the
  * client's pty, so termios works (umockdev 0.17.16 says ENOTTY), then lets
  * each CDC device see its new line coding.  The default handler only gets
- * ioctls, never read/write (test-bench.md §7: a per-node handler sends them
+ * ioctls, never read/write (docs/testing/umockdev.md#particle-cli: a per-node handler sends them
  * over a socket that close() on another thread tears down, which aborts
  * node-serialport now and then).  It is not told which node the client
  * opened, so after a TCSETS* every device compares its slave's speed with

@@ -1,6 +1,6 @@
 /*
- * Particle vendor control requests of a device running Device OS (facts
- * §11.1, particle-usb src/usb-protocol.js): the service protocol (INIT, CHECK,
+ * Particle vendor control requests of a device running Device OS (docs/device/control-requests.md,
+ * particle-usb src/usb-protocol.js): the service protocol (INIT, CHECK,
  * SEND, RECV, RESET with bmRequestType 0xC0/0x40) and the legacy 'P'
  * (0x50) requests.  Payloads are protocol buffers (proto/particle, nanopb).
  *

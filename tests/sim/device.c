@@ -44,7 +44,8 @@ void device_scan(struct sim_device *d, struct vscan *out)
 	validate_scan(d->flash, d->spec.platform, d->layout_version, d->spec.radio_version, out);
 	uint16_t sys = validate_system_version(out);
 	if (sys && sys != d->layout_version) {
-		/* A new system part brings its own slot layout (§6.2). */
+		/* A new system part brings its own slot layout
+		 * (docs/device/memory-maps.md#gen-3). */
 		d->layout_version = sys;
 		validate_scan(d->flash, d->spec.platform, d->layout_version, d->spec.radio_version,
 			      out);
@@ -129,7 +130,8 @@ static void describe_usb_device(struct sim_device *d, GString *s)
 	    "E: ID_MODEL_ID=%04x\nE: ID_SERIAL=Particle_%s_%s\nE: ID_SERIAL_SHORT=%s\n"
 	    "E: ID_BUS=usb\nE: ID_REVISION=%04x\n",
 	    p->vid, model, pid, model, serial, serial, usbdesc_bcd_device(d));
-	/* Particle's udev rule (§1.4 / §11.3). */
+	/* Particle's udev rule (docs/device/platforms.md#udev-rules,
+	 * docs/device/console.md#modemmanager). */
 	g_string_append(s, "E: ID_MM_DEVICE_IGNORE=1\n");
 	g_string_append_printf(
 	    s,
@@ -175,7 +177,8 @@ static void describe_tty(struct sim_device *d, GString *s, bool new_node)
 	g_string_append_printf(
 	    s, "E: SUBSYSTEM=tty\nE: DEVNAME=/dev/ttyACM%d\nE: MAJOR=166\nE: MINOR=%d\n",
 	    d->tty_index, d->tty_index);
-	/* §1.3: udev usb_id properties of the ttyACM. */
+	/* docs/device/platforms.md#runtime-interface-layout: udev usb_id properties of the
+	 * ttyACM. */
 	g_string_append_printf(
 	    s,
 	    "E: ID_BUS=usb\nE: ID_VENDOR=Particle\nE: ID_VENDOR_ENC=Particle\n"
@@ -304,7 +307,8 @@ void device_unplug(struct sim_device *d)
 		return;
 	if (cdc)
 		cdc_detach(d);
-	/* remove_device() sends nothing: the remove uevents go first, children first (§2). */
+	/* remove_device() sends nothing: the remove uevents go first, children first
+	 * (docs/device/console.md). */
 	/* Children are removed one by one: their /sys/bus and /sys/class links must go too. */
 	if (cdc) {
 		umockdev_testbed_uevent(sim->tb, tty, "remove");

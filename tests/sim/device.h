@@ -1,7 +1,8 @@
 /*
  * One simulated device: identity, mode, flash, and its USB presence in the
  * umockdev testbed (DFU: one usb_device; CDC: usb_device -> usb_interface ->
- * tty/ttyACMn, facts §1.2/§1.3).  Mode changes re-enumerate like the real
+ * tty/ttyACMn, docs/device/platforms.md#usb-strings-and-device-ids,
+ * docs/device/platforms.md#runtime-interface-layout).  Mode changes re-enumerate like the real
  * device: remove uevents first, then the new device after the boot delay.
  */
 #pragma once

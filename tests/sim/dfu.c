@@ -1,5 +1,6 @@
 /*
- * The DfuSe bootloader of a simulated device (facts §5.2-§5.4, §10):
+ * The DfuSe bootloader of a simulated device (docs/device/dfuse.md,
+ * docs/device/README.md#simulator-checklist):
  * DNBUSY/MANIFEST sequencing, DfuSe commands, Gen 2 sector vs Gen 3/P2 page
  * erase, NOR writes that do not erase, UPLOAD, leave -> reset, Device
  * Protection.  Called with sim->lock held.
@@ -117,7 +118,8 @@ static enum dfu_status fault_status(const struct sim_fault *f, enum dfu_status d
 	return st > 0 ? (enum dfu_status)st : dflt;
 }
 
-/* Gen 2 stalls EP0 where Gen 3/P2 report an error status (§5.4). */
+/* Gen 2 stalls EP0 where Gen 3/P2 report an error status
+ * (docs/device/dfuse.md#requests-and-states). */
 static int fail(struct sim_device *d, enum dfu_status st)
 {
 	d->dfu.state = DFU_ERROR;
@@ -133,7 +135,9 @@ static int erase(struct sim_device *d, uint32_t addr)
 	if (!r || flash_sector(r, addr, &start, &size, &attr) < 0)
 		return fail(d, DFU_ERR_UNKNOWN);
 	if (gen2(d) && d->dfu.alt == 0 && addr < GEN2_PROTECTED_END)
-		return fail(d, DFU_ERR_TARGET); /* host view UNVERIFIED (§5.3): stall + errTARGET */
+		/* host view UNVERIFIED (docs/device/dfuse.md#memory-map-strings): stall +
+		 * errTARGET */
+		return fail(d, DFU_ERR_TARGET);
 	if (d->spec.protected_ && !flash_attr_erasable(attr))
 		return fail(d, DFU_ERR_VENDOR);
 	if (!flash_attr_erasable(attr) && !gen2(d) && attr == 'e')
@@ -174,7 +178,8 @@ static int write_block(struct sim_device *d, uint32_t addr, const uint8_t *data,
 	busy_for(d, timing_program_us(d->spec.platform, r->external, len), 0);
 	d->last_write_ms =
 	    d->dfu.busy_until_ms > sim_now_ms() ? d->dfu.busy_until_ms : sim_now_ms();
-	/* Gen 3 bootloader: a new 256 KiB app invalidates the old 128 KiB slot (§5.4). */
+	/* Gen 3 bootloader: a new 256 KiB app invalidates the old 128 KiB slot
+	 * (docs/device/dfuse.md#requests-and-states). */
 	if (valid_user_prefix_at_256k(d, addr, data, len))
 		flash_erase_sector(d->flash, 0, GEN3_USER_128K);
 	return 0;
@@ -243,7 +248,8 @@ static void check_unplug_fault(struct sim_device *d)
 	}
 }
 
-/* The pending DNLOAD runs right after the DNBUSY status reply (§5.4). */
+/* The pending DNLOAD runs right after the DNBUSY status reply
+ * (docs/device/dfuse.md#requests-and-states). */
 static void execute(struct sim_device *d)
 {
 	struct dfu *u = &d->dfu;
@@ -251,7 +257,8 @@ static void execute(struct sim_device *d)
 	int rc;
 	if (u->pending_block >= 2 && u->write_error) {
 		/* fault error@chunkN: the flash write fails after DNBUSY was answered; the
-		 * next GETSTATUS reports dfuERROR with the status (§5.4), nothing is written. */
+		 * next GETSTATUS reports dfuERROR with the status
+		 * (docs/device/dfuse.md#requests-and-states), nothing is written. */
 		rc = fail(d, u->write_error);
 		u->write_error = DFU_OK;
 	} else if (u->pending_block == 0)
@@ -289,7 +296,8 @@ static int get_status(struct sim_device *d, uint8_t *in, uint16_t length)
 		if (u->have_pending) {
 			reply_state = DFU_DNBUSY;
 			run = true;
-			/* Gen 2 DCT alt: 500 ms after an erase, 1 ms after a write (§5.4). */
+			/* Gen 2 DCT alt: 500 ms after an erase, 1 ms after a write
+			 * (docs/device/dfuse.md#requests-and-states). */
 			if (gen2(d) && u->alt == 1)
 				poll = u->pending_block == 0 && u->pending[0] == 0x41 ? 500 : 1;
 		} else {

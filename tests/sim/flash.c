@@ -11,7 +11,8 @@
 #include <unistd.h>
 
 /*
- * Memory-map strings per platform and bootloader era, exactly as §5.3
+ * Memory-map strings per platform and bootloader era, exactly as
+ * docs/device/dfuse.md#memory-map-strings
  * lists them (three spaces after the name).
  */
 static const char *gen3_ext_map(const struct platform *p, const char *os)
@@ -55,7 +56,8 @@ static int parse_map(struct flash_region *r)
 		r->size += g->count * g->sector_size;
 		s = *end == ',' ? end + 1 : end;
 	}
-	/* Protected variant: every attribute letter becomes 'b' (§5.3). */
+	/* Protected variant: every attribute letter becomes 'b'
+	 * (docs/device/dfuse.md#memory-map-strings). */
 	memcpy(r->map_prot, r->map, sizeof(r->map_prot));
 	char *tail = strchr(strchr(r->map_prot, '/') + 1, '/');
 	for (char *c = tail; c && *c; c++)
@@ -152,7 +154,8 @@ int flash_sector(const struct flash_region *r, uint32_t addr, uint32_t *ret_star
 	return -1;
 }
 
-/* dfu-util: memtype = letter & 7; bit0 readable, bit1 erasable, bit2 writable (§5.3). */
+/* dfu-util: memtype = letter & 7; bit0 readable, bit1 erasable, bit2 writable
+ * (docs/device/dfuse.md#memory-map-strings). */
 bool flash_attr_readable(char attr)
 {
 	return (attr & 7) & 1;

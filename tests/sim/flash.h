@@ -1,6 +1,7 @@
 /*
  * Flash memory model of one simulated device: one region per DFU alt
- * setting (facts §5.3), sectors/pages from the region's DfuSe memory map,
+ * setting (docs/device/dfuse.md#memory-map-strings), sectors/pages from the region's DfuSe memory
+ * map,
  * NOR semantics (erase sets 0xFF, programming can only clear bits).
  */
 #pragma once
@@ -42,7 +43,8 @@ struct flash {
 	unsigned n_regions;
 };
 
-/* os: the bootloader's Device OS release (maps changed names and sizes, §5.3). */
+/* os: the bootloader's Device OS release (maps changed names and sizes,
+ * docs/device/dfuse.md#memory-map-strings). */
 struct flash *flash_new(const struct platform *p, const char *os);
 void flash_free(struct flash *f);
 

@@ -9,7 +9,8 @@
 #define SYNTH_SYSTEM_SIZE     49152u
 #define SYNTH_USER_SIZE	      4096u
 #define SYNTH_RADIO_SIZE      16384u
-#define TINKER_VERSION	      6 /* user module_version = the app ABI number (§7.9) */
+/* user module_version = the app ABI number (docs/device/releases.md#module-version-numbers) */
+#define TINKER_VERSION 6
 
 static void put16(uint8_t *b, uint16_t v)
 {
@@ -54,7 +55,8 @@ uint8_t *modules_build(const struct module_desc *d)
 		p[17 + 4 * i] = d->dep_function[i] ? d->dep_index[i] : 0;
 		put16(p + 18 + 4 * i, d->dep_function[i] ? d->dep_version[i] : 0);
 	}
-	/* Suffix (§7.5), ending at module_end_address. */
+	/* Suffix (docs/device/module-format.md#suffix-and-checksums), ending at
+	 * module_end_address. */
 	size_t suffix = d->rtl_suffix ? 62 : 40;
 	uint8_t *s = b + d->len - 4 - suffix;
 	memset(s, 0, suffix);
@@ -113,7 +115,8 @@ static void dep(struct module_desc *d, int slot, uint8_t function, uint8_t index
 }
 
 /*
- * §6.1 and the dependency chains of §7.6 / the fixtures' prefixes.  The
+ * docs/device/memory-maps.md#gen-2 and the dependency chains of docs/device/validation.md / the
+ * fixtures' prefixes.  The
  * bootloader and SoftDevice dependencies are the release's own (proto/osver:
  * the MODULE_DEPENDENCY defines of Device OS's part build files at its tag);
  * 0 means the release's system part declares none.
@@ -171,7 +174,7 @@ static void install_gen3(struct flash *f, const struct sim_spec *sp)
 	g_free(raw);
 	uint32_t sys_start = sys >= 6200 ? 0x28000 : 0x30000;
 	d = desc(sys_start, SYNTH_SYSTEM_SIZE, 0x200, MODULE_FUNCTION_SYSTEM, 1, sys, pid);
-	/* Argon lists the bootloader as dependency 2 (§7.6). */
+	/* Argon lists the bootloader as dependency 2 (docs/device/validation.md). */
 	int bl_slot = pid == 12 ? 1 : 0;
 	if (sp->bootloader_dep)
 		dep(&d, bl_slot, MODULE_FUNCTION_BOOTLOADER, 0, sp->bootloader_dep);
@@ -204,7 +207,7 @@ static void install_rtl(struct flash *f, const struct sim_spec *sp)
 	if (sp->bootloader_dep)
 		dep(&d, 0, MODULE_FUNCTION_BOOTLOADER, 0, sp->bootloader_dep);
 	place(f, &d);
-	/* The user part grows downward from 0x08600000 (§6.3). */
+	/* The user part grows downward from 0x08600000 (docs/device/memory-maps.md#p2-family). */
 	d = desc(0x08600000 - SYNTH_USER_SIZE, SYNTH_USER_SIZE, 0, MODULE_FUNCTION_USER, 1,
 		 TINKER_VERSION, pid);
 	d.rtl_suffix = true;

@@ -1,6 +1,7 @@
 /*
  * The modules installed on a simulated device, synthesised at start-up so
- * that they are consistent with its platform and Device OS (facts §6, §7):
+ * that they are consistent with its platform and Device OS (docs/device/memory-maps.md,
+ * docs/device/module-format.md):
  * prefixes at the device's offsets, suffixes, SHA-256 and big-endian
  * CRC-32.  No fixture is needed at run time.
  */

@@ -30,7 +30,8 @@ int sim_mode_from_name(const char *s)
 
 void spec_default_id(const struct platform *p, const char *name, char id[25])
 {
-	/* §1.2: nRF52 ids start e00fce68, RTL872x ids 0a10aced2021, Gen 2 is the STM32 UID. */
+	/* docs/device/platforms.md#usb-strings-and-device-ids: nRF52 ids start e00fce68, RTL872x
+	 * ids 0a10aced2021, Gen 2 is the STM32 UID. */
 	const char *prefix = "";
 	if (p->mcu == MCU_NRF52840)
 		prefix = "e00fce68";
@@ -406,7 +407,7 @@ int spec_parse(const char *text, unsigned index, struct sim_spec *spec, char *er
 	if (spec->platform->mcu == MCU_STM32F103) {
 		snprintf(err, err_size,
 			 "platform=core: the Core is not simulated (its DFU strings and "
-			 "layout are unverified, facts §12)");
+			 "layout are unverified)");
 		goto fail;
 	}
 	if (!spec->os[0])

@@ -16,7 +16,8 @@ int spec_parse(const char *text, unsigned index, struct sim_spec *spec, char *er
 void spec_clear(struct sim_spec *spec);
 /* Faults "kind@where[:arg]+..." (also used by the control socket's `fault`). */
 int spec_parse_faults(const char *text, struct sim_spec *spec, char *err, size_t err_size);
-/* Device ID derived from the name with the platform's real prefix (§1.2). */
+/* Device ID derived from the name with the platform's real prefix
+ * (docs/device/platforms.md#usb-strings-and-device-ids). */
 void spec_default_id(const struct platform *p, const char *name, char id[25]);
 /* USB bus number of a port path "1-1.2" (1). */
 unsigned spec_port_bus(const char *port);

@@ -161,7 +161,7 @@ def module_at(dev, address):
 
 
 def prefix(path):
-    """start address, function, platform of a module file (facts §7.1/§7.4)."""
+    """start address, function, platform of a module file (docs/device/module-format.md#prefix, docs/device/module-format.md#where-the-prefix-is)."""
     b = open(path, 'rb').read()
     for off in (0, 0x184, 0x200, 0x20):
         start, end = int.from_bytes(b[off:off + 4], 'little'), int.from_bytes(b[off + 4:off + 8], 'little')
@@ -172,7 +172,7 @@ def prefix(path):
 
 # --- tests -------------------------------------------------------------------------------
 
-# The exact memory maps of facts §5.3, per platform and bootloader era.
+# The exact memory maps of docs/device/dfuse.md#memory-map-strings, per platform and bootloader era.
 GEN2 = ['@Internal Flash   /0x08000000/03*016Ka,01*016Kg,01*064Kg,07*128Kg', '@DCT Flash   /0x00000000/01*016Kg']
 GEN3 = '@Internal Flash   /0x00000000/1*004Ka,47*004Kg,192*004Kg,4*004Kg,4*004Kg,8*004Ka'
 LIST = [
@@ -247,7 +247,7 @@ def test_dfu_flashes_system_parts_byte_identically():
 
 
 def test_wrong_platform_image_boots_into_safe_mode():
-    # A P1 application on a Photon: same slot, platform check fails (facts §7.6).
+    # A P1 application on a Photon: same slot, platform check fails (docs/device/validation.md).
     dev, addr = flash_and_check('platform=photon,os=2.2.0', 'p1/tinker-0.4.5-p1.bin', expect_mode='safe')
     m = module_at(dev, addr)
     check(m and not m['valid'] and m['failed_checks'] == ['platform'], str(m))
@@ -568,7 +568,7 @@ def test_wait_idle_waits_for_the_serial_engine_timers():
     check(not res['bad']['ok'], 'timeout_ms "soon" accepted: %s' % res['bad'])
 
 
-# test-bench.md §7: node-serialport writes on one thread and closes the port on
+# docs/testing/umockdev.md#particle-cli: node-serialport writes on one thread and closes the port on
 # another.  The tty must survive that (no abort of the program under test).
 CLOSE_RACE_DRIVER = r"""
 import threading
@@ -597,7 +597,7 @@ def test_tty_close_while_another_thread_writes_is_safe():
     check(res['rounds'] == 300, str(res))
 
 
-# Particle vendor control requests (facts §11.1) through libusb, as particle-usb
+# Particle vendor control requests (docs/device/control-requests.md) through libusb, as particle-usb
 # sends them: INIT, CHECK; DFU_MODE (50) and RESET (40) re-enumerate the device.
 VENDOR_DRIVER = r"""
 import ctypes, struct

@@ -28,10 +28,11 @@
  *   word program per 32 bits on Gen 2, external page programs on Gen 3).
  *   The costs are the erase and program figures above; the P2 is taken to
  *   do the same on its SPI NOR (its OTA code is not public in that form).
- * Reset/enumeration: DFU leave -> reset is a 500-count timer (facts §5.4,
+ * Reset/enumeration: DFU leave -> reset is a 500-count timer
+ * (docs/device/dfuse.md#requests-and-states,
  *   ~500 ms on nRF52/STM32; RTL872x counts main-loop passes, UNVERIFIED);
  *   boot to USB enumeration is not in any datasheet - 300 ms for the
- *   bootloader and 1 s for Device OS are our assumption (facts §12).
+ *   bootloader and 1 s for Device OS are our assumption (docs/device/README.md#what-is-unverified).
  */
 #include "timing.h"
 

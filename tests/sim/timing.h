@@ -17,7 +17,7 @@ unsigned timing_erase_us(const struct platform *p, bool external, uint32_t secto
 unsigned timing_program_us(const struct platform *p, bool external, size_t len);
 /* Host -> device bulk transfer of len bytes over USB full speed (CDC data). */
 unsigned timing_usb_bulk_us(size_t len);
-/* DFU leave -> reset (facts §5.4: a 500-count timer, ~500 ms). */
+/* DFU leave -> reset (docs/device/dfuse.md#requests-and-states: a 500-count timer, ~500 ms). */
 unsigned timing_dfu_leave_reset_us(const struct platform *p);
 /* Reset -> USB enumeration of the next mode (bootloader or Device OS). */
 unsigned timing_boot_us(const struct platform *p, bool into_dfu);

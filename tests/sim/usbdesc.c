@@ -4,7 +4,8 @@
 
 #include <string.h>
 
-/* String indices (§5.2): 1 manufacturer, 2 product, 3 serial, 4 configuration, 5 interface. */
+/* String indices (docs/device/dfuse.md#descriptors): 1 manufacturer, 2 product, 3 serial, 4
+ * configuration, 5 interface. */
 enum { STR_MANUFACTURER = 1, STR_PRODUCT, STR_SERIAL, STR_CONFIG, STR_INTERFACE };
 enum { STR_CDC_SERIAL = 4, STR_CDC_CONTROL = 5 };
 
@@ -19,7 +20,8 @@ uint16_t usbdesc_bcd_device(struct sim_device *d)
 	case MCU_STM32F205:
 		return 0x0250;
 	default:
-		return 0x0251; /* Gen 3 (§5.2); P2 not read, assumed the same */
+		/* Gen 3 (docs/device/dfuse.md#descriptors); P2 not read, assumed the same */
+		return 0x0251;
 	}
 }
 
@@ -34,7 +36,8 @@ int usbdesc_cdc_interface(struct sim_device *d)
 	return d->spec.platform->mcu == MCU_RTL8721D ? 1 : 0;
 }
 
-/* iInterface of DFU alt n: Gen 2/Gen 3 5 + alt + 1, P2 family 5 + alt (§5.2). */
+/* iInterface of DFU alt n: Gen 2/Gen 3 5 + alt + 1, P2 family 5 + alt
+ * (docs/device/dfuse.md#descriptors). */
 static uint8_t alt_string_index(struct sim_device *d, int alt)
 {
 	return (uint8_t)(d->spec.platform->mcu == MCU_RTL8721D ? 5 + alt : 6 + alt);
@@ -45,10 +48,11 @@ static void device_descriptor(struct sim_device *d, GByteArray *a)
 	const struct platform *p = d->spec.platform;
 	uint16_t pid = d->mode == SIM_MODE_DFU ? p->dfu_pid : p->cdc_pid;
 	uint16_t bcd = d->mode == SIM_MODE_DFU ? usbdesc_bcd_device(d) : 0x0200;
-	/* DFU: class 0 (§5.2); runtime: composite with IAD (EF/02/01, §1.3). */
+	/* DFU: class 0 (docs/device/dfuse.md#descriptors); runtime: composite with IAD (EF/02/01,
+	 * docs/device/platforms.md#runtime-interface-layout). */
 	uint8_t cls = d->mode == SIM_MODE_DFU ? 0 : 0xef, sub = d->mode == SIM_MODE_DFU ? 0 : 2,
 		proto = d->mode == SIM_MODE_DFU ? 0 : 1;
-	/* Multi-byte fields little-endian (test-bench.md §1). */
+	/* Multi-byte fields little-endian (docs/testing/umockdev.md#usb-devices). */
 	uint8_t b[18] = {18,
 			 1,
 			 0x00,
@@ -90,7 +94,8 @@ static void dfu_config(struct sim_device *d, GByteArray *a)
 static void cdc_interfaces(GByteArray *a, uint8_t comm, uint8_t ep_base)
 {
 	uint8_t iad[8] = {8, 0x0b, comm, 2, 0x02, 0x02, 0x01, 0};
-	/* bInterfaceProtocol 1 (AT commands V.250), as every Particle CDC (§1.3). */
+	/* bInterfaceProtocol 1 (AT commands V.250), as every Particle CDC
+	 * (docs/device/platforms.md#runtime-interface-layout). */
 	uint8_t ci[9] = {9, 4, comm, 0, 1, 0x02, 0x02, 0x01, STR_CDC_SERIAL};
 	uint8_t hdr[5] = {5, 0x24, 0x00, 0x10, 0x01};
 	uint8_t cm[5] = {5, 0x24, 0x01, 0x00, (uint8_t)(comm + 1)};
@@ -122,7 +127,8 @@ static void cdc_config(struct sim_device *d, GByteArray *a)
 {
 	GByteArray *body = g_byte_array_new();
 	if (usbdesc_cdc_interface(d) == 1) {
-		/* P2 family: control interface first, then CDC (§1.3, INFERRED). */
+		/* P2 family: control interface first, then CDC
+		 * (docs/device/platforms.md#runtime-interface-layout, INFERRED). */
 		control_interface(body, 0);
 		cdc_interfaces(body, 1, 1);
 	} else {
@@ -226,7 +232,9 @@ GByteArray *usbdesc_get(struct sim_device *d, uint8_t type, uint8_t index)
 		g_free(s);
 		return a;
 	}
-	case 0x21: /* DFU functional descriptor: the Gen 3 bootloader answers it (§9.1) */
+	/* DFU functional descriptor: the Gen 3 bootloader answers it
+	 * (docs/device/dfuse.md#dfu-util-sequence) */
+	case 0x21:
 		if (d->mode == SIM_MODE_DFU) {
 			GByteArray *a = g_byte_array_new();
 			static const uint8_t func[9] = {9,    0x21, 0x0b, 0xff, 0x00,

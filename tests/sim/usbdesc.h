@@ -1,6 +1,8 @@
 /*
- * USB descriptors of a simulated device in its current mode (facts §1.2,
- * §1.3, §5.2): the bytes of sysfs `descriptors` and the answers to
+ * USB descriptors of a simulated device in its current mode
+ * (docs/device/platforms.md#usb-strings-and-device-ids,
+ * docs/device/platforms.md#runtime-interface-layout, docs/device/dfuse.md#descriptors): the bytes
+ * of sysfs `descriptors` and the answers to
  * GET_DESCRIPTOR.
  */
 #pragma once
@@ -13,6 +15,7 @@ GByteArray *usbdesc_sysfs(struct sim_device *d);
 GByteArray *usbdesc_get(struct sim_device *d, uint8_t type, uint8_t index);
 /* USB product string of the current mode. */
 const char *usbdesc_product(struct sim_device *d);
-/* Interface number of the CDC comm interface (§1.3). */
+/* Interface number of the CDC comm interface
+ * (docs/device/platforms.md#runtime-interface-layout). */
 int usbdesc_cdc_interface(struct sim_device *d);
 uint16_t usbdesc_bcd_device(struct sim_device *d);

@@ -1,5 +1,5 @@
 /*
- * usbfs emulation of a simulated device node (test-bench.md §4): control
+ * usbfs emulation of a simulated device node (docs/testing/umockdev.md#control-transfers): control
  * URBs are answered from the device model, queued, and reaped by libusb.
  * Runs on umockdev's worker thread: everything under sim->lock.
  *

@@ -161,7 +161,7 @@ static void check_dependencies(struct vscan *s)
 	}
 }
 
-/* §2.5: which slots `s` would print. */
+/* docs/device/console.md#module-info-reply: which slots `s` would print. */
 static void mark_reported(struct vscan *s, const struct platform *p)
 {
 	const struct vmodule *user = NULL;
@@ -208,7 +208,8 @@ void validate_scan(struct flash *f, const struct platform *p, uint16_t layout_ve
 		add_module(f, p, s, s->start, out);
 	}
 	if (p->mcu == MCU_NRF52840 && out->n < VALIDATE_MAX_MODULES) {
-		/* The SoftDevice carries no prefix in flash; its entry is synthesised (§2.5). */
+		/* The SoftDevice carries no prefix in flash; its entry is synthesised
+		 * (docs/device/console.md#module-info-reply). */
 		const struct slot *rs =
 		    platform_find_slot(p, layout_version, MODULE_FUNCTION_RADIO_STACK, 0, 0);
 		struct vmodule *m = &out->m[out->n++];

@@ -1,5 +1,6 @@
 /*
- * The device's own judgement of its modules (facts §7.6, §4.4): which slots
+ * The device's own judgement of its modules (docs/device/validation.md,
+ * docs/device/ymodem.md#end-of-transfer): which slots
  * hold what, which checks pass, what the bootloader does at the next boot,
  * and the verdict on an image received over YMODEM.  Shared by DFU leave,
  * the YMODEM engine's ota_finish and the `s` reply.
@@ -13,14 +14,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Validation flags (hal/inc/ota_flash_hal.h, §7.6). */
+/* Validation flags (hal/inc/ota_flash_hal.h, docs/device/validation.md). */
 #define VALID_INTEGRITY	   0x02u
 #define VALID_DEPENDENCIES 0x04u
 #define VALID_RANGE	   0x08u
 #define VALID_PLATFORM	   0x10u
 #define VALID_CHECKED	   (VALID_INTEGRITY | VALID_DEPENDENCIES | VALID_RANGE | VALID_PLATFORM)
 
-/* System error codes of §4.4. */
+/* System error codes of docs/device/ymodem.md#end-of-transfer. */
 #define OTA_MODULE_NOT_FOUND	    (-1300)
 #define OTA_VALIDATION_FAILED	    (-1320)
 #define OTA_INTEGRITY_CHECK_FAILED  (-1330)
@@ -43,7 +44,9 @@ struct vmodule {
 	uint16_t dep_version[2];
 	unsigned checked, passed;
 	bool reported;
-	bool synthetic; /* radio stack: the device synthesises its entry (§2.5) */
+	/* radio stack: the device synthesises its entry
+	 * (docs/device/console.md#module-info-reply) */
+	bool synthetic;
 	uint8_t sha256[32];
 };
 
@@ -52,7 +55,8 @@ struct vscan {
 	unsigned n;
 };
 
-/* Prefix offset by the device's rule for this MCU (§6.2, §7.4). */
+/* Prefix offset by the device's rule for this MCU (docs/device/memory-maps.md#gen-3,
+ * docs/device/module-format.md#where-the-prefix-is). */
 size_t validate_prefix_offset(const struct platform *p, const uint8_t *img, size_t len);
 
 void validate_scan(struct flash *f, const struct platform *p, uint16_t layout_version,
@@ -67,7 +71,8 @@ uint16_t validate_system_version(const struct vscan *s);
 enum sim_mode validate_boot_mode(const struct vscan *s, const struct platform *p);
 
 /*
- * Validation of an image received into the OTA region (§4.4, §7.6 with the
+ * Validation of an image received into the OTA region (docs/device/ymodem.md#end-of-transfer,
+ * docs/device/validation.md with the
  * update-time rules).  Returns 0 or the negative system error; *ret_mask =
  * checked XOR passed.  *ret_module (optional) describes the module.
  */

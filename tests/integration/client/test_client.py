@@ -277,7 +277,7 @@ def flashctl_tests(tap, fc, d, work):
 # --- Ctrl-C while writing ----------------------------------------------------------------
 
 ARGON_SYSTEM = fixture("argon/argon-system-part1@2.2.0.bin")
-SYSTEM_BASE = 0x30000  # Device OS 1.x-3.0 Gen 3 layout (facts §6.2)
+SYSTEM_BASE = 0x30000  # Device OS 1.x-3.0 Gen 3 layout (docs/device/memory-maps.md#gen-3)
 
 
 def ctrlc_tests(tap, fc, d, work):

@@ -468,7 +468,7 @@ def test_faults_are_catalogue_errors_with_dfu_detail():
 
 def test_dfu_error_status_after_an_accepted_chunk_is_a_catalogue_error():
     # No stall: the device takes the DNLOAD, answers dfuDNBUSY, and the write fails; the
-    # next GETSTATUS says dfuERROR with the status (§5.4; fault error@chunkN:STATUS).
+    # next GETSTATUS says dfuERROR with the status (docs/device/dfuse.md#requests-and-states; fault error@chunkN:STATUS).
     sysp = fixture('argon/argon-system-part1@2.2.0.bin')
     spec = 'platform=argon,mode=dfu,os=2.2.0'
     res, dev, log = fault_run(spec, sysp, 'error@chunk3:errWRITE')
@@ -561,7 +561,7 @@ def test_photon_2_2_0_flash_is_verified_over_serial_after_leave():
 
 
 def test_forced_wrong_platform_user_part_boots_safe_mode_and_is_booted_invalid():
-    # A P1 application on a Photon 2.2.0 (same slot, platform check fails, §7.6): the
+    # A P1 application on a Photon 2.2.0 (same slot, platform check fails, docs/device/validation.md): the
     # device boots safe mode and its `s` names the failing check.
     specs = ['platform=photon,mode=dfu,os=2.2.0,name=p1']
     idmap = ids(specs)
@@ -592,8 +592,8 @@ def user_parts(device_json):
 
 
 def test_p2_user_part_is_read_back_through_its_suffix():
-    # §6.3: the P2 user part grows downward from 0x08600000, so its start is only known
-    # from the DYNAMIC_LOCATION extension of its suffix (§7.5, §7.7).
+    # docs/device/memory-maps.md#p2-family: the P2 user part grows downward from 0x08600000, so its start is only known
+    # from the DYNAMIC_LOCATION extension of its suffix (docs/device/module-format.md#suffix-and-checksums, docs/device/module-format.md#extensions).
     specs = ['platform=p2,mode=dfu,os=5.9.0,name=p2']
     idmap = ids(specs)
     app = fixture('p2/tinker-5.0.0-p2.bin')
@@ -638,7 +638,7 @@ def test_p2_user_part_is_read_back_through_its_suffix():
 
 def test_dfu_read_back_checks_the_crc_of_small_user_parts():
     # A user part (<= 256 KiB) is read whole and its CRC-32 checked as the device does at
-    # boot (§7.5, §7.6 INTEGRITY): flashd's verdict is the simulated device's own.
+    # boot (docs/device/module-format.md#suffix-and-checksums, docs/device/validation.md INTEGRITY): flashd's verdict is the simulated device's own.
     specs = ['platform=photon,mode=dfu,os=2.2.0,name=p1']
     idmap = ids(specs)
     app = fixture('photon/tinker-0.4.5-photon.bin')

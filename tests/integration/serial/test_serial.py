@@ -254,7 +254,7 @@ def test_modemmanager_probe_as_listening_starts_is_recovered():
 
 
 def test_modemmanager_probe_cut_mid_line_is_closed_with_cr():
-    # "AT+C": the claim-code line stays open and would swallow `f` (§11.3)
+    # "AT+C": the claim-code line stays open and would swallow `f` (docs/device/console.md#modemmanager)
     _, res, doc, _ = fault_case('atprobe@:AT\\x2bC', None, mode='normal')
     check(module(device(doc, 'photon'), 'user')['valid'], 'app not valid')
 
@@ -363,7 +363,7 @@ def test_matching_app_is_verified_and_valid_in_state_json():
 def test_second_job_reaches_a_port_left_at_28800():
     # The verify of the first job leaves the port at 28800 and the device running
     # (`x`); cdc-acm sends the line coding only when it changes, so the second job
-    # must go through another speed to ask for listening mode again (§3).
+    # must go through another speed to ask for listening mode again (docs/device/console.md#magic-baud-rates).
     res, doc, log = run([spec('photon', '1.5.2', 'photon', mode='normal')],
                         [flash(IDS['photon'], fixture(PHOTON_APP)),
                          flash(IDS['photon'], fixture(PHOTON_APP))])
@@ -378,7 +378,7 @@ def test_second_job_reaches_a_port_left_at_28800():
 
 
 def test_failed_transfer_on_gen3_4x_resets_the_device_before_a_retry():
-    # §4.5 INFERRED: after a failure past the header a 3.0-5.x Gen 3 device
+    # docs/device/ymodem.md#cancellation INFERRED: after a failure past the header a 3.0-5.x Gen 3 device
     # refuses the next `f` until it resets; flashd resets it (14400 -> DFU ->
     # DFU leave), says so, waits for it to run its firmware again and ends
     # with the transfer's error; the retry then goes over serial again.

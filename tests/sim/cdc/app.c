@@ -1,5 +1,6 @@
 /*
- * A running application ("normal" mode): there is no console (§2.1), the
+ * A running application ("normal" mode): there is no console
+ * (docs/device/console.md#entering-and-leaving), the
  * application reads whatever the host writes and throws it away.  The
  * `stray` fault gives it a voice: a line of its own output that lands
  * on the port just before the console's next answer (a threaded

@@ -1,7 +1,7 @@
 /*
  * cdc-switch: set a (magic) baud rate on a CDC tty and report the udev events
  * that follow, as a host program with a libudev monitor sees them
- * (particle-device-facts.md §3).  Runs inside a flashd-sim testbed.
+ * (docs/device/console.md#magic-baud-rates).  Runs inside a flashd-sim testbed.
  *
  *   cdc-switch TTY BAUD WAIT_MS [PROBE]
  *

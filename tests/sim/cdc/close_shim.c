@@ -1,5 +1,5 @@
 /*
- * LD_PRELOAD shim for umockdev 0.17.16's close() race (test-bench.md §7):
+ * LD_PRELOAD shim for umockdev 0.17.16's close() race (docs/testing/umockdev.md#particle-cli):
  * with an ioctl handler attached to an emulated tty, every read/write/ioctl on
  * that fd is an exchange over a per-fd socket, and close() tears the socket
  * down without waiting for an exchange in flight on another thread.

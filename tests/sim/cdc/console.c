@@ -1,5 +1,5 @@
 /*
- * The listening-mode console (particle-device-facts.md §2; Device OS
+ * The listening-mode console (docs/device/console.md; Device OS
  * system/src/system_setup.cpp: SystemSetupConsole::handle,
  * WiFiSetupConsole::handle, read_line, read_multiline; serialReadLine in
  * wiring/src/spark_wiring_stream.cpp).
@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Which keys a console of this era knows (§2.3; v0.5.0 added `L`, v0.6.x
+/* Which keys a console of this era knows (docs/device/console.md#commands; v0.5.0 added `L`, v0.6.x
  * `c`/`C`, `d` is in 1.5.2 — treated as part of the whole 0.6.1-1.5.x era). */
 static bool key_known(const struct listening *l, char c)
 {
@@ -46,7 +46,8 @@ static bool wifi_enterprise(const struct listening *l)
 	       l->cfg.era != LISTENING_ERA_0_4;
 }
 
-/* ---- deterministic modem identity for the cellular `i` form (§2.4) ------ */
+/* ---- deterministic modem identity for the cellular `i` form
+ * (docs/device/console.md#device-id-reply) ------ */
 
 static unsigned id_hash(const struct listening *l, unsigned salt)
 {
@@ -100,7 +101,8 @@ static void cmd_s(struct listening *l)
 {
 	char *body = l->ops.system_info ? l->ops.system_info(l->ops.ctx) : NULL;
 	if (!body) {
-		/* WrappedStreamAppender writes "{" lazily: nothing appended → only "}\r\n" (§2.5).
+		/* WrappedStreamAppender writes "{" lazily: nothing appended → only "}\r\n"
+		 * (docs/device/console.md#module-info-reply).
 		 */
 		listening_print(l, "}\r\n");
 		return;
@@ -118,7 +120,8 @@ static void cmd_s(struct listening *l)
 
 static void cmd_v(struct listening *l)
 {
-	/* append_system_version_info() ends with "\n", the console adds "\r\n" (§2.3). */
+	/* append_system_version_info() ends with "\n", the console adds "\r\n"
+	 * (docs/device/console.md#commands). */
 	listening_printf(l, "system firmware version: %s\n\r\n", l->os_version);
 }
 
@@ -133,7 +136,8 @@ static void cmd_f(struct listening *l, uint64_t now_ms)
 {
 	listening_print(l, "Waiting for the binary file to be sent ... (press 'a' to abort)\r\n");
 	if (l->cfg.era == LISTENING_ERA_6) {
-		/* 6.0.0: HAL_Delay_Milliseconds(100), four CAN, the refusal (§2.3). */
+		/* 6.0.0: HAL_Delay_Milliseconds(100), four CAN, the refusal
+		 * (docs/device/console.md#commands). */
 		listening_start_busy(l, BUSY_F6_CANCEL, now_ms, LISTENING_F6_DELAY_MS);
 		return;
 	}
@@ -163,7 +167,7 @@ static void wifi_save(struct listening *l)
 	listening_print(l, "visit https://www.particle.io/support to debug.\r\n\r\n");
 	listening_print(l, "    Particle <3 you!\r\n\r\n");
 	l->sub = CONSOLE_IDLE;
-	/* Saved credentials end listening mode (§2.1). */
+	/* Saved credentials end listening mode (docs/device/console.md#entering-and-leaving). */
 	l->kind = LISTENING_APP;
 	if (l->ops.exit_listening)
 		l->ops.exit_listening(l->ops.ctx);
@@ -393,7 +397,8 @@ static void command(struct listening *l, char c, uint64_t now_ms)
 			l->ops.exit_listening(l->ops.ctx);
 		return;
 	case 'L':
-		/* Startup-listen flag + safe mode: the device resets (§2.1). */
+		/* Startup-listen flag + safe mode: the device resets
+		 * (docs/device/console.md#entering-and-leaving). */
 		listening_do_reset(l, LISTENING_RESET_SAFE_LISTENING);
 		return;
 	}

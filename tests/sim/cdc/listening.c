@@ -7,7 +7,7 @@
  * After ops->reset() the engine drops the rest of the bytes it was given
  * (the device is gone) and is ready for the next life of the device:
  * LISTENING_APP after a firmware reset or an unplug, LISTENING_CONSOLE after
- * `L` (safe mode re-enters listening mode, §2.1).
+ * `L` (safe mode re-enters listening mode, docs/device/console.md#entering-and-leaving).
  */
 #include "listening_internal.h"
 
@@ -36,7 +36,8 @@ struct listening *listening_new(const struct listening_config *cfg, const struct
 	l->cfg.mac = l->mac;
 	if (!(l->cfg.timeout_scale > 0))
 		l->cfg.timeout_scale = 1.0;
-	/* 6.x has no 28800 switch (§3) but a device can still boot into listening mode. */
+	/* 6.x has no 28800 switch (docs/device/console.md#magic-baud-rates) but a device can still
+	 * boot into listening mode. */
 	l->kind = initial;
 	l->sub = CONSOLE_IDLE;
 	l->stuck_deadline = UINT64_MAX;
@@ -111,7 +112,8 @@ static void hold_clear(struct listening *l)
 void listening_do_reset(struct listening *l, enum listening_reset how)
 {
 	/* The next life of the device starts clean: no console state, no pending
-	 * update (a reset is what clears the 3.0-5.x stuck state, §4.5). */
+	 * update (a reset is what clears the 3.0-5.x stuck state,
+	 * docs/device/ymodem.md#cancellation). */
 	l->kind = how == LISTENING_RESET_SAFE_LISTENING ? LISTENING_CONSOLE : LISTENING_APP;
 	l->sub = CONSOLE_IDLE;
 	hold_clear(l);
@@ -220,7 +222,8 @@ const char *listening_fault_text(const struct fault_slot *fs, const char *dflt, 
 	return buf;
 }
 
-/* ModemManager-style probe (§11.3): the lines arrive as host input. */
+/* ModemManager-style probe (docs/device/console.md#modemmanager): the lines arrive as host
+ * input. */
 static void at_probe_inject(struct listening *l, uint64_t now_ms)
 {
 	struct fault_slot *fs = listening_fault_pending(l, LISTENING_FAULT_AT_PROBE);
@@ -246,7 +249,7 @@ static void feed_byte(struct listening *l, uint8_t c, uint64_t now_ms)
 	switch (l->sub) {
 	case CONSOLE_IDLE:
 		/* handle_peek(): SOH/STX starts the receiver without being consumed
-		 * and without the prompt, before 6.0 only (§2.2). */
+		 * and without the prompt, before 6.0 only (docs/device/console.md#mechanics). */
 		if (l->cfg.era != LISTENING_ERA_6 && (c == YM_SOH || c == YM_STX)) {
 			ymodem_rx_start(l, now_ms);
 			ymodem_rx_byte(l, c, now_ms);
@@ -279,7 +282,8 @@ static void feed(struct listening *l, const uint8_t *buf, size_t len, uint64_t n
 		if (l->gone)
 			return;
 		if (l->discard_rest) {
-			/* read_line(): everything still buffered is read and dropped (§2.2). */
+			/* read_line(): everything still buffered is read and dropped
+			 * (docs/device/console.md#mechanics). */
 			l->discard_rest = false;
 			hold_clear(l);
 			return;
@@ -298,7 +302,8 @@ static void busy_done(struct listening *l, uint64_t now_ms)
 		break;
 	}
 	case BUSY_SUCCESS_RESTART:
-		/* system_fileTransfer(): restart line, 100 ms, reset (§4.4). */
+		/* system_fileTransfer(): restart line, 100 ms, reset
+		 * (docs/device/ymodem.md#end-of-transfer). */
 		listening_print(l, "Restarting system to apply firmware update...\r\n");
 		listening_start_busy(l, BUSY_RESET, now_ms, LISTENING_RESET_DELAY_MS);
 		return;
@@ -372,7 +377,8 @@ uint64_t listening_next_deadline(const struct listening *l)
 
 void listening_enter(struct listening *l, uint64_t now_ms)
 {
-	/* 28800 only while not listening, and not at all since 6.0.0 (§3). */
+	/* 28800 only while not listening, and not at all since 6.0.0
+	 * (docs/device/console.md#magic-baud-rates). */
 	if (l->cfg.era == LISTENING_ERA_6) {
 		l->gone = false;
 		l->now_ms = now_ms;
@@ -389,6 +395,6 @@ void listening_enter_by_request(struct listening *l, uint64_t now_ms)
 		return;
 	l->kind = LISTENING_CONSOLE;
 	l->sub = CONSOLE_IDLE;
-	/* Entering prints nothing (§2.1). */
+	/* Entering prints nothing (docs/device/console.md#entering-and-leaving). */
 	at_probe_inject(l, now_ms);
 }

@@ -1,5 +1,5 @@
 /*
- * The USB CDC side of one simulated device (particle-device-facts.md §2-§4):
+ * The USB CDC side of one simulated device (docs/device/console.md, docs/device/ymodem.md):
  * the listening-mode console, the device's YMODEM receiver, and a running
  * application ("normal" mode).  A pure state machine: bytes and time in,
  * bytes and actions out, so it can be unit-tested byte for byte without a
@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Device OS eras whose console / YMODEM behaviour differs (§4). */
+/* Device OS eras whose console / YMODEM behaviour differs (docs/device/ymodem.md). */
 enum listening_era {
 	LISTENING_ERA_0_4, /* 0.4.x - 0.6.0: no validation reply path */
 	LISTENING_ERA_0_6, /* 0.6.1 - 1.5.x: "Validation failed: 0x<mask>" */
@@ -43,10 +43,12 @@ struct listening_ops {
 	/* 'x': listening mode ends and the application runs again. */
 	void (*exit_listening)(void *ctx);
 	/*
-	 * Firmware update through the OTA region (§4.3, §4.4):
+	 * Firmware update through the OTA region (docs/device/ymodem.md#what-is-checked-when,
+	 * docs/device/ymodem.md#end-of-transfer):
 	 * ota_begin: header accepted? 0, or -1 to refuse (size > OTA length on 3.0-5.x,
 	 *   updates disabled); ota_write: store a block at an offset, 0 or -1 (write failure);
-	 * ota_finish: validate what was received (§7.6).  Returns 0 on success, else
+	 * ota_finish: validate what was received (docs/device/validation.md).  Returns 0 on
+	 * success, else
 	 *   the era's code: negative system error (>= 2.0), and fills *ret_mask with the
 	 *   failed-check bit mask (0.6.1-1.5.x prints it).  On success the module is
 	 *   queued and applied at the next reset.
@@ -91,14 +93,15 @@ void listening_tick(struct listening *l, uint64_t now_ms);
 /* When listening_tick must next be called (UINT64_MAX: nothing pending). */
 uint64_t listening_next_deadline(const struct listening *l);
 
-/* 28800 baud (§3): enter listening mode (ignored on 6.x and when already listening). */
+/* 28800 baud (docs/device/console.md#magic-baud-rates): enter listening mode (ignored on 6.x and
+ * when already listening). */
 void listening_enter(struct listening *l, uint64_t now_ms);
 /* USB control request 70 (START_LISTENING): enters on every era, 6.x included. */
 void listening_enter_by_request(struct listening *l, uint64_t now_ms);
 enum listening_state_kind listening_state(const struct listening *l);
 
 /*
- * Faults (SPEC `faults`, §issue 4): parsed by the core from "kind@where[:arg]"
+ * Faults (SPEC `faults`, issue 4): parsed by the core from "kind@where[:arg]"
  * and handed over.  where: block number, byte offset or percent of the
  * declared size.
  */

@@ -4,7 +4,7 @@
  * input), ymodem_rx.c (the device's YMODEM receiver and the update wrapper
  * around it), app.c (a running application, "normal" mode).
  *
- * Source references are to particle-device-facts.md (§) and to the Device OS
+ * Source references are to docs/device and to the Device OS
  * functions the behaviour was read from.
  */
 #pragma once
@@ -13,7 +13,7 @@
 
 #include <stdarg.h>
 
-/* §4.1: block overhead, block sizes, name/size field limits. */
+/* docs/device/ymodem.md#constants: block overhead, block sizes, name/size field limits. */
 #define YM_SOH		    0x01
 #define YM_STX		    0x02
 #define YM_EOT		    0x04
@@ -43,10 +43,12 @@
 #define LISTENING_FAULT_ARG_MAX 1024
 
 /* Device-side delays (not protocol timeouts, so not scaled by timeout_scale). */
-#define LISTENING_F6_DELAY_MS	   100	/* 6.x `f`: HAL_Delay_Milliseconds(100) */
-#define LISTENING_SUCCESS_DELAY_MS 1000 /* §4.4: flush, 1 s, restart line */
-#define LISTENING_RESET_DELAY_MS   100	/* system_fileTransfer: 100 ms before reset */
-/* §4.5 / §11.2: Gen 2 on 3.x resets after 300 s of update inactivity. */
+#define LISTENING_F6_DELAY_MS 100 /* 6.x `f`: HAL_Delay_Milliseconds(100) */
+/* docs/device/ymodem.md#end-of-transfer: flush, 1 s, restart line */
+#define LISTENING_SUCCESS_DELAY_MS 1000
+#define LISTENING_RESET_DELAY_MS   100 /* system_fileTransfer: 100 ms before reset */
+/* docs/device/ymodem.md#cancellation, docs/device/particle-cli.md#host-time-outs: Gen 2 on 3.x
+ * resets after 300 s of update inactivity. */
 #define LISTENING_GEN2_UPDATE_TIMEOUT_MS 300000
 
 /* What the console is doing inside listening mode. */
@@ -95,7 +97,9 @@ struct ymodem_rx {
 	uint32_t packets_received;
 	int errors;
 	bool session_done;
-	bool header_accepted; /* startUpdate() ran: failures after this leave state (§4.5) */
+	/* startUpdate() ran: failures after this leave state
+	 * (docs/device/ymodem.md#cancellation) */
+	bool header_accepted;
 	char file_name[YM_FILE_NAME_LENGTH + 1];
 	uint32_t file_length;
 	uint32_t chunk_offset;
@@ -138,7 +142,8 @@ struct listening {
 
 	/* CONSOLE_YMODEM */
 	struct ymodem_rx ym;
-	bool update_stuck;	 /* §4.5 INFERRED 3.0-5.x state after a post-header failure */
+	/* docs/device/ymodem.md#cancellation INFERRED 3.0-5.x state after a post-header failure */
+	bool update_stuck;
 	uint64_t stuck_deadline; /* Gen 2 on 3.x: reset after 300 s */
 
 	/* faults */

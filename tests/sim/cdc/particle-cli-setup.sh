@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install particle-cli 3.19.0 (the last release with `flash --serial`, i.e.
-# YMODEM; test-bench.md §7) into a cache directory outside the repository and
+# YMODEM; docs/testing/umockdev.md#particle-cli) into a cache directory outside the repository and
 # print the path of its `particle` executable.  Idempotent: a finished install
 # is reused.  scripts/install-deps runs it, so the tests find it installed.
 # Network: the npm registry, through npm itself.

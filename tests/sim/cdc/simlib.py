@@ -37,8 +37,8 @@ def run_sim(devices, command, state_dir=None, timeout=120, extra=()):
     """Runs COMMAND in a flashd-sim testbed, then lets the simulator settle.
 
     flashd-sim writes state.json the moment COMMAND exits, but a device that
-    ACKed a YMODEM update only applies it at its reset 1.1 s later (§4.4: 1 s,
-    restart line, 100 ms; the bootloader copies the module, §11.4).  A sender
+    ACKed a YMODEM update only applies it at its reset 1.1 s later (docs/device/ymodem.md#end-of-transfer: 1 s,
+    restart line, 100 ms; the bootloader copies the module, docs/device/console.md#other-observations).  A sender
     may exit at the ACK (particle-cli does), so COMMAND runs under this module's
     --settle wrapper, which waits for the simulator's wait-idle (no reset,
     re-enumeration or console delay pending) before it exits with COMMAND's

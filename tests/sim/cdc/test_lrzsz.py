@@ -3,8 +3,8 @@
 0x1A padding) delivers a Photon application into a listening-mode
 flashd-sim device byte-identically.
 
-lrzsz runs on pipes behind ttyrelay.py (test-bench.md §5).  The device never
-sends 'C' on its own (§4.2): the relay sends `f`, the receiver times out
+lrzsz runs on pipes behind ttyrelay.py (docs/testing/umockdev.md#lrzsz).  The device never
+sends 'C' on its own (docs/device/ymodem.md#block-reception): the relay sends `f`, the receiver times out
 (--timeout-scale makes that 25 ms) and only then asks for CRC mode; after the
 EOT it does the same before sb sends the end-of-batch header."""
 import os
@@ -22,7 +22,7 @@ os.mkdir(state)
 r = simlib.run_sim(
     ["platform=photon,mode=listening,os=2.2.0,name=ph"],
     # --drain-ms: the restart line comes 1 s after sb's last ACK and the device
-    # goes away 100 ms later (§4.4), which ends the drain; the default 1.5 s
+    # goes away 100 ms later (docs/device/ymodem.md#end-of-transfer), which ends the drain; the default 1.5 s
     # left 0.4 s of slack on a loaded machine.
     ["python3", os.environ["TTYRELAY"], "--send-f", "--log", log, "--drain-ms", "20000",
      "/dev/ttyACM0", "--",

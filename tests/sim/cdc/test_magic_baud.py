@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Magic bauds seen from the host (§3): 14400 makes a running device reboot
+"""Magic bauds seen from the host (docs/device/console.md#magic-baud-rates): 14400 makes a running device reboot
 into DFU — the CDC device (tty) goes away and the same device id comes back
 with the DFU product id; 28800 enters listening mode without any
 re-enumeration (the console then answers `v`); on 6.x 28800 does nothing."""

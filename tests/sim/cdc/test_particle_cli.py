@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """particle-cli 3.19.0 `flash --serial` (the real Particle YMODEM sender,
-§4.7) against flashd-sim: a matching Photon application is flashed
+docs/device/ymodem.md#particle-cli-sender) against flashd-sim: a matching Photon application is flashed
 byte-identically ("Flash success!"); an Electron application is refused by
 the Photon at the end of the transfer, which the CLI reports as
 "Transfer cancelled".
 
 particle-cli is installed once into a cache outside the repository by
 scripts/install-deps through particle-cli-setup.sh (npm registry); its serial library runs `udevadm`,
-which must be on PATH (test-bench.md §7)."""
+which must be on PATH (docs/testing/umockdev.md#particle-cli)."""
 import os
 import shutil
 import subprocess

@@ -2,14 +2,14 @@
 """Relay an emulated serial port to a program on pipes.
 
 lrzsz hangs intermittently when it talks to a pty directly (its exit-time
-tcflush drops the last ACK, test-bench.md §5), so it runs on pipes and this
+tcflush drops the last ACK, docs/testing/umockdev.md#lrzsz), so it runs on pipes and this
 relay copies bytes between the pipes and the tty (e.g. /dev/ttyACM0 inside a
 flashd-sim testbed).
 
     ttyrelay.py [--send-f] [--log FILE] [--drain-ms N] [--timeout S] TTY -- CMD [ARG...]
 
 --send-f    write 'f' first and wait for the listening-mode prompt line, as a
-            flasher does (the device never sends 'C' before that, §4.2)
+            flasher does (the device never sends 'C' before that, docs/device/ymodem.md#block-reception)
 --log FILE  every byte the device sent, raw
 --drain-ms  keep reading the device this long after CMD exits (final texts)
 Exit status: CMD's, or 124 on --timeout, or 2 on relay errors.

@@ -1,6 +1,6 @@
 /*
  * The device's YMODEM receiver and the update wrapper around it
- * (particle-device-facts.md §4; Device OS system/src/system_ymodem.cpp:
+ * (docs/device/ymodem.md; Device OS system/src/system_ymodem.cpp:
  * receive_packet, handle_packet, receive_file, Ymodem_Serial_Flash_Update;
  * system/src/system_update.cpp: system_fileTransfer).  Read from v0.5.0,
  * v0.6.4, v1.5.2, v2.3.1 and v5.9.0; the receiver itself is identical in all
@@ -182,7 +182,8 @@ static void finish(struct listening *l, int32_t size, uint64_t now_ms)
 		int r = l->ops.ota_finish ? l->ops.ota_finish(l->ops.ctx, &mask) : 0;
 		bool ok = era == LISTENING_ERA_0_6 ? (r == 0 && mask == 0) : r >= 0;
 		if (ok) {
-			/* "Respond to EOT with ACK", then the text; 1 s; restart line (§4.4). */
+			/* "Respond to EOT with ACK", then the text; 1 s; restart line
+			 * (docs/device/ymodem.md#end-of-transfer). */
 			send_byte(l, YM_ACK);
 			listening_printf(
 			    l,
@@ -197,7 +198,8 @@ static void finish(struct listening *l, int32_t size, uint64_t now_ms)
 			listening_printf(l, "Validation failed: 0x%x\r\n", mask);
 		else
 			listening_printf(l, "Validation failed: %d\r\n", r);
-		/* Spark_Finish_Firmware_Update() scheduled the reset either way (§4.4). */
+		/* Spark_Finish_Firmware_Update() scheduled the reset either way
+		 * (docs/device/ymodem.md#end-of-transfer). */
 		listening_start_busy(l, BUSY_RESET, now_ms, LISTENING_RESET_DELAY_MS);
 		return;
 	}
@@ -212,7 +214,8 @@ static void finish(struct listening *l, int32_t size, uint64_t now_ms)
 	else
 		listening_print(l, "Failed to receive the file!\r\n");
 
-	/* §4.5 INFERRED: on 3.0-5.x nobody finishes or cancels the update that
+	/* docs/device/ymodem.md#cancellation INFERRED: on 3.0-5.x nobody finishes or cancels the
+	 * update that
 	 * startUpdate() began, so the next header is refused until a reset.  Gen 2
 	 * on 3.x resets after 300 s of update inactivity. */
 	if (era == LISTENING_ERA_3 && l->ym.header_accepted) {
@@ -273,7 +276,7 @@ static void handle_header(struct listening *l, uint64_t now_ms)
 	struct ymodem_rx *ym = &l->ym;
 	if (ym->pkt[YM_PACKET_HEADER] == 0) {
 		/* Empty header: end of batch.  0.4-era ACKs at once; since 0.6.1 the
-		 * reply waits for validation (§4.4). */
+		 * reply waits for validation (docs/device/ymodem.md#end-of-transfer). */
 		if (l->cfg.era == LISTENING_ERA_0_4)
 			send_byte(l, YM_ACK);
 		ym->session_done = true;
@@ -314,7 +317,8 @@ static void handle_data(struct listening *l, size_t size, uint64_t now_ms)
 		ym->deadline = byte_deadline(l, now_ms);
 		return;
 	}
-	/* The device's only way to cancel mid-transfer is a failed chunk write (§4.3). */
+	/* The device's only way to cancel mid-transfer is a failed chunk write
+	 * (docs/device/ymodem.md#what-is-checked-when). */
 	int w = fault_at_block_end(l, LISTENING_FAULT_CANCEL, block, start, end) ? -1 : 0;
 	if (w == 0 && l->ops.ota_write)
 		w = l->ops.ota_write(l->ops.ctx, start, ym->pkt + YM_PACKET_HEADER, size);
@@ -339,7 +343,8 @@ static void packet_complete(struct listening *l, uint64_t now_ms)
 		return;
 	}
 	ym->errors = 0;
-	/* Wrong sequence, duplicates included: NAK (§4.2, non-standard). */
+	/* Wrong sequence, duplicates included: NAK (docs/device/ymodem.md#block-reception,
+	 * non-standard). */
 	if (seq != (ym->packets_received & 0xffu)) {
 		send_byte(l, YM_NAK);
 		ym->st = YR_WAIT_FIRST;

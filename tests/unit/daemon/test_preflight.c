@@ -198,7 +198,8 @@ static void test_electron_system_modules_follow_prefixes_not_file_names(void **s
 	(void)state;
 	struct device_facts dev;
 	fixture_facts(&dev, "electron", "1.5.2", electron_152, 4);
-	/* system-part1.bin holds module 3, part2 module 1, part3 module 2 (§6.1) */
+	/* system-part1.bin holds module 3, part2 module 1, part3 module 2
+	 * (docs/device/memory-maps.md#gen-2) */
 	struct image *imgs[3] = {
 	    fixture_load("electron/electron-system-part3@2.2.0.bin"),
 	    fixture_load("electron/electron-system-part2@2.2.0.bin"),

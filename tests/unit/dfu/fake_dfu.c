@@ -46,7 +46,8 @@ uint8_t *fake_dfu_at(struct fake_dfu *f, uint32_t address)
 static uint32_t erase_unit(struct fake_dfu *f, uint32_t a, uint32_t *size)
 {
 	if (f->gen == 2) {
-		/* STM32F205 sectors: 4 x 16 KiB, 64 KiB, 7 x 128 KiB (§6.1). */
+		/* STM32F205 sectors: 4 x 16 KiB, 64 KiB, 7 x 128 KiB
+		 * (docs/device/memory-maps.md#gen-2). */
 		uint32_t off = a - 0x08000000;
 		if (off < 0x10000) {
 			*size = 0x4000;
@@ -63,7 +64,8 @@ static uint32_t erase_unit(struct fake_dfu *f, uint32_t a, uint32_t *size)
 	return a & ~0xfffu;
 }
 
-/* Executes the pending DNLOAD "after the GETSTATUS reply" (§5.4). */
+/* Executes the pending DNLOAD "after the GETSTATUS reply"
+ * (docs/device/dfuse.md#requests-and-states). */
 static void execute(struct fake_dfu *f)
 {
 	f->pending = false;

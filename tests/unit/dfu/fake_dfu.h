@@ -1,5 +1,5 @@
 /*
- * A scripted DfuSe device behind struct dfu_io (particle-device-facts.md §5.4):
+ * A scripted DfuSe device behind struct dfu_io (docs/device/dfuse.md#requests-and-states):
  * answers control transfers from the loop (never synchronously), keeps a
  * flash image with NOR semantics (writes AND into erased bytes), logs every
  * request, and injects faults at a chosen data chunk.

@@ -497,7 +497,8 @@ static void test_range_in_read_only_segment_is_outside_memory_map_even_forced(vo
 #define P2_MAP	    "@Internal Flash   /0x08000000/2048*004Kg"
 #define P2_USER_END 0x08600000u
 
-/* §6.3: the P2 user part ends at 0x08600000; where it starts is in its suffix. */
+/* docs/device/memory-maps.md#p2-family: the P2 user part ends at 0x08600000; where it starts is in
+ * its suffix. */
 static void test_p2_user_part_is_found_through_its_suffix_dynamic_location(void **state)
 {
 	(void)state;
@@ -563,7 +564,8 @@ static void test_p2_suffix_naming_a_start_outside_the_user_slot_is_ignored(void 
 	struct image *app = load("p2/tinker-5.0.0-p2.bin");
 	struct fake_flash *f = flash_with(0x08480000, P2_USER_END - 0x08480000, app);
 	/* DYNAMIC_LOCATION's start is the first field after the suffix's first extension
-	 * header: 62-byte suffix + CRC end the file (§7.5). */
+	 * header: 62-byte suffix + CRC end the file
+	 * (docs/device/module-format.md#suffix-and-checksums). */
 	uint8_t *dyn = f->mem + f->size - 4 - 62;
 	assert_int_equal(dyn[0] | dyn[1] << 8, 2);
 	memcpy(dyn + 4, "\x00\x00\x40\x08", 4); /* 0x08400000: below the user slot */
@@ -594,7 +596,8 @@ static struct installed_module user_part_of(const struct device_facts *facts)
 	return (struct installed_module){0};
 }
 
-/* §7.6 INTEGRITY: a user part read whole whose CRC does not match fails the check, as
+/* docs/device/validation.md INTEGRITY: a user part read whole whose CRC does not match fails the
+ * check, as
  * the device itself would judge it at boot; an intact one passes. */
 static void test_photon_user_part_read_whole_gets_a_true_integrity_verdict(void **state)
 {

@@ -143,7 +143,8 @@ static void test_protection_string_and_all_b_map_mean_protected(void **state)
 	assert_true(dfuse_get_info(r->dfuse)->protected_device);
 	rig_free(r);
 
-	/* No 0xFA (bootloader < 6.1.2): every segment erasable-only means protected (§9.2.6). */
+	/* No 0xFA (bootloader < 6.1.2): every segment erasable-only means protected
+	 * (docs/device/dfuse.md#particle-usb-sequence). */
 	r = rig_new(3);
 	r->fake->strings[6] = "@Internal Flash   /0x00000000/1*004Kb,47*004Kb,192*004Kb";
 	r->fake->strings[7] = "@DCT Flash   /0x00000000/1*016Kb";
@@ -202,7 +203,8 @@ static void test_download_sets_address_once_and_advances_block_numbers(void **st
 	unsigned before = r->fake->n_log;
 	assert_int_equal(rig_download(r, 0xB4000, img, len), 0);
 	assert_memory_equal(fake_dfu_at(r->fake, 0xB4000), img, len);
-	/* One SET_ADDRESS, then DNLOAD wValue 2, 3, 4, 5 (§5.4). */
+	/* One SET_ADDRESS, then DNLOAD wValue 2, 3, 4, 5
+	 * (docs/device/dfuse.md#requests-and-states). */
 	unsigned set_address = 0, data = 0;
 	for (unsigned i = before; i < r->fake->n_log; i++) {
 		const struct fake_req *q = &r->fake->log[i];

@@ -1,4 +1,5 @@
-/* DfuSe memory-map strings: every exact string of particle-device-facts.md §5.3, and malformed
+/* DfuSe memory-map strings: every exact string of docs/device/dfuse.md#memory-map-strings, and
+ * malformed
  * ones. */
 #include "memmap.h"
 

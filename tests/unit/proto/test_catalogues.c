@@ -1,7 +1,7 @@
 /*
  * The three tables of proto/: the error catalogue (errors.def), the platform
- * catalogue (platform.c, particle-device-facts.md §1 and §6) and the module
- * version table (osver.c, §7.9).
+ * catalogue (platform.c, docs/device/platforms.md, docs/device/memory-maps.md) and the module
+ * version table (osver.c, docs/device/releases.md#module-version-numbers).
  */
 #include "errors.h"
 #include "osver.h"
@@ -278,7 +278,8 @@ static void test_platform_lookup_by_id_name_alias_and_usb(void **state)
 static void test_particle_pids_follow_the_platform_id(void **state)
 {
 	(void)state;
-	/* §0.9: CDC 0xC0xx, DFU 0xD0xx with xx the platform id, for every 0x2B04 platform. */
+	/* docs/device/platforms.md#platform-table: CDC 0xC0xx, DFU 0xD0xx with xx the platform id,
+	 * for every 0x2B04 platform. */
 	for (size_t i = 0; i < platform_count(); i++) {
 		const struct platform *p = platform_at(i);
 		if (p->vid != 0x2b04)
@@ -294,7 +295,8 @@ static void test_gen3_layout_depends_on_the_installed_system_version(void **stat
 {
 	(void)state;
 	const struct platform *boron = platform_by_id(13);
-	/* §6.2: system part 1 starts at 0x30000 before 6.2.0, at 0x28000 after. */
+	/* docs/device/memory-maps.md#gen-3: system part 1 starts at 0x30000 before 6.2.0, at
+	 * 0x28000 after. */
 	assert_int_equal(platform_find_slot(boron, 3005, 4, 1, MODULE_STORE_MAIN)->end, 0xd4000);
 	assert_int_equal(platform_find_slot(boron, 4003, 4, 1, MODULE_STORE_MAIN)->end, 0xb4000);
 	assert_int_equal(platform_find_slot(boron, 6200, 4, 1, MODULE_STORE_MAIN)->start, 0x28000);
@@ -305,7 +307,7 @@ static void test_gen3_layout_depends_on_the_installed_system_version(void **stat
 	assert_int_equal(platform_find_slot(boron, 0, 4, 1, MODULE_STORE_MAIN)->start, 0x28000);
 	assert_string_equal(platform_layout_name(boron, 3005), "Device OS 3.0 and earlier layout");
 
-	/* Electron has three system modules, Photon two (§6.1). */
+	/* Electron has three system modules, Photon two (docs/device/memory-maps.md#gen-2). */
 	assert_non_null(platform_find_slot(platform_by_id(10), 0, 4, 3, MODULE_STORE_MAIN));
 	assert_null(platform_find_slot(platform_by_id(6), 0, 4, 3, MODULE_STORE_MAIN));
 	assert_int_equal(
@@ -333,7 +335,7 @@ static void test_module_function_names_and_letters_round_trip(void **state)
 	assert_string_equal(module_store_name(9), "unknown");
 }
 
-/* §7.6: vc 0x1e, vv 0x0e = the platform check failed; 1.5.x prints 0x18. */
+/* docs/device/validation.md: vc 0x1e, vv 0x0e = the platform check failed; 1.5.x prints 0x18. */
 static void test_failed_checks_are_named_in_bit_order(void **state)
 {
 	(void)state;
@@ -368,7 +370,8 @@ static void test_release_is_named_only_where_the_table_pins_it(void **state)
 	/* Bootloader 1006 shipped with 2.2.0 and 2.3.1: no single release. */
 	assert_null(osver_release_for(MODULE_FUNCTION_BOOTLOADER, 1006));
 	assert_string_equal(osver_release_for(MODULE_FUNCTION_BOOTLOADER, 3100), "6.2.0");
-	/* User part versions are app ABI numbers, unrelated to releases (§7.9). */
+	/* User part versions are app ABI numbers, unrelated to releases
+	 * (docs/device/releases.md#module-version-numbers). */
 	assert_null(osver_release_for(MODULE_FUNCTION_USER, 6));
 	assert_int_equal(osver_by_release("5.9.0")->system, 5901);
 	assert_null(osver_by_release("9.9.9"));

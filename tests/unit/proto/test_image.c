@@ -43,7 +43,8 @@ static uint16_t get16(const uint8_t *p)
 	return (uint16_t)(p[0] | p[1] << 8);
 }
 
-/* Recomputes SHA-256 (§7.5: bytes [0, size - 38)) and the big-endian CRC-32. */
+/* Recomputes SHA-256 (docs/device/module-format.md#suffix-and-checksums: bytes [0, size - 38)) and
+ * the big-endian CRC-32. */
 static void reseal(uint8_t *mod, size_t size)
 {
 	struct sha256_ctx ctx;
@@ -207,7 +208,7 @@ static long long detail_int(const struct error *e, const char *key)
 	return json_integer_value(json_object_get(e->detail, key));
 }
 
-/* ---- location rules (§7.4) ---- */
+/* ---- location rules (docs/device/module-format.md#where-the-prefix-is) ---- */
 
 static void test_plain_user_part_parses_with_every_field(void **state)
 {
@@ -258,7 +259,8 @@ static void test_gen2_vector_table_puts_prefix_at_0x184(void **state)
 {
 	(void)state;
 	uint8_t *b;
-	/* 0x20020000 satisfies both the Gen 2 and the Gen 3 mask (§7.4). */
+	/* 0x20020000 satisfies both the Gen 2 and the Gen 3 mask
+	 * (docs/device/module-format.md#where-the-prefix-is). */
 	struct spec s = {.platform = 6,
 			 .function = MODULE_FUNCTION_SYSTEM,
 			 .index = 1,
@@ -730,7 +732,7 @@ static void test_more_extensions_than_the_limit_are_unsupported(void **state)
 static void test_prefix_extensions_are_parsed_up_to_end(void **state)
 {
 	(void)state;
-	/* NAME "cat", then END with 1 byte of padding (§7.7). */
+	/* NAME "cat", then END with 1 byte of padding (docs/device/module-format.md#extensions). */
 	static const uint8_t ext[] = {0x11, 0x00, 0x07, 0x00, 'c',  'a',
 				      't',  0x00, 0x00, 0x05, 0x00, 0x00};
 	struct spec s = p2_app();
@@ -1201,7 +1203,8 @@ static void test_descriptions_say_what_the_file_is(void **state)
 	assert_describes("photon/tinker-0.4.5-photon.bin", "Photon application (user part 1), v3");
 	assert_describes("argon/argon-system-part1@2.2.0.bin",
 			 "Argon system part 1, v2202 (Device OS 2.2.0)");
-	/* Electron file-name trap (§6.1): system-part1.bin holds system module 3. */
+	/* Electron file-name trap (docs/device/memory-maps.md#gen-2): system-part1.bin holds system
+	 * module 3. */
 	assert_describes("electron/electron-system-part1@2.2.0.bin",
 			 "Electron system module 3, v2202 (Device OS 2.2.0)");
 	assert_describes("boron/boron-bootloader@2.2.0.bin", "Boron bootloader, v1006");

@@ -10,12 +10,12 @@ Where flashd deliberately differs from the oracle:
 * not-modules/: the oracle scans up to 8 KiB for anything that looks like a
   prefix and reports what it found there (prefixOffset 6088, 6800, 3048, 360
   and so on, none at a place a device looks).  flashd only looks where
-  devices look (particle-device-facts.md §7.4) and must call these files
+  devices look (docs/device/module-format.md#where-the-prefix-is) and must call these files
   "not a module" (image-not-a-module).  Only that verdict is compared.
 * not-modules/boron-tinker-corrupt.bin is a real Boron Tinker with one byte
   flipped: its prefix sits at offset 0 where a Boron looks, size and addresses
   agree, only the CRC fails.  The right verdict is image-corrupt (the device
-  would reject it with "integrity" -1330, §7.6), not "not a module".  Its
+  would reject it with "integrity" -1330, docs/device/validation.md), not "not a module".  Its
   fields are compared in full, as for a valid module, plus the CRC values.
 * Product id/version: the oracle reports -1/-1 when the suffix is 36 bytes
   (no product data); flashd reports null, since there are no such bytes.
@@ -193,7 +193,7 @@ def main():
             continue
         m = r["modules"][0]
         compare(tap, name, expected_module(o), actual_module(m))
-        # SHA-256 mismatch is a warning, never an error (§7.5).
+        # SHA-256 mismatch is a warning, never an error (docs/device/module-format.md#suffix-and-checksums).
         if not o["derived"]["sha256Ok"] and verdict is None:
             tap.check(any("SHA-256" in w for w in r["warnings"]),
                       f"{name}: SHA-256 mismatch reported as a warning", r["warnings"])

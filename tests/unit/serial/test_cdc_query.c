@@ -2,7 +2,8 @@
  * cdc_query (the listening-mode query behind device probes and the DFU
  * transport's verify) against a scripted device on a pty: the device answers
  * the console only in listening mode, which it enters when the line coding
- * becomes 28800 (§3); the query must leave it as it found it (`x` only when
+ * becomes 28800 (docs/device/console.md#magic-baud-rates); the query must leave it as it found it
+ * (`x` only when
  * flashd asked for listening mode).  ioctl is wrapped at link time
  * (-Wl,--wrap=ioctl) so that the device sees every line coding the port is
  * set to, and, like the kernel's cdc-acm, only changes reach it.
@@ -67,7 +68,8 @@ static struct bench *current;
 int __real_ioctl(int fd, unsigned long req, ...);
 int __wrap_ioctl(int fd, unsigned long req, ...);
 
-/* cdc-acm sends SET_LINE_CODING only when the speed changes; §3: 28800 enters
+/* cdc-acm sends SET_LINE_CODING only when the speed changes;
+ * docs/device/console.md#magic-baud-rates: 28800 enters
  * listening mode (<= 5.9.x). */
 static void line_coding(struct bench *b, unsigned speed)
 {

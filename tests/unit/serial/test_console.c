@@ -1,6 +1,6 @@
 /*
  * The listening-mode console client against a scripted device console
- * (particle-device-facts.md §2.3-§2.5, §11.3) over a socketpair: `v`, `i`
+ * (docs/device/console.md, docs/device/console.md#modemmanager) over a socketpair: `v`, `i`
  * (ended by the `v` after it), `s` (ends with "}\r\n"), the claim-code prompt
  * a stray 'C' opens, application output mixed into the replies, silence.
  */
@@ -36,7 +36,8 @@
 	"\"ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789\",\"f\":\"u\",\"n\":"  \
 	"\"1\",\"v\":6,\"d\":[{\"f\":\"s\",\"n\":\"2\",\"v\":2202}]}]}"
 
-/* Boron 2.3.1 (cellular: extra top-level keys before "m", §2.5). */
+/* Boron 2.3.1 (cellular: extra top-level keys before "m",
+ * docs/device/console.md#module-info-reply). */
 #define BORON_S                                                                                    \
 	"{\"p\":13,\"imei\":\"352753090000000\",\"iccid\":\"89014100000000000000\",\"cellfw\":"    \
 	"\"L0.0.00.00.05.12\",\"m\":[{\"s\":49152,\"l\":\"m\",\"vc\":30,\"vv\":30,\"f\":\"b\","    \
@@ -124,7 +125,8 @@ static void peer_reply(struct peer *p, char c)
 static void peer_byte(struct peer *p, char c)
 {
 	if (p->in_claim) {
-		/* §11.3: line input until CR/LF, then the verdict; the rest is dropped */
+		/* docs/device/console.md#modemmanager: line input until CR/LF, then the verdict;
+		 * the rest is dropped */
 		if (c == '\r' || c == '\n') {
 			p->in_claim = false;
 			peer_str(p, "\r\nSorry, claim code is not 63 characters long. Claim code "
@@ -137,7 +139,8 @@ static void peer_byte(struct peer *p, char c)
 	if (p->silent)
 		return;
 	if (p->closed_prompts && (c == 'v' || c == 'i' || c == 's')) {
-		/* "AT+GCAP\r" arrived with our key: prompt, echo, answer (§11.3) */
+		/* "AT+GCAP\r" arrived with our key: prompt, echo, answer
+		 * (docs/device/console.md#modemmanager) */
 		p->closed_prompts--;
 		peer_str(p, "Enter 63-digit claim code: AP\r\nSorry, claim code is not 63 "
 			    "characters long. Claim code unchanged.\r\n");

@@ -1,5 +1,5 @@
 /*
- * Taking a serial port exclusively (particle-device-facts.md §11.3): a
+ * Taking a serial port exclusively (docs/device/console.md#modemmanager): a
  * non-blocking flock plus the HDB lock file, and the device-busy error that
  * names the holder (lock file pid or /proc/locks -> /proc/PID/comm) with the
  * hint for it.  Uses a pty for the port and a private lock directory; the

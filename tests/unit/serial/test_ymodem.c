@@ -1,6 +1,6 @@
 /*
  * The YMODEM sender against a scripted model of the device's receiver
- * (particle-device-facts.md §4.2-§4.5) over a socketpair, driven by the same
+ * (docs/device/ymodem.md) over a socketpair, driven by the same
  * libevent loop: every device end maps to its own catalogue id.
  */
 #include "ymodem.h"
@@ -36,8 +36,9 @@ struct peer {
 	struct event_base *base;
 	/* script */
 	enum peer_verdict verdict;
-	const char *stray;     /* printed before the prompt */
-	bool claim_first;      /* first 'f' lands in the claim-code prompt (§11.3) */
+	const char *stray; /* printed before the prompt */
+	/* first 'f' lands in the claim-code prompt (docs/device/console.md#modemmanager) */
+	bool claim_first;
 	int drop_ack_block;    /* swallow the ACK of this block once */
 	int nak_from_block;    /* NAK every block from here */
 	int silent_from_block; /* stop answering */
@@ -102,7 +103,8 @@ static void peer_packet(struct peer *p)
 		return;
 	}
 	if (seq != (p->expected_seq & 0xff)) {
-		peer_str(p, "\x15"); /* duplicate or out of order: NAK (§4.2) */
+		/* duplicate or out of order: NAK (docs/device/ymodem.md#block-reception) */
+		peer_str(p, "\x15");
 		return;
 	}
 	size_t size = p->pkt[0] == 0x02 ? 1024 : 128;

@@ -1,6 +1,6 @@
 /*
  * Interop: flashd's YMODEM sender against lrzsz `rb --ymodem` (a spec-strict
- * receiver that checks every CRC-16) over pipes (test-bench.md §5: rb on a
+ * receiver that checks every CRC-16) over pipes (docs/testing/umockdev.md#lrzsz: rb on a
  * pty hangs; it aborts if the file exists, so each run gets an empty dir).
  * The received file must be byte-identical.
  */
