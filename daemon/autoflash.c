@@ -172,6 +172,11 @@ static struct job *submit(struct autoflash *af, struct device *dev, struct rule 
 	snprintf(jr.label, sizeof(jr.label), "%s", label[0] ? label : rule->label);
 	if (!probe) {
 		jr.opts.verify = true;
+		/* Whether the device is at the target already is the planner's call: it
+		 * skips what is installed identically (a job with nothing to write ends
+		 * done / already-installed).  A rule that always writes asks it to write
+		 * identical modules again, with every check still made (not --force). */
+		jr.opts.rewrite = !rule->skip_installed;
 		for (unsigned i = 0; i < rule->n_images; i++) {
 			jr.images[i] = rule->images[i].ref;
 			jr.images[i]->refs++; /* the job's own reference */
@@ -242,11 +247,9 @@ static void decide(struct autoflash *af, struct device *dev)
 			 rule->id);
 		return;
 	}
-	/* Probe first when the match needs the installed OS, or when skipping what is
-	 * installed needs to know what is (a board's modules are not known until a
-	 * job has read them; the planner will read them in the flash job itself). */
-	if (need_facts ||
-	    (n_best == 1 && rule->skip_installed && !s->probed && !dev->s.facts.modules_known)) {
+	/* Probe first when the match needs the installed OS (what is installed for
+	 * skip_installed is the flash job's planner's to find). */
+	if (need_facts) {
 		struct error err;
 		error_init(&err);
 		struct job *job = submit(af, dev, rule, true, &err);
@@ -309,8 +312,6 @@ static void decide(struct autoflash *af, struct device *dev)
 	snprintf(s->rule, sizeof(s->rule), "%s", rule->id);
 	log_info("auto: rule %s: job %s for %s", rule->id, job_id(job),
 		 describe(dev, what, sizeof(what)));
-	if (rule->skip_installed && rule_installed(rule, dev))
-		jobs_end_untouched(af->jobs, job, dev, "already-installed");
 }
 
 static void kick_cb(evutil_socket_t fd, short what, void *arg)

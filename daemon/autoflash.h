@@ -7,16 +7,18 @@
  *   - the matching, unpaused rules are collected; none -> "no rule matched"
  *     (logged); two or more of the highest priority -> rule-conflict (logged,
  *     shown, nothing flashed);
- *   - a rule that needs what the device has installed (os_older_than, or
- *     skip_installed while the modules are unknown) first gets a probe job
- *     (no images, nothing written), then the device is decided again;
+ *   - a rule that matches on what the device has installed (os_older_than)
+ *     first gets a probe job (no images, nothing written), then the device is
+ *     decided again;
  *   - once: a device in the rule's done-set is skipped;
- *   - skip_installed: a device that has every module of the images ends a
- *     job done / already-installed without a byte written (until the planner
- *     decides this for every job, this comparison of the device's module
- *     prefixes with the images' is the rule's);
  *   - else a job with the rule's images, one per device, all in parallel
- *     (max_jobs caps a rule's running jobs; the others wait).
+ *     (max_jobs caps a rule's running jobs; the others wait).  Already
+ *     installed is the planner's: with skip_installed (the default) it skips
+ *     identically installed modules, and a job with nothing to write ends done
+ *     / already-installed, no hook run; skip_installed = no sets the job's
+ *     rewrite option (identical modules written again, the checks still made).
+ * A device that leaves mid-job keeps its job (the replug rule of jobs.c): no
+ * decision is made for it while the job holds it, on whatever port it is back.
  * A device is decided again when it is unplugged and plugged back (a
  * re-enumeration within auto_settle_ms of its job's end is the job's own
  * reset, not a new plug), when the rules change (add, resume, reload) and at

@@ -54,6 +54,8 @@ static const char *const migrations[] = {
     "CREATE INDEX jobs_device_id ON jobs(device_id);",
     /* 3: an auto-flash rule's hook: JSON {argv, exit_status, signal, timed_out, output, ...} */
     "ALTER TABLE jobs ADD COLUMN hook TEXT;",
+    /* 4: how often the job resumed after its device left and came back (the replug rule) */
+    "ALTER TABLE jobs ADD COLUMN resumes INTEGER;",
 };
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == HISTORY_SCHEMA_VERSION,
 	       "HISTORY_SCHEMA_VERSION is the number of migration steps");
@@ -75,10 +77,10 @@ static const char sql_started[] =
 static const char sql_ended[] =
     "INSERT INTO jobs (job, created, started, ended, duration_s, device, device_id, platform,"
     " port, label, transport, uid, plan, images, before, after, result, outcome, error,"
-    " error_message, error_detail, trace, bytes_written, rule)"
+    " error_message, error_detail, trace, bytes_written, rule, resumes)"
     " VALUES (:job, :created, :started, :ended, :duration_s, :device, :device_id, :platform,"
     " :port, :label, :transport, :uid, :plan, :images, :before, :after, :result, :outcome,"
-    " :error, :error_message, :error_detail, :trace, :bytes_written, :rule)"
+    " :error, :error_message, :error_detail, :trace, :bytes_written, :rule, :resumes)"
     " ON CONFLICT(job) DO UPDATE SET ended = excluded.ended, duration_s = excluded.duration_s,"
     " started = COALESCE(jobs.started, excluded.started),"
     " device = COALESCE(excluded.device, jobs.device),"
@@ -91,7 +93,7 @@ static const char sql_ended[] =
     " result = excluded.result, outcome = excluded.outcome, error = excluded.error,"
     " error_message = excluded.error_message, error_detail = excluded.error_detail,"
     " trace = excluded.trace, bytes_written = excluded.bytes_written,"
-    " rule = COALESCE(excluded.rule, jobs.rule)";
+    " rule = COALESCE(excluded.rule, jobs.rule), resumes = excluded.resumes";
 
 static const char sql_hook[] = "UPDATE jobs SET hook = :hook WHERE job = :job";
 
@@ -102,7 +104,7 @@ static const char sql_hook[] = "UPDATE jobs SET hook = :hook WHERE job = :job";
 static const char sql_query[] =
     "SELECT job, device, device_id, platform, port, label, rule, result, outcome, error,"
     " error_message, error_detail, trace, created, started, ended, duration_s, bytes_written,"
-    " images, before, after, uid, transport, plan, hook FROM jobs" FILTER_SQL
+    " images, before, after, uid, transport, plan, hook, resumes FROM jobs" FILTER_SQL
     " ORDER BY created DESC, seq DESC LIMIT :limit";
 
 /* ---- the queue ----------------------------------------------------------- */
@@ -793,6 +795,7 @@ json_t *history_record_from_job(const struct job *job, bool ended)
 		json_object_set(out, "outcome", json_object_get(rec, "outcome"));
 		json_object_set_new(out, "bytes_written",
 				    json_integer((json_int_t)job_bytes_written(job)));
+		json_object_set_new(out, "resumes", json_integer((json_int_t)job_resumes(job)));
 		const json_t *err = json_object_get(rec, "error");
 		if (json_is_object(err)) {
 			json_t *detail = json_deep_copy(json_object_get(err, "detail"));
@@ -829,7 +832,7 @@ json_t *history_row_from_records(const json_t *started, json_t *ended)
 	    "rule",   "result",	 "outcome",   "error",	  "error_message", "error_detail",
 	    "trace",  "created", "started",   "ended",	  "duration_s",	   "bytes_written",
 	    "images", "before",	 "after",     "uid",	  "transport",	   "plan",
-	    "hook",   NULL};
+	    "hook",   "resumes", NULL};
 	for (size_t i = 0; started && started_wins[i]; i++) {
 		json_t *v = json_object_get(started, started_wins[i]);
 		if (v && !json_is_null(v))

@@ -35,7 +35,7 @@ struct history_query;
 struct job;
 
 #define HISTORY_FILE_NAME      "history.sqlite3"
-#define HISTORY_SCHEMA_VERSION 3
+#define HISTORY_SCHEMA_VERSION 4
 /* Rows one query returns at most (a `history` request's limit). */
 #define HISTORY_LIMIT_MAX     10000
 #define HISTORY_LIMIT_DEFAULT 100

@@ -52,7 +52,7 @@ int job_plan_make(struct job *job, enum plan_transport transport, const struct d
 		return -1;
 	memset(&jp->pre, 0, sizeof(jp->pre));
 	/* 2. the plan */
-	struct plan_options po = {.force = o->force, .mode = mode};
+	struct plan_options po = {.force = o->force, .rewrite = o->rewrite, .mode = mode};
 	for (int t = 0; t < PLAN_TRANSPORT_COUNT; t++)
 		if (transport_find(plan_transport_name((enum plan_transport)t)))
 			po.transports |= 1u << t;

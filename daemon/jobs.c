@@ -428,7 +428,8 @@ static void preliminary_plan(struct job *job, const struct device *dev)
 		in[i].img = job->images[i]->img;
 		in[i].name = job->names[i];
 	}
-	struct plan_options o = {.force = job->opts.force, .mode = dev->s.mode};
+	struct plan_options o = {
+	    .force = job->opts.force, .rewrite = job->opts.rewrite, .mode = dev->s.mode};
 	for (size_t i = 0; job->jobs->transports[i]; i++)
 		for (int t = 0; t < PLAN_TRANSPORT_COUNT; t++)
 			if (strcmp(job->jobs->transports[i]->name,
@@ -1209,19 +1210,6 @@ const char *job_label(const struct job *job)
 	return job->label;
 }
 
-void jobs_end_untouched(struct jobs *jobs, struct job *job, struct device *dev, const char *outcome)
-{
-	if (job->ended || job->run || job->ops)
-		return;
-	job->device = dev;
-	snprintf(job->device_key, sizeof(job->device_key), "%s", dev->s.key);
-	job->started = now_s();
-	job->facts_before = dev->s.facts;
-	job->have_before = true;
-	history_job_started(jobs->history_db, job);
-	finish(job, JOB_RESULT_DONE, outcome, NULL);
-}
-
 /* ---- transport.h: what transports call --------------------------------- */
 
 struct event_base *job_event_base(const struct job *job)
@@ -1536,4 +1524,9 @@ const struct device_facts *job_facts_after(const struct job *job)
 uint64_t job_bytes_written(const struct job *job)
 {
 	return job->bytes_written;
+}
+
+unsigned job_resumes(const struct job *job)
+{
+	return job->resumes;
 }

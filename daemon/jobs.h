@@ -102,16 +102,6 @@ const struct error *job_error(const struct job *job);
 /* The auto-flash rule that made the job, and its port's label ("" = none). */
 const char *job_rule(const struct job *job);
 const char *job_label(const struct job *job);
-/*
- * Ends a job that was submitted but has not started, as done with the given
- * outcome, without touching the device (auto-flash: the device already has
- * what the rule would write).  The device's current facts are its before and
- * after.  Until the planner decides this itself, autoflash.c calls it right
- * after jobs_submit() (the scheduler runs later, from the loop).
- */
-void jobs_end_untouched(struct jobs *jobs, struct job *job, struct device *dev,
-			const char *outcome);
-
 /* ---- the flash history (daemon/history.c) -------------------------------- */
 
 /* Jobs record their start and end in h (NULL: no history). */
@@ -125,3 +115,5 @@ const struct device_facts *job_facts_before(const struct job *job);
 const struct device_facts *job_facts_after(const struct job *job);
 /* Bytes the transport reported written (sum over the writing phases). */
 uint64_t job_bytes_written(const struct job *job);
+/* Times the job resumed after its device left and came back (the replug rule). */
+unsigned job_resumes(const struct job *job);

@@ -731,7 +731,7 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 	for (size_t i = 0; i < n_files; i++) {
 		todo[i] = true;
 		const struct image *img = files[i].img;
-		bool same = !opts->force && img->n_modules > 0;
+		bool same = !opts->force && !opts->rewrite && img->n_modules > 0;
 		char why[160] = "";
 		for (unsigned k = 0; same && k < img->n_modules; k++)
 			same = installed_identically(facts, &img->modules[k], why, sizeof(why));

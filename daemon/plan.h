@@ -123,8 +123,9 @@ struct plan {
 };
 
 struct plan_options {
-	bool force; /* override dependency refusals (said in overrides) and rewrite identical
-		       modules */
+	bool force;   /* override dependency refusals (said in overrides) and rewrite identical
+			 modules */
+	bool rewrite; /* rewrite identical modules only (no refusal overridden) */
 	enum device_mode mode; /* the device's mode now */
 	/* transports built in (bit per enum plan_transport); 0 = all */
 	uint32_t transports;

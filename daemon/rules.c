@@ -1194,36 +1194,6 @@ enum rule_match rule_matches(const struct rule *rule, const struct device *dev)
 	return need_facts ? RULE_NEED_FACTS : RULE_YES;
 }
 
-bool rule_installed(const struct rule *rule, const struct device *dev)
-{
-	const struct device_facts *f = &dev->s.facts;
-	if (!f->n_modules)
-		return false;
-	for (unsigned i = 0; i < rule->n_images; i++) {
-		const struct image *img = rule->images[i].ref->img;
-		for (unsigned m = 0; m < img->n_modules; m++) {
-			const struct image_module *mod = &img->modules[m];
-			bool have = false;
-			for (unsigned k = 0; k < f->n_modules && !have; k++) {
-				const struct installed_module *in = &f->modules[k];
-				have = in->function == mod->function && in->index == mod->index &&
-				       in->version == mod->version && installed_module_valid(in);
-				/* A user part is the same only if its bytes are (when known). */
-				if (have && mod->function == MODULE_FUNCTION_USER &&
-				    in->sha256[0] && mod->has_suffix) {
-					char hex[65];
-					for (int b = 0; b < 32; b++)
-						snprintf(hex + 2 * b, 3, "%02x", mod->sha256[b]);
-					have = strcasecmp(hex, in->sha256) == 0;
-				}
-			}
-			if (!have)
-				return false;
-		}
-	}
-	return true;
-}
-
 static json_t *argv_json(char *const *argv)
 {
 	if (!argv[0])

@@ -131,8 +131,6 @@ void rules_remove(struct rules *r, struct rule *rule);
 void rules_set_paused(struct rules *r, struct rule *rule, bool paused);
 
 enum rule_match rule_matches(const struct rule *rule, const struct device *dev);
-/* Whether the device's known modules already include every module of the images. */
-bool rule_installed(const struct rule *rule, const struct device *dev);
 bool rule_done_has(const struct rule *rule, const char *device_id);
 /* Adds the device to the rule's done-set and saves it. */
 void rules_done_add(struct rules *r, struct rule *rule, const char *device_id);

@@ -150,6 +150,8 @@ struct job_options {
 	bool dry_run; /* preflight only: nothing is written */
 	bool detach;  /* job outlives its client (the default); false = cancel on disconnect */
 	int wait_ms;  /* how long to wait for the device to appear; 0 = no wait, -1 = forever */
+	bool rewrite; /* write modules installed identically again (every check still made);
+			 auto-flash sets it for a rule with skip_installed = no */
 };
 
 struct event_base *job_event_base(const struct job *job);

@@ -33,7 +33,7 @@ from flashd_harness import (SERIAL_TIMEOUTS, Client, SimControl, Tap, fixture,  
                             run_in_sim)
 
 ELECTRON_ID = "3c00289539672cca633fdd3a"
-PHOTON_IDS = ["3a001d000a4735313838%04x" % (0x1000 + i) for i in range(9)]
+PHOTON_IDS = ["3a001d000a4735313838%04x" % (0x1000 + i) for i in range(10)]
 FIXTURES = ["photon/photon_tinker.bin", "electron/electron_tinker.bin",
             "photon/photon-system-part1@2.2.0.bin", "photon/photon-system-part2@2.2.0.bin"]
 NEEDS_BOOT_ID = "3a001d000a473531383820ff"
@@ -439,6 +439,44 @@ def inside(flashd, fc, work):
                   len([x for x in ph if x.get("bytes_written")]) == 8, len(ph))
         tap.check("the hook ran 9 times in all",
                   wait_for(lambda: len(lines_of(hook_log)) == 9, 20), lines_of(hook_log))
+
+        # Unplugged mid-write and plugged back into another port: the replug rule
+        # resumes the one job (auto-flash starts no second one).
+        watch = Client(d.sock, 30)
+        watch.call({"request": "subscribe", "jobs": True})
+        ctl(cmd="plug", spec="platform=photon,os=1.5.2,mode=listening,name=p9,id=%s,"
+            "faults=unplug@50%%" % PHOTON_IDS[9])
+        notes, ends, replugged = [], [], None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not ends:
+            try:
+                ev = watch.read(1.0)
+            except TimeoutError:
+                continue
+            if ev is None:
+                break
+            if ev.get("device") not in (None, PHOTON_IDS[9]):
+                continue
+            if ev.get("event") == "job-progress" and ev.get("note"):
+                notes.append((ev["job"], ev["note"]))
+                if ev["note"] == "device-left" and not replugged:
+                    replugged = ctl(cmd="replug", name="p9", port="1-19")
+            if ev.get("event") == "job-ended" and ev.get("record", {}).get("images"):
+                ends.append(ev)
+        watch.close()
+        time.sleep(4)  # longer than auto_settle_ms: a second job would have started
+        rows = [x for x in history(fc, d.sock) if x.get("device") == PHOTON_IDS[9]]
+        tap.check("unplugged mid-write, replugged into another port: device-left, device-back",
+                  [n for _, n in notes][:2] == ["device-left", "device-back"] and replugged,
+                  (notes, replugged))
+        tap.check("... one job, resumed, verified",
+                  len(ends) == 1 and ends[0].get("result") == "done" and
+                  ends[0].get("outcome") == "verified" and
+                  {j for j, _ in notes} == {ends[0].get("job")}, ends)
+        tap.check("... the history has one row for it, with the interruption (resumes: 1) "
+                  "and the new port", len(rows) == 1 and rows[0].get("resumes") == 1 and
+                  rows[0].get("outcome") == "verified" and rows[0].get("port") == "1-19",
+                  rows)
     finally:
         status = d.stop()
         shutil.rmtree(d.sockdir, ignore_errors=True)

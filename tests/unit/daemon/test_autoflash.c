@@ -3,7 +3,8 @@
  * finishes jobs when the test says so: one job per matching device, a rule's
  * max_jobs (the others wait), "no rule matched", equal priorities (nothing
  * flashed), the higher priority winning, once (a replugged device skipped),
- * a device already at the target (done / already-installed, nothing started),
+ * a device already at the target (the flash job, whose planner ends it done /
+ * already-installed: no probe, no second opinion), skip_installed = no (rewrite),
  * and the station's counters.
  */
 #include "autoflash.h"
@@ -334,21 +335,16 @@ static void test_already_installed(void **state)
 	struct fx *fx = fx_new("[rule]\nid = up\nplatform = photon\nimage = @\n");
 	plug(fx, P1, "1-1", PHOTON_DFU);
 	spin(fx);
-	/* Modules unknown: a probe first (no images), then the flash job. */
+	/* No probe, no comparison of its own: the flash job straight away, and the
+	 * planner in it finds what is installed (no rewrite: skip_installed). */
 	assert_int_equal(fake.n, 1);
-	assert_int_equal(job_image_count(fake.runs[0]->job), 0);
-	struct job *probe = fake.runs[0]->job;
-	struct device_facts f;
-	memset(&f, 0, sizeof(f));
-	f.modules_known = true;
-	f.n_modules = 1;
-	f.modules[0].function = 5;
-	f.modules[0].index = 1;
-	f.modules[0].version = 7; /* what the rule would write */
-	job_update_facts(probe, &f);
-	job_finish(probe, JOB_RESULT_DONE, "probed", NULL);
+	assert_int_equal(job_image_count(fake.runs[0]->job), 1);
+	assert_false(job_options(fake.runs[0]->job)->rewrite);
+	assert_false(job_options(fake.runs[0]->job)->force);
+	/* The planner found nothing to write. */
+	job_finish(fake.runs[0]->job, JOB_RESULT_DONE, "already-installed", NULL);
 	spin(fx);
-	assert_int_equal(fake.n, 0); /* nothing started */
+	assert_int_equal(fake.n, 0);
 	assert_int_equal(fake.starts, 1);
 	json_t *st = autoflash_station_json(fx->af);
 	json_t *last = json_object_get(port_of(st, P1), "last");
@@ -360,12 +356,29 @@ static void test_already_installed(void **state)
 	fx_free(fx);
 }
 
+/* skip_installed = no: the job asks the planner to write identical modules
+ * again (rewrite), never to override its checks (force). */
+static void test_always_write(void **state)
+{
+	(void)state;
+	struct fx *fx =
+	    fx_new("[rule]\nid = always\nplatform = photon\nimage = @\nskip_installed = no\n");
+	plug(fx, P1, "1-1", PHOTON_DFU);
+	spin(fx);
+	assert_int_equal(fake.n, 1);
+	assert_true(job_options(fake.runs[0]->job)->rewrite);
+	assert_false(job_options(fake.runs[0]->job)->force);
+	finish_all(fx);
+	fx_free(fx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_max_jobs_no_rule_once),
 	    cmocka_unit_test(test_priorities),
 	    cmocka_unit_test(test_already_installed),
+	    cmocka_unit_test(test_always_write),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

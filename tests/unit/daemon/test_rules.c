@@ -205,17 +205,6 @@ static void test_installed_and_os(void **state)
 	assert_int_equal(rule_matches(rule, &d), RULE_YES);
 	snprintf(d.s.facts.os_version, sizeof(d.s.facts.os_version), "2.3.0");
 	assert_int_equal(rule_matches(rule, &d), RULE_NO);
-
-	assert_false(rule_installed(rule, &d));
-	d.s.facts.n_modules = 1;
-	d.s.facts.modules[0].function = 5;
-	d.s.facts.modules[0].index = 1;
-	d.s.facts.modules[0].version = 6;
-	assert_false(rule_installed(rule, &d)); /* another version */
-	d.s.facts.modules[0].version = 7;
-	assert_true(rule_installed(rule, &d));
-	d.s.facts.modules[0].checked = 0x02; /* integrity checked and failed */
-	assert_false(rule_installed(rule, &d));
 	rules_free(r);
 	image_cache_free(ic);
 }
