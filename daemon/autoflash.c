@@ -639,6 +639,13 @@ void autoflash_on_job_event(struct autoflash *af, struct job *job, const json_t 
 	struct rule *rule = rules_find(af->rules, job_rule(job));
 	if (rule && rule->running)
 		rule->running--;
+	/* Its unplug went to the job (waited for, replug_timeout_s), not to us: a
+	 * device still away when its job ends (device-gone) is a new plug-in when it
+	 * comes back, decided again. */
+	if (!job_device(job)->present) {
+		s->decided = false;
+		s->removed_early = false;
+	}
 	enum job_state st = job_state(job);
 	const json_t *outcome = json_object_get(event, "outcome");
 	const struct error *e = job_error(job);

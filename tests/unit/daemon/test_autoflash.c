@@ -372,13 +372,45 @@ static void test_always_write(void **state)
 	fx_free(fx);
 }
 
+/* A device unplugged mid-job is the job's (the replug rule): no second job
+ * while the job holds it; if the job ends without it (device-gone), its
+ * return is a new plug-in. */
+static void test_unplugged_mid_job(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new("[rule]\nid = up\nplatform = photon\nimage = @\n");
+	jobs_set_replug_timeout(fx->jobs, 0); /* the fake transport ends the job itself */
+	plug(fx, P1, "1-1", PHOTON_DFU);
+	spin(fx);
+	assert_int_equal(fake.starts, 1);
+	struct job *job = fake.runs[0]->job;
+	unplug(fx, "1-1");
+	spin(fx);
+	plug(fx, P1, "1-7", PHOTON_DFU); /* back on another port while the job runs */
+	spin(fx);
+	assert_int_equal(fake.starts, 1); /* no second job */
+	unplug(fx, "1-7");
+	spin(fx);
+	struct error err;
+	error_init(&err);
+	error_set(&err, ERR_DEVICE_GONE, "gone");
+	job_finish(job, JOB_RESULT_FAILED, NULL, &err);
+	error_clear(&err);
+	spin(fx);
+	assert_int_equal(fake.n, 0);
+	plug(fx, P1, "1-2", PHOTON_DFU);
+	spin(fx);
+	assert_int_equal(fake.starts, 2); /* a new plug-in: decided again */
+	finish_all(fx);
+	fx_free(fx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_max_jobs_no_rule_once),
-	    cmocka_unit_test(test_priorities),
-	    cmocka_unit_test(test_already_installed),
-	    cmocka_unit_test(test_always_write),
+	    cmocka_unit_test(test_max_jobs_no_rule_once), cmocka_unit_test(test_priorities),
+	    cmocka_unit_test(test_already_installed),	  cmocka_unit_test(test_always_write),
+	    cmocka_unit_test(test_unplugged_mid_job),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
