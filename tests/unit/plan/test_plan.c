@@ -167,6 +167,12 @@ static void test_argon_system_part_without_its_bootloader_is_refused(void **stat
 	assert_non_null(strstr(e.hint, "bootloader"));
 	assert_int_equal(plan->n_steps, 0);
 	error_clear(&e);
+	/* rewrite (write identical modules again) overrides no refusal */
+	struct plan_input in = {.img = img, .name = name};
+	struct plan_options ro = {.rewrite = true, .mode = DEVICE_MODE_DFU};
+	assert_int_equal(plan_build(&f, &in, 1, &ro, plan, &e), -1);
+	assert_int_equal(e.code, ERR_DEPENDENCY_UNMET);
+	error_clear(&e);
 	/* --force writes it and says what it overrode */
 	assert_int_equal(build(&f, &img, &name, 1, true, DEVICE_MODE_DFU, plan, &e), 0);
 	assert_int_equal(plan->n_writes, 1);
@@ -395,6 +401,12 @@ static void test_identical_application_is_skipped(void **state)
 	/* --force writes it anyway */
 	assert_int_equal(build(&f, &img, &name, 1, true, DEVICE_MODE_LISTENING, plan, &e), 0);
 	assert_int_equal(plan->n_writes, 1);
+	/* so does rewrite (auto-flash, skip_installed = no), overriding nothing */
+	struct plan_input in = {.img = img, .name = name};
+	struct plan_options ro = {.rewrite = true, .mode = DEVICE_MODE_LISTENING};
+	assert_int_equal(plan_build(&f, &in, 1, &ro, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	assert_int_equal(plan->n_overrides, 0);
 	/* another application of the same version is not skipped */
 	u->sha256[0] = u->sha256[0] == '0' ? '1' : '0';
 	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_LISTENING, plan, &e), 0);
