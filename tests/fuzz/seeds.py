@@ -10,6 +10,9 @@ OUT/<harness>/ (nothing is written into the source tree or the fixtures):
   fuzz_memmap   every DfuSe memory-map string in the sources, with ranges at
                 the map's start, its end and across the top of the address space
   fuzz_dfuse    well-behaved sessions (open, upload, erase, download, leave)
+  fuzz_ctrl     well-behaved control-request exchanges for every typed request
+                (protobuf replies as Device OS encodes them), a firmware update,
+                and the same with BUSY, PENDING and error results on the way
   and tests/fuzz/regressions/<harness>/*: inputs that once failed
 
 usage: seeds.py SOURCE_ROOT FIXTURES OUT
@@ -147,6 +150,69 @@ def dfuse():
             bytes(h) + bytes(40) + bytes([0x01, 6, 3, 0, 0, 0, 10, 0]) + bytes(200))
 
 
+def pb_varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7f
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def pb_field(num, wire, value):
+    """One protobuf field: varint (0), length-delimited bytes (2) or fixed32 (5)."""
+    if wire == 0:
+        return pb_varint(num << 3) + pb_varint(value)
+    if wire == 5:
+        return pb_varint(num << 3 | 5) + struct.pack("<I", value)
+    return pb_varint(num << 3 | 2) + pb_varint(len(value)) + value
+
+
+def ctrl():
+    """fuzz_ctrl records: selector 0 = a service reply (size, result: two le16 each)
+    for INIT/CHECK, the payload's bytes for RECV, an OUT transfer's acknowledgement."""
+    def svc(size=0, result=0, status=None):
+        sel = 0 if status is None else 7 | status << 3
+        return bytes([sel]) + struct.pack("<Hh", size, result)
+
+    def exchange(reply=b"", payload=False, result=0):
+        r = svc() + (b"\0" if payload else b"") + svc(len(reply), result)
+        return r + (b"\0" + reply if reply else b"")
+
+    new_module = (pb_field(1, 0, 4) + pb_field(2, 0, 1) + pb_field(3, 0, 6200) + pb_field(5, 0, 0xf0000)
+                  + pb_field(6, 5, 0x1e) + pb_field(7, 5, 0x1e) + pb_field(8, 2, bytes(range(32)))
+                  + pb_field(9, 2, pb_field(1, 0, 4) + pb_field(2, 0, 1) + pb_field(3, 0, 6200))
+                  + pb_field(11, 0, 0x9000))
+    old_module = (pb_field(1, 0, 2) + pb_field(2, 0, 1) + pb_field(3, 0, 1101) + pb_field(4, 0, 0xc000)
+                  + pb_field(5, 0, 4) + pb_field(6, 2, pb_field(1, 0, 2) + pb_field(3, 0, 1100)))
+    replies = {
+        0: pb_field(1, 2, b"e00fce68ffffffffffff0001"),   # device id
+        1: pb_field(1, 2, b"P046AF1234567890"),           # serial number
+        2: pb_field(1, 2, b"6.2.0"),                      # system version
+        3: pb_field(1, 0, 1),                             # device mode: listening
+        4: pb_field(2, 2, new_module) * 3,                # module info, 5.6.0 and later
+        5: b"", 6: b"", 7: b"", 8: b"", 9: b"",
+    }
+    for op, reply in replies.items():
+        put("fuzz_ctrl", "op-%d" % op, bytes([op, 0, 0, 0]) + exchange(reply))
+        put("fuzz_ctrl", "op-%d-busy-pending" % op, bytes([op, 0, 0, 0]) + svc(status=3)
+            + svc(status=3) + svc() + svc(status=2) + svc(len(reply)) + (b"\0" + reply if reply else b""))
+        put("fuzz_ctrl", "op-%d-not-supported" % op, bytes([op, 0, 0, 0]) + exchange(result=-120))
+    put("fuzz_ctrl", "op-4-deprecated", bytes([4, 0, 0, 0]) + exchange(pb_field(1, 2, old_module) * 4))
+    # the legacy 'P' version request after NOT_SUPPORTED (Device OS before control requests)
+    put("fuzz_ctrl", "op-2-legacy", bytes([2, 0, 0, 0x80]) + exchange(result=-120) + b"\x01\x06" + b"5.9.0\0")
+    # firmware updates of 3000 and 10000 bytes in 1000-byte chunks
+    for size in (3000, 10000):
+        s = struct.pack("<H", size)
+        fw = bytes([10]) + s + b"\0" + exchange(pb_field(1, 0, 1000), payload=True)
+        for _ in range(size // 1000):
+            fw += exchange(payload=True)
+        put("fuzz_ctrl", "fw-%d" % size, fw + exchange(payload=True))
+        put("fuzz_ctrl", "fw-%d-integrity" % size, fw + exchange(payload=True, result=-1100))
+    put("fuzz_ctrl", "raw-request", bytes([11, 30, 0, 0]) + exchange(b"x" * 5000, payload=True))
+
+
 def regressions():
     for path in glob.glob(os.path.join(SRC, "tests/fuzz/regressions/*/*")):
         harness = os.path.basename(os.path.dirname(path))
@@ -159,6 +225,7 @@ wire()
 console()
 memmap()
 dfuse()
+ctrl()
 regressions()
 for h in sorted(os.listdir(OUT)):
     print("%s: %d seeds" % (h, len(os.listdir(os.path.join(OUT, h)))))

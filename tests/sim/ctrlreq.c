@@ -2,6 +2,7 @@
 
 #include "device.h"
 #include "osver.h"
+#include "timing.h"
 #include "validate.h"
 
 #include "config.pb.h"
@@ -53,6 +54,10 @@ enum {
 #define SYSTEM_ERROR_BAD_DATA	      (-280)
 #define SERVICE_REPLY_MAX	      16
 #define FW_CHUNK_SIZE		      4096 /* what the device announces at START */
+/* Time the simulated device spends writing one chunk into its OTA region (an
+ * assumed figure, not a measurement), under --time-scale: CHECK answers PENDING
+ * meanwhile, so a job at a non-zero time scale can be interrupted mid-update. */
+#define FW_CHUNK_WRITE_US 100000
 
 static void slot_clear(struct ctrlreq_slot *s)
 {
@@ -297,6 +302,9 @@ static int32_t firmware_update(struct sim_device *d, struct ctrlreq_slot *s)
 			rc = SYSTEM_ERROR_TOO_LARGE;
 		else
 			c->fw_offset += q->data.size;
+		unsigned ms = timing_scale_ms(d->sim->time_scale, FW_CHUNK_WRITE_US);
+		if (ms)
+			c->busy_until_ms = sim_now_ms() + ms;
 		g_free(q);
 		c->fw_chunks++;
 		struct sim_fault *f = fault(d, "ctrl-unplug");
@@ -440,7 +448,7 @@ static int svc_check(struct sim_device *d, uint16_t id, uint16_t wlength, uint8_
 	struct ctrlreq_slot *s = find(&d->ctrl, id);
 	if (!s)
 		return reply(in, wlength, 0, ST_NOT_FOUND, 0, 0, 0);
-	if (!s->done)
+	if (!s->done || sim_now_ms() < d->ctrl.busy_until_ms)
 		return reply(in, wlength, 0, ST_PENDING, 0, 0, 0);
 	int n = reply(in, wlength, F_SIZE | F_RESULT, ST_OK, 0, s->reply_len, s->result);
 	if (n > 0 && !s->reply_len) {

@@ -47,6 +47,7 @@ struct ctrlreq {
 	unsigned fw_chunks;  /* FIRMWARE_UPDATE_DATA requests of this update */
 	uint32_t fw_offset;  /* bytes written into the OTA region */
 	bool fw_active;
+	uint64_t busy_until_ms; /* sim_now_ms() until which CHECK answers PENDING (flash write) */
 };
 
 struct sim_device;
