@@ -52,6 +52,13 @@ static void fields(struct wire_request *req, unsigned n_fds)
 				abort();
 			bool used[WIRE_IMAGES_MAX] = {false};
 			for (unsigned i = 0; i < f.n_images; i++) {
+				if (f.images[i].upload[0]) {
+					/* an in-band upload names its bytes by id, not by fd */
+					if (!memchr(f.images[i].upload, '\0',
+						    sizeof(f.images[i].upload)))
+						abort();
+					continue;
+				}
 				unsigned k = f.images[i].fd_index;
 				if (k >= n_fds || k >= WIRE_IMAGES_MAX || used[k])
 					abort();
