@@ -1,8 +1,10 @@
 #include "job_plan.h"
 
+#include "jobs.h"
 #include "preflight.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void report(struct job *job, const struct job_plan *jp, const struct plan_input *in)
@@ -19,113 +21,82 @@ static void report(struct job *job, const struct job_plan *jp, const struct plan
 		job_note(job, "forced", "--force overrode: %s", p->overrides[i]);
 }
 
-int job_plan_make(struct job *job, enum plan_transport transport, const struct device_facts *facts,
-		  enum device_mode mode, const char *label, const struct preflight_rules *rules,
-		  struct job_plan *jp, struct error *err)
+int job_plan_make(struct job *job, const struct device_facts *facts, enum device_mode mode,
+		  const char *label, struct job_plan *jp, struct error *err)
 {
 	memset(jp, 0, sizeof(*jp));
-	size_t n = job_image_count(job);
-	if (n > PLAN_MAX_FILES || n > PREFLIGHT_MAX_IMAGES)
+	size_t all = job_image_count(job);
+	if (all > PLAN_MAX_FILES)
 		return error_set(err, ERR_BAD_REQUEST, "a job holds at most %d files",
 				 PLAN_MAX_FILES);
-	/* files an earlier transport of this job wrote already are installed now: the
-	 * plan is made over the rest (idx maps back to the job's files) */
+	/* files written earlier in this job (before the device left and came back) are
+	 * installed now: the plan is made over the rest (idx maps back to the job's files) */
 	struct plan_input in[PLAN_MAX_FILES];
-	struct preflight_input pin[PREFLIGHT_MAX_IMAGES];
-	size_t idx[PLAN_MAX_FILES], all = n;
-	n = 0;
+	struct preflight_input pin[PLAN_MAX_FILES];
+	size_t n = 0;
 	for (size_t i = 0; i < all; i++) {
 		if (job_image_written(job, i))
 			continue;
 		in[n].img = pin[n].img = job_image(job, i);
 		in[n].name = pin[n].name = job_image_name(job, i);
-		idx[n++] = i;
+		jp->idx[n++] = i;
 	}
 	const struct job_options *o = job_options(job);
+	struct preflight_plan *pre = malloc(sizeof(*pre));
+	if (!pre)
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	/* 1. every file on its own: CRC, platform, slot, size (any transport) */
-	struct preflight_rules any = *rules;
+	struct preflight_rules any;
+	preflight_rules_serial(facts, &any);
 	any.functions = ~0u;
 	any.compressed = any.combined = true;
 	any.max_file_size = 0;
 	any.planned = true;
-	if (preflight_check(facts, label, pin, n, &any, o->force, &jp->pre, err) < 0)
-		return -1;
-	memset(&jp->pre, 0, sizeof(jp->pre));
+	int rc = preflight_check(facts, label, pin, n, &any, o->force, pre, err);
 	/* 2. the plan */
 	struct plan_options po = {.force = o->force, .rewrite = o->rewrite, .mode = mode};
 	for (int t = 0; t < PLAN_TRANSPORT_COUNT; t++)
-		if (transport_find(plan_transport_name((enum plan_transport)t)))
+		if (job_transport(job, plan_transport_name((enum plan_transport)t)))
 			po.transports |= 1u << t;
-	if (plan_build(facts, in, n, &po, &jp->plan, err) < 0)
-		return -1;
-	report(job, jp, in);
-	if (jp->plan.n_writes == 0)
-		return 0;
-	if (jp->plan.first_transport != transport) {
-		jp->handoff = plan_transport_name(jp->plan.first_transport);
-		return 0;
-	}
-	/* 3. this transport's rules over its writes, in the plan's order */
-	struct preflight_input w[PREFLIGHT_MAX_IMAGES];
-	size_t files[PREFLIGHT_MAX_IMAGES], nw = 0;
-	for (size_t i = 0; i < jp->plan.n_steps; i++) {
-		const struct plan_step *s = &jp->plan.steps[i];
-		if (s->kind != PLAN_STEP_WRITE)
+	if (rc == 0)
+		rc = plan_build(facts, in, n, &po, &jp->plan, err);
+	if (rc == 0)
+		report(job, jp, in);
+	/* 3. each transport's rules over its writes, in the plan's order */
+	for (const struct transport_ops *const *t = job_transports(job); rc == 0 && *t; t++) {
+		if (!(*t)->rules)
 			continue;
-		if (s->transport != transport) {
-			/* the rest goes over another transport: after these writes, the
-			 * job is handed over and planned again there */
-			jp->then = plan_transport_name(s->transport);
-			break;
+		struct preflight_input w[PLAN_MAX_FILES];
+		size_t nw = 0;
+		for (size_t i = 0; i < jp->plan.n_steps; i++) {
+			const struct plan_step *s = &jp->plan.steps[i];
+			if (s->kind == PLAN_STEP_WRITE &&
+			    strcmp(plan_transport_name(s->transport), (*t)->name) == 0)
+				w[nw++] = pin[s->file];
 		}
-		w[nw] = pin[s->file];
-		files[nw++] = s->file;
+		if (nw == 0)
+			continue;
+		struct preflight_rules mine;
+		(*t)->rules(facts, &mine);
+		mine.planned = true;
+		rc = preflight_check(facts, label, w, nw, &mine, o->force, pre, err);
 	}
-	struct preflight_rules mine = *rules;
-	mine.planned = true;
-	if (preflight_check(facts, label, w, nw, &mine, o->force, &jp->pre, err) < 0)
-		return -1;
-	for (size_t i = 0; i < jp->pre.n_steps; i++)
-		jp->pre.steps[i].job_index = idx[files[jp->pre.steps[i].job_index]];
-	return 0;
+	free(pre);
+	return rc;
 }
 
-static void step_report(struct job *job, const struct job_plan *jp, size_t i)
+size_t job_plan_file(const struct job_plan *jp, const struct plan_step *s)
 {
+	return s->file < PLAN_MAX_FILES ? jp->idx[s->file] : 0;
+}
+
+void job_plan_report_step(struct job *job, const struct job_plan *jp, size_t i)
+{
+	if (i >= jp->plan.n_steps)
+		return;
 	char text[160];
 	plan_step_describe(&jp->plan.steps[i], text, sizeof(text));
 	job_set_step(job, (unsigned)i + 1, (unsigned)jp->plan.n_steps, text);
-}
-
-void job_plan_write_step(struct job *job, const struct job_plan *jp, size_t write_i)
-{
-	job_plan_step_kind(job, jp, PLAN_STEP_WRITE, write_i);
-}
-
-void job_plan_step_kind(struct job *job, const struct job_plan *jp, enum plan_step_kind kind,
-			size_t write_i)
-{
-	size_t writes = 0;
-	for (size_t i = 0; i < jp->plan.n_steps; i++) {
-		const struct plan_step *s = &jp->plan.steps[i];
-		if (kind == PLAN_STEP_VERIFY && s->kind == PLAN_STEP_VERIFY) {
-			step_report(job, jp, i);
-			return;
-		}
-		if (s->kind == PLAN_STEP_WRITE) {
-			if (kind == PLAN_STEP_WRITE && writes == write_i) {
-				step_report(job, jp, i);
-				return;
-			}
-			writes++;
-			continue;
-		}
-		if (kind == PLAN_STEP_REBOOT && s->kind == PLAN_STEP_REBOOT &&
-		    writes == write_i + 1) {
-			step_report(job, jp, i);
-			return;
-		}
-	}
 }
 
 static void add_check(json_t *a, const char *name)

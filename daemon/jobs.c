@@ -1,6 +1,7 @@
 #include "jobs.h"
 
 #include "history.h"
+#include "job_steps.h"
 #include "log.h"
 #include "plan.h"
 #include "platform.h"
@@ -19,8 +20,6 @@
 
 /* job-progress events for bytes are sent at most this often (state changes always). */
 #define JOBS_PROGRESS_INTERVAL_MS 100
-/* A job changes transport at most this often (a plan across serial and DFU needs 2-3). */
-#define JOBS_MAX_HANDOFFS 4
 /* A job whose device left mid-job resumes at most this often (a cable that
  * keeps dropping out ends the job device-gone rather than looping). */
 #define JOBS_MAX_RESUMES 3
@@ -62,8 +61,9 @@ struct job {
 
 	const struct transport_ops *ops;
 	struct transport_run *run;
-	const struct transport_ops *handoff_to; /* start this transport at the next kick */
+	struct job_steps *driver; /* the step driver (job_steps.h) */
 	bool in_start;
+	bool step_ended_in_start; /* the run ended its step from inside start() */
 	bool cancel_requested;
 	uid_t cancel_by;
 
@@ -71,10 +71,9 @@ struct job {
 	struct event *cancel_timer;
 	bool waiting_armed;
 
-	json_t *plan;	      /* the plan (plan.h), once known */
-	json_t *partial;      /* where an unfinished write stopped (job_set_partial()) */
-	unsigned step, steps; /* the plan step being run (1-based), 0 = none */
-	unsigned handoffs;
+	json_t *plan;		       /* the plan (plan.h), once known */
+	json_t *partial;	       /* where an unfinished write stopped (job_set_partial()) */
+	unsigned step, steps;	       /* the plan step being run (1-based), 0 = none */
 	bool written[WIRE_IMAGES_MAX]; /* files written and verified (job_mark_written()) */
 	char step_text[128];
 
@@ -356,7 +355,7 @@ static void finish(struct job *job, enum job_result result, const char *word, st
 	job->replug_waiting = false;
 	bury(jobs, job->ops, job->run);
 	job->run = NULL;
-	job->handoff_to = NULL;
+	job_steps_stop(job);
 	if (job->device && job->device->job == job)
 		set_device_job(jobs, job->device, NULL);
 	log_info("job %s: %s%s%s%s", job->id, job_result_name(result), job->outcome[0] ? " (" : "",
@@ -378,29 +377,36 @@ static void fail(struct job *job, enum job_result result, struct error *err)
 	finish(job, result, NULL, err);
 }
 
-static void start_transport(struct job *job, const struct transport_ops *ops)
+bool job_start_step(struct job *job, const struct transport_ops *ops, const struct job_step *step,
+		    struct error *err)
 {
-	struct error err;
-	error_init(&err);
 	job->ops = ops;
 	job->in_start = true;
-	struct transport_run *run = ops->start(job, &err);
+	job->step_ended_in_start = false;
+	struct transport_run *run = ops->start(job, step, err);
 	job->in_start = false;
 	if (job->ended) {
-		/* The transport ended the job from inside start(). */
+		/* The transport ended the job from inside start() (benches' instant fakes). */
 		bury(job->jobs, ops, run);
-		error_clear(&err);
-		return;
+		error_clear(err);
+		return true;
 	}
 	if (!run) {
-		if (!error_is_set(&err))
-			error_set(&err, ERR_INTERNAL, "the %s transport did not start", ops->name);
-		fail(job, JOB_RESULT_FAILED, &err);
-		return;
+		if (!error_is_set(err))
+			error_set(err, ERR_INTERNAL, "the %s transport did not start", ops->name);
+		return false;
+	}
+	if (job->step_ended_in_start) {
+		/* The transport ended its step from inside start(). */
+		log_warning("job %s: the %s transport ended its step inside start()", job->id,
+			    ops->name);
+		bury(job->jobs, ops, run);
+		return true;
 	}
 	job->run = run;
 	if (job->cancel_requested && ops->cancel)
 		ops->cancel(run);
+	return true;
 }
 
 static const struct transport_ops *pick_transport(struct jobs *jobs, const struct device *dev)
@@ -471,7 +477,7 @@ static void run_on_device(struct job *job)
 	preliminary_plan(job, dev);
 	emit_record(job, "job-started");
 	history_job_started(jobs->history_db, job);
-	start_transport(job, ops);
+	job_steps_run(job);
 }
 
 bool jobs_target_matches(enum wire_target_kind kind, const char *value, const struct device *dev)
@@ -563,12 +569,6 @@ static void schedule_one(struct jobs *jobs, struct job *job)
 			resume_after_replug(job);
 		return;
 	}
-	if (job->handoff_to && !job->run) {
-		const struct transport_ops *ops = job->handoff_to;
-		job->handoff_to = NULL;
-		start_transport(job, ops);
-		return;
-	}
 	if (job->run || job->ops ||
 	    (job->state != JOB_QUEUED && job->state != JOB_WAITING_FOR_DEVICE))
 		return;
@@ -626,6 +626,7 @@ static void job_free(struct job *job)
 	error_clear(&job->error);
 	json_decref(job->plan);
 	json_decref(job->partial);
+	job_steps_free(job->driver);
 	free(job);
 }
 
@@ -931,8 +932,10 @@ void jobs_cancel(struct jobs *jobs, struct job *job, uid_t by_uid)
 	job->cancel_by = by_uid;
 	log_info("job %s: cancel requested by uid %u in state %s", job->id, (unsigned)by_uid,
 		 job_state_name(job->state));
+	if (!job->run && job_steps_cancel(job))
+		return; /* the core's wait past the point of no return ended the job */
 	if (!job->run) {
-		/* Nothing has touched the device yet (or a handoff is pending). */
+		/* Between the steps: nothing is in flight. */
 		struct error err;
 		error_init(&err);
 		cancelled_error(job, &err, job->ops ? "unknown" : "untouched");
@@ -958,11 +961,14 @@ void jobs_on_device(struct jobs *jobs, struct device *dev, enum registry_change 
 			kick(jobs);
 		return;
 	}
-	if (job && job->run && job->ops->device_event) {
+	if (job && !job->ended && job->device == dev) {
 		enum device_event ev = change == REGISTRY_ADDED	    ? DEVICE_EVENT_BACK
 				       : change == REGISTRY_REMOVED ? DEVICE_EVENT_GONE
 								    : DEVICE_EVENT_CHANGED;
-		job->ops->device_event(job->run, ev, &dev->s);
+		if (job->run && job->ops->device_event)
+			job->ops->device_event(job->run, ev, &dev->s);
+		if (!job->ended)
+			job_steps_device_event(job, ev, &dev->s);
 	}
 	if (change != REGISTRY_REMOVED)
 		kick(jobs);
@@ -1081,7 +1087,7 @@ static bool wait_for_replug(struct job *job, struct error *err)
 		job->replug_where, job->replug_err.message, jobs->replug_timeout_s);
 	bury(jobs, job->ops, job->run);
 	job->run = NULL;
-	job->handoff_to = NULL;
+	job_steps_stop(job);
 	job->replug_waiting = true;
 	job->replug_seen_gone = !job->device->s.present;
 	job->replug_t0 = mono_s();
@@ -1108,8 +1114,7 @@ static void resume_after_replug(struct job *job)
 		 d->s.port_path[0] ? "port " : "", d->s.port_path, d->s.tty[0] ? ", tty" : "",
 		 job->replug_where);
 	job->replug_where[0] = '\0';
-	const struct transport_ops *ops = pick_transport(job->jobs, d);
-	start_transport(job, ops);
+	job_steps_run(job);
 }
 
 /* ---- public: records --------------------------------------------------- */
@@ -1445,51 +1450,67 @@ void job_set_partial(struct job *job, const struct job_partial *p)
 	job->partial = o;
 }
 
-void job_handoff(struct job *job, const char *transport_name, const char *reason)
+void job_step_done(struct job *job, const struct job_step_result *res, struct error *err)
 {
-	if (job->ended)
+	if (job->ended) {
+		error_clear(err);
 		return;
-	const struct transport_ops *next = NULL;
-	for (size_t i = 0; job->jobs->transports[i]; i++)
-		if (strcmp(job->jobs->transports[i]->name, transport_name) == 0)
-			next = job->jobs->transports[i];
-	char note[64];
-	snprintf(note, sizeof(note), "handed-to-%s", transport_name);
-	job_note(job, note, "%s", reason ? reason : "");
+	}
+	if (job->in_start)
+		job->step_ended_in_start = true;
 	bury(job->jobs, job->ops, job->run);
 	job->run = NULL;
-	if (!next) {
-		struct error err;
-		error_init(&err);
-		error_set(&err, ERR_NOT_FLASHABLE_HERE, "%s; the %s transport is not built in",
-			  reason ? reason : "another transport is needed", transport_name);
-		error_detail_str(&err, "transport", transport_name);
-		error_detail_str(&err, "reason", reason ? reason : "");
-		fail(job, JOB_RESULT_FAILED, &err);
-		return;
+	job_steps_done(job, res, err);
+}
+
+void job_step_image(struct job *job, size_t k)
+{
+	if (!job->ended)
+		job_steps_image(job, k);
+}
+
+const char *job_step_kind_name(enum job_step_kind k)
+{
+	switch (k) {
+	case JOB_STEP_READ:
+		return "read";
+	case JOB_STEP_WRITE:
+		return "write";
+	case JOB_STEP_VERIFY:
+		return "verify";
+	case JOB_STEP_ENTER_DFU:
+		return "enter-dfu";
 	}
-	if (++job->handoffs > JOBS_MAX_HANDOFFS) {
-		/* A plan that sends the job back and forth between transports. */
-		struct error err;
-		error_init(&err);
-		error_set(&err, ERR_NOT_FLASHABLE_HERE,
-			  "%s; the job went between transports %u times without finishing",
-			  reason ? reason : "another transport is needed", job->handoffs - 1);
-		error_detail_str(&err, "transport", transport_name);
-		error_detail_str(&err, "reason", "too many transport changes");
-		fail(job, JOB_RESULT_FAILED, &err);
-		return;
-	}
-	job->ops = next;
-	job->handoff_to = next;
-	if (job->cancel_requested) {
-		struct error err;
-		error_init(&err);
-		cancelled_error(job, &err, "unknown");
-		fail(job, JOB_RESULT_CANCELLED, &err);
-		return;
-	}
-	kick(job->jobs);
+	return "?";
+}
+
+const struct transport_ops *const *job_transports(const struct job *job)
+{
+	static const struct transport_ops *const none[] = {NULL};
+	return job->jobs->transports ? job->jobs->transports : none;
+}
+
+const struct transport_ops *job_transport(const struct job *job, const char *name)
+{
+	for (const struct transport_ops *const *t = job_transports(job); *t; t++)
+		if (strcmp((*t)->name, name) == 0)
+			return *t;
+	return NULL;
+}
+
+const struct transport_ops *job_ops(const struct job *job)
+{
+	return job->ops;
+}
+
+bool job_cancel_requested(const struct job *job)
+{
+	return job->cancel_requested;
+}
+
+struct job_steps **job_steps_slot(struct job *job)
+{
+	return &job->driver;
 }
 
 void job_log(const struct job *job, int level, const char *fmt, ...)

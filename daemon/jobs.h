@@ -102,6 +102,50 @@ const struct error *job_error(const struct job *job);
 /* The auto-flash rule that made the job, and its port's label ("" = none). */
 const char *job_rule(const struct job *job);
 const char *job_label(const struct job *job);
+/* ---- the core's side of a job (job_steps.c; never a transport's) ----------- */
+
+/*
+ * Ends the job.  result_word says what "done" means: "verified",
+ * "written-not-verified", "already-installed", "preflight-ok" (dry run),
+ * "probed"; for failures a word such as "booted-invalid" may be given, or NULL.
+ * err must be set unless result is DONE; it is moved from (cleared).  A
+ * device-gone failure starts the replug rule instead while it applies.
+ */
+void job_finish(struct job *job, enum job_result result, const char *result_word,
+		struct error *err);
+/* The job's plan (plan.h plan_to_json(), reference taken over): kept in the job
+ * record ("plan") and sent as a job-plan event with the object under "plan"
+ * and summary as its message. */
+void job_set_plan(struct job *job, json_t *plan, const char *summary);
+/* The plan step now running (1-based, of steps): every job-progress event
+ * carries "step", "steps" and "step_description" ("writing system part 1 over
+ * DFU") from here on. */
+void job_set_step(struct job *job, unsigned step, unsigned steps, const char *description);
+/* The file (job_image() index) is written on the device: a plan made again
+ * (the job resumed after a replug) is made without it. */
+void job_mark_written(struct job *job, size_t i);
+bool job_image_written(const struct job *job, size_t i);
+/* New facts about the job's device (platform, id, OS, modules): merged into
+ * the registry, emits device-changed. */
+void job_update_facts(struct job *job, const struct device_facts *facts);
+/* The transports the daemon runs (jobs_new()), NULL-terminated. */
+const struct transport_ops *const *job_transports(const struct job *job);
+/* The transport of that name among them, or NULL. */
+const struct transport_ops *job_transport(const struct job *job, const char *name);
+/*
+ * Starts a run of ops on the job for one step (transport.h start()).  Returns
+ * false with err set when the transport could not start (the job goes on as
+ * the caller decides).
+ */
+bool job_start_step(struct job *job, const struct transport_ops *ops, const struct job_step *step,
+		    struct error *err);
+/* The transport of the last step started (the job record's "transport"). */
+const struct transport_ops *job_ops(const struct job *job);
+/* Whether cancel was asked for. */
+bool job_cancel_requested(const struct job *job);
+/* The step driver's state (job_steps.c), owned by the job. */
+struct job_steps **job_steps_slot(struct job *job);
+
 /* ---- the flash history (daemon/history.c) -------------------------------- */
 
 /* Jobs record their start and end in h (NULL: no history). */

@@ -1,67 +1,78 @@
 /*
- * The contract between jobs (daemon/jobs.c) and transports (daemon/serial/,
- * daemon/dfu/, daemon/ctrl/).  A transport is a vtable; a run is one transport working on
- * one job for one device.  The core owns jobs, devices and the event loop;
- * the transport owns its run (fds, libusb handles, timers) and reports back
- * only through the job_*() calls below.  Everything is asynchronous: no call
- * here may block.
+ * The contract between the core (daemon/jobs.c, daemon/job_steps.c) and the
+ * transports (daemon/serial/, daemon/dfu/, daemon/ctrl/).  The core owns jobs,
+ * devices, the event loop and the order of every job: before the first byte it
+ * reads the device, turns (files, device, installed modules) into the plan
+ * (plan.h, job_plan.h), refuses there if it must, and then runs the plan step
+ * by step (job_steps.h): mode switches (mode_switch.h), writes, the waits for
+ * the device to come back, the verify and the verdict.  A transport is a step
+ * executor: a vtable whose run executes one step of one job on one device and
+ * knows nothing of the plan, of the other steps or of the other transports.
+ *
+ * The steps a transport is given (struct job_step):
+ *   READ       read the device in the mode it is in now (the listening-mode
+ *              console, control requests, DFU read-back) and report the facts and
+ *              the mode; a run that finds the device does not speak its protocol
+ *              now (no console, no control requests) says so (no_answer) and the
+ *              core asks another.  A READ never switches the device's mode for
+ *              good: it gives the device back as it found it, except DFU mode,
+ *              which it never leaves.
+ *   WRITE      write exactly the step's images, in the step's order, with the
+ *              transport's own checks first (e.g. the DFU memory map); report
+ *              progress, notes and where a write stopped (job_set_partial()).  The
+ *              write ends when the device has all the bytes: the reset that applies
+ *              them (YMODEM, the firmware-update request, DFU leave when
+ *              step->leave) is the device's, the wait for it the core's.
+ *   VERIFY     read the device's verdicts after the last reboot (module info and
+ *              validity, the mode it runs in) and report them as facts; the core
+ *              gives the verdict (job_verdict()).
+ *   ENTER_DFU  ask a running device to enter DFU mode over the transport's
+ *              protocol (the control request); the core waits for it.
  *
  * Lifecycle of a run
- *   1. The core picks the first registered transport whose can_serve()
- *      accepts the device (registration order: serial, ctrl, dfu) and calls
- *      start().  start() returns a run, or NULL with *err filled: the job
- *      then fails with that error.
- *   2. The run moves the job through its states (job_set_state()), reports
- *      progress (job_progress()), notes (job_note()) and device facts
- *      (job_update_facts(), job_set_device_mode()).
- *      Before it ends, it reports the mode it leaves the device in whenever
- *      it knows it (e.g. `x` after a serial verify: normal, or safe if the
- *      `s` it read marks a module invalid), so that `flashctl info` need not
- *      probe again; a mode it cannot know stays as the registry has it.
- *   3. It ends with exactly one of job_finish() or job_handoff().  After that
- *      call the transport must not touch the job again and should return to
- *      the loop promptly; the core calls ops->free(run) later from a deferred
- *      callback (never from inside job_finish()), so the transport's own
- *      stack can unwind first.  free() must release every fd, timer and
- *      libusb resource of the run.
+ *   1. The core calls start(job, step).  start() returns a run, or NULL with
+ *      *err filled: the step then failed with that error.
+ *   2. The run sets the job's states (job_set_state()), progress
+ *      (job_progress()), notes (job_note()), the plan file it is writing
+ *      (job_step_image()), where a write stopped (job_set_partial()); it reads
+ *      job_device(), job_image(), job_options().
+ *   3. It ends with exactly one job_step_done(job, result, err): err NULL (or
+ *      not set) = the step is done, result carrying what it read; err set = the
+ *      step failed (device-gone starts the replug rule, cancelled ends the job
+ *      cancelled).  After that call the run must not touch the job again and
+ *      should return to the loop promptly; the core continues from the loop and
+ *      calls ops->free(run) later from a deferred callback, so the transport's own
+ *      stack can unwind first.  free() must release every fd, timer and libusb
+ *      resource of the run.
  *   4. cancel() asks the run to stop at the next safe point (YMODEM block
- *      boundary, DFU chunk boundary).  The run then calls job_finish() with
- *      JOB_RESULT_CANCELLED (or DONE/FAILED if it was already past the point
- *      of no return).  The core arms a backstop timer (timeout key
- *      "job_cancel_grace_ms"); if the run has not finished by then the core
- *      finishes the job itself as cancelled and frees the run.
+ *      boundary, DFU chunk boundary); the run then ends its step with
+ *      job_step_done() and a cancelled error (or done, if it was past the point of
+ *      no return).  The core arms a backstop timer (timeout key
+ *      "job_cancel_grace_ms"); if the run has not ended by then the core ends
+ *      the job itself as cancelled and frees the run.  Between runs (a mode
+ *      switch, the wait for a reboot) cancel is the core's.
  *   5. If the daemon stops, the core calls free() on every live run and ends
  *      the jobs as interrupted; the transport leaves the device as it is.
+ *
+ * What a run may not do: block; call job_finish() (jobs.h: the core's alone) or
+ * end the step from inside start() (the run does not exist for the core yet);
+ * switch the device into another transport's mode (the core's mode switches do);
+ * include another transport's headers (a test greps the includes of
+ * daemon/serial/, daemon/dfu/ and daemon/ctrl/); touch another job's device.
+ * What it may use of the core: mode_switch.h (the switch into its own
+ * protocol's mode, e.g. 28800 baud before YMODEM, and the reset after a failed
+ * transfer), cdc_query.h, preflight.h.
  *
  * Devices follow identity, not USB addresses: the registry maps a device that
  * re-enumerates (mode switch, DFU leave, replug into another port) to the same
  * struct device, and the core forwards DEVICE_EVENT_GONE / DEVICE_EVENT_BACK to
- * the run of the job holding that device.  A transport that resets the device
- * arms its own timer ("serial_reenumerate_ms", "dfu_reenumerate_ms") and waits
- * for DEVICE_EVENT_BACK with the new snapshot.
- *
- * Transports are step executors and know nothing of each other: no file under
- * daemon/serial/ includes a daemon/dfu/ header or the reverse (a test greps the
- * includes).  What they share is the core's: the plan (plan.h, job_plan.h:
- * which transport writes which module, in which order, checked against the
- * device's dependency rules before the first byte), the mode switches
- * (mode_switch.h: 28800/14400 baud with the port lock, DFU leave) and the
- * listening-mode query that reads the device's verdicts (cdc_query.h).
- *
- * Handing a job to another transport (the plan's first write goes over it;
- * serial on Device OS 6.x -> DFU; a plan that continues over another transport
- * after this one's writes): call job_handoff(job, name, reason).  The core frees the current run
- * (deferred), emits a job-progress event with note "handed-to-<name>" ("handed-to-dfu") and
- * the reason as its message, and starts the named transport
- * on the same job with the current device snapshot, also when the device is absent at that moment
- * (DFU then waits for it to come back).  If no transport of that name is built in, the job fails
- * with not-flashable-here naming the reason; so does a job handed over more than
- * four times (JOBS_MAX_HANDOFFS in jobs.c: a plan that sends it back and forth).
+ * the run of the job holding that device (the core waits for reboots itself,
+ * under the "*_reenumerate_ms" timeout of the transport that wrote).
  *
  * A job with no images and options.dry_run set is a probe (device-info with
- * "probe": true): the transport reads what it can (`s`, `v`, `i`; DFU
- * descriptors and module prefixes), reports it with job_update_facts() and
- * finishes DONE with result word "probed".
+ * "probe": true): a READ step only (`s`, `v`, `i` on the console; module info
+ * by control request; DFU descriptors and module prefixes), and the core ends
+ * it DONE with result word "probed".  A dry run with images is READ + plan.
  */
 #pragma once
 
@@ -77,6 +88,7 @@
 struct event_base;
 struct job;
 struct transport_run; /* defined by each transport */
+struct preflight_rules;
 
 /* ---- devices as transports see them ------------------------------------ */
 
@@ -168,7 +180,7 @@ const struct device_snapshot *job_device(const struct job *job);
 /* The states the transport may set: SWITCHING_MODE, PREFLIGHT, ERASING,
  * WRITING, REBOOTING, VERIFYING, in the order its work takes (the next image
  * goes back to WRITING; PREFLIGHT -> SWITCHING_MODE is allowed); others are
- * ignored with a warning.  Terminal states come only from job_finish(). */
+ * ignored with a warning.  Terminal states are the core's (jobs.h job_finish()). */
 void job_set_state(struct job *job, enum job_state state);
 /* Bytes done/total of the current phase; the core computes rate and ETA and
  * rate-limits the job-progress events. */
@@ -177,19 +189,6 @@ void job_progress(struct job *job, uint64_t done, uint64_t total);
  * a job-progress event carrying {"note": note, "message": message}. */
 void job_note(struct job *job, const char *note, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* The job's plan (plan.h plan_to_json(), reference taken over): kept in the job
- * record ("plan") and sent as a job-plan event with the object under "plan"
- * and summary as its message.  Set again when the plan changes (the transport
- * read the device, or took the job over). */
-void job_set_plan(struct job *job, json_t *plan, const char *summary);
-/* The plan step now running (1-based, of steps): every job-progress event
- * carries "step", "steps" and "step_description" ("writing system part 1 over
- * DFU") from here on; call it before the job_set_state() of the step. */
-void job_set_step(struct job *job, unsigned step, unsigned steps, const char *description);
-/* The file (job_image() index) is written and verified on the device: a
- * transport that takes the job over later plans without it. */
-void job_mark_written(struct job *job, size_t i);
-bool job_image_written(const struct job *job, size_t i);
 /*
  * Where a write that did not finish stopped, in terms of the job's files: what
  * the transport wrote (or erased) of one module before a cancel or a failure.
@@ -209,23 +208,54 @@ struct job_partial {
 	uint64_t size;		/* bytes the transport was to write for this file */
 	int chunk;		/* DFU chunk number of address, -1 if none */
 };
-/* Records where the write stopped; call before job_finish().  A later call
+/* Records where the write stopped; call before job_step_done().  A later call
  * replaces it. */
 void job_set_partial(struct job *job, const struct job_partial *p);
-/* New facts about the job's device (platform, id, OS, modules): merged into
- * the registry, emits device-changed. */
-void job_update_facts(struct job *job, const struct device_facts *facts);
-void job_set_device_mode(struct job *job, enum device_mode mode);
+/* ---- steps ------------------------------------------------------------------ */
+
+enum job_step_kind {
+	JOB_STEP_READ,	    /* read the device in its current mode (see above) */
+	JOB_STEP_WRITE,	    /* write the step's images */
+	JOB_STEP_VERIFY,    /* read the device's verdicts after the last reboot */
+	JOB_STEP_ENTER_DFU, /* ask the running device to enter DFU mode */
+};
+const char *job_step_kind_name(enum job_step_kind k); /* "read", "write", ... */
+
+#define JOB_STEP_MAX_IMAGES 16
+
+/* One step as the core gives it to a transport (plain data, the run may keep it). */
+struct job_step {
+	enum job_step_kind kind;
+	/* WRITE: job_image() indexes, in the order to write them */
+	size_t images[JOB_STEP_MAX_IMAGES];
+	size_t n_images;
+	bool leave; /* WRITE over DFU: leave DFU mode once written (the plan's reboot follows) */
+	bool probe; /* READ: a probe job (device-info "probe"): read only, say so in notes */
+};
+
+/* What a step read (READ, VERIFY) or what a write could tell (WRITE). */
+struct job_step_result {
+	struct device_facts facts; /* READ, VERIFY: the device's facts (over what was known) */
+	enum device_mode mode;	   /* the mode the run leaves the device in; UNKNOWN = not known */
+	/* READ: the device does not speak this transport's protocol now (a silent console,
+	 * no answer to control requests): the core asks another one.  The error (if any)
+	 * says why, for the notes. */
+	bool no_answer;
+	bool read_back; /* WRITE: every byte written was read back and compared */
+};
+
 /*
- * Ends the job.  result_word says what "done" means: "verified",
- * "written-not-verified", "preflight-ok" (dry run), "probed"; for failures a
- * word such as "booted-invalid" may be given, or NULL.  err must be set unless
- * result is DONE; it is moved from (cleared).
+ * Ends the run's step (see the lifecycle above).  res may be NULL (nothing
+ * read); err NULL or not set = done, else the step failed; err is moved from.
+ * The core continues from the loop, never from inside this call.
  */
-void job_finish(struct job *job, enum job_result result, const char *result_word,
-		struct error *err);
-/* Passes the job to another transport (see above).  reason is shown to the user. */
-void job_handoff(struct job *job, const char *transport_name, const char *reason);
+void job_step_done(struct job *job, const struct job_step_result *res, struct error *err);
+/* WRITE with several images: the run starts writing the k-th of them (0-based);
+ * the core reports the plan step it is ("step 2 of 4: writing ..."). */
+void job_step_image(struct job *job, size_t k);
+/* The mode the run saw the device in (the registry keeps it, so that
+ * `flashctl info` need not probe again). */
+void job_set_device_mode(struct job *job, enum device_mode mode);
 /* Daemon log (stderr/journal), prefixed with the job id; level as in syslog. */
 void job_log(const struct job *job, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -267,27 +297,35 @@ struct transport_ops {
 	/* Optional.  Called once at shutdown (jobs_free()), after every run was
 	 * freed: releases what init() made. */
 	void (*exit)(void);
-	/* Whether this transport can work on the device as it is now (no I/O, no
-	 * side effect). */
+	/* Whether this transport can READ the device as it is now (no I/O, no side
+	 * effect).  The core asks in registration order. */
 	bool (*can_serve)(const struct device_snapshot *dev);
 	/*
-	 * Starts a run on job_device(job).  Returns NULL and fills err on failure.
-	 * May: arm timers, open the device, start asynchronous I/O, set the job's
-	 * state and notes.  May not: block, call job_finish() or job_handoff()
-	 * (the run ends from the loop, after start() returned: the core is inside
-	 * start() and the run does not exist for it yet), touch another
-	 * transport's files or devices.
+	 * Optional.  This transport's rules for what it can write on a device with
+	 * these facts (preflight.h): the core checks the plan's writes over this
+	 * transport against them before the first byte of the job.
 	 */
-	struct transport_run *(*start)(struct job *job, struct error *err)WARN_UNUSED_RESULT;
-	/* Stop at the next safe point, then job_finish(CANCELLED).  May finish the
-	 * job from inside this call (the core expects it); may not block. */
+	void (*rules)(const struct device_facts *facts, struct preflight_rules *rules);
+	/*
+	 * Starts a run of one step on job_device(job).  Returns NULL and fills err
+	 * on failure (the step failed).  May: arm timers, open the device, start
+	 * asynchronous I/O, set the job's state and notes.  May not: block, call
+	 * job_step_done() (the run ends from the loop, after start() returned: the
+	 * run does not exist for the core yet), touch another transport's files or
+	 * devices.
+	 */
+	struct transport_run *(*start)(struct job *job, const struct job_step *step,
+				       struct error *err)WARN_UNUSED_RESULT;
+	/* Stop at the next safe point, then job_step_done() with a cancelled error
+	 * (or done when past the point of no return).  May end the step from inside
+	 * this call; may not block. */
 	void (*cancel)(struct transport_run *run);
 	/* The job's device went away, came back, or changed.  dev is the new snapshot.
-	 * May finish or hand over the job; may not block. */
+	 * May end the step; may not block. */
 	void (*device_event)(struct transport_run *run, enum device_event ev,
 			     const struct device_snapshot *dev);
-	/* Releases everything; called by the core after job_finish()/job_handoff()
-	 * or at shutdown.  Must accept NULL.  May not call any job_*() function. */
+	/* Releases everything; called by the core after job_step_done() or at
+	 * shutdown.  Must accept NULL.  May not call any job_*() function. */
 	void (*free)(struct transport_run *run);
 	/* Timeout keys with defaults; NULL-terminated (key == NULL) or NULL. */
 	const struct timeout_def *timeouts;

@@ -1,19 +1,19 @@
 /*
- * The control-request transport (issue 14): a step executor for a device
- * running Device OS (normal, listening or safe mode) that answers Particle's
- * USB control requests.  It knows neither serial/ nor dfu/: it gets the
- * daemon's libusb context from the USB service (usb/usb_loop.h) and the
- * rest from the core (the plan, the verdict).
+ * The control-request transport (issue 14): a step executor (transport.h) for
+ * a device running Device OS (normal, listening or safe mode) that answers
+ * Particle's USB control requests.  It knows neither serial/ nor dfu/: it gets
+ * the daemon's libusb context from the USB service (usb/usb_loop.h).
  *
- * A run opens the device by its USB address (no interface is claimed), reads
- * what identifies it (device id, Device OS, mode, module info) and then, by
- * the job:
- *  - a probe (no images, dry run): reports the facts and the mode, "probed";
- *  - a verify (every file of the job written by another transport, which
- *    handed the plan's verify step over): the module info after the reboot
- *    gives the verdict, "verified" or booted-invalid with the failing checks;
- *  - a flash: plans over this transport; the plan's first write goes over
- *    another transport (DFU), which the run hands the job to.
+ * A run opens the device by its USB address (no interface is claimed) and, by
+ * its step:
+ *  - READ, VERIFY: reads what identifies it (device id, Device OS, mode, module
+ *    info) and reports it; a device that does not answer is no_answer for a
+ *    READ (the core asks another transport); a VERIFY whose device resets again
+ *    while it reads waits for it and reads again;
+ *  - WRITE: sends the step's image by the firmware-update exchange; the step
+ *    ends when the device took it (it resets to apply it: the core waits);
+ *  - ENTER_DFU: asks the device to enter DFU mode (Device OS system/src/control:
+ *    CTRL_REQUEST_DFU_MODE); the core waits for it.
  *
  * The handle is opened per run and closed when the run ends (under umockdev
  * an open usbfs node keeps the loop busy, see usb_loop.h).
@@ -23,8 +23,8 @@
 #include "usb_loop.h"
 
 #include "capability.h"
-#include "job_plan.h"
 #include "plan.h"
+#include "preflight.h"
 #include "transport.h"
 
 #include <errno.h>
@@ -37,15 +37,14 @@
 #define CTRL_REREAD_MAX	   3   /* resets in a row while reading a device that came back */
 
 enum run_state {
-	RUN_OPENING,   /* waiting for libusb to list the device, then opening it */
-	RUN_READING,   /* the identification requests */
-	RUN_NEXT,      /* a request ended: the next step runs from the timer, outside the ctrl */
-	RUN_WRITING,   /* the firmware-update exchange of jp->pre.steps[write_i] */
-	RUN_WRITTEN,   /* it ended: what follows runs from the timer */
-	RUN_REBOOT,    /* the device resets to apply the update: waiting for it to come back */
-	RUN_ASK_DFU,   /* the enter-DFU request in flight */
-	RUN_ASKED,     /* it ended: what follows runs from the timer */
-	RUN_SWITCHING, /* waiting for the device to come back in DFU mode */
+	RUN_OPENING, /* waiting for libusb to list the device, then opening it */
+	RUN_READING, /* the identification requests */
+	RUN_NEXT,    /* a request ended: the next step runs from the timer, outside the ctrl */
+	RUN_WRITING, /* the firmware-update exchange of the step's image */
+	RUN_WRITTEN, /* it ended: what follows runs from the timer */
+	RUN_REBOOT,  /* VERIFY: the device reset again while read: waiting for it */
+	RUN_ASK_DFU, /* the enter-DFU request in flight */
+	RUN_ASKED,   /* it ended: what follows runs from the timer */
 	RUN_ENDED,
 };
 
@@ -66,6 +65,7 @@ struct ctrl_handle {
 
 struct transport_run {
 	struct job *job;
+	struct job_step step; /* the step this run executes */
 	struct event_base *base;
 	struct event *timer;
 	enum run_state state;
@@ -76,13 +76,9 @@ struct transport_run {
 	struct ctrl *ctrl;
 	size_t op_i;
 	unsigned open_ms;     /* spent waiting for libusb to list the device */
-	bool verify;	      /* the job's files are written: this run gives the verdict */
 	struct error pending; /* the request that ended failed */
-	size_t write_i;	      /* index into jp->pre.steps */
 	bool seen_gone;	      /* RUN_REBOOT: the device went away (the reset happened) */
 	unsigned reread;      /* identifications after a reset cut off by another reset */
-	bool writes_started;  /* the plan's writes over this transport began */
-	struct job_plan *jp;
 };
 
 const struct timeout_def ctrl_transport_timeouts[] = {
@@ -126,42 +122,21 @@ static void close_device(struct transport_run *r)
 	}
 }
 
-static void end_run(struct transport_run *r, enum job_result result, const char *word,
-		    struct error *err)
+/* Ends the step: res NULL and err set = failed. */
+static void end_run(struct transport_run *r, const struct job_step_result *res, struct error *err)
 {
 	r->state = RUN_ENDED;
 	evtimer_del(r->timer);
 	close_device(r);
-	job_finish(r->job, result, word, err);
+	job_step_done(r->job, res, err);
 }
 
 static void fail(struct transport_run *r, struct error *err)
 {
 	if (r->dev.key[0])
 		error_detail_str(err, "device", r->dev.key);
-	end_run(r, err->code == ERR_CANCELLED ? JOB_RESULT_CANCELLED : JOB_RESULT_FAILED, NULL,
-		err);
+	end_run(r, NULL, err);
 }
-
-static bool all_written(const struct job *job)
-{
-	size_t n = job_image_count(job);
-	for (size_t i = 0; i < n; i++)
-		if (!job_image_written(job, i))
-			return false;
-	return n > 0;
-}
-
-static bool is_probe(const struct job *job)
-{
-	return job_image_count(job) == 0 && job_options(job)->dry_run;
-}
-
-/* ---- after the identification --------------------------------------------------- */
-
-static void hand_over(struct transport_run *r, const char *to);
-
-static void start_write(struct transport_run *r);
 
 static enum device_mode mode_from_facts(const struct transport_run *r)
 {
@@ -175,31 +150,11 @@ static enum device_mode mode_from_facts(const struct transport_run *r)
 	return n > 0 ? DEVICE_MODE_SAFE : DEVICE_MODE_NORMAL;
 }
 
-static void give_verdict(struct transport_run *r)
+static void identified(struct transport_run *r)
 {
-	struct error e;
-	error_init(&e);
-	if (r->jp)
-		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
-	job_set_state(r->job, JOB_VERIFYING);
-	if (job_verdict(r->job, &r->facts, r->mode == DEVICE_MODE_SAFE, &e) == 0) {
-		end_run(r, JOB_RESULT_DONE, "verified", NULL);
-		return;
-	}
-	end_run(r, JOB_RESULT_FAILED, "booted-invalid", &e);
-}
-
-static void hand_over(struct transport_run *r, const char *to)
-{
-	char why[200];
-	if (r->jp && r->jp->plan.n_steps)
-		plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
-	else
-		snprintf(why, sizeof(why), "the plan goes on over %s", to);
-	r->state = RUN_ENDED;
-	evtimer_del(r->timer);
-	close_device(r);
-	job_handoff(r->job, to, why);
+	r->mode = mode_from_facts(r);
+	struct job_step_result res = {.facts = r->facts, .mode = r->mode};
+	end_run(r, &res, NULL);
 }
 
 /* ---- mode switch by request ------------------------------------------------------ */
@@ -218,37 +173,22 @@ static void on_asked(struct ctrl *c, const struct ctrl_result *res, struct error
 	arm(r, 0);
 }
 
-/* The plan's first write goes over DFU: ask the device by request (Device OS
- * system/src/control: CTRL_REQUEST_DFU_MODE), instead of the 14400-baud line coding. */
-static int ask_dfu(struct transport_run *r)
+static void ask_dfu(struct transport_run *r)
 {
 	struct error e;
 	error_init(&e);
-	if (!r->ctrl)
-		return -1;
-	if (ctrl_op_start(r->ctrl, CTRL_OP_ENTER_DFU, on_asked, r, &e) < 0) {
-		error_clear(&e);
-		return -1;
-	}
-	r->state = RUN_ASK_DFU;
 	job_set_state(r->job, JOB_SWITCHING_MODE);
-	return 0;
+	r->state = RUN_ASK_DFU;
+	if (ctrl_op_start(r->ctrl, CTRL_OP_ENTER_DFU, on_asked, r, &e) < 0)
+		fail(r, &e);
 }
 
 static void after_ask(struct transport_run *r)
 {
-	if (error_is_set(&r->pending)) {
-		/* not supported here: the DFU transport switches with 14400 baud */
-		job_note(r->job, "ctrl-fallback",
-			 "the enter-DFU request failed (%s); using 14400 baud", r->pending.message);
-		error_clear(&r->pending);
-		hand_over(r, "dfu");
-		return;
-	}
-	job_note(r->job, "switching-to-dfu", "asked the device by USB control request");
-	close_device(r);
-	r->state = RUN_SWITCHING;
-	arm(r, timeout_ms("ctrl_reenumerate_ms"));
+	struct error e;
+	error_init(&e);
+	error_move(&e, &r->pending);
+	end_run(r, NULL, &e); /* done when e is not set: the device resets into DFU mode */
 }
 
 /* ---- writes by the firmware-update exchange ----------------------------------------- */
@@ -256,15 +196,8 @@ static void after_ask(struct transport_run *r)
 static void on_fw_progress(struct ctrl *c, size_t done, size_t total, void *userdata)
 {
 	(void)c;
-	(void)total;
 	struct transport_run *r = userdata;
-	uint64_t before = 0, all = 0;
-	for (size_t i = 0; i < r->jp->pre.n_steps; i++) {
-		if (i < r->write_i)
-			before += r->jp->pre.steps[i].img->len;
-		all += r->jp->pre.steps[i].img->len;
-	}
-	job_progress(r->job, before + done, all);
+	job_progress(r->job, done, total);
 }
 
 static void on_fw_done(struct ctrl *c, const struct ctrl_result *res, struct error *err,
@@ -281,113 +214,44 @@ static void on_fw_done(struct ctrl *c, const struct ctrl_result *res, struct err
 	arm(r, 0);
 }
 
+static const char *step_file(const struct transport_run *r)
+{
+	return r->step.n_images ? job_image_name(r->job, r->step.images[0]) : "";
+}
+
 static void start_write(struct transport_run *r)
 {
 	struct error e;
 	error_init(&e);
-	const struct preflight_step *st = &r->jp->pre.steps[r->write_i];
-	job_plan_write_step(r->job, r->jp, r->write_i);
+	const struct image *img =
+	    r->step.n_images == 1 ? job_image(r->job, r->step.images[0]) : NULL;
+	if (!img) {
+		error_set(&e, ERR_INTERNAL, "a firmware update takes one image");
+		fail(r, &e);
+		return;
+	}
 	job_set_state(r->job, JOB_WRITING);
 	r->state = RUN_WRITING;
-	if (ctrl_firmware_update(r->ctrl, st->img->data, st->img->len, on_fw_progress, on_fw_done,
-				 r, &e) < 0) {
-		error_detail_str(&e, "file", st->name ? st->name : "");
+	if (ctrl_firmware_update(r->ctrl, img->data, img->len, on_fw_progress, on_fw_done, r, &e) <
+	    0) {
+		error_detail_str(&e, "file", step_file(r));
 		fail(r, &e);
 	}
 }
 
 static void after_write(struct transport_run *r)
 {
-	const struct preflight_step *st = &r->jp->pre.steps[r->write_i];
 	if (error_is_set(&r->pending)) {
 		struct error e;
 		error_init(&e);
 		error_move(&e, &r->pending);
-		error_detail_str(&e, "file", st->name ? st->name : "");
+		error_detail_str(&e, "file", step_file(r));
 		fail(r, &e);
 		return;
 	}
-	/* Device OS applies the module at the reset that follows FINISH. */
-	close_device(r);
-	r->state = RUN_REBOOT;
-	r->seen_gone = !r->dev.present;
-	job_plan_step_kind(r->job, r->jp, PLAN_STEP_REBOOT, r->write_i);
-	job_set_state(r->job, JOB_REBOOTING);
-	arm(r, timeout_ms("ctrl_reenumerate_ms"));
-}
-
-/* Back after a write: the next one, the transport the plan goes on with, or the verdict. */
-static void after_reboot(struct transport_run *r)
-{
-	job_mark_written(r->job, r->jp->pre.steps[r->write_i].job_index);
-	if (r->write_i + 1 < r->jp->pre.n_steps) {
-		r->write_i++;
-		start_write(r);
-		return;
-	}
-	if (r->jp->then) {
-		hand_over(r, r->jp->then);
-		return;
-	}
-	give_verdict(r);
-}
-
-static void plan_and_hand_over(struct transport_run *r)
-{
-	struct error e;
-	error_init(&e);
-	struct preflight_rules rules;
-	preflight_rules_ctrl(&r->facts, &rules);
-	if (!r->jp)
-		r->jp = calloc(1, sizeof(*r->jp));
-	if (!r->jp) {
-		error_set(&e, ERR_OUT_OF_MEMORY, NULL);
-		fail(r, &e);
-		return;
-	}
-	job_set_state(r->job, JOB_PREFLIGHT);
-	if (job_plan_make(r->job, PLAN_TRANSPORT_CTRL, &r->facts, r->mode, r->dev.usb_devnode,
-			  &rules, r->jp, &e) < 0) {
-		fail(r, &e);
-		return;
-	}
-	if (r->jp->plan.n_writes == 0) {
-		end_run(r, JOB_RESULT_DONE, "already-installed", NULL);
-		return;
-	}
-	if (r->jp->handoff) {
-		if (strcmp(r->jp->handoff, "dfu") == 0 && ask_dfu(r) == 0)
-			return;
-		hand_over(r, r->jp->handoff);
-		return;
-	}
-	if (job_options(r->job)->dry_run) {
-		end_run(r, JOB_RESULT_DONE, "preflight-ok", NULL);
-		return;
-	}
-	r->write_i = 0;
-	r->writes_started = true;
-	start_write(r);
-}
-
-static void identified(struct transport_run *r)
-{
-	job_update_facts(r->job, &r->facts);
-	r->mode = mode_from_facts(r);
-	job_set_device_mode(r->job, r->mode);
-	if (is_probe(r->job)) {
-		end_run(r, JOB_RESULT_DONE, "probed", NULL);
-		return;
-	}
-	if (r->verify) {
-		give_verdict(r);
-		return;
-	}
-	if (r->writes_started) {
-		after_reboot(r);
-		return;
-	}
-	plan_and_hand_over(r);
+	/* Device OS applies the module at the reset that follows FINISH: the core waits. */
+	struct job_step_result res = {.facts = r->facts, .mode = DEVICE_MODE_UNKNOWN};
+	end_run(r, &res, NULL);
 }
 
 /* ---- the requests --------------------------------------------------------------- */
@@ -448,7 +312,7 @@ static void after_op(struct transport_run *r)
 		struct error e;
 		error_init(&e);
 		error_move(&e, &r->pending);
-		if (e.code == ERR_DEVICE_GONE && (r->verify || r->writes_started) &&
+		if (e.code == ERR_DEVICE_GONE && r->step.kind == JOB_STEP_VERIFY &&
 		    r->reread++ < CTRL_REREAD_MAX) {
 			/* still resetting after the update or the DFU leave: wait for it again */
 			error_clear(&e);
@@ -458,36 +322,21 @@ static void after_op(struct transport_run *r)
 			arm(r, timeout_ms("ctrl_reenumerate_ms"));
 			return;
 		}
-		if (r->verify && e.code != ERR_CANCELLED) {
-			/* written; the device cannot be asked now */
-			job_note(r->job, "not-verified", "%s", e.message);
-			error_clear(&e);
-			end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);
-			return;
-		}
-		if (is_probe(r->job) && e.code != ERR_CANCELLED) {
-			/* not an error for a probe: only what USB says is known */
-			job_note(
-			    r->job, "no-console",
-			    "the device has no listening-mode console and did not answer the "
-			    "control request either (%s); flashd does not switch a device to DFU "
-			    "mode for a probe",
-			    e.message);
-			error_clear(&e);
-			end_run(r, JOB_RESULT_DONE, "probed", NULL);
-			return;
-		}
-		if (!r->writes_started && e.code != ERR_CANCELLED && transport_find("dfu")) {
-			/* a device that does not answer control requests: DFU switches it with
-			 * the 14400-baud line coding, as before there was this transport */
-			job_note(r->job, "ctrl-fallback", "%s; handing the job to DFU", e.message);
-			error_clear(&e);
-			hand_over(r, "dfu");
-			return;
-		}
 		if (error_detail_type(e.code, "request") == 's' &&
 		    !(e.detail && json_object_get(e.detail, "request")))
 			error_detail_str(&e, "request", ctrl_op_name(read_ops[r->op_i]));
+		if (r->step.kind == JOB_STEP_READ && e.code != ERR_CANCELLED) {
+			/* a device that does not answer control requests: the core asks another
+			 * transport (or, for a probe, says what USB says) */
+			struct job_step_result none = {.facts = r->facts, .no_answer = true};
+			char msg[sizeof(e.message)];
+			snprintf(msg, sizeof(msg), "%s", e.message);
+			error_set(&e, e.code,
+				  "the device did not answer the control request either (%s)", msg);
+			close_device(r);
+			end_run(r, &none, &e);
+			return;
+		}
 		fail(r, &e);
 		return;
 	}
@@ -580,9 +429,18 @@ static void try_open(struct transport_run *r)
 		arm(r, CTRL_OPEN_RETRY_MS);
 		return;
 	}
-	r->state = RUN_READING;
-	r->op_i = 0;
-	next_op(r);
+	switch (r->step.kind) {
+	case JOB_STEP_WRITE:
+		start_write(r);
+		return;
+	case JOB_STEP_ENTER_DFU:
+		ask_dfu(r);
+		return;
+	default:
+		r->state = RUN_READING;
+		r->op_i = 0;
+		next_op(r);
+	}
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -598,16 +456,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		after_write(r);
 	else if (r->state == RUN_ASKED)
 		after_ask(r);
-	else if (r->state == RUN_REBOOT || r->state == RUN_SWITCHING) {
+	else if (r->state == RUN_REBOOT) {
 		struct error e;
 		error_init(&e);
-		error_set(
-		    &e, ERR_TIMED_OUT,
-		    r->state == RUN_REBOOT
-			? "the device did not come back after the firmware update"
-			: "the device did not come back in DFU mode after the enter-DFU request");
-		error_detail_str(&e, "phase",
-				 r->state == RUN_REBOOT ? "rebooting" : "switching-mode");
+		error_set(&e, ERR_TIMED_OUT, "the device did not come back after its reset");
+		error_detail_str(&e, "phase", "rebooting");
 		error_detail_int(&e, "timeout_ms", timeout_ms("ctrl_reenumerate_ms"));
 		fail(r, &e);
 	}
@@ -623,28 +476,36 @@ static int facts_major(const struct device_facts *f)
 
 static bool ctrl_can_serve(const struct device_snapshot *dev)
 {
-	/* A running device known to be on Device OS 6.x (no listening-mode console):
-	 * before that, the serial transport reads the console and hands over. */
+	/* A running device that may answer control requests: Device OS 6.x, or a
+	 * version not known yet (the serial transport asks first on <= 5.x). */
 	if (dev->mode == DEVICE_MODE_DFU || !dev->busnum || !dev->devnum)
 		return false;
 	uint16_t v = capability_version(dev->facts.os_version, dev->facts.system_version);
-	return facts_major(&dev->facts) >= 6 &&
-	       capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, false);
+	return v == 0 ||
+	       (facts_major(&dev->facts) >= 6 &&
+		capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, false));
 }
 
-static struct transport_run *ctrl_start(struct job *job, struct error *err)
+static struct transport_run *ctrl_start(struct job *job, const struct job_step *step,
+					struct error *err)
 {
+	if (job_device(job)->mode == DEVICE_MODE_DFU) {
+		error_set(err, ERR_NOT_FLASHABLE_HERE,
+			  "the device is in DFU mode, where it answers no control requests");
+		error_detail_str(err, "transport", "ctrl");
+		return NULL;
+	}
 	struct transport_run *r = calloc(1, sizeof(*r));
 	if (!r) {
 		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	r->job = job;
+	r->step = *step;
 	r->base = job_event_base(job);
 	r->dev = *job_device(job);
 	r->facts = r->dev.facts;
 	r->mode = r->dev.mode;
-	r->verify = all_written(job);
 	error_init(&r->pending);
 	r->timer = evtimer_new(r->base, on_timer, r);
 	if (!r->timer) {
@@ -652,15 +513,10 @@ static struct transport_run *ctrl_start(struct job *job, struct error *err)
 		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
-	if (r->dev.mode == DEVICE_MODE_DFU) {
-		event_free(r->timer);
-		free(r);
-		error_set(err, ERR_NOT_FLASHABLE_HERE,
-			  "the device is in DFU mode, where it answers no control requests");
-		error_detail_str(err, "transport", "ctrl");
-		return NULL;
-	}
-	job_set_state(job, r->verify ? JOB_VERIFYING : JOB_PREFLIGHT);
+	job_set_state(job, step->kind == JOB_STEP_VERIFY      ? JOB_VERIFYING
+			   : step->kind == JOB_STEP_WRITE     ? JOB_WRITING
+			   : step->kind == JOB_STEP_ENTER_DFU ? JOB_SWITCHING_MODE
+							      : JOB_PREFLIGHT);
 	r->state = RUN_OPENING;
 	arm(r, 0);
 	return r;
@@ -672,20 +528,15 @@ static void ctrl_cancel_run(struct transport_run *r)
 	error_init(&e);
 	if (r->state == RUN_WRITING && r->ctrl) {
 		/* the exchange stops at the next chunk and cancels the update on the device;
-		 * its callback ends the job */
+		 * its callback ends the step */
 		ctrl_cancel(r->ctrl);
 		return;
 	}
-	if (r->verify || r->state == RUN_REBOOT || r->state == RUN_WRITTEN ||
-	    (r->writes_started && r->state != RUN_WRITING)) {
-		/* past the point of no return: the device applies what it got */
-		job_note(r->job, "not-verified", "the job was cancelled while verifying");
-		end_run(r, JOB_RESULT_DONE, "written-not-verified", NULL);
-		return;
-	}
+	if (r->state == RUN_WRITTEN || r->state == RUN_ASK_DFU || r->state == RUN_ASKED)
+		return; /* past the point of no return: it ends by itself */
 	error_set(&e, ERR_CANCELLED, "the job was cancelled");
-	error_detail_str(&e, "phase", is_probe(r->job) ? "probe" : "preflight");
-	end_run(r, JOB_RESULT_CANCELLED, NULL, &e);
+	error_detail_str(&e, "phase", job_step_kind_name(r->step.kind));
+	end_run(r, NULL, &e);
 }
 
 static void ctrl_device_event(struct transport_run *r, enum device_event ev,
@@ -704,16 +555,11 @@ static void ctrl_device_event(struct transport_run *r, enum device_event ev,
 		r->seen_gone = true;
 	if ((ev == DEVICE_EVENT_BACK || ev == DEVICE_EVENT_CHANGED) && dev->present &&
 	    r->state == RUN_REBOOT && r->seen_gone && dev->mode != DEVICE_MODE_DFU) {
-		/* back running: read it again (the next write, or the verdict) */
+		/* back running: read it again */
 		r->state = RUN_OPENING;
 		r->open_ms = 0;
 		r->op_i = 0;
 		arm(r, 0);
-	}
-	if ((ev == DEVICE_EVENT_BACK || ev == DEVICE_EVENT_CHANGED) && dev->present &&
-	    r->state == RUN_SWITCHING && dev->mode == DEVICE_MODE_DFU) {
-		job_set_device_mode(r->job, DEVICE_MODE_DFU);
-		hand_over(r, "dfu");
 	}
 }
 
@@ -725,13 +571,13 @@ static void ctrl_free_run(struct transport_run *r)
 		event_free(r->timer);
 	close_device(r);
 	error_clear(&r->pending);
-	free(r->jp);
 	free(r);
 }
 
 const struct transport_ops ctrl_transport = {
     .name = "ctrl",
     .can_serve = ctrl_can_serve,
+    .rules = preflight_rules_ctrl,
     .start = ctrl_start,
     .cancel = ctrl_cancel_run,
     .device_event = ctrl_device_event,

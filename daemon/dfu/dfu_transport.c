@@ -1,15 +1,14 @@
 /*
- * The DFU transport (issue 7): one run per job.  Switches a CDC device into
- * DFU with the 14400-baud line coding (docs/device/console.md#magic-baud-rates) and follows it
- * across the
- * re-enumeration, opens it, reads what is in flash (UPLOAD of module
- * prefixes), runs the generic and DFU preflight, erases exactly, writes,
- * optionally reads back, leaves, and waits for the device to come back.  A
- * device that comes back on Device OS <= 5.x is verified over its
- * listening-mode console (cdc_query.h: 28800 -> `s` -> `x`).
- *
- * A probe job (no images, dry run) reads the module prefixes of a device in
- * DFU mode and leaves it there; it never switches a CDC device into DFU.
+ * The DFU transport (issue 7): a step executor (transport.h) for a device in
+ * DFU mode.  Every run opens the device and reads what is in flash (UPLOAD of
+ * the module prefixes), then, by its step:
+ *  - READ: reports those facts (a probe as much as a flash job), the device
+ *    stays in DFU mode;
+ *  - WRITE: runs the DFU checks on the step's images (memory map, slots,
+ *    protection), erases exactly, writes, optionally reads back, and leaves DFU
+ *    mode when the step says so (the plan's reboot, which the core waits for).
+ * Switching a device into DFU mode, waiting for it to come back and verifying
+ * it after the leave are the core's (job_steps.h).
  *
  * One explicit state per phase; the events are dfuse completions, the run's
  * timer and device events from the registry.
@@ -18,12 +17,9 @@
 #include "dfuse.h"
 #include "usb.h"
 
-#include "cdc_query.h"
-#include "job_plan.h"
-#include "mode_switch.h"
+#include "preflight.h"
 #include "transport.h"
 
-#include "capability.h"
 #include "cleanup.h"
 
 #include <errno.h>
@@ -39,22 +35,17 @@
 
 static const struct timeout_def dfu_timeouts[] = {
     {"dfu_reenumerate_ms", 15000, "wait for a device to re-enumerate after a mode switch or leave"},
-    CDC_QUERY_TIMEOUT_DEFS, /* verify over serial after leave (shared with the serial transport) */
     {NULL, 0, NULL},
 };
 
 enum run_state {
-	RUN_SWITCHING,	   /* 14400 baud sent; waiting for the device to come back in DFU */
-	RUN_OPENING,	   /* waiting for libusb to list the device */
-	RUN_DFU_OPEN,	   /* dfuse_open */
-	RUN_READBACK,	   /* UPLOAD of one module prefix */
-	RUN_ERASE,	   /* dfuse_erase of writes[i] */
-	RUN_WRITE,	   /* dfuse_download of writes[i] */
-	RUN_VERIFY,	   /* dfuse_upload of writes[i] */
-	RUN_LEAVE,	   /* dfuse_leave */
-	RUN_WAIT_BACK,	   /* device re-enumerating into its firmware */
-	RUN_VERIFY_SERIAL, /* back as CDC on <= 5.x: cdc_query reads `s` */
-	RUN_PROBE_SKIPPED, /* a probe of a device not in DFU mode: ends from the timer */
+	RUN_OPENING,  /* waiting for libusb to list the device */
+	RUN_DFU_OPEN, /* dfuse_open */
+	RUN_READBACK, /* UPLOAD of one module prefix */
+	RUN_ERASE,    /* dfuse_erase of writes[i] */
+	RUN_WRITE,    /* dfuse_download of writes[i] */
+	RUN_VERIFY,   /* dfuse_upload of writes[i] */
+	RUN_LEAVE,    /* dfuse_leave */
 	RUN_FINISHED,
 };
 
@@ -62,17 +53,14 @@ struct transport_run {
 	struct job *job;
 	enum run_state state;
 	struct event *timer;
+	struct job_step step; /* the step this run executes */
 	struct usb_dfu_dev *usb;
 	struct dfuse *dfuse;
-	struct cdc_query *query;
 	struct dfu_readback rb;
 	unsigned probe_i;
 	bool layout_known;
 	struct device_facts facts;
 	struct dfu_plan plan;
-	struct job_plan *jp;	 /* the job's plan as this run executes it */
-	const char *after_leave; /* hand the job to this transport once the device is back */
-	bool nothing_written;	 /* every file was installed already */
 	unsigned write_i;
 	uint8_t *verify_buf;
 	bool verified;
@@ -134,25 +122,27 @@ static void run_fail(struct transport_run *r, struct error *err)
 		dfuse_attach_trace(r->dfuse, err);
 	r->state = RUN_FINISHED;
 	evtimer_del(r->timer);
-	cdc_query_free(r->query);
-	r->query = NULL;
 	usb_dfu_close(r->usb);
 	r->usb = NULL;
-	job_finish(r->job,
-		   r->cancel_requested && err->code == ERR_CANCELLED ? JOB_RESULT_CANCELLED
-								     : JOB_RESULT_FAILED,
-		   NULL, err);
+	job_step_done(r->job, NULL, err);
 }
 
-static void run_done(struct transport_run *r, const char *word)
+/* The step is done: release the device (the core may leave DFU mode or wait for
+ * the device next) and report. */
+static void run_done(struct transport_run *r)
 {
 	r->state = RUN_FINISHED;
 	evtimer_del(r->timer);
-	cdc_query_free(r->query);
-	r->query = NULL;
-	usb_dfu_close(r->usb);
+	usb_dfu_close(r->usb); /* detaches the dfuse first */
 	r->usb = NULL;
-	job_finish(r->job, JOB_RESULT_DONE, word, NULL);
+	dfuse_free(r->dfuse);
+	r->dfuse = NULL;
+	struct job_step_result res = {.facts = r->facts, .mode = DEVICE_MODE_DFU};
+	if (r->step.kind == JOB_STEP_WRITE) {
+		res.mode = r->step.leave ? DEVICE_MODE_UNKNOWN : DEVICE_MODE_DFU;
+		res.read_back = r->verified;
+	}
+	job_step_done(r->job, &res, NULL);
 }
 
 static void arm(struct transport_run *r, unsigned ms)
@@ -197,29 +187,37 @@ static int start_op(struct transport_run *r, struct error *err)
 	}
 }
 
+/* The DFU checks over the step's images, in the step's order (the core planned
+ * them and checked them against this transport's rules already). */
 static int preflight(struct transport_run *r, struct error *err)
 {
-	struct preflight_rules rules;
-	dfu_preflight_rules(&r->facts, &rules);
-	const struct job_options *o = job_options(r->job);
-	if (!r->jp)
-		r->jp = malloc(sizeof(*r->jp));
-	if (!r->jp)
+	struct preflight_plan *pp = calloc(1, sizeof(*pp));
+	if (!pp)
 		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
-	if (job_plan_make(r->job, PLAN_TRANSPORT_DFU, &r->facts, DEVICE_MODE_DFU,
-			  r->dev.usb_devnode, &rules, r->jp, err) < 0)
-		return -1;
-	if (r->jp->handoff || r->jp->plan.n_writes == 0)
-		return 0;
-	return dfu_preflight_plan(&r->facts, r->layout_known, dfuse_get_info(r->dfuse), &r->jp->pre,
-				  o->force, &r->plan, err);
+	for (size_t i = 0; i < r->step.n_images && i < PREFLIGHT_MAX_IMAGES; i++) {
+		const struct image *img = job_image(r->job, r->step.images[i]);
+		if (!img || img->n_modules == 0) {
+			free(pp);
+			return error_set(err, ERR_INTERNAL, "the step names no image");
+		}
+		pp->steps[pp->n_steps++] = (struct preflight_step){
+		    .img = img,
+		    .job_index = r->step.images[i],
+		    .name = job_image_name(r->job, r->step.images[i]),
+		    .module = &img->modules[0],
+		};
+	}
+	int rc = dfu_preflight_plan(&r->facts, r->layout_known, dfuse_get_info(r->dfuse), pp,
+				    job_options(r->job)->force, &r->plan, err);
+	free(pp);
+	return rc;
 }
 
-/* The plan step of the write in progress: files count, not DFU writes (a file may
+/* The step's file of the write in progress: files count, not DFU writes (a file may
  * need two, and the 0xD4000 invalidation page is an erase of its own). */
 static void report_write_step(struct transport_run *r)
 {
-	if (!r->jp || r->write_i >= r->plan.n_writes)
+	if (r->write_i >= r->plan.n_writes)
 		return;
 	size_t n = 0;
 	const char *last = NULL;
@@ -230,7 +228,7 @@ static void report_write_step(struct transport_run *r)
 			n++;
 		last = r->plan.writes[i].name;
 	}
-	job_plan_write_step(r->job, r->jp, n ? n - 1 : 0);
+	job_step_image(r->job, n ? n - 1 : 0);
 }
 
 /* The leave request is done, or the device reset before its GETSTATUS came back (a
@@ -239,13 +237,7 @@ static void report_write_step(struct transport_run *r)
 static void left_dfu(struct transport_run *r)
 {
 	/* Released right away; nothing more is sent (docs/device/dfuse.md#requests-and-states). */
-	usb_dfu_close(r->usb); /* detaches the dfuse first */
-	r->usb = NULL;
-	dfuse_free(r->dfuse);
-	r->dfuse = NULL;
-	r->state = RUN_WAIT_BACK;
-	job_note(r->job, "device-reset", "left DFU mode; waiting for the device to come back");
-	arm(r, timeout_ms("dfu_reenumerate_ms"));
+	run_done(r);
 }
 
 /* Decides and starts what comes after the phase that just ended. */
@@ -254,7 +246,7 @@ static void step(struct transport_run *r)
 	struct error err;
 	error_init(&err);
 	const struct job_options *o = job_options(r->job);
-	if (r->cancel_requested && r->state != RUN_LEAVE && r->state != RUN_WAIT_BACK) {
+	if (r->cancel_requested && r->state != RUN_LEAVE) {
 		error_set(&err, ERR_CANCELLED, "the job was cancelled");
 		error_detail_str(&err, "phase", "dfu");
 		run_fail(r, &err);
@@ -288,36 +280,20 @@ static void step(struct transport_run *r)
 			if (!f.platform)
 				f.platform = r->facts.platform;
 			r->facts = f;
-			job_update_facts(r->job, &r->facts);
 		}
-		if (job_image_count(r->job) == 0 && o->dry_run) {
-			/* A probe: what is in flash is known now; the device stays in DFU. */
-			run_done(r, "probed");
+		if (r->step.kind != JOB_STEP_WRITE) {
+			/* READ: what is in flash is known now; the device stays in DFU. */
+			run_done(r);
 			return;
-		}
-		if (job_image_count(r->job) == 0) {
-			r->state = RUN_LEAVE;
-			job_set_state(r->job, JOB_REBOOTING);
-			break;
 		}
 		if (preflight(r, &err) < 0) {
 			/* Refused before the first erase: leave the device as it is, in DFU. */
 			run_fail(r, &err);
 			return;
 		}
-		if (o->dry_run) {
-			run_done(r, "preflight-ok");
+		if (r->plan.n_writes == 0) {
+			run_done(r);
 			return;
-		}
-		if (r->jp->handoff || r->jp->plan.n_writes == 0) {
-			/* Nothing for DFU to write: leave DFU mode, then either finish
-			 * (everything is installed) or hand the job to the transport the
-			 * plan writes with once the device runs its firmware again. */
-			r->after_leave = r->jp->handoff;
-			r->nothing_written = !r->jp->handoff;
-			r->state = RUN_LEAVE;
-			job_set_state(r->job, JOB_SWITCHING_MODE);
-			break;
 		}
 		r->write_i = 0;
 		r->state = RUN_ERASE;
@@ -328,6 +304,10 @@ static void step(struct transport_run *r)
 		if (r->state == RUN_ERASE) {
 			r->write_i++;
 			if (r->write_i >= r->plan.n_writes) {
+				if (!r->step.leave) {
+					run_done(r);
+					return;
+				}
 				r->state = RUN_LEAVE;
 				job_set_state(r->job, JOB_REBOOTING);
 			}
@@ -362,6 +342,9 @@ static void step(struct transport_run *r)
 		if (r->write_i < r->plan.n_writes) {
 			r->state = RUN_ERASE;
 			job_set_state(r->job, JOB_ERASING);
+		} else if (!r->step.leave) {
+			run_done(r);
+			return;
 		} else {
 			r->state = RUN_LEAVE;
 			job_set_state(r->job, JOB_REBOOTING);
@@ -481,293 +464,46 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		run_fail(r, &err);
 		return;
 	}
-	switch (r->state) {
-	case RUN_PROBE_SKIPPED:
-		job_note(r->job, "no-console",
-			 "the device has no listening-mode console (Device OS 6.x) and flashd does "
-			 "not switch a device to DFU mode for a probe; put it in DFU mode to read "
-			 "its modules");
-		run_done(r, "probed");
-		break;
-	case RUN_OPENING:
+	if (r->state == RUN_OPENING)
 		open_device(r);
-		break;
-	case RUN_SWITCHING:
-		error_set(&err, ERR_TIMED_OUT,
-			  "the device did not come back in DFU mode after the "
-			  "14400-baud switch");
-		error_detail_str(&err, "phase", "switching-mode");
-		error_detail_int(&err, "timeout_ms", timeout_ms("dfu_reenumerate_ms"));
-		run_fail(r, &err);
-		break;
-	case RUN_WAIT_BACK:
-		if (r->nothing_written) {
-			run_done(r, "already-installed");
-			break;
-		}
-		if (r->after_leave) {
-			error_set(
-			    &err, ERR_TIMED_OUT,
-			    "the device did not come back with a serial port after leaving DFU "
-			    "mode, so the %s part of the plan could not start",
-			    r->after_leave);
-			error_detail_str(&err, "phase", "switching-mode");
-			error_detail_int(&err, "timeout_ms", timeout_ms("dfu_reenumerate_ms"));
-			run_fail(r, &err);
-			break;
-		}
-		if (r->dev.present && r->dev.mode != DEVICE_MODE_DFU) {
-			/* Back in its firmware, but its serial port never appeared. */
-			job_note(r->job, "not-verified",
-				 "the device is back but has no serial port to verify over");
-			run_done(r, r->verified ? "verified" : "written-not-verified");
-			break;
-		}
-		error_set(&err, ERR_TIMED_OUT,
-			  "the device did not come back after leaving DFU mode");
-		error_detail_str(&err, "phase", "rebooting");
-		error_detail_int(&err, "timeout_ms", timeout_ms("dfu_reenumerate_ms"));
-		error_hint(&err,
-			   "the firmware was written; reset the device and check that it runs");
-		run_fail(r, &err);
-		break;
-	default:
-		break;
-	}
-}
-
-/* Does the job itself bring (function, index) in at least this version? */
-static bool job_provides(struct job *job, uint8_t function, uint8_t index, uint16_t version)
-{
-	for (size_t i = 0; i < job_image_count(job); i++) {
-		const struct image *img = job_image(job, i);
-		for (unsigned k = 0; k < img->n_modules; k++)
-			if (img->modules[k].function == function &&
-			    img->modules[k].index == index && img->modules[k].version >= version)
-				return true;
-	}
-	return false;
-}
-
-/*
- * A device that stays in DFU after leave does not say which check failed (the
- * bootloader has no console, docs/device/validation.md).  What the host can tell from the files and
- * the read-back: the platform and the dependencies against what is installed
- * plus the job (both skipped by --force).  Empty when none of them fails.
- */
-static json_t *known_failed_checks(struct transport_run *r, const char **function)
-{
-	bool platform = false, deps = false;
-	*function = NULL;
-	for (size_t i = 0; i < job_image_count(r->job); i++) {
-		const struct image *img = job_image(r->job, i);
-		for (unsigned k = 0; k < img->n_modules; k++) {
-			const struct image_module *m = &img->modules[k];
-			if (!*function)
-				*function = module_function_name(m->function);
-			if (r->facts.platform && m->platform_id != r->facts.platform->id)
-				platform = true;
-			for (int d = 0; d < 2; d++) {
-				const struct image_dependency *dep = &m->deps[d];
-				if (dep->function == MODULE_FUNCTION_NONE ||
-				    (dep->function == m->function && dep->index == m->index))
-					continue;
-				const struct installed_module *im =
-				    preflight_installed(&r->facts, dep->function, dep->index);
-				if (!(im && im->version >= dep->version) &&
-				    !job_provides(r->job, dep->function, dep->index, dep->version))
-					deps = true;
-			}
-		}
-	}
-	json_t *a = json_array();
-	if (platform)
-		json_array_append_new(a, json_string("platform"));
-	if (deps)
-		json_array_append_new(a, json_string("dependencies"));
-	return a;
-}
-
-static void booted_invalid(struct transport_run *r, enum device_mode mode)
-{
-	struct error err;
-	error_init(&err);
-	const char *function;
-	json_t *checks = known_failed_checks(r, &function);
-	if (json_array_size(checks) > 0)
-		error_set(&err, ERR_BOOTED_INVALID,
-			  "the firmware was written but the device came back in %s mode; it does "
-			  "not say why in that mode, but the files fail these checks against the "
-			  "device: see failed_checks",
-			  device_mode_name(mode));
-	else
-		error_set(&err, ERR_BOOTED_INVALID,
-			  "the firmware was written but the device came back in %s mode; it does "
-			  "not say which check failed in that mode and the files pass the checks "
-			  "flashd can make",
-			  device_mode_name(mode));
-	error_detail_str(&err, "mode", device_mode_name(mode));
-	error_detail_json(&err, "failed_checks", checks);
-	if (function)
-		error_detail_str(&err, "module_function", function);
-	r->state = RUN_FINISHED;
-	evtimer_del(r->timer);
-	job_finish(r->job, JOB_RESULT_FAILED, "booted-invalid", &err);
-}
-
-/* ---- verify over serial after leave (Device OS <= 5.x) ------------------------------ */
-
-/* The Device OS the device runs after the job: its system part, or the one the job wrote. */
-static uint16_t system_version_after(struct transport_run *r)
-{
-	uint16_t v = r->facts.system_version;
-	for (size_t i = 0; i < job_image_count(r->job); i++) {
-		const struct image *img = job_image(r->job, i);
-		for (unsigned k = 0; img && k < img->n_modules; k++)
-			if (img->modules[k].function == MODULE_FUNCTION_SYSTEM &&
-			    img->modules[k].version > v)
-				v = img->modules[k].version;
-	}
-	return v;
-}
-
-/* Only Device OS <= 5.x has a listening-mode console (docs/device/console.md#magic-baud-rates:
- * 28800 removed in 6.0.0;
- * capability.c's table); an unknown version is tried (silence then means
- * written-not-verified). */
-static bool serial_verifiable(struct transport_run *r)
-{
-	return capability_has(CAPABILITY_LISTENING_CONSOLE, r->facts.platform,
-			      system_version_after(r), true);
-}
-
-static void on_serial_verified(void *ctx, const struct cdc_query_result *res, struct error *err)
-{
-	struct transport_run *r = ctx;
-	if (err) {
-		/* Written; the device cannot be asked now (no console, port held). */
-		job_note(r->job, "not-verified", "%s", err->message);
-		run_done(r, r->verified ? "verified" : "written-not-verified");
-		return;
-	}
-	struct device_facts now = res->facts;
-	bool safe = cdc_query_facts_safe_mode(&now);
-	job_update_facts(r->job, &now);
-	job_set_device_mode(r->job, res->was_listening ? DEVICE_MODE_LISTENING
-				    : safe	       ? DEVICE_MODE_SAFE
-						       : DEVICE_MODE_NORMAL);
-	struct error e;
-	error_init(&e);
-	/* verified means the whole device: every module it reports valid (issue 11) */
-	if (job_verdict(r->job, &now, safe, &e) == 0) {
-		run_done(r, "verified");
-		return;
-	}
-	r->state = RUN_FINISHED;
-	evtimer_del(r->timer);
-	cdc_query_free(r->query);
-	r->query = NULL;
-	job_finish(r->job, JOB_RESULT_FAILED, "booted-invalid", &e);
-}
-
-/* The plan's verify step goes over another transport (module info by control
- * request on Device OS 6.x, plan.c's verifier()): its name, else NULL. */
-static const char *verify_elsewhere(struct transport_run *r)
-{
-	if (!r->jp)
-		return NULL;
-	for (size_t i = 0; i < r->jp->plan.n_steps; i++) {
-		const struct plan_step *s = &r->jp->plan.steps[i];
-		if (s->kind == PLAN_STEP_VERIFY && s->transport != PLAN_TRANSPORT_DFU &&
-		    s->transport != PLAN_TRANSPORT_SERIAL)
-			return plan_transport_name(s->transport);
-	}
-	return NULL;
-}
-
-/* Written and back: the job is handed to the plan's verifier, which finds every file
- * written or installed (job_mark_written()) and gives the verdict. */
-static void hand_over_verify(struct transport_run *r)
-{
-	const char *to = verify_elsewhere(r);
-	/* written now, or installed already (the plan skipped it) */
-	for (size_t i = 0; i < job_image_count(r->job); i++)
-		job_mark_written(r->job, i);
-	job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0); /* the step it runs */
-	evtimer_del(r->timer);
-	r->state = RUN_FINISHED;
-	usb_dfu_close(r->usb);
-	r->usb = NULL;
-	job_handoff(r->job, to, "the plan verifies by reading module info after the reboot");
-}
-
-/* 28800 -> `s` -> `x` on the device that came back (docs/device/console.md#magic-baud-rates,
- * docs/device/console.md#module-info-reply). */
-static void start_serial_verify(struct transport_run *r, const char *tty)
-{
-	struct error err;
-	error_init(&err);
-	struct cdc_query_config cfg = {.relisten = true};
-	evtimer_del(r->timer);
-	r->state = RUN_VERIFY_SERIAL;
-	if (r->jp)
-		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
-	job_set_state(r->job, JOB_VERIFYING);
-	r->query = cdc_query_start(job_event_base(r->job), tty, &r->dev.facts, &cfg,
-				   on_serial_verified, r, &err);
-	if (!r->query) {
-		job_note(r->job, "not-verified", "%s", err.message);
-		error_clear(&err);
-		run_done(r, r->verified ? "verified" : "written-not-verified");
-	}
 }
 
 static bool dfu_can_serve(const struct device_snapshot *dev)
 {
-	/* DFU-mode devices, and CDC devices it can switch with 14400 baud. */
-	return dev->mode == DEVICE_MODE_DFU || dev->tty[0];
+	/* Devices in DFU mode only: switching a device into DFU mode is the core's. */
+	return dev->mode == DEVICE_MODE_DFU;
 }
 
 static void dfu_free(struct transport_run *r);
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct transport_run *, dfu_free)
 
-static struct transport_run *dfu_start(struct job *job, struct error *err)
+static struct transport_run *dfu_start(struct job *job, const struct job_step *step,
+				       struct error *err)
 {
+	if (step->kind != JOB_STEP_READ && step->kind != JOB_STEP_WRITE) {
+		error_set(err, ERR_INTERNAL, "the DFU transport has no %s step",
+			  job_step_kind_name(step->kind));
+		return NULL;
+	}
+	if (job_device(job)->mode != DEVICE_MODE_DFU) {
+		error_set(err, ERR_NOT_FLASHABLE_HERE, "the device is not in DFU mode");
+		error_detail_str(err, "transport", "dfu");
+		return NULL;
+	}
 	_cleanup_(dfu_freep) struct transport_run *r = calloc(1, sizeof(*r));
 	if (!r) {
 		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	r->job = job;
+	r->step = *step;
 	r->dev = *job_device(job);
 	r->timer = evtimer_new(job_event_base(job), on_timer, r);
 	if (!r->timer) {
 		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
-	if (job_image_count(job) == 0 && job_options(job)->dry_run &&
-	    r->dev.mode != DEVICE_MODE_DFU) {
-		/* A probe never switches a running device into DFU (transport.h); the
-		 * run ends from the loop, not from start(). */
-		r->state = RUN_PROBE_SKIPPED;
-		arm(r, 0);
-		return TAKE_PTR(r);
-	}
-	if (r->dev.present && r->dev.mode != DEVICE_MODE_DFU && r->dev.tty[0]) {
-		job_set_state(job, JOB_SWITCHING_MODE);
-		if (mode_switch_dfu(r->dev.tty, getenv("FLASHD_LOCK_DIR"), err) < 0)
-			return NULL;
-		job_note(job, "switching-to-dfu", "set %s to 14400 baud", r->dev.tty);
-		r->state = RUN_SWITCHING;
-		arm(r, timeout_ms("dfu_reenumerate_ms"));
-		return TAKE_PTR(r);
-	}
-	if (!r->dev.present) {
-		/* Handed over while re-enumerating: wait for it. */
-		r->state = RUN_SWITCHING;
-		arm(r, timeout_ms("dfu_reenumerate_ms"));
-		return TAKE_PTR(r);
-	}
+	job_set_state(job, JOB_PREFLIGHT);
 	r->state = RUN_OPENING;
 	arm(r, 0);
 	return TAKE_PTR(r);
@@ -776,23 +512,17 @@ static struct transport_run *dfu_start(struct job *job, struct error *err)
 static void dfu_cancel(struct transport_run *r)
 {
 	r->cancel_requested = true;
-	if (r->state == RUN_VERIFY_SERIAL) {
-		/* Written and left: past the point of no return; only the check is skipped. */
-		job_note(r->job, "not-verified", "the job was cancelled while verifying");
-		run_done(r, r->verified ? "verified" : "written-not-verified");
-		return;
-	}
-	if (r->state == RUN_SWITCHING || r->state == RUN_OPENING) {
+	if (r->state == RUN_OPENING) {
 		struct error err;
 		error_init(&err);
 		error_set(&err, ERR_CANCELLED, "the job was cancelled");
-		error_detail_str(&err, "phase", "switching-mode");
+		error_detail_str(&err, "phase", "open");
 		run_fail(r, &err);
 		return;
 	}
-	/* Erase, write and read-back stop at the next chunk or erase-unit boundary; leave and
-	 * the wait for the device are past the point of no return. */
-	if (r->dfuse && r->state != RUN_LEAVE && r->state != RUN_WAIT_BACK)
+	/* Erase, write and read-back stop at the next chunk or erase-unit boundary; the leave
+	 * is past the point of no return. */
+	if (r->dfuse && r->state != RUN_LEAVE)
 		dfuse_cancel(r->dfuse);
 }
 
@@ -802,80 +532,17 @@ static void dfu_device_event(struct transport_run *r, enum device_event ev,
 	struct error err;
 	error_init(&err);
 	r->dev = *dev;
-	if (r->state == RUN_LEAVE && (ev == DEVICE_EVENT_GONE || ev == DEVICE_EVENT_BACK))
+	if (r->state == RUN_LEAVE && (ev == DEVICE_EVENT_GONE || ev == DEVICE_EVENT_BACK)) {
 		left_dfu(r); /* the reset overtook the leave's GETSTATUS */
-	else if (ev == DEVICE_EVENT_GONE && r->state >= RUN_DFU_OPEN && r->state <= RUN_VERIFY) {
+	} else if (ev == DEVICE_EVENT_GONE && r->state >= RUN_DFU_OPEN && r->state <= RUN_VERIFY) {
 		/* Under some backends a transfer in flight never completes once the device is
 		 * gone (no POLLERR): give libusb a moment to report it, then report it here. */
 		r->gone = true;
 		arm(r, DFU_GONE_GRACE_MS);
-	}
-	switch (r->state) {
-	case RUN_SWITCHING:
-		if (ev == DEVICE_EVENT_BACK && dev->mode == DEVICE_MODE_DFU) {
-			evtimer_del(r->timer);
-			job_set_device_mode(r->job, DEVICE_MODE_DFU);
-			r->open_retries = 0;
-			open_device(r);
-		}
-		break;
-	case RUN_WAIT_BACK:
-		if (ev != DEVICE_EVENT_BACK && ev != DEVICE_EVENT_CHANGED)
-			break;
-		if (!r->after_leave && !r->nothing_written && r->jp && r->jp->then &&
-		    dev->mode != DEVICE_MODE_DFU) {
-			/* written: the plan goes on over another transport, which plans
-			 * again without these files */
-			for (size_t i = 0; i < r->jp->pre.n_steps; i++)
-				job_mark_written(r->job, r->jp->pre.steps[i].job_index);
-			r->after_leave = r->jp->then;
-		}
-		if ((r->after_leave || r->nothing_written) && dev->mode != DEVICE_MODE_DFU) {
-			if (!dev->present || (r->after_leave && !dev->tty[0]))
-				break; /* the tty node follows the usb_device */
-			evtimer_del(r->timer);
-			job_set_device_mode(r->job, dev->mode);
-			if (r->nothing_written) {
-				run_done(r, "already-installed");
-				break;
-			}
-			r->state = RUN_FINISHED;
-			usb_dfu_close(r->usb);
-			r->usb = NULL;
-			char why[160];
-			if (r->jp->handoff)
-				plan_step_describe(&r->jp->plan.steps[0], why, sizeof(why));
-			else
-				snprintf(why, sizeof(why), "the plan goes on over %s",
-					 r->after_leave);
-			job_handoff(r->job, r->after_leave, why);
-			break;
-		}
-		if (dev->mode == DEVICE_MODE_NORMAL || dev->mode == DEVICE_MODE_LISTENING ||
-		    dev->mode == DEVICE_MODE_UNKNOWN) {
-			job_set_device_mode(r->job, dev->mode);
-			if (verify_elsewhere(r))
-				hand_over_verify(r);
-			else if (!serial_verifiable(r))
-				run_done(r, r->verified ? "verified" : "written-not-verified");
-			else if (dev->tty[0])
-				start_serial_verify(r, dev->tty);
-			/* else: the tty node follows the usb_device (device-changed) */
-		} else if (dev->mode == DEVICE_MODE_SAFE || dev->mode == DEVICE_MODE_DFU) {
-			booted_invalid(r, dev->mode);
-		}
-		break;
-	default:
-		if (ev == DEVICE_EVENT_GONE && r->state != RUN_FINISHED && r->state != RUN_LEAVE) {
-			/* The transfer in flight reports device-gone with its context; if none is
-			 * in flight, report it here. */
-			if (r->state == RUN_OPENING) {
-				error_set(&err, ERR_DEVICE_GONE, "the device disappeared");
-				error_detail_str(&err, "phase", "open");
-				run_fail(r, &err);
-			}
-		}
-		break;
+	} else if (ev == DEVICE_EVENT_GONE && r->state == RUN_OPENING) {
+		error_set(&err, ERR_DEVICE_GONE, "the device disappeared");
+		error_detail_str(&err, "phase", "open");
+		run_fail(r, &err);
 	}
 	error_clear(&err);
 }
@@ -886,12 +553,10 @@ static void dfu_free(struct transport_run *r)
 		return;
 	if (r->timer)
 		event_free(r->timer);
-	cdc_query_free(r->query);
 	usb_dfu_close(r->usb); /* detaches the dfuse first: no completion reaches it */
 	dfuse_free(r->dfuse);
 	dfu_readback_clear(&r->rb);
 	free(r->verify_buf);
-	free(r->jp);
 	free(r);
 }
 
@@ -921,6 +586,7 @@ const struct transport_ops dfu_transport = {
     .init = dfu_init,
     .exit = dfu_exit,
     .can_serve = dfu_can_serve,
+    .rules = dfu_preflight_rules,
     .start = dfu_start,
     .cancel = dfu_cancel,
     .device_event = dfu_device_event,

@@ -37,8 +37,10 @@ static double mono(void)
 }
 
 /* A transport that writes 3952 bytes, reads the device back and is done, all inside start(). */
-static struct transport_run *instant_start(struct job *job, struct error *err)
+static struct transport_run *instant_start(struct job *job, const struct job_step *step,
+					   struct error *err)
 {
+	(void)step;
 	(void)err;
 	struct device_facts f = job_device(job)->facts;
 	job_set_state(job, JOB_WRITING);

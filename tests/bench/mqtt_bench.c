@@ -30,8 +30,10 @@ static double mono(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static struct transport_run *instant_start(struct job *job, struct error *err)
+static struct transport_run *instant_start(struct job *job, const struct job_step *step,
+					   struct error *err)
 {
+	(void)step;
 	(void)err;
 	struct device_facts f = job_device(job)->facts;
 	job_set_state(job, JOB_WRITING);

@@ -46,8 +46,10 @@ static bool fake_can_serve(const struct device_snapshot *dev)
 	return true;
 }
 
-static struct transport_run *fake_start(struct job *job, struct error *err)
+static struct transport_run *fake_start(struct job *job, const struct job_step *step,
+					struct error *err)
 {
+	(void)step;
 	(void)err;
 	struct transport_run *r = calloc(1, sizeof(*r));
 	r->job = job;

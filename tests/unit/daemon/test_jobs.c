@@ -1,7 +1,8 @@
 /*
- * The job state machine (daemon/jobs.c) against a fake transport: every
- * transition, cancel in each state, handoff, a device that never appears,
- * and the exactly-one-job-ended rule.
+ * The job state machine (daemon/jobs.c) and the step driver (job_steps.c)
+ * against a fake transport: every transition, cancel in each state, a READ
+ * passed on to the next transport, a device that never appears, and the
+ * exactly-one-job-ended rule.
  */
 #include "jobs.h"
 #include "registry.h"
@@ -37,6 +38,7 @@ static struct {
 	bool serve_dfu_only;
 	enum fake_cancel cancel_mode;
 	const char *last_started_by;
+	enum job_step_kind last_kind;
 } fake;
 
 static bool fake_can_serve(const struct device_snapshot *dev)
@@ -44,11 +46,12 @@ static bool fake_can_serve(const struct device_snapshot *dev)
 	return !fake.serve_dfu_only || dev->mode == DEVICE_MODE_DFU;
 }
 
-static struct transport_run *fake_start_common(struct job *job, struct error *err,
-					       const struct transport_ops *ops)
+static struct transport_run *fake_start_common(struct job *job, const struct job_step *step,
+					       struct error *err, const struct transport_ops *ops)
 {
 	fake.starts++;
 	fake.last_started_by = ops->name;
+	fake.last_kind = step->kind;
 	if (fake.start_fails) {
 		error_set(err, ERR_PERMISSION_DENIED, "fake: cannot open");
 		return NULL;
@@ -64,14 +67,16 @@ static struct transport_run *fake_start_common(struct job *job, struct error *er
 static const struct transport_ops fake_serial;
 static const struct transport_ops fake_dfu;
 
-static struct transport_run *fake_serial_start(struct job *job, struct error *err)
+static struct transport_run *fake_serial_start(struct job *job, const struct job_step *step,
+					       struct error *err)
 {
-	return fake_start_common(job, err, &fake_serial);
+	return fake_start_common(job, step, err, &fake_serial);
 }
 
-static struct transport_run *fake_dfu_start(struct job *job, struct error *err)
+static struct transport_run *fake_dfu_start(struct job *job, const struct job_step *step,
+					    struct error *err)
 {
-	return fake_start_common(job, err, &fake_dfu);
+	return fake_start_common(job, step, err, &fake_dfu);
 }
 
 static void fake_cancel(struct transport_run *r)
@@ -82,7 +87,7 @@ static void fake_cancel(struct transport_run *r)
 		error_init(&e);
 		error_set(&e, ERR_CANCELLED, "fake stopped at a block boundary");
 		error_detail_str(&e, "device_state", "partly written");
-		job_finish(r->job, JOB_RESULT_CANCELLED, NULL, &e);
+		job_step_done(r->job, NULL, &e);
 	}
 }
 
@@ -742,36 +747,30 @@ static void test_cancel_ignored_by_transport_ends_after_grace(void **state)
 	fx_free(fx);
 }
 
-static void test_cancel_during_start_reaches_the_transport(void **state)
-{
-	(void)state;
-	struct fx *fx = fx_new(serial_and_dfu);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
-	struct job *job = submit(fx, PHOTON_ID, 0);
-	job_handoff(job, "dfu", "Device OS 6 has no YMODEM");
-	/* Handoff pending (no run): cancel ends the job without starting dfu. */
-	jobs_cancel(fx->jobs, job, 1000);
-	spin(fx);
-	assert_string_equal(ended_result(fx, job), "cancelled");
-	assert_int_equal(fake.starts, 1);
-	fx_free(fx);
-}
-
-static void test_handoff_starts_the_named_transport_on_the_same_job(void **state)
+/* A READ that gets no answer (no console, say) goes to the next transport that can
+ * read the device, with a note; what it reads is planned by the core (no files:
+ * nothing to write). */
+static void test_read_without_answer_goes_to_the_next_transport(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(serial_and_dfu);
 	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	assert_string_equal(fake.last_started_by, "serial");
-	job_set_state(job, JOB_SWITCHING_MODE);
-	job_handoff(job, "dfu", "Device OS 6.x has no YMODEM");
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	struct job_step_result res;
+	memset(&res, 0, sizeof(res));
+	res.no_answer = true;
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_TIMED_OUT, "the console was silent");
+	job_step_done(job, &res, &e);
 	spin(fx);
 	assert_int_equal(fake.starts, 2);
 	assert_string_equal(fake.last_started_by, "dfu");
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
 	assert_int_equal(fake.frees, 1); /* the serial run */
 	assert_true(registry_find_key(fx->reg, PHOTON_ID)->job == job);
-	/* The note tells the user. */
 	json_t *ev;
 	size_t i;
 	bool noted = false;
@@ -779,19 +778,31 @@ static void test_handoff_starts_the_named_transport_on_the_same_job(void **state
 	    noted || (json_is_string(json_object_get(ev, "note")) &&
 		      strcmp(json_string_value(json_object_get(ev, "note")), "handed-to-dfu") == 0);
 	assert_true(noted);
-	job_finish(job, JOB_RESULT_DONE, "written-not-verified", NULL);
+	memset(&res, 0, sizeof(res));
+	res.mode = DEVICE_MODE_NORMAL;
+	job_step_done(job, &res, NULL);
 	spin(fx);
 	assert_string_equal(ended_result(fx, job), "done");
+	assert_string_equal(json_string_value(json_object_get(last_ended(fx, job), "outcome")),
+			    "already-installed");
+	assert_int_equal(fake.starts, 2); /* nothing to write: no other step */
 	fx_free(fx);
 }
 
-static void test_handoff_to_missing_transport_is_not_flashable_here(void **state)
+/* No transport answers and none can switch the device: not-flashable-here. */
+static void test_read_nobody_answers_is_not_flashable_here(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
 	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
 	struct job *job = submit(fx, PHOTON_ID, 0);
-	job_handoff(job, "dfu", "Device OS 6.x has no YMODEM");
+	struct job_step_result res;
+	memset(&res, 0, sizeof(res));
+	res.no_answer = true;
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_TIMED_OUT, "the console was silent");
+	job_step_done(job, &res, &e);
 	spin(fx);
 	assert_string_equal(ended_code(fx, job), "not-flashable-here");
 	fx_free(fx);
@@ -999,9 +1010,8 @@ int main(void)
 	    cmocka_unit_test(test_devices_run_jobs_in_parallel),
 	    cmocka_unit_test(test_cancel_in_every_state),
 	    cmocka_unit_test(test_cancel_ignored_by_transport_ends_after_grace),
-	    cmocka_unit_test(test_cancel_during_start_reaches_the_transport),
-	    cmocka_unit_test(test_handoff_starts_the_named_transport_on_the_same_job),
-	    cmocka_unit_test(test_handoff_to_missing_transport_is_not_flashable_here),
+	    cmocka_unit_test(test_read_without_answer_goes_to_the_next_transport),
+	    cmocka_unit_test(test_read_nobody_answers_is_not_flashable_here),
 	    cmocka_unit_test(test_run_follows_its_device_across_reenumeration),
 	    cmocka_unit_test(test_device_gone_mid_job_waits_and_resumes_when_it_is_back),
 	    cmocka_unit_test(test_device_gone_for_good_names_what_was_not_written),

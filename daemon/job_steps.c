@@ -1,0 +1,973 @@
+/*
+ * The step driver (job_steps.h): READ -> PLAN -> the plan's steps -> verdict.
+ *
+ * One explicit phase at a time; the events are the end of a run's step
+ * (job_step_done(), taken from the loop), the driver's timer (the waits'
+ * timeouts), the DFU leave's completion and the device events the core
+ * forwards.
+ */
+#include "job_steps.h"
+
+#include "capability.h"
+#include "cdc_query.h"
+#include "job_plan.h"
+#include "jobs.h"
+#include "mode_switch.h"
+#include "plan.h"
+#include "preflight.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+enum phase {
+	PH_IDLE,
+	PH_READ,       /* a READ run */
+	PH_ASK_DFU,    /* the ctrl run of an ENTER_DFU step */
+	PH_SWITCH_DFU, /* 14400 baud or the request sent: waiting for the device in DFU mode */
+	PH_LEAVING,    /* mode_switch_dfu_leave() in flight */
+	PH_WAIT_BACK,  /* waiting for the device to run its firmware again */
+	PH_WRITE,      /* a WRITE run */
+	PH_VERIFY,     /* a VERIFY run */
+};
+
+struct job_steps {
+	struct job *job;
+	struct event *timer; /* the waits' timeouts */
+	struct event *cont;  /* continues after a step ended, from the loop */
+	enum phase phase;
+	struct job_plan *jp;
+	bool planned;
+	size_t next;			 /* the next plan step */
+	size_t cur;			 /* the plan step of the running WRITE's first image */
+	struct job_step step;		 /* the step running */
+	const struct transport_ops *ops; /* its transport */
+	const struct transport_ops *at;	 /* the transport the job is on (handed-to notes) */
+	uint32_t no_answer;		 /* READ: transports that got no answer (bit per index) */
+	bool switched_for_read;		 /* READ: the device was switched to DFU to be read */
+	bool left;			 /* the last DFU write left DFU mode */
+	bool saw_gone;			 /* the device left since the step began */
+	bool wrote, read_back;
+	bool wait_tty;	      /* PH_WAIT_BACK: the tty too */
+	const char *wait_key; /* the timeout key of the wait */
+	const char *end_word; /* the word when the plan's steps run out */
+	struct dfu_leave *leave;
+	/* the step that ended, taken from the loop */
+	bool ended_step;
+	bool have_res;
+	struct job_step_result res;
+	struct error err;
+	char no_answer_why[sizeof(((struct error *)0)->message)];
+};
+
+static void advance(struct job_steps *s);
+static void read_next(struct job_steps *s);
+
+/* ---- small helpers ------------------------------------------------------------------ */
+
+static struct job_steps *of(struct job *job)
+{
+	return *job_steps_slot(job);
+}
+
+static unsigned transport_bit(struct job *job, const struct transport_ops *ops)
+{
+	const struct transport_ops *const *t = job_transports(job);
+	for (unsigned i = 0; t[i]; i++)
+		if (t[i] == ops)
+			return 1u << i;
+	return 0;
+}
+
+static bool is_probe(struct job *job)
+{
+	return job_image_count(job) == 0 && job_options(job)->dry_run;
+}
+
+static void arm(struct job_steps *s, unsigned ms)
+{
+	struct timeval tv = {ms / 1000, (suseconds_t)(ms % 1000) * 1000};
+	evtimer_add(s->timer, &tv);
+}
+
+static void stop_waits(struct job_steps *s)
+{
+	evtimer_del(s->timer);
+	event_del(s->cont);
+	mode_switch_dfu_leave_free(s->leave);
+	s->leave = NULL;
+}
+
+static void end_job(struct job_steps *s, enum job_result result, const char *word,
+		    struct error *err)
+{
+	stop_waits(s);
+	s->phase = PH_IDLE;
+	job_finish(s->job, result, word, err);
+}
+
+static void fail(struct job_steps *s, struct error *err)
+{
+	end_job(s, err->code == ERR_CANCELLED ? JOB_RESULT_CANCELLED : JOB_RESULT_FAILED, NULL,
+		err);
+}
+
+/* The transport the job goes on with: a note when it changes (not for the first READ). */
+static void handed_to(struct job_steps *s, const struct transport_ops *ops, const char *why)
+{
+	if (s->at && ops && s->at != ops) {
+		char note[64];
+		snprintf(note, sizeof(note), "handed-to-%s", ops->name);
+		job_note(s->job, note, "%s", why);
+	}
+	s->at = ops;
+}
+
+static void step_why(struct job_steps *s, size_t i, char *buf, size_t size)
+{
+	plan_step_describe(&s->jp->plan.steps[i], buf, size);
+}
+
+static bool start_step(struct job_steps *s, const struct transport_ops *ops, enum phase phase,
+		       struct error *err)
+{
+	s->ops = ops;
+	s->phase = phase;
+	s->ended_step = false;
+	return job_start_step(s->job, ops, &s->step, err);
+}
+
+/* ---- the waits ---------------------------------------------------------------------- */
+
+static unsigned reenumerate_ms(const char *transport)
+{
+	char key[48];
+	snprintf(key, sizeof(key), "%s_reenumerate_ms", transport);
+	return timeout_ms(key);
+}
+
+static void wait_dfu(struct job_steps *s)
+{
+	s->phase = PH_SWITCH_DFU;
+	job_set_state(s->job, JOB_SWITCHING_MODE);
+	arm(s, timeout_ms("dfu_reenumerate_ms"));
+	job_steps_device_event(s->job, DEVICE_EVENT_CHANGED, job_device(s->job));
+}
+
+static void wait_back(struct job_steps *s, const char *transport, bool tty)
+{
+	s->phase = PH_WAIT_BACK;
+	s->wait_tty = tty;
+	s->wait_key = transport;
+	s->saw_gone |= !job_device(s->job)->present;
+	arm(s, reenumerate_ms(transport));
+	job_steps_device_event(s->job, DEVICE_EVENT_CHANGED, job_device(s->job));
+}
+
+/* Does the job itself bring (function, index) in at least this version? */
+static bool job_provides(struct job *job, uint8_t function, uint8_t index, uint16_t version)
+{
+	for (size_t i = 0; i < job_image_count(job); i++) {
+		const struct image *img = job_image(job, i);
+		for (unsigned k = 0; img && k < img->n_modules; k++)
+			if (img->modules[k].function == function &&
+			    img->modules[k].index == index && img->modules[k].version >= version)
+				return true;
+	}
+	return false;
+}
+
+/*
+ * A device that stays in DFU after the leave does not say which check failed
+ * (the bootloader has no console).  What the host can tell from the files and
+ * the facts read before: the platform and the dependencies against what is
+ * installed plus the job.  Empty when none of them fails.
+ */
+static json_t *known_failed_checks(struct job_steps *s, const char **function)
+{
+	const struct device_facts *f = job_facts_before(s->job);
+	bool platform = false, deps = false;
+	*function = NULL;
+	for (size_t i = 0; f && i < job_image_count(s->job); i++) {
+		const struct image *img = job_image(s->job, i);
+		for (unsigned k = 0; img && k < img->n_modules; k++) {
+			const struct image_module *m = &img->modules[k];
+			if (!*function)
+				*function = module_function_name(m->function);
+			if (f->platform && m->platform_id != f->platform->id)
+				platform = true;
+			for (int d = 0; d < 2; d++) {
+				const struct image_dependency *dep = &m->deps[d];
+				if (dep->function == MODULE_FUNCTION_NONE ||
+				    (dep->function == m->function && dep->index == m->index))
+					continue;
+				const struct installed_module *im =
+				    preflight_installed(f, dep->function, dep->index);
+				if (!(im && im->version >= dep->version) &&
+				    !job_provides(s->job, dep->function, dep->index, dep->version))
+					deps = true;
+			}
+		}
+	}
+	json_t *a = json_array();
+	if (platform)
+		json_array_append_new(a, json_string("platform"));
+	if (deps)
+		json_array_append_new(a, json_string("dependencies"));
+	return a;
+}
+
+static void booted_invalid_in(struct job_steps *s, enum device_mode mode)
+{
+	struct error err;
+	error_init(&err);
+	const char *function;
+	json_t *checks = known_failed_checks(s, &function);
+	if (json_array_size(checks) > 0)
+		error_set(&err, ERR_BOOTED_INVALID,
+			  "the firmware was written but the device came back in %s mode; it does "
+			  "not say why in that mode, but the files fail these checks against the "
+			  "device: see failed_checks",
+			  device_mode_name(mode));
+	else
+		error_set(&err, ERR_BOOTED_INVALID,
+			  "the firmware was written but the device came back in %s mode; it does "
+			  "not say which check failed in that mode and the files pass the checks "
+			  "flashd can make",
+			  device_mode_name(mode));
+	error_detail_str(&err, "mode", device_mode_name(mode));
+	error_detail_json(&err, "failed_checks", checks);
+	if (function)
+		error_detail_str(&err, "module_function", function);
+	end_job(s, JOB_RESULT_FAILED, "booted-invalid", &err);
+}
+
+/* Whether a write is still to come after plan step i. */
+static bool writes_after(const struct job_steps *s, size_t i)
+{
+	for (size_t k = i; s->jp && k < s->jp->plan.n_steps; k++)
+		if (s->jp->plan.steps[k].kind == PLAN_STEP_WRITE)
+			return true;
+	return false;
+}
+
+static void continue_at(struct job_steps *s, size_t next)
+{
+	s->next = next;
+	s->phase = PH_IDLE;
+	event_active(s->cont, 0, 0);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct job_steps *s = arg;
+	struct error err;
+	error_init(&err);
+	const struct device_snapshot *dev = job_device(s->job);
+	switch (s->phase) {
+	case PH_SWITCH_DFU:
+		error_set(&err, ERR_TIMED_OUT,
+			  "the device did not come back in DFU mode after the "
+			  "mode switch");
+		error_detail_str(&err, "phase", "switching-mode");
+		error_detail_int(&err, "timeout_ms", timeout_ms("dfu_reenumerate_ms"));
+		fail(s, &err);
+		return;
+	case PH_LEAVING:
+		error_set(&err, ERR_TIMED_OUT, "leaving DFU mode did not complete");
+		error_detail_str(&err, "phase", "switching-mode");
+		error_detail_int(&err, "timeout_ms", timeout_ms("dfu_reenumerate_ms"));
+		fail(s, &err);
+		return;
+	case PH_WAIT_BACK:
+		if (!s->wrote) {
+			/* nothing written: the device left DFU mode as the job found it */
+			end_job(s, JOB_RESULT_DONE, s->end_word, NULL);
+			return;
+		}
+		if (!writes_after(s, s->next)) {
+			/* written; the device cannot be asked now */
+			if (dev->present && dev->mode != DEVICE_MODE_DFU)
+				job_note(
+				    s->job, "not-verified",
+				    "the device is back but has no serial port to verify over");
+			else
+				job_note(s->job, "not-verified",
+					 "the device did not come back within %u s after the write",
+					 reenumerate_ms(s->wait_key) / 1000);
+			end_job(s, JOB_RESULT_DONE,
+				s->read_back ? "verified" : "written-not-verified", NULL);
+			return;
+		}
+		error_set(&err, ERR_TIMED_OUT,
+			  "the device did not come back after the write, so the rest of the plan "
+			  "could not run");
+		error_detail_str(&err, "phase", "rebooting");
+		error_detail_int(&err, "timeout_ms", reenumerate_ms(s->wait_key));
+		error_hint(&err, "the firmware written so far is on the device; reset it and "
+				 "flash again: what is installed is skipped");
+		fail(s, &err);
+		return;
+	default:
+		return;
+	}
+}
+
+static void on_left(void *ctx, struct error *err)
+{
+	struct job_steps *s = ctx;
+	if (s->phase != PH_LEAVING)
+		return;
+	mode_switch_dfu_leave_free(s->leave);
+	s->leave = NULL;
+	evtimer_del(s->timer);
+	if (err && err->code != ERR_DEVICE_GONE) {
+		struct error e;
+		error_init(&e);
+		error_move(&e, err);
+		error_prefix(&e, "leaving DFU mode: ");
+		fail(s, &e);
+		return;
+	}
+	/* left (or the reset overtook the leave's GETSTATUS) */
+	s->saw_gone = true;
+	job_note(s->job, "device-reset", "left DFU mode; waiting for the device to come back");
+	wait_back(s, "dfu", s->wait_tty);
+}
+
+/* Leaves DFU mode (the plan's switch or reboot with no DFU write before it). */
+static void leave_dfu(struct job_steps *s, bool tty)
+{
+	struct error err;
+	error_init(&err);
+	const struct device_snapshot *dev = job_device(s->job);
+	s->wait_tty = tty;
+	s->phase = PH_LEAVING;
+	s->leave = mode_switch_dfu_leave(job_event_base(s->job), dev->busnum, dev->devnum,
+					 dev->usb_devnode, on_left, s, &err);
+	if (!s->leave) {
+		fail(s, &err);
+		return;
+	}
+	arm(s, timeout_ms("dfu_reenumerate_ms"));
+}
+
+void job_steps_device_event(struct job *job, enum device_event ev,
+			    const struct device_snapshot *dev)
+{
+	struct job_steps *s = of(job);
+	if (!s)
+		return;
+	if (ev == DEVICE_EVENT_GONE)
+		s->saw_gone = true;
+	switch (s->phase) {
+	case PH_SWITCH_DFU:
+		if (dev->present && dev->mode == DEVICE_MODE_DFU && dev->usb_devnode[0]) {
+			evtimer_del(s->timer);
+			if (!s->planned) {
+				/* switched to be read: READ over DFU now */
+				s->phase = PH_IDLE;
+				s->switched_for_read = true;
+				event_active(s->cont, 0, 0);
+				return;
+			}
+			continue_at(s, s->next + 1);
+		}
+		return;
+	case PH_LEAVING:
+		if (ev == DEVICE_EVENT_GONE) {
+			/* the device reset: the leave is done whatever its GETSTATUS says */
+			mode_switch_dfu_leave_free(s->leave);
+			s->leave = NULL;
+			evtimer_del(s->timer);
+			job_note(s->job, "device-reset",
+				 "left DFU mode; waiting for the device to come back");
+			wait_back(s, "dfu", s->wait_tty);
+		}
+		return;
+	case PH_WAIT_BACK:
+		if (!s->saw_gone || !dev->present)
+			return;
+		if (s->wrote && !writes_after(s, s->next + 1) &&
+		    (dev->mode == DEVICE_MODE_DFU || dev->mode == DEVICE_MODE_SAFE)) {
+			evtimer_del(s->timer);
+			booted_invalid_in(s, dev->mode);
+			return;
+		}
+		if (dev->mode == DEVICE_MODE_DFU || (s->wait_tty && !dev->tty[0]))
+			return; /* the tty node follows the usb_device */
+		evtimer_del(s->timer);
+		job_set_device_mode(job, dev->mode);
+		continue_at(s, s->next + 1);
+		return;
+	default:
+		return;
+	}
+}
+
+/* ---- READ ----------------------------------------------------------------------------- */
+
+static const struct transport_ops *reader(struct job_steps *s)
+{
+	const struct device_snapshot *dev = job_device(s->job);
+	const struct transport_ops *const *t = job_transports(s->job);
+	for (unsigned i = 0; t[i]; i++)
+		if (!(s->no_answer & (1u << i)) && t[i]->can_serve && t[i]->can_serve(dev))
+			return t[i];
+	return NULL;
+}
+
+static void switch_14400(struct job_steps *s);
+
+static void read_next(struct job_steps *s)
+{
+	struct error err;
+	error_init(&err);
+	struct job *job = s->job;
+	const struct device_snapshot *dev = job_device(job);
+	const struct transport_ops *ops = reader(s);
+	if (ops) {
+		if (s->no_answer_why[0])
+			handed_to(s, ops, s->no_answer_why);
+		else
+			s->at = ops;
+		memset(&s->step, 0, sizeof(s->step));
+		s->step.kind = JOB_STEP_READ;
+		s->step.probe = is_probe(job);
+		if (!start_step(s, ops, PH_READ, &err))
+			fail(s, &err);
+		return;
+	}
+	if (is_probe(job) && s->no_answer) {
+		/* not an error for a probe: the device has nothing to answer with now */
+		job_note(
+		    job, "no-console",
+		    "%s; flashd does not switch a device to DFU mode for a probe, so only what "
+		    "USB says is known",
+		    s->no_answer_why);
+		end_job(s, JOB_RESULT_DONE, "probed", NULL);
+		return;
+	}
+	if (!is_probe(job) && dev->mode != DEVICE_MODE_DFU && dev->tty[0] &&
+	    job_transport(job, "dfu") && !s->switched_for_read) {
+		/* no console, no control requests: DFU switches it with 14400 baud */
+		handed_to(s, job_transport(job, "dfu"),
+			  s->no_answer_why[0] ? s->no_answer_why
+					      : "reading the device in DFU mode");
+		switch_14400(s);
+		return;
+	}
+	error_set(&err, ERR_NOT_FLASHABLE_HERE, "no transport can work on a device in %s mode%s%s",
+		  device_mode_name(dev->mode), s->no_answer_why[0] ? ": " : "", s->no_answer_why);
+	error_detail_str(&err, "reason", "no transport for this mode");
+	error_detail_str(&err, "device", dev->key);
+	fail(s, &err);
+}
+
+static void make_plan(struct job_steps *s, const struct job_step_result *res)
+{
+	struct error err;
+	error_init(&err);
+	struct job *job = s->job;
+	const struct device_snapshot *dev = job_device(job);
+	enum device_mode mode = res->mode != DEVICE_MODE_UNKNOWN ? res->mode : dev->mode;
+	if (!s->jp)
+		s->jp = malloc(sizeof(*s->jp));
+	if (!s->jp) {
+		error_set(&err, ERR_OUT_OF_MEMORY, NULL);
+		fail(s, &err);
+		return;
+	}
+	job_set_state(job, JOB_PREFLIGHT);
+	const char *label = dev->tty[0] ? dev->tty : dev->usb_devnode;
+	if (job_plan_make(job, &res->facts, mode, label, s->jp, &err) < 0) {
+		/* refused before any mode switch and any byte */
+		fail(s, &err);
+		return;
+	}
+	s->planned = true;
+	if (job_options(job)->dry_run) {
+		end_job(s, JOB_RESULT_DONE, "preflight-ok", NULL);
+		return;
+	}
+	s->end_word = "already-installed";
+	if (s->jp->plan.n_writes == 0) {
+		s->next = s->jp->plan.n_steps;
+		if (dev->mode == DEVICE_MODE_DFU && dev->present) {
+			/* every file is installed already: give the device back running */
+			job_set_state(job, JOB_SWITCHING_MODE);
+			leave_dfu(s, false);
+			return;
+		}
+		end_job(s, JOB_RESULT_DONE, s->end_word, NULL);
+		return;
+	}
+	s->end_word = "written-not-verified";
+	s->next = 0;
+	advance(s);
+}
+
+static void read_done(struct job_steps *s)
+{
+	struct job *job = s->job;
+	if (error_is_set(&s->err)) {
+		if (s->have_res && s->res.no_answer && s->err.code != ERR_CANCELLED) {
+			s->no_answer |= transport_bit(job, s->ops);
+			snprintf(s->no_answer_why, sizeof(s->no_answer_why), "%s", s->err.message);
+			error_clear(&s->err);
+			read_next(s);
+			return;
+		}
+		struct error e;
+		error_init(&e);
+		error_move(&e, &s->err);
+		fail(s, &e);
+		return;
+	}
+	if (!s->have_res) {
+		struct error e;
+		error_init(&e);
+		error_set(&e, ERR_INTERNAL, "the %s transport read nothing", s->ops->name);
+		fail(s, &e);
+		return;
+	}
+	job_update_facts(job, &s->res.facts);
+	if (s->res.mode != DEVICE_MODE_UNKNOWN)
+		job_set_device_mode(job, s->res.mode);
+	if (is_probe(job)) {
+		end_job(s, JOB_RESULT_DONE, "probed", NULL);
+		return;
+	}
+	make_plan(s, &s->res);
+}
+
+/* ---- the plan's steps ------------------------------------------------------------------ */
+
+static void switch_14400(struct job_steps *s)
+{
+	struct error err;
+	error_init(&err);
+	const struct device_snapshot *dev = job_device(s->job);
+	job_set_state(s->job, JOB_SWITCHING_MODE);
+	if (!dev->tty[0]) {
+		error_set(&err, ERR_NOT_FLASHABLE_HERE,
+			  "the device has no serial port to switch it to DFU mode with");
+		error_detail_str(&err, "reason", "no serial port");
+		fail(s, &err);
+		return;
+	}
+	if (mode_switch_dfu(dev->tty, getenv("FLASHD_LOCK_DIR"), &err) < 0) {
+		fail(s, &err);
+		return;
+	}
+	job_note(s->job, "switching-to-dfu", "set %s to 14400 baud", dev->tty);
+	wait_dfu(s);
+}
+
+/* Whether what follows plan step i needs the serial port (a serial write or verify). */
+static bool needs_tty_after(const struct job_steps *s, size_t i)
+{
+	if (i + 1 >= s->jp->plan.n_steps)
+		return false;
+	const struct plan_step *n = &s->jp->plan.steps[i + 1];
+	return n->transport == PLAN_TRANSPORT_SERIAL;
+}
+
+static void do_switch(struct job_steps *s, const struct plan_step *ps)
+{
+	struct error err;
+	error_init(&err);
+	struct job *job = s->job;
+	const struct device_snapshot *dev = job_device(job);
+	char why[160];
+	step_why(s, s->next, why, sizeof(why));
+	handed_to(s, job_transport(job, plan_transport_name(ps->transport)), why);
+	if (ps->to == DEVICE_MODE_DFU) {
+		if (dev->present && dev->mode == DEVICE_MODE_DFU) {
+			continue_at(s, s->next + 1);
+			return;
+		}
+		const struct transport_ops *ctrl = job_transport(job, "ctrl");
+		if (ps->how && strstr(ps->how, "request") && ctrl) {
+			memset(&s->step, 0, sizeof(s->step));
+			s->step.kind = JOB_STEP_ENTER_DFU;
+			job_set_state(job, JOB_SWITCHING_MODE);
+			if (start_step(s, ctrl, PH_ASK_DFU, &err))
+				return;
+			job_note(job, "ctrl-fallback",
+				 "the enter-DFU request failed (%s); using "
+				 "14400 baud",
+				 err.message);
+			error_clear(&err);
+		}
+		switch_14400(s);
+		return;
+	}
+	if (ps->from == DEVICE_MODE_DFU) {
+		job_set_state(job, JOB_SWITCHING_MODE);
+		bool tty = ps->transport == PLAN_TRANSPORT_SERIAL;
+		if (dev->present && dev->mode == DEVICE_MODE_DFU && !s->left) {
+			leave_dfu(s, tty);
+			return;
+		}
+		wait_back(s, "dfu", tty);
+		return;
+	}
+	/* 28800 baud: the serial write enters listening mode itself (mode_switch.h) as
+	 * the first thing it does on the port */
+	continue_at(s, s->next + 1);
+}
+
+static void do_write(struct job_steps *s, const struct plan_step *ps)
+{
+	struct error err;
+	error_init(&err);
+	struct job *job = s->job;
+	const struct transport_ops *ops = job_transport(job, plan_transport_name(ps->transport));
+	char why[160];
+	step_why(s, s->next, why, sizeof(why));
+	if (!ops) {
+		error_set(&err, ERR_NOT_FLASHABLE_HERE, "%s; the %s transport is not built in", why,
+			  plan_transport_name(ps->transport));
+		error_detail_str(&err, "transport", plan_transport_name(ps->transport));
+		fail(s, &err);
+		return;
+	}
+	handed_to(s, ops, why);
+	memset(&s->step, 0, sizeof(s->step));
+	s->step.kind = JOB_STEP_WRITE;
+	size_t j = s->next;
+	const struct plan *p = &s->jp->plan;
+	/* one write per step, except DFU, which writes its run of files in one go */
+	while (j < p->n_steps && p->steps[j].kind == PLAN_STEP_WRITE &&
+	       p->steps[j].transport == ps->transport && s->step.n_images < JOB_STEP_MAX_IMAGES &&
+	       (j == s->next || ps->transport == PLAN_TRANSPORT_DFU))
+		s->step.images[s->step.n_images++] = job_plan_file(s->jp, &p->steps[j++]);
+	s->step.leave =
+	    ps->transport == PLAN_TRANSPORT_DFU && j < p->n_steps &&
+	    (p->steps[j].kind == PLAN_STEP_REBOOT ||
+	     (p->steps[j].kind == PLAN_STEP_SWITCH && p->steps[j].from == DEVICE_MODE_DFU));
+	s->cur = s->next;
+	s->saw_gone = false;
+	s->left = false;
+	if (!start_step(s, ops, PH_WRITE, &err))
+		fail(s, &err);
+}
+
+static void write_done(struct job_steps *s)
+{
+	if (error_is_set(&s->err)) {
+		struct error e;
+		error_init(&e);
+		error_move(&e, &s->err);
+		fail(s, &e);
+		return;
+	}
+	for (size_t i = 0; i < s->step.n_images; i++)
+		job_mark_written(s->job, s->step.images[i]);
+	s->wrote = true;
+	s->read_back = s->have_res && s->res.read_back;
+	s->left = s->step.leave;
+	continue_at(s, s->cur + s->step.n_images);
+}
+
+static void do_reboot(struct job_steps *s, const struct plan_step *ps)
+{
+	const char *t = plan_transport_name(ps->transport);
+	bool tty = needs_tty_after(s, s->next);
+	job_set_state(s->job, JOB_REBOOTING);
+	if (ps->transport == PLAN_TRANSPORT_DFU) {
+		const struct device_snapshot *dev = job_device(s->job);
+		if (!s->left && dev->present && dev->mode == DEVICE_MODE_DFU) {
+			leave_dfu(s, tty);
+			return;
+		}
+		job_note(s->job, "device-reset",
+			 "left DFU mode; waiting for the device to come back");
+	}
+	wait_back(s, t, tty);
+}
+
+/* The Device OS the device runs after the job: its system part, or the one the job wrote. */
+static uint16_t system_version_after(struct job_steps *s)
+{
+	const struct device_facts *f = job_facts_before(s->job);
+	uint16_t v = f ? capability_version(f->os_version, f->system_version) : 0;
+	for (size_t i = 0; i < job_image_count(s->job); i++) {
+		const struct image *img = job_image(s->job, i);
+		for (unsigned k = 0; img && k < img->n_modules; k++)
+			if (img->modules[k].function == MODULE_FUNCTION_SYSTEM &&
+			    img->modules[k].version > v)
+				v = img->modules[k].version;
+	}
+	return v;
+}
+
+static void not_verified(struct job_steps *s, const char *why)
+{
+	job_note(s->job, "not-verified", "%s", why);
+	end_job(s, JOB_RESULT_DONE, s->read_back ? "verified" : "written-not-verified", NULL);
+}
+
+static void do_verify(struct job_steps *s, const struct plan_step *ps)
+{
+	struct error err;
+	error_init(&err);
+	struct job *job = s->job;
+	const struct transport_ops *ops = job_transport(job, plan_transport_name(ps->transport));
+	const struct device_facts *f = &job_device(job)->facts;
+	if (!ops || (ps->transport == PLAN_TRANSPORT_SERIAL &&
+		     !capability_has(CAPABILITY_LISTENING_CONSOLE, f->platform,
+				     system_version_after(s), true))) {
+		/* Only Device OS <= 5.x has a listening-mode console (28800 removed in
+		 * 6.0.0, capability.c's table); an unknown version is tried */
+		not_verified(s, "the device has no way to report its modules after the write");
+		return;
+	}
+	char why[160];
+	step_why(s, s->next, why, sizeof(why));
+	handed_to(s, ops, why);
+	memset(&s->step, 0, sizeof(s->step));
+	s->step.kind = JOB_STEP_VERIFY;
+	job_set_state(job, JOB_VERIFYING);
+	if (!start_step(s, ops, PH_VERIFY, &err)) {
+		not_verified(s, err.message);
+		error_clear(&err);
+	}
+}
+
+static void verify_done(struct job_steps *s)
+{
+	struct job *job = s->job;
+	if (error_is_set(&s->err) || !s->have_res) {
+		/* written; the device cannot be asked now (no console, port held, cancelled) */
+		char why[sizeof(s->err.message) + 64];
+		snprintf(why, sizeof(why), "%s",
+			 s->err.code == ERR_CANCELLED ? "the job was cancelled while verifying"
+			 : error_is_set(&s->err)      ? s->err.message
+						      : "the device reported nothing");
+		error_clear(&s->err);
+		not_verified(s, why);
+		return;
+	}
+	struct device_facts now = s->res.facts;
+	bool safe = s->res.mode == DEVICE_MODE_SAFE || cdc_query_facts_safe_mode(&now);
+	job_update_facts(job, &now);
+	if (s->res.mode != DEVICE_MODE_UNKNOWN)
+		job_set_device_mode(job, s->res.mode);
+	struct error e;
+	error_init(&e);
+	/* verified means the whole device: every module it reports valid (issue 11) */
+	if (job_verdict(job, &now, safe, &e) == 0) {
+		end_job(s, JOB_RESULT_DONE, "verified", NULL);
+		return;
+	}
+	end_job(s, JOB_RESULT_FAILED, "booted-invalid", &e);
+}
+
+static void ask_dfu_done(struct job_steps *s)
+{
+	if (error_is_set(&s->err)) {
+		if (s->err.code == ERR_CANCELLED) {
+			struct error e;
+			error_init(&e);
+			error_move(&e, &s->err);
+			fail(s, &e);
+			return;
+		}
+		/* not supported here: 14400 baud */
+		job_note(s->job, "ctrl-fallback",
+			 "the enter-DFU request failed (%s); using 14400 baud", s->err.message);
+		error_clear(&s->err);
+		switch_14400(s);
+		return;
+	}
+	job_note(s->job, "switching-to-dfu", "asked the device by USB control request");
+	wait_dfu(s);
+}
+
+static void advance(struct job_steps *s)
+{
+	struct job *job = s->job;
+	if (job_cancel_requested(job)) {
+		if (s->wrote && !writes_after(s, s->next)) {
+			not_verified(s, "the job was cancelled after the last write: the device "
+					"applies what it got");
+			return;
+		}
+		struct error e;
+		error_init(&e);
+		error_set(&e, ERR_CANCELLED, "the job was cancelled while %s",
+			  job_state_name(job_state(job)));
+		error_detail_str(&e, "phase", job_state_name(job_state(job)));
+		error_detail_str(&e, "device_state", s->wrote ? "partly flashed" : "untouched");
+		fail(s, &e);
+		return;
+	}
+	if (s->next >= s->jp->plan.n_steps) {
+		end_job(s, JOB_RESULT_DONE, s->end_word, NULL);
+		return;
+	}
+	const struct plan_step *ps = &s->jp->plan.steps[s->next];
+	job_plan_report_step(job, s->jp, s->next);
+	switch (ps->kind) {
+	case PLAN_STEP_SWITCH:
+		do_switch(s, ps);
+		return;
+	case PLAN_STEP_WRITE:
+		do_write(s, ps);
+		return;
+	case PLAN_STEP_REBOOT:
+		do_reboot(s, ps);
+		return;
+	case PLAN_STEP_VERIFY:
+		do_verify(s, ps);
+		return;
+	}
+}
+
+/* A step ended, or a wait is over: what follows, from the loop. */
+static void on_continue(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct job_steps *s = arg;
+	if (job_ended(s->job))
+		return;
+	if (!s->ended_step) {
+		if (s->phase != PH_IDLE)
+			return;
+		if (!s->planned) { /* switched to DFU to be read */
+			read_next(s);
+			return;
+		}
+		advance(s);
+		return;
+	}
+	s->ended_step = false;
+	enum phase ph = s->phase;
+	s->phase = PH_IDLE;
+	switch (ph) {
+	case PH_READ:
+		read_done(s);
+		break;
+	case PH_WRITE:
+		write_done(s);
+		break;
+	case PH_VERIFY:
+		verify_done(s);
+		break;
+	case PH_ASK_DFU:
+		ask_dfu_done(s);
+		break;
+	default:
+		break;
+	}
+	error_clear(&s->err);
+}
+
+/* ---- jobs.c's side -------------------------------------------------------------------- */
+
+void job_steps_run(struct job *job)
+{
+	struct job_steps *s = of(job);
+	if (!s) {
+		s = calloc(1, sizeof(*s));
+		if (s) {
+			s->timer = evtimer_new(job_event_base(job), on_timer, s);
+			s->cont = event_new(job_event_base(job), -1, 0, on_continue, s);
+		}
+		if (!s || !s->timer || !s->cont) {
+			job_steps_free(s);
+			struct error err;
+			error_init(&err);
+			error_set(&err, ERR_OUT_OF_MEMORY, NULL);
+			job_finish(job, JOB_RESULT_FAILED, NULL, &err);
+			return;
+		}
+		s->job = job;
+		error_init(&s->err);
+		*job_steps_slot(job) = s;
+	}
+	stop_waits(s);
+	/* a fresh start: READ again, plan again (without the files written before) */
+	s->phase = PH_IDLE;
+	s->planned = false;
+	s->no_answer = 0;
+	s->no_answer_why[0] = '\0';
+	s->switched_for_read = false;
+	s->ended_step = false;
+	s->left = false;
+	s->at = NULL;
+	error_clear(&s->err);
+	read_next(s);
+}
+
+void job_steps_done(struct job *job, const struct job_step_result *res, struct error *err)
+{
+	struct job_steps *s = of(job);
+	if (!s) {
+		error_clear(err);
+		return;
+	}
+	error_clear(&s->err);
+	if (err && error_is_set(err))
+		error_move(&s->err, err);
+	error_clear(err);
+	s->have_res = res != NULL;
+	if (res)
+		s->res = *res;
+	s->ended_step = true;
+	event_active(s->cont, 0, 0);
+}
+
+void job_steps_image(struct job *job, size_t k)
+{
+	struct job_steps *s = of(job);
+	if (s && s->phase == PH_WRITE && s->jp && k < s->step.n_images)
+		job_plan_report_step(job, s->jp, s->cur + k);
+}
+
+bool job_steps_cancel(struct job *job)
+{
+	struct job_steps *s = of(job);
+	if (!s)
+		return false;
+	if (s->wrote && !writes_after(s, s->next) &&
+	    (s->phase == PH_WAIT_BACK || s->phase == PH_LEAVING)) {
+		/* past the point of no return: the device applies what it got */
+		not_verified(s, "the job was cancelled while the device rebooted");
+		return true;
+	}
+	stop_waits(s);
+	s->phase = PH_IDLE;
+	return false;
+}
+
+void job_steps_stop(struct job *job)
+{
+	struct job_steps *s = of(job);
+	if (!s)
+		return;
+	stop_waits(s);
+	s->phase = PH_IDLE;
+	s->ended_step = false;
+}
+
+void job_steps_free(struct job_steps *s)
+{
+	if (!s)
+		return;
+	if (s->timer)
+		event_free(s->timer);
+	if (s->cont)
+		event_free(s->cont);
+	mode_switch_dfu_leave_free(s->leave);
+	error_clear(&s->err);
+	free(s->jp);
+	free(s);
+}
