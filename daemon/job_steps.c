@@ -568,13 +568,16 @@ static void switch_14400(struct job_steps *s)
 	wait_dfu(s);
 }
 
-/* Whether what follows plan step i needs the serial port (a serial write or verify). */
+/* Whether what follows plan step i needs the serial port (a serial write or verify, a
+ * switch by 14400 baud). */
 static bool needs_tty_after(const struct job_steps *s, size_t i)
 {
 	if (i + 1 >= s->jp->plan.n_steps)
 		return false;
 	const struct plan_step *n = &s->jp->plan.steps[i + 1];
-	return n->transport == PLAN_TRANSPORT_SERIAL;
+	bool by_baud = n->kind == PLAN_STEP_SWITCH && n->to == DEVICE_MODE_DFU &&
+		       !(n->how && strstr(n->how, "request"));
+	return n->transport == PLAN_TRANSPORT_SERIAL || by_baud;
 }
 
 static void do_switch(struct job_steps *s, const struct plan_step *ps)

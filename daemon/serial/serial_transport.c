@@ -484,8 +484,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 static void on_query_done(void *ctx, const struct cdc_query_result *res, struct error *err)
 {
 	struct transport_run *r = ctx;
-	cdc_query_free(r->query);
-	r->query = NULL;
+	/* res and err live in the query: end_run() frees it, after they were read */
 	if (err && res->no_listening_mode && r->step.kind == JOB_STEP_READ) {
 		/* No console (Device OS 6.x, or an application that turned it off): the
 		 * core asks another transport (control requests, DFU). */
