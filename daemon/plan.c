@@ -843,6 +843,7 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 				if (common & T_BIT(t))
 					chosen = t;
 			enum device_mode mode = opts->mode;
+			uint16_t running = facts->system_version; /* the Device OS at each step */
 			int at = -1;
 			if (cur >= 0 && (plan_transport_mode((enum plan_transport)cur) == mode ||
 					 (cur == PLAN_TRANSPORT_CTRL && mode != DEVICE_MODE_DFU)))
@@ -862,8 +863,16 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 				else if ((enum plan_transport)t != plan->first_transport)
 					plan->mixed_transports = true;
 				if (t != at) {
-					add_switch(plan, mode, (enum plan_transport)t,
-						   at == PLAN_TRANSPORT_CTRL);
+					/* a running device that takes control requests is asked
+					 * for DFU mode by request (particle-usb src/device.js,
+					 * enterDfuMode()) rather than by 14400 baud */
+					bool by_request =
+					    at == PLAN_TRANSPORT_CTRL ||
+					    (mode != DEVICE_MODE_DFU &&
+					     (built & T_BIT(PLAN_TRANSPORT_CTRL)) &&
+					     capability_has(CAPABILITY_CONTROL_REQUESTS, p, running,
+							    false));
+					add_switch(plan, mode, (enum plan_transport)t, by_request);
 					at = t;
 					mode = plan_transport_mode((enum plan_transport)t);
 				}
@@ -877,6 +886,11 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 				add_step(plan, s);
 				plan->bytes += s.bytes;
 				plan->n_writes++;
+				for (unsigned k = 0; k < in->img->n_modules; k++)
+					if (in->img->modules[k].function ==
+						MODULE_FUNCTION_SYSTEM &&
+					    in->img->modules[k].index <= 1)
+						running = in->img->modules[k].version;
 				if (t == PLAN_TRANSPORT_CTRL)
 					/* Device OS resets to apply the update */
 					add_step(plan, (struct plan_step){

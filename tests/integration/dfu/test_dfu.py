@@ -195,11 +195,12 @@ def test_real_user_and_system_parts_flash_byte_identically():
     sysp = fixture('argon/argon-system-part1@2.2.0.bin')
     res, doc, work, log = run(specs, flash_steps([(app, idmap['p1'], ()),
                                                   (sysp, idmap['a1'], ('--verify',))]))
-    # Device OS 2.2.0 comes back as CDC: verified over its console (28800 -> s -> x)
+    # Device OS 2.2.0 comes back as CDC: the core verifies over its console (28800 -> s -> x),
+    # a step of the serial transport (handed-to-serial)
     expect_done(res[0], log, 'verified')
     expect_done(res[1], log, 'verified')
     for r in res:
-        check(job_phases(r)[-3:] == ['rebooting', 'note:device-reset', 'verifying'],
+        check(job_phases(r)[-4:] == ['rebooting', 'note:device-reset', 'note:handed-to-serial', 'verifying'],
               'phases %s' % job_phases(r))
     p1, _, data = check_flashed(doc, 'p1', app)
     check(p1['received']['dfu_bytes'] == len(data), 'p1 dfu_bytes %d' % p1['received']['dfu_bytes'])
@@ -548,7 +549,7 @@ def test_photon_2_2_0_flash_is_verified_over_serial_after_leave():
     res, doc, work, log = run(specs, flash_steps([(app, idmap['p1'], ())]) +
                               [{'flashctl': ['--json', 'info', idmap['p1']]}])
     end = expect_done(res[0], log, 'verified')
-    check(job_phases(res[0])[-3:] == ['rebooting', 'note:device-reset', 'verifying'],
+    check(job_phases(res[0])[-4:] == ['rebooting', 'note:device-reset', 'note:handed-to-serial', 'verifying'],
           'phases %s' % job_phases(res[0]))
     # the console was left: the device runs its firmware, the module is valid
     dev, addr, _ = check_flashed(doc, 'p1', app, mode='normal')
