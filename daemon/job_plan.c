@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void report(struct job *job, const struct job_plan *jp, const struct plan_input *in)
+static void report(struct job *job, const struct job_plan *jp, const struct preflight_input *in)
 {
 	const struct plan *p = &jp->plan;
 	char summary[320];
@@ -26,19 +26,17 @@ int job_plan_make(struct job *job, const struct device_facts *facts, enum device
 {
 	memset(jp, 0, sizeof(*jp));
 	size_t all = job_image_count(job);
-	if (all > PLAN_MAX_FILES)
-		return error_set(err, ERR_BAD_REQUEST, "a job holds at most %d files",
-				 PLAN_MAX_FILES);
+	if (all > PREFLIGHT_MAX_IMAGES)
+		return preflight_files_check(NULL, all, err);
 	/* files written earlier in this job (before the device left and came back) are
 	 * installed now: the plan is made over the rest (idx maps back to the job's files) */
-	struct plan_input in[PLAN_MAX_FILES];
-	struct preflight_input pin[PLAN_MAX_FILES];
+	struct preflight_input in[PREFLIGHT_MAX_IMAGES];
 	size_t n = 0;
 	for (size_t i = 0; i < all; i++) {
 		if (job_image_written(job, i))
 			continue;
-		in[n].img = pin[n].img = job_image(job, i);
-		in[n].name = pin[n].name = job_image_name(job, i);
+		in[n].img = job_image(job, i);
+		in[n].name = job_image_name(job, i);
 		jp->idx[n++] = i;
 	}
 	const struct job_options *o = job_options(job);
@@ -52,7 +50,7 @@ int job_plan_make(struct job *job, const struct device_facts *facts, enum device
 	any.compressed = any.combined = true;
 	any.max_file_size = 0;
 	any.planned = true;
-	int rc = preflight_check(facts, label, pin, n, &any, o->force, pre, err);
+	int rc = preflight_check(facts, label, in, n, &any, o->force, pre, err);
 	/* 2. the plan */
 	struct plan_options po = {.force = o->force, .rewrite = o->rewrite, .mode = mode};
 	for (int t = 0; t < PLAN_TRANSPORT_COUNT; t++)
@@ -66,13 +64,13 @@ int job_plan_make(struct job *job, const struct device_facts *facts, enum device
 	for (const struct transport_ops *const *t = job_transports(job); rc == 0 && *t; t++) {
 		if (!(*t)->rules)
 			continue;
-		struct preflight_input w[PLAN_MAX_FILES];
+		struct preflight_input w[PREFLIGHT_MAX_IMAGES];
 		size_t nw = 0;
 		for (size_t i = 0; i < jp->plan.n_steps; i++) {
 			const struct plan_step *s = &jp->plan.steps[i];
 			if (s->kind == PLAN_STEP_WRITE &&
 			    strcmp(plan_transport_name(s->transport), (*t)->name) == 0)
-				w[nw++] = pin[s->file];
+				w[nw++] = in[s->file];
 		}
 		if (nw == 0)
 			continue;
@@ -87,7 +85,7 @@ int job_plan_make(struct job *job, const struct device_facts *facts, enum device
 
 size_t job_plan_file(const struct job_plan *jp, const struct plan_step *s)
 {
-	return s->file < PLAN_MAX_FILES ? jp->idx[s->file] : 0;
+	return s->file < PREFLIGHT_MAX_IMAGES ? jp->idx[s->file] : 0;
 }
 
 void job_plan_report_step(struct job *job, const struct job_plan *jp, size_t i)

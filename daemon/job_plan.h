@@ -18,7 +18,7 @@ struct job_plan {
 	struct plan plan;
 	/* plan input -> job_image() index (files written earlier in the job, before a
 	 * replug, are planned without) */
-	size_t idx[PLAN_MAX_FILES];
+	size_t idx[PREFLIGHT_MAX_IMAGES];
 };
 
 /*

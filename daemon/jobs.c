@@ -424,12 +424,12 @@ static const struct transport_ops *pick_transport(struct jobs *jobs, const struc
  */
 static void preliminary_plan(struct job *job, const struct device *dev)
 {
-	if (job->n_images == 0 || job->images_released || job->n_images > PLAN_MAX_FILES)
+	if (job->n_images == 0 || job->images_released || job->n_images > PREFLIGHT_MAX_IMAGES)
 		return;
 	struct plan *p = malloc(sizeof(*p));
 	if (!p)
 		return;
-	struct plan_input in[PLAN_MAX_FILES];
+	struct preflight_input in[PREFLIGHT_MAX_IMAGES];
 	for (unsigned i = 0; i < job->n_images; i++) {
 		in[i].img = job->images[i]->img;
 		in[i].name = job->names[i];

@@ -534,7 +534,7 @@ static int function_rank(const struct image_module *m)
 }
 
 /* Applies every module of the file to the model after its update-time checks. */
-static int try_file(struct plan_model *model, const struct plan_input *in,
+static int try_file(struct plan_model *model, const struct preflight_input *in,
 		    char warn[][PLAN_NOTE_LEN], size_t *n_warn, struct error *err)
 {
 	for (unsigned k = 0; k < in->img->n_modules; k++) {
@@ -618,12 +618,60 @@ static int end_state_check(const struct plan_model *before, const struct plan_mo
 	return rc;
 }
 
-static unsigned estimate_write_ms(enum plan_transport t, uint64_t bytes)
+/*
+ * Typical time a write takes, per KiB, in one table: the flash the bytes land in
+ * (erase + program, typical figures of the datasheets) plus the USB full-speed
+ * bus.  The same figures drive flashd-sim (tests/sim/timing.c):
+ *  - STM32F205 (Gen 2), ST DS6329 rev 18, "Flash memory programming": 1 s to
+ *    erase a 128 KiB sector, 16 us per 32-bit word;
+ *  - nRF52840 (Gen 3 internal flash), nRF52840 Product Specification v1.7,
+ *    4.3.9 "NVMC electrical specification": 85 ms per 4 KiB page, 41 us per word;
+ *  - SPI NOR (Gen 3 external QSPI flash, the P2's XIP flash), Winbond W25Q32JV
+ *    rev. I "AC electrical characteristics": 45 ms per 4 KiB sector, 0.4 ms per
+ *    256-byte page;
+ *  - USB full speed, USB 2.0 5.8.4 table 5-9: at most 19 bulk packets of 64
+ *    bytes per 1 ms frame (842 us per KiB); a YMODEM block (1 KiB) and a
+ *    firmware-update chunk wait for the device's reply: one more frame per KiB.
+ * DFU writes the module's own slot (internal flash; the P2's is SPI NOR); YMODEM
+ * and the firmware-update request write the OTA staging area (internal flash on
+ * Gen 2, the external flash on Gen 3 and P2), which the device copies at the
+ * reset (counted in the reboot step).  An unknown platform gets the slowest.
+ */
+enum flash_kind { FLASH_STM32F2, FLASH_NRF52, FLASH_SPI_NOR, FLASH_KIND_COUNT };
+
+static const struct {
+	unsigned erase_us, program_us; /* per KiB */
+} flash_cost[FLASH_KIND_COUNT] = {
+    [FLASH_STM32F2] = {1000000 / 128, 16 * 256},
+    [FLASH_NRF52] = {85000 / 4, 41 * 256},
+    [FLASH_SPI_NOR] = {45000 / 4, 400 * 4},
+};
+#define USB_FS_US_PER_KIB   842 /* 1024 / (19 * 64) ms */
+#define REPLY_FRAME_US_KIB  1000
+#define WRITE_STEP_OVERHEAD 500 /* ms: opening the device, the first request */
+
+static enum flash_kind flash_of(enum plan_transport t, const struct platform *p)
 {
-	/* the firmware-update request: 4 KiB chunks, about as fast as YMODEM */
-	/* rough rates: YMODEM over USB CDC ~40 KB/s; DfuSe erase + write ~25 KB/s */
-	unsigned rate = t == PLAN_TRANSPORT_DFU ? 25000 : 40000;
-	return (unsigned)(bytes * 1000 / rate) + 500;
+	if (!p)
+		return FLASH_NRF52; /* the slowest per KiB */
+	switch (p->mcu) {
+	case MCU_NRF52840:
+		return t == PLAN_TRANSPORT_DFU ? FLASH_NRF52 : FLASH_SPI_NOR;
+	case MCU_RTL8721D:
+		return FLASH_SPI_NOR;
+	default:
+		return FLASH_STM32F2;
+	}
+}
+
+static unsigned estimate_write_ms(enum plan_transport t, const struct platform *p,
+				  uint64_t bytes)
+{
+	enum flash_kind f = flash_of(t, p);
+	uint64_t us_per_kib = flash_cost[f].erase_us + flash_cost[f].program_us + USB_FS_US_PER_KIB;
+	if (t != PLAN_TRANSPORT_DFU)
+		us_per_kib += REPLY_FRAME_US_KIB;
+	return (unsigned)((bytes + 1023) / 1024 * us_per_kib / 1000) + WRITE_STEP_OVERHEAD;
 }
 
 static void add_step(struct plan *plan, struct plan_step s)
@@ -681,7 +729,7 @@ static enum plan_transport verifier(const struct platform *p, uint16_t sysver, u
 	return PLAN_TRANSPORT_SERIAL;
 }
 
-static int no_writer(const struct plan_input *in, const struct image_module *m,
+static int no_writer(const struct preflight_input *in, const struct image_module *m,
 		     const struct device_facts *facts, struct error *err)
 {
 	char words[48];
@@ -701,17 +749,12 @@ static int no_writer(const struct plan_input *in, const struct image_module *m,
 	return -1;
 }
 
-int plan_build(const struct device_facts *facts, const struct plan_input *files, size_t n_files,
+int plan_build(const struct device_facts *facts, const struct preflight_input *files, size_t n_files,
 	       const struct plan_options *opts, struct plan *plan, struct error *err)
 {
 	memset(plan, 0, sizeof(*plan));
-	if (n_files > PLAN_MAX_FILES)
-		return error_set(err, ERR_BAD_REQUEST, "a job holds at most %d files",
-				 PLAN_MAX_FILES);
-	for (size_t i = 0; i < n_files; i++)
-		if (!files[i].img || files[i].img->n_modules == 0)
-			return error_set(err, ERR_IMAGE_NOT_A_MODULE, "%s holds no module",
-					 files[i].name ? files[i].name : "a file");
+	if (preflight_files_check(files, n_files, err) < 0)
+		return -1;
 	struct plan_model *before = malloc(sizeof(*before));
 	struct plan_model *model = malloc(sizeof(*model));
 	struct plan_model *trial = malloc(sizeof(*trial));
@@ -726,7 +769,7 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 	int rc = 0;
 
 	/* 1. what is installed already */
-	bool todo[PLAN_MAX_FILES];
+	bool todo[PREFLIGHT_MAX_IMAGES];
 	size_t n_todo = 0;
 	for (size_t i = 0; i < n_files; i++) {
 		todo[i] = true;
@@ -808,10 +851,10 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 		const struct platform *p = facts->platform;
 		uint32_t built = opts->transports ? opts->transports : ~0u;
 		uint32_t common = built;
-		uint32_t writers[PLAN_MAX_FILES];
+		uint32_t writers[PREFLIGHT_MAX_IMAGES];
 		uint16_t sysver = facts->system_version;
 		for (size_t n = 0; n < plan->n_order; n++) {
-			const struct plan_input *in = &files[plan->order[n]];
+			const struct preflight_input *in = &files[plan->order[n]];
 			uint32_t w = built;
 			for (unsigned k = 0; k < in->img->n_modules; k++) {
 				const struct image_module *m = &in->img->modules[k];
@@ -849,7 +892,7 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 					 (cur == PLAN_TRANSPORT_CTRL && mode != DEVICE_MODE_DFU)))
 				at = cur;
 			for (size_t n = 0; n < plan->n_order; n++) {
-				const struct plan_input *in = &files[plan->order[n]];
+				const struct preflight_input *in = &files[plan->order[n]];
 				int t = chosen;
 				if (t < 0)
 					t = at >= 0 && (writers[n] & T_BIT(at)) ? at
@@ -882,7 +925,7 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 						      .name = in->name,
 						      .img = in->img,
 						      .bytes = in->img->len};
-				s.estimate_ms = estimate_write_ms(s.transport, s.bytes);
+				s.estimate_ms = estimate_write_ms(s.transport, p, s.bytes);
 				add_step(plan, s);
 				plan->bytes += s.bytes;
 				plan->n_writes++;

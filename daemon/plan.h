@@ -21,6 +21,7 @@
 #include "device_facts.h"
 #include "errors.h"
 #include "image.h"
+#include "preflight.h" /* struct preflight_input, PREFLIGHT_MAX_IMAGES: the job's files */
 #include "transport.h"
 
 #include <jansson.h>
@@ -28,11 +29,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PLAN_MAX_FILES	 16
-#define PLAN_MAX_STEPS	 (PLAN_MAX_FILES * 4 + 4)
+#define PLAN_MAX_STEPS	 (PREFLIGHT_MAX_IMAGES * 4 + 4)
 #define PLAN_MAX_NOTES	 12
 #define PLAN_NOTE_LEN	 320
-#define PLAN_MAX_MODULES (DEVICE_FACTS_MAX_MODULES + PLAN_MAX_FILES * IMAGE_MAX_MODULES)
+#define PLAN_MAX_MODULES (DEVICE_FACTS_MAX_MODULES + PREFLIGHT_MAX_IMAGES * IMAGE_MAX_MODULES)
 
 /* The transports the planner knows (columns of the capability table).  A
  * new transport (USB control requests, issue 14) is one more value and one
@@ -95,21 +95,16 @@ struct plan_model {
 	uint16_t platform_id;	    /* 0 = unknown */
 };
 
-struct plan_input {
-	const struct image *img;
-	const char *name; /* client's basename */
-};
-
 struct plan {
 	struct plan_step steps[PLAN_MAX_STEPS];
 	size_t n_steps;
 	size_t n_writes;
 	/* the files to write, in order (indexes into the inputs) */
-	size_t order[PLAN_MAX_FILES];
+	size_t order[PREFLIGHT_MAX_IMAGES];
 	size_t n_order;
 	/* files skipped as already installed: index and why */
-	size_t skipped[PLAN_MAX_FILES];
-	char skip_reason[PLAN_MAX_FILES][160];
+	size_t skipped[PREFLIGHT_MAX_IMAGES];
+	char skip_reason[PREFLIGHT_MAX_IMAGES][160];
 	size_t n_skipped;
 	/* warnings (unknown modules, modules already invalid) and what --force overrode */
 	char warnings[PLAN_MAX_NOTES][PLAN_NOTE_LEN];
@@ -157,7 +152,7 @@ uint32_t plan_writers(const struct image_module *m, const struct platform *p,
  * when no transport can write a file).  With force, dependency refusals become
  * overrides.
  */
-WARN_UNUSED_RESULT int plan_build(const struct device_facts *facts, const struct plan_input *files,
+WARN_UNUSED_RESULT int plan_build(const struct device_facts *facts, const struct preflight_input *files,
 				  size_t n_files, const struct plan_options *opts,
 				  struct plan *plan, struct error *err);
 

@@ -196,16 +196,23 @@ static bool waits_on_job(const struct device_facts *dev, const struct preflight_
 	return false;
 }
 
+int preflight_files_check(const struct preflight_input *images, size_t n, struct error *err)
+{
+	if (n > PREFLIGHT_MAX_IMAGES)
+		return error_set(err, ERR_BAD_REQUEST, "a job holds at most %d files",
+				 PREFLIGHT_MAX_IMAGES);
+	for (size_t i = 0; i < n; i++)
+		if (!images[i].img || images[i].img->n_modules == 0)
+			return error_set(err, ERR_IMAGE_NOT_A_MODULE, "%s holds no module",
+					 images[i].name ? images[i].name : "a file");
+	return 0;
+}
+
 int preflight_order(const struct device_facts *dev, const struct preflight_input *images,
 		    size_t n_images, size_t *order, struct error *err)
 {
-	if (n_images > PREFLIGHT_MAX_IMAGES)
-		return error_set(err, ERR_BAD_REQUEST, "a job holds at most %d images",
-				 PREFLIGHT_MAX_IMAGES);
-	for (size_t i = 0; i < n_images; i++)
-		if (!images[i].img || images[i].img->n_modules == 0)
-			return error_set(err, ERR_IMAGE_NOT_A_MODULE, "%s holds no module",
-					 images[i].name ? images[i].name : "an image");
+	if (preflight_files_check(images, n_images, err) < 0)
+		return -1;
 	bool placed[PREFLIGHT_MAX_IMAGES] = {false};
 	for (size_t n = 0; n < n_images; n++) {
 		size_t best = SIZE_MAX;
@@ -606,9 +613,8 @@ int preflight_check(const struct device_facts *dev, const char *device_label,
 	size_t order[PREFLIGHT_MAX_IMAGES];
 	memset(plan, 0, sizeof(*plan));
 	if (rules->planned) {
-		if (n_images > PREFLIGHT_MAX_IMAGES)
-			return error_set(err, ERR_BAD_REQUEST, "a job holds at most %d images",
-					 PREFLIGHT_MAX_IMAGES);
+		if (preflight_files_check(images, n_images, err) < 0)
+			return -1;
 		for (size_t i = 0; i < n_images; i++)
 			order[i] = i;
 	} else if (preflight_order(dev, images, n_images, order, err) < 0) {

@@ -15,7 +15,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PREFLIGHT_MAX_IMAGES 16 /* images in one job */
+/* Files in one job: the one limit of the planner (plan.h) and of these checks
+ * (the wire allows fewer, WIRE_IMAGES_MAX; this bounds the arrays). */
+#define PREFLIGHT_MAX_IMAGES 16
 
 enum preflight_transport {
 	PREFLIGHT_TRANSPORT_SERIAL,
@@ -55,6 +57,14 @@ struct preflight_input {
 	const struct image *img;
 	const char *name; /* client's basename */
 };
+
+/*
+ * The one check of a job's files before any other, for the planner and the
+ * checks below alike: at most PREFLIGHT_MAX_IMAGES (bad-request), each holding
+ * a module (image-not-a-module).  images may be NULL when n is over the limit.
+ */
+WARN_UNUSED_RESULT int preflight_files_check(const struct preflight_input *images, size_t n,
+					     struct error *err);
 
 /*
  * The serial (YMODEM, listening mode) rules for a device: every function that

@@ -72,7 +72,7 @@ struct transport_run {
 	struct event *kick, *timer;
 	struct device_facts facts;
 	struct preflight_step cur; /* WRITE: the image */
-	bool tried_listen;
+	unsigned listen_asks; /* 28800 sent by this run (at most twice) */
 	bool saw_gone; /* the device left USB since the transfer ended */
 	bool cancel;
 	struct error pending; /* result of the last sub-machine */
@@ -413,10 +413,12 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	r->sub_done = false;
 	switch (r->state) {
 	case RUN_PROBE:
-		if (r->pending.code == ERR_TIMED_OUT && probe_silence(r) && !r->tried_listen) {
+		if (r->pending.code == ERR_TIMED_OUT && probe_silence(r) && r->listen_asks < 2) {
 			/* not in listening mode: 28800 baud asks for it
-			 * (docs/device/console.md#magic-baud-rates, <= 5.9.x) */
-			r->tried_listen = true;
+			 * (docs/device/console.md#magic-baud-rates, <= 5.9.x); asked already,
+			 * once more: the device may have been busy (leaving listening mode
+			 * after the read's `x`, booting) when the line coding came */
+			r->listen_asks++;
 			error_clear(&r->pending);
 			job_set_state(r->job, JOB_SWITCHING_MODE);
 			if (ask_listening(r, &e) < 0) {
@@ -563,7 +565,7 @@ static int start_write(struct transport_run *r, struct error *err)
 		struct error be;
 		error_init(&be);
 		if (ask_listening(r, &be) == 0)
-			r->tried_listen = true;
+			r->listen_asks++;
 		error_clear(&be);
 	}
 	return start_console(r, CONSOLE_PROBE, err);

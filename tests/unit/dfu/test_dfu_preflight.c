@@ -262,7 +262,7 @@ static void test_unread_radio_stack_is_unknown_not_absent(void **state)
 	assert_true(facts.modules_known);
 	assert_true(facts.unknown_functions & (1u << MODULE_FUNCTION_RADIO_STACK));
 	struct plan *plan = malloc(sizeof(*plan));
-	struct plan_input in = {sys, "argon-system-part1@2.2.0.bin"};
+	struct preflight_input in = {sys, "argon-system-part1@2.2.0.bin"};
 	struct plan_options o = {.mode = DEVICE_MODE_DFU};
 	struct error err;
 	error_init(&err);

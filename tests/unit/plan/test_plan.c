@@ -107,7 +107,7 @@ static void photon_152(struct device_facts *f)
 static int build(const struct device_facts *f, struct image **imgs, const char **names, size_t n,
 		 bool force, enum device_mode mode, struct plan *plan, struct error *err)
 {
-	struct plan_input in[PLAN_MAX_FILES];
+	struct preflight_input in[PREFLIGHT_MAX_IMAGES];
 	for (size_t i = 0; i < n; i++) {
 		in[i].img = imgs[i];
 		in[i].name = names[i];
@@ -168,7 +168,7 @@ static void test_argon_system_part_without_its_bootloader_is_refused(void **stat
 	assert_int_equal(plan->n_steps, 0);
 	error_clear(&e);
 	/* rewrite (write identical modules again) overrides no refusal */
-	struct plan_input in = {.img = img, .name = name};
+	struct preflight_input in = {.img = img, .name = name};
 	struct plan_options ro = {.rewrite = true, .mode = DEVICE_MODE_DFU};
 	assert_int_equal(plan_build(&f, &in, 1, &ro, plan, &e), -1);
 	assert_int_equal(e.code, ERR_DEPENDENCY_UNMET);
@@ -402,7 +402,7 @@ static void test_identical_application_is_skipped(void **state)
 	assert_int_equal(build(&f, &img, &name, 1, true, DEVICE_MODE_LISTENING, plan, &e), 0);
 	assert_int_equal(plan->n_writes, 1);
 	/* so does rewrite (auto-flash, skip_installed = no), overriding nothing */
-	struct plan_input in = {.img = img, .name = name};
+	struct preflight_input in = {.img = img, .name = name};
 	struct plan_options ro = {.rewrite = true, .mode = DEVICE_MODE_LISTENING};
 	assert_int_equal(plan_build(&f, &in, 1, &ro, plan, &e), 0);
 	assert_int_equal(plan->n_writes, 1);
@@ -475,7 +475,7 @@ static void test_capability_table(void **state)
 	error_init(&e);
 	const char *name = "argon-bootloader@4.0.2.bin";
 	/* without the control-request transport: nothing writes it */
-	struct plan_input in = {bl, name};
+	struct preflight_input in = {bl, name};
 	struct plan_options o = {.force = true,
 				 .mode = DEVICE_MODE_DFU,
 				 .transports =
