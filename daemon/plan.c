@@ -664,8 +664,7 @@ static enum flash_kind flash_of(enum plan_transport t, const struct platform *p)
 	}
 }
 
-static unsigned estimate_write_ms(enum plan_transport t, const struct platform *p,
-				  uint64_t bytes)
+static unsigned estimate_write_ms(enum plan_transport t, const struct platform *p, uint64_t bytes)
 {
 	enum flash_kind f = flash_of(t, p);
 	uint64_t us_per_kib = flash_cost[f].erase_us + flash_cost[f].program_us + USB_FS_US_PER_KIB;
@@ -749,8 +748,9 @@ static int no_writer(const struct preflight_input *in, const struct image_module
 	return -1;
 }
 
-int plan_build(const struct device_facts *facts, const struct preflight_input *files, size_t n_files,
-	       const struct plan_options *opts, struct plan *plan, struct error *err)
+int plan_build(const struct device_facts *facts, const struct preflight_input *files,
+	       size_t n_files, const struct plan_options *opts, struct plan *plan,
+	       struct error *err)
 {
 	memset(plan, 0, sizeof(*plan));
 	if (preflight_files_check(files, n_files, err) < 0)

@@ -152,9 +152,10 @@ uint32_t plan_writers(const struct image_module *m, const struct platform *p,
  * when no transport can write a file).  With force, dependency refusals become
  * overrides.
  */
-WARN_UNUSED_RESULT int plan_build(const struct device_facts *facts, const struct preflight_input *files,
-				  size_t n_files, const struct plan_options *opts,
-				  struct plan *plan, struct error *err);
+WARN_UNUSED_RESULT int plan_build(const struct device_facts *facts,
+				  const struct preflight_input *files, size_t n_files,
+				  const struct plan_options *opts, struct plan *plan,
+				  struct error *err);
 
 /* The plan for people and clients: {"steps":[...],"skipped":[...],"warnings":[...],
  * "overrides":[...],"bytes":N,"estimate_s":S,"writes":N}. */

@@ -72,8 +72,8 @@ struct transport_run {
 	struct event *kick, *timer;
 	struct device_facts facts;
 	struct preflight_step cur; /* WRITE: the image */
-	unsigned listen_asks; /* 28800 sent by this run (at most twice) */
-	bool saw_gone; /* the device left USB since the transfer ended */
+	unsigned listen_asks;	   /* 28800 sent by this run (at most twice) */
+	bool saw_gone;		   /* the device left USB since the transfer ended */
 	bool cancel;
 	struct error pending; /* result of the last sub-machine */
 	struct error verdict; /* device-rejected, reported once the device is back */
