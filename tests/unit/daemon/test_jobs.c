@@ -5,6 +5,7 @@
  * exactly-one-job-ended rule.
  */
 #include "jobs.h"
+#include "platform.h"
 #include "registry.h"
 #include "settings.h"
 
@@ -108,7 +109,11 @@ static void fake_free(struct transport_run *r)
 	free(r);
 }
 
-static const struct timeout_def fake_timeouts[] = {{"fake_step_ms", 1000, "a fake step"}, {0}};
+static const struct timeout_def fake_timeouts[] = {
+    {"fake_step_ms", 1000, "a fake step"},
+    {"serial_reenumerate_ms", 1000, "the core's wait for a reboot after a serial write"},
+    {0},
+};
 
 static const struct transport_ops fake_serial = {
     .name = "serial",
@@ -808,6 +813,143 @@ static void test_read_nobody_answers_is_not_flashable_here(void **state)
 	fx_free(fx);
 }
 
+/* The facts a READ or VERIFY of the fake reports: a Photon on 1.5.2 in listening mode,
+ * with application 1 in version app_version (0 = none). */
+static struct job_step_result photon_facts(uint16_t app_version)
+{
+	struct job_step_result res;
+	memset(&res, 0, sizeof(res));
+	res.mode = DEVICE_MODE_LISTENING;
+	res.facts.platform = platform_by_id(6);
+	snprintf(res.facts.os_version, sizeof(res.facts.os_version), "1.5.2");
+	res.facts.system_version = 1512;
+	res.facts.modules_known = true;
+	struct installed_module sys = {.function = MODULE_FUNCTION_SYSTEM,
+				       .index = 1,
+				       .version = 1512,
+				       .checked = 0x0f,
+				       .passed = 0x0f};
+	res.facts.modules[res.facts.n_modules++] = sys;
+	sys.index = 2;
+	res.facts.modules[res.facts.n_modules++] = sys;
+	if (app_version) {
+		struct installed_module app = {.function = MODULE_FUNCTION_USER,
+					       .index = 1,
+					       .version = app_version,
+					       .checked = 0x0f,
+					       .passed = 0x0f};
+		res.facts.modules[res.facts.n_modules++] = app;
+	}
+	return res;
+}
+
+static bool has_note(struct fx *fx, const char *note)
+{
+	json_t *ev;
+	size_t i;
+	json_array_foreach(fx->events, i, ev)
+	{
+		json_t *n = json_object_get(ev, "note");
+		if (json_is_string(n) && strcmp(json_string_value(n), note) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* The core runs the whole plan: READ, the plan, WRITE with exactly the job's file, the
+ * wait for the reboot (the device leaves and comes back), VERIFY, the verdict.  The
+ * transport only executes the steps it is given. */
+static void test_core_runs_read_plan_write_reboot_verify(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	plug_tty(fx, PHOTON_ID, "1-1");
+	struct job_request jr;
+	struct error err;
+	memset(&jr, 0, sizeof(jr));
+	error_init(&err);
+	jr.target = WIRE_TARGET_DEVICE;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
+	jr.device = registry_find_key(fx->reg, PHOTON_ID);
+	jr.images[0] = photon_app(fx, 8192);
+	snprintf(jr.names[0], sizeof(jr.names[0]), "app.bin");
+	jr.n_images = 1;
+	jr.uid = 1000;
+	struct job *job = jobs_create(fx->jobs, &jr, &err);
+	assert_non_null(job);
+	jobs_submit(fx->jobs, job);
+	spin(fx);
+	/* READ */
+	assert_int_equal(fake.starts, 1);
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	struct job_step_result res = photon_facts(0);
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	/* the plan, then WRITE of the one file */
+	assert_int_equal(count_events(fx, job, "job-plan"), 1);
+	assert_int_equal(fake.starts, 2);
+	assert_int_equal(fake.last_kind, JOB_STEP_WRITE);
+	job_set_state(job, JOB_WRITING);
+	job_progress(job, 8192, 8192);
+	memset(&res, 0, sizeof(res));
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	/* the core waits for the reboot: no step runs until the device left and came back */
+	assert_int_equal(job_state(job), JOB_REBOOTING);
+	assert_int_equal(fake.starts, 2);
+	unplug(fx, "1-1");
+	spin(fx);
+	plug(fx, PHOTON_ID, "1-2", PHOTON_CDC);
+	spin(fx);
+	assert_int_equal(fake.starts, 2); /* the tty is not there yet: the verify needs it */
+	plug_tty(fx, PHOTON_ID, "1-2");
+	spin(fx);
+	/* VERIFY: the device reports the application, valid */
+	assert_int_equal(fake.starts, 3);
+	assert_int_equal(fake.last_kind, JOB_STEP_VERIFY);
+	res = photon_facts(6);
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_string_equal(ended_result(fx, job), "done");
+	assert_string_equal(json_string_value(json_object_get(last_ended(fx, job), "outcome")),
+			    "verified");
+	assert_false(has_note(fx, "handed-to-serial")); /* one transport all along */
+	assert_int_equal(fake.frees, 3);
+	fx_free(fx);
+}
+
+/* A plan refused before the first byte: the job ends after the READ, no WRITE starts. */
+static void test_core_refuses_before_any_write(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	plug_tty(fx, PHOTON_ID, "1-1");
+	struct job_request jr;
+	struct error err;
+	memset(&jr, 0, sizeof(jr));
+	error_init(&err);
+	jr.target = WIRE_TARGET_DEVICE;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
+	jr.device = registry_find_key(fx->reg, PHOTON_ID);
+	jr.images[0] = photon_app(fx, 8192);
+	snprintf(jr.names[0], sizeof(jr.names[0]), "app.bin");
+	jr.n_images = 1;
+	jr.uid = 1000;
+	struct job *job = jobs_create(fx->jobs, &jr, &err);
+	assert_non_null(job);
+	jobs_submit(fx->jobs, job);
+	spin(fx);
+	struct job_step_result res = photon_facts(0);
+	res.facts.platform = platform_by_id(10); /* an Electron: the Photon app is refused */
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_string_equal(ended_code(fx, job), "wrong-platform");
+	assert_int_equal(fake.starts, 1); /* no WRITE */
+	fx_free(fx);
+}
+
 static void test_run_follows_its_device_across_reenumeration(void **state)
 {
 	(void)state;
@@ -1012,6 +1154,8 @@ int main(void)
 	    cmocka_unit_test(test_cancel_ignored_by_transport_ends_after_grace),
 	    cmocka_unit_test(test_read_without_answer_goes_to_the_next_transport),
 	    cmocka_unit_test(test_read_nobody_answers_is_not_flashable_here),
+	    cmocka_unit_test(test_core_runs_read_plan_write_reboot_verify),
+	    cmocka_unit_test(test_core_refuses_before_any_write),
 	    cmocka_unit_test(test_run_follows_its_device_across_reenumeration),
 	    cmocka_unit_test(test_device_gone_mid_job_waits_and_resumes_when_it_is_back),
 	    cmocka_unit_test(test_device_gone_for_good_names_what_was_not_written),
