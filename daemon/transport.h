@@ -170,8 +170,8 @@ struct event_base *job_event_base(const struct job *job);
 const char *job_id(const struct job *job); /* UUID */
 const struct job_options *job_options(const struct job *job);
 size_t job_image_count(const struct job *job);
-/* Images in submission order (the transport orders them by their prefixes).
- * Shared read-only between jobs by SHA-256: never modify. */
+/* Images in submission order (a WRITE step names the ones to write, in the
+ * plan's order).  Shared read-only between jobs by SHA-256: never modify. */
 const struct image *job_image(const struct job *job, size_t i);
 const char *job_image_name(const struct job *job, size_t i); /* client's basename, for messages */
 /* The device as the registry knows it now. */
@@ -185,7 +185,8 @@ void job_set_state(struct job *job, enum job_state state);
 /* Bytes done/total of the current phase; the core computes rate and ETA and
  * rate-limits the job-progress events. */
 void job_progress(struct job *job, uint64_t done, uint64_t total);
-/* Informational event ("handed-to-dfu", "device-reset", "retrying-set-address"):
+/* Informational event ("retrying-set-address", "resetting-device"; the core's
+ * own: "handed-to-dfu", "device-reset", "not-verified"): 
  * a job-progress event carrying {"note": note, "message": message}. */
 void job_note(struct job *job, const char *note, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -270,9 +271,10 @@ void job_log(const struct job *job, int level, const char *fmt, ...)
  * Transports declare theirs (with defaults) in ops.timeouts; the core
  * registers them before reading the config, rejects unknown keys with a
  * warning and non-numbers with an error.  Keys: lowercase, prefixed with the
- * name of what owns them ("serial_", "dfu_", "job_" for the core's), ending
- * in _ms; a transport may declare another's keys when it runs that protocol
- * too (the DFU transport's verify over serial: CDC_QUERY_TIMEOUT_DEFS).
+ * name of what owns them ("serial_", "dfu_", "ctrl_", "job_" for the core's),
+ * ending in _ms.  Every transport that writes declares "<name>_reenumerate_ms":
+ * the core waits that long for the device to come back after its writes (and
+ * "dfu_reenumerate_ms" after a switch into or out of DFU mode).
  */
 struct timeout_def {
 	const char *key;     /* "serial_prompt_ms" */
