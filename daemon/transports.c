@@ -1,8 +1,7 @@
 /*
- * The built-in transport table.  Every transport is always built: the serial
- * transport resets devices through the core's mode switches, which leave DFU
- * mode with the DFU library (mode_switch.c), so no build has one without the
- * other.  The core asks them in this order.
+ * The built-in transport table.  Every transport is always built: the core's
+ * mode switches leave DFU mode with the DFU library (mode_switch.c), so no
+ * build has the serial transport without it.  The core asks them in this order.
  */
 #include "transports.h"
 
@@ -11,10 +10,11 @@
 
 const struct transport_ops *const *transports_builtin(void)
 {
-	/* serial first: it serves CDC devices on Device OS <= 5.x; ctrl before DFU: a
-	 * running device known to be on Device OS 6.x is read by control request (and
-	 * handed to DFU by the plan), not switched blindly; DFU serves DFU-mode devices
-	 * and the CDC devices the others decline (it switches them with 14400 baud). */
+	/* The order the core asks them to READ a device (job_steps.c): serial first
+	 * (the console of Device OS <= 5.x); ctrl next (a running device on 6.x, or one
+	 * whose console was silent, is read by control request, not switched blindly);
+	 * DFU reads devices in DFU mode.  A flash job whose device answers none is
+	 * switched to DFU mode by the core and read there. */
 	static const struct transport_ops *const list[] = {&serial_transport, &ctrl_transport,
 							   &dfu_transport, NULL};
 	return list;

@@ -67,7 +67,8 @@ void console_free(struct console *c);
 
 /*
  * Why a device whose console stayed silent to `v`, also after 28800 baud asked
- * for listening mode, is handed over to DFU: a sentence built only from what
+ * for listening mode, has no console now (the core reads it another way): a
+ * sentence built only from what
  * flashd knows of it (facts from an earlier job or the USB ids).  Device OS
  * 6.0.0 dropped listening mode and YMODEM; a device known to run an older
  * release, or a platform no 6.x release exists for, was silent for another
