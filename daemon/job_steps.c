@@ -54,6 +54,11 @@ struct job_steps {
 	const char *wait_key; /* the timeout key of the wait */
 	const char *end_word; /* the word when the plan's steps run out */
 	struct dfu_leave *leave;
+	/* a write failed and the device resets (by itself, or the core resets it): the
+	 * waits end the job with this error once the device is back */
+	bool resetting;
+	bool leave_reset; /* ... through DFU mode (14400 baud, DFU leave) */
+	struct error failed;
 	/* the step that ended, taken from the loop */
 	bool ended_step;
 	bool have_res;
@@ -260,6 +265,34 @@ static void continue_at(struct job_steps *s, size_t next)
 	event_active(s->cont, 0, 0);
 }
 
+/* The device is back (or not) after the reset that followed a failed write: the
+ * write's error stands. */
+static void reset_over(struct job_steps *s, bool back)
+{
+	if (s->leave_reset) {
+		if (back)
+			job_note(
+			    s->job, "device-reset",
+			    "the device refuses a second transfer until it resets (Gen 3/P2 with "
+			    "Device OS 3.0-5.x): flashd reset it (14400 baud, DFU leave) and it "
+			    "runs its firmware again, ready for a retry");
+		else
+			job_note(
+			    s->job, "device-reset",
+			    "the reset did not complete; the device may still be in DFU mode: "
+			    "flashing again goes over DFU, whose leave resets it (or reset the "
+			    "device to run its firmware)");
+	} else if (back) {
+		job_note(s->job, "device-reset",
+			 "the device reset after refusing the module and is back");
+	}
+	struct error e;
+	error_init(&e);
+	error_move(&e, &s->failed);
+	s->resetting = false;
+	fail(s, &e);
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -268,6 +301,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	struct error err;
 	error_init(&err);
 	const struct device_snapshot *dev = job_device(s->job);
+	if (s->resetting) {
+		reset_over(s, false);
+		return;
+	}
 	switch (s->phase) {
 	case PH_SWITCH_DFU:
 		error_set(&err, ERR_TIMED_OUT,
@@ -317,6 +354,17 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* DFU mode left: the wait for the device says so (a reset after a failed write
+ * says it once the device is back). */
+static void left_note(struct job_steps *s)
+{
+	if (s->resetting)
+		job_set_state(s->job, JOB_REBOOTING);
+	else
+		job_note(s->job, "device-reset",
+			 "left DFU mode; waiting for the device to come back");
+}
+
 static void on_left(void *ctx, struct error *err)
 {
 	struct job_steps *s = ctx;
@@ -326,6 +374,10 @@ static void on_left(void *ctx, struct error *err)
 	s->leave = NULL;
 	evtimer_del(s->timer);
 	if (err && err->code != ERR_DEVICE_GONE) {
+		if (s->resetting) {
+			reset_over(s, false);
+			return;
+		}
 		struct error e;
 		error_init(&e);
 		error_move(&e, err);
@@ -335,7 +387,7 @@ static void on_left(void *ctx, struct error *err)
 	}
 	/* left (or the reset overtook the leave's GETSTATUS) */
 	s->saw_gone = true;
-	job_note(s->job, "device-reset", "left DFU mode; waiting for the device to come back");
+	left_note(s);
 	wait_back(s, "dfu", s->wait_tty);
 }
 
@@ -350,6 +402,11 @@ static void leave_dfu(struct job_steps *s, bool tty)
 	s->leave = mode_switch_dfu_leave(job_event_base(s->job), dev->busnum, dev->devnum,
 					 dev->usb_devnode, on_left, s, &err);
 	if (!s->leave) {
+		if (s->resetting) {
+			error_clear(&err);
+			reset_over(s, false);
+			return;
+		}
 		fail(s, &err);
 		return;
 	}
@@ -368,6 +425,10 @@ void job_steps_device_event(struct job *job, enum device_event ev,
 	case PH_SWITCH_DFU:
 		if (dev->present && dev->mode == DEVICE_MODE_DFU && dev->usb_devnode[0]) {
 			evtimer_del(s->timer);
+			if (s->resetting) {
+				leave_dfu(s, true);
+				return;
+			}
 			if (!s->planned) {
 				/* switched to be read: READ over DFU now */
 				s->phase = PH_IDLE;
@@ -384,14 +445,20 @@ void job_steps_device_event(struct job *job, enum device_event ev,
 			mode_switch_dfu_leave_free(s->leave);
 			s->leave = NULL;
 			evtimer_del(s->timer);
-			job_note(s->job, "device-reset",
-				 "left DFU mode; waiting for the device to come back");
+			left_note(s);
 			wait_back(s, "dfu", s->wait_tty);
 		}
 		return;
 	case PH_WAIT_BACK:
 		if (!s->saw_gone || !dev->present)
 			return;
+		if (s->resetting) {
+			if (dev->mode == DEVICE_MODE_DFU || !dev->tty[0])
+				return;
+			evtimer_del(s->timer);
+			reset_over(s, true);
+			return;
+		}
 		if (s->wrote && !writes_after(s, s->next + 1) &&
 		    (dev->mode == DEVICE_MODE_DFU || dev->mode == DEVICE_MODE_SAFE)) {
 			evtimer_del(s->timer);
@@ -561,10 +628,16 @@ static void switch_14400(struct job_steps *s)
 		return;
 	}
 	if (mode_switch_dfu(dev->tty, getenv("FLASHD_LOCK_DIR"), &err) < 0) {
+		if (s->resetting) {
+			error_clear(&err);
+			reset_over(s, false);
+			return;
+		}
 		fail(s, &err);
 		return;
 	}
-	job_note(s->job, "switching-to-dfu", "set %s to 14400 baud", dev->tty);
+	if (!s->resetting) /* the reset after a failed write said so already */
+		job_note(s->job, "switching-to-dfu", "set %s to 14400 baud", dev->tty);
 	wait_dfu(s);
 }
 
@@ -663,6 +736,25 @@ static void do_write(struct job_steps *s, const struct plan_step *ps)
 
 static void write_done(struct job_steps *s)
 {
+	if (error_is_set(&s->err) && s->have_res && (s->res.resets || s->res.needs_reset) &&
+	    !job_cancel_requested(s->job)) {
+		/* the error is reported once the device is back from its reset */
+		error_clear(&s->failed);
+		error_move(&s->failed, &s->err);
+		s->resetting = true;
+		s->leave_reset = s->res.needs_reset;
+		if (s->res.needs_reset) {
+			job_note(s->job, "resetting-device",
+				 "the device refuses a second transfer until it resets (Gen 3/P2 "
+				 "with Device OS 3.0-5.x): resetting it through DFU mode (14400 "
+				 "baud, then DFU leave)");
+			switch_14400(s);
+			return;
+		}
+		job_set_state(s->job, JOB_REBOOTING);
+		wait_back(s, s->ops->name, true);
+		return;
+	}
 	if (error_is_set(&s->err)) {
 		struct error e;
 		error_init(&e);
@@ -894,6 +986,7 @@ void job_steps_run(struct job *job)
 		}
 		s->job = job;
 		error_init(&s->err);
+		error_init(&s->failed);
 		*job_steps_slot(job) = s;
 	}
 	stop_waits(s);
@@ -906,7 +999,9 @@ void job_steps_run(struct job *job)
 	s->ended_step = false;
 	s->left = false;
 	s->at = NULL;
+	s->resetting = false;
 	error_clear(&s->err);
+	error_clear(&s->failed);
 	read_next(s);
 }
 
@@ -940,6 +1035,16 @@ bool job_steps_cancel(struct job *job)
 	struct job_steps *s = of(job);
 	if (!s)
 		return false;
+	if (s->resetting) {
+		/* the transfer is over: its error stands */
+		stop_waits(s);
+		struct error e;
+		error_init(&e);
+		error_move(&e, &s->failed);
+		s->resetting = false;
+		fail(s, &e);
+		return true;
+	}
 	if (s->wrote && !writes_after(s, s->next) &&
 	    (s->phase == PH_WAIT_BACK || s->phase == PH_LEAVING)) {
 		/* past the point of no return: the device applies what it got */
@@ -971,6 +1076,7 @@ void job_steps_free(struct job_steps *s)
 		event_free(s->cont);
 	mode_switch_dfu_leave_free(s->leave);
 	error_clear(&s->err);
+	error_clear(&s->failed);
 	free(s->jp);
 	free(s);
 }

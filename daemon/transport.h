@@ -186,7 +186,7 @@ void job_set_state(struct job *job, enum job_state state);
  * rate-limits the job-progress events. */
 void job_progress(struct job *job, uint64_t done, uint64_t total);
 /* Informational event ("retrying-set-address", "resetting-device"; the core's
- * own: "handed-to-dfu", "device-reset", "not-verified"): 
+ * own: "handed-to-dfu", "device-reset", "not-verified"):
  * a job-progress event carrying {"note": note, "message": message}. */
 void job_note(struct job *job, const char *note, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -243,6 +243,12 @@ struct job_step_result {
 	 * says why, for the notes. */
 	bool no_answer;
 	bool read_back; /* WRITE: every byte written was read back and compared */
+	/* A WRITE that failed, and what the device does next: it resets by itself (a
+	 * module it refused: the core reports the error once it is back, so that the next
+	 * job finds it ready), or it refuses another transfer until it is reset (Gen 3 /
+	 * P2 on Device OS 3.0-5.x after a broken YMODEM transfer: the core resets it,
+	 * 14400 baud then DFU leave, before it reports the error). */
+	bool resets, needs_reset;
 };
 
 /*

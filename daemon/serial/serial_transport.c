@@ -47,15 +47,7 @@ enum run_state {
 	RUN_PROBE,	 /* WRITE: `v` before the transfer */
 	RUN_LISTEN_WAIT, /* 28800 set, waiting before probing again */
 	RUN_SEND,
-	/* the device refused the module and resets (docs/device/ymodem.md#end-of-transfer): wait
-	 * for it */
-	RUN_REJECT_RESET,
 	RUN_QUERY, /* READ, VERIFY: cdc_query reads `v` `i` `s` */
-	/* reset after a failed transfer on Gen 3 / P2 3.0-5.x (docs/device/ymodem.md#cancellation):
-	 * 14400 -> DFU -> leave */
-	RUN_RESET_DFU,	 /* 14400 set: waiting for the device in DFU mode */
-	RUN_RESET_LEAVE, /* mode_switch_dfu_leave() */
-	RUN_RESET_BACK,	 /* left: waiting for the device to run its firmware again */
 	RUN_ENDED,
 };
 
@@ -68,15 +60,12 @@ struct transport_run {
 	struct console *console;
 	struct ymodem *ymodem;
 	struct cdc_query *query;
-	struct dfu_leave *dfu_leave;
 	struct event *kick, *timer;
 	struct device_facts facts;
 	struct preflight_step cur; /* WRITE: the image */
 	unsigned listen_asks;	   /* 28800 sent by this run (at most twice) */
-	bool saw_gone;		   /* the device left USB since the transfer ended */
 	bool cancel;
 	struct error pending; /* result of the last sub-machine */
-	struct error verdict; /* device-rejected, reported once the device is back */
 	bool sub_done;
 	bool validation_failed; /* the last transfer ended in the device's validation verdict */
 	uint64_t sent_bytes;	/* of the last transfer, acknowledged by the device */
@@ -92,8 +81,6 @@ static void release_port(struct transport_run *r)
 {
 	cdc_query_free(r->query);
 	r->query = NULL;
-	mode_switch_dfu_leave_free(r->dfu_leave);
-	r->dfu_leave = NULL;
 	console_free(r->console);
 	r->console = NULL;
 	ymodem_free(r->ymodem);
@@ -254,15 +241,13 @@ static void after_send_failure(struct transport_run *r)
 			error_detail_str(e, "diagnosis", diag);
 	}
 	error_detail_str(e, "file", s->name ? s->name : "");
+	struct job_step_result res = {.facts = r->facts};
 	if (e->code == ERR_DEVICE_REJECTED && r->port && r->validation_failed) {
 		/* docs/device/ymodem.md#end-of-transfer step 4: a reset follows a validation
-		 * failure too.  Report once the device is back, so that the next job finds it
-		 * ready. */
-		error_move(&r->verdict, e);
-		release_port(r);
-		r->state = RUN_REJECT_RESET;
-		job_set_state(r->job, JOB_REBOOTING);
-		arm(r, timeout_ms("serial_reenumerate_ms"));
+		 * failure too: the core reports it once the device is back, so that the next
+		 * job finds it ready */
+		res.resets = true;
+		end_run(r, &res, e);
 		return;
 	}
 	bool broke =
@@ -279,115 +264,10 @@ static void after_send_failure(struct transport_run *r)
 					.chunk = -1};
 		job_set_partial(r->job, &p);
 	}
-	if (broke && r->port && device_resettable_after_failure(&r->facts)) {
-		struct error be;
-		error_init(&be);
-		if (mode_switch_dfu_on_port(r->port, &be) == 0) {
-			/* docs/device/ymodem.md#cancellation: reset it (14400 -> DFU -> leave)
-			 * before the error is reported, so that a retry finds it ready. */
-			error_move(&r->verdict, e);
-			release_port(r);
-			r->state = RUN_RESET_DFU;
-			job_set_state(r->job, JOB_SWITCHING_MODE);
-			job_note(r->job, "resetting-device",
-				 "the device refuses a second transfer until it resets (Gen 3/P2 "
-				 "with Device OS 3.0-5.x): resetting it through DFU mode (14400 "
-				 "baud, then DFU leave)");
-			arm(r, timeout_ms("serial_reenumerate_ms"));
-			return;
-		}
-		error_clear(&be);
-	}
-	fail(r, e);
-}
-
-/* ---- reset after a failed transfer (docs/device/ymodem.md#cancellation)
- * ---------------------------------------------- */
-
-/* The reset did not complete: say where the device is, then the original error. */
-static void reset_incomplete(struct transport_run *r, const char *what, const char *why)
-{
-	job_note(r->job, "device-reset",
-		 "%s%s; the device may still be in DFU mode: flashing again goes over DFU, whose "
-		 "leave resets it (or reset the device to run its firmware)",
-		 what, why);
-	fail(r, &r->verdict);
-}
-
-static void on_dfu_leave_done(void *ctx, struct error *err)
-{
-	struct transport_run *r = ctx;
-	if (r->state != RUN_RESET_LEAVE)
-		return;
-	mode_switch_dfu_leave_free(r->dfu_leave);
-	r->dfu_leave = NULL;
-	if (err && err->code != ERR_DEVICE_GONE) {
-		reset_incomplete(r, "leaving DFU mode failed: ", err->message);
-		return;
-	}
-	/* left (or the reset overtook the leave's GETSTATUS,
-	 * docs/device/dfuse.md#requests-and-states) */
-	r->state = RUN_RESET_BACK;
-	job_set_state(r->job, JOB_REBOOTING);
-	arm(r, timeout_ms("serial_reenumerate_ms"));
-}
-
-static void reset_device_event(struct transport_run *r, enum device_event ev,
-			       const struct device_snapshot *dev)
-{
-	struct error e;
-	error_init(&e);
-	switch (r->state) {
-	case RUN_RESET_DFU:
-		if (!dev->present || dev->mode != DEVICE_MODE_DFU || !dev->usb_devnode[0])
-			return;
-		evtimer_del(r->timer);
-		job_set_device_mode(r->job, DEVICE_MODE_DFU);
-		r->state = RUN_RESET_LEAVE;
-		r->dfu_leave = mode_switch_dfu_leave(r->base, dev->busnum, dev->devnum,
-						     dev->usb_devnode, on_dfu_leave_done, r, &e);
-		if (!r->dfu_leave) {
-			reset_incomplete(r, "", e.message);
-			error_clear(&e);
-			return;
-		}
-		arm(r, timeout_ms("serial_reenumerate_ms"));
-		return;
-	case RUN_RESET_LEAVE:
-		if (ev == DEVICE_EVENT_GONE) {
-			/* the device reset: the leave is done whatever its GETSTATUS says */
-			mode_switch_dfu_leave_free(r->dfu_leave);
-			r->dfu_leave = NULL;
-			r->state = RUN_RESET_BACK;
-			job_set_state(r->job, JOB_REBOOTING);
-			arm(r, timeout_ms("serial_reenumerate_ms"));
-		}
-		return;
-	case RUN_RESET_BACK:
-		if (!dev->present || dev->mode == DEVICE_MODE_DFU || !dev->tty[0])
-			return;
-		job_note(r->job, "device-reset",
-			 "the device refuses a second transfer until it resets (Gen 3/P2 with "
-			 "Device OS 3.0-5.x): flashd reset it (14400 baud, DFU leave) and it runs "
-			 "its firmware again, ready for a retry");
-		fail(r, &r->verdict);
-		return;
-	default:
-		return;
-	}
-}
-
-static void reset_timeout(struct transport_run *r)
-{
-	unsigned s = timeout_ms("serial_reenumerate_ms") / 1000;
-	char why[160];
-	snprintf(why, sizeof(why),
-		 r->state == RUN_RESET_DFU ? "the device did not come back in DFU mode within %u s"
-		 : r->state == RUN_RESET_LEAVE ? "leaving DFU mode did not complete within %u s"
-					       : "the device did not come back within %u s after "
-						 "leaving DFU mode",
-		 s);
-	reset_incomplete(r, "", why);
+	/* docs/device/ymodem.md#cancellation: the device refuses a second transfer until
+	 * it resets: the core resets it (14400 -> DFU -> leave) before it reports the error */
+	res.needs_reset = broke && r->port && device_resettable_after_failure(&r->facts);
+	end_run(r, &res, e);
 }
 
 /* ---- the run's event loop side ------------------------------------------------------- */
@@ -468,15 +348,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 		r->state = RUN_PROBE;
 		if (start_console(r, CONSOLE_PROBE, &r->pending) < 0)
 			fail(r, &r->pending);
-		return;
-	}
-	if (r->state == RUN_REJECT_RESET) {
-		fail(r, &r->verdict); /* the device did not come back: the verdict stands */
-		return;
-	}
-	if (r->state == RUN_RESET_DFU || r->state == RUN_RESET_LEAVE ||
-	    r->state == RUN_RESET_BACK) {
-		reset_timeout(r);
 		return;
 	}
 }
@@ -583,7 +454,6 @@ static struct transport_run *serial_start(struct job *job, const struct job_step
 	r->step = *step;
 	r->base = job_event_base(job);
 	error_init(&r->pending);
-	error_init(&r->verdict);
 	r->facts = job_device(job)->facts;
 	r->kick = event_new(r->base, -1, 0, on_kick, r);
 	r->timer = evtimer_new(r->base, on_timer, r);
@@ -609,11 +479,6 @@ static void serial_cancel(struct transport_run *r)
 	if (!r || r->state == RUN_ENDED)
 		return;
 	r->cancel = true;
-	if (r->state == RUN_REJECT_RESET || r->state == RUN_RESET_DFU ||
-	    r->state == RUN_RESET_LEAVE || r->state == RUN_RESET_BACK) {
-		fail(r, &r->verdict); /* the transfer is over: its verdict stands */
-		return;
-	}
 	if (r->state == RUN_SEND && r->ymodem) {
 		ymodem_cancel(r->ymodem); /* 'a' at the next block boundary */
 		return;
@@ -623,29 +488,6 @@ static void serial_cancel(struct transport_run *r)
 	error_set(&e, ERR_CANCELLED, "the job was cancelled before the transfer");
 	error_detail_str(&e, "phase", r->state == RUN_QUERY ? "probe" : "preflight");
 	fail(r, &e); /* releases the port: a device already listening stays so */
-}
-
-static void serial_device_event(struct transport_run *r, enum device_event ev,
-				const struct device_snapshot *dev)
-{
-	if (r && (r->state == RUN_RESET_DFU || r->state == RUN_RESET_LEAVE ||
-		  r->state == RUN_RESET_BACK)) {
-		reset_device_event(r, ev, dev);
-		return;
-	}
-	if (!r || r->state != RUN_REJECT_RESET)
-		return;
-	if (ev == DEVICE_EVENT_GONE)
-		r->saw_gone = true;
-	if (ev == DEVICE_EVENT_BACK || (ev == DEVICE_EVENT_CHANGED && dev->present)) {
-		if (!dev->tty[0] || dev->mode == DEVICE_MODE_DFU)
-			return;
-		if (ev == DEVICE_EVENT_CHANGED && !r->saw_gone)
-			return; /* not reset yet */
-		job_note(r->job, "device-reset",
-			 "the device reset after refusing the module and is back");
-		fail(r, &r->verdict);
-	}
 }
 
 static void serial_free(struct transport_run *r)
@@ -658,7 +500,6 @@ static void serial_free(struct transport_run *r)
 	if (r->timer)
 		event_free(r->timer);
 	error_clear(&r->pending);
-	error_clear(&r->verdict);
 	free(r);
 }
 
@@ -668,7 +509,6 @@ const struct transport_ops serial_transport = {
     .rules = preflight_rules_serial,
     .start = serial_start,
     .cancel = serial_cancel,
-    .device_event = serial_device_event,
     .free = serial_free,
     .timeouts = serial_timeouts,
 };
