@@ -183,7 +183,7 @@ int mode_switch_listening(struct serial_port *port, struct error *err)
 	return serial_port_set_baud(port, MODE_SWITCH_BAUD_LISTEN, err);
 }
 
-int mode_switch_dfu_on_port(struct serial_port *port, struct error *err)
+static int dfu_on_port(struct serial_port *port, struct error *err)
 {
 	return serial_port_set_baud(port, MODE_SWITCH_BAUD_DFU, err);
 }
@@ -199,7 +199,7 @@ int mode_switch_dfu(const char *tty, const char *lock_dir, struct error *err)
 		}
 		return -1;
 	}
-	int r = mode_switch_dfu_on_port(port, err);
+	int r = dfu_on_port(port, err);
 	serial_port_close(port);
 	if (r < 0) {
 		error_prefix(err, "switching %s to DFU mode: ", tty);

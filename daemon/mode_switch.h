@@ -1,7 +1,8 @@
 /*
- * Mode switches, in one place for every transport (issue 11): the plan's
- * "switch-mode" steps and the resets a transport needs are made here, never
- * inside a transport that would have to know another one.
+ * Mode switches, in one place (issue 11): the core's step driver
+ * (job_steps.c) makes the plan's "switch-mode" steps and the resets after a
+ * failed write with these; a transport uses only the switch into its own
+ * protocol's mode (mode_switch_listening() before YMODEM).
  *
  *  - listening mode: line coding 28800 baud on the CDC port (Device OS <= 5.x;
  *    the device's USB CDC driver enters listening mode on that speed,
@@ -28,8 +29,6 @@ struct dfu_leave;
 
 /* On a port the caller holds (locked): asks for listening mode (9600, then 28800). */
 WARN_UNUSED_RESULT int mode_switch_listening(struct serial_port *port, struct error *err);
-/* On a port the caller holds (locked): asks for DFU mode (14400). */
-WARN_UNUSED_RESULT int mode_switch_dfu_on_port(struct serial_port *port, struct error *err);
 /*
  * Opens tty with its lock (lock_dir as serial_port_open(); NULL = /run/lock),
  * sets 14400 baud and closes it: the firmware resets into DFU.  Fails with

@@ -59,9 +59,11 @@
  * switch the device into another transport's mode (the core's mode switches do);
  * include another transport's headers (a test greps the includes of
  * daemon/serial/, daemon/dfu/ and daemon/ctrl/); touch another job's device.
- * What it may use of the core: mode_switch.h (the switch into its own
- * protocol's mode, e.g. 28800 baud before YMODEM, and the reset after a failed
- * transfer), cdc_query.h, preflight.h.
+ * What it may use of the core: mode_switch.h for the switch into its own
+ * protocol's mode only (28800 baud before YMODEM; a test greps that no transport
+ * calls the DFU switches), cdc_query.h, preflight.h.  A write that fails and
+ * leaves the device needing a reset says so in its result (resets,
+ * needs_reset): the core resets it.
  *
  * Devices follow identity, not USB addresses: the registry maps a device that
  * re-enumerates (mode switch, DFU leave, replug into another port) to the same

@@ -2,9 +2,9 @@
 """Transports know nothing of each other (issue 11): no file under daemon/serial/,
 daemon/dfu/ or daemon/ctrl/ includes a header of another of them.  Shared things
 (mode switches, the listening-mode query) are the core's, in daemon/; so is the
-order of a job: no transport includes the plan's runner (job_plan.h, job_steps.h)
-or ends a job itself (job_finish(): transports end their step with
-job_step_done()).
+order of a job: no transport includes the plan's runner (job_plan.h, job_steps.h),
+switches a device into or out of DFU mode (mode_switch_dfu*(): the core's steps) or
+ends a job itself (job_finish(): transports end their step with job_step_done()).
 
 usage: transport_includes.py SOURCE_ROOT       (TAP)
 """
@@ -32,14 +32,15 @@ for here, other in PAIRS:
                or re.search(r'(^|/)%s/' % other, inc)]
         checks.append(('daemon/%s/%s includes no daemon/%s header' % (here, f, other), bad))
 # the core's order of steps is not a transport's business
-CALL = re.compile(r'\b(job_finish|job_plan_make|job_handoff)\s*\(')
+CALL = re.compile(r'\b(job_finish|job_plan_make|job_handoff|mode_switch_dfu\w*)\s*\(')
 for here in TRANSPORTS:
     for f in files(here):
         text = open(os.path.join(root, here, f), encoding='utf-8').read()
         bad = [inc for inc in INCLUDE.findall(text)
                if os.path.basename(inc) in ('job_plan.h', 'job_steps.h', 'jobs.h')]
         bad += sorted(set(CALL.findall(text)))
-        checks.append(('daemon/%s/%s neither plans nor ends the job' % (here, f), bad))
+        checks.append(('daemon/%s/%s neither plans, switches to DFU mode nor ends the job'
+                       % (here, f), bad))
 # the meson files: no include directory of another transport either
 for here, other in PAIRS:
     text = open(os.path.join(root, here, 'meson.build'), encoding='utf-8').read()
