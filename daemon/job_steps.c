@@ -153,11 +153,14 @@ static unsigned reenumerate_ms(const char *transport)
 	return timeout_ms(key);
 }
 
-static void wait_dfu(struct job_steps *s)
+/* transport: whose request or baud rate switched it ("dfu" for 14400 baud, "ctrl" for
+ * the enter-DFU request): its *_reenumerate_ms bounds the wait. */
+static void wait_dfu(struct job_steps *s, const char *transport)
 {
 	s->phase = PH_SWITCH_DFU;
+	s->wait_key = transport;
 	job_set_state(s->job, JOB_SWITCHING_MODE);
-	arm(s, timeout_ms("dfu_reenumerate_ms"));
+	arm(s, reenumerate_ms(transport));
 	job_steps_device_event(s->job, DEVICE_EVENT_CHANGED, job_device(s->job));
 }
 
@@ -311,7 +314,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 			  "the device did not come back in DFU mode after the "
 			  "mode switch");
 		error_detail_str(&err, "phase", "switching-mode");
-		error_detail_int(&err, "timeout_ms", timeout_ms("dfu_reenumerate_ms"));
+		error_detail_int(&err, "timeout_ms", reenumerate_ms(s->wait_key));
 		fail(s, &err);
 		return;
 	case PH_LEAVING:
@@ -638,7 +641,7 @@ static void switch_14400(struct job_steps *s)
 	}
 	if (!s->resetting) /* the reset after a failed write said so already */
 		job_note(s->job, "switching-to-dfu", "set %s to 14400 baud", dev->tty);
-	wait_dfu(s);
+	wait_dfu(s, "dfu");
 }
 
 /* Whether what follows plan step i needs the serial port (a serial write or verify, a
@@ -882,7 +885,7 @@ static void ask_dfu_done(struct job_steps *s)
 		return;
 	}
 	job_note(s->job, "switching-to-dfu", "asked the device by USB control request");
-	wait_dfu(s);
+	wait_dfu(s, "ctrl");
 }
 
 static void advance(struct job_steps *s)
