@@ -62,6 +62,9 @@ struct job {
 	const struct transport_ops *ops;
 	struct transport_run *run;
 	struct job_steps *driver; /* the step driver (job_steps.h) */
+	/* the transport of the last WRITE step: the record's "transport" (else the
+	 * transport of the last step) */
+	const struct transport_ops *writer;
 	bool in_start;
 	bool step_ended_in_start; /* the run ended its step from inside start() */
 	bool cancel_requested;
@@ -381,6 +384,8 @@ bool job_start_step(struct job *job, const struct transport_ops *ops, const stru
 		    struct error *err)
 {
 	job->ops = ops;
+	if (step->kind == JOB_STEP_WRITE)
+		job->writer = ops;
 	job->in_start = true;
 	job->step_ended_in_start = false;
 	struct transport_run *run = ops->start(job, step, err);
@@ -1159,8 +1164,10 @@ json_t *job_to_json(const struct job *job)
 	    "owner", "uid", (int)job->uid, "gid", (int)job->gid, "pid", (int)job->pid, "created",
 	    job->created, "started", job->started ? json_real(job->started) : json_null(), "ended",
 	    job->ended ? json_real(job->ended_at) : json_null(), "transport",
-	    job->ops ? job->ops->name : NULL, "progress", "done", (json_int_t)job->done, "total",
-	    (json_int_t)job->total);
+	    job->writer ? job->writer->name
+	    : job->ops	? job->ops->name
+			: NULL,
+	    "progress", "done", (json_int_t)job->done, "total", (json_int_t)job->total);
 	if (!o)
 		return json_pack("{s:s}", "id", job->id);
 	json_object_set_new(o, "error",
