@@ -1033,6 +1033,13 @@ void job_steps_image(struct job *job, size_t k)
 		job_plan_report_step(job, s->jp, s->cur + k);
 }
 
+void job_steps_image_written(struct job *job, size_t k)
+{
+	struct job_steps *s = of(job);
+	if (s && s->phase == PH_WRITE && k < s->step.n_images)
+		job_mark_written(job, s->step.images[k]);
+}
+
 bool job_steps_cancel(struct job *job)
 {
 	struct job_steps *s = of(job);

@@ -35,6 +35,8 @@ void job_steps_run(struct job *job);
 void job_steps_done(struct job *job, const struct job_step_result *res, struct error *err);
 /* job_step_image(): the running WRITE is at its k-th image. */
 void job_steps_image(struct job *job, size_t k);
+/* job_step_image_written(): the running WRITE's k-th image is whole. */
+void job_steps_image_written(struct job *job, size_t k);
 /* Every device event of the job's device (also while a run is live). */
 void job_steps_device_event(struct job *job, enum device_event ev,
 			    const struct device_snapshot *dev);

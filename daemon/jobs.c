@@ -1476,6 +1476,12 @@ void job_step_image(struct job *job, size_t k)
 		job_steps_image(job, k);
 }
 
+void job_step_image_written(struct job *job, size_t k)
+{
+	if (!job->ended)
+		job_steps_image_written(job, k);
+}
+
 const char *job_step_kind_name(enum job_step_kind k)
 {
 	switch (k) {

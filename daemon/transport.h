@@ -262,6 +262,11 @@ void job_step_done(struct job *job, const struct job_step_result *res, struct er
 /* WRITE with several images: the run starts writing the k-th of them (0-based);
  * the core reports the plan step it is ("step 2 of 4: writing ..."). */
 void job_step_image(struct job *job, size_t k);
+/* WRITE: the k-th image of the step is whole on the device (and read back when
+ * asked), before the step ends: a job resumed after its device left (the replug
+ * rule) plans without it and never writes a finished file again.  The images of
+ * a step that ends done are marked so by the core. */
+void job_step_image_written(struct job *job, size_t k);
 /* The mode the run saw the device in (the registry keeps it, so that
  * `flashctl info` need not probe again). */
 void job_set_device_mode(struct job *job, enum device_mode mode);

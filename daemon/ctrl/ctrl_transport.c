@@ -325,9 +325,11 @@ static void after_op(struct transport_run *r)
 		if (error_detail_type(e.code, "request") == 's' &&
 		    !(e.detail && json_object_get(e.detail, "request")))
 			error_detail_str(&e, "request", ctrl_op_name(read_ops[r->op_i]));
-		if (r->step.kind == JOB_STEP_READ && e.code != ERR_CANCELLED) {
+		if (r->step.kind == JOB_STEP_READ && e.code != ERR_CANCELLED &&
+		    e.code != ERR_DEVICE_BUSY) {
 			/* a device that does not answer control requests: the core asks another
-			 * transport (or, for a probe, says what USB says) */
+			 * transport (or, for a probe, says what USB says); one that answers BUSY
+			 * does answer: that is its cause, not silence */
 			struct job_step_result none = {.facts = r->facts, .no_answer = true};
 			char msg[sizeof(e.message)];
 			snprintf(msg, sizeof(msg), "%s", e.message);

@@ -231,6 +231,20 @@ static void report_write_step(struct transport_run *r)
 	job_step_image(r->job, n ? n - 1 : 0);
 }
 
+/* Write done_i is complete (and read back with --verify): when it was its file's
+ * last, the file is whole on the device (job_step_image_written()), so that a job
+ * resumed after the device left plans without it. */
+static void file_written(struct transport_run *r, unsigned done_i)
+{
+	size_t file = r->plan.writes[done_i].job_index;
+	for (unsigned k = done_i + 1; k < r->plan.n_writes; k++)
+		if (!r->plan.writes[k].erase_only && r->plan.writes[k].job_index == file)
+			return;
+	for (size_t k = 0; k < r->step.n_images; k++)
+		if (r->step.images[k] == file)
+			job_step_image_written(r->job, k);
+}
+
 /* The leave request is done, or the device reset before its GETSTATUS came back (a
  * vanished device means success, docs/device/dfuse.md#requests-and-states): release it and wait for
  * it to come back. */
@@ -338,6 +352,8 @@ static void step(struct transport_run *r)
 			}
 			r->verified = true;
 		}
+		if (!r->plan.writes[r->write_i].erase_only)
+			file_written(r, r->write_i);
 		r->write_i++;
 		if (r->write_i < r->plan.n_writes) {
 			r->state = RUN_ERASE;
