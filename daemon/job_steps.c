@@ -31,6 +31,7 @@ enum phase {
 	PH_WAIT_BACK,  /* waiting for the device to run its firmware again */
 	PH_WRITE,      /* a WRITE run */
 	PH_VERIFY,     /* a VERIFY run */
+	PH_CHECK,      /* a CHECK run (a dry run) */
 };
 
 struct job_steps {
@@ -538,6 +539,37 @@ static void read_next(struct job_steps *s)
 	fail(s, &err);
 }
 
+/*
+ * A dry run ends after the plan, except for the checks a transport makes on the
+ * device before its first byte (the DFU memory map): run as a CHECK step when the
+ * plan's first write goes over that transport with no mode switch before it.
+ */
+static void dry_run_checks(struct job_steps *s)
+{
+	struct error err;
+	error_init(&err);
+	const struct plan *p = &s->jp->plan;
+	size_t i = 0;
+	if (p->n_steps == 0 || p->steps[0].kind != PLAN_STEP_WRITE) {
+		end_job(s, JOB_RESULT_DONE, "preflight-ok", NULL);
+		return;
+	}
+	const struct transport_ops *ops =
+	    job_transport(s->job, plan_transport_name(p->steps[0].transport));
+	if (!ops || !ops->checks_on_device) {
+		end_job(s, JOB_RESULT_DONE, "preflight-ok", NULL);
+		return;
+	}
+	memset(&s->step, 0, sizeof(s->step));
+	s->step.kind = JOB_STEP_CHECK;
+	while (i < p->n_steps && p->steps[i].kind == PLAN_STEP_WRITE &&
+	       p->steps[i].transport == p->steps[0].transport &&
+	       s->step.n_images < JOB_STEP_MAX_IMAGES)
+		s->step.images[s->step.n_images++] = job_plan_file(s->jp, &p->steps[i++]);
+	if (!start_step(s, ops, PH_CHECK, &err))
+		fail(s, &err);
+}
+
 static void make_plan(struct job_steps *s, const struct job_step_result *res)
 {
 	struct error err;
@@ -561,7 +593,7 @@ static void make_plan(struct job_steps *s, const struct job_step_result *res)
 	}
 	s->planned = true;
 	if (job_options(job)->dry_run) {
-		end_job(s, JOB_RESULT_DONE, "preflight-ok", NULL);
+		dry_run_checks(s);
 		return;
 	}
 	s->end_word = "already-installed";
@@ -961,6 +993,16 @@ static void on_continue(evutil_socket_t fd, short what, void *arg)
 		break;
 	case PH_ASK_DFU:
 		ask_dfu_done(s);
+		break;
+	case PH_CHECK:
+		if (error_is_set(&s->err)) {
+			struct error e;
+			error_init(&e);
+			error_move(&e, &s->err);
+			fail(s, &e);
+		} else {
+			end_job(s, JOB_RESULT_DONE, "preflight-ok", NULL);
+		}
 		break;
 	default:
 		break;

@@ -28,6 +28,11 @@
  *              gives the verdict (job_verdict()).
  *   ENTER_DFU  ask a running device to enter DFU mode over the transport's
  *              protocol (the control request); the core waits for it.
+ *   CHECK      a dry run: what a WRITE of the step's images checks on the device
+ *              before its first byte (the DFU memory map, slots, protection),
+ *              and nothing else; only for a transport with checks_on_device, and
+ *              only when the device is in its mode already (a dry run switches
+ *              no mode).
  *
  * Lifecycle of a run
  *   1. The core calls start(job, step).  start() returns a run, or NULL with
@@ -221,6 +226,7 @@ enum job_step_kind {
 	JOB_STEP_WRITE,	    /* write the step's images */
 	JOB_STEP_VERIFY,    /* read the device's verdicts after the last reboot */
 	JOB_STEP_ENTER_DFU, /* ask the running device to enter DFU mode */
+	JOB_STEP_CHECK,	    /* a dry run: a WRITE's own checks on the device, nothing written */
 };
 const char *job_step_kind_name(enum job_step_kind k); /* "read", "write", ... */
 
@@ -342,6 +348,9 @@ struct transport_ops {
 	/* Releases everything; called by the core after job_step_done() or at
 	 * shutdown.  Must accept NULL.  May not call any job_*() function. */
 	void (*free)(struct transport_run *run);
+	/* WRITE makes checks only the device can answer (read from it in its mode)
+	 * before its first byte: a dry run runs them as a CHECK step. */
+	bool checks_on_device;
 	/* Timeout keys with defaults; NULL-terminated (key == NULL) or NULL. */
 	const struct timeout_def *timeouts;
 };

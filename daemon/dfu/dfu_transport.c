@@ -295,7 +295,7 @@ static void step(struct transport_run *r)
 				f.platform = r->facts.platform;
 			r->facts = f;
 		}
-		if (r->step.kind != JOB_STEP_WRITE) {
+		if (r->step.kind == JOB_STEP_READ) {
 			/* READ: what is in flash is known now; the device stays in DFU. */
 			run_done(r);
 			return;
@@ -305,7 +305,7 @@ static void step(struct transport_run *r)
 			run_fail(r, &err);
 			return;
 		}
-		if (r->plan.n_writes == 0) {
+		if (r->plan.n_writes == 0 || r->step.kind == JOB_STEP_CHECK) {
 			run_done(r);
 			return;
 		}
@@ -496,7 +496,8 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(struct transport_run *, dfu_free)
 static struct transport_run *dfu_start(struct job *job, const struct job_step *step,
 				       struct error *err)
 {
-	if (step->kind != JOB_STEP_READ && step->kind != JOB_STEP_WRITE) {
+	if (step->kind != JOB_STEP_READ && step->kind != JOB_STEP_WRITE &&
+	    step->kind != JOB_STEP_CHECK) {
 		error_set(err, ERR_INTERNAL, "the DFU transport has no %s step",
 			  job_step_kind_name(step->kind));
 		return NULL;
@@ -603,6 +604,7 @@ const struct transport_ops dfu_transport = {
     .exit = dfu_exit,
     .can_serve = dfu_can_serve,
     .rules = dfu_preflight_rules,
+    .checks_on_device = true,
     .start = dfu_start,
     .cancel = dfu_cancel,
     .device_event = dfu_device_event,

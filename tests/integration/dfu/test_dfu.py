@@ -246,7 +246,8 @@ def test_new_layout_app_on_1_5_argon_is_refused_before_erase():
     res, doc, work, log = run(specs, flash_steps([(sys15, idmap['a1'], ())]) +
                               [{'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
                                {'sleep': 0.5}, {'snapshot': 'before'}] +
-                              flash_steps([(app, idmap['a1'], ()), (app, idmap['a1'], ('--force',))]))
+                              flash_steps([(app, idmap['a1'], ()), (app, idmap['a1'], ('--force',)),
+                                           (app, idmap['a1'], ('--force', '--dry-run'))]))
     expect_done(res[0], log)
     res = [res[0]] + res[3:]
     sysm = module_at(device(doc, 'a1'), 0x30000)
@@ -257,6 +258,9 @@ def test_new_layout_app_on_1_5_argon_is_refused_before_erase():
     forced = expect_error(res[3], 'wrong-slot', log)
     # --force never bypasses the slot and overlap checks against what UPLOAD found.
     check(forced['detail'].get('device_os', '').startswith('1.5'), 'forced refusal: %s' % json.dumps(forced))
+    # a dry run is refused the same way, writing nothing
+    dry = expect_error(res[4], 'wrong-slot', log)
+    check(dry['message'] == forced['message'], 'dry run: %s' % json.dumps(dry))
     dev = device(doc, 'a1')
     _, before = dump(doc, dev, 0, res[1]['dir'])
     _, after = dump(doc, dev, 0)
@@ -318,6 +322,27 @@ def restamp(path, version):
 def steps_of(res):
     return [l.get('step_description') for l in res['lines']
             if l.get('event') == 'job-progress' and l.get('step_description')]
+
+
+def test_dry_run_on_a_protected_device_in_dfu_mode_makes_the_dfu_checks():
+    # Only the DFU transport can tell, from the device in DFU mode, that Device Protection
+    # refuses every DFU write (and UPLOAD: the flash layout stays unknown).  A dry run (flashctl check, --dry-run) switches no mode and
+    # writes nothing, but on a device already in DFU mode the core runs the DFU
+    # transport's own checks as a CHECK step: refused as the real flash is.
+    specs = ['platform=argon,mode=dfu,os=6.2.0,protected=1,name=a6']
+    idmap = ids(specs)
+    app = os.path.join(top, 'argon-app-6-protected.bin')
+    open(app, 'wb').write(make_module(0xB4000, 5, 2, 7, 12, [(4, 1, 6000)], 30000))
+    res, doc, work, log = run(specs, flash_steps([(app, idmap['a6'], ('--dry-run',)),
+                                                  (app, idmap['a6'], ())]))
+    # (UPLOAD is refused too, so the layout check may be the first to say no)
+    real = expect_error(res[1], job_end(res[1])['error']['code'], log)
+    check(real['code'] in ('device-protected', 'layout-unknown'), 'real flash: %s' % json.dumps(real))
+    dry = expect_error(res[0], real['code'], log)
+    check(dry['message'] == real['message'], 'dry %s / real %s' % (dry['message'], real['message']))
+    check(device(doc, 'a6')['received']['dfu_bytes'] == 0, 'DFU bytes written')
+    check(device(doc, 'a6')['mode'] == 'dfu', 'mode %s' % device(doc, 'a6')['mode'])
+    print('# dry run: %s' % dry['message'])
 
 
 def test_argon_6_app_is_verified_by_module_info_and_boron_app_refused():
