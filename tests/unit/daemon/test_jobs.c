@@ -919,6 +919,52 @@ static void test_core_runs_read_plan_write_reboot_verify(void **state)
 	fx_free(fx);
 }
 
+/* Cancel while the core waits for the reboot after the last write: past the point of
+ * no return, the device applies what it got: done, written-not-verified, no step
+ * started after it. */
+static void test_cancel_while_the_core_waits_for_the_reboot(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	plug_tty(fx, PHOTON_ID, "1-1");
+	struct job_request jr;
+	struct error err;
+	memset(&jr, 0, sizeof(jr));
+	error_init(&err);
+	jr.target = WIRE_TARGET_DEVICE;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
+	jr.device = registry_find_key(fx->reg, PHOTON_ID);
+	jr.images[0] = photon_app(fx, 8192);
+	snprintf(jr.names[0], sizeof(jr.names[0]), "app.bin");
+	jr.n_images = 1;
+	jr.uid = 1000;
+	struct job *job = jobs_create(fx->jobs, &jr, &err);
+	assert_non_null(job);
+	jobs_submit(fx->jobs, job);
+	spin(fx);
+	struct job_step_result res = photon_facts(0);
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	memset(&res, 0, sizeof(res));
+	job_step_done(job, &res, NULL); /* the WRITE */
+	spin(fx);
+	assert_int_equal(job_state(job), JOB_REBOOTING);
+	jobs_cancel(fx->jobs, job, 1000);
+	spin(fx);
+	assert_string_equal(ended_result(fx, job), "done");
+	assert_string_equal(json_string_value(json_object_get(last_ended(fx, job), "outcome")),
+			    "written-not-verified");
+	assert_true(has_note(fx, "not-verified"));
+	unplug(fx, "1-1");
+	plug(fx, PHOTON_ID, "1-2", PHOTON_CDC);
+	plug_tty(fx, PHOTON_ID, "1-2");
+	spin(fx);
+	assert_int_equal(fake.starts, 2); /* no VERIFY after the end */
+	assert_int_equal(count_events(fx, job, "job-ended"), 1);
+	fx_free(fx);
+}
+
 /* A plan refused before the first byte: the job ends after the READ, no WRITE starts. */
 static void test_core_refuses_before_any_write(void **state)
 {
@@ -1156,6 +1202,7 @@ int main(void)
 	    cmocka_unit_test(test_read_nobody_answers_is_not_flashable_here),
 	    cmocka_unit_test(test_core_runs_read_plan_write_reboot_verify),
 	    cmocka_unit_test(test_core_refuses_before_any_write),
+	    cmocka_unit_test(test_cancel_while_the_core_waits_for_the_reboot),
 	    cmocka_unit_test(test_run_follows_its_device_across_reenumeration),
 	    cmocka_unit_test(test_device_gone_mid_job_waits_and_resumes_when_it_is_back),
 	    cmocka_unit_test(test_device_gone_for_good_names_what_was_not_written),
