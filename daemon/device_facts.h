@@ -12,6 +12,7 @@
 
 #define DEVICE_FACTS_MAX_MODULES 16
 #define DEVICE_ID_LEN		 24
+#define DEVICE_FACTS_MAX_ASSETS	 16
 
 struct installed_module {
 	uint8_t function; /* enum module_function */
@@ -28,6 +29,14 @@ struct installed_module {
 		uint16_t version;
 	} deps[2];
 	char sha256[65]; /* user parts: hex, lowercase; "" if unknown */
+};
+
+/* One asset in the device's asset store (Device OS 5.5.0+ AssetManager), as
+ * GET_ASSET_INFO (control request 91, Device OS 5.6.0+) reports it. */
+struct installed_asset {
+	char name[65];
+	uint8_t sha256[32]; /* of the raw asset bytes */
+	uint32_t size;	    /* raw bytes */
 };
 
 enum device_protection {
@@ -50,6 +59,11 @@ struct device_facts {
 	struct installed_module modules[DEVICE_FACTS_MAX_MODULES];
 	unsigned n_modules;
 	enum device_protection protection;
+	/* The asset store: complete when assets_known (read by control request),
+	 * else nothing is known of it. */
+	bool assets_known;
+	struct installed_asset assets[DEVICE_FACTS_MAX_ASSETS];
+	unsigned n_assets;
 };
 
 static inline bool installed_module_valid(const struct installed_module *m)

@@ -338,6 +338,7 @@ void registry_node_removed(struct registry *r, const char *syspath)
 			d->s.usb_devnode[0] = '\0';
 			/* What the device was doing is no longer known once it left. */
 			d->s.facts.modules_known = false;
+			d->s.facts.assets_known = false;
 			struct timeval tv = {timeout_ms("registry_forget_ms") / 1000,
 					     (timeout_ms("registry_forget_ms") % 1000) * 1000};
 			evtimer_add(d->forget_timer, &tv);
@@ -366,6 +367,12 @@ void registry_update_facts(struct registry *r, struct device *dev, const struct 
 	}
 	if (f->protection != DEVICE_PROTECTION_UNKNOWN)
 		df->protection = f->protection;
+	if (f->assets_known) {
+		df->n_assets = f->n_assets <= DEVICE_FACTS_MAX_ASSETS ? f->n_assets
+								       : DEVICE_FACTS_MAX_ASSETS;
+		memcpy(df->assets, f->assets, df->n_assets * sizeof(df->assets[0]));
+		df->assets_known = true;
+	}
 	notify(r, dev, REGISTRY_CHANGED);
 }
 

@@ -19,6 +19,7 @@
  * an open usbfs node keeps the loop busy, see usb_loop.h).
  */
 #include "ctrl.h"
+#include "ctrl_assets.h"
 #include "ctrl_usb.h"
 #include "usb_loop.h"
 
@@ -55,6 +56,7 @@ static const enum ctrl_op read_ops[] = {
     CTRL_OP_SYSTEM_VERSION,
     CTRL_OP_DEVICE_MODE,
     CTRL_OP_MODULE_INFO,
+    CTRL_OP_ASSET_INFO, /* optional: ctrl_assets.h */
 };
 #define N_READ_OPS (sizeof(read_ops) / sizeof(read_ops[0]))
 
@@ -182,7 +184,8 @@ static void give_verdict(struct transport_run *r)
 	if (r->jp)
 		job_plan_step_kind(r->job, r->jp, PLAN_STEP_VERIFY, 0);
 	job_set_state(r->job, JOB_VERIFYING);
-	if (job_verdict(r->job, &r->facts, r->mode == DEVICE_MODE_SAFE, &e) == 0) {
+	if (job_verdict(r->job, &r->facts, r->mode == DEVICE_MODE_SAFE, &e) == 0 &&
+	    ctrl_assets_verdict(r->job, &r->facts, &e) == 0) {
 		end_run(r, JOB_RESULT_DONE, "verified", NULL);
 		return;
 	}
@@ -421,6 +424,9 @@ static void take_result(struct transport_run *r, const struct ctrl_result *res)
 		r->facts.modules_known = true;
 		r->facts.unknown_functions = 0;
 		break;
+	case CTRL_OP_ASSET_INFO:
+		ctrl_assets_take(&r->facts, res);
+		break;
 	default:
 		break;
 	}
@@ -448,6 +454,14 @@ static void after_op(struct transport_run *r)
 		struct error e;
 		error_init(&e);
 		error_move(&e, &r->pending);
+		if (ctrl_assets_optional(read_ops[r->op_i], &e)) {
+			/* no asset store to read on this Device OS: the assets stay unknown */
+			r->facts.assets_known = false;
+			r->op_i++;
+			r->state = RUN_READING;
+			next_op(r);
+			return;
+		}
 		if (e.code == ERR_DEVICE_GONE && (r->verify || r->writes_started) &&
 		    r->reread++ < CTRL_REREAD_MAX) {
 			/* still resetting after the update or the DFU leave: wait for it again */
