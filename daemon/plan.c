@@ -1,5 +1,6 @@
 #include "plan.h"
 
+#include "asset_module.h"
 #include "capability.h"
 #include "osver.h"
 #include "platform.h"
@@ -91,13 +92,16 @@ struct plan_capability {
 #define US FN_BIT(MODULE_FUNCTION_USER)
 #define RS FN_BIT(MODULE_FUNCTION_RADIO_STACK)
 #define NC FN_BIT(MODULE_FUNCTION_NCP)
+#define AS FN_BIT(MODULE_FUNCTION_ASSET)
 /* clang-format off */
 static const struct plan_capability capabilities[] = {
 	/* transport            chip            platform  system range  functions */
 	{PLAN_TRANSPORT_SERIAL, MCU_STM32F205,  0,  0, 6000, B | MO | SY | US},
 	{PLAN_TRANSPORT_SERIAL, MCU_NRF52840,   0,  0, 6000, B | SY | US | RS},
 	{PLAN_TRANSPORT_SERIAL, MCU_NRF52840,  12,  0, 6000, NC}, /* Argon ESP32 */
-	{PLAN_TRANSPORT_SERIAL, MCU_NRF52840,  26,  0, 6000, NC}, /* Tracker ESP32 */
+	/* Tracker ESP32: Device OS 5.6.0 set HAL_PLATFORM_NCP_UPDATES_DISABLED
+	 * (hal/src/tracker/hal_platform_config.h): the system updates it itself */
+	{PLAN_TRANSPORT_SERIAL, MCU_NRF52840,  26,  0, 5600, NC},
 	{PLAN_TRANSPORT_SERIAL, MCU_RTL8721D,   0,  0, 6000, B | SY | US},
 	{PLAN_TRANSPORT_DFU,    MCU_STM32F205,  0,  0,    0, MO | SY | US},
 	{PLAN_TRANSPORT_DFU,    MCU_STM32F103,  0,  0,    0, MO | SY | US},
@@ -108,6 +112,14 @@ static const struct plan_capability capabilities[] = {
 	 * updateFirmware()) */
 	{PLAN_TRANSPORT_CTRL,   MCU_NRF52840,   0, 6000,  0, B},
 	{PLAN_TRANSPORT_CTRL,   MCU_RTL8721D,   0, 6000,  0, B},
+	/* The Argon's ESP32 (HAL_PLATFORM_NCP_UPDATABLE, hal/src/argon/hal_platform_config.h):
+	 * HAL_FLASH_End() hands an NCP module to platform_ncp_update_module() */
+	{PLAN_TRANSPORT_CTRL,   MCU_NRF52840,  12,    0,  0, NC},
+	/* Assets (HAL_PLATFORM_ASSETS, Gen 3 and P2 from Device OS 5.5.0): HAL_FLASH_End()
+	 * hands an asset module to AssetManager::storeAsset(); particle-cli sends them
+	 * in normal mode by the firmware-update request */
+	{PLAN_TRANSPORT_CTRL,   MCU_NRF52840,   0, 5500,  0, AS},
+	{PLAN_TRANSPORT_CTRL,   MCU_RTL8721D,   0, 5500,  0, AS},
 };
 /* clang-format on */
 #undef B
@@ -116,6 +128,7 @@ static const struct plan_capability capabilities[] = {
 #undef US
 #undef RS
 #undef NC
+#undef AS
 
 uint32_t plan_writers(const struct image_module *m, const struct platform *p,
 		      uint16_t system_version)
@@ -484,6 +497,8 @@ static void hex(const uint8_t *b, size_t n, char *out)
 static bool installed_identically(const struct device_facts *facts, const struct image_module *m,
 				  char *why, size_t size)
 {
+	if (m->function == MODULE_FUNCTION_ASSET)
+		return false; /* plan_build() asks asset_installed() with the file */
 	for (unsigned i = 0; i < facts->n_modules && i < DEVICE_FACTS_MAX_MODULES; i++) {
 		const struct installed_module *im = &facts->modules[i];
 		if (im->store != MODULE_STORE_MAIN || im->function != m->function ||
@@ -509,6 +524,28 @@ static bool installed_identically(const struct device_facts *facts, const struct
 		 * write it. */
 		return false;
 	}
+	return false;
+}
+
+/* An asset module the device's asset store holds already (same name, same
+ * SHA-256 of the raw bytes), as GET_ASSET_INFO reported it. */
+static bool asset_installed(const struct device_facts *facts, const struct image *img, char *why,
+			    size_t size)
+{
+	struct asset_module_info a;
+	if (!facts->assets_known || img->n_modules != 1 ||
+	    img->modules[0].function != MODULE_FUNCTION_ASSET ||
+	    asset_module_read(img->data, img->len, &a) < 0)
+		return false;
+	for (unsigned i = 0; i < facts->n_assets && i < DEVICE_FACTS_MAX_ASSETS; i++)
+		if (strcmp(facts->assets[i].name, a.name) == 0 &&
+		    memcmp(facts->assets[i].sha256, a.sha256, 32) == 0) {
+			char sha[65];
+			hex(a.sha256, 32, sha);
+			snprintf(why, size, "the device has the asset %s already (same SHA-256 %.12s\u2026)",
+				 a.name, sha);
+			return true;
+		}
 	return false;
 }
 
@@ -539,6 +576,8 @@ static int try_file(struct plan_model *model, const struct plan_input *in,
 {
 	for (unsigned k = 0; k < in->img->n_modules; k++) {
 		const struct image_module *m = &in->img->modules[k];
+		if (m->function == MODULE_FUNCTION_ASSET)
+			continue; /* the asset store is not a module slot */
 		if (update_check(model, m, in->name, warn, n_warn, err) < 0)
 			return -1;
 		model_apply(model, m, in->name);
@@ -686,6 +725,47 @@ static int no_writer(const struct plan_input *in, const struct image_module *m,
 {
 	char words[48];
 	module_words(m->function, m->index, words, sizeof(words));
+	const struct platform *p = facts->platform;
+	const char *pname = p ? p->display : "this device";
+	if (m->function == MODULE_FUNCTION_NCP && !(m->flags & IMAGE_FLAG_ENCRYPTED)) {
+		const char *why =
+		    !p ? "its platform is not known, and only the Argon's NCP takes firmware from "
+			 "a host"
+		    : p->id == 26
+			? "Device OS 5.6.0 and later update the Tracker's ESP32 themselves "
+			  "(HAL_PLATFORM_NCP_UPDATES_DISABLED)"
+		    : p->id == 12
+			? "no transport of this build reaches the Argon's NCP on this Device OS"
+			: "its network coprocessor is not updatable from a host (Device OS sets "
+			  "HAL_PLATFORM_NCP_UPDATABLE for the Argon only)";
+		error_set(err, ERR_NCP_NOT_UPDATABLE, "%s (NCP firmware) cannot be written to %s: %s",
+			  in->name, pname, why);
+		if (p) {
+			error_detail_str(err, "platform", p->name);
+			error_detail_int(err, "platform_id", p->id);
+		}
+		error_detail_str(err, "device_os", facts->os_version);
+		error_detail_str(err, "reason", why);
+		error_detail_str(err, "file", in->name);
+		return -1;
+	}
+	if (m->function == MODULE_FUNCTION_ASSET) {
+		const char *why =
+		    p && p->mcu != MCU_NRF52840 && p->mcu != MCU_RTL8721D
+			? "only Gen 3 and P2-family devices have an asset store"
+			: "assets need Device OS 5.5.0 or later (HAL_PLATFORM_ASSETS), written by "
+			  "USB control request";
+		error_set(err, ERR_ASSETS_NOT_FLASHABLE, "the asset %s cannot be written to %s%s%s: %s",
+			  in->name, pname, facts->os_version[0] ? " on Device OS " : "",
+			  facts->os_version, why);
+		if (p)
+			error_detail_str(err, "platform", p->name);
+		error_detail_str(err, "device_os", facts->os_version);
+		error_detail_str(err, "reason", why);
+		error_detail_str(err, "file", in->name);
+		error_detail_str(err, "transport", "ctrl");
+		return -1;
+	}
 	const char *why =
 	    (m->flags & IMAGE_FLAG_ENCRYPTED)
 		? "encrypted modules are written by Particle's tools only"
@@ -733,8 +813,12 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 		const struct image *img = files[i].img;
 		bool same = !opts->force && !opts->rewrite && img->n_modules > 0;
 		char why[160] = "";
-		for (unsigned k = 0; same && k < img->n_modules; k++)
-			same = installed_identically(facts, &img->modules[k], why, sizeof(why));
+		if (same && img->modules[0].function == MODULE_FUNCTION_ASSET)
+			same = asset_installed(facts, img, why, sizeof(why));
+		else
+			for (unsigned k = 0; same && k < img->n_modules; k++)
+				same = installed_identically(facts, &img->modules[k], why,
+							     sizeof(why));
 		if (same) {
 			todo[i] = false;
 			plan->skipped[plan->n_skipped] = i;

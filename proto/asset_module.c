@@ -89,7 +89,7 @@ int asset_module_build(const char *name, const uint8_t *data, size_t size, uint8
 	put32(m + 0, 0);
 	put32(m + 4, (uint32_t)(len - 4));
 	m[9] = FLAG_DROP_INFO;
-	m[12] = MODULE_FUNCTION_ASSET;
+	m[14] = MODULE_FUNCTION_ASSET; /* platform (12) 0, index (15) 0 */
 	if (size)
 		memcpy(m + PREFIX_SIZE, data, size);
 	uint8_t *p = m + PREFIX_SIZE + size;
@@ -129,7 +129,7 @@ int asset_module_read(const uint8_t *buf, size_t len, struct asset_module_info *
 	if (len < PREFIX_SIZE + SUFFIX_TAIL + 4)
 		return -1;
 	uint32_t start = get32(buf), end = get32(buf + 4);
-	if (buf[12] != MODULE_FUNCTION_ASSET || !(buf[9] & FLAG_DROP_INFO) ||
+	if (buf[14] != MODULE_FUNCTION_ASSET || !(buf[9] & FLAG_DROP_INFO) ||
 	    (buf[9] & FLAG_PREFIX_EXTS) || end < start || (size_t)(end - start) + 4 != len)
 		return -1;
 	uint32_t crc = (uint32_t)buf[len - 4] << 24 | (uint32_t)buf[len - 3] << 16 |

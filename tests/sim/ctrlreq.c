@@ -5,6 +5,7 @@
 #include "timing.h"
 #include "validate.h"
 
+#include "asset_module.h"
 #include "config.pb.h"
 #include "describe.pb.h"
 #include "storage.pb.h"
@@ -40,6 +41,7 @@ enum {
 	REQ_STOP_LISTENING = 71,
 	REQ_GET_DEVICE_MODE = 72,
 	REQ_GET_MODULE_INFO = 90,
+	REQ_GET_ASSET_INFO = 91,
 	REQ_START_FIRMWARE_UPDATE = 250,
 	REQ_FINISH_FIRMWARE_UPDATE = 251,
 	REQ_CANCEL_FIRMWARE_UPDATE = 252,
@@ -52,6 +54,7 @@ enum {
 #define SYSTEM_ERROR_INTERNAL	      (-250)
 #define SYSTEM_ERROR_INVALID_ARGUMENT (-270)
 #define SYSTEM_ERROR_BAD_DATA	      (-280)
+#define SYSTEM_ERROR_OTA_UNSUPPORTED_MODULE (-1310)
 #define SERVICE_REPLY_MAX	      16
 #define FW_CHUNK_SIZE		      4096 /* what the device announces at START */
 /* Time the simulated device spends writing one chunk into its OTA region (an
@@ -129,6 +132,14 @@ static bool gen2(const struct sim_device *d)
 	return d->spec.platform->gen == 2;
 }
 
+/* HAL_PLATFORM_ASSETS: Gen 3 and the P2 family, from Device OS 5.5.0. */
+static bool has_assets(const struct sim_device *d)
+{
+	unsigned mcu = d->spec.platform->mcu;
+	return (mcu == MCU_NRF52840 || mcu == MCU_RTL8721D) &&
+	       osver_compare(d->spec.os, "5.5.0") >= 0;
+}
+
 /* Whether the device's Device OS knows the request type (else -120). */
 static bool supported(const struct sim_device *d, uint16_t type)
 {
@@ -139,6 +150,8 @@ static bool supported(const struct sim_device *d, uint16_t type)
 		return !gen2(d) || osver_compare(d->spec.os, "1.5.0") >= 0;
 	case REQ_GET_DEVICE_MODE:
 		return !gen2(d) || osver_compare(d->spec.os, "1.1.0") >= 0;
+	case REQ_GET_ASSET_INFO: /* system/inc/system_control.h: since 5.6.0 */
+		return has_assets(d) && osver_compare(d->spec.os, "5.6.0") >= 0;
 	case REQ_RESET:
 	case REQ_DFU_MODE:
 	case REQ_SAFE_MODE:
@@ -256,6 +269,57 @@ static int32_t module_info(struct sim_device *d, struct ctrlreq_slot *s)
 	return ok ? 0 : SYSTEM_ERROR_INTERNAL;
 }
 
+/* GetAssetInfoReply: the store's assets (required ones are not modelled). */
+static int32_t asset_info(struct sim_device *d, struct ctrlreq_slot *s)
+{
+	particle_ctrl_GetAssetInfoReply *r = g_new0(particle_ctrl_GetAssetInfoReply, 1);
+	for (unsigned i = 0; i < d->n_assets && i < G_N_ELEMENTS(r->available); i++) {
+		particle_cloud_FirmwareModuleAsset *a = &r->available[r->available_count++];
+		a->hash.size = 32;
+		memcpy(a->hash.bytes, d->assets[i].sha256, 32);
+		g_strlcpy(a->name, d->assets[i].name, sizeof(a->name));
+		a->size = (uint32_t)d->assets[i].size;
+		a->storage_size = (uint32_t)d->assets[i].size;
+	}
+	bool ok = set_reply(s, particle_ctrl_GetAssetInfoReply_fields, r);
+	g_free(r);
+	return ok ? 0 : SYSTEM_ERROR_INTERNAL;
+}
+
+/*
+ * An asset module in the OTA region (FINISH): Device OS's HAL_FLASH_End()
+ * hands it to AssetManager::storeAsset(), which checks it (AssetReader::
+ * validate(): function, flags, size, CRC, NAME and HASH) and keeps it under
+ * its name, replacing one of the same name.  1 if it was not an asset module.
+ */
+static int32_t store_asset(struct sim_device *d, uint32_t size)
+{
+	uint32_t region;
+	const uint8_t *img = cdc_ota_peek(d, &region);
+	if (!img || size > region || size < 24 || img[14] != MODULE_FUNCTION_ASSET)
+		return 1;
+	if (!has_assets(d))
+		return SYSTEM_ERROR_OTA_UNSUPPORTED_MODULE;
+	struct asset_module_info info;
+	if (asset_module_read(img, size, &info) < 0)
+		return SYSTEM_ERROR_BAD_DATA;
+	struct sim_asset *a = NULL;
+	for (unsigned i = 0; i < d->n_assets && !a; i++)
+		if (strcmp(d->assets[i].name, info.name) == 0)
+			a = &d->assets[i];
+	if (!a) {
+		if (d->n_assets >= SIM_MAX_ASSETS)
+			return SYSTEM_ERROR_TOO_LARGE;
+		a = &d->assets[d->n_assets++];
+	}
+	g_free(a->data);
+	g_strlcpy(a->name, info.name, sizeof(a->name));
+	memcpy(a->sha256, info.sha256, 32);
+	a->data = g_memdup2(img + info.data_offset, info.data_size);
+	a->size = info.data_size;
+	return 0;
+}
+
 static struct sim_fault *fault(struct sim_device *d, const char *kind)
 {
 	for (unsigned i = 0; i < d->spec.n_faults; i++)
@@ -324,6 +388,16 @@ static int32_t firmware_update(struct sim_device *d, struct ctrlreq_slot *s)
 		if (!decode(s, particle_ctrl_FinishFirmwareUpdateRequest_fields, &q))
 			return SYSTEM_ERROR_BAD_DATA;
 		c->fw_active = false;
+		if (!q.validate_only) {
+			int32_t stored = store_asset(d, c->fw_offset);
+			if (stored <= 0) {
+				d->ota_active = false;
+				d->ota_pending = false;
+				if (stored == 0) /* "Always restart for now" (system/src/firmware_update.cpp) */
+					s->then = SIM_MODE_UNPLUGGED;
+				return stored;
+			}
+		}
 		unsigned mask = 0;
 		int code = cdc_ota_finish(d, &mask);
 		if (code < 0)
@@ -384,6 +458,9 @@ static void process(struct sim_device *d, struct ctrlreq_slot *s)
 	}
 	case REQ_GET_MODULE_INFO:
 		s->result = module_info(d, s);
+		return;
+	case REQ_GET_ASSET_INFO:
+		s->result = asset_info(d, s);
 		return;
 	case REQ_RESET:
 		s->then = SIM_MODE_UNPLUGGED; /* boots what the flash holds */

@@ -34,6 +34,8 @@ void device_free(struct sim_device *d)
 	if (!d)
 		return;
 	usbdev_node_free(d->usb);
+	for (unsigned i = 0; i < d->n_assets; i++)
+		g_free(d->assets[i].data);
 	flash_free(d->flash);
 	spec_clear(&d->spec);
 	g_free(d);

@@ -71,6 +71,16 @@ struct dfu {
 
 struct listening;
 
+/* One asset in the device's asset store (Device OS 5.5.0+ AssetManager: a file
+ * per asset in its own file system, kept across resets and updates). */
+#define SIM_MAX_ASSETS 16
+struct sim_asset {
+	char name[65];
+	uint8_t sha256[32]; /* the HASH its module declared */
+	uint8_t *data;	    /* the raw bytes */
+	size_t size;
+};
+
 struct sim_device {
 	struct sim *sim;
 	struct sim_spec spec;
@@ -109,6 +119,8 @@ struct sim_device {
 	bool ota_pending; /* validated, applied at the next reset */
 	uint32_t ota_size;
 	double cdc_work_us; /* YMODEM receiver work not charged yet (time-scaled) */
+	struct sim_asset assets[SIM_MAX_ASSETS];
+	unsigned n_assets;
 	/* counters for state.json */
 	uint64_t ymodem_bytes;
 	uint64_t dfu_bytes;
@@ -173,5 +185,7 @@ void cdc_apply_ota(struct sim_device *d);
 int cdc_ota_begin(struct sim_device *d, uint32_t size);
 int cdc_ota_write(struct sim_device *d, uint32_t offset, const uint8_t *data, size_t len);
 int cdc_ota_finish(struct sim_device *d, unsigned *ret_mask);
+/* The bytes of the OTA region (size of them, lock held). */
+const uint8_t *cdc_ota_peek(struct sim_device *d, uint32_t *size);
 /* Control request START_LISTENING (lock held). */
 void cdc_enter_listening(struct sim_device *d);
