@@ -364,8 +364,10 @@ static int32_t firmware_update(struct sim_device *d, struct ctrlreq_slot *s)
 			rc = SYSTEM_ERROR_BAD_DATA; /* also: a chunk larger than FW_CHUNK_SIZE */
 		else if (cdc_ota_write(d, c->fw_offset, q->data.bytes, q->data.size) < 0)
 			rc = SYSTEM_ERROR_TOO_LARGE;
-		else
+		else {
 			c->fw_offset += q->data.size;
+			d->ctrl_update_bytes += q->data.size;
+		}
 		unsigned ms = timing_scale_ms(d->sim->time_scale, FW_CHUNK_WRITE_US);
 		if (ms)
 			c->busy_until_ms = sim_now_ms() + ms;

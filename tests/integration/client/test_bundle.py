@@ -2,9 +2,11 @@
 """Zip bundles (`particle compile`'s .zip: the application at the top, raw assets under
 assets/) through the real flashctl and flashd under flashd-sim: `flashctl inspect`
 describes them; an application-only bundle flashes to a Photon and is verified like the
-.bin alone; a bundle with assets is refused with assets-not-flashable before any byte
-reaches the P2 (no transport writes assets yet); a zip bomb, a `../` entry and a zip
-without firmware each get their own error.
+.bin alone; a bundle with an application and two assets flashes to a P2 on 5.9.0 (in DFU
+mode) and to one on 6.2.0 (running): the application over DFU (or what the plan picks),
+each asset as an asset module by the firmware-update control request, all verified, the
+sim's asset store holding the bytes; flashed again, nothing is written; a zip bomb, a `../`
+entry and a zip without firmware each get their own error.
 
 The application with assets is the real P2 Tinker re-stamped the way
 binary-version-reader's updateModuleAssetDependencies() does it for a P2 user part
@@ -33,7 +35,8 @@ from flashd_harness import Daemon, SimControl, Tap, catalogue, fixture, run_in_s
 PHOTON_APP = fixture("photon/tinker-0.4.5-photon.bin")
 P2_APP = fixture("p2/tinker-5.0.0-p2.bin")
 DEVICES = ["platform=photon,os=2.2.0,mode=dfu,name=photon,port=1-1",
-           "platform=p2,os=5.9.0,mode=dfu,name=p2,port=1-2"]
+           "platform=p2,os=5.9.0,mode=dfu,name=p2,port=1-2",
+           "platform=p2,os=6.2.0,mode=normal,name=p2-6,port=1-3"]
 
 
 def restamp_p2(app, assets):
@@ -97,14 +100,65 @@ def wait_devices(fc, sock, n):
     raise SystemExit("flashd did not list %d devices" % n)
 
 
+def flash_assets(tap, fc, d, control, name, key, bundle, app, assets):
+    """The bundle to one P2: application and assets written and verified, the asset store
+    holds each asset's bytes; flashed again: nothing written."""
+    rc, out, err = run(fc, d.socket, "--json", "flash", bundle, "--device", key)
+    objs = json_lines(out)
+    ends = [o for o in objs if o.get("event") == "job-ended"]
+    end = ends[-1] if ends else {}
+    plans = [o.get("plan") for o in objs if o.get("event") == "job-plan" and o.get("plan")]
+    writes = [(s.get("transport"), s.get("module_function"), s.get("file"))
+              for p in plans for s in p.get("steps", []) if s.get("kind") == "write"]
+    tap.check("%s: flash zip with assets: done and verified" % name,
+              rc == 0 and end.get("result") == "done" and end.get("outcome") == "verified",
+              (rc, out[-3000:], err, d.log_text()[-4000:]))
+    tap.check("%s: the plans write both assets by control request, after the application" % name,
+              ("ctrl", "asset", "assets/logo.png") in writes
+              and ("ctrl", "asset", "assets/sound.raw") in writes
+              and any(w[1] == "user" for w in writes)
+              and min(i for i, w in enumerate(writes) if w[1] == "asset")
+              > min(i for i, w in enumerate(writes) if w[1] == "user"), writes)
+    dev = sim_device(control, name)
+    tap.check("%s: the assets' modules crossed by firmware-update request" % name,
+              dev["received"]["ctrl_update_bytes"] >= sum(len(v) for v in assets.values()),
+              dev["received"])
+    store = {a["name"]: a for a in (dev or {}).get("assets", [])}
+    tap.check("%s: the asset store holds both assets, bytes and hash as in the bundle" % name,
+              sorted(store) == sorted(assets)
+              and all(store[n]["data_sha256"] == hashlib.sha256(v).hexdigest()
+                      and store[n]["sha256"] == hashlib.sha256(v).hexdigest()
+                      and store[n]["size"] == len(v) for n, v in assets.items()), store)
+    rc, out, err = run(fc, d.socket, "--json", "info", key)
+    info = (json_lines(out) or [{}])[0]
+    info = info.get("device", info)
+    tap.check("%s: flashctl info lists the asset store" % name,
+              rc == 0 and sorted(a["name"] for a in info.get("assets", [])) == sorted(assets),
+              (rc, out[-2000:], err))
+    before = sim_device(control, name)
+    rc, out, err = run(fc, d.socket, "--json", "flash", bundle, "--device", key)
+    objs = json_lines(out)
+    ends = [o for o in objs if o.get("event") == "job-ended"]
+    end = ends[-1] if ends else {}
+    after = sim_device(control, name)
+    tap.check("%s: flashed again: done, nothing written (0 bytes), the store unchanged" % name,
+              rc == 0 and end.get("result") == "done"
+              and end.get("outcome") == "already-installed"
+              and after["received"]["ctrl_update_bytes"] == before["received"]["ctrl_update_bytes"]
+              and after["received"]["dfu_bytes"] == before["received"]["dfu_bytes"]
+              and after["received"]["ymodem_bytes"] == before["received"]["ymodem_bytes"]
+              and after["assets"] == before["assets"],
+              (rc, out[-3000:], err, before["received"], after["received"]))
+
+
 def inside(flashd, fc, control):
     tap = Tap()
     cat = catalogue(fc)
     work = tempfile.mkdtemp(prefix="bundle-test-")
     d = Daemon(flashd, private_locks=True)
     try:
-        keys = wait_devices(fc, d.socket, 2)
-        photon, p2 = keys["1-1"], keys["1-2"]
+        keys = wait_devices(fc, d.socket, 3)
+        photon, p2, p2_6 = keys["1-1"], keys["1-2"], keys["1-3"]
         photon_app = open(PHOTON_APP, "rb").read()
         p2_app = open(P2_APP, "rb").read()
         logo = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -137,13 +191,12 @@ def inside(flashd, fc, control):
                   deps == ["logo.png", "sound.raw"] and "prefix-extensions" in mod.get("flag_names", []),
                   mod)
 
-        # check (dry run): the app-only bundle would flash; the one with assets would not
+        # check (dry run): both bundles would flash
         rc, out, err = run(fc, d.socket, "check", app_only, "--device", photon)
         tap.check("check app-only zip on the Photon: ok, exit 0",
                   rc == 0 and out.startswith("ok:"), (rc, out, err))
         rc, out, err = run(fc, d.socket, "check", with_assets, "--device", p2)
-        tap.check("check zip with assets on the P2: assets-not-flashable, exit 4",
-                  rc == cat["assets-not-flashable"]["exit"] and "assets-not-flashable" in out + err,
+        tap.check("check zip with assets on the P2: ok, exit 0", rc == 0 and out.startswith("ok:"),
                   (rc, out, err))
 
         # flash: application-only bundle to the Photon, verified
@@ -157,26 +210,10 @@ def inside(flashd, fc, control):
         tap.check("the Photon received exactly the application's bytes over DFU",
                   dev is not None and dev["received"]["dfu_bytes"] >= len(photon_app), dev and dev["received"])
 
-        # flash: a bundle with assets to the P2 -> assets-not-flashable before any byte
+        for name, key in (("p2", p2), ("p2-6", p2_6)):
+            flash_assets(tap, fc, d, control, name, key, with_assets, p2_with_assets,
+                         {"logo.png": logo, "sound.raw": sound})
         before = sim_device(control, "p2")
-        rc, out, err = run(fc, d.socket, "--json", "flash", with_assets, "--device", p2)
-        objs = json_lines(out)
-        e = next((o for o in objs if o.get("type") == "error"), {})
-        tap.check("flash zip with assets: assets-not-flashable, exit %d, naming the control-request transport"
-                  % cat["assets-not-flashable"]["exit"],
-                  rc == cat["assets-not-flashable"]["exit"] and e.get("code") == "assets-not-flashable"
-                  and "control-request" in e.get("message", "")
-                  and e.get("detail", {}).get("assets") == 2
-                  and e.get("detail", {}).get("bytes") == len(logo) + len(sound), (rc, out, err))
-        after = sim_device(control, "p2")
-        tap.check("no byte reached the P2 and no job was made",
-                  after["received"] == before["received"]
-                  and not any(o.get("event") == "job-queued" for o in objs),
-                  (before["received"], after["received"]))
-        rc, out, err = run(fc, d.socket, "flash", with_assets, "--device", p2)
-        tap.check("the human error says what to do (flash the application alone)",
-                  "error [assets-not-flashable]" in err and "hint:" in err
-                  and "p2_firmware_1700000000000.bin" in err, err)
 
         # each broken zip gets its own error, before any device is touched
         bomb = make_zip(os.path.join(work, "bomb.zip"),
