@@ -60,10 +60,9 @@ json_t *device_to_json(const struct device *dev, bool with_modules)
 				char sha[65];
 				for (int k = 0; k < 32; k++)
 					snprintf(sha + 2 * k, 3, "%02x", a->sha256[k]);
-				json_array_append_new(assets, json_pack("{s:s,s:s,s:I}", "name",
-									a->name, "sha256", sha,
-									"size",
-									(json_int_t)a->size));
+				json_array_append_new(
+				    assets, json_pack("{s:s,s:s,s:I}", "name", a->name, "sha256",
+						      sha, "size", (json_int_t)a->size));
 			}
 			json_object_set_new(o, "assets", assets);
 		}

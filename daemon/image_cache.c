@@ -256,8 +256,8 @@ void image_cache_put(struct image_cache *c, struct image_ref *ref)
 }
 
 int image_ref_expand_assets(struct image_cache *c, const struct image_ref *ref, const char *name,
-			     struct image_ref **out, char (*names)[WIRE_NAME_MAX], unsigned room,
-			     unsigned *n_out, struct error *err)
+			    struct image_ref **out, char (*names)[WIRE_NAME_MAX], unsigned room,
+			    unsigned *n_out, struct error *err)
 {
 	*n_out = 0;
 	if (!ref->bundle || ref->bundle->n_assets == 0)

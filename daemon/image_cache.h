@@ -82,5 +82,5 @@ size_t image_cache_count(const struct image_cache *c);
  * builder's and the cache's errors (nothing is kept then).
  */
 int image_ref_expand_assets(struct image_cache *c, const struct image_ref *ref, const char *name,
-			     struct image_ref **out, char (*names)[WIRE_NAME_MAX], unsigned room,
-			     unsigned *n_out, struct error *err);
+			    struct image_ref **out, char (*names)[WIRE_NAME_MAX], unsigned room,
+			    unsigned *n_out, struct error *err);

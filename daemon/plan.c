@@ -542,7 +542,8 @@ static bool asset_installed(const struct device_facts *facts, const struct image
 		    memcmp(facts->assets[i].sha256, a.sha256, 32) == 0) {
 			char sha[65];
 			hex(a.sha256, 32, sha);
-			snprintf(why, size, "the device has the asset %s already (same SHA-256 %.12s\u2026)",
+			snprintf(why, size,
+				 "the device has the asset %s already (same SHA-256 %.12s\u2026)",
 				 a.name, sha);
 			return true;
 		}
@@ -738,8 +739,8 @@ static int no_writer(const struct plan_input *in, const struct image_module *m,
 			? "no transport of this build reaches the Argon's NCP on this Device OS"
 			: "its network coprocessor is not updatable from a host (Device OS sets "
 			  "HAL_PLATFORM_NCP_UPDATABLE for the Argon only)";
-		error_set(err, ERR_NCP_NOT_UPDATABLE, "%s (NCP firmware) cannot be written to %s: %s",
-			  in->name, pname, why);
+		error_set(err, ERR_NCP_NOT_UPDATABLE,
+			  "%s (NCP firmware) cannot be written to %s: %s", in->name, pname, why);
 		if (p) {
 			error_detail_str(err, "platform", p->name);
 			error_detail_int(err, "platform_id", p->id);
@@ -755,9 +756,9 @@ static int no_writer(const struct plan_input *in, const struct image_module *m,
 			? "only Gen 3 and P2-family devices have an asset store"
 			: "assets need Device OS 5.5.0 or later (HAL_PLATFORM_ASSETS), written by "
 			  "USB control request";
-		error_set(err, ERR_ASSETS_NOT_FLASHABLE, "the asset %s cannot be written to %s%s%s: %s",
-			  in->name, pname, facts->os_version[0] ? " on Device OS " : "",
-			  facts->os_version, why);
+		error_set(err, ERR_ASSETS_NOT_FLASHABLE,
+			  "the asset %s cannot be written to %s%s%s: %s", in->name, pname,
+			  facts->os_version[0] ? " on Device OS " : "", facts->os_version, why);
 		if (p)
 			error_detail_str(err, "platform", p->name);
 		error_detail_str(err, "device_os", facts->os_version);

@@ -368,8 +368,8 @@ void registry_update_facts(struct registry *r, struct device *dev, const struct 
 	if (f->protection != DEVICE_PROTECTION_UNKNOWN)
 		df->protection = f->protection;
 	if (f->assets_known) {
-		df->n_assets = f->n_assets <= DEVICE_FACTS_MAX_ASSETS ? f->n_assets
-								       : DEVICE_FACTS_MAX_ASSETS;
+		df->n_assets =
+		    f->n_assets <= DEVICE_FACTS_MAX_ASSETS ? f->n_assets : DEVICE_FACTS_MAX_ASSETS;
 		memcpy(df->assets, f->assets, df->n_assets * sizeof(df->assets[0]));
 		df->assets_known = true;
 	}

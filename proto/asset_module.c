@@ -8,13 +8,13 @@
 #include <string.h>
 #include <zlib.h>
 
-#define PREFIX_SIZE	  24u
-#define SUFFIX_TAIL	  36u /* reserved u16, SHA-256, suffix size u16 */
-#define EXT_HASH	  0x0010
-#define EXT_NAME	  0x0011
-#define EXT_PRODUCT_DATA  0x0001
-#define FLAG_DROP_INFO	  0x01
-#define FLAG_PREFIX_EXTS  0x10
+#define PREFIX_SIZE	 24u
+#define SUFFIX_TAIL	 36u /* reserved u16, SHA-256, suffix size u16 */
+#define EXT_HASH	 0x0010
+#define EXT_NAME	 0x0011
+#define EXT_PRODUCT_DATA 0x0001
+#define FLAG_DROP_INFO	 0x01
+#define FLAG_PREFIX_EXTS 0x10
 
 static void put16(uint8_t *p, uint16_t v)
 {
@@ -75,8 +75,8 @@ int asset_module_build(const char *name, const uint8_t *data, size_t size, uint8
 	size_t suffix = 38 + (4 + name_len) + 10 + SUFFIX_TAIL;
 	if (size > ASSET_MODULE_MAX - PREFIX_SIZE - suffix - 4) {
 		error_set(err, ERR_BUNDLE_ASSET_MISMATCH,
-			  "the asset %s (%zu bytes) is larger than any device's asset storage", name,
-			  size);
+			  "the asset %s (%zu bytes) is larger than any device's asset storage",
+			  name, size);
 		error_detail_str(err, "asset", name);
 		error_detail_int(err, "size", (long long)size);
 		return -1;

@@ -27,8 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ASSET_NAME_MAX	  64u /* bytes; the asset file system's name limit in flashd */
-#define ASSET_MODULE_MAX  (8u * 1024 * 1024) /* larger than any platform's asset store */
+#define ASSET_NAME_MAX	      64u /* bytes; the asset file system's name limit in flashd */
+#define ASSET_MODULE_MAX      (8u * 1024 * 1024) /* larger than any platform's asset store */
 #define ASSET_MODULE_OVERHEAD (24u + 38u + 4u + 10u + 36u + 4u) /* + name length */
 
 /*

@@ -201,7 +201,7 @@ struct ctrl_result {
 	bool modules_deprecated_format; /* the reply used modules_deprecated (< 5.6.0) */
 	struct installed_asset assets[DEVICE_FACTS_MAX_ASSETS]; /* available ones */
 	unsigned n_assets;
-	unsigned busy_retries;		/* INITs the device answered BUSY (then retried) */
+	unsigned busy_retries; /* INITs the device answered BUSY (then retried) */
 };
 typedef void (*ctrl_op_done_fn)(struct ctrl *c, const struct ctrl_result *res, struct error *err,
 				void *userdata);

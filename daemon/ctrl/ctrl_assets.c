@@ -49,8 +49,9 @@ int ctrl_assets_verdict(struct job *job, const struct device_facts *now, struct 
 		char sha[65];
 		hex(a.sha256, 32, sha);
 		error_set(err, ERR_ASSET_NOT_STORED,
-			  "after the update the device %s the asset %s%s", found ? "holds" : "lacks",
-			  a.name, found ? " with another SHA-256" : " in its asset store");
+			  "after the update the device %s the asset %s%s",
+			  found ? "holds" : "lacks", a.name,
+			  found ? " with another SHA-256" : " in its asset store");
 		error_detail_str(err, "asset", a.name);
 		error_detail_str(err, "sha256", sha);
 		error_detail_str(err, "file", job_image_name(job, i));

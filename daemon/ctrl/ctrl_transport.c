@@ -52,11 +52,8 @@ enum run_state {
 
 /* The identification, one request after another. */
 static const enum ctrl_op read_ops[] = {
-    CTRL_OP_DEVICE_ID,
-    CTRL_OP_SYSTEM_VERSION,
-    CTRL_OP_DEVICE_MODE,
-    CTRL_OP_MODULE_INFO,
-    CTRL_OP_ASSET_INFO, /* optional: ctrl_assets.h */
+    CTRL_OP_DEVICE_ID,	 CTRL_OP_SYSTEM_VERSION, CTRL_OP_DEVICE_MODE,
+    CTRL_OP_MODULE_INFO, CTRL_OP_ASSET_INFO, /* optional: ctrl_assets.h */
 };
 #define N_READ_OPS (sizeof(read_ops) / sizeof(read_ops[0]))
 

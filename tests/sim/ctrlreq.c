@@ -48,15 +48,15 @@ enum {
 	REQ_FIRMWARE_UPDATE_DATA = 253,
 };
 /* Device OS services/inc/system_error.h */
-#define SYSTEM_ERROR_NOT_SUPPORTED    (-120)
-#define SYSTEM_ERROR_TOO_LARGE	      (-190)
-#define SYSTEM_ERROR_INVALID_STATE    (-210)
-#define SYSTEM_ERROR_INTERNAL	      (-250)
-#define SYSTEM_ERROR_INVALID_ARGUMENT (-270)
-#define SYSTEM_ERROR_BAD_DATA	      (-280)
+#define SYSTEM_ERROR_NOT_SUPPORTED	    (-120)
+#define SYSTEM_ERROR_TOO_LARGE		    (-190)
+#define SYSTEM_ERROR_INVALID_STATE	    (-210)
+#define SYSTEM_ERROR_INTERNAL		    (-250)
+#define SYSTEM_ERROR_INVALID_ARGUMENT	    (-270)
+#define SYSTEM_ERROR_BAD_DATA		    (-280)
 #define SYSTEM_ERROR_OTA_UNSUPPORTED_MODULE (-1310)
-#define SERVICE_REPLY_MAX	      16
-#define FW_CHUNK_SIZE		      4096 /* what the device announces at START */
+#define SERVICE_REPLY_MAX		    16
+#define FW_CHUNK_SIZE			    4096 /* what the device announces at START */
 /* Time the simulated device spends writing one chunk into its OTA region (an
  * assumed figure, not a measurement), under --time-scale: CHECK answers PENDING
  * meanwhile, so a job at a non-zero time scale can be interrupted mid-update. */
@@ -395,7 +395,8 @@ static int32_t firmware_update(struct sim_device *d, struct ctrlreq_slot *s)
 			if (stored <= 0) {
 				d->ota_active = false;
 				d->ota_pending = false;
-				if (stored == 0) /* "Always restart for now" (system/src/firmware_update.cpp) */
+				if (stored == 0) /* "Always restart for now"
+						    (system/src/firmware_update.cpp) */
 					s->then = SIM_MODE_UNPLUGGED;
 				return stored;
 			}

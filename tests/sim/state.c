@@ -47,8 +47,8 @@ static json_t *device_json(struct sim_device *d, const char *dir)
 			g_string_append_printf(sha, "%02x", a->sha256[k]);
 		gchar *data_sha = g_compute_checksum_for_data(G_CHECKSUM_SHA256, a->data, a->size);
 		json_array_append_new(assets, json_pack("{s:s,s:s,s:s,s:I}", "name", a->name,
-							"sha256", sha->str, "data_sha256",
-							data_sha, "size", (json_int_t)a->size));
+							"sha256", sha->str, "data_sha256", data_sha,
+							"size", (json_int_t)a->size));
 		g_free(data_sha);
 		g_string_free(sha, TRUE);
 	}
@@ -57,9 +57,9 @@ static json_t *device_json(struct sim_device *d, const char *dir)
 	    "platform", d->spec.platform->name, "platform_id", d->spec.platform->id, "device_id",
 	    d->spec.id, "port", d->spec.port, "mode", device_mode_name(d), "os", d->spec.os,
 	    "modules", modules, "received", "ymodem_bytes", (json_int_t)device_ymodem_bytes(d),
-	    "dfu_bytes", (json_int_t)d->dfu_bytes, "dfu_requests", (json_int_t)d->dfu_requests, "ctrl_update_bytes",
-	    (json_int_t)d->ctrl_update_bytes,
-	    "last_write_ms", (json_int_t)d->last_write_ms, "regions", regions);
+	    "dfu_bytes", (json_int_t)d->dfu_bytes, "dfu_requests", (json_int_t)d->dfu_requests,
+	    "ctrl_update_bytes", (json_int_t)d->ctrl_update_bytes, "last_write_ms",
+	    (json_int_t)d->last_write_ms, "regions", regions);
 	json_object_set_new(o, "assets", assets);
 	return o;
 }
