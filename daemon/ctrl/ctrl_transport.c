@@ -50,10 +50,11 @@ enum run_state {
 	RUN_ENDED,
 };
 
-/* The identification, one request after another. */
+/* The identification, one request after another; the asset store last, optional
+ * (ctrl_assets.h). */
 static const enum ctrl_op read_ops[] = {
     CTRL_OP_DEVICE_ID,	 CTRL_OP_SYSTEM_VERSION, CTRL_OP_DEVICE_MODE,
-    CTRL_OP_MODULE_INFO, CTRL_OP_ASSET_INFO, /* optional: ctrl_assets.h */
+    CTRL_OP_MODULE_INFO, CTRL_OP_ASSET_INFO,
 };
 #define N_READ_OPS (sizeof(read_ops) / sizeof(read_ops[0]))
 
