@@ -16,6 +16,7 @@
 #include <endian.h>
 #include <linux/usb/ch9.h>
 #include <string.h>
+#include <zlib.h>
 
 /* particle-usb src/usb-protocol.js */
 enum service { SVC_INIT = 1, SVC_CHECK = 2, SVC_SEND = 3, SVC_RECV = 4, SVC_RESET = 5 };
@@ -48,15 +49,18 @@ enum {
 	REQ_FIRMWARE_UPDATE_DATA = 253,
 };
 /* Device OS services/inc/system_error.h */
-#define SYSTEM_ERROR_NOT_SUPPORTED	    (-120)
-#define SYSTEM_ERROR_TOO_LARGE		    (-190)
-#define SYSTEM_ERROR_INVALID_STATE	    (-210)
-#define SYSTEM_ERROR_INTERNAL		    (-250)
-#define SYSTEM_ERROR_INVALID_ARGUMENT	    (-270)
-#define SYSTEM_ERROR_BAD_DATA		    (-280)
-#define SYSTEM_ERROR_OTA_UNSUPPORTED_MODULE (-1310)
-#define SERVICE_REPLY_MAX		    16
-#define FW_CHUNK_SIZE			    4096 /* what the device announces at START */
+#define SYSTEM_ERROR_NOT_SUPPORTED		(-120)
+#define SYSTEM_ERROR_TOO_LARGE			(-190)
+#define SYSTEM_ERROR_INVALID_STATE		(-210)
+#define SYSTEM_ERROR_INTERNAL			(-250)
+#define SYSTEM_ERROR_INVALID_ARGUMENT		(-270)
+#define SYSTEM_ERROR_BAD_DATA			(-280)
+#define SYSTEM_ERROR_OTA_UNSUPPORTED_MODULE	(-1310)
+#define SYSTEM_ERROR_OTA_INTEGRITY_CHECK_FAILED (-1330)
+#define SYSTEM_ERROR_OTA_INVALID_PLATFORM	(-1360)
+#define NCP_MCU_ESP32				0x21 /* module_info_t.reserved of ESP32 NCP modules (mcu target) */
+#define SERVICE_REPLY_MAX			16
+#define FW_CHUNK_SIZE				4096 /* what the device announces at START */
 /* Time the simulated device spends writing one chunk into its OTA region (an
  * assumed figure, not a measurement), under --time-scale: CHECK answers PENDING
  * meanwhile, so a job at a non-zero time scale can be interrupted mid-update. */
@@ -264,6 +268,20 @@ static int32_t module_info(struct sim_device *d, struct ctrlreq_slot *s)
 				}
 		}
 	}
+	/* platform_ncp_fetch_module_info(): the ESP32's version, every check passed */
+	if (d->ncp_version && old &&
+	    r->modules_deprecated_count < G_N_ELEMENTS(r->modules_deprecated)) {
+		particle_ctrl_GetModuleInfoReply_Module *o =
+		    &r->modules_deprecated[r->modules_deprecated_count++];
+		o->type = particle_ctrl_FirmwareModuleType_NCP_FIRMWARE;
+		o->version = d->ncp_version;
+	} else if (d->ncp_version && !old && r->modules_count < G_N_ELEMENTS(r->modules)) {
+		particle_cloud_FirmwareModule *o = &r->modules[r->modules_count++];
+		o->type = particle_cloud_FirmwareModuleType_NCP_FIRMWARE_MODULE;
+		o->version = d->ncp_version;
+		o->store = particle_cloud_FirmwareModuleStore_MAIN_MODULE_STORE;
+		o->checked_flags = o->passed_flags = VALID_CHECKED;
+	}
 	bool ok = set_reply(s, particle_ctrl_GetModuleInfoReply_fields, r);
 	g_free(r);
 	return ok ? 0 : SYSTEM_ERROR_INTERNAL;
@@ -317,6 +335,50 @@ static int32_t store_asset(struct sim_device *d, uint32_t size)
 	memcpy(a->sha256, info.sha256, 32);
 	a->data = g_memdup2(img + info.data_offset, info.data_size);
 	a->size = info.data_size;
+	return 0;
+}
+
+/*
+ * NCP firmware in the OTA region (FINISH): Device OS's validateModules()
+ * (hal/src/nRF52840/ota_flash_hal.cpp) refuses it where
+ * HAL_PLATFORM_NCP_UPDATABLE is unset (-1310) and one for another coprocessor
+ * (-1360); HAL_FLASH_End() then hands it to platform_ncp_update_module(),
+ * which answers NOT_SUPPORTED on the Tracker from 5.6.0
+ * (HAL_PLATFORM_NCP_UPDATES_DISABLED).  The ESP32 gets the bytes between the
+ * prefix and the module end; module info reports its version afterwards.
+ * 1 if it was not NCP firmware.
+ */
+static int32_t update_ncp(struct sim_device *d, uint32_t size)
+{
+	uint32_t region;
+	const uint8_t *img = cdc_ota_peek(d, &region);
+	if (!img || size > region || size < 24 || img[14] != MODULE_FUNCTION_NCP)
+		return 1;
+	unsigned id = d->spec.platform->id;
+	if (id != 12 && id != 26)
+		return SYSTEM_ERROR_OTA_UNSUPPORTED_MODULE;
+	if (img[8] != NCP_MCU_ESP32)
+		return SYSTEM_ERROR_OTA_INVALID_PLATFORM;
+	uint32_t start = (uint32_t)img[0] | (uint32_t)img[1] << 8 | (uint32_t)img[2] << 16 |
+			 (uint32_t)img[3] << 24;
+	uint32_t end = (uint32_t)img[4] | (uint32_t)img[5] << 8 | (uint32_t)img[6] << 16 |
+		       (uint32_t)img[7] << 24;
+	if (end < start || end - start + 4 > size)
+		return SYSTEM_ERROR_OTA_INTEGRITY_CHECK_FAILED;
+	uint32_t body = end - start;
+	uint32_t crc = (uint32_t)img[body] << 24 | (uint32_t)img[body + 1] << 16 |
+		       (uint32_t)img[body + 2] << 8 | img[body + 3];
+	if ((uint32_t)crc32(0L, img, body) != crc)
+		return SYSTEM_ERROR_OTA_INTEGRITY_CHECK_FAILED;
+	if (id == 26 && osver_compare(d->spec.os, "5.6.0") >= 0)
+		return SYSTEM_ERROR_NOT_SUPPORTED;
+	d->ncp_version = (uint16_t)(img[10] | img[11] << 8);
+	GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
+	g_checksum_update(sum, img + 24, body - 24);
+	gsize n = 32;
+	g_checksum_get_digest(sum, d->ncp_sha256, &n);
+	g_checksum_free(sum);
+	d->ncp_size = body - 24;
 	return 0;
 }
 
@@ -392,6 +454,8 @@ static int32_t firmware_update(struct sim_device *d, struct ctrlreq_slot *s)
 		c->fw_active = false;
 		if (!q.validate_only) {
 			int32_t stored = store_asset(d, c->fw_offset);
+			if (stored > 0)
+				stored = update_ncp(d, c->fw_offset);
 			if (stored <= 0) {
 				d->ota_active = false;
 				d->ota_pending = false;

@@ -121,6 +121,12 @@ struct sim_device {
 	double cdc_work_us; /* YMODEM receiver work not charged yet (time-scaled) */
 	struct sim_asset assets[SIM_MAX_ASSETS];
 	unsigned n_assets;
+	/* The ESP32 NCP firmware last written by firmware-update request (Argon):
+	 * its module version (0: never written, not reported) and the SHA-256 of
+	 * the bytes handed to the coprocessor (prefix to suffix end). */
+	uint16_t ncp_version;
+	uint8_t ncp_sha256[32];
+	uint32_t ncp_size;
 	/* counters for state.json */
 	uint64_t ymodem_bytes;
 	uint64_t dfu_bytes;

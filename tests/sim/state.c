@@ -61,6 +61,15 @@ static json_t *device_json(struct sim_device *d, const char *dir)
 	    "ctrl_update_bytes", (json_int_t)d->ctrl_update_bytes, "last_write_ms",
 	    (json_int_t)d->last_write_ms, "regions", regions);
 	json_object_set_new(o, "assets", assets);
+	if (d->ncp_version) {
+		GString *sha = g_string_new(NULL);
+		for (int k = 0; k < 32; k++)
+			g_string_append_printf(sha, "%02x", d->ncp_sha256[k]);
+		json_object_set_new(o, "ncp",
+				    json_pack("{s:i,s:s,s:I}", "version", d->ncp_version, "sha256",
+					      sha->str, "size", (json_int_t)d->ncp_size));
+		g_string_free(sha, TRUE);
+	}
 	return o;
 }
 

@@ -401,6 +401,61 @@ def test_argon_6_newer_bootloader_goes_by_firmware_update_and_is_verified():
     print('# %s: %s in %.1f s' % (end['outcome'], ' -> '.join(job_phases(r)), r['elapsed']))
 
 
+def ncp_module(version, platform, payload_len=20000):
+    """ESP32 NCP firmware as Particle packs it (argon-ncp-firmware-*.bin): prefix at 0, start
+    0, module_info_t.reserved = 0x21 (the ESP32 as MCU target), function 7 (NCP), index 0,
+    36-byte suffix, SHA-256 and CRC-32 recomputed."""
+    import hashlib
+    import zlib
+    m = bytearray(make_module(0, 7, 0, version, platform, [], payload_len))
+    m[8] = 0x21
+    n = len(m)
+    m[n - 38:n - 6] = hashlib.sha256(bytes(m[:n - 38])).digest()
+    struct.pack_into('>I', m, n - 4, zlib.crc32(bytes(m[:n - 4])) & 0xffffffff)
+    return bytes(m)
+
+
+def test_argon_6_ncp_goes_by_firmware_update_and_boron_refuses_it():
+    # NCP firmware (the Argon's ESP32, HAL_PLATFORM_NCP_UPDATABLE): written by the
+    # firmware-update control request, the ESP32 gets the bytes after the prefix, module info
+    # reports the new NCP version after the reset: verified.  On a Boron (no updatable NCP)
+    # it is refused before any byte with ncp-not-updatable naming the platform and why.
+    specs = ['platform=argon,mode=normal,os=6.2.0,name=a6',
+             'platform=boron,mode=normal,os=6.2.0,name=b6']
+    idmap = ids(specs)
+    ncp = os.path.join(top, 'argon-ncp-firmware@0.0.9.bin')
+    data = ncp_module(9, 12)
+    open(ncp, 'wb').write(data)
+    bncp = os.path.join(top, 'boron-ncp-firmware.bin')
+    open(bncp, 'wb').write(ncp_module(9, 13))
+    steps = [{'flashctl': ['--json', 'info', idmap['a6']]},
+             {'flashctl': ['--json', 'info', idmap['b6']]},
+             {'snapshot': 'before'}] + flash_steps([(ncp, idmap['a6'], ()),
+                                                     (bncp, idmap['b6'], ())])
+    res, doc, work, log = run(specs, steps)
+    r = res[3]
+    end = expect_done(r, log, 'verified')
+    dev = device(doc, 'a6')
+    import hashlib
+    check(dev.get('ncp', {}).get('version') == 9 and
+          dev['ncp']['sha256'] == hashlib.sha256(data[24:len(data) - 4]).hexdigest(),
+          'ncp %s' % dev.get('ncp'))
+    check(dev['received']['ctrl_update_bytes'] == len(data) and dev['received']['dfu_bytes'] == 0
+          and dev['received']['ymodem_bytes'] == 0, 'received %s' % dev['received'])
+    descr = steps_of(r)
+    check(any('over control requests' in d for d in descr), 'steps %s' % descr)
+    err = expect_error(res[4], 'ncp-not-updatable', log)
+    d = err['detail']
+    check(d.get('platform') == 'boron' and 'Argon' in d.get('reason', '') and
+          'Boron' in err['message'], 'detail %s: %s' % (json.dumps(d), err['message']))
+    before = json.load(open(os.path.join(res[2]['dir'], 'state.json')))
+    bytes_of = lambda dev: {k: v for k, v in dev['received'].items() if k.endswith('_bytes')}
+    check(bytes_of(device(doc, 'b6')) == bytes_of(device(before, 'b6')) and
+          'ncp' not in device(doc, 'b6'), 'bytes reached the Boron: %s' % device(doc, 'b6')['received'])
+    print('# %s: %s in %.1f s' % (end['outcome'], ' -> '.join(job_phases(r)), r['elapsed']))
+    print('# refused: %s' % err['message'])
+
+
 def test_argon_6_unplug_during_the_firmware_update_is_device_gone():
     # The cable is pulled at the third data chunk of the bootloader update: device-gone
     # naming the file and the request, within bounded time.
