@@ -59,6 +59,10 @@ struct device_facts {
 	struct installed_module modules[DEVICE_FACTS_MAX_MODULES];
 	unsigned n_modules;
 	enum device_protection protection;
+	/* Running, and its CDC interface has no tty node (no cdc_acm binding): only
+	 * control requests reach it until it is in DFU mode (set by the ctrl
+	 * transport, cleared by the registry when a tty appears). */
+	bool no_tty;
 	/* The asset store: complete when assets_known (read by control request),
 	 * else nothing is known of it. */
 	bool assets_known;

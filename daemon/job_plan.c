@@ -56,6 +56,10 @@ int job_plan_make(struct job *job, enum plan_transport transport, const struct d
 	for (int t = 0; t < PLAN_TRANSPORT_COUNT; t++)
 		if (transport_find(plan_transport_name((enum plan_transport)t)))
 			po.transports |= 1u << t;
+	/* no tty (the registry keeps it across DFU mode, whose read-back does not know
+	 * it): neither the console nor the magic bauds reach the running device */
+	if (facts->no_tty || job_device(job)->facts.no_tty)
+		po.transports &= ~(1u << PLAN_TRANSPORT_SERIAL);
 	if (plan_build(facts, in, n, &po, &jp->plan, err) < 0)
 		return -1;
 	report(job, jp, in);

@@ -694,10 +694,15 @@ static void add_switch(struct plan *plan, enum device_mode from, enum plan_trans
 }
 
 /* The transport the device is in (no switch needed), if any. */
-static int current_transport(const struct device_facts *facts, enum device_mode mode)
+static int current_transport(const struct device_facts *facts, enum device_mode mode,
+			     uint32_t built)
 {
 	if (mode == DEVICE_MODE_DFU)
 		return PLAN_TRANSPORT_DFU;
+	/* without the serial transport (no tty: job_plan.c) a running device takes
+	 * control requests as it is */
+	if (!(built & T_BIT(PLAN_TRANSPORT_SERIAL)) && (built & T_BIT(PLAN_TRANSPORT_CTRL)))
+		return PLAN_TRANSPORT_CTRL;
 	if (mode == DEVICE_MODE_LISTENING)
 		return PLAN_TRANSPORT_SERIAL;
 	/* normal, safe, unknown: listening mode is one 28800 away on <= 5.x; on 6.x the
@@ -715,7 +720,8 @@ static int current_transport(const struct device_facts *facts, enum device_mode 
 static enum plan_transport verifier(const struct platform *p, uint16_t sysver, uint32_t built)
 {
 	if ((built & T_BIT(PLAN_TRANSPORT_CTRL)) &&
-	    !capability_has(CAPABILITY_LISTENING_CONSOLE, p, sysver, true) &&
+	    (!(built & T_BIT(PLAN_TRANSPORT_SERIAL)) ||
+	     !capability_has(CAPABILITY_LISTENING_CONSOLE, p, sysver, true)) &&
 	    capability_has(CAPABILITY_CONTROL_REQUESTS, p, sysver, false))
 		return PLAN_TRANSPORT_CTRL;
 	return PLAN_TRANSPORT_SERIAL;
@@ -918,7 +924,7 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 					sysver = in->img->modules[k].version;
 		}
 		if (rc == 0) {
-			int cur = current_transport(facts, opts->mode);
+			int cur = current_transport(facts, opts->mode, built);
 			if (cur >= 0 && !(built & T_BIT(cur)))
 				cur = -1;
 			int chosen = -1;

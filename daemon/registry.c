@@ -224,6 +224,7 @@ static void set_tty_node(struct device *d, const struct registry_node *n)
 		return;
 	snprintf(d->s.tty, sizeof(d->s.tty), "%s", n->devnode);
 	snprintf(d->tty_syspath, sizeof(d->tty_syspath), "%s", n->syspath);
+	d->s.facts.no_tty = false;
 }
 
 static void forget_cb(evutil_socket_t fd, short what, void *arg);
@@ -367,6 +368,8 @@ void registry_update_facts(struct registry *r, struct device *dev, const struct 
 	}
 	if (f->protection != DEVICE_PROTECTION_UNKNOWN)
 		df->protection = f->protection;
+	if (f->no_tty && !dev->s.tty[0])
+		df->no_tty = true;
 	if (f->assets_known) {
 		df->n_assets =
 		    f->n_assets <= DEVICE_FACTS_MAX_ASSETS ? f->n_assets : DEVICE_FACTS_MAX_ASSETS;

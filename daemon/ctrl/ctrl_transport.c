@@ -373,6 +373,8 @@ static void plan_and_hand_over(struct transport_run *r)
 
 static void identified(struct transport_run *r)
 {
+	if (!r->dev.tty[0])
+		r->facts.no_tty = true; /* control requests alone reach it (plan.c) */
 	job_update_facts(r->job, &r->facts);
 	r->mode = mode_from_facts(r);
 	job_set_device_mode(r->job, r->mode);
@@ -636,10 +638,14 @@ static int facts_major(const struct device_facts *f)
 static bool ctrl_can_serve(const struct device_snapshot *dev)
 {
 	/* A running device known to be on Device OS 6.x (no listening-mode console):
-	 * before that, the serial transport reads the console and hands over. */
+	 * before that, the serial transport reads the console and hands over.  A
+	 * running device without a tty (no cdc_acm binding, or not yet), whatever its
+	 * Device OS: nothing but control requests reaches it. */
 	if (dev->mode == DEVICE_MODE_DFU || !dev->busnum || !dev->devnum)
 		return false;
 	uint16_t v = capability_version(dev->facts.os_version, dev->facts.system_version);
+	if (!dev->tty[0])
+		return capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, true);
 	return facts_major(&dev->facts) >= 6 &&
 	       capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, false);
 }

@@ -456,6 +456,51 @@ def test_argon_6_ncp_goes_by_firmware_update_and_boron_refuses_it():
     print('# refused: %s' % err['message'])
 
 
+def test_running_p2s_without_a_tty_are_identified_and_flashed_by_control_requests():
+    # Two running P2s whose CDC interface has no tty node (flashd-sim tty=0: no cdc_acm
+    # binding), Device OS unknown to flashd: flashctl info identifies them by control
+    # requests alone (mode, Device OS, modules), and an application goes over DFU (entered by
+    # request, no 14400 baud without a tty) and is verified by module info (no console).
+    specs = ['platform=p2,mode=normal,os=5.9.0,tty=0,name=p5',
+             'platform=p2,mode=normal,os=6.2.0,tty=0,name=p6']
+    idmap = ids(['platform=p2,mode=normal,os=5.9.0,name=p5',
+                 'platform=p2,mode=normal,os=6.2.0,name=p6'])
+    app = fixture('p2/tinker-5.0.0-p2.bin')
+    steps = [{'flashctl': ['--json', 'list']},
+             {'flashctl': ['--json', 'info', idmap['p5']]},
+             {'flashctl': ['--json', 'info', idmap['p6']]}] + \
+        flash_steps([(app, idmap['p5'], ()), (app, idmap['p6'], ())])
+    res, doc, work, log = run(specs, steps)
+    listing = json.loads(res[0]['out'])
+    ttys = {d['key']: d.get('tty') for d in listing.get('devices', [])}
+    check(ttys.get(idmap['p5'], 'x') is None and ttys.get(idmap['p6'], 'x') is None,
+          'the sim gave them a tty: %s' % ttys)
+    for r, os_ in ((res[1], '5.9.0'), (res[2], '6.2.0')):
+        info = json.loads(r['out'] or '{}')
+        info = info.get('device', info)
+        check(r['rc'] == 0 and info.get('mode') == 'normal' and info.get('os') == os_ and
+              any(m.get('function') == 'system' for m in info.get('modules', [])),
+              'info: %s %s' % (r['out'][:600], r.get('err')))
+    for r, name in ((res[3], 'p5'), (res[4], 'p6')):
+        phases = job_phases(r)
+        end = expect_done(r, log)
+        check(end.get('outcome') == 'verified', '%s: outcome %s; phases %s; notes %s\n%s'
+              % (name, end.get('outcome'), phases,
+                 [(l.get('note'), l.get('message')) for l in r['lines'] if l.get('note')],
+                 log[-3000:]))
+        check('note:handed-to-dfu' in phases and phases[-1] == 'verifying',
+              '%s phases %s' % (name, phases))
+        notes = [l.get('message') for l in r['lines'] if l.get('note') == 'switching-to-dfu']
+        check(notes and 'control request' in notes[0], '%s switch: %s' % (name, notes))
+        verifying = [l.get('step_description', '') for l in r['lines']
+                     if l.get('event') == 'job-progress' and l.get('state') == 'verifying']
+        check(verifying and all('module info' in d for d in verifying),
+              '%s verify step %s' % (name, verifying))
+        dev, _, _ = check_flashed(doc, name, app)
+        check(dev['received']['ymodem_bytes'] == 0, 'YMODEM without a tty')
+        print('# %s: %s: %s in %.1f s' % (name, end['outcome'], ' -> '.join(phases), r['elapsed']))
+
+
 def test_argon_6_unplug_during_the_firmware_update_is_device_gone():
     # The cable is pulled at the third data chunk of the bootloader update: device-gone
     # naming the file and the request, within bounded time.
