@@ -639,13 +639,15 @@ static bool ctrl_can_serve(const struct device_snapshot *dev)
 {
 	/* A running device known to be on Device OS 6.x (no listening-mode console):
 	 * before that, the serial transport reads the console and hands over.  A
-	 * running device without a tty (no cdc_acm binding, or not yet), whatever its
-	 * Device OS: nothing but control requests reaches it. */
+	 * running device without a tty (no cdc_acm binding: the registry says so once
+	 * its tty did not come), whatever its Device OS: nothing but control requests
+	 * reaches it. */
 	if (dev->mode == DEVICE_MODE_DFU || !dev->busnum || !dev->devnum)
 		return false;
 	uint16_t v = capability_version(dev->facts.os_version, dev->facts.system_version);
 	if (!dev->tty[0])
-		return capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, true);
+		return dev->facts.no_tty && /* registry_tty_settle_ms after it appeared */
+		       capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, true);
 	return facts_major(&dev->facts) >= 6 &&
 	       capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, false);
 }

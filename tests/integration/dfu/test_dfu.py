@@ -466,11 +466,14 @@ def test_running_p2s_without_a_tty_are_identified_and_flashed_by_control_request
     idmap = ids(['platform=p2,mode=normal,os=5.9.0,name=p5',
                  'platform=p2,mode=normal,os=6.2.0,name=p6'])
     app = fixture('p2/tinker-5.0.0-p2.bin')
-    steps = [{'flashctl': ['--json', 'list']},
+    # registry_tty_settle_ms (2 s): then flashd takes them as having no tty
+    steps = [{'run': ['sleep', '2.5']},
+             {'flashctl': ['--json', 'list']},
              {'flashctl': ['--json', 'info', idmap['p5']]},
              {'flashctl': ['--json', 'info', idmap['p6']]}] + \
         flash_steps([(app, idmap['p5'], ()), (app, idmap['p6'], ())])
     res, doc, work, log = run(specs, steps)
+    res = res[1:]
     listing = json.loads(res[0]['out'])
     ttys = {d['key']: d.get('tty') for d in listing.get('devices', [])}
     check(ttys.get(idmap['p5'], 'x') is None and ttys.get(idmap['p6'], 'x') is None,
