@@ -3,7 +3,8 @@
 assets/) through the real flashctl and flashd under flashd-sim: `flashctl inspect`
 describes them; an application-only bundle flashes to a Photon and is verified like the
 .bin alone; a bundle with an application and two assets flashes to a P2 on 5.9.0 (in DFU
-mode) and to one on 6.2.0 (running): the application over DFU (or what the plan picks),
+mode), to one on 6.2.0 (running) and to one on 5.9.0 in listening mode: the application
+over DFU or YMODEM (what the plan picks),
 each asset as an asset module by the firmware-update control request, all verified, the
 sim's asset store holding the bytes; flashed again, nothing is written; a zip bomb, a `../`
 entry and a zip without firmware each get their own error.
@@ -36,7 +37,8 @@ PHOTON_APP = fixture("photon/tinker-0.4.5-photon.bin")
 P2_APP = fixture("p2/tinker-5.0.0-p2.bin")
 DEVICES = ["platform=photon,os=2.2.0,mode=dfu,name=photon,port=1-1",
            "platform=p2,os=5.9.0,mode=dfu,name=p2,port=1-2",
-           "platform=p2,os=6.2.0,mode=normal,name=p2-6,port=1-3"]
+           "platform=p2,os=6.2.0,mode=normal,name=p2-6,port=1-3",
+           "platform=p2,os=5.9.0,mode=listening,name=p2-l,port=1-4"]
 
 
 def restamp_p2(app, assets):
@@ -157,8 +159,8 @@ def inside(flashd, fc, control):
     work = tempfile.mkdtemp(prefix="bundle-test-")
     d = Daemon(flashd, private_locks=True)
     try:
-        keys = wait_devices(fc, d.socket, 3)
-        photon, p2, p2_6 = keys["1-1"], keys["1-2"], keys["1-3"]
+        keys = wait_devices(fc, d.socket, 4)
+        photon, p2, p2_6, p2_l = keys["1-1"], keys["1-2"], keys["1-3"], keys["1-4"]
         photon_app = open(PHOTON_APP, "rb").read()
         p2_app = open(P2_APP, "rb").read()
         logo = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -210,7 +212,7 @@ def inside(flashd, fc, control):
         tap.check("the Photon received exactly the application's bytes over DFU",
                   dev is not None and dev["received"]["dfu_bytes"] >= len(photon_app), dev and dev["received"])
 
-        for name, key in (("p2", p2), ("p2-6", p2_6)):
+        for name, key in (("p2", p2), ("p2-6", p2_6), ("p2-l", p2_l)):
             flash_assets(tap, fc, d, control, name, key, with_assets, p2_with_assets,
                          {"logo.png": logo, "sound.raw": sound})
         before = sim_device(control, "p2")
