@@ -29,8 +29,22 @@ static void hex(const uint8_t *b, size_t n, char *out)
 
 int ctrl_assets_verdict(struct job *job, const struct device_facts *now, struct error *err)
 {
-	if (!now->assets_known)
+	if (!now->assets_known) {
+		unsigned n = 0;
+		for (size_t i = 0; i < job_image_count(job); i++) {
+			const struct image *img = job_image(job, i);
+			n += img && img->n_modules == 1 &&
+			     img->modules[0].function == MODULE_FUNCTION_ASSET;
+		}
+		if (n)
+			job_note(job, "assets-not-verified",
+				 "the device (Device OS %s) does not report its asset store "
+				 "(control request 91 came with 5.6.0): %u asset%s written, not "
+				 "checked",
+				 now->os_version[0] ? now->os_version : "unknown", n,
+				 n == 1 ? "" : "s");
 		return 0;
+	}
 	for (size_t i = 0; i < job_image_count(job); i++) {
 		const struct image *img = job_image(job, i);
 		struct asset_module_info a;

@@ -25,6 +25,7 @@ bool ctrl_assets_optional(enum ctrl_op op, struct error *err);
 /*
  * After the last reboot: every asset module the job wrote is in the device's
  * asset store under its name with its SHA-256.  0 (also when the store is not
- * known: Device OS before 5.6.0 does not report it), or -1 with asset-not-stored.
+ * known: Device OS before 5.6.0 does not report it; a note "assets-not-verified"
+ * says so), or -1 with asset-not-stored.
  */
 int ctrl_assets_verdict(struct job *job, const struct device_facts *now, struct error *err);

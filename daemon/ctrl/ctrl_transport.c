@@ -371,8 +371,33 @@ static void plan_and_hand_over(struct transport_run *r)
 	start_write(r);
 }
 
+/*
+ * Module info before Device OS 5.6.0 carries no hashes; the console's `s` does.
+ * Where the registry holds the module list of this very boot (modules_known is
+ * cleared when the device leaves), a module of the same function, index and
+ * version keeps the hash read there, so that the plan here judges "installed
+ * identically" as the serial transport's did (else the two hand the job back
+ * and forth over a file one skips and the other writes).
+ */
+static void keep_known_hashes(struct transport_run *r)
+{
+	const struct device_facts *known = &job_device(r->job)->facts;
+	if (!known->modules_known)
+		return;
+	for (unsigned i = 0; i < r->facts.n_modules; i++) {
+		struct installed_module *m = &r->facts.modules[i];
+		for (unsigned k = 0; !m->sha256[0] && k < known->n_modules; k++) {
+			const struct installed_module *o = &known->modules[k];
+			if (o->function == m->function && o->index == m->index &&
+			    o->store == m->store && o->version == m->version && o->sha256[0])
+				memcpy(m->sha256, o->sha256, sizeof(m->sha256));
+		}
+	}
+}
+
 static void identified(struct transport_run *r)
 {
+	keep_known_hashes(r);
 	if (!r->dev.tty[0])
 		r->facts.no_tty = true; /* control requests alone reach it (plan.c) */
 	job_update_facts(r->job, &r->facts);

@@ -38,7 +38,8 @@ P2_APP = fixture("p2/tinker-5.0.0-p2.bin")
 DEVICES = ["platform=photon,os=2.2.0,mode=dfu,name=photon,port=1-1",
            "platform=p2,os=5.9.0,mode=dfu,name=p2,port=1-2",
            "platform=p2,os=6.2.0,mode=normal,name=p2-6,port=1-3",
-           "platform=p2,os=5.9.0,mode=listening,name=p2-l,port=1-4"]
+           "platform=p2,os=5.9.0,mode=listening,name=p2-l,port=1-4",
+           "platform=p2,os=5.5.0,mode=normal,name=p2-55,port=1-5"]
 
 
 def restamp_p2(app, assets):
@@ -159,8 +160,9 @@ def inside(flashd, fc, control):
     work = tempfile.mkdtemp(prefix="bundle-test-")
     d = Daemon(flashd, private_locks=True)
     try:
-        keys = wait_devices(fc, d.socket, 4)
+        keys = wait_devices(fc, d.socket, 5)
         photon, p2, p2_6, p2_l = keys["1-1"], keys["1-2"], keys["1-3"], keys["1-4"]
+        p2_55 = keys["1-5"]
         photon_app = open(PHOTON_APP, "rb").read()
         p2_app = open(P2_APP, "rb").read()
         logo = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -215,6 +217,19 @@ def inside(flashd, fc, control):
         for name, key in (("p2", p2), ("p2-6", p2_6), ("p2-l", p2_l)):
             flash_assets(tap, fc, d, control, name, key, with_assets, p2_with_assets,
                          {"logo.png": logo, "sound.raw": sound})
+        # Device OS 5.5.0 has an asset store but does not report it (request 91 came with
+        # 5.6.0): the assets are written every time, and the job says they were not checked
+        for n in (1, 2):
+            rc, out, err = run(fc, d.socket, "--json", "flash", with_assets, "--device", p2_55)
+            objs = json_lines(out)
+            end = ([o for o in objs if o.get("event") == "job-ended"] or [{}])[-1]
+            notes = [o.get("note") for o in objs if o.get("event") == "job-progress"]
+            dev = sim_device(control, "p2-55")
+            tap.check("p2-55 (5.5.0), flash %d: done, the assets stored, not checked (a note)" % n,
+                      rc == 0 and end.get("result") == "done" and "assets-not-verified" in notes
+                      and sorted(a["name"] for a in dev.get("assets", [])) == ["logo.png", "sound.raw"]
+                      and dev["received"]["ctrl_update_bytes"] >= n * (len(logo) + len(sound)),
+                      (rc, out[-3000:], err, dev and dev["received"], d.log_text()[-3000:]))
         before = sim_device(control, "p2")
 
         # each broken zip gets its own error, before any device is touched
