@@ -1013,12 +1013,16 @@ static void step_module_words(const struct plan_step *s, char *buf, size_t size)
 		snprintf(buf, size, "%u modules", s->img->n_modules);
 		return;
 	}
+	if (s->img->modules[0].function == MODULE_FUNCTION_ASSET && s->img->modules[0].name[0]) {
+		snprintf(buf, size, "asset %s", s->img->modules[0].name); /* its NAME extension */
+		return;
+	}
 	module_words(s->img->modules[0].function, s->img->modules[0].index, buf, size);
 }
 
 void plan_step_describe(const struct plan_step *s, char *buf, size_t size)
 {
-	char words[64];
+	char words[96];
 	switch (s->kind) {
 	case PLAN_STEP_SWITCH:
 		snprintf(buf, size, "switching to %s mode (%s)",
@@ -1080,7 +1084,7 @@ void plan_summary(const struct plan *plan, char *buf, size_t size)
 		for (size_t i = 0; i < plan->n_steps; i++) {
 			if (plan->steps[i].kind != PLAN_STEP_WRITE)
 				continue;
-			char words[64];
+			char words[96];
 			step_module_words(&plan->steps[i], words, sizeof(words));
 			PUT("%s%s", w++ ? ", " : "", words);
 		}

@@ -547,6 +547,9 @@ static void test_assets_go_by_request_after_the_application_unless_stored(void *
 		if (plan->steps[i].kind == PLAN_STEP_WRITE)
 			assert_int_equal(plan->steps[i].transport,
 					 w++ == 0 ? PLAN_TRANSPORT_DFU : PLAN_TRANSPORT_CTRL);
+	char summary[256];
+	plan_summary(plan, summary, sizeof(summary));
+	assert_non_null(strstr(summary, "asset logo.png, asset sound.raw"));
 	/* the store holds logo.png (same hash) and an older sound.raw: only sound.raw */
 	struct asset_module_info a;
 	assert_int_equal(asset_module_read(imgs[0]->data, imgs[0]->len, &a), 0);
