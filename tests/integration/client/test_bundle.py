@@ -6,7 +6,9 @@ describes them; an application-only bundle flashes to a Photon and is verified l
 mode), to one on 6.2.0 (running) and to one on 5.9.0 in listening mode: the application
 over DFU or YMODEM (what the plan picks),
 each asset as an asset module by the firmware-update control request, all verified, the
-sim's asset store holding the bytes; flashed again, nothing is written; a zip bomb, a `../`
+sim's asset store holding the bytes; flashed again, nothing is written; on 5.5.0 (no asset
+info) the assets are written each time with a note; an auto-flash rule with the bundle
+writes the assets too; a zip bomb, a `../`
 entry and a zip without firmware each get their own error.
 
 The application with assets is the real P2 Tinker re-stamped the way
@@ -39,7 +41,8 @@ DEVICES = ["platform=photon,os=2.2.0,mode=dfu,name=photon,port=1-1",
            "platform=p2,os=5.9.0,mode=dfu,name=p2,port=1-2",
            "platform=p2,os=6.2.0,mode=normal,name=p2-6,port=1-3",
            "platform=p2,os=5.9.0,mode=listening,name=p2-l,port=1-4",
-           "platform=p2,os=5.5.0,mode=normal,name=p2-55,port=1-5"]
+           "platform=p2,os=5.5.0,mode=normal,name=p2-55,port=1-5",
+           "platform=p2,os=6.2.0,mode=normal,name=p2-auto,port=1-6"]
 
 
 def restamp_p2(app, assets):
@@ -160,7 +163,7 @@ def inside(flashd, fc, control):
     work = tempfile.mkdtemp(prefix="bundle-test-")
     d = Daemon(flashd, private_locks=True)
     try:
-        keys = wait_devices(fc, d.socket, 5)
+        keys = wait_devices(fc, d.socket, 6)
         photon, p2, p2_6, p2_l = keys["1-1"], keys["1-2"], keys["1-3"], keys["1-4"]
         p2_55 = keys["1-5"]
         photon_app = open(PHOTON_APP, "rb").read()
@@ -230,6 +233,24 @@ def inside(flashd, fc, control):
                       and sorted(a["name"] for a in dev.get("assets", [])) == ["logo.png", "sound.raw"]
                       and dev["received"]["ctrl_update_bytes"] >= n * (len(logo) + len(sound)),
                       (rc, out[-3000:], err, dev and dev["received"], d.log_text()[-3000:]))
+        # auto-flash: a rule with the bundle for port 1-6; the P2 there plugged in again
+        rc, out, err = run(fc, d.socket, "auto", "add", "--platform", "p2", "--port", "1-6",
+                           with_assets)
+        tap.check("auto add of the bundle: a rule", rc == 0 and out.strip(), (rc, out, err))
+        SimControl(control)(cmd="replug", name="p2-auto")
+        deadline = time.monotonic() + 60
+        dev = {}
+        while time.monotonic() < deadline:
+            dev = sim_device(control, "p2-auto") or {}
+            if len(dev.get("assets", [])) == 2 and dev.get("mode") == "normal":
+                break
+            time.sleep(0.2)
+        store = {a["name"]: a["data_sha256"] for a in dev.get("assets", [])}
+        tap.check("the rule's job wrote the application and both assets to the P2 on port 1-6",
+                  store == {"logo.png": hashlib.sha256(logo).hexdigest(),
+                            "sound.raw": hashlib.sha256(sound).hexdigest()}
+                  and dev["received"]["dfu_bytes"] > 0, (dev.get("received"), store,
+                                                          d.log_text()[-3000:]))
         before = sim_device(control, "p2")
 
         # each broken zip gets its own error, before any device is touched
