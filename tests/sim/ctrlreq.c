@@ -6,6 +6,8 @@
 #include "validate.h"
 
 #include "asset_module.h"
+#include "bundle.h"
+#include "image.h"
 #include "config.pb.h"
 #include "describe.pb.h"
 #include "storage.pb.h"
@@ -287,10 +289,55 @@ static int32_t module_info(struct sim_device *d, struct ctrlreq_slot *s)
 	return ok ? 0 : SYSTEM_ERROR_INTERNAL;
 }
 
-/* GetAssetInfoReply: the store's assets (required ones are not modelled). */
+#define SIM_MAX_REQUIRED 16
+
+/*
+ * The assets the installed application depends on (its ASSET_DEPENDENCY
+ * extensions), as AssetManager::parseRequiredAssets() reads them at boot;
+ * entries with another hash type are left out, as Device OS does.
+ */
+static unsigned required_assets(struct sim_device *d, struct bundle_asset_dep *out)
+{
+	struct vscan scan;
+	device_scan(d, &scan);
+	for (unsigned i = 0; i < scan.n; i++) {
+		const struct vmodule *m = &scan.m[i];
+		if (m->function != MODULE_FUNCTION_USER || m->store != MODULE_STORE_MAIN ||
+		    !m->reported || !(m->passed & VALID_INTEGRITY) || m->end <= m->start)
+			continue;
+		size_t len = (size_t)(m->end - m->start) + 4;
+		const uint8_t *bytes = flash_peek(d->flash, 0, m->address, len);
+		struct image *img = NULL;
+		struct error e;
+		error_init(&e);
+		if (!bytes || image_parse(bytes, len, &img, &e) < 0) {
+			error_clear(&e);
+			image_free(img);
+			continue;
+		}
+		struct bundle_asset_dep all[SIM_MAX_REQUIRED];
+		unsigned n = bundle_app_asset_deps(img, all, SIM_MAX_REQUIRED), k = 0;
+		image_free(img);
+		for (unsigned j = 0; j < n && j < SIM_MAX_REQUIRED; j++)
+			if (all[j].hash_type == 0)
+				out[k++] = all[j];
+		return k;
+	}
+	return 0;
+}
+
+/* GetAssetInfoReply: the store's assets and the application's. */
 static int32_t asset_info(struct sim_device *d, struct ctrlreq_slot *s)
 {
 	particle_ctrl_GetAssetInfoReply *r = g_new0(particle_ctrl_GetAssetInfoReply, 1);
+	struct bundle_asset_dep req[SIM_MAX_REQUIRED];
+	unsigned n_req = required_assets(d, req);
+	for (unsigned i = 0; i < n_req && i < G_N_ELEMENTS(r->required); i++) {
+		particle_cloud_FirmwareModuleAsset *a = &r->required[r->required_count++];
+		a->hash.size = 32;
+		memcpy(a->hash.bytes, req[i].sha256, 32);
+		g_strlcpy(a->name, req[i].name, sizeof(a->name));
+	}
 	for (unsigned i = 0; i < d->n_assets && i < G_N_ELEMENTS(r->available); i++) {
 		particle_cloud_FirmwareModuleAsset *a = &r->available[r->available_count++];
 		a->hash.size = 32;
@@ -321,6 +368,23 @@ static int32_t store_asset(struct sim_device *d, uint32_t size)
 	struct asset_module_info info;
 	if (asset_module_read(img, size, &info) < 0)
 		return SYSTEM_ERROR_BAD_DATA;
+	/* clearUnusedAssets(): what the running application does not list goes first
+	 * (so assets are written after the application that needs them) */
+	struct bundle_asset_dep req[SIM_MAX_REQUIRED];
+	unsigned n_req = required_assets(d, req);
+	for (unsigned i = 0; i < d->n_assets;) {
+		bool used = false;
+		for (unsigned k = 0; k < n_req && !used; k++)
+			used = strcmp(req[k].name, d->assets[i].name) == 0 &&
+			       memcmp(req[k].sha256, d->assets[i].sha256, 32) == 0;
+		if (used) {
+			i++;
+			continue;
+		}
+		g_free(d->assets[i].data);
+		d->assets[i] = d->assets[--d->n_assets];
+		memset(&d->assets[d->n_assets], 0, sizeof(d->assets[0]));
+	}
 	struct sim_asset *a = NULL;
 	for (unsigned i = 0; i < d->n_assets && !a; i++)
 		if (strcmp(d->assets[i].name, info.name) == 0)

@@ -220,6 +220,24 @@ def inside(flashd, fc, control):
         for name, key in (("p2", p2), ("p2-6", p2_6), ("p2-l", p2_l)):
             flash_assets(tap, fc, d, control, name, key, with_assets, p2_with_assets,
                          {"logo.png": logo, "sound.raw": sound})
+        # A new version of the bundle: the application lists only a changed logo.png.  Device
+        # OS stores an asset after dropping those the running application does not list
+        # (AssetManager::clearUnusedAssets()), so with the application written first the
+        # store ends up holding the new logo alone
+        logo2 = logo + b"v2"
+        app2 = restamp_p2(p2_app, [("logo.png", logo2)])
+        bundle2 = make_zip(os.path.join(work, "p2-app-v2.zip"),
+                           [("p2_firmware_1700000000001.bin", app2), ("assets/logo.png", logo2)])
+        rc, out, err = run(fc, d.socket, "--json", "flash", bundle2, "--device", p2)
+        end = ([o for o in json_lines(out) if o.get("event") == "job-ended"] or [{}])[-1]
+        dev = sim_device(control, "p2")
+        store = {a["name"]: a["data_sha256"] for a in dev.get("assets", [])}
+        tap.check("p2: the next bundle (one changed asset): verified; the store holds the new "
+                  "logo.png alone (sound.raw dropped as unused, so the application went first)",
+                  rc == 0 and end.get("outcome") == "verified"
+                  and store == {"logo.png": hashlib.sha256(logo2).hexdigest()},
+                  (rc, out[-2000:], err, store))
+
         # Device OS 5.5.0 has an asset store but does not report it (request 91 came with
         # 5.6.0): the assets are written every time, and the job says they were not checked
         for n in (1, 2):
