@@ -357,6 +357,50 @@ static int32_t asset_info(struct sim_device *d, struct ctrlreq_slot *s)
  * validate(): function, flags, size, CRC, NAME and HASH) and keeps it under
  * its name, replacing one of the same name.  1 if it was not an asset module.
  */
+/*
+ * The raw bytes of an asset module: after the prefix, or, for a compressed
+ * one (flag 0x02, what particle-cli sends: binary-version-reader's
+ * compressModule()), inflated from the raw-deflate data behind the 8-byte
+ * header (u16 header size, u8 method 0, u8 window bits, u32 original size), as
+ * Device OS's AssetReader reads it.  NULL if it does not inflate to that size.
+ */
+#define SIM_ASSET_MAX (8u * 1024 * 1024)
+static uint8_t *asset_bytes(const uint8_t *img, const struct asset_module_info *info, size_t *len)
+{
+	if (!(img[9] & 0x02)) {
+		*len = info->data_size;
+		return g_memdup2(img + info->data_offset, info->data_size);
+	}
+	if (info->data_size < 8)
+		return NULL;
+	const uint8_t *h = img + info->data_offset;
+	unsigned hsize = h[0] | h[1] << 8, bits = h[3] ? h[3] : 15;
+	uint32_t orig =
+	    (uint32_t)h[4] | (uint32_t)h[5] << 8 | (uint32_t)h[6] << 16 | (uint32_t)h[7] << 24;
+	if (h[2] != 0 || hsize < 8 || hsize > info->data_size || orig > SIM_ASSET_MAX || bits < 8 ||
+	    bits > 15)
+		return NULL;
+	uint8_t *out = g_malloc(orig ? orig : 1);
+	z_stream z = {0};
+	if (inflateInit2(&z, -(int)bits) != Z_OK) {
+		g_free(out);
+		return NULL;
+	}
+	z.next_in = (Bytef *)(h + hsize);
+	z.avail_in = (uInt)(info->data_size - hsize);
+	z.next_out = out;
+	z.avail_out = orig;
+	int rc = inflate(&z, Z_FINISH);
+	size_t got = z.total_out;
+	inflateEnd(&z);
+	if (rc != Z_STREAM_END || got != orig) {
+		g_free(out);
+		return NULL;
+	}
+	*len = orig;
+	return out;
+}
+
 static int32_t store_asset(struct sim_device *d, uint32_t size)
 {
 	uint32_t region;
@@ -367,6 +411,10 @@ static int32_t store_asset(struct sim_device *d, uint32_t size)
 		return SYSTEM_ERROR_OTA_UNSUPPORTED_MODULE;
 	struct asset_module_info info;
 	if (asset_module_read(img, size, &info) < 0)
+		return SYSTEM_ERROR_BAD_DATA;
+	size_t raw_len = 0;
+	uint8_t *raw = asset_bytes(img, &info, &raw_len);
+	if (!raw)
 		return SYSTEM_ERROR_BAD_DATA;
 	/* clearUnusedAssets(): what the running application does not list goes first
 	 * (so assets are written after the application that needs them) */
@@ -390,15 +438,17 @@ static int32_t store_asset(struct sim_device *d, uint32_t size)
 		if (strcmp(d->assets[i].name, info.name) == 0)
 			a = &d->assets[i];
 	if (!a) {
-		if (d->n_assets >= SIM_MAX_ASSETS)
+		if (d->n_assets >= SIM_MAX_ASSETS) {
+			g_free(raw);
 			return SYSTEM_ERROR_TOO_LARGE;
+		}
 		a = &d->assets[d->n_assets++];
 	}
 	g_free(a->data);
 	g_strlcpy(a->name, info.name, sizeof(a->name));
 	memcpy(a->sha256, info.sha256, 32);
-	a->data = g_memdup2(img + info.data_offset, info.data_size);
-	a->size = info.data_size;
+	a->data = raw;
+	a->size = raw_len;
 	return 0;
 }
 
