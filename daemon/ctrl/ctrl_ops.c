@@ -192,6 +192,9 @@ static int decode_assets(const struct ctrl_reply *rep, struct ctrl_result *res, 
 		struct installed_asset *ia = &res->assets[res->n_assets++];
 		memset(ia, 0, sizeof(*ia));
 		snprintf(ia->name, sizeof(ia->name), "%s", a->name);
+		for (char *c = ia->name; *c; c++) /* the device's text, shown to people */
+			if ((unsigned char)*c < 0x20 || *c == 0x7f)
+				*c = '?';
 		if (a->hash.size == 32)
 			memcpy(ia->sha256, a->hash.bytes, 32);
 		ia->size = a->size;

@@ -141,6 +141,10 @@ def flash_assets(tap, fc, d, control, name, key, bundle, app, assets):
     tap.check("%s: flashctl info lists the asset store" % name,
               rc == 0 and sorted(a["name"] for a in info.get("assets", [])) == sorted(assets),
               (rc, out[-2000:], err))
+    rc, out, err = run(fc, d.socket, "info", "--no-probe", key)
+    tap.check("%s: flashctl info (human) shows the asset store" % name,
+              rc == 0 and all(("%s, %d bytes, SHA-256 %s" % (n, len(v), hashlib.sha256(v).hexdigest()[:12]))
+                              in out for n, v in assets.items()), (rc, out, err))
     before = sim_device(control, name)
     rc, out, err = run(fc, d.socket, "--json", "flash", bundle, "--device", key)
     objs = json_lines(out)
