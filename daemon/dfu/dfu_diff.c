@@ -21,9 +21,10 @@
  * READ_4K_US per 4 KiB.  The ratio read/rewrite is 8 % on Gen 2 (128 KiB sectors),
  * 3 % on Gen 3 and 7 % on the P2.
  *
- * When to read (dfu_diff_pays()): only when reading a unit costs at most a quarter of
- * rewriting it (MAX_READ_SHARE), so that even when every unit differs and the reading
- * is not cut short the job takes at most 1.25 times as long.
+ * When to read (dfu_diff_pays()): only over the same module in the same version (the
+ * case where most units can match), and only when reading a unit costs at most a
+ * quarter of rewriting it (MAX_READ_SHARE), so that even when every unit differs and
+ * the reading is not cut short the job takes at most 1.25 times as long.
  *
  * When to stop reading (after every block): with k units decided, s of them identical,
  * reading on pays while the share of identical units expected ahead, s/k, saves more
@@ -104,16 +105,24 @@ bool dfu_diff_pays(const struct platform *p, const struct dfuse_info *info,
 		snprintf(why, size, "the memory map does not let the range be read");
 		return false;
 	}
-	bool installed = false;
+	/* The predictor: the same module in the same version where it goes (a re-flash, a
+	 * rebuild, a few patched bytes).  Another version of it has its code moved almost
+	 * everywhere, and an erased slot differs everywhere: reading would not pay. */
+	bool installed = false, same = false;
 	uint64_t end = (uint64_t)w->address + w->len;
 	for (unsigned i = 0; facts && i < facts->n_modules && i < DEVICE_FACTS_MAX_MODULES; i++) {
 		const struct installed_module *m = &facts->modules[i];
-		if (m->address && m->slot_size && m->address < end &&
-		    (uint64_t)m->address + m->slot_size > w->address)
-			installed = true;
+		if (!m->address || !m->slot_size || m->address >= end ||
+		    (uint64_t)m->address + m->slot_size <= w->address)
+			continue;
+		installed = true;
+		same |= m->address == w->address && m->function == w->function &&
+			m->index == w->index && m->version == w->version;
 	}
-	if (!installed) {
-		snprintf(why, size, "nothing is installed there to compare with");
+	if (!installed || !same) {
+		snprintf(why, size, "%s",
+			 installed ? "another module or version is installed there"
+				   : "nothing is installed there to compare with");
 		return false;
 	}
 	/* the first unit stands for the rest (a map's units in one range are alike) */

@@ -32,8 +32,9 @@
 
 /*
  * Whether reading back w's range before writing it can pay on this device: the
- * alt's map says the range is readable, the device is not protected, something
- * is installed there already (an erased slot differs everywhere), and by the
+ * alt's map says the range is readable, the device is not protected, the same
+ * module in the same version is installed there (an erased slot or another
+ * version differs almost everywhere), and by the
  * cost model reading a unit costs at most a quarter of erasing and writing it.
  * why (may be NULL) gets the reason when it does not.
  */

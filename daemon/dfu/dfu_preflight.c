@@ -712,6 +712,7 @@ int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 			w.job_index = pp->steps[i].job_index;
 			w.function = m->function;
 			w.index = m->index;
+			w.version = m->version;
 			if (check_map(info, dev->platform, w.address, w.len, err) < 0 ||
 			    check_slot(dev, layout_version, &w, err) < 0 ||
 			    (!brings_system && check_overlap(dev, &w, err) < 0)) {

@@ -108,6 +108,7 @@ struct dfu_write {
 	const char *name;
 	uint8_t function;
 	uint8_t index;
+	uint16_t version; /* the module's */
 	size_t job_index; /* job_image() index of the file it comes from */
 };
 

@@ -126,6 +126,7 @@ static void facts_with_system(struct device_facts *f)
 	f->modules[0].index = 1;
 	f->modules[0].address = SYSTEM_START;
 	f->modules[0].slot_size = LEN;
+	f->modules[0].version = 2302;
 }
 
 static void run_diff(struct rig *r, const struct dfu_write *w, struct dfu_diff_stats *st)
@@ -150,7 +151,13 @@ static void test_a_few_changed_pages_are_the_only_ones_erased_and_written(void *
 	new[3 * 4096 + 7] ^= 1;
 	new[10 * 4096] ^= 1;
 	new[LEN - 3] ^= 1; /* the last page (CRC) */
-	struct dfu_write w = {.alt = 0, .address = SYSTEM_START, .data = new, .len = LEN};
+	struct dfu_write w = {.alt = 0,
+			      .address = SYSTEM_START,
+			      .data = new,
+			      .len = LEN,
+			      .function = MODULE_FUNCTION_SYSTEM,
+			      .index = 1,
+			      .version = 2302};
 	struct device_facts facts;
 	facts_with_system(&facts);
 	char why[128];
@@ -225,6 +232,15 @@ static void test_diff_needs_something_installed_and_a_readable_device(void **sta
 	    dfu_diff_pays(facts.platform, dfuse_get_info(r->dfuse), &facts, &w, why, sizeof(why)));
 	assert_non_null(strstr(why, "nothing is installed"));
 	facts_with_system(&facts);
+	w.function = MODULE_FUNCTION_SYSTEM;
+	w.index = 1;
+	w.version = 2302;
+	assert_true(dfu_diff_pays(facts.platform, dfuse_get_info(r->dfuse), &facts, &w, NULL, 0));
+	w.version = 2400; /* another version: its code moved everywhere */
+	assert_false(
+	    dfu_diff_pays(facts.platform, dfuse_get_info(r->dfuse), &facts, &w, why, sizeof(why)));
+	assert_non_null(strstr(why, "another module or version"));
+	w.version = 2302;
 	struct dfuse_info info = *dfuse_get_info(r->dfuse);
 	info.protected_device = true;
 	assert_false(dfu_diff_pays(facts.platform, &info, &facts, &w, why, sizeof(why)));
