@@ -125,6 +125,20 @@ static void add_whole(struct dfu_readback *rb, uint32_t address, size_t size)
 	rb->probes[rb->n_probes - 1].want = size;
 }
 
+void dfu_readback_want_suffix(struct dfu_readback *rb, uint8_t function, uint8_t index,
+			      bool want_none)
+{
+	rb->suffix_filter = true;
+	if (!want_none && function < 16 && index < 32)
+		rb->suffix_wanted[function] |= 1u << index;
+}
+
+static bool suffix_wanted(const struct dfu_readback *rb, uint8_t function, uint8_t index)
+{
+	return !rb->suffix_filter ||
+	       (function < 16 && index < 32 && (rb->suffix_wanted[function] & (1u << index)));
+}
+
 void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
 {
 	/* Every layout era's slot starts (Gen 3 has three: docs/device/memory-maps.md#gen-3). */
@@ -303,6 +317,7 @@ bool dfu_readback_follow(struct dfu_readback *rb)
 			 m.slot_size <= DFU_WHOLE_MAX)
 			add_whole(rb, m.address, m.slot_size);
 		else if (parse_probe(p, pr, &m) && m.slot_size >= IMAGE_MIN_MODULE_SIZE &&
+			 suffix_wanted(rb, m.function, m.index) &&
 			 !probe_covering(rb, suffix_probe_address(m.address + m.slot_size)))
 			/* the rest: its SHA-256 and CRC, a few dozen bytes (issue 11) */
 			add_probe_kind(rb, suffix_probe_address(m.address + m.slot_size),

@@ -74,7 +74,17 @@ struct dfu_readback {
 	const struct platform *platform;
 	struct dfu_probe probes[DFU_PROBE_MAX];
 	unsigned n_probes;
+	/* Which modules' suffixes to read (dfu_readback_want_suffix()); without a
+	 * filter every module's. */
+	bool suffix_filter;
+	uint32_t suffix_wanted[16]; /* bit index per function */
 };
+
+/* Reads the suffix (SHA-256, CRC) only of the modules asked for here: the ones a job
+ * brings, which the planner compares.  Call after dfu_readback_plan(); with no call
+ * every module's suffix is read, with only want_none = true none. */
+void dfu_readback_want_suffix(struct dfu_readback *rb, uint8_t function, uint8_t index,
+			      bool want_none);
 
 /* The slot starts worth reading for this platform (every layout era), and the tail of
  * the P2 family's user part. */

@@ -300,6 +300,13 @@ static void step(struct transport_run *r)
 		job_set_state(r->job, JOB_PREFLIGHT);
 		dfu_readback_clear(&r->rb);
 		dfu_readback_plan(r->facts.platform, &r->rb);
+		/* the suffixes (SHA-256, CRC) of the modules the planner compares (issue 11) */
+		dfu_readback_want_suffix(&r->rb, 0, 0, true);
+		for (size_t i = 0; i < job_image_count(r->job); i++)
+			for (unsigned k = 0; k < job_image(r->job, i)->n_modules; k++)
+				dfu_readback_want_suffix(
+				    &r->rb, job_image(r->job, i)->modules[k].function,
+				    job_image(r->job, i)->modules[k].index, false);
 		r->probe_i = 0;
 		if (dfuse_get_info(r->dfuse)->protected_device || r->rb.n_probes == 0) {
 			/* No UPLOAD on protected devices (docs/device/dfuse.md#memory-map-strings):
