@@ -204,10 +204,12 @@ static int start_op(struct transport_run *r, struct error *err)
 				    on_dfuse_done, r, err);
 	}
 	case RUN_ERASE:
-		/* issue 18: read back first where it pays, then erase and write what differs */
+		/* issue 18: read back first where it pays, then erase and write what differs;
+		 * --force and rewrite write everything, as they promise */
 		dfu_diff_free(r->diff);
 		r->diff = NULL;
-		if (dfu_diff_pays(r->facts.platform, dfuse_get_info(r->dfuse), &r->facts, w, NULL,
+		if (!job_options(r->job)->force && !job_options(r->job)->rewrite &&
+		    dfu_diff_pays(r->facts.platform, dfuse_get_info(r->dfuse), &r->facts, w, NULL,
 				  0))
 			return start_diff(r, w, err);
 		return dfuse_erase(r->dfuse, w->alt, w->address, w->len, on_dfuse_done, r, err);

@@ -765,11 +765,17 @@ def test_same_system_part_twice_over_dfu_writes_nothing_the_second_time():
     sysp = fixture('argon/argon-system-part1@2.2.0.bin')
     steps = flash_steps([(sysp, idmap['a1'], ())]) + [
         {'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
-        {'snapshot': 'second'}] + flash_steps([(sysp, idmap['a1'], ())])
+        {'snapshot': 'second'}] + flash_steps([(sysp, idmap['a1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
+        {'snapshot': 'third'}] + flash_steps([(sysp, idmap['a1'], ('--force',))])
     res, doc, work, log = run(specs, steps)
     expect_done(res[0], log, 'verified')
     end = expect_done(res[3], log, 'already-installed')
-    before, after = received(res[2]['dir'], 'a1'), received(doc, 'a1')
+    # --force writes it anyway, all of it (no read-back diff either)
+    expect_done(res[6], log, 'verified')
+    forced = received(doc, 'a1')['dfu_bytes'] - received(res[5]['dir'], 'a1')['dfu_bytes']
+    check(forced == os.path.getsize(sysp), '--force wrote %d bytes' % forced)
+    before, after = received(res[2]['dir'], 'a1'), received(res[5]['dir'], 'a1')
     check(after['dfu_bytes'] == before['dfu_bytes'] and
           after['dfu_erased_bytes'] == before['dfu_erased_bytes'],
           'second flash wrote %d bytes, erased %d' % (after['dfu_bytes'] - before['dfu_bytes'],
@@ -855,6 +861,43 @@ def test_few_pages_changed_image_erases_and_writes_only_those_pages():
     print('# %s: %s; dfu bytes %d, erased %d, read back %d'
           % (end['outcome'], diff[0], wrote, erased,
              after['dfu_upload_bytes'] - before['dfu_upload_bytes']))
+
+
+def test_failure_mid_diff_reports_the_pages_written():
+    # issue 18: a write that runs as a diff and fails half-way says what it did: the
+    # differing pages are erased first (the module's last page among them, so the device
+    # does not take the module as whole), then written in ascending order; the device
+    # fails the second page's write (error@chunk2, errWRITE): the job's partial object names the
+    # first page written and where it stopped.
+    specs = ['platform=argon,mode=dfu,os=2.2.0,name=a1']
+    idmap = ids(specs)
+    real = fixture('argon/argon-system-part1@2.2.0.bin')
+    old = open(real, 'rb').read()
+    mid = len(old) // 2
+    new = variant(real, [mid, mid + 0x3000, mid + 0x9000])
+    path = os.path.join(top, 'argon-system-part1@2.2.0-variant.bin')
+    open(path, 'wb').write(new)
+    start = prefix_start(old)
+    steps = flash_steps([(real, idmap['a1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
+        {'ctl': {'cmd': 'fault', 'name': 'a1', 'faults': 'error@chunk2:errWRITE'}}] + \
+        flash_steps([(path, idmap['a1'], ())])
+    res, doc, work, log = run(specs, steps)
+    expect_done(res[0], log, 'verified')
+    r = res[3]
+    err = expect_error(r, 'transfer-failed', log)
+    end = [l for l in r['lines'] if l.get('event') == 'job-ended'][0]
+    part = end.get('partial') or (end.get('record') or {}).get('partial')
+    second = (start + mid + 0x3000) & ~0xfff
+    check(part and part['state'] == 'partly-written' and part['bytes_written'] == 4096 and
+          part['address'] == second and part['module_function'] == 'system',
+          'partial %s (error %s)' % (part, err.get('message')))
+    phases = job_phases(r)
+    check(phases.index('preflight') < phases.index('erasing') < phases.index('writing'),
+          'phases %s' % phases)
+    print('# %s; partial: %s, %d bytes written, stopped at 0x%x; next boot: %s'
+          % (err['code'], part['state'], part['bytes_written'], part['address'],
+             part['next_boot']))
 
 
 TESTS = {n[5:]: f for n, f in list(globals().items()) if n.startswith('test_')}
