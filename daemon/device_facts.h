@@ -29,6 +29,16 @@ struct installed_module {
 		uint16_t version;
 	} deps[2];
 	char sha256[65]; /* user parts: hex, lowercase; "" if unknown */
+	/* What flashd read of the module's own bytes (issue 11: identity by SHA-256 and
+	 * CRC where the device lets them be read): over DFU the suffix's SHA-256 and the
+	 * CRC-32 at the end address the prefix names, or the whole module. */
+	enum installed_bytes {
+		INSTALLED_BYTES_UNREAD = 0, /* not read (the console and control requests
+					       report a hash for user parts only) */
+		INSTALLED_BYTES_READ,	    /* sha256 and crc are the device's bytes */
+		INSTALLED_BYTES_UNREADABLE, /* the read was tried and failed */
+	} bytes;
+	uint32_t crc; /* bytes READ: the stored CRC-32 (as the image's crc_stored) */
 };
 
 /* One asset in the device's asset store (Device OS 5.5.0+ AssetManager), as

@@ -15,6 +15,8 @@ static void report(struct job *job, const struct job_plan *jp, const struct plan
 		job_note(job, "skipped", "%s: %s", in[p->skipped[i]].name, p->skip_reason[i]);
 	for (size_t i = 0; i < p->n_warnings; i++)
 		job_note(job, "plan-warning", "%s", p->warnings[i]);
+	for (size_t i = 0; i < p->n_unverified; i++)
+		job_note(job, "not-skipped", "%s", p->unverified[i]);
 	for (size_t i = 0; i < p->n_overrides; i++)
 		job_note(job, "forced", "--force overrode: %s", p->overrides[i]);
 }

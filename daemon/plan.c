@@ -178,6 +178,16 @@ void plan_model_from_facts(const struct device_facts *facts, struct plan_model *
 		m->failed = im->checked & (uint16_t)~im->passed;
 		m->valid = m->failed == 0;
 		m->platform_id = model->platform_id;
+		m->bytes = im->sha256[0] ? PLAN_KNOWN : PLAN_UNKNOWN;
+		memcpy(m->sha256, im->sha256, sizeof(m->sha256));
+		m->has_crc = im->bytes == INSTALLED_BYTES_READ;
+		m->crc = im->crc;
+		if (m->bytes == PLAN_UNKNOWN)
+			m->bytes_why =
+			    im->bytes == INSTALLED_BYTES_UNREADABLE
+				? "reading its SHA-256 and CRC back from the device failed"
+			    : im->address ? "its SHA-256 and CRC were not read back"
+					  : "the device reports no hash for it";
 	}
 }
 
@@ -491,40 +501,47 @@ static void hex(const uint8_t *b, size_t n, char *out)
 }
 
 /*
- * Whether the device already holds this module, valid, in the same version and
- * with the same SHA-256 (from `s`, or from a DFU read-back of the whole module).
+ * Whether the device already holds this module identically (issue 11): same
+ * function, index and version, valid, and the same bytes as far as flashd could
+ * read them: the suffix's SHA-256 (from `s`, or read over DFU from the end
+ * address the installed prefix names) and, over DFU, the stored CRC-32.  A module
+ * whose bytes could not be read is never identical by its version alone (an
+ * application's version is its ABI number; a rebuilt system part keeps its
+ * version): it is written, and *unverified says why.
  */
-static bool installed_identically(const struct device_facts *facts, const struct image_module *m,
-				  char *why, size_t size)
+static bool installed_identically(const struct plan_model *model, const struct image_module *m,
+				  char *why, size_t size, char *unverified, size_t usize)
 {
 	if (m->function == MODULE_FUNCTION_ASSET)
 		return false; /* plan_build() asks asset_installed() with the file */
-	for (unsigned i = 0; i < facts->n_modules && i < DEVICE_FACTS_MAX_MODULES; i++) {
-		const struct installed_module *im = &facts->modules[i];
-		if (im->store != MODULE_STORE_MAIN || im->function != m->function ||
-		    im->index != m->index)
-			continue;
-		if (im->version != m->version || !installed_module_valid(im) || !im->checked)
-			return false;
-		char words[48];
-		module_words(m->function, m->index, words, sizeof(words));
-		if (im->sha256[0] && m->has_suffix) {
-			char sha[65];
-			hex(m->sha256, 32, sha);
-			if (strcmp(sha, im->sha256) != 0)
-				return false;
-			snprintf(
-			    why, size,
-			    "the device has this %s already (version %u, same SHA-256 %.12s\u2026)",
-			    words, m->version, sha);
-			return true;
-		}
-		/* Without a hash nothing says the bytes are the same (an application's
-		 * version is its ABI number; a rebuilt system part keeps its version):
-		 * write it. */
+	const struct plan_module *im;
+	if (plan_model_lookup(model, m->function, m->index, &im) != PLAN_KNOWN ||
+	    im->version != m->version || !im->valid)
+		return false;
+	char words[48];
+	module_words(m->function, m->index, words, sizeof(words));
+	if (im->bytes != PLAN_KNOWN || !m->has_suffix) {
+		snprintf(unverified, usize,
+			 "the device has %s version %u already, but %s: written, since the same "
+			 "version does not prove the same bytes",
+			 words, m->version,
+			 !m->has_suffix ? "the file has no suffix to compare" : im->bytes_why);
 		return false;
 	}
-	return false;
+	char sha[65];
+	hex(m->sha256, 32, sha);
+	if (strcmp(sha, im->sha256) != 0 || (im->has_crc && im->crc != m->crc_stored))
+		return false;
+	if (im->has_crc)
+		snprintf(why, size,
+			 "the device has this %s already (version %u, same SHA-256 %.12s\u2026 "
+			 "and CRC-32 %08x, read back from the device)",
+			 words, m->version, sha, m->crc_stored);
+	else
+		snprintf(why, size,
+			 "the device has this %s already (version %u, same SHA-256 %.12s\u2026)",
+			 words, m->version, sha);
+	return true;
 }
 
 /* An asset module the device's asset store holds already (same name, same
@@ -819,13 +836,17 @@ int plan_build(const struct device_facts *facts, const struct plan_input *files,
 		todo[i] = true;
 		const struct image *img = files[i].img;
 		bool same = !opts->force && !opts->rewrite && img->n_modules > 0;
-		char why[160] = "";
+		char why[200] = "", unverified[PLAN_NOTE_LEN] = "";
 		if (same && img->modules[0].function == MODULE_FUNCTION_ASSET)
 			same = asset_installed(facts, img, why, sizeof(why));
 		else
 			for (unsigned k = 0; same && k < img->n_modules; k++)
-				same = installed_identically(facts, &img->modules[k], why,
-							     sizeof(why));
+				same = installed_identically(before, &img->modules[k], why,
+							     sizeof(why), unverified,
+							     sizeof(unverified));
+		if (!same && unverified[0])
+			add_line(plan->unverified, &plan->n_unverified, "%s: %s", files[i].name,
+				 unverified);
 		if (same) {
 			todo[i] = false;
 			plan->skipped[plan->n_skipped] = i;
@@ -1149,6 +1170,10 @@ json_t *plan_to_json(const struct plan *plan)
 	for (size_t i = 0; i < plan->n_overrides; i++)
 		json_array_append_new(ov, json_string(plan->overrides[i]));
 	json_object_set_new(o, "overrides", ov);
+	json_t *un = json_array();
+	for (size_t i = 0; i < plan->n_unverified; i++)
+		json_array_append_new(un, json_string(plan->unverified[i]));
+	json_object_set_new(o, "unverified", un);
 	json_object_set_new(o, "writes", json_integer((json_int_t)plan->n_writes));
 	json_object_set_new(o, "bytes", json_integer((json_int_t)plan->bytes));
 	json_object_set_new(o, "estimate_s", json_real(plan->estimate_ms / 1000.0));

@@ -67,6 +67,7 @@ struct dfu {
 	bool silent;		     /* fault: stop answering */
 	enum dfu_status write_error; /* fault error@chunkN: the pending chunk's write fails */
 	enum sim_mode boot_override; /* 0xFA: safe mode after leave; else SIM_MODE_UNPLUGGED */
+	unsigned upload_carry_us;    /* UPLOAD bus time not charged yet (under a millisecond) */
 };
 
 struct listening;
@@ -132,6 +133,8 @@ struct sim_device {
 	uint64_t dfu_bytes;
 	uint64_t dfu_requests;
 	uint64_t ctrl_update_bytes; /* FIRMWARE_UPDATE_DATA bytes accepted */
+	uint64_t dfu_erased_bytes;  /* bytes of the sectors/pages DfuSe ERASE commands erased */
+	uint64_t dfu_upload_bytes;  /* bytes read by UPLOAD (wValue >= 2) */
 	uint64_t last_write_ms;	    /* sim_now_ms() when the latest flash write was done */
 	unsigned generation;	    /* bumps on every enumeration: stale timers ignore themselves */
 };

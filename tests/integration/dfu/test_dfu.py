@@ -820,6 +820,189 @@ def test_dfu_util_and_flashd_give_identical_dumps():
     compare('platform=boron,mode=dfu,os=2.2.0', fixture('boron/boron-system-part1@2.2.0.bin'))
 
 
+def variant(path, offsets):
+    """A real module with bytes changed at the given offsets (inside its body), its
+    suffix SHA-256 and CRC-32 recomputed so that the device accepts it
+    (docs/device/module-format.md#suffix-and-checksums)."""
+    import hashlib
+    import zlib
+    data = bytearray(open(path, 'rb').read())
+    for off in offsets:
+        data[off] ^= 0x5a
+    sha_at = len(data) - 4 - 2 - 32
+    data[sha_at:sha_at + 32] = hashlib.sha256(bytes(data[:sha_at])).digest()
+    struct.pack_into('>I', data, len(data) - 4, zlib.crc32(bytes(data[:-4])) & 0xffffffff)
+    return bytes(data)
+
+
+def units_differing(old, new, start, unit_starts):
+    """Erase units (sorted start addresses, the last one's end = the image's end) whose
+    bytes differ between two images of the same size at start."""
+    n = 0
+    end = start + len(new)
+    for i, u in enumerate(unit_starts):
+        ue = unit_starts[i + 1] if i + 1 < len(unit_starts) else end
+        a, b = max(u, start) - start, min(ue, end) - start
+        if a < b and old[a:b] != new[a:b]:
+            n += 1
+    return n
+
+
+def notes(res, name):
+    return [l.get('message', '') for l in res['lines']
+            if l.get('event') == 'job-progress' and l.get('note') == name]
+
+
+def received(doc_or_dir, name):
+    doc = doc_or_dir if isinstance(doc_or_dir, dict) else \
+        json.load(open(os.path.join(doc_or_dir, 'state.json')))
+    return device(doc, name)['received']
+
+
+def test_same_system_part_twice_over_dfu_writes_nothing_the_second_time():
+    # issue 11: the second time the planner reads the installed system part's suffix
+    # SHA-256 and CRC-32 over DFU UPLOAD (40 bytes at the end its prefix names) and skips
+    # it: 0 DFU bytes, a `skipped` note naming the SHA-256, outcome already-installed.
+    specs = ['platform=argon,mode=dfu,os=2.2.0,name=a1']
+    idmap = ids(specs)
+    sysp = fixture('argon/argon-system-part1@2.2.0.bin')
+    steps = flash_steps([(sysp, idmap['a1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
+        {'snapshot': 'second'}] + flash_steps([(sysp, idmap['a1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
+        {'snapshot': 'third'}] + flash_steps([(sysp, idmap['a1'], ('--force',))])
+    res, doc, work, log = run(specs, steps)
+    expect_done(res[0], log, 'verified')
+    end = expect_done(res[3], log, 'already-installed')
+    # --force writes it anyway, all of it (no read-back diff either)
+    expect_done(res[6], log, 'verified')
+    forced = received(doc, 'a1')['dfu_bytes'] - received(res[5]['dir'], 'a1')['dfu_bytes']
+    check(forced == os.path.getsize(sysp), '--force wrote %d bytes' % forced)
+    before, after = received(res[2]['dir'], 'a1'), received(res[5]['dir'], 'a1')
+    check(after['dfu_bytes'] == before['dfu_bytes'] and
+          after['dfu_erased_bytes'] == before['dfu_erased_bytes'],
+          'second flash wrote %d bytes, erased %d' % (after['dfu_bytes'] - before['dfu_bytes'],
+                                                      after['dfu_erased_bytes'] - before['dfu_erased_bytes']))
+    skipped = notes(res[3], 'skipped')
+    check(skipped and 'same SHA-256' in skipped[0] and 'CRC-32' in skipped[0],
+          'skipped note: %s' % skipped)
+    read = after['dfu_upload_bytes'] - before['dfu_upload_bytes']
+    print('# second flash: %s; %d bytes read back, 0 written; %s'
+          % (end['outcome'], read, skipped[0]))
+
+
+def test_same_version_with_other_bytes_is_written_where_it_differs():
+    # issue 11: the same version is no proof of the same bytes: a Photon system part 2 of
+    # the installed version with one byte changed near its end is written.  issue 18: the
+    # Gen 2 memory map erases 128 KiB sectors; only the sector that differs (the last,
+    # with the change, the SHA-256 and the CRC) is erased and written.
+    specs = ['platform=photon,mode=dfu,os=2.2.0,name=p1']
+    idmap = ids(specs)
+    real = fixture('photon/photon-system-part2@2.2.0.bin')
+    old = open(real, 'rb').read()
+    new = variant(real, [len(old) - 0x1000])
+    path = os.path.join(top, 'photon-system-part2@2.2.0-variant.bin')
+    open(path, 'wb').write(new)
+    start = prefix_start(old)
+    steps = flash_steps([(real, idmap['p1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'p1', 'mode': 'dfu'}, 'settle': True},
+        {'snapshot': 'second'}] + flash_steps([(path, idmap['p1'], ())])
+    res, doc, work, log = run(specs, steps)
+    expect_done(res[0], log, 'verified')
+    end = expect_done(res[3], log, 'verified')
+    check(not notes(res[3], 'skipped'), 'skipped: %s' % notes(res[3], 'skipped'))
+    check_flashed(doc, 'p1', path)
+    sectors = [s for s in (0x08060000, 0x08080000, 0x080A0000, 0x080C0000)
+               if s < start + len(new)]
+    want = units_differing(old, new, start, sectors)
+    check(want == 1 and len(sectors) == 2, 'the variant differs in %d of %d sectors'
+          % (want, len(sectors)))
+    before, after = received(res[2]['dir'], 'p1'), received(doc, 'p1')
+    wrote = after['dfu_bytes'] - before['dfu_bytes']
+    erased = after['dfu_erased_bytes'] - before['dfu_erased_bytes']
+    diff = notes(res[3], 'diff')
+    check(diff and diff[0].split(': ', 1)[1].startswith('1 of 2 sectors differ'),
+          'diff note %s (want %d sectors)' % (diff, want))
+    check(erased == want * 0x20000 and wrote < len(new), 'erased %d, wrote %d of %d'
+          % (erased, wrote, len(new)))
+    print('# %s: %s; %d of %d bytes written' % (end['outcome'], diff[0], wrote, len(new)))
+
+
+def test_few_pages_changed_image_erases_and_writes_only_those_pages():
+    # issue 18: an Argon system part with three bytes changed in three pages in the middle
+    # (SHA-256 and CRC recomputed, so the last page differs too): flashd reads the range
+    # back, erases and writes only the pages that differ, and the device ends with the new
+    # image byte-identical and verified.
+    specs = ['platform=argon,mode=dfu,os=2.2.0,name=a1']
+    idmap = ids(specs)
+    real = fixture('argon/argon-system-part1@2.2.0.bin')
+    old = open(real, 'rb').read()
+    mid = len(old) // 2
+    new = variant(real, [mid, mid + 0x3000, mid + 0x9000])
+    path = os.path.join(top, 'argon-system-part1@2.2.0-variant.bin')
+    open(path, 'wb').write(new)
+    start = prefix_start(old)
+    steps = flash_steps([(real, idmap['a1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
+        {'snapshot': 'second'}] + flash_steps([(path, idmap['a1'], ())])
+    res, doc, work, log = run(specs, steps)
+    expect_done(res[0], log, 'verified')
+    end = expect_done(res[3], log, 'verified')
+    check_flashed(doc, 'a1', path)
+    pages = list(range(start & ~0xfff, start + len(new), 0x1000))
+    want = units_differing(old, new, start, pages)
+    check(want == 4, 'the variant differs in %d pages' % want)
+    before, after = received(res[2]['dir'], 'a1'), received(doc, 'a1')
+    wrote = after['dfu_bytes'] - before['dfu_bytes']
+    erased = after['dfu_erased_bytes'] - before['dfu_erased_bytes']
+    last_page = start + len(new) - ((start + len(new)) & ~0xfff)
+    check(erased == want * 4096 and wrote == 3 * 4096 + last_page,
+          'erased %d, wrote %d (want %d pages)' % (erased, wrote, want))
+    diff = notes(res[3], 'diff')
+    check(diff and ('%d of %d pages differ' % (want, len(pages))) in diff[0],
+          'diff note %s' % diff)
+    print('# %s: %s; dfu bytes %d, erased %d, read back %d'
+          % (end['outcome'], diff[0], wrote, erased,
+             after['dfu_upload_bytes'] - before['dfu_upload_bytes']))
+
+
+def test_failure_mid_diff_reports_the_pages_written():
+    # issue 18: a write that runs as a diff and fails half-way says what it did: the
+    # differing pages are erased first (the module's last page among them, so the device
+    # does not take the module as whole), then written in ascending order; the device
+    # fails the second page's write (error@chunk2, errWRITE): the job's partial object names the
+    # first page written and where it stopped.
+    specs = ['platform=argon,mode=dfu,os=2.2.0,name=a1']
+    idmap = ids(specs)
+    real = fixture('argon/argon-system-part1@2.2.0.bin')
+    old = open(real, 'rb').read()
+    mid = len(old) // 2
+    new = variant(real, [mid, mid + 0x3000, mid + 0x9000])
+    path = os.path.join(top, 'argon-system-part1@2.2.0-variant.bin')
+    open(path, 'wb').write(new)
+    start = prefix_start(old)
+    steps = flash_steps([(real, idmap['a1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
+        {'ctl': {'cmd': 'fault', 'name': 'a1', 'faults': 'error@chunk2:errWRITE'}}] + \
+        flash_steps([(path, idmap['a1'], ())])
+    res, doc, work, log = run(specs, steps)
+    expect_done(res[0], log, 'verified')
+    r = res[3]
+    err = expect_error(r, 'transfer-failed', log)
+    end = [l for l in r['lines'] if l.get('event') == 'job-ended'][0]
+    part = end.get('partial') or (end.get('record') or {}).get('partial')
+    second = (start + mid + 0x3000) & ~0xfff
+    check(part and part['state'] == 'partly-written' and part['bytes_written'] == 4096 and
+          part['address'] == second and part['module_function'] == 'system',
+          'partial %s (error %s)' % (part, err.get('message')))
+    phases = job_phases(r)
+    check(phases.index('preflight') < phases.index('erasing') < phases.index('writing'),
+          'phases %s' % phases)
+    print('# %s; partial: %s, %d bytes written, stopped at 0x%x; next boot: %s'
+          % (err['code'], part['state'], part['bytes_written'], part['address'],
+             part['next_boot']))
+
+
 TESTS = {n[5:]: f for n, f in list(globals().items()) if n.startswith('test_')}
 if TEST not in TESTS:
     print('unknown test; known: ' + ' '.join(TESTS))

@@ -420,6 +420,57 @@ static void test_identical_application_is_skipped(void **state)
 	free(plan);
 }
 
+/* issue 11 over DFU: a system part is identical by its suffix SHA-256 and stored CRC-32
+ * read back at its end; the same version whose bytes could not be read is written, and
+ * the plan says why. */
+static void test_system_part_identity_is_its_sha_and_crc_never_its_version(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	argon_231(&f, true);
+	struct image *img = synth(0x30000, SY, 1, 2302, 12, RS, 0, 202, BL, 0, 1006, 4000);
+	const char *name = "argon-system-part1.bin";
+	struct installed_module *sys = &f.modules[1]; /* system part 1 (argon_231) */
+	assert_int_equal(sys->function, SY);
+	sys->version = 2302;
+	sys->address = 0x30000;
+	static const char digits[] = "0123456789abcdef";
+	for (int i = 0; i < 32; i++) {
+		sys->sha256[2 * i] = digits[img->modules[0].sha256[i] >> 4];
+		sys->sha256[2 * i + 1] = digits[img->modules[0].sha256[i] & 15];
+	}
+	sys->sha256[64] = '\0';
+	sys->bytes = INSTALLED_BYTES_READ;
+	sys->crc = img->modules[0].crc_stored;
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_DFU, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 0);
+	assert_int_equal(plan->n_skipped, 1);
+	assert_non_null(strstr(plan->skip_reason[0], "same SHA-256"));
+	assert_non_null(strstr(plan->skip_reason[0], "CRC-32"));
+	/* the same SHA-256 with another CRC: not the same bytes */
+	sys->crc ^= 1;
+	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_DFU, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	assert_int_equal(plan->n_unverified, 0);
+	/* unreadable: written, and the plan says why */
+	sys->crc ^= 1;
+	sys->sha256[0] = '\0';
+	sys->bytes = INSTALLED_BYTES_UNREADABLE;
+	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_DFU, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	assert_int_equal(plan->n_skipped, 0);
+	assert_int_equal(plan->n_unverified, 1);
+	assert_non_null(strstr(plan->unverified[0], "reading its SHA-256 and CRC back"));
+	json_t *j = plan_to_json(plan);
+	assert_int_equal(json_array_size(json_object_get(j, "unverified")), 1);
+	json_decref(j);
+	image_free(img);
+	free(plan);
+}
+
 static void test_repairing_a_broken_board_works(void **state)
 {
 	(void)state;
@@ -651,6 +702,7 @@ int main(void)
 	    cmocka_unit_test(test_intermediate_states_order_a_downgrade),
 	    cmocka_unit_test(test_electron_system_parts_carry_their_bootloader),
 	    cmocka_unit_test(test_identical_application_is_skipped),
+	    cmocka_unit_test(test_system_part_identity_is_its_sha_and_crc_never_its_version),
 	    cmocka_unit_test(test_repairing_a_broken_board_works),
 	    cmocka_unit_test(test_capability_table),
 	    cmocka_unit_test(test_invalid_modules_after_reboot),
