@@ -242,6 +242,21 @@ static void print_device(const json_t *d, bool probed, bool no_probe)
 		   : "(partial: what flashd has read so far",
 	       probed ? ", asked just now)" : ")");
 	json_array_foreach(mods, i, m) print_module(m, p ? p->id : -1);
+	/* the asset store, where the device reported it (control request 91) */
+	const json_t *assets = json_object_get(d, "assets");
+	if (json_is_array(assets)) {
+		if (json_array_size(assets) == 0)
+			printf("  %-14s none stored\n", "assets");
+		json_array_foreach(assets, i, m)
+		{
+			const char *sha = str(m, "sha256");
+			const char *name = str(m, "name");
+			printf("  %-14s %s, %lld bytes, SHA-256 %.12s\u2026\n",
+			       i == 0 ? "assets" : "", name ? name : "?",
+			       (long long)json_integer_value(json_object_get(m, "size")),
+			       sha ? sha : "?");
+		}
+	}
 }
 
 /* Whether the reply leaves the modules to be asked for: not known, device present, idle. */

@@ -183,6 +183,19 @@ static struct job *submit(struct autoflash *af, struct device *dev, struct rule 
 			snprintf(jr.names[i], sizeof(jr.names[i]), "%s", rule->images[i].name);
 		}
 		jr.n_images = rule->n_images;
+		/* a bundle's assets: files of the job after the rule's own (as server.c does) */
+		for (unsigned i = 0; i < rule->n_images; i++) {
+			unsigned n = 0;
+			if (image_ref_expand_assets(rules_image_cache(af->rules), jr.images[i],
+						    jr.names[i], &jr.images[jr.n_images],
+						    &jr.names[jr.n_images],
+						    WIRE_IMAGES_MAX - jr.n_images, &n, err) < 0) {
+				for (unsigned k = 0; k < jr.n_images; k++)
+					image_cache_put(rules_image_cache(af->rules), jr.images[k]);
+				return NULL;
+			}
+			jr.n_images += n;
+		}
 	} else {
 		jr.opts.dry_run = true; /* a probe: nothing is written */
 	}

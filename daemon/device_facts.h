@@ -12,6 +12,7 @@
 
 #define DEVICE_FACTS_MAX_MODULES 16
 #define DEVICE_ID_LEN		 24
+#define DEVICE_FACTS_MAX_ASSETS	 16
 
 struct installed_module {
 	uint8_t function; /* enum module_function */
@@ -28,6 +29,24 @@ struct installed_module {
 		uint16_t version;
 	} deps[2];
 	char sha256[65]; /* user parts: hex, lowercase; "" if unknown */
+	/* What flashd read of the module's own bytes (issue 11: identity by SHA-256 and
+	 * CRC where the device lets them be read): over DFU the suffix's SHA-256 and the
+	 * CRC-32 at the end address the prefix names, or the whole module. */
+	enum installed_bytes {
+		INSTALLED_BYTES_UNREAD = 0, /* not read (the console and control requests
+					       report a hash for user parts only) */
+		INSTALLED_BYTES_READ,	    /* sha256 and crc are the device's bytes */
+		INSTALLED_BYTES_UNREADABLE, /* the read was tried and failed */
+	} bytes;
+	uint32_t crc; /* bytes READ: the stored CRC-32 (as the image's crc_stored) */
+};
+
+/* One asset in the device's asset store (Device OS 5.5.0+ AssetManager), as
+ * GET_ASSET_INFO (control request 91, Device OS 5.6.0+) reports it. */
+struct installed_asset {
+	char name[65];
+	uint8_t sha256[32]; /* of the raw asset bytes */
+	uint32_t size;	    /* raw bytes */
 };
 
 enum device_protection {
@@ -50,6 +69,15 @@ struct device_facts {
 	struct installed_module modules[DEVICE_FACTS_MAX_MODULES];
 	unsigned n_modules;
 	enum device_protection protection;
+	/* Running, and its CDC interface has no tty node (no cdc_acm binding): only
+	 * control requests reach it until it is in DFU mode (set by the ctrl
+	 * transport, cleared by the registry when a tty appears). */
+	bool no_tty;
+	/* The asset store: complete when assets_known (read by control request),
+	 * else nothing is known of it. */
+	bool assets_known;
+	struct installed_asset assets[DEVICE_FACTS_MAX_ASSETS];
+	unsigned n_assets;
 };
 
 static inline bool installed_module_valid(const struct installed_module *m)

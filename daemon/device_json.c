@@ -52,6 +52,20 @@ json_t *device_to_json(const struct device *dev, bool with_modules)
 			json_array_append_new(mods, module_json(&s->facts.modules[i]));
 		json_object_set_new(o, "modules_known", json_boolean(s->facts.modules_known));
 		json_object_set_new(o, "modules", mods);
+		if (s->facts.assets_known) {
+			/* the asset store, as the device reported it (control request 91) */
+			json_t *assets = json_array();
+			for (unsigned i = 0; i < s->facts.n_assets; i++) {
+				const struct installed_asset *a = &s->facts.assets[i];
+				char sha[65];
+				for (int k = 0; k < 32; k++)
+					snprintf(sha + 2 * k, 3, "%02x", a->sha256[k]);
+				json_array_append_new(
+				    assets, json_pack("{s:s,s:s,s:I}", "name", a->name, "sha256",
+						      sha, "size", (json_int_t)a->size));
+			}
+			json_object_set_new(o, "assets", assets);
+		}
 	}
 	return o;
 }

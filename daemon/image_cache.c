@@ -1,5 +1,7 @@
 #include "image_cache.h"
 
+#include "asset_module.h"
+
 #include "cleanup.h"
 #include "log.h"
 
@@ -253,26 +255,42 @@ void image_cache_put(struct image_cache *c, struct image_ref *ref)
 	free(ref);
 }
 
-int image_ref_check_assets(const struct image_ref *ref, const char *name, struct error *err)
+int image_ref_expand_assets(struct image_cache *c, const struct image_ref *ref, const char *name,
+			    struct image_ref **out, char (*names)[WIRE_NAME_MAX], unsigned room,
+			    unsigned *n_out, struct error *err)
 {
+	*n_out = 0;
 	if (!ref->bundle || ref->bundle->n_assets == 0)
 		return 0;
 	const struct bundle *b = ref->bundle;
-	error_set(err, ERR_ASSETS_NOT_FLASHABLE,
-		  "%s holds %u asset%s (%llu bytes) beside %s; flashd cannot write assets yet: "
-		  "that needs the USB control-request transport, which this build does not have",
-		  name, b->n_assets, b->n_assets == 1 ? "" : "s",
-		  (unsigned long long)bundle_assets_bytes(b), b->app_name);
-	error_detail_str(err, "file", name);
-	error_detail_int(err, "assets", b->n_assets);
-	error_detail_int(err, "bytes", (long long)bundle_assets_bytes(b));
-	error_detail_str(err, "reason", "no transport writes assets (control requests)");
-	error_detail_str(err, "transport", "control-request");
-	error_hint(err,
-		   "flash the application alone (unzip %s and flash %s), and the assets with "
-		   "'particle flash --local %s' on a device running Device OS 5.5 or later",
-		   name, b->app_name, name);
-	return -1;
+	if (b->n_assets > room) {
+		error_set(err, ERR_ASSETS_NOT_FLASHABLE,
+			  "%s holds %u assets; with its application and the job's other files "
+			  "that is more than the %d files one job writes",
+			  name, b->n_assets, WIRE_IMAGES_MAX);
+		error_detail_str(err, "file", name);
+		error_detail_int(err, "assets", b->n_assets);
+		error_detail_int(err, "bytes", (long long)bundle_assets_bytes(b));
+		error_detail_int(err, "limit", WIRE_IMAGES_MAX);
+		error_detail_str(err, "reason", "too many files for one job");
+		error_hint(err, "flash the bundle alone, or split its assets over several jobs");
+		return -1;
+	}
+	for (unsigned i = 0; i < b->n_assets; i++) {
+		const struct bundle_asset *a = &b->assets[i];
+		uint8_t *m;
+		size_t len;
+		if (asset_module_build(a->name, a->data, a->size, &m, &len, err) < 0 ||
+		    image_cache_load_buffer(c, m, len, a->name, &out[i], err) < 0) {
+			error_detail_str(err, "file", name);
+			for (unsigned k = 0; k < i; k++)
+				image_cache_put(c, out[k]);
+			return -1;
+		}
+		snprintf(names[i], WIRE_NAME_MAX, "%s%s", BUNDLE_ASSETS_DIR, a->name);
+		*n_out = i + 1;
+	}
+	return 0;
 }
 
 /* ---- reading a client's file off the loop -------------------------------- */

@@ -73,8 +73,14 @@ size_t image_cache_bytes(const struct image_cache *c);
 size_t image_cache_count(const struct image_cache *c);
 
 /*
- * Until an asset-writing step exists: fails with assets-not-flashable when ref
- * is a bundle with assets (a bundle of the application alone flashes like the
- * .bin).  name names the file in the message.
+ * A bundle's assets as files of the job (issue 14): for each asset of ref's
+ * bundle, its asset module (proto/asset_module.h) as a new reference in out[]
+ * and "assets/NAME" in names[]; the planner writes them by control request
+ * after the application and skips those the device holds.  *n_out = how many
+ * (0 for anything but a bundle with assets).  Fails with assets-not-flashable
+ * when they do not fit into room more files of the job, or with the asset
+ * builder's and the cache's errors (nothing is kept then).
  */
-int image_ref_check_assets(const struct image_ref *ref, const char *name, struct error *err);
+int image_ref_expand_assets(struct image_cache *c, const struct image_ref *ref, const char *name,
+			    struct image_ref **out, char (*names)[WIRE_NAME_MAX], unsigned room,
+			    unsigned *n_out, struct error *err);

@@ -17,6 +17,8 @@ static void report(struct job *job, const struct job_plan *jp, const struct pref
 		job_note(job, "skipped", "%s: %s", in[p->skipped[i]].name, p->skip_reason[i]);
 	for (size_t i = 0; i < p->n_warnings; i++)
 		job_note(job, "plan-warning", "%s", p->warnings[i]);
+	for (size_t i = 0; i < p->n_unverified; i++)
+		job_note(job, "not-skipped", "%s", p->unverified[i]);
 	for (size_t i = 0; i < p->n_overrides; i++)
 		job_note(job, "forced", "--force overrode: %s", p->overrides[i]);
 }
@@ -56,6 +58,10 @@ int job_plan_make(struct job *job, const struct device_facts *facts, enum device
 	for (int t = 0; t < PLAN_TRANSPORT_COUNT; t++)
 		if (job_transport(job, plan_transport_name((enum plan_transport)t)))
 			po.transports |= 1u << t;
+	/* no tty (the registry keeps it across DFU mode, whose read-back does not know
+	 * it): neither the console nor the magic bauds reach the running device */
+	if (facts->no_tty || job_device(job)->facts.no_tty)
+		po.transports &= ~(1u << PLAN_TRANSPORT_SERIAL);
 	if (rc == 0)
 		rc = plan_build(facts, in, n, &po, &jp->plan, err);
 	if (rc == 0)

@@ -1,5 +1,6 @@
 #include "plan.h"
 
+#include "asset_module.h"
 #include "capability.h"
 #include "osver.h"
 #include "platform.h"
@@ -91,13 +92,16 @@ struct plan_capability {
 #define US FN_BIT(MODULE_FUNCTION_USER)
 #define RS FN_BIT(MODULE_FUNCTION_RADIO_STACK)
 #define NC FN_BIT(MODULE_FUNCTION_NCP)
+#define AS FN_BIT(MODULE_FUNCTION_ASSET)
 /* clang-format off */
 static const struct plan_capability capabilities[] = {
 	/* transport            chip            platform  system range  functions */
 	{PLAN_TRANSPORT_SERIAL, MCU_STM32F205,  0,  0, 6000, B | MO | SY | US},
 	{PLAN_TRANSPORT_SERIAL, MCU_NRF52840,   0,  0, 6000, B | SY | US | RS},
 	{PLAN_TRANSPORT_SERIAL, MCU_NRF52840,  12,  0, 6000, NC}, /* Argon ESP32 */
-	{PLAN_TRANSPORT_SERIAL, MCU_NRF52840,  26,  0, 6000, NC}, /* Tracker ESP32 */
+	/* Tracker ESP32: Device OS 5.6.0 set HAL_PLATFORM_NCP_UPDATES_DISABLED
+	 * (hal/src/tracker/hal_platform_config.h): the system updates it itself */
+	{PLAN_TRANSPORT_SERIAL, MCU_NRF52840,  26,  0, 5600, NC},
 	{PLAN_TRANSPORT_SERIAL, MCU_RTL8721D,   0,  0, 6000, B | SY | US},
 	{PLAN_TRANSPORT_DFU,    MCU_STM32F205,  0,  0,    0, MO | SY | US},
 	{PLAN_TRANSPORT_DFU,    MCU_STM32F103,  0,  0,    0, MO | SY | US},
@@ -108,6 +112,14 @@ static const struct plan_capability capabilities[] = {
 	 * updateFirmware()) */
 	{PLAN_TRANSPORT_CTRL,   MCU_NRF52840,   0, 6000,  0, B},
 	{PLAN_TRANSPORT_CTRL,   MCU_RTL8721D,   0, 6000,  0, B},
+	/* The Argon's ESP32 (HAL_PLATFORM_NCP_UPDATABLE, hal/src/argon/hal_platform_config.h):
+	 * HAL_FLASH_End() hands an NCP module to platform_ncp_update_module() */
+	{PLAN_TRANSPORT_CTRL,   MCU_NRF52840,  12,    0,  0, NC},
+	/* Assets (HAL_PLATFORM_ASSETS, Gen 3 and P2 from Device OS 5.5.0): HAL_FLASH_End()
+	 * hands an asset module to AssetManager::storeAsset(); particle-cli sends them
+	 * in normal mode by the firmware-update request */
+	{PLAN_TRANSPORT_CTRL,   MCU_NRF52840,   0, 5500,  0, AS},
+	{PLAN_TRANSPORT_CTRL,   MCU_RTL8721D,   0, 5500,  0, AS},
 };
 /* clang-format on */
 #undef B
@@ -116,6 +128,7 @@ static const struct plan_capability capabilities[] = {
 #undef US
 #undef RS
 #undef NC
+#undef AS
 
 uint32_t plan_writers(const struct image_module *m, const struct platform *p,
 		      uint16_t system_version)
@@ -165,6 +178,16 @@ void plan_model_from_facts(const struct device_facts *facts, struct plan_model *
 		m->failed = im->checked & (uint16_t)~im->passed;
 		m->valid = m->failed == 0;
 		m->platform_id = model->platform_id;
+		m->bytes = im->sha256[0] ? PLAN_KNOWN : PLAN_UNKNOWN;
+		memcpy(m->sha256, im->sha256, sizeof(m->sha256));
+		m->has_crc = im->bytes == INSTALLED_BYTES_READ;
+		m->crc = im->crc;
+		if (m->bytes == PLAN_UNKNOWN)
+			m->bytes_why =
+			    im->bytes == INSTALLED_BYTES_UNREADABLE
+				? "reading its SHA-256 and CRC back from the device failed"
+			    : im->address ? "its SHA-256 and CRC were not read back"
+					  : "the device reports no hash for it";
 	}
 }
 
@@ -478,37 +501,69 @@ static void hex(const uint8_t *b, size_t n, char *out)
 }
 
 /*
- * Whether the device already holds this module, valid, in the same version and
- * with the same SHA-256 (from `s`, or from a DFU read-back of the whole module).
+ * Whether the device already holds this module identically (issue 11): same
+ * function, index and version, valid, and the same bytes as far as flashd could
+ * read them: the suffix's SHA-256 (from `s`, or read over DFU from the end
+ * address the installed prefix names) and, over DFU, the stored CRC-32.  A module
+ * whose bytes could not be read is never identical by its version alone (an
+ * application's version is its ABI number; a rebuilt system part keeps its
+ * version): it is written, and *unverified says why.
  */
-static bool installed_identically(const struct device_facts *facts, const struct image_module *m,
-				  char *why, size_t size)
+static bool installed_identically(const struct plan_model *model, const struct image_module *m,
+				  char *why, size_t size, char *unverified, size_t usize)
 {
-	for (unsigned i = 0; i < facts->n_modules && i < DEVICE_FACTS_MAX_MODULES; i++) {
-		const struct installed_module *im = &facts->modules[i];
-		if (im->store != MODULE_STORE_MAIN || im->function != m->function ||
-		    im->index != m->index)
-			continue;
-		if (im->version != m->version || !installed_module_valid(im) || !im->checked)
-			return false;
-		char words[48];
-		module_words(m->function, m->index, words, sizeof(words));
-		if (im->sha256[0] && m->has_suffix) {
-			char sha[65];
-			hex(m->sha256, 32, sha);
-			if (strcmp(sha, im->sha256) != 0)
-				return false;
-			snprintf(
-			    why, size,
-			    "the device has this %s already (version %u, same SHA-256 %.12s\u2026)",
-			    words, m->version, sha);
-			return true;
-		}
-		/* Without a hash nothing says the bytes are the same (an application's
-		 * version is its ABI number; a rebuilt system part keeps its version):
-		 * write it. */
+	if (m->function == MODULE_FUNCTION_ASSET)
+		return false; /* plan_build() asks asset_installed() with the file */
+	const struct plan_module *im;
+	if (plan_model_lookup(model, m->function, m->index, &im) != PLAN_KNOWN ||
+	    im->version != m->version || !im->valid)
+		return false;
+	char words[48];
+	module_words(m->function, m->index, words, sizeof(words));
+	if (im->bytes != PLAN_KNOWN || !m->has_suffix) {
+		snprintf(unverified, usize,
+			 "the device has %s version %u already, but %s: written, since the same "
+			 "version does not prove the same bytes",
+			 words, m->version,
+			 !m->has_suffix ? "the file has no suffix to compare" : im->bytes_why);
 		return false;
 	}
+	char sha[65];
+	hex(m->sha256, 32, sha);
+	if (strcmp(sha, im->sha256) != 0 || (im->has_crc && im->crc != m->crc_stored))
+		return false;
+	if (im->has_crc)
+		snprintf(why, size,
+			 "the device has this %s already (version %u, same SHA-256 %.12s\u2026 "
+			 "and CRC-32 %08x, read back from the device)",
+			 words, m->version, sha, m->crc_stored);
+	else
+		snprintf(why, size,
+			 "the device has this %s already (version %u, same SHA-256 %.12s\u2026)",
+			 words, m->version, sha);
+	return true;
+}
+
+/* An asset module the device's asset store holds already (same name, same
+ * SHA-256 of the raw bytes), as GET_ASSET_INFO reported it. */
+static bool asset_installed(const struct device_facts *facts, const struct image *img, char *why,
+			    size_t size)
+{
+	struct asset_module_info a;
+	if (!facts->assets_known || img->n_modules != 1 ||
+	    img->modules[0].function != MODULE_FUNCTION_ASSET ||
+	    asset_module_read(img->data, img->len, &a) < 0)
+		return false;
+	for (unsigned i = 0; i < facts->n_assets && i < DEVICE_FACTS_MAX_ASSETS; i++)
+		if (strcmp(facts->assets[i].name, a.name) == 0 &&
+		    memcmp(facts->assets[i].sha256, a.sha256, 32) == 0) {
+			char sha[65];
+			hex(a.sha256, 32, sha);
+			snprintf(why, size,
+				 "the device has the asset %s already (same SHA-256 %.12s\u2026)",
+				 a.name, sha);
+			return true;
+		}
 	return false;
 }
 
@@ -539,6 +594,8 @@ static int try_file(struct plan_model *model, const struct preflight_input *in,
 {
 	for (unsigned k = 0; k < in->img->n_modules; k++) {
 		const struct image_module *m = &in->img->modules[k];
+		if (m->function == MODULE_FUNCTION_ASSET)
+			continue; /* the asset store is not a module slot */
 		if (update_check(model, m, in->name, warn, n_warn, err) < 0)
 			return -1;
 		model_apply(model, m, in->name);
@@ -701,10 +758,15 @@ static void add_switch(struct plan *plan, enum device_mode from, enum plan_trans
 }
 
 /* The transport the device is in (no switch needed), if any. */
-static int current_transport(const struct device_facts *facts, enum device_mode mode)
+static int current_transport(const struct device_facts *facts, enum device_mode mode,
+			     uint32_t built)
 {
 	if (mode == DEVICE_MODE_DFU)
 		return PLAN_TRANSPORT_DFU;
+	/* without the serial transport (no tty: job_plan.c) a running device takes
+	 * control requests as it is */
+	if (!(built & T_BIT(PLAN_TRANSPORT_SERIAL)) && (built & T_BIT(PLAN_TRANSPORT_CTRL)))
+		return PLAN_TRANSPORT_CTRL;
 	if (mode == DEVICE_MODE_LISTENING)
 		return PLAN_TRANSPORT_SERIAL;
 	/* normal, safe, unknown: listening mode is one 28800 away on <= 5.x; on 6.x the
@@ -722,7 +784,8 @@ static int current_transport(const struct device_facts *facts, enum device_mode 
 static enum plan_transport verifier(const struct platform *p, uint16_t sysver, uint32_t built)
 {
 	if ((built & T_BIT(PLAN_TRANSPORT_CTRL)) &&
-	    !capability_has(CAPABILITY_LISTENING_CONSOLE, p, sysver, true) &&
+	    (!(built & T_BIT(PLAN_TRANSPORT_SERIAL)) ||
+	     !capability_has(CAPABILITY_LISTENING_CONSOLE, p, sysver, true)) &&
 	    capability_has(CAPABILITY_CONTROL_REQUESTS, p, sysver, false))
 		return PLAN_TRANSPORT_CTRL;
 	return PLAN_TRANSPORT_SERIAL;
@@ -733,6 +796,47 @@ static int no_writer(const struct preflight_input *in, const struct image_module
 {
 	char words[48];
 	module_words(m->function, m->index, words, sizeof(words));
+	const struct platform *p = facts->platform;
+	const char *pname = p ? p->display : "this device";
+	if (m->function == MODULE_FUNCTION_NCP && !(m->flags & IMAGE_FLAG_ENCRYPTED)) {
+		const char *why =
+		    !p ? "its platform is not known, and only the Argon's NCP takes firmware from "
+			 "a host"
+		    : p->id == 26
+			? "Device OS 5.6.0 and later update the Tracker's ESP32 themselves "
+			  "(HAL_PLATFORM_NCP_UPDATES_DISABLED)"
+		    : p->id == 12
+			? "no transport of this build reaches the Argon's NCP on this Device OS"
+			: "its network coprocessor is not updatable from a host (Device OS sets "
+			  "HAL_PLATFORM_NCP_UPDATABLE for the Argon only)";
+		error_set(err, ERR_NCP_NOT_UPDATABLE,
+			  "%s (NCP firmware) cannot be written to %s: %s", in->name, pname, why);
+		if (p) {
+			error_detail_str(err, "platform", p->name);
+			error_detail_int(err, "platform_id", p->id);
+		}
+		error_detail_str(err, "device_os", facts->os_version);
+		error_detail_str(err, "reason", why);
+		error_detail_str(err, "file", in->name);
+		return -1;
+	}
+	if (m->function == MODULE_FUNCTION_ASSET) {
+		const char *why =
+		    p && p->mcu != MCU_NRF52840 && p->mcu != MCU_RTL8721D
+			? "only Gen 3 and P2-family devices have an asset store"
+			: "assets need Device OS 5.5.0 or later (HAL_PLATFORM_ASSETS), written by "
+			  "USB control request";
+		error_set(err, ERR_ASSETS_NOT_FLASHABLE,
+			  "the asset %s cannot be written to %s%s%s: %s", in->name, pname,
+			  facts->os_version[0] ? " on Device OS " : "", facts->os_version, why);
+		if (p)
+			error_detail_str(err, "platform", p->name);
+		error_detail_str(err, "device_os", facts->os_version);
+		error_detail_str(err, "reason", why);
+		error_detail_str(err, "file", in->name);
+		error_detail_str(err, "transport", "ctrl");
+		return -1;
+	}
 	const char *why =
 	    (m->flags & IMAGE_FLAG_ENCRYPTED)
 		? "encrypted modules are written by Particle's tools only"
@@ -775,9 +879,17 @@ int plan_build(const struct device_facts *facts, const struct preflight_input *f
 		todo[i] = true;
 		const struct image *img = files[i].img;
 		bool same = !opts->force && !opts->rewrite && img->n_modules > 0;
-		char why[160] = "";
-		for (unsigned k = 0; same && k < img->n_modules; k++)
-			same = installed_identically(facts, &img->modules[k], why, sizeof(why));
+		char why[200] = "", unverified[PLAN_NOTE_LEN] = "";
+		if (same && img->modules[0].function == MODULE_FUNCTION_ASSET)
+			same = asset_installed(facts, img, why, sizeof(why));
+		else
+			for (unsigned k = 0; same && k < img->n_modules; k++)
+				same = installed_identically(before, &img->modules[k], why,
+							     sizeof(why), unverified,
+							     sizeof(unverified));
+		if (!same && unverified[0])
+			add_line(plan->unverified, &plan->n_unverified, "%s: %s", files[i].name,
+				 unverified);
 		if (same) {
 			todo[i] = false;
 			plan->skipped[plan->n_skipped] = i;
@@ -876,7 +988,7 @@ int plan_build(const struct device_facts *facts, const struct preflight_input *f
 					sysver = in->img->modules[k].version;
 		}
 		if (rc == 0) {
-			int cur = current_transport(facts, opts->mode);
+			int cur = current_transport(facts, opts->mode, built);
 			if (cur >= 0 && !(built & T_BIT(cur)))
 				cur = -1;
 			int chosen = -1;
@@ -979,12 +1091,16 @@ static void step_module_words(const struct plan_step *s, char *buf, size_t size)
 		snprintf(buf, size, "%u modules", s->img->n_modules);
 		return;
 	}
+	if (s->img->modules[0].function == MODULE_FUNCTION_ASSET && s->img->modules[0].name[0]) {
+		snprintf(buf, size, "asset %s", s->img->modules[0].name); /* its NAME extension */
+		return;
+	}
 	module_words(s->img->modules[0].function, s->img->modules[0].index, buf, size);
 }
 
 void plan_step_describe(const struct plan_step *s, char *buf, size_t size)
 {
-	char words[64];
+	char words[96];
 	switch (s->kind) {
 	case PLAN_STEP_SWITCH:
 		snprintf(buf, size, "switching to %s mode (%s)",
@@ -1046,7 +1162,7 @@ void plan_summary(const struct plan *plan, char *buf, size_t size)
 		for (size_t i = 0; i < plan->n_steps; i++) {
 			if (plan->steps[i].kind != PLAN_STEP_WRITE)
 				continue;
-			char words[64];
+			char words[96];
 			step_module_words(&plan->steps[i], words, sizeof(words));
 			PUT("%s%s", w++ ? ", " : "", words);
 		}
@@ -1111,6 +1227,10 @@ json_t *plan_to_json(const struct plan *plan)
 	for (size_t i = 0; i < plan->n_overrides; i++)
 		json_array_append_new(ov, json_string(plan->overrides[i]));
 	json_object_set_new(o, "overrides", ov);
+	json_t *un = json_array();
+	for (size_t i = 0; i < plan->n_unverified; i++)
+		json_array_append_new(un, json_string(plan->unverified[i]));
+	json_object_set_new(o, "unverified", un);
 	json_object_set_new(o, "writes", json_integer((json_int_t)plan->n_writes));
 	json_object_set_new(o, "bytes", json_integer((json_int_t)plan->bytes));
 	json_object_set_new(o, "estimate_s", json_real(plan->estimate_ms / 1000.0));

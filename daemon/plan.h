@@ -84,6 +84,14 @@ struct plan_module {
 	uint16_t failed;  /* failed checks the device reported (checked & ~passed) */
 	const char *file; /* written by the job: its file name; NULL = installed */
 	uint16_t platform_id;
+	/* Its bytes (issue 11): PLAN_KNOWN with the suffix's SHA-256 (and, when read over
+	 * DFU, the stored CRC-32), PLAN_UNKNOWN when flashd could not read them (bytes_why
+	 * says why).  Identical = same function, index, version and these. */
+	enum plan_presence bytes;
+	char sha256[65]; /* hex, lowercase */
+	bool has_crc;
+	uint32_t crc;
+	const char *bytes_why; /* PLAN_UNKNOWN: "reading its suffix over DFU failed" */
 };
 
 /* The device's main-store modules, and whether a missing one is absent or unknown. */
@@ -104,13 +112,17 @@ struct plan {
 	size_t n_order;
 	/* files skipped as already installed: index and why */
 	size_t skipped[PREFLIGHT_MAX_IMAGES];
-	char skip_reason[PREFLIGHT_MAX_IMAGES][160];
+	char skip_reason[PREFLIGHT_MAX_IMAGES][200];
 	size_t n_skipped;
 	/* warnings (unknown modules, modules already invalid) and what --force overrode */
 	char warnings[PLAN_MAX_NOTES][PLAN_NOTE_LEN];
 	size_t n_warnings;
 	char overrides[PLAN_MAX_NOTES][PLAN_NOTE_LEN];
 	size_t n_overrides;
+	/* files written although the device holds the same version, because flashd
+	 * could not read the installed bytes to compare (issue 11): why */
+	char unverified[PLAN_MAX_NOTES][PLAN_NOTE_LEN];
+	size_t n_unverified;
 	uint64_t bytes;
 	unsigned estimate_ms;
 	enum plan_transport first_transport; /* transport of the first write */
@@ -158,7 +170,7 @@ WARN_UNUSED_RESULT int plan_build(const struct device_facts *facts,
 				  struct error *err);
 
 /* The plan for people and clients: {"steps":[...],"skipped":[...],"warnings":[...],
- * "overrides":[...],"bytes":N,"estimate_s":S,"writes":N}. */
+ * "overrides":[...],"unverified":[...],"bytes":N,"estimate_s":S,"writes":N}. */
 json_t *plan_to_json(const struct plan *plan);
 /* One line: "2 writes over serial (bootloader, system part 1), 512 KiB, about 40 s; 1 file
  * installed already". */

@@ -76,14 +76,15 @@ void preflight_rules_ctrl(const struct device_facts *dev, struct preflight_rules
 	 * (system/src/control/ ... firmware_update: start with the size, chunks,
 	 * finish; the module is validated and applied at the next reset). */
 	rules->functions = FN_BIT(MODULE_FUNCTION_BOOTLOADER) | FN_BIT(MODULE_FUNCTION_SYSTEM) |
-			   FN_BIT(MODULE_FUNCTION_USER) | FN_BIT(MODULE_FUNCTION_RADIO_STACK);
+			   FN_BIT(MODULE_FUNCTION_USER) | FN_BIT(MODULE_FUNCTION_RADIO_STACK) |
+			   FN_BIT(MODULE_FUNCTION_ASSET);
 	const struct platform *p = dev->platform;
 	if (p && p->id == 12)
 		rules->functions |=
 		    FN_BIT(MODULE_FUNCTION_NCP); /* Argon: HAL_PLATFORM_NCP_UPDATABLE */
 	rules->compressed = true;
 	rules->combined = true;
-	rules->why_not = "the firmware-update request takes modules with a slot only";
+	rules->why_not = "the firmware-update request takes modules with a slot and assets only";
 }
 
 void preflight_rules_serial(const struct device_facts *dev, struct preflight_rules *rules)
@@ -251,8 +252,8 @@ static int check_platform(const struct device_facts *dev, const char *label, con
 			  const struct image_module *m, struct error *err)
 {
 	const struct platform *dp = dev->platform;
-	if (!dp || m->platform_id == dp->id)
-		return 0;
+	if (!dp || m->platform_id == dp->id || m->function == MODULE_FUNCTION_ASSET)
+		return 0; /* asset modules name no platform (particle-cli exempts them too) */
 	char buf[48];
 	const struct platform *ip = platform_by_id(m->platform_id);
 	const char *iname = platform_label(m->platform_id, buf, sizeof(buf));

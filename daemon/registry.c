@@ -20,6 +20,9 @@ struct registry {
 static const struct timeout_def registry_timeouts[] = {
     {"registry_forget_ms", 10 * 60 * 1000,
      "how long a removed device keeps its identity for when it comes back"},
+    {"registry_tty_settle_ms", 2000,
+     "a running device whose CDC interface has no tty node this long after it appeared is "
+     "taken as having none (control requests only)"},
     {0},
 };
 
@@ -79,6 +82,8 @@ static void device_free(struct device *d)
 		return;
 	if (d->forget_timer)
 		event_free(d->forget_timer);
+	if (d->tty_timer)
+		event_free(d->tty_timer);
 	free(d);
 }
 
@@ -110,7 +115,7 @@ static void notify(struct registry *r, struct device *d, enum registry_change c)
 
 bool registry_device_ready(const struct device *d)
 {
-	return d->s.present && (d->s.mode == DEVICE_MODE_DFU || d->s.tty[0]);
+	return d->s.present && (d->s.mode == DEVICE_MODE_DFU || d->s.tty[0] || d->s.facts.no_tty);
 }
 
 struct device *registry_first(struct registry *r)
@@ -224,9 +229,27 @@ static void set_tty_node(struct device *d, const struct registry_node *n)
 		return;
 	snprintf(d->s.tty, sizeof(d->s.tty), "%s", n->devnode);
 	snprintf(d->tty_syspath, sizeof(d->tty_syspath), "%s", n->syspath);
+	d->s.facts.no_tty = false;
+	if (d->tty_timer)
+		evtimer_del(d->tty_timer);
 }
 
 static void forget_cb(evutil_socket_t fd, short what, void *arg);
+
+/* No tty came for a running CDC device (no cdc_acm binding, or udev rules hide
+ * it): only control requests reach it (device_facts.no_tty; the ctrl transport). */
+static void tty_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct device *d = arg;
+	if (!d->s.present || d->s.tty[0] || d->s.mode == DEVICE_MODE_DFU || d->s.facts.no_tty)
+		return;
+	d->s.facts.no_tty = true;
+	log_info("device %s has no tty %u ms after it appeared: control requests only", d->s.key,
+		 timeout_ms("registry_tty_settle_ms"));
+	notify(d->registry, d, REGISTRY_CHANGED);
+}
 
 static struct device *device_new(struct registry *r)
 {
@@ -248,7 +271,9 @@ static struct device *device_new(struct registry *r)
 		return NULL;
 	d->registry = r;
 	d->forget_timer = evtimer_new(r->base, forget_cb, d);
-	if (!d->forget_timer) { /* out of memory: the device is not tracked (callers log it) */
+	d->tty_timer = evtimer_new(r->base, tty_cb, d);
+	if (!d->forget_timer ||
+	    !d->tty_timer) { /* out of memory: the device is not tracked (callers log it) */
 		device_free(d);
 		return NULL;
 	}
@@ -317,6 +342,11 @@ void registry_node_added(struct registry *r, const struct registry_node *n)
 		make_key(r, d, id, n->port_path);
 	d->s.present = true;
 	d->generation++;
+	if (d->s.mode != DEVICE_MODE_DFU && !d->s.tty[0] && d->tty_timer) {
+		struct timeval tv = {timeout_ms("registry_tty_settle_ms") / 1000,
+				     (timeout_ms("registry_tty_settle_ms") % 1000) * 1000};
+		evtimer_add(d->tty_timer, &tv);
+	}
 	notify(r, d, REGISTRY_ADDED);
 }
 
@@ -338,6 +368,7 @@ void registry_node_removed(struct registry *r, const char *syspath)
 			d->s.usb_devnode[0] = '\0';
 			/* What the device was doing is no longer known once it left. */
 			d->s.facts.modules_known = false;
+			d->s.facts.assets_known = false;
 			struct timeval tv = {timeout_ms("registry_forget_ms") / 1000,
 					     (timeout_ms("registry_forget_ms") % 1000) * 1000};
 			evtimer_add(d->forget_timer, &tv);
@@ -366,6 +397,14 @@ void registry_update_facts(struct registry *r, struct device *dev, const struct 
 	}
 	if (f->protection != DEVICE_PROTECTION_UNKNOWN)
 		df->protection = f->protection;
+	if (f->no_tty && !dev->s.tty[0])
+		df->no_tty = true;
+	if (f->assets_known) {
+		df->n_assets =
+		    f->n_assets <= DEVICE_FACTS_MAX_ASSETS ? f->n_assets : DEVICE_FACTS_MAX_ASSETS;
+		memcpy(df->assets, f->assets, df->n_assets * sizeof(df->assets[0]));
+		df->assets_known = true;
+	}
 	notify(r, dev, REGISTRY_CHANGED);
 }
 

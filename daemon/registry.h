@@ -49,6 +49,7 @@ struct device {
 	char tty_syspath[DEVICE_PATH_MAX];
 	struct job *job; /* the job holding it, or NULL */
 	struct event *forget_timer;
+	struct event *tty_timer;  /* a running CDC device's tty not there yet (facts.no_tty) */
 	bool colliding;		  /* another device reported the same id */
 	unsigned long generation; /* bumps on every re-appearance */
 };

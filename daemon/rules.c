@@ -35,6 +35,11 @@ struct rules {
 	json_t *done_pending; /* done-sets of rules not loaded (yet): kept on save */
 };
 
+struct image_cache *rules_image_cache(struct rules *r)
+{
+	return r->images;
+}
+
 void auto_config_defaults(struct auto_config *c)
 {
 	snprintf(c->rules_dir, sizeof(c->rules_dir), "%s", RULES_DIR_DEFAULT);

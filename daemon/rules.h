@@ -103,6 +103,8 @@ struct rules;
 struct rules *rules_new(const char *state_dir, const struct auto_config *cfg,
 			struct image_cache *images);
 void rules_free(struct rules *r);
+/* The image cache the rules' files are in (a bundle's assets are added from it). */
+struct image_cache *rules_image_cache(struct rules *r);
 /* Loads the socket rules and the done-sets from the state directory, then the
  * rule files.  Problems are logged; what can be loaded is. */
 void rules_load(struct rules *r);

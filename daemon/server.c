@@ -470,14 +470,20 @@ static int load_images(struct client *c, const struct wire_flash *f, struct job_
 		snprintf(jr->names[i], sizeof(jr->names[i]), "%s", f->images[i].name);
 		jr->n_images = i + 1;
 	}
-	/* Bundles: assets have no writer yet (image_cache.h); refused before any job. */
-	for (unsigned i = 0; i < jr->n_images; i++)
-		if (image_ref_check_assets(jr->images[i], jr->names[i], err) < 0) {
+	/* Bundles: each asset becomes a file of the job (an asset module), after the others. */
+	unsigned n_files = jr->n_images;
+	for (unsigned i = 0; i < n_files; i++) {
+		unsigned n = 0;
+		if (image_ref_expand_assets(c->srv->images, jr->images[i], jr->names[i],
+					    &jr->images[jr->n_images], &jr->names[jr->n_images],
+					    WIRE_IMAGES_MAX - jr->n_images, &n, err) < 0) {
 			for (unsigned k = 0; k < jr->n_images; k++)
 				image_cache_put(c->srv->images, jr->images[k]);
 			jr->n_images = 0;
 			return -1;
 		}
+		jr->n_images += n;
+	}
 	return 0;
 }
 

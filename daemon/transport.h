@@ -348,6 +348,13 @@ struct transport_ops {
 	/* Releases everything; called by the core after job_step_done() or at
 	 * shutdown.  Must accept NULL.  May not call any job_*() function. */
 	void (*free)(struct transport_run *run);
+	/*
+	 * Optional.  The transport's own verdict on what its VERIFY step read, after
+	 * the core's (job_verdict(): every module valid): e.g. the assets a job wrote
+	 * are in the device's asset store.  0, or -1 with err set: the job ends
+	 * failed, outcome "booted-invalid".  May add notes.
+	 */
+	int (*verdict)(struct job *job, const struct device_facts *now, struct error *err);
 	/* WRITE makes checks only the device can answer (read from it in its mode)
 	 * before its first byte: a dry run runs them as a CHECK step. */
 	bool checks_on_device;

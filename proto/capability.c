@@ -31,6 +31,7 @@ struct capability_row {
 #define V0_8_0_RC1 300	/* first Gen 2 release with control requests */
 #define V3_0_0	   3000 /* below every 3.0.0 build (3.0.0 ships 3005) */
 #define V3_1_0	   3100 /* the Gen 3 flash layout change (3.1.0 ships 3103) */
+#define V5_6_0	   5600 /* Tracker NCP updates disabled (HAL_PLATFORM_NCP_UPDATES_DISABLED) */
 #define V6_0_0	   6000
 
 /* clang-format off */
@@ -52,8 +53,12 @@ static const struct capability_row rows[] = {
 	 * 0.9.0 (the first release) on Gen 3. */
 	{.cap = CAPABILITY_CONTROL_REQUESTS, .mcus = GEN2, .since = V0_8_0_RC1},
 	{.cap = CAPABILITY_CONTROL_REQUESTS, .mcus = GEN3 | P2_FAMILY},
-	/* The ESP32 of the Argon (12) and the Tracker (26). */
-	{.cap = CAPABILITY_UPDATABLE_NCP, .mcus = GEN3, .platforms = PLATFORM(12) | PLATFORM(26)},
+	/* The ESP32 of the Argon (12: HAL_PLATFORM_NCP_UPDATABLE in
+	 * hal/src/argon/hal_platform_config.h) and of the Tracker (26) until 5.6.0 set
+	 * HAL_PLATFORM_NCP_UPDATES_DISABLED (platform_ncp_update_module() then answers
+	 * NOT_SUPPORTED). */
+	{.cap = CAPABILITY_UPDATABLE_NCP, .mcus = GEN3, .platforms = PLATFORM(12)},
+	{.cap = CAPABILITY_UPDATABLE_NCP, .mcus = GEN3, .platforms = PLATFORM(26), .until = V5_6_0},
 };
 /* clang-format on */
 

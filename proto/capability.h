@@ -34,8 +34,8 @@ enum capability {
 	 * enterDfuMode() and friends): Gen 2 since 0.8.0, Gen 3 and P2 always,
 	 * never the Core. */
 	CAPABILITY_CONTROL_REQUESTS,
-	/* An ESP32 network coprocessor whose firmware can be updated (Argon,
-	 * Tracker). */
+	/* An ESP32 network coprocessor whose firmware a host can update: the
+	 * Argon; the Tracker before Device OS 5.6.0. */
 	CAPABILITY_UPDATABLE_NCP,
 	CAPABILITY__COUNT
 };

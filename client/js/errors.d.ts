@@ -23,6 +23,7 @@ export type ErrorCode =
   | "dependency-unmet"
   | "not-flashable-here"
   | "assets-not-flashable"
+  | "ncp-not-updatable"
   | "device-protected"
   | "device-not-found"
   | "ambiguous-target"
@@ -31,6 +32,7 @@ export type ErrorCode =
   | "permission-denied"
   | "device-rejected"
   | "booted-invalid"
+  | "asset-not-stored"
   | "request-unsupported"
   | "timed-out"
   | "transfer-failed"
@@ -91,7 +93,8 @@ export interface ErrorDetails {
   "image-too-large": CommonDetail & { size?: number; limit?: number; slot_start?: number; slot_end?: number };
   "dependency-unmet": CommonDetail & { required_function?: string; required_index?: number; required_version?: number; required_release?: string; installed_version?: number; installed_release?: string; module_function?: string; module_index?: number; module_version?: number; check?: string; broken_module?: string; system_error?: string; device_code?: number; request?: string };
   "not-flashable-here": CommonDetail & { module_function?: string; transport?: string; reason?: string };
-  "assets-not-flashable": CommonDetail & { assets?: number; bytes?: number; reason?: string; transport?: string };
+  "assets-not-flashable": CommonDetail & { assets?: number; bytes?: number; reason?: string; transport?: string; platform?: string; device_os?: string; file?: string; asset?: string; limit?: number };
+  "ncp-not-updatable": CommonDetail & { platform?: string; platform_id?: number; device_os?: string; reason?: string; file?: string };
   "device-protected": CommonDetail & { protection?: string; reason?: string; dfu_state?: number; dfu_status?: number; address?: number; module_version?: number; minimum_version?: number; system_error?: string; device_code?: number; request?: string };
   "device-not-found": CommonDetail & { target?: string; waited_s?: number };
   "ambiguous-target": CommonDetail & { candidates?: unknown[]; target?: string };
@@ -100,6 +103,7 @@ export interface ErrorDetails {
   "permission-denied": CommonDetail & { path?: string; errno?: number; operation?: string };
   "device-rejected": CommonDetail & { cause?: string; device_code?: number; device_text?: string; dfu_state?: number; dfu_status?: number; diagnosis?: string; phase?: string; alt?: number; address?: number; chunk?: number; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[]; block?: number; bytes_sent?: number; system_error?: string; request?: string };
   "booted-invalid": CommonDetail & { failed_checks?: unknown[]; mode?: string; module_function?: string; invalid_modules?: unknown[] };
+  "asset-not-stored": CommonDetail & { asset?: string; sha256?: string; file?: string; reason?: string };
   "request-unsupported": CommonDetail & { request?: string; request_type?: number; system_error?: string; device_code?: number; device_os?: string; reason?: string };
   "timed-out": CommonDetail & { target?: string; phase?: string; timeout_ms?: number; block?: number; bytes_sent?: number; waited_s?: number; address?: number; chunk?: number; alt?: number; usb_trace?: unknown[]; dfu_state?: number; dfu_status?: number; system_error?: string; device_code?: number; request?: string };
   "transfer-failed": CommonDetail & { phase?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; dfu_state?: number; dfu_status?: number; usb_error?: string; reason?: string; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[]; system_error?: string; device_code?: number; request?: string; service_status?: string };

@@ -35,6 +35,8 @@ const char *ctrl_request_name(unsigned type)
 		return "get-device-mode";
 	case CTRL_REQ_GET_MODULE_INFO:
 		return "get-module-info";
+	case CTRL_REQ_GET_ASSET_INFO:
+		return "get-asset-info";
 	case CTRL_REQ_START_FIRMWARE_UPDATE:
 		return "start-firmware-update";
 	case CTRL_REQ_FINISH_FIRMWARE_UPDATE:

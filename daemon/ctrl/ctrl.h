@@ -54,6 +54,7 @@ enum ctrl_request_type {
 	CTRL_REQ_STOP_LISTENING = 71,
 	CTRL_REQ_GET_DEVICE_MODE = 72,
 	CTRL_REQ_GET_MODULE_INFO = 90,
+	CTRL_REQ_GET_ASSET_INFO = 91, /* Device OS 5.6.0+ on platforms with assets */
 	CTRL_REQ_START_FIRMWARE_UPDATE = 250,
 	CTRL_REQ_FINISH_FIRMWARE_UPDATE = 251,
 	CTRL_REQ_CANCEL_FIRMWARE_UPDATE = 252,
@@ -182,6 +183,7 @@ enum ctrl_op {
 	CTRL_OP_START_LISTENING,
 	CTRL_OP_STOP_LISTENING,
 	CTRL_OP_RESET,
+	CTRL_OP_ASSET_INFO, /* assets: the asset store (-120 before Device OS 5.6.0) */
 };
 const char *ctrl_op_name(enum ctrl_op op);
 
@@ -197,7 +199,9 @@ struct ctrl_result {
 	struct installed_module modules[DEVICE_FACTS_MAX_MODULES];
 	unsigned n_modules;
 	bool modules_deprecated_format; /* the reply used modules_deprecated (< 5.6.0) */
-	unsigned busy_retries;		/* INITs the device answered BUSY (then retried) */
+	struct installed_asset assets[DEVICE_FACTS_MAX_ASSETS]; /* available ones */
+	unsigned n_assets;
+	unsigned busy_retries; /* INITs the device answered BUSY (then retried) */
 };
 typedef void (*ctrl_op_done_fn)(struct ctrl *c, const struct ctrl_result *res, struct error *err,
 				void *userdata);

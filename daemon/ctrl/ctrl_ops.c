@@ -29,6 +29,7 @@ const char *ctrl_op_name(enum ctrl_op op)
 	    [CTRL_OP_START_LISTENING] = "start-listening",
 	    [CTRL_OP_STOP_LISTENING] = "stop-listening",
 	    [CTRL_OP_RESET] = "reset",
+	    [CTRL_OP_ASSET_INFO] = "asset-info",
 	};
 	return op < sizeof(names) / sizeof(names[0]) ? names[op] : "unknown";
 }
@@ -56,6 +57,8 @@ static unsigned op_request_type(enum ctrl_op op)
 		return CTRL_REQ_STOP_LISTENING;
 	case CTRL_OP_RESET:
 		return CTRL_REQ_RESET;
+	case CTRL_OP_ASSET_INFO:
+		return CTRL_REQ_GET_ASSET_INFO;
 	}
 	return 0;
 }
@@ -172,6 +175,34 @@ static int decode_modules(const struct ctrl_reply *rep, struct ctrl_result *res,
 	return 0;
 }
 
+/* GetAssetInfoReply: the available assets (required ones are the application's
+ * dependencies, which flashd reads from the file it flashes). */
+static int decode_assets(const struct ctrl_reply *rep, struct ctrl_result *res, struct error *err)
+{
+	particle_ctrl_GetAssetInfoReply *m = calloc(1, sizeof(*m));
+	if (!m)
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
+	if (decode(rep, particle_ctrl_GetAssetInfoReply_fields, m, err) < 0) {
+		free(m);
+		return -1;
+	}
+	res->n_assets = 0;
+	for (pb_size_t i = 0; i < m->available_count && i < DEVICE_FACTS_MAX_ASSETS; i++) {
+		const particle_cloud_FirmwareModuleAsset *a = &m->available[i];
+		struct installed_asset *ia = &res->assets[res->n_assets++];
+		memset(ia, 0, sizeof(*ia));
+		snprintf(ia->name, sizeof(ia->name), "%s", a->name);
+		for (char *c = ia->name; *c; c++) /* the device's text, shown to people */
+			if ((unsigned char)*c < 0x20 || *c == 0x7f)
+				*c = '?';
+		if (a->hash.size == 32)
+			memcpy(ia->sha256, a->hash.bytes, 32);
+		ia->size = a->size;
+	}
+	free(m);
+	return 0;
+}
+
 static void copy_text(struct ctrl_result *res, const char *s)
 {
 	snprintf(res->text, sizeof(res->text), "%s", s);
@@ -217,6 +248,8 @@ static int decode_result(const struct ctrl_reply *rep, struct ctrl_result *res, 
 	}
 	case CTRL_OP_MODULE_INFO:
 		return decode_modules(rep, res, err);
+	case CTRL_OP_ASSET_INFO:
+		return decode_assets(rep, res, err);
 	default:
 		return 0;
 	}

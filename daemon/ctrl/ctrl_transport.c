@@ -19,6 +19,7 @@
  * an open usbfs node keeps the loop busy, see usb_loop.h).
  */
 #include "ctrl.h"
+#include "ctrl_assets.h"
 #include "ctrl_usb.h"
 #include "usb_loop.h"
 
@@ -48,12 +49,11 @@ enum run_state {
 	RUN_ENDED,
 };
 
-/* The identification, one request after another. */
+/* The identification, one request after another; the asset store last, optional
+ * (ctrl_assets.h). */
 static const enum ctrl_op read_ops[] = {
-    CTRL_OP_DEVICE_ID,
-    CTRL_OP_SYSTEM_VERSION,
-    CTRL_OP_DEVICE_MODE,
-    CTRL_OP_MODULE_INFO,
+    CTRL_OP_DEVICE_ID,	 CTRL_OP_SYSTEM_VERSION, CTRL_OP_DEVICE_MODE,
+    CTRL_OP_MODULE_INFO, CTRL_OP_ASSET_INFO,
 };
 #define N_READ_OPS (sizeof(read_ops) / sizeof(read_ops[0]))
 
@@ -150,8 +150,34 @@ static enum device_mode mode_from_facts(const struct transport_run *r)
 	return n > 0 ? DEVICE_MODE_SAFE : DEVICE_MODE_NORMAL;
 }
 
+/*
+ * Module info before Device OS 5.6.0 carries no hashes; the console's `s` does.
+ * Where the registry holds the module list of this very boot (modules_known is
+ * cleared when the device leaves), a module of the same function, index and
+ * version keeps the hash read there, so that the plan judges "installed
+ * identically" as it did over the console.
+ */
+static void keep_known_hashes(struct transport_run *r)
+{
+	const struct device_facts *known = &job_device(r->job)->facts;
+	if (!known->modules_known)
+		return;
+	for (unsigned i = 0; i < r->facts.n_modules; i++) {
+		struct installed_module *m = &r->facts.modules[i];
+		for (unsigned k = 0; !m->sha256[0] && k < known->n_modules; k++) {
+			const struct installed_module *o = &known->modules[k];
+			if (o->function == m->function && o->index == m->index &&
+			    o->store == m->store && o->version == m->version && o->sha256[0])
+				memcpy(m->sha256, o->sha256, sizeof(m->sha256));
+		}
+	}
+}
+
 static void identified(struct transport_run *r)
 {
+	keep_known_hashes(r);
+	if (!r->dev.tty[0])
+		r->facts.no_tty = true; /* control requests alone reach it (plan.c) */
 	r->mode = mode_from_facts(r);
 	struct job_step_result res = {.facts = r->facts, .mode = r->mode};
 	end_run(r, &res, NULL);
@@ -285,6 +311,9 @@ static void take_result(struct transport_run *r, const struct ctrl_result *res)
 		r->facts.modules_known = true;
 		r->facts.unknown_functions = 0;
 		break;
+	case CTRL_OP_ASSET_INFO:
+		ctrl_assets_take(&r->facts, res);
+		break;
 	default:
 		break;
 	}
@@ -312,6 +341,14 @@ static void after_op(struct transport_run *r)
 		struct error e;
 		error_init(&e);
 		error_move(&e, &r->pending);
+		if (ctrl_assets_optional(read_ops[r->op_i], &e)) {
+			/* no asset store to read on this Device OS: the assets stay unknown */
+			r->facts.assets_known = false;
+			r->op_i++;
+			r->state = RUN_READING;
+			next_op(r);
+			return;
+		}
 		if (e.code == ERR_DEVICE_GONE && r->step.kind == JOB_STEP_VERIFY &&
 		    r->reread++ < CTRL_REREAD_MAX) {
 			/* still resetting after the update or the DFU leave: wait for it again */
@@ -479,10 +516,14 @@ static int facts_major(const struct device_facts *f)
 static bool ctrl_can_serve(const struct device_snapshot *dev)
 {
 	/* A running device that may answer control requests: Device OS 6.x, or a
-	 * version not known yet (the serial transport asks first on <= 5.x). */
+	 * version not known yet (the serial transport asks first on <= 5.x).  A running
+	 * device without a tty (no cdc_acm binding: the registry says so once its tty did
+	 * not come), whatever its Device OS: nothing but control requests reaches it. */
 	if (dev->mode == DEVICE_MODE_DFU || !dev->busnum || !dev->devnum)
 		return false;
 	uint16_t v = capability_version(dev->facts.os_version, dev->facts.system_version);
+	if (!dev->tty[0] && dev->facts.no_tty) /* registry_tty_settle_ms after it appeared */
+		return capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, true);
 	return v == 0 ||
 	       (facts_major(&dev->facts) >= 6 &&
 		capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, false));
@@ -580,6 +621,7 @@ const struct transport_ops ctrl_transport = {
     .name = "ctrl",
     .can_serve = ctrl_can_serve,
     .rules = preflight_rules_ctrl,
+    .verdict = ctrl_assets_verdict,
     .start = ctrl_start,
     .cancel = ctrl_cancel_run,
     .device_event = ctrl_device_event,

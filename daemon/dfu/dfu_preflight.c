@@ -72,7 +72,34 @@ uint8_t *dfu_probe_data(struct dfu_probe *p)
 
 size_t dfu_probe_size(const struct dfu_probe *p)
 {
-	return p->kind == DFU_PROBE_WHOLE ? p->want : DFU_PROBE_LEN;
+	switch (p->kind) {
+	case DFU_PROBE_WHOLE:
+		return p->want;
+	case DFU_PROBE_SUFFIX:
+		return DFU_SUFFIX_PROBE_LEN;
+	default:
+		return DFU_PROBE_LEN;
+	}
+}
+
+/* Where the suffix probe of a module that ends (CRC included) at flash_end starts. */
+static uint32_t suffix_probe_address(uint32_t flash_end)
+{
+	return flash_end - DFU_SUFFIX_PROBE_LEN;
+}
+
+/* A probe of any kind that read (or is to read) [at, at + DFU_SUFFIX_PROBE_LEN): the
+ * P2 user part's tail read holds its suffix already. */
+static const struct dfu_probe *probe_covering(const struct dfu_readback *rb, uint32_t at)
+{
+	for (unsigned i = 0; i < rb->n_probes; i++) {
+		const struct dfu_probe *pr = &rb->probes[i];
+		if (pr->kind != DFU_PROBE_WHOLE && at >= pr->address &&
+		    (uint64_t)at + DFU_SUFFIX_PROBE_LEN <=
+			(uint64_t)pr->address + dfu_probe_size(pr))
+			return pr;
+	}
+	return NULL;
 }
 
 void dfu_readback_clear(struct dfu_readback *rb)
@@ -96,6 +123,20 @@ static void add_whole(struct dfu_readback *rb, uint32_t address, size_t size)
 	add_probe_kind(rb, address, DFU_PROBE_WHOLE);
 	rb->probes[rb->n_probes - 1].whole = buf;
 	rb->probes[rb->n_probes - 1].want = size;
+}
+
+void dfu_readback_want_suffix(struct dfu_readback *rb, uint8_t function, uint8_t index,
+			      bool want_none)
+{
+	rb->suffix_filter = true;
+	if (!want_none && function < 16 && index < 32)
+		rb->suffix_wanted[function] |= 1u << index;
+}
+
+static bool suffix_wanted(const struct dfu_readback *rb, uint8_t function, uint8_t index)
+{
+	return !rb->suffix_filter ||
+	       (function < 16 && index < 32 && (rb->suffix_wanted[function] & (1u << index)));
 }
 
 void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
@@ -275,8 +316,32 @@ bool dfu_readback_follow(struct dfu_readback *rb)
 		else if (parse_probe(p, pr, &m) && m.function == MODULE_FUNCTION_USER &&
 			 m.slot_size <= DFU_WHOLE_MAX)
 			add_whole(rb, m.address, m.slot_size);
+		else if (parse_probe(p, pr, &m) && m.slot_size >= IMAGE_MIN_MODULE_SIZE &&
+			 suffix_wanted(rb, m.function, m.index) &&
+			 !probe_covering(rb, suffix_probe_address(m.address + m.slot_size)))
+			/* the rest: its SHA-256 and CRC, a few dozen bytes (issue 11) */
+			add_probe_kind(rb, suffix_probe_address(m.address + m.slot_size),
+				       DFU_PROBE_SUFFIX);
 	}
 	return rb->n_probes > before;
+}
+
+/* The last DFU_SUFFIX_PROBE_LEN bytes of a module
+ * (docs/device/module-format.md#suffix-and-checksums: reserved u16, SHA-256, suffix size u16,
+ * CRC-32 big-endian): the stored SHA-256 and CRC, as the image parser reads them from a file.  An
+ * erased or unfinished end reads as a hash no file has, so it never matches. */
+static void identity_facts(const uint8_t *tail, struct installed_module *m)
+{
+	static const char digits[] = "0123456789abcdef";
+	const uint8_t *sha = tail + 2;
+	for (int k = 0; k < 32; k++) {
+		m->sha256[2 * k] = digits[sha[k] >> 4];
+		m->sha256[2 * k + 1] = digits[sha[k] & 15];
+	}
+	m->sha256[64] = '\0';
+	const uint8_t *crc = tail + DFU_SUFFIX_PROBE_LEN - 4;
+	m->crc = (uint32_t)crc[0] << 24 | (uint32_t)crc[1] << 16 | (uint32_t)crc[2] << 8 | crc[3];
+	m->bytes = INSTALLED_BYTES_READ;
 }
 
 /* INTEGRITY (docs/device/module-format.md#suffix-and-checksums, docs/device/validation.md): the
@@ -286,28 +351,40 @@ static void integrity_facts(const struct dfu_readback *rb, struct installed_modu
 {
 	for (unsigned i = 0; i < rb->n_probes; i++) {
 		const struct dfu_probe *pr = &rb->probes[i];
-		if (pr->kind != DFU_PROBE_WHOLE || pr->address != m->address || !pr->read ||
-		    pr->len != m->slot_size || pr->len < IMAGE_PREFIX_SIZE + 4)
+		if (pr->kind != DFU_PROBE_WHOLE || pr->address != m->address)
 			continue;
+		if (!pr->read || pr->len != m->slot_size || pr->len < IMAGE_PREFIX_SIZE + 4) {
+			m->bytes = INSTALLED_BYTES_UNREADABLE;
+			continue;
+		}
 		const uint8_t *crc = pr->whole + pr->len - 4;
 		uint32_t stored = (uint32_t)crc[0] << 24 | crc[1] << 16 | crc[2] << 8 | crc[3];
 		m->checked |= MODULE_CHECK_INTEGRITY;
 		if (image_crc32(pr->whole, pr->len - 4) == stored) {
 			m->passed |= MODULE_CHECK_INTEGRITY;
-			/* the suffix's SHA-256 sits before its size and the CRC (38 bytes
-			 * from the end): what the planner compares to skip a rewrite */
-			if (pr->len >= IMAGE_PREFIX_SIZE + 38) {
-				static const char digits[] = "0123456789abcdef";
-				const uint8_t *sha = pr->whole + pr->len - 38;
-				for (int k = 0; k < 32; k++) {
-					m->sha256[2 * k] = digits[sha[k] >> 4];
-					m->sha256[2 * k + 1] = digits[sha[k] & 15];
-				}
-				m->sha256[64] = '\0';
-			}
+			/* what the planner compares to skip a rewrite */
+			if (pr->len >= IMAGE_PREFIX_SIZE + DFU_SUFFIX_PROBE_LEN)
+				identity_facts(pr->whole + pr->len - DFU_SUFFIX_PROBE_LEN, m);
 		}
 		return;
 	}
+}
+
+/* The suffix tail and CRC of a module read at its end (DFU_PROBE_SUFFIX): its
+ * identity, or the fact that the bytes could not be read (then the planner
+ * writes the module and says why, never skips it by its version alone). */
+static void suffix_facts(const struct dfu_readback *rb, struct installed_module *m)
+{
+	if (m->bytes == INSTALLED_BYTES_READ || m->slot_size < IMAGE_MIN_MODULE_SIZE)
+		return;
+	uint32_t at = suffix_probe_address(m->address + m->slot_size);
+	const struct dfu_probe *pr = probe_covering(rb, at);
+	if (!pr)
+		return;
+	if (pr->read && pr->len == dfu_probe_size(pr))
+		identity_facts(pr->buf + (at - pr->address), m);
+	else
+		m->bytes = INSTALLED_BYTES_UNREADABLE;
 }
 
 /* The radio stack's version: the SoftDevice FWID when its info struct is readable, else the
@@ -390,6 +467,7 @@ bool dfu_readback_facts(const struct dfu_readback *rb, const struct dfuse_info *
 		if (!parse_probe(p, &rb->probes[i], &m))
 			continue;
 		integrity_facts(rb, &m);
+		suffix_facts(rb, &m);
 		facts->modules[facts->n_modules++] = m;
 		if (m.function == MODULE_FUNCTION_SYSTEM && m.index == 1) {
 			facts->system_version = m.version;
@@ -649,6 +727,7 @@ int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 			w.job_index = pp->steps[i].job_index;
 			w.function = m->function;
 			w.index = m->index;
+			w.version = m->version;
 			if (check_map(info, dev->platform, w.address, w.len, err) < 0 ||
 			    check_slot(dev, layout_version, &w, err) < 0 ||
 			    (!brings_system && check_overlap(dev, &w, err) < 0)) {

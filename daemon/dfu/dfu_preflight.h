@@ -25,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DFU_PROBE_MAX 12
+#define DFU_PROBE_MAX 24
 #define DFU_PROBE_LEN 0x220 /* vector table (≤ 0x200) + 24-byte prefix, rounded */
 /* User parts up to this size are read whole to check their CRC (128 KiB Gen 2 and 256 KiB
  * Gen 3 slots: tens of UPLOADs).  System parts (up to 1.5 MiB) keep the prefix-only read:
@@ -45,7 +45,16 @@ enum dfu_probe_kind {
 	 * the way the device does at boot (docs/device/module-format.md#suffix-and-checksums,
 	 * docs/device/validation.md INTEGRITY). */
 	DFU_PROBE_WHOLE,
+	/* The last DFU_SUFFIX_PROBE_LEN bytes of a module whose prefix was read (its end
+	 * address is in the prefix): the suffix's fixed tail (reserved, SHA-256, size) and the
+	 * CRC-32, what identifies the module's bytes without reading them all (issue 11).  A
+	 * few dozen bytes over one UPLOAD. */
+	DFU_PROBE_SUFFIX,
 };
+
+/* reserved u16 + SHA-256 + suffix size u16 + CRC-32
+ * (docs/device/module-format.md#suffix-and-checksums) */
+#define DFU_SUFFIX_PROBE_LEN 40
 
 /* One UPLOAD read: dfu_probe_size() bytes at address into dfu_probe_data(). */
 struct dfu_probe {
@@ -65,7 +74,17 @@ struct dfu_readback {
 	const struct platform *platform;
 	struct dfu_probe probes[DFU_PROBE_MAX];
 	unsigned n_probes;
+	/* Which modules' suffixes to read (dfu_readback_want_suffix()); without a
+	 * filter every module's. */
+	bool suffix_filter;
+	uint32_t suffix_wanted[16]; /* bit index per function */
 };
+
+/* Reads the suffix (SHA-256, CRC) only of the modules asked for here: the ones a job
+ * brings, which the planner compares.  Call after dfu_readback_plan(); with no call
+ * every module's suffix is read, with only want_none = true none. */
+void dfu_readback_want_suffix(struct dfu_readback *rb, uint8_t function, uint8_t index,
+			      bool want_none);
 
 /* The slot starts worth reading for this platform (every layout era), and the tail of
  * the P2 family's user part. */
@@ -74,8 +93,8 @@ void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb);
 /*
  * After the planned reads: adds the reads their results call for (the P2 user
  * part's prefix at the start its suffix names; small user parts whole, for their
- * CRC).  Returns true when it added any:
- * read those, then call it again.  Reads it added once are not added again.
+ * CRC; every other module's suffix tail and CRC at the end its prefix names).  Returns true when it
+ * added any: read those, then call it again.  Reads it added once are not added again.
  */
 bool dfu_readback_follow(struct dfu_readback *rb);
 /* Frees the whole-module buffers; rb may then be planned again. */
@@ -99,6 +118,7 @@ struct dfu_write {
 	const char *name;
 	uint8_t function;
 	uint8_t index;
+	uint16_t version; /* the module's */
 	size_t job_index; /* job_image() index of the file it comes from */
 };
 

@@ -13,6 +13,7 @@
  * One explicit state per phase; the events are dfuse completions, the run's
  * timer and device events from the registry.
  */
+#include "dfu_diff.h"
 #include "dfu_preflight.h"
 #include "dfuse.h"
 #include "usb.h"
@@ -62,6 +63,7 @@ struct transport_run {
 	struct device_facts facts;
 	struct dfu_plan plan;
 	unsigned write_i;
+	struct dfu_diff *diff; /* writes[write_i] read back first, only what differs written */
 	uint8_t *verify_buf;
 	bool verified;
 	bool cancel_requested;
@@ -71,6 +73,28 @@ struct transport_run {
 };
 
 static void step(struct transport_run *r);
+
+/* The same for a write that runs as a diff: only its differing units were touched. */
+static void report_diff_partial(struct transport_run *r, const struct dfu_write *w)
+{
+	struct dfu_diff_position pos;
+	dfu_diff_position(r->diff, &pos);
+	if (!pos.touched)
+		return; /* still reading: the module is as it was */
+	struct job_partial p = {
+	    .image = w->job_index,
+	    .function = w->function,
+	    .index = w->index,
+	    .start = w->address,
+	    .end = (uint32_t)(w->address + w->len),
+	    .size = w->len,
+	    .erasing = pos.phase == DFU_DIFF_ERASING,
+	    .address = pos.address,
+	    .bytes_written = pos.bytes_written,
+	    .chunk = pos.chunk,
+	};
+	job_set_partial(r->job, &p);
+}
 
 /* A run that stops while erasing or writing a file's module leaves it partly
  * erased or written: say where (job_set_partial()) from the dfuse's position. */
@@ -82,6 +106,10 @@ static void report_partial(struct transport_run *r)
 	const struct dfu_write *w = &r->plan.writes[r->write_i];
 	if (w->erase_only) /* the old slot's invalidation page: no file of the job */
 		return;
+	if (r->diff) {
+		report_diff_partial(r, w);
+		return;
+	}
 	struct dfuse_position pos;
 	dfuse_position(r->dfuse, &pos);
 	/* the position is this write's if it started at its address */
@@ -152,6 +180,7 @@ static void arm(struct transport_run *r, unsigned ms)
 }
 
 static void on_dfuse_done(struct dfuse *s, int result, struct error *err, void *userdata);
+static int start_diff(struct transport_run *r, const struct dfu_write *w, struct error *err);
 
 static int start_op(struct transport_run *r, struct error *err)
 {
@@ -165,6 +194,14 @@ static int start_op(struct transport_run *r, struct error *err)
 				    on_dfuse_done, r, err);
 	}
 	case RUN_ERASE:
+		/* issue 18: read back first where it pays, then erase and write what differs;
+		 * --force and rewrite write everything, as they promise */
+		dfu_diff_free(r->diff);
+		r->diff = NULL;
+		if (!job_options(r->job)->force && !job_options(r->job)->rewrite &&
+		    dfu_diff_pays(r->facts.platform, dfuse_get_info(r->dfuse), &r->facts, w, NULL,
+				  0))
+			return start_diff(r, w, err);
 		return dfuse_erase(r->dfuse, w->alt, w->address, w->len, on_dfuse_done, r, err);
 	case RUN_WRITE:
 		return dfuse_download(r->dfuse, w->alt, w->address, w->data, w->len, on_dfuse_done,
@@ -271,6 +308,13 @@ static void step(struct transport_run *r)
 		job_set_state(r->job, JOB_PREFLIGHT);
 		dfu_readback_clear(&r->rb);
 		dfu_readback_plan(r->facts.platform, &r->rb);
+		/* the suffixes (SHA-256, CRC) of the modules the planner compares (issue 11) */
+		dfu_readback_want_suffix(&r->rb, 0, 0, true);
+		for (size_t i = 0; i < job_image_count(r->job); i++)
+			for (unsigned k = 0; k < job_image(r->job, i)->n_modules; k++)
+				dfu_readback_want_suffix(
+				    &r->rb, job_image(r->job, i)->modules[k].function,
+				    job_image(r->job, i)->modules[k].index, false);
 		r->probe_i = 0;
 		if (dfuse_get_info(r->dfuse)->protected_device || r->rb.n_probes == 0) {
 			/* No UPLOAD on protected devices (docs/device/dfuse.md#memory-map-strings):
@@ -376,6 +420,57 @@ static void step(struct transport_run *r)
 		run_fail(r, &err);
 }
 
+/* ---- a write as a diff (dfu_diff.h) ------------------------------------------------- */
+
+static void diff_phase(void *ctx, enum dfu_diff_phase phase)
+{
+	struct transport_run *r = ctx;
+	switch (phase) {
+	case DFU_DIFF_READING:
+		job_set_state(r->job, JOB_PREFLIGHT); /* reading what is there, before erasing */
+		break;
+	case DFU_DIFF_ERASING:
+		job_set_state(r->job, JOB_ERASING);
+		break;
+	case DFU_DIFF_WRITING:
+		report_write_step(r);
+		job_set_state(r->job, JOB_WRITING);
+		break;
+	}
+}
+
+static void diff_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	struct transport_run *r = ctx;
+	job_progress(r->job, done, total);
+}
+
+/* The diff of writes[write_i] ended: it was erased and written, as RUN_WRITE would have. */
+static void diff_done(void *ctx, int result, struct error *err)
+{
+	struct transport_run *r = ctx;
+	const struct dfu_write *w = &r->plan.writes[r->write_i];
+	if (result < 0) {
+		error_prefix(err, "%s: ", w->name ? w->name : "image");
+		run_fail(r, err);
+		return;
+	}
+	char summary[256];
+	dfu_diff_summary(r->diff, summary, sizeof(summary));
+	job_note(r->job, "diff", "%s: %s", w->name ? w->name : "image", summary);
+	r->state = RUN_WRITE;
+	step(r);
+}
+
+static int start_diff(struct transport_run *r, const struct dfu_write *w, struct error *err)
+{
+	static const struct dfu_diff_cb cb = {diff_phase, diff_progress, diff_done};
+	r->diff = dfu_diff_new(r->dfuse, r->facts.platform, w, &cb, r, err);
+	if (!r->diff)
+		return -1;
+	return dfu_diff_start(r->diff, err);
+}
+
 static void on_dfuse_done(struct dfuse *s, int result, struct error *err, void *userdata)
 {
 	(void)s;
@@ -410,7 +505,9 @@ static void on_progress(struct dfuse *s, uint32_t address, size_t done, size_t t
 	(void)s;
 	(void)address;
 	struct transport_run *r = userdata;
-	if (r->state == RUN_WRITE || r->state == RUN_ERASE || r->state == RUN_VERIFY)
+	if (r->diff && r->state == RUN_ERASE)
+		dfu_diff_on_progress(r->diff, done, total);
+	else if (r->state == RUN_WRITE || r->state == RUN_ERASE || r->state == RUN_VERIFY)
 		job_progress(r->job, done, total);
 }
 
@@ -573,6 +670,7 @@ static void dfu_free(struct transport_run *r)
 	usb_dfu_close(r->usb); /* detaches the dfuse first: no completion reaches it */
 	dfuse_free(r->dfuse);
 	dfu_readback_clear(&r->rb);
+	dfu_diff_free(r->diff);
 	free(r->verify_buf);
 	free(r);
 }

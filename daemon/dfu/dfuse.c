@@ -75,6 +75,8 @@ struct dfuse {
 	struct dfuse_position last;	/* where the last erase or download ended */
 	bool address_set;		/* the pointer points at address + offset */
 	bool upload_opened, upload_closed, short_read;
+	dfuse_upload_more_fn upload_more; /* dfuse_upload_until(): go on after a block? */
+	size_t upload_len;		  /* bytes the last upload read */
 	const uint8_t *wdata;
 	uint8_t *rdata;
 	struct dfuse_erase_unit *units;
@@ -998,10 +1000,13 @@ void dfuse_transfer_done(struct dfuse *s, int usb_status, const uint8_t *in, siz
 			actual = want;
 		memcpy(s->rdata + s->offset, in, actual);
 		s->offset += actual;
+		s->upload_len = s->offset;
 		s->stats.bytes_read += actual;
 		s->chunk++;
 		if (actual < want)
 			s->short_read = true;
+		else if (s->upload_more && !s->upload_more(s->userdata, s->offset - actual, actual))
+			s->len = s->offset; /* enough: close the read as if it were done */
 		next(s);
 		break;
 	}
@@ -1145,6 +1150,8 @@ static int start(struct dfuse *s, enum dfuse_op op, uint8_t alt, dfuse_done_fn d
 	s->chunk = 0;
 	s->address_set = false;
 	s->upload_opened = s->upload_closed = s->short_read = false;
+	s->upload_more = NULL;
+	s->upload_len = 0;
 	s->stalled_step = STEP_IDLE;
 	s->polled = STEP_IDLE;
 	s->have_status = false;
@@ -1195,6 +1202,21 @@ int dfuse_upload(struct dfuse *s, uint8_t alt, uint32_t address, uint8_t *buf, s
 	s->rdata = buf;
 	next(s);
 	return 0;
+}
+
+int dfuse_upload_until(struct dfuse *s, uint8_t alt, uint32_t address, uint8_t *buf, size_t len,
+		       dfuse_upload_more_fn more, dfuse_done_fn done, void *userdata,
+		       struct error *err)
+{
+	if (dfuse_upload(s, alt, address, buf, len, done, userdata, err) < 0)
+		return -1;
+	s->upload_more = more;
+	return 0;
+}
+
+size_t dfuse_upload_length(const struct dfuse *s)
+{
+	return s->upload_len;
 }
 
 int dfuse_erase(struct dfuse *s, uint8_t alt, uint32_t address, size_t len, dfuse_done_fn done,

@@ -197,6 +197,18 @@ WARN_UNUSED_RESULT int dfuse_open(struct dfuse *s, dfuse_done_fn done, void *use
 WARN_UNUSED_RESULT int dfuse_upload(struct dfuse *s, uint8_t alt, uint32_t address, uint8_t *buf,
 				    size_t len, dfuse_done_fn done, void *userdata,
 				    struct error *err);
+/*
+ * dfuse_upload() that asks after every UPLOAD block whether to go on: more(userdata,
+ * offset, n) sees bytes [offset, offset + n) of buf as they arrive; false ends the read
+ * there (the device is returned to dfuIDLE as usual) and done() reports success with
+ * dfuse_upload_length() bytes read.
+ */
+typedef bool (*dfuse_upload_more_fn)(void *userdata, size_t offset, size_t n);
+WARN_UNUSED_RESULT int dfuse_upload_until(struct dfuse *s, uint8_t alt, uint32_t address,
+					  uint8_t *buf, size_t len, dfuse_upload_more_fn more,
+					  dfuse_done_fn done, void *userdata, struct error *err);
+/* Bytes the last upload read. */
+size_t dfuse_upload_length(const struct dfuse *s);
 /* Erases exactly the erase units of alt's memory map that cover [address, address + len). */
 WARN_UNUSED_RESULT int dfuse_erase(struct dfuse *s, uint8_t alt, uint32_t address, size_t len,
 				   dfuse_done_fn done, void *userdata, struct error *err);

@@ -9,7 +9,8 @@ usage: bench.py [--quick] [--runs N] [--rows ROW,...] [--devices N,...] [--json 
        bench.py --markdown RESULT.json   (the table of a result, for tests/bench/README.md)
        bench.py --inner PLAN.json        (runs inside flashd-sim)
 
-Rows: dfu (Photon, Argon, P2 vs dfu-util 0.11), serial (Photon vs particle-cli
+Rows: dfu (Photon, Argon, P2 vs dfu-util 0.11), reflash (an Argon system part with a
+few pages changed, vs dfu-util 0.11), serial (Photon vs particle-cli
 3.19.0), refusal, parallel (1/4/16/32 devices, serial and DFU), idle, rss,
 inspect (vs binary-version-reader).  --quick: 2 runs, 1/4 devices, 5 s idle,
 for development; the published table is a full run.
@@ -226,6 +227,9 @@ def inner_cmd(plan_path):
     plan = json.load(open(plan_path))
     ctl = SimControl(plan["control"])
     ctl(cmd="state")  # the simulator is up and the devices plugged
+    for pre in plan.get("pre", []):  # untimed set-up (the image a re-flash starts from)
+        subprocess.run(pre, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ctl(cmd="wait-idle")
     _, req0 = last_write_ms(ctl)
     t0 = time.monotonic()
     p = subprocess.run(plan["command"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -278,10 +282,12 @@ def flashd_run(devices, steps):
     return testbed(devices, {"kind": "flashd", "steps": steps})
 
 
-def cmd_run(devices, command, sim_env=None):
+def cmd_run(devices, command, sim_env=None, pre=None):
     """A third-party command in the testbed; sim_env: environment of the simulator
-    (and so of the command: LD_PRELOAD must reach flashd-sim, which appends its own)."""
-    return testbed(devices, {"kind": "cmd", "command": command}, env=sim_env)[0]
+    (and so of the command: LD_PRELOAD must reach flashd-sim, which appends its own);
+    pre: commands run before it, not timed."""
+    return testbed(devices, {"kind": "cmd", "command": command, "pre": pre or []},
+                   env=sim_env)[0]
 
 
 def stats(xs):
@@ -362,6 +368,70 @@ def bench_dfu(runs):
         row(label + ", control requests", "%s" % (int(req["median"]) if req else "-"),
             "dfu-util 0.11: %s" % (int(dreq["median"]) if dreq else "-"),
             ratio(req, dreq) if req and dreq else None, "")
+
+
+REFLASH_IMAGE = "argon/argon-system-part1@2.2.0.bin"
+REFLASH_ID = "e00fce68aabbccddeeff0002"
+
+
+def reflash_variant(path, out):
+    """The fixture with one byte changed in each of three pages in its middle, the suffix
+    SHA-256 and the CRC-32 recomputed so that the device accepts it (4 pages differ: the
+    three and the last, which holds the SHA-256 and CRC)."""
+    import hashlib
+    import zlib
+    data = bytearray(open(path, "rb").read())
+    mid = len(data) // 2
+    for off in (mid, mid + 0x3000, mid + 0x9000):
+        data[off] ^= 0x5a
+    sha_at = len(data) - 38
+    data[sha_at:sha_at + 32] = hashlib.sha256(bytes(data[:sha_at])).digest()
+    data[-4:] = (zlib.crc32(bytes(data[:-4])) & 0xffffffff).to_bytes(4, "big")
+    open(out, "wb").write(data)
+
+
+def bench_reflash(runs):
+    """An Argon in DFU mode holding the real system part 1 of its release gets the same
+    part with a few pages changed: flashd reads back and writes the 4 differing pages,
+    dfu-util 0.11 erases and writes all of it."""
+    base = fixture(REFLASH_IMAGE)
+    label = "re-flash of an image that differs in a few pages"
+    if not os.path.exists(base):
+        row(label, "not measured: fixture %s missing" % REFLASH_IMAGE)
+        return
+    var = os.path.join(TOP, "reflash-variant.bin")
+    reflash_variant(base, var)
+    size = os.path.getsize(base)
+    spec = "platform=argon,mode=dfu,os=2.2.0,name=d1,id=%s" % REFLASH_ID
+    fd, du = [], []
+    have_dfu_util = shutil.which("dfu-util")
+    for _ in range(runs):  # interleaved
+        res = flashd_run([spec], [{"flash": [base, "--device", REFLASH_ID], "settle": True},
+                                  {"ctl": {"cmd": "mode", "name": "d1", "mode": "dfu"},
+                                   "settle": True},
+                                  {"flash": [var, "--device", REFLASH_ID]}])
+        fd.append(res[-1])
+        if have_dfu_util:
+            du.append(cmd_run([spec], ["dfu-util", "-d", "2b04:d00c", "-a", "0", "-s",
+                                       "0x30000:leave", "-D", var],
+                              pre=[["dfu-util", "-d", "2b04:d00c", "-a", "0", "-s", "0x30000",
+                                    "-D", base]]))
+    ok = [r for r in fd if not r["rc"]]
+    lw, whole = stats([r["to_last_write"] for r in ok]), stats([r["elapsed"] for r in ok])
+    dlw = stats([r["to_last_write"] for r in du if not r["rc"]])
+    dwhole = stats([r["elapsed"] for r in du if not r["rc"]])
+    full = dfu_model_min_s("nrf52", size)
+    pages4 = erase_s("nrf52", 4 * 4096) + program_s("nrf52", 4 * 4096)
+    # the read-back: 4 KiB UPLOADs at the USB full-speed rate the simulator charges
+    readback = math.ceil(size / 4096) * usb_bulk_s(4096 + 128)
+    name = "%s (Argon system part 1, %d KB, 4 of %d pages)" % (label, size // 1000,
+                                                                math.ceil(size / 4096))
+    row(name + ", to the last write", lw, dlw, ratio(lw, dlw),
+        "model: full write %.2f s; read-back %.2f s + 4 pages %.2f s" % (full, readback, pages4),
+        comparator_name="dfu-util 0.11 (writes all)", model_min=readback + pages4)
+    row(name + ", whole command", whole, dwhole, ratio(whole, dwhole),
+        "flashd incl. reboot+verify; dfu-util exits at leave",
+        comparator_name="dfu-util 0.11 (writes all)", outcome=[r["outcome"] for r in fd])
 
 
 def particle_cli():
@@ -556,7 +626,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int)
-    ap.add_argument("--rows", default="dfu,serial,refusal,parallel,idle,rss,inspect")
+    ap.add_argument("--rows", default="dfu,reflash,serial,refusal,parallel,idle,rss,inspect")
     ap.add_argument("--devices", default=None, help="device counts for the parallel rows")
     ap.add_argument("--idle", type=int)
     ap.add_argument("--json", default=os.path.join(BUILD, "bench", "bench.json"))
@@ -597,8 +667,8 @@ def main():
             bench_inspect(runs, particle)
         row("auto-flash latency (udev add -> first byte)",
             "not measured: flashd has no auto-flash yet", None, None, "")
-        row("re-flash of an image that differs in a few pages",
-            "not measured: flashd rewrites whole modules (no read-back diff yet)", None, None, "")
+        if "reflash" in rows:
+            bench_reflash(runs)
     finally:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:

@@ -10,8 +10,15 @@
  * parsed: that reaches the names, the classification, the application parser
  * and the asset cross-check with whatever the fuzzer makes up.
  *   entry := name bytes, '\0', u16 little-endian length, that many data bytes
+ *
+ * Every asset of a bundle is also turned into the asset module flashd writes
+ * (proto/asset_module.c), which must read back as that asset and parse as one
+ * asset module; and the raw input is read as an asset module too.
  */
+#include "asset_module.h"
 #include "bundle.h"
+#include "image.h"
+#include "platform.h"
 
 #include <nettle/sha2.h>
 #include <stdint.h>
@@ -20,6 +27,31 @@
 #include <zip.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void check_asset_module(const struct bundle_asset *a)
+{
+	uint8_t *m = NULL;
+	size_t len = 0;
+	struct error err;
+	error_init(&err);
+	if (asset_module_build(a->name, a->data, a->size, &m, &len, &err) < 0) {
+		if (err.code != ERR_BUNDLE_ASSET_MISMATCH || strlen(a->name) <= ASSET_NAME_MAX)
+			abort();
+		error_clear(&err);
+		return;
+	}
+	struct asset_module_info info;
+	if (asset_module_read(m, len, &info) < 0 || strcmp(info.name, a->name) != 0 ||
+	    memcmp(info.sha256, a->sha256, 32) != 0 || info.data_size != a->size ||
+	    (a->size && memcmp(m + info.data_offset, a->data, a->size) != 0))
+		abort();
+	struct image *img = NULL;
+	if (image_parse(m, len, &img, &err) < 0 || img->n_modules != 1 ||
+	    img->modules[0].function != MODULE_FUNCTION_ASSET || !img->modules[0].crc_ok)
+		abort();
+	image_free(img);
+	free(m);
+}
 
 static void check_bundle(const struct bundle *b)
 {
@@ -42,6 +74,7 @@ static void check_bundle(const struct bundle *b)
 			volatile uint8_t sink = a->data[0] ^ a->data[a->size - 1];
 			(void)sink;
 		}
+		check_asset_module(a);
 	}
 	for (unsigned i = 0; i < b->n_deps; i++)
 		if (b->deps[i].hash_ok && !b->deps[i].in_bundle)
@@ -131,6 +164,10 @@ static void entries_to_zip(const uint8_t *data, size_t size)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	struct asset_module_info info;
+	if (asset_module_read(data, size, &info) == 0 &&
+	    (info.data_offset + info.data_size > size || strlen(info.name) > ASSET_NAME_MAX))
+		abort();
 	if (size > 0 && (data[0] & 1))
 		entries_to_zip(data + 1, size - 1);
 	else

@@ -206,8 +206,11 @@ static void on_op(struct ctrl *c, const struct ctrl_result *res, struct error *e
 		return;
 	}
 	if (!res || memchr(res->text, 0, sizeof(res->text)) == NULL ||
-	    res->n_modules > DEVICE_FACTS_MAX_MODULES)
+	    res->n_modules > DEVICE_FACTS_MAX_MODULES || res->n_assets > DEVICE_FACTS_MAX_ASSETS)
 		abort();
+	for (unsigned i = 0; i < res->n_assets; i++)
+		if (!memchr(res->assets[i].name, 0, sizeof(res->assets[i].name)))
+			abort();
 }
 
 static void on_request(struct ctrl *c, const struct ctrl_reply *rep, struct error *err, void *ud)
@@ -271,7 +274,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct error err;
 	error_init(&err);
 	struct op op = {0};
-	unsigned which = data[0] % 12;
+	unsigned which = data[0] % 13;
 	unsigned cancel_at = data[3] & 0x40 ? data[3] & 0x3f : MAX_STEPS;
 	size_t fw_len = ((size_t)data[1] | (size_t)data[2] << 8) % 20000;
 	uint8_t *fw = malloc(fw_len ? fw_len : 1);
@@ -280,6 +283,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int started;
 	if (which < 10)
 		started = ctrl_op_start(c, (enum ctrl_op)which, on_op, &op, &err);
+	else if (which == 12)
+		started = ctrl_op_start(c, CTRL_OP_ASSET_INFO, on_op, &op, &err);
 	else if (which == 10)
 		started = ctrl_firmware_update(c, fw, fw_len, on_progress, on_op, &op, &err);
 	else

@@ -192,6 +192,13 @@ int cdc_ota_write(struct sim_device *d, uint32_t offset, const uint8_t *data, si
 	return op_ota_write(d, offset, data, len);
 }
 
+const uint8_t *cdc_ota_peek(struct sim_device *d, uint32_t *size)
+{
+	struct ota_region r = ota_region(d);
+	*size = r.size;
+	return flash_peek(d->flash, r.alt, r.base, r.size);
+}
+
 int cdc_ota_finish(struct sim_device *d, unsigned *ret_mask)
 {
 	return op_ota_finish(d, ret_mask);

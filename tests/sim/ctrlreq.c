@@ -5,6 +5,9 @@
 #include "timing.h"
 #include "validate.h"
 
+#include "asset_module.h"
+#include "bundle.h"
+#include "image.h"
 #include "config.pb.h"
 #include "describe.pb.h"
 #include "storage.pb.h"
@@ -15,6 +18,7 @@
 #include <endian.h>
 #include <linux/usb/ch9.h>
 #include <string.h>
+#include <zlib.h>
 
 /* particle-usb src/usb-protocol.js */
 enum service { SVC_INIT = 1, SVC_CHECK = 2, SVC_SEND = 3, SVC_RECV = 4, SVC_RESET = 5 };
@@ -40,20 +44,25 @@ enum {
 	REQ_STOP_LISTENING = 71,
 	REQ_GET_DEVICE_MODE = 72,
 	REQ_GET_MODULE_INFO = 90,
+	REQ_GET_ASSET_INFO = 91,
 	REQ_START_FIRMWARE_UPDATE = 250,
 	REQ_FINISH_FIRMWARE_UPDATE = 251,
 	REQ_CANCEL_FIRMWARE_UPDATE = 252,
 	REQ_FIRMWARE_UPDATE_DATA = 253,
 };
 /* Device OS services/inc/system_error.h */
-#define SYSTEM_ERROR_NOT_SUPPORTED    (-120)
-#define SYSTEM_ERROR_TOO_LARGE	      (-190)
-#define SYSTEM_ERROR_INVALID_STATE    (-210)
-#define SYSTEM_ERROR_INTERNAL	      (-250)
-#define SYSTEM_ERROR_INVALID_ARGUMENT (-270)
-#define SYSTEM_ERROR_BAD_DATA	      (-280)
-#define SERVICE_REPLY_MAX	      16
-#define FW_CHUNK_SIZE		      4096 /* what the device announces at START */
+#define SYSTEM_ERROR_NOT_SUPPORTED		(-120)
+#define SYSTEM_ERROR_TOO_LARGE			(-190)
+#define SYSTEM_ERROR_INVALID_STATE		(-210)
+#define SYSTEM_ERROR_INTERNAL			(-250)
+#define SYSTEM_ERROR_INVALID_ARGUMENT		(-270)
+#define SYSTEM_ERROR_BAD_DATA			(-280)
+#define SYSTEM_ERROR_OTA_UNSUPPORTED_MODULE	(-1310)
+#define SYSTEM_ERROR_OTA_INTEGRITY_CHECK_FAILED (-1330)
+#define SYSTEM_ERROR_OTA_INVALID_PLATFORM	(-1360)
+#define NCP_MCU_ESP32				0x21 /* module_info_t.reserved of ESP32 NCP modules (mcu target) */
+#define SERVICE_REPLY_MAX			16
+#define FW_CHUNK_SIZE				4096 /* what the device announces at START */
 /* Time the simulated device spends writing one chunk into its OTA region (an
  * assumed figure, not a measurement), under --time-scale: CHECK answers PENDING
  * meanwhile, so a job at a non-zero time scale can be interrupted mid-update. */
@@ -129,6 +138,14 @@ static bool gen2(const struct sim_device *d)
 	return d->spec.platform->gen == 2;
 }
 
+/* HAL_PLATFORM_ASSETS: Gen 3 and the P2 family, from Device OS 5.5.0. */
+static bool has_assets(const struct sim_device *d)
+{
+	unsigned mcu = d->spec.platform->mcu;
+	return (mcu == MCU_NRF52840 || mcu == MCU_RTL8721D) &&
+	       osver_compare(d->spec.os, "5.5.0") >= 0;
+}
+
 /* Whether the device's Device OS knows the request type (else -120). */
 static bool supported(const struct sim_device *d, uint16_t type)
 {
@@ -139,6 +156,8 @@ static bool supported(const struct sim_device *d, uint16_t type)
 		return !gen2(d) || osver_compare(d->spec.os, "1.5.0") >= 0;
 	case REQ_GET_DEVICE_MODE:
 		return !gen2(d) || osver_compare(d->spec.os, "1.1.0") >= 0;
+	case REQ_GET_ASSET_INFO: /* system/inc/system_control.h: since 5.6.0 */
+		return has_assets(d) && osver_compare(d->spec.os, "5.6.0") >= 0;
 	case REQ_RESET:
 	case REQ_DFU_MODE:
 	case REQ_SAFE_MODE:
@@ -251,9 +270,230 @@ static int32_t module_info(struct sim_device *d, struct ctrlreq_slot *s)
 				}
 		}
 	}
+	/* platform_ncp_fetch_module_info(): the ESP32's version, every check passed */
+	if (d->ncp_version && old &&
+	    r->modules_deprecated_count < G_N_ELEMENTS(r->modules_deprecated)) {
+		particle_ctrl_GetModuleInfoReply_Module *o =
+		    &r->modules_deprecated[r->modules_deprecated_count++];
+		o->type = particle_ctrl_FirmwareModuleType_NCP_FIRMWARE;
+		o->version = d->ncp_version;
+	} else if (d->ncp_version && !old && r->modules_count < G_N_ELEMENTS(r->modules)) {
+		particle_cloud_FirmwareModule *o = &r->modules[r->modules_count++];
+		o->type = particle_cloud_FirmwareModuleType_NCP_FIRMWARE_MODULE;
+		o->version = d->ncp_version;
+		o->store = particle_cloud_FirmwareModuleStore_MAIN_MODULE_STORE;
+		o->checked_flags = o->passed_flags = VALID_CHECKED;
+	}
 	bool ok = set_reply(s, particle_ctrl_GetModuleInfoReply_fields, r);
 	g_free(r);
 	return ok ? 0 : SYSTEM_ERROR_INTERNAL;
+}
+
+#define SIM_MAX_REQUIRED 16
+
+/*
+ * The assets the installed application depends on (its ASSET_DEPENDENCY
+ * extensions), as AssetManager::parseRequiredAssets() reads them at boot;
+ * entries with another hash type are left out, as Device OS does.
+ */
+static unsigned required_assets(struct sim_device *d, struct bundle_asset_dep *out)
+{
+	struct vscan scan;
+	device_scan(d, &scan);
+	for (unsigned i = 0; i < scan.n; i++) {
+		const struct vmodule *m = &scan.m[i];
+		if (m->function != MODULE_FUNCTION_USER || m->store != MODULE_STORE_MAIN ||
+		    !m->reported || !(m->passed & VALID_INTEGRITY) || m->end <= m->start)
+			continue;
+		size_t len = (size_t)(m->end - m->start) + 4;
+		const uint8_t *bytes = flash_peek(d->flash, 0, m->address, len);
+		struct image *img = NULL;
+		struct error e;
+		error_init(&e);
+		if (!bytes || image_parse(bytes, len, &img, &e) < 0) {
+			error_clear(&e);
+			image_free(img);
+			continue;
+		}
+		struct bundle_asset_dep all[SIM_MAX_REQUIRED];
+		unsigned n = bundle_app_asset_deps(img, all, SIM_MAX_REQUIRED), k = 0;
+		image_free(img);
+		for (unsigned j = 0; j < n && j < SIM_MAX_REQUIRED; j++)
+			if (all[j].hash_type == 0)
+				out[k++] = all[j];
+		return k;
+	}
+	return 0;
+}
+
+/* GetAssetInfoReply: the store's assets and the application's. */
+static int32_t asset_info(struct sim_device *d, struct ctrlreq_slot *s)
+{
+	particle_ctrl_GetAssetInfoReply *r = g_new0(particle_ctrl_GetAssetInfoReply, 1);
+	struct bundle_asset_dep req[SIM_MAX_REQUIRED];
+	unsigned n_req = required_assets(d, req);
+	for (unsigned i = 0; i < n_req && i < G_N_ELEMENTS(r->required); i++) {
+		particle_cloud_FirmwareModuleAsset *a = &r->required[r->required_count++];
+		a->hash.size = 32;
+		memcpy(a->hash.bytes, req[i].sha256, 32);
+		g_strlcpy(a->name, req[i].name, sizeof(a->name));
+	}
+	for (unsigned i = 0; i < d->n_assets && i < G_N_ELEMENTS(r->available); i++) {
+		particle_cloud_FirmwareModuleAsset *a = &r->available[r->available_count++];
+		a->hash.size = 32;
+		memcpy(a->hash.bytes, d->assets[i].sha256, 32);
+		g_strlcpy(a->name, d->assets[i].name, sizeof(a->name));
+		a->size = (uint32_t)d->assets[i].size;
+		a->storage_size = (uint32_t)d->assets[i].size;
+	}
+	bool ok = set_reply(s, particle_ctrl_GetAssetInfoReply_fields, r);
+	g_free(r);
+	return ok ? 0 : SYSTEM_ERROR_INTERNAL;
+}
+
+/*
+ * An asset module in the OTA region (FINISH): Device OS's HAL_FLASH_End()
+ * hands it to AssetManager::storeAsset(), which checks it (AssetReader::
+ * validate(): function, flags, size, CRC, NAME and HASH) and keeps it under
+ * its name, replacing one of the same name.  1 if it was not an asset module.
+ */
+/*
+ * The raw bytes of an asset module: after the prefix, or, for a compressed
+ * one (flag 0x02, what particle-cli sends: binary-version-reader's
+ * compressModule()), inflated from the raw-deflate data behind the 8-byte
+ * header (u16 header size, u8 method 0, u8 window bits, u32 original size), as
+ * Device OS's AssetReader reads it.  NULL if it does not inflate to that size.
+ */
+#define SIM_ASSET_MAX (8u * 1024 * 1024)
+static uint8_t *asset_bytes(const uint8_t *img, const struct asset_module_info *info, size_t *len)
+{
+	if (!(img[9] & 0x02)) {
+		*len = info->data_size;
+		return g_memdup2(img + info->data_offset, info->data_size);
+	}
+	if (info->data_size < 8)
+		return NULL;
+	const uint8_t *h = img + info->data_offset;
+	unsigned hsize = h[0] | h[1] << 8, bits = h[3] ? h[3] : 15;
+	uint32_t orig =
+	    (uint32_t)h[4] | (uint32_t)h[5] << 8 | (uint32_t)h[6] << 16 | (uint32_t)h[7] << 24;
+	if (h[2] != 0 || hsize < 8 || hsize > info->data_size || orig > SIM_ASSET_MAX || bits < 8 ||
+	    bits > 15)
+		return NULL;
+	uint8_t *out = g_malloc(orig ? orig : 1);
+	z_stream z = {0};
+	if (inflateInit2(&z, -(int)bits) != Z_OK) {
+		g_free(out);
+		return NULL;
+	}
+	z.next_in = (Bytef *)(h + hsize);
+	z.avail_in = (uInt)(info->data_size - hsize);
+	z.next_out = out;
+	z.avail_out = orig;
+	int rc = inflate(&z, Z_FINISH);
+	size_t got = z.total_out;
+	inflateEnd(&z);
+	if (rc != Z_STREAM_END || got != orig) {
+		g_free(out);
+		return NULL;
+	}
+	*len = orig;
+	return out;
+}
+
+static int32_t store_asset(struct sim_device *d, uint32_t size)
+{
+	uint32_t region;
+	const uint8_t *img = cdc_ota_peek(d, &region);
+	if (!img || size > region || size < 24 || img[14] != MODULE_FUNCTION_ASSET)
+		return 1;
+	if (!has_assets(d))
+		return SYSTEM_ERROR_OTA_UNSUPPORTED_MODULE;
+	struct asset_module_info info;
+	if (asset_module_read(img, size, &info) < 0)
+		return SYSTEM_ERROR_BAD_DATA;
+	size_t raw_len = 0;
+	uint8_t *raw = asset_bytes(img, &info, &raw_len);
+	if (!raw)
+		return SYSTEM_ERROR_BAD_DATA;
+	/* clearUnusedAssets(): what the running application does not list goes first
+	 * (so assets are written after the application that needs them) */
+	struct bundle_asset_dep req[SIM_MAX_REQUIRED];
+	unsigned n_req = required_assets(d, req);
+	for (unsigned i = 0; i < d->n_assets;) {
+		bool used = false;
+		for (unsigned k = 0; k < n_req && !used; k++)
+			used = strcmp(req[k].name, d->assets[i].name) == 0 &&
+			       memcmp(req[k].sha256, d->assets[i].sha256, 32) == 0;
+		if (used) {
+			i++;
+			continue;
+		}
+		g_free(d->assets[i].data);
+		d->assets[i] = d->assets[--d->n_assets];
+		memset(&d->assets[d->n_assets], 0, sizeof(d->assets[0]));
+	}
+	struct sim_asset *a = NULL;
+	for (unsigned i = 0; i < d->n_assets && !a; i++)
+		if (strcmp(d->assets[i].name, info.name) == 0)
+			a = &d->assets[i];
+	if (!a) {
+		if (d->n_assets >= SIM_MAX_ASSETS) {
+			g_free(raw);
+			return SYSTEM_ERROR_TOO_LARGE;
+		}
+		a = &d->assets[d->n_assets++];
+	}
+	g_free(a->data);
+	g_strlcpy(a->name, info.name, sizeof(a->name));
+	memcpy(a->sha256, info.sha256, 32);
+	a->data = raw;
+	a->size = raw_len;
+	return 0;
+}
+
+/*
+ * NCP firmware in the OTA region (FINISH): Device OS's validateModules()
+ * (hal/src/nRF52840/ota_flash_hal.cpp) refuses it where
+ * HAL_PLATFORM_NCP_UPDATABLE is unset (-1310) and one for another coprocessor
+ * (-1360); HAL_FLASH_End() then hands it to platform_ncp_update_module(),
+ * which answers NOT_SUPPORTED on the Tracker from 5.6.0
+ * (HAL_PLATFORM_NCP_UPDATES_DISABLED).  The ESP32 gets the bytes between the
+ * prefix and the module end; module info reports its version afterwards.
+ * 1 if it was not NCP firmware.
+ */
+static int32_t update_ncp(struct sim_device *d, uint32_t size)
+{
+	uint32_t region;
+	const uint8_t *img = cdc_ota_peek(d, &region);
+	if (!img || size > region || size < 24 || img[14] != MODULE_FUNCTION_NCP)
+		return 1;
+	unsigned id = d->spec.platform->id;
+	if (id != 12 && id != 26)
+		return SYSTEM_ERROR_OTA_UNSUPPORTED_MODULE;
+	if (img[8] != NCP_MCU_ESP32)
+		return SYSTEM_ERROR_OTA_INVALID_PLATFORM;
+	uint32_t start = (uint32_t)img[0] | (uint32_t)img[1] << 8 | (uint32_t)img[2] << 16 |
+			 (uint32_t)img[3] << 24;
+	uint32_t end = (uint32_t)img[4] | (uint32_t)img[5] << 8 | (uint32_t)img[6] << 16 |
+		       (uint32_t)img[7] << 24;
+	if (end < start || end - start + 4 > size)
+		return SYSTEM_ERROR_OTA_INTEGRITY_CHECK_FAILED;
+	uint32_t body = end - start;
+	uint32_t crc = (uint32_t)img[body] << 24 | (uint32_t)img[body + 1] << 16 |
+		       (uint32_t)img[body + 2] << 8 | img[body + 3];
+	if ((uint32_t)crc32(0L, img, body) != crc)
+		return SYSTEM_ERROR_OTA_INTEGRITY_CHECK_FAILED;
+	if (id == 26 && osver_compare(d->spec.os, "5.6.0") >= 0)
+		return SYSTEM_ERROR_NOT_SUPPORTED;
+	d->ncp_version = (uint16_t)(img[10] | img[11] << 8);
+	GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
+	g_checksum_update(sum, img + 24, body - 24);
+	gsize n = 32;
+	g_checksum_get_digest(sum, d->ncp_sha256, &n);
+	g_checksum_free(sum);
+	d->ncp_size = body - 24;
+	return 0;
 }
 
 static struct sim_fault *fault(struct sim_device *d, const char *kind)
@@ -300,8 +540,10 @@ static int32_t firmware_update(struct sim_device *d, struct ctrlreq_slot *s)
 			rc = SYSTEM_ERROR_BAD_DATA; /* also: a chunk larger than FW_CHUNK_SIZE */
 		else if (cdc_ota_write(d, c->fw_offset, q->data.bytes, q->data.size) < 0)
 			rc = SYSTEM_ERROR_TOO_LARGE;
-		else
+		else {
 			c->fw_offset += q->data.size;
+			d->ctrl_update_bytes += q->data.size;
+		}
 		unsigned ms = timing_scale_ms(d->sim->time_scale, FW_CHUNK_WRITE_US);
 		if (ms)
 			c->busy_until_ms = sim_now_ms() + ms;
@@ -324,6 +566,19 @@ static int32_t firmware_update(struct sim_device *d, struct ctrlreq_slot *s)
 		if (!decode(s, particle_ctrl_FinishFirmwareUpdateRequest_fields, &q))
 			return SYSTEM_ERROR_BAD_DATA;
 		c->fw_active = false;
+		if (!q.validate_only) {
+			int32_t stored = store_asset(d, c->fw_offset);
+			if (stored > 0)
+				stored = update_ncp(d, c->fw_offset);
+			if (stored <= 0) {
+				d->ota_active = false;
+				d->ota_pending = false;
+				if (stored == 0) /* "Always restart for now"
+						    (system/src/firmware_update.cpp) */
+					s->then = SIM_MODE_UNPLUGGED;
+				return stored;
+			}
+		}
 		unsigned mask = 0;
 		int code = cdc_ota_finish(d, &mask);
 		if (code < 0)
@@ -384,6 +639,9 @@ static void process(struct sim_device *d, struct ctrlreq_slot *s)
 	}
 	case REQ_GET_MODULE_INFO:
 		s->result = module_info(d, s);
+		return;
+	case REQ_GET_ASSET_INFO:
+		s->result = asset_info(d, s);
 		return;
 	case REQ_RESET:
 		s->then = SIM_MODE_UNPLUGGED; /* boots what the flash holds */

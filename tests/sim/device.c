@@ -34,6 +34,8 @@ void device_free(struct sim_device *d)
 	if (!d)
 		return;
 	usbdev_node_free(d->usb);
+	for (unsigned i = 0; i < d->n_assets; i++)
+		g_free(d->assets[i].data);
 	flash_free(d->flash);
 	spec_clear(&d->spec);
 	g_free(d);
@@ -235,8 +237,10 @@ int device_plug(struct sim_device *d, GError **error)
 	ctrlreq_init(&d->ctrl);
 	d->generation++;
 	bool cdc = mode != SIM_MODE_DFU, reuse_pty = false;
-	d->tty_index = cdc ? ttynode_pick(sim, d) : -1;
-	if (cdc)
+	/* tty=0: the CDC interfaces without their ttyACM node (no cdc_acm binding) */
+	bool tty = cdc && !d->spec.no_tty;
+	d->tty_index = tty ? ttynode_pick(sim, d) : -1;
+	if (tty)
 		snprintf(d->tty_devnode, sizeof(d->tty_devnode), "/dev/ttyACM%d", d->tty_index);
 	GString *s = g_string_new(NULL);
 	describe_usb_device(d, s);
@@ -248,8 +252,10 @@ int device_plug(struct sim_device *d, GError **error)
 		describe_interface(d, s, comm + 1, "10/0/0");
 		if (comm == 0)
 			describe_interface(d, s, 2, "255/255/255");
-		reuse_pty = ttynode_has_pty(sim, d->tty_index);
-		describe_tty(d, s, !reuse_pty);
+		if (tty) {
+			reuse_pty = ttynode_has_pty(sim, d->tty_index);
+			describe_tty(d, s, !reuse_pty);
+		}
 	}
 	/* A new node per enumeration: hosts may still reap URBs on the old one. */
 	struct usbdev_node *old = d->usb;
@@ -274,14 +280,15 @@ int device_plug(struct sim_device *d, GError **error)
 		return -1;
 	g_mutex_lock(&sim->lock);
 	d->present = true;
-	if (cdc) {
-		gchar *tty = g_strdup_printf("%s/%s:1.%d/tty/ttyACM%d", d->usb_syspath,
-					     d->spec.port, usbdesc_cdc_interface(d), d->tty_index);
-		g_strlcpy(d->tty_syspath, tty, sizeof(d->tty_syspath));
-		g_free(tty);
+	if (tty) {
+		gchar *tty_path =
+		    g_strdup_printf("%s/%s:1.%d/tty/ttyACM%d", d->usb_syspath, d->spec.port,
+				    usbdesc_cdc_interface(d), d->tty_index);
+		g_strlcpy(d->tty_syspath, tty_path, sizeof(d->tty_syspath));
+		g_free(tty_path);
 	}
 	g_mutex_unlock(&sim->lock);
-	if (cdc)
+	if (tty)
 		cdc_attach(d);
 	sim_apply_owner(sim);
 	return 0;
@@ -295,6 +302,9 @@ void device_unplug(struct sim_device *d)
 	usbdev_node_disconnect(d->usb); /* open handles: answered URBs, then ENODEV */
 	d->present = false;
 	bool cdc = d->tty_index >= 0;
+	/* tty=0: the CDC interfaces were there without their tty */
+	bool intfs =
+	    cdc || (d->spec.no_tty && d->mode != SIM_MODE_DFU && d->mode != SIM_MODE_UNPLUGGED);
 	int tty_index = d->tty_index;
 	/* The testbed names devices by their full path under /sys. */
 	char usb[DEVICE_PATH_MAX + 8], tty[DEVICE_PATH_MAX + 8], port[SIM_PORT_MAX];
@@ -313,6 +323,8 @@ void device_unplug(struct sim_device *d)
 	if (cdc) {
 		umockdev_testbed_uevent(sim->tb, tty, "remove");
 		umockdev_testbed_remove_device(sim->tb, tty);
+	}
+	if (intfs) {
 		for (int i = 2; i >= 0; i--) {
 			gchar *intf = g_strdup_printf("%s/%s:1.%d", usb, port, i);
 			umockdev_testbed_uevent(sim->tb, intf, "remove");

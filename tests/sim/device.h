@@ -67,9 +67,20 @@ struct dfu {
 	bool silent;		     /* fault: stop answering */
 	enum dfu_status write_error; /* fault error@chunkN: the pending chunk's write fails */
 	enum sim_mode boot_override; /* 0xFA: safe mode after leave; else SIM_MODE_UNPLUGGED */
+	unsigned upload_carry_us;    /* UPLOAD bus time not charged yet (under a millisecond) */
 };
 
 struct listening;
+
+/* One asset in the device's asset store (Device OS 5.5.0+ AssetManager: a file
+ * per asset in its own file system, kept across resets and updates). */
+#define SIM_MAX_ASSETS 16
+struct sim_asset {
+	char name[65];
+	uint8_t sha256[32]; /* the HASH its module declared */
+	uint8_t *data;	    /* the raw bytes */
+	size_t size;
+};
 
 struct sim_device {
 	struct sim *sim;
@@ -109,12 +120,23 @@ struct sim_device {
 	bool ota_pending; /* validated, applied at the next reset */
 	uint32_t ota_size;
 	double cdc_work_us; /* YMODEM receiver work not charged yet (time-scaled) */
+	struct sim_asset assets[SIM_MAX_ASSETS];
+	unsigned n_assets;
+	/* The ESP32 NCP firmware last written by firmware-update request (Argon):
+	 * its module version (0: never written, not reported) and the SHA-256 of
+	 * the bytes handed to the coprocessor (prefix to suffix end). */
+	uint16_t ncp_version;
+	uint8_t ncp_sha256[32];
+	uint32_t ncp_size;
 	/* counters for state.json */
 	uint64_t ymodem_bytes;
 	uint64_t dfu_bytes;
 	uint64_t dfu_requests;
-	uint64_t last_write_ms; /* sim_now_ms() when the latest flash write was done */
-	unsigned generation;	/* bumps on every enumeration: stale timers ignore themselves */
+	uint64_t ctrl_update_bytes; /* FIRMWARE_UPDATE_DATA bytes accepted */
+	uint64_t dfu_erased_bytes;  /* bytes of the sectors/pages DfuSe ERASE commands erased */
+	uint64_t dfu_upload_bytes;  /* bytes read by UPLOAD (wValue >= 2) */
+	uint64_t last_write_ms;	    /* sim_now_ms() when the latest flash write was done */
+	unsigned generation;	    /* bumps on every enumeration: stale timers ignore themselves */
 };
 
 struct sim_device *device_new(struct sim *sim, const struct sim_spec *spec);
@@ -173,5 +195,7 @@ void cdc_apply_ota(struct sim_device *d);
 int cdc_ota_begin(struct sim_device *d, uint32_t size);
 int cdc_ota_write(struct sim_device *d, uint32_t offset, const uint8_t *data, size_t len);
 int cdc_ota_finish(struct sim_device *d, unsigned *ret_mask);
+/* The bytes of the OTA region (size of them, lock held). */
+const uint8_t *cdc_ota_peek(struct sim_device *d, uint32_t *size);
 /* Control request START_LISTENING (lock held). */
 void cdc_enter_listening(struct sim_device *d);

@@ -144,6 +144,7 @@ static int erase(struct sim_device *d, uint32_t addr)
 		return 0; /* Gen 3/P2 DCT: erase is a no-op */
 	flash_erase_sector(d->flash, d->dfu.alt, addr);
 	d->dfu.session_erased += size;
+	d->dfu_erased_bytes += size;
 	busy_for(d, timing_erase_us(d->spec.platform, r->external, size), slow_erase_factor(d));
 	return 0;
 }
@@ -329,6 +330,21 @@ static int get_status(struct sim_device *d, uint8_t *in, uint16_t length)
 	return (int)n;
 }
 
+/* The bus time of an UPLOAD (timing.c): the endpoint answers the next request after it.
+ * Sub-millisecond remainders are carried over, so that a run of 4 KiB reads costs what
+ * the bus takes, not a millisecond rounded up per read. */
+static void upload_time(struct sim_device *d, size_t n)
+{
+	double scale = d->sim->time_scale;
+	if (scale <= 0)
+		return;
+	uint64_t us =
+	    (uint64_t)(scale * timing_dfu_upload_us(d->spec.platform, n)) + d->dfu.upload_carry_us;
+	d->dfu.upload_carry_us = (unsigned)(us % 1000);
+	if (us >= 1000)
+		d->dfu.busy_until_ms = sim_now_ms() + us / 1000;
+}
+
 static int upload(struct sim_device *d, uint16_t block, uint16_t length, uint8_t *in)
 {
 	struct dfu *u = &d->dfu;
@@ -353,6 +369,8 @@ static int upload(struct sim_device *d, uint16_t block, uint16_t length, uint8_t
 	size_t n = MIN((size_t)length, r->size - (addr - r->base));
 	memcpy(in, r->mem + (addr - r->base), n);
 	u->state = n < length ? DFU_IDLE : DFU_UPLOAD_IDLE;
+	d->dfu_upload_bytes += n;
+	upload_time(d, n);
 	return (int)n;
 }
 

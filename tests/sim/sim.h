@@ -59,6 +59,7 @@ struct sim_spec {
 	char serial[64]; /* empty: the device id */
 	char port[SIM_PORT_MAX];
 	bool protected_;
+	bool no_tty; /* tty=0: CDC mode without its ttyACM node (no cdc_acm binding) */
 	struct sim_fault faults[SIM_MAX_FAULTS];
 	unsigned n_faults;
 	char *peer; /* peer=COMMAND, owned */

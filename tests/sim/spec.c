@@ -359,12 +359,18 @@ static int set_key(struct sim_spec *spec, const char *key, const char *value, ch
 			return -1;
 		}
 		spec->protected_ = value[0] == '1';
+	} else if (strcmp(key, "tty") == 0) {
+		if (strcmp(value, "0") && strcmp(value, "1")) {
+			snprintf(err, err_size, "tty=%s: expected 0 or 1", value);
+			return -1;
+		}
+		spec->no_tty = value[0] == '0';
 	} else if (strcmp(key, "faults") == 0) {
 		return spec_parse_faults(value, spec, err, err_size);
 	} else {
 		snprintf(err, err_size,
 			 "unknown SPEC key '%s' (platform, mode, os, name, id, serial, "
-			 "port, protected, faults, peer)",
+			 "port, protected, tty, faults, peer)",
 			 key);
 		return -1;
 	}

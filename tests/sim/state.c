@@ -39,13 +39,40 @@ static json_t *device_json(struct sim_device *d, const char *dir)
 			g_free(file);
 		}
 	}
-	return json_pack(
-	    "{s:s,s:s,s:i,s:s,s:s,s:s,s:s,s:o,s:{s:I,s:I,s:I,s:I},s:o}", "name", d->spec.name,
-	    "platform", d->spec.platform->name, "platform_id", d->spec.platform->id, "device_id",
-	    d->spec.id, "port", d->spec.port, "mode", device_mode_name(d), "os", d->spec.os,
-	    "modules", modules, "received", "ymodem_bytes", (json_int_t)device_ymodem_bytes(d),
-	    "dfu_bytes", (json_int_t)d->dfu_bytes, "dfu_requests", (json_int_t)d->dfu_requests,
-	    "last_write_ms", (json_int_t)d->last_write_ms, "regions", regions);
+	json_t *assets = json_array();
+	for (unsigned i = 0; i < d->n_assets; i++) {
+		const struct sim_asset *a = &d->assets[i];
+		GString *sha = g_string_new(NULL);
+		for (int k = 0; k < 32; k++)
+			g_string_append_printf(sha, "%02x", a->sha256[k]);
+		gchar *data_sha = g_compute_checksum_for_data(G_CHECKSUM_SHA256, a->data, a->size);
+		json_array_append_new(assets, json_pack("{s:s,s:s,s:s,s:I}", "name", a->name,
+							"sha256", sha->str, "data_sha256", data_sha,
+							"size", (json_int_t)a->size));
+		g_free(data_sha);
+		g_string_free(sha, TRUE);
+	}
+	json_t *o = json_pack(
+	    "{s:s,s:s,s:i,s:s,s:s,s:s,s:s,s:o,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:o}", "name",
+	    d->spec.name, "platform", d->spec.platform->name, "platform_id", d->spec.platform->id,
+	    "device_id", d->spec.id, "port", d->spec.port, "mode", device_mode_name(d), "os",
+	    d->spec.os, "modules", modules, "received", "ymodem_bytes",
+	    (json_int_t)device_ymodem_bytes(d), "dfu_bytes", (json_int_t)d->dfu_bytes,
+	    "dfu_requests", (json_int_t)d->dfu_requests, "ctrl_update_bytes",
+	    (json_int_t)d->ctrl_update_bytes, "last_write_ms", (json_int_t)d->last_write_ms,
+	    "dfu_erased_bytes", (json_int_t)d->dfu_erased_bytes, "dfu_upload_bytes",
+	    (json_int_t)d->dfu_upload_bytes, "regions", regions);
+	json_object_set_new(o, "assets", assets);
+	if (d->ncp_version) {
+		GString *sha = g_string_new(NULL);
+		for (int k = 0; k < 32; k++)
+			g_string_append_printf(sha, "%02x", d->ncp_sha256[k]);
+		json_object_set_new(o, "ncp",
+				    json_pack("{s:i,s:s,s:I}", "version", d->ncp_version, "sha256",
+					      sha->str, "size", (json_int_t)d->ncp_size));
+		g_string_free(sha, TRUE);
+	}
+	return o;
 }
 
 json_t *state_document(struct sim *sim, const char *dir)

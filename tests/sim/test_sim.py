@@ -5,6 +5,7 @@ boot checks after DFU, hot-plug seen by a libudev monitor, the state.json schema
 usage: test_sim.py FLASHD_SIM UDEV_WATCH TEST
 """
 import errno
+import hashlib
 import json
 import os
 import re
@@ -937,6 +938,31 @@ def test_particle_cli_343_flash_local_is_byte_identical():
     dev = doc['devices'][0]
     base_, mem = dump(doc, dev)
     check(mem[start - base_:start - base_ + len(data)] == data, 'flash differs from the file at 0x%x' % start)
+    check(dev['mode'] == 'normal', 'final mode %s' % dev['mode'])
+
+
+def test_particle_cli_343_flash_local_bundle_fills_the_asset_store():
+    # particle-cli's own way with a .zip from `particle compile`: the application, then each
+    # asset as a compressed asset module by the firmware-update request (binary-version-
+    # reader's createAssetModule()).  flashd-sim's asset store must hold the raw bytes.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
+                                    'integration', 'client'))
+    from test_bundle import make_zip, restamp_p2
+    app = open(fixture('p2/tinker-5.0.0-p2.bin'), 'rb').read()
+    logo = b'\x89PNG\r\n\x1a\n' + bytes(range(256)) * 4
+    sound = bytes((i * 7) & 0xff for i in range(3000))
+    bundle = make_zip(os.path.join(work, 'p2-bundle.zip'),
+                      [('p2_firmware_1700000000000.bin',
+                        restamp_p2(app, [('logo.png', logo), ('sound.raw', sound)])),
+                       ('assets/logo.png', logo), ('assets/sound.raw', sound)])
+    rc, out, doc = run_sim(['platform=p2,mode=normal,os=6.2.0,name=d1'],
+                           particle_cli_343() + ['flash', '--local', bundle, '--no-update-check'])
+    check(rc == 0 and 'Flash success!' in out, 'particle flash --local failed (exit %d):\n%s' % (rc, out))
+    dev = doc['devices'][0]
+    store = {a['name']: (a['data_sha256'], a['sha256'], a['size']) for a in dev.get('assets', [])}
+    want = {n: (hashlib.sha256(v).hexdigest(), hashlib.sha256(v).hexdigest(), len(v))
+            for n, v in (('logo.png', logo), ('sound.raw', sound))}
+    check(store == want, 'asset store %s, expected %s' % (store, want))
     check(dev['mode'] == 'normal', 'final mode %s' % dev['mode'])
 
 

@@ -28,6 +28,17 @@
  *   word program per 32 bits on Gen 2, external page programs on Gen 3).
  *   The costs are the erase and program figures above; the P2 is taken to
  *   do the same on its SPI NOR (its OTA code is not public in that form).
+ * DFU UPLOAD (device -> host over the control endpoint): the bus time of the
+ *   transfer.  Its data stage is a run of 64-byte IN packets on the full-speed
+ *   control endpoint (USB 2.0 section 5.5.3: 64 bytes is the largest full-speed
+ *   control packet), each the same transaction as a bulk IN packet, so it is
+ *   charged at the table 5-9 rate above (19 per 1 ms frame), plus one packet's
+ *   time each for the setup and the status stage.  Reading the flash itself is
+ *   not charged: internal flash is memory-mapped (STM32F205: DS6329 "Embedded
+ *   Flash memory", 128-bit wide reads at up to 120 MHz; nRF52840 PS v1.7 section
+ *   4.3 "NVMC": code-memory reads at CPU speed) and the P2's SPI NOR is read
+ *   through its XIP cache (W25Q64JV rev. I: Fast Read Quad I/O at up to 133 MHz,
+ *   66 MB/s), all fifty times faster than the bus.
  * Reset/enumeration: DFU leave -> reset is a 500-count timer
  * (docs/device/dfuse.md#requests-and-states,
  *   ~500 ms on nRF52/STM32; RTL872x counts main-loop passes, UNVERIFIED);
@@ -78,6 +89,14 @@ unsigned timing_program_us(const struct platform *p, bool external, size_t len)
 unsigned timing_usb_bulk_us(size_t len)
 {
 	size_t packets = (len + USB_FS_BULK_PACKET - 1) / USB_FS_BULK_PACKET;
+	return (unsigned)((packets * USB_FS_FRAME_US + USB_FS_BULK_PER_FRAME - 1) /
+			  USB_FS_BULK_PER_FRAME);
+}
+
+unsigned timing_dfu_upload_us(const struct platform *p, size_t len)
+{
+	(void)p;
+	size_t packets = (len + USB_FS_BULK_PACKET - 1) / USB_FS_BULK_PACKET + 2;
 	return (unsigned)((packets * USB_FS_FRAME_US + USB_FS_BULK_PER_FRAME - 1) /
 			  USB_FS_BULK_PER_FRAME);
 }

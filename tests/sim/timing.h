@@ -17,6 +17,9 @@ unsigned timing_erase_us(const struct platform *p, bool external, uint32_t secto
 unsigned timing_program_us(const struct platform *p, bool external, size_t len);
 /* Host -> device bulk transfer of len bytes over USB full speed (CDC data). */
 unsigned timing_usb_bulk_us(size_t len);
+/* Device -> host: a DFU UPLOAD control transfer returning len bytes (bus time of its
+ * setup, data and status stages; reading the flash is memory-mapped and negligible). */
+unsigned timing_dfu_upload_us(const struct platform *p, size_t len);
 /* DFU leave -> reset (docs/device/dfuse.md#requests-and-states: a 500-count timer, ~500 ms). */
 unsigned timing_dfu_leave_reset_us(const struct platform *p);
 /* Reset -> USB enumeration of the next mode (bootloader or Device OS). */

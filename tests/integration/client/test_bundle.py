@@ -2,9 +2,14 @@
 """Zip bundles (`particle compile`'s .zip: the application at the top, raw assets under
 assets/) through the real flashctl and flashd under flashd-sim: `flashctl inspect`
 describes them; an application-only bundle flashes to a Photon and is verified like the
-.bin alone; a bundle with assets is refused with assets-not-flashable before any byte
-reaches the P2 (no transport writes assets yet); a zip bomb, a `../` entry and a zip
-without firmware each get their own error.
+.bin alone; a bundle with an application and two assets flashes to a P2 on 5.9.0 (in DFU
+mode), to one on 6.2.0 (running) and to one on 5.9.0 in listening mode: the application
+over DFU or YMODEM (what the plan picks),
+each asset as an asset module by the firmware-update control request, all verified, the
+sim's asset store holding the bytes; flashed again, nothing is written; on 5.5.0 (no asset
+info) the assets are written each time with a note; an auto-flash rule with the bundle
+writes the assets too; a zip bomb, a `../`
+entry and a zip without firmware each get their own error.
 
 The application with assets is the real P2 Tinker re-stamped the way
 binary-version-reader's updateModuleAssetDependencies() does it for a P2 user part
@@ -33,7 +38,11 @@ from flashd_harness import Daemon, SimControl, Tap, catalogue, fixture, run_in_s
 PHOTON_APP = fixture("photon/tinker-0.4.5-photon.bin")
 P2_APP = fixture("p2/tinker-5.0.0-p2.bin")
 DEVICES = ["platform=photon,os=2.2.0,mode=dfu,name=photon,port=1-1",
-           "platform=p2,os=5.9.0,mode=dfu,name=p2,port=1-2"]
+           "platform=p2,os=5.9.0,mode=dfu,name=p2,port=1-2",
+           "platform=p2,os=6.2.0,mode=normal,name=p2-6,port=1-3",
+           "platform=p2,os=5.9.0,mode=listening,name=p2-l,port=1-4",
+           "platform=p2,os=5.5.0,mode=normal,name=p2-55,port=1-5",
+           "platform=p2,os=6.2.0,mode=normal,name=p2-auto,port=1-6"]
 
 
 def restamp_p2(app, assets):
@@ -97,14 +106,70 @@ def wait_devices(fc, sock, n):
     raise SystemExit("flashd did not list %d devices" % n)
 
 
+def flash_assets(tap, fc, d, control, name, key, bundle, app, assets):
+    """The bundle to one P2: application and assets written and verified, the asset store
+    holds each asset's bytes; flashed again: nothing written."""
+    rc, out, err = run(fc, d.socket, "--json", "flash", bundle, "--device", key)
+    objs = json_lines(out)
+    ends = [o for o in objs if o.get("event") == "job-ended"]
+    end = ends[-1] if ends else {}
+    plans = [o.get("plan") for o in objs if o.get("event") == "job-plan" and o.get("plan")]
+    writes = [(s.get("transport"), s.get("module_function"), s.get("file"))
+              for p in plans for s in p.get("steps", []) if s.get("kind") == "write"]
+    tap.check("%s: flash zip with assets: done and verified" % name,
+              rc == 0 and end.get("result") == "done" and end.get("outcome") == "verified",
+              (rc, out[-3000:], err, d.log_text()[-4000:]))
+    tap.check("%s: the plans write both assets by control request, after the application" % name,
+              ("ctrl", "asset", "assets/logo.png") in writes
+              and ("ctrl", "asset", "assets/sound.raw") in writes
+              and any(w[1] == "user" for w in writes)
+              and min(i for i, w in enumerate(writes) if w[1] == "asset")
+              > min(i for i, w in enumerate(writes) if w[1] == "user"), writes)
+    dev = sim_device(control, name)
+    tap.check("%s: the assets' modules crossed by firmware-update request" % name,
+              dev["received"]["ctrl_update_bytes"] >= sum(len(v) for v in assets.values()),
+              dev["received"])
+    store = {a["name"]: a for a in (dev or {}).get("assets", [])}
+    tap.check("%s: the asset store holds both assets, bytes and hash as in the bundle" % name,
+              sorted(store) == sorted(assets)
+              and all(store[n]["data_sha256"] == hashlib.sha256(v).hexdigest()
+                      and store[n]["sha256"] == hashlib.sha256(v).hexdigest()
+                      and store[n]["size"] == len(v) for n, v in assets.items()), store)
+    rc, out, err = run(fc, d.socket, "--json", "info", key)
+    info = (json_lines(out) or [{}])[0]
+    info = info.get("device", info)
+    tap.check("%s: flashctl info lists the asset store" % name,
+              rc == 0 and sorted(a["name"] for a in info.get("assets", [])) == sorted(assets),
+              (rc, out[-2000:], err))
+    rc, out, err = run(fc, d.socket, "info", "--no-probe", key)
+    tap.check("%s: flashctl info (human) shows the asset store" % name,
+              rc == 0 and all(("%s, %d bytes, SHA-256 %s" % (n, len(v), hashlib.sha256(v).hexdigest()[:12]))
+                              in out for n, v in assets.items()), (rc, out, err))
+    before = sim_device(control, name)
+    rc, out, err = run(fc, d.socket, "--json", "flash", bundle, "--device", key)
+    objs = json_lines(out)
+    ends = [o for o in objs if o.get("event") == "job-ended"]
+    end = ends[-1] if ends else {}
+    after = sim_device(control, name)
+    tap.check("%s: flashed again: done, nothing written (0 bytes), the store unchanged" % name,
+              rc == 0 and end.get("result") == "done"
+              and end.get("outcome") == "already-installed"
+              and after["received"]["ctrl_update_bytes"] == before["received"]["ctrl_update_bytes"]
+              and after["received"]["dfu_bytes"] == before["received"]["dfu_bytes"]
+              and after["received"]["ymodem_bytes"] == before["received"]["ymodem_bytes"]
+              and after["assets"] == before["assets"],
+              (rc, out[-3000:], err, before["received"], after["received"]))
+
+
 def inside(flashd, fc, control):
     tap = Tap()
     cat = catalogue(fc)
     work = tempfile.mkdtemp(prefix="bundle-test-")
     d = Daemon(flashd, private_locks=True)
     try:
-        keys = wait_devices(fc, d.socket, 2)
-        photon, p2 = keys["1-1"], keys["1-2"]
+        keys = wait_devices(fc, d.socket, 6)
+        photon, p2, p2_6, p2_l = keys["1-1"], keys["1-2"], keys["1-3"], keys["1-4"]
+        p2_55 = keys["1-5"]
         photon_app = open(PHOTON_APP, "rb").read()
         p2_app = open(P2_APP, "rb").read()
         logo = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -137,13 +202,12 @@ def inside(flashd, fc, control):
                   deps == ["logo.png", "sound.raw"] and "prefix-extensions" in mod.get("flag_names", []),
                   mod)
 
-        # check (dry run): the app-only bundle would flash; the one with assets would not
+        # check (dry run): both bundles would flash
         rc, out, err = run(fc, d.socket, "check", app_only, "--device", photon)
         tap.check("check app-only zip on the Photon: ok, exit 0",
                   rc == 0 and out.startswith("ok:"), (rc, out, err))
         rc, out, err = run(fc, d.socket, "check", with_assets, "--device", p2)
-        tap.check("check zip with assets on the P2: assets-not-flashable, exit 4",
-                  rc == cat["assets-not-flashable"]["exit"] and "assets-not-flashable" in out + err,
+        tap.check("check zip with assets on the P2: ok, exit 0", rc == 0 and out.startswith("ok:"),
                   (rc, out, err))
 
         # flash: application-only bundle to the Photon, verified
@@ -157,26 +221,59 @@ def inside(flashd, fc, control):
         tap.check("the Photon received exactly the application's bytes over DFU",
                   dev is not None and dev["received"]["dfu_bytes"] >= len(photon_app), dev and dev["received"])
 
-        # flash: a bundle with assets to the P2 -> assets-not-flashable before any byte
+        for name, key in (("p2", p2), ("p2-6", p2_6), ("p2-l", p2_l)):
+            flash_assets(tap, fc, d, control, name, key, with_assets, p2_with_assets,
+                         {"logo.png": logo, "sound.raw": sound})
+        # A new version of the bundle: the application lists only a changed logo.png.  Device
+        # OS stores an asset after dropping those the running application does not list
+        # (AssetManager::clearUnusedAssets()), so with the application written first the
+        # store ends up holding the new logo alone
+        logo2 = logo + b"v2"
+        app2 = restamp_p2(p2_app, [("logo.png", logo2)])
+        bundle2 = make_zip(os.path.join(work, "p2-app-v2.zip"),
+                           [("p2_firmware_1700000000001.bin", app2), ("assets/logo.png", logo2)])
+        rc, out, err = run(fc, d.socket, "--json", "flash", bundle2, "--device", p2)
+        end = ([o for o in json_lines(out) if o.get("event") == "job-ended"] or [{}])[-1]
+        dev = sim_device(control, "p2")
+        store = {a["name"]: a["data_sha256"] for a in dev.get("assets", [])}
+        tap.check("p2: the next bundle (one changed asset): verified; the store holds the new "
+                  "logo.png alone (sound.raw dropped as unused, so the application went first)",
+                  rc == 0 and end.get("outcome") == "verified"
+                  and store == {"logo.png": hashlib.sha256(logo2).hexdigest()},
+                  (rc, out[-2000:], err, store))
+
+        # Device OS 5.5.0 has an asset store but does not report it (request 91 came with
+        # 5.6.0): the assets are written every time, and the job says they were not checked
+        for n in (1, 2):
+            rc, out, err = run(fc, d.socket, "--json", "flash", with_assets, "--device", p2_55)
+            objs = json_lines(out)
+            end = ([o for o in objs if o.get("event") == "job-ended"] or [{}])[-1]
+            notes = [o.get("note") for o in objs if o.get("event") == "job-progress"]
+            dev = sim_device(control, "p2-55")
+            tap.check("p2-55 (5.5.0), flash %d: done, the assets stored, not checked (a note)" % n,
+                      rc == 0 and end.get("result") == "done" and "assets-not-verified" in notes
+                      and sorted(a["name"] for a in dev.get("assets", [])) == ["logo.png", "sound.raw"]
+                      and dev["received"]["ctrl_update_bytes"] >= n * (len(logo) + len(sound)),
+                      (rc, out[-3000:], err, dev and dev["received"], d.log_text()[-3000:]))
+        # auto-flash: a rule with the bundle for port 1-6; the P2 there plugged in again
+        rc, out, err = run(fc, d.socket, "auto", "add", "--platform", "p2", "--port", "1-6",
+                           with_assets)
+        tap.check("auto add of the bundle: a rule", rc == 0 and out.strip(), (rc, out, err))
+        SimControl(control)(cmd="replug", name="p2-auto")
+        deadline = time.monotonic() + 60
+        dev = {}
+        while time.monotonic() < deadline:
+            dev = sim_device(control, "p2-auto") or {}
+            if len(dev.get("assets", [])) == 2 and dev.get("mode") == "normal":
+                break
+            time.sleep(0.2)
+        store = {a["name"]: a["data_sha256"] for a in dev.get("assets", [])}
+        tap.check("the rule's job wrote the application and both assets to the P2 on port 1-6",
+                  store == {"logo.png": hashlib.sha256(logo).hexdigest(),
+                            "sound.raw": hashlib.sha256(sound).hexdigest()}
+                  and dev["received"]["dfu_bytes"] > 0, (dev.get("received"), store,
+                                                          d.log_text()[-3000:]))
         before = sim_device(control, "p2")
-        rc, out, err = run(fc, d.socket, "--json", "flash", with_assets, "--device", p2)
-        objs = json_lines(out)
-        e = next((o for o in objs if o.get("type") == "error"), {})
-        tap.check("flash zip with assets: assets-not-flashable, exit %d, naming the control-request transport"
-                  % cat["assets-not-flashable"]["exit"],
-                  rc == cat["assets-not-flashable"]["exit"] and e.get("code") == "assets-not-flashable"
-                  and "control-request" in e.get("message", "")
-                  and e.get("detail", {}).get("assets") == 2
-                  and e.get("detail", {}).get("bytes") == len(logo) + len(sound), (rc, out, err))
-        after = sim_device(control, "p2")
-        tap.check("no byte reached the P2 and no job was made",
-                  after["received"] == before["received"]
-                  and not any(o.get("event") == "job-queued" for o in objs),
-                  (before["received"], after["received"]))
-        rc, out, err = run(fc, d.socket, "flash", with_assets, "--device", p2)
-        tap.check("the human error says what to do (flash the application alone)",
-                  "error [assets-not-flashable]" in err and "hint:" in err
-                  and "p2_firmware_1700000000000.bin" in err, err)
 
         # each broken zip gets its own error, before any device is touched
         bomb = make_zip(os.path.join(work, "bomb.zip"),

@@ -427,6 +427,109 @@ def test_argon_6_newer_bootloader_goes_by_firmware_update_and_is_verified():
     print('# %s: %s in %.1f s' % (end['outcome'], ' -> '.join(job_phases(r)), r['elapsed']))
 
 
+def ncp_module(version, platform, payload_len=20000):
+    """ESP32 NCP firmware as Particle packs it (argon-ncp-firmware-*.bin): prefix at 0, start
+    0, module_info_t.reserved = 0x21 (the ESP32 as MCU target), function 7 (NCP), index 0,
+    36-byte suffix, SHA-256 and CRC-32 recomputed."""
+    import hashlib
+    import zlib
+    m = bytearray(make_module(0, 7, 0, version, platform, [], payload_len))
+    m[8] = 0x21
+    n = len(m)
+    m[n - 38:n - 6] = hashlib.sha256(bytes(m[:n - 38])).digest()
+    struct.pack_into('>I', m, n - 4, zlib.crc32(bytes(m[:n - 4])) & 0xffffffff)
+    return bytes(m)
+
+
+def test_argon_6_ncp_goes_by_firmware_update_and_boron_refuses_it():
+    # NCP firmware (the Argon's ESP32, HAL_PLATFORM_NCP_UPDATABLE): written by the
+    # firmware-update control request, the ESP32 gets the bytes after the prefix, module info
+    # reports the new NCP version after the reset: verified.  On a Boron (no updatable NCP)
+    # it is refused before any byte with ncp-not-updatable naming the platform and why.
+    specs = ['platform=argon,mode=normal,os=6.2.0,name=a6',
+             'platform=boron,mode=normal,os=6.2.0,name=b6']
+    idmap = ids(specs)
+    ncp = os.path.join(top, 'argon-ncp-firmware@0.0.9.bin')
+    data = ncp_module(9, 12)
+    open(ncp, 'wb').write(data)
+    bncp = os.path.join(top, 'boron-ncp-firmware.bin')
+    open(bncp, 'wb').write(ncp_module(9, 13))
+    steps = [{'flashctl': ['--json', 'info', idmap['a6']]},
+             {'flashctl': ['--json', 'info', idmap['b6']]},
+             {'snapshot': 'before'}] + flash_steps([(ncp, idmap['a6'], ()),
+                                                     (bncp, idmap['b6'], ())])
+    res, doc, work, log = run(specs, steps)
+    r = res[3]
+    end = expect_done(r, log, 'verified')
+    dev = device(doc, 'a6')
+    import hashlib
+    check(dev.get('ncp', {}).get('version') == 9 and
+          dev['ncp']['sha256'] == hashlib.sha256(data[24:len(data) - 4]).hexdigest(),
+          'ncp %s' % dev.get('ncp'))
+    check(dev['received']['ctrl_update_bytes'] == len(data) and dev['received']['dfu_bytes'] == 0
+          and dev['received']['ymodem_bytes'] == 0, 'received %s' % dev['received'])
+    descr = steps_of(r)
+    check(any('over control requests' in d for d in descr), 'steps %s' % descr)
+    err = expect_error(res[4], 'ncp-not-updatable', log)
+    d = err['detail']
+    check(d.get('platform') == 'boron' and 'Argon' in d.get('reason', '') and
+          'Boron' in err['message'], 'detail %s: %s' % (json.dumps(d), err['message']))
+    before = json.load(open(os.path.join(res[2]['dir'], 'state.json')))
+    bytes_of = lambda dev: {k: v for k, v in dev['received'].items() if k.endswith('_bytes')}
+    check(bytes_of(device(doc, 'b6')) == bytes_of(device(before, 'b6')) and
+          'ncp' not in device(doc, 'b6'), 'bytes reached the Boron: %s' % device(doc, 'b6')['received'])
+    print('# %s: %s in %.1f s' % (end['outcome'], ' -> '.join(job_phases(r)), r['elapsed']))
+    print('# refused: %s' % err['message'])
+
+
+def test_running_p2s_without_a_tty_are_identified_and_flashed_by_control_requests():
+    # Two running P2s whose CDC interface has no tty node (flashd-sim tty=0: no cdc_acm
+    # binding), Device OS unknown to flashd: flashctl info identifies them by control
+    # requests alone (mode, Device OS, modules), and an application goes over DFU (entered by
+    # request, no 14400 baud without a tty) and is verified by module info (no console).
+    specs = ['platform=p2,mode=normal,os=5.9.0,tty=0,name=p5',
+             'platform=p2,mode=normal,os=6.2.0,tty=0,name=p6']
+    idmap = ids(['platform=p2,mode=normal,os=5.9.0,name=p5',
+                 'platform=p2,mode=normal,os=6.2.0,name=p6'])
+    app = fixture('p2/tinker-5.0.0-p2.bin')
+    # registry_tty_settle_ms (2 s): then flashd takes them as having no tty
+    steps = [{'run': ['sleep', '2.5']},
+             {'flashctl': ['--json', 'list']},
+             {'flashctl': ['--json', 'info', idmap['p5']]},
+             {'flashctl': ['--json', 'info', idmap['p6']]}] + \
+        flash_steps([(app, idmap['p5'], ()), (app, idmap['p6'], ())])
+    res, doc, work, log = run(specs, steps)
+    res = res[1:]
+    listing = json.loads(res[0]['out'])
+    ttys = {d['key']: d.get('tty') for d in listing.get('devices', [])}
+    check(ttys.get(idmap['p5'], 'x') is None and ttys.get(idmap['p6'], 'x') is None,
+          'the sim gave them a tty: %s' % ttys)
+    for r, os_ in ((res[1], '5.9.0'), (res[2], '6.2.0')):
+        info = json.loads(r['out'] or '{}')
+        info = info.get('device', info)
+        check(r['rc'] == 0 and info.get('mode') == 'normal' and info.get('os') == os_ and
+              any(m.get('function') == 'system' for m in info.get('modules', [])),
+              'info: %s %s' % (r['out'][:600], r.get('err')))
+    for r, name in ((res[3], 'p5'), (res[4], 'p6')):
+        phases = job_phases(r)
+        end = expect_done(r, log)
+        check(end.get('outcome') == 'verified', '%s: outcome %s; phases %s; notes %s\n%s'
+              % (name, end.get('outcome'), phases,
+                 [(l.get('note'), l.get('message')) for l in r['lines'] if l.get('note')],
+                 log[-3000:]))
+        check('note:handed-to-dfu' in phases and phases[-1] == 'verifying',
+              '%s phases %s' % (name, phases))
+        notes = [l.get('message') for l in r['lines'] if l.get('note') == 'switching-to-dfu']
+        check(notes and 'control request' in notes[0], '%s switch: %s' % (name, notes))
+        verifying = [l.get('step_description', '') for l in r['lines']
+                     if l.get('event') == 'job-progress' and l.get('state') == 'verifying']
+        check(verifying and all('module info' in d for d in verifying),
+              '%s verify step %s' % (name, verifying))
+        dev, _, _ = check_flashed(doc, name, app)
+        check(dev['received']['ymodem_bytes'] == 0, 'YMODEM without a tty')
+        print('# %s: %s: %s in %.1f s' % (name, end['outcome'], ' -> '.join(phases), r['elapsed']))
+
+
 def test_argon_6_unplug_during_the_firmware_update_is_device_gone():
     # The cable is pulled at the third data chunk of the bootloader update: device-gone
     # naming the file and the request, within bounded time.
@@ -741,6 +844,189 @@ def test_dfu_util_and_flashd_give_identical_dumps():
     compare('platform=photon,mode=dfu,os=2.2.0', fixture('photon/tinker-0.4.5-photon.bin'))
     compare('platform=argon,mode=dfu,os=2.2.0', fixture('argon/argon-system-part1@2.2.0.bin'))
     compare('platform=boron,mode=dfu,os=2.2.0', fixture('boron/boron-system-part1@2.2.0.bin'))
+
+
+def variant(path, offsets):
+    """A real module with bytes changed at the given offsets (inside its body), its
+    suffix SHA-256 and CRC-32 recomputed so that the device accepts it
+    (docs/device/module-format.md#suffix-and-checksums)."""
+    import hashlib
+    import zlib
+    data = bytearray(open(path, 'rb').read())
+    for off in offsets:
+        data[off] ^= 0x5a
+    sha_at = len(data) - 4 - 2 - 32
+    data[sha_at:sha_at + 32] = hashlib.sha256(bytes(data[:sha_at])).digest()
+    struct.pack_into('>I', data, len(data) - 4, zlib.crc32(bytes(data[:-4])) & 0xffffffff)
+    return bytes(data)
+
+
+def units_differing(old, new, start, unit_starts):
+    """Erase units (sorted start addresses, the last one's end = the image's end) whose
+    bytes differ between two images of the same size at start."""
+    n = 0
+    end = start + len(new)
+    for i, u in enumerate(unit_starts):
+        ue = unit_starts[i + 1] if i + 1 < len(unit_starts) else end
+        a, b = max(u, start) - start, min(ue, end) - start
+        if a < b and old[a:b] != new[a:b]:
+            n += 1
+    return n
+
+
+def notes(res, name):
+    return [l.get('message', '') for l in res['lines']
+            if l.get('event') == 'job-progress' and l.get('note') == name]
+
+
+def received(doc_or_dir, name):
+    doc = doc_or_dir if isinstance(doc_or_dir, dict) else \
+        json.load(open(os.path.join(doc_or_dir, 'state.json')))
+    return device(doc, name)['received']
+
+
+def test_same_system_part_twice_over_dfu_writes_nothing_the_second_time():
+    # issue 11: the second time the planner reads the installed system part's suffix
+    # SHA-256 and CRC-32 over DFU UPLOAD (40 bytes at the end its prefix names) and skips
+    # it: 0 DFU bytes, a `skipped` note naming the SHA-256, outcome already-installed.
+    specs = ['platform=argon,mode=dfu,os=2.2.0,name=a1']
+    idmap = ids(specs)
+    sysp = fixture('argon/argon-system-part1@2.2.0.bin')
+    steps = flash_steps([(sysp, idmap['a1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
+        {'snapshot': 'second'}] + flash_steps([(sysp, idmap['a1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
+        {'snapshot': 'third'}] + flash_steps([(sysp, idmap['a1'], ('--force',))])
+    res, doc, work, log = run(specs, steps)
+    expect_done(res[0], log, 'verified')
+    end = expect_done(res[3], log, 'already-installed')
+    # --force writes it anyway, all of it (no read-back diff either)
+    expect_done(res[6], log, 'verified')
+    forced = received(doc, 'a1')['dfu_bytes'] - received(res[5]['dir'], 'a1')['dfu_bytes']
+    check(forced == os.path.getsize(sysp), '--force wrote %d bytes' % forced)
+    before, after = received(res[2]['dir'], 'a1'), received(res[5]['dir'], 'a1')
+    check(after['dfu_bytes'] == before['dfu_bytes'] and
+          after['dfu_erased_bytes'] == before['dfu_erased_bytes'],
+          'second flash wrote %d bytes, erased %d' % (after['dfu_bytes'] - before['dfu_bytes'],
+                                                      after['dfu_erased_bytes'] - before['dfu_erased_bytes']))
+    skipped = notes(res[3], 'skipped')
+    check(skipped and 'same SHA-256' in skipped[0] and 'CRC-32' in skipped[0],
+          'skipped note: %s' % skipped)
+    read = after['dfu_upload_bytes'] - before['dfu_upload_bytes']
+    print('# second flash: %s; %d bytes read back, 0 written; %s'
+          % (end['outcome'], read, skipped[0]))
+
+
+def test_same_version_with_other_bytes_is_written_where_it_differs():
+    # issue 11: the same version is no proof of the same bytes: a Photon system part 2 of
+    # the installed version with one byte changed near its end is written.  issue 18: the
+    # Gen 2 memory map erases 128 KiB sectors; only the sector that differs (the last,
+    # with the change, the SHA-256 and the CRC) is erased and written.
+    specs = ['platform=photon,mode=dfu,os=2.2.0,name=p1']
+    idmap = ids(specs)
+    real = fixture('photon/photon-system-part2@2.2.0.bin')
+    old = open(real, 'rb').read()
+    new = variant(real, [len(old) - 0x1000])
+    path = os.path.join(top, 'photon-system-part2@2.2.0-variant.bin')
+    open(path, 'wb').write(new)
+    start = prefix_start(old)
+    steps = flash_steps([(real, idmap['p1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'p1', 'mode': 'dfu'}, 'settle': True},
+        {'snapshot': 'second'}] + flash_steps([(path, idmap['p1'], ())])
+    res, doc, work, log = run(specs, steps)
+    expect_done(res[0], log, 'verified')
+    end = expect_done(res[3], log, 'verified')
+    check(not notes(res[3], 'skipped'), 'skipped: %s' % notes(res[3], 'skipped'))
+    check_flashed(doc, 'p1', path)
+    sectors = [s for s in (0x08060000, 0x08080000, 0x080A0000, 0x080C0000)
+               if s < start + len(new)]
+    want = units_differing(old, new, start, sectors)
+    check(want == 1 and len(sectors) == 2, 'the variant differs in %d of %d sectors'
+          % (want, len(sectors)))
+    before, after = received(res[2]['dir'], 'p1'), received(doc, 'p1')
+    wrote = after['dfu_bytes'] - before['dfu_bytes']
+    erased = after['dfu_erased_bytes'] - before['dfu_erased_bytes']
+    diff = notes(res[3], 'diff')
+    check(diff and diff[0].split(': ', 1)[1].startswith('1 of 2 sectors differ'),
+          'diff note %s (want %d sectors)' % (diff, want))
+    check(erased == want * 0x20000 and wrote < len(new), 'erased %d, wrote %d of %d'
+          % (erased, wrote, len(new)))
+    print('# %s: %s; %d of %d bytes written' % (end['outcome'], diff[0], wrote, len(new)))
+
+
+def test_few_pages_changed_image_erases_and_writes_only_those_pages():
+    # issue 18: an Argon system part with three bytes changed in three pages in the middle
+    # (SHA-256 and CRC recomputed, so the last page differs too): flashd reads the range
+    # back, erases and writes only the pages that differ, and the device ends with the new
+    # image byte-identical and verified.
+    specs = ['platform=argon,mode=dfu,os=2.2.0,name=a1']
+    idmap = ids(specs)
+    real = fixture('argon/argon-system-part1@2.2.0.bin')
+    old = open(real, 'rb').read()
+    mid = len(old) // 2
+    new = variant(real, [mid, mid + 0x3000, mid + 0x9000])
+    path = os.path.join(top, 'argon-system-part1@2.2.0-variant.bin')
+    open(path, 'wb').write(new)
+    start = prefix_start(old)
+    steps = flash_steps([(real, idmap['a1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
+        {'snapshot': 'second'}] + flash_steps([(path, idmap['a1'], ())])
+    res, doc, work, log = run(specs, steps)
+    expect_done(res[0], log, 'verified')
+    end = expect_done(res[3], log, 'verified')
+    check_flashed(doc, 'a1', path)
+    pages = list(range(start & ~0xfff, start + len(new), 0x1000))
+    want = units_differing(old, new, start, pages)
+    check(want == 4, 'the variant differs in %d pages' % want)
+    before, after = received(res[2]['dir'], 'a1'), received(doc, 'a1')
+    wrote = after['dfu_bytes'] - before['dfu_bytes']
+    erased = after['dfu_erased_bytes'] - before['dfu_erased_bytes']
+    last_page = start + len(new) - ((start + len(new)) & ~0xfff)
+    check(erased == want * 4096 and wrote == 3 * 4096 + last_page,
+          'erased %d, wrote %d (want %d pages)' % (erased, wrote, want))
+    diff = notes(res[3], 'diff')
+    check(diff and ('%d of %d pages differ' % (want, len(pages))) in diff[0],
+          'diff note %s' % diff)
+    print('# %s: %s; dfu bytes %d, erased %d, read back %d'
+          % (end['outcome'], diff[0], wrote, erased,
+             after['dfu_upload_bytes'] - before['dfu_upload_bytes']))
+
+
+def test_failure_mid_diff_reports_the_pages_written():
+    # issue 18: a write that runs as a diff and fails half-way says what it did: the
+    # differing pages are erased first (the module's last page among them, so the device
+    # does not take the module as whole), then written in ascending order; the device
+    # fails the second page's write (error@chunk2, errWRITE): the job's partial object names the
+    # first page written and where it stopped.
+    specs = ['platform=argon,mode=dfu,os=2.2.0,name=a1']
+    idmap = ids(specs)
+    real = fixture('argon/argon-system-part1@2.2.0.bin')
+    old = open(real, 'rb').read()
+    mid = len(old) // 2
+    new = variant(real, [mid, mid + 0x3000, mid + 0x9000])
+    path = os.path.join(top, 'argon-system-part1@2.2.0-variant.bin')
+    open(path, 'wb').write(new)
+    start = prefix_start(old)
+    steps = flash_steps([(real, idmap['a1'], ())]) + [
+        {'ctl': {'cmd': 'mode', 'name': 'a1', 'mode': 'dfu'}, 'settle': True},
+        {'ctl': {'cmd': 'fault', 'name': 'a1', 'faults': 'error@chunk2:errWRITE'}}] + \
+        flash_steps([(path, idmap['a1'], ())])
+    res, doc, work, log = run(specs, steps)
+    expect_done(res[0], log, 'verified')
+    r = res[3]
+    err = expect_error(r, 'transfer-failed', log)
+    end = [l for l in r['lines'] if l.get('event') == 'job-ended'][0]
+    part = end.get('partial') or (end.get('record') or {}).get('partial')
+    second = (start + mid + 0x3000) & ~0xfff
+    check(part and part['state'] == 'partly-written' and part['bytes_written'] == 4096 and
+          part['address'] == second and part['module_function'] == 'system',
+          'partial %s (error %s)' % (part, err.get('message')))
+    phases = job_phases(r)
+    check(phases.index('preflight') < phases.index('erasing') < phases.index('writing'),
+          'phases %s' % phases)
+    print('# %s; partial: %s, %d bytes written, stopped at 0x%x; next boot: %s'
+          % (err['code'], part['state'], part['bytes_written'], part['address'],
+             part['next_boot']))
 
 
 TESTS = {n[5:]: f for n, f in list(globals().items()) if n.startswith('test_')}

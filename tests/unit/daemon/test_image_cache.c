@@ -1,12 +1,15 @@
 /*
  * The daemon's image intake (daemon/image_cache.c) with zip bundles: a
  * bundle's application becomes the image that jobs flash, its assets stay on
- * the reference, a bundle with assets is refused with assets-not-flashable
- * (no transport writes assets yet), a broken bundle fails with its bundle-*
+ * the reference and become asset modules, files of the job (one reference
+ * each, named assets/NAME), refused with assets-not-flashable when they do
+ * not fit into the job, a broken bundle fails with its bundle-*
  * error, and the assets count against the memory limit.
  */
 #include "fixtures_present.h"
 #include "image_cache.h"
+#include "asset_module.h"
+#include "platform.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -62,7 +65,11 @@ static void test_application_only_bundle_flashes_as_its_application(void **state
 	assert_ptr_equal(ref->img, ref->bundle->app);
 	assert_memory_equal(ref->img->data, app, app_len);
 	assert_int_equal(ref->bytes, zip_len); /* the job record shows the file sent */
-	assert_int_equal(image_ref_check_assets(ref, "app.zip", &err), 0);
+	struct image_ref *out[WIRE_IMAGES_MAX];
+	char names[WIRE_IMAGES_MAX][WIRE_NAME_MAX];
+	unsigned n = 99;
+	assert_int_equal(image_ref_expand_assets(c, ref, "app.zip", out, names, 7, &n, &err), 0);
+	assert_int_equal(n, 0);
 	assert_false(error_is_set(&err));
 	image_cache_put(c, ref);
 	assert_int_equal(image_cache_bytes(c), 0);
@@ -71,7 +78,7 @@ static void test_application_only_bundle_flashes_as_its_application(void **state
 	free(app);
 }
 
-static void test_bundle_with_assets_keeps_them_and_is_refused_for_now(void **state)
+static void test_bundle_with_assets_keeps_them_as_asset_modules(void **state)
 {
 	(void)state;
 	struct blob assets[] = {{"logo.png", logo, sizeof(logo)}};
@@ -86,12 +93,30 @@ static void test_bundle_with_assets_keeps_them_and_is_refused_for_now(void **sta
 	assert_int_equal(ref->bundle->n_assets, 1);
 	assert_memory_equal(ref->bundle->assets[0].data, logo, sizeof(logo));
 	assert_int_equal(image_cache_bytes(c), zip_len + sizeof(logo));
-	assert_int_equal(image_ref_check_assets(ref, "app.zip", &err), -1);
+	struct image_ref *out[WIRE_IMAGES_MAX];
+	char names[WIRE_IMAGES_MAX][WIRE_NAME_MAX];
+	unsigned n = 99;
+	/* no room in the job: refused, nothing kept */
+	assert_int_equal(image_ref_expand_assets(c, ref, "app.zip", out, names, 0, &n, &err), -1);
 	assert_int_equal(err.code, ERR_ASSETS_NOT_FLASHABLE);
+	assert_int_equal(n, 0);
 	assert_int_equal(json_integer_value(json_object_get(err.detail, "assets")), 1);
-	assert_non_null(strstr(err.message, "control-request"));
-	assert_non_null(strstr(err.hint, APP_NAME));
 	error_clear(&err);
+	assert_int_equal(image_cache_count(c), 1);
+	/* room: one asset module, function asset, naming the asset and its hash */
+	assert_int_equal(image_ref_expand_assets(c, ref, "app.zip", out, names, 7, &n, &err), 0);
+	assert_int_equal(n, 1);
+	assert_string_equal(names[0], "assets/logo.png");
+	assert_int_equal(out[0]->img->n_modules, 1);
+	assert_int_equal(out[0]->img->modules[0].function, MODULE_FUNCTION_ASSET);
+	assert_true(out[0]->img->modules[0].crc_ok);
+	struct asset_module_info ai;
+	assert_int_equal(asset_module_read(out[0]->img->data, out[0]->img->len, &ai), 0);
+	assert_string_equal(ai.name, "logo.png");
+	assert_memory_equal(ai.sha256, ref->bundle->assets[0].sha256, 32);
+	assert_memory_equal(out[0]->img->data + ai.data_offset, logo, sizeof(logo));
+	assert_int_equal(ai.data_size, sizeof(logo));
+	image_cache_put(c, out[0]);
 	/* The same bytes again share the reference. */
 	struct image_ref *again = load(c, zip, zip_len, &err);
 	assert_ptr_equal(again, ref);
@@ -158,7 +183,7 @@ int main(void)
 	fixtures_present_or_skip(fixtures_read);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_application_only_bundle_flashes_as_its_application),
-	    cmocka_unit_test(test_bundle_with_assets_keeps_them_and_is_refused_for_now),
+	    cmocka_unit_test(test_bundle_with_assets_keeps_them_as_asset_modules),
 	    cmocka_unit_test(test_broken_bundle_fails_with_its_error_and_file),
 	    cmocka_unit_test(test_assets_count_against_the_memory_limit),
 	};

@@ -377,9 +377,13 @@ static void test_serial_rules_ask_the_capability_table(void **state)
 	assert_true(r.functions & (1u << MODULE_FUNCTION_USER));
 	assert_true(r.functions & (1u << MODULE_FUNCTION_NCP));
 
-	fixture_facts(&dev, "tracker", "5.9.0", NULL, 0);
+	fixture_facts(&dev, "tracker", "5.5.0", NULL, 0);
 	preflight_rules_serial(&dev, &r);
 	assert_true(r.functions & (1u << MODULE_FUNCTION_NCP));
+	/* 5.6.0 disabled host updates of the Tracker's NCP (HAL_PLATFORM_NCP_UPDATES_DISABLED) */
+	fixture_facts(&dev, "tracker", "5.9.0", NULL, 0);
+	preflight_rules_serial(&dev, &r);
+	assert_false(r.functions & (1u << MODULE_FUNCTION_NCP));
 
 	fixture_facts(&dev, "argon", "5.9.0", NULL, 0);
 	dev.platform = NULL; /* platform unknown: tried, but no NCP */

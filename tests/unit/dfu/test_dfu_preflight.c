@@ -635,6 +635,55 @@ static void test_photon_user_part_read_whole_gets_a_true_integrity_verdict(void 
 	image_free(app);
 }
 
+/* issue 11: a system part is read at its end too (the suffix's SHA-256 and the CRC-32, 40
+ * bytes at the end its prefix names): identity without reading it all; a failed read of
+ * that end makes its bytes unreadable, not identical. */
+static void test_system_part_identity_is_read_from_its_suffix(void **state)
+{
+	(void)state;
+	struct image *sysp = load("photon/photon-system-part2@2.2.0.bin");
+	const struct image_module *im = &sysp->modules[0];
+	struct dfuse_info info;
+	struct device_facts facts;
+	info_with_map(&info, GEN2_MAP);
+	for (int fail_read = 0; fail_read < 2; fail_read++) {
+		struct fake_flash *f = flash_with(0x08000000, 1u << 20, sysp);
+		struct dfu_readback rb;
+		dfu_readback_plan(platform_by_id(6), &rb);
+		assert_int_equal(read_all(&rb, f), 2); /* prefixes, then the suffix */
+		bool found = false;
+		for (unsigned i = 0; i < rb.n_probes; i++)
+			if (rb.probes[i].kind == DFU_PROBE_SUFFIX) {
+				assert_int_equal(rb.probes[i].address,
+						 im->start + im->size - DFU_SUFFIX_PROBE_LEN);
+				if (fail_read)
+					rb.probes[i].read = false;
+				found = true;
+			}
+		assert_true(found);
+		assert_true(dfu_readback_facts(&rb, &info, &facts));
+		const struct installed_module *m = NULL;
+		for (unsigned i = 0; i < facts.n_modules; i++)
+			if (facts.modules[i].address == im->start)
+				m = &facts.modules[i];
+		assert_non_null(m);
+		if (fail_read) {
+			assert_int_equal(m->bytes, INSTALLED_BYTES_UNREADABLE);
+			assert_string_equal(m->sha256, "");
+		} else {
+			char hex[65];
+			for (int k = 0; k < 32; k++)
+				snprintf(hex + 2 * k, 3, "%02x", im->sha256[k]);
+			assert_int_equal(m->bytes, INSTALLED_BYTES_READ);
+			assert_string_equal(m->sha256, hex);
+			assert_int_equal(m->crc, im->crc_stored);
+		}
+		dfu_readback_clear(&rb);
+		flash_free(f);
+	}
+	image_free(sysp);
+}
+
 static void test_user_part_larger_than_the_whole_read_limit_keeps_the_prefix_read(void **state)
 {
 	(void)state;
@@ -677,10 +726,15 @@ static void test_user_part_larger_than_the_whole_read_limit_keeps_the_prefix_rea
 
 /* Every fixture this file reads. */
 static const char *const fixtures_read[] = {
-    "argon/argon-bootloader@2.2.0.bin",	  "argon/argon-softdevice@2.0.1.bin",
-    "argon/argon-system-part1@1.5.0.bin", "argon/argon-system-part1@2.2.0.bin",
-    "argon/tinker-0.8.0-rc.27-argon.bin", "p2/tinker-5.0.0-p2.bin",
-    "photon/tinker-0.4.5-photon.bin",	  NULL,
+    "argon/argon-bootloader@2.2.0.bin",
+    "argon/argon-softdevice@2.0.1.bin",
+    "argon/argon-system-part1@1.5.0.bin",
+    "argon/argon-system-part1@2.2.0.bin",
+    "argon/tinker-0.8.0-rc.27-argon.bin",
+    "p2/tinker-5.0.0-p2.bin",
+    "photon/tinker-0.4.5-photon.bin",
+    "photon/photon-system-part2@2.2.0.bin",
+    NULL,
 };
 
 int main(void)
@@ -705,6 +759,7 @@ int main(void)
 	    cmocka_unit_test(test_p2_suffix_naming_a_start_outside_the_user_slot_is_ignored),
 	    cmocka_unit_test(test_photon_user_part_read_whole_gets_a_true_integrity_verdict),
 	    cmocka_unit_test(test_user_part_larger_than_the_whole_read_limit_keeps_the_prefix_read),
+	    cmocka_unit_test(test_system_part_identity_is_read_from_its_suffix),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,7 @@
 #include "fixture.h"
 #include "plan.h"
 
+#include "asset_module.h"
 #include "image.h"
 #include "platform.h"
 
@@ -419,6 +420,57 @@ static void test_identical_application_is_skipped(void **state)
 	free(plan);
 }
 
+/* issue 11 over DFU: a system part is identical by its suffix SHA-256 and stored CRC-32
+ * read back at its end; the same version whose bytes could not be read is written, and
+ * the plan says why. */
+static void test_system_part_identity_is_its_sha_and_crc_never_its_version(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	argon_231(&f, true);
+	struct image *img = synth(0x30000, SY, 1, 2302, 12, RS, 0, 202, BL, 0, 1006, 4000);
+	const char *name = "argon-system-part1.bin";
+	struct installed_module *sys = &f.modules[1]; /* system part 1 (argon_231) */
+	assert_int_equal(sys->function, SY);
+	sys->version = 2302;
+	sys->address = 0x30000;
+	static const char digits[] = "0123456789abcdef";
+	for (int i = 0; i < 32; i++) {
+		sys->sha256[2 * i] = digits[img->modules[0].sha256[i] >> 4];
+		sys->sha256[2 * i + 1] = digits[img->modules[0].sha256[i] & 15];
+	}
+	sys->sha256[64] = '\0';
+	sys->bytes = INSTALLED_BYTES_READ;
+	sys->crc = img->modules[0].crc_stored;
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_DFU, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 0);
+	assert_int_equal(plan->n_skipped, 1);
+	assert_non_null(strstr(plan->skip_reason[0], "same SHA-256"));
+	assert_non_null(strstr(plan->skip_reason[0], "CRC-32"));
+	/* the same SHA-256 with another CRC: not the same bytes */
+	sys->crc ^= 1;
+	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_DFU, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	assert_int_equal(plan->n_unverified, 0);
+	/* unreadable: written, and the plan says why */
+	sys->crc ^= 1;
+	sys->sha256[0] = '\0';
+	sys->bytes = INSTALLED_BYTES_UNREADABLE;
+	assert_int_equal(build(&f, &img, &name, 1, false, DEVICE_MODE_DFU, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	assert_int_equal(plan->n_skipped, 0);
+	assert_int_equal(plan->n_unverified, 1);
+	assert_non_null(strstr(plan->unverified[0], "reading its SHA-256 and CRC back"));
+	json_t *j = plan_to_json(plan);
+	assert_int_equal(json_array_size(json_object_get(j, "unverified")), 1);
+	json_decref(j);
+	image_free(img);
+	free(plan);
+}
+
 static void test_repairing_a_broken_board_works(void **state)
 {
 	(void)state;
@@ -502,6 +554,126 @@ static void test_capability_table(void **state)
 	free(plan);
 }
 
+/* The asset module of (name, bytes), parsed. */
+static struct image *asset(const char *name, const char *text)
+{
+	uint8_t *m;
+	size_t len;
+	struct error e;
+	error_init(&e);
+	assert_int_equal(
+	    asset_module_build(name, (const uint8_t *)text, strlen(text), &m, &len, &e), 0);
+	struct image *img = NULL;
+	assert_int_equal(image_parse(m, len, &img, &e), 0);
+	free(m);
+	return img;
+}
+
+static void test_assets_go_by_request_after_the_application_unless_stored(void **state)
+{
+	(void)state;
+	struct device_facts f;
+	memset(&f, 0, sizeof(f));
+	f.platform = platform_by_name("p2");
+	f.system_version = 5900;
+	f.modules_known = true;
+	add_module(&f, SY, 1, 5900, 0, 0, 0, 0, 0, 0);
+	struct image *imgs[3] = {asset("logo.png", "a logo"),
+				 synth(0x085f4000, US, 2, 6, 32, SY, 1, 5900, 0, 0, 0, 2000),
+				 asset("sound.raw", "a sound")};
+	const char *names[3] = {"assets/logo.png", "app.bin", "assets/sound.raw"};
+	assert_int_equal(plan_writers(&imgs[0]->modules[0], f.platform, 5900),
+			 1u << PLAN_TRANSPORT_CTRL);
+	assert_int_equal(plan_writers(&imgs[0]->modules[0], f.platform, 5400), 0);
+	assert_int_equal(plan_writers(&imgs[0]->modules[0], platform_by_name("photon"), 3000), 0);
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	/* the asset store unknown: every file written, the application first */
+	assert_int_equal(build(&f, imgs, names, 3, false, DEVICE_MODE_DFU, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 3);
+	assert_int_equal(plan->order[0], 1);
+	size_t w = 0;
+	for (size_t i = 0; i < plan->n_steps; i++)
+		if (plan->steps[i].kind == PLAN_STEP_WRITE)
+			assert_int_equal(plan->steps[i].transport,
+					 w++ == 0 ? PLAN_TRANSPORT_DFU : PLAN_TRANSPORT_CTRL);
+	char summary[256];
+	plan_summary(plan, summary, sizeof(summary));
+	assert_non_null(strstr(summary, "asset logo.png, asset sound.raw"));
+	/* the store holds logo.png (same hash) and an older sound.raw: only sound.raw */
+	struct asset_module_info a;
+	assert_int_equal(asset_module_read(imgs[0]->data, imgs[0]->len, &a), 0);
+	f.assets_known = true;
+	f.n_assets = 2;
+	snprintf(f.assets[0].name, sizeof(f.assets[0].name), "logo.png");
+	memcpy(f.assets[0].sha256, a.sha256, 32);
+	snprintf(f.assets[1].name, sizeof(f.assets[1].name), "sound.raw");
+	assert_int_equal(build(&f, &imgs[0], &names[0], 1, false, DEVICE_MODE_NORMAL, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 0);
+	assert_int_equal(plan->n_skipped, 1);
+	assert_non_null(strstr(plan->skip_reason[0], "logo.png"));
+	assert_int_equal(build(&f, &imgs[2], &names[2], 1, false, DEVICE_MODE_NORMAL, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	/* a Photon has no asset store: assets-not-flashable before any byte */
+	struct device_facts ph;
+	photon_152(&ph);
+	assert_int_equal(build(&ph, &imgs[0], &names[0], 1, false, DEVICE_MODE_NORMAL, plan, &e),
+			 -1);
+	assert_int_equal(e.code, ERR_ASSETS_NOT_FLASHABLE);
+	assert_string_equal(detail_str(&e, "platform"), "photon");
+	error_clear(&e);
+	for (int i = 0; i < 3; i++)
+		image_free(imgs[i]);
+	free(plan);
+}
+
+static void test_ncp_only_on_the_argon(void **state)
+{
+	(void)state;
+	struct image *argon_ncp = synth(0, MODULE_FUNCTION_NCP, 0, 9, 12, 0, 0, 0, 0, 0, 0, 500);
+	struct image *boron_ncp = synth(0, MODULE_FUNCTION_NCP, 0, 9, 13, 0, 0, 0, 0, 0, 0, 500);
+	struct image *tracker_ncp = synth(0, MODULE_FUNCTION_NCP, 0, 9, 26, 0, 0, 0, 0, 0, 0, 500);
+	const struct platform *argon = platform_by_name("argon");
+	const struct platform *tracker = platform_by_name("tracker");
+	assert_int_equal(plan_writers(&argon_ncp->modules[0], argon, 6200),
+			 1u << PLAN_TRANSPORT_CTRL);
+	assert_int_equal(plan_writers(&argon_ncp->modules[0], argon, 5900),
+			 (1u << PLAN_TRANSPORT_SERIAL) | (1u << PLAN_TRANSPORT_CTRL));
+	assert_int_equal(plan_writers(&tracker_ncp->modules[0], tracker, 5502),
+			 1u << PLAN_TRANSPORT_SERIAL);
+	assert_int_equal(plan_writers(&tracker_ncp->modules[0], tracker, 5600), 0);
+	assert_int_equal(plan_writers(&boron_ncp->modules[0], platform_by_name("boron"), 5900), 0);
+	struct plan *plan = malloc(sizeof(*plan));
+	struct error e;
+	error_init(&e);
+	struct device_facts f;
+	memset(&f, 0, sizeof(f));
+	f.platform = platform_by_name("boron");
+	f.system_version = 6200;
+	f.modules_known = true;
+	const char *name = "ncp.bin";
+	assert_int_equal(build(&f, &boron_ncp, &name, 1, true, DEVICE_MODE_NORMAL, plan, &e), -1);
+	assert_int_equal(e.code, ERR_NCP_NOT_UPDATABLE);
+	assert_string_equal(detail_str(&e, "platform"), "boron");
+	error_clear(&e);
+	f.platform = tracker;
+	f.system_version = 5900;
+	assert_int_equal(build(&f, &tracker_ncp, &name, 1, true, DEVICE_MODE_NORMAL, plan, &e), -1);
+	assert_int_equal(e.code, ERR_NCP_NOT_UPDATABLE);
+	assert_non_null(strstr(detail_str(&e, "reason"), "5.6.0"));
+	error_clear(&e);
+	f.platform = argon;
+	f.system_version = 6200;
+	assert_int_equal(build(&f, &argon_ncp, &name, 1, false, DEVICE_MODE_NORMAL, plan, &e), 0);
+	assert_int_equal(plan->n_writes, 1);
+	assert_int_equal(plan->first_transport, PLAN_TRANSPORT_CTRL);
+	image_free(argon_ncp);
+	image_free(boron_ncp);
+	image_free(tracker_ncp);
+	free(plan);
+}
+
 static void test_invalid_modules_after_reboot(void **state)
 {
 	(void)state;
@@ -530,9 +702,12 @@ int main(void)
 	    cmocka_unit_test(test_intermediate_states_order_a_downgrade),
 	    cmocka_unit_test(test_electron_system_parts_carry_their_bootloader),
 	    cmocka_unit_test(test_identical_application_is_skipped),
+	    cmocka_unit_test(test_system_part_identity_is_its_sha_and_crc_never_its_version),
 	    cmocka_unit_test(test_repairing_a_broken_board_works),
 	    cmocka_unit_test(test_capability_table),
 	    cmocka_unit_test(test_invalid_modules_after_reboot),
+	    cmocka_unit_test(test_assets_go_by_request_after_the_application_unless_stored),
+	    cmocka_unit_test(test_ncp_only_on_the_argon),
 	};
 	cmocka_set_message_output(CM_OUTPUT_TAP);
 	return cmocka_run_group_tests(tests, NULL, NULL);

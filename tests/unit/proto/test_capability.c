@@ -93,8 +93,14 @@ static void test_only_the_argon_and_the_tracker_have_an_updatable_ncp(void **sta
 {
 	(void)state;
 	assert_int_equal(capability_of(CAPABILITY_UPDATABLE_NCP, P("argon"), 0), CAPABILITY_YES);
-	assert_int_equal(capability_of(CAPABILITY_UPDATABLE_NCP, P("tracker"), 5901),
+	assert_int_equal(capability_of(CAPABILITY_UPDATABLE_NCP, P("argon"), 6200), CAPABILITY_YES);
+	assert_int_equal(capability_of(CAPABILITY_UPDATABLE_NCP, P("tracker"), 5502),
 			 CAPABILITY_YES);
+	/* 5.6.0 disabled the Tracker's (HAL_PLATFORM_NCP_UPDATES_DISABLED) */
+	assert_int_equal(capability_of(CAPABILITY_UPDATABLE_NCP, P("tracker"), 5901),
+			 CAPABILITY_NO);
+	assert_int_equal(capability_of(CAPABILITY_UPDATABLE_NCP, P("tracker"), 0),
+			 CAPABILITY_UNKNOWN);
 	assert_int_equal(capability_of(CAPABILITY_UPDATABLE_NCP, P("boron"), 5901), CAPABILITY_NO);
 	assert_int_equal(capability_of(CAPABILITY_UPDATABLE_NCP, NULL, 5901), CAPABILITY_UNKNOWN);
 }
