@@ -1066,8 +1066,19 @@ int plan_build(const struct device_facts *facts, const struct preflight_input *f
 								  .transport = PLAN_TRANSPORT_DFU,
 								  .how = "DFU leave",
 								  .estimate_ms = 5000});
+			/* the asset store is read by control request only (GET_ASSET_INFO):
+			 * a job that writes assets is verified there where the device takes
+			 * them */
+			bool assets = false;
+			for (size_t n = 0; n < plan->n_order; n++)
+				assets |= files[plan->order[n]].img->modules[0].function ==
+					  MODULE_FUNCTION_ASSET;
+			enum plan_transport v = verifier(p, sysver, built);
+			if (assets && (built & T_BIT(PLAN_TRANSPORT_CTRL)) &&
+			    capability_has(CAPABILITY_CONTROL_REQUESTS, p, sysver, false))
+				v = PLAN_TRANSPORT_CTRL;
 			add_step(plan, (struct plan_step){.kind = PLAN_STEP_VERIFY,
-							  .transport = verifier(p, sysver, built),
+							  .transport = v,
 							  .estimate_ms = 2000});
 		}
 	}
