@@ -65,6 +65,10 @@ struct job_steps {
 	bool have_res;
 	struct job_step_result res;
 	struct error err;
+	/* what the READ reported, and who read it: the first WRITE (or CHECK) over the
+	 * same transport with no step before it starts from it (job_step.read) */
+	struct device_facts read_facts;
+	const struct transport_ops *read_ops;
 	char no_answer_why[sizeof(((struct error *)0)->message)];
 };
 
@@ -494,6 +498,17 @@ static const struct transport_ops *reader(struct job_steps *s)
 
 static void switch_14400(struct job_steps *s);
 
+/* The step at plan step i over ops starts from the READ's facts when the READ was
+ * ops's and nothing ran since (i == 0: no mode switch, no write before it). */
+static void reuse_read(struct job_steps *s, const struct transport_ops *ops, size_t i)
+{
+	if (i == 0 && s->read_ops == ops) {
+		s->step.have_read = true;
+		s->step.read = s->read_facts;
+	}
+	s->read_ops = NULL; /* once: the device changes from here on */
+}
+
 static void read_next(struct job_steps *s)
 {
 	struct error err;
@@ -562,6 +577,7 @@ static void dry_run_checks(struct job_steps *s)
 	}
 	memset(&s->step, 0, sizeof(s->step));
 	s->step.kind = JOB_STEP_CHECK;
+	reuse_read(s, ops, 0);
 	while (i < p->n_steps && p->steps[i].kind == PLAN_STEP_WRITE &&
 	       p->steps[i].transport == p->steps[0].transport &&
 	       s->step.n_images < JOB_STEP_MAX_IMAGES)
@@ -640,6 +656,8 @@ static void read_done(struct job_steps *s)
 	job_update_facts(job, &s->res.facts);
 	if (s->res.mode != DEVICE_MODE_UNKNOWN)
 		job_set_device_mode(job, s->res.mode);
+	s->read_facts = s->res.facts;
+	s->read_ops = s->ops;
 	if (is_probe(job)) {
 		end_job(s, JOB_RESULT_DONE, "probed", NULL);
 		return;
@@ -762,6 +780,7 @@ static void do_write(struct job_steps *s, const struct plan_step *ps)
 	    ps->transport == PLAN_TRANSPORT_DFU && j < p->n_steps &&
 	    (p->steps[j].kind == PLAN_STEP_REBOOT ||
 	     (p->steps[j].kind == PLAN_STEP_SWITCH && p->steps[j].from == DEVICE_MODE_DFU));
+	reuse_read(s, ops, s->next);
 	s->cur = s->next;
 	s->saw_gone = false;
 	s->left = false;
@@ -1042,6 +1061,7 @@ void job_steps_run(struct job *job)
 	s->no_answer = 0;
 	s->no_answer_why[0] = '\0';
 	s->switched_for_read = false;
+	s->read_ops = NULL;
 	s->ended_step = false;
 	s->left = false;
 	s->at = NULL;

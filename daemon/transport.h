@@ -240,6 +240,11 @@ struct job_step {
 	size_t n_images;
 	bool leave; /* WRITE over DFU: leave DFU mode once written (the plan's reboot follows) */
 	bool probe; /* READ: a probe job (device-info "probe"): read only, say so in notes */
+	/* WRITE, CHECK: what this same transport's READ reported just before, with no
+	 * other step in between (have_read): the run may start from it instead of
+	 * reading the device again. */
+	bool have_read;
+	struct device_facts read;
 };
 
 /* What a step read (READ, VERIFY) or what a write could tell (WRITE). */

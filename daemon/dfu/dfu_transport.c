@@ -60,6 +60,7 @@ struct transport_run {
 	struct dfu_readback rb;
 	unsigned probe_i;
 	bool layout_known;
+	bool reused; /* the facts are the READ's (step.have_read), not read again */
 	struct device_facts facts;
 	struct dfu_plan plan;
 	unsigned write_i;
@@ -306,6 +307,21 @@ static void step(struct transport_run *r)
 	switch (r->state) {
 	case RUN_DFU_OPEN:
 		job_set_state(r->job, JOB_PREFLIGHT);
+		if (r->step.kind != JOB_STEP_READ && r->step.have_read) {
+			/* this transport's READ read it just before: start from that (the
+			 * layout is known when a Gen 3 system part was found, as
+			 * dfu_readback_facts() says) */
+			r->facts = r->step.read;
+			r->layout_known =
+			    r->facts.platform &&
+			    (r->facts.platform->mcu != MCU_NRF52840 ||
+			     preflight_installed(&r->facts, MODULE_FUNCTION_SYSTEM, 1));
+			r->probe_i = r->rb.n_probes = 0;
+			r->state = RUN_READBACK;
+			r->reused = true;
+			step(r);
+			return;
+		}
 		dfu_readback_clear(&r->rb);
 		dfu_readback_plan(r->facts.platform, &r->rb);
 		/* the suffixes (SHA-256, CRC) of the modules the planner compares (issue 11) */
@@ -332,7 +348,7 @@ static void step(struct transport_run *r)
 		/* What the reads found may call for more (the P2 user part's prefix). */
 		if (dfu_readback_follow(&r->rb))
 			break;
-		{
+		if (!r->reused) {
 			struct device_facts f;
 			r->layout_known = dfu_readback_facts(&r->rb, dfuse_get_info(r->dfuse), &f);
 			if (!f.platform)
