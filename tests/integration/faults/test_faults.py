@@ -100,7 +100,27 @@ def cells():
         ]
     # control requests: Argon 6.2.0 in normal mode, its bootloader re-stamped newer (47292
     # bytes, 12 firmware-update chunks of 4096); the replug rule restarts the update
+    reset_normal = [{'cmd': 'mode', 'name': 'd1', 'mode': 'normal'}]
+    for pos, chunk in (('0%', 1), ('50%', 6), ('99%', 12)):
+        if pos != '50%':
+            out += [
+                dict(id='ctrl unplug ' + pos, tr='ctrl', fault='ctrl-unplug@chunk%d' % chunk,
+                     expect='device-gone', recover=plug),
+                dict(id='ctrl unplug, back on another port ' + pos, tr='ctrl',
+                     fault='ctrl-unplug@chunk%d' % chunk,
+                     on_left={'cmd': 'replug', 'name': 'd1', 'port': '1-6'}, expect='done'),
+            ]
+        out += [
+            # no transfer answered after the chunk: ctrl_request_ms, then timed-out
+            dict(id='ctrl silent ' + pos, tr='ctrl', fault='ctrl-silent@chunk%d' % chunk,
+                 expect='timed-out', recover=reset_normal, max_s=30),
+        ]
     out += [
+        # the firmware-update data request answered with system_error_t FLASH_IO (-219)
+        dict(id='ctrl error result (FLASH_IO) 50%', tr='ctrl', fault='ctrl-result@chunk6:-219',
+             expect='device-rejected',
+             detail={'system_error': 'FLASH_IO', 'device_code': -219,
+                     'request': 'firmware-update-data'}),
         dict(id='ctrl busy x3, then OK', tr='ctrl', fault='ctrl-busy@3', expect='done'),
         # BUSY to every INIT: the request's own bound (ctrl_request_ms), then device-busy
         dict(id='ctrl busy for ever', tr='ctrl', fault='ctrl-busy@1000000', expect='device-busy',
@@ -112,6 +132,11 @@ def cells():
         # 100 ms per chunk written (tests/sim/ctrlreq.c) at 0.5: the update lasts ~0.6 s
         dict(id='ctrl SIGKILL mid-job, restart', tr='ctrl', action='sigkill', at=50,
              expect='interrupted', time_scale='0.5'),
+        dict(id='ctrl SIGTERM mid-job, restart', tr='ctrl', action='sigterm', at=50,
+             expect='interrupted', time_scale='0.5'),
+        # killed, the device re-plugged into another port while flashd is down
+        dict(id='ctrl SIGKILL mid-job, replug, restart', tr='ctrl', action='sigkill-replug',
+             at=50, expect='interrupted', time_scale='0.5'),
     ]
     # daemon faults, mid-transfer (DFU at real-device speed / 20: the job lasts seconds)
     slow = {'time_scale': '0.05'}
@@ -317,10 +342,12 @@ def run_job(d, ctl, cell, path, dev_id):
                 acted = True
                 a = cell['action']
                 out['acted_at'] = ev.get('percent')
-                if a in ('sigkill', 'sigterm'):
-                    sig = signal.SIGKILL if a == 'sigkill' else signal.SIGTERM
+                if a in ('sigkill', 'sigterm', 'sigkill-replug'):
+                    sig = signal.SIGTERM if a == 'sigterm' else signal.SIGKILL
                     d.stop(sig)
                     out['flashd_exit'] = d.proc.returncode
+                    if a == 'sigkill-replug':
+                        out['replug'] = ctl(cmd='replug', name='d1', port='1-6')
                     if a == 'sigterm':
                         # the client saw job-ended "interrupted" (read it from flashctl)
                         pass
