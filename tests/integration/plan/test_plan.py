@@ -42,6 +42,21 @@ def inner(plan_path):
             lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith('{')]
             return {'rc': p.returncode, 'lines': lines, 'stderr': p.stderr,
                     'elapsed': time.monotonic() - t0}
+        if 'flash_replug' in step:
+            # the job runs; when it notes device-left, the device is plugged into
+            # another port (the replug rule), once
+            p = tb.flashctl_popen('--json', 'flash', *step['flash_replug'])
+            lines, replugged = [], None
+            for line in p.stdout:
+                if not line.startswith('{'):
+                    continue
+                ev = json.loads(line)
+                lines.append(ev)
+                if ev.get('note') == 'device-left' and replugged is None:
+                    replugged = tb.ctl(**step['replug'])
+            p.wait(200)
+            return {'rc': p.returncode, 'lines': lines, 'replugged': replugged,
+                    'elapsed': time.monotonic() - t0}
         if 'flashctl' in step:
             p = tb.flashctl(*step['flashctl'])
             return {'rc': p.returncode, 'out': p.stdout, 'err': p.stderr}
@@ -268,6 +283,57 @@ def test_plan_across_transports_serial_then_dfu():
     check(m and m['valid'] and module(dev, 'system', 1)['version'] == 6000, 'modules %s' % dev['modules'])
     say('%s: %s; plans: %s' % (end['result'], end['outcome'],
                                ' | '.join(str(write_steps(p)) for p in plans)))
+
+
+def test_multi_file_plan_resumes_on_another_port_without_rewriting_a_finished_file():
+    # An Argon on 2.0.1 in DFU mode gets the 2.2.0 system part and Tinker in one job.
+    # After the system part is written and a few chunks of Tinker, the cable is pulled
+    # (flashd-sim unplug@chunkN counts DFU data chunks since the device enumerated);
+    # the board comes back on another port: the job resumes from Tinker's erase, the
+    # system part is not written again (dfu_bytes: each file once, plus Tinker's
+    # chunks before the pull), and the whole device ends verified.
+    sysp = fixture('argon/argon-system-part1@2.2.0.bin')
+    app = fixture('argon/tinker-0.8.0-rc.27-argon.bin')
+    sys_chunks = (os.path.getsize(sysp) + 4095) // 4096
+    pull_at = sys_chunks + 2  # Tinker is 3 chunks: pulled after its second
+    IDS['a3'] = 'e00fce68aabbccddeeff0104'
+    sp = spec('argon', '2.0.1', 'a3', 'dfu') + ',faults=unplug@chunk%d' % pull_at
+    res, doc, log = run([sp], [{'flash_replug': [app, sysp, '--device', IDS['a3']],
+                                'replug': {'cmd': 'replug', 'name': 'a3', 'port': '1-6'}}])
+    r = res[0]
+    end = job_end(r)
+    check(r['replugged'] and r['replugged'].get('ok'), 'not replugged: %s' % r['replugged'])
+    check(end and end['result'] == 'done' and end.get('outcome') == 'verified',
+          'ended %s\n%s' % (json.dumps(end)[:1500], log[-4000:]))
+    plans = [[w[0] for w in write_steps(l['plan'])] for l in r['lines']
+             if l.get('event') == 'job-plan']
+    b_sys, b_app = os.path.basename(sysp), os.path.basename(app)
+    check(plans and plans[0] == [b_sys, b_app], 'first plan %s' % plans)
+    check(len(plans) >= 2 and all(b_sys not in p for p in plans[1:]),
+          'the plans after the pull still write the system part: %s' % plans)
+    names = [' -> '.join(p) for p in plans]
+    notes = [l.get('note') for l in r['lines'] if l.get('event') == 'job-progress' and l.get('note')]
+    check('device-left' in notes and 'device-back' in notes, 'notes %s' % notes)
+    dev = device(doc, 'a3')
+    got = dev['received']['dfu_bytes'] + dev['received']['ymodem_bytes']
+    size_sys, size_app = os.path.getsize(sysp), os.path.getsize(app)
+    # Tinker's chunks before the pull reached the device, then Tinker whole again (by
+    # any transport: the board boots normally after the pull); the system part once
+    partial = got - size_sys - size_app
+    check(0 < partial < size_app,
+          'bytes received %d (DFU %d, YMODEM %d) = system part %d + tinker %d + %d: %s' % (
+              got, dev['received']['dfu_bytes'], dev['received']['ymodem_bytes'], size_sys,
+              size_app, partial,
+              'the finished system part was written again' if partial >= size_sys
+              else 'nothing of Tinker before the pull' if partial <= 0 else 'Tinker twice'))
+    sm, um = module(dev, 'system', 1), module(dev, 'user')
+    check(sm and sm['version'] == 2202 and sm['valid'], 'system part %s' % sm)
+    check(um and um['valid'], 'application %s' % um)
+    say('plans %s; pulled at chunk %d; bytes received %d (DFU %d, YMODEM %d) = %d + %d + %d '
+        '(Tinker before the pull); %s' % (' | '.join(names), pull_at, got,
+                                         dev['received']['dfu_bytes'],
+                                         dev['received']['ymodem_bytes'], size_sys, size_app,
+                                         partial, end['outcome']))
 
 
 def test_check_prints_the_plan():
