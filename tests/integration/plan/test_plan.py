@@ -336,6 +336,50 @@ def test_multi_file_plan_resumes_on_another_port_without_rewriting_a_finished_fi
                                          partial, end['outcome']))
 
 
+def test_plan_across_transports_resumes_after_a_pull_during_the_dfu_part():
+    # The Boron of test_plan_across_transports_serial_then_dfu: bootloader and system
+    # part over YMODEM, then the application over DFU.  The cable is pulled after the
+    # application's 3rd DFU chunk and the board comes back on another port: the job
+    # resumes with the application only (YMODEM bytes: each serial file once).
+    sysp = os.path.join(top, 'boron-system-part1@6.0.0.bin')
+    blp = os.path.join(top, 'boron-bootloader@6.0.0.bin')
+    app = os.path.join(top, 'boron-app-6.bin')
+    open(sysp, 'wb').write(make_module(0x30000, 4, 1, 6000, 13, [(2, 0, 3000), (8, 0, 202)], 300000))
+    open(blp, 'wb').write(make_module(0xF4000, 2, 0, 3000, 13, [], 30000))
+    open(app, 'wb').write(make_module(0xB4000, 5, 2, 6, 13, [(4, 1, 6000)], 20000))
+    IDS['b2'] = 'e00fce68aabbccddeeff0105'
+    sp = spec('boron', '5.9.0', 'b2', 'listening') + ',faults=unplug@chunk3'
+    res, doc, log = run([sp], [{'flash_replug': [app, sysp, blp, '--device', IDS['b2']],
+                                'replug': {'cmd': 'replug', 'name': 'b2', 'port': '1-6'}}])
+    r = res[0]
+    end = job_end(r)
+    check(r['replugged'] and r['replugged'].get('ok'), 'not replugged: %s\n%s' % (
+        r['replugged'], log[-3000:]))
+    check(end and end['result'] == 'done', 'ended %s\n%s' % (json.dumps(end)[:1500], log[-4000:]))
+    plans = [[w[0] for w in write_steps(l['plan'])] for l in r['lines']
+             if l.get('event') == 'job-plan']
+    names = [os.path.basename(f) for f in (blp, sysp, app)]
+    check(plans and plans[0] == names, 'first plan %s' % plans)
+    check(all(p == [names[2]] for p in plans[1:]) and len(plans) >= 2,
+          'after the serial part, only the application may be planned: %s' % plans)
+    dev = device(doc, 'b2')
+    ym, dfu = dev['received']['ymodem_bytes'], dev['received']['dfu_bytes']
+    def ymodem_len(n):  # 1024-byte blocks; a last part of up to 128 bytes goes in a 128-byte one
+        full, rest = divmod(n, 1024)
+        return full * 1024 + (0 if not rest else 128 if rest <= 128 else 1024)
+    padded = sum(ymodem_len(os.path.getsize(f)) for f in (blp, sysp))
+    size_app = os.path.getsize(app)
+    check(ym == padded, 'YMODEM bytes %d, the serial files once: %d' % (ym, padded))
+    check(size_app < dfu < 2 * size_app, 'DFU bytes %d: the application (%d) once plus the '
+          'chunks before the pull' % (dfu, size_app))
+    m = module(dev, 'user', 2)
+    check(m and m['valid'] and module(dev, 'system', 1)['version'] == 6000,
+          'modules %s' % dev['modules'])
+    say('%s (%s); plans %s; YMODEM %d (the serial files once), DFU %d = %d + %d before the '
+        'pull' % (end['result'], end.get('outcome'), ' | '.join(' -> '.join(p) for p in plans),
+                  ym, dfu, size_app, dfu - size_app))
+
+
 def test_check_prints_the_plan():
     sysp, blp = argon_402()
     res, doc, log = run([spec('argon', '2.3.1', 'a1', 'dfu')],
