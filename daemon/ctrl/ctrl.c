@@ -231,9 +231,9 @@ static void fail(struct ctrl *c)
 }
 
 /* The request's deadline passed while the device kept answering INIT with
- * BUSY (too many requests open on it, another program's: Device OS
- * system/src/control/control_request_handler's allocation): it answered, so
- * say that it is busy, not that it is silent. */
+ * BUSY (its table of active requests is full, with another program's: Device
+ * OS system/src/usb_control_request_channel.cpp, processInitRequest()): it
+ * answered, so say that it is busy, not that it is silent. */
 static void fail_busy(struct ctrl *c)
 {
 	error_set(&c->err, ERR_DEVICE_BUSY,
