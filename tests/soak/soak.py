@@ -14,7 +14,10 @@ usage: soak.py FLASHD_SIM FLASHD FLASHCTL [--flashes N] [--mark M] [--rss-slack 
 --sample K also measures after every K-th job and prints the curve; --probe
 attaches gdb at each measurement for SQLite's own account
 (sqlite3_memory_used() and its high-water) and glibc's malloc_stats() per arena
-(into flashd's log); --no-history runs flashd without a state directory (no
+(into flashd's log), and keeps /proc/PID/smaps as smaps-JOB in the work
+directory; --mtrace traces glibc's malloc from the mark to the end
+(work/mtrace.log, for `mtrace FLASHD FILE`: what was allocated then and not
+freed); --no-history runs flashd without a state directory (no
 history database; the history checks are skipped); --config appends TEXT (\\n
 for newlines) to flashd's configuration.
 
@@ -85,9 +88,20 @@ def inner(plan_path):
         f.write(SERIAL_TIMEOUTS + '[limits]\njob_history = 16\n' + plan.get('config', ''))
     log = open(os.path.join(work, 'flashd.log'), 'w')
     state = [] if plan.get('no_history') else ['--state-dir', os.path.join(work, 'state')]
+    env = dict(os.environ, FLASHD_LOCK_DIR=lock)
+    if plan.get('mtrace'):
+        # glibc's malloc trace, switched on at the mark and off at the end by gdb:
+        # what is allocated in between and never freed (mtrace FLASHD FILE)
+        env['MALLOC_TRACE'] = os.path.join(work, 'mtrace.log')
+        env['LD_PRELOAD'] = ' '.join(x for x in (env.get('LD_PRELOAD'),
+                                                 'libc_malloc_debug.so.0') if x)
     flashd = subprocess.Popen([plan['flashd'], '--foreground', '--socket', sock, *state,
                                '--config', cfg, '--log-level', 'info'], stdout=log, stderr=log,
-                              env=dict(os.environ, FLASHD_LOCK_DIR=lock))
+                              env=env)
+
+    def gdb_call(expr):
+        subprocess.run(['gdb', '-p', str(flashd.pid), '-batch', '-nx', '-ex', 'call ' + expr],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
     ctl = SimControl(plan['control'])
     out = {'jobs': [], 'mark': None, 'history': {}, 'samples': []}
 
@@ -95,6 +109,7 @@ def inner(plan_path):
         m = mem(flashd.pid)
         s = {'i': i, 'rss': m[0], 'fds': m[1]}
         if plan.get('probe'):
+            shutil.copyfile('/proc/%d/smaps' % flashd.pid, os.path.join(work, 'smaps-%d' % i))
             log.write('soak: malloc_stats after job %d:\n' % i)
             log.flush()
             s.update(probe(flashd.pid))
@@ -175,10 +190,14 @@ def inner(plan_path):
                 m = sample(i)
                 if i == plan['mark']:
                     out['mark'] = m
+                    if plan.get('mtrace'):
+                        gdb_call('(void)mtrace()')
         ctl(cmd='wait-idle', timeout_ms=60000)
         read_history()
         time.sleep(0.3)
         out['end'] = sample(plan['flashes'])
+        if plan.get('mtrace'):
+            gdb_call('(void)muntrace()')
     finally:
         flashd.terminate()
         try:
@@ -202,6 +221,8 @@ def outer(argv):
             opts['sample'] = int(rest.pop(0))
         elif a == '--probe':
             opts['probe'] = True
+        elif a == '--mtrace':
+            opts['mtrace'] = True
         elif a == '--no-history':
             opts['no_history'] = True
         elif a == '--config':
