@@ -292,14 +292,26 @@ def test_multi_file_plan_resumes_on_another_port_without_rewriting_a_finished_fi
     # the board comes back on another port: the job resumes from Tinker's erase, the
     # system part is not written again (dfu_bytes: each file once, plus Tinker's
     # chunks before the pull), and the whole device ends verified.
+    resume_mid_plan('unplug', 'a3', 'e00fce68aabbccddeeff0104')
+
+
+def test_multi_file_plan_resumes_after_a_reset_without_rewriting_a_finished_file():
+    # The same, the board resetting after Tinker's second chunk (same port).
+    resume_mid_plan('reset', 'a4', 'e00fce68aabbccddeeff0106')
+
+
+def resume_mid_plan(fault, name, dev_id):
     sysp = fixture('argon/argon-system-part1@2.2.0.bin')
     app = fixture('argon/tinker-0.8.0-rc.27-argon.bin')
     sys_chunks = (os.path.getsize(sysp) + 4095) // 4096
     pull_at = sys_chunks + 2  # Tinker is 3 chunks: pulled after its second
-    IDS['a3'] = 'e00fce68aabbccddeeff0104'
-    sp = spec('argon', '2.0.1', 'a3', 'dfu') + ',faults=unplug@chunk%d' % pull_at
-    res, doc, log = run([sp], [{'flash_replug': [app, sysp, '--device', IDS['a3']],
-                                'replug': {'cmd': 'replug', 'name': 'a3', 'port': '1-6'}}])
+    IDS[name] = dev_id
+    sp = spec('argon', '2.0.1', name, 'dfu') + ',faults=%s@chunk%d' % (fault, pull_at)
+    step = {'flash_replug': [app, sysp, '--device', IDS[name]],
+            'replug': {'cmd': 'replug', 'name': name, 'port': '1-6'}}
+    if fault != 'unplug':
+        step['replug'] = {'cmd': 'wait-idle'}  # it comes back by itself
+    res, doc, log = run([sp], [step])
     r = res[0]
     end = job_end(r)
     check(r['replugged'] and r['replugged'].get('ok'), 'not replugged: %s' % r['replugged'])
@@ -314,7 +326,7 @@ def test_multi_file_plan_resumes_on_another_port_without_rewriting_a_finished_fi
     names = [' -> '.join(p) for p in plans]
     notes = [l.get('note') for l in r['lines'] if l.get('event') == 'job-progress' and l.get('note')]
     check('device-left' in notes and 'device-back' in notes, 'notes %s' % notes)
-    dev = device(doc, 'a3')
+    dev = device(doc, name)
     got = dev['received']['dfu_bytes'] + dev['received']['ymodem_bytes']
     size_sys, size_app = os.path.getsize(sysp), os.path.getsize(app)
     # Tinker's chunks before the pull reached the device, then Tinker whole again (by
