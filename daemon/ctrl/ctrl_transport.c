@@ -516,9 +516,11 @@ static void after_op(struct transport_run *r)
 			end_run(r, JOB_RESULT_DONE, "probed", NULL);
 			return;
 		}
-		if (!r->writes_started && e.code != ERR_CANCELLED && transport_find("dfu")) {
+		if (!r->writes_started && e.code != ERR_CANCELLED && e.code != ERR_DEVICE_BUSY &&
+		    transport_find("dfu")) {
 			/* a device that does not answer control requests: DFU switches it with
-			 * the 14400-baud line coding, as before there was this transport */
+			 * the 14400-baud line coding, as before there was this transport (one
+			 * that answers BUSY does answer: that is its cause, not silence) */
 			job_note(r->job, "ctrl-fallback", "%s; handing the job to DFU", e.message);
 			error_clear(&e);
 			hand_over(r, "dfu");

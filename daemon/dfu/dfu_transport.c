@@ -270,6 +270,19 @@ static void report_write_step(struct transport_run *r)
 	job_plan_write_step(r->job, r->jp, n ? n - 1 : 0);
 }
 
+/* Write done_i is complete (and read back with --verify): when it was its file's
+ * last, the file is written (job_mark_written()), so that a job resumed after the
+ * device left (jobs.c, the replug rule) plans without it, over whatever transport
+ * finds the device, and never writes a finished file again. */
+static void file_written(struct transport_run *r, unsigned done_i)
+{
+	size_t file = r->plan.writes[done_i].job_index;
+	for (unsigned k = done_i + 1; k < r->plan.n_writes; k++)
+		if (!r->plan.writes[k].erase_only && r->plan.writes[k].job_index == file)
+			return;
+	job_mark_written(r->job, file);
+}
+
 /* The leave request is done, or the device reset before its GETSTATUS came back (a
  * vanished device means success, docs/device/dfuse.md#requests-and-states): release it and wait for
  * it to come back. */
@@ -402,6 +415,7 @@ static void step(struct transport_run *r)
 			}
 			r->verified = true;
 		}
+		file_written(r, r->write_i);
 		r->write_i++;
 		if (r->write_i < r->plan.n_writes) {
 			r->state = RUN_ERASE;

@@ -111,7 +111,7 @@ static int control(struct sim_device *d, const struct usb_ctrlrequest *setup, co
 
 static uint64_t ready_time(struct sim_device *d)
 {
-	if (d->dfu.silent)
+	if (d->dfu.silent || d->ctrl.silent)
 		return G_MAXUINT64;
 	uint64_t now = sim_now_ms();
 	return d->dfu.busy_until_ms > now ? d->dfu.busy_until_ms : now;
