@@ -356,7 +356,7 @@ int main(int argc, char **argv)
 	/* umockdev's preload ends every emulated ioctl with usleep(0) ("force a context
 	 * switch"), which sleeps for the caller's timer slack: 50 us by default, twice per
 	 * USB transfer and per reap poll, in a host's one event loop.  A usbfs ioctl costs
-	 * a real host no sleep at all: COMMAND (which inherits it) and our threads get a
+	 * a real host no sleep at all: COMMAND (which inherits it from this thread) gets a
 	 * slack of 1 us. */
 	prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
 	g_autoptr(GError) err = NULL;
