@@ -24,6 +24,12 @@
 /* A worker statement waits this long for a lock another process holds (a
  * reader with the sqlite3 shell open during a checkpoint). */
 #define HISTORY_BUSY_TIMEOUT_MS 5000
+/* SQLite's page cache per connection, in KiB (PRAGMA cache_size = -N).  The
+ * default (2000 KiB) fills with every page the worker touches: the database
+ * grows by about 2.5 KiB a job, so flashd's RSS grew with it for ~800 jobs (the
+ * soak, tests/soak/README.md).  Records append and queries read the newest rows
+ * through an index: a few pages each. */
+#define HISTORY_CACHE_KIB "256"
 
 /*
  * The schema, as an ordered list of steps: step N brings a database from
@@ -621,6 +627,10 @@ static void *worker_main(void *arg)
 			op_free(batch);
 			batch = next;
 		}
+		/* Idle again: the cache's clean pages go back to the heap (the file
+		 * and the OS cache hold them), so the worker's memory is what one
+		 * batch needs, not what every batch so far touched. */
+		sqlite3_db_release_memory(h->db);
 
 		pthread_mutex_lock(&h->mu);
 		h->written += ok;
@@ -1083,6 +1093,7 @@ static sqlite3 *open_db(const char *path, struct error *err)
 		return NULL;
 	}
 	sqlite3_finalize(st);
+	sqlite3_exec(db, "PRAGMA cache_size = -" HISTORY_CACHE_KIB, NULL, NULL, NULL);
 	return db;
 }
 

@@ -232,8 +232,30 @@ static void fail(struct ctrl *c)
 	finish(c, true);
 }
 
+/* The request's deadline passed while the device kept answering INIT with
+ * BUSY (its table of active requests is full, with another program's: Device
+ * OS system/src/usb_control_request_channel.cpp, processInitRequest()): it
+ * answered, so say that it is busy, not that it is silent. */
+static void fail_busy(struct ctrl *c)
+{
+	error_set(&c->err, ERR_DEVICE_BUSY,
+		  "control request %s (%u): the device answered BUSY %u time(s) and stayed busy "
+		  "for %u ms (too many requests open on it)",
+		  ctrl_request_name(c->type), c->type, c->busy_seen, c->request_ms);
+	error_detail_str(&c->err, "service_status", "busy");
+	error_detail_int(&c->err, "waited_ms", c->request_ms);
+	error_detail_int(&c->err, "busy_replies", c->busy_seen);
+	error_hint(&c->err, "close other programs talking to the device (particle-cli, "
+			    "a browser's WebUSB) or reset it, and try again");
+	fail(c);
+}
+
 static void fail_timeout(struct ctrl *c)
 {
+	if (c->busy_seen && !c->id) { /* never past INIT: it was busy all along */
+		fail_busy(c);
+		return;
+	}
 	error_set(&c->err, ERR_TIMED_OUT,
 		  "the device did not complete control request %s (%u) within %u ms (state %s)",
 		  ctrl_request_name(c->type), c->type, c->request_ms, ctrl_state_name(c->state));
@@ -461,6 +483,12 @@ static void transfer_failed(struct ctrl *c, enum ctrl_io_status st, const char *
 		}
 		__attribute__((fallthrough));
 	default:
+		if (st == CTRL_IO_TIMEOUT && c->state == CTRL_INIT && c->busy_seen && !c->id &&
+		    ms_left(c) < CTRL_POLL_FIRST_MS) {
+			/* an INIT squeezed into the last milliseconds of the deadline */
+			fail_busy(c);
+			return;
+		}
 		error_set(&c->err, st == CTRL_IO_TIMEOUT ? ERR_TIMED_OUT : ERR_TRANSFER_FAILED,
 			  "control request %s: the %s transfer failed (%s)", name,
 			  ctrl_state_name(c->state), usb_error ? usb_error : "USB error");
@@ -570,10 +598,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	}
 	switch (c->state) {
 	case CTRL_INIT_WAIT:
-		send_init(c);
-		return;
 	case CTRL_CHECK_WAIT:
-		send_check(c);
+		/* no transfer that could not complete before the deadline */
+		if (ms_left(c) < CTRL_POLL_FIRST_MS)
+			fail_timeout(c);
+		else if (c->state == CTRL_INIT_WAIT)
+			send_init(c);
+		else
+			send_check(c);
 		return;
 	case CTRL_RESET:
 		/* the RESET itself hangs: give up on it */

@@ -5,7 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define USB_MAX_POLLFDS 32 /* libusb uses a handful: event fd, timer fd, one per open device */
+/* libusb's fds: its event fd, its timer fd and one per open device.  A station has
+ * dozens of boards open at once (a DFU job holds its handle for the whole write); past
+ * this many the timer polls every fd every 10 ms instead, which adds up to 10 ms to
+ * every transfer of every device (at 32 boards in DFU at once, 34 fds did). */
+#define USB_MAX_POLLFDS 512
 /* How often libusb is polled while a transfer is in flight on an fd that epoll refuses. */
 #define USB_UNWATCHABLE_POLL_US 1000
 

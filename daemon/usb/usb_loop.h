@@ -18,10 +18,10 @@
  * libusb_set_interface_alt_setting() waits for the device.  claim/release are
  * usbfs ioctls that the kernel answers without talking to the device.
  *
- * Under umockdev the usbfs node is a pty that always polls writable
- * (docs/testing/umockdev.md#control-transfers): while a handle is open libusb's POLLOUT interest
- * makes
- * the loop busy, so handles are opened per run and closed right after leave.
+ * A plain umockdev usbfs node is a regular file: epoll refuses it and it always polls
+ * writable, so while a transfer is in flight libusb is polled on a 1 ms timer (flashd-sim's
+ * nodes poll like usbfs, docs/testing/umockdev.md#control-transfers).  Handles are opened
+ * per run and closed right after leave.
  */
 #pragma once
 

@@ -5,7 +5,8 @@ datasheet constants of tests/sim/timing.c), with the same images and the same
 start and end points.  Not a pass/fail test: it prints a table (median of the
 interleaved runs, [min-max], comparator, ratio) and writes it as JSON.
 
-usage: bench.py [--quick] [--runs N] [--rows ROW,...] [--devices N,...] [--json PATH] [--idle S]
+usage: bench.py [--quick] [--runs N] [--rows ROW,...] [--devices N,...] [--dfu-platforms P,...]
+                [--json PATH] [--idle S]
        bench.py --markdown RESULT.json   (the table of a result, for tests/bench/README.md)
        bench.py --inner PLAN.json        (runs inside flashd-sim)
 
@@ -24,12 +25,14 @@ import json
 import math
 import os
 import platform as pyplatform
+import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,7 +40,7 @@ SRC = os.environ.get("FLASHD_SOURCE_ROOT") or os.path.dirname(os.path.dirname(HE
 BUILD = os.environ.get("FLASHD_BUILD_ROOT") or os.path.join(SRC, "build")
 FIXTURES = os.environ.get("FLASHD_FIXTURES") or os.path.join(SRC, "..", "shared", "fixtures")
 sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
-from flashd_harness import SimControl, Testbed  # noqa: E402
+from flashd_harness import Client, SimControl, Testbed  # noqa: E402
 
 SIM = os.path.join(BUILD, "tests", "sim", "flashd-sim")
 FLASHD = os.path.join(BUILD, "daemon", "flashd")
@@ -155,6 +158,11 @@ def sim_pid():
     return None
 
 
+def children_cpu_s():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def last_write_ms(ctl):
     devs = ctl(cmd="state")["state"]["devices"]
     # (a simulator older than received.last_write_ms: no "to the last write" figure)
@@ -162,9 +170,73 @@ def last_write_ms(ctl):
         sum(d["received"]["dfu_requests"] for d in devs)
 
 
+class JobWatch:
+    """A subscriber to every job's events (a connection of its own, opened before the
+    clients start): per device, when its job was queued, started, began writing,
+    rebooted, ended, as the daemon announced it (the event's arrival here)."""
+
+    def __init__(self, sock):
+        self.c = Client(sock, timeout=5)
+        self.c.call({"request": "subscribe", "jobs": True})
+        self.events = []
+        self.stop = False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop:
+            try:
+                m = self.c.read(timeout=0.5)
+            except TimeoutError:
+                continue
+            except (OSError, ValueError):
+                return
+            if m is None:
+                return
+            if m.get("type") == "event":
+                self.events.append((time.monotonic(), m))
+
+    def timelines(self, t0, ctl, elapsed):
+        """One entry per job: its device, result, and the seconds from t0 at which each
+        state was first announced (queued, started, preflight, erasing, writing,
+        rebooting, verifying, ended) plus the device's last flash write (flashd-sim)."""
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and \
+                sum(1 for _, m in self.events if m["event"] == "job-ended") < \
+                sum(1 for _, m in self.events if m["event"] == "job-queued"):
+            time.sleep(0.02)
+        self.stop = True
+        self.t.join()
+        self.c.close()
+        devs = {d["device_id"]: d for d in ctl(cmd="state")["state"]["devices"]}
+        per = {}
+        for ts, m in self.events:
+            job = m.get("job")
+            if not job:
+                continue
+            rec = m.get("record") or {}
+            tl = per.setdefault(job, {"device": None, "result": None, "at": {}})
+            tl["device"] = tl["device"] or rec.get("device")
+            key = m["event"].replace("job-", "")
+            if key == "progress":
+                key = m.get("state") or m.get("phase") or "progress"
+            tl["at"].setdefault(key, round(ts - t0, 3))
+            if key == "ended":
+                tl["result"] = m.get("result")
+        jobs = []
+        for tl in per.values():
+            d = devs.get(tl["device"]) or {}
+            lw = (d.get("received") or {}).get("last_write_ms")
+            if lw:
+                tl["at"]["last_write"] = round(lw / 1000.0 - t0, 3)
+            jobs.append(tl)
+        return jobs
+
+
 def inner_flashd(plan_path):
-    tb = Testbed(plan_path)
+    tb = Testbed(plan_path, config=json.load(open(plan_path)).get("config"))
     spid = sim_pid()
+    cpu_children0 = 0.0
 
     def flash(args):
         t0 = time.monotonic()
@@ -179,23 +251,29 @@ def inner_flashd(plan_path):
                 "stderr": p.stderr[-400:]}
 
     def step(s):
+        nonlocal cpu_children0
         cpu0, scpu0 = proc_cpu_s(tb.flashd.pid), proc_cpu_s(spid) if spid else None
+        cpu_children0 = children_cpu_s()
+        sim0 = thread_cpu_s(spid) if spid else (0, 0)
         _, req0 = last_write_ms(tb.ctl)
         if "flash" in s:
+            watch = JobWatch(tb.sock)
             r = flash(s["flash"])
+            r["jobs"] = watch.timelines(r["t0"], tb.ctl, r["elapsed"])
         elif "parallel" in s:
+            # One command for N boards, as a station flashes them: flashctl flash APP
+            # --platform P --all (one client, one request, N jobs).  t0: the command
+            # starts; end: it exits, after the last job ended.  (N flashctl processes
+            # started one after another measured their start-up on a loaded 2-core
+            # machine: the 32nd job was queued 0.3 s after the first.)
+            watch = JobWatch(tb.sock)
             t0 = time.monotonic()
-            ps = [(time.monotonic(), subprocess.Popen(
-                [FLASHCTL_IN, "--socket", tb.sock, "--json", "flash", *a],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) for a in s["parallel"]]
-            jobs = []
-            for ts, p in ps:
-                out, err = p.communicate()
-                jobs.append({"rc": p.returncode, "done": time.monotonic() - ts,
-                             "outcome": ([json.loads(x) for x in out.splitlines()
-                                          if '"job-ended"' in x] or [{}])[0].get("outcome")})
-            r = {"t0": t0, "elapsed": time.monotonic() - t0, "jobs": jobs,
-                 "rc": max(j["rc"] for j in jobs)}
+            p = subprocess.run([FLASHCTL_IN, "--socket", tb.sock, "--json", "flash", *s["parallel"]],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            r = {"t0": t0, "elapsed": time.monotonic() - t0, "rc": p.returncode,
+                 "stderr": (p.stderr[-400:] + p.stdout[-600:]) if p.returncode else ""}
+            r["jobs"] = watch.timelines(t0, tb.ctl, r["elapsed"])
+            r["clients_cpu"] = children_cpu_s() - cpu_children0
         elif "refuse" in s:
             lat = []
             for _ in range(s["n"]):
@@ -216,6 +294,9 @@ def inner_flashd(plan_path):
         r["requests"] = req1 - req0
         r["cpu"] = proc_cpu_s(tb.flashd.pid) - cpu0
         r["sim_cpu"] = proc_cpu_s(spid) - scpu0 if spid else None
+        if spid:
+            m1, o1 = thread_cpu_s(spid)
+            r["sim_threads"] = [m1 - sim0[0], o1 - sim0[1]]
         r["rss_kb"] = proc_status(tb.flashd.pid, "VmRSS")
         r["hwm_kb"] = proc_status(tb.flashd.pid, "VmHWM")
         return r
@@ -274,12 +355,15 @@ def testbed(devices, plan, env=None, timeout=900, expect_failure=False):
     if bad and not plan.get("expect_failure"):
         sys.stderr.write("bench: a run failed: %s\n%s\n" % (json.dumps(bad)[:1500],
                                                           open(log).read()[-1500:] if os.path.exists(log) else p.stdout[-1500:]))
-    shutil.rmtree(work, ignore_errors=True)
+    if os.environ.get("BENCH_KEEP"):  # diagnosis: the work directory (flashd.log) stays
+        sys.stderr.write("bench: kept %s\n" % work)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return [r for r in res if "flashd_exit" not in r]
 
 
-def flashd_run(devices, steps):
-    return testbed(devices, {"kind": "flashd", "steps": steps})
+def flashd_run(devices, steps, config=None):
+    return testbed(devices, {"kind": "flashd", "steps": steps, "config": config})
 
 
 def cmd_run(devices, command, sim_env=None, pre=None):
@@ -335,9 +419,11 @@ def ratio(a, b):
     return a["median"] / b["median"] if a and b and b["median"] else None
 
 
-def bench_dfu(runs):
+def bench_dfu(runs, only=None):
     have_dfu_util = shutil.which("dfu-util")
     for name, plat, osv, img, addr, vidpid, kind, dev_id in DFU_CASES:
+        if only and plat not in only:
+            continue
         path = fixture(img)
         if not os.path.exists(path):
             row("DFU %s" % name, "not measured: fixture %s missing" % img)
@@ -359,7 +445,8 @@ def bench_dfu(runs):
         label = "DFU %s (%d KB)" % (name, size // 1000)
         row(label + ", to the last write", lw, dlw, ratio(lw, dlw),
             "model minimum %.2f s (flashd %.2fx)" % (mn, lw["median"] / mn if lw else 0),
-            comparator_name="dfu-util 0.11", model_min=mn)
+            comparator_name="dfu-util 0.11", model_min=mn,
+            timelines=[r.get("jobs") for r in fd])
         goal = dwhole["median"] + DFU_REBOOT_S if dwhole else None
         row(label + ", whole command", whole, dwhole, ratio(whole, dwhole),
             "incl. reboot+verify; vs dfu-util+reboot %.2f s: %.2fx (goal <= 1.10)"
@@ -500,6 +587,31 @@ def bench_refusal(runs, particle):
         p50=p50, p99=p99, particle_cli=pst)
 
 
+# A station flashing 32 boards for one user: flashd's per-uid defaults (16 jobs, 32
+# connections) are for a shared machine; the bench's N clients plus its event watcher
+# are all one uid.
+STATION_LIMITS = """[limits]
+jobs_per_uid = 64
+clients_per_uid = 64
+"""
+
+
+def thread_cpu_s(pid):
+    """CPU seconds of a process's main thread and of its other threads."""
+    main = other = 0.0
+    for st in glob.glob("/proc/%d/task/*/stat" % pid):
+        try:
+            f = open(st).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        t = (int(f[11]) + int(f[12])) / CLK_TCK
+        if st.split("/")[4] == str(pid):
+            main += t
+        else:
+            other += t
+    return main, other
+
+
 def bench_parallel(runs, sizes):
     app = fixture(SMALL_APP)
     single = {}
@@ -508,24 +620,32 @@ def bench_parallel(runs, sizes):
             ids = photon_ids(n)
             devs = ["platform=photon,mode=%s,os=1.5.0,name=p%d,id=%s" % (mode, i, ids[i])
                     for i in range(n)]
-            res = [flashd_run(devs, [{"parallel": [[app, "--device", i] for i in ids]}])[0]
-                   for _ in range(runs)]
+            res = [flashd_run(devs, [{"parallel": [app, "--platform", "photon", "--all"]}],
+                              STATION_LIMITS)[0] for _ in range(runs)]
             wall = stats([r["elapsed"] for r in res])
-            jobs = stats([j["done"] for r in res for j in r["jobs"]])
             if n == 1:
                 single[transport] = wall
             thr = n * single[transport]["median"] / wall["median"] if transport in single else None
             cpu = stats([r["cpu"] for r in res])
-            scpu = stats([r["sim_cpu"] for r in res])
-            failed = sum(1 for r in res for j in r["jobs"] if j["rc"])
-            note = "throughput %.2f x (N x single); flashd CPU %.2f s" % (thr or 0, cpu["median"])
-            if transport == "DFU":
-                note += ", umockdev emulator CPU %.2f s" % (scpu["median"] if scpu else 0)
+            sim_main = stats([r["sim_threads"][0] for r in res if r.get("sim_threads")])
+            sim_usb = stats([r["sim_threads"][1] for r in res if r.get("sim_threads")])
+            clients = stats([r["clients_cpu"] for r in res])
+            ended = [[j["at"]["ended"] for j in r["jobs"] if "ended" in j["at"]] for r in res]
+            spread = stats([max(e) - min(e) for e in ended if e])
+            failed = sum(1 for r in res for j in r["jobs"] if j["result"] != "done") + \
+                sum(max(0, n - len(r["jobs"])) for r in res)
+            note = ("throughput %.2f x (N x single), %.2f of N; CPU s: flashd %.2f, flashctl %.2f, "
+                    "flashd-sim %.2f (main loop: enumeration, ttys) + %.2f (usbfs emulation thread)"
+                    % (thr or 0, (thr or 0) / n, cpu["median"], clients["median"],
+                       sim_main["median"] if sim_main else 0, sim_usb["median"] if sim_usb else 0))
+            if n > 1 and spread:
+                note += "; jobs ended over %.2f s" % spread["median"]
             if failed:
                 note += ", %d jobs FAILED" % failed
             row("%d Photon%s at once over %s (%s), wall" % (n, "s" if n > 1 else "", transport,
                                                             os.path.basename(app)),
-                wall, None, thr, note, per_job=jobs, flashd_cpu=cpu, emulator_cpu=scpu,
+                wall, None, thr, note, flashd_cpu=cpu, flashctl_cpu=clients,
+                sim_main_cpu=sim_main, sim_usbfs_cpu=sim_usb, end_spread=spread, raw=res,
                 hwm_kb=max(r["hwm_kb"] or 0 for r in res), failed=failed)
 
 
@@ -542,10 +662,11 @@ def bench_rss(n):
     app = fixture(SMALL_APP)
     ids = photon_ids(n)
     devs = ["platform=photon,mode=normal,os=1.5.0,name=p%d,id=%s" % (i, ids[i]) for i in range(n)]
-    r = flashd_run(devs, [{"parallel": [[app, "--device", i] for i in ids]}])[0]
+    r = flashd_run(devs, [{"parallel": [app, "--platform", "photon", "--all"]}], STATION_LIMITS)[0]
     row("daemon peak RSS, %d jobs sharing one image (serial)" % n,
         "%.1f MB (VmHWM)" % (r["hwm_kb"] / 1024.0), None, None,
-        "%d of %d jobs ok" % (sum(1 for j in r["jobs"] if not j["rc"]), n), hwm_kb=r["hwm_kb"])
+        "%d of %d jobs ok" % (sum(1 for j in r["jobs"] if j["result"] == "done"), n),
+        hwm_kb=r["hwm_kb"])
 
 
 def timed_rss(argv, env=None):
@@ -617,8 +738,49 @@ def tool_versions(particle):
             break
     load = open("/proc/loadavg").read().split()[:3]
     machine = {"kernel": pyplatform.release(), "cpu": cpu, "cores": os.cpu_count(),
-               "load_at_start": " ".join(load)}
+               "load_at_start": " ".join(load),
+               "testbed_fs": fs_type(tempfile.gettempdir()) +
+               (" (private mount)" if os.environ.get("FLASHD_BENCH_TMPFS") else "")}
     return v, machine
+
+
+def fs_type(path):
+    try:
+        return subprocess.run(["stat", "-f", "-c", "%T", path], stdout=subprocess.PIPE,
+                              text=True).stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+def in_private_tmpfs(argv):
+    """The testbeds' files (umockdev's sysfs and /dev, the ptys' links, the work
+    directories) on a tmpfs, as a real system's sysfs and devtmpfs are memory: run
+    again in a private mount namespace with a tmpfs for TMPDIR (root, unshare(1)).
+    On a disk file system every re-enumeration creates and deletes ~70 inodes, and
+    ext4 without a journal skips over every inode freed in the last minutes while it
+    allocates one (fs/ext4/ialloc.c recently_deleted()): the simulator's main loop spent
+    1-2 s of CPU in that scan per 32-device run, all of it serialising the devices'
+    re-enumerations.  Returns the exit status, or None when it cannot (then the
+    testbeds stay in $TMPDIR, and the table says which file system they were on)."""
+    if os.environ.get("FLASHD_BENCH_TMPFS") or os.geteuid() != 0 or not shutil.which("unshare"):
+        return None
+    # A short path: umockdev's ioctl sockets live under it (.../ioctl/dev/bus/usb/BBB/DDD),
+    # and a Unix socket path has at most 107 bytes.
+    mnt = tempfile.mkdtemp(prefix="fbt.", dir="/tmp" if os.path.isdir("/tmp") else None)
+    script = ('mount -t tmpfs -o size=2g,mode=0700 flashd-bench "$FLASHD_BENCH_TMPFS" && '
+              'TMPDIR="$FLASHD_BENCH_TMPFS" exec "$@"')
+    try:
+        probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                script.replace('exec "$@"', "true")],
+                               env=dict(os.environ, FLASHD_BENCH_TMPFS=mnt),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if probe.returncode != 0:
+            return None
+        return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                               "sh", sys.executable, os.path.abspath(__file__), *argv],
+                              env=dict(os.environ, FLASHD_BENCH_TMPFS=mnt)).returncode
+    finally:
+        os.rmdir(mnt)
 
 
 def main():
@@ -628,9 +790,17 @@ def main():
     ap.add_argument("--runs", type=int)
     ap.add_argument("--rows", default="dfu,reflash,serial,refusal,parallel,idle,rss,inspect")
     ap.add_argument("--devices", default=None, help="device counts for the parallel rows")
+    ap.add_argument("--dfu-platforms", default=None,
+                    help="the dfu rows' devices, of photon,argon,p2 (default: all three)")
     ap.add_argument("--idle", type=int)
     ap.add_argument("--json", default=os.path.join(BUILD, "bench", "bench.json"))
+    ap.add_argument("--disk", action="store_true",
+                    help="keep the testbeds in $TMPDIR (default: a private tmpfs when root)")
     a = ap.parse_args()
+    if not a.disk:
+        rc = in_private_tmpfs(sys.argv[1:])
+        if rc is not None:
+            sys.exit(rc)
     runs = a.runs or (2 if a.quick else 5)
     sizes = [int(x) for x in (a.devices or ("1,4" if a.quick else "1,4,16,32")).split(",")]
     if 1 not in sizes:
@@ -646,13 +816,14 @@ def main():
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     print("flashd benchmarks, %s; flashd-sim --time-scale 1; median [min-max] of %d interleaved runs"
           % (started, runs))
-    print("machine: %s, %s cores, kernel %s, load %s" % (machine["cpu"], machine["cores"],
-                                                       machine["kernel"], machine["load_at_start"]))
+    print("machine: %s, %s cores, kernel %s, load %s; testbeds on %s"
+          % (machine["cpu"], machine["cores"], machine["kernel"], machine["load_at_start"],
+             machine["testbed_fs"]))
     print("tools: " + "; ".join("%s %s" % kv for kv in versions.items()))
     print("  %-58s %-26s %-34s %-7s %s" % ("row", "flashd", "comparator", "ratio", "notes"))
     try:
         if "dfu" in rows:
-            bench_dfu(runs)
+            bench_dfu(runs, a.dfu_platforms.split(",") if a.dfu_platforms else None)
         if "serial" in rows:
             bench_serial(runs, particle)
         if "refusal" in rows:
@@ -670,20 +841,26 @@ def main():
         if "reflash" in rows:
             bench_reflash(runs)
     finally:
+        machine["load_at_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:
             json.dump({"started": started, "runs": runs, "time_scale": 1, "machine": machine,
                        "tools": versions, "rows": ROWS}, f, indent=1)
         print("json: %s" % a.json)
-        shutil.rmtree(TOP, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(TOP, ignore_errors=True)
 
 
 def markdown(path):
     """The table of a JSON result as Markdown (for tests/bench/README.md)."""
     doc = json.load(open(path))
-    out = ["Run %s, median [min-max] of %d interleaved runs at --time-scale 1; %s, %s cores; %s."
-           % (doc["started"], doc["runs"], doc["machine"]["cpu"], doc["machine"]["cores"],
-              "; ".join("%s %s" % kv for kv in doc["tools"].items())), "",
+    m = doc["machine"]
+    out = ["Run %s, median [min-max] of %d interleaved runs at --time-scale 1; %s, %s cores, "
+           "load average %s at the start%s; testbeds on %s; %s."
+           % (doc["started"], doc["runs"], m["cpu"], m["cores"], m["load_at_start"],
+              ", %s at the end" % m["load_at_end"] if m.get("load_at_end") else "",
+              m.get("testbed_fs", "?"), "; ".join("%s %s" % kv for kv in doc["tools"].items())),
+           "",
            "| row | flashd | comparator | ratio | notes |", "|---|---|---|---|---|"]
     for r in doc["rows"]:
         ratio_ = "%.2f" % r["ratio"] if r.get("ratio") is not None else "-"

@@ -137,34 +137,63 @@ class Daemon:
     """flashd --foreground on a private socket and state directory.  private_locks:
     a lock directory of its own (FLASHD_LOCK_DIR): every flashd-sim testbed has
     its own /dev/ttyACM0, and the shared /run/lock would make parallel tests see
-    each other's daemons as port holders."""
+    each other's daemons as port holders.
+
+    Restartable: work (a directory to keep socket, state, config, locks and log
+    in, instead of a new temporary one) and sockdir (the socket's directory)
+    stay across stop() and start() / restart(), so a restarted flashd finds its
+    state and its clients the same socket.  start=False leaves the first start
+    to the caller; the log appends across restarts."""
 
     def __init__(self, flashd, config=None, extra_env=None, log_level="info",
-                 private_locks=False, world_reachable=False):
+                 private_locks=False, world_reachable=False, work=None, sockdir=None,
+                 start=True):
         # world_reachable: under /tmp itself, not $TMPDIR (scripts/test-all makes
         # that 0700), so that unprivileged uids can reach the socket.
-        self.dir = tempfile.mkdtemp(prefix="flashd-test-",
-                                    dir="/tmp" if world_reachable else None)
-        self.socket = os.path.join(self.dir, "flashd.sock")
-        args = [flashd, "--foreground", "--socket", self.socket, "--log-level", log_level,
-                "--state-dir", os.path.join(self.dir, "state")]
+        self.flashd = flashd
+        self.dir = work or tempfile.mkdtemp(prefix="flashd-test-",
+                                            dir="/tmp" if world_reachable else None)
+        self.work = self.dir
+        self.sockdir = sockdir or self.dir
+        self.socket = self.sock = os.path.join(self.sockdir, "flashd.sock")
+        self.state = os.path.join(self.dir, "state")
+        self.args = [flashd, "--foreground", "--socket", self.socket, "--log-level", log_level,
+                     "--state-dir", self.state]
+        self.cfg = None
         if config is not None:
-            cfg = os.path.join(self.dir, "flashd.conf")
-            with open(cfg, "w") as f:
+            self.cfg = os.path.join(self.dir, "flashd.conf")
+            with open(self.cfg, "w") as f:
                 f.write(config)
-            args += ["--config", cfg]
-        env = dict(os.environ)
+            self.args += ["--config", self.cfg]
+        self.env = dict(os.environ)
+        self.lock = None
         if private_locks:
-            env["FLASHD_LOCK_DIR"] = os.path.join(self.dir, "lock")
-            os.mkdir(env["FLASHD_LOCK_DIR"])
-        env.update(extra_env or {})
-        self.log = open(os.path.join(self.dir, "flashd.log"), "w+")
-        self.proc = subprocess.Popen(args, stderr=self.log, env=env)
+            self.lock = self.env["FLASHD_LOCK_DIR"] = os.path.join(self.dir, "lock")
+            os.makedirs(self.lock, exist_ok=True)
+        self.env.update(extra_env or {})
+        self.logpath = os.path.join(self.dir, "flashd.log")
+        self.logf = open(self.logpath, "a+")
+        self.proc = None
+        if start:
+            self.start()
+
+    def start(self):
+        """Starts flashd (again) and waits for its socket."""
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+        self.proc = subprocess.Popen(self.args, stdout=self.logf, stderr=self.logf,
+                                     env=self.env)
         deadline = time.monotonic() + 20
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("flashd did not start:\n" + self.log_text())
             time.sleep(0.02)
+
+    def restart(self, sig=signal.SIGTERM):
+        """stop(sig) then start(); returns the stopped flashd's exit status."""
+        rc = self.stop(sig)
+        self.start()
+        return rc
 
     def client(self, timeout=10.0):
         return Client(self.socket, timeout)
@@ -182,16 +211,21 @@ class Daemon:
             return False
 
     def log_text(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        self.logf.flush()
+        with open(self.logpath) as f:
+            return f.read()
 
-    def stop(self):
-        """SIGTERM; returns the exit status (ASan makes leaks a non-zero one)."""
+    log = log_text
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        """Sends sig (SIGTERM) and waits; returns the exit status (ASan makes leaks
+        a non-zero one; -9 when it had to be killed), None if never started."""
+        if self.proc is None:
+            return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
-                self.proc.wait(60)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

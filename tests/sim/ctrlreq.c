@@ -53,6 +53,7 @@ enum {
 /* Device OS services/inc/system_error.h */
 #define SYSTEM_ERROR_NOT_SUPPORTED		(-120)
 #define SYSTEM_ERROR_TOO_LARGE			(-190)
+#define SYSTEM_ERROR_FLASH_IO			(-219)
 #define SYSTEM_ERROR_INVALID_STATE		(-210)
 #define SYSTEM_ERROR_INTERNAL			(-250)
 #define SYSTEM_ERROR_INVALID_ARGUMENT		(-270)
@@ -549,7 +550,22 @@ static int32_t firmware_update(struct sim_device *d, struct ctrlreq_slot *s)
 			c->busy_until_ms = sim_now_ms() + ms;
 		g_free(q);
 		c->fw_chunks++;
-		struct sim_fault *f = fault(d, "ctrl-unplug");
+		/* ctrl-result@chunkN:CODE: this chunk's request ends with a system_error_t
+		 * result (e.g. -219, FLASH_IO) */
+		struct sim_fault *f = fault(d, "ctrl-result");
+		if (f && c->fw_chunks >= f->at) {
+			f->fired = true;
+			rc = f->arg[0] ? (int32_t)strtol(f->arg, NULL, 10) : SYSTEM_ERROR_FLASH_IO;
+			c->fw_active = false;
+		}
+		/* ctrl-silent@chunkN: the device stops answering (the chunk's CHECK never
+		 * completes), until it is reset by hand */
+		f = fault(d, "ctrl-silent");
+		if (f && c->fw_chunks >= f->at) {
+			f->fired = true;
+			c->silent = true;
+		}
+		f = fault(d, "ctrl-unplug");
 		if (f && c->fw_chunks >= f->at) {
 			f->fired = true;
 			usbdev_node_disconnect(d->usb); /* every further ioctl: ENODEV */

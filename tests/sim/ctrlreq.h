@@ -48,6 +48,7 @@ struct ctrlreq {
 	uint32_t fw_offset;  /* bytes written into the OTA region */
 	bool fw_active;
 	uint64_t busy_until_ms; /* sim_now_ms() until which CHECK answers PENDING (flash write) */
+	bool silent; /* ctrl-silent fault: no transfer is answered until re-enumeration */
 };
 
 struct sim_device;

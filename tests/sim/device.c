@@ -117,8 +117,8 @@ static void describe_usb_device(struct sim_device *d, GString *s)
 	uint16_t pid = d->mode == SIM_MODE_DFU ? p->dfu_pid : p->cdc_pid;
 	const char *serial = d->spec.serial[0] ? d->spec.serial : d->spec.id;
 	char *model = model_property(usbdesc_product(d));
-	g_string_append_printf(s, "P: %s\nN: bus/usb/%03u/%03u\n", d->usb_syspath, d->busnum,
-			       d->devnum);
+	/* No N: line: the node is the FIFO usbdev_node_make_fifo() makes. */
+	g_string_append_printf(s, "P: %s\n", d->usb_syspath);
 	g_string_append_printf(s,
 			       "E: SUBSYSTEM=usb\nE: DEVTYPE=usb_device\nE: DRIVER=usb\n"
 			       "E: DEVNAME=/dev/bus/usb/%03u/%03u\nE: BUSNUM=%03u\nE: DEVNUM=%03u\n"
@@ -270,6 +270,15 @@ int device_plug(struct sim_device *d, GError **error)
 	umockdev_testbed_detach_ioctl(sim->tb, d->usb_devnode, NULL);
 	bool ok = umockdev_testbed_attach_ioctl(sim->tb, d->usb_devnode,
 						usbdev_node_handler(d->usb), error);
+	if (ok) {
+		gchar *root = umockdev_testbed_get_root_dir(sim->tb);
+		gchar *node = g_build_filename(root, d->usb_devnode, NULL);
+		g_mutex_lock(&sim->lock);
+		ok = usbdev_node_make_fifo(d->usb, node, error) == 0;
+		g_mutex_unlock(&sim->lock);
+		g_free(node);
+		g_free(root);
+	}
 	/* The node before the add uevent: a host opens it as soon as it hears of it. */
 	if (ok && reuse_pty)
 		ttynode_link(sim, d->tty_index);

@@ -165,6 +165,9 @@ uint64_t device_ymodem_bytes(struct sim_device *d);
 struct usbdev_node;
 struct usbdev_node *usbdev_node_new(struct sim_device *d);
 UMockdevIoctlBase *usbdev_node_handler(struct usbdev_node *n);
+/* Makes the node's /dev/bus/usb file, a FIFO that polls writable while a URB can be
+ * reaped (a path in the testbed's root, before the add uevent). */
+int usbdev_node_make_fifo(struct usbdev_node *n, const char *path, GError **error);
 /* Lock held: the device left this node; its URBs stay reapable, then ENODEV. */
 void usbdev_node_disconnect(struct usbdev_node *n);
 void usbdev_node_free(struct usbdev_node *n);

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -41,12 +42,41 @@ struct scheduled {
 	void *data;
 };
 
+/*
+ * The scheduled work is re-enumeration (resets, unplugs, plugs), and one
+ * enumeration costs the testbed real time (sysfs files, device nodes,
+ * uevents: ~10-50 ms on a loaded machine).  Due work waits in a FIFO and runs
+ * one item per main-loop iteration, as a host's hub driver enumerates one
+ * device at a time while the others keep talking: the loop polls the ptys of
+ * every other device between two enumerations.  Run from the timeouts
+ * themselves, all the work due at once ran in one dispatch (GLib dispatches
+ * every ready source of a priority together), and a device that was back
+ * already went unanswered until the last of them was (with 16 devices
+ * rebooting together, every job ended at the same instant).
+ */
+static GQueue due_work = G_QUEUE_INIT;
+static guint due_source;
+
+static gboolean run_next_due(gpointer unused)
+{
+	(void)unused;
+	struct scheduled *s = g_queue_pop_head(&due_work);
+	if (s) {
+		s->fn(s->data);
+		sim_work_done(s->sim);
+		g_free(s);
+	}
+	if (!g_queue_is_empty(&due_work))
+		return G_SOURCE_CONTINUE;
+	due_source = 0;
+	return G_SOURCE_REMOVE;
+}
+
 static gboolean run_scheduled(gpointer p)
 {
-	struct scheduled *s = p;
-	s->fn(s->data);
-	sim_work_done(s->sim);
-	g_free(s);
+	g_queue_push_tail(&due_work, p);
+	if (!due_source)
+		due_source = g_idle_add_full(G_PRIORITY_DEFAULT, run_next_due, NULL, NULL);
 	return G_SOURCE_REMOVE;
 }
 
@@ -141,6 +171,12 @@ static void usage(FILE *out)
 	      "  stray@[:TEXT]                                serial: application output\n"
 	      "  atprobe@[:TEXT]                              serial: AT probe arrives\n"
 	      "  slow-erase@[:X]                              DFU: erases X (4) times slower\n"
+	      "  ctrl-busy@N                                  control requests: BUSY to N INITs\n"
+	      "  ctrl-unplug@chunkN                           cable pulled after firmware-update\n"
+	      "                                               chunk N\n"
+	      "  ctrl-silent@chunkN                           stops answering after chunk N\n"
+	      "  ctrl-result@chunkN[:CODE]                    chunk N's request ends with\n"
+	      "                                               system_error_t CODE (-219)\n"
 	      "\n"
 	      "Control socket (--control PATH): one JSON object per line, one reply line each,\n"
 	      "{\"ok\":true,...} or {\"ok\":false,\"error\":\"...\"}:\n"
@@ -323,6 +359,12 @@ int main(int argc, char **argv)
 	g_unix_signal_add(SIGINT, on_signal, GINT_TO_POINTER(SIGINT));
 	signal(SIGPIPE, SIG_IGN);
 
+	/* umockdev's preload ends every emulated ioctl with usleep(0) ("force a context
+	 * switch"), which sleeps for the caller's timer slack: 50 us by default, twice per
+	 * USB transfer and per reap poll, in a host's one event loop.  A usbfs ioctl costs
+	 * a real host no sleep at all: COMMAND (which inherits it from this thread) gets a
+	 * slack of 1 us. */
+	prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
 	g_autoptr(GError) err = NULL;
 	if (!g_spawn_async(NULL, argv + i, NULL,
 			   G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD |

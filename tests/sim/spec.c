@@ -174,9 +174,9 @@ void spec_list_releases(FILE *out)
 	}
 }
 
-static const char *const fault_kinds[] = {"stall",	"error",   "silent",	"unplug",
-					  "slow-erase", "reset",   "cancel",	"nak",
-					  "stray",	"atprobe", "ctrl-busy", "ctrl-unplug"};
+static const char *const fault_kinds[] = {
+    "stall", "error", "silent",	 "unplug",    "slow-erase",  "reset",	    "cancel",
+    "nak",   "stray", "atprobe", "ctrl-busy", "ctrl-unplug", "ctrl-silent", "ctrl-result"};
 
 /* WHERE[:ARG] of a fault. */
 static int parse_where(const char *where, struct sim_fault *f)
@@ -238,7 +238,8 @@ static int parse_fault(const char *text, struct sim_fault *f, char *err, size_t 
 	if (!known) {
 		snprintf(err, err_size,
 			 "fault '%s': unknown kind (stall, error, silent, unplug, slow-erase, "
-			 "reset, cancel, nak, stray, atprobe, ctrl-busy, ctrl-unplug)",
+			 "reset, cancel, nak, stray, atprobe, ctrl-busy, ctrl-unplug, ctrl-silent, "
+			 "ctrl-result)",
 			 text);
 		return -1;
 	}

@@ -7,22 +7,40 @@
  * node after a reset (dfu-util reaping the GETSTATUS that asked for the
  * leave) reaps the URBs the old device answered, then gets ENODEV; the
  * next enumeration of the device is a new node and never sees them.
+ *
+ * Readiness: usbfs polls writable when a URB can be reaped (and after a
+ * disconnect), so libusb sleeps in poll until a device has answered.  The
+ * node is a FIFO whose buffer the simulator keeps full while nothing is
+ * reapable and empties when something is (at submit, when a busy device's
+ * answer falls due, at a discard or a disconnect).  umockdev's own node, a
+ * regular file, always polled ready: every libusb host polled it (flashd on a
+ * 1 ms timer, one reap ioctl per open device per tick; dfu-util spinning), so
+ * with N devices open the emulation cost N round trips per millisecond and
+ * each transfer waited up to a tick.
  */
 #include "device.h"
 #include "usbdesc.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <linux/usb/ch9.h>
 #include <linux/usbdevice_fs.h>
 #include <stddef.h>
 #include <string.h>
+#include <unistd.h>
 
 struct usbdev_node {
 	struct sim_device *d;
 	UMockdevIoctlBase *handler;
 	GQueue urbs; /* submitted control URBs waiting to be reaped */
 	bool gone;   /* unplugged: every ioctl but reaping fails with ENODEV */
+	int fifo;    /* our end of the node's FIFO (-1: none); buffer full = nothing to reap */
+	bool ready;  /* the FIFO is empty: hosts poll writable */
+	GMainContext *worker; /* umockdev's worker context (timers of busy answers) */
+	GSource *wake;	      /* when the earliest busy answer falls due */
+	uint64_t wake_ms;
 };
 
 struct queued_urb {
@@ -38,6 +56,63 @@ static void queued_urb_free(gpointer p)
 	g_object_unref(q->urb);
 	g_clear_object(&q->client);
 	g_free(q);
+}
+
+static void set_ready(struct usbdev_node *n, bool ready)
+{
+	char buf[4096];
+	if (n->fifo < 0 || n->ready == ready)
+		return;
+	n->ready = ready;
+	if (ready)
+		while (read(n->fifo, buf, sizeof(buf)) > 0)
+			;
+	else {
+		memset(buf, 0, sizeof(buf));
+		while (write(n->fifo, buf, sizeof(buf)) > 0)
+			;
+	}
+}
+
+static gboolean on_wake(gpointer p);
+
+/* Lock held: the FIFO says whether a URB can be reaped now; a busy answer yet to come
+ * gets a timer on the worker context. */
+static void update_ready(struct usbdev_node *n)
+{
+	uint64_t now = sim_now_ms(), next = G_MAXUINT64;
+	bool ready = n->gone;
+	for (GList *l = n->urbs.head; l && !ready; l = l->next) {
+		const struct queued_urb *q = l->data;
+		if (q->ready_ms <= now)
+			ready = true;
+		else if (q->ready_ms < next)
+			next = q->ready_ms; /* G_MAXUINT64: never (fault "silent") */
+	}
+	set_ready(n, ready);
+	if (ready || next == G_MAXUINT64 || !n->worker || (n->wake && n->wake_ms <= next))
+		return;
+	if (n->wake) {
+		g_source_destroy(n->wake);
+		g_source_unref(n->wake);
+	}
+	n->wake = g_timeout_source_new((guint)(next - now));
+	n->wake_ms = next;
+	g_source_set_callback(n->wake, on_wake, n, NULL);
+	g_source_attach(n->wake, n->worker);
+}
+
+static gboolean on_wake(gpointer p)
+{
+	struct usbdev_node *n = p;
+	g_mutex_lock(&n->d->sim->lock);
+	if (!g_source_is_destroyed(g_main_current_source())) {
+		g_source_unref(n->wake);
+		n->wake = NULL;
+		update_ready(n);
+	}
+	g_mutex_unlock(&n->d->sim->lock);
+	return G_SOURCE_REMOVE;
 }
 
 /*
@@ -111,7 +186,7 @@ static int control(struct sim_device *d, const struct usb_ctrlrequest *setup, co
 
 static uint64_t ready_time(struct sim_device *d)
 {
-	if (d->dfu.silent)
+	if (d->dfu.silent || d->ctrl.silent)
 		return G_MAXUINT64;
 	uint64_t now = sim_now_ms();
 	return d->dfu.busy_until_ms > now ? d->dfu.busy_until_ms : now;
@@ -162,6 +237,7 @@ static void submit_urb(struct usbdev_node *node, UMockdevIoctlClient *client,
 	g_queue_push_tail(&node->urbs, q);
 	if (node->gone) /* an unplug@/reset@ fault fired on this transfer */
 		give_back_unanswered(node);
+	update_ready(node);
 	umockdev_ioctl_client_complete(client, 0, 0);
 }
 
@@ -188,9 +264,11 @@ static void reap_urb(struct usbdev_node *n, UMockdevIoctlClient *client, UMockde
 		if (urb->status == 0 && !n->gone)
 			ctrlreq_delivered(n->d, q->then);
 		queued_urb_free(q);
+		update_ready(n);
 		umockdev_ioctl_client_complete(client, 0, 0);
 		return;
 	}
+	update_ready(n);
 	umockdev_ioctl_client_complete(client, -1, n->gone ? ENODEV : EAGAIN);
 }
 
@@ -207,6 +285,7 @@ static void discard_urb(struct usbdev_node *n, UMockdevIoctlClient *client, UMoc
 			/* Moved to the front: a cancelled transfer is reaped first. */
 			g_queue_unlink(&n->urbs, l);
 			g_queue_push_head_link(&n->urbs, l);
+			update_ready(n);
 			umockdev_ioctl_client_complete(client, 0, 0);
 			return;
 		}
@@ -273,6 +352,8 @@ static gboolean on_ioctl(UMockdevIoctlBase *handler, UMockdevIoctlClient *client
 	unsigned request = (unsigned)umockdev_ioctl_client_get_request(client);
 	UMockdevIoctlData *arg = umockdev_ioctl_client_get_arg(client);
 	g_mutex_lock(&d->sim->lock);
+	if (!n->worker)
+		n->worker = g_main_context_ref_thread_default();
 	if (n->gone && request != USBDEVFS_REAPURBNDELAY && request != USBDEVFS_REAPURB &&
 	    request != USBDEVFS_DISCARDURB && request != USBDEVFS_RELEASEINTERFACE) {
 		umockdev_ioctl_client_complete(client, -1, ENODEV);
@@ -348,6 +429,7 @@ static void on_client_vanished(UMockdevIoctlBase *handler, UMockdevIoctlClient *
 		}
 		l = next;
 	}
+	update_ready(n);
 	g_mutex_unlock(&n->d->sim->lock);
 }
 
@@ -355,6 +437,7 @@ struct usbdev_node *usbdev_node_new(struct sim_device *d)
 {
 	struct usbdev_node *n = g_new0(struct usbdev_node, 1);
 	n->d = d;
+	n->fifo = -1;
 	g_queue_init(&n->urbs);
 	n->handler = umockdev_ioctl_base_new();
 	g_signal_connect(n->handler, "handle-ioctl", G_CALLBACK(on_ioctl), n);
@@ -367,18 +450,54 @@ UMockdevIoctlBase *usbdev_node_handler(struct usbdev_node *n)
 	return n->handler;
 }
 
+int usbdev_node_make_fifo(struct usbdev_node *n, const char *path, GError **error)
+{
+	gchar *dir = g_path_get_dirname(path);
+	int rc = g_mkdir_with_parents(dir, 0755);
+	g_free(dir);
+	if (rc == 0 && (unlink(path) == 0 || errno == ENOENT) && mkfifo(path, 0666) == 0)
+		n->fifo = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (n->fifo < 0) {
+		g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
+			    "cannot make the device node %s: %s", path, g_strerror(errno));
+		return -1;
+	}
+	fcntl(n->fifo, F_SETPIPE_SZ, 4096); /* the smallest buffer: filled with one write */
+	n->ready = true;
+	set_ready(n, false);
+	return 0;
+}
+
 void usbdev_node_disconnect(struct usbdev_node *n)
 {
 	if (!n || n->gone)
 		return;
 	n->gone = true;
 	give_back_unanswered(n);
+	/* Ready for good (reaps, then ENODEV); the hosts' own opens keep the FIFO. */
+	update_ready(n);
+	if (n->fifo >= 0)
+		close(n->fifo);
+	n->fifo = -1;
+	if (n->wake) {
+		g_source_destroy(n->wake);
+		g_source_unref(n->wake);
+		n->wake = NULL;
+	}
 }
 
 void usbdev_node_free(struct usbdev_node *n)
 {
 	if (!n)
 		return;
+	if (n->fifo >= 0)
+		close(n->fifo);
+	if (n->wake) {
+		g_source_destroy(n->wake);
+		g_source_unref(n->wake);
+	}
+	if (n->worker)
+		g_main_context_unref(n->worker);
 	g_signal_handlers_disconnect_by_data(n->handler, n);
 	g_object_unref(n->handler);
 	g_queue_clear_full(&n->urbs, queued_urb_free);

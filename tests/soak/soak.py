@@ -5,10 +5,21 @@ of its jobs), one job in ten with an injected device fault.  Every job's outcome
 is accounted for (the expected one for its fault, and one history record per
 job), and flashd's RSS and open fds are measured after job --mark (default 10)
 and at the end: the fds must be equal and the RSS within --rss-slack KiB
-(default 1024) of the mark.
+(default 256) of the mark.
 
 usage: soak.py FLASHD_SIM FLASHD FLASHCTL [--flashes N] [--mark M] [--rss-slack KIB]
+               [--sample K] [--probe] [--no-history] [--config TEXT]
        soak.py --inner PLAN.json          (runs inside flashd-sim)
+
+--sample K also measures after every K-th job and prints the curve; --probe
+attaches gdb at each measurement for SQLite's own account
+(sqlite3_memory_used() and its high-water) and glibc's malloc_stats() per arena
+(into flashd's log), and keeps /proc/PID/smaps as smaps-JOB in the work
+directory; --mtrace traces glibc's malloc from the mark to the end
+(work/mtrace.log, for `mtrace FLASHD FILE`: what was allocated then and not
+freed); --no-history runs flashd without a state directory (no
+history database; the history checks are skipped); --config appends TEXT (\\n
+for newlines) to flashd's configuration.
 
 RSS is meaningful on a release build only (ASan's quarantine holds freed memory);
 for LeakSanitizer run it with an ASan flashd: flashd's exit status is checked
@@ -16,6 +27,7 @@ for LeakSanitizer run it with an ASan flashd: flashd's exit status is checked
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +59,24 @@ def mem(pid):
     return rss, len(os.listdir('/proc/%d/fd' % pid))
 
 
+def probe(pid):
+    """SQLite's and glibc's own accounts of flashd's heap (gdb attached for a
+    moment; --probe): sqlite3_memory_used() and the page-cache high-water, and
+    malloc_stats() per arena (written to flashd's stderr, the log)."""
+    if not shutil.which('gdb'):
+        return {'sqlite_used': 'n/a (no gdb)', 'sqlite_highwater': 'n/a'}
+    p = subprocess.run(['gdb', '-p', str(pid), '-batch', '-nx',
+                        '-ex', 'print (long long)sqlite3_memory_used()',
+                        '-ex', 'print (long long)sqlite3_memory_highwater(0)',
+                        '-ex', 'call (void)malloc_stats()',
+                        '-ex', 'call (int)fflush(0)'],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120)
+    vals = [line.split('=', 1)[1].strip() for line in p.stdout.splitlines()
+            if line.startswith('$')]
+    return {'sqlite_used': vals[0] if vals else None,
+            'sqlite_highwater': vals[1] if len(vals) > 1 else None}
+
+
 def inner(plan_path):
     plan = json.load(open(plan_path))
     work = plan['work']
@@ -55,16 +85,40 @@ def inner(plan_path):
     os.mkdir(lock)
     cfg = os.path.join(work, 'flashd.conf')
     with open(cfg, 'w') as f:
-        f.write(SERIAL_TIMEOUTS + '[limits]\njob_history = 16\n')
+        f.write(SERIAL_TIMEOUTS + '[limits]\njob_history = 16\n' + plan.get('config', ''))
     log = open(os.path.join(work, 'flashd.log'), 'w')
-    flashd = subprocess.Popen([plan['flashd'], '--foreground', '--socket', sock, '--state-dir',
-                               os.path.join(work, 'state'), '--config', cfg, '--log-level',
-                               'info'], stdout=log, stderr=log,
-                              env=dict(os.environ, FLASHD_LOCK_DIR=lock))
+    state = [] if plan.get('no_history') else ['--state-dir', os.path.join(work, 'state')]
+    env = dict(os.environ, FLASHD_LOCK_DIR=lock)
+    if plan.get('mtrace'):
+        # glibc's malloc trace, switched on at the mark and off at the end by gdb:
+        # what is allocated in between and never freed (mtrace FLASHD FILE)
+        env['MALLOC_TRACE'] = os.path.join(work, 'mtrace.log')
+        env['LD_PRELOAD'] = ' '.join(x for x in (env.get('LD_PRELOAD'),
+                                                 'libc_malloc_debug.so.0') if x)
+    flashd = subprocess.Popen([plan['flashd'], '--foreground', '--socket', sock, *state,
+                               '--config', cfg, '--log-level', 'info'], stdout=log, stderr=log,
+                              env=env)
+
+    def gdb_call(expr):
+        subprocess.run(['gdb', '-p', str(flashd.pid), '-batch', '-nx', '-ex', 'call ' + expr],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
     ctl = SimControl(plan['control'])
-    out = {'jobs': [], 'mark': None, 'history': {}}
+    out = {'jobs': [], 'mark': None, 'history': {}, 'samples': []}
+
+    def sample(i):
+        m = mem(flashd.pid)
+        s = {'i': i, 'rss': m[0], 'fds': m[1]}
+        if plan.get('probe'):
+            shutil.copyfile('/proc/%d/smaps' % flashd.pid, os.path.join(work, 'smaps-%d' % i))
+            log.write('soak: malloc_stats after job %d:\n' % i)
+            log.flush()
+            s.update(probe(flashd.pid))
+        out['samples'].append(s)
+        return m
 
     def read_history():
+        if plan.get('no_history'):
+            return
         # the newest 20, every 10 jobs: a reply stops at 512 KiB of records, and a
         # big reply would leave its high-water mark in the RSS measured after it
         c = Client(sock, 60)
@@ -129,14 +183,21 @@ def inner(plan_path):
                 ctl(cmd='fault', name=name, faults='')
             if i % 10 == 0:
                 read_history()
-            if i == plan['mark']:
+            every = plan.get('sample') or plan['flashes']
+            if i == plan['mark'] or (i % every == 0 and i != plan['flashes']):
                 ctl(cmd='wait-idle', timeout_ms=60000)
                 time.sleep(0.3)
-                out['mark'] = mem(flashd.pid)
+                m = sample(i)
+                if i == plan['mark']:
+                    out['mark'] = m
+                    if plan.get('mtrace'):
+                        gdb_call('(void)mtrace()')
         ctl(cmd='wait-idle', timeout_ms=60000)
-        time.sleep(0.3)
-        out['end'] = mem(flashd.pid)
         read_history()
+        time.sleep(0.3)
+        out['end'] = sample(plan['flashes'])
+        if plan.get('mtrace'):
+            gdb_call('(void)muntrace()')
     finally:
         flashd.terminate()
         try:
@@ -152,10 +213,21 @@ def inner(plan_path):
 def outer(argv):
     sim, flashd, flashctl = argv[:3]
     rest = argv[3:]
-    flashes, mark, slack = 100, 10, 1024
+    flashes, mark, slack = 100, 10, 256
+    opts = {}
     while rest:
         a = rest.pop(0)
-        if a == '--flashes':
+        if a == '--sample':
+            opts['sample'] = int(rest.pop(0))
+        elif a == '--probe':
+            opts['probe'] = True
+        elif a == '--mtrace':
+            opts['mtrace'] = True
+        elif a == '--no-history':
+            opts['no_history'] = True
+        elif a == '--config':
+            opts['config'] = rest.pop(0).replace('\\n', '\n')
+        elif a == '--flashes':
             flashes = int(rest.pop(0))
         elif a == '--mark':
             mark = int(rest.pop(0))
@@ -169,7 +241,7 @@ def outer(argv):
             sim, flashd, flashctl, __file__, top, SPECS, [],
             sim_args=['--time-scale', '0', '--timeout-scale', '0.2'],
             command=[sys.executable, os.path.abspath(__file__), '--inner-soak',
-                     json.dumps({'flashes': flashes, 'mark': mark, 'files': files})],
+                     json.dumps(dict(opts, flashes=flashes, mark=mark, files=files))],
             timeout=max(600, flashes * 6))
     except Failed as e:
         print('FAIL: %s' % str(e)[-4000:])
@@ -182,7 +254,7 @@ def outer(argv):
         probs.append('job %d (%s%s): expected %s, got %s' % (
             j['i'], j['tr'], ' ' + j['fault'] if j['fault'] else '', j['expect'], j['got']))
     missing = [j for j in jobs if not j['job'] or j['job'] not in r.get('history', {})]
-    if missing:
+    if missing and not opts.get('no_history'):
         probs.append('%d jobs not in the history (first: %s)' % (len(missing), missing[0]))
     if len(jobs) != flashes:
         probs.append('%d of %d jobs ran' % (len(jobs), flashes))
@@ -196,6 +268,14 @@ def outer(argv):
         time.monotonic() - t0, ', '.join('%s %d' % kv for kv in sorted(counts.items()))))
     print('soak: flashd after job %d: RSS %d KiB, %d fds; after job %d: RSS %d KiB, %d fds'
           % (mark, rss_m, fd_m, len(jobs), rss_e, fd_e))
+    if r.get('samples') and (opts.get('sample') or opts.get('probe')):
+        for s in r['samples']:
+            print('soak: after job %(i)d: RSS %(rss)d KiB, %(fds)d fds' % s +
+                  ('; sqlite3_memory_used %s, high-water %s' % (s['sqlite_used'],
+                                                                 s['sqlite_highwater'])
+                   if 'sqlite_used' in s else ''))
+        if opts.get('probe'):
+            print('soak: malloc_stats per sample: %s (flashd.log)' % work)
     if fd_e != fd_m:
         probs.append('fd count %d -> %d' % (fd_m, fd_e))
     asan = b'__asan_init' in open(flashd, 'rb').read()

@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from flashd_harness import (SERIAL_TIMEOUTS, Client, SimControl, Tap, fixture,  # noqa: E402
+from flashd_harness import (SERIAL_TIMEOUTS, Client, Daemon, SimControl, Tap, fixture,  # noqa: E402
                             run_in_sim)
 
 ELECTRON_ID = "3c00289539672cca633fdd3a"
@@ -42,51 +42,14 @@ SOCKET_GID = 4243  # the socket's group in this test; uid 65534 joins it
 CONFIG = SERIAL_TIMEOUTS.replace("serial_block_ms = 1500", "serial_block_ms = 60000")
 
 
-class Flashd:
-    """flashd on a fixed socket and state directory, so that it can be restarted."""
-
-    def __init__(self, flashd, work, config):
-        self.flashd, self.work = flashd, work
-        # The socket in a directory every uid can reach (other uids' rights are tested).
-        self.sockdir = tempfile.mkdtemp(prefix="flashd-auto-sock-", dir="/tmp")
-        os.chmod(self.sockdir, 0o755)
-        self.sock = os.path.join(self.sockdir, "flashd.sock")
-        self.state = os.path.join(work, "state")
-        self.cfg = os.path.join(work, "flashd.conf")
-        with open(self.cfg, "w") as f:
-            f.write(config)
-        self.lock = os.path.join(work, "lock")
-        os.makedirs(self.lock, exist_ok=True)
-        self.logpath = os.path.join(work, "flashd.log")
-        self.logf = open(self.logpath, "a")
-        self.proc = None
-
-    def start(self):
-        if os.path.exists(self.sock):
-            os.unlink(self.sock)
-        self.proc = subprocess.Popen(
-            [self.flashd, "--foreground", "--socket", self.sock, "--state-dir", self.state,
-             "--config", self.cfg, "--log-level", "debug"],
-            stdout=self.logf, stderr=self.logf, env=dict(os.environ, FLASHD_LOCK_DIR=self.lock))
-        deadline = time.monotonic() + 20
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("flashd did not start:\n" + self.log())
-            time.sleep(0.02)
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
-
-    def log(self):
-        self.logf.flush()
-        return open(self.logpath).read()
+def Flashd(flashd, work, config):
+    """flashd on a fixed socket and state directory, so that it can be restarted
+    (flashd_harness.Daemon); the socket in a directory every uid can reach (other
+    uids' rights are tested)."""
+    sockdir = tempfile.mkdtemp(prefix="flashd-auto-sock-", dir="/tmp")
+    os.chmod(sockdir, 0o755)
+    return Daemon(flashd, config=config, log_level="debug", private_locks=True, work=work,
+                  sockdir=sockdir, start=False)
 
 
 def run(fc, sock, *args, timeout=60):

@@ -22,7 +22,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from flashd_harness import SERIAL_TIMEOUTS, SimControl, Tap, fixture, run_in_sim  # noqa: E402
+from flashd_harness import (SERIAL_TIMEOUTS, Daemon, SimControl, Tap, fixture,  # noqa: E402
+                            run_in_sim)
 
 PHOTON_ID = "3a001d000a47353138383101"
 ARGON_ID = "e00fce68aabbccddeeff0001"
@@ -36,47 +37,11 @@ FIXTURES = ["photon/photon_tinker.bin", "electron/electron_tinker.bin", "photon/
             "argon/argon-system-part1@2.2.0.bin"]
 
 
-class Flashd:
-    """flashd on a fixed socket and state directory, so that it can be restarted."""
-
-    def __init__(self, flashd, work, config):
-        self.flashd, self.work = flashd, work
-        self.sock = os.path.join(work, "flashd.sock")
-        self.state = os.path.join(work, "state")
-        self.cfg = os.path.join(work, "flashd.conf")
-        with open(self.cfg, "w") as f:
-            f.write(config)
-        self.lock = os.path.join(work, "lock")
-        os.makedirs(self.lock, exist_ok=True)
-        self.logf = open(os.path.join(work, "flashd.log"), "a")
-        self.proc = None
-
-    def start(self):
-        if os.path.exists(self.sock):
-            os.unlink(self.sock)
-        self.proc = subprocess.Popen(
-            [self.flashd, "--foreground", "--socket", self.sock, "--state-dir", self.state,
-             "--config", self.cfg, "--log-level", "debug"],
-            stdout=self.logf, stderr=self.logf, env=dict(os.environ, FLASHD_LOCK_DIR=self.lock))
-        deadline = time.monotonic() + 20
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("flashd did not start:\n" + self.log())
-            time.sleep(0.02)
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
-
-    def log(self):
-        self.logf.flush()
-        return open(os.path.join(self.work, "flashd.log")).read()
+def Flashd(flashd, work, config):
+    """flashd on a fixed socket and state directory, so that it can be restarted
+    (flashd_harness.Daemon)."""
+    return Daemon(flashd, config=config, log_level="debug", private_locks=True, work=work,
+                  start=False)
 
 
 def run(fc, sock, *args, timeout=150):

@@ -42,6 +42,21 @@ def inner(plan_path):
             lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith('{')]
             return {'rc': p.returncode, 'lines': lines, 'stderr': p.stderr,
                     'elapsed': time.monotonic() - t0}
+        if 'flash_replug' in step:
+            # the job runs; when it notes device-left, the device is plugged into
+            # another port (the replug rule), once
+            p = tb.flashctl_popen('--json', 'flash', *step['flash_replug'])
+            lines, replugged = [], None
+            for line in p.stdout:
+                if not line.startswith('{'):
+                    continue
+                ev = json.loads(line)
+                lines.append(ev)
+                if ev.get('note') == 'device-left' and replugged is None:
+                    replugged = tb.ctl(**step['replug'])
+            p.wait(200)
+            return {'rc': p.returncode, 'lines': lines, 'replugged': replugged,
+                    'elapsed': time.monotonic() - t0}
         if 'flashctl' in step:
             p = tb.flashctl(*step['flashctl'])
             return {'rc': p.returncode, 'out': p.stdout, 'err': p.stderr}
@@ -268,6 +283,117 @@ def test_plan_across_transports_serial_then_dfu():
     check(m and m['valid'] and module(dev, 'system', 1)['version'] == 6000, 'modules %s' % dev['modules'])
     say('%s: %s; plans: %s' % (end['result'], end['outcome'],
                                ' | '.join(str(write_steps(p)) for p in plans)))
+
+
+def test_multi_file_plan_resumes_on_another_port_without_rewriting_a_finished_file():
+    # An Argon on 2.0.1 in DFU mode gets the 2.2.0 system part and Tinker in one job.
+    # After the system part is written and a few chunks of Tinker, the cable is pulled
+    # (flashd-sim unplug@chunkN counts DFU data chunks since the device enumerated);
+    # the board comes back on another port: the job resumes from Tinker's erase, the
+    # system part is not written again (dfu_bytes: each file once, plus Tinker's
+    # chunks before the pull), and the whole device ends verified.
+    resume_mid_plan('unplug', 'a3', 'e00fce68aabbccddeeff0104')
+
+
+def test_multi_file_plan_resumes_after_a_reset_without_rewriting_a_finished_file():
+    # The same, the board resetting after Tinker's second chunk (same port).
+    resume_mid_plan('reset', 'a4', 'e00fce68aabbccddeeff0106')
+
+
+def resume_mid_plan(fault, name, dev_id):
+    sysp = fixture('argon/argon-system-part1@2.2.0.bin')
+    app = fixture('argon/tinker-0.8.0-rc.27-argon.bin')
+    sys_chunks = (os.path.getsize(sysp) + 4095) // 4096
+    pull_at = sys_chunks + 2  # Tinker is 3 chunks: pulled after its second
+    IDS[name] = dev_id
+    sp = spec('argon', '2.0.1', name, 'dfu') + ',faults=%s@chunk%d' % (fault, pull_at)
+    step = {'flash_replug': [app, sysp, '--device', IDS[name]],
+            'replug': {'cmd': 'replug', 'name': name, 'port': '1-6'}}
+    if fault != 'unplug':
+        step['replug'] = {'cmd': 'wait-idle'}  # it comes back by itself
+    res, doc, log = run([sp], [step])
+    r = res[0]
+    end = job_end(r)
+    check(r['replugged'] and r['replugged'].get('ok'), 'not replugged: %s' % r['replugged'])
+    check(end and end['result'] == 'done' and end.get('outcome') == 'verified',
+          'ended %s\n%s' % (json.dumps(end)[:1500], log[-4000:]))
+    plans = [[w[0] for w in write_steps(l['plan'])] for l in r['lines']
+             if l.get('event') == 'job-plan']
+    b_sys, b_app = os.path.basename(sysp), os.path.basename(app)
+    check(plans and plans[0] == [b_sys, b_app], 'first plan %s' % plans)
+    check(len(plans) >= 2 and all(b_sys not in p for p in plans[1:]),
+          'the plans after the pull still write the system part: %s' % plans)
+    names = [' -> '.join(p) for p in plans]
+    notes = [l.get('note') for l in r['lines'] if l.get('event') == 'job-progress' and l.get('note')]
+    check('device-left' in notes and 'device-back' in notes, 'notes %s' % notes)
+    dev = device(doc, name)
+    got = dev['received']['dfu_bytes'] + dev['received']['ymodem_bytes']
+    size_sys, size_app = os.path.getsize(sysp), os.path.getsize(app)
+    # Tinker's chunks before the pull reached the device, then Tinker again (by any
+    # transport: the board boots normally after the pull; over DFU the resumed write
+    # reads back first and writes only the pages that differ, so the chunks that got
+    # there before the pull may not go twice); the system part once
+    partial = got - size_sys - size_app
+    check(0 <= partial < size_app,
+          'bytes received %d (DFU %d, YMODEM %d) = system part %d + tinker %d + %d: %s' % (
+              got, dev['received']['dfu_bytes'], dev['received']['ymodem_bytes'], size_sys,
+              size_app, partial,
+              'the finished system part was written again' if partial >= size_sys
+              else 'nothing of Tinker before the pull' if partial <= 0 else 'Tinker twice'))
+    sm, um = module(dev, 'system', 1), module(dev, 'user')
+    check(sm and sm['version'] == 2202 and sm['valid'], 'system part %s' % sm)
+    check(um and um['valid'], 'application %s' % um)
+    say('plans %s; pulled at chunk %d; bytes received %d (DFU %d, YMODEM %d) = %d + %d + %d '
+        '(Tinker before the pull); %s' % (' | '.join(names), pull_at, got,
+                                         dev['received']['dfu_bytes'],
+                                         dev['received']['ymodem_bytes'], size_sys, size_app,
+                                         partial, end['outcome']))
+
+
+def test_plan_across_transports_resumes_after_a_pull_during_the_dfu_part():
+    # The Boron of test_plan_across_transports_serial_then_dfu: bootloader and system
+    # part over YMODEM, then the application over DFU.  The cable is pulled after the
+    # application's 3rd DFU chunk and the board comes back on another port: the job
+    # resumes with the application only (YMODEM bytes: each serial file once).
+    sysp = os.path.join(top, 'boron-system-part1@6.0.0.bin')
+    blp = os.path.join(top, 'boron-bootloader@6.0.0.bin')
+    app = os.path.join(top, 'boron-app-6.bin')
+    open(sysp, 'wb').write(make_module(0x30000, 4, 1, 6000, 13, [(2, 0, 3000), (8, 0, 202)], 300000))
+    open(blp, 'wb').write(make_module(0xF4000, 2, 0, 3000, 13, [], 30000))
+    open(app, 'wb').write(make_module(0xB4000, 5, 2, 6, 13, [(4, 1, 6000)], 20000))
+    IDS['b2'] = 'e00fce68aabbccddeeff0105'
+    sp = spec('boron', '5.9.0', 'b2', 'listening') + ',faults=unplug@chunk3'
+    res, doc, log = run([sp], [{'flash_replug': [app, sysp, blp, '--device', IDS['b2']],
+                                'replug': {'cmd': 'replug', 'name': 'b2', 'port': '1-6'}}])
+    r = res[0]
+    end = job_end(r)
+    check(r['replugged'] and r['replugged'].get('ok'), 'not replugged: %s\n%s' % (
+        r['replugged'], log[-3000:]))
+    check(end and end['result'] == 'done', 'ended %s\n%s' % (json.dumps(end)[:1500], log[-4000:]))
+    plans = [[w[0] for w in write_steps(l['plan'])] for l in r['lines']
+             if l.get('event') == 'job-plan']
+    names = [os.path.basename(f) for f in (blp, sysp, app)]
+    check(plans and plans[0] == names, 'first plan %s' % plans)
+    check(all(p == [names[2]] for p in plans[1:]) and len(plans) >= 2,
+          'after the serial part, only the application may be planned: %s' % plans)
+    dev = device(doc, 'b2')
+    ym, dfu = dev['received']['ymodem_bytes'], dev['received']['dfu_bytes']
+    def ymodem_len(n):  # 1024-byte blocks; a last part of up to 128 bytes goes in a 128-byte one
+        full, rest = divmod(n, 1024)
+        return full * 1024 + (0 if not rest else 128 if rest <= 128 else 1024)
+    padded = sum(ymodem_len(os.path.getsize(f)) for f in (blp, sysp))
+    size_app = os.path.getsize(app)
+    check(ym == padded, 'YMODEM bytes %d, the serial files once: %d' % (ym, padded))
+    # the resumed DFU write reads back first and writes only the pages that differ:
+    # the chunks before the pull need not go twice
+    check(size_app <= dfu < 2 * size_app, 'DFU bytes %d: the application (%d) once plus at most '
+          'the chunks before the pull' % (dfu, size_app))
+    m = module(dev, 'user', 2)
+    check(m and m['valid'] and module(dev, 'system', 1)['version'] == 6000,
+          'modules %s' % dev['modules'])
+    say('%s (%s); plans %s; YMODEM %d (the serial files once), DFU %d = %d + %d before the '
+        'pull' % (end['result'], end.get('outcome'), ' | '.join(' -> '.join(p) for p in plans),
+                  ym, dfu, size_app, dfu - size_app))
 
 
 def test_check_prints_the_plan():

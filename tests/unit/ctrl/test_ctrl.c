@@ -462,6 +462,30 @@ static void busy_then_ok_and_pending_polls(void **state)
 	fake_free(f);
 }
 
+/* A device that answers every INIT with BUSY: device-busy within the request's
+ * bound, naming the request and the wait (it was timed-out or, through the
+ * transport's DFU fallback, not-flashable-here before). */
+static void busy_for_ever_is_device_busy(void **state)
+{
+	(void)state;
+	struct fake *f = fake_new(300);
+	struct outcome o;
+	f->busy_inits = 1000000;
+	double t0 = now_s();
+	run_op(f, CTRL_OP_DEVICE_ID, &o);
+	double took = now_s() - t0;
+	assert_int_equal(o.err.code, ERR_DEVICE_BUSY);
+	assert_string_equal(detail(&o.err, "request"), "get-device-id");
+	assert_string_equal(detail(&o.err, "service_status"), "busy");
+	assert_int_equal(json_integer_value(json_object_get(o.err.detail, "waited_ms")), 300);
+	assert_true(json_integer_value(json_object_get(o.err.detail, "busy_replies")) > 3);
+	assert_non_null(strstr(o.err.message, "get-device-id"));
+	assert_true(took >= 0.29 && took < 1.0);
+	assert_int_equal(f->resets, 0); /* no id: nothing to reset */
+	error_clear(&o.err);
+	fake_free(f);
+}
+
 static void not_supported_is_decoded(void **state)
 {
 	(void)state;
@@ -646,6 +670,7 @@ int main(void)
 	    cmocka_unit_test(reads_id_version_mode),
 	    cmocka_unit_test(module_info_both_formats),
 	    cmocka_unit_test(busy_then_ok_and_pending_polls),
+	    cmocka_unit_test(busy_for_ever_is_device_busy),
 	    cmocka_unit_test(not_supported_is_decoded),
 	    cmocka_unit_test(stall_means_no_control_requests),
 	    cmocka_unit_test(silent_device_times_out_and_resets),
