@@ -1,5 +1,6 @@
 #include "asset_module.h"
 
+#include "bytes.h"
 #include "platform.h"
 
 #include <nettle/sha2.h>
@@ -15,28 +16,6 @@
 #define EXT_PRODUCT_DATA 0x0001
 #define FLAG_DROP_INFO	 0x01
 #define FLAG_PREFIX_EXTS 0x10
-
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)v);
-	put16(p + 2, (uint16_t)(v >> 16));
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	return get16(p) | (uint32_t)get16(p + 2) << 16;
-}
 
 static void sha256(const uint8_t *buf, size_t len, uint8_t out[32])
 {
@@ -86,33 +65,33 @@ int asset_module_build(const char *name, const uint8_t *data, size_t size, uint8
 	if (!m)
 		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
 	/* module_info_t: start, end, reserved, flags, version, platform, function, index */
-	put32(m + 0, 0);
-	put32(m + 4, (uint32_t)(len - 4));
+	bytes_put_le32(m + 0, 0);
+	bytes_put_le32(m + 4, (uint32_t)(len - 4));
 	m[9] = FLAG_DROP_INFO;
 	m[14] = MODULE_FUNCTION_ASSET; /* platform (12) 0, index (15) 0 */
 	if (size)
 		memcpy(m + PREFIX_SIZE, data, size);
 	uint8_t *p = m + PREFIX_SIZE + size;
-	put16(p, EXT_HASH);
-	put16(p + 2, 38);
+	bytes_put_le16(p, EXT_HASH);
+	bytes_put_le16(p + 2, 38);
 	p[4] = 0;  /* SHA-256 */
 	p[5] = 32; /* its length */
 	sha256(data, size, p + 6);
 	p += 38;
-	put16(p, EXT_NAME);
-	put16(p + 2, (uint16_t)(4 + name_len));
+	bytes_put_le16(p, EXT_NAME);
+	bytes_put_le16(p + 2, (uint16_t)(4 + name_len));
 	memcpy(p + 4, name, name_len);
 	p += 4 + name_len;
-	put16(p, EXT_PRODUCT_DATA);
-	put16(p + 2, 10);
-	put16(p + 4, 0xffff);
-	put16(p + 6, 0xffff); /* product id */
-	put16(p + 8, 0xffff); /* product version */
+	bytes_put_le16(p, EXT_PRODUCT_DATA);
+	bytes_put_le16(p + 2, 10);
+	bytes_put_le16(p + 4, 0xffff);
+	bytes_put_le16(p + 6, 0xffff); /* product id */
+	bytes_put_le16(p + 8, 0xffff); /* product version */
 	p += 10;
 	/* tail: reserved, SHA-256 of everything before it, suffix size */
-	put16(p, 0);
+	bytes_put_le16(p, 0);
 	sha256(m, (size_t)(p + 2 - m), p + 2);
-	put16(p + 34, (uint16_t)suffix);
+	bytes_put_le16(p + 34, (uint16_t)suffix);
 	uint32_t crc = crc32_of(m, len - 4);
 	m[len - 4] = (uint8_t)(crc >> 24);
 	m[len - 3] = (uint8_t)(crc >> 16);
@@ -128,7 +107,7 @@ int asset_module_read(const uint8_t *buf, size_t len, struct asset_module_info *
 	memset(out, 0, sizeof(*out));
 	if (len < PREFIX_SIZE + SUFFIX_TAIL + 4)
 		return -1;
-	uint32_t start = get32(buf), end = get32(buf + 4);
+	uint32_t start = bytes_le32(buf), end = bytes_le32(buf + 4);
 	if (buf[14] != MODULE_FUNCTION_ASSET || !(buf[9] & FLAG_DROP_INFO) ||
 	    (buf[9] & FLAG_PREFIX_EXTS) || end < start || (size_t)(end - start) + 4 != len)
 		return -1;
@@ -136,13 +115,13 @@ int asset_module_read(const uint8_t *buf, size_t len, struct asset_module_info *
 		       (uint32_t)buf[len - 2] << 8 | buf[len - 1];
 	if (crc != crc32_of(buf, len - 4))
 		return -1;
-	size_t suffix = get16(buf + len - 6);
+	size_t suffix = bytes_le16(buf + len - 6);
 	if (suffix < SUFFIX_TAIL + 8 || suffix > len - 4 - PREFIX_SIZE)
 		return -1;
 	size_t at = len - 4 - suffix, stop = len - 4 - SUFFIX_TAIL;
 	bool have_name = false, have_hash = false;
 	while (at + 4 <= stop) {
-		uint16_t type = get16(buf + at), elen = get16(buf + at + 2);
+		uint16_t type = bytes_le16(buf + at), elen = bytes_le16(buf + at + 2);
 		if (type == 0 || elen < 4 || elen > stop - at)
 			break;
 		if (type == EXT_NAME && elen > 4 && elen - 4u <= ASSET_NAME_MAX) {

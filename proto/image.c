@@ -8,6 +8,7 @@
  * apply that very rule, and its addresses, size and CRC agree with the file.
  * Nothing is scanned for: a file that fails these rules is not a module.
  */
+#include "bytes.h"
 #include "image.h"
 
 #include "osver.h"
@@ -39,16 +40,6 @@
 #define SP_IN_RAM     0x20000000u
 
 static const uint8_t realtek_signature[8] = {0x99, 0x99, 0x96, 0x96, 0x3f, 0xcc, 0x66, 0xfc};
-
-static uint16_t le16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 static uint32_t be32(const uint8_t *p)
 {
@@ -97,7 +88,7 @@ const char *image_prefix_rule_name(enum image_prefix_rule rule)
 /* Whether the first bytes of a module announce this rule. */
 static bool rule_fires(enum image_prefix_rule rule, const uint8_t *p, size_t n)
 {
-	uint32_t word0 = n >= 4 ? le32(p) : 0;
+	uint32_t word0 = n >= 4 ? bytes_le32(p) : 0;
 	switch (rule) {
 	case IMAGE_PREFIX_AT_START:
 		return true;
@@ -142,18 +133,18 @@ enum candidate_stage {
 
 static void read_prefix(struct image_module *m, const uint8_t *p)
 {
-	m->start = le32(p);
-	m->end = le32(p + 4);
+	m->start = bytes_le32(p);
+	m->end = bytes_le32(p + 4);
 	m->reserved = p[8];
 	m->flags = p[9];
-	m->version = le16(p + 10);
-	m->platform_id = le16(p + 12);
+	m->version = bytes_le16(p + 10);
+	m->platform_id = bytes_le16(p + 12);
 	m->function = p[14];
 	m->index = p[15];
 	for (int i = 0; i < 2; i++) {
 		m->deps[i].function = p[16 + 4 * i];
 		m->deps[i].index = p[17 + 4 * i];
-		m->deps[i].version = le16(p + 18 + 4 * i);
+		m->deps[i].version = bytes_le16(p + 18 + 4 * i);
 	}
 	m->product_id = 0xffff;
 	m->product_version = 0xffff;
@@ -344,7 +335,7 @@ static int parse_extensions(const uint8_t *mod, size_t from, size_t to, bool nee
 	size_t pos = from;
 	*n = 0;
 	while (to - pos >= EXT_HEADER_SIZE) {
-		uint16_t type = le16(mod + pos), len = le16(mod + pos + 2);
+		uint16_t type = bytes_le16(mod + pos), len = bytes_le16(mod + pos + 2);
 		if (type == IMAGE_EXT_INVALID) {
 			*ret_end = pos;
 			return 0;
@@ -386,15 +377,15 @@ static void apply_extensions(const uint8_t *mod, struct image_module *m,
 			/* BVR encodes u16 0xffff, u16 product id, u16 version */
 			if (dlen >= 6) {
 				m->has_product_data = true;
-				m->product_id = le16(d + 2);
-				m->product_version = le16(d + 4);
+				m->product_id = bytes_le16(d + 2);
+				m->product_version = bytes_le16(d + 4);
 			}
 			break;
 		case IMAGE_EXT_DYNAMIC_LOCATION:
 			if (dlen >= 12) {
 				m->has_dynamic_location = true;
-				m->dynalib_load_address = le32(d + 4);
-				m->dynalib_start_address = le32(d + 8);
+				m->dynalib_load_address = bytes_le32(d + 4);
+				m->dynalib_start_address = bytes_le32(d + 8);
 			}
 			break;
 		case IMAGE_EXT_NAME: {
@@ -417,7 +408,7 @@ static int locate_suffix(const uint8_t *mod, struct image_module *m, unsigned mo
 			 size_t *ret_suffix_start, struct error *err)
 {
 	size_t body_start = m->prefix_offset + IMAGE_PREFIX_SIZE;
-	m->suffix_size = le16(mod + m->size - SUFFIX_SIZE_FROM_END);
+	m->suffix_size = bytes_le16(mod + m->size - SUFFIX_SIZE_FROM_END);
 	if (m->suffix_size == SUFFIX_NONE)
 		return unsupported(err, m,
 				   "it has no suffix (suffix size 0xffff): a padded or unfinished "
@@ -439,8 +430,8 @@ static int parse_suffix(const uint8_t *mod, struct image_module *m, unsigned mod
 	size_t var = m->suffix_size - IMAGE_SUFFIX_TAIL_SIZE;
 	if (var == SUFFIX_LEGACY_PRODUCT) {
 		m->has_product_data = true;
-		m->product_id = le16(mod + suffix_start);
-		m->product_version = le16(mod + suffix_start + 2);
+		m->product_id = bytes_le16(mod + suffix_start);
+		m->product_version = bytes_le16(mod + suffix_start + 2);
 	} else if (var > 0) {
 		size_t end;
 		if (parse_extensions(mod, suffix_start, suffix_start + var, false, "suffix", m,
@@ -552,10 +543,10 @@ static int parse_compressed(const uint8_t *mod, struct image_module *m, unsigned
 {
 	if (suffix_start - header < IMAGE_COMPRESSION_HEADER_SIZE)
 		return corrupt(err, module_no, header, "no room for the compression header");
-	uint16_t hsize = le16(mod + header);
+	uint16_t hsize = bytes_le16(mod + header);
 	m->compression_method = mod[header + 2];
 	m->window_bits = mod[header + 3] ? mod[header + 3] : 15;
-	m->inflated_size = le32(mod + header + 4);
+	m->inflated_size = bytes_le32(mod + header + 4);
 	if (hsize < IMAGE_COMPRESSION_HEADER_SIZE || hsize > suffix_start - header)
 		return corrupt(err, module_no, header, "compression header size %u is not valid",
 			       hsize);

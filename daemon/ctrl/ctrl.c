@@ -1,4 +1,5 @@
 /* The service exchange of one control request as a state machine (ctrl.h). */
+#include "bytes.h"
 #include "ctrl.h"
 #include "ctrl_internal.h"
 
@@ -67,42 +68,32 @@ const char *ctrl_state_name(enum ctrl_state s)
 	return names[s];
 }
 
-static uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)get16(p) | (uint32_t)get16(p + 2) << 16;
-}
-
 int ctrl_parse_service_reply(const uint8_t *buf, size_t len, struct ctrl_service_reply *r)
 {
 	memset(r, 0, sizeof(*r));
 	if (len < 6)
 		return -1;
-	r->flags = get32(buf);
+	r->flags = bytes_le32(buf);
 	if (!(r->flags & CTRL_FIELD_STATUS))
 		return -1;
-	r->status = get16(buf + 4);
+	r->status = bytes_le16(buf + 4);
 	size_t n = 6;
 	if (r->flags & CTRL_FIELD_ID) {
 		if (len < n + 2)
 			return -1;
-		r->id = get16(buf + n);
+		r->id = bytes_le16(buf + n);
 		n += 2;
 	}
 	if (r->flags & CTRL_FIELD_SIZE) {
 		if (len < n + 4)
 			return -1;
-		r->size = get32(buf + n);
+		r->size = bytes_le32(buf + n);
 		n += 4;
 	}
 	if (r->flags & CTRL_FIELD_RESULT) {
 		if (len < n + 4)
 			return -1;
-		r->result = (int32_t)get32(buf + n);
+		r->result = (int32_t)bytes_le32(buf + n);
 	}
 	return 0;
 }

@@ -1,5 +1,6 @@
 #include "dfu_preflight.h"
 
+#include "bytes.h"
 #include "capability.h"
 #include "osver.h"
 #include "platform.h"
@@ -36,16 +37,6 @@
 #define EXT_DYNAMIC_LOCATION	 0x0002u
 #define EXT_END			 0x0000u
 #define EXT_DYNAMIC_LOCATION_LEN 16
-
-static uint32_t le32(const uint8_t *p)
-{
-	return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint16_t le16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
 
 static void add_probe_kind(struct dfu_readback *rb, uint32_t address, enum dfu_probe_kind kind)
 {
@@ -186,7 +177,7 @@ static size_t prefix_offset(const struct platform *p, const uint8_t *b, size_t l
 {
 	if (len < 8)
 		return 0;
-	uint32_t w = le32(b);
+	uint32_t w = bytes_le32(b);
 	switch (p->mcu) {
 	case MCU_STM32F205:
 		return (w & 0x2FF10000u) == 0x20000000u ? 0x184 : 0;
@@ -241,16 +232,16 @@ static bool tail_module_start(const struct dfu_probe *pr, uint32_t *start)
 	if (!pr->read || pr->len < DFU_PROBE_LEN)
 		return false;
 	const uint8_t *end = pr->buf + DFU_PROBE_LEN - 4; /* the CRC */
-	unsigned size = le16(end - 2);
+	unsigned size = bytes_le16(end - 2);
 	if (size == SUFFIX_NONE || size < SUFFIX_TAIL || size > DFU_PROBE_LEN - 4)
 		return false;
 	const uint8_t *ext = end - size, *ext_end = end - SUFFIX_TAIL;
 	while (ext + 4 <= ext_end) {
-		unsigned type = le16(ext), len = le16(ext + 2);
+		unsigned type = bytes_le16(ext), len = bytes_le16(ext + 2);
 		if (type == EXT_END || len < 4 || len > (size_t)(ext_end - ext))
 			return false;
 		if (type == EXT_DYNAMIC_LOCATION && len >= EXT_DYNAMIC_LOCATION_LEN) {
-			*start = le32(ext + 4);
+			*start = bytes_le32(ext + 4);
 			return true;
 		}
 		ext += len;
@@ -267,11 +258,11 @@ static bool parse_probe(const struct platform *p, const struct dfu_probe *pr,
 	if (off + IMAGE_PREFIX_SIZE > pr->len)
 		return false;
 	const uint8_t *b = pr->buf + off;
-	uint32_t start = le32(b), end = le32(b + 4);
+	uint32_t start = bytes_le32(b), end = bytes_le32(b + 4);
 	uint8_t function = b[14], index = b[15];
 	if (start != pr->address || end <= start || end - start > MODULE_MAX_SIZE)
 		return false;
-	if (le16(b + 12) != p->id || !slot_matches(p, start, end, function, index))
+	if (bytes_le16(b + 12) != p->id || !slot_matches(p, start, end, function, index))
 		return false;
 	memset(m, 0, sizeof(*m));
 	/* PLATFORM (docs/device/validation.md): the prefix's platform id is the device's, or it is
@@ -280,13 +271,13 @@ static bool parse_probe(const struct platform *p, const struct dfu_probe *pr,
 	m->function = function;
 	m->index = index;
 	m->store = MODULE_STORE_MAIN;
-	m->version = le16(b + 10);
+	m->version = bytes_le16(b + 10);
 	m->address = start;
 	m->slot_size = end + 4 - start; /* DFU read-back: bytes the module occupies */
 	for (int d = 0; d < 2; d++) {
 		m->deps[d].function = b[16 + 4 * d];
 		m->deps[d].index = b[17 + 4 * d];
-		m->deps[d].version = le16(b + 18 + 4 * d);
+		m->deps[d].version = bytes_le16(b + 18 + 4 * d);
 	}
 	return true;
 }
@@ -395,8 +386,8 @@ static void radio_stack_facts(const struct dfu_readback *rb, struct device_facts
 	for (unsigned i = 0; i < rb->n_probes; i++) {
 		const struct dfu_probe *pr = &rb->probes[i];
 		if (pr->address == GEN3_SD_INFO && pr->read && pr->len >= 0x10 &&
-		    le32(pr->buf + 4) == GEN3_SD_MAGIC)
-			version = le16(pr->buf + 0xc);
+		    bytes_le32(pr->buf + 4) == GEN3_SD_MAGIC)
+			version = bytes_le16(pr->buf + 0xc);
 	}
 	for (unsigned i = 0; i < facts->n_modules && !version; i++) {
 		const struct installed_module *m = &facts->modules[i];

@@ -20,6 +20,7 @@
  * 4 gone, 5 error, 6 never answered, 7 a service reply with the status in
  * the high bits), then its bytes.  An exhausted input answers "gone".
  */
+#include "bytes.h"
 #include "ctrl_internal.h"
 
 #include <stdint.h>
@@ -97,18 +98,6 @@ static void fuzz_release(void *ctx)
 	dev.released = true;
 }
 
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)v);
-	put16(p + 2, (uint16_t)(v >> 16));
-}
-
 /* Answers the transfer in flight from the input (or leaves it hanging). */
 static void answer(struct ctrl *c)
 {
@@ -139,12 +128,12 @@ static void answer(struct ctrl *c)
 				dev.id = (uint16_t)(dev.id + 1 + (sel >> 7));
 			uint32_t sz = next16();
 			int32_t result = (int16_t)next16();
-			put32(dev.buf, CTRL_FIELD_STATUS | CTRL_FIELD_ID | CTRL_FIELD_SIZE |
-					   CTRL_FIELD_RESULT);
-			put16(dev.buf + 4, status);
-			put16(dev.buf + 6, dev.id);
-			put32(dev.buf + 8, sz);
-			put32(dev.buf + 12, (uint32_t)result);
+			bytes_put_le32(dev.buf, CTRL_FIELD_STATUS | CTRL_FIELD_ID |
+						    CTRL_FIELD_SIZE | CTRL_FIELD_RESULT);
+			bytes_put_le16(dev.buf + 4, status);
+			bytes_put_le16(dev.buf + 6, dev.id);
+			bytes_put_le32(dev.buf + 8, sz);
+			bytes_put_le32(dev.buf + 12, (uint32_t)result);
 			actual = 16;
 		}
 		break;

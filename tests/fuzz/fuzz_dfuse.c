@@ -16,6 +16,7 @@
  * well-behaved Particle bootloader would, else a raw answer (USB status,
  * length, bytes) or an ASCII string sent as a string descriptor.
  */
+#include "bytes.h"
 #include "dfuse.h"
 
 #include <libusb.h>
@@ -271,11 +272,6 @@ static int run(struct event_base *base, struct dfuse *s, struct op *op)
 	abort(); /* an operation that never ends */
 }
 
-static uint32_t le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 /* What open() learned stays inside its buffers and the address space. */
 static void check_info(const struct dfuse *s)
 {
@@ -338,7 +334,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	error_clear(&err);
 	check_info(s);
 
-	uint32_t addr = le32(h + 12), len = le32(h + 16) & 0x3ffff;
+	uint32_t addr = bytes_le32(h + 12), len = bytes_le32(h + 16) & 0x3ffff;
 	uint8_t alt = h[20] % DFUSE_MAX_ALTS;
 	const struct dfuse_info *info = dfuse_get_info(s);
 	if (r == 0 && info->map_valid[alt] && (h[21] & 1)) {

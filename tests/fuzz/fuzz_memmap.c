@@ -10,6 +10,7 @@
  *
  * Input: start (4 bytes LE), len (4 bytes LE), attrs (1 byte), then the string.
  */
+#include "bytes.h"
 #include "memmap.h"
 
 #include <stdint.h>
@@ -19,11 +20,6 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define MAX_UNITS 4096
-
-static uint32_t le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 static const struct dfuse_segment *scan(const struct dfuse_map *m, uint64_t addr)
 {
@@ -126,7 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	check_map(&map);
 	/* The range scaled to the map: a raw 32-bit length mostly misses it. */
-	uint32_t start = le32(data), len = le32(data + 4);
+	uint32_t start = bytes_le32(data), len = bytes_le32(data + 4);
 	if (data[8] & 0x80)
 		len &= 0x3ffff;
 	check_range(&map, start, len, data[8] & 7);

@@ -1,5 +1,6 @@
 #include "ctrlreq.h"
 
+#include "bytes.h"
 #include "device.h"
 #include "osver.h"
 #include "timing.h"
@@ -93,37 +94,25 @@ static struct ctrlreq_slot *find(struct ctrlreq *c, uint16_t id)
 	return NULL;
 }
 
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)v);
-	put16(p + 2, (uint16_t)(v >> 16));
-}
-
 /* A service reply: flags, status, then the optional fields in flag order. */
 static int reply(uint8_t *in, uint16_t wlength, unsigned flags, uint16_t status, uint16_t id,
 		 uint32_t size, int32_t result)
 {
 	uint8_t buf[SERVICE_REPLY_MAX];
 	size_t n = 0;
-	put32(buf, flags | F_STATUS);
-	put16(buf + 4, status);
+	bytes_put_le32(buf, flags | F_STATUS);
+	bytes_put_le16(buf + 4, status);
 	n = 6;
 	if (flags & F_ID) {
-		put16(buf + n, id);
+		bytes_put_le16(buf + n, id);
 		n += 2;
 	}
 	if (flags & F_SIZE) {
-		put32(buf + n, size);
+		bytes_put_le32(buf + n, size);
 		n += 4;
 	}
 	if (flags & F_RESULT) {
-		put32(buf + n, (uint32_t)result);
+		bytes_put_le32(buf + n, (uint32_t)result);
 		n += 4;
 	}
 	if (wlength < n)

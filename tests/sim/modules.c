@@ -1,5 +1,7 @@
 #include "modules.h"
 
+#include "bytes.h"
+
 #include <nettle/sha2.h>
 #include <string.h>
 #include <zlib.h>
@@ -12,18 +14,6 @@
 /* user module_version = the app ABI number (docs/device/releases.md#module-version-numbers) */
 #define TINKER_VERSION 6
 
-static void put16(uint8_t *b, uint16_t v)
-{
-	b[0] = (uint8_t)v;
-	b[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *b, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		b[i] = (uint8_t)(v >> (8 * i));
-}
-
 uint8_t *modules_build(const struct module_desc *d)
 {
 	uint8_t *b = g_malloc(d->len);
@@ -34,26 +24,27 @@ uint8_t *modules_build(const struct module_desc *d)
 		b[i] = (uint8_t)(x >> 24);
 	}
 	if (d->prefix_offset == 0x184 || d->prefix_offset == 0x200)
-		put32(b, 0x2000f000u); /* initial stack pointer: the device's vector-table test */
+		/* initial stack pointer: the device's vector-table test */
+		bytes_put_le32(b, 0x2000f000u);
 	if (d->realtek_header) {
 		static const uint8_t sig[8] = {0x99, 0x99, 0x96, 0x96, 0x3f, 0xcc, 0x66, 0xfc};
 		memcpy(b, sig, 8);
-		put32(b + 8, (uint32_t)d->len);
-		put32(b + 12, d->start + 0x20);
+		bytes_put_le32(b + 8, (uint32_t)d->len);
+		bytes_put_le32(b + 12, d->start + 0x20);
 	}
 	uint32_t end = d->start + (uint32_t)d->len - 4;
 	uint8_t *p = b + d->prefix_offset;
 	memset(p, 0, 24);
-	put32(p, d->start);
-	put32(p + 4, end);
-	put16(p + 10, d->version);
-	put16(p + 12, d->platform_id);
+	bytes_put_le32(p, d->start);
+	bytes_put_le32(p + 4, end);
+	bytes_put_le16(p + 10, d->version);
+	bytes_put_le16(p + 12, d->platform_id);
 	p[14] = d->function;
 	p[15] = d->index;
 	for (int i = 0; i < 2; i++) {
 		p[16 + 4 * i] = d->dep_function[i];
 		p[17 + 4 * i] = d->dep_function[i] ? d->dep_index[i] : 0;
-		put16(p + 18 + 4 * i, d->dep_function[i] ? d->dep_version[i] : 0);
+		bytes_put_le16(p + 18 + 4 * i, d->dep_function[i] ? d->dep_version[i] : 0);
 	}
 	/* Suffix (docs/device/module-format.md#suffix-and-checksums), ending at
 	 * module_end_address. */
@@ -61,20 +52,20 @@ uint8_t *modules_build(const struct module_desc *d)
 	uint8_t *s = b + d->len - 4 - suffix;
 	memset(s, 0, suffix);
 	if (d->rtl_suffix) {
-		put16(s, 0x0002);
-		put16(s + 2, 16);
-		put32(s + 4, d->start);
-		put32(s + 8, 0);
-		put32(s + 12, 0);
-		put16(s + 16, 0x0001);
-		put16(s + 18, 10);
-		put32(s + 20, (uint32_t)d->platform_id << 16);
-		put16(s + 24, 1);
+		bytes_put_le16(s, 0x0002);
+		bytes_put_le16(s + 2, 16);
+		bytes_put_le32(s + 4, d->start);
+		bytes_put_le32(s + 8, 0);
+		bytes_put_le32(s + 12, 0);
+		bytes_put_le16(s + 16, 0x0001);
+		bytes_put_le16(s + 18, 10);
+		bytes_put_le32(s + 20, (uint32_t)d->platform_id << 16);
+		bytes_put_le16(s + 24, 1);
 	} else {
-		put16(s, d->platform_id); /* product id = platform id since 4.0.0 */
-		put16(s + 2, 1);
+		bytes_put_le16(s, d->platform_id); /* product id = platform id since 4.0.0 */
+		bytes_put_le16(s + 2, 1);
 	}
-	put16(b + d->len - 6, (uint16_t)suffix);
+	bytes_put_le16(b + d->len - 6, (uint16_t)suffix);
 	struct sha256_ctx sha;
 	sha256_init(&sha);
 	sha256_update(&sha, d->len - 38, b);

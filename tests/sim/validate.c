@@ -1,18 +1,10 @@
 #include "validate.h"
 
+#include "bytes.h"
+
 #include <jansson.h>
 #include <string.h>
 #include <zlib.h>
-
-static uint32_t le32(const uint8_t *b)
-{
-	return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-}
-
-static uint16_t le16(const uint8_t *b)
-{
-	return (uint16_t)(b[0] | b[1] << 8);
-}
 
 static uint32_t be32(const uint8_t *b)
 {
@@ -26,9 +18,9 @@ size_t validate_prefix_offset(const struct platform *p, const uint8_t *img, size
 		return 0;
 	switch (p->mcu) {
 	case MCU_STM32F205: /* FLASH_ModuleInfo (develop-2.x): stack-pointer-like first word */
-		return (le32(img) & 0x2FF10000u) == 0x20000000u ? 0x184 : 0;
+		return (bytes_le32(img) & 0x2FF10000u) == 0x20000000u ? 0x184 : 0;
 	case MCU_NRF52840:
-		return (le32(img) & 0x2FFC0000u) == 0x20000000u ? 0x200 : 0;
+		return (bytes_le32(img) & 0x2FFC0000u) == 0x20000000u ? 0x200 : 0;
 	case MCU_RTL8721D:
 		return memcmp(img, realtek_sig, 8) == 0 ? 0x20 : 0;
 	case MCU_STM32F103:
@@ -40,17 +32,17 @@ size_t validate_prefix_offset(const struct platform *p, const uint8_t *img, size
 /* Reads module_info_t at img+off into m; false if it cannot be a module. */
 static bool read_prefix(const uint8_t *pre, struct vmodule *m)
 {
-	m->start = le32(pre);
-	m->end = le32(pre + 4);
+	m->start = bytes_le32(pre);
+	m->end = bytes_le32(pre + 4);
 	m->flags = pre[9];
-	m->version = le16(pre + 10);
-	m->platform_id = le16(pre + 12);
+	m->version = bytes_le16(pre + 10);
+	m->platform_id = bytes_le16(pre + 12);
 	m->function = pre[14];
 	m->index = pre[15];
 	for (int i = 0; i < 2; i++) {
 		m->dep_function[i] = pre[16 + 4 * i];
 		m->dep_index[i] = pre[17 + 4 * i];
-		m->dep_version[i] = le16(pre + 18 + 4 * i);
+		m->dep_version[i] = bytes_le16(pre + 18 + 4 * i);
 	}
 	return m->function >= MODULE_FUNCTION_RESOURCE && m->function <= MODULE_FUNCTION_ASSET &&
 	       m->end > m->start && m->end - m->start <= (16u << 20);
@@ -84,14 +76,14 @@ static bool locate_rtl_user(struct flash *f, const struct slot *s, uint32_t *ret
 	const uint8_t *sz = peek(f, s->end - 6, 2);
 	if (!sz)
 		return false;
-	uint16_t size = le16(sz);
+	uint16_t size = bytes_le16(sz);
 	if (size < 36 || size > 1024)
 		return false;
 	uint32_t suffix = s->end - 4 - size;
 	const uint8_t *ext = peek(f, suffix, 16);
-	if (!ext || le16(ext) != 0x0002 || le16(ext + 2) != 16)
+	if (!ext || bytes_le16(ext) != 0x0002 || bytes_le16(ext + 2) != 16)
 		return false;
-	*ret_start = le32(ext + 4);
+	*ret_start = bytes_le32(ext + 4);
 	return *ret_start >= s->start && *ret_start < s->end;
 }
 

@@ -12,6 +12,7 @@
  */
 #pragma once
 
+#include "bytes.h"
 #include "image.h"
 
 #include <nettle/sha2.h>
@@ -23,23 +24,6 @@
 
 #define P2_APP	 "p2/tinker-5.0.0-p2.bin"
 #define APP_NAME "p2_firmware_1700000000000.bin"
-
-static inline void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static inline void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)v);
-	put16(p + 2, (uint16_t)(v >> 16));
-}
-
-static inline uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 static inline void sha256_of(const uint8_t *b, size_t n, uint8_t out[32])
 {
@@ -92,7 +76,7 @@ static inline uint8_t *restamp_p2(const struct blob *assets, size_t n_assets, si
 	size_t ext_len = 4; /* END */
 	for (size_t i = 0; i < n_assets; i++)
 		ext_len += 4 + 2 + 32 + strlen(assets[i].name);
-	uint32_t end = get32(orig + 4);
+	uint32_t end = bytes_le32(orig + 4);
 	size_t size = len + ext_len;
 	uint32_t start = end - (uint32_t)(size - 4);
 	size_t pad = start % 8;
@@ -102,28 +86,28 @@ static inline uint8_t *restamp_p2(const struct blob *assets, size_t n_assets, si
 	uint8_t *m = calloc(1, size);
 	assert_non_null(m);
 	memcpy(m, orig, 24);
-	put32(m, start);
+	bytes_put_le32(m, start);
 	m[9] |= IMAGE_FLAG_PREFIX_EXTENSIONS;
 	size_t pos = 24;
 	for (size_t i = 0; i < n_assets; i++) {
 		size_t nl = strlen(assets[i].name);
-		put16(m + pos, IMAGE_EXT_ASSET_DEPENDENCY);
-		put16(m + pos + 2, (uint16_t)(4 + 2 + 32 + nl));
+		bytes_put_le16(m + pos, IMAGE_EXT_ASSET_DEPENDENCY);
+		bytes_put_le16(m + pos + 2, (uint16_t)(4 + 2 + 32 + nl));
 		m[pos + 4] = 0;	 /* SHA-256 */
 		m[pos + 5] = 32; /* hash length */
 		sha256_of(assets[i].data, assets[i].len, m + pos + 6);
 		memcpy(m + pos + 38, assets[i].name, nl);
 		pos += 38 + nl;
 	}
-	put16(m + pos, IMAGE_EXT_END);
-	put16(m + pos + 2, (uint16_t)(4 + pad));
+	bytes_put_le16(m + pos, IMAGE_EXT_END);
+	bytes_put_le16(m + pos + 2, (uint16_t)(4 + pad));
 	pos += 4 + pad;
 	memcpy(m + pos, orig + 24, len - 24);
 	assert_int_equal(pos + len - 24, size);
 	/* DYNAMIC_LOCATION (first suffix extension of a P2 user part): its start moves too. */
 	size_t suffix = size - 4 - 62;
 	assert_int_equal(m[suffix], IMAGE_EXT_DYNAMIC_LOCATION);
-	put32(m + suffix + 4, start);
+	bytes_put_le32(m + suffix + 4, start);
 	reseal(m, size);
 	free(orig);
 	*ret_len = size;

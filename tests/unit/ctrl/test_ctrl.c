@@ -3,6 +3,7 @@
  * exchange (INIT/SEND/CHECK/RECV/RESET) answered from the loop, replies
  * encoded with the same nanopb messages a device uses, faults on demand.
  */
+#include "bytes.h"
 #include "ctrl.h"
 
 #include "config.pb.h"
@@ -62,30 +63,18 @@ struct fake {
 	bool finished;
 };
 
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)v);
-	put16(p + 2, (uint16_t)(v >> 16));
-}
-
 static size_t svc_reply(uint8_t *b, unsigned flags, uint16_t status, uint16_t id, uint32_t size,
 			int32_t result)
 {
 	size_t n = 6;
-	put32(b, flags | CTRL_FIELD_STATUS);
-	put16(b + 4, status);
+	bytes_put_le32(b, flags | CTRL_FIELD_STATUS);
+	bytes_put_le16(b + 4, status);
 	if (flags & CTRL_FIELD_ID)
-		put16(b + n, id), n += 2;
+		bytes_put_le16(b + n, id), n += 2;
 	if (flags & CTRL_FIELD_SIZE)
-		put32(b + n, size), n += 4;
+		bytes_put_le32(b + n, size), n += 4;
 	if (flags & CTRL_FIELD_RESULT)
-		put32(b + n, (uint32_t)result), n += 4;
+		bytes_put_le32(b + n, (uint32_t)result), n += 4;
 	return n;
 }
 

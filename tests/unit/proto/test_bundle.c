@@ -141,7 +141,7 @@ static void test_application_with_two_assets_cross_checks(void **state)
 	assert_int_equal(m->sha_verdict, IMAGE_SHA_OK);
 	assert_true(m->flags & IMAGE_FLAG_PREFIX_EXTENSIONS);
 	assert_int_equal(m->start % 8, 0);
-	assert_int_equal(m->dynalib_load_address, get32(app + app_len - 4 - 62 + 8));
+	assert_int_equal(m->dynalib_load_address, bytes_le32(app + app_len - 4 - 62 + 8));
 	bundle_free(b);
 	free(zip);
 	free(app);
@@ -289,8 +289,8 @@ static void test_forged_sizes_over_64_mib_are_refused_from_the_directory(void **
 	uint8_t *zip = make_zip(e, 2, DEFLATE, &zip_len);
 	size_t local, central;
 	find_headers(zip, zip_len, "assets/big.raw", &local, &central);
-	put32(zip + local + 22, 0x7fffffffu);	/* uncompressed size, local header */
-	put32(zip + central + 24, 0x7fffffffu); /* ... and central directory */
+	bytes_put_le32(zip + local + 22, 0x7fffffffu);	 /* uncompressed size, local header */
+	bytes_put_le32(zip + central + 24, 0x7fffffffu); /* ... and central directory */
 	struct error err;
 	expect_error(zip, zip_len, ERR_BUNDLE_TOO_LARGE, false, &err);
 	assert_int_equal(detail_int(&err, "limit"), BUNDLE_TOTAL_MAX);

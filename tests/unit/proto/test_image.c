@@ -4,6 +4,7 @@
  * not readable.  Crafted modules are built here with correct SHA-256 and CRC
  * so that each test breaks exactly one thing.
  */
+#include "bytes.h"
 #include "image.h"
 #include "fixtures_present.h"
 #include "platform.h"
@@ -25,23 +26,6 @@
 #include <cmocka.h>
 
 /* ---- helpers ---- */
-
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)v);
-	put16(p + 2, (uint16_t)(v >> 16));
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
 
 /* Recomputes SHA-256 (docs/device/module-format.md#suffix-and-checksums: bytes [0, size - 38)) and
  * the big-endian CRC-32. */
@@ -93,22 +77,22 @@ static size_t build(const struct spec *s, uint8_t **ret)
 	uint8_t *b = calloc(1, size);
 	assert_non_null(b);
 	if (s->prefix_offset >= 4)
-		put32(b, s->word0);
+		bytes_put_le32(b, s->word0);
 	if (s->realtek) {
 		static const uint8_t sig[8] = {0x99, 0x99, 0x96, 0x96, 0x3f, 0xcc, 0x66, 0xfc};
 		memcpy(b, sig, sizeof(sig));
 	}
 	uint8_t *p = b + s->prefix_offset;
-	put32(p, s->start);
-	put32(p + 4, s->start + (uint32_t)size - 4);
+	bytes_put_le32(p, s->start);
+	bytes_put_le32(p + 4, s->start + (uint32_t)size - 4);
 	p[9] = s->flags;
-	put16(p + 10, s->version);
-	put16(p + 12, s->platform);
+	bytes_put_le16(p + 10, s->version);
+	bytes_put_le16(p + 12, s->platform);
 	p[14] = s->function;
 	p[15] = s->index;
 	p[16] = s->dep_function;
 	p[17] = s->dep_index;
-	put16(p + 18, s->dep_version);
+	bytes_put_le16(p + 18, s->dep_version);
 	size_t off = s->prefix_offset + IMAGE_PREFIX_SIZE;
 	if (s->prefix_ext_len)
 		memcpy(b + off, s->prefix_ext, s->prefix_ext_len);
@@ -118,7 +102,7 @@ static size_t build(const struct spec *s, uint8_t **ret)
 	off += s->body_len;
 	if (s->suffix_var_len)
 		memcpy(b + off, s->suffix_var, s->suffix_var_len);
-	put16(b + size - 6, (uint16_t)(s->suffix_var_len + 36));
+	bytes_put_le16(b + size - 6, (uint16_t)(s->suffix_var_len + 36));
 	reseal(b, size);
 	*ret = b;
 	return size;
@@ -441,7 +425,7 @@ static void test_prefix_pointing_past_the_end_is_truncated(void **state)
 	uint8_t *b;
 	struct spec s = argon_app();
 	size_t n = build(&s, &b);
-	put32(b + 4, s.start + 0x10000); /* end address 64 KiB on */
+	bytes_put_le32(b + 4, s.start + 0x10000); /* end address 64 KiB on */
 	struct error e;
 	expect_failure(b, n, ERR_IMAGE_TRUNCATED, &e);
 	assert_int_equal(detail_int(&e, "size"), (long long)n);
@@ -468,8 +452,8 @@ static void test_huge_declared_size_is_not_a_module(void **state)
 	uint8_t *b;
 	struct spec s = argon_app();
 	size_t n = build(&s, &b);
-	put32(b, 0);
-	put32(b + 4, 0xfffffff0u);
+	bytes_put_le32(b, 0);
+	bytes_put_le32(b + 4, 0xfffffff0u);
 	struct error e;
 	expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE, &e);
 	assert_non_null(strstr(e.message, "declares"));
@@ -483,7 +467,7 @@ static void test_end_before_start_is_not_a_module(void **state)
 	uint8_t *b;
 	struct spec s = argon_app();
 	size_t n = build(&s, &b);
-	put32(b + 4, s.start - 4);
+	bytes_put_le32(b + 4, s.start - 4);
 	struct error e;
 	expect_failure(b, n, ERR_IMAGE_NOT_A_MODULE, &e);
 	error_clear(&e);
@@ -496,7 +480,7 @@ static void test_suffix_size_ffff_with_good_crc_is_unsupported(void **state)
 	uint8_t *b;
 	struct spec s = argon_app();
 	size_t n = build(&s, &b);
-	put16(b + n - 6, 0xffff);
+	bytes_put_le16(b + n - 6, 0xffff);
 	reseal(b, n);
 	struct error e;
 	expect_failure(b, n, ERR_IMAGE_UNSUPPORTED, &e);
@@ -511,7 +495,7 @@ static void test_suffix_size_larger_than_module_is_corrupt(void **state)
 	uint8_t *b;
 	struct spec s = argon_app();
 	size_t n = build(&s, &b);
-	put16(b + n - 6, 0xfff0);
+	bytes_put_le16(b + n - 6, 0xfff0);
 	reseal(b, n);
 	struct error e;
 	expect_failure(b, n, ERR_IMAGE_CORRUPT, &e);
@@ -526,7 +510,7 @@ static void test_suffix_size_below_tail_is_corrupt(void **state)
 	uint8_t *b;
 	struct spec s = argon_app();
 	size_t n = build(&s, &b);
-	put16(b + n - 6, 10);
+	bytes_put_le16(b + n - 6, 10);
 	reseal(b, n);
 	struct error e;
 	expect_failure(b, n, ERR_IMAGE_CORRUPT, &e);
@@ -697,7 +681,7 @@ static void test_suffix_extension_length_zero_or_overflowing_is_corrupt(void **s
 	for (size_t i = 0; i < sizeof(bad_lengths) / sizeof(bad_lengths[0]); i++) {
 		uint8_t ext[26];
 		memcpy(ext, p2_suffix_ext, sizeof(ext));
-		put16(ext + 2, bad_lengths[i]);
+		bytes_put_le16(ext + 2, bad_lengths[i]);
 		struct spec s = p2_app();
 		s.suffix_var = ext;
 		uint8_t *b;
@@ -715,8 +699,8 @@ static void test_more_extensions_than_the_limit_are_unsupported(void **state)
 	(void)state;
 	uint8_t ext[4 * (IMAGE_MAX_EXTENSIONS + 1)];
 	for (size_t i = 0; i <= IMAGE_MAX_EXTENSIONS; i++) {
-		put16(ext + 4 * i, 0x0100); /* unknown type, header only */
-		put16(ext + 4 * i + 2, 4);
+		bytes_put_le16(ext + 4 * i, 0x0100); /* unknown type, header only */
+		bytes_put_le16(ext + 4 * i + 2, 4);
 	}
 	struct spec s = p2_app();
 	s.suffix_var = ext;
@@ -787,19 +771,19 @@ static size_t compress_module(const uint8_t *inner, size_t inner_len, size_t pre
 	size_t zlen = zs.total_out;
 	deflateEnd(&zs);
 
-	size_t suffix = get16(inner + inner_len - 6);
+	size_t suffix = bytes_le16(inner + inner_len - 6);
 	size_t size = IMAGE_PREFIX_SIZE + 8 + zlen + suffix + 4;
 	uint8_t *b = calloc(1, size);
 	memcpy(b, inner + prefix_offset, IMAGE_PREFIX_SIZE);
 	uint32_t start =
 	    (uint32_t)(inner[prefix_offset] | inner[prefix_offset + 1] << 8 |
 		       inner[prefix_offset + 2] << 16 | (uint32_t)inner[prefix_offset + 3] << 24);
-	put32(b + 4, start + (uint32_t)size - 4);
+	bytes_put_le32(b + 4, start + (uint32_t)size - 4);
 	b[9] |= IMAGE_FLAG_COMPRESSED;
-	put16(b + 24, 8);
+	bytes_put_le16(b + 24, 8);
 	b[26] = method;
 	b[27] = wbits;
-	put32(b + 28, declared);
+	bytes_put_le32(b + 28, declared);
 	memcpy(b + 32, z, zlen);
 	memcpy(b + 32 + zlen, inner + inner_len - 4 - suffix, suffix);
 	reseal(b, size);
@@ -884,7 +868,7 @@ static void test_inflate_without_memory_is_out_of_memory_not_corrupt(void **stat
 	uint8_t *inner;
 	size_t n = build(&s, &inner);
 	memcpy(zeros, inner, IMAGE_PREFIX_SIZE);
-	put16(zeros + big - 6, 40); /* the outer module copies a 40-byte suffix */
+	bytes_put_le16(zeros + big - 6, 40); /* the outer module copies a 40-byte suffix */
 	uint8_t *b;
 	size_t cn = compress_module(zeros, big, 0, (uint32_t)big, 0, 0, &b);
 	fail_realloc = true;
@@ -910,7 +894,7 @@ static void test_compression_bomb_stops_at_the_declared_size(void **state)
 	uint8_t *inner;
 	size_t n = build(&s, &inner);
 	memcpy(zeros, inner, IMAGE_PREFIX_SIZE);
-	put16(zeros + big - 6, 40);
+	bytes_put_le16(zeros + big - 6, 40);
 	uint8_t *b;
 	size_t cn = compress_module(zeros, big, 0, 1u << 20, 0, 0, &b);
 	assert_true(cn < 16 * 1024);
