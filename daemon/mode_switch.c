@@ -87,7 +87,7 @@ static void try_open(struct dfu_leave *x)
 	struct usb_loop *loop = usb_loop_daemon();
 	if (!loop) {
 		error_set(&e, ERR_INTERNAL,
-			  "the DFU transport has no libusb context (its init() failed or did not "
+			  "no USB transport holds a libusb context (their init() failed or did not "
 			  "run), so the device cannot be taken out of DFU mode");
 		finish(x, &e);
 		return;

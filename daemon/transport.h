@@ -315,7 +315,8 @@ struct transport_ops {
 	/*
 	 * Optional.  Called once by the core when the daemon starts (jobs_new()),
 	 * before any start(): the transport makes what it shares between runs
-	 * (the DFU transport: the daemon's libusb context inside the loop).
+	 * (the DFU and control-request transports: each holds the daemon's libusb
+	 * context inside the loop, usb/usb_loop.h usb_loop_acquire()).
 	 * Returns 0, or -1 with err set: the daemon logs it and the transport's
 	 * runs then fail with that reason.  No device I/O here.
 	 */

@@ -617,8 +617,21 @@ static void ctrl_free_run(struct transport_run *r)
 	free(r);
 }
 
+/* The transport holds the daemon's libusb context from init() to exit() (transport.h). */
+static int ctrl_init(struct event_base *base, struct error *err)
+{
+	return usb_loop_acquire(base, err) ? 0 : -1;
+}
+
+static void ctrl_exit(void)
+{
+	usb_loop_release();
+}
+
 const struct transport_ops ctrl_transport = {
     .name = "ctrl",
+    .init = ctrl_init,
+    .exit = ctrl_exit,
     .can_serve = ctrl_can_serve,
     .rules = preflight_rules_ctrl,
     .verdict = ctrl_assets_verdict,

@@ -691,25 +691,15 @@ static void dfu_free(struct transport_run *r)
 	free(r);
 }
 
-/* The daemon's libusb context lives from init() to exit() (transport.h). */
-static struct usb_loop *dfu_loop;
-
+/* The transport holds the daemon's libusb context from init() to exit() (transport.h). */
 static int dfu_init(struct event_base *base, struct error *err)
 {
-	if (dfu_loop)
-		return 0;
-	dfu_loop = usb_loop_new(base, err);
-	if (!dfu_loop)
-		return -1;
-	usb_loop_set_daemon(dfu_loop);
-	return 0;
+	return usb_loop_acquire(base, err) ? 0 : -1;
 }
 
 static void dfu_exit(void)
 {
-	usb_loop_set_daemon(NULL);
-	usb_loop_free(dfu_loop);
-	dfu_loop = NULL;
+	usb_loop_release();
 }
 
 const struct transport_ops dfu_transport = {

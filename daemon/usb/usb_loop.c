@@ -145,12 +145,9 @@ void usb_loop_in_flight(struct usb_loop *l, int delta)
 }
 
 /* The daemon's context: set by the DFU transport's init(), cleared by its exit(). */
+/* The daemon's one context and how many transports hold it (usb_loop_acquire()). */
 static struct usb_loop *daemon_loop;
-
-void usb_loop_set_daemon(struct usb_loop *l)
-{
-	daemon_loop = l;
-}
+static unsigned daemon_holders;
 
 struct usb_loop *usb_loop_daemon(void)
 {
@@ -218,4 +215,23 @@ libusb_device *usb_loop_find(struct usb_loop *l, unsigned busnum, unsigned devnu
 	}
 	libusb_free_device_list(list, 1);
 	return dev;
+}
+
+struct usb_loop *usb_loop_acquire(struct event_base *base, struct error *err)
+{
+	if (!daemon_loop) {
+		daemon_loop = usb_loop_new(base, err);
+		if (!daemon_loop)
+			return NULL;
+	}
+	daemon_holders++;
+	return daemon_loop;
+}
+
+void usb_loop_release(void)
+{
+	if (daemon_holders == 0 || --daemon_holders > 0)
+		return;
+	usb_loop_free(daemon_loop);
+	daemon_loop = NULL;
 }

@@ -33,10 +33,15 @@
 struct usb_loop;
 
 struct usb_loop *usb_loop_new(struct event_base *base, struct error *err);
-/* The daemon's one libusb context (every USB user shares it: DFU, control requests, the
- * mode switches): made and set by the DFU transport's init(), cleared and freed by its
- * exit() (transport.h).  NULL before. */
-void usb_loop_set_daemon(struct usb_loop *l);
+/*
+ * The daemon's one libusb context, shared by every USB user (DFU, control requests,
+ * the core's mode switches).  Each USB transport holds it from its init() to its
+ * exit() (transport.h): the first acquire makes it, the last release frees it, so
+ * no transport depends on another's being built in or started first.
+ * usb_loop_daemon() is the context while one is held, else NULL.
+ */
+struct usb_loop *usb_loop_acquire(struct event_base *base, struct error *err);
+void usb_loop_release(void);
 struct usb_loop *usb_loop_daemon(void);
 void usb_loop_free(struct usb_loop *l);
 libusb_context *usb_loop_context(struct usb_loop *l);
