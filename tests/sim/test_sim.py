@@ -913,6 +913,32 @@ def particle_cli_343():
     return ['env', 'HOME=' + home, cli]
 
 
+# Runs COMMAND, then asks the simulator (control socket) to wait until no reset or
+# re-enumeration is pending; exits with COMMAND's status, or 1 if wait-idle fails.
+# A host tool may exit while the device it told to reset is still re-enumerating:
+# particle-cli's `flash --local` ends with the firmware-update request's reply, after
+# which Device OS resets by itself to apply the update (flash-helper.js's flashFiles()
+# resets only after a DFU step).  The final state.json must show the device booted.
+THEN_WAIT_IDLE = r'''
+import json, socket, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile('rw')
+f.write(json.dumps({'cmd': 'wait-idle'}) + '\n'); f.flush()
+r = json.loads(f.readline() or '{}')
+if not r.get('ok'):
+    print('wait-idle after the command (exit %d): %s' % (rc, r), flush=True)
+    sys.exit(1)
+sys.exit(rc)
+'''
+
+
+def run_sim_then_idle(devices, command):
+    """run_sim() with COMMAND followed by the simulator's wait-idle (THEN_WAIT_IDLE)."""
+    sock = os.path.join(work, 'ctl.sock')
+    return run_sim(devices, [sys.executable, '-c', THEN_WAIT_IDLE, sock] + command,
+                   extra=['--control', sock])
+
+
 def test_particle_cli_343_usb_commands_switch_modes():
     cli = ' '.join(shlex.quote(a) for a in particle_cli_343())
     probe = shlex.quote(os.path.join(os.environ.get('FLASHD_BUILD_ROOT', ''), 'tests', 'sim', 'ctrl-probe'))
@@ -920,7 +946,8 @@ def test_particle_cli_343_usb_commands_switch_modes():
     script = ('set -e; {cli} usb list --ids-only {o}; {cli} usb start-listening --all {o}; {p} mode; '
               '{cli} usb stop-listening --all {o}; {p} mode; {cli} usb dfu --all {o}').format(
                   cli=cli, o=opts, p=probe)
-    rc, out, doc = run_sim(['platform=msom,mode=normal,os=6.2.0,name=d1'], ['sh', '-c', script])
+    rc, out, doc = run_sim_then_idle(['platform=msom,mode=normal,os=6.2.0,name=d1'],
+                                     ['sh', '-c', script])
     check(rc == 0, 'particle usb failed (exit %d):\n%s' % (rc, out))
     dev = doc['devices'][0]
     check(dev['device_id'] in out.split(), 'usb list --ids-only did not list %s:\n%s' % (dev['device_id'], out))
@@ -932,8 +959,8 @@ def test_particle_cli_343_usb_commands_switch_modes():
 def test_particle_cli_343_flash_local_is_byte_identical():
     path = fixture('p2/tinker-5.0.0-p2.bin')
     start, function, platform, data = prefix(path)
-    rc, out, doc = run_sim(['platform=p2,mode=normal,os=6.2.0,name=d1'],
-                           particle_cli_343() + ['flash', '--local', path, '--no-update-check'])
+    rc, out, doc = run_sim_then_idle(['platform=p2,mode=normal,os=6.2.0,name=d1'],
+                                     particle_cli_343() + ['flash', '--local', path, '--no-update-check'])
     check(rc == 0 and 'Flash success!' in out, 'particle flash --local failed (exit %d):\n%s' % (rc, out))
     dev = doc['devices'][0]
     base_, mem = dump(doc, dev)
@@ -955,8 +982,8 @@ def test_particle_cli_343_flash_local_bundle_fills_the_asset_store():
                       [('p2_firmware_1700000000000.bin',
                         restamp_p2(app, [('logo.png', logo), ('sound.raw', sound)])),
                        ('assets/logo.png', logo), ('assets/sound.raw', sound)])
-    rc, out, doc = run_sim(['platform=p2,mode=normal,os=6.2.0,name=d1'],
-                           particle_cli_343() + ['flash', '--local', bundle, '--no-update-check'])
+    rc, out, doc = run_sim_then_idle(['platform=p2,mode=normal,os=6.2.0,name=d1'],
+                                     particle_cli_343() + ['flash', '--local', bundle, '--no-update-check'])
     check(rc == 0 and 'Flash success!' in out, 'particle flash --local failed (exit %d):\n%s' % (rc, out))
     dev = doc['devices'][0]
     store = {a['name']: (a['data_sha256'], a['sha256'], a['size']) for a in dev.get('assets', [])}
