@@ -26,6 +26,7 @@ enum phase {
 	PH_IDLE,
 	PH_READ,       /* a READ run */
 	PH_ASK_DFU,    /* the ctrl run of an ENTER_DFU step */
+	PH_ASK_LISTEN, /* the ctrl run of an ENTER_LISTENING step */
 	PH_SWITCH_DFU, /* 14400 baud or the request sent: waiting for the device in DFU mode */
 	PH_LEAVING,    /* mode_switch_dfu_leave() in flight */
 	PH_WAIT_BACK,  /* waiting for the device to run its firmware again */
@@ -837,8 +838,21 @@ static void do_switch(struct job_steps *s, const struct plan_step *ps)
 		wait_back(s, "dfu", tty);
 		return;
 	}
+	const struct transport_ops *ctrl = job_transport(job, "ctrl");
+	if (ps->to == DEVICE_MODE_LISTENING && ps->how && strstr(ps->how, "request") && ctrl &&
+	    dev->mode != DEVICE_MODE_LISTENING) {
+		/* the start-listening request (Device OS 6.x has no 28800-baud switch) */
+		memset(&s->step, 0, sizeof(s->step));
+		s->step.kind = JOB_STEP_ENTER_LISTENING;
+		job_set_state(job, JOB_SWITCHING_MODE);
+		if (start_step(s, ctrl, PH_ASK_LISTEN, &err))
+			return;
+		job_note(job, "ctrl-fallback",
+			 "the start-listening request failed (%s); using 28800 baud", err.message);
+		error_clear(&err);
+	}
 	/* 28800 baud: the serial write enters listening mode itself (mode_switch.h) as
-	 * the first thing it does on the port */
+	 * the first thing it does on the port, unless the device listens already */
 	continue_at(s, s->next + 1);
 }
 
@@ -1031,6 +1045,29 @@ static void ask_dfu_done(struct job_steps *s)
 	wait_dfu(s, "ctrl");
 }
 
+static void ask_listen_done(struct job_steps *s)
+{
+	if (error_is_set(&s->err)) {
+		if (s->err.code == ERR_CANCELLED) {
+			struct error e;
+			error_init(&e);
+			error_move(&e, &s->err);
+			fail(s, &e);
+			return;
+		}
+		/* not supported here: the serial write sets 28800 baud itself */
+		job_note(s->job, "ctrl-fallback",
+			 "the start-listening request failed (%s); using 28800 baud",
+			 s->err.message);
+		error_clear(&s->err);
+	} else {
+		job_note(s->job, "switching-to-listening",
+			 "asked the device by USB control request (start listening)");
+		job_set_device_mode(s->job, DEVICE_MODE_LISTENING);
+	}
+	continue_at(s, s->next + 1);
+}
+
 static void advance(struct job_steps *s)
 {
 	struct job *job = s->job;
@@ -1104,6 +1141,9 @@ static void on_continue(evutil_socket_t fd, short what, void *arg)
 		break;
 	case PH_ASK_DFU:
 		ask_dfu_done(s);
+		break;
+	case PH_ASK_LISTEN:
+		ask_listen_done(s);
 		break;
 	case PH_CHECK:
 		if (error_is_set(&s->err)) {

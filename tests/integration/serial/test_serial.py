@@ -402,7 +402,8 @@ def test_second_job_reaches_a_port_left_at_28800():
         check(end['record']['transport'] == 'serial' and 'handed-to-dfu' not in notes(r),
               'transport %s, notes %s' % (end['record']['transport'], notes(r)))
     check('skipped' in notes(res[1]), 'notes %s' % notes(res[1]))
-    check(device(doc, 'photon')['received']['dfu_requests'] == 0, 'DFU was used')
+    # (control requests count there too: the plan asks for listening mode by request)
+    check(device(doc, 'photon')['received']['dfu_bytes'] == 0, 'DFU was used')
 
 
 def test_failed_transfer_on_gen3_4x_resets_the_device_before_a_retry():
@@ -431,6 +432,40 @@ def test_failed_transfer_on_gen3_4x_resets_the_device_before_a_retry():
     check(end['record']['transport'] == 'serial', 'retry transport: %s' % end['record']['transport'])
     m = module(device(doc, 'argon'), 'user', 2)
     check(m and m['valid'] and m['version'] == 7, 'app after the retry: %s' % m)
+
+
+def switch_steps(res):
+    return [l.get('step_description', '') for l in res['lines']
+            if l.get('event') == 'job-progress' and l.get('state') == 'switching-mode'
+            and 'listening' in l.get('step_description', '')]
+
+
+def test_running_devices_enter_listening_mode_by_request_or_28800_baud():
+    # A running Photon on 1.5.2 takes control requests: the serial write's switch to
+    # listening mode is the start-listening request (Device OS CTRL_REQUEST_START_LISTENING),
+    # and the plan step says so.  A second one answers that request -120 (not supported,
+    # as a Device OS without it does): flashd says so and falls back to 28800 baud.
+    devs = [spec('photon', '1.5.2', 'photon', mode='normal'),
+            spec('photon', '1.5.2', 'photon2', 'faults=ctrl-result@req70:-120', mode='normal')]
+    res, doc, log = run(devs, [flash(IDS['photon'], fixture(PHOTON_APP)),
+                               flash(IDS['photon2'], fixture(PHOTON_APP))])
+    for r, name in ((res[0], 'photon'), (res[1], 'photon2')):
+        end = expect_done(r, log)
+        steps = switch_steps(r)
+        check(steps and all('start-listening control request' in d for d in steps),
+              '%s switch steps %s' % (name, steps))
+        said = [l.get('message', '') for l in r['lines'] if l.get('note') == 'switching-to-listening']
+        fell = [l.get('message', '') for l in r['lines'] if l.get('note') == 'ctrl-fallback']
+        if name == 'photon':
+            check(said and not fell, '%s notes %s' % (name, notes(r)))
+        else:
+            check(not said and fell and '28800' in fell[0] and 'not supported' in fell[0].lower(),
+                  '%s notes %s: %s' % (name, notes(r), fell))
+        check(end['record']['transport'] == 'serial', '%s transport %s' % (name, end['record']['transport']))
+        dev = device(doc, name)
+        check(dev['received']['ymodem_bytes'] > 0 and dev['received']['dfu_bytes'] == 0,
+              '%s received %s' % (name, dev['received']))
+        print('# %s: %s; %s' % (name, steps[0] if steps else None, (said or fell)[0]))
 
 
 def test_parallel_jobs_verify_as_fast_as_one():
