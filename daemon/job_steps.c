@@ -26,6 +26,7 @@ enum phase {
 	PH_IDLE,
 	PH_READ,       /* a READ run */
 	PH_ASK_DFU,    /* the ctrl run of an ENTER_DFU step */
+	PH_ASK_LISTEN, /* the ctrl run of an ENTER_LISTENING step */
 	PH_SWITCH_DFU, /* 14400 baud or the request sent: waiting for the device in DFU mode */
 	PH_LEAVING,    /* mode_switch_dfu_leave() in flight */
 	PH_WAIT_BACK,  /* waiting for the device to run its firmware again */
@@ -70,6 +71,10 @@ struct job_steps {
 	struct device_facts read_facts;
 	const struct transport_ops *read_ops;
 	char no_answer_why[sizeof(((struct error *)0)->message)];
+	/* the console's tty is held by another program (device-busy naming it): the job
+	 * goes on through control requests alone, or ends with this error */
+	bool tty_held;
+	struct error held;
 };
 
 static void advance(struct job_steps *s);
@@ -497,6 +502,7 @@ static const struct transport_ops *reader(struct job_steps *s)
 }
 
 static void switch_14400(struct job_steps *s);
+static void fail_held(struct job_steps *s, const char *why);
 
 /* The step at plan step i over ops starts from the READ's facts when the READ was
  * ops's and nothing ran since (i == 0: no mode switch, no write before it). */
@@ -602,7 +608,34 @@ static void make_plan(struct job_steps *s, const struct job_step_result *res)
 	}
 	job_set_state(job, JOB_PREFLIGHT);
 	const char *label = dev->tty[0] ? dev->tty : dev->usb_devnode;
-	if (job_plan_make(job, &res->facts, mode, label, s->jp, &err) < 0) {
+	int rc;
+	if (s->tty_held) {
+		/* a plan without the console: neither YMODEM nor the magic bauds */
+		struct device_facts *f = malloc(sizeof(*f));
+		if (!f) {
+			error_set(&err, ERR_OUT_OF_MEMORY, NULL);
+			fail(s, &err);
+			return;
+		}
+		*f = res->facts;
+		f->no_tty = true;
+		rc = job_plan_make(job, f, mode, label, s->jp, &err);
+		free(f);
+		struct error full;
+		error_init(&full);
+		if (rc < 0 && job_plan_make(job, &res->facts, mode, label, s->jp, &full) == 0) {
+			/* it needs the console: the holder is the cause */
+			char why[sizeof(err.message)];
+			snprintf(why, sizeof(why), "%s", err.message);
+			error_clear(&err);
+			fail_held(s, why);
+			return;
+		}
+		error_clear(&full);
+	} else {
+		rc = job_plan_make(job, &res->facts, mode, label, s->jp, &err);
+	}
+	if (rc < 0) {
 		/* refused before any mode switch and any byte */
 		fail(s, &err);
 		return;
@@ -629,10 +662,69 @@ static void make_plan(struct job_steps *s, const struct job_step_result *res)
 	advance(s);
 }
 
+/*
+ * The serial READ found the console's tty held by another program (a serial
+ * monitor, ModemManager).  A running device that takes control requests is read,
+ * planned and flashed through them alone (particle-usb talks to it the same way,
+ * src/device.js, while a monitor keeps the tty); the busy error naming the holder
+ * stands where nothing else can work.  Returns true when the ctrl READ started.
+ */
+static bool read_around_held_tty(struct job_steps *s)
+{
+	struct job *job = s->job;
+	const struct device_snapshot *dev = job_device(job);
+	const struct transport_ops *ctrl = job_transport(job, "ctrl");
+	if (s->tty_held || s->err.code != ERR_DEVICE_BUSY || !s->err.detail ||
+	    !json_object_get(s->err.detail, "port") || !ctrl || s->ops == ctrl ||
+	    dev->mode == DEVICE_MODE_DFU || !dev->busnum || !dev->devnum)
+		return false;
+	uint16_t v = capability_version(dev->facts.os_version, dev->facts.system_version);
+	if (!capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, true))
+		return false;
+	struct error err;
+	error_init(&err);
+	s->tty_held = true;
+	error_move(&s->held, &s->err);
+	s->no_answer |= transport_bit(job, s->ops);
+	job_note(job, "tty-held", "%s: using USB control requests", s->held.message);
+	s->at = ctrl;
+	memset(&s->step, 0, sizeof(s->step));
+	s->step.kind = JOB_STEP_READ;
+	s->step.probe = is_probe(job);
+	if (!start_step(s, ctrl, PH_READ, &err)) {
+		error_clear(&err);
+		s->tty_held = false; /* the busy error stands */
+		error_move(&s->err, &s->held);
+		return false;
+	}
+	return true;
+}
+
+/* The end of a job whose tty is held where control requests cannot do the work. */
+static void fail_held(struct job_steps *s, const char *why)
+{
+	struct error e;
+	error_init(&e);
+	error_move(&e, &s->held);
+	if (why)
+		error_detail_str(&e, "reason", why);
+	fail(s, &e);
+}
+
 static void read_done(struct job_steps *s)
 {
 	struct job *job = s->job;
 	if (error_is_set(&s->err)) {
+		if (read_around_held_tty(s))
+			return;
+		if (s->tty_held && s->err.code != ERR_CANCELLED) {
+			/* the control requests did not identify it either */
+			char why[sizeof(s->err.message)];
+			snprintf(why, sizeof(why), "%s", s->err.message);
+			error_clear(&s->err);
+			fail_held(s, why);
+			return;
+		}
 		if (s->have_res && s->res.no_answer && s->err.code != ERR_CANCELLED) {
 			s->no_answer |= transport_bit(job, s->ops);
 			snprintf(s->no_answer_why, sizeof(s->no_answer_why), "%s", s->err.message);
@@ -746,8 +838,21 @@ static void do_switch(struct job_steps *s, const struct plan_step *ps)
 		wait_back(s, "dfu", tty);
 		return;
 	}
+	const struct transport_ops *ctrl = job_transport(job, "ctrl");
+	if (ps->to == DEVICE_MODE_LISTENING && ps->how && strstr(ps->how, "request") && ctrl &&
+	    dev->mode != DEVICE_MODE_LISTENING) {
+		/* the start-listening request (Device OS 6.x has no 28800-baud switch) */
+		memset(&s->step, 0, sizeof(s->step));
+		s->step.kind = JOB_STEP_ENTER_LISTENING;
+		job_set_state(job, JOB_SWITCHING_MODE);
+		if (start_step(s, ctrl, PH_ASK_LISTEN, &err))
+			return;
+		job_note(job, "ctrl-fallback",
+			 "the start-listening request failed (%s); using 28800 baud", err.message);
+		error_clear(&err);
+	}
 	/* 28800 baud: the serial write enters listening mode itself (mode_switch.h) as
-	 * the first thing it does on the port */
+	 * the first thing it does on the port, unless the device listens already */
 	continue_at(s, s->next + 1);
 }
 
@@ -940,6 +1045,29 @@ static void ask_dfu_done(struct job_steps *s)
 	wait_dfu(s, "ctrl");
 }
 
+static void ask_listen_done(struct job_steps *s)
+{
+	if (error_is_set(&s->err)) {
+		if (s->err.code == ERR_CANCELLED) {
+			struct error e;
+			error_init(&e);
+			error_move(&e, &s->err);
+			fail(s, &e);
+			return;
+		}
+		/* not supported here: the serial write sets 28800 baud itself */
+		job_note(s->job, "ctrl-fallback",
+			 "the start-listening request failed (%s); using 28800 baud",
+			 s->err.message);
+		error_clear(&s->err);
+	} else {
+		job_note(s->job, "switching-to-listening",
+			 "asked the device by USB control request (start listening)");
+		job_set_device_mode(s->job, DEVICE_MODE_LISTENING);
+	}
+	continue_at(s, s->next + 1);
+}
+
 static void advance(struct job_steps *s)
 {
 	struct job *job = s->job;
@@ -1014,6 +1142,9 @@ static void on_continue(evutil_socket_t fd, short what, void *arg)
 	case PH_ASK_DFU:
 		ask_dfu_done(s);
 		break;
+	case PH_ASK_LISTEN:
+		ask_listen_done(s);
+		break;
 	case PH_CHECK:
 		if (error_is_set(&s->err)) {
 			struct error e;
@@ -1052,6 +1183,7 @@ void job_steps_run(struct job *job)
 		s->job = job;
 		error_init(&s->err);
 		error_init(&s->failed);
+		error_init(&s->held);
 		*job_steps_slot(job) = s;
 	}
 	stop_waits(s);
@@ -1066,8 +1198,10 @@ void job_steps_run(struct job *job)
 	s->left = false;
 	s->at = NULL;
 	s->resetting = false;
+	s->tty_held = false;
 	error_clear(&s->err);
 	error_clear(&s->failed);
+	error_clear(&s->held);
 	read_next(s);
 }
 
@@ -1150,6 +1284,7 @@ void job_steps_free(struct job_steps *s)
 	mode_switch_dfu_leave_free(s->leave);
 	error_clear(&s->err);
 	error_clear(&s->failed);
+	error_clear(&s->held);
 	free(s->jp);
 	free(s);
 }

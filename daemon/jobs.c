@@ -1493,6 +1493,8 @@ const char *job_step_kind_name(enum job_step_kind k)
 		return "verify";
 	case JOB_STEP_ENTER_DFU:
 		return "enter-dfu";
+	case JOB_STEP_ENTER_LISTENING:
+		return "enter-listening";
 	case JOB_STEP_CHECK:
 		return "check";
 	}

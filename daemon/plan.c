@@ -751,6 +751,8 @@ static void add_switch(struct plan *plan, enum device_mode from, enum plan_trans
 		s.how = "DFU leave";
 	else if (from == DEVICE_MODE_DFU)
 		s.how = "DFU leave, then 28800 baud";
+	else if (by_request)
+		s.how = "start-listening control request"; /* 28800 baud if it fails */
 	else
 		s.how = "28800 baud";
 	s.estimate_ms = from == DEVICE_MODE_DFU ? 5000 : 2000;
@@ -1019,8 +1021,9 @@ int plan_build(const struct device_facts *facts, const struct preflight_input *f
 					plan->mixed_transports = true;
 				if (t != at) {
 					/* a running device that takes control requests is asked
-					 * for DFU mode by request (particle-usb src/device.js,
-					 * enterDfuMode()) rather than by 14400 baud */
+					 * for DFU mode or listening mode by request (particle-usb
+					 * src/device.js, enterDfuMode(), enterListeningMode())
+					 * rather than by 14400 or 28800 baud */
 					bool by_request =
 					    at == PLAN_TRANSPORT_CTRL ||
 					    (mode != DEVICE_MODE_DFU &&

@@ -28,6 +28,9 @@
  *              gives the verdict (job_verdict()).
  *   ENTER_DFU  ask a running device to enter DFU mode over the transport's
  *              protocol (the control request); the core waits for it.
+ *   ENTER_LISTENING  ask a running device to enter listening mode (the
+ *              start-listening control request); the serial write that follows
+ *              finds the console there.
  *   CHECK      a dry run: what a WRITE of the step's images checks on the device
  *              before its first byte (the DFU memory map, slots, protection),
  *              and nothing else; only for a transport with checks_on_device, and
@@ -222,11 +225,12 @@ void job_set_partial(struct job *job, const struct job_partial *p);
 /* ---- steps ------------------------------------------------------------------ */
 
 enum job_step_kind {
-	JOB_STEP_READ,	    /* read the device in its current mode (see above) */
-	JOB_STEP_WRITE,	    /* write the step's images */
-	JOB_STEP_VERIFY,    /* read the device's verdicts after the last reboot */
-	JOB_STEP_ENTER_DFU, /* ask the running device to enter DFU mode */
-	JOB_STEP_CHECK,	    /* a dry run: a WRITE's own checks on the device, nothing written */
+	JOB_STEP_READ,		  /* read the device in its current mode (see above) */
+	JOB_STEP_WRITE,		  /* write the step's images */
+	JOB_STEP_VERIFY,	  /* read the device's verdicts after the last reboot */
+	JOB_STEP_ENTER_DFU,	  /* ask the running device to enter DFU mode */
+	JOB_STEP_ENTER_LISTENING, /* ask the running device to enter listening mode */
+	JOB_STEP_CHECK, /* a dry run: a WRITE's own checks on the device, nothing written */
 };
 const char *job_step_kind_name(enum job_step_kind k); /* "read", "write", ... */
 

@@ -99,7 +99,7 @@ export interface ErrorDetails {
   "device-not-found": CommonDetail & { target?: string; waited_s?: number };
   "ambiguous-target": CommonDetail & { candidates?: unknown[]; target?: string };
   "device-gone": CommonDetail & { phase?: string; block?: number; bytes_sent?: number; address?: number; chunk?: number; alt?: number; usb_error?: string; usb_trace?: unknown[]; dfu_state?: number; dfu_status?: number; request?: string; step?: string; written?: unknown[]; not_written?: unknown[]; waited_s?: number };
-  "device-busy": CommonDetail & { holder?: string; holder_pid?: number; port?: string; job_id?: string; system_error?: string; device_code?: number; request?: string; service_status?: string; waited_ms?: number; busy_replies?: number };
+  "device-busy": CommonDetail & { holder?: string; holder_pid?: number; port?: string; job_id?: string; system_error?: string; device_code?: number; request?: string; service_status?: string; waited_ms?: number; busy_replies?: number; reason?: string };
   "permission-denied": CommonDetail & { path?: string; errno?: number; operation?: string };
   "device-rejected": CommonDetail & { cause?: string; device_code?: number; device_text?: string; dfu_state?: number; dfu_status?: number; diagnosis?: string; phase?: string; alt?: number; address?: number; chunk?: number; dfu_state_name?: string; dfu_status_name?: string; usb_trace?: unknown[]; block?: number; bytes_sent?: number; system_error?: string; request?: string };
   "booted-invalid": CommonDetail & { failed_checks?: unknown[]; mode?: string; module_function?: string; invalid_modules?: unknown[] };

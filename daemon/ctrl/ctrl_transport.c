@@ -13,7 +13,10 @@
  *  - WRITE: sends the step's image by the firmware-update exchange; the step
  *    ends when the device took it (it resets to apply it: the core waits);
  *  - ENTER_DFU: asks the device to enter DFU mode (Device OS system/src/control:
- *    CTRL_REQUEST_DFU_MODE); the core waits for it.
+ *    CTRL_REQUEST_DFU_MODE); the core waits for it;
+ *  - ENTER_LISTENING: asks the device to enter listening mode
+ *    (CTRL_REQUEST_START_LISTENING, Device OS system/inc/system_control.h; what
+ *    particle-usb's enterListeningMode() sends).
  *
  * The handle is opened per run and closed when the run ends (under umockdev
  * an open usbfs node keeps the loop busy, see usb_loop.h).
@@ -44,7 +47,7 @@ enum run_state {
 	RUN_WRITING, /* the firmware-update exchange of the step's image */
 	RUN_WRITTEN, /* it ended: what follows runs from the timer */
 	RUN_REBOOT,  /* VERIFY: the device reset again while read: waiting for it */
-	RUN_ASK_DFU, /* the enter-DFU request in flight */
+	RUN_ASK_DFU, /* the enter-DFU or start-listening request in flight */
 	RUN_ASKED,   /* it ended: what follows runs from the timer */
 	RUN_ENDED,
 };
@@ -199,13 +202,13 @@ static void on_asked(struct ctrl *c, const struct ctrl_result *res, struct error
 	arm(r, 0);
 }
 
-static void ask_dfu(struct transport_run *r)
+static void ask_mode(struct transport_run *r, enum ctrl_op op)
 {
 	struct error e;
 	error_init(&e);
 	job_set_state(r->job, JOB_SWITCHING_MODE);
 	r->state = RUN_ASK_DFU;
-	if (ctrl_op_start(r->ctrl, CTRL_OP_ENTER_DFU, on_asked, r, &e) < 0)
+	if (ctrl_op_start(r->ctrl, op, on_asked, r, &e) < 0)
 		fail(r, &e);
 }
 
@@ -214,7 +217,8 @@ static void after_ask(struct transport_run *r)
 	struct error e;
 	error_init(&e);
 	error_move(&e, &r->pending);
-	end_run(r, NULL, &e); /* done when e is not set: the device resets into DFU mode */
+	/* done when e is not set: the device resets into DFU mode, or listens */
+	end_run(r, NULL, &e);
 }
 
 /* ---- writes by the firmware-update exchange ----------------------------------------- */
@@ -473,7 +477,10 @@ static void try_open(struct transport_run *r)
 		start_write(r);
 		return;
 	case JOB_STEP_ENTER_DFU:
-		ask_dfu(r);
+		ask_mode(r, CTRL_OP_ENTER_DFU);
+		return;
+	case JOB_STEP_ENTER_LISTENING:
+		ask_mode(r, CTRL_OP_START_LISTENING);
 		return;
 	default:
 		r->state = RUN_READING;
@@ -556,10 +563,12 @@ static struct transport_run *ctrl_start(struct job *job, const struct job_step *
 		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
-	job_set_state(job, step->kind == JOB_STEP_VERIFY      ? JOB_VERIFYING
-			   : step->kind == JOB_STEP_WRITE     ? JOB_WRITING
-			   : step->kind == JOB_STEP_ENTER_DFU ? JOB_SWITCHING_MODE
-							      : JOB_PREFLIGHT);
+	job_set_state(job,
+		      step->kind == JOB_STEP_VERIFY  ? JOB_VERIFYING
+		      : step->kind == JOB_STEP_WRITE ? JOB_WRITING
+		      : step->kind == JOB_STEP_ENTER_DFU || step->kind == JOB_STEP_ENTER_LISTENING
+			  ? JOB_SWITCHING_MODE
+			  : JOB_PREFLIGHT);
 	r->state = RUN_OPENING;
 	arm(r, 0);
 	return r;

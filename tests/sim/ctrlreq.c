@@ -542,7 +542,7 @@ static int32_t firmware_update(struct sim_device *d, struct ctrlreq_slot *s)
 		/* ctrl-result@chunkN:CODE: this chunk's request ends with a system_error_t
 		 * result (e.g. -219, FLASH_IO) */
 		struct sim_fault *f = fault(d, "ctrl-result");
-		if (f && c->fw_chunks >= f->at) {
+		if (f && f->unit != SIM_AT_REQ && c->fw_chunks >= f->at) {
 			f->fired = true;
 			rc = f->arg[0] ? (int32_t)strtol(f->arg, NULL, 10) : SYSTEM_ERROR_FLASH_IO;
 			c->fw_active = false;
@@ -609,6 +609,18 @@ static void process(struct sim_device *d, struct ctrlreq_slot *s)
 {
 	s->done = true;
 	s->then = -1;
+	/* ctrl-result@reqTYPE:CODE: every request of that type ends with that
+	 * system_error_t result (default -120, not supported) */
+	for (unsigned i = 0; i < d->spec.n_faults; i++) {
+		struct sim_fault *f = &d->spec.faults[i];
+		if (strcmp(f->kind, "ctrl-result") == 0 && f->unit == SIM_AT_REQ &&
+		    f->at == s->type) {
+			f->fired = true;
+			s->result = f->arg[0] ? (int32_t)strtol(f->arg, NULL, 10)
+					      : SYSTEM_ERROR_NOT_SUPPORTED;
+			return;
+		}
+	}
 	if (!supported(d, s->type)) {
 		s->result = SYSTEM_ERROR_NOT_SUPPORTED;
 		return;

@@ -33,7 +33,16 @@ const char *sim_mode_name(enum sim_mode m);
 int sim_mode_from_name(const char *s); /* -1 if unknown */
 
 /* A fault from SPEC `faults`: kind@where[:arg]. */
-enum sim_fault_unit { SIM_AT_NONE, SIM_AT_BLOCK, SIM_AT_BYTE, SIM_AT_PERCENT, SIM_AT_CHUNK };
+/* SIM_AT_REQ: a control request type (ctrl-result@req70:-120: the start-listening
+ * request ends with that result) */
+enum sim_fault_unit {
+	SIM_AT_NONE,
+	SIM_AT_BLOCK,
+	SIM_AT_BYTE,
+	SIM_AT_PERCENT,
+	SIM_AT_CHUNK,
+	SIM_AT_REQ
+};
 struct sim_fault {
 	char kind[16]; /* stall, silent, unplug, slow-erase, reset, cancel, nak, stray, atprobe */
 	enum sim_fault_unit unit;

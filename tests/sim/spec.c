@@ -201,7 +201,10 @@ static int parse_where(const char *where, struct sim_fault *f)
 	static const struct {
 		const char *prefix;
 		enum sim_fault_unit unit;
-	} units[] = {{"chunk", SIM_AT_CHUNK}, {"block", SIM_AT_BLOCK}, {"byte", SIM_AT_BYTE}};
+	} units[] = {{"chunk", SIM_AT_CHUNK},
+		     {"block", SIM_AT_BLOCK},
+		     {"byte", SIM_AT_BYTE},
+		     {"req", SIM_AT_REQ}};
 	for (unsigned i = 0; i < G_N_ELEMENTS(units); i++) {
 		size_t n = strlen(units[i].prefix);
 		if (strncmp(w, units[i].prefix, n) == 0) {

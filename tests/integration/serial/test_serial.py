@@ -36,6 +36,7 @@ IDS = {
     'photon2': '3a001d000a47353138383102',
     'argon': 'e00fce68aabbccddeeff0001',
     'boron': 'e00fce68aabbccddeeff0002',
+    'p2': '0a10aced202194944a0c0001',
 }
 
 
@@ -260,7 +261,9 @@ def test_modemmanager_probe_cut_mid_line_is_closed_with_cr():
 
 
 def test_held_port_is_device_busy_naming_the_holder():
-    devs = [spec('photon', '1.5.2', 'photon'), spec('photon', '1.5.2', 'photon2')]
+    # The held Photon runs 0.7.0, before Gen 2 answered control requests (0.8.0-rc.1):
+    # nothing but its console can work, so the holder is the cause.
+    devs = [spec('photon', '0.7.0', 'photon'), spec('photon', '1.5.2', 'photon2')]
     steps = [{'hold': {'device': IDS['photon'], 'comm': 'minicom', 'flock': True}},
              {'parallel': [flash(IDS['photon'], fixture(PHOTON_APP))['flash'],
                            flash(IDS['photon2'], fixture(PHOTON_APP))['flash']]},
@@ -284,6 +287,31 @@ def test_held_port_is_device_busy_naming_the_holder():
     check('ID_MM_DEVICE_IGNORE' in err.get('hint', ''), 'hint: %s' % err.get('hint'))
     # nothing was sent while the port was held; once released the job goes through
     expect_done(res[6], log)
+
+
+def test_held_port_of_a_running_p2_is_flashed_by_control_requests():
+    # A P2 running 5.9.0 whose tty a serial monitor holds: read by control requests,
+    # entered into DFU mode by request, written over DFU, verified by module info; not
+    # one YMODEM byte, and a note names the holder.
+    app = 'p2/tinker-5.0.0-p2.bin'
+    devs = [spec('p2', '5.9.0', 'p2', mode='normal')]
+    steps = [{'hold': {'device': IDS['p2'], 'comm': 'minicom', 'flock': True}},
+             flash(IDS['p2'], fixture(app)),
+             {'release': True}]
+    res, doc, log = run(devs, steps)
+    minicom, tty = res[0]['pid'], res[0]['tty']
+    end = expect_done(res[1], log)
+    held = [l.get('message', '') for l in res[1]['lines'] if l.get('note') == 'tty-held']
+    want = '%s is held by minicom (pid %d): using USB control requests' % (tty, minicom)
+    check(held == [want], 'notes %s, want %r' % (held, want))
+    dev = device(doc, 'p2')
+    check(dev['received']['ymodem_bytes'] == 0, 'YMODEM bytes: %s' % dev['received'])
+    check(dev['received'].get('dfu_bytes', 0) > 0,
+          'DFU bytes: %s' % dev['received'])
+    descr = [l.get('step_description', '') for l in res[1]['lines']
+             if l.get('event') == 'job-progress' and l.get('state') == 'verifying']
+    check(descr and all('module info' in d for d in descr), 'verify steps %s' % descr)
+    print('# %s with the tty held: %s' % (end.get('outcome'), held[0]))
 
 
 def test_device_os_2_refusal_is_a_negative_code_with_the_diagnosis():
@@ -374,7 +402,8 @@ def test_second_job_reaches_a_port_left_at_28800():
         check(end['record']['transport'] == 'serial' and 'handed-to-dfu' not in notes(r),
               'transport %s, notes %s' % (end['record']['transport'], notes(r)))
     check('skipped' in notes(res[1]), 'notes %s' % notes(res[1]))
-    check(device(doc, 'photon')['received']['dfu_requests'] == 0, 'DFU was used')
+    # (control requests count there too: the plan asks for listening mode by request)
+    check(device(doc, 'photon')['received']['dfu_bytes'] == 0, 'DFU was used')
 
 
 def test_failed_transfer_on_gen3_4x_resets_the_device_before_a_retry():
@@ -403,6 +432,40 @@ def test_failed_transfer_on_gen3_4x_resets_the_device_before_a_retry():
     check(end['record']['transport'] == 'serial', 'retry transport: %s' % end['record']['transport'])
     m = module(device(doc, 'argon'), 'user', 2)
     check(m and m['valid'] and m['version'] == 7, 'app after the retry: %s' % m)
+
+
+def switch_steps(res):
+    return [l.get('step_description', '') for l in res['lines']
+            if l.get('event') == 'job-progress' and l.get('state') == 'switching-mode'
+            and 'listening' in l.get('step_description', '')]
+
+
+def test_running_devices_enter_listening_mode_by_request_or_28800_baud():
+    # A running Photon on 1.5.2 takes control requests: the serial write's switch to
+    # listening mode is the start-listening request (Device OS CTRL_REQUEST_START_LISTENING),
+    # and the plan step says so.  A second one answers that request -120 (not supported,
+    # as a Device OS without it does): flashd says so and falls back to 28800 baud.
+    devs = [spec('photon', '1.5.2', 'photon', mode='normal'),
+            spec('photon', '1.5.2', 'photon2', 'faults=ctrl-result@req70:-120', mode='normal')]
+    res, doc, log = run(devs, [flash(IDS['photon'], fixture(PHOTON_APP)),
+                               flash(IDS['photon2'], fixture(PHOTON_APP))])
+    for r, name in ((res[0], 'photon'), (res[1], 'photon2')):
+        end = expect_done(r, log)
+        steps = switch_steps(r)
+        check(steps and all('start-listening control request' in d for d in steps),
+              '%s switch steps %s' % (name, steps))
+        said = [l.get('message', '') for l in r['lines'] if l.get('note') == 'switching-to-listening']
+        fell = [l.get('message', '') for l in r['lines'] if l.get('note') == 'ctrl-fallback']
+        if name == 'photon':
+            check(said and not fell, '%s notes %s' % (name, notes(r)))
+        else:
+            check(not said and fell and '28800' in fell[0] and 'not supported' in fell[0].lower(),
+                  '%s notes %s: %s' % (name, notes(r), fell))
+        check(end['record']['transport'] == 'serial', '%s transport %s' % (name, end['record']['transport']))
+        dev = device(doc, name)
+        check(dev['received']['ymodem_bytes'] > 0 and dev['received']['dfu_bytes'] == 0,
+              '%s received %s' % (name, dev['received']))
+        print('# %s: %s; %s' % (name, steps[0] if steps else None, (said or fell)[0]))
 
 
 def test_parallel_jobs_verify_as_fast_as_one():
@@ -435,7 +498,8 @@ GROUPS = {
                'stray_application_output_is_skipped', 'modemmanager_probe_is_recovered',
                'modemmanager_probe_as_listening_starts_is_recovered',
                'modemmanager_probe_cut_mid_line_is_closed_with_cr',
-               'held_port_is_device_busy_naming_the_holder'],
+               'held_port_is_device_busy_naming_the_holder',
+               'held_port_of_a_running_p2_is_flashed_by_control_requests'],
 }
 GROUPS['parallel'] = ['parallel_jobs_verify_as_fast_as_one']
 GROUPS['verdicts'] = [n for n in TESTS if n not in GROUPS['faults'] + GROUPS['parallel']]

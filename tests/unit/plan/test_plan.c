@@ -221,6 +221,20 @@ static void test_argon_bootloader_and_system_part_in_any_order(void **state)
 	assert_int_equal(build(&f, rev, rnames, 2, false, DEVICE_MODE_LISTENING, plan, &e), 0);
 	assert_int_equal(plan->order[0], 0);
 	assert_int_equal(plan->steps[0].kind, PLAN_STEP_WRITE); /* already listening */
+	/* running: listening mode by the start-listening request where the ctrl transport
+	 * runs (the device takes control requests), else by 28800 baud */
+	assert_int_equal(build(&f, rev, rnames, 2, false, DEVICE_MODE_NORMAL, plan, &e), 0);
+	assert_int_equal(plan->steps[0].kind, PLAN_STEP_SWITCH);
+	plan_step_describe(&plan->steps[0], text, sizeof(text));
+	assert_string_equal(text, "switching to listening mode (start-listening control request)");
+	struct preflight_input rin[2] = {{.img = rev[0], .name = rnames[0]},
+					 {.img = rev[1], .name = rnames[1]}};
+	struct plan_options no_ctrl = {.mode = DEVICE_MODE_NORMAL,
+				       .transports =
+					   1u << PLAN_TRANSPORT_SERIAL | 1u << PLAN_TRANSPORT_DFU};
+	assert_int_equal(plan_build(&f, rin, 2, &no_ctrl, plan, &e), 0);
+	plan_step_describe(&plan->steps[0], text, sizeof(text));
+	assert_string_equal(text, "switching to listening mode (28800 baud)");
 	image_free(imgs[0]);
 	image_free(imgs[1]);
 	free(plan);
