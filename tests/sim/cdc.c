@@ -665,6 +665,7 @@ void cdc_detach(struct sim_device *d)
 	if (d->cdc) {
 		engine_sync_fired(d);
 		d->ymodem_bytes += listening_ymodem_bytes(d->cdc);
+		d->app_discarded += listening_app_discarded(d->cdc);
 		listening_free(d->cdc);
 		d->cdc = NULL;
 	}

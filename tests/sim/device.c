@@ -79,6 +79,11 @@ uint64_t device_ymodem_bytes(struct sim_device *d)
 	return d->ymodem_bytes + (d->cdc ? listening_ymodem_bytes(d->cdc) : 0);
 }
 
+uint64_t device_app_discarded(struct sim_device *d)
+{
+	return d->app_discarded + (d->cdc ? listening_app_discarded(d->cdc) : 0);
+}
+
 /* sysfs path of a port "1-1.2": .../usb1/1-1/1-1.2 (hubs nest). */
 static void build_syspath(struct sim_device *d)
 {

@@ -130,6 +130,7 @@ struct sim_device {
 	uint32_t ncp_size;
 	/* counters for state.json */
 	uint64_t ymodem_bytes;
+	uint64_t app_discarded; /* of closed CDC sessions: bytes the application threw away */
 	uint64_t dfu_bytes;
 	uint64_t dfu_requests;
 	uint64_t ctrl_update_bytes; /* FIRMWARE_UPDATE_DATA bytes accepted */
@@ -160,6 +161,7 @@ void device_scan(struct sim_device *d, struct vscan *out);
 /* The mode name state.json reports. */
 const char *device_mode_name(struct sim_device *d);
 uint64_t device_ymodem_bytes(struct sim_device *d);
+uint64_t device_app_discarded(struct sim_device *d);
 
 /* usbdev.c: the usbfs ioctl emulation of one enumeration's device node. */
 struct usbdev_node;

@@ -468,7 +468,7 @@ def test_running_devices_enter_listening_mode_by_request_or_28800_baud():
         print('# %s: %s; %s' % (name, steps[0] if steps else None, (said or fell)[0]))
 
 
-def test_parallel_jobs_verify_as_fast_as_one():
+def test_parallel_jobs_lose_no_console_byte_to_the_application():
     # Issue 18: with 4+ devices flashed at once, all but one waited out the
     # verify's probe and listen timeouts (+2.5 s here), although flashd sets
     # 28800 and writes `v` at once.  The simulator entered listening mode from
@@ -485,10 +485,20 @@ def test_parallel_jobs_verify_as_fast_as_one():
     expect_done(res[0], log)
     for r in res[1]['parallel']:
         expect_done(r, log)
+    # The mechanism, not the clock (a loaded machine makes any time bound flaky): a
+    # `v` lost to the running application shows as bytes the application threw away
+    # beyond what the single job's device threw away (the READ's own probe at 9600,
+    # sometimes with the `x` that hands the device back, 1-2 bytes).
     took = [r['elapsed'] for r in res[1]['parallel']]
-    # the slow path costs serial_probe_ms + serial_listen_ms = 2.5 s
-    check(max(took) < single + 1.0,
-          'parallel jobs %s s against %.2f s for one' % (['%.2f' % t for t in took], single))
+    print('# single %.2f s; parallel %s s; discarded %s' % (
+        single, ['%.2f' % t for t in took],
+        [device(doc, 'p%d' % i)['received']['app_discarded_bytes'] for i in range(n + 1)]))
+    single_dev = device(doc, 'p%d' % n)
+    base = single_dev['received']['app_discarded_bytes']
+    lost = {('p%d' % i): device(doc, 'p%d' % i)['received']['app_discarded_bytes'] - base
+            for i in range(n)}
+    check(all(v <= 0 for v in lost.values()),
+          'bytes lost to the running application beyond the single job\'s %d: %s' % (base, lost))
 
 
 TESTS = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith('test_')}
@@ -501,7 +511,7 @@ GROUPS = {
                'held_port_is_device_busy_naming_the_holder',
                'held_port_of_a_running_p2_is_flashed_by_control_requests'],
 }
-GROUPS['parallel'] = ['parallel_jobs_verify_as_fast_as_one']
+GROUPS['parallel'] = ['parallel_jobs_lose_no_console_byte_to_the_application']
 GROUPS['verdicts'] = [n for n in TESTS if n not in GROUPS['faults'] + GROUPS['parallel']]
 
 if __name__ == '__main__':

@@ -26,6 +26,7 @@ void app_stray_output(struct listening *l)
 void app_input(struct listening *l, const uint8_t *buf, size_t len)
 {
 	(void)buf;
+	l->app_discarded += len;
 	if (len)
 		app_stray_output(l);
 }

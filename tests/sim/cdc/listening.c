@@ -69,6 +69,11 @@ uint64_t listening_ymodem_bytes(const struct listening *l)
 	return l->ymodem_bytes;
 }
 
+uint64_t listening_app_discarded(const struct listening *l)
+{
+	return l->app_discarded;
+}
+
 /* ---- output helpers ---------------------------------------------------- */
 
 void listening_send(struct listening *l, const void *buf, size_t len)

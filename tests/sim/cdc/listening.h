@@ -125,3 +125,5 @@ void listening_add_fault(struct listening *l, const struct listening_fault *f);
 
 /* Counters for state.json: data bytes accepted (padding included). */
 uint64_t listening_ymodem_bytes(const struct listening *l);
+/* Bytes the host wrote while the application ran (no console): read and thrown away. */
+uint64_t listening_app_discarded(const struct listening *l);

@@ -151,6 +151,7 @@ struct listening {
 	size_t n_faults;
 
 	uint64_t ymodem_bytes;
+	uint64_t app_discarded; /* bytes the running application read and threw away */
 	bool gone; /* set just before ops->reset: the caller must stop touching the device */
 };
 
