@@ -53,12 +53,13 @@ static json_t *device_json(struct sim_device *d, const char *dir)
 		g_string_free(sha, TRUE);
 	}
 	json_t *o = json_pack(
-	    "{s:s,s:s,s:i,s:s,s:s,s:s,s:s,s:o,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:o}", "name",
+	    "{s:s,s:s,s:i,s:s,s:s,s:s,s:s,s:o,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:o}", "name",
 	    d->spec.name, "platform", d->spec.platform->name, "platform_id", d->spec.platform->id,
 	    "device_id", d->spec.id, "port", d->spec.port, "mode", device_mode_name(d), "os",
 	    d->spec.os, "modules", modules, "received", "ymodem_bytes",
 	    (json_int_t)device_ymodem_bytes(d), "dfu_bytes", (json_int_t)d->dfu_bytes,
-	    "dfu_requests", (json_int_t)d->dfu_requests, "ctrl_update_bytes",
+	    "dfu_requests", (json_int_t)d->dfu_requests, "dfu_requests_to_write",
+	    (json_int_t)d->dfu_requests_to_write, "ctrl_update_bytes",
 	    (json_int_t)d->ctrl_update_bytes, "last_write_ms", (json_int_t)d->last_write_ms,
 	    "dfu_erased_bytes", (json_int_t)d->dfu_erased_bytes, "dfu_upload_bytes",
 	    (json_int_t)d->dfu_upload_bytes, "regions", regions);
