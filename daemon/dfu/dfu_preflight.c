@@ -130,6 +130,19 @@ static bool suffix_wanted(const struct dfu_readback *rb, uint8_t function, uint8
 	       (function < 16 && index < 32 && (rb->suffix_wanted[function] & (1u << index)));
 }
 
+/* Probes [from, n_probes) in address order: reads that follow one another upward share
+ * one SET_ADDRESS where they lie whole blocks apart (dfuse_set_keep_upload()). */
+static void sort_probes(struct dfu_readback *rb, unsigned from)
+{
+	for (unsigned i = from + 1; i < rb->n_probes; i++) {
+		struct dfu_probe pr = rb->probes[i];
+		unsigned j = i;
+		for (; j > from && rb->probes[j - 1].address > pr.address; j--)
+			rb->probes[j] = rb->probes[j - 1];
+		rb->probes[j] = pr;
+	}
+}
+
 void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
 {
 	/* Every layout era's slot starts (Gen 3 has three: docs/device/memory-maps.md#gen-3). */
@@ -169,6 +182,7 @@ void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
 	}
 	if (p->mcu == MCU_NRF52840)
 		add_probe(rb, GEN3_SD_INFO);
+	sort_probes(rb, 0);
 }
 
 /* The device's own prefix-offset rules (docs/device/memory-maps.md#gen-3,
@@ -314,6 +328,7 @@ bool dfu_readback_follow(struct dfu_readback *rb)
 			add_probe_kind(rb, suffix_probe_address(m.address + m.slot_size),
 				       DFU_PROBE_SUFFIX);
 	}
+	sort_probes(rb, before);
 	return rb->n_probes > before;
 }
 

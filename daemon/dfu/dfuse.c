@@ -11,7 +11,7 @@
 #define TRACE_LINES	      (DFU_TRACE_MAX / DFU_TRACE_LINE_MAX)
 #define DFUSE_MAX_ERASE_UNITS 4096 /* 16 MiB of 4 KiB pages */
 
-enum dfuse_op { OP_NONE, OP_OPEN, OP_UPLOAD, OP_ERASE, OP_DOWNLOAD, OP_LEAVE };
+enum dfuse_op { OP_NONE, OP_OPEN, OP_UPLOAD, OP_ERASE, OP_DOWNLOAD, OP_LEAVE, OP_IDLE };
 
 /* One explicit state per request in flight (or timer armed). */
 enum dfuse_step {
@@ -26,6 +26,7 @@ enum dfuse_step {
 	STEP_POLL,	     /* GETSTATUS after a DNLOAD */
 	STEP_POLL_WAIT,	     /* waiting bwPollTimeout before the next GETSTATUS */
 	STEP_UPLOAD_ABORT,   /* ABORT around an UPLOAD run */
+	STEP_SESSION_ABORT,  /* ABORT that ends a read left open (dfuse_set_keep_upload()) */
 	STEP_UPLOAD,	     /* UPLOAD sent */
 	STEP_LEAVE_DNLOAD,   /* zero-length DNLOAD */
 	STEP_LEAVE_STATUS,   /* the one GETSTATUS after it */
@@ -76,7 +77,13 @@ struct dfuse {
 	bool address_set;		/* the pointer points at address + offset */
 	bool upload_opened, upload_closed, short_read;
 	dfuse_upload_more_fn upload_more; /* dfuse_upload_until(): go on after a block? */
-	size_t upload_len;		  /* bytes the last upload read */
+	/* An upload left in dfuUPLOAD-IDLE (keep_upload): the next upload of the same alt at
+	 * session_ptr + k * DFUSE_BLOCK goes on with block number k + 2, without SET_ADDRESS
+	 * and the two ABORTs around it; anything else ends it with one ABORT first. */
+	bool keep_upload, session, continuing;
+	uint8_t session_alt;
+	uint32_t session_ptr;
+	size_t upload_len; /* bytes the last upload read */
 	const uint8_t *wdata;
 	uint8_t *rdata;
 	struct dfuse_erase_unit *units;
@@ -143,6 +150,8 @@ static const char *op_name(enum dfuse_op op)
 		return "download";
 	case OP_LEAVE:
 		return "leave";
+	case OP_IDLE:
+		return "end of a read";
 	}
 	return "?";
 }
@@ -349,8 +358,10 @@ static void dfu_status_error(struct dfuse *s, struct error *err, const char *wha
 static void finish(struct dfuse *s, int result)
 {
 	/* After a failure the device may sit in dfuERROR: recover before the next request. */
-	if (result < 0)
+	if (result < 0) {
 		s->recovered = false;
+		s->session = false;
+	}
 	s->result = result;
 	s->step = STEP_DONE;
 	event_active(s->defer, EV_TIMEOUT, 0);
@@ -524,6 +535,7 @@ static void next_open(struct dfuse *s)
 static void next_upload(struct dfuse *s)
 {
 	if (!s->address_set) {
+		s->session_ptr = s->address;
 		send_command(s, DFUSE_CMD_SET_ADDRESS, s->address);
 		return;
 	}
@@ -540,6 +552,13 @@ static void next_upload(struct dfuse *s)
 		s->stats.uploads++;
 		send_req(s, STEP_UPLOAD, 0xa1, DFU_UPLOAD, (uint16_t)(2 + s->chunk),
 			 s->desc.interface, NULL, (uint16_t)n);
+		return;
+	}
+	if (s->keep_upload && !s->short_read) {
+		/* left in dfuUPLOAD-IDLE for the next read; the next other request closes it */
+		s->session = true;
+		s->session_alt = s->alt;
+		finish_ok(s);
 		return;
 	}
 	/* Back to dfuIDLE: a DNLOAD in dfuUPLOAD-IDLE is an error
@@ -600,6 +619,16 @@ static void next_download(struct dfuse *s)
 
 static void next(struct dfuse *s)
 {
+	if (s->session && !s->continuing) {
+		/* an open read ends before any other request: ABORT, back to dfuIDLE (DFU 1.1
+		 * state diagram: ABORT in dfuUPLOAD-IDLE; dfu-util's abort-to-idle) */
+		send_req(s, STEP_SESSION_ABORT, 0x21, DFU_ABORT, 0, s->desc.interface, NULL, 0);
+		return;
+	}
+	if (s->op == OP_IDLE) {
+		finish_ok(s);
+		return;
+	}
 	if (s->op != OP_LEAVE && s->cur_alt != s->alt) {
 		/* Standard SET_INTERFACE as an async control transfer: libusb's
 		 * libusb_set_interface_alt_setting() is synchronous (house rule: never block). */
@@ -643,6 +672,7 @@ static void next(struct dfuse *s)
 	case OP_LEAVE:
 		send_req(s, STEP_LEAVE_DNLOAD, 0x21, DFU_DNLOAD, 2, s->desc.interface, NULL, 0);
 		break;
+	case OP_IDLE: /* handled above */
 	case OP_NONE:
 		break;
 	}
@@ -985,6 +1015,10 @@ void dfuse_transfer_done(struct dfuse *s, int usb_status, const uint8_t *in, siz
 		}
 		on_poll(s, poll_ms);
 		break;
+	case STEP_SESSION_ABORT:
+		s->session = false;
+		next(s);
+		break;
 	case STEP_UPLOAD_ABORT:
 		if (!s->upload_opened)
 			s->upload_opened = true;
@@ -1137,7 +1171,8 @@ static int start(struct dfuse *s, enum dfuse_op op, uint8_t alt, dfuse_done_fn d
 	if (s->op != OP_NONE)
 		return error_set(err, ERR_INTERNAL, "DFU operation %s while %s is running",
 				 op_name(op), op_name(s->op));
-	if (op != OP_OPEN && op != OP_LEAVE && (alt >= s->desc.n_alts || !s->info.map_valid[alt])) {
+	if (op != OP_OPEN && op != OP_LEAVE && op != OP_IDLE &&
+	    (alt >= s->desc.n_alts || !s->info.map_valid[alt])) {
 		error_set(err, ERR_INTERNAL, "alt setting %u has no memory map", alt);
 		error_detail_str(err, "reason", "alt setting without memory map");
 		return -1;
@@ -1152,6 +1187,7 @@ static int start(struct dfuse *s, enum dfuse_op op, uint8_t alt, dfuse_done_fn d
 	s->upload_opened = s->upload_closed = s->short_read = false;
 	s->upload_more = NULL;
 	s->upload_len = 0;
+	s->continuing = false;
 	s->stalled_step = STEP_IDLE;
 	s->polled = STEP_IDLE;
 	s->have_status = false;
@@ -1200,6 +1236,35 @@ int dfuse_upload(struct dfuse *s, uint8_t alt, uint32_t address, uint8_t *buf, s
 	s->cmd_address = address;
 	s->len = len;
 	s->rdata = buf;
+	/* DfuSe reads block n at pointer + (n - 2) * wTransferSize (ST AN3156, Device OS's
+	 * DFU class): an open read whose pointer lies a whole number of blocks below
+	 * address goes on without a new SET_ADDRESS */
+	uint32_t ahead = address - s->session_ptr;
+	if (s->session && s->session_alt == alt && s->cur_alt == alt && s->recovered &&
+	    address >= s->session_ptr && ahead % DFUSE_BLOCK == 0 &&
+	    ahead / DFUSE_BLOCK + (len + DFUSE_BLOCK - 1) / DFUSE_BLOCK <= 0xfffd) {
+		s->continuing = true;
+		s->address_set = s->upload_opened = true;
+		s->chunk = ahead / DFUSE_BLOCK;
+	}
+	next(s);
+	return 0;
+}
+
+void dfuse_set_keep_upload(struct dfuse *s, bool on)
+{
+	s->keep_upload = on;
+}
+
+bool dfuse_upload_open(const struct dfuse *s)
+{
+	return s->session;
+}
+
+int dfuse_idle(struct dfuse *s, dfuse_done_fn done, void *userdata, struct error *err)
+{
+	if (start(s, OP_IDLE, s->alt, done, userdata, err) < 0)
+		return -1;
 	next(s);
 	return 0;
 }
