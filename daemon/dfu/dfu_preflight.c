@@ -130,14 +130,26 @@ static bool suffix_wanted(const struct dfu_readback *rb, uint8_t function, uint8
 	       (function < 16 && index < 32 && (rb->suffix_wanted[function] & (1u << index)));
 }
 
-/* Probes [from, n_probes) in address order: reads that follow one another upward share
- * one SET_ADDRESS where they lie whole blocks apart (dfuse_set_keep_upload()). */
+/* Whether probe a is read before probe b: those a whole number of DfuSe blocks past base
+ * first, each group upward. */
+static bool probe_before(uint32_t base, const struct dfu_probe *a, const struct dfu_probe *b)
+{
+	bool a_off = (a->address - base) % DFUSE_BLOCK != 0,
+	     b_off = (b->address - base) % DFUSE_BLOCK != 0;
+	return a_off != b_off ? !a_off : a->address < b->address;
+}
+
+/* Probes [from, n_probes) in the order that lets reads share one SET_ADDRESS: the device
+ * reads a block number's 4 KiB block past the pointer of a read left open
+ * (dfuse_set_keep_upload()), so the reads whole blocks past the first one (the lowest:
+ * every slot start) go first, upward. */
 static void sort_probes(struct dfu_readback *rb, unsigned from)
 {
+	uint32_t base = from ? rb->probes[0].address : 0;
 	for (unsigned i = from + 1; i < rb->n_probes; i++) {
 		struct dfu_probe pr = rb->probes[i];
 		unsigned j = i;
-		for (; j > from && rb->probes[j - 1].address > pr.address; j--)
+		for (; j > from && probe_before(base, &pr, &rb->probes[j - 1]); j--)
 			rb->probes[j] = rb->probes[j - 1];
 		rb->probes[j] = pr;
 	}

@@ -10,6 +10,10 @@
 #define DFUSE_RECOVERY_MAX    4 /* CLRSTATUS/ABORT rounds before giving up on an unknown state */
 #define TRACE_LINES	      (DFU_TRACE_MAX / DFU_TRACE_LINE_MAX)
 #define DFUSE_MAX_ERASE_UNITS 4096 /* 16 MiB of 4 KiB pages */
+/* A continued read may start this far before its address, in the block that holds it:
+ * 2 KiB at full speed (~2 ms on the bus) against the SET_ADDRESS, its two GETSTATUS and
+ * the two ABORTs a new read costs (five control transfers, a millisecond or more each). */
+#define DFUSE_SKIP_MAX 2048u
 
 enum dfuse_op { OP_NONE, OP_OPEN, OP_UPLOAD, OP_ERASE, OP_DOWNLOAD, OP_LEAVE, OP_IDLE };
 
@@ -81,6 +85,7 @@ struct dfuse {
 	 * session_ptr + k * DFUSE_BLOCK goes on with block number k + 2, without SET_ADDRESS
 	 * and the two ABORTs around it; anything else ends it with one ABORT first. */
 	bool keep_upload, session, continuing;
+	size_t skip; /* bytes of the first block before address (a continued read) */
 	uint8_t session_alt;
 	uint32_t session_ptr;
 	size_t upload_len; /* bytes the last upload read */
@@ -532,6 +537,14 @@ static void next_open(struct dfuse *s)
 	finish_ok(s);
 }
 
+/* The length of the next UPLOAD: a block, the rest, or the first block of a continued
+ * read from its start (skip bytes before address). */
+static size_t upload_want(const struct dfuse *s)
+{
+	size_t n = s->skip + s->len - s->offset;
+	return n > DFUSE_BLOCK ? DFUSE_BLOCK : n;
+}
+
 static void next_upload(struct dfuse *s)
 {
 	if (!s->address_set) {
@@ -546,9 +559,7 @@ static void next_upload(struct dfuse *s)
 		return;
 	}
 	if (s->offset < s->len && !s->short_read) {
-		size_t n = s->len - s->offset;
-		if (n > DFUSE_BLOCK)
-			n = DFUSE_BLOCK;
+		size_t n = upload_want(s);
 		s->stats.uploads++;
 		send_req(s, STEP_UPLOAD, 0xa1, DFU_UPLOAD, (uint16_t)(2 + s->chunk),
 			 s->desc.interface, NULL, (uint16_t)n);
@@ -1027,19 +1038,19 @@ void dfuse_transfer_done(struct dfuse *s, int usb_status, const uint8_t *in, siz
 		next(s);
 		break;
 	case STEP_UPLOAD: {
-		size_t want = s->len - s->offset;
-		if (want > DFUSE_BLOCK)
-			want = DFUSE_BLOCK;
+		size_t want = upload_want(s);
 		if (actual > want)
 			actual = want;
-		memcpy(s->rdata + s->offset, in, actual);
-		s->offset += actual;
-		s->upload_len = s->offset;
 		s->stats.bytes_read += actual;
+		size_t got = actual > s->skip ? actual - s->skip : 0;
+		memcpy(s->rdata + s->offset, in + s->skip, got);
+		s->skip = 0;
+		s->offset += got;
+		s->upload_len = s->offset;
 		s->chunk++;
 		if (actual < want)
 			s->short_read = true;
-		else if (s->upload_more && !s->upload_more(s->userdata, s->offset - actual, actual))
+		else if (s->upload_more && !s->upload_more(s->userdata, s->offset - got, got))
 			s->len = s->offset; /* enough: close the read as if it were done */
 		next(s);
 		break;
@@ -1188,6 +1199,7 @@ static int start(struct dfuse *s, enum dfuse_op op, uint8_t alt, dfuse_done_fn d
 	s->upload_more = NULL;
 	s->upload_len = 0;
 	s->continuing = false;
+	s->skip = 0;
 	s->stalled_step = STEP_IDLE;
 	s->polled = STEP_IDLE;
 	s->have_status = false;
@@ -1237,15 +1249,20 @@ int dfuse_upload(struct dfuse *s, uint8_t alt, uint32_t address, uint8_t *buf, s
 	s->len = len;
 	s->rdata = buf;
 	/* DfuSe reads block n at pointer + (n - 2) * wTransferSize (ST AN3156, Device OS's
-	 * DFU class): an open read whose pointer lies a whole number of blocks below
-	 * address goes on without a new SET_ADDRESS */
-	uint32_t ahead = address - s->session_ptr;
+	 * DFU class): an open read whose pointer lies below address goes on without a new
+	 * SET_ADDRESS, from the start of the block that holds address when that costs
+	 * fewer bus bytes than the requests it saves (DFUSE_SKIP_MAX) and the map lets the
+	 * bytes before address be read */
+	uint32_t ahead = address - s->session_ptr, skip = ahead % DFUSE_BLOCK;
 	if (s->session && s->session_alt == alt && s->cur_alt == alt && s->recovered &&
-	    address >= s->session_ptr && ahead % DFUSE_BLOCK == 0 &&
-	    ahead / DFUSE_BLOCK + (len + DFUSE_BLOCK - 1) / DFUSE_BLOCK <= 0xfffd) {
+	    address >= s->session_ptr && skip <= DFUSE_SKIP_MAX &&
+	    (skip == 0 || dfuse_map_range_has(&s->info.maps[alt], address - skip,
+					      (uint32_t)(skip + len), DFUSE_MEM_READABLE, NULL)) &&
+	    ahead / DFUSE_BLOCK + (skip + len + DFUSE_BLOCK - 1) / DFUSE_BLOCK <= 0xfffd) {
 		s->continuing = true;
 		s->address_set = s->upload_opened = true;
 		s->chunk = ahead / DFUSE_BLOCK;
+		s->skip = skip;
 	}
 	next(s);
 	return 0;
