@@ -130,6 +130,31 @@ static bool suffix_wanted(const struct dfu_readback *rb, uint8_t function, uint8
 	       (function < 16 && index < 32 && (rb->suffix_wanted[function] & (1u << index)));
 }
 
+/* Whether probe a is read before probe b: those a whole number of DfuSe blocks past base
+ * first, each group upward. */
+static bool probe_before(uint32_t base, const struct dfu_probe *a, const struct dfu_probe *b)
+{
+	bool a_off = (a->address - base) % DFUSE_BLOCK != 0,
+	     b_off = (b->address - base) % DFUSE_BLOCK != 0;
+	return a_off != b_off ? !a_off : a->address < b->address;
+}
+
+/* Probes [from, n_probes) in the order that lets reads share one SET_ADDRESS: the device
+ * reads a block number's 4 KiB block past the pointer of a read left open
+ * (dfuse_set_keep_upload()), so the reads whole blocks past the first one (the lowest:
+ * every slot start) go first, upward. */
+static void sort_probes(struct dfu_readback *rb, unsigned from)
+{
+	uint32_t base = from ? rb->probes[0].address : 0;
+	for (unsigned i = from + 1; i < rb->n_probes; i++) {
+		struct dfu_probe pr = rb->probes[i];
+		unsigned j = i;
+		for (; j > from && probe_before(base, &pr, &rb->probes[j - 1]); j--)
+			rb->probes[j] = rb->probes[j - 1];
+		rb->probes[j] = pr;
+	}
+}
+
 void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
 {
 	/* Every layout era's slot starts (Gen 3 has three: docs/device/memory-maps.md#gen-3). */
@@ -169,6 +194,7 @@ void dfu_readback_plan(const struct platform *p, struct dfu_readback *rb)
 	}
 	if (p->mcu == MCU_NRF52840)
 		add_probe(rb, GEN3_SD_INFO);
+	sort_probes(rb, 0);
 }
 
 /* The device's own prefix-offset rules (docs/device/memory-maps.md#gen-3,
@@ -314,6 +340,7 @@ bool dfu_readback_follow(struct dfu_readback *rb)
 			add_probe_kind(rb, suffix_probe_address(m.address + m.slot_size),
 				       DFU_PROBE_SUFFIX);
 	}
+	sort_probes(rb, before);
 	return rb->n_probes > before;
 }
 

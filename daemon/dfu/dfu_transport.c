@@ -43,6 +43,7 @@ enum run_state {
 	RUN_OPENING,  /* waiting for libusb to list the device */
 	RUN_DFU_OPEN, /* dfuse_open */
 	RUN_READBACK, /* UPLOAD of one module prefix */
+	RUN_READ_END, /* dfuse_idle: the last read left open is closed */
 	RUN_ERASE,    /* dfuse_erase of writes[i] */
 	RUN_WRITE,    /* dfuse_download of writes[i] */
 	RUN_VERIFY,   /* dfuse_upload of writes[i] */
@@ -194,6 +195,8 @@ static int start_op(struct transport_run *r, struct error *err)
 		return dfuse_upload(r->dfuse, 0, p->address, dfu_probe_data(p), p->len,
 				    on_dfuse_done, r, err);
 	}
+	case RUN_READ_END:
+		return dfuse_idle(r->dfuse, on_dfuse_done, r, err);
 	case RUN_ERASE:
 		/* issue 18: read back first where it pays, then erase and write what differs;
 		 * --force and rewrite write everything, as they promise */
@@ -341,6 +344,8 @@ static void step(struct transport_run *r)
 			return;
 		}
 		r->state = RUN_READBACK;
+		/* the reads follow one another: one SET_ADDRESS for those whole blocks apart */
+		dfuse_set_keep_upload(r->dfuse, true);
 		break;
 	case RUN_READBACK:
 		if (r->probe_i < r->rb.n_probes)
@@ -348,6 +353,13 @@ static void step(struct transport_run *r)
 		/* What the reads found may call for more (the P2 user part's prefix). */
 		if (dfu_readback_follow(&r->rb))
 			break;
+		dfuse_set_keep_upload(r->dfuse, false);
+		if (dfuse_upload_open(r->dfuse)) {
+			r->state = RUN_READ_END;
+			break;
+		}
+		/* fall through */
+	case RUN_READ_END:
 		if (!r->reused) {
 			struct device_facts f;
 			r->layout_known = dfu_readback_facts(&r->rb, dfuse_get_info(r->dfuse), &f);

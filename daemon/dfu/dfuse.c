@@ -10,8 +10,12 @@
 #define DFUSE_RECOVERY_MAX    4 /* CLRSTATUS/ABORT rounds before giving up on an unknown state */
 #define TRACE_LINES	      (DFU_TRACE_MAX / DFU_TRACE_LINE_MAX)
 #define DFUSE_MAX_ERASE_UNITS 4096 /* 16 MiB of 4 KiB pages */
+/* A continued read may start this far before its address, in the block that holds it:
+ * 2 KiB at full speed (~2 ms on the bus) against the SET_ADDRESS, its two GETSTATUS and
+ * the two ABORTs a new read costs (five control transfers, a millisecond or more each). */
+#define DFUSE_SKIP_MAX 2048u
 
-enum dfuse_op { OP_NONE, OP_OPEN, OP_UPLOAD, OP_ERASE, OP_DOWNLOAD, OP_LEAVE };
+enum dfuse_op { OP_NONE, OP_OPEN, OP_UPLOAD, OP_ERASE, OP_DOWNLOAD, OP_LEAVE, OP_IDLE };
 
 /* One explicit state per request in flight (or timer armed). */
 enum dfuse_step {
@@ -26,6 +30,7 @@ enum dfuse_step {
 	STEP_POLL,	     /* GETSTATUS after a DNLOAD */
 	STEP_POLL_WAIT,	     /* waiting bwPollTimeout before the next GETSTATUS */
 	STEP_UPLOAD_ABORT,   /* ABORT around an UPLOAD run */
+	STEP_SESSION_ABORT,  /* ABORT that ends a read left open (dfuse_set_keep_upload()) */
 	STEP_UPLOAD,	     /* UPLOAD sent */
 	STEP_LEAVE_DNLOAD,   /* zero-length DNLOAD */
 	STEP_LEAVE_STATUS,   /* the one GETSTATUS after it */
@@ -76,7 +81,14 @@ struct dfuse {
 	bool address_set;		/* the pointer points at address + offset */
 	bool upload_opened, upload_closed, short_read;
 	dfuse_upload_more_fn upload_more; /* dfuse_upload_until(): go on after a block? */
-	size_t upload_len;		  /* bytes the last upload read */
+	/* An upload left in dfuUPLOAD-IDLE (keep_upload): the next upload of the same alt at
+	 * session_ptr + k * DFUSE_BLOCK goes on with block number k + 2, without SET_ADDRESS
+	 * and the two ABORTs around it; anything else ends it with one ABORT first. */
+	bool keep_upload, session, continuing;
+	size_t skip; /* bytes of the first block before address (a continued read) */
+	uint8_t session_alt;
+	uint32_t session_ptr;
+	size_t upload_len; /* bytes the last upload read */
 	const uint8_t *wdata;
 	uint8_t *rdata;
 	struct dfuse_erase_unit *units;
@@ -143,6 +155,8 @@ static const char *op_name(enum dfuse_op op)
 		return "download";
 	case OP_LEAVE:
 		return "leave";
+	case OP_IDLE:
+		return "end of a read";
 	}
 	return "?";
 }
@@ -349,8 +363,10 @@ static void dfu_status_error(struct dfuse *s, struct error *err, const char *wha
 static void finish(struct dfuse *s, int result)
 {
 	/* After a failure the device may sit in dfuERROR: recover before the next request. */
-	if (result < 0)
+	if (result < 0) {
 		s->recovered = false;
+		s->session = false;
+	}
 	s->result = result;
 	s->step = STEP_DONE;
 	event_active(s->defer, EV_TIMEOUT, 0);
@@ -521,9 +537,18 @@ static void next_open(struct dfuse *s)
 	finish_ok(s);
 }
 
+/* The length of the next UPLOAD: a block, the rest, or the first block of a continued
+ * read from its start (skip bytes before address). */
+static size_t upload_want(const struct dfuse *s)
+{
+	size_t n = s->skip + s->len - s->offset;
+	return n > DFUSE_BLOCK ? DFUSE_BLOCK : n;
+}
+
 static void next_upload(struct dfuse *s)
 {
 	if (!s->address_set) {
+		s->session_ptr = s->address;
 		send_command(s, DFUSE_CMD_SET_ADDRESS, s->address);
 		return;
 	}
@@ -534,12 +559,17 @@ static void next_upload(struct dfuse *s)
 		return;
 	}
 	if (s->offset < s->len && !s->short_read) {
-		size_t n = s->len - s->offset;
-		if (n > DFUSE_BLOCK)
-			n = DFUSE_BLOCK;
+		size_t n = upload_want(s);
 		s->stats.uploads++;
 		send_req(s, STEP_UPLOAD, 0xa1, DFU_UPLOAD, (uint16_t)(2 + s->chunk),
 			 s->desc.interface, NULL, (uint16_t)n);
+		return;
+	}
+	if (s->keep_upload && !s->short_read) {
+		/* left in dfuUPLOAD-IDLE for the next read; the next other request closes it */
+		s->session = true;
+		s->session_alt = s->alt;
+		finish_ok(s);
 		return;
 	}
 	/* Back to dfuIDLE: a DNLOAD in dfuUPLOAD-IDLE is an error
@@ -600,6 +630,16 @@ static void next_download(struct dfuse *s)
 
 static void next(struct dfuse *s)
 {
+	if (s->session && !s->continuing) {
+		/* an open read ends before any other request: ABORT, back to dfuIDLE (DFU 1.1
+		 * state diagram: ABORT in dfuUPLOAD-IDLE; dfu-util's abort-to-idle) */
+		send_req(s, STEP_SESSION_ABORT, 0x21, DFU_ABORT, 0, s->desc.interface, NULL, 0);
+		return;
+	}
+	if (s->op == OP_IDLE) {
+		finish_ok(s);
+		return;
+	}
 	if (s->op != OP_LEAVE && s->cur_alt != s->alt) {
 		/* Standard SET_INTERFACE as an async control transfer: libusb's
 		 * libusb_set_interface_alt_setting() is synchronous (house rule: never block). */
@@ -643,6 +683,7 @@ static void next(struct dfuse *s)
 	case OP_LEAVE:
 		send_req(s, STEP_LEAVE_DNLOAD, 0x21, DFU_DNLOAD, 2, s->desc.interface, NULL, 0);
 		break;
+	case OP_IDLE: /* handled above */
 	case OP_NONE:
 		break;
 	}
@@ -985,6 +1026,10 @@ void dfuse_transfer_done(struct dfuse *s, int usb_status, const uint8_t *in, siz
 		}
 		on_poll(s, poll_ms);
 		break;
+	case STEP_SESSION_ABORT:
+		s->session = false;
+		next(s);
+		break;
 	case STEP_UPLOAD_ABORT:
 		if (!s->upload_opened)
 			s->upload_opened = true;
@@ -993,19 +1038,19 @@ void dfuse_transfer_done(struct dfuse *s, int usb_status, const uint8_t *in, siz
 		next(s);
 		break;
 	case STEP_UPLOAD: {
-		size_t want = s->len - s->offset;
-		if (want > DFUSE_BLOCK)
-			want = DFUSE_BLOCK;
+		size_t want = upload_want(s);
 		if (actual > want)
 			actual = want;
-		memcpy(s->rdata + s->offset, in, actual);
-		s->offset += actual;
-		s->upload_len = s->offset;
 		s->stats.bytes_read += actual;
+		size_t got = actual > s->skip ? actual - s->skip : 0;
+		memcpy(s->rdata + s->offset, in + s->skip, got);
+		s->skip = 0;
+		s->offset += got;
+		s->upload_len = s->offset;
 		s->chunk++;
 		if (actual < want)
 			s->short_read = true;
-		else if (s->upload_more && !s->upload_more(s->userdata, s->offset - actual, actual))
+		else if (s->upload_more && !s->upload_more(s->userdata, s->offset - got, got))
 			s->len = s->offset; /* enough: close the read as if it were done */
 		next(s);
 		break;
@@ -1137,7 +1182,8 @@ static int start(struct dfuse *s, enum dfuse_op op, uint8_t alt, dfuse_done_fn d
 	if (s->op != OP_NONE)
 		return error_set(err, ERR_INTERNAL, "DFU operation %s while %s is running",
 				 op_name(op), op_name(s->op));
-	if (op != OP_OPEN && op != OP_LEAVE && (alt >= s->desc.n_alts || !s->info.map_valid[alt])) {
+	if (op != OP_OPEN && op != OP_LEAVE && op != OP_IDLE &&
+	    (alt >= s->desc.n_alts || !s->info.map_valid[alt])) {
 		error_set(err, ERR_INTERNAL, "alt setting %u has no memory map", alt);
 		error_detail_str(err, "reason", "alt setting without memory map");
 		return -1;
@@ -1152,6 +1198,8 @@ static int start(struct dfuse *s, enum dfuse_op op, uint8_t alt, dfuse_done_fn d
 	s->upload_opened = s->upload_closed = s->short_read = false;
 	s->upload_more = NULL;
 	s->upload_len = 0;
+	s->continuing = false;
+	s->skip = 0;
 	s->stalled_step = STEP_IDLE;
 	s->polled = STEP_IDLE;
 	s->have_status = false;
@@ -1200,6 +1248,40 @@ int dfuse_upload(struct dfuse *s, uint8_t alt, uint32_t address, uint8_t *buf, s
 	s->cmd_address = address;
 	s->len = len;
 	s->rdata = buf;
+	/* DfuSe reads block n at pointer + (n - 2) * wTransferSize (ST AN3156, Device OS's
+	 * DFU class): an open read whose pointer lies below address goes on without a new
+	 * SET_ADDRESS, from the start of the block that holds address when that costs
+	 * fewer bus bytes than the requests it saves (DFUSE_SKIP_MAX) and the map lets the
+	 * bytes before address be read */
+	uint32_t ahead = address - s->session_ptr, skip = ahead % DFUSE_BLOCK;
+	if (s->session && s->session_alt == alt && s->cur_alt == alt && s->recovered &&
+	    address >= s->session_ptr && skip <= DFUSE_SKIP_MAX &&
+	    (skip == 0 || dfuse_map_range_has(&s->info.maps[alt], address - skip,
+					      (uint32_t)(skip + len), DFUSE_MEM_READABLE, NULL)) &&
+	    ahead / DFUSE_BLOCK + (skip + len + DFUSE_BLOCK - 1) / DFUSE_BLOCK <= 0xfffd) {
+		s->continuing = true;
+		s->address_set = s->upload_opened = true;
+		s->chunk = ahead / DFUSE_BLOCK;
+		s->skip = skip;
+	}
+	next(s);
+	return 0;
+}
+
+void dfuse_set_keep_upload(struct dfuse *s, bool on)
+{
+	s->keep_upload = on;
+}
+
+bool dfuse_upload_open(const struct dfuse *s)
+{
+	return s->session;
+}
+
+int dfuse_idle(struct dfuse *s, dfuse_done_fn done, void *userdata, struct error *err)
+{
+	if (start(s, OP_IDLE, s->alt, done, userdata, err) < 0)
+		return -1;
 	next(s);
 	return 0;
 }

@@ -207,6 +207,18 @@ typedef bool (*dfuse_upload_more_fn)(void *userdata, size_t offset, size_t n);
 WARN_UNUSED_RESULT int dfuse_upload_until(struct dfuse *s, uint8_t alt, uint32_t address,
 					  uint8_t *buf, size_t len, dfuse_upload_more_fn more,
 					  dfuse_done_fn done, void *userdata, struct error *err);
+/*
+ * Reads that follow one another (the module prefixes and suffixes before a plan): with
+ * keep on, an upload leaves the device in dfuUPLOAD-IDLE, so that the next upload of the
+ * same alt a whole number of DFUSE_BLOCKs after the first one's address needs no
+ * SET_ADDRESS and no ABORTs (block number = 2 + blocks ahead); any other request ends
+ * the open read with one ABORT first.  dfuse_idle() ends it now (done at once when none
+ * is open): a device is never left in dfuUPLOAD-IDLE.
+ */
+void dfuse_set_keep_upload(struct dfuse *s, bool on);
+bool dfuse_upload_open(const struct dfuse *s);
+WARN_UNUSED_RESULT int dfuse_idle(struct dfuse *s, dfuse_done_fn done, void *userdata,
+				  struct error *err);
 /* Bytes the last upload read. */
 size_t dfuse_upload_length(const struct dfuse *s);
 /* Erases exactly the erase units of alt's memory map that cover [address, address + len). */

@@ -170,6 +170,12 @@ def last_write_ms(ctl):
         sum(d["received"]["dfu_requests"] for d in devs)
 
 
+def requests_to_write(ctl):
+    """Per device, the control requests from plug-in to the first erase or write."""
+    return [d["received"].get("dfu_requests_to_write", 0)
+            for d in ctl(cmd="state")["state"]["devices"]]
+
+
 class JobWatch:
     """A subscriber to every job's events (a connection of its own, opened before the
     clients start): per device, when its job was queued, started, began writing,
@@ -292,6 +298,7 @@ def inner_flashd(plan_path):
         lw, req1 = last_write_ms(tb.ctl)
         r["to_last_write"] = lw / 1000.0 - r["t0"] if lw else None
         r["requests"] = req1 - req0
+        r["to_write_requests"] = requests_to_write(tb.ctl)
         r["cpu"] = proc_cpu_s(tb.flashd.pid) - cpu0
         r["sim_cpu"] = proc_cpu_s(spid) - scpu0 if spid else None
         if spid:
@@ -318,7 +325,8 @@ def inner_cmd(plan_path):
     t1 = time.monotonic()
     lw, req1 = last_write_ms(ctl)
     res = [{"rc": p.returncode, "elapsed": t1 - t0, "to_last_write": lw / 1000.0 - t0 if lw else None,
-            "requests": req1 - req0, "out": p.stdout[-600:]}]
+            "requests": req1 - req0, "to_write_requests": requests_to_write(ctl),
+            "out": p.stdout[-600:]}]
     with open(os.path.join(plan["work"], "results.json"), "w") as f:
         json.dump(res, f)
 
@@ -452,9 +460,13 @@ def bench_dfu(runs, only=None):
             "incl. reboot+verify; vs dfu-util+reboot %.2f s: %.2fx (goal <= 1.10)"
             % (goal or 0, whole["median"] / goal if whole and goal else 0),
             comparator_name="dfu-util 0.11", outcome=[r["outcome"] for r in fd])
+        tw = stats([max(r.get("to_write_requests") or [0]) for r in ok])
+        dtw = stats([max(r.get("to_write_requests") or [0]) for r in du if not r["rc"]])
         row(label + ", control requests", "%s" % (int(req["median"]) if req else "-"),
             "dfu-util 0.11: %s" % (int(dreq["median"]) if dreq else "-"),
-            ratio(req, dreq) if req and dreq else None, "")
+            ratio(req, dreq) if req and dreq else None,
+            "before the first erase or write: flashd %s, dfu-util %s"
+            % (int(tw["median"]) if tw else "-", int(dtw["median"]) if dtw else "-"))
 
 
 REFLASH_IMAGE = "argon/argon-system-part1@2.2.0.bin"
@@ -638,6 +650,9 @@ def bench_parallel(runs, sizes):
                     "flashd-sim %.2f (main loop: enumeration, ttys) + %.2f (usbfs emulation thread)"
                     % (thr or 0, (thr or 0) / n, cpu["median"], clients["median"],
                        sim_main["median"] if sim_main else 0, sim_usb["median"] if sim_usb else 0))
+            tw = stats([max(r.get("to_write_requests") or [0]) for r in res])
+            if transport == "DFU" and tw:
+                note += "; control requests per device before its first erase: %d" % tw["median"]
             if n > 1 and spread:
                 note += "; jobs ended over %.2f s" % spread["median"]
             if failed:

@@ -133,11 +133,12 @@ struct sim_device {
 	uint64_t app_discarded; /* of closed CDC sessions: bytes the application threw away */
 	uint64_t dfu_bytes;
 	uint64_t dfu_requests;
-	uint64_t ctrl_update_bytes; /* FIRMWARE_UPDATE_DATA bytes accepted */
-	uint64_t dfu_erased_bytes;  /* bytes of the sectors/pages DfuSe ERASE commands erased */
-	uint64_t dfu_upload_bytes;  /* bytes read by UPLOAD (wValue >= 2) */
-	uint64_t last_write_ms;	    /* sim_now_ms() when the latest flash write was done */
-	unsigned generation;	    /* bumps on every enumeration: stale timers ignore themselves */
+	uint64_t dfu_requests_to_write; /* dfu_requests at the first ERASE or data DNLOAD */
+	uint64_t ctrl_update_bytes;	/* FIRMWARE_UPDATE_DATA bytes accepted */
+	uint64_t dfu_erased_bytes;	/* bytes of the sectors/pages DfuSe ERASE commands erased */
+	uint64_t dfu_upload_bytes;	/* bytes read by UPLOAD (wValue >= 2) */
+	uint64_t last_write_ms;		/* sim_now_ms() when the latest flash write was done */
+	unsigned generation; /* bumps on every enumeration: stale timers ignore themselves */
 };
 
 struct sim_device *device_new(struct sim *sim, const struct sim_spec *spec);

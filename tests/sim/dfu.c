@@ -403,6 +403,9 @@ static int dnload(struct sim_device *d, uint16_t block, uint16_t length, const u
 			u->silent = true;
 		}
 	}
+	/* the requests it took the host to get here from plugging in (the bench) */
+	if (!d->dfu_requests_to_write && (block >= 2 || (length == 5 && out[0] == 0x41)))
+		d->dfu_requests_to_write = d->dfu_requests;
 	memcpy(u->pending, out, length);
 	u->pending_len = length;
 	u->pending_block = block;

@@ -362,6 +362,65 @@ static void test_upload_reads_back_with_set_address_abort_and_block_numbers(void
 	rig_free(r);
 }
 
+static int rig_upload(struct rig *r, uint32_t addr, uint8_t *buf, size_t len)
+{
+	struct error err;
+	error_init(&err);
+	assert_int_equal(dfuse_upload(r->dfuse, 0, addr, buf, len, on_done, r, &err), 0);
+	return rig_wait(r);
+}
+
+/* issue 18: reads left open share one SET_ADDRESS where the block numbers reach them,
+ * and the read is closed with one ABORT before anything else. */
+static void test_reads_left_open_share_one_set_address(void **state)
+{
+	(void)state;
+	struct rig *r = rig_new(3);
+	rig_open(r);
+	uint8_t *img = pattern(0x8000, 5);
+	memcpy(fake_dfu_at(r->fake, 0x30000), img, 0x8000);
+	uint8_t a[0x220], b[0x1100], c[40], d[40];
+	dfuse_set_keep_upload(r->dfuse, true);
+	unsigned set0 = fake_dfu_count(r->fake, DFU_DNLOAD, DFUSE_CMD_SET_ADDRESS);
+	unsigned abort0 = fake_dfu_count(r->fake, DFU_ABORT, -1);
+	assert_int_equal(rig_upload(r, 0x30000, a, sizeof(a)), 0);
+	assert_true(dfuse_upload_open(r->dfuse));
+	assert_int_equal(r->fake->state, DFU_STATE_UPLOAD_IDLE);
+	assert_int_equal(rig_upload(r, 0x32000, b, sizeof(b)), 0); /* two blocks on */
+	assert_int_equal(rig_upload(r, 0x34010, c, sizeof(c)), 0); /* 16 bytes into a block */
+	assert_int_equal(fake_dfu_count(r->fake, DFU_DNLOAD, DFUSE_CMD_SET_ADDRESS), set0 + 1);
+	assert_int_equal(fake_dfu_count(r->fake, DFU_ABORT, -1), abort0 + 1);
+	/* 3 KiB into its block: a new read is cheaper than the bytes before it */
+	assert_int_equal(rig_upload(r, 0x35c00, d, sizeof(d)), 0);
+	assert_int_equal(fake_dfu_count(r->fake, DFU_DNLOAD, DFUSE_CMD_SET_ADDRESS), set0 + 2);
+	assert_memory_equal(a, img, sizeof(a));
+	assert_memory_equal(b, img + 0x2000, sizeof(b));
+	assert_memory_equal(c, img + 0x4010, sizeof(c));
+	assert_memory_equal(d, img + 0x5c00, sizeof(d));
+	/* an erase after an open read: ABORT first (no DNLOAD in dfuUPLOAD-IDLE) */
+	assert_int_equal(rig_erase(r, 0x30000, 4096), 0);
+	assert_false(dfuse_upload_open(r->dfuse));
+	dfuse_set_keep_upload(r->dfuse, false);
+	assert_int_equal(rig_upload(r, 0x31000, b, 100), 0);
+	assert_false(dfuse_upload_open(r->dfuse));
+	assert_int_equal(r->fake->state, DFU_STATE_IDLE);
+	/* dfuse_idle() ends an open read, and is done at once when none is open */
+	dfuse_set_keep_upload(r->dfuse, true);
+	assert_int_equal(rig_upload(r, 0x32000, b, 100), 0);
+	assert_int_equal(r->fake->state, DFU_STATE_UPLOAD_IDLE);
+	struct error err;
+	error_init(&err);
+	for (int k = 0; k < 2; k++) {
+		unsigned n = r->fake->n_log;
+		assert_int_equal(dfuse_idle(r->dfuse, on_done, r, &err), 0);
+		assert_int_equal(rig_wait(r), 0);
+		assert_int_equal(r->fake->state, DFU_STATE_IDLE);
+		assert_int_equal(r->fake->n_log, n + (k == 0 ? 1 : 0));
+	}
+	free(img);
+	rig_free(r);
+}
+
 static void leave_and_expect(int gen, uint8_t expect_state)
 {
 	struct rig *r = rig_new(gen);
@@ -639,6 +698,7 @@ int main(void)
 	    cmocka_unit_test(test_erase_outside_memory_map_is_refused_before_any_request),
 	    cmocka_unit_test(test_poll_timeout_is_honoured_with_a_timer),
 	    cmocka_unit_test(test_upload_reads_back_with_set_address_abort_and_block_numbers),
+	    cmocka_unit_test(test_reads_left_open_share_one_set_address),
 	    cmocka_unit_test(test_leave_succeeds_on_gen2_dnload_idle_and_gen3_manifest),
 	    cmocka_unit_test(test_leave_counts_a_vanished_device_as_success),
 	    cmocka_unit_test(test_stall_at_chunk_is_explained_by_getstatus),
