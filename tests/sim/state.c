@@ -53,7 +53,7 @@ static json_t *device_json(struct sim_device *d, const char *dir)
 		g_string_free(sha, TRUE);
 	}
 	json_t *o = json_pack(
-	    "{s:s,s:s,s:i,s:s,s:s,s:s,s:s,s:o,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:o}", "name",
+	    "{s:s,s:s,s:i,s:s,s:s,s:s,s:s,s:o,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},s:o}", "name",
 	    d->spec.name, "platform", d->spec.platform->name, "platform_id", d->spec.platform->id,
 	    "device_id", d->spec.id, "port", d->spec.port, "mode", device_mode_name(d), "os",
 	    d->spec.os, "modules", modules, "received", "ymodem_bytes",
