@@ -358,7 +358,7 @@ static void step(struct transport_run *r)
 			r->state = RUN_READ_END;
 			break;
 		}
-		/* fall through */
+		__attribute__((fallthrough)); /* no read left open: the read-back is done */
 	case RUN_READ_END:
 		if (!r->reused) {
 			struct device_facts f;
