@@ -67,6 +67,7 @@ static struct transport_run *fake_start_common(struct job *job, const struct job
 
 static const struct transport_ops fake_serial;
 static const struct transport_ops fake_dfu;
+static const struct transport_ops fake_ctrl;
 
 static struct transport_run *fake_serial_start(struct job *job, const struct job_step *step,
 					       struct error *err)
@@ -78,6 +79,12 @@ static struct transport_run *fake_dfu_start(struct job *job, const struct job_st
 					    struct error *err)
 {
 	return fake_start_common(job, step, err, &fake_dfu);
+}
+
+static struct transport_run *fake_ctrl_start(struct job *job, const struct job_step *step,
+					     struct error *err)
+{
+	return fake_start_common(job, step, err, &fake_ctrl);
 }
 
 static void fake_cancel(struct transport_run *r)
@@ -134,7 +141,18 @@ static const struct transport_ops fake_dfu = {
     .free = fake_free,
 };
 
+static const struct transport_ops fake_ctrl = {
+    .name = "ctrl",
+    .can_serve = fake_can_serve,
+    .start = fake_ctrl_start,
+    .cancel = fake_cancel,
+    .device_event = fake_device_event,
+    .free = fake_free,
+};
+
 static const struct transport_ops *const only_serial[] = {&fake_serial, NULL};
+static const struct transport_ops *const serial_ctrl_dfu[] = {&fake_serial, &fake_ctrl, &fake_dfu,
+							      NULL};
 static const struct transport_ops *const serial_and_dfu[] = {&fake_serial, &fake_dfu, NULL};
 
 /* ---- fixture ----------------------------------------------------------- */
@@ -813,6 +831,49 @@ static void test_read_nobody_answers_is_not_flashable_here(void **state)
 	fx_free(fx);
 }
 
+/* The running READ gets no answer, for why. */
+static void no_answer(struct fx *fx, struct job *job, const char *why)
+{
+	struct job_step_result res;
+	memset(&res, 0, sizeof(res));
+	res.no_answer = true;
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_TIMED_OUT, "%s", why);
+	job_step_done(job, &res, &e);
+	spin(fx);
+}
+
+static const char *note_message(struct fx *fx, const char *note);
+
+/* Nobody answers: the error names every transport's reason, not only the last one's
+ * (and the hand-over says why the first gave up). */
+static void test_read_nobody_answers_names_every_reason(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(serial_ctrl_dfu);
+	fake.serve_dfu_only = false;
+	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC); /* no tty: DFU cannot switch it with 14400 baud */
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	assert_string_equal(fake.last_started_by, "serial");
+	no_answer(fx, job, "no answer to s in 2 s");
+	assert_string_equal(fake.last_started_by, "ctrl");
+	assert_non_null(
+	    strstr(note_message(fx, "handed-to-ctrl"), "serial: no answer to s in 2 s"));
+	no_answer(fx, job, "the device has no control interface");
+	assert_string_equal(fake.last_started_by, "dfu");
+	const char *why = note_message(fx, "handed-to-dfu");
+	assert_non_null(strstr(why, "serial: no answer to s in 2 s"));
+	assert_non_null(strstr(why, "ctrl: the device has no control interface"));
+	no_answer(fx, job, "not in DFU mode");
+	assert_string_equal(ended_code(fx, job), "not-flashable-here");
+	json_t *err = json_object_get(last_ended(fx, job), "error");
+	const char *msg = json_string_value(json_object_get(err, "message"));
+	assert_non_null(strstr(msg, "serial: no answer to s in 2 s; ctrl: the device has no "
+				    "control interface; dfu: not in DFU mode"));
+	fx_free(fx);
+}
+
 /* The facts a READ or VERIFY of the fake reports: a Photon on 1.5.2 in listening mode,
  * with application 1 in version app_version (0 = none). */
 static struct job_step_result photon_facts(uint16_t app_version)
@@ -854,6 +915,20 @@ static bool has_note(struct fx *fx, const char *note)
 			return true;
 	}
 	return false;
+}
+
+/* The message of the first note named note ("" when there is none). */
+static const char *note_message(struct fx *fx, const char *note)
+{
+	json_t *ev;
+	size_t i;
+	json_array_foreach(fx->events, i, ev)
+	{
+		json_t *n = json_object_get(ev, "note");
+		if (json_is_string(n) && strcmp(json_string_value(n), note) == 0)
+			return json_string_value(json_object_get(ev, "message"));
+	}
+	return "";
 }
 
 /* The core runs the whole plan: READ, the plan, WRITE with exactly the job's file, the
@@ -1200,6 +1275,7 @@ int main(void)
 	    cmocka_unit_test(test_cancel_ignored_by_transport_ends_after_grace),
 	    cmocka_unit_test(test_read_without_answer_goes_to_the_next_transport),
 	    cmocka_unit_test(test_read_nobody_answers_is_not_flashable_here),
+	    cmocka_unit_test(test_read_nobody_answers_names_every_reason),
 	    cmocka_unit_test(test_core_runs_read_plan_write_reboot_verify),
 	    cmocka_unit_test(test_core_refuses_before_any_write),
 	    cmocka_unit_test(test_cancel_while_the_core_waits_for_the_reboot),
