@@ -38,9 +38,10 @@ enum device_mode plan_transport_mode(enum plan_transport t)
 					  : DEVICE_MODE_LISTENING;
 }
 
-static const char *mode_word(enum device_mode m)
+/* (transport.h; here, in the library the transports and the core both link) */
+const char *device_mode_name(enum device_mode mode)
 {
-	switch (m) {
+	switch (mode) {
 	case DEVICE_MODE_NORMAL:
 		return "normal";
 	case DEVICE_MODE_LISTENING:
@@ -1174,8 +1175,8 @@ json_t *plan_to_json(const struct plan *plan)
 				      plan_step_kind_name(s->kind), "description", text,
 				      "estimate_s", s->estimate_ms / 1000.0);
 		if (s->kind == PLAN_STEP_SWITCH) {
-			json_object_set_new(j, "from", json_string(mode_word(s->from)));
-			json_object_set_new(j, "to", json_string(mode_word(s->to)));
+			json_object_set_new(j, "from", json_string(device_mode_name(s->from)));
+			json_object_set_new(j, "to", json_string(device_mode_name(s->to)));
 			json_object_set_new(j, "how", json_string(s->how));
 		}
 		if (s->kind == PLAN_STEP_WRITE || s->kind == PLAN_STEP_SWITCH ||
