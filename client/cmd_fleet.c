@@ -11,6 +11,7 @@
 #include "mqtt_url.h"
 #include "render.h"
 #include "verbs.h"
+#include "wire.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -106,16 +107,7 @@ static void history_record(json_t *st, const json_t *rec)
 	size_t i;
 	json_array_foreach(failures, i, f) if (json_equal(json_object_get(f, "job"),
 							  json_object_get(rec, "job"))) return;
-	json_array_append_new(failures, json_pack("{s:O?, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?}",
-						  "job", json_object_get(rec, "job"), "device",
-						  json_object_get(rec, "device"), "platform",
-						  json_object_get(rec, "platform"), "result",
-						  json_object_get(rec, "result"), "error",
-						  json_object_get(rec, "error"), "error_message",
-						  json_object_get(rec, "error_message"), "ended",
-						  json_object_get(rec, "ended")));
-	while (json_array_size(failures) > 5)
-		json_array_remove(failures, 0);
+	wire_failures_add(failures, rec);
 }
 
 static void on_message(struct mosquitto *mosq, void *arg, const struct mosquitto_message *msg)

@@ -70,6 +70,7 @@ struct job_steps {
 	 * same transport with no step before it starts from it (job_step.read) */
 	struct device_facts read_facts;
 	const struct transport_ops *read_ops;
+	/* READ: every transport's reason it got no answer, in order ("serial: ...; ctrl: ...") */
 	char no_answer_why[sizeof(((struct error *)0)->message)];
 	/* the console's tty is held by another program (device-busy naming it): the job
 	 * goes on through control requests alone, or ends with this error */
@@ -127,6 +128,15 @@ static void fail(struct job_steps *s, struct error *err)
 {
 	end_job(s, err->code == ERR_CANCELLED ? JOB_RESULT_CANCELLED : JOB_RESULT_FAILED, NULL,
 		err);
+}
+
+/* Ends the job with the error the step ended with. */
+static void fail_with_step_error(struct job_steps *s)
+{
+	struct error e;
+	error_init(&e);
+	error_move(&e, &s->err);
+	fail(s, &e);
 }
 
 /* The transport the job goes on with: a note when it changes (not for the first READ). */
@@ -515,6 +525,38 @@ static void reuse_read(struct job_steps *s, const struct transport_ops *ops, siz
 	s->read_ops = NULL; /* once: the device changes from here on */
 }
 
+/* Adds a transport's reason it got no answer to the READ's list: every cause is kept,
+ * not only the last one. */
+static void add_no_answer(struct job_steps *s, const struct transport_ops *ops, const char *why)
+{
+	/* a list longer than the buffer is cut: what fits is said */
+	char *out = s->no_answer_why;
+	size_t size = sizeof(s->no_answer_why), len = strlen(out);
+	const char *parts[] = {len ? "; " : "", ops->name, ": ", why};
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+		size_t n = strlen(parts[i]);
+		if (n > size - 1 - len)
+			n = size - 1 - len;
+		memcpy(out + len, parts[i], n);
+		len += n;
+	}
+	out[len] = '\0';
+}
+
+/* The transports that were not asked: named too, so the error says what each did. */
+static void add_not_asked(struct job_steps *s, const struct device_snapshot *dev)
+{
+	const struct transport_ops *const *t = job_transports(s->job);
+	for (unsigned i = 0; t[i]; i++) {
+		if (s->no_answer & (1u << i))
+			continue;
+		char why[64];
+		snprintf(why, sizeof(why), "not asked: cannot serve this device (%s mode)",
+			 device_mode_name(dev->mode));
+		add_no_answer(s, t[i], why);
+	}
+}
+
 static void read_next(struct job_steps *s)
 {
 	struct error err;
@@ -553,6 +595,7 @@ static void read_next(struct job_steps *s)
 		switch_14400(s);
 		return;
 	}
+	add_not_asked(s, dev);
 	error_set(&err, ERR_NOT_FLASHABLE_HERE, "no transport can work on a device in %s mode%s%s",
 		  device_mode_name(dev->mode), s->no_answer_why[0] ? ": " : "", s->no_answer_why);
 	error_detail_str(&err, "reason", "no transport for this mode");
@@ -727,15 +770,12 @@ static void read_done(struct job_steps *s)
 		}
 		if (s->have_res && s->res.no_answer && s->err.code != ERR_CANCELLED) {
 			s->no_answer |= transport_bit(job, s->ops);
-			snprintf(s->no_answer_why, sizeof(s->no_answer_why), "%s", s->err.message);
+			add_no_answer(s, s->ops, s->err.message);
 			error_clear(&s->err);
 			read_next(s);
 			return;
 		}
-		struct error e;
-		error_init(&e);
-		error_move(&e, &s->err);
-		fail(s, &e);
+		fail_with_step_error(s);
 		return;
 	}
 	if (!s->have_res) {
@@ -915,10 +955,7 @@ static void write_done(struct job_steps *s)
 		return;
 	}
 	if (error_is_set(&s->err)) {
-		struct error e;
-		error_init(&e);
-		error_move(&e, &s->err);
-		fail(s, &e);
+		fail_with_step_error(s);
 		return;
 	}
 	for (size_t i = 0; i < s->step.n_images; i++)
@@ -1024,21 +1061,26 @@ static void verify_done(struct job_steps *s)
 	end_job(s, JOB_RESULT_FAILED, "booted-invalid", &e);
 }
 
+/* The control request of an ENTER_DFU or ENTER_LISTENING step failed: a cancel ends
+ * the job; anything else (not supported here) falls back to the baud rate, noted.
+ * False when the job ended. */
+static bool ctrl_fallback(struct job_steps *s, const char *request, unsigned baud)
+{
+	if (s->err.code == ERR_CANCELLED) {
+		fail_with_step_error(s);
+		return false;
+	}
+	job_note(s->job, "ctrl-fallback", "the %s request failed (%s); using %u baud", request,
+		 s->err.message, baud);
+	error_clear(&s->err);
+	return true;
+}
+
 static void ask_dfu_done(struct job_steps *s)
 {
 	if (error_is_set(&s->err)) {
-		if (s->err.code == ERR_CANCELLED) {
-			struct error e;
-			error_init(&e);
-			error_move(&e, &s->err);
-			fail(s, &e);
-			return;
-		}
-		/* not supported here: 14400 baud */
-		job_note(s->job, "ctrl-fallback",
-			 "the enter-DFU request failed (%s); using 14400 baud", s->err.message);
-		error_clear(&s->err);
-		switch_14400(s);
+		if (ctrl_fallback(s, "enter-DFU", 14400))
+			switch_14400(s);
 		return;
 	}
 	job_note(s->job, "switching-to-dfu", "asked the device by USB control request");
@@ -1048,18 +1090,9 @@ static void ask_dfu_done(struct job_steps *s)
 static void ask_listen_done(struct job_steps *s)
 {
 	if (error_is_set(&s->err)) {
-		if (s->err.code == ERR_CANCELLED) {
-			struct error e;
-			error_init(&e);
-			error_move(&e, &s->err);
-			fail(s, &e);
+		/* the serial write sets 28800 baud itself */
+		if (!ctrl_fallback(s, "start-listening", 28800))
 			return;
-		}
-		/* not supported here: the serial write sets 28800 baud itself */
-		job_note(s->job, "ctrl-fallback",
-			 "the start-listening request failed (%s); using 28800 baud",
-			 s->err.message);
-		error_clear(&s->err);
 	} else {
 		job_note(s->job, "switching-to-listening",
 			 "asked the device by USB control request (start listening)");
@@ -1146,14 +1179,10 @@ static void on_continue(evutil_socket_t fd, short what, void *arg)
 		ask_listen_done(s);
 		break;
 	case PH_CHECK:
-		if (error_is_set(&s->err)) {
-			struct error e;
-			error_init(&e);
-			error_move(&e, &s->err);
-			fail(s, &e);
-		} else {
+		if (error_is_set(&s->err))
+			fail_with_step_error(s);
+		else
 			end_job(s, JOB_RESULT_DONE, "preflight-ok", NULL);
-		}
 		break;
 	default:
 		break;

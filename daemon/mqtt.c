@@ -7,6 +7,7 @@
 #include "jobs.h"
 #include "log.h"
 #include "mqtt_url.h"
+#include "wire.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -37,7 +38,6 @@
 /* Running jobs whose started record is kept (the daemon's job limit is far lower). */
 #define MQTT_STARTED_MAX 4096
 /* Failed jobs the status lists (newest last). */
-#define MQTT_FAILURES_MAX 5
 
 struct msg {
 	struct msg *next;
@@ -82,7 +82,7 @@ struct mqtt {
 	size_t in_flight; /* handed to libmosquitto, not yet confirmed */
 	unsigned long long published, dropped, reconnects, connects;
 	unsigned long long jobs_done, jobs_failed, jobs_cancelled, jobs_interrupted;
-	json_t *failures; /* the newest MQTT_FAILURES_MAX failed jobs, for the status */
+	json_t *failures; /* the newest WIRE_FAILURES_MAX failed jobs, for the status */
 	json_t *started;  /* job id -> its history record at job-started, until it ends */
 	bool status_dirty;
 	time_t status_sent;
@@ -480,17 +480,7 @@ void mqtt_job_event(struct mqtt *m, struct job *job, const json_t *event)
 	topic(m, t, sizeof(t), "history", NULL);
 	publish_json(m, t, rec, false);
 	if (!result || strcmp(result, "done") != 0) {
-		json_array_append_new(m->failures,
-				      json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:O}", "job",
-						json_object_get(rec, "job"), "device",
-						json_object_get(rec, "device"), "platform",
-						json_object_get(rec, "platform"), "result",
-						json_object_get(rec, "result"), "error",
-						json_object_get(rec, "error"), "error_message",
-						json_object_get(rec, "error_message"), "ended",
-						json_object_get(rec, "ended")));
-		while (json_array_size(m->failures) > MQTT_FAILURES_MAX)
-			json_array_remove(m->failures, 0);
+		wire_failures_add(m->failures, rec);
 	}
 	json_decref(rec);
 	/* The retained status carries the counters and the failures (the tick

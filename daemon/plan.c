@@ -2,6 +2,7 @@
 
 #include "asset_module.h"
 #include "capability.h"
+#include "flash_cost.h"
 #include "osver.h"
 #include "platform.h"
 
@@ -37,9 +38,10 @@ enum device_mode plan_transport_mode(enum plan_transport t)
 					  : DEVICE_MODE_LISTENING;
 }
 
-static const char *mode_word(enum device_mode m)
+/* (transport.h; here, in the library the transports and the core both link) */
+const char *device_mode_name(enum device_mode mode)
 {
-	switch (m) {
+	switch (mode) {
 	case DEVICE_MODE_NORMAL:
 		return "normal";
 	case DEVICE_MODE_LISTENING:
@@ -676,55 +678,25 @@ static int end_state_check(const struct plan_model *before, const struct plan_mo
 }
 
 /*
- * Typical time a write takes, per KiB, in one table: the flash the bytes land in
- * (erase + program, typical figures of the datasheets) plus the USB full-speed
- * bus.  The same figures drive flashd-sim (tests/sim/timing.c):
- *  - STM32F205 (Gen 2), ST DS6329 rev 18, "Flash memory programming": 1 s to
- *    erase a 128 KiB sector, 16 us per 32-bit word;
- *  - nRF52840 (Gen 3 internal flash), nRF52840 Product Specification v1.7,
- *    4.3.9 "NVMC electrical specification": 85 ms per 4 KiB page, 41 us per word;
- *  - SPI NOR (Gen 3 external QSPI flash, the P2's XIP flash), Winbond W25Q32JV
- *    rev. I "AC electrical characteristics": 45 ms per 4 KiB sector, 0.4 ms per
- *    256-byte page;
- *  - USB full speed, USB 2.0 5.8.4 table 5-9: at most 19 bulk packets of 64
- *    bytes per 1 ms frame (842 us per KiB); a YMODEM block (1 KiB) and a
- *    firmware-update chunk wait for the device's reply: one more frame per KiB.
- * DFU writes the module's own slot (internal flash; the P2's is SPI NOR); YMODEM
- * and the firmware-update request write the OTA staging area (internal flash on
- * Gen 2, the external flash on Gen 3 and P2), which the device copies at the
- * reset (counted in the reboot step).  An unknown platform gets the slowest.
+ * Typical time a write takes, per KiB: the flash the bytes land in (erase + program,
+ * the datasheet figures of flash_cost.c) plus the USB full-speed bus:
+ *  - USB 2.0 5.8.4 table 5-9: at most 19 bulk packets of 64 bytes per 1 ms frame
+ *    (842 us per KiB); a YMODEM block (1 KiB) and a firmware-update chunk wait for
+ *    the device's reply: one more frame per KiB.
+ * DFU writes the module's own slot; YMODEM and the firmware-update request write the
+ * OTA staging area (flash_kind_of()), which the device copies at the reset (counted
+ * in the reboot step).  Modules land in whole sectors: 128 KiB ones on Gen 2.
  */
-enum flash_kind { FLASH_STM32F2, FLASH_NRF52, FLASH_SPI_NOR, FLASH_KIND_COUNT };
-
-static const struct {
-	unsigned erase_us, program_us; /* per KiB */
-} flash_cost[FLASH_KIND_COUNT] = {
-    [FLASH_STM32F2] = {1000000 / 128, 16 * 256},
-    [FLASH_NRF52] = {85000 / 4, 41 * 256},
-    [FLASH_SPI_NOR] = {45000 / 4, 400 * 4},
-};
 #define USB_FS_US_PER_KIB   842 /* 1024 / (19 * 64) ms */
 #define REPLY_FRAME_US_KIB  1000
 #define WRITE_STEP_OVERHEAD 500 /* ms: opening the device, the first request */
 
-static enum flash_kind flash_of(enum plan_transport t, const struct platform *p)
-{
-	if (!p)
-		return FLASH_NRF52; /* the slowest per KiB */
-	switch (p->mcu) {
-	case MCU_NRF52840:
-		return t == PLAN_TRANSPORT_DFU ? FLASH_NRF52 : FLASH_SPI_NOR;
-	case MCU_RTL8721D:
-		return FLASH_SPI_NOR;
-	default:
-		return FLASH_STM32F2;
-	}
-}
-
 static unsigned estimate_write_ms(enum plan_transport t, const struct platform *p, uint64_t bytes)
 {
-	enum flash_kind f = flash_of(t, p);
-	uint64_t us_per_kib = flash_cost[f].erase_us + flash_cost[f].program_us + USB_FS_US_PER_KIB;
+	enum flash_kind f = flash_kind_of(p, t != PLAN_TRANSPORT_DFU);
+	uint32_t unit = f == FLASH_STM32F2 ? 128 * 1024 : 4096;
+	uint64_t us_per_kib = (uint64_t)flash_erase_us(f, unit) * 1024 / unit +
+			      flash_program_us(f, 1024) + USB_FS_US_PER_KIB;
 	if (t != PLAN_TRANSPORT_DFU)
 		us_per_kib += REPLY_FRAME_US_KIB;
 	return (unsigned)((bytes + 1023) / 1024 * us_per_kib / 1000) + WRITE_STEP_OVERHEAD;
@@ -1203,8 +1175,8 @@ json_t *plan_to_json(const struct plan *plan)
 				      plan_step_kind_name(s->kind), "description", text,
 				      "estimate_s", s->estimate_ms / 1000.0);
 		if (s->kind == PLAN_STEP_SWITCH) {
-			json_object_set_new(j, "from", json_string(mode_word(s->from)));
-			json_object_set_new(j, "to", json_string(mode_word(s->to)));
+			json_object_set_new(j, "from", json_string(device_mode_name(s->from)));
+			json_object_set_new(j, "to", json_string(device_mode_name(s->to)));
 			json_object_set_new(j, "how", json_string(s->how));
 		}
 		if (s->kind == PLAN_STEP_WRITE || s->kind == PLAN_STEP_SWITCH ||

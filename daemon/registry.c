@@ -26,23 +26,6 @@ static const struct timeout_def registry_timeouts[] = {
     {0},
 };
 
-const char *device_mode_name(enum device_mode mode)
-{
-	switch (mode) {
-	case DEVICE_MODE_UNKNOWN:
-		return "unknown";
-	case DEVICE_MODE_NORMAL:
-		return "normal";
-	case DEVICE_MODE_LISTENING:
-		return "listening";
-	case DEVICE_MODE_DFU:
-		return "dfu";
-	case DEVICE_MODE_SAFE:
-		return "safe";
-	}
-	return "unknown";
-}
-
 const char *registry_change_event(enum registry_change c)
 {
 	switch (c) {

@@ -569,3 +569,17 @@ char *wire_encode(const json_t *value, size_t *ret_len)
 		*ret_len = n + 1;
 	return line;
 }
+
+void wire_failures_add(json_t *failures, const json_t *record)
+{
+	static const char *const keys[] = {"job",   "device",	     "platform", "result",
+					   "error", "error_message", "ended"};
+	json_t *f = json_object();
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		json_t *v = json_object_get(record, keys[i]);
+		json_object_set_new(f, keys[i], v ? json_incref(v) : json_null());
+	}
+	json_array_append_new(failures, f);
+	while (json_array_size(failures) > WIRE_FAILURES_MAX)
+		json_array_remove(failures, 0);
+}

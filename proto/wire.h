@@ -174,5 +174,11 @@ json_t *wire_error_new(const json_t *id, const struct error *e);
 /* Client side: {"request":..,"id":id}. */
 json_t *wire_request_new(enum wire_request_type t, long long id);
 
+/* A station's recent failures (the MQTT status's "failures", flashctl fleet): at
+ * most WIRE_FAILURES_MAX, newest last; an entry is a history record cut to job,
+ * device, platform, result, error, error_message and ended. */
+#define WIRE_FAILURES_MAX 5
+void wire_failures_add(json_t *failures, const json_t *record);
+
 /* Encodes a value as one line ending in '\n' (malloc'd); NULL on failure. */
 char *wire_encode(const json_t *value, size_t *ret_len);

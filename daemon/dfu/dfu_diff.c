@@ -1,5 +1,6 @@
 #include "dfu_diff.h"
 
+#include "flash_cost.h"
 #include "platform.h"
 
 #include <stdio.h>
@@ -7,16 +8,14 @@
 #include <string.h>
 
 /*
- * The cost model (typical figures of the parts' datasheets, the same the simulator
- * charges in tests/sim/timing.c):
+ * The cost model:
  *  - bus: USB full speed moves at most 19 packets of 64 bytes per 1 ms frame (USB 2.0
  *    table 5-9), so a 4 KiB UPLOAD or DNLOAD takes about 3.5 ms on the bus, both ways;
  *    READ_4K_US adds the requests around it (SET_ADDRESS, ABORT) for 4 ms;
- *  - erase: STM32F205 (ST DS6329) 250 ms per 16 KiB, 550 ms per 64 KiB, 1 s per
- *    128 KiB sector; nRF52840 (PS v1.7, NVMC) 85 ms per 4 KiB page; the P2's SPI NOR
- *    (W25Q64JV) 45 ms per 4 KiB sector;
- *  - programming 4 KiB: STM32F205 16 us per word (16.4 ms), nRF52840 41 us per word
- *    (42 ms), SPI NOR 0.4 ms per 256-byte page (6.4 ms).
+ *  - erase and program: the datasheet figures of daemon/flash_cost.c (the module's
+ *    own slot: STM32F205 sectors of 16 KiB to 128 KiB, 250 ms to 1 s; nRF52840 85 ms
+ *    per 4 KiB page; the P2's SPI NOR 45 ms per 4 KiB sector; programming 4 KiB
+ *    16.4 ms, 42 ms and 6.4 ms).
  * Rewriting a unit costs its erase, its programming and its bus time; reading it costs
  * READ_4K_US per 4 KiB.  The ratio read/rewrite is 8 % on Gen 2 (128 KiB sectors),
  * 3 % on Gen 3 and 7 % on the P2.
@@ -39,32 +38,11 @@
 #define MAX_READ_SHARE 4 /* read at most 1/4 of the rewrite */
 #define PROBE_UNITS    8
 
-static unsigned erase_us(const struct platform *p, uint32_t size)
-{
-	if (p->mcu == MCU_RTL8721D)
-		return 45000u * (size > 4096 ? size / 4096 : 1);
-	if (p->mcu == MCU_NRF52840)
-		return 85000u * (size > 4096 ? size / 4096 : 1);
-	if (size <= 16384)
-		return 250000u;
-	if (size <= 65536)
-		return 550000u;
-	return 1000000u;
-}
-
-static unsigned program_4k_us(const struct platform *p)
-{
-	if (p->mcu == MCU_RTL8721D)
-		return 6400u;
-	if (p->mcu == MCU_NRF52840)
-		return 41u * 1024u;
-	return 16u * 1024u;
-}
-
 static uint64_t rewrite_us(const struct platform *p, uint32_t size)
 {
+	enum flash_kind k = flash_kind_of(p, false);
 	uint64_t blocks = (size + 4095) / 4096;
-	return erase_us(p, size) + blocks * (program_4k_us(p) + BUS_4K_US);
+	return flash_erase_us(k, size) + blocks * (flash_program_us(k, 4096) + BUS_4K_US);
 }
 
 static uint64_t read_us(uint32_t size)

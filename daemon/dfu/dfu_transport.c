@@ -76,6 +76,20 @@ struct transport_run {
 
 static void step(struct transport_run *r);
 
+/* The module a write of the plan puts down, for job_set_partial() (no position yet). */
+static struct job_partial partial_of(const struct dfu_write *w)
+{
+	return (struct job_partial){
+	    .image = w->job_index,
+	    .function = w->function,
+	    .index = w->index,
+	    .start = w->address,
+	    .end = (uint32_t)(w->address + w->len),
+	    .size = w->len,
+	    .chunk = -1,
+	};
+}
+
 /* The same for a write that runs as a diff: only its differing units were touched. */
 static void report_diff_partial(struct transport_run *r, const struct dfu_write *w)
 {
@@ -83,18 +97,11 @@ static void report_diff_partial(struct transport_run *r, const struct dfu_write 
 	dfu_diff_position(r->diff, &pos);
 	if (!pos.touched)
 		return; /* still reading: the module is as it was */
-	struct job_partial p = {
-	    .image = w->job_index,
-	    .function = w->function,
-	    .index = w->index,
-	    .start = w->address,
-	    .end = (uint32_t)(w->address + w->len),
-	    .size = w->len,
-	    .erasing = pos.phase == DFU_DIFF_ERASING,
-	    .address = pos.address,
-	    .bytes_written = pos.bytes_written,
-	    .chunk = pos.chunk,
-	};
+	struct job_partial p = partial_of(w);
+	p.erasing = pos.phase == DFU_DIFF_ERASING;
+	p.address = pos.address;
+	p.bytes_written = pos.bytes_written;
+	p.chunk = pos.chunk;
 	job_set_partial(r->job, &p);
 }
 
@@ -116,15 +123,7 @@ static void report_partial(struct transport_run *r)
 	dfuse_position(r->dfuse, &pos);
 	/* the position is this write's if it started at its address */
 	bool mine = pos.valid && (pos.erasing ? pos.start <= w->address : pos.start == w->address);
-	struct job_partial p = {
-	    .image = w->job_index,
-	    .function = w->function,
-	    .index = w->index,
-	    .start = w->address,
-	    .end = (uint32_t)(w->address + w->len),
-	    .size = w->len,
-	    .chunk = -1,
-	};
+	struct job_partial p = partial_of(w);
 	if (!mine || pos.erasing) {
 		/* erasing (or erased, the download not started): nothing written yet */
 		if (!mine && r->state == RUN_ERASE)

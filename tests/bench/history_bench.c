@@ -14,6 +14,7 @@
  * at once, on a simulated Photon whose facts list four modules; the image is
  * the Photon Tinker fixture when FLASHD_FIXTURES has it.
  */
+#include "bench_jobs.h"
 #include "history.h"
 #include "image_cache.h"
 #include "jobs.h"
@@ -26,60 +27,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
-
-static double mono(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* A transport that writes 3952 bytes, reads the device back and is done, all inside start(). */
-static struct transport_run *instant_start(struct job *job, const struct job_step *step,
-					   struct error *err)
-{
-	(void)step;
-	(void)err;
-	struct device_facts f = job_device(job)->facts;
-	job_set_state(job, JOB_WRITING);
-	job_progress(job, 0, 3952);
-	job_progress(job, 3952, 3952);
-	f.modules[3].version++;
-	job_update_facts(job, &f);
-	job_finish(job, JOB_RESULT_DONE, "verified", NULL);
-	return NULL;
-}
-
-static bool instant_can_serve(const struct device_snapshot *dev)
-{
-	(void)dev;
-	return true;
-}
-
-static void instant_free(struct transport_run *run)
-{
-	(void)run;
-}
-
-static const struct transport_ops instant = {
-    .name = "serial",
-    .can_serve = instant_can_serve,
-    .start = instant_start,
-    .free = instant_free,
-};
-static const struct transport_ops *const transports[] = {&instant, NULL};
-
-static int cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
 
 static void report(const char *what, double *v, size_t n)
 {
-	qsort(v, n, sizeof(*v), cmp);
+	bench_sort(v, n);
 	printf("%-52s p50 %8.1f us   p99 %8.1f us   max %8.1f us   (%zu jobs)\n", what,
 	       v[n / 2] * 1e6, v[n * 99 / 100] * 1e6, v[n - 1] * 1e6, n);
 }
@@ -107,7 +59,7 @@ int main(int argc, char **argv)
 	struct event_base *base = event_base_new();
 	struct registry *reg = registry_new(base);
 	struct image_cache *images = image_cache_new(1 << 24);
-	struct jobs *jobs = jobs_new(base, reg, images, transports, 64, 16);
+	struct jobs *jobs = jobs_new(base, reg, images, bench_transports, 64, 16);
 	struct history_config cfg;
 	history_config_defaults(&cfg);
 	struct history *h = history_open(base, dir, &cfg, &err);
@@ -117,29 +69,7 @@ int main(int argc, char **argv)
 	}
 	jobs_set_history(jobs, h);
 
-	struct registry_node node;
-	memset(&node, 0, sizeof(node));
-	snprintf(node.syspath, sizeof(node.syspath), "/sys/devices/usb1/1-1");
-	snprintf(node.usb_syspath, sizeof(node.usb_syspath), "%s", node.syspath);
-	snprintf(node.port_path, sizeof(node.port_path), "1-1");
-	snprintf(node.devnode, sizeof(node.devnode), "/dev/bus/usb/001/002");
-	snprintf(node.serial, sizeof(node.serial), "3c0021000d47353033323637");
-	node.vid = 0x2b04;
-	node.pid = 0xc006;
-	registry_node_added(reg, &node);
-	struct device *dev = registry_find_key(reg, "3c0021000d47353033323637");
-	struct device_facts f = dev->s.facts;
-	snprintf(f.os_version, sizeof(f.os_version), "1.5.2");
-	f.modules_known = true;
-	f.n_modules = 4;
-	const uint8_t fn[4] = {MODULE_FUNCTION_BOOTLOADER, MODULE_FUNCTION_SYSTEM,
-			       MODULE_FUNCTION_SYSTEM, MODULE_FUNCTION_USER};
-	for (int i = 0; i < 4; i++) {
-		f.modules[i].function = fn[i];
-		f.modules[i].index = i == 0 ? 0 : i == 3 ? 1 : (uint8_t)i;
-		f.modules[i].version = i == 3 ? 2 : 1512;
-	}
-	registry_update_facts(reg, dev, &f);
+	struct device *dev = bench_plug_photon(reg);
 
 	char img_path[1024];
 	const char *fixtures = getenv("FLASHD_FIXTURES");
@@ -151,11 +81,7 @@ int main(int argc, char **argv)
 	struct job *job = NULL;
 	for (size_t i = 0; i < n; i++) {
 		struct job_request jr;
-		memset(&jr, 0, sizeof(jr));
-		jr.target = WIRE_TARGET_DEVICE;
-		snprintf(jr.target_value, sizeof(jr.target_value), "%s", dev->s.key);
-		jr.device = dev;
-		jr.uid = 1000;
+		bench_job_request(&jr, dev);
 		if (img_fd >= 0 && image_cache_load_fd(images, img_fd, "photon_tinker.bin",
 						       &jr.images[0], &err) == 0) {
 			snprintf(jr.names[0], sizeof(jr.names[0]), "photon_tinker.bin");
@@ -167,15 +93,15 @@ int main(int argc, char **argv)
 		if (!job)
 			return 1;
 		jobs_submit(jobs, job);
-		double t0 = mono();
+		double t0 = bench_mono();
 		spin(base); /* the job starts, writes and ends: both hooks run */
 		history_flush(h);
-		worker[i] = mono() - t0;
+		worker[i] = bench_mono() - t0;
 		/* The hooks' own cost on the loop, measured on the same (ended) job. */
-		t0 = mono();
+		t0 = bench_mono();
 		history_job_started(h, job);
 		history_job_ended(h, job);
-		in_loop[i] = mono() - t0;
+		in_loop[i] = bench_mono() - t0;
 		history_flush(h);
 	}
 	printf("history bench: %zu jobs, database %s/%s, image %s\n", n, dir, HISTORY_FILE_NAME,
@@ -190,10 +116,10 @@ int main(int argc, char **argv)
 		json_object_set_new(r, "job", json_sprintf("burst-%zu", i));
 		history_put(h, r, true);
 	}
-	double t0 = mono();
+	double t0 = bench_mono();
 	history_flush(h);
 	n = burst_n;
-	double burst = mono() - t0;
+	double burst = bench_mono() - t0;
 	printf("%-52s %8.0f jobs/s   (%.1f us per job)\n", "worker, burst of job ends (batched)",
 	       (double)n / burst, burst / (double)n * 1e6);
 	json_t *s = history_status_json(h);

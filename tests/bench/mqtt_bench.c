@@ -11,6 +11,7 @@
  * Jobs run through daemon/jobs.c with a transport that writes and verifies at
  * once, on a simulated Photon, as in history-bench.
  */
+#include "bench_jobs.h"
 #include "image_cache.h"
 #include "jobs.h"
 #include "log.h"
@@ -21,48 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double mono(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static struct transport_run *instant_start(struct job *job, const struct job_step *step,
-					   struct error *err)
-{
-	(void)step;
-	(void)err;
-	struct device_facts f = job_device(job)->facts;
-	job_set_state(job, JOB_WRITING);
-	job_progress(job, 0, 3952);
-	job_progress(job, 3952, 3952);
-	f.modules[3].version++;
-	job_update_facts(job, &f);
-	job_finish(job, JOB_RESULT_DONE, "verified", NULL);
-	return NULL;
-}
-
-static bool instant_can_serve(const struct device_snapshot *dev)
-{
-	(void)dev;
-	return true;
-}
-
-static void instant_free(struct transport_run *run)
-{
-	(void)run;
-}
-
-static const struct transport_ops instant = {
-    .name = "serial",
-    .can_serve = instant_can_serve,
-    .start = instant_start,
-    .free = instant_free,
-};
-static const struct transport_ops *const transports[] = {&instant, NULL};
 
 struct bench {
 	struct mqtt *mqtt;
@@ -73,16 +32,10 @@ struct bench {
 static void on_job_event(void *ctx, struct job *job, json_t *event)
 {
 	struct bench *b = ctx;
-	double t0 = mono();
+	double t0 = bench_mono();
 	mqtt_job_event(b->mqtt, job, event);
-	b->spent += mono() - t0;
+	b->spent += bench_mono() - t0;
 	b->events++;
-}
-
-static int cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
 }
 
 static json_int_t status_int(struct mqtt *m, const char *key)
@@ -113,7 +66,7 @@ int main(int argc, char **argv)
 	struct event_base *base = event_base_new();
 	struct registry *reg = registry_new(base);
 	struct image_cache *images = image_cache_new(1 << 24);
-	struct jobs *jobs = jobs_new(base, reg, images, transports, 64, 16);
+	struct jobs *jobs = jobs_new(base, reg, images, bench_transports, 64, 16);
 	struct mqtt_config cfg;
 	mqtt_config_defaults(&cfg);
 	if (mqtt_config_set(&cfg, "url", url, "argv", &err) < 0 ||
@@ -128,43 +81,17 @@ int main(int argc, char **argv)
 	}
 	mqtt_start(b.mqtt);
 	jobs_set_sink(jobs, on_job_event, &b);
-	double deadline = mono() + 5;
-	while (argc > 2 && mono() < deadline && !connected(b.mqtt))
+	double deadline = bench_mono() + 5;
+	while (argc > 2 && bench_mono() < deadline && !connected(b.mqtt))
 		event_base_loop(base, EVLOOP_ONCE);
 
-	struct registry_node node;
-	memset(&node, 0, sizeof(node));
-	snprintf(node.syspath, sizeof(node.syspath), "/sys/devices/usb1/1-1");
-	snprintf(node.usb_syspath, sizeof(node.usb_syspath), "%s", node.syspath);
-	snprintf(node.port_path, sizeof(node.port_path), "1-1");
-	snprintf(node.devnode, sizeof(node.devnode), "/dev/bus/usb/001/002");
-	snprintf(node.serial, sizeof(node.serial), "3c0021000d47353033323637");
-	node.vid = 0x2b04;
-	node.pid = 0xc006;
-	registry_node_added(reg, &node);
-	struct device *dev = registry_find_key(reg, "3c0021000d47353033323637");
-	struct device_facts f = dev->s.facts;
-	snprintf(f.os_version, sizeof(f.os_version), "1.5.2");
-	f.modules_known = true;
-	f.n_modules = 4;
-	const uint8_t fn[4] = {MODULE_FUNCTION_BOOTLOADER, MODULE_FUNCTION_SYSTEM,
-			       MODULE_FUNCTION_SYSTEM, MODULE_FUNCTION_USER};
-	for (int i = 0; i < 4; i++) {
-		f.modules[i].function = fn[i];
-		f.modules[i].index = i == 0 ? 0 : i == 3 ? 1 : (uint8_t)i;
-		f.modules[i].version = i == 3 ? 2 : 1512;
-	}
-	registry_update_facts(reg, dev, &f);
+	struct device *dev = bench_plug_photon(reg);
 
 	double *per_job = calloc(n, sizeof(double));
-	double t_all = mono();
+	double t_all = bench_mono();
 	for (size_t i = 0; i < n; i++) {
 		struct job_request jr;
-		memset(&jr, 0, sizeof(jr));
-		jr.target = WIRE_TARGET_DEVICE;
-		snprintf(jr.target_value, sizeof(jr.target_value), "%s", dev->s.key);
-		jr.device = dev;
-		jr.uid = 1000;
+		bench_job_request(&jr, dev);
 		struct job *job = jobs_create(jobs, &jr, &err);
 		if (!job)
 			return 1;
@@ -174,15 +101,15 @@ int main(int argc, char **argv)
 			event_base_loop(base, EVLOOP_NONBLOCK);
 		per_job[i] = b.spent;
 	}
-	double t_jobs = mono() - t_all;
+	double t_jobs = bench_mono() - t_all;
 	/* The queue drains to the broker. */
-	double t0 = mono();
-	while (argc > 2 && mono() - t0 < 30 &&
+	double t0 = bench_mono();
+	while (argc > 2 && bench_mono() - t0 < 30 &&
 	       (status_int(b.mqtt, "queued") || status_int(b.mqtt, "in_flight")))
 		event_base_loop(base, EVLOOP_ONCE);
-	double t_drain = mono() - t0;
+	double t_drain = bench_mono() - t0;
 
-	qsort(per_job, n, sizeof(*per_job), cmp);
+	bench_sort(per_job, n);
 	printf("mqtt bench: %zu jobs (%u events + a history record each), broker %s (%s)\n", n,
 	       b.events / (unsigned)n, url, argc > 2 ? "connected" : "unreachable");
 	printf("%-46s p50 %7.1f us   p99 %7.1f us   max %7.1f us\n",

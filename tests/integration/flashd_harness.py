@@ -7,6 +7,7 @@ import array
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -293,6 +294,32 @@ def run_in_sim(sim, devices, command, tmp, control=None, state_dir=None, sim_arg
         argv += ["--device", d]
     argv += ["--", *command]
     return subprocess.run(argv, env=dict(os.environ, TMPDIR=tmp), timeout=timeout, **run_args)
+
+
+def run_self_in_sim(script, sim, devices, flashd, fc, prefix, fixtures=(), timeout=280):
+    """The outer half of a driver that runs itself inside a flashd-sim testbed with the
+    devices (`script --inside FLASHD FLASHCTL WORK`, the simulator's control socket and
+    state directory in WORK): skips as a whole when one of the fixtures is missing,
+    keeps WORK for a post-mortem when the inner half fails, exits with its status."""
+    for f in fixtures:
+        fixture(f)
+    work = tempfile.mkdtemp(prefix=prefix)
+    st = os.path.join(work, "sim-state")
+    os.mkdir(st)
+    r = run_in_sim(sim, devices,
+                   [sys.executable, os.path.abspath(script), "--inside", flashd, fc, work],
+                   work, control=os.path.join(work, "control.sock"), state_dir=st,
+                   timeout=timeout)
+    if r.returncode == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print("# work directory kept: %s" % work)
+    sys.exit(r.returncode)
+
+
+def modules_of(facts):
+    """A device's installed modules, {(function, index): version}."""
+    return {(m["function"], m["index"]): m["version"] for m in (facts or {}).get("modules", [])}
 
 
 class SimControl:

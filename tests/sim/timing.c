@@ -1,5 +1,7 @@
 /*
- * Datasheet work durations (typical values).  Sources:
+ * Datasheet work durations (typical values): the simulator's own model.  The
+ * daemon's estimates take their flash figures from the same sources
+ * (daemon/flash_cost.c).  Sources:
  *
  * STM32F205 (Gen 2: Photon, P1, Electron) - ST DS6329 "STM32F205xx
  *   STM32F207xx" Rev 18, table "Flash memory programming" (VDD 2.7-3.6 V,

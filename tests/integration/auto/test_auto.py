@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from flashd_harness import (SERIAL_TIMEOUTS, Client, Daemon, SimControl, Tap, fixture,  # noqa: E402
-                            run_in_sim)
+                            modules_of, run_self_in_sim)
 
 ELECTRON_ID = "3c00289539672cca633fdd3a"
 PHOTON_IDS = ["3a001d000a4735313838%04x" % (0x1000 + i) for i in range(10)]
@@ -81,10 +81,6 @@ def present(fc, sock):
     r = run(fc, sock, "--json", "list")
     return [d for d in json.loads(r.stdout)["devices"] if d["present"]] if r.returncode == 0 \
         else []
-
-
-def modules_of(facts):
-    return {(m["function"], m["index"]): m["version"] for m in (facts or {}).get("modules", [])}
 
 
 def lines_of(path):
@@ -451,22 +447,9 @@ def inside(flashd, fc, work):
 
 
 def outside(flashd, fc, sim):
-    for f in FIXTURES:
-        path = os.path.join(os.environ.get("FLASHD_FIXTURES", ""), "modules", f)
-        if not os.path.exists(path):
-            print("1..0 # SKIP fixture %s missing" % path)
-            sys.exit(0)
-    work = tempfile.mkdtemp(prefix="flashd-auto-")
-    st = os.path.join(work, "sim-state")
-    os.mkdir(st)
-    r = run_in_sim(sim, ["platform=electron,os=1.5.2,mode=listening,name=e1,id=" + ELECTRON_ID],
-                   [sys.executable, os.path.abspath(__file__), "--inside", flashd, fc, work],
-                   work, control=os.path.join(work, "control.sock"), state_dir=st, timeout=600)
-    if r.returncode == 0:
-        shutil.rmtree(work, ignore_errors=True)  # kept for a post-mortem otherwise
-    else:
-        print("# work directory kept: %s" % work)
-    sys.exit(r.returncode)
+    run_self_in_sim(__file__, sim,
+                    ["platform=electron,os=1.5.2,mode=listening,name=e1,id=" + ELECTRON_ID],
+                    flashd, fc, "flashd-auto-", fixtures=FIXTURES, timeout=600)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,15 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from flashd_harness import (SERIAL_TIMEOUTS, Daemon, SimControl, Tap, fixture,  # noqa: E402
-                            run_in_sim)
+                            modules_of, run_self_in_sim)
 
 PHOTON_ID = "3a001d000a47353138383101"
 ARGON_ID = "e00fce68aabbccddeeff0001"
@@ -72,10 +70,6 @@ def wait_devices(fc, sock, n=1, timeout=20):
             return True
         time.sleep(0.1)
     return False
-
-
-def modules_of(facts):
-    return {(m["function"], m["index"]): m["version"] for m in (facts or {}).get("modules", [])}
 
 
 def inside(flashd, fc, work):
@@ -269,20 +263,9 @@ def inside(flashd, fc, work):
 
 
 def outside(flashd, fc, sim):
-    for f in FIXTURES:
-        path = os.path.join(os.environ.get("FLASHD_FIXTURES", ""), "modules", f)
-        if not os.path.exists(path):
-            print("1..0 # SKIP fixture %s missing" % path)
-            sys.exit(0)
-    work = tempfile.mkdtemp(prefix="flashd-history-")
-    st = os.path.join(work, "sim-state")
-    os.mkdir(st)
-    r = run_in_sim(sim, ["platform=photon,os=1.5.2,mode=listening,name=d1,id=" + PHOTON_ID],
-                   [sys.executable, os.path.abspath(__file__), "--inside", flashd, fc, work],
-                   work, control=os.path.join(work, "control.sock"), state_dir=st)
-    if r.returncode == 0:
-        shutil.rmtree(work, ignore_errors=True)  # kept for a post-mortem otherwise
-    sys.exit(r.returncode)
+    run_self_in_sim(__file__, sim,
+                    ["platform=photon,os=1.5.2,mode=listening,name=d1,id=" + PHOTON_ID],
+                    flashd, fc, "flashd-history-", fixtures=FIXTURES)
 
 
 if __name__ == "__main__":

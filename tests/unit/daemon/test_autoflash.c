@@ -8,6 +8,7 @@
  * and the station's counters.
  */
 #include "autoflash.h"
+#include "fake_transport.h"
 #include "image.h"
 #include "jobs.h"
 #include "registry.h"
@@ -27,53 +28,8 @@
 
 #include <cmocka.h>
 
-/* ---- fake transport: runs stay until finish_all() ------------------------ */
+/* ---- the fake transport (fake_transport.c): runs stay until finish_all() ---- */
 
-#define RUNS_MAX 16
-
-struct transport_run {
-	struct job *job;
-};
-
-static struct {
-	struct transport_run *runs[RUNS_MAX];
-	unsigned n, starts;
-} fake;
-
-static bool fake_can_serve(const struct device_snapshot *dev)
-{
-	(void)dev;
-	return true;
-}
-
-static struct transport_run *fake_start(struct job *job, const struct job_step *step,
-					struct error *err)
-{
-	(void)step;
-	(void)err;
-	struct transport_run *r = calloc(1, sizeof(*r));
-	r->job = job;
-	fake.runs[fake.n++] = r;
-	fake.starts++;
-	return r;
-}
-
-static void fake_free(struct transport_run *r)
-{
-	for (unsigned i = 0; i < fake.n; i++)
-		if (fake.runs[i] == r) {
-			fake.runs[i] = fake.runs[--fake.n];
-			break;
-		}
-	free(r);
-}
-
-static const struct transport_ops fake_serial = {
-    .name = "serial",
-    .can_serve = fake_can_serve,
-    .start = fake_start,
-    .free = fake_free,
-};
 static const struct transport_ops *const transports[] = {&fake_serial, NULL};
 
 /* ---- fixture ----------------------------------------------------------------- */
@@ -144,7 +100,7 @@ static void write_image(const char *path)
 static struct fx *fx_new(const char *rules_text)
 {
 	struct fx *fx = calloc(1, sizeof(*fx));
-	memset(&fake, 0, sizeof(fake));
+	fake_reset();
 	timeouts_reset();
 	const char *tmp = getenv("TMPDIR");
 	snprintf(fx->dir, sizeof(fx->dir), "%s/af-test.XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -194,27 +150,6 @@ static void fx_free(struct fx *fx)
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
 	assert_int_equal(system(cmd), 0);
 	free(fx);
-}
-
-static void plug(struct fx *fx, const char *serial, const char *port, uint16_t pid)
-{
-	struct registry_node n;
-	memset(&n, 0, sizeof(n));
-	snprintf(n.syspath, sizeof(n.syspath), "/sys/devices/usb1/%s", port);
-	snprintf(n.usb_syspath, sizeof(n.usb_syspath), "%s", n.syspath);
-	snprintf(n.port_path, sizeof(n.port_path), "%s", port);
-	snprintf(n.devnode, sizeof(n.devnode), "/dev/bus/usb/001/0%s", port + 2);
-	snprintf(n.serial, sizeof(n.serial), "%s", serial);
-	n.vid = 0x2b04;
-	n.pid = pid;
-	registry_node_added(fx->reg, &n);
-}
-
-static void unplug(struct fx *fx, const char *port)
-{
-	char syspath[DEVICE_PATH_MAX];
-	snprintf(syspath, sizeof(syspath), "/sys/devices/usb1/%s", port);
-	registry_node_removed(fx->reg, syspath);
 }
 
 /* The fake's runs end: done / verified, with the image's module now installed. */
@@ -273,10 +208,10 @@ static void test_max_jobs_no_rule_once(void **state)
 	(void)state;
 	struct fx *fx = fx_new("[rule]\nid = line\nplatform = photon\nimage = @\nonce = yes\n"
 			       "skip_installed = no\nmax_jobs = 1\n");
-	plug(fx, P1, "1-1", PHOTON_DFU);
-	plug(fx, P2, "1-2", PHOTON_DFU);
-	plug(fx, P3, "1-3", PHOTON_DFU);
-	plug(fx, E1, "1-4", ELECTRON);
+	fake_plug(fx->reg, P1, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, P2, "1-2", PHOTON_DFU);
+	fake_plug(fx->reg, P3, "1-3", PHOTON_DFU);
+	fake_plug(fx->reg, E1, "1-4", ELECTRON);
 	spin(fx);
 	assert_int_equal(fake.n, 1); /* max_jobs = 1: the others wait */
 	assert_string_equal(state_of(fx, E1), "no-rule");
@@ -297,9 +232,9 @@ static void test_max_jobs_no_rule_once(void **state)
 	assert_int_equal(rules_find(fx->rules, "line")->n_done, 3);
 
 	/* Replugged: once, so skipped, nothing started. */
-	unplug(fx, "1-2");
+	fake_unplug(fx->reg, "1-2");
 	spin(fx);
-	plug(fx, P2, "1-2", PHOTON_DFU);
+	fake_plug(fx->reg, P2, "1-2", PHOTON_DFU);
 	spin(fx);
 	assert_int_equal(fake.n, 0);
 	assert_string_equal(state_of(fx, P2), "skipped");
@@ -313,7 +248,7 @@ static void test_priorities(void **state)
 			       "skip_installed = no\n"
 			       "[rule]\nid = b\ndevice = 3c00*\npriority = 5\nimage = @\n"
 			       "skip_installed = no\n");
-	plug(fx, P1, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, P1, "1-1", PHOTON_DFU);
 	spin(fx);
 	assert_int_equal(fake.starts, 0); /* equal priorities: nothing */
 	assert_string_equal(state_of(fx, P1), "conflict");
@@ -335,7 +270,7 @@ static void test_already_installed(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new("[rule]\nid = up\nplatform = photon\nimage = @\n");
-	plug(fx, P1, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, P1, "1-1", PHOTON_DFU);
 	spin(fx);
 	/* No probe, no comparison of its own: the flash job straight away, and the
 	 * planner in it finds what is installed (no rewrite: skip_installed). */
@@ -365,7 +300,7 @@ static void test_always_write(void **state)
 	(void)state;
 	struct fx *fx =
 	    fx_new("[rule]\nid = always\nplatform = photon\nimage = @\nskip_installed = no\n");
-	plug(fx, P1, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, P1, "1-1", PHOTON_DFU);
 	spin(fx);
 	assert_int_equal(fake.n, 1);
 	assert_true(job_options(fake.runs[0]->job)->rewrite);
@@ -382,16 +317,16 @@ static void test_unplugged_mid_job(void **state)
 	(void)state;
 	struct fx *fx = fx_new("[rule]\nid = up\nplatform = photon\nimage = @\n");
 	jobs_set_replug_timeout(fx->jobs, 0); /* the fake transport ends the job itself */
-	plug(fx, P1, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, P1, "1-1", PHOTON_DFU);
 	spin(fx);
 	assert_int_equal(fake.starts, 1);
 	struct job *job = fake.runs[0]->job;
-	unplug(fx, "1-1");
+	fake_unplug(fx->reg, "1-1");
 	spin(fx);
-	plug(fx, P1, "1-7", PHOTON_DFU); /* back on another port while the job runs */
+	fake_plug(fx->reg, P1, "1-7", PHOTON_DFU); /* back on another port while the job runs */
 	spin(fx);
 	assert_int_equal(fake.starts, 1); /* no second job */
-	unplug(fx, "1-7");
+	fake_unplug(fx->reg, "1-7");
 	spin(fx);
 	struct error err;
 	error_init(&err);
@@ -400,7 +335,7 @@ static void test_unplugged_mid_job(void **state)
 	error_clear(&err);
 	spin(fx);
 	assert_int_equal(fake.n, 0);
-	plug(fx, P1, "1-2", PHOTON_DFU);
+	fake_plug(fx->reg, P1, "1-2", PHOTON_DFU);
 	spin(fx);
 	assert_int_equal(fake.starts, 2); /* a new plug-in: decided again */
 	finish_all(fx);

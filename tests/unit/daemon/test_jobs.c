@@ -4,6 +4,7 @@
  * passed on to the next transport, a device that never appears, and the
  * exactly-one-job-ended rule.
  */
+#include "fake_transport.h"
 #include "jobs.h"
 #include "platform.h"
 #include "registry.h"
@@ -20,121 +21,11 @@
 #include <cmocka.h>
 #include <zlib.h>
 
-/* ---- fake transport ---------------------------------------------------- */
-
-enum fake_cancel { FAKE_CANCEL_AT_ONCE, FAKE_CANCEL_IGNORE };
-
-struct transport_run {
-	struct job *job;
-	const struct transport_ops *ops;
-	enum fake_cancel cancel_mode;
-	int device_events[3];
-	bool freed_check;
-};
-
-static struct {
-	struct transport_run *run; /* the live run */
-	int starts, frees, cancels;
-	bool start_fails;
-	bool serve_dfu_only;
-	enum fake_cancel cancel_mode;
-	const char *last_started_by;
-	enum job_step_kind last_kind;
-} fake;
-
-static bool fake_can_serve(const struct device_snapshot *dev)
-{
-	return !fake.serve_dfu_only || dev->mode == DEVICE_MODE_DFU;
-}
-
-static struct transport_run *fake_start_common(struct job *job, const struct job_step *step,
-					       struct error *err, const struct transport_ops *ops)
-{
-	fake.starts++;
-	fake.last_started_by = ops->name;
-	fake.last_kind = step->kind;
-	if (fake.start_fails) {
-		error_set(err, ERR_PERMISSION_DENIED, "fake: cannot open");
-		return NULL;
-	}
-	struct transport_run *r = calloc(1, sizeof(*r));
-	r->job = job;
-	r->ops = ops;
-	r->cancel_mode = fake.cancel_mode;
-	fake.run = r;
-	return r;
-}
-
-static const struct transport_ops fake_serial;
-static const struct transport_ops fake_dfu;
-
-static struct transport_run *fake_serial_start(struct job *job, const struct job_step *step,
-					       struct error *err)
-{
-	return fake_start_common(job, step, err, &fake_serial);
-}
-
-static struct transport_run *fake_dfu_start(struct job *job, const struct job_step *step,
-					    struct error *err)
-{
-	return fake_start_common(job, step, err, &fake_dfu);
-}
-
-static void fake_cancel(struct transport_run *r)
-{
-	fake.cancels++;
-	if (r->cancel_mode == FAKE_CANCEL_AT_ONCE) {
-		struct error e;
-		error_init(&e);
-		error_set(&e, ERR_CANCELLED, "fake stopped at a block boundary");
-		error_detail_str(&e, "device_state", "partly written");
-		job_step_done(r->job, NULL, &e);
-	}
-}
-
-static void fake_device_event(struct transport_run *r, enum device_event ev,
-			      const struct device_snapshot *dev)
-{
-	(void)dev;
-	r->device_events[ev]++;
-}
-
-static void fake_free(struct transport_run *r)
-{
-	if (!r)
-		return;
-	fake.frees++;
-	if (fake.run == r)
-		fake.run = NULL;
-	free(r);
-}
-
-static const struct timeout_def fake_timeouts[] = {
-    {"fake_step_ms", 1000, "a fake step"},
-    {"serial_reenumerate_ms", 1000, "the core's wait for a reboot after a serial write"},
-    {0},
-};
-
-static const struct transport_ops fake_serial = {
-    .name = "serial",
-    .can_serve = fake_can_serve,
-    .start = fake_serial_start,
-    .cancel = fake_cancel,
-    .device_event = fake_device_event,
-    .free = fake_free,
-    .timeouts = fake_timeouts,
-};
-
-static const struct transport_ops fake_dfu = {
-    .name = "dfu",
-    .can_serve = fake_can_serve,
-    .start = fake_dfu_start,
-    .cancel = fake_cancel,
-    .device_event = fake_device_event,
-    .free = fake_free,
-};
+/* ---- the fake transport (fake_transport.c) ------------------------------ */
 
 static const struct transport_ops *const only_serial[] = {&fake_serial, NULL};
+static const struct transport_ops *const serial_ctrl_dfu[] = {&fake_serial, &fake_ctrl, &fake_dfu,
+							      NULL};
 static const struct transport_ops *const serial_and_dfu[] = {&fake_serial, &fake_dfu, NULL};
 
 /* ---- fixture ----------------------------------------------------------- */
@@ -166,7 +57,7 @@ static void on_device(void *ctx, struct device *dev, enum registry_change c)
 static struct fx *fx_new(const struct transport_ops *const *transports)
 {
 	struct fx *fx = calloc(1, sizeof(*fx));
-	memset(&fake, 0, sizeof(fake));
+	fake_reset();
 	timeouts_reset();
 	fx->base = event_base_new();
 	fx->reg = registry_new(fx->base);
@@ -204,43 +95,6 @@ static void spin_for(struct fx *fx, int ms)
 	event_base_loopexit(fx->base, &tv);
 	event_base_dispatch(fx->base);
 	spin(fx);
-}
-
-static void plug(struct fx *fx, const char *serial, const char *port, uint16_t pid)
-{
-	struct registry_node n;
-	memset(&n, 0, sizeof(n));
-	snprintf(n.syspath, sizeof(n.syspath), "/sys/devices/usb1/%s", port);
-	snprintf(n.usb_syspath, sizeof(n.usb_syspath), "%s", n.syspath);
-	snprintf(n.port_path, sizeof(n.port_path), "%s", port);
-	snprintf(n.devnode, sizeof(n.devnode), "/dev/bus/usb/001/00%c", port[2]);
-	snprintf(n.serial, sizeof(n.serial), "%s", serial);
-	n.vid = 0x2b04;
-	n.pid = pid;
-	registry_node_added(fx->reg, &n);
-}
-
-/* The tty cdc-acm makes for a CDC device plugged in with plug(). */
-static void plug_tty(struct fx *fx, const char *serial, const char *port)
-{
-	struct registry_node n;
-	memset(&n, 0, sizeof(n));
-	n.is_tty = true;
-	snprintf(n.usb_syspath, sizeof(n.usb_syspath), "/sys/devices/usb1/%s", port);
-	snprintf(n.syspath, sizeof(n.syspath), "/sys/devices/usb1/%.32s/tty/ttyACM0", port);
-	snprintf(n.port_path, sizeof(n.port_path), "%s", port);
-	snprintf(n.devnode, sizeof(n.devnode), "/dev/ttyACM0");
-	snprintf(n.serial, sizeof(n.serial), "%s", serial);
-	n.vid = 0x2b04;
-	n.pid = 0xc006;
-	registry_node_added(fx->reg, &n);
-}
-
-static void unplug(struct fx *fx, const char *port)
-{
-	char syspath[DEVICE_PATH_MAX];
-	snprintf(syspath, sizeof(syspath), "/sys/devices/usb1/%s", port);
-	registry_node_removed(fx->reg, syspath);
 }
 
 #define PHOTON_ID  "3c0021000d47353033323637"
@@ -362,7 +216,7 @@ static void test_job_runs_through_every_transport_state_to_done(void **state)
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
 	char trail[512];
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	assert_int_equal(fake.starts, 1);
 	assert_non_null(fake.run);
@@ -401,7 +255,7 @@ static void test_progress_reports_bytes_percent_and_rate(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	job_set_state(job, JOB_WRITING);
 	job_progress(job, 1024, 2048);
@@ -422,7 +276,7 @@ static void test_failed_job_carries_the_transport_error(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	job_set_state(job, JOB_PREFLIGHT);
 	struct error e;
@@ -446,7 +300,7 @@ static void test_partial_write_is_described_in_the_job_record(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	struct job_request jr;
 	struct error err;
 	memset(&jr, 0, sizeof(jr));
@@ -494,7 +348,7 @@ static void test_transport_that_cannot_start_fails_the_job(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	fake.start_fails = true;
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	assert_string_equal(ended_result(fx, job), "failed");
@@ -507,7 +361,7 @@ static void test_device_no_transport_serves_is_not_flashable_here(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
 	fake.serve_dfu_only = true;
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	assert_int_equal(fake.starts, 0);
@@ -547,7 +401,7 @@ static void test_waiting_job_starts_when_its_device_appears(void **state)
 	struct fx *fx = fx_new(only_serial);
 	struct job *job = submit(fx, NULL, -1);
 	assert_int_equal(job_state(job), JOB_WAITING_FOR_DEVICE);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	spin(fx);
 	assert_int_equal(fake.starts, 1);
 	assert_string_equal(job_device(job)->key, PHOTON_ID);
@@ -561,7 +415,7 @@ static void test_one_job_per_device_second_waits_in_queue(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	struct job *a = submit(fx, PHOTON_ID, 0);
 	struct job *b = submit(fx, PHOTON_ID, 0);
 	assert_int_equal(fake.starts, 1);
@@ -582,11 +436,11 @@ static void test_waiting_job_waits_for_the_tty_of_a_cdc_device(void **state)
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
 	struct job *job = submit(fx, NULL, 5000);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
 	spin(fx);
 	assert_int_equal(fake.starts, 0);
 	assert_int_equal(job_state(job), JOB_WAITING_FOR_DEVICE);
-	plug_tty(fx, PHOTON_ID, "1-1");
+	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
 	spin(fx);
 	assert_int_equal(fake.starts, 1);
 	assert_string_equal(job_device(job)->tty, "/dev/ttyACM0");
@@ -600,7 +454,7 @@ static void test_wait_runs_out_naming_a_device_whose_tty_never_came(void **state
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
 	struct job *job = submit(fx, NULL, 50);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
 	spin_for(fx, 120);
 	assert_int_equal(fake.starts, 0);
 	assert_string_equal(ended_code(fx, job), "timed-out");
@@ -616,7 +470,7 @@ static void test_progress_held_by_the_rate_limit_goes_out(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	job_set_state(job, JOB_WRITING);
 	job_progress(job, 0, 4096);
@@ -648,7 +502,7 @@ static void test_device_is_held_by_a_running_or_not_yet_scheduled_job(void **sta
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	struct device *d = registry_find_key(fx->reg, PHOTON_ID);
 	assert_null(jobs_holding_device(fx->jobs, d));
 	/* created and submitted, the scheduler has not run yet: already holding */
@@ -676,8 +530,8 @@ static void test_devices_run_jobs_in_parallel(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
-	plug(fx, ARGON_ID, "1-2", 0xd00c);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, ARGON_ID, "1-2", 0xd00c);
 	struct job *a = submit(fx, PHOTON_ID, 0);
 	struct job *b = submit(fx, ARGON_ID, 0);
 	assert_int_equal(fake.starts, 2);
@@ -692,7 +546,7 @@ static void cancel_in_state(enum job_state s)
 {
 	struct fx *fx = fx_new(only_serial);
 	struct job *job;
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	if (s == JOB_QUEUED) {
 		struct job *holder = submit(fx, PHOTON_ID, 0);
 		job = submit(fx, PHOTON_ID, 0);
@@ -739,7 +593,7 @@ static void test_cancel_ignored_by_transport_ends_after_grace(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	fake.cancel_mode = FAKE_CANCEL_IGNORE;
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	job_set_state(job, JOB_WRITING);
@@ -759,7 +613,7 @@ static void test_read_without_answer_goes_to_the_next_transport(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(serial_and_dfu);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	assert_string_equal(fake.last_started_by, "serial");
 	assert_int_equal(fake.last_kind, JOB_STEP_READ);
@@ -799,7 +653,7 @@ static void test_read_nobody_answers_is_not_flashable_here(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	struct job_step_result res;
 	memset(&res, 0, sizeof(res));
@@ -810,6 +664,50 @@ static void test_read_nobody_answers_is_not_flashable_here(void **state)
 	job_step_done(job, &res, &e);
 	spin(fx);
 	assert_string_equal(ended_code(fx, job), "not-flashable-here");
+	fx_free(fx);
+}
+
+/* The running READ gets no answer, for why. */
+static void no_answer(struct fx *fx, struct job *job, const char *why)
+{
+	struct job_step_result res;
+	memset(&res, 0, sizeof(res));
+	res.no_answer = true;
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_TIMED_OUT, "%s", why);
+	job_step_done(job, &res, &e);
+	spin(fx);
+}
+
+static const char *note_message(struct fx *fx, const char *note);
+
+/* Nobody answers: the error names every transport's reason, not only the last one's
+ * (and the hand-over says why the first gave up). */
+static void test_read_nobody_answers_names_every_reason(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(serial_ctrl_dfu);
+	fake.serve_dfu_only = false;
+	fake_plug(fx->reg, PHOTON_ID, "1-1",
+		  PHOTON_CDC); /* no tty: DFU cannot switch it with 14400 baud */
+	struct job *job = submit(fx, PHOTON_ID, 0);
+	assert_string_equal(fake.last_started_by, "serial");
+	no_answer(fx, job, "no answer to s in 2 s");
+	assert_string_equal(fake.last_started_by, "ctrl");
+	assert_non_null(
+	    strstr(note_message(fx, "handed-to-ctrl"), "serial: no answer to s in 2 s"));
+	no_answer(fx, job, "the device has no control interface");
+	assert_string_equal(fake.last_started_by, "dfu");
+	const char *why = note_message(fx, "handed-to-dfu");
+	assert_non_null(strstr(why, "serial: no answer to s in 2 s"));
+	assert_non_null(strstr(why, "ctrl: the device has no control interface"));
+	no_answer(fx, job, "not in DFU mode");
+	assert_string_equal(ended_code(fx, job), "not-flashable-here");
+	json_t *err = json_object_get(last_ended(fx, job), "error");
+	const char *msg = json_string_value(json_object_get(err, "message"));
+	assert_non_null(strstr(msg, "serial: no answer to s in 2 s; ctrl: the device has no "
+				    "control interface; dfu: not in DFU mode"));
 	fx_free(fx);
 }
 
@@ -856,6 +754,20 @@ static bool has_note(struct fx *fx, const char *note)
 	return false;
 }
 
+/* The message of the first note named note ("" when there is none). */
+static const char *note_message(struct fx *fx, const char *note)
+{
+	json_t *ev;
+	size_t i;
+	json_array_foreach(fx->events, i, ev)
+	{
+		json_t *n = json_object_get(ev, "note");
+		if (json_is_string(n) && strcmp(json_string_value(n), note) == 0)
+			return json_string_value(json_object_get(ev, "message"));
+	}
+	return "";
+}
+
 /* The core runs the whole plan: READ, the plan, WRITE with exactly the job's file, the
  * wait for the reboot (the device leaves and comes back), VERIFY, the verdict.  The
  * transport only executes the steps it is given. */
@@ -863,8 +775,8 @@ static void test_core_runs_read_plan_write_reboot_verify(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
-	plug_tty(fx, PHOTON_ID, "1-1");
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
 	struct job_request jr;
 	struct error err;
 	memset(&jr, 0, sizeof(jr));
@@ -898,12 +810,12 @@ static void test_core_runs_read_plan_write_reboot_verify(void **state)
 	/* the core waits for the reboot: no step runs until the device left and came back */
 	assert_int_equal(job_state(job), JOB_REBOOTING);
 	assert_int_equal(fake.starts, 2);
-	unplug(fx, "1-1");
+	fake_unplug(fx->reg, "1-1");
 	spin(fx);
-	plug(fx, PHOTON_ID, "1-2", PHOTON_CDC);
+	fake_plug(fx->reg, PHOTON_ID, "1-2", PHOTON_CDC);
 	spin(fx);
 	assert_int_equal(fake.starts, 2); /* the tty is not there yet: the verify needs it */
-	plug_tty(fx, PHOTON_ID, "1-2");
+	fake_plug_tty(fx->reg, PHOTON_ID, "1-2");
 	spin(fx);
 	/* VERIFY: the device reports the application, valid */
 	assert_int_equal(fake.starts, 3);
@@ -926,8 +838,8 @@ static void test_cancel_while_the_core_waits_for_the_reboot(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
-	plug_tty(fx, PHOTON_ID, "1-1");
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
 	struct job_request jr;
 	struct error err;
 	memset(&jr, 0, sizeof(jr));
@@ -956,9 +868,9 @@ static void test_cancel_while_the_core_waits_for_the_reboot(void **state)
 	assert_string_equal(json_string_value(json_object_get(last_ended(fx, job), "outcome")),
 			    "written-not-verified");
 	assert_true(has_note(fx, "not-verified"));
-	unplug(fx, "1-1");
-	plug(fx, PHOTON_ID, "1-2", PHOTON_CDC);
-	plug_tty(fx, PHOTON_ID, "1-2");
+	fake_unplug(fx->reg, "1-1");
+	fake_plug(fx->reg, PHOTON_ID, "1-2", PHOTON_CDC);
+	fake_plug_tty(fx->reg, PHOTON_ID, "1-2");
 	spin(fx);
 	assert_int_equal(fake.starts, 2); /* no VERIFY after the end */
 	assert_int_equal(count_events(fx, job, "job-ended"), 1);
@@ -970,8 +882,8 @@ static void test_core_refuses_before_any_write(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
-	plug_tty(fx, PHOTON_ID, "1-1");
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
 	struct job_request jr;
 	struct error err;
 	memset(&jr, 0, sizeof(jr));
@@ -1000,15 +912,15 @@ static void test_run_follows_its_device_across_reenumeration(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	struct transport_run *run = fake.run;
 	job_set_state(job, JOB_REBOOTING);
-	unplug(fx, "1-1");
+	fake_unplug(fx->reg, "1-1");
 	spin(fx);
 	assert_int_equal(run->device_events[DEVICE_EVENT_GONE], 1);
 	assert_false(job_device(job)->present);
-	plug(fx, PHOTON_ID, "1-3", PHOTON_DFU); /* back in DFU on another port */
+	fake_plug(fx->reg, PHOTON_ID, "1-3", PHOTON_DFU); /* back in DFU on another port */
 	spin(fx);
 	assert_int_equal(run->device_events[DEVICE_EVENT_BACK], 1);
 	assert_true(job_device(job)->present);
@@ -1027,11 +939,11 @@ static void test_device_gone_mid_job_waits_and_resumes_when_it_is_back(void **st
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
 	jobs_set_replug_timeout(fx->jobs, 5);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	assert_int_equal(fake.starts, 1);
 	job_set_state(job, JOB_WRITING);
-	unplug(fx, "1-1");
+	fake_unplug(fx->reg, "1-1");
 	spin(fx);
 	struct error e;
 	error_init(&e);
@@ -1041,7 +953,7 @@ static void test_device_gone_mid_job_waits_and_resumes_when_it_is_back(void **st
 	assert_false(job_ended(job));
 	assert_int_equal(job_state(job), JOB_WAITING_FOR_DEVICE);
 	assert_int_equal(count_events(fx, job, "job-ended"), 0);
-	plug(fx, PHOTON_ID, "1-3", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-3", PHOTON_DFU);
 	spin(fx);
 	assert_int_equal(fake.starts, 2);
 	assert_string_equal(job_device(job)->port_path, "1-3");
@@ -1059,10 +971,10 @@ static void test_device_gone_for_good_names_what_was_not_written(void **state)
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
 	jobs_set_replug_timeout(fx->jobs, 1);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	job_set_state(job, JOB_WRITING);
-	unplug(fx, "1-1");
+	fake_unplug(fx->reg, "1-1");
 	spin(fx);
 	struct error e;
 	error_init(&e);
@@ -1087,7 +999,7 @@ static void test_device_gone_without_replug_wait_ends_at_once(void **state)
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
 	jobs_set_replug_timeout(fx->jobs, 0);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	struct error e;
 	error_init(&e);
@@ -1103,7 +1015,7 @@ static void test_daemon_stop_interrupts_running_jobs(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_DFU);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_DFU);
 	struct job *job = submit(fx, PHOTON_ID, 0);
 	job_set_state(job, JOB_WRITING);
 	json_t *events = json_incref(fx->events);
@@ -1200,6 +1112,7 @@ int main(void)
 	    cmocka_unit_test(test_cancel_ignored_by_transport_ends_after_grace),
 	    cmocka_unit_test(test_read_without_answer_goes_to_the_next_transport),
 	    cmocka_unit_test(test_read_nobody_answers_is_not_flashable_here),
+	    cmocka_unit_test(test_read_nobody_answers_names_every_reason),
 	    cmocka_unit_test(test_core_runs_read_plan_write_reboot_verify),
 	    cmocka_unit_test(test_core_refuses_before_any_write),
 	    cmocka_unit_test(test_cancel_while_the_core_waits_for_the_reboot),
