@@ -214,7 +214,8 @@ static json_t *known_failed_checks(struct job_steps *s, const char **function)
 			const struct image_module *m = &img->modules[k];
 			if (!*function)
 				*function = module_function_name(m->function);
-			if (f->platform && m->platform_id != f->platform->id)
+			if (f->platform && image_module_has_platform(m) &&
+			    m->platform_id != f->platform->id)
 				platform = true;
 			for (int d = 0; d < 2; d++) {
 				const struct image_dependency *dep = &m->deps[d];
