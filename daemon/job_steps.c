@@ -561,35 +561,112 @@ static void read_next(struct job_steps *s)
 	fail(s, &err);
 }
 
+/* One entry of the dry run's plan "checks": which files a transport's own checks
+ * covered, and against what ("device": the device in the transport's mode; "platform":
+ * what is known of its platform; "none": neither). */
+static void add_check_entry(json_t *checks, const char *transport, const char *against,
+			    const char *checked, const char *unchecked, json_t *files)
+{
+	json_t *o = json_pack("{s:s, s:s, s:o}", "transport", transport, "against", against,
+			      "files", files);
+	if (!o)
+		return;
+	json_object_set_new(o, "checked", checked ? json_string(checked) : json_null());
+	json_object_set_new(o, "unchecked", unchecked ? json_string(unchecked) : json_null());
+	json_array_append_new(checks, o);
+}
+
 /*
- * A dry run ends after the plan, except for the checks a transport makes on the
- * device before its first byte (the DFU memory map): run as a CHECK step when the
- * plan's first write goes over that transport with no mode switch before it.
+ * The checks a transport makes on the device before its first byte (the DFU memory
+ * map, slots, Device Protection) in a dry run, which switches no mode: the writes of
+ * the plan's first step's transport, when the device is in its mode already, as a
+ * CHECK step against the device; every other write over a transport with such checks
+ * against what is known of the platform (check_static(): the DFU memory map the
+ * platform's bootloader describes).  The plan says which ran against what ("checks").
  */
-static void dry_run_checks(struct job_steps *s)
+static void dry_run_checks(struct job_steps *s, const struct device_facts *facts)
 {
 	struct error err;
 	error_init(&err);
 	const struct plan *p = &s->jp->plan;
-	size_t i = 0;
-	if (p->n_steps == 0 || p->steps[0].kind != PLAN_STEP_WRITE) {
-		end_job(s, JOB_RESULT_DONE, "preflight-ok", NULL);
+	json_t *checks = json_array();
+	const struct transport_ops *live = NULL;
+	size_t n_live = 0;
+	if (p->n_steps > 0 && p->steps[0].kind == PLAN_STEP_WRITE) {
+		live = job_transport(s->job, plan_transport_name(p->steps[0].transport));
+		if (live && !live->checks_on_device)
+			live = NULL;
+	}
+	if (live) {
+		json_t *files = json_array();
+		while (n_live < p->n_steps && p->steps[n_live].kind == PLAN_STEP_WRITE &&
+		       p->steps[n_live].transport == p->steps[0].transport &&
+		       n_live < JOB_STEP_MAX_IMAGES) {
+			json_array_append_new(files, json_string(p->steps[n_live].name));
+			n_live++;
+		}
+		add_check_entry(checks, live->name, "device", NULL, NULL, files);
+	}
+	/* the other writes, per transport, against the platform */
+	int rc = 0;
+	char summary[640];
+	plan_summary(p, summary, sizeof(summary));
+	for (int t = 0; rc >= 0 && t < PLAN_TRANSPORT_COUNT; t++) {
+		const struct transport_ops *ops = job_transport(s->job, plan_transport_name(t));
+		if (!ops || !ops->checks_on_device)
+			continue;
+		struct job_step st;
+		memset(&st, 0, sizeof(st));
+		st.kind = JOB_STEP_CHECK;
+		json_t *files = json_array();
+		for (size_t i = n_live; i < p->n_steps && st.n_images < JOB_STEP_MAX_IMAGES; i++)
+			if (p->steps[i].kind == PLAN_STEP_WRITE &&
+			    p->steps[i].transport == (enum plan_transport)t) {
+				st.images[st.n_images++] = job_plan_file(s->jp, &p->steps[i]);
+				json_array_append_new(files, json_string(p->steps[i].name));
+			}
+		if (st.n_images == 0) {
+			json_decref(files);
+			continue;
+		}
+		struct transport_static_check out = {{0}, {0}};
+		rc = ops->check_static ? ops->check_static(s->job, &st, facts, &out, &err) : 1;
+		if (rc == 1)
+			add_check_entry(checks, ops->name, "none", NULL,
+					"the device is not in the mode these writes need, and "
+					"flashd knows nothing of them for its platform",
+					files);
+		else
+			add_check_entry(checks, ops->name, "platform", out.checked, out.unchecked,
+					files);
+		if (rc == 0) {
+			size_t len = strlen(summary);
+			snprintf(summary + len, sizeof(summary) - len, "; dry run: %s checked %s",
+				 ops->name, out.checked);
+		}
+	}
+	json_t *pj = plan_to_json(p);
+	if (pj && json_array_size(checks) > 0) {
+		json_object_set_new(pj, "checks", checks);
+		job_set_plan(s->job, pj, summary);
+	} else {
+		json_decref(checks);
+		json_decref(pj);
+	}
+	if (rc < 0) {
+		fail(s, &err);
 		return;
 	}
-	const struct transport_ops *ops =
-	    job_transport(s->job, plan_transport_name(p->steps[0].transport));
-	if (!ops || !ops->checks_on_device) {
+	if (!live) {
 		end_job(s, JOB_RESULT_DONE, "preflight-ok", NULL);
 		return;
 	}
 	memset(&s->step, 0, sizeof(s->step));
 	s->step.kind = JOB_STEP_CHECK;
-	reuse_read(s, ops, 0);
-	while (i < p->n_steps && p->steps[i].kind == PLAN_STEP_WRITE &&
-	       p->steps[i].transport == p->steps[0].transport &&
-	       s->step.n_images < JOB_STEP_MAX_IMAGES)
-		s->step.images[s->step.n_images++] = job_plan_file(s->jp, &p->steps[i++]);
-	if (!start_step(s, ops, PH_CHECK, &err))
+	reuse_read(s, live, 0);
+	for (size_t i = 0; i < n_live && s->step.n_images < JOB_STEP_MAX_IMAGES; i++)
+		s->step.images[s->step.n_images++] = job_plan_file(s->jp, &p->steps[i]);
+	if (!start_step(s, live, PH_CHECK, &err))
 		fail(s, &err);
 }
 
@@ -643,7 +720,7 @@ static void make_plan(struct job_steps *s, const struct job_step_result *res)
 	}
 	s->planned = true;
 	if (job_options(job)->dry_run) {
-		dry_run_checks(s);
+		dry_run_checks(s, &res->facts);
 		return;
 	}
 	s->end_word = "already-installed";
