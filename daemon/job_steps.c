@@ -1091,6 +1091,16 @@ static void verify_done(struct job_steps *s)
 	job_update_facts(job, &now);
 	if (s->res.mode != DEVICE_MODE_UNKNOWN)
 		job_set_device_mode(job, s->res.mode);
+	json_t *invalid = json_array();
+	bool none_invalid = plan_invalid_modules(&now, invalid) == 0;
+	json_decref(invalid);
+	if (!now.modules_known && !safe && none_invalid) {
+		/* a module the list does not show is unknown, not missing (a device in safe
+		 * mode or one that reports a module invalid gets the verdict) */
+		not_verified(s, "the device's module list after the write could not be read in "
+				"full");
+		return;
+	}
 	struct error e;
 	error_init(&e);
 	/* verified means the whole device: every module it reports valid (issue 11) */
