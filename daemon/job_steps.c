@@ -203,10 +203,11 @@ static bool job_provides(struct job *job, uint8_t function, uint8_t index, uint1
  * the facts read before: the platform and the dependencies against what is
  * installed plus the job.  Empty when none of them fails.
  */
-static json_t *known_failed_checks(struct job_steps *s, const char **function)
+static json_t *known_failed_checks(struct job_steps *s, const char **function, bool *unchecked)
 {
 	const struct device_facts *f = job_facts_before(s->job);
 	bool platform = false, deps = false;
+	*unchecked = !f;
 	*function = NULL;
 	for (size_t i = 0; f && i < job_image_count(s->job); i++) {
 		const struct image *img = job_image(s->job, i);
@@ -224,9 +225,18 @@ static json_t *known_failed_checks(struct job_steps *s, const char **function)
 					continue;
 				const struct installed_module *im =
 				    preflight_installed(f, dep->function, dep->index);
-				if (!(im && im->version >= dep->version) &&
-				    !job_provides(s->job, dep->function, dep->index, dep->version))
-					deps = true;
+				if ((im && im->version >= dep->version) ||
+				    job_provides(s->job, dep->function, dep->index, dep->version))
+					continue;
+				if (!im && (!f->modules_known ||
+					    (f->unknown_functions & (1u << dep->function)) ||
+					    dep->function == MODULE_FUNCTION_NCP)) {
+					/* not read (a SoftDevice over DFU, NCP firmware, a
+					 * partial list): unknown, not unmet */
+					*unchecked = true;
+					continue;
+				}
+				deps = true;
 			}
 		}
 	}
@@ -243,7 +253,8 @@ static void booted_invalid_in(struct job_steps *s, enum device_mode mode)
 	struct error err;
 	error_init(&err);
 	const char *function;
-	json_t *checks = known_failed_checks(s, &function);
+	bool unchecked;
+	json_t *checks = known_failed_checks(s, &function, &unchecked);
 	if (json_array_size(checks) > 0)
 		error_set(&err, ERR_BOOTED_INVALID,
 			  "the firmware was written but the device came back in %s mode; it does "
@@ -254,8 +265,11 @@ static void booted_invalid_in(struct job_steps *s, enum device_mode mode)
 		error_set(&err, ERR_BOOTED_INVALID,
 			  "the firmware was written but the device came back in %s mode; it does "
 			  "not say which check failed in that mode and the files pass the checks "
-			  "flashd can make",
-			  device_mode_name(mode));
+			  "flashd can make%s",
+			  device_mode_name(mode),
+			  unchecked ? " (not their dependencies on modules flashd could not read "
+				      "on this device)"
+				    : "");
 	error_detail_str(&err, "mode", device_mode_name(mode));
 	error_detail_json(&err, "failed_checks", checks);
 	if (function)
