@@ -33,7 +33,7 @@ static size_t fitting_slots(const struct image_module *m, struct slot_fit out[MA
 {
 	static const uint16_t gen3_eras[MAX_LAYOUTS] = {3000, 3100, 6200};
 	static const uint16_t any_era[1] = {0};
-	const struct platform *p = platform_by_id(m->platform_id);
+	const struct platform *p = image_module_platform(m);
 	if (!p)
 		return 0;
 	bool gen3 = p->mcu == MCU_NRF52840;
@@ -72,7 +72,7 @@ static const char *sha_verdict_name(enum image_sha_verdict v)
 static void dependency_target(const struct image_module *m, const struct image_dependency *d,
 			      char *buf, size_t size)
 {
-	const struct platform *p = platform_by_id(m->platform_id);
+	const struct platform *p = image_module_platform(m);
 	const struct slot *s =
 	    p ? platform_find_slot(p, 0, d->function, d->index, MODULE_STORE_MAIN) : NULL;
 	if (s && d->function != MODULE_FUNCTION_USER)
@@ -140,7 +140,7 @@ static json_t *asset_deps_json(const struct image *img, const struct image_modul
 
 static json_t *module_json(const struct image *img, const struct image_module *m, unsigned position)
 {
-	const struct platform *p = platform_by_id(m->platform_id);
+	const struct platform *p = image_module_platform(m);
 	const char *release = osver_release_for(m->function, m->version);
 	char desc[160], stored[65], computed[65];
 	image_module_describe(m, desc, sizeof(desc));
@@ -168,10 +168,11 @@ static json_t *module_json(const struct image *img, const struct image_module *m
 	}
 
 	json_t *o = json_pack(
-	    "{s:i, s:I, s:I, s:s, s:i, s:o, s:o, s:o, s:s, s:i, s:i, s:i, s:o, s:I, s:I, s:I, "
+	    "{s:i, s:I, s:I, s:s, s:o, s:o, s:o, s:o, s:s, s:i, s:i, s:i, s:o, s:I, s:I, s:I, "
 	    "s:s, s:i, s:i, s:o}",
 	    "position", position, "offset", (json_int_t)m->file_offset, "size", (json_int_t)m->size,
-	    "description", desc, "platform_id", m->platform_id, "platform",
+	    "description", desc, "platform_id",
+	    image_module_has_platform(m) ? json_integer(m->platform_id) : json_null(), "platform",
 	    p ? json_string(p->name) : json_null(), "platform_display",
 	    p ? json_string(p->display) : json_null(), "generation",
 	    p ? json_integer(p->gen) : json_null(), "function", module_function_name(m->function),
@@ -266,7 +267,7 @@ static void print_json(const char *file, const struct image *img, const struct e
 
 static void print_module(const struct image *img, const struct image_module *m, const char *indent)
 {
-	const struct platform *p = platform_by_id(m->platform_id);
+	const struct platform *p = image_module_platform(m);
 	char buf[192];
 
 	printf("%s%s\n", indent, image_module_describe(m, buf, sizeof(buf)));
@@ -276,6 +277,8 @@ static void print_module(const struct image *img, const struct image_module *m, 
 		       : p->gen == 2 ? "Gen 2"
 		       : p->gen == 3 ? "Gen 3"
 				     : "P2 family");
+	else if (!image_module_has_platform(m))
+		printf("%s  platform   none (an asset names no platform)\n", indent);
 	else
 		printf("%s  platform   unknown (id %u)\n", indent, m->platform_id);
 	printf("%s  addresses  0x%08x-0x%08x (%zu bytes with CRC), prefix %s\n", indent, m->start,
@@ -287,7 +290,10 @@ static void print_module(const struct image *img, const struct image_module *m, 
 		printf("%s  %s 0x%08x-0x%08x, %s (%s)\n", indent,
 		       i == 0 ? "slot      " : "          ", fit[i].slot->start, fit[i].slot->end,
 		       fit[i].slot->name, fit[i].layout);
-	if (n_fit == 0 && !(m->flags & IMAGE_FLAG_COMPRESSED))
+	if (!image_module_has_platform(m))
+		printf("%s  slot       none: the device keeps an asset in its asset store\n",
+		       indent);
+	else if (n_fit == 0 && !(m->flags & IMAGE_FLAG_COMPRESSED))
 		printf("%s  slot       none: no slot of %s holds %s %u at these addresses\n",
 		       indent, p ? p->display : "this platform", module_function_name(m->function),
 		       m->index);

@@ -192,4 +192,22 @@ void render_plan(FILE *out, const json_t *plan, const char *indent)
 	    fprintf(out, "%s  warning: %s\n", indent, json_string_value(s));
 	json_array_foreach(json_object_get(plan, "overrides"), i, s)
 	    fprintf(out, "%s  --force overrides: %s\n", indent, json_string_value(s));
+	/* a dry run: which of a transport's own checks ran against the device, which
+	 * against what is known of its platform */
+	json_array_foreach(json_object_get(plan, "checks"), i, s)
+	{
+		const char *against = json_string_value(json_object_get(s, "against"));
+		const char *tr = json_string_value(json_object_get(s, "transport"));
+		const char *checked = json_string_value(json_object_get(s, "checked"));
+		const char *unchecked = json_string_value(json_object_get(s, "unchecked"));
+		if (against && strcmp(against, "device") == 0)
+			fprintf(out, "%s  checked on the device: the %s transport's own checks\n",
+				indent, tr ? tr : "?");
+		else if (checked)
+			fprintf(out, "%s  checked without the device (%s): %s\n", indent,
+				tr ? tr : "?", checked);
+		if (unchecked)
+			fprintf(out, "%s  not checked (%s): %s\n", indent, tr ? tr : "?",
+				unchecked);
+	}
 }

@@ -213,10 +213,11 @@ static bool job_provides(struct job *job, uint8_t function, uint8_t index, uint1
  * the facts read before: the platform and the dependencies against what is
  * installed plus the job.  Empty when none of them fails.
  */
-static json_t *known_failed_checks(struct job_steps *s, const char **function)
+static json_t *known_failed_checks(struct job_steps *s, const char **function, bool *unchecked)
 {
 	const struct device_facts *f = job_facts_before(s->job);
 	bool platform = false, deps = false;
+	*unchecked = !f;
 	*function = NULL;
 	for (size_t i = 0; f && i < job_image_count(s->job); i++) {
 		const struct image *img = job_image(s->job, i);
@@ -224,7 +225,8 @@ static json_t *known_failed_checks(struct job_steps *s, const char **function)
 			const struct image_module *m = &img->modules[k];
 			if (!*function)
 				*function = module_function_name(m->function);
-			if (f->platform && m->platform_id != f->platform->id)
+			if (f->platform && image_module_has_platform(m) &&
+			    m->platform_id != f->platform->id)
 				platform = true;
 			for (int d = 0; d < 2; d++) {
 				const struct image_dependency *dep = &m->deps[d];
@@ -233,9 +235,18 @@ static json_t *known_failed_checks(struct job_steps *s, const char **function)
 					continue;
 				const struct installed_module *im =
 				    preflight_installed(f, dep->function, dep->index);
-				if (!(im && im->version >= dep->version) &&
-				    !job_provides(s->job, dep->function, dep->index, dep->version))
-					deps = true;
+				if ((im && im->version >= dep->version) ||
+				    job_provides(s->job, dep->function, dep->index, dep->version))
+					continue;
+				if (!im && (!f->modules_known ||
+					    (f->unknown_functions & (1u << dep->function)) ||
+					    dep->function == MODULE_FUNCTION_NCP)) {
+					/* not read (a SoftDevice over DFU, NCP firmware, a
+					 * partial list): unknown, not unmet */
+					*unchecked = true;
+					continue;
+				}
+				deps = true;
 			}
 		}
 	}
@@ -252,7 +263,8 @@ static void booted_invalid_in(struct job_steps *s, enum device_mode mode)
 	struct error err;
 	error_init(&err);
 	const char *function;
-	json_t *checks = known_failed_checks(s, &function);
+	bool unchecked;
+	json_t *checks = known_failed_checks(s, &function, &unchecked);
 	if (json_array_size(checks) > 0)
 		error_set(&err, ERR_BOOTED_INVALID,
 			  "the firmware was written but the device came back in %s mode; it does "
@@ -263,8 +275,11 @@ static void booted_invalid_in(struct job_steps *s, enum device_mode mode)
 		error_set(&err, ERR_BOOTED_INVALID,
 			  "the firmware was written but the device came back in %s mode; it does "
 			  "not say which check failed in that mode and the files pass the checks "
-			  "flashd can make",
-			  device_mode_name(mode));
+			  "flashd can make%s",
+			  device_mode_name(mode),
+			  unchecked ? " (not their dependencies on modules flashd could not read "
+				      "on this device)"
+				    : "");
 	error_detail_str(&err, "mode", device_mode_name(mode));
 	error_detail_json(&err, "failed_checks", checks);
 	if (function)
@@ -603,35 +618,112 @@ static void read_next(struct job_steps *s)
 	fail(s, &err);
 }
 
+/* One entry of the dry run's plan "checks": which files a transport's own checks
+ * covered, and against what ("device": the device in the transport's mode; "platform":
+ * what is known of its platform; "none": neither). */
+static void add_check_entry(json_t *checks, const char *transport, const char *against,
+			    const char *checked, const char *unchecked, json_t *files)
+{
+	json_t *o = json_pack("{s:s, s:s, s:o}", "transport", transport, "against", against,
+			      "files", files);
+	if (!o)
+		return;
+	json_object_set_new(o, "checked", checked ? json_string(checked) : json_null());
+	json_object_set_new(o, "unchecked", unchecked ? json_string(unchecked) : json_null());
+	json_array_append_new(checks, o);
+}
+
 /*
- * A dry run ends after the plan, except for the checks a transport makes on the
- * device before its first byte (the DFU memory map): run as a CHECK step when the
- * plan's first write goes over that transport with no mode switch before it.
+ * The checks a transport makes on the device before its first byte (the DFU memory
+ * map, slots, Device Protection) in a dry run, which switches no mode: the writes of
+ * the plan's first step's transport, when the device is in its mode already, as a
+ * CHECK step against the device; every other write over a transport with such checks
+ * against what is known of the platform (check_static(): the DFU memory map the
+ * platform's bootloader describes).  The plan says which ran against what ("checks").
  */
-static void dry_run_checks(struct job_steps *s)
+static void dry_run_checks(struct job_steps *s, const struct device_facts *facts)
 {
 	struct error err;
 	error_init(&err);
 	const struct plan *p = &s->jp->plan;
-	size_t i = 0;
-	if (p->n_steps == 0 || p->steps[0].kind != PLAN_STEP_WRITE) {
-		end_job(s, JOB_RESULT_DONE, "preflight-ok", NULL);
+	json_t *checks = json_array();
+	const struct transport_ops *live = NULL;
+	size_t n_live = 0;
+	if (p->n_steps > 0 && p->steps[0].kind == PLAN_STEP_WRITE) {
+		live = job_transport(s->job, plan_transport_name(p->steps[0].transport));
+		if (live && !live->checks_on_device)
+			live = NULL;
+	}
+	if (live) {
+		json_t *files = json_array();
+		while (n_live < p->n_steps && p->steps[n_live].kind == PLAN_STEP_WRITE &&
+		       p->steps[n_live].transport == p->steps[0].transport &&
+		       n_live < JOB_STEP_MAX_IMAGES) {
+			json_array_append_new(files, json_string(p->steps[n_live].name));
+			n_live++;
+		}
+		add_check_entry(checks, live->name, "device", NULL, NULL, files);
+	}
+	/* the other writes, per transport, against the platform */
+	int rc = 0;
+	char summary[640];
+	plan_summary(p, summary, sizeof(summary));
+	for (int t = 0; rc >= 0 && t < PLAN_TRANSPORT_COUNT; t++) {
+		const struct transport_ops *ops = job_transport(s->job, plan_transport_name(t));
+		if (!ops || !ops->checks_on_device)
+			continue;
+		struct job_step st;
+		memset(&st, 0, sizeof(st));
+		st.kind = JOB_STEP_CHECK;
+		json_t *files = json_array();
+		for (size_t i = n_live; i < p->n_steps && st.n_images < JOB_STEP_MAX_IMAGES; i++)
+			if (p->steps[i].kind == PLAN_STEP_WRITE &&
+			    p->steps[i].transport == (enum plan_transport)t) {
+				st.images[st.n_images++] = job_plan_file(s->jp, &p->steps[i]);
+				json_array_append_new(files, json_string(p->steps[i].name));
+			}
+		if (st.n_images == 0) {
+			json_decref(files);
+			continue;
+		}
+		struct transport_static_check out = {{0}, {0}};
+		rc = ops->check_static ? ops->check_static(s->job, &st, facts, &out, &err) : 1;
+		if (rc == 1)
+			add_check_entry(checks, ops->name, "none", NULL,
+					"the device is not in the mode these writes need, and "
+					"flashd knows nothing of them for its platform",
+					files);
+		else
+			add_check_entry(checks, ops->name, "platform", out.checked, out.unchecked,
+					files);
+		if (rc == 0) {
+			size_t len = strlen(summary);
+			snprintf(summary + len, sizeof(summary) - len, "; dry run: %s checked %s",
+				 ops->name, out.checked);
+		}
+	}
+	json_t *pj = plan_to_json(p);
+	if (pj && json_array_size(checks) > 0) {
+		json_object_set_new(pj, "checks", checks);
+		job_set_plan(s->job, pj, summary);
+	} else {
+		json_decref(checks);
+		json_decref(pj);
+	}
+	if (rc < 0) {
+		fail(s, &err);
 		return;
 	}
-	const struct transport_ops *ops =
-	    job_transport(s->job, plan_transport_name(p->steps[0].transport));
-	if (!ops || !ops->checks_on_device) {
+	if (!live) {
 		end_job(s, JOB_RESULT_DONE, "preflight-ok", NULL);
 		return;
 	}
 	memset(&s->step, 0, sizeof(s->step));
 	s->step.kind = JOB_STEP_CHECK;
-	reuse_read(s, ops, 0);
-	while (i < p->n_steps && p->steps[i].kind == PLAN_STEP_WRITE &&
-	       p->steps[i].transport == p->steps[0].transport &&
-	       s->step.n_images < JOB_STEP_MAX_IMAGES)
-		s->step.images[s->step.n_images++] = job_plan_file(s->jp, &p->steps[i++]);
-	if (!start_step(s, ops, PH_CHECK, &err))
+	reuse_read(s, live, 0);
+	for (size_t i = 0; i < n_live && s->step.n_images < JOB_STEP_MAX_IMAGES; i++)
+		s->step.images[s->step.n_images++] = job_plan_file(s->jp, &p->steps[i]);
+	if (!start_step(s, live, PH_CHECK, &err))
 		fail(s, &err);
 }
 
@@ -685,7 +777,7 @@ static void make_plan(struct job_steps *s, const struct job_step_result *res)
 	}
 	s->planned = true;
 	if (job_options(job)->dry_run) {
-		dry_run_checks(s);
+		dry_run_checks(s, &res->facts);
 		return;
 	}
 	s->end_word = "already-installed";
@@ -1050,6 +1142,16 @@ static void verify_done(struct job_steps *s)
 	job_update_facts(job, &now);
 	if (s->res.mode != DEVICE_MODE_UNKNOWN)
 		job_set_device_mode(job, s->res.mode);
+	json_t *invalid = json_array();
+	bool none_invalid = plan_invalid_modules(&now, invalid) == 0;
+	json_decref(invalid);
+	if (!now.modules_known && !safe && none_invalid) {
+		/* a module the list does not show is unknown, not missing (a device in safe
+		 * mode or one that reports a module invalid gets the verdict) */
+		not_verified(s, "the device's module list after the write could not be read in "
+				"full");
+		return;
+	}
 	struct error e;
 	error_init(&e);
 	/* verified means the whole device: every module it reports valid (issue 11) */

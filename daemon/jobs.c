@@ -1130,15 +1130,18 @@ static json_t *image_json(const struct job *job, unsigned i)
 	const struct image *img = job->images_released ? NULL : job->images[i]->img;
 	for (unsigned m = 0; img && m < img->n_modules; m++) {
 		const struct image_module *mod = &img->modules[m];
-		const struct platform *p = platform_by_id(mod->platform_id);
+		/* An asset names no platform: both null, never "core" (image.h). */
+		const struct platform *p = image_module_platform(mod);
 		char desc[160];
 		image_module_describe(mod, desc, sizeof(desc));
 		json_array_append_new(
-		    mods, json_pack("{s:s, s:i, s:i, s:s?, s:i, s:i, s:i, s:s}", "function",
-				    module_function_name(mod->function), "index", mod->index,
-				    "version", mod->version, "platform", p ? p->name : NULL,
-				    "platform_id", mod->platform_id, "start", mod->start, "end",
-				    mod->end, "description", desc));
+		    mods,
+		    json_pack("{s:s, s:i, s:i, s:s?, s:o, s:i, s:i, s:s}", "function",
+			      module_function_name(mod->function), "index", mod->index, "version",
+			      mod->version, "platform", p ? p->name : NULL, "platform_id",
+			      image_module_has_platform(mod) ? json_integer(mod->platform_id)
+							     : json_null(),
+			      "start", mod->start, "end", mod->end, "description", desc));
 	}
 	return json_pack("{s:s, s:s, s:I, s:o}", "name", job->names[i], "sha256", job->sha256[i],
 			 "size", (json_int_t)job->sizes[i], "modules", mods);

@@ -789,7 +789,8 @@ static int no_writer(const struct preflight_input *in, const struct image_module
 			error_detail_str(err, "platform", p->name);
 			error_detail_int(err, "platform_id", p->id);
 		}
-		error_detail_str(err, "device_os", facts->os_version);
+		error_detail_str(err, "device_os",
+				 facts->os_version[0] ? facts->os_version : "unknown");
 		error_detail_str(err, "reason", why);
 		error_detail_str(err, "file", in->name);
 		return -1;
@@ -805,7 +806,8 @@ static int no_writer(const struct preflight_input *in, const struct image_module
 			  facts->os_version[0] ? " on Device OS " : "", facts->os_version, why);
 		if (p)
 			error_detail_str(err, "platform", p->name);
-		error_detail_str(err, "device_os", facts->os_version);
+		error_detail_str(err, "device_os",
+				 facts->os_version[0] ? facts->os_version : "unknown");
 		error_detail_str(err, "reason", why);
 		error_detail_str(err, "file", in->name);
 		error_detail_str(err, "transport", "ctrl");

@@ -389,10 +389,44 @@ static int check_file_size(const char *name, const struct image *img,
 	return -1;
 }
 
-/* The release a module version belongs to, exact or "after X"
- * (docs/device/releases.md#module-version-numbers: no formula). */
-static void release_label(uint8_t function, uint16_t version, char *buf, size_t size)
+/* On a known platform, the releases published for it (bootloader and radio stack
+ * numbers differ per platform, and a release for one need not exist for another):
+ * needed, the oldest that brings at least this version ("2.2.0", "4.2.0 or later");
+ * installed, the ones that shipped exactly it ("2.2.0", "2.2.0-2.3.1"); "" when none
+ * did, never a neighbour's.  Returns false when the platform or function is not one
+ * the release table answers for. */
+static bool platform_release_label(const struct platform *p, uint8_t function, uint16_t version,
+				   bool needed, char *buf, size_t size)
 {
+	if (!p ||
+	    (function != MODULE_FUNCTION_SYSTEM && function != MODULE_FUNCTION_MONO &&
+	     function != MODULE_FUNCTION_BOOTLOADER && function != MODULE_FUNCTION_RADIO_STACK))
+		return false;
+	int fn = function == MODULE_FUNCTION_MONO ? MODULE_FUNCTION_SYSTEM : function;
+	buf[0] = '\0';
+	if (needed) {
+		const struct os_release *r = osver_first_providing(p->id, fn, version);
+		if (r)
+			snprintf(buf, size, "%s%s", r->version,
+				 osver_module_version(r, p->id, fn) == version ? "" : " or later");
+		return true;
+	}
+	const struct os_release *first, *last;
+	if (osver_span(p->id, fn, version, &first, &last))
+		snprintf(buf, size, "%s%s%s", first->version,
+			 strcmp(first->version, last->version) == 0 ? "" : "-",
+			 strcmp(first->version, last->version) == 0 ? "" : last->version);
+	return true;
+}
+
+/* The release a module version belongs to, exact or "after X"
+ * (docs/device/releases.md#module-version-numbers: no formula); on a known platform,
+ * platform_release_label(). */
+static void release_label(const struct platform *p, uint8_t function, uint16_t version, bool needed,
+			  char *buf, size_t size)
+{
+	if (platform_release_label(p, function, version, needed, buf, size))
+		return;
 	const char *exact = osver_release_for(function, version);
 	if (exact) {
 		snprintf(buf, size, "%s", exact);
@@ -439,10 +473,15 @@ static int unmet(const struct device_facts *dev, const char *name, const struct 
 		 struct error *err)
 {
 	char req_rel[64], inst_rel[64], desc[128], what[96];
-	release_label(dep->function, dep->version, req_rel, sizeof(req_rel));
-	release_label(dep->function, have_version, inst_rel, sizeof(inst_rel));
+	release_label(dev->platform, dep->function, dep->version, true, req_rel, sizeof(req_rel));
+	release_label(dev->platform, dep->function, have_version, false, inst_rel,
+		      sizeof(inst_rel));
 	image_module_describe(m, desc, sizeof(desc));
-	snprintf(what, sizeof(what), "%s %u", module_function_phrase(dep->function), dep->index);
+	if (dep->function == MODULE_FUNCTION_BOOTLOADER && dep->index == 0)
+		snprintf(what, sizeof(what), "%s", module_function_phrase(dep->function));
+	else
+		snprintf(what, sizeof(what), "%s %u", module_function_phrase(dep->function),
+			 dep->index);
 	if (have)
 		error_set(err, ERR_DEPENDENCY_UNMET,
 			  "%s (%s) needs %s version %u%s%s%s; the device has version %u%s%s%s",
@@ -537,7 +576,8 @@ static int check_siblings(const struct device_facts *dev, const char *name,
 			    im->deps[d].version <= m->version)
 				continue;
 			char rel[64], desc[128];
-			release_label(m->function, im->deps[d].version, rel, sizeof(rel));
+			release_label(dev->platform, m->function, im->deps[d].version, true, rel,
+				      sizeof(rel));
 			image_module_describe(m, desc, sizeof(desc));
 			error_set(
 			    err, ERR_DEPENDENCY_UNMET,
@@ -559,7 +599,8 @@ static int check_siblings(const struct device_facts *dev, const char *name,
 			error_detail_str(err, "required_release", rel);
 			error_detail_int(err, "installed_version", m->version);
 			char mine[64];
-			release_label(m->function, m->version, mine, sizeof(mine));
+			release_label(dev->platform, m->function, m->version, false, mine,
+				      sizeof(mine));
 			error_detail_str(err, "installed_release", mine);
 			return -1;
 		}

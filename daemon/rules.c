@@ -1185,7 +1185,7 @@ enum rule_match rule_matches(const struct rule *rule, const struct device *dev)
 	for (unsigned i = 0; i < rule->n_images; i++) {
 		const struct image *img = rule->images[i].ref->img;
 		for (unsigned m = 0; s->facts.platform && m < img->n_modules; m++)
-			if (img->modules[m].platform_id &&
+			if (image_module_has_platform(&img->modules[m]) &&
 			    img->modules[m].platform_id != (uint16_t)s->facts.platform->id)
 				return RULE_NO;
 	}

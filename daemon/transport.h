@@ -35,7 +35,8 @@
  *              before its first byte (the DFU memory map, slots, protection),
  *              and nothing else; only for a transport with checks_on_device, and
  *              only when the device is in its mode already (a dry run switches
- *              no mode).
+ *              no mode; on a device in another mode the core calls the
+ *              transport's check_static() instead, see below).
  *
  * Lifecycle of a run
  *   1. The core calls start(job, step).  start() returns a run, or NULL with
@@ -314,6 +315,12 @@ unsigned timeout_ms(const char *key);
 
 /* ---- the vtable ------------------------------------------------------------ */
 
+/* What a transport's check_static() checked without the device (below). */
+struct transport_static_check {
+	char checked[200];
+	char unchecked[200];
+};
+
 struct transport_ops {
 	const char *name; /* "serial", "dfu" */
 	/*
@@ -368,6 +375,20 @@ struct transport_ops {
 	/* WRITE makes checks only the device can answer (read from it in its mode)
 	 * before its first byte: a dry run runs them as a CHECK step. */
 	bool checks_on_device;
+	/*
+	 * Optional, with checks_on_device.  The part of those checks the transport can
+	 * make from what is known of the device's platform, without the device in its
+	 * mode (the DFU transport: the write ranges against the DfuSe memory map the
+	 * platform's bootloader describes).  A dry run on a device in another mode
+	 * runs this instead of a CHECK step (a dry run switches no mode).  No I/O.
+	 * step: the WRITE's images; facts: what the READ found.  Fills checked and
+	 * unchecked with what it checked and what only the device in its mode can
+	 * tell (sentences without a final stop).  Returns 0, 1 when it knows nothing
+	 * for this device (nothing checked), or -1 with err set: the job is refused.
+	 */
+	int (*check_static)(struct job *job, const struct job_step *step,
+			    const struct device_facts *facts, struct transport_static_check *out,
+			    struct error *err);
 	/* Timeout keys with defaults; NULL-terminated (key == NULL) or NULL. */
 	const struct timeout_def *timeouts;
 };

@@ -948,9 +948,14 @@ const char *image_ext_type_name(unsigned type)
 	}
 }
 
+const struct platform *image_module_platform(const struct image_module *m)
+{
+	return image_module_has_platform(m) ? platform_by_id(m->platform_id) : NULL;
+}
+
 char *image_module_describe(const struct image_module *m, char *buf, size_t size)
 {
-	const struct platform *p = platform_by_id(m->platform_id);
+	const struct platform *p = image_module_platform(m);
 	char plat[48];
 	if (p)
 		snprintf(plat, sizeof(plat), "%s", p->display);

@@ -8,6 +8,7 @@
 
 #include "cleanup.h"
 #include "errors.h"
+#include "platform.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -176,6 +177,20 @@ uint32_t image_crc32(const uint8_t *buf, size_t len);
  * Writes at most size bytes; returns buf.
  */
 char *image_module_describe(const struct image_module *m, char *buf, size_t size);
+
+/*
+ * Whether the module names a platform.  An asset module does not: its prefix's
+ * platform field is 0 because binary-version-reader's createAssetModule()
+ * (lib/moduleEncoding.js) leaves it so, and Device OS's AssetReader::validate()
+ * (system/src/asset_manager.cpp) never reads it; 0 there is not the Core.
+ */
+static inline bool image_module_has_platform(const struct image_module *m)
+{
+	return m->function != MODULE_FUNCTION_ASSET;
+}
+/* The platform the module was built for: NULL for an asset (it has none) or an
+ * id not in the catalogue (image_module_has_platform() tells which). */
+const struct platform *image_module_platform(const struct image_module *m);
 
 /* The module's end address rounded out to include the CRC: start + size. */
 static inline uint32_t image_module_flash_end(const struct image_module *m)

@@ -777,3 +777,35 @@ int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 	}
 	return 0;
 }
+
+int dfu_preflight_static_map(const struct platform *p, const struct preflight_plan *pp,
+			     struct error *err)
+{
+	const char *map = dfuse_platform_map_string(p);
+	if (!map)
+		return 1;
+	struct dfuse_info *info = calloc(1, sizeof(*info));
+	if (!info)
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
+	int rc = dfuse_map_parse(map, &info->maps[0], err);
+	info->map_valid[0] = rc == 0;
+	for (size_t i = 0; rc == 0 && i < pp->n_steps; i++) {
+		const struct image *img = pp->steps[i].img;
+		for (unsigned k = 0; rc == 0 && k < img->n_modules; k++) {
+			const struct image *mi;
+			const struct image_module *m;
+			const uint8_t *data;
+			size_t len;
+			module_payload(img, &img->modules[k], &mi, &m, &data, &len);
+			(void)mi;
+			(void)data;
+			if (check_map(info, p, m->start, len, err) < 0) {
+				error_prefix(
+				    err, "%s: ", pp->steps[i].name ? pp->steps[i].name : "image");
+				rc = -1;
+			}
+		}
+	}
+	free(info);
+	return rc;
+}

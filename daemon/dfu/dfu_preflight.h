@@ -146,3 +146,16 @@ void dfu_preflight_rules(const struct device_facts *dev, struct preflight_rules 
 int dfu_preflight_plan(const struct device_facts *dev, bool layout_known,
 		       const struct dfuse_info *info, const struct preflight_plan *pp, bool force,
 		       struct dfu_plan *plan, struct error *err);
+
+/*
+ * A dry run on a device that is not in DFU mode (it switches no mode): the
+ * memory-map check of dfu_preflight_plan() over the same write ranges, against
+ * the map the platform's bootloader describes (dfuse_platform_map_string())
+ * instead of the device's descriptors.  Slots and the size were checked by the
+ * generic preflight; Device Protection, the Gen 3 layout and the overlap with
+ * what is installed need the device in DFU mode and are not checked here.
+ * Returns 0, 1 when flashd has no map for the platform (nothing checked), or -1
+ * with outside-memory-map as dfu_preflight_plan() gives it.
+ */
+int dfu_preflight_static_map(const struct platform *p, const struct preflight_plan *pp,
+			     struct error *err);

@@ -18,6 +18,8 @@
 #include "dfuse.h"
 #include "usb.h"
 
+#include "platform.h"
+
 #include "preflight.h"
 #include "transport.h"
 
@@ -25,6 +27,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
@@ -702,6 +705,42 @@ static void dfu_free(struct transport_run *r)
 	free(r);
 }
 
+/* A dry run on a device not in DFU mode: the step's write ranges against the memory map
+ * the platform's bootloader describes (transport.h check_static). */
+static int dfu_check_static(struct job *job, const struct job_step *step,
+			    const struct device_facts *facts, struct transport_static_check *out,
+			    struct error *err)
+{
+	const struct platform *p = facts->platform;
+	struct preflight_plan *pp = calloc(1, sizeof(*pp));
+	if (!pp)
+		return error_set(err, ERR_OUT_OF_MEMORY, NULL);
+	for (size_t i = 0; i < step->n_images && i < PREFLIGHT_MAX_IMAGES; i++) {
+		const struct image *img = job_image(job, step->images[i]);
+		if (!img || img->n_modules == 0)
+			continue;
+		pp->steps[pp->n_steps++] = (struct preflight_step){
+		    .img = img,
+		    .job_index = step->images[i],
+		    .name = job_image_name(job, step->images[i]),
+		    .module = &img->modules[0],
+		};
+	}
+	int rc = dfu_preflight_static_map(p, pp, err);
+	free(pp);
+	if (rc != 1) {
+		snprintf(out->checked, sizeof(out->checked),
+			 "the DFU memory map, against the map a%s %s's bootloader describes "
+			 "(the platform's, not read from the device)",
+			 strchr("AEIOU", p->display[0]) ? "n" : "", p->display);
+		snprintf(out->unchecked, sizeof(out->unchecked),
+			 "Device Protection%s and the overlap with installed modules as DFU "
+			 "reads them: only the device in DFU mode tells",
+			 p->mcu == MCU_NRF52840 ? ", the flash layout" : "");
+	}
+	return rc;
+}
+
 /* The transport holds the daemon's libusb context from init() to exit() (transport.h). */
 static int dfu_init(struct event_base *base, struct error *err)
 {
@@ -720,6 +759,7 @@ const struct transport_ops dfu_transport = {
     .can_serve = dfu_can_serve,
     .rules = dfu_preflight_rules,
     .checks_on_device = true,
+    .check_static = dfu_check_static,
     .start = dfu_start,
     .cancel = dfu_cancel,
     .device_event = dfu_device_event,

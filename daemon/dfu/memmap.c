@@ -1,5 +1,7 @@
 #include "memmap.h"
 
+#include "platform.h"
+
 #include <string.h>
 
 /*
@@ -284,4 +286,19 @@ const char *dfuse_mem_attr_describe(uint8_t attrs)
 	    "writable", "readable,writable", "erasable,writable", "readable,erasable,writable",
 	};
 	return names[attrs & 7];
+}
+
+const char *dfuse_platform_map_string(const struct platform *p)
+{
+	switch (p ? p->mcu : MCU_STM32F103) {
+	case MCU_STM32F205:
+		return "@Internal Flash   /0x08000000/03*016Ka,01*016Kg,01*064Kg,07*128Kg";
+	case MCU_NRF52840:
+		return "@Internal Flash   /0x00000000/1*004Ka,47*004Kg,192*004Kg,4*004Kg,4*004Kg,"
+		       "8*004Ka";
+	case MCU_RTL8721D:
+		return "@Internal Flash   /0x08000000/2048*004Kg";
+	default:
+		return NULL;
+	}
 }

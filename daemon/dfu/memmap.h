@@ -80,5 +80,18 @@ bool dfuse_map_range_has(const struct dfuse_map *map, uint32_t start, uint32_t l
 int dfuse_map_erase_units(const struct dfuse_map *map, uint32_t start, uint32_t len,
 			  struct dfuse_erase_unit *units, size_t max, struct error *err);
 
+/*
+ * The memory map of alt 0 (the MCU's internal flash) that the platform's DFU
+ * bootloader describes on a device without Device Protection, known without
+ * the device: the same string on every bootloader release of a chip family
+ * (Device OS bootloader/src/stm32f2xx/inc/usbd_flash_if.h FLASH_IF_STRING,
+ * bootloader/src/nRF52840/usbd_dfu_mal.h and bootloader/src/rtl872x/usbd_dfu_mal.h
+ * INTERNAL_FLASH_IF_STRING).  NULL for a platform flashd has no map for (the Core).
+ * A protected device describes every sector erasable-only instead: only the
+ * live descriptors say that.
+ */
+struct platform;
+const char *dfuse_platform_map_string(const struct platform *p);
+
 /* "r-w" style summary of attributes: "readable,erasable,writable" / "read-only". */
 const char *dfuse_mem_attr_describe(uint8_t attrs);

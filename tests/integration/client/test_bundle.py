@@ -125,6 +125,27 @@ def flash_assets(tap, fc, d, control, name, key, bundle, app, assets):
               and any(w[1] == "user" for w in writes)
               and min(i for i, w in enumerate(writes) if w[1] == "asset")
               > min(i for i, w in enumerate(writes) if w[1] == "user"), writes)
+    # An asset names no platform (its prefix's platform field is 0, which is not the Core):
+    # the job record, the history and every module row say null, never "core"
+    record = end.get("record") or {}
+    asset_mods = [m for img in record.get("images", []) if img.get("name", "").startswith("assets/")
+                  for m in img.get("modules", [])]
+    app_mods = [m for img in record.get("images", []) if not img.get("name", "").startswith("assets/")
+                for m in img.get("modules", [])]
+    tap.check("%s: the job record's asset modules have no platform (null), the application's is p2"
+              % name,
+              len(asset_mods) == 2
+              and all(m.get("function") == "asset" and m.get("platform") is None
+                      and m.get("platform_id") is None and "Core" not in m.get("description", "")
+                      for m in asset_mods)
+              and app_mods and all(m.get("platform") == "p2" for m in app_mods), record.get("images"))
+    rc, out, err = run(fc, d.socket, "--json", "history", "--device", key, "--limit", "1")
+    hist = (json_lines(out) or [{}])[-1]
+    tap.check("%s: the history's job names the assets and never the Core" % name,
+              rc == 0 and hist.get("job") == record.get("id")
+              and {"assets/logo.png", "assets/sound.raw"} <= {i.get("file") for i in hist.get("images", [])}
+              and '"core"' not in json.dumps(hist) and hist.get("platform") == "p2",
+              (rc, out[-2000:], err))
     dev = sim_device(control, name)
     tap.check("%s: the assets' modules crossed by firmware-update request" % name,
               dev["received"]["ctrl_update_bytes"] >= sum(len(v) for v in assets.values()),

@@ -345,6 +345,39 @@ def test_dry_run_on_a_protected_device_in_dfu_mode_makes_the_dfu_checks():
     print('# dry run: %s' % dry['message'])
 
 
+def test_dry_run_on_a_device_not_in_dfu_mode_checks_the_platforms_memory_map():
+    # A dry run switches no mode, so on a running Argon the DFU transport's checks cannot
+    # ask the device.  The memory map its bootloader describes is the platform's (the same
+    # string on every release): the dry run checks the write ranges against it, refuses the
+    # Photon's application (forced past the platform check) with the same words as the
+    # real flash does once the device is in DFU mode, and its plan says which checks ran
+    # against what.
+    specs = ['platform=argon,mode=normal,os=6.2.0,name=a6']
+    idmap = ids(specs)
+    photon_app = fixture('photon/tinker-0.4.5-photon.bin')
+    app = os.path.join(top, 'argon-app-6-dry.bin')
+    open(app, 'wb').write(make_module(0xB4000, 5, 2, 7, 12, [(4, 1, 6000)], 30000))
+    res, doc, work, log = run(specs, flash_steps([(photon_app, idmap['a6'], ('--force', '--dry-run')),
+                                                  (app, idmap['a6'], ('--dry-run',)),
+                                                  (photon_app, idmap['a6'], ('--force',))]))
+    dry = expect_error(res[0], 'outside-memory-map', log)
+    real = expect_error(res[2], 'outside-memory-map', log)
+    check(dry['message'] == real['message'], 'dry %s / real %s' % (dry['message'], real['message']))
+    plan = (job_end(res[0]).get('record') or {}).get('plan') or {}
+    checks = plan.get('checks') or []
+    check(len(checks) == 1 and checks[0]['transport'] == 'dfu' and checks[0]['against'] == 'platform'
+          and 'memory map' in checks[0]['checked'] and 'Device Protection' in checks[0]['unchecked']
+          and checks[0]['files'] == [os.path.basename(photon_app)],
+          'dry-run plan checks: %s' % json.dumps(checks))
+    expect_done(res[1], log, "preflight-ok")
+    plan = (job_end(res[1]).get('record') or {}).get('plan') or {}
+    check([c['against'] for c in plan.get('checks') or []] == ['platform'],
+          'the Argon application\'s dry run: %s' % json.dumps(plan.get('checks')))
+    check(device(doc, 'a6')['received']['dfu_bytes'] == 0, 'DFU bytes written')
+    print('# dry run: %s' % dry['message'])
+    print('# checks: %s' % json.dumps(plan.get('checks')))
+
+
 def test_argon_6_app_is_verified_by_module_info_and_boron_app_refused():
     # An Argon on Device OS 6.2.0 runs its application.  flashctl info reads it by control
     # request; the new application then goes: enter-DFU request -> DFU write -> leave ->

@@ -396,6 +396,40 @@ def test_plan_across_transports_resumes_after_a_pull_during_the_dfu_part():
                   ym, dfu, size_app, dfu - size_app))
 
 
+def test_a_refused_serial_write_stops_the_job_before_the_next_with_the_devices_reason():
+    # Why no `s` between two serial writes (PROTOCOL.md, "The plan"): the device checks each
+    # module against what it has installed at the end of its YMODEM transfer and answers
+    # with its verdict.  Forced past the planner, a system part 1 that needs a bootloader
+    # the Photon (1.5.2) lacks goes first: the device refuses it with its own code, the job
+    # ends there, and the system part 2 planned after it (it needs that system part 1 when
+    # it is written) is never sent.
+    first = os.path.join(top, 'photon-system-part1-v2300.bin')
+    open(first, 'wb').write(make_module(0x8020000, 4, 1, 2300, 6, [(2, 0, 2000)], 4000))
+    app = os.path.join(top, 'photon-system-part2-v2300.bin')
+    open(app, 'wb').write(make_module(0x8060000, 4, 2, 2300, 6, [(4, 1, 2300)], 4000))
+    res, doc, log = run([spec('photon', '1.5.2', 'p1', 'listening')],
+                        [flash('p1', first, app, extra=('--force',))])
+    plan = plan_of(res[0])
+    order = write_steps(plan or {'steps': []})
+    check(order == [(os.path.basename(first), 'serial'), (os.path.basename(app), 'serial')],
+          'plan %s' % json.dumps(plan))
+    err = expect_error(res[0], 'device-rejected', log)
+    d = err['detail']
+    # (1.5.x says the failed checks as a bit mask: 0x4 = dependencies)
+    check(d.get('file') == os.path.basename(first) and d.get('phase') == 'validation'
+          and d.get('device_code') == 4 and d.get('cause') == 'dependency-unmet'
+          and d.get('device_text') == 'Validation failed: 0x4', 'detail %s' % json.dumps(d))
+    dev = device(doc, 'p1')
+    check(dev['received']['ymodem_bytes'] < os.path.getsize(first) + os.path.getsize(app)
+          and module(dev, 'system', 2)['version'] != 2300, 'system part 2 went over: %s %s'
+          % (dev['received'], module(dev, 'system', 2)))
+    steps = [l.get('step_description') for l in res[0]['lines']
+             if l.get('event') == 'job-progress' and l.get('step_description')]
+    check(not any('system part 2' in (x or '') for x in steps), 'steps %s' % steps)
+    say('refused at the first write (%s, device code %d): %s'
+        % (d.get('cause'), d.get('device_code'), err['message']))
+
+
 def test_check_prints_the_plan():
     sysp, blp = argon_402()
     res, doc, log = run([spec('argon', '2.3.1', 'a1', 'dfu')],

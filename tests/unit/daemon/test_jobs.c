@@ -831,6 +831,53 @@ static void test_core_runs_read_plan_write_reboot_verify(void **state)
 	fx_free(fx);
 }
 
+/* A VERIFY whose module list is incomplete (modules_known false: `s` cut short, more
+ * modules than flashd keeps) says nothing of the written module: the job is
+ * written-not-verified, never booted-invalid with the module "missing". */
+static void test_verify_without_the_whole_module_list_is_not_verified_not_missing(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
+	plug_tty(fx, PHOTON_ID, "1-1");
+	struct job_request jr;
+	struct error err;
+	memset(&jr, 0, sizeof(jr));
+	error_init(&err);
+	jr.target = WIRE_TARGET_DEVICE;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
+	jr.device = registry_find_key(fx->reg, PHOTON_ID);
+	jr.images[0] = photon_app(fx, 8192);
+	snprintf(jr.names[0], sizeof(jr.names[0]), "app.bin");
+	jr.n_images = 1;
+	jr.uid = 1000;
+	struct job *job = jobs_create(fx->jobs, &jr, &err);
+	assert_non_null(job);
+	jobs_submit(fx->jobs, job);
+	spin(fx);
+	struct job_step_result res = photon_facts(0);
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	memset(&res, 0, sizeof(res));
+	job_step_done(job, &res, NULL); /* the WRITE */
+	spin(fx);
+	unplug(fx, "1-1");
+	spin(fx);
+	plug(fx, PHOTON_ID, "1-2", PHOTON_CDC);
+	plug_tty(fx, PHOTON_ID, "1-2");
+	spin(fx);
+	assert_int_equal(fake.last_kind, JOB_STEP_VERIFY);
+	res = photon_facts(0); /* the list stops before the application */
+	res.facts.modules_known = false;
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_string_equal(ended_result(fx, job), "done");
+	assert_string_equal(json_string_value(json_object_get(last_ended(fx, job), "outcome")),
+			    "written-not-verified");
+	assert_true(has_note(fx, "not-verified"));
+	fx_free(fx);
+}
+
 /* Cancel while the core waits for the reboot after the last write: past the point of
  * no return, the device applies what it got: done, written-not-verified, no step
  * started after it. */
@@ -1114,6 +1161,7 @@ int main(void)
 	    cmocka_unit_test(test_read_nobody_answers_is_not_flashable_here),
 	    cmocka_unit_test(test_read_nobody_answers_names_every_reason),
 	    cmocka_unit_test(test_core_runs_read_plan_write_reboot_verify),
+	    cmocka_unit_test(test_verify_without_the_whole_module_list_is_not_verified_not_missing),
 	    cmocka_unit_test(test_core_refuses_before_any_write),
 	    cmocka_unit_test(test_cancel_while_the_core_waits_for_the_reboot),
 	    cmocka_unit_test(test_run_follows_its_device_across_reenumeration),

@@ -441,6 +441,37 @@ static const char *const fixtures_read[] = {
     NULL,
 };
 
+/* A bootloader version no Photon release has: the message names no release of another
+ * platform ("Device OS 4.2.0" is not a Photon release) and no "bootloader 0"; the
+ * installed bootloader's releases are the Photon's. */
+static void test_release_words_are_the_platforms_own(void **state)
+{
+	(void)state;
+	struct device_facts dev;
+	fixture_facts(&dev, "photon", "1.5.2", photon_152, 4);
+	struct image *img = fixture_load("photon/photon_tinker.bin");
+	img->modules[0].deps[0] = (struct image_dependency){
+	    .function = MODULE_FUNCTION_BOOTLOADER, .index = 0, .version = 2000};
+	const char *name = "app.bin";
+	struct preflight_plan plan;
+	struct error e;
+	error_init(&e);
+	assert_int_equal(run(&dev, &img, &name, 1, false, &plan, &e), -1);
+	assert_int_equal(e.code, ERR_DEPENDENCY_UNMET);
+	assert_string_equal(detail_str(&e, "required_release"), "");
+	assert_null(strstr(e.message, "Device OS 4"));
+	assert_null(strstr(e.message, "Device OS 5"));
+	assert_null(strstr(e.message, "between"));
+	assert_null(strstr(e.message, "bootloader 0"));
+	assert_non_null(strstr(e.message, "needs bootloader version 2000;"));
+	/* 502 shipped with the Photon's 1.5.x releases, none other */
+	const char *inst = detail_str(&e, "installed_release");
+	assert_non_null(inst);
+	assert_true(inst && (inst[0] == '\0' || strncmp(inst, "1.5.", 4) == 0));
+	error_clear(&e);
+	image_free(img);
+}
+
 int main(void)
 {
 	fixtures_present_or_skip(fixtures_read);
@@ -448,6 +479,7 @@ int main(void)
 	    cmocka_unit_test(test_electron_app_on_photon_is_refused_as_wrong_platform),
 	    cmocka_unit_test(test_matching_photon_app_passes),
 	    cmocka_unit_test(test_app_needing_newer_device_os_is_refused_naming_both_versions),
+	    cmocka_unit_test(test_release_words_are_the_platforms_own),
 	    cmocka_unit_test(test_job_carrying_system_parts_is_ordered_by_prefix_and_passes),
 	    cmocka_unit_test(test_electron_system_modules_follow_prefixes_not_file_names),
 	    cmocka_unit_test(test_system_part_downgrade_under_a_newer_sibling_is_refused),

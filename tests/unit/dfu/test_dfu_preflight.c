@@ -17,8 +17,9 @@
 
 #include <cmocka.h>
 
-#define GEN3_MAP "@Internal Flash   /0x00000000/1*004Ka,47*004Kg,192*004Kg,4*004Kg,4*004Kg,8*004Ka"
-#define GEN2_MAP "@Internal Flash   /0x08000000/03*016Ka,01*016Kg,01*064Kg,07*128Kg"
+#define GEN3_MAP      "@Internal Flash   /0x00000000/1*004Ka,47*004Kg,192*004Kg,4*004Kg,4*004Kg,8*004Ka"
+#define GEN2_MAP      "@Internal Flash   /0x08000000/03*016Ka,01*016Kg,01*064Kg,07*128Kg"
+#define P2_MAP_STRING "@Internal Flash   /0x08000000/2048*004Kg"
 
 static struct image *load(const char *rel)
 {
@@ -737,6 +738,56 @@ static const char *const fixtures_read[] = {
     NULL,
 };
 
+/* A dry run on a device not in DFU mode checks against the map the platform's bootloader
+ * describes: the same verdict, word for word, as against the device's descriptors. */
+static void test_static_map_gives_the_verdict_of_the_live_map(void **state)
+{
+	(void)state;
+	assert_string_equal(dfuse_platform_map_string(platform_by_id(6)), GEN2_MAP);
+	assert_string_equal(dfuse_platform_map_string(platform_by_id(12)), GEN3_MAP);
+	assert_string_equal(dfuse_platform_map_string(platform_by_id(32)), P2_MAP_STRING);
+	assert_null(dfuse_platform_map_string(platform_by_id(0))); /* the Core: none known */
+	assert_null(dfuse_platform_map_string(NULL));
+
+	struct image *photon = load("photon/tinker-0.4.5-photon.bin");
+	struct image *argon = load("argon/tinker-0.8.0-rc.27-argon.bin");
+	struct preflight_plan pp = {0};
+	pp.steps[0] = (struct preflight_step){
+	    .img = photon, .name = "test.bin", .module = &photon->modules[0]};
+	pp.n_steps = 1;
+	struct error live, stat;
+	error_init(&live);
+	error_init(&stat);
+	/* the Photon's application on an Argon (forced): outside the nRF52840's flash */
+	struct dfuse_info info;
+	info_with_map(&info, GEN3_MAP);
+	struct device_facts facts = {0};
+	facts.platform = platform_by_id(12);
+	facts.system_version = 1512;
+	struct dfu_plan plan;
+	assert_int_equal(plan_for(&facts, true, &info, photon, true, &plan, &live), -1);
+	assert_int_equal(live.code, ERR_OUTSIDE_MEMORY_MAP);
+	assert_int_equal(dfu_preflight_static_map(facts.platform, &pp, &stat), -1);
+	assert_int_equal(stat.code, ERR_OUTSIDE_MEMORY_MAP);
+	assert_string_equal(stat.message, live.message);
+	/* on a Photon it fits */
+	error_clear(&stat);
+	assert_int_equal(dfu_preflight_static_map(platform_by_id(6), &pp, &stat), 0);
+	/* the Argon's application fits the Argon's map, not the Photon's */
+	pp.steps[0] =
+	    (struct preflight_step){.img = argon, .name = "test.bin", .module = &argon->modules[0]};
+	assert_int_equal(dfu_preflight_static_map(platform_by_id(12), &pp, &stat), 0);
+	assert_int_equal(dfu_preflight_static_map(platform_by_id(6), &pp, &stat), -1);
+	assert_int_equal(stat.code, ERR_OUTSIDE_MEMORY_MAP);
+	error_clear(&stat);
+	/* no map for the Core: nothing checked */
+	assert_int_equal(dfu_preflight_static_map(platform_by_id(0), &pp, &stat), 1);
+	assert_false(error_is_set(&stat));
+	error_clear(&live);
+	image_free(photon);
+	image_free(argon);
+}
+
 int main(void)
 {
 	fixtures_present_or_skip(fixtures_read);
@@ -754,6 +805,7 @@ int main(void)
 	    cmocka_unit_test(test_radio_stack_is_written_without_its_prefix),
 	    cmocka_unit_test(test_protected_device_refuses_dfu_writes),
 	    cmocka_unit_test(test_range_in_read_only_segment_is_outside_memory_map_even_forced),
+	    cmocka_unit_test(test_static_map_gives_the_verdict_of_the_live_map),
 	    cmocka_unit_test(test_p2_user_part_is_found_through_its_suffix_dynamic_location),
 	    cmocka_unit_test(test_erased_p2_user_slot_reports_no_user_part),
 	    cmocka_unit_test(test_p2_suffix_naming_a_start_outside_the_user_slot_is_ignored),

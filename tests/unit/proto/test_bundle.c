@@ -8,6 +8,7 @@
  * The application with assets is the real P2 Tinker re-stamped with
  * asset dependencies (tests/unit/bundle_zip.h says how).
  */
+#include "asset_module.h"
 #include "bundle.h"
 #include "fixtures_present.h"
 #include "image.h"
@@ -540,11 +541,49 @@ static void test_empty_zip_has_no_application(void **state)
 	error_clear(&err);
 }
 
+/* An asset module's platform field is 0 (createAssetModule() leaves it so): that is
+ * not the Core, the module names no platform. */
+static void test_asset_module_names_no_platform(void **state)
+{
+	(void)state;
+	static const uint8_t data[] = "\x89PNG not really";
+	uint8_t *mod = NULL;
+	size_t len = 0;
+	struct error err;
+	error_init(&err);
+	assert_int_equal(asset_module_build("logo.png", data, sizeof(data), &mod, &len, &err), 0);
+	struct image *img = NULL;
+	assert_int_equal(image_parse(mod, len, &img, &err), 0);
+	assert_int_equal(img->n_modules, 1);
+	const struct image_module *m = &img->modules[0];
+	assert_int_equal(m->function, MODULE_FUNCTION_ASSET);
+	assert_int_equal(m->platform_id, 0);
+	assert_false(image_module_has_platform(m));
+	assert_null(image_module_platform(m));
+	char desc[160];
+	image_module_describe(m, desc, sizeof(desc));
+	assert_string_equal(desc, "asset 'logo.png', v0");
+	/* A module built for a platform still has it. */
+	size_t app_len = 0;
+	uint8_t *app_bytes = read_fixture(P2_APP, &app_len);
+	struct image *app = NULL;
+	assert_int_equal(image_parse(app_bytes, app_len, &app, &err), 0);
+	free(app_bytes);
+	assert_true(image_module_has_platform(&app->modules[0]));
+	assert_non_null(image_module_platform(&app->modules[0]));
+	assert_string_equal(image_module_platform(&app->modules[0])->name, "p2");
+	image_free(app);
+	image_free(img);
+	free(mod);
+	error_clear(&err);
+}
+
 int main(void)
 {
 	fixtures_present_or_skip(fixtures_read);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_application_only_bundle_is_the_application),
+	    cmocka_unit_test(test_asset_module_names_no_platform),
 	    cmocka_unit_test(test_application_with_two_assets_cross_checks),
 	    cmocka_unit_test(test_stored_entries_read_too),
 	    cmocka_unit_test(test_missing_asset_is_named),
