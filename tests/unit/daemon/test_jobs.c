@@ -838,8 +838,8 @@ static void test_verify_without_the_whole_module_list_is_not_verified_not_missin
 {
 	(void)state;
 	struct fx *fx = fx_new(only_serial);
-	plug(fx, PHOTON_ID, "1-1", PHOTON_CDC);
-	plug_tty(fx, PHOTON_ID, "1-1");
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
 	struct job_request jr;
 	struct error err;
 	memset(&jr, 0, sizeof(jr));
@@ -861,10 +861,10 @@ static void test_verify_without_the_whole_module_list_is_not_verified_not_missin
 	memset(&res, 0, sizeof(res));
 	job_step_done(job, &res, NULL); /* the WRITE */
 	spin(fx);
-	unplug(fx, "1-1");
+	fake_unplug(fx->reg, "1-1");
 	spin(fx);
-	plug(fx, PHOTON_ID, "1-2", PHOTON_CDC);
-	plug_tty(fx, PHOTON_ID, "1-2");
+	fake_plug(fx->reg, PHOTON_ID, "1-2", PHOTON_CDC);
+	fake_plug_tty(fx->reg, PHOTON_ID, "1-2");
 	spin(fx);
 	assert_int_equal(fake.last_kind, JOB_STEP_VERIFY);
 	res = photon_facts(0); /* the list stops before the application */
