@@ -124,6 +124,17 @@ static void end_job(struct job_steps *s, enum job_result result, const char *wor
 	job_finish(s->job, result, word, err);
 }
 
+/* A byte read-back (--verify) proves what flash holds, not that the device accepts it and
+ * boots: "verified" is the device's own verdict after the reboot, so this stays unverified. */
+static void end_unverified(struct job_steps *s)
+{
+	if (s->read_back)
+		job_note(s->job, "read-back",
+			 "every byte written was read back over DFU and matched; the device's own "
+			 "checks after the reboot were not read");
+	end_job(s, JOB_RESULT_DONE, "written-not-verified", NULL);
+}
+
 static void fail(struct job_steps *s, struct error *err)
 {
 	end_job(s, err->code == ERR_CANCELLED ? JOB_RESULT_CANCELLED : JOB_RESULT_FAILED, NULL,
@@ -374,8 +385,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 				job_note(s->job, "not-verified",
 					 "the device did not come back within %u s after the write",
 					 reenumerate_ms(s->wait_key) / 1000);
-			end_job(s, JOB_RESULT_DONE,
-				s->read_back ? "verified" : "written-not-verified", NULL);
+			end_unverified(s);
 			return;
 		}
 		error_set(&err, ERR_TIMED_OUT,
@@ -1093,7 +1103,7 @@ static uint16_t system_version_after(struct job_steps *s)
 static void not_verified(struct job_steps *s, const char *why)
 {
 	job_note(s->job, "not-verified", "%s", why);
-	end_job(s, JOB_RESULT_DONE, s->read_back ? "verified" : "written-not-verified", NULL);
+	end_unverified(s);
 }
 
 static void do_verify(struct job_steps *s, const struct plan_step *ps)
