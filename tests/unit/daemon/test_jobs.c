@@ -924,6 +924,46 @@ static void test_cancel_while_the_core_waits_for_the_reboot(void **state)
 	fx_free(fx);
 }
 
+/* A WRITE whose bytes were read back, then no report from the device after the reboot:
+ * the read-back proves what flash holds, not the device's verdict, so not "verified". */
+static void test_read_back_without_the_devices_report_is_not_verified(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
+	struct job_request jr;
+	struct error err;
+	memset(&jr, 0, sizeof(jr));
+	error_init(&err);
+	jr.target = WIRE_TARGET_DEVICE;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
+	jr.device = registry_find_key(fx->reg, PHOTON_ID);
+	jr.images[0] = photon_app(fx, 8192);
+	snprintf(jr.names[0], sizeof(jr.names[0]), "app.bin");
+	jr.n_images = 1;
+	jr.uid = 1000;
+	struct job *job = jobs_create(fx->jobs, &jr, &err);
+	assert_non_null(job);
+	jobs_submit(fx->jobs, job);
+	spin(fx);
+	struct job_step_result res = photon_facts(0);
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	memset(&res, 0, sizeof(res));
+	res.read_back = true;
+	job_step_done(job, &res, NULL); /* the WRITE, every byte read back */
+	spin(fx);
+	assert_int_equal(job_state(job), JOB_REBOOTING);
+	jobs_cancel(fx->jobs, job, 1000);
+	spin(fx);
+	assert_string_equal(ended_result(fx, job), "done");
+	assert_string_equal(json_string_value(json_object_get(last_ended(fx, job), "outcome")),
+			    "written-not-verified");
+	assert_true(has_note(fx, "read-back"));
+	fx_free(fx);
+}
+
 /* A plan refused before the first byte: the job ends after the READ, no WRITE starts. */
 static void test_core_refuses_before_any_write(void **state)
 {
@@ -1176,6 +1216,7 @@ int main(void)
 	    cmocka_unit_test(test_waiting_job_waits_for_the_tty_of_a_cdc_device),
 	    cmocka_unit_test(test_wait_runs_out_naming_a_device_whose_tty_never_came),
 	    cmocka_unit_test(test_progress_held_by_the_rate_limit_goes_out),
+	    cmocka_unit_test(test_read_back_without_the_devices_report_is_not_verified),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
