@@ -80,6 +80,7 @@ struct job_steps {
 	 * goes on otherwise; the mode it goes back to */
 	bool kept_listening;
 	enum device_mode kept_from;
+	bool ctrl_first; /* the READ running is ctrl_first()'s */
 };
 
 static void advance(struct job_steps *s);
@@ -536,9 +537,35 @@ void job_steps_device_event(struct job *job, enum device_event ev,
 
 /* ---- READ ----------------------------------------------------------------------------- */
 
+/*
+ * A flash job on a device known to run its firmware (mode normal, from an earlier
+ * read or verify) on a Device OS that takes control requests is read by them
+ * first, in the mode it is in: the plan (and a refusal) comes before any mode
+ * switch, and the plan's switch to listening mode, if it writes over serial, is
+ * the start-listening request, once.  A device not known yet is read over the
+ * console (its first `v` says whether it listens); a probe reads what it always
+ * read.
+ */
+static const struct transport_ops *ctrl_first(struct job_steps *s,
+					      const struct device_snapshot *dev)
+{
+	const struct transport_ops *ctrl = job_transport(s->job, "ctrl");
+	if (!ctrl || is_probe(s->job) || (s->no_answer & transport_bit(s->job, ctrl)) ||
+	    dev->mode != DEVICE_MODE_NORMAL || !dev->busnum || !dev->devnum)
+		return NULL;
+	uint16_t v = capability_version(dev->facts.os_version, dev->facts.system_version);
+	if (!v || !capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, false))
+		return NULL;
+	return ctrl;
+}
+
 static const struct transport_ops *reader(struct job_steps *s)
 {
 	const struct device_snapshot *dev = job_device(s->job);
+	const struct transport_ops *first = ctrl_first(s, dev);
+	s->ctrl_first = first != NULL;
+	if (first)
+		return first;
 	const struct transport_ops *const *t = job_transports(s->job);
 	for (unsigned i = 0; t[i]; i++)
 		if (!(s->no_answer & (1u << i)) && t[i]->can_serve && t[i]->can_serve(dev))
@@ -771,6 +798,16 @@ static void read_done(struct job_steps *s)
 			snprintf(why, sizeof(why), "%s", s->err.message);
 			error_clear(&s->err);
 			fail_held(s, why);
+			return;
+		}
+		if (s->have_res && s->res.no_answer && s->err.code != ERR_CANCELLED &&
+		    s->ctrl_first) {
+			/* a Device OS whose control requests do not identify it (Gen 2 before
+			 * 1.5.0): the console reads it, as for a device not known yet */
+			job_log(job, LOG_DEBUG, "not read by control request: %s", s->err.message);
+			s->no_answer |= transport_bit(job, s->ops);
+			error_clear(&s->err);
+			read_next(s);
 			return;
 		}
 		if (s->have_res && s->res.no_answer && s->err.code != ERR_CANCELLED) {
