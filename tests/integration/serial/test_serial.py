@@ -317,6 +317,21 @@ def test_held_port_of_a_running_p2_is_flashed_by_control_requests():
     print('# %s with the tty held: %s' % (end.get('outcome'), held[0]))
 
 
+def test_refusal_gives_a_running_device_back_to_its_application():
+    # A running Photon flashd does not know yet is read over its console (28800) and
+    # kept listening for the serial write the plan would make; the plan refuses the
+    # file, so flashd gives the device back (`x`) before the job ends.
+    res, doc, log = run([spec('photon', '1.5.2', 'photon', mode='normal')],
+                        [flash(IDS['photon'], fixture('electron/electron_tinker.bin')),
+                         {'ctl': {'cmd': 'wait-idle'}}, {'list': True}])
+    expect_error(res[0], 'wrong-platform', log)
+    listed = [d for d in res[2]['devices'] if d.get('id') == IDS['photon']]
+    dev = device(doc, 'photon')
+    check(dev['mode'] == 'normal' and listed and listed[0].get('mode') == 'normal',
+          'simulator mode %s, flashd lists %s' % (dev['mode'], listed))
+    check(dev['received']['ymodem_bytes'] == 0, 'received %s' % dev['received'])
+
+
 def test_device_os_2_refusal_is_a_negative_code_with_the_diagnosis():
     res, doc, log = run([spec('photon', '2.2.0', 'photon')],
                         [flash(IDS['photon'], fixture('electron/electron_tinker.bin'), extra=['--force'])])
