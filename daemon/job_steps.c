@@ -1352,6 +1352,7 @@ bool job_steps_cancel(struct job *job)
 		not_verified(s, "the job was cancelled while the device rebooted");
 		return true;
 	}
+	give_back(s); /* cancelled between the READ and the serial write */
 	stop_waits(s);
 	s->phase = PH_IDLE;
 	return false;
