@@ -86,7 +86,10 @@ static void finish(struct cdc_query *q, struct error *err)
 	if (!err)
 		error_clear(&q->err);
 	q->res.no_listening_mode = err && probe_silence(q);
-	if (q->entered && !q->res.was_listening && q->port) {
+	if (q->entered && !q->res.was_listening && q->cfg.keep_listening && !err) {
+		/* the caller's serial step follows: the device stays listening */
+		q->res.kept_listening = true;
+	} else if (q->entered && !q->res.was_listening && q->port) {
 		/* docs/device/console.md#commands `x`: give the device back to its firmware as it
 		 * was found
 		 * (also when a later step failed: flashd put it there). */
@@ -139,6 +142,8 @@ static void ask_listening(struct cdc_query *q)
 	struct error e;
 	error_init(&e);
 	q->listens++;
+	if (q->cfg.asking)
+		q->cfg.asking(q->ctx);
 	if (serial_port_set_baud(q->port, BAUD_TOGGLE, &e) < 0 ||
 	    serial_port_set_baud(q->port, BAUD_LISTEN, &e) < 0) {
 		finish(q, &e);
@@ -291,4 +296,16 @@ void cdc_query_free(struct cdc_query *q)
 		event_free(q->kick);
 	error_clear(&q->err);
 	free(q);
+}
+
+int cdc_query_give_back(const char *tty, const char *lock_dir, struct error *err)
+{
+	struct serial_port *port = NULL;
+	if (serial_port_open(tty, lock_dir ? lock_dir : getenv("FLASHD_LOCK_DIR"), &port, err) < 0)
+		return -1;
+	int rc = 0;
+	if (write(port->fd, "x", 1) != 1)
+		rc = error_set(err, ERR_TRANSFER_FAILED, "writing `x` to %s: %m", tty);
+	serial_port_close(port);
+	return rc;
 }

@@ -5,6 +5,13 @@
  *   OPEN -> PROBE (`v`: listening already?) -> LISTEN (9600 then 28800) and at
  *   once QUERY (`v`, `i`, `s`) [-> LISTEN again once, if silent] -> EXIT (`x`) -> DONE
  *
+ * keep_listening leaves out the EXIT of a query that succeeded: the caller (a flash
+ * job whose serial write follows) keeps the device in listening mode and gives it
+ * back itself with cdc_query_give_back() when no serial step follows.  An `x`
+ * followed by a new request for listening mode (28800, the start-listening control
+ * request) races: the device may take the request first and the `x` after it, and
+ * then the write's `v` goes to the running application.
+ *
  * No fixed waits: after 28800 the `v` is written at once and answered as soon
  * as the console runs (the device keeps what arrives before in its CDC
  * buffer); serial_listen_ms + serial_probe_ms only bound that answer.  A
@@ -56,13 +63,19 @@ struct cdc_query_config {
 				* toggle once more (the device may have been booting when the
 				* first SET_LINE_CODING came) */
 	bool skip_first_probe; /* the caller knows the device is not listening */
-	const char *lock_dir;  /* NULL = $FLASHD_LOCK_DIR or the default */
+	bool keep_listening;   /* no `x` after a query that succeeded (see above) */
+	/* Optional: called (with the done callback's ctx) just before flashd asks for
+	 * listening mode (28800 baud), so the caller can say it switches modes now. */
+	void (*asking)(void *ctx);
+	const char *lock_dir; /* NULL = $FLASHD_LOCK_DIR or the default */
 };
 
 struct cdc_query_result {
 	struct device_facts facts; /* what the device said, over what the caller knew */
 	bool was_listening;	   /* it answered before flashd asked for listening mode */
 	bool left_listening;	   /* flashd sent `x` to give the device back to its firmware */
+	bool kept_listening;	   /* keep_listening: flashd put the device in listening mode and
+				      left it there (no `x`): the caller gives it back */
 	/* The query failed because the device stayed silent to `v` (the error is
 	 * timed-out, detail.phase "probe"): it has no listening mode now (Device OS
 	 * 6.x, or listening disabled).  Decide on this, not on the detail string. */
@@ -80,6 +93,11 @@ struct cdc_query *cdc_query_start(struct event_base *base, const char *tty,
 				  void *ctx, struct error *err);
 /* Stops at once (the port is released; a device already in listening mode stays there). */
 void cdc_query_free(struct cdc_query *q);
+
+/* Gives a device that a keep_listening query left in listening mode back to its
+ * firmware: `x` on its console (docs/device/console.md#commands).  Opens the port,
+ * writes the byte and closes it; nothing waits for the device.  0, or -1 with err. */
+int cdc_query_give_back(const char *tty, const char *lock_dir, struct error *err);
 
 /* Whether the device reports any module of its main store invalid: it then runs
  * safe mode (docs/device/validation.md) once it leaves listening mode. */

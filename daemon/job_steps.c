@@ -76,6 +76,12 @@ struct job_steps {
 	 * goes on through control requests alone, or ends with this error */
 	bool tty_held;
 	struct error held;
+	/* the serial READ put the device in listening mode and left it there for the
+	 * serial write that follows (step.keep_listening): given back (`x`) when the plan
+	 * goes on otherwise; the mode it goes back to */
+	bool kept_listening;
+	enum device_mode kept_from;
+	bool ctrl_first; /* the READ running is ctrl_first()'s */
 };
 
 static void advance(struct job_steps *s);
@@ -116,9 +122,12 @@ static void stop_waits(struct job_steps *s)
 	s->leave = NULL;
 }
 
+static void give_back(struct job_steps *s);
+
 static void end_job(struct job_steps *s, enum job_result result, const char *word,
 		    struct error *err)
 {
+	give_back(s); /* nothing but the core's own `x` follows */
 	stop_waits(s);
 	s->phase = PH_IDLE;
 	job_finish(s->job, result, word, err);
@@ -159,6 +168,43 @@ static void handed_to(struct job_steps *s, const struct transport_ops *ops, cons
 		job_note(s->job, note, "%s", why);
 	}
 	s->at = ops;
+}
+
+/*
+ * The device the READ left in listening mode goes back to its firmware: the plan
+ * does not continue over the console (refused, nothing to write, a write over DFU
+ * or control requests first).  Only the core knows whether a serial step follows,
+ * so the READ does not send the `x` itself: an `x` followed at once by another
+ * request for listening mode races it on the device, which then may take the
+ * request first and leave listening mode after it (and the write's first byte goes
+ * to the running application).
+ */
+static void give_back(struct job_steps *s)
+{
+	if (!s->kept_listening)
+		return;
+	s->kept_listening = false;
+	const struct device_snapshot *dev = job_device(s->job);
+	struct error err;
+	error_init(&err);
+	if (!dev->present || !dev->tty[0] ||
+	    cdc_query_give_back(dev->tty, getenv("FLASHD_LOCK_DIR"), &err) < 0) {
+		job_log(s->job, LOG_WARNING, "could not give the device back to its firmware: %s",
+			error_is_set(&err) ? err.message : "no serial port");
+		error_clear(&err);
+		return;
+	}
+	job_set_device_mode(s->job, s->kept_from);
+}
+
+/* Whether plan step i continues over the console the READ left listening. */
+static bool serial_step_at(const struct job_steps *s, size_t i)
+{
+	if (!s->jp || i >= s->jp->plan.n_steps)
+		return false;
+	const struct plan_step *ps = &s->jp->plan.steps[i];
+	return (ps->kind == PLAN_STEP_WRITE && ps->transport == PLAN_TRANSPORT_SERIAL) ||
+	       (ps->kind == PLAN_STEP_SWITCH && ps->to == DEVICE_MODE_LISTENING);
 }
 
 static void step_why(struct job_steps *s, size_t i, char *buf, size_t size)
@@ -526,9 +572,35 @@ void job_steps_device_event(struct job *job, enum device_event ev,
 
 /* ---- READ ----------------------------------------------------------------------------- */
 
+/*
+ * A flash job on a device known to run its firmware (mode normal, from an earlier
+ * read or verify) on a Device OS that takes control requests is read by them
+ * first, in the mode it is in: the plan (and a refusal) comes before any mode
+ * switch, and the plan's switch to listening mode, if it writes over serial, is
+ * the start-listening request, once.  A device not known yet is read over the
+ * console (its first `v` says whether it listens); a probe reads what it always
+ * read.
+ */
+static const struct transport_ops *ctrl_first(struct job_steps *s,
+					      const struct device_snapshot *dev)
+{
+	const struct transport_ops *ctrl = job_transport(s->job, "ctrl");
+	if (!ctrl || is_probe(s->job) || (s->no_answer & transport_bit(s->job, ctrl)) ||
+	    dev->mode != DEVICE_MODE_NORMAL || !dev->busnum || !dev->devnum)
+		return NULL;
+	uint16_t v = capability_version(dev->facts.os_version, dev->facts.system_version);
+	if (!v || !capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, false))
+		return NULL;
+	return ctrl;
+}
+
 static const struct transport_ops *reader(struct job_steps *s)
 {
 	const struct device_snapshot *dev = job_device(s->job);
+	const struct transport_ops *first = ctrl_first(s, dev);
+	s->ctrl_first = first != NULL;
+	if (first)
+		return first;
 	const struct transport_ops *const *t = job_transports(s->job);
 	for (unsigned i = 0; t[i]; i++)
 		if (!(s->no_answer & (1u << i)) && t[i]->can_serve && t[i]->can_serve(dev))
@@ -597,6 +669,7 @@ static void read_next(struct job_steps *s)
 		memset(&s->step, 0, sizeof(s->step));
 		s->step.kind = JOB_STEP_READ;
 		s->step.probe = is_probe(job);
+		s->step.keep_listening = !job_options(job)->dry_run;
 		if (!start_step(s, ops, PH_READ, &err))
 			fail(s, &err);
 		return;
@@ -804,6 +877,8 @@ static void make_plan(struct job_steps *s, const struct job_step_result *res)
 	}
 	s->end_word = "written-not-verified";
 	s->next = 0;
+	if (!serial_step_at(s, 0))
+		give_back(s);
 	advance(s);
 }
 
@@ -870,6 +945,16 @@ static void read_done(struct job_steps *s)
 			fail_held(s, why);
 			return;
 		}
+		if (s->have_res && s->res.no_answer && s->err.code != ERR_CANCELLED &&
+		    s->ctrl_first) {
+			/* a Device OS whose control requests do not identify it (Gen 2 before
+			 * 1.5.0): the console reads it, as for a device not known yet */
+			job_log(job, LOG_DEBUG, "not read by control request: %s", s->err.message);
+			s->no_answer |= transport_bit(job, s->ops);
+			error_clear(&s->err);
+			read_next(s);
+			return;
+		}
 		if (s->have_res && s->res.no_answer && s->err.code != ERR_CANCELLED) {
 			s->no_answer |= transport_bit(job, s->ops);
 			add_no_answer(s, s->ops, s->err.message);
@@ -892,6 +977,11 @@ static void read_done(struct job_steps *s)
 		job_set_device_mode(job, s->res.mode);
 	s->read_facts = s->res.facts;
 	s->read_ops = s->ops;
+	if (s->res.kept_listening) {
+		s->kept_listening = true;
+		s->kept_from = cdc_query_facts_safe_mode(&s->res.facts) ? DEVICE_MODE_SAFE
+									: DEVICE_MODE_NORMAL;
+	}
 	if (is_probe(job)) {
 		end_job(s, JOB_RESULT_DONE, "probed", NULL);
 		return;
@@ -1014,6 +1104,9 @@ static void do_write(struct job_steps *s, const struct plan_step *ps)
 		return;
 	}
 	handed_to(s, ops, why);
+	if (ps->transport != PLAN_TRANSPORT_SERIAL)
+		give_back(s);
+	s->kept_listening = false; /* the serial write has it now */
 	memset(&s->step, 0, sizeof(s->step));
 	s->step.kind = JOB_STEP_WRITE;
 	size_t j = s->next;
@@ -1340,6 +1433,7 @@ void job_steps_run(struct job *job)
 	s->at = NULL;
 	s->resetting = false;
 	s->tty_held = false;
+	s->kept_listening = false;
 	error_clear(&s->err);
 	error_clear(&s->failed);
 	error_clear(&s->held);
@@ -1399,6 +1493,7 @@ bool job_steps_cancel(struct job *job)
 		not_verified(s, "the job was cancelled while the device rebooted");
 		return true;
 	}
+	give_back(s); /* cancelled between the READ and the serial write */
 	stop_waits(s);
 	s->phase = PH_IDLE;
 	return false;

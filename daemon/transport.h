@@ -16,7 +16,10 @@
  *              now (no console, no control requests) says so (no_answer) and the
  *              core asks another.  A READ never switches the device's mode for
  *              good: it gives the device back as it found it, except DFU mode,
- *              which it never leaves.
+ *              which it never leaves, and a READ with step->keep_listening: a
+ *              device it put in listening mode to read it stays there (result
+ *              kept_listening) and the core gives it back (cdc_query.h
+ *              cdc_query_give_back()) unless a serial step follows.
  *   WRITE      write exactly the step's images, in the step's order, with the
  *              transport's own checks first (e.g. the DFU memory map); report
  *              progress, notes and where a write stopped (job_set_partial()).  The
@@ -245,6 +248,10 @@ struct job_step {
 	size_t n_images;
 	bool leave; /* WRITE over DFU: leave DFU mode once written (the plan's reboot follows) */
 	bool probe; /* READ: a probe job (device-info "probe"): read only, say so in notes */
+	/* READ: leave a device the run put in listening mode there (a flash job: its serial
+	 * write would ask for listening mode again right after the READ's hand-back, and
+	 * the two race); the core gives it back when no serial step follows */
+	bool keep_listening;
 	/* WRITE, CHECK: what this same transport's READ reported just before, with no
 	 * other step in between (have_read): the run may start from it instead of
 	 * reading the device again. */
@@ -261,6 +268,9 @@ struct job_step_result {
 	 * says why, for the notes. */
 	bool no_answer;
 	bool read_back; /* WRITE: every byte written was read back and compared */
+	/* READ with keep_listening: the run put the device in listening mode and left it
+	 * there (mode LISTENING); the core gives it back unless a serial step follows */
+	bool kept_listening;
 	/* A WRITE that failed, and what the device does next: it resets by itself (a
 	 * module it refused: the core reports the error once it is back, so that the next
 	 * job finds it ready), or it refuses another transfer until it is reset (Gen 3 /

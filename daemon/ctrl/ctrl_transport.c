@@ -154,11 +154,13 @@ static enum device_mode mode_from_facts(const struct transport_run *r)
 }
 
 /*
- * Module info before Device OS 5.6.0 carries no hashes; the console's `s` does.
+ * Module info before Device OS 5.6.0 carries no hashes and only two of the
+ * checks (integrity, dependencies); the console's `s` has the hash and all four.
  * Where the registry holds the module list of this very boot (modules_known is
  * cleared when the device leaves), a module of the same function, index and
- * version keeps the hash read there, so that the plan judges "installed
- * identically" as it did over the console.
+ * version keeps the hash and the verdicts of the checks read there, so that the
+ * plan judges "installed identically" as it did over the console and
+ * `flashctl info` shows what the device said then.
  */
 static void keep_known_hashes(struct transport_run *r)
 {
@@ -167,11 +169,17 @@ static void keep_known_hashes(struct transport_run *r)
 		return;
 	for (unsigned i = 0; i < r->facts.n_modules; i++) {
 		struct installed_module *m = &r->facts.modules[i];
-		for (unsigned k = 0; !m->sha256[0] && k < known->n_modules; k++) {
+		for (unsigned k = 0; k < known->n_modules; k++) {
 			const struct installed_module *o = &known->modules[k];
-			if (o->function == m->function && o->index == m->index &&
-			    o->store == m->store && o->version == m->version && o->sha256[0])
+			if (o->function != m->function || o->index != m->index ||
+			    o->store != m->store || o->version != m->version)
+				continue;
+			if (!m->sha256[0] && o->sha256[0])
 				memcpy(m->sha256, o->sha256, sizeof(m->sha256));
+			uint16_t more = o->checked & (uint16_t)~m->checked;
+			m->checked |= more;
+			m->passed |= o->passed & more;
+			break;
 		}
 	}
 }

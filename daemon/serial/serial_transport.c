@@ -3,8 +3,9 @@
  * Device OS <= 5.x, over its listening-mode console and its YMODEM receiver.
  *
  *   READ    cdc_query: `v`, `i`, `s` (28800 baud first if the device was not
- *           listening; the device is given back as it was found); a device that
- *           stays silent has no console now (no_answer)
+ *           listening; the device is given back as it was found, or kept
+ *           listening with step->keep_listening); a device that stays silent has
+ *           no console now (no_answer)
  *   WRITE   one image: 28800 baud (mode_switch.h) unless the device listens
  *           already, `v` to see it does, then YMODEM; the step ends when the
  *           device took the file (it resets to apply it: the core waits)
@@ -379,25 +380,37 @@ static void on_query_done(void *ctx, const struct cdc_query_result *res, struct 
 		fail(r, &e);
 		return;
 	}
-	struct job_step_result out = {.facts = res->facts};
-	out.mode = res->was_listening			    ? DEVICE_MODE_LISTENING
-		   : cdc_query_facts_safe_mode(&res->facts) ? DEVICE_MODE_SAFE
-							    : DEVICE_MODE_NORMAL;
+	struct job_step_result out = {.facts = res->facts, .kept_listening = res->kept_listening};
+	out.mode = res->was_listening || res->kept_listening ? DEVICE_MODE_LISTENING
+		   : cdc_query_facts_safe_mode(&res->facts)  ? DEVICE_MODE_SAFE
+							     : DEVICE_MODE_NORMAL;
 	end_run(r, &out, NULL);
+}
+
+/* The query asks for listening mode now: the job says so (not before: a device
+ * that listens already is not switched). */
+static void on_query_asking(void *ctx)
+{
+	struct transport_run *r = ctx;
+	if (r->step.kind == JOB_STEP_READ && !r->step.probe)
+		job_set_state(r->job, JOB_SWITCHING_MODE);
 }
 
 static int start_query(struct transport_run *r, struct error *err)
 {
 	struct cdc_query_config cfg = {.identify = r->step.kind == JOB_STEP_READ,
-				       .relisten = r->step.kind == JOB_STEP_VERIFY};
+				       .relisten = r->step.kind == JOB_STEP_VERIFY,
+				       .keep_listening =
+					   r->step.kind == JOB_STEP_READ && r->step.keep_listening,
+				       .asking = on_query_asking};
 	const struct device_snapshot *dev = job_device(r->job);
 	if (!dev->tty[0])
 		return error_set(err, ERR_DEVICE_NOT_FOUND, "the device has no serial port now");
 	r->state = RUN_QUERY;
 	if (r->step.kind == JOB_STEP_VERIFY)
 		job_set_state(r->job, JOB_VERIFYING);
-	else
-		job_set_state(r->job, r->step.probe ? JOB_PREFLIGHT : JOB_SWITCHING_MODE);
+	else if (r->step.probe)
+		job_set_state(r->job, JOB_PREFLIGHT);
 	if (r->step.kind == JOB_STEP_VERIFY)
 		r->facts.modules_known = false;
 	r->query = cdc_query_start(r->base, dev->tty, &r->facts, &cfg, on_query_done, r, err);
@@ -428,8 +441,8 @@ static int start_write(struct transport_run *r, struct error *err)
 	if (open_port(r, err) < 0)
 		return -1;
 	r->state = RUN_PROBE;
-	job_set_state(r->job, JOB_SWITCHING_MODE);
 	if (job_device(r->job)->mode != DEVICE_MODE_LISTENING) {
+		job_set_state(r->job, JOB_SWITCHING_MODE);
 		/* not known to listen: ask for it first (28800,
 		 * docs/device/console.md#magic-baud-rates); the `v` that follows waits in the
 		 * device's buffer (docs/device/console.md#other-observations) */
