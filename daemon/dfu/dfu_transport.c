@@ -638,6 +638,8 @@ static void open_device(struct transport_run *r)
 	usb_dfu_attach(r->usb, r->dfuse);
 	dfuse_set_progress(r->dfuse, on_progress, r);
 	dfuse_set_notice(r->dfuse, on_notice, r);
+	/* udev's copy of the serial string the kernel read at enumeration: no request */
+	dfuse_set_serial(r->dfuse, r->dev.usb_serial);
 	r->facts = r->dev.facts;
 	if (!r->facts.platform)
 		r->facts.platform = platform_by_usb(desc.vid, desc.pid, NULL);
