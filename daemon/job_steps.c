@@ -70,6 +70,10 @@ struct job_steps {
 	 * same transport with no step before it starts from it (job_step.read) */
 	struct device_facts read_facts;
 	const struct transport_ops *read_ops;
+	/* what that READ kept open (job_step_result.keep), until the step that starts
+	 * from it takes it, or anything else happens first (drop_kept()) */
+	struct transport_keep *kept;
+	const struct transport_ops *kept_ops;
 	/* READ: every transport's reason it got no answer, in order ("serial: ...; ctrl: ...") */
 	char no_answer_why[sizeof(((struct error *)0)->message)];
 	/* the console's tty is held by another program (device-busy naming it): the job
@@ -114,8 +118,18 @@ static void arm(struct job_steps *s, unsigned ms)
 	evtimer_add(s->timer, &tv);
 }
 
+/* What the READ kept open goes back to its transport (nothing starts from it now). */
+static void drop_kept(struct job_steps *s)
+{
+	if (s->kept && s->kept_ops && s->kept_ops->keep_free)
+		s->kept_ops->keep_free(s->kept);
+	s->kept = NULL;
+	s->kept_ops = NULL;
+}
+
 static void stop_waits(struct job_steps *s)
 {
+	drop_kept(s);
 	evtimer_del(s->timer);
 	event_del(s->cont);
 	mode_switch_dfu_leave_free(s->leave);
@@ -215,6 +229,7 @@ static void step_why(struct job_steps *s, size_t i, char *buf, size_t size)
 static bool start_step(struct job_steps *s, const struct transport_ops *ops, enum phase phase,
 		       struct error *err)
 {
+	drop_kept(s); /* reuse_read() took it, or no step starts from it */
 	s->ops = ops;
 	s->phase = phase;
 	s->ended_step = false;
@@ -491,6 +506,7 @@ static void leave_dfu(struct job_steps *s, bool tty)
 	struct error err;
 	error_init(&err);
 	const struct device_snapshot *dev = job_device(s->job);
+	drop_kept(s); /* the leave opens and claims the device itself */
 	s->wait_tty = tty;
 	s->phase = PH_LEAVING;
 	s->leave = mode_switch_dfu_leave(job_event_base(s->job), dev->busnum, dev->devnum,
@@ -618,8 +634,14 @@ static void reuse_read(struct job_steps *s, const struct transport_ops *ops, siz
 	if (i == 0 && s->read_ops == ops) {
 		s->step.have_read = true;
 		s->step.read = s->read_facts;
+		if (s->kept_ops == ops) {
+			s->step.kept = s->kept; /* the run owns it now */
+			s->kept = NULL;
+			s->kept_ops = NULL;
+		}
 	}
 	s->read_ops = NULL; /* once: the device changes from here on */
+	drop_kept(s);
 }
 
 /* Adds a transport's reason it got no answer to the READ's list: every cause is kept,
@@ -982,6 +1004,10 @@ static void read_done(struct job_steps *s)
 		s->kept_from = cdc_query_facts_safe_mode(&s->res.facts) ? DEVICE_MODE_SAFE
 									: DEVICE_MODE_NORMAL;
 	}
+	drop_kept(s);
+	s->kept = s->res.keep;
+	s->kept_ops = s->res.keep ? s->ops : NULL;
+	s->res.keep = NULL;
 	if (is_probe(job)) {
 		end_job(s, JOB_RESULT_DONE, "probed", NULL);
 		return;
@@ -1329,6 +1355,8 @@ static void advance(struct job_steps *s)
 		return;
 	}
 	const struct plan_step *ps = &s->jp->plan.steps[s->next];
+	if (s->next != 0 || ps->kind != PLAN_STEP_WRITE)
+		drop_kept(s); /* only a first write starts from the READ */
 	job_plan_report_step(job, s->jp, s->next);
 	switch (ps->kind) {
 	case PLAN_STEP_SWITCH:
@@ -1451,9 +1479,18 @@ void job_steps_done(struct job *job, const struct job_step_result *res, struct e
 	if (err && error_is_set(err))
 		error_move(&s->err, err);
 	error_clear(err);
+	if (s->res.keep && s->ops && s->ops->keep_free)
+		s->ops->keep_free(s->res.keep); /* a READ's end the loop never took */
+	s->res.keep = NULL;
 	s->have_res = res != NULL;
 	if (res)
 		s->res = *res;
+	if (s->res.keep && (s->phase != PH_READ || error_is_set(&s->err))) {
+		/* only a READ that is done keeps anything for the next step */
+		if (s->ops && s->ops->keep_free)
+			s->ops->keep_free(s->res.keep);
+		s->res.keep = NULL;
+	}
 	s->ended_step = true;
 	event_active(s->cont, 0, 0);
 }
@@ -1518,6 +1555,9 @@ void job_steps_free(struct job_steps *s)
 	if (s->cont)
 		event_free(s->cont);
 	mode_switch_dfu_leave_free(s->leave);
+	drop_kept(s);
+	if (s->res.keep && s->ops && s->ops->keep_free)
+		s->ops->keep_free(s->res.keep); /* a READ's end the loop never took */
 	error_clear(&s->err);
 	error_clear(&s->failed);
 	error_clear(&s->held);

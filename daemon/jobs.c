@@ -1463,6 +1463,8 @@ void job_set_partial(struct job *job, const struct job_partial *p)
 void job_step_done(struct job *job, const struct job_step_result *res, struct error *err)
 {
 	if (job->ended) {
+		if (res && res->keep && job->ops && job->ops->keep_free)
+			job->ops->keep_free(res->keep); /* no step follows */
 		error_clear(err);
 		return;
 	}

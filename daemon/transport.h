@@ -101,7 +101,8 @@
 
 struct event_base;
 struct job;
-struct transport_run; /* defined by each transport */
+struct transport_run;  /* defined by each transport */
+struct transport_keep; /* defined by each transport: what a READ keeps open for the next step */
 struct preflight_rules;
 
 /* ---- devices as transports see them ------------------------------------ */
@@ -257,6 +258,10 @@ struct job_step {
 	 * reading the device again. */
 	bool have_read;
 	struct device_facts read;
+	/* WRITE, CHECK with have_read: what that READ kept open (job_step_result.keep),
+	 * NULL if nothing.  The run owns it from start() on, also when start() fails,
+	 * and releases it with its own keep_free() when it does not use it. */
+	struct transport_keep *kept;
 };
 
 /* What a step read (READ, VERIFY) or what a write could tell (WRITE). */
@@ -277,6 +282,12 @@ struct job_step_result {
 	 * P2 on Device OS 3.0-5.x after a broken YMODEM transfer: the core resets it,
 	 * 14400 baud then DFU leave, before it reports the error). */
 	bool resets, needs_reset;
+	/* READ, done: what the run keeps open for the step that starts from this READ
+	 * (the device opened and claimed, its state known: DFU), or NULL.  The core gives
+	 * it to that step (job_step.kept) or, when none follows (a plan with another
+	 * step first, a refusal, the job's end), returns it to ops->keep_free(); it is
+	 * never kept across a loop pass with no step running but the core's planning. */
+	struct transport_keep *keep;
 };
 
 /*
@@ -382,6 +393,9 @@ struct transport_ops {
 	 * failed, outcome "booted-invalid".  May add notes.
 	 */
 	int (*verdict)(struct job *job, const struct device_facts *now, struct error *err);
+	/* Optional (required by a transport whose READ sets job_step_result.keep):
+	 * releases what a READ kept open.  May not call any job_*() function. */
+	void (*keep_free)(struct transport_keep *keep);
 	/* WRITE makes checks only the device can answer (read from it in its mode)
 	 * before its first byte: a dry run runs them as a CHECK step. */
 	bool checks_on_device;

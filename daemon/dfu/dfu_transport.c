@@ -75,7 +75,31 @@ struct transport_run {
 	bool gone; /* udev reported the device gone during a USB operation */
 	unsigned open_retries;
 	struct device_snapshot dev;
+	struct transport_keep *kept; /* the READ's open device (step.kept), until adopted */
 };
+
+/*
+ * What a READ keeps open for the WRITE or CHECK that starts from it (transport.h
+ * job_step_result.keep): the device opened with its DFU interface claimed, and the
+ * dfuse that read it, in dfuIDLE with the memory map, the strings and the state it
+ * learnt.  The WRITE goes on from there instead of opening the device again and
+ * sending the open's string descriptors, SET_INTERFACE and GETSTATUS once more:
+ * nothing can have reached the device in between, as the interface stayed claimed.
+ */
+struct transport_keep {
+	struct usb_dfu_dev *usb;
+	struct dfuse *dfuse;
+	unsigned busnum, devnum;
+};
+
+static void dfu_keep_free(struct transport_keep *k)
+{
+	if (!k)
+		return;
+	usb_dfu_close(k->usb); /* detaches the dfuse first */
+	dfuse_free(k->dfuse);
+	free(k);
+}
 
 static void step(struct transport_run *r);
 
@@ -165,11 +189,22 @@ static void run_done(struct transport_run *r)
 {
 	r->state = RUN_FINISHED;
 	evtimer_del(r->timer);
-	usb_dfu_close(r->usb); /* detaches the dfuse first */
+	struct transport_keep *keep = NULL;
+	if (r->step.kind == JOB_STEP_READ && !r->step.probe && r->usb && r->dfuse && !r->gone &&
+	    !dfuse_upload_open(r->dfuse))
+		keep = malloc(sizeof(*keep));
+	if (keep) {
+		/* a plan follows: the WRITE (or CHECK) may go on from here */
+		dfuse_set_progress(r->dfuse, NULL, NULL);
+		dfuse_set_notice(r->dfuse, NULL, NULL);
+		*keep = (struct transport_keep){r->usb, r->dfuse, r->dev.busnum, r->dev.devnum};
+	} else {
+		usb_dfu_close(r->usb); /* detaches the dfuse first */
+		dfuse_free(r->dfuse);
+	}
 	r->usb = NULL;
-	dfuse_free(r->dfuse);
 	r->dfuse = NULL;
-	struct job_step_result res = {.facts = r->facts, .mode = DEVICE_MODE_DFU};
+	struct job_step_result res = {.facts = r->facts, .mode = DEVICE_MODE_DFU, .keep = keep};
 	if (r->step.kind == JOB_STEP_WRITE) {
 		res.mode = r->step.leave ? DEVICE_MODE_UNKNOWN : DEVICE_MODE_DFU;
 		res.read_back = r->verified;
@@ -548,11 +583,34 @@ static void on_notice(struct dfuse *s, const char *note, const char *message, vo
 	job_note(r->job, note, "%s", message);
 }
 
+/* Goes on with the device the READ kept open (step.kept) when it is this device still;
+ * false (and the keep released) when it is not. */
+static bool adopt_kept(struct transport_run *r)
+{
+	struct transport_keep *k = r->kept;
+	r->kept = NULL;
+	if (!k || !r->dev.present || k->busnum != r->dev.busnum || k->devnum != r->dev.devnum) {
+		dfu_keep_free(k);
+		return false;
+	}
+	r->usb = k->usb;
+	r->dfuse = k->dfuse;
+	free(k);
+	dfuse_set_progress(r->dfuse, on_progress, r);
+	dfuse_set_notice(r->dfuse, on_notice, r);
+	r->facts = r->dev.facts;
+	r->state = RUN_DFU_OPEN;
+	step(r); /* from the loop (the run's timer), as a dfuse_open() completion would */
+	return true;
+}
+
 static void open_device(struct transport_run *r)
 {
 	struct error err;
 	error_init(&err);
 	struct dfu_descriptors desc;
+	if (r->kept && adopt_kept(r))
+		return;
 	struct usb_loop *loop = usb_loop_daemon();
 	if (!loop) {
 		error_set(&err, ERR_INTERNAL,
@@ -582,6 +640,8 @@ static void open_device(struct transport_run *r)
 	usb_dfu_attach(r->usb, r->dfuse);
 	dfuse_set_progress(r->dfuse, on_progress, r);
 	dfuse_set_notice(r->dfuse, on_notice, r);
+	/* udev's copy of the serial string the kernel read at enumeration: no request */
+	dfuse_set_serial(r->dfuse, r->dev.usb_serial);
 	r->facts = r->dev.facts;
 	if (!r->facts.platform)
 		r->facts.platform = platform_by_usb(desc.vid, desc.pid, NULL);
@@ -623,24 +683,34 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(struct transport_run *, dfu_free)
 static struct transport_run *dfu_start(struct job *job, const struct job_step *step,
 				       struct error *err)
 {
+	struct transport_keep *kept = step->kept; /* ours from here on (transport.h) */
+	if (!step->have_read || step->kind == JOB_STEP_READ) {
+		dfu_keep_free(kept);
+		kept = NULL;
+	}
 	if (step->kind != JOB_STEP_READ && step->kind != JOB_STEP_WRITE &&
 	    step->kind != JOB_STEP_CHECK) {
 		error_set(err, ERR_INTERNAL, "the DFU transport has no %s step",
 			  job_step_kind_name(step->kind));
+		dfu_keep_free(kept);
 		return NULL;
 	}
 	if (job_device(job)->mode != DEVICE_MODE_DFU) {
 		error_set(err, ERR_NOT_FLASHABLE_HERE, "the device is not in DFU mode");
 		error_detail_str(err, "transport", "dfu");
+		dfu_keep_free(kept);
 		return NULL;
 	}
 	_cleanup_(dfu_freep) struct transport_run *r = calloc(1, sizeof(*r));
 	if (!r) {
+		dfu_keep_free(kept);
 		error_set(err, ERR_OUT_OF_MEMORY, NULL);
 		return NULL;
 	}
 	r->job = job;
 	r->step = *step;
+	r->step.kept = NULL;
+	r->kept = kept;
 	r->dev = *job_device(job);
 	r->timer = evtimer_new(job_event_base(job), on_timer, r);
 	if (!r->timer) {
@@ -702,6 +772,7 @@ static void dfu_free(struct transport_run *r)
 	dfu_readback_clear(&r->rb);
 	dfu_diff_free(r->diff);
 	free(r->verify_buf);
+	dfu_keep_free(r->kept);
 	free(r);
 }
 
@@ -764,5 +835,6 @@ const struct transport_ops dfu_transport = {
     .cancel = dfu_cancel,
     .device_event = dfu_device_event,
     .free = dfu_free,
+    .keep_free = dfu_keep_free,
     .timeouts = dfu_timeouts,
 };

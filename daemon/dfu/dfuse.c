@@ -59,6 +59,7 @@ struct dfuse {
 	dfuse_notice_fn notice;
 	void *notice_userdata;
 	bool cancel; /* stop the current op at its next request boundary */
+	char known_serial[DFUSE_STRING_MAX + 1]; /* dfuse_set_serial(), "" = read it */
 
 	/* Current operation. */
 	enum dfuse_op op;
@@ -1147,6 +1148,11 @@ void dfuse_device_gone(struct dfuse *s, struct error *err)
 	add_context(s, err);
 }
 
+void dfuse_set_serial(struct dfuse *s, const char *serial)
+{
+	snprintf(s->known_serial, sizeof(s->known_serial), "%s", serial ? serial : "");
+}
+
 void dfuse_set_progress(struct dfuse *s, dfuse_progress_fn fn, void *userdata)
 {
 	s->progress = fn;
@@ -1223,7 +1229,9 @@ int dfuse_open(struct dfuse *s, dfuse_done_fn done, void *userdata, struct error
 	memset(&s->info, 0, sizeof(s->info));
 	s->n_strings = 0;
 	s->string_i = 0;
-	if (s->desc.i_serial)
+	if (s->known_serial[0])
+		memcpy(s->info.serial, s->known_serial, sizeof(s->info.serial));
+	else if (s->desc.i_serial)
 		s->strings[s->n_strings++] = (struct string_req){STR_SERIAL, s->desc.i_serial, 0};
 	for (uint8_t a = 0; a < s->desc.n_alts; a++)
 		if (s->desc.alt_string[a])

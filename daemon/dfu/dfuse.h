@@ -171,6 +171,12 @@ void dfuse_free(struct dfuse *s);
 void dfuse_set_address_per_chunk(struct dfuse *s, bool on);
 bool dfuse_address_per_chunk(const struct dfuse *s);
 void dfuse_set_progress(struct dfuse *s, dfuse_progress_fn fn, void *userdata);
+/*
+ * The device's serial number string as the host read it when the device enumerated
+ * (the kernel reads iSerialNumber then and keeps it: sysfs "serial"): dfuse_open()
+ * takes it as info.serial instead of asking the device again.  NULL or "" = ask.
+ */
+void dfuse_set_serial(struct dfuse *s, const char *serial);
 void dfuse_set_notice(struct dfuse *s, dfuse_notice_fn fn, void *userdata);
 /*
  * Stops the running erase, download or upload before its next request (a chunk

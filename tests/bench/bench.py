@@ -624,10 +624,12 @@ def thread_cpu_s(pid):
     return main, other
 
 
-def bench_parallel(runs, sizes):
+def bench_parallel(runs, sizes, transports=("serial", "DFU")):
     app = fixture(SMALL_APP)
     single = {}
     for transport, mode in (("serial", "normal"), ("DFU", "dfu")):
+        if transport.lower() not in [t.lower() for t in transports]:
+            continue
         for n in sizes:
             ids = photon_ids(n)
             devs = ["platform=photon,mode=%s,os=1.5.0,name=p%d,id=%s" % (mode, i, ids[i])
@@ -805,6 +807,8 @@ def main():
     ap.add_argument("--runs", type=int)
     ap.add_argument("--rows", default="dfu,reflash,serial,refusal,parallel,idle,rss,inspect")
     ap.add_argument("--devices", default=None, help="device counts for the parallel rows")
+    ap.add_argument("--transports", default="serial,dfu",
+                    help="the parallel rows' transports, of serial,dfu (default: both)")
     ap.add_argument("--dfu-platforms", default=None,
                     help="the dfu rows' devices, of photon,argon,p2 (default: all three)")
     ap.add_argument("--idle", type=int)
@@ -844,7 +848,7 @@ def main():
         if "refusal" in rows:
             bench_refusal(runs, particle)
         if "parallel" in rows:
-            bench_parallel(runs, sizes)
+            bench_parallel(runs, sizes, a.transports.split(","))
         if "idle" in rows:
             bench_idle(idle)
         if "rss" in rows:

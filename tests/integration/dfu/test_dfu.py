@@ -1065,6 +1065,33 @@ def test_failure_mid_diff_reports_the_pages_written():
              part['next_boot']))
 
 
+
+def test_write_goes_on_with_the_device_its_read_opened():
+    # issue 18: a flash job in DFU mode reads the device (its open: the map and protection
+    # strings, SET_INTERFACE, GETSTATUS; the serial number is udev's copy, read by the
+    # kernel at enumeration; then the read-back) and its WRITE goes on with the device that
+    # READ kept open and claimed: no second open, no second round of strings, SET_INTERFACE
+    # and GETSTATUS before the first erase.  A dry run's CHECK does the same.
+    specs = ['platform=photon,mode=dfu,os=2.2.0,name=p1', 'platform=photon,mode=dfu,os=2.2.0,name=p2']
+    idmap = ids(specs)
+    app = fixture('photon/tinker-0.4.5-photon.bin')
+    res, doc, work, log = run(specs, flash_steps([(app, idmap['p1'], ())]) +
+                              [{'flashctl': ['--json', 'flash', '--dry-run', app, '--device', idmap['p2']]}])
+    expect_done(res[0], log, 'verified')
+    check(res[1]['rc'] == 0, 'dry run: %s %s\n%s' % (res[1]['out'], res[1]['err'], log[-3000:]))
+    n = device(doc, 'p1')['received']['dfu_requests_to_write']
+    # 3 strings (alt 0, alt 1, 0xFA), SET_INTERFACE, GETSTATUS; SET_ADDRESS and its two
+    # GETSTATUS, ABORT, the UPLOADs of the prefixes and of the small user part, ABORT; the
+    # ERASE: 16 (22 with a second open)
+    check(0 < n <= 16, 'control requests from plug-in to the first erase: %d\n%s' % (n, log[-3000:]))
+    dry = device(doc, 'p2')['received']
+    check(dry['dfu_bytes'] == 0 and dry['dfu_requests'] <= n - 1,
+          'the dry run sent %d control requests, wrote %d bytes'
+          % (dry['dfu_requests'], dry['dfu_bytes']))
+    print('# %d control requests from plug-in to the first erase; the dry run: %d'
+          % (n, dry['dfu_requests']))
+
+
 TESTS = {n[5:]: f for n, f in list(globals().items()) if n.startswith('test_')}
 if TEST not in TESTS:
     print('unknown test; known: ' + ' '.join(TESTS))

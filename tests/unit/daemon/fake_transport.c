@@ -23,6 +23,7 @@ static struct transport_run *start_as(const struct transport_ops *ops, struct jo
 	fake.starts++;
 	fake.last_started_by = ops->name;
 	fake.last_kind = step->kind;
+	fake.last_kept = step->kept; /* the fake's runs own nothing: the test checks it */
 	if (fake.start_fails) {
 		error_set(err, ERR_PERMISSION_DENIED, "fake: cannot open");
 		return NULL;
@@ -93,6 +94,12 @@ static void fake_free(struct transport_run *r)
 	free(r);
 }
 
+static void fake_keep_free(struct transport_keep *k)
+{
+	if (k)
+		fake.keep_frees++;
+}
+
 static const struct timeout_def fake_timeouts[] = {
     {"fake_step_ms", 1000, "a fake step"},
     {"serial_reenumerate_ms", 1000, "the core's wait for a reboot after a serial write"},
@@ -106,6 +113,7 @@ const struct transport_ops fake_serial = {
     .cancel = fake_cancel,
     .device_event = fake_device_event,
     .free = fake_free,
+    .keep_free = fake_keep_free,
     .timeouts = fake_timeouts,
 };
 

@@ -36,6 +36,13 @@ struct fake_state {
 	enum fake_cancel cancel_mode;
 	const char *last_started_by; /* the transport's name */
 	enum job_step_kind last_kind;
+	struct transport_keep *last_kept; /* the step's kept (what a READ kept open) */
+	int keep_frees;			  /* keep_free() calls with something to free */
+};
+
+/* What a fake READ keeps open for the next step (transport.h job_step_result.keep). */
+struct transport_keep {
+	int id;
 };
 
 extern struct fake_state fake;

@@ -995,6 +995,62 @@ static void test_core_refuses_before_any_write(void **state)
 	fx_free(fx);
 }
 
+/* What a READ keeps open (job_step_result.keep) goes to the WRITE that starts from that
+ * READ (job_step.kept), and back to the transport's keep_free() when no step starts from
+ * it: a refused plan, a READ that failed. */
+static void test_read_keep_goes_to_the_write_or_back_to_the_transport(void **state)
+{
+	(void)state;
+	struct transport_keep first = {1}, second = {2}, third = {3};
+	for (int round = 0; round < 3; round++) {
+		struct fx *fx = fx_new(only_serial);
+		fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
+		fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
+		struct job_request jr;
+		struct error err;
+		memset(&jr, 0, sizeof(jr));
+		error_init(&err);
+		jr.target = WIRE_TARGET_DEVICE;
+		snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
+		jr.device = registry_find_key(fx->reg, PHOTON_ID);
+		jr.images[0] = photon_app(fx, 8192);
+		snprintf(jr.names[0], sizeof(jr.names[0]), "app.bin");
+		jr.n_images = 1;
+		jr.uid = 1000;
+		struct job *job = jobs_create(fx->jobs, &jr, &err);
+		assert_non_null(job);
+		jobs_submit(fx->jobs, job);
+		spin(fx);
+		assert_int_equal(fake.last_kind, JOB_STEP_READ);
+		assert_null(fake.last_kept);
+		struct job_step_result res = photon_facts(0);
+		if (round == 0) {
+			res.keep = &first;
+			job_step_done(job, &res, NULL);
+			spin(fx);
+			/* the WRITE starts from the READ: it gets what the READ kept */
+			assert_int_equal(fake.last_kind, JOB_STEP_WRITE);
+			assert_ptr_equal(fake.last_kept, &first);
+			assert_int_equal(fake.keep_frees, 0);
+		} else if (round == 1) {
+			res.keep = &second;
+			res.facts.platform = platform_by_id(10); /* refused: no step follows */
+			job_step_done(job, &res, NULL);
+			spin(fx);
+			assert_string_equal(ended_code(fx, job), "wrong-platform");
+			assert_int_equal(fake.keep_frees, 1);
+		} else {
+			res.keep = &third;
+			error_set(&err, ERR_TRANSFER_FAILED, "fake: the read failed");
+			job_step_done(job, &res, &err);
+			spin(fx);
+			assert_string_equal(ended_code(fx, job), "transfer-failed");
+			assert_int_equal(fake.keep_frees, 1);
+		}
+		fx_free(fx);
+	}
+}
+
 static void test_run_follows_its_device_across_reenumeration(void **state)
 {
 	(void)state;
@@ -1203,6 +1259,7 @@ int main(void)
 	    cmocka_unit_test(test_core_runs_read_plan_write_reboot_verify),
 	    cmocka_unit_test(test_verify_without_the_whole_module_list_is_not_verified_not_missing),
 	    cmocka_unit_test(test_core_refuses_before_any_write),
+	    cmocka_unit_test(test_read_keep_goes_to_the_write_or_back_to_the_transport),
 	    cmocka_unit_test(test_cancel_while_the_core_waits_for_the_reboot),
 	    cmocka_unit_test(test_run_follows_its_device_across_reenumeration),
 	    cmocka_unit_test(test_device_gone_mid_job_waits_and_resumes_when_it_is_back),
