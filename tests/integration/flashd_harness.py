@@ -18,6 +18,12 @@ import time
 FIXTURES = os.environ.get("FLASHD_FIXTURES", "")
 BUILD = os.environ.get("FLASHD_BUILD_ROOT", "")
 
+# How long the harness waits for things that a correct run always gets (flashd's socket,
+# the simulator's control socket, the devices listed): never the bound of a test, only a
+# stop for a broken run.  Generous, because CI runs the suite under ASan or valgrind on
+# two cores shared with other work; the meson timeout bounds the whole test anyway.
+SETUP_WAIT_S = 90
+
 
 MISSING_HINT = ("neither ../shared/fixtures nor the fetched set has it;"
                 " scripts/fetch-fixtures fetches what it can from the npm registry")
@@ -184,7 +190,7 @@ class Daemon:
             os.unlink(self.socket)
         self.proc = subprocess.Popen(self.args, stdout=self.logf, stderr=self.logf,
                                      env=self.env)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + SETUP_WAIT_S
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("flashd did not start:\n" + self.log_text())
@@ -332,7 +338,7 @@ class SimControl:
 
     def __call__(self, **cmd):
         if self.f is None:
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + SETUP_WAIT_S
             while True:
                 s = socket.socket(socket.AF_UNIX)
                 try:
@@ -393,7 +399,7 @@ class Testbed:
         p = self.flashctl("--json", "list")
         return json.loads(p.stdout.splitlines()[0])["devices"] if p.returncode == 0 else []
 
-    def wait_devices(self, timeout=20):
+    def wait_devices(self, timeout=SETUP_WAIT_S):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if len([d for d in self.listing() if d["present"]]) >= self.plan["n_devices"]:

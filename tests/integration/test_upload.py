@@ -20,7 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flashd_harness import Daemon, Tap  # noqa: E402
 
 CHUNK = 65536
-IDLE_MS = 800
+# Long enough that a chunk sent a moment after the last one is always in time, even on a
+# loaded machine; the test waits for the abandonment itself (the daemon's log), not a time.
+IDLE_MS = 3000
 # A small per-uid byte budget, so that freeing is observable.
 CONFIG = """[timeouts]
 upload_idle_ms = %d
@@ -56,6 +58,28 @@ def send_all(c, upload, data):
 
 def code(msg):
     return msg.get("code") if msg else None
+
+
+def begin_when_freed(c, data, name, timeout=30.0):
+    """upload-begin, asked again while the answer is too-many-uploads: the daemon frees a
+    closed connection's uploads when its loop sees the hang-up, which a loaded machine
+    delays.  A refused begin changes nothing, so asking again is a wait, not a retry."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = begin(c, data, name=name)
+        if code(r) != "too-many-uploads" or time.monotonic() > deadline:
+            return r
+        time.sleep(0.05)
+
+
+def wait_log(d, text, timeout=30.0):
+    """Waits until the daemon's log holds text; returns whether it did."""
+    deadline = time.monotonic() + timeout
+    while text not in d.log_text():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def reason(msg):
@@ -191,11 +215,10 @@ def main():
                   and rb[4]["detail"].get("kind") == "uid" and rb[4]["detail"].get("limit") == 12, rb[4])
         a.close()
         b.close()
-        time.sleep(0.3)  # the daemon reaps the connections, and their uploads
 
         c = d.client()
         big = bytes(600 * 1024)
-        r1 = begin(c, big, name="first.bin")
+        r1 = begin_when_freed(c, big, "first.bin")  # the daemon reaps the closed connections
         r2 = begin(c, big, name="second.bin")
         tap.check("uploads that would hold more than the uid's bytes: too-many-uploads (uid-bytes)",
                   r1.get("type") == "reply" and code(r2) == "too-many-uploads"
@@ -204,10 +227,13 @@ def main():
 
         # Abandoned: no chunk for upload_idle_ms -> freed, and its bytes count no more.
         chunk(c, r1["upload"], 0, big[:CHUNK])
-        time.sleep(IDLE_MS / 1000 / 2)
+        time.sleep(0.3)
+        t_last = time.monotonic()  # the daemon restarts the idle timer after this
         r = chunk(c, r1["upload"], CHUNK, big[CHUNK:2 * CHUNK])
         tap.check("a chunk within the idle time keeps the upload", r.get("type") == "reply", r)
-        time.sleep(IDLE_MS / 1000 * 1.8)
+        freed = wait_log(d, "upload %s (first.bin" % r1["upload"], timeout=IDLE_MS / 1000 + 30)
+        tap.check("the daemon frees it (and logs it) no earlier than upload_idle_ms after the last chunk",
+                  freed and time.monotonic() - t_last >= IDLE_MS / 1000 * 0.99, d.log_text()[-2000:])
         r = chunk(c, r1["upload"], 2 * CHUNK, big[2 * CHUNK:3 * CHUNK])
         tap.check("an abandoned upload is freed after upload_idle_ms: upload-not-found",
                   code(r) == "upload-not-found" and r["detail"].get("idle_timeout_ms") == IDLE_MS, r)
@@ -259,8 +285,7 @@ def main():
                   and r2["detail"].get("kind") == "memory" and r2["detail"].get("limit") == 100000,
                   [r1, r2])
         a.close()
-        time.sleep(0.3)
-        r3 = begin(b, bytes(60000))
+        r3 = begin_when_freed(b, bytes(60000), "app.bin")
         tap.check("... and a closed connection's upload no longer counts", r3.get("type") == "reply", r3)
         b.close()
     finally:

@@ -11,7 +11,8 @@ listening mode; the attacker is uid 65534 in the socket's group (or not).
   - FIFO, symlink, foreign-owned and live-pid lock files: the port is flashed
     in bounded time
   - a firmware fd whose reads stall (a FUSE file that never answers) leaves
-    other clients served within 50 ms, and ends in file-unreadable
+    other clients served (median within 50 ms, none waiting for the read), and
+    ends in file-unreadable
 
 Runs itself inside flashd-sim (outside -> --inside).  Needs root (other uids,
 mount(2) for the FUSE file); without it: SKIP.
@@ -311,16 +312,22 @@ def stalled_file(tap, flashd, fc):
         rid = a.send({"request": "flash", "images": [{"name": "stalled.bin", "fd": 0}],
                       "options": {"wait": 1}}, fds=[fd])
         os.close(fd)
-        worst, n = 0.0, 0
+        waits, n = [], 0
         while time.monotonic() - t0 < 1.2:
             t = time.monotonic()
             r = b.call({"request": "list-devices"}, timeout=5)
-            worst = max(worst, time.monotonic() - t)
+            waits.append(time.monotonic() - t)
             n += 1 if r and r.get("type") == "reply" else 0
             time.sleep(0.02)
-        tap.check("while one client's file stalls, another is served within 50 ms "
-                  "(%d requests, worst %.1f ms)" % (n, worst * 1000), n > 10 and worst < 0.05,
-                  worst)
+        # A loop blocked by the read would hold every request until the read's 1500 ms
+        # deadline.  The median shows the usual service time; the worst is only bounded
+        # by half the deadline, because on a loaded machine any one request can wait for
+        # the CPU for a tenth of a second (ASan, two cores: 102 ms seen).
+        median, worst = sorted(waits)[len(waits) // 2], max(waits)
+        tap.check("while one client's file stalls, another is served: median within 50 ms, "
+                  "none waits for the read (%d requests, median %.1f ms, worst %.1f ms)"
+                  % (n, median * 1000, worst * 1000),
+                  n > 10 and median < 0.05 and worst < 0.75, waits)
         r = a.read(10)
         took = time.monotonic() - t0
         tap.check("the stalled file ends in file-unreadable after the deadline (%.2f s), "

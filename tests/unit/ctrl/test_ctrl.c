@@ -446,8 +446,10 @@ static void busy_then_ok_and_pending_polls(void **state)
 	assert_int_equal(f->inits, 4);
 	assert_int_equal(o.res.busy_retries, 3);
 	assert_int_equal(f->checks, 5);
-	/* polls 5, 10, 20 ms after BUSY; 5, 10, 20, 40 ms while PENDING: well under 0.5 s */
-	assert_true(took < 0.5);
+	/* polls 5, 10, 20 ms after BUSY; 5, 10, 20, 40 ms while PENDING: about 0.1 s.  The
+	 * bound is the request's own 2 s, which an engine that waited for it instead of
+	 * polling would reach; a loaded machine (ASan, valgrind) adds tenths, not seconds. */
+	assert_true(took < 1.5);
 	fake_free(f);
 }
 
@@ -467,9 +469,12 @@ static void busy_for_ever_is_device_busy(void **state)
 	assert_string_equal(detail(&o.err, "request"), "get-device-id");
 	assert_string_equal(detail(&o.err, "service_status"), "busy");
 	assert_int_equal(json_integer_value(json_object_get(o.err.detail, "waited_ms")), 300);
-	assert_true(json_integer_value(json_object_get(o.err.detail, "busy_replies")) > 3);
+	/* INIT again 5, 10, 20, 40 ms ... after each BUSY: more than one in 300 ms however
+	 * late the timers fire on a loaded machine */
+	assert_true(json_integer_value(json_object_get(o.err.detail, "busy_replies")) > 1);
 	assert_non_null(strstr(o.err.message, "get-device-id"));
-	assert_true(took >= 0.29 && took < 1.0);
+	/* the request's 300 ms, not the 10 s default (late timers under load add tenths) */
+	assert_true(took >= 0.29 && took < 5.0);
 	assert_int_equal(f->resets, 0); /* no id: nothing to reset */
 	error_clear(&o.err);
 	fake_free(f);
@@ -529,10 +534,13 @@ static void silent_device_times_out_and_resets(void **state)
 	run_op(f, CTRL_OP_MODULE_INFO, &o);
 	double took = now_s() - t0;
 	assert_int_equal(o.err.code, ERR_TIMED_OUT);
-	assert_true(took >= 0.29 && took < 1.0);
+	/* the request's 300 ms, not the 10 s default (late timers under load add tenths) */
+	assert_true(took >= 0.29 && took < 5.0);
 	assert_int_equal(f->resets, 1);
-	/* 5, 10, 20, 40 then every 50 ms for 300 ms: 9 or 10 CHECKs */
-	assert_in_range(f->checks, 7, 11);
+	/* 5, 10, 20, 40 then every 50 ms for 300 ms: 9 or 10 CHECKs on time.  Never more
+	 * (no CHECK before its interval); fewer when the timers fire late: 6 under ASan
+	 * on a loaded machine.  More than one shows the polling goes on. */
+	assert_in_range(f->checks, 2, 11);
 	error_clear(&o.err);
 	fake_free(f);
 }
@@ -600,7 +608,7 @@ static void unplug_mid_update_is_device_gone(void **state)
 	double took = run(f, &o);
 	assert_int_equal(o.err.code, ERR_DEVICE_GONE);
 	assert_string_equal(detail(&o.err, "request"), "firmware-update-data");
-	assert_true(took < 1.0);
+	assert_true(took < 5.0); /* at once, not after the request's 10 s */
 	assert_int_equal(f->cancels_fw, 0);
 	assert_int_equal(f->firmware_len, 2000);
 	error_clear(&o.err);
