@@ -48,6 +48,7 @@ struct af_slot {
 	bool job_is_probe;
 	char rule[RULE_ID_MAX];
 	double job_ended_mono; /* its last job's end, for auto_settle_ms */
+	double seen_mono;      /* when this presence was first seen, for auto_tty_wait_ms */
 	bool removed_early;    /* removed within auto_settle_ms of that end */
 	char last_result[16], last_outcome[32], last_error[64], last_job[40],
 	    last_rule[RULE_ID_MAX];
@@ -79,6 +80,8 @@ struct autoflash {
 	struct history *history;
 	struct af_slot *slots;
 	struct event *kick;
+	struct event *retry; /* decide again when the first device's tty wait runs out */
+	double retry_at;     /* mono time it is armed for, 0 = not armed */
 	struct hook_run *hooks;
 	double since;
 	unsigned long long flashed, failed, skipped;
@@ -89,6 +92,8 @@ struct autoflash {
 static const struct timeout_def auto_timeouts[] = {
     {"auto_settle_ms", 3000,
      "a device re-enumerating this soon after its auto-flash job ended is the same plug-in"},
+    {"auto_tty_wait_ms", 3000,
+     "a CDC device's tty appears after its USB device: auto-flash waits this long for it"},
     {0},
 };
 
@@ -205,6 +210,31 @@ static struct job *submit(struct autoflash *af, struct device *dev, struct rule 
 	return job;
 }
 
+/* A job started before a CDC device's tty exists is read and planned without its
+ * console: the same board would be flashed over serial or DFU depending on who wins
+ * the race with cdc-acm.  So wait for the tty, as a --wait job does, for a while:
+ * a device whose tty never comes (no cdc-acm) is decided without it. */
+static bool waits_for_tty(struct autoflash *af, struct af_slot *s, const struct device *dev)
+{
+	if (registry_device_ready(dev))
+		return false;
+	double now = mono_s(), wait = timeout_ms("auto_tty_wait_ms") / 1000.0;
+	if (s->seen_mono <= 0)
+		s->seen_mono = now;
+	double left = s->seen_mono + wait - now;
+	if (left <= 0)
+		return false;
+	if (!af->retry_at || af->retry_at > now + left) {
+		/* one timer for every waiting device: armed for the first to run out (the
+		 * registry's device-changed with the tty usually comes long before) */
+		struct timeval tv = {(time_t)left,
+				     (suseconds_t)((left - (time_t)left) * 1e6) + 1000};
+		evtimer_add(af->retry, &tv);
+		af->retry_at = now + left;
+	}
+	return true;
+}
+
 static void decide(struct autoflash *af, struct device *dev)
 {
 	char what[512];
@@ -216,7 +246,7 @@ static void decide(struct autoflash *af, struct device *dev)
 	bool servable = false;
 	for (size_t i = 0; af->transports[i] && !servable; i++)
 		servable = af->transports[i]->can_serve && af->transports[i]->can_serve(&dev->s);
-	if (!servable)
+	if (!servable || waits_for_tty(af, s, dev))
 		return;
 	/* The candidates of the highest priority. */
 	struct rule *best[8];
@@ -332,6 +362,8 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct autoflash *af = arg;
+	evtimer_del(af->retry); /* the devices still waiting arm it again */
+	af->retry_at = 0;
 	for (struct device *d = registry_first(af->reg); d; d = d->next)
 		if (d->s.present)
 			decide(af, d);
@@ -350,6 +382,7 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 
 static void forget_decision(struct af_slot *s)
 {
+	s->seen_mono = 0;
 	s->decided = false;
 	s->probed = false;
 	s->removed_early = false;
@@ -813,6 +846,7 @@ struct autoflash *autoflash_new(struct event_base *base, struct registry *reg, s
 	af->transports = transports;
 	af->since = now_s();
 	af->kick = event_new(base, -1, 0, kick_cb, af);
+	af->retry = evtimer_new(base, kick_cb, af);
 	autoflash_register_timeouts();
 	return af;
 }
@@ -839,5 +873,6 @@ void autoflash_free(struct autoflash *af)
 		free(s);
 	}
 	event_free(af->kick);
+	event_free(af->retry);
 	free(af);
 }

@@ -266,6 +266,36 @@ static void test_priorities(void **state)
 	fx_free(fx);
 }
 
+#define PHOTON_CDC 0xc006
+
+/* A CDC device's tty comes a moment after its USB device: auto-flash waits for it
+ * (else the same board goes by serial or by DFU depending on who wins the race),
+ * and a tty that never comes does not hold the device back beyond auto_tty_wait_ms. */
+static void test_waits_for_the_tty_of_a_cdc_device(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new("[rule]\nid = up\nplatform = photon\nimage = @\n");
+	timeouts_set("auto_tty_wait_ms", 200);
+	fake_plug(fx->reg, P1, "1-1", PHOTON_CDC);
+	spin(fx);
+	assert_int_equal(fake.starts, 0); /* no tty yet */
+	fake_plug_tty(fx->reg, P1, "1-1");
+	spin(fx);
+	assert_int_equal(fake.n, 1);
+	finish_all(fx);
+
+	fake_plug(fx->reg, P2, "1-2", PHOTON_CDC); /* its tty never comes */
+	spin(fx);
+	assert_int_equal(fake.n, 0);
+	event_base_loop(fx->base, EVLOOP_ONCE); /* the wait runs out */
+	spin(fx);
+	assert_int_equal(fake.n, 1);
+	assert_string_equal(job_device(fake.runs[0]->job)->key, P2);
+	finish_all(fx);
+	timeouts_set("auto_tty_wait_ms", 3000);
+	fx_free(fx);
+}
+
 static void test_already_installed(void **state)
 {
 	(void)state;
@@ -345,9 +375,12 @@ static void test_unplugged_mid_job(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_max_jobs_no_rule_once), cmocka_unit_test(test_priorities),
-	    cmocka_unit_test(test_already_installed),	  cmocka_unit_test(test_always_write),
+	    cmocka_unit_test(test_max_jobs_no_rule_once),
+	    cmocka_unit_test(test_priorities),
+	    cmocka_unit_test(test_already_installed),
+	    cmocka_unit_test(test_always_write),
 	    cmocka_unit_test(test_unplugged_mid_job),
+	    cmocka_unit_test(test_waits_for_the_tty_of_a_cdc_device),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
