@@ -919,10 +919,52 @@ def particle_cli_343():
 # particle-cli's `flash --local` ends with the firmware-update request's reply, after
 # which Device OS resets by itself to apply the update (flash-helper.js's flashFiles()
 # resets only after a DFU step).  The final state.json must show the device booted.
+#
+# With --done-line TEXT: particle-cli 3.43.1 bundles node-usb 2.18, which about once
+# in 200 runs under load either crashes after the flash while it tears down
+# (Interface.refresh() reads configDescriptor of a device that is gone: "TypeError:
+# ... reading 'interfaces'") or never exits (a device it closed keeps its libusb
+# callback channel, so node's loop stays alive).  Both come after the tool printed
+# TEXT, i.e. after it has done its work: the run then counts by what the device holds
+# (the test's checks of state.json), and the note says what particle-cli did.  A
+# failure before TEXT, or any other failure after it, is still the tool's.
 THEN_WAIT_IDLE = r'''
-import json, socket, subprocess, sys
-rc = subprocess.call(sys.argv[2:])
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile('rw')
+import json, os, signal, socket, subprocess, sys, threading
+sock, args = sys.argv[1], sys.argv[2:]
+done = None
+if args[0] == '--done-line':
+    done, args = args[1], args[2:]
+GRACE_S = 30
+prog = os.path.basename(next(a for a in args if a != 'env' and '=' not in a))
+p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                     errors='replace', start_new_session=True)
+seen, after, hung = threading.Event(), [], []
+def watchdog():
+    if seen.wait() and p.poll() is None:
+        try:
+            p.wait(GRACE_S)
+        except subprocess.TimeoutExpired:
+            hung.append(1)
+            os.killpg(p.pid, signal.SIGKILL)
+threading.Thread(target=watchdog, daemon=True).start()
+for line in p.stdout:
+    sys.stdout.write(line); sys.stdout.flush()
+    if seen.is_set():
+        after.append(line)
+    elif done and done in line:
+        seen.set()
+rc = p.wait()
+seen.set()
+NODE_USB_CRASH = "TypeError: Cannot read properties of undefined (reading 'interfaces')"
+if hung:
+    print('note: %s printed %r, then did not exit within %d s (node-usb 2.18: a closed '
+          'device keeps its callback channel): killed; judged by the device' % (prog, done, GRACE_S), flush=True)
+    rc = 0
+elif rc and any(NODE_USB_CRASH in l for l in after) and any('node_modules/usb/' in l for l in after):
+    print('note: %s printed %r, then crashed in node-usb 2.18 while closing the device '
+          '(exit %d); judged by the device' % (prog, done, rc), flush=True)
+    rc = 0
+s = socket.socket(socket.AF_UNIX); s.connect(sock); f = s.makefile('rw')
 f.write(json.dumps({'cmd': 'wait-idle'}) + '\n'); f.flush()
 r = json.loads(f.readline() or '{}')
 if not r.get('ok'):
@@ -932,10 +974,12 @@ sys.exit(rc)
 '''
 
 
-def run_sim_then_idle(devices, command):
-    """run_sim() with COMMAND followed by the simulator's wait-idle (THEN_WAIT_IDLE)."""
+def run_sim_then_idle(devices, command, done_line=None):
+    """run_sim() with COMMAND followed by the simulator's wait-idle (THEN_WAIT_IDLE);
+    done_line: the tool's last line of a finished job (see THEN_WAIT_IDLE)."""
     sock = os.path.join(work, 'ctl.sock')
-    return run_sim(devices, [sys.executable, '-c', THEN_WAIT_IDLE, sock] + command,
+    pre = ['--done-line', done_line] if done_line else []
+    return run_sim(devices, [sys.executable, '-c', THEN_WAIT_IDLE, sock] + pre + command,
                    extra=['--control', sock])
 
 
@@ -960,7 +1004,8 @@ def test_particle_cli_343_flash_local_is_byte_identical():
     path = fixture('p2/tinker-5.0.0-p2.bin')
     start, function, platform, data = prefix(path)
     rc, out, doc = run_sim_then_idle(['platform=p2,mode=normal,os=6.2.0,name=d1'],
-                                     particle_cli_343() + ['flash', '--local', path, '--no-update-check'])
+                                     particle_cli_343() + ['flash', '--local', path, '--no-update-check'],
+                                     done_line='Flash success!')
     check(rc == 0 and 'Flash success!' in out, 'particle flash --local failed (exit %d):\n%s' % (rc, out))
     dev = doc['devices'][0]
     base_, mem = dump(doc, dev)
@@ -983,7 +1028,8 @@ def test_particle_cli_343_flash_local_bundle_fills_the_asset_store():
                         restamp_p2(app, [('logo.png', logo), ('sound.raw', sound)])),
                        ('assets/logo.png', logo), ('assets/sound.raw', sound)])
     rc, out, doc = run_sim_then_idle(['platform=p2,mode=normal,os=6.2.0,name=d1'],
-                                     particle_cli_343() + ['flash', '--local', bundle, '--no-update-check'])
+                                     particle_cli_343() + ['flash', '--local', bundle, '--no-update-check'],
+                                     done_line='Flash success!')
     check(rc == 0 and 'Flash success!' in out, 'particle flash --local failed (exit %d):\n%s' % (rc, out))
     dev = doc['devices'][0]
     store = {a['name']: (a['data_sha256'], a['sha256'], a['size']) for a in dev.get('assets', [])}
