@@ -22,6 +22,7 @@ enum dfuse_step {
 	STEP_IDLE,
 	STEP_SET_ALT,	     /* standard SET_INTERFACE sent */
 	STEP_RECOVER_STATUS, /* GETSTATUS to learn where the device stands */
+	STEP_RECOVER_WAIT,   /* it is busy with an earlier host's command: bwPollTimeout */
 	STEP_RECOVER_CLEAR,  /* CLRSTATUS (device was in dfuERROR) */
 	STEP_RECOVER_ABORT,  /* ABORT (device was in a *-IDLE / *-SYNC state) */
 	STEP_READ_STRING,    /* GET_DESCRIPTOR(string) */
@@ -665,6 +666,7 @@ static void next(struct dfuse *s)
 		return;
 	}
 	if (!s->recovered) {
+		s->polls = 0;
 		send_getstatus(s, STEP_RECOVER_STATUS);
 		return;
 	}
@@ -725,8 +727,24 @@ static bool address_fallback(struct dfuse *s)
 
 /* GETSTATUS after SET_INTERFACE: dfu-util's open sequence
  * (docs/device/dfuse.md#dfu-util-sequence). */
-static void on_recover_status(struct dfuse *s)
+static void on_recover_status(struct dfuse *s, unsigned poll_ms)
 {
+	if (s->last_state == DFU_STATE_DNBUSY) {
+		/* Still finishing a command of a host that went away (a flash killed during
+		 * an erase): not a state to clear, wait bwPollTimeout and ask again. */
+		if (++s->polls > DFUSE_MAX_POLLS) {
+			fail_msg(s, ERR_TIMED_OUT, NULL,
+				 "the device stayed busy (dfuDNBUSY) for %u status polls on open",
+				 DFUSE_MAX_POLLS);
+			return;
+		}
+		if (poll_ms > DFUSE_POLL_MAX_MS)
+			poll_ms = DFUSE_POLL_MAX_MS;
+		struct timeval tv = {poll_ms / 1000, (poll_ms % 1000) * 1000};
+		s->step = STEP_RECOVER_WAIT;
+		evtimer_add(s->timer, &tv);
+		return;
+	}
 	if (++s->recovery_rounds > DFUSE_RECOVERY_MAX) {
 		fail_msg(s, ERR_TRANSFER_FAILED, "device does not return to dfuIDLE",
 			 "the device stays in %s after %d recovery attempts",
@@ -1008,7 +1026,7 @@ void dfuse_transfer_done(struct dfuse *s, int usb_status, const uint8_t *in, siz
 				 "the device sent a malformed status");
 			return;
 		}
-		on_recover_status(s);
+		on_recover_status(s, poll_ms);
 		break;
 	case STEP_RECOVER_CLEAR:
 	case STEP_RECOVER_ABORT:
@@ -1075,6 +1093,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	switch (s->step) {
 	case STEP_POLL_WAIT:
 		send_getstatus(s, STEP_POLL);
+		break;
+	case STEP_RECOVER_WAIT:
+		send_getstatus(s, STEP_RECOVER_STATUS);
 		break;
 	default:
 		break;

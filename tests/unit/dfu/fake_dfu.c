@@ -167,6 +167,15 @@ static void on_getstatus(struct fake_dfu *f)
 		f->state = DFU_STATE_MANIFEST_WAIT_RESET;
 		return;
 	}
+	if (f->busy_polls) {
+		b[1] = f->poll_ms & 0xff;
+		b[2] = (f->poll_ms >> 8) & 0xff;
+		b[4] = DFU_STATE_DNBUSY;
+		complete(f, 0, b, 6, 0);
+		if (--f->busy_polls == 0)
+			f->state = DFU_STATE_DNLOAD_IDLE;
+		return;
+	}
 	if (f->state == DFU_STATE_DNLOAD_SYNC && f->pending) {
 		b[1] = f->poll_ms & 0xff;
 		b[2] = (f->poll_ms >> 8) & 0xff;

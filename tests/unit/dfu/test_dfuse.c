@@ -178,6 +178,21 @@ static void test_open_aborts_a_device_left_in_dnload_idle(void **state)
 	rig_free(r);
 }
 
+/* A flash killed mid-erase leaves the device finishing that erase: on open it says
+ * dfuDNBUSY, which is waited out (bwPollTimeout), not a failure. */
+static void test_open_waits_out_a_device_busy_with_a_dead_hosts_erase(void **state)
+{
+	(void)state;
+	struct rig *r = rig_new(3);
+	r->fake->busy_polls = 3;
+	r->fake->poll_ms = 5;
+	rig_open(r);
+	assert_int_equal(fake_dfu_count(r->fake, DFU_GETSTATUS, -1) >= 4, 1);
+	assert_int_equal(fake_dfu_count(r->fake, DFU_ABORT, -1), 1);
+	assert_int_equal(r->fake->state, DFU_STATE_IDLE);
+	rig_free(r);
+}
+
 static void test_malformed_map_string_fails_open(void **state)
 {
 	(void)state;
@@ -689,6 +704,7 @@ int main(void)
 	    cmocka_unit_test(test_protection_string_and_all_b_map_mean_protected),
 	    cmocka_unit_test(test_open_recovers_from_dfu_error_with_clrstatus),
 	    cmocka_unit_test(test_open_aborts_a_device_left_in_dnload_idle),
+	    cmocka_unit_test(test_open_waits_out_a_device_busy_with_a_dead_hosts_erase),
 	    cmocka_unit_test(test_malformed_map_string_fails_open),
 	    cmocka_unit_test(test_download_sets_address_once_and_advances_block_numbers),
 	    cmocka_unit_test(test_address_per_chunk_fallback_resends_set_address),
