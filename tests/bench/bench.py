@@ -856,7 +856,7 @@ def main():
         if "inspect" in rows:
             bench_inspect(runs, particle)
         row("auto-flash latency (udev add -> first byte)",
-            "not measured: flashd has no auto-flash yet", None, None, "")
+            "in its own benchmark: meson test -C build --benchmark auto-plug", None, None, "")
         if "reflash" in rows:
             bench_reflash(runs)
     finally:
