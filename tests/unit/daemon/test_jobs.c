@@ -768,15 +768,9 @@ static const char *note_message(struct fx *fx, const char *note)
 	return "";
 }
 
-/* The core runs the whole plan: READ, the plan, WRITE with exactly the job's file, the
- * wait for the reboot (the device leaves and comes back), VERIFY, the verdict.  The
- * transport only executes the steps it is given. */
-static void test_core_runs_read_plan_write_reboot_verify(void **state)
+/* A job for the Photon PHOTON_ID with one 8 KiB application, "app.bin", submitted. */
+static struct job *submit_photon_app(struct fx *fx)
 {
-	(void)state;
-	struct fx *fx = fx_new(only_serial);
-	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
-	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
 	struct job_request jr;
 	struct error err;
 	memset(&jr, 0, sizeof(jr));
@@ -791,6 +785,19 @@ static void test_core_runs_read_plan_write_reboot_verify(void **state)
 	struct job *job = jobs_create(fx->jobs, &jr, &err);
 	assert_non_null(job);
 	jobs_submit(fx->jobs, job);
+	return job;
+}
+
+/* The core runs the whole plan: READ, the plan, WRITE with exactly the job's file, the
+ * wait for the reboot (the device leaves and comes back), VERIFY, the verdict.  The
+ * transport only executes the steps it is given. */
+static void test_core_runs_read_plan_write_reboot_verify(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(only_serial);
+	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
+	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
+	struct job *job = submit_photon_app(fx);
 	spin(fx);
 	/* READ */
 	assert_int_equal(fake.starts, 1);
@@ -840,20 +847,7 @@ static void test_verify_without_the_whole_module_list_is_not_verified_not_missin
 	struct fx *fx = fx_new(only_serial);
 	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
 	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
-	struct job_request jr;
-	struct error err;
-	memset(&jr, 0, sizeof(jr));
-	error_init(&err);
-	jr.target = WIRE_TARGET_DEVICE;
-	snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
-	jr.device = registry_find_key(fx->reg, PHOTON_ID);
-	jr.images[0] = photon_app(fx, 8192);
-	snprintf(jr.names[0], sizeof(jr.names[0]), "app.bin");
-	jr.n_images = 1;
-	jr.uid = 1000;
-	struct job *job = jobs_create(fx->jobs, &jr, &err);
-	assert_non_null(job);
-	jobs_submit(fx->jobs, job);
+	struct job *job = submit_photon_app(fx);
 	spin(fx);
 	struct job_step_result res = photon_facts(0);
 	job_step_done(job, &res, NULL);
@@ -887,20 +881,7 @@ static void test_cancel_while_the_core_waits_for_the_reboot(void **state)
 	struct fx *fx = fx_new(only_serial);
 	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
 	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
-	struct job_request jr;
-	struct error err;
-	memset(&jr, 0, sizeof(jr));
-	error_init(&err);
-	jr.target = WIRE_TARGET_DEVICE;
-	snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
-	jr.device = registry_find_key(fx->reg, PHOTON_ID);
-	jr.images[0] = photon_app(fx, 8192);
-	snprintf(jr.names[0], sizeof(jr.names[0]), "app.bin");
-	jr.n_images = 1;
-	jr.uid = 1000;
-	struct job *job = jobs_create(fx->jobs, &jr, &err);
-	assert_non_null(job);
-	jobs_submit(fx->jobs, job);
+	struct job *job = submit_photon_app(fx);
 	spin(fx);
 	struct job_step_result res = photon_facts(0);
 	job_step_done(job, &res, NULL);
@@ -932,20 +913,7 @@ static void test_read_back_without_the_devices_report_is_not_verified(void **sta
 	struct fx *fx = fx_new(only_serial);
 	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
 	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
-	struct job_request jr;
-	struct error err;
-	memset(&jr, 0, sizeof(jr));
-	error_init(&err);
-	jr.target = WIRE_TARGET_DEVICE;
-	snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
-	jr.device = registry_find_key(fx->reg, PHOTON_ID);
-	jr.images[0] = photon_app(fx, 8192);
-	snprintf(jr.names[0], sizeof(jr.names[0]), "app.bin");
-	jr.n_images = 1;
-	jr.uid = 1000;
-	struct job *job = jobs_create(fx->jobs, &jr, &err);
-	assert_non_null(job);
-	jobs_submit(fx->jobs, job);
+	struct job *job = submit_photon_app(fx);
 	spin(fx);
 	struct job_step_result res = photon_facts(0);
 	job_step_done(job, &res, NULL);
@@ -971,20 +939,7 @@ static void test_core_refuses_before_any_write(void **state)
 	struct fx *fx = fx_new(only_serial);
 	fake_plug(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC);
 	fake_plug_tty(fx->reg, PHOTON_ID, "1-1");
-	struct job_request jr;
-	struct error err;
-	memset(&jr, 0, sizeof(jr));
-	error_init(&err);
-	jr.target = WIRE_TARGET_DEVICE;
-	snprintf(jr.target_value, sizeof(jr.target_value), "%s", PHOTON_ID);
-	jr.device = registry_find_key(fx->reg, PHOTON_ID);
-	jr.images[0] = photon_app(fx, 8192);
-	snprintf(jr.names[0], sizeof(jr.names[0]), "app.bin");
-	jr.n_images = 1;
-	jr.uid = 1000;
-	struct job *job = jobs_create(fx->jobs, &jr, &err);
-	assert_non_null(job);
-	jobs_submit(fx->jobs, job);
+	struct job *job = submit_photon_app(fx);
 	spin(fx);
 	struct job_step_result res = photon_facts(0);
 	res.facts.platform = platform_by_id(10); /* an Electron: the Photon app is refused */
