@@ -86,6 +86,7 @@ struct job_steps {
 	bool kept_listening;
 	enum device_mode kept_from;
 	bool ctrl_first; /* the READ running is ctrl_first()'s */
+	bool ctrl_peek;	 /* ... and only for the mode of a device not known yet */
 };
 
 static void advance(struct job_steps *s);
@@ -593,23 +594,55 @@ void job_steps_device_event(struct job *job, enum device_event ev,
  * read or verify) on a Device OS that takes control requests is read by them
  * first, in the mode it is in: the plan (and a refusal) comes before any mode
  * switch, and the plan's switch to listening mode, if it writes over serial, is
- * the start-listening request, once.  A device not known yet is read over the
- * console (its first `v` says whether it listens); a probe reads what it always
- * read.
+ * the start-listening request, once.
+ *
+ * A CDC device whose mode is not known yet (just plugged in: listening and running
+ * look the same on USB) is asked by control requests first too, when its Device OS
+ * may take them, but only for its mode (ctrl_peek): they answer in either mode at
+ * once (GetDeviceMode), where the console tells a running device only by its
+ * silence to `v` (serial_probe_ms, 2 s).  The console then reads it if it has one
+ * (its `s` carries the module hashes that the requests do not), starting at 28800
+ * baud when it runs.  A probe reads what it always read.
  */
 static const struct transport_ops *ctrl_first(struct job_steps *s,
 					      const struct device_snapshot *dev)
 {
 	const struct transport_ops *ctrl = job_transport(s->job, "ctrl");
+	s->ctrl_peek = false;
 	if (!ctrl || is_probe(s->job) || (s->no_answer & transport_bit(s->job, ctrl)) ||
-	    dev->mode != DEVICE_MODE_NORMAL || !dev->busnum || !dev->devnum)
+	    !dev->busnum || !dev->devnum)
 		return NULL;
 	uint16_t v = capability_version(dev->facts.os_version, dev->facts.system_version);
-	if (!v || !capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, false))
+	if (dev->mode == DEVICE_MODE_UNKNOWN && dev->tty[0] &&
+	    capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, true)) {
+		s->ctrl_peek = true;
+		return ctrl;
+	}
+	if (dev->mode != DEVICE_MODE_NORMAL || !v ||
+	    !capability_has(CAPABILITY_CONTROL_REQUESTS, dev->facts.platform, v, false))
 		return NULL;
 	return ctrl;
 }
 
+/* After ctrl_peek's READ: the console reads the device when it has one and its tty
+ * is there.  Its mode is known now, so the console's READ does not probe a running
+ * device first.  Returns true when that READ goes on. */
+static bool read_after_peek(struct job_steps *s, const struct job_step_result *res)
+{
+	struct job *job = s->job;
+	const struct device_snapshot *dev = job_device(job);
+	const struct transport_ops *serial = job_transport(job, "serial");
+	uint16_t v = capability_version(res->facts.os_version, res->facts.system_version);
+	if (!s->ctrl_peek || !serial || !dev->tty[0] || res->mode == DEVICE_MODE_UNKNOWN ||
+	    !capability_has(CAPABILITY_LISTENING_CONSOLE, res->facts.platform, v, true))
+		return false;
+	job_log(job, LOG_DEBUG, "control requests say %s mode: the console reads it",
+		device_mode_name(res->mode));
+	job_set_device_mode(job, res->mode);
+	s->no_answer |= transport_bit(job, s->ops);
+	read_next(s);
+	return true;
+}
 static const struct transport_ops *reader(struct job_steps *s)
 {
 	const struct device_snapshot *dev = job_device(s->job);
@@ -994,6 +1027,8 @@ static void read_done(struct job_steps *s)
 		fail(s, &e);
 		return;
 	}
+	if (read_after_peek(s, &s->res))
+		return;
 	job_update_facts(job, &s->res.facts);
 	if (s->res.mode != DEVICE_MODE_UNKNOWN)
 		job_set_device_mode(job, s->res.mode);

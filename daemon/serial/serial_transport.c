@@ -406,6 +406,10 @@ static int start_query(struct transport_run *r, struct error *err)
 	const struct device_snapshot *dev = job_device(r->job);
 	if (!dev->tty[0])
 		return error_set(err, ERR_DEVICE_NOT_FOUND, "the device has no serial port now");
+	/* known to run its firmware (the core asked its mode by control request, or
+	 * an earlier verify saw it): no `v` first, whose silence would cost
+	 * serial_probe_ms; a device that listens after all answers the `v` after 28800 */
+	cfg.skip_first_probe = r->step.kind == JOB_STEP_READ && dev->mode == DEVICE_MODE_NORMAL;
 	r->state = RUN_QUERY;
 	if (r->step.kind == JOB_STEP_VERIFY)
 		job_set_state(r->job, JOB_VERIFYING);
