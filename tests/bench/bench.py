@@ -26,6 +26,7 @@ import math
 import os
 import platform as pyplatform
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -655,6 +656,13 @@ def bench_parallel(runs, sizes, transports=("serial", "DFU")):
             tw = stats([max(r.get("to_write_requests") or [0]) for r in res])
             if transport == "DFU" and tw:
                 note += "; control requests per device before its first erase: %d" % tw["median"]
+            per_req = stats([r["sim_threads"][1] / r["requests"] * 1e6 for r in res
+                             if r.get("sim_threads") and r.get("requests")])
+            if transport == "DFU" and per_req:
+                # grows with N if the emulator's cost per request does (its one thread
+                # polls every client's socket each time it wakes)
+                note += "; usbfs emulation CPU per control request %.0f us (%d requests)" % (
+                    per_req["median"], statistics.median(r["requests"] for r in res))
             if n > 1 and spread:
                 note += "; jobs ended over %.2f s" % spread["median"]
             if failed:
@@ -664,6 +672,44 @@ def bench_parallel(runs, sizes, transports=("serial", "DFU")):
                 wall, None, thr, note, flashd_cpu=cpu, flashctl_cpu=clients,
                 sim_main_cpu=sim_main, sim_usbfs_cpu=sim_usb, end_spread=spread, raw=res,
                 hwm_kb=max(r["hwm_kb"] or 0 for r in res), failed=failed)
+            if transport == "DFU" and shutil.which("dfu-util"):
+                dfu_util_parallel(runs, n, devs, ids, app, single)
+
+
+def dfu_util_parallel(runs, n, devs, ids, app, single):
+    """The same N Photons in DFU mode written by N dfu-util 0.11 processes at once (one per
+    device, chosen by its serial number), as a script would: the emulator's ceiling for a
+    tool that reads nothing back, waits for no reboot and verifies nothing.  Its own
+    fraction of N x its single run, to set beside flashd's."""
+    # each one's output in a file of the work directory ($TMPDIR; /dev/null inside the
+    # testbed is not the host's), shown for the ones that fail.  Started together, some
+    # fail libusb_init() under umockdev (LIBUSB_ERROR_OTHER, before any device is
+    # touched): those are started again at once, and counted.
+    one = ('(while dfu-util -d 2b04:d006 -S %s -a 0 -s 0x080a0000:leave -D %s '
+           '>"$TMPDIR/dfu-util.%d.log" 2>&1; [ $? -ne 0 ] && grep -q "unable to initialize '
+           'libusb" "$TMPDIR/dfu-util.%d.log"; do echo x >>"$TMPDIR/retries"; done; '
+           'grep -q "File downloaded successfully" "$TMPDIR/dfu-util.%d.log") & p%d=$!; ')
+    cmd = "".join(one % (ids[i], shlex.quote(app), i, i, i, i) for i in range(n))
+    cmd += "fail=0; " + "".join('wait $p%d || { fail=1; echo "dfu-util %d:"; tail -n 4 '
+                                '"$TMPDIR/dfu-util.%d.log"; }; ' % (i, i, i) for i in range(n))
+    cmd += 'echo "retries: $(cat "$TMPDIR/retries" 2>/dev/null | wc -l)"; exit $fail'
+    res = [cmd_run(devs, ["sh", "-c", cmd]) for _ in range(runs)]
+    ok = [r for r in res if not r["rc"]]
+    wall = stats([r["elapsed"] for r in ok])
+    if not wall:
+        row("%d Photons at once, dfu-util 0.11 x %d" % (n, n), "failed: %s" % res[0]["out"][-200:])
+        return
+    if n == 1:
+        single["dfu-util"] = wall
+    thr = n * single["dfu-util"]["median"] / wall["median"] if "dfu-util" in single else None
+    retries = sum(int(r["out"].rsplit("retries: ", 1)[-1].split()[0] or 0)
+                  for r in res if "retries: " in r["out"])
+    row("%d Photon%s at once over DFU, dfu-util 0.11 x %d (%s), wall" % (
+        n, "s" if n > 1 else "", n, os.path.basename(app)), wall, None, thr,
+        "throughput %.2f x (N x its single), %.2f of N; exits at leave (no reboot, no verify)%s"
+        % (thr or 0, (thr or 0) / n,
+           "; %d libusb_init() failures restarted in %d runs" % (retries, len(res))
+           if retries else ""), raw=res)
 
 
 def bench_idle(seconds):
