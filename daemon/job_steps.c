@@ -14,6 +14,7 @@
 #include "jobs.h"
 #include "mode_switch.h"
 #include "plan.h"
+#include "port.h"
 #include "preflight.h"
 
 #include <event2/event.h>
@@ -202,11 +203,17 @@ static void give_back(struct job_steps *s)
 	const struct device_snapshot *dev = job_device(s->job);
 	struct error err;
 	error_init(&err);
-	if (!dev->present || !dev->tty[0] ||
-	    cdc_query_give_back(dev->tty, getenv("FLASHD_LOCK_DIR"), &err) < 0) {
-		job_log(s->job, LOG_WARNING, "could not give the device back to its firmware: %s",
-			error_is_set(&err) ? err.message : "no serial port");
+	if (!dev->present)
+		return; /* gone: it boots its firmware when it comes back */
+	if (!dev->tty[0] || cdc_query_give_back(dev->tty, getenv("FLASHD_LOCK_DIR"), &err) < 0) {
+		/* said in the job's record, not only the log: the device does not run its
+		 * firmware until it is reset or sent `x` */
+		job_note(s->job, "left-listening",
+			 "the device stays in listening mode: sending it `x` failed (%s); reset it "
+			 "or send `x` on its serial port to give it back to its firmware",
+			 error_is_set(&err) ? err.message : "no serial port now");
 		error_clear(&err);
+		job_set_device_mode(s->job, DEVICE_MODE_LISTENING);
 		return;
 	}
 	job_set_device_mode(s->job, s->kept_from);
@@ -865,6 +872,30 @@ static void dry_run_checks(struct job_steps *s, const struct device_facts *facts
 		fail(s, &err);
 }
 
+/*
+ * A device read by control requests first (it runs) whose console's tty another
+ * program holds:
+ * the plan is made without the console, as when the serial READ found it held
+ * (read_around_held_tty()), instead of a serial write that would fail device-busy.
+ */
+static void check_tty_held(struct job_steps *s, const struct device_facts *f)
+{
+	struct job *job = s->job;
+	const struct device_snapshot *dev = job_device(job);
+	const struct transport_ops *serial = job_transport(job, "serial");
+	uint16_t v = capability_version(f->os_version, f->system_version);
+	struct error e;
+	error_init(&e);
+	if (s->tty_held || !s->ctrl_first || !serial || !dev->tty[0] ||
+	    !capability_has(CAPABILITY_LISTENING_CONSOLE, f->platform, v, true) ||
+	    serial_port_check_free(dev->tty, getenv("FLASHD_LOCK_DIR"), &e) == 0)
+		return;
+	s->tty_held = true;
+	error_move(&s->held, &e);
+	s->no_answer |= transport_bit(job, serial);
+	job_note(job, "tty-held", "%s: using USB control requests", s->held.message);
+}
+
 static void make_plan(struct job_steps *s, const struct job_step_result *res)
 {
 	struct error err;
@@ -882,6 +913,7 @@ static void make_plan(struct job_steps *s, const struct job_step_result *res)
 	job_set_state(job, JOB_PREFLIGHT);
 	const char *label = dev->tty[0] ? dev->tty : dev->usb_devnode;
 	int rc;
+	check_tty_held(s, &res->facts);
 	if (s->tty_held) {
 		/* a plan without the console: neither YMODEM nor the magic bauds */
 		struct device_facts *f = malloc(sizeof(*f));

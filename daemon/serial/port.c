@@ -214,6 +214,14 @@ static int fail_busy(const char *path, const char *lock_dir, pid_t pid, struct e
 	return -1;
 }
 
+int serial_port_check_free(const char *path, const char *lock_dir, struct error *err)
+{
+	pid_t pid = serial_port_holder(path, lock_dir ? lock_dir : SERIAL_LOCK_DIR, NULL, 0);
+	if (!pid || pid == getpid())
+		return 0;
+	return fail_busy(path, lock_dir ? lock_dir : SERIAL_LOCK_DIR, pid, err);
+}
+
 /*
  * HDB lock file: create exclusively; a file that is there and not believable
  * (stale pid, not a regular file, foreign owner: lock_file_pid) is replaced, or

@@ -41,5 +41,10 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(struct serial_port *, serial_port_close)
 /* Who holds a port: pid from the lock file or /proc/locks, 0 if unknown.
  * comm gets /proc/PID/comm. */
 pid_t serial_port_holder(const char *path, const char *lock_dir, char *comm, size_t comm_size);
+/* Without opening the port (which raises DTR on the device): 0 when no other
+ * process holds it by lock file or flock, else -1 with the device-busy error
+ * serial_port_open() would give (holder, holder_pid, port). */
+WARN_UNUSED_RESULT int serial_port_check_free(const char *path, const char *lock_dir,
+					      struct error *err);
 /* The hint for a holder: ModemManager, a serial monitor, or generic. */
 const char *serial_port_holder_hint(const char *comm);

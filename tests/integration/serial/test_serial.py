@@ -317,6 +317,30 @@ def test_held_port_of_a_running_p2_is_flashed_by_control_requests():
     print('# %s with the tty held: %s' % (end.get('outcome'), held[0]))
 
 
+def test_held_port_of_a_known_running_p2_is_flashed_by_control_requests():
+    # The same P2, but flashd knows it runs (a probe first), so the flash job reads it by
+    # control requests and never opens its tty: the plan is still made without the
+    # console (the holder is found from the lock), not a serial write that would end
+    # device-busy.
+    app = 'p2/tinker-5.0.0-p2.bin'
+    devs = [spec('p2', '5.9.0', 'p2', mode='normal')]
+    steps = [{'info': IDS['p2']},
+             {'hold': {'device': IDS['p2'], 'comm': 'minicom', 'flock': True}},
+             flash(IDS['p2'], fixture(app)),
+             {'release': True}]
+    res, doc, log = run(devs, steps)
+    check(res[0]['rc'] == 0, 'probe: %s' % res[0])
+    minicom, tty = res[1]['pid'], res[1]['tty']
+    end = expect_done(res[2], log)
+    held = [l.get('message', '') for l in res[2]['lines'] if l.get('note') == 'tty-held']
+    want = '%s is held by minicom (pid %d): using USB control requests' % (tty, minicom)
+    check(held == [want], 'notes %s, want %r' % (held, want))
+    dev = device(doc, 'p2')
+    check(dev['received']['ymodem_bytes'] == 0 and dev['received'].get('dfu_bytes', 0) > 0,
+          'received %s' % dev['received'])
+    print('# %s with the tty held, known running: %s' % (end.get('outcome'), held[0]))
+
+
 def test_refusal_gives_a_running_device_back_to_its_application():
     # A running Photon flashd does not know yet is read over its console (28800) and
     # kept listening for the serial write the plan would make; the plan refuses the
@@ -548,7 +572,8 @@ GROUPS = {
                'modemmanager_probe_as_listening_starts_is_recovered',
                'modemmanager_probe_cut_mid_line_is_closed_with_cr',
                'held_port_is_device_busy_naming_the_holder',
-               'held_port_of_a_running_p2_is_flashed_by_control_requests'],
+               'held_port_of_a_running_p2_is_flashed_by_control_requests',
+               'held_port_of_a_known_running_p2_is_flashed_by_control_requests'],
 }
 GROUPS['parallel'] = ['parallel_jobs_lose_no_console_byte_to_the_application']
 GROUPS['verdicts'] = [n for n in TESTS if n not in GROUPS['faults'] + GROUPS['parallel']]
