@@ -1,9 +1,12 @@
 /*
  * The job state machine (daemon/jobs.c) and the step driver (job_steps.c)
  * against a fake transport: every transition, cancel in each state, a READ
- * passed on to the next transport, a device that never appears, and the
+ * passed on to the next transport, the control-request peek at a CDC device
+ * not known yet, the hand-back of a console the READ left listening (a pty
+ * stands for the tty), a device that never appears, and the
  * exactly-one-job-ended rule.
  */
+#include "asset_module.h"
 #include "fake_transport.h"
 #include "jobs.h"
 #include "platform.h"
@@ -1135,27 +1138,57 @@ static void test_peek_failing_device_busy_fails_the_job(void **state)
 /* ---- the console a serial READ left listening, and its hand-back (`x`) ------------- */
 
 /* The fake device's tty is a pty: what flashd writes to it (cdc_query_give_back()) is
- * read on the master side. */
+ * read on the master side.  The tests that use it get it as their state (set up and
+ * torn down by cmocka, also when they fail). */
 struct console {
 	int master, slave;
 	char path[64];
 	char lock_dir[256];
 };
 
-static void console_open(struct console *c)
+static int console_setup(void **state)
 {
+	struct console *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -1;
+	*state = c;
+	c->slave = -1;
 	c->master = posix_openpt(O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
-	assert_true(c->master >= 0);
-	assert_int_equal(grantpt(c->master), 0);
-	assert_int_equal(unlockpt(c->master), 0);
+	if (c->master < 0 || grantpt(c->master) < 0 || unlockpt(c->master) < 0)
+		return -1;
 	snprintf(c->path, sizeof(c->path), "%s", ptsname(c->master));
 	/* the test holds the slave open too: flashd's close does not hang the pty up */
 	c->slave = open(c->path, O_RDWR | O_NOCTTY | O_CLOEXEC);
-	assert_true(c->slave >= 0);
 	const char *tmp = getenv("TMPDIR");
 	snprintf(c->lock_dir, sizeof(c->lock_dir), "%s/test-jobs-lock.XXXXXX", tmp ? tmp : "/tmp");
-	assert_non_null(mkdtemp(c->lock_dir));
+	if (c->slave < 0 || !mkdtemp(c->lock_dir))
+		return -1;
 	setenv("FLASHD_LOCK_DIR", c->lock_dir, 1);
+	return 0;
+}
+
+static int console_teardown(void **state)
+{
+	struct console *c = *state;
+	if (!c)
+		return 0;
+	unsetenv("FLASHD_LOCK_DIR");
+	int rc = 0;
+	if (c->lock_dir[0]) {
+		/* flashd removes its lock file when it closes the port */
+		char lock[sizeof(c->lock_dir) + sizeof(c->path) + 8];
+		const char *base = strrchr(c->path, '/');
+		snprintf(lock, sizeof(lock), "%s/LCK..%s", c->lock_dir, base ? base + 1 : c->path);
+		rc = unlink(lock) == 0 ? -1 : 0;
+		if (rmdir(c->lock_dir) < 0)
+			rc = -1;
+	}
+	if (c->slave >= 0)
+		close(c->slave);
+	if (c->master >= 0)
+		close(c->master);
+	free(c);
+	return rc;
 }
 
 /* What flashd wrote to the console since the last call. */
@@ -1167,25 +1200,15 @@ static const char *console_take(struct console *c)
 	return buf;
 }
 
-static void console_close(struct console *c)
-{
-	close(c->slave);
-	close(c->master);
-	unsetenv("FLASHD_LOCK_DIR");
-	assert_int_equal(rmdir(c->lock_dir), 0); /* flashd removed its lock file */
-}
-
 /* The serial READ left the device listening for the serial write (kept_listening), but
  * none follows: a refusal, nothing to write.  The core gives it back to its firmware
  * with one `x`, once, and the device's mode is normal again. */
 static void test_kept_listening_is_given_back_once_when_no_serial_step_follows(void **state)
 {
-	(void)state;
+	struct console *con = *state;
 	for (int round = 0; round < 2; round++) {
-		struct console con;
-		console_open(&con);
 		struct fx *fx = fx_new(only_serial);
-		fake_plug_cdc(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC, con.path);
+		fake_plug_cdc(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC, con->path);
 		struct job *job = submit_photon_app(fx);
 		spin(fx);
 		assert_string_equal(fake.last_started_by, "serial");
@@ -1203,11 +1226,10 @@ static void test_kept_listening_is_given_back_once_when_no_serial_step_follows(v
 		if (round == 1)
 			assert_string_equal(ended_outcome(fx, job), "already-installed");
 		assert_int_equal(fake.starts, 1);
-		assert_string_equal(console_take(&con), "x");
+		assert_string_equal(console_take(con), "x");
 		assert_int_equal(registry_find_key(fx->reg, PHOTON_ID)->s.mode, DEVICE_MODE_NORMAL);
 		fx_free(fx);
-		assert_string_equal(console_take(&con), ""); /* not again at the daemon's stop */
-		console_close(&con);
+		assert_string_equal(console_take(con), ""); /* not again at the daemon's stop */
 	}
 }
 
@@ -1215,11 +1237,9 @@ static void test_kept_listening_is_given_back_once_when_no_serial_step_follows(v
  * before the write, nor after it. */
 static void test_kept_listening_is_not_given_back_before_a_serial_write(void **state)
 {
-	(void)state;
-	struct console con;
-	console_open(&con);
+	struct console *con = *state;
 	struct fx *fx = fx_new(only_serial);
-	fake_plug_cdc(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC, con.path);
+	fake_plug_cdc(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC, con->path);
 	struct job *job = submit_photon_app(fx);
 	spin(fx);
 	struct job_step_result res = photon_facts(0);
@@ -1228,7 +1248,7 @@ static void test_kept_listening_is_not_given_back_before_a_serial_write(void **s
 	spin(fx);
 	assert_int_equal(fake.last_kind, JOB_STEP_WRITE);
 	assert_string_equal(fake.last_started_by, "serial");
-	assert_string_equal(console_take(&con), "");
+	assert_string_equal(console_take(con), "");
 	assert_int_equal(registry_find_key(fx->reg, PHOTON_ID)->s.mode, DEVICE_MODE_LISTENING);
 	memset(&res, 0, sizeof(res));
 	job_step_done(job, &res, NULL); /* written: the device reboots */
@@ -1236,9 +1256,67 @@ static void test_kept_listening_is_not_given_back_before_a_serial_write(void **s
 	jobs_cancel(fx->jobs, job, 1000);
 	spin(fx);
 	assert_string_equal(ended_result(fx, job), "done");
-	assert_string_equal(console_take(&con), "");
+	assert_string_equal(console_take(con), "");
 	fx_free(fx);
-	console_close(&con);
+}
+
+/* The whole READ of a P2 on Device OS 5.9.0 just plugged in, for a job with one asset
+ * (written by the firmware-update request, in normal mode): the ctrl peek, the console's
+ * READ from 28800 (it leaves the device listening), then the plan, whose first write is
+ * over ctrl: the device goes back to its firmware once, before that write. */
+static void test_kept_listening_is_given_back_once_before_a_ctrl_write(void **state)
+{
+	struct console *con = *state;
+	struct fx *fx = fx_new(serial_and_ctrl);
+	fake_plug_cdc(fx->reg, ARGON_ID, "1-2", 0xc020, con->path);
+	uint8_t *m;
+	size_t len;
+	struct error err;
+	error_init(&err);
+	assert_int_equal(
+	    asset_module_build("logo.png", (const uint8_t *)"a logo", 6, &m, &len, &err), 0);
+	struct job_request jr;
+	memset(&jr, 0, sizeof(jr));
+	jr.target = WIRE_TARGET_DEVICE;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", ARGON_ID);
+	jr.device = registry_find_key(fx->reg, ARGON_ID);
+	assert_int_equal(
+	    image_cache_load_buffer(fx->images, m, len, "logo.png", &jr.images[0], &err), 0);
+	snprintf(jr.names[0], sizeof(jr.names[0]), "logo.png");
+	jr.n_images = 1;
+	jr.uid = 1000;
+	struct job *job = jobs_create(fx->jobs, &jr, &err);
+	assert_non_null(job);
+	jobs_submit(fx->jobs, job);
+	spin(fx);
+	assert_string_equal(fake.last_started_by, "ctrl"); /* the peek */
+	struct job_step_result res = running(32, "5.9.0");
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_string_equal(fake.last_started_by, "serial");
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	assert_int_equal(fake.last_mode, DEVICE_MODE_NORMAL);
+	assert_true(fake.last_keep_listening);
+	res = running(32, "5.9.0");
+	res.mode = DEVICE_MODE_LISTENING;
+	res.kept_listening = true;
+	res.facts.system_version = 5900;
+	res.facts.modules_known = true;
+	struct installed_module sys = {.function = MODULE_FUNCTION_SYSTEM,
+				       .index = 1,
+				       .version = 5900,
+				       .checked = 0x0f,
+				       .passed = 0x0f};
+	res.facts.modules[res.facts.n_modules++] = sys;
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_int_equal(count_events(fx, job, "job-plan"), 1);
+	assert_string_equal(fake.last_started_by, "ctrl");
+	assert_int_equal(fake.last_kind, JOB_STEP_WRITE);
+	assert_string_equal(console_take(con), "x");
+	assert_int_equal(registry_find_key(fx->reg, ARGON_ID)->s.mode, DEVICE_MODE_NORMAL);
+	fx_free(fx); /* the daemon stops during the write: the device is left as it is */
+	assert_string_equal(console_take(con), "");
 }
 
 static void test_run_follows_its_device_across_reenumeration(void **state)
@@ -1454,8 +1532,15 @@ int main(void)
 	    cmocka_unit_test(test_peek_by_ctrl_plans_a_device_on_6x_from_that_read),
 	    cmocka_unit_test(test_peek_without_answer_goes_to_the_console_quietly),
 	    cmocka_unit_test(test_peek_failing_device_busy_fails_the_job),
-	    cmocka_unit_test(test_kept_listening_is_given_back_once_when_no_serial_step_follows),
-	    cmocka_unit_test(test_kept_listening_is_not_given_back_before_a_serial_write),
+	    cmocka_unit_test_setup_teardown(
+		test_kept_listening_is_given_back_once_when_no_serial_step_follows, console_setup,
+		console_teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_kept_listening_is_not_given_back_before_a_serial_write, console_setup,
+		console_teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_kept_listening_is_given_back_once_before_a_ctrl_write, console_setup,
+		console_teardown),
 	    cmocka_unit_test(test_cancel_while_the_core_waits_for_the_reboot),
 	    cmocka_unit_test(test_run_follows_its_device_across_reenumeration),
 	    cmocka_unit_test(test_device_gone_mid_job_waits_and_resumes_when_it_is_back),
