@@ -23,6 +23,8 @@ static struct transport_run *start_as(const struct transport_ops *ops, struct jo
 	fake.starts++;
 	fake.last_started_by = ops->name;
 	fake.last_kind = step->kind;
+	fake.last_keep_listening = step->keep_listening;
+	fake.last_mode = job_device(job)->mode;
 	fake.last_kept = step->kept; /* the fake's runs own nothing: the test checks it */
 	if (fake.start_fails) {
 		error_set(err, ERR_PERMISSION_DENIED, "fake: cannot open");
@@ -135,7 +137,8 @@ const struct transport_ops fake_dfu = {
     .free = fake_free,
 };
 
-void fake_plug(struct registry *reg, const char *serial, const char *port, uint16_t pid)
+static void plug_usb(struct registry *reg, const char *serial, const char *port, uint16_t pid,
+		     unsigned busnum)
 {
 	struct registry_node n;
 	memset(&n, 0, sizeof(n));
@@ -146,10 +149,13 @@ void fake_plug(struct registry *reg, const char *serial, const char *port, uint1
 	snprintf(n.serial, sizeof(n.serial), "%s", serial);
 	n.vid = 0x2b04;
 	n.pid = pid;
+	n.busnum = busnum;
+	n.devnum = busnum ? (unsigned)atoi(port + 2) + 1 : 0;
 	registry_node_added(reg, &n);
 }
 
-void fake_plug_tty(struct registry *reg, const char *serial, const char *port)
+static void plug_tty(struct registry *reg, const char *serial, const char *port, uint16_t pid,
+		     const char *tty)
 {
 	struct registry_node n;
 	memset(&n, 0, sizeof(n));
@@ -157,11 +163,28 @@ void fake_plug_tty(struct registry *reg, const char *serial, const char *port)
 	snprintf(n.usb_syspath, sizeof(n.usb_syspath), "/sys/devices/usb1/%s", port);
 	snprintf(n.syspath, sizeof(n.syspath), "/sys/devices/usb1/%.32s/tty/ttyACM0", port);
 	snprintf(n.port_path, sizeof(n.port_path), "%s", port);
-	snprintf(n.devnode, sizeof(n.devnode), "/dev/ttyACM0");
+	snprintf(n.devnode, sizeof(n.devnode), "%s", tty);
 	snprintf(n.serial, sizeof(n.serial), "%s", serial);
 	n.vid = 0x2b04;
-	n.pid = 0xc006;
+	n.pid = pid;
 	registry_node_added(reg, &n);
+}
+
+void fake_plug(struct registry *reg, const char *serial, const char *port, uint16_t pid)
+{
+	plug_usb(reg, serial, port, pid, 0);
+}
+
+void fake_plug_tty(struct registry *reg, const char *serial, const char *port)
+{
+	plug_tty(reg, serial, port, 0xc006, "/dev/ttyACM0");
+}
+
+void fake_plug_cdc(struct registry *reg, const char *serial, const char *port, uint16_t pid,
+		   const char *tty)
+{
+	plug_usb(reg, serial, port, pid, 1);
+	plug_tty(reg, serial, port, pid, tty);
 }
 
 void fake_unplug(struct registry *reg, const char *port)

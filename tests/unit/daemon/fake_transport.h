@@ -36,6 +36,8 @@ struct fake_state {
 	enum fake_cancel cancel_mode;
 	const char *last_started_by; /* the transport's name */
 	enum job_step_kind last_kind;
+	bool last_keep_listening;	  /* the step's keep_listening (a READ) */
+	enum device_mode last_mode;	  /* the job's device mode when the step started */
 	struct transport_keep *last_kept; /* the step's kept (what a READ kept open) */
 	int keep_frees;			  /* keep_free() calls with something to free */
 };
@@ -58,4 +60,8 @@ void fake_reset(void);
  * CDC device. */
 void fake_plug(struct registry *reg, const char *serial, const char *port, uint16_t pid);
 void fake_plug_tty(struct registry *reg, const char *serial, const char *port);
+/* A CDC device (pid) whose control requests are reachable: its usb_device has a bus and
+ * device number, and its tty node is tty (a path the test may open, e.g. a pty's). */
+void fake_plug_cdc(struct registry *reg, const char *serial, const char *port, uint16_t pid,
+		   const char *tty);
 void fake_unplug(struct registry *reg, const char *port);

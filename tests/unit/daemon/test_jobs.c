@@ -1,9 +1,12 @@
 /*
  * The job state machine (daemon/jobs.c) and the step driver (job_steps.c)
  * against a fake transport: every transition, cancel in each state, a READ
- * passed on to the next transport, a device that never appears, and the
+ * passed on to the next transport, the control-request peek at a CDC device
+ * not known yet, the hand-back of a console the READ left listening (a pty
+ * stands for the tty), a device that never appears, and the
  * exactly-one-job-ended rule.
  */
+#include "asset_module.h"
 #include "fake_transport.h"
 #include "jobs.h"
 #include "platform.h"
@@ -11,12 +14,14 @@
 #include "settings.h"
 
 #include <event2/event.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <zlib.h>
@@ -27,6 +32,8 @@ static const struct transport_ops *const only_serial[] = {&fake_serial, NULL};
 static const struct transport_ops *const serial_ctrl_dfu[] = {&fake_serial, &fake_ctrl, &fake_dfu,
 							      NULL};
 static const struct transport_ops *const serial_and_dfu[] = {&fake_serial, &fake_dfu, NULL};
+/* in the order of transports_builtin() (daemon/transports.c) */
+static const struct transport_ops *const serial_and_ctrl[] = {&fake_serial, &fake_ctrl, NULL};
 
 /* ---- fixture ----------------------------------------------------------- */
 
@@ -182,6 +189,13 @@ static const char *ended_result(struct fx *fx, struct job *job)
 {
 	json_t *ev = last_ended(fx, job);
 	return ev ? json_string_value(json_object_get(ev, "result")) : "(not ended)";
+}
+
+static const char *ended_outcome(struct fx *fx, struct job *job)
+{
+	json_t *ev = last_ended(fx, job);
+	const char *o = ev ? json_string_value(json_object_get(ev, "outcome")) : NULL;
+	return o ? o : "(none)";
 }
 
 static const char *ended_code(struct fx *fx, struct job *job)
@@ -1006,6 +1020,305 @@ static void test_read_keep_goes_to_the_write_or_back_to_the_transport(void **sta
 	}
 }
 
+/* ---- READ: control requests first on a CDC device not known yet (ctrl_peek) ------- */
+
+/* What a READ of a running device reports: platform, Device OS os, mode normal. */
+static struct job_step_result running(uint16_t platform, const char *os)
+{
+	struct job_step_result res;
+	memset(&res, 0, sizeof(res));
+	res.mode = DEVICE_MODE_NORMAL;
+	res.facts.platform = platform_by_id(platform);
+	snprintf(res.facts.os_version, sizeof(res.facts.os_version), "%s", os);
+	return res;
+}
+
+/* A flash job on a Photon just plugged in (mode unknown, a tty, control requests
+ * reachable), transports serial then ctrl: the ctrl READ runs first. */
+static struct job *submit_to_unknown_photon(struct fx *fx)
+{
+	fake_plug_cdc(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC, "/dev/ttyACM0");
+	assert_int_equal(registry_find_key(fx->reg, PHOTON_ID)->s.mode, DEVICE_MODE_UNKNOWN);
+	struct job *job = submit_photon_app(fx);
+	spin(fx);
+	assert_int_equal(fake.starts, 1);
+	assert_string_equal(fake.last_started_by, "ctrl");
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	return job;
+}
+
+/* The control requests say the device runs its firmware on Device OS <= 5.x, which has a
+ * console: the console reads it next (its `s` has the module hashes), and it starts
+ * knowing the mode (normal: no `v` probe first), with no hand-over note (the ctrl READ
+ * only asked for the mode). */
+static void test_peek_by_ctrl_then_the_console_reads_a_device_on_5x(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(serial_and_ctrl);
+	struct job *job = submit_to_unknown_photon(fx);
+	struct job_step_result res = running(6, "1.5.2");
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_int_equal(fake.starts, 2);
+	assert_string_equal(fake.last_started_by, "serial");
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	assert_int_equal(fake.last_mode, DEVICE_MODE_NORMAL);
+	assert_int_equal(job_device(job)->mode, DEVICE_MODE_NORMAL);
+	assert_false(has_note(fx, "handed-to-serial"));
+	assert_int_equal(count_events(fx, job, "job-plan"), 0); /* not planned from the peek */
+	assert_false(job_ended(job));
+	/* the console's READ is the one the plan is made from */
+	res = photon_facts(0);
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_int_equal(count_events(fx, job, "job-plan"), 1);
+	assert_int_equal(fake.last_kind, JOB_STEP_WRITE);
+	assert_string_equal(fake.last_started_by, "serial");
+	fx_free(fx);
+}
+
+/* Device OS 6.x has no console: the plan is made from the ctrl READ alone. */
+static void test_peek_by_ctrl_plans_a_device_on_6x_from_that_read(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(serial_and_ctrl);
+	fake_plug_cdc(fx->reg, ARGON_ID, "1-2", 0xc020, "/dev/ttyACM1"); /* a P2 */
+	struct job *job = submit(fx, ARGON_ID, 0);			 /* no files */
+	assert_int_equal(fake.starts, 1);
+	assert_string_equal(fake.last_started_by, "ctrl");
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	struct job_step_result res = running(32, "6.1.1");
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_int_equal(fake.starts, 1); /* no serial READ */
+	assert_int_equal(count_events(fx, job, "job-plan"), 1);
+	assert_string_equal(ended_result(fx, job), "done");
+	assert_string_equal(ended_outcome(fx, job), "already-installed");
+	assert_int_equal(job_device(job)->mode, DEVICE_MODE_NORMAL);
+	assert_string_equal(job_device(job)->facts.os_version, "6.1.1");
+	fx_free(fx);
+}
+
+/* Control requests that do not identify the device (no_answer): the console reads it as
+ * it would have without them, in a mode it still has to find out; the ctrl READ was a
+ * peek, not a transport the job was on, so there is no hand-over note. */
+static void test_peek_without_answer_goes_to_the_console_quietly(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(serial_and_ctrl);
+	struct job *job = submit_to_unknown_photon(fx);
+	no_answer(fx, job, "the device did not answer GetDeviceMode");
+	assert_int_equal(fake.starts, 2);
+	assert_string_equal(fake.last_started_by, "serial");
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	assert_int_equal(fake.last_mode, DEVICE_MODE_UNKNOWN);
+	assert_false(has_note(fx, "handed-to-serial"));
+	assert_false(job_ended(job));
+	fx_free(fx);
+}
+
+/* A peek that fails otherwise (the interface claimed by another program) ends the job
+ * with that error: no other READ, no switch. */
+static void test_peek_failing_device_busy_fails_the_job(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(serial_and_ctrl);
+	struct job *job = submit_to_unknown_photon(fx);
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_DEVICE_BUSY, "fake: the control interface is claimed");
+	job_step_done(job, NULL, &e);
+	spin(fx);
+	assert_string_equal(ended_result(fx, job), "failed");
+	assert_string_equal(ended_code(fx, job), "device-busy");
+	assert_int_equal(fake.starts, 1);
+	fx_free(fx);
+}
+
+/* ---- the console a serial READ left listening, and its hand-back (`x`) ------------- */
+
+/* The fake device's tty is a pty: what flashd writes to it (cdc_query_give_back()) is
+ * read on the master side.  The tests that use it get it as their state (set up and
+ * torn down by cmocka, also when they fail). */
+struct console {
+	int master, slave;
+	char path[64];
+	char lock_dir[256];
+};
+
+static int console_setup(void **state)
+{
+	struct console *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -1;
+	*state = c;
+	c->slave = -1;
+	c->master = posix_openpt(O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+	if (c->master < 0 || grantpt(c->master) < 0 || unlockpt(c->master) < 0)
+		return -1;
+	snprintf(c->path, sizeof(c->path), "%s", ptsname(c->master));
+	/* the test holds the slave open too: flashd's close does not hang the pty up */
+	c->slave = open(c->path, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	const char *tmp = getenv("TMPDIR");
+	snprintf(c->lock_dir, sizeof(c->lock_dir), "%s/test-jobs-lock.XXXXXX", tmp ? tmp : "/tmp");
+	if (c->slave < 0 || !mkdtemp(c->lock_dir))
+		return -1;
+	setenv("FLASHD_LOCK_DIR", c->lock_dir, 1);
+	return 0;
+}
+
+static int console_teardown(void **state)
+{
+	struct console *c = *state;
+	if (!c)
+		return 0;
+	unsetenv("FLASHD_LOCK_DIR");
+	int rc = 0;
+	if (c->lock_dir[0]) {
+		/* flashd removes its lock file when it closes the port */
+		char lock[sizeof(c->lock_dir) + sizeof(c->path) + 8];
+		const char *base = strrchr(c->path, '/');
+		snprintf(lock, sizeof(lock), "%s/LCK..%s", c->lock_dir, base ? base + 1 : c->path);
+		rc = unlink(lock) == 0 ? -1 : 0;
+		if (rmdir(c->lock_dir) < 0)
+			rc = -1;
+	}
+	if (c->slave >= 0)
+		close(c->slave);
+	if (c->master >= 0)
+		close(c->master);
+	free(c);
+	return rc;
+}
+
+/* What flashd wrote to the console since the last call. */
+static const char *console_take(struct console *c)
+{
+	static char buf[64];
+	ssize_t n = read(c->master, buf, sizeof(buf) - 1);
+	buf[n > 0 ? n : 0] = '\0';
+	return buf;
+}
+
+/* The serial READ left the device listening for the serial write (kept_listening), but
+ * none follows: a refusal, nothing to write.  The core gives it back to its firmware
+ * with one `x`, once, and the device's mode is normal again. */
+static void test_kept_listening_is_given_back_once_when_no_serial_step_follows(void **state)
+{
+	struct console *con = *state;
+	for (int round = 0; round < 2; round++) {
+		struct fx *fx = fx_new(only_serial);
+		fake_plug_cdc(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC, con->path);
+		struct job *job = submit_photon_app(fx);
+		spin(fx);
+		assert_string_equal(fake.last_started_by, "serial");
+		assert_int_equal(fake.last_kind, JOB_STEP_READ);
+		assert_true(fake.last_keep_listening); /* a flash job */
+		struct job_step_result res = photon_facts(round == 0 ? 0 : 6);
+		res.kept_listening = true;
+		if (round == 0)
+			res.facts.platform = platform_by_id(10); /* an Electron: refused */
+		else /* app.bin's own hash (its suffix holds zeros): installed already */
+			memset(res.facts.modules[2].sha256, '0', 64);
+		job_step_done(job, &res, NULL);
+		spin(fx);
+		assert_string_equal(ended_code(fx, job), round == 0 ? "wrong-platform" : "(none)");
+		if (round == 1)
+			assert_string_equal(ended_outcome(fx, job), "already-installed");
+		assert_int_equal(fake.starts, 1);
+		assert_string_equal(console_take(con), "x");
+		assert_int_equal(registry_find_key(fx->reg, PHOTON_ID)->s.mode, DEVICE_MODE_NORMAL);
+		fx_free(fx);
+		assert_string_equal(console_take(con), ""); /* not again at the daemon's stop */
+	}
+}
+
+/* ... and when the serial write follows, the device stays listening for it: no `x`
+ * before the write, nor after it. */
+static void test_kept_listening_is_not_given_back_before_a_serial_write(void **state)
+{
+	struct console *con = *state;
+	struct fx *fx = fx_new(only_serial);
+	fake_plug_cdc(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC, con->path);
+	struct job *job = submit_photon_app(fx);
+	spin(fx);
+	struct job_step_result res = photon_facts(0);
+	res.kept_listening = true;
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_int_equal(fake.last_kind, JOB_STEP_WRITE);
+	assert_string_equal(fake.last_started_by, "serial");
+	assert_string_equal(console_take(con), "");
+	assert_int_equal(registry_find_key(fx->reg, PHOTON_ID)->s.mode, DEVICE_MODE_LISTENING);
+	memset(&res, 0, sizeof(res));
+	job_step_done(job, &res, NULL); /* written: the device reboots */
+	spin(fx);
+	jobs_cancel(fx->jobs, job, 1000);
+	spin(fx);
+	assert_string_equal(ended_result(fx, job), "done");
+	assert_string_equal(console_take(con), "");
+	fx_free(fx);
+}
+
+/* The whole READ of a P2 on Device OS 5.9.0 just plugged in, for a job with one asset
+ * (written by the firmware-update request, in normal mode): the ctrl peek, the console's
+ * READ from 28800 (it leaves the device listening), then the plan, whose first write is
+ * over ctrl: the device goes back to its firmware once, before that write. */
+static void test_kept_listening_is_given_back_once_before_a_ctrl_write(void **state)
+{
+	struct console *con = *state;
+	struct fx *fx = fx_new(serial_and_ctrl);
+	fake_plug_cdc(fx->reg, ARGON_ID, "1-2", 0xc020, con->path);
+	uint8_t *m;
+	size_t len;
+	struct error err;
+	error_init(&err);
+	assert_int_equal(
+	    asset_module_build("logo.png", (const uint8_t *)"a logo", 6, &m, &len, &err), 0);
+	struct job_request jr;
+	memset(&jr, 0, sizeof(jr));
+	jr.target = WIRE_TARGET_DEVICE;
+	snprintf(jr.target_value, sizeof(jr.target_value), "%s", ARGON_ID);
+	jr.device = registry_find_key(fx->reg, ARGON_ID);
+	assert_int_equal(
+	    image_cache_load_buffer(fx->images, m, len, "logo.png", &jr.images[0], &err), 0);
+	snprintf(jr.names[0], sizeof(jr.names[0]), "logo.png");
+	jr.n_images = 1;
+	jr.uid = 1000;
+	struct job *job = jobs_create(fx->jobs, &jr, &err);
+	assert_non_null(job);
+	jobs_submit(fx->jobs, job);
+	spin(fx);
+	assert_string_equal(fake.last_started_by, "ctrl"); /* the peek */
+	struct job_step_result res = running(32, "5.9.0");
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_string_equal(fake.last_started_by, "serial");
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	assert_int_equal(fake.last_mode, DEVICE_MODE_NORMAL);
+	assert_true(fake.last_keep_listening);
+	res = running(32, "5.9.0");
+	res.mode = DEVICE_MODE_LISTENING;
+	res.kept_listening = true;
+	res.facts.system_version = 5900;
+	res.facts.modules_known = true;
+	struct installed_module sys = {.function = MODULE_FUNCTION_SYSTEM,
+				       .index = 1,
+				       .version = 5900,
+				       .checked = 0x0f,
+				       .passed = 0x0f};
+	res.facts.modules[res.facts.n_modules++] = sys;
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_int_equal(count_events(fx, job, "job-plan"), 1);
+	assert_string_equal(fake.last_started_by, "ctrl");
+	assert_int_equal(fake.last_kind, JOB_STEP_WRITE);
+	assert_string_equal(console_take(con), "x");
+	assert_int_equal(registry_find_key(fx->reg, ARGON_ID)->s.mode, DEVICE_MODE_NORMAL);
+	fx_free(fx); /* the daemon stops during the write: the device is left as it is */
+	assert_string_equal(console_take(con), "");
+}
+
 static void test_run_follows_its_device_across_reenumeration(void **state)
 {
 	(void)state;
@@ -1215,6 +1528,19 @@ int main(void)
 	    cmocka_unit_test(test_verify_without_the_whole_module_list_is_not_verified_not_missing),
 	    cmocka_unit_test(test_core_refuses_before_any_write),
 	    cmocka_unit_test(test_read_keep_goes_to_the_write_or_back_to_the_transport),
+	    cmocka_unit_test(test_peek_by_ctrl_then_the_console_reads_a_device_on_5x),
+	    cmocka_unit_test(test_peek_by_ctrl_plans_a_device_on_6x_from_that_read),
+	    cmocka_unit_test(test_peek_without_answer_goes_to_the_console_quietly),
+	    cmocka_unit_test(test_peek_failing_device_busy_fails_the_job),
+	    cmocka_unit_test_setup_teardown(
+		test_kept_listening_is_given_back_once_when_no_serial_step_follows, console_setup,
+		console_teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_kept_listening_is_not_given_back_before_a_serial_write, console_setup,
+		console_teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_kept_listening_is_given_back_once_before_a_ctrl_write, console_setup,
+		console_teardown),
 	    cmocka_unit_test(test_cancel_while_the_core_waits_for_the_reboot),
 	    cmocka_unit_test(test_run_follows_its_device_across_reenumeration),
 	    cmocka_unit_test(test_device_gone_mid_job_waits_and_resumes_when_it_is_back),
