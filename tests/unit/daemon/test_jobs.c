@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1233,6 +1234,31 @@ static void test_kept_listening_is_given_back_once_when_no_serial_step_follows(v
 	}
 }
 
+/* The hand-back fails (another program took the tty meanwhile): the job's record says
+ * the device stays in listening mode (left-listening note), and flashd knows it listens. */
+static void test_a_failed_hand_back_is_the_jobs_left_listening_note(void **state)
+{
+	struct console *con = *state;
+	struct fx *fx = fx_new(only_serial);
+	fake_plug_cdc(fx->reg, PHOTON_ID, "1-1", PHOTON_CDC, con->path);
+	struct job *job = submit_photon_app(fx);
+	spin(fx);
+	struct job_step_result res = photon_facts(0);
+	res.kept_listening = true;
+	res.facts.platform = platform_by_id(10); /* an Electron: refused */
+	int holder = open(con->path, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	assert_true(holder >= 0);
+	assert_int_equal(flock(holder, LOCK_EX | LOCK_NB), 0);
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_string_equal(ended_code(fx, job), "wrong-platform");
+	assert_true(strstr(note_message(fx, "left-listening"), "stays in listening mode"));
+	assert_int_equal(registry_find_key(fx->reg, PHOTON_ID)->s.mode, DEVICE_MODE_LISTENING);
+	assert_string_equal(console_take(con), "");
+	close(holder);
+	fx_free(fx);
+}
+
 /* ... and when the serial write follows, the device stays listening for it: no `x`
  * before the write, nor after it. */
 static void test_kept_listening_is_not_given_back_before_a_serial_write(void **state)
@@ -1535,6 +1561,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(
 		test_kept_listening_is_given_back_once_when_no_serial_step_follows, console_setup,
 		console_teardown),
+	    cmocka_unit_test_setup_teardown(test_a_failed_hand_back_is_the_jobs_left_listening_note,
+					    console_setup, console_teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_kept_listening_is_not_given_back_before_a_serial_write, console_setup,
 		console_teardown),
