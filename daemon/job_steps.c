@@ -88,6 +88,9 @@ struct job_steps {
 	enum device_mode kept_from;
 	bool ctrl_first; /* the READ running is ctrl_first()'s */
 	bool ctrl_peek;	 /* ... and only for the mode of a device not known yet */
+	/* the peek failed (not silence): the console reads the device, and if it has no
+	 * answer either this is the job's error, the first real cause */
+	struct error peek_err;
 };
 
 static void advance(struct job_steps *s);
@@ -736,6 +739,11 @@ static void read_next(struct job_steps *s)
 			fail(s, &err);
 		return;
 	}
+	if (error_is_set(&s->peek_err)) {
+		error_move(&err, &s->peek_err);
+		fail(s, &err);
+		return;
+	}
 	if (is_probe(job) && s->no_answer) {
 		/* not an error for a probe: the device has nothing to answer with now */
 		job_note(
@@ -1042,6 +1050,17 @@ static void read_done(struct job_steps *s)
 			read_next(s);
 			return;
 		}
+		if (s->ctrl_peek && s->err.code != ERR_CANCELLED &&
+		    s->err.code != ERR_DEVICE_GONE) {
+			/* The peek failed (busy, a timeout: a device just plugged in may not
+			 * take requests yet): the console reads it, as before there was a peek;
+			 * the error stands if the console has no answer either. */
+			add_no_answer(s, s->ops, s->err.message);
+			s->no_answer |= transport_bit(job, s->ops);
+			error_move(&s->peek_err, &s->err);
+			read_next(s);
+			return;
+		}
 		if (s->have_res && s->res.no_answer && s->err.code != ERR_CANCELLED) {
 			s->no_answer |= transport_bit(job, s->ops);
 			add_no_answer(s, s->ops, s->err.message);
@@ -1061,6 +1080,7 @@ static void read_done(struct job_steps *s)
 	}
 	if (read_after_peek(s, &s->res))
 		return;
+	error_clear(&s->peek_err); /* the console answered after all */
 	job_update_facts(job, &s->res.facts);
 	if (s->res.mode != DEVICE_MODE_UNKNOWN)
 		job_set_device_mode(job, s->res.mode);
@@ -1513,6 +1533,7 @@ void job_steps_run(struct job *job)
 		error_init(&s->err);
 		error_init(&s->failed);
 		error_init(&s->held);
+		error_init(&s->peek_err);
 		*job_steps_slot(job) = s;
 	}
 	stop_waits(s);
@@ -1532,6 +1553,7 @@ void job_steps_run(struct job *job)
 	error_clear(&s->err);
 	error_clear(&s->failed);
 	error_clear(&s->held);
+	error_clear(&s->peek_err);
 	read_next(s);
 }
 
@@ -1628,6 +1650,7 @@ void job_steps_free(struct job_steps *s)
 	error_clear(&s->err);
 	error_clear(&s->failed);
 	error_clear(&s->held);
+	error_clear(&s->peek_err);
 	free(s->jp);
 	free(s);
 }

@@ -375,10 +375,12 @@ static void after_op(struct transport_run *r)
 		    !(e.detail && json_object_get(e.detail, "request")))
 			error_detail_str(&e, "request", ctrl_op_name(read_ops[r->op_i]));
 		if (r->step.kind == JOB_STEP_READ && e.code != ERR_CANCELLED &&
-		    e.code != ERR_DEVICE_BUSY) {
+		    e.code != ERR_DEVICE_BUSY && e.code != ERR_DEVICE_GONE) {
 			/* a device that does not answer control requests: the core asks another
 			 * transport (or, for a probe, says what USB says); one that answers BUSY
-			 * does answer: that is its cause, not silence */
+			 * does answer: that is its cause, not silence; one that went away
+			 * (unplugged, re-enumerating) is waited for by the core's replug rule,
+			 * which another transport would not be */
 			struct job_step_result none = {.facts = r->facts, .no_answer = true};
 			char msg[sizeof(e.message)];
 			snprintf(msg, sizeof(msg), "%s", e.message);

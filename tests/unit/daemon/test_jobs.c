@@ -1130,9 +1130,40 @@ static void test_peek_failing_device_busy_fails_the_job(void **state)
 	error_set(&e, ERR_DEVICE_BUSY, "fake: the control interface is claimed");
 	job_step_done(job, NULL, &e);
 	spin(fx);
+	/* the console reads it, as before there was a peek ... */
+	assert_int_equal(fake.starts, 2);
+	assert_string_equal(fake.last_started_by, "serial");
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	/* ... and has no answer either: the peek's error is the job's, not
+	 * not-flashable-here and not a switch to DFU mode */
+	struct job_step_result none = {.no_answer = true};
+	error_init(&e);
+	error_set(&e, ERR_TIMED_OUT, "fake: no answer to v");
+	job_step_done(job, &none, &e);
+	spin(fx);
 	assert_string_equal(ended_result(fx, job), "failed");
 	assert_string_equal(ended_code(fx, job), "device-busy");
-	assert_int_equal(fake.starts, 1);
+	assert_int_equal(fake.starts, 2);
+	fx_free(fx);
+}
+
+/* ... and when the console answers, the job goes on with it. */
+static void test_peek_failing_is_read_by_the_console(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(serial_and_ctrl);
+	struct job *job = submit_to_unknown_photon(fx);
+	struct error e;
+	error_init(&e);
+	error_set(&e, ERR_TIMED_OUT, "fake: no answer to get-device-id in 1000 ms");
+	job_step_done(job, NULL, &e);
+	spin(fx);
+	assert_string_equal(fake.last_started_by, "serial");
+	struct job_step_result res = photon_facts(0);
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_int_equal(fake.last_kind, JOB_STEP_WRITE);
+	assert_true(strstr(note_message(fx, "handed-to-serial"), "no answer to get-device-id"));
 	fx_free(fx);
 }
 
@@ -1558,6 +1589,7 @@ int main(void)
 	    cmocka_unit_test(test_peek_by_ctrl_plans_a_device_on_6x_from_that_read),
 	    cmocka_unit_test(test_peek_without_answer_goes_to_the_console_quietly),
 	    cmocka_unit_test(test_peek_failing_device_busy_fails_the_job),
+	    cmocka_unit_test(test_peek_failing_is_read_by_the_console),
 	    cmocka_unit_test_setup_teardown(
 		test_kept_listening_is_given_back_once_when_no_serial_step_follows, console_setup,
 		console_teardown),
