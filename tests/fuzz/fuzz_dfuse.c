@@ -24,6 +24,7 @@
  * well-behaved Particle bootloader would, else a raw answer (USB status,
  * length, bytes) or an ASCII string sent as a string descriptor.
  */
+#include "../event_timers.h"
 #include "bytes.h"
 #include "dfuse.h"
 
@@ -255,38 +256,6 @@ static void on_done(struct dfuse *s, int result, struct error *err, void *userda
 	}
 }
 
-struct timers {
-	struct event *first, *last; /* due first, due last */
-	struct timeval first_tv, last_tv;
-	unsigned n;
-};
-
-static int find_timer(const struct event_base *base, const struct event *ev, void *arg)
-{
-	(void)base;
-	struct timers *t = arg;
-	struct timeval tv;
-	if (!event_pending(ev, EV_TIMEOUT, &tv))
-		return 0;
-	if (!t->n || evutil_timercmp(&tv, &t->first_tv, <)) {
-		t->first = (struct event *)ev;
-		t->first_tv = tv;
-	}
-	if (!t->n || !evutil_timercmp(&tv, &t->last_tv, <)) {
-		t->last = (struct event *)ev;
-		t->last_tv = tv;
-	}
-	t->n++;
-	return 0;
-}
-
-static unsigned armed(struct event_base *base, struct timers *t)
-{
-	memset(t, 0, sizeof(*t));
-	event_base_foreach_event(base, find_timer, t);
-	return t->n;
-}
-
 static bool time_ran_out(void)
 {
 	return dev.late_after && dev.fired + 1 >= dev.late_after;
@@ -296,8 +265,8 @@ static bool time_ran_out(void)
  * time ran out the one due last.  False when none is armed. */
 static bool fire_timer(struct event_base *base, bool last)
 {
-	struct timers t;
-	if (!armed(base, &t))
+	struct armed_timers t;
+	if (!armed_timers(base, &t))
 		return false;
 	event_active(last ? t.last : t.first, EV_TIMEOUT, 1);
 	dev.fired++;
@@ -307,13 +276,13 @@ static bool fire_timer(struct event_base *base, bool last)
 
 static int run(struct event_base *base, struct dfuse *s, struct op *op)
 {
-	struct timers t;
+	struct armed_timers t;
 	for (unsigned i = 0; i < MAX_STEPS; i++) {
 		if (op->done) {
 			/* done() comes once; let the loop settle and check it stays once and
 			 * leaves nothing armed (a busy wait's deadline ends with the wait). */
 			event_base_loop(base, EVLOOP_NONBLOCK);
-			if (op->calls != 1 || dev.pending || armed(base, &t))
+			if (op->calls != 1 || dev.pending || armed_timers(base, &t))
 				abort();
 			return op->result;
 		}

@@ -1,4 +1,5 @@
 /* The DfuSe state machine against a scripted fake device (fake_dfu.c). */
+#include "../../event_timers.h"
 #include "fake_dfu.h"
 
 #include <libusb.h>
@@ -212,42 +213,14 @@ static void test_busy_wait_is_bounded_by_time_not_by_polls(void **state)
 	rig_free(r);
 }
 
-struct timers {
-	struct event *last; /* the armed timer due last */
-	struct timeval last_tv;
-	unsigned n;
-};
-
-static int find_timer(const struct event_base *base, const struct event *ev, void *arg)
-{
-	(void)base;
-	struct timers *t = arg;
-	struct timeval tv;
-	if (!event_pending(ev, EV_TIMEOUT, &tv))
-		return 0;
-	if (!t->n || !evutil_timercmp(&tv, &t->last_tv, <)) {
-		t->last = (struct event *)ev;
-		t->last_tv = tv;
-	}
-	t->n++;
-	return 0;
-}
-
-static unsigned rig_armed(struct rig *r, struct timers *t)
-{
-	memset(t, 0, sizeof(*t));
-	event_base_foreach_event(r->base, find_timer, t);
-	return t->n;
-}
-
 /* Runs the loop until the device has answered its n-th GETSTATUS, the first busy one:
  * the pause it asked for and the busy wait's deadline are armed, nothing else. */
 static void rig_until_first_busy(struct rig *r, unsigned n)
 {
-	struct timers t;
+	struct armed_timers t;
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (fake_dfu_count(r->fake, DFU_GETSTATUS, -1) < n || rig_armed(r, &t) != 2) {
+	while (fake_dfu_count(r->fake, DFU_GETSTATUS, -1) < n || armed_timers(r->base, &t) != 2) {
 		if (r->done)
 			fail_msg("the operation ended: %s", r->err.message);
 		event_base_loop(r->base, EVLOOP_NONBLOCK);
@@ -262,8 +235,8 @@ static void rig_until_first_busy(struct rig *r, unsigned n)
  * last, after the bwPollTimeout) comes due now. */
 static void rig_deadline_passes(struct rig *r)
 {
-	struct timers t;
-	assert_int_equal(rig_armed(r, &t), 2); /* the pause and the deadline */
+	struct armed_timers t;
+	assert_int_equal(armed_timers(r->base, &t), 2); /* the pause and the deadline */
 	event_active(t.last, EV_TIMEOUT, 1);
 }
 
@@ -292,8 +265,8 @@ static void test_busy_past_the_deadline_is_timed_out(void **state)
 	assert_int_equal(detail_int(&r->err, "timeout_ms"), DFUSE_BUSY_MAX_MS);
 	assert_int_equal(detail_int(&r->err, "dfu_state"), DFU_STATE_DNBUSY);
 	assert_int_equal(fake_dfu_count(r->fake, DFU_GETSTATUS, -1), 2);
-	struct timers t;
-	assert_int_equal(rig_armed(r, &t), 0);
+	struct armed_timers t;
+	assert_int_equal(armed_timers(r->base, &t), 0);
 	rig_free(r);
 
 	/* after an ERASE command */
@@ -313,7 +286,7 @@ static void test_busy_past_the_deadline_is_timed_out(void **state)
 	assert_int_equal(detail_int(&r->err, "address"), 0x30000);
 	assert_int_equal(detail_int(&r->err, "dfu_state"), DFU_STATE_DNBUSY);
 	assert_string_equal(json_string_value(json_object_get(r->err.detail, "phase")), "erase");
-	assert_int_equal(rig_armed(r, &t), 0);
+	assert_int_equal(armed_timers(r->base, &t), 0);
 	/* the next operation starts a wait of its own */
 	r->fake->busy_polls = 3;
 	r->fake->poll_ms = 0;
