@@ -97,15 +97,17 @@ struct dfuse {
 	int n_units, unit_i;
 	struct string_req strings[DFUSE_MAX_ALTS + 2];
 	int n_strings, string_i;
-	unsigned polls;
-	enum dfuse_step polled;	      /* STEP_COMMAND or STEP_DATA: what STEP_POLL is about */
+	unsigned polls;		/* busy replies in the current busy wait */
+	bool busy_late;		/* its deadline passed: the next busy reply fails the operation */
+	enum dfuse_step polled; /* STEP_COMMAND or STEP_DATA: what STEP_POLL is about */
 	enum dfuse_step stalled_step; /* which request stalled (STEP_STALL_STATUS) */
 	int stall_usb_status;
 	uint8_t last_state, last_status;
 	bool have_status;
 
 	/* Result delivery is always deferred to the loop. */
-	struct event *timer; /* bwPollTimeout */
+	struct event *timer;	  /* bwPollTimeout */
+	struct event *busy_timer; /* the busy wait's deadline (DFUSE_BUSY_MAX_MS) */
 	struct event *defer;
 	int result;
 	struct error err;
@@ -362,8 +364,17 @@ static void dfu_status_error(struct dfuse *s, struct error *err, const char *wha
 
 /* ---- plumbing ----------------------------------------------------------------------- */
 
+/* The device answered something other than busy, or the operation ends: no busy wait. */
+static void busy_end(struct dfuse *s)
+{
+	evtimer_del(s->busy_timer);
+	s->busy_late = false;
+	s->polls = 0;
+}
+
 static void finish(struct dfuse *s, int result)
 {
+	busy_end(s);
 	/* After a failure the device may sit in dfuERROR: recover before the next request. */
 	if (result < 0) {
 		s->recovered = false;
@@ -483,7 +494,6 @@ static void send_command(struct dfuse *s, uint8_t cmd, uint32_t address)
 			(address >> 24) & 0xff};
 	s->cmd = cmd;
 	s->cmd_address = address;
-	s->polls = 0;
 	if (cmd == DFUSE_CMD_SET_ADDRESS)
 		s->stats.set_address++;
 	else if (cmd == DFUSE_CMD_ERASE)
@@ -623,7 +633,6 @@ static void next_download(struct dfuse *s)
 		n = dfuse_transfer_size(s);
 	uint16_t wvalue = block_addressing(s) ? (uint16_t)(2 + s->chunk) : 2;
 	s->cmd_address = (uint32_t)(s->address + s->offset);
-	s->polls = 0;
 	s->data_wvalue = wvalue;
 	s->stats.dnload_chunks++;
 	send_req(s, STEP_DATA, 0x21, DFU_DNLOAD, wvalue, s->desc.interface, s->wdata + s->offset,
@@ -666,7 +675,6 @@ static void next(struct dfuse *s)
 		return;
 	}
 	if (!s->recovered) {
-		s->polls = 0;
 		send_getstatus(s, STEP_RECOVER_STATUS);
 		return;
 	}
@@ -725,6 +733,75 @@ static bool address_fallback(struct dfuse *s)
 	return true;
 }
 
+/* The GETSTATUS that ends a bwPollTimeout wait (STEP_POLL_WAIT, STEP_RECOVER_WAIT). */
+static void poll_again(struct dfuse *s)
+{
+	switch (s->step) {
+	case STEP_POLL_WAIT:
+		send_getstatus(s, STEP_POLL);
+		break;
+	case STEP_RECOVER_WAIT:
+		send_getstatus(s, STEP_RECOVER_STATUS);
+		break;
+	default:
+		break;
+	}
+}
+
+/*
+ * The one busy wait of both paths: the device said it is busy (dfuDNBUSY; after a DNLOAD
+ * also dfuDNLOAD-SYNC), so wait its bwPollTimeout (capped) in wait_step and ask again.
+ * A wait is bounded by time, not by a number of polls: a device may answer "busy, ask again
+ * in 0 ms" as fast as the bus allows for as long as its flash takes, and one that asks for
+ * long pauses must not hold the job for polls x pauses.  The first busy reply arms the
+ * deadline (busy_timer, DFUSE_BUSY_MAX_MS); when it passes, a pause is cut short and the
+ * device asked once more (on_busy_deadline()); a busy reply after it fails the operation.
+ * busy_end() (any other reply, or the end of the operation) disarms it.
+ */
+static void busy_wait(struct dfuse *s, unsigned poll_ms, enum dfuse_step wait_step)
+{
+	s->polls++;
+	if (s->busy_late) {
+		if (wait_step == STEP_RECOVER_WAIT)
+			error_set(&s->err, ERR_TIMED_OUT,
+				  "the device stayed busy (dfuDNBUSY) for more than %u ms (%u "
+				  "status polls) on open",
+				  DFUSE_BUSY_MAX_MS, s->polls);
+		else
+			error_set(&s->err, ERR_TIMED_OUT,
+				  "the device stayed busy for more than %u ms (%u status polls)",
+				  DFUSE_BUSY_MAX_MS, s->polls);
+		detail_int_if(&s->err, "timeout_ms", DFUSE_BUSY_MAX_MS);
+		add_context(s, &s->err);
+		finish(s, -1);
+		return;
+	}
+	if (!evtimer_pending(s->busy_timer, NULL)) {
+		struct timeval deadline = {DFUSE_BUSY_MAX_MS / 1000,
+					   (DFUSE_BUSY_MAX_MS % 1000) * 1000};
+		evtimer_add(s->busy_timer, &deadline);
+	}
+	if (poll_ms > DFUSE_POLL_MAX_MS)
+		poll_ms = DFUSE_POLL_MAX_MS;
+	struct timeval tv = {poll_ms / 1000, (poll_ms % 1000) * 1000};
+	s->step = wait_step;
+	evtimer_add(s->timer, &tv);
+}
+
+static void on_busy_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct dfuse *s = arg;
+	s->busy_late = true;
+	trace(s, "busy for %u ms (%u polls): last GETSTATUS", DFUSE_BUSY_MAX_MS, s->polls);
+	if (s->step == STEP_POLL_WAIT || s->step == STEP_RECOVER_WAIT) {
+		evtimer_del(s->timer);
+		poll_again(s);
+	}
+	/* else a GETSTATUS is in flight: its answer decides */
+}
+
 /* GETSTATUS after SET_INTERFACE: dfu-util's open sequence
  * (docs/device/dfuse.md#dfu-util-sequence). */
 static void on_recover_status(struct dfuse *s, unsigned poll_ms)
@@ -732,19 +809,10 @@ static void on_recover_status(struct dfuse *s, unsigned poll_ms)
 	if (s->last_state == DFU_STATE_DNBUSY) {
 		/* Still finishing a command of a host that went away (a flash killed during
 		 * an erase): not a state to clear, wait bwPollTimeout and ask again. */
-		if (++s->polls > DFUSE_MAX_POLLS) {
-			fail_msg(s, ERR_TIMED_OUT, NULL,
-				 "the device stayed busy (dfuDNBUSY) for %u status polls on open",
-				 DFUSE_MAX_POLLS);
-			return;
-		}
-		if (poll_ms > DFUSE_POLL_MAX_MS)
-			poll_ms = DFUSE_POLL_MAX_MS;
-		struct timeval tv = {poll_ms / 1000, (poll_ms % 1000) * 1000};
-		s->step = STEP_RECOVER_WAIT;
-		evtimer_add(s->timer, &tv);
+		busy_wait(s, poll_ms, STEP_RECOVER_WAIT);
 		return;
 	}
+	busy_end(s);
 	if (++s->recovery_rounds > DFUSE_RECOVERY_MAX) {
 		fail_msg(s, ERR_TRANSFER_FAILED, "device does not return to dfuIDLE",
 			 "the device stays in %s after %d recovery attempts",
@@ -790,6 +858,9 @@ static void on_poll(struct dfuse *s, unsigned poll_ms)
 	const char *what = s->polled == STEP_DATA      ? "writing"
 			   : s->cmd == DFUSE_CMD_ERASE ? "erasing"
 						       : "setting the address";
+	bool busy = s->last_state == DFU_STATE_DNBUSY || s->last_state == DFU_STATE_DNLOAD_SYNC;
+	if (s->last_state == DFU_STATE_ERROR || s->last_status != DFU_STATUS_OK || !busy)
+		busy_end(s);
 	if (s->last_state == DFU_STATE_ERROR || s->last_status != DFU_STATUS_OK) {
 		if (s->polled == STEP_DATA && address_fallback(s))
 			return;
@@ -802,19 +873,9 @@ static void on_poll(struct dfuse *s, unsigned poll_ms)
 	}
 	switch (s->last_state) {
 	case DFU_STATE_DNBUSY:
-	case DFU_STATE_DNLOAD_SYNC: {
-		if (++s->polls > DFUSE_MAX_POLLS) {
-			fail_msg(s, ERR_TIMED_OUT, NULL,
-				 "the device stayed busy for %u status polls", DFUSE_MAX_POLLS);
-			return;
-		}
-		if (poll_ms > DFUSE_POLL_MAX_MS)
-			poll_ms = DFUSE_POLL_MAX_MS;
-		struct timeval tv = {poll_ms / 1000, (poll_ms % 1000) * 1000};
-		s->step = STEP_POLL_WAIT;
-		evtimer_add(s->timer, &tv);
+	case DFU_STATE_DNLOAD_SYNC:
+		busy_wait(s, poll_ms, STEP_POLL_WAIT);
 		break;
-	}
 	case DFU_STATE_DNLOAD_IDLE:
 		/* The command or chunk is done. */
 		if (s->polled == STEP_DATA) {
@@ -1090,16 +1151,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct dfuse *s = arg;
-	switch (s->step) {
-	case STEP_POLL_WAIT:
-		send_getstatus(s, STEP_POLL);
-		break;
-	case STEP_RECOVER_WAIT:
-		send_getstatus(s, STEP_RECOVER_STATUS);
-		break;
-	default:
-		break;
-	}
+	poll_again(s);
 }
 
 /* ---- public ------------------------------------------------------------------------- */
@@ -1118,9 +1170,10 @@ struct dfuse *dfuse_new(struct event_base *base, const struct dfu_io *io,
 	s->cur_alt = -1;
 	error_init(&s->err);
 	s->timer = evtimer_new(base, on_timer, s);
+	s->busy_timer = evtimer_new(base, on_busy_deadline, s);
 	s->defer = event_new(base, -1, 0, on_defer, s);
 	clock_gettime(CLOCK_MONOTONIC, &s->t0);
-	if (!s->timer || !s->defer) {
+	if (!s->timer || !s->busy_timer || !s->defer) {
 		dfuse_free(s);
 		return NULL;
 	}
@@ -1133,6 +1186,8 @@ void dfuse_free(struct dfuse *s)
 		return;
 	if (s->timer)
 		event_free(s->timer);
+	if (s->busy_timer)
+		event_free(s->busy_timer);
 	if (s->defer)
 		event_free(s->defer);
 	free(s->units);

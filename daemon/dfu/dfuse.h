@@ -5,8 +5,8 @@
  * erase, download and leave, each one operation at a time with a completion
  * callback.  It speaks through a one-function control-transfer interface
  * (struct dfu_io) so that the real libusb path (usb.c) and the scripted fake
- * device of the unit tests drive the same code.  Timers (bwPollTimeout) are
- * libevent timers owned here.
+ * device of the unit tests drive the same code.  Timers (bwPollTimeout and the
+ * deadline of a busy wait, DFUSE_BUSY_MAX_MS) are libevent timers owned here.
  */
 #pragma once
 
@@ -81,8 +81,11 @@ const char *dfu_status_name(int status); /* "errTARGET" */
  * docs/device/particle-cli.md#host-time-outs) */
 #define DFUSE_CONTROL_TIMEOUT_MS 5000
 #define DFUSE_POLL_MAX_MS	 10000 /* cap on a device-requested bwPollTimeout */
-#define DFUSE_MAX_POLLS		 1000  /* GETSTATUS polls for one command before giving up */
-#define DFUSE_STRING_MAX	 255
+/* How long one busy wait may last: a command (or, on open, a dead host's command) may keep
+ * the device in dfuDNBUSY for one whole bwPollTimeout at its cap and the GETSTATUS after it
+ * at its own time-out.  A busy reply that comes later fails the wait (timed-out). */
+#define DFUSE_BUSY_MAX_MS (DFUSE_POLL_MAX_MS + DFUSE_CONTROL_TIMEOUT_MS)
+#define DFUSE_STRING_MAX  255
 
 /* What the daemon reads from the (kernel-cached) descriptors before opening. */
 struct dfu_descriptors {

@@ -3,19 +3,28 @@
  * the DfuSe state machine talks to a hostile device whose every answer comes
  * from the input.  The functional descriptor, the string descriptors (serial,
  * memory maps, the 0xFA protection string), GETSTATUS replies (status, state,
- * short replies), UPLOAD data and USB errors (stall, timeout, gone) are all
- * fuzzed, through open, upload, erase, download and leave.
+ * bwPollTimeout, short replies), UPLOAD data and USB errors (stall, timeout,
+ * gone) are all fuzzed, through open, upload, erase, download and leave.
  *
  * Checked beyond "no crash": at most one request in flight, every operation
  * ends with exactly one done() (never a hang: something is always in flight,
- * armed or finished), a failure is a catalogue error that serialises, and no
- * erase or write goes outside what the device's own map allows.
+ * armed or finished) and leaves no timer armed, a failure is a catalogue error
+ * that serialises, and no erase or write goes outside what the device's own map
+ * allows.
+ *
+ * Time is virtual: nothing sleeps.  When nothing is in flight the armed timer
+ * due first (bwPollTimeout, as the input asked for it) fires at once.  Header
+ * byte 21 (bits 1-7 = k, 0 = never) says when the device has been busy too long:
+ * from the k-th timer fired on, the last-due armed timer (a busy wait's deadline)
+ * fires first, also while a GETSTATUS is in flight, so that a pause longer than
+ * what is left of the wait, and the time-out itself, are reached.
  *
  * Input: a header (which operations, the functional descriptor, addresses and
  * lengths), then one record per request: a selector byte, 0 = answer as a
  * well-behaved Particle bootloader would, else a raw answer (USB status,
  * length, bytes) or an ASCII string sent as a string descriptor.
  */
+#include "../event_timers.h"
 #include "bytes.h"
 #include "dfuse.h"
 
@@ -48,6 +57,8 @@ struct dev {
 	bool pending;
 	uint8_t state; /* for well-behaved GETSTATUS answers */
 	bool busy_once;
+	unsigned late_after; /* header byte 21 >> 1: time runs out from this timer on */
+	unsigned fired;	     /* timers fired so far */
 };
 
 struct op {
@@ -222,11 +233,6 @@ static void answer(struct dfuse *s)
 		int c = next_byte();
 		b[i] = c < 0 ? 0 : (uint8_t)c;
 	}
-	if (dev.setup.request == DFU_GETSTATUS && len >= 4) {
-		/* bwPollTimeout: real waits would stall the fuzzer; keep 0-3 ms */
-		b[1] &= 3;
-		b[2] = b[3] = 0;
-	}
 	dfuse_transfer_done(s, usb_status, (dev.setup.request_type & 0x80) ? b : NULL,
 			    (dev.setup.request_type & 0x80) ? len : 0);
 }
@@ -250,23 +256,50 @@ static void on_done(struct dfuse *s, int result, struct error *err, void *userda
 	}
 }
 
+static bool time_ran_out(void)
+{
+	return dev.late_after && dev.fired + 1 >= dev.late_after;
+}
+
+/* Time passes: an armed timer comes due now (no sleep).  The one due first, or once
+ * time ran out the one due last.  False when none is armed. */
+static bool fire_timer(struct event_base *base, bool last)
+{
+	struct armed_timers t;
+	if (!armed_timers(base, &t))
+		return false;
+	event_active(last ? t.last : t.first, EV_TIMEOUT, 1);
+	dev.fired++;
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	return true;
+}
+
 static int run(struct event_base *base, struct dfuse *s, struct op *op)
 {
+	struct armed_timers t;
 	for (unsigned i = 0; i < MAX_STEPS; i++) {
 		if (op->done) {
-			/* done() comes once; let the loop settle and check it stays once. */
+			/* done() comes once; let the loop settle and check it stays once and
+			 * leaves nothing armed (a busy wait's deadline ends with the wait). */
 			event_base_loop(base, EVLOOP_NONBLOCK);
-			if (op->calls != 1 || dev.pending)
+			if (op->calls != 1 || dev.pending || armed_timers(base, &t))
 				abort();
 			return op->result;
 		}
 		if (dev.pending) {
+			/* the device takes long to answer: a deadline may pass meanwhile */
+			if (time_ran_out() && fire_timer(base, true))
+				continue;
 			answer(s);
 			continue;
 		}
-		/* Nothing in flight: a timer (bwPollTimeout) or the deferred done()
-		 * must be pending, or the operation hangs. */
-		if (event_base_loop(base, EVLOOP_ONCE) == 1)
+		/* the deferred done(), a 0 ms bwPollTimeout */
+		event_base_loop(base, EVLOOP_NONBLOCK);
+		if (op->done || dev.pending)
+			continue;
+		/* Nothing in flight, nothing to run: a timer must be armed, or the
+		 * operation hangs. */
+		if (!fire_timer(base, time_ran_out()))
 			abort();
 	}
 	abort(); /* an operation that never ends */
@@ -317,6 +350,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	dev.s = s;
 	dev.alt = -1;
+	dev.late_after = h[21] >> 1;
 	if (h[2] & 0x80)
 		dfuse_set_address_per_chunk(s, true);
 	uint16_t ts = dfuse_transfer_size(s);

@@ -9,7 +9,9 @@ OUT/<harness>/ (nothing is written into the source tree or the fixtures):
                 the YMODEM sender (128+) and the pure parsers (0), one line each
   fuzz_memmap   every DfuSe memory-map string in the sources, with ranges at
                 the map's start, its end and across the top of the address space
-  fuzz_dfuse    well-behaved sessions (open, upload, erase, download, leave)
+  fuzz_dfuse    well-behaved sessions (open, upload, erase, download, leave), and
+                the first with a long dfuDNBUSY on open or after a command, waited
+                out or timed out
   fuzz_ctrl     well-behaved control-request exchanges for every typed request
                 (protobuf replies as Device OS encodes them), a firmware update,
                 and the same with BUSY, PENDING and error results on the way
@@ -145,9 +147,22 @@ def dfuse():
         h[22] = ops
         h[23] = cancel
         put("fuzz_dfuse", "session-%d" % i, bytes(h) + bytes(600))
+        if i == 0:
+            first = bytes(h)
         # the same with a raw GETSTATUS saying dfuERROR/errWRITE somewhere in it
         put("fuzz_dfuse", "session-%d-error" % i,
             bytes(h) + bytes(40) + bytes([0x01, 6, 3, 0, 0, 0, 10, 0]) + bytes(200))
+    # dfuDNBUSY with bwPollTimeout 10000 ms (time is virtual in the harness): on open
+    # (after SET_INTERFACE, a dead host's erase) and after the first SET_ADDRESS (record 7
+    # of session 0: SET_INTERFACE, GETSTATUS, five strings); header byte 21 = 2k: time
+    # runs out from the k-th timer on (the busy wait's deadline, then timed-out)
+    busy = bytes([0x07, 6, 0, 0x10, 0x27, 0, 4, 0])
+    h = bytearray(first)
+    for late in (0, 2, 6):
+        h[21] = late
+        put("fuzz_dfuse", "busy-open-%d" % late, bytes(h) + bytes(1) + busy * 4 + bytes(600))
+        put("fuzz_dfuse", "busy-command-%d" % late,
+            bytes(h) + bytes(8) + busy * 4 + bytes(600))
 
 
 def pb_varint(n):

@@ -172,8 +172,12 @@ static void on_getstatus(struct fake_dfu *f)
 		b[2] = (f->poll_ms >> 8) & 0xff;
 		b[4] = DFU_STATE_DNBUSY;
 		complete(f, 0, b, 6, 0);
-		if (--f->busy_polls == 0)
-			f->state = DFU_STATE_DNLOAD_IDLE;
+		if (--f->busy_polls == 0) {
+			if (f->pending)
+				execute(f); /* a DNLOAD of ours: it runs now */
+			else
+				f->state = DFU_STATE_DNLOAD_IDLE;
+		}
 		return;
 	}
 	if (f->state == DFU_STATE_DNLOAD_SYNC && f->pending) {

@@ -42,8 +42,9 @@ struct fake_dfu {
 	const char *strings[256];
 	uint8_t state, status;
 	uint32_t poll_ms; /* bwPollTimeout reported with DNBUSY */
-	/* still busy with a dead host's command: this many GETSTATUS say dfuDNBUSY, then
-	 * it is done (dfuDNLOAD-IDLE) */
+	/* still busy with a dead host's command, or with the DNLOAD sent: this many
+	 * GETSTATUS say dfuDNBUSY, then it is done (dfuDNLOAD-IDLE, or what the DNLOAD
+	 * leads to) */
 	unsigned busy_polls;
 	uint32_t pointer;
 	uint8_t alt;

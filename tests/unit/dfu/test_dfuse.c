@@ -1,4 +1,5 @@
 /* The DfuSe state machine against a scripted fake device (fake_dfu.c). */
+#include "../../event_timers.h"
 #include "fake_dfu.h"
 
 #include <libusb.h>
@@ -191,6 +192,108 @@ static void test_open_waits_out_a_device_busy_with_a_dead_hosts_erase(void **sta
 	assert_int_equal(fake_dfu_count(r->fake, DFU_ABORT, -1), 1);
 	assert_int_equal(r->fake->state, DFU_STATE_IDLE);
 	rig_free(r);
+}
+
+/* A device may answer "busy, ask again in 0 ms" as fast as the bus allows for as long as its
+ * flash takes: the wait is bounded by time (DFUSE_BUSY_MAX_MS), not by a number of polls
+ * (it once gave up after 1000), on open and after a command alike. */
+static void test_busy_wait_is_bounded_by_time_not_by_polls(void **state)
+{
+	(void)state;
+	struct rig *r = rig_new(3);
+	r->fake->busy_polls = 2500;
+	r->fake->poll_ms = 0;
+	rig_open(r);
+	assert_true(fake_dfu_count(r->fake, DFU_GETSTATUS, -1) > 2500);
+	r->fake->busy_polls = 2500;
+	unsigned before = fake_dfu_count(r->fake, DFU_GETSTATUS, -1);
+	assert_int_equal(rig_erase(r, 0x30000, 4096), 0);
+	assert_true(fake_dfu_count(r->fake, DFU_GETSTATUS, -1) - before > 2500);
+	assert_int_equal(fake_dfu_count(r->fake, DFU_DNLOAD, DFUSE_CMD_ERASE), 1);
+	rig_free(r);
+}
+
+/* Runs the loop until the device has answered its n-th GETSTATUS, the first busy one:
+ * the pause it asked for and the busy wait's deadline are armed, nothing else. */
+static void rig_until_first_busy(struct rig *r, unsigned n)
+{
+	struct armed_timers t;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (fake_dfu_count(r->fake, DFU_GETSTATUS, -1) < n || armed_timers(r->base, &t) != 2) {
+		if (r->done)
+			fail_msg("the operation ended: %s", r->err.message);
+		event_base_loop(r->base, EVLOOP_NONBLOCK);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		if (t1.tv_sec - t0.tv_sec > 10)
+			fail_msg("no busy wait with a pause and a deadline armed");
+	}
+}
+
+/* The device has been busy for DFUSE_BUSY_MAX_MS in a pause that would end later: time
+ * passes without the test waiting it out, the busy wait's deadline (the armed timer due
+ * last, after the bwPollTimeout) comes due now. */
+static void rig_deadline_passes(struct rig *r)
+{
+	struct armed_timers t;
+	assert_int_equal(armed_timers(r->base, &t), 2); /* the pause and the deadline */
+	event_active(t.last, EV_TIMEOUT, 1);
+}
+
+/* A device that stays busy past the deadline: the pause it asked for is cut short, it is
+ * asked once more, and a busy answer then fails the operation: timed-out with the DFU
+ * context as before, the bound (timeout_ms) and the polls; nothing stays armed. */
+static void test_busy_past_the_deadline_is_timed_out(void **state)
+{
+	(void)state;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	/* on open: a dead host's erase that never ends */
+	struct rig *r = rig_new(3);
+	r->fake->busy_polls = UINT32_MAX;
+	r->fake->poll_ms = 5000;
+	struct error err;
+	error_init(&err);
+	assert_int_equal(dfuse_open(r->dfuse, on_done, r, &err), 0);
+	rig_until_first_busy(r, 1);
+	rig_deadline_passes(r);
+	assert_int_equal(rig_wait(r), -1);
+	assert_int_equal(r->err.code, ERR_TIMED_OUT);
+	assert_string_equal(r->err.message,
+			    "the device stayed busy (dfuDNBUSY) for more than 15000 ms (2 status "
+			    "polls) on open");
+	assert_int_equal(detail_int(&r->err, "timeout_ms"), DFUSE_BUSY_MAX_MS);
+	assert_int_equal(detail_int(&r->err, "dfu_state"), DFU_STATE_DNBUSY);
+	assert_int_equal(fake_dfu_count(r->fake, DFU_GETSTATUS, -1), 2);
+	struct armed_timers t;
+	assert_int_equal(armed_timers(r->base, &t), 0);
+	rig_free(r);
+
+	/* after an ERASE command */
+	r = rig_new(3);
+	rig_open(r);
+	r->fake->busy_polls = UINT32_MAX;
+	r->fake->poll_ms = 5000;
+	unsigned before = fake_dfu_count(r->fake, DFU_GETSTATUS, -1);
+	assert_int_equal(dfuse_erase(r->dfuse, 0, 0x30000, 4096, on_done, r, &err), 0);
+	rig_until_first_busy(r, before + 1);
+	rig_deadline_passes(r);
+	assert_int_equal(rig_wait(r), -1);
+	assert_int_equal(r->err.code, ERR_TIMED_OUT);
+	assert_string_equal(r->err.message,
+			    "the device stayed busy for more than 15000 ms (2 status polls)");
+	assert_int_equal(detail_int(&r->err, "timeout_ms"), DFUSE_BUSY_MAX_MS);
+	assert_int_equal(detail_int(&r->err, "address"), 0x30000);
+	assert_int_equal(detail_int(&r->err, "dfu_state"), DFU_STATE_DNBUSY);
+	assert_string_equal(json_string_value(json_object_get(r->err.detail, "phase")), "erase");
+	assert_int_equal(armed_timers(r->base, &t), 0);
+	/* the next operation starts a wait of its own */
+	r->fake->busy_polls = 3;
+	r->fake->poll_ms = 0;
+	assert_int_equal(rig_erase(r, 0x30000, 4096), 0);
+	rig_free(r);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	assert_true(t1.tv_sec - t0.tv_sec < 4); /* no 5 s pause was waited out */
 }
 
 static void test_malformed_map_string_fails_open(void **state)
@@ -705,6 +808,8 @@ int main(void)
 	    cmocka_unit_test(test_open_recovers_from_dfu_error_with_clrstatus),
 	    cmocka_unit_test(test_open_aborts_a_device_left_in_dnload_idle),
 	    cmocka_unit_test(test_open_waits_out_a_device_busy_with_a_dead_hosts_erase),
+	    cmocka_unit_test(test_busy_wait_is_bounded_by_time_not_by_polls),
+	    cmocka_unit_test(test_busy_past_the_deadline_is_timed_out),
 	    cmocka_unit_test(test_malformed_map_string_fails_open),
 	    cmocka_unit_test(test_download_sets_address_once_and_advances_block_numbers),
 	    cmocka_unit_test(test_address_per_chunk_fallback_resends_set_address),
