@@ -634,25 +634,31 @@ static const struct transport_ops *ctrl_first(struct job_steps *s,
 	return ctrl;
 }
 
-/* After ctrl_peek's READ: the console reads the device when it has one and its tty
- * is there.  Its mode is known now, so the console's READ does not probe a running
- * device first.  Returns true when that READ goes on. */
+/* After ctrl_peek's READ (its mode and Device OS): the console reads the device when
+ * it has one and its tty is there, without probing a running device first; a Device OS
+ * without one (6.x) is read by control requests in full (ctrl_first() finds it running
+ * now).  Returns true when that READ goes on. */
 static bool read_after_peek(struct job_steps *s, const struct job_step_result *res)
 {
 	struct job *job = s->job;
 	const struct device_snapshot *dev = job_device(job);
 	const struct transport_ops *serial = job_transport(job, "serial");
-	uint16_t v = capability_version(res->facts.os_version, res->facts.system_version);
-	if (!s->ctrl_peek || !serial || !dev->tty[0] || res->mode == DEVICE_MODE_UNKNOWN ||
-	    !capability_has(CAPABILITY_LISTENING_CONSOLE, res->facts.platform, v, true))
+	if (!s->ctrl_peek)
 		return false;
-	job_log(job, LOG_DEBUG, "control requests say %s mode: the console reads it",
-		device_mode_name(res->mode));
+	uint16_t v = capability_version(res->facts.os_version, res->facts.system_version);
+	bool console = serial && dev->tty[0] &&
+		       capability_has(CAPABILITY_LISTENING_CONSOLE, res->facts.platform, v, true);
+	job_log(job, LOG_DEBUG, "control requests say %s mode, Device OS %s: %s",
+		device_mode_name(res->mode), res->facts.os_version[0] ? res->facts.os_version : "?",
+		console ? "the console reads it" : "read by control requests");
+	job_update_facts(job, &res->facts);
 	job_set_device_mode(job, res->mode);
-	s->no_answer |= transport_bit(job, s->ops);
+	if (console)
+		s->no_answer |= transport_bit(job, s->ops);
 	read_next(s);
 	return true;
 }
+
 static const struct transport_ops *reader(struct job_steps *s)
 {
 	const struct device_snapshot *dev = job_device(s->job);
@@ -734,6 +740,7 @@ static void read_next(struct job_steps *s)
 		memset(&s->step, 0, sizeof(s->step));
 		s->step.kind = JOB_STEP_READ;
 		s->step.probe = is_probe(job);
+		s->step.mode_only = s->ctrl_peek;
 		s->step.keep_listening = !job_options(job)->dry_run;
 		if (!start_step(s, ops, PH_READ, &err))
 			fail(s, &err);
@@ -882,9 +889,9 @@ static void dry_run_checks(struct job_steps *s, const struct device_facts *facts
 
 /*
  * A device read by control requests first (it runs) whose console's tty another
- * program holds:
- * the plan is made without the console, as when the serial READ found it held
- * (read_around_held_tty()), instead of a serial write that would fail device-busy.
+ * program holds: the plan is made without the console, as when the serial READ found
+ * it held (read_around_held_tty()), instead of a serial write that would end
+ * device-busy.
  */
 static void check_tty_held(struct job_steps *s, const struct device_facts *f)
 {

@@ -249,6 +249,9 @@ struct job_step {
 	size_t n_images;
 	bool leave; /* WRITE over DFU: leave DFU mode once written (the plan's reboot follows) */
 	bool probe; /* READ: a probe job (device-info "probe"): read only, say so in notes */
+	/* READ: only the mode the device is in and its Device OS (the core's peek at a
+	 * device it does not know yet, before the transport that reads it) */
+	bool mode_only;
 	/* READ: leave a device the run put in listening mode there (a flash job: its serial
 	 * write would ask for listening mode again right after the READ's hand-back, and
 	 * the two race); the core gives it back when no serial step follows */

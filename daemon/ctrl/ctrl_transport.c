@@ -59,6 +59,9 @@ static const enum ctrl_op read_ops[] = {
     CTRL_OP_MODULE_INFO, CTRL_OP_ASSET_INFO,
 };
 #define N_READ_OPS (sizeof(read_ops) / sizeof(read_ops[0]))
+/* A READ for the mode alone (job_step.mode_only): two requests. */
+static const enum ctrl_op mode_ops[] = {CTRL_OP_SYSTEM_VERSION, CTRL_OP_DEVICE_MODE};
+#define N_MODE_OPS (sizeof(mode_ops) / sizeof(mode_ops[0]))
 
 /* The libusb handle outlives the run until the ctrl has let go of it. */
 struct ctrl_handle {
@@ -182,6 +185,18 @@ static void keep_known_hashes(struct transport_run *r)
 			break;
 		}
 	}
+}
+
+/* The READ's requests: all of them, or those of a READ for the mode alone. */
+static size_t read_n(const struct transport_run *r)
+{
+	return r->step.mode_only ? N_MODE_OPS : N_READ_OPS;
+}
+
+/* The READ's request at op_i (< read_n()). */
+static enum ctrl_op read_op(const struct transport_run *r)
+{
+	return r->step.mode_only ? mode_ops[r->op_i] : read_ops[r->op_i];
 }
 
 static void identified(struct transport_run *r)
@@ -353,7 +368,7 @@ static void after_op(struct transport_run *r)
 		struct error e;
 		error_init(&e);
 		error_move(&e, &r->pending);
-		if (ctrl_assets_optional(read_ops[r->op_i], &e)) {
+		if (ctrl_assets_optional(read_op(r), &e)) {
 			/* no asset store to read on this Device OS: the assets stay unknown */
 			r->facts.assets_known = false;
 			r->op_i++;
@@ -373,7 +388,7 @@ static void after_op(struct transport_run *r)
 		}
 		if (error_detail_type(e.code, "request") == 's' &&
 		    !(e.detail && json_object_get(e.detail, "request")))
-			error_detail_str(&e, "request", ctrl_op_name(read_ops[r->op_i]));
+			error_detail_str(&e, "request", ctrl_op_name(read_op(r)));
 		if (r->step.kind == JOB_STEP_READ && e.code != ERR_CANCELLED &&
 		    e.code != ERR_DEVICE_BUSY && e.code != ERR_DEVICE_GONE) {
 			/* a device that does not answer control requests: the core asks another
@@ -400,13 +415,13 @@ static void after_op(struct transport_run *r)
 
 static void next_op(struct transport_run *r)
 {
-	if (r->op_i >= N_READ_OPS) {
+	if (r->op_i >= read_n(r)) {
 		identified(r);
 		return;
 	}
 	struct error e;
 	error_init(&e);
-	if (ctrl_op_start(r->ctrl, read_ops[r->op_i], on_op_done, r, &e) < 0)
+	if (ctrl_op_start(r->ctrl, read_op(r), on_op_done, r, &e) < 0)
 		fail(r, &e);
 }
 

@@ -292,53 +292,41 @@ def test_held_port_is_device_busy_naming_the_holder():
     expect_done(res[6], log)
 
 
-def test_held_port_of_a_running_p2_is_flashed_by_control_requests():
-    # A P2 running 5.9.0 whose tty a serial monitor holds: read by control requests,
-    # entered into DFU mode by request, written over DFU, verified by module info; not
-    # one YMODEM byte, and a note names the holder.
-    app = 'p2/tinker-5.0.0-p2.bin'
+def flash_held_p2(first):
+    """A P2 running 5.9.0 whose tty a serial monitor holds, flashed with the Tinker
+    after the steps first: read by control requests, entered into DFU mode by request,
+    written over DFU, verified by module info; not one YMODEM byte, and one note names
+    the holder.  Returns the job's lines."""
     devs = [spec('p2', '5.9.0', 'p2', mode='normal')]
-    steps = [{'hold': {'device': IDS['p2'], 'comm': 'minicom', 'flock': True}},
-             flash(IDS['p2'], fixture(app)),
-             {'release': True}]
+    steps = first + [{'hold': {'device': IDS['p2'], 'comm': 'minicom', 'flock': True}},
+                     flash(IDS['p2'], fixture('p2/tinker-5.0.0-p2.bin')),
+                     {'release': True}]
     res, doc, log = run(devs, steps)
-    minicom, tty = res[0]['pid'], res[0]['tty']
-    end = expect_done(res[1], log)
-    held = [l.get('message', '') for l in res[1]['lines'] if l.get('note') == 'tty-held']
-    want = '%s is held by minicom (pid %d): using USB control requests' % (tty, minicom)
+    check(all(r['rc'] == 0 for r in res[:len(first)]), 'first steps: %s' % res[:len(first)])
+    hold, job = res[len(first)], res[len(first) + 1]
+    end = expect_done(job, log)
+    held = [l.get('message', '') for l in job['lines'] if l.get('note') == 'tty-held']
+    want = '%s is held by minicom (pid %d): using USB control requests' % (hold['tty'], hold['pid'])
     check(held == [want], 'notes %s, want %r' % (held, want))
     dev = device(doc, 'p2')
-    check(dev['received']['ymodem_bytes'] == 0, 'YMODEM bytes: %s' % dev['received'])
-    check(dev['received'].get('dfu_bytes', 0) > 0,
-          'DFU bytes: %s' % dev['received'])
-    descr = [l.get('step_description', '') for l in res[1]['lines']
+    check(dev['received']['ymodem_bytes'] == 0 and dev['received'].get('dfu_bytes', 0) > 0,
+          'received %s' % dev['received'])
+    descr = [l.get('step_description', '') for l in job['lines']
              if l.get('event') == 'job-progress' and l.get('state') == 'verifying']
     check(descr and all('module info' in d for d in descr), 'verify steps %s' % descr)
     print('# %s with the tty held: %s' % (end.get('outcome'), held[0]))
 
 
+def test_held_port_of_a_running_p2_is_flashed_by_control_requests():
+    # flashd does not know it yet: the console's READ finds the tty held
+    flash_held_p2([])
+
+
 def test_held_port_of_a_known_running_p2_is_flashed_by_control_requests():
-    # The same P2, but flashd knows it runs (a probe first), so the flash job reads it by
-    # control requests and never opens its tty: the plan is still made without the
-    # console (the holder is found from the lock), not a serial write that would end
-    # device-busy.
-    app = 'p2/tinker-5.0.0-p2.bin'
-    devs = [spec('p2', '5.9.0', 'p2', mode='normal')]
-    steps = [{'info': IDS['p2']},
-             {'hold': {'device': IDS['p2'], 'comm': 'minicom', 'flock': True}},
-             flash(IDS['p2'], fixture(app)),
-             {'release': True}]
-    res, doc, log = run(devs, steps)
-    check(res[0]['rc'] == 0, 'probe: %s' % res[0])
-    minicom, tty = res[1]['pid'], res[1]['tty']
-    end = expect_done(res[2], log)
-    held = [l.get('message', '') for l in res[2]['lines'] if l.get('note') == 'tty-held']
-    want = '%s is held by minicom (pid %d): using USB control requests' % (tty, minicom)
-    check(held == [want], 'notes %s, want %r' % (held, want))
-    dev = device(doc, 'p2')
-    check(dev['received']['ymodem_bytes'] == 0 and dev['received'].get('dfu_bytes', 0) > 0,
-          'received %s' % dev['received'])
-    print('# %s with the tty held, known running: %s' % (end.get('outcome'), held[0]))
+    # flashd knows it runs (a probe first), so the flash job reads it by control requests
+    # and never opens its tty: the plan is still made without the console (the holder is
+    # found from the lock), not a serial write that would end device-busy
+    flash_held_p2([{'info': IDS['p2']}])
 
 
 def test_refusal_gives_a_running_device_back_to_its_application():

@@ -24,6 +24,7 @@ static struct transport_run *start_as(const struct transport_ops *ops, struct jo
 	fake.last_started_by = ops->name;
 	fake.last_kind = step->kind;
 	fake.last_keep_listening = step->keep_listening;
+	fake.last_mode_only = step->mode_only;
 	fake.last_mode = job_device(job)->mode;
 	fake.last_kept = step->kept; /* the fake's runs own nothing: the test checks it */
 	if (fake.start_fails) {

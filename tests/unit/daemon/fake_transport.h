@@ -37,6 +37,7 @@ struct fake_state {
 	const char *last_started_by; /* the transport's name */
 	enum job_step_kind last_kind;
 	bool last_keep_listening;	  /* the step's keep_listening (a READ) */
+	bool last_mode_only;		  /* the step's mode_only (a READ: the core's peek) */
 	enum device_mode last_mode;	  /* the job's device mode when the step started */
 	struct transport_keep *last_kept; /* the step's kept (what a READ kept open) */
 	int keep_frees;			  /* keep_free() calls with something to free */

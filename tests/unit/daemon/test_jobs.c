@@ -1057,11 +1057,13 @@ static void test_peek_by_ctrl_then_the_console_reads_a_device_on_5x(void **state
 	(void)state;
 	struct fx *fx = fx_new(serial_and_ctrl);
 	struct job *job = submit_to_unknown_photon(fx);
+	assert_true(fake.last_mode_only);
 	struct job_step_result res = running(6, "1.5.2");
 	job_step_done(job, &res, NULL);
 	spin(fx);
 	assert_int_equal(fake.starts, 2);
 	assert_string_equal(fake.last_started_by, "serial");
+	assert_false(fake.last_mode_only);
 	assert_int_equal(fake.last_kind, JOB_STEP_READ);
 	assert_int_equal(fake.last_mode, DEVICE_MODE_NORMAL);
 	assert_int_equal(job_device(job)->mode, DEVICE_MODE_NORMAL);
@@ -1078,7 +1080,8 @@ static void test_peek_by_ctrl_then_the_console_reads_a_device_on_5x(void **state
 	fx_free(fx);
 }
 
-/* Device OS 6.x has no console: the plan is made from the ctrl READ alone. */
+/* Device OS 6.x has no console: the peek (its mode and Device OS) is followed by the
+ * whole READ by control requests, and the plan is made from it. */
 static void test_peek_by_ctrl_plans_a_device_on_6x_from_that_read(void **state)
 {
 	(void)state;
@@ -1088,10 +1091,17 @@ static void test_peek_by_ctrl_plans_a_device_on_6x_from_that_read(void **state)
 	assert_int_equal(fake.starts, 1);
 	assert_string_equal(fake.last_started_by, "ctrl");
 	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	assert_true(fake.last_mode_only);
 	struct job_step_result res = running(32, "6.1.1");
 	job_step_done(job, &res, NULL);
 	spin(fx);
-	assert_int_equal(fake.starts, 1); /* no serial READ */
+	assert_int_equal(fake.starts, 2); /* the whole READ, by control requests */
+	assert_string_equal(fake.last_started_by, "ctrl");
+	assert_false(fake.last_mode_only);
+	assert_int_equal(count_events(fx, job, "job-plan"), 0);
+	job_step_done(job, &res, NULL);
+	spin(fx);
+	assert_int_equal(fake.starts, 2); /* no serial READ */
 	assert_int_equal(count_events(fx, job, "job-plan"), 1);
 	assert_string_equal(ended_result(fx, job), "done");
 	assert_string_equal(ended_outcome(fx, job), "already-installed");
@@ -1118,25 +1128,32 @@ static void test_peek_without_answer_goes_to_the_console_quietly(void **state)
 	fx_free(fx);
 }
 
-/* A peek that fails otherwise (the interface claimed by another program) ends the job
- * with that error: no other READ, no switch. */
+/* The peek fails otherwise (code, msg): the console reads the device, as before there
+ * was a peek. */
+static struct job *peek_fails(struct fx *fx, enum error_code code, const char *msg)
+{
+	struct job *job = submit_to_unknown_photon(fx);
+	struct error e;
+	error_init(&e);
+	error_set(&e, code, "%s", msg);
+	job_step_done(job, NULL, &e);
+	spin(fx);
+	assert_int_equal(fake.starts, 2);
+	assert_string_equal(fake.last_started_by, "serial");
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	return job;
+}
+
+/* A peek that fails busy (the interface claimed by another program), and a console with
+ * no answer either: the peek's error is the job's, not not-flashable-here and not a
+ * switch to DFU mode. */
 static void test_peek_failing_device_busy_fails_the_job(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(serial_and_ctrl);
-	struct job *job = submit_to_unknown_photon(fx);
-	struct error e;
-	error_init(&e);
-	error_set(&e, ERR_DEVICE_BUSY, "fake: the control interface is claimed");
-	job_step_done(job, NULL, &e);
-	spin(fx);
-	/* the console reads it, as before there was a peek ... */
-	assert_int_equal(fake.starts, 2);
-	assert_string_equal(fake.last_started_by, "serial");
-	assert_int_equal(fake.last_kind, JOB_STEP_READ);
-	/* ... and has no answer either: the peek's error is the job's, not
-	 * not-flashable-here and not a switch to DFU mode */
+	struct job *job = peek_fails(fx, ERR_DEVICE_BUSY, "fake: the control interface is claimed");
 	struct job_step_result none = {.no_answer = true};
+	struct error e;
 	error_init(&e);
 	error_set(&e, ERR_TIMED_OUT, "fake: no answer to v");
 	job_step_done(job, &none, &e);
@@ -1147,18 +1164,14 @@ static void test_peek_failing_device_busy_fails_the_job(void **state)
 	fx_free(fx);
 }
 
-/* ... and when the console answers, the job goes on with it. */
+/* ... and when the console answers, the job goes on with it, the peek's error in the
+ * hand-over note. */
 static void test_peek_failing_is_read_by_the_console(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new(serial_and_ctrl);
-	struct job *job = submit_to_unknown_photon(fx);
-	struct error e;
-	error_init(&e);
-	error_set(&e, ERR_TIMED_OUT, "fake: no answer to get-device-id in 1000 ms");
-	job_step_done(job, NULL, &e);
-	spin(fx);
-	assert_string_equal(fake.last_started_by, "serial");
+	struct job *job =
+	    peek_fails(fx, ERR_TIMED_OUT, "fake: no answer to get-device-id in 1000 ms");
 	struct job_step_result res = photon_facts(0);
 	job_step_done(job, &res, NULL);
 	spin(fx);
