@@ -120,9 +120,11 @@ def cells():
              detail={'system_error': 'FLASH_IO', 'device_code': -219,
                      'request': 'firmware-update-data'}),
         dict(id='ctrl busy x3, then OK', tr='ctrl', fault='ctrl-busy@3', expect='done'),
-        # BUSY to every INIT: the request's own bound (ctrl_request_ms), then device-busy
+        # BUSY to every INIT: the request's own bound (ctrl_request_ms), then device-busy;
+        # the request is the first one flashd sends to a device it does not know yet (the
+        # peek at its Device OS and mode), and the console it then tries has no answer
         dict(id='ctrl busy for ever', tr='ctrl', fault='ctrl-busy@1000000', expect='device-busy',
-             detail={'request': 'get-device-id', 'waited_ms': CTRL_REQUEST_MS}, max_s=20),
+             detail={'request': 'get-system-version', 'waited_ms': CTRL_REQUEST_MS}, max_s=20),
         # 100 ms per chunk written (tests/sim/ctrlreq.c) at 0.5: the update lasts ~0.6 s
         dict(id='ctrl SIGKILL mid-job, restart', tr='ctrl', action='sigkill', at=50,
              expect='interrupted', time_scale='0.5'),
