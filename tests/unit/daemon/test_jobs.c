@@ -206,6 +206,14 @@ static const char *ended_code(struct fx *fx, struct job *job)
 	return err ? json_string_value(json_object_get(err, "code")) : "(none)";
 }
 
+/* The job's last step is a READ, the starts-th step started, by the transport named by. */
+static void assert_read_started(unsigned starts, const char *by)
+{
+	assert_int_equal(fake.starts, starts);
+	assert_string_equal(fake.last_started_by, by);
+	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+}
+
 /* The progress states a job went through, as "a,b,c". */
 static void state_trail(struct fx *fx, struct job *job, char *buf, size_t size)
 {
@@ -640,9 +648,7 @@ static void test_read_without_answer_goes_to_the_next_transport(void **state)
 	error_set(&e, ERR_TIMED_OUT, "the console was silent");
 	job_step_done(job, &res, &e);
 	spin(fx);
-	assert_int_equal(fake.starts, 2);
-	assert_string_equal(fake.last_started_by, "dfu");
-	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	assert_read_started(2, "dfu");
 	assert_int_equal(fake.frees, 1); /* the serial run */
 	assert_true(registry_find_key(fx->reg, PHOTON_ID)->job == job);
 	json_t *ev;
@@ -1042,9 +1048,7 @@ static struct job *submit_to_unknown_photon(struct fx *fx)
 	assert_int_equal(registry_find_key(fx->reg, PHOTON_ID)->s.mode, DEVICE_MODE_UNKNOWN);
 	struct job *job = submit_photon_app(fx);
 	spin(fx);
-	assert_int_equal(fake.starts, 1);
-	assert_string_equal(fake.last_started_by, "ctrl");
-	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	assert_read_started(1, "ctrl");
 	return job;
 }
 
@@ -1088,9 +1092,7 @@ static void test_peek_by_ctrl_plans_a_device_on_6x_from_that_read(void **state)
 	struct fx *fx = fx_new(serial_and_ctrl);
 	fake_plug_cdc(fx->reg, ARGON_ID, "1-2", 0xc020, "/dev/ttyACM1"); /* a P2 */
 	struct job *job = submit(fx, ARGON_ID, 0);			 /* no files */
-	assert_int_equal(fake.starts, 1);
-	assert_string_equal(fake.last_started_by, "ctrl");
-	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	assert_read_started(1, "ctrl");
 	assert_true(fake.last_mode_only);
 	struct job_step_result res = running(32, "6.1.1");
 	job_step_done(job, &res, NULL);
@@ -1119,9 +1121,7 @@ static void test_peek_without_answer_goes_to_the_console_quietly(void **state)
 	struct fx *fx = fx_new(serial_and_ctrl);
 	struct job *job = submit_to_unknown_photon(fx);
 	no_answer(fx, job, "the device did not answer GetDeviceMode");
-	assert_int_equal(fake.starts, 2);
-	assert_string_equal(fake.last_started_by, "serial");
-	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	assert_read_started(2, "serial");
 	assert_int_equal(fake.last_mode, DEVICE_MODE_UNKNOWN);
 	assert_false(has_note(fx, "handed-to-serial"));
 	assert_false(job_ended(job));
@@ -1138,9 +1138,7 @@ static struct job *peek_fails(struct fx *fx, enum error_code code, const char *m
 	error_set(&e, code, "%s", msg);
 	job_step_done(job, NULL, &e);
 	spin(fx);
-	assert_int_equal(fake.starts, 2);
-	assert_string_equal(fake.last_started_by, "serial");
-	assert_int_equal(fake.last_kind, JOB_STEP_READ);
+	assert_read_started(2, "serial");
 	return job;
 }
 
