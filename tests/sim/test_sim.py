@@ -931,9 +931,11 @@ def particle_cli_343():
 THEN_WAIT_IDLE = r'''
 import json, os, signal, socket, subprocess, sys, threading
 sock, args = sys.argv[1], sys.argv[2:]
-done = None
+done, count = None, 1
 if args[0] == '--done-line':
     done, args = args[1], args[2:]
+if args[0] == '--done-count':  # the Nth such line (a script of several commands)
+    count, args = int(args[1]), args[2:]
 GRACE_S = 30
 prog = os.path.basename(next(a for a in args if a != 'env' and '=' not in a))
 p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -952,7 +954,9 @@ for line in p.stdout:
     if seen.is_set():
         after.append(line)
     elif done and done in line:
-        seen.set()
+        count -= 1
+        if count == 0:
+            seen.set()
 rc = p.wait()
 seen.set()
 NODE_USB_CRASH = "TypeError: Cannot read properties of undefined (reading 'interfaces')"
@@ -974,11 +978,12 @@ sys.exit(rc)
 '''
 
 
-def run_sim_then_idle(devices, command, done_line=None):
+def run_sim_then_idle(devices, command, done_line=None, done_count=1):
     """run_sim() with COMMAND followed by the simulator's wait-idle (THEN_WAIT_IDLE);
-    done_line: the tool's last line of a finished job (see THEN_WAIT_IDLE)."""
+    done_line: the tool's last line of a finished job (see THEN_WAIT_IDLE), the
+    done_count-th one for a script of several commands."""
     sock = os.path.join(work, 'ctl.sock')
-    pre = ['--done-line', done_line] if done_line else []
+    pre = ['--done-line', done_line, '--done-count', str(done_count)] if done_line else []
     return run_sim(devices, [sys.executable, '-c', THEN_WAIT_IDLE, sock] + pre + command,
                    extra=['--control', sock])
 
@@ -990,8 +995,10 @@ def test_particle_cli_343_usb_commands_switch_modes():
     script = ('set -e; {cli} usb list --ids-only {o}; {cli} usb start-listening --all {o}; {p} mode; '
               '{cli} usb stop-listening --all {o}; {p} mode; {cli} usb dfu --all {o}').format(
                   cli=cli, o=opts, p=probe)
+    # `usb dfu` is the one whose device goes away (it resets into DFU mode): its "Done.",
+    # the script's third, is where node-usb 2.18 may crash or hang tearing down
     rc, out, doc = run_sim_then_idle(['platform=msom,mode=normal,os=6.2.0,name=d1'],
-                                     ['sh', '-c', script])
+                                     ['sh', '-c', script], done_line='Done.', done_count=3)
     check(rc == 0, 'particle usb failed (exit %d):\n%s' % (rc, out))
     dev = doc['devices'][0]
     check(dev['device_id'] in out.split(), 'usb list --ids-only did not list %s:\n%s' % (dev['device_id'], out))
