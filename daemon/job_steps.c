@@ -887,6 +887,17 @@ static void dry_run_checks(struct job_steps *s, const struct device_facts *facts
 		fail(s, &err);
 }
 
+/* The console's tty is held by another program (err: the device-busy error naming it):
+ * the job goes on without serial, whose transport it is, and says so; the error is kept
+ * for where nothing else can do the work (fail_held()). */
+static void held_tty(struct job_steps *s, const struct transport_ops *serial, struct error *err)
+{
+	s->tty_held = true;
+	error_move(&s->held, err);
+	s->no_answer |= transport_bit(s->job, serial);
+	job_note(s->job, "tty-held", "%s: using USB control requests", s->held.message);
+}
+
 /*
  * A device read by control requests first (it runs) whose console's tty another
  * program holds: the plan is made without the console, as when the serial READ found
@@ -905,10 +916,7 @@ static void check_tty_held(struct job_steps *s, const struct device_facts *f)
 	    !capability_has(CAPABILITY_LISTENING_CONSOLE, f->platform, v, true) ||
 	    serial_port_check_free(dev->tty, getenv("FLASHD_LOCK_DIR"), &e) == 0)
 		return;
-	s->tty_held = true;
-	error_move(&s->held, &e);
-	s->no_answer |= transport_bit(job, serial);
-	job_note(job, "tty-held", "%s: using USB control requests", s->held.message);
+	held_tty(s, serial, &e);
 }
 
 static void make_plan(struct job_steps *s, const struct job_step_result *res)
@@ -1005,10 +1013,7 @@ static bool read_around_held_tty(struct job_steps *s)
 		return false;
 	struct error err;
 	error_init(&err);
-	s->tty_held = true;
-	error_move(&s->held, &s->err);
-	s->no_answer |= transport_bit(job, s->ops);
-	job_note(job, "tty-held", "%s: using USB control requests", s->held.message);
+	held_tty(s, s->ops, &s->err);
 	s->at = ctrl;
 	memset(&s->step, 0, sizeof(s->step));
 	s->step.kind = JOB_STEP_READ;

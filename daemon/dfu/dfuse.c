@@ -859,7 +859,7 @@ static void on_poll(struct dfuse *s, unsigned poll_ms)
 			   : s->cmd == DFUSE_CMD_ERASE ? "erasing"
 						       : "setting the address";
 	bool busy = s->last_state == DFU_STATE_DNBUSY || s->last_state == DFU_STATE_DNLOAD_SYNC;
-	if (s->last_state == DFU_STATE_ERROR || s->last_status != DFU_STATUS_OK || !busy)
+	if (!busy || s->last_status != DFU_STATUS_OK)
 		busy_end(s);
 	if (s->last_state == DFU_STATE_ERROR || s->last_status != DFU_STATUS_OK) {
 		if (s->polled == STEP_DATA && address_fallback(s))

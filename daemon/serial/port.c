@@ -216,10 +216,8 @@ static int fail_busy(const char *path, const char *lock_dir, pid_t pid, struct e
 
 int serial_port_check_free(const char *path, const char *lock_dir, struct error *err)
 {
-	pid_t pid = serial_port_holder(path, lock_dir ? lock_dir : SERIAL_LOCK_DIR, NULL, 0);
-	if (!pid || pid == getpid())
-		return 0;
-	return fail_busy(path, lock_dir ? lock_dir : SERIAL_LOCK_DIR, pid, err);
+	pid_t pid = serial_port_holder(path, lock_dir, NULL, 0);
+	return !pid || pid == getpid() ? 0 : fail_busy(path, lock_dir, pid, err);
 }
 
 /*
