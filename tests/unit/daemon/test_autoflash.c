@@ -275,7 +275,7 @@ static void test_waits_for_the_tty_of_a_cdc_device(void **state)
 {
 	(void)state;
 	struct fx *fx = fx_new("[rule]\nid = up\nplatform = photon\nimage = @\n");
-	timeouts_set("auto_tty_wait_ms", 200);
+	timeouts_set("auto_tty_wait_ms", 2000); /* long enough for valgrind */
 	fake_plug(fx->reg, P1, "1-1", PHOTON_CDC);
 	spin(fx);
 	assert_int_equal(fake.starts, 0); /* no tty yet */
